@@ -1,0 +1,42 @@
+"""Errors a user can act on. The CLI prints the message and the hint and exits with the code."""
+
+from __future__ import annotations
+
+
+class CambrianError(Exception):
+    """Base class: a clear message, an optional hint on what to do, and a meaningful exit code."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigError(CambrianError):
+    """A configuration file, delta or spec is malformed or invalid (exit code 2, like a usage error)."""
+
+    exit_code = 2
+
+
+class GateError(CambrianError):
+    """A candidate failed the validation gate before training (exit code 3)."""
+
+    exit_code = 3
+
+    def __init__(self, stage: str, message: str, hint: str | None = None):
+        super().__init__(f"validation gate failed at {stage}: {message}", hint)
+        self.stage = stage
+        self.reason = message
+
+
+class TrainingError(CambrianError):
+    """Training started but did not produce a usable model (exit code 4)."""
+
+    exit_code = 4
+
+
+class BudgetExhausted(CambrianError):
+    """A budget (tokens, dollars, training seconds, evaluations) ran out; the run stopped cleanly (exit 5)."""
+
+    exit_code = 5
