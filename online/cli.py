@@ -1,0 +1,111 @@
+"""`cambrian serve | route | rollout` (and `python -m cambrian.online.cli collect` for the collector)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cambrian.errors import ConfigError
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the timeline
+
+
+def serve(
+    bundle: Path = typer.Option(..., "--bundle", help="model bundle directory (from `cambrian train`)"),
+    arm: str = typer.Option(..., "--arm", help="arm name used in metric labels"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port_file: Optional[Path] = typer.Option(None, "--port-file", help="write the bound port here once listening"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve a model bundle: POST /rank, GET /healthz, GET /metrics."""
+    from cambrian.online.runner import serve_forever
+    from cambrian.online.server import bundle_server
+
+    _logging(verbose)
+    server = bundle_server(str(bundle), arm)
+    serve_forever(server.app(), host, port, str(port_file) if port_file else None)
+
+
+def route(
+    config: Path = typer.Option(..., "--config", help="router config (YAML or JSON): experiment, salt, arms, collector"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0: any free port)"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port_file: Optional[Path] = typer.Option(None, "--port-file", help="write the bound port here once listening"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the user-sticky A/B router; edit the config file or POST /weights to change weights live."""
+    from cambrian.online.router import Router, RouterConfig
+    from cambrian.online.runner import serve_forever
+
+    _logging(verbose)
+    try:
+        cfg = RouterConfig.load(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    serve_forever(Router(cfg, config_path=str(config)).app(), host, port, str(port_file) if port_file else None)
+
+
+def collect(
+    db: Path = typer.Option(..., "--db", help="SQLite file (created if missing; reused after a restart)"),
+    port: int = typer.Option(8080, "--port", min=0, max=65535),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port_file: Optional[Path] = typer.Option(None, "--port-file"),
+    pre_days: int = typer.Option(14, "--pre-days", min=1, help="CUPED pre-period length in days"),
+    active_window: int = typer.Option(7, "--active-window", min=1, help="active_days counts days f+1..f+N"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the event collector."""
+    from cambrian.online.aggregate import AggregationSettings
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.runner import serve_forever
+
+    _logging(verbose)
+    store = Store(db, AggregationSettings(pre_days=pre_days, active_window=active_window))
+    serve_forever(Collector(store).app(), host, port, str(port_file) if port_file else None)
+
+
+def rollout(
+    config: Path = typer.Option(..., "--config", help="rollout spec (YAML or JSON); see cambrian.online.rollout.RolloutSpec"),
+    out: Path = typer.Option(..., "--out", help="output directory: result.json, timeline.json, logs"),
+    seconds_per_day: Optional[float] = typer.Option(None, "--seconds-per-day", min=0,
+                                                    help="wall seconds per simulated day (overrides the spec)"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run one online experiment locally: model servers, router, collector, Prometheus, simulated users."""
+    from cambrian.online.rollout import RolloutSpec, run_rollout
+
+    _logging(verbose)
+    spec = RolloutSpec.load(config)
+    if seconds_per_day is not None:
+        spec = spec.model_copy(update={"seconds_per_day": seconds_per_day})
+    result = run_rollout(spec, out)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(f"{result.outcome}: {result.reason}")
+        typer.echo(f"winner: {result.winner or '-'}  days: {result.days_run}  weights: {result.final_weights}  "
+                   f"-> {out / 'result.json'}")
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cambrian online services.")
+for _fn in (serve, route, collect, rollout):
+    app.command(_fn.__name__)(_fn)
+
+if __name__ == "__main__":
+    from cambrian.errors import CambrianError
+
+    try:
+        app()
+    except CambrianError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None

@@ -1,0 +1,294 @@
+"""Event collector: per-user-per-day activity and first exposures in SQLite; per-arm sums for Prometheus.
+
+POST /events     {"batch_id": str, "rows": [{user_id, day, active, sessions, impressions, clicks,
+                  minutes, likes, hates}, ...]}  or  {"batch_id", "columns": {name: [values]}}
+                 Adds to the user's day (a batch id is applied at most once, so a retry never double-counts).
+POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null], ...]}
+                 First exposure per (experiment, user, arm); later ones are ignored. A null day means the
+                 collector's current day (POST /clock).
+POST /clock      {"day": d}     the day now being simulated/served
+POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
+GET  /stats      the exported statistics as JSON (for debugging; the analysis reads Prometheus)
+GET  /healthz, GET /metrics
+
+Exported (no user ids in any label):
+  cambrian_arm_stat{experiment, arm, metric, stat}   per-arm sufficient statistics (see aggregate.py)
+  cambrian_arm_exposures{experiment, arm}            users ever exposed to the arm (live)
+  cambrian_arm_cohort_users{experiment, arm, cohort_day}  users whose first exposure in the experiment was
+                                                     on that (closed) day in that arm: SRM per ramp step
+  cambrian_collector_closed_day                      last closed day (-1 before any)
+  cambrian_collector_rows_total, cambrian_collector_batches_duplicate_total
+Everything lives in one SQLite file (WAL): a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+
+from cambrian.online.aggregate import USER_DAY_COLUMNS, AggregationSettings, arm_statistics, cohort_sizes
+from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS user_day (
+  user_id INTEGER NOT NULL, day INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
+  sessions INTEGER NOT NULL DEFAULT 0, impressions INTEGER NOT NULL DEFAULT 0, clicks INTEGER NOT NULL DEFAULT 0,
+  minutes REAL NOT NULL DEFAULT 0, likes INTEGER NOT NULL DEFAULT 0, hates INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (user_id, day));
+CREATE TABLE IF NOT EXISTS exposure (
+  experiment TEXT NOT NULL, user_id INTEGER NOT NULL, arm TEXT NOT NULL, day INTEGER NOT NULL,
+  PRIMARY KEY (experiment, user_id, arm));
+CREATE TABLE IF NOT EXISTS batch (batch_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_UPSERT = (
+    "INSERT INTO user_day (user_id, day, active, sessions, impressions, clicks, minutes, likes, hates) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(user_id, day) DO UPDATE SET "
+    "active = MAX(active, excluded.active), sessions = sessions + excluded.sessions, "
+    "impressions = impressions + excluded.impressions, clicks = clicks + excluded.clicks, "
+    "minutes = minutes + excluded.minutes, likes = likes + excluded.likes, hates = hates + excluded.hates"
+)
+
+
+class Store:
+    """The durable state. Thread-safe through one lock (SQLite connections are not shared across threads)."""
+
+    def __init__(self, path: str | Path, settings: AggregationSettings = AggregationSettings()):
+        self.path = str(path)
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day): users}}),
+        # swapped as one object so that a scrape never mixes a new closed day with old sums.
+        self.snapshot: tuple[int, dict, dict] = (-1, {}, {})
+        self.recompute()
+
+    @property
+    def stats(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+        return self.snapshot[1]
+
+    # --- writes ----------------------------------------------------------------------------------
+    def add_user_days(self, rows: Iterable[Mapping[str, Any]], batch_id: str | None = None) -> int:
+        """Adds rows; returns how many were applied (0 if the batch id was seen before)."""
+        values = [_row_values(i, r) for i, r in enumerate(rows)]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                if batch_id is not None:
+                    if self._db.execute("SELECT 1 FROM batch WHERE batch_id = ?", (batch_id,)).fetchone():
+                        self._db.execute("ROLLBACK")
+                        return 0
+                    self._db.execute("INSERT INTO batch VALUES (?)", (batch_id,))
+                self._db.executemany(_UPSERT, values)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(values)
+
+    def add_exposures(self, experiment: str, exposures: Iterable[Any]) -> int:
+        if not isinstance(experiment, str) or not experiment:
+            raise BadRequest("experiment: required string")
+        today = self.get_meta("current_day", 0)
+        values = []
+        for i, e in enumerate(exposures):
+            if not isinstance(e, (list, tuple)) or len(e) != 3:
+                raise BadRequest(f"exposures[{i}]: must be [user_id, arm, day|null]")
+            u, arm, day = e
+            if isinstance(u, bool) or not isinstance(u, int):
+                raise BadRequest(f"exposures[{i}][0] (user_id): must be an integer")
+            if not isinstance(arm, str) or not arm:
+                raise BadRequest(f"exposures[{i}][1] (arm): must be a non-empty string")
+            if day is not None and (isinstance(day, bool) or not isinstance(day, int)):
+                raise BadRequest(f"exposures[{i}][2] (day): must be an integer or null")
+            values.append((experiment, u, arm, today if day is None else day))
+        with self._lock:
+            before = self._db.total_changes
+            self._db.executemany("INSERT OR IGNORE INTO exposure VALUES (?, ?, ?, ?)", values)
+            return self._db.total_changes - before
+
+    def set_meta(self, key: str, value: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                             (key, int(value)))
+
+    def get_meta(self, key: str, default: int) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else int(row[0])
+
+    def close_day(self, day: int) -> None:
+        closed = self.get_meta("closed_day", -1)
+        if day < closed:
+            raise BadRequest(f"day: {day} is before the last closed day {closed}")
+        self.set_meta("closed_day", day)
+        self.recompute()
+
+    # --- reads -----------------------------------------------------------------------------------
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        with self._lock:
+            ud = pd.read_sql_query("SELECT * FROM user_day", self._db)
+            ex = pd.read_sql_query("SELECT * FROM exposure", self._db)
+        return ud, ex
+
+    def exposure_counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            rows = self._db.execute("SELECT experiment, arm, COUNT(*) FROM exposure GROUP BY experiment, arm").fetchall()
+        return {(e, a): n for e, a, n in rows}
+
+    def recompute(self) -> None:
+        closed = self.get_meta("closed_day", -1)
+        ud, ex = self.frames()
+        stats, cohorts = {}, {}
+        for experiment, group in ex.groupby("experiment"):
+            stats[experiment] = arm_statistics(group, ud, closed, self.settings)
+            cohorts[experiment] = cohort_sizes(group, closed)
+        self.snapshot = (closed, stats, cohorts)  # one reference swap; /metrics reads whichever is current
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row_values(i: int, r: Mapping[str, Any]) -> tuple:
+    if not isinstance(r, Mapping):
+        raise BadRequest(f"rows[{i}]: must be an object")
+    out = []
+    for key in ("user_id", "day"):
+        v = r.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+            raise BadRequest(f"rows[{i}].{key}: required integer")
+        out.append(int(v))
+    for key in USER_DAY_COLUMNS:
+        v = r.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise BadRequest(f"rows[{i}].{key}: must be a non-negative number")
+        out.append(float(v) if key == "minutes" else int(v))
+    return tuple(out)
+
+
+class _StatsExport:
+    """A prometheus_client collector that renders the store's current statistics at scrape time."""
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self):
+        closed_day, stats, cohorts = self.store.snapshot
+        stat = GaugeMetricFamily("cambrian_arm_stat", "Per-arm sufficient statistics of per-user metrics",
+                                 labels=["experiment", "arm", "metric", "stat"])
+        for experiment, metrics in stats.items():
+            for metric, arms in metrics.items():
+                for arm, sums in arms.items():
+                    for name, value in sums.items():
+                        stat.add_metric([experiment, arm, metric, name], float(value))
+        yield stat
+        exp = GaugeMetricFamily("cambrian_arm_exposures", "Users first exposed to each arm", labels=["experiment", "arm"])
+        for (experiment, arm), n in sorted(self.store.exposure_counts().items()):
+            exp.add_metric([experiment, arm], n)
+        yield exp
+        coh = GaugeMetricFamily("cambrian_arm_cohort_users",
+                                "Users by the day and arm of their first exposure in the experiment (closed days; "
+                                "for SRM against the weights in force that day)", labels=["experiment", "arm", "cohort_day"])
+        for experiment, counts in cohorts.items():
+            for (arm, day), n in sorted(counts.items()):
+                coh.add_metric([experiment, arm, str(day)], n)
+        yield coh
+        closed = GaugeMetricFamily("cambrian_collector_closed_day", "Last day whose events are complete")
+        closed.add_metric([], closed_day)
+        yield closed
+
+
+class Collector:
+    def __init__(self, store: Store, registry: CollectorRegistry | None = None):
+        self.store = store
+        self.registry = registry or CollectorRegistry()
+        self.registry.register(_StatsExport(store))
+        self.m_rows = Counter("cambrian_collector_rows", "User-day rows applied", registry=self.registry)
+        self.m_dup = Counter("cambrian_collector_batches_duplicate", "Event batches ignored as repeats",
+                             registry=self.registry)
+
+    async def handle_events(self, request: web.Request) -> web.Response:
+        try:
+            body = await read_json(request)
+            batch_id = body.get("batch_id")
+            if batch_id is not None and not isinstance(batch_id, str):
+                raise BadRequest("batch_id: must be a string")
+            if "columns" in body:
+                cols = body["columns"]
+                if not isinstance(cols, dict) or not all(isinstance(v, list) for v in cols.values()):
+                    raise BadRequest("columns: must map column names to lists")
+                if len({len(v) for v in cols.values()}) > 1:
+                    raise BadRequest("columns: all columns must have the same length")
+                rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+            elif isinstance(body.get("rows"), list):
+                rows = body["rows"]
+            else:
+                raise BadRequest("rows: required list (or columns: mapping)")
+            # SQLite work off the event loop so scrapes and exposures are not held up.
+            applied = await asyncio.to_thread(self.store.add_user_days, rows, batch_id)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        if applied == 0 and rows:
+            self.m_dup.inc()
+        self.m_rows.inc(applied)
+        return json_response({"applied": applied, "duplicate": applied == 0 and bool(rows)})
+
+    async def handle_exposures(self, request: web.Request) -> web.Response:
+        try:
+            body = await read_json(request)
+            exposures = body.get("exposures")
+            if not isinstance(exposures, list):
+                raise BadRequest("exposures: required list")
+            added = await asyncio.to_thread(self.store.add_exposures, body.get("experiment"), exposures)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return json_response({"added": added})
+
+    async def _day_body(self, request: web.Request) -> int:
+        body = await read_json(request)
+        day = body.get("day")
+        if isinstance(day, bool) or not isinstance(day, int):
+            raise BadRequest("day: required integer")
+        return day
+
+    async def handle_clock(self, request: web.Request) -> web.Response:
+        try:
+            day = await self._day_body(request)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        self.store.set_meta("current_day", day)
+        return json_response({"current_day": day})
+
+    async def handle_close_day(self, request: web.Request) -> web.Response:
+        try:
+            day = await self._day_body(request)
+            await asyncio.to_thread(self.store.close_day, day)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return json_response({"closed_day": day})
+
+    async def handle_stats(self, _: web.Request) -> web.Response:
+        closed, stats, cohorts = self.store.snapshot
+        return json_response({"closed_day": closed, "stats": stats,
+                              "cohorts": {e: [[a, d, n] for (a, d), n in sorted(c.items())] for e, c in cohorts.items()}})
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=256 * 1024 * 1024)
+        app.add_routes([web.post("/events", self.handle_events), web.post("/exposures", self.handle_exposures),
+                        web.post("/clock", self.handle_clock), web.post("/close_day", self.handle_close_day),
+                        web.get("/stats", self.handle_stats), web.get("/healthz", healthz),
+                        web.get("/metrics", metrics_handler(self.registry))])
+        return app

@@ -1,0 +1,340 @@
+"""User-sticky A/B/n router in front of per-arm model servers.
+
+POST /rank     {"user_ids": [n], "candidates": [[C]*n], "k": opt, "day": opt int}
+            -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order)
+GET  /weights  -> {"experiment", "weights": {arm: w}, "version": int}
+POST /weights  {"weights": {arm: w}} -> the same; also written back to the config file, if any
+POST /flush    send queued exposures to the collector now (503 if it cannot be reached)
+GET  /healthz, GET /metrics
+
+A batch is split by arm, the sub-batches are forwarded concurrently and the answers merged. The
+first exposure of each (user, arm) seen by this process is queued and sent to the collector in the
+background (the collector deduplicates, so a restart that resends is harmless). Weights are swapped
+as one immutable object: a request in flight keeps the assignment it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import aiohttp
+import yaml
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from cambrian.online.assignment import Assignment
+from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
+from cambrian.online.server import LATENCY_BUCKETS
+
+log = logging.getLogger("cambrian.router")
+
+OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05)
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    experiment: str
+    salt: str
+    control: str
+    treatments: tuple[str, ...]
+    urls: Mapping[str, str]
+    weights: Mapping[str, int]
+    collector: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RouterConfig":
+        if not isinstance(d, Mapping):
+            raise ValueError("router config: must be a mapping")
+        for key in ("experiment", "arms"):
+            if key not in d:
+                raise ValueError(f"router config: {key}: required")
+        arms = d["arms"]
+        if not isinstance(arms, list) or len(arms) < 2:
+            raise ValueError("router config: arms: a list of at least two arms (one control) is required")
+        control, treatments, urls, weights = None, [], {}, {}
+        for i, arm in enumerate(arms):
+            for key in ("name", "url"):
+                if not isinstance(arm, Mapping) or not isinstance(arm.get(key), str) or not arm.get(key):
+                    raise ValueError(f"router config: arms[{i}].{key}: required string")
+            name = arm["name"]
+            if name in urls:
+                raise ValueError(f"router config: arms[{i}].name: duplicate arm {name!r}")
+            urls[name] = arm["url"].rstrip("/")
+            weights[name] = arm.get("weight", 0)
+            if arm.get("control", False):
+                if control is not None:
+                    raise ValueError(f"router config: arms[{i}].control: only one control arm allowed")
+                control = name
+            else:
+                treatments.append(name)
+        if control is None:
+            raise ValueError("router config: arms: exactly one arm needs `control: true`")
+        cfg = cls(experiment=str(d["experiment"]), salt=str(d.get("salt") or d["experiment"]), control=control,
+                  treatments=tuple(treatments), urls=urls, weights=weights, collector=d.get("collector"),
+                  extra={k: v for k, v in d.items() if k not in ("experiment", "salt", "arms", "collector")})
+        cfg.assignment()  # validates the weights
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RouterConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"router config {path}: cannot read ({exc})") from None
+        return cls.from_dict(data)
+
+    def assignment(self) -> Assignment:
+        return Assignment.create(self.salt, self.control, self.treatments, self.weights)
+
+    def to_dict(self) -> dict[str, Any]:
+        arms = [{"name": a, "url": self.urls[a], "weight": self.weights[a], **({"control": True} if a == self.control else {})}
+                for a in (self.control, *self.treatments)]
+        out = {"experiment": self.experiment, "salt": self.salt, "arms": arms, **dict(self.extra)}
+        if self.collector:
+            out["collector"] = self.collector
+        return out
+
+    def with_weights(self, weights: Mapping[str, int]) -> "RouterConfig":
+        unknown = set(weights) - set(self.urls)
+        if unknown:
+            raise ValueError(f"weights: unknown arm(s) {sorted(unknown)}; arms are {list(self.urls)}")
+        new = RouterConfig(self.experiment, self.salt, self.control, self.treatments, self.urls,
+                           {a: weights.get(a, 0) for a in self.urls}, self.collector, self.extra)
+        new.assignment()
+        return new
+
+
+class _State:
+    """Everything a request needs, swapped atomically on reload."""
+
+    def __init__(self, cfg: RouterConfig, version: int):
+        self.cfg, self.version = cfg, version
+        self.assignment = cfg.assignment()
+        self.arms = self.assignment.arms
+        self.rank_urls = [cfg.urls[a] + "/rank" for a in self.arms]
+
+
+class Router:
+    def __init__(self, config: RouterConfig, config_path: str | None = None, registry: CollectorRegistry | None = None,
+                 watch_interval: float = 0.25, flush_interval: float = 0.2):
+        self.config_path = config_path
+        self.state = _State(config, 1)
+        self.watch_interval, self.flush_interval = watch_interval, flush_interval
+        self._mtime = self._config_mtime()
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.m_requests = Counter("cambrian_router_requests", "Sub-batches forwarded per arm", ["arm"], registry=r)
+        self.m_users = Counter("cambrian_router_users", "Users routed per arm", ["arm"], registry=r)
+        self.m_errors = Counter("cambrian_router_errors", "Failed sub-batches per arm", ["arm"], registry=r)
+        self.m_bad = Counter("cambrian_router_bad_requests", "Malformed rank requests", registry=r)
+        self.m_latency = Histogram("cambrian_router_request_seconds", "Rank request time, end to end in the router",
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.m_overhead = Histogram("cambrian_router_overhead_seconds",
+                                    "Rank request time spent in the router itself (total minus waiting on arms)",
+                                    buckets=OVERHEAD_BUCKETS, registry=r)
+        self.m_weight = Gauge("cambrian_router_weight", "Traffic weight per arm (percent)", ["experiment", "arm"], registry=r)
+        self.m_reloads = Counter("cambrian_router_reloads", "Weight/config reloads applied", registry=r)
+        self.m_reload_errors = Counter("cambrian_router_reload_errors", "Rejected config reloads", registry=r)
+        self.m_exp_sent = Counter("cambrian_router_exposures_sent", "First exposures sent to the collector", registry=r)
+        self.m_exp_pending = Gauge("cambrian_router_exposures_pending", "Exposures waiting to be sent", registry=r)
+        self._publish_weights()
+        self._seen: set[tuple[int, str]] = set()
+        self._pending: list[list] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._flush_lock: asyncio.Lock | None = None
+
+    # --- weights ---------------------------------------------------------------------------------
+    def _config_mtime(self) -> float | None:
+        try:
+            return os.stat(self.config_path).st_mtime_ns if self.config_path else None
+        except OSError:
+            return None
+
+    def _publish_weights(self) -> None:
+        cfg = self.state.cfg
+        for arm, w in cfg.weights.items():
+            self.m_weight.labels(experiment=cfg.experiment, arm=arm).set(w)
+
+    def apply(self, cfg: RouterConfig) -> None:
+        old = self.state.cfg
+        if (cfg.experiment, cfg.salt, cfg.control, cfg.treatments) != (old.experiment, old.salt, old.control, old.treatments):
+            raise ValueError("config: experiment, salt and the arms (and their order) cannot change while routing; "
+                             "only weights and urls can")
+        self.state = _State(cfg, self.state.version + 1)  # one reference swap: in-flight requests keep theirs
+        self.m_reloads.inc()
+        self._publish_weights()
+        log.info("weights now %s", dict(cfg.weights))
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        cfg = self.state.cfg.with_weights(weights)
+        if self.config_path:  # persist so that a restart keeps the same weights
+            tmp = Path(f"{self.config_path}.tmp{os.getpid()}")
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            tmp.replace(self.config_path)
+            self._mtime = self._config_mtime()
+        self.apply(cfg)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            mtime = self._config_mtime()
+            if mtime is None or mtime == self._mtime:
+                continue
+            self._mtime = mtime
+            try:
+                self.apply(RouterConfig.load(self.config_path))
+            except ValueError as exc:
+                self.m_reload_errors.inc()
+                log.error("config reload rejected, keeping the current weights: %s", exc)
+
+    # --- exposures -------------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush_exposures()
+
+    async def flush_exposures(self) -> None:
+        if self._flush_lock is None:
+            self._flush_lock = asyncio.Lock()
+        async with self._flush_lock:  # one send at a time: /flush returns only after earlier sends landed
+            await self._send_pending()
+
+    async def _send_pending(self) -> None:
+        url = self.state.cfg.collector
+        if not url or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            async with self._session.post(url.rstrip("/") + "/exposures",
+                                          json={"experiment": self.state.cfg.experiment, "exposures": batch}) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"collector answered {resp.status}: {await resp.text()}")
+            self.m_exp_sent.inc(len(batch))
+        except Exception as exc:  # noqa: BLE001 - keep them and retry; nothing is lost
+            log.warning("exposures not sent yet (%s); will retry", exc)
+            self._pending = batch + self._pending
+        self.m_exp_pending.set(len(self._pending))
+
+    # --- ranking ---------------------------------------------------------------------------------
+    async def _forward(self, url: str, body: bytes) -> dict:
+        async with self._session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+            payload = await resp.read()
+            if resp.status != 200:
+                raise _UpstreamError(resp.status, payload.decode(errors="replace")[:500])
+            return json.loads(payload)
+
+    async def handle_rank(self, request: web.Request) -> web.Response:
+        t0 = time.perf_counter()
+        st = self.state
+        try:
+            body = await read_json(request)
+            users, cands = body.get("user_ids"), body.get("candidates")
+            if not isinstance(users, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in users):
+                raise BadRequest("user_ids: required list of integers")
+            if not isinstance(cands, list) or len(cands) != len(users):
+                raise BadRequest(f"candidates: required list with one row per user ({len(users)})")
+            day = body.get("day")
+            if day is not None and (isinstance(day, bool) or not isinstance(day, int)):
+                raise BadRequest("day: must be an integer")
+        except BadRequest as exc:
+            self.m_bad.inc()
+            return error(400, str(exc))
+        idx = st.assignment.arm_indices(users).tolist()
+        groups: dict[int, list[int]] = {}
+        for row, a in enumerate(idx):
+            groups.setdefault(a, []).append(row)
+        extra = {k: body[k] for k in ("k",) if k in body}
+        calls, order = [], []
+        for a, rows in groups.items():
+            sub = {"user_ids": [users[r] for r in rows], "candidates": [cands[r] for r in rows], **extra}
+            calls.append(self._forward(st.rank_urls[a], json.dumps(sub, separators=(",", ":")).encode()))
+            order.append(a)
+        t1 = time.perf_counter()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        t2 = time.perf_counter()
+        slates: list = [None] * len(users)
+        scores: list = [None] * len(users)
+        for a, res in zip(order, results):
+            arm = st.arms[a]
+            self.m_requests.labels(arm=arm).inc()
+            if isinstance(res, BaseException):
+                self.m_errors.labels(arm=arm).inc()
+                status = res.status if isinstance(res, _UpstreamError) and res.status == 400 else 502
+                return error(status, f"arm {arm}: {res}")
+            rows = groups[a]
+            self.m_users.labels(arm=arm).inc(len(rows))
+            for r, sl, sc in zip(rows, res["slates"], res["scores"]):
+                slates[r], scores[r] = sl, sc
+        arm_names = [st.arms[a] for a in idx]
+        seen, pending = self._seen, self._pending
+        for u, arm in zip(users, arm_names):
+            if (u, arm) not in seen:
+                seen.add((u, arm))
+                pending.append([u, arm, day])
+        resp = json_response({"slates": slates, "scores": scores, "arms": arm_names})
+        t3 = time.perf_counter()
+        self.m_latency.observe(t3 - t0)
+        self.m_overhead.observe((t3 - t0) - (t2 - t1))
+        return resp
+
+    async def handle_flush(self, _: web.Request) -> web.Response:
+        """Send queued exposures now (the traffic driver calls this before closing a day)."""
+        await self.flush_exposures()
+        if self._pending:
+            return error(503, f"{len(self._pending)} exposures could not be sent to the collector yet")
+        return json_response({"pending": 0})
+
+    async def handle_get_weights(self, _: web.Request) -> web.Response:
+        st = self.state
+        return json_response({"experiment": st.cfg.experiment, "weights": dict(st.cfg.weights), "version": st.version})
+
+    async def handle_set_weights(self, request: web.Request) -> web.Response:
+        try:
+            body = await read_json(request)
+            weights = body.get("weights")
+            if not isinstance(weights, dict):
+                raise BadRequest("weights: required mapping of arm -> percent")
+            self.set_weights(weights)
+        except ValueError as exc:  # BadRequest and assignment validation errors
+            self.m_reload_errors.inc()
+            return error(400, str(exc))
+        return await self.handle_get_weights(request)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def _on_startup(self, _: web.Application) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                                              timeout=aiohttp.ClientTimeout(total=30))
+        self._tasks = [asyncio.create_task(self._flush_loop())]
+        if self.config_path:
+            self._tasks.append(asyncio.create_task(self._watch()))
+
+    async def _on_cleanup(self, _: web.Application) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await self.flush_exposures()
+        await self._session.close()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.add_routes([web.post("/rank", self.handle_rank), web.get("/weights", self.handle_get_weights),
+                        web.post("/weights", self.handle_set_weights), web.post("/flush", self.handle_flush),
+                        web.get("/healthz", healthz),
+                        web.get("/metrics", metrics_handler(self.registry))])
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+
+class _UpstreamError(Exception):
+    def __init__(self, status: int, text: str):
+        super().__init__(f"HTTP {status}: {text}")
+        self.status = status

@@ -1,0 +1,76 @@
+"""Local service processes (model servers, router, collector): start on a free port, wait for
+/healthz, stop by PID. Each is `python -m cambrian.online.cli <command> ... --port 0 --port-file F`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from cambrian.errors import CambrianError
+
+
+class ServiceError(CambrianError):
+    pass
+
+
+class ServiceProcess:
+    def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None):
+        self.name, self.args, self.workdir = name, args, Path(workdir)
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ServiceProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port_file = self.workdir / f"{self.name}.port"
+        self.port_file.unlink(missing_ok=True)
+        self.log_path = self.workdir / f"{self.name}.log"
+        self._log = open(self.log_path, "ab")
+        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cambrian.online.cli", *self.args, "--port", "0", "--port-file", str(self.port_file)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> "ServiceProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-1500:]
+                raise ServiceError(f"{self.name} exited with code {self.proc.returncode}:\n{tail}")
+            if self.port is None and self.port_file.exists():
+                self.port = int(self.port_file.read_text())
+            if self.port is not None:
+                try:
+                    if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        raise ServiceError(f"{self.name} not ready after {timeout:g} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+            self._log = None

@@ -1,0 +1,165 @@
+"""`cambrian evolve` (run or resume the offline loop) and `cambrian journal` (show a run's journal)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+PHASE_STYLE = {"Scored": "green", "Failed": "red", "Rejected": "yellow", "Training": "cyan", "Proposed": "white"}
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else ("" if x is None else str(x))
+
+
+def journal_rows(journal) -> list[dict[str, Any]]:
+    from cambrian.operator.agents.personas import PERSONAS
+
+    rows = []
+    for h in journal.hypotheses:
+        p = PERSONAS.get(h.persona)
+        metric = p.metric if p else ("val_loss" if "val_loss" in h.offline else None)
+        score = h.offline.get(metric) if metric else None
+        rows.append({
+            "id": h.id, "generation": h.generation, "persona": h.persona, "category": h.category, "phase": h.phase,
+            "verdict": h.verdict, "metric": metric, "score": score.mean if score else None,
+            "std": score.std if score else None, "seeds": score.n if score else 0, "gain": h.gain,
+            "noise_floor": h.noise_floor, "delta": h.delta_summary or ("(baseline)" if h.id == "baseline" else ""),
+            "reason": h.reason, "online": h.online or None, "origin": h.origin,
+        })  # fmt: skip
+    return rows
+
+
+def journal_table(journal, title: str = "Experiment journal", limit: int | None = None):
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, expand=True)
+    for col, kw in (("id", {"no_wrap": True}), ("persona", {}), ("cat", {}), ("phase", {}), ("verdict", {}),
+                    ("metric", {}), ("score ± std (n)", {"no_wrap": True}), ("gain / floor", {"no_wrap": True}),
+                    ("delta", {"overflow": "fold", "ratio": 2}), ("why", {"overflow": "fold", "ratio": 3})):
+        table.add_column(col, **kw)
+    rows = journal_rows(journal)
+    if limit:
+        rows = rows[-limit:]
+    for r in rows:
+        style = PHASE_STYLE.get(r["phase"], "")
+        if r["verdict"] == "better":
+            style = "bold green"
+        score = f"{_fmt(r['score'])} ± {_fmt(r['std'])} ({r['seeds']})" if r["score"] is not None else ""
+        gain = f"{_fmt(r['gain'])} / {_fmt(r['noise_floor'])}" if r["gain"] is not None else ""
+        table.add_row(r["id"], r["persona"], r["category"], r["phase"], r["verdict"] or "", r["metric"] or "", score,
+                      gain, r["delta"], (r["reason"] or "")[:240], style=style)
+    return table
+
+
+def evolve(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML settings (data_dir, generations, workers, budgets, "
+                                "provider, quotas, run_dir ...); CAMBRIAN_EVOLVE_* variables override them"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (no live display)"),
+) -> None:
+    """Run the offline loop: propose, gate, train in sandboxes, score against the noise floor, journal.
+
+    Re-running the same command resumes a killed run; finished candidates are never trained again.
+    """
+    from cambrian.operator.agents.evolve import Evolution, dump_json
+    from cambrian.operator.agents.settings import load_evolve_config
+
+    cfg = load_evolve_config(config)
+    if as_json:
+        result = Evolution(cfg).run()
+        typer.echo(dump_json(result))
+        return
+    result = _run_live(cfg)
+    _print_summary(result)
+
+
+def _run_live(cfg):
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cambrian.operator.agents.evolve import Evolution
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[status]}"))
+    gens = progress.add_task("generations", total=cfg.generations, status="")
+    evals = progress.add_task("evaluations", total=cfg.budgets.max_evaluations, status="")
+    holder: dict[str, Any] = {}
+
+    def render():
+        evo = holder.get("evo")
+        parts = [progress]
+        if evo is not None:
+            parts.append(journal_table(evo.journal, title=f"journal — {evo.run_dir}", limit=18))
+        return Group(*parts)
+
+    with Live(render(), refresh_per_second=2, transient=False) as live:
+
+        def reporter(kind: str, data: dict) -> None:
+            evo = holder.get("evo")
+            if evo is None:
+                return
+            st = evo.journal.state
+            progress.update(gens, completed=len(st.generations_done),
+                            status=f"gen {data.get('generation', '')}" if kind == "generation" else "")
+            spend = evo.spend()
+            progress.update(evals, completed=st.evaluations,
+                            status=f"{spend.tokens} tok ${spend.dollars:.3f} {spend.train_seconds:.0f}s train")
+            live.update(render())
+
+        evo = Evolution(cfg, reporter=reporter)
+        holder["evo"] = evo
+        live.update(render())
+        result = evo.run()
+        live.update(render())
+    return result
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+
+    con = Console()
+    con.print(f"[bold]stopped:[/bold] {result.stop_reason}")
+    base = ", ".join(f"{k} {v.mean:.4g}±{v.std:.2g}" for k, v in result.baseline.items())
+    con.print(f"baseline ({next(iter(result.baseline.values())).n if result.baseline else 0} seeds): {base}")
+    if result.winners:
+        for h in result.winners:
+            con.print(f"[bold green]better[/bold green] {h.id} ({h.persona}) {h.delta_summary}: {h.reason}")
+    else:
+        con.print("no hypothesis beat the baseline beyond the noise floor")
+    s = result.spend
+    con.print(f"spend: {s.evaluations} evaluations, {s.train_seconds:.0f}s training, {s.tokens} tokens, ${s.dollars:.4f}")
+    con.print(f"journal: cambrian journal {result.run_dir}")
+
+
+def journal(
+    run_dir: Path = typer.Argument(..., help="run directory of `cambrian evolve` (holds journal.jsonl)"),
+    as_json: bool = typer.Option(False, "--json", help="print the hypotheses as JSON"),
+    persona: Optional[str] = typer.Option(None, help="only this persona"),
+) -> None:
+    """Print the experiment journal: every hypothesis, its score, verdict and why it won or lost."""
+    from rich.console import Console
+
+    from cambrian.operator.agents.journal import Journal
+
+    j = Journal(run_dir, readonly=True)
+    if persona:
+        j.state.hypotheses = {k: h for k, h in j.state.hypotheses.items() if h.persona in (persona, "baseline")}
+    if as_json:
+        st = j.state
+        typer.echo(json.dumps({
+            "run_dir": str(j.run_dir),
+            "baseline": {k: v.model_dump() for k, v in st.baseline.items()},
+            "stop_reason": st.stop_reason,
+            "spend": {"input_tokens": st.usage.input_tokens, "output_tokens": st.usage.output_tokens,
+                      "dollars": st.usage.dollars, "train_seconds": st.train_seconds, "evaluations": st.evaluations},
+            "hypotheses": [h.model_dump(mode="json") for h in j.hypotheses],
+        }, indent=2, sort_keys=True))  # fmt: skip
+        return
+    con = Console(width=max(Console().width, 160))
+    con.print(journal_table(j, title=f"Experiment journal — {j.run_dir}"))
+    if j.state.stop_reason:
+        con.print(f"stopped: {j.state.stop_reason}")

@@ -1,0 +1,146 @@
+"""The three specialised personas (paper §2.5): each sees only its component(s) of Φ and its own
+offline metric, which keeps the prompt small (the paper saw hallucinations from ~400k tokens)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cambrian.trainer.config import ModelConfig
+
+# Columns of the trainer's `impressions` view (CONTRACTS.md, world data) that reward SQL can use.
+_CONTRACT_COLUMNS = [
+    "impression_id", "day", "user_id", "session", "step", "position", "item_id", "click", "watch_seconds",
+    "completion", "skip", "like", "hate", "topic", "length_min", "thumb_intensity", "home_topic",
+    "returned_next_day",
+]  # fmt: skip
+
+
+def reward_columns() -> list[str]:
+    """The trainer's column list when it publishes one, else the documented contract."""
+    try:
+        from cambrian.trainer.data import IMPRESSION_COLUMNS  # type: ignore[attr-defined]
+
+        cols = list(IMPRESSION_COLUMNS.keys() if isinstance(IMPRESSION_COLUMNS, dict) else IMPRESSION_COLUMNS)
+        return [str(c) for c in cols] or _CONTRACT_COLUMNS
+    except Exception:  # the trainer is optional for prompt building
+        return _CONTRACT_COLUMNS
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    components: tuple[str, ...]  # the parts of Φ it may see and change
+    specialization: str
+    metric: str  # primary offline metric
+    lower_is_better: bool
+    metric_text: str  # how the prompt names the metric ({AGENT_OFFLINE_METRIC})
+    secondary_metrics: tuple[str, ...] = ()
+    uses_sql: bool = False
+    guidance: str = ""
+    example: dict[str, Any] = field(default_factory=dict)
+
+    def view(self, config: ModelConfig) -> dict[str, Any]:
+        """The persona's slice of Φ: nothing else reaches its prompt."""
+        data = config.model_dump(mode="json")
+        return {c: data[c] for c in self.components}
+
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric, *self.secondary_metrics)
+
+
+OPTIMIZER = Persona(
+    name="optimizer",
+    components=("optimizer", "training"),
+    specialization="optimization for deep recommender models: update rules, learning-rate schedules, "
+    "batch sizes, epochs and regularisation",
+    metric="val_loss",
+    lower_is_better=True,
+    metric_text="val_loss (validation loss of the unchanged training objective; lower is better)",
+    guidance=(
+        "You may change `optimizer` (name: any torch.optim class such as Adam, AdamW, Adagrad, RMSprop, SGD; "
+        "lr, weight_decay, params for extra keyword arguments) or `training` (epochs, batch_size, grad_clip). "
+        "Plugin code for the optimizer may define build_optimizer(params, cfg)."
+    ),
+    example={
+        "category": "explore",
+        "explanation": "Adagrad adapts per-parameter step sizes, which suits sparse embedding rows that are "
+        "updated rarely; it often lowers loss for ranking models with large id vocabularies.",
+        "predicted_effect": "val_loss -1%",
+        "delta": {"component": "optimizer", "patch": {"name": "Adagrad", "lr": 0.05}},
+    },
+)
+
+ARCHITECTURE = Persona(
+    name="architecture",
+    components=("architecture",),
+    specialization="neural ranking architectures: feature interactions (DCN, FM), gating, normalisation, "
+    "embedding design",
+    metric="val_loss",
+    lower_is_better=True,
+    metric_text="val_loss (validation loss of the unchanged training objective; lower is better)",
+    guidance=(
+        "You may change `architecture` settings (name of a registered model such as mlp or dcn, embedding_dim, "
+        "hidden, dropout, activation, cross_layers, params) or give plugin code defining `class Model(nn.Module)` "
+        "in the delta's `code` field. Code may import only torch and math; it runs in a sandbox without "
+        "network, files or processes."
+    ),
+    example={
+        "category": "innovate",
+        "explanation": "Explicit feature crosses capture user-topic x item-topic interactions that an MLP "
+        "learns slowly; a DCN with two cross layers should fit them with few parameters.",
+        "predicted_effect": "val_loss -0.5%",
+        "delta": {"component": "architecture", "patch": {"name": "dcn", "cross_layers": 2}},
+    },
+)
+
+REWARD = Persona(
+    name="reward",
+    components=("reward",),
+    specialization="reward engineering for recommender systems: turning engagement logs into training labels "
+    "that predict long-term user satisfaction rather than clicks alone",
+    metric="return_corr",
+    lower_is_better=False,
+    metric_text=(
+        "return_corr (rank correlation of the model's score with the user returning the next day, on held-out "
+        "days; HIGHER is better) and long_watch_corr (with long watches; higher is better). Loss is NOT "
+        "comparable across reward definitions, so it is not shown"
+    ),
+    secondary_metrics=("long_watch_corr",),
+    uses_sql=True,
+    guidance=(
+        "A reward delta patches `reward.label` and/or `reward.weight`: DuckDB SQL expressions evaluated per "
+        "impression. label must lie in [0, 1] for the bce loss; weight must be finite and non-negative. "
+        "Columns: {COLUMNS}."
+    ),
+    example={
+        "category": "innovate",
+        "explanation": "Clicks that lead to a long watch are better evidence of satisfaction than clicks alone; "
+        "weighting clicked impressions by completion should favour items users finish.",
+        "predicted_effect": "return_corr +0.01, long_watch_corr +0.05",
+        "delta": {"component": "reward", "patch": {"label": "CAST(click AS DOUBLE) * LEAST(completion, 1.0)"}},
+    },
+)
+
+PERSONAS: dict[str, Persona] = {p.name: p for p in (OPTIMIZER, ARCHITECTURE, REWARD)}
+
+
+def get_persona(name: str) -> Persona:
+    try:
+        return PERSONAS[name]
+    except KeyError:
+        raise KeyError(f"unknown persona {name!r}; choose from {sorted(PERSONAS)}") from None
+
+
+def persona_guidance(p: Persona) -> str:
+    return p.guidance.replace("{COLUMNS}", ", ".join(reward_columns()))
+
+
+def example_json(p: Persona) -> str:
+    """The few-shot example in the exact output shape (patch as a JSON string, see PROPOSAL_SCHEMA)."""
+    ex = dict(p.example)
+    delta = dict(ex["delta"])
+    delta["patch_json"] = json.dumps(delta.pop("patch"), sort_keys=True)
+    ex["delta"] = delta
+    return json.dumps({"proposals": [ex]}, indent=2)

@@ -1,0 +1,256 @@
+"""Run one candidate training in a resource-limited subprocess (local mode of `compute_loss`/`compute_eval`).
+
+Generated code never runs in the agent's process. Each candidate is `cambrian train` in a child with
+- address-space, CPU-time, file-size and core limits (setrlimit, via sandbox_exec),
+- a wall-clock timeout and a resident-memory watchdog over its whole process tree (kill -9 of its group),
+- an environment stripped of credentials (API keys, cloud and Kubernetes settings), HOME in a temp dir,
+- a temporary working directory, and no network where unprivileged user namespaces allow it.
+The outcome is read from the trainer's contract: exit code, OUT/metrics.json or OUT/error.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from cambrian.operator.agents.journal import Failure
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.delta import Delta
+
+_SECRET_PREFIXES = ("GEMINI", "GOOGLE", "OPENAI", "AWS", "KUBE", "AZURE", "ANTHROPIC", "GCP", "GCLOUD", "CLOUDSDK",
+                    "HF_", "HUGGING", "GITHUB", "GH_", "DOCKER", "VAULT", "CAMBRIAN_PROVIDER")  # fmt: skip
+_SECRET_WORDS = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|SESSION|COOKIE)", re.I)
+_SECRET_EXACT = {"SSH_AUTH_SOCK", "SSH_AGENT_PID", "NETRC", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"}
+
+
+def clean_environment(env: dict[str, str] | None = None, home: str | None = None) -> dict[str, str]:
+    """The environment a candidate gets: everything credential-like removed."""
+    src = dict(os.environ if env is None else env)
+    out = {}
+    for k, v in src.items():
+        up = k.upper()
+        if up in _SECRET_EXACT or up.startswith(_SECRET_PREFIXES) or _SECRET_WORDS.search(up):
+            continue
+        out[k] = v
+    if home:
+        out["HOME"] = home
+        out["TMPDIR"] = home
+    out["PYTHONDONTWRITEBYTECODE"] = "1"
+    return out
+
+
+class RunLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    wall_seconds: float = Field(900.0, gt=0)
+    address_space_mb: int | None = Field(None, ge=256, description="RLIMIT_AS; leave unset on CUDA machines")
+    rss_mb: int | None = Field(6144, ge=64, description="resident memory of the whole process tree")
+    cpu_seconds: int | None = Field(None, ge=1)
+    file_size_mb: int | None = Field(2048, ge=1)
+    threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
+    network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
+
+
+@dataclass
+class RunOutcome:
+    ok: bool
+    metrics: dict[str, Any] | None = None
+    failure: Failure | None = None
+    wall_seconds: float = 0.0
+    out_dir: Path | None = None
+    log_tail: str = ""
+    isolation: list[str] = field(default_factory=list)
+
+
+@lru_cache(maxsize=1)
+def network_isolation_available() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def default_train_command() -> list[str]:
+    return [sys.executable, "-m", "cambrian.cli", "train"]
+
+
+def build_command(
+    base: list[str], config_file: Path, delta_file: Path | None, data_dir: Path, out_dir: Path, limits: RunLimits
+) -> tuple[list[str], list[str]]:
+    cmd = [*base, "--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
+    if delta_file is not None:
+        cmd += ["--delta", str(delta_file)]
+    isolation = []
+    launcher = [sys.executable, "-m", "cambrian.operator.agents.sandbox_exec"]
+    if limits.address_space_mb:
+        launcher += ["--as-mb", str(limits.address_space_mb)]
+        isolation.append(f"as={limits.address_space_mb}MiB")
+    if limits.cpu_seconds:
+        launcher += ["--cpu-s", str(limits.cpu_seconds)]
+        isolation.append(f"cpu={limits.cpu_seconds}s")
+    if limits.file_size_mb:
+        launcher += ["--fsize-mb", str(limits.file_size_mb)]
+    full = [*launcher, "--", *cmd]
+    if limits.network != "allow":
+        if network_isolation_available():
+            full = ["unshare", "-rn", *full]
+            isolation.append("no-network")
+        elif limits.network == "off":
+            raise RuntimeError("network isolation requested (limits.network=off) but `unshare -rn` is unavailable")
+    return full, isolation
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _kill_group(popen: subprocess.Popen) -> None:
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_candidate(
+    config: ModelConfig,
+    delta: Delta | None,
+    data_dir: str | Path,
+    work_dir: str | Path,
+    limits: RunLimits | None = None,
+    command: list[str] | None = None,
+    poll_s: float = 0.2,
+) -> RunOutcome:
+    """Train `config` (+ `delta`) in a sandboxed child; never raises for anything the candidate does."""
+    limits = limits or RunLimits()
+    work = Path(work_dir).resolve()
+    out = work / "out"
+    if out.exists():  # a re-run after an interrupted attempt starts clean
+        shutil.rmtree(out)
+    work.mkdir(parents=True, exist_ok=True)
+    config_file = work / "config.json"
+    config_file.write_text(config.model_dump_json(indent=2))
+    delta_file = None
+    if delta is not None:
+        delta_file = work / "delta.json"
+        delta_file.write_text(delta.model_dump_json(indent=2))
+    log_file = work / "train.log"
+    try:
+        cmd, isolation = build_command(
+            command or default_train_command(), config_file, delta_file, Path(data_dir).resolve(), out, limits
+        )
+    except RuntimeError as exc:
+        return RunOutcome(False, failure=Failure(phase="Validated", stage="sandbox", reason=str(exc)))
+    tmp = tempfile.mkdtemp(prefix="cambrian-cand-")
+    env = clean_environment(home=tmp)
+    if limits.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(limits.threads)
+    started = time.monotonic()
+    killed: tuple[str, str] | None = None
+    peak = 0
+    try:
+        with open(log_file, "wb") as log:
+            popen = subprocess.Popen(
+                cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            ps = psutil.Process(popen.pid)
+            try:
+                while True:
+                    try:
+                        rc = popen.wait(timeout=poll_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    elapsed = time.monotonic() - started
+                    if elapsed > limits.wall_seconds:
+                        killed = ("timeout", f"killed after exceeding the wall-time limit of {limits.wall_seconds:g}s")
+                    elif limits.rss_mb:
+                        rss = _tree_rss(ps)
+                        peak = max(peak, rss)
+                        if rss > limits.rss_mb * 1024 * 1024:
+                            killed = ("memory", f"killed at {rss / 2**20:.0f} MiB resident, over the limit of "
+                                                f"{limits.rss_mb} MiB")
+                    if killed:
+                        _kill_group(popen)
+                        rc = popen.wait()
+                        break
+            finally:
+                if popen.poll() is None:  # an exception in the watcher: never leave a candidate behind
+                    _kill_group(popen)
+                    popen.wait()
+                _kill_group(popen)  # grandchildren that outlived their parent
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.monotonic() - started
+    tail = _tail(log_file)
+    outcome = RunOutcome(False, wall_seconds=wall, out_dir=out, log_tail=tail, isolation=isolation)
+    if killed:
+        outcome.failure = Failure(phase="Training", stage=killed[0], reason=killed[1])
+        return outcome
+    outcome.failure = classify(rc, out, tail, limits)
+    if outcome.failure is None:
+        try:
+            outcome.metrics = json.loads((out / "metrics.json").read_text())
+            outcome.ok = True
+        except (OSError, json.JSONDecodeError) as exc:
+            outcome.failure = Failure(phase="Training", stage="sandbox", reason=f"exit 0 but no readable metrics.json: {exc}",
+                                      exit_code=rc)
+    return outcome
+
+
+def classify(rc: int, out: Path, tail: str, limits: RunLimits) -> Failure | None:
+    """Map the trainer's exit code (and error.json) to a journal Failure; None for success."""
+    if rc == 0:
+        return None
+    err: dict[str, Any] = {}
+    try:
+        err = json.loads((out / "error.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        pass
+    if rc in (2, 3, 4) and err:
+        phase = "Training" if rc == 4 else "Validated"
+        return Failure(phase=phase, stage=str(err.get("stage", "unknown")), reason=str(err.get("reason", ""))[:2000],
+                       exit_code=rc)
+    if rc < 0:
+        sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+        stage = "cpu" if sig in ("SIGXCPU",) or (sig == "SIGKILL" and limits.cpu_seconds) else "killed"
+        return Failure(phase="Training", stage=stage, reason=f"killed by {sig}" + (f"; log: {tail[-300:]}" if tail else ""),
+                       exit_code=rc)
+    low = tail.lower()
+    if "memoryerror" in low or "cannot allocate memory" in low or "can't allocate memory" in low:
+        return Failure(phase="Training", stage="memory", reason=f"ran out of memory (limit): {tail[-300:]}", exit_code=rc)
+    return Failure(phase="Training", stage="crash", reason=f"exit code {rc}: {tail[-500:]}", exit_code=rc)
+
+
+def _tail(path: Path, n: int = 2000) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-n:].decode("utf-8", "replace").strip()

@@ -1,0 +1,42 @@
+"""Set resource limits on this process, then exec the candidate command (used by runner.py).
+
+    python -m cambrian.operator.agents.sandbox_exec --as-mb 4096 --cpu-s 600 -- cambrian train ...
+
+A separate launcher (rather than subprocess's preexec_fn) because preexec_fn is unsafe in a process
+that runs several candidates from threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandbox_exec")
+    parser.add_argument("--as-mb", type=int, default=0, help="address-space limit in MiB (0: none)")
+    parser.add_argument("--cpu-s", type=int, default=0, help="CPU-time limit in seconds (0: none)")
+    parser.add_argument("--fsize-mb", type=int, default=0, help="largest file the candidate may write (0: none)")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        parser.error("no command given")
+    if args.as_mb:
+        limit = args.as_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if args.cpu_s:
+        # soft limit sends SIGXCPU, the hard one a second later SIGKILL
+        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_s, args.cpu_s + 1))
+    if args.fsize_mb:
+        limit = args.fsize_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

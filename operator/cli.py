@@ -1,0 +1,61 @@
+"""`cambrian operator run`: the Kubernetes operator (kopf) with Cambrian's handlers."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, help="Run the Kubernetes operator.", no_args_is_help=True)
+
+
+@app.command()
+def run(
+    namespace: Optional[list[str]] = typer.Option(None, "--namespace", "-n",
+                                                  help="namespace(s) to watch (repeatable); default: all"),
+    prometheus_url: Optional[str] = typer.Option(None, "--prometheus-url", envvar="CAMBRIAN_PROMETHEUS_URL",
+                                                 help="Prometheus HTTP API the rollout readouts query"),
+    interval: float = typer.Option(15.0, "--interval", min=1.0, envvar="CAMBRIAN_OPERATOR_INTERVAL",
+                                   help="seconds between level-based reconciles of every object"),
+    liveness: Optional[str] = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
+    standalone: bool = typer.Option(True, "--standalone/--peering", help="run without kopf peering objects"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Watch Evolutions, Hypotheses and Rollouts and reconcile them (needs a kubeconfig or in-cluster config)."""
+    import asyncio
+    import logging
+
+    # Read by operator/handlers.py at import time and in its startup handler.
+    os.environ["CAMBRIAN_OPERATOR_INTERVAL"] = str(interval)
+    if prometheus_url:
+        os.environ["CAMBRIAN_PROMETHEUS_URL"] = prometheus_url
+
+    import kopf
+
+    import cambrian.operator.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(
+        kopf.operator(
+            standalone=standalone,
+            namespaces=namespace or None,
+            clusterwide=not namespace,
+            liveness_endpoint=liveness,
+        )
+    )
+
+
+@app.command()
+def crds(out: Optional[str] = typer.Option(None, "--out", help="write here instead of printing")) -> None:
+    """Print (or write) the CustomResourceDefinitions, generated from the models."""
+    from pathlib import Path
+
+    from cambrian.operator import crdgen
+
+    if out:
+        for p in crdgen.write(Path(out)):
+            typer.echo(p)
+    else:
+        typer.echo("---\n".join(crdgen.render(k) for k in crdgen.NAMES))

@@ -1,0 +1,276 @@
+"""kopf handlers for cluster mode: thin and level-based.
+
+Every handler does the same three things: gather the actual state (the object, its children, its
+Evolution, Prometheus) into plain observations, call the pure core, then apply the core's actions
+through the Kubernetes platform and persist the new status. Timers re-run this periodically, so a
+missed event or an operator restart only delays work; create/update handlers react at once.
+If applying an action fails, the status is NOT written (TemporaryError): the next run replays from
+the persisted status, and deterministic child names make the replay safe.
+
+Run with `cambrian operator run` (operator/cli.py) or `kopf run -m cambrian.operator.handlers`.
+Environment: CAMBRIAN_PROMETHEUS_URL, CAMBRIAN_OPERATOR_INTERVAL (seconds, default 15).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+
+from cambrian.errors import ConfigError
+from cambrian.operator import api
+from cambrian.operator.platform.base import MetricsUnavailable, apply_actions
+from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile import readout as RD
+from cambrian.operator.reconcile import rollout as R
+from cambrian.operator.reconcile import views
+from cambrian.operator.reconcile.common import Meta, set_condition
+from cambrian.operator.reconcile.observations import RolloutObservation
+
+log = logging.getLogger("cambrian.operator")
+
+GROUP, VERSION = api.GROUP, api.VERSION
+FINALIZER = "cambrian.dev/finalizer"
+APPROVE = "cambrian.dev/approve"
+INTERVAL = float(os.environ.get("CAMBRIAN_OPERATOR_INTERVAL", "15"))
+RETRY_DELAY = 10.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and the platform
+# ---------------------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    if getattr(memo, "platform", None) is None:
+        from cambrian.operator.platform.kubernetes import KubernetesPlatform
+
+        memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"))
+
+
+def _custom():
+    from kubernetes import client
+
+    return client.CustomObjectsApi()
+
+
+def _list(plural: str, namespace: str) -> list[dict[str, Any]]:
+    return _custom().list_namespaced_custom_object(GROUP, VERSION, namespace, plural).get("items", [])
+
+
+def _get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return _custom().get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared plumbing
+# ---------------------------------------------------------------------------------------------
+
+
+def _meta(body: kopf.Body) -> Meta:
+    m = body["metadata"]
+    return Meta(m["name"], m.get("uid", ""), m.get("namespace"), m.get("generation"), dict(m.get("annotations") or {}))
+
+
+def _spec(kind: str, body: kopf.Body, status_obj: Any, patch: kopf.Patch, meta: Meta) -> Any:
+    """Parse the spec; an invalid one is reported in status once and fails permanently."""
+    try:
+        return api.parse_spec(kind, dict(body.get("spec") or {}))
+    except ConfigError as exc:
+        conds = set_condition(status_obj.conditions, "Ready", False, "InvalidSpec", str(exc), now(), meta.generation)
+        patch.status["conditions"] = [c.wire() for c in conds]
+        patch.status["observedGeneration"] = meta.generation
+        raise kopf.PermanentError(str(exc)) from None
+
+
+def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
+    wire = new.wire()
+    for key in old:
+        if key not in wire:
+            patch.status[key] = None  # merge patch: null removes
+    for key, value in wire.items():
+        patch.status[key] = value
+
+
+def _apply(platform: Any, actions: list) -> None:
+    try:
+        apply_actions(platform, actions)
+    except Exception as exc:  # API errors, conflicts, timeouts: retry from the persisted status
+        raise kopf.TemporaryError(f"applying {len(actions)} action(s) failed: {exc}", delay=RETRY_DELAY) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis
+# ---------------------------------------------------------------------------------------------
+
+
+def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    meta = _meta(body)
+    old = dict(body.get("status") or {})
+    status = api.parse_status("Hypothesis", old)
+    spec = _spec("Hypothesis", body, status, patch, meta)
+    ns = meta.namespace or "default"
+    evo_obj = _get("evolutions", ns, spec.evolution_ref.name)
+    ctx = None
+    if evo_obj is not None:
+        try:
+            evo_spec = api.parse_spec("Evolution", evo_obj.get("spec"))
+        except ConfigError:
+            evo_spec = None
+        if evo_spec is not None:
+            evo_status = api.parse_status("Evolution", evo_obj.get("status"))
+            ctx = H.EvolutionContext(
+                name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
+                baseline=E.effective_baseline(evo_spec, evo_status),
+                budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
+            )
+    platform = memo.platform
+    jobs = platform.training_jobs(H.owner_of(meta)) if status.phase == "Training" or status.phase == "Validated" else []
+    rollout = views.rollout_for(meta.name, _list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
+    result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now())
+    _apply(platform, result.actions)
+    _persist(patch, old, result.status)
+
+
+@kopf.on.create(GROUP, VERSION, "hypotheses")
+@kopf.on.update(GROUP, VERSION, "hypotheses", field="spec")
+def hypothesis_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_hypothesis(body, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, "hypotheses", interval=INTERVAL, initial_delay=INTERVAL,
+            when=lambda status, **_: (status or {}).get("phase") not in H.TERMINAL)
+def hypothesis_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_hypothesis(body, patch, memo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout
+# ---------------------------------------------------------------------------------------------
+
+
+def _serving(ns: str, spec: api.RolloutSpec) -> tuple[api.Serving, str | None]:
+    if spec.evolution_ref is not None:
+        evo = _get("evolutions", ns, spec.evolution_ref.name)
+        if evo is not None:
+            try:
+                es = api.parse_spec("Evolution", evo.get("spec"))
+                return es.serving, es.storage.claim_name
+            except ConfigError:
+                pass
+    return api.Serving(), None
+
+
+def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    meta = _meta(body)
+    old = dict(body.get("status") or {})
+    status = api.parse_status("Rollout", old)
+    spec = _spec("Rollout", body, status, patch, meta)
+    ns = meta.namespace or "default"
+    serving, claim = _serving(ns, spec)
+    platform = memo.platform
+    owner = R.owner_of(meta)
+    t = now()
+    analysis = None
+    if R.readout_due(status, t):
+        try:
+            r = platform.prometheus_readout(meta.name)
+            analysis = RD.analyse(spec, status, r.stats, t, r.exposures, r.cohorts)
+        except MetricsUnavailable as exc:
+            log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
+        except ValueError as exc:  # the statistics refused the data: decide nothing this time
+            log.warning("rollout %s/%s: analysis failed: %s", ns, meta.name, exc)
+    obs = RolloutObservation(
+        arms=platform.arms(owner),
+        weights=platform.router_weights(owner, serving.wire()),
+        analysis=analysis,
+        approval=(meta.annotations.get(APPROVE) or None),
+    )
+    result = R.reconcile(meta, spec, status, serving, claim, obs, t)
+    _apply(platform, result.actions)
+    _persist(patch, old, result.status)
+
+
+@kopf.on.create(GROUP, VERSION, "rollouts")
+@kopf.on.update(GROUP, VERSION, "rollouts", field="spec")
+@kopf.on.update(GROUP, VERSION, "rollouts", field=f"metadata.annotations")
+def rollout_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_rollout(body, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, "rollouts", interval=INTERVAL, initial_delay=INTERVAL)
+def rollout_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_rollout(body, patch, memo)
+
+
+@kopf.on.delete(GROUP, VERSION, "rollouts")
+def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every user back on control before the arms go (owner references then remove the rest)."""
+    meta = _meta(body)
+    try:
+        spec = api.parse_spec("Rollout", dict(body.get("spec") or {}))
+    except ConfigError:
+        return  # never admitted: nothing was deployed
+    serving, _ = _serving(meta.namespace or "default", spec)
+    _apply(memo.platform, R.finalize(meta, spec, serving))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evolution
+# ---------------------------------------------------------------------------------------------
+
+
+def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    meta = _meta(body)
+    old = dict(body.get("status") or {})
+    status = api.parse_status("Evolution", old)
+    spec = _spec("Evolution", body, status, patch, meta)
+    ns = meta.namespace or "default"
+    platform = memo.platform
+    hyps = [h for h in _list("hypotheses", ns) if views.belongs_to(h, meta.name)]
+    ros = [r for r in _list("rollouts", ns) if views.belongs_to(r, meta.name)]
+    baseline_job = None
+    if status.champion.bundle is None:
+        name = E.baseline_job_name(meta)
+        baseline_job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+    result = E.reconcile(
+        meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
+        baseline_job, views.spend(hyps, baseline_attempts=1), now(),
+    )
+    _apply(platform, result.actions)
+    _persist(patch, old, result.status)
+
+
+@kopf.on.create(GROUP, VERSION, "evolutions")
+@kopf.on.update(GROUP, VERSION, "evolutions", field="spec")
+def evolution_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_evolution(body, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, "evolutions", interval=INTERVAL, initial_delay=INTERVAL,
+            when=lambda status, **_: (status or {}).get("phase") != "Failed")
+def evolution_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    reconcile_evolution(body, patch, memo)

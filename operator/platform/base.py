@@ -1,0 +1,120 @@
+"""The narrow interface between the pure reconcile core and the world it acts on.
+
+Two implementations: `kubernetes.KubernetesPlatform` (Jobs, Deployments, ConfigMaps, HTTPRoutes,
+the Prometheus HTTP API) and the local driver's (processes, local servers, a Prometheus process).
+The core never calls a platform; `apply_actions` feeds it the core's actions, and the handler or
+driver gathers observations through the read methods before calling the core.
+
+Rules every implementation keeps:
+- creates are idempotent by name: "already exists" is success (names are deterministic);
+- deletes are idempotent: "not found" is success;
+- reads never raise for a missing object: they return None / leave it out;
+- `prometheus_readout` raises MetricsUnavailable when Prometheus cannot answer, and the caller
+  then passes analysis=None to the core (which decides nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+
+from cambrian.errors import CambrianError
+from cambrian.operator.reconcile.actions import (
+    Action,
+    ClearWeights,
+    CreateRollout,
+    CreateTrainingJob,
+    DeleteArm,
+    DeleteJob,
+    DeployArm,
+    Owner,
+    ProposeHypotheses,
+    RecordJournal,
+    SetWeights,
+    UpdateChampion,
+)
+from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+
+
+class MetricsUnavailable(CambrianError):
+    """Prometheus (or the local metrics store) did not answer: make no decision."""
+
+
+class Readout(Protocol):
+    """Per-arm sums of one experiment at one instant (cambrian.online.prometheus.ExperimentReadout)."""
+
+    stats: Mapping[str, Mapping[str, Any]]
+    exposures: Mapping[str, int]
+    cohorts: Mapping[int, Mapping[str, int]]
+
+
+@runtime_checkable
+class Platform(Protocol):
+    # --- training ---------------------------------------------------------------------------
+    def submit_training_job(self, action: CreateTrainingJob) -> None:
+        """Start `cambrian train` for Φ = baseline + delta; idempotent by action.name."""
+
+    def training_jobs(self, owner: Owner) -> list[JobObservation]:
+        """Every training run owned by `owner`, with state, exit code/reason and (on success) metrics."""
+
+    def delete_job(self, action: DeleteJob) -> None: ...
+
+    # --- serving ----------------------------------------------------------------------------
+    def deploy_arm(self, action: DeployArm) -> None:
+        """A model server for one arm (Deployment + Service, or a local process); idempotent."""
+
+    def arms(self, owner: Owner) -> dict[str, ArmObservation]:
+        """The rollout's arms by arm name: exists, ready."""
+
+    def delete_arm(self, action: DeleteArm) -> None: ...
+
+    def set_weights(self, action: SetWeights) -> None:
+        """Make the router send each arm its percentage (user-sticky by hash(user, salt))."""
+
+    def clear_weights(self, action: ClearWeights) -> None: ...
+
+    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        """What the router has now for this rollout (None: no entry)."""
+
+    # --- metrics ----------------------------------------------------------------------------
+    def prometheus_readout(self, rollout: str) -> Readout:
+        """Per-arm sufficient statistics of the experiment; raises MetricsUnavailable."""
+
+    # --- the loop ---------------------------------------------------------------------------
+    def create_rollout(self, action: CreateRollout) -> None: ...
+
+    def update_champion(self, action: UpdateChampion) -> None:
+        """Point production serving at the new champion bundle."""
+
+    def propose(self, action: ProposeHypotheses) -> None:
+        """Run the offline agent once; it creates Hypotheses named `{prefix}-{i}` (idempotent)."""
+
+    def record(self, action: RecordJournal) -> None:
+        """Journal entry and a user-visible event (Kubernetes Event / log line)."""
+
+
+def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
+    """Apply in order. An exception stops the rest: the caller must not persist the new status then,
+    so the next reconcile replays from the old one (deterministic names make that safe)."""
+    for a in actions:
+        if isinstance(a, CreateTrainingJob):
+            platform.submit_training_job(a)
+        elif isinstance(a, DeleteJob):
+            platform.delete_job(a)
+        elif isinstance(a, DeployArm):
+            platform.deploy_arm(a)
+        elif isinstance(a, DeleteArm):
+            platform.delete_arm(a)
+        elif isinstance(a, SetWeights):
+            platform.set_weights(a)
+        elif isinstance(a, ClearWeights):
+            platform.clear_weights(a)
+        elif isinstance(a, CreateRollout):
+            platform.create_rollout(a)
+        elif isinstance(a, UpdateChampion):
+            platform.update_champion(a)
+        elif isinstance(a, ProposeHypotheses):
+            platform.propose(a)
+        elif isinstance(a, RecordJournal):
+            platform.record(a)
+        else:  # pragma: no cover - a new action type without an adapter method
+            raise TypeError(f"no platform method for {type(a).__name__}")

@@ -1,0 +1,559 @@
+"""The Platform on Kubernetes, with the official `kubernetes` client.
+
+- A training run is a batch/v1 Job on the trainer image: Φ and the delta come from a ConfigMap,
+  the GPU is requested as an extended resource (configurable name and count), nodeSelector,
+  tolerations and priorityClassName are copied from the Evolution, and with a Kueue queue the Job
+  is created suspended with the `kueue.x-k8s.io/queue-name` label (Kueue unsuspends it). No
+  service-account token is mounted and backoffLimit is 0: retries are the core's decision.
+  Results come back in the trainer container's termination message (see termination.py).
+- An arm is a Deployment + Service running `cambrian serve`; a rollout's router is a Deployment +
+  Service running `cambrian route` with its config (salt, arms, weights) in a ConfigMap that the
+  router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well.
+- Everything carries an ownerReference to its Hypothesis/Rollout/Evolution, so deleting the owner
+  deletes the children.
+
+The manifest builders are module functions over plain dicts (tested without a cluster); the class
+only sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from cambrian.operator.api import API_VERSION, GROUP, VERSION
+from cambrian.operator.platform.base import MetricsUnavailable, Readout
+from cambrian.operator.reconcile.actions import (
+    ClearWeights,
+    CreateRollout,
+    CreateTrainingJob,
+    DeleteArm,
+    DeleteJob,
+    DeployArm,
+    Owner,
+    ProposeHypotheses,
+    RecordJournal,
+    SetWeights,
+    UpdateChampion,
+)
+from cambrian.operator.reconcile.common import child_name
+from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+
+log = logging.getLogger("cambrian.operator.kubernetes")
+
+PART_OF = {"app.kubernetes.io/part-of": "cambrian", "app.kubernetes.io/managed-by": "cambrian-operator"}
+L_OWNER_KIND = "cambrian.dev/owner-kind"
+L_OWNER = "cambrian.dev/owner"
+L_ROLLOUT = "cambrian.dev/rollout"
+L_ARM = "cambrian.dev/arm"
+A_BUNDLE = "cambrian.dev/bundle-uri"
+A_ATTEMPT = "cambrian.dev/attempt"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+STORAGE_MOUNT = "/var/lib/cambrian"
+TRAINER = "trainer"
+JOB_TTL_SECONDS = 7 * 86400
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure builders
+# ---------------------------------------------------------------------------------------------
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": owner.kind, "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(name: str, owner: Owner, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None) -> dict:
+    meta: dict[str, Any] = {
+        "name": name,
+        "labels": {**PART_OF, L_OWNER_KIND: owner.kind.lower(), L_OWNER: owner.name, **labels},
+        "ownerReferences": [owner_reference(owner)],
+    }
+    if owner.namespace:
+        meta["namespace"] = owner.namespace
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def bundle_uri(action: CreateTrainingJob) -> str:
+    if action.storage_claim:
+        return f"pvc://{action.storage_claim}/{action.bundle_path}/bundle"
+    return f"job://{action.name}/bundle"  # lives only as long as the Job's pod: metrics only
+
+
+def bundle_path(uri: str) -> str | None:
+    """pvc://CLAIM/PATH -> the path inside the pod where the claim is mounted; None for other schemes."""
+    if uri.startswith("pvc://"):
+        rest = uri[len("pvc://") :]
+        return f"{STORAGE_MOUNT}/{rest.split('/', 1)[1]}" if "/" in rest else STORAGE_MOUNT
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return None
+
+
+def training_configmap(action: CreateTrainingJob) -> dict[str, Any]:
+    data = {"config.json": json.dumps(action.baseline, sort_keys=True)}
+    if action.delta is not None:
+        data["delta.json"] = json.dumps(action.delta, sort_keys=True)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(action.name, action.owner, {}), "data": data}
+
+
+def training_job(action: CreateTrainingJob) -> dict[str, Any]:
+    t = action.training
+    gpu = t.get("gpu") or {}
+    queue = t.get("queueName")
+    labels = {"app.kubernetes.io/component": "training"}
+    if queue:
+        labels[KUEUE_QUEUE] = queue
+    out_dir = f"{STORAGE_MOUNT}/{action.bundle_path}" if action.storage_claim else "/out"
+    train = ["cambrian", "train", "--config", "/etc/cambrian/run/config.json", "--data", "/data", "--out", out_dir]
+    if action.delta is not None:
+        train[4:4] = ["--delta", "/etc/cambrian/run/delta.json"]
+    command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *train]
+
+    limits: dict[str, Any] = {"memory": t.get("memory", "8Gi")}
+    requests: dict[str, Any] = {"cpu": t.get("cpu", "2"), "memory": t.get("memory", "8Gi")}
+    if int(gpu.get("count", 0)) > 0:
+        limits[gpu.get("resource", "nvidia.com/gpu")] = int(gpu["count"])
+        requests[gpu.get("resource", "nvidia.com/gpu")] = int(gpu["count"])
+
+    volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}]
+    mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True}]
+    data = action.data or {}
+    init: list[dict[str, Any]] = []
+    secure = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    if data.get("persistentVolumeClaim"):
+        pvc = data["persistentVolumeClaim"]
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": pvc["claimName"], "readOnly": True}})
+        mounts.append({"name": "data", "mountPath": "/data", "readOnly": True, **({"subPath": pvc["path"]} if pvc.get("path") else {})})
+    else:
+        w = data.get("world") or {}
+        volumes.append({"name": "data", "emptyDir": {}})
+        mounts.append({"name": "data", "mountPath": "/data"})
+        init.append({
+            "name": "world",
+            "image": t.get("image"),
+            "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
+            "command": ["cambrian", "world", "generate", "--users", str(w.get("users", 2000)),
+                        "--days", str(w.get("days", 14)), "--seed", str(w.get("seed", 0)), "--out", "/data"],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "securityContext": secure,
+        })
+    if action.storage_claim:
+        volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": action.storage_claim}})
+        mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT})
+    else:
+        volumes.append({"name": "out", "emptyDir": {}})
+        mounts.append({"name": "out", "mountPath": "/out"})
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": TRAINER,
+            "image": t.get("image"),
+            "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
+            "command": command,
+            "env": [{"name": "CAMBRIAN_TERMINATION_LOG", "value": "/dev/termination-log"},
+                    {"name": "CAMBRIAN_RUN", "value": action.name}],
+            "resources": {"requests": requests, "limits": limits},
+            "volumeMounts": mounts,
+            "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": secure,
+        }],
+        "volumes": volumes,
+    }
+    if init:
+        pod_spec["initContainers"] = init
+    if t.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(t["nodeSelector"])
+    if t.get("tolerations"):
+        pod_spec["tolerations"] = [dict(x) for x in t["tolerations"]]
+    if t.get("priorityClassName"):
+        pod_spec["priorityClassName"] = t["priorityClassName"]
+
+    from cambrian.operator.api import duration_seconds
+
+    annotations = {A_BUNDLE: bundle_uri(action), A_ATTEMPT: str(action.attempt)}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _meta(action.name, action.owner, labels, annotations),
+        "spec": {
+            "backoffLimit": 0,
+            "suspend": bool(queue),
+            "activeDeadlineSeconds": int(duration_seconds(t.get("activeDeadline", "6h"))),
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {
+                "metadata": {"labels": {**PART_OF, **labels, L_OWNER: action.owner.name},
+                             **({"annotations": dict(t["podAnnotations"])} if t.get("podAnnotations") else {})},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObservation:
+    """Job + its pods (plain dicts, as the API returns them) -> what the core needs."""
+    meta, spec, status = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
+    name = meta["name"]
+    conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    started = _time(status.get("startTime"))
+    finished = _time(status.get("completionTime")) or _time((conds.get("Failed") or {}).get("lastTransitionTime"))
+    bundle = (meta.get("annotations") or {}).get(A_BUNDLE)
+    term = _terminated(pods)
+    message = _termination_message(term)
+    if ("Complete" in conds or "SuccessCriteriaMet" in conds) and "Failed" not in conds:
+        return JobObservation(name, "Succeeded", 0, metrics=message.get("metrics"), bundle_uri=bundle,
+                              started_at=started, finished_at=finished)
+    if "Failed" in conds or "FailureTarget" in conds:
+        cond = conds.get("Failed") or conds.get("FailureTarget") or {}
+        error = message.get("error") or {}
+        reason = (term or {}).get("reason") or cond.get("reason")
+        if cond.get("reason") in ("DeadlineExceeded", "BackoffLimitExceeded") and not term:
+            reason = cond.get("reason")
+        text = error.get("reason") or (None if message else (term or {}).get("message")) or cond.get("message")
+        return JobObservation(name, "Failed", (term or {}).get("exitCode"), reason, text, error.get("stage") or None,
+                              started_at=started, finished_at=finished, bundle_uri=bundle)
+    if spec.get("suspend"):
+        return JobObservation(name, "Suspended", bundle_uri=bundle)
+    if status.get("active"):
+        return JobObservation(name, "Running", started_at=started, bundle_uri=bundle)
+    return JobObservation(name, "Pending", bundle_uri=bundle)
+
+
+def _terminated(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            if cs.get("name") == TRAINER and (cs.get("state") or {}).get("terminated"):
+                return cs["state"]["terminated"]
+    return None
+
+
+def _termination_message(term: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not term or not term.get("message"):
+        return {}
+    try:
+        msg = json.loads(term["message"])
+    except ValueError:
+        return {}
+    return msg if isinstance(msg, dict) and msg.get("v") == 1 else {}
+
+
+def _time(v: Any) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+
+
+def arm_labels(rollout: str, arm: str) -> dict[str, str]:
+    return {"app.kubernetes.io/component": "serving", L_ROLLOUT: rollout, L_ARM: arm}
+
+
+def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving: Mapping[str, Any],
+                       args: list[str], volumes: list[dict], mounts: list[dict], replicas: int) -> dict[str, Any]:
+    port = int(serving.get("port", 8080))
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(name, owner, labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {L_ROLLOUT: labels[L_ROLLOUT], L_ARM: labels[L_ARM]}},
+            "template": {
+                "metadata": {"labels": {**PART_OF, **labels}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [{
+                        "name": "server",
+                        "image": serving.get("image"),
+                        "args": [*args, "--host", "0.0.0.0", "--port", str(port)],
+                        "ports": [{"name": "http", "containerPort": port}],
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
+                        "volumeMounts": mounts,
+                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _service(name: str, owner: Owner, labels: dict[str, str], port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, owner, labels),
+        "spec": {"selector": {L_ROLLOUT: labels[L_ROLLOUT], L_ARM: labels[L_ARM]},
+                 "ports": [{"name": "http", "port": port, "targetPort": "http"}]},
+    }
+
+
+def arm_manifests(action: DeployArm) -> tuple[dict[str, Any], dict[str, Any]]:
+    labels = arm_labels(action.rollout, action.arm)
+    volumes, mounts = [], []
+    path = bundle_path(action.bundle)
+    if action.bundle.startswith("pvc://"):
+        claim = action.bundle[len("pvc://") :].split("/", 1)[0]
+        volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": True})
+    args = ["cambrian", "serve", "--bundle", path or action.bundle, "--arm", action.arm]
+    dep = _server_deployment(action.name, action.owner, labels, action.serving, args, volumes, mounts,
+                             int(action.serving.get("replicas", 1)))
+    return dep, _service(action.name, action.owner, labels, int(action.serving.get("port", 8080)))
+
+
+def router_name(owner: Owner) -> str:
+    return child_name(owner.name, owner.uid, "router")
+
+
+def router_config(action: SetWeights, namespace: str | None) -> dict[str, Any]:
+    """The online router's config (cambrian.online.router.RouterConfig) for this rollout."""
+    port = int(action.serving.get("port", 8080))
+    ns = f".{namespace}.svc" if namespace else ""
+    arms = []
+    for i, w in enumerate(action.weights):
+        arm = {"name": w.arm, "url": f"http://{w.service}{ns}:{port}", "weight": w.weight}
+        if i == 0:
+            arm["control"] = True
+        arms.append(arm)
+    cfg: dict[str, Any] = {"experiment": action.rollout, "salt": action.salt, "arms": arms}
+    if action.serving.get("collectorUrl"):
+        cfg["collector"] = action.serving["collectorUrl"]
+    return cfg
+
+
+def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, dict, dict]:
+    name = router_name(action.owner)
+    labels = {"app.kubernetes.io/component": "router", L_ROLLOUT: action.rollout, L_ARM: "router"}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, action.owner, labels),
+          "data": {"router.yaml": yaml.safe_dump(router_config(action, namespace), sort_keys=False)}}
+    dep = _server_deployment(
+        name, action.owner, labels, action.serving, ["cambrian", "route", "--config", "/etc/cambrian/router/router.yaml"],
+        [{"name": "config", "configMap": {"name": name}}],
+        [{"name": "config", "mountPath": "/etc/cambrian/router", "readOnly": True}], 1,
+    )
+    return cm, dep, _service(name, action.owner, labels, int(action.serving.get("port", 8080)))
+
+
+def httproute_patch(action: SetWeights) -> dict[str, Any]:
+    port = int((action.serving.get("httpRoute") or {}).get("port", action.serving.get("port", 8080)))
+    return {"spec": {"rules": [{"backendRefs": [
+        {"name": w.service, "port": port, "weight": w.weight} for w in action.weights
+    ]}]}}
+
+
+def rollout_object(action: CreateRollout) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Rollout",
+            "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": action.hypothesis}),
+            "spec": action.spec}
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter
+# ---------------------------------------------------------------------------------------------
+
+Proposer = Callable[[ProposeHypotheses], list[dict[str, Any]]]
+
+
+class KubernetesPlatform:
+    """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up."""
+
+    def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Proposer | None = None):
+        from kubernetes import client
+
+        self._client = client
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.api = api_client or client.ApiClient()
+        self.prometheus_url = prometheus_url
+        self.proposer = proposer
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _create(self, fn: Callable, namespace: str | None, body: dict) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            fn(namespace or "default", body)
+        except ApiException as exc:
+            if exc.status != 409:  # already exists: the name is deterministic, so it is ours
+                raise
+
+    def _delete(self, fn: Callable, name: str, namespace: str | None) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            fn(name, namespace or "default", propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    # --- training --------------------------------------------------------------------------
+    def submit_training_job(self, action: CreateTrainingJob) -> None:
+        ns = action.owner.namespace
+        self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
+        self._create(self.batch.create_namespaced_job, ns, training_job(action))
+
+    def training_jobs(self, owner: Owner) -> list[JobObservation]:
+        ns = owner.namespace or "default"
+        sel = f"{L_OWNER_KIND}={owner.kind.lower()},{L_OWNER}={owner.name}"
+        out = []
+        for job in self.batch.list_namespaced_job(ns, label_selector=sel).items:
+            refs = job.metadata.owner_references or []
+            if not any(r.uid == owner.uid for r in refs):
+                continue  # a leftover of an earlier object with the same name
+            j = self._dict(job)
+            pods = [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items]
+            out.append(parse_job(j, pods))
+        return out
+
+    def delete_job(self, action: DeleteJob) -> None:
+        self._delete(self.batch.delete_namespaced_job, action.name, action.owner.namespace)
+
+    # --- serving ---------------------------------------------------------------------------
+    def deploy_arm(self, action: DeployArm) -> None:
+        dep, svc = arm_manifests(action)
+        self._create(self.apps.create_namespaced_deployment, action.owner.namespace, dep)
+        self._create(self.core.create_namespaced_service, action.owner.namespace, svc)
+
+    def arms(self, owner: Owner) -> dict[str, ArmObservation]:
+        ns = owner.namespace or "default"
+        out = {}
+        for d in self.apps.list_namespaced_deployment(ns, label_selector=f"{L_ROLLOUT}={owner.name}").items:
+            arm = (d.metadata.labels or {}).get(L_ARM)
+            if not arm or arm == "router" or not any(r.uid == owner.uid for r in d.metadata.owner_references or []):
+                continue
+            ready = (d.status.ready_replicas or 0) >= 1 if d.status else False
+            out[arm] = ArmObservation(d.metadata.name, True, ready)
+        return out
+
+    def delete_arm(self, action: DeleteArm) -> None:
+        self._delete(self.apps.delete_namespaced_deployment, action.name, action.owner.namespace)
+        self._delete(self.core.delete_namespaced_service, action.name, action.owner.namespace)
+
+    def set_weights(self, action: SetWeights) -> None:
+        ns = action.owner.namespace
+        cm, dep, svc = router_manifests(action, ns)
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core.replace_namespaced_config_map(cm["metadata"]["name"], ns or "default", cm)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(self.core.create_namespaced_config_map, ns, cm)
+        self._create(self.apps.create_namespaced_deployment, ns, dep)
+        self._create(self.core.create_namespaced_service, ns, svc)
+        route = action.serving.get("httpRoute")
+        if route:
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", ns or "default", "httproutes", route["name"], httproute_patch(action)
+            )
+
+    def clear_weights(self, action: ClearWeights) -> None:
+        name = router_name(action.owner)
+        ns = action.owner.namespace
+        self._delete(self.apps.delete_namespaced_deployment, name, ns)
+        self._delete(self.core.delete_namespaced_service, name, ns)
+        self._delete(self.core.delete_namespaced_config_map, name, ns)
+
+    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            cm = self.core.read_namespaced_config_map(router_name(owner), owner.namespace or "default")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        try:
+            cfg = yaml.safe_load((cm.data or {}).get("router.yaml", "")) or {}
+            return {a["name"]: int(a.get("weight", 0)) for a in cfg.get("arms", [])}
+        except (yaml.YAMLError, TypeError, KeyError, ValueError):
+            return None  # unreadable: the core rewrites it
+
+    # --- metrics ---------------------------------------------------------------------------
+    def prometheus_readout(self, rollout: str) -> Readout:
+        if not self.prometheus_url:
+            raise MetricsUnavailable("no Prometheus URL configured (--prometheus-url or CAMBRIAN_PROMETHEUS_URL)")
+        from cambrian.online.prometheus import PromClient, PrometheusUnavailable
+
+        client = PromClient(self.prometheus_url)
+        try:
+            return client.read_experiment(rollout)
+        except PrometheusUnavailable as exc:
+            raise MetricsUnavailable(str(exc)) from None
+        finally:
+            client.close()
+
+    # --- the loop --------------------------------------------------------------------------
+    def create_rollout(self, action: CreateRollout) -> None:
+        body = rollout_object(action)
+        self._create(
+            lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "rollouts", b),
+            action.owner.namespace, body,
+        )
+
+    def update_champion(self, action: UpdateChampion) -> None:
+        """Publish the champion for production serving: ConfigMap `<evolution>-champion`."""
+        name = f"{action.owner.name}-champion"[:253]
+        cm = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": _meta(name, action.owner, {"app.kubernetes.io/component": "champion"}),
+              "data": {"champion.json": json.dumps({"name": action.name, "bundle": action.bundle,
+                                                     "hypothesis": action.hypothesis, "rollout": action.rollout})}}
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core.replace_namespaced_config_map(name, action.owner.namespace or "default", cm)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            self._create(self.core.create_namespaced_config_map, action.owner.namespace, cm)
+
+    def propose(self, action: ProposeHypotheses) -> None:
+        if self.proposer is None:
+            self.record(RecordJournal(action.owner, "NoProposer",
+                                      "no proposer is wired into this operator; create Hypotheses by hand", {}, True))
+            return
+        for i, spec in enumerate(self.proposer(action)):
+            body = {"apiVersion": API_VERSION, "kind": "Hypothesis",
+                    "metadata": _meta(f"{action.name_prefix}-{i}", action.owner, {}), "spec": spec}
+            self._create(
+                lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses", b),
+                action.owner.namespace, body,
+            )
+
+    def record(self, action: RecordJournal) -> None:
+        o = action.owner
+        now = datetime.now(timezone.utc).isoformat()
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{o.name[:200]}.", "namespace": o.namespace or "default"},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": o.kind, "name": o.name, "uid": o.uid,
+                               "namespace": o.namespace or "default"},
+            "reason": action.event, "message": action.message[:1024],
+            "type": "Warning" if action.warning else "Normal",
+            "source": {"component": "cambrian-operator"},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        log.info("%s %s/%s: %s %s", o.kind, o.namespace, o.name, action.event, action.message)
+        try:
+            self.core.create_namespaced_event(o.namespace or "default", event)
+        except Exception as exc:  # events are best effort: never fail a reconcile for one
+            log.warning("could not record event %s on %s/%s: %s", action.event, o.kind, o.name, exc)

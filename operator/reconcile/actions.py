@@ -1,0 +1,145 @@
+"""Actions: what the pure core asks a platform adapter to do. Small, frozen, comparable values.
+
+Every action that creates something carries a deterministic name, so applying it twice (after a
+crash between "apply" and "persist status") finds the object already there instead of duplicating it.
+Adapters must treat "already exists" on create and "not found" on delete as success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str
+    name: str
+    uid: str
+    namespace: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateTrainingJob:
+    """Train Φ = baseline (+ delta) on the evolution's data; write metrics and a bundle under `bundle_path`."""
+
+    name: str
+    owner: Owner
+    hypothesis: str | None  # None for the evolution's baseline run
+    attempt: int
+    baseline: dict[str, Any] = field(hash=False, compare=True)
+    delta: dict[str, Any] | None = field(default=None, hash=False)  # trainer Delta JSON (component, patch, code)
+    training: dict[str, Any] = field(default_factory=dict, hash=False)  # api.Training, wire form
+    data: dict[str, Any] = field(default_factory=dict, hash=False)  # api.Data, wire form
+    storage_claim: str | None = None
+    bundle_path: str = ""  # path relative to the storage root
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    name: str
+    owner: Owner
+
+
+@dataclass(frozen=True)
+class DeployArm:
+    """One serving Deployment + Service for an arm (`name` is both), serving `bundle`."""
+
+    name: str
+    owner: Owner
+    rollout: str
+    arm: str
+    bundle: str
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)  # api.Serving, wire form
+    storage_claim: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteArm:
+    name: str
+    owner: Owner
+    rollout: str
+    arm: str
+
+
+@dataclass(frozen=True)
+class ArmWeight:
+    arm: str
+    service: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class SetWeights:
+    """Point the router (and optionally an HTTPRoute) at the arms with these percentages."""
+
+    owner: Owner
+    rollout: str
+    salt: str
+    weights: tuple[ArmWeight, ...]
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def as_dict(self) -> dict[str, int]:
+        return {w.arm: w.weight for w in self.weights}
+
+
+@dataclass(frozen=True)
+class ClearWeights:
+    """Remove the rollout's entry from the router once no traffic depends on it."""
+
+    owner: Owner
+    rollout: str
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class CreateRollout:
+    name: str
+    owner: Owner
+    spec: dict[str, Any] = field(hash=False)  # api.RolloutSpec, wire form
+    hypothesis: str = ""
+
+
+@dataclass(frozen=True)
+class ProposeHypotheses:
+    """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1)."""
+
+    owner: Owner
+    wakeup: int
+    name_prefix: str
+    quotas: tuple[tuple[str, int], ...]
+    personas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UpdateChampion:
+    owner: Owner
+    name: str
+    bundle: str
+    hypothesis: str | None
+    rollout: str | None
+
+
+@dataclass(frozen=True)
+class RecordJournal:
+    """An entry for the journal and for Kubernetes events: what happened to whom, and why."""
+
+    owner: Owner
+    event: str  # e.g. Validated, TrainingStarted, Scored, Failed, Promoted
+    message: str
+    data: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    warning: bool = False
+
+
+Action = (
+    CreateTrainingJob
+    | DeleteJob
+    | DeployArm
+    | DeleteArm
+    | SetWeights
+    | ClearWeights
+    | CreateRollout
+    | ProposeHypotheses
+    | UpdateChampion
+    | RecordJournal
+)

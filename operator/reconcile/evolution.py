@@ -1,0 +1,242 @@
+"""Evolution loop, pure: train the baseline (the first champion), wake the offline agent on its
+cadence, start A/B rollouts for the best scored hypotheses up to top-K, apply rollout decisions
+(a promoted treatment becomes the champion), and stop proposing when a budget is spent.
+
+Schedules (nextWakeupAt, nextReviewAt) live in status; every created child has a name derived from
+the evolution's uid and what it is for, so a replayed reconcile re-issues the same creates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Sequence
+
+from cambrian.operator.api import (
+    Champion,
+    ControlArm,
+    EvolutionSpec,
+    EvolutionStatus,
+    LastDecision,
+    LocalObjectRef,
+    RolloutMetrics,
+    RolloutSpec,
+    Spend,
+    TreatmentArm,
+)
+from cambrian.operator.reconcile.actions import (
+    CreateRollout,
+    CreateTrainingJob,
+    Owner,
+    ProposeHypotheses,
+    RecordJournal,
+    UpdateChampion,
+)
+from cambrian.operator.reconcile.common import Meta, Result, after, child_name, set_condition
+from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
+from cambrian.operator.reconcile.observations import Spend as SpendObservation
+
+POLL_SECONDS = 30.0
+MAX_HANDLED = 256
+
+
+def owner_of(meta: Meta) -> Owner:
+    return Owner("Evolution", meta.name, meta.uid, meta.namespace)
+
+
+def baseline_job_name(meta: Meta) -> str:
+    return child_name(meta.name, meta.uid, "baseline")
+
+
+def rollout_name(meta: Meta, hypothesis: str) -> str:
+    return child_name(meta.name, meta.uid, f"ro-{hypothesis}")
+
+
+def exhausted_budget(spec: EvolutionSpec, spend: Spend) -> str | None:
+    b = spec.agent.budgets
+    for name, cap, used in (
+        ("tokens", b.tokens, spend.tokens),
+        ("dollars", b.dollars, spend.dollars),
+        ("gpuHours", b.gpu_hours, spend.gpu_hours),
+        ("evaluations", b.evaluations, spend.evaluations),
+    ):
+        if cap is not None and used >= cap:
+            return name
+    return None
+
+
+def effective_baseline(spec: EvolutionSpec, status: EvolutionStatus) -> dict:
+    """Deltas apply to the champion's Φ once one was launched (the paper's step 9)."""
+    return status.champion.config if status.champion.config is not None else spec.baseline
+
+
+def rank(spec: EvolutionSpec, candidates: Sequence[HypothesisView]) -> list[HypothesisView]:
+    """Deterministic stand-in for the online agent: best first within each component (by that
+    component's offline metric and direction), then interleaved across components, because scores
+    of different components are not comparable (a reward change changes the loss)."""
+    per: dict[str, list[HypothesisView]] = {}
+    for h in candidates:
+        if h.offline_score is None:
+            continue
+        per.setdefault(h.component, []).append(h)
+    for comp, hs in per.items():
+        sign = 1.0 if spec.objective.offline.for_component(comp).direction == "minimize" else -1.0
+        hs.sort(key=lambda h: (sign * h.offline_score, h.created, h.name))  # type: ignore[operator]
+    order = sorted(per, key=lambda c: ("optimizer", "architecture", "reward", "training").index(c))
+    out: list[HypothesisView] = []
+    while any(per[c] for c in order):
+        for c in order:
+            if per[c]:
+                out.append(per[c].pop(0))
+    return out
+
+
+def reconcile(
+    meta: Meta,
+    spec: EvolutionSpec,
+    status: EvolutionStatus,
+    hypotheses: Sequence[HypothesisView],
+    rollouts: Sequence[RolloutView],
+    baseline_job: JobObservation | None,
+    spend: SpendObservation,
+    now: datetime,
+) -> Result[EvolutionStatus]:
+    st = status.model_copy(deep=True)
+    st.observed_generation = meta.generation
+    owner = owner_of(meta)
+    actions: list = []
+
+    def journal(event: str, message: str, warning: bool = False, **data) -> None:
+        actions.append(RecordJournal(owner, event, message, data, warning))
+
+    def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
+        st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)
+
+    if st.phase is None:
+        st.phase = "Running"
+        journal("Started", f"top-K {spec.top_k}, agent {spec.agent.provider}")
+    if st.phase == "Failed":
+        return Result(actions, st)
+
+    # 1. The first champion is the baseline, trained once.
+    if st.champion.bundle is None:
+        name = baseline_job_name(meta)
+        if baseline_job is None or baseline_job.state in ("Pending", "Suspended", "Running"):
+            if baseline_job is None:
+                actions.append(
+                    CreateTrainingJob(
+                        name=name, owner=owner, hypothesis=None, attempt=1, baseline=spec.baseline, delta=None,
+                        training=spec.training.wire(), data=spec.data.wire(),
+                        storage_claim=spec.storage.claim_name, bundle_path=f"bundles/{meta.name}/baseline",
+                    )
+                )
+            cond("ChampionReady", False, "TrainingBaseline", f"baseline job {name}")
+        elif baseline_job.state == "Succeeded" and baseline_job.bundle_uri:
+            st.champion = Champion(name="baseline", bundle=baseline_job.bundle_uri, config=spec.baseline, since=now)
+            cond("ChampionReady", True, "Baseline", "the baseline model is the champion")
+            journal("ChampionChanged", "baseline trained", bundle=baseline_job.bundle_uri,
+                    metrics=baseline_job.metrics or {})
+        else:
+            why = f"baseline job {baseline_job.name} {baseline_job.state.lower()}: {baseline_job.message or baseline_job.reason or 'no bundle'}"
+            st.phase = "Failed"
+            st.reason = why
+            cond("ChampionReady", False, "BaselineFailed", why)
+            cond("Ready", False, "BaselineFailed", why)
+            journal("Failed", why, warning=True)
+            return Result(actions, st)
+
+    # 2. Spend and budgets.
+    st.spend = Spend(tokens=spend.tokens, dollars=spend.dollars, gpu_hours=spend.gpu_hours, evaluations=spend.evaluations)
+    spent = exhausted_budget(spec, st.spend)
+    if spent and st.phase != "BudgetExhausted":
+        st.phase = "BudgetExhausted"
+        st.reason = f"budget {spent} is spent; no new proposals or training"
+        journal("BudgetExhausted", st.reason, warning=True)
+    elif not spent and st.phase == "BudgetExhausted":
+        st.phase = "Running"
+        st.reason = None
+    cond("BudgetAvailable", not spent, "Spent" if spent else "Available", st.reason or "")
+
+    # 3. Decisions of concluded rollouts, applied once each.
+    mine = {h.name for h in hypotheses}
+    by_name = {h.name: h for h in hypotheses}
+    for ro in sorted(rollouts, key=lambda r: r.name):
+        if not ro.concluded or ro.name in st.handled_decisions:
+            continue
+        st.last_decision = LastDecision(rollout=ro.name, outcome=ro.decision or "inconclusive",  # type: ignore[arg-type]
+                                        winner=ro.winner_hypothesis, reason=ro.reason or "", time=now)
+        if ro.phase == "Promoted" and ro.winner_hypothesis and ro.winner_bundle:
+            new_config = _apply(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
+            actions.append(UpdateChampion(owner, ro.winner_hypothesis, ro.winner_bundle, ro.winner_hypothesis, ro.name))
+            st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
+                                   bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
+            journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
+        st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
+
+    # 4. Offline agent wake-ups.
+    if st.phase == "Running" and (st.next_wakeup_at is None or now >= st.next_wakeup_at):
+        wakeup = st.counters.wakeups + 1
+        q = spec.agent.quotas
+        actions.append(
+            ProposeHypotheses(
+                owner=owner,
+                wakeup=wakeup,
+                name_prefix=child_name(meta.name, meta.uid, f"w{wakeup}", max_len=56),
+                quotas=(("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
+                personas=tuple(spec.agent.personas),
+            )
+        )
+        st.counters.wakeups = wakeup
+        st.next_wakeup_at = after(now, spec.cadence.offline)
+
+    # 5. Online review: start rollouts for the best scored hypotheses, up to top-K live.
+    live = [r for r in rollouts if not r.concluded]
+    in_rollout = {h for r in rollouts for h in r.hypotheses}
+    if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
+        st.counters.reviews += 1
+        st.next_review_at = after(now, spec.cadence.online)
+        free = spec.top_k - len(live)
+        pool = [h for h in hypotheses if h.phase == "Scored" and h.name not in in_rollout and h.bundle_uri]
+        for h in rank(spec, pool)[: max(0, free)]:
+            name = rollout_name(meta, h.name)
+            actions.append(CreateRollout(name, owner, _rollout_spec(meta, spec, st, h, name).wire(), h.name))
+            journal("RolloutStarted", f"{h.name} ({h.offline_metric}={h.offline_score:.6g}) in rollout {name}")
+            live.append(RolloutView(name=name, phase=None, hypotheses=(h.name,)))
+
+    # 6. Counters, conditions.
+    phases = [h.phase for h in hypotheses]
+    c = st.counters
+    c.proposed = len(mine)
+    c.trained = sum(p in ("Scored", "Live", "Launched", "Retired") for p in phases)
+    c.failed = phases.count("Failed")
+    c.rejected = phases.count("Rejected")
+    c.launched = phases.count("Launched")
+    c.live = len(live)
+    st.live_rollouts = sorted(r.name for r in live)
+    cond("Ready", st.phase == "Running", st.phase or "", st.reason or "")
+    times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
+    wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)
+    return Result(actions, st, requeue_after=max(1.0, min(wait, POLL_SECONDS if st.champion.bundle is None else wait)))
+
+
+def _apply(baseline: dict, hyp: HypothesisView | None) -> dict:
+    if hyp is None or hyp.delta is None:
+        return baseline
+    from cambrian.trainer.config import parse_config
+    from cambrian.trainer.delta import apply_delta, parse_delta
+
+    return apply_delta(parse_config(baseline), parse_delta(hyp.delta)).model_dump(mode="json")
+
+
+def _rollout_spec(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, h: HypothesisView, name: str) -> RolloutSpec:
+    tpl = spec.experiment
+    return RolloutSpec(
+        evolution_ref=LocalObjectRef(name=meta.name),
+        control=ControlArm(name="control", bundle=st.champion.bundle or "",
+                           hypothesis_ref=LocalObjectRef(name=st.champion.hypothesis) if st.champion.hypothesis else None),
+        treatments=[TreatmentArm(name="treatment", hypothesis_ref=LocalObjectRef(name=h.name), bundle=h.bundle_uri or "")],
+        salt=name,
+        ramp=tpl.ramp,
+        metrics=RolloutMetrics(north_star=spec.objective.north_star, guardrails=spec.guardrails, readout=tpl.readout),
+        statistics=tpl.statistics,
+        decision_policy=spec.launch_policy,
+    )

@@ -1,0 +1,253 @@
+"""Hypothesis lifecycle, pure: Proposed -> Validated -> Training -> Scored -> Live -> Launched | Retired,
+or Failed / Rejected with a reason.
+
+`reconcile(meta, spec, status, ctx, job, rollout, now)` never reads a clock or the cluster: the
+caller passes what it observed. Re-running it from the last persisted status gives the same child
+names (attempt number is in the name), so a crash between creating a Job and saving the status
+re-issues a create that finds the Job already there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Sequence
+
+from cambrian.errors import ConfigError
+from cambrian.operator.api import EvolutionSpec, HypothesisSpec, HypothesisStatus, OnlineResult, ProxyMetric
+from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
+from cambrian.operator.reconcile.common import Meta, Result, child_name, set_condition
+from cambrian.operator.reconcile.observations import JobObservation, RolloutView
+
+TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
+POLL_SECONDS = 30.0
+# Exit codes of `cambrian train` (docs/CONTRACTS.md): 2 invalid config/delta, 3 gate failed, 4 training failed.
+NO_RETRY_EXIT_CODES = {2: "invalid", 3: "gate"}
+
+
+@dataclass(frozen=True)
+class EvolutionContext:
+    """What a Hypothesis needs from its Evolution."""
+
+    name: str
+    uid: str
+    spec: EvolutionSpec
+    baseline: dict[str, Any]  # the champion's Φ (the spec's baseline until a launch)
+    budget_exhausted: str | None = None  # the budget's name when one is spent
+
+
+def owner_of(meta: Meta) -> Owner:
+    return Owner("Hypothesis", meta.name, meta.uid, meta.namespace)
+
+
+def job_name(meta: Meta, attempt: int) -> str:
+    return child_name(meta.name, meta.uid, f"train-{attempt}")
+
+
+def bundle_path(meta: Meta, attempt: int) -> str:
+    return f"bundles/{meta.name}/attempt-{attempt}"
+
+
+def reconcile(
+    meta: Meta,
+    spec: HypothesisSpec,
+    status: HypothesisStatus,
+    ctx: EvolutionContext | None,
+    jobs: Sequence[JobObservation],
+    rollout: RolloutView | None,
+    now: datetime,
+) -> Result[HypothesisStatus]:
+    """`jobs`: every training Job of this hypothesis the platform sees (any attempt)."""
+    st = status.model_copy(deep=True)
+    st.observed_generation = meta.generation
+    owner = owner_of(meta)
+    actions: list = []
+
+    def journal(event: str, message: str, warning: bool = False, **data: Any) -> None:
+        actions.append(RecordJournal(owner, event, message, data, warning))
+
+    def move(phase: str, reason: str | None = None) -> None:
+        st.phase = phase  # type: ignore[assignment]
+        st.reason = reason
+
+    def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
+        st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)
+
+    if st.phase is None:
+        move("Proposed")
+        journal("Proposed", f"{spec.component} hypothesis proposed: {spec.explanation[:200]}")
+
+    if st.phase in TERMINAL:
+        return Result(actions, st)
+
+    if ctx is None:
+        cond("Ready", False, "EvolutionNotFound", f"Evolution {spec.evolution_ref.name} does not exist")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+
+    if st.phase == "Proposed":
+        try:
+            from cambrian.trainer.delta import apply_delta
+            from cambrian.trainer.config import parse_config
+
+            phi = apply_delta(parse_config(ctx.baseline, "baseline"), spec.trainer_delta())
+        except ConfigError as exc:
+            move("Rejected", str(exc))
+            st.failure_stage = "static"
+            cond("Ready", False, "Rejected", str(exc))
+            journal("Rejected", str(exc), warning=True)
+            return Result(actions, st)
+        st.config_fingerprint = phi.fingerprint()
+        move("Validated")
+        cond("Validated", True, "DeltaApplies", "the delta applies to the baseline and yields a valid config")
+        journal("Validated", f"delta applies; config fingerprint {st.config_fingerprint}")
+
+    if st.phase == "Validated":
+        if ctx.budget_exhausted:
+            cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        st.attempts += 1
+        _start(meta, spec, st, ctx, actions)
+        st.training_started_at = now
+        move("Training")
+        cond("Training", True, "JobCreated", f"attempt {st.attempts}: job {st.job_name}")
+        journal("TrainingStarted", f"attempt {st.attempts} as job {st.job_name}")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+
+    if st.phase == "Training":
+        return _training(meta, spec, st, ctx, _current(meta, st, jobs, ctx, now), now, actions, journal, move, cond)
+
+    if st.phase == "Scored":
+        if rollout is not None and meta.name in rollout.hypotheses and not rollout.concluded:
+            st.rollout = rollout.name
+            move("Live")
+            cond("Live", True, "InRollout", f"serving in rollout {rollout.name}")
+            journal("Live", f"serving as a treatment of rollout {rollout.name}")
+        return Result(actions, st)
+
+    if st.phase == "Live":
+        if rollout is None:
+            move("Retired", f"rollout {st.rollout} was deleted before it concluded")
+            cond("Live", False, "RolloutDeleted", st.reason or "")
+            journal("Retired", st.reason or "", warning=True)
+        elif rollout.concluded:
+            st.online = OnlineResult(
+                rollout=rollout.name,
+                decision=rollout.decision,  # type: ignore[arg-type]
+                reason=rollout.reason,
+                effects=[e for e in rollout.effects],  # type: ignore[misc]
+            )
+            won = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
+            move("Launched" if won else "Retired", rollout.reason)
+            cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
+            journal("Launched" if won else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
+    return Result(actions, st)
+
+
+def _start(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext, actions: list) -> None:
+    st.job_name = job_name(meta, st.attempts)
+    actions.append(_create_job(meta, spec, st, ctx))
+
+
+def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext) -> CreateTrainingJob:
+    return CreateTrainingJob(
+        name=job_name(meta, st.attempts),
+        owner=owner_of(meta),
+        hypothesis=meta.name,
+        attempt=st.attempts,
+        baseline=ctx.baseline,
+        delta=spec.trainer_delta().model_dump(mode="json", exclude_none=True),
+        training=ctx.spec.training.wire(),
+        data=ctx.spec.data.wire(),
+        storage_claim=ctx.spec.storage.claim_name,
+        bundle_path=bundle_path(meta, st.attempts),
+    )
+
+
+def attempt_of(meta: Meta, name: str, max_attempts: int) -> int | None:
+    for k in range(1, max_attempts + 1):
+        if job_name(meta, k) == name:
+            return k
+    return None
+
+
+def _current(meta, st, jobs, ctx, now) -> JobObservation | None:
+    """The job of the latest attempt. A later attempt than the status knows means the status write
+    after a retry was lost: adopt it instead of re-running the old attempt."""
+    latest: tuple[int, JobObservation] | None = None
+    for j in jobs:
+        k = attempt_of(meta, j.name, max(ctx.spec.training.max_attempts, st.attempts))
+        if k is not None and (latest is None or k > latest[0]):
+            latest = (k, j)
+    if latest is None:
+        return None
+    if latest[0] > st.attempts:
+        st.attempts = latest[0]
+        st.job_name = latest[1].name
+        st.training_started_at = latest[1].started_at or now
+    return latest[1] if latest[0] == st.attempts else None
+
+
+def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    expected = job_name(meta, st.attempts)
+    if job is None or job.name != expected:
+        # Not visible (yet, or deleted by hand): create it again under the same name; idempotent.
+        actions.append(_create_job(meta, spec, st, ctx))
+        st.job_name = expected
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    if job.state in ("Pending", "Suspended", "Running"):
+        cond("Training", True, job.state, f"attempt {st.attempts}: job {job.name} is {job.state.lower()}")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    if job.started_at is not None and job.finished_at is not None:
+        # counted once: the attempt leaves Training (or moves to the next attempt) in this same step
+        st.gpu_hours += (job.finished_at - job.started_at).total_seconds() / 3600 * ctx.spec.training.gpu.count
+    if job.state == "Succeeded":
+        metrics = job.metrics or {}
+        objective = ctx.spec.objective.offline.for_component(spec.component)
+        value = metrics.get(objective.metric)
+        if not isinstance(value, (int, float)):
+            return _fail(st, f"job {job.name} succeeded but reported no {objective.metric!r} metric", "metrics",
+                         actions, journal, move, cond)
+        st.proxy_metrics = {
+            k: ProxyMetric(value=float(v), stderr=_num(metrics.get(f"{k}_stderr")))
+            for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_stderr")
+        }
+        st.offline_metric = objective.metric
+        st.offline_score = float(value)
+        st.bundle_uri = job.bundle_uri
+        move("Scored")
+        cond("Training", False, "Succeeded", f"job {job.name} finished")
+        cond("Ready", True, "Scored", f"{objective.metric}={value:.6g}")
+        journal("Scored", f"{objective.metric}={value:.6g}", metrics=metrics)
+        return Result(actions, st)
+    # Failed
+    why = f"job {job.name} failed" + (f" ({job.reason})" if job.reason else "")
+    if job.message:
+        why += f": {job.message}"
+    if job.exit_code in NO_RETRY_EXIT_CODES:
+        st.failure_stage = job.stage or NO_RETRY_EXIT_CODES[job.exit_code]
+        return _fail(st, why, st.failure_stage, actions, journal, move, cond)
+    if st.attempts < ctx.spec.training.max_attempts:
+        journal("Retrying", f"{why}; retrying (attempt {st.attempts + 1} of {ctx.spec.training.max_attempts})",
+                warning=True)
+        st.attempts += 1  # the failed Job stays (for its logs) until its TTL; it marks the attempt as done
+        _start(meta, spec, st, ctx, actions)
+        st.training_started_at = now
+        st.reason = why
+        cond("Training", True, "Retrying", f"attempt {st.attempts}: job {st.job_name}")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    st.failure_stage = job.stage or "training"
+    return _fail(st, f"{why} (after {st.attempts} attempts)", st.failure_stage, actions, journal, move, cond)
+
+
+def _fail(st, why, stage, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    st.failure_stage = stage
+    move("Failed", why)
+    cond("Training", False, "Failed", why)
+    cond("Ready", False, "Failed", why)
+    journal("Failed", why, warning=True)
+    return Result(actions, st)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -1,0 +1,112 @@
+"""Observations: the actual state a reconcile sees, as plain data gathered by a platform adapter.
+
+Nothing here performs I/O; adapters fill these from the API server, pods and Prometheus (cluster)
+or from processes and local servers (local driver).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+JobState = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """A training run as seen by the platform. `metrics` is the trainer's metrics.json (on success)."""
+
+    name: str
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None  # pod/container reason: OOMKilled, DeadlineExceeded, Error, Evicted, ...
+    message: str | None = None  # error.json reason (trainer) or the pod's message
+    stage: str | None = None  # error.json stage (parse, static, reward_sql, forward_backward, training)
+    metrics: dict[str, Any] | None = None
+    bundle_uri: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ArmObservation:
+    name: str  # the Deployment/Service name
+    exists: bool
+    ready: bool
+
+
+@dataclass(frozen=True)
+class Effect:
+    arm: str
+    metric: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    relative: bool = False
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One readout of a rollout from Prometheus plus the statistics package's decision.
+
+    `outcome` is promote | rollback | continue | inconclusive; `winner` the arm to promote.
+    An adapter that cannot reach Prometheus passes analysis=None: the core then decides nothing.
+    """
+
+    outcome: str
+    reason: str
+    n: dict[str, int] = field(default_factory=dict)
+    winner: str | None = None
+    effects: tuple[Effect, ...] = ()
+    srm_p_value: float | None = None
+    srm_mismatch: bool = False
+    state: dict[str, Any] | None = None  # the statistics package's running test state, kept in status
+
+
+@dataclass(frozen=True)
+class RolloutObservation:
+    arms: dict[str, ArmObservation] = field(default_factory=dict)  # by arm name
+    weights: dict[str, int] | None = None  # what the router currently has for this rollout (None = no entry)
+    analysis: Analysis | None = None  # only looked at when a readout is due (see rollout.readout_due)
+    approval: str | None = None  # cambrian.dev/approve annotation: promote | rollback
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    """A rollout as seen by its Hypotheses and its Evolution."""
+
+    name: str
+    phase: str | None
+    hypotheses: tuple[str, ...] = ()  # treatment hypotheses
+    decision: str | None = None
+    winner_hypothesis: str | None = None
+    winner_bundle: str | None = None
+    reason: str | None = None
+    effects: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def concluded(self) -> bool:
+        return self.phase in ("Promoted", "RolledBack", "Inconclusive", "Failed")
+
+
+@dataclass(frozen=True)
+class HypothesisView:
+    name: str
+    phase: str | None
+    component: str
+    offline_metric: str | None = None
+    offline_score: float | None = None
+    bundle_uri: str | None = None
+    attempts: int = 0
+    created: str = ""  # creation timestamp, for a stable order
+    delta: dict[str, Any] | None = None  # trainer Delta JSON (component, patch, code)
+
+
+@dataclass(frozen=True)
+class Spend:
+    tokens: int = 0
+    dollars: float = 0.0
+    gpu_hours: float = 0.0
+    evaluations: int = 0

@@ -1,0 +1,113 @@
+"""From one Prometheus readout (plain per-arm sums) to the core's Analysis, through the statistics
+package's `decide`. Pure: the adapter does the querying and passes the numbers in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
+from cambrian.operator.reconcile.observations import Analysis, Effect
+from cambrian.operator.statistics import DecisionPolicy, Guardrail, HardLimit, Metric, decide
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def policy_for(spec: RolloutSpec) -> DecisionPolicy:
+    ns = spec.metrics.north_star[0]
+    st = spec.statistics
+    guardrails, limits = [], []
+    for g in spec.metrics.guardrails:
+        if g.margin is not None:
+            guardrails.append(Guardrail(g.metric, g.margin, relative=True, higher_is_better=g.direction == "maximize",
+                                        cuped=st.cuped))
+        if g.limit is not None:
+            limits.append(HardLimit(g.metric, max=g.limit) if g.direction == "minimize" else HardLimit(g.metric, min=g.limit))
+    return DecisionPolicy(
+        north_star=Metric(ns.name, higher_is_better=ns.direction == "maximize", relative=True, cuped=st.cuped),
+        planned_users_per_arm=st.planned_sample_per_arm or 4 * st.min_sample_per_arm,
+        min_users_per_arm=st.min_sample_per_arm,
+        max_days=duration_seconds(st.max_duration) / 86400,
+        alpha=st.alpha,
+        guardrails=tuple(guardrails),
+        hard_limits=tuple(limits),
+        secondary=tuple(Metric(m.name, higher_is_better=m.direction == "maximize", cuped=st.cuped)
+                        for m in spec.metrics.north_star[1:]),
+        srm_threshold=st.srm_alpha,
+    )
+
+
+def day_number(t: datetime) -> int:
+    """Cohort day of a wall-clock time: whole UTC days since 1970-01-01 (the collector's cohort_day in cluster mode)."""
+    return (t - EPOCH).days
+
+
+def srm_expectation(spec: RolloutSpec, status: RolloutStatus, cohorts: Mapping[int, Mapping[str, int]] | None,
+                    exposures: Mapping[str, int] | None) -> tuple[dict[str, float], dict[str, int] | None]:
+    """Expected arm shares and observed exposures for the sample-ratio check.
+
+    Users are counted once, in the arm of their first exposure, under the weights of that day's step.
+    With per-day cohorts the expectation is the cohort-size-weighted mean of the daily weights;
+    without them, the current step's weights (exact while the ramp has not moved)."""
+    names = spec.arm_names()
+    current = dict(zip(names, spec.ramp.steps[status.step].weights))
+    if not cohorts or not status.step_history:
+        return {a: w / 100 for a, w in current.items()}, dict(exposures) if exposures is not None else None
+    starts = [day_number(t) for t in status.step_history]
+    expected = {a: 0.0 for a in names}
+    observed = {a: 0 for a in names}
+    for day, counts in cohorts.items():
+        step = max([i for i, d in enumerate(starts) if d <= day], default=0)
+        weights = dict(zip(names, spec.ramp.steps[min(step, len(spec.ramp.steps) - 1)].weights))
+        n = sum(counts.values())
+        for a in names:
+            observed[a] += int(counts.get(a, 0))
+            expected[a] += n * weights[a] / 100
+    total = sum(expected.values()) or 1.0
+    return {a: expected[a] / total for a in names}, observed
+
+
+def analyse(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    stats: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+    exposures: Mapping[str, int] | None = None,
+    cohorts: Mapping[int, Mapping[str, int]] | None = None,
+    values: Mapping[str, Mapping[str, float]] | None = None,
+) -> Analysis:
+    """stats: arm -> metric -> SufficientStats/RatioStats (users whose window has closed)."""
+    names = spec.arm_names()
+    weights, observed = srm_expectation(spec, status, cohorts, exposures)
+    started = status.started_at or now
+    d = decide(
+        policy_for(spec),
+        control=spec.control.name,
+        weights=weights,
+        stats=stats,
+        elapsed_days=max(0.0, (now - started).total_seconds() / 86400),
+        values=values,
+        exposures=observed,
+        state=status.decision_state,
+    )
+    ns = spec.metrics.north_star[0].name
+    n = {a: int(stats[a][ns].n) if ns in stats.get(a, {}) else int((observed or {}).get(a, 0)) for a in names}
+    effects = []
+    for arm, ad in d.arms.items():
+        if ad.effect is None or ad.ci is None:
+            continue
+        p = ad.p_adjusted if ad.p_adjusted is not None else ad.p_value
+        effects.append(Effect(arm, ns, float(ad.effect.estimate), float(ad.ci[0]), float(ad.ci[1]),
+                              relative=True, p_value=None if p is None else float(p)))
+    srm = d.srm
+    return Analysis(
+        outcome=d.outcome,
+        reason=d.reason,
+        n=n,
+        winner=d.winner,
+        effects=tuple(effects),
+        srm_p_value=None if srm is None else float(srm.p_value),
+        srm_mismatch=bool(srm and srm.mismatch),
+        state=d.to_dict()["state"],
+    )

@@ -1,0 +1,280 @@
+"""Rollout lifecycle, pure: Pending -> Deploying -> Running (ramp steps, readouts)
+-> Promoted | RolledBack | Inconclusive, with AwaitingApproval when a human must confirm a promotion.
+
+Clocks are durable: startedAt, stepStartedAt and nextReadoutAt live in status, so a restarted
+operator resumes the experiment where it was. A readout without an analysis (Prometheus down)
+decides nothing and never promotes; it is retried on the next interval. Rollbacks (guardrail
+breach, sample-ratio mismatch, a significantly worse treatment) apply even under a manual policy:
+safety is enforced here, not left to the agent or a human.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from cambrian.operator.api import (
+    SRM,
+    ArmEffect,
+    ArmStatus,
+    RolloutSpec,
+    RolloutStatus,
+    Serving,
+    duration_seconds,
+)
+from cambrian.operator.reconcile.actions import (
+    ArmWeight,
+    ClearWeights,
+    DeleteArm,
+    DeployArm,
+    Owner,
+    RecordJournal,
+    SetWeights,
+)
+from cambrian.operator.reconcile.common import Meta, Result, after, child_name, set_condition
+from cambrian.operator.reconcile.observations import RolloutObservation
+
+CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
+POLL_SECONDS = 15.0
+METRICS_RETRY_SECONDS = 300.0
+
+
+def owner_of(meta: Meta) -> Owner:
+    return Owner("Rollout", meta.name, meta.uid, meta.namespace)
+
+
+def arm_name(meta: Meta, arm: str) -> str:
+    """Deployment and Service name of an arm."""
+    return child_name(meta.name, meta.uid, f"arm-{arm}")
+
+
+def readout_due(status: RolloutStatus, now: datetime) -> bool:
+    """Should the adapter query Prometheus and run the analysis before calling reconcile?"""
+    return (
+        status.phase in ("Running", "AwaitingApproval")
+        and status.next_readout_at is not None
+        and now >= status.next_readout_at
+    )
+
+
+def desired_weights(spec: RolloutSpec, status: RolloutStatus) -> dict[str, int]:
+    names = spec.arm_names()
+    if status.phase in ("Running", "AwaitingApproval"):
+        return dict(zip(names, spec.ramp.steps[status.step].weights))
+    if status.phase == "Promoted" and status.winner:
+        return {n: (100 if n == status.winner else 0) for n in names if n in (status.winner, spec.control.name)}
+    return {spec.control.name: 100}
+
+
+def _summary(weights: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in weights.items())
+
+
+def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving) -> SetWeights:
+    return SetWeights(
+        owner_of(meta),
+        meta.name,
+        spec.salt,
+        tuple(ArmWeight(arm, arm_name(meta, arm), w) for arm, w in weights.items()),
+        serving.wire(),
+    )
+
+
+def reconcile(
+    meta: Meta,
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    serving: Serving,
+    storage_claim: str | None,
+    obs: RolloutObservation,
+    now: datetime,
+) -> Result[RolloutStatus]:
+    st = status.model_copy(deep=True)
+    st.observed_generation = meta.generation
+    owner = owner_of(meta)
+    actions: list = []
+    names = spec.arm_names()
+    bundles = {spec.control.name: spec.control.bundle, **{t.name: t.bundle for t in spec.treatments}}
+
+    def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
+        st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)
+
+    def journal(event: str, message: str, warning: bool = False, **data) -> None:
+        actions.append(RecordJournal(owner, event, message, data, warning))
+
+    def ensure_arms(which: list[str]) -> bool:
+        ready = True
+        for arm in which:
+            seen = obs.arms.get(arm)
+            if seen is None or not seen.exists:
+                actions.append(
+                    DeployArm(arm_name(meta, arm), owner, meta.name, arm, bundles[arm], serving.wire(), storage_claim)
+                )
+            ready = ready and seen is not None and seen.ready
+        return ready
+
+    def sync_weights() -> None:
+        want = desired_weights(spec, st)
+        if obs.weights != want:
+            actions.append(_set_weights(meta, spec, want, serving))
+        st.weights_summary = _summary(want)
+        st.arms = [
+            ArmStatus(name=n, weight=want.get(n, 0), n=_n(st, n), ready=bool(obs.arms.get(n) and obs.arms[n].ready))
+            for n in names
+        ]
+
+    def finish() -> Result[RolloutStatus]:
+        sync_weights()
+        keep = [spec.control.name] + ([st.winner] if st.phase == "Promoted" and st.winner else [])
+        for arm in names:
+            seen = obs.arms.get(arm)
+            if arm not in keep and seen is not None and seen.exists:
+                actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
+        ensure_arms(keep)
+        return Result(actions, st)
+
+    if st.phase is None:
+        st.phase = "Pending"
+        journal("Created", f"arms {', '.join(names)}; {len(spec.ramp.steps)} ramp steps")
+
+    if st.phase in CONCLUDED:
+        return finish()
+
+    if st.phase in ("Pending", "Deploying"):
+        st.phase = "Deploying"
+        if not ensure_arms(names):
+            cond("ArmsReady", False, "Deploying", "waiting for every arm's Deployment to be ready")
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        cond("ArmsReady", True, "Ready", "every arm is serving")
+        st.phase = "Running"
+        st.step = 0
+        st.started_at = now
+        st.step_started_at = now
+        st.step_history = [now]
+        st.next_readout_at = after(now, spec.metrics.readout.interval)
+        sync_weights()
+        journal("Started", f"step 0: {st.weights_summary}")
+        return Result(actions, st, requeue_after=_until(st, spec, now))
+
+    # Running or AwaitingApproval
+    arms_ready = ensure_arms(names)
+    cond("ArmsReady", arms_ready, "Ready" if arms_ready else "ArmNotReady",
+         "" if arms_ready else "an arm is not ready; weights are kept as they are")
+
+    # A human decision (annotation cambrian.dev/approve) applies at once.
+    if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):
+        st.reason = f"{obs.approval} approved by annotation cambrian.dev/approve"
+        _conclude(spec, st, obs.approval, now, journal)
+        return finish()
+
+    if readout_due(status, now):
+        outcome = _readout(spec, st, obs, now, cond, journal)
+        if outcome is not None:
+            _conclude(spec, st, outcome, now, journal)
+            return finish()
+
+    # Ramp and time limit (only while no decision is pending).
+    if st.phase == "Running":
+        started = st.started_at or now
+        if now - started >= timedelta(seconds=duration_seconds(spec.statistics.max_duration)):
+            st.reason = f"no decision within maxDuration {spec.statistics.max_duration}"
+            _conclude(spec, st, "inconclusive", now, journal)
+            return finish()
+        step_end = (st.step_started_at or now) + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration))
+        if st.step + 1 < len(spec.ramp.steps) and now >= step_end:
+            st.step += 1
+            st.step_started_at = now
+            st.step_history = [*st.step_history, now]
+            journal("Ramped", f"step {st.step}: {_summary(desired_weights(spec, st))}")
+    sync_weights()
+    return Result(actions, st, requeue_after=_until(st, spec, now))
+
+
+def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journal) -> str | None:
+    """Apply one analysis; returns a final outcome or None to keep running."""
+    st.next_readout_at = after(now, spec.metrics.readout.interval)
+    a = obs.analysis
+    if a is None:
+        # Prometheus unreachable or no data: decide nothing, never promote; retry soon.
+        retry = min(METRICS_RETRY_SECONDS, duration_seconds(spec.metrics.readout.interval))
+        st.next_readout_at = now + timedelta(seconds=retry)
+        cond("MetricsAvailable", False, "PrometheusUnavailable", "no readout; no decision was taken")
+        journal("ReadoutSkipped", "metrics unavailable: no decision", warning=True)
+        return None
+    cond("MetricsAvailable", True, "Readout", f"readout {st.readouts + 1}")
+    st.readouts += 1
+    if a.state is not None:
+        st.decision_state = a.state
+    st.effects = [
+        ArmEffect(arm=e.arm, metric=e.metric, estimate=e.estimate, ci_low=e.ci_low, ci_high=e.ci_high,
+                  relative=e.relative, p_value=e.p_value)
+        for e in a.effects
+    ]
+    st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) for n in spec.arm_names()]  # weights/ready refreshed below
+    if a.srm_p_value is not None:
+        st.srm = SRM(p_value=a.srm_p_value, mismatch=a.srm_mismatch)
+    if a.srm_mismatch:
+        st.reason = f"sample ratio mismatch (p={a.srm_p_value:.2g}): assignment is broken, rolling back"
+        return "rollback"
+    if a.outcome == "rollback":
+        st.reason = a.reason
+        return "rollback"
+    if a.outcome == "inconclusive":
+        st.reason = a.reason
+        return "inconclusive"
+    if a.outcome == "promote":
+        short = [arm for arm in spec.arm_names() if a.n.get(arm, 0) < spec.statistics.min_sample_per_arm]
+        if short or a.winner not in [t.name for t in spec.treatments]:
+            st.reason = f"promote signal ignored: arms below minSamplePerArm: {', '.join(short)}" if short else \
+                f"promote signal without a valid winning treatment ({a.winner!r})"
+            return None
+        st.recommendation = "promote"
+        st.winner = a.winner
+        if spec.decision_policy == "auto":
+            st.reason = a.reason
+            return "promote"
+        if st.phase != "AwaitingApproval":
+            journal("AwaitingApproval", f"analysis recommends promoting {a.winner}: {a.reason}")
+        st.phase = "AwaitingApproval"
+        st.reason = f"{a.reason}; waiting for annotation cambrian.dev/approve=promote"
+        return None
+    # continue
+    st.reason = a.reason
+    if st.phase == "AwaitingApproval":
+        st.phase = "Running"  # the evidence no longer supports a promotion
+        st.recommendation = None
+    return None
+
+
+def _conclude(spec, st: RolloutStatus, outcome: str, now, journal) -> None:
+    st.decision = outcome  # type: ignore[assignment]
+    st.phase = {"promote": "Promoted", "rollback": "RolledBack", "inconclusive": "Inconclusive"}[outcome]
+    if outcome != "promote":
+        st.winner = None
+    st.concluded_at = now
+    st.next_readout_at = None
+    st.recommendation = None
+    journal(st.phase, f"{outcome}: {st.reason}", warning=outcome == "rollback", winner=st.winner)
+
+
+def _until(st: RolloutStatus, spec: RolloutSpec, now: datetime) -> float:
+    times = [t for t in (st.next_readout_at,) if t is not None]
+    if st.step_started_at is not None and st.step + 1 < len(spec.ramp.steps):
+        times.append(st.step_started_at + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration)))
+    if not times:
+        return POLL_SECONDS
+    return max(1.0, min((t - now).total_seconds() for t in times))
+
+
+def _n(st: RolloutStatus, arm: str) -> int:
+    for a in st.arms:
+        if a.name == arm:
+            return a.n
+    return 0
+
+
+def finalize(meta: Meta, spec: RolloutSpec, serving: Serving) -> list:
+    """On deletion: every user back on control, then the rollout's router entry and arms go."""
+    owner = owner_of(meta)
+    actions: list = [_set_weights(meta, spec, {spec.control.name: 100}, serving), ClearWeights(owner, meta.name, serving.wire())]
+    actions += [DeleteArm(arm_name(meta, arm), owner, meta.name, arm) for arm in spec.arm_names()]
+    return actions

@@ -1,0 +1,70 @@
+"""Pure conversions from stored objects (plain dicts, as the API server or the local store keeps
+them) to the small views the reconcilers take, plus the spend roll-up of an Evolution."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
+
+A_TOKENS = "cambrian.dev/tokens"
+A_DOLLARS = "cambrian.dev/dollars"
+
+
+def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
+    spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
+    delta = spec.get("delta") or {}
+    trainer_delta = {"component": spec.get("component"), "patch": delta.get("patch") or {}}
+    if delta.get("code") is not None:
+        trainer_delta["code"] = delta["code"]
+    return HypothesisView(
+        name=meta["name"],
+        phase=status.get("phase"),
+        component=spec.get("component", ""),
+        offline_metric=status.get("offlineMetric"),
+        offline_score=status.get("offlineScore"),
+        bundle_uri=status.get("bundleUri"),
+        attempts=int(status.get("attempts") or 0),
+        created=str(meta.get("creationTimestamp") or ""),
+        delta=trainer_delta,
+    )
+
+
+def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
+    spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
+    treatments = spec.get("treatments") or []
+    by_arm = {t.get("name"): t for t in treatments}
+    winner = by_arm.get(status.get("winner")) if status.get("winner") else None
+    return RolloutView(
+        name=meta["name"],
+        phase=status.get("phase"),
+        hypotheses=tuple(t["hypothesisRef"]["name"] for t in treatments if t.get("hypothesisRef")),
+        decision=status.get("decision"),
+        winner_hypothesis=(winner or {}).get("hypothesisRef", {}).get("name") if winner else None,
+        winner_bundle=(winner or {}).get("bundle") if winner else None,
+        reason=status.get("reason"),
+        effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
+    )
+
+
+def rollout_for(hypothesis: str, rollouts: Iterable[Mapping[str, Any]]) -> RolloutView | None:
+    """The newest rollout that serves this hypothesis as a treatment."""
+    objs = sorted(rollouts, key=lambda r: str((r.get("metadata") or {}).get("creationTimestamp") or ""))
+    mine = [v for v in map(rollout_view, objs) if hypothesis in v.hypotheses]
+    return mine[-1] if mine else None
+
+
+def belongs_to(obj: Mapping[str, Any], evolution: str) -> bool:
+    return ((obj.get("spec") or {}).get("evolutionRef") or {}).get("name") == evolution
+
+
+def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0) -> Spend:
+    tokens, dollars, gpu, evals = 0, 0.0, 0.0, baseline_attempts
+    for h in hypotheses:
+        ann = (h.get("metadata") or {}).get("annotations") or {}
+        status = h.get("status") or {}
+        tokens += int(float(ann.get(A_TOKENS, 0) or 0))
+        dollars += float(ann.get(A_DOLLARS, 0) or 0)
+        gpu += float(status.get("gpuHours") or 0)
+        evals += int(status.get("attempts") or 0)
+    return Spend(tokens=tokens, dollars=dollars, gpu_hours=gpu, evaluations=evals)

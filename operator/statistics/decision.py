@@ -1,0 +1,402 @@
+"""The launch decision for one Rollout look: promote | rollback | continue | inconclusive.
+
+Branches, in the order they are checked (each is a separate test in tests/statistics):
+ 1. SRM (χ² of exposures against the designed weights, p < threshold) -> rollback, reason "SRM: ..."
+    (the data are untrustworthy; nothing is ever promoted from them).
+ 2. A hard-limit breach (latency p99, error rate above a bound) -> rollback of that arm.
+ 3. Missing data (a metric or a hard-limit value absent for an arm) -> continue; never promote.
+ 4. Insufficient data (n < 2, zero variance) for the north star -> continue for that arm.
+ 5. A guardrail that fails non-inferiority on its confidence sequence -> rollback of that arm.
+ 6. North star significantly worse (always-valid p after the multiple-arm correction) -> rollback.
+ 7. North star significantly better AND min sample reached in both arms AND every guardrail passes
+    -> the arm may be promoted; with several, the largest effect wins.
+ 8. Otherwise, at or past max duration -> inconclusive (first-class, never promotes); before -> continue.
+The rule is pure: the caller stores ``Decision.state`` (running always-valid p-values) in the CR status
+and passes it back at the next look.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Mapping
+
+from .estimators import Effect, analyse
+from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
+from .multiple import adjust, benjamini_hochberg
+from .sequential import (SequentialState, confidence_sequence, msprt_p_value, planned_information,
+                         rho_for_information, update)
+from .srm import SRM_THRESHOLD, SRMResult, srm_check
+from .sums import InsufficientData, RatioStats, SufficientStats
+
+Outcome = Literal["promote", "rollback", "continue", "inconclusive"]
+Sums = SufficientStats | RatioStats
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How to analyse a metric: direction, relative lift or absolute difference, CUPED or not."""
+
+    name: str
+    higher_is_better: bool = True
+    relative: bool = True
+    cuped: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("Metric.name must be a non-empty name")
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    north_star: Metric
+    planned_users_per_arm: int
+    min_users_per_arm: int
+    max_days: float
+    alpha: float = 0.05
+    tau: float | None = None          # mSPRT mixing sd on the north-star scale; None: matched to the plan
+    correction: Literal["holm", "bonferroni"] = "holm"
+    guardrails: tuple[Guardrail, ...] = ()
+    hard_limits: tuple[HardLimit, ...] = ()
+    secondary: tuple[Metric, ...] = ()
+    srm_threshold: float = SRM_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.north_star, str):
+            object.__setattr__(self, "north_star", Metric(self.north_star))
+        if not (0 < self.alpha < 1):
+            raise ValueError(f"DecisionPolicy.alpha must be in (0, 1), got {self.alpha!r}")
+        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
+            raise ValueError(f"DecisionPolicy.tau must be a positive number, got {self.tau!r}")
+        if self.correction not in ("holm", "bonferroni"):
+            raise ValueError(f"DecisionPolicy.correction must be holm or bonferroni, got {self.correction!r}")
+        if not self.planned_users_per_arm > 0:
+            raise ValueError(f"DecisionPolicy.planned_users_per_arm must be > 0, got {self.planned_users_per_arm!r}")
+        if not self.min_users_per_arm >= 0:
+            raise ValueError(f"DecisionPolicy.min_users_per_arm must be >= 0, got {self.min_users_per_arm!r}")
+        if not self.max_days > 0:
+            raise ValueError(f"DecisionPolicy.max_days must be > 0, got {self.max_days!r}")
+        if not (0 < self.srm_threshold < 1):
+            raise ValueError(f"DecisionPolicy.srm_threshold must be in (0, 1), got {self.srm_threshold!r}")
+        object.__setattr__(self, "guardrails", tuple(self.guardrails))
+        object.__setattr__(self, "hard_limits", tuple(self.hard_limits))
+        object.__setattr__(self, "secondary", tuple(self.secondary))
+
+    def required_metrics(self) -> list[str]:
+        """Metrics without which no decision is made (secondary metrics are report-only)."""
+        return list(dict.fromkeys([self.north_star.name] + [g.metric for g in self.guardrails]))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DecisionPolicy":
+        """Build from plain data (e.g. a Rollout spec's statistics section, snake_case keys).
+
+        north_star, secondary: a name or {name, higher_is_better, relative, cuped};
+        guardrails: [{metric, margin, relative, higher_is_better, cuped}]; hard_limits: [{metric, max, min}]."""
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"DecisionPolicy: unknown field(s) {sorted(unknown)}")
+
+        def build(kind, value, where):
+            if isinstance(value, kind):
+                return value
+            if kind is Metric and isinstance(value, str):
+                return Metric(value)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"DecisionPolicy.{where} must be a mapping, got {value!r}")
+            try:
+                return kind(**value)
+            except TypeError as e:
+                raise ValueError(f"DecisionPolicy.{where}: {e}") from None
+
+        if "north_star" not in d:
+            raise ValueError("DecisionPolicy.north_star is required")
+        d["north_star"] = build(Metric, d["north_star"], "north_star")
+        for key, kind in (("guardrails", Guardrail), ("hard_limits", HardLimit), ("secondary", Metric)):
+            d[key] = tuple(build(kind, v, f"{key}[{i}]") for i, v in enumerate(d.get(key) or ()))
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ValueError(f"DecisionPolicy: {e}") from None
+
+
+@dataclass(frozen=True)
+class DecisionState:
+    """Sequential-test state per "arm/metric"; JSON-safe via to_dict/from_dict for the CR status."""
+
+    tests: dict[str, SequentialState] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v.to_dict() for k, v in sorted(self.tests.items())}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "DecisionState":
+        return cls({k: SequentialState.from_dict(v) for k, v in (d or {}).items()})
+
+
+@dataclass(frozen=True)
+class ArmDecision:
+    arm: str
+    outcome: Outcome
+    reason: str
+    effect: Effect | None = None
+    p_value: float | None = None            # always-valid (running minimum), before correction
+    p_adjusted: float | None = None         # after the multiple-arm correction
+    ci: tuple[float, float] | None = None   # confidence sequence at this look
+    guardrails: tuple[GuardrailResult, ...] = ()
+    breaches: tuple[Breach, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arm": self.arm, "outcome": self.outcome, "reason": self.reason,
+                "effect": self.effect.to_dict() if self.effect else None,
+                "p_value": self.p_value, "p_adjusted": self.p_adjusted,
+                "ci": list(self.ci) if self.ci else None,
+                "guardrails": [g.to_dict() for g in self.guardrails],
+                "breaches": [b.to_dict() for b in self.breaches]}
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reason: str
+    arms: dict[str, ArmDecision]
+    state: DecisionState
+    winner: str | None = None
+    srm: SRMResult | None = None
+    secondary: tuple[dict[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (no NaN or infinity, which a Kubernetes status rejects): such values become None."""
+        return _json_safe({"outcome": self.outcome, "reason": self.reason, "winner": self.winner,
+                           "arms": {a: d.to_dict() for a, d in self.arms.items()},
+                           "srm": self.srm.to_dict() if self.srm else None,
+                           "secondary": list(self.secondary), "state": self.state.to_dict()})
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def _check_args(control: str, weights: Mapping[str, float], elapsed_days: float) -> list[str]:
+    if control not in weights:
+        raise ValueError(f"control arm {control!r} is not in weights {sorted(weights)}")
+    treatments = [a for a in weights if a != control]
+    if not treatments:
+        raise ValueError("weights: need at least one treatment arm besides the control")
+    if not (elapsed_days >= 0 and math.isfinite(elapsed_days)):
+        raise ValueError(f"elapsed_days must be a finite number >= 0, got {elapsed_days!r}")
+    return treatments
+
+
+def _gauge_values(policy: DecisionPolicy, stats: Mapping[str, Mapping[str, Sums]],
+                  values: Mapping[str, Mapping[str, float]], arms: list[str]) -> dict[str, dict[str, float]]:
+    """Hard-limit inputs: explicit gauge values, else the arm mean of a metric with sums."""
+    out: dict[str, dict[str, float]] = {}
+    for arm in arms:
+        row = dict(values.get(arm, {}))
+        for lim in policy.hard_limits:
+            s = stats.get(arm, {}).get(lim.metric)
+            if lim.metric not in row and s is not None and s.n > 0:
+                row[lim.metric] = s.mean_y if isinstance(s, SufficientStats) else (
+                    s.sum_m / s.sum_d if s.sum_d else math.nan)
+        out[arm] = row
+    return out
+
+
+def _interval(effect: Effect, alpha: float, planned_users: int) -> tuple[tuple[float, float], float]:
+    """Confidence sequence with ρ tuned to the information expected at the planned users per arm."""
+    n_now = (effect.n_control + effect.n_treatment) / 2
+    rho = rho_for_information(planned_information(effect.variance, n_now, planned_users), alpha)
+    return confidence_sequence(effect.estimate, effect.variance, alpha, rho=rho), rho
+
+
+def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: DecisionState, srm: SRMResult | None,
+            elapsed_days: float, policy: DecisionPolicy, secondary=()) -> Decision:
+    """Overall outcome from the per-arm outcomes."""
+    promotable = [a for a in treatments if arms[a].outcome == "promote"]
+    if promotable:
+        sign = 1 if policy.north_star.higher_is_better else -1
+        winner = max(promotable, key=lambda a: sign * arms[a].effect.estimate)
+        for a in promotable:
+            if a != winner:
+                arms[a] = ArmDecision(**{**arms[a].__dict__, "outcome": "continue",
+                                         "reason": f"also significant, but {winner} has the larger effect"})
+        return Decision("promote", arms[winner].reason, arms, state, winner, srm, secondary)
+    outcomes = [arms[a].outcome for a in treatments]
+    if all(o == "rollback" for o in outcomes):
+        return Decision("rollback", "; ".join(arms[a].reason for a in treatments), arms, state, None, srm, secondary)
+    live = [a for a in treatments if arms[a].outcome != "rollback"]
+    distinct = {arms[a].reason for a in live}
+    reason = distinct.pop() if len(distinct) == 1 else "; ".join(f"{a}: {arms[a].reason}" for a in live)
+    if elapsed_days >= policy.max_days:
+        return Decision("inconclusive", f"max duration {policy.max_days:g} days reached without a decision: {reason}",
+                        arms, state, None, srm, secondary)
+    return Decision("continue", reason, arms, state, None, srm, secondary)
+
+
+def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float],
+           stats: Mapping[str, Mapping[str, Sums]], elapsed_days: float,
+           values: Mapping[str, Mapping[str, float]] | None = None,
+           exposures: Mapping[str, int] | None = None,
+           state: DecisionState | Mapping[str, Any] | None = None) -> Decision:
+    """One look at a Rollout.
+
+    stats: arm -> metric -> cumulative sums (users whose readout window has closed).
+    values: arm -> gauge -> value for hard limits (e.g. latency p99); a hard-limit metric that has
+      sums instead uses the arm mean. exposures: arm -> users assigned (SRM); defaults to the
+      north star's n. state: the previous Decision.state (or its dict form)."""
+    treatments = _check_args(control, weights, elapsed_days)
+    arms_all = [control, *treatments]
+    for arm, per_metric in stats.items():
+        for metric, sums in per_metric.items():
+            if sums is not None and not isinstance(sums, (SufficientStats, RatioStats)):
+                raise TypeError(f"stats[{arm!r}][{metric!r}] must be SufficientStats or RatioStats, "
+                                f"got {type(sums).__name__}")
+    values = values or {}
+    if not isinstance(state, DecisionState):
+        state = DecisionState.from_dict(state)
+    ns = policy.north_star
+    arms: dict[str, ArmDecision] = {}
+
+    # 1. SRM on exposures (falls back to the north star's n when exposures are not exported).
+    srm = None
+    expo = exposures
+    if expo is None and all(ns.name in stats.get(a, {}) for a in arms_all):
+        expo = {a: stats[a][ns.name].n for a in arms_all}
+    if expo is not None:
+        missing_expo = [a for a in arms_all if a not in expo]
+        if not missing_expo:
+            srm = srm_check({a: expo[a] for a in arms_all}, weights, threshold=policy.srm_threshold)
+            if srm.mismatch:
+                for a in treatments:
+                    arms[a] = ArmDecision(a, "rollback", srm.reason)
+                return Decision("rollback", srm.reason, arms, state, None, srm)
+
+    # 2. Hard limits: a breach rolls that arm back whatever else is known.
+    gauges = _gauge_values(policy, stats, values, arms_all)
+    breaches, missing_gauges = hard_limit_breaches(policy.hard_limits, gauges, treatments)
+    for a in treatments:
+        mine = tuple(b for b in breaches if b.arm == a)
+        if mine:
+            arms[a] = ArmDecision(a, "rollback", "; ".join(b.reason for b in mine), breaches=mine)
+
+    # 3. Missing data: cannot verify, so wait (never promote).
+    missing = [f"{a}/{m}" for a in arms_all for m in policy.required_metrics() if stats.get(a, {}).get(m) is None]
+    missing += missing_gauges
+    if expo is None or srm is None:
+        missing.append("exposures")
+    if missing:
+        why = f"missing data: {', '.join(missing)}"
+        for a in treatments:
+            arms.setdefault(a, ArmDecision(a, "continue", why))
+        return _finish(arms, treatments, state, srm, elapsed_days, policy)
+
+    tests = dict(state.tests)
+    effects: dict[str, Effect] = {}
+    for a in treatments:
+        if a in arms:
+            continue
+        # 4. North-star effect and its always-valid p-value (running minimum across looks).
+        try:
+            eff = analyse(stats[control][ns.name], stats[a][ns.name], cuped=ns.cuped, relative=ns.relative)
+        except InsufficientData as e:
+            arms[a] = ArmDecision(a, "continue", f"insufficient data for {ns.name}: {e}")
+            continue
+        effects[a] = eff
+        ci, rho = _interval(eff, policy.alpha, policy.planned_users_per_arm)
+        key = f"{a}/{ns.name}"
+        prev = tests.get(key)
+        # τ: the policy's, else matched to the plan (τ² = 1/ρ) once, at the first look, then kept.
+        tau = policy.tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
+        tests[key] = update(prev, eff.estimate, eff.variance, tau)
+        arms[a] = ArmDecision(a, "continue", "", eff, tests[key].p_value, None, ci)
+    new_state = DecisionState(tests)
+
+    # Family-wise correction across every treatment arm; arms without a test count as p = 1.
+    raw = [arms[a].p_value if arms[a].p_value is not None else 1.0 for a in treatments]
+    adjusted = dict(zip(treatments, adjust(raw, policy.correction)))
+
+    good = 1 if ns.higher_is_better else -1
+    for a in treatments:
+        d = arms[a]
+        if a not in effects:
+            continue
+        eff = effects[a]
+        # 5. Guardrails: non-inferiority on each guardrail metric's confidence sequence.
+        results = []
+        for g in policy.guardrails:
+            try:
+                ge = analyse(stats[control][g.metric], stats[a][g.metric], cuped=g.cuped, relative=g.relative)
+            except InsufficientData as e:
+                results.append(GuardrailResult(a, g.metric, "pending", None, None, None,
+                                               -g.margin if g.higher_is_better else g.margin,
+                                               f"guardrail {g.metric} on {a}: pending (insufficient data: {e})"))
+                continue
+            (lo, hi), _ = _interval(ge, policy.alpha, policy.planned_users_per_arm)
+            results.append(non_inferiority(a, g, ge.estimate, lo, hi))
+        results_t = tuple(results)
+        p_adj = adjusted[a]
+        base = dict(arm=a, effect=eff, p_value=d.p_value, p_adjusted=p_adj, ci=d.ci, guardrails=results_t)
+        failed = [r for r in results if r.status == "fail"]
+        if failed:
+            arms[a] = ArmDecision(outcome="rollback", reason="; ".join(r.reason for r in failed), **base)
+            continue
+        sig = p_adj < policy.alpha
+        st = tests[f"{a}/{ns.name}"]
+        now_dir = good * math.copysign(1, eff.estimate) if eff.estimate != 0 else 0
+        seen_dir = good * st.sign
+        desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if ns.relative else 'absolute'}), "
+                f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}")
+        # 6. Significantly worse north star.
+        if sig and seen_dir < 0 and now_dir < 0:
+            arms[a] = ArmDecision(outcome="rollback", reason=f"north star significantly worse: {desc}", **base)
+            continue
+        # 7. Promote only with significance in the right direction, enough users, all guardrails passed.
+        n_min = min(eff.n_control, eff.n_treatment)
+        pending = [r for r in results if r.status != "pass"]
+        if sig and seen_dir > 0 and now_dir > 0:
+            if n_min < policy.min_users_per_arm:
+                why = f"significant but min sample not reached ({n_min} < {policy.min_users_per_arm} users per arm): {desc}"
+            elif pending:
+                why = f"significant but guardrail(s) not yet passed: {'; '.join(r.reason for r in pending)}"
+            else:
+                arms[a] = ArmDecision(outcome="promote", reason=f"north star significantly better: {desc}", **base)
+                continue
+        elif sig:
+            why = f"significant at an earlier look but the direction has changed: {desc}"
+        else:
+            why = f"not significant yet: {desc}"
+        # 8. Continue (or inconclusive at max duration, decided in _finish).
+        arms[a] = ArmDecision(outcome="inconclusive" if elapsed_days >= policy.max_days else "continue",
+                              reason=why, **base)
+
+    return _finish(arms, treatments, new_state, srm, elapsed_days, policy,
+                   _secondary(policy, stats, control, treatments))
+
+
+def _secondary(policy: DecisionPolicy, stats, control: str, treatments: list[str]) -> tuple[dict, ...]:
+    """Secondary metrics are reported, never gating: always-valid p (CS-matched τ), BH across all pairs."""
+    rows = []
+    for m in policy.secondary:
+        for a in treatments:
+            if stats.get(control, {}).get(m.name) is None or stats.get(a, {}).get(m.name) is None:
+                rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": "missing data"})
+                continue
+            try:
+                e = analyse(stats[control][m.name], stats[a][m.name], cuped=m.cuped, relative=m.relative)
+            except InsufficientData as err:
+                rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": str(err)})
+                continue
+            (lo, hi), rho = _interval(e, policy.alpha, policy.planned_users_per_arm)
+            p = float(msprt_p_value(e.estimate, e.variance, 1 / math.sqrt(rho)))
+            rows.append({"arm": a, "metric": m.name, "estimate": e.estimate, "ci": [lo, hi], "p_value": p})
+    for r, q in zip(rows, benjamini_hochberg([r["p_value"] for r in rows])):
+        r["q_value"] = q
+    return tuple(rows)

@@ -1,0 +1,170 @@
+import json
+
+import pytest
+
+from cambrian.errors import ConfigError
+from cambrian.operator.agents import canonical
+from cambrian.operator.agents.budgets import Budgets, Spend, cost_usd, llm_exhausted, price_of, training_exhausted
+from cambrian.operator.agents.journal import Hypothesis, Journal, Score
+from cambrian.operator.agents.noise import NoiseSettings, judge
+from cambrian.operator.agents.personas import ARCHITECTURE, OPTIMIZER, REWARD
+from cambrian.operator.agents.prompts import build_prompt
+from cambrian.operator.agents.proposers.base import ProposalParseError, ProposalRequest, parse_response_text
+from cambrian.operator.agents.proposers.builtin import CATALOGUE, BuiltinProposer
+from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.delta import parse_delta
+
+
+# ---------------------------------------------------------------- parsing LLM output
+def test_parse_patch_json_and_fences():
+    body = {"proposals": [{"category": "explore", "explanation": "x",
+                           "delta": {"component": "optimizer", "patch_json": '{"lr": 0.01}', "code": ""}}],
+            "queries": [{"question": "q", "sql": "SELECT 1"}, {"bad": 1}]}
+    props, queries = parse_response_text("```json\n" + json.dumps(body) + "\n```")
+    assert props[0]["delta"] == {"component": "optimizer", "patch": {"lr": 0.01}}
+    assert queries == [{"question": "q", "sql": "SELECT 1"}]
+
+
+@pytest.mark.parametrize("text,msg", [("", "empty"), ("{not json", "malformed JSON"), ('{"x": 1}', "proposals"),
+                                      ('{"proposals": [1]}', r"proposals\[0\]")])
+def test_parse_errors_name_the_cause(text, msg):
+    with pytest.raises(ProposalParseError, match=msg):
+        parse_response_text(text)
+
+
+def test_bad_patch_json_is_marked_not_raised():
+    props, _ = parse_response_text(json.dumps({"proposals": [{"delta": {"component": "reward", "patch_json": "{x"}}]}))
+    assert "__invalid_patch_json__" in props[0]["delta"]["patch"]
+
+
+# ---------------------------------------------------------------- canonical de-duplication key
+def test_fingerprint_is_exact_and_seed_free():
+    base = ModelConfig()
+    a = parse_delta({"component": "optimizer", "patch": {"name": "AdamW", "lr": 0.003}})
+    b = parse_delta({"component": "optimizer", "patch": {"lr": 0.003, "name": "AdamW", "weight_decay": 0.0}})
+    assert canonical.fingerprint(base, a) == canonical.fingerprint(base, b)
+    assert canonical.fingerprint(canonical.with_seed(base, 5), a) == canonical.fingerprint(base, a)
+    c = parse_delta({"component": "optimizer", "patch": {"name": "AdamW", "lr": 0.0031}})
+    assert canonical.fingerprint(base, c) != canonical.fingerprint(base, a)
+    restated = parse_delta({"component": "optimizer", "patch": {"lr": base.optimizer.lr}})
+    assert canonical.fingerprint(base, restated) == canonical.fingerprint(base, None)
+
+
+# ---------------------------------------------------------------- budgets and prices
+def test_prices_and_budgets():
+    assert cost_usd("gemini-2.5-pro", 1_000_000, 1_000_000) == pytest.approx(11.25)
+    assert price_of("gemini-2.5-pro-002") == price_of("gemini-2.5-pro")
+    assert price_of("some-unknown-model")[1] >= max(p[1] for p in [price_of("gpt-4o"), price_of("gemini-2.5-pro")])
+    b = Budgets(max_tokens=1000, max_dollars=1.0, max_train_seconds=60, max_evaluations=5)
+    assert llm_exhausted(b, Spend(999, 0.5, 0, 0)) is None
+    assert "tokens" in llm_exhausted(b, Spend(1000, 0.5, 0, 0))
+    assert "dollars" in llm_exhausted(b, Spend(10, 1.5, 0, 0))
+    assert "evaluations" in training_exhausted(b, Spend(0, 0, 0, 3), reserved=2)
+    assert training_exhausted(b, Spend(0, 0, 0, 3), reserved=1) is None
+    assert "training-seconds" in training_exhausted(b, Spend(0, 0, 61, 0))
+
+
+# ---------------------------------------------------------------- noise floor
+def test_judge_against_noise_floor():
+    s = NoiseSettings(z=2.0, min_floor=0.0)
+    base = Score.of([0.500, 0.502, 0.498])  # std 0.002
+    small = judge("val_loss", Score.of([0.499]), base, True, s)
+    assert small.verdict == "not_better" and "within the noise floor" in small.reason
+    big = judge("val_loss", Score.of([0.490]), base, True, s)
+    assert big.verdict == "promising" and big.gain == pytest.approx(0.01)
+    confirmed = judge("val_loss", Score.of([0.490, 0.491, 0.489]), base, True, s)
+    assert confirmed.verdict == "better" and confirmed.floor < big.floor
+    worse = judge("return_corr", Score.of([0.0]), Score.of([0.1, 0.1, 0.1]), False, NoiseSettings(min_floor=0.01))
+    assert worse.verdict == "not_better" and "worse" in worse.reason
+
+
+# ---------------------------------------------------------------- settings
+def test_settings_env_overrides_and_errors(tmp_path):
+    cfg = parse_evolve_config({"data_dir": str(tmp_path), "budgets": {"max_evaluations": 10}},
+                              env={"CAMBRIAN_EVOLVE_GENERATIONS": "7", "CAMBRIAN_EVOLVE_BUDGETS__MAX_DOLLARS": "2.5",
+                                   "CAMBRIAN_EVOLVE_PROVIDER__KIND": "gemini", "OTHER": "x"})
+    assert cfg.generations == 7 and cfg.budgets.max_dollars == 2.5 and cfg.budgets.max_evaluations == 10
+    assert cfg.provider.kind == "gemini"
+    with pytest.raises(ConfigError, match="workers"):
+        parse_evolve_config({"data_dir": str(tmp_path), "workers": 0}, env={})
+    with pytest.raises(ConfigError, match="personas"):
+        parse_evolve_config({"data_dir": str(tmp_path), "personas": ["magician"]}, env={})
+    with pytest.raises(ConfigError, match="data_dir"):
+        parse_evolve_config({}, env={})
+
+
+# ---------------------------------------------------------------- prompts
+def test_prompt_shows_only_the_persona_component_and_quotas():
+    base = ModelConfig()
+    text = build_prompt(OPTIMIZER, OPTIMIZER.view(base), "JOURNAL-HERE", {"explore": 2, "exploit": 1, "innovate": 3},
+                        ["return_rate"], 0.0012)
+    assert "exactly 2 exploration, 1\n    exploitation and 3 innovation" in text
+    assert '"optimizer"' in text and '"training"' in text and '"reward"' not in text
+    assert "JOURNAL-HERE" in text and "0.0012" in text and "Metric#1 return_rate" in text
+    assert "SQL_QUERY_OUTPUT" not in text
+    r = build_prompt(REWARD, REWARD.view(base), "J", {"explore": 1}, [], None, sql_output="Q: SQL-RESULT")
+    assert "{SQL_QUERY_OUTPUT}" in r and "SQL-RESULT" in r and "returned_next_day" in r
+    assert "val_loss" not in r.split("CONTEXT")[0]  # the reward persona is never scored by loss
+    a = build_prompt(ARCHITECTURE, ARCHITECTURE.view(base), "J", {"innovate": 1}, [], None)
+    assert '"architecture"' in a and '"optimizer"' not in a
+
+
+# ---------------------------------------------------------------- the built-in proposer
+def _request(journal, persona, gen=1, quotas=None, repair_of=None):
+    return ProposalRequest(persona, gen, quotas or {"explore": 1, "exploit": 1, "innovate": 1}, "", ModelConfig(),
+                           journal, repair_of=repair_of)
+
+
+def test_catalogue_entries_are_valid_deltas():
+    base = ModelConfig()
+    for e in CATALOGUE:
+        cfg = canonical.applied(base, parse_delta(e.render({})))
+        assert cfg.fingerprint() != base.fingerprint(), e.key
+
+
+def test_builtin_fills_quotas_without_repeats(tmp_path):
+    j = Journal(tmp_path)
+    prop = BuiltinProposer(seed=1)
+    seen = set()
+    for gen in range(1, 4):
+        res = prop.propose(_request(j, REWARD, gen))
+        assert len(res.proposals) == 3 and res.error is None
+        for i, p in enumerate(res.proposals):
+            fp = canonical.fingerprint(ModelConfig(), parse_delta(p["delta"]))
+            assert fp not in seen
+            seen.add(fp)
+            h = Hypothesis(id=f"g{gen:03d}-{i:02d}", generation=gen, persona="reward", component="reward",
+                           category=p["category"], delta=p["delta"], fingerprint=fp, meta=p["meta"])
+            j.add(h)
+    cats = [h.category for h in j.hypotheses]
+    assert "explore" in cats and "innovate" in cats and "exploit" in cats
+
+
+def test_builtin_exploit_uses_tpe_around_the_best_family(tmp_path):
+    j = Journal(tmp_path)
+    prop = BuiltinProposer(seed=0)
+    base = ModelConfig()
+    # a journal in which AdamW scored best
+    for i, (entry, lr, loss) in enumerate([("adamw", 0.003, 0.40), ("adagrad", 0.05, 0.45), ("adamw", 0.01, 0.42)]):
+        e = next(x for x in CATALOGUE if x.key == entry)
+        params = {**e.defaults, "lr": lr}
+        d = e.render(params)
+        j.add(Hypothesis(id=f"g001-{i:02d}", generation=1, persona="optimizer", component="optimizer",
+                         category="explore", delta=d, fingerprint=canonical.fingerprint(base, parse_delta(d)),
+                         meta={"entry": entry, "params": params}, offline={"val_loss": Score.of([loss])}))
+    res = prop.propose(_request(j, OPTIMIZER, 2, {"exploit": 2}))
+    assert len(res.proposals) == 2
+    for p in res.proposals:
+        assert p["category"] == "exploit" and p["meta"]["entry"] == "adamw"
+        assert p["delta"]["patch"]["name"] == "AdamW"
+        assert 3e-4 <= p["delta"]["patch"]["lr"] <= 3e-2
+
+
+def test_builtin_repair_moves_to_safer_settings(tmp_path):
+    j = Journal(tmp_path)
+    e = next(x for x in CATALOGUE if x.key == "adagrad")
+    parent = Hypothesis(id="g001-01", generation=1, persona="optimizer", component="optimizer", category="explore",
+                        delta=e.render({"lr": 0.3}), meta={"entry": "adagrad", "params": {"lr": 0.3}}, phase="Failed")
+    res = BuiltinProposer().propose(_request(j, OPTIMIZER, 1, {"exploit": 1}, repair_of=parent))
+    assert len(res.proposals) == 1 and res.proposals[0]["delta"]["patch"]["lr"] < 0.3

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny deterministic stand-in scorers served by real aiohttp servers on loopback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cambrian.online.runner import BackgroundApp
+from cambrian.online.server import ModelServer
+
+
+class ModScorer:
+    """score = -((item * a + user) mod 97): deterministic and different per `a` (one per arm)."""
+
+    def __init__(self, a: int):
+        self.a = a
+
+    def score(self, user_ids, candidates):
+        return -((candidates * self.a + user_ids[:, None]) % 97).astype(np.float32)
+
+
+@pytest.fixture
+def arm_servers():
+    apps = {}
+    try:
+        for name, a in (("control", 1), ("treatment", 3), ("t2", 5)):
+            apps[name] = BackgroundApp(ModelServer(ModScorer(a), model=f"mod{a}", arm=name).app()).start()
+        yield apps
+    finally:
+        for app in apps.values():
+            app.stop()
+
+
+@pytest.fixture
+def mod_scorer():
+    return ModScorer

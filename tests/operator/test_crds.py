@@ -1,0 +1,212 @@
+"""The CRDs: generated from api.py, structural, with CEL rules that reject bad specs (evaluated
+offline with cel-python), and examples that pass both the CRD schema and the pydantic models."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from cambrian.errors import ConfigError
+from cambrian.operator import api, crdgen
+
+
+def test_committed_crds_are_what_the_models_generate(crds):
+    assert set(crds) == {"Evolution", "Hypothesis", "Rollout"}
+    for kind in crds:
+        path = crdgen.REPO_CRDS / crdgen.file_name(kind)
+        assert path.read_text() == crdgen.render(kind), f"{path} is stale: run python -m cambrian.operator.crdgen"
+
+
+def _walk(node: Any, path: str):
+    yield path, node
+    if isinstance(node, dict):
+        for k, v in node.get("properties", {}).items():
+            yield from _walk(v, f"{path}.{k}")
+        if isinstance(node.get("items"), dict):
+            yield from _walk(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+@pytest.mark.parametrize("kind", ["Evolution", "Hypothesis", "Rollout"])
+def test_schema_is_structural(crds, kind):
+    crd = crds[kind]
+    names = crd["spec"]["names"]
+    assert names["categories"] == ["cambrian"]
+    assert names["shortNames"] == {"Evolution": ["evo"], "Hypothesis": ["hyp"], "Rollout": ["ro"]}[kind]
+    assert crd["metadata"]["name"] == f"{names['plural']}.cambrian.dev" and crd["spec"]["group"] == "cambrian.dev"
+    version = crd["spec"]["versions"][0]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    schema = version["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema, ""):
+        assert "type" in node, f"{path}: every schema node needs a type"
+        for banned in ("$ref", "anyOf", "oneOf", "allOf", "title", "nullable"):
+            assert banned not in node, f"{path}: {banned} is not allowed here"
+        assert node.get("additionalProperties") is not False, path
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if node.get("x-kubernetes-list-type") == "map":
+            item = node["items"]
+            for key in node["x-kubernetes-list-map-keys"]:
+                assert key in item.get("required", []) or "default" in item["properties"][key], f"{path}: {key}"
+        if node["type"] == "string" and path.startswith(".spec") and "enum" not in node:
+            assert "maxLength" in node, f"{path}: unbounded strings make CEL cost estimates fail"
+        if node["type"] == "array" and path.startswith(".spec"):
+            assert "maxItems" in node, f"{path}: unbounded lists make CEL cost estimates fail"
+    # printer columns point at fields that exist
+    for col in version["additionalPrinterColumns"]:
+        if col["jsonPath"].startswith(".metadata"):
+            continue
+        node = schema
+        for part in col["jsonPath"].strip(".").split("."):
+            node = node["properties"][part]
+        assert node["type"] == col["type"] or (col["type"] == "number" and node["type"] in ("number", "integer"))
+
+
+def test_cel_rules_present(crds):
+    rules = [
+        r["message"]
+        for kind in crds
+        for _, node in _walk(root_schema_of(crds[kind]), "")
+        for r in node.get("x-kubernetes-validations", [])
+    ]
+    joined = "\n".join(rules)
+    for fragment in ("sum to 100", "within 0..100", "non-empty patch or code", "spec.delta is immutable",
+                     "quotas", "strictly increase", "spec.salt is immutable", "exactly one of world"):
+        assert fragment in joined, fragment
+
+
+def root_schema_of(crd):
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize("name", ["evolution", "hypothesis", "rollout"])
+def test_examples_are_admitted_and_parse(admission, examples, name):
+    obj = examples(name)
+    errors, defaulted = admission(obj["kind"], obj)
+    assert errors == []
+    # the defaulted object (what the API server stores) and the raw one parse into the same model
+    assert api.parse_resource(defaulted).spec == api.parse_resource(obj).spec
+    # what the models write back is admitted as well
+    assert admission(obj["kind"], {**obj, "spec": api.parse_resource(obj).spec.wire()})[0] == []
+
+
+def _set(obj: dict, path: str, value: Any) -> dict:
+    obj = copy.deepcopy(obj)
+    node = obj
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    last = parts[-1]
+    if value is _DELETE:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return obj
+
+
+_DELETE = object()
+
+BAD = [
+    # (example, path, value, fragment expected in the CRD error, fragment expected in the pydantic error)
+    ("rollout", "spec.ramp.steps.0.weights", [90, 5, 6], "sum to 100", "sum to 100"),
+    ("rollout", "spec.ramp.steps.0.weights", [110, -5, -5], "within 0..100", "within 0..100"),
+    ("rollout", "spec.ramp.steps.0.weights", [90, 10], "one weight per arm", "one weight per arm"),
+    ("rollout", "spec.ramp.steps.1.weights", [90, 5, 5], "strictly increase", "strictly increase"),
+    ("rollout", "spec.ramp.steps.2.weights", [80, 10, 10], "strictly increase", "strictly increase"),
+    ("rollout", "spec.treatments.0.name", "control", "control arm's name", "control arm's name"),
+    ("rollout", "spec.statistics.alpha", 0.0, "spec.statistics.alpha", "spec.statistics.alpha"),
+    ("rollout", "spec.statistics.method", "bayes", "spec.statistics.method", "spec.statistics.method"),
+    ("rollout", "spec.statistics.minSamplePerArm", 0, "spec.statistics.minSamplePerArm", "minSamplePerArm"),
+    ("rollout", "spec.metrics.readout.interval", "soon", "spec.metrics.readout.interval", "interval"),
+    ("rollout", "spec.treatments", [], "spec.treatments", "spec.treatments"),
+    ("rollout", "spec.salt", "", "spec.salt", "spec.salt"),
+    ("hypothesis", "spec.delta", {}, "non-empty patch or code", "non-empty patch or code"),
+    ("hypothesis", "spec.delta", {"patch": {}, "code": ""}, "non-empty patch or code", "non-empty patch or code"),
+    ("hypothesis", "spec.component", "loss", "spec.component", "spec.component"),
+    ("hypothesis", "spec.delta.code", "def build_optimizer(p, c): ...", "only accepted for optimizer", "only accepted"),
+    ("hypothesis", "spec.delta.patch", {"code": "x"}, "spec.delta.patch.code", "spec.delta.patch.code"),
+    ("hypothesis", "spec.origin", {"kind": "persona"}, "spec.origin.persona", "spec.origin.persona"),
+    ("hypothesis", "spec.explanation", "", "spec.explanation", "spec.explanation"),
+    ("evolution", "spec.agent.budgets.dollars", -1, "spec.agent.budgets.dollars", "spec.agent.budgets.dollars"),
+    ("evolution", "spec.agent.budgets.gpuHours", -0.5, "spec.agent.budgets.gpuHours", "gpuHours"),
+    ("evolution", "spec.agent.budgets.tokens", -10, "spec.agent.budgets.tokens", "spec.agent.budgets.tokens"),
+    ("evolution", "spec.topK", 0, "spec.topK", "spec.topK"),
+    ("evolution", "spec.agent.proposalsPerWakeup", 5, "explore + exploit + innovate", "explore + exploit + innovate"),
+    ("evolution", "spec.agent.provider", "gemini", "spec.agent.model is required", "spec.agent.model is required"),
+    ("evolution", "spec.agent.provider", "claude", "spec.agent.provider", "spec.agent.provider"),
+    ("evolution", "spec.agent.personas", ["optimizer", "loss"], "spec.agent.personas[1]", "spec.agent.personas.1"),
+    ("evolution", "spec.agent.personas", ["reward", "reward"], "duplicate", "each persona may appear once"),
+    ("evolution", "spec.data", {}, "exactly one of world", "exactly one of world"),
+    ("evolution", "spec.data", {"world": {}, "persistentVolumeClaim": {"claimName": "x"}}, "exactly one", "exactly one"),
+    ("evolution", "spec.guardrails.0", {"metric": "hate_rate"}, "give a limit, a margin", "give a limit, a margin"),
+    ("evolution", "spec.guardrails.0.margin", -0.1, "spec.guardrails[0].margin", "spec.guardrails.0.margin"),
+    ("evolution", "spec.objective.northStar", [], "spec.objective.northStar", "spec.objective.northStar"),
+    ("evolution", "spec.objective.northStar.0.direction", "up", "northStar[0].direction", "northStar.0.direction"),
+    ("evolution", "spec.training.gpu.count", -1, "spec.training.gpu.count", "spec.training.gpu.count"),
+    ("evolution", "spec.launchPolicy", "yolo", "spec.launchPolicy", "spec.launchPolicy"),
+    ("evolution", "spec.cadence.offline", "5 minutes", "spec.cadence.offline", "spec.cadence.offline"),
+    ("evolution", "spec.experiment", {"ramp": {"steps": [{"weights": [50, 25, 25]}]}}, "two weights", "two weights"),
+    ("evolution", "spec.baseline", {"optimizer": {"lr": -1}}, None, "optimizer.lr"),
+]
+
+
+@pytest.mark.parametrize("name,path,value,crd_msg,model_msg", BAD, ids=[f"{b[1]}={b[2]!r}"[:60] for b in BAD])
+def test_bad_specs_rejected_naming_the_field(admission, examples, name, path, value, crd_msg, model_msg):
+    obj = _set(examples(name), path, value)
+    if crd_msg is not None:
+        errors, _ = admission(obj["kind"], obj)
+        assert errors, "the CRD admitted a bad spec"
+        assert any(crd_msg in e for e in errors), errors
+    with pytest.raises(ConfigError) as exc:
+        api.parse_spec(obj["kind"], obj["spec"])
+    assert model_msg in str(exc.value)
+
+
+def test_delta_is_immutable_after_creation(admission, examples):
+    old = examples("hypothesis")
+    new = _set(old, "spec.delta.patch", {"label": "CAST(click AS DOUBLE)"})
+    errors, _ = admission("Hypothesis", new, old=old)
+    assert any("spec.delta is immutable" in e for e in errors), errors
+    # other edits and status updates are fine
+    ok = _set(old, "spec.explanation", "clarified")
+    assert admission("Hypothesis", ok, old=old)[0] == []
+    with_status = {**old, "status": {"phase": "Training", "attempts": 1}}
+    assert admission("Hypothesis", with_status, old=old)[0] == []
+    # component change is refused too
+    errors, _ = admission("Hypothesis", _set(old, "spec.component", "training"), old=old)
+    assert any("spec.component is immutable" in e for e in errors)
+
+
+def test_rollout_salt_and_arms_are_immutable(admission, examples):
+    old = examples("rollout")
+    assert any("spec.salt is immutable" in e for e in admission("Rollout", _set(old, "spec.salt", "x"), old=old)[0])
+    new = _set(old, "spec.treatments.0.bundle", "pvc://other")
+    assert any("spec.treatments is immutable" in e for e in admission("Rollout", new, old=old)[0])
+    # the decision policy may change mid-experiment
+    assert admission("Rollout", _set(old, "spec.decisionPolicy", "auto"), old=old)[0] == []
+
+
+def test_defaults_match_pydantic(admission, examples):
+    """The API server's defaulting (from the CRD) yields the same object pydantic's defaults do."""
+    minimal = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "m"},
+               "spec": {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}}}
+    errors, defaulted = admission("Evolution", minimal)
+    assert errors == []
+    assert _prune(defaulted["spec"]) == _prune(api.parse_spec("Evolution", minimal["spec"]).wire())
+
+
+def _prune(v):
+    """Empty lists and maps are 'absent' to the API server."""
+    if isinstance(v, dict):
+        return {k: _prune(x) for k, x in v.items() if x not in ({}, [])}
+    return v
+
+
+def test_duration_parsing():
+    assert api.duration_seconds("1h30m") == 5400 and api.duration_seconds("7d") == 7 * 86400
+    with pytest.raises(ValueError):
+        api.duration_seconds("1 hour")

@@ -1,0 +1,153 @@
+"""Kubernetes manifests built from the core's actions, and Job/pod status parsed back (no cluster:
+the builders are pure). The cluster team's tests apply them to a real API server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import yaml
+
+from cambrian.operator import api
+from cambrian.operator.platform import kubernetes as K
+from cambrian.operator.platform.base import Platform, apply_actions
+from cambrian.operator.platform.termination import compact
+from cambrian.operator.reconcile.actions import ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights
+
+OWNER = Owner("Hypothesis", "h1", "uid-h1", "team-a")
+
+
+def job_action(**training) -> CreateTrainingJob:
+    evo = api.EvolutionSpec.model_validate({
+        "objective": {"northStar": [{"name": "dau"}]},
+        "data": {"world": {"users": 300, "days": 5, "seed": 3}},
+        "training": {"image": "trainer:1", "queueName": "q", "nodeSelector": {"pool": "gpu"},
+                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                     "priorityClassName": "batch", "gpu": {"resource": "amd.com/gpu", "count": 2}, **training},
+        "storage": {"claimName": "bundles"},
+    })
+    return CreateTrainingJob("h1-train-1-abcd1234", OWNER, "h1", 1, {"optimizer": {"lr": 0.01}},
+                             {"component": "optimizer", "patch": {"lr": 0.02}}, evo.training.wire(), evo.data.wire(),
+                             "bundles", "bundles/h1/attempt-1")
+
+
+def test_training_job_manifest():
+    a = job_action()
+    job = K.training_job(a)
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == a.name and meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [{"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "name": "h1",
+                                        "uid": "uid-h1", "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"][K.KUEUE_QUEUE] == "q" and spec["suspend"] is True
+    assert meta["annotations"][K.A_BUNDLE] == "pvc://bundles/bundles/h1/attempt-1/bundle"
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 6 * 3600
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"pool": "gpu"} and pod["priorityClassName"] == "batch"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"]["amd.com/gpu"] == 2 and c["resources"]["requests"]["amd.com/gpu"] == 2
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert c["command"][:3] == ["python", "-m", "cambrian.operator.platform.termination"]
+    train = c["command"][c["command"].index("--") + 1 :]
+    assert train == ["cambrian", "train", "--config", "/etc/cambrian/run/config.json", "--delta",
+                     "/etc/cambrian/run/delta.json", "--data", "/data", "--out", "/var/lib/cambrian/bundles/h1/attempt-1"]
+    assert "env" in c and not any("KEY" in e["name"] or "TOKEN" in e["name"] for e in c["env"])
+    (init,) = pod["initContainers"]
+    assert init["command"] == ["cambrian", "world", "generate", "--users", "300", "--days", "5", "--seed", "3",
+                               "--out", "/data"]
+    cm = K.training_configmap(a)
+    assert json.loads(cm["data"]["delta.json"]) == {"component": "optimizer", "patch": {"lr": 0.02}}
+    assert json.loads(cm["data"]["config.json"]) == {"optimizer": {"lr": 0.01}}
+    # no queue: not suspended, no Kueue label; CPU-only: no GPU resource
+    plain = K.training_job(job_action(queueName=None, gpu={"count": 0}))
+    assert plain["spec"]["suspend"] is False and K.KUEUE_QUEUE not in plain["metadata"]["labels"]
+    assert set(plain["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]) == {"memory"}
+
+
+def _job(conds=(), active=0, suspend=False):
+    return {"metadata": {"name": "j", "annotations": {K.A_BUNDLE: "pvc://b/x/bundle"}},
+            "spec": {"suspend": suspend},
+            "status": {"active": active, "startTime": "2026-01-01T00:00:00Z", "completionTime": None,
+                       "conditions": [{"type": t, "status": "True", "reason": r, "message": m,
+                                       "lastTransitionTime": "2026-01-01T01:00:00Z"} for t, r, m in conds]}}
+
+
+def _pod(exit_code, message, reason="Completed"):
+    return {"metadata": {"name": "j-x", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                "exitCode": exit_code, "reason": reason, "message": message}}}]}}
+
+
+def test_parse_job_states():
+    assert K.parse_job(_job(suspend=True), []).state == "Suspended"
+    assert K.parse_job(_job(active=1), []).state == "Running"
+    assert K.parse_job(_job(), []).state == "Pending"
+    ok = K.parse_job(_job([("Complete", "", "")]), [_pod(0, '{"v":1,"metrics":{"val_loss":0.4}}')])
+    assert ok.state == "Succeeded" and ok.metrics == {"val_loss": 0.4} and ok.bundle_uri == "pvc://b/x/bundle"
+    gate = K.parse_job(_job([("Failed", "BackoffLimitExceeded", "")]),
+                       [_pod(3, '{"v":1,"exit_code":3,"error":{"stage":"static","reason":"bad import"}}', "Error")])
+    assert (gate.state, gate.exit_code, gate.stage, gate.message, gate.reason) == ("Failed", 3, "static", "bad import", "Error")
+    assert gate.finished_at == datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
+    oom = K.parse_job(_job([("Failed", "BackoffLimitExceeded", "")]), [_pod(137, "", "OOMKilled")])
+    assert oom.reason == "OOMKilled" and oom.exit_code == 137
+    late = K.parse_job(_job([("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]), [])
+    assert late.reason == "DeadlineExceeded" and "deadline" in late.message
+
+
+def test_arm_router_and_httproute():
+    owner = Owner("Rollout", "ro", "uid-ro", "team-a")
+    serving = api.Serving(http_route=api.HTTPRouteRef(name="feed"), collector_url="http://collector:8080").wire()
+    dep, svc = K.arm_manifests(DeployArm("ro-arm-t-1", owner, "ro", "t", "pvc://bundles/b/h1/bundle", serving, None))
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"][:6] == ["cambrian", "serve", "--bundle", "/var/lib/cambrian/b/h1/bundle", "--arm", "t"]
+    assert dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "bundles", "readOnly": True}
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    sw = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 90), ArmWeight("t", "svc-t", 10)), serving)
+    cm, rdep, rsvc = K.router_manifests(sw, "team-a")
+    cfg = yaml.safe_load(cm["data"]["router.yaml"])
+    assert cfg == {"experiment": "ro", "salt": "salt-1", "collector": "http://collector:8080", "arms": [
+        {"name": "control", "url": "http://svc-c.team-a.svc:8080", "weight": 90, "control": True},
+        {"name": "t", "url": "http://svc-t.team-a.svc:8080", "weight": 10}]}
+    from cambrian.online.router import RouterConfig
+
+    assert RouterConfig.from_dict(cfg).weights == {"control": 90, "t": 10}  # the online router accepts it
+    assert K.httproute_patch(sw)["spec"]["rules"][0]["backendRefs"] == [
+        {"name": "svc-c", "port": 8080, "weight": 90}, {"name": "svc-t", "port": 8080, "weight": 10}]
+
+
+def test_termination_message(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 0.5, "device": "cuda", "auc": float("nan")}))
+    (tmp_path / "bundle").mkdir()
+    assert json.loads(compact(tmp_path, 0)) == {"v": 1, "metrics": {"val_loss": 0.5}, "bundle": str(tmp_path / "bundle")}
+    (tmp_path / "error.json").write_text(json.dumps({"stage": "static", "reason": "x" * 10000}))
+    msg = compact(tmp_path, 3)
+    assert len(msg.encode()) <= 4096 and json.loads(msg)["error"]["stage"] == "static"
+    # the wrapper runs the command, keeps its exit code and writes the message
+    log = tmp_path / "termination-log"
+    script = f"import json,sys; json.dump({{'stage':'training','reason':'nan'}}, open(r'{tmp_path}/error.json','w')); sys.exit(4)"
+    rc = subprocess.call([sys.executable, "-m", "cambrian.operator.platform.termination", "--out", str(tmp_path),
+                          "--path", str(log), "--", sys.executable, "-c", script])
+    assert rc == 4 and json.loads(log.read_text())["error"] == {"stage": "training", "reason": "nan"}
+
+
+def test_apply_actions_dispatches_every_action_type():
+    from cambrian.operator.reconcile import actions as A
+
+    calls = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return lambda *a: calls.append(name)
+
+    kinds = [A.CreateTrainingJob, A.DeleteJob, A.DeployArm, A.DeleteArm, A.SetWeights, A.ClearWeights,
+             A.CreateRollout, A.UpdateChampion, A.ProposeHypotheses, A.RecordJournal]
+    objs = [k.__new__(k) for k in kinds]
+    apply_actions(Recorder(), objs)
+    assert calls == ["submit_training_job", "delete_job", "deploy_arm", "delete_arm", "set_weights", "clear_weights",
+                     "create_rollout", "update_champion", "propose", "record"]
+    methods = {m for m in dir(Platform) if not m.startswith("_")}
+    assert set(calls) <= methods and {"training_jobs", "arms", "router_weights", "prometheus_readout"} <= methods
+    assert isinstance(K.KubernetesPlatform.__new__(K.KubernetesPlatform), Platform)

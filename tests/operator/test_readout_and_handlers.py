@@ -1,0 +1,231 @@
+"""The readout (Prometheus sums -> statistics.decide -> Analysis) and the kopf handlers' glue,
+driven with an in-memory platform (the real API server tests belong to the cluster suite)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import kopf
+import numpy as np
+import pytest
+
+from cambrian.operator import api
+from cambrian.operator import handlers as HD
+from cambrian.operator.platform.base import MetricsUnavailable
+from cambrian.operator.reconcile import readout as RD
+from cambrian.operator.reconcile import rollout as R
+from cambrian.operator.reconcile import views
+from cambrian.operator.reconcile.common import Meta
+from cambrian.operator.reconcile.observations import ArmObservation, JobObservation, RolloutObservation
+from cambrian.operator.statistics import SufficientStats
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def rollout_spec(**stats):
+    return api.RolloutSpec.model_validate({
+        "control": {"bundle": "c"},
+        "treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "b"}],
+        "salt": "s", "ramp": {"steps": [{"weights": [50, 50], "duration": "7d"}]},
+        "metrics": {"northStar": [{"name": "minutes"}], "guardrails": [{"metric": "hate", "margin": 0.5}]},
+        "statistics": {"minSamplePerArm": 500, "maxDuration": "14d", **stats}, "decisionPolicy": "auto",
+    })
+
+
+def sums(lift: float, n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for arm, shift in (("control", 0.0), ("t", lift)):
+        x = rng.normal(10, 3, n)
+        y = x * 0.8 + rng.normal(2 + shift, 1, n)
+        hate = rng.binomial(1, 0.1, n).astype(float)
+        out[arm] = {"minutes": SufficientStats.from_arrays(y, x), "hate": SufficientStats.from_arrays(hate)}
+    return out
+
+
+def test_readout_promotes_a_clear_winner_and_keeps_state():
+    spec = rollout_spec()
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    a = RD.analyse(spec, st, sums(1.0), T0 + timedelta(days=3), exposures={"control": 4000, "t": 4000})
+    assert a.outcome == "promote" and a.winner == "t" and a.n == {"control": 4000, "t": 4000}
+    (eff,) = a.effects
+    assert eff.arm == "t" and eff.ci_low > 0 and a.state and a.srm_mismatch is False
+    # through the core: promoted, decision state persisted
+    r = R.reconcile(Meta("ro", "u"), spec, st.model_copy(update={"next_readout_at": T0 + timedelta(days=3)}),
+                    api.Serving(), None, RolloutObservation(
+                        {n: ArmObservation(n, True, True) for n in ("control", "t")}, {"control": 50, "t": 50}, a),
+                    T0 + timedelta(days=3))
+    assert r.status.phase == "Promoted" and r.status.decision_state == a.state
+
+
+def test_readout_flags_srm_and_missing_data():
+    spec = rollout_spec()
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    srm = RD.analyse(spec, st, sums(0.0), T0 + timedelta(days=1), exposures={"control": 5000, "t": 4000})
+    assert srm.outcome == "rollback" and srm.srm_mismatch
+    partial = {"control": sums(0.0)["control"], "t": {}}
+    missing = RD.analyse(spec, st, partial, T0 + timedelta(days=1), exposures={"control": 4000, "t": 4000})
+    assert missing.outcome == "continue" and "missing" in missing.reason
+
+
+def test_srm_expectation_follows_the_ramp_by_cohort_day():
+    spec = api.RolloutSpec.model_validate({
+        **rollout_spec().wire(), "ramp": {"steps": [{"weights": [90, 10], "duration": "1d"},
+                                                    {"weights": [50, 50], "duration": "1d"}]}})
+    st = api.RolloutStatus(step=1, step_history=[T0, T0 + timedelta(days=1)])
+    d0, d1 = RD.day_number(T0), RD.day_number(T0) + 1
+    w, obs = RD.srm_expectation(spec, st, {d0: {"control": 900, "t": 100}, d1: {"control": 500, "t": 500}}, None)
+    assert w == pytest.approx({"control": 0.7, "t": 0.3}) and obs == {"control": 1400, "t": 600}
+
+
+# ---- handlers glue ------------------------------------------------------------------------------
+
+
+@dataclass
+class MemPlatform:
+    jobs: dict = field(default_factory=dict)
+    arms_: dict = field(default_factory=dict)
+    weights: dict | None = None
+    readout_error: bool = False
+    applied: list = field(default_factory=list)
+
+    def submit_training_job(self, a): self.applied.append(("job", a.name)); self.jobs.setdefault(a.name, JobObservation(a.name, "Pending"))
+    def training_jobs(self, owner): return list(self.jobs.values())
+    def delete_job(self, a): self.jobs.pop(a.name, None)
+    def deploy_arm(self, a): self.applied.append(("arm", a.arm)); self.arms_.setdefault(a.arm, ArmObservation(a.name, True, False))
+    def arms(self, owner): return dict(self.arms_)
+    def delete_arm(self, a): self.arms_.pop(a.arm, None)
+    def set_weights(self, a): self.applied.append(("weights", a.as_dict())); self.weights = a.as_dict()
+    def clear_weights(self, a): self.weights = None
+    def router_weights(self, owner, serving): return self.weights
+    def prometheus_readout(self, name): raise MetricsUnavailable("down")
+    def create_rollout(self, a): self.applied.append(("rollout", a.name))
+    def update_champion(self, a): self.applied.append(("champion", a.bundle))
+    def propose(self, a): self.applied.append(("propose", a.wakeup))
+    def record(self, a): pass
+
+
+EVO = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution",
+       "metadata": {"name": "evo", "namespace": "ns", "uid": "uid-e", "generation": 1},
+       "spec": {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}}}
+
+
+def body(kind, name, spec, status=None, **meta):
+    return kopf.Body({"apiVersion": "cambrian.dev/v1alpha1", "kind": kind,
+                      "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1, **meta},
+                      "spec": spec, "status": status or {}})
+
+
+@pytest.fixture
+def objects(monkeypatch):
+    objs = {"evolutions": {"evo": EVO}, "hypotheses": {}, "rollouts": {}}
+    monkeypatch.setattr(HD, "_get", lambda plural, ns, name: objs[plural].get(name))
+    monkeypatch.setattr(HD, "_list", lambda plural, ns: list(objs[plural].values()))
+    return objs
+
+
+def memo(platform):
+    m = kopf.Memo()
+    m.platform = platform
+    return m
+
+
+def test_hypothesis_handler_creates_job_and_persists_status(objects):
+    p = MemPlatform()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
+    patch = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    assert patch["status"]["phase"] == "Training" and patch["status"]["attempts"] == 1
+    assert p.applied == [("job", patch["status"]["jobName"])]
+    assert patch["status"]["observedGeneration"] == 1
+
+
+def test_invalid_spec_is_a_permanent_error_with_a_condition(objects):
+    patch = kopf.Patch()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {}}}
+    with pytest.raises(kopf.PermanentError, match="non-empty patch or code"):
+        HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(MemPlatform()))
+    (c,) = patch["status"]["conditions"]
+    assert c["reason"] == "InvalidSpec" and c["observedGeneration"] == 1
+
+
+def test_failed_action_is_temporary_and_status_not_written(objects):
+    class Broken(MemPlatform):
+        def submit_training_job(self, a):
+            raise RuntimeError("API server said 500")
+
+    patch = kopf.Patch()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
+    with pytest.raises(kopf.TemporaryError):
+        HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(Broken()))
+    assert "status" not in patch
+
+
+def test_rollout_handler_without_prometheus_decides_nothing(objects):
+    p = MemPlatform()
+    spec = rollout_spec().wire()
+    patch = kopf.Patch()
+    HD.rollout_changed(body=body("Rollout", "ro", spec), patch=patch, memo=memo(p))
+    assert patch["status"]["phase"] == "Deploying" and [a for a, _ in p.applied] == ["arm", "arm"]
+    p.arms_ = {k: ArmObservation(v.name, True, True) for k, v in p.arms_.items()}
+    patch2 = kopf.Patch()
+    HD.rollout_changed(body=body("Rollout", "ro", spec, dict(patch["status"])), patch=patch2, memo=memo(p))
+    assert patch2["status"]["phase"] == "Running" and p.weights == {"control": 50, "t": 50}
+    due = {**patch2["status"], "nextReadoutAt": "2000-01-01T00:00:00Z"}
+    patch3 = kopf.Patch()
+    HD.rollout_changed(body=body("Rollout", "ro", spec, due), patch=patch3, memo=memo(p))
+    s = patch3["status"]
+    assert s["phase"] == "Running" and "decision" not in s or s.get("decision") is None
+    assert any(c["type"] == "MetricsAvailable" and c["status"] == "False" for c in s["conditions"])
+    # deletion puts everyone back on control
+    HD.rollout_deleted(body=body("Rollout", "ro", spec, s), memo=memo(p))
+    assert p.weights is None and p.applied[-1] == ("weights", {"control": 100}) and p.arms_ == {}
+
+
+def test_evolution_handler_trains_the_baseline_and_wakes_the_agent(objects):
+    p = MemPlatform()
+    patch = kopf.Patch()
+    HD.evolution_changed(body=kopf.Body(EVO), patch=patch, memo=memo(p))
+    assert [k for k, _ in p.applied] == ["job", "propose"]
+    assert patch["status"]["phase"] == "Running" and patch["status"]["counters"]["wakeups"] == 1
+
+
+def test_handlers_are_registered_for_every_kind():
+    reg = kopf.get_default_registry()
+    timers = {h.selector.any_name for h in reg._spawning.get_all_handlers() if h.selector.group == "cambrian.dev"}
+    creates = {h.selector.any_name for h in reg._changing.get_all_handlers()
+               if h.selector.group == "cambrian.dev" and str(h.reason) == "create"}
+    assert timers == creates == {"evolutions", "hypotheses", "rollouts"}
+
+
+def test_views_and_spend():
+    ro = {"metadata": {"name": "ro", "creationTimestamp": "2026-01-01T00:00:00Z"},
+          "spec": {"treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "b"}]},
+          "status": {"phase": "Promoted", "decision": "promote", "winner": "t",
+                     "effects": [{"arm": "t", "metric": "dau", "estimate": 1, "ciLow": 0, "ciHigh": 2}]}}
+    v = views.rollout_for("h", [ro])
+    assert v.winner_hypothesis == "h" and v.winner_bundle == "b" and v.concluded
+    h = {"metadata": {"name": "h", "annotations": {views.A_TOKENS: "1200", views.A_DOLLARS: "0.5"}},
+         "spec": {"component": "optimizer", "delta": {"patch": {"lr": 1}}}, "status": {"attempts": 2, "gpuHours": 1.5}}
+    assert views.spend([h], baseline_attempts=1) == views.Spend(1200, 0.5, 1.5, 3)
+    assert views.hypothesis_view(h).delta == {"component": "optimizer", "patch": {"lr": 1}}
+
+
+def test_operator_settings():
+    settings = kopf.OperatorSettings()
+    m = memo(MemPlatform())
+    HD.configure(settings=settings, memo=m)
+    assert settings.persistence.finalizer == "cambrian.dev/finalizer"
+    assert settings.persistence.progress_storage.prefix == "cambrian.dev"
+    assert settings.persistence.diffbase_storage.prefix == "cambrian.dev"
+    assert isinstance(m.platform, MemPlatform)  # an injected platform is kept
+
+
+def test_cli_prints_the_crds():
+    from typer.testing import CliRunner
+
+    from cambrian.operator.cli import app
+
+    out = CliRunner().invoke(app, ["crds"])
+    assert out.exit_code == 0 and out.output.count("kind: CustomResourceDefinition") == 3

@@ -1,0 +1,116 @@
+"""The Evolution loop through the pure core: baseline champion, wake-ups, top-K rollouts, launches, budgets."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from cambrian.operator import api
+from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile.actions import CreateRollout, CreateTrainingJob, ProposeHypotheses, UpdateChampion
+from cambrian.operator.reconcile.common import Meta
+from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, Spend
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+META = Meta("evo", "uid-evo", "ns", 2)
+
+
+def spec(**over):
+    data = {
+        "objective": {"northStar": [{"name": "dau"}, {"name": "minutes"}]},
+        "guardrails": [{"metric": "hate_rate", "margin": 0.01}],
+        "data": {"world": {"users": 100}},
+        "topK": 2,
+        "cadence": {"offline": "5m", "online": "1d"},
+        "launchPolicy": "auto",
+    }
+    data.update(over)
+    return api.EvolutionSpec.model_validate(data)
+
+
+def run(sp, st, hyps=(), ros=(), job=None, spend=Spend(), now=T0):
+    return E.reconcile(META, sp, st, list(hyps), list(ros), job, spend, now)
+
+
+def with_champion(sp):
+    r = run(sp, api.EvolutionStatus())
+    jobs = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    assert [j.name for j in jobs] == [E.baseline_job_name(META)] and jobs[0].delta is None
+    assert r.status.champion.bundle is None
+    done = JobObservation(jobs[0].name, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="pvc://x/baseline")
+    r2 = run(sp, r.status, job=done, now=T0 + timedelta(minutes=1))
+    assert r2.status.champion.bundle == "pvc://x/baseline" and r2.status.champion.name == "baseline"
+    return r, r2
+
+
+def test_baseline_then_wakeups_on_cadence():
+    sp = spec()
+    r, r2 = with_champion(sp)
+    wake = [a for a in r.actions if isinstance(a, ProposeHypotheses)]
+    assert len(wake) == 1 and wake[0].wakeup == 1 and dict(wake[0].quotas) == {"explore": 1, "exploit": 1, "innovate": 1}
+    assert r.status.next_wakeup_at == T0 + timedelta(minutes=5)
+    assert not [a for a in r2.actions if isinstance(a, ProposeHypotheses)]  # not due yet
+    r3 = run(sp, r2.status, now=T0 + timedelta(minutes=5))
+    assert [a.wakeup for a in r3.actions if isinstance(a, ProposeHypotheses)] == [2]
+    assert r3.status.counters.wakeups == 2
+
+
+def test_baseline_failure_fails_the_evolution():
+    sp = spec()
+    r = run(sp, api.EvolutionStatus())
+    bad = JobObservation(E.baseline_job_name(META), "Failed", 4, "Error", "loss is NaN")
+    r2 = run(sp, r.status, job=bad)
+    assert r2.status.phase == "Failed" and "loss is NaN" in r2.status.reason
+
+
+def hv(name, comp, score, phase="Scored"):
+    return HypothesisView(name, phase, comp, "val_loss" if comp != "reward" else "return_corr", score, f"b/{name}",
+                          delta={"component": comp, "patch": {"lr": 0.01}} if comp == "optimizer" else None)
+
+
+def test_review_starts_top_k_rollouts_ranked_per_component():
+    sp = spec()
+    _, r2 = with_champion(sp)
+    hyps = [hv("o1", "optimizer", 0.45), hv("o2", "optimizer", 0.40), hv("r1", "reward", 0.2), hv("r2", "reward", 0.3),
+            hv("a1", "architecture", 0.1, phase="Training")]
+    assert r2.status.next_review_at == T0 + timedelta(days=1, minutes=1)  # reviewed (nothing scored) with the champion
+    assert not [a for a in run(sp, r2.status, hyps, now=T0 + timedelta(hours=2)).actions if isinstance(a, CreateRollout)]
+    r3 = run(sp, r2.status, hyps, now=T0 + timedelta(days=1, minutes=1))
+    ros = [a for a in r3.actions if isinstance(a, CreateRollout)]
+    assert [a.hypothesis for a in ros] == ["o2", "r2"]  # best optimizer (min loss), best reward (max corr)
+    ro = api.RolloutSpec.model_validate(ros[0].spec)
+    assert ro.control.bundle == "pvc://x/baseline" and ro.treatments[0].bundle == "b/o2"
+    assert ro.decision_policy == "auto" and [m.name for m in ro.metrics.north_star] == ["dau", "minutes"]
+    assert ro.salt == ros[0].name == E.rollout_name(META, "o2")
+    assert r3.status.counters.live == 2
+    # next review: both still live, no free slot
+    live = [RolloutView(a.name, "Running", (a.hypothesis,)) for a in ros]
+    r4 = run(sp, r3.status, hyps, live, now=T0 + timedelta(days=2, minutes=3))
+    assert r4.status.counters.reviews == 3
+    assert not [a for a in r4.actions if isinstance(a, CreateRollout)]
+
+
+def test_promotion_updates_champion_once():
+    sp = spec()
+    _, r2 = with_champion(sp)
+    hyps = [hv("o2", "optimizer", 0.40, phase="Launched")]
+    ro = RolloutView("ro-o2", "Promoted", ("o2",), "promote", "o2", "b/o2", "dau +2%")
+    r3 = run(sp, r2.status, hyps, [ro], now=T0 + timedelta(days=2))
+    ups = [a for a in r3.actions if isinstance(a, UpdateChampion)]
+    assert len(ups) == 1 and ups[0].bundle == "b/o2"
+    c = r3.status.champion
+    assert c.name == "o2" and c.config["optimizer"]["lr"] == 0.01
+    assert r3.status.last_decision.outcome == "promote" and r3.status.counters.launched == 1
+    r4 = run(sp, r3.status, hyps, [ro], now=T0 + timedelta(days=2, minutes=1))
+    assert not [a for a in r4.actions if isinstance(a, UpdateChampion)]
+    assert E.effective_baseline(sp, r4.status)["optimizer"]["lr"] == 0.01
+
+
+def test_budget_exhausted_stops_wakeups_and_recovers():
+    sp = spec(agent={"budgets": {"dollars": 1.0}})
+    _, r2 = with_champion(sp)
+    r3 = run(sp, r2.status, spend=Spend(dollars=1.5), now=T0 + timedelta(minutes=10))
+    assert r3.status.phase == "BudgetExhausted" and "dollars" in r3.status.reason
+    assert not [a for a in r3.actions if isinstance(a, ProposeHypotheses)]
+    raised = spec(agent={"budgets": {"dollars": 5.0}})
+    r4 = run(raised, r3.status, spend=Spend(dollars=1.5), now=T0 + timedelta(minutes=11))
+    assert r4.status.phase == "Running" and [a for a in r4.actions if isinstance(a, ProposeHypotheses)]

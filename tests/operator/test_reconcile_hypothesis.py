@@ -1,0 +1,189 @@
+"""Every Hypothesis phase transition through the pure core, with plain observations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cambrian.operator import api
+from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile.actions import CreateTrainingJob, RecordJournal
+from cambrian.operator.reconcile.common import Meta
+from cambrian.operator.reconcile.observations import JobObservation, RolloutView
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+META = Meta("hyp-adam", "uid-1234", "ns", 1)
+
+
+def evo_spec(**over) -> api.EvolutionSpec:
+    data = {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {"users": 100, "days": 3}}}
+    data.update(over)
+    return api.EvolutionSpec.model_validate(data)
+
+
+def ctx(**kw) -> H.EvolutionContext:
+    spec = kw.pop("spec", evo_spec())
+    return H.EvolutionContext(name="evo", uid="evo-uid", spec=spec, baseline=spec.baseline, **kw)
+
+
+def hyp_spec(component="optimizer", patch=None, code=None) -> api.HypothesisSpec:
+    delta = {"patch": patch if patch is not None else {"lr": 0.01}}
+    if code is not None:
+        delta["code"] = code
+    return api.HypothesisSpec.model_validate(
+        {"evolutionRef": {"name": "evo"}, "component": component, "explanation": "faster", "delta": delta}
+    )
+
+
+def run(spec, status, job=None, rollout=None, c="default", now=T0, jobs=None):
+    jobs = jobs if jobs is not None else ([job] if job else [])
+    return H.reconcile(META, spec, status, ctx() if c == "default" else c, jobs, rollout, now)
+
+
+def to_training(spec=None):
+    spec = spec or hyp_spec()
+    r = run(spec, api.HypothesisStatus())
+    assert r.status.phase == "Training"
+    return spec, r
+
+
+def test_proposed_validated_training_in_one_pass():
+    spec, r = to_training()
+    jobs = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    assert len(jobs) == 1 and jobs[0].name == H.job_name(META, 1) == r.status.job_name
+    assert jobs[0].delta == {"component": "optimizer", "patch": {"lr": 0.01}}
+    assert jobs[0].training["gpu"] == {"resource": "nvidia.com/gpu", "count": 1}
+    assert r.status.attempts == 1 and r.status.training_started_at == T0
+    assert r.status.config_fingerprint and r.status.observed_generation == 1
+    events = [a.event for a in r.actions if isinstance(a, RecordJournal)]
+    assert events == ["Proposed", "Validated", "TrainingStarted"]
+    assert {c.type: c.status for c in r.status.conditions} == {"Validated": "True", "Training": "True"}
+    assert all(c.observed_generation == 1 for c in r.status.conditions)
+
+
+def test_delta_that_breaks_the_config_is_rejected_with_the_field():
+    r = run(hyp_spec(patch={"lr": -1}), api.HypothesisStatus())
+    assert r.status.phase == "Rejected"
+    assert "optimizer.lr" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    # terminal: nothing more happens
+    again = run(hyp_spec(patch={"lr": -1}), r.status)
+    assert again.actions == [] and again.status.phase == "Rejected"
+
+
+def test_missing_evolution_waits():
+    r = run(hyp_spec(), api.HypothesisStatus(), c=None)
+    assert r.status.phase == "Proposed" and r.requeue_after
+    assert any(c.reason == "EvolutionNotFound" for c in r.status.conditions)
+
+
+def test_budget_exhausted_holds_validated():
+    r = run(hyp_spec(), api.HypothesisStatus(), c=ctx(budget_exhausted="gpuHours"))
+    assert r.status.phase == "Validated" and r.status.attempts == 0
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+
+
+def test_running_job_is_left_alone():
+    spec, r = to_training()
+    job = JobObservation(r.status.job_name, "Running")
+    r2 = run(spec, r.status, job=job, now=T0 + timedelta(minutes=5))
+    assert r2.actions == [] and r2.status.phase == "Training"
+
+
+def test_succeeded_job_scores_with_the_component_metric():
+    spec, r = to_training()
+    metrics = {"val_loss": 0.41, "val_loss_stderr": 0.002, "auc": 0.7, "return_corr": 0.1, "device": "cuda"}
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics=metrics, bundle_uri="pvc://b/x")
+    r2 = run(spec, r.status, job=job)
+    s = r2.status
+    assert s.phase == "Scored" and s.offline_metric == "val_loss" and s.offline_score == 0.41
+    assert s.proxy_metrics["val_loss"].stderr == 0.002 and "device" not in s.proxy_metrics
+    assert s.bundle_uri == "pvc://b/x"
+
+
+def test_reward_hypothesis_scored_on_return_corr():
+    spec, r = to_training(hyp_spec("reward", patch={"label": "CAST(click AS DOUBLE) * completion"}))
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.3, "return_corr": 0.2})
+    assert run(spec, r.status, job=job).status.offline_score == 0.2
+
+
+def test_success_without_metric_fails():
+    spec, r = to_training()
+    r2 = run(spec, r.status, job=JobObservation(r.status.job_name, "Succeeded", 0, metrics=None))
+    assert r2.status.phase == "Failed" and "val_loss" in r2.status.reason
+
+
+def test_gate_failure_is_not_retried():
+    spec, r = to_training()
+    job = JobObservation(r.status.job_name, "Failed", 3, "Error", "NaN loss in backward", stage="forward_backward")
+    r2 = run(spec, r.status, job=job)
+    assert r2.status.phase == "Failed" and r2.status.failure_stage == "forward_backward"
+    assert "NaN loss" in r2.status.reason
+    assert not [a for a in r2.actions if isinstance(a, CreateTrainingJob)]
+
+
+def test_infrastructure_failure_retries_then_fails():
+    spec, r = to_training()
+    oom = JobObservation(r.status.job_name, "Failed", 137, "OOMKilled")
+    r2 = run(spec, r.status, job=oom, now=T0 + timedelta(hours=1))
+    assert r2.status.phase == "Training" and r2.status.attempts == 2
+    assert r2.kinds() == ["RecordJournal", "CreateTrainingJob"]
+    new = [a for a in r2.actions if isinstance(a, CreateTrainingJob)][0]
+    assert new.name == H.job_name(META, 2) != H.job_name(META, 1) and new.attempt == 2
+    assert r2.status.training_started_at == T0 + timedelta(hours=1)
+    oom2 = JobObservation(new.name, "Failed", 137, "OOMKilled")
+    r3 = run(spec, r2.status, jobs=[oom, oom2])
+    assert r3.status.phase == "Failed" and "after 2 attempts" in r3.status.reason and "OOMKilled" in r3.status.reason
+
+
+def test_job_gone_is_recreated_with_the_same_name():
+    spec, r = to_training()
+    r2 = run(spec, r.status, job=None)
+    assert [a.name for a in r2.actions if isinstance(a, CreateTrainingJob)] == [r.status.job_name]
+    assert r2.status.attempts == 1
+
+
+def test_a_later_attempt_than_the_status_knows_is_adopted():
+    spec, r = to_training()
+    first = JobObservation(H.job_name(META, 1), "Failed", 137, "OOMKilled")
+    second = JobObservation(H.job_name(META, 2), "Running", started_at=T0 + timedelta(minutes=3))
+    r2 = run(spec, r.status, jobs=[first, second], now=T0 + timedelta(minutes=9))
+    assert r2.actions == [] and r2.status.attempts == 2 and r2.status.job_name == second.name
+    assert r2.status.training_started_at == T0 + timedelta(minutes=3)
+
+
+def scored():
+    spec, r = to_training()
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.4}, bundle_uri="b")
+    return spec, run(spec, r.status, job=job).status
+
+
+def test_scored_goes_live_when_a_rollout_serves_it():
+    spec, st = scored()
+    assert run(spec, st, rollout=None).status.phase == "Scored"
+    r = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,)))
+    assert r.status.phase == "Live" and r.status.rollout == "ro-1"
+
+
+@pytest.mark.parametrize(
+    "phase,winner,expected",
+    [("Promoted", META.name, "Launched"), ("Promoted", "other", "Retired"), ("RolledBack", None, "Retired"),
+     ("Inconclusive", None, "Retired")],
+)
+def test_live_concludes(phase, winner, expected):
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    decision = {"Promoted": "promote", "RolledBack": "rollback", "Inconclusive": "inconclusive"}[phase]
+    ro = RolloutView("ro-1", phase, (META.name,), decision, winner, "b", "why",
+                     ({"arm": "treatment", "metric": "dau", "estimate": 0.1, "ciLow": 0.0, "ciHigh": 0.2},))
+    r = run(spec, st, rollout=ro)
+    assert r.status.phase == expected
+    assert r.status.online.decision == decision and r.status.online.effects[0].ci_high == 0.2
+
+
+def test_live_rollout_deleted_retires():
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    r = run(spec, st, rollout=None)
+    assert r.status.phase == "Retired" and "deleted" in r.status.reason

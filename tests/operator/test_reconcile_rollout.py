@@ -1,0 +1,210 @@
+"""Every Rollout phase transition through the pure core."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from cambrian.operator import api
+from cambrian.operator.reconcile import rollout as R
+from cambrian.operator.reconcile.actions import ClearWeights, DeleteArm, DeployArm, SetWeights
+from cambrian.operator.reconcile.common import Meta
+from cambrian.operator.reconcile.observations import Analysis, ArmObservation, Effect, RolloutObservation
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+META = Meta("ro-a", "ro-uid", "ns", 3)
+SERVING = api.Serving()
+
+
+def spec(policy="auto", **stats) -> api.RolloutSpec:
+    return api.RolloutSpec.model_validate(
+        {
+            "control": {"bundle": "pvc://b/champion"},
+            "treatments": [{"name": "treatment", "hypothesisRef": {"name": "h1"}, "bundle": "pvc://b/h1"}],
+            "salt": "s1",
+            "ramp": {"steps": [{"weights": [90, 10], "duration": "1d"}, {"weights": [50, 50], "duration": "2d"}]},
+            "metrics": {"northStar": [{"name": "dau"}], "readout": {"interval": "6h"}},
+            "statistics": {"minSamplePerArm": 100, "maxDuration": "7d", **stats},
+            "decisionPolicy": policy,
+        }
+    )
+
+
+def arms(ready=True, names=("control", "treatment")):
+    return {n: ArmObservation(R.arm_name(META, n), True, ready) for n in names}
+
+
+def obs(weights=None, analysis=None, approval=None, ready=True, names=("control", "treatment")):
+    return RolloutObservation(arms(ready, names), weights, analysis, approval)
+
+
+def run(sp, st, o, now):
+    return R.reconcile(META, sp, st, SERVING, "claim", o, now)
+
+
+def running(sp=None):
+    sp = sp or spec()
+    r = run(sp, api.RolloutStatus(), RolloutObservation(), T0)
+    assert r.status.phase == "Deploying"
+    deploys = [a for a in r.actions if isinstance(a, DeployArm)]
+    assert [(d.arm, d.bundle, d.name) for d in deploys] == [
+        ("control", "pvc://b/champion", R.arm_name(META, "control")),
+        ("treatment", "pvc://b/h1", R.arm_name(META, "treatment")),
+    ]
+    assert all(d.storage_claim == "claim" for d in deploys)
+    # created but not ready: no re-deploy, no weights
+    r = run(sp, r.status, obs(ready=False), T0 + timedelta(seconds=30))
+    assert r.status.phase == "Deploying" and not any(isinstance(a, (DeployArm, SetWeights)) for a in r.actions)
+    r = run(sp, r.status, obs(), T0 + timedelta(minutes=1))
+    assert r.status.phase == "Running"
+    return sp, r
+
+
+def test_deploy_then_first_step_weights():
+    sp, r = running()
+    sets = [a for a in r.actions if isinstance(a, SetWeights)]
+    assert len(sets) == 1 and sets[0].as_dict() == {"control": 90, "treatment": 10} and sets[0].salt == "s1"
+    assert sets[0].weights[1].service == R.arm_name(META, "treatment")
+    s = r.status
+    assert s.started_at == s.step_started_at == T0 + timedelta(minutes=1)
+    assert s.next_readout_at == s.started_at + timedelta(hours=6)
+    assert s.weights_summary == "control=90,treatment=10"
+
+
+def test_weights_resynced_only_when_router_differs():
+    sp, r = running()
+    t = T0 + timedelta(hours=1)
+    same = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}), t)
+    assert same.actions == []
+    drift = run(sp, r.status, obs(weights=None), t)
+    assert [type(a) for a in drift.actions] == [SetWeights]
+
+
+def test_missing_arm_is_redeployed_while_running():
+    sp, r = running()
+    o = RolloutObservation(arms(names=("control",)), {"control": 90, "treatment": 10})
+    r2 = run(sp, r.status, o, T0 + timedelta(hours=1))
+    assert [(type(a), a.arm) for a in r2.actions if isinstance(a, DeployArm)] == [(DeployArm, "treatment")]
+    assert any(c.type == "ArmsReady" and c.status == "False" for c in r2.status.conditions)
+
+
+def test_ramp_advances_after_step_duration():
+    sp, r = running()
+    t = r.status.step_started_at + timedelta(days=1)
+    r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=cont()), t)
+    assert r2.status.step == 1 and r2.status.step_started_at == t
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 50, "treatment": 50}]
+
+
+def cont(n=50):
+    return Analysis("continue", "not yet significant", {"control": n, "treatment": n})
+
+
+def promote(n=500, winner="treatment"):
+    eff = (Effect("treatment", "dau", 0.02, 0.01, 0.03, True, 0.001),)
+    return Analysis("promote", "dau +2% [1%, 3%]", {"control": n, "treatment": n}, winner, eff, 0.5, False)
+
+
+def at_readout(r):
+    return r.status.next_readout_at
+
+
+def test_promote_auto():
+    sp, r = running()
+    t = at_readout(r)
+    r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote()), t)
+    s = r2.status
+    assert s.phase == "Promoted" and s.decision == "promote" and s.winner == "treatment" and s.concluded_at == t
+    assert s.effects[0].ci_low == 0.01 and s.srm.mismatch is False and s.readouts == 1
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 0, "treatment": 100}]
+    assert s.next_readout_at is None
+    # stays put afterwards; does not delete the winner or control
+    r3 = run(sp, s, obs(weights={"control": 0, "treatment": 100}), t + timedelta(days=1))
+    assert r3.actions == [] and r3.status.phase == "Promoted"
+
+
+def test_promote_needs_min_samples():
+    sp, r = running()
+    r2 = run(sp, r.status, obs(analysis=promote(n=10)), at_readout(r))
+    assert r2.status.phase == "Running" and "minSamplePerArm" in r2.status.reason
+
+
+def test_manual_promotion_waits_for_approval_then_applies_at_once():
+    sp, r = running(spec(policy="manual"))
+    t = at_readout(r)
+    r2 = run(sp, r.status, obs(analysis=promote()), t)
+    assert r2.status.phase == "AwaitingApproval" and r2.status.recommendation == "promote"
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 90, "treatment": 10}]
+    # no approval yet: nothing changes (weights already right)
+    r3 = run(sp, r2.status, obs(weights={"control": 90, "treatment": 10}), t + timedelta(minutes=5))
+    assert r3.status.phase == "AwaitingApproval" and r3.actions == []
+    r4 = run(sp, r3.status, obs(weights={"control": 90, "treatment": 10}, approval="promote"), t + timedelta(minutes=6))
+    assert r4.status.phase == "Promoted" and r4.status.winner == "treatment"
+
+
+def test_rollback_on_guardrail_even_when_manual():
+    sp, r = running(spec(policy="manual"))
+    a = Analysis("rollback", "guardrail hate_rate breached", {"control": 500, "treatment": 500})
+    r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=a), at_readout(r))
+    assert r2.status.phase == "RolledBack" and r2.status.decision == "rollback"
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 100}]
+    assert [(a.arm) for a in r2.actions if isinstance(a, DeleteArm)] == ["treatment"]
+
+
+def test_srm_rolls_back():
+    sp, r = running()
+    a = Analysis("promote", "looks good", {"control": 5000, "treatment": 4000}, "treatment", (), 1e-9, True)
+    r2 = run(sp, r.status, obs(analysis=a), at_readout(r))
+    assert r2.status.phase == "RolledBack" and "sample ratio mismatch" in r2.status.reason
+    assert r2.status.srm.mismatch
+
+
+def test_prometheus_down_decides_nothing_and_retries():
+    sp, r = running()
+    t = at_readout(r)
+    r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=None), t)
+    s = r2.status
+    assert s.phase == "Running" and s.decision is None and s.readouts == 0
+    assert s.next_readout_at == t + timedelta(seconds=R.METRICS_RETRY_SECONDS)
+    assert any(c.type == "MetricsAvailable" and c.status == "False" for c in s.conditions)
+    assert not [a for a in r2.actions if isinstance(a, SetWeights)]
+
+
+def test_inconclusive_from_analysis_and_from_max_duration():
+    sp, r = running()
+    a = Analysis("inconclusive", "futility: CI inside ±MDE", {"control": 500, "treatment": 500})
+    r2 = run(sp, r.status, obs(analysis=a), at_readout(r))
+    assert r2.status.phase == "Inconclusive"
+    t = r.status.started_at + timedelta(days=7)
+    o = obs(weights={"control": 50, "treatment": 50})
+    st = r.status.model_copy(update={"next_readout_at": t + timedelta(hours=1)})
+    r3 = run(sp, st, o, t)
+    assert r3.status.phase == "Inconclusive" and "maxDuration" in r3.status.reason
+
+
+def test_human_rollback_any_time():
+    sp, r = running()
+    r2 = run(sp, r.status, obs(approval="rollback"), T0 + timedelta(hours=2))
+    assert r2.status.phase == "RolledBack"
+
+
+def test_continue_after_awaiting_returns_to_running():
+    sp, r = running(spec(policy="manual"))
+    r2 = run(sp, r.status, obs(analysis=promote()), at_readout(r))
+    r3 = run(sp, r2.status, obs(analysis=cont(600)), at_readout(r2))
+    assert r3.status.phase == "Running" and r3.status.recommendation is None
+
+
+def test_finalize_restores_control():
+    acts = R.finalize(META, spec(), SERVING)
+    assert isinstance(acts[0], SetWeights) and acts[0].as_dict() == {"control": 100}
+    assert isinstance(acts[1], ClearWeights)
+    assert sorted(a.arm for a in acts if isinstance(a, DeleteArm)) == ["control", "treatment"]
+
+
+def test_readout_due():
+    sp, r = running()
+    assert not R.readout_due(r.status, r.status.next_readout_at - timedelta(seconds=1))
+    assert R.readout_due(r.status, r.status.next_readout_at)
+    assert not R.readout_due(api.RolloutStatus(), T0)

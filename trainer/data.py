@@ -1,0 +1,205 @@
+"""Training data: world logs -> feature tensors, and reward labels computed with DuckDB SQL.
+
+The trainer reads only the observable files of a data directory (docs/CONTRACTS.md); the hidden
+`truth/` folder is never opened here. The split is temporal: the last `validation_days` days are held
+out, so the offline proxies say something about the future, as the online test will.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from cambrian.errors import ConfigError, GateError
+from cambrian.trainer.config import ModelConfig, RewardConfig
+
+# Columns the reward SQL may use (impressions joined with the user's day).
+IMPRESSION_COLUMNS = (
+    "day", "user_id", "session", "step", "position", "item_id", "click", "watch_seconds", "completion",
+    "skip", "like", "hate", "returned_next_day", "length_min", "topic", "thumb_intensity",
+)
+DENSE_FEATURES = ("log_length", "thumb_intensity")
+
+# A reward is an expression, not a statement: these would let it read files or change the session.
+_FORBIDDEN_SQL = re.compile(
+    r";|--|/\*|\b(select|from|attach|detach|copy|install|load|pragma|create|insert|update|delete|drop|alter|"
+    r"export|import|call|set|reset|checkpoint|vacuum|read_\w+|glob|getenv|current_setting|sniff_csv)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What a model may see: sizes of the id spaces and the dense feature names."""
+
+    n_users: int
+    n_items: int
+    n_topics: int
+    dense: tuple[str, ...] = DENSE_FEATURES
+
+    def to_dict(self) -> dict:
+        return {"n_users": self.n_users, "n_items": self.n_items, "n_topics": self.n_topics, "dense": list(self.dense)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        return cls(int(d["n_users"]), int(d["n_items"]), int(d["n_topics"]), tuple(d["dense"]))
+
+
+@dataclass
+class Catalogue:
+    """Per-item and per-user observable features, indexed by id (kept in the bundle for serving)."""
+
+    item_topic: np.ndarray  # int64[n_items]
+    item_dense: np.ndarray  # float32[n_items, len(DENSE_FEATURES)]
+    user_home_topic: np.ndarray  # int64[n_users]
+
+    def features(self, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Feature arrays for (user, item) pairs of equal shape; the model's batch layout."""
+        return {
+            "user": user_ids.astype(np.int64),
+            "item": item_ids.astype(np.int64),
+            "topic": self.item_topic[item_ids],
+            "home_topic": self.user_home_topic[user_ids],
+            "dense": self.item_dense[item_ids],
+        }
+
+
+@dataclass
+class Split:
+    features: dict[str, np.ndarray]
+    label: np.ndarray  # float32
+    weight: np.ndarray  # float32
+    signals: pd.DataFrame = field(repr=False)  # raw logged signals, for the loss-independent proxies
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+@dataclass
+class Dataset:
+    spec: FeatureSpec
+    catalogue: Catalogue
+    train: Split
+    val: Split
+
+
+def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    data = Path(data_dir)
+    meta_path = data / "world.json"
+    if not meta_path.is_file():
+        raise ConfigError(f"{data}: not a data directory (no world.json)",
+                          hint="create one with `cambrian world generate --out DIR`")
+    try:
+        meta = json.loads(meta_path.read_text())
+        items = pd.read_parquet(data / "items.parquet")
+        users = pd.read_parquet(data / "users.parquet")
+        impressions = pd.read_parquet(data / "impressions.parquet")
+        user_days = pd.read_parquet(data / "user_days.parquet")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{data}: unreadable data directory: {exc}") from None
+    return meta, items, users, impressions, user_days
+
+
+def build_catalogue(items: pd.DataFrame, users: pd.DataFrame, n_topics: int) -> Catalogue:
+    items = items.sort_values("item_id")
+    users = users.sort_values("user_id")
+    if not (np.arange(len(items)) == items["item_id"].to_numpy()).all():
+        raise ConfigError("items.parquet: item_id must be 0..n_items-1")
+    if not (np.arange(len(users)) == users["user_id"].to_numpy()).all():
+        raise ConfigError("users.parquet: user_id must be 0..n_users-1")
+    dense = np.stack(
+        [np.log1p(items["length_min"].to_numpy(np.float32)), items["thumb_intensity"].to_numpy(np.float32)], axis=1
+    ).astype(np.float32)
+    return Catalogue(
+        item_topic=np.clip(items["topic"].to_numpy(np.int64), 0, n_topics - 1),
+        item_dense=dense,
+        user_home_topic=np.clip(users["home_topic"].to_numpy(np.int64), 0, n_topics - 1),
+    )
+
+
+def joined_impressions(impressions: pd.DataFrame, user_days: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Impressions with the user's delayed day label and the item's observable features."""
+    day_labels = user_days[["day", "user_id", "returned_next_day"]]
+    df = impressions.merge(day_labels, on=["day", "user_id"], how="left")
+    df = df.merge(items[["item_id", "length_min", "topic", "thumb_intensity"]], on="item_id", how="left")
+    df["returned_next_day"] = df["returned_next_day"].fillna(0).astype(np.int8)
+    return df
+
+
+def check_reward_sql(expr: str, what: str) -> None:
+    if not expr or not expr.strip():
+        raise GateError("reward_sql", f"reward {what} is empty")
+    bad = _FORBIDDEN_SQL.search(expr)
+    if bad:
+        raise GateError(
+            "reward_sql",
+            f"reward {what} must be a single SQL expression over the impression columns; {bad.group(0)!r} is not allowed",
+            hint=f"available columns: {', '.join(IMPRESSION_COLUMNS)}",
+        )
+
+
+def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate the reward's label and weight expressions with DuckDB; validate them (gate stage reward_sql)."""
+    check_reward_sql(reward.label, "label")
+    check_reward_sql(reward.weight, "weight")
+    # No file or network access from the SQL: the logs are handed over in memory.
+    con = duckdb.connect(config={"enable_external_access": False})
+    try:
+        con.register("impressions", df[list(IMPRESSION_COLUMNS)])
+        out = con.execute(
+            f"SELECT CAST(({reward.label}) AS DOUBLE) AS label, CAST(({reward.weight}) AS DOUBLE) AS weight "
+            "FROM impressions"
+        ).fetchnumpy()
+    except duckdb.Error as exc:
+        raise GateError("reward_sql", f"reward SQL failed: {str(exc).splitlines()[0]}",
+                        hint=f"available columns: {', '.join(IMPRESSION_COLUMNS)}") from None
+    finally:
+        con.close()
+    label = np.asarray(out["label"], dtype=np.float64)
+    weight = np.asarray(out["weight"], dtype=np.float64)
+    if len(label) != len(df):
+        raise GateError("reward_sql", "reward SQL must yield exactly one label per impression")
+    if not np.isfinite(label).all():
+        raise GateError("reward_sql", f"reward label is not finite for {int((~np.isfinite(label)).sum())} impressions")
+    if not np.isfinite(weight).all() or (weight < 0).any():
+        raise GateError("reward_sql", "reward weight must be finite and non-negative for every impression")
+    if weight.sum() <= 0:
+        raise GateError("reward_sql", "reward weight is zero for every impression")
+    if reward.loss == "bce" and ((label < 0) | (label > 1)).any():
+        raise GateError("reward_sql", f"the bce loss needs labels in [0, 1]; got range [{label.min():.3g}, {label.max():.3g}]",
+                        hint="scale the label, or use loss: mse")
+    if np.ptp(label) == 0:
+        raise GateError("reward_sql", f"reward label is constant ({label[0]:.3g}): nothing to learn")
+    return label.astype(np.float32), weight.astype(np.float32)
+
+
+def _split(df: pd.DataFrame, catalogue: Catalogue, reward: RewardConfig) -> Split:
+    label, weight = reward_labels(df, reward)
+    feats = catalogue.features(df["user_id"].to_numpy(np.int64), df["item_id"].to_numpy(np.int64))
+    signals = df[["user_id", "click", "watch_seconds", "completion", "like", "hate", "returned_next_day"]].reset_index(drop=True)
+    return Split(feats, label, weight, signals)
+
+
+def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
+    meta, items, users, impressions, user_days = read_world(data_dir)
+    n_topics = int(meta.get("n_topics", int(items["topic"].max()) + 1))
+    spec = FeatureSpec(n_users=len(users), n_items=len(items), n_topics=n_topics)
+    catalogue = build_catalogue(items, users, n_topics)
+    df = joined_impressions(impressions, user_days, items)
+    days = np.sort(df["day"].unique())
+    n_val = config.training.validation_days
+    if len(days) <= n_val:
+        raise ConfigError(f"{data_dir}: {len(days)} logged day(s) cannot hold out {n_val} validation day(s)",
+                          hint="generate more days or lower training.validation_days")
+    is_val = df["day"] >= days[-n_val]
+    train_df, val_df = df[~is_val], df[is_val]
+    cap = config.training.max_train_examples
+    if cap is not None and len(train_df) > cap:  # keep the most recent examples
+        train_df = train_df.iloc[-cap:]
+    return Dataset(spec, catalogue, _split(train_df, catalogue, config.reward), _split(val_df, catalogue, config.reward))

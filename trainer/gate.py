@@ -1,0 +1,77 @@
+"""The validation gate: cheap checks that fail a broken candidate in seconds, before any training.
+
+Stages, in order: parse (config and code parse), static (AST checks on plugin code, known names),
+reward_sql (labels and weights finite and in range), forward_backward (a tiny forward and backward
+pass and one optimizer step on real shapes). Each failure raises GateError naming its stage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cambrian.errors import GateError
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.data import Dataset, Split
+from cambrian.trainer.models import build_model, build_optimizer
+from cambrian.trainer.plugins import check_code
+
+MAX_PARAMETERS = 20_000_000
+GATE_ROWS = 256
+
+
+def static_checks(config: ModelConfig) -> None:
+    """Stages parse and static: plugin code of every component that carries some."""
+    for component in ("optimizer", "architecture"):
+        code = getattr(config, component).code
+        if code:
+            check_code(code, component)
+
+
+def batch_tensors(split: Split, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v[index])).to(device) for k, v in split.features.items()}
+
+
+def weighted_loss(kind: str, logits: torch.Tensor, label: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if kind == "bce":
+        per_row = torch.nn.functional.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        return (weight * per_row).sum() / weight.sum().clamp_min(1e-12)
+    return (weight * (logits - label) ** 2).sum() / weight.sum().clamp_min(1e-12)
+
+
+def forward_backward(config: ModelConfig, data: Dataset, device: torch.device) -> None:
+    """Stage forward_backward: the candidate model and optimizer work on real shapes."""
+    torch.manual_seed(config.training.seed)
+    try:
+        model = build_model(data.spec, config.architecture).to(device)
+    except GateError:
+        raise
+    except Exception as exc:
+        raise GateError("forward_backward", f"building the model failed: {type(exc).__name__}: {exc}") from None
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params == 0:
+        raise GateError("forward_backward", "the model has no trainable parameters")
+    if n_params > MAX_PARAMETERS:
+        raise GateError("forward_backward", f"the model has {n_params:,} parameters; the limit is {MAX_PARAMETERS:,}")
+    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    rows = np.arange(min(GATE_ROWS, len(data.train)))
+    batch = batch_tensors(data.train, rows, device)
+    label = torch.from_numpy(data.train.label[rows]).to(device)
+    weight = torch.from_numpy(data.train.weight[rows]).to(device)
+    try:
+        logits = model(batch)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(rows),):
+            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            raise GateError("forward_backward", f"forward must return one logit per row, shape ({len(rows)},); got {shape}")
+        loss = weighted_loss(config.reward.loss, logits.float(), label, weight)
+        if not torch.isfinite(loss):
+            raise GateError("forward_backward", f"the loss is not finite ({loss.item()}) on a first batch")
+        optimizer.zero_grad()
+        loss.backward()
+        if not any(p.grad is not None for p in model.parameters()):
+            raise GateError("forward_backward", "no parameter received a gradient")
+        optimizer.step()
+    except GateError:
+        raise
+    except Exception as exc:
+        raise GateError("forward_backward", f"{type(exc).__name__}: {exc}") from None

@@ -1,0 +1,128 @@
+"""Registered ranking architectures (the architecture persona can also write its own plugin).
+
+Every model maps a batch (see trainer/plugins.py) to one logit per row. Embeddings start at a small
+standard deviation: N(0, 1) embeddings wreck FM-style terms (reference notes, section 2.3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cambrian.trainer.config import ArchitectureConfig
+from cambrian.trainer.data import FeatureSpec
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+FIELDS = ("user", "item", "topic", "home_topic")
+
+
+def mlp(sizes: list[int], activation: str, dropout: float, out: int | None = 1) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), ACTIVATIONS[activation]()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    if out is not None:
+        layers.append(nn.Linear(sizes[-1], out))
+    return nn.Sequential(*layers)
+
+
+class FieldEmbeddings(nn.Module):
+    """One embedding table per categorical field; dense features pass through a linear projection."""
+
+    def __init__(self, spec: FeatureSpec, dim: int, init_std: float):
+        super().__init__()
+        sizes = {"user": spec.n_users, "item": spec.n_items, "topic": spec.n_topics, "home_topic": spec.n_topics}
+        self.tables = nn.ModuleDict({f: nn.Embedding(sizes[f], dim) for f in FIELDS})
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=init_std)
+        self.dense = nn.Linear(len(spec.dense), dim)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Field vectors, shape [B, n_fields + 1, dim] (the last field is the dense projection)."""
+        fields = [self.tables[f](batch[f]) for f in FIELDS] + [self.dense(batch["dense"])]
+        return torch.stack(fields, dim=1)
+
+
+class MLPRanker(nn.Module):
+    def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
+        super().__init__()
+        self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        self.head = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.emb(batch).flatten(1)).squeeze(-1)
+
+
+class DeepFM(nn.Module):
+    """Linear + factorisation-machine second-order term + DNN over the field embeddings."""
+
+    def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
+        super().__init__()
+        self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        self.linear = nn.Linear(n_in, 1)
+        self.dnn = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        e = self.emb(batch)
+        fm = 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(-1)
+        flat = e.flatten(1)
+        return (self.linear(flat) + self.dnn(flat)).squeeze(-1) + fm
+
+
+class DCNv2(nn.Module):
+    """Cross layers x_{l+1} = x0 * (W x_l + b) + x_l, in parallel with an MLP."""
+
+    def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
+        super().__init__()
+        self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
+        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        self.cross = nn.ModuleList(nn.Linear(n_in, n_in) for _ in range(cfg.cross_layers))
+        self.deep = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout, out=None)
+        self.out = nn.Linear(n_in + (cfg.hidden[-1] if cfg.hidden else n_in), 1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x0 = self.emb(batch).flatten(1)
+        x = x0
+        for layer in self.cross:
+            x = x0 * layer(x) + x
+        return self.out(torch.cat([x, self.deep(x0)], dim=1)).squeeze(-1)
+
+
+ARCHITECTURES = {"mlp": MLPRanker, "deepfm": DeepFM, "dcn": DCNv2}
+
+
+def build_model(spec: FeatureSpec, cfg: ArchitectureConfig) -> nn.Module:
+    """The registered architecture by name, or the candidate's plugin class when it carries code."""
+    if cfg.code:
+        from cambrian.trainer.plugins import load_plugin
+
+        return load_plugin(cfg.code, "architecture")(spec, cfg)
+    if cfg.name not in ARCHITECTURES:
+        from cambrian.errors import GateError
+
+        raise GateError("static", f"unknown architecture {cfg.name!r}; registered: {', '.join(ARCHITECTURES)}",
+                        hint="or supply plugin code defining class Model")
+    return ARCHITECTURES[cfg.name](spec, cfg)
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """A torch.optim class by name with lr/weight_decay/params, or the candidate's build_optimizer."""
+    from cambrian.errors import GateError
+
+    if cfg.code:
+        from cambrian.trainer.plugins import load_plugin
+
+        opt = load_plugin(cfg.code, "optimizer")(params, cfg)
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise GateError("forward_backward", "build_optimizer must return a torch.optim.Optimizer")
+        return opt
+    cls = getattr(torch.optim, cfg.name, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise GateError("static", f"unknown optimizer {cfg.name!r}; use a torch.optim class name such as Adam, AdamW, Adagrad, SGD")
+    try:
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.params)
+    except (TypeError, ValueError) as exc:
+        raise GateError("static", f"optimizer {cfg.name} rejected its settings: {exc}") from None

@@ -1,0 +1,101 @@
+"""`cambrian world generate|summary`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cambrian.errors import CambrianError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Generate and inspect the simulated world.")
+
+
+def _parse_sets(sets: list[str]) -> dict:
+    """--set name=value (repeatable): override any simulator parameter (see WorldParams)."""
+    out = {}
+    for item in sets:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--set")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise typer.BadParameter(f"{item!r}: value must be a number", param_hint="--set") from None
+    return out
+
+
+def _fail(exc: CambrianError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", help="directory to write (must be empty unless --force)"),
+    users: int = typer.Option(2000, "--users", min=1, help="number of users"),
+    days: int = typer.Option(14, "--days", min=1, max=32000, help="logged days"),
+    seed: int = typer.Option(0, "--seed", min=0, help="world seed (catalogue, users, every random draw)"),
+    policy: str = typer.Option("random", "--policy", help="logging policy: random, ctr_greedy, watch_time, "
+                               "satisfaction_aware[:LAMBDA]"),
+    items: Optional[int] = typer.Option(None, "--items", min=2, help="catalogue size (default 500)"),
+    sets: list[str] = typer.Option([], "--set", help="override a simulator parameter: NAME=VALUE (repeatable)"),
+    force: bool = typer.Option(False, "--force", help="replace the outputs of an earlier run in --out"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Simulate USERS users for DAYS days under a logging policy and write the world data directory."""
+    from .generate import generate as run
+
+    try:
+        summary = run(out, n_users=users, days=days, seed=seed, policy=policy, n_items=items,
+                      overrides=_parse_sets(sets), force=force)
+    except CambrianError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print(summary, per_day=False, title=f"world written to {out}")
+
+
+@app.command()
+def summary(
+    data_dir: Path = typer.Argument(..., help="a world data directory"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """CTR, completion, DAU, minutes and next-day return per day of a world data directory."""
+    from .logs import summarize_dir
+
+    try:
+        result = summarize_dir(data_dir)
+    except CambrianError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _print(result, per_day=True, title=str(data_dir))
+
+
+def _print(summary: dict, per_day: bool, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    o = summary["overall"]
+    console.print(
+        f"[bold]{title}[/bold]  policy={summary.get('logging_policy')} seed={summary.get('seed')}  "
+        f"users={o['users']} days={o['days']} impressions={o['impressions']:,}\n"
+        f"CTR {o['ctr']:.3f}  completion {o['completion']:.3f}  DAU {o['dau_frac']:.3f}  "
+        f"minutes/DAU {o['minutes_per_dau']:.2f}  next-day return {o['return_rate']:.3f}  "
+        f"likes/click {o['like_rate']:.3f}  skips/click {o['skip_rate']:.3f}"
+    )
+    if not per_day:
+        return
+    table = Table("day", "DAU", "DAU frac", "CTR", "completion", "minutes/DAU", "return")
+    for r in summary["per_day"]:
+        table.add_row(str(r["day"]), str(r["dau"]), f"{r['dau_frac']:.3f}", f"{r['ctr']:.3f}",
+                      f"{r['completion']:.3f}", f"{r['minutes_per_dau']:.2f}", f"{r['return_rate']:.3f}")
+    console.print(table)

@@ -1,0 +1,111 @@
+"""Parameters of the simulated world ("north-star sim", reference notes section 1.6).
+
+Defaults are the tested prototype values; the extensions (candidates, likes, hates, skips, thumbnail
+proxy, bait susceptibility, extra sessions, interest drift) have defaults chosen so that the proxies
+land in realistic ranges (CTR 5-15 %, completion 40-60 %, next-day return 0.5-0.8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cambrian.errors import ConfigError
+
+
+class WorldParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # catalogue
+    n_items: int = Field(500, ge=2, le=1_000_000, description="catalogue size")
+    n_topics: int = Field(8, ge=1, le=256, description="topic dimension K")
+    topic_conc: float = Field(0.3, gt=0, description="Dirichlet concentration of item topic mixes")
+    q_a: float = Field(2.0, gt=0, description="quality ~ Beta(q_a, q_b)")
+    q_b: float = Field(2.0, gt=0)
+    bait_a: float = Field(1.2, gt=0, description="bait ~ clip(Beta(bait_a, bait_b) + corr*(1/2 - q))")
+    bait_b: float = Field(3.0, gt=0)
+    bait_quality_corr: float = Field(0.5, ge=0, le=2)
+    len_mu: float = Field(0.0, description="length in minutes ~ LogNormal(len_mu, len_sigma)")
+    len_sigma: float = Field(0.5, ge=0, le=3)
+    thumb_noise: float = Field(0.15, ge=0, description="thumb_intensity = bait + N(0, thumb_noise)")
+
+    # users
+    n_users: int = Field(2000, ge=1, le=10_000_000)
+    interest_conc: float = Field(0.5, gt=0, description="Dirichlet concentration of user interests")
+    sat0_sd: float = Field(0.3, ge=0, description="initial latent satisfaction ~ N(0, sat0_sd)")
+    budget_shape: float = Field(4.0, gt=0, description="session budget (minutes) ~ Gamma(shape, scale)")
+    budget_scale: float = Field(5.0, gt=0)
+    bait_sus_sd: float = Field(0.0, ge=0, le=2, description="bait susceptibility ~ LogNormal(-sd^2/2, sd)")
+    extra_sessions: float = Field(0.3, ge=0, le=20, description="sessions per active day = 1 + Poisson(this)")
+
+    # retrieval and choice
+    n_candidates: int = Field(100, ge=1, description="items the retrieval stage proposes per request")
+    slate: int = Field(6, ge=1, le=64, description="slate size k")
+    th_aff: float = Field(4.0, description="click logit weight of cos(user, item)")
+    th_bait: float = Field(3.0, description="click logit weight of bait")
+    th_satiation: float = Field(1.5, ge=0, description="click logit weight of topic fatigue")
+    th_pos: float = Field(0.3, ge=0, description="click logit penalty per rank")
+    null_logit: float = Field(2.0, description="logit of the no-click option")
+
+    # consumption
+    w0: float = 0.0
+    w_aff: float = 2.0
+    w_q: float = 3.0
+    w_bait: float = 3.0
+    completion_noise: float = Field(0.5, ge=0, description="sd of the logit noise on completion")
+    skip_threshold: float = Field(0.2, ge=0, le=1, description="a click with completion below this is a skip")
+    like_a: float = Field(-3.0, description="like ~ Bernoulli(sigmoid(like_a + like_b*quality)) on click")
+    like_b: float = 3.0
+    hate_c: float = Field(-4.5, description="hate ~ Bernoulli(sigmoid(hate_c + hate_d*bait)) on click")
+    hate_d: float = 4.0
+
+    # satisfaction
+    eta_s: float = Field(0.03, ge=0)
+    rho_w: float = 0.5
+    lam_bait: float = 0.6
+    eta_noclick: float = Field(0.005, ge=0)
+    sat_decay: float = Field(0.9, ge=0, le=1, description="s <- sat_decay * s each night")
+    eta_u: float = Field(0.0, ge=0, le=1, description="interest drift toward (good) / away from (bad) clicks")
+
+    # session
+    browse_cost: float = Field(0.3, gt=0, description="minutes a slate costs even without a click")
+    extend: float = Field(0.5, ge=0, lt=2, description="good content extends the budget by extend*watch*(q-1/2)")
+    h0: float = -3.5
+    h_sat: float = 1.0
+    h_nc: float = 0.6
+    max_steps_per_day: int = Field(2000, ge=1, le=32000)
+
+    # satiation (topic fatigue)
+    sat_inc: float = Field(1.0, ge=0)
+    sat_session_decay: float = Field(0.8, ge=0, le=1)
+    sat_daily_decay: float = Field(0.3, ge=0, le=1)
+
+    # retention
+    r0: float = 0.8
+    r_sat: float = 1.0
+    r_watch: float = 0.3
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "WorldParams":
+        if self.n_candidates > self.n_items:
+            raise ValueError(f"n_candidates ({self.n_candidates}) must be <= n_items ({self.n_items})")
+        if self.slate > self.n_candidates:
+            raise ValueError(f"slate ({self.slate}) must be <= n_candidates ({self.n_candidates})")
+        return self
+
+    @classmethod
+    def build(cls, **values: Any) -> "WorldParams":
+        """Validate, turning pydantic's error into a ConfigError that names the field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(f"invalid world parameters: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "params"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
