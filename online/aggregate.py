@@ -47,19 +47,13 @@ class AggregationSettings:
 def unit_windows(exposures: pd.DataFrame, closed_day: int) -> pd.DataFrame:
     """exposures(user_id, arm, day) -> units(user_id, arm, first, end) with end exclusive, closed days only."""
     e = exposures[["user_id", "arm", "day"]].rename(columns={"day": "first"}).sort_values(["user_id", "first", "arm"])
-    # The next distinct first-exposure day of the same user (a move to another arm) ends the window.
-    nxt = e.groupby("user_id")["first"].transform(lambda s: _next_greater(s.to_numpy()))
-    e = e.assign(end=np.minimum(nxt.to_numpy(), closed_day + 1))
+    # The user's next distinct first-exposure day (a move to another arm) ends the window.
+    days = e[["user_id", "first"]].drop_duplicates()
+    days = days.assign(nxt=days.groupby("user_id")["first"].shift(-1))
+    e = e.merge(days, on=["user_id", "first"], how="left")
+    nxt = e["nxt"].fillna(closed_day + 1).to_numpy(dtype=np.int64)
+    e = e.drop(columns="nxt").assign(end=np.minimum(nxt, closed_day + 1))
     return e.reset_index(drop=True)
-
-
-def _next_greater(days: np.ndarray) -> np.ndarray:
-    # days are sorted ascending; for each, the smallest later day strictly greater (or +inf).
-    idx = np.searchsorted(days, days, side="right")
-    out = np.full(len(days), np.iinfo(np.int64).max // 4, dtype=np.int64)
-    ok = idx < len(days)
-    out[ok] = days[idx[ok]]
-    return out
 
 
 def _sum_days(units: pd.DataFrame, user_days: pd.DataFrame, lo: np.ndarray, hi: np.ndarray,

@@ -117,3 +117,10 @@ class Assignment:
             mask = (b >= lo) & (b < lo + self.weights[arm] * 100)
             out[mask] = i + 1
         return out
+
+    def arm_index_list(self, user_ids: Sequence[int]) -> list[int]:
+        """Like arm_indices, as a list; pure Python for small batches (numpy's fixed cost dominates there)."""
+        if len(user_ids) > 64:
+            return self.arm_indices(user_ids).tolist()
+        index = {arm: i for i, arm in enumerate(self.arms)}
+        return [index[self.arm_of_bucket(_bucket(int(u), self.salt))] for u in user_ids]

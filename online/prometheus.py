@@ -83,7 +83,7 @@ class PrometheusProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout: float = 60) -> "PrometheusProcess":
+    def start(self, timeout: float = 60, wait_targets: bool = True) -> "PrometheusProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(scrape_config(self.targets, self.interval)))
@@ -95,6 +95,8 @@ class PrometheusProcess:
              "--web.enable-lifecycle"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.wait_ready(timeout)
+        if wait_targets:
+            self.wait_targets(timeout)
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -109,6 +111,23 @@ class PrometheusProcess:
                 pass
             time.sleep(0.1)
         raise CambrianError(f"prometheus not ready after {timeout:g} s; see {self.workdir / 'prometheus.log'}")
+
+    def wait_targets(self, timeout: float = 30) -> None:
+        """Wait until every target has been scraped successfully once (`up == 1` for all)."""
+        want = sum(len(v) for v in self.targets.values())
+        deadline = time.monotonic() + timeout
+        up: list = []
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(self.url + "/api/v1/query", params={"query": "up"}, timeout=2).json()
+                up = r["data"]["result"]
+                if len(up) >= want and all(s["value"][1] == "1" for s in up):
+                    return
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.2)
+        down = [s["metric"].get("instance") for s in up if s["value"][1] != "1"]
+        raise CambrianError(f"prometheus: not every target is up after {timeout:g} s (down: {down or 'not yet scraped'})")
 
     def stop(self, timeout: float = 15) -> None:
         """Stop by PID (SIGTERM, then SIGKILL), and remove the temp TSDB if we created it."""

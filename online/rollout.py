@@ -191,7 +191,8 @@ class LocalRollout:
         row = {"t": round(time.time(), 3), "day": day, "kind": kind, **details}
         self.timeline.append(row)
         log.info("%s", row)
-        (self.out / "timeline.json").write_text(json.dumps(self.timeline, indent=2, default=str) + "\n")
+        (self.out / "timeline.json").write_text(
+            json.dumps(_finite(self.timeline), indent=2, default=str, allow_nan=False) + "\n")
 
     # --- infrastructure --------------------------------------------------------------------------
     def start(self) -> None:
@@ -344,16 +345,26 @@ class LocalRollout:
                                    dict(self.rolled_back),
                                    self.last_decision.to_dict() if self.last_decision else None, list(self.timeline))
             self.event("finished", None, outcome=outcome, winner=winner)
-            (self.out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")
+            (self.out / "result.json").write_text(
+                json.dumps(_finite(result.to_dict()), indent=2, default=_json_default, allow_nan=False) + "\n")
             return result
         finally:
             self.stop()
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
     return str(o)
+
+
+def _finite(o: Any) -> Any:
+    """Strict JSON: an unbounded interval end (inf) or an undefined value (nan) becomes null."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def run_rollout(spec: RolloutSpec | dict, out_dir: str | Path,

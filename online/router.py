@@ -35,6 +35,7 @@ from cambrian.online.server import LATENCY_BUCKETS
 
 log = logging.getLogger("cambrian.router")
 
+_JSON = {"Content-Type": "application/json"}
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 
@@ -146,11 +147,15 @@ class Router:
         self.m_exp_sent = Counter("cambrian_router_exposures_sent", "First exposures sent to the collector", registry=r)
         self.m_exp_pending = Gauge("cambrian_router_exposures_pending", "Exposures waiting to be sent", registry=r)
         self._publish_weights()
+        for arm in self.state.arms:  # series exist at 0 from the start (see server.py)
+            for m in (self.m_requests, self.m_users, self.m_errors):
+                m.labels(arm=arm)
         self._seen: set[tuple[int, str]] = set()
         self._pending: list[list] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
         self._flush_lock: asyncio.Lock | None = None
+        self._children: dict[str, tuple] = {}
 
     # --- weights ---------------------------------------------------------------------------------
     def _config_mtime(self) -> float | None:
@@ -225,66 +230,105 @@ class Router:
         self.m_exp_pending.set(len(self._pending))
 
     # --- ranking ---------------------------------------------------------------------------------
-    async def _forward(self, url: str, body: bytes) -> dict:
-        async with self._session.post(url, data=body, headers={"Content-Type": "application/json"}) as resp:
+    async def _forward_raw(self, url: str, body: bytes) -> bytes:
+        async with self._session.post(url, data=body, headers=_JSON) as resp:
             payload = await resp.read()
             if resp.status != 200:
                 raise _UpstreamError(resp.status, payload.decode(errors="replace")[:500])
-            return json.loads(payload)
+            if not payload.rstrip().endswith(b"}"):
+                raise _UpstreamError(502, "arm answered something other than a JSON object")
+            return payload
+
+    async def _forward(self, url: str, body: bytes) -> dict:
+        return json.loads(await self._forward_raw(url, body))
 
     async def handle_rank(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
-        st = self.state
+        st = self.state  # this request keeps this assignment even if the weights change meanwhile
+        raw = await request.read()
         try:
-            body = await read_json(request)
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise BadRequest(f"body: not valid JSON ({exc})") from None
+            if not isinstance(body, dict):
+                raise BadRequest("body: must be a JSON object")
             users, cands = body.get("user_ids"), body.get("candidates")
-            if not isinstance(users, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in users):
+            if not isinstance(users, list) or not all(type(u) is int for u in users):
                 raise BadRequest("user_ids: required list of integers")
             if not isinstance(cands, list) or len(cands) != len(users):
                 raise BadRequest(f"candidates: required list with one row per user ({len(users)})")
             day = body.get("day")
-            if day is not None and (isinstance(day, bool) or not isinstance(day, int)):
+            if day is not None and type(day) is not int:
                 raise BadRequest("day: must be an integer")
         except BadRequest as exc:
             self.m_bad.inc()
             return error(400, str(exc))
-        idx = st.assignment.arm_indices(users).tolist()
-        groups: dict[int, list[int]] = {}
-        for row, a in enumerate(idx):
-            groups.setdefault(a, []).append(row)
-        extra = {k: body[k] for k in ("k",) if k in body}
-        calls, order = [], []
-        for a, rows in groups.items():
-            sub = {"user_ids": [users[r] for r in rows], "candidates": [cands[r] for r in rows], **extra}
-            calls.append(self._forward(st.rank_urls[a], json.dumps(sub, separators=(",", ":")).encode()))
-            order.append(a)
-        t1 = time.perf_counter()
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        t2 = time.perf_counter()
-        slates: list = [None] * len(users)
-        scores: list = [None] * len(users)
-        for a, res in zip(order, results):
-            arm = st.arms[a]
-            self.m_requests.labels(arm=arm).inc()
-            if isinstance(res, BaseException):
-                self.m_errors.labels(arm=arm).inc()
-                status = res.status if isinstance(res, _UpstreamError) and res.status == 400 else 502
-                return error(status, f"arm {arm}: {res}")
-            rows = groups[a]
-            self.m_users.labels(arm=arm).inc(len(rows))
-            for r, sl, sc in zip(rows, res["slates"], res["scores"]):
-                slates[r], scores[r] = sl, sc
+        idx = st.assignment.arm_index_list(users)
         arm_names = [st.arms[a] for a in idx]
+        if len(set(idx)) <= 1:
+            # The whole batch goes to one arm (always so for a single user): forward the body as it
+            # came and splice the arms into the answer, with no JSON re-encoding of the candidates.
+            a = idx[0] if idx else 0
+            t1 = time.perf_counter()
+            try:
+                payload = await self._forward_raw(st.rank_urls[a], raw)
+                err = None
+            except Exception as exc:  # noqa: BLE001 - reported below
+                err = exc
+            t2 = time.perf_counter()
+            failure = self._count(st.arms[a], len(users), err)
+            if failure is not None:
+                return failure
+            end = payload.rindex(b"}")
+            out = b"".join((payload[:end], b',"arms":', json.dumps(arm_names).encode(), b"}"))
+            resp = web.Response(body=out, content_type="application/json")
+        else:
+            groups: dict[int, list[int]] = {}
+            for row, a in enumerate(idx):
+                groups.setdefault(a, []).append(row)
+            extra = {k: body[k] for k in ("k",) if k in body}
+            calls, order = [], []
+            for a, rows in groups.items():
+                sub = {"user_ids": [users[r] for r in rows], "candidates": [cands[r] for r in rows], **extra}
+                calls.append(self._forward(st.rank_urls[a], json.dumps(sub, separators=(",", ":")).encode()))
+                order.append(a)
+            t1 = time.perf_counter()
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            t2 = time.perf_counter()
+            slates: list = [None] * len(users)
+            scores: list = [None] * len(users)
+            for a, res in zip(order, results):
+                rows = groups[a]
+                failure = self._count(st.arms[a], len(rows), res if isinstance(res, BaseException) else None)
+                if failure is not None:
+                    return failure
+                for r, sl, sc in zip(rows, res["slates"], res["scores"]):
+                    slates[r], scores[r] = sl, sc
+            resp = json_response({"slates": slates, "scores": scores, "arms": arm_names})
         seen, pending = self._seen, self._pending
         for u, arm in zip(users, arm_names):
             if (u, arm) not in seen:
                 seen.add((u, arm))
                 pending.append([u, arm, day])
-        resp = json_response({"slates": slates, "scores": scores, "arms": arm_names})
         t3 = time.perf_counter()
         self.m_latency.observe(t3 - t0)
         self.m_overhead.observe((t3 - t0) - (t2 - t1))
         return resp
+
+    def _count(self, arm: str, n_users: int, err: BaseException | None) -> web.Response | None:
+        """Count one forwarded sub-batch; on failure, the error response to return."""
+        children = self._children.get(arm)
+        if children is None:  # label lookups cost a lock and a dict each: do them once per arm
+            children = self._children[arm] = (self.m_requests.labels(arm=arm), self.m_users.labels(arm=arm),
+                                              self.m_errors.labels(arm=arm))
+        children[0].inc()
+        if err is not None:
+            children[2].inc()
+            status = 400 if isinstance(err, _UpstreamError) and err.status == 400 else 502
+            return error(status, f"arm {arm}: {err}")
+        children[1].inc(n_users)
+        return None
 
     async def handle_flush(self, _: web.Request) -> web.Response:
         """Send queued exposures now (the traffic driver calls this before closing a day)."""

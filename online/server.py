@@ -78,8 +78,12 @@ class ModelServer:
         self.latency = Histogram("cambrian_server_request_seconds", "Rank request handling time", labels,
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self._lab = {"model": model, "arm": arm}
+        # Create every series at 0 up front: a series born at its first request hides that request
+        # from rate()/increase() in Prometheus.
         for code in ("400", "500"):
             self.errors.labels(model=model, arm=arm, code=code)
+        for metric in (self.requests, self.users, self.latency):
+            metric.labels(**self._lab)
 
     async def handle_rank(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()

@@ -61,7 +61,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     if getattr(memo, "platform", None) is None:
         from cambrian.operator.platform.kubernetes import KubernetesPlatform
 
+        load_kube_config()
         memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"))
+
+
+def load_kube_config() -> None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
 
 
 def _custom():
@@ -107,12 +118,14 @@ def _spec(kind: str, body: kopf.Body, status_obj: Any, patch: kopf.Patch, meta: 
 
 
 def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
+    """Patch only what changed, so an idle timer tick sends nothing."""
     wire = new.wire()
     for key in old:
         if key not in wire:
             patch.status[key] = None  # merge patch: null removes
     for key, value in wire.items():
-        patch.status[key] = value
+        if old.get(key) != value:
+            patch.status[key] = value
 
 
 def _apply(platform: Any, actions: list) -> None:
@@ -235,7 +248,8 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     except ConfigError:
         return  # never admitted: nothing was deployed
     serving, _ = _serving(meta.namespace or "default", spec)
-    _apply(memo.platform, R.finalize(meta, spec, serving))
+    routed = memo.platform.router_weights(R.owner_of(meta), serving.wire()) is not None
+    _apply(memo.platform, R.finalize(meta, spec, serving, routed))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,11 +28,10 @@ KUBE_VERSION = "1.36.0"  # render for a current cluster whatever default the hel
 HEADER = "# Rendered from charts/cambrian by scripts/render-manifests-base.py; do not edit by hand.\n"
 HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version")
 HELM_ONLY_ANNOTATIONS = ("checksum/config",)
-# file -> component label of the objects it holds (RBAC objects all carry component "operator")
+# file -> the kinds (or kind/name) it holds
 FILES = {
     "rbac.yaml": ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"),
     "operator.yaml": ("ConfigMap/cambrian-operator", "Service/cambrian-operator-metrics", "Deployment/cambrian-operator"),
-    "router.yaml": ("ConfigMap/cambrian-router-routes", "Service/cambrian-router", "Deployment/cambrian-router"),
     "networkpolicy.yaml": ("NetworkPolicy",),
 }
 

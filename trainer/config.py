@@ -116,7 +116,10 @@ def read_structured_file(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such file", hint="check the path")
-    text = p.read_text()
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable or not text (binary garbage)
+        raise ConfigError(f"{p}: not a readable UTF-8 text file: {exc}") from None
     try:
         return yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:

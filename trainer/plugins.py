@@ -43,7 +43,12 @@ FORBIDDEN_ATTRIBUTES = {
     "load", "save", "hub", "from_file", "cpp_extension", "utils", "ops", "classes", "library", "package",
     "jit", "compile", "system", "popen", "spawn", "fork", "environ", "storage", "untyped_storage",
     "distributed", "multiprocessing", "cuda_path",
+    # str.format reaches attributes without an ast.Attribute; numpy arrays (tensor.numpy()) write files
+    "format", "format_map", "tofile", "dump", "mro",
 }
+# Frame, code and traceback objects lead to the trainer's own frames (and the validation labels in them):
+# generator.gi_frame.f_back.f_locals needs no dunder at all.
+FORBIDDEN_ATTRIBUTE_PREFIXES = ("gi_", "cr_", "ag_", "f_", "tb_", "co_")
 SAFE_BUILTINS = {
     name: getattr(builtins, name)
     for name in (
@@ -89,7 +94,7 @@ def _problem(node: ast.AST) -> str | None:
     elif isinstance(node, ast.Attribute):
         if node.attr.startswith("_") and node.attr != "__init__":
             return f"access to private or dunder attribute {node.attr!r} is not allowed"
-        if node.attr in FORBIDDEN_ATTRIBUTES:
+        if node.attr in FORBIDDEN_ATTRIBUTES or node.attr.startswith(FORBIDDEN_ATTRIBUTE_PREFIXES):
             return f"attribute {node.attr!r} is not allowed in candidate code"
     elif isinstance(node, (ast.Global, ast.Nonlocal)):
         return "global/nonlocal statements are not allowed"

@@ -79,6 +79,41 @@ def summary(
         _print(result, per_day=True, title=str(data_dir))
 
 
+@app.command()
+def compare(
+    users: int = typer.Option(2000, "--users", min=1, help="number of users"),
+    days: int = typer.Option(30, "--days", min=1, max=32000, help="simulated days"),
+    seed: int = typer.Option(0, "--seed", min=0, help="world seed"),
+    policies: str = typer.Option(",".join(("random", "ctr_greedy", "watch_time", "satisfaction_aware:0.5",
+                                           "satisfaction_aware:1", "satisfaction_aware:2")),
+                                 "--policies", help="comma-separated oracle policies"),
+    sets: list[str] = typer.Option([], "--set", help="override a simulator parameter: NAME=VALUE (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
+) -> None:
+    """Run the oracle policies (hidden truth) on copies of one world: the proxy vs north-star table."""
+    from .compare import compare_policies
+    from .params import WorldParams
+
+    try:
+        params = WorldParams.build(**{**_parse_sets(sets), "n_users": users})
+        rows = compare_policies(params, seed, days, [p.strip() for p in policies.split(",") if p.strip()])
+    except CambrianError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = {"policy": "policy", "day0_ctr": "CTR d0", "day0_minutes_per_dau": "min/DAU d0", "ctr": "CTR",
+            "completion": "compl.", "return_rate": "return", "dau": "DAU", "dau_late": "DAU late",
+            "minutes_per_user": "min/user", "satisfaction_end": "sat. end"}
+    table = Table(*cols.values(), title=f"{users} users, {days} days, seed {seed} (DAU late: last third, <= 10 days)")
+    for r in rows:
+        table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    Console(width=max(Console().width, 130)).print(table)
+
+
 def _print(summary: dict, per_day: bool, title: str) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -17,7 +17,7 @@ exactly as the same users inside the full population, whatever the policy does f
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -171,6 +171,8 @@ def component_commands(bin_dir: Path, work: Path, pki: Pki, ports: Ports,
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            # a loopback address is invalid in Endpoints: skip the kubernetes service reconciler
+            "--endpoint-reconciler-type=none",
             "--profiling=false", "--v=1"],
         "kube-controller-manager": [
             b("kube-controller-manager"), f"--kubeconfig={kubeconfig}",

@@ -87,12 +87,18 @@ class EvolutionResult:
             "run_dir": str(self.run_dir),
             "stop_reason": self.stop_reason,
             "baseline": {k: v.model_dump() for k, v in self.baseline.items()},
-            "winners": [summary(h) for h in self.winners],
-            "best": {k: (summary(h) if h else None) for k, h in self.best.items()},
+            "baseline_bundle": _str(bundle_path(self.run_dir, BASELINE_ID)),
+            "winners": [{**summary(h), "bundle": _str(bundle_path(self.run_dir, h))} for h in self.winners],
+            "best": {k: ({**summary(h), "bundle": _str(bundle_path(self.run_dir, h))} if h else None)
+                     for k, h in self.best.items()},
             "counts": self.counts,
             "spend": self.spend.__dict__,
             "generations_done": self.generations_done,
         }
+
+
+def _str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
 
 
 def summary(h: Hypothesis) -> dict[str, Any]:
@@ -106,6 +112,19 @@ def summary(h: Hypothesis) -> dict[str, Any]:
 Reporter = Callable[[str, dict[str, Any]], None]
 
 
+def bundle_path(run_dir: str | Path, h: Hypothesis | str, seed: int | None = None) -> Path | None:
+    """The model bundle a hypothesis trained (its first seed unless named); None if there is none."""
+    hid = h if isinstance(h, str) else h.id
+    base = Path(run_dir) / "candidates" / hid
+    seeds = [f"seed-{seed}"] if seed is not None else sorted(
+        (p.name for p in base.glob("seed-*")), key=lambda n: int(n.split("-")[1]))
+    for name in seeds:
+        b = base / name / "out" / "bundle"
+        if (b / "bundle.json").is_file():
+            return b
+    return None
+
+
 class Evolution:
     def __init__(self, cfg: EvolveConfig, proposer: Proposer | None = None, reporter: Reporter | None = None):
         self.cfg = cfg
@@ -116,12 +135,14 @@ class Evolution:
         self.journal = Journal(cfg.run_dir)
         self.run_dir = self.journal.run_dir
         self.baseline = self._load_baseline()
+        self._check_same_baseline()
         self.proposer = proposer or make_proposer(cfg.provider, seed=cfg.seed)
         self.personas: list[Persona] = [PERSONAS[p] for p in cfg.personas]
         self.report: Reporter = reporter or (lambda kind, data: None)
         self._lock = threading.RLock()
         self._inflight = 0
         self._stop: str | None = None
+        self._training_stopped = False
         self._sql = None
         (self.run_dir / "evolve-config.json").write_text(cfg.model_dump_json(indent=2))
 
@@ -132,6 +153,19 @@ class Evolution:
             base = parse_config(merge_patch(base.model_dump(mode="json"), self.cfg.baseline_overrides),
                                 "baseline_overrides")
         return base
+
+    def _check_same_baseline(self) -> None:
+        """A journal is only valid for one baseline Φ: scores, noise floor and de-duplication keys all
+        refer to it. Resuming after the baseline changed (another file, or new defaults after an
+        upgrade) would mix incomparable numbers, so it is refused."""
+        old = self.journal.state.hypotheses.get(BASELINE_ID)
+        now = canonical.fingerprint(self.baseline, None)
+        if old is not None and old.fingerprint != now:
+            raise ConfigError(
+                f"run_dir {self.run_dir} was started with another baseline Φ (fingerprint {old.fingerprint}, now "
+                f"{now}); its scores are not comparable",
+                hint="use a new run_dir, and set warm_start.journal to this one to carry its best findings over",
+            )
 
     def spend(self) -> Spend:
         st = self.journal.state
@@ -173,9 +207,12 @@ class Evolution:
         return EvolutionResult(self.run_dir, reason, self.journal.state.baseline, winners, best, counts, self.spend(),
                                sorted(self.journal.state.generations_done))
 
-    def _halt(self, reason: str) -> None:
+    def _halt(self, reason: str, training: bool = False) -> None:
+        """Stop proposing; with training=True (a training budget) also stop starting runs."""
         if self._stop is None:
             self._stop = reason
+        if training:
+            self._training_stopped = True
 
     # ================================================================= baseline and noise floor
     def _measure_baseline(self) -> None:
@@ -425,10 +462,10 @@ class Evolution:
         queue = list(jobs)
         running: dict[Future, tuple[str, int]] = {}
         while queue or running:
-            while queue and len(running) < self.cfg.workers and self._stop is None:
+            while queue and len(running) < self.cfg.workers and not self._training_stopped:
                 reason = training_exhausted(self.cfg.budgets, self.spend(), reserved=len(running))
                 if reason:
-                    self._halt(reason)
+                    self._halt(reason, training=True)
                     break
                 hid, seed = queue.pop(0)
                 if not self._start(hid, seed):
@@ -450,6 +487,8 @@ class Evolution:
             h = self.journal.get(hid)
             if h.phase == "Proposed":
                 self.journal.update(hid, reason=f"not trained: {self._stop}")
+        if self._training_stopped:
+            return
 
     def _start(self, hid: str, seed: int) -> bool:
         """Journal the start of one run; False if it must not run (done, failed, interrupted twice)."""
@@ -486,6 +525,8 @@ class Evolution:
                 self.journal.update(hid, meta={**h.meta, "runs": runs},
                                     train_seconds=h.train_seconds + outcome.wall_seconds)
                 self.report("trained", {"id": hid, "seed": seed})
+                if hid != BASELINE_ID and h.phase == "Training":  # first evaluation: judge it right away
+                    self._judge(hid)
             else:
                 failure = outcome.failure or Failure(phase="Training", stage="unknown", reason="no outcome")
                 self.journal.update(hid, train_seconds=h.train_seconds + outcome.wall_seconds)
@@ -513,7 +554,7 @@ class Evolution:
     def _confirm(self, gen: int) -> None:
         """Re-run the most promising candidates with extra seeds; only then can they be 'better'."""
         n = self.cfg.noise
-        if n.confirm_top == 0 or self._stop is not None:
+        if n.confirm_top == 0 or self._training_stopped:
             return
         promising = [h for h in self.journal.hypotheses if h.verdict == "promising"]
         promising.sort(key=lambda h: -(h.gain or 0) / max(h.noise_floor or 1e-12, 1e-12))

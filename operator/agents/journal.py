@@ -317,11 +317,22 @@ def _fmt(x: float) -> str:
     return f"{x:.5g}"
 
 
+def _delta_text(delta: dict[str, Any] | None, max_code: int = 600) -> str:
+    """A delta for a prompt: plugin code is cut so one long plugin cannot crowd out the journal."""
+    if not delta:
+        return "(none)"
+    d = dict(delta)
+    code = d.get("code")
+    if isinstance(code, str) and len(code) > max_code:
+        d["code"] = code[:max_code] + f"... ({len(code.splitlines())} lines in all)"
+    return json.dumps(d, sort_keys=True)
+
+
 def render_entry(h: Hypothesis, metric: str, show_metrics: Iterable[str] | None = None) -> str:
     head = f"- [{h.id}] {h.category} {h.phase}"
     if h.verdict:
         head += f" verdict={h.verdict}"
-    lines = [head, f"  delta: {json.dumps(h.delta, sort_keys=True) if h.delta else '(none)'}"]
+    lines = [head, f"  delta: {_delta_text(h.delta)}"]
     if h.explanation:
         lines.append(f"  explanation: {h.explanation.strip()[:400]}")
     shown = set(show_metrics) if show_metrics is not None else None

@@ -9,9 +9,23 @@ that runs several candidates from threads.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import resource
+import signal
 import sys
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when the agent that started it dies, so that a killed
+    `cambrian evolve` leaves no orphaned candidate behind (the setting survives exec)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         limit = args.fsize_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    die_with_parent()
     sys.stdout.flush()
     os.execvp(cmd[0], cmd)
 

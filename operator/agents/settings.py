@@ -117,7 +117,11 @@ def apply_env(data: dict, env: dict[str, str] | None = None) -> dict:
         if key.startswith(ENV_PREFIX):
             path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__") if p]
             if path:
-                _set_path(out, path, yaml.safe_load(env[key]) if env[key] != "" else None)
+                try:
+                    value = yaml.safe_load(env[key]) if env[key] != "" else None
+                except yaml.YAMLError as exc:
+                    raise ConfigError(f"{key}: not a valid YAML value: {exc}".replace("\n", " ")) from None
+                _set_path(out, path, value)
     return out
 
 
@@ -139,6 +143,8 @@ def load_evolve_config(path: str | Path, env: dict[str, str] | None = None) -> E
         raise ConfigError(f"{p}: no such file", hint="write a YAML file with at least `data_dir:`")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML: {exc}") from None
     cfg = parse_evolve_config(data, str(p), env)

@@ -57,12 +57,12 @@ def readout_due(status: RolloutStatus, now: datetime) -> bool:
 
 
 def desired_weights(spec: RolloutSpec, status: RolloutStatus) -> dict[str, int]:
+    """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete."""
     names = spec.arm_names()
     if status.phase in ("Running", "AwaitingApproval"):
         return dict(zip(names, spec.ramp.steps[status.step].weights))
-    if status.phase == "Promoted" and status.winner:
-        return {n: (100 if n == status.winner else 0) for n in names if n in (status.winner, spec.control.name)}
-    return {spec.control.name: 100}
+    target = status.winner if status.phase == "Promoted" and status.winner else spec.control.name
+    return {n: (100 if n == target else 0) for n in names}
 
 
 def _summary(weights: dict[str, int]) -> str:
@@ -272,9 +272,12 @@ def _n(st: RolloutStatus, arm: str) -> int:
     return 0
 
 
-def finalize(meta: Meta, spec: RolloutSpec, serving: Serving) -> list:
-    """On deletion: every user back on control, then the rollout's router entry and arms go."""
+def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = True) -> list:
+    """On deletion: every user back on control, then the rollout's router entry and arms go.
+    `routed`: the router has an entry for this rollout (else there is no traffic to move)."""
     owner = owner_of(meta)
-    actions: list = [_set_weights(meta, spec, {spec.control.name: 100}, serving), ClearWeights(owner, meta.name, serving.wire())]
+    back = {n: (100 if n == spec.control.name else 0) for n in spec.arm_names()}
+    actions: list = [_set_weights(meta, spec, back, serving)] if routed else []
+    actions.append(ClearWeights(owner, meta.name, serving.wire()))
     actions += [DeleteArm(arm_name(meta, arm), owner, meta.name, arm) for arm in spec.arm_names()]
     return actions

@@ -89,6 +89,8 @@ delta = json.load(open(opt["--delta"])) if "--delta" in opt else None
 env_dump = os.environ.get("FAKE_DUMP_ENV")
 if env_dump:
     json.dump({"env": dict(os.environ), "cwd": os.getcwd()}, open(os.path.join(out, "env.json"), "w"))
+if os.environ.get("FAKE_SLOW"):
+    time.sleep(float(os.environ["FAKE_SLOW"]))
 mode = ((delta or {}).get("patch") or {}).get("params", {}).get("mode") if delta else None
 if mode == "hang":
     while True:

@@ -75,7 +75,7 @@ def test_recorded_generation_ends_every_hypothesis_with_a_reason(tmp_path, tiny_
     assert winners and winners[0].persona == "reward"  # the stand-in rewards return-aware labels
 
     # spend, prompts and analyses
-    assert j.state.usage.input_tokens == 1800 * 6 and j.state.usage.dollars > 0
+    assert j.state.usage.input_tokens == 1800 * 8  # every recorded answer is paid for and j.state.usage.dollars > 0
     bodies = [r["body"] for r in server.requests]
     assert all("responseJsonSchema" in b["generationConfig"] for b in bodies)
     prompts = [b["contents"][0]["parts"][0]["text"] for b in bodies]
@@ -117,12 +117,28 @@ def test_duplicates_wrong_persona_and_invalid_values_are_rejected(tmp_path, tiny
 def test_budget_stops_cleanly_and_says_which(tmp_path, tiny_world, fake_trainer, gemini_replay):
     server = gemini_replay(["optimizer_valid.json", "architecture_valid.json"])
     cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer", "architecture"],
-                   budgets={"max_tokens": 2500}, generations=3)
+                   budgets={"max_tokens": 2000}, generations=3)
     result = Evolution(cfg, proposer=gemini(server)).run()
     assert "tokens budget" in result.stop_reason
     assert len(server.requests) == 1  # 2200 tokens spent; the second wake-up found the budget gone
     j = Journal(cfg.run_dir)
     assert j.state.stop_reason == result.stop_reason
+    # what was proposed before the budget ran out is still trained and scored
+    assert sorted(h.phase for h in j.hypotheses if h.persona == "optimizer") == ["Scored"] * 3
+    assert 1 not in j.state.generations_done  # the architecture persona never woke up
+
+
+def test_evaluation_budget_leaves_the_rest_proposed_with_the_reason(tmp_path, tiny_world, fake_trainer,
+                                                                    gemini_replay):
+    server = gemini_replay(["optimizer_valid.json"])
+    cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer"], budgets={"max_evaluations": 3},
+                   workers=1)
+    result = Evolution(cfg, proposer=gemini(server)).run()
+    assert "evaluations budget" in result.stop_reason
+    j = Journal(cfg.run_dir)
+    assert j.state.evaluations == 3
+    left = [h for h in j.hypotheses if h.phase == "Proposed"]
+    assert len(left) == 2 and all("not trained: evaluations budget" in h.reason for h in left)
 
 
 def test_openai_compatible_endpoint(tmp_path, gemini_replay):

@@ -116,3 +116,21 @@ def test_events_are_json_lines(tmp_path):
     assert [e["type"] for e in events] == ["hypothesis", "update"]
     assert [e["seq"] for e in events] == [1, 2]
     assert Journal(tmp_path).get("g001-01").failure.stage == "timeout"
+
+
+def test_long_plugin_code_is_cut_in_prompts():
+    h = hyp(1, 0.5)
+    h.delta = {"component": "architecture", "patch": {}, "code": "x = 1\n" * 2000}
+    text = render_journal([h], "val_loss", True, 10_000)
+    assert "2000 lines in all" in text and len(text) < 2000
+
+
+def test_example_settings_file_parses():
+    from pathlib import Path
+
+    from cambrian.operator.agents.settings import load_evolve_config
+
+    import cambrian.operator.agents as agents
+
+    cfg = load_evolve_config(Path(agents.__file__).parent / "evolve.example.yaml", env={})
+    assert cfg.budgets.max_evaluations == 30 and cfg.provider.kind == "builtin"

@@ -48,6 +48,7 @@ def test_operator_deployment(render):
     assert pod["serviceAccountName"] == "cambrian-operator"
     (container,) = pod["containers"]
     # the flags of `cambrian operator run` (operator/cli.py); no --namespace: every namespace
+    assert container["command"] == ["cambrian"]
     assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == 8080
@@ -101,6 +102,7 @@ def test_router(render):
     dep = render.one(docs, "Deployment", "cambrian-router")
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    assert container["command"] == ["cambrian"]
     assert container["args"] == ["route", "--config", "/etc/cambrian/router/router.yaml",
                                  "--host", "0.0.0.0", "--port", "8080"]
     assert pod["automountServiceAccountToken"] is False

@@ -6,6 +6,7 @@ ADDed from a URL; no secret is baked in; every package folder of pyproject.toml 
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -83,8 +84,27 @@ def test_final_stage_runs_as_numeric_non_root_user(path):
     assert int(m.group(1)) != 0 and (m.group(2) is None or int(m.group(2)) != 0), f"{path.name}: USER {user}"
     after = [w for w, _ in final[final.index(("USER", user)) + 1:]]
     assert "RUN" not in after, f"{path.name}: RUN after the last USER"
-    entry = [r for w, r in final if w == "ENTRYPOINT"]
-    assert entry and entry[-1].startswith("["), f"{path.name}: ENTRYPOINT must be in exec form"
+    cmd = [r for w, r in final if w == "CMD"]
+    assert cmd and json.loads(cmd[-1])[0] == "cambrian", f"{path.name}: CMD must be exec form starting with cambrian"
+
+
+@pytest.mark.parametrize("path", IMAGES, ids=lambda p: p.name)
+def test_no_entrypoint_so_pod_args_are_the_whole_command(path):
+    """The operator's serving and router pods set `args: [cambrian, serve, ...]` and no command, and
+    the chart sets `command: [cambrian]`: an image ENTRYPOINT would run `cambrian cambrian ...`."""
+    assert not [r for w, r in stages(instructions(path))[-1] if w == "ENTRYPOINT"], path.name
+
+
+def test_operator_pods_match_the_image_convention():
+    from cambrian.operator.platform import kubernetes as k8s
+    from cambrian.operator.reconcile.actions import Owner
+
+    owner = Owner(kind="Rollout", name="ro", uid="u1", namespace="team-a")
+    dep = k8s._server_deployment("arm", owner, k8s.arm_labels("ro", "a"), {"image": "s:1"},
+                                 ["cambrian", "serve", "--bundle", "/b"], [], [], 1)
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    argv = container.get("command", []) + container.get("args", [])
+    assert argv[0] == "cambrian" and argv.count("cambrian") == 1, argv
 
 
 @pytest.mark.parametrize("path", IMAGES, ids=lambda p: p.name)

@@ -34,6 +34,8 @@ def test_sticky_and_deterministic(weights, salt):
     users = USERS[:500]
     assert [a.arm_of(u) for u in users] == [b.arm_of(u) for u in users]
     assert list(a.arm_indices(users)) == [a.arms.index(a.arm_of(u)) for u in users]
+    assert a.arm_index_list(users) == list(a.arm_indices(users))        # numpy path
+    assert a.arm_index_list(users[:20]) == list(a.arm_indices(users[:20]))  # pure-Python path
 
 
 @settings(max_examples=40, deadline=None)

@@ -128,3 +128,39 @@ def test_upstream_down_is_502(arm_servers):
     with BackgroundApp(Router(RouterConfig.from_dict(cfg)).app()) as app:
         r = httpx.post(app.url + "/rank", json=_batch(list(range(50))))
         assert r.status_code == 502 and "arm treatment" in r.json()["error"]
+
+
+def test_router_process_restart_keeps_weights_and_arms(arm_servers, tmp_path):
+    """`cambrian route` as a real process: POST /weights persists; a new process routes identically."""
+    from cambrian.online.services import ServiceProcess
+
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(_config(arm_servers, {"control": 80, "treatment": 10, "t2": 10})))
+    users = list(range(400))
+    proc = ServiceProcess("router", ["route", "--config", str(path)], tmp_path).start().wait_ready()
+    try:
+        w = {"control": 40, "treatment": 30, "t2": 30}
+        assert httpx.post(proc.url + "/weights", json={"weights": w}).json()["weights"] == w
+        before = httpx.post(proc.url + "/rank", json=_batch(users)).json()["arms"]
+    finally:
+        proc.stop()
+    proc = ServiceProcess("router", ["route", "--config", str(path)], tmp_path).start().wait_ready()
+    try:
+        assert httpx.get(proc.url + "/weights").json()["weights"] == w
+        assert httpx.post(proc.url + "/rank", json=_batch(users)).json()["arms"] == before
+    finally:
+        proc.stop()
+    expected = Assignment.create("s1", "control", ["treatment", "t2"], w)
+    assert before == [expected.arm_of(u) for u in users]
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    import pytest
+
+    from cambrian.online.router import RouterConfig
+
+    with pytest.raises(ValueError, match=r"arms\[1\].url: required"):
+        RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "http://x", "control": True,
+                                                             "weight": 100}, {"name": "t"}]})
+    with pytest.raises(ValueError, match="control: true"):
+        RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "u"}, {"name": "t", "url": "v"}]})

@@ -114,6 +114,8 @@ def test_arm_router_and_httproute():
     from cambrian.online.router import RouterConfig
 
     assert RouterConfig.from_dict(cfg).weights == {"control": 90, "t": 10}  # the online router accepts it
+    back = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 100), ArmWeight("t", "svc-t", 0)), serving)
+    assert RouterConfig.from_dict(K.router_config(back, "team-a")).weights == {"control": 100, "t": 0}
     assert K.httproute_patch(sw)["spec"]["rules"][0]["backendRefs"] == [
         {"name": "svc-c", "port": 8080, "weight": 90}, {"name": "svc-t", "port": 8080, "weight": 10}]
 

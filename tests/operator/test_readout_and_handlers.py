@@ -175,12 +175,16 @@ def test_rollout_handler_without_prometheus_decides_nothing(objects):
     due = {**patch2["status"], "nextReadoutAt": "2000-01-01T00:00:00Z"}
     patch3 = kopf.Patch()
     HD.rollout_changed(body=body("Rollout", "ro", spec, due), patch=patch3, memo=memo(p))
-    s = patch3["status"]
-    assert s["phase"] == "Running" and "decision" not in s or s.get("decision") is None
+    s = {**due, **patch3["status"]}
+    assert s["phase"] == "Running" and s.get("decision") is None and "phase" not in patch3["status"]
     assert any(c["type"] == "MetricsAvailable" and c["status"] == "False" for c in s["conditions"])
+    # an idle tick (nothing due, nothing changed) writes nothing
+    patch4 = kopf.Patch()
+    HD.rollout_changed(body=body("Rollout", "ro", spec, s), patch=patch4, memo=memo(p))
+    assert "status" not in patch4 or not patch4["status"]
     # deletion puts everyone back on control
     HD.rollout_deleted(body=body("Rollout", "ro", spec, s), memo=memo(p))
-    assert p.weights is None and p.applied[-1] == ("weights", {"control": 100}) and p.arms_ == {}
+    assert p.weights is None and p.applied[-1] == ("weights", {"control": 100, "t": 0}) and p.arms_ == {}
 
 
 def test_evolution_handler_trains_the_baseline_and_wakes_the_agent(objects):

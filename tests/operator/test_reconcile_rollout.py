@@ -148,7 +148,7 @@ def test_rollback_on_guardrail_even_when_manual():
     a = Analysis("rollback", "guardrail hate_rate breached", {"control": 500, "treatment": 500})
     r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=a), at_readout(r))
     assert r2.status.phase == "RolledBack" and r2.status.decision == "rollback"
-    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 100}]
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 100, "treatment": 0}]
     assert [(a.arm) for a in r2.actions if isinstance(a, DeleteArm)] == ["treatment"]
 
 
@@ -198,9 +198,11 @@ def test_continue_after_awaiting_returns_to_running():
 
 def test_finalize_restores_control():
     acts = R.finalize(META, spec(), SERVING)
-    assert isinstance(acts[0], SetWeights) and acts[0].as_dict() == {"control": 100}
+    assert isinstance(acts[0], SetWeights) and acts[0].as_dict() == {"control": 100, "treatment": 0}
     assert isinstance(acts[1], ClearWeights)
     assert sorted(a.arm for a in acts if isinstance(a, DeleteArm)) == ["control", "treatment"]
+    never_routed = R.finalize(META, spec(), SERVING, routed=False)
+    assert not [a for a in never_routed if isinstance(a, SetWeights)] and isinstance(never_routed[0], ClearWeights)
 
 
 def test_readout_due():

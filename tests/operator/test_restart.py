@@ -174,3 +174,34 @@ def test_rollout_restart_at_each_step():
     assert sorted(p.created) == sorted([R.arm_name(meta, "control"), R.arm_name(meta, "t")])
     assert p.weights == {"control": 0, "t": 100} and final.winner == "t"
     assert final.started_at == T0 + timedelta(minutes=1, seconds=5)
+
+
+def test_evolution_replay_reissues_the_same_names():
+    from cambrian.operator.reconcile import evolution as E
+    from cambrian.operator.reconcile.actions import CreateRollout, ProposeHypotheses
+    from cambrian.operator.reconcile.observations import HypothesisView, Spend
+
+    meta = Meta("evo", "uid-evo", "ns", 1)
+    spec = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}},
+                                             "cadence": {"offline": "5m", "online": "1h"}})
+    base = JobObservation(E.baseline_job_name(meta), "Succeeded", 0, metrics={"val_loss": 1}, bundle_uri="b0")
+    hyps = [HypothesisView("h1", "Scored", "optimizer", "val_loss", 0.4, "b1")]
+    status = api.EvolutionStatus()
+    seen: dict[str, set] = {"propose": set(), "rollout": set()}
+    for k, t in enumerate([T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=6), T0 + timedelta(hours=2)]):
+        job = None if k == 0 else base
+        first = E.reconcile(meta, spec, status, hyps, [], job, Spend(), t)
+        replay = E.reconcile(meta, spec, status, hyps, [], job, Spend(), t + timedelta(seconds=5))
+        key = lambda r: [(type(a).__name__, getattr(a, "name", None) or getattr(a, "name_prefix", None))  # noqa: E731
+                         for a in r.actions if isinstance(a, (ProposeHypotheses, CreateRollout))]
+        assert key(first) == key(replay)
+        if status.next_wakeup_at is not None and status.next_wakeup_at > t + timedelta(seconds=5):
+            assert replay.status.next_wakeup_at == status.next_wakeup_at  # a persisted schedule is kept
+        for a in replay.actions:
+            if isinstance(a, ProposeHypotheses):
+                assert a.name_prefix not in seen["propose"]
+                seen["propose"].add(a.name_prefix)
+            if isinstance(a, CreateRollout):
+                seen["rollout"].add(a.name)
+        status = replay.status
+    assert len(seen["propose"]) == 3 and seen["rollout"] == {E.rollout_name(meta, "h1")}

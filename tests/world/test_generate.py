@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from cambrian.cli import app as cli
 from cambrian.errors import ConfigError
-from cambrian.world import logs
 from cambrian.world.generate import generate
 from cambrian.world.policies import random_policy
 from cambrian.world.sim import World
@@ -162,3 +161,13 @@ def test_cli_bad_arguments_give_clear_errors(tmp_path, args, needle):
 def test_cli_summary_of_a_missing_dir(tmp_path):
     r = _cli("summary", str(tmp_path))
     assert r.exit_code == 2 and "world.json" in r.output
+
+
+def test_cli_compare_runs_the_oracle_policies():
+    r = _cli("compare", "--users", "60", "--days", "3", "--policies", "random,satisfaction_aware:1", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert [row["policy"] for row in rows] == ["random", "satisfaction_aware:1"]
+    assert all(0 < row["ctr"] < 1 and 0 <= row["dau_late"] <= 1 for row in rows)
+    r = _cli("compare", "--users", "10", "--days", "1", "--policies", "nope")
+    assert r.exit_code == 2 and "unknown policy" in r.output

@@ -9,14 +9,14 @@ from cambrian.world.params import WorldParams
 from cambrian.world.policies import oracle_policy
 from cambrian.world.sim import World, concat_logs
 
-USERS, DAYS = 1000, 20
+USERS, DAYS = 700, 16
 
 
 def _run(policy: str, lam: float = 0.5, users: int = USERS, days: int = DAYS) -> dict:
     world = World(WorldParams(n_users=users), seed=0)
     log = concat_logs(world.run(oracle_policy(world, policy, lam), days))
     ud = log.user_days
-    late = ud[ud["day"] >= days - 10]
+    late = ud[ud["day"] >= days // 2]
     s = summarize(log.impressions, ud)["overall"]
     s["late_dau"] = late["active"].mean()
     s["minutes_per_user"] = ud["minutes"].sum() / users

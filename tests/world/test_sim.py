@@ -131,12 +131,17 @@ def test_load_of_missing_or_foreign_state_is_a_clear_error(tmp_path):
     other = World(WorldParams(n_users=50), seed=99)
     with pytest.raises(WorldError, match="different world"):
         other.save(tmp_path / "a")
+    foreign_state = other.save(tmp_path / "b")
     with pytest.raises(ConfigError, match="seed"):
-        World.load(tmp_path / "a").load_state(_saved(other, tmp_path / "b"))
-
-
-def _saved(world, d):
-    return world.save(d)
+        World.load(tmp_path / "a").load_state(foreign_state)
+    with pytest.raises(ConfigError, match="state.npz not found"):
+        World.load(tmp_path / "a", state_dir=tmp_path / "nowhere")
+    bigger = World(WorldParams(n_users=60), seed=7).save(tmp_path / "c")
+    with pytest.raises(ConfigError, match="shape"):
+        World.load(tmp_path / "a").load_state(bigger)
+    (tmp_path / "a" / "world.json").write_text('{"seed": 7}')
+    with pytest.raises(ConfigError, match="malformed"):
+        World.load(tmp_path / "a")
 
 
 def test_misuse_of_the_step_api_is_refused():

@@ -26,7 +26,7 @@ def make_proposer(settings: "ProviderSettings", seed: int = 0) -> Proposer:
 
         key = key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
         if not key:
-            raise ConfigError("provider.kind is gemini but no API key is set",
+            raise ConfigError("provider.kind is gemini but no API key is set (GEMINI_API_KEY)",
                               hint="export GEMINI_API_KEY, or set provider.api_key_env, or use provider.kind: builtin")
         return GeminiProposer(
             model=settings.model or DEFAULT_GEMINI_MODEL, api_key=key, base_url=settings.base_url,

@@ -182,6 +182,14 @@ CATALOGUE: list[Entry] = [
           "return_corr +0.02"),
 ]  # fmt: skip
 
+# The prior: within each persona and category, the order in which untried entries are proposed.
+PRIORITY = [
+    "adam_lr", "adagrad", "adamw", "rmsprop", "sgd_nesterov", "more_epochs", "small_batch",
+    "embed32", "wider", "gelu", "dropout", "dcn", "deepfm", "layernorm_plugin",
+    "completion", "watch_weighted", "long_watch", "return_aware", "return_completion", "click_completion",
+    "like_minus_hate",
+]  # fmt: skip
+CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
 
 
@@ -202,8 +210,10 @@ class BuiltinProposer:
     name = "builtin"
     model = "builtin"
 
-    def __init__(self, seed: int = 0, catalogue: list[Entry] | None = None, plugins: bool = True):
+    def __init__(self, seed: int = 0, catalogue: list[Entry] | None = None, plugins: bool = True,
+                 shuffle: bool = False):
         self.seed = seed
+        self.shuffle = shuffle
         self.catalogue = list(catalogue or CATALOGUE)
         archs = _available_architectures()
         if archs is not None:
@@ -287,11 +297,13 @@ class BuiltinProposer:
             prop = self._repair(request, taken)
             result.proposals = [prop] if prop else []
             return result
-        rng = random.Random(f"{self.seed}:{request.persona.name}:{request.generation}")
         mine = [e for e in self.catalogue if e.persona == request.persona.name]
+        # catalogue order is the prior (most often helpful first); `shuffle` trades it for variety
         pools = {c: [e for e in mine if e.category == c] for c in ("explore", "innovate")}
-        for pool in pools.values():
-            rng.shuffle(pool)
+        if self.shuffle:
+            rng = random.Random(f"{self.seed}:{request.persona.name}:{request.generation}")
+            for pool in pools.values():
+                rng.shuffle(pool)
         wanted = [(c, n) for c in CATEGORIES for n in range(request.quotas.get(c, 0))]
         for category, _ in wanted:
             prop = None

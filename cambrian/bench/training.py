@@ -1,0 +1,94 @@
+"""Benchmark `training`: the trainer's examples per second against a plain PyTorch reference loop.
+
+Both loops train the same baseline model (same init, batch size, optimizer, loss) on the same
+examples of a freshly generated world, in the same process, one after the other. The reference is the
+textbook loop: TensorDataset + DataLoader(shuffle=True) + BCE. Ratio = trainer / reference (> 1 is
+faster). On CUDA the result also carries the bytes moved per example and the ratio of the achieved
+rate to the device's memory-bandwidth bound.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.data import load_dataset
+from cambrian.trainer.models import build_model
+from cambrian.trainer.train import fit, pick_device
+
+
+def _reference_loop(config: ModelConfig, data, device: torch.device) -> float:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(config.training.seed)
+    model = build_model(data.spec, config.architecture).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
+    f = data.train.features
+    tensors = [torch.from_numpy(f[k]) for k in ("user", "item", "topic", "home_topic", "dense")]
+    dataset = TensorDataset(*tensors, torch.from_numpy(data.train.label))
+    loader = DataLoader(dataset, batch_size=config.training.batch_size, shuffle=True)
+    started = time.perf_counter()
+    for _ in range(config.training.epochs):
+        model.train()
+        for user, item, topic, home, dense, label in loader:
+            batch = {"user": user.to(device), "item": item.to(device), "topic": topic.to(device),
+                     "home_topic": home.to(device), "dense": dense.to(device)}
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), label.to(device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def run(quick: bool = False) -> dict:
+    users, days = (400, 4) if quick else (2000, 14)
+    with tempfile.TemporaryDirectory() as tmp:
+        world = Path(tmp) / "world"
+        subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--users", str(users), "--days",
+                        str(days), "--seed", "0", "--out", str(world)], check=True, capture_output=True)
+        config = ModelConfig()
+        config.training.epochs = 1 if quick else 2
+        data = load_dataset(world, config)
+    device = pick_device("auto")
+    if device.type == "cpu" and config.training.cpu_threads:
+        torch.set_num_threads(config.training.cpu_threads)
+    n = len(data.train) * config.training.epochs
+    reference_seconds = _reference_loop(config, data, device)
+    _, trainer_seconds = fit(config, data, device)
+    result = {
+        "name": "training",
+        "command": "cambrian bench run training" + (" --quick" if quick else ""),
+        "device": str(torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"),
+        "examples": n,
+        "trainer_examples_per_second": round(n / trainer_seconds, 1),
+        "reference_examples_per_second": round(n / reference_seconds, 1),
+        "ratio": round(reference_seconds / trainer_seconds, 3),
+        "ratio_meaning": "trainer examples/s divided by a plain PyTorch DataLoader loop's (>1: trainer faster)",
+    }
+    if device.type == "cuda":
+        # Bound: each example's input bytes must be read at least once; bandwidth measured by a copy.
+        bytes_per_example = sum(v.itemsize * (v.size // len(data.train)) for v in data.train.features.values()) + 8
+        bandwidth = _copy_bandwidth(device)
+        result["bytes_per_example_read"] = bytes_per_example
+        result["measured_copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
+        result["fraction_of_bandwidth_bound"] = round(n / trainer_seconds * bytes_per_example / bandwidth, 6)
+    return result
+
+
+def _copy_bandwidth(device: torch.device) -> float:
+    x = torch.empty(1 << 28, dtype=torch.float32, device=device)
+    x.clone()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(5):
+        x.clone()
+    torch.cuda.synchronize()
+    return 5 * 2 * x.nbytes / (time.perf_counter() - started)

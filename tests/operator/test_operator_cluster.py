@@ -1,0 +1,138 @@
+"""The CRDs and the operator against a real API server (cambrian/testing/cluster.py: etcd,
+kube-apiserver, controller-manager, scheduler, kwok). Skipped when the control plane is not built."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def crds_installed(cluster):  # noqa: F811
+    from cambrian.operator import crdgen
+
+    for kind in crdgen.NAMES:
+        cluster.kubectl("apply", "--server-side", "-f", os.path.join(REPO, "crds", crdgen.file_name(kind)))
+    for plural in ("evolutions", "hypotheses", "rollouts"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.cambrian.dev", "--timeout=60s")
+    return cluster
+
+
+def _apply(c, ns, obj, check=False):
+    return c.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj), check=check)
+
+
+def _example(name):
+    with open(os.path.join(REPO, "manifests", "examples", f"{name}.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def test_examples_apply_and_bad_specs_are_rejected(crds_installed, cluster_namespace):
+    c, ns = crds_installed, cluster_namespace
+    for name in ("evolution", "hypothesis", "rollout"):
+        r = _apply(c, ns, _example(name))
+        assert r.returncode == 0, r.stderr
+    names = c.kubectl("get", "cambrian", "-n", ns, "-o", "name").stdout.split()
+    assert len(names) == 3  # category "cambrian"
+    bad = _example("rollout")
+    bad["metadata"]["name"] = "bad"
+    bad["spec"]["ramp"]["steps"][0]["weights"] = [90, 5, 6]
+    r = _apply(c, ns, bad)
+    assert r.returncode != 0 and "must sum to 100" in r.stderr
+    hyp = _example("hypothesis")
+    hyp["spec"]["delta"]["patch"] = {"label": "CAST(like AS DOUBLE)"}
+    r = _apply(c, ns, hyp)
+    assert r.returncode != 0 and "spec.delta is immutable" in r.stderr
+    evo = _example("evolution")
+    evo["metadata"]["name"] = "bad-evo"
+    evo["spec"]["agent"]["proposalsPerWakeup"] = 5
+    r = _apply(c, ns, evo)
+    assert r.returncode != 0 and "explore + exploit + innovate" in r.stderr
+
+
+def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
+    from kopf.testing import KopfRunner
+
+    c, ns = crds_installed, cluster_namespace
+    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
+    metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
+    evo = {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "e2e"},
+        "spec": {
+            "objective": {"northStar": [{"name": "returning_users"}]},
+            "agent": {"provider": "builtin"},
+            "cadence": {"offline": "1h", "online": "3s"},
+            "launchPolicy": "manual",
+            "training": {"image": "cambrian/trainer:test", "memory": "1Gi", "cpu": "1",
+                         "podAnnotations": {"kwok.cambrian.dev/exit-code": "0",
+                                            "kwok.cambrian.dev/termination-message": metrics}},
+            "experiment": {"ramp": {"steps": [{"weights": [95, 5], "duration": "1h"}]}},
+            "data": {"world": {"users": 100, "days": 3}},
+        },
+    }
+    hyp = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": "e2e-adamw"},
+           "spec": {"evolutionRef": {"name": "e2e"}, "component": "optimizer", "explanation": "AdamW",
+                    "delta": {"patch": {"name": "AdamW", "weight_decay": 0.01}}}}
+
+    def get(kind, name):
+        r = c.kubectl("get", kind, name, "-n", ns, "-o", "json", check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def wait(what, pred, timeout=90):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            v = pred()
+            if v:
+                return v
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; operator log:\n{runner.stdout[-4000:]}")
+
+    args = ["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"]
+    with KopfRunner(args, timeout=240) as runner:
+        _apply(c, ns, evo, check=True)
+        champion = wait("the baseline champion", lambda: ((get("evolution", "e2e") or {}).get("status") or {})
+                        .get("champion", {}).get("bundle"))
+        assert champion.startswith("job://")
+        jobs = json.loads(c.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]
+        (job,) = jobs
+        pod = job["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert job["metadata"]["ownerReferences"][0]["kind"] == "Evolution"
+
+        _apply(c, ns, hyp, check=True)
+        st = wait("the hypothesis scored", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
+                  if ((get("hypothesis", "e2e-adamw") or {}).get("status") or {}).get("phase") in ("Scored", "Live") else None)
+        assert st["offlineScore"] == 0.5 and st["attempts"] == 1
+
+        ro_name = wait("a rollout for it", lambda: next(iter(json.loads(c.kubectl(
+            "get", "rollouts", "-n", ns, "-o", "json").stdout)["items"]), {}).get("metadata", {}).get("name"))
+        ro = wait("the rollout running", lambda: get("rollout", ro_name)
+                  if ((get("rollout", ro_name) or {}).get("status") or {}).get("phase") == "Running" else None)
+        assert ro["status"]["weightsSummary"] == "control=95,treatment=5"
+        cms = json.loads(c.kubectl("get", "configmaps", "-n", ns, "-l", f"cambrian.dev/rollout={ro_name}",
+                                   "-o", "json").stdout)["items"]
+        (router,) = [x for x in cms if "router.yaml" in x.get("data", {})]
+        cfg = yaml.safe_load(router["data"]["router.yaml"])
+        assert [(a["name"], a["weight"]) for a in cfg["arms"]] == [("control", 95), ("treatment", 5)]
+        wait("the hypothesis live", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
+             .get("phase") == "Live")
+
+        c.kubectl("delete", "rollout", ro_name, "-n", ns, "--wait=true", "--timeout=60s")
+        wait("the router config removed", lambda: not [
+            x for x in json.loads(c.kubectl("get", "configmaps", "-n", ns, "-o", "json").stdout)["items"]
+            if "router.yaml" in x.get("data", {})])
+        wait("the hypothesis retired", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
+             .get("phase") == "Retired")
+    assert runner.exit_code == 0, runner.stdout[-4000:]
