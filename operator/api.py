@@ -347,7 +347,6 @@ class EvolutionSpec(_Model):
     baseline: dict[str, Any] = Field(
         default_factory=dict,
         description="the baseline model config Φ (trainer/config.py); {} is the built-in baseline",
-        json_schema_extra=_x(preserve_unknown=True),
     )
     objective: Objective
     guardrails: list[Guardrail] = Field(
@@ -381,7 +380,7 @@ class EvolutionSpec(_Model):
 
 class Champion(_Status):
     name: str | None = None
-    config: dict[str, Any] | None = Field(None, json_schema_extra=_x(preserve_unknown=True), description="Φ")
+    config: dict[str, Any] | None = Field(None, description="Φ")
     hypothesis: str | None = None
     bundle: str | None = None
     rollout: str | None = None
@@ -446,27 +445,28 @@ class HypothesisDelta(_Model):
         json_schema_extra=_x(
             [
                 cel(
-                    "(has(self.patch) && size(self.patch) > 0) || (has(self.code) && size(self.code) > 0)",
+                    "has(self.patch) || has(self.code)",
                     "spec.delta: a delta must change something: give a non-empty patch or code",
                     "FieldValueRequired",
                 ),
-                cel("!has(self.patch) || !has(self.patch.code)", "spec.delta.patch.code: put plugin code in spec.delta.code"),
             ]
         ),
     )
 
-    patch: dict[str, Any] = Field(
-        default_factory=dict,
+    # CEL cannot look inside free-form JSON, so "non-empty" is minProperties / minLength here.
+    patch: dict[str, Any] | None = Field(
+        None,
+        min_length=1,
         description="RFC 7386 JSON merge patch of the component's settings",
-        json_schema_extra={**_x(preserve_unknown=True), "maxProperties": 64},
+        json_schema_extra={"maxProperties": 64},
     )
-    code: str | None = Field(None, max_length=20_000, description="plugin code (optimizer or architecture)")
+    code: str | None = Field(None, min_length=1, max_length=20_000, description="plugin code (optimizer or architecture)")
 
     @model_validator(mode="after")
     def _rules(self) -> "HypothesisDelta":
         if not self.patch and not self.code:
             raise ValueError("spec.delta: a delta must change something: give a non-empty patch or code")
-        if "code" in self.patch:
+        if self.patch and "code" in self.patch:
             raise ValueError("spec.delta.patch.code: put plugin code in spec.delta.code")
         return self
 
@@ -535,7 +535,7 @@ class HypothesisSpec(_Model):
     def trainer_delta(self):  # -> cambrian.trainer.delta.Delta
         from cambrian.trainer.delta import parse_delta
 
-        data: dict[str, Any] = {"component": self.component, "patch": self.delta.patch}
+        data: dict[str, Any] = {"component": self.component, "patch": self.delta.patch or {}}
         if self.delta.code is not None:
             data["code"] = self.delta.code
         return parse_delta(data, "spec.delta")
@@ -784,9 +784,7 @@ class RolloutStatus(_Status):
     step_history: list[datetime] = Field(
         default_factory=list, max_length=10, description="start time of each ramp step so far (SRM expectations)"
     )
-    decision_state: dict[str, Any] | None = Field(
-        None, json_schema_extra=_x(preserve_unknown=True), description="running always-valid test state"
-    )
+    decision_state: dict[str, Any] | None = Field(None, description="running always-valid test state")
     conditions: list[Condition] = _CONDITIONS
 
 

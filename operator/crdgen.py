@@ -101,6 +101,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             node["minimum" if key == "exclusiveMinimum" else "maximum"] = node[key]
             node[key] = True
     if node.get("additionalProperties") is True:
+        # dict[str, Any]: free-form JSON. (A map with untyped values would vanish from the CEL type
+        # of its parent, so rules could not even test has(); an object keeping unknown fields can.)
         node.pop("additionalProperties")
         node["x-kubernetes-preserve-unknown-fields"] = True
     if node.get("format") == "date-time":

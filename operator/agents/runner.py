@@ -33,7 +33,8 @@ from cambrian.trainer.delta import Delta
 
 _SECRET_PREFIXES = ("GEMINI", "GOOGLE", "OPENAI", "AWS", "KUBE", "AZURE", "ANTHROPIC", "GCP", "GCLOUD", "CLOUDSDK",
                     "HF_", "HUGGING", "GITHUB", "GH_", "DOCKER", "VAULT", "CAMBRIAN_PROVIDER")  # fmt: skip
-_SECRET_WORDS = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|SESSION|COOKIE)", re.I)
+# PROXY: a proxy is a way out of the network isolation, and its URL often carries a password.
+_SECRET_WORDS = re.compile(r"(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|SESSION|COOKIE|PROXY)", re.I)
 _SECRET_EXACT = {"SSH_AUTH_SOCK", "SSH_AGENT_PID", "NETRC", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"}
 
 
@@ -58,7 +59,7 @@ class RunLimits(BaseModel):
     wall_seconds: float = Field(900.0, gt=0)
     address_space_mb: int | None = Field(None, ge=256, description="RLIMIT_AS; leave unset on CUDA machines")
     rss_mb: int | None = Field(6144, ge=64, description="resident memory of the whole process tree")
-    cpu_seconds: int | None = Field(None, ge=1)
+    cpu_seconds: int | None = Field(None, ge=1, description="RLIMIT_CPU; default wall_seconds x threads + 60")
     file_size_mb: int | None = Field(2048, ge=1)
     threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
     network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
@@ -100,9 +101,10 @@ def build_command(
     if limits.address_space_mb:
         launcher += ["--as-mb", str(limits.address_space_mb)]
         isolation.append(f"as={limits.address_space_mb}MiB")
-    if limits.cpu_seconds:
-        launcher += ["--cpu-s", str(limits.cpu_seconds)]
-        isolation.append(f"cpu={limits.cpu_seconds}s")
+    # CPU time is always capped: by default at the wall limit times the threads it may use, plus slack
+    cpu = limits.cpu_seconds or int(limits.wall_seconds * (limits.threads or os.cpu_count() or 1) + 60)
+    launcher += ["--cpu-s", str(cpu)]
+    isolation.append(f"cpu={cpu}s")
     if limits.file_size_mb:
         launcher += ["--fsize-mb", str(limits.file_size_mb)]
     full = [*launcher, "--", *cmd]
@@ -113,6 +115,27 @@ def build_command(
         elif limits.network == "off":
             raise RuntimeError("network isolation requested (limits.network=off) but `unshare -rn` is unavailable")
     return full, isolation
+
+
+# The observable files of a data directory (docs/CONTRACTS.md); truth/ and anything else stay out of reach.
+OBSERVABLE_FILES = ("world.json", "items.parquet", "users.parquet", "impressions.parquet", "user_days.parquet")
+
+
+def stage_data(data_dir: Path, work: Path) -> Path:
+    """WORK/data with only the observable files, hard-linked (copied across file systems): the candidate is
+    never handed the real data directory, so the hidden truth/ folder is not where it can look."""
+    staged = work / "data"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    for name in OBSERVABLE_FILES:
+        src = data_dir / name
+        if src.is_file():
+            try:
+                os.link(src, staged / name)
+            except OSError:
+                shutil.copy2(src, staged / name)
+    return staged
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -161,7 +184,8 @@ def run_candidate(
     log_file = work / "train.log"
     try:
         cmd, isolation = build_command(
-            command or default_train_command(), config_file, delta_file, Path(data_dir).resolve(), out, limits
+            command or default_train_command(), config_file, delta_file, stage_data(Path(data_dir).resolve(), work),
+            out, limits
         )
     except RuntimeError as exc:
         return RunOutcome(False, failure=Failure(phase="Validated", stage="sandbox", reason=str(exc)))

@@ -136,6 +136,10 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
         w = data.get("world") or {}
         volumes.append({"name": "data", "emptyDir": {}})
         mounts.append({"name": "data", "mountPath": "/data"})
+        # The generator also writes the hidden simulator state to /data/truth; an empty read-only volume
+        # mounted over it keeps it out of the trainer container, where candidate code runs.
+        volumes.append({"name": "hide-truth", "emptyDir": {"sizeLimit": "1Mi"}})
+        mounts.append({"name": "hide-truth", "mountPath": "/data/truth", "readOnly": True})
         init.append({
             "name": "world",
             "image": t.get("image"),

@@ -49,9 +49,18 @@ def test_real_trainer_hostile_plugin_is_killed(tmp_path, tiny_world, code, stage
     assert not out.ok and out.failure.stage == stage, (out.failure, out.log_tail)
 
 
-def test_recorded_gemini_with_real_trainer(tmp_path, tiny_world, gemini_replay):
-    """The recorded Gemini run passes with real training: a hypothesis beats the baseline beyond the
-    noise floor and every other one says why it did not."""
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    data = tmp_path_factory.mktemp("small") / "world"
+    subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--out", str(data), "--users", "400",
+                    "--days", "6"], check=True, capture_output=True)
+    return data
+
+
+def test_recorded_gemini_with_real_trainer(tmp_path, small_world, gemini_replay):
+    """The recorded Gemini run passes with real training on a small generated world: a hypothesis beats
+    the baseline beyond the noise floor and every other one says why it did not."""
+    tiny_world = small_world
     server = gemini_replay(["optimizer_valid.json", "architecture_valid.json", "reward_valid.json"])
     cfg = parse_evolve_config({
         "data_dir": str(tiny_world), "run_dir": str(tmp_path / "run"), "generations": 1, "workers": 2,

@@ -99,3 +99,10 @@ def test_candidates_have_no_network(tmp_path, tiny_world):
                         [sys.executable, str(script)])
     assert out.ok and "no-network" in out.isolation
     assert out.metrics["ifaces"] == ["lo"]
+
+
+def test_cpu_time_limit_kills_a_spinning_candidate(tmp_path, tiny_world, fake_trainer):
+    out = run_candidate(ModelConfig(), mode_delta("hang"), tiny_world, tmp_path / "cpu",
+                        RunLimits(wall_seconds=60, cpu_seconds=1), fake_trainer)
+    assert not out.ok and out.failure.stage == "cpu" and "SIGXCPU" in out.failure.reason
+    assert out.wall_seconds < 30

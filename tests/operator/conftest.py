@@ -142,6 +142,8 @@ def check(schema: dict, value: Any, path: str, old: Any = None, errors: list | N
                 errors.append(f"{path}.{req}: Required value")
         if len(value) > schema.get("maxProperties", 1 << 30):
             errors.append(f"{path}: too many properties")
+        if len(value) < schema.get("minProperties", 0):
+            errors.append(f"{path}: should have at least {schema['minProperties']} properties")
         props = schema.get("properties", {})
         for k, v in value.items():
             if k in props:

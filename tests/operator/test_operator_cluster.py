@@ -23,7 +23,9 @@ def crds_installed(cluster):  # noqa: F811
     from cambrian.operator import crdgen
 
     for kind in crdgen.NAMES:
-        cluster.kubectl("apply", "--server-side", "-f", os.path.join(REPO, "crds", crdgen.file_name(kind)))
+        r = cluster.kubectl("apply", "--server-side", "-f", os.path.join(REPO, "crds", crdgen.file_name(kind)),
+                            check=False)
+        assert r.returncode == 0, r.stderr
     for plural in ("evolutions", "hypotheses", "rollouts"):
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.cambrian.dev", "--timeout=60s")
     return cluster

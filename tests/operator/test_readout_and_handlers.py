@@ -144,7 +144,7 @@ def test_hypothesis_handler_creates_job_and_persists_status(objects):
 def test_invalid_spec_is_a_permanent_error_with_a_condition(objects):
     patch = kopf.Patch()
     spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {}}}
-    with pytest.raises(kopf.PermanentError, match="non-empty patch or code"):
+    with pytest.raises(kopf.PermanentError, match="spec.delta.patch"):
         HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(MemPlatform()))
     (c,) = patch["status"]["conditions"]
     assert c["reason"] == "InvalidSpec" and c["observedGeneration"] == 1

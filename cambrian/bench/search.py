@@ -1,0 +1,336 @@
+"""Benchmark `search`: best offline metric versus number of evaluations for four search arms at the same
+evaluation budget, on paired seeds, plus the online north star of each arm's winner in the simulated world.
+
+Arms (all train with the real trainer on the same generated world, from the same baseline Φ0):
+* random   — uniform/log-uniform draws over the numeric settings only (Optuna RandomSampler);
+* tpe      — Optuna TPE over the same numeric settings, told the common metric after every evaluation;
+* builtin  — the real offline loop (`run_evolution`) with the built-in proposer: structure, optimizer
+             and reward changes from its catalogue plus its own TPE, noise-floor seeds and confirmation
+             re-runs; every training run counts against the budget (`budgets.max_evaluations`);
+* llm      — the same loop with the project's recorded Gemini responses (tests/fixtures/gemini, one
+             generation: optimizer, architecture, reward) replayed over loopback to the real google-genai
+             client. Only one generation is recorded, so this arm stops early; `evaluations_used` says so.
+Evaluation 1 of the numeric arms is Φ0 itself (the loop's first evaluations are Φ0's noise-floor seeds).
+
+Common offline metric: `long_watch_corr` (rank correlation of the model score with long watches on the
+held-out day) — loss-independent, so it compares models trained on different rewards. The numeric arms
+maximise it directly (the strongest numeric baseline).
+Online north star: each arm's winner (best run by the common metric) is served with ScorePolicy to all
+users of the world for a few days from the end of the logs; DAU and watch minutes per user per day,
+common random numbers across arms (cambrian.world.sim).
+
+Headline: per seed, e_X = evaluations arm X needed to reach TPE's final best (TPE's own e is where it
+first hit it; an arm that never does counts as budget+1 and is listed as censored).
+ratio = Σ_seeds e_builtin / Σ_seeds e_tpe  (target <= 0.5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cambrian.bench.throughput import journal_events, load_now, make_world
+
+METRIC = "long_watch_corr"
+FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "gemini"
+RECORDED = ("optimizer_valid.json", "architecture_valid.json", "reward_valid.json")
+ARMS = ("random", "tpe", "builtin", "llm")
+
+
+# ----------------------------------------------------------------------------- numeric search space
+def numeric_space(max_epochs: int) -> dict:
+    import optuna.distributions as d
+
+    return {
+        "lr": d.FloatDistribution(3e-4, 3e-2, log=True),
+        "weight_decay": d.FloatDistribution(1e-7, 1e-2, log=True),
+        "embedding_dim": d.IntDistribution(4, 64, log=True),
+        "hidden1": d.IntDistribution(16, 256, log=True),
+        "hidden2": d.IntDistribution(8, 128, log=True),
+        "dropout": d.FloatDistribution(0.0, 0.5),
+        "epochs": d.IntDistribution(1, max_epochs),
+    }
+
+
+def apply_numeric(base, params: dict[str, Any]):
+    """Φ0 with numeric settings replaced (a new ModelConfig; Φ0 untouched)."""
+    from cambrian.trainer.config import parse_config
+
+    data = base.model_dump(mode="json")
+    data["optimizer"].update(lr=params["lr"], weight_decay=params["weight_decay"])
+    data["architecture"].update(embedding_dim=params["embedding_dim"], hidden=[params["hidden1"], params["hidden2"]],
+                                dropout=params["dropout"])
+    data["training"]["epochs"] = params["epochs"]
+    return parse_config(data, "numeric search")
+
+
+def baseline_config(epochs: int, seed: int):
+    from cambrian.trainer.config import ModelConfig
+
+    cfg = ModelConfig()
+    cfg.training.epochs = epochs
+    cfg.training.seed = seed
+    cfg.training.cpu_threads = 1
+    return cfg
+
+
+# ----------------------------------------------------------------------------- curves (pure)
+def best_so_far(values: list[float | None]) -> list[float]:
+    """Running maximum; failed evaluations (None/non-finite) keep the previous best (-inf before any)."""
+    out, best = [], -math.inf
+    for v in values:
+        if v is not None and math.isfinite(v):
+            best = max(best, v)
+        out.append(best)
+    return out
+
+
+def evals_to_reach(curve: list[float], target: float, budget: int) -> tuple[int, bool]:
+    """(1-based evaluations until the running best reaches target, censored?); budget+1 if never."""
+    for i, v in enumerate(curve[:budget]):
+        if v >= target:
+            return i + 1, False
+    return budget + 1, True
+
+
+def summarise(curves: dict[str, list[list[float]]], budget: int) -> dict[str, Any]:
+    """Per arm: evaluations to TPE's final best on each seed, and the pooled ratio to TPE's."""
+    seeds = len(curves["tpe"])
+    targets = [curves["tpe"][i][min(budget, len(curves["tpe"][i])) - 1] for i in range(seeds)]
+    out: dict[str, Any] = {"tpe_final_best": targets, "arms": {}}
+    for arm, arm_curves in curves.items():
+        reach = [evals_to_reach(arm_curves[i], targets[i], budget) for i in range(seeds)]
+        out["arms"][arm] = {"evals_to_tpe_best": [e for e, _ in reach], "censored": [c for _, c in reach]}
+    tpe_total = sum(out["arms"]["tpe"]["evals_to_tpe_best"])
+    for arm in curves:
+        out["arms"][arm]["ratio_to_tpe"] = sum(out["arms"][arm]["evals_to_tpe_best"]) / tpe_total
+    return out
+
+
+# ----------------------------------------------------------------------------- numeric arms
+def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int, max_epochs: int) -> list[dict]:
+    """Evaluation 1: Φ0; then budget-1 trials of the sampler, each told the common metric."""
+    import optuna
+
+    from cambrian.errors import CambrianError
+    from cambrian.trainer.train import train
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = baseline_config(epochs, seed)
+    space = numeric_space(max_epochs)
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, budget // 3)))
+               if kind == "tpe" else optuna.samplers.RandomSampler(seed=seed))
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    runs = []
+    for i in range(budget):
+        trial = None
+        if i == 0:
+            cfg, params = base, {"baseline": True}
+        else:
+            trial = study.ask(space)
+            params = dict(trial.params)
+            cfg = apply_numeric(base, params)
+        out = work / f"{kind}-{i:03d}"
+        t0 = time.perf_counter()
+        try:
+            value = float(train(cfg, data, out)[METRIC])
+            bundle = out / "bundle"
+        except CambrianError as exc:
+            value, bundle, params = None, None, {**params, "error": str(exc)[:200]}
+        runs.append({"value": value, "params": params, "bundle": str(bundle) if bundle else None,
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        if trial is not None:
+            ok = value is not None and math.isfinite(value)
+            study.tell(trial, value if ok else None, state=None if ok else optuna.trial.TrialState.FAIL)
+    return runs
+
+
+# ----------------------------------------------------------------------------- loop arms
+class _Replay:
+    """Loopback server answering Gemini generateContent calls with recorded bodies, in order; 500 after."""
+
+    def __init__(self, bodies: list[dict]):
+        self.bodies, self.calls = list(bodies), 0
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                replay.calls += 1
+                if replay.bodies:
+                    status, data = 200, json.dumps(replay.bodies.pop(0)).encode()
+                else:
+                    status, data = 500, b'{"error": {"code": 500, "message": "no more recorded responses"}}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int) -> tuple[list[dict], dict]:
+    """The real offline loop; its runs in journal order (one per evaluation record)."""
+    from cambrian.operator.agents.evolve import bundle_path, run_evolution
+    from cambrian.operator.agents.settings import EvolveConfig
+
+    base = baseline_config(epochs, seed)
+    cfg = EvolveConfig(
+        data_dir=data, run_dir=work / f"{kind}-run", generations=1 if kind == "llm" else 100, workers=2,
+        baseline_overrides={"training": base.training.model_dump(mode="json")},
+        provider={"kind": "gemini" if kind == "llm" else "builtin", "retries": 0}, seed=seed,
+        budgets={"max_evaluations": budget}, noise={"baseline_seeds": 2, "confirm_top": 1, "confirm_seeds": 1},
+        limits={"threads": 1, "wall_seconds": 1800},
+    )
+    replay = None
+    proposer = None
+    if kind == "llm":
+        from cambrian.operator.agents.proposers.llm import GeminiProposer
+
+        replay = _Replay([json.loads((FIXTURES / name).read_text()) for name in RECORDED])
+        proposer = GeminiProposer(model="gemini-2.5-pro", api_key="recorded", base_url=replay.url)
+    try:
+        result = run_evolution(cfg, proposer=proposer)
+    finally:
+        if replay is not None:
+            replay.close()
+    events = journal_events(cfg.run_dir)
+    final: dict[str, dict] = {}
+    for e in events:
+        if e.get("type") == "hypothesis":
+            final[e["id"]] = dict(e["data"])
+        elif e.get("type") == "update":
+            final[e["id"]].update(e["fields"])
+    runs = []
+    for e in (e for e in events if e.get("type") == "evaluation"):
+        h = final[e["id"]]
+        run = ((h.get("meta") or {}).get("runs") or {}).get(str(e["seed"])) or {}
+        value = run.get(METRIC) if e.get("ok") else None
+        bundle = bundle_path(cfg.run_dir, e["id"], e["seed"]) if value is not None else None
+        runs.append({"value": value, "hypothesis": e["id"], "seed": e["seed"], "persona": h.get("persona"),
+                     "delta": h.get("delta"), "bundle": str(bundle) if bundle else None})
+    return runs, {"stop_reason": result.stop_reason, "recorded_calls": replay.calls if replay else None}
+
+
+# ----------------------------------------------------------------------------- online north star
+def north_star(data: Path, bundle: str, days: int) -> dict[str, float]:
+    """Serve a bundle to every user of the world for `days` days from the end of the logs."""
+    from cambrian.trainer.bundle import load_bundle
+    from cambrian.world.sim import ScorePolicy, World
+
+    world = World.load(data)
+    model = load_bundle(bundle)
+    logs = world.run(ScorePolicy(model.score), days)
+    ud = [log.user_days for log in logs]
+    dau = float(np.mean([int(u["active"].sum()) for u in ud]))
+    minutes = float(np.sum([u["minutes"].sum() for u in ud]))
+    return {"dau": dau, "dau_frac": dau / world.n_users, "minutes_per_user_day": minutes / (world.n_users * days),
+            "minutes_per_dau": minutes / max(sum(int(u["active"].sum()) for u in ud), 1)}
+
+
+def _winner(runs: list[dict]) -> dict | None:
+    ok = [r for r in runs if r["value"] is not None and math.isfinite(r["value"]) and r.get("bundle")]
+    return max(ok, key=lambda r: r["value"]) if ok else None
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    say = progress or (lambda msg: None)
+    t0 = time.perf_counter()
+    load_start = load_now()
+    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    budget = 4 if quick else 12
+    users, days, epochs, max_epochs, online_days = (150, 3, 1, 2, 2) if quick else (400, 4, 2, 4, 4)
+    curves: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
+    per_seed = []
+    with tempfile.TemporaryDirectory(prefix="cambrian-bench-search-") as tmp:
+        data, summary = make_world(Path(tmp) / "world", users, days, seed=0)
+        for s in seeds:
+            work = Path(tmp) / f"seed-{s}"
+            arms: dict[str, Any] = {}
+            train_seed = 1000 * s
+            for arm in ARMS:
+                a0 = time.perf_counter()
+                say(f"seed {s}: arm {arm}")
+                if arm in ("random", "tpe"):
+                    runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs), {}
+                else:
+                    runs, info = run_loop(arm, data, work, train_seed, budget, epochs)
+                curve = best_so_far([r["value"] for r in runs])
+                curve += [curve[-1] if curve else -math.inf] * (budget - len(curve))  # an arm that stopped early
+                curves[arm].append(curve)
+                win = _winner(runs)
+                arms[arm] = {
+                    "evaluations_used": len(runs), "failed": sum(r["value"] is None for r in runs),
+                    "values": [None if r["value"] is None else round(r["value"], 5) for r in runs],
+                    "best_curve": [round(v, 5) if math.isfinite(v) else None for v in curve],
+                    "winner": None if win is None else {k: win.get(k) for k in ("value", "params", "hypothesis",
+                                                                                "seed", "persona", "delta")},
+                    "online": north_star(data, win["bundle"], online_days) if win else None,
+                    "seconds": round(time.perf_counter() - a0, 1), **info,
+                }
+            per_seed.append({"seed": s, "train_seed": train_seed, "arms": arms})
+            say(f"seed {s}: " + ", ".join(f"{a}={arms[a]['best_curve'][-1]}" for a in ARMS))
+        baseline_online = None
+        first = per_seed[0]["arms"]["tpe"]
+        if first["values"] and first["values"][0] is not None:  # Φ0 (evaluation 1 of seed 0)
+            baseline_online = north_star(data, str(Path(tmp) / "seed-0" / "tpe-000" / "bundle"), online_days)
+    stats = summarise(curves, budget)
+    online_mean = {
+        arm: {k: float(np.mean([p["arms"][arm]["online"][k] for p in per_seed if p["arms"][arm]["online"]]))
+              for k in ("dau", "dau_frac", "minutes_per_user_day", "minutes_per_dau")}
+        for arm in ARMS if any(p["arms"][arm]["online"] for p in per_seed)
+    }
+    offline_final = {arm: float(np.mean([c[-1] for c in curves[arm]])) for arm in ARMS}
+    ratio = stats["arms"]["builtin"]["ratio_to_tpe"]
+    return {
+        "name": "search",
+        "command": "cambrian bench run search" + (" --quick" if quick else ""),
+        "quick": quick,
+        "ratio": round(ratio, 4),
+        "ratio_meaning": ("evaluations the built-in proposer's loop needs to reach Optuna TPE's final best "
+                          f"{METRIC}, summed over paired seeds / the evaluations TPE itself needed (never "
+                          "reached = budget+1; lower is better, target <= 0.5)"),
+        "metric": METRIC,
+        "seeds": seeds,
+        "budget_evaluations": budget,
+        "evals_to_tpe_best": {arm: stats["arms"][arm]["evals_to_tpe_best"] for arm in ARMS},
+        "censored": {arm: stats["arms"][arm]["censored"] for arm in ARMS},
+        "ratio_to_tpe": {arm: round(stats["arms"][arm]["ratio_to_tpe"], 4) for arm in ARMS},
+        "tpe_final_best": [round(v, 5) for v in stats["tpe_final_best"]],
+        "mean_final_best": {arm: round(v, 5) for arm, v in offline_final.items()},
+        "mean_best_curve": {arm: [round(float(np.mean([c[i] for c in curves[arm]])), 5) for i in range(budget)]
+                            for arm in ARMS},
+        "online_winner_mean": online_mean,
+        "online_baseline_phi0": baseline_online,
+        "online_days": online_days,
+        "per_seed": per_seed,
+        "world": {**{k: summary["overall"][k] for k in ("users", "days", "impressions")}, "seed": 0},
+        "baseline": {"epochs": epochs, "numeric_epochs_max": max_epochs, "cpu_threads": 1},
+        "load_average_start": load_start,
+        "load_average_end": load_now(),
+        "targets_met": {"builtin/tpe<=0.5": ratio <= 0.5},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps(run(quick=True, progress=print), indent=2))
