@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from cambrian.online.assignment import Assignment
 from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
 from cambrian.online.server import LATENCY_BUCKETS
+from cambrian.online.upstream import UpstreamError, UpstreamPool, parse_http_url
 
 log = logging.getLogger("cambrian.router")
 
@@ -69,6 +70,10 @@ class RouterConfig:
             if name in urls:
                 raise ValueError(f"router config: arms[{i}].name: duplicate arm {name!r}")
             urls[name] = arm["url"].rstrip("/")
+            try:
+                parse_http_url(urls[name])
+            except ValueError as exc:
+                raise ValueError(f"router config: arms[{i}].url: {exc}") from None
             weights[name] = arm.get("weight", 0)
             if arm.get("control", False):
                 if control is not None:
@@ -120,7 +125,7 @@ class _State:
         self.cfg, self.version = cfg, version
         self.assignment = cfg.assignment()
         self.arms = self.assignment.arms
-        self.rank_urls = [cfg.urls[a] + "/rank" for a in self.arms]
+        self.rank_urls = [parse_http_url(cfg.urls[a] + "/rank") for a in self.arms]
 
 
 class Router:
@@ -230,17 +235,16 @@ class Router:
         self.m_exp_pending.set(len(self._pending))
 
     # --- ranking ---------------------------------------------------------------------------------
-    async def _forward_raw(self, url: str, body: bytes) -> bytes:
-        async with self._session.post(url, data=body, headers=_JSON) as resp:
-            payload = await resp.read()
-            if resp.status != 200:
-                raise _UpstreamError(resp.status, payload.decode(errors="replace")[:500])
-            if not payload.rstrip().endswith(b"}"):
-                raise _UpstreamError(502, "arm answered something other than a JSON object")
-            return payload
+    async def _forward_raw(self, target: tuple[str, int, str], body: bytes) -> bytes:
+        status, payload = await self._upstream.post(*target, body)
+        if status != 200:
+            raise _UpstreamError(status, payload.decode(errors="replace")[:500])
+        if not payload.rstrip().endswith(b"}"):
+            raise _UpstreamError(502, "arm answered something other than a JSON object")
+        return payload
 
-    async def _forward(self, url: str, body: bytes) -> dict:
-        return json.loads(await self._forward_raw(url, body))
+    async def _forward(self, target: tuple[str, int, str], body: bytes) -> dict:
+        return json.loads(await self._forward_raw(target, body))
 
     async def handle_rank(self, request: web.Request) -> web.Response:
         t0 = time.perf_counter()
@@ -355,8 +359,8 @@ class Router:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def _on_startup(self, _: web.Application) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-                                              timeout=aiohttp.ClientTimeout(total=30))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))  # collector only
+        self._upstream = UpstreamPool(timeout=30)  # the hot path to the model servers
         self._tasks = [asyncio.create_task(self._flush_loop())]
         if self.config_path:
             self._tasks.append(asyncio.create_task(self._watch()))
@@ -366,6 +370,7 @@ class Router:
             t.cancel()
         await self.flush_exposures()
         await self._session.close()
+        await self._upstream.close()
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -378,7 +383,4 @@ class Router:
         return app
 
 
-class _UpstreamError(Exception):
-    def __init__(self, status: int, text: str):
-        super().__init__(f"HTTP {status}: {text}")
-        self.status = status
+_UpstreamError = UpstreamError

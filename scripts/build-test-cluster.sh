@@ -44,8 +44,17 @@ command -v go >/dev/null || { echo "build-test-cluster: 'go' not found on PATH (
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
 NICE=(nice -n "${BUILD_NICE:-10}")
 mkdir -p "$BIN_DIR"
+# One build at a time per version tuple; a waiting caller then finds the binaries.
+if command -v flock >/dev/null; then
+  exec 9>"$BIN_DIR/../.lock"
+  flock 9
+  if [[ $FORCE == 0 ]] && all_present; then echo "$BIN_DIR"; exit 0; fi
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/cambrian-cluster-build.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+# Binaries are linked into STAGE and moved into BIN_DIR only when complete, so an interrupted
+# build never leaves a truncated executable that would pass the presence check.
+STAGE=$(mktemp -d "$BIN_DIR/../.stage.XXXXXX")   # same filesystem as BIN_DIR: mv is a rename
+trap 'rm -rf "$WORK" "$STAGE"' EXIT
 log() { echo "[build-test-cluster $(date +%H:%M:%S)] $*" >&2; }
 START=$(date +%s)
 
@@ -57,6 +66,7 @@ build_if_missing() {  # build_if_missing <fn> <binaries...>: skip a step whose o
     [[ $missing == 0 ]] && { log "$* already built"; return 0; }
   fi
   "$fn"
+  for b in "$@"; do mv -f "$STAGE/$b" "$BIN_DIR/$b"; done
 }
 
 # --- Kubernetes: wrapper module replacing every staging module by its published version ----------
@@ -81,7 +91,7 @@ build_k8s() {
   done
   log "k8s: go build (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)"
   # One go build: the shared dependency graph is compiled once for all four commands.
-  "${NICE[@]}" go build -trimpath -ldflags "$ld" -o "$BIN_DIR/" \
+  "${NICE[@]}" go build -trimpath -ldflags "$ld" -o "$STAGE/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
 }
@@ -93,14 +103,14 @@ build_etcd() {
   go mod init local/cambrian-etcd-bin >/dev/null 2>&1
   log "etcd v$ETCD_VERSION: go get + build"
   "${NICE[@]}" go get "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" >&2
-  "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd" go.etcd.io/etcd/server/v3
+  "${NICE[@]}" go build -trimpath -ldflags "-s -w" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3
 }
 
 # --- kwok and helm: their go.mod files carry no replace directives -> plain go install ---------
 build_kwok() {
   log "kwok $KWOK_VERSION: go install"
   # consts.Version keeps kwok from reporting "unknown" (kwok issue #520).
-  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath \
+  GOBIN="$STAGE" "${NICE[@]}" go install -trimpath \
     -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 }
@@ -108,7 +118,7 @@ build_kwok() {
 build_helm() {
   log "helm $HELM_VERSION: go install"
   local major=${HELM_VERSION%%.*}
-  GOBIN="$BIN_DIR" "${NICE[@]}" go install -trimpath \
+  GOBIN="$STAGE" "${NICE[@]}" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/${major}/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/${major}/cmd/helm@$HELM_VERSION"
 }

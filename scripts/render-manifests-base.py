@@ -80,6 +80,9 @@ def base_documents(helm: str) -> dict[str, list[dict]]:
         _strip(doc)
         doc["metadata"].pop("namespace", None)
         kind, name = doc["kind"], doc["metadata"]["name"]
+        component = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        if kind == "ConfigMap" and component == "dashboards":
+            continue  # the dashboards ship with the chart only (kustomize cannot read files outside the base)
         target = next((f for f, sel in FILES.items() if kind in sel or f"{kind}/{name}" in sel), None)
         if target is None:
             raise SystemExit(f"render-manifests-base: no base file for {kind}/{name}; add it to FILES")

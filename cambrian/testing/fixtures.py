@@ -1,6 +1,7 @@
 """pytest fixtures for the real control plane.  Import them into a conftest.py:
 
-    from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
+    from cambrian.testing.fixtures import (  # noqa: F401
+        cluster, cluster_namespace, pytest_runtest_makereport)  # the hook adds logs to failures
 
 Every suite importing them shares one cluster per pytest process (cluster.shared_cluster).
 """
@@ -34,3 +35,14 @@ def cluster_namespace(cluster: Cluster) -> str:
         "get", "serviceaccount", "default", "-n", name, check=False).returncode == 0, 30)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the component log tails to the report of a failed test that used the cluster."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        c = getattr(item, "funcargs", {}).get("cluster")
+        if isinstance(c, Cluster):
+            rep.sections.append(("cluster component logs", c.logs(30)))

@@ -240,12 +240,45 @@ def run_candidate(
     outcome.failure = classify(rc, out, tail, limits)
     if outcome.failure is None:
         try:
-            outcome.metrics = json.loads((out / "metrics.json").read_text())
-            outcome.ok = True
-        except (OSError, json.JSONDecodeError) as exc:
+            metrics = json.loads((out / "metrics.json").read_text())
+        except (OSError, ValueError) as exc:  # ValueError: JSON errors and non-UTF-8 bytes
             outcome.failure = Failure(phase="Training", stage="sandbox", reason=f"exit 0 but no readable metrics.json: {exc}",
                                       exit_code=rc)
+            return outcome
+        problem = check_metrics(metrics)
+        if problem:
+            outcome.failure = Failure(phase="Training", stage="metrics", reason=f"metrics.json is unusable: {problem}",
+                                      exit_code=rc)
+        else:
+            outcome.metrics = metrics
+            outcome.ok = True
     return outcome
+
+
+# The trainer's contract (docs/CONTRACTS.md): these metrics, as real numbers in their natural ranges.
+# Candidate code runs in the process that writes metrics.json, so its content is untrusted too.
+METRIC_RANGES = {"val_loss": (0.0, float("inf")), "auc": (0.0, 1.0), "long_watch_corr": (-1.0, 1.0),
+                 "return_corr": (-1.0, 1.0), "like_corr": (-1.0, 1.0)}
+
+
+def check_metrics(metrics: Any) -> str | None:
+    """None if metrics.json can be scored; else what is wrong with it. val_loss is required, the others are
+    checked when present; auc may be NaN (no clicks held out)."""
+    import math
+
+    if not isinstance(metrics, dict):
+        return f"expected a JSON object, got {type(metrics).__name__}"
+    for name, (lo, hi) in METRIC_RANGES.items():
+        v = metrics.get(name)
+        if v is None and name != "val_loss":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{name} is {'missing' if v is None else repr(v)[:40]}, not a number"
+        if math.isnan(v) and name == "auc":
+            continue
+        if not (math.isfinite(v) and lo <= v <= hi):
+            return f"{name} = {v!r} is outside [{lo:g}, {hi:g}]"
+    return None
 
 
 def classify(rc: int, out: Path, tail: str, limits: RunLimits) -> Failure | None:

@@ -14,7 +14,7 @@ from cambrian.operator.agents.settings import parse_evolve_config
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 
 HANG = """
 class Model(nn.Module):
@@ -66,7 +66,7 @@ def test_recorded_gemini_with_real_trainer(tmp_path, small_world, gemini_replay)
         "data_dir": str(tiny_world), "run_dir": str(tmp_path / "run"), "generations": 1, "workers": 2,
         "provider": {"kind": "gemini"}, "budgets": {"max_evaluations": 20},
         "limits": {"wall_seconds": 300, "threads": 1},
-        "noise": {"baseline_seeds": 3, "confirm_top": 2, "confirm_seeds": 2},
+        "noise": {"baseline_seeds": 3, "confirm_top": 1, "confirm_seeds": 2},
     }, env={})
     result = Evolution(cfg, proposer=GeminiProposer(api_key="k", base_url=server.url)).run()
     j = Journal(cfg.run_dir)

@@ -4,4 +4,5 @@
 tests are skipped, with the reason, when scripts/build-test-cluster.sh has not built the binaries.
 """
 
-from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
+from cambrian.testing.fixtures import (  # noqa: F401
+    cluster, cluster_namespace, pytest_runtest_makereport)

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from cambrian.testing.cluster import (ANNOTATION_EXIT_CODE, ANNOTATION_TERMINATION_MESSAGE,
-                                      GPU_NODE_LABEL, Cluster)
+from cambrian.testing.cluster import (ANNOTATION_DURATION, ANNOTATION_EXIT_CODE,
+                                      ANNOTATION_TERMINATION_MESSAGE, GPU_NODE_LABEL, Cluster)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -133,6 +133,23 @@ def test_gpu_job_failure_annotation_sets_exit_code_and_message(cluster: Cluster,
     assert term["exitCode"] == 3
     assert term["reason"] == "Error"
     assert term["message"] == "CUDA out of memory"
+
+
+def test_duration_annotation_keeps_pod_running_and_job_delete_removes_it(
+        cluster: Cluster, cluster_namespace: str) -> None:
+    ns = cluster_namespace
+    job = _job("long", {ANNOTATION_DURATION: "10m"})
+    job["metadata"]["namespace"] = ns
+    cluster.apply(job)
+    cluster.wait_for("long-running pod Running", lambda: any(
+        p["status"].get("phase") == "Running"
+        for p in cluster.get_json("pods", "-n", ns, "-l", "job-name=long")["items"]), 60)
+    assert cluster.get_json("job", "long", "-n", ns)["status"].get("active") == 1
+    # Deleting the Job (foreground) must remove the running pod: pod-delete stage + the Job
+    # controller dropping its tracking finalizer.
+    cluster.kubectl("delete", "job", "long", "-n", ns, "--cascade=foreground", "--timeout=60s")
+    cluster.wait_for("pod of the deleted Job to disappear", lambda: not cluster.get_json(
+        "pods", "-n", ns, "-l", "job-name=long")["items"], 60, interval=1)
 
 
 def test_gpu_request_beyond_capacity_stays_pending(cluster: Cluster,

@@ -58,8 +58,10 @@ class Entry:
                 return [fill(x) for x in v]
             if isinstance(v, str) and v.startswith("$") and v[1:] in values:
                 return values[v[1:]]
-            if isinstance(v, str) and "{" in v:
-                return v.format(**{k: _sql_num(x) for k, x in values.items()})
+            if isinstance(v, str) and "{" in v:  # {a} is a parameter, {a_c} its complement 1 - a
+                nums = {k: _sql_num(x) for k, x in values.items()}
+                nums.update({f"{k}_c": _sql_num(1.0 - float(x)) for k, x in values.items()})
+                return v.format(**nums)
             return v
 
         delta: dict[str, Any] = {"component": self.component, "patch": fill(self.patch)}
@@ -168,7 +170,7 @@ CATALOGUE: list[Entry] = [
           explanation="Multiplying click by completion discounts clickbait (clicked, then abandoned).",
           effect="return_corr +0.01"),
     Entry("return_aware", "reward", "reward", "innovate",
-          {"label": f"{_CLICK} * ({{a}} + (1.0 - {{a}}) * {_RETURNED})"},
+          {"label": f"{_CLICK} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Clicks by users who come back the next day are evidence of satisfaction; down-weighting the others "
           "aligns the label with retention.", "return_corr +0.02"),
@@ -176,7 +178,7 @@ CATALOGUE: list[Entry] = [
           explanation="Explicit feedback separates satisfying clicks (like) from regretted ones (hate).",
           effect="return_corr +0.01"),
     Entry("return_completion", "reward", "reward", "innovate",
-          {"label": f"{_CLICK} * {_COMPLETION} * ({{a}} + (1.0 - {{a}}) * {_RETURNED})"},
+          {"label": f"{_CLICK} * {_COMPLETION} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Multi-objective synthesis (the paper's discovery #5): completion times a retention factor.",
           "return_corr +0.02"),

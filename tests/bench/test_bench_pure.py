@@ -1,0 +1,83 @@
+"""The arithmetic of the search, throughput and serving benchmarks (fast, no training or servers)."""
+
+import math
+
+import pytest
+
+from cambrian.bench.search import apply_numeric, baseline_config, best_so_far, evals_to_reach, summarise
+from cambrian.bench.serving import histogram_quantile, latency_summary, parse_histogram, percentile
+from cambrian.bench.throughput import timing_breakdown
+
+
+def test_best_so_far_skips_failures():
+    assert best_so_far([None, 0.1, float("nan"), 0.05, 0.3]) == [-math.inf, 0.1, 0.1, 0.1, 0.3]
+
+
+def test_evals_to_reach_and_censoring():
+    curve = [0.1, 0.1, 0.2, 0.4]
+    assert evals_to_reach(curve, 0.2, 4) == (3, False)
+    assert evals_to_reach(curve, 0.5, 4) == (5, True)
+
+
+def test_summarise_ratio_is_pooled_over_seeds():
+    curves = {
+        "tpe": [[0.1, 0.2, 0.3, 0.3], [0.1, 0.1, 0.1, 0.4]],  # TPE reaches its final best at 3 and 4
+        "builtin": [[0.1, 0.35, 0.35, 0.35], [0.5, 0.5, 0.5, 0.5]],  # at 2 and 1
+        "random": [[0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]],  # never: censored at 5
+    }
+    s = summarise(curves, 4)
+    assert s["tpe_final_best"] == [0.3, 0.4]
+    assert s["arms"]["tpe"]["evals_to_tpe_best"] == [3, 4]
+    assert s["arms"]["builtin"]["evals_to_tpe_best"] == [2, 1]
+    assert s["arms"]["builtin"]["ratio_to_tpe"] == pytest.approx(3 / 7)
+    assert s["arms"]["random"]["censored"] == [True, True]
+    assert s["arms"]["tpe"]["ratio_to_tpe"] == 1.0
+
+
+def test_apply_numeric_changes_only_numeric_settings():
+    base = baseline_config(2, 7)
+    cfg = apply_numeric(base, {"lr": 0.01, "weight_decay": 1e-5, "embedding_dim": 8, "hidden1": 40, "hidden2": 20,
+                               "dropout": 0.2, "epochs": 3})
+    assert cfg.optimizer.lr == 0.01 and cfg.architecture.hidden == [40, 20] and cfg.training.epochs == 3
+    assert cfg.reward == base.reward and cfg.architecture.name == base.architecture.name
+    assert cfg.training.seed == 7 and base.training.epochs == 2
+
+
+def test_percentiles_and_summary():
+    lat = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    assert percentile(lat, 50) == 0.05 and percentile(lat, 99) == 0.099 and percentile(lat, 100) == 0.1
+    s = latency_summary(lat, 2.0)
+    assert s["rps"] == 50 and s["p99_ms"] >= s["p50_ms"] > 0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_histogram_quantile_from_prometheus_text():
+    text = "\n".join([
+        'x_seconds_bucket{le="0.001"} 50.0', 'x_seconds_bucket{le="0.002"} 90.0',
+        'x_seconds_bucket{le="0.005"} 100.0', 'x_seconds_bucket{le="+Inf"} 100.0', "x_seconds_count 100.0",
+    ])
+    b = parse_histogram(text, "x_seconds")
+    assert len(b) == 4
+    assert histogram_quantile(b, 0.5) == pytest.approx(0.001)
+    assert histogram_quantile(b, 0.7) == pytest.approx(0.0015)
+    assert histogram_quantile([(math.inf, 0.0)], 0.5) is None
+
+
+def test_timing_breakdown_from_journal_events():
+    events = [
+        {"type": "hypothesis", "id": "baseline", "data": {"id": "baseline", "meta": {}}},
+        {"type": "hypothesis", "id": "g001-01", "data": {"id": "g001-01", "meta": {}}},
+        {"type": "update", "id": "baseline", "fields": {"meta": {"runs": {"0": {"train_seconds": 6.0}}}}},
+        {"type": "evaluation", "id": "baseline", "seed": 0, "train_seconds": 8.0, "ok": True},
+        {"type": "update", "id": "g001-01", "fields": {"meta": {"runs": {"0": {"train_seconds": 5.0}}}}},
+        {"type": "evaluation", "id": "g001-01", "seed": 0, "train_seconds": 7.0, "ok": True},
+        {"type": "evaluation", "id": "g001-02", "seed": 0, "train_seconds": 1.0, "ok": False},
+    ]
+    b = timing_breakdown(events, wall_seconds=10.0, slots=2)
+    assert b["evaluations"] == 3 and b["evaluations_ok"] == 2 and b["hypotheses_evaluated"] == 2
+    assert b["fit_seconds"] == 11.0 and b["trainer_process_seconds"] == 16.0
+    assert b["non_training_share"] == pytest.approx(1 - 11 / 20)
+    assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        timing_breakdown(events, 0.0, 2)
