@@ -1,7 +1,9 @@
 """User-sticky A/B/n router in front of per-arm model servers.
 
 POST /rank     {"user_ids": [n], "candidates": [[C]*n], "k": opt, "day": opt int}
-            -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order)
+            -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order;
+               a batch that falls in one arm is passed through and also carries that server's
+               "model" and "arm" fields)
 GET  /weights  -> {"experiment", "weights": {arm: w}, "version": int}
 POST /weights  {"weights": {arm: w}} -> the same; also written back to the config file, if any
 POST /flush    send queued exposures to the collector now (503 if it cannot be reached)
@@ -36,7 +38,6 @@ from cambrian.online.upstream import UpstreamError, UpstreamPool, parse_http_url
 
 log = logging.getLogger("cambrian.router")
 
-_JSON = {"Content-Type": "application/json"}
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 

@@ -72,7 +72,8 @@ def load_kube_config() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # read $KUBECONFIG now: the client's default path was fixed when it was imported
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
 def _custom():

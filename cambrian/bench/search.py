@@ -115,6 +115,24 @@ def summarise(curves: dict[str, list[list[float]]], budget: int) -> dict[str, An
     return out
 
 
+def paired_online(per_seed: list[dict], reference: str = "tpe") -> dict[str, dict[str, float]]:
+    """Per arm: mean and standard error over seeds of (arm winner − reference winner) online, paired by seed."""
+    out = {}
+    for arm in ARMS:
+        diffs: dict[str, list[float]] = {"dau_frac": [], "minutes_per_user_day": []}
+        for p in per_seed:
+            a, r = p["arms"][arm]["online"], p["arms"][reference]["online"]
+            if a and r:
+                for k in diffs:
+                    diffs[k].append(a[k] - r[k])
+        if diffs["dau_frac"]:
+            out[arm] = {}
+            for k, v in diffs.items():
+                out[arm][f"{k}_diff_mean"] = float(np.mean(v))
+                out[arm][f"{k}_diff_se"] = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+    return out
+
+
 # ----------------------------------------------------------------------------- numeric arms
 def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int, max_epochs: int) -> list[dict]:
     """Evaluation 1: Φ0; then budget-1 trials of the sampler, each told the common metric."""
@@ -257,8 +275,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     t0 = time.perf_counter()
     load_start = load_now()
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
-    budget = 4 if quick else 12
-    users, days, epochs, max_epochs, online_days = (150, 3, 1, 2, 2) if quick else (400, 4, 2, 4, 4)
+    budget = 4 if quick else 10
+    users, days, epochs, max_epochs, online_days = (150, 3, 1, 2, 2) if quick else (300, 4, 1, 3, 3)
     curves: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-search-") as tmp:
@@ -320,6 +338,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         "mean_best_curve": {arm: [round(float(np.mean([c[i] for c in curves[arm]])), 5) for i in range(budget)]
                             for arm in ARMS},
         "online_winner_mean": online_mean,
+        "online_winner_minus_tpe_winner": paired_online(per_seed),
         "online_baseline_phi0": baseline_online,
         "online_days": online_days,
         "per_seed": per_seed,

@@ -3,14 +3,16 @@
 
 Set-up, all real processes on loopback, pinned to 2 CPUs (server, router and load generator share them):
 * a model bundle trained by the real trainer (baseline Φ, default catalogue of 500 items);
-* `cambrian serve` (online/server.py) with that bundle;
+* `cambrian serve` (online/server.py) with that bundle and one torch intra-op thread (OMP_NUM_THREADS=1:
+  three processes share 2 cores; the same server with torch's default threads is measured beside it);
 * `cambrian route` (online/router.py) with two arms (control/treatment, 50/50, user-sticky hashing),
   both pointing at that one server, so every request takes the router's full path (assignment, forward,
   splice of the arms into the answer, exposure bookkeeping);
 * a load generator in another process (`python -m cambrian.bench.serving loadgen`, aiohttp, keep-alive),
   sending one user x 100 distinct candidates per request (k = 10), a bounded number of requests.
-Phases alternate direct / via router several times (so both see the same background load), first
-closed-loop with one request in flight (latency), then with 8 in flight (throughput).
+Latency: one request in flight, direct and via-router requests interleaved one by one in the same load
+generator (both see the same background load; its rps is 1 / mean latency of each target).
+Throughput: 8 requests in flight, one target at a time, alternating which goes first, for a few rounds.
 Headline ratio = (p99 via router − p99 direct) / p99 direct at one request in flight: the share of the
 tail that the router adds. The absolute router-added p99 (target < 1 ms) is reported beside it, and the
 router's own in-process overhead histogram (cambrian_router_overhead_seconds) as a cross-check.
@@ -84,33 +86,35 @@ def request_bodies(n_users: int, n_items: int, count: int, seed: int) -> list[by
                        separators=(",", ":")).encode() for _ in range(count)]
 
 
-async def _load(url: str, bodies: list[bytes], requests: int, concurrency: int, warmup: int,
+async def _load(urls: list[str], bodies: list[bytes], requests: int, concurrency: int, warmup: int,
                 max_seconds: float) -> dict:
+    """Closed loop with `concurrency` requests in flight; request i goes to urls[i % len(urls)], so two URLs
+    given together are measured interleaved, request by request, under the same background load."""
     import aiohttp
 
     headers = {"Content-Type": "application/json"}
-    lat: list[float] = []
-    errors = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    lat: list[list[float]] = [[] for _ in urls]
+    errors = [0 for _ in urls]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency * len(urls))) as session:
         async def one(i: int) -> float:
-            nonlocal errors
             t = time.perf_counter()
-            async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as resp:
+            async with session.post(urls[i % len(urls)], data=bodies[i % len(bodies)], headers=headers) as resp:
                 payload = await resp.read()
                 if resp.status != 200 or not payload.startswith(b"{"):
-                    errors += 1
+                    errors[i % len(urls)] += 1
             return time.perf_counter() - t
 
-        for i in range(warmup):  # connections, caches, the server's first torch calls
+        for i in range(warmup * len(urls)):  # connections, caches, the server's first torch calls
             await one(i)
+        total = requests * len(urls)
         next_i, deadline = 0, time.perf_counter() + max_seconds
 
         async def worker():
             nonlocal next_i
-            while next_i < requests and time.perf_counter() < deadline:
+            while next_i < total and time.perf_counter() < deadline:
                 i = next_i
                 next_i += 1
-                lat.append(await one(warmup + i))
+                lat[i % len(urls)].append(await one(i))
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -120,7 +124,7 @@ async def _load(url: str, bodies: list[bytes], requests: int, concurrency: int, 
 
 def loadgen_main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m cambrian.bench.serving loadgen")
-    ap.add_argument("--url", required=True)
+    ap.add_argument("--url", required=True, action="append", help="repeat to interleave URLs request by request")
     ap.add_argument("--users", type=int, required=True)
     ap.add_argument("--items", type=int, required=True)
     ap.add_argument("--requests", type=int, required=True)
@@ -135,9 +139,10 @@ def loadgen_main(argv: list[str] | None = None) -> None:
     Path(a.out).write_text(json.dumps(res))
 
 
-def run_loadgen(url: str, users: int, items: int, requests: int, concurrency: int, out: Path, seed: int,
+def run_loadgen(urls: list[str], users: int, items: int, requests: int, concurrency: int, out: Path, seed: int,
                 max_seconds: float) -> dict:
-    subprocess.run([sys.executable, "-m", "cambrian.bench.serving", "loadgen", "--url", url, "--users", str(users),
+    subprocess.run([sys.executable, "-m", "cambrian.bench.serving", "loadgen", *[a for u in urls for a in ("--url", u)],
+                    "--users", str(users),
                     "--items", str(items), "--requests", str(requests), "--concurrency", str(concurrency),
                     "--seed", str(seed), "--max-seconds", str(max_seconds), "--out", str(out)],
                    check=True, timeout=max_seconds + 120)
@@ -167,16 +172,22 @@ def run(quick: bool = False) -> dict:
     t0 = time.perf_counter()
     load_start = load_now()
     rounds = 2 if quick else 3
-    n_lat, n_tput = (150, 300) if quick else (1500, 3000)
+    n_lat, n_tput = (150, 300) if quick else (800, 1000)
     services: list[ServiceProcess] = []
-    phases: dict[str, list[dict]] = {"direct_c1": [], "router_c1": [], "direct_c8": [], "router_c8": []}
+    phases: dict[str, list[dict]] = {"direct_c1": [], "router_c1": [], "direct_default_threads_c1": [],
+                                     "direct_c8": [], "router_c8": []}
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-serving-") as tmp_s, pinned(2) as cpus:
         tmp = Path(tmp_s)
         bundle, n_users, n_items = _bundle(tmp, 300 if quick else 2000, 2)
         try:
-            server = ServiceProcess("server", ["serve", "--bundle", str(bundle), "--arm", "control"], tmp).start()
+            serve_args = ["serve", "--bundle", str(bundle), "--arm", "control"]
+            server = ServiceProcess("server", serve_args, tmp, env={"OMP_NUM_THREADS": "1"}).start()
             services.append(server)
             server.wait_ready()
+            # the same server with one intra-op thread per core (torch's default), for comparison only
+            default = ServiceProcess("server-default-threads", serve_args, tmp, env={"OMP_NUM_THREADS": str(max(len(cpus), 2))}).start()
+            services.append(default)
+            default.wait_ready()
             cfg = {"experiment": "bench", "salt": "bench",
                    "arms": [{"name": "control", "url": server.url, "weight": 50, "control": True},
                             {"name": "treatment", "url": server.url, "weight": 50}]}
@@ -185,13 +196,20 @@ def run(quick: bool = False) -> dict:
             services.append(router)
             router.wait_ready()
             for r in range(rounds):
-                for conc, n in ((1, n_lat), (8, n_tput)):
-                    order = (("direct", server), ("router", router)) if r % 2 == 0 else (("router", router),
-                                                                                          ("direct", server))
-                    for label, svc in order:
-                        res = run_loadgen(svc.url + "/rank", n_users, n_items, n, conc, tmp / "lg.json", seed=r,
-                                          max_seconds=60 if quick else 150)
-                        phases[f"{label}_c{conc}"].append(res)
+                # one in flight: direct and via-router requests interleaved one by one (same background load)
+                res = run_loadgen([server.url + "/rank", router.url + "/rank", default.url + "/rank"], n_users, n_items, n_lat, 1,
+                                  tmp / "lg.json", seed=r, max_seconds=60 if quick else 150)
+                for j, label in enumerate(("direct", "router", "direct_default_threads")):
+                    lat = res["latencies_s"][j]  # sequential: this target's busy time is the sum of its latencies
+                    phases[f"{label}_c1"].append({"latencies_s": lat, "wall_s": sum(lat), "errors": res["errors"][j]})
+                # eight in flight: throughput, one target at a time, alternating which goes first
+                order = (("direct", server), ("router", router)) if r % 2 == 0 else (("router", router),
+                                                                                      ("direct", server))
+                for label, svc in order:
+                    res = run_loadgen([svc.url + "/rank"], n_users, n_items, n_tput, 8, tmp / "lg.json", seed=r,
+                                      max_seconds=60 if quick else 150)
+                    phases[f"{label}_c8"].append({"latencies_s": res["latencies_s"][0], "wall_s": res["wall_s"],
+                                                  "errors": res["errors"][0]})
             router_metrics = httpx.get(router.url + "/metrics", timeout=10).text
             server_metrics = httpx.get(server.url + "/metrics", timeout=10).text
         finally:

@@ -46,6 +46,13 @@ from cambrian.operator.reconcile.observations import ArmObservation, JobObservat
 log = logging.getLogger("cambrian.operator.kubernetes")
 
 PART_OF = {"app.kubernetes.io/part-of": "cambrian", "app.kubernetes.io/managed-by": "cambrian-operator"}
+# Restricted Pod Security Standard for every pod the operator creates (training runs agent-written code).
+# The root filesystem is read-only: /tmp (HOME in the images) is an emptyDir.
+RESTRICTED_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
 L_OWNER_KIND = "cambrian.dev/owner-kind"
 L_OWNER = "cambrian.dev/owner"
 L_ROLLOUT = "cambrian.dev/rollout"
@@ -120,14 +127,15 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
     limits: dict[str, Any] = {"memory": t.get("memory", "8Gi")}
     requests: dict[str, Any] = {"cpu": t.get("cpu", "2"), "memory": t.get("memory", "8Gi")}
     if int(gpu.get("count", 0)) > 0:
-        limits[gpu.get("resource", "nvidia.com/gpu")] = int(gpu["count"])
-        requests[gpu.get("resource", "nvidia.com/gpu")] = int(gpu["count"])
+        limits[gpu.get("resource", "nvidia.com/gpu")] = str(int(gpu["count"]))  # quantities are strings
+        requests[gpu.get("resource", "nvidia.com/gpu")] = str(int(gpu["count"]))
 
-    volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}]
-    mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}, dict(TMP_VOLUME)]
+    mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True},
+                                    dict(TMP_MOUNT)]
     data = action.data or {}
     init: list[dict[str, Any]] = []
-    secure = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    secure = dict(RESTRICTED_CONTAINER)
     if data.get("persistentVolumeClaim"):
         pvc = data["persistentVolumeClaim"]
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": pvc["claimName"], "readOnly": True}})
@@ -146,7 +154,7 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
             "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
             "command": ["cambrian", "world", "generate", "--users", str(w.get("users", 2000)),
                         "--days", str(w.get("days", 14)), "--seed", str(w.get("seed", 0)), "--out", "/data"],
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT)],
             "securityContext": secure,
         })
     if action.storage_claim:
@@ -160,7 +168,7 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": dict(RESTRICTED_POD),
         "containers": [{
             "name": TRAINER,
             "image": t.get("image"),
@@ -278,16 +286,17 @@ def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving:
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "securityContext": dict(RESTRICTED_POD),
                     "containers": [{
                         "name": "server",
                         "image": serving.get("image"),
                         "args": [*args, "--host", "0.0.0.0", "--port", str(port)],
                         "ports": [{"name": "http", "containerPort": port}],
                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
-                        "volumeMounts": mounts,
-                        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [*mounts, dict(TMP_MOUNT)],
+                        "securityContext": dict(RESTRICTED_CONTAINER),
                     }],
-                    "volumes": volumes,
+                    "volumes": [*volumes, dict(TMP_VOLUME)],
                 },
             },
         },

@@ -101,9 +101,17 @@ def analyse(
         effects.append(Effect(arm, ns, float(ad.effect.estimate), float(ad.ci[0]), float(ad.ci[1]),
                               relative=True, p_value=None if p is None else float(p)))
     srm = d.srm
+    outcome, reason = d.outcome, d.reason
+    breached = {a: ad.reason for a, ad in d.arms.items() if ad.outcome == "rollback"}
+    if outcome == "continue" and breached:
+        # A/B/n: one arm failed (guardrail, hard limit, worse north star) while others continue. The status
+        # has no per-arm weight override, so the safe reading is to roll the whole rollout back now rather
+        # than keep serving the failing arm until the others conclude.
+        outcome = "rollback"
+        reason = "; ".join(f"{a}: {r}" for a, r in sorted(breached.items()))
     return Analysis(
-        outcome=d.outcome,
-        reason=d.reason,
+        outcome=outcome,
+        reason=reason,
         n=n,
         winner=d.winner,
         effects=tuple(effects),

@@ -1,10 +1,13 @@
 """The arithmetic of the search, throughput and serving benchmarks (fast, no training or servers)."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 
-from cambrian.bench.search import apply_numeric, baseline_config, best_so_far, evals_to_reach, summarise
+from cambrian.bench.search import (apply_numeric, baseline_config, best_so_far, evals_to_reach, paired_online,
+                                   summarise)
 from cambrian.bench.serving import histogram_quantile, latency_summary, parse_histogram, percentile
 from cambrian.bench.throughput import timing_breakdown
 
@@ -32,6 +35,18 @@ def test_summarise_ratio_is_pooled_over_seeds():
     assert s["arms"]["builtin"]["ratio_to_tpe"] == pytest.approx(3 / 7)
     assert s["arms"]["random"]["censored"] == [True, True]
     assert s["arms"]["tpe"]["ratio_to_tpe"] == 1.0
+
+
+def test_paired_online_differences_are_per_seed():
+    def seed(tpe, builtin):
+        on = lambda m: {"dau_frac": 0.5, "minutes_per_user_day": m}
+        return {"arms": {"tpe": {"online": on(tpe)}, "builtin": {"online": on(builtin)}, "random": {"online": None},
+                         "llm": {"online": on(tpe)}}}
+
+    out = paired_online([seed(1.0, 1.5), seed(2.0, 2.1)])
+    assert out["builtin"]["minutes_per_user_day_diff_mean"] == pytest.approx(0.3)
+    assert out["builtin"]["minutes_per_user_day_diff_se"] == pytest.approx(0.2)
+    assert out["tpe"]["minutes_per_user_day_diff_mean"] == 0 and "random" not in out
 
 
 def test_apply_numeric_changes_only_numeric_settings():
@@ -81,3 +96,11 @@ def test_timing_breakdown_from_journal_events():
     assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         timing_breakdown(events, 0.0, 2)
+
+
+def test_cli_lists_and_rejects_unknown(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "list"], capture_output=True, text=True)
+    assert out.returncode == 0 and "search" in out.stdout and "serving" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", "nope", "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown benchmark" in (bad.stderr + bad.stdout)

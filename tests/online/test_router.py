@@ -163,4 +163,8 @@ def test_bad_config_is_a_clear_error(tmp_path):
         RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "http://x", "control": True,
                                                              "weight": 100}, {"name": "t"}]})
     with pytest.raises(ValueError, match="control: true"):
-        RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "u"}, {"name": "t", "url": "v"}]})
+        RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "http://u"},
+                                                             {"name": "t", "url": "http://v"}]})
+    with pytest.raises(ValueError, match=r"arms\[1\].url: .*only http"):
+        RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "http://u", "control": True},
+                                                             {"name": "t", "url": "ftp://v"}]})

@@ -48,7 +48,7 @@ def test_training_job_manifest():
     assert pod["nodeSelector"] == {"pool": "gpu"} and pod["priorityClassName"] == "batch"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     (c,) = pod["containers"]
-    assert c["resources"]["limits"]["amd.com/gpu"] == 2 and c["resources"]["requests"]["amd.com/gpu"] == 2
+    assert c["resources"]["limits"]["amd.com/gpu"] == "2" and c["resources"]["requests"]["amd.com/gpu"] == "2"
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert c["command"][:3] == ["python", "-m", "cambrian.operator.platform.termination"]
     train = c["command"][c["command"].index("--") + 1 :]

@@ -110,7 +110,7 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
         (job,) = jobs
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
-        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert job["metadata"]["ownerReferences"][0]["kind"] == "Evolution"
 
         _apply(c, ns, hyp, check=True)

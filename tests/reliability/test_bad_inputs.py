@@ -66,7 +66,9 @@ def admission(cluster):
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT_CRDS))
+    for crd in sorted(ROOT_CRDS.glob("*.cambrian.dev.yaml")):  # not the directory: it holds a kustomization.yaml
+        r = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd), check=False)
+        assert r.returncode == 0, r.stderr
     for plural in PLURALS.values():
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.cambrian.dev", "--timeout=60s")
     ns = "reliability-admission"
@@ -236,3 +238,23 @@ def test_corpus_writer(tmp_path):
     files = sorted(tmp_path.glob("*.yaml"))
     assert n == len(files) == len(CASES)
     assert yaml.safe_load(files[0].read_text())["apiVersion"] == "cambrian.dev/v1alpha1"
+
+
+def test_code_in_patch_is_rejected_by_the_operator():
+    """The one corpus case admission lets through (see corpus/objects.py) ends Rejected in the reconcile core."""
+    from datetime import datetime, timezone
+
+    from cambrian.operator import api
+    from cambrian.operator.reconcile import hypothesis as H
+    from cambrian.operator.reconcile.common import Meta
+
+    case = next(c for c in CASES if c.case_id == "hypothesis-code-in-patch")
+    spec = api.HypothesisSpec.model_construct(**{  # as the API server stored it, unvalidated by pydantic
+        "evolution_ref": api.LocalObjectRef(name="feed-ranker"), "component": "reward", "explanation": "x",
+        "predicted_effect": api.PredictedEffect(), "origin": api.Origin(),
+        "delta": api.HypothesisDelta.model_construct(patch=case.obj["spec"]["delta"]["patch"], code=None)})
+    evo = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}})
+    res = H.reconcile(Meta("h", "uid", "ns", 1), spec, api.HypothesisStatus(),
+                      H.EvolutionContext("feed-ranker", "uid-e", evo, {}), [], None, datetime.now(timezone.utc))
+    assert res.status.phase == "Rejected" and "code" in res.status.reason
+    assert not [a for a in res.actions if type(a).__name__ == "CreateTrainingJob"]

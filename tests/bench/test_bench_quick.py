@@ -1,0 +1,79 @@
+"""Each benchmark's quick mode end to end: real trainer, real offline loop, real servers (slow: minutes)."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _well_formed(r: dict, name: str) -> None:
+    assert r["name"] == name and r["quick"] is True
+    assert r["command"] == f"cambrian bench run {name} --quick"
+    assert isinstance(r["ratio"], float) and math.isfinite(r["ratio"]) and r["ratio_meaning"]
+    json.dumps(r)  # serialisable as written to bench/results
+
+
+@pytest.mark.timeout(2400)  # four arms x two seeds of real training: ~10 min on a busy 2-core machine
+def test_search_quick():
+    from cambrian.bench import search
+
+    r = search.run(quick=True)
+    _well_formed(r, "search")
+    budget, seeds = r["budget_evaluations"], r["seeds"]
+    assert len(seeds) == 2
+    for arm in search.ARMS:
+        assert len(r["evals_to_tpe_best"][arm]) == len(seeds)
+        assert all(1 <= e <= budget + 1 for e in r["evals_to_tpe_best"][arm])
+        assert len(r["mean_best_curve"][arm]) == budget
+    # TPE reaches its own final best within the budget, so its count is never censored
+    assert not any(r["censored"]["tpe"]) and r["ratio_to_tpe"]["tpe"] == 1.0
+    assert set(r.get("online_winner_minus_tpe_winner", {})) <= set(search.ARMS)
+    for seed in r["per_seed"]:
+        for arm in ("random", "tpe", "builtin"):  # the budget binds these arms exactly
+            a = seed["arms"][arm]
+            assert a["evaluations_used"] == budget, (arm, a)
+            curve = [v for v in a["best_curve"] if v is not None]
+            assert curve == sorted(curve) and max(curve) == max(v for v in a["values"] if v is not None)
+        assert seed["arms"]["llm"]["evaluations_used"] <= budget
+        # Φ0 is evaluation 1 of both numeric arms with the same seed: the same trainer gives the same value
+        assert seed["arms"]["random"]["values"][0] == seed["arms"]["tpe"]["values"][0]
+        for arm in search.ARMS:
+            online = seed["arms"][arm]["online"]
+            assert online is not None and 0 < online["dau_frac"] <= 1 and online["minutes_per_user_day"] > 0
+
+
+@pytest.mark.timeout(1200)
+def test_throughput_quick():
+    from cambrian.bench import throughput
+
+    r = throughput.run(quick=True)
+    _well_formed(r, "throughput")
+    b = r["breakdown"]
+    assert b["evaluations"] == r["evaluation_budget"]  # the budget binds
+    assert b["baseline_evaluations"] == 2 and b["hypotheses_evaluated"] >= 1
+    for k in ("share_fit", "share_trainer_overhead", "share_loop_overhead", "non_training_share"):
+        assert 0 <= b[k] <= 1, k
+    assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1, abs=1e-3)
+    assert r["ratio"] == pytest.approx(1 - b["share_fit"], abs=1e-3)
+    assert 0 < b["fit_seconds"] <= b["trainer_process_seconds"] <= b["slot_seconds"] + 1
+    assert r["hypotheses_per_hour"] > 0 and r["evaluations_per_hour"] >= r["hypotheses_per_hour"]
+
+
+@pytest.mark.timeout(1200)
+def test_serving_quick():
+    from cambrian.bench import serving
+
+    r = serving.run(quick=True)
+    _well_formed(r, "serving")
+    for key, phase in r["phases"].items():
+        assert phase["errors"] == 0, key
+        assert phase["requests"] == (150 if key.endswith("c1") else 300) * r["rounds"], key
+        assert phase["max_ms"] >= phase["p99_ms"] >= phase["p50_ms"] > 0, key
+        assert phase["rps"] > 0
+    assert r["router_added_p99_ms"] == pytest.approx(r["phases"]["router_c1"]["p99_ms"] - r["phases"]["direct_c1"]["p99_ms"],
+                                                     abs=1e-3)
+    assert r["router_in_process_overhead_histogram"]["p99_ms"] > 0
