@@ -65,6 +65,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"))
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> Any:
+    """In a pod: the service account; elsewhere: $KUBECONFIG as it is now (not at import time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def load_kube_config() -> None:
     """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
     from kubernetes import config

@@ -258,3 +258,6 @@ def test_code_in_patch_is_rejected_by_the_operator():
                       H.EvolutionContext("feed-ranker", "uid-e", evo, {}), [], None, datetime.now(timezone.utc))
     assert res.status.phase == "Rejected" and "code" in res.status.reason
     assert not [a for a in res.actions if type(a).__name__ == "CreateTrainingJob"]
+    # and the handlers' spec parse (before the core) already refuses it: InvalidSpec, no child, no retry
+    with pytest.raises(ConfigError, match="patch.code"):
+        api.parse_spec("Hypothesis", case.obj["spec"])

@@ -81,7 +81,8 @@ def test_hypothesis_survives_conflicts_throttling_and_operator_restarts(crds, cl
     for k in ("queueName", "priorityClassName", "nodeSelector", "tolerations"):  # no Kueue/priority class here
         t.pop(k, None)
     t["gpu"] = {"count": 0}
-    t["podAnnotations"] = {"kwok.cambrian.dev/duration": "3s",
+    evo["spec"].pop("storage", None)  # no bundle volume here: bundles stay in the Job
+    t["podAnnotations"] = {"kwok.cambrian.dev/duration": "3s", "kwok.cambrian.dev/exit-code": "0",
                            "kwok.cambrian.dev/termination-message": json.dumps({"v": 1, "ok": True, "metrics": metrics})}
     hyp = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": "lr-up"},
            "spec": {"evolutionRef": {"name": evo["metadata"]["name"]}, "component": "optimizer",
