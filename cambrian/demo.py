@@ -32,10 +32,15 @@ class DemoSize:
     evaluations: int
     online_days: int
     top_k: int
+    epochs: int
+    max_train_examples: int
 
 
-FAST = DemoSize(users=1000, days=6, generations=2, evaluations=14, online_days=6, top_k=2)
-FULL = DemoSize(users=2000, days=14, generations=4, evaluations=30, online_days=14, top_k=2)
+# Fast: one generation of 9 proposals (3 personas x explore/exploit/innovate), small training runs.
+FAST = DemoSize(users=1000, days=6, generations=1, evaluations=18, online_days=6, top_k=2, epochs=2,
+                max_train_examples=200_000)
+FULL = DemoSize(users=2000, days=14, generations=3, evaluations=45, online_days=10, top_k=2, epochs=4,
+                max_train_examples=500_000)
 
 
 class DemoState:
@@ -78,6 +83,7 @@ def offline_config(out: Path, world: str, size: DemoSize, seed: int):
     return parse_evolve_config({
         "data_dir": world, "run_dir": str(out / "evolve"), "generations": size.generations, "workers": 2,
         "provider": provider, "seed": seed, "budgets": {"max_evaluations": size.evaluations},
+        "baseline_overrides": {"training": {"epochs": size.epochs, "max_train_examples": size.max_train_examples}},
         "online_metrics": ["watch_minutes", "returned_next_day"],
     }, "demo offline settings")
 

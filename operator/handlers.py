@@ -8,7 +8,10 @@ If applying an action fails, the status is NOT written (TemporaryError): the nex
 the persisted status, and deterministic child names make the replay safe.
 
 Run with `cambrian operator run` (operator/cli.py) or `kopf run -m cambrian.operator.handlers`.
-Environment: CAMBRIAN_PROMETHEUS_URL, CAMBRIAN_OPERATOR_INTERVAL (seconds, default 15).
+Environment: CAMBRIAN_PROMETHEUS_URL, CAMBRIAN_OPERATOR_INTERVAL (seconds, default 15),
+CAMBRIAN_OPERATOR_CONFIG (the chart's operator.yaml: pod templates), CAMBRIAN_METRICS_PORT (the
+Prometheus exporter, default 8000; 0 picks a free port; "off" disables it), GEMINI_API_KEY /
+OPENAI_API_KEY for LLM agents.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import kopf
 
 from cambrian.errors import ConfigError
-from cambrian.operator import api
+from cambrian.operator import api, metrics
 from cambrian.operator.platform.base import MetricsUnavailable, apply_actions
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import hypothesis as H
@@ -58,11 +61,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    settings.scanning.disabled = True  # no CRD scanning: the handlers name their resources (no cluster-wide list)
     if getattr(memo, "platform", None) is None:
-        from cambrian.operator.platform.kubernetes import KubernetesPlatform
+        from cambrian.operator.platform.kubernetes import KubernetesPlatform, load_operator_config
+        from cambrian.operator.proposing import ClusterProposer
 
         load_kube_config()
-        memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"))
+        memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"),
+                                           proposer=ClusterProposer(),
+                                           config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")))
+    if os.environ.get("CAMBRIAN_METRICS_PORT", "8000").lower() not in ("off", "none", ""):
+        log.info("operator metrics on port %s", metrics.serve())
 
 
 @kopf.on.login()
@@ -219,6 +228,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
         try:
             r = platform.prometheus_readout(meta.name)
             analysis = RD.analyse(spec, status, r.stats, t, r.exposures, r.cohorts)
+            metrics.observe_guardrails(meta.name, analysis.guardrails)
         except MetricsUnavailable as exc:
             log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
         except ValueError as exc:  # the statistics refused the data: decide nothing this time
@@ -257,11 +267,46 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     serving, _ = _serving(meta.namespace or "default", spec)
     routed = memo.platform.router_weights(R.owner_of(meta), serving.wire()) is not None
     _apply(memo.platform, R.finalize(meta, spec, serving, routed))
+    metrics.forget_rollout(meta.name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Evolution
 # ---------------------------------------------------------------------------------------------
+
+
+def _champion_metrics(platform: Any, meta: Meta, status: api.EvolutionStatus, hyps: list[dict],
+                      memo: kopf.Memo) -> dict[str, float] | None:
+    """Offline metrics of the current champion: its Hypothesis's proxy metrics, or the baseline Job's."""
+    if status.champion.hypothesis:
+        h = next((h for h in hyps if h["metadata"]["name"] == status.champion.hypothesis), None)
+        if h is not None:
+            return {k: float(v["value"]) for k, v in ((h.get("status") or {}).get("proxyMetrics") or {}).items()}
+    cache = memo.setdefault("baseline_metrics", {}) if hasattr(memo, "setdefault") else {}
+    if meta.uid not in cache:
+        name = E.baseline_job_name(meta)
+        job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+        if job is None or job.metrics is None:
+            return None
+        cache[meta.uid] = {k: float(v) for k, v in job.metrics.items() if isinstance(v, (int, float))}
+    return cache[meta.uid]
+
+
+def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyps: list[dict], platform: Any,
+           memo: kopf.Memo, t: datetime) -> Any:
+    """The Online Agent's selection, only when a review is due (an LLM ranker is asked once per review)."""
+    if not status.champion.bundle or (status.next_review_at is not None and t < status.next_review_at):
+        return None
+    from cambrian.operator.proposing import select_top_k
+    from cambrian.operator.reconcile.observations import TopK
+
+    try:
+        sel = select_top_k(spec, E.effective_baseline(spec, status), hyps,
+                           _champion_metrics(platform, meta, status, hyps, memo))
+    except Exception as exc:  # noqa: BLE001 - the agent failing must not stop the loop: fall back to the stand-in
+        log.warning("evolution %s: online agent failed (%s); using the deterministic ranking", meta.name, exc)
+        return None
+    return TopK(start=tuple(sel.start), retire=tuple(sel.retire), ranked_by=sel.ranked_by, note=sel.note)
 
 
 def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
@@ -277,12 +322,14 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
     if status.champion.bundle is None:
         name = E.baseline_job_name(meta)
         baseline_job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+    t = now()
     result = E.reconcile(
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
-        baseline_job, views.spend(hyps, baseline_attempts=1), now(),
+        baseline_job, views.spend(hyps, baseline_attempts=1), t, top_k=_top_k(spec, status, meta, hyps, platform, memo, t),
     )
     _apply(platform, result.actions)
     _persist(patch, old, result.status)
+    metrics.observe_evolution(meta.name, hyps, spec.agent.budgets.wire(), result.status.spend.wire(), t)
 
 
 @kopf.on.create(GROUP, VERSION, "evolutions")
@@ -295,3 +342,8 @@ def evolution_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: 
             when=lambda status, **_: (status or {}).get("phase") != "Failed")
 def evolution_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     reconcile_evolution(body, patch, memo)
+
+
+@kopf.on.delete(GROUP, VERSION, "evolutions", optional=True)
+def evolution_deleted(body: kopf.Body, **_: Any) -> None:
+    metrics.forget_evolution(body["metadata"]["name"])

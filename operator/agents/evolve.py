@@ -45,7 +45,7 @@ REPAIRABLE_STAGES = {"parse", "static", "reward_sql", "forward_backward", "train
 PROMPT_METRICS = {
     "optimizer": ("val_loss", "auc"),
     "architecture": ("val_loss", "auc"),
-    "reward": ("return_corr", "long_watch_corr", "like_corr", "auc"),
+    "reward": ("long_watch_corr", "return_corr", "like_corr", "auc"),
 }
 BASELINE_ID = "baseline"
 

@@ -100,14 +100,14 @@ REWARD = Persona(
     components=("reward",),
     specialization="reward engineering for recommender systems: turning engagement logs into training labels "
     "that predict long-term user satisfaction rather than clicks alone",
-    metric="return_corr",
+    metric="long_watch_corr",
     lower_is_better=False,
     metric_text=(
-        "return_corr (rank correlation of the model's score with the user returning the next day, on held-out "
-        "days; HIGHER is better) and long_watch_corr (with long watches; higher is better). Loss is NOT "
-        "comparable across reward definitions, so it is not shown"
+        "long_watch_corr (rank correlation of the model's score with long watches on held-out days; HIGHER is "
+        "better) and return_corr (with the user returning the next day; a per-user label, so it barely ranks "
+        "impressions). Loss is NOT comparable across reward definitions, so it is not shown"
     ),
-    secondary_metrics=("long_watch_corr",),
+    secondary_metrics=("return_corr",),
     uses_sql=True,
     guidance=(
         "A reward delta patches `reward.label` and/or `reward.weight`: DuckDB SQL expressions evaluated per "
@@ -118,7 +118,7 @@ REWARD = Persona(
         "category": "innovate",
         "explanation": "Clicks that lead to a long watch are better evidence of satisfaction than clicks alone; "
         "weighting clicked impressions by completion should favour items users finish.",
-        "predicted_effect": "return_corr +0.01, long_watch_corr +0.05",
+        "predicted_effect": "long_watch_corr +0.05",
         "delta": {"component": "reward", "patch": {"label": "CAST(click AS DOUBLE) * LEAST(completion, 1.0)"}},
     },
 )

@@ -24,6 +24,7 @@ from cambrian.operator.reconcile.actions import (
     CreateRollout,
     CreateTrainingJob,
     DeleteArm,
+    RetireRollout,
     DeleteJob,
     DeployArm,
     Owner,
@@ -82,6 +83,9 @@ class Platform(Protocol):
     # --- the loop ---------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None: ...
 
+    def retire_rollout(self, action: RetireRollout) -> None:
+        """Roll a live Rollout back (every user to control, treatment arms removed); idempotent."""
+
     def update_champion(self, action: UpdateChampion) -> None:
         """Point production serving at the new champion bundle."""
 
@@ -110,6 +114,8 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
             platform.clear_weights(a)
         elif isinstance(a, CreateRollout):
             platform.create_rollout(a)
+        elif isinstance(a, RetireRollout):
+            platform.retire_rollout(a)
         elif isinstance(a, UpdateChampion):
             platform.update_champion(a)
         elif isinstance(a, ProposeHypotheses):

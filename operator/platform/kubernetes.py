@@ -33,6 +33,7 @@ from cambrian.operator.reconcile.actions import (
     CreateTrainingJob,
     DeleteArm,
     DeleteJob,
+    RetireRollout,
     DeployArm,
     Owner,
     ProposeHypotheses,
@@ -214,6 +215,74 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
     }
 
 
+ROLE = "cambrian.dev/role"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/cambrian-dev/trainer:latest"  # api.Training's default
+DEFAULT_SERVING_IMAGE = "ghcr.io/cambrian-dev/cambrian:latest"  # api.Serving's default
+
+
+def load_operator_config(path: str | None) -> dict[str, Any]:
+    """The chart's operator.yaml ($CAMBRIAN_OPERATOR_CONFIG); {} when none is given."""
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: operator config must be a mapping")
+    return cfg
+
+
+def apply_pod_template(obj: dict[str, Any], tpl: Mapping[str, Any] | None, role: str,
+                       pull_secrets: list | None = None) -> dict[str, Any]:
+    """Merge the chart's pod template (operator.yaml `training` / `serving`) into a Job or Deployment.
+
+    The object's own choices (from the Evolution) win over the chart's defaults, except the security
+    settings: the restricted ones can be added to, never relaxed (runAsNonRoot, read-only root
+    filesystem, no service-account token for trainers)."""
+    tpl = dict(tpl or {})
+    spec = obj["spec"]
+    pod_meta = spec["template"].setdefault("metadata", {})
+    pod = spec["template"]["spec"]
+    pod_meta["labels"] = {**{k: str(v) for k, v in (tpl.get("labels") or {}).items()}, **pod_meta.get("labels", {}),
+                          ROLE: role}
+    obj["metadata"].setdefault("labels", {})[ROLE] = role
+    if tpl.get("annotations"):
+        pod_meta["annotations"] = {**{k: str(v) for k, v in tpl["annotations"].items()}, **pod_meta.get("annotations", {})}
+    pod["securityContext"] = {**(tpl.get("podSecurityContext") or {}), **pod.get("securityContext", {}), "runAsNonRoot": True}
+    for c in [*pod.get("containers", []), *pod.get("initContainers", [])]:
+        c["securityContext"] = {**(tpl.get("securityContext") or {}), **c.get("securityContext", {}),
+                                "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+        default_image = DEFAULT_TRAINER_IMAGE if role == "trainer" else DEFAULT_SERVING_IMAGE
+        if tpl.get("image") and c.get("image") in (None, default_image):
+            c["image"] = tpl["image"]
+            if tpl.get("imagePullPolicy"):
+                c["imagePullPolicy"] = tpl["imagePullPolicy"]
+        if role != "trainer" and tpl.get("resources") and not c.get("resources"):
+            c["resources"] = dict(tpl["resources"])
+    if role == "trainer":
+        pod["automountServiceAccountToken"] = False  # candidate code runs here: never a token
+        if tpl.get("serviceAccountName"):
+            pod["serviceAccountName"] = tpl["serviceAccountName"]
+        # activeDeadlineSeconds comes from the Evolution (spec.training.activeDeadline); backoffLimit stays 0
+        # because retries are the core's decision (attempts in the Hypothesis status).
+        if tpl.get("ttlSecondsAfterFinished") is not None:
+            spec["ttlSecondsAfterFinished"] = int(tpl["ttlSecondsAfterFinished"])
+    else:
+        pod["automountServiceAccountToken"] = False  # model servers and routers never call the API
+    pod["enableServiceLinks"] = False
+    for key in ("nodeSelector", "affinity", "priorityClassName", "runtimeClassName"):
+        if tpl.get(key) and not pod.get(key):
+            pod[key] = tpl[key]
+    if tpl.get("tolerations") and not pod.get("tolerations"):
+        pod["tolerations"] = [dict(t) for t in tpl["tolerations"]]
+    if tpl.get("tmpSizeLimit"):
+        for v in pod.get("volumes", []):
+            if v.get("name") == "tmp" and "emptyDir" in v:
+                v["emptyDir"] = {**v["emptyDir"], "sizeLimit": str(tpl["tmpSizeLimit"])}
+    if pull_secrets:
+        pod["imagePullSecrets"] = [dict(x) if isinstance(x, Mapping) else {"name": str(x)} for x in pull_secrets]
+    return obj
+
+
 def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObservation:
     """Job + its pods (plain dicts, as the API returns them) -> what the core needs."""
     meta, spec, status = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
@@ -377,13 +446,15 @@ def rollout_object(action: CreateRollout) -> dict[str, Any]:
 # The adapter
 # ---------------------------------------------------------------------------------------------
 
-Proposer = Callable[[ProposeHypotheses], list[dict[str, Any]]]
+# proposer(action, existing Hypothesis objects) -> proposing.ProposalBatch (or a list of specs)
+Proposer = Callable[[ProposeHypotheses, list], Any]
 
 
 class KubernetesPlatform:
     """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up."""
 
-    def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Proposer | None = None):
+    def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
+                 config: Mapping[str, Any] | None = None):
         from kubernetes import client
 
         self._client = client
@@ -394,6 +465,10 @@ class KubernetesPlatform:
         self.api = api_client or client.ApiClient()
         self.prometheus_url = prometheus_url
         self.proposer = proposer
+        self.config = dict(config or {})
+
+    def _templated(self, obj: dict[str, Any], kind: str, role: str) -> dict[str, Any]:
+        return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
 
     # --- helpers ---------------------------------------------------------------------------
     def _create(self, fn: Callable, namespace: str | None, body: dict) -> None:
@@ -421,7 +496,7 @@ class KubernetesPlatform:
     def submit_training_job(self, action: CreateTrainingJob) -> None:
         ns = action.owner.namespace
         self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
-        self._create(self.batch.create_namespaced_job, ns, training_job(action))
+        self._create(self.batch.create_namespaced_job, ns, self._templated(training_job(action), "training", "trainer"))
 
     def training_jobs(self, owner: Owner) -> list[JobObservation]:
         ns = owner.namespace or "default"
@@ -442,6 +517,7 @@ class KubernetesPlatform:
     # --- serving ---------------------------------------------------------------------------
     def deploy_arm(self, action: DeployArm) -> None:
         dep, svc = arm_manifests(action)
+        dep = self._templated(dep, "serving", "serving")
         self._create(self.apps.create_namespaced_deployment, action.owner.namespace, dep)
         self._create(self.core.create_namespaced_service, action.owner.namespace, svc)
 
@@ -463,6 +539,7 @@ class KubernetesPlatform:
     def set_weights(self, action: SetWeights) -> None:
         ns = action.owner.namespace
         cm, dep, svc = router_manifests(action, ns)
+        dep = self._templated(dep, "serving", "router")
         from kubernetes.client.rest import ApiException
 
         try:
@@ -539,18 +616,47 @@ class KubernetesPlatform:
                 raise
             self._create(self.core.create_namespaced_config_map, action.owner.namespace, cm)
 
+    def retire_rollout(self, action: RetireRollout) -> None:
+        """Roll the experiment back through its own approval annotation: the Rollout then sends every user
+        to control and deletes the treatment arms itself (the operator never needs to delete Rollouts)."""
+        from kubernetes.client.rest import ApiException
+
+        body = {"metadata": {"annotations": {"cambrian.dev/approve": "rollback",
+                                             "cambrian.dev/retired": action.reason[:1024] or "left the top K"}}}
+        try:
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, action.owner.namespace or "default", "rollouts",
+                                                       action.name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def propose(self, action: ProposeHypotheses) -> None:
+        """Ask the agents once per wake-up; Hypotheses are named `{prefix}-{i}`. A replayed wake-up that
+        already created some finds them and asks nobody again (an LLM answer is paid for once)."""
         if self.proposer is None:
             self.record(RecordJournal(action.owner, "NoProposer",
                                       "no proposer is wired into this operator; create Hypotheses by hand", {}, True))
             return
-        for i, spec in enumerate(self.proposer(action)):
-            body = {"apiVersion": API_VERSION, "kind": "Hypothesis",
-                    "metadata": _meta(f"{action.name_prefix}-{i}", action.owner, {}), "spec": spec}
+        ns = action.owner.namespace or "default"
+        existing = [h for h in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses").get("items", [])
+                    if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
+        if any(h["metadata"]["name"].startswith(f"{action.name_prefix}-") for h in existing):
+            log.info("wake-up %s of %s/%s was already proposed; not asking again", action.wakeup, ns, action.owner.name)
+            return
+        batch = self.proposer(action, existing)
+        specs = batch.items if hasattr(batch, "items") else [(spec, {}) for spec in batch]
+        for i, (spec, annotations) in enumerate(specs):
+            meta = _meta(f"{action.name_prefix}-{i}", action.owner, {"cambrian.dev/wakeup": str(action.wakeup)},
+                         annotations or None)
+            body = {"apiVersion": API_VERSION, "kind": "Hypothesis", "metadata": meta, "spec": spec}
             self._create(
                 lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses", b),
                 action.owner.namespace, body,
             )
+        notes = list(getattr(batch, "notes", []))
+        self.record(RecordJournal(action.owner, "Proposed",
+                                  f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)"
+                                  + (f"; {'; '.join(notes)}"[:900] if notes else ""), {}, bool(notes) and not specs))
 
     def record(self, action: RecordJournal) -> None:
         o = action.owner

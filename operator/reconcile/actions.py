@@ -101,6 +101,15 @@ class CreateRollout:
 
 
 @dataclass(frozen=True)
+class RetireRollout:
+    """End a live experiment whose hypothesis dropped out of the Online Agent's top K (rolled back to control)."""
+
+    name: str
+    owner: Owner
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class ProposeHypotheses:
     """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1)."""
 
@@ -109,6 +118,8 @@ class ProposeHypotheses:
     name_prefix: str
     quotas: tuple[tuple[str, int], ...]
     personas: tuple[str, ...]
+    evolution_spec: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # wire form
+    baseline: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # Φ the deltas apply to
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,7 @@ Action = (
     | SetWeights
     | ClearWeights
     | CreateRollout
+    | RetireRollout
     | ProposeHypotheses
     | UpdateChampion
     | RecordJournal

@@ -26,13 +26,14 @@ from cambrian.operator.api import (
 from cambrian.operator.reconcile.actions import (
     CreateRollout,
     CreateTrainingJob,
+    RetireRollout,
     Owner,
     ProposeHypotheses,
     RecordJournal,
     UpdateChampion,
 )
 from cambrian.operator.reconcile.common import Meta, Result, after, child_name, set_condition
-from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
+from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, TopK
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
 
 POLL_SECONDS = 30.0
@@ -99,7 +100,9 @@ def reconcile(
     baseline_job: JobObservation | None,
     spend: SpendObservation,
     now: datetime,
+    top_k: TopK | None = None,
 ) -> Result[EvolutionStatus]:
+    """`top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`."""
     st = status.model_copy(deep=True)
     st.observed_generation = meta.generation
     owner = owner_of(meta)
@@ -183,6 +186,8 @@ def reconcile(
                 name_prefix=child_name(meta.name, meta.uid, f"w{wakeup}", max_len=56),
                 quotas=(("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
                 personas=tuple(spec.agent.personas),
+                evolution_spec=spec.wire(),
+                baseline=effective_baseline(spec, st),
             )
         )
         st.counters.wakeups = wakeup
@@ -194,12 +199,27 @@ def reconcile(
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
-        free = spec.top_k - len(live)
         pool = [h for h in hypotheses if h.phase == "Scored" and h.name not in in_rollout and h.bundle_uri]
-        for h in rank(spec, pool)[: max(0, free)]:
+        if top_k is not None:
+            retire = set(top_k.retire)
+            for ro in sorted(live, key=lambda r: r.name):
+                if ro.hypotheses and all(h in retire for h in ro.hypotheses):
+                    actions.append(RetireRollout(ro.name, owner, f"{', '.join(ro.hypotheses)} left the top {spec.top_k}"))
+                    journal("RolloutRetired", f"{', '.join(ro.hypotheses)} dropped out of the top {spec.top_k} "
+                            f"(ranked by {top_k.ranked_by}); rollout {ro.name} ended")
+            live = [r for r in live if not (r.hypotheses and all(h in retire for h in r.hypotheses))]
+            by_pool = {h.name: h for h in pool}
+            chosen = [by_pool[n] for n in top_k.start if n in by_pool]
+            if top_k.note:
+                journal("OnlineAgent", top_k.note, warning=True)
+        else:
+            chosen = rank(spec, pool)
+        free = spec.top_k - len(live)
+        for h in chosen[: max(0, free)]:
             name = rollout_name(meta, h.name)
             actions.append(CreateRollout(name, owner, _rollout_spec(meta, spec, st, h, name).wire(), h.name))
-            journal("RolloutStarted", f"{h.name} ({h.offline_metric}={h.offline_score:.6g}) in rollout {name}")
+            score = f"{h.offline_score:.6g}" if h.offline_score is not None else "?"
+            journal("RolloutStarted", f"{h.name} ({h.offline_metric}={score}) in rollout {name}")
             live.append(RolloutView(name=name, phase=None, hypotheses=(h.name,)))
 
     # 6. Counters, conditions.

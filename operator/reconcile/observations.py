@@ -62,7 +62,8 @@ class Analysis:
     effects: tuple[Effect, ...] = ()
     srm_p_value: float | None = None
     srm_mismatch: bool = False
-    state: dict[str, Any] | None = None  # the statistics package's running test state, kept in status
+    state: dict[str, Any] | None = None
+    guardrails: tuple[tuple[str, str, bool], ...] = ()  # (arm, metric, breached) at this readout  # the statistics package's running test state, kept in status
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,13 @@ class Spend:
     dollars: float = 0.0
     gpu_hours: float = 0.0
     evaluations: int = 0
+
+
+@dataclass(frozen=True)
+class TopK:
+    """The Online Agent's choice at a review: hypotheses to start (best first) and live ones to retire."""
+
+    start: tuple[str, ...] = ()
+    retire: tuple[str, ...] = ()
+    ranked_by: str = "builtin"
+    note: str = ""

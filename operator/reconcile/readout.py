@@ -109,7 +109,14 @@ def analyse(
         # than keep serving the failing arm until the others conclude.
         outcome = "rollback"
         reason = "; ".join(f"{a}: {r}" for a, r in sorted(breached.items()))
+    rails: dict[tuple[str, str], bool] = {}
+    for arm, ad in d.arms.items():
+        for g in ad.guardrails:
+            rails[(arm, g.metric)] = rails.get((arm, g.metric), False) or g.status == "fail"
+        for b in ad.breaches:
+            rails[(arm, b.metric)] = True
     return Analysis(
+        guardrails=tuple((a, m, v) for (a, m), v in sorted(rails.items())),
         outcome=outcome,
         reason=reason,
         n=n,

@@ -124,8 +124,8 @@ def test_warm_start_reevaluates_the_best_k(tmp_path, tiny_world, fake_trainer):
     warm = [h for h in j.hypotheses if h.origin.startswith("warm-start:")]
     assert len(warm) == 2 and all(h.generation == 0 and h.phase == "Scored" for h in warm)
     prev = Journal(first.run_dir)
-    best_prev = max((h for h in prev.hypotheses if h.persona == "reward" and "return_corr" in h.offline),
-                    key=lambda h: h.offline["return_corr"].mean)
+    best_prev = max((h for h in prev.hypotheses if h.persona == "reward" and "long_watch_corr" in h.offline),
+                    key=lambda h: h.offline["long_watch_corr"].mean)
     assert any(h.fingerprint == best_prev.fingerprint for h in warm)
     # gen 1 does not re-propose what the warm start already covers
     g1 = [h.fingerprint for h in j.generation_ids(1) if h.phase != "Rejected"]
@@ -147,7 +147,7 @@ def test_cli_evolve_json_and_journal(tmp_path, tiny_world, fake_trainer, monkeyp
     assert res.exit_code == 0
     data = json.loads(res.output)
     assert {h["id"] for h in data["hypotheses"]} >= {"baseline", "g001-01"}
-    assert data["baseline"]["return_corr"]["n"] == 2
+    assert data["baseline"]["long_watch_corr"]["n"] == 2
     res = CliRunner().invoke(cli, ["journal", str(tmp_path / "run")])
     assert res.exit_code == 0 and "g001-01" in res.output and "baseline" in res.output
 

@@ -114,3 +114,29 @@ def test_budget_exhausted_stops_wakeups_and_recovers():
     raised = spec(agent={"budgets": {"dollars": 5.0}})
     r4 = run(raised, r3.status, spend=Spend(dollars=1.5), now=T0 + timedelta(minutes=11))
     assert r4.status.phase == "Running" and [a for a in r4.actions if isinstance(a, ProposeHypotheses)]
+
+
+def test_online_agent_selection_starts_its_choice_and_retires_dropouts():
+    from cambrian.operator.reconcile.actions import RetireRollout
+    from cambrian.operator.reconcile.observations import TopK
+
+    sp = spec(topK=1)
+    _, r2 = with_champion(sp)
+    hyps = [hv("o1", "optimizer", 0.45, phase="Live"), hv("o2", "optimizer", 0.40)]
+    live = [RolloutView("ro-o1", "Running", ("o1",))]
+    due = T0 + timedelta(days=1, minutes=1)
+    # o2 replaces o1 in the top 1: o1's rollout is retired and o2 gets the freed slot, in one review
+    r3 = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), due, top_k=TopK(start=("o2",), retire=("o1",)))
+    assert [(type(a).__name__, a.name) for a in r3.actions if isinstance(a, (RetireRollout, CreateRollout))] == [
+        ("RetireRollout", "ro-o1"), ("CreateRollout", E.rollout_name(META, "o2"))]
+    assert r3.status.live_rollouts == [E.rollout_name(META, "o2")]
+    # the agent keeps o1: nothing changes (no free slot), and a choice outside the scored pool is ignored
+    r4 = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), due, top_k=TopK(start=("o9",), retire=()))
+    assert not [a for a in r4.actions if isinstance(a, (RetireRollout, CreateRollout))]
+
+
+def test_wakeup_carries_the_spec_and_the_champion_config_for_the_proposer():
+    sp = spec()
+    r = run(sp, api.EvolutionStatus())
+    (wake,) = [a for a in r.actions if isinstance(a, ProposeHypotheses)]
+    assert api.parse_spec("Evolution", wake.evolution_spec) == sp and wake.baseline == sp.baseline

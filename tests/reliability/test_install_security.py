@@ -257,7 +257,7 @@ def test_builtin_evolve_with_the_real_trainer_never_writes_the_api_key(tmp_path,
     cfg = {"data_dir": str(tiny_world), "run_dir": str(run), "generations": 1, "workers": 1,
            "personas": ["optimizer"], "quotas": {"explore": 1, "exploit": 0, "innovate": 0},
            "baseline_overrides": {"training": {"epochs": 1, "device": "cpu"}},
-           "limits": {"wall_seconds": 300, "threads": 1}, "noise": {"baseline_seeds": 1, "confirm_top": 0}}
+           "limits": {"wall_seconds": 300, "threads": 1}, "noise": {"baseline_seeds": 2, "confirm_top": 0}}
     (tmp_path / "evolve.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "GEMINI_API_KEY": FAKE_KEY, "OPENAI_API_KEY": FAKE_KEY + "-openai"}
     out = subprocess.run([sys.executable, "-m", "cambrian.cli", "evolve", "--config", str(tmp_path / "evolve.yaml")],

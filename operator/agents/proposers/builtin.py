@@ -154,7 +154,7 @@ CATALOGUE: list[Entry] = [
     Entry("layernorm_plugin", "architecture", "architecture", "innovate", {"params": {"plugin": "layernorm_mlp"}},
           explanation="LayerNorm in the sub-tower (the paper's discovery #4) stabilises activations across users "
           "with very different activity levels.", effect="val_loss -0.3%", code=LAYERNORM_MLP),
-    # ---- reward persona (return_corr, long_watch_corr)
+    # ---- reward persona (long_watch_corr primary, return_corr secondary)
     Entry("watch_weighted", "reward", "reward", "explore",
           {"label": _CLICK, "weight": "1.0 + LEAST(watch_seconds, 600.0) / {scale}"},
           {"scale": 60.0}, {"scale": Dist(10.0, 600.0, log=True)},
@@ -168,20 +168,20 @@ CATALOGUE: list[Entry] = [
           "A long-watch label targets the satisfaction surrogate directly.", "long_watch_corr +0.1"),
     Entry("click_completion", "reward", "reward", "innovate", {"label": f"{_CLICK} * {_COMPLETION}"},
           explanation="Multiplying click by completion discounts clickbait (clicked, then abandoned).",
-          effect="return_corr +0.01"),
+          effect="long_watch_corr +0.03"),
     Entry("return_aware", "reward", "reward", "innovate",
           {"label": f"{_CLICK} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Clicks by users who come back the next day are evidence of satisfaction; down-weighting the others "
-          "aligns the label with retention.", "return_corr +0.02"),
+          "aligns the label with retention.", "long_watch_corr +0.02"),
     Entry("like_minus_hate", "reward", "reward", "innovate", {"label": f"{_CLICK} * (1.0 + \"like\" - hate) / 2.0"},
           explanation="Explicit feedback separates satisfying clicks (like) from regretted ones (hate).",
-          effect="return_corr +0.01"),
+          effect="long_watch_corr +0.03"),
     Entry("return_completion", "reward", "reward", "innovate",
           {"label": f"{_CLICK} * {_COMPLETION} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Multi-objective synthesis (the paper's discovery #5): completion times a retention factor.",
-          "return_corr +0.02"),
+          "long_watch_corr +0.03"),
 ]  # fmt: skip
 
 # The prior: within each persona and category, the order in which untried entries are proposed.

@@ -1,0 +1,303 @@
+"""Cluster-mode adapter between Hypothesis objects and the agents (operator/agents/).
+
+- `journal_view` turns Hypothesis objects (plain dicts from the API server) into the agents' journal
+  entries, so the same proposers and the same Online Agent run in cluster and local mode.
+- `ClusterProposer` is the KubernetesPlatform's `proposer`: for one wake-up it asks the configured
+  proposer (built-in, Gemini, OpenAI-compatible) once per persona with that persona's quotas, and
+  returns Hypothesis specs (never code to run: deltas are data; plugin code runs only in training
+  Jobs). Usage (tokens, dollars) rides on the first created Hypothesis's annotations, where
+  `views.spend` counts it against the Evolution's budgets.
+- `select_top_k` runs the Online Agent (built-in rule, or Gemini when the Evolution asks for it).
+
+API keys come from the operator's environment (the chart mounts the Secret as GEMINI_API_KEY /
+OPENAI_API_KEY; `spec.agent.apiKeySecretRef` names that Secret); the operator never reads Secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+from cambrian.errors import ConfigError
+from cambrian.operator import api
+from cambrian.operator.reconcile.actions import ProposeHypotheses
+from cambrian.operator.reconcile.views import A_DOLLARS, A_TOKENS, spend
+
+log = logging.getLogger("cambrian.operator.proposing")
+
+A_META = "cambrian.dev/proposal-meta"  # proposer bookkeeping (catalogue entry, sampled params) as JSON
+A_ORIGIN = "cambrian.dev/origin"  # provider:model that proposed it
+KEY_ENV = {"gemini": "GEMINI_API_KEY", "openai": "OPENAI_API_KEY"}
+
+
+@dataclass
+class ProposalBatch:
+    """What one wake-up produced: Hypothesis specs (wire form) with their annotations, plus notes."""
+
+    items: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # rejected proposals and errors, for events
+    tokens: int = 0
+    dollars: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis objects -> the agents' journal
+# ---------------------------------------------------------------------------------------------
+
+
+def _score(m: Mapping[str, Any]):
+    from cambrian.operator.agents.journal import Score
+
+    std = float(m.get("stderr") or 0.0)
+    return Score(mean=float(m["value"]), std=std, n=1, values=[float(m["value"])])
+
+
+def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, baseline: dict,
+                 champion_metrics: Mapping[str, float] | None = None) -> list:
+    """Agents' `Hypothesis` entries for Hypothesis objects; gain and verdict against the champion."""
+    from cambrian.operator.agents import canonical
+    from cambrian.operator.agents.journal import Hypothesis
+    from cambrian.trainer.config import parse_config
+
+    try:
+        base_cfg = parse_config(baseline)
+    except Exception:  # noqa: BLE001 - a bad baseline is reported by the Hypothesis reconcile
+        base_cfg = None
+    out = []
+    for obj in objs:
+        meta, s, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+        ann = meta.get("annotations") or {}
+        origin = s.get("origin") or {}
+        component = s.get("component", "optimizer")
+        delta = {"component": component, "patch": (s.get("delta") or {}).get("patch") or {}}
+        if (s.get("delta") or {}).get("code"):
+            delta["code"] = s["delta"]["code"]
+        fp = None
+        if base_cfg is not None:
+            try:
+                fp = canonical.fingerprint(base_cfg, canonical.delta_from(delta))
+            except (ConfigError, ValueError):
+                fp = None
+        try:
+            extra = json.loads(ann.get(A_META, "{}"))
+        except ValueError:
+            extra = {}
+        metric = st.get("offlineMetric") or spec.objective.offline.for_component(component).metric
+        offline = {k: _score(v) for k, v in (st.get("proxyMetrics") or {}).items() if isinstance(v, Mapping) and "value" in v}
+        gain = floor = verdict = None
+        score = st.get("offlineScore")
+        if score is not None and champion_metrics and metric in champion_metrics:
+            lower = spec.objective.offline.for_component(component).direction == "minimize"
+            gain = (champion_metrics[metric] - score) if lower else (score - champion_metrics[metric])
+            floor = float(((st.get("proxyMetrics") or {}).get(metric) or {}).get("stderr") or 0.0)
+            verdict = "better" if gain > floor else "not_better"
+        online = {}
+        if st.get("online"):
+            online = {"decision": st["online"].get("decision"), "matured": st["online"].get("decision") is not None}
+        phase = st.get("phase") or "Proposed"
+        out.append(Hypothesis(
+            id=meta["name"], generation=int(origin.get("wakeup") or 0), persona=origin.get("persona") or _persona_of(component),
+            component=component, category=origin.get("category") or "explore", explanation=s.get("explanation", ""),
+            delta=delta, fingerprint=fp, origin=ann.get(A_ORIGIN, origin.get("kind", "")),
+            meta=extra if isinstance(extra, dict) else {}, phase=phase, attempts=int(st.get("attempts") or 0),
+            offline=offline, primary_metric=metric, gain=gain, noise_floor=floor, verdict=verdict,
+            reason=st.get("reason") or "", online=online,
+            created_at=_epoch(meta.get("creationTimestamp")),
+        ))
+    return out
+
+
+def _persona_of(component: str) -> str:
+    return {"training": "optimizer"}.get(component, component)
+
+
+def _epoch(ts: Any) -> float:
+    from datetime import datetime
+
+    if not ts:
+        return 0.0
+    return datetime.fromisoformat(str(ts).replace("Z", "+00:00")).timestamp()
+
+
+class _JournalView:
+    """The read side of `agents.journal.Journal` that proposers use, over a list of entries."""
+
+    def __init__(self, hypotheses: list):
+        self.hypotheses = hypotheses
+
+
+# ---------------------------------------------------------------------------------------------
+# The proposer
+# ---------------------------------------------------------------------------------------------
+
+
+def provider_settings(agent: api.Agent, env: Mapping[str, str] | None = None):
+    """ProviderSettings for the Evolution's agent; the key is read from the operator's environment."""
+    from cambrian.operator.agents.settings import ProviderSettings
+
+    env = os.environ if env is None else env
+    key_env = None
+    if agent.provider in KEY_ENV:
+        ref = agent.api_key_secret_ref
+        # A per-Secret variable wins (CAMBRIAN_KEY_<SECRET>_<KEY>), else the chart's GEMINI/OPENAI_API_KEY.
+        if ref is not None:
+            specific = "CAMBRIAN_KEY_" + "_".join(x.upper().replace("-", "_").replace(".", "_") for x in (ref.name, ref.key))
+            key_env = specific if env.get(specific) else KEY_ENV[agent.provider]
+        else:
+            key_env = KEY_ENV[agent.provider]
+        if not env.get(key_env):
+            raise ConfigError(f"spec.agent.provider is {agent.provider} but the operator has no {key_env}",
+                              hint="mount the Secret named in spec.agent.apiKeySecretRef as that variable (chart values)")
+    return ProviderSettings(kind=agent.provider, model=agent.model, base_url=agent.base_url, api_key_env=key_env)
+
+
+def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str, Any]) -> dict[str, Any]:
+    """A proposal -> HypothesisSpec wire form. Raises ConfigError (naming the field) when invalid."""
+    delta = prop.get("delta")
+    if not isinstance(delta, dict):
+        raise ConfigError("the proposal has no delta object")
+    component = delta.get("component")
+    body: dict[str, Any] = {"patch": delta.get("patch") or None}
+    if delta.get("code"):
+        body["code"] = delta["code"]
+    body = {k: v for k, v in body.items() if v}
+    category = prop.get("category") if prop.get("category") in ("explore", "exploit", "innovate") else "explore"
+    spec = {
+        "evolutionRef": {"name": evolution},
+        "component": component,
+        "explanation": (str(prop.get("explanation") or "") or f"{persona} proposal")[:8192],
+        "predictedEffect": {"description": str(prop.get("predicted_effect") or "")[:4096]} if prop.get("predicted_effect") else {},
+        "delta": body,
+        "origin": {"kind": "persona", "persona": persona, "category": category, "wakeup": wakeup},
+    }
+    return api.parse_spec("Hypothesis", spec).wire()
+
+
+class ClusterProposer:
+    """`proposer(action, existing) -> ProposalBatch` for KubernetesPlatform.propose."""
+
+    def __init__(self, make: Callable[[Any, int], Any] | None = None, env: Mapping[str, str] | None = None):
+        from cambrian.operator.agents.proposers import make_proposer
+
+        self._make = make or (lambda settings, seed: make_proposer(settings, seed=seed))
+        self._env = env
+
+    def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
+        from cambrian.operator.agents.budgets import cost_usd
+        from cambrian.operator.agents.personas import get_persona
+        from cambrian.operator.agents.proposers.base import ProposalRequest
+        from cambrian.trainer.config import parse_config
+
+        batch = ProposalBatch()
+        spec = api.parse_spec("Evolution", action.evolution_spec)
+        try:
+            proposer = self._make(provider_settings(spec.agent, self._env), action.wakeup)
+        except ConfigError as exc:
+            batch.notes.append(f"no proposer: {exc}")
+            return batch
+        baseline = parse_config(action.baseline)
+        journal = _JournalView(journal_view(existing, spec, action.baseline))
+        quotas = dict(action.quotas)
+        taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
+        total = sum(quotas.values())
+        used = spend(existing)
+        budgets = spec.agent.budgets
+        for name in action.personas:
+            if (budgets.tokens is not None and used.tokens + batch.tokens >= budgets.tokens) or (
+                    budgets.dollars is not None and used.dollars + batch.dollars >= budgets.dollars):
+                batch.notes.append(f"LLM budget spent before asking the {name} persona")
+                break
+            persona = get_persona(name)
+            request = ProposalRequest(persona, action.wakeup, quotas, "", baseline, journal)  # type: ignore[arg-type]
+            if getattr(proposer, "name", "") != "builtin":
+                request.prompt = _prompt(persona, baseline, journal.hypotheses, quotas, spec)
+            result = proposer.propose(request)
+            batch.tokens += int(result.input_tokens + result.output_tokens)
+            if result.input_tokens or result.output_tokens:
+                batch.dollars += cost_usd(result.model or proposer.model, result.input_tokens, result.output_tokens)
+            if result.error:
+                batch.notes.append(f"{name}: unusable proposer output: {result.error}")
+                continue
+            accepted = 0
+            for i, prop in enumerate(result.proposals):
+                if accepted >= total:
+                    batch.notes.append(f"{name}: proposal {i} is over the wake-up quota of {total}; dropped")
+                    continue
+                delta = prop.get("delta") if isinstance(prop.get("delta"), dict) else {}
+                if delta.get("component") not in persona.components:
+                    batch.notes.append(f"{name}: proposal {i} changes {delta.get('component')!r}, outside the persona")
+                    continue
+                try:
+                    hs = hypothesis_spec(action.owner.name, action.wakeup, name, prop)
+                except ConfigError as exc:
+                    batch.notes.append(f"{name}: proposal {i} rejected: {exc}")
+                    continue
+                fp = _fingerprint(baseline, hs)
+                if fp is not None and fp in taken:
+                    batch.notes.append(f"{name}: proposal {i} duplicates an earlier hypothesis ({fp}); dropped")
+                    continue
+                taken.add(fp)
+                accepted += 1
+                ann = {A_ORIGIN: f"{getattr(proposer, 'name', '?')}:{getattr(proposer, 'model', '?')}"}
+                if prop.get("meta"):
+                    ann[A_META] = json.dumps(prop["meta"], sort_keys=True, default=float)
+                batch.items.append((hs, ann))
+        if batch.items and (batch.tokens or batch.dollars):
+            batch.items[0][1][A_TOKENS] = str(batch.tokens)
+            batch.items[0][1][A_DOLLARS] = f"{batch.dollars:.6f}"
+        return batch
+
+
+def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
+    from cambrian.operator.agents import canonical
+
+    delta = {"component": hs["component"], "patch": hs["delta"].get("patch") or {}}
+    if hs["delta"].get("code"):
+        delta["code"] = hs["delta"]["code"]
+    try:
+        return canonical.fingerprint(baseline, canonical.delta_from(delta))
+    except (ConfigError, ValueError):
+        return None
+
+
+def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec) -> str:
+    from cambrian.operator.agents.journal import render_journal
+    from cambrian.operator.agents.prompts import build_prompt
+
+    text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
+                          persona.lower_is_better, 20_000, components=persona.components)
+    return build_prompt(persona, persona.view(baseline), text, quotas, [m.name for m in spec.objective.north_star], None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Online Agent (top K)
+# ---------------------------------------------------------------------------------------------
+
+
+def online_agent(spec: api.EvolutionSpec, env: Mapping[str, str] | None = None):
+    from cambrian.operator.agents.online import GeminiRanker, OnlineAgent
+
+    ranker = None
+    if spec.agent.provider == "gemini":
+        try:
+            settings = provider_settings(spec.agent, env)
+            key = (os.environ if env is None else env).get(settings.api_key_env or "")
+            from google import genai
+            from google.genai import types
+
+            client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=spec.agent.base_url))
+            ranker = GeminiRanker(model=spec.agent.model or "gemini-2.5-pro", client=client)
+        except (ConfigError, ValueError) as exc:
+            log.warning("online agent: Gemini ranker unavailable (%s); using the built-in rule", exc)
+    return OnlineAgent(spec.top_k, ranker=ranker, north_star=[m.name for m in spec.objective.north_star],
+                       guardrails=[f"{g.metric} {g.direction}" for g in spec.guardrails])
+
+
+def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mapping[str, Any]],
+                 champion_metrics: Mapping[str, float] | None, agent: Any = None):
+    """The Online Agent's Selection over the Evolution's Hypothesis objects."""
+    entries = journal_view(hypotheses, spec, baseline, champion_metrics)
+    return (agent or online_agent(spec)).select(entries)

@@ -1,0 +1,96 @@
+"""Benchmark `operator`: the pure parts (metrics parsing, timelines, manifests) and the quick run on the
+real control plane (skipped when scripts/build-test-cluster.sh has not built it)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cambrian.bench import operator_scale as B
+
+METRICS = """\
+# HELP apiserver_flowcontrol_dispatched_requests_total [BETA] Number of requests executed
+# TYPE apiserver_flowcontrol_dispatched_requests_total counter
+apiserver_flowcontrol_dispatched_requests_total{flow_schema="exempt",priority_level="exempt"} 573
+apiserver_flowcontrol_dispatched_requests_total{flow_schema="cambrian-bench-operator",priority_level="exempt"} 12
+apiserver_request_total{code="200",component="apiserver",dry_run="",group="cambrian.dev",resource="hypotheses",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 7
+apiserver_request_total{code="409",component="apiserver",dry_run="",group="cambrian.dev",resource="hypotheses",scope="resource",subresource="status",verb="PATCH",version="v1alpha1"} 1
+apiserver_request_total{code="201",component="apiserver",dry_run="",group="batch",resource="jobs",scope="resource",subresource="",verb="POST",version="v1"} 3
+apiserver_request_total{code="200",component="",dry_run="",group="",resource="",scope="",subresource="/healthz",verb="GET",version=""} 1
+apiserver_request_duration_seconds_bucket{le="0.1",verb="GET"} 99
+"""
+
+
+def test_parse_counters_and_deltas_attribute_requests_to_the_flow_schema():
+    names = ("apiserver_flowcontrol_dispatched_requests_total", "apiserver_request_total")
+    before = B.parse_counters(METRICS, names)
+    assert len(before) == 6  # the histogram and the comments are skipped
+    after = B.parse_counters(METRICS.replace("} 12", "} 40").replace("} 7", "} 9"), names)
+    d = B.delta(after, before)
+    assert B.flow_requests(d, B.FLOW_SCHEMA) == 28
+    assert B.flow_requests(d, "exempt") == 0
+    # grouped across response codes; non-resource URLs (healthz) left out
+    assert B.requests_by_resource(after) == {"PATCH hypotheses/status": 10, "POST jobs": 3}
+    assert B.requests_by_resource(d) == {"PATCH hypotheses/status": 2}
+
+
+def test_timeline_tracks_first_phase_and_steady_phase_per_object():
+    t = B.Timeline(n=2, steady=("Scored",))
+    t.created.update({"a": 0.1, "b": 0.2})
+    t.observe("a", None, 0.3)  # no phase yet: nothing recorded
+    t.observe("a", "Training", 1.1)
+    t.observe("a", "Training", 2.0)
+    assert not t.complete()
+    t.observe("a", "Scored", 16.1)
+    t.observe("b", "Failed", 5.2)  # a final phase ends the wait but is counted apart
+    assert t.complete()
+    s = t.summary()
+    assert s["seconds_to_first_phase_all"] == 5.2 and s["seconds_to_steady_all"] == 16.1
+    assert s["first_phase_latency_p50_s"] == pytest.approx((1.0 + 5.0) / 2, abs=0.01)
+    assert s["steady_phases"] == {"Scored": 1, "Failed": 1}
+
+
+def test_percentile_interpolates_and_refuses_empty():
+    assert B.percentile([1, 2, 3, 4], 0.5) == 2.5
+    assert B.percentile([5], 0.99) == 5
+    with pytest.raises(ValueError):
+        B.percentile([], 0.5)
+
+
+def test_manifests_are_valid_specs():
+    from cambrian.operator import api
+
+    evo = B.evolution_manifest("bench", "run-1")
+    spec = api.parse_spec("Evolution", evo["spec"])
+    assert spec.training.pod_annotations["kwok.cambrian.dev/exit-code"] == "0"
+    hyp = B.hypothesis_manifest("bench-00001", "bench", "run-1", 1)
+    assert hyp["metadata"]["labels"] == {B.RUN_LABEL: "run-1"}
+    assert api.parse_spec("Hypothesis", hyp["spec"]).evolution_ref.name == "bench"
+    warm = B.hypothesis_manifest("warmup", "bench", "run-1", 0, bench=False)
+    assert B.RUN_LABEL not in warm["metadata"]["labels"]  # the watch's selector must not match it
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_quick_run_on_the_real_control_plane():
+    from cambrian.testing.cluster import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    r = B.run(quick=True)
+    assert r["name"] == "operator" and r["quick"] is True and r["command"] == "cambrian bench run operator --quick"
+    cam, base = r["cambrian"], r["baseline"]
+    assert cam["steady_phases"] == {"Scored": 50}
+    assert base["steady_phases"] == {"Proposed": 50}
+    # Every object needs at least its status write from the operator; Cambrian also creates a Job
+    # and a ConfigMap and reads the Job back, so it must count more requests than the no-op.
+    assert base["requests_per_object"] >= 1
+    assert cam["requests_per_object"] > base["requests_per_object"] + 2
+    assert cam["all_clients_requests_by_resource"].get("POST jobs", 0) >= 50
+    # Scored needs a level-based timer tick (interval 15 s) after the Job finished.
+    assert cam["seconds_to_steady_all"] >= r["operator_interval_s"]
+    assert cam["seconds_to_first_phase_all"] <= cam["seconds_to_steady_all"]
+    assert r["ratio"] == pytest.approx(cam["seconds_to_first_phase_all"] / base["seconds_to_first_phase_all"],
+                                       rel=0.01)
+    assert 50 < base["operator_rss_peak_mib"] and 50 < cam["operator_rss_peak_mib"]

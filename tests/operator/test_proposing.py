@@ -1,0 +1,188 @@
+"""The cluster-mode adapter to the agents: Hypothesis specs from the real proposers, quotas, budgets,
+the journal view the Online Agent ranks, pod templates from the chart, and the metrics exporter."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from cambrian.errors import ConfigError
+from cambrian.operator import api, metrics
+from cambrian.operator import proposing as P
+from cambrian.operator.platform import kubernetes as K
+from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, ProposeHypotheses
+
+OWNER = Owner("Evolution", "evo", "uid-evo", "ns")
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+
+
+def evo_spec(**agent):
+    return api.parse_spec("Evolution", {"objective": {"northStar": [{"name": "watch_minutes"}]},
+                                        "data": {"world": {}}, "agent": {"provider": "builtin", **agent}})
+
+
+def wake(spec, wakeup=1):
+    return ProposeHypotheses(OWNER, wakeup, f"evo-w{wakeup}-abc", (("explore", spec.agent.quotas.explore),
+                             ("exploit", spec.agent.quotas.exploit), ("innovate", spec.agent.quotas.innovate)),
+                             tuple(spec.agent.personas), spec.wire(), spec.baseline)
+
+
+def as_objects(batch, prefix="evo-w1-abc", status=None):
+    return [{"metadata": {"name": f"{prefix}-{i}", "annotations": ann, "creationTimestamp": "2026-02-01T00:00:00Z"},
+             "spec": spec, "status": (status or {}).get(i, {})} for i, (spec, ann) in enumerate(batch.items)]
+
+
+def test_builtin_proposer_makes_valid_specs_per_persona_within_quotas():
+    spec = evo_spec(personas=["optimizer", "reward"], proposalsPerWakeup=2,
+                    quotas={"explore": 1, "exploit": 0, "innovate": 1})
+    batch = P.ClusterProposer()(wake(spec), [])
+    assert len(batch.items) == 4 and not batch.notes
+    for hs, ann in batch.items:
+        parsed = api.parse_spec("Hypothesis", hs)  # what the API server admits
+        assert parsed.origin.kind == "persona" and parsed.origin.wakeup == 1
+        assert parsed.component in {"optimizer": ("optimizer", "training"), "reward": ("reward",)}[parsed.origin.persona]
+        assert json.loads(ann[P.A_META])["entry"] and ann[P.A_ORIGIN].startswith("builtin")
+    # the next wake-up sees the journal (fingerprints): nothing is proposed twice
+    again = P.ClusterProposer()(wake(spec, 2), as_objects(batch))
+    assert not {json.dumps(h["delta"], sort_keys=True) for h, _ in again.items} & {
+        json.dumps(h["delta"], sort_keys=True) for h, _ in batch.items}
+
+
+class Scripted:
+    """A proposer whose answer is fixed (the LLM proposers' output shape), with token usage."""
+
+    name, model = "gemini", "gemini-2.5-flash"
+
+    def __init__(self, proposals):
+        self.proposals = proposals
+
+    def propose(self, request):
+        from cambrian.operator.agents.proposers.base import ProposerResult
+
+        assert "EXPERIMENT JOURNAL" in request.prompt  # LLM proposers get the rendered prompt
+        return ProposerResult(proposals=list(self.proposals), input_tokens=900, output_tokens=100, model=self.model)
+
+
+def test_llm_output_is_checked_quota_enforced_and_usage_recorded():
+    good = {"category": "explore", "explanation": "AdamW", "delta": {"component": "optimizer", "patch": {"name": "AdamW"}}}
+    outside = {"category": "explore", "explanation": "x", "delta": {"component": "reward", "patch": {"label": "1"}}}
+    empty = {"category": "explore", "explanation": "x", "delta": {"component": "optimizer", "patch": {}}}
+    spec = evo_spec(provider="gemini", model="gemini-2.5-flash", personas=["optimizer"], proposalsPerWakeup=2,
+                    quotas={"explore": 1, "exploit": 1, "innovate": 0})
+    other = {**good, "delta": {"component": "optimizer", "patch": {"lr": 0.01}}}
+    prop = P.ClusterProposer(make=lambda settings, seed: Scripted([good, outside, empty, good, other, other]),
+                             env={"GEMINI_API_KEY": "k"})
+    batch = prop(wake(spec), [])
+    assert [h["delta"] for h, _ in batch.items] == [{"patch": {"name": "AdamW"}}, {"patch": {"lr": 0.01}}]
+    assert any("over the wake-up quota" in n for n in batch.notes)
+    assert any("outside the persona" in n for n in batch.notes) and any("duplicates" in n for n in batch.notes)
+    assert any("rejected" in n and "spec.delta" in n for n in batch.notes)
+    assert batch.items[0][1]["cambrian.dev/tokens"] == "1000" and float(batch.items[0][1]["cambrian.dev/dollars"]) > 0
+    # a spent token budget stops asking
+    objs = as_objects(batch)
+    capped = evo_spec(provider="gemini", model="m", personas=["optimizer"], budgets={"tokens": 500})
+    assert not P.ClusterProposer(make=lambda s, seed: Scripted([good]), env={"GEMINI_API_KEY": "k"})(wake(capped, 2), objs).items
+
+
+def test_llm_provider_without_key_is_a_clear_note_not_a_crash():
+    spec = evo_spec(provider="openai", model="m", apiKeySecretRef={"name": "llm", "key": "token"})
+    batch = P.ClusterProposer(env={})(wake(spec), [])
+    assert not batch.items and "OPENAI_API_KEY" in batch.notes[0]
+    with pytest.raises(ConfigError):
+        P.provider_settings(spec.agent, {})
+    s = P.provider_settings(spec.agent, {"CAMBRIAN_KEY_LLM_TOKEN": "x"})
+    assert s.api_key_env == "CAMBRIAN_KEY_LLM_TOKEN"
+
+
+def test_online_agent_ranks_offline_winners_and_retires_dropouts():
+    spec = evo_spec()
+    objs = [
+        {"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
+         "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}, "origin": {"kind": "persona", "persona": "optimizer"}},
+         "status": {"phase": phase, "offlineMetric": "val_loss", "offlineScore": score,
+                    "proxyMetrics": {"val_loss": {"value": score}}}}
+        for n, lr, phase, score in (("a", 0.01, "Live", 0.49), ("b", 0.02, "Scored", 0.40), ("c", 0.03, "Scored", 0.55))]
+    sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+    assert sel.ranking == ["b"] and sel.start == ["b"] and sel.retire == ["a"]  # c is worse than the champion
+    sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs, {"val_loss": 0.5})
+    assert sel2.start == ["b"] and sel2.keep == ["a"] and sel2.retire == []
+
+
+def test_chart_pod_templates_are_applied_without_relaxing_security():
+    action = CreateTrainingJob("run", OWNER, "h", 1, {}, {"component": "optimizer", "patch": {"lr": 0.1}},
+                               api.Training().wire(), {"world": {}})
+    tpl = {"image": "reg/trainer:1", "labels": {"cambrian.dev/role": "trainer", "team": "ml"},
+           "podSecurityContext": {"runAsNonRoot": False, "fsGroup": 1000},
+           "securityContext": {"readOnlyRootFilesystem": False, "runAsUser": 1000},
+           "automountServiceAccountToken": True, "ttlSecondsAfterFinished": 60, "tmpSizeLimit": "2Gi",
+           "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}
+    job = K.apply_pod_template(K.training_job(action), tpl, "trainer", [{"name": "pull"}])
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    assert job["spec"]["template"]["metadata"]["labels"]["cambrian.dev/role"] == "trainer"
+    assert pod["securityContext"] == {**pod["securityContext"], "runAsNonRoot": True, "fsGroup": 1000}
+    c = pod["containers"][0]
+    assert c["image"] == "reg/trainer:1" and c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["runAsUser"] == 1000 and pod["automountServiceAccountToken"] is False
+    assert job["spec"]["ttlSecondsAfterFinished"] == 60 and pod["imagePullSecrets"] == [{"name": "pull"}]
+    assert [v for v in pod["volumes"] if v["name"] == "tmp"][0]["emptyDir"]["sizeLimit"] == "2Gi"
+    assert pod["tolerations"] == tpl["tolerations"]
+
+
+def test_metrics_exporter_serves_the_chart_metric_names():
+    port = metrics.serve(0)
+    hyps = [{"metadata": {"name": "h1", "creationTimestamp": "2026-02-01T00:00:00Z"}, "status": {"phase": "Training",
+             "conditions": [{"type": "Training", "lastTransitionTime": "2026-02-01T00:10:00Z"}]}},
+            {"metadata": {"name": "h2", "creationTimestamp": "2026-02-01T00:05:00Z"}, "status": {"phase": "Scored"}}]
+    metrics.observe_evolution("evo-m", hyps, {"tokens": 1000, "gpuHours": 2.0}, {"tokens": 250, "gpuHours": 0.5},
+                              T0 + timedelta(minutes=30))
+    metrics.observe_guardrails("ro-m", [("treatment", "hate_rate", True), ("treatment", "sessions", False)])
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'cambrian_hypothesis_phase{evolution="evo-m",phase="Training"} 1.0' in text
+    assert 'cambrian_hypothesis_phase{evolution="evo-m",phase="Failed"} 0.0' in text
+    assert 'cambrian_hypothesis_phase_seconds{evolution="evo-m",phase="Training"} 1200.0' in text
+    assert 'cambrian_hypothesis_phase_seconds{evolution="evo-m",phase="Scored"} 1500.0' in text
+    assert 'cambrian_budget_remaining{evolution="evo-m",kind="tokens"} 750.0' in text
+    assert 'cambrian_budget_remaining{evolution="evo-m",kind="gpu_hours"} 1.5' in text
+    assert 'kind="dollars"' not in text
+    assert 'cambrian_guardrail_breached{arm="treatment",metric="hate_rate",rollout="ro-m"} 1.0' in text
+    metrics.forget_rollout("ro-m")
+    metrics.forget_evolution("evo-m")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert "ro-m" not in text and "evo-m" not in text
+
+
+class FakeCustom:
+    def __init__(self, items):
+        self.items, self.created = list(items), []
+
+    def list_namespaced_custom_object(self, group, version, ns, plural):
+        return {"items": list(self.items)}
+
+    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+        self.created.append(body)
+        self.items.append(body)
+
+
+def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
+    asked = []
+
+    def proposer(action, existing):
+        asked.append(action.wakeup)
+        return P.ClusterProposer()(action, existing)
+
+    plat = K.KubernetesPlatform.__new__(K.KubernetesPlatform)
+    plat.custom, plat.proposer, plat.record = FakeCustom([]), proposer, lambda a: None
+    plat.propose(wake(spec))
+    names = [b["metadata"]["name"] for b in plat.custom.created]
+    assert names == ["evo-w1-abc-0", "evo-w1-abc-1"]
+    body = plat.custom.created[0]
+    assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-evo" and body["spec"]["evolutionRef"] == {"name": "evo"}
+    for b in plat.custom.created:
+        b["spec"] = b["spec"]  # as the API server keeps them
+    plat.propose(wake(spec))  # the operator died before persisting status: the same wake-up again
+    assert asked == [1] and len(plat.custom.created) == 2
