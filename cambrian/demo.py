@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import typer
 
@@ -176,6 +176,10 @@ def demo(
     fast: bool = typer.Option(False, "--fast", help="a smaller world and budget: about 5 minutes on 2 cores"),
     seed: int = typer.Option(0, "--seed", help="world and agent seed"),
     fresh: bool = typer.Option(False, "--fresh", help="start over instead of resuming an earlier demo in --out"),
+    users: Optional[int] = typer.Option(None, "--users", min=50, help="override the number of simulated users"),
+    days: Optional[int] = typer.Option(None, "--days", min=2, help="override the number of logged days"),
+    evaluations: Optional[int] = typer.Option(None, "--evaluations", min=4, help="override the training budget"),
+    online_days: Optional[int] = typer.Option(None, "--online-days", min=1, help="override the A/B test's length"),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON (no live display)"),
 ) -> None:
     """Run the whole loop on the built-in simulated world: offline agent, online A/B test, launch, report.
@@ -186,6 +190,8 @@ def demo(
 
     console = Console(quiet=as_json)
     size = FAST if fast else FULL
+    overrides = {"users": users, "days": days, "evaluations": evaluations, "online_days": online_days}
+    size = replace(size, **{k: v for k, v in overrides.items() if v is not None})
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

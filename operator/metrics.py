@@ -38,13 +38,15 @@ _server: Any = None
 port: int | None = None  # the port the exporter listens on, once started
 
 
-def serve(requested: int | None = None, addr: str = "0.0.0.0") -> int:
-    """Start the exporter once per process; returns its port."""
+def serve(requested: int | None = None, addr: str | None = None) -> int:
+    """Start the exporter once per process; returns its port. Address: $CAMBRIAN_METRICS_ADDR or all
+    interfaces (the chart's Service scrapes the pod)."""
     global _server, port
     with _lock:
         if _server is not None:
             return port  # type: ignore[return-value]
         want = int(os.environ.get("CAMBRIAN_METRICS_PORT", "8000")) if requested is None else requested
+        addr = addr or os.environ.get("CAMBRIAN_METRICS_ADDR", "0.0.0.0")
         result = start_http_server(want, addr=addr, registry=REGISTRY)
         _server = result[0] if isinstance(result, tuple) else result
         port = _server.server_port if hasattr(_server, "server_port") else want

@@ -10,7 +10,6 @@ cambrian.online.prometheus.PrometheusProcess. No metric is written by hand here.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 import time
@@ -86,8 +85,10 @@ def live_prometheus(tmp_path_factory):
         router = BackgroundApp(Router(cfg).app()).start()
         apps.append(router)
         host = lambda app: f"127.0.0.1:{app.port}"  # noqa: E731
+        operator_port = _operator_demo_metrics()
         with PrometheusProcess({"model-servers": [host(s) for s in servers.values()], "router": [host(router)],
-                                "collector": [host(coll)]}, workdir=tmp / "prometheus") as prom:
+                                "collector": [host(coll)], "operator": [f"127.0.0.1:{operator_port}"]},
+                               workdir=tmp / "prometheus") as prom:
             world = World(WorldParams.build(n_users=150, n_items=120, n_candidates=30, max_steps_per_day=10), seed=5)
             driver = TrafficDriver(world, router.url, coll.url, seconds_per_day=2.0, batch_size=64,
                                    run_id=EXPERIMENT)
@@ -102,6 +103,25 @@ def live_prometheus(tmp_path_factory):
     finally:
         for app in reversed(apps):
             app.stop()
+
+
+def _operator_demo_metrics() -> int:
+    """The operator's real exporter (cambrian.operator.metrics) filled through its observe_* functions
+    with a small demo evolution: hypotheses in several phases, capped budgets, one guardrail verdict."""
+    from datetime import datetime, timedelta, timezone
+
+    from cambrian.operator import metrics as op
+
+    port = op.serve(0, addr="127.0.0.1")
+    now = datetime.now(timezone.utc)
+    created = (now - timedelta(minutes=20)).isoformat()
+    phases = ["Proposed", "Validated", "Training", "Scored", "Scored", "Live", "Launched", "Failed", "Rejected"]
+    hyps = [{"metadata": {"name": f"h{i}", "creationTimestamp": created}, "status": {"phase": p}}
+            for i, p in enumerate(phases)]
+    op.observe_evolution("demo", hyps, {"tokens": 100000, "dollars": 20.0, "gpuHours": 8.0},
+                         {"tokens": 41000, "dollars": 7.5, "gpuHours": 2.25}, now)
+    op.observe_guardrails(EXPERIMENT, [("treatment", "hate_rate", False)])
+    return port
 
 
 def _query(url: str, expr: str) -> dict:
@@ -153,9 +173,21 @@ def test_effect_panel_matches_the_collector_statistics(live_prometheus):
 
 
 def test_operator_panel_queries(live_prometheus):
-    """Panels on the operator's metrics (names fixed by the chart's PrometheusRule) need its exporter."""
-    missing = sorted({m for _, _, e in _queries() for m in METRIC_RE.findall(e) if dashboards.METRICS[m] == "operator"})
-    if importlib.util.find_spec("cambrian.operator.metrics") is None:
-        pytest.skip("the operator exports no Prometheus metrics yet (no cambrian.operator.metrics); "
-                    f"panels reading {', '.join(missing)} are checked only by promtool")
-    pytest.fail("cambrian.operator.metrics exists: fill it with demo data here and query these panels")
+    """Panels on the operator's metrics (names fixed by the chart's PrometheusRule) against its exporter."""
+    _wait_for(live_prometheus, 'count(cambrian_hypothesis_phase{evolution="demo"}) > 0')
+    checked, empty = 0, []
+    for uid, title, expr in _queries():
+        if _online_only(expr):
+            continue
+        body = _query(live_prometheus, _concrete(expr))
+        assert body["status"] == "success", (uid, title, body)
+        values = [float(r["value"][1]) for r in body["data"]["result"]]
+        if not any(math.isfinite(v) for v in values):
+            empty.append(f"{uid} / {title}: {_concrete(expr)} -> {body['data']['result']}")
+        checked += 1
+    assert not empty, "operator panel queries without data:\n" + "\n".join(empty)
+    assert checked >= 15
+    in_flight = _query(live_prometheus, 'sum(cambrian_hypothesis_phase{evolution="demo", phase=~"Proposed|Validated|Training"})')
+    assert float(in_flight["data"]["result"][0]["value"][1]) == 3
+    tokens = _query(live_prometheus, 'cambrian_budget_remaining{evolution="demo", kind="tokens"}')
+    assert float(tokens["data"]["result"][0]["value"][1]) == 59000

@@ -19,6 +19,7 @@ import pytest
 # Fast level-based timers and a free metrics port (read when cambrian.operator.handlers is imported).
 os.environ.setdefault("CAMBRIAN_OPERATOR_INTERVAL", "1")
 os.environ.setdefault("CAMBRIAN_METRICS_PORT", "0")
+os.environ.setdefault("CAMBRIAN_METRICS_ADDR", "127.0.0.1")
 
 from cambrian.testing.cluster import ANNOTATION_EXIT_CODE, ANNOTATION_TERMINATION_MESSAGE  # noqa: E402
 from cambrian.testing.fixtures import cluster, cluster_namespace, pytest_runtest_makereport  # noqa: E402,F401

@@ -181,7 +181,7 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
     # The operator's surroundings: its chart config, its metrics exporter, the collector, Prometheus.
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
     monkeypatch.setenv("CAMBRIAN_OPERATOR_CONFIG", str(chart))
-    metrics_port = metrics.serve(0)
+    metrics_port = metrics.serve(0, addr="127.0.0.1")
     collector = BackgroundApp(Collector(Store(tmp_path / "collector.sqlite")).app()).start()
     prom = PrometheusProcess({"collector": [f"127.0.0.1:{collector.port}"], "operator": [f"127.0.0.1:{metrics_port}"]},
                              workdir=tmp_path / "prometheus").start()

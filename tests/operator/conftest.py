@@ -20,7 +20,8 @@ import yaml
 
 # Fast level-based timers when the operator runs in-process (read when handlers.py is imported).
 os.environ.setdefault("CAMBRIAN_OPERATOR_INTERVAL", "1")
-os.environ.setdefault("CAMBRIAN_METRICS_PORT", "0")  # the exporter on a free port, never a fixed one
+os.environ.setdefault("CAMBRIAN_METRICS_PORT", "0")
+os.environ.setdefault("CAMBRIAN_METRICS_ADDR", "127.0.0.1")  # the exporter on a free port, never a fixed one
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
