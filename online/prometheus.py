@@ -12,9 +12,7 @@ the caller must then make no decision.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -27,6 +25,7 @@ import httpx
 import yaml
 
 from cambrian.errors import CambrianError
+from cambrian.online.services import stop_process
 from cambrian.operator.statistics.sums import RatioStats, SufficientStats
 
 
@@ -131,13 +130,7 @@ class PrometheusProcess:
 
     def stop(self, timeout: float = 15) -> None:
         """Stop by PID (SIGTERM, then SIGKILL), and remove the temp TSDB if we created it."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()

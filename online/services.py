@@ -15,6 +15,17 @@ import httpx
 from cambrian.errors import CambrianError
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 15) -> None:
+    """Stop a child by its own PID: SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc is not None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 class ServiceError(CambrianError):
     pass
 
@@ -64,13 +75,7 @@ class ServiceProcess:
         raise ServiceError(f"{self.name} not ready after {timeout:g} s; see {self.log_path}")
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_process(self.proc, timeout)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None

@@ -61,7 +61,7 @@ class PodRuntime:
             try:
                 pods = json.loads(self.c.kubectl("get", "pods", "-n", self.ns, "-o", "json", check=False).stdout
                                   or '{"items": []}')["items"]
-            except ValueError:
+            except (ValueError, subprocess.SubprocessError):  # a slow API server: try again next round
                 pods = []
             for pod in pods:
                 meta = pod["metadata"]

@@ -291,7 +291,7 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             assert status(k.get("evolution", evo_name))["counters"]["wakeups"] == 1
 
             # Garbage collection through owner references.
-            c.kubectl("delete", "evolution", evo_name, "-n", ns, "--wait=true", "--timeout=120s")
+            c.kubectl("delete", "evolution", evo_name, "-n", ns, "--wait=false")
             wait("children collected", lambda: not (k.get("hypotheses") or k.get("rollouts") or [
                 j for j in k.get("jobs") or []] or k.get("deployments", selector="app.kubernetes.io/managed-by=cambrian-operator")),
                 timeout=120, runner=runner)

@@ -69,16 +69,18 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
     c, ns = crds_installed, cluster_namespace
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
     metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
+    baseline_metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.6, "auc": 0.6}})
     evo = {
         "apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "e2e"},
         "spec": {
             "objective": {"northStar": [{"name": "returning_users"}]},
-            "agent": {"provider": "builtin"},
+            "agent": {"provider": "builtin", "personas": ["optimizer"], "proposalsPerWakeup": 1,
+                      "quotas": {"explore": 1, "exploit": 0, "innovate": 0}},
             "cadence": {"offline": "1h", "online": "3s"},
             "launchPolicy": "manual",
             "training": {"image": "cambrian/trainer:test", "memory": "1Gi", "cpu": "1",
                          "podAnnotations": {"kwok.cambrian.dev/exit-code": "0",
-                                            "kwok.cambrian.dev/termination-message": metrics}},
+                                            "kwok.cambrian.dev/termination-message": baseline_metrics}},
             "experiment": {"ramp": {"steps": [{"weights": [95, 5], "duration": "1h"}]}},
             "data": {"world": {"users": 100, "days": 3}},
         },
@@ -106,20 +108,25 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
         champion = wait("the baseline champion", lambda: ((get("evolution", "e2e") or {}).get("status") or {})
                         .get("champion", {}).get("bundle"))
         assert champion.startswith("job://")
-        jobs = json.loads(c.kubectl("get", "jobs", "-n", ns, "-o", "json").stdout)["items"]
-        (job,) = jobs
+        jobs = json.loads(c.kubectl("get", "jobs", "-n", ns, "-l", "cambrian.dev/owner-kind=evolution",
+                                    "-o", "json").stdout)["items"]
+        (job,) = jobs  # the baseline
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert job["metadata"]["ownerReferences"][0]["kind"] == "Evolution"
 
+        # Later runs score better than the baseline (0.5 < 0.6), so the Online Agent rolls them out.
+        evo["spec"]["training"]["podAnnotations"]["kwok.cambrian.dev/termination-message"] = metrics
+        _apply(c, ns, evo, check=True)
         _apply(c, ns, hyp, check=True)
         st = wait("the hypothesis scored", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
                   if ((get("hypothesis", "e2e-adamw") or {}).get("status") or {}).get("phase") in ("Scored", "Live") else None)
         assert st["offlineScore"] == 0.5 and st["attempts"] == 1
 
         ro_name = wait("a rollout for it", lambda: next(iter(json.loads(c.kubectl(
-            "get", "rollouts", "-n", ns, "-o", "json").stdout)["items"]), {}).get("metadata", {}).get("name"))
+            "get", "rollouts", "-n", ns, "-l", "cambrian.dev/hypothesis=e2e-adamw", "-o", "json").stdout)["items"]),
+            {}).get("metadata", {}).get("name"))
         ro = wait("the rollout running", lambda: get("rollout", ro_name)
                   if ((get("rollout", ro_name) or {}).get("status") or {}).get("phase") == "Running" else None)
         assert ro["status"]["weightsSummary"] == "control=95,treatment=5"

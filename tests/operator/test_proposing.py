@@ -184,3 +184,72 @@ def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-evo" and body["spec"]["evolutionRef"] == {"name": "evo"}
     plat.propose(wake(spec))  # the operator died before persisting status: the same wake-up again
     assert asked == [1] and len(plat.custom.created) == 2
+
+
+class Replay:
+    """A loopback server speaking Gemini's generateContent REST call with recorded response bodies."""
+
+    def __init__(self, bodies):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies, self.requests = list(bodies), []
+        replay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                replay.requests.append({"path": self.path, "body": json.loads(body or b"{}"),
+                                        "key": self.headers.get("x-goog-api-key")})
+                data = json.dumps(replay.bodies.pop(0)).encode() if replay.bodies else b'{"error": {"code": 500}}'
+                self.send_response(200 if len(data) > 30 else 500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+FIXTURES = __import__("pathlib").Path(__file__).resolve().parents[1] / "fixtures" / "gemini"
+
+
+def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
+    """Recorded answers served to the real google-genai client: the operator's key from its environment."""
+    monkeypatch.setenv("GEMINI_API_KEY", "key-from-secret")
+    recorded = json.loads((FIXTURES / "optimizer_valid.json").read_text())
+    server = Replay([recorded])
+    try:
+        spec = evo_spec(provider="gemini", model="gemini-2.5-pro", baseUrl=server.url, personas=["optimizer"],
+                        apiKeySecretRef={"name": "gemini", "key": "api-key"})
+        batch = P.ClusterProposer()(wake(spec), [])
+        assert server.requests[0]["key"] == "key-from-secret" and "generateContent" in server.requests[0]["path"]
+        assert [h["delta"]["patch"] for h, _ in batch.items] == [
+            {"name": "AdamW", "lr": 0.003, "weight_decay": 0.0001}, {"lr": 0.01}, {"name": "Adagrad", "lr": 0.05}]
+        assert batch.items[0][1]["cambrian.dev/tokens"] == "2200"
+        assert {h["origin"]["category"] for h, _ in batch.items} == {"explore", "exploit", "innovate"}
+        # the Online Agent asks Gemini for the ranking (recorded answer), names outside the pool are dropped
+        objs = [{"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
+                 "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}},
+                 "status": {"phase": "Scored", "offlineMetric": "val_loss", "offlineScore": s,
+                            "proxyMetrics": {"val_loss": {"value": s}}}}
+                for n, lr, s in (("a", 0.01, 0.49), ("b", 0.02, 0.40))]
+        text = json.dumps({"ranking": [{"name": "zz", "reason": "unknown"}, {"name": "a", "reason": "smaller step"}]})
+        server.bodies.append({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
+                                              "finishReason": "STOP", "index": 0}]})
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        assert sel.ranked_by == "gemini" and sel.start == ["a"]
+        # no answer (HTTP 500): the built-in rule decides, and says so
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        assert sel.ranked_by == "builtin" and sel.start == ["b"] and "unusable" in sel.note
+    finally:
+        server.close()
