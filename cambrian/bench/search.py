@@ -29,15 +29,14 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from cambrian.bench.throughput import journal_events, load_now, make_world
+from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "gemini"
@@ -172,39 +171,6 @@ def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epoch
 
 
 # ----------------------------------------------------------------------------- loop arms
-class _Replay:
-    """Loopback server answering Gemini generateContent calls with recorded bodies, in order; 500 after."""
-
-    def __init__(self, bodies: list[dict]):
-        self.bodies, self.calls = list(bodies), 0
-        replay = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                replay.calls += 1
-                if replay.bodies:
-                    status, data = 200, json.dumps(replay.bodies.pop(0)).encode()
-                else:
-                    status, data = 500, b'{"error": {"code": 500, "message": "no more recorded responses"}}'
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int) -> tuple[list[dict], dict]:
     """The real offline loop; its runs in journal order (one per evaluation record)."""
     from cambrian.operator.agents.evolve import bundle_path, run_evolution
@@ -223,7 +189,7 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
     if kind == "llm":
         from cambrian.operator.agents.proposers.llm import GeminiProposer
 
-        replay = _Replay([json.loads((FIXTURES / name).read_text()) for name in RECORDED])
+        replay = GeminiReplay([json.loads((FIXTURES / name).read_text()) for name in RECORDED])
         proposer = GeminiProposer(model="gemini-2.5-pro", api_key="recorded", base_url=replay.url)
     try:
         result = run_evolution(cfg, proposer=proposer)
@@ -245,7 +211,7 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
         bundle = bundle_path(cfg.run_dir, e["id"], e["seed"]) if value is not None else None
         runs.append({"value": value, "hypothesis": e["id"], "seed": e["seed"], "persona": h.get("persona"),
                      "delta": h.get("delta"), "bundle": str(bundle) if bundle else None})
-    return runs, {"stop_reason": result.stop_reason, "recorded_calls": replay.calls if replay else None}
+    return runs, {"stop_reason": result.stop_reason, "recorded_calls": len(replay.requests) if replay else None}
 
 
 # ----------------------------------------------------------------------------- online north star
