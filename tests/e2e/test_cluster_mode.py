@@ -294,7 +294,7 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             c.kubectl("delete", "evolution", evo_name, "-n", ns, "--wait=false")
             wait("children collected", lambda: not (k.get("hypotheses") or k.get("rollouts") or [
                 j for j in k.get("jobs") or []] or k.get("deployments", selector="app.kubernetes.io/managed-by=cambrian-operator")),
-                timeout=120, runner=runner)
+                timeout=240, runner=runner)
             timings["collected"] = time.monotonic() - t_start
         assert runner.exit_code == 0, runner.stdout[-4000:]
     finally:
