@@ -137,7 +137,19 @@ def stage_online(out: Path, world: str, arms: dict[str, str], size: DemoSize, co
     rollout_dir = out / "evolve" / "rollouts" / "demo"
     console.print(f"[bold]4/6 online[/bold]: A/B/{len(arms) + 1} test of {', '.join(arms)} against the baseline, "
                   f"up to {size.online_days} simulated days, real Prometheus")
-    result = run_rollout(spec, rollout_dir)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("    simulated days"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[status]}"), console=console)
+
+    def day_done(rollout, day: int) -> None:
+        last = rollout.last_decision.outcome if rollout.last_decision else "no look yet"
+        weights = " ".join(f"{arm}={w}%" for arm, w in rollout.weights.items())
+        progress.update(task, advance=1, status=f"day {day}: {weights}; last look: {last}")
+
+    with progress:
+        task = progress.add_task("online", total=size.online_days, status="starting servers and Prometheus")
+        result = run_rollout(spec, rollout_dir, on_day_end=day_done)
     return {**result.to_dict(), "dir": str(rollout_dir)}
 
 
