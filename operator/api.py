@@ -93,7 +93,7 @@ class _Model(BaseModel):
 
 
 class _Status(_Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(extra="ignore")
 
 
 class Condition(_Status):
@@ -126,11 +126,8 @@ class OnlineMetric(_Model):
 class Guardrail(_Model):
     """A hard limit: `limit` bounds the metric's value, `margin` its relative regression vs control."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [cel("has(self.limit) || has(self.margin)", "guardrail: give a limit, a margin or both", "FieldValueRequired")]
         ),
     )
@@ -219,9 +216,7 @@ _AGENT_RULES = [
 
 
 class Agent(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_x(_AGENT_RULES)
-    )
+    model_config = ConfigDict(json_schema_extra=_x(_AGENT_RULES))
 
     provider: Literal["gemini", "openai", "builtin"] = "builtin"
     model: str | None = Field(None, max_length=256, description="e.g. gemini-2.5-flash")
@@ -298,11 +293,8 @@ class VolumeData(_Model):
 
 
 class Data(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [
                 cel(
                     "has(self.world) != has(self.persistentVolumeClaim)",
@@ -438,11 +430,8 @@ class EvolutionStatus(_Status):
 class HypothesisDelta(_Model):
     """A change against Φ[component]: a JSON merge patch and/or plugin code (trainer/delta.py)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [
                 cel(
                     "has(self.patch) || has(self.code)",
@@ -479,11 +468,8 @@ class PredictedEffect(_Model):
 
 
 class Origin(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [cel("self.kind != 'persona' || has(self.persona)", "spec.origin.persona is required when kind is persona", "FieldValueRequired")]
         ),
     )
@@ -515,9 +501,7 @@ _HYP_RULES = [
 class HypothesisSpec(_Model):
     """One proposed change: a delta against the champion's Φ, with its explanation and origin."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_x(_HYP_RULES)
-    )
+    model_config = ConfigDict(json_schema_extra=_x(_HYP_RULES))
 
     evolution_ref: LocalObjectRef
     component: Component
@@ -600,11 +584,8 @@ class TreatmentArm(_Model):
 
 
 class RampStep(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [
                 cel("self.weights.all(w, w >= 0 && w <= 100)", "spec.ramp.steps[].weights: each weight must be within 0..100"),
                 cel("self.weights.sum() == 100", "spec.ramp.steps[].weights must sum to 100"),
@@ -636,9 +617,7 @@ _RAMP_RULES = [
 
 
 class Ramp(_Model):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_x(_RAMP_RULES)
-    )
+    model_config = ConfigDict(json_schema_extra=_x(_RAMP_RULES))
 
     steps: list[RampStep] = Field(min_length=1, max_length=10)
 
@@ -683,11 +662,8 @@ def _default_ramp() -> "Ramp":
 class ExperimentTemplate(_Model):
     """Settings of the A/B rollouts (one treatment each) that an Evolution starts for its top-K."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        json_schema_extra=_x(
+    model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
+                json_schema_extra=_x(
             [cel("self.ramp.steps.all(s, size(s.weights) == 2)",
                  "spec.experiment.ramp.steps[].weights: give two weights (control, treatment)")]
         ),
@@ -722,9 +698,7 @@ _ROLLOUT_RULES = [
 class RolloutSpec(_Model):
     """One online experiment: control and treatment arms, ramp, metrics, statistics, decision policy."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", json_schema_extra=_x(_ROLLOUT_RULES)
-    )
+    model_config = ConfigDict(json_schema_extra=_x(_ROLLOUT_RULES))
 
     evolution_ref: LocalObjectRef | None = None
     control: ControlArm
