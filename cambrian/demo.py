@@ -77,7 +77,7 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
 
 
 def offline_config(out: Path, world: str, size: DemoSize, seed: int):
-    from cambrian.operator.agents.settings import parse_evolve_config
+    from cambrian.agents.settings import parse_evolve_config
 
     provider = {"kind": "gemini"} if _gemini_available() else {"kind": "builtin"}
     return parse_evolve_config({
@@ -89,8 +89,8 @@ def offline_config(out: Path, world: str, size: DemoSize, seed: int):
 
 
 def stage_offline(out: Path, world: str, size: DemoSize, seed: int, live: bool) -> dict:
-    from cambrian.operator.agents.cli import _print_summary, _run_live
-    from cambrian.operator.agents.evolve import Evolution
+    from cambrian.agents.cli import _print_summary, _run_live
+    from cambrian.agents.evolve import Evolution
 
     cfg = offline_config(out, world, size, seed)
     result = _run_live(cfg) if live else Evolution(cfg).run()
@@ -100,9 +100,9 @@ def stage_offline(out: Path, world: str, size: DemoSize, seed: int, live: bool) 
 
 
 def stage_select(out: Path, size: DemoSize, console) -> dict:
-    from cambrian.operator.agents.evolve import bundle_path
-    from cambrian.operator.agents.journal import Journal
-    from cambrian.operator.agents.online import GeminiRanker, OnlineAgent
+    from cambrian.agents.evolve import bundle_path
+    from cambrian.agents.journal import Journal
+    from cambrian.agents.online import GeminiRanker, OnlineAgent
 
     journal = Journal(out / "evolve")
     ranker = GeminiRanker() if _gemini_available() else None
@@ -120,7 +120,7 @@ def stage_select(out: Path, size: DemoSize, console) -> dict:
 
 
 def stage_online(out: Path, world: str, arms: dict[str, str], size: DemoSize, console) -> dict:
-    from cambrian.operator.agents.evolve import BASELINE_ID, bundle_path
+    from cambrian.agents.evolve import BASELINE_ID, bundle_path
     from cambrian.online.rollout import run_rollout
 
     control = bundle_path(out / "evolve", BASELINE_ID)
@@ -154,8 +154,8 @@ def stage_online(out: Path, world: str, arms: dict[str, str], size: DemoSize, co
 
 
 def stage_launch(out: Path, online: dict, console) -> dict:
-    from cambrian.operator.agents.journal import Journal
-    from cambrian.operator.agents.online import record_outcome
+    from cambrian.agents.journal import Journal
+    from cambrian.agents.online import record_outcome
 
     journal = Journal(out / "evolve")
     decision = online.get("last_decision") or {}

@@ -66,7 +66,7 @@ class Rollout:
 @dataclass
 class Run:
     path: Path
-    hypotheses: list[Any]  # cambrian.operator.agents.journal.Hypothesis
+    hypotheses: list[Any]  # cambrian.agents.journal.Hypothesis
     baseline: dict[str, Any]  # metric -> Score
     usage: Any
     train_seconds: float
@@ -131,7 +131,7 @@ def load_rollout(folder: Path, hypothesis_ids: set[str]) -> Rollout:
 
 
 def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> Run:
-    from cambrian.operator.agents.journal import JOURNAL_FILE, Journal
+    from cambrian.agents.journal import JOURNAL_FILE, Journal
 
     p = Path(run_dir)
     if not p.exists():
@@ -187,7 +187,7 @@ def arm_hypotheses(arms: list[str], spec: dict[str, Any] | None, ids: set[str]) 
 
 def persona_metric(h: Any) -> tuple[str | None, bool]:
     """(primary offline metric, lower is better) of a hypothesis."""
-    from cambrian.operator.agents.personas import PERSONAS
+    from cambrian.agents.personas import PERSONAS
 
     p = PERSONAS.get(h.persona)
     if p is not None:

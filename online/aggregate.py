@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cambrian.operator.statistics.sums import RatioStats, SufficientStats
+from cambrian.stats.sums import RatioStats, SufficientStats
 
 USER_DAY_COLUMNS = ("active", "sessions", "impressions", "clicks", "minutes", "likes", "hates")
 

@@ -26,7 +26,7 @@ import yaml
 
 from cambrian.errors import CambrianError
 from cambrian.online.services import stop_process
-from cambrian.operator.statistics.sums import RatioStats, SufficientStats
+from cambrian.stats.sums import RatioStats, SufficientStats
 
 
 class PrometheusNotInstalled(CambrianError):

@@ -11,7 +11,7 @@
 What runs: one model server per arm, the router, the collector (all `python -m cambrian.online.cli`
 processes), a real Prometheus scraping them every second, and the simulated users (traffic.py)
 living `days` compressed days. After every `readout_every_days` closed days the runner reads the
-per-arm sums back *from Prometheus* and calls cambrian.operator.statistics.decide:
+per-arm sums back *from Prometheus* and calls cambrian.stats.decide:
   * an arm rolled back (guardrail, hard limit, north star worse) goes to 0% at once;
   * promote -> the winner gets 100% and the run stops; all arms rolled back -> stop;
   * inconclusive at the maximum duration -> every treatment to 0%;
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cambrian.errors import ConfigError
 from cambrian.online.prometheus import PromClient, PrometheusProcess, PrometheusUnavailable
 from cambrian.online.services import ServiceProcess
-from cambrian.operator.statistics import (Decision, DecisionPolicy, DecisionState, Guardrail, HardLimit, Metric,
+from cambrian.stats import (Decision, DecisionPolicy, DecisionState, Guardrail, HardLimit, Metric,
                                           decide)
 
 log = logging.getLogger("cambrian.rollout")

@@ -40,7 +40,7 @@ def run(
     asyncio.run(
         kopf.operator(
             standalone=standalone,
-            namespaces=namespace or None,
+            namespaces=namespace or (),  # () with clusterwide: kopf iterates it
             clusterwide=not namespace,
             liveness_endpoint=liveness,
         )

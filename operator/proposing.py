@@ -1,4 +1,4 @@
-"""Cluster-mode adapter between Hypothesis objects and the agents (operator/agents/).
+"""Cluster-mode adapter between Hypothesis objects and the agents (agents/).
 
 - `journal_view` turns Hypothesis objects (plain dicts from the API server) into the agents' journal
   entries, so the same proposers and the same Online Agent run in cluster and local mode.
@@ -49,7 +49,7 @@ class ProposalBatch:
 
 
 def _score(m: Mapping[str, Any]):
-    from cambrian.operator.agents.journal import Score
+    from cambrian.agents.journal import Score
 
     std = float(m.get("stderr") or 0.0)
     return Score(mean=float(m["value"]), std=std, n=1, values=[float(m["value"])])
@@ -58,8 +58,8 @@ def _score(m: Mapping[str, Any]):
 def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, baseline: dict,
                  champion_metrics: Mapping[str, float] | None = None) -> list:
     """Agents' `Hypothesis` entries for Hypothesis objects; gain and verdict against the champion."""
-    from cambrian.operator.agents import canonical
-    from cambrian.operator.agents.journal import Hypothesis
+    from cambrian.agents import canonical
+    from cambrian.agents.journal import Hypothesis
     from cambrian.trainer.config import parse_config
 
     try:
@@ -136,7 +136,7 @@ class _JournalView:
 
 def provider_settings(agent: api.Agent, env: Mapping[str, str] | None = None):
     """ProviderSettings for the Evolution's agent; the key is read from the operator's environment."""
-    from cambrian.operator.agents.settings import ProviderSettings
+    from cambrian.agents.settings import ProviderSettings
 
     env = os.environ if env is None else env
     key_env = None
@@ -180,15 +180,15 @@ class ClusterProposer:
     """`proposer(action, existing) -> ProposalBatch` for KubernetesPlatform.propose."""
 
     def __init__(self, make: Callable[[Any, int], Any] | None = None, env: Mapping[str, str] | None = None):
-        from cambrian.operator.agents.proposers import make_proposer
+        from cambrian.agents.proposers import make_proposer
 
         self._make = make or (lambda settings, seed: make_proposer(settings, seed=seed))
         self._env = env
 
     def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
-        from cambrian.operator.agents.budgets import cost_usd
-        from cambrian.operator.agents.personas import get_persona
-        from cambrian.operator.agents.proposers.base import ProposalRequest
+        from cambrian.agents.budgets import cost_usd
+        from cambrian.agents.personas import get_persona
+        from cambrian.agents.proposers.base import ProposalRequest
         from cambrian.trainer.config import parse_config
 
         batch = ProposalBatch()
@@ -252,7 +252,7 @@ class ClusterProposer:
 
 
 def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
-    from cambrian.operator.agents import canonical
+    from cambrian.agents import canonical
 
     delta = {"component": hs["component"], "patch": hs["delta"].get("patch") or {}}
     if hs["delta"].get("code"):
@@ -264,8 +264,8 @@ def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
 
 
 def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec) -> str:
-    from cambrian.operator.agents.journal import render_journal
-    from cambrian.operator.agents.prompts import build_prompt
+    from cambrian.agents.journal import render_journal
+    from cambrian.agents.prompts import build_prompt
 
     text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
                           persona.lower_is_better, 20_000, components=persona.components)
@@ -278,7 +278,7 @@ def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: a
 
 
 def online_agent(spec: api.EvolutionSpec, env: Mapping[str, str] | None = None):
-    from cambrian.operator.agents.online import GeminiRanker, OnlineAgent
+    from cambrian.agents.online import GeminiRanker, OnlineAgent
 
     ranker = None
     if spec.agent.provider == "gemini":

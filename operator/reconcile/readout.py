@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
 from cambrian.operator.reconcile.observations import Analysis, Effect
-from cambrian.operator.statistics import DecisionPolicy, Guardrail, HardLimit, Metric, decide
+from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -12,9 +12,9 @@ import psutil
 import yaml
 from typer.testing import CliRunner
 
-from cambrian.operator.agents.evolve import Evolution, run_evolution
-from cambrian.operator.agents.journal import Journal
-from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.agents.evolve import Evolution, run_evolution
+from cambrian.agents.journal import Journal
+from cambrian.agents.settings import parse_evolve_config
 
 
 def cfg_dict(tmp_path, world, trainer, **over):
@@ -49,8 +49,8 @@ def test_resume_after_kill_reruns_in_flight_once(tmp_path, tiny_world, fake_trai
     d = cfg_dict(tmp_path, tiny_world, fake_trainer, workers=2, personas=["optimizer"])
     (tmp_path / "evolve.yaml").write_text(yaml.safe_dump(d))
     script = textwrap.dedent(f"""
-        from cambrian.operator.agents.settings import load_evolve_config
-        from cambrian.operator.agents.evolve import run_evolution
+        from cambrian.agents.settings import load_evolve_config
+        from cambrian.agents.evolve import run_evolution
         run_evolution(load_evolve_config({str(tmp_path / 'evolve.yaml')!r}))
     """)
     env = {**os.environ, "FAKE_SLOW": "1.5"}

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from cambrian.operator.agents.evolve import Evolution, run_evolution
-from cambrian.operator.agents.journal import Journal
-from cambrian.operator.agents.proposers.llm import GeminiProposer
-from cambrian.operator.agents.runner import RunLimits, run_candidate
-from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.agents.evolve import Evolution, run_evolution
+from cambrian.agents.journal import Journal
+from cambrian.agents.proposers.llm import GeminiProposer
+from cambrian.agents.runner import RunLimits, run_candidate
+from cambrian.agents.settings import parse_evolve_config
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 

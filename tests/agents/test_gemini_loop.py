@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from cambrian.operator.agents.evolve import Evolution
-from cambrian.operator.agents.journal import Journal
-from cambrian.operator.agents.proposers.llm import GeminiProposer, OpenAIProposer
-from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.agents.evolve import Evolution
+from cambrian.agents.journal import Journal
+from cambrian.agents.proposers.llm import GeminiProposer, OpenAIProposer
+from cambrian.agents.settings import parse_evolve_config
 
 
 def settings(tmp_path, world, trainer, **over):
@@ -149,8 +149,8 @@ def test_openai_compatible_endpoint(tmp_path, gemini_replay):
                              "choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": answer}}],
                              "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}])
-    from cambrian.operator.agents.personas import OPTIMIZER
-    from cambrian.operator.agents.proposers.base import ProposalRequest
+    from cambrian.agents.personas import OPTIMIZER
+    from cambrian.agents.proposers.base import ProposalRequest
 
     p = OpenAIProposer(model="local-model", base_url=server.url + "/v1", api_key="k")
     res = p.propose(ProposalRequest(OPTIMIZER, 1, {"explore": 1}, "prompt", None, None))
@@ -162,8 +162,8 @@ def test_openai_compatible_endpoint(tmp_path, gemini_replay):
 
 def test_missing_key_is_a_clear_error(tmp_path, monkeypatch):
     from cambrian.errors import ConfigError
-    from cambrian.operator.agents.proposers import make_proposer
-    from cambrian.operator.agents.settings import ProviderSettings
+    from cambrian.agents.proposers import make_proposer
+    from cambrian.agents.settings import ProviderSettings
 
     for var in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
         monkeypatch.delenv(var, raising=False)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from cambrian.errors import ConfigError
-from cambrian.operator.agents.journal import Failure, Hypothesis, Journal, Score, approx_tokens, render_journal
+from cambrian.agents.journal import Failure, Hypothesis, Journal, Score, approx_tokens, render_journal
 
 
 def hyp(i, val=None, persona="optimizer", component="optimizer", **kw):
@@ -128,9 +128,9 @@ def test_long_plugin_code_is_cut_in_prompts():
 def test_example_settings_file_parses():
     from pathlib import Path
 
-    from cambrian.operator.agents.settings import load_evolve_config
+    from cambrian.agents.settings import load_evolve_config
 
-    import cambrian.operator.agents as agents
+    import cambrian.agents as agents
 
     cfg = load_evolve_config(Path(agents.__file__).parent / "evolve.example.yaml", env={})
     assert cfg.budgets.max_evaluations == 30 and cfg.provider.kind == "builtin"

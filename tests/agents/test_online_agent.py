@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cambrian.operator.agents.journal import Hypothesis, Journal, Score
-from cambrian.operator.agents.online import GeminiRanker, OnlineAgent, eligible, parse_ranking, record_outcome
+from cambrian.agents.journal import Hypothesis, Journal, Score
+from cambrian.agents.online import GeminiRanker, OnlineAgent, eligible, parse_ranking, record_outcome
 
 
 def hyp(hid, gain, floor=0.01, phase="Scored", verdict="better", online=None, component="reward"):

@@ -3,15 +3,15 @@ import json
 import pytest
 
 from cambrian.errors import ConfigError
-from cambrian.operator.agents import canonical
-from cambrian.operator.agents.budgets import Budgets, Spend, cost_usd, llm_exhausted, price_of, training_exhausted
-from cambrian.operator.agents.journal import Hypothesis, Journal, Score
-from cambrian.operator.agents.noise import NoiseSettings, judge
-from cambrian.operator.agents.personas import ARCHITECTURE, OPTIMIZER, REWARD
-from cambrian.operator.agents.prompts import build_prompt
-from cambrian.operator.agents.proposers.base import ProposalParseError, ProposalRequest, parse_response_text
-from cambrian.operator.agents.proposers.builtin import CATALOGUE, BuiltinProposer
-from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.agents import canonical
+from cambrian.agents.budgets import Budgets, Spend, cost_usd, llm_exhausted, price_of, training_exhausted
+from cambrian.agents.journal import Hypothesis, Journal, Score
+from cambrian.agents.noise import NoiseSettings, judge
+from cambrian.agents.personas import ARCHITECTURE, OPTIMIZER, REWARD
+from cambrian.agents.prompts import build_prompt
+from cambrian.agents.proposers.base import ProposalParseError, ProposalRequest, parse_response_text
+from cambrian.agents.proposers.builtin import CATALOGUE, BuiltinProposer
+from cambrian.agents.settings import parse_evolve_config
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 

@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from cambrian.operator.agents.runner import RunLimits, clean_environment, network_isolation_available, run_candidate
+from cambrian.agents.runner import RunLimits, clean_environment, network_isolation_available, run_candidate
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cambrian.operator.agents.sql import SqlRejected, SqlTool, build_database, check_statement, render_outputs
+from cambrian.agents.sql import SqlRejected, SqlTool, build_database, check_statement, render_outputs
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from cambrian.online.collector import Collector, Store
 from cambrian.online.prometheus import PromClient, PrometheusProcess, PrometheusUnavailable, scrape_config
 from cambrian.online.runner import BackgroundApp
-from cambrian.operator.statistics.sums import RatioStats, SufficientStats
+from cambrian.stats.sums import RatioStats, SufficientStats
 
 pytestmark = pytest.mark.prometheus
 needs_prom = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus binary not installed")
@@ -62,7 +62,7 @@ def test_live_traffic_read_back_through_prometheus(arm_servers, tmp_path):
     from cambrian.online.rollout import effective_weights
     from cambrian.online.router import Router, RouterConfig
     from cambrian.online.traffic import TrafficDriver
-    from cambrian.operator.statistics import DecisionPolicy, Metric, decide
+    from cambrian.stats import DecisionPolicy, Metric, decide
     from cambrian.world.params import WorldParams
     from cambrian.world.sim import World
 

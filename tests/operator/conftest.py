@@ -2,7 +2,7 @@
 (x-kubernetes-validations) evaluated with cel-python, including transition rules with oldSelf.
 
 This mirrors what kube-apiserver does closely enough to test our rules without a cluster; the
-cluster team's tests (cambrian/testing/cluster.py) apply the same CRDs to a real API server.
+cluster team's tests (testing/cluster.py) apply the same CRDs to a real API server.
 Kubernetes' CEL list library functions used by our rules (sum, isSorted) are added to cel-python.
 """
 

@@ -1,4 +1,4 @@
-"""The CRDs and the operator against a real API server (cambrian/testing/cluster.py: etcd,
+"""The CRDs and the operator against a real API server (testing/cluster.py: etcd,
 kube-apiserver, controller-manager, scheduler, kwok). Skipped when the control plane is not built."""
 
 from __future__ import annotations

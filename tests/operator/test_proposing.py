@@ -60,7 +60,7 @@ class Scripted:
         self.proposals = proposals
 
     def propose(self, request):
-        from cambrian.operator.agents.proposers.base import ProposerResult
+        from cambrian.agents.proposers.base import ProposerResult
 
         assert "EXPERIMENT JOURNAL" in request.prompt  # LLM proposers get the rendered prompt
         return ProposerResult(proposals=list(self.proposals), input_tokens=900, output_tokens=100, model=self.model)

@@ -18,7 +18,7 @@ from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import ArmObservation, JobObservation, RolloutObservation
-from cambrian.operator.statistics import SufficientStats
+from cambrian.stats import SufficientStats
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -1,4 +1,4 @@
-"""Faults against the real API server (cambrian/testing/cluster.py): the kubernetes platform under
+"""Faults against the real API server (testing/cluster.py): the kubernetes platform under
 injected 409 conflicts and 429 throttling, and the operator "killed" (its process state thrown away)
 mid-Job and restarted, while a Hypothesis trains on a kwok node.
 

@@ -20,7 +20,7 @@ from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (Analysis, ArmObservation, HypothesisView, JobObservation,
                                                       RolloutObservation, RolloutView, Spend)
 from cambrian.operator.reconcile.readout import analyse
-from cambrian.operator.statistics import RatioStats, SufficientStats
+from cambrian.stats import RatioStats, SufficientStats
 
 T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
 INTERVAL = timedelta(hours=6)

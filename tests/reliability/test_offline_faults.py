@@ -21,10 +21,10 @@ import psutil
 import pytest
 import yaml
 
-from cambrian.operator.agents.evolve import run_evolution
-from cambrian.operator.agents.journal import Journal
-from cambrian.operator.agents.runner import RunLimits, run_candidate
-from cambrian.operator.agents.settings import parse_evolve_config
+from cambrian.agents.evolve import run_evolution
+from cambrian.agents.journal import Journal
+from cambrian.agents.runner import RunLimits, run_candidate
+from cambrian.agents.settings import parse_evolve_config
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 
@@ -58,8 +58,8 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, tiny_wo
     d = cfg_dict(run, tiny_world, fake_trainer)
     (tmp_path / "evolve.yaml").write_text(yaml.safe_dump(d))
     script = textwrap.dedent(f"""
-        from cambrian.operator.agents.settings import load_evolve_config
-        from cambrian.operator.agents.evolve import run_evolution
+        from cambrian.agents.settings import load_evolve_config
+        from cambrian.agents.evolve import run_evolution
         run_evolution(load_evolve_config({str(tmp_path / 'evolve.yaml')!r}))
     """)
     rng = random.Random(8)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from cambrian.errors import ConfigError
 from cambrian.online.assignment import N_BUCKETS, Assignment
-from cambrian.operator.statistics import DecisionPolicy, Guardrail, Metric, SufficientStats, decide
+from cambrian.stats import DecisionPolicy, Guardrail, Metric, SufficientStats, decide
 from cambrian.trainer.config import COMPONENTS, ModelConfig
 from cambrian.trainer.delta import apply_delta, parse_delta
 

@@ -2,7 +2,7 @@
 
 * hostile plugin code (imports of os/subprocess/socket, eval/exec, dunder and frame escapes, file reads
   and writes, torch's file/hub/native entry points) is refused at the gate's static stage with the line;
-* a candidate run in the real sandbox (operator/agents/runner.py + sandbox_exec.py) sees no API key, no
+* a candidate run in the real sandbox (agents/runner.py + sandbox_exec.py) sees no API key, no
   proxy, no cloud or Kubernetes setting, a temporary HOME, only the observable data files (no truth/),
   and no network (a loopback server of the parent is unreachable) where user namespaces allow it;
 * on the cluster, the rendered chart NetworkPolicy leaves training pods no egress but DNS, and the
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cambrian.errors import GateError
-from cambrian.operator.agents.runner import RunLimits, clean_environment, network_isolation_available, run_candidate
+from cambrian.agents.runner import RunLimits, clean_environment, network_isolation_available, run_candidate
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 from cambrian.trainer.plugins import check_code
@@ -124,7 +124,7 @@ def test_a_benign_plugin_passes_the_same_checks():
 
 def test_hostile_deltas_are_rejected_before_any_process_starts():
     """A delta whose code is hostile never reaches training: the loop rejects it at admission."""
-    from cambrian.operator.agents.evolve import Evolution  # noqa: F401  (the loop uses trainer.gate.static_checks)
+    from cambrian.agents.evolve import Evolution  # noqa: F401  (the loop uses trainer.gate.static_checks)
     from cambrian.trainer.delta import apply_delta
     from cambrian.trainer.gate import static_checks
 
@@ -234,7 +234,7 @@ def test_clean_environment_keeps_what_training_needs():
 
 def test_network_off_fails_closed_when_isolation_is_impossible(tmp_path, tiny_world, monkeypatch):
     """limits.network=off never runs a candidate with the network on: it is refused with the reason."""
-    import cambrian.operator.agents.runner as runner
+    import cambrian.agents.runner as runner
 
     monkeypatch.setattr(runner, "network_isolation_available", lambda: False)
     out = run_candidate(ModelConfig(), None, tiny_world, tmp_path / "c", RunLimits(network="off"),

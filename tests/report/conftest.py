@@ -1,5 +1,5 @@
 """Synthetic run directories built through the real writers: the experiment journal
-(cambrian.operator.agents.journal.Journal, verdicts from the real noise judge) and the local rollout
+(cambrian.agents.journal.Journal, verdicts from the real noise judge) and the local rollout
 runner (cambrian.online.rollout.LocalRollout: its real look/apply/event code, real statistics, a real
 router for the weight changes), with Prometheus replaced by in-memory per-arm sums."""
 
@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cambrian.operator.agents.journal import Failure, Hypothesis, Journal, Score
-from cambrian.operator.agents.noise import NoiseSettings, judge
-from cambrian.operator.agents.personas import PERSONAS
+from cambrian.agents.journal import Failure, Hypothesis, Journal, Score
+from cambrian.agents.noise import NoiseSettings, judge
+from cambrian.agents.personas import PERSONAS
 
 BASE = {"val_loss": 0.500, "auc": 0.700, "return_corr": 0.020, "long_watch_corr": 0.300, "like_corr": 0.1}
 
@@ -92,7 +92,7 @@ class MemoryProm:
 
     def read_experiment(self, experiment: str, at: float | None = None):
         from cambrian.online.prometheus import ExperimentReadout
-        from cambrian.operator.statistics.sums import RatioStats, SufficientStats
+        from cambrian.stats.sums import RatioStats, SufficientStats
 
         stats = {}
         for a, chunks in self.users.items():

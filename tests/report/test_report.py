@@ -166,7 +166,7 @@ def test_weight_changes_after_a_look_apply_from_the_next_day():
 def test_guardrail_history_when_readouts_carry_guardrails(tmp_path):
     """Per-look guardrail results (GuardrailResult.to_dict in each readout arm) plot as a history."""
     from cambrian import report_plots
-    from cambrian.operator.statistics.guardrails import Guardrail, non_inferiority
+    from cambrian.stats.guardrails import Guardrail, non_inferiority
     from cambrian.report import Rollout
 
     g = Guardrail("hate_rate", margin=0.1, higher_is_better=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cambrian.operator.statistics import SufficientStats
+from cambrian.stats import SufficientStats
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,11 @@
-"""One test per branch of decide() (see the order in cambrian/operator/statistics/decision.py)."""
+"""One test per branch of decide() (see the order in cambrian/stats/decision.py)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from cambrian.operator.statistics import (DecisionPolicy, DecisionState, Guardrail, HardLimit, Metric,
+from cambrian.stats import (DecisionPolicy, DecisionState, Guardrail, HardLimit, Metric,
                                           SufficientStats, decide)
 
 W = {"c": 0.5, "t": 0.5}

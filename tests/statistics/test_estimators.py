@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats as sst
 
-from cambrian.operator.statistics import (InsufficientData, RatioStats, SufficientStats, analyse, compare,
+from cambrian.stats import (InsufficientData, RatioStats, SufficientStats, analyse, compare,
                                           compare_ratio, cuped, cuped_theta, difference_in_means,
                                           relative_lift)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from cambrian.operator.statistics import (DecisionPolicy, Guardrail, InsufficientData, Metric, RatioStats,
+from cambrian.stats import (DecisionPolicy, Guardrail, InsufficientData, Metric, RatioStats,
                                           SufficientStats, compare, decide)
 
 values = st.integers(-1000, 1000).map(lambda v: v / 10)

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sst
 
-from cambrian.operator.statistics import (SequentialState, confidence_sequence, msprt_log_lr, msprt_p_value,
+from cambrian.stats import (SequentialState, confidence_sequence, msprt_log_lr, msprt_p_value,
                                           planned_information, rho_for_information, update)
-from cambrian.operator.statistics.estimators import combine, cuped_arm_means
-from cambrian.operator.statistics.sequential import cs_half_width
+from cambrian.stats.estimators import combine, cuped_arm_means
+from cambrian.stats.sequential import cs_half_width
 
 ALPHA, LOOKS, SIMS, PER_DAY, RHO = 0.05, 20, 2000, 200, 0.7
 Z = sst.norm.isf(ALPHA / 2)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as sst
 
-from cambrian.operator.statistics import (Guardrail, HardLimit, adjust, benjamini_hochberg, bonferroni,
+from cambrian.stats import (Guardrail, HardLimit, adjust, benjamini_hochberg, bonferroni,
                                           hard_limit_breaches, holm, non_inferiority, srm_check)
 
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cambrian.operator.statistics import RatioStats, SufficientStats
+from cambrian.stats import RatioStats, SufficientStats
 
 
 def test_moments_match_numpy():

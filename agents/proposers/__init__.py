@@ -6,10 +6,10 @@ import os
 from typing import TYPE_CHECKING
 
 from cambrian.errors import ConfigError
-from cambrian.operator.agents.proposers.base import Proposer, ProposalRequest, ProposerResult
+from cambrian.agents.proposers.base import Proposer, ProposalRequest, ProposerResult
 
 if TYPE_CHECKING:
-    from cambrian.operator.agents.settings import ProviderSettings
+    from cambrian.agents.settings import ProviderSettings
 
 __all__ = ["Proposer", "ProposalRequest", "ProposerResult", "make_proposer"]
 
@@ -17,12 +17,12 @@ __all__ = ["Proposer", "ProposalRequest", "ProposerResult", "make_proposer"]
 def make_proposer(settings: "ProviderSettings", seed: int = 0) -> Proposer:
     """Build the configured proposer; a missing key is a clear ConfigError, never a silent fallback."""
     if settings.kind == "builtin":
-        from cambrian.operator.agents.proposers.builtin import BuiltinProposer
+        from cambrian.agents.proposers.builtin import BuiltinProposer
 
         return BuiltinProposer(seed=seed)
     key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
     if settings.kind == "gemini":
-        from cambrian.operator.agents.proposers.llm import DEFAULT_GEMINI_MODEL, GeminiProposer
+        from cambrian.agents.proposers.llm import DEFAULT_GEMINI_MODEL, GeminiProposer
 
         key = key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
         if not key:
@@ -33,7 +33,7 @@ def make_proposer(settings: "ProviderSettings", seed: int = 0) -> Proposer:
             temperature=settings.temperature, max_output_tokens=settings.max_output_tokens, timeout_s=settings.timeout_s,
         )
     if settings.kind == "openai":
-        from cambrian.operator.agents.proposers.llm import OpenAIProposer
+        from cambrian.agents.proposers.llm import OpenAIProposer
 
         if not settings.model:
             raise ConfigError("provider.model is required for provider.kind openai")

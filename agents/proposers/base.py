@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cambrian.operator.agents.journal import Hypothesis, Journal
-from cambrian.operator.agents.personas import Persona
+from cambrian.agents.journal import Hypothesis, Journal
+from cambrian.agents.personas import Persona
 from cambrian.trainer.config import ModelConfig
 
 CATEGORIES = ("explore", "exploit", "innovate")

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from cambrian.operator.agents.journal import Hypothesis, Journal, render_entry
+from cambrian.agents.journal import Hypothesis, Journal, render_entry
 
 RANK_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
-from cambrian.operator.agents.journal import Failure
+from cambrian.agents.journal import Failure
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import Delta
 
@@ -97,7 +97,7 @@ def build_command(
     if delta_file is not None:
         cmd += ["--delta", str(delta_file)]
     isolation = []
-    launcher = [sys.executable, "-m", "cambrian.operator.agents.sandbox_exec"]
+    launcher = [sys.executable, "-m", "cambrian.agents.sandbox_exec"]
     if limits.address_space_mb:
         launcher += ["--as-mb", str(limits.address_space_mb)]
         isolation.append(f"as={limits.address_space_mb}MiB")

@@ -27,16 +27,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cambrian.errors import ConfigError, GateError, TrainingError
-from cambrian.operator.agents import canonical
-from cambrian.operator.agents.budgets import Spend, cost_usd, llm_exhausted, training_exhausted
-from cambrian.operator.agents.journal import Failure, Hypothesis, Journal, Score, ranked, render_journal
-from cambrian.operator.agents.noise import judge
-from cambrian.operator.agents.personas import PERSONAS, Persona
-from cambrian.operator.agents.prompts import build_prompt
-from cambrian.operator.agents.proposers import make_proposer
-from cambrian.operator.agents.proposers.base import CATEGORIES, ProposalRequest, Proposer, ProposerResult
-from cambrian.operator.agents.runner import RunOutcome, run_candidate
-from cambrian.operator.agents.settings import EvolveConfig
+from cambrian.agents import canonical
+from cambrian.agents.budgets import Spend, cost_usd, llm_exhausted, training_exhausted
+from cambrian.agents.journal import Failure, Hypothesis, Journal, Score, ranked, render_journal
+from cambrian.agents.noise import judge
+from cambrian.agents.personas import PERSONAS, Persona
+from cambrian.agents.prompts import build_prompt
+from cambrian.agents.proposers import make_proposer
+from cambrian.agents.proposers.base import CATEGORIES, ProposalRequest, Proposer, ProposerResult
+from cambrian.agents.runner import RunOutcome, run_candidate
+from cambrian.agents.settings import EvolveConfig
 from cambrian.trainer.config import ModelConfig, load_config, parse_config
 from cambrian.trainer.delta import Delta, merge_patch
 
@@ -340,7 +340,7 @@ class Evolution:
                                             components=p.components, show_metrics=shown)
         floor = None
         if p.metric in base:
-            from cambrian.operator.agents.noise import noise_floor
+            from cambrian.agents.noise import noise_floor
 
             floor = noise_floor(base[p.metric], None, 1, self.cfg.noise)
         return build_prompt(p, p.view(self.baseline), text, self.cfg.quotas.as_dict(), self.cfg.online_metrics, floor,
@@ -350,7 +350,7 @@ class Evolution:
     # ================================================================= SQL analyses (reward persona)
     def _sql_tool(self):
         if self._sql is None:
-            from cambrian.operator.agents.sql import SqlTool, build_database
+            from cambrian.agents.sql import SqlTool, build_database
 
             db = build_database(self.data_dir, self.run_dir)
             self._sql = SqlTool(db, max_rows=self.cfg.sql.max_rows, timeout_s=self.cfg.sql.timeout_s)

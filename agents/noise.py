@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cambrian.operator.agents.journal import Score
+from cambrian.agents.journal import Score
 
 
 class NoiseSettings(BaseModel):

@@ -1,6 +1,6 @@
 """Set resource limits on this process, then exec the candidate command (used by runner.py).
 
-    python -m cambrian.operator.agents.sandbox_exec --as-mb 4096 --cpu-s 600 -- cambrian train ...
+    python -m cambrian.agents.sandbox_exec --as-mb 4096 --cpu-s 600 -- cambrian train ...
 
 A separate launcher (rather than subprocess's preexec_fn) because preexec_fn is unsafe in a process
 that runs several candidates from threads.

@@ -16,10 +16,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cambrian.errors import ConfigError
-from cambrian.operator.agents.budgets import Budgets
-from cambrian.operator.agents.noise import NoiseSettings
-from cambrian.operator.agents.personas import PERSONAS
-from cambrian.operator.agents.runner import RunLimits
+from cambrian.agents.budgets import Budgets
+from cambrian.agents.noise import NoiseSettings
+from cambrian.agents.personas import PERSONAS
+from cambrian.agents.runner import RunLimits
 from cambrian.trainer.config import _format_errors
 
 ENV_PREFIX = "CAMBRIAN_EVOLVE_"

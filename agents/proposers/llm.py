@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cambrian.operator.agents.proposers.base import (
+from cambrian.agents.proposers.base import (
     PROPOSAL_SCHEMA,
     ProposalParseError,
     ProposalRequest,

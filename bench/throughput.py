@@ -60,7 +60,7 @@ def make_world(out: Path, users: int | None = None, days: int | None = None, see
 
 
 def journal_events(run_dir: Path) -> list[dict]:
-    from cambrian.operator.agents.journal import JOURNAL_FILE
+    from cambrian.agents.journal import JOURNAL_FILE
 
     return [json.loads(line) for line in (Path(run_dir) / JOURNAL_FILE).read_text().splitlines() if line.strip()]
 
@@ -100,8 +100,8 @@ def timing_breakdown(events: list[dict], wall_seconds: float, slots: int) -> dic
 
 
 def run(quick: bool = False) -> dict:
-    from cambrian.operator.agents.evolve import run_evolution
-    from cambrian.operator.agents.settings import EvolveConfig
+    from cambrian.agents.evolve import run_evolution
+    from cambrian.agents.settings import EvolveConfig
 
     t0 = time.perf_counter()
     load_start = load_now()

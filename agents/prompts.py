@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from cambrian.operator.agents.journal import Hypothesis
-from cambrian.operator.agents.personas import Persona, example_json, persona_guidance
+from cambrian.agents.journal import Hypothesis
+from cambrian.agents.personas import Persona, example_json, persona_guidance
 
 TEMPLATE = """\
 PERSONA

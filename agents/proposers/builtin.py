@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cambrian.errors import ConfigError
-from cambrian.operator.agents import canonical
-from cambrian.operator.agents.journal import Hypothesis
-from cambrian.operator.agents.proposers.base import CATEGORIES, ProposalRequest, ProposerResult
+from cambrian.agents import canonical
+from cambrian.agents.journal import Hypothesis
+from cambrian.agents.proposers.base import CATEGORIES, ProposalRequest, ProposerResult
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ def _fmt(x: Any) -> str:
 
 
 def journal_rows(journal) -> list[dict[str, Any]]:
-    from cambrian.operator.agents.personas import PERSONAS
+    from cambrian.agents.personas import PERSONAS
 
     rows = []
     for h in journal.hypotheses:
@@ -64,8 +64,8 @@ def evolve(
 
     Re-running the same command resumes a killed run; finished candidates are never trained again.
     """
-    from cambrian.operator.agents.evolve import Evolution, dump_json
-    from cambrian.operator.agents.settings import load_evolve_config
+    from cambrian.agents.evolve import Evolution, dump_json
+    from cambrian.agents.settings import load_evolve_config
 
     cfg = load_evolve_config(config)
     if as_json:
@@ -81,7 +81,7 @@ def _run_live(cfg):
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cambrian.operator.agents.evolve import Evolution
+    from cambrian.agents.evolve import Evolution
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[status]}"))
@@ -143,7 +143,7 @@ def journal(
     """Print the experiment journal: every hypothesis, its score, verdict and why it won or lost."""
     from rich.console import Console
 
-    from cambrian.operator.agents.journal import Journal
+    from cambrian.agents.journal import Journal
 
     j = Journal(run_dir, readonly=True)
     if persona:

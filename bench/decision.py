@@ -5,7 +5,7 @@ Simulated experiments (all measured in this run, same generator for every method
 * each day `users_per_day` new users per arm arrive with a pre-period covariate X and outcome
   Y = ρX + √(1−ρ²)ε (+δ in treatment), ρ = 0.7 (the reference's realistic CUPED correlation);
 * the collector's view is only the cumulative per-arm sums (n, ΣY, ΣY², ΣX, ΣX², ΣXY), and every
-  method is computed from them by the kernels in cambrian.operator.statistics;
+  method is computed from them by the kernels in cambrian.stats;
 * baseline: a fixed-horizon Welch z-test on Y (no CUPED) at n_fixed users per arm, the classic
   sample size for 80% power at δ; it looks once;
 * candidate: CUPED + mSPRT always-valid p-value at every daily look (τ² = 1/ρ with ρ tuned to the
@@ -24,9 +24,9 @@ import time
 import numpy as np
 from scipy import stats
 
-from cambrian.operator.statistics import DecisionPolicy, Metric, SufficientStats, decide
-from cambrian.operator.statistics.estimators import combine, cuped_arm_means
-from cambrian.operator.statistics.sequential import msprt_p_value, planned_information, rho_for_information
+from cambrian.stats import DecisionPolicy, Metric, SufficientStats, decide
+from cambrian.stats.estimators import combine, cuped_arm_means
+from cambrian.stats.sequential import msprt_p_value, planned_information, rho_for_information
 
 ALPHA = 0.05
 POWER = 0.80

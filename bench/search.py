@@ -173,8 +173,8 @@ def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epoch
 # ----------------------------------------------------------------------------- loop arms
 def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int) -> tuple[list[dict], dict]:
     """The real offline loop; its runs in journal order (one per evaluation record)."""
-    from cambrian.operator.agents.evolve import bundle_path, run_evolution
-    from cambrian.operator.agents.settings import EvolveConfig
+    from cambrian.agents.evolve import bundle_path, run_evolution
+    from cambrian.agents.settings import EvolveConfig
 
     base = baseline_config(epochs, seed)
     cfg = EvolveConfig(
@@ -187,7 +187,7 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
     replay = None
     proposer = None
     if kind == "llm":
-        from cambrian.operator.agents.proposers.llm import GeminiProposer
+        from cambrian.agents.proposers.llm import GeminiProposer
 
         replay = GeminiReplay([json.loads((FIXTURES / name).read_text()) for name in RECORDED])
         proposer = GeminiProposer(model="gemini-2.5-pro", api_key="recorded", base_url=replay.url)
