@@ -34,6 +34,11 @@ class OptimizerConfig(_Strict):
     code: str | None = Field(None, description="plugin code; see trainer/plugins.py")
 
 
+# The built-in architectures by name (trainer/models.py registers one class each); kept here so that
+# code that only proposes or validates configs (the operator, the agents) never imports torch.
+ARCHITECTURE_NAMES = ("mlp", "deepfm", "dcn")
+
+
 class ArchitectureConfig(_Strict):
     """A registered architecture by name, or plugin code defining `class Model(nn.Module)`."""
 

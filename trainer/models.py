@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cambrian.trainer.config import ArchitectureConfig
+from cambrian.trainer.config import ARCHITECTURE_NAMES, ArchitectureConfig
 from cambrian.trainer.data import FeatureSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -92,6 +92,7 @@ class DCNv2(nn.Module):
 
 
 ARCHITECTURES = {"mlp": MLPRanker, "deepfm": DeepFM, "dcn": DCNv2}
+assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES, "trainer/config.py lists the built-in architectures"
 
 
 def build_model(spec: FeatureSpec, cfg: ArchitectureConfig) -> nn.Module:

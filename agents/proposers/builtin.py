@@ -195,12 +195,11 @@ CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
 
 
-def _available_architectures() -> set[str] | None:
-    """Names the trainer registers, when it says; None means unknown (propose everything)."""
-    try:
-        from cambrian.trainer import models  # type: ignore[attr-defined]
-    except Exception:
-        return None
+def _available_architectures() -> set[str]:
+    """The names the trainer registers (from its config module: proposing never imports torch)."""
+    from cambrian.trainer.config import ARCHITECTURE_NAMES
+
+    return set(ARCHITECTURE_NAMES)
     for attr in ("ARCHITECTURES", "REGISTRY", "MODELS"):
         reg = getattr(models, attr, None)
         if isinstance(reg, dict):
@@ -218,10 +217,9 @@ class BuiltinProposer:
         self.shuffle = shuffle
         self.catalogue = list(catalogue or CATALOGUE)
         archs = _available_architectures()
-        if archs is not None:
-            self.catalogue = [
-                e for e in self.catalogue if e.component != "architecture" or e.patch.get("name") in (None, *archs)
-            ]
+        self.catalogue = [
+            e for e in self.catalogue if e.component != "architecture" or e.patch.get("name") in (None, *archs)
+        ]
         if not plugins:
             self.catalogue = [e for e in self.catalogue if not e.code]
 
