@@ -51,7 +51,7 @@ SA_NAMESPACE = "cambrian-bench"
 CREATE_CONCURRENCY = 16
 CAMBRIAN_STEADY = ("Scored",)
 FINAL = ("Failed", "Rejected")  # steady too, but not the expected outcome
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TERMINATION = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
 
 

@@ -39,7 +39,7 @@ from cambrian.bench.throughput import journal_events, load_now, make_world
 from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
-FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "gemini"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gemini"
 RECORDED = ("optimizer_valid.json", "architecture_valid.json", "reward_valid.json")
 ARMS = ("random", "tpe", "builtin", "llm")
 
