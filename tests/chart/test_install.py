@@ -49,10 +49,15 @@ def test_install_is_admitted_under_restricted_pod_security(cluster, release):
             pytest.fail(f"no {component} pod was created: {messages}")
 
 
-def test_chart_crds_are_accepted(cluster):
-    """The API server's own validation of the chart's CRDs (structural schema, CEL rules compile)."""
-    out = cluster.kubectl("apply", "--dry-run=server", "-f", str(CHART / "crds"), check=False, timeout=120)
+@pytest.mark.parametrize("source", [("-f", "charts/cambrian/crds"), ("-f", "crds"), ("-k", "manifests/crds")])
+def test_crds_are_accepted_as_users_apply_them(cluster, source):
+    """The API server's own validation of the CRDs (structural schema, CEL rules compile), applied
+    the three ways the install documents: Helm's copy, `kubectl apply -f crds/` (the command in
+    manifests/examples, which failed on a kustomization.yaml there) and `kubectl apply -k manifests/crds`."""
+    flag, path = source
+    out = cluster.kubectl("apply", "--dry-run=server", flag, str(ROOT / path), check=False, timeout=120)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.count("customresourcedefinition.apiextensions.k8s.io/") == len(list((ROOT / "crds").glob("*.yaml"))), out.stdout
 
 
 def can_i(cluster, ns: str, user: str, verb: str, group: str, resource: str, subresource: str = "",
