@@ -266,8 +266,11 @@ class Training(_Model):
     image: str = Field("ghcr.io/cambrian-dev/trainer:latest", min_length=1, max_length=1024)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     gpu: Gpu = Field(default_factory=Gpu)
-    cpu: str = Field("2", max_length=32, description="CPU request")
-    memory: str = Field("8Gi", max_length=32, description="memory request and limit")
+    cpu: str | None = Field(
+        None, max_length=32, description="CPU request (default: the chart's training.resources, else 2)")
+    memory: str | None = Field(
+        None, max_length=32,
+        description="memory request and limit (default: the chart's training.resources requests and limits, else 8Gi)")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32})
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     priority_class_name: str | None = Field(None, max_length=253)
@@ -277,7 +280,9 @@ class Training(_Model):
     queue_name: str | None = Field(
         None, max_length=253, description="Kueue LocalQueue; the Job is created suspended and labelled for Kueue"
     )
-    active_deadline: Duration = _dur("6h", "a training run longer than this is killed and marked failed")
+    active_deadline: Duration | None = _dur(
+        None, "a training run longer than this is killed and marked failed "
+              "(default: the chart's training.activeDeadlineSeconds, else 6h)")
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
 
 
