@@ -112,3 +112,38 @@ def test_the_review_itself_discriminates(cluster, release):
     """Guard against a review that always says no (or yes): a stranger gets nothing."""
     ns, _ = release
     assert not can_i(cluster, ns, f"system:serviceaccount:{ns}:default", "create", "batch", "jobs")
+
+
+def test_notes_commands_work_from_another_namespace(cluster):
+    """The commands `helm install` prints (NOTES), run as printed from the kubeconfig's own namespace:
+    the Gemini key's `kubectl create secret` and `helm upgrade` (which, without -n, looked for the
+    release in the wrong namespace and failed), then the operator picks the key up."""
+    import shlex
+
+    ns = f"t-notes-{uuid.uuid4().hex[:8]}"
+    name = f"cambrian-{ns}"  # holds the chart name: resources are named <release>-...
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        out = cluster.helm("install", name, str(CHART), "--namespace", ns, "--skip-crds", check=False, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        notes = cluster.helm("get", "notes", name, "--namespace", ns).stdout
+        lines = [ln.strip() for ln in notes.splitlines()]
+        secret = next(ln for ln in lines if ln.startswith("kubectl") and "create secret" in ln)
+        upgrade = next(ln for ln in lines if ln.startswith("helm upgrade") and "gemini" in ln)
+        status = next(ln for ln in lines if "rollout status" in ln)
+        for line in (secret, upgrade):
+            args = shlex.split(line.replace("=...", "=not-a-real-key"))
+            args = [str(CHART) if a == "charts/cambrian" else a for a in args]
+            run = cluster.helm if args[0] == "helm" else cluster.kubectl
+            result = run(*args[1:], check=False, timeout=120)
+            assert result.returncode == 0, f"{line}\n{result.stdout}{result.stderr}"
+        # the Deployment the status command names exists where it looks
+        target = shlex.split(status)[1:]
+        target[target.index("rollout"):target.index("rollout") + 2] = ["get"]
+        assert cluster.kubectl(*target, check=False).returncode == 0, status
+        dep = cluster.get_json("deployment", f"{name}-operator", "-n", ns)
+        env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["GEMINI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "gemini"
+    finally:
+        cluster.helm("uninstall", name, "--namespace", ns, check=False, timeout=120)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

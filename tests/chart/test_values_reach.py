@@ -53,14 +53,16 @@ def env(suffix: str, name: str) -> Callable[[list[dict]], Any]:
     return lambda docs: [e for e in container(suffix, "env")(docs) or [] if e["name"] == name]
 
 
-def operator_config(docs: list[dict]) -> dict:
-    (cm,) = obj("ConfigMap", "-operator")(docs)
-    return yaml.safe_load(cm["data"]["operator.yaml"])
-
-
 def _platform(docs: list[dict]) -> K.KubernetesPlatform:
-    """The operator's platform adapter configured exactly as the chart configures the operator."""
-    return K.KubernetesPlatform(config=operator_config(docs))
+    """The operator's platform adapter configured as in the chart's pod: operator.yaml from the
+    ConfigMap as a file, read by load_operator_config (what $CAMBRIAN_OPERATOR_CONFIG points at)."""
+    import tempfile
+
+    (cm,) = obj("ConfigMap", "-operator")(docs)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "operator.yaml"
+        path.write_text(cm["data"]["operator.yaml"])
+        return K.KubernetesPlatform(config=K.load_operator_config(str(path)))
 
 
 # An Evolution that leaves every pod-template field to the chart (what the chart's values are for).
