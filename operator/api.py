@@ -419,7 +419,8 @@ class EvolutionSpec(_Model):
     top_k: int = Field(2, ge=1, le=16, description="most treatments live at once")
     cadence: Cadence = Field(default_factory=Cadence, description="how often the offline and online agents run")
     launch_policy: Literal["auto", "manual"] = Field(
-        "manual", description="manual: a promotion waits for a human (cambrian.dev/approve annotation)"
+        "manual", description="auto: the rollouts this loop starts act on their analysis; manual: a promotion waits "
+                  "for a human (cambrian.dev/approve annotation)"
     )
     training: Training = Field(default_factory=Training, description="the training Jobs of the loop's hypotheses")
     serving: Serving = Field(default_factory=Serving, description="the model servers and routers of its rollouts")
