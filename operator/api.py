@@ -926,9 +926,7 @@ class _Resource(BaseModel):
         API_VERSION, alias="apiVersion",
         description="APIVersion defines the versioned schema of this representation of an object. More info: "
                     "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources")
-    metadata: ObjectMeta = Field(
-        description="Standard object's metadata. More info: "
-                    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata")
+    metadata: ObjectMeta
 
 
 class Evolution(_Resource):

@@ -165,14 +165,17 @@ def _field_description(kind: str, name: str) -> str:
 
 
 def crd(kind: str) -> dict[str, Any]:
-    """The CRD of a kind. Every property has a description (`kubectl explain`): the fields' own, or
-    their model's docstring; the object's from its kind's docstring, spec's and status's from theirs."""
+    """The CRD of a kind. Every property but metadata has a description (`kubectl explain`): the
+    fields' own, or their model's docstring; the object's from its kind's docstring, spec's and
+    status's from theirs."""
     plural, singular, short = NAMES[kind]
     spec_schema = schema_of(api.SPECS[kind])
     status_schema = schema_of(api.STATUSES[kind])
-    meta = {name: {"type": "string" if name != "metadata" else "object",
-                   "description": _field_description(kind, field)}
-            for name, field in (("apiVersion", "api_version"), ("kind", "kind"), ("metadata", "metadata"))}
+    # metadata stays bare: the API server refuses anything in it but name and generateName, and
+    # `kubectl explain` describes it from ObjectMeta.
+    meta = {name: {"type": "string", "description": _field_description(kind, field)}
+            for name, field in (("apiVersion", "api_version"), ("kind", "kind"))}
+    meta["metadata"] = {"type": "object"}
     doc = _doc(api.KINDS[kind])
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

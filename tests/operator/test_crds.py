@@ -234,7 +234,10 @@ def test_every_crd_field_has_a_description(crds, kind):
     and model docstrings, through crdgen."""
     schema = root_schema_of(crds[kind])
     assert schema.get("description"), f"{kind}: the object has no description"
-    missing = _undescribed(schema, kind)
+    # metadata is the one exception: the API server refuses a CRD that says anything about it
+    # (kubectl explain describes it from ObjectMeta)
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    missing = [p for p in _undescribed(schema, kind) if p != f"{kind}.metadata"]
     assert not missing, f"{len(missing)} fields without a description: {missing}"
 
 
