@@ -147,3 +147,37 @@ def test_notes_commands_work_from_another_namespace(cluster):
     finally:
         cluster.helm("uninstall", name, "--namespace", ns, check=False, timeout=120)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_kubectl_explain_describes_every_field(cluster):
+    """What `kubectl explain` reads: the OpenAPI v3 the API server publishes for the installed CRDs.
+    Every field of every kind has a description there (only 37 of 100 Evolution spec fields had one)."""
+    out = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"), check=False, timeout=120)
+    assert out.returncode == 0, out.stderr
+    names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted((ROOT / "crds").glob("*.yaml"))]
+    cluster.kubectl("wait", "--for=condition=Established", *names, "--timeout=60s", timeout=90)
+
+    def published() -> dict:
+        doc = json.loads(cluster.kubectl("get", "--raw", "/openapi/v3/apis/cambrian.dev/v1alpha1", timeout=60).stdout)
+        return doc["components"]["schemas"]
+
+    cluster.wait_for("the CRDs' OpenAPI", lambda: "dev.cambrian.v1alpha1.Evolution" in published(), timeout=60)
+    schemas = published()
+
+    def bare(node: dict, path: str) -> list[str]:
+        out = []
+        for name, sub in node.get("properties", {}).items():
+            if not sub.get("description", "").strip():
+                out.append(f"{path}.{name}")
+            out += bare(sub, f"{path}.{name}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                out += bare(node[key], path)
+        return out
+
+    for kind in ("Evolution", "Hypothesis", "Rollout"):
+        schema = schemas[f"dev.cambrian.v1alpha1.{kind}"]
+        assert schema.get("description"), kind
+        assert not bare(schema, kind), f"{kind}: kubectl explain shows no description for {bare(schema, kind)}"
+    explained = cluster.kubectl("explain", "evolution.spec.agent.proposalsPerWakeup").stdout
+    assert "per persona" in explained, explained
