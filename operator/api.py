@@ -97,18 +97,19 @@ class _Status(_Model):
 
 
 class Condition(_Status):
-    """metav1.Condition."""
+    """One aspect of the object's state (metav1.Condition)."""
 
-    type: str = Field(max_length=316)
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field("", max_length=1024)
-    message: str = Field("", max_length=32768)
-    last_transition_time: datetime | None = None
-    observed_generation: int | None = Field(None, ge=0)
+    type: str = Field(max_length=316, description="what the condition is about, in CamelCase, e.g. Ready or Training")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown")
+    reason: str = Field("", max_length=1024, description="CamelCase reason of the last transition, for machines")
+    message: str = Field("", max_length=32768, description="details of the last transition, for people")
+    last_transition_time: datetime | None = Field(None, description="when the status last changed")
+    observed_generation: int | None = Field(None, ge=0, description="the metadata.generation the condition was set for")
 
 
 _CONDITIONS = Field(
-    default_factory=list, max_length=16, json_schema_extra=_x(list_type="map", map_keys=["type"])
+    default_factory=list, max_length=16, description="the latest observations of the object's state, one per type",
+    json_schema_extra=_x(list_type="map", map_keys=["type"]),
 )
 
 
@@ -118,8 +119,10 @@ _CONDITIONS = Field(
 
 
 class OnlineMetric(_Model):
+    """An online metric read from Prometheus."""
+
     name: str = Field(min_length=1, max_length=128, description="metric name as exported to Prometheus")
-    direction: Direction = "maximize"
+    direction: Direction = Field("maximize", description="which way is good for this metric: maximize or minimize")
     window: Duration = _dur("1d", "maturity window: a user's value is read only after it has closed")
 
 
@@ -132,7 +135,7 @@ class Guardrail(_Model):
         ),
     )
 
-    metric: str = Field(min_length=1, max_length=128)
+    metric: str = Field(min_length=1, max_length=128, description="metric name as exported to Prometheus")
     direction: Direction = Field("minimize", description="which way is good for this metric")
     limit: float | None = Field(None, description="absolute bound on the treatment's value (upper if minimize)")
     margin: float | None = Field(None, ge=0, le=1, description="largest tolerated relative regression vs control")
@@ -145,7 +148,9 @@ class Guardrail(_Model):
 
 
 class LocalObjectRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="name of the object, in the same namespace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,26 +159,38 @@ class LocalObjectRef(_Model):
 
 
 class OfflineMetric(_Model):
-    metric: str = Field(min_length=1, max_length=128)
-    direction: Direction
+    """A metric the trainer reports for a training run."""
+
+    metric: str = Field(min_length=1, max_length=128,
+                        description="metric name as the trainer reports it, e.g. val_loss or return_corr")
+    direction: Direction = Field(description="which way is better: maximize or minimize")
 
 
 class OfflineObjective(_Model):
     """The proxy metric each persona optimises (docs/CONTRACTS.md, Trainer)."""
 
-    optimizer: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize"))
+    optimizer: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize"),
+                                     description="scores hypotheses that change the optimizer")
     architecture: OfflineMetric = Field(
-        default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize")
+        default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize"),
+        description="scores hypotheses that change the model architecture",
     )
-    reward: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="return_corr", direction="maximize"))
-    training: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize"))
+    reward: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="return_corr", direction="maximize"),
+                                  description="scores hypotheses that change the reward (the training label)")
+    training: OfflineMetric = Field(default_factory=lambda: OfflineMetric(metric="val_loss", direction="minimize"),
+                                    description="scores hypotheses that change the training settings")
 
     def for_component(self, component: str) -> OfflineMetric:
         return getattr(self, component)
 
 
 class Objective(_Model):
-    offline: OfflineObjective = Field(default_factory=OfflineObjective)
+    """What the loop optimises: an offline proxy metric per component, then the online north stars."""
+
+    offline: OfflineObjective = Field(
+        default_factory=OfflineObjective,
+        description="the offline metric that scores and ranks a hypothesis after training, per component it changes",
+    )
     north_star: list[OnlineMetric] = Field(
         min_length=1,
         max_length=8,
@@ -183,23 +200,29 @@ class Objective(_Model):
 
 
 class Quotas(_Model):
-    explore: int = Field(1, ge=0, le=64)
-    exploit: int = Field(1, ge=0, le=64)
-    innovate: int = Field(1, ge=0, le=64)
+    """How each persona's proposals of one wake-up divide between the three kinds of proposal."""
+
+    explore: int = Field(1, ge=0, le=64, description="proposals per persona per wake-up that try a different region")
+    exploit: int = Field(1, ge=0, le=64,
+                         description="proposals per persona per wake-up that refine the best results so far")
+    innovate: int = Field(1, ge=0, le=64, description="proposals per persona per wake-up that write new logic "
+                                                      "(new structures, new reward signals), not a numeric tweak")
 
 
 class Budgets(_Model):
     """Hard caps; the loop stops proposing (phase BudgetExhausted) when one is spent. Absent = no cap."""
 
-    tokens: int | None = Field(None, ge=0)
-    dollars: float | None = Field(None, ge=0)
-    gpu_hours: float | None = Field(None, ge=0)
+    tokens: int | None = Field(None, ge=0, description="LLM tokens (input and output) in total")
+    dollars: float | None = Field(None, ge=0, description="LLM cost in US dollars in total")
+    gpu_hours: float | None = Field(None, ge=0, description="GPU time of training runs in total (wall time × GPUs)")
     evaluations: int | None = Field(None, ge=0, description="training runs (attempts) in total")
 
 
 class SecretKeyRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(min_length=1, max_length=253)
+    """A key of a Secret."""
+
+    name: str = Field(min_length=1, max_length=253, description="name of the Secret")
+    key: str = Field(min_length=1, max_length=253, description="key inside the Secret")
 
 
 _AGENT_RULES = [
@@ -216,20 +239,32 @@ _AGENT_RULES = [
 
 
 class Agent(_Model):
+    """The offline agents: who proposes hypotheses, how many per wake-up, within which budgets."""
+
     model_config = ConfigDict(json_schema_extra=_x(_AGENT_RULES))
 
-    provider: Literal["gemini", "openai", "builtin"] = "builtin"
-    model: str | None = Field(None, max_length=256, description="e.g. gemini-2.5-flash")
+    provider: Literal["gemini", "openai", "builtin"] = Field(
+        "builtin", description="who writes the proposals: builtin (rules, no API key), gemini, or openai "
+                               "(any OpenAI-compatible endpoint)")
+    model: str | None = Field(None, max_length=256,
+                              description="LLM model, e.g. gemini-2.5-flash; required with gemini and openai")
     base_url: str | None = Field(None, max_length=2048, description="OpenAI-compatible endpoint")
-    api_key_secret_ref: SecretKeyRef | None = None
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="the Secret holding the provider's API key; the operator never reads Secrets: the chart "
+                          "passes this Secret to it as GEMINI_API_KEY or OPENAI_API_KEY (agents.*.existingSecret)")
     personas: list[Literal["optimizer", "architecture", "reward"]] = Field(
         default_factory=lambda: ["optimizer", "architecture", "reward"],
         min_length=1,
         max_length=3,
+        description="the personas asked at each wake-up, each proposing changes to its own component",
         json_schema_extra=_x(list_type="set"),
     )
-    proposals_per_wakeup: int = Field(3, ge=1, le=64)
-    quotas: Quotas = Field(default_factory=Quotas)
+    proposals_per_wakeup: int = Field(
+        3, ge=1, le=64,
+        description="hypotheses each persona proposes per wake-up (per persona: a wake-up proposes up to this many "
+                    "times the number of personas); equals quotas.explore + quotas.exploit + quotas.innovate")
+    quotas: Quotas = Field(default_factory=Quotas,
+                           description="how each persona's proposalsPerWakeup divide into explore, exploit and innovate")
     budgets: Budgets = Field(default_factory=Budgets)
 
     @model_validator(mode="after")
@@ -245,54 +280,81 @@ class Agent(_Model):
 
 
 class Cadence(_Model):
+    """How often the agents run."""
+
     offline: Duration = _dur("5m", "offline agent wake-up interval")
     online: Duration = _dur("24h", "online agent review interval (ranks the journal, starts rollouts)")
 
 
 class Toleration(_Model):
-    key: str | None = Field(None, max_length=316)
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = Field(None, max_length=256)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A toleration of the training pods (as in a pod spec)."""
+
+    key: str | None = Field(None, max_length=316, description="taint key to tolerate; empty with Exists: every taint")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (the default): how key and value match")
+    value: str | None = Field(None, max_length=256, description="taint value to match with Equal")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="taint effect to tolerate; empty: every effect")
+    toleration_seconds: int | None = Field(None, description="how long a NoExecute taint is tolerated before eviction")
 
 
 class Gpu(_Model):
+    """The GPUs of one training pod."""
+
     resource: str = Field("nvidia.com/gpu", min_length=1, max_length=253, description="extended resource name")
     count: int = Field(1, ge=0, le=64, description="0 trains on CPU")
 
 
 class Training(_Model):
-    image: str = Field("ghcr.io/cambrian-dev/trainer:latest", min_length=1, max_length=1024)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    gpu: Gpu = Field(default_factory=Gpu)
-    cpu: str = Field("2", max_length=32, description="CPU request")
-    memory: str = Field("8Gi", max_length=32, description="memory request and limit")
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32})
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    priority_class_name: str | None = Field(None, max_length=253)
+    """The training Jobs: image, resources, scheduling, queue, deadline and attempts. Fields left unset
+    take the operator's defaults (the chart's training values)."""
+
+    image: str = Field("ghcr.io/cambrian-dev/trainer:latest", min_length=1, max_length=1024,
+                       description="trainer image; left at this default, the chart's training.image is used")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="pull policy of the trainer image (the chart's applies with the chart's image)")
+    gpu: Gpu = Field(default_factory=Gpu, description="GPUs per training pod; count 0 trains on CPU")
+    cpu: str | None = Field(
+        None, max_length=32, description="CPU request (default: the chart's training.resources, else 2)")
+    memory: str | None = Field(
+        None, max_length=32,
+        description="memory request and limit (default: the chart's training.resources requests and limits, else 8Gi)")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, description="node labels the training pods require (default: the chart's training.nodeSelector)",
+        json_schema_extra={"maxProperties": 32})
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32,
+                                          description="tolerations of the training pods (default: the chart's)")
+    priority_class_name: str | None = Field(
+        None, max_length=253, description="PriorityClass of the training pods (default: the chart's); it must exist")
     pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, description="added to the training pods", json_schema_extra={"maxProperties": 32}
     )
     queue_name: str | None = Field(
         None, max_length=253, description="Kueue LocalQueue; the Job is created suspended and labelled for Kueue"
     )
-    active_deadline: Duration = _dur("6h", "a training run longer than this is killed and marked failed")
+    active_deadline: Duration | None = _dur(
+        None, "a training run longer than this is killed and marked failed "
+              "(default: the chart's training.activeDeadlineSeconds, else 6h)")
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
 
 
 class WorldData(_Model):
-    users: int = Field(2000, ge=10, le=10_000_000)
-    days: int = Field(14, ge=2, le=3650)
-    seed: int = Field(0, ge=0)
+    """The built-in simulated world, generated inside each training pod."""
+
+    users: int = Field(2000, ge=10, le=10_000_000, description="simulated users")
+    days: int = Field(14, ge=2, le=3650, description="days of logged interactions")
+    seed: int = Field(0, ge=0, description="random seed: the same seed generates the same world")
 
 
 class VolumeData(_Model):
-    claim_name: str = Field(min_length=1, max_length=253)
+    """Prepared world data on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(min_length=1, max_length=253, description="the claim, mounted read-only in training pods")
     path: str = Field("", max_length=1024, description="folder inside the claim holding the world data")
 
 
 class Data(_Model):
+    """Where the training data comes from: exactly one of world or persistentVolumeClaim."""
+
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
             [
@@ -315,20 +377,27 @@ class Data(_Model):
 
 
 class Storage(_Model):
+    """Where trained model bundles are kept."""
+
     claim_name: str | None = Field(
         None, max_length=253, description="ReadWriteMany claim for bundles; without it bundles live in the Job only"
     )
 
 
 class HTTPRouteRef(_Model):
-    name: str = Field(min_length=1, max_length=253)
-    port: int = Field(8080, ge=1, le=65535)
+    """A Gateway API HTTPRoute whose backend weights follow the rollout's."""
+
+    name: str = Field(min_length=1, max_length=253, description="the HTTPRoute, in the rollout's namespace")
+    port: int = Field(8080, ge=1, le=65535, description="port of the arms' Services in the route's backends")
 
 
 class Serving(_Model):
-    image: str = Field("ghcr.io/cambrian-dev/cambrian:latest", min_length=1, max_length=1024)
-    replicas: int = Field(1, ge=1, le=100)
-    port: int = Field(8080, ge=1, le=65535)
+    """The model servers (one Deployment per arm) and the router of each rollout this loop starts."""
+
+    image: str = Field("ghcr.io/cambrian-dev/cambrian:latest", min_length=1, max_length=1024,
+                       description="model-server image; left at this default, the chart's serving.image is used")
+    replicas: int = Field(1, ge=1, le=100, description="replicas of each arm's Deployment")
+    port: int = Field(8080, ge=1, le=65535, description="port the arms and routers serve HTTP on")
     collector_url: str | None = Field(None, max_length=2048, description="event collector the routers report exposures to")
     http_route: HTTPRouteRef | None = Field(None, description="also set Gateway API HTTPRoute backend weights")
 
@@ -340,23 +409,26 @@ class EvolutionSpec(_Model):
         default_factory=dict,
         description="the baseline model config Φ (trainer/config.py); {} is the built-in baseline",
     )
-    objective: Objective
+    objective: Objective = Field(description="what the loop optimises, offline and online")
     guardrails: list[Guardrail] = Field(
-        default_factory=list, max_length=16, json_schema_extra=_x(list_type="map", map_keys=["metric"])
+        default_factory=list, max_length=16,
+        description="hard limits copied into every rollout the loop starts; a breach rolls the treatment back",
+        json_schema_extra=_x(list_type="map", map_keys=["metric"]),
     )
-    agent: Agent = Field(default_factory=Agent)
+    agent: Agent = Field(default_factory=Agent, description="who proposes hypotheses, how many, within which budgets")
     top_k: int = Field(2, ge=1, le=16, description="most treatments live at once")
-    cadence: Cadence = Field(default_factory=Cadence)
+    cadence: Cadence = Field(default_factory=Cadence, description="how often the offline and online agents run")
     launch_policy: Literal["auto", "manual"] = Field(
-        "manual", description="manual: a promotion waits for a human (cambrian.dev/approve annotation)"
+        "manual", description="auto: the rollouts this loop starts act on their analysis; manual: a promotion waits "
+                  "for a human (cambrian.dev/approve annotation)"
     )
-    training: Training = Field(default_factory=Training)
-    serving: Serving = Field(default_factory=Serving)
-    storage: Storage = Field(default_factory=Storage)
+    training: Training = Field(default_factory=Training, description="the training Jobs of the loop's hypotheses")
+    serving: Serving = Field(default_factory=Serving, description="the model servers and routers of its rollouts")
+    storage: Storage = Field(default_factory=Storage, description="where trained model bundles are kept")
     experiment: "ExperimentTemplate" = Field(
         default_factory=lambda: ExperimentTemplate(), description="how the rollouts this loop starts are run"
     )
-    data: Data
+    data: Data = Field(description="the training data: the simulated world, or prepared data on a volume")
 
     @field_validator("baseline")
     @classmethod
@@ -371,51 +443,62 @@ class EvolutionSpec(_Model):
 
 
 class Champion(_Status):
-    name: str | None = None
-    config: dict[str, Any] | None = Field(None, description="Φ")
-    hypothesis: str | None = None
-    bundle: str | None = None
-    rollout: str | None = None
-    since: datetime | None = None
+    """The model in production: the baseline, until a rollout promotes a hypothesis."""
+
+    name: str | None = Field(None, description="baseline, or the name of the promoted hypothesis")
+    config: dict[str, Any] | None = Field(None, description="its model configuration Φ, which new deltas apply to")
+    hypothesis: str | None = Field(None, description="the promoted Hypothesis (empty for the baseline)")
+    bundle: str | None = Field(None, description="URI of the model bundle it serves")
+    rollout: str | None = Field(None, description="the Rollout that promoted it")
+    since: datetime | None = Field(None, description="when it became champion")
 
 
 class Counters(_Status):
-    wakeups: int = 0
-    reviews: int = 0
-    proposed: int = 0
-    trained: int = 0
-    failed: int = 0
-    rejected: int = 0
-    live: int = 0
-    launched: int = 0
+    """What the loop has done so far."""
+
+    wakeups: int = Field(0, description="offline agent wake-ups")
+    reviews: int = Field(0, description="online agent reviews")
+    proposed: int = Field(0, description="hypotheses of this loop")
+    trained: int = Field(0, description="hypotheses trained and scored (Scored, Live, Launched or Retired)")
+    failed: int = Field(0, description="hypotheses in phase Failed")
+    rejected: int = Field(0, description="hypotheses in phase Rejected")
+    live: int = Field(0, description="rollouts running now")
+    launched: int = Field(0, description="hypotheses launched (promoted to champion)")
 
 
 class Spend(_Status):
-    tokens: int = 0
-    dollars: float = 0.0
-    gpu_hours: float = 0.0
-    evaluations: int = 0
+    """What the loop has spent, counted against spec.agent.budgets."""
+
+    tokens: int = Field(0, description="LLM tokens (input and output)")
+    dollars: float = Field(0.0, description="LLM cost in US dollars")
+    gpu_hours: float = Field(0.0, description="GPU time of finished training attempts (wall time × GPUs)")
+    evaluations: int = Field(0, description="training runs (attempts), the baseline's included")
 
 
 class LastDecision(_Status):
-    rollout: str
-    outcome: Outcome
-    winner: str | None = None
-    reason: str = ""
-    time: datetime | None = None
+    """The latest concluded rollout of the loop."""
+
+    rollout: str = Field(description="the Rollout")
+    outcome: Outcome = Field(description="promote, rollback, continue or inconclusive")
+    winner: str | None = Field(None, description="the promoted hypothesis, when one was")
+    reason: str = Field("", description="why, in words")
+    time: datetime | None = Field(None, description="when the loop applied the decision")
 
 
 class EvolutionStatus(_Status):
-    observed_generation: int | None = None
-    phase: EvolutionPhase | None = None
-    reason: str | None = None
+    """What the loop has done: champion, counters, spend, the last decision, the next runs."""
+
+    observed_generation: int | None = Field(None, description="the metadata.generation this status reflects")
+    phase: EvolutionPhase | None = Field(
+        None, description="Running; BudgetExhausted (a budget is spent: no new proposals or training); or Failed")
+    reason: str | None = Field(None, description="why the phase is not Running")
     champion: Champion = Field(default_factory=Champion)
     counters: Counters = Field(default_factory=Counters)
     spend: Spend = Field(default_factory=Spend)
     last_decision: LastDecision | None = None
-    next_wakeup_at: datetime | None = None
-    next_review_at: datetime | None = None
-    live_rollouts: list[str] = Field(default_factory=list, max_length=64)
+    next_wakeup_at: datetime | None = Field(None, description="when the offline agents wake up next")
+    next_review_at: datetime | None = Field(None, description="when the online agent reviews the scored hypotheses next")
+    live_rollouts: list[str] = Field(default_factory=list, max_length=64, description="the loop's rollouts running now")
     handled_decisions: list[str] = Field(
         default_factory=list, max_length=256, description="rollouts whose decision has been applied"
     )
@@ -461,24 +544,29 @@ class HypothesisDelta(_Model):
 
 
 class PredictedEffect(_Model):
-    metric: str | None = Field(None, max_length=128)
-    direction: Literal["increase", "decrease", "unknown"] = "unknown"
+    """What the proposer expects the change to do online."""
+
+    metric: str | None = Field(None, max_length=128, description="the online metric expected to move")
+    direction: Literal["increase", "decrease", "unknown"] = Field("unknown", description="increase, decrease or unknown")
     relative_change: float | None = Field(None, description="e.g. -0.01 for a 1% drop")
-    description: str | None = Field(None, max_length=4096)
+    description: str | None = Field(None, max_length=4096, description="the expected effect, in words")
 
 
 class Origin(_Model):
+    """Who proposed the hypothesis."""
+
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
             [cel("self.kind != 'persona' || has(self.persona)", "spec.origin.persona is required when kind is persona", "FieldValueRequired")]
         ),
     )
 
-    kind: Literal["persona", "human"] = "human"
-    persona: Literal["optimizer", "architecture", "reward"] | None = None
-    category: Quota | None = None
-    author: str | None = Field(None, max_length=256)
-    wakeup: int | None = Field(None, ge=0)
+    kind: Literal["persona", "human"] = Field("human", description="persona (an agent) or human")
+    persona: Literal["optimizer", "architecture", "reward"] | None = Field(
+        None, description="the persona that proposed it; required when kind is persona")
+    category: Quota | None = Field(None, description="explore, exploit or innovate: the quota it was proposed under")
+    author: str | None = Field(None, max_length=256, description="who proposed it, for a human")
+    wakeup: int | None = Field(None, ge=0, description="the Evolution's wake-up that proposed it")
 
     @model_validator(mode="after")
     def _persona(self) -> "Origin":
@@ -503,11 +591,14 @@ class HypothesisSpec(_Model):
 
     model_config = ConfigDict(json_schema_extra=_x(_HYP_RULES))
 
-    evolution_ref: LocalObjectRef
-    component: Component
-    explanation: str = Field(min_length=1, max_length=8192)
+    evolution_ref: LocalObjectRef = Field(description="the Evolution the hypothesis belongs to (immutable)")
+    component: Component = Field(
+        description="the part of the champion's configuration Φ the delta changes: optimizer, architecture, "
+                    "reward or training (immutable)")
+    explanation: str = Field(min_length=1, max_length=8192,
+                             description="why the change should help, in words, from whoever proposed it")
     predicted_effect: PredictedEffect = Field(default_factory=PredictedEffect)
-    delta: HypothesisDelta
+    delta: HypothesisDelta = Field(description="the change against the champion's Φ[component] (immutable)")
     origin: Origin = Field(default_factory=Origin)
 
     @model_validator(mode="after")
@@ -526,42 +617,58 @@ class HypothesisSpec(_Model):
 
 
 class ProxyMetric(_Status):
-    value: float
+    """One metric of the training run."""
+
+    value: float = Field(description="its value")
     stderr: float | None = Field(None, description="noise estimate (seed-to-seed or bootstrap)")
 
 
 class ArmEffect(_Status):
-    arm: str
-    metric: str
-    estimate: float
-    ci_low: float
-    ci_high: float
-    relative: bool = False
-    p_value: float | None = None
+    """The effect of one treatment arm against control on one metric."""
+
+    arm: str = Field(description="the treatment arm")
+    metric: str = Field(description="the online metric")
+    estimate: float = Field(description="treatment minus control (a fraction of control's mean when relative)")
+    ci_low: float = Field(description="lower end of the always-valid confidence interval of the estimate")
+    ci_high: float = Field(description="upper end of the always-valid confidence interval of the estimate")
+    relative: bool = Field(False, description="true: estimate and interval are fractions of control's mean")
+    p_value: float | None = Field(None, description="always-valid p-value, Holm-adjusted across treatments")
 
 
 class OnlineResult(_Status):
-    rollout: str
-    decision: Outcome | None = None
-    reason: str | None = None
-    effects: list[ArmEffect] = Field(default_factory=list, max_length=64)
+    """How the hypothesis did in its rollout."""
+
+    rollout: str = Field(description="the Rollout")
+    decision: Outcome | None = Field(None, description="promote, rollback, continue or inconclusive")
+    reason: str | None = Field(None, description="why, in words")
+    effects: list[ArmEffect] = Field(default_factory=list, max_length=64, description="effects per arm and metric")
 
 
 class HypothesisStatus(_Status):
-    observed_generation: int | None = None
-    phase: HypothesisPhase | None = None
-    reason: str | None = Field(None, max_length=8192)
-    failure_stage: str | None = None
-    attempts: int = 0
-    job_name: str | None = None
-    training_started_at: datetime | None = None
+    """How far the hypothesis got: validation, training, offline score, rollout and outcome."""
+
+    observed_generation: int | None = Field(None, description="the metadata.generation this status reflects")
+    phase: HypothesisPhase | None = Field(
+        None, description="Proposed, Validated, Training, Scored, Live, then Launched or Retired; "
+                          "or Failed or Rejected, with the reason")
+    reason: str | None = Field(None, max_length=8192, description="why the phase is what it is (e.g. the failure)")
+    failure_stage: str | None = Field(
+        None, description="where it failed: static (the delta does not apply), training, metrics, or the stage the "
+                          "trainer reported")
+    attempts: int = Field(0, description="training attempts so far (infrastructure failures are retried up to "
+                                         "the Evolution's spec.training.maxAttempts)")
+    job_name: str | None = Field(None, description="the training Job of the latest attempt")
+    training_started_at: datetime | None = Field(None, description="when the latest attempt started")
     gpu_hours: float = Field(0.0, description="GPU time of finished attempts (wall time × GPUs)")
-    config_fingerprint: str | None = None
-    offline_metric: str | None = None
-    offline_score: float | None = None
-    proxy_metrics: dict[str, ProxyMetric] = Field(default_factory=dict)
-    bundle_uri: str | None = None
-    rollout: str | None = None
+    config_fingerprint: str | None = Field(
+        None, description="fingerprint of the champion's Φ with the delta applied; equal configurations share it")
+    offline_metric: str | None = Field(
+        None, description="the metric it is scored by (the Evolution's spec.objective.offline for its component)")
+    offline_score: float | None = Field(None, description="the value of offlineMetric in its training run")
+    proxy_metrics: dict[str, ProxyMetric] = Field(
+        default_factory=dict, description="every metric the training run reported, with its noise estimate")
+    bundle_uri: str | None = Field(None, description="URI of the trained model bundle")
+    rollout: str | None = Field(None, description="the Rollout it is or was live in")
     online: OnlineResult | None = None
     conditions: list[Condition] = _CONDITIONS
 
@@ -572,18 +679,24 @@ class HypothesisStatus(_Status):
 
 
 class ControlArm(_Model):
-    name: str = Field("control", min_length=1, max_length=40, pattern=NAME_PATTERN)
+    """The arm every treatment is compared with (usually the champion)."""
+
+    name: str = Field("control", min_length=1, max_length=40, pattern=NAME_PATTERN, description="the arm's name")
     bundle: str = Field(min_length=1, max_length=2048, description="model bundle URI the arm serves")
-    hypothesis_ref: LocalObjectRef | None = None
+    hypothesis_ref: LocalObjectRef | None = Field(None, description="the Hypothesis whose model it serves, if any")
 
 
 class TreatmentArm(_Model):
-    name: str = Field(min_length=1, max_length=40, pattern=NAME_PATTERN)
-    hypothesis_ref: LocalObjectRef
-    bundle: str = Field(min_length=1, max_length=2048)
+    """An arm serving a hypothesis's model."""
+
+    name: str = Field(min_length=1, max_length=40, pattern=NAME_PATTERN, description="the arm's name, unique in the rollout")
+    hypothesis_ref: LocalObjectRef = Field(description="the Hypothesis whose model it serves")
+    bundle: str = Field(min_length=1, max_length=2048, description="model bundle URI the arm serves")
 
 
 class RampStep(_Model):
+    """One step of the traffic ramp."""
+
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
             [
@@ -617,9 +730,12 @@ _RAMP_RULES = [
 
 
 class Ramp(_Model):
+    """How traffic moves to the treatments, step by step."""
+
     model_config = ConfigDict(json_schema_extra=_x(_RAMP_RULES))
 
-    steps: list[RampStep] = Field(min_length=1, max_length=10)
+    steps: list[RampStep] = Field(min_length=1, max_length=10,
+                                  description="the steps in order; the treatments' share must grow at every step")
 
     @model_validator(mode="after")
     def _increasing(self) -> "Ramp":
@@ -630,24 +746,33 @@ class Ramp(_Model):
 
 
 class Readout(_Model):
+    """When the analysis runs."""
+
     interval: Duration = _dur("1h", "how often the analysis reads Prometheus")
 
 
 class RolloutMetrics(_Model):
+    """What the rollout measures and when."""
+
     north_star: list[OnlineMetric] = Field(
-        min_length=1, max_length=8, json_schema_extra=_x(list_type="map", map_keys=["name"])
+        min_length=1, max_length=8, description="online metrics in order of importance; the first decides promotion",
+        json_schema_extra=_x(list_type="map", map_keys=["name"]),
     )
     guardrails: list[Guardrail] = Field(
-        default_factory=list, max_length=16, json_schema_extra=_x(list_type="map", map_keys=["metric"])
+        default_factory=list, max_length=16, description="hard limits; a breach rolls the treatment back",
+        json_schema_extra=_x(list_type="map", map_keys=["metric"]),
     )
-    readout: Readout = Field(default_factory=Readout)
+    readout: Readout = Field(default_factory=Readout, description="when the analysis reads Prometheus")
 
 
 class Statistics(_Model):
-    alpha: float = Field(0.05, gt=0, lt=0.5)
-    method: Literal["msprt", "cs"] = "cs"
-    cuped: bool = True
-    min_sample_per_arm: int = Field(1000, ge=1)
+    """The sequential analysis: valid however often it looks."""
+
+    alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of a decision (false-positive rate)")
+    method: Literal["msprt", "cs"] = Field(
+        "cs", description="msprt (mixture sequential probability ratio test) or cs (confidence sequences)")
+    cuped: bool = Field(True, description="reduce variance with each user's pre-experiment value of the metric (CUPED)")
+    min_sample_per_arm: int = Field(1000, ge=1, description="no decision before every arm has this many users")
     planned_sample_per_arm: int | None = Field(
         None, ge=1, description="users per arm the confidence sequence is tuned for (default 4 × minSamplePerArm)"
     )
@@ -669,9 +794,10 @@ class ExperimentTemplate(_Model):
         ),
     )
 
-    ramp: Ramp = Field(default_factory=_default_ramp)
-    readout: Readout = Field(default_factory=Readout)
-    statistics: Statistics = Field(default_factory=Statistics)
+    ramp: Ramp = Field(default_factory=_default_ramp,
+                       description="traffic ramp of each rollout: two weights per step, control then treatment")
+    readout: Readout = Field(default_factory=Readout, description="when the analysis reads Prometheus")
+    statistics: Statistics = Field(default_factory=Statistics, description="settings of the analysis")
 
     @model_validator(mode="after")
     def _two_arms(self) -> "ExperimentTemplate":
@@ -700,16 +826,19 @@ class RolloutSpec(_Model):
 
     model_config = ConfigDict(json_schema_extra=_x(_ROLLOUT_RULES))
 
-    evolution_ref: LocalObjectRef | None = None
-    control: ControlArm
+    evolution_ref: LocalObjectRef | None = Field(None, description="the Evolution that started the rollout, if any")
+    control: ControlArm = Field(description="the control arm (immutable)")
     treatments: list[TreatmentArm] = Field(
-        min_length=1, max_length=4, json_schema_extra=_x(list_type="map", map_keys=["name"])
+        min_length=1, max_length=4, description="the treatment arms (immutable)",
+        json_schema_extra=_x(list_type="map", map_keys=["name"]),
     )
     salt: str = Field(min_length=1, max_length=128, description="hash salt: assignment = hash(user id, salt)")
-    ramp: Ramp
-    metrics: RolloutMetrics
-    statistics: Statistics = Field(default_factory=Statistics)
-    decision_policy: Literal["auto", "manual"] = "manual"
+    ramp: Ramp = Field(description="traffic ramp: per step, one weight per arm, control first")
+    metrics: RolloutMetrics = Field(description="north-star metrics, guardrails and readout interval")
+    statistics: Statistics = Field(default_factory=Statistics, description="settings of the analysis")
+    decision_policy: Literal["auto", "manual"] = Field(
+        "manual", description="auto acts on the analysis; manual waits for a human to set the cambrian.dev/approve "
+                              "annotation (promote or rollback) before promoting")
 
     @model_validator(mode="after")
     def _arms(self) -> "RolloutSpec":
@@ -727,34 +856,44 @@ class RolloutSpec(_Model):
 
 
 class ArmStatus(_Status):
-    name: str
-    weight: int = 0
-    n: int = 0
-    ready: bool = False
+    """One arm as served now."""
+
+    name: str = Field(description="the arm")
+    weight: int = Field(0, description="its traffic percent")
+    n: int = Field(0, description="users assigned to it (at the last readout)")
+    ready: bool = Field(False, description="its Deployment has a ready replica")
 
 
 class SRM(_Status):
-    p_value: float
-    mismatch: bool
+    """The sample-ratio-mismatch check: do the arms' user counts match their weights?"""
+
+    p_value: float = Field(description="p-value of the chi-square test of the counts against the weights")
+    mismatch: bool = Field(description="true when pValue is below spec.statistics.srmAlpha: the assignment is broken "
+                                       "and nothing is promoted")
 
 
 class RolloutStatus(_Status):
-    observed_generation: int | None = None
-    phase: RolloutPhase | None = None
-    step: int = 0
-    weights_summary: str | None = None
-    arms: list[ArmStatus] = Field(default_factory=list, max_length=5)
-    effects: list[ArmEffect] = Field(default_factory=list, max_length=64)
+    """Where the rollout is: ramp step, weights, users per arm, effects, decision."""
+
+    observed_generation: int | None = Field(None, description="the metadata.generation this status reflects")
+    phase: RolloutPhase | None = Field(
+        None, description="Pending, Deploying, Running (AwaitingApproval with manual decisions), then Promoted, "
+                          "RolledBack or Inconclusive; or Failed")
+    step: int = Field(0, description="index of the current ramp step, from 0")
+    weights_summary: str | None = Field(None, description="traffic percent per arm, e.g. control=95,treatment=5")
+    arms: list[ArmStatus] = Field(default_factory=list, max_length=5, description="every arm's weight, users and readiness")
+    effects: list[ArmEffect] = Field(default_factory=list, max_length=64,
+                                     description="effects per treatment and metric at the last readout")
     srm: SRM | None = None
-    decision: Outcome | None = None
+    decision: Outcome | None = Field(None, description="promote, rollback or inconclusive, once concluded")
     recommendation: Outcome | None = Field(None, description="what the analysis proposes while awaiting approval")
-    winner: str | None = None
-    reason: str | None = Field(None, max_length=8192)
-    started_at: datetime | None = None
-    step_started_at: datetime | None = None
-    next_readout_at: datetime | None = None
-    concluded_at: datetime | None = None
-    readouts: int = 0
+    winner: str | None = Field(None, description="the treatment arm to promote (or promoted)")
+    reason: str | None = Field(None, max_length=8192, description="why the decision or the failure, in words")
+    started_at: datetime | None = Field(None, description="when the ramp started")
+    step_started_at: datetime | None = Field(None, description="when the current step started")
+    next_readout_at: datetime | None = Field(None, description="when the analysis runs next")
+    concluded_at: datetime | None = Field(None, description="when the rollout concluded")
+    readouts: int = Field(0, description="analyses run so far")
     step_history: list[datetime] = Field(
         default_factory=list, max_length=10, description="start time of each ramp step so far (SRM expectations)"
     )
@@ -775,26 +914,44 @@ class ObjectMeta(BaseModel):
     generation: int | None = None
 
 
+# The standard texts of every Kubernetes object's first fields.
+KIND_DESCRIPTION = ("Kind is a string value representing the REST resource this object represents. "
+                    "In CamelCase. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/"
+                    "api-conventions.md#types-kinds")
+
+
 class _Resource(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    api_version: Literal["cambrian.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["cambrian.dev/v1alpha1"] = Field(
+        API_VERSION, alias="apiVersion",
+        description="APIVersion defines the versioned schema of this representation of an object. More info: "
+                    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#resources")
     metadata: ObjectMeta
 
 
 class Evolution(_Resource):
-    kind: Literal["Evolution"] = "Evolution"
+    """One self-evolving loop: agents propose Hypotheses against the champion model configuration, the
+    operator trains and scores them, and Rollouts test the best online before one becomes champion."""
+
+    kind: Literal["Evolution"] = Field("Evolution", description=KIND_DESCRIPTION)
     spec: EvolutionSpec
     status: EvolutionStatus = Field(default_factory=EvolutionStatus)
 
 
 class Hypothesis(_Resource):
-    kind: Literal["Hypothesis"] = "Hypothesis"
+    """One proposed change to an Evolution's champion model: validated, trained in a Job, scored
+    offline, and possibly tested online in a Rollout."""
+
+    kind: Literal["Hypothesis"] = Field("Hypothesis", description=KIND_DESCRIPTION)
     spec: HypothesisSpec
     status: HypothesisStatus = Field(default_factory=HypothesisStatus)
 
 
 class Rollout(_Resource):
-    kind: Literal["Rollout"] = "Rollout"
+    """One online experiment: model servers per arm, a router splitting users on a ramp, and a
+    sequential analysis that promotes, rolls back or gives up."""
+
+    kind: Literal["Rollout"] = Field("Rollout", description=KIND_DESCRIPTION)
     spec: RolloutSpec
     status: RolloutStatus = Field(default_factory=RolloutStatus)
 

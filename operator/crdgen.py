@@ -105,6 +105,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         # of its parent, so rules could not even test has(); an object keeping unknown fields can.)
         node.pop("additionalProperties")
         node["x-kubernetes-preserve-unknown-fields"] = True
+    if isinstance(node.get("description"), str):
+        node["description"] = " ".join(node["description"].split())  # docstrings' line breaks: kubectl rewraps
     if node.get("format") == "date-time":
         node["type"] = "string"
     out: dict[str, Any] = {}
@@ -153,13 +155,28 @@ def schema_of(model: type) -> dict[str, Any]:
     return _structural(raw, defs)
 
 
+def _doc(model: type) -> str:
+    """A class docstring as one line (kubectl explain rewraps it)."""
+    return " ".join((model.__doc__ or "").split())
+
+
+def _field_description(kind: str, name: str) -> str:
+    return api.KINDS[kind].model_fields[name].description or ""
+
+
 def crd(kind: str) -> dict[str, Any]:
+    """The CRD of a kind. Every property but metadata has a description (`kubectl explain`): the
+    fields' own, or their model's docstring; the object's from its kind's docstring, spec's and
+    status's from theirs."""
     plural, singular, short = NAMES[kind]
     spec_schema = schema_of(api.SPECS[kind])
     status_schema = schema_of(api.STATUSES[kind])
-    spec_schema.pop("description", None)
-    status_schema.pop("description", None)
-    doc = (api.SPECS[kind].__doc__ or "").strip()
+    # metadata stays bare: the API server refuses anything in it but name and generateName, and
+    # `kubectl explain` describes it from ObjectMeta.
+    meta = {name: {"type": "string", "description": _field_description(kind, field)}
+            for name, field in (("apiVersion", "api_version"), ("kind", "kind"))}
+    meta["metadata"] = {"type": "object"}
+    doc = _doc(api.KINDS[kind])
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -188,9 +205,7 @@ def crd(kind: str) -> dict[str, Any]:
                             **({"description": doc} if doc else {}),
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                **meta,
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

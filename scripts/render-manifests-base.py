@@ -3,7 +3,10 @@
 
 The chart is the one source of the install manifests; the base is its default rendering for
 release "cambrian" without Helm's bookkeeping labels and without namespaces (the kustomization
-sets them).  tests/chart/test_kustomize_base.py fails when the base and the chart disagree.
+sets them).  The CRDs are not part of it (`helm template` leaves the chart's crds/ out): they are
+installed apart, by `kubectl apply -k manifests/crds` (copies kept by scripts/sync-chart-crds.sh),
+so that deleting the base never deletes them.  tests/chart/test_kustomize_base.py fails when the
+base and the chart disagree.
 
     scripts/render-manifests-base.py            # rewrite the files under manifests/base/
     scripts/render-manifests-base.py --check    # exit 1 when a file would change

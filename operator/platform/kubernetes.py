@@ -112,9 +112,50 @@ def training_configmap(action: CreateTrainingJob) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(action.name, action.owner, {}), "data": data}
 
 
-def training_job(action: CreateTrainingJob) -> dict[str, Any]:
-    t = action.training
+# What a trainer gets when neither the Evolution (spec.training.cpu/memory/activeDeadline) nor the
+# operator's configuration (the chart's training.resources / activeDeadlineSeconds) says otherwise.
+BUILTIN_TRAINING_RESOURCES = {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+BUILTIN_ACTIVE_DEADLINE_SECONDS = 6 * 3600
+
+
+def training_resources(t: Mapping[str, Any], template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The trainer container's requests and limits: the chart's training.resources (else 2 CPUs and
+    8Gi), then what the Evolution sets: cpu (request), memory (request and limit), and the GPU, whose
+    count replaces any amount of that resource in the chart's values (count 0 removes it: CPU training)."""
+    base = (template or {}).get("resources") or BUILTIN_TRAINING_RESOURCES
+    requests = dict(base.get("requests") or {})
+    limits = dict(base.get("limits") or {})
+    if t.get("cpu"):
+        requests["cpu"] = t["cpu"]
+    if t.get("memory"):
+        requests["memory"] = limits["memory"] = t["memory"]
     gpu = t.get("gpu") or {}
+    resource = gpu.get("resource", "nvidia.com/gpu")
+    requests.pop(resource, None)
+    limits.pop(resource, None)
+    if int(gpu.get("count", 0)) > 0:
+        requests[resource] = limits[resource] = str(int(gpu["count"]))  # quantities are strings
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def active_deadline_seconds(t: Mapping[str, Any], template: Mapping[str, Any] | None = None) -> int:
+    """The Evolution's spec.training.activeDeadline, else the chart's training.activeDeadlineSeconds, else 6h."""
+    from cambrian.operator.api import duration_seconds
+
+    if t.get("activeDeadline"):
+        return int(duration_seconds(t["activeDeadline"]))
+    return int((template or {}).get("activeDeadlineSeconds") or BUILTIN_ACTIVE_DEADLINE_SECONDS)
+
+
+def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training Job; `template` is the operator configuration's `training` (the chart's values),
+    whose resources and deadline apply where the Evolution leaves them unset."""
+    t = action.training
     queue = t.get("queueName")
     labels = {"app.kubernetes.io/component": "training"}
     if queue:
@@ -124,12 +165,6 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
     if action.delta is not None:
         train[4:4] = ["--delta", "/etc/cambrian/run/delta.json"]
     command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *train]
-
-    limits: dict[str, Any] = {"memory": t.get("memory", "8Gi")}
-    requests: dict[str, Any] = {"cpu": t.get("cpu", "2"), "memory": t.get("memory", "8Gi")}
-    if int(gpu.get("count", 0)) > 0:
-        limits[gpu.get("resource", "nvidia.com/gpu")] = str(int(gpu["count"]))  # quantities are strings
-        requests[gpu.get("resource", "nvidia.com/gpu")] = str(int(gpu["count"]))
 
     volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}, dict(TMP_VOLUME)]
     mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True},
@@ -177,7 +212,7 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
             "command": command,
             "env": [{"name": "CAMBRIAN_TERMINATION_LOG", "value": "/dev/termination-log"},
                     {"name": "CAMBRIAN_RUN", "value": action.name}],
-            "resources": {"requests": requests, "limits": limits},
+            "resources": training_resources(t, template),
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -194,8 +229,6 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
     if t.get("priorityClassName"):
         pod_spec["priorityClassName"] = t["priorityClassName"]
 
-    from cambrian.operator.api import duration_seconds
-
     annotations = {A_BUNDLE: bundle_uri(action), A_ATTEMPT: str(action.attempt)}
     return {
         "apiVersion": "batch/v1",
@@ -204,7 +237,7 @@ def training_job(action: CreateTrainingJob) -> dict[str, Any]:
         "spec": {
             "backoffLimit": 0,
             "suspend": bool(queue),
-            "activeDeadlineSeconds": int(duration_seconds(t.get("activeDeadline", "6h"))),
+            "activeDeadlineSeconds": active_deadline_seconds(t, template),
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "template": {
                 "metadata": {"labels": {**PART_OF, **labels, L_OWNER: action.owner.name},
@@ -248,9 +281,15 @@ def apply_pod_template(obj: dict[str, Any], tpl: Mapping[str, Any] | None, role:
     if tpl.get("annotations"):
         pod_meta["annotations"] = {**{k: str(v) for k, v in tpl["annotations"].items()}, **pod_meta.get("annotations", {})}
     pod["securityContext"] = {**(tpl.get("podSecurityContext") or {}), **pod.get("securityContext", {}), "runAsNonRoot": True}
+    tpl_sc = tpl.get("securityContext") or {}
     for c in [*pod.get("containers", []), *pod.get("initContainers", [])]:
-        c["securityContext"] = {**(tpl.get("securityContext") or {}), **c.get("securityContext", {}),
+        own = c.get("securityContext", {})
+        c["securityContext"] = {**tpl_sc, **own,
                                 "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+        # capabilities are only ever dropped more: the chart's list and the object's own together
+        drop = {*((tpl_sc.get("capabilities") or {}).get("drop") or []), *((own.get("capabilities") or {}).get("drop") or [])}
+        if drop:
+            c["securityContext"]["capabilities"] = {**c["securityContext"].get("capabilities", {}), "drop": sorted(drop)}
         default_image = DEFAULT_TRAINER_IMAGE if role == "trainer" else DEFAULT_SERVING_IMAGE
         if tpl.get("image") and c.get("image") in (None, default_image):
             c["image"] = tpl["image"]
@@ -262,8 +301,8 @@ def apply_pod_template(obj: dict[str, Any], tpl: Mapping[str, Any] | None, role:
         pod["automountServiceAccountToken"] = False  # candidate code runs here: never a token
         if tpl.get("serviceAccountName"):
             pod["serviceAccountName"] = tpl["serviceAccountName"]
-        # activeDeadlineSeconds comes from the Evolution (spec.training.activeDeadline); backoffLimit stays 0
-        # because retries are the core's decision (attempts in the Hypothesis status).
+        # resources and activeDeadlineSeconds were merged by training_job (the Evolution's choice wins);
+        # backoffLimit stays 0 because retries are the core's decision (attempts in the Hypothesis status).
         if tpl.get("ttlSecondsAfterFinished") is not None:
             spec["ttlSecondsAfterFinished"] = int(tpl["ttlSecondsAfterFinished"])
     else:
@@ -496,7 +535,11 @@ class KubernetesPlatform:
     def submit_training_job(self, action: CreateTrainingJob) -> None:
         ns = action.owner.namespace
         self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
-        self._create(self.batch.create_namespaced_job, ns, self._templated(training_job(action), "training", "trainer"))
+        self._create(self.batch.create_namespaced_job, ns, self.training_job(action))
+
+    def training_job(self, action: CreateTrainingJob) -> dict[str, Any]:
+        """The Job as it is sent: the Evolution's settings over the operator configuration's template."""
+        return self._templated(training_job(action, self.config.get("training")), "training", "trainer")
 
     def training_jobs(self, owner: Owner) -> list[JobObservation]:
         ns = owner.namespace or "default"

@@ -189,7 +189,7 @@ def test_training_pod_template_in_operator_config(render):
     training = cfg["training"]
     assert training["labels"]["cambrian.dev/role"] == "trainer"
     assert training["image"] == "ghcr.io/cambrian-dev/cambrian-trainer:0.1.0"
-    assert training["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert training["resources"]["limits"]["memory"] == "16Gi"  # the GPU is the Evolution's (spec.training.gpu)
     assert training["activeDeadlineSeconds"] > 0 and training["enableServiceLinks"] is False
     assert cfg["serving"]["labels"]["cambrian.dev/role"] == "serving"
     # A trainer NetworkPolicy selects the label the pod template asks the operator to add.
@@ -357,25 +357,51 @@ def _owner():
     return Owner(kind="Rollout", name="ro", uid="u1", namespace="team-a")
 
 
-def test_notes_render(render, tmp_path):
+def render_notes(render, tmp_path, *args: str, release: str = "cambrian", namespace: str = "cambrian") -> str:
     """NOTES.txt rendered through `tpl` in a scratch copy of the chart (`helm template` skips NOTES)."""
     import shutil
 
     chart = tmp_path / "cambrian"
-    shutil.copytree(CHART, chart)
-    (chart / "files").mkdir()
-    shutil.copy(CHART / "templates" / "NOTES.txt", chart / "files" / "notes.txt")
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n'
-        'data:\n  notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n')
+    if not chart.exists():
+        shutil.copytree(CHART, chart)
+        (chart / "files").mkdir()
+        shutil.copy(CHART / "templates" / "NOTES.txt", chart / "files" / "notes.txt")
+        (chart / "templates" / "zz-notes.yaml").write_text(
+            'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n'
+            'data:\n  notes: {{ tpl (.Files.Get "files/notes.txt") . | toJson }}\n')
+    docs = render.docs(*args, chart=chart, release=release, namespace=namespace)
+    return render.one(docs, "ConfigMap", "notes")["data"]["notes"]
 
-    def notes(*args: str) -> str:
-        return render.one(render.docs(*args, chart=chart), "ConfigMap", "notes")["data"]["notes"]
 
-    text = notes()
+def notes_commands(text: str) -> list[list[str]]:
+    import shlex
+
+    return [shlex.split(line) for line in text.splitlines() if line.strip().startswith(("kubectl ", "helm "))]
+
+
+def test_notes_render(render, tmp_path):
+    text = render_notes(render, tmp_path)
     assert "kubectl -n cambrian rollout status deployment/cambrian-operator" in text
-    assert "kubectl get evolutions,hypotheses,rollouts" in text
+    assert "kubectl get evolutions,hypotheses,rollouts" in text  # the operator serves every namespace
     assert "--set agents.gemini.existingSecret=gemini" in text  # how to add a key, without one
-    text = notes(*render.ALL_ON)
+    text = render_notes(render, tmp_path, *render.ALL_ON)
     assert "team-a, team-b" in text and "existingSecret=gemini" not in text and "except DNS" in text
     assert "configmap/cambrian-router" in text
+    assert "kubectl -n team-a apply -f evolution.yaml" in text  # a namespace the operator serves
+
+
+def test_notes_commands_name_the_release_namespace(render, tmp_path):
+    """Every command NOTES prints works from any current namespace: `helm upgrade` without `-n` looked
+    for the release in the wrong namespace and failed. Its --set flags are values the schema accepts."""
+    commands = notes_commands(render_notes(render, tmp_path, release="shop", namespace="shop-ns"))
+    helm = [c for c in commands if c[0] == "helm"]
+    assert len(helm) == 2, commands  # the Gemini key and the monitoring switches
+    for cmd in helm:
+        assert cmd[:4] == ["helm", "upgrade", "shop", "charts/cambrian"], cmd
+        assert cmd[cmd.index("-n") + 1] == "shop-ns" and "--reuse-values" in cmd, cmd
+        flags = [a for a in cmd[4:] if a not in ("-n", "shop-ns", "--reuse-values")]
+        proc = render.run(*flags, release="shop", namespace="shop-ns")
+        assert proc.returncode == 0 and flags, (cmd, proc.stderr)
+    for cmd in commands:
+        if cmd[0] == "kubectl" and cmd[1] in ("-n", "rollout", "create"):
+            assert cmd[1:3] == ["-n", "shop-ns"], cmd  # acts on the release's own objects

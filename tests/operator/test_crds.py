@@ -212,3 +212,46 @@ def test_duration_parsing():
     assert api.duration_seconds("1h30m") == 5400 and api.duration_seconds("7d") == 7 * 86400
     with pytest.raises(ValueError):
         api.duration_seconds("1 hour")
+
+
+def _undescribed(schema: dict, path: str) -> list[str]:
+    """Properties without a description, at any depth (what `kubectl explain` would show bare)."""
+    out = []
+    for name, node in schema.get("properties", {}).items():
+        if not (node.get("description") or "").strip():
+            out.append(f"{path}.{name}")
+        out += _undescribed(node, f"{path}.{name}")
+    for key, mark in (("items", "[]"), ("additionalProperties", "{}")):
+        if isinstance(schema.get(key), dict):
+            out += _undescribed(schema[key], path + mark)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["Evolution", "Hypothesis", "Rollout"])
+def test_every_crd_field_has_a_description(crds, kind):
+    """`kubectl explain` describes every field: the object, spec, status and each property below
+    (37 of 100 Evolution spec fields had one). Descriptions come from api.py's Field(description=...)
+    and model docstrings, through crdgen."""
+    schema = root_schema_of(crds[kind])
+    assert schema.get("description"), f"{kind}: the object has no description"
+    # metadata is the one exception: the API server refuses a CRD that says anything about it
+    # (kubectl explain describes it from ObjectMeta)
+    assert schema["properties"]["metadata"] == {"type": "object"}
+    missing = [p for p in _undescribed(schema, kind) if p != f"{kind}.metadata"]
+    assert not missing, f"{len(missing)} fields without a description: {missing}"
+
+
+def test_the_description_check_reaches_nested_fields():
+    schema = {"description": "x", "properties": {"a": {"description": "a", "items": {"properties": {"b": {}}}},
+                                                 "m": {"description": "m", "additionalProperties": {
+                                                     "properties": {"c": {"description": " "}}}}}}
+    assert _undescribed(schema, "K") == ["K.a[].b", "K.m{}.c"]
+
+
+def test_descriptions_say_what_users_asked_about(crds):
+    spec = root_schema_of(crds["Evolution"])["properties"]["spec"]["properties"]
+    assert "per persona" in spec["agent"]["properties"]["proposalsPerWakeup"]["description"]
+    hyp = root_schema_of(crds["Hypothesis"])["properties"]["spec"]["properties"]
+    for field in ("component", "explanation"):
+        assert hyp[field]["description"], field
+    assert "chart" in spec["training"]["properties"]["memory"]["description"]  # where the default comes from
