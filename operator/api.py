@@ -39,6 +39,12 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A duration of at least one second (a non-zero s/m/h/d part): a 0s cadence would wake on every tick.
+POSITIVE_DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))*0*[1-9][0-9]*(s|m|h|d)([0-9]+(ms|s|m|h|d))*$"
+# A Kubernetes resource quantity without sign (the API server refuses negative requests): 2, 500m, 8Gi, 1.5e3.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
+# Prometheus metric names: they are put into PromQL queries and label matchers as they are.
+METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 
 
 def duration_seconds(text: str) -> float:
@@ -78,10 +84,8 @@ def _x(
 Duration = str  # validated by Field(pattern=DURATION_PATTERN) where used
 
 
-def _dur(default: str | None, description: str) -> Any:
-    if default is None:
-        return Field(None, pattern=DURATION_PATTERN, max_length=32, description=description)
-    return Field(default, pattern=DURATION_PATTERN, max_length=32, description=description)
+def _dur(default: str | None, description: str, pattern: str = DURATION_PATTERN) -> Any:
+    return Field(default, pattern=pattern, max_length=32, description=description)
 
 
 class _Model(BaseModel):
@@ -118,7 +122,8 @@ _CONDITIONS = Field(
 
 
 class OnlineMetric(_Model):
-    name: str = Field(min_length=1, max_length=128, description="metric name as exported to Prometheus")
+    name: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN,
+                      description="metric name as exported to Prometheus")
     direction: Direction = "maximize"
     window: Duration = _dur("1d", "maturity window: a user's value is read only after it has closed")
 
@@ -132,7 +137,7 @@ class Guardrail(_Model):
         ),
     )
 
-    metric: str = Field(min_length=1, max_length=128)
+    metric: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN)
     direction: Direction = Field("minimize", description="which way is good for this metric")
     limit: float | None = Field(None, description="absolute bound on the treatment's value (upper if minimize)")
     margin: float | None = Field(None, ge=0, le=1, description="largest tolerated relative regression vs control")
@@ -154,7 +159,7 @@ class LocalObjectRef(_Model):
 
 
 class OfflineMetric(_Model):
-    metric: str = Field(min_length=1, max_length=128)
+    metric: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN)
     direction: Direction
 
 
@@ -245,8 +250,9 @@ class Agent(_Model):
 
 
 class Cadence(_Model):
-    offline: Duration = _dur("5m", "offline agent wake-up interval")
-    online: Duration = _dur("24h", "online agent review interval (ranks the journal, starts rollouts)")
+    offline: Duration = _dur("5m", "offline agent wake-up interval", POSITIVE_DURATION_PATTERN)
+    online: Duration = _dur("24h", "online agent review interval (ranks the journal, starts rollouts)",
+                            POSITIVE_DURATION_PATTERN)
 
 
 class Toleration(_Model):
@@ -266,8 +272,8 @@ class Training(_Model):
     image: str = Field("ghcr.io/cambrian-dev/trainer:latest", min_length=1, max_length=1024)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     gpu: Gpu = Field(default_factory=Gpu)
-    cpu: str = Field("2", max_length=32, description="CPU request")
-    memory: str = Field("8Gi", max_length=32, description="memory request and limit")
+    cpu: str = Field("2", max_length=32, pattern=QUANTITY_PATTERN, description="CPU request")
+    memory: str = Field("8Gi", max_length=32, pattern=QUANTITY_PATTERN, description="memory request and limit")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, json_schema_extra={"maxProperties": 32})
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     priority_class_name: str | None = Field(None, max_length=253)
@@ -277,7 +283,8 @@ class Training(_Model):
     queue_name: str | None = Field(
         None, max_length=253, description="Kueue LocalQueue; the Job is created suspended and labelled for Kueue"
     )
-    active_deadline: Duration = _dur("6h", "a training run longer than this is killed and marked failed")
+    active_deadline: Duration = _dur("6h", "a training run longer than this is killed and marked failed",
+                                     POSITIVE_DURATION_PATTERN)
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
 
 
@@ -630,7 +637,7 @@ class Ramp(_Model):
 
 
 class Readout(_Model):
-    interval: Duration = _dur("1h", "how often the analysis reads Prometheus")
+    interval: Duration = _dur("1h", "how often the analysis reads Prometheus", POSITIVE_DURATION_PATTERN)
 
 
 class RolloutMetrics(_Model):
