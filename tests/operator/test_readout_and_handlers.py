@@ -171,6 +171,18 @@ def test_invalid_spec_fails_once_with_an_event_until_the_spec_changes(objects):
     assert [k for k, _ in p.applied] == ["job"] and "Resumed" in [e.event for e in p.events]
 
 
+@pytest.mark.parametrize("change,field", [({"training": {"memory": "8 gigs"}}, "spec.training.memory"),
+                                          ({"cadence": {"offline": "0s"}}, "spec.cadence.offline"),
+                                          ({"baseline": {"optimizer": {"lr": -1}}}, "spec.baseline")])
+def test_an_evolution_admitted_before_a_rule_existed_fails_visibly(objects, change, field):
+    """Objects stored before the CRD learnt a rule (or where it cannot look) reach the operator."""
+    p = Recording()
+    patch = kopf.Patch()
+    HD.evolution_changed(body=kopf.Body({**EVO, "spec": {**EVO["spec"], **change}}), patch=patch, memo=memo(p))
+    assert patch["status"]["phase"] == "Failed" and field in patch["status"]["reason"]
+    assert [e.event for e in p.events] == ["InvalidSpec"] and not p.applied
+
+
 def test_a_refused_child_fails_the_parent_once_until_its_spec_changes(objects):
     """Before: the API server's 422/400 was a TemporaryError retried every 10 s, status empty."""
     class Refusing(Recording):
