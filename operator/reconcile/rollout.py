@@ -171,8 +171,7 @@ def reconcile(
     arms_ready = ensure_arms(names)
     cond("ArmsReady", arms_ready, "Ready" if arms_ready else "ArmNotReady",
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
-    if not arms_ready:
-        note_blocker(st, "ArmsReady", arms_blocked(names), now, meta.generation, journal)
+    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
 
     # A human decision (annotation cambrian.dev/approve) applies at once.
     if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):
