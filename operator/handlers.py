@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -131,9 +132,32 @@ def _spec(kind: str, body: kopf.Body, status: Any, patch: kopf.Patch, meta: Meta
         return api.parse_spec(kind, dict(body.get("spec") or {}))
     except ConfigError as exc:
         if not C.blocked(status, meta.generation):
-            _fail(memo.platform, patch, dict(body.get("status") or {}),
-                  C.fail_until_spec_changes(meta, kind, status, C.INVALID_SPEC, str(exc), now()))
+            _fail_until_spec_changes(memo, patch, dict(body.get("status") or {}), kind, meta, status,
+                                     C.INVALID_SPEC, str(exc))
         return None
+
+
+_REPORTED = threading.Lock()
+
+
+def _reported(memo: kopf.Memo, meta: Meta, mark: bool = False) -> bool:
+    """Was a failure of this generation already reported by this process? A timer and a change handler
+    of the same object run concurrently on the same old status, so the status alone cannot tell."""
+    with _REPORTED:
+        seen = memo.setdefault("failed_generations", {})
+        if seen.get(meta.uid) == meta.generation:
+            return True
+        if mark:
+            seen[meta.uid] = meta.generation
+        return False
+
+
+def _fail_until_spec_changes(memo: kopf.Memo, patch: kopf.Patch, old: dict[str, Any], kind: str, meta: Meta,
+                             status: Any, reason: str, message: str) -> None:
+    result = C.fail_until_spec_changes(meta, kind, status, reason, message, now())
+    if _reported(memo, meta, mark=True):
+        result.actions = []  # the status is written again (the same), the event is not posted twice
+    _fail(memo.platform, patch, old, result)
 
 
 def _fail(platform: Any, patch: kopf.Patch, old: dict[str, Any], result: Any) -> None:
@@ -157,21 +181,21 @@ def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
             patch.status[key] = value
 
 
-def _apply(platform: Any, actions: list, kind: str, meta: Meta, status: Any, old: dict[str, Any],
+def _apply(memo: kopf.Memo, actions: list, kind: str, meta: Meta, status: Any, old: dict[str, Any],
            patch: kopf.Patch) -> bool:
     """Apply the core's actions; True when all were. A refusal is reported on the object instead of
     retried blindly: a permanent one fails it until its spec changes, another one (RBAC, a quota, a
     missing HTTPRoute) is shown and tried again on the next tick. Other errors (network, conflicts,
     5xx) are retried soon from the persisted status."""
     try:
-        apply_actions(platform, actions)
+        apply_actions(memo.platform, actions)
         return True
     except ActionRefused as exc:
         log.warning("%s %s/%s: %s", kind, meta.namespace, meta.name, exc)
         if exc.permanent:
-            _fail(platform, patch, old, C.fail_until_spec_changes(meta, kind, status, C.REFUSED, str(exc), now()))
+            _fail_until_spec_changes(memo, patch, old, kind, meta, status, C.REFUSED, str(exc))
         else:
-            _fail(platform, patch, old, C.waiting_on(meta, kind, status, str(exc), now()))
+            _fail(memo.platform, patch, old, C.waiting_on(meta, kind, status, str(exc), now()))
         return False
     except Exception as exc:  # API errors, conflicts, timeouts: retry from the persisted status
         raise kopf.TemporaryError(f"applying {len(actions)} action(s) failed: {exc}", delay=RETRY_DELAY) from exc
@@ -186,7 +210,7 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Hypothesis", old)
-    if C.blocked(status, meta.generation):
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
         return
     spec = _spec("Hypothesis", body, status, patch, meta, memo)
     if spec is None:
@@ -214,7 +238,7 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase == "Training" or status.phase == "Validated" else []
     rollout = views.rollout_for(meta.name, _list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
     result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now(), evolution_problem=problem)
-    if _apply(platform, result.actions, "Hypothesis", meta, status, old, patch):
+    if _apply(memo, result.actions, "Hypothesis", meta, status, old, patch):
         _persist(patch, old, result.status)
 
 
@@ -251,7 +275,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Rollout", old)
-    if C.blocked(status, meta.generation):
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
         return
     spec = _spec("Rollout", body, status, patch, meta, memo)
     if spec is None:
@@ -278,7 +302,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
         approval=(meta.annotations.get(APPROVE) or None),
     )
     result = R.reconcile(meta, spec, status, serving, claim, obs, t)
-    if _apply(platform, result.actions, "Rollout", meta, status, old, patch):
+    if _apply(memo, result.actions, "Rollout", meta, status, old, patch):
         _persist(patch, old, result.status)
 
 
@@ -356,7 +380,7 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Evolution", old)
-    if C.blocked(status, meta.generation):
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
         return
     spec = _spec("Evolution", body, status, patch, meta, memo)
     if spec is None:
@@ -374,7 +398,7 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
         baseline_job, views.spend(hyps, baseline_attempts=1), t, top_k=_top_k(spec, status, meta, hyps, platform, memo, t),
     )
-    if _apply(platform, result.actions, "Evolution", meta, status, old, patch):
+    if _apply(memo, result.actions, "Evolution", meta, status, old, patch):
         _persist(patch, old, result.status)
     metrics.observe_evolution(meta.name, hyps, spec.agent.budgets.wire(), result.status.spend.wire(), t)
 
