@@ -210,3 +210,18 @@ def test_a_delta_that_breaks_the_config_is_rejected_with_an_event(operator):
     operator.wait("the Rejected event", lambda: "Rejected" in _reasons(operator.events("negative-lr")), 15)
     assert not st.get("jobName")
     operator.quiet("hypothesis", "negative-lr")
+
+
+def test_a_rollout_whose_bundles_claim_is_missing_says_so(operator):
+    """The shipped example Rollout on an install without the PVC: before, only "waiting for every
+    arm's Deployment to be ready"."""
+    ro = yaml.safe_load(open(os.path.join(REPO, "manifests", "examples", "rollout.yaml")))
+    ro["metadata"]["name"] = "no-bundles"
+    del ro["spec"]["evolutionRef"]
+    operator.apply(ro)
+    st = operator.wait("the arms' blocker", lambda: operator.status("rollout", "no-bundles")
+                       if 'persistentvolumeclaim "cambrian-bundles" not found' in
+                       (operator.status("rollout", "no-bundles").get("reason") or "") else None, 60)
+    assert st["phase"] == "Deploying" and "arm control" in st["reason"]
+    assert [c["reason"] for c in st["conditions"] if c["type"] == "ArmsReady"] == ["Blocked"]
+    operator.wait("the Blocked event", lambda: "Blocked" in _reasons(operator.events("no-bundles")), 15)
