@@ -203,3 +203,109 @@ def test_blocked_objects_do_nothing_until_their_generation_moves():
     # a failure of another kind (the baseline run failed) is not lifted by an edit
     other = failed.model_copy(update={"conditions": []})
     assert E.reconcile(Meta("evo", "uid-e", "ns", 4), _evo_spec(), other, [], [], None, SpendObs(), T0).actions == []
+
+
+# ---- the Kubernetes platform maps the API server's answers -------------------------------------
+
+
+class _Api:
+    """Stands in for one kubernetes client API object: each method answers from `script`."""
+
+    def __init__(self, **script):
+        self.script, self.calls = script, []
+
+    def __getattr__(self, name):
+        def call(*a, **k):
+            self.calls.append(name)
+            out = self.script.get(name)
+            if isinstance(out, Exception):
+                raise out
+            return out(*a, **k) if callable(out) else out
+        return call
+
+
+def _api_exception(status, message=""):
+    from kubernetes.client.rest import ApiException
+
+    exc = ApiException(status=status, reason="x")
+    exc.body = json.dumps({"message": message})
+    return exc
+
+
+def _platform(**apis):
+    p = K.KubernetesPlatform(api_client=None)
+    for k, v in apis.items():
+        setattr(p, k, v)
+    return p
+
+
+def _job_action():
+    return CreateTrainingJob("h-train-1-abcd1234", Owner("Hypothesis", "h", "uid-h", "ns"), "h", 1, {},
+                             {"component": "optimizer", "patch": {"lr": 1}}, api.Training().wire(), {"world": {}},
+                             None, "bundles/h/attempt-1")
+
+
+def test_creates_map_refusals_and_treat_conflicts_as_success():
+    ok = _platform(core=_Api(), batch=_Api(create_namespaced_job=_api_exception(409)))
+    ok.submit_training_job(_job_action())  # already there: its name is deterministic
+    bad = _platform(core=_Api(), batch=_Api(create_namespaced_job=_api_exception(422, 'Job.batch "x" is invalid')))
+    with pytest.raises(ActionRefused) as err:
+        bad.submit_training_job(_job_action())
+    assert err.value.permanent and err.value.code == 422 and 'Job.batch "x" is invalid' in str(err.value)
+    down = _platform(core=_Api(), batch=_Api(create_namespaced_job=_api_exception(503)))
+    with pytest.raises(Exception) as err:
+        down.submit_training_job(_job_action())
+    assert not isinstance(err.value, ActionRefused)  # retried as before
+
+
+def test_a_missing_httproute_is_a_refusal_outside_the_spec():
+    serving = {"httpRoute": {"name": "feed", "port": 8080}}
+    p = _platform(core=_Api(), apps=_Api(), custom=_Api(patch_namespaced_custom_object=_api_exception(404)))
+    with pytest.raises(ActionRefused) as err:
+        p.set_weights(SetWeights(Owner("Rollout", "ro", "u", "ns"), "ro", "s", (ArmWeight("control", "a", 100),), serving))
+    assert not err.value.permanent and "HTTPRoute feed" in str(err.value)
+
+
+def test_a_refused_proposal_is_reported_and_the_others_are_created():
+    from cambrian.operator.reconcile.actions import ProposeHypotheses
+
+    created = []
+
+    def create(group, version, ns, plural, body):
+        if body["metadata"]["name"].endswith("-0"):
+            raise _api_exception(422, "spec.explanation: Required value")
+        created.append(body["metadata"]["name"])
+
+    events = []
+    custom = _Api(list_namespaced_custom_object={"items": []}, create_namespaced_custom_object=create)
+    p = _platform(custom=custom)
+    p.record = events.append
+    p.proposer = lambda action, existing: [{"component": "optimizer"}, {"component": "optimizer"}]
+    p.propose(ProposeHypotheses(Owner("Evolution", "evo", "u", "ns"), 1, "evo-w1-abcd1234", (), ()))
+    assert created == ["evo-w1-abcd1234-1"]
+    assert [e.event for e in events] == ["ProposalRefused", "Proposed"] and events[0].warning
+
+
+@pytest.mark.parametrize("labels,pod_spec,suspend,says", [
+    ({}, {"priorityClassName": "gone"}, False, "PriorityClass gone does not exist"),
+    ({K.KUEUE_QUEUE: "q"}, {}, True, "Kueue LocalQueue q does not exist"),
+])
+def test_training_jobs_name_a_missing_priority_class_or_queue(monkeypatch, labels, pod_spec, suspend, says):
+    from kubernetes import client
+
+    job = client.V1Job(metadata=client.V1ObjectMeta(
+        name="j", namespace="ns", labels=labels,
+        owner_references=[client.V1OwnerReference(api_version="v1", kind="Hypothesis", name="h", uid="uid-h")]),
+        spec=client.V1JobSpec(suspend=suspend, template=client.V1PodTemplateSpec(spec=client.V1PodSpec(
+            containers=[client.V1Container(name="trainer")], **{"priority_class_name": pod_spec.get("priorityClassName")}))))
+    monkeypatch.setattr(client, "SchedulingV1Api", lambda api=None: _Api(read_priority_class=_api_exception(404)))
+    p = _platform(batch=_Api(list_namespaced_job=client.V1JobList(items=[job])),
+                  core=_Api(list_namespaced_pod=client.V1PodList(items=[])),
+                  custom=_Api(get_namespaced_custom_object=_api_exception(404)))
+    (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
+    assert seen.state in ("Pending", "Suspended") and says in seen.blocked
+    # without the right to look (RBAC), nothing is claimed
+    monkeypatch.setattr(client, "SchedulingV1Api", lambda api=None: _Api(read_priority_class=_api_exception(403)))
+    p.custom = _Api(get_namespaced_custom_object=_api_exception(403))
+    (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
+    assert seen.blocked is None
