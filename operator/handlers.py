@@ -239,6 +239,7 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
     rollout = views.rollout_for(meta.name, _list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
     result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now(), evolution_problem=problem)
     if _apply(memo, result.actions, "Hypothesis", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
         _persist(patch, old, result.status)
 
 
@@ -303,6 +304,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
     )
     result = R.reconcile(meta, spec, status, serving, claim, obs, t)
     if _apply(memo, result.actions, "Rollout", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
         _persist(patch, old, result.status)
 
 
@@ -399,6 +401,7 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
         baseline_job, views.spend(hyps, baseline_attempts=1), t, top_k=_top_k(spec, status, meta, hyps, platform, memo, t),
     )
     if _apply(memo, result.actions, "Evolution", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
         _persist(patch, old, result.status)
     metrics.observe_evolution(meta.name, hyps, spec.agent.budgets.wire(), result.status.spend.wire(), t)
 

@@ -201,3 +201,15 @@ def waiting_on(meta: "Meta", kind: str, status: S, blocker: str, now: datetime) 
     note_blocker(st, "Ready", blocker, now, meta.generation,
                  lambda event, message, warning=False: actions.append(RecordJournal(owner, event, message, {}, warning)))
     return Result(actions, st)
+
+
+def clear_waiting(status: Any, now: datetime, generation: int | None) -> None:
+    """After a reconcile whose changes were all applied: lift what `waiting_on` reported (Ready,
+    Blocked, and its `blocked: ...` reason), which nothing else in the core would clear."""
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    if ready is None or ready.reason != "Blocked":
+        return
+    if status.reason == f"blocked: {ready.message}"[:1024]:
+        status.reason = None
+    status.conditions = set_condition(status.conditions, "Ready", "Unknown", "Applied",
+                                      "the changes that were refused went through", now, generation)

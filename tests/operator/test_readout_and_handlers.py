@@ -223,6 +223,14 @@ def test_a_refusal_outside_the_spec_is_shown_and_retried(objects):
     patch2 = kopf.Patch()
     HD.hypothesis_changed(body=body("Hypothesis", "h", spec, st), patch=patch2, memo=memo(p))
     assert len(p.applied) == 2 and [e.event for e in p.events] == ["Blocked"]  # retried, reported once
+    # the quota frees up: the job is created and the report is lifted
+    p.submit_training_job = lambda a: p.applied.append(("job", a.name))
+    patch3 = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec, {**st, **dict(patch2.get("status") or {})}),
+                          patch=patch3, memo=memo(p))
+    after = {**st, **dict(patch3["status"])}
+    assert after["phase"] == "Training" and after.get("reason") is None
+    assert [c["reason"] for c in after["conditions"] if c["type"] == "Ready"] == ["Applied"]
 
 
 def test_hypothesis_of_a_failed_evolution_waits_and_says_why(objects):
