@@ -39,6 +39,12 @@ DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))+$"
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A duration of at least one second (a non-zero s/m/h/d part): a 0s cadence would wake on every tick.
+POSITIVE_DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))*0*[1-9][0-9]*(s|m|h|d)([0-9]+(ms|s|m|h|d))*$"
+# A Kubernetes resource quantity without sign (the API server refuses negative requests): 2, 500m, 8Gi, 1.5e3.
+QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
+# Prometheus metric names: they are put into PromQL queries and label matchers as they are.
+METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 
 
 def duration_seconds(text: str) -> float:
@@ -78,10 +84,8 @@ def _x(
 Duration = str  # validated by Field(pattern=DURATION_PATTERN) where used
 
 
-def _dur(default: str | None, description: str) -> Any:
-    if default is None:
-        return Field(None, pattern=DURATION_PATTERN, max_length=32, description=description)
-    return Field(default, pattern=DURATION_PATTERN, max_length=32, description=description)
+def _dur(default: str | None, description: str, pattern: str = DURATION_PATTERN) -> Any:
+    return Field(default, pattern=pattern, max_length=32, description=description)
 
 
 class _Model(BaseModel):
@@ -121,7 +125,8 @@ _CONDITIONS = Field(
 class OnlineMetric(_Model):
     """An online metric read from Prometheus."""
 
-    name: str = Field(min_length=1, max_length=128, description="metric name as exported to Prometheus")
+    name: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN,
+                      description="metric name as exported to Prometheus")
     direction: Direction = Field("maximize", description="which way is good for this metric: maximize or minimize")
     window: Duration = _dur("1d", "maturity window: a user's value is read only after it has closed")
 
@@ -135,7 +140,8 @@ class Guardrail(_Model):
         ),
     )
 
-    metric: str = Field(min_length=1, max_length=128, description="metric name as exported to Prometheus")
+    metric: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN,
+                        description="metric name as exported to Prometheus")
     direction: Direction = Field("minimize", description="which way is good for this metric")
     limit: float | None = Field(None, description="absolute bound on the treatment's value (upper if minimize)")
     margin: float | None = Field(None, ge=0, le=1, description="largest tolerated relative regression vs control")
@@ -161,7 +167,7 @@ class LocalObjectRef(_Model):
 class OfflineMetric(_Model):
     """A metric the trainer reports for a training run."""
 
-    metric: str = Field(min_length=1, max_length=128,
+    metric: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN,
                         description="metric name as the trainer reports it, e.g. val_loss or return_corr")
     direction: Direction = Field(description="which way is better: maximize or minimize")
 
@@ -282,8 +288,9 @@ class Agent(_Model):
 class Cadence(_Model):
     """How often the agents run."""
 
-    offline: Duration = _dur("5m", "offline agent wake-up interval")
-    online: Duration = _dur("24h", "online agent review interval (ranks the journal, starts rollouts)")
+    offline: Duration = _dur("5m", "offline agent wake-up interval", POSITIVE_DURATION_PATTERN)
+    online: Duration = _dur("24h", "online agent review interval (ranks the journal, starts rollouts)",
+                            POSITIVE_DURATION_PATTERN)
 
 
 class Toleration(_Model):
@@ -314,9 +321,10 @@ class Training(_Model):
         "IfNotPresent", description="pull policy of the trainer image (the chart's applies with the chart's image)")
     gpu: Gpu = Field(default_factory=Gpu, description="GPUs per training pod; count 0 trains on CPU")
     cpu: str | None = Field(
-        None, max_length=32, description="CPU request (default: the chart's training.resources, else 2)")
+        None, max_length=32, pattern=QUANTITY_PATTERN,
+        description="CPU request (default: the chart's training.resources, else 2)")
     memory: str | None = Field(
-        None, max_length=32,
+        None, max_length=32, pattern=QUANTITY_PATTERN,
         description="memory request and limit (default: the chart's training.resources requests and limits, else 8Gi)")
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, description="node labels the training pods require (default: the chart's training.nodeSelector)",
@@ -333,7 +341,7 @@ class Training(_Model):
     )
     active_deadline: Duration | None = _dur(
         None, "a training run longer than this is killed and marked failed "
-              "(default: the chart's training.activeDeadlineSeconds, else 6h)")
+              "(default: the chart's training.activeDeadlineSeconds, else 6h)", POSITIVE_DURATION_PATTERN)
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
 
 
@@ -748,7 +756,7 @@ class Ramp(_Model):
 class Readout(_Model):
     """When the analysis runs."""
 
-    interval: Duration = _dur("1h", "how often the analysis reads Prometheus")
+    interval: Duration = _dur("1h", "how often the analysis reads Prometheus", POSITIVE_DURATION_PATTERN)
 
 
 class RolloutMetrics(_Model):

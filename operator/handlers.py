@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,13 +26,14 @@ import kopf
 
 from cambrian.errors import ConfigError
 from cambrian.operator import api, metrics
-from cambrian.operator.platform.base import MetricsUnavailable, apply_actions
+from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import readout as RD
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
-from cambrian.operator.reconcile.common import Meta, set_condition
+from cambrian.operator.reconcile import common as C
+from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import RolloutObservation
 
 log = logging.getLogger("cambrian.operator")
@@ -122,15 +124,50 @@ def _meta(body: kopf.Body) -> Meta:
     return Meta(m["name"], m.get("uid", ""), m.get("namespace"), m.get("generation"), dict(m.get("annotations") or {}))
 
 
-def _spec(kind: str, body: kopf.Body, status_obj: Any, patch: kopf.Patch, meta: Meta) -> Any:
-    """Parse the spec; an invalid one is reported in status once and fails permanently."""
+def _spec(kind: str, body: kopf.Body, status: Any, patch: kopf.Patch, meta: Meta, memo: kopf.Memo) -> Any:
+    """Parse the spec. An invalid one (admitted before the CRD learnt a rule, or wrong where the CRD
+    cannot look: spec.baseline) makes the object Failed with a Warning event, once per generation;
+    returns None then, and nothing more is tried until the spec changes."""
     try:
         return api.parse_spec(kind, dict(body.get("spec") or {}))
     except ConfigError as exc:
-        conds = set_condition(status_obj.conditions, "Ready", False, "InvalidSpec", str(exc), now(), meta.generation)
-        patch.status["conditions"] = [c.wire() for c in conds]
-        patch.status["observedGeneration"] = meta.generation
-        raise kopf.PermanentError(str(exc)) from None
+        if not C.blocked(status, meta.generation):
+            _fail_until_spec_changes(memo, patch, dict(body.get("status") or {}), kind, meta, status,
+                                     C.INVALID_SPEC, str(exc))
+        return None
+
+
+_REPORTED = threading.Lock()
+
+
+def _reported(memo: kopf.Memo, meta: Meta, mark: bool = False) -> bool:
+    """Was a failure of this generation already reported by this process? A timer and a change handler
+    of the same object run concurrently on the same old status, so the status alone cannot tell."""
+    with _REPORTED:
+        seen = memo.setdefault("failed_generations", {})
+        if seen.get(meta.uid) == meta.generation:
+            return True
+        if mark:
+            seen[meta.uid] = meta.generation
+        return False
+
+
+def _fail_until_spec_changes(memo: kopf.Memo, patch: kopf.Patch, old: dict[str, Any], kind: str, meta: Meta,
+                             status: Any, reason: str, message: str) -> None:
+    result = C.fail_until_spec_changes(meta, kind, status, reason, message, now())
+    if _reported(memo, meta, mark=True):
+        result.actions = []  # the status is written again (the same), the event is not posted twice
+    _fail(memo.platform, patch, old, result)
+
+
+def _fail(platform: Any, patch: kopf.Patch, old: dict[str, Any], result: Any) -> None:
+    """Persist a failure status and post its events (best effort: the status is what counts)."""
+    for action in result.actions:
+        try:
+            platform.record(action)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record %s: %s", action.event, exc)
+    _persist(patch, old, result.status)
 
 
 def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
@@ -144,9 +181,22 @@ def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
             patch.status[key] = value
 
 
-def _apply(platform: Any, actions: list) -> None:
+def _apply(memo: kopf.Memo, actions: list, kind: str, meta: Meta, status: Any, old: dict[str, Any],
+           patch: kopf.Patch) -> bool:
+    """Apply the core's actions; True when all were. A refusal is reported on the object instead of
+    retried blindly: a permanent one fails it until its spec changes, another one (RBAC, a quota, a
+    missing HTTPRoute) is shown and tried again on the next tick. Other errors (network, conflicts,
+    5xx) are retried soon from the persisted status."""
     try:
-        apply_actions(platform, actions)
+        apply_actions(memo.platform, actions)
+        return True
+    except ActionRefused as exc:
+        log.warning("%s %s/%s: %s", kind, meta.namespace, meta.name, exc)
+        if exc.permanent:
+            _fail_until_spec_changes(memo, patch, old, kind, meta, status, C.REFUSED, str(exc))
+        else:
+            _fail(memo.platform, patch, old, C.waiting_on(meta, kind, status, str(exc), now()))
+        return False
     except Exception as exc:  # API errors, conflicts, timeouts: retry from the persisted status
         raise kopf.TemporaryError(f"applying {len(actions)} action(s) failed: {exc}", delay=RETRY_DELAY) from exc
 
@@ -160,17 +210,25 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Hypothesis", old)
-    spec = _spec("Hypothesis", body, status, patch, meta)
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
+        return
+    spec = _spec("Hypothesis", body, status, patch, meta, memo)
+    if spec is None:
+        return
     ns = meta.namespace or "default"
     evo_obj = _get("evolutions", ns, spec.evolution_ref.name)
     ctx = None
+    problem = None
     if evo_obj is not None:
+        evo_status = api.parse_status("Evolution", evo_obj.get("status"))
         try:
             evo_spec = api.parse_spec("Evolution", evo_obj.get("spec"))
         except ConfigError:
             evo_spec = None
+            problem = "its spec is invalid (see its status); waiting until it is fixed"
+        if evo_spec is not None and C.failed_until_spec_changes(evo_status):
+            evo_spec, problem = None, f"failed: {evo_status.reason}; waiting until its spec changes"
         if evo_spec is not None:
-            evo_status = api.parse_status("Evolution", evo_obj.get("status"))
             ctx = H.EvolutionContext(
                 name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
                 baseline=E.effective_baseline(evo_spec, evo_status),
@@ -179,9 +237,10 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) ->
     platform = memo.platform
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase == "Training" or status.phase == "Validated" else []
     rollout = views.rollout_for(meta.name, _list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
-    result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now())
-    _apply(platform, result.actions)
-    _persist(patch, old, result.status)
+    result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now(), evolution_problem=problem)
+    if _apply(memo, result.actions, "Hypothesis", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
+        _persist(patch, old, result.status)
 
 
 @kopf.on.create(GROUP, VERSION, "hypotheses")
@@ -217,7 +276,11 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Rollout", old)
-    spec = _spec("Rollout", body, status, patch, meta)
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
+        return
+    spec = _spec("Rollout", body, status, patch, meta, memo)
+    if spec is None:
+        return
     ns = meta.namespace or "default"
     serving, claim = _serving(ns, spec)
     platform = memo.platform
@@ -240,8 +303,9 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
         approval=(meta.annotations.get(APPROVE) or None),
     )
     result = R.reconcile(meta, spec, status, serving, claim, obs, t)
-    _apply(platform, result.actions)
-    _persist(patch, old, result.status)
+    if _apply(memo, result.actions, "Rollout", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
+        _persist(patch, old, result.status)
 
 
 @kopf.on.create(GROUP, VERSION, "rollouts")
@@ -266,7 +330,12 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         return  # never admitted: nothing was deployed
     serving, _ = _serving(meta.namespace or "default", spec)
     routed = memo.platform.router_weights(R.owner_of(meta), serving.wire()) is not None
-    _apply(memo.platform, R.finalize(meta, spec, serving, routed))
+    try:
+        apply_actions(memo.platform, R.finalize(meta, spec, serving, routed))
+    except ActionRefused as exc:  # the object is going away: log it, never block its deletion
+        log.warning("rollout %s/%s: cleanup refused: %s", meta.namespace, meta.name, exc)
+    except Exception as exc:
+        raise kopf.TemporaryError(f"cleanup of rollout {meta.name} failed: {exc}", delay=RETRY_DELAY) from exc
     metrics.forget_rollout(meta.name)
 
 
@@ -313,7 +382,11 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
     meta = _meta(body)
     old = dict(body.get("status") or {})
     status = api.parse_status("Evolution", old)
-    spec = _spec("Evolution", body, status, patch, meta)
+    if C.blocked(status, meta.generation) or _reported(memo, meta):
+        return
+    spec = _spec("Evolution", body, status, patch, meta, memo)
+    if spec is None:
+        return
     ns = meta.namespace or "default"
     platform = memo.platform
     hyps = [h for h in _list("hypotheses", ns) if views.belongs_to(h, meta.name)]
@@ -327,8 +400,9 @@ def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> 
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
         baseline_job, views.spend(hyps, baseline_attempts=1), t, top_k=_top_k(spec, status, meta, hyps, platform, memo, t),
     )
-    _apply(platform, result.actions)
-    _persist(patch, old, result.status)
+    if _apply(memo, result.actions, "Evolution", meta, status, old, patch):
+        C.clear_waiting(result.status, now(), meta.generation)
+        _persist(patch, old, result.status)
     metrics.observe_evolution(meta.name, hyps, spec.agent.budgets.wire(), result.status.spend.wire(), t)
 
 

@@ -10,7 +10,12 @@ Rules every implementation keeps:
 - deletes are idempotent: "not found" is success;
 - reads never raise for a missing object: they return None / leave it out;
 - `prometheus_readout` raises MetricsUnavailable when Prometheus cannot answer, and the caller
-  then passes analysis=None to the core (which decides nothing).
+  then passes analysis=None to the core (which decides nothing);
+- a create or change the platform refuses for good raises ActionRefused(permanent=True) (see
+  `refusal_is_permanent`); one that may pass later without a spec change raises it with
+  permanent=False; anything else (network, 5xx) raises as it is and is retried;
+- observations say why a child cannot start when the platform can tell (JobObservation.blocked,
+  ArmObservation.blocked); None when it cannot tell.
 """
 
 from __future__ import annotations
@@ -38,6 +43,26 @@ from cambrian.operator.reconcile.observations import ArmObservation, JobObservat
 
 class MetricsUnavailable(CambrianError):
     """Prometheus (or the local metrics store) did not answer: make no decision."""
+
+
+class ActionRefused(CambrianError):
+    """The platform refused to create or change a child (the API server's 4xx, a local check).
+
+    `permanent`: the same spec can only be refused again (an invalid field, a name or label the API
+    does not accept); the caller marks the parent Failed until its spec changes. Otherwise the refusal
+    depends on something outside the spec (RBAC, a quota, a missing HTTPRoute): the parent says so
+    and the next reconcile tries again."""
+
+    def __init__(self, what: str, message: str, permanent: bool, code: int | None = None):
+        super().__init__(f"{what} was refused: {message}")
+        self.what, self.detail, self.permanent, self.code = what, message, permanent, code
+
+
+def refusal_is_permanent(http_status: int) -> bool:
+    """An HTTP refusal that only a different request can cure: 400 Bad Request, 422 Invalid, 413, ...
+    Not: 404 (not there yet), 408/429 (timeouts, throttling), 409 (exists: names are deterministic,
+    or a write conflict), 403 (RBAC or a ResourceQuota: can change without the spec changing)."""
+    return 400 <= http_status < 500 and http_status not in (403, 404, 408, 409, 429)
 
 
 class Readout(Protocol):
@@ -98,8 +123,11 @@ class Platform(Protocol):
 
 def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
     """Apply in order. An exception stops the rest: the caller must not persist the new status then,
-    so the next reconcile replays from the old one (deterministic names make that safe)."""
-    for a in actions:
+    so the next reconcile replays from the old one (deterministic names make that safe).
+    Journal entries (events) go last, once everything else was applied: a reconcile that is refused
+    or retried reports what happened once, not each time it is replayed."""
+    actions = list(actions)
+    for a in [*[x for x in actions if not isinstance(x, RecordJournal)], *[x for x in actions if isinstance(x, RecordJournal)]]:
         if isinstance(a, CreateTrainingJob):
             platform.submit_training_job(a)
         elif isinstance(a, DeleteJob):

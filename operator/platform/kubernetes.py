@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
 
 import yaml
 
 from cambrian.operator.api import API_VERSION, GROUP, VERSION
-from cambrian.operator.platform.base import MetricsUnavailable, Readout
+from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, Readout, refusal_is_permanent
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
     CreateRollout,
@@ -41,7 +42,7 @@ from cambrian.operator.reconcile.actions import (
     SetWeights,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.common import child_name
+from cambrian.operator.reconcile.common import child_name, label_value
 from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
 
 log = logging.getLogger("cambrian.operator.kubernetes")
@@ -79,7 +80,7 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
 def _meta(name: str, owner: Owner, labels: Mapping[str, str], annotations: Mapping[str, str] | None = None) -> dict:
     meta: dict[str, Any] = {
         "name": name,
-        "labels": {**PART_OF, L_OWNER_KIND: owner.kind.lower(), L_OWNER: owner.name, **labels},
+        "labels": {**PART_OF, L_OWNER_KIND: owner.kind.lower(), L_OWNER: label_value(owner.name), **labels},
         "ownerReferences": [owner_reference(owner)],
     }
     if owner.namespace:
@@ -240,7 +241,7 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
             "activeDeadlineSeconds": active_deadline_seconds(t, template),
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "template": {
-                "metadata": {"labels": {**PART_OF, **labels, L_OWNER: action.owner.name},
+                "metadata": {"labels": {**PART_OF, **labels, L_OWNER: label_value(action.owner.name)},
                              **({"annotations": dict(t["podAnnotations"])} if t.get("podAnnotations") else {})},
                 "spec": pod_spec,
             },
@@ -344,11 +345,66 @@ def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObser
         text = error.get("reason") or (None if message else (term or {}).get("message")) or cond.get("message")
         return JobObservation(name, "Failed", (term or {}).get("exitCode"), reason, text, error.get("stage") or None,
                               started_at=started, finished_at=finished, bundle_uri=bundle)
+    blocked = pod_blocker(pods)
     if spec.get("suspend"):
-        return JobObservation(name, "Suspended", bundle_uri=bundle)
-    if status.get("active"):
-        return JobObservation(name, "Running", started_at=started, bundle_uri=bundle)
-    return JobObservation(name, "Pending", bundle_uri=bundle)
+        return JobObservation(name, "Suspended", bundle_uri=bundle, blocked=blocked)
+    if status.get("active"):  # active pods include Pending ones (unschedulable, pulling an image)
+        return JobObservation(name, "Running", started_at=started, bundle_uri=bundle, blocked=blocked)
+    return JobObservation(name, "Pending", bundle_uri=bundle, blocked=blocked)
+
+
+# Container waiting reasons that do not pass by waiting: the image or the container config is wrong.
+STUCK_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError"}
+
+
+def pod_blocker(pods: list[Mapping[str, Any]]) -> str | None:
+    """Why the newest not-yet-running pod cannot run, as the scheduler and the kubelet write it in its
+    status: unschedulable (a missing PVC, no node matching the selector or with the resource) or a
+    container stuck before starting (an image that cannot be pulled). None when nothing says so."""
+    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
+        st = pod.get("status") or {}
+        if st.get("phase") not in (None, "Pending"):
+            continue
+        name = pod.get("metadata", {}).get("name", "?")
+        for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_WAITING:
+                why = f"container {cs.get('name')} of pod {name}: {waiting['reason']}"
+                return f"{why}: {waiting['message']}" if waiting.get("message") else why
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return f"pod {name} cannot be scheduled: {c.get('message') or 'no reason given'}"
+    return None
+
+
+def deployment_blocker(dep: Mapping[str, Any]) -> str | None:
+    """A Deployment whose ReplicaSet cannot create pods (a missing PriorityClass, a quota) says so in
+    its ReplicaFailure condition."""
+    for c in (dep.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            return f"deployment {dep.get('metadata', {}).get('name')}: {c.get('reason')}: {c.get('message')}"
+    return None
+
+
+def api_message(exc: Any) -> str:
+    """The API server's own sentence from an ApiException (its Status object), else the HTTP reason."""
+    try:
+        body = json.loads(exc.body)
+        return str(body.get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(getattr(exc, "reason", exc))
+
+
+def refusal(exc: Any, what: str) -> Exception:
+    """Kubernetes' ApiException -> ActionRefused when the refusal is one (see refusal_is_permanent);
+    anything else is returned as it is, for the caller's retry."""
+    status = getattr(exc, "status", None) or 0
+    if refusal_is_permanent(status):
+        return ActionRefused(what, api_message(exc), True, status)
+    if status == 403:
+        return ActionRefused(what, api_message(exc), False, status)
+    return exc
 
 
 def _terminated(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -376,7 +432,7 @@ def _time(v: Any) -> datetime | None:
 
 
 def arm_labels(rollout: str, arm: str) -> dict[str, str]:
-    return {"app.kubernetes.io/component": "serving", L_ROLLOUT: rollout, L_ARM: arm}
+    return {"app.kubernetes.io/component": "serving", L_ROLLOUT: label_value(rollout), L_ARM: arm}
 
 
 def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving: Mapping[str, Any],
@@ -439,6 +495,16 @@ def router_name(owner: Owner) -> str:
     return child_name(owner.name, owner.uid, "router")
 
 
+def champion_name(owner: Owner) -> str:
+    """ConfigMap `<evolution>-champion`; a hashed name when that would be longer than a name may be."""
+    name = f"{owner.name}-champion"
+    return name if len(name) <= 253 else child_name(owner.name, owner.uid, "champion", max_len=253)
+
+
+def _what(body: Mapping[str, Any]) -> str:
+    return f"{body.get('kind', 'object')} {body.get('metadata', {}).get('name', '?')}"
+
+
 def router_config(action: SetWeights, namespace: str | None) -> dict[str, Any]:
     """The online router's config (cambrian.online.router.RouterConfig) for this rollout."""
     port = int(action.serving.get("port", 8080))
@@ -457,7 +523,7 @@ def router_config(action: SetWeights, namespace: str | None) -> dict[str, Any]:
 
 def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, dict, dict]:
     name = router_name(action.owner)
-    labels = {"app.kubernetes.io/component": "router", L_ROLLOUT: action.rollout, L_ARM: "router"}
+    labels = {"app.kubernetes.io/component": "router", L_ROLLOUT: label_value(action.rollout), L_ARM: "router"}
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, action.owner, labels),
           "data": {"router.yaml": yaml.safe_dump(router_config(action, namespace), sort_keys=False)}}
     dep = _server_deployment(
@@ -477,7 +543,7 @@ def httproute_patch(action: SetWeights) -> dict[str, Any]:
 
 def rollout_object(action: CreateRollout) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Rollout",
-            "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": action.hypothesis}),
+            "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": label_value(action.hypothesis)}),
             "spec": action.spec}
 
 
@@ -517,7 +583,17 @@ class KubernetesPlatform:
             fn(namespace or "default", body)
         except ApiException as exc:
             if exc.status != 409:  # already exists: the name is deterministic, so it is ours
-                raise
+                raise refusal(exc, _what(body)) from exc
+
+    def _replace_or_create_config_map(self, cm: dict, namespace: str | None) -> None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self.core.replace_namespaced_config_map(cm["metadata"]["name"], namespace or "default", cm)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise refusal(exc, _what(cm)) from exc
+            self._create(self.core.create_namespaced_config_map, namespace, cm)
 
     def _delete(self, fn: Callable, name: str, namespace: str | None) -> None:
         from kubernetes.client.rest import ApiException
@@ -543,7 +619,7 @@ class KubernetesPlatform:
 
     def training_jobs(self, owner: Owner) -> list[JobObservation]:
         ns = owner.namespace or "default"
-        sel = f"{L_OWNER_KIND}={owner.kind.lower()},{L_OWNER}={owner.name}"
+        sel = f"{L_OWNER_KIND}={owner.kind.lower()},{L_OWNER}={label_value(owner.name)}"
         out = []
         for job in self.batch.list_namespaced_job(ns, label_selector=sel).items:
             refs = job.metadata.owner_references or []
@@ -551,8 +627,39 @@ class KubernetesPlatform:
                 continue  # a leftover of an earlier object with the same name
             j = self._dict(job)
             pods = [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items]
-            out.append(parse_job(j, pods))
+            seen = parse_job(j, pods)
+            if seen.state in ("Pending", "Suspended") and seen.blocked is None:
+                seen = replace(seen, blocked=self._missing_prerequisite(j, pods))
+            out.append(seen)
         return out
+
+    def _missing_prerequisite(self, job: Mapping[str, Any], pods: list) -> str | None:
+        """What pods cannot show because none exists: a Job whose PriorityClass is missing gets no pod
+        at all, and a Job for a Kueue queue stays suspended when the queue (or Kueue) is missing.
+        Looked up only when it applies; None when the lookup is not allowed (RBAC) or fails."""
+        from kubernetes.client.rest import ApiException
+
+        ns = job.get("metadata", {}).get("namespace") or "default"
+        pod_spec = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+        queue = (job.get("metadata", {}).get("labels") or {}).get(KUEUE_QUEUE)
+        try:
+            if not pods and pod_spec.get("priorityClassName"):
+                name = pod_spec["priorityClassName"]
+                try:
+                    self._client.SchedulingV1Api(self.api).read_priority_class(name)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return f"PriorityClass {name} does not exist (spec.training.priorityClassName)"
+            if (job.get("spec") or {}).get("suspend") and queue:
+                try:
+                    self.custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", ns, "localqueues", queue)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return (f"Kueue LocalQueue {queue} does not exist in namespace {ns}, or Kueue is not "
+                                "installed (spec.training.queueName); the Job stays suspended")
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must never fail the reconcile
+            log.debug("could not look up the prerequisites of job %s: %s", job.get("metadata", {}).get("name"), exc)
+        return None
 
     def delete_job(self, action: DeleteJob) -> None:
         self._delete(self.batch.delete_namespaced_job, action.name, action.owner.namespace)
@@ -567,12 +674,16 @@ class KubernetesPlatform:
     def arms(self, owner: Owner) -> dict[str, ArmObservation]:
         ns = owner.namespace or "default"
         out = {}
-        for d in self.apps.list_namespaced_deployment(ns, label_selector=f"{L_ROLLOUT}={owner.name}").items:
+        for d in self.apps.list_namespaced_deployment(ns, label_selector=f"{L_ROLLOUT}={label_value(owner.name)}").items:
             arm = (d.metadata.labels or {}).get(L_ARM)
             if not arm or arm == "router" or not any(r.uid == owner.uid for r in d.metadata.owner_references or []):
                 continue
             ready = (d.status.ready_replicas or 0) >= 1 if d.status else False
-            out[arm] = ArmObservation(d.metadata.name, True, ready)
+            blocked = None
+            if not ready:  # why not, when the Deployment or its pods say so
+                blocked = deployment_blocker(self._dict(d)) or pod_blocker([self._dict(p) for p in self.core.list_namespaced_pod(
+                    ns, label_selector=f"{L_ROLLOUT}={label_value(owner.name)},{L_ARM}={arm}").items])
+            out[arm] = ArmObservation(d.metadata.name, True, ready, blocked)
         return out
 
     def delete_arm(self, action: DeleteArm) -> None:
@@ -583,21 +694,22 @@ class KubernetesPlatform:
         ns = action.owner.namespace
         cm, dep, svc = router_manifests(action, ns)
         dep = self._templated(dep, "serving", "router")
-        from kubernetes.client.rest import ApiException
-
-        try:
-            self.core.replace_namespaced_config_map(cm["metadata"]["name"], ns or "default", cm)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self._create(self.core.create_namespaced_config_map, ns, cm)
+        self._replace_or_create_config_map(cm, ns)
         self._create(self.apps.create_namespaced_deployment, ns, dep)
         self._create(self.core.create_namespaced_service, ns, svc)
         route = action.serving.get("httpRoute")
         if route:
-            self.custom.patch_namespaced_custom_object(
-                "gateway.networking.k8s.io", "v1", ns or "default", "httproutes", route["name"], httproute_patch(action)
-            )
+            from kubernetes.client.rest import ApiException
+
+            try:
+                self.custom.patch_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", ns or "default", "httproutes", route["name"],
+                    httproute_patch(action))
+            except ApiException as exc:
+                if exc.status == 404:  # a prerequisite the user creates: say so and look again later
+                    raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
+                                        False, 404) from exc
+                raise refusal(exc, f"HTTPRoute {route['name']}") from exc
 
     def clear_weights(self, action: ClearWeights) -> None:
         name = router_name(action.owner)
@@ -645,19 +757,11 @@ class KubernetesPlatform:
 
     def update_champion(self, action: UpdateChampion) -> None:
         """Publish the champion for production serving: ConfigMap `<evolution>-champion`."""
-        name = f"{action.owner.name}-champion"[:253]
         cm = {"apiVersion": "v1", "kind": "ConfigMap",
-              "metadata": _meta(name, action.owner, {"app.kubernetes.io/component": "champion"}),
+              "metadata": _meta(champion_name(action.owner), action.owner, {"app.kubernetes.io/component": "champion"}),
               "data": {"champion.json": json.dumps({"name": action.name, "bundle": action.bundle,
                                                      "hypothesis": action.hypothesis, "rollout": action.rollout})}}
-        from kubernetes.client.rest import ApiException
-
-        try:
-            self.core.replace_namespaced_config_map(name, action.owner.namespace or "default", cm)
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            self._create(self.core.create_namespaced_config_map, action.owner.namespace, cm)
+        self._replace_or_create_config_map(cm, action.owner.namespace)
 
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user
@@ -692,10 +796,16 @@ class KubernetesPlatform:
             meta = _meta(f"{action.name_prefix}-{i}", action.owner, {"cambrian.dev/wakeup": str(action.wakeup)},
                          annotations or None)
             body = {"apiVersion": API_VERSION, "kind": "Hypothesis", "metadata": meta, "spec": spec}
-            self._create(
-                lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses", b),
-                action.owner.namespace, body,
-            )
+            try:
+                self._create(
+                    lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses", b),
+                    action.owner.namespace, body,
+                )
+            except ActionRefused as exc:
+                if not exc.permanent:
+                    raise
+                # An agent wrote something admission refuses: that proposal is lost, the loop is not.
+                self.record(RecordJournal(action.owner, "ProposalRefused", str(exc)[:1024], {}, True))
         notes = list(getattr(batch, "notes", []))
         self.record(RecordJournal(action.owner, "Proposed",
                                   f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)"

@@ -32,7 +32,8 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.common import Meta, Result, after, child_name, set_condition
+from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
+                                                resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, TopK
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
 
@@ -103,7 +104,10 @@ def reconcile(
     top_k: TopK | None = None,
 ) -> Result[EvolutionStatus]:
     """`top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`."""
+    if blocked(status, meta.generation):
+        return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
+    resumed = resume_after_spec_change(st, meta.generation, "Running", now)
     st.observed_generation = meta.generation
     owner = owner_of(meta)
     actions: list = []
@@ -114,6 +118,8 @@ def reconcile(
     def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
         st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)
 
+    if resumed:
+        journal("Resumed", resumed)
     if st.phase is None:
         st.phase = "Running"
         journal("Started", f"top-K {spec.top_k}, agent {spec.agent.provider}")
@@ -133,7 +139,11 @@ def reconcile(
                     )
                 )
             cond("ChampionReady", False, "TrainingBaseline", f"baseline job {name}")
+            stuck = baseline_job.blocked if baseline_job is not None else None
+            note_blocker(st, "ChampionReady", f"baseline job {name}: {stuck}" if stuck else None, now,
+                         meta.generation, journal)
         elif baseline_job.state == "Succeeded" and baseline_job.bundle_uri:
+            note_blocker(st, "ChampionReady", None, now, meta.generation, journal)
             st.champion = Champion(name="baseline", bundle=baseline_job.bundle_uri, config=spec.baseline, since=now)
             cond("ChampionReady", True, "Baseline", "the baseline model is the champion")
             journal("ChampionChanged", "baseline trained", bundle=baseline_job.bundle_uri,

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from cambrian.errors import ConfigError
 from cambrian.operator.api import EvolutionSpec, HypothesisSpec, HypothesisStatus, OnlineResult, ProxyMetric
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
-from cambrian.operator.reconcile.common import Meta, Result, child_name, set_condition
+from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
+                                                resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import JobObservation, RolloutView
 
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
@@ -56,9 +57,16 @@ def reconcile(
     jobs: Sequence[JobObservation],
     rollout: RolloutView | None,
     now: datetime,
+    evolution_problem: str | None = None,
 ) -> Result[HypothesisStatus]:
-    """`jobs`: every training Job of this hypothesis the platform sees (any attempt)."""
+    """`jobs`: every training Job of this hypothesis the platform sees (any attempt).
+    `evolution_problem`: why `ctx` is None although the Evolution exists (its spec is invalid, it failed)."""
+    if blocked(status, meta.generation):
+        return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
+    resumed = resume_after_spec_change(st, meta.generation, "Proposed", now)
+    if resumed:
+        st.failure_stage = None
     st.observed_generation = meta.generation
     owner = owner_of(meta)
     actions: list = []
@@ -73,6 +81,8 @@ def reconcile(
     def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
         st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)
 
+    if resumed:
+        journal("Resumed", resumed)
     if st.phase is None:
         move("Proposed")
         journal("Proposed", f"{spec.component} hypothesis proposed: {spec.explanation[:200]}")
@@ -81,7 +91,10 @@ def reconcile(
         return Result(actions, st)
 
     if ctx is None:
-        cond("Ready", False, "EvolutionNotFound", f"Evolution {spec.evolution_ref.name} does not exist")
+        if evolution_problem:
+            cond("Ready", False, "EvolutionNotReady", f"Evolution {spec.evolution_ref.name}: {evolution_problem}")
+        else:
+            cond("Ready", False, "EvolutionNotFound", f"Evolution {spec.evolution_ref.name} does not exist")
         return Result(actions, st, requeue_after=POLL_SECONDS)
 
     if st.phase == "Proposed":
@@ -196,6 +209,8 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
         return Result(actions, st, requeue_after=POLL_SECONDS)
     if job.state in ("Pending", "Suspended", "Running"):
         cond("Training", True, job.state, f"attempt {st.attempts}: job {job.name} is {job.state.lower()}")
+        note_blocker(st, "Training", f"job {job.name}: {job.blocked}" if job.blocked else None, now,
+                     meta.generation, journal)
         return Result(actions, st, requeue_after=POLL_SECONDS)
     if job.started_at is not None and job.finished_at is not None:
         # counted once: the attempt leaves Training (or moves to the next attempt) in this same step

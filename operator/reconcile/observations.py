@@ -27,6 +27,9 @@ class JobObservation:
     bundle_uri: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Why a Pending/Suspended run cannot start, when the platform can tell: a missing PriorityClass,
+    # PVC or Kueue queue, no node matching the selector, an image that cannot be pulled.
+    blocked: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ArmObservation:
     name: str  # the Deployment/Service name
     exists: bool
     ready: bool
+    blocked: str | None = None  # why an arm that is not ready cannot become ready (as JobObservation.blocked)
 
 
 @dataclass(frozen=True)

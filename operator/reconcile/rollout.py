@@ -30,7 +30,8 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
     SetWeights,
 )
-from cambrian.operator.reconcile.common import Meta, Result, after, child_name, set_condition
+from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
+                                                resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import RolloutObservation
 
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
@@ -88,7 +89,10 @@ def reconcile(
     obs: RolloutObservation,
     now: datetime,
 ) -> Result[RolloutStatus]:
+    if blocked(status, meta.generation):
+        return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
+    resumed = resume_after_spec_change(st, meta.generation, "Pending" if st.started_at is None else "Running", now)
     st.observed_generation = meta.generation
     owner = owner_of(meta)
     actions: list = []
@@ -100,6 +104,10 @@ def reconcile(
 
     def journal(event: str, message: str, warning: bool = False, **data) -> None:
         actions.append(RecordJournal(owner, event, message, data, warning))
+
+    def arms_blocked(which: list[str]) -> str | None:
+        why = [f"arm {a}: {obs.arms[a].blocked}" for a in which if obs.arms.get(a) and obs.arms[a].blocked]
+        return "; ".join(why) if why else None
 
     def ensure_arms(which: list[str]) -> bool:
         ready = True
@@ -132,6 +140,8 @@ def reconcile(
         ensure_arms(keep)
         return Result(actions, st)
 
+    if resumed:
+        journal("Resumed", resumed)
     if st.phase is None:
         st.phase = "Pending"
         journal("Created", f"arms {', '.join(names)}; {len(spec.ramp.steps)} ramp steps")
@@ -143,7 +153,9 @@ def reconcile(
         st.phase = "Deploying"
         if not ensure_arms(names):
             cond("ArmsReady", False, "Deploying", "waiting for every arm's Deployment to be ready")
+            note_blocker(st, "ArmsReady", arms_blocked(names), now, meta.generation, journal)
             return Result(actions, st, requeue_after=POLL_SECONDS)
+        note_blocker(st, "ArmsReady", None, now, meta.generation, journal)
         cond("ArmsReady", True, "Ready", "every arm is serving")
         st.phase = "Running"
         st.step = 0
@@ -159,6 +171,7 @@ def reconcile(
     arms_ready = ensure_arms(names)
     cond("ArmsReady", arms_ready, "Ready" if arms_ready else "ArmNotReady",
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
+    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
 
     # A human decision (annotation cambrian.dev/approve) applies at once.
     if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):

@@ -12,7 +12,7 @@ import pytest
 
 from cambrian.operator import api
 from cambrian.operator import handlers as HD
-from cambrian.operator.platform.base import MetricsUnavailable
+from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable
 from cambrian.operator.reconcile import readout as RD
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
@@ -106,6 +106,13 @@ class MemPlatform:
     def record(self, a): pass
 
 
+@dataclass
+class Recording(MemPlatform):
+    events: list = field(default_factory=list)
+
+    def record(self, a): self.events.append(a)
+
+
 EVO = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution",
        "metadata": {"name": "evo", "namespace": "ns", "uid": "uid-e", "generation": 1},
        "spec": {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}}}
@@ -141,13 +148,99 @@ def test_hypothesis_handler_creates_job_and_persists_status(objects):
     assert patch["status"]["observedGeneration"] == 1
 
 
-def test_invalid_spec_is_a_permanent_error_with_a_condition(objects):
+def test_invalid_spec_fails_once_with_an_event_until_the_spec_changes(objects):
+    """Before: a PermanentError on every timer tick, a condition only, no phase, no event."""
+    p = Recording()
+    bad = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {}}}
     patch = kopf.Patch()
-    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {}}}
-    with pytest.raises(kopf.PermanentError, match="spec.delta.patch"):
-        HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(MemPlatform()))
-    (c,) = patch["status"]["conditions"]
+    HD.hypothesis_changed(body=body("Hypothesis", "h", bad), patch=patch, memo=memo(p))
+    st = dict(patch["status"])
+    assert st["phase"] == "Failed" and "spec.delta.patch" in st["reason"] and st["observedGeneration"] == 1
+    (c,) = st["conditions"]
     assert c["reason"] == "InvalidSpec" and c["observedGeneration"] == 1
+    assert [(e.event, e.warning) for e in p.events] == [("InvalidSpec", True)] and not p.applied
+    # the same generation again (a timer tick, a restart): nothing is written, posted or tried
+    again = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", bad, st), patch=again, memo=memo(p))
+    assert not again.get("status") and len(p.events) == 1
+    # the spec is fixed (generation 2): the hypothesis starts over and trains
+    good = {**bad, "delta": {"patch": {"lr": 0.02}}}
+    fixed = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", good, st, generation=2), patch=fixed, memo=memo(p))
+    assert fixed["status"]["phase"] == "Training" and fixed["status"]["reason"] is None
+    assert [k for k, _ in p.applied] == ["job"] and "Resumed" in [e.event for e in p.events]
+
+
+@pytest.mark.parametrize("change,field", [({"training": {"memory": "8 gigs"}}, "spec.training.memory"),
+                                          ({"cadence": {"offline": "0s"}}, "spec.cadence.offline"),
+                                          ({"baseline": {"optimizer": {"lr": -1}}}, "spec.baseline")])
+def test_an_evolution_admitted_before_a_rule_existed_fails_visibly(objects, change, field):
+    """Objects stored before the CRD learnt a rule (or where it cannot look) reach the operator."""
+    p = Recording()
+    patch = kopf.Patch()
+    HD.evolution_changed(body=kopf.Body({**EVO, "spec": {**EVO["spec"], **change}}), patch=patch, memo=memo(p))
+    assert patch["status"]["phase"] == "Failed" and field in patch["status"]["reason"]
+    assert [e.event for e in p.events] == ["InvalidSpec"] and not p.applied
+
+
+def test_a_refused_child_fails_the_parent_once_until_its_spec_changes(objects):
+    """Before: the API server's 422/400 was a TemporaryError retried every 10 s, status empty."""
+    class Refusing(Recording):
+        def submit_training_job(self, a):
+            self.applied.append(("job", a.name))
+            raise ActionRefused(f"Job {a.name}", "spec.template.spec.containers[0].resources.limits: Invalid value",
+                                True, 422)
+
+    p = Refusing()
+    patch = kopf.Patch()
+    HD.evolution_changed(body=kopf.Body(EVO), patch=patch, memo=memo(p))
+    st = dict(patch["status"])
+    assert st["phase"] == "Failed" and "was refused" in st["reason"] and st["observedGeneration"] == 1
+    assert any(c["type"] == "Ready" and c["reason"] == "Refused" for c in st["conditions"])
+    assert ("Refused", True) in [(e.event, e.warning) for e in p.events]
+    assert [k for k, _ in p.applied] == ["job"]  # the wake-up after it was not applied
+    tick = kopf.Patch()
+    HD.evolution_changed(body=kopf.Body({**EVO, "status": st}), patch=tick, memo=memo(p))
+    assert not tick.get("status") and len(p.applied) == 1  # not tried again for the same spec
+    edited = {**EVO, "metadata": {**EVO["metadata"], "generation": 2}, "status": st}
+    HD.evolution_changed(body=kopf.Body(edited), patch=kopf.Patch(), memo=memo(p))
+    assert len(p.applied) == 2  # tried again after the edit
+
+
+def test_a_refusal_outside_the_spec_is_shown_and_retried(objects):
+    class Forbidden(Recording):
+        def submit_training_job(self, a):
+            self.applied.append(("job", a.name))
+            raise ActionRefused(f"Job {a.name}", "exceeded quota: compute", False, 403)
+
+    p = Forbidden()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
+    patch = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    st = dict(patch["status"])
+    assert st.get("phase") is None and "exceeded quota" in st["reason"]
+    assert any(c["type"] == "Ready" and c["reason"] == "Blocked" for c in st["conditions"])
+    patch2 = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec, st), patch=patch2, memo=memo(p))
+    assert len(p.applied) == 2 and [e.event for e in p.events] == ["Blocked"]  # retried, reported once
+    # the quota frees up: the job is created and the report is lifted
+    p.submit_training_job = lambda a: p.applied.append(("job", a.name))
+    patch3 = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec, {**st, **dict(patch2.get("status") or {})}),
+                          patch=patch3, memo=memo(p))
+    after = {**st, **dict(patch3["status"])}
+    assert after["phase"] == "Training" and after.get("reason") is None
+    assert [c["reason"] for c in after["conditions"] if c["type"] == "Ready"] == ["Applied"]
+
+
+def test_hypothesis_of_a_failed_evolution_waits_and_says_why(objects):
+    objects["evolutions"]["evo"] = {**EVO, "spec": {**EVO["spec"], "baseline": {"optimizer": {"lr": -1}}}}
+    p = Recording()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
+    patch = kopf.Patch()
+    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    (ready,) = [c for c in patch["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["reason"] == "EvolutionNotReady" and "invalid" in ready["message"] and not p.applied
 
 
 def test_failed_action_is_temporary_and_status_not_written(objects):

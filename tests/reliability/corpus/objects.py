@@ -173,6 +173,18 @@ def semantic_cases(ex: dict[str, dict]) -> Iterator[Case]:
     yield E("experiment-three-weights", ("spec", "experiment"),
             {"ramp": {"steps": [{"weights": [80, 10, 10]}]}}, "weights")
     yield E("alpha-out-of-range", ("spec", "experiment"), {"statistics": {"alpha": 0.9}}, "alpha")
+    # Accepted by the API server before issue 21, then refused for ever when the operator acted on them
+    # (the Job with 400, a wake-up on every tick, PromQL with a space in it): now refused at admission.
+    yield E("memory-not-a-quantity", ("spec", "training", "memory"), "8 gigs", "memory")
+    yield E("memory-negative", ("spec", "training", "memory"), "-1Gi", "memory")
+    yield E("cpu-not-a-quantity", ("spec", "training", "cpu"), "two cores", "cpu")
+    yield E("cadence-offline-zero", ("spec", "cadence", "offline"), "0s", "offline")
+    yield E("cadence-online-zero", ("spec", "cadence", "online"), "0m0s", "online")
+    yield E("cadence-offline-milliseconds", ("spec", "cadence", "offline"), "500ms", "offline")
+    yield E("active-deadline-zero", ("spec", "training", "activeDeadline"), "0s", "activeDeadline")
+    yield E("north-star-metric-with-spaces", ("spec", "objective", "northStar", 0, "name"), "returning users", "name")
+    yield E("guardrail-metric-with-spaces", ("spec", "guardrails", 0, "metric"), "hate rate", "metric")
+    yield E("offline-metric-with-quote", ("spec", "objective", "offline", "reward", "metric"), 'corr"}', "metric")
     # Φ is free-form for the API server; only the models (and the trainer) can check it.
     yield E("baseline-unknown-optimizer-field", ("spec", "baseline", "optimizer", "momentum"), 0.9, "momentum", False)
     yield E("baseline-negative-lr", ("spec", "baseline", "optimizer", "lr"), -1, "lr", False)
@@ -224,6 +236,9 @@ def semantic_cases(ex: dict[str, dict]) -> Iterator[Case]:
     yield R("srm-alpha", ("spec", "statistics", "srmAlpha"), 0.7, "srmAlpha")
     yield R("decision-policy", ("spec", "decisionPolicy"), "coin-flip", "decisionPolicy")
     yield R("readout-interval", ("spec", "metrics", "readout", "interval"), "-1h", "interval")
+    yield R("readout-interval-zero", ("spec", "metrics", "readout", "interval"), "0s", "interval")
+    yield R("north-star-metric-with-spaces", ("spec", "metrics", "northStar", 0, "name"), "watch minutes", "name")
+    yield R("guardrail-metric-with-spaces", ("spec", "metrics", "guardrails", 0, "metric"), "hate rate", "metric")
     yield R("no-north-star", ("spec", "metrics", "northStar"), [], "northStar")
     yield R("guardrail-without-bound", ("spec", "metrics", "guardrails", 0), {"metric": "hate_rate"}, "guardrails")
     yield R("guardrail-margin-over-1", ("spec", "metrics", "guardrails", 0, "margin"), 2, "margin")
