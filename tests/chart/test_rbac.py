@@ -25,11 +25,15 @@ EXPECTED = {
     ("", "services"): {"get", "create", "delete"},
     ("", "configmaps"): {"get", "create", "update", "delete"},
     ("", "events"): {"create"},
+    ("scheduling.k8s.io", "priorityclasses"): {"get"},
+    ("kueue.x-k8s.io", "localqueues"): {"get"},
 }
 GATEWAY = {("gateway.networking.k8s.io", "httproutes"): {"get", "patch"}}
 # kubernetes client method prefix -> RBAC verb
 CLIENT_VERBS = {"create": "create", "replace": "update", "patch": "patch", "delete": "delete", "list": "list",
                 "read": "get", "get": "get"}
+# the cluster-scoped reads the operator makes (typed client calls without "namespaced")
+CLUSTER_SCOPED_CALLS = {"read_priority_class": ("scheduling.k8s.io", "priorityclasses", "get")}
 # kubernetes client kind suffix -> (API group, resource)
 CLIENT_KINDS = {"config_map": ("", "configmaps"), "pod": ("", "pods"), "service": ("", "services"),
                 "event": ("", "events"), "job": ("batch", "jobs"), "deployment": ("apps", "deployments")}
@@ -90,6 +94,9 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
         for node in ast.walk(tree):
             # methods called directly or passed along (`self._create(self.batch.create_namespaced_job, ...)`)
             if not isinstance(node, ast.Attribute):
+                continue
+            if node.attr in CLUSTER_SCOPED_CALLS:
+                calls.add(CLUSTER_SCOPED_CALLS[node.attr])
                 continue
             m = re.fullmatch(r"(create|replace|patch|delete|list|read|get)_namespaced_(\w+?)(_status)?", node.attr)
             if not m:

@@ -109,6 +109,14 @@ tests/chart/test_rbac.py checks these rules against the API calls in operator/.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Read only to name a missing prerequisite in a Hypothesis' status (a PriorityClass is cluster-scoped:
+# with watchNamespaces only RoleBindings exist, and the operator then cannot tell).
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [localqueues]
+  verbs: [get]
 {{- if .Values.gateway.enabled }}
 - apiGroups: [gateway.networking.k8s.io]
   resources: [httproutes]
