@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Cambrian on a laptop: a kind cluster with the three images built from this checkout, Prometheus,
-# Grafana, the Cambrian chart and the plain example (CPU training, no Kueue, no PVC, no GPU).
+# Grafana, the Cambrian chart and the plain example (manifests/examples/quickstart/: CPU training,
+# no Kueue, no GPU), applied in the release namespace, where the chart's NetworkPolicy isolates
+# its training pods.
 #
 #   scripts/kind-up.sh [--dry-run] [--name NAME] [--engine docker|podman] [--gpu]
 #
@@ -129,8 +131,8 @@ run "${K[@]}" wait --for=condition=Established "${CRDS[@]}" --timeout=60s
 run "${K[@]}" apply -f "$GRAFANA"
 run "${K[@]}" -n "$MON" rollout status deployment/grafana --timeout=300s
 
-say "6/6 the plain example ($EXAMPLE)"
-run "${K[@]}" apply -f "$EXAMPLE"
+say "6/6 the plain example ($EXAMPLE) in namespace $NS"
+run "${K[@]}" apply -n "$NS" -f "$EXAMPLE"
 
 DOWN="scripts/kind-down.sh"; [[ $CLUSTER == "$KIND_DEFAULT_CLUSTER" ]] || DOWN+=" --name $CLUSTER"
 # The listing of a dry run stays a valid shell script: the guide comes out as comments.
@@ -139,9 +141,9 @@ guide <<MSG
 
 Cambrian is running on kind cluster '$CLUSTER' (kubectl context $CONTEXT).
 Watch the loop (Evolutions, Hypotheses, Rollouts):
-  kubectl --context $CONTEXT get evo,hyp,ro -A -w
+  kubectl --context $CONTEXT -n $NS get evo,hyp,ro -w
 Training Jobs, serving arms and routers:
-  kubectl --context $CONTEXT get jobs,deployments,pods -A -l app.kubernetes.io/part-of=cambrian
+  kubectl --context $CONTEXT -n $NS get jobs,deployments,pods
 Operator log:
   kubectl --context $CONTEXT -n $NS logs deployment/$NS-operator -f
 Dashboards (Grafana; the chart's dashboards are in folder Cambrian; anonymous read-only, admin/admin to edit):

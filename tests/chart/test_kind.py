@@ -98,7 +98,7 @@ EXPECTED_DOCKER_CPU = [
      "crd/hypotheses.cambrian.dev", "crd/rollouts.cambrian.dev", "--timeout=60s"],
     ["kubectl", *CTX, "apply", "-f", "manifests/kind/grafana.yaml"],
     ["kubectl", *CTX, "-n", "monitoring", "rollout", "status", "deployment/grafana", "--timeout=300s"],
-    ["kubectl", *CTX, "apply", "-f", EXAMPLE],
+    ["kubectl", *CTX, "apply", "-n", "cambrian", "-f", EXAMPLE],
 ]
 
 
@@ -113,7 +113,7 @@ def test_dry_run_listing_tells_how_to_watch_and_open_the_dashboards(tmp_path):
     proc = run(UP, "--dry-run", path=tool_dir(tmp_path))
     guide = proc.stdout
     assert "# 1/6 " in guide and "# 6/6 " in guide
-    assert "kubectl --context kind-cambrian get evo,hyp,ro -A -w" in guide
+    assert "kubectl --context kind-cambrian -n cambrian get evo,hyp,ro -w" in guide
     assert "port-forward service/grafana 3000:3000" in guide
     assert "port-forward service/prometheus 9090:9090" in guide
     assert "scripts/kind-down.sh" in guide
@@ -227,7 +227,7 @@ def test_the_real_run_runs_exactly_the_dry_run_listing(tmp_path, engine):
     (bin_dir / "rm").symlink_to(shutil.which("rm"))
     proc = run(root / "scripts" / "kind-up.sh", "--engine", engine, path=bin_dir, env={"CALLS": str(calls)})
     assert proc.returncode == 0, proc.stderr
-    assert "get evo,hyp,ro -A -w" in proc.stdout
+    assert "get evo,hyp,ro -w" in proc.stdout
     recorded = [shlex.split(line) for line in calls.read_text().splitlines()]
     listing = run(UP, "--dry-run", "--engine", engine, path=bin_dir)
     probes = [["kind", "get", "clusters"], [engine, "info"]]
