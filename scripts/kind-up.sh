@@ -81,14 +81,16 @@ fi
 
 use_engine "$ENGINE"
 say "1/6 kind cluster '$CLUSTER' from $CONFIG"
-if [[ $DRY_RUN == 0 ]] && kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+existing=""
+[[ $DRY_RUN == 1 ]] || existing=$(kind get clusters 2>/dev/null || true)
+if grep -qx -- "$CLUSTER" <<<"$existing"; then
   echo "$ME: kind cluster '$CLUSTER' exists; reusing it" >&2
 else
   run kind create cluster --name "$CLUSTER" --config "$CONFIG" --wait 180s
 fi
 
 say "2/6 images: $OPERATOR_IMAGE $SERVING_IMAGE $TRAINER_IMAGE"
-[[ $ENGINE == docker ]] && run export DOCKER_BUILDKIT=1   # Dockerfile.trainer uses RUN --mount
+if [[ $ENGINE == docker ]]; then run export DOCKER_BUILDKIT=1; fi   # Dockerfile.trainer uses RUN --mount
 run "$ENGINE" build -f images/Dockerfile.operator --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$OPERATOR_IMAGE" .
 if [[ $GPU == 1 ]]; then
   run "$ENGINE" build -f images/Dockerfile.serving --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$SERVING_IMAGE" .
