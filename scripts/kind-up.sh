@@ -42,7 +42,7 @@ done
 check_cluster_name "$CLUSTER"
 
 # What is built and loaded: exactly the images manifests/kind/values.yaml makes the chart use
-# (tests/kind/test_kind.py compares this list with `helm template -f manifests/kind/values.yaml`).
+# (tests/chart/test_kind.py compares this list with `helm template -f manifests/kind/values.yaml`).
 TAG=kind
 OPERATOR_IMAGE=localhost/cambrian-operator:$TAG
 TRAINER_IMAGE=localhost/cambrian-trainer:$TAG
@@ -115,14 +115,13 @@ fi
 
 say "4/6 Prometheus in namespace $MON (config and alert rules from manifests/prometheus/)"
 run "${K[@]}" apply -f "$PROMETHEUS"
+# The ConfigMap from the repository's files; create-as-YAML piped into apply, so a rerun updates it.
+CONFIGMAP=("${K[@]}" -n "$MON" create configmap prometheus-config --from-file=manifests/prometheus/prometheus.yml
+           --from-file=manifests/prometheus/cambrian-rules.yaml --dry-run=client -o yaml)
 if [[ $DRY_RUN == 1 ]]; then
-  echo "$(print_cmd "${K[@]}" -n "$MON" create configmap prometheus-config \
-    --from-file=manifests/prometheus/prometheus.yml --from-file=manifests/prometheus/cambrian-rules.yaml \
-    --dry-run=client -o yaml) | $(print_cmd "${K[@]}" apply -f -)"
+  echo "$(print_cmd "${CONFIGMAP[@]}") | $(print_cmd "${K[@]}" apply -f -)"
 else
-  "${K[@]}" -n "$MON" create configmap prometheus-config \
-    --from-file=manifests/prometheus/prometheus.yml --from-file=manifests/prometheus/cambrian-rules.yaml \
-    --dry-run=client -o yaml | "${K[@]}" apply -f -
+  "${CONFIGMAP[@]}" | "${K[@]}" apply -f -
 fi
 run "${K[@]}" -n "$MON" rollout status deployment/prometheus --timeout=300s
 
