@@ -12,7 +12,7 @@
 # copy of the pinned kind module, as pkg/cambrianconfigcheck.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=kind-common.sh
+# shellcheck source=SCRIPTDIR/kind-common.sh
 source "$HERE/kind-common.sh"          # KIND_VERSION: the one pin of kind's version
 CACHE_ROOT=${CAMBRIAN_KIND_CHECK_CACHE:-$HOME/.cache/cambrian/kind-check}
 BIN="$CACHE_ROOT/kind-$KIND_VERSION/bin/kind-config-check"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced: the variables are read by the scripts that source it
 # Shared by scripts/kind-up.sh, scripts/kind-down.sh and scripts/build-kind-check.sh (sourced, not run).
 # Pins, exit codes, the dry-run aware command runner and the prerequisite checks.
 

@@ -10,7 +10,7 @@
 set -euo pipefail
 ME=kind-down
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=kind-common.sh
+# shellcheck source=SCRIPTDIR/kind-common.sh
 source "$ROOT/scripts/kind-common.sh"
 
 CLUSTER=$KIND_DEFAULT_CLUSTER

@@ -20,7 +20,7 @@
 set -euo pipefail
 ME=kind-up
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# shellcheck source=kind-common.sh
+# shellcheck source=SCRIPTDIR/kind-common.sh
 source "$ROOT/scripts/kind-common.sh"
 
 CLUSTER=$KIND_DEFAULT_CLUSTER
