@@ -391,9 +391,13 @@ def service_url(docs: list[dict], name: str) -> str:
 
 def test_operator_and_grafana_read_the_kind_prometheus(render):
     url = service_url(manifest("prometheus.yaml"), "prometheus")
+    assert yaml.safe_load(VALUES.read_text())["prometheus"]["url"] == url
+    # The operator gets it through its ConfigMap or its environment, wherever the chart puts it.
     docs = render.docs("--values", str(VALUES))
-    config = yaml.safe_load(render.one(docs, "ConfigMap", "cambrian-operator")["data"]["operator.yaml"])
-    assert config["prometheusUrl"] == url
+    operator = [render.one(docs, "Deployment", "cambrian-operator"), render.one(docs, "ConfigMap", "cambrian-operator")]
+    assert url in json.dumps(operator)
+    default = [d for d in render.docs() if d["metadata"]["name"] == "cambrian-operator"]
+    assert url not in json.dumps(default), "the kind URL must come from the kind values"
     provisioning = find(manifest("grafana.yaml"), "ConfigMap", "grafana-provisioning")["data"]
     (source,) = yaml.safe_load(provisioning["datasources.yaml"])["datasources"]
     assert source["url"] == url and source["isDefault"] is True
