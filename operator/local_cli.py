@@ -55,6 +55,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
     for o in objs:  # overrides are validated like the file itself
         api.parse_resource(o)
     driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days)
+    check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
     for item in approve or []:
@@ -70,6 +71,29 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         _print(driver, report)
     failed = [n for n, p in summary.phases.get("Evolution", {}).items() if p == "Failed"]
     return 4 if failed else 0
+
+
+def check_rollouts(driver: Any, objs: list[dict[str, Any]], data: Path | None) -> None:
+    """Before anything starts: every arm's bundle is on this machine, and the users come from somewhere."""
+    from cambrian.operator.platform.local import local_path
+
+    evolutions = {o["metadata"]["name"] for o in objs if o["kind"] == "Evolution"}
+    evolutions |= {e["metadata"]["name"] for e in driver.store.list("evolutions")}
+    for o in objs:
+        if o["kind"] != "Rollout":
+            continue
+        name, spec = o["metadata"]["name"], o["spec"]
+        for arm in [spec["control"], *spec.get("treatments", [])]:
+            path = local_path(arm["bundle"], driver.root)
+            if path is None or not (path / "bundle.json").is_file():
+                raise ConfigError(f"rollout {name}: arm {arm['name']}: bundle {arm['bundle']} is not on this machine"
+                                  + (f" (no bundle.json in {path})" if path else " (only pvc:// and file:// can be served)"),
+                                  hint="train it first with `cambrian evolve -f ... --dir` on the same folder, "
+                                       "or name a bundle folder as file:///PATH")
+        ref = (spec.get("evolutionRef") or {}).get("name")
+        if data is None and ref not in evolutions:
+            raise ConfigError(f"rollout {name}: no Evolution {ref!r} in {driver.root} to take the simulated users from",
+                              hint="pass --data DIR (a `cambrian world generate` folder)")
 
 
 def _print(driver: Any, report: dict[str, Any]) -> None:
