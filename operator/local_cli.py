@@ -150,11 +150,13 @@ def evolve(
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
     if config is not None:
-        typer.echo("note: " + LEGACY.format(what="evolve", fmt="evolve.yaml", kind="Evolution",
-                                             example="evolution.yaml"), err=True)
         from cambrian.agents.cli import evolve as legacy
 
-        return legacy(config=config, as_json=as_json)
+        legacy(config=config, as_json=as_json)
+        if not as_json:  # after the run: errors and JSON output stay what scripts parse
+            typer.echo("note: " + LEGACY.format(what="evolve", fmt="evolve.yaml", kind="Evolution",
+                                                 example="evolution.yaml"), err=True)
+        return
     _logging(verbose)
     code = run_local(_need(file, out), out, kinds=("Evolution", "Hypothesis", "Rollout"), data=data, users=users,
                      days=days, seed=seed, evaluations=evaluations, approve=approve, max_days=max_days,
@@ -178,13 +180,15 @@ def rollout(
 
     Bundles named pvc://CLAIM/PATH are read from DIR/volumes/CLAIM/PATH (where `cambrian evolve` puts them)."""
     if config is not None:
-        typer.echo("note: " + LEGACY.format(what="rollout", fmt="local rollout", kind="Rollout",
-                                             example="rollout.yaml"), err=True)
         from cambrian.online.cli import rollout as legacy
 
         if legacy_out is None:
             raise ConfigError("--config needs --out")
-        return legacy(config=config, out=legacy_out, seconds_per_day=seconds_per_day, as_json=as_json, verbose=verbose)
+        legacy(config=config, out=legacy_out, seconds_per_day=seconds_per_day, as_json=as_json, verbose=verbose)
+        if not as_json:
+            typer.echo("note: " + LEGACY.format(what="rollout", fmt="local rollout", kind="Rollout",
+                                                 example="rollout.yaml"), err=True)
+        return
     _logging(verbose)
     code = run_local(_need(file, out), out, kinds=("Rollout",), data=data, approve=approve, max_days=max_days,
                      as_json=as_json)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -115,6 +117,7 @@ class LocalDriver:
             log.warning("%s %s: %s (%s)", kind, name, exc, exc.__cause__)
             if self._failures[key] >= MAX_APPLY_FAILURES:
                 raise DriverError(f"{kind} {name}: {exc.__cause__ or exc}") from None
+            time.sleep(self.poll_s)  # a busy machine or a slow process: give it a moment before the replay
             return True
         self._failures.pop((kind, name), None)
         new = s.result.status.wire()
@@ -131,12 +134,17 @@ class LocalDriver:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise DriverError(f"another cambrian process is driving {self.root}") from None
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops cleanly, like Ctrl-C
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.platform.recover()
             return self._loop()
         finally:
             self.platform.close()
             lock.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def _loop(self) -> Summary:
         passes = 0
@@ -237,3 +245,7 @@ class LocalDriver:
 
 def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:
     return frozenset(h["metadata"]["name"] for h in hyps if (h.get("status") or {}).get("phase") == "Scored")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()

@@ -53,6 +53,7 @@ from cambrian.operator.reconcile.actions import (
     UpdateChampion,
 )
 from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.rollout import CONCLUDED
 
 log = logging.getLogger("cambrian.local")
 
@@ -94,6 +95,9 @@ class EnvState:
     days_done: int = 0  # whole days simulated since then
     pre_period: bool = False
     arm_urls: dict[str, str] = field(default_factory=dict)
+    parked: bool = False  # concluded: processes stopped, what the core last saw is remembered below
+    parked_arms: list[str] = field(default_factory=list)
+    parked_weights: dict[str, int] | None = None
 
 
 class RolloutEnv:
@@ -121,12 +125,20 @@ class RolloutEnv:
         from cambrian.online.services import ServiceProcess
 
         if self.collector is None:
-            self.collector = ServiceProcess(
+            self.collector = start_service(ServiceProcess(
                 "collector", ["collect", "--db", str(self.dir / "collector.sqlite"), "--pre-days", str(PRE_DAYS),
-                              "--active-window", str(ACTIVE_WINDOW)], self.services).start().wait_ready()
+                              "--active-window", str(ACTIVE_WINDOW)], self.services))
         if self.prometheus is None:
-            self.prometheus = PrometheusProcess({"collector": [self.collector.address]},
-                                                workdir=self.dir / "prometheus").start()
+            # The collector is the durable state and exports its current sums at every scrape, so the TSDB is
+            # disposable: a fresh one per start (a TSDB cut off by a kill can refuse to start or panic).
+            shutil.rmtree(self.dir / "prometheus" / "data", ignore_errors=True)
+            prom = PrometheusProcess({"collector": [self.collector.address]}, workdir=self.dir / "prometheus")
+            try:
+                prom.start(wait_targets=False)  # a readout waits for the day it needs (prometheus_readout)
+            except BaseException:
+                prom.stop()
+                raise
+            self.prometheus = prom
 
     def stop(self) -> None:
         for s in [self.router, *self.arms.values(), self.collector]:
@@ -256,7 +268,13 @@ class LocalPlatform:
             name = request["name"]
             done = job.parent / "result.json"
             if not done.is_file():
-                out.append(JobObservation(name, "Running"))
+                with self._lock:
+                    fut = self._running.get(name)
+                broken = fut.exception() if fut is not None and fut.done() and not fut.cancelled() else None
+                if broken is not None:  # the platform itself failed (not the candidate): retried by the core
+                    out.append(JobObservation(name, "Failed", reason="PlatformError", message=str(broken)))
+                else:
+                    out.append(JobObservation(name, "Running"))
                 continue
             r = json.loads(done.read_text())
             out.append(JobObservation(
@@ -305,16 +323,47 @@ class LocalPlatform:
         return self.data_for(((evo or {}).get("spec") or {}).get("data") or {})
 
     # --- serving ---------------------------------------------------------------------------------
-    def _env(self, rollout: str) -> RolloutEnv:
+    def _state(self, rollout: str) -> RolloutEnv:
+        """The rollout's environment (no process started); a concluded rollout's is parked here."""
         env = self.envs.get(rollout)
         if env is None:
-            env = self.envs[rollout] = RolloutEnv(rollout, self.root / "rollouts" / rollout, self._world_of(rollout))
+            folder = self.root / "rollouts" / rollout
+            if not folder.is_dir() and self._concluded(rollout):
+                folder.mkdir(parents=True)
+            env = self.envs[rollout] = RolloutEnv(rollout, folder, self._world_of(rollout))
+        if not env.state.parked and self._concluded(rollout):
+            self._park(env)
+        return env
+
+    def _env(self, rollout: str) -> RolloutEnv:
+        env = self._state(rollout)
         env.start_metrics()
         return env
+
+    def _concluded(self, rollout: str) -> bool:
+        obj = self.store.get("rollouts", "default", rollout) or {}
+        return (obj.get("status") or {}).get("phase") in CONCLUDED
+
+    def _park(self, env: RolloutEnv) -> None:
+        """A concluded rollout has no users of its own any more (its decision is applied by the Evolution):
+        stop its processes and remember the arms and weights the core set last, so that it sees them as it
+        left them and no day is played for it again."""
+        env.state.parked_arms = sorted(a for a, s in env.arms.items() if s.proc is not None and s.proc.poll() is None) \
+            if env.arms else list(env.state.parked_arms)
+        if env.router is not None and env.router.proc.poll() is None:
+            env.state.parked_weights = self._read_weights(env)
+        env.state.parked = True
+        env.stop()
+        env.save()
 
     def deploy_arm(self, action: DeployArm) -> None:
         from cambrian.online.services import ServiceProcess
 
+        if self._state(action.rollout).state.parked:
+            env = self.envs[action.rollout]
+            env.state.parked_arms = sorted({*env.state.parked_arms, action.arm})
+            env.save()
+            return
         env = self._env(action.rollout)
         running = env.arms.get(action.arm)
         if running is not None and running.proc.poll() is None:
@@ -323,13 +372,17 @@ class LocalPlatform:
         if path is None or not (path / "bundle.json").is_file():
             raise CambrianError(f"rollout {action.rollout}: arm {action.arm}: bundle {action.bundle} cannot be served "
                                 f"here ({path or 'unknown scheme'} holds no bundle.json)")
-        env.arms[action.arm] = ServiceProcess(
+        env.arms[action.arm] = start_service(ServiceProcess(
             action.name, ["serve", "--bundle", str(path), "--arm", action.arm], env.services,
-            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}).start().wait_ready()
+            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
         env.state.arm_urls[action.arm] = env.arms[action.arm].url
         env.save()
 
     def arms(self, owner: Owner) -> dict[str, ArmObservation]:
+        if self._concluded(owner.name) or (self.root / "rollouts" / owner.name / "env.json").is_file():
+            env = self._state(owner.name)
+            if env.state.parked:
+                return {arm: ArmObservation(arm, True, True) for arm in env.state.parked_arms}
         env = self.envs.get(owner.name)
         if env is None:
             return {}
@@ -338,14 +391,22 @@ class LocalPlatform:
 
     def delete_arm(self, action: DeleteArm) -> None:
         env = self.envs.get(action.rollout)
-        if env is not None and action.arm in env.arms:
+        if env is not None and env.state.parked:
+            env.state.parked_arms = [a for a in env.state.parked_arms if a != action.arm]
+            env.save()
+        elif env is not None and action.arm in env.arms:
             env.arms.pop(action.arm).stop()
 
     def set_weights(self, action: SetWeights) -> None:
         from cambrian.online.services import ServiceProcess
 
-        env = self._env(action.rollout)
         weights = action.as_dict()
+        if self._state(action.rollout).state.parked:
+            env = self.envs[action.rollout]
+            env.state.parked_weights = weights
+            env.save()
+            return
+        env = self._env(action.rollout)
         if env.router is not None and env.router.proc.poll() is None:
             r = httpx.post(env.router.url + "/weights", json={"weights": weights}, timeout=10)
             if r.status_code != 200:
@@ -361,7 +422,7 @@ class LocalPlatform:
         config = env.dir / "router.yaml"
         write_atomic(config, yaml.safe_dump({"experiment": action.rollout, "salt": action.salt,
                                              "collector": env.collector.url, "arms": arms}, sort_keys=False))
-        env.router = ServiceProcess("router", ["route", "--config", str(config)], env.services).start().wait_ready()
+        env.router = start_service(ServiceProcess("router", ["route", "--config", str(config)], env.services))
         if env.state.clock_day0 is None:  # users are routed from today on
             from cambrian.world.sim import World
 
@@ -371,15 +432,25 @@ class LocalPlatform:
 
     def clear_weights(self, action: ClearWeights) -> None:
         env = self.envs.get(action.rollout)
+        if env is not None and env.state.parked:
+            env.state.parked_weights = None
+            env.save()
         if env is not None and env.router is not None:
             env.router.stop()
             env.router = None
         (self.root / "rollouts" / action.rollout / "router.yaml").unlink(missing_ok=True)
 
     def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        if self._concluded(owner.name) or (self.root / "rollouts" / owner.name / "env.json").is_file():
+            env = self._state(owner.name)
+            if env.state.parked:
+                return env.state.parked_weights
         env = self.envs.get(owner.name)
         if env is None or env.router is None or env.router.proc.poll() is not None:
             return None
+        return self._read_weights(env)
+
+    def _read_weights(self, env: RolloutEnv) -> dict[str, int] | None:
         try:
             return {k: int(v) for k, v in httpx.get(env.router.url + "/weights", timeout=10).json()["weights"].items()}
         except (httpx.HTTPError, ValueError, KeyError):
@@ -388,7 +459,8 @@ class LocalPlatform:
     # --- simulated time ----------------------------------------------------------------------------
     def routed(self) -> list[str]:
         """Rollouts whose users are being routed (simulated traffic flows when the clock moves)."""
-        return sorted(n for n, e in self.envs.items() if e.router is not None and e.router.proc.poll() is None)
+        return sorted(n for n, e in self.envs.items()
+                      if not e.state.parked and e.router is not None and e.router.proc.poll() is None)
 
     def _world_state(self, env: RolloutEnv) -> Path | None:
         folder = env.dir / "world"
@@ -492,6 +564,15 @@ class LocalPlatform:
         path = self.root / "events.jsonl"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+def start_service(service: Any) -> Any:
+    """Start a ServiceProcess and wait for /healthz; one that does not come up is stopped, not left behind."""
+    try:
+        return service.start().wait_ready()
+    except BaseException:
+        service.stop()
+        raise
 
 
 def _time(text: str | None) -> datetime | None:

@@ -183,9 +183,11 @@ def _routing(root: Path) -> bool:
     return any(root.glob("rollouts/*/services/router.port"))
 
 
-@pytest.mark.prometheus
-def test_seeded_evolution_survives_sigkill_during_training_and_rollout(tmp_path):
-    root = tmp_path / "run"
+@pytest.fixture(scope="module")
+def evolved(tmp_path_factory):
+    """The seeded scenario through the real CLI, SIGKILLed once while a candidate trains and once while the
+    rollout routes users, then run again until done. Returns the run folder and the last run's report."""
+    root = tmp_path_factory.mktemp("evolve") / "run"
     cmd = [sys.executable, "-m", "cambrian.cli", "evolve", "-f", str(SCENARIO), "--dir", str(root), "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
@@ -196,15 +198,19 @@ def test_seeded_evolution_survives_sigkill_during_training_and_rollout(tmp_path)
             os.kill(proc.pid, signal.SIGKILL)  # no clean-up: children keep running, status writes may be lost
             proc.wait()
         ro_at_kill = _objects(root, "rollouts")[0]["status"].get("phase")
-        assert ro_at_kill in (None, "Pending", "Deploying", "Running")  # killed mid-rollout
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        report = json.loads(proc.stdout)
-        assert report["reason"].startswith("every Evolution is done"), report
     finally:
         left = stop_leftovers(root.resolve())
-    assert left == []  # the last run stopped every process it (or the killed runs) started
+    return root, json.loads(proc.stdout), ro_at_kill, left
 
+
+@pytest.mark.prometheus
+def test_seeded_evolution_survives_sigkill_during_training_and_rollout(evolved):
+    root, report, ro_at_kill, left = evolved
+    assert report["reason"].startswith("every Evolution is done"), report
+    assert ro_at_kill in (None, "Pending", "Deploying", "Running")  # the second kill hit a live rollout
+    assert left == []  # the last run stopped every process it (or the killed runs) started
     hyps = _objects(root, "hypotheses")
     assert len(hyps) == 2 and all(h["status"]["attempts"] == 1 for h in hyps)
     assert all(h["status"]["phase"] in ("Scored", "Live", "Launched", "Retired") for h in hyps)
@@ -217,3 +223,66 @@ def test_seeded_evolution_survives_sigkill_during_training_and_rollout(tmp_path)
     assert env_state["days_done"] >= 1
     evo = _objects(root, "evolutions")[0]["status"]
     assert ro["metadata"]["name"] in evo["handledDecisions"] and evo["lastDecision"]["rollout"] == ro["metadata"]["name"]
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+def test_rollout_command_runs_an_abn_rollout_of_the_trained_bundles(evolved, tmp_path):
+    """`cambrian rollout -f` on the evolved folder: control and both candidates at a third each, real
+    servers, router and Prometheus; every arm gets users in about its share and the rollout concludes."""
+    root = evolved[0]
+    evo = _objects(root, "evolutions")[0]["status"]
+    hyps = {h["metadata"]["name"]: h["status"]["bundleUri"] for h in _objects(root, "hypotheses")}
+    names = sorted(hyps)
+    rollout = {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "tiny-abn"},
+        "spec": {"evolutionRef": {"name": "tiny"},
+                 "control": {"name": "control", "bundle": evo["champion"]["bundle"]},
+                 "treatments": [{"name": f"t{i}", "hypothesisRef": {"name": n}, "bundle": hyps[n]}
+                                for i, n in enumerate(names)],
+                 "salt": "tiny-abn",
+                 "ramp": {"steps": [{"weights": [34, 33, 33], "duration": "1d"}]},
+                 "metrics": {"northStar": [{"name": "watch_minutes"}], "readout": {"interval": "1d"}},
+                 "statistics": {"minSamplePerArm": 50, "maxDuration": "2d"}, "decisionPolicy": "auto"}}
+    f = tmp_path / "abn.yaml"
+    f.write_text(yaml.safe_dump(rollout))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(f), "--dir", str(root), "--json"],
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        stop_leftovers(root.resolve())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    st = LocalStore(root).get("rollouts", "default", "tiny-abn")["status"]
+    assert st["phase"] in ("Promoted", "RolledBack", "Inconclusive") and st["readouts"] >= 1
+    n = {a["name"]: a["n"] for a in st["arms"]}
+    total = sum(n.values())
+    assert total > 0 and all(abs(v / total - 1 / 3) < 0.1 for v in n.values()), n
+
+
+def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
+    """After its decision a rollout has no users of its own: its arms are remembered, not served, no day is
+    played for it, and the core's finishing step (keep control, route 100% there) converges at once,
+    also for a new platform after a restart."""
+    from cambrian.operator import loop
+    from cambrian.operator.platform.local import LocalPlatform
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    store = LocalStore(root)
+    spec = {"control": {"name": "control", "bundle": "file:///nowhere/control"},
+            "treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "file:///nowhere/t"}], "salt": "s",
+            "ramp": {"steps": [{"weights": [50, 50]}]}, "metrics": {"northStar": [{"name": "watch_minutes"}]}}
+    store.create({"kind": "Rollout", "metadata": {"name": "done"}, "spec": spec}, SIM_EPOCH)
+    store.write_status("Rollout", "done", {"phase": "RolledBack", "decision": "rollback"})
+    for _ in range(2):  # the second platform is the driver restarted
+        p = LocalPlatform(root, store, lambda: SIM_EPOCH, data_dir=data)
+        steps = []
+        for _ in range(3):
+            s = loop.step("Rollout", store.get("rollouts", "default", "done"), store, p, SIM_EPOCH)
+            store.write_status("Rollout", "done", s.result.status.wire())
+            steps.append(s.result.kinds())
+        assert steps[-1] == [] and steps[-2] == []  # converged
+        assert p.router_weights(loop.R.owner_of(loop.meta_of(store.get("rollouts", "default", "done"))), {}) == \
+            {"control": 100, "t": 0}
+        assert p.routed() == [] and not list(root.glob("rollouts/done/services/*.port"))  # nothing runs
+        p.close()
