@@ -95,10 +95,24 @@ class LocalDriver:
         progressed = False
         for kind in KINDS:
             for obj in self.store.list(loop.PLURALS[kind], NAMESPACE):
+                before = (obj.get("status") or {}).get("attempts", 0)
                 progressed |= self._reconcile(kind, obj)
+                if kind == "Hypothesis":
+                    self._after_training_started(obj, before)
         if self.on_pass is not None:
             self.on_pass(self)
         return progressed
+
+    def _after_training_started(self, hyp: dict[str, Any], attempts_before: int) -> None:
+        """A training run just started: let the Evolution count it before the next Hypothesis asks whether
+        the budget allows one more (the spend is the Evolution's status, rolled up from its Hypotheses)."""
+        now = self.store.get("hypotheses", NAMESPACE, hyp["metadata"]["name"]) or {}
+        if (now.get("status") or {}).get("attempts", 0) == attempts_before:
+            return
+        ref = ((hyp.get("spec") or {}).get("evolutionRef") or {}).get("name")
+        evo = self.store.get("evolutions", NAMESPACE, ref) if ref else None
+        if evo is not None:
+            self._reconcile("Evolution", evo)
 
     def _reconcile(self, kind: str, obj: dict[str, Any]) -> bool:
         name = obj["metadata"]["name"]

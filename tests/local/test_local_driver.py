@@ -128,6 +128,22 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     assert [e["event"] for e in events if e["kind"] == "Evolution"].count("Proposed") == 1
 
 
+def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path):
+    """Two proposals and room for one more evaluation: the Evolution counts the first training run before
+    the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
+    from cambrian.operator.local_cli import apply_overrides
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=2))
+    assert driver.run().reason.startswith("every Evolution is done")
+    phases = sorted(h["status"]["phase"] for h in _objects(root, "hypotheses"))
+    assert phases == ["Scored", "Validated"]
+    assert len(list((root / "jobs").iterdir())) == 2  # the baseline and one candidate
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 2
+
+
 def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path):
     """A job folder with a request and no result (the driver died while it trained) is re-run by recover()."""
     from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
