@@ -508,7 +508,7 @@ class LocalPlatform:
             deadline = time.monotonic() + self.readout_wait_s
             while True:
                 r = client.read_experiment(rollout)
-                if r.closed_day >= want:
+                if r.closed_day >= want or env.state.days_done == 0:  # nothing played yet: nothing to wait for
                     break
                 if time.monotonic() > deadline:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")

@@ -70,6 +70,16 @@ def test_rollout_command_refuses_other_kinds(tmp_path):
     assert proc.returncode == 2 and "expected Rollout objects, found Evolution tiny" in proc.stderr
 
 
+def test_example_rollout_on_an_empty_folder_names_the_missing_bundle(tmp_path):
+    example = HERE.parents[1] / "manifests" / "examples" / "rollout.yaml"
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(example), "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "arm control: bundle pvc://cambrian-bundles/bundles/feed-ranker/baseline/bundle is not on this machine" \
+        in proc.stderr and f"{tmp_path}/volumes/cambrian-bundles/bundles/feed-ranker/baseline/bundle" in proc.stderr
+    assert not (tmp_path / "objects").exists()  # nothing was stored or started
+
+
 def test_world_overrides_are_validated_like_the_file():
     from cambrian.operator.local_cli import apply_overrides
 
