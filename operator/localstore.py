@@ -22,6 +22,9 @@ from cambrian.errors import ConfigError
 from cambrian.operator import api
 from cambrian.operator.loop import PLURALS
 
+# libyaml when present: the driver reads every object at every pass
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 NAMESPACE = "default"
 
@@ -80,7 +83,7 @@ class LocalStore:
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         path = self._path(plural, name)
         try:
-            return yaml.safe_load(path.read_text())
+            return yaml.load(path.read_text(), Loader=_LOADER)
         except FileNotFoundError:
             return None
 
@@ -88,12 +91,12 @@ class LocalStore:
         folder = self.dir / plural
         if not folder.is_dir():
             return []
-        return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
+        return [yaml.load(p.read_text(), Loader=_LOADER) for p in sorted(folder.glob("*.yaml"))]
 
     # --- writes ----------------------------------------------------------------------------
     def put(self, obj: dict[str, Any]) -> None:
         write_atomic(self._path(PLURALS[obj["kind"]], obj["metadata"]["name"]),
-                     yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+                     yaml.dump(obj, Dumper=_DUMPER, sort_keys=False, allow_unicode=True))
 
     def create(self, obj: dict[str, Any], now: datetime, owner: Any = None) -> bool:
         """Create if absent ("already exists" is success: names are deterministic). True if created."""
