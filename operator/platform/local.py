@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,6 +38,7 @@ from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
 from cambrian.operator.platform.base import MetricsUnavailable, Readout
+from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
     CreateRollout,
@@ -61,11 +62,7 @@ log = logging.getLogger("cambrian.local")
 # routed clock day to the world's next day (see RolloutEnv), so cohorts line up with the ramp's history.
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-PRE_DAYS = 14
-ACTIVE_WINDOW = 7
-NO_ARM_URL = "http://127.0.0.1:9"
-# programs this platform starts (see stop_leftovers): servers, router, collector, Prometheus, trainers
-OURS = ("cambrian.online.cli", "prometheus", "cambrian.agents.sandbox_exec", "cambrian.cli")  # an arm deleted before a restart: weight 0, never called
+NO_ARM_URL = "http://127.0.0.1:9"  # an arm deleted before a restart: weight 0, never called
 
 
 def clock_day(t: datetime) -> int:
@@ -84,69 +81,6 @@ def local_path(uri: str, root: Path) -> Path | None:
     if uri.startswith("file://"):
         return Path(uri[len("file://"):])
     return None
-
-
-@dataclass
-class EnvState:
-    """What a rollout's environment must remember across restarts (ROOT/rollouts/<name>/env.json)."""
-
-    clock_day0: int | None = None  # clock day on which users were first routed
-    world_day0: int | None = None  # the world's day at that moment
-    days_done: int = 0  # whole days simulated since then
-    pre_period: bool = False
-    arm_urls: dict[str, str] = field(default_factory=dict)
-    parked: bool = False  # concluded: processes stopped, what the core last saw is remembered below
-    parked_arms: list[str] = field(default_factory=list)
-    parked_weights: dict[str, int] | None = None
-
-
-class RolloutEnv:
-    """The processes of one rollout: collector + Prometheus (started with it), arms, router."""
-
-    def __init__(self, name: str, folder: Path, world_dir: Path):
-        self.name, self.dir, self.world_dir = name, folder, world_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.state_path = self.dir / "env.json"
-        self.state = EnvState(**json.loads(self.state_path.read_text())) if self.state_path.is_file() else EnvState()
-        self.arms: dict[str, Any] = {}  # arm -> ServiceProcess
-        self.router: Any = None
-        self.collector: Any = None
-        self.prometheus: Any = None
-
-    def save(self) -> None:
-        write_atomic(self.state_path, json.dumps(asdict(self.state), indent=2, sort_keys=True) + "\n")
-
-    @property
-    def services(self) -> Path:
-        return self.dir / "services"
-
-    def start_metrics(self) -> None:
-        from cambrian.online.prometheus import PrometheusProcess
-        from cambrian.online.services import ServiceProcess
-
-        if self.collector is None:
-            self.collector = start_service(ServiceProcess(
-                "collector", ["collect", "--db", str(self.dir / "collector.sqlite"), "--pre-days", str(PRE_DAYS),
-                              "--active-window", str(ACTIVE_WINDOW)], self.services))
-        if self.prometheus is None:
-            # The collector is the durable state and exports its current sums at every scrape, so the TSDB is
-            # disposable: a fresh one per start (a TSDB cut off by a kill can refuse to start or panic).
-            shutil.rmtree(self.dir / "prometheus" / "data", ignore_errors=True)
-            prom = PrometheusProcess({"collector": [self.collector.address]}, workdir=self.dir / "prometheus")
-            try:
-                prom.start(wait_targets=False)  # a readout waits for the day it needs (prometheus_readout)
-            except BaseException:
-                prom.stop()
-                raise
-            self.prometheus = prom
-
-    def stop(self) -> None:
-        for s in [self.router, *self.arms.values(), self.collector]:
-            if s is not None:
-                s.stop()
-        if self.prometheus is not None:
-            self.prometheus.stop()
-        self.router, self.arms, self.collector, self.prometheus = None, {}, None, None
 
 
 class LocalPlatform:
@@ -566,40 +500,5 @@ class LocalPlatform:
             fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
-def start_service(service: Any) -> Any:
-    """Start a ServiceProcess and wait for /healthz; one that does not come up is stopped, not left behind."""
-    try:
-        return service.start().wait_ready()
-    except BaseException:
-        service.stop()
-        raise
-
-
 def _time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
-
-
-def stop_leftovers(root: Path) -> list[int]:
-    """Stop processes left by an earlier driver on this run folder: each is found by ROOT in its command
-    line and owned by this user, then stopped by its PID (SIGKILL of its process group: trainers fork)."""
-    import signal
-
-    import psutil
-
-    mine, found = os.getpid(), []  # found: psutil.Process
-    markers = (f"{root}/rollouts/", f"{root}/jobs/")
-    for p in psutil.process_iter(["pid", "uids", "cmdline"]):
-        try:
-            if p.info["pid"] == mine or p.info["uids"] is None or p.info["uids"].real != os.getuid():
-                continue
-            args = [a or "" for a in p.info["cmdline"] or []]
-            if not any(m in a for m in markers for a in args) or not any(a.endswith(OURS) for a in args):
-                continue
-            if p.pid in {a.pid for a in psutil.Process(mine).parents()}:
-                continue
-            os.kill(p.pid, signal.SIGKILL)
-            found.append(p)
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue
-    psutil.wait_procs(found, timeout=10)  # gone before their files (TSDB lock, SQLite, ports) are reused
-    return [p.pid for p in found]
