@@ -24,23 +24,14 @@ from typing import Any
 
 import kopf
 
-from cambrian.errors import ConfigError
-from cambrian.operator import api, metrics
-from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
-from cambrian.operator.reconcile import evolution as E
+from cambrian.operator import api, loop, metrics
 from cambrian.operator.reconcile import hypothesis as H
-from cambrian.operator.reconcile import readout as RD
-from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile import views
-from cambrian.operator.reconcile import common as C
-from cambrian.operator.reconcile.common import Meta
-from cambrian.operator.reconcile.observations import RolloutObservation
 
 log = logging.getLogger("cambrian.operator")
 
 GROUP, VERSION = api.GROUP, api.VERSION
 FINALIZER = "cambrian.dev/finalizer"
-APPROVE = "cambrian.dev/approve"
+APPROVE = loop.APPROVE
 INTERVAL = float(os.environ.get("CAMBRIAN_OPERATOR_INTERVAL", "15"))
 RETRY_DELAY = 10.0
 
@@ -115,59 +106,18 @@ def _get(plural: str, namespace: str, name: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared plumbing
+# Shared plumbing: one step of cambrian.operator.loop (shared with the local driver), persisted as a patch
 # ---------------------------------------------------------------------------------------------
 
 
-def _meta(body: kopf.Body) -> Meta:
-    m = body["metadata"]
-    return Meta(m["name"], m.get("uid", ""), m.get("namespace"), m.get("generation"), dict(m.get("annotations") or {}))
+class _ClusterObjects:
+    """loop.Objects over the API server."""
 
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return _get(plural, namespace, name)
 
-def _spec(kind: str, body: kopf.Body, status: Any, patch: kopf.Patch, meta: Meta, memo: kopf.Memo) -> Any:
-    """Parse the spec. An invalid one (admitted before the CRD learnt a rule, or wrong where the CRD
-    cannot look: spec.baseline) makes the object Failed with a Warning event, once per generation;
-    returns None then, and nothing more is tried until the spec changes."""
-    try:
-        return api.parse_spec(kind, dict(body.get("spec") or {}))
-    except ConfigError as exc:
-        if not C.blocked(status, meta.generation):
-            _fail_until_spec_changes(memo, patch, dict(body.get("status") or {}), kind, meta, status,
-                                     C.INVALID_SPEC, str(exc))
-        return None
-
-
-_REPORTED = threading.Lock()
-
-
-def _reported(memo: kopf.Memo, meta: Meta, mark: bool = False) -> bool:
-    """Was a failure of this generation already reported by this process? A timer and a change handler
-    of the same object run concurrently on the same old status, so the status alone cannot tell."""
-    with _REPORTED:
-        seen = memo.setdefault("failed_generations", {})
-        if seen.get(meta.uid) == meta.generation:
-            return True
-        if mark:
-            seen[meta.uid] = meta.generation
-        return False
-
-
-def _fail_until_spec_changes(memo: kopf.Memo, patch: kopf.Patch, old: dict[str, Any], kind: str, meta: Meta,
-                             status: Any, reason: str, message: str) -> None:
-    result = C.fail_until_spec_changes(meta, kind, status, reason, message, now())
-    if _reported(memo, meta, mark=True):
-        result.actions = []  # the status is written again (the same), the event is not posted twice
-    _fail(memo.platform, patch, old, result)
-
-
-def _fail(platform: Any, patch: kopf.Patch, old: dict[str, Any], result: Any) -> None:
-    """Persist a failure status and post its events (best effort: the status is what counts)."""
-    for action in result.actions:
-        try:
-            platform.record(action)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("could not record %s: %s", action.event, exc)
-    _persist(patch, old, result.status)
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        return _list(plural, namespace)
 
 
 def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
@@ -181,24 +131,40 @@ def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
             patch.status[key] = value
 
 
-def _apply(memo: kopf.Memo, actions: list, kind: str, meta: Meta, status: Any, old: dict[str, Any],
-           patch: kopf.Patch) -> bool:
-    """Apply the core's actions; True when all were. A refusal is reported on the object instead of
-    retried blindly: a permanent one fails it until its spec changes, another one (RBAC, a quota, a
-    missing HTTPRoute) is shown and tried again on the next tick. Other errors (network, conflicts,
-    5xx) are retried soon from the persisted status."""
-    try:
-        apply_actions(memo.platform, actions)
-        return True
-    except ActionRefused as exc:
-        log.warning("%s %s/%s: %s", kind, meta.namespace, meta.name, exc)
-        if exc.permanent:
-            _fail_until_spec_changes(memo, patch, old, kind, meta, status, C.REFUSED, str(exc))
-        else:
-            _fail(memo.platform, patch, old, C.waiting_on(meta, kind, status, str(exc), now()))
+def _cache(memo: kopf.Memo) -> dict:
+    return memo.setdefault("loop_cache", {}) if hasattr(memo, "setdefault") else {}
+
+
+_REPORTED = threading.Lock()
+
+
+def _reported(memo: kopf.Memo, meta: Any, mark: bool = False) -> bool:
+    """Was a failure of this generation already reported by this process? A timer and a change handler
+    of the same object run concurrently on the same old status, so the status alone cannot tell."""
+    with _REPORTED:
+        seen = memo.setdefault("failed_generations", {}) if hasattr(memo, "setdefault") else {}
+        if seen.get(meta.uid) == meta.generation:
+            return True
+        if mark:
+            seen[meta.uid] = meta.generation
         return False
-    except Exception as exc:  # API errors, conflicts, timeouts: retry from the persisted status
-        raise kopf.TemporaryError(f"applying {len(actions)} action(s) failed: {exc}", delay=RETRY_DELAY) from exc
+
+
+def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> loop.Step | None:
+    """Gather -> core -> apply (cambrian.operator.loop), then persist the new status as a patch. None when
+    there was nothing to do: the object failed until its spec changes. A failed apply writes nothing."""
+    old = dict(body.get("status") or {})
+    if _reported(memo, loop.meta_of(dict(body))):
+        return None
+    try:
+        s = loop.step(kind, dict(body), _ClusterObjects(), memo.platform, now(), _cache(memo),
+                      first_report=lambda meta: not _reported(memo, meta, mark=True))
+    except loop.ApplyFailed as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    if s.result is None:
+        return None
+    _persist(patch, old, s.result.status)
+    return None if s.failed else s
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,40 +173,7 @@ def _apply(memo: kopf.Memo, actions: list, kind: str, meta: Meta, status: Any, o
 
 
 def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    meta = _meta(body)
-    old = dict(body.get("status") or {})
-    status = api.parse_status("Hypothesis", old)
-    if C.blocked(status, meta.generation) or _reported(memo, meta):
-        return
-    spec = _spec("Hypothesis", body, status, patch, meta, memo)
-    if spec is None:
-        return
-    ns = meta.namespace or "default"
-    evo_obj = _get("evolutions", ns, spec.evolution_ref.name)
-    ctx = None
-    problem = None
-    if evo_obj is not None:
-        evo_status = api.parse_status("Evolution", evo_obj.get("status"))
-        try:
-            evo_spec = api.parse_spec("Evolution", evo_obj.get("spec"))
-        except ConfigError:
-            evo_spec = None
-            problem = "its spec is invalid (see its status); waiting until it is fixed"
-        if evo_spec is not None and C.failed_until_spec_changes(evo_status):
-            evo_spec, problem = None, f"failed: {evo_status.reason}; waiting until its spec changes"
-        if evo_spec is not None:
-            ctx = H.EvolutionContext(
-                name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
-                baseline=E.effective_baseline(evo_spec, evo_status),
-                budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
-            )
-    platform = memo.platform
-    jobs = platform.training_jobs(H.owner_of(meta)) if status.phase == "Training" or status.phase == "Validated" else []
-    rollout = views.rollout_for(meta.name, _list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
-    result = H.reconcile(meta, spec, status, ctx, jobs, rollout, now(), evolution_problem=problem)
-    if _apply(memo, result.actions, "Hypothesis", meta, status, old, patch):
-        C.clear_waiting(result.status, now(), meta.generation)
-        _persist(patch, old, result.status)
+    _step("Hypothesis", body, patch, memo)
 
 
 @kopf.on.create(GROUP, VERSION, "hypotheses")
@@ -260,52 +193,10 @@ def hypothesis_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
 # ---------------------------------------------------------------------------------------------
 
 
-def _serving(ns: str, spec: api.RolloutSpec) -> tuple[api.Serving, str | None]:
-    if spec.evolution_ref is not None:
-        evo = _get("evolutions", ns, spec.evolution_ref.name)
-        if evo is not None:
-            try:
-                es = api.parse_spec("Evolution", evo.get("spec"))
-                return es.serving, es.storage.claim_name
-            except ConfigError:
-                pass
-    return api.Serving(), None
-
-
 def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    meta = _meta(body)
-    old = dict(body.get("status") or {})
-    status = api.parse_status("Rollout", old)
-    if C.blocked(status, meta.generation) or _reported(memo, meta):
-        return
-    spec = _spec("Rollout", body, status, patch, meta, memo)
-    if spec is None:
-        return
-    ns = meta.namespace or "default"
-    serving, claim = _serving(ns, spec)
-    platform = memo.platform
-    owner = R.owner_of(meta)
-    t = now()
-    analysis = None
-    if R.readout_due(status, t):
-        try:
-            r = platform.prometheus_readout(meta.name)
-            analysis = RD.analyse(spec, status, r.stats, t, r.exposures, r.cohorts)
-            metrics.observe_guardrails(meta.name, analysis.guardrails)
-        except MetricsUnavailable as exc:
-            log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
-        except ValueError as exc:  # the statistics refused the data: decide nothing this time
-            log.warning("rollout %s/%s: analysis failed: %s", ns, meta.name, exc)
-    obs = RolloutObservation(
-        arms=platform.arms(owner),
-        weights=platform.router_weights(owner, serving.wire()),
-        analysis=analysis,
-        approval=(meta.annotations.get(APPROVE) or None),
-    )
-    result = R.reconcile(meta, spec, status, serving, claim, obs, t)
-    if _apply(memo, result.actions, "Rollout", meta, status, old, patch):
-        C.clear_waiting(result.status, now(), meta.generation)
-        _persist(patch, old, result.status)
+    s = _step("Rollout", body, patch, memo)
+    if s is not None and s.analysis is not None:
+        metrics.observe_guardrails(s.meta.name, s.analysis.guardrails)
 
 
 @kopf.on.create(GROUP, VERSION, "rollouts")
@@ -323,20 +214,11 @@ def rollout_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any)
 @kopf.on.delete(GROUP, VERSION, "rollouts")
 def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Every user back on control before the arms go (owner references then remove the rest)."""
-    meta = _meta(body)
     try:
-        spec = api.parse_spec("Rollout", dict(body.get("spec") or {}))
-    except ConfigError:
-        return  # never admitted: nothing was deployed
-    serving, _ = _serving(meta.namespace or "default", spec)
-    routed = memo.platform.router_weights(R.owner_of(meta), serving.wire()) is not None
-    try:
-        apply_actions(memo.platform, R.finalize(meta, spec, serving, routed))
-    except ActionRefused as exc:  # the object is going away: log it, never block its deletion
-        log.warning("rollout %s/%s: cleanup refused: %s", meta.namespace, meta.name, exc)
-    except Exception as exc:
-        raise kopf.TemporaryError(f"cleanup of rollout {meta.name} failed: {exc}", delay=RETRY_DELAY) from exc
-    metrics.forget_rollout(meta.name)
+        loop.finalize_rollout(dict(body), _ClusterObjects(), memo.platform)
+    except loop.ApplyFailed as exc:
+        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    metrics.forget_rollout(body["metadata"]["name"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,66 +226,12 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _champion_metrics(platform: Any, meta: Meta, status: api.EvolutionStatus, hyps: list[dict],
-                      memo: kopf.Memo) -> dict[str, float] | None:
-    """Offline metrics of the current champion: its Hypothesis's proxy metrics, or the baseline Job's."""
-    if status.champion.hypothesis:
-        h = next((h for h in hyps if h["metadata"]["name"] == status.champion.hypothesis), None)
-        if h is not None:
-            return {k: float(v["value"]) for k, v in ((h.get("status") or {}).get("proxyMetrics") or {}).items()}
-    cache = memo.setdefault("baseline_metrics", {}) if hasattr(memo, "setdefault") else {}
-    if meta.uid not in cache:
-        name = E.baseline_job_name(meta)
-        job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
-        if job is None or job.metrics is None:
-            return None
-        cache[meta.uid] = {k: float(v) for k, v in job.metrics.items() if isinstance(v, (int, float))}
-    return cache[meta.uid]
-
-
-def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyps: list[dict], platform: Any,
-           memo: kopf.Memo, t: datetime) -> Any:
-    """The Online Agent's selection, only when a review is due (an LLM ranker is asked once per review)."""
-    if not status.champion.bundle or (status.next_review_at is not None and t < status.next_review_at):
-        return None
-    from cambrian.operator.proposing import select_top_k
-    from cambrian.operator.reconcile.observations import TopK
-
-    try:
-        sel = select_top_k(spec, E.effective_baseline(spec, status), hyps,
-                           _champion_metrics(platform, meta, status, hyps, memo))
-    except Exception as exc:  # noqa: BLE001 - the agent failing must not stop the loop: fall back to the stand-in
-        log.warning("evolution %s: online agent failed (%s); using the deterministic ranking", meta.name, exc)
-        return None
-    return TopK(start=tuple(sel.start), retire=tuple(sel.retire), ranked_by=sel.ranked_by, note=sel.note)
-
-
 def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    meta = _meta(body)
-    old = dict(body.get("status") or {})
-    status = api.parse_status("Evolution", old)
-    if C.blocked(status, meta.generation) or _reported(memo, meta):
+    s = _step("Evolution", body, patch, memo)
+    if s is None:
         return
-    spec = _spec("Evolution", body, status, patch, meta, memo)
-    if spec is None:
-        return
-    ns = meta.namespace or "default"
-    platform = memo.platform
-    hyps = [h for h in _list("hypotheses", ns) if views.belongs_to(h, meta.name)]
-    ros = [r for r in _list("rollouts", ns) if views.belongs_to(r, meta.name)]
-    baseline_job = None
-    if status.champion.bundle is None:
-        name = E.baseline_job_name(meta)
-        baseline_job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
-    t = now()
-    result = E.reconcile(
-        meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
-        baseline_job, views.spend(hyps, baseline_attempts=1), t, top_k=_top_k(spec, status, meta, hyps, platform, memo, t),
-    )
-    if _apply(memo, result.actions, "Evolution", meta, status, old, patch):
-        C.clear_waiting(result.status, now(), meta.generation)
-        _persist(patch, old, result.status)
-    metrics.observe_evolution(meta.name, hyps, spec.agent.budgets.wire(), result.status.spend.wire(), t)
+    spec = api.parse_spec("Evolution", dict(body.get("spec") or {}))
+    metrics.observe_evolution(s.meta.name, s.hypotheses, spec.agent.budgets.wire(), s.result.status.spend.wire(), now())
 
 
 @kopf.on.create(GROUP, VERSION, "evolutions")

@@ -176,6 +176,23 @@ def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str
     return api.parse_spec("Hypothesis", spec).wire()
 
 
+def new_hypotheses(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer: Callable
+                   ) -> tuple[list[tuple[str, dict, dict[str, str], dict[str, str]]], str, bool] | None:
+    """One wake-up's Hypothesis objects as (name, spec, labels, annotations), the event message and
+    whether it is a warning; None when this wake-up already created some (a replay after a restart:
+    nobody is asked again, so an LLM answer is paid for once). Shared by both platforms."""
+    if any(h["metadata"]["name"].startswith(f"{action.name_prefix}-") for h in existing):
+        log.info("wake-up %s of %s was already proposed; not asking again", action.wakeup, action.owner.name)
+        return None
+    batch = proposer(action, existing)
+    specs = batch.items if hasattr(batch, "items") else [(spec, {}) for spec in batch]
+    objs = [(f"{action.name_prefix}-{i}", spec, {"cambrian.dev/wakeup": str(action.wakeup)}, dict(annotations or {}))
+            for i, (spec, annotations) in enumerate(specs)]
+    notes = list(getattr(batch, "notes", []))
+    message = f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)" + (f"; {'; '.join(notes)}"[:900] if notes else "")
+    return objs, message, bool(notes) and not specs
+
+
 class ClusterProposer:
     """`proposer(action, existing) -> ProposalBatch` for KubernetesPlatform.propose."""
 

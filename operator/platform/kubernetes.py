@@ -784,18 +784,18 @@ class KubernetesPlatform:
             self.record(RecordJournal(action.owner, "NoProposer",
                                       "no proposer is wired into this operator; create Hypotheses by hand", {}, True))
             return
+        from cambrian.operator.proposing import new_hypotheses
+
         ns = action.owner.namespace or "default"
         existing = [h for h in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses").get("items", [])
                     if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
-        if any(h["metadata"]["name"].startswith(f"{action.name_prefix}-") for h in existing):
-            log.info("wake-up %s of %s/%s was already proposed; not asking again", action.wakeup, ns, action.owner.name)
+        made = new_hypotheses(action, existing, self.proposer)
+        if made is None:
             return
-        batch = self.proposer(action, existing)
-        specs = batch.items if hasattr(batch, "items") else [(spec, {}) for spec in batch]
-        for i, (spec, annotations) in enumerate(specs):
-            meta = _meta(f"{action.name_prefix}-{i}", action.owner, {"cambrian.dev/wakeup": str(action.wakeup)},
-                         annotations or None)
-            body = {"apiVersion": API_VERSION, "kind": "Hypothesis", "metadata": meta, "spec": spec}
+        objs, message, warning = made
+        for name, spec, labels, annotations in objs:
+            body = {"apiVersion": API_VERSION, "kind": "Hypothesis",
+                    "metadata": _meta(name, action.owner, labels, annotations or None), "spec": spec}
             try:
                 self._create(
                     lambda ns, b: self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses", b),
@@ -806,10 +806,7 @@ class KubernetesPlatform:
                     raise
                 # An agent wrote something admission refuses: that proposal is lost, the loop is not.
                 self.record(RecordJournal(action.owner, "ProposalRefused", str(exc)[:1024], {}, True))
-        notes = list(getattr(batch, "notes", []))
-        self.record(RecordJournal(action.owner, "Proposed",
-                                  f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)"
-                                  + (f"; {'; '.join(notes)}"[:900] if notes else ""), {}, bool(notes) and not specs))
+        self.record(RecordJournal(action.owner, "Proposed", message, {}, warning))
 
     def record(self, action: RecordJournal) -> None:
         o = action.owner

@@ -1,0 +1,265 @@
+"""Local mode: the operator's reconcile loop over objects on disk and the LocalPlatform.
+
+    driver = LocalDriver("runs/feed")
+    driver.apply(load_manifests("manifests/examples/evolution.yaml"))
+    summary = driver.run()
+
+Level-based like the cluster: every pass reconciles every stored object once through the same step as
+the kopf handlers (cambrian.operator.loop: gather observations -> core -> apply actions), then writes
+the new status to the object's file. Time is simulated and durable (`DIR/clock.json`): while training
+runs, the clock waits for it; when nothing is in flight, it jumps to the next moment something is due
+(a wake-up, a review, a readout, a ramp step), playing each simulated day of live rollouts on the way.
+Killed at any point and started again, the driver resumes from the files: children have names derived
+from their owner's uid, so a replayed step finds what it created before instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cambrian.errors import CambrianError
+from cambrian.operator import api, loop
+from cambrian.operator.api import duration_seconds
+from cambrian.operator.localstore import NAMESPACE, LocalStore, write_atomic
+from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform, clock_day, day_start
+from cambrian.operator.reconcile.actions import CreateRollout
+
+log = logging.getLogger("cambrian.local")
+
+KINDS = ("Evolution", "Hypothesis", "Rollout")
+IN_FLIGHT = (None, "Proposed", "Training")
+LIVE = ("Pending", "Deploying", "Running", "AwaitingApproval")
+MAX_PASSES = 50  # passes at one instant before the objects are declared not to converge
+MAX_APPLY_FAILURES = 3
+
+
+class DriverError(CambrianError):
+    pass
+
+
+@dataclass
+class Summary:
+    reason: str
+    now: datetime
+    days: float
+    phases: dict[str, dict[str, str | None]] = field(default_factory=dict)  # kind -> name -> phase
+    awaiting_approval: list[str] = field(default_factory=list)
+
+
+class LocalDriver:
+    def __init__(self, root: str | Path, *, data_dir: str | Path | None = None, workers: int = 1,
+                 max_days: float = 60.0, poll_s: float = 0.5, proposer: Any = None, limits: Any = None,
+                 train_command: list[str] | None = None, on_pass: Callable[["LocalDriver"], None] | None = None):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = LocalStore(self.root)
+        self.clock_path = self.root / "clock.json"
+        self.now = datetime.fromisoformat(self.clock_path.read_text().strip()) if self.clock_path.is_file() else SIM_EPOCH
+        if proposer is None:
+            from cambrian.operator.proposing import ClusterProposer
+
+            proposer = ClusterProposer()
+        self.platform = LocalPlatform(self.root, self.store, lambda: self.now, proposer=proposer, data_dir=data_dir,
+                                      workers=workers, limits=limits, train_command=train_command)
+        self.max_days, self.poll_s, self.on_pass = max_days, poll_s, on_pass
+        self.cache: dict = {}
+        self._failures: dict[tuple[str, str], int] = {}
+        # evolution -> the Scored hypotheses its last review saw and started nothing for (None: it started some)
+        self._quiet_review: dict[str, frozenset | None] = {}
+
+    # --- objects -------------------------------------------------------------------------------
+    def apply(self, objects: Iterable[dict[str, Any]]) -> list[str]:
+        return [f"{o['kind'].lower()}/{o['metadata']['name']} {self.store.apply(o, self.now)}" for o in objects]
+
+    def approve(self, rollout: str, decision: str) -> None:
+        if decision not in ("promote", "rollback"):
+            raise DriverError(f"approve: {decision!r} is not promote or rollback")
+        if not self.store.annotate("Rollout", rollout, {loop.APPROVE: decision}):
+            raise DriverError(f"approve: no rollout {rollout!r} in {self.root}")
+
+    def _set_now(self, t: datetime) -> None:
+        self.now = t
+        write_atomic(self.clock_path, t.isoformat() + "\n")
+
+    # --- one pass ------------------------------------------------------------------------------
+    def reconcile_once(self) -> bool:
+        """Reconcile every object once at the current instant; True if anything changed or was done."""
+        progressed = False
+        for kind in KINDS:
+            for obj in self.store.list(loop.PLURALS[kind], NAMESPACE):
+                before = (obj.get("status") or {}).get("attempts", 0)
+                progressed |= self._reconcile(kind, obj)
+                if kind == "Hypothesis":
+                    self._after_training_started(obj, before)
+        if self.on_pass is not None:
+            self.on_pass(self)
+        return progressed
+
+    def _after_training_started(self, hyp: dict[str, Any], attempts_before: int) -> None:
+        """A training run just started: let the Evolution count it before the next Hypothesis asks whether
+        the budget allows one more (the spend is the Evolution's status, rolled up from its Hypotheses)."""
+        now = self.store.get("hypotheses", NAMESPACE, hyp["metadata"]["name"]) or {}
+        if (now.get("status") or {}).get("attempts", 0) == attempts_before:
+            return
+        ref = ((hyp.get("spec") or {}).get("evolutionRef") or {}).get("name")
+        evo = self.store.get("evolutions", NAMESPACE, ref) if ref else None
+        if evo is not None:
+            self._reconcile("Evolution", evo)
+
+    def _reconcile(self, kind: str, obj: dict[str, Any]) -> bool:
+        name = obj["metadata"]["name"]
+        old = obj.get("status") or {}
+        try:
+            s = loop.step(kind, obj, self.store, self.platform, self.now, self.cache)
+        except loop.ApplyFailed as exc:
+            key = (kind, name)
+            self._failures[key] = self._failures.get(key, 0) + 1
+            log.warning("%s %s: %s (%s)", kind, name, exc, exc.__cause__)
+            if self._failures[key] >= MAX_APPLY_FAILURES:
+                raise DriverError(f"{kind} {name}: {exc.__cause__ or exc}") from None
+            time.sleep(self.poll_s)  # a busy machine or a slow process: give it a moment before the replay
+            return True
+        self._failures.pop((kind, name), None)
+        if s.result is None:  # failed until its spec changes, and it has not changed
+            return False
+        new = s.result.status.wire()
+        self.store.write_status(kind, name, new)
+        if s.failed:
+            if new != old:
+                log.error("%s %s: %s", kind, name, new.get("reason"))
+            return new != old
+        if kind == "Evolution" and new.get("counters", {}).get("reviews", 0) > (old.get("counters") or {}).get("reviews", 0):
+            started = any(isinstance(a, CreateRollout) for a in s.result.actions)
+            self._quiet_review[name] = None if started else _scored(s.hypotheses)
+        return bool(s.result.actions) or new != old
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> Summary:
+        lock = open(self.root / "driver.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DriverError(f"another cambrian process is driving {self.root}") from None
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # SIGTERM stops cleanly, like Ctrl-C
+            previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            self.platform.recover()
+            return self._loop()
+        finally:
+            self.platform.close()
+            lock.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _loop(self) -> Summary:
+        passes = 0
+        while True:
+            if self.reconcile_once():
+                passes += 1
+                if passes > MAX_PASSES:
+                    raise DriverError(f"objects still changing after {MAX_PASSES} passes at {self.now.isoformat()}")
+                continue
+            passes = 0
+            if self.platform.busy():
+                time.sleep(self.poll_s)
+                continue
+            reason = self.finished()
+            if reason:
+                return self.summary(reason)
+            due = self.next_due()
+            routed = self.platform.routed()
+            day_end = day_start(clock_day(self.now) + 1)
+            if due is None and not routed:
+                return self.summary("nothing is scheduled")
+            target = day_end if due is None else (min(due, day_end) if routed else due)
+            if (target - SIM_EPOCH) > timedelta(days=self.max_days):
+                return self.summary(f"stopped at the simulated-time limit of {self.max_days:g} days")
+            if routed and target >= day_end:
+                self.platform.advance(day_end)
+            self._set_now(target)
+
+    def next_due(self) -> datetime | None:
+        """The next moment a stored object has something scheduled (strictly after now)."""
+        times: list[datetime] = []
+        for evo in self.store.list("evolutions"):
+            st = api.parse_status("Evolution", evo.get("status"))
+            if st.phase == "Failed":
+                continue
+            if st.champion.bundle and st.next_review_at:
+                times.append(st.next_review_at)
+            if st.phase == "Running" and st.next_wakeup_at:
+                times.append(st.next_wakeup_at)
+        for ro in self.store.list("rollouts"):
+            st = api.parse_status("Rollout", ro.get("status"))
+            if st.phase not in ("Running", "AwaitingApproval"):
+                continue
+            try:
+                spec = api.parse_spec("Rollout", ro.get("spec"))
+            except CambrianError:
+                continue
+            if st.next_readout_at:
+                times.append(st.next_readout_at)
+            if st.started_at:
+                times.append(st.started_at + timedelta(seconds=duration_seconds(spec.statistics.max_duration)))
+            if st.step_started_at and st.step + 1 < len(spec.ramp.steps):
+                times.append(st.step_started_at + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration)))
+        later = [t for t in times if t > self.now]
+        return min(later) if later else None
+
+    def finished(self) -> str | None:
+        """Why there is nothing left to do, or None. A rollout waiting for a human ends the run too."""
+        rollouts = self.store.list("rollouts")
+        evolutions = self.store.list("evolutions")
+        hyps = self.store.list("hypotheses")
+        if not rollouts and not evolutions:
+            return "no Evolution or Rollout objects"
+        phase = lambda o: (o.get("status") or {}).get("phase")  # noqa: E731
+        live = [r for r in rollouts if phase(r) in LIVE or phase(r) is None]
+        if live and all(phase(r) == "AwaitingApproval" for r in live) and not self._evolutions_busy(evolutions, hyps):
+            return "waiting for approval: " + ", ".join(r["metadata"]["name"] for r in live)
+        if live:
+            return None
+        if not evolutions:
+            return "every rollout concluded"
+        if self._evolutions_busy(evolutions, hyps):
+            return None
+        return "every Evolution is done: " + "; ".join(
+            f"{e['metadata']['name']} {phase(e)}" + (f" ({e['status'].get('reason')})" if e["status"].get("reason") else "")
+            for e in evolutions)
+
+    def _evolutions_busy(self, evolutions: list[dict], hyps: list[dict]) -> bool:
+        for e in evolutions:
+            st = e.get("status") or {}
+            if st.get("phase") == "Failed":
+                continue
+            if st.get("phase") != "BudgetExhausted" or not (st.get("champion") or {}).get("bundle"):
+                return True  # still proposing (or training its baseline)
+            mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
+            if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
+                return True
+            if self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
+                return True  # no review has looked at everything scored yet (and started nothing)
+        return False
+
+    def summary(self, reason: str) -> Summary:
+        phases = {k: {o["metadata"]["name"]: (o.get("status") or {}).get("phase")
+                      for o in self.store.list(loop.PLURALS[k])} for k in KINDS}
+        waiting = [n for n, p in phases["Rollout"].items() if p == "AwaitingApproval"]
+        return Summary(reason, self.now, (self.now - SIM_EPOCH) / timedelta(days=1), phases, waiting)
+
+
+def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:
+    return frozenset(h["metadata"]["name"] for h in hyps if (h.get("status") or {}).get("phase") == "Scored")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()

@@ -1,0 +1,254 @@
+"""One reconcile step, shared by the kopf handlers (cluster) and the local driver (local mode).
+
+    step = loop.step("Rollout", obj, objects, platform, now)   # gather -> core -> apply
+    persist(step.result.status)                                 # the caller's storage: a kopf patch or a file
+
+Gathering the observations (children, the Evolution, Prometheus, the Online Agent), calling the pure
+core and applying its actions is the same on both platforms; only where objects are read from
+(`Objects`: the API server or the local store) and where the new status is written differ. If applying
+an action fails, `ApplyFailed` is raised and the caller must NOT persist the status: the next step
+replays from the old one, and deterministic child names make the replay safe.
+
+What can only fail again is reported once and then left alone until the spec changes: an invalid spec
+or a child the platform refuses for good (`ActionRefused(permanent=True)`) makes the object Failed
+(`Step.failed`, the status to persist, its Warning event recorded), and every later step is a no-op
+(`Step.result is None`) until metadata.generation moves. A refusal outside the spec (RBAC, a quota) is
+reported the same way but tried again at the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+from cambrian.errors import CambrianError, ConfigError
+from cambrian.operator import api
+from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
+from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile import readout as RD
+from cambrian.operator.reconcile import rollout as R
+from cambrian.operator.reconcile import views
+from cambrian.operator.reconcile import common as C
+from cambrian.operator.reconcile.common import Meta, Result
+from cambrian.operator.reconcile.observations import Analysis, RolloutObservation, TopK
+
+log = logging.getLogger("cambrian.operator")
+
+APPROVE = "cambrian.dev/approve"
+PLURALS = {"Evolution": "evolutions", "Hypothesis": "hypotheses", "Rollout": "rollouts"}
+
+
+class Objects(Protocol):
+    """Read access to the stored custom objects (plain dicts, as the API server returns them)."""
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]: ...
+
+
+class ApplyFailed(CambrianError):
+    """An action could not be applied: do not persist the new status (the next step replays)."""
+
+
+@dataclass
+class Step:
+    meta: Meta
+    result: Result | None  # None: the object failed until its spec changes, and it has not changed
+    hypotheses: list[dict[str, Any]] = field(default_factory=list)  # Evolution: its Hypothesis objects
+    analysis: Analysis | None = None  # Rollout: the readout taken at this step, if one was due
+    failed: bool = False  # result is a failure report (Failed, or blocked by a refusal): persist it as it is
+
+
+def meta_of(obj: dict[str, Any]) -> Meta:
+    return Meta.from_obj(obj)
+
+
+def step(kind: str, obj: dict[str, Any], objects: Objects, platform: Any, now: datetime,
+         cache: dict | None = None, first_report: Callable[[Meta], bool] = lambda meta: True) -> Step:
+    """Gather observations, run the core, apply its actions through `platform`; the caller persists
+    `step.result.status` (unless `result` is None). `first_report(meta)` says whether this process has not
+    yet reported a failure of this generation (a timer and a change handler can race on one object)."""
+    meta = meta_of(obj)
+    status = api.parse_status(kind, obj.get("status") or {})
+    if C.blocked(status, meta.generation):
+        return Step(meta, None)
+    try:
+        spec = api.parse_spec(kind, dict(obj.get("spec") or {}))
+    except ConfigError as exc:
+        failure = C.fail_until_spec_changes(meta, kind, status, C.INVALID_SPEC, str(exc), now)
+        return _report(platform, meta, failure, first_report(meta))
+    s = RECONCILERS[kind](meta, spec, status, objects, platform, now, {} if cache is None else cache)
+    try:
+        apply_actions(platform, s.result.actions)
+    except ActionRefused as exc:
+        log.warning("%s %s/%s: %s", kind, meta.namespace, meta.name, exc)
+        if exc.permanent:
+            failure = C.fail_until_spec_changes(meta, kind, status, C.REFUSED, str(exc), now)
+            return _report(platform, meta, failure, first_report(meta))
+        return _report(platform, meta, C.waiting_on(meta, kind, status, str(exc), now), True)
+    except Exception as exc:  # API errors, conflicts, dead processes: retry from the persisted status
+        raise ApplyFailed(f"applying {len(s.result.actions)} action(s) failed: {exc}") from exc
+    C.clear_waiting(s.result.status, now, meta.generation)
+    return s
+
+
+def _report(platform: Any, meta: Meta, failure: Result, post_events: bool) -> Step:
+    """Record a failure's events (best effort: the status is what counts) and hand it back to persist."""
+    for action in failure.actions if post_events else []:
+        try:
+            platform.record(action)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not record %s: %s", action.event, exc)
+    return Step(meta, failure, failed=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis
+# ---------------------------------------------------------------------------------------------
+
+
+def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any, now: datetime,
+                cache: dict) -> Step:
+    ns = meta.namespace or "default"
+    evo_obj = objects.get("evolutions", ns, spec.evolution_ref.name)
+    ctx = None
+    problem = None
+    if evo_obj is not None:
+        evo_status = api.parse_status("Evolution", evo_obj.get("status"))
+        try:
+            evo_spec = api.parse_spec("Evolution", evo_obj.get("spec"))
+        except ConfigError:
+            evo_spec = None
+            problem = "its spec is invalid (see its status); waiting until it is fixed"
+        if evo_spec is not None and C.failed_until_spec_changes(evo_status):
+            evo_spec, problem = None, f"failed: {evo_status.reason}; waiting until its spec changes"
+        if evo_spec is not None:
+            ctx = H.EvolutionContext(
+                name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
+                baseline=E.effective_baseline(evo_spec, evo_status),
+                budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
+            )
+    jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
+    rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
+    return Step(meta, H.reconcile(meta, spec, status, ctx, jobs, rollout, now, evolution_problem=problem))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollout
+# ---------------------------------------------------------------------------------------------
+
+
+def serving_of(objects: Objects, ns: str, spec: api.RolloutSpec) -> tuple[api.Serving, str | None]:
+    """The serving settings and bundle claim of the rollout's Evolution (defaults without one)."""
+    if spec.evolution_ref is not None:
+        evo = objects.get("evolutions", ns, spec.evolution_ref.name)
+        if evo is not None:
+            try:
+                es = api.parse_spec("Evolution", evo.get("spec"))
+                return es.serving, es.storage.claim_name
+            except ConfigError:
+                pass
+    return api.Serving(), None
+
+
+def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any, now: datetime,
+             cache: dict) -> Step:
+    ns = meta.namespace or "default"
+    serving, claim = serving_of(objects, ns, spec)
+    owner = R.owner_of(meta)
+    analysis = None
+    if R.readout_due(status, now):
+        try:
+            r = platform.prometheus_readout(meta.name)
+            analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts)
+        except MetricsUnavailable as exc:
+            log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
+        except ValueError as exc:  # the statistics refused the data: decide nothing this time
+            log.warning("rollout %s/%s: analysis failed: %s", ns, meta.name, exc)
+    obs = RolloutObservation(
+        arms=platform.arms(owner),
+        weights=platform.router_weights(owner, serving.wire()),
+        analysis=analysis,
+        approval=(meta.annotations.get(APPROVE) or None),
+    )
+    return Step(meta, R.reconcile(meta, spec, status, serving, claim, obs, now), analysis=analysis)
+
+
+def finalize_rollout(obj: dict, objects: Objects, platform: Any) -> None:
+    """On deletion: every user back on control before the arms go."""
+    meta = meta_of(obj)
+    try:
+        spec = api.parse_spec("Rollout", dict(obj.get("spec") or {}))
+    except ConfigError:
+        return  # never admitted: nothing was deployed
+    serving, _ = serving_of(objects, meta.namespace or "default", spec)
+    routed = platform.router_weights(R.owner_of(meta), serving.wire()) is not None
+    try:
+        apply_actions(platform, R.finalize(meta, spec, serving, routed))
+    except ActionRefused as exc:  # the object is going away: log it, never block its deletion
+        log.warning("rollout %s/%s: cleanup refused: %s", meta.namespace, meta.name, exc)
+    except Exception as exc:
+        raise ApplyFailed(f"finalizing rollout {meta.name} failed: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Evolution
+# ---------------------------------------------------------------------------------------------
+
+
+def _champion_metrics(platform: Any, meta: Meta, status: api.EvolutionStatus, hyps: list[dict],
+                      cache: dict) -> dict[str, float] | None:
+    """Offline metrics of the current champion: its Hypothesis's proxy metrics, or the baseline job's."""
+    if status.champion.hypothesis:
+        h = next((h for h in hyps if h["metadata"]["name"] == status.champion.hypothesis), None)
+        if h is not None:
+            return {k: float(v["value"]) for k, v in ((h.get("status") or {}).get("proxyMetrics") or {}).items()}
+    known = cache.setdefault("baseline_metrics", {})
+    if meta.uid not in known:
+        name = E.baseline_job_name(meta)
+        job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+        if job is None or job.metrics is None:
+            return None
+        known[meta.uid] = {k: float(v) for k, v in job.metrics.items() if isinstance(v, (int, float))}
+    return known[meta.uid]
+
+
+def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyps: list[dict], platform: Any,
+           cache: dict, now: datetime) -> TopK | None:
+    """The Online Agent's selection, only when a review is due (an LLM ranker is asked once per review)."""
+    if not status.champion.bundle or (status.next_review_at is not None and now < status.next_review_at):
+        return None
+    from cambrian.operator.proposing import select_top_k
+
+    try:
+        sel = select_top_k(spec, E.effective_baseline(spec, status), hyps,
+                           _champion_metrics(platform, meta, status, hyps, cache))
+    except Exception as exc:  # noqa: BLE001 - the agent failing must not stop the loop: fall back to the stand-in
+        log.warning("evolution %s: online agent failed (%s); using the deterministic ranking", meta.name, exc)
+        return None
+    return TopK(start=tuple(sel.start), retire=tuple(sel.retire), ranked_by=sel.ranked_by, note=sel.note)
+
+
+def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any, now: datetime,
+               cache: dict) -> Step:
+    ns = meta.namespace or "default"
+    hyps = [h for h in objects.list("hypotheses", ns) if views.belongs_to(h, meta.name)]
+    ros = [r for r in objects.list("rollouts", ns) if views.belongs_to(r, meta.name)]
+    baseline_job = None
+    if status.champion.bundle is None:
+        name = E.baseline_job_name(meta)
+        baseline_job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+    result = E.reconcile(
+        meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
+        baseline_job, views.spend(hyps, baseline_attempts=1), now,
+        top_k=_top_k(spec, status, meta, hyps, platform, cache, now),
+    )
+    return Step(meta, result, hypotheses=hyps)
+
+
+RECONCILERS: dict[str, Callable[[Meta, Any, Any, Objects, Any, datetime, dict], Step]] = {
+    "Evolution": _evolution, "Hypothesis": _hypothesis, "Rollout": _rollout,
+}

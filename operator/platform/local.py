@@ -1,0 +1,504 @@
+"""The Platform on one machine: the local twin of kubernetes.KubernetesPlatform.
+
+- A training run is today's sandboxed subprocess (cambrian.agents.runner.run_candidate) on a worker
+  thread; its request and its result live in `ROOT/jobs/<name>/` (job.json, result.json), so a run
+  killed with the driver is started again, under the same name, when the driver restarts.
+- Bundles: `pvc://CLAIM/PATH` is `ROOT/volumes/CLAIM/PATH` (the cluster's claim, as a folder), so a
+  Rollout written for the cluster names the same bundles here; without a claim a bundle is `file://`.
+- A rollout gets a folder `ROOT/rollouts/<name>/` with its collector (SQLite), a Prometheus scraping it,
+  one `cambrian serve` process per arm and a `cambrian route` router; weights go through the router's
+  POST /weights, readouts come back through Prometheus' HTTP API, as in the cluster.
+- Time is simulated: the driver calls `advance(until)`, which plays the simulated users of every routed
+  rollout for each whole day before `until` (traffic.TrafficDriver), closes the day in the collector and
+  saves the world's state, so a restart continues with the next day.
+- Journal events are appended to `ROOT/events.jsonl`; the champion is `ROOT/champions/<evolution>.json`.
+
+Every process this platform starts has ROOT in its command line; `recover()` (at start) stops the ones
+a killed driver left behind, by PID, after checking that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import httpx
+import yaml
+
+from cambrian.errors import CambrianError, ConfigError
+from cambrian.operator.api import API_VERSION, duration_seconds
+from cambrian.operator.localstore import LocalStore, write_atomic
+from cambrian.operator.platform.base import MetricsUnavailable, Readout
+from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
+from cambrian.operator.reconcile.actions import (
+    ClearWeights,
+    CreateRollout,
+    CreateTrainingJob,
+    DeleteArm,
+    DeleteJob,
+    DeployArm,
+    Owner,
+    ProposeHypotheses,
+    RecordJournal,
+    RetireRollout,
+    SetWeights,
+    UpdateChampion,
+)
+from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.rollout import CONCLUDED
+
+log = logging.getLogger("cambrian.local")
+
+# Simulated time: clock day 0 starts here. The collector counts world days; a rollout maps its first
+# routed clock day to the world's next day (see RolloutEnv), so cohorts line up with the ramp's history.
+SIM_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NO_ARM_URL = "http://127.0.0.1:9"  # an arm deleted before a restart: weight 0, never called
+
+
+def clock_day(t: datetime) -> int:
+    return (t - SIM_EPOCH) // timedelta(days=1)
+
+
+def day_start(day: int) -> datetime:
+    return SIM_EPOCH + timedelta(days=day)
+
+
+def local_path(uri: str, root: Path) -> Path | None:
+    """The folder a bundle URI names on this machine; None for schemes that cannot be served here."""
+    if uri.startswith("pvc://"):
+        claim, _, path = uri[len("pvc://"):].partition("/")
+        return root / "volumes" / claim / path
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    return None
+
+
+class LocalPlatform:
+    """Platform (operator/platform/base.py) on this machine. `proposer(action, existing) -> ProposalBatch`."""
+
+    def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
+                 proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
+                 limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None):
+        self.root = Path(root).resolve()
+        self.store = store
+        self.clock = clock
+        self.proposer = proposer
+        self.data_dir = Path(data_dir).resolve() if data_dir else None
+        self.limits = limits
+        self.readout_wait_s = readout_wait_s
+        self.train_command = train_command
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train")
+        self._running: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._data_lock = threading.Lock()
+        self._closing = False
+        self.envs: dict[str, RolloutEnv] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    def recover(self) -> None:
+        """After a restart: stop what a killed driver left running, then re-run its unfinished training."""
+        stop_leftovers(self.root)
+        for job in sorted((self.root / "jobs").glob("*/job.json")):
+            if not (job.parent / "result.json").is_file():
+                log.info("training run %s was cut off by a restart; running it again", job.parent.name)
+                self._start(job.parent.name, json.loads(job.read_text()))
+
+    def close(self) -> None:
+        self._closing = True
+        for env in self.envs.values():
+            env.stop()
+        self.envs.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        stop_leftovers(self.root)  # training children: their worker threads then return and record nothing
+
+    def busy(self) -> bool:
+        """Real-time work in flight (training): the simulated clock waits for it."""
+        with self._lock:
+            return any(not f.done() for f in self._running.values())
+
+    # --- training ------------------------------------------------------------------------------
+    def submit_training_job(self, action: CreateTrainingJob) -> None:
+        folder = self.root / "jobs" / action.name
+        if (folder / "job.json").is_file():
+            return  # already exists (running, finished, or re-started by recover())
+        request = {
+            "name": action.name, "owner": asdict(action.owner), "hypothesis": action.hypothesis,
+            "attempt": action.attempt, "baseline": action.baseline, "delta": action.delta,
+            "training": action.training, "data": action.data, "bundle_uri": self._bundle_uri(action),
+        }
+        write_atomic(folder / "job.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+        self._start(action.name, request)
+
+    def _bundle_uri(self, action: CreateTrainingJob) -> str:
+        if action.storage_claim:
+            return f"pvc://{action.storage_claim}/{action.bundle_path}/bundle"
+        return f"file://{self.root / 'volumes' / '_local' / action.bundle_path / 'bundle'}"
+
+    def _start(self, name: str, request: dict) -> None:
+        with self._lock:
+            if name in self._running and not self._running[name].done():
+                return
+            self._running[name] = self._pool.submit(self._train, name, request)
+
+    def _train(self, name: str, request: dict) -> None:
+        from cambrian.agents.runner import RunLimits, run_candidate
+        from cambrian.trainer.config import parse_config
+        from cambrian.trainer.delta import parse_delta
+
+        folder = self.root / "jobs" / name
+        started = datetime.now(timezone.utc)
+        result: dict[str, Any]
+        try:
+            config = parse_config(request["baseline"], "baseline")
+            delta = parse_delta(request["delta"]) if request.get("delta") is not None else None
+            limits = self.limits or RunLimits()
+            deadline = duration_seconds((request.get("training") or {}).get("activeDeadline", "6h"))
+            limits = limits.model_copy(update={"wall_seconds": min(limits.wall_seconds, deadline)})
+            data = self.data_for(request.get("data") or {})
+            kw = {"command": self.train_command} if self.train_command else {}
+            outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
+        except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
+            result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a broken platform (no world, disk full) fails this run only
+            result = {"state": "Failed", "exit_code": None, "reason": "PlatformError", "message": str(exc)}
+        else:
+            if self._closing:
+                return  # killed by close(): not the candidate's failure; recover() re-runs it
+            result = self._result(outcome, request)
+        result.update(started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
+        write_atomic(folder / "result.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+
+    def _result(self, outcome: Any, request: dict) -> dict[str, Any]:
+        if not outcome.ok:
+            f = outcome.failure
+            reason = {"timeout": "DeadlineExceeded", "memory": "OOMKilled"}.get(f.stage, "Error")
+            return {"state": "Failed", "exit_code": f.exit_code, "reason": reason, "stage": f.stage,
+                    "message": f.reason}
+        bundle = local_path(request["bundle_uri"], self.root)
+        produced = Path(outcome.out_dir) / "bundle"
+        if bundle is not None and produced.is_dir():
+            if bundle.exists():
+                shutil.rmtree(bundle)
+            bundle.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(produced, bundle)
+        return {"state": "Succeeded", "exit_code": 0, "metrics": outcome.metrics, "bundle_uri": request["bundle_uri"]}
+
+    def training_jobs(self, owner: Owner) -> list[JobObservation]:
+        out = []
+        for job in sorted((self.root / "jobs").glob("*/job.json")):
+            request = json.loads(job.read_text())
+            if request["owner"]["uid"] != owner.uid:
+                continue
+            name = request["name"]
+            done = job.parent / "result.json"
+            if not done.is_file():
+                with self._lock:
+                    fut = self._running.get(name)
+                broken = fut.exception() if fut is not None and fut.done() and not fut.cancelled() else None
+                if broken is not None:  # the platform itself failed (not the candidate): retried by the core
+                    out.append(JobObservation(name, "Failed", reason="PlatformError", message=str(broken)))
+                else:
+                    out.append(JobObservation(name, "Running"))
+                continue
+            r = json.loads(done.read_text())
+            out.append(JobObservation(
+                name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
+                stage=r.get("stage"), metrics=r.get("metrics"), bundle_uri=r.get("bundle_uri"),
+                started_at=_time(r.get("started_at")), finished_at=_time(r.get("finished_at"))))
+        return out
+
+    def delete_job(self, action: DeleteJob) -> None:
+        folder = self.root / "jobs" / action.name
+        with self._lock:
+            running = action.name in self._running and not self._running[action.name].done()
+        if not running:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # --- data ------------------------------------------------------------------------------------
+    def data_for(self, data: Mapping[str, Any]) -> Path:
+        """The world data a run trains on: --data, a claim's folder, or a world generated once per spec."""
+        if self.data_dir is not None:
+            return self.data_dir
+        pvc = data.get("persistentVolumeClaim")
+        if pvc:
+            path = self.root / "volumes" / pvc["claimName"] / (pvc.get("path") or "")
+            if not (path / "world.json").is_file():
+                raise ConfigError(f"data volume {pvc['claimName']}: {path} holds no world data (world.json)")
+            return path
+        w = {"users": 2000, "days": 14, "seed": 0, **(data.get("world") or {})}
+        path = self.root / "data" / f"world-u{w['users']}-d{w['days']}-s{w['seed']}"
+        with self._data_lock:
+            if not (path / "world.json").is_file():
+                from cambrian.world.generate import generate
+
+                tmp = path.with_name(path.name + ".partial")
+                shutil.rmtree(tmp, ignore_errors=True)
+                generate(tmp, n_users=int(w["users"]), days=int(w["days"]), seed=int(w["seed"]), force=True)
+                os.replace(tmp, path)  # all or nothing: a kill mid-generation leaves no half world
+        return path
+
+    def _world_of(self, rollout: str) -> Path:
+        obj = self.store.get("rollouts", "default", rollout) or {}
+        ref = ((obj.get("spec") or {}).get("evolutionRef") or {}).get("name")
+        evo = self.store.get("evolutions", "default", ref) if ref else None
+        if evo is None and self.data_dir is None:
+            raise ConfigError(f"rollout {rollout}: no Evolution {ref!r} to take the world data from",
+                              hint="pass --data DIR (a `cambrian world generate` folder)")
+        return self.data_for(((evo or {}).get("spec") or {}).get("data") or {})
+
+    # --- serving ---------------------------------------------------------------------------------
+    def _state(self, rollout: str) -> RolloutEnv:
+        """The rollout's environment (no process started); a concluded rollout's is parked here."""
+        env = self.envs.get(rollout)
+        if env is None:
+            folder = self.root / "rollouts" / rollout
+            if not folder.is_dir() and self._concluded(rollout):
+                folder.mkdir(parents=True)
+            env = self.envs[rollout] = RolloutEnv(rollout, folder, self._world_of(rollout))
+        if not env.state.parked and self._concluded(rollout):
+            self._park(env)
+        return env
+
+    def _env(self, rollout: str) -> RolloutEnv:
+        env = self._state(rollout)
+        env.start_metrics()
+        return env
+
+    def _concluded(self, rollout: str) -> bool:
+        obj = self.store.get("rollouts", "default", rollout) or {}
+        return (obj.get("status") or {}).get("phase") in CONCLUDED
+
+    def _park(self, env: RolloutEnv) -> None:
+        """A concluded rollout has no users of its own any more (its decision is applied by the Evolution):
+        stop its processes and remember the arms and weights the core set last, so that it sees them as it
+        left them and no day is played for it again."""
+        env.state.parked_arms = sorted(a for a, s in env.arms.items() if s.proc is not None and s.proc.poll() is None) \
+            if env.arms else list(env.state.parked_arms)
+        if env.router is not None and env.router.proc.poll() is None:
+            env.state.parked_weights = self._read_weights(env)
+        env.state.parked = True
+        env.stop()
+        env.save()
+
+    def deploy_arm(self, action: DeployArm) -> None:
+        from cambrian.online.services import ServiceProcess
+
+        if self._state(action.rollout).state.parked:
+            env = self.envs[action.rollout]
+            env.state.parked_arms = sorted({*env.state.parked_arms, action.arm})
+            env.save()
+            return
+        env = self._env(action.rollout)
+        running = env.arms.get(action.arm)
+        if running is not None and running.proc.poll() is None:
+            return
+        path = local_path(action.bundle, self.root)
+        if path is None or not (path / "bundle.json").is_file():
+            raise CambrianError(f"rollout {action.rollout}: arm {action.arm}: bundle {action.bundle} cannot be served "
+                                f"here ({path or 'unknown scheme'} holds no bundle.json)")
+        env.arms[action.arm] = start_service(ServiceProcess(
+            action.name, ["serve", "--bundle", str(path), "--arm", action.arm], env.services,
+            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+        env.state.arm_urls[action.arm] = env.arms[action.arm].url
+        env.save()
+
+    def arms(self, owner: Owner) -> dict[str, ArmObservation]:
+        if self._concluded(owner.name) or (self.root / "rollouts" / owner.name / "env.json").is_file():
+            env = self._state(owner.name)
+            if env.state.parked:
+                return {arm: ArmObservation(arm, True, True) for arm in env.state.parked_arms}
+        env = self.envs.get(owner.name)
+        if env is None:
+            return {}
+        return {arm: ArmObservation(s.name, True, s.proc.poll() is None)
+                for arm, s in env.arms.items() if s.proc is not None and s.proc.poll() is None}
+
+    def delete_arm(self, action: DeleteArm) -> None:
+        env = self.envs.get(action.rollout)
+        if env is not None and env.state.parked:
+            env.state.parked_arms = [a for a in env.state.parked_arms if a != action.arm]
+            env.save()
+        elif env is not None and action.arm in env.arms:
+            env.arms.pop(action.arm).stop()
+
+    def set_weights(self, action: SetWeights) -> None:
+        from cambrian.online.services import ServiceProcess
+
+        weights = action.as_dict()
+        if self._state(action.rollout).state.parked:
+            env = self.envs[action.rollout]
+            env.state.parked_weights = weights
+            env.save()
+            return
+        env = self._env(action.rollout)
+        if env.router is not None and env.router.proc.poll() is None:
+            r = httpx.post(env.router.url + "/weights", json={"weights": weights}, timeout=10)
+            if r.status_code != 200:
+                raise CambrianError(f"router of {action.rollout} refused weights {weights}: {r.text[:300]}")
+            return
+        arms = []
+        for i, w in enumerate(action.weights):
+            s = env.arms.get(w.arm)
+            url = s.url if s is not None else env.state.arm_urls.get(w.arm, NO_ARM_URL)
+            if w.weight and s is None:
+                raise CambrianError(f"rollout {action.rollout}: arm {w.arm} gets {w.weight}% but is not running")
+            arms.append({"name": w.arm, "url": url, "weight": w.weight, **({"control": True} if i == 0 else {})})
+        config = env.dir / "router.yaml"
+        write_atomic(config, yaml.safe_dump({"experiment": action.rollout, "salt": action.salt,
+                                             "collector": env.collector.url, "arms": arms}, sort_keys=False))
+        env.router = start_service(ServiceProcess("router", ["route", "--config", str(config)], env.services))
+        if env.state.clock_day0 is None:  # users are routed from today on
+            from cambrian.world.sim import World
+
+            env.state.clock_day0 = clock_day(self.clock())
+            env.state.world_day0 = World.load(env.world_dir, state_dir=self._world_state(env)).day
+            env.save()
+
+    def clear_weights(self, action: ClearWeights) -> None:
+        env = self.envs.get(action.rollout)
+        if env is not None and env.state.parked:
+            env.state.parked_weights = None
+            env.save()
+        if env is not None and env.router is not None:
+            env.router.stop()
+            env.router = None
+        (self.root / "rollouts" / action.rollout / "router.yaml").unlink(missing_ok=True)
+
+    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        if self._concluded(owner.name) or (self.root / "rollouts" / owner.name / "env.json").is_file():
+            env = self._state(owner.name)
+            if env.state.parked:
+                return env.state.parked_weights
+        env = self.envs.get(owner.name)
+        if env is None or env.router is None or env.router.proc.poll() is not None:
+            return None
+        return self._read_weights(env)
+
+    def _read_weights(self, env: RolloutEnv) -> dict[str, int] | None:
+        try:
+            return {k: int(v) for k, v in httpx.get(env.router.url + "/weights", timeout=10).json()["weights"].items()}
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None  # unreadable: the core sets them again
+
+    # --- simulated time ----------------------------------------------------------------------------
+    def routed(self) -> list[str]:
+        """Rollouts whose users are being routed (simulated traffic flows when the clock moves)."""
+        return sorted(n for n, e in self.envs.items()
+                      if not e.state.parked and e.router is not None and e.router.proc.poll() is None)
+
+    def _world_state(self, env: RolloutEnv) -> Path | None:
+        folder = env.dir / "world"
+        return folder if (folder / "state.npz").is_file() else None
+
+    def advance(self, until: datetime) -> None:
+        """Play every whole clock day before `until` for each routed rollout, one day at a time."""
+        for name in self.routed():
+            env = self.envs[name]
+            while env.state.clock_day0 is not None and day_start(env.state.clock_day0 + env.state.days_done + 1) <= until:
+                self._play_day(env)
+
+    def _play_day(self, env: RolloutEnv) -> None:
+        from cambrian.online.traffic import TrafficDriver, seed_pre_period
+        from cambrian.world.sim import STATE_FILE, World
+
+        if not env.state.pre_period:
+            seed_pre_period(env.world_dir, env.collector.url, days=PRE_DAYS)  # batch id: sent once however often
+            env.state.pre_period = True
+            env.save()
+        world = World.load(env.world_dir, state_dir=self._world_state(env))
+        expected = env.state.world_day0 + env.state.days_done
+        if world.day != expected:
+            raise CambrianError(f"rollout {env.name}: world state is at day {world.day}, expected {expected}")
+        driver = TrafficDriver(world, env.router.url, env.collector.url, run_id=env.name)
+        try:
+            summary = driver.run_day()  # the collector takes each day's batch once: a replayed day adds nothing
+        finally:
+            driver.close()
+        world.save_state(env.dir / "world" / STATE_FILE)
+        env.state.days_done += 1
+        env.save()
+        log.info("rollout %s: simulated day %s: %s", env.name, summary.day, summary.arms)
+
+    # --- metrics ---------------------------------------------------------------------------------
+    def prometheus_readout(self, rollout: str) -> Readout:
+        from cambrian.online.prometheus import ExperimentReadout, PromClient, PrometheusUnavailable
+
+        env = self.envs.get(rollout)
+        if env is None or env.prometheus is None:
+            raise MetricsUnavailable(f"no Prometheus runs for rollout {rollout}")
+        want = (env.state.world_day0 or 0) + env.state.days_done - 1  # the last day played
+        client = PromClient(env.prometheus.url)
+        try:
+            deadline = time.monotonic() + self.readout_wait_s
+            while True:
+                r = client.read_experiment(rollout)
+                if r.closed_day >= want or env.state.days_done == 0:  # nothing played yet: nothing to wait for
+                    break
+                if time.monotonic() > deadline:
+                    raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
+                time.sleep(0.25)
+        except PrometheusUnavailable as exc:
+            raise MetricsUnavailable(str(exc)) from None
+        finally:
+            client.close()
+        # cohort keys: world days -> the clock's UTC day numbers that the core's SRM check uses
+        shift = (day_start(env.state.clock_day0 or 0) - UNIX_EPOCH).days - (env.state.world_day0 or 0)
+        return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures,
+                                 {d + shift: arms for d, arms in r.cohorts.items()})
+
+    # --- the loop --------------------------------------------------------------------------------
+    def create_rollout(self, action: CreateRollout) -> None:
+        self.store.create({"kind": "Rollout", "metadata": {"name": action.name,
+                                                           "labels": {"cambrian.dev/hypothesis": action.hypothesis}},
+                           "spec": action.spec}, self.clock(), action.owner)
+
+    def retire_rollout(self, action: RetireRollout) -> None:
+        self.store.annotate("Rollout", action.name, {"cambrian.dev/approve": "rollback",
+                                                     "cambrian.dev/retired": action.reason[:1024] or "left the top K"})
+
+    def update_champion(self, action: UpdateChampion) -> None:
+        write_atomic(self.root / "champions" / f"{action.owner.name}.json", json.dumps(
+            {"name": action.name, "bundle": action.bundle, "hypothesis": action.hypothesis, "rollout": action.rollout,
+             "path": str(local_path(action.bundle, self.root) or ""), "since": self.clock().isoformat()},
+            indent=2) + "\n")
+
+    def propose(self, action: ProposeHypotheses) -> None:
+        from cambrian.operator.proposing import new_hypotheses
+
+        existing = [h for h in self.store.list("hypotheses")
+                    if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
+        if self.proposer is None:
+            self.record(RecordJournal(action.owner, "NoProposer", "no proposer configured", {}, True))
+            return
+        made = new_hypotheses(action, existing, self.proposer)
+        if made is None:
+            return  # this wake-up was already proposed before a restart
+        objs, message, warning = made
+        for name, spec, labels, annotations in objs:
+            self.store.create({"kind": "Hypothesis", "apiVersion": API_VERSION,
+                               "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                               "spec": spec}, self.clock(), action.owner)
+        self.record(RecordJournal(action.owner, "Proposed", message, {}, warning))
+
+    def record(self, action: RecordJournal) -> None:
+        o = action.owner
+        row = {"time": self.clock().isoformat(), "kind": o.kind, "name": o.name, "event": action.event,
+               "message": action.message, "warning": action.warning, "data": action.data}
+        log.info("%s %s: %s %s", o.kind, o.name, action.event, action.message)
+        path = self.root / "events.jsonl"
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None

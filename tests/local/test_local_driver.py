@@ -1,0 +1,314 @@
+"""Local mode through the operator's loop: the file store, the driver over the LocalPlatform, the CLI.
+
+Fast: the store's semantics, the CLI's refusal of the old formats, and the driver's loop with a stand-in
+trainer (crashed mid-run and resumed in-process). Prometheus-marked: the seeded scenario end to end with
+the real trainer, model servers, router, collector and Prometheus, the driver SIGKILLed twice (during a
+candidate's training and during the rollout) and started again until done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cambrian.errors import ConfigError
+from cambrian.operator.local_driver import LocalDriver
+from cambrian.operator.localstore import LocalStore, load_manifests
+from cambrian.operator.platform.local import SIM_EPOCH, stop_leftovers
+
+HERE = Path(__file__).resolve().parent
+SCENARIO = HERE / "tiny-evolution.yaml"
+FAKE_TRAINER = [sys.executable, str(HERE / "fake_trainer.py")]
+
+
+def _objects(root: Path, plural: str) -> list[dict]:
+    return LocalStore(root).list(plural)
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+
+def test_store_apply_creates_once_and_bumps_generation_on_spec_change(tmp_path):
+    store = LocalStore(tmp_path)
+    evo = load_manifests(SCENARIO)[0]
+    assert store.apply(evo, SIM_EPOCH) == "created"
+    first = store.get("evolutions", "default", "tiny")
+    assert store.apply(evo, SIM_EPOCH) == "unchanged"
+    changed = {**evo, "spec": {**evo["spec"], "topK": 2}}
+    assert store.apply(changed, SIM_EPOCH) == "configured"
+    again = store.get("evolutions", "default", "tiny")
+    assert again["metadata"]["generation"] == 2 and again["metadata"]["uid"] == first["metadata"]["uid"]
+    assert again["spec"]["topK"] == 2
+    store.write_status("Evolution", "tiny", {"phase": "Running"})
+    assert store.get("evolutions", "default", "tiny")["status"] == {"phase": "Running"}
+    assert [p.name for p in (tmp_path / "objects" / "evolutions").iterdir()] == ["tiny.yaml"]  # no temp files left
+
+
+def test_old_formats_are_refused_with_a_pointer_to_the_crd_format(tmp_path):
+    old = tmp_path / "evolve.yaml"
+    old.write_text(yaml.safe_dump({"data_dir": "w", "generations": 2}))
+    with pytest.raises(ConfigError) as exc:
+        load_manifests(old)
+    assert "old `cambrian evolve --config` format" in exc.value.hint
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "evolve", "-f", str(old), "--dir", str(tmp_path / "d")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "evolution.yaml" in proc.stderr
+
+
+def test_rollout_command_refuses_other_kinds(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(SCENARIO), "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "expected Rollout objects, found Evolution tiny" in proc.stderr
+
+
+def test_example_rollout_on_an_empty_folder_names_the_missing_bundle(tmp_path):
+    example = HERE.parents[1] / "manifests" / "examples" / "rollout.yaml"
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(example), "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "arm control: bundle pvc://cambrian-bundles/bundles/feed-ranker/baseline/bundle is not on this machine" \
+        in proc.stderr and f"{tmp_path}/volumes/cambrian-bundles/bundles/feed-ranker/baseline/bundle" in proc.stderr
+    assert not (tmp_path / "objects").exists()  # nothing was stored or started
+
+
+def test_world_overrides_are_validated_like_the_file():
+    from cambrian.operator.local_cli import apply_overrides
+
+    evo = load_manifests(SCENARIO)
+    out = apply_overrides(evo, users=120, days=3, seed=None, evaluations=5)
+    assert out[0]["spec"]["data"] == {"world": {"users": 120, "days": 3, "seed": 3}}
+    assert out[0]["spec"]["agent"]["budgets"]["evaluations"] == 5
+    assert evo[0]["spec"]["data"]["world"]["users"] == 300  # the loaded objects are not changed
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+class Crash(Exception):
+    pass
+
+
+def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
+    """Stand-in trainer; the driver dies after the first wake-up created its Hypotheses but before the
+    Evolution's status (wakeups=1) was written, then a new driver on the same folder replays that step and
+    finishes: the wake-up is not proposed twice and each Hypothesis trains once."""
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    objs = load_manifests(SCENARIO)
+    first = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    write_status = first.store.write_status
+
+    def crash_before_persisting(kind, name, status):
+        if kind == "Evolution" and first.store.list("hypotheses"):
+            raise Crash()
+        write_status(kind, name, status)
+
+    first.store.write_status = crash_before_persisting
+    first.apply(objs)
+    with pytest.raises(Crash):
+        first.run()
+    assert len(_objects(root, "hypotheses")) == 2
+    assert "wakeups" not in (_objects(root, "evolutions")[0].get("status") or {}).get("counters", {})
+
+    second = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    summary = second.run()
+    assert summary.reason.startswith("every Evolution is done"), summary
+    hyps = _objects(root, "hypotheses")
+    assert len(hyps) == 2  # the replayed wake-up found its Hypotheses and asked nobody again
+    for h in hyps:
+        assert h["status"]["phase"] == "Scored" and h["status"]["attempts"] == 1
+        assert h["status"]["offlineScore"] == pytest.approx(0.9)
+    jobs = sorted(p.name for p in (root / "jobs").iterdir())
+    assert len(jobs) == 3  # baseline + two candidates, each exactly once
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert evo["phase"] == "BudgetExhausted" and evo["counters"]["wakeups"] == 1
+    assert evo["champion"]["bundle"].startswith("file://") and not _objects(root, "rollouts")
+    bundle = Path(evo["champion"]["bundle"][len("file://"):])
+    assert (bundle / "bundle.json").is_file()  # the bundle lives in the run folder, not in the job's scratch space
+    events = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e["kind"] == "Evolution"].count("Proposed") == 1
+
+
+def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path):
+    """Two proposals and room for one more evaluation: the Evolution counts the first training run before
+    the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
+    from cambrian.operator.local_cli import apply_overrides
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=2))
+    assert driver.run().reason.startswith("every Evolution is done")
+    phases = sorted(h["status"]["phase"] for h in _objects(root, "hypotheses"))
+    assert phases == ["Scored", "Validated"]
+    assert len(list((root / "jobs").iterdir())) == 2  # the baseline and one candidate
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 2
+
+
+def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path):
+    """A job folder with a request and no result (the driver died while it trained) is re-run by recover()."""
+    from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+    from cambrian.operator.platform.local import LocalPlatform
+
+    root = tmp_path / "run"
+    owner = Owner("Hypothesis", "h", "uid-1", "default")
+    action = CreateTrainingJob(name="h-train-1-abc", owner=owner, hypothesis="h", attempt=1, baseline={},
+                               delta={"component": "optimizer", "patch": {"lr": 0.01}}, bundle_path="bundles/h/attempt-1")
+    (tmp_path / "data").mkdir()
+    p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path / "data", train_command=FAKE_TRAINER)
+    p.submit_training_job(action)
+    while p.busy():
+        time.sleep(0.05)
+    (root / "jobs" / action.name / "result.json").unlink()  # as if the driver had been killed mid-run
+    p2 = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path / "data", train_command=FAKE_TRAINER)
+    assert [j.state for j in p2.training_jobs(owner)] == ["Running"]
+    p2.recover()
+    while p2.busy():
+        time.sleep(0.05)
+    (job,) = p2.training_jobs(owner)
+    assert job.state == "Succeeded" and job.metrics["val_loss"] == 0.9
+    assert job.bundle_uri == f"file://{root.resolve()}/volumes/_local/bundles/h/attempt-1/bundle"
+    p2.submit_training_job(action)  # idempotent by name: nothing new starts
+    assert not p2.busy()
+    p.close()
+    p2.close()
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+
+def _wait(proc: subprocess.Popen, what: str, cond, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited ({proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _training_candidate(root: Path) -> bool:
+    for job in (root / "jobs").glob("*/job.json"):
+        if json.loads(job.read_text()).get("hypothesis") and not (job.parent / "result.json").exists() \
+                and (job.parent / "work" / "train.log").exists():
+            return True
+    return False
+
+
+def _routing(root: Path) -> bool:
+    return any(root.glob("rollouts/*/services/router.port"))
+
+
+@pytest.fixture(scope="module")
+def evolved(tmp_path_factory):
+    """The seeded scenario through the real CLI, SIGKILLed once while a candidate trains and once while the
+    rollout routes users, then run again until done. Returns the run folder and the last run's report."""
+    root = tmp_path_factory.mktemp("evolve") / "run"
+    cmd = [sys.executable, "-m", "cambrian.cli", "evolve", "-f", str(SCENARIO), "--dir", str(root), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        for what, cond in (("a candidate training", lambda: _training_candidate(root)),
+                           ("users routed to the rollout", lambda: _routing(root))):
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            _wait(proc, what, cond)
+            os.kill(proc.pid, signal.SIGKILL)  # no clean-up: children keep running, status writes may be lost
+            proc.wait()
+        ro_at_kill = _objects(root, "rollouts")[0]["status"].get("phase")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        left = stop_leftovers(root.resolve())
+    return root, json.loads(proc.stdout), ro_at_kill, left
+
+
+@pytest.mark.prometheus
+def test_seeded_evolution_survives_sigkill_during_training_and_rollout(evolved):
+    root, report, ro_at_kill, left = evolved
+    assert report["reason"].startswith("every Evolution is done"), report
+    assert ro_at_kill in (None, "Pending", "Deploying", "Running")  # the second kill hit a live rollout
+    assert left == []  # the last run stopped every process it (or the killed runs) started
+    hyps = _objects(root, "hypotheses")
+    assert len(hyps) == 2 and all(h["status"]["attempts"] == 1 for h in hyps)
+    assert all(h["status"]["phase"] in ("Scored", "Live", "Launched", "Retired") for h in hyps)
+    jobs = [json.loads(p.read_text()) for p in (root / "jobs").glob("*/result.json")]
+    assert len(jobs) == 3 and all(j["state"] == "Succeeded" for j in jobs)  # the killed run ran again, once
+    (ro,) = _objects(root, "rollouts")  # one rollout, not one per restart
+    assert ro["status"]["phase"] in ("Promoted", "RolledBack", "Inconclusive")
+    assert ro["status"]["readouts"] >= 1 and ro["status"]["decision"] in ("promote", "rollback", "inconclusive")
+    env_state = json.loads((root / "rollouts" / ro["metadata"]["name"] / "env.json").read_text())
+    assert env_state["days_done"] >= 1
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert ro["metadata"]["name"] in evo["handledDecisions"] and evo["lastDecision"]["rollout"] == ro["metadata"]["name"]
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+def test_rollout_command_runs_an_abn_rollout_of_the_trained_bundles(evolved, tmp_path):
+    """`cambrian rollout -f` on the evolved folder: control and both candidates at a third each, real
+    servers, router and Prometheus; every arm gets users in about its share and the rollout concludes."""
+    root = evolved[0]
+    evo = _objects(root, "evolutions")[0]["status"]
+    hyps = {h["metadata"]["name"]: h["status"]["bundleUri"] for h in _objects(root, "hypotheses")}
+    names = sorted(hyps)
+    rollout = {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "tiny-abn"},
+        "spec": {"evolutionRef": {"name": "tiny"},
+                 "control": {"name": "control", "bundle": evo["champion"]["bundle"]},
+                 "treatments": [{"name": f"t{i}", "hypothesisRef": {"name": n}, "bundle": hyps[n]}
+                                for i, n in enumerate(names)],
+                 "salt": "tiny-abn",
+                 "ramp": {"steps": [{"weights": [34, 33, 33], "duration": "1d"}]},
+                 "metrics": {"northStar": [{"name": "watch_minutes"}], "readout": {"interval": "1d"}},
+                 "statistics": {"minSamplePerArm": 50, "maxDuration": "2d"}, "decisionPolicy": "auto"}}
+    f = tmp_path / "abn.yaml"
+    f.write_text(yaml.safe_dump(rollout))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(f), "--dir", str(root), "--json"],
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        stop_leftovers(root.resolve())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    st = LocalStore(root).get("rollouts", "default", "tiny-abn")["status"]
+    assert st["phase"] in ("Promoted", "RolledBack", "Inconclusive") and st["readouts"] >= 1
+    n = {a["name"]: a["n"] for a in st["arms"]}
+    total = sum(n.values())
+    assert total > 0 and all(abs(v / total - 1 / 3) < 0.1 for v in n.values()), n
+
+
+def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
+    """After its decision a rollout has no users of its own: its arms are remembered, not served, no day is
+    played for it, and the core's finishing step (keep control, route 100% there) converges at once,
+    also for a new platform after a restart."""
+    from cambrian.operator import loop
+    from cambrian.operator.platform.local import LocalPlatform
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    store = LocalStore(root)
+    spec = {"control": {"name": "control", "bundle": "file:///nowhere/control"},
+            "treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "file:///nowhere/t"}], "salt": "s",
+            "ramp": {"steps": [{"weights": [50, 50]}]}, "metrics": {"northStar": [{"name": "watch_minutes"}]}}
+    store.create({"kind": "Rollout", "metadata": {"name": "done"}, "spec": spec}, SIM_EPOCH)
+    store.write_status("Rollout", "done", {"phase": "RolledBack", "decision": "rollback"})
+    for _ in range(2):  # the second platform is the driver restarted
+        p = LocalPlatform(root, store, lambda: SIM_EPOCH, data_dir=data)
+        steps = []
+        for _ in range(3):
+            s = loop.step("Rollout", store.get("rollouts", "default", "done"), store, p, SIM_EPOCH)
+            store.write_status("Rollout", "done", s.result.status.wire())
+            steps.append(s.result.kinds())
+        assert steps[-1] == [] and steps[-2] == []  # converged
+        assert p.router_weights(loop.R.owner_of(loop.meta_of(store.get("rollouts", "default", "done"))), {}) == \
+            {"control": 100, "t": 0}
+        assert p.routed() == [] and not list(root.glob("rollouts/done/services/*.port"))  # nothing runs
+        p.close()
