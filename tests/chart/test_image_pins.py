@@ -71,3 +71,8 @@ def test_image_installs_through_the_constraints(name):
     assert torch == md.version("torch").split("+")[0]
     python = re.findall(r"FROM python:(\d+\.\d+)\.", text)
     assert python and set(python) == {f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+def test_the_build_context_carries_the_constraints():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!images/constraints.txt" in lines and lines.index("!images/constraints.txt") > lines.index("**")
