@@ -280,8 +280,7 @@ class PodRuntime:
                     env[e["name"]] = base64.b64decode(self._get("secret", ref["name"], ns)["data"][ref["key"]]).decode()
                 else:
                     raise ValueError(f"env {e['name']}: valueFrom {sorted(src)} is not supported by the test pod runtime")
-        env.setdefault("HOME", str(root))
-        env["HOME"] = host(env["HOME"])
+        env.setdefault("HOME", str(root))  # the image's HOME is not known here; the pod's folder stands in
         env.update(credentials)
         return cmd, env
 
