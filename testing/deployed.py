@@ -24,7 +24,7 @@ from cambrian.testing.cluster import REPO_ROOT, Cluster
 from cambrian.testing.podruntime import PodRuntime
 
 CHART = REPO_ROOT / "charts" / "cambrian"
-FORBIDDEN = re.compile(r"\b403\b|Forbidden|forbidden:")
+FORBIDDEN = re.compile(r"\b403\b|Forbidden|forbidden:|[Nn]ot enough permissions")
 
 
 @dataclass

@@ -105,3 +105,11 @@ def test_pods_that_do_not_mount_a_token_get_no_credentials(tmp_path):
     assert rt._credentials({**POD, "spec": {**POD["spec"], "automountServiceAccountToken": False}}, tmp_path) == {}
     assert rt._credentials({**POD, "spec": {"containers": []}}, tmp_path) == {}  # the SA opts out
     assert not any(call[:2] == ("create", "token") for call in c.calls)
+
+
+def test_the_cluster_harness_finds_the_repository():
+    # testing/ moved out of cambrian/: a stale parents[2] made REPO_ROOT the folder above the repository, so
+    # find_bin_dir() found no build script and every cluster test was skipped as "binaries not built".
+    from cambrian.testing import cluster
+
+    assert cluster.BUILD_SCRIPT.is_file() and (cluster.REPO_ROOT / "charts" / "cambrian" / "Chart.yaml").is_file()
