@@ -75,3 +75,20 @@ def test_a_local_queue_without_kueue_is_refused_with_the_reason(render):
 def test_schema_refuses_bad_values(render, setting, field):
     proc = render.run("--set", setting)
     assert proc.returncode != 0 and "prerequisites" in proc.stderr and field in proc.stderr, proc.stderr
+
+
+def test_the_quickstart_needs_nothing_but_the_chart():
+    """manifests/examples/quickstart/ parses, trains on CPU, and brings the only object it names (its claim)."""
+    from cambrian.operator.api import EvolutionSpec
+
+    docs = [d for f in sorted((ROOT / "manifests" / "examples" / "quickstart").glob("*.yaml"))
+            for d in yaml.safe_load_all(f.read_text()) if d]
+    (evo,) = [d for d in docs if d["kind"] == "Evolution"]
+    spec = EvolutionSpec.model_validate(evo["spec"])
+    t = spec.training
+    assert t.gpu.count == 0 and not (t.queue_name or t.priority_class_name or t.node_selector or t.tolerations)
+    assert spec.agent.provider == "builtin" and spec.data.world is not None
+    (claim,) = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    assert spec.storage.claim_name == claim["metadata"]["name"] and "storageClassName" not in claim["spec"]
+    assert {d["kind"] for d in docs} == {"Evolution", "PersistentVolumeClaim"}
+    assert all("namespace" not in d["metadata"] for d in docs)  # applied with -n, as the README says
