@@ -61,10 +61,13 @@ def test_readme_quickstart_reaches_a_concluded_rollout(cluster, tmp_path):
 
             ro = d.wait_for("a Rollout of a trained winner", rollout, timeout=900)
             served: dict[str, int] = {}
+            crashed: dict[str, dict] = {}
 
             def concluded():
-                for name, svc in list(rt.services.items()):  # every arm loads its bundle and answers
-                    if is_arm(svc) and name not in served:
+                for name, svc in list(rt.services.items()):  # every arm loads its bundle and answers, as does the router
+                    if not svc.get("stopped") and rt.exited(name):
+                        crashed[name] = rt.exited(name)
+                    if 8080 in svc["ports"] and name not in served:
                         try:
                             code = httpx.get(f"http://127.0.0.1:{svc['ports'][8080]}/healthz", timeout=2).status_code
                         except httpx.HTTPError:
@@ -80,7 +83,9 @@ def test_readme_quickstart_reaches_a_concluded_rollout(cluster, tmp_path):
             bundles = {t["bundle"] for t in [ro["spec"]["control"], *ro["spec"]["treatments"]]}
             assert all(b.startswith(f"pvc://{claim}/") for b in bundles), bundles
             arms = [n for n, svc in rt.services.items() if is_arm(svc)]
-            assert len(arms) >= 2 and set(served.values()) == {200}, (served, {n: rt.log(n)[-2000:] for n in arms})
+            assert len(arms) >= 2 and set(arms) < set(served) and set(served.values()) == {200}, (
+                served, {n: rt.log(n)[-2000:] for n in rt.services})
+            assert crashed == {}, {n: rt.log(n)[-2000:] for n in crashed}
             assert d.forbidden() == [] and not d.operator_exited(), d.operator_log()[-4000:]
             print("quickstart:", status["phase"], status.get("reason"), f"{elapsed:.0f}s;",
                   "training runs:", [(r["job"], r["seconds"]) for r in rt.runs])
