@@ -60,12 +60,12 @@ def test_operator_runs_as_the_chart_deploys_it(cluster, tmp_path, mode):
         # An Evolution in a workload namespace, applied as a user would: reconciled, its Job created.
         app = d.workloads[0]
         c.kubectl("apply", "-n", app, "-f", str(EXAMPLE))
-        d.wait_for("the Evolution's phase", lambda: phase(c, app, "evolution", "quickstart"), timeout=120)
-        d.wait_for("the baseline training Job", lambda: training_jobs(c, app), timeout=120)
+        d.wait_for("the Evolution's phase", lambda: phase(c, app, "evolution", "quickstart"), timeout=240)
+        d.wait_for("the baseline training Job", lambda: training_jobs(c, app), timeout=240)
         if namespaced:  # a namespace the operator does not watch is left alone
             c.kubectl("apply", "-n", d.workloads[1], "-f", str(EXAMPLE))
         time.sleep(15)  # a reconcile interval: the timers and watches run under the chart's RBAC too
-        assert httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=10).status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=30).status_code == 200
         assert not d.operator_exited(), d.operator_log()[-4000:]
         assert d.forbidden() == [], d.operator_log()[-4000:]
         if namespaced:
