@@ -36,7 +36,7 @@ import yaml
 
 from cambrian.testing.pki import Pki, generate_pki
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[1]  # testing/cluster.py -> the repository
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-test-cluster.sh"
 STAGES_FILE = Path(__file__).with_name("kwok-stages.yaml")
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",

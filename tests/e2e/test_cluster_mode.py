@@ -3,7 +3,7 @@ scheduler, kwok GPU nodes), the real helm chart, real training runs and a real P
 
 The operator runs in-process (kopf.testing.KopfRunner) with the chart's operator.yaml. The built-in
 proposer creates Hypotheses; their training Jobs are scheduled on the kwok GPU nodes and the pod
-runtime harness (conftest.PodRuntime) runs the pods' real `cambrian train` commands on the host.
+runtime harness (cambrian.testing.podruntime.PodRuntime) runs the pods' real `cambrian train` commands on the host.
 The winner goes into a Rollout whose weights ramp, whose per-arm statistics come from the event
 collector through Prometheus, and which reaches a decision. The operator is stopped and restarted
 mid-Job and mid-Rollout; nothing is lost or duplicated. Deleting the Evolution removes its children.
