@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "images" / "constraints.txt"
-PINNED_IMAGES = ["Dockerfile.operator", "Dockerfile.serving"]
+PINNED_IMAGES = ["Dockerfile.operator", "Dockerfile.serving", "Dockerfile.trainer"]
 
 
 def _generator():
