@@ -50,7 +50,7 @@ def test_operator_runs_as_the_chart_deploys_it(cluster, tmp_path, mode):
         # The env a kubelet would give it: the downward API, the mounted config, the chart's SA token.
         assert env["CAMBRIAN_NAMESPACE"] == d.namespace
         chart_config = yaml.safe_load(Path(env["CAMBRIAN_OPERATOR_CONFIG"]).read_text())
-        assert chart_config["namespace"] == d.namespace
+        assert {"training", "serving"} <= set(chart_config), chart_config  # the chart's rendered operator.yaml
         assert env["CAMBRIAN_METRICS_PORT"] == str(svc["ports"][8000])
         assert "KUBECONFIG" in env and Path(env["KUBECONFIG"]).parent.name == "serviceaccount"
         who = json.loads(c.kubectl("auth", "whoami", "-o", "json", "--kubeconfig", env["KUBECONFIG"]).stdout)

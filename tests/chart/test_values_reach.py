@@ -27,6 +27,10 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 # --set-json throughout: helm applies every --set after every --set-json, whatever their order.
 ROUTER_ON = ("--set-json", "router.enabled=true", "--set-json", 'router.config.experiment="e1"', "--set-json",
              'router.config.arms=[{"name":"a","url":"http://a:80","control":true},{"name":"b","url":"http://b:80"}]')
+PRIORITY_ON = ("--set", "prerequisites.priorityClass.create=true")
+CLAIM_ON = ("--set", "prerequisites.bundlesClaim.create=true")
+KUEUE = ("--api-versions", "kueue.x-k8s.io/v1beta1/LocalQueue")  # as if Kueue were installed
+QUEUE_ON = ("--set", "prerequisites.localQueue.create=true")
 KEEP = object()  # a pinned value (the schema allows only the default): the default must reach the objects
 
 
@@ -353,6 +357,19 @@ CASES: list[Case] = [
       for k in ("namespaceSelector", "podSelector")],
     Case("networkPolicy.extraEgress", [{"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}]}],
          lambda d: [p["spec"]["egress"] for p in obj("NetworkPolicy")(d)], each=True),
+    # the production example's prerequisites (off by default)
+    Case("prerequisites.priorityClass.create", None, has("PriorityClass")),
+    *[Case(f"prerequisites.priorityClass.{k}", v, lambda d: obj("PriorityClass")(d), PRIORITY_ON)
+      for k, v in (("name", "zz-prio-class"), ("value", 4242), ("preemptionPolicy", "Never"),
+                   ("description", "zz training"))],
+    Case("prerequisites.bundlesClaim.create", None, has("PersistentVolumeClaim")),
+    *[Case(f"prerequisites.bundlesClaim.{k}", v, lambda d: obj("PersistentVolumeClaim")(d), CLAIM_ON, expect=e)
+      for k, v, e in (("name", "zz-bundles", None), ("namespace", "zz-team", None),
+                      ("storageClassName", "zz-fast", None), ("accessModes", ["ReadWriteOnce"], None),
+                      ("size", "7Gi", {"requests": {"storage": "7Gi"}}))],
+    Case("prerequisites.localQueue.create", None, has("LocalQueue"), KUEUE),
+    *[Case(f"prerequisites.localQueue.{k}", v, lambda d: obj("LocalQueue")(d), KUEUE + QUEUE_ON)
+      for k, v in (("name", "zz-queue"), ("namespace", "zz-team"), ("clusterQueue", "zz-cluster-queue"))],
 ]
 
 BY_PATH = {c.path: c for c in CASES}
