@@ -1,7 +1,8 @@
 """The launch decision for one Rollout look: promote | rollback | continue | inconclusive.
 
 Branches, in the order they are checked (each is a separate test in tests/statistics):
- 1. SRM (χ² of exposures against the designed weights, p < threshold) -> rollback, reason "SRM: ..."
+ 1. SRM (anytime-valid sequential test of exposures against the designed weights, p < threshold)
+    -> rollback, reason "SRM: ..."
     (the data are untrustworthy; nothing is ever promoted from them).
  2. A hard-limit breach (latency p99, error rate above a bound) -> rollback of that arm.
  3. Missing data (a metric or a hard-limit value absent for an arm) -> continue; never promote.
@@ -18,7 +19,7 @@ and passes it back at the next look.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
 from .estimators import Effect, analyse
@@ -211,10 +212,25 @@ def _gauge_values(policy: DecisionPolicy, stats: Mapping[str, Mapping[str, Sums]
 
 
 def _interval(effect: Effect, alpha: float, planned_users: int) -> tuple[tuple[float, float], float]:
-    """Confidence sequence with ρ tuned to the information expected at the planned users per arm."""
+    """Confidence sequence on the test scale with ρ tuned to the information expected at the planned
+    users per arm, returned on the reported scale (a lift interval is exp(·) − 1 of the log interval)."""
     n_now = (effect.n_control + effect.n_treatment) / 2
-    rho = rho_for_information(planned_information(effect.variance, n_now, planned_users), alpha)
-    return confidence_sequence(effect.estimate, effect.variance, alpha, rho=rho), rho
+    rho = rho_for_information(planned_information(effect.test_variance, n_now, planned_users), alpha)
+    lo, hi = confidence_sequence(effect.test_estimate, effect.test_variance, alpha, rho=rho)
+    return (effect.to_reported(lo), effect.to_reported(hi)), rho
+
+
+def _test_key(arm: str, metric: Metric, effect: Effect) -> str:
+    """One running test per arm, metric and scale: a relative metric whose lift becomes undefined
+    (a mean not positive) is tested on the absolute scale under its own key, never mixed."""
+    return f"{arm}/{metric.name}" if effect.relative == metric.relative else f"{arm}/{metric.name}@absolute"
+
+
+def _guardrail_on_scale(g: Guardrail, effect: Effect) -> Guardrail:
+    """A relative margin on a guardrail whose lift is undefined becomes margin × |control mean|."""
+    if g.relative and not effect.relative:
+        return replace(g, margin=g.margin * abs(effect.control_mean), relative=False)
+    return g
 
 
 def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: DecisionState, srm: SRMResult | None,
@@ -311,11 +327,13 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             continue
         effects[a] = eff
         ci, rho = _interval(eff, policy.alpha, policy.planned_users_per_arm)
-        key = f"{a}/{ns.name}"
+        key = _test_key(a, ns, eff)
         prev = tests.get(key)
-        # τ: the policy's, else matched to the plan (τ² = 1/ρ) once, at the first look, then kept.
-        tau = policy.tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
-        tests[key] = update(prev, eff.estimate, eff.variance, tau)
+        # τ: the policy's (on the metric's own scale), else matched to the plan (τ² = 1/ρ) once, at
+        # the first look, then kept.
+        own_tau = policy.tau if eff.relative == ns.relative else None
+        tau = own_tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
+        tests[key] = update(prev, eff.test_estimate, eff.test_variance, tau)
         arms[a] = ArmDecision(a, "continue", "", eff, tests[key].p_value, None, ci)
     new_state = DecisionState(tests)
 
@@ -340,7 +358,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                                                f"guardrail {g.metric} on {a}: pending (insufficient data: {e})"))
                 continue
             (lo, hi), _ = _interval(ge, policy.alpha, policy.planned_users_per_arm)
-            results.append(non_inferiority(a, g, ge.estimate, lo, hi))
+            results.append(non_inferiority(a, _guardrail_on_scale(g, ge), ge.estimate, lo, hi))
         results_t = tuple(results)
         p_adj = adjusted[a]
         base = dict(arm=a, effect=eff, p_value=d.p_value, p_adjusted=p_adj, ci=d.ci, guardrails=results_t)
@@ -349,11 +367,13 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             arms[a] = ArmDecision(outcome="rollback", reason="; ".join(r.reason for r in failed), **base)
             continue
         sig = p_adj < policy.alpha
-        st = tests[f"{a}/{ns.name}"]
-        now_dir = good * math.copysign(1, eff.estimate) if eff.estimate != 0 else 0
+        st = tests[_test_key(a, ns, eff)]
+        # Directions follow the sign of μ_T − μ_C (the test scale has the same sign by construction).
+        now_dir = good * eff.direction
         seen_dir = good * st.sign
-        desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if ns.relative else 'absolute'}), "
-                f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}")
+        desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if eff.relative else 'absolute'}), "
+                f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}"
+                + (f"; {eff.note}" if eff.note else ""))
         # 6. Significantly worse north star.
         if sig and seen_dir < 0 and now_dir < 0:
             arms[a] = ArmDecision(outcome="rollback", reason=f"north star significantly worse: {desc}", **base)
@@ -395,7 +415,7 @@ def _secondary(policy: DecisionPolicy, stats, control: str, treatments: list[str
                 rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": str(err)})
                 continue
             (lo, hi), rho = _interval(e, policy.alpha, policy.planned_users_per_arm)
-            p = float(msprt_p_value(e.estimate, e.variance, 1 / math.sqrt(rho)))
+            p = float(msprt_p_value(e.test_estimate, e.test_variance, 1 / math.sqrt(rho)))
             rows.append({"arm": a, "metric": m.name, "estimate": e.estimate, "ci": [lo, hi], "p_value": p})
     for r, q in zip(rows, benjamini_hochberg([r["p_value"] for r in rows])):
         r["q_value"] = q
