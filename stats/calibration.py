@@ -153,3 +153,84 @@ def false_rates(result: dict) -> tuple[float, float]:
     outcomes are false; under harm only a promotion is, under benefit only a rollback."""
     eff = result["effect"]
     return (result["promote"] if eff <= 0 else 0.0, result["rollback"] if eff >= 0 else 0.0)
+
+
+# ------------------------------------------------------------------------------ grids -------------
+
+def fast_grid() -> list[Cell]:
+    """The default-suite grid: every metric type, scale, CUPED and guardrail setting at least once,
+    base rates 0.001-0.5, 20-5000 users per arm per day, 1-28 looks, A/A plus one harmful and one
+    beneficial A/B cell (only the wrong-direction decision is false there)."""
+    return [
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True),
+        Cell("mean", 1.0, 20, 28, relative=False, cuped=False, guardrails=True),
+        Cell("mean", 1.0, 1000, 1, relative=True, cuped=False),
+        Cell("rate", 0.5, 5000, 7, relative=True, cuped=True),
+        Cell("rate", 0.001, 5000, 14, relative=True, cuped=False, guardrails=True),
+        Cell("rate", 0.05, 20, 28, relative=False, cuped=True),
+        Cell("ratio", 0.1, 200, 14, relative=True),
+        Cell("ratio", 0.01, 50, 7, relative=False, guardrails=True),
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.02),
+        Cell("rate", 0.1, 500, 14, relative=True, cuped=True, effect=+0.2),
+    ]
+
+
+def slow_grid() -> list[Cell]:
+    """The full grid: metric × base × users × looks, with scale, CUPED and guardrails cycled over the
+    cells (a balanced fraction of the factorial), plus harmful and beneficial A/B cells."""
+    cells = []
+    bases = {"mean": (1.0,), "rate": (0.001, 0.01, 0.1, 0.5), "ratio": (0.01, 0.1)}
+    i = 0
+    for metric, bs in bases.items():
+        for base in bs:
+            for users in (20, 500, 5000):
+                for looks in (1, 7, 28):
+                    cells.append(Cell(metric, base, users, looks, relative=i % 2 == 0, cuped=(i // 2) % 2 == 0,
+                                      guardrails=(i // 4) % 2 == 0))
+                    i += 1
+    for metric, base in (("mean", 1.0), ("rate", 0.05), ("ratio", 0.1)):
+        for effect in (-0.05, +0.05):
+            cells.append(Cell(metric, base, 500, 14, relative=True, cuped=True, guardrails=True, effect=effect))
+    return cells
+
+
+def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
+    """``simulate`` every cell (seeded by position) and add the false rates and their bound."""
+    rows = []
+    for k, cell in enumerate(cells):
+        r = simulate(cell, sims, seed=seed + k)
+        fp, fr = false_rates(r)
+        rows.append({**r, "false_promote": fp, "false_rollback": fr,
+                     "bound": cell.alpha + 2 * r["se"], "ok": fp <= cell.alpha + 2 * r["se"] >= fr})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m cambrian.stats.calibration [--sims N] [--out FILE]`: the slow grid as JSON rows."""
+    import argparse
+    import json
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m cambrian.stats.calibration")
+    ap.add_argument("--sims", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=2000)
+    ap.add_argument("--out", default="-")
+    a = ap.parse_args(argv)
+    if a.sims < 10:
+        ap.error("--sims must be at least 10")
+    t0 = time.perf_counter()
+    rows = run_grid(slow_grid(), a.sims, a.seed)
+    doc = {"command": f"python -m cambrian.stats.calibration --sims {a.sims}", "sims_per_cell": a.sims,
+           "cells": len(rows), "all_ok": all(r["ok"] for r in rows), "seconds": time.perf_counter() - t0,
+           "rows": rows}
+    text = json.dumps(doc, indent=1)
+    if a.out == "-":
+        print(text)
+    else:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0 if doc["all_ok"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
