@@ -46,23 +46,26 @@ class Cell:
     guardrails: bool = False
     effect: float = 0.0
     alpha: float = 0.05
+    sequential: str = "msprt"        # decide()'s test: msprt or group (α-spending, futility on)
 
     def label(self) -> str:
         return (f"{self.metric} base={self.base:g} users/day={self.users} looks={self.looks} "
                 f"{'relative' if self.relative else 'absolute'} cuped={'on' if self.cuped else 'off'} "
-                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g}")
+                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}")
 
 
 # ------------------------------------------------------------------------------ daily sums --------
 
-def _mean_day(rng, sims: int, users: int, effect: float) -> np.ndarray:
-    """(8, sims) SufficientStats fields for one day of one arm, drawn from the exact sampling law."""
-    mu = np.array([0.0, 5.0 * (1 + effect)])
-    cov = 4.0 * np.array([[1.0, RHO], [RHO, 1.0]])
-    means = mu + rng.multivariate_normal(np.zeros(2), cov / users, size=sims)
+def normal_day(rng, sims: int, users: int, mean_y: float, sd: float = 1.0, rho: float = RHO,
+               ref_y: float | None = None) -> np.ndarray:
+    """(8, sims) SufficientStats fields for one day of one arm of a normal metric Y = mean_y +
+    sd(ρX + √(1−ρ²)ε) with covariate X ~ N(0, sd²), drawn from the exact sampling law of the sums
+    (bivariate-normal means and a Wishart scatter matrix), so its cost does not grow with users."""
+    cov = sd**2 * np.array([[1.0, rho], [rho, 1.0]])
+    means = np.array([0.0, mean_y]) + rng.multivariate_normal(np.zeros(2), cov / users, size=sims)
     scatter = sst.wishart(df=users - 1, scale=cov).rvs(size=sims, random_state=rng).reshape(sims, 2, 2)
     x_bar, y_bar = means[:, 0], means[:, 1]
-    ref_x, ref_y = 0.0, 5.0
+    ref_x, ref_y = 0.0, (mean_y if ref_y is None else ref_y)
     # Σ(a−r)(b−r') = scatter_ab + n(ā−r)(b̄−r')
     sxx = scatter[:, 0, 0] + users * (x_bar - ref_x) ** 2
     syy = scatter[:, 1, 1] + users * (y_bar - ref_y) ** 2
@@ -97,7 +100,7 @@ def _ratio_day(rng, sims: int, users: int, base: float, effect: float) -> np.nda
 def daily_sums(rng, metric: MetricType, sims: int, users: int, base: float, effect: float) -> np.ndarray:
     """(8, sims) per-arm sums of one day's new users (fields in SufficientStats/RatioStats order)."""
     if metric == "mean":
-        return _mean_day(rng, sims, users, effect)
+        return normal_day(rng, sims, users, 5.0 * (1 + effect), sd=2.0, ref_y=5.0)
     if metric == "rate":
         return _rate_day(rng, sims, users, base, effect)
     if metric == "ratio":
@@ -112,7 +115,7 @@ def _policy(cell: Cell) -> DecisionPolicy:
         if cell.guardrails else ()
     return DecisionPolicy(Metric("y", higher_is_better=True, relative=cell.relative, cuped=cell.cuped),
                           planned_users_per_arm=cell.users * cell.looks, min_users_per_arm=0,
-                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard)
+                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential)
 
 
 def simulate(cell: Cell, sims: int, seed: int = 0) -> dict:
@@ -172,6 +175,8 @@ def fast_grid() -> list[Cell]:
         Cell("ratio", 0.01, 50, 7, relative=False, guardrails=True),
         Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.02),
         Cell("rate", 0.1, 500, 14, relative=True, cuped=True, effect=+0.2),
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="group"),
+        Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="group"),
     ]
 
 
@@ -191,6 +196,9 @@ def slow_grid() -> list[Cell]:
     for metric, base in (("mean", 1.0), ("rate", 0.05), ("ratio", 0.1)):
         for effect in (-0.05, +0.05):
             cells.append(Cell(metric, base, 500, 14, relative=True, cuped=True, guardrails=True, effect=effect))
+    for metric, base, users, looks in (("mean", 1.0, 20, 28), ("mean", 1.0, 5000, 7), ("rate", 0.01, 500, 28),
+                                       ("rate", 0.001, 5000, 14), ("ratio", 0.1, 500, 14)):
+        cells.append(Cell(metric, base, users, looks, relative=True, cuped=True, sequential="group"))
     return cells
 
 

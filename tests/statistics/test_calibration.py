@@ -1,8 +1,8 @@
 """A/A and A/B calibration through decide() itself (stats/calibration.py): in every cell, false
 promotions and false rollbacks are each at most α plus two simulation standard errors.
 
-The default grid (10 cells × 200 experiments) covers every metric type, scale, CUPED and guardrail
-setting; the slow grid (69 cells × 500 experiments) is the one whose results the README tables."""
+The default grid (12 cells × 200 experiments) covers every metric type, scale, CUPED and guardrail
+setting; the slow grid (74 cells × 500 experiments) is the one whose results the README tables."""
 
 import pytest
 
