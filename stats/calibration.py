@@ -93,7 +93,8 @@ def _ratio_day(rng, sims: int, users: int, base: float, effect: float) -> np.nda
     rate = rng.beta(20 * p, 20 * (1 - p), (sims, users))
     m = rng.binomial(d.astype(np.int64), rate).astype(float)
     z = np.zeros(sims)
-    return np.stack([np.full(sims, float(users)), m.sum(1), (m * m).sum(1), d.sum(1), (d * d).sum(1),
+    # RatioStats field order: n, Σm, Σd, Σm², Σd², Σmd, ref_m, ref_d
+    return np.stack([np.full(sims, float(users)), m.sum(1), d.sum(1), (m * m).sum(1), (d * d).sum(1),
                      (m * d).sum(1), z, z])
 
 
@@ -118,6 +119,14 @@ def _policy(cell: Cell) -> DecisionPolicy:
                           max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential)
 
 
+def _cumulate(daily: np.ndarray) -> np.ndarray:
+    """Cumulative sums over days (axis 0) of (…, 8, sims) field arrays; the last two fields are the
+    references, fixed per metric, which are carried, not added."""
+    cum = np.cumsum(daily, axis=0)
+    cum[:, :, 6:] = daily[:1, :, 6:]
+    return cum
+
+
 def simulate(cell: Cell, sims: int, seed: int = 0) -> dict:
     """Run ``sims`` experiments of ``cell`` through decide(); rates of each final outcome."""
     rng = np.random.default_rng(seed)
@@ -127,8 +136,8 @@ def simulate(cell: Cell, sims: int, seed: int = 0) -> dict:
         arms = [daily_sums(rng, cell.metric, sims, cell.users, cell.base, e) for e in (0.0, cell.effect)]
         guard = [daily_sums(rng, "rate", sims, cell.users, 0.05, 0.0) for _ in (0, 1)] if cell.guardrails else None
         days.append((arms, guard))
-    cum = np.cumsum(np.stack([np.stack(a) for a, _ in days]), axis=0)            # (looks, 2, 8, sims)
-    gcum = np.cumsum(np.stack([np.stack(g) for _, g in days]), axis=0) if cell.guardrails else None
+    cum = _cumulate(np.stack([np.stack(a) for a, _ in days]))                  # (looks, 2, 8, sims)
+    gcum = _cumulate(np.stack([np.stack(g) for _, g in days])) if cell.guardrails else None
     policy = _policy(cell)
     outcome = np.zeros(sims, dtype="<U12")
     stop = np.full(sims, cell.looks)
@@ -173,7 +182,7 @@ def fast_grid() -> list[Cell]:
         Cell("rate", 0.05, 20, 28, relative=False, cuped=True),
         Cell("ratio", 0.1, 200, 14, relative=True),
         Cell("ratio", 0.01, 50, 7, relative=False, guardrails=True),
-        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.02),
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.04),
         Cell("rate", 0.1, 500, 14, relative=True, cuped=True, effect=+0.2),
         Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="group"),
         Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="group"),
@@ -213,6 +222,21 @@ def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The grid's results as a Markdown table (the README's calibration table)."""
+    head = ("| metric | base | users/arm/day | looks | scale | CUPED | guardrails | test | true effect "
+            "| false promotions | false rollbacks | bound (α + 2 s.e.) | pass |\n|" + "---|" * 13)
+    lines = [head]
+    for r in rows:
+        base = "–" if r["metric"] == "mean" else f"{r['base']:g}"
+        lines.append(
+            f"| {r['metric']} | {base} | {r['users']} | {r['looks']} | {'relative' if r['relative'] else 'absolute'} "
+            f"| {'on' if r['cuped'] and r['metric'] != 'ratio' else 'off'} | {'on' if r['guardrails'] else 'off'} "
+            f"| {r.get('sequential', 'msprt')} | {r['effect']:+g} "
+            f"| {r['false_promote']:.1%} | {r['false_rollback']:.1%} | {r['bound']:.1%} | {'yes' if r['ok'] else '**no**'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m cambrian.stats.calibration [--sims N] [--out FILE]`: the slow grid as JSON rows."""
     import argparse
@@ -223,12 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sims", type=int, default=500)
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--out", default="-")
+    ap.add_argument("--grid", choices=("slow", "fast"), default="slow")
     a = ap.parse_args(argv)
     if a.sims < 10:
         ap.error("--sims must be at least 10")
     t0 = time.perf_counter()
-    rows = run_grid(slow_grid(), a.sims, a.seed)
-    doc = {"command": f"python -m cambrian.stats.calibration --sims {a.sims}", "sims_per_cell": a.sims,
+    rows = run_grid(slow_grid() if a.grid == "slow" else fast_grid(), a.sims, a.seed)
+    doc = {"command": f"python -m cambrian.stats.calibration --grid {a.grid} --sims {a.sims} --seed {a.seed}",
+           "sims_per_cell": a.sims,
            "cells": len(rows), "all_ok": all(r["ok"] for r in rows), "seconds": time.perf_counter() - t0,
            "rows": rows}
     text = json.dumps(doc, indent=1)

@@ -19,10 +19,21 @@ def _check(rows):
 def test_fast_grid_is_calibrated():
     rows = run_grid(fast_grid(), sims=200, seed=1000)
     _check(rows)
-    # the grid is not vacuous: the beneficial A/B cell is promoted most of the time
+    # the grid is not vacuous: the A/B cells mostly reach the right decision
     assert max(r["promote"] for r in rows if r["effect"] > 0) > 0.5
+    assert max(r["rollback"] for r in rows if r["effect"] < 0) > 0.5
+
+
+@pytest.mark.parametrize("metric", ["mean", "rate", "ratio"])
+@pytest.mark.parametrize("sequential", ["msprt", "group"])
+def test_every_metric_type_reaches_decisions(metric, sequential):
+    """Power check of the simulator and decide() together: a clear lift is promoted."""
+    from cambrian.stats.calibration import Cell, simulate
+    r = simulate(Cell(metric, 0.2, 500, 7, effect=0.15, sequential=sequential), sims=40, seed=5)
+    assert r["promote"] > 0.8 and r["rollback"] == 0
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)   # ~35 min on one core
 def test_slow_grid_is_calibrated():
     _check(run_grid(slow_grid(), sims=500, seed=2000))
