@@ -11,7 +11,7 @@ sequential SRM): with a Dirichlet(k·w) prior around the designed weights w,
 is a nonnegative martingale under correct assignment, so by Ville's inequality P(BF ever ≥ 1/t) ≤ t
 over all looks, however many. The p-value 1/BF is anytime-valid; the χ² statistic is reported beside
 it for reading. The price is power: 50,600 vs 49,400 on 50/50 (χ² p = 1.5e-4) is not flagged
-(p = 0.005); 51,000 vs 49,000 is (p < 1e-6)."""
+(p = 0.02); 51,000 vs 49,000 is (p < 1e-7)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ import numpy as np
 from scipy.special import gammaln
 
 SRM_THRESHOLD = 0.001
-SRM_CONCENTRATION = 10_000.0   # k: the prior's weight around the design (GrowthBook's default)
+# k: the prior's weight around the design. Small k spreads the mixture to gross mismatches (a broken
+# assignment shows early: 750 vs 450 gives p = 2e-15); large k to subtle ones at large n (GrowthBook
+# uses 10,000, which misses 750 vs 450 entirely: p = 0.02). 100 flags both that and 51,000 vs 49,000.
+SRM_CONCENTRATION = 100.0
 
 
 @dataclass(frozen=True)
