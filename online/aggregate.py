@@ -16,8 +16,10 @@ first exposure; users with no pre-period history get X = 0):
 | returned_next_day | mean  | active on the day after first exposure (0/1) | units whose day f+1 closed   |
 | active_days       | mean  | active days in [f+1, f+A] (A = 7 by default) | units whose day f+A closed   |
 
-Ratio metrics export RatioStats sums (n, sum_m, sum_d, sum_m2, sum_d2, sum_md); mean metrics export
-SufficientStats sums (n, sum_y, sum_y2, sum_x, sum_x2, sum_xy).
+Ratio metrics export RatioStats sums (n, sum_m, sum_d, sum_m2, sum_d2, sum_md, ref_m, ref_d); mean metrics
+export SufficientStats sums (n, sum_y, sum_y2, sum_x, sum_x2, sum_xy, ref_y, ref_x). Second moments are
+taken about the references (cambrian.stats.sums), which are shared by every arm of a metric so that the
+arms' sums add up (pooled CUPED, PromQL sum()).
 """
 
 from __future__ import annotations
@@ -27,15 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cambrian.stats.sums import RatioStats, SufficientStats
+from cambrian.stats.sums import RatioStats, SufficientStats, reference
 
 USER_DAY_COLUMNS = ("active", "sessions", "impressions", "clicks", "minutes", "likes", "hates")
 
 MEAN_METRICS = ("watch_minutes", "sessions", "returned_next_day", "active_days")
 RATIO_METRICS = ("ctr", "hate_rate")
 DELAYED = {"returned_next_day", "active_days"}
-MEAN_STATS = ("n", "sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy")
-RATIO_STATS = ("n", "sum_m", "sum_d", "sum_m2", "sum_d2", "sum_md")
+MEAN_STATS = ("n", "sum_y", "sum_y2", "sum_x", "sum_x2", "sum_xy", "ref_y", "ref_x")
+RATIO_STATS = ("n", "sum_m", "sum_d", "sum_m2", "sum_d2", "sum_md", "ref_m", "ref_d")
 
 
 @dataclass(frozen=True)
@@ -104,14 +106,16 @@ def arm_statistics(exposures: pd.DataFrame, user_days: pd.DataFrame, closed_day:
     pre_len = float(have.max() - max(int(have.min()), pre_lo) + 1) if len(have) else 1.0
 
     def put(metric: str, mask: np.ndarray, y: np.ndarray, x: np.ndarray) -> None:
+        refs = dict(ref_y=reference(y[mask]), ref_x=reference(x[mask]))   # one per metric, all arms
         for arm in arms:
             sel = mask & (units["arm"].to_numpy() == arm)
-            out.setdefault(metric, {})[arm] = SufficientStats.from_arrays(y[sel], x[sel]).to_dict()
+            out.setdefault(metric, {})[arm] = SufficientStats.from_arrays(y[sel], x[sel], **refs).to_dict()
 
     def put_ratio(metric: str, mask: np.ndarray, m: np.ndarray, d: np.ndarray) -> None:
+        refs = dict(ref_m=reference(m[mask]), ref_d=reference(d[mask]))
         for arm in arms:
             sel = mask & (units["arm"].to_numpy() == arm)
-            out.setdefault(metric, {})[arm] = RatioStats.from_arrays(m[sel], d[sel]).to_dict()
+            out.setdefault(metric, {})[arm] = RatioStats.from_arrays(m[sel], d[sel], **refs).to_dict()
 
     everyone = np.ones(len(units), dtype=bool)
     put("watch_minutes", everyone, win["minutes"].to_numpy() / days, pre["minutes"].to_numpy() / pre_len)

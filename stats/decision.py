@@ -1,7 +1,8 @@
 """The launch decision for one Rollout look: promote | rollback | continue | inconclusive.
 
 Branches, in the order they are checked (each is a separate test in tests/statistics):
- 1. SRM (χ² of exposures against the designed weights, p < threshold) -> rollback, reason "SRM: ..."
+ 1. SRM (anytime-valid sequential test of exposures against the designed weights, p < threshold)
+    -> rollback, reason "SRM: ..."
     (the data are untrustworthy; nothing is ever promoted from them).
  2. A hard-limit breach (latency p99, error rate above a bound) -> rollback of that arm.
  3. Missing data (a metric or a hard-limit value absent for an arm) -> continue; never promote.
@@ -18,14 +19,15 @@ and passes it back at the next look.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
 from .estimators import Effect, analyse
+from .groupsequential import futile
 from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
 from .multiple import adjust, benjamini_hochberg
 from .sequential import (SequentialState, confidence_sequence, msprt_p_value, planned_information,
-                         rho_for_information, update)
+                         rho_for_information, update, update_group)
 from .srm import SRM_THRESHOLD, SRMResult, srm_check
 from .sums import InsufficientData, RatioStats, SufficientStats
 
@@ -60,6 +62,14 @@ class DecisionPolicy:
     hard_limits: tuple[HardLimit, ...] = ()
     secondary: tuple[Metric, ...] = ()
     srm_threshold: float = SRM_THRESHOLD
+    # "msprt": always valid at any look (the default); "group": Lan-DeMets α-spending at looks up to
+    # planned_users_per_arm, fewer users on average when the horizon is planned (bench/decision.py).
+    sequential: Literal["msprt", "group"] = "msprt"
+    spending: Literal["obrien-fleming", "pocock"] = "obrien-fleming"
+    # group only: stop an arm as inconclusive (no launch, traffic back to control) once its chance of
+    # winning by the planned users, were the planned effect true, is below this; None disables.
+    futility: float | None = 0.1
+    power: float = 0.8                 # the power the planned users were sized for (futility's drift)
 
     def __post_init__(self) -> None:
         if isinstance(self.north_star, str):
@@ -76,6 +86,14 @@ class DecisionPolicy:
             raise ValueError(f"DecisionPolicy.min_users_per_arm must be >= 0, got {self.min_users_per_arm!r}")
         if not self.max_days > 0:
             raise ValueError(f"DecisionPolicy.max_days must be > 0, got {self.max_days!r}")
+        if self.sequential not in ("msprt", "group"):
+            raise ValueError(f"DecisionPolicy.sequential must be msprt or group, got {self.sequential!r}")
+        if self.spending not in ("obrien-fleming", "pocock"):
+            raise ValueError(f"DecisionPolicy.spending must be obrien-fleming or pocock, got {self.spending!r}")
+        if self.futility is not None and not (0 < self.futility < 1):
+            raise ValueError(f"DecisionPolicy.futility must be in (0, 1) or None, got {self.futility!r}")
+        if not (0 < self.power < 1):
+            raise ValueError(f"DecisionPolicy.power must be in (0, 1), got {self.power!r}")
         if not (0 < self.srm_threshold < 1):
             raise ValueError(f"DecisionPolicy.srm_threshold must be in (0, 1), got {self.srm_threshold!r}")
         object.__setattr__(self, "guardrails", tuple(self.guardrails))
@@ -211,10 +229,25 @@ def _gauge_values(policy: DecisionPolicy, stats: Mapping[str, Mapping[str, Sums]
 
 
 def _interval(effect: Effect, alpha: float, planned_users: int) -> tuple[tuple[float, float], float]:
-    """Confidence sequence with ρ tuned to the information expected at the planned users per arm."""
+    """Confidence sequence on the test scale with ρ tuned to the information expected at the planned
+    users per arm, returned on the reported scale (a lift interval is exp(·) − 1 of the log interval)."""
     n_now = (effect.n_control + effect.n_treatment) / 2
-    rho = rho_for_information(planned_information(effect.variance, n_now, planned_users), alpha)
-    return confidence_sequence(effect.estimate, effect.variance, alpha, rho=rho), rho
+    rho = rho_for_information(planned_information(effect.test_variance, n_now, planned_users), alpha)
+    lo, hi = confidence_sequence(effect.test_estimate, effect.test_variance, alpha, rho=rho)
+    return (effect.to_reported(lo), effect.to_reported(hi)), rho
+
+
+def _test_key(arm: str, metric: Metric, effect: Effect) -> str:
+    """One running test per arm, metric and scale: a relative metric whose lift becomes undefined
+    (a mean not positive) is tested on the absolute scale under its own key, never mixed."""
+    return f"{arm}/{metric.name}" if effect.relative == metric.relative else f"{arm}/{metric.name}@absolute"
+
+
+def _guardrail_on_scale(g: Guardrail, effect: Effect) -> Guardrail:
+    """A relative margin on a guardrail whose lift is undefined becomes margin × |control mean|."""
+    if g.relative and not effect.relative:
+        return replace(g, margin=g.margin * abs(effect.control_mean), relative=False)
+    return g
 
 
 def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: DecisionState, srm: SRMResult | None,
@@ -232,6 +265,9 @@ def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: Decision
     outcomes = [arms[a].outcome for a in treatments]
     if all(o == "rollback" for o in outcomes):
         return Decision("rollback", "; ".join(arms[a].reason for a in treatments), arms, state, None, srm, secondary)
+    if all(o in ("rollback", "inconclusive") for o in outcomes):   # every arm stopped, some for futility
+        return Decision("inconclusive", "; ".join(f"{a}: {arms[a].reason}" for a in treatments), arms, state,
+                        None, srm, secondary)
     live = [a for a in treatments if arms[a].outcome != "rollback"]
     distinct = {arms[a].reason for a in live}
     reason = distinct.pop() if len(distinct) == 1 else "; ".join(f"{a}: {arms[a].reason}" for a in live)
@@ -311,11 +347,20 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             continue
         effects[a] = eff
         ci, rho = _interval(eff, policy.alpha, policy.planned_users_per_arm)
-        key = f"{a}/{ns.name}"
+        key = _test_key(a, ns, eff)
         prev = tests.get(key)
-        # τ: the policy's, else matched to the plan (τ² = 1/ρ) once, at the first look, then kept.
-        tau = policy.tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
-        tests[key] = update(prev, eff.estimate, eff.variance, tau)
+        # τ: the policy's (on the metric's own scale), else matched to the plan (τ² = 1/ρ) once, at
+        # the first look, then kept.
+        if policy.sequential == "group":
+            # Bonferroni across treatment arms: each arm's boundaries spend α / arms.
+            n_now = (eff.n_control + eff.n_treatment) / 2
+            tests[key] = update_group(prev, eff.test_estimate, eff.test_variance,
+                                      n_now / policy.planned_users_per_arm, policy.alpha / len(treatments),
+                                      policy.spending)
+        else:
+            own_tau = policy.tau if eff.relative == ns.relative else None
+            tau = own_tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
+            tests[key] = update(prev, eff.test_estimate, eff.test_variance, tau)
         arms[a] = ArmDecision(a, "continue", "", eff, tests[key].p_value, None, ci)
     new_state = DecisionState(tests)
 
@@ -340,7 +385,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                                                f"guardrail {g.metric} on {a}: pending (insufficient data: {e})"))
                 continue
             (lo, hi), _ = _interval(ge, policy.alpha, policy.planned_users_per_arm)
-            results.append(non_inferiority(a, g, ge.estimate, lo, hi))
+            results.append(non_inferiority(a, _guardrail_on_scale(g, ge), ge.estimate, lo, hi))
         results_t = tuple(results)
         p_adj = adjusted[a]
         base = dict(arm=a, effect=eff, p_value=d.p_value, p_adjusted=p_adj, ci=d.ci, guardrails=results_t)
@@ -348,12 +393,17 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
         if failed:
             arms[a] = ArmDecision(outcome="rollback", reason="; ".join(r.reason for r in failed), **base)
             continue
-        sig = p_adj < policy.alpha
-        st = tests[f"{a}/{ns.name}"]
-        now_dir = good * math.copysign(1, eff.estimate) if eff.estimate != 0 else 0
+        st = tests[_test_key(a, ns, eff)]
+        sig = st.crossed if policy.sequential == "group" else p_adj < policy.alpha
+        # Directions follow the sign of μ_T − μ_C (the test scale has the same sign by construction).
+        now_dir = good * eff.direction
         seen_dir = good * st.sign
-        desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if ns.relative else 'absolute'}), "
-                f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}")
+        desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if eff.relative else 'absolute'}), "
+                + (f"group-sequential ({policy.spending} spending) z={eff.test_estimate / math.sqrt(eff.test_variance):+.3g} "
+                   f"at information fraction {st.fractions[-1]:.2f}, boundary {'crossed' if st.crossed else 'not crossed'}"
+                   if policy.sequential == "group" else
+                   f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}")
+                + (f"; {eff.note}" if eff.note else ""))
         # 6. Significantly worse north star.
         if sig and seen_dir < 0 and now_dir < 0:
             arms[a] = ArmDecision(outcome="rollback", reason=f"north star significantly worse: {desc}", **base)
@@ -373,6 +423,15 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             why = f"significant at an earlier look but the direction has changed: {desc}"
         else:
             why = f"not significant yet: {desc}"
+            if policy.sequential == "group" and policy.futility is not None:
+                z = good * eff.test_estimate / math.sqrt(eff.test_variance)
+                fut, cp = futile(z, st.fractions, policy.alpha / len(treatments), policy.spending, policy.power,
+                                 policy.futility)
+                if fut:
+                    arms[a] = ArmDecision(outcome="inconclusive", reason=(
+                        f"futility: {cp:.1%} chance to win by the planned {policy.planned_users_per_arm} users per "
+                        f"arm even with the planned effect (< {policy.futility:.0%}): {desc}"), **base)
+                    continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).
         arms[a] = ArmDecision(outcome="inconclusive" if elapsed_days >= policy.max_days else "continue",
                               reason=why, **base)
@@ -395,7 +454,7 @@ def _secondary(policy: DecisionPolicy, stats, control: str, treatments: list[str
                 rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": str(err)})
                 continue
             (lo, hi), rho = _interval(e, policy.alpha, policy.planned_users_per_arm)
-            p = float(msprt_p_value(e.estimate, e.variance, 1 / math.sqrt(rho)))
+            p = float(msprt_p_value(e.test_estimate, e.test_variance, 1 / math.sqrt(rho)))
             rows.append({"arm": a, "metric": m.name, "estimate": e.estimate, "ci": [lo, hi], "p_value": p})
     for r, q in zip(rows, benjamini_hochberg([r["p_value"] for r in rows])):
         r["q_value"] = q

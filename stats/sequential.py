@@ -81,6 +81,8 @@ class SequentialState:
     last_estimate: float | None = None
     last_variance: float | None = None
     tau: float | None = None    # the mixing sd, fixed at the first look (the mixture must not drift)
+    fractions: tuple[float, ...] = ()   # group-sequential: information fraction of each look so far
+    crossed: bool = False               # group-sequential: a boundary was crossed (in direction `sign`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +91,15 @@ class SequentialState:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "SequentialState":
         if not d:
             return cls()
-        known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau"}
+        known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau", "fractions", "crossed"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"SequentialState: unknown field(s) {sorted(unknown)}")
+        d = dict(d)
+        try:
+            d["fractions"] = tuple(float(t) for t in d.get("fractions") or ())
+        except (TypeError, ValueError):
+            raise ValueError(f"SequentialState.fractions must be a list of numbers, got {d.get('fractions')!r}") from None
         s = cls(**d)
         if not (0.0 <= float(s.p_value) <= 1.0):
             raise ValueError(f"SequentialState.p_value must be in [0, 1], got {s.p_value!r}")
@@ -114,3 +121,31 @@ def update(state: SequentialState | None, estimate: float, variance: float, tau:
     else:
         p, sign = state.p_value, state.sign
     return SequentialState(state.looks + 1, p, sign, float(estimate), float(variance), float(tau))
+
+
+def update_group(state: SequentialState | None, estimate: float, variance: float, fraction: float,
+                 alpha: float, spending: str = "obrien-fleming") -> SequentialState:
+    """Fold one look into a group-sequential test: the look counts at information fraction
+    ``fraction`` (users so far / planned, capped at 1) when that has grown since the last look, and
+    the test is significant once |z| reaches the α-spending boundary. ``p_value`` is the nominal
+    two-sided p at the crossing look (1 before), for reading; significance is ``crossed``."""
+    from .groupsequential import boundaries
+
+    state = state or SequentialState()
+    if not (variance > 0 and math.isfinite(variance) and math.isfinite(estimate)):
+        raise ValueError(f"need a finite estimate and a positive variance, got {estimate!r}, {variance!r}")
+    fraction = min(1.0, float(fraction))
+    if not fraction > 0:
+        raise ValueError(f"information fraction must be > 0, got {fraction!r}")
+    fr = state.fractions
+    if not fr or round(fraction, 6) > round(fr[-1], 6):
+        fr = (*fr, round(fraction, 6))
+    if state.crossed:
+        return SequentialState(state.looks + 1, state.p_value, state.sign, float(estimate), float(variance),
+                               None, fr, True)
+    c = boundaries(fr, alpha, spending)[-1]
+    z = estimate / math.sqrt(variance)
+    if abs(z) >= c:
+        p = float(math.erfc(abs(z) / math.sqrt(2)))
+        return SequentialState(state.looks + 1, p, int(np.sign(z)), float(estimate), float(variance), None, fr, True)
+    return SequentialState(state.looks + 1, 1.0, 0, float(estimate), float(variance), None, fr, False)

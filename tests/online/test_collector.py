@@ -75,12 +75,15 @@ def test_sums_equal_direct_computation(tmp_path, closed):
         wm = stats["watch_minutes"][arm]
         assert wm["n"] == len(acc["wm"])
         assert wm["sum_y"] == pytest.approx(sum(y for y, _ in acc["wm"]))
-        assert wm["sum_y2"] == pytest.approx(sum(y * y for y, _ in acc["wm"]))
         assert wm["sum_x"] == pytest.approx(sum(x for _, x in acc["wm"]))
-        assert wm["sum_xy"] == pytest.approx(sum(x * y for y, x in acc["wm"]))
+        # second moments about the metric's reference, shared by every arm
+        ry, rx = wm["ref_y"], wm["ref_x"]
+        assert (ry, rx) == (stats["watch_minutes"]["control"]["ref_y"], stats["watch_minutes"]["control"]["ref_x"])
+        assert wm["sum_y2"] == pytest.approx(sum((y - ry) ** 2 for y, _ in acc["wm"]))
+        assert wm["sum_xy"] == pytest.approx(sum((x - rx) * (y - ry) for y, x in acc["wm"]))
         ctr = stats["ctr"][arm]
         assert ctr["sum_m"] == sum(m for m, _ in acc["ctr"]) and ctr["sum_d"] == sum(d for _, d in acc["ctr"])
-        assert ctr["sum_md"] == sum(m * d for m, d in acc["ctr"])
+        assert ctr["sum_md"] == pytest.approx(sum((m - ctr["ref_m"]) * (d - ctr["ref_d"]) for m, d in acc["ctr"]))
         assert stats["returned_next_day"][arm]["n"] == len(acc["ret"])
         assert stats["returned_next_day"][arm]["sum_y"] == sum(acc["ret"])
         assert stats["active_days"][arm]["n"] == len(acc["act"])
@@ -99,8 +102,8 @@ def test_delayed_metrics_wait_for_their_window(tmp_path):
     store.add_user_days([{"user_id": 1, "day": 6, "active": 1}], "b")
     store.close_day(6)  # f+1 closed: returned; active_days (window 2) still waits for day 7
     s = store.stats["exp"]
-    assert s["returned_next_day"]["control"] == {"n": 1, "sum_y": 1.0, "sum_y2": 1.0, "sum_x": 0.0,
-                                                 "sum_x2": 0.0, "sum_xy": 0.0}
+    assert s["returned_next_day"]["control"] == {"n": 1, "sum_y": 1.0, "sum_y2": 0.0, "sum_x": 0.0,
+                                                 "sum_x2": 0.0, "sum_xy": 0.0, "ref_y": 1.0, "ref_x": 0.0}
     assert s["active_days"]["control"]["n"] == 0
     store.close_day(7)
     assert store.stats["exp"]["active_days"]["control"]["sum_y"] == 1.0

@@ -43,7 +43,7 @@ def test_promote(arms):
 
 
 def test_srm_never_promotes(arms):
-    d = run(policy(), arms, exposures={"c": 50_600, "good": 49_400})
+    d = run(policy(), arms, exposures={"c": 51_000, "good": 49_000})
     assert d.outcome == "rollback" and d.reason.startswith("SRM") and d.winner is None
     assert d.srm.mismatch and d.arms["good"].outcome == "rollback"
     # without exported exposures the north star's n is used

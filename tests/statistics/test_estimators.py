@@ -104,9 +104,18 @@ def test_insufficient_data(c, t, why):
         compare(c, t, cuped=True)
 
 
-def test_relative_with_zero_control_mean_is_insufficient():
-    with pytest.raises(InsufficientData, match="control mean is 0"):
-        relative_lift(SufficientStats.from_arrays([-1.0, 1.0]), SufficientStats.from_arrays([1.0, 2.0]))
+def test_relative_needs_positive_means_else_absolute():
+    """Defect 1: with a negative control mean the lift μ_T/μ_C − 1 has the wrong sign; the effect
+    falls back to the absolute difference, whose sign is the truth."""
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0, 1, 400)
+    for mc, mt in ((-10.0, -5.0), (-10.0, -12.0), (0.0, 1.0)):
+        e = relative_lift(SufficientStats.from_arrays(mc + noise), SufficientStats.from_arrays(mt + noise[::-1]))
+        assert not e.relative and "undefined" in e.note
+        assert e.estimate == pytest.approx(mt - mc) and e.direction == np.sign(mt - mc)
+        assert np.sign(e.test_estimate) == np.sign(mt - mc)
+    pos = relative_lift(SufficientStats.from_arrays(10 + noise), SufficientStats.from_arrays(12 + noise))
+    assert pos.relative and pos.test_estimate == pytest.approx(np.log(pos.treatment_mean / pos.control_mean))
     with pytest.raises(InsufficientData, match="ΣD = 0"):
         compare_ratio(RatioStats.from_arrays([0, 0], [0, 0]), RatioStats.from_arrays([1, 2], [3, 4]))
 

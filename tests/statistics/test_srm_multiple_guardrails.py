@@ -11,9 +11,57 @@ from cambrian.stats import (Guardrail, HardLimit, adjust, benjamini_hochberg, bo
 
 
 def test_srm_reference_example():
+    # χ² (reported beside the test) agrees with scipy; the sequential p is larger: that is the
+    # price of being valid over every look, so this borderline split is not flagged ...
     r = srm_check({"control": 50_600, "treatment": 49_400}, {"control": 50, "treatment": 50})
-    assert r.p_value == pytest.approx(1.5e-4, rel=0.02) and r.statistic == pytest.approx(14.4)
-    assert r.mismatch and r.reason.startswith("SRM")
+    assert r.statistic == pytest.approx(sst.chisquare([50_600, 49_400]).statistic) == pytest.approx(14.4)
+    assert 1e-3 < r.p_value < 0.05 and not r.mismatch
+    # ... while a 51/49 split is, with a reason naming the counts.
+    r = srm_check({"control": 51_000, "treatment": 49_000}, {"control": 50, "treatment": 50})
+    assert r.mismatch and r.p_value < 1e-6 and r.reason.startswith("SRM: observed control=51000")
+    # a gross mismatch shows within the first thousand users
+    assert srm_check({"c": 750, "t": 450}, {"c": 1, "t": 1}).p_value < 1e-10
+
+
+def test_srm_bayes_factor_matches_dirichlet_multinomial_pmf():
+    """BF = DirMult(n | k·w) / Mult(n | w), the ratio of scipy's two probability mass functions."""
+    from cambrian.stats.srm import log_bayes_factor
+    counts, w, k = np.array([130, 95, 75]), np.array([0.4, 0.35, 0.25]), 50.0
+    expect = (sst.dirichlet_multinomial.logpmf(counts, k * w, counts.sum())
+              - sst.multinomial.logpmf(counts, counts.sum(), w))
+    assert log_bayes_factor(counts, w, k) == pytest.approx(expect, rel=1e-10)
+
+
+def _srm_false_alarm_rate(looks, users_per_look, sims, weights, seed):
+    """Share of correctly assigned experiments that decide()'s SRM test flags at any of the looks."""
+    from cambrian.stats.srm import SRM_CONCENTRATION, log_bayes_factor
+    rng = np.random.default_rng(seed)
+    w = np.asarray(weights, float)
+    counts = np.cumsum(rng.multinomial(users_per_look, w / w.sum(), size=(sims, looks)), axis=1)
+    flagged_bf = (log_bayes_factor(counts, w / w.sum(), SRM_CONCENTRATION) > math.log(1 / 0.001)).any(1)
+    flagged_chi2 = (sst.chisquare(counts, counts.sum(-1, keepdims=True) * w / w.sum(), axis=-1).pvalue
+                    < 0.001).any(1)
+    return flagged_bf.mean(), flagged_chi2.mean()
+
+
+def test_srm_over_14_looks_stays_below_nominal():
+    """Defect 3: at perfect 50/50 with 14 daily looks, χ² at every look flags ~0.7% of experiments
+    (7× the nominal 0.1%); the sequential test flags at most 0.1%."""
+    sims = 200_000
+    seq, chi2 = _srm_false_alarm_rate(14, 500, sims, [0.5, 0.5], seed=31)
+    se = math.sqrt(0.001 * 0.999 / sims)
+    assert seq <= 0.001 + 2 * se
+    assert chi2 > 0.004       # the old test's inflation, measured on the same draws
+    seq3, _ = _srm_false_alarm_rate(28, 2_000, 50_000, [0.8, 0.1, 0.1], seed=32)
+    assert seq3 <= 0.001 + 2 * math.sqrt(0.001 * 0.999 / 50_000)
+
+
+def test_srm_detects_a_real_mismatch_within_the_looks():
+    rng = np.random.default_rng(33)
+    from cambrian.stats.srm import log_bayes_factor
+    counts = np.cumsum(rng.multinomial(5_000, [0.52, 0.48], size=(2_000, 14)), axis=1)
+    flagged = (log_bayes_factor(counts, np.array([0.5, 0.5])) > math.log(1000)).any(1)
+    assert flagged.mean() > 0.95
 
 
 def test_srm_balanced_and_unequal_designs():

@@ -23,11 +23,35 @@ def test_moments_match_numpy():
 def test_merge_equals_concatenation():
     rng = np.random.default_rng(4)
     y1, x1, y2, x2 = rng.normal(size=(4, 300))
-    merged = SufficientStats.from_arrays(y1, x1).merge(SufficientStats.from_arrays(y2, x2))
-    whole = SufficientStats.from_arrays(np.r_[y1, y2], np.r_[x1, x2])
-    for k, v in whole.to_dict().items():
-        assert getattr(merged, k) == pytest.approx(v)
+    merged = SufficientStats.from_arrays(y1, x1).merge(SufficientStats.from_arrays(y2 + 3, x2))
+    whole = SufficientStats.from_arrays(np.r_[y1, y2 + 3], np.r_[x1, x2])
+    assert merged.n == whole.n and merged.ref_y == SufficientStats.from_arrays(y1, x1).ref_y
+    for k in ("sum_y", "sum_x", "mean_y", "var_y", "var_x", "cov_xy"):
+        assert getattr(merged, k) == pytest.approx(getattr(whole, k))
+    # With shared references the sums themselves add (what PromQL's sum() does across series).
+    shared = dict(ref_y=1.5, ref_x=0.0)
+    added = SufficientStats.from_arrays(y1, x1, **shared) + SufficientStats.from_arrays(y2 + 3, x2, **shared)
+    for k, v in SufficientStats.from_arrays(np.r_[y1, y2 + 3], np.r_[x1, x2], **shared).to_dict().items():
+        assert getattr(added, k) == pytest.approx(v)
     assert (SufficientStats() + whole) == whole
+
+
+def test_moments_stable_when_spread_is_tiny_next_to_the_mean():
+    """Defect 4: raw Σy² − (Σy)²/n cancels to 0 at mean 1e6, sd 1, n 1e6; shifted sums keep it."""
+    rng = np.random.default_rng(12)
+    y = 1e6 + rng.standard_normal(1_000_000)
+    x = 1e6 + 0.5 * (y - 1e6) + rng.standard_normal(y.size)
+    s = SufficientStats.from_arrays(y, x)
+    assert s.var_y == pytest.approx(y.var(ddof=1), rel=1e-6)
+    assert s.cov_xy == pytest.approx(np.cov(x, y)[0, 1], rel=1e-6)
+    halves = SufficientStats.from_arrays(y[:500_000], x[:500_000]) + SufficientStats.from_arrays(y[500_000:], x[500_000:])
+    assert halves.var_y == pytest.approx(y.var(ddof=1), rel=1e-6)
+    d = rng.poisson(1e6, 200_000).astype(float)
+    r = RatioStats.from_arrays(d + rng.standard_normal(d.size), d)
+    assert r.var_d == pytest.approx(d.var(ddof=1), rel=1e-6)
+    # The old contract (references 0) is what a raw-sum exporter sends: it reads the same way.
+    raw = SufficientStats(n=3, sum_y=6.0, sum_y2=14.0)
+    assert raw.var_y == pytest.approx(1.0) and raw.rebased(2.0, 0.0).sum_y2 == pytest.approx(2.0)
 
 
 def test_no_covariate_means_zero_x():
