@@ -78,9 +78,10 @@ def arm_ratio(arm: str = "", metric: str | None = '"$metric"') -> str:
 
 
 def arm_variance(arm: str = "") -> str:
-    """Sample variance of the per-user metric: (Σy² − (Σy)²/n) / (n − 1)."""
-    n, sy, sy2 = (arm_stat(s, arm=arm) for s in ("n", "sum_y", "sum_y2"))
-    return f"(({sy2} - {sy} ^ 2 / {n}) / clamp_min({n} - 1, 1))"
+    """Sample variance of the per-user metric from moments about the metric's reference ref_y
+    (docs/CONTRACTS.md): (sum_y2 − (sum_y − n·ref_y)²/n) / (n − 1), free of cancellation."""
+    n, sy, sy2, ref = (arm_stat(s, arm=arm) for s in ("n", "sum_y", "sum_y2", "ref_y"))
+    return f"(({sy2} - ({sy} - {n} * {ref}) ^ 2 / {n}) / clamp_min({n} - 1, 1))"
 
 
 TREAT, CONTROL = 'arm!="$control"', 'arm="$control"'
