@@ -151,7 +151,8 @@ def runtime_paths() -> list[Path]:
     import cambrian.trainer
 
     paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent.parent}
-    paths |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
+    # installed packages only: not the working directory or a source checkout that happens to be on sys.path
+    paths |= {Path(p) for p in sys.path if p and Path(p).is_dir() and ({"site-packages", "dist-packages"} & set(Path(p).parts))}
     paths |= {Path(p) for p in [*cambrian.__path__, *cambrian.trainer.__path__]}
     keep = sorted({p.resolve() for p in paths if p.resolve() != Path("/")} | {p for p in paths if p != Path("/")})
     usr = Path("/usr")
@@ -228,7 +229,7 @@ def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
         os.close(w)
         fds = (r,)
         full = bwrap_command(input_dir, scratch_dir, argv, env, r, gpu)
-        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        run_env = {"PATH": "/usr/bin:/bin"}  # bwrap's own environment: its PID 1 shows it in /proc/1/environ
     else:
         full, run_env = argv, env
     started = time.monotonic()

@@ -201,7 +201,7 @@ class _Contained:
             from cambrian.trainer.contained import STAGES
 
             stage = err.get("stage") if err.get("stage") in STAGES else "training"
-            reason = _one_line(str(err.get("reason") or res.log_tail or "no reason given"))
+            reason = _one_line(str(err.get("reason") or _last_line(res.log_tail)))
             if rc == 3 and stage in ("static", "forward_backward"):
                 raise GateError(stage, reason)
             raise StageFailure(stage, reason)
@@ -211,15 +211,21 @@ class _Contained:
 
             name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
             stage = {"SIGXCPU": "cpu", "SIGXFSZ": "file_size"}.get(name, "killed")
-            raise StageFailure(stage, f"the {self.name} process was killed by {name}: {_one_line(res.log_tail[-300:])}")
+            raise StageFailure(stage, f"the {self.name} process was killed by {name}: {_last_line(res.log_tail)}")
         low = res.log_tail.lower()
         if "memoryerror" in low or "cannot allocate memory" in low:
             raise StageFailure("memory", f"the {self.name} process ran out of memory (limit {self.limits.memory_mb} MiB)")
-        raise StageFailure("crash", f"the {self.name} process failed (exit {rc}): {_one_line(res.log_tail[-300:])}")
+        raise StageFailure("crash", f"the {self.name} process failed (exit {rc}): {_last_line(res.log_tail)}")
 
 
 def _one_line(text: str, n: int = 500) -> str:
     return " ".join(text.split())[:n]
+
+
+def _last_line(log: str) -> str:
+    """The last line of a log (an exception's message, not its traceback)."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return _one_line(lines[-1], 300) if lines else "no output"
 
 
 def _work_folder():

@@ -1,0 +1,27 @@
+"""Hang classes: a busy loop, a sleep, a memory bomb, a fork bomb. Each ends within its limit, the whole tree
+killed, with the stage named."""
+
+import pytest
+
+from attacks import arch, plugin, run_attack
+
+CASES = [
+    ("busy-loop", plugin(init="while True:\n    pass"), ("timeout", "cpu")),
+    ("sleep", plugin(init="imp('time').sleep(3600)"), ("timeout",)),
+    ("memory-bomb", plugin(init="hog = []\nwhile True:\n    hog.append(torch.ones(64 * 1024 * 1024))"),
+     ("memory", "forward_backward")),
+    ("fork-bomb", plugin(init="""
+while True:
+    OS.fork()"""), ("forward_backward",)),
+]
+
+
+@pytest.mark.parametrize("cid,code,stages", CASES, ids=[c[0] for c in CASES])
+def test_hanging_candidates_end_within_the_limit(path, tiny_world, tmp_path, cid, code, stages):
+    import time
+
+    started = time.monotonic()
+    v = run_attack(path, tiny_world, tmp_path, arch(code), wall_seconds=25,
+                   config={"training": {"epochs": 1, "device": "cpu", "cpu_threads": 1}})
+    assert not v.ok and v.stage in stages, (v.stage, v.reason)
+    assert time.monotonic() - started < 120

@@ -1,0 +1,38 @@
+"""Label theft: the held-out labels read from the trainer's heap, stack or files, then used to fake the
+verdict. The contained process never holds them: it gets the training rows only, and the held-out
+predictions are made by another process from the exported program."""
+
+from attacks import arch, plugin, reported, run_attack
+
+ATTACK = plugin(init="""
+gc = imp("gc")
+np = imp("numpy")
+sizes = []
+for obj in gc.get_objects():
+    if isinstance(obj, np.ndarray) and obj.ndim == 1 and obj.size > 0:
+        sizes.append(obj.size)
+files = []
+for dirpath, dirnames, filenames in OS.walk("/input"):
+    files.extend(filenames)
+for dirpath, dirnames, filenames in OS.walk("/scratch"):
+    files.extend(filenames)
+modules = sorted(m for m in SYS.modules if m.startswith("cambrian"))
+raise RuntimeError("REDTEAM sizes=" + ",".join(str(s) for s in sorted(set(sizes))) + " files=" + ",".join(sorted(files))
+                   + " loaded=" + ",".join(modules))
+""")
+
+
+def test_heldout_rows_are_not_in_the_candidates_process(path, tiny_world, tmp_path):
+    import pandas as pd
+
+    imp = pd.read_parquet(tiny_world / "impressions.parquet")
+    days = sorted(imp["day"].unique())
+    n_val = int((imp["day"] == days[-1]).sum())
+    n_train = len(imp) - n_val
+    report = reported(run_attack(path, tiny_world, tmp_path, arch(ATTACK)))
+    sizes = {int(s) for s in report.split("sizes=")[1].split(" ")[0].split(",") if s}
+    assert n_train in sizes, (n_train, sorted(sizes)[-5:])  # it does see its own training rows
+    assert n_val not in sizes, "an array of the held-out size is in the candidate's process"
+    files = report.split("files=")[1].split(" ")[0].split(",")
+    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
+    assert "cambrian.trainer.metrics" not in report  # the scorer's code is not even loaded here

@@ -1,0 +1,42 @@
+"""Processes left behind: a candidate that tries to detach a child (fork, a new session) or keeps a thread
+busy. Seccomp refuses new processes; and when the run ends the PID namespace goes, with everything in it."""
+
+import time
+
+import psutil
+
+from attacks import arch, plugin, run_attack
+
+MARK = "cambrian-redteam-orphan-417"
+
+
+def test_candidate_leaves_no_process_behind(path, tiny_world, tmp_path):
+    code = plugin(init=f"""
+thr = imp("threading")
+def spin():
+    while True:
+        pass
+thr.Thread(target=spin, daemon=False).start()
+try:
+    if OS.fork() == 0:
+        OS.setsid()
+        OS.execv("/usr/bin/sleep", ["/usr/bin/sleep", "600", "{MARK}"])
+except Exception as e:
+    pass
+try:
+    imp("subprocess").Popen(["/usr/bin/sleep", "600", "{MARK}"], start_new_session=True)
+except Exception as e:
+    pass
+""")
+    before = {p.pid for p in psutil.process_iter()}
+    run_attack(path, tiny_world, tmp_path, arch(code), wall_seconds=60)
+    time.sleep(1)
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline", "name"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if MARK in cmd or (p.info["pid"] not in before and ("bwrap" in cmd or "cambrian.trainer.contained" in cmd)):
+            left.append(cmd)
+    assert not left, left
