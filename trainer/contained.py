@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 import traceback
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cambrian.errors import CambrianError, GateError
+from cambrian.trainer.sandbox import apply_limits
 
 # Stages the parent accepts from error.json; anything else reads as `training`.
 STAGES = ("static", "forward_backward", "training", "export")
@@ -46,27 +46,6 @@ def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
         if isinstance(exc, SystemExit):
             what = f"the candidate code called exit ({exc.code!r}) during {stage}"
         raise _Stop(stage, what, gate) from None
-
-
-def apply_limits(as_mb: int, cpu_s: int, fsize_mb: int, nproc: int, nofile: int = 1024) -> None:
-    """Hard limits, set before any candidate code runs; without CAP_SYS_RESOURCE they cannot be raised."""
-    def lower(kind: int, value: int) -> None:
-        soft, hard = resource.getrlimit(kind)
-        new = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(kind, (new, new))
-
-    if as_mb:
-        lower(resource.RLIMIT_AS, as_mb << 20)
-    if cpu_s:
-        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        cap = cpu_s if hard == resource.RLIM_INFINITY else min(cpu_s, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (max(1, cap - 1), cap))  # SIGXCPU first, SIGKILL a second later
-    if fsize_mb:
-        lower(resource.RLIMIT_FSIZE, fsize_mb << 20)
-    if nproc:
-        lower(resource.RLIMIT_NPROC, nproc)
-    lower(resource.RLIMIT_NOFILE, nofile)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def read_input(input_dir: Path):
@@ -143,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--as-mb", "--cpu-s", "--fsize-mb", "--nproc"):
         parser.add_argument(flag, type=int, default=0)
     args = parser.parse_args(argv)
-    apply_limits(args.as_mb, args.cpu_s, args.fsize_mb, args.nproc)
+    apply_limits(args.as_mb, args.cpu_s, args.fsize_mb, args.nproc, nofile=1024)
     started = time.perf_counter()
     try:
         result = COMMANDS[args.command](args.input, args.scratch)

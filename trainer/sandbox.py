@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -139,6 +140,30 @@ def seccomp_program() -> bytes:
             return f.read()
     finally:
         lib.seccomp_release(ctx)
+
+
+# ---- resource limits ------------------------------------------------------------------------------------
+
+def apply_limits(as_mb: int = 0, cpu_s: int = 0, fsize_mb: int = 0, nproc: int = 0, nofile: int = 0) -> None:
+    """Hard limits, set before any candidate code runs; without CAP_SYS_RESOURCE they cannot be raised."""
+    def lower(kind: int, value: int) -> None:
+        soft, hard = resource.getrlimit(kind)
+        new = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (new, new))
+
+    if as_mb:
+        lower(resource.RLIMIT_AS, as_mb << 20)
+    if cpu_s:
+        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        cap = cpu_s if hard == resource.RLIM_INFINITY else min(cpu_s, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (max(1, cap - 1), cap))  # SIGXCPU first, SIGKILL a second later
+    if fsize_mb:
+        lower(resource.RLIMIT_FSIZE, fsize_mb << 20)
+    if nproc:
+        lower(resource.RLIMIT_NPROC, nproc)
+    if nofile:
+        lower(resource.RLIMIT_NOFILE, nofile)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 # ---- the file system the contained process sees --------------------------------------------------------

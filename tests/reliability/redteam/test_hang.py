@@ -12,7 +12,7 @@ CASES = [
      ("memory", "forward_backward")),
     ("fork-bomb", plugin(init="""
 while True:
-    OS.fork()"""), ("forward_backward",)),
+    OS.posix_spawn("/usr/bin/sleep", ["/usr/bin/sleep", "60"], {})"""), ("forward_backward",)),
 ]
 
 

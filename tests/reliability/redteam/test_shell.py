@@ -13,12 +13,16 @@ try:
 except Exception as e:
     seen.append("subprocess=" + str(type(e)) + str(e))
 try:
-    pid = OS.fork()
+    seen.append("spawn=" + str(OS.posix_spawn("/bin/sh", ["/bin/sh", "-c", "echo pwned > {marker}"], {{}})))
+except Exception as e:
+    seen.append("spawn=" + str(type(e)) + str(e))
+try:
+    pid, fd = OS.forkpty()
     if pid == 0:
         OS.execv("/bin/sh", ["/bin/sh", "-c", "echo pwned > {marker}"])
-    seen.append("fork=" + str(pid))
+    seen.append("forkpty=" + str(pid))
 except Exception as e:
-    seen.append("fork=" + str(type(e)) + str(e))
+    seen.append("forkpty=" + str(type(e)) + str(e))
 raise RuntimeError("REDTEAM " + " ".join(seen))
 """)
 
@@ -26,5 +30,6 @@ raise RuntimeError("REDTEAM " + " ".join(seen))
 def test_candidate_cannot_start_a_shell(path, tiny_world, tmp_path):
     marker = tmp_path / "pwned"
     report = reported(run_attack(path, tiny_world, tmp_path / "run", arch(attack(str(marker)))))
-    assert "Operation not permitted" in report and "fork=<class 'PermissionError'>" in report, report
+    assert "Operation not permitted" in report and "forkpty=<class 'PermissionError'>" in report, report
+    assert "spawn=<class" in report, report
     assert not marker.exists()
