@@ -65,12 +65,13 @@ def train(
     scores them. Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed
     (stage export, timeout, cpu, memory, crash, or sandbox when it cannot be built).
     """
-    from cambrian.trainer.train import SandboxLimits, train as run_training
-
     out.mkdir(parents=True, exist_ok=True)
     try:
+        cfg = _resolve(config, delta)  # bad files fail before torch is even imported
+        from cambrian.trainer.train import SandboxLimits, train as run_training
+
         limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
-        metrics = run_training(_resolve(config, delta), data, out, _sandbox(sandbox), limits)
+        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """Label theft: the held-out labels read from the trainer's heap, stack or files, then used to fake the
 verdict. The contained process never holds them: it gets the training rows only, and the held-out
-predictions are made by another process from the exported program."""
+predictions are made by another process from the exported program (patching the scorer's code inside the
+sandbox changes nothing: test_scorer_patch.py)."""
 
 from attacks import arch, plugin, reported, run_attack
 
@@ -19,9 +20,7 @@ for dirpath, dirnames, filenames in OS.walk("/input"):
     files.extend(filenames)
 for dirpath, dirnames, filenames in OS.walk("/scratch"):
     files.extend(filenames)
-modules = sorted(m for m in SYS.modules if m.startswith("cambrian"))
-raise RuntimeError("REDTEAM sizes=" + ",".join(str(s) for s in sorted(set(sizes))) + " files=" + ",".join(sorted(files))
-                   + " loaded=" + ",".join(modules))
+raise RuntimeError("REDTEAM sizes=" + ",".join(str(s) for s in sorted(set(sizes))) + " files=" + ",".join(sorted(files)))
 """)
 
 
@@ -38,4 +37,3 @@ def test_heldout_rows_are_not_in_the_candidates_process(path, tiny_world, tmp_pa
     assert n_val not in sizes, "an array of the held-out size is in the candidate's process"
     files = report.split("files=")[1].split(" ")[0].split(",")
     assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
-    assert "cambrian.trainer.metrics" not in report  # the scorer's code is not even loaded here
