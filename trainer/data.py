@@ -194,7 +194,9 @@ def _sql_problem(tree: dict) -> str | None:
 def check_reward_sql(expr: str, what: str) -> None:
     """Gate stage reward_sql, on DuckDB's own parse of the expression (never on its text)."""
     hint = f"available columns: {', '.join(IMPRESSION_COLUMNS)}"
-    if not isinstance(expr, str) or not expr.strip():
+    if not isinstance(expr, str):
+        raise GateError("reward_sql", f"reward {what} must be a SQL expression (text), not {type(expr).__name__}")
+    if not expr.strip():
         raise GateError("reward_sql", f"reward {what} is empty")
     if len(expr) > MAX_SQL_CHARS:
         raise GateError("reward_sql", f"reward {what} is {len(expr)} characters; the limit is {MAX_SQL_CHARS}")
