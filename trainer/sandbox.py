@@ -4,7 +4,8 @@ Every process that runs plugin code is started by `run_contained` inside `bwrap`
 - its own user, mount, PID, network, IPC, UTS and cgroup namespaces (`--unshare-all`): it sees no host
   process, reaches no host socket (its network is an empty loopback), and is `nobody` inside;
 - a file system of only the Python runtime (read-only), the training input (read-only) and a private
-  writable scratch folder; a fresh /proc of its own PID namespace, a minimal /dev, a tmpfs /tmp;
+  writable scratch folder; a fresh /proc of its own PID namespace, a minimal read-only /dev, size-bounded
+  tmpfs /tmp and /dev/shm; no further user namespaces (--disable-userns);
 - an environment of only HOME, PATH, LANG and the thread settings (`--clearenv`);
 - a seccomp filter (libseccomp, exported to BPF) that refuses new processes (threads only), sockets
   other than AF_UNIX, ptrace and other processes' memory, namespaces and mounts, io_uring, BPF, keys,
@@ -40,6 +41,8 @@ NOBODY = 65534
 # Where the sandbox sees its two folders.
 INPUT = "/input"
 SCRATCH = "/scratch"
+TMP_BYTES = 512 << 20
+SHM_BYTES = 64 << 20
 
 
 class StageFailure(TrainingError):
@@ -192,7 +195,7 @@ def runtime_paths() -> list[Path]:
 
 def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], seccomp_fd: int,
                   gpu: bool = False) -> list[str]:
-    cmd = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--clearenv",
+    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
            "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox",
            "--ro-bind", "/usr", "/usr"]
     for link in ("lib", "lib64", "bin", "sbin"):
@@ -205,11 +208,13 @@ def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
         cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     for p in runtime_paths():
         cmd += ["--ro-bind", str(p), str(p)]
-    cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH,
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", SCRATCH]
+    cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH, "--proc", "/proc", "--dev", "/dev"]
     if gpu:  # the GPU's device nodes only; the driver's libraries are under /usr
         for dev in sorted(Path("/dev").glob("nvidia*")):
             cmd += ["--dev-bind", str(dev), str(dev)]
+    # memory-backed folders are bounded (their pages count against no process) and /dev is read-only
+    cmd += ["--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", SCRATCH]
     for k, v in sorted(env.items()):
         cmd += ["--setenv", k, v]
     cmd += ["--seccomp", str(seccomp_fd), "--", *argv]
