@@ -32,16 +32,13 @@ try:
 except Exception as e:
     pass
 """)
-    before = {p.pid for p in psutil.process_iter()}
     v = run_attack(path, tiny_world, tmp_path, arch(code), wall_seconds=60)
     assert v.stage not in ("static", "parse"), v.reason  # the attack ran
     time.sleep(1)
     left = []
-    for p in psutil.process_iter(["pid", "cmdline", "name"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-        except psutil.Error:
-            continue
-        if MARK in cmd or (p.info["pid"] not in before and ("bwrap" in cmd or "cambrian.trainer.contained" in cmd)):
+    for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        # an orphan: the marked process, or a sandbox process whose parent is gone (re-parented to init)
+        if MARK in cmd or (p.info["ppid"] == 1 and ("bwrap" in cmd or "cambrian.trainer.contained" in cmd)):
             left.append(cmd)
     assert not left, left
