@@ -156,10 +156,10 @@ def apply_limits(as_mb: int = 0, cpu_s: int = 0, fsize_mb: int = 0, nproc: int =
 
     if as_mb:
         lower(resource.RLIMIT_AS, as_mb << 20)
-    if cpu_s:
-        soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        cap = cpu_s if hard == resource.RLIM_INFINITY else min(cpu_s, hard)
-        resource.setrlimit(resource.RLIMIT_CPU, (max(1, cap - 1), cap))  # SIGXCPU first, SIGKILL a second later
+    if cpu_s:  # SIGXCPU at the limit (reported as stage cpu), SIGKILL a second later
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        new_hard = cpu_s + 1 if hard == resource.RLIM_INFINITY else min(cpu_s + 1, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (max(1, min(cpu_s, new_hard - 1)), new_hard))
     if fsize_mb:
         lower(resource.RLIMIT_FSIZE, fsize_mb << 20)
     if nproc:

@@ -184,8 +184,12 @@ def test_loop_survives_garbage_metrics_and_never_calls_them_better(tmp_path, tin
 def test_loop_worker_refuses_plugin_code_where_the_sandbox_cannot_be_built(tmp_path, tiny_world, monkeypatch):
     """No bubblewrap on the PATH: a candidate with code ends Failed(stage sandbox) with the reason; it never
     runs uncontained, and the worker itself carries on."""
+    import shutil
+
     bindir = tmp_path / "bin"
     bindir.mkdir()
+    if shutil.which("unshare"):  # the worker's own network isolation stays available; only bwrap is missing
+        (bindir / "unshare").symlink_to(shutil.which("unshare"))
     monkeypatch.setenv("PATH", str(bindir))
     delta = parse_delta({"component": "optimizer",
                          "code": "def build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"})
