@@ -5,6 +5,8 @@ import pytest
 
 from attacks import arch, plugin, run_attack
 
+pytestmark = pytest.mark.slow  # each waits for a limit to fire (25-150 s)
+
 # (id, code, accepted stages, wall-time limit): the bombs get time to reach their own limit first
 CASES = [
     ("busy-loop", plugin(init="while True:\n    pass"), ("timeout", "cpu"), 25),
