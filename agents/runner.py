@@ -1,6 +1,9 @@
 """Run one candidate training in a resource-limited subprocess (local mode of `compute_loss`/`compute_eval`).
 
-Generated code never runs in the agent's process. Each candidate is `cambrian train` in a child with
+Generated code never runs in the agent's process, nor in the `cambrian train` process this starts: that
+process contains it with bubblewrap and seccomp (trainer/sandbox.py), hands it only the training rows, and
+scores the exported model itself (trainer/train.py); where the sandbox cannot be built, a candidate with
+code fails with stage `sandbox`. Around it, each candidate is `cambrian train` in a child with
 - address-space, CPU-time, file-size and core limits (setrlimit, via sandbox_exec),
 - a wall-clock timeout and a resident-memory watchdog over its whole process tree (kill -9 of its group),
 - an environment stripped of credentials (API keys, cloud and Kubernetes settings), HOME in a temp dir,

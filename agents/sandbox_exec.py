@@ -3,7 +3,8 @@
     python -m cambrian.agents.sandbox_exec --as-mb 4096 --cpu-s 600 -- cambrian train ...
 
 A separate launcher (rather than subprocess's preexec_fn) because preexec_fn is unsafe in a process
-that runs several candidates from threads.
+that runs several candidates from threads. The limits are the sandbox's own (trainer/sandbox.py
+apply_limits): they bound the trusted `cambrian train` process and, inherited, its contained children.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
-import resource
 import signal
 import sys
+
+from cambrian.trainer.sandbox import apply_limits
 
 PR_SET_PDEATHSIG = 1
 
@@ -38,16 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         parser.error("no command given")
-    if args.as_mb:
-        limit = args.as_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    if args.cpu_s:
-        # soft limit sends SIGXCPU, the hard one a second later SIGKILL
-        resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_s, args.cpu_s + 1))
-    if args.fsize_mb:
-        limit = args.fsize_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    apply_limits(as_mb=args.as_mb, cpu_s=args.cpu_s, fsize_mb=args.fsize_mb)
     die_with_parent()
     sys.stdout.flush()
     os.execvp(cmd[0], cmd)

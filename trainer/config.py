@@ -76,13 +76,13 @@ class RewardConfig(_Strict):
 class TrainingConfig(_Strict):
     epochs: int = Field(4, ge=1, le=200)
     batch_size: int = Field(1024, ge=8, le=262144)
-    seed: int = 0
-    max_train_examples: int | None = Field(500_000, ge=100, description="train on the most recent N impressions")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="torch and numpy seeds take 32 bits")
+    max_train_examples: int | None = Field(500_000, ge=100, le=10**10, description="train on the most recent N impressions")
     grad_clip: float | None = Field(None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int = Field(1, ge=0, le=256, description="torch intra-op threads on CPU; 0 = torch's default. "
                              "One thread is fastest for small rankers and lets candidates train side by side")
-    validation_days: int = Field(1, ge=1, description="the last N logged days are held out (temporal split)")
+    validation_days: int = Field(1, ge=1, le=3650, description="the last N logged days are held out (temporal split)")
 
 
 class ModelConfig(_Strict):
@@ -117,18 +117,77 @@ def load_config(path: str | Path | None) -> ModelConfig:
     return parse_config(read_structured_file(path), str(path))
 
 
+# A config or delta is a few KB; these bounds keep a hostile one from hanging or exhausting the reader
+# (10 KB of nested brackets, or a 1 KB alias "billion laughs" that expands to gigabytes when walked).
+MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 64
+MAX_NODES = 100_000
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses deep nesting and many aliases while composing (before any expansion)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+        self._aliases = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise ConfigError(f"more than {MAX_ALIASES} YAML aliases")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(data: Any, limit: int) -> int:
+    """Nodes in the data as a tree (shared aliases counted every time they appear), stopping past limit."""
+    count, todo = 0, [data]
+    while todo and count <= limit:
+        item = todo.pop()
+        count += 1
+        if isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            todo.extend(item)
+    return count
+
+
+def parse_structured_text(text: str, source: str) -> Any:
+    """YAML (a superset of JSON) with size, depth, alias and expansion limits; ConfigError on anything else."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise ConfigError(f"{source}: larger than {MAX_FILE_BYTES >> 10} KiB")
+    try:
+        data = yaml.load(text, Loader=_LimitedLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: not accepted: {exc}") from None
+    except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML/JSON: {first}") from None
+    if _expanded_size(data, MAX_NODES) > MAX_NODES:
+        raise ConfigError(f"{source}: not accepted: expands to more than {MAX_NODES:,} values (YAML aliases?)")
+    return data
+
+
 def read_structured_file(path: str | Path) -> Any:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: no such file", hint="check the path")
     try:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_FILE_BYTES >> 10} KiB")
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as exc:  # unreadable or not text (binary garbage)
         raise ConfigError(f"{p}: not a readable UTF-8 text file: {exc}") from None
-    try:
-        return yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML/JSON: {exc}") from None
+    return parse_structured_text(text, str(p))
 
 
 def _format_errors(exc: ValidationError) -> str:

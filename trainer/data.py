@@ -8,8 +8,8 @@ out, so the offline proxies say something about the future, as the online test w
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import duckdb
@@ -26,14 +26,15 @@ IMPRESSION_COLUMNS = (
 )
 DENSE_FEATURES = ("log_length", "thumb_intensity")
 
-# A reward is an expression, not a statement: these would let it read files or change the session.
-_FORBIDDEN_SQL = re.compile(
-    r";|--|/\*|\b(select|from|attach|detach|copy|install|load|pragma|create|insert|update|delete|drop|alter|"
-    r"export|import|call|set|reset|checkpoint|vacuum|read_\w+|glob|getenv|current_setting|sniff_csv)\b",
-    re.IGNORECASE,
-)
-
-
+MAX_SQL_CHARS = 2000
+# A reward is an expression over one impression's columns: scalar functions only, minus those that read the
+# session, its settings or files, or that are not a function of the row.
+_DENIED_FUNCTIONS = {"current_setting", "getvariable", "nextval", "currval", "setseed", "error", "random", "uuid",
+                     "gen_random_uuid", "uuidv4", "uuidv7", "now", "today", "get_current_time", "get_current_timestamp",
+                     "transaction_timestamp", "version", "getenv", "query", "query_table", "glob", "sniff_csv"}
+_DENIED_PREFIXES = ("read_", "current_", "pg_", "has_", "duckdb_", "icu_", "system", "txid")
+_EXPRESSION_CLASSES = {"CONSTANT", "COLUMN_REF", "FUNCTION", "OPERATOR", "CAST", "CASE", "COMPARISON",
+                       "CONJUNCTION", "BETWEEN", "TYPE"}
 @dataclass(frozen=True)
 class FeatureSpec:
     """What a model may see: sizes of the id spaces and the dense feature names."""
@@ -82,11 +83,17 @@ class Split:
 
 
 @dataclass
-class Dataset:
+class TrainingSet:
+    """What the contained training process gets: no held-out rows at all."""
+
     spec: FeatureSpec
     catalogue: Catalogue
     train: Split
-    val: Split
+
+
+@dataclass
+class Dataset(TrainingSet):
+    val: Split  # held out: stays with the scorer
 
 
 def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -132,39 +139,113 @@ def joined_impressions(impressions: pd.DataFrame, user_days: pd.DataFrame, items
     return df
 
 
+@lru_cache(maxsize=1)
+def _scalar_functions() -> frozenset[str]:
+    con = duckdb.connect(config={"enable_external_access": False})
+    try:
+        rows = con.execute("SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+                           "WHERE function_type IN ('scalar', 'macro')").fetchall()
+    finally:
+        con.close()
+    return frozenset(name for (name,) in rows
+                     if name not in _DENIED_FUNCTIONS and not name.startswith(_DENIED_PREFIXES))
+
+
+def _sql_problem(tree: dict) -> str | None:
+    """Walk DuckDB's parse tree of `SELECT <expr>`: one select item, no FROM or clauses, and every node an
+    expression over the impression columns (no subqueries, windows, aggregates, table functions, lambdas)."""
+    statements = tree.get("statements") or []
+    if len(statements) != 1:
+        return "it must be exactly one expression"
+    node = statements[0].get("node") or {}
+    if node.get("type") != "SELECT_NODE" or len(node.get("select_list") or []) != 1:
+        return "it must be exactly one expression"
+    clauses = [k for k in ("where_clause", "having", "qualify", "sample") if node.get(k)]
+    if (node.get("from_table") or {}).get("type", "EMPTY") != "EMPTY" or clauses or node.get("modifiers") \
+            or (node.get("group_expressions") or []) or (node.get("cte_map") or {}).get("map"):
+        return "it must be an expression, not a query (no FROM, WHERE, GROUP BY, ORDER BY, WITH)"
+    allowed_functions = _scalar_functions()
+    todo: list = [node["select_list"][0]]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, list):
+            todo.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        cls = item.get("class")
+        if cls is not None:
+            if cls not in _EXPRESSION_CLASSES:
+                return f"{cls.lower().replace('_', ' ')} expressions are not allowed (no subqueries, windows or lambdas)"
+            if cls == "COLUMN_REF":
+                names = [str(n).lower() for n in item.get("column_names") or []]
+                if not names or names[-1] not in IMPRESSION_COLUMNS or names[:-1] not in ([], ["impressions"]):
+                    return f"unknown column {'.'.join(names)!r}"
+            if cls == "FUNCTION":
+                name = str(item.get("function_name", "")).lower()
+                if item.get("schema") not in ("", None, "main", "pg_catalog") or name not in allowed_functions:
+                    return f"function {name!r} is not allowed (scalar functions of the row only)"
+                if item.get("filter") or (item.get("order_bys") or {}).get("orders") or item.get("distinct"):
+                    return f"aggregate syntax in {name!r} is not allowed"
+        todo.extend(v for k, v in item.items() if isinstance(v, (dict, list)))
+    return None
+
+
 def check_reward_sql(expr: str, what: str) -> None:
-    if not expr or not expr.strip():
+    """Gate stage reward_sql, on DuckDB's own parse of the expression (never on its text)."""
+    hint = f"available columns: {', '.join(IMPRESSION_COLUMNS)}"
+    if not isinstance(expr, str):
+        raise GateError("reward_sql", f"reward {what} must be a SQL expression (text), not {type(expr).__name__}")
+    if not expr.strip():
         raise GateError("reward_sql", f"reward {what} is empty")
-    bad = _FORBIDDEN_SQL.search(expr)
-    if bad:
-        raise GateError(
-            "reward_sql",
-            f"reward {what} must be a single SQL expression over the impression columns; {bad.group(0)!r} is not allowed",
-            hint=f"available columns: {', '.join(IMPRESSION_COLUMNS)}",
-        )
+    if len(expr) > MAX_SQL_CHARS:
+        raise GateError("reward_sql", f"reward {what} is {len(expr)} characters; the limit is {MAX_SQL_CHARS}")
+    con = duckdb.connect(config={"enable_external_access": False})
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", ["SELECT " + expr]).fetchone()[0])
+    except (duckdb.Error, ValueError, TypeError) as exc:
+        raise GateError("reward_sql", f"reward {what} could not be parsed: {str(exc).splitlines()[0]}", hint=hint) from None
+    finally:
+        con.close()
+    if tree.get("error"):
+        raise GateError("reward_sql", f"reward {what} does not parse: {tree.get('error_message', 'syntax error')}",
+                        hint=hint)
+    problem = _sql_problem(tree)
+    if problem:
+        raise GateError("reward_sql", f"reward {what} must be one SQL expression over the impression columns: {problem}",
+                        hint=hint)
+
+
+def _values(out: dict, name: str, n: int, what: str) -> np.ndarray:
+    col = out[name]
+    if np.ma.isMaskedArray(col) and col.mask.any():
+        raise GateError("reward_sql", f"reward {what} is NULL for {int(np.ma.getmaskarray(col).sum())} impressions",
+                        hint="give every impression a value (COALESCE, or an ELSE branch)")
+    values = np.asarray(np.ma.getdata(col), dtype=np.float64)
+    if len(values) != n:
+        raise GateError("reward_sql", "reward SQL must yield exactly one value per impression")
+    return values
 
 
 def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate the reward's label and weight expressions with DuckDB; validate them (gate stage reward_sql)."""
     check_reward_sql(reward.label, "label")
     check_reward_sql(reward.weight, "weight")
-    # No file or network access from the SQL: the logs are handed over in memory.
+    # No file or network access from the SQL: the logs are handed over in memory, and each expression is
+    # bound as an expression object of a projection, never pasted into a statement's text.
     con = duckdb.connect(config={"enable_external_access": False})
     try:
-        con.register("impressions", df[list(IMPRESSION_COLUMNS)])
-        out = con.execute(
-            f"SELECT CAST(({reward.label}) AS DOUBLE) AS label, CAST(({reward.weight}) AS DOUBLE) AS weight "
-            "FROM impressions"
-        ).fetchnumpy()
+        rel = con.from_df(df[list(IMPRESSION_COLUMNS)])
+        double = duckdb.sqltypes.DOUBLE if hasattr(duckdb, "sqltypes") else duckdb.typing.DOUBLE
+        out = rel.select(duckdb.SQLExpression(reward.label).cast(double).alias("label"),
+                         duckdb.SQLExpression(reward.weight).cast(double).alias("weight")).fetchnumpy()
     except duckdb.Error as exc:
         raise GateError("reward_sql", f"reward SQL failed: {str(exc).splitlines()[0]}",
                         hint=f"available columns: {', '.join(IMPRESSION_COLUMNS)}") from None
     finally:
         con.close()
-    label = np.asarray(out["label"], dtype=np.float64)
-    weight = np.asarray(out["weight"], dtype=np.float64)
-    if len(label) != len(df):
-        raise GateError("reward_sql", "reward SQL must yield exactly one label per impression")
+    label = _values(out, "label", len(df), "label")
+    weight = _values(out, "weight", len(df), "weight")
     if not np.isfinite(label).all():
         raise GateError("reward_sql", f"reward label is not finite for {int((~np.isfinite(label)).sum())} impressions")
     if not np.isfinite(weight).all() or (weight < 0).any():

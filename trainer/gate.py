@@ -2,7 +2,9 @@
 
 Stages, in order: parse (config and code parse), static (AST checks on plugin code, known names),
 reward_sql (labels and weights finite and in range), forward_backward (a tiny forward and backward
-pass and one optimizer step on real shapes). Each failure raises GateError naming its stage.
+pass and one optimizer step on real shapes, then a forward pass in eval mode). Each failure raises GateError
+naming its stage. The forward_backward stage runs candidate code, so it runs inside the sandbox
+(trainer/contained.py); the others run in the trusted process.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from cambrian.errors import GateError
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Dataset, Split
+from cambrian.trainer.data import Split, TrainingSet
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.plugins import check_code
 
@@ -39,7 +41,7 @@ def weighted_loss(kind: str, logits: torch.Tensor, label: torch.Tensor, weight: 
     return (weight * (logits - label) ** 2).sum() / weight.sum().clamp_min(1e-12)
 
 
-def forward_backward(config: ModelConfig, data: Dataset, device: torch.device) -> None:
+def forward_backward(config: ModelConfig, data: TrainingSet, device: torch.device) -> None:
     """Stage forward_backward: the candidate model and optimizer work on real shapes."""
     torch.manual_seed(config.training.seed)
     try:
@@ -53,7 +55,12 @@ def forward_backward(config: ModelConfig, data: Dataset, device: torch.device) -
         raise GateError("forward_backward", "the model has no trainable parameters")
     if n_params > MAX_PARAMETERS:
         raise GateError("forward_backward", f"the model has {n_params:,} parameters; the limit is {MAX_PARAMETERS:,}")
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    try:
+        optimizer = build_optimizer(model.parameters(), config.optimizer)
+    except GateError:
+        raise
+    except Exception as exc:
+        raise GateError("forward_backward", f"building the optimizer failed: {type(exc).__name__}: {exc}") from None
     rows = np.arange(min(GATE_ROWS, len(data.train)))
     batch = batch_tensors(data.train, rows, device)
     label = torch.from_numpy(data.train.label[rows]).to(device)
@@ -71,6 +78,12 @@ def forward_backward(config: ModelConfig, data: Dataset, device: torch.device) -
         if not any(p.grad is not None for p in model.parameters()):
             raise GateError("forward_backward", "no parameter received a gradient")
         optimizer.step()
+        # eval mode too: dropout/batch-norm branches that only run there fail here, not after training
+        model.eval()
+        with torch.no_grad():
+            logits = model(batch)
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(rows),):
+            raise GateError("forward_backward", "in eval mode, forward must return one logit per row")
     except GateError:
         raise
     except Exception as exc:

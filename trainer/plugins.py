@@ -18,7 +18,8 @@ The names `torch`, `nn`, `F` and `math` are pre-imported. Code may import only t
 nn / nn.functional / optim sub-modules), math, typing, dataclasses, functools, itertools and
 collections; it may not call eval/exec/open/getattr-style builtins, touch dunder or private
 attributes, or use torch's file, hub, JIT-compilation or native-extension entry points. These checks
-are a first line; candidates also run in a resource-limited subprocess or a locked-down Job.
+are a fast first filter for honest mistakes, not the boundary: plugin code runs only inside the bubblewrap
+sandbox (trainer/sandbox.py), which sees the training rows alone, or in the cluster's locked-down Job.
 """
 
 from __future__ import annotations

@@ -1,24 +1,52 @@
-"""Train one configuration Φ on a data directory: gate, train with torch, score, write the bundle."""
+"""Train one configuration Φ: gate, train in the sandbox, score apart, write the bundle.
+
+Three processes, so that a candidate cannot forge its verdict:
+1. this one (trusted) runs the static checks and the reward SQL, and splits the data: the training rows go to
+   a read-only input folder, the held-out rows and their labels stay here;
+2. the contained trainer (trainer/contained.py in trainer/sandbox.py's bubblewrap sandbox) runs the
+   candidate's code on the training rows only and exports the model as a torch.export program;
+3. the contained predictor, a fresh sandbox that runs no candidate Python, loads that program (loading it may
+   unpickle data the candidate wrote, hence the sandbox) and predicts the held-out rows from their features.
+This process then computes every metric from those predictions and the labels only it holds.
+"""
 
 from __future__ import annotations
 
 import json
-import time
+import math
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from cambrian.errors import GateError, TrainingError
-from cambrian.trainer.bundle import save_bundle
+from cambrian.trainer.bundle import ARG_NAMES, write_bundle
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Dataset, Split, load_dataset
-from cambrian.trainer.gate import batch_tensors, forward_backward, static_checks, weighted_loss
+from cambrian.trainer.data import Dataset, Split, TrainingSet, load_dataset
+from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics
 from cambrian.trainer.models import build_model, build_optimizer
+from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
 
 SCHEMA_VERSION = 1
 EVAL_BATCH = 65536
+Containment = Literal["auto", "bwrap", "none"]
+
+
+@dataclass
+class SandboxLimits:
+    """Limits of each contained process (`cambrian train --wall-seconds/--memory-mb`)."""
+
+    wall_seconds: float = 3600.0
+    memory_mb: int = 16384  # address space, CPU runs only (CUDA maps far more address space than it uses)
+    file_size_mb: int = 2048
+    processes: int = 512  # threads count too
 
 
 def pick_device(requested: str) -> torch.device:
@@ -29,28 +57,24 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def run_gate(config: ModelConfig, data_dir: str | Path) -> tuple[Dataset, torch.device]:
-    """All gate stages; loading the dataset evaluates the reward SQL (stage reward_sql)."""
-    static_checks(config)
-    data = load_dataset(data_dir, config)
-    device = pick_device(config.training.device)
-    if device.type == "cpu" and config.training.cpu_threads:
-        torch.set_num_threads(config.training.cpu_threads)
-    forward_backward(config, data, device)
-    return data, device
-
+# ---- inside the sandbox: training (called by trainer/contained.py) --------------------------------------
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, split: Split, device: torch.device) -> np.ndarray:
-    model.eval()
+def predict(model, split: Split, device: torch.device, exported: bool = False) -> np.ndarray:
+    """Scores of a dict-batch model (in eval mode) or of an exported program (positional tensors)."""
+    if not exported:
+        model.eval()
     out = []
     for start in range(0, len(split), EVAL_BATCH):
-        index = np.arange(start, min(start + EVAL_BATCH, len(split)))
-        out.append(model(batch_tensors(split, index, device)).float().cpu().numpy())
+        batch = batch_tensors(split, np.arange(start, min(start + EVAL_BATCH, len(split))), device)
+        scores = model(*(batch[k] for k in ARG_NAMES)) if exported else model(batch)
+        out.append(scores.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def fit(config: ModelConfig, data: Dataset, device: torch.device) -> tuple[torch.nn.Module, float]:
+def fit(config: ModelConfig, data: TrainingSet, device: torch.device) -> tuple[torch.nn.Module, float]:
+    import time
+
     torch.manual_seed(config.training.seed)
     model = build_model(data.spec, config.architecture).to(device)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
@@ -75,44 +99,213 @@ def fit(config: ModelConfig, data: Dataset, device: torch.device) -> tuple[torch
             loss.backward()
             if config.training.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except Exception as exc:  # noqa: BLE001 - the candidate's optimizer
+                raise TrainingError(f"the optimizer's step failed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from None
     if device.type == "cuda":
         torch.cuda.synchronize()
     return model, time.perf_counter() - started
 
 
-def evaluate(config: ModelConfig, model: torch.nn.Module, data: Dataset, device: torch.device) -> dict:
-    scores = predict(model, data.val, device)
+# ---- outside: the scorer --------------------------------------------------------------------------------
+
+def evaluate(config: ModelConfig, scores: np.ndarray, val: Split) -> dict:
+    """Every proxy metric, from held-out predictions and the held-out labels and signals."""
+    if scores.shape != (len(val),):
+        raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")
     if not np.isfinite(scores).all():
         raise TrainingError("the trained model produces non-finite scores on the validation days")
-    val_loss = weighted_loss(config.reward.loss, torch.from_numpy(scores), torch.from_numpy(data.val.label),
-                             torch.from_numpy(data.val.weight)).item()
-    return {"val_loss": float(val_loss), **proxy_metrics(scores, data.val.signals, config.reward.long_watch_seconds)}
+    val_loss = weighted_loss(config.reward.loss, torch.from_numpy(scores), torch.from_numpy(val.label),
+                             torch.from_numpy(val.weight)).item()
+    return {"val_loss": float(val_loss), **proxy_metrics(scores, val.signals, config.reward.long_watch_seconds)}
 
 
-def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path) -> dict:
-    """Gate, train, evaluate; write metrics.json and bundle/ under out_dir. Returns the metrics."""
+def has_code(config: ModelConfig) -> bool:
+    return bool(config.optimizer.code or config.architecture.code)
+
+
+def contain_decision(config: ModelConfig, sandbox: Containment) -> bool:
+    """Whether to use bubblewrap. `none` is for an outer boundary that already contains the run (the cluster's
+    training pod); `auto` contains whenever it can, and refuses to run plugin code when it cannot."""
+    if sandbox == "none":
+        return False
+    problem = bwrap_problem()
+    if problem and (sandbox == "bwrap" or has_code(config)):
+        raise SandboxUnavailable(problem, hint="candidate code is never run uncontained; install bubblewrap "
+                                               "(scripts/setup.sh) or enable unprivileged user namespaces")
+    return problem is None
+
+
+def _write_split(path: Path, split: Split, with_labels: bool) -> None:
+    arrays = {f"f_{k}": v for k, v in split.features.items()}
+    if with_labels:
+        arrays |= {"label": split.label, "weight": split.weight}
+    np.savez(path, **arrays)
+
+
+def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(config.model_dump_json())
+    (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
+    c = data.catalogue
+    np.savez(folder / "catalogue.npz", item_topic=c.item_topic, item_dense=c.item_dense,
+             user_home_topic=c.user_home_topic)
+    _write_split(folder / "train.npz", data.train, with_labels=True)
+
+
+class _Contained:
+    """One contained step: its own input and scratch folders under a private work folder."""
+
+    def __init__(self, work: Path, name: str, contain: bool, limits: SandboxLimits, gpu: bool):
+        self.input, self.scratch = work / f"{name}-in", work / f"{name}-out"
+        self.scratch.mkdir(parents=True)
+        self.log = work / f"{name}.log"
+        self.contain, self.limits, self.gpu, self.name = contain, limits, gpu, name
+
+    def run(self, command: str, cpu_only: bool) -> dict:
+        lim = self.limits
+        where = (INPUT, SCRATCH) if self.contain else (str(self.input), str(self.scratch))
+        cpu_s = int(lim.wall_seconds * max(1, os.cpu_count() or 1)) + 60
+        argv = [sys.executable, "-m", "cambrian.trainer.contained", command, *where, "--cpu-s", str(cpu_s),
+                "--fsize-mb", str(lim.file_size_mb), "--nproc", str(lim.processes)]
+        if cpu_only and lim.memory_mb:
+            argv += ["--as-mb", str(lim.memory_mb)]
+        env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+               "PYTHONNOUSERSITE": "1"}
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
+            if var in os.environ:
+                env[var] = os.environ[var]
+        res = run_contained(self.input, self.scratch, argv, env, lim.wall_seconds, self.log,
+                            gpu=self.gpu and not cpu_only, contain=self.contain)
+        return self._verdict(res)
+
+    def _verdict(self, res) -> dict:
+        """The contained process's outcome, read as untrusted: only known stages, short one-line reasons."""
+        if res.timed_out:
+            raise StageFailure("timeout", f"the {self.name} process was killed after the wall-time limit of "
+                                          f"{self.limits.wall_seconds:g}s")
+        rc = res.returncode
+        if rc == 0:
+            try:
+                result = json.loads((self.scratch / "result.json").read_text())
+                return result if isinstance(result, dict) else {}
+            except (OSError, ValueError):
+                raise StageFailure("training", f"the {self.name} process ended early (exit 0) without a result; "
+                                               "did the candidate code exit?") from None
+        if rc in (3, 4):
+            try:
+                err = json.loads((self.scratch / "error.json").read_text())
+            except (OSError, ValueError):
+                err = {}
+            from cambrian.trainer.contained import STAGES
+
+            stage = err.get("stage") if err.get("stage") in STAGES else "training"
+            reason = _one_line(str(err.get("reason") or _last_line(res.log_tail)))
+            if rc == 3 and stage in ("static", "forward_backward"):
+                raise GateError(stage, reason)
+            raise StageFailure(stage, reason)
+        signum = rc - 128 if rc > 128 else -rc if rc < 0 else 0
+        if signum:
+            import signal
+
+            name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+            stage = {"SIGXCPU": "cpu", "SIGXFSZ": "file_size"}.get(name, "killed")
+            raise StageFailure(stage, f"the {self.name} process was killed by {name}: {_last_line(res.log_tail)}")
+        low = res.log_tail.lower()
+        if "memoryerror" in low or "cannot allocate memory" in low:
+            raise StageFailure("memory", f"the {self.name} process ran out of memory (limit {self.limits.memory_mb} MiB)")
+        raise StageFailure("crash", f"the {self.name} process failed (exit {rc}): {_last_line(res.log_tail)}")
+
+
+def _one_line(text: str, n: int = 500) -> str:
+    return " ".join(text.split())[:n]
+
+
+def _last_line(log: str) -> str:
+    """The last line of a log (an exception's message, not its traceback)."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    return _one_line(lines[-1], 300) if lines else "no output"
+
+
+def _work_folder():
+    return tempfile.TemporaryDirectory(prefix="cambrian-train-")
+
+
+def run_gate(config: ModelConfig, data_dir: str | Path, sandbox: Containment = "auto",
+             limits: SandboxLimits | None = None) -> Dataset:
+    """All gate stages: static checks and the reward SQL here, the forward/backward step contained."""
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    contain = contain_decision(config, sandbox)
+    with _work_folder() as tmp:
+        step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), _wants_gpu(config))
+        write_training_input(step.input, config, data)
+        step.run("gate", cpu_only=not _wants_gpu(config))
+    return data
+
+
+def _wants_gpu(config: ModelConfig) -> bool:
+    return config.training.device != "cpu" and torch.cuda.is_available()
+
+
+def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbox: Containment = "auto",
+          limits: SandboxLimits | None = None) -> dict:
+    """Gate, train (contained), predict (contained), score; write metrics.json and bundle/ under out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data, device = run_gate(config, data_dir)
-    try:
-        model, seconds = fit(config, data, device)
-    except (GateError, TrainingError):
-        raise
-    except RuntimeError as exc:  # e.g. shape errors that only show on later batches, out of memory
-        raise TrainingError(f"training failed: {exc}") from None
-    metrics = {
-        "schema_version": SCHEMA_VERSION,
-        "config_fingerprint": config.fingerprint(),
-        **evaluate(config, model, data, device),
-        "train_seconds": round(seconds, 4),
-        "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "epochs": config.training.epochs,
-        "reward_loss": config.reward.loss,
-        "device": device.type,
-    }
-    save_bundle(out / "bundle", model, config, data.spec, data.catalogue, metrics)
+    limits = limits or SandboxLimits()
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    contain = contain_decision(config, sandbox)
+    gpu = _wants_gpu(config)
+    with _work_folder() as tmp:
+        work = Path(tmp)
+        trainer = _Contained(work, "training", contain, limits, gpu)
+        write_training_input(trainer.input, config, data)
+        result = trainer.run("train", cpu_only=not gpu)
+        program = trainer.scratch / "model.pt2"
+        if not program.is_file():
+            raise StageFailure("export", "training ended without an exported model")
+
+        predictor = _Contained(work, "scoring", contain, limits, gpu=False)
+        predictor.input.mkdir()
+        shutil.copyfile(program, predictor.input / "model.pt2")
+        _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)  # features only
+        predictor.run("predict", cpu_only=True)
+        scores = read_predictions(predictor.scratch / "predictions.npy")
+        seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
+        metrics = {
+            "schema_version": SCHEMA_VERSION,
+            "config_fingerprint": config.fingerprint(),
+            **evaluate(config, scores, data.val),
+            "train_seconds": round(seconds, 4),
+            "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
+            "n_train": len(data.train),
+            "n_val": len(data.val),
+            "epochs": config.training.epochs,
+            "reward_loss": config.reward.loss,
+            "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
+            "sandbox": "bwrap" if contain else "none",
+        }
+        write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def read_predictions(path: Path) -> np.ndarray:
+    """The predictor's output: a plain float array (no pickles), or the exported model failed to load or run."""
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise StageFailure("export", f"no usable predictions from the exported model: {exc}") from None
+    if scores.dtype.kind != "f" or scores.ndim != 1:
+        raise StageFailure("export", f"the exported model's predictions are {scores.dtype}{list(scores.shape)}")
+    return scores.astype(np.float32)
+
+
+def _seconds(train_seconds, wall_seconds) -> float:
+    """The contained process reports its own fit time: informational only, so bounded by its wall time."""
+    wall = wall_seconds if isinstance(wall_seconds, (int, float)) and math.isfinite(wall_seconds) else 0.0
+    fit_s = train_seconds if isinstance(train_seconds, (int, float)) and math.isfinite(train_seconds) else wall
+    return float(min(max(fit_s, 0.0), max(wall, 0.0)) or wall)

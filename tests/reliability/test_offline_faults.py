@@ -177,3 +177,24 @@ def test_loop_survives_garbage_metrics_and_never_calls_them_better(tmp_path, tin
     trained = [h for h in cands if h.phase != "Rejected"]
     assert trained and all(h.phase == "Failed" and "metrics.json" in (h.failure.reason if h.failure else "")
                            for h in trained), [(h.id, h.phase, h.reason) for h in trained]
+
+
+# ---- the real trainer's sandbox in the loop's worker ----------------------------------------------------
+
+def test_loop_worker_refuses_plugin_code_where_the_sandbox_cannot_be_built(tmp_path, tiny_world, monkeypatch):
+    """No bubblewrap on the PATH: a candidate with code ends Failed(stage sandbox) with the reason; it never
+    runs uncontained, and the worker itself carries on."""
+    import shutil
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if shutil.which("unshare"):  # the worker's own network isolation stays available; only bwrap is missing
+        (bindir / "unshare").symlink_to(shutil.which("unshare"))
+    monkeypatch.setenv("PATH", str(bindir))
+    delta = parse_delta({"component": "optimizer",
+                         "code": "def build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"})
+    cfg = ModelConfig.model_validate({"training": {"epochs": 1, "device": "cpu"}})
+    out = run_candidate(cfg, delta, tiny_world, tmp_path / "c", RunLimits(wall_seconds=120))
+    assert not out.ok and out.failure.stage == "sandbox", out.failure
+    assert "bubblewrap" in out.failure.reason and out.failure.exit_code == 4
+    assert not (out.out_dir / "metrics.json").exists()

@@ -62,7 +62,7 @@ def _gate(config, world_dir, delta):
 
 
 def test_plugin_architecture_passes_the_gate(world_dir, quick_config):
-    data, _ = _gate(quick_config, world_dir, Delta(component="architecture", code=GOOD_ARCH))
+    data = _gate(quick_config, world_dir, Delta(component="architecture", code=GOOD_ARCH))
     assert len(data.train) > 0 and len(data.val) > 0
 
 
@@ -75,9 +75,17 @@ def test_plugin_architecture_passes_the_gate(world_dir, quick_config):
                                            "        super().__init__()\n    def forward(self, batch):\n"
                                            "        return batch['dense'].sum(-1)"),
      "forward_backward", "no trainable parameters"),
-    (Delta(component="reward", patch={"label": "no_such_column"}), "reward_sql", "reward SQL failed"),
-    (Delta(component="reward", patch={"label": "click; DROP TABLE impressions"}), "reward_sql", "not allowed"),
-    (Delta(component="reward", patch={"label": "(SELECT 1 FROM read_parquet('/etc/x'))"}), "reward_sql", "not allowed"),
+    (Delta(component="reward", patch={"label": "no_such_column"}), "reward_sql", "unknown column 'no_such_column'"),
+    (Delta(component="reward", patch={"label": "click; DROP TABLE impressions"}), "reward_sql", "does not parse"),
+    (Delta(component="reward", patch={"label": "(SELECT 1 FROM read_parquet('/etc/x'))"}), "reward_sql", "subquery"),
+    (Delta(component="reward", patch={"label": "CASE WHEN click = 1 THEN 1.0 END"}), "reward_sql", "NULL for"),
+    (Delta(component="reward", patch={"label": "CAST(click AS DOUBLE)) AS DOUBLE), (1.0"}), "reward_sql", "does not parse"),
+    (Delta(component="architecture", code="class Model(nn.Module):\n    def __init__(self, spec, cfg):\n"
+                                           "        super().__init__()\n        self.l = nn.Linear(2, 1)\n"
+                                           "    def forward(self, batch):\n        if not self.training:\n"
+                                           "            raise ValueError('eval only')\n"
+                                           "        return self.l(batch['dense']).squeeze(-1)"),
+     "forward_backward", "eval only"),
     (Delta(component="reward", patch={"label": "watch_seconds"}), "reward_sql", "labels in \\[0, 1\\]"),
     (Delta(component="reward", patch={"label": "0.5"}), "reward_sql", "constant"),
     (Delta(component="reward", patch={"label": "click / 0.0"}), "reward_sql", "not finite"),

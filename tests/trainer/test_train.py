@@ -12,7 +12,7 @@ from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
 from cambrian.trainer.models import build_model
-from cambrian.trainer.train import evaluate, train
+from cambrian.trainer.train import evaluate, predict, train
 
 PLUGIN_OPTIMIZER = """
 def build_optimizer(params, cfg):
@@ -23,7 +23,8 @@ def build_optimizer(params, cfg):
 def test_training_beats_the_untrained_model(world_dir, quick_config, tmp_path):
     data = load_dataset(world_dir, quick_config)
     torch.manual_seed(quick_config.training.seed)
-    untrained = evaluate(quick_config, build_model(data.spec, quick_config.architecture), data, torch.device("cpu"))
+    model = build_model(data.spec, quick_config.architecture)
+    untrained = evaluate(quick_config, predict(model, data.val, torch.device("cpu")), data.val)
     metrics = train(quick_config, world_dir, tmp_path)
     assert metrics["val_loss"] < untrained["val_loss"] - 0.01
     assert metrics["auc"] > 0.6 > untrained["auc"] - 0.05

@@ -1,0 +1,101 @@
+"""The red-team corpus: attacks an LLM-written candidate could try, each run the two ways a candidate runs
+locally — `cambrian train` (the CLI, as a user or the cluster Job runs it) and the offline loop's worker
+(`agents/runner.py::run_candidate`, what `cambrian evolve` uses) — asserting that the attack's effect did not
+happen and that the verdict came from the scorer.
+
+Every attack is plugin code that passes the static gate (it reaches the OS through modules torch re-exports),
+so what stops it is the sandbox, not the source check. Attacks that must run to the end report what they saw
+by raising `RuntimeError("REDTEAM ...")`: the failure's reason then proves the code ran, contained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+from cambrian.agents.runner import RunLimits, run_candidate
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.delta import parse_delta
+
+PATHS = ("train", "loop")
+CANARY_ENV = {"REDTEAM_API_KEY": "sk-REDTEAM-canary-5be1", "OPENAI_API_KEY": "sk-REDTEAM-openai-canary"}
+BASE = {"training": {"epochs": 1, "device": "cpu", "cpu_threads": 1, "batch_size": 256}}
+
+MODEL = """
+OS = torch.os
+SYS = torch.sys
+def imp(name):
+    return SYS.modules["importlib"].import_module(name)
+
+class Model(nn.Module):
+    def __init__(self, spec, cfg):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+{init}
+    def forward(self, batch):
+{forward}
+        return self.lin(batch["dense"]).squeeze(-1)
+"""
+
+
+def plugin(init: str = "", forward: str = "") -> str:
+    """Architecture plugin code with the attack in __init__ (runs in the gate) or forward (runs every batch)."""
+    ind = lambda s: textwrap.indent(textwrap.dedent(s).strip("\n"), " " * 8) if s.strip() else ""  # noqa: E731
+    return MODEL.format(init=ind(init), forward=ind(forward))
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    stage: str | None
+    reason: str
+    metrics: dict
+    exit_code: int | None
+
+
+def run_attack(path: str, world: Path, tmp: Path, delta: dict, config: dict | None = None,
+               wall_seconds: float = 120, env: dict | None = None, memory_mb: int = 6000) -> Verdict:
+    """Run one candidate the given way; what the trusted side concluded."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = ModelConfig.model_validate({**BASE, **(config or {})})
+    run_env = {**os.environ, **CANARY_ENV, **(env or {})}
+    if path == "train":
+        (tmp / "config.json").write_text(cfg.model_dump_json())
+        (tmp / "delta.json").write_text(json.dumps(delta))
+        proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "train", "--data", str(world), "--out",
+                               str(tmp / "out"), "--config", str(tmp / "config.json"), "--delta", str(tmp / "delta.json"),
+                               "--json", "--wall-seconds", str(wall_seconds), "--memory-mb", str(memory_mb)],
+                              capture_output=True, text=True, env=run_env, timeout=wall_seconds * 3 + 120)
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        lines = proc.stdout.strip().splitlines()
+        assert lines, f"no result line (exit {proc.returncode}): {proc.stderr[-2000:]}"
+        out = json.loads(lines[-1])
+        if out.pop("ok"):
+            return Verdict(True, None, "", out, proc.returncode)
+        return Verdict(False, out["stage"], out["reason"], {}, proc.returncode)
+    old = dict(os.environ)
+    os.environ.update({**CANARY_ENV, **(env or {})})
+    try:
+        res = run_candidate(cfg, parse_delta(delta), world, tmp / "work", RunLimits(wall_seconds=wall_seconds * 2, threads=1,
+                                                                                rss_mb=memory_mb // 2))
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    if res.ok:
+        return Verdict(True, None, "", res.metrics or {}, 0)
+    return Verdict(False, res.failure.stage, res.failure.reason, {}, res.failure.exit_code)
+
+
+def arch(code: str) -> dict:
+    return {"component": "architecture", "code": code}
+
+
+def reported(v: Verdict) -> str:
+    """The attack's own report (it ran, contained); fails the test if the attack never ran."""
+    assert not v.ok and "REDTEAM" in v.reason, (v.stage, v.reason[:600])
+    return v.reason[v.reason.index("REDTEAM"):]

@@ -1,0 +1,20 @@
+"""Fixtures of the red-team corpus; the attack helpers are in attacks.py (importable by every test file)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from attacks import PATHS  # noqa: E402
+
+
+@pytest.fixture(params=PATHS)
+def path(request) -> str:
+    """Each attack runs through `cambrian train` and through the offline loop's worker."""
+    return request.param

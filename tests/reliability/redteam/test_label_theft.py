@@ -1,0 +1,39 @@
+"""Label theft: the held-out labels read from the trainer's heap, stack or files, then used to fake the
+verdict. The contained process never holds them: it gets the training rows only, and the held-out
+predictions are made by another process from the exported program (patching the scorer's code inside the
+sandbox changes nothing: test_scorer_patch.py)."""
+
+from attacks import arch, plugin, reported, run_attack
+
+ATTACK = plugin(init="""
+gc = imp("gc")
+np = imp("numpy")
+sizes = []
+for obj in gc.get_objects():
+    for ref in gc.get_referents(obj):
+        if isinstance(ref, np.ndarray) and ref.ndim >= 1 and ref.size > 0:
+            sizes.append(ref.shape[0])
+        elif isinstance(ref, torch.Tensor) and ref.dim() >= 1:
+            sizes.append(ref.shape[0])
+files = []
+for dirpath, dirnames, filenames in OS.walk("/input"):
+    files.extend(filenames)
+for dirpath, dirnames, filenames in OS.walk("/scratch"):
+    files.extend(filenames)
+raise RuntimeError("REDTEAM sizes=" + ",".join(str(s) for s in sorted(set(sizes))) + " files=" + ",".join(sorted(files)))
+""")
+
+
+def test_heldout_rows_are_not_in_the_candidates_process(path, tiny_world, tmp_path):
+    import pandas as pd
+
+    imp = pd.read_parquet(tiny_world / "impressions.parquet")
+    days = sorted(imp["day"].unique())
+    n_val = int((imp["day"] == days[-1]).sum())
+    n_train = len(imp) - n_val
+    report = reported(run_attack(path, tiny_world, tmp_path, arch(ATTACK)))
+    sizes = {int(s) for s in report.split("sizes=")[1].split(" ")[0].split(",") if s}
+    assert n_train in sizes, (n_train, sorted(sizes)[-5:])  # it does see its own training rows
+    assert n_val not in sizes, "an array of the held-out size is in the candidate's process"
+    files = report.split("files=")[1].split(" ")[0].split(",")
+    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files

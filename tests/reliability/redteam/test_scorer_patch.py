@@ -1,0 +1,38 @@
+"""Patching the scorer: a candidate that replaces the metric functions through sys.modules (and writes its own
+metrics.json) to report AUC 1.0. The metrics are computed by another process, which never imports its code."""
+
+import json
+import math
+
+from attacks import arch, plugin, run_attack
+
+ATTACK = plugin(init="""
+for name in ["cambrian.trainer.metrics", "cambrian.trainer.train"]:
+    try:
+        mod = imp(name)
+        mod.auc = lambda *a, **k: 1.0
+        mod.rank_corr = lambda *a, **k: 1.0
+        mod.evaluate = lambda *a, **k: {"val_loss": 0.0, "auc": 1.0}
+        mod.proxy_metrics = lambda *a, **k: {"auc": 1.0, "long_watch_corr": 1.0, "return_corr": 1.0, "like_corr": 1.0}
+    except Exception:
+        pass
+for p in ["/scratch/metrics.json", "/scratch/result.json"]:
+    try:
+        fd = OS.open(p, OS.O_WRONLY | OS.O_CREAT)
+        OS.write(fd, b'{"val_loss": 0.0, "auc": 1.0, "train_seconds": -5}')
+        OS.close(fd)
+    except Exception:
+        pass
+""")
+
+
+def test_patched_metrics_do_not_reach_the_verdict(path, tiny_world, tmp_path):
+    v = run_attack(path, tiny_world, tmp_path, arch(ATTACK))
+    assert v.ok, (v.stage, v.reason)
+    m = v.metrics
+    assert 0.3 < m["auc"] < 0.95 and m["val_loss"] > 0.1, m
+    assert m["return_corr"] != 1.0 and m["long_watch_corr"] != 1.0
+    assert math.isfinite(m["train_seconds"]) and m["train_seconds"] >= 0
+    if path == "train":
+        on_disk = json.loads((tmp_path / "out" / "metrics.json").read_text())
+        assert on_disk["auc"] == m["auc"] and on_disk["sandbox"] == "bwrap"

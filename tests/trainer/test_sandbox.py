@@ -1,0 +1,86 @@
+"""The sandbox itself: the bubblewrap command it builds, its seccomp program, its limits, and failing closed
+where the machine cannot contain candidate code (the red-team corpus in tests/reliability/redteam/ attacks it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cambrian.trainer import sandbox
+from cambrian.trainer.sandbox import bwrap_command, runtime_paths, seccomp_program
+
+PLUGIN_DELTA = {"component": "optimizer",
+                "code": "def build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"}
+
+
+def test_bwrap_is_installed_and_the_kernel_allows_it():
+    """CI installs bubblewrap (scripts/setup.sh); here it must work, not be skipped."""
+    assert sandbox.bwrap_problem() is None, sandbox.bwrap_problem()
+
+
+def test_the_command_isolates_everything_and_binds_only_the_runtime(tmp_path):
+    cmd = bwrap_command(tmp_path / "in", tmp_path / "out", ["python", "-V"], {"HOME": "/tmp"}, 7)
+    for flag in ("--unshare-all", "--die-with-parent", "--new-session", "--clearenv"):
+        assert flag in cmd
+    assert cmd[cmd.index("--seccomp") + 1] == "7" and cmd[cmd.index("--uid") + 1] == "65534"
+    assert "--share-net" not in cmd
+    binds = [(cmd[i], cmd[i + 1], cmd[i + 2]) for i, a in enumerate(cmd) if a in ("--bind", "--ro-bind", "--dev-bind")]
+    writable = [b for b in binds if b[0] != "--ro-bind"]
+    assert writable == [("--bind", str(tmp_path / "out"), "/scratch")]
+    sources = {b[1] for b in binds}
+    assert "/" not in sources and "/etc" not in sources and not any(s.startswith(("/home", "/var", "/proc")) for s in sources)
+    assert Path(os.getcwd()) not in {Path(s) for s in sources}  # not the checkout or working directory
+    assert all(p.is_dir() for p in runtime_paths())
+
+
+def test_the_seccomp_program_is_a_compiled_filter():
+    program = seccomp_program()
+    assert len(program) % 8 == 0 and len(program) > 8 * len(sandbox.DENIED_SYSCALLS)
+
+
+def fake_bin(tmp_path: Path, bwrap_script: str | None) -> str:
+    """A PATH with only python and, optionally, a stand-in bwrap."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    if bwrap_script is not None:
+        f = bindir / "bwrap"
+        f.write_text(bwrap_script)
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return str(bindir)
+
+
+@pytest.mark.parametrize("bwrap_script,words", [
+    (None, "bubblewrap (bwrap) is not installed"),
+    ("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n", "the kernel refuses"),
+])
+def test_plugin_code_never_runs_where_the_sandbox_cannot_be_built(world_dir, tmp_path, bwrap_script, words):
+    delta = tmp_path / "delta.json"
+    delta.write_text(json.dumps(PLUGIN_DELTA))
+    env = {**os.environ, "PATH": fake_bin(tmp_path, bwrap_script)}
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "train", "--data", str(world_dir), "--out",
+                           str(tmp_path / "run"), "--delta", str(delta)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.startswith("error: sandbox: ") and words in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "run" / "error.json").read_text())["stage"] == "sandbox"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    # asking for the sandbox explicitly fails closed even without code
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "gate", "--data", str(world_dir), "--sandbox", "bwrap"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 4 and words in proc.stderr
+
+
+def test_the_limits_are_hard_and_cannot_be_raised_again():
+    code = ("import resource; from cambrian.trainer.sandbox import apply_limits\n"
+            "apply_limits(as_mb=8000, cpu_s=100, fsize_mb=5, nproc=64, nofile=256)\n"
+            "print(resource.getrlimit(resource.RLIMIT_FSIZE), resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+            "import os; os.setuid(65534)\n"
+            "try:\n    resource.setrlimit(resource.RLIMIT_FSIZE, (10 << 20, 10 << 20)); print('raised')\n"
+            "except ValueError:\n    print('refused')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == f"({5 << 20}, {5 << 20}) (256, 256)" and out[1] == "refused"

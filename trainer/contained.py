@@ -1,0 +1,148 @@
+"""The program that runs candidate code, inside the sandbox (trainer/sandbox.py): train, then export.
+
+    python -m cambrian.trainer.contained {train,gate,predict} INPUT SCRATCH [--as-mb N] [--cpu-s N] [--fsize-mb N] [--nproc N]
+
+INPUT (read-only) holds only what training needs: config.json, train.npz (the training split's features,
+labels and weights), catalogue.npz and spec.json. The held-out split and its labels are never here: the
+scorer (trainer/score.py) keeps them in another process. The result goes to SCRATCH: model.pt2 (a
+torch.export program the scorer can run without any of this Python) and result.json, or error.json with
+the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from cambrian.errors import CambrianError, GateError
+from cambrian.trainer.sandbox import apply_limits
+
+# Stages the parent accepts from error.json; anything else reads as `training`.
+STAGES = ("static", "forward_backward", "training", "export")
+
+
+class _Stop(Exception):
+    def __init__(self, stage: str, reason: str, gate: bool):
+        super().__init__(reason)
+        self.stage, self.reason, self.gate = stage, reason, gate
+
+
+def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one stage; anything it raises, SystemExit and KeyboardInterrupt included (a plugin may not end the
+    run quietly), becomes a failure naming the stage."""
+    try:
+        return fn(*args)
+    except GateError as exc:
+        raise _Stop(exc.stage, exc.reason, True) from None
+    except CambrianError as exc:
+        raise _Stop(stage, str(exc), gate) from None
+    except BaseException as exc:  # noqa: BLE001 - candidate code may raise anything
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, SystemExit):
+            what = f"the candidate code called exit ({exc.code!r}) during {stage}"
+        raise _Stop(stage, what, gate) from None
+
+
+def read_input(input_dir: Path):
+    import numpy as np
+    import pandas as pd
+
+    from cambrian.trainer.config import ModelConfig
+    from cambrian.trainer.data import Catalogue, FeatureSpec, Split, TrainingSet
+
+    config = ModelConfig.model_validate_json((input_dir / "config.json").read_text())
+    spec = FeatureSpec.from_dict(json.loads((input_dir / "spec.json").read_text()))
+    with np.load(input_dir / "catalogue.npz") as c:
+        catalogue = Catalogue(c["item_topic"], c["item_dense"], c["user_home_topic"])
+    with np.load(input_dir / "train.npz") as t:
+        feats = {k[2:]: t[k] for k in t.files if k.startswith("f_")}
+        train = Split(feats, t["label"], t["weight"], pd.DataFrame())
+    return config, TrainingSet(spec, catalogue, train)
+
+
+def export_program(model, data, path: Path) -> None:
+    from cambrian.trainer.bundle import export_model
+
+    export_model(model, data.spec, data.catalogue, path)
+
+
+def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
+    import torch
+
+    from cambrian.trainer.gate import forward_backward
+    from cambrian.trainer.train import fit, pick_device
+
+    config, data = read_input(input_dir)
+    device = _stage("training", False, pick_device, config.training.device)
+    if device.type == "cpu" and config.training.cpu_threads:
+        torch.set_num_threads(config.training.cpu_threads)
+    _stage("forward_backward", True, forward_backward, config, data, device)
+    if gate_only:
+        return {"device": device.type}
+    model, seconds = _stage("training", False, fit, config, data, device)
+    _stage("export", False, export_program, model, data, scratch / "model.pt2")
+    return {"train_seconds": seconds, "device": device.type}
+
+
+def predict(input_dir: Path, scratch: Path) -> dict:
+    """Held-out features in, scores out; runs the exported program only (no candidate Python is imported)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from cambrian.trainer.bundle import load_program
+    from cambrian.trainer.data import Split
+    from cambrian.trainer.train import predict as predict_split
+
+    torch.set_num_threads(1)
+    module = _stage("export", False, load_program, input_dir / "model.pt2")
+    with np.load(input_dir / "heldout.npz") as t:
+        split = Split({k[2:]: t[k] for k in t.files if k.startswith("f_")}, np.zeros(0, np.float32),
+                      np.zeros(0, np.float32), pd.DataFrame())
+    n = len(next(iter(split.features.values())))
+    split.label = np.zeros(n, np.float32)  # only its length is used
+    scores = _stage("export", False, predict_split, module, split, torch.device("cpu"), True)
+    np.save(scratch / "predictions.npy", np.asarray(scores, dtype=np.float32), allow_pickle=False)
+    return {}
+
+
+COMMANDS = {"train": train, "gate": lambda i, s: train(i, s, gate_only=True), "predict": predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cambrian.trainer.contained")
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("input", type=Path)
+    parser.add_argument("scratch", type=Path)
+    for flag in ("--as-mb", "--cpu-s", "--fsize-mb", "--nproc"):
+        parser.add_argument(flag, type=int, default=0)
+    args = parser.parse_args(argv)
+    apply_limits(args.as_mb, args.cpu_s, args.fsize_mb, args.nproc, nofile=1024)
+    started = time.perf_counter()
+    try:
+        result = COMMANDS[args.command](args.input, args.scratch)
+    except _Stop as stop:
+        err = {"stage": stop.stage, "reason": stop.reason, "gate": stop.gate}
+        (args.scratch / "error.json").write_text(json.dumps(err))
+        print(f"contained {args.command} failed at {stop.stage}: {stop.reason}", file=sys.stderr)
+        return 3 if stop.gate else 4
+    except Exception:  # noqa: BLE001 - our own bug or unreadable input: the log gets the traceback
+        traceback.print_exc()
+        return 4
+    result["wall_seconds"] = time.perf_counter() - started
+    (args.scratch / "result.json").write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    import os
+
+    os._exit(code)  # no interpreter teardown: atexit hooks or finalizers a plugin left cannot change the exit

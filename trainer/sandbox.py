@@ -1,0 +1,293 @@
+"""The operating-system boundary around candidate code: bubblewrap namespaces, a seccomp filter, rlimits.
+
+Every process that runs plugin code is started by `run_contained` inside `bwrap` with
+- its own user, mount, PID, network, IPC, UTS and cgroup namespaces (`--unshare-all`): it sees no host
+  process, reaches no host socket (its network is an empty loopback), and is `nobody` inside;
+- a file system of only the Python runtime (read-only), the training input (read-only) and a private
+  writable scratch folder; a fresh /proc of its own PID namespace, a minimal read-only /dev, size-bounded
+  tmpfs /tmp and /dev/shm; no further user namespaces (--disable-userns);
+- an environment of only HOME, PATH, LANG and the thread settings (`--clearenv`);
+- a seccomp filter (libseccomp, exported to BPF) that refuses new processes (threads only), sockets
+  other than AF_UNIX, ptrace and other processes' memory, namespaces and mounts, io_uring, BPF, keys,
+  kernel modules and perf events;
+- `--die-with-parent` and `--new-session`; when the contained command ends or its parent dies, the PID
+  namespace's init goes and the kernel kills every process left in it (no orphans).
+Resource limits (address space, CPU time, file size, open files, processes) are set by the contained
+program itself before any candidate code runs (trainer/contained.py), so they cannot be raised again.
+
+Where bubblewrap, user namespaces or libseccomp are missing, nothing runs: `SandboxUnavailable` says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cambrian.errors import TrainingError
+
+NOBODY = 65534
+# Where the sandbox sees its two folders.
+INPUT = "/input"
+SCRATCH = "/scratch"
+TMP_BYTES = 512 << 20
+SHM_BYTES = 64 << 20
+
+
+class StageFailure(TrainingError):
+    """Training failed at a named stage (export, timeout, cpu, memory, crash, sandbox ...): exit code 4."""
+
+    def __init__(self, stage: str, message: str, hint: str | None = None):
+        super().__init__(f"{stage}: {message}", hint)
+        self.stage = stage
+        self.reason = message
+
+
+class SandboxUnavailable(StageFailure):
+    """The kernel or the machine cannot contain candidate code; it is not run at all (fail closed)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__("sandbox", message, hint)
+
+
+@dataclass
+class ContainedResult:
+    returncode: int  # negative: killed by that signal
+    wall_seconds: float
+    timed_out: bool
+    log_tail: str
+
+
+# ---- seccomp --------------------------------------------------------------------------------------------
+
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_CMP_NE, _CMP_MASKED_EQ = 1, 7
+_CLONE_THREAD = 0x00010000
+_AF_UNIX = 1
+DENIED_SYSCALLS = (
+    "fork", "vfork", "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root", "chroot",
+    "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "kexec_load",
+    "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon", "swapoff",
+    "open_by_handle_at", "name_to_handle_at", "acct", "quotactl", "syslog", "mknod", "mknodat", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "fanotify_init", "move_mount", "open_tree", "fsopen", "fsmount",
+    "pidfd_getfd", "kcmp", "lookup_dcookie", "vhangup", "settimeofday", "clock_settime", "adjtimex",
+)  # fmt: skip
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def _errno_action(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
+
+
+@lru_cache(maxsize=1)
+def _libseccomp() -> ctypes.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        raise SandboxUnavailable("libseccomp is not installed (Debian: apt-get install libseccomp2); "
+                                 "candidate code is not run without its seccomp filter") from None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
+                                           ctypes.POINTER(_ArgCmp)]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def seccomp_program() -> bytes:
+    """The filter as a compiled BPF program (what `bwrap --seccomp FD` reads)."""
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not ctx:
+        raise SandboxUnavailable("libseccomp could not create a filter")
+    try:
+        def rule(action: int, name: str, *cmps: _ArgCmp) -> None:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:  # not a syscall on this architecture
+                return
+            arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
+            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+            if rc < 0:
+                raise SandboxUnavailable(f"libseccomp refused the rule for {name} ({os.strerror(-rc)})")
+
+        for name in DENIED_SYSCALLS:
+            rule(_errno_action(errno.EPERM), name)
+        # threads yes, processes no: clone without CLONE_THREAD is refused; clone3 hides its flags in
+        # memory a filter cannot read, so it reports ENOSYS and the C library falls back to clone
+        rule(_errno_action(errno.EPERM), "clone", _ArgCmp(0, _CMP_MASKED_EQ, _CLONE_THREAD, 0))
+        rule(_errno_action(errno.ENOSYS), "clone3")
+        rule(_errno_action(errno.EAFNOSUPPORT), "socket", _ArgCmp(0, _CMP_NE, _AF_UNIX, 0))
+        rule(_errno_action(errno.EAFNOSUPPORT), "socketpair", _ArgCmp(0, _CMP_NE, _AF_UNIX, 0))
+        with tempfile.TemporaryFile() as f:
+            rc = lib.seccomp_export_bpf(ctx, f.fileno())
+            if rc < 0:
+                raise SandboxUnavailable(f"libseccomp could not export the filter ({os.strerror(-rc)})")
+            f.seek(0)
+            return f.read()
+    finally:
+        lib.seccomp_release(ctx)
+
+
+# ---- resource limits ------------------------------------------------------------------------------------
+
+def apply_limits(as_mb: int = 0, cpu_s: int = 0, fsize_mb: int = 0, nproc: int = 0, nofile: int = 0) -> None:
+    """Hard limits, set before any candidate code runs; without CAP_SYS_RESOURCE they cannot be raised."""
+    def lower(kind: int, value: int) -> None:
+        soft, hard = resource.getrlimit(kind)
+        new = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(kind, (new, new))
+
+    if as_mb:
+        lower(resource.RLIMIT_AS, as_mb << 20)
+    if cpu_s:  # SIGXCPU at the limit (reported as stage cpu), SIGKILL a second later
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        new_hard = cpu_s + 1 if hard == resource.RLIM_INFINITY else min(cpu_s + 1, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (max(1, min(cpu_s, new_hard - 1)), new_hard))
+    if fsize_mb:
+        lower(resource.RLIMIT_FSIZE, fsize_mb << 20)
+    if nproc:
+        lower(resource.RLIMIT_NPROC, nproc)
+    if nofile:
+        lower(resource.RLIMIT_NOFILE, nofile)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+# ---- the file system the contained process sees --------------------------------------------------------
+
+def runtime_paths() -> list[Path]:
+    """The Python runtime, read-only: the interpreter's installations (a virtualenv's python is a symlink into
+    the base one), every import path, and the folders of the cambrian packages the contained program imports
+    (an editable install maps them outside site-packages)."""
+    import cambrian
+    import cambrian.trainer
+
+    paths = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).resolve().parent.parent}
+    # installed packages only: not the working directory or a source checkout that happens to be on sys.path
+    paths |= {Path(p) for p in sys.path if p and Path(p).is_dir() and ({"site-packages", "dist-packages"} & set(Path(p).parts))}
+    paths |= {Path(p) for p in [*cambrian.__path__, *cambrian.trainer.__path__]}
+    keep = sorted({p.resolve() for p in paths if p.resolve() != Path("/")} | {p for p in paths if p != Path("/")})
+    usr = Path("/usr")
+    # nested paths are covered by their parent's bind; /usr is bound as a whole
+    out: list[Path] = []
+    for p in keep:
+        if p == usr or usr in p.parents or any(q == p or q in p.parents for q in out):
+            continue
+        out.append(p)
+    return out
+
+
+def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], seccomp_fd: int,
+                  gpu: bool = False) -> list[str]:
+    cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
+           "--uid", str(NOBODY), "--gid", str(NOBODY), "--hostname", "sandbox",
+           "--ro-bind", "/usr", "/usr"]
+    for link in ("lib", "lib64", "bin", "sbin"):
+        target = Path("/") / link
+        if target.is_symlink():  # merged /usr (Debian 12)
+            cmd += ["--symlink", os.readlink(target), f"/{link}"]
+        elif target.is_dir():
+            cmd += ["--ro-bind", str(target), f"/{link}"]
+    if Path("/etc/ld.so.cache").is_file():
+        cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    for p in runtime_paths():
+        cmd += ["--ro-bind", str(p), str(p)]
+    cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH, "--proc", "/proc", "--dev", "/dev"]
+    if gpu:  # the GPU's device nodes only; the driver's libraries are under /usr
+        for dev in sorted(Path("/dev").glob("nvidia*")):
+            cmd += ["--dev-bind", str(dev), str(dev)]
+    # memory-backed folders are bounded (their pages count against no process) and /dev is read-only
+    cmd += ["--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+            "--size", str(TMP_BYTES), "--tmpfs", "/tmp", "--chdir", SCRATCH]
+    for k, v in sorted(env.items()):
+        cmd += ["--setenv", k, v]
+    cmd += ["--seccomp", str(seccomp_fd), "--", *argv]
+    return cmd
+
+
+@lru_cache(maxsize=1)
+def bwrap_problem() -> str | None:
+    """None when bubblewrap can build the namespaces here; else the reason, for the one-line failure."""
+    if not shutil.which("bwrap"):
+        return "bubblewrap (bwrap) is not installed; run scripts/setup.sh (apt-get install bubblewrap)"
+    try:
+        probe = subprocess.run(["bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "true"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bubblewrap failed to start: {exc}"
+    if probe.returncode != 0:
+        line = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        return f"the kernel refuses the sandbox's namespaces (user namespaces disabled?): {line}"
+    return None
+
+
+def require_sandbox() -> None:
+    problem = bwrap_problem()
+    if problem:
+        raise SandboxUnavailable(problem, hint="candidate code is never run uncontained")
+    seccomp_program()
+
+
+def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], wall_seconds: float,
+                  log_file: Path, gpu: bool = False, contain: bool = True) -> ContainedResult:
+    """Run argv in the sandbox (contain=False: a plain child, for an outer boundary such as the training pod)
+    and wait at most wall_seconds; at the end the whole process tree is gone."""
+    fds: tuple[int, ...] = ()
+    if contain:
+        require_sandbox()
+        r, w = os.pipe()
+        program = seccomp_program()
+        if len(program) > 60000:  # a pipe buffer holds 64 KiB: never block on our own write
+            raise SandboxUnavailable("the seccomp program is unexpectedly large")
+        os.write(w, program)
+        os.close(w)
+        fds = (r,)
+        full = bwrap_command(input_dir, scratch_dir, argv, env, r, gpu)
+        run_env = {"PATH": "/usr/bin:/bin"}  # bwrap's own environment: its PID 1 shows it in /proc/1/environ
+    else:
+        full, run_env = argv, env
+    started = time.monotonic()
+    timed_out = False
+    try:
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen(full, env=run_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    pass_fds=fds, start_new_session=True, cwd=str(scratch_dir))
+            try:
+                rc = proc.wait(timeout=wall_seconds)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                # bwrap is the group leader: killing the group takes bwrap, and with it (die-with-parent)
+                # the PID namespace's init and everything inside
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                rc = proc.wait()
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return ContainedResult(rc, time.monotonic() - started, timed_out, _tail(log_file))
+
+
+def _tail(path: Path, n: int = 1500) -> str:
+    try:
+        return path.read_bytes()[-n:].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
