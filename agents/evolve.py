@@ -41,7 +41,8 @@ from cambrian.trainer.config import ModelConfig, load_config, parse_config
 from cambrian.trainer.delta import Delta, merge_patch
 
 METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr")
-REPAIRABLE_STAGES = {"parse", "static", "reward_sql", "forward_backward", "training", "crash", "memory", "timeout"}
+REPAIRABLE_STAGES = {"parse", "static", "reward_sql", "forward_backward", "training", "export", "crash", "memory",
+                     "timeout"}
 PROMPT_METRICS = {
     "optimizer": ("val_loss", "auc"),
     "architecture": ("val_loss", "auc"),

@@ -211,8 +211,11 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
             "image": t.get("image"),
             "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
             "command": command,
+            # The pod is the sandbox here (no token, no network, read-only root, restricted, optional
+            # RuntimeClass): bubblewrap cannot nest in a container without user namespaces.
             "env": [{"name": "CAMBRIAN_TERMINATION_LOG", "value": "/dev/termination-log"},
-                    {"name": "CAMBRIAN_RUN", "value": action.name}],
+                    {"name": "CAMBRIAN_RUN", "value": action.name},
+                    {"name": "CAMBRIAN_SANDBOX", "value": "none"}],
             "resources": training_resources(t, template),
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
