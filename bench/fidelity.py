@@ -44,7 +44,7 @@ class Size:
 
 
 QUICK = Size(users=200, log_days=4, online_days=5, epochs=1, max_train_examples=50_000)
-FULL = Size(users=2000, log_days=10, online_days=28, epochs=2, max_train_examples=300_000)
+FULL = Size(users=1000, log_days=8, online_days=21, epochs=2, max_train_examples=200_000)
 
 # name -> (component, delta). Φ0 trains clicks with Adam, an MLP, `epochs` epochs.
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
