@@ -157,12 +157,35 @@ def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[s
     }
 
 
+COMPONENTS = ("optimizer", "architecture", "reward", "training")
+
+
+def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.ndarray:
+    """Leave-one-out predictions of the online agent's surrogate (agents/surrogate.py: Bayesian
+    linear on the component and the offline signals): each candidate predicted from all the others,
+    as if every other rollout had concluded."""
+    from cambrian.agents.surrogate import BayesianLinear
+
+    sig = np.array([[r["offline"][s] for s in SIGNALS] for r in rows], dtype=float)
+    sig = (sig - sig.mean(0)) / np.where(sig.std(0) > 0, sig.std(0), 1.0)
+    onehot = np.array([[float(r["component"] == c) for c in COMPONENTS] for r in rows])
+    x, y = np.c_[onehot, sig], np.array([r["online"][target] for r in rows])
+    out = np.zeros(len(rows))
+    for i in range(len(rows)):
+        keep = np.arange(len(rows)) != i
+        out[i] = BayesianLinear().fit(x[keep], y[keep]).predict(x[i:i + 1])[0].mean
+    return out
+
+
 def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> dict[str, float | None]:
-    """Spearman between each offline signal and the online effect over the candidates."""
+    """Spearman between each offline signal (and the surrogate's leave-one-out prediction) and the
+    online effect over the candidates."""
     y = np.array([r["online"][target] for r in rows])
     out: dict[str, float | None] = {}
-    for s in SIGNALS:
-        x = np.array([r["offline"][s] for r in rows])
+    columns = {s: np.array([r["offline"][s] for r in rows]) for s in SIGNALS}
+    if len(rows) >= 4:
+        columns["surrogate_loo"] = surrogate_loo(rows, target)
+    for s, x in columns.items():
         ok = np.isfinite(x) & np.isfinite(y)
         if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
             out[s] = None
@@ -205,7 +228,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     corr = rank_correlations(rows)
     effects = np.array([abs(r["online"]["minutes"]) for r in rows])
     trap = next((r for r in rows if r["name"] == TRAP), None)
-    best = max((v for v in corr.values() if v is not None), default=float("nan"))
+    best = max((v for k, v in corr.items() if v is not None and k in SIGNALS), default=float("nan"))
     return {
         "name": "fidelity",
         "command": "cambrian bench run fidelity" + (" --quick" if quick else ""),
@@ -215,6 +238,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                           "return_corr, AUC gains over Φ0), with the candidate's measured online effect on watch "
                           "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
         "rank_correlation": corr,
+        "rank_correlation_late": rank_correlations(rows, "minutes_late"),
         "north_star": "watch minutes per user over the online days (days away count as 0)",
         "median_abs_effect": float(np.median(effects)) if effects.size else None,
         "max_abs_effect": float(effects.max()) if effects.size else None,

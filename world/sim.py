@@ -166,7 +166,7 @@ class World:
         p = self.params
         return {
             "schema_version": SCHEMA_VERSION, "seed": self.seed, "n_users": self.n_users,
-            "n_items": p.n_items, "n_topics": p.n_topics, "params": p.model_dump(), "day": self.day,
+            "n_items": p.n_items, "n_topics": p.n_topics, "params": p.model_dump(mode="json"), "day": self.day,
         }
 
     def save(self, directory: str | Path, state_name: str = STATE_FILE) -> Path:
@@ -177,7 +177,7 @@ class World:
         d.mkdir(parents=True, exist_ok=True)
         meta_path = d / WORLD_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta and (meta.get("seed") != self.seed or meta.get("params") != self.params.model_dump()):
+        if meta and (meta.get("seed") != self.seed or _params_of(meta) != self.params):
             raise WorldError(f"{meta_path} describes a different world (seed or params differ)")
         meta.update(self.describe())
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -239,6 +239,14 @@ class World:
             if arr.shape != want:
                 raise ConfigError(f"{path}: {name} has shape {arr.shape}, expected {want}")
         self.state = State(**values, next_impression_id=next_id)
+
+
+def _params_of(meta: dict) -> WorldParams | None:
+    """The parameters a world.json describes (fields it predates take their defaults), None if invalid."""
+    try:
+        return WorldParams.build(**meta.get("params", {}))
+    except (ConfigError, TypeError):
+        return None
 
 
 def novelty(seen: np.ndarray, item_unit: np.ndarray) -> np.ndarray:

@@ -58,6 +58,7 @@ def test_calibrated_world_is_deterministic_and_resumes_with_its_exposure_memory(
     pd.testing.assert_frame_equal(la.impressions, lb.impressions)
     pd.testing.assert_frame_equal(la.user_days, lb.user_days)
     a.save(tmp_path / "s")
+    a.save(tmp_path / "s")  # saving again into the same directory: world.json (lists for tuples) matches
     resumed = World.load(tmp_path / "s")
     assert np.array_equal(resumed.state.seen, a.state.seen)
     pd.testing.assert_frame_equal(concat_logs(resumed.run(random_policy, 2)).user_days,
