@@ -147,19 +147,22 @@ def test_clickbait_trap_wins_short_term_and_loses_over_weeks():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_path):
-    """More epochs (the demo's offline winner, +55% minutes in the easy world): trained with the real
-    trainer, served to the same users with the same draws for a week; effect and paired s.e."""
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("preset, low, high", [("calibrated", -0.05, 0.05), ("easy", 0.15, 10.0)])
+def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_path, preset, low, high):
+    """More epochs (the demo's offline winner): the demo's setting (1000 users, 6 logged days, 2 epochs
+    of 200k examples) against twice the epochs, trained with the real trainer and served to the same
+    users with the same draws for 6 days. The easy world reproduces the tens of percent the demo
+    reported (+40% here); the calibrated world keeps it within a few percent."""
     from cambrian.bench.fidelity import Size, candidate_config, paired_effect, serve_online, train_model
 
-    size = Size(users=300, log_days=5, online_days=7, epochs=1, max_train_examples=80_000)
+    size = Size(users=1000, log_days=6, online_days=6, epochs=2, max_train_examples=200_000)
     data = tmp_path / "world"
-    generate(data, n_users=size.users, days=size.log_days, seed=0)
+    generate(data, n_users=size.users, days=size.log_days, seed=0, preset=preset)
     runs = {}
-    for name, delta in (("base", {}), ("more_epochs", {"training": {"epochs_factor": 3}})):
+    for name, delta in (("base", {}), ("more_epochs", {"training": {"epochs_factor": 2}})):
         _, score = train_model(candidate_config(size, delta), data)
         runs[name] = serve_online(data, score, size.online_days)["minutes"].sum(axis=1)
     effect, se = paired_effect(runs["more_epochs"], runs["base"])
-    assert se < 0.02, (effect, se)  # common random numbers make the comparison precise
-    assert abs(effect) < 0.05, (effect, se)
+    assert low < effect < high, (preset, effect, se)
+    assert se < 0.05 * max(1.0, abs(effect)), (preset, effect, se)  # common random numbers: precise
