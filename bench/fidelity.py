@@ -59,7 +59,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "reward:watch_time": ("reward", {"reward": {"label": "LEAST(watch_seconds / 300.0, 1.0)"}}),
     "reward:completed_click": ("reward", {"reward": {"label": "CASE WHEN click = 1 THEN completion ELSE 0.0 END"}}),
     "reward:no_hate": ("reward", {"reward": {"label": "CAST(click = 1 AND hate = 0 AS DOUBLE)"}}),
-    "reward:like": ("reward", {"reward": {"label": "CAST(like AS DOUBLE)"}}),
+    "reward:like": ("reward", {"reward": {"label": "CAST(\"like\" AS DOUBLE)"}}),  # LIKE is an SQL keyword
     "reward:return_weighted": ("reward", {"reward": {"weight": "1.0 + 2.0 * click * returned_next_day"}}),
     # The trap: weigh clicks on eye-catching thumbnails (the observable trace of bait) up.
     TRAP: ("reward", {"reward": {"weight": "1.0 + 6.0 * click * GREATEST(thumb_intensity, 0.0)"}}),

@@ -104,3 +104,19 @@ def test_fidelity_quick_end_to_end():
         assert math.isfinite(c["online"]["minutes"]) and c["online"]["minutes_se"] >= 0
     # a different training seed is not a different product: its effect is within noise of zero
     assert abs(seed["online"]["minutes"]) < max(4 * seed["online"]["minutes_se"], 0.03)
+
+
+def test_every_reward_candidate_passes_the_reward_sql_gate():
+    """`like` is an SQL keyword: an unquoted CAST(like ...) failed the gate and silently left the run."""
+    import pandas as pd
+
+    from cambrian.trainer.config import RewardConfig
+    from cambrian.trainer.data import IMPRESSION_COLUMNS, reward_labels
+
+    df = pd.DataFrame({c: [0, 1, 1, 0] for c in IMPRESSION_COLUMNS})
+    df["watch_seconds"], df["completion"], df["thumb_intensity"] = [0.0, 90.0, 30.0, 0.0], [0, 0.9, 0.3, 0], 0.5
+    df["hate"], df["like"], df["skip"] = [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]
+    for name, (_, delta) in CANDIDATES.items():
+        if "reward" in delta:
+            label, weight = reward_labels(df, RewardConfig(**delta["reward"]))
+            assert len(label) == len(df) and (weight >= 0).all(), name
