@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from cambrian.agents.journal import Hypothesis, Journal, render_entry
+from cambrian.agents.surrogate import fit_journal, surrogate_rank
 
 RANK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -43,6 +44,7 @@ class Selection:
     retire: list[str] = field(default_factory=list)
     ranked_by: str = "builtin"
     note: str = ""
+    predictions: dict[str, dict[str, float]] = field(default_factory=dict)  # surrogate: id -> mean, sd
 
 
 def rolled_back(h: Hypothesis) -> bool:
@@ -147,10 +149,11 @@ class GeminiRanker:
 
 class OnlineAgent:
     def __init__(self, k: int, ranker: Any = None, north_star: list[str] | None = None,
-                 guardrails: list[str] | None = None):
+                 guardrails: list[str] | None = None, surrogate: bool = True, kappa: float = 1.0):
         if k < 1:
             raise ValueError("k must be at least 1")
         self.k = k
+        self.surrogate, self.kappa = surrogate, kappa
         self.ranker = ranker
         self.north_star = north_star or []
         self.guardrails = guardrails or []
@@ -162,7 +165,12 @@ class OnlineAgent:
         if not pool:
             return Selection([], {}, retire=sorted(live), note="no scored hypothesis beats the baseline offline")
         ranking, reasons = builtin_rank(pool, self.k)
-        ranked_by, note = "builtin", ""
+        ranked_by, note, predictions = "builtin", "", {}
+        # once enough rollouts have concluded, the surrogate (offline proxies -> online effect) ranks
+        model = fit_journal(hs) if self.surrogate else None
+        if model is not None:
+            ranking, reasons, predictions = surrogate_rank(pool, model, self.k, self.kappa)
+            ranked_by = "surrogate"
         if self.ranker is not None:
             try:
                 text = self.ranker.complete(build_prompt(pool, self.k, self.north_star, self.guardrails))
@@ -173,7 +181,7 @@ class OnlineAgent:
         top = set(ranking)
         return Selection(ranking, reasons, start=[i for i in ranking if i not in live],
                          keep=[i for i in ranking if i in live], retire=sorted(live - top),
-                         ranked_by=ranked_by, note=note)
+                         ranked_by=ranked_by, note=note, predictions=predictions)
 
 
 def record_outcome(journal: Journal, hid: str, decision: str, metrics: dict[str, Any], launched: bool) -> Hypothesis:

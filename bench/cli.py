@@ -20,6 +20,7 @@ BENCHMARKS = {
     "serving": "cambrian.bench.serving",
     "operator": "cambrian.bench.operator_scale",
     "training": "cambrian.bench.training",
+    "fidelity": "cambrian.bench.fidelity",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

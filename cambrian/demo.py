@@ -34,13 +34,16 @@ class DemoSize:
     top_k: int
     epochs: int
     max_train_examples: int
+    world: str  # world preset (cambrian.world.params.PRESETS)
 
 
-# Fast: one generation of 9 proposals (3 personas x explore/exploit/innovate), small training runs.
+# Fast: one generation of 9 proposals (3 personas x explore/exploit/innovate), small training runs,
+# on the `easy` world (large online effects, so a 6-day A/B test on 1000 users decides). Full: the
+# calibrated world, whose effects are of a real product's size (world/README.md).
 FAST = DemoSize(users=1000, days=6, generations=1, evaluations=18, online_days=6, top_k=2, epochs=2,
-                max_train_examples=200_000)
+                max_train_examples=200_000, world="easy")
 FULL = DemoSize(users=2000, days=14, generations=3, evaluations=45, online_days=10, top_k=2, epochs=4,
-                max_train_examples=500_000)
+                max_train_examples=500_000, world="calibrated")
 
 
 class DemoState:
@@ -68,8 +71,9 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
     from cambrian.world.generate import generate
 
     world = out / "world"
-    console.print(f"[bold]1/6 world[/bold]: {size.users} simulated users, {size.days} logged days")
-    summary = generate(world, n_users=size.users, days=size.days, seed=seed, force=True)
+    console.print(f"[bold]1/6 world[/bold]: {size.users} simulated users, {size.days} logged days, "
+                  f"{size.world} world")
+    summary = generate(world, n_users=size.users, days=size.days, seed=seed, force=True, preset=size.world)
     overall = summary["overall"]
     console.print(f"    CTR {overall['ctr']:.3f}, completion {overall['completion']:.3f}, "
                   f"next-day return {overall['return_rate']:.3f}")

@@ -10,6 +10,11 @@ import typer
 
 from cambrian.errors import CambrianError
 
+from .params import DEFAULT_PRESET, PRESETS
+
+PRESET_HELP = (f"world preset: {', '.join(PRESETS)} (calibrated: effects of a real product's size; easy: the "
+               "original world, where model changes move minutes by tens of percent)")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Generate and inspect the simulated world.")
 
 
@@ -25,6 +30,13 @@ def _parse_sets(sets: list[str]) -> dict:
         except json.JSONDecodeError:
             raise typer.BadParameter(f"{item!r}: value must be a number", param_hint="--set") from None
     return out
+
+
+def _preset(preset: str, easy: bool) -> str:
+    """--easy is short for --preset easy; both at once must agree."""
+    if easy and preset not in ("easy", DEFAULT_PRESET):
+        raise typer.BadParameter(f"--easy contradicts --preset {preset}", param_hint="--easy")
+    return "easy" if easy else preset
 
 
 def _fail(exc: CambrianError) -> None:
@@ -45,6 +57,8 @@ def generate(
     items: Optional[int] = typer.Option(None, "--items", min=2, help="catalogue size (default 500)"),
     sets: list[str] = typer.Option([], "--set", help="override a simulator parameter: NAME=VALUE (repeatable)"),
     force: bool = typer.Option(False, "--force", help="replace the outputs of an earlier run in --out"),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP),
+    easy: bool = typer.Option(False, "--easy", help="the easy world: same as --preset easy"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Simulate USERS users for DAYS days under a logging policy and write the world data directory."""
@@ -52,7 +66,7 @@ def generate(
 
     try:
         summary = run(out, n_users=users, days=days, seed=seed, policy=policy, n_items=items,
-                      overrides=_parse_sets(sets), force=force)
+                      overrides=_parse_sets(sets), force=force, preset=_preset(preset, easy))
     except CambrianError as exc:
         _fail(exc)
     if as_json:
@@ -88,6 +102,8 @@ def compare(
                                            "satisfaction_aware:1", "satisfaction_aware:2")),
                                  "--policies", help="comma-separated oracle policies"),
     sets: list[str] = typer.Option([], "--set", help="override a simulator parameter: NAME=VALUE (repeatable)"),
+    preset: str = typer.Option(DEFAULT_PRESET, "--preset", help=PRESET_HELP),
+    easy: bool = typer.Option(False, "--easy", help="the easy world: same as --preset easy"),
     as_json: bool = typer.Option(False, "--json", help="print the rows as JSON"),
 ) -> None:
     """Run the oracle policies (hidden truth) on copies of one world: the proxy vs north-star table."""
@@ -95,7 +111,7 @@ def compare(
     from .params import WorldParams
 
     try:
-        params = WorldParams.build(**{**_parse_sets(sets), "n_users": users})
+        params = WorldParams.build(_preset(preset, easy), **{**_parse_sets(sets), "n_users": users})
         rows = compare_policies(params, seed, days, [p.strip() for p in policies.split(",") if p.strip()])
     except CambrianError as exc:
         _fail(exc)
@@ -108,7 +124,8 @@ def compare(
     cols = {"policy": "policy", "day0_ctr": "CTR d0", "day0_minutes_per_dau": "min/DAU d0", "ctr": "CTR",
             "completion": "compl.", "return_rate": "return", "dau": "DAU", "dau_late": "DAU late",
             "minutes_per_user": "min/user", "satisfaction_end": "sat. end"}
-    table = Table(*cols.values(), title=f"{users} users, {days} days, seed {seed} (DAU late: last third, <= 10 days)")
+    table = Table(*cols.values(), title=f"{_preset(preset, easy)} world, {users} users, {days} days, seed {seed} "
+                                        "(DAU late: last third, <= 10 days)")
     for r in rows:
         table.add_row(*[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
     Console(width=max(Console().width, 130)).print(table)

@@ -17,7 +17,7 @@ import pandas as pd
 from cambrian.errors import ConfigError
 
 from . import logs
-from .params import WorldParams
+from .params import DEFAULT_PRESET, WorldParams
 from .policies import oracle_policy, parse_policy
 from .sim import STATE_FILE, USER_TRUTH_DTYPES, World
 
@@ -31,6 +31,7 @@ def generate(
     n_items: int | None = None,
     overrides: dict[str, Any] | None = None,
     force: bool = False,
+    preset: str = DEFAULT_PRESET,
 ) -> dict:
     """Write the data directory; returns its summary (see logs.summarize)."""
     if days < 1 or days > 32000:
@@ -41,14 +42,14 @@ def generate(
         values["n_items"] = n_items
         values.setdefault("n_candidates", min(WorldParams.model_fields["n_candidates"].default, n_items))
         values.setdefault("slate", min(WorldParams.model_fields["slate"].default, values["n_candidates"]))
-    params = WorldParams.build(**values)
+    params = WorldParams.build(preset, **values)
     name, lam = parse_policy(policy)
     out = Path(out)
     _prepare(out, force)
 
     world = World(params, seed)
     act = oracle_policy(world, name, lam)
-    meta = {**world.describe(), "days": days, "logging_policy": policy}
+    meta = {**world.describe(), "days": days, "logging_policy": policy, "preset": preset}
     meta.pop("day")
 
     logs.write_parquet(logs.items_frame(world.catalogue), out / logs.ITEMS)
@@ -74,7 +75,7 @@ def generate(
     (out / logs.WORLD_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     summary = logs.summarize(pd.concat(sample, ignore_index=True), ud)
-    summary.update({"data_dir": str(out), "seed": seed, "logging_policy": policy})
+    summary.update({"data_dir": str(out), "seed": seed, "logging_policy": policy, "preset": preset})
     return summary
 
 

@@ -38,6 +38,14 @@ class WorldParams(BaseModel):
     budget_scale: float = Field(5.0, gt=0)
     bait_sus_sd: float = Field(0.0, ge=0, le=2, description="bait susceptibility ~ LogNormal(-sd^2/2, sd)")
     extra_sessions: float = Field(0.3, ge=0, le=20, description="sessions per active day = 1 + Poisson(this)")
+    # habits: heavy and light users (persistent per user)
+    habit_sd: float = Field(0.0, ge=0, le=5, description="per-user offset of the return logit ~ N(0, habit_sd)")
+    budget_user_sd: float = Field(0.0, ge=0, le=3, description="per-user budget multiplier ~ LogNormal(-sd^2/2, sd)")
+    # day of week (day 0 is a Monday): the same calendar for every user
+    dow_return: tuple[float, float, float, float, float, float, float] = Field(
+        (0.0,) * 7, description="return-logit offset of each weekday, Monday first")
+    dow_budget: tuple[float, float, float, float, float, float, float] = Field(
+        (1.0,) * 7, description="session-budget multiplier of each weekday, Monday first")
 
     # retrieval and choice
     n_candidates: int = Field(100, ge=1, description="items the retrieval stage proposes per request")
@@ -47,6 +55,9 @@ class WorldParams(BaseModel):
     th_satiation: float = Field(1.5, ge=0, description="click logit weight of topic fatigue")
     th_pos: float = Field(0.3, ge=0, description="click logit penalty per rank")
     null_logit: float = Field(2.0, description="logit of the no-click option")
+    th_novelty: float = Field(0.0, ge=0, description="click logit weight of topic novelty: 1 - cos(item topics, "
+                              "the user's recent exposure); a changed ranking is fresh for a few days")
+    novelty_rate: float = Field(0.3, gt=0, le=1, description="daily rate at which exposure memory follows what was shown")
 
     # consumption
     w0: float = 0.0
@@ -87,6 +98,12 @@ class WorldParams(BaseModel):
     r_watch: float = 0.3
 
     @model_validator(mode="after")
+    def _weekdays(self) -> "WorldParams":
+        if any(m <= 0 for m in self.dow_budget):
+            raise ValueError("dow_budget multipliers must be > 0")
+        return self
+
+    @model_validator(mode="after")
     def _sizes(self) -> "WorldParams":
         if self.n_candidates > self.n_items:
             raise ValueError(f"n_candidates ({self.n_candidates}) must be <= n_items ({self.n_items})")
@@ -95,12 +112,44 @@ class WorldParams(BaseModel):
         return self
 
     @classmethod
-    def build(cls, **values: Any) -> "WorldParams":
-        """Validate, turning pydantic's error into a ConfigError that names the field."""
+    def build(cls, preset: str | None = None, **values: Any) -> "WorldParams":
+        """Validate preset + overrides, turning pydantic's error into a ConfigError that names the field.
+
+        Without a preset the fields' own defaults apply (the `easy` world), so any world.json written
+        before presets existed, which lists every field, loads unchanged."""
+        base = preset_values(preset) if preset else {}
         try:
-            return cls(**values)
+            return cls(**{**base, **values})
         except ValidationError as exc:
             raise ConfigError(f"invalid world parameters: {_describe(exc)}") from None
+
+
+# The calibrated world (issue 18). Why each value, in short:
+# * sessions end mostly when the user's time budget is spent (low leave hazard, cheap browsing), so a
+#   better ranking changes *how* the minutes are spent far more than *how many* there are, as for a
+#   mature product; budgets and return propensity are personal habits (CUPED has something to use);
+# * bait pays now (it attracts clicks and is watched about as long as anything else) and costs later
+#   through satisfaction, which moves return slowly (sat_decay 0.93: a memory of about two weeks);
+# * weekends bring more users and longer sessions; a changed ranking is novel for a few days.
+CALIBRATED: dict[str, Any] = {
+    "len_sigma": 0.25,
+    "th_aff": 3.5, "th_bait": 1.0, "th_satiation": 1.0, "null_logit": 1.2,
+    "w_aff": 1.0, "w_q": 1.5, "w_bait": 0.4,
+    "eta_s": 0.0015, "rho_w": 0.5, "lam_bait": 0.8, "eta_noclick": 0.0005, "sat_decay": 0.93,
+    "browse_cost": 0.03, "extend": 0.05, "h0": -7.0, "h_sat": 0.3, "h_nc": 0.1,
+    "budget_shape": 3.0, "budget_scale": 5.0, "budget_user_sd": 0.6,
+    "r0": 0.9, "r_sat": 1.0, "r_watch": 0.15, "habit_sd": 1.2,
+    "dow_return": (0.0, -0.05, -0.05, 0.0, 0.1, 0.35, 0.3), "dow_budget": (0.95, 0.93, 0.93, 0.97, 1.03, 1.15, 1.12),
+    "th_novelty": 1.5, "novelty_rate": 0.3,
+}
+PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED}
+DEFAULT_PRESET = "calibrated"
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown world preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
 
 
 def _describe(exc: ValidationError) -> str:

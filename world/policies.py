@@ -12,7 +12,7 @@ import numpy as np
 
 from cambrian.errors import ConfigError
 
-from .sim import ScorePolicy, SlateRequest, World, sigmoid
+from .sim import ScorePolicy, SlateRequest, World, sigmoid, unit_rows
 
 POLICIES = ("random", "ctr_greedy", "watch_time", "satisfaction_aware")
 
@@ -26,6 +26,8 @@ def expected_response(world: World, user_ids: np.ndarray, candidates: np.ndarray
     fat = _dot(st.fatigue[uid], cat.topics_t, candidates)
     q, b = cat.quality[candidates], cat.bait[candidates]
     z = p.th_aff * aff + p.th_bait * world.users.bait_sus[uid, None] * b - p.th_satiation * fat
+    if p.th_novelty:
+        z = z + p.th_novelty * (1.0 - _dot(unit_rows(st.seen[uid]), cat.unit_t, candidates))  # sim.novelty
     p_click = sigmoid(z - p.null_logit)
     omega = sigmoid(p.w0 + p.w_aff * aff + p.w_q * (q - 0.5) - p.w_bait * b)
     watch = omega * cat.length[candidates]

@@ -37,6 +37,8 @@ class Users:
     interest: np.ndarray  # [n_users, K] unit-norm interest vectors (initial)
     sat0: np.ndarray  # [n_users] initial latent satisfaction (hidden)
     bait_sus: np.ndarray  # [n_users] multiplier of th_bait (1 without heterogeneity)
+    habit: np.ndarray  # [n_users] offset of the return logit (heavy vs light users)
+    budget_mult: np.ndarray  # [n_users] multiplier of the session budget
 
     @property
     def home_topic(self) -> np.ndarray:
@@ -68,6 +70,11 @@ def make_users(seed: int, p: WorldParams, n_users: int | None = None) -> Users:
     base = rng.key(seed, rng.USER, np.arange(n))
     interest = _unit(rng.dirichlet(rng.sub(base, 0), p.interest_conc, p.n_topics))
     sat0 = p.sat0_sd * rng.normal(rng.sub(base, 1))
-    sd = p.bait_sus_sd
-    bait_sus = np.exp(sd * rng.normal(rng.sub(base, 2)) - sd * sd / 2) if sd > 0 else np.ones(n)
-    return Users(interest, sat0, bait_sus)
+    bait_sus = _lognormal(rng.sub(base, 2), p.bait_sus_sd, n)
+    habit = p.habit_sd * rng.normal(rng.sub(base, 3))
+    return Users(interest, sat0, bait_sus, habit, _lognormal(rng.sub(base, 4), p.budget_user_sd, n))
+
+
+def _lognormal(h: np.ndarray, sd: float, n: int) -> np.ndarray:
+    """Mean-one multipliers; exactly 1 without heterogeneity (no draw perturbs the easy world)."""
+    return np.exp(sd * rng.normal(h) - sd * sd / 2) if sd > 0 else np.ones(n)

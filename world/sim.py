@@ -84,9 +84,10 @@ class State:
     interest: np.ndarray  # float64 [n, K]: unit-norm interests (drift when eta_u > 0)
     minutes_prev: np.ndarray  # float64 [n]: watch minutes on the user's previous day
     active_next: np.ndarray  # bool [n]: whether the user shows up on `day` (drawn at the last overnight)
+    seen: np.ndarray  # float64 [n, K]: exposure memory, the recent topic mix shown to the user (novelty)
     next_impression_id: int = 0
 
-    ARRAYS = ("day", "sat", "fatigue", "interest", "minutes_prev", "active_next")
+    ARRAYS = ("day", "sat", "fatigue", "interest", "minutes_prev", "active_next", "seen")
 
 
 class World:
@@ -111,14 +112,25 @@ class World:
             interest=self.users.interest.copy(),
             minutes_prev=np.zeros(n),
             active_next=np.zeros(n, dtype=bool),
+            seen=self._seen0(),
         )
         ids = np.arange(n)
         st.active_next = self._draw_return(ids, st.day, st.sat, st.minutes_prev)
         return st
 
-    def _draw_return(self, ids, day, sat, minutes_prev) -> np.ndarray:
+    def _seen0(self) -> np.ndarray:
+        """Before any log, users have seen what random retrieval shows: the catalogue's mean topic mix."""
+        mean = self.catalogue.topics.mean(axis=0)
+        return np.broadcast_to(mean, (self.n_users, mean.size)).copy()
+
+    def _return_logit(self, ids, day, sat, minutes_prev) -> np.ndarray:
+        """Logit of showing up on `day`: satisfaction, yesterday's minutes, personal habit, weekday."""
         p = self.params
-        prob = sigmoid(p.r0 + p.r_sat * sat + p.r_watch * np.tanh(minutes_prev / 20.0))
+        weekday = np.asarray(p.dow_return)[np.asarray(day) % 7]
+        return p.r0 + p.r_sat * sat + p.r_watch * np.tanh(minutes_prev / 20.0) + self.users.habit[ids] + weekday
+
+    def _draw_return(self, ids, day, sat, minutes_prev) -> np.ndarray:
+        prob = sigmoid(self._return_logit(ids, day, sat, minutes_prev))
         return rng.uniform(rng.key(self.seed, rng.RETURN, ids, day)) < prob
 
     @property
@@ -129,8 +141,8 @@ class World:
     def return_probability(self, user_ids: np.ndarray | None = None) -> np.ndarray:
         """Hidden truth: probability that each user shows up on its next day, before the draw."""
         ids = np.arange(self.n_users) if user_ids is None else np.asarray(user_ids)
-        p, st = self.params, self.state
-        return sigmoid(p.r0 + p.r_sat * st.sat[ids] + p.r_watch * np.tanh(st.minutes_prev[ids] / 20.0))
+        st = self.state
+        return sigmoid(self._return_logit(ids, st.day[ids], st.sat[ids], st.minutes_prev[ids]))
 
     # ------------------------------------------------------------- stepping
     def begin_day(self, users: np.ndarray | list[int] | None = None) -> "Day":
@@ -154,7 +166,7 @@ class World:
         p = self.params
         return {
             "schema_version": SCHEMA_VERSION, "seed": self.seed, "n_users": self.n_users,
-            "n_items": p.n_items, "n_topics": p.n_topics, "params": p.model_dump(), "day": self.day,
+            "n_items": p.n_items, "n_topics": p.n_topics, "params": p.model_dump(mode="json"), "day": self.day,
         }
 
     def save(self, directory: str | Path, state_name: str = STATE_FILE) -> Path:
@@ -165,7 +177,7 @@ class World:
         d.mkdir(parents=True, exist_ok=True)
         meta_path = d / WORLD_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if meta and (meta.get("seed") != self.seed or meta.get("params") != self.params.model_dump()):
+        if meta and (meta.get("seed") != self.seed or _params_of(meta) != self.params):
             raise WorldError(f"{meta_path} describes a different world (seed or params differ)")
         meta.update(self.describe())
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -218,13 +230,33 @@ class World:
         with np.load(path) as z:
             if int(z["seed"]) != self.seed:
                 raise ConfigError(f"{path}: state of seed {int(z['seed'])}, world has seed {self.seed}")
-            values = {name: z[name].copy() for name in State.ARRAYS}
+            # states written before the exposure memory existed start it fresh
+            values = {name: z[name].copy() if name in z.files else getattr(self.state, name).copy()
+                      for name in State.ARRAYS}
             next_id = int(z["next_impression_id"])
         for name, arr in values.items():
             want = getattr(self.state, name).shape
             if arr.shape != want:
                 raise ConfigError(f"{path}: {name} has shape {arr.shape}, expected {want}")
         self.state = State(**values, next_impression_id=next_id)
+
+
+def _params_of(meta: dict) -> WorldParams | None:
+    """The parameters a world.json describes (fields it predates take their defaults), None if invalid."""
+    try:
+        return WorldParams.build(**meta.get("params", {}))
+    except (ConfigError, TypeError):
+        return None
+
+
+def novelty(seen: np.ndarray, item_unit: np.ndarray) -> np.ndarray:
+    """1 - cos(exposure memory, item topics): [n, K] x [n, S, K] -> [n, S]. Items of topics the user
+    has rarely been shown lately are fresh; under a steady ranking the memory catches up in days."""
+    return 1.0 - np.einsum("nk,nsk->ns", unit_rows(seen), item_unit)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _check_users(users, n_users: int) -> np.ndarray:
@@ -261,6 +293,7 @@ class Day:
         self.impressions = np.zeros(n, dtype=np.int64)
         self.minutes = np.zeros(n)
         self.sat_start = st.sat[ids].copy()
+        self.shown = np.zeros((n, p.n_topics))  # topic mix shown today, for the exposure memory
         self.step = 0
         # per-user base keys of the per-step streams; the step (and slot) are mixed in later
         self._k = {s: rng.key(seed, s, ids, self.days) for s in (rng.CANDIDATES, rng.CLICK, rng.COMPLETION, rng.LEAVE, rng.LIKE, rng.HATE)}
@@ -271,8 +304,10 @@ class Day:
 
     def _budget(self, rows: np.ndarray, session) -> np.ndarray:
         p = self.world.params
-        h = rng.key(self.world.seed, rng.BUDGET, self.ids[rows], self.days[rows], session)
-        return p.budget_scale * rng.gamma(h, p.budget_shape)
+        uid, days = self.ids[rows], self.days[rows]
+        h = rng.key(self.world.seed, rng.BUDGET, uid, days, session)
+        scale = p.budget_scale * self.world.users.budget_mult[uid] * np.asarray(p.dow_budget)[days % 7]
+        return scale * rng.gamma(h, p.budget_shape)
 
     @property
     def users(self) -> np.ndarray:
@@ -317,6 +352,9 @@ class Day:
         fat = np.einsum("nk,nsk->ns", st.fatigue[uid], cat.topics[slates])
         bait = cat.bait[slates]
         z = p.th_aff * aff + p.th_bait * w.users.bait_sus[uid, None] * bait - p.th_satiation * fat - p.th_pos * np.arange(k)
+        if p.th_novelty:
+            z = z + p.th_novelty * novelty(st.seen[uid], cat.unit[slates])
+        self.shown[rows] += cat.topics[slates].sum(axis=1)
         z = np.concatenate([z, np.full((n, 1), p.null_logit)], axis=1)
         e = np.exp(z - z.max(axis=1, keepdims=True))
         cum = np.cumsum(e, axis=1)
@@ -391,6 +429,9 @@ class Day:
         # overnight: memory fades, satiation rests, the return decision for tomorrow is drawn now
         st.sat[ids] *= p.sat_decay
         st.fatigue[ids] *= p.sat_daily_decay
+        shown = self.shown.sum(axis=1) > 0  # exposure memory follows what was shown today
+        mix = self.shown[shown] / self.shown[shown].sum(axis=1, keepdims=True)
+        st.seen[ids[shown]] = (1 - p.novelty_rate) * st.seen[ids[shown]] + p.novelty_rate * mix
         st.minutes_prev[ids] = self.minutes
         st.day[ids] += 1
         st.active_next[ids] = w._draw_return(ids, st.day[ids], st.sat[ids], st.minutes_prev[ids])

@@ -53,7 +53,7 @@ def test_real_trainer_hostile_plugin_is_killed(tmp_path, tiny_world, code, stage
 def small_world(tmp_path_factory):
     data = tmp_path_factory.mktemp("small") / "world"
     subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--out", str(data), "--users", "400",
-                    "--days", "6"], check=True, capture_output=True)
+                    "--days", "6", "--easy"], check=True, capture_output=True)
     return data
 
 
@@ -81,7 +81,7 @@ def test_recorded_gemini_with_real_trainer(tmp_path, small_world, gemini_replay)
 def test_builtin_beats_baseline_within_30_evaluations_on_default_world(tmp_path):
     """The issue's "done when": built-in proposer, default world, at most 30 evaluations."""
     data = tmp_path / "world"
-    subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--out", str(data)], check=True)
+    subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--out", str(data), "--easy"], check=True)
     cfg = parse_evolve_config({
         "data_dir": str(data), "run_dir": str(tmp_path / "run"), "generations": 10, "workers": 2,
         "budgets": {"max_evaluations": 30}, "limits": {"wall_seconds": 1800, "threads": 1},

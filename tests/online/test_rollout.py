@@ -47,7 +47,7 @@ def trained(tmp_path_factory):
     from cambrian.world.generate import generate
 
     root = tmp_path_factory.mktemp("online-e2e")
-    generate(root / "world", n_users=500, days=5, seed=11, n_items=250)
+    generate(root / "world", n_users=500, days=5, seed=11, n_items=250, preset="easy")  # large effects: decides in 4 days
     bundles = {}
     rewards = {"click": {"label": "CAST(click AS DOUBLE)"},
                "satisfaction": {"label": "CASE WHEN click = 1 AND hate = 0 THEN completion ELSE 0.0 END"}}

@@ -12,7 +12,7 @@ def world_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "data"
     subprocess.run(
         [sys.executable, "-m", "cambrian.cli", "world", "generate", "--users", "400", "--days", "5", "--seed", "3",
-         "--out", str(out)],
+         "--easy", "--out", str(out)],
         check=True, capture_output=True, text=True,
     )
     return out

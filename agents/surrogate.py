@@ -1,0 +1,105 @@
+"""A surrogate from offline proxies to online effect, learnt from the journal's concluded rollouts.
+
+Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
+the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
+noise floors, and the loss-independent proxies long_watch_corr and return_corr. It predicts each
+candidate's online effect with a standard deviation, and the online agent ranks by an upper
+confidence bound (mean + kappa * sd) so that uncertain candidates get explored.
+
+Why linear and Bayesian: a handful of concluded rollouts is all there will be for a long time; the
+posterior's width says honestly how little that is, and it shrinks as rollouts conclude.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from cambrian.agents.journal import Hypothesis
+
+COMPONENTS = ("optimizer", "architecture", "reward", "training")
+PROXIES = ("long_watch_corr", "return_corr")
+TARGET = "effect"  # the relative north-star effect recorded by record_outcome
+MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
+
+
+def features(h: Hypothesis) -> np.ndarray:
+    floors = 0.0
+    if h.gain is not None:
+        floors = h.gain / h.noise_floor if h.noise_floor else 0.0
+    proxies = [float(h.offline[m].mean) if m in h.offline else 0.0 for m in PROXIES]
+    onehot = [1.0 if h.component == c else 0.0 for c in COMPONENTS]
+    return np.array([*onehot, float(np.clip(floors, -10, 10)), *proxies])
+
+
+def observed_effect(h: Hypothesis) -> float | None:
+    value = h.online.get(TARGET) if h.online.get("matured") else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+@dataclass
+class Prediction:
+    mean: float
+    sd: float
+
+
+class BayesianLinear:
+    """y = w.x + e, w ~ N(0, prior_sd^2 I), e ~ N(0, s^2); s^2 from residuals (floored)."""
+
+    def __init__(self, prior_sd: float = 0.05, noise_floor_sd: float = 0.002):
+        self.prior_sd, self.noise_floor_sd = prior_sd, noise_floor_sd
+        self.mean: np.ndarray | None = None
+        self.cov: np.ndarray | None = None
+        self.noise_var = prior_sd**2
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "BayesianLinear":
+        x, y = np.atleast_2d(x), np.asarray(y, dtype=float)
+        d = x.shape[1]
+        noise = max(float(np.var(y)) if y.size > 1 else self.prior_sd**2, self.noise_floor_sd**2)
+        for _ in range(3):  # empirical Bayes on the noise: refit with the residual variance
+            precision = np.eye(d) / self.prior_sd**2 + x.T @ x / noise
+            cov = np.linalg.inv(precision)
+            mean = cov @ x.T @ y / noise
+            resid = y - x @ mean
+            dof = max(y.size - 1, 1)
+            noise = max(float(resid @ resid) / dof, self.noise_floor_sd**2)
+        self.mean, self.cov, self.noise_var = mean, cov, noise
+        return self
+
+    def predict(self, x: np.ndarray) -> list[Prediction]:
+        if self.mean is None or self.cov is None:
+            raise RuntimeError("fit() the surrogate first")
+        x = np.atleast_2d(x)
+        mu = x @ self.mean
+        var = np.einsum("nd,de,ne->n", x, self.cov, x) + self.noise_var
+        return [Prediction(float(m), float(math.sqrt(v))) for m, v in zip(mu, var)]
+
+
+def fit_journal(hypotheses: Iterable[Hypothesis], min_history: int = MIN_HISTORY) -> BayesianLinear | None:
+    """The surrogate fitted on every concluded rollout with a recorded effect; None below min_history."""
+    done = [(features(h), y) for h in hypotheses if (y := observed_effect(h)) is not None]
+    if len(done) < min_history:
+        return None
+    return BayesianLinear().fit(np.stack([f for f, _ in done]), np.array([y for _, y in done]))
+
+
+def surrogate_rank(pool: list[Hypothesis], model: BayesianLinear, k: int, kappa: float = 1.0
+                   ) -> tuple[list[str], dict[str, str], dict[str, dict[str, float]]]:
+    """Top k by measured effect where a rollout concluded, else by the upper bound mean + kappa * sd."""
+    preds = dict(zip((h.id for h in pool), model.predict(np.stack([features(h) for h in pool]))))
+
+    def value(h: Hypothesis) -> float:
+        seen = observed_effect(h)
+        return seen if seen is not None else preds[h.id].mean + kappa * preds[h.id].sd
+
+    ordered = sorted(pool, key=lambda h: (-value(h), h.created_at))[:k]
+    reasons = {}
+    for h in ordered:
+        p, seen = preds[h.id], observed_effect(h)
+        reasons[h.id] = (f"measured online effect {seen:+.4f}" if seen is not None else
+                         f"surrogate predicts online effect {p.mean:+.4f} ± {p.sd:.4f} (upper bound {value(h):+.4f})")
+    predictions = {h.id: {"mean": round(p.mean, 6), "sd": round(p.sd, 6)} for h in pool for p in [preds[h.id]]}
+    return [h.id for h in ordered], reasons, predictions

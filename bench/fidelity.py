@@ -1,0 +1,265 @@
+"""`cambrian bench run fidelity`: do the trainer's offline proxies predict the online effect?
+
+For each candidate change (a Delta on Φ0 in one of the four components: optimizer, architecture,
+reward, training; including a clickbait reward and changes that should be neutral online):
+* offline: train Φ0 and the candidate with the real trainer (gate, fit, evaluate) on the same logs of
+  the calibrated world; offline signals are differences to Φ0: val_loss gain (Φ0 − candidate),
+  long_watch_corr gain, return_corr gain, AUC gain;
+* online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
+  logs (`World.load`), for `online_days` days. Every copy has the same users and the same keyed random
+  draws (common random numbers), so the difference between two copies is the models' effect alone:
+  per user, minutes over the online days (0 on days away) under the candidate minus under Φ0; the
+  effect is the mean difference / Φ0's mean, its standard error the paired per-user one;
+* headline: Spearman rank correlation between each offline signal and the measured online effect on
+  the north star (watch minutes per user); the clickbait trap's short-term and late effects are listed.
+
+The effect is measured in the simulator with the hidden truth at hand, not by the online loop's
+statistics: this benchmark asks what the proxies *could* know, not how fast a test finds out.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from scipy import stats
+
+NORTH_STAR = "minutes"
+SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain")
+TRAP = "reward:clickbait"
+
+
+@dataclass(frozen=True)
+class Size:
+    users: int
+    log_days: int
+    online_days: int
+    epochs: int
+    max_train_examples: int
+
+
+QUICK = Size(users=200, log_days=4, online_days=5, epochs=1, max_train_examples=50_000)
+FULL = Size(users=1000, log_days=8, online_days=21, epochs=2, max_train_examples=200_000)
+
+# name -> (component, delta). Φ0 trains clicks with Adam, an MLP, `epochs` epochs.
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "optimizer:lr_x3": ("optimizer", {"optimizer": {"lr": 0.009}}),
+    "optimizer:lr_div3": ("optimizer", {"optimizer": {"lr": 0.001}}),
+    "optimizer:adamw_wd": ("optimizer", {"optimizer": {"name": "AdamW", "weight_decay": 0.01}}),
+    "optimizer:sgd_momentum": ("optimizer", {"optimizer": {"name": "SGD", "lr": 0.05, "params": {"momentum": 0.9}}}),
+    "architecture:deepfm": ("architecture", {"architecture": {"name": "deepfm"}}),
+    "architecture:dcn": ("architecture", {"architecture": {"name": "dcn"}}),
+    "architecture:wide_emb32": ("architecture", {"architecture": {"embedding_dim": 32, "hidden": [128, 64]}}),
+    "architecture:dropout": ("architecture", {"architecture": {"dropout": 0.3}}),
+    "reward:watch_time": ("reward", {"reward": {"label": "LEAST(watch_seconds / 300.0, 1.0)"}}),
+    "reward:completed_click": ("reward", {"reward": {"label": "CASE WHEN click = 1 THEN completion ELSE 0.0 END"}}),
+    "reward:no_hate": ("reward", {"reward": {"label": "CAST(click = 1 AND hate = 0 AS DOUBLE)"}}),
+    "reward:like": ("reward", {"reward": {"label": "CAST(\"like\" AS DOUBLE)"}}),  # LIKE is an SQL keyword
+    "reward:return_weighted": ("reward", {"reward": {"weight": "1.0 + 2.0 * click * returned_next_day"}}),
+    # The trap: weigh clicks on eye-catching thumbnails (the observable trace of bait) up.
+    TRAP: ("reward", {"reward": {"weight": "1.0 + 6.0 * click * GREATEST(thumb_intensity, 0.0)"}}),
+    "training:more_epochs": ("training", {"training": {"epochs_factor": 3}}),
+    "training:fewer_epochs": ("training", {"training": {"epochs_factor": 0.5}}),
+    "training:seed": ("training", {"training": {"seed": 1}}),
+    "training:batch_256": ("training", {"training": {"batch_size": 256}}),
+    "training:recent_half": ("training", {"training": {"examples_factor": 0.5}}),
+}
+
+
+def candidate_config(size: Size, delta: dict[str, Any]) -> dict[str, Any]:
+    """Φ0 (or Φ0 + delta) as a config mapping; training factors scale Φ0's epochs and examples."""
+    training = {"epochs": size.epochs, "max_train_examples": size.max_train_examples, "cpu_threads": 1}
+    out = {k: dict(v) for k, v in delta.items() if k != "training"}
+    extra = dict(delta.get("training", {}))
+    if "epochs_factor" in extra:
+        training["epochs"] = max(1, round(size.epochs * extra.pop("epochs_factor")))
+    if "examples_factor" in extra:
+        training["max_train_examples"] = max(100, int(size.max_train_examples * extra.pop("examples_factor")))
+    out["training"] = {**training, **extra}
+    return out
+
+
+def train_model(config: dict[str, Any], data_dir: Path) -> tuple[dict[str, float], Callable]:
+    """Gate, fit and evaluate in this process; returns the offline metrics and a score function."""
+    import torch
+
+    from cambrian.trainer.config import parse_config
+    from cambrian.trainer.train import evaluate, fit, run_gate
+
+    cfg = parse_config(config, "candidate")
+    data, device = run_gate(cfg, data_dir)
+    model, _ = fit(cfg, data, device)
+    metrics = evaluate(cfg, model, data, device)
+    model = model.to("cpu").eval()
+    catalogue = data.catalogue
+
+    def score(user_ids: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        feats = catalogue.features(np.repeat(user_ids, candidates.shape[1]), candidates.reshape(-1))
+        with torch.inference_mode():
+            out = model({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feats.items()})
+        return out.float().numpy().reshape(candidates.shape)
+
+    return metrics, score
+
+
+def serve_online(data_dir: Path, score: Callable, days: int) -> dict[str, np.ndarray]:
+    """All users under one model for `days` days from the end of the logs: per user x day arrays."""
+    from cambrian.world.sim import ScorePolicy, World
+
+    world = World.load(data_dir)
+    n = world.n_users
+    minutes, active, clicks, impressions = (np.zeros((n, days)) for _ in range(4))
+    for d, log in enumerate(world.run(ScorePolicy(score), days)):
+        ud = log.user_days
+        ids = ud["user_id"].to_numpy()
+        minutes[ids, d] = ud["minutes"].to_numpy()
+        active[ids, d] = ud["active"].to_numpy()
+        clicks[ids, d] = ud["clicks"].to_numpy()
+        impressions[ids, d] = ud["impressions"].to_numpy()
+    return {"minutes": minutes, "active": active, "clicks": clicks, "impressions": impressions}
+
+
+def paired_effect(arm: np.ndarray, base: np.ndarray) -> tuple[float, float]:
+    """Relative effect of per-user totals (same users in both) and its paired standard error."""
+    diff = arm - base
+    mean_base = float(base.mean())
+    if mean_base == 0 or diff.size < 2:
+        return 0.0, math.inf
+    return float(diff.mean() / mean_base), float(diff.std(ddof=1) / math.sqrt(diff.size) / abs(mean_base))
+
+
+def online_effects(arm: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> dict[str, float]:
+    days = base["minutes"].shape[1]
+    early, late = slice(0, min(3, days)), slice(days - max(days // 3, 1), days)
+    out: dict[str, float] = {}
+    for name, window in (("", slice(None)), ("_early", early), ("_late", late)):
+        eff, se = paired_effect(arm["minutes"][:, window].sum(1), base["minutes"][:, window].sum(1))
+        out[f"minutes{name}"], out[f"minutes{name}_se"] = eff, se
+        eff, se = paired_effect(arm["active"][:, window].sum(1), base["active"][:, window].sum(1))
+        out[f"active_days{name}"], out[f"active_days{name}_se"] = eff, se
+    ctr = lambda a, w: a["clicks"][:, w].sum() / max(a["impressions"][:, w].sum(), 1)
+    out["ctr"] = float(ctr(arm, slice(None)) / ctr(base, slice(None)) - 1)
+    out["ctr_early"] = float(ctr(arm, early) / ctr(base, early) - 1)
+    return out
+
+
+def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    return {
+        "val_loss_gain": base["val_loss"] - metrics["val_loss"],
+        "long_watch_corr_gain": metrics["long_watch_corr"] - base["long_watch_corr"],
+        "return_corr_gain": metrics["return_corr"] - base["return_corr"],
+        "auc_gain": metrics["auc"] - base["auc"],
+    }
+
+
+COMPONENTS = ("optimizer", "architecture", "reward", "training")
+
+
+def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.ndarray:
+    """Leave-one-out predictions of the online agent's surrogate (agents/surrogate.py: Bayesian
+    linear on the component and the offline signals): each candidate predicted from all the others,
+    as if every other rollout had concluded."""
+    from cambrian.agents.surrogate import BayesianLinear
+
+    sig = np.array([[r["offline"][s] for s in SIGNALS] for r in rows], dtype=float)
+    sig = (sig - sig.mean(0)) / np.where(sig.std(0) > 0, sig.std(0), 1.0)
+    onehot = np.array([[float(r["component"] == c) for c in COMPONENTS] for r in rows])
+    x, y = np.c_[onehot, sig], np.array([r["online"][target] for r in rows])
+    out = np.zeros(len(rows))
+    for i in range(len(rows)):
+        keep = np.arange(len(rows)) != i
+        out[i] = BayesianLinear().fit(x[keep], y[keep]).predict(x[i:i + 1])[0].mean
+    return out
+
+
+def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> dict[str, float | None]:
+    """Spearman between each offline signal (and the surrogate's leave-one-out prediction) and the
+    online effect over the candidates."""
+    y = np.array([r["online"][target] for r in rows])
+    out: dict[str, float | None] = {}
+    columns = {s: np.array([r["offline"][s] for r in rows]) for s in SIGNALS}
+    if len(rows) >= 4:
+        columns["surrogate_loo"] = surrogate_loo(rows, target)
+    for s, x in columns.items():
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+            out[s] = None
+        else:
+            out[s] = round(float(stats.spearmanr(x[ok], y[ok]).statistic), 4)
+    return out
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
+        candidates: dict[str, tuple[str, dict[str, Any]]] | None = None) -> dict:
+    from cambrian.bench.throughput import load_now
+    from cambrian.world.generate import generate
+
+    say = progress or (lambda msg: None)
+    size = size or (QUICK if quick else FULL)
+    candidates = CANDIDATES if candidates is None else candidates
+    t0, load_start = time.perf_counter(), load_now()
+    with tempfile.TemporaryDirectory(prefix="cambrian-bench-fidelity-") as tmp:
+        data = Path(tmp) / "world"
+        summary = generate(data, n_users=size.users, days=size.log_days, seed=0, preset="calibrated", force=True)
+        base_metrics, base_score = train_model(candidate_config(size, {}), data)
+        base_online = serve_online(data, base_score, size.online_days)
+        say(f"baseline: {base_metrics}")
+        rows, failed = [], {}
+        for name, (component, delta) in candidates.items():
+            c0 = time.perf_counter()
+            try:
+                metrics, score = train_model(candidate_config(size, delta), data)
+            except Exception as exc:  # a candidate that fails the gate or training is reported, not fatal
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            online = online_effects(serve_online(data, score, size.online_days), base_online)
+            rows.append({"name": name, "component": component, "delta": delta,
+                         "offline": {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
+                                     **{k: round(float(metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
+                                                                                   "return_corr")}},
+                         "online": {k: round(v, 6) for k, v in online.items()},
+                         "seconds": round(time.perf_counter() - c0, 1)})
+            say(f"{name}: minutes {online['minutes']:+.4f} ± {online['minutes_se']:.4f}")
+    corr = rank_correlations(rows)
+    effects = np.array([abs(r["online"]["minutes"]) for r in rows])
+    trap = next((r for r in rows if r["name"] == TRAP), None)
+    best = max((v for k, v in corr.items() if v is not None and k in SIGNALS), default=float("nan"))
+    return {
+        "name": "fidelity",
+        "command": "cambrian bench run fidelity" + (" --quick" if quick else ""),
+        "quick": quick,
+        "ratio": float(best),
+        "ratio_meaning": ("best Spearman rank correlation, over the offline signals (val_loss, long_watch_corr, "
+                          "return_corr, AUC gains over Φ0), with the candidate's measured online effect on watch "
+                          "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
+        "rank_correlation": corr,
+        "rank_correlation_late": rank_correlations(rows, "minutes_late"),
+        "north_star": "watch minutes per user over the online days (days away count as 0)",
+        "median_abs_effect": float(np.median(effects)) if effects.size else None,
+        "max_abs_effect": float(effects.max()) if effects.size else None,
+        "clickbait_trap": None if trap is None else {k: trap["online"][k] for k in (
+            "ctr_early", "minutes_early", "minutes_early_se", "minutes_late", "minutes_late_se", "active_days_late",
+            "active_days_late_se")},
+        "candidates": rows,
+        "failed": failed,
+        "world": {"preset": "calibrated", "seed": 0, "users": size.users, "log_days": size.log_days,
+                  "online_days": size.online_days, **{k: summary["overall"][k] for k in ("impressions", "ctr",
+                                                                                          "dau_frac")}},
+        "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples,
+                     **{k: round(float(base_metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
+                                                                        "return_corr")}},
+        "load_average_start": load_start,
+        "load_average_end": load_now(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import json
+
+    print(json.dumps(run(quick=True, progress=print), indent=2))

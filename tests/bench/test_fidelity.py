@@ -1,0 +1,122 @@
+"""The fidelity benchmark: its arithmetic (fast) and its quick run end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cambrian.bench.fidelity import (CANDIDATES, QUICK, SIGNALS, TRAP, candidate_config, offline_signals,
+                                     online_effects, paired_effect, rank_correlations)
+
+
+def test_candidates_span_all_four_components_with_a_trap_and_neutral_changes():
+    components = {c for c, _ in CANDIDATES.values()}
+    assert components == {"optimizer", "architecture", "reward", "training"}
+    assert len(CANDIDATES) >= 16 and TRAP in CANDIDATES
+    assert "training:seed" in CANDIDATES  # a change that cannot matter online
+
+
+def test_candidate_config_scales_training_and_keeps_other_components():
+    from cambrian.trainer.config import parse_config
+
+    base = parse_config(candidate_config(QUICK, {}))
+    assert base.training.epochs == QUICK.epochs and base.training.max_train_examples == QUICK.max_train_examples
+    more = parse_config(candidate_config(QUICK, {"training": {"epochs_factor": 3}}))
+    assert more.training.epochs == 3 * QUICK.epochs
+    half = parse_config(candidate_config(QUICK, {"training": {"examples_factor": 0.5}}))
+    assert half.training.max_train_examples == QUICK.max_train_examples // 2
+    for name, (component, delta) in CANDIDATES.items():  # every candidate is a valid Φ
+        cfg = parse_config(candidate_config(QUICK, delta), name)
+        assert cfg != base or component == "training", name
+
+
+def test_paired_effect_uses_the_per_user_differences():
+    base = np.array([10.0, 0.0, 5.0, 20.0])
+    arm = base * 1.1  # every user +10%: the paired s.e. is far below the unpaired one
+    eff, se = paired_effect(arm, base)
+    assert eff == pytest.approx(0.1)
+    diff = arm - base
+    assert se == pytest.approx(diff.std(ddof=1) / 2 / base.mean())
+    assert paired_effect(np.zeros(3), np.zeros(3)) == (0.0, math.inf)
+
+
+def test_online_effects_windows():
+    n, days = 5, 9
+    base = {"minutes": np.ones((n, days)), "active": np.ones((n, days)), "clicks": np.ones((n, days)),
+            "impressions": np.full((n, days), 10.0)}
+    arm = {k: v.copy() for k, v in base.items()}
+    arm["minutes"][:, :3] = 1.5   # +50% early
+    arm["minutes"][:, -3:] = 0.5  # -50% late
+    arm["clicks"][:, :3] = 2.0
+    e = online_effects(arm, base)
+    assert e["minutes_early"] == pytest.approx(0.5) and e["minutes_late"] == pytest.approx(-0.5)
+    assert e["minutes"] == pytest.approx(0.0) and e["ctr_early"] == pytest.approx(1.0)
+    assert e["active_days"] == 0.0
+
+
+def test_rank_correlations_per_signal():
+    rows = []
+    for i, y in enumerate([0.01, 0.02, 0.03, 0.04]):
+        base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5}
+        m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5}
+        rows.append({"component": "optimizer", "offline": offline_signals(m, base), "online": {"minutes": y}})
+    corr = rank_correlations(rows)
+    assert set(corr) == {*SIGNALS, "surrogate_loo"}
+    assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0
+    assert corr["auc_gain"] is None  # constant: undefined, reported as such
+    assert -1 < corr["return_corr_gain"] < 1
+
+
+def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
+    """Online effect = 0.2 x long-watch gain + a reward bonus; val_loss gain is noise. Each candidate
+    is predicted from the others only, and the prediction orders them as online does."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(16):
+        comp = ("optimizer", "architecture", "reward", "training")[i % 4]
+        lw = rng.normal(0, 0.05)
+        off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": lw, "return_corr_gain": rng.normal(0, 0.01),
+               "auc_gain": rng.normal(0, 0.01)}
+        rows.append({"component": comp, "offline": off,
+                     "online": {"minutes": 0.2 * lw + (0.01 if comp == "reward" else 0.0) + rng.normal(0, 0.001)}})
+    corr = rank_correlations(rows)
+    assert corr["surrogate_loo"] > 0.8 and corr["surrogate_loo"] > abs(corr["val_loss_gain"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_fidelity_quick_end_to_end():
+    from cambrian.bench import fidelity
+
+    r = fidelity.run(quick=True)
+    assert r["name"] == "fidelity" and r["quick"] is True and r["command"] == "cambrian bench run fidelity --quick"
+    json.dumps(r)
+    assert not r["failed"], r["failed"]
+    assert len(r["candidates"]) == len(CANDIDATES)
+    assert set(r["rank_correlation"]) == {*SIGNALS, "surrogate_loo"}
+    seed = next(c for c in r["candidates"] if c["name"] == "training:seed")
+    trap = r["clickbait_trap"]
+    assert trap is not None and math.isfinite(trap["minutes_late"])
+    for c in r["candidates"]:
+        assert math.isfinite(c["online"]["minutes"]) and c["online"]["minutes_se"] >= 0
+    # a different training seed is not a different product: its effect is within noise of zero
+    assert abs(seed["online"]["minutes"]) < max(4 * seed["online"]["minutes_se"], 0.03)
+
+
+def test_every_reward_candidate_passes_the_reward_sql_gate():
+    """`like` is an SQL keyword: an unquoted CAST(like ...) failed the gate and silently left the run."""
+    import pandas as pd
+
+    from cambrian.trainer.config import RewardConfig
+    from cambrian.trainer.data import IMPRESSION_COLUMNS, reward_labels
+
+    df = pd.DataFrame({c: [0, 1, 1, 0] for c in IMPRESSION_COLUMNS})
+    df["watch_seconds"], df["completion"], df["thumb_intensity"] = [0.0, 90.0, 30.0, 0.0], [0, 0.9, 0.3, 0], 0.5
+    df["hate"], df["like"], df["skip"] = [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]
+    for name, (_, delta) in CANDIDATES.items():
+        if "reward" in delta:
+            label, weight = reward_labels(df, RewardConfig(**delta["reward"]))
+            assert len(label) == len(df) and (weight >= 0).all(), name
