@@ -32,6 +32,6 @@ run_phase() {
     *) exit "$rc" ;;
   esac
 }
-HEAVY="within_30_evaluations or test_search_quick"
+HEAVY="within_30_evaluations or test_search_quick or test_slow_grid_is_calibrated"
 run_phase "slow suite" -m slow -k "not ($HEAVY)" "$@"
 run_phase "heaviest slow tests" -m slow -k "$HEAVY" "$@"
