@@ -15,6 +15,7 @@ secrets that never reach a log.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -25,9 +26,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import AGENTS  # noqa: E402  (tests/reliability/conftest.py: the agents suite's helpers)
-
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _conftest(path: Path):
+    """A conftest module by its path: `from conftest import` resolves to whichever conftest was
+    imported first (tests/reliability/redteam has one too)."""
+    spec = importlib.util.spec_from_file_location("_cambrian_reliability_conftest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+AGENTS = _conftest(ROOT / "tests" / "reliability" / "conftest.py").AGENTS  # the agents suite's helpers
 NS, SA = "cambrian", "cambrian-operator"
 
 
