@@ -80,6 +80,8 @@ def train(
             typer.echo(json.dumps({"ok": False, **failure}))
         raise
     _write_termination_message(termination_message_path, {"ok": True, **metrics})
+    for warning in metrics.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     if as_json:
         typer.echo(json.dumps({"ok": True, **metrics}, sort_keys=True))
     else:

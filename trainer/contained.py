@@ -84,9 +84,10 @@ def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
     _stage("forward_backward", True, forward_backward, config, data, device)
     if gate_only:
         return {"device": device.type}
-    model, seconds = _stage("training", False, fit, config, data, device)
+    clipping: dict = {}
+    model, seconds = _stage("training", False, fit, config, data, device, clipping)
     _stage("export", False, export_program, model, data, scratch / "model.pt2")
-    return {"train_seconds": seconds, "device": device.type}
+    return {"train_seconds": seconds, "device": device.type, **clipping}
 
 
 def predict(input_dir: Path, scratch: Path) -> dict:

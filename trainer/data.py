@@ -94,6 +94,7 @@ class TrainingSet:
 @dataclass
 class Dataset(TrainingSet):
     val: Split  # held out: stays with the scorer
+    n_train_available: int = 0  # training rows before training.max_train_examples cut them
 
 
 def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -280,7 +281,9 @@ def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
                           hint="generate more days or lower training.validation_days")
     is_val = df["day"] >= days[-n_val]
     train_df, val_df = df[~is_val], df[is_val]
+    available = len(train_df)
     cap = config.training.max_train_examples
-    if cap is not None and len(train_df) > cap:  # keep the most recent examples
+    if cap is not None and available > cap:  # keep the most recent examples
         train_df = train_df.iloc[-cap:]
-    return Dataset(spec, catalogue, _split(train_df, catalogue, config.reward), _split(val_df, catalogue, config.reward))
+    return Dataset(spec, catalogue, _split(train_df, catalogue, config.reward), _split(val_df, catalogue, config.reward),
+                   n_train_available=available)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cambrian.errors import ConfigError
-from cambrian.trainer.config import Component, ModelConfig, _format_errors, parse_config, read_structured_file
+from cambrian.trainer.config import COMPONENTS, Component, ModelConfig, _format_errors, parse_config, read_structured_file
 
 MAX_CODE_CHARS = 20_000
 
@@ -81,9 +81,25 @@ def parse_delta(data: Any, source: str = "delta") -> Delta:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with component/patch/code, got {type(data).__name__}")
     try:
-        return Delta.model_validate(data)
+        delta = Delta.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source} is invalid:\n{_format_errors(exc)}") from None
+    _check_patch_fields(delta, source)
+    return delta
+
+
+def _check_patch_fields(delta: Delta, source: str) -> None:
+    """A patch key its component does not have: name the component that owns it (one line, exit 2)."""
+    fields = {c: set(ModelConfig.model_fields[c].annotation.model_fields) for c in COMPONENTS}
+    for key in delta.patch:
+        if key in fields[delta.component]:
+            continue
+        owners = [c for c in COMPONENTS if key in fields[c]]
+        if owners:
+            raise ConfigError(f"{source}: patch.{key} is not a setting of component {delta.component}: {key} belongs to component "
+                              f"{' or '.join(owners)}; put it in a delta with `component: {owners[0]}`")
+        raise ConfigError(f"{source}: patch.{key} is not a setting of component {delta.component}, which has: "
+                          f"{', '.join(sorted(fields[delta.component] - {'code'}))}")
 
 
 def load_delta(path: str | Path) -> Delta:

@@ -87,4 +87,12 @@ def forward_backward(config: ModelConfig, data: TrainingSet, device: torch.devic
     except GateError:
         raise
     except Exception as exc:
-        raise GateError("forward_backward", f"{type(exc).__name__}: {exc}") from None
+        raise GateError("forward_backward", describe_model_error(exc, batch)) from None
+
+
+def describe_model_error(exc: Exception, batch: dict) -> str:
+    """One line for an exception from candidate code; a missing batch key gets the keys the model could read."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) and exc.args[0] not in batch:
+        return (f"the model read batch[{exc.args[0]!r}], which does not exist; the batch keys are "
+                f"{', '.join(batch)} (see the plugin interface in trainer/plugins.py)")
+    return f"{type(exc).__name__}: {exc}"

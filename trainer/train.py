@@ -30,7 +30,7 @@ from cambrian.trainer.bundle import ARG_NAMES, write_bundle
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import Dataset, Split, TrainingSet, load_dataset
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
-from cambrian.trainer.metrics import proxy_metrics
+from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
 
@@ -72,7 +72,9 @@ def predict(model, split: Split, device: torch.device, exported: bool = False) -
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def fit(config: ModelConfig, data: TrainingSet, device: torch.device) -> tuple[torch.nn.Module, float]:
+def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
+        stats: dict | None = None) -> tuple[torch.nn.Module, float]:
+    """Train; with `stats`, also count the optimizer steps whose gradients training.grad_clip cut."""
     import time
 
     torch.manual_seed(config.training.seed)
@@ -83,6 +85,11 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device) -> tuple[t
     weight = torch.from_numpy(train.weight).to(device)
     gen = torch.Generator().manual_seed(config.training.seed)
     bs = config.training.batch_size
+    clip = config.training.grad_clip
+    # kept on the device: reading a norm back every step would stall a GPU
+    clipped = torch.zeros((), dtype=torch.int64, device=device)
+    largest_norm = torch.zeros((), device=device)
+    steps = 0
     started = time.perf_counter()
     for epoch in range(config.training.epochs):
         model.train()
@@ -97,15 +104,21 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device) -> tuple[t
                                     hint="lower optimizer.lr or add training.grad_clip")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.training.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.training.grad_clip)
+            if clip:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip).to(device).float()
+                clipped += (norm > clip).to(torch.int64)
+                largest_norm = torch.maximum(largest_norm, norm)
+                steps += 1
             try:
                 optimizer.step()
             except Exception as exc:  # noqa: BLE001 - the candidate's optimizer
                 raise TrainingError(f"the optimizer's step failed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from None
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return model, time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if stats is not None and clip:
+        stats.update(clip_steps=steps, clipped_steps=int(clipped.item()), max_grad_norm=float(largest_norm.item()))
+    return model, seconds
 
 
 # ---- outside: the scorer --------------------------------------------------------------------------------
@@ -288,9 +301,34 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
             "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
             "sandbox": "bwrap" if contain else "none",
         }
+        metrics |= training_notes(config, data, result)
         write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
+    """What a user should know about a run that still succeeded: the cap cut data, clipping never acted, proxies
+    that carry no information on this data. `warnings` holds one line each (the CLI prints them on stderr)."""
+    notes: dict = {"n_train_available": data.n_train_available}
+    warnings: list[str] = []
+    if data.n_train_available > len(data.train):
+        warnings.append(f"capped at {len(data.train)} of {data.n_train_available} examples "
+                        "(training.max_train_examples): the oldest were left out; raise it or set it to null to use all")
+    clip = config.training.grad_clip
+    steps, clipped, largest = (result.get(k) for k in ("clip_steps", "clipped_steps", "max_grad_norm"))
+    if clip and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in (steps, clipped, largest)):  # reported by the contained process: checked, informational
+        notes |= {"grad_clip_steps_clipped": int(clipped), "max_grad_norm": round(float(largest), 6)}
+        if steps > 0 and clipped == 0:
+            warnings.append(f"training.grad_clip {clip:g} never triggered: the largest gradient norm in {int(steps)} "
+                            f"steps was {largest:.4g}, so clipping changed nothing; lower it below that or remove it")
+    uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
+    if uninformative:
+        notes["uninformative_metrics"] = uninformative
+        warnings += [f"{name} is uninformative on this data set because {why}" for name, why in uninformative.items()]
+    notes["warnings"] = warnings
+    return notes
 
 
 def read_predictions(path: Path) -> np.ndarray:

@@ -51,3 +51,6 @@ def test_real_movielens_trains(tmp_path):
     assert metrics["n_val"] == pytest.approx(100_000 / N_DAYS, rel=0.01)
     assert metrics["auc"] > 0.65  # temporal split; the reference notes measure ~0.71 for DeepFM
     assert np.isfinite(metrics["val_loss"])
+    # no day after the last one, and a long watch is a click there: both proxies are flagged, from the data
+    assert set(metrics["uninformative_metrics"]) == {"return_corr", "long_watch_corr"}
+    assert metrics["return_corr"] == 0
