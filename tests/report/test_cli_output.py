@@ -39,3 +39,18 @@ def test_journal_on_an_80_column_terminal_keeps_every_column(offline_only_run):
     for hid in ("g001-01", "g002-01"):
         record = flat[flat.index(hid + " ·"):][:200]
         assert "persona " in record and "phase Scored" in record and "verdict " in record, record
+
+
+def test_json_failure_goes_only_to_stdout_json(tmp_path):
+    delta = tmp_path / "delta.yaml"
+    delta.write_text("optimizer:\n  grad_clipp: 1\n")
+    r = cambrian("gate", "--data", str(tmp_path), "--delta", str(delta), "--json")
+    assert r.returncode == 2 and r.stderr == ""
+    assert json.loads(r.stdout)["ok"] is False and "Extra inputs" in json.loads(r.stdout)["reason"]
+    # A command without its own failure JSON: the error becomes the JSON.
+    r = cambrian("journal", str(tmp_path / "missing"), "--json")
+    assert r.returncode == 2 and r.stderr == ""
+    assert json.loads(r.stdout) == {"ok": False, "error": f"{tmp_path / 'missing'}/journal.jsonl: no journal here",
+                                    "hint": "name a run directory of `cambrian evolve`", "exit_code": 2}
+    r = cambrian("journal", str(tmp_path / "missing"))  # without --json: stderr as before
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: ")
