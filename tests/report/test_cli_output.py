@@ -54,3 +54,32 @@ def test_json_failure_goes_only_to_stdout_json(tmp_path):
                                     "hint": "name a run directory of `cambrian evolve`", "exit_code": 2}
     r = cambrian("journal", str(tmp_path / "missing"))  # without --json: stderr as before
     assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: ")
+
+
+def test_report_counts_a_generation_whose_proposals_all_settled(tmp_path):
+    """The operator's loop journals hypotheses without marking generations done."""
+    from cambrian.agents.journal import Hypothesis, Journal, Score
+
+    j = Journal(tmp_path / "run")
+    j.add(Hypothesis(id="baseline", generation=0, persona="baseline", component="baseline", category="baseline",
+                     origin="baseline", phase="Scored"))
+    for i, phase in enumerate(["Scored", "Scored", "Failed", "Rejected"]):
+        j.add(Hypothesis(id=f"g001-0{i + 1}", generation=1, persona="optimizer", component="optimizer",
+                         category="exploit", origin="builtin", phase=phase,
+                         offline={"val_loss": Score.of([0.5])} if phase == "Scored" else {}))
+    j.add(Hypothesis(id="g002-01", generation=2, persona="optimizer", component="optimizer", category="exploit",
+                     origin="builtin", phase="Training"))
+    r = cambrian("report", str(tmp_path / "run"), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "out" / "report.html").read_text()
+    row = html[html.index("Generations done"):][:120]
+    assert re.search(r"\b1 \(1\)", row), row  # generation 1 settled; generation 2 still training
+
+
+def test_report_refuses_a_rollout_of_another_run(full_run, offline_only_run, tmp_path):
+    other = full_run / "rollouts" / "sat-test"  # tests bundles under the other run's candidates/
+    r = cambrian("report", str(offline_only_run), "--rollout", str(other), "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(other) in lines[0] and str(offline_only_run) in lines[0], r.stderr
+    assert "another run" in lines[0] and not (tmp_path / "out").exists()
