@@ -97,17 +97,20 @@ def _run_live(cfg):
 
     from cambrian.agents.evolve import Evolution
 
+    if not Console().is_terminal:  # a file or pipe: no live display, the complete journal once at the end
+        result = Evolution(cfg).run()
+        print_journal(result_journal(result), title=f"journal — {result.run_dir}")
+        return result
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[status]}"))
     gens = progress.add_task("generations", total=cfg.generations, status="")
     evals = progress.add_task("evaluations", total=cfg.budgets.max_evaluations, status="")
     holder: dict[str, Any] = {}
-    terminal = Console().is_terminal
 
     def render():
         evo = holder.get("evo")
         parts = [progress]
-        if evo is not None and terminal:
+        if evo is not None:
             parts.append(journal_table(evo.journal, title=f"journal — {evo.run_dir}", limit=18))
         return Group(*parts)
 
@@ -130,9 +133,13 @@ def _run_live(cfg):
         live.update(render())
         result = evo.run()
         live.update(render())
-    if not terminal:  # a file or pipe: the complete journal once, in the plain format
-        print_journal(evo.journal, title=f"journal — {evo.run_dir}")
     return result
+
+
+def result_journal(result):
+    from cambrian.agents.journal import Journal
+
+    return Journal(result.run_dir, readonly=True)
 
 
 def _print_summary(result) -> None:

@@ -83,3 +83,18 @@ def test_report_refuses_a_rollout_of_another_run(full_run, offline_only_run, tmp
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(other) in lines[0] and str(offline_only_run) in lines[0], r.stderr
     assert "another run" in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_local_evolve_hypotheses_table_is_complete_off_a_terminal(capsys):
+    from cambrian.operator.local_cli import print_hypotheses
+
+    print_hypotheses([
+        {"metadata": {"name": "fr-w1-0"}, "spec": {"origin": {"kind": "persona", "persona": "optimizer"}},
+         "status": {"phase": "Scored", "offlineMetric": "val_loss", "offlineScore": 0.49454}},
+        {"metadata": {"name": "fr-w1-1"}, "spec": {"origin": {"kind": "human"}},
+         "status": {"phase": "Failed", "reason": "training failed:\tshape\nmismatch"}},
+    ])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["hypothesis\tpersona\tphase\tmetric\tscore\twhy",
+                     "fr-w1-0\toptimizer\tScored\tval_loss\t0.49454\t",
+                     "fr-w1-1\thuman\tFailed\t\t\ttraining failed: shape mismatch"]
