@@ -33,26 +33,40 @@ def journal_rows(journal) -> list[dict[str, Any]]:
     return rows
 
 
-def journal_table(journal, title: str = "Experiment journal", limit: int | None = None):
-    from rich.table import Table
+def journal_cells(journal, limit: int | None = None):
+    """(columns, rows, styles) of the journal table, shared by the live view, `journal` and the demo."""
+    from cambrian.tables import Column
 
-    table = Table(title=title, show_lines=False, expand=True)
-    for col, kw in (("id", {"no_wrap": True}), ("persona", {}), ("cat", {}), ("phase", {}), ("verdict", {}),
-                    ("metric", {}), ("score ± std (n)", {"no_wrap": True}), ("gain / floor", {"no_wrap": True}),
-                    ("delta", {"overflow": "fold", "ratio": 2}), ("why", {"overflow": "fold", "ratio": 3})):
-        table.add_column(col, **kw)
-    rows = journal_rows(journal)
-    if limit:
-        rows = rows[-limit:]
-    for r in rows:
+    columns = [Column("id"), Column("persona"), Column("cat"), Column("phase"), Column("verdict"), Column("metric"),
+               Column("score ± std (n)"), Column("gain / floor"), Column("delta", wide=True),
+               Column("why", wide=True)]
+    rows, styles = [], []
+    for r in journal_rows(journal)[-limit:] if limit else journal_rows(journal):
         style = PHASE_STYLE.get(r["phase"], "")
         if r["verdict"] == "better":
             style = "bold green"
         score = f"{_fmt(r['score'])} ± {_fmt(r['std'])} ({r['seeds']})" if r["score"] is not None else ""
         gain = f"{_fmt(r['gain'])} / {_fmt(r['noise_floor'])}" if r["gain"] is not None else ""
-        table.add_row(r["id"], r["persona"], r["category"], r["phase"], r["verdict"] or "", r["metric"] or "", score,
-                      gain, r["delta"], (r["reason"] or "")[:240], style=style)
-    return table
+        rows.append([r["id"], r["persona"], r["category"], r["phase"], r["verdict"] or "", r["metric"] or "", score,
+                     gain, r["delta"], (r["reason"] or "")[:240]])
+        styles.append(style)
+    return columns, rows, styles
+
+
+def journal_table(journal, title: str = "Experiment journal", limit: int | None = None):
+    from cambrian.tables import rich_table
+
+    from rich.console import Console
+
+    columns, rows, styles = journal_cells(journal, limit)
+    return rich_table(columns, rows, title=title, styles=styles, width=Console().width)
+
+
+def print_journal(journal, title: str, console=None) -> None:
+    from cambrian.tables import print_table
+
+    columns, rows, styles = journal_cells(journal)
+    print_table(columns, rows, title=title, styles=styles, console=console)
 
 
 def evolve(
@@ -77,12 +91,16 @@ def evolve(
 
 
 def _run_live(cfg):
-    from rich.console import Group
+    from rich.console import Console, Group
     from rich.live import Live
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cambrian.agents.evolve import Evolution
 
+    if not Console().is_terminal:  # a file or pipe: no live display, the complete journal once at the end
+        result = Evolution(cfg).run()
+        print_journal(result_journal(result), title=f"journal — {result.run_dir}")
+        return result
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TextColumn("{task.fields[status]}"))
     gens = progress.add_task("generations", total=cfg.generations, status="")
@@ -116,6 +134,12 @@ def _run_live(cfg):
         result = evo.run()
         live.update(render())
     return result
+
+
+def result_journal(result):
+    from cambrian.agents.journal import Journal
+
+    return Journal(result.run_dir, readonly=True)
 
 
 def _print_summary(result) -> None:
@@ -159,7 +183,7 @@ def journal(
             "hypotheses": [h.model_dump(mode="json") for h in j.hypotheses],
         }, indent=2, sort_keys=True))  # fmt: skip
         return
-    con = Console(width=max(Console().width, 160))
-    con.print(journal_table(j, title=f"Experiment journal — {j.run_dir}"))
+    con = Console()
+    print_journal(j, title=f"Experiment journal — {j.run_dir}", console=con)
     if j.state.stop_reason:
         con.print(f"stopped: {j.state.stop_reason}")

@@ -81,15 +81,46 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Cambrian: LLM agents evolve a ranking model offline, A/B-test it online and launch winners."""
 
 
+class _WatchedStdout:
+    """sys.stdout that remembers whether the command printed anything (its JSON result or failure)."""
+
+    def __init__(self, stream):
+        self._stream, self.written = stream, False
+
+    def write(self, text):
+        n = self._stream.write(text)  # bytes raise here, as on the real stream (click probes with b"")
+        self.written = self.written or bool(text)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _json_mode(argv: list[str]) -> bool:
+    return "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+
+
 def main() -> None:
     from cambrian.errors import CambrianError
 
+    # With --json a failure is reported in JSON on stdout only: scripts parse stdout and a second copy
+    # of the message on stderr is noise. Commands that print their own failure JSON keep it.
+    as_json = _json_mode(sys.argv[1:])
+    if as_json:
+        sys.stdout = _WatchedStdout(sys.stdout)
     try:
         typer.main.get_command(app).main(prog_name="cambrian", standalone_mode=True)
     except KeyboardInterrupt:
         typer.echo("Interrupted; progress so far is saved: re-run the command to resume.", err=True)
         sys.exit(130)
     except CambrianError as exc:
+        if as_json:
+            if not sys.stdout.written:
+                import json
+
+                typer.echo(json.dumps({"ok": False, "error": str(exc), "hint": exc.hint or None,
+                                       "exit_code": exc.exit_code}))
+            sys.exit(exc.exit_code)
         typer.echo(f"error: {exc}", err=True)
         if exc.hint:
             typer.echo(f"hint: {exc.hint}", err=True)

@@ -130,6 +130,48 @@ def load_rollout(folder: Path, hypothesis_ids: set[str]) -> Rollout:
     return ro
 
 
+def finished_generations(state: Any) -> list[int]:
+    """Generations marked done, and those whose proposals all reached a final phase: the operator's loop
+    journals hypotheses but never marks a generation done, which read as "0 of 1" after a full generation."""
+    from cambrian.agents.journal import TERMINAL_PHASES
+
+    by_gen: dict[int, list[str]] = {}
+    for h in state.hypotheses.values():
+        if h.generation >= 1:
+            by_gen.setdefault(h.generation, []).append(h.phase)
+    settled = {g for g, phases in by_gen.items() if all(ph in TERMINAL_PHASES for ph in phases)}
+    return sorted(set(state.generations_done) | settled)
+
+
+def _bundle_paths(spec: dict[str, Any] | None) -> list[Path]:
+    spec = spec or {}
+    treatments = spec.get("treatments") or {}
+    named = [spec.get("control"), *(treatments.values() if isinstance(treatments, dict) else [])]
+    return [Path(b) for b in named if isinstance(b, str) and b]
+
+
+def _in_run(bundle: Path, run_dir: Path) -> bool:
+    # A relative path was typed against some working directory: it may name the run's folder or lie inside it.
+    return bundle.resolve().is_relative_to(run_dir) or (not bundle.is_absolute() and (run_dir / bundle).exists())
+
+
+def check_rollout_belongs(ro: Rollout, run_dir: Path, config: dict[str, Any]) -> None:
+    """An extra --rollout must test this run's bundles on this run's data; otherwise its winner would be
+    declared champion of a run that never produced it."""
+    run_dir = run_dir.resolve()
+    world, data = (ro.spec or {}).get("world"), config.get("data_dir")
+    if isinstance(world, str) and isinstance(data, str) and Path(world).resolve() != Path(data).resolve():
+        raise ConfigError(f"--rollout {ro.path}: rollout {ro.name} ran on data {world}, but run {run_dir} "
+                          f"was trained on {data}; pass a rollout of this run")
+    bundles = _bundle_paths(ro.spec)
+    if bundles and not any(_in_run(b, run_dir) for b in bundles):
+        raise ConfigError(f"--rollout {ro.path}: rollout {ro.name} serves bundles of another run "
+                          f"({bundles[0]}), not of run {run_dir}; pass a rollout of this run")
+    if not bundles and not ro.arm_hypothesis:
+        raise ConfigError(f"--rollout {ro.path}: rollout {ro.name} has no spec and no arm named after a "
+                          f"hypothesis of run {run_dir}; pass a rollout of this run")
+
+
 def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> Run:
     from cambrian.agents.journal import JOURNAL_FILE, Journal
 
@@ -144,11 +186,16 @@ def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> R
     j = Journal(p, readonly=True)
     st = j.state
     config = _read_json(p / "evolve-config.json") if (p / "evolve-config.json").is_file() else {}
+    config = config if isinstance(config, dict) else {}
     ids = set(st.hypotheses)
-    folders = find_rollout_dirs(p) + [Path(x) for x in (extra_rollouts or [])]
-    rollouts = [load_rollout(f, ids) for f in dict.fromkeys(f.resolve() for f in folders)]
+    own = find_rollout_dirs(p)
+    extra = [Path(x).resolve() for x in (extra_rollouts or [])]
+    rollouts = [load_rollout(f, ids) for f in dict.fromkeys([f.resolve() for f in own] + extra)]
+    for ro in rollouts:
+        if ro.path in extra and ro.path not in {f.resolve() for f in own}:
+            check_rollout_belongs(ro, p, config)
     run = Run(p, list(st.hypotheses.values()), dict(st.baseline), st.usage, st.train_seconds, st.evaluations,
-              sorted(st.generations_done), st.stop_reason, config if isinstance(config, dict) else {}, rollouts)
+              finished_generations(st), st.stop_reason, config, rollouts)
     # Hypotheses whose journal entry names a rollout arm.
     for h in run.hypotheses:
         rname, arm = h.online.get("rollout"), h.online.get("arm")

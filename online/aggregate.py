@@ -78,6 +78,11 @@ def _pre_next_day_rate(user_days: pd.DataFrame, users: np.ndarray, lo: int, hi: 
     return rate.reindex(users, fill_value=0.0)
 
 
+def maturity_day(metric: str, settings: AggregationSettings = AggregationSettings()) -> int:
+    """The experiment day on which the first cohort's value of a delayed metric is read (0: at once)."""
+    return {"returned_next_day": 1, "active_days": settings.active_window}.get(metric, 0)
+
+
 def arm_statistics(exposures: pd.DataFrame, user_days: pd.DataFrame, closed_day: int,
                    settings: AggregationSettings = AggregationSettings()) -> dict[str, dict[str, dict[str, float]]]:
     """{metric: {arm: {stat: value}}} for one experiment. `user_days` needs user_id, day and USER_DAY_COLUMNS

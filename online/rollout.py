@@ -117,6 +117,8 @@ class RolloutSpec(_Strict):
             raise ConfigError(f"rollout spec {path} is invalid:\n  " + "\n  ".join(lines)) from None
 
     def policy(self) -> DecisionPolicy:
+        from cambrian.online.aggregate import AggregationSettings, maturity_day
+
         return DecisionPolicy(
             north_star=Metric(self.north_star, higher_is_better=self.north_star_higher_is_better,
                               relative=self.north_star_relative, cuped=self.north_star_cuped),
@@ -124,7 +126,8 @@ class RolloutSpec(_Strict):
             max_days=self.days, alpha=self.alpha,
             guardrails=tuple(Guardrail(**g.model_dump()) for g in self.guardrails),
             hard_limits=tuple(HardLimit(**h.model_dump()) for h in self.hard_limits),
-            secondary=tuple(Metric(m) for m in self.secondary))
+            secondary=tuple(Metric(m, matures_day=maturity_day(m, AggregationSettings(active_window=self.active_window)))
+                            for m in self.secondary))
 
     def weight_on(self, day_index: int) -> int:
         return [s.weight for s in self.ramp if s.day <= day_index][-1]

@@ -99,11 +99,7 @@ def check_rollouts(driver: Any, objs: list[dict[str, Any]], data: Path | None) -
 def _print(driver: Any, report: dict[str, Any]) -> None:
     echo = typer.echo
     echo(f"{report['reason']} (after {report['simulatedDays']:g} simulated days)")
-    for h in driver.store.list("hypotheses"):
-        st = h.get("status") or {}
-        score = f" {st.get('offlineMetric')}={st['offlineScore']:.5g}" if st.get("offlineScore") is not None else ""
-        echo(f"  hypothesis {h['metadata']['name']}: {st.get('phase')}{score}"
-             + (f" — {st['reason']}" if st.get("reason") and st.get("phase") in ("Failed", "Rejected") else ""))
+    print_hypotheses(driver.store.list("hypotheses"))
     for r in driver.store.list("rollouts"):
         st = r.get("status") or {}
         echo(f"  rollout {r['metadata']['name']}: {st.get('phase')}"
@@ -113,6 +109,21 @@ def _print(driver: Any, report: dict[str, Any]) -> None:
     for name in report["awaitingApproval"]:
         echo(f"  approve with: cambrian rollout -f FILE --dir {report['dir']} --approve {name}=promote (or =rollback)")
     echo(f"objects: {report['dir']}/objects   events: {report['dir']}/events.jsonl")
+
+
+def print_hypotheses(hypotheses: list[dict[str, Any]]) -> None:
+    """The hypotheses as one table (plain tab-separated text when stdout is not a terminal)."""
+    from cambrian.tables import Column, print_table
+
+    rows = []
+    for h in hypotheses:
+        st, origin = h.get("status") or {}, (h.get("spec") or {}).get("origin") or {}
+        score = f"{st['offlineScore']:.5g}" if st.get("offlineScore") is not None else ""
+        rows.append([h["metadata"]["name"], origin.get("persona") or origin.get("kind") or "", st.get("phase") or "",
+                     st.get("offlineMetric") or "", score, st.get("reason") or ""])
+    if rows:
+        print_table([Column("hypothesis"), Column("persona"), Column("phase"), Column("metric"), Column("score"),
+                     Column("why", wide=True)], rows, title="hypotheses")
 
 
 def _logging(verbose: bool) -> None:

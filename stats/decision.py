@@ -43,6 +43,7 @@ class Metric:
     higher_is_better: bool = True
     relative: bool = True
     cuped: bool = True
+    matures_day: int = 0   # experiment day on which the first cohort's value can be read (delayed metrics)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -451,7 +452,10 @@ def _secondary(policy: DecisionPolicy, stats, control: str, treatments: list[str
             try:
                 e = analyse(stats[control][m.name], stats[a][m.name], cuped=m.cuped, relative=m.relative)
             except InsufficientData as err:
-                rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": str(err)})
+                # No user's window has closed yet: that is a matter of time, not of missing users.
+                unread = m.matures_day > 0 and min(stats[control][m.name].n, stats[a][m.name].n) == 0
+                note = f"not matured: {m.name} matures on day {m.matures_day}" if unread else str(err)
+                rows.append({"arm": a, "metric": m.name, "estimate": None, "p_value": 1.0, "note": note})
                 continue
             (lo, hi), rho = _interval(e, policy.alpha, policy.planned_users_per_arm)
             p = float(msprt_p_value(e.test_estimate, e.test_variance, 1 / math.sqrt(rho)))

@@ -4,6 +4,7 @@ package's `decide`. Pure: the adapter does the querying and passes the numbers i
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -32,7 +33,8 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
         alpha=st.alpha,
         guardrails=tuple(guardrails),
         hard_limits=tuple(limits),
-        secondary=tuple(Metric(m.name, higher_is_better=m.direction == "maximize", cuped=st.cuped)
+        secondary=tuple(Metric(m.name, higher_is_better=m.direction == "maximize", cuped=st.cuped,
+                               matures_day=math.ceil(duration_seconds(m.window) / 86400))
                         for m in spec.metrics.north_star[1:]),
         srm_threshold=st.srm_alpha,
     )
