@@ -13,7 +13,7 @@ CAMBRIAN_CLUSTER_BIN=$(bash scripts/ci-prepare.sh | tail -n 1)
 export CAMBRIAN_CLUSTER_BIN
 export PATH="$CAMBRIAN_CLUSTER_BIN:$PATH"
 echo "== default suite (control plane binaries: $CAMBRIAN_CLUSTER_BIN)"
-.venv/bin/pytest -m "not slow" -p no:cacheprovider "$@"
+.venv/bin/pytest -m "not slow" -p no:cacheprovider -n 2 "$@"  # two workers: most tests wait on subprocesses
 
 # run_phase NAME PYTEST-ARGS...: runs while time is left; pytest's exit 5 (nothing selected) is fine.
 run_phase() {
