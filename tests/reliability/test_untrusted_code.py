@@ -253,7 +253,8 @@ def test_network_off_fails_closed_when_isolation_is_impossible(tmp_path, tiny_wo
 def test_real_trainer_ends_hostile_candidates_with_the_reason(tmp_path, tiny_world, hid, code, stage, phase):
     """The real `cambrian train` in the sandbox: refused (exit 3, static) or killed (timeout, memory)."""
     delta = parse_delta({"component": "architecture", "code": code})
-    limits = RunLimits(wall_seconds=90, rss_mb=1500, threads=1)
+    # the tree is the trainer and its contained child, each with torch loaded (~1.5 GiB together)
+    limits = RunLimits(wall_seconds=90, rss_mb=3000, threads=1)
     out = run_candidate(ModelConfig.model_validate({"training": {"epochs": 1, "device": "cpu"}}), delta, tiny_world,
                         tmp_path / hid, limits)
     assert not out.ok and out.failure is not None
