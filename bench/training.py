@@ -52,7 +52,7 @@ def run(quick: bool = False) -> dict:
     users, days = (400, 4) if quick else (2000, 14)
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(tmp) / "world"
-        subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--users", str(users), "--days",
+        subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--easy", "--users", str(users), "--days",
                         str(days), "--seed", "0", "--out", str(world)], check=True, capture_output=True)
         config = ModelConfig()
         config.training.epochs = 1 if quick else 2
