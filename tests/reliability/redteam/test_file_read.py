@@ -3,6 +3,13 @@ holds only the Python runtime (read-only), /input (the training rows) and /scrat
 
 from attacks import arch, plugin, reported, run_attack
 
+from cambrian.trainer.sandbox import runtime_paths
+
+# what the sandbox binds at its root: the fixed system folders, /input, /scratch, and the first component of each
+# read-only runtime path (where the checkout and its virtualenv live differs by machine: /work here, /check in CI)
+ALLOWED_ROOT = {"bin", "dev", "input", "lib", "lib64", "proc", "sbin", "scratch", "tmp", "usr", "etc"} | {
+    p.parts[1] for p in runtime_paths()}
+
 ATTACK = plugin(init="""
 seen = []
 for p in ["/etc/passwd", "/etc/shadow", "/root/.bash_history", "/work", "/data/truth"]:
@@ -25,8 +32,7 @@ raise RuntimeError("REDTEAM root=" + ",".join(sorted(OS.listdir("/"))) + " hits=
 def test_candidate_reads_no_host_file_and_finds_no_data_or_truth(path, tiny_world, tmp_path):
     report = reported(run_attack(path, tiny_world, tmp_path, arch(ATTACK)))
     root = report.split("root=")[1].split(" ")[0].split(",")
-    assert set(root) <= {"bin", "dev", "input", "lib", "lib64", "proc", "sbin", "scratch", "tmp", "usr", "etc", "root",
-                         "work", "opt", "home"}, root
+    assert set(root) <= ALLOWED_ROOT, (root, ALLOWED_ROOT)
     assert "hits= " in report, report  # no data file, no truth/, no repository file anywhere it can walk
     assert "TRUTH-CANARY" not in report and "root:x:0" not in report
     for p in ("/etc/passwd", "/etc/shadow", "/root/.bash_history", "/data/truth"):
