@@ -45,6 +45,7 @@ AGE = _col("Age", ".metadata.creationTimestamp", "date")
 COLUMNS = {
     "Evolution": [
         _col("Phase", ".status.phase"),
+        _col("Reason", ".status.reason", description="why the phase is not Running"),
         _col("Champion", ".status.champion.name"),
         _col("Wakeups", ".status.counters.wakeups", "integer"),
         _col("Live", ".status.counters.live", "integer"),

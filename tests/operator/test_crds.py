@@ -62,6 +62,9 @@ def test_schema_is_structural(crds, kind):
         for part in col["jsonPath"].strip(".").split("."):
             node = node["properties"][part]
         assert node["type"] == col["type"] or (col["type"] == "number" and node["type"] in ("number", "integer"))
+    # a failed or blocked object says why in `kubectl get` (issue 21: the phase alone left users guessing)
+    if "reason" in schema["properties"]["status"]["properties"]:
+        assert ".status.reason" in {c["jsonPath"] for c in version["additionalPrinterColumns"]}
 
 
 def test_cel_rules_present(crds):
