@@ -24,6 +24,22 @@ import numpy as np
 N_BUCKETS = 10_000
 
 
+def treatment_weight_error(weights: Sequence[int], names: Sequence[str] = ()) -> str | None:
+    """The one rule for A/B/n weights (control first, then K treatments), shared by the router, the Rollout
+    model and the CRD's CEL rules: the control keeps some traffic until a full launch, and each treatment owns
+    a slot of 100/K percent of the buckets, so it may take at most 100/K percent (a full launch at 100
+    excepted). Returns what is wrong, naming the arm as weights.NAME (or by position), or None."""
+    arms = list(names) if len(names) == len(weights) else ["control", *(f"treatment {i}" for i in range(1, len(weights)))]
+    k = len(weights) - 1
+    if weights and weights[0] == 0 and 100 not in weights[1:]:
+        return f"weights.{arms[0]}: 0% while no treatment is fully launched leaves nothing to compare with"
+    for arm, w in zip(arms[1:], weights[1:]):
+        if w * k > 100 and w != 100:
+            return (f"weights.{arm}: {w}% exceeds this treatment's maximum of {100 / k:g}% with {k} treatments "
+                    "(each owns 1/K of the traffic; only a full launch at 100% may exceed it)")
+    return None
+
+
 @functools.lru_cache(maxsize=1 << 20)  # the router sees the same users again and again
 def _bucket(user_id: int, salt: str) -> int:
     digest = hashlib.blake2b(f"{salt}:{user_id}".encode(), digest_size=8).digest()
@@ -68,16 +84,9 @@ class Assignment:
             clean[arm] = int(w)
         if sum(clean.values()) != 100:
             raise ValueError(f"weights: must sum to 100, got {sum(clean.values())} ({clean})")
-        slot = N_BUCKETS // len(treatments)
-        for arm in treatments:
-            if clean[arm] * 100 > slot:
-                # A single treatment may take everything (a full launch) when no other treatment is live.
-                others = [t for t in treatments if t != arm and clean[t] > 0]
-                if not (clean[arm] == 100 and not others):
-                    raise ValueError(
-                        f"weights.{arm}: {clean[arm]}% exceeds this treatment's maximum of "
-                        f"{slot / 100:g}% with {len(treatments)} treatments (only a full launch at 100% may exceed it)"
-                    )
+        error = treatment_weight_error([clean[a] for a in arms], arms)
+        if error:
+            raise ValueError(error)
         return cls(salt=salt, control=control, treatments=tuple(treatments), weights=clean)
 
     @property

@@ -710,6 +710,14 @@ class RampStep(_Model):
             [
                 cel("self.weights.all(w, w >= 0 && w <= 100)", "spec.ramp.steps[].weights: each weight must be within 0..100"),
                 cel("self.weights.sum() == 100", "spec.ramp.steps[].weights must sum to 100"),
+                # the router's slot rule (cambrian.online.assignment.treatment_weight_error): a weight that is
+                # the control's alone (equal to weights[0] and found once) is exempt; every treatment's is not
+                cel("self.weights.all(w, w * (size(self.weights) - 1) <= 100 || w == 100 || "
+                    "(w == self.weights[0] && self.weights.filter(x, x == w).size() == 1))",
+                    "spec.ramp.steps[].weights: each treatment may take at most 100/K percent with K treatments "
+                    "(only a full launch at 100 may exceed it)"),
+                cel("self.weights[0] > 0 || self.weights.exists(w, w == 100)",
+                    "spec.ramp.steps[].weights: the control's weight may be 0 only in a full launch (a treatment at 100)"),
             ]
         ),
     )
@@ -725,6 +733,11 @@ class RampStep(_Model):
             raise ValueError("spec.ramp.steps[].weights: each weight must be within 0..100")
         if sum(self.weights) != 100:
             raise ValueError("spec.ramp.steps[].weights must sum to 100")
+        from cambrian.online.assignment import treatment_weight_error
+
+        error = treatment_weight_error(self.weights)
+        if error:
+            raise ValueError(f"spec.ramp.steps[].{error}")
         return self
 
 

@@ -118,6 +118,33 @@ def test_api_server_rejects_the_whole_corpus_naming_the_field(admission):
     assert not problems, f"{len(problems)} of {len(SERVER_CASES)} cases:\n" + "\n".join(problems)
 
 
+WEIGHTS_GRID = [[40, 20, 20, 20], [34, 33, 33], [50, 50], [0, 100], [0, 100, 0], [1, 33, 33, 33], [10, 90, 0],
+                [34, 34, 16, 16], [0, 50, 50], [20, 60, 20], [33, 34, 33], [25, 25, 25, 25], [40, 30, 30]]
+
+
+@pytest.mark.cluster
+def test_api_server_and_router_agree_on_every_ramp_weight(admission):
+    """One rule of A/B/n weights: the CRD's CEL rules and the router (Assignment) accept the same steps."""
+    from cambrian.online.assignment import Assignment
+
+    base = valid_examples()["Rollout"]
+    disagreements = []
+    for weights in WEIGHTS_GRID:
+        obj = yaml.safe_load(yaml.safe_dump(base))
+        names = [f"t{i}" for i in range(len(weights) - 1)]
+        obj["spec"]["treatments"] = [{**obj["spec"]["treatments"][0], "name": n} for n in names]
+        obj["spec"]["ramp"] = {"steps": [{"weights": weights, "duration": "1d"}]}
+        try:
+            Assignment.create("s", "control", names, dict(zip(["control", *names], weights)))
+            router_ok = True
+        except ValueError:
+            router_ok = False
+        server_msg = admission(obj)
+        if (server_msg is None) != router_ok:
+            disagreements.append(f"{weights}: router {'accepts' if router_ok else 'refuses'}, API server {server_msg}")
+    assert not disagreements, disagreements
+
+
 # ---- malformed files for the CLI ------------------------------------------------------------------
 
 BAD_FILES = {

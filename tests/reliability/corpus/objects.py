@@ -213,6 +213,9 @@ def semantic_cases(ex: dict[str, dict]) -> Iterator[Case]:
     yield R("weights-wrong-count", ("spec", "ramp", "steps", 0, "weights"), [90, 10], "weights")
     yield R("weights-one-arm", ("spec", "ramp", "steps", 0, "weights"), [100], "weights")
     yield R("weights-fractional", ("spec", "ramp", "steps", 0, "weights"), [90.5, 4.5, 5], "weights")
+    # accepted before issue 12's one weight rule, then refused by the router (a treatment owns 100/K percent)
+    yield R("weights-treatment-over-its-slot", ("spec", "ramp", "steps", 0, "weights"), [20, 60, 20], "weights")
+    yield R("weights-control-zero-without-launch", ("spec", "ramp", "steps", 0, "weights"), [0, 50, 50], "weights")
     yield R("ramp-decreasing", ("spec", "ramp", "steps"),
             [{"weights": [60, 20, 20]}, {"weights": [90, 5, 5]}], "ramp.steps")
     yield R("ramp-flat", ("spec", "ramp", "steps"),
