@@ -97,11 +97,14 @@ class RolloutSpec(_Strict):
         days = [s.day for s in self.ramp]
         if not self.ramp or days != sorted(set(days)) or days[0] != 0:
             raise ValueError("ramp: steps need strictly increasing days, starting at day 0")
-        cap = 100 // len(self.treatments)
-        for i, s in enumerate(self.ramp):
-            if s.weight > cap:
-                raise ValueError(f"ramp[{i}].weight: {s.weight}% per treatment is more than {cap}% "
-                                 f"with {len(self.treatments)} treatments")
+        from cambrian.online.assignment import treatment_weight_error
+
+        k = len(self.treatments)
+        for i, s in enumerate(self.ramp):  # the router's rule, on this step's weights (control first)
+            error = treatment_weight_error([100 - k * s.weight] + [s.weight] * k, [self.control_name, *self.treatments])
+            if 100 - k * s.weight < 0 or error:
+                raise ValueError(f"ramp[{i}].weight: {s.weight}% per treatment with {k} treatments: "
+                                 f"{error or 'the treatments would take more than 100%'}")
         return self
 
     @classmethod

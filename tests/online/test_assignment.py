@@ -85,3 +85,20 @@ def test_full_launch_and_errors():
 def test_salt_changes_buckets():
     same = sum(bucket(u, "a") == bucket(u, "b") for u in USERS[:2000])
     assert same < 20
+
+
+@pytest.mark.parametrize("treatments,weight,problem", [
+    (["a", "b"], 50, "weights.control: 0%"),     # was accepted: four days of a 0% control, then "inconclusive"
+    (["a", "b", "c"], 34, "weights.a: 34% exceeds"),
+])
+def test_the_local_rollout_format_follows_the_router_rule(treatments, weight, problem):
+    from pydantic import ValidationError
+
+    from cambrian.online.rollout import RolloutSpec
+
+    spec = {"name": "e", "world": "w", "control": "c", "treatments": {t: f"/{t}" for t in treatments},
+            "ramp": [{"day": 0, "weight": weight}]}
+    with pytest.raises(ValidationError, match=problem):
+        RolloutSpec.model_validate(spec)
+    spec["ramp"] = [{"day": 0, "weight": 100 // (len(treatments) + 1)}]
+    assert RolloutSpec.model_validate(spec).ramp[0].weight == 100 // (len(treatments) + 1)
