@@ -16,10 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import os
-import socket
 import sys
-import textwrap
-import threading
 from pathlib import Path
 
 import pytest
@@ -29,24 +26,12 @@ from cambrian.agents.runner import RunLimits, clean_environment, network_isolati
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 from cambrian.trainer.plugins import check_code
+from hostile import loopback_tcp, plugin_source, recording_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_MODEL = """
-class Model(nn.Module):
-    def __init__(self, spec, cfg):
-        super().__init__()
-        self.lin = nn.Linear(2, 1)
-{init}
-    def forward(self, batch):
-{fwd}
-        return self.lin(batch["dense"]).squeeze(-1)
-"""
-
-
 def model(init: str = "", fwd: str = "") -> str:
-    ind = lambda s: textwrap.indent(textwrap.dedent(s).strip("\n"), " " * 8) if s else ""  # noqa: E731
-    return _MODEL.format(init=ind(init), fwd=ind(fwd))
+    return plugin_source(init, fwd)
 
 
 # (id, code, a word the refusal must contain)
@@ -174,24 +159,9 @@ FAKE_SECRETS = {
 @pytest.fixture
 def listener():
     """A loopback TCP server in the test process: reachable only from the same network namespace."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(5)
-    hits = []
-
-    def accept():
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            hits.append(conn.recv(16))
-            conn.close()
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield srv.getsockname()[1], hits
-    srv.close()
+    srv = loopback_tcp()
+    with recording_servers(srv) as hits:
+        yield srv.getsockname()[1], hits
 
 
 def test_sandboxed_candidate_sees_no_secrets_no_truth_no_network(tmp_path, tiny_world, monkeypatch, listener):

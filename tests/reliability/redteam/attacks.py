@@ -14,39 +14,30 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from cambrian.agents.runner import RunLimits, run_candidate
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
+from hostile import plugin_source
 
 PATHS = ("train", "loop")
 CANARY_ENV = {"REDTEAM_API_KEY": "sk-REDTEAM-canary-5be1", "OPENAI_API_KEY": "sk-REDTEAM-openai-canary"}
 BASE = {"training": {"epochs": 1, "device": "cpu", "cpu_threads": 1, "batch_size": 256}}
 
-MODEL = """
+# reaches the OS through modules torch re-exports, so the static gate lets it pass
+HEADER = """
 OS = torch.os
 SYS = torch.sys
 def imp(name):
     return SYS.modules["importlib"].import_module(name)
-
-class Model(nn.Module):
-    def __init__(self, spec, cfg):
-        super().__init__()
-        self.lin = nn.Linear(2, 1)
-{init}
-    def forward(self, batch):
-{forward}
-        return self.lin(batch["dense"]).squeeze(-1)
 """
 
 
 def plugin(init: str = "", forward: str = "") -> str:
     """Architecture plugin code with the attack in __init__ (runs in the gate) or forward (runs every batch)."""
-    ind = lambda s: textwrap.indent(textwrap.dedent(s).strip("\n"), " " * 8) if s.strip() else ""  # noqa: E731
-    return MODEL.format(init=ind(init), forward=ind(forward))
+    return plugin_source(init, forward, header=HEADER)
 
 
 @dataclass

@@ -2,38 +2,21 @@
 own network namespace (an empty loopback), no host path to the socket, and seccomp refuses non-unix sockets."""
 
 import socket
-import threading
 
 import pytest
 
 from attacks import arch, plugin, reported, run_attack
+from hostile import loopback_tcp, recording_servers
 
 
 @pytest.fixture
 def servers(tmp_path):
-    tcp = socket.socket()
-    tcp.bind(("127.0.0.1", 0))
-    tcp.listen(5)
+    tcp = loopback_tcp()
     unix_path = str(tmp_path / "host.sock")
     unix = socket.socket(socket.AF_UNIX)
     unix.bind(unix_path)
-    unix.listen(5)
-    hits = []
-
-    def accept(srv):
-        while True:
-            try:
-                conn, _ = srv.accept()
-            except OSError:
-                return
-            hits.append(conn.recv(16))
-            conn.close()
-
-    for srv in (tcp, unix):
-        threading.Thread(target=accept, args=(srv,), daemon=True).start()
-    yield tcp.getsockname()[1], unix_path, hits
-    tcp.close()
-    unix.close()
+    with recording_servers(tcp, unix) as hits:
+        yield tcp.getsockname()[1], unix_path, hits
 
 
 def test_candidate_reaches_no_host_socket(path, tiny_world, tmp_path, servers):
