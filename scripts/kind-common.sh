@@ -73,3 +73,24 @@ use_engine() {  # kind drives Docker unless told otherwise
 print_help() {  # the script's header comment, without the '#'
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$1"
 }
+
+# parse_args ARGS...: the options both scripts take, into DRY_RUN, CLUSTER and ENGINE (checked); an
+# argument they do not know goes to the script's own `extra_arg` (if it defines one), which returns 1
+# when it does not know it either.
+parse_args() {
+  CLUSTER=$KIND_DEFAULT_CLUSTER
+  ENGINE=""
+  while (( $# )); do
+    case $1 in
+      --dry-run) DRY_RUN=1 ;;
+      --name) (( $# >= 2 )) || usage_error "--name needs a value"; CLUSTER=$2; shift ;;
+      --name=*) CLUSTER=${1#--name=} ;;
+      --engine) (( $# >= 2 )) || usage_error "--engine needs a value"; ENGINE=$2; shift ;;
+      --engine=*) ENGINE=${1#--engine=} ;;
+      -h|--help) print_help "$0"; exit 0 ;;
+      *) { declare -F extra_arg >/dev/null && extra_arg "$1"; } || usage_error "unknown argument '$1'" ;;
+    esac
+    shift
+  done
+  check_cluster_name "$CLUSTER"
+}

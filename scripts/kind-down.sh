@@ -13,21 +13,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=SCRIPTDIR/kind-common.sh
 source "$ROOT/scripts/kind-common.sh"
 
-CLUSTER=$KIND_DEFAULT_CLUSTER
-ENGINE=""
-while (( $# )); do
-  case $1 in
-    --dry-run) DRY_RUN=1 ;;
-    --name) (( $# >= 2 )) || usage_error "--name needs a value"; CLUSTER=$2; shift ;;
-    --name=*) CLUSTER=${1#--name=} ;;
-    --engine) (( $# >= 2 )) || usage_error "--engine needs a value"; ENGINE=$2; shift ;;
-    --engine=*) ENGINE=${1#--engine=} ;;
-    -h|--help) print_help "$0"; exit 0 ;;
-    *) usage_error "unknown argument '$1'" ;;
-  esac
-  shift
-done
-check_cluster_name "$CLUSTER"
+parse_args "$@"
 ENGINE=$(pick_engine "$ENGINE")
 if [[ $DRY_RUN == 0 ]]; then
   require_engine "$ENGINE"

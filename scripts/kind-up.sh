@@ -23,23 +23,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=SCRIPTDIR/kind-common.sh
 source "$ROOT/scripts/kind-common.sh"
 
-CLUSTER=$KIND_DEFAULT_CLUSTER
-ENGINE=""
 GPU=0
-while (( $# )); do
-  case $1 in
-    --dry-run) DRY_RUN=1 ;;
-    --name) (( $# >= 2 )) || usage_error "--name needs a value"; CLUSTER=$2; shift ;;
-    --name=*) CLUSTER=${1#--name=} ;;
-    --engine) (( $# >= 2 )) || usage_error "--engine needs a value"; ENGINE=$2; shift ;;
-    --engine=*) ENGINE=${1#--engine=} ;;
-    --gpu) GPU=1 ;;
-    -h|--help) print_help "$0"; exit 0 ;;
-    *) usage_error "unknown argument '$1'" ;;
-  esac
-  shift
-done
-check_cluster_name "$CLUSTER"
+extra_arg() { case $1 in --gpu) GPU=1 ;; *) return 1 ;; esac; }
+parse_args "$@"
 
 # What is built and loaded: exactly the images manifests/kind/values.yaml makes the chart use
 # (tests/chart/test_kind.py compares this list with `helm template -f manifests/kind/values.yaml`).
