@@ -18,7 +18,11 @@ def error(status: int, message: str) -> web.Response:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    return parse_json_object(await request.read())
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; BadRequest names what is wrong."""
     try:
         body = json.loads(raw)
     except ValueError as exc:

@@ -32,7 +32,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cambrian.online.assignment import Assignment
-from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
+from cambrian.online.httpjson import (BadRequest, error, healthz, json_response, metrics_handler, parse_json_object,
+                                     read_json)
 from cambrian.online.server import LATENCY_BUCKETS
 from cambrian.online.upstream import UpstreamError, UpstreamPool, parse_http_url
 
@@ -252,12 +253,7 @@ class Router:
         st = self.state  # this request keeps this assignment even if the weights change meanwhile
         raw = await request.read()
         try:
-            try:
-                body = json.loads(raw)
-            except ValueError as exc:
-                raise BadRequest(f"body: not valid JSON ({exc})") from None
-            if not isinstance(body, dict):
-                raise BadRequest("body: must be a JSON object")
+            body = parse_json_object(raw)
             users, cands = body.get("user_ids"), body.get("candidates")
             if not isinstance(users, list) or not all(type(u) is int for u in users):
                 raise BadRequest("user_ids: required list of integers")
