@@ -38,7 +38,7 @@ from cambrian.operator.reconcile.actions import (
     SetWeights,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
 
 
 class MetricsUnavailable(CambrianError):
@@ -112,7 +112,11 @@ class Platform(Protocol):
         """Roll a live Rollout back (every user to control, treatment arms removed); idempotent."""
 
     def update_champion(self, action: UpdateChampion) -> None:
-        """Point production serving at the new champion bundle."""
+        """Create the Evolution's production model server for action.bundle, or switch it there with a
+        rolling update (the old servers keep serving until new ones are ready); idempotent."""
+
+    def champion_serving(self, owner: Owner) -> ChampionObservation | None:
+        """The Evolution's production model server (None: there is none)."""
 
     def propose(self, action: ProposeHypotheses) -> None:
         """Run the offline agent once; it creates Hypotheses named `{prefix}-{i}` (idempotent)."""

@@ -151,5 +151,6 @@ def test_apply_actions_dispatches_every_action_type():
     assert calls == ["submit_training_job", "delete_job", "deploy_arm", "delete_arm", "set_weights", "clear_weights",
                      "create_rollout", "retire_rollout", "update_champion", "propose", "record"]
     methods = {m for m in dir(Platform) if not m.startswith("_")}
-    assert set(calls) <= methods and {"training_jobs", "arms", "router_weights", "prometheus_readout"} <= methods
+    assert set(calls) <= methods and {"training_jobs", "arms", "router_weights", "prometheus_readout",
+                                      "champion_serving"} <= methods
     assert isinstance(K.KubernetesPlatform.__new__(K.KubernetesPlatform), Platform)
