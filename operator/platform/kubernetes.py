@@ -11,7 +11,8 @@
   router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well.
 - Production: each Evolution's champion is served by Deployment + Service `<evolution>-champion`
   (`cambrian serve` on the champion's bundle); a new champion is a rolling update with
-  maxUnavailable 0 behind the readiness probe.
+  maxUnavailable 0 behind the readiness probe. With spec.serving.httpRoute, that Service is the
+  route's only backend while no rollout is live.
 - Everything carries an ownerReference to its Hypothesis/Rollout/Evolution, so deleting the owner
   deletes the children.
 
@@ -39,6 +40,7 @@ from cambrian.operator.reconcile.actions import (
     DeleteJob,
     RetireRollout,
     DeployArm,
+    RouteChampion,
     Owner,
     ProposeHypotheses,
     RecordJournal,
@@ -582,6 +584,18 @@ def httproute_patch(action: SetWeights) -> dict[str, Any]:
     ]}]}}
 
 
+def champion_route_patch(action: RouteChampion) -> dict[str, Any]:
+    port = int((action.serving.get("httpRoute") or {}).get("port", action.serving.get("port", 8080)))
+    return {"spec": {"rules": [{"backendRefs": [{"name": action.service, "port": port, "weight": 100}]}]}}
+
+
+def routes_only_to(route: Mapping[str, Any], service: str) -> bool:
+    """Every backend of the HTTPRoute's rules with traffic is `service`."""
+    refs = [b for r in (route.get("spec") or {}).get("rules") or [] for b in r.get("backendRefs") or []
+            if int(b.get("weight", 1)) > 0]
+    return bool(refs) and all(b.get("name") == service for b in refs)
+
+
 def rollout_object(action: CreateRollout) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Rollout",
             "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": label_value(action.hypothesis)}),
@@ -738,19 +752,38 @@ class KubernetesPlatform:
         self._replace_or_create_config_map(cm, ns)
         self._create(self.apps.create_namespaced_deployment, ns, dep)
         self._create(self.core.create_namespaced_service, ns, svc)
-        route = action.serving.get("httpRoute")
-        if route:
-            from kubernetes.client.rest import ApiException
+        if action.serving.get("httpRoute"):
+            self._patch_route(ns, action.serving, httproute_patch(action))
 
-            try:
-                self.custom.patch_namespaced_custom_object(
-                    "gateway.networking.k8s.io", "v1", ns or "default", "httproutes", route["name"],
-                    httproute_patch(action))
-            except ApiException as exc:
-                if exc.status == 404:  # a prerequisite the user creates: say so and look again later
-                    raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
-                                        False, 404) from exc
-                raise refusal(exc, f"HTTPRoute {route['name']}") from exc
+    def _patch_route(self, namespace: str | None, serving: Mapping[str, Any], patch: dict) -> None:
+        from kubernetes.client.rest import ApiException
+
+        route = serving["httpRoute"]
+        try:
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", namespace or "default", "httproutes", route["name"], patch)
+        except ApiException as exc:
+            if exc.status == 404:  # a prerequisite the user creates: say so and look again later
+                raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
+                                    False, 404) from exc
+            raise refusal(exc, f"HTTPRoute {route['name']}") from exc
+
+    def route_champion(self, action: RouteChampion) -> None:
+        self._patch_route(action.owner.namespace, action.serving, champion_route_patch(action))
+
+    def _routed(self, namespace: str, serving: Mapping[str, Any], service: str) -> bool | None:
+        """Does serving.httpRoute send everything to `service`? None without a route, or when it cannot be read."""
+        from kubernetes.client.rest import ApiException
+
+        if not serving.get("httpRoute"):
+            return None
+        try:
+            route = self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
+                                                             serving["httpRoute"]["name"])
+        except ApiException as exc:
+            log.debug("cannot read HTTPRoute %s: %s", serving["httpRoute"]["name"], exc)
+            return None  # missing, or not allowed (the chart's gateway.enabled): nothing to do
+        return routes_only_to(route, service)
 
     def clear_weights(self, action: ClearWeights) -> None:
         name = router_name(action.owner)
@@ -823,7 +856,7 @@ class KubernetesPlatform:
             except ApiException as exc2:
                 raise refusal(exc2, _what(svc)) from exc2
 
-    def champion_serving(self, owner: Owner) -> ChampionObservation | None:
+    def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
         from kubernetes.client.rest import ApiException
 
         ns = owner.namespace or "default"
@@ -838,10 +871,10 @@ class KubernetesPlatform:
             return None  # a leftover of an earlier Evolution of that name: the core takes it over
         dep = self._dict(d)
         seen = parse_champion(dep, [])
-        if seen.ready or seen.blocked:
-            return seen
-        sel = ",".join(f"{k}={v}" for k, v in _selector(dep["metadata"].get("labels") or {}).items())
-        return parse_champion(dep, [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=sel).items])
+        if not seen.ready and not seen.blocked:
+            sel = ",".join(f"{k}={v}" for k, v in _selector(dep["metadata"].get("labels") or {}).items())
+            seen = parse_champion(dep, [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=sel).items])
+        return replace(seen, routed=self._routed(ns, serving, name)) if seen.ready else seen
 
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user

@@ -52,6 +52,7 @@ from cambrian.operator.reconcile.actions import (
     ProposeHypotheses,
     RecordJournal,
     RetireRollout,
+    RouteChampion,
     SetWeights,
     UpdateChampion,
 )
@@ -503,13 +504,17 @@ class LocalPlatform:
         if old is not None:
             old.stop()
 
-    def champion_serving(self, owner: Owner) -> ChampionObservation | None:
+    def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
+        """(No HTTPRoute here: `routed` stays None, so the core never asks route_champion.)"""
         c = self.champions.get(owner.name)
         if c is not None and c.blocked:
             return ChampionObservation(c.name, c.revision, c.bundle, False, c.blocked)
         if c is None or not c.alive():
             return None  # never started, stopped with an earlier driver, or died: the core starts it again
         return ChampionObservation(c.name, c.revision, c.bundle, True)
+
+    def route_champion(self, action: RouteChampion) -> None:
+        """Local mode has no Gateway API route: callers reach the champion at its URL (champions/*.json)."""
 
     def propose(self, action: ProposeHypotheses) -> None:
         from cambrian.operator.proposing import new_hypotheses

@@ -140,6 +140,16 @@ class UpdateChampion:
 
 
 @dataclass(frozen=True)
+class RouteChampion:
+    """Make spec.serving.httpRoute send all its traffic to the champion's Service `service` (the route's
+    default while no rollout of the Evolution is live)."""
+
+    owner: Owner
+    service: str
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
 class RecordJournal:
     """An entry for the journal and for Kubernetes events: what happened to whom, and why."""
 
@@ -161,5 +171,6 @@ Action = (
     | RetireRollout
     | ProposeHypotheses
     | UpdateChampion
+    | RouteChampion
     | RecordJournal
 )

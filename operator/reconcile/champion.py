@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from cambrian.operator.api import EvolutionSpec, EvolutionStatus
-from cambrian.operator.reconcile.actions import Owner, UpdateChampion
+from cambrian.operator.reconcile.actions import Owner, RouteChampion, UpdateChampion
 from cambrian.operator.reconcile.common import child_name, set_condition
 from cambrian.operator.reconcile.observations import ChampionObservation
 
@@ -91,6 +91,20 @@ def serve(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: Champion
     else:
         cond(False, "Updating", f"{name}: switching to {c.name} ({c.bundle})")
     return []
+
+
+def route(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: ChampionObservation | None, live: int,
+          journal: Journal) -> list[RouteChampion]:
+    """spec.serving.httpRoute's default: while no rollout of the Evolution is live (each live one sets the
+    route's weights to its arms), all traffic goes to the champion's Service, once it serves the current
+    champion (after a promotion the route keeps the winner's arm until then)."""
+    if spec.serving.http_route is None or live or seen is None or seen.routed is not False or not st.champion.bundle:
+        return []
+    if not seen.ready or seen.revision != revision(st.champion.bundle, spec.serving.wire()):
+        return []
+    route_name = spec.serving.http_route.name
+    journal("Routed", f"HTTPRoute {route_name}: all traffic to {seen.name} ({st.champion.name})")
+    return [RouteChampion(owner, seen.name, spec.serving.wire())]
 
 
 def gate_rollouts(st: EvolutionStatus, candidates: Sequence[T], bundle_of: Callable[[T], str | None],

@@ -49,6 +49,8 @@ class ChampionObservation:
     bundle: str | None
     ready: bool  # every replica serves `revision` (a rolling update has finished)
     blocked: str | None = None  # why it cannot become ready, when the platform can tell
+    # spec.serving.httpRoute sends all its traffic to this server's Service; None: no route, or unknown
+    routed: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -86,10 +86,10 @@ def test_switching_the_local_champion_starts_the_new_server_before_the_old_one_s
     shutil.copytree(real_bundle, b)
     p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH)
     try:
-        assert p.champion_serving(owner) is None
+        assert p.champion_serving(owner, {}) is None
         p.update_champion(UpdateChampion(owner, "feed-champion", "baseline", f"file://{a}", None, None, "r1", {}))
         first = p.champions["feed"].proc
-        assert p.champion_serving(owner).revision == "r1" and p.champion_serving(owner).ready
+        assert p.champion_serving(owner, {}).revision == "r1" and p.champion_serving(owner, {}).ready
         p.update_champion(UpdateChampion(owner, "feed-champion", "baseline", f"file://{a}", None, None, "r1", {}))
         assert p.champions["feed"].proc is first  # idempotent: the same revision starts nothing
 
@@ -98,13 +98,13 @@ def test_switching_the_local_champion_starts_the_new_server_before_the_old_one_s
         assert published["bundle"] == f"file://{b}" and published["name"] == "h1" and published["revision"] == "r2"
         assert rank(published["url"])["arm"] == "champion"
         assert first.proc.poll() is not None  # the old server went, after the new one answered
-        seen = p.champion_serving(owner)
+        seen = p.champion_serving(owner, {})
         assert (seen.revision, seen.bundle, seen.ready) == ("r2", f"file://{b}", True)
 
         # a bundle no server can load: reported (blocked), the server in production keeps serving
         p.update_champion(UpdateChampion(owner, "feed-champion", "h2", f"file://{tmp_path}/nowhere", "h2", "ro-2",
                                          "r3", {}))
-        seen = p.champion_serving(owner)
+        seen = p.champion_serving(owner, {})
         assert seen.revision == "r3" and not seen.ready and "holds no bundle.json" in seen.blocked
         assert json.loads((root / "champions" / "feed.json").read_text())["revision"] == "r2"
         assert rank(published["url"])["arm"] == "champion"

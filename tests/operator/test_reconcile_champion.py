@@ -201,3 +201,46 @@ def test_the_production_deployment_is_ready_only_once_its_rollout_completed():
     failing = _dep(updated=0, available=0, total=0, conditions=[
         {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "quota exceeded"}])
     assert "quota exceeded" in K.parse_champion(failing, []).blocked
+
+
+def test_between_rollouts_the_http_route_sends_everything_to_the_champion():
+    """Before: after a promotion the route kept pointing at the winner's arm, a child of a concluded Rollout
+    (and at a deleted control arm once the Rollout was deleted); nothing pointed it at production."""
+    from cambrian.operator.reconcile.actions import RouteChampion
+
+    sp = spec(storage={"claimName": "bundles"}, serving={"httpRoute": {"name": "feed", "port": 80}})
+    r = trained(sp, "pvc://bundles/b")
+    (up,) = updates(r)
+    off = ChampionObservation(up.name, up.revision, up.bundle, True, routed=False)
+
+    def routes(res):
+        return [a for a in res.actions if isinstance(a, RouteChampion)]
+
+    r2 = step(sp, r.status, serving=off, now=T0 + timedelta(seconds=2))
+    (rc,) = routes(r2)
+    assert rc.service == "feed-champion" and rc.serving["httpRoute"]["name"] == "feed"
+    assert K.champion_route_patch(rc) == {"spec": {"rules": [{"backendRefs": [
+        {"name": "feed-champion", "port": 80, "weight": 100}]}]}}
+    on = ChampionObservation(up.name, up.revision, up.bundle, True, routed=True)
+    assert not routes(step(sp, r2.status, serving=on, now=T0 + timedelta(seconds=3)))
+    # a live rollout owns the route's weights; a rolling switch waits until the new champion is ready
+    live = [RolloutView("ro-h1", "Running", ("h1",))]
+    assert not routes(step(sp, r2.status, [HypothesisView("h1", "Live", "optimizer")], live, serving=off,
+                           now=T0 + timedelta(seconds=4)))
+    ro = RolloutView("ro-h1", "Promoted", ("h1",), "promote", "h1", "pvc://bundles/h1", "dau +2%")
+    r5 = step(sp, r2.status, [HypothesisView("h1", "Launched", "optimizer")], [ro], serving=off,
+              now=T0 + timedelta(seconds=5))
+    assert updates(r5) and not routes(r5)  # production still on the old revision
+    (up2,) = updates(r5)
+    done = ChampionObservation(up2.name, up2.revision, up2.bundle, True, routed=False)
+    assert routes(step(sp, r5.status, [HypothesisView("h1", "Launched", "optimizer")], [ro], serving=done,
+                       now=T0 + timedelta(seconds=6)))
+
+
+def test_which_http_routes_send_everything_to_the_champion():
+    route = lambda *refs: {"spec": {"rules": [{"backendRefs": list(refs)}]}}  # noqa: E731
+    assert K.routes_only_to(route({"name": "c", "weight": 100}), "c")
+    assert K.routes_only_to(route({"name": "c", "weight": 100}, {"name": "arm", "weight": 0}), "c")
+    assert not K.routes_only_to(route({"name": "c", "weight": 95}, {"name": "arm", "weight": 5}), "c")
+    assert not K.routes_only_to(route({"name": "arm"}), "c")  # weight defaults to 1
+    assert not K.routes_only_to({"spec": {}}, "c")
