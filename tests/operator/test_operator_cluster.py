@@ -63,19 +63,6 @@ def test_examples_apply_and_bad_specs_are_rejected(crds_installed, cluster_names
     assert r.returncode != 0 and "explore + exploit + innovate" in r.stderr
 
 
-def bundle_claim(c, ns: str, path) -> str:
-    """A claim bound to a hostPath volume (the test control plane has no provisioner); returns the PV's name."""
-    pv = f"pv-{ns}"
-    c.apply([{"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-              "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-                       "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)},
-                       "claimRef": {"namespace": ns, "name": "bundles"}}},
-             {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "bundles", "namespace": ns},
-              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
-                       "storageClassName": "", "volumeName": pv}}])
-    return pv
-
-
 def server_bundle(dep: dict) -> str:
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
     return args[args.index("--bundle") + 1]
@@ -85,7 +72,7 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
     from kopf.testing import KopfRunner
 
     c, ns = crds_installed, cluster_namespace
-    pv = bundle_claim(c, ns, tmp_path)
+    pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
     metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
     baseline_metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.6, "auc": 0.6}})
