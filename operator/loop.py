@@ -245,6 +245,8 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
         baseline_job, views.spend(hyps, baseline_attempts=1), now,
         top_k=_top_k(spec, status, meta, hyps, platform, cache, now),
+        champion_serving=(platform.champion_serving(E.owner_of(meta), spec.serving.wire())
+                          if status.champion.bundle else None),
     )
     return Step(meta, result, hypotheses=hyps)
 

@@ -269,6 +269,22 @@ class Cluster:
             manifest if isinstance(manifest, list) else [manifest])
         self.kubectl("apply", "-f", "-", input=text)
 
+    def bound_claim(self, namespace: str, claim: str, path: Path) -> str:
+        """Claim NAMESPACE/CLAIM bound to a 1 GiB hostPath volume at `path` (this control plane has no
+        provisioner; the pod runtime harness maps the claim to that folder). Returns the volume's name,
+        which the caller deletes: volumes are cluster-scoped and outlive the namespace."""
+        path.mkdir(parents=True, exist_ok=True)
+        pv = f"pv-{namespace}-{claim}"[:253]
+        self.apply([{"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+                     "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                              "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)},
+                              "claimRef": {"namespace": namespace, "name": claim}}},
+                    {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                     "metadata": {"name": claim, "namespace": namespace},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                              "storageClassName": "", "volumeName": pv}}])
+        return pv
+
     @contextlib.contextmanager
     def activated(self):
         """Within the block, os.environ has KUBECONFIG and PATH of env() (for in-process

@@ -36,9 +36,10 @@ from cambrian.operator.reconcile.actions import (
     ProposeHypotheses,
     RecordJournal,
     SetWeights,
+    RouteChampion,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
 
 
 class MetricsUnavailable(CambrianError):
@@ -112,7 +113,15 @@ class Platform(Protocol):
         """Roll a live Rollout back (every user to control, treatment arms removed); idempotent."""
 
     def update_champion(self, action: UpdateChampion) -> None:
-        """Point production serving at the new champion bundle."""
+        """Create the Evolution's production model server for action.bundle, or switch it there with a
+        rolling update (the old servers keep serving until new ones are ready); idempotent."""
+
+    def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
+        """The Evolution's production model server (None: there is none), and whether serving's
+        httpRoute sends everything to it (`routed`)."""
+
+    def route_champion(self, action: RouteChampion) -> None:
+        """Point serving.httpRoute at the champion's Service alone (its default between rollouts)."""
 
     def propose(self, action: ProposeHypotheses) -> None:
         """Run the offline agent once; it creates Hypotheses named `{prefix}-{i}` (idempotent)."""
@@ -146,6 +155,8 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
             platform.retire_rollout(a)
         elif isinstance(a, UpdateChampion):
             platform.update_champion(a)
+        elif isinstance(a, RouteChampion):
+            platform.route_champion(a)
         elif isinstance(a, ProposeHypotheses):
             platform.propose(a)
         elif isinstance(a, RecordJournal):

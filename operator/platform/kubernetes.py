@@ -9,6 +9,10 @@
 - An arm is a Deployment + Service running `cambrian serve`; a rollout's router is a Deployment +
   Service running `cambrian route` with its config (salt, arms, weights) in a ConfigMap that the
   router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well.
+- Production: each Evolution's champion is served by Deployment + Service `<evolution>-champion`
+  (`cambrian serve` on the champion's bundle); a new champion is a rolling update with
+  maxUnavailable 0 behind the readiness probe. With spec.serving.httpRoute, that Service is the
+  route's only backend while no rollout is live.
 - Everything carries an ownerReference to its Hypothesis/Rollout/Evolution, so deleting the owner
   deletes the children.
 
@@ -36,6 +40,7 @@ from cambrian.operator.reconcile.actions import (
     DeleteJob,
     RetireRollout,
     DeployArm,
+    RouteChampion,
     Owner,
     ProposeHypotheses,
     RecordJournal,
@@ -43,7 +48,8 @@ from cambrian.operator.reconcile.actions import (
     UpdateChampion,
 )
 from cambrian.operator.reconcile.common import child_name, label_value
-from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.champion import serving_name
+from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
 
 log = logging.getLogger("cambrian.operator.kubernetes")
 
@@ -59,6 +65,9 @@ L_OWNER_KIND = "cambrian.dev/owner-kind"
 L_OWNER = "cambrian.dev/owner"
 L_ROLLOUT = "cambrian.dev/rollout"
 L_ARM = "cambrian.dev/arm"
+L_EVOLUTION = "cambrian.dev/evolution"
+A_REVISION = "cambrian.dev/serving-revision"
+A_CHAMPION = "cambrian.dev/champion"
 A_BUNDLE = "cambrian.dev/bundle-uri"
 A_ATTEMPT = "cambrian.dev/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
@@ -438,6 +447,11 @@ def arm_labels(rollout: str, arm: str) -> dict[str, str]:
     return {"app.kubernetes.io/component": "serving", L_ROLLOUT: label_value(rollout), L_ARM: arm}
 
 
+def _selector(labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels a server's Service and Deployment select its pods by: its rollout (or evolution) and arm."""
+    return {k: labels[k] for k in (L_ROLLOUT, L_EVOLUTION, L_ARM) if k in labels}
+
+
 def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving: Mapping[str, Any],
                        args: list[str], volumes: list[dict], mounts: list[dict], replicas: int) -> dict[str, Any]:
     port = int(serving.get("port", 8080))
@@ -447,7 +461,7 @@ def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving:
         "metadata": _meta(name, owner, labels),
         "spec": {
             "replicas": replicas,
-            "selector": {"matchLabels": {L_ROLLOUT: labels[L_ROLLOUT], L_ARM: labels[L_ARM]}},
+            "selector": {"matchLabels": _selector(labels)},
             "template": {
                 "metadata": {"labels": {**PART_OF, **labels}},
                 "spec": {
@@ -475,33 +489,59 @@ def _service(name: str, owner: Owner, labels: dict[str, str], port: int) -> dict
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(name, owner, labels),
-        "spec": {"selector": {L_ROLLOUT: labels[L_ROLLOUT], L_ARM: labels[L_ARM]},
+        "spec": {"selector": _selector(labels),
                  "ports": [{"name": "http", "port": port, "targetPort": "http"}]},
     }
 
 
-def arm_manifests(action: DeployArm) -> tuple[dict[str, Any], dict[str, Any]]:
-    labels = arm_labels(action.rollout, action.arm)
+def _model_server(name: str, owner: Owner, labels: dict[str, str], bundle: str, arm: str,
+                  serving: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Deployment + Service of `cambrian serve` for one bundle (a pvc:// bundle's claim mounted read-only)."""
     volumes, mounts = [], []
-    path = bundle_path(action.bundle)
-    if action.bundle.startswith("pvc://"):
-        claim = action.bundle[len("pvc://") :].split("/", 1)[0]
+    if bundle.startswith("pvc://"):
+        claim = bundle[len("pvc://") :].split("/", 1)[0]
         volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": True})
-    args = ["cambrian", "serve", "--bundle", path or action.bundle, "--arm", action.arm]
-    dep = _server_deployment(action.name, action.owner, labels, action.serving, args, volumes, mounts,
-                             int(action.serving.get("replicas", 1)))
-    return dep, _service(action.name, action.owner, labels, int(action.serving.get("port", 8080)))
+    args = ["cambrian", "serve", "--bundle", bundle_path(bundle) or bundle, "--arm", arm]
+    dep = _server_deployment(name, owner, labels, serving, args, volumes, mounts, int(serving.get("replicas", 1)))
+    return dep, _service(name, owner, labels, int(serving.get("port", 8080)))
+
+
+def arm_manifests(action: DeployArm) -> tuple[dict[str, Any], dict[str, Any]]:
+    return _model_server(action.name, action.owner, arm_labels(action.rollout, action.arm), action.bundle,
+                         action.arm, action.serving)
+
+
+CHAMPION_ARM = "champion"
+
+
+def champion_manifests(action: UpdateChampion) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Evolution's production model server. Switching the champion changes the pod template (the
+    bundle), which Kubernetes rolls out with maxUnavailable 0: a new pod must pass its readiness probe
+    (the bundle loaded, /healthz answering) before an old one is stopped."""
+    labels = {"app.kubernetes.io/component": "champion", L_EVOLUTION: label_value(action.owner.name),
+              L_ARM: CHAMPION_ARM}
+    dep, svc = _model_server(action.name, action.owner, labels, action.bundle, CHAMPION_ARM, action.serving)
+    dep["metadata"]["annotations"] = {A_REVISION: action.revision, A_BUNDLE: action.bundle,
+                                      A_CHAMPION: action.champion}
+    dep["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    return dep, svc
+
+
+def parse_champion(dep: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> ChampionObservation:
+    """The production Deployment (a plain dict) -> what the core needs. Ready once the rollout is complete:
+    the controller saw the current spec, and every replica is updated and available (no old pod left)."""
+    meta, spec, st = dep.get("metadata", {}), dep.get("spec") or {}, dep.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    ready = (st.get("observedGeneration", 0) >= meta.get("generation", 0) and st.get("updatedReplicas", 0) >= want
+             and st.get("availableReplicas", 0) >= want and st.get("replicas", 0) == want)
+    annotations = meta.get("annotations") or {}
+    return ChampionObservation(meta.get("name", ""), annotations.get(A_REVISION), annotations.get(A_BUNDLE), ready,
+                               None if ready else deployment_blocker(dep) or pod_blocker(pods))
 
 
 def router_name(owner: Owner) -> str:
     return child_name(owner.name, owner.uid, "router")
-
-
-def champion_name(owner: Owner) -> str:
-    """ConfigMap `<evolution>-champion`; a hashed name when that would be longer than a name may be."""
-    name = f"{owner.name}-champion"
-    return name if len(name) <= 253 else child_name(owner.name, owner.uid, "champion", max_len=253)
 
 
 def _what(body: Mapping[str, Any]) -> str:
@@ -542,6 +582,18 @@ def httproute_patch(action: SetWeights) -> dict[str, Any]:
     return {"spec": {"rules": [{"backendRefs": [
         {"name": w.service, "port": port, "weight": w.weight} for w in action.weights
     ]}]}}
+
+
+def champion_route_patch(action: RouteChampion) -> dict[str, Any]:
+    port = int((action.serving.get("httpRoute") or {}).get("port", action.serving.get("port", 8080)))
+    return {"spec": {"rules": [{"backendRefs": [{"name": action.service, "port": port, "weight": 100}]}]}}
+
+
+def routes_only_to(route: Mapping[str, Any], service: str) -> bool:
+    """Every backend of the HTTPRoute's rules with traffic is `service`."""
+    refs = [b for r in (route.get("spec") or {}).get("rules") or [] for b in r.get("backendRefs") or []
+            if int(b.get("weight", 1)) > 0]
+    return bool(refs) and all(b.get("name") == service for b in refs)
 
 
 def rollout_object(action: CreateRollout) -> dict[str, Any]:
@@ -700,19 +752,38 @@ class KubernetesPlatform:
         self._replace_or_create_config_map(cm, ns)
         self._create(self.apps.create_namespaced_deployment, ns, dep)
         self._create(self.core.create_namespaced_service, ns, svc)
-        route = action.serving.get("httpRoute")
-        if route:
-            from kubernetes.client.rest import ApiException
+        if action.serving.get("httpRoute"):
+            self._patch_route(ns, action.serving, httproute_patch(action))
 
-            try:
-                self.custom.patch_namespaced_custom_object(
-                    "gateway.networking.k8s.io", "v1", ns or "default", "httproutes", route["name"],
-                    httproute_patch(action))
-            except ApiException as exc:
-                if exc.status == 404:  # a prerequisite the user creates: say so and look again later
-                    raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
-                                        False, 404) from exc
-                raise refusal(exc, f"HTTPRoute {route['name']}") from exc
+    def _patch_route(self, namespace: str | None, serving: Mapping[str, Any], patch: dict) -> None:
+        from kubernetes.client.rest import ApiException
+
+        route = serving["httpRoute"]
+        try:
+            self.custom.patch_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", namespace or "default", "httproutes", route["name"], patch)
+        except ApiException as exc:
+            if exc.status == 404:  # a prerequisite the user creates: say so and look again later
+                raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
+                                    False, 404) from exc
+            raise refusal(exc, f"HTTPRoute {route['name']}") from exc
+
+    def route_champion(self, action: RouteChampion) -> None:
+        self._patch_route(action.owner.namespace, action.serving, champion_route_patch(action))
+
+    def _routed(self, namespace: str, serving: Mapping[str, Any], service: str) -> bool | None:
+        """Does serving.httpRoute send everything to `service`? None without a route, or when it cannot be read."""
+        from kubernetes.client.rest import ApiException
+
+        if not serving.get("httpRoute"):
+            return None
+        try:
+            route = self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
+                                                             serving["httpRoute"]["name"])
+        except ApiException as exc:
+            log.debug("cannot read HTTPRoute %s: %s", serving["httpRoute"]["name"], exc)
+            return None  # missing, or not allowed (the chart's gateway.enabled): nothing to do
+        return routes_only_to(route, service)
 
     def clear_weights(self, action: ClearWeights) -> None:
         name = router_name(action.owner)
@@ -759,12 +830,51 @@ class KubernetesPlatform:
         )
 
     def update_champion(self, action: UpdateChampion) -> None:
-        """Publish the champion for production serving: ConfigMap `<evolution>-champion`."""
-        cm = {"apiVersion": "v1", "kind": "ConfigMap",
-              "metadata": _meta(champion_name(action.owner), action.owner, {"app.kubernetes.io/component": "champion"}),
-              "data": {"champion.json": json.dumps({"name": action.name, "bundle": action.bundle,
-                                                     "hypothesis": action.hypothesis, "rollout": action.rollout})}}
-        self._replace_or_create_config_map(cm, action.owner.namespace)
+        """Create the production Deployment + Service `<evolution>-champion`, or replace the Deployment's
+        spec (a rolling update, see champion_manifests) and keep the Service's port in step."""
+        from kubernetes.client.rest import ApiException
+
+        ns = action.owner.namespace or "default"
+        dep, svc = champion_manifests(action)
+        dep = self._templated(dep, "serving", "serving")
+        try:
+            self.apps.create_namespaced_deployment(ns, dep)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise refusal(exc, _what(dep)) from exc
+            try:
+                self.apps.replace_namespaced_deployment(action.name, ns, dep)
+            except ApiException as exc2:
+                raise refusal(exc2, _what(dep)) from exc2
+        try:
+            self.core.create_namespaced_service(ns, svc)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise refusal(exc, _what(svc)) from exc
+            try:
+                self.core.patch_namespaced_service(action.name, ns, {"spec": {"ports": svc["spec"]["ports"]}})
+            except ApiException as exc2:
+                raise refusal(exc2, _what(svc)) from exc2
+
+    def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
+        from kubernetes.client.rest import ApiException
+
+        ns = owner.namespace or "default"
+        name = serving_name(owner.name, owner.uid)
+        try:
+            d = self.apps.read_namespaced_deployment(name, ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        if not any(r.uid == owner.uid for r in d.metadata.owner_references or []):
+            return None  # a leftover of an earlier Evolution of that name: the core takes it over
+        dep = self._dict(d)
+        seen = parse_champion(dep, [])
+        if not seen.ready and not seen.blocked:
+            sel = ",".join(f"{k}={v}" for k, v in _selector(dep["metadata"].get("labels") or {}).items())
+            seen = parse_champion(dep, [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=sel).items])
+        return replace(seen, routed=self._routed(ns, serving, name)) if seen.ready else seen
 
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user

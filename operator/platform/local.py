@@ -11,7 +11,9 @@
 - Time is simulated: the driver calls `advance(until)`, which plays the simulated users of every routed
   rollout for each whole day before `until` (traffic.TrafficDriver), closes the day in the collector and
   saves the world's state, so a restart continues with the next day.
-- Journal events are appended to `ROOT/events.jsonl`; the champion is `ROOT/champions/<evolution>.json`.
+- Journal events are appended to `ROOT/events.jsonl`. Each Evolution's champion is served by a
+  `cambrian serve` process (its address, bundle and revision in `ROOT/champions/<evolution>.json`); a new
+  champion's server starts and answers before the old one stops.
 
 Every process this platform starts has ROOT in its command line; `recover()` (at start) stops the ones
 a killed driver left behind, by PID, after checking that.
@@ -26,7 +28,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -50,10 +52,11 @@ from cambrian.operator.reconcile.actions import (
     ProposeHypotheses,
     RecordJournal,
     RetireRollout,
+    RouteChampion,
     SetWeights,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.observations import ArmObservation, JobObservation
+from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
 from cambrian.operator.reconcile.rollout import CONCLUDED
 
 log = logging.getLogger("cambrian.local")
@@ -103,6 +106,7 @@ class LocalPlatform:
         self._data_lock = threading.Lock()
         self._closing = False
         self.envs: dict[str, RolloutEnv] = {}
+        self.champions: dict[str, _Champion] = {}  # evolution -> its production model server
 
     # --- lifecycle -----------------------------------------------------------------------------
     def recover(self) -> None:
@@ -118,6 +122,9 @@ class LocalPlatform:
         for env in self.envs.values():
             env.stop()
         self.envs.clear()
+        for champion in self.champions.values():
+            champion.stop()
+        self.champions.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         stop_leftovers(self.root)  # training children: their worker threads then return and record nothing
 
@@ -467,10 +474,47 @@ class LocalPlatform:
                                                      "cambrian.dev/retired": action.reason[:1024] or "left the top K"})
 
     def update_champion(self, action: UpdateChampion) -> None:
-        write_atomic(self.root / "champions" / f"{action.owner.name}.json", json.dumps(
-            {"name": action.name, "bundle": action.bundle, "hypothesis": action.hypothesis, "rollout": action.rollout,
-             "path": str(local_path(action.bundle, self.root) or ""), "since": self.clock().isoformat()},
-            indent=2) + "\n")
+        """Start a model server on the champion's bundle; once it answers /healthz, publish its URL in
+        `ROOT/champions/<evolution>.json` and stop the one it replaces (never a moment without a model)."""
+        from cambrian.online.services import ServiceError, ServiceProcess
+
+        evolution = action.owner.name
+        old = self.champions.get(evolution)
+        if old is not None and old.revision == action.revision and old.alive():
+            return
+        path = local_path(action.bundle, self.root)
+        try:
+            if path is None or not (path / "bundle.json").is_file():
+                raise ServiceError(f"bundle {action.bundle} cannot be served here "
+                                   f"({path or 'unknown scheme'} holds no bundle.json)")
+            proc = start_service(ServiceProcess(
+                f"server-{action.revision[:12]}", ["serve", "--bundle", str(path), "--arm", "champion"],
+                self.root / "champions" / evolution, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
+        except ServiceError as exc:  # as a pod that never gets ready: the old server keeps serving, the status says why
+            why = str(exc).strip().splitlines()
+            self.champions[evolution] = _Champion(None, action.name, action.revision, action.bundle,
+                                                  f"the model server did not start: {why[-1] if why else exc}"[:1024],
+                                                  None if old is None else old.proc if old.alive() else old.previous)
+            return
+        self.champions[evolution] = _Champion(proc, action.name, action.revision, action.bundle)
+        write_atomic(self.root / "champions" / f"{evolution}.json", json.dumps(
+            {"name": action.champion, "bundle": action.bundle, "hypothesis": action.hypothesis,
+             "rollout": action.rollout, "path": str(path), "url": proc.url, "revision": action.revision,
+             "since": self.clock().isoformat()}, indent=2) + "\n")
+        if old is not None:
+            old.stop()
+
+    def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
+        """(No HTTPRoute here: `routed` stays None, so the core never asks route_champion.)"""
+        c = self.champions.get(owner.name)
+        if c is not None and c.blocked:
+            return ChampionObservation(c.name, c.revision, c.bundle, False, c.blocked)
+        if c is None or not c.alive():
+            return None  # never started, stopped with an earlier driver, or died: the core starts it again
+        return ChampionObservation(c.name, c.revision, c.bundle, True)
+
+    def route_champion(self, action: RouteChampion) -> None:
+        """Local mode has no Gateway API route: callers reach the champion at its URL (champions/*.json)."""
 
     def propose(self, action: ProposeHypotheses) -> None:
         from cambrian.operator.proposing import new_hypotheses
@@ -498,6 +542,27 @@ class LocalPlatform:
         path = self.root / "events.jsonl"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+@dataclass
+class _Champion:
+    """An Evolution's production model server; `blocked`: why the one for `revision` did not start (then
+    `previous`, the server it was to replace, if any, keeps serving)."""
+
+    proc: Any  # ServiceProcess, or None when it did not start
+    name: str
+    revision: str
+    bundle: str
+    blocked: str | None = None
+    previous: Any = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.proc.poll() is None
+
+    def stop(self) -> None:
+        for p in (self.proc, self.previous):
+            if p is not None:
+                p.stop()
 
 
 def _time(text: str | None) -> datetime | None:

@@ -124,11 +124,29 @@ class ProposeHypotheses:
 
 @dataclass(frozen=True)
 class UpdateChampion:
+    """Make the Evolution's production model server (`name`: Deployment and Service, or a local process)
+    serve `bundle`: created if missing, else a rolling update that keeps the old pods serving until new
+    ones are ready. `revision` is a digest of what is served; the platform reports it back
+    (ChampionObservation) so the core updates only when it differs."""
+
     owner: Owner
     name: str
+    champion: str  # baseline, or the promoted hypothesis
     bundle: str
     hypothesis: str | None
     rollout: str | None
+    revision: str = ""
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)  # api.Serving, wire form
+
+
+@dataclass(frozen=True)
+class RouteChampion:
+    """Make spec.serving.httpRoute send all its traffic to the champion's Service `service` (the route's
+    default while no rollout of the Evolution is live)."""
+
+    owner: Owner
+    service: str
+    serving: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -153,5 +171,6 @@ Action = (
     | RetireRollout
     | ProposeHypotheses
     | UpdateChampion
+    | RouteChampion
     | RecordJournal
 )

@@ -30,11 +30,12 @@ from cambrian.operator.reconcile.actions import (
     Owner,
     ProposeHypotheses,
     RecordJournal,
-    UpdateChampion,
 )
+from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
-from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, TopK
+from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
+                                                      RolloutView, TopK)
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
 
 POLL_SECONDS = 30.0
@@ -102,8 +103,10 @@ def reconcile(
     spend: SpendObservation,
     now: datetime,
     top_k: TopK | None = None,
+    champion_serving: ChampionObservation | None = None,
 ) -> Result[EvolutionStatus]:
-    """`top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`."""
+    """`top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`.
+    `champion_serving`: the production model server as the platform reports it (None: there is none)."""
     if blocked(status, meta.generation):
         return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
@@ -179,11 +182,13 @@ def reconcile(
                                         winner=ro.winner_hypothesis, reason=ro.reason or "", time=now)
         if ro.phase == "Promoted" and ro.winner_hypothesis and ro.winner_bundle:
             new_config = _apply(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
-            actions.append(UpdateChampion(owner, ro.winner_hypothesis, ro.winner_bundle, ro.winner_hypothesis, ro.name))
             st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
                                    bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
             journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
+
+    # 3b. Production serves the champion (a new one is rolled out by the platform).
+    actions.extend(CH.serve(owner, spec, st, champion_serving, now, meta.generation, journal))
 
     # 4. Offline agent wake-ups.
     if st.phase == "Running" and (st.next_wakeup_at is None or now >= st.next_wakeup_at):
@@ -224,6 +229,7 @@ def reconcile(
                 journal("OnlineAgent", top_k.note, warning=True)
         else:
             chosen = rank(spec, pool)
+        chosen = CH.gate_rollouts(st, chosen, lambda h: h.bundle_uri, now, meta.generation, journal)
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
             name = rollout_name(meta, h.name)
@@ -242,6 +248,7 @@ def reconcile(
     c.launched = phases.count("Launched")
     c.live = len(live)
     st.live_rollouts = sorted(r.name for r in live)
+    actions.extend(CH.route(owner, spec, st, champion_serving, len(live), journal))
     cond("Ready", st.phase == "Running", st.phase or "", st.reason or "")
     times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
     wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)

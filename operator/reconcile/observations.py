@@ -41,6 +41,19 @@ class ArmObservation:
 
 
 @dataclass(frozen=True)
+class ChampionObservation:
+    """The Evolution's production model server as the platform sees it."""
+
+    name: str  # the Deployment/Service (or local process) name
+    revision: str | None  # what it was last told to serve (UpdateChampion.revision); None: unknown
+    bundle: str | None
+    ready: bool  # every replica serves `revision` (a rolling update has finished)
+    blocked: str | None = None  # why it cannot become ready, when the platform can tell
+    # spec.serving.httpRoute sends all its traffic to this server's Service; None: no route, or unknown
+    routed: bool | None = None
+
+
+@dataclass(frozen=True)
 class Effect:
     arm: str
     metric: str

@@ -30,8 +30,10 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
     SetWeights,
 )
-from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
-                                                resume_after_spec_change, set_condition)
+from cambrian.operator.reconcile.champion import first_unservable
+from cambrian.operator.reconcile.common import (INVALID_SPEC, Meta, Result, after, blocked, child_name,
+                                                fail_until_spec_changes, note_blocker, resume_after_spec_change,
+                                                set_condition)
 from cambrian.operator.reconcile.observations import RolloutObservation
 
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
@@ -98,6 +100,9 @@ def reconcile(
     actions: list = []
     names = spec.arm_names()
     bundles = {spec.control.name: spec.control.bundle, **{t.name: t.bundle for t in spec.treatments}}
+    unloadable = first_unservable(bundles.values())
+    if unloadable and st.phase not in CONCLUDED:  # no arm could ever become ready: say so, start nothing
+        return fail_until_spec_changes(meta, "Rollout", status, INVALID_SPEC, unloadable, now)
 
     def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
         st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)

@@ -21,8 +21,8 @@ EXPECTED = {
     ("cambrian.dev", "rollouts/status"): {"get", "patch"},
     ("batch", "jobs"): {"get", "list", "create", "delete"},
     ("", "pods"): {"get", "list", "watch"},
-    ("apps", "deployments"): {"get", "list", "create", "delete"},
-    ("", "services"): {"get", "create", "delete"},
+    ("apps", "deployments"): {"get", "list", "create", "update", "delete"},  # update: the champion's rolling switch
+    ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "update", "delete"},
     ("", "events"): {"create"},
     ("scheduling.k8s.io", "priorityclasses"): {"get"},

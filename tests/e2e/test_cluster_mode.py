@@ -44,6 +44,7 @@ def evolution(name: str) -> dict:
             # The harness needs the pods to wait for it: kwok finishes them only once it annotates them.
             "training": {"memory": "1Gi", "cpu": "1", "podAnnotations": {"kwok.cambrian.dev/duration": "1h"}},
             "data": {"world": {"users": 300, "days": 4, "seed": 0}},
+            "storage": {"claimName": "bundles"},  # bundles that serving arms can load (never job://)
             "experiment": {
                 "ramp": {"steps": [{"weights": [90, 10], "duration": "15s"}, {"weights": [50, 50], "duration": "1h"}]},
                 "readout": {"interval": "2s"},
@@ -188,6 +189,7 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
     monkeypatch.setenv("CAMBRIAN_PROMETHEUS_URL", prom.url)
     args = [a.format(ns=ns) for a in OPERATOR]
     evo_name = "e2e"
+    pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
     try:
         # ---- run 1: baseline and proposals; stopped while the hypotheses' Jobs run ----------------------
         with KopfRunner(args, timeout=300) as runner:
@@ -271,6 +273,12 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             assert status(evo)["lastDecision"]["outcome"] == "promote"
             wait("the hypothesis launched", lambda: status(k.get("hypothesis", best)).get("phase") == "Launched",
                  runner=runner, rt=rt)
+            # production serves the winner: the champion's Deployment rolled to its bundle on the claim
+            win = next(t["bundle"] for t in ro["spec"]["treatments"] if t["name"] == "treatment")
+            assert win.startswith("pvc://bundles/")
+            wait("production on the winner's bundle", lambda: (lambda d: d and "/var/lib/cambrian/" + win.split("/", 3)[3]
+                 in d["spec"]["template"]["spec"]["containers"][0]["args"])(k.get("deployment", f"{evo_name}-champion")),
+                 runner=runner, rt=rt)
 
             # Operator metrics, scraped by the real Prometheus.
             wait("operator metrics in Prometheus", lambda: prom_value(
@@ -300,5 +308,6 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
     finally:
         prom.stop()
         collector.stop()
+        c.kubectl("delete", "pv", pv, "--wait=false", check=False)
     print("e2e timings (s):", {k_: round(v, 1) for k_, v in timings.items()},
           "training runs:", [(r["job"], r["seconds"]) for r in rt.runs])

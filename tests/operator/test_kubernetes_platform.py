@@ -145,11 +145,13 @@ def test_apply_actions_dispatches_every_action_type():
             return lambda *a: calls.append(name)
 
     kinds = [A.CreateTrainingJob, A.DeleteJob, A.DeployArm, A.DeleteArm, A.SetWeights, A.ClearWeights,
-             A.CreateRollout, A.RetireRollout, A.UpdateChampion, A.ProposeHypotheses, A.RecordJournal]
+             A.CreateRollout, A.RetireRollout, A.UpdateChampion, A.RouteChampion, A.ProposeHypotheses,
+             A.RecordJournal]
     objs = [k.__new__(k) for k in kinds]
     apply_actions(Recorder(), objs)
     assert calls == ["submit_training_job", "delete_job", "deploy_arm", "delete_arm", "set_weights", "clear_weights",
-                     "create_rollout", "retire_rollout", "update_champion", "propose", "record"]
+                     "create_rollout", "retire_rollout", "update_champion", "route_champion", "propose", "record"]
     methods = {m for m in dir(Platform) if not m.startswith("_")}
-    assert set(calls) <= methods and {"training_jobs", "arms", "router_weights", "prometheus_readout"} <= methods
+    assert set(calls) <= methods and {"training_jobs", "arms", "router_weights", "prometheus_readout",
+                                      "champion_serving"} <= methods
     assert isinstance(K.KubernetesPlatform.__new__(K.KubernetesPlatform), Platform)

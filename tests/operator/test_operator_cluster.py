@@ -63,10 +63,16 @@ def test_examples_apply_and_bad_specs_are_rejected(crds_installed, cluster_names
     assert r.returncode != 0 and "explore + exploit + innovate" in r.stderr
 
 
-def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
+def server_bundle(dep: dict) -> str:
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args[args.index("--bundle") + 1]
+
+
+def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp_path):
     from kopf.testing import KopfRunner
 
     c, ns = crds_installed, cluster_namespace
+    pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
     metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
     baseline_metrics = json.dumps({"v": 1, "metrics": {"val_loss": 0.6, "auc": 0.6}})
@@ -83,6 +89,7 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
                                             "kwok.cambrian.dev/termination-message": baseline_metrics}},
             "experiment": {"ramp": {"steps": [{"weights": [95, 5], "duration": "1h"}]}},
             "data": {"world": {"users": 100, "days": 3}},
+            "storage": {"claimName": "bundles"},
         },
     }
     hyp = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": "e2e-adamw"},
@@ -107,7 +114,17 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
         _apply(c, ns, evo, check=True)
         champion = wait("the baseline champion", lambda: ((get("evolution", "e2e") or {}).get("status") or {})
                         .get("champion", {}).get("bundle"))
-        assert champion.startswith("job://")
+        assert champion.startswith("pvc://bundles/")
+        # production serves the champion: Deployment + Service e2e-champion on its bundle, rolling safely
+        dep = wait("the champion's Deployment", lambda: get("deployment", "e2e-champion"))
+        assert server_bundle(dep) == "/var/lib/cambrian/" + champion.split("/", 3)[3]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        assert dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/healthz"
+        assert dep["metadata"]["ownerReferences"][0]["kind"] == "Evolution"
+        assert get("service", "e2e-champion")["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+        wait("the champion serving", lambda: {x["type"]: x for x in (get("evolution", "e2e") or {})
+                                              .get("status", {}).get("conditions", [])}
+             .get("ChampionServing", {}).get("status") == "True")
         jobs = json.loads(c.kubectl("get", "jobs", "-n", ns, "-l", "cambrian.dev/owner-kind=evolution",
                                     "-o", "json").stdout)["items"]
         (job,) = jobs  # the baseline
@@ -138,10 +155,72 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
         wait("the hypothesis live", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
              .get("phase") == "Live")
 
-        c.kubectl("delete", "rollout", ro_name, "-n", ns, "--wait=true", "--timeout=60s")
-        wait("the router config removed", lambda: not [
-            x for x in json.loads(c.kubectl("get", "configmaps", "-n", ns, "-o", "json").stdout)["items"]
-            if "router.yaml" in x.get("data", {})])
-        wait("the hypothesis retired", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
-             .get("phase") == "Retired")
+        # The analysis promotes the treatment (written as the operator would, Prometheus being absent here):
+        # the Evolution switches production to its bundle with a rolling update of the same Deployment.
+        treatment = ro["spec"]["treatments"][0]["bundle"]
+        assert treatment.startswith("pvc://bundles/") and treatment != champion
+        c.kubectl("patch", "rollout", ro_name, "-n", ns, "--subresource=status", "--type=merge", "-p", json.dumps(
+            {"status": {"phase": "Promoted", "decision": "promote", "winner": "treatment", "reason": "test"}}))
+        switched = wait("production switched to the winner", lambda: (lambda d: d if d and server_bundle(d).endswith(
+            treatment.split("/", 3)[3]) else None)(get("deployment", "e2e-champion")))
+        assert switched["metadata"]["uid"] == dep["metadata"]["uid"]  # updated in place, not replaced
+        assert switched["metadata"]["generation"] > dep["metadata"]["generation"]
+        evo_status = wait("the new champion serving", lambda: (lambda st: st if {x["type"]: x["status"] for x in
+                          st.get("conditions", [])}.get("ChampionServing") == "True" and st.get("champion", {})
+                          .get("hypothesis") == "e2e-adamw" else None)((get("evolution", "e2e") or {}).get("status") or {}))
+        assert evo_status["champion"]["bundle"] == treatment
+    assert runner.exit_code == 0, runner.stdout[-4000:]
+    c.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def test_without_a_bundle_claim_no_rollout_starts_and_the_evolution_says_why(crds_installed, cluster_namespace,
+                                                                              monkeypatch):
+    """Before: without spec.storage.claimName every bundle is job://... (gone with its Job's pod), yet a
+    Rollout was started with it, whose arms could never load their model."""
+    from kopf.testing import KopfRunner
+
+    c, ns = crds_installed, cluster_namespace
+    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
+    good = json.dumps({"v": 1, "metrics": {"val_loss": 0.5, "auc": 0.7}})
+    worse = json.dumps({"v": 1, "metrics": {"val_loss": 0.6, "auc": 0.6}})
+    evo = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "noclaim"},
+           "spec": {"objective": {"northStar": [{"name": "returning_users"}]},
+                    "agent": {"provider": "builtin", "personas": ["optimizer"], "proposalsPerWakeup": 1,
+                              "quotas": {"explore": 1, "exploit": 0, "innovate": 0}},
+                    "cadence": {"offline": "1h", "online": "2s"},
+                    "training": {"image": "cambrian/trainer:test", "memory": "1Gi", "cpu": "1",
+                                 "podAnnotations": {"kwok.cambrian.dev/exit-code": "0",
+                                                    "kwok.cambrian.dev/termination-message": worse}},
+                    "data": {"world": {"users": 100, "days": 3}}}}
+    hyp = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": "noclaim-adamw"},
+           "spec": {"evolutionRef": {"name": "noclaim"}, "component": "optimizer", "explanation": "AdamW",
+                    "delta": {"patch": {"name": "AdamW", "weight_decay": 0.01}}}}
+
+    def conditions():
+        st = (c.get_json("evolution", "noclaim", "-n", ns).get("status") or {})
+        return {x["type"]: x for x in st.get("conditions", [])}
+
+    with KopfRunner(["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"], timeout=180) as runner:
+        _apply(c, ns, evo, check=True)
+        c.wait_for("the baseline champion", lambda: (c.get_json("evolution", "noclaim", "-n", ns).get("status") or {})
+                   .get("champion", {}).get("bundle"), 90)
+        evo["spec"]["training"]["podAnnotations"]["kwok.cambrian.dev/termination-message"] = good  # a better candidate
+        _apply(c, ns, evo, check=True)
+        _apply(c, ns, hyp, check=True)
+        c.wait_for("the hypothesis scored", lambda: (c.get_json("hypothesis", "noclaim-adamw", "-n", ns)
+                                                     .get("status") or {}).get("phase") == "Scored", 90)
+        c.wait_for("the reason in status", lambda: conditions().get("RolloutsServable", {}).get("status") == "False", 60)
+        reviews = c.get_json("evolution", "noclaim", "-n", ns)["status"]["counters"]["reviews"]
+        c.wait_for("three more reviews", lambda: c.get_json("evolution", "noclaim", "-n", ns)["status"]["counters"]
+                   ["reviews"] >= reviews + 3, 60)
+        cond = conditions()
+        assert c.get_json("rollouts", "-n", ns)["items"] == []
+        assert cond["RolloutsServable"]["reason"] == "BundleNotServable"
+        assert "job://" in cond["RolloutsServable"]["message"] and "spec.storage.claimName" in cond["RolloutsServable"]["message"]
+        assert cond["ChampionServing"]["status"] == "False" and cond["ChampionServing"]["reason"] == "BundleNotServable"
+        assert c.kubectl("get", "deployments", "-n", ns, "-o", "name").stdout.strip() == ""
+        events = [e for e in c.get_json("events", "-n", ns)["items"] if e["reason"] == "BundleNotServable"]
+        # one Warning for the champion, one for the rollouts: reported once, not at every review
+        assert sorted(e["message"].split(":")[0] for e in events) == ["champion baseline", "no Rollout is started"], events
+        assert all(e["type"] == "Warning" and e.get("count", 1) == 1 for e in events)
     assert runner.exit_code == 0, runner.stdout[-4000:]

@@ -102,6 +102,8 @@ class MemPlatform:
     def prometheus_readout(self, name): raise MetricsUnavailable("down")
     def create_rollout(self, a): self.applied.append(("rollout", a.name))
     def update_champion(self, a): self.applied.append(("champion", a.bundle))
+    def champion_serving(self, owner, serving): return None
+    def route_champion(self, a): self.applied.append(("route", a.service))
     def propose(self, a): self.applied.append(("propose", a.wakeup))
     def record(self, a): pass
 

@@ -8,7 +8,8 @@ from cambrian.operator import api
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile.actions import CreateRollout, CreateTrainingJob, ProposeHypotheses, UpdateChampion
 from cambrian.operator.reconcile.common import Meta
-from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, Spend
+from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation, RolloutView,
+                                                      Spend)
 
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
 META = Meta("evo", "uid-evo", "ns", 2)
@@ -27,8 +28,13 @@ def spec(**over):
     return api.EvolutionSpec.model_validate(data)
 
 
-def run(sp, st, hyps=(), ros=(), job=None, spend=Spend(), now=T0):
-    return E.reconcile(META, sp, st, list(hyps), list(ros), job, spend, now)
+def run(sp, st, hyps=(), ros=(), job=None, spend=Spend(), now=T0, serving=None):
+    return E.reconcile(META, sp, st, list(hyps), list(ros), job, spend, now, champion_serving=serving)
+
+
+def served(action: UpdateChampion) -> ChampionObservation:
+    """What a platform reports once it applied `action` and the new servers are ready."""
+    return ChampionObservation(action.name, action.revision, action.bundle, True)
 
 
 def with_champion(sp):
@@ -100,7 +106,7 @@ def test_promotion_updates_champion_once():
     c = r3.status.champion
     assert c.name == "o2" and c.config["optimizer"]["lr"] == 0.01
     assert r3.status.last_decision.outcome == "promote" and r3.status.counters.launched == 1
-    r4 = run(sp, r3.status, hyps, [ro], now=T0 + timedelta(days=2, minutes=1))
+    r4 = run(sp, r3.status, hyps, [ro], now=T0 + timedelta(days=2, minutes=1), serving=served(ups[0]))
     assert not [a for a in r4.actions if isinstance(a, UpdateChampion)]
     assert E.effective_baseline(sp, r4.status)["optimizer"]["lr"] == 0.01
 

@@ -18,7 +18,8 @@ from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import (ArmWeight, CreateRollout, CreateTrainingJob, DeployArm, Owner,
-                                                 RecordJournal, SetWeights)
+                                                 RecordJournal, SetWeights, UpdateChampion)
+from cambrian.operator.reconcile.champion import serving_name
 from cambrian.operator.reconcile.common import Meta, child_name, label_value
 from cambrian.operator.reconcile.observations import ArmObservation, JobObservation, RolloutObservation
 from cambrian.operator.reconcile.observations import Spend as SpendObs
@@ -70,16 +71,20 @@ def test_every_child_of_a_long_named_owner_has_valid_labels_and_names():
     arm = DeployArm(child_name(LONG, "uid-ro", "arm-control"), ro_owner, LONG, "control", "pvc://b/x", {}, None)
     weights = SetWeights(ro_owner, LONG, "salt", (ArmWeight("control", arm.name, 100),))
     evo_owner = Owner("Evolution", LONG, "uid-e", "ns")
+    champion = UpdateChampion(evo_owner, serving_name(LONG, "uid-e"), "baseline", "pvc://b/x", None, None, "r1", {})
     objs = [K.training_configmap(job), K.training_job(job), *K.arm_manifests(arm), *K.router_manifests(weights, "ns"),
-            K.rollout_object(CreateRollout(child_name(LONG, "uid-e", "ro-x"), evo_owner, {}, LONG))]
+            K.rollout_object(CreateRollout(child_name(LONG, "uid-e", "ro-x"), evo_owner, {}, LONG)),
+            *K.champion_manifests(champion)]
     for obj in objs:
         assert DNS_1035.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63
         for key, value in _labels(obj):
             assert len(value) <= 63 and LABEL_VALUE.match(value), (obj["kind"], key, value)
     assert K.training_job(job)["metadata"]["labels"][K.L_OWNER] == label_value(LONG)
-    assert K.champion_name(Owner("Evolution", "y" * 250, "u")) != K.champion_name(Owner("Evolution", "y" * 250, "v"))
-    assert len(K.champion_name(Owner("Evolution", "y" * 250, "u"))) <= 253
-    assert K.champion_name(Owner("Evolution", "feed", "u")) == "feed-champion"
+    # the production server keeps a readable, stable name where it can (a Service name: DNS-1035, <= 63)
+    assert serving_name("y" * 250, "u") != serving_name("y" * 250, "v")
+    assert serving_name("feed", "u") == "feed-champion"
+    for name in ("y" * 60, "1-feed", "a.b"):
+        assert DNS_1035.match(serving_name(name, "u")) and len(serving_name(name, "u")) <= 63
 
 
 # ---- refusals -----------------------------------------------------------------------------------

@@ -194,7 +194,8 @@ def test_every_chart_workload_is_restricted():
 
 def test_every_pod_the_operator_creates_is_restricted():
     from cambrian.operator.platform import kubernetes as K
-    from cambrian.operator.reconcile.actions import ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights
+    from cambrian.operator.reconcile.actions import (ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights,
+                                                     UpdateChampion)
 
     owner = Owner("Hypothesis", "h", "uid", NS)
     job = K.training_job(CreateTrainingJob(name="h-train-1", owner=owner, hypothesis="h", attempt=1, baseline={},
@@ -204,8 +205,10 @@ def test_every_pod_the_operator_creates_is_restricted():
     dep, _svc = K.arm_manifests(DeployArm("r-arm-c", ro, "r", "control", "pvc://b/x", {"image": "s:1"}, "bundles"))
     router = [m for m in K.router_manifests(SetWeights(ro, "r", "salt", (ArmWeight("control", "r-arm-c", 100),),
                                                        {"image": "s:1"}), NS) if m["kind"] == "Deployment"]
+    champion, _svc = K.champion_manifests(UpdateChampion(Owner("Evolution", "e", "uid-e", NS), "e-champion", "baseline",
+                                                          "pvc://b/x", None, None, "r1", {"image": "s:1"}))
     pods = [("Job/training", job["spec"]["template"]["spec"])]
-    pods += [(f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in [dep, *router]]
+    pods += [(f"Deployment/{d['metadata']['name']}", d["spec"]["template"]["spec"]) for d in [dep, *router, champion]]
     problems = []
     for where, pod in pods:
         problems += restricted_problems(pod, where)

@@ -97,12 +97,14 @@ tests/chart/test_rbac.py checks these rules against the API calls in operator/.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# update: the champion's Deployment is switched to a new bundle in place (a rolling update); patch: its
+# Service's port follows spec.serving.port.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, create, update, delete]
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, create, delete]
+  verbs: [get, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, update, delete]
