@@ -40,3 +40,8 @@ class BudgetExhausted(CambrianError):
     """A budget (tokens, dollars, training seconds, evaluations) ran out; the run stopped cleanly (exit 5)."""
 
     exit_code = 5
+
+
+class MissingExtra(CambrianError):
+    """The command needs an optional dependency group (`pip install 'cambrian[EXTRA]'`) that is not
+    installed (exit code 1: the installation, not the input, is at fault)."""
