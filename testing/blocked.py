@@ -3,8 +3,9 @@ as in an image built without them: the operator image has no torch, the serving 
 
 The child refuses an import of a blocked module (or any of its submodules) with ModuleNotFoundError,
 hides the blocked distributions from importlib.metadata too (as a real `pip install` without them would),
-and reports every refused import on stderr with the marker BLOCKED, so code that catches ImportError
-and carries on is still caught pulling the module in.
+and reports every refused import on stderr (`BLOCKED name <- importer`), so code that catches ImportError
+and carries on is still caught pulling the module in. Third-party libraries probe optional modules that
+way too (pandas, torch): blocked_imports() keeps the attempts made by the project's own code.
 """
 
 from __future__ import annotations
@@ -24,10 +25,16 @@ HIDDEN_DISTS = {dists!r}
 def _blocked(name):
     return any(name == b or name.startswith(b + ".") for b in BLOCKED)
 
+def _importer():
+    f = sys._getframe(2)
+    while f is not None and (f.f_code.co_filename.startswith("<frozen") or "importlib" in f.f_code.co_filename):
+        f = f.f_back
+    return f.f_globals.get("__name__", "?") if f is not None else "?"
+
 class _Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if _blocked(name):
-            sys.stderr.write("{marker} " + name + "\n")
+            sys.stderr.write("{marker} " + name + " <- " + _importer() + "\n")
             raise ModuleNotFoundError("No module named " + repr(name), name=name)
         return None
 
@@ -61,6 +68,39 @@ def run_cli(args: list[str], modules: Iterable[str], dists: Iterable[str] = (), 
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
-def blocked_imports(stderr: str) -> list[str]:
-    """The refused imports a child reported."""
-    return sorted({line.split(" ", 1)[1] for line in stderr.splitlines() if line.startswith(MARKER + " ")})
+def blocked_imports(stderr: str, everyone: bool = False) -> list[str]:
+    """The refused imports a child reported (`name <- importer`): those of the project's code (cambrian.*
+    and the probe itself, __main__), or with everyone=True those of third-party libraries too."""
+    out = set()
+    for line in stderr.splitlines():
+        if line.startswith(MARKER + " "):
+            name, _, importer = line[len(MARKER) + 1:].partition(" <- ")
+            if everyone or importer.split(".")[0] in ("cambrian", "__main__"):
+                out.add(f"{name} <- {importer}")
+    return sorted(out)
+
+
+# Installed with any venv, not by an extra.
+_TOOLING = {"pip", "setuptools", "pkg_resources", "_distutils_hack", "wheel"}
+
+
+def outside_extra(extra: str) -> set[str]:
+    """Top-level modules of the installed distributions that `pip install 'cambrian[EXTRA]'` would not
+    bring (the extra's transitive closure, from images/constraints.py): what that image lacks."""
+    import importlib.metadata as md
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "image_constraints", Path(__file__).resolve().parents[1] / "images" / "constraints.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    allowed = set(gen.closure(extras=frozenset({extra}) if extra else frozenset(), skip=frozenset())) | {"cambrian"}
+    out = set()
+    for top, dists in md.packages_distributions().items():
+        if top in _TOOLING or top in sys.stdlib_module_names or not top.isidentifier():
+            continue
+        if not any(re.sub(r"[-_.]+", "-", d).lower() in allowed for d in dists):
+            out.add(top)
+    return out
