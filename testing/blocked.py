@@ -18,7 +18,7 @@ from typing import Iterable
 MARKER = "BLOCKED"
 
 _PRELUDE = r'''
-import importlib.abc, importlib.machinery, sys
+import importlib.abc, re, sys
 BLOCKED = {blocked!r}
 HIDDEN_DISTS = {dists!r}
 
@@ -31,23 +31,33 @@ def _importer():
         f = f.f_back
     return f.f_globals.get("__name__", "?") if f is not None else "?"
 
-class _Refuse(importlib.abc.MetaPathFinder):
+class _Without(importlib.abc.MetaPathFinder):
+    # Wraps the whole meta path: a blocked module is found by no finder (import raises
+    # ModuleNotFoundError, importlib.util.find_spec returns None), a hidden distribution by none either.
+    def __init__(self, finders):
+        self.finders = finders
+
     def find_spec(self, name, path=None, target=None):
         if _blocked(name):
             sys.stderr.write("{marker} " + name + " <- " + _importer() + "\n")
-            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+            return None
+        for finder in self.finders:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                return spec
         return None
 
-sys.meta_path.insert(0, _Refuse())
-_find = importlib.machinery.PathFinder.find_distributions
+    def find_distributions(self, *args, **kwargs):
+        for finder in self.finders:
+            for dist in getattr(finder, "find_distributions", lambda *a, **k: ())(*args, **kwargs):
+                if re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower() not in HIDDEN_DISTS:
+                    yield dist
 
-def _without(*args, **kwargs):
-    import re
-    for dist in _find(*args, **kwargs):
-        if re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower() not in HIDDEN_DISTS:
-            yield dist
+    def invalidate_caches(self):
+        for finder in self.finders:
+            getattr(finder, "invalidate_caches", lambda: None)()
 
-importlib.machinery.PathFinder.find_distributions = staticmethod(_without)
+sys.meta_path[:] = [_Without(list(sys.meta_path))]
 '''
 
 
