@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cambrian.errors import ConfigError
+from cambrian.errors import ConfigError, one_line
 from cambrian.agents.budgets import Budgets
 from cambrian.agents.noise import NoiseSettings
 from cambrian.agents.personas import PERSONAS
@@ -159,7 +159,7 @@ def load_evolve_config(path: str | Path, env: dict[str, str] | None = None) -> E
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not a UTF-8 text file: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {one_line(exc)}") from None
     cfg = parse_evolve_config(data, str(p), env)
     # relative paths in the file are relative to the file, not to the caller's directory
     base = p.resolve().parent

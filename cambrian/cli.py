@@ -19,7 +19,7 @@ try:  # recent typer vendors click as typer._click; its exceptions are not click
 except ImportError:  # pragma: no cover (typer with click as a dependency)
     from click import ClickException
 
-from cambrian.errors import CambrianError
+from cambrian.errors import CambrianError, one_line
 
 # name -> (import path, one-line help shown by `cambrian --help`, the extra of pyproject.toml it needs)
 COMMANDS: dict[str, tuple[str, str, str | None]] = {
@@ -170,17 +170,26 @@ def main() -> None:
         typer.echo("Interrupted; progress so far is saved: re-run the command to resume.", err=True)
         sys.exit(130)
     except CambrianError as exc:
-        if as_json:
-            if not sys.stdout.written:
-                import json
+        _fail(exc, as_json)
+    except OSError as exc:
+        # A file-system error that no check caught (a folder made read-only meanwhile, a full disk).
+        if exc.filename is None:
+            raise
+        _fail(CambrianError(f"{exc.filename}: {one_line(exc)}"), as_json)
 
-                typer.echo(json.dumps({"ok": False, "error": str(exc), "hint": exc.hint or None,
-                                       "exit_code": exc.exit_code}))
-            sys.exit(exc.exit_code)
-        typer.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            typer.echo(f"hint: {exc.hint}", err=True)
+
+def _fail(exc: CambrianError, as_json: bool) -> None:
+    if as_json:
+        if not sys.stdout.written:
+            import json
+
+            typer.echo(json.dumps({"ok": False, "error": str(exc), "hint": exc.hint or None,
+                                   "exit_code": exc.exit_code}))
         sys.exit(exc.exit_code)
+    typer.echo(f"error: {exc}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":
