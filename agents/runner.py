@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field
 
 from cambrian.agents.journal import Failure
+from cambrian.agents.settings import RunLimits  # noqa: F401  (the limits run_candidate applies)
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import Delta
 
@@ -55,17 +55,6 @@ def clean_environment(env: dict[str, str] | None = None, home: str | None = None
         out["TMPDIR"] = home
     out["PYTHONDONTWRITEBYTECODE"] = "1"
     return out
-
-
-class RunLimits(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    wall_seconds: float = Field(900.0, gt=0)
-    address_space_mb: int | None = Field(None, ge=256, description="RLIMIT_AS; leave unset on CUDA machines")
-    rss_mb: int | None = Field(6144, ge=64, description="resident memory of the whole process tree")
-    cpu_seconds: int | None = Field(None, ge=1, description="RLIMIT_CPU; default wall_seconds x threads + 60")
-    file_size_mb: int | None = Field(2048, ge=1)
-    threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
-    network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
 
 
 @dataclass

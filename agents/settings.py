@@ -15,14 +15,27 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cambrian.errors import ConfigError
+from cambrian.errors import ConfigError, one_line
 from cambrian.agents.budgets import Budgets
 from cambrian.agents.noise import NoiseSettings
 from cambrian.agents.personas import PERSONAS
-from cambrian.agents.runner import RunLimits
 from cambrian.trainer.config import _format_errors
 
 ENV_PREFIX = "CAMBRIAN_EVOLVE_"
+
+
+class RunLimits(BaseModel):
+    """Limits of one candidate training run (agents/runner.py applies them). A settings model here, not in
+    the runner, so the operator reads settings without importing the machinery that runs candidates."""
+
+    model_config = ConfigDict(extra="forbid")
+    wall_seconds: float = Field(900.0, gt=0)
+    address_space_mb: int | None = Field(None, ge=256, description="RLIMIT_AS; leave unset on CUDA machines")
+    rss_mb: int | None = Field(6144, ge=64, description="resident memory of the whole process tree")
+    cpu_seconds: int | None = Field(None, ge=1, description="RLIMIT_CPU; default wall_seconds x threads + 60")
+    file_size_mb: int | None = Field(2048, ge=1)
+    threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
+    network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
 
 
 class _Strict(BaseModel):
@@ -146,7 +159,7 @@ def load_evolve_config(path: str | Path, env: dict[str, str] | None = None) -> E
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p}: not a UTF-8 text file: {exc}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{p}: not valid YAML: {one_line(exc)}") from None
     cfg = parse_evolve_config(data, str(p), env)
     # relative paths in the file are relative to the file, not to the caller's directory
     base = p.resolve().parent

@@ -24,6 +24,8 @@ from typing import Callable
 
 import typer
 
+from cambrian import inputs
+
 # Where each metric comes from. Tests fill Prometheus through these exporters, never by hand.
 METRICS: dict[str, str] = {
     # cambrian.online.collector (per-arm sufficient statistics, no user ids in labels)
@@ -485,6 +487,8 @@ def dashboards(
                                "generation"),
 ) -> None:
     """Generate the Grafana dashboards (JSON) from code."""
+    for d in out:
+        inputs.output_dir(d)  # all of them before the first is written
     if check:
         stale = [str(Path(d) / name) for d in out for name, dash in generate().items()
                  if not (Path(d) / name).is_file() or (Path(d) / name).read_text() != render(dash)]

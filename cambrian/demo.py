@@ -21,6 +21,8 @@ from typing import Any, Optional
 
 import typer
 
+from cambrian import inputs
+
 STAGE_FILE = "demo-state.json"
 
 
@@ -208,6 +210,7 @@ def demo(
     size = FAST if fast else FULL
     overrides = {"users": users, "days": days, "evaluations": evaluations, "online_days": online_days}
     size = replace(size, **{k: v for k, v in overrides.items() if v is not None})
+    inputs.output_dir(out)
     if fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

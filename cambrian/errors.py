@@ -40,3 +40,21 @@ class BudgetExhausted(CambrianError):
     """A budget (tokens, dollars, training seconds, evaluations) ran out; the run stopped cleanly (exit 5)."""
 
     exit_code = 5
+
+
+class MissingExtra(CambrianError):
+    """The command needs an optional dependency group (`pip install 'cambrian[EXTRA]'`) that is not
+    installed (exit code 1: the installation, not the input, is at fault)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for an error message: a YAML error as its problem and position (PyYAML's
+    own text spans several lines and starts with the context, "while parsing a flow sequence")."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem:
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{problem}{where}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import typer
 
+from cambrian import inputs
 from cambrian.errors import ConfigError
 
 REPORT_FILE = "report.html"
@@ -607,6 +608,6 @@ def report(
     rollout: list[Path] = typer.Option([], "--rollout", help="an extra rollout output folder (repeatable)"),
 ) -> None:
     """Write an HTML report with plots for a run."""
-    run = load_run(run_dir, rollout)
-    path = write_report(run, out or Path(run_dir) / "report")
+    run = load_run(run_dir, rollout)  # reads only
+    path = write_report(run, inputs.output_dir(out or Path(run_dir) / "report"))
     typer.echo(str(path))

@@ -31,6 +31,7 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cambrian.errors import one_line
 from cambrian.online.assignment import Assignment
 from cambrian.online.httpjson import (BadRequest, error, healthz, json_response, metrics_handler, parse_json_object,
                                      read_json)
@@ -96,7 +97,7 @@ class RouterConfig:
         try:
             data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
         except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"router config {path}: cannot read ({exc})") from None
+            raise ValueError(f"router config {path}: cannot read ({one_line(exc)})") from None
         return cls.from_dict(data)
 
     def assignment(self) -> Assignment:

@@ -55,7 +55,9 @@ def crds(out: Optional[str] = typer.Option(None, "--out", help="write here inste
     from cambrian.operator import crdgen
 
     if out:
-        for p in crdgen.write(Path(out)):
+        from cambrian import inputs
+
+        for p in crdgen.write(inputs.output_dir(Path(out))):
             typer.echo(p)
     else:
         typer.echo("---\n".join(crdgen.render(k) for k in crdgen.NAMES))

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 
+from cambrian import inputs
 from cambrian.errors import ConfigError
 
 LEGACY = ("{what}: --config takes the old {fmt} format, which is deprecated and will be removed; "
@@ -47,6 +48,11 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
     from cambrian.operator.local_driver import LocalDriver
     from cambrian.operator.localstore import load_manifests
 
+    # Every input is checked before the driver creates anything in --dir.
+    inputs.output_dir(out, "--dir")
+    if data is not None:
+        inputs.data_dir(data)
+    decisions = parse_approvals(approve or [])
     objs = load_manifests(file)
     wrong = [f"{o['kind']} {o['metadata']['name']}" for o in objs if o["kind"] not in kinds]
     if wrong:
@@ -58,8 +64,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
-    for item in approve or []:
-        name, _, decision = item.partition("=")
+    for name, decision in decisions:
         driver.approve(name, decision)
     summary = driver.run()
     report = {"reason": summary.reason, "dir": str(driver.root), "simulatedDays": round(summary.days, 3),
@@ -71,6 +76,16 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         _print(driver, report)
     failed = [n for n, p in summary.phases.get("Evolution", {}).items() if p == "Failed"]
     return 4 if failed else 0
+
+
+def parse_approvals(items: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        name, _, decision = item.partition("=")
+        if not name or decision not in ("promote", "rollback"):
+            raise ConfigError(f"--approve {item!r}: expected NAME=promote or NAME=rollback")
+        out.append((name, decision))
+    return out
 
 
 def check_rollouts(driver: Any, objs: list[dict[str, Any]], data: Path | None) -> None:

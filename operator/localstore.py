@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from cambrian.errors import ConfigError
+from cambrian.errors import ConfigError, one_line
 from cambrian.operator import api
 from cambrian.operator.loop import PLURALS
 
@@ -44,7 +44,7 @@ def load_manifests(path: str | Path) -> list[dict[str, Any]]:
     try:
         docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
+        raise ConfigError(f"{path}: cannot read ({one_line(exc)})") from None
     out = []
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict) or doc.get("apiVersion") != api.API_VERSION:

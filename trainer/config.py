@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cambrian.errors import ConfigError
+from cambrian.errors import ConfigError, one_line
 
 COMPONENTS = ("optimizer", "architecture", "reward", "training")
 Component = Literal["optimizer", "architecture", "reward", "training"]
@@ -170,8 +170,7 @@ def parse_structured_text(text: str, source: str) -> Any:
     except ConfigError as exc:
         raise ConfigError(f"{source}: not accepted: {exc}") from None
     except (yaml.YAMLError, RecursionError, ValueError, OverflowError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{source}: not valid YAML/JSON: {first}") from None
+        raise ConfigError(f"{source}: not valid YAML/JSON: {one_line(exc)}") from None
     if _expanded_size(data, MAX_NODES) > MAX_NODES:
         raise ConfigError(f"{source}: not accepted: expands to more than {MAX_NODES:,} values (YAML aliases?)")
     return data

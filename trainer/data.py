@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 
@@ -99,10 +100,7 @@ class Dataset(TrainingSet):
 
 def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     data = Path(data_dir)
-    meta_path = data / "world.json"
-    if not meta_path.is_file():
-        raise ConfigError(f"{data}: not a data directory (no world.json)",
-                          hint="create one with `cambrian world generate --out DIR`")
+    meta_path = inputs.data_dir(data) / "world.json"
     try:
         meta = json.loads(meta_path.read_text())
         items = pd.read_parquet(data / "items.parquet")

@@ -8,8 +8,6 @@ from typing import Optional
 
 import typer
 
-from cambrian.errors import CambrianError
-
 from .params import DEFAULT_PRESET, PRESETS
 
 PRESET_HELP = (f"world preset: {', '.join(PRESETS)} (calibrated: effects of a real product's size; easy: the "
@@ -39,13 +37,6 @@ def _preset(preset: str, easy: bool) -> str:
     return "easy" if easy else preset
 
 
-def _fail(exc: CambrianError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    if exc.hint:
-        typer.echo(f"hint: {exc.hint}", err=True)
-    raise typer.Exit(exc.exit_code)
-
-
 @app.command()
 def generate(
     out: Path = typer.Option(..., "--out", help="directory to write (must be empty unless --force)"),
@@ -64,11 +55,9 @@ def generate(
     """Simulate USERS users for DAYS days under a logging policy and write the world data directory."""
     from .generate import generate as run
 
-    try:
-        summary = run(out, n_users=users, days=days, seed=seed, policy=policy, n_items=items,
-                      overrides=_parse_sets(sets), force=force, preset=_preset(preset, easy))
-    except CambrianError as exc:
-        _fail(exc)
+    # Errors (CambrianError) go to cambrian.cli.main: one line, or the JSON error object under --json.
+    summary = run(out, n_users=users, days=days, seed=seed, policy=policy, n_items=items,
+                  overrides=_parse_sets(sets), force=force, preset=_preset(preset, easy))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -83,10 +72,7 @@ def summary(
     """CTR, completion, DAU, minutes and next-day return per day of a world data directory."""
     from .logs import summarize_dir
 
-    try:
-        result = summarize_dir(data_dir)
-    except CambrianError as exc:
-        _fail(exc)
+    result = summarize_dir(data_dir)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -110,11 +96,8 @@ def compare(
     from .compare import compare_policies
     from .params import WorldParams
 
-    try:
-        params = WorldParams.build(_preset(preset, easy), **{**_parse_sets(sets), "n_users": users})
-        rows = compare_policies(params, seed, days, [p.strip() for p in policies.split(",") if p.strip()])
-    except CambrianError as exc:
-        _fail(exc)
+    params = WorldParams.build(_preset(preset, easy), **{**_parse_sets(sets), "n_users": users})
+    rows = compare_policies(params, seed, days, [p.strip() for p in policies.split(",") if p.strip()])
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

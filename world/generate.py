@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from cambrian.errors import ConfigError
+from cambrian.inputs import output_dir
 
 from . import logs
 from .params import DEFAULT_PRESET, WorldParams
@@ -80,8 +81,7 @@ def generate(
 
 
 def _prepare(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
+    output_dir(out)
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ConfigError(f"--out {out} is not empty; refusing to overwrite", hint="pass --force to replace it")

@@ -20,6 +20,11 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 CONSTRAINTS = ROOT / "images" / "constraints.txt"
 PINNED_IMAGES = ["Dockerfile.operator", "Dockerfile.serving", "Dockerfile.trainer"]
+# Each image installs one extra of pyproject.toml; what it must never carry, transitively.
+IMAGE_EXTRA = {"Dockerfile.operator": "operator", "Dockerfile.serving": "serving", "Dockerfile.trainer": "trainer"}
+NEVER = {"operator": {"torch", "triton", "duckdb", "pandas", "matplotlib"},
+         "serving": {"kopf", "kubernetes", "optuna", "google-genai", "openai"},
+         "trainer": {"kopf", "kubernetes", "google-genai", "openai", "aiohttp"}}
 
 
 def _generator():
@@ -67,10 +72,33 @@ def test_image_installs_through_the_constraints(name):
     assert "COPY images/constraints.txt /src/images/constraints.txt" in text
     installs = [line for line in text.splitlines() if re.search(r"pip install .*/src\b", line)]
     assert installs and all("--constraint /src/images/constraints.txt" in line for line in installs), installs
-    torch = re.search(r"ARG TORCH_VERSION=(\S+)", text).group(1)
-    assert torch == md.version("torch").split("+")[0]
+    torch = re.search(r"ARG TORCH_VERSION=(\S+)", text)
+    if IMAGE_EXTRA[name] == "operator":
+        assert torch is None and "torch" not in text.replace("no torch", ""), "the operator image installs torch"
+    else:
+        assert torch and torch.group(1) == md.version("torch").split("+")[0]
     python = re.findall(r"FROM python:(\d+\.\d+)\.", text)
     assert python and set(python) == {f"{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+@pytest.mark.parametrize("name", PINNED_IMAGES)
+def test_image_installs_only_its_extra(name):
+    """The operator image carries no torch and the serving image no kopf: each installs its own extra,
+    whose transitive closure (from the installed metadata) holds none of what the image must not carry."""
+    text = (ROOT / "images" / name).read_text()
+    extra = IMAGE_EXTRA[name]
+    (install,) = [line for line in text.splitlines() if re.search(r"pip install .*/src\b", line)]
+    assert re.search(rf'"/src\[{extra}\]"\s*$', install), install
+    carried = set(_generator().closure(extras=frozenset({extra}), skip=frozenset()))
+    assert carried & NEVER[extra] == set(), f"the {extra} extra brings {carried & NEVER[extra]}"
+    assert not (extra == "operator") or {"kopf", "kubernetes"} <= carried
+    assert not (extra in ("serving", "trainer")) or "torch" in carried
+
+
+def test_the_base_install_is_small():
+    base = set(_generator().closure(extras=frozenset(), skip=frozenset()))
+    assert {"pydantic", "typer", "pyyaml"} <= base
+    assert base & {"torch", "kopf", "kubernetes", "numpy", "pandas", "scipy", "aiohttp"} == set(), base
 
 
 def test_the_build_context_carries_the_constraints():

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
-from cambrian.cli import app as cli
 from cambrian.errors import ConfigError
 from cambrian.world.generate import generate
 from cambrian.world.policies import random_policy
@@ -115,11 +115,13 @@ def test_other_logging_policies_and_small_catalogues(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI
-runner = CliRunner()
+CAMBRIAN = str(Path(sys.executable).with_name("cambrian"))
 
 
 def _cli(*args: str):
-    return runner.invoke(cli, ["world", *args])
+    """The real `cambrian world` process: its errors are printed by cambrian.cli.main, as a user sees them."""
+    r = subprocess.run([CAMBRIAN, "world", *args], capture_output=True, text=True, timeout=300)
+    return SimpleNamespace(exit_code=r.returncode, stdout=r.stdout, output=r.stdout + r.stderr)
 
 
 def test_cli_generate_and_summary(tmp_path):
