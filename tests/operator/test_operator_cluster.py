@@ -139,8 +139,10 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch):
              .get("phase") == "Live")
 
         c.kubectl("delete", "rollout", ro_name, "-n", ns, "--wait=true", "--timeout=60s")
+        # its router config goes (the built-in proposer's own Hypothesis may have a Rollout of its own)
         wait("the router config removed", lambda: not [
-            x for x in json.loads(c.kubectl("get", "configmaps", "-n", ns, "-o", "json").stdout)["items"]
+            x for x in json.loads(c.kubectl("get", "configmaps", "-n", ns, "-l", f"cambrian.dev/rollout={ro_name}",
+                                            "-o", "json").stdout)["items"]
             if "router.yaml" in x.get("data", {})])
         wait("the hypothesis retired", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
              .get("phase") == "Retired")
