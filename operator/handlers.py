@@ -36,6 +36,8 @@ FINALIZER = "cambrian.dev/finalizer"
 APPROVE = loop.APPROVE
 INTERVAL = float(os.environ.get("CAMBRIAN_OPERATOR_INTERVAL", "15"))
 RETRY_DELAY = 10.0
+# How long a Job's or Pod's burst of updates may take before its Hypothesis is stepped once over them.
+SETTLE_SECONDS = float(os.environ.get("CAMBRIAN_OPERATOR_SETTLE", "2"))
 
 
 def now() -> datetime:
@@ -212,6 +214,8 @@ def _bookkeeping(memo: kopf.Memo) -> None:
     memo.setdefault("written", indexed.Written())
     memo.setdefault("locks", indexed.KeyedLocks())
     memo.setdefault("retry", set())
+    if "settle" not in memo:
+        memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
 
 
 def _cluster(memo: kopf.Memo, kw: dict[str, Any]) -> loop.Objects:
@@ -266,17 +270,35 @@ def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str) -> None:
             getattr(objects, "written", memo.written).record(body, after)
 
 
-def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None) -> None:
-    if name:
-        step_hypothesis(memo, _cluster(memo, kw), ns, name)
+def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool = False) -> None:
+    """Step a Hypothesis now, or (`settle`: a Job's or Pod's update) once that burst of updates settled."""
+    if not name:
+        return
+    objects = _cluster(memo, kw)
+    if not settle or getattr(memo, "settle", None) is None:
+        step_hypothesis(memo, objects, ns, name)
+        return
+
+    def later() -> None:
+        try:
+            step_hypothesis(memo, objects, ns, name)
+        except Exception as exc:  # noqa: BLE001 - retried by the Evolution's sweep
+            log.warning("hypothesis %s/%s: %s", ns, name, exc)
+            memo.retry.add((ns, name))
+
+    memo.settle((ns, name), later)
 
 
 @kopf.on.event(GROUP, VERSION, "hypotheses",
                when=lambda type, status, **_: type != "DELETED" and (status or {}).get("phase") not in H.TERMINAL)
-def hypothesis_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+def hypothesis_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **kw: Any) -> None:
+    """A new Hypothesis (or one found at start) is stepped at once; a changed one once its burst of
+    updates settled: the update may be our own status write coming back before we noted it, and its
+    Job may not be in the index yet (stepping at once would create it a second time)."""
     if memo.written.is_ours(body):
         return  # our own status write coming back: the Job's and Pod's events drive the next step
-    _hypothesis_source(memo, kw, body.metadata.namespace or "default", body.metadata.name)
+    _hypothesis_source(memo, kw, body.metadata.namespace or "default", body.metadata.name,
+                       settle=type not in (None, "ADDED"))
 
 
 @kopf.on.event(GROUP, VERSION, "hypotheses", when=lambda type, **_: type == "DELETED")
@@ -288,7 +310,7 @@ def hypothesis_gone(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "cambrian.dev/owner-kind": "hypothesis"})
 def training_job_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     """A training Job changed (started, finished, deleted): step its Hypothesis."""
-    _hypothesis_source(memo, kw, body.metadata.namespace or "default", indexed.owner_name(body, "Hypothesis"))
+    _hypothesis_source(memo, kw, body.metadata.namespace or "default", indexed.owner_name(body, "Hypothesis"), settle=True)
 
 
 @kopf.on.event("v1", "pods", labels={**MANAGED, "job-name": kopf.PRESENT})
@@ -298,7 +320,7 @@ def training_pod_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     cluster = _cluster(memo, kw)
     job = cluster.job_named(ns, body.metadata.labels.get("job-name", "")) if hasattr(cluster, "job_named") else None
     if job is not None:
-        _hypothesis_source(memo, kw, ns, indexed.owner_name(job, "Hypothesis"))
+        _hypothesis_source(memo, kw, ns, indexed.owner_name(job, "Hypothesis"), settle=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -216,3 +216,44 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
             out.append(h)
     return out
 
+
+class Settle:
+    """Run `fn` for a key once its burst of events has settled: the first event schedules it `delay`
+    seconds later, the others in that window join it (a Job's created/active/complete and its Pod's
+    scheduled/running/terminated updates come in bursts; one step over the freshest index then writes
+    one status instead of one per update). One thread keeps the schedule; steps run on `workers`."""
+
+    def __init__(self, delay: float, workers: int = 4):
+        import heapq
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.delay, self._heapq = delay, heapq
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Any]] = []
+        self._due: dict[Any, Any] = {}
+        self._n = 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
+        threading.Thread(target=self._loop, daemon=True, name="settle").start()
+
+    def __call__(self, key: Any, fn: Any) -> None:
+        import time
+
+        with self._cond:
+            if key in self._due:
+                return
+            self._due[key] = fn
+            self._n += 1
+            self._heapq.heappush(self._heap, (time.monotonic() + self.delay, self._n, key))
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        import time
+
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                _, _, key = self._heapq.heappop(self._heap)
+                fn = self._due.pop(key)
+            self._pool.submit(fn)
+

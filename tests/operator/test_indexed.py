@@ -163,3 +163,23 @@ def test_a_finished_job_waits_for_its_pods_last_status_from_the_other_watch():
     (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
     assert seen.state == "Succeeded" and seen.metrics == {"val_loss": 0.5}
     assert not p.batch.calls and not p.core.calls
+
+
+def test_a_burst_of_job_and_pod_updates_makes_one_step():
+    """Before: one step (and one status write) per Job or Pod update: Pending, Running, Scored."""
+    import threading
+    import time
+
+    ran: list[str] = []
+    done = threading.Event()
+    settle = indexed.Settle(0.2)
+    t0 = time.monotonic()
+    for _ in range(5):  # job created, active, pod scheduled, running, terminated
+        settle(("ns", "h"), lambda: (ran.append("h"), done.set()))
+    settle(("ns", "other"), lambda: ran.append("other"))
+    assert done.wait(5) and time.monotonic() - t0 >= 0.2
+    time.sleep(0.1)
+    assert sorted(ran) == ["h", "other"]
+    settle(("ns", "h"), lambda: ran.append("h again"))  # a later update is stepped again
+    time.sleep(0.5)
+    assert ran.count("h again") == 1
