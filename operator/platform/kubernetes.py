@@ -561,6 +561,8 @@ Proposer = Callable[[ProposeHypotheses, list], Any]
 class KubernetesPlatform:
     """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up."""
 
+    observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it: Jobs, Pods without LISTs
+
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
                  config: Mapping[str, Any] | None = None):
         from kubernetes import client
@@ -574,7 +576,6 @@ class KubernetesPlatform:
         self.prometheus_url = prometheus_url
         self.proposer = proposer
         self.config = dict(config or {})
-        self.observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it
 
     def _templated(self, obj: dict[str, Any], kind: str, role: str) -> dict[str, Any]:
         return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
