@@ -34,15 +34,16 @@ def action(evolution: str, wakeup: int = 1) -> ProposeHypotheses:
 
 
 class Provider:
-    """Hangs for Evolution `slow` until released; answers at once for anyone else."""
+    """Hangs for the Evolutions in `hang` until released; answers at once for anyone else."""
 
-    def __init__(self):
+    def __init__(self, hang=("slow",)):
         self.release = threading.Event()
         self.calls: list[str] = []
+        self.hang = hang
 
     def __call__(self, a, existing):
         self.calls.append(a.owner.name)
-        if a.owner.name == "slow":
+        if a.owner.name in self.hang:
             self.release.wait(30)
         return ProposalBatch(items=[({"component": "optimizer"}, {})])
 
@@ -102,7 +103,7 @@ def test_the_builtin_proposer_runs_inline():
 
 def test_the_evolution_step_returns_at_once_and_says_it_waits(objects):  # noqa: F811
     """Through the handler: the step is not persisted as done (the wake-up replays) and the status says why."""
-    provider = Provider()
+    provider = Provider(hang=("evo",))
     proposer = OffPathProposer(provider, timeout_s=30, attempts=1)
 
     class Platform(MemPlatform):
