@@ -8,8 +8,8 @@ object, when the operator first set `status.phase` and when it reached its stead
 
 - cambrian (`cambrian operator run`, shipped defaults, interval 15 s): steady = `Scored` (or a
   final Failed/Rejected, counted apart). Each Hypothesis is validated, its training Job created,
-  kwok completes the pod with a termination message carrying metrics, and the level-based timer
-  reads the Job back and scores it.
+  kwok completes the pod with a termination message carrying metrics, and the Job's and Pod's
+  watch events (operator/indexed.py) step the Hypothesis to Scored.
 - baseline (`python -m cambrian.bench.operator_scale --baseline-operator`): a kopf operator whose
   only handler sets `status.phase = Proposed` on create; steady = that first phase.
 

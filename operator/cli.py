@@ -17,7 +17,7 @@ def run(
     prometheus_url: Optional[str] = typer.Option(None, "--prometheus-url", envvar="CAMBRIAN_PROMETHEUS_URL",
                                                  help="Prometheus HTTP API the rollout readouts query"),
     interval: float = typer.Option(15.0, "--interval", min=1.0, envvar="CAMBRIAN_OPERATOR_INTERVAL",
-                                   help="seconds between level-based reconciles of every object"),
+                                   help="seconds between timer reconciles of Evolutions (and their Hypotheses' sweep) and running Rollouts; Hypotheses are event-driven"),
     liveness: Optional[str] = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
     standalone: bool = typer.Option(True, "--standalone/--peering", help="run without kopf peering objects"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -11,7 +11,8 @@ Run with `cambrian operator run` (operator/cli.py) or `kopf run -m cambrian.oper
 Environment: CAMBRIAN_PROMETHEUS_URL, CAMBRIAN_OPERATOR_INTERVAL (seconds, default 15),
 CAMBRIAN_OPERATOR_CONFIG (the chart's operator.yaml: pod templates), CAMBRIAN_METRICS_PORT (the
 Prometheus exporter, default 8000; 0 picks a free port; "off" disables it), GEMINI_API_KEY /
-OPENAI_API_KEY for LLM agents.
+OPENAI_API_KEY for LLM agents, CAMBRIAN_PROPOSER_TIMEOUT (seconds per LLM attempt, default 120) and
+CAMBRIAN_PROPOSER_ATTEMPTS (default 3): LLM proposers run off the reconcile path (proposing.OffPathProposer).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any
 
 import kopf
 
-from cambrian.operator import api, loop, metrics
+from cambrian.operator import api, indexed, loop, metrics
 from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile import rollout as R
 
 log = logging.getLogger("cambrian.operator")
 
@@ -34,6 +36,8 @@ FINALIZER = "cambrian.dev/finalizer"
 APPROVE = loop.APPROVE
 INTERVAL = float(os.environ.get("CAMBRIAN_OPERATOR_INTERVAL", "15"))
 RETRY_DELAY = 10.0
+# How long a Job's or Pod's burst of updates may take before its Hypothesis is stepped once over them.
+SETTLE_SECONDS = float(os.environ.get("CAMBRIAN_OPERATOR_SETTLE", "2"))
 
 
 def now() -> datetime:
@@ -55,13 +59,17 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.scanning.disabled = True  # no CRD scanning: the handlers name their resources (no cluster-wide list)
+    _bookkeeping(memo)
     if getattr(memo, "platform", None) is None:
         from cambrian.operator.platform.kubernetes import KubernetesPlatform, load_operator_config
-        from cambrian.operator.proposing import ClusterProposer
+        from cambrian.operator.proposing import ClusterProposer, OffPathProposer
 
         load_kube_config()
         memo.platform = KubernetesPlatform(prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"),
-                                           proposer=ClusterProposer(),
+                                           proposer=OffPathProposer(
+                                               ClusterProposer(),
+                                               timeout_s=float(os.environ.get("CAMBRIAN_PROPOSER_TIMEOUT", "120")),
+                                               attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
                                            config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")))
     if os.environ.get("CAMBRIAN_METRICS_PORT", "8000").lower() not in ("off", "none", ""):
         log.info("operator metrics on port %s", metrics.serve())
@@ -120,15 +128,17 @@ class _ClusterObjects:
         return _list(plural, namespace)
 
 
-def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
-    """Patch only what changed, so an idle timer tick sends nothing."""
+def status_patch(old: dict[str, Any], new: Any) -> dict[str, Any]:
+    """The merge patch of the status: only what changed, so a step that changed nothing sends nothing."""
     wire = new.wire()
-    for key in old:
-        if key not in wire:
-            patch.status[key] = None  # merge patch: null removes
-    for key, value in wire.items():
-        if old.get(key) != value:
-            patch.status[key] = value
+    out: dict[str, Any] = {key: None for key in old if key not in wire}  # merge patch: null removes
+    out.update({key: value for key, value in wire.items() if old.get(key) != value})
+    return out
+
+
+def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
+    for key, value in status_patch(old, new).items():
+        patch.status[key] = value
 
 
 def _cache(memo: kopf.Memo) -> dict:
@@ -150,14 +160,14 @@ def _reported(memo: kopf.Memo, meta: Any, mark: bool = False) -> bool:
         return False
 
 
-def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> loop.Step | None:
+def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects) -> loop.Step | None:
     """Gather -> core -> apply (cambrian.operator.loop), then persist the new status as a patch. None when
     there was nothing to do: the object failed until its spec changes. A failed apply writes nothing."""
     old = dict(body.get("status") or {})
     if _reported(memo, loop.meta_of(dict(body))):
         return None
     try:
-        s = loop.step(kind, dict(body), _ClusterObjects(), memo.platform, now(), _cache(memo),
+        s = loop.step(kind, dict(body), objects, memo.platform, now(), _cache(memo),
                       first_report=lambda meta: not _reported(memo, meta, mark=True))
     except loop.ApplyFailed as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
@@ -168,24 +178,149 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> loo
 
 
 # ---------------------------------------------------------------------------------------------
-# Hypothesis
+# Indexes: the watch-fed state every step reads (operator/indexed.py), instead of LISTs per tick
+# ---------------------------------------------------------------------------------------------
+
+MANAGED = {"app.kubernetes.io/managed-by": "cambrian-operator"}
+
+
+@kopf.index(GROUP, VERSION, "evolutions")
+def evolutions_idx(body: kopf.Body, **_: Any) -> dict:
+    return indexed.custom_keys(body)
+
+
+@kopf.index(GROUP, VERSION, "hypotheses")
+def hypotheses_idx(body: kopf.Body, **_: Any) -> dict:
+    return indexed.custom_keys(body)
+
+
+@kopf.index(GROUP, VERSION, "rollouts")
+def rollouts_idx(body: kopf.Body, **_: Any) -> dict:
+    return indexed.custom_keys(body)
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def jobs_idx(body: kopf.Body, **_: Any) -> dict:
+    return indexed.job_keys(body)
+
+
+@kopf.index("v1", "pods", labels={**MANAGED, "job-name": kopf.PRESENT})
+def pods_idx(body: kopf.Body, **_: Any) -> dict:
+    return indexed.pod_keys(body)
+
+
+def _bookkeeping(memo: kopf.Memo) -> None:
+    """Per-process state of the event-driven Hypothesis steps (operator/indexed.py)."""
+    memo.setdefault("written", indexed.Written())
+    memo.setdefault("locks", indexed.KeyedLocks())
+    memo.setdefault("retry", set())
+    if "settle" not in memo:
+        memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
+
+
+def _cluster(memo: kopf.Memo, kw: dict[str, Any]) -> loop.Objects:
+    """The indexes as loop.Objects (and as the platform's Job/Pod reads); the API server when a caller
+    (a test, a script) runs a handler without kopf's indexes."""
+    c = getattr(memo, "cluster", None)
+    if c is None and "hypotheses_idx" in kw:
+        c = indexed.IndexedCluster({"evolutions": kw["evolutions_idx"], "hypotheses": kw["hypotheses_idx"],
+                                    "rollouts": kw["rollouts_idx"]}, kw["jobs_idx"], kw["pods_idx"],
+                                   getattr(memo, "written", None))
+        memo.cluster = c
+        if hasattr(memo.platform, "observed"):
+            memo.platform.observed = c
+    return c or _ClusterObjects()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis: event-driven. No timer and no kopf bookkeeping on the object (no finalizer, no
+# annotations): its own changes, its Job's and Pod's changes and the Evolution's sweep step it, and
+# each step writes at most one status patch. Finished Hypotheses get no step and send nothing.
 # ---------------------------------------------------------------------------------------------
 
 
-def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    _step("Hypothesis", body, patch, memo)
+def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects | None = None) -> None:
+    """One step of one Hypothesis, its new status into `patch`."""
+    _step("Hypothesis", body, patch, memo, objects or _ClusterObjects())
 
 
-@kopf.on.create(GROUP, VERSION, "hypotheses")
-@kopf.on.update(GROUP, VERSION, "hypotheses", field="spec")
-def hypothesis_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_hypothesis(body, patch, memo)
+def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str) -> None:
+    """Step the freshest known body of a Hypothesis and write its status (one PATCH when it changed).
+    One step at a time per object; a failed apply is retried by the Evolution's next sweep."""
+    _bookkeeping(memo)
+    first = objects.get("hypotheses", ns, name)
+    if first is None or (first.get("status") or {}).get("phase") in H.TERMINAL:
+        return
+    uid = first["metadata"].get("uid", "")
+    with memo.locks(uid):
+        body = objects.get("hypotheses", ns, name)  # again: another step may have written meanwhile
+        if body is None:
+            return
+        patch = kopf.Patch()
+        try:
+            reconcile_hypothesis(kopf.Body(body), patch, memo, objects)
+        except kopf.TemporaryError as exc:
+            log.warning("hypothesis %s/%s: %s; retrying at the next sweep", ns, name, exc)
+            memo.retry.add((ns, name))
+            return
+        memo.retry.discard((ns, name))
+        if patch.status:
+            after = _custom().patch_namespaced_custom_object_status(GROUP, VERSION, ns, "hypotheses", name,
+                                                                    {"status": dict(patch.status)})
+            getattr(objects, "written", memo.written).record(body, after)
 
 
-@kopf.timer(GROUP, VERSION, "hypotheses", interval=INTERVAL, initial_delay=INTERVAL,
-            when=lambda status, **_: (status or {}).get("phase") not in H.TERMINAL)
-def hypothesis_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_hypothesis(body, patch, memo)
+def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool = False) -> None:
+    """Step a Hypothesis now, or (`settle`: a Job's or Pod's update) once that burst of updates settled."""
+    if not name:
+        return
+    objects = _cluster(memo, kw)
+    if not settle or getattr(memo, "settle", None) is None:
+        step_hypothesis(memo, objects, ns, name)
+        return
+
+    def later() -> None:
+        try:
+            step_hypothesis(memo, objects, ns, name)
+        except Exception as exc:  # noqa: BLE001 - retried by the Evolution's sweep
+            log.warning("hypothesis %s/%s: %s", ns, name, exc)
+            memo.retry.add((ns, name))
+
+    memo.settle((ns, name), later)
+
+
+@kopf.on.event(GROUP, VERSION, "hypotheses",
+               when=lambda type, status, **_: type != "DELETED" and (status or {}).get("phase") not in H.TERMINAL)
+def hypothesis_event(body: kopf.Body, memo: kopf.Memo, type: str | None, **kw: Any) -> None:
+    """A new Hypothesis (or one found at start) is stepped at once; a changed one once its burst of
+    updates settled: the update may be our own status write coming back before we noted it, and its
+    Job may not be in the index yet (stepping at once would create it a second time)."""
+    if memo.written.is_ours(body):
+        return  # our own status write coming back: the Job's and Pod's events drive the next step
+    _hypothesis_source(memo, kw, body.metadata.namespace or "default", body.metadata.name,
+                       settle=type not in (None, "ADDED"))
+
+
+@kopf.on.event(GROUP, VERSION, "hypotheses", when=lambda type, **_: type == "DELETED")
+def hypothesis_gone(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    memo.written.forget(body.metadata.uid)
+    memo.locks.forget(body.metadata.uid)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "cambrian.dev/owner-kind": "hypothesis"})
+def training_job_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """A training Job changed (started, finished, deleted): step its Hypothesis."""
+    _hypothesis_source(memo, kw, body.metadata.namespace or "default", indexed.owner_name(body, "Hypothesis"), settle=True)
+
+
+@kopf.on.event("v1", "pods", labels={**MANAGED, "job-name": kopf.PRESENT})
+def training_pod_event(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """A training Pod changed (unschedulable, an image that cannot be pulled, its termination message)."""
+    ns = body.metadata.namespace or "default"
+    cluster = _cluster(memo, kw)
+    job = cluster.job_named(ns, body.metadata.labels.get("job-name", "")) if hasattr(cluster, "job_named") else None
+    if job is not None:
+        _hypothesis_source(memo, kw, ns, indexed.owner_name(job, "Hypothesis"), settle=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +328,8 @@ def hypothesis_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: A
 # ---------------------------------------------------------------------------------------------
 
 
-def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    s = _step("Rollout", body, patch, memo)
+def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects | None = None) -> None:
+    s = _step("Rollout", body, patch, memo, objects or _ClusterObjects())
     if s is not None and s.analysis is not None:
         metrics.observe_guardrails(s.meta.name, s.analysis.guardrails)
 
@@ -202,20 +337,22 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> No
 @kopf.on.create(GROUP, VERSION, "rollouts")
 @kopf.on.update(GROUP, VERSION, "rollouts", field="spec")
 @kopf.on.update(GROUP, VERSION, "rollouts", field=f"metadata.annotations")
-def rollout_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_rollout(body, patch, memo)
+def rollout_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    reconcile_rollout(body, patch, memo, _cluster(memo, kw))
 
 
-@kopf.timer(GROUP, VERSION, "rollouts", interval=INTERVAL, initial_delay=INTERVAL)
-def rollout_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_rollout(body, patch, memo)
+@kopf.timer(GROUP, VERSION, "rollouts", interval=INTERVAL, initial_delay=INTERVAL,
+            when=lambda status, **_: (status or {}).get("phase") not in R.CONCLUDED)
+def rollout_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    """Readouts are due by the clock; a concluded Rollout has none and costs nothing."""
+    reconcile_rollout(body, patch, memo, _cluster(memo, kw))
 
 
 @kopf.on.delete(GROUP, VERSION, "rollouts")
-def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     """Every user back on control before the arms go (owner references then remove the rest)."""
     try:
-        loop.finalize_rollout(dict(body), _ClusterObjects(), memo.platform)
+        loop.finalize_rollout(dict(body), _cluster(memo, kw), memo.platform)
     except loop.ApplyFailed as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
     metrics.forget_rollout(body["metadata"]["name"])
@@ -226,24 +363,48 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
-    s = _step("Evolution", body, patch, memo)
+def reconcile_evolution(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects | None = None) -> None:
+    s = _step("Evolution", body, patch, memo, objects or _ClusterObjects())
     if s is None:
         return
     spec = api.parse_spec("Evolution", dict(body.get("spec") or {}))
     metrics.observe_evolution(s.meta.name, s.hypotheses, spec.agent.budgets.wire(), s.result.status.spend.wire(), now())
 
 
+# Hypothesis phases that wait on the Evolution (its budget, its baseline, its existence), not on an event.
+SWEPT_PHASES = ("Proposed", "Validated")
+
+
+def sweep_hypotheses(memo: kopf.Memo, objects: Any, ns: str, evolution: str) -> None:
+    """Step the Evolution's Hypotheses whose state can move without an event of their own (see
+    indexed.sweep), and those whose last step failed to apply. Index reads only: no request unless a
+    step changes something."""
+    if not hasattr(objects, "of_evolution"):
+        return
+    hyps = objects.of_evolution("hypotheses", ns, evolution)
+    due = {h["metadata"]["name"] for h in indexed.sweep(hyps, objects.of_evolution("rollouts", ns, evolution), SWEPT_PHASES)}
+    due |= {name for (n, name) in list(memo.retry) if n == ns and any(h["metadata"]["name"] == name for h in hyps)}
+    for name in sorted(due):
+        try:
+            step_hypothesis(memo, objects, ns, name)
+        except Exception as exc:  # noqa: BLE001 - one Hypothesis' write failing must not stop the sweep
+            log.warning("hypothesis %s/%s: %s", ns, name, exc)
+            memo.retry.add((ns, name))
+
+
 @kopf.on.create(GROUP, VERSION, "evolutions")
 @kopf.on.update(GROUP, VERSION, "evolutions", field="spec")
-def evolution_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_evolution(body, patch, memo)
+def evolution_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    reconcile_evolution(body, patch, memo, _cluster(memo, kw))
 
 
 @kopf.timer(GROUP, VERSION, "evolutions", interval=INTERVAL, initial_delay=INTERVAL,
             when=lambda status, **_: (status or {}).get("phase") != "Failed")
-def evolution_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    reconcile_evolution(body, patch, memo)
+def evolution_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
+    """Wake-ups and reviews are due by the clock; the sweep is the level-based safety net of its Hypotheses."""
+    objects = _cluster(memo, kw)
+    reconcile_evolution(body, patch, memo, objects)
+    sweep_hypotheses(memo, objects, body.metadata.namespace or "default", body.metadata.name)
 
 
 @kopf.on.delete(GROUP, VERSION, "evolutions", optional=True)

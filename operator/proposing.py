@@ -318,3 +318,86 @@ def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mappi
     """The Online Agent's Selection over the Evolution's Hypothesis objects."""
     entries = journal_view(hypotheses, spec, baseline, champion_metrics)
     return (agent or online_agent(spec)).select(entries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Off the reconcile path: a slow or hung provider delays only its own Evolution
+# ---------------------------------------------------------------------------------------------
+
+
+class OffPathProposer:
+    """`proposer(action, existing)` that asks an LLM provider outside the reconcile.
+
+    The first call for a wake-up starts the provider in a worker thread and raises
+    ActionRefused(permanent=False): the Evolution's step stops there without persisting the wake-up
+    (its status says Ready=False, Blocked: waiting for the answer) and the reconcile returns at once,
+    so other Evolutions and every Hypothesis go on. Each attempt has `timeout_s`; a timeout or an
+    exception is retried after `backoff_s`, doubled each time, up to `attempts`. A later step of the
+    same wake-up gets the answer (or, after the last attempt, an empty batch whose notes say why:
+    they end up in the wake-up's event) exactly once. Usage is counted from the answer that came back;
+    an attempt that timed out or raised reports none. A hung attempt's thread cannot be killed; it is
+    abandoned (daemon) and its late answer ignored.
+    The built-in proposer needs no network and runs inline (`inline`)."""
+
+    def __init__(self, inner: Callable, timeout_s: float = 120.0, attempts: int = 3, backoff_s: float = 5.0,
+                 inline: Callable[[ProposeHypotheses], bool] | None = None):
+        import threading
+
+        self.inner, self.timeout_s, self.attempts, self.backoff_s = inner, timeout_s, max(1, attempts), backoff_s
+        self.inline = inline or (lambda action: (action.evolution_spec.get("agent") or {}).get("provider", "builtin") == "builtin")
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
+        if self.inline(action):
+            return self.inner(action, existing)
+        import threading
+
+        from cambrian.operator.platform.base import ActionRefused
+
+        key = (action.owner.uid or action.owner.name, action.wakeup)
+        with self._lock:
+            call = self._calls.get(key)
+            if call is None:
+                call = self._calls[key] = {"done": threading.Event(), "result": None}
+                threading.Thread(target=self._run, args=(action, list(existing), call), daemon=True,
+                                 name=f"proposer-{action.owner.name}-{action.wakeup}").start()
+        if not call["done"].is_set():
+            provider = (action.evolution_spec.get("agent") or {}).get("provider", "?")
+            raise ActionRefused(f"wake-up {action.wakeup}",
+                                f"waiting for the {provider} proposer's answer (up to {self.attempts} attempt(s) "
+                                f"of {self.timeout_s:g} s each)", False)
+        with self._lock:
+            self._calls.pop(key, None)
+        return call["result"]
+
+    def _run(self, action: ProposeHypotheses, existing: list, call: dict) -> None:
+        import threading
+        import time
+
+        notes: list[str] = []
+        result: ProposalBatch | None = None
+        for attempt in range(1, self.attempts + 1):
+            box: dict[str, Any] = {}
+
+            def ask() -> None:
+                try:
+                    box["result"] = self.inner(action, existing)
+                except Exception as exc:  # noqa: BLE001 - any provider failure is retried
+                    box["error"] = f"{type(exc).__name__}: {exc}"
+
+            worker = threading.Thread(target=ask, daemon=True)
+            worker.start()
+            worker.join(self.timeout_s)
+            if "result" in box:
+                result = box["result"]
+                break
+            notes.append(f"attempt {attempt}: " + (box.get("error") or f"no answer within {self.timeout_s:g} s")[:300])
+            log.warning("wake-up %s of %s: proposer %s", action.wakeup, action.owner.name, notes[-1])
+            if attempt < self.attempts:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+        if result is None:
+            result = ProposalBatch(notes=[f"the proposer gave no answer after {self.attempts} attempt(s)"])
+        result.notes[:0] = notes
+        call["result"] = result
+        call["done"].set()

@@ -613,6 +613,8 @@ Proposer = Callable[[ProposeHypotheses, list], Any]
 class KubernetesPlatform:
     """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up."""
 
+    observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it: Jobs, Pods without LISTs
+
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
                  config: Mapping[str, Any] | None = None):
         from kubernetes import client
@@ -674,19 +676,28 @@ class KubernetesPlatform:
 
     def training_jobs(self, owner: Owner) -> list[JobObservation]:
         ns = owner.namespace or "default"
-        sel = f"{L_OWNER_KIND}={owner.kind.lower()},{L_OWNER}={label_value(owner.name)}"
         out = []
-        for job in self.batch.list_namespaced_job(ns, label_selector=sel).items:
-            refs = job.metadata.owner_references or []
-            if not any(r.uid == owner.uid for r in refs):
+        for j, pods_of in self._jobs_with_pods(ns, owner):
+            if not any(r.get("uid") == owner.uid for r in j["metadata"].get("ownerReferences") or []):
                 continue  # a leftover of an earlier object with the same name
-            j = self._dict(job)
-            pods = [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=f"job-name={job.metadata.name}").items]
+            pods = pods_of(j["metadata"]["name"])
             seen = parse_job(j, pods)
+            if self.observed is not None and seen.state in ("Succeeded", "Failed") and pods and _terminated(pods) is None:
+                seen = replace(seen, state="Running")  # the Pod's last status is still on its way (another watch)
             if seen.state in ("Pending", "Suspended") and seen.blocked is None:
                 seen = replace(seen, blocked=self._missing_prerequisite(j, pods))
             out.append(seen)
         return out
+
+    def _jobs_with_pods(self, ns: str, owner: Owner) -> list[tuple[dict, Callable[[str], list]]]:
+        """The owner's Jobs (plain dicts) and how to read a Job's Pods: from the watch-fed indexes when the
+        operator has them (`observed`, operator/indexed.py), else one LIST each."""
+        if self.observed is not None:
+            return [(j, lambda name: self.observed.pods_of(ns, name))
+                    for j in self.observed.jobs_of(ns, owner.kind.lower(), label_value(owner.name))]
+        sel = f"{L_OWNER_KIND}={owner.kind.lower()},{L_OWNER}={label_value(owner.name)}"
+        pods = lambda name: [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items]
+        return [(self._dict(j), pods) for j in self.batch.list_namespaced_job(ns, label_selector=sel).items]
 
     def _missing_prerequisite(self, job: Mapping[str, Any], pods: list) -> str | None:
         """What pods cannot show because none exists: a Job whose PriorityClass is missing gets no pod
@@ -900,8 +911,11 @@ class KubernetesPlatform:
         from cambrian.operator.proposing import new_hypotheses
 
         ns = action.owner.namespace or "default"
-        existing = [h for h in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses").get("items", [])
-                    if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
+        if self.observed is not None:
+            existing = self.observed.of_evolution("hypotheses", ns, action.owner.name)
+        else:
+            existing = [h for h in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses").get("items", [])
+                        if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
         made = new_hypotheses(action, existing, self.proposer)
         if made is None:
             return

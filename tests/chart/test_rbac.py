@@ -19,7 +19,7 @@ EXPECTED = {
     ("cambrian.dev", "evolutions/status"): {"get", "patch"},
     ("cambrian.dev", "hypotheses/status"): {"get", "patch"},
     ("cambrian.dev", "rollouts/status"): {"get", "patch"},
-    ("batch", "jobs"): {"get", "list", "create", "delete"},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},  # watched: operator/indexed.py
     ("", "pods"): {"get", "list", "watch"},
     ("apps", "deployments"): {"get", "list", "create", "update", "delete"},  # update: the champion's rolling switch
     ("", "services"): {"get", "create", "patch", "delete"},
@@ -102,7 +102,7 @@ def operator_api_calls() -> set[tuple[str, str, str]]:
             if not m:
                 continue
             args = call_args.get(id(node), [])
-            verb, kind, status = CLIENT_VERBS[m.group(1)], m.group(2), m.group(3) or ""
+            verb, kind, status = CLIENT_VERBS[m.group(1)], m.group(2), "/status" if m.group(3) else ""
             if kind == "custom_object":
                 literals = [a.value for a in args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
                 group = next((s for s in literals if "." in s), "cambrian.dev")
@@ -125,6 +125,24 @@ def test_chart_grants_every_api_call_the_operator_makes(render):
     granted = grants(role["rules"])
     missing = sorted(c for c in calls if c[2] not in granted.get((c[0], c[1]), set()))
     assert not missing, f"the operator calls these without RBAC: {missing}"
+
+
+def test_chart_grants_list_and_watch_on_what_kopf_watches(render):
+    """The indexes and event handlers (operator/handlers.py) watch their resources: without list and
+    watch the operator would wait forever for its indexes to fill."""
+    import kopf
+
+    import cambrian.operator.handlers  # noqa: F401  (registers the handlers)
+
+    reg = kopf.get_default_registry()
+    handlers = [*reg._indexing.get_all_handlers(), *reg._watching.get_all_handlers(),
+                *reg._spawning.get_all_handlers(), *reg._changing.get_all_handlers()]
+    watched = {(h.selector.group or "", h.selector.any_name) for h in handlers}
+    assert ("batch", "jobs") in watched and ("", "pods") in watched
+    (role,) = render.by_kind(render.docs(), "ClusterRole")
+    granted = grants(role["rules"])
+    missing = sorted(w for w in watched if not {"list", "watch"} <= granted.get(w, set()))
+    assert not missing, f"kopf watches these without list/watch: {missing}"
 
 
 def test_configmaps_are_the_only_writable_core_data(render):

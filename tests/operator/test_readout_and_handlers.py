@@ -144,7 +144,7 @@ def test_hypothesis_handler_creates_job_and_persists_status(objects):
     p = MemPlatform()
     spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     patch = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec), patch, memo(p))
     assert patch["status"]["phase"] == "Training" and patch["status"]["attempts"] == 1
     assert p.applied == [("job", patch["status"]["jobName"])]
     assert patch["status"]["observedGeneration"] == 1
@@ -155,7 +155,7 @@ def test_invalid_spec_fails_once_with_an_event_until_the_spec_changes(objects):
     p = Recording()
     bad = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {}}}
     patch = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", bad), patch=patch, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", bad), patch, memo(p))
     st = dict(patch["status"])
     assert st["phase"] == "Failed" and "spec.delta.patch" in st["reason"] and st["observedGeneration"] == 1
     (c,) = st["conditions"]
@@ -163,12 +163,12 @@ def test_invalid_spec_fails_once_with_an_event_until_the_spec_changes(objects):
     assert [(e.event, e.warning) for e in p.events] == [("InvalidSpec", True)] and not p.applied
     # the same generation again (a timer tick, a restart): nothing is written, posted or tried
     again = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", bad, st), patch=again, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", bad, st), again, memo(p))
     assert not again.get("status") and len(p.events) == 1
     # the spec is fixed (generation 2): the hypothesis starts over and trains
     good = {**bad, "delta": {"patch": {"lr": 0.02}}}
     fixed = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", good, st, generation=2), patch=fixed, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", good, st, generation=2), fixed, memo(p))
     assert fixed["status"]["phase"] == "Training" and fixed["status"]["reason"] is None
     assert [k for k, _ in p.applied] == ["job"] and "Resumed" in [e.event for e in p.events]
 
@@ -218,18 +218,17 @@ def test_a_refusal_outside_the_spec_is_shown_and_retried(objects):
     p = Forbidden()
     spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     patch = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec), patch, memo(p))
     st = dict(patch["status"])
     assert st.get("phase") is None and "exceeded quota" in st["reason"]
     assert any(c["type"] == "Ready" and c["reason"] == "Blocked" for c in st["conditions"])
     patch2 = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", spec, st), patch=patch2, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec, st), patch2, memo(p))
     assert len(p.applied) == 2 and [e.event for e in p.events] == ["Blocked"]  # retried, reported once
     # the quota frees up: the job is created and the report is lifted
     p.submit_training_job = lambda a: p.applied.append(("job", a.name))
     patch3 = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", spec, {**st, **dict(patch2.get("status") or {})}),
-                          patch=patch3, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec, {**st, **dict(patch2.get("status") or {})}), patch3, memo(p))
     after = {**st, **dict(patch3["status"])}
     assert after["phase"] == "Training" and after.get("reason") is None
     assert [c["reason"] for c in after["conditions"] if c["type"] == "Ready"] == ["Applied"]
@@ -240,7 +239,7 @@ def test_hypothesis_of_a_failed_evolution_waits_and_says_why(objects):
     p = Recording()
     spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     patch = kopf.Patch()
-    HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(p))
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec), patch, memo(p))
     (ready,) = [c for c in patch["status"]["conditions"] if c["type"] == "Ready"]
     assert ready["reason"] == "EvolutionNotReady" and "invalid" in ready["message"] and not p.applied
 
@@ -253,7 +252,7 @@ def test_failed_action_is_temporary_and_status_not_written(objects):
     patch = kopf.Patch()
     spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     with pytest.raises(kopf.TemporaryError):
-        HD.hypothesis_changed(body=body("Hypothesis", "h", spec), patch=patch, memo=memo(Broken()))
+        HD.reconcile_hypothesis(body("Hypothesis", "h", spec), patch, memo(Broken()))
     assert "status" not in patch
 
 
@@ -295,7 +294,14 @@ def test_handlers_are_registered_for_every_kind():
     timers = {h.selector.any_name for h in reg._spawning.get_all_handlers() if h.selector.group == "cambrian.dev"}
     creates = {h.selector.any_name for h in reg._changing.get_all_handlers()
                if h.selector.group == "cambrian.dev" and str(h.reason) == "create"}
-    assert timers == creates == {"evolutions", "hypotheses", "rollouts"}
+    assert timers == creates == {"evolutions", "rollouts"}
+    # Hypotheses are event-driven: no timer (a timer makes kopf put a finalizer on every object) and no
+    # change handler (kopf's bookkeeping annotations cost a PATCH each); their Jobs and Pods feed them.
+    watched = {(h.selector.group, h.selector.any_name) for h in reg._watching.get_all_handlers()}
+    assert {("cambrian.dev", "hypotheses"), ("batch", "jobs"), ("", "pods")} <= watched or \
+        {("cambrian.dev", "hypotheses"), ("batch", "jobs"), (None, "pods")} <= watched
+    indexes = {h.selector.any_name for h in reg._indexing.get_all_handlers()}
+    assert indexes == {"evolutions", "hypotheses", "rollouts", "jobs", "pods"}
 
 
 def test_views_and_spend():

@@ -93,7 +93,7 @@ tests/chart/test_rbac.py checks these rules against the API calls in operator/.
   verbs: [get, patch]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, create, delete]
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

@@ -1,0 +1,259 @@
+"""Watch-fed state for the kopf operator: what the reconcile steps read, without LIST calls per tick.
+
+kopf's indexes (`@kopf.index` in handlers.py) keep, per watched namespace, the Evolutions,
+Hypotheses, Rollouts, training Jobs and their Pods as the watch streams deliver them. This module
+holds what the handlers do with them, free of kopf so that it is tested on plain dicts:
+
+- `slim_*`: what an index stores of an object (only the fields the reconcile core reads: a Pod's
+  spec, a Job's pod template and managedFields are dropped, which keeps the operator small at
+  10,000 objects);
+- `IndexedCluster`: `loop.Objects` (get/list of custom objects) and the Jobs/Pods that
+  `KubernetesPlatform.training_jobs` reads, over those indexes;
+- `Written`: a status this process wrote that the watch has not delivered yet. Several sources
+  reconcile one Hypothesis (its own events, its Job's and Pod's events, the Evolution's sweep); a
+  step that started from the body before our own write would replay it (a second Job create, the
+  same events twice). `Written.newest(body)` returns the freshest known body instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterable, Mapping
+
+L_OWNER_KIND, L_OWNER = "cambrian.dev/owner-kind", "cambrian.dev/owner"  # platform/kubernetes.py's labels
+
+# What the reconcile reads of a Job and of a Pod (kubernetes.parse_job, pod_blocker, _missing_prerequisite).
+_META = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences", "creationTimestamp",
+         "generation", "resourceVersion", "deletionTimestamp")
+_POD_STATUS = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+
+
+def _meta(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {k: meta[k] for k in _META if k in meta}
+
+
+def slim_custom(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An Evolution, Hypothesis or Rollout as the core reads it (no managedFields)."""
+    out = {k: v for k, v in body.items() if k != "metadata"}
+    out["metadata"] = _meta(body)
+    return out
+
+
+def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    spec = body.get("spec") or {}
+    pod_spec = ((spec.get("template") or {}).get("spec") or {})
+    kept = {"suspend": spec.get("suspend")}
+    if pod_spec.get("priorityClassName"):
+        kept["template"] = {"spec": {"priorityClassName": pod_spec["priorityClassName"]}}
+    return {"metadata": _meta(body), "spec": kept, "status": dict(body.get("status") or {})}
+
+
+def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    status = body.get("status") or {}
+    return {"metadata": _meta(body), "status": {k: status[k] for k in _POD_STATUS if k in status}}
+
+
+def evolution_of(body: Mapping[str, Any]) -> str | None:
+    """The Evolution a Hypothesis or Rollout belongs to (spec.evolutionRef.name)."""
+    return ((body.get("spec") or {}).get("evolutionRef") or {}).get("name")
+
+
+def _items(store: Any) -> list:
+    """A snapshot of a kopf index store; the event loop may change it while a handler thread reads."""
+    for _ in range(5):
+        try:
+            return list(store or ())
+        except RuntimeError:  # changed size during iteration: read again
+            continue
+    return list(store or ())
+
+
+def _rv(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+
+class IndexedCluster:
+    """`loop.Objects` and the platform's Job/Pod reads over kopf indexes.
+
+    `customs[plural]`: key ("name", ns, name) and ("evolution", ns, evolution) -> the object;
+    `jobs`: key (ns, owner-kind, owner label) -> Job; `pods`: key (ns, job name) -> Pod."""
+
+    def __init__(self, customs: Mapping[str, Mapping], jobs: Mapping, pods: Mapping, written: "Written | None" = None):
+        self.customs, self.jobs, self.pods = customs, jobs, pods
+        self.written = written or Written()
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = _items(self.customs[plural].get(("name", namespace, name)))
+        return self.written.newest(found[0]) if found else None
+
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        """Every object of `plural` in `namespace` (the loop filters by Evolution itself)."""
+        index = self.customs[plural]
+        keys = [k for k in _items(index.keys()) if k[0] == "name" and k[1] == namespace]
+        return [self.written.newest(o) for k in keys for o in _items(index.get(k))]
+
+    def of_evolution(self, plural: str, namespace: str, evolution: str) -> list[dict[str, Any]]:
+        return [self.written.newest(o) for o in _items(self.customs[plural].get(("evolution", namespace, evolution)))]
+
+    def jobs_of(self, namespace: str, owner_kind: str, owner_label: str) -> list[dict[str, Any]]:
+        return _items(self.jobs.get((namespace, owner_kind, owner_label)))
+
+    def pods_of(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return _items(self.pods.get((namespace, job)))
+
+    def job_named(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = _items(self.jobs.get(("job", namespace, name)))
+        return found[0] if found else None
+
+
+def custom_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """Index keys of a custom object: by name, and by Evolution for Hypotheses and Rollouts."""
+    meta = body.get("metadata") or {}
+    ns, slim = meta.get("namespace") or "default", slim_custom(body)
+    keys: dict[tuple, dict[str, Any]] = {("name", ns, meta.get("name")): slim}
+    evo = evolution_of(body)
+    if evo:
+        keys[("evolution", ns, evo)] = slim
+    return keys
+
+
+def job_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """A Job under its owner's labels (what training_jobs looks up) and under its name (for its Pods)."""
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    ns, slim = meta.get("namespace") or "default", slim_job(body)
+    keys: dict[tuple, dict[str, Any]] = {("job", ns, meta.get("name")): slim}
+    if labels.get(L_OWNER_KIND) and labels.get(L_OWNER):
+        keys[(ns, labels[L_OWNER_KIND], labels[L_OWNER])] = slim
+    return keys
+
+
+def pod_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
+    meta = body.get("metadata") or {}
+    return {(meta.get("namespace") or "default", (meta.get("labels") or {}).get("job-name")): slim_pod(body)}
+
+
+def owner_name(body: Mapping[str, Any], kind: str) -> str | None:
+    """The name of the controlling owner of `kind` (labels may hold a shortened name; references do not)."""
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind:
+            return ref.get("name")
+    return None
+
+
+class Written:
+    """Statuses this process wrote, by the resourceVersion they replaced, until the watch catches up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._after: dict[str, dict[str, dict[str, Any]]] = {}  # uid -> {replaced rv: body after our write}
+        self._ours: dict[str, str] = {}  # uid -> the resourceVersion of our last write
+
+    def record(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+        uid = (before.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            self._after.setdefault(uid, {})[_rv(before)] = dict(after)
+            self._ours[uid] = _rv(after)
+
+    def is_ours(self, body: Mapping[str, Any]) -> bool:
+        """Is this the object as our own last write left it? Its event brings nothing to react to."""
+        with self._lock:
+            return self._ours.get((body.get("metadata") or {}).get("uid", "")) == _rv(body) != ""
+
+    def newest(self, body: dict[str, Any]) -> dict[str, Any]:
+        uid = (body.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            chain = self._after.get(uid)
+            if not chain:
+                return body
+            if _rv(body) not in chain:  # the watch delivered our last write (or a later change)
+                del self._after[uid]
+                return body
+            seen = set()
+            while _rv(body) in chain and _rv(body) not in seen:
+                seen.add(_rv(body))
+                body = chain[_rv(body)]
+            return body
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._after.pop(uid, None)
+            self._ours.pop(uid, None)
+
+
+class KeyedLocks:
+    """One lock per object uid: the sources that reconcile one Hypothesis take turns."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def __call__(self, uid: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(uid, threading.Lock())
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._locks.pop(uid, None)
+
+
+def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[str, Any]],
+          waiting: Iterable[str]) -> list[Mapping[str, Any]]:
+    """The Hypotheses of one Evolution whose state can move without an event of their own: in a
+    phase of `waiting` (Proposed, Validated: the Evolution's budget or baseline; Training is fed by
+    its Job's and Pod's events, and at start by the initial listing), Live (its Rollout concludes or is deleted) or
+    Scored and named by a Rollout (-> Live). Finished ones (Scored outside any rollout, Launched,
+    Retired, Failed, Rejected) are left alone: they cost nothing."""
+    from cambrian.operator.reconcile.views import rollout_view
+
+    listed = {n for r in rollouts for n in rollout_view(r).hypotheses}
+    waiting = set(waiting)
+    out = []
+    for h in hypotheses:
+        phase = (h.get("status") or {}).get("phase") or "Proposed"
+        if phase in waiting or phase == "Live" or (phase == "Scored" and (h.get("metadata") or {}).get("name") in listed):
+            out.append(h)
+    return out
+
+
+class Settle:
+    """Run `fn` for a key once its burst of events has settled: the first event schedules it `delay`
+    seconds later, the others in that window join it (a Job's created/active/complete and its Pod's
+    scheduled/running/terminated updates come in bursts; one step over the freshest index then writes
+    one status instead of one per update). One thread keeps the schedule; steps run on `workers`."""
+
+    def __init__(self, delay: float, workers: int = 4):
+        import heapq
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.delay, self._heapq = delay, heapq
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, Any]] = []
+        self._due: dict[Any, Any] = {}
+        self._n = 0
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
+        threading.Thread(target=self._loop, daemon=True, name="settle").start()
+
+    def __call__(self, key: Any, fn: Any) -> None:
+        import time
+
+        with self._cond:
+            if key in self._due:
+                return
+            self._due[key] = fn
+            self._n += 1
+            self._heapq.heappush(self._heap, (time.monotonic() + self.delay, self._n, key))
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        import time
+
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                _, _, key = self._heapq.heappop(self._heap)
+                fn = self._due.pop(key)
+            self._pool.submit(fn)
+

@@ -1,0 +1,185 @@
+"""The watch-fed state (operator/indexed.py) and the event-driven Hypothesis step over it.
+
+Before: every timer tick of every Hypothesis sent GET evolution + LIST jobs + LIST pods (+ LIST
+rollouts once Scored), and Scored Hypotheses kept ticking. Now the step reads kopf's indexes and
+writes one status PATCH only when something changed; these tests count the requests."""
+
+from __future__ import annotations
+
+import kopf
+
+from cambrian.operator import handlers as HD
+from cambrian.operator import indexed
+from cambrian.operator.platform.kubernetes import KubernetesPlatform, parse_job
+
+EVO = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution",
+       "metadata": {"name": "evo", "namespace": "ns", "uid": "uid-e", "generation": 1, "resourceVersion": "1"},
+       "spec": {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}},
+                "training": {"image": "t:1"}}}
+HYP = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis",
+       "metadata": {"name": "h", "namespace": "ns", "uid": "uid-h", "generation": 1, "resourceVersion": "10",
+                    "managedFields": [{"manager": "kubectl"}]},
+       "spec": {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x",
+                "delta": {"patch": {"lr": 0.02}}}}
+
+
+class Index(dict):
+    """kopf's Index: key -> a collection of values (one per object)."""
+
+    def add(self, keys: dict) -> None:
+        for k, v in keys.items():
+            self[k] = [v]
+
+
+def cluster(*objs, jobs=(), pods=()):
+    customs = {"evolutions": Index(), "hypotheses": Index(), "rollouts": Index()}
+    for o in objs:
+        customs[{"Evolution": "evolutions", "Hypothesis": "hypotheses", "Rollout": "rollouts"}[o["kind"]]].add(
+            indexed.custom_keys(o))
+    ji, pi = Index(), Index()
+    for j in jobs:
+        ji.add(indexed.job_keys(j))
+    for p in pods:
+        pi.add(indexed.pod_keys(p))
+    return indexed.IndexedCluster(customs, ji, pi)
+
+
+class CountingApi:
+    """Every API call the platform or the handler makes, by method name; each returns what a server would."""
+
+    def __init__(self, store=None):
+        self.calls: list[str] = []
+        self.store = store
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            if name == "patch_namespaced_custom_object_status":
+                body = dict(self.store)
+                body["status"] = {**(body.get("status") or {}), **args[-1]["status"]}
+                body["metadata"] = {**body["metadata"], "resourceVersion": str(int(body["metadata"]["resourceVersion"]) + 1)}
+                return body
+            return None
+        return call
+
+
+def platform():
+    p = KubernetesPlatform.__new__(KubernetesPlatform)
+    p.core, p.batch, p.apps, p.custom = CountingApi(), CountingApi(), CountingApi(), CountingApi()
+    p.api, p.prometheus_url, p.proposer, p.config, p.observed = None, None, None, {}, None
+    p._client = None
+    p.record = lambda action: p.core.calls.append("create_namespaced_event")
+    return p
+
+
+def test_slim_objects_keep_what_the_core_reads_and_drop_the_rest():
+    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}, "managedFields": [{}] * 50,
+                        "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "spec": {"containers": [{"name": "trainer", "image": "x", "env": [{}] * 20}]},
+           "status": {"phase": "Succeeded", "podIP": "1.2.3.4",
+                      "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                          "exitCode": 0, "message": '{"v": 1, "ok": true, "metrics": {"val_loss": 0.5}}'}}}]}}
+    job = {"metadata": {"name": "j", "namespace": "ns", "uid": "uj", "annotations": {"cambrian.dev/bundle-uri": "b"},
+                        "labels": {"cambrian.dev/owner-kind": "hypothesis", "cambrian.dev/owner": "h"},
+                        "ownerReferences": [{"kind": "Hypothesis", "name": "h", "uid": "uid-h"}]},
+           "spec": {"suspend": False, "template": {"spec": {"containers": [{"name": "trainer"}] * 3}}},
+           "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
+    sp, sj = indexed.slim_pod(pod), indexed.slim_job(job)
+    assert "spec" not in sp and "managedFields" not in sp["metadata"] and "podIP" not in sp["status"]
+    assert "containers" not in str(sj["spec"])
+    # the observation from the slim copies is the one from the full objects
+    assert parse_job(sj, [sp]) == parse_job(job, [pod])
+    assert parse_job(sj, [sp]).metrics == {"val_loss": 0.5}
+    assert "managedFields" not in indexed.slim_custom(HYP)["metadata"]
+
+
+def test_the_hypothesis_step_reads_indexes_and_writes_one_patch(monkeypatch):
+    """Before: GET evolution, LIST jobs, LIST pods on every tick. Now: no read request at all."""
+    c = cluster(EVO, HYP)
+    api = CountingApi(store=HYP)
+    monkeypatch.setattr(HD, "_custom", lambda: api)
+    p = platform()
+    p.observed = c
+    memo = kopf.Memo(platform=p)
+    HD.step_hypothesis(memo, c, "ns", "h")
+    assert api.calls == ["patch_namespaced_custom_object_status"]
+    assert p.core.calls.count("create_namespaced_config_map") == 1 and p.batch.calls == ["create_namespaced_job"]
+    assert not any(x.startswith(("list_", "read_", "get_")) for x in p.core.calls + p.batch.calls + p.custom.calls)
+    # the watch has delivered the Job but not our write yet: the next step starts from our write, not
+    # from the stale body, so nothing is created, posted or written twice
+    events = p.core.calls.count("create_namespaced_event")
+    job = {"metadata": {"name": memo.written.newest(c.get("hypotheses", "ns", "h"))["status"]["jobName"],
+                        "namespace": "ns", "labels": {"cambrian.dev/owner-kind": "hypothesis", "cambrian.dev/owner": "h"},
+                        "ownerReferences": [{"kind": "Hypothesis", "name": "h", "uid": "uid-h"}]},
+           "spec": {}, "status": {}}
+    c.jobs.add(indexed.job_keys(job))
+    HD.step_hypothesis(memo, c, "ns", "h")
+    assert p.batch.calls == ["create_namespaced_job"] and p.core.calls.count("create_namespaced_config_map") == 1
+    assert p.core.calls.count("create_namespaced_event") == events
+    # our own write's event is recognised (and skipped by the Hypothesis' event handler)
+    assert c.written.is_ours(api.store | {"metadata": {**api.store["metadata"], "resourceVersion": "11"}})
+
+
+def test_written_follows_a_chain_of_our_own_writes_until_the_watch_catches_up():
+    w = indexed.Written()
+    b0 = {"metadata": {"uid": "u", "resourceVersion": "1"}, "status": {"phase": "Proposed"}}
+    b1 = {"metadata": {"uid": "u", "resourceVersion": "2"}, "status": {"phase": "Training"}}
+    b2 = {"metadata": {"uid": "u", "resourceVersion": "3"}, "status": {"phase": "Scored"}}
+    w.record(b0, b1)
+    w.record(b1, b2)
+    assert w.newest(b0)["status"]["phase"] == "Scored"
+    assert w.newest(b2) is b2  # delivered: the record is dropped
+    assert w.newest(b0) is b0
+
+
+def test_the_sweep_leaves_finished_hypotheses_alone():
+    def h(name, phase):
+        return {"metadata": {"name": name}, "status": {"phase": phase} if phase else {}}
+
+    hyps = [h("new", None), h("val", "Validated"), h("train", "Training"), h("done", "Scored"),
+            h("picked", "Scored"), h("live", "Live"), h("won", "Launched"), h("bad", "Failed")]
+    ro = {"metadata": {"name": "ro"}, "spec": {"treatments": [{"name": "t", "hypothesisRef": {"name": "picked"}}]}}
+    assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [ro], HD.SWEPT_PHASES)] == ["new", "val", "picked", "live"]
+
+
+def test_a_finished_job_waits_for_its_pods_last_status_from_the_other_watch():
+    """The Job's Complete can arrive before the Pod's terminated state (two watch streams): reading
+    metrics then would fail a Hypothesis that succeeded."""
+    job = {"metadata": {"name": "j", "namespace": "ns", "labels": {"cambrian.dev/owner-kind": "hypothesis",
+                                                                    "cambrian.dev/owner": "h"},
+                        "ownerReferences": [{"kind": "Hypothesis", "name": "h", "uid": "uid-h"}]},
+           "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    running_pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}},
+                   "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}}
+    from cambrian.operator.reconcile.actions import Owner
+
+    p = platform()
+    p.observed = cluster(jobs=[job], pods=[running_pod])
+    (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
+    assert seen.state == "Running"
+    done = {**running_pod, "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {
+        "terminated": {"exitCode": 0, "message": '{"v": 1, "ok": true, "metrics": {"val_loss": 0.5}}'}}}]}}
+    p.observed = cluster(jobs=[job], pods=[done])
+    (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
+    assert seen.state == "Succeeded" and seen.metrics == {"val_loss": 0.5}
+    assert not p.batch.calls and not p.core.calls
+
+
+def test_a_burst_of_job_and_pod_updates_makes_one_step():
+    """Before: one step (and one status write) per Job or Pod update: Pending, Running, Scored."""
+    import threading
+    import time
+
+    ran: list[str] = []
+    done = threading.Event()
+    settle = indexed.Settle(0.2)
+    t0 = time.monotonic()
+    for _ in range(5):  # job created, active, pod scheduled, running, terminated
+        settle(("ns", "h"), lambda: (ran.append("h"), done.set()))
+    settle(("ns", "other"), lambda: ran.append("other"))
+    assert done.wait(5) and time.monotonic() - t0 >= 0.2
+    time.sleep(0.1)
+    assert sorted(ran) == ["h", "other"]
+    settle(("ns", "h"), lambda: ran.append("h again"))  # a later update is stepped again
+    time.sleep(0.5)
+    assert ran.count("h again") == 1
