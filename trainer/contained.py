@@ -35,11 +35,18 @@ class _Stop(Exception):
         self.stage, self.reason, self.gate = stage, reason, gate
 
 
+class _LostPeer(Exception):
+    """A data-parallel collective failed because another worker went away: not the candidate's failure, so it
+    leaves no error.json and torchrun's agent restarts the group from the last checkpoint."""
+
+
 def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """Run one stage; anything it raises, SystemExit and KeyboardInterrupt included (a plugin may not end the
     run quietly), becomes a failure naming the stage."""
     try:
         return fn(*args)
+    except _LostPeer:
+        raise
     except GateError as exc:
         raise _Stop(exc.stage, exc.reason, True) from None
     except CambrianError as exc:
@@ -170,12 +177,23 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     _stage("forward_backward", True, forward_backward, config, data, device)
     me.start(device)
     stats: dict = {}
-    model, seconds = _stage("training", False, fit, config, data, device, stats, me)
+    model, seconds = _stage("training", False, _fit_in_group, fit, config, data, device, stats, me)
     if me.rank == 0:
         _stage("export", False, export_program, model, data, scratch / "model.pt2")
     me.write_result({"train_seconds": seconds, "device": device.type, "restarts": me.restart, **stats})
     me.stop()
     return {}
+
+
+def _fit_in_group(fit: Callable[..., Any], *args: Any) -> Any:
+    from cambrian.trainer.distributed import communication_failure
+
+    try:
+        return fit(*args)
+    except Exception as exc:
+        if communication_failure(exc):
+            raise _LostPeer(str(exc)) from None
+        raise
 
 
 def _distribution(args: argparse.Namespace):
@@ -212,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         result = COMMANDS[args.command](args.input, args.scratch, args)
+    except _LostPeer as lost:
+        print(f"contained {args.command}: lost a peer worker: {lost}", file=sys.stderr)
+        return 1
     except _Stop as stop:
         err = {"stage": stop.stage, "reason": stop.reason, "gate": stop.gate}
         (args.scratch / "error.json").write_text(json.dumps(err))

@@ -111,6 +111,19 @@ def loopback_environment() -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 
 
+# What gloo and NCCL say when a peer's connection breaks (they raise plain RuntimeErrors).
+_PEER_LOST = ("gloo/transport", "connection reset by peer", "connection closed by peer", "broken pipe", "nccl")
+
+
+def communication_failure(exc: BaseException) -> bool:
+    """Whether a collective failed because a peer went away (restart the group) rather than the candidate's
+    code (report it). A candidate that raises such a message itself gains at most max_restarts retries."""
+    import torch.distributed as dist
+
+    return isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError)
+                                               and any(m in str(exc).lower() for m in _PEER_LOST))
+
+
 # ---- inside the sandbox: one worker ---------------------------------------------------------------------
 
 @dataclass

@@ -379,6 +379,11 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         if steps > 0 and clipped == 0:
             warnings.append(f"training.grad_clip {clip:g} never triggered: the largest gradient norm in {int(steps)} "
                             f"steps was {largest:.4g}, so clipping changed nothing; lower it below that or remove it")
+    restarts = result.get("restarts")
+    if isinstance(restarts, int) and not isinstance(restarts, bool) and restarts > 0:  # informational
+        notes["restarts"] = restarts
+        warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
+                        "last checkpoint")
     uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
     if uninformative:
         notes["uninformative_metrics"] = uninformative
