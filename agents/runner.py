@@ -66,6 +66,7 @@ class RunLimits(BaseModel):
     file_size_mb: int | None = Field(2048, ge=1)
     threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
     network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
+    workers: int = Field(1, ge=1, le=256, description="data-parallel worker processes (`cambrian train --workers`)")
 
 
 @dataclass
@@ -99,6 +100,8 @@ def build_command(
     cmd = [*base, "--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
     if delta_file is not None:
         cmd += ["--delta", str(delta_file)]
+    if limits.workers > 1:
+        cmd += ["--workers", str(limits.workers)]
     isolation = []
     launcher = [sys.executable, "-m", "cambrian.agents.sandbox_exec"]
     if limits.address_space_mb:

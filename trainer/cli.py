@@ -65,6 +65,8 @@ def train(
     rdzv_id: str = typer.Option("cambrian", "--rdzv-id", help="the rendezvous' name, the same on every node"),
     max_restarts: int = typer.Option(3, "--max-restarts", help="group restarts from the last checkpoint"),
     checkpoint_seconds: float = typer.Option(300.0, "--checkpoint-seconds", help="checkpoint interval within an epoch"),
+    node_index: Optional[int] = typer.Option(None, "--node-index", help="this node's index in a gang (0 hosts the rendezvous)"),
+    local_addr: Optional[str] = typer.Option(None, "--local-addr", help="this node's address for the other nodes"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
@@ -80,7 +82,8 @@ def train(
         from cambrian.trainer.train import SandboxLimits, train as run_training
 
         limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
-        dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds)
+        dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds, node_index,
+                            local_addr)
         metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
     except CambrianError as exc:
         failure = _failure(exc)

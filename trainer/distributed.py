@@ -14,7 +14,7 @@ Cambrian builds no distribution of its own. With `workers > 1`:
 
 Locally all workers share one sandbox (one network namespace with only a loopback interface), so they
 rendezvous on 127.0.0.1 and reach nothing else. In a cluster each pod is one torchrun node of a gang
-(operator/platform/gang.py) that meets at the headless Service of the Job's first pod.
+(operator/platform/gang.py) that meets at a Service in front of the Job's first pod.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class Distribution:
     rdzv_id: str = "cambrian"
     max_restarts: int = 3  # group restarts after a lost worker, each from the last checkpoint
     checkpoint_seconds: float = 300.0
+    node_index: int | None = None  # a gang's pod index; node 0 hosts the rendezvous store
+    local_addr: str | None = None  # this node's address for the other nodes (default: its host name)
 
     def __post_init__(self):
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -94,7 +96,7 @@ def torchrun_args(dist: Distribution, worker_argv: list[str], contained: bool) -
     """torchrun's own arguments: elastic c10d rendezvous, then `python -m cambrian.trainer.contained worker`.
     Contained, the sandbox's network namespace is private, so a fixed port on its loopback cannot collide."""
     if dist.rdzv_endpoint:
-        endpoint, local_addr = dist.rdzv_endpoint, None
+        endpoint, local_addr = dist.rdzv_endpoint, dist.local_addr
     else:
         endpoint = f"127.0.0.1:{DEFAULT_PORT if contained else free_port()}"
         local_addr = "127.0.0.1"  # the sandbox has no resolvable host name
@@ -103,6 +105,8 @@ def torchrun_args(dist: Distribution, worker_argv: list[str], contained: bool) -
             "--monitor-interval", "0.5"]
     if local_addr:
         args += ["--local-addr", local_addr]
+    if dist.node_index is not None:  # the endpoint is a Service's address, which no node recognizes as its own
+        args += ["--rdzv-conf", f"is_host={'true' if dist.node_index == 0 else 'false'}"]
     return [*args, "-m", "cambrian.trainer.contained", *worker_argv]
 
 
