@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
 from cambrian.trainer.distributed import CHECKPOINT, Distribution, shard_name, shard_rows
+from cambrian.trainer.sandbox import StageFailure
 from cambrian.trainer.train import SandboxLimits, _Contained, train, write_training_input
 
 
@@ -102,3 +105,39 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_checkpoint(world_dir, quick_
     resumed = result["resumed_from"]
     assert (resumed["epoch"], resumed["step"]) > (0, 0)  # not from scratch
     assert (step.scratch / "model.pt2").is_file()
+
+
+FAILING_OPTIMIZER = """
+def build_optimizer(params, cfg):
+    opt = torch.optim.SGD(params, lr=cfg.lr)
+    calls = [0]
+    step = opt.step
+
+    def failing_step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] > 3:
+            raise ValueError("candidate bug")
+        return step(*args, **kwargs)
+
+    opt.step = failing_step
+    return opt
+"""
+
+
+def test_the_candidates_own_failure_is_its_verdict_not_a_lost_worker(world_dir, quick_config, tmp_path):
+    """Plugin code runs unchanged under DDP, and when it fails the group is not retrained: the restarted
+    workers end with the first error, which is the one-line verdict."""
+    config = apply_delta(quick_config, Delta(component="optimizer", code=FAILING_OPTIMIZER))
+    with pytest.raises(StageFailure) as failure:
+        train(config, world_dir, tmp_path, dist=Distribution(workers=2))
+    assert failure.value.stage == "training"
+    assert "ValueError: candidate bug" in failure.value.reason and "restarts" not in failure.value.reason
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_cli_refuses_a_bad_worker_count_in_one_line(world_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cambrian.cli", "train", "--data", str(world_dir), "--out",
+                        str(tmp_path), "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[0].startswith("error:") and "--workers" in r.stderr
+    assert "Traceback" not in r.stderr
