@@ -158,7 +158,10 @@ class Worker:
         import torch
         import torch.distributed as dist
 
-        backend = "nccl" if device.type == "cuda" else "gloo"
+        # NCCL wants a GPU of its own per worker; workers sharing one (more workers than GPUs) use gloo
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gpu_each = device.type == "cuda" and torch.cuda.device_count() >= local_world
+        backend = "nccl" if gpu_each else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, rank=self.rank, world_size=self.world)
