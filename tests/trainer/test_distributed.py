@@ -141,3 +141,21 @@ def test_cli_refuses_a_bad_worker_count_in_one_line(world_dir, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[0].startswith("error:") and "--workers" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+SPAWNING_OPTIMIZER = """
+def build_optimizer(params, cfg):
+    try:
+        torch.os.posix_spawn("/usr/bin/true", ["true"], {})
+    except torch.os.error:  # OSError (the plugin namespace has no such builtin)
+        return torch.optim.Adam(params, lr=cfg.lr)
+    raise ValueError("a worker started a process")
+"""
+
+
+def test_candidate_code_in_a_worker_cannot_start_processes(world_dir, quick_config, tmp_path):
+    """The sandbox lets torchrun's agent start the workers; each worker forbids itself new processes before
+    the candidate's code runs, so the plugin's posix_spawn is refused and it trains normally."""
+    config = apply_delta(quick_config, Delta(component="optimizer", code=SPAWNING_OPTIMIZER))
+    metrics = train(config, world_dir, tmp_path, sandbox="bwrap", dist=Distribution(workers=2))
+    assert metrics["workers"] == 2 and metrics["sandbox"] == "bwrap"
