@@ -154,6 +154,10 @@ def launch(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
 
 def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     """One data-parallel worker, started by torchrun: its shard, DDP, checkpoints; rank 0 exports."""
+    earlier = _read_json(scratch / "error.json")
+    if earlier.get("stage") in STAGES:  # the candidate failed in an earlier attempt: a restart changes nothing,
+        # so end before importing torch (each restart then costs about a second, not a torch import per worker)
+        raise _Stop(earlier["stage"], str(earlier.get("reason", "")), bool(earlier.get("gate")))
     import torch
 
     from cambrian.trainer.distributed import Worker, shard_name
@@ -161,9 +165,6 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     from cambrian.trainer.sandbox import forbid_new_processes
     from cambrian.trainer.train import fit, pick_device
 
-    earlier = _read_json(scratch / "error.json")
-    if earlier.get("stage") in STAGES:  # the candidate failed in an earlier attempt: a restart changes nothing
-        raise _Stop(earlier["stage"], str(earlier.get("reason", "")), bool(earlier.get("gate")))
     if args.contained:  # the agent needed to start processes; the candidate's code may not
         forbid_new_processes()
     dist = _distribution(args)
