@@ -88,6 +88,8 @@ def build_command(
     cmd = [*base, "--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
     if delta_file is not None:
         cmd += ["--delta", str(delta_file)]
+    if limits.workers > 1:
+        cmd += ["--workers", str(limits.workers)]
     isolation = []
     launcher = [sys.executable, "-m", "cambrian.agents.sandbox_exec"]
     if limits.address_space_mb:

@@ -36,6 +36,7 @@ class RunLimits(BaseModel):
     file_size_mb: int | None = Field(2048, ge=1)
     threads: int | None = Field(None, ge=1, description="OMP/MKL threads per candidate")
     network: str = Field("auto", pattern="^(auto|off|allow)$", description="off: fail if isolation is impossible")
+    workers: int = Field(1, ge=1, le=256, description="data-parallel worker processes (`cambrian train --workers`)")
 
 
 class _Strict(BaseModel):

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "operator": "cambrian.bench.operator_scale",
     "training": "cambrian.bench.training",
     "fidelity": "cambrian.bench.fidelity",
+    "scaling": "cambrian.bench.scaling",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

@@ -58,6 +58,16 @@ def train(
     sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX", help=SANDBOX_HELP),
     wall_seconds: float = typer.Option(3600.0, "--wall-seconds", min=1, help="wall-time limit of each contained step"),
     memory_mb: int = typer.Option(16384, "--memory-mb", min=256, help="address-space limit of a contained CPU run"),
+    workers: int = typer.Option(1, "--workers", envvar="CAMBRIAN_WORKERS",
+                                help="data-parallel worker processes in all (torchrun, DDP; README: multi-worker)"),
+    nodes: int = typer.Option(1, "--nodes", help="torchrun nodes (cluster pods) the workers are spread over"),
+    rdzv_endpoint: Optional[str] = typer.Option(None, "--rdzv-endpoint",
+                                                help="HOST:PORT where the nodes meet (default: this machine)"),
+    rdzv_id: str = typer.Option("cambrian", "--rdzv-id", help="the rendezvous' name, the same on every node"),
+    max_restarts: int = typer.Option(3, "--max-restarts", help="group restarts from the last checkpoint"),
+    checkpoint_seconds: float = typer.Option(300.0, "--checkpoint-seconds", help="checkpoint interval within an epoch"),
+    node_index: Optional[int] = typer.Option(None, "--node-index", help="this node's index in a gang (0 hosts the rendezvous)"),
+    local_addr: Optional[str] = typer.Option(None, "--local-addr", help="this node's address for the other nodes"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
@@ -70,10 +80,13 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     try:
         cfg = _resolve(config, delta)  # bad files fail before torch is even imported
+        from cambrian.trainer.distributed import Distribution
         from cambrian.trainer.train import SandboxLimits, train as run_training
 
         limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
-        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits)
+        dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds, node_index,
+                            local_addr)
+        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")
@@ -82,6 +95,9 @@ def train(
             typer.echo(json.dumps({"ok": False, **failure}))
         raise
     _write_termination_message(termination_message_path, {"ok": True, **metrics})
+    if metrics.get("role") == "worker":  # a node of a gang without global rank 0: the model is on another node
+        typer.echo(json.dumps({"ok": True, **metrics}) if as_json else "trained as a worker; rank 0 reports")
+        return
     for warning in metrics.get("warnings", []):
         typer.echo(f"warning: {warning}", err=True)
     if as_json:

@@ -1,12 +1,15 @@
 """The program that runs candidate code, inside the sandbox (trainer/sandbox.py): train, then export.
 
-    python -m cambrian.trainer.contained {train,gate,predict} INPUT SCRATCH [--as-mb N] [--cpu-s N] [--fsize-mb N] [--nproc N]
+    python -m cambrian.trainer.contained {train,gate,predict,launch,worker} INPUT SCRATCH [--as-mb N] [--cpu-s N]
+        [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
 
 INPUT (read-only) holds only what training needs: config.json, train.npz (the training split's features,
 labels and weights), catalogue.npz and spec.json. The held-out split and its labels are never here: the
 scorer (trainer/score.py) keeps them in another process. The result goes to SCRATCH: model.pt2 (a
 torch.export program the scorer can run without any of this Python) and result.json, or error.json with
 the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
+`launch` trains data-parallel (trainer/distributed.py): it runs torchrun's agent, which starts one `worker`
+per shard file (train-RANK-of-WORLD.npz in INPUT); rank 0 exports.
 """
 
 from __future__ import annotations
@@ -32,11 +35,18 @@ class _Stop(Exception):
         self.stage, self.reason, self.gate = stage, reason, gate
 
 
+class _LostPeer(Exception):
+    """A data-parallel collective failed because another worker went away: not the candidate's failure, so it
+    leaves no error.json and torchrun's agent restarts the group from the last checkpoint."""
+
+
 def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
     """Run one stage; anything it raises, SystemExit and KeyboardInterrupt included (a plugin may not end the
     run quietly), becomes a failure naming the stage."""
     try:
         return fn(*args)
+    except _LostPeer:
+        raise
     except GateError as exc:
         raise _Stop(exc.stage, exc.reason, True) from None
     except CambrianError as exc:
@@ -48,7 +58,7 @@ def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
         raise _Stop(stage, what, gate) from None
 
 
-def read_input(input_dir: Path):
+def read_input(input_dir: Path, shard: str = "train.npz"):
     import numpy as np
     import pandas as pd
 
@@ -59,7 +69,7 @@ def read_input(input_dir: Path):
     spec = FeatureSpec.from_dict(json.loads((input_dir / "spec.json").read_text()))
     with np.load(input_dir / "catalogue.npz") as c:
         catalogue = Catalogue(c["item_topic"], c["item_dense"], c["user_home_topic"])
-    with np.load(input_dir / "train.npz") as t:
+    with np.load(input_dir / shard) as t:
         feats = {k[2:]: t[k] for k in t.files if k.startswith("f_")}
         train = Split(feats, t["label"], t["weight"], pd.DataFrame())
     return config, TrainingSet(spec, catalogue, train)
@@ -112,7 +122,97 @@ def predict(input_dir: Path, scratch: Path) -> dict:
     return {}
 
 
-COMMANDS = {"train": train, "gate": lambda i, s: train(i, s, gate_only=True), "predict": predict}
+def launch(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
+    """Data-parallel training: torchrun's elastic agent, in this process, starts and watches the workers
+    (restarting the group from the last checkpoint when one is lost); rank 0's result is the run's."""
+    import os
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    from cambrian.trainer.distributed import RANK0_RESULT, loopback_environment, torchrun_args
+
+    dist = _distribution(args)
+    worker_argv = ["worker", str(input_dir), str(scratch), "--distribution", args.distribution,
+                   "--as-mb", str(args.as_mb), "--cpu-s", str(args.cpu_s), "--fsize-mb", str(args.fsize_mb),
+                   "--processes", str(args.nproc),
+                   *(["--contained"] if args.contained else [])]
+    if not dist.rdzv_endpoint:
+        os.environ.update(loopback_environment())
+    try:
+        torchrun(torchrun_args(dist, worker_argv, args.contained))
+    except ChildFailedError as exc:
+        error = _read_json(scratch / "error.json")
+        if error.get("stage") in STAGES:
+            raise _Stop(error["stage"], str(error.get("reason", "")), bool(error.get("gate"))) from None
+        first = next(iter(exc.failures.values()), None)
+        raise _Stop("training", f"a worker failed after {dist.max_restarts} restarts "
+                                f"(exit {getattr(first, 'exitcode', '?')})", False) from None
+    rank0 = _read_json(scratch / RANK0_RESULT)
+    return rank0 or {"role": "worker"}  # another node's worker held rank 0: that node has the model
+
+
+def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
+    """One data-parallel worker, started by torchrun: its shard, DDP, checkpoints; rank 0 exports."""
+    earlier = _read_json(scratch / "error.json")
+    if earlier.get("stage") in STAGES:  # the candidate failed in an earlier attempt: a restart changes nothing,
+        # so end before importing torch (each restart then costs about a second, not a torch import per worker)
+        raise _Stop(earlier["stage"], str(earlier.get("reason", "")), bool(earlier.get("gate")))
+    import torch
+
+    from cambrian.trainer.distributed import Worker, shard_name
+    from cambrian.trainer.gate import forward_backward
+    from cambrian.trainer.sandbox import forbid_new_processes
+    from cambrian.trainer.train import fit, pick_device
+
+    if args.contained:  # the agent needed to start processes; the candidate's code may not
+        forbid_new_processes()
+    dist = _distribution(args)
+    me = Worker.from_environment(scratch, dist.checkpoint_seconds)
+    config, data = read_input(input_dir, shard_name(me.rank, me.world))
+    device = _stage("training", False, pick_device, config.training.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", me.local_rank % torch.cuda.device_count())
+    elif config.training.cpu_threads:
+        torch.set_num_threads(config.training.cpu_threads)
+    _stage("forward_backward", True, forward_backward, config, data, device)
+    me.start(device)
+    stats: dict = {}
+    model, seconds = _stage("training", False, _fit_in_group, fit, config, data, device, stats, me)
+    if me.rank == 0:
+        _stage("export", False, export_program, model, data, scratch / "model.pt2")
+    me.write_result({"train_seconds": seconds, "device": device.type, "restarts": me.restart, **stats})
+    me.stop()
+    return {}
+
+
+def _fit_in_group(fit: Callable[..., Any], *args: Any) -> Any:
+    from cambrian.trainer.distributed import communication_failure
+
+    try:
+        return fit(*args)
+    except Exception as exc:
+        if communication_failure(exc):
+            raise _LostPeer(str(exc)) from None
+        raise
+
+
+def _distribution(args: argparse.Namespace):
+    from cambrian.trainer.distributed import Distribution
+
+    return Distribution(**json.loads(args.distribution))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+COMMANDS = {"train": lambda i, s, a: train(i, s), "gate": lambda i, s, a: train(i, s, gate_only=True),
+            "predict": lambda i, s, a: predict(i, s), "launch": launch, "worker": worker}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("input", type=Path)
     parser.add_argument("scratch", type=Path)
-    for flag in ("--as-mb", "--cpu-s", "--fsize-mb", "--nproc"):
+    for flag in ("--as-mb", "--cpu-s", "--fsize-mb"):
         parser.add_argument(flag, type=int, default=0)
+    # --processes: torchrun's own parser would take --nproc for an abbreviation of its --nproc-per-node
+    parser.add_argument("--nproc", "--processes", dest="nproc", type=int, default=0)
+    parser.add_argument("--distribution", default="{}", help="launch/worker: trainer/distributed.py's Distribution")
+    parser.add_argument("--contained", action="store_true", help="launch/worker: inside the bubblewrap sandbox")
     args = parser.parse_args(argv)
     apply_limits(args.as_mb, args.cpu_s, args.fsize_mb, args.nproc, nofile=1024)
     started = time.perf_counter()
     try:
-        result = COMMANDS[args.command](args.input, args.scratch)
+        result = COMMANDS[args.command](args.input, args.scratch, args)
+    except _LostPeer as lost:
+        print(f"contained {args.command}: lost a peer worker: {lost}", file=sys.stderr)
+        return 1
     except _Stop as stop:
         err = {"stage": stop.stage, "reason": stop.reason, "gate": stop.gate}
         (args.scratch / "error.json").write_text(json.dumps(err))

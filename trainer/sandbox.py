@@ -9,7 +9,9 @@ Every process that runs plugin code is started by `run_contained` inside `bwrap`
 - an environment of only HOME, PATH, LANG and the thread settings (`--clearenv`);
 - a seccomp filter (libseccomp, exported to BPF) that refuses new processes (threads only), sockets
   other than AF_UNIX, ptrace and other processes' memory, namespaces and mounts, io_uring, BPF, keys,
-  kernel modules and perf events;
+  kernel modules and perf events; for a data-parallel group (trainer/distributed.py) it allows the torchrun
+  agent to start its workers and TCP on the namespace's loopback, and each worker stacks a filter refusing
+  new processes before candidate code runs;
 - `--die-with-parent` and `--new-session`; when the contained command ends or its parent dies, the PID
   namespace's init goes and the kernel kills every process left in it (no orphans).
 Resource limits (address space, CPU time, file size, open files, processes) are set by the contained
@@ -111,36 +113,69 @@ def _libseccomp() -> ctypes.CDLL:
     return lib
 
 
-def seccomp_program() -> bytes:
-    """The filter as a compiled BPF program (what `bwrap --seccomp FD` reads)."""
+PROCESS_SYSCALLS = ("fork", "vfork")
+
+
+def _filter(processes: bool, sockets: bool, denied: tuple[str, ...]):
+    """A libseccomp context (caller releases it): `denied` refused, and unless allowed, new processes and
+    sockets other than AF_UNIX."""
     lib = _libseccomp()
     ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
     if not ctx:
         raise SandboxUnavailable("libseccomp could not create a filter")
-    try:
-        def rule(action: int, name: str, *cmps: _ArgCmp) -> None:
-            nr = lib.seccomp_syscall_resolve_name(name.encode())
-            if nr < 0:  # not a syscall on this architecture
-                return
-            arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
-            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
-            if rc < 0:
-                raise SandboxUnavailable(f"libseccomp refused the rule for {name} ({os.strerror(-rc)})")
 
-        for name in DENIED_SYSCALLS:
-            rule(_errno_action(errno.EPERM), name)
+    def rule(action: int, name: str, *cmps: _ArgCmp) -> None:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:  # not a syscall on this architecture
+            return
+        arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
+        rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+        if rc < 0:
+            lib.seccomp_release(ctx)
+            raise SandboxUnavailable(f"libseccomp refused the rule for {name} ({os.strerror(-rc)})")
+
+    for name in denied:
+        rule(_errno_action(errno.EPERM), name)
+    if not processes:
         # threads yes, processes no: clone without CLONE_THREAD is refused; clone3 hides its flags in
         # memory a filter cannot read, so it reports ENOSYS and the C library falls back to clone
+        for name in PROCESS_SYSCALLS:
+            rule(_errno_action(errno.EPERM), name)
         rule(_errno_action(errno.EPERM), "clone", _ArgCmp(0, _CMP_MASKED_EQ, _CLONE_THREAD, 0))
         rule(_errno_action(errno.ENOSYS), "clone3")
+    if not sockets:
         rule(_errno_action(errno.EAFNOSUPPORT), "socket", _ArgCmp(0, _CMP_NE, _AF_UNIX, 0))
         rule(_errno_action(errno.EAFNOSUPPORT), "socketpair", _ArgCmp(0, _CMP_NE, _AF_UNIX, 0))
+    return lib, ctx
+
+
+def seccomp_program(network: bool = False) -> bytes:
+    """The filter as a compiled BPF program (what `bwrap --seccomp FD` reads). `network`: a data-parallel
+    group, whose torchrun agent starts the workers (each then forbids itself new processes before candidate
+    code runs: forbid_new_processes) and whose workers talk TCP, over the loopback of the sandbox's own
+    network namespace, the only interface there."""
+    lib, ctx = _filter(processes=network, sockets=network,
+                       denied=tuple(n for n in DENIED_SYSCALLS if n not in PROCESS_SYSCALLS))
+    try:
         with tempfile.TemporaryFile() as f:
             rc = lib.seccomp_export_bpf(ctx, f.fileno())
             if rc < 0:
                 raise SandboxUnavailable(f"libseccomp could not export the filter ({os.strerror(-rc)})")
             f.seek(0)
             return f.read()
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def forbid_new_processes() -> None:
+    """Stack a filter on this process (filters only ever add up) that refuses new processes: a data-parallel
+    worker calls it before any candidate code runs, so the candidate gets the single-process rules back."""
+    lib, ctx = _filter(processes=False, sockets=True, denied=())
+    try:
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        rc = lib.seccomp_load(ctx)  # sets no_new_privs first (libseccomp's default)
+        if rc < 0:
+            raise SandboxUnavailable(f"libseccomp could not load the worker's filter ({os.strerror(-rc)})")
     finally:
         lib.seccomp_release(ctx)
 
@@ -245,14 +280,15 @@ def require_sandbox() -> None:
 
 
 def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], wall_seconds: float,
-                  log_file: Path, gpu: bool = False, contain: bool = True) -> ContainedResult:
+                  log_file: Path, gpu: bool = False, contain: bool = True, network: bool = False) -> ContainedResult:
     """Run argv in the sandbox (contain=False: a plain child, for an outer boundary such as the training pod)
-    and wait at most wall_seconds; at the end the whole process tree is gone."""
+    and wait at most wall_seconds; at the end the whole process tree is gone. `network`: the filter of a
+    data-parallel group (seccomp_program)."""
     fds: tuple[int, ...] = ()
     if contain:
         require_sandbox()
         r, w = os.pipe()
-        program = seccomp_program()
+        program = seccomp_program(network)
         if len(program) > 60000:  # a pipe buffer holds 64 KiB: never block on our own write
             raise SandboxUnavailable("the seccomp program is unexpectedly large")
         os.write(w, program)

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +29,7 @@ from cambrian.errors import GateError, TrainingError
 from cambrian.trainer.bundle import ARG_NAMES, write_bundle
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import Dataset, Split, TrainingSet, load_dataset
+from cambrian.trainer.distributed import Distribution, Worker, shard_name, shard_rows
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
 from cambrian.trainer.models import build_model, build_optimizer
@@ -73,8 +74,10 @@ def predict(model, split: Split, device: torch.device, exported: bool = False) -
 
 
 def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
-        stats: dict | None = None) -> tuple[torch.nn.Module, float]:
-    """Train; with `stats`, also count the optimizer steps whose gradients training.grad_clip cut."""
+        stats: dict | None = None, worker: Worker | None = None) -> tuple[torch.nn.Module, float]:
+    """Train; with `stats`, also count the optimizer steps whose gradients training.grad_clip cut. With a
+    `worker` (trainer/distributed.py), `data.train` is this worker's shard: the model is wrapped in DDP, each
+    step takes its share of training.batch_size, and rank 0 checkpoints so that a restarted group resumes."""
     import time
 
     torch.manual_seed(config.training.seed)
@@ -84,19 +87,40 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
     label = torch.from_numpy(train.label).to(device)
     weight = torch.from_numpy(train.weight).to(device)
     gen = torch.Generator().manual_seed(config.training.seed)
-    bs = config.training.batch_size
+    bs = worker.batch(config.training.batch_size) if worker else config.training.batch_size
     clip = config.training.grad_clip
     # kept on the device: reading a norm back every step would stall a GPU
     clipped = torch.zeros((), dtype=torch.int64, device=device)
     largest_norm = torch.zeros((), device=device)
     steps = 0
+    first_epoch, skip = 0, 0
+    resumed = worker.load(model, optimizer, device) if worker else None
+    if resumed:
+        first_epoch, skip = resumed["epoch"], resumed["step"]
+        steps, extra = resumed["extra"]["steps"], resumed["extra"]
+        clipped.fill_(extra["clipped"])
+        largest_norm.fill_(extra["largest_norm"])
+        if stats is not None:
+            stats["resumed_from"] = {"epoch": first_epoch, "step": skip, "restart": worker.restart}
+    trained = worker.wrap(model, device) if worker else model
+    last_save = time.monotonic()
+
+    def checkpoint(epoch: int, step: int) -> None:
+        worker.save(model, optimizer, epoch, step, {"steps": steps, "clipped": int(clipped.item()),
+                                                    "largest_norm": float(largest_norm.item())})
+
     started = time.perf_counter()
     for epoch in range(config.training.epochs):
-        model.train()
+        # every epoch draws its order from the one generator, so a resumed run replays the same orders
         order = torch.randperm(len(train), generator=gen).numpy()
-        for start in range(0, len(order), bs):
+        if epoch < first_epoch:
+            continue
+        trained.train()
+        for step, start in enumerate(range(0, len(order), bs)):
+            if epoch == first_epoch and step < skip:
+                continue
             index = order[start:start + bs]
-            logits = model(batch_tensors(train, index, device))
+            logits = trained(batch_tensors(train, index, device))
             idx = torch.from_numpy(index).to(device)
             loss = weighted_loss(config.reward.loss, logits.float(), label[idx], weight[idx])
             if not torch.isfinite(loss):
@@ -113,6 +137,12 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
                 optimizer.step()
             except Exception as exc:  # noqa: BLE001 - the candidate's optimizer
                 raise TrainingError(f"the optimizer's step failed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from None
+            if worker and time.monotonic() - last_save > worker.checkpoint_seconds:
+                checkpoint(epoch, step + 1)
+                last_save = time.monotonic()
+        if worker:
+            checkpoint(epoch + 1, 0)
+            last_save = time.monotonic()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -157,14 +187,24 @@ def _write_split(path: Path, split: Split, with_labels: bool) -> None:
     np.savez(path, **arrays)
 
 
-def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet) -> None:
+def _subset(split: Split, rows: np.ndarray) -> Split:
+    return Split({k: v[rows] for k, v in split.features.items()}, split.label[rows], split.weight[rows], split.signals)
+
+
+def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet, workers: int = 1) -> None:
+    """The contained trainer's read-only input; with several workers, one shard file per worker (each reads
+    only its own, see trainer/distributed.py)."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     c = data.catalogue
     np.savez(folder / "catalogue.npz", item_topic=c.item_topic, item_dense=c.item_dense,
              user_home_topic=c.user_home_topic)
-    _write_split(folder / "train.npz", data.train, with_labels=True)
+    if workers == 1:
+        _write_split(folder / "train.npz", data.train, with_labels=True)
+        return
+    for rank, rows in enumerate(shard_rows(len(data.train), workers)):
+        _write_split(folder / shard_name(rank, workers), _subset(data.train, rows), with_labels=True)
 
 
 class _Contained:
@@ -176,7 +216,8 @@ class _Contained:
         self.log = work / f"{name}.log"
         self.contain, self.limits, self.gpu, self.name = contain, limits, gpu, name
 
-    def run(self, command: str, cpu_only: bool) -> dict:
+    def argv(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> list[str]:
+        """The contained program's command line; with a parallel `dist`, the launcher of torchrun's agent."""
         lim = self.limits
         where = (INPUT, SCRATCH) if self.contain else (str(self.input), str(self.scratch))
         cpu_s = int(lim.wall_seconds * max(1, os.cpu_count() or 1)) + 60
@@ -184,13 +225,22 @@ class _Contained:
                 "--fsize-mb", str(lim.file_size_mb), "--nproc", str(lim.processes)]
         if cpu_only and lim.memory_mb:
             argv += ["--as-mb", str(lim.memory_mb)]
+        if dist and dist.parallel:
+            argv += ["--distribution", json.dumps(asdict(dist)), *(["--contained"] if self.contain else [])]
+        return argv
+
+    def environment(self) -> dict[str, str]:
         env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONNOUSERSITE": "1"}
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
             if var in os.environ:
                 env[var] = os.environ[var]
-        res = run_contained(self.input, self.scratch, argv, env, lim.wall_seconds, self.log,
-                            gpu=self.gpu and not cpu_only, contain=self.contain)
+        return env
+
+    def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
+        res = run_contained(self.input, self.scratch, self.argv(command, cpu_only, dist), self.environment(),
+                            self.limits.wall_seconds, self.log, gpu=self.gpu and not cpu_only, contain=self.contain,
+                            network=bool(dist and dist.parallel))
         return self._verdict(res)
 
     def _verdict(self, res) -> dict:
@@ -263,11 +313,14 @@ def _wants_gpu(config: ModelConfig) -> bool:
 
 
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbox: Containment = "auto",
-          limits: SandboxLimits | None = None) -> dict:
-    """Gate, train (contained), predict (contained), score; write metrics.json and bundle/ under out_dir."""
+          limits: SandboxLimits | None = None, dist: Distribution | None = None) -> dict:
+    """Gate, train (contained; data-parallel with `dist`), predict (contained), score; write metrics.json and
+    bundle/ under out_dir. On a node of a multi-node gang whose workers did not include global rank 0, there
+    is no model here: it returns {"role": "worker"} and writes neither."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     limits = limits or SandboxLimits()
+    dist = dist or Distribution()
     static_checks(config)
     data = load_dataset(data_dir, config)
     contain = contain_decision(config, sandbox)
@@ -275,9 +328,11 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
-        write_training_input(trainer.input, config, data)
-        result = trainer.run("train", cpu_only=not gpu)
+        write_training_input(trainer.input, config, data, dist.workers)
+        result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
         program = trainer.scratch / "model.pt2"
+        if dist.nodes > 1 and result.get("role") == "worker":
+            return {"role": "worker", "config_fingerprint": config.fingerprint()}
         if not program.is_file():
             raise StageFailure("export", "training ended without an exported model")
 
@@ -300,6 +355,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
             "reward_loss": config.reward.loss,
             "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
             "sandbox": "bwrap" if contain else "none",
+            "workers": dist.workers,
         }
         metrics |= training_notes(config, data, result)
         write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
@@ -323,6 +379,11 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         if steps > 0 and clipped == 0:
             warnings.append(f"training.grad_clip {clip:g} never triggered: the largest gradient norm in {int(steps)} "
                             f"steps was {largest:.4g}, so clipping changed nothing; lower it below that or remove it")
+    restarts = result.get("restarts")
+    if isinstance(restarts, int) and not isinstance(restarts, bool) and restarts > 0:  # informational
+        notes["restarts"] = restarts
+        warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
+                        "last checkpoint")
     uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
     if uninformative:
         notes["uninformative_metrics"] = uninformative

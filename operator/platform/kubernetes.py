@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from cambrian.operator.api import API_VERSION, GROUP, VERSION
+from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, Readout, refusal_is_permanent
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
@@ -225,7 +226,7 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
             "env": [{"name": "CAMBRIAN_TERMINATION_LOG", "value": "/dev/termination-log"},
                     {"name": "CAMBRIAN_RUN", "value": action.name},
                     {"name": "CAMBRIAN_SANDBOX", "value": "none"}],
-            "resources": training_resources(t, template),
+            "resources": training_resources(gang.gpu_count(t), template),
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -420,11 +421,19 @@ def refusal(exc: Any, what: str) -> Exception:
 
 
 def _terminated(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True):
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            if cs.get("name") == TRAINER and (cs.get("state") or {}).get("terminated"):
-                return cs["state"]["terminated"]
-    return None
+    """The trainer's end that tells the outcome: the newest; in a gang (operator/platform/gang.py), the pod
+    that reports metrics (global rank 0's node) or the one whose trainer failed by itself, before pods the
+    Job controller stopped after it."""
+    ends = [cs["state"]["terminated"]
+            for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []
+            if cs.get("name") == TRAINER and (cs.get("state") or {}).get("terminated")]
+
+    def telling(term: Mapping[str, Any]) -> int:
+        message = _termination_message(term)
+        return 2 if "metrics" in message else 1 if (message.get("error") or {}).get("stage") else 0
+
+    return max(ends, key=telling, default=None)  # max keeps the first (newest) of equals
 
 
 def _termination_message(term: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -668,7 +677,23 @@ class KubernetesPlatform:
     def submit_training_job(self, action: CreateTrainingJob) -> None:
         ns = action.owner.namespace
         self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
-        self._create(self.batch.create_namespaced_job, ns, self.training_job(action))
+        job = self.training_job(action)
+        if gang.workers(action.training) > 1:
+            job = gang.gang_job(job, action.training, self._gang_network(action), TRAINER)
+        self._create(self.batch.create_namespaced_job, ns, job)
+
+    def _gang_network(self, action: CreateTrainingJob) -> str:
+        """The rendezvous Service and the gang's NetworkPolicy (operator/platform/gang.py); the Service's
+        cluster IP, which the Job's pods are given as their rendezvous address."""
+        ns = action.owner.namespace or "default"
+        meta = _meta(action.name, action.owner, {"app.kubernetes.io/component": "training-rendezvous"})
+        self._create(self.core.create_namespaced_service, ns, gang.rendezvous_service(action.name, meta))
+        networking = self._client.NetworkingV1Api(self.api)
+        self._create(networking.create_namespaced_network_policy, ns, gang.gang_network_policy(action.name, meta))
+        ip = self.core.read_namespaced_service(action.name, ns).spec.cluster_ip
+        if not ip or ip == "None":
+            raise ActionRefused(f"Service {action.name}", "it got no cluster IP (the rendezvous needs one)", False)
+        return ip
 
     def training_job(self, action: CreateTrainingJob) -> dict[str, Any]:
         """The Job as it is sent: the Evolution's settings over the operator configuration's template."""
@@ -729,6 +754,10 @@ class KubernetesPlatform:
 
     def delete_job(self, action: DeleteJob) -> None:
         self._delete(self.batch.delete_namespaced_job, action.name, action.owner.namespace)
+        # a gang's rendezvous Service and NetworkPolicy (404 for a single-pod Job)
+        self._delete(self.core.delete_namespaced_service, action.name, action.owner.namespace)
+        networking = self._client.NetworkingV1Api(self.api)
+        self._delete(networking.delete_namespaced_network_policy, action.name, action.owner.namespace)
 
     # --- serving ---------------------------------------------------------------------------
     def deploy_arm(self, action: DeployArm) -> None:

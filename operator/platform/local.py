@@ -170,7 +170,9 @@ class LocalPlatform:
             delta = parse_delta(request["delta"]) if request.get("delta") is not None else None
             limits = self.limits or RunLimits()
             deadline = duration_seconds((request.get("training") or {}).get("activeDeadline", "6h"))
-            limits = limits.model_copy(update={"wall_seconds": min(limits.wall_seconds, deadline)})
+            # spec.training.workers: locally, that many data-parallel worker processes on this machine
+            workers = int((request.get("training") or {}).get("workers") or limits.workers)
+            limits = limits.model_copy(update={"wall_seconds": min(limits.wall_seconds, deadline), "workers": workers})
             data = self.data_for(request.get("data") or {})
             kw = {"command": self.train_command} if self.train_command else {}
             outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)

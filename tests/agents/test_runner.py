@@ -106,3 +106,14 @@ def test_cpu_time_limit_kills_a_spinning_candidate(tmp_path, tiny_world, fake_tr
                         RunLimits(wall_seconds=60, cpu_seconds=1), fake_trainer)
     assert not out.ok and out.failure.stage == "cpu" and "SIGXCPU" in out.failure.reason
     assert out.wall_seconds < 30
+
+
+def test_workers_reach_the_train_command_only_when_parallel(tmp_path):
+    from cambrian.agents.runner import build_command
+
+    def train_argv(limits):
+        cmd, _ = build_command(["cambrian", "train"], tmp_path / "c.json", None, tmp_path, tmp_path / "o", limits)
+        return cmd[cmd.index("cambrian"):]
+
+    assert train_argv(RunLimits(workers=3))[-2:] == ["--workers", "3"]
+    assert "--workers" not in train_argv(RunLimits())

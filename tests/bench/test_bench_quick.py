@@ -77,3 +77,14 @@ def test_serving_quick():
     assert r["router_added_p99_ms"] == pytest.approx(r["phases"]["router_c1"]["p99_ms"] - r["phases"]["direct_c1"]["p99_ms"],
                                                      abs=1e-3)
     assert r["router_in_process_overhead_histogram"]["p99_ms"] > 0
+
+
+@pytest.mark.timeout(1200)
+def test_scaling_quick():
+    from cambrian.bench import scaling
+
+    r = scaling.run(quick=True)
+    _well_formed(r, "scaling")
+    assert set(r["workers"]) == {"1", "2"} and r["scaling_efficiency"]["1"] == 1.0
+    assert all(w["examples_per_second"] > 0 and w["auc"] > 0.5 for w in r["workers"].values())
+    assert r["ratio"] == r["scaling_efficiency"]["2"] > 0

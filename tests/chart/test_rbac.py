@@ -27,6 +27,7 @@ EXPECTED = {
     ("", "events"): {"create"},
     ("scheduling.k8s.io", "priorityclasses"): {"get"},
     ("kueue.x-k8s.io", "localqueues"): {"get"},
+    ("networking.k8s.io", "networkpolicies"): {"create", "delete"},  # a multi-worker training gang's own
 }
 GATEWAY = {("gateway.networking.k8s.io", "httproutes"): {"get", "patch"}}
 # kubernetes client method prefix -> RBAC verb
@@ -36,7 +37,8 @@ CLIENT_VERBS = {"create": "create", "replace": "update", "patch": "patch", "dele
 CLUSTER_SCOPED_CALLS = {"read_priority_class": ("scheduling.k8s.io", "priorityclasses", "get")}
 # kubernetes client kind suffix -> (API group, resource)
 CLIENT_KINDS = {"config_map": ("", "configmaps"), "pod": ("", "pods"), "service": ("", "services"),
-                "event": ("", "events"), "job": ("batch", "jobs"), "deployment": ("apps", "deployments")}
+                "event": ("", "events"), "job": ("batch", "jobs"), "deployment": ("apps", "deployments"),
+                "network_policy": ("networking.k8s.io", "networkpolicies")}
 
 
 def grants(rules: list[dict]) -> dict[tuple[str, str], set[str]]:

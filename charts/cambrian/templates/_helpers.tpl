@@ -105,6 +105,10 @@ tests/chart/test_rbac.py checks these rules against the API calls in operator/.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create, patch, delete]
+# A multi-worker training gang's own NetworkPolicy: its pods may reach each other (operator/platform/gang.py).
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create, delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, update, delete]
