@@ -46,12 +46,28 @@ class Cell:
     guardrails: bool = False
     effect: float = 0.0
     alpha: float = 0.05
-    sequential: str = "msprt"        # decide()'s test: msprt or group (α-spending, futility on)
+    sequential: str = "group"        # decide()'s test: group (the default: α-spending, futility on) or msprt
+    # Off-plan designs (group): planned users = plan × users × days; looks per day (users split evenly
+    # between them: extra looks); a look only every `every` days (missed looks; the last day always looks).
+    plan: float = 1.0
+    per_day: int = 1
+    every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.per_day < 1 or self.every < 1 or not self.plan > 0 or self.users // self.per_day < 2:
+            raise ValueError(f"Cell: need per_day >= 1, every >= 1, plan > 0 and >= 2 users per look: {self}")
 
     def label(self) -> str:
+        off_plan = (f" plan={self.plan:g} per_day={self.per_day} every={self.every}"
+                    if (self.plan, self.per_day, self.every) != (1.0, 1, 1) else "")
         return (f"{self.metric} base={self.base:g} users/day={self.users} looks={self.looks} "
                 f"{'relative' if self.relative else 'absolute'} cuped={'on' if self.cuped else 'off'} "
-                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}")
+                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}{off_plan}")
+
+    def look_ticks(self) -> list[int]:
+        """1-based ticks (a tick = 1/per_day of a day) at which decide() looks."""
+        return [j for j in range(1, self.looks * self.per_day + 1)
+                if (d := -(-j // self.per_day)) % self.every == 0 or d == self.looks]
 
 
 # ------------------------------------------------------------------------------ daily sums --------
@@ -115,7 +131,7 @@ def _policy(cell: Cell) -> DecisionPolicy:
     guard = (Guardrail("guard", margin=0.10, relative=True, higher_is_better=False, cuped=True),) \
         if cell.guardrails else ()
     return DecisionPolicy(Metric("y", higher_is_better=True, relative=cell.relative, cuped=cell.cuped),
-                          planned_users_per_arm=cell.users * cell.looks, min_users_per_arm=0,
+                          planned_users_per_arm=max(1, round(cell.plan * cell.users * cell.looks)), min_users_per_arm=0,
                           max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential)
 
 
@@ -132,28 +148,30 @@ def simulate(cell: Cell, sims: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     kind = RatioStats if cell.metric == "ratio" else SufficientStats
     days = []
-    for _ in range(cell.looks):
-        arms = [daily_sums(rng, cell.metric, sims, cell.users, cell.base, e) for e in (0.0, cell.effect)]
-        guard = [daily_sums(rng, "rate", sims, cell.users, 0.05, 0.0) for _ in (0, 1)] if cell.guardrails else None
+    users = cell.users // cell.per_day           # per tick
+    for _ in range(cell.looks * cell.per_day):
+        arms = [daily_sums(rng, cell.metric, sims, users, cell.base, e) for e in (0.0, cell.effect)]
+        guard = [daily_sums(rng, "rate", sims, users, 0.05, 0.0) for _ in (0, 1)] if cell.guardrails else None
         days.append((arms, guard))
-    cum = _cumulate(np.stack([np.stack(a) for a, _ in days]))                  # (looks, 2, 8, sims)
+    cum = _cumulate(np.stack([np.stack(a) for a, _ in days]))                  # (ticks, 2, 8, sims)
     gcum = _cumulate(np.stack([np.stack(g) for _, g in days])) if cell.guardrails else None
     policy = _policy(cell)
+    ticks = cell.look_ticks()
     outcome = np.zeros(sims, dtype="<U12")
-    stop = np.full(sims, cell.looks)
+    stop = np.full(sims, float(cell.looks))
     for i in range(sims):
         state = None
         outcome[i] = "inconclusive"
-        for look in range(cell.looks):
-            stats = {arm: {"y": kind(*cum[look, k, :, i])} for k, arm in enumerate(("c", "t"))}
+        for tick in ticks:
+            stats = {arm: {"y": kind(*cum[tick - 1, k, :, i])} for k, arm in enumerate(("c", "t"))}
             if gcum is not None:
                 for k, arm in enumerate(("c", "t")):
-                    stats[arm]["guard"] = SufficientStats(*gcum[look, k, :, i])
+                    stats[arm]["guard"] = SufficientStats(*gcum[tick - 1, k, :, i])
             d = decide(policy, control="c", weights={"c": 0.5, "t": 0.5}, stats=stats,
-                       elapsed_days=look + 1, state=state)
+                       elapsed_days=tick / cell.per_day, state=state)
             state = d.state
-            if d.outcome in ("promote", "rollback"):
-                outcome[i], stop[i] = d.outcome, look + 1
+            if d.outcome != "continue":   # promote, rollback, or the group design's end (inconclusive)
+                outcome[i], stop[i] = d.outcome, tick / cell.per_day
                 break
     promote, rollback = float(np.mean(outcome == "promote")), float(np.mean(outcome == "rollback"))
     return {**asdict(cell), "sims": sims, "promote": promote, "rollback": rollback,
@@ -184,14 +202,24 @@ def fast_grid() -> list[Cell]:
         Cell("ratio", 0.01, 50, 7, relative=False, guardrails=True),
         Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.04),
         Cell("rate", 0.1, 500, 14, relative=True, cuped=True, effect=+0.2),
-        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="group"),
-        Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="group"),
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="msprt"),
+        Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="msprt"),
+        *off_plan_cells()[:2],
     ]
+
+
+def off_plan_cells(metric: MetricType = "mean", base: float = 1.0, users: int = 240) -> list[Cell]:
+    """The group design when the looks are not the planned ones: the plan reached at half time (its
+    final look comes early), traffic at half the plan (the last day spends what is left), three
+    looks a day (extra looks), a look every third day (missed looks)."""
+    return [Cell(metric, base, users, 14, plan=0.5), Cell(metric, base, users, 14, plan=2.0),
+            Cell(metric, base, users, 14, per_day=3), Cell(metric, base, users, 14, every=3)]
 
 
 def slow_grid() -> list[Cell]:
     """The full grid: metric × base × users × looks, with scale, CUPED and guardrails cycled over the
-    cells (a balanced fraction of the factorial), plus harmful and beneficial A/B cells."""
+    cells (a balanced fraction of the factorial), plus harmful and beneficial A/B cells, all with the
+    default group-sequential design; then the mSPRT on five cells and the group design off its plan."""
     cells = []
     bases = {"mean": (1.0,), "rate": (0.001, 0.01, 0.1, 0.5), "ratio": (0.01, 0.1)}
     i = 0
@@ -207,8 +235,8 @@ def slow_grid() -> list[Cell]:
             cells.append(Cell(metric, base, 500, 14, relative=True, cuped=True, guardrails=True, effect=effect))
     for metric, base, users, looks in (("mean", 1.0, 20, 28), ("mean", 1.0, 5000, 7), ("rate", 0.01, 500, 28),
                                        ("rate", 0.001, 5000, 14), ("ratio", 0.1, 500, 14)):
-        cells.append(Cell(metric, base, users, looks, relative=True, cuped=True, sequential="group"))
-    return cells
+        cells.append(Cell(metric, base, users, looks, relative=True, cuped=True, sequential="msprt"))
+    return cells + off_plan_cells() + off_plan_cells("rate", 0.01, 600)
 
 
 def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
@@ -222,6 +250,13 @@ def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _test_label(r: dict) -> str:
+    off = [f"plan ×{r['plan']:g}" if r.get("plan", 1.0) != 1.0 else "",
+           f"{r['per_day']} looks/day" if r.get("per_day", 1) != 1 else "",
+           f"a look every {r['every']} days" if r.get("every", 1) != 1 else ""]
+    return ", ".join([r.get("sequential", "msprt"), *[o for o in off if o]])
+
+
 def markdown_table(rows: list[dict]) -> str:
     """The grid's results as a Markdown table (the README's calibration table)."""
     head = ("| metric | base | users/arm/day | looks | scale | CUPED | guardrails | test | true effect "
@@ -232,7 +267,7 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['metric']} | {base} | {r['users']} | {r['looks']} | {'relative' if r['relative'] else 'absolute'} "
             f"| {'on' if r['cuped'] and r['metric'] != 'ratio' else 'off'} | {'on' if r['guardrails'] else 'off'} "
-            f"| {r.get('sequential', 'msprt')} | {r['effect']:+g} "
+            f"| {_test_label(r)} | {r['effect']:+g} "
             f"| {r['false_promote']:.1%} | {r['false_rollback']:.1%} | {r['bound']:.1%} | {'yes' if r['ok'] else '**no**'} |")
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
                                matures_day=math.ceil(duration_seconds(m.window) / 86400))
                         for m in spec.metrics.north_star[1:]),
         srm_threshold=st.srm_alpha,
+        sequential=st.sequential,
     )
 
 
