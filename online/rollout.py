@@ -83,10 +83,11 @@ class RolloutSpec(_Strict):
     hard_limits: list[HardLimitSpec] = Field(default_factory=list)
     secondary: list[str] = Field(default_factory=list)
     alpha: float = Field(0.05, gt=0, lt=1)
-    planned_users_per_arm: int = Field(1000, gt=0, description="users per arm at the group design's final look")
+    planned_users_per_arm: int = Field(1000, gt=0, description="users per arm expected by the last day (sizes the "
+                                                                "futility stop, tunes the confidence sequence)")
     sequential: Literal["group", "msprt"] = Field(
-        "group", description="group: α-spending over the planned horizon (planned_users_per_arm or days, whichever "
-                             "comes first); msprt: the always-valid mixture SPRT")
+        "group", description="group: α-spending over the days (the last one spends what is left); msprt: the "
+                             "always-valid mixture SPRT")
     min_users_per_arm: int = Field(100, ge=0)
     pre_days: int = Field(14, ge=1)
     active_window: int = Field(7, ge=1)

@@ -52,14 +52,15 @@ class Cell:
     plan: float = 1.0
     per_day: int = 1
     every: int = 1
+    horizon: str = "days"            # the group design ends at the last day, or ("users") at the plan if sooner
 
     def __post_init__(self) -> None:
         if self.per_day < 1 or self.every < 1 or not self.plan > 0 or self.users // self.per_day < 2:
             raise ValueError(f"Cell: need per_day >= 1, every >= 1, plan > 0 and >= 2 users per look: {self}")
 
     def label(self) -> str:
-        off_plan = (f" plan={self.plan:g} per_day={self.per_day} every={self.every}"
-                    if (self.plan, self.per_day, self.every) != (1.0, 1, 1) else "")
+        off_plan = (f" plan={self.plan:g} per_day={self.per_day} every={self.every} horizon={self.horizon}"
+                    if (self.plan, self.per_day, self.every, self.horizon) != (1.0, 1, 1, "days") else "")
         return (f"{self.metric} base={self.base:g} users/day={self.users} looks={self.looks} "
                 f"{'relative' if self.relative else 'absolute'} cuped={'on' if self.cuped else 'off'} "
                 f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}{off_plan}")
@@ -132,7 +133,8 @@ def _policy(cell: Cell) -> DecisionPolicy:
         if cell.guardrails else ()
     return DecisionPolicy(Metric("y", higher_is_better=True, relative=cell.relative, cuped=cell.cuped),
                           planned_users_per_arm=max(1, round(cell.plan * cell.users * cell.looks)), min_users_per_arm=0,
-                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential)
+                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential,
+                          horizon=cell.horizon)
 
 
 def _cumulate(daily: np.ndarray) -> np.ndarray:
@@ -209,10 +211,10 @@ def fast_grid() -> list[Cell]:
 
 
 def off_plan_cells(metric: MetricType = "mean", base: float = 1.0, users: int = 240) -> list[Cell]:
-    """The group design when the looks are not the planned ones: the plan reached at half time (its
-    final look comes early), traffic at half the plan (the last day spends what is left), three
+    """The group design when the looks are not the planned ones: a users horizon reached at half time
+    (its final look comes early), traffic at half of it (the last day spends what is left), three
     looks a day (extra looks), a look every third day (missed looks)."""
-    return [Cell(metric, base, users, 14, plan=0.5), Cell(metric, base, users, 14, plan=2.0),
+    return [Cell(metric, base, users, 14, plan=0.5, horizon="users"), Cell(metric, base, users, 14, plan=2.0, horizon="users"),
             Cell(metric, base, users, 14, per_day=3), Cell(metric, base, users, 14, every=3)]
 
 
@@ -251,7 +253,8 @@ def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
 
 
 def _test_label(r: dict) -> str:
-    off = [f"plan ×{r['plan']:g}" if r.get("plan", 1.0) != 1.0 else "",
+    off = [f"ends at plan ×{r['plan']:g} users" if r.get("horizon") == "users" else
+           f"plan ×{r['plan']:g}" if r.get("plan", 1.0) != 1.0 else "",
            f"{r['per_day']} looks/day" if r.get("per_day", 1) != 1 else "",
            f"a look every {r['every']} days" if r.get("every", 1) != 1 else ""]
     return ", ".join([r.get("sequential", "msprt"), *[o for o in off if o]])

@@ -72,6 +72,10 @@ class DecisionPolicy:
     # always-valid mixture SPRT, valid at any look with no horizon, at the price of more users.
     sequential: Literal["group", "msprt"] = "group"
     spending: Literal["obrien-fleming", "pocock"] = "obrien-fleming"
+    # group only: where the design ends. "days": at max_days (planned_users_per_arm is the users
+    # expected by then: it sizes futility's planned effect and tunes the confidence sequence);
+    # "users": at planned_users_per_arm or max_days, whichever comes first.
+    horizon: Literal["days", "users"] = "days"
     # group only: stop an arm as inconclusive (no launch, traffic back to control) once its chance of
     # winning by the planned users, were the planned effect true, is below this; None disables.
     futility: float | None = 0.1
@@ -94,6 +98,8 @@ class DecisionPolicy:
             raise ValueError(f"DecisionPolicy.max_days must be > 0, got {self.max_days!r}")
         if self.sequential not in ("msprt", "group"):
             raise ValueError(f"DecisionPolicy.sequential must be msprt or group, got {self.sequential!r}")
+        if self.horizon not in ("days", "users"):
+            raise ValueError(f"DecisionPolicy.horizon must be days or users, got {self.horizon!r}")
         if self.spending not in ("obrien-fleming", "pocock"):
             raise ValueError(f"DecisionPolicy.spending must be obrien-fleming or pocock, got {self.spending!r}")
         if self.futility is not None and not (0 < self.futility < 1):
@@ -269,17 +275,22 @@ def _group_clock(policy: DecisionPolicy, eff: Effect, elapsed_days: float) -> tu
 
     Information is counted in users per arm as 2·n_C·n_T/(n_C + n_T), which is what the variance of a
     difference scales with when the arms are unequal (a ramp at 5% carries far less than its mean).
-    The spending time is the share of the planned horizon reached, by users or by calendar, whichever
-    is further: the design ends at planned_users_per_arm or at max_days, whichever comes first, and
-    the look at max_days is final (spends what is left) even when traffic fell short of the plan."""
+    The spending time is the share of the horizon reached: of max_days, or with horizon="users" of
+    planned_users_per_arm or max_days, whichever is further. Either clock is fixed before the data,
+    so any look schedule keeps α; the look at max_days is final (spends what is left) even when
+    traffic fell short of the plan."""
     n_c, n_t = eff.n_control, eff.n_treatment
     info = 2 * n_c * n_t / (n_c + n_t)
-    frac = max(info / policy.planned_users_per_arm, elapsed_days / policy.max_days)
+    frac = elapsed_days / policy.max_days
+    if policy.horizon == "users":
+        frac = max(frac, info / policy.planned_users_per_arm)
     return info, min(1.0, frac)
 
 
 def _horizon(policy: DecisionPolicy) -> str:
-    return f"{policy.planned_users_per_arm} users per arm or {policy.max_days:g} days, whichever came first"
+    if policy.horizon == "users":
+        return f"{policy.planned_users_per_arm} users per arm or {policy.max_days:g} days, whichever came first"
+    return f"{policy.max_days:g} days"
 
 
 def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: DecisionState, srm: SRMResult | None,
