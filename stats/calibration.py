@@ -241,11 +241,12 @@ def slow_grid() -> list[Cell]:
     return cells + off_plan_cells() + off_plan_cells("rate", 0.01, 600)
 
 
-def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
-    """``simulate`` every cell (seeded by position) and add the false rates and their bound."""
+def run_grid(cells: list[Cell], sims: int, seed: int = 0, offset: int = 0) -> list[dict]:
+    """``simulate`` every cell (seeded by its position in the grid, ``offset`` + index, so a grid run in
+    slices gives the same rows) and add the false rates and their bound."""
     rows = []
     for k, cell in enumerate(cells):
-        r = simulate(cell, sims, seed=seed + k)
+        r = simulate(cell, sims, seed=seed + offset + k)
         fp, fr = false_rates(r)
         rows.append({**r, "false_promote": fp, "false_rollback": fr,
                      "bound": cell.alpha + 2 * r["se"], "ok": fp <= cell.alpha + 2 * r["se"] >= fr})
@@ -286,12 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--out", default="-")
     ap.add_argument("--grid", choices=("slow", "fast"), default="slow")
+    ap.add_argument("--cells", default=":", help="START:STOP, a slice of the grid (for runs split across processes)")
     a = ap.parse_args(argv)
     if a.sims < 10:
         ap.error("--sims must be at least 10")
+    try:
+        start, stop = (int(x) if x else None for x in a.cells.split(":"))
+    except ValueError:
+        ap.error(f"--cells must be START:STOP, got {a.cells!r}")
     t0 = time.perf_counter()
-    rows = run_grid(slow_grid() if a.grid == "slow" else fast_grid(), a.sims, a.seed)
-    doc = {"command": f"python -m cambrian.stats.calibration --grid {a.grid} --sims {a.sims} --seed {a.seed}",
+    grid = slow_grid() if a.grid == "slow" else fast_grid()
+    rows = run_grid(grid[start:stop], a.sims, a.seed, offset=range(len(grid))[start:stop].start)
+    doc = {"command": f"python -m cambrian.stats.calibration --grid {a.grid} --sims {a.sims} --seed {a.seed}"
+                      + (f" --cells {a.cells}" if a.cells != ":" else ""),
            "sims_per_cell": a.sims,
            "cells": len(rows), "all_ok": all(r["ok"] for r in rows), "seconds": time.perf_counter() - t0,
            "rows": rows}
