@@ -25,19 +25,32 @@ from typing import Literal, Sequence
 
 import numpy as np
 from scipy import optimize
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
+
+# scipy.special's normal cdf and quantile: the same values as scipy.stats.norm without its argument
+# checks, which cost more than the arithmetic when decide() runs at every look of every experiment.
+_SQRT2PI = math.sqrt(2 * math.pi)
+
+
+def _isf(p):
+    return -ndtri(p)
+
+
+def _pdf(x):
+    return np.exp(-0.5 * np.square(x)) / _SQRT2PI
 
 Spending = Literal["obrien-fleming", "pocock"]
 _GRID = 241  # points across the continuation region per look (odd: includes 0)
 
 
+@lru_cache(maxsize=65536)
 def spent(t: float, alpha: float, kind: Spending = "obrien-fleming") -> float:
     """Cumulative two-sided α spent by information fraction t."""
     t = min(max(t, 0.0), 1.0)
     if t <= 0:
         return 0.0
     if kind == "obrien-fleming":
-        return float(2 - 2 * norm.cdf(norm.isf(alpha / 2) / math.sqrt(t)))
+        return float(2 - 2 * ndtr(_isf(alpha / 2) / math.sqrt(t)))
     if kind == "pocock":
         return float(alpha * math.log(1 + (math.e - 1) * t))
     raise ValueError(f"spending must be obrien-fleming or pocock, got {kind!r}")
@@ -79,7 +92,7 @@ def _next(ts: tuple[float, ...], cs: tuple[float, ...], target: float) -> float:
     if target <= 1e-15:
         return math.inf
     if len(ts) == 1:   # first look: P(|Z| ≥ c) = target
-        return float(norm.isf(min(target, 1.0) / 2))
+        return float(_isf(min(target, 1.0) / 2))
     t_k, dt = ts[-1], ts[-1] - ts[-2]
     if dt <= 0:        # no information since the last look: this look adds nothing to test
         return math.inf
@@ -89,7 +102,7 @@ def _next(ts: tuple[float, ...], cs: tuple[float, ...], target: float) -> float:
 
     def exit_prob(c: float) -> float:
         b = c * math.sqrt(t_k)
-        return float(np.sum(w * dens * (norm.cdf((-b - grid) / sd) + norm.sf((b - grid) / sd)))) - target
+        return float(np.sum(w * dens * (ndtr((-b - grid) / sd) + ndtr((grid - b) / sd)))) - target
 
     hi = 12.0
     if exit_prob(hi) > 0:
@@ -116,10 +129,10 @@ def _density_cached(ts: tuple[float, ...], cs: tuple[float, ...]):
     b = c * math.sqrt(t) if math.isfinite(c) else 12 * math.sqrt(t)
     grid = np.linspace(-b, b, _GRID)
     if len(ts) == 1:
-        return grid, norm.pdf(grid / math.sqrt(t)) / math.sqrt(t)
+        return grid, _pdf(grid / math.sqrt(t)) / math.sqrt(t)
     prev_grid, prev = _density_cached(ts[:-1], cs[:-1])
     sd = math.sqrt(t - ts[-2])
-    k = norm.pdf((grid[:, None] - prev_grid[None, :]) / sd) / sd
+    k = _pdf((grid[:, None] - prev_grid[None, :]) / sd) / sd
     return grid, k @ (_weights(prev_grid) * prev)
 
 
@@ -136,12 +149,13 @@ def conditional_power(z, t, c_final: float, drift: float):
     With B(t) = Z√t, B(1) − B(t) ~ N(drift·(1 − t), 1 − t)."""
     t = np.asarray(t, float)
     rest = np.maximum(1 - t, 1e-12)
-    return norm.sf((c_final - np.asarray(z, float) * np.sqrt(t) - drift * rest) / np.sqrt(rest))
+    return ndtr(-(c_final - np.asarray(z, float) * np.sqrt(t) - drift * rest) / np.sqrt(rest))
 
 
+@lru_cache(maxsize=1024)
 def planned_drift(alpha: float, power: float) -> float:
     """E[Z] at the planned users when the true effect is the one the plan was sized for."""
-    return float(norm.isf(alpha / 2) + norm.isf(1 - power))
+    return float(_isf(alpha / 2) + _isf(1 - power))
 
 
 def futile(z: float, fractions: Sequence[float], alpha: float, kind: Spending, power: float,
