@@ -45,3 +45,14 @@ def test_slow_grid_is_calibrated():
     cells = slow_grid()
     assert sum(c.sequential == "group" for c in cells) >= len(cells) - 5
     _check(run_grid(cells, sims=500, seed=2000))
+
+
+def test_reduced_grid_keeps_every_level_of_the_slow_grid():
+    """The grid a busy machine runs (README table) still meets every level the README claims."""
+    from cambrian.stats.calibration import reduced_grid
+    slow, reduced = slow_grid(), reduced_grid()
+    assert len(reduced) < len(slow) / 2 and all(c.sequential == "group" for c in reduced)
+    for f in ("metric", "base", "users", "looks", "relative", "cuped", "guardrails"):
+        want = {getattr(c, f) for c in slow if c.sequential == "group" and c.effect == 0 and c.plan == 1.0}
+        assert want <= {getattr(c, f) for c in reduced}, f
+    assert {c.effect > 0 for c in reduced if c.effect} == {True, False}
