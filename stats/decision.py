@@ -475,7 +475,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             continue
         else:
             why = f"not significant yet: {desc}"
-            if group and policy.futility is not None:
+            if group and policy.futility is not None and st.fractions[-1] > 0:
                 z = good * eff.test_estimate / math.sqrt(eff.test_variance)
                 fut, cp = futile(z, st.fractions, policy.alpha / len(treatments), policy.spending, policy.power,
                                  policy.futility, information=st.information, bounds=st.bounds,

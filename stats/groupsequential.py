@@ -172,7 +172,7 @@ def futile(z: float, fractions: Sequence[float], alpha: float, kind: Spending, p
     sets the end), which scales the planned effect's drift. Returns (futile, conditional power);
     never futile at or past the end."""
     s = min(float(fractions[-1]), 1.0)
-    if s >= 1.0:
+    if not 0 < s < 1.0:   # at the end, or before any time has passed (no end to project to)
         return False, float("nan")
     info = list(information) if information is not None else list(fractions)
     bds = list(bounds) if bounds is not None else boundaries(fractions, alpha, kind)

@@ -154,8 +154,8 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
         raise ValueError(f"need a finite estimate and a positive variance, got {estimate!r}, {variance!r}")
     fraction = min(1.0, float(fraction))
     info = float(fraction if information is None else information)
-    if not (fraction > 0 and info > 0 and math.isfinite(info)):
-        raise ValueError(f"information fraction and information must be > 0, got {fraction!r}, {information!r}")
+    if not (fraction >= 0 and info > 0 and math.isfinite(info)):   # fraction 0 (a look at time 0): nothing to spend
+        raise ValueError(f"need an information fraction >= 0 and information > 0, got {fraction!r}, {information!r}")
     fr, infos, bds = state.fractions, state.information, state.bounds
     if fr and not infos:   # a state written before looks kept their information: fractions were both
         infos, bds = fr, tuple(boundaries(fr, alpha, spending))
