@@ -67,9 +67,9 @@ class DecisionPolicy:
     hard_limits: tuple[HardLimit, ...] = ()
     secondary: tuple[Metric, ...] = ()
     srm_threshold: float = SRM_THRESHOLD
-    # "group" (the default): Lan-DeMets α-spending over the planned horizon (planned_users_per_arm or
-    # max_days, whichever comes first), fewer users on average (bench/decision.py); "msprt": the
-    # always-valid mixture SPRT, valid at any look with no horizon, at the price of more users.
+    # "group" (the default): Lan-DeMets α-spending over the design's horizon (see `horizon`), fewer
+    # users on average (bench/decision.py); "msprt": the always-valid mixture SPRT, valid at any look
+    # with no horizon, at the price of more users.
     sequential: Literal["group", "msprt"] = "group"
     spending: Literal["obrien-fleming", "pocock"] = "obrien-fleming"
     # group only: where the design ends. "days": at max_days (planned_users_per_arm is the users
@@ -482,8 +482,8 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                                  planned_share=st.information[-1] / (st.fractions[-1] * policy.planned_users_per_arm))
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
-                        f"futility: {cp:.1%} chance to win by the planned {policy.planned_users_per_arm} users per "
-                        f"arm even with the planned effect (< {policy.futility:.0%}): {desc}"), **base)
+                        f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even with "
+                        f"the planned effect (< {policy.futility:.0%}): {desc}"), **base)
                     continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).
         arms[a] = ArmDecision(outcome="inconclusive" if elapsed_days >= policy.max_days else "continue",
