@@ -13,11 +13,11 @@ Simulated experiments (all measured in this run, one generator for every method)
 
 Methods, each with CUPED off and on:
 * fixed: one look at the planned users (two-sided z-test at α);
-* msprt: decide()'s default, the always-valid mixture SPRT at every daily look (τ matched to the plan),
-  truncated at the first day its power at δ reaches the fixed test's (equal power);
-* group sequential: decide(sequential="group"), Lan-DeMets α-spending boundaries at planned daily
-  looks (O'Brien-Fleming-type and Pocock-type), the planned horizon the shortest whose power at δ
-  reaches the fixed test's.
+* msprt: decide(sequential="msprt"), the always-valid mixture SPRT at every daily look (τ matched to
+  the plan), truncated at the first day its power at δ reaches the fixed test's (equal power);
+* group sequential: decide()'s default, Lan-DeMets α-spending boundaries at daily looks
+  (O'Brien-Fleming-type and Pocock-type, with and without the futility stop), the planned horizon
+  the shortest whose power at δ reaches the fixed test's.
 A decision stops the experiment (promote when significantly better, rollback when significantly
 worse); users = users per arm at the stop. Ratios are E[users] over the effect mix / fixed users.
 """
@@ -113,6 +113,8 @@ def _summary(day, sign, cap: float, n_fixed: float) -> dict:
 
 
 def _decide_stop_day(est_days: int, daily: list, policy: DecisionPolicy) -> int | None:
+    """The day decide() stops (promote, rollback, futility), None when it runs to the end of the
+    horizon without a decision (the group design's final look ends inconclusive, as the kernel's)."""
     cum = [SufficientStats(), SufficientStats()]
     state = None
     for d in range(est_days):
@@ -121,7 +123,7 @@ def _decide_stop_day(est_days: int, daily: list, policy: DecisionPolicy) -> int 
                      stats={"c": {"y": cum[0]}, "t": {"y": cum[1]}}, elapsed_days=d + 1, state=state)
         state = dec.state
         if dec.outcome in ("promote", "rollback", "inconclusive"):
-            return d + 1
+            return None if "final analysis" in dec.reason else d + 1
     return None
 
 
@@ -215,7 +217,7 @@ def run(quick: bool = False) -> dict:
     check_rng = np.random.default_rng(7)
     g = methods[best]
     policy = DecisionPolicy(Metric("y", relative=False, cuped=True), planned_users_per_arm=int(g["horizon_days"]) * USERS_PER_DAY,
-                            min_users_per_arm=0, max_days=g["horizon_days"] + 1, alpha=ALPHA,
+                            min_users_per_arm=0, max_days=g["horizon_days"], alpha=ALPHA,
                             sequential="group" if best.startswith("group") else "msprt",
                             spending=g.get("spending", "obrien-fleming"), futility=g.get("futility"))
     agree = 0

@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import httpx
 import yaml
@@ -83,7 +83,11 @@ class RolloutSpec(_Strict):
     hard_limits: list[HardLimitSpec] = Field(default_factory=list)
     secondary: list[str] = Field(default_factory=list)
     alpha: float = Field(0.05, gt=0, lt=1)
-    planned_users_per_arm: int = Field(1000, gt=0)
+    planned_users_per_arm: int = Field(1000, gt=0, description="users per arm expected by the last day (sizes the "
+                                                                "futility stop, tunes the confidence sequence)")
+    sequential: Literal["group", "msprt"] = Field(
+        "group", description="group: α-spending over the days (the last one spends what is left); msprt: the "
+                             "always-valid mixture SPRT")
     min_users_per_arm: int = Field(100, ge=0)
     pre_days: int = Field(14, ge=1)
     active_window: int = Field(7, ge=1)
@@ -126,7 +130,7 @@ class RolloutSpec(_Strict):
             north_star=Metric(self.north_star, higher_is_better=self.north_star_higher_is_better,
                               relative=self.north_star_relative, cuped=self.north_star_cuped),
             planned_users_per_arm=self.planned_users_per_arm, min_users_per_arm=self.min_users_per_arm,
-            max_days=self.days, alpha=self.alpha,
+            max_days=self.days, alpha=self.alpha, sequential=self.sequential,
             guardrails=tuple(Guardrail(**g.model_dump()) for g in self.guardrails),
             hard_limits=tuple(HardLimit(**h.model_dump()) for h in self.hard_limits),
             secondary=tuple(Metric(m, matures_day=maturity_day(m, AggregationSettings(active_window=self.active_window)))

@@ -799,10 +799,16 @@ class Statistics(_Model):
     alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of a decision (false-positive rate)")
     method: Literal["msprt", "cs"] = Field(
         "cs", description="msprt (mixture sequential probability ratio test) or cs (confidence sequences)")
+    sequential: Literal["group", "msprt"] = Field(
+        "group", description="group: a group-sequential design that spends alpha over its horizon (maxDuration, "
+        "or plannedSamplePerArm users per arm when set and reached first; every readout is a look, extra or "
+        "missed looks stay valid, the last look spends what is left, futility stops lost causes); needs fewer "
+        "users on average. msprt: the always-valid mixture SPRT, no horizon, more users")
     cuped: bool = Field(True, description="reduce variance with each user's pre-experiment value of the metric (CUPED)")
     min_sample_per_arm: int = Field(1000, ge=1, description="no decision before every arm has this many users")
     planned_sample_per_arm: int | None = Field(
-        None, ge=1, description="users per arm the confidence sequence is tuned for (default 4 × minSamplePerArm)"
+        None, ge=1, description="users per arm the confidence sequence is tuned for (default 4 × minSamplePerArm); "
+                                "when set, also the group design's end if reached before maxDuration"
     )
     max_duration: Duration = _dur("14d", "stop as inconclusive after this long without a decision")
     srm_alpha: float = Field(0.001, gt=0, lt=0.5, description="sample-ratio-mismatch threshold")

@@ -46,12 +46,29 @@ class Cell:
     guardrails: bool = False
     effect: float = 0.0
     alpha: float = 0.05
-    sequential: str = "msprt"        # decide()'s test: msprt or group (α-spending, futility on)
+    sequential: str = "group"        # decide()'s test: group (the default: α-spending, futility on) or msprt
+    # Off-plan designs (group): planned users = plan × users × days; looks per day (users split evenly
+    # between them: extra looks); a look only every `every` days (missed looks; the last day always looks).
+    plan: float = 1.0
+    per_day: int = 1
+    every: int = 1
+    horizon: str = "days"            # the group design ends at the last day, or ("users") at the plan if sooner
+
+    def __post_init__(self) -> None:
+        if self.per_day < 1 or self.every < 1 or not self.plan > 0 or self.users // self.per_day < 2:
+            raise ValueError(f"Cell: need per_day >= 1, every >= 1, plan > 0 and >= 2 users per look: {self}")
 
     def label(self) -> str:
+        off_plan = (f" plan={self.plan:g} per_day={self.per_day} every={self.every} horizon={self.horizon}"
+                    if (self.plan, self.per_day, self.every, self.horizon) != (1.0, 1, 1, "days") else "")
         return (f"{self.metric} base={self.base:g} users/day={self.users} looks={self.looks} "
                 f"{'relative' if self.relative else 'absolute'} cuped={'on' if self.cuped else 'off'} "
-                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}")
+                f"guardrails={'on' if self.guardrails else 'off'} effect={self.effect:+g} {self.sequential}{off_plan}")
+
+    def look_ticks(self) -> list[int]:
+        """1-based ticks (a tick = 1/per_day of a day) at which decide() looks."""
+        return [j for j in range(1, self.looks * self.per_day + 1)
+                if (d := -(-j // self.per_day)) % self.every == 0 or d == self.looks]
 
 
 # ------------------------------------------------------------------------------ daily sums --------
@@ -115,8 +132,9 @@ def _policy(cell: Cell) -> DecisionPolicy:
     guard = (Guardrail("guard", margin=0.10, relative=True, higher_is_better=False, cuped=True),) \
         if cell.guardrails else ()
     return DecisionPolicy(Metric("y", higher_is_better=True, relative=cell.relative, cuped=cell.cuped),
-                          planned_users_per_arm=cell.users * cell.looks, min_users_per_arm=0,
-                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential)
+                          planned_users_per_arm=max(1, round(cell.plan * cell.users * cell.looks)), min_users_per_arm=0,
+                          max_days=cell.looks, alpha=cell.alpha, guardrails=guard, sequential=cell.sequential,
+                          horizon=cell.horizon)
 
 
 def _cumulate(daily: np.ndarray) -> np.ndarray:
@@ -132,28 +150,30 @@ def simulate(cell: Cell, sims: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     kind = RatioStats if cell.metric == "ratio" else SufficientStats
     days = []
-    for _ in range(cell.looks):
-        arms = [daily_sums(rng, cell.metric, sims, cell.users, cell.base, e) for e in (0.0, cell.effect)]
-        guard = [daily_sums(rng, "rate", sims, cell.users, 0.05, 0.0) for _ in (0, 1)] if cell.guardrails else None
+    users = cell.users // cell.per_day           # per tick
+    for _ in range(cell.looks * cell.per_day):
+        arms = [daily_sums(rng, cell.metric, sims, users, cell.base, e) for e in (0.0, cell.effect)]
+        guard = [daily_sums(rng, "rate", sims, users, 0.05, 0.0) for _ in (0, 1)] if cell.guardrails else None
         days.append((arms, guard))
-    cum = _cumulate(np.stack([np.stack(a) for a, _ in days]))                  # (looks, 2, 8, sims)
+    cum = _cumulate(np.stack([np.stack(a) for a, _ in days]))                  # (ticks, 2, 8, sims)
     gcum = _cumulate(np.stack([np.stack(g) for _, g in days])) if cell.guardrails else None
     policy = _policy(cell)
+    ticks = cell.look_ticks()
     outcome = np.zeros(sims, dtype="<U12")
-    stop = np.full(sims, cell.looks)
+    stop = np.full(sims, float(cell.looks))
     for i in range(sims):
         state = None
         outcome[i] = "inconclusive"
-        for look in range(cell.looks):
-            stats = {arm: {"y": kind(*cum[look, k, :, i])} for k, arm in enumerate(("c", "t"))}
+        for tick in ticks:
+            stats = {arm: {"y": kind(*cum[tick - 1, k, :, i])} for k, arm in enumerate(("c", "t"))}
             if gcum is not None:
                 for k, arm in enumerate(("c", "t")):
-                    stats[arm]["guard"] = SufficientStats(*gcum[look, k, :, i])
+                    stats[arm]["guard"] = SufficientStats(*gcum[tick - 1, k, :, i])
             d = decide(policy, control="c", weights={"c": 0.5, "t": 0.5}, stats=stats,
-                       elapsed_days=look + 1, state=state)
+                       elapsed_days=tick / cell.per_day, state=state)
             state = d.state
-            if d.outcome in ("promote", "rollback"):
-                outcome[i], stop[i] = d.outcome, look + 1
+            if d.outcome != "continue":   # promote, rollback, or the group design's end (inconclusive)
+                outcome[i], stop[i] = d.outcome, tick / cell.per_day
                 break
     promote, rollback = float(np.mean(outcome == "promote")), float(np.mean(outcome == "rollback"))
     return {**asdict(cell), "sims": sims, "promote": promote, "rollback": rollback,
@@ -184,14 +204,24 @@ def fast_grid() -> list[Cell]:
         Cell("ratio", 0.01, 50, 7, relative=False, guardrails=True),
         Cell("mean", 1.0, 200, 14, relative=True, cuped=True, effect=-0.04),
         Cell("rate", 0.1, 500, 14, relative=True, cuped=True, effect=+0.2),
-        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="group"),
-        Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="group"),
+        Cell("mean", 1.0, 200, 14, relative=True, cuped=True, sequential="msprt"),
+        Cell("rate", 0.01, 50, 14, relative=True, cuped=True, guardrails=True, sequential="msprt"),
+        *off_plan_cells()[:2],
     ]
+
+
+def off_plan_cells(metric: MetricType = "mean", base: float = 1.0, users: int = 240) -> list[Cell]:
+    """The group design when the looks are not the planned ones: a users horizon reached at half time
+    (its final look comes early), traffic at half of it (the last day spends what is left), three
+    looks a day (extra looks), a look every third day (missed looks)."""
+    return [Cell(metric, base, users, 14, plan=0.5, horizon="users"), Cell(metric, base, users, 14, plan=2.0, horizon="users"),
+            Cell(metric, base, users, 14, per_day=3), Cell(metric, base, users, 14, every=3)]
 
 
 def slow_grid() -> list[Cell]:
     """The full grid: metric × base × users × looks, with scale, CUPED and guardrails cycled over the
-    cells (a balanced fraction of the factorial), plus harmful and beneficial A/B cells."""
+    cells (a balanced fraction of the factorial), plus harmful and beneficial A/B cells, all with the
+    default group-sequential design; then the mSPRT on five cells and the group design off its plan."""
     cells = []
     bases = {"mean": (1.0,), "rate": (0.001, 0.01, 0.1, 0.5), "ratio": (0.01, 0.1)}
     i = 0
@@ -207,19 +237,43 @@ def slow_grid() -> list[Cell]:
             cells.append(Cell(metric, base, 500, 14, relative=True, cuped=True, guardrails=True, effect=effect))
     for metric, base, users, looks in (("mean", 1.0, 20, 28), ("mean", 1.0, 5000, 7), ("rate", 0.01, 500, 28),
                                        ("rate", 0.001, 5000, 14), ("ratio", 0.1, 500, 14)):
-        cells.append(Cell(metric, base, users, looks, relative=True, cuped=True, sequential="group"))
-    return cells
+        cells.append(Cell(metric, base, users, looks, relative=True, cuped=True, sequential="msprt"))
+    return cells + off_plan_cells() + off_plan_cells("rate", 0.01, 600)
 
 
-def run_grid(cells: list[Cell], sims: int, seed: int = 0) -> list[dict]:
-    """``simulate`` every cell (seeded by position) and add the false rates and their bound."""
+def run_grid(cells: list[Cell], sims: int, seed: int = 0, offset: int = 0, on_row=None) -> list[dict]:
+    """``simulate`` every cell (seeded by its position in the grid, ``offset`` + index, so a grid run in
+    slices gives the same rows) and add the false rates and their bound; ``on_row(rows)`` after each."""
     rows = []
     for k, cell in enumerate(cells):
-        r = simulate(cell, sims, seed=seed + k)
+        r = simulate(cell, sims, seed=seed + offset + k)
         fp, fr = false_rates(r)
         rows.append({**r, "false_promote": fp, "false_rollback": fr,
                      "bound": cell.alpha + 2 * r["se"], "ok": fp <= cell.alpha + 2 * r["se"] >= fr})
+        if on_row:
+            on_row(rows)
     return rows
+
+
+def reduced_grid() -> list[Cell]:
+    """A third of the slow grid for a busy machine: a third of the factorial cells (each metric, base
+    rate, users, looks, scale, CUPED and guardrail level still appears), one harmful and one
+    beneficial A/B cell, and the group design off its plan on a continuous metric."""
+    slow = slow_grid()
+    factorial = [c for c in slow if c.effect == 0 and c.sequential == "group" and
+                 (c.plan, c.per_day, c.every) == (1.0, 1, 1)]
+    ab = [c for c in slow if c.effect != 0 and c.metric == "rate"]
+    # a Latin square per metric and base rate: each users level meets each looks level once
+    third = [c for i, c in enumerate(factorial) if (i % 3 + i // 3 % 3 + i // 9) % 3 == 0]
+    return third + ab + off_plan_cells()
+
+
+def _test_label(r: dict) -> str:
+    off = [f"ends at plan ×{r['plan']:g} users" if r.get("horizon") == "users" else
+           f"plan ×{r['plan']:g}" if r.get("plan", 1.0) != 1.0 else "",
+           f"{r['per_day']} looks/day" if r.get("per_day", 1) != 1 else "",
+           f"a look every {r['every']} days" if r.get("every", 1) != 1 else ""]
+    return ", ".join([r.get("sequential", "msprt"), *[o for o in off if o]])
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -232,7 +286,7 @@ def markdown_table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['metric']} | {base} | {r['users']} | {r['looks']} | {'relative' if r['relative'] else 'absolute'} "
             f"| {'on' if r['cuped'] and r['metric'] != 'ratio' else 'off'} | {'on' if r['guardrails'] else 'off'} "
-            f"| {r.get('sequential', 'msprt')} | {r['effect']:+g} "
+            f"| {_test_label(r)} | {r['effect']:+g} "
             f"| {r['false_promote']:.1%} | {r['false_rollback']:.1%} | {r['bound']:.1%} | {'yes' if r['ok'] else '**no**'} |")
     return "\n".join(lines)
 
@@ -247,22 +301,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sims", type=int, default=500)
     ap.add_argument("--seed", type=int, default=2000)
     ap.add_argument("--out", default="-")
-    ap.add_argument("--grid", choices=("slow", "fast"), default="slow")
+    ap.add_argument("--grid", choices=("slow", "reduced", "fast"), default="slow")
+    ap.add_argument("--cells", default=":", help="START:STOP, a slice of the grid (for runs split across processes)")
     a = ap.parse_args(argv)
     if a.sims < 10:
         ap.error("--sims must be at least 10")
+    try:
+        start, stop = (int(x) if x else None for x in a.cells.split(":"))
+    except ValueError:
+        ap.error(f"--cells must be START:STOP, got {a.cells!r}")
     t0 = time.perf_counter()
-    rows = run_grid(slow_grid() if a.grid == "slow" else fast_grid(), a.sims, a.seed)
-    doc = {"command": f"python -m cambrian.stats.calibration --grid {a.grid} --sims {a.sims} --seed {a.seed}",
-           "sims_per_cell": a.sims,
-           "cells": len(rows), "all_ok": all(r["ok"] for r in rows), "seconds": time.perf_counter() - t0,
-           "rows": rows}
-    text = json.dumps(doc, indent=1)
+    grid = {"slow": slow_grid, "reduced": reduced_grid, "fast": fast_grid}[a.grid]()
+    part = grid[start:stop]
+
+    def document(rows: list[dict]) -> dict:
+        return {"command": f"python -m cambrian.stats.calibration --grid {a.grid} --sims {a.sims} --seed {a.seed}"
+                           + (f" --cells {a.cells}" if a.cells != ":" else ""),
+                "sims_per_cell": a.sims, "cells": len(rows), "cells_planned": len(part),
+                "all_ok": all(r["ok"] for r in rows), "seconds": time.perf_counter() - t0, "rows": rows}
+
+    def write(rows: list[dict]) -> None:   # after every cell: a run cut short keeps what it measured
+        if a.out != "-":
+            with open(a.out, "w") as f:
+                f.write(json.dumps(document(rows), indent=1) + "\n")
+
+    rows = run_grid(part, a.sims, a.seed, offset=range(len(grid))[start:stop].start, on_row=write)
+    doc = document(rows)
     if a.out == "-":
-        print(text)
-    else:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        print(json.dumps(doc, indent=1))
     return 0 if doc["all_ok"] else 1
 
 

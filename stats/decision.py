@@ -8,10 +8,14 @@ Branches, in the order they are checked (each is a separate test in tests/statis
  3. Missing data (a metric or a hard-limit value absent for an arm) -> continue; never promote.
  4. Insufficient data (n < 2, zero variance) for the north star -> continue for that arm.
  5. A guardrail that fails non-inferiority on its confidence sequence -> rollback of that arm.
- 6. North star significantly worse (always-valid p after the multiple-arm correction) -> rollback.
+ 6. North star significantly worse -> rollback. Significance: by default (``sequential="group"``) |z|
+    reaches the group-sequential boundary of this look (α-spending over the planned horizon, α split
+    across arms); with ``sequential="msprt"`` the always-valid p after the multiple-arm correction.
  7. North star significantly better AND min sample reached in both arms AND every guardrail passes
     -> the arm may be promoted; with several, the largest effect wins.
- 8. Otherwise, at or past max duration -> inconclusive (first-class, never promotes); before -> continue.
+ 8. Group design only: its final look (planned users or max duration) without a crossing, or too
+    little chance left of winning by the planned users (futility) -> inconclusive for that arm.
+ 9. Otherwise, at or past max duration -> inconclusive (first-class, never promotes); before -> continue.
 The rule is pure: the caller stores ``Decision.state`` (running always-valid p-values) in the CR status
 and passes it back at the next look.
 """
@@ -63,10 +67,15 @@ class DecisionPolicy:
     hard_limits: tuple[HardLimit, ...] = ()
     secondary: tuple[Metric, ...] = ()
     srm_threshold: float = SRM_THRESHOLD
-    # "msprt": always valid at any look (the default); "group": Lan-DeMets α-spending at looks up to
-    # planned_users_per_arm, fewer users on average when the horizon is planned (bench/decision.py).
-    sequential: Literal["msprt", "group"] = "msprt"
+    # "group" (the default): Lan-DeMets α-spending over the design's horizon (see `horizon`), fewer
+    # users on average (bench/decision.py); "msprt": the always-valid mixture SPRT, valid at any look
+    # with no horizon, at the price of more users.
+    sequential: Literal["group", "msprt"] = "group"
     spending: Literal["obrien-fleming", "pocock"] = "obrien-fleming"
+    # group only: where the design ends. "days": at max_days (planned_users_per_arm is the users
+    # expected by then: it sizes futility's planned effect and tunes the confidence sequence);
+    # "users": at planned_users_per_arm or max_days, whichever comes first.
+    horizon: Literal["days", "users"] = "days"
     # group only: stop an arm as inconclusive (no launch, traffic back to control) once its chance of
     # winning by the planned users, were the planned effect true, is below this; None disables.
     futility: float | None = 0.1
@@ -89,6 +98,8 @@ class DecisionPolicy:
             raise ValueError(f"DecisionPolicy.max_days must be > 0, got {self.max_days!r}")
         if self.sequential not in ("msprt", "group"):
             raise ValueError(f"DecisionPolicy.sequential must be msprt or group, got {self.sequential!r}")
+        if self.horizon not in ("days", "users"):
+            raise ValueError(f"DecisionPolicy.horizon must be days or users, got {self.horizon!r}")
         if self.spending not in ("obrien-fleming", "pocock"):
             raise ValueError(f"DecisionPolicy.spending must be obrien-fleming or pocock, got {self.spending!r}")
         if self.futility is not None and not (0 < self.futility < 1):
@@ -251,6 +262,37 @@ def _guardrail_on_scale(g: Guardrail, effect: Effect) -> Guardrail:
     return g
 
 
+def _method(policy: DecisionPolicy, prev) -> str:
+    """The sequential test of one running test: the policy's, except that a test already started
+    under the other method keeps it (switching mid-experiment would spend α twice)."""
+    if prev is None or prev.looks == 0:
+        return policy.sequential
+    return "group" if prev.fractions else "msprt"
+
+
+def _group_clock(policy: DecisionPolicy, eff: Effect, elapsed_days: float) -> tuple[float, float]:
+    """(information, spending time) of a group-sequential look.
+
+    Information is counted in users per arm as 2·n_C·n_T/(n_C + n_T), which is what the variance of a
+    difference scales with when the arms are unequal (a ramp at 5% carries far less than its mean).
+    The spending time is the share of the horizon reached: of max_days, or with horizon="users" of
+    planned_users_per_arm or max_days, whichever is further. Either clock is fixed before the data,
+    so any look schedule keeps α; the look at max_days is final (spends what is left) even when
+    traffic fell short of the plan."""
+    n_c, n_t = eff.n_control, eff.n_treatment
+    info = 2 * n_c * n_t / (n_c + n_t)
+    frac = elapsed_days / policy.max_days
+    if policy.horizon == "users":
+        frac = max(frac, info / policy.planned_users_per_arm)
+    return info, min(1.0, frac)
+
+
+def _horizon(policy: DecisionPolicy) -> str:
+    if policy.horizon == "users":
+        return f"{policy.planned_users_per_arm} users per arm or {policy.max_days:g} days, whichever came first"
+    return f"{policy.max_days:g} days"
+
+
 def _finish(arms: dict[str, ArmDecision], treatments: list[str], state: DecisionState, srm: SRMResult | None,
             elapsed_days: float, policy: DecisionPolicy, secondary=()) -> Decision:
     """Overall outcome from the per-arm outcomes."""
@@ -337,6 +379,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
 
     tests = dict(state.tests)
     effects: dict[str, Effect] = {}
+    method: dict[str, str] = {}
     for a in treatments:
         if a in arms:
             continue
@@ -350,14 +393,14 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
         ci, rho = _interval(eff, policy.alpha, policy.planned_users_per_arm)
         key = _test_key(a, ns, eff)
         prev = tests.get(key)
+        method[a] = _method(policy, prev)
         # τ: the policy's (on the metric's own scale), else matched to the plan (τ² = 1/ρ) once, at
         # the first look, then kept.
-        if policy.sequential == "group":
+        if method[a] == "group":
             # Bonferroni across treatment arms: each arm's boundaries spend α / arms.
-            n_now = (eff.n_control + eff.n_treatment) / 2
-            tests[key] = update_group(prev, eff.test_estimate, eff.test_variance,
-                                      n_now / policy.planned_users_per_arm, policy.alpha / len(treatments),
-                                      policy.spending)
+            info, frac = _group_clock(policy, eff, elapsed_days)
+            tests[key] = update_group(prev, eff.test_estimate, eff.test_variance, frac,
+                                      policy.alpha / len(treatments), policy.spending, information=info)
         else:
             own_tau = policy.tau if eff.relative == ns.relative else None
             tau = own_tau or (prev.tau if prev and prev.tau else 1 / math.sqrt(rho))
@@ -395,14 +438,16 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             arms[a] = ArmDecision(outcome="rollback", reason="; ".join(r.reason for r in failed), **base)
             continue
         st = tests[_test_key(a, ns, eff)]
-        sig = st.crossed if policy.sequential == "group" else p_adj < policy.alpha
+        group = method[a] == "group"
+        sig = st.crossed if group else p_adj < policy.alpha
         # Directions follow the sign of μ_T − μ_C (the test scale has the same sign by construction).
         now_dir = good * eff.direction
         seen_dir = good * st.sign
         desc = (f"{ns.name} effect {eff.estimate:+.4g} ({'relative' if eff.relative else 'absolute'}), "
                 + (f"group-sequential ({policy.spending} spending) z={eff.test_estimate / math.sqrt(eff.test_variance):+.3g} "
-                   f"at information fraction {st.fractions[-1]:.2f}, boundary {'crossed' if st.crossed else 'not crossed'}"
-                   if policy.sequential == "group" else
+                   f"at information fraction {st.fractions[-1]:.2f}, boundary |z| ≥ {st.bounds[-1]:.3g} "
+                   f"{'crossed' if st.crossed else 'not crossed'}"
+                   if group else
                    f"always-valid p={d.p_value:.3g}, {policy.correction}-adjusted p={p_adj:.3g}")
                 + (f"; {eff.note}" if eff.note else ""))
         # 6. Significantly worse north star.
@@ -422,16 +467,23 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                 continue
         elif sig:
             why = f"significant at an earlier look but the direction has changed: {desc}"
+        elif group and st.complete:
+            # the design's final look is taken: all of α is spent, a later look could not decide
+            arms[a] = ArmDecision(outcome="inconclusive", reason=(
+                f"final analysis of the group-sequential design ({_horizon(policy)}) without a significant "
+                f"effect: {desc}"), **base)
+            continue
         else:
             why = f"not significant yet: {desc}"
-            if policy.sequential == "group" and policy.futility is not None:
+            if group and policy.futility is not None and st.fractions[-1] > 0:
                 z = good * eff.test_estimate / math.sqrt(eff.test_variance)
                 fut, cp = futile(z, st.fractions, policy.alpha / len(treatments), policy.spending, policy.power,
-                                 policy.futility)
+                                 policy.futility, information=st.information, bounds=st.bounds,
+                                 planned_share=st.information[-1] / (st.fractions[-1] * policy.planned_users_per_arm))
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
-                        f"futility: {cp:.1%} chance to win by the planned {policy.planned_users_per_arm} users per "
-                        f"arm even with the planned effect (< {policy.futility:.0%}): {desc}"), **base)
+                        f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even with "
+                        f"the planned effect (< {policy.futility:.0%}): {desc}"), **base)
                     continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).
         arms[a] = ArmDecision(outcome="inconclusive" if elapsed_days >= policy.max_days else "continue",

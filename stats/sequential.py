@@ -81,25 +81,38 @@ class SequentialState:
     last_estimate: float | None = None
     last_variance: float | None = None
     tau: float | None = None    # the mixing sd, fixed at the first look (the mixture must not drift)
-    fractions: tuple[float, ...] = ()   # group-sequential: information fraction of each look so far
+    fractions: tuple[float, ...] = ()   # group-sequential: spending time (share of the plan) of each look
     crossed: bool = False               # group-sequential: a boundary was crossed (in direction `sign`)
+    information: tuple[float, ...] = ()  # group-sequential: information (users per arm) of each look
+    bounds: tuple[float, ...] = ()       # group-sequential: the |z| boundary each look used
+
+    @property
+    def complete(self) -> bool:
+        """A group-sequential design whose final look (spending time 1) has been taken."""
+        return bool(self.fractions) and self.fractions[-1] >= 1.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["bounds"] = [c if math.isfinite(c) else None for c in self.bounds]   # JSON has no infinity
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "SequentialState":
         if not d:
             return cls()
-        known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau", "fractions", "crossed"}
+        known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau", "fractions", "crossed",
+                 "information", "bounds"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"SequentialState: unknown field(s) {sorted(unknown)}")
         d = dict(d)
-        try:
-            d["fractions"] = tuple(float(t) for t in d.get("fractions") or ())
-        except (TypeError, ValueError):
-            raise ValueError(f"SequentialState.fractions must be a list of numbers, got {d.get('fractions')!r}") from None
+        for key in ("fractions", "information", "bounds"):
+            try:   # a boundary of ∞ (nothing spent at that look) is stored as null: JSON has no infinity
+                d[key] = tuple(math.inf if t is None else float(t) for t in d.get(key) or ())
+            except (TypeError, ValueError):
+                raise ValueError(f"SequentialState.{key} must be a list of numbers, got {d.get(key)!r}") from None
+        if len(d["information"]) != len(d["bounds"]) or (d["information"] and len(d["fractions"]) != len(d["bounds"])):
+            raise ValueError("SequentialState: fractions, information and bounds need one entry per look")
         s = cls(**d)
         if not (0.0 <= float(s.p_value) <= 1.0):
             raise ValueError(f"SequentialState.p_value must be in [0, 1], got {s.p_value!r}")
@@ -124,28 +137,38 @@ def update(state: SequentialState | None, estimate: float, variance: float, tau:
 
 
 def update_group(state: SequentialState | None, estimate: float, variance: float, fraction: float,
-                 alpha: float, spending: str = "obrien-fleming") -> SequentialState:
-    """Fold one look into a group-sequential test: the look counts at information fraction
-    ``fraction`` (users so far / planned, capped at 1) when that has grown since the last look, and
-    the test is significant once |z| reaches the α-spending boundary. ``p_value`` is the nominal
+                 alpha: float, spending: str = "obrien-fleming", information: float | None = None) -> SequentialState:
+    """Fold one look into a group-sequential test.
+
+    ``information``: the look's information in users per arm (default: ``fraction``); ``fraction``:
+    its spending time in (0, 1] (the share of the planned horizon reached; 1 at the final look).
+    The look gets the boundary that spends α(fraction) − α(previous fraction) given the boundaries
+    the earlier looks actually used (stored in the state), so extra, missed or off-plan looks keep
+    the false-decision rate at α. A look without new information is not a new test (the state is
+    carried); after the final look (fraction 1) nothing is left to spend. ``p_value`` is the nominal
     two-sided p at the crossing look (1 before), for reading; significance is ``crossed``."""
-    from .groupsequential import boundaries
+    from .groupsequential import boundaries, next_boundary, spent
 
     state = state or SequentialState()
     if not (variance > 0 and math.isfinite(variance) and math.isfinite(estimate)):
         raise ValueError(f"need a finite estimate and a positive variance, got {estimate!r}, {variance!r}")
     fraction = min(1.0, float(fraction))
-    if not fraction > 0:
-        raise ValueError(f"information fraction must be > 0, got {fraction!r}")
-    fr = state.fractions
-    if not fr or round(fraction, 6) > round(fr[-1], 6):
-        fr = (*fr, round(fraction, 6))
-    if state.crossed:
-        return SequentialState(state.looks + 1, state.p_value, state.sign, float(estimate), float(variance),
-                               None, fr, True)
-    c = boundaries(fr, alpha, spending)[-1]
+    info = float(fraction if information is None else information)
+    if not (fraction >= 0 and info > 0 and math.isfinite(info)):   # fraction 0 (a look at time 0): nothing to spend
+        raise ValueError(f"need an information fraction >= 0 and information > 0, got {fraction!r}, {information!r}")
+    fr, infos, bds = state.fractions, state.information, state.bounds
+    if fr and not infos:   # a state written before looks kept their information: fractions were both
+        infos, bds = fr, tuple(boundaries(fr, alpha, spending))
+    carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
+                   fractions=fr, information=infos, bounds=bds)
+    if state.crossed or (infos and (round(info, 9) <= round(infos[-1], 9) or fr[-1] >= 1.0)):
+        # decided already, no new users since the last look, or the design is complete
+        return SequentialState(p_value=state.p_value, sign=state.sign, crossed=state.crossed, **carried)
+    fraction = max(fraction, fr[-1] if fr else 0.0)
+    c = next_boundary((*infos, info), bds, spent(fraction, alpha, spending) - spent(fr[-1] if fr else 0.0, alpha, spending))
+    carried.update(fractions=(*fr, round(fraction, 9)), information=(*infos, round(info, 9)), bounds=(*bds, c))
     z = estimate / math.sqrt(variance)
     if abs(z) >= c:
-        p = float(math.erfc(abs(z) / math.sqrt(2)))
-        return SequentialState(state.looks + 1, p, int(np.sign(z)), float(estimate), float(variance), None, fr, True)
-    return SequentialState(state.looks + 1, 1.0, 0, float(estimate), float(variance), None, fr, False)
+        return SequentialState(p_value=float(math.erfc(abs(z) / math.sqrt(2))), sign=int(np.sign(z)), crossed=True,
+                               **carried)
+    return SequentialState(p_value=1.0, sign=0, crossed=False, **carried)

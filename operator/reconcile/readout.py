@@ -37,6 +37,9 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
                                matures_day=math.ceil(duration_seconds(m.window) / 86400))
                         for m in spec.metrics.north_star[1:]),
         srm_threshold=st.srm_alpha,
+        sequential=st.sequential,
+        # a planned sample is a horizon of the group design; without one the design ends at maxDuration
+        horizon="users" if st.planned_sample_per_arm else "days",
     )
 
 

@@ -3,6 +3,7 @@ driven with an in-memory platform (the real API server tests belong to the clust
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -334,3 +335,32 @@ def test_cli_prints_the_crds():
 
     out = CliRunner().invoke(app, ["crds"])
     assert out.exit_code == 0 and out.output.count("kind: CustomResourceDefinition") == 3
+
+
+def test_rollout_crd_chooses_the_sequential_test(admission, examples):
+    """spec.statistics.sequential: the API server defaults it to the group-sequential design, msprt
+    is accepted, anything else is refused by the CRD schema and by the model; the reconcile core's
+    policy runs what the Rollout says."""
+    obj = examples("rollout")
+    errors, defaulted = admission("Rollout", obj)
+    assert errors == [] and defaulted["spec"]["statistics"]["sequential"] == "group"
+    assert RD.policy_for(api.parse_resource(defaulted).spec).sequential == "group"
+    assert RD.policy_for(rollout_spec()).sequential == "group"
+    mixture = copy.deepcopy(obj)
+    mixture["spec"].setdefault("statistics", {})["sequential"] = "msprt"
+    assert admission("Rollout", mixture)[0] == []
+    assert RD.policy_for(api.parse_resource(mixture).spec).sequential == "msprt"
+    bad = copy.deepcopy(obj)
+    bad["spec"].setdefault("statistics", {})["sequential"] = "bayes"
+    assert any("sequential" in e for e in admission("Rollout", bad)[0])
+    with pytest.raises(Exception, match="sequential"):
+        rollout_spec(sequential="bayes")
+
+
+def test_group_design_runs_to_its_final_look_through_the_readout():
+    """Looks past the planned users do not test again: the first look at the plan without a
+    crossing ends the rollout inconclusive (the old default kept testing, spending α again)."""
+    spec = rollout_spec(plannedSamplePerArm=2000)
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    a = RD.analyse(spec, st, sums(0.0, n=4000, seed=3), T0 + timedelta(days=2), exposures={"control": 4000, "t": 4000})
+    assert a.outcome == "inconclusive" and "final analysis" in a.reason

@@ -1,8 +1,9 @@
 """A/A and A/B calibration through decide() itself (stats/calibration.py): in every cell, false
 promotions and false rollbacks are each at most α plus two simulation standard errors.
 
-The default grid (12 cells × 200 experiments) covers every metric type, scale, CUPED and guardrail
-setting; the slow grid (74 cells × 500 experiments) is the one whose results the README tables."""
+The default grid (14 cells × 200 experiments) covers every metric type, scale, CUPED and guardrail
+setting with the default group-sequential design (two cells off its plan) and two mSPRT cells; the
+slow grid (82 cells) is the one whose results the README tables."""
 
 import pytest
 
@@ -19,9 +20,13 @@ def _check(rows):
 def test_fast_grid_is_calibrated():
     rows = run_grid(fast_grid(), sims=200, seed=1000)
     _check(rows)
-    # the grid is not vacuous: the A/B cells mostly reach the right decision
+    # the grid is not vacuous: a beneficial arm is mostly promoted; a harmful one is never promoted
+    # and stopped early (the default group design cuts it for futility: inconclusive, traffic back)
     assert max(r["promote"] for r in rows if r["effect"] > 0) > 0.5
-    assert max(r["rollback"] for r in rows if r["effect"] < 0) > 0.5
+    harmful = [r for r in rows if r["effect"] < 0]
+    assert harmful and all(r["promote"] == 0 and r["mean_stop_day"] < r["looks"] / 2 for r in harmful)
+    # every cell of the grid runs the default design unless it names another
+    assert {r["sequential"] for r in rows} == {"group", "msprt"}
 
 
 @pytest.mark.parametrize("metric", ["mean", "rate", "ratio"])
@@ -34,6 +39,21 @@ def test_every_metric_type_reaches_decisions(metric, sequential):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(7200)   # ~35 min on one core
+@pytest.mark.timeout(14400)   # 82 cells × 500 experiments: ≈ 40 min of one core (× 200 took 918 s)
 def test_slow_grid_is_calibrated():
-    _check(run_grid(slow_grid(), sims=500, seed=2000))
+    """Every cell of the README's grid, with the default group-sequential design (mSPRT on five cells)."""
+    cells = slow_grid()
+    assert sum(c.sequential == "group" for c in cells) >= len(cells) - 5
+    _check(run_grid(cells, sims=500, seed=2000))
+
+
+def test_reduced_grid_keeps_every_level_of_the_slow_grid():
+    """The grid a busy machine runs (README table) still meets every level the README claims."""
+    from cambrian.stats.calibration import reduced_grid
+    slow, reduced = slow_grid(), reduced_grid()
+    assert len(reduced) < len(slow) / 2 and all(c.sequential == "group" for c in reduced)
+    for f in ("metric", "base", "users", "looks", "relative", "cuped", "guardrails"):
+        want = {getattr(c, f) for c in slow if c.sequential == "group" and c.effect == 0
+                and (c.plan, c.per_day, c.every) == (1.0, 1, 1)}
+        assert want <= {getattr(c, f) for c in reduced}, f
+    assert {c.effect > 0 for c in reduced if c.effect} == {True, False}

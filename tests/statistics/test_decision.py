@@ -17,6 +17,11 @@ def policy(**kw):
     return DecisionPolicy(**{**base, **kw})
 
 
+def msprt(**kw):
+    """The always-valid mixture SPRT (the tests of its carried p-values and τ)."""
+    return policy(sequential="msprt", **kw)
+
+
 @pytest.fixture(scope="module")
 def arms(make_arm):
     return {
@@ -144,15 +149,17 @@ def test_min_sample_not_reached_continues(arms):
     assert d.outcome == "continue" and "min sample not reached" in d.reason
 
 
-def test_not_significant_continue_then_inconclusive(arms):
-    d = run(policy(), arms, treat=("flat",))
+@pytest.mark.parametrize("sequential", ["group", "msprt"])
+def test_not_significant_continue_then_inconclusive(arms, sequential):
+    pol = policy(sequential=sequential, planned_users_per_arm=4 * N)   # a quarter of the plan so far
+    d = run(pol, arms, treat=("flat",))
     assert d.outcome == "continue" and "not significant yet" in d.reason
-    d = run(policy(), arms, treat=("flat",), days=14)
+    d = run(pol, arms, treat=("flat",), days=14)
     assert d.outcome == "inconclusive" and d.arms["flat"].outcome == "inconclusive"
 
 
 def test_partial_rollback_keeps_experiment_running(arms):
-    d = run(policy(), arms, treat=("bad", "flat"))
+    d = run(policy(planned_users_per_arm=4 * N), arms, treat=("bad", "flat"))
     assert d.outcome == "continue"
     assert d.arms["bad"].outcome == "rollback" and d.arms["flat"].outcome == "continue"
 
@@ -179,12 +186,12 @@ def test_multiple_arm_correction_on_carried_p_values(arms, correction, p1, p2, p
     c, t = _nudged(arms)
     stats = {"c": {"watch": c}, "t1": {"watch": t}, "t2": {"watch": t}}
     state = {"t1/watch": {"looks": 3, "p_value": p1, "sign": 1}, "t2/watch": {"looks": 3, "p_value": p2, "sign": 1}}
-    d = decide(policy(correction=correction, min_users_per_arm=10), control="c", weights={"c": 1, "t1": 1, "t2": 1},
+    d = decide(msprt(correction=correction, min_users_per_arm=10), control="c", weights={"c": 1, "t1": 1, "t2": 1},
                stats=stats, elapsed_days=5, state=state)
     assert d.arms["t1"].p_value == p1   # the running minimum is carried
     assert (d.outcome == "promote") is promoted
     # the same p-value with a single treatment arm needs no correction
-    single = decide(policy(correction=correction, min_users_per_arm=10), control="c", weights=W,
+    single = decide(msprt(correction=correction, min_users_per_arm=10), control="c", weights=W,
                     stats={"c": {"watch": c}, "t": {"watch": t}}, elapsed_days=5,
                     state={"t/watch": {"looks": 3, "p_value": 0.03, "sign": 1}})
     assert single.outcome == "promote"
@@ -203,7 +210,7 @@ def test_state_roundtrip_and_monotone_p_across_looks(make_arm):
     for day in range(8):
         c_all = c_all.merge(make_arm(1000, seed=100 + day))
         t_all = t_all.merge(make_arm(1000, 0.02, seed=200 + day))
-        d = decide(policy(), control="c", weights=W, stats={"c": {"watch": c_all}, "t": {"watch": t_all}},
+        d = decide(msprt(), control="c", weights=W, stats={"c": {"watch": c_all}, "t": {"watch": t_all}},
                    elapsed_days=day + 1, state=state)
         state = json.loads(json.dumps(d.to_dict(), allow_nan=False))["state"]
         ps.append(d.arms["t"].p_value)
@@ -263,13 +270,13 @@ def test_policy_from_dict():
 
 def test_tau_is_fixed_at_the_first_look(make_arm):
     c, t = make_arm(3000, seed=31), make_arm(3000, 0.01, seed=32)
-    d1 = decide(policy(), control="c", weights=W, stats={"c": {"watch": c}, "t": {"watch": t}}, elapsed_days=1)
+    d1 = decide(msprt(), control="c", weights=W, stats={"c": {"watch": c}, "t": {"watch": t}}, elapsed_days=1)
     tau1 = d1.state.tests["t/watch"].tau
     c2, t2 = c.merge(make_arm(9000, sd=3, seed=33)), t.merge(make_arm(9000, sd=3, seed=34))
-    d2 = decide(policy(), control="c", weights=W, stats={"c": {"watch": c2}, "t": {"watch": t2}}, elapsed_days=2,
+    d2 = decide(msprt(), control="c", weights=W, stats={"c": {"watch": c2}, "t": {"watch": t2}}, elapsed_days=2,
                 state=d1.state.to_dict())
     assert d2.state.tests["t/watch"].tau == tau1 > 0
-    assert decide(policy(tau=0.004), control="c", weights=W, stats={"c": {"watch": c}, "t": {"watch": t}},
+    assert decide(msprt(tau=0.004), control="c", weights=W, stats={"c": {"watch": c}, "t": {"watch": t}},
                   elapsed_days=1).state.tests["t/watch"].tau == 0.004
 
 

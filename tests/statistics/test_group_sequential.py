@@ -83,3 +83,72 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
         assert isinstance(st["fractions"], tuple | list) and st["looks"] == day
     with pytest.raises(ValueError, match="sequential"):
         DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, sequential="bayes")
+
+
+def test_group_sequential_is_the_default_policy():
+    """The benchmark's winner is what decide() runs unless told otherwise (issue 14)."""
+    from cambrian.online.rollout import RolloutSpec
+
+    pol = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=1000, min_users_per_arm=0, max_days=14)
+    assert pol.sequential == "group"
+    rng = np.random.default_rng(1)
+    d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": _sums(rng, 200, 0.0)},
+                                                                  "t": {"y": _sums(rng, 200, 0.0)}}, elapsed_days=1)
+    st = d.state.tests["t/y"]
+    assert st.fractions and st.information == (200.0,) and st.tau is None and "group-sequential" in d.reason
+    local = RolloutSpec(name="r", world="w", control="c", treatments={"t": "b"})
+    assert local.policy().sequential == "group"
+    assert RolloutSpec(name="r", world="w", control="c", treatments={"t": "b"}, sequential="msprt").policy().sequential == "msprt"
+
+
+def _look(pol, state, z, n, day):
+    """One look at z with n users per arm (variance 1/n on a unit-variance metric)."""
+    from cambrian.stats.sequential import update_group
+
+    return update_group(state, z / math.sqrt(n), 1 / n, max(n / pol[0], day / pol[1]), 0.05, information=n)
+
+
+def test_looks_past_the_plan_spend_nothing_and_the_last_day_spends_the_rest():
+    plan = (1000, 10)   # planned users per arm, max days
+    s = None
+    for n, day in ((250, 1), (500, 2), (1000, 3)):           # the plan is reached on day 3
+        s = _look(plan, s, 0.5, n, day)
+    assert s.complete and not s.crossed
+    # the old code tested every later look again at the final boundary (≈ 1.98): α spent twice
+    s2 = _look(plan, s, 5.0, 1400, 4)
+    assert not s2.crossed and s2.fractions == s.fractions and s2.looks == 4
+    # traffic at a fifth of the plan: the look at max duration is final and spends what is left,
+    # so a single look there is the fixed-horizon test (the old code's boundary at t = 0.2 was 4.88)
+    last = _look(plan, None, 2.0, 200, 10)
+    assert last.crossed and last.bounds[-1] == pytest.approx(1.959964, abs=1e-5)
+    # a look without new users is not a new test
+    s3 = _look(plan, _look(plan, None, 1.0, 250, 1), 2.9, 250, 1)
+    assert s3.information == (250.0,) and not s3.crossed
+
+
+def test_boundaries_follow_the_looks_actually_taken():
+    """Unequal looks: the boundary at each look spends exactly the spending function's increment
+    given the boundaries earlier looks used (Monte Carlo over Brownian motion)."""
+    from cambrian.stats.groupsequential import next_boundary
+
+    info = np.array([130.0, 400, 410, 900, 1500, 2600, 3000])   # users per arm at each look
+    frac = np.minimum(1.0, info / 2000)                   # the plan: 2000 users per arm
+    c = []
+    for k in range(info.size):
+        c.append(next_boundary(info[:k + 1], c, spent(frac[k], 0.05) - (spent(frac[k - 1], 0.05) if k else 0.0)))
+    assert math.isfinite(c[-2]) and math.isinf(c[-1])     # 2600 passes the plan and spends the rest; 3000: nothing left
+    rng = np.random.default_rng(4)
+    sims = 200_000
+    s = np.cumsum(rng.standard_normal((sims, info.size)) * np.sqrt(np.diff(np.r_[0, info])), axis=1)
+    hit = (np.abs(s / np.sqrt(info)) >= np.array(c)).any(1)
+    assert abs(hit.mean() - 0.05) < 3 * math.sqrt(0.05 * 0.95 / sims)
+
+
+@pytest.mark.parametrize("cell", range(4))
+def test_off_plan_looks_keep_aa_false_decisions_within_alpha(cell):
+    """Plan reached at half time, traffic at half the plan, three looks a day, a look every third
+    day: through decide(), A/A false promotions and rollbacks each stay ≤ α + 2 s.e."""
+    from cambrian.stats.calibration import off_plan_cells, run_grid
+
+    (r,) = run_grid([off_plan_cells("rate", 0.05, 300)[cell]], sims=300, seed=77 + cell)
+    assert r["ok"], r
