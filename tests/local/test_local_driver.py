@@ -101,9 +101,11 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     """Stand-in trainer; the driver dies after the first wake-up created its Hypotheses but before the
     Evolution's status (wakeups=1) was written, then a new driver on the same folder replays that step and
     finishes: the wake-up is not proposed twice and each Hypothesis trains once."""
+    from cambrian.operator.local_cli import apply_overrides
+
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
-    objs = load_manifests(SCENARIO)
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=4)
     first = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
     write_status = first.store.write_status
 
@@ -128,7 +130,7 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
         assert h["status"]["phase"] == "Scored" and h["status"]["attempts"] == 1
         assert h["status"]["offlineScore"] == pytest.approx(0.9)
     jobs = sorted(p.name for p in (root / "jobs").iterdir())
-    assert len(jobs) == 3  # baseline + two candidates, each exactly once
+    assert len(jobs) == 4  # two baseline seeds + two candidates, each exactly once
     evo = _objects(root, "evolutions")[0]["status"]
     assert evo["phase"] == "BudgetExhausted" and evo["counters"]["wakeups"] == 1
     assert evo["champion"]["bundle"].startswith("file://") and not _objects(root, "rollouts")
@@ -139,19 +141,63 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
 
 
 def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path):
-    """Two proposals and room for one more evaluation: the Evolution counts the first training run before
-    the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
+    """Two proposals and room for one more evaluation after the baseline's two seeds: the Evolution counts the
+    first training run before the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
     from cambrian.operator.local_cli import apply_overrides
 
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
     driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
-    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=2))
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=3))
     assert driver.run().reason.startswith("every Evolution is done")
     phases = sorted(h["status"]["phase"] for h in _objects(root, "hypotheses"))
     assert phases == ["Scored", "Validated"]
-    assert len(list((root / "jobs").iterdir())) == 2  # the baseline and one candidate
-    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 2
+    assert len(list((root / "jobs").iterdir())) == 3  # the baseline's two seeds and one candidate
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 3
+
+
+def _drive(tmp_path, trainer_args: list[str], evaluations: int):
+    from cambrian.operator.local_cli import apply_overrides
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER + trainer_args, poll_s=0.1)
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=evaluations))
+    summary = driver.run()
+    assert summary.reason.startswith("every Evolution is done"), summary
+    return root
+
+
+def test_a_gain_below_the_noise_floor_is_never_better_nor_rolled_out(tmp_path):
+    """Candidates 1e-9 better than a baseline whose two seeds agree: the floor is minFloor, not 0, so both
+    are Scored not_better, nothing is confirmed and no Rollout starts, however many reviews pass."""
+    root = _drive(tmp_path, ["--gain", "1e-9"], evaluations=4)
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert evo["baselineMetrics"]["val_loss"] == {"value": 0.5, "std": 0.0, "stderr": 0.0, "seeds": 2}
+    assert evo["counters"]["reviews"] >= 1
+    for h in _objects(root, "hypotheses"):
+        st = h["status"]
+        assert st["phase"] == "Scored" and st["verdict"] == "not_better" and st["confirmations"] == 0
+        assert st["gain"] == pytest.approx(1e-9) and st["noiseFloor"] == pytest.approx(1e-4)
+    assert not _objects(root, "rollouts") and len(list((root / "jobs").iterdir())) == 4
+
+
+def test_promising_candidates_train_confirmation_seeds_before_any_verdict(tmp_path):
+    """A first seed 0.1 better is promising; its confirmation seed (1000) scores like the baseline, so over two
+    seeds the gain (0.05) no longer clears the floor: not better, no rollout. Each confirmation trains once."""
+    root = _drive(tmp_path, ["--gain", "0.1", "--confirm-gain", "0"], evaluations=6)
+    hyps = _objects(root, "hypotheses")
+    assert len(hyps) == 2
+    for h in hyps:
+        st = h["status"]
+        assert st["phase"] == "Scored" and st["verdict"] == "not_better" and st["confirmations"] == 1
+        assert [r["seed"] for r in st["seedRuns"]] == [0, 1000] and st["proxyMetrics"]["val_loss"]["seeds"] == 2
+        assert st["offlineScore"] == pytest.approx(0.45)
+    confirm = [j for j in (root / "jobs").iterdir()
+               if json.loads((j / "job.json").read_text())["baseline"].get("training", {}).get("seed") == 1000]
+    assert len(confirm) == 2 and len(list((root / "jobs").iterdir())) == 6
+    assert not _objects(root, "rollouts")
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 6
 
 
 def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path):

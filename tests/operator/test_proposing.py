@@ -103,11 +103,15 @@ def test_online_agent_ranks_offline_winners_and_retires_dropouts():
         {"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
          "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}, "origin": {"kind": "persona", "persona": "optimizer"}},
          "status": {"phase": phase, "offlineMetric": "val_loss", "offlineScore": score,
-                    "proxyMetrics": {"val_loss": {"value": score}}}}
-        for n, lr, phase, score in (("a", 0.01, "Live", 0.49), ("b", 0.02, "Scored", 0.40), ("c", 0.03, "Scored", 0.55))]
-    sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+                    "proxyMetrics": {"val_loss": {"value": score, "std": 0.01, "seeds": 3}},
+                    "gain": 0.5 - score, "noiseFloor": 0.02, "verdict": verdict}}
+        for n, lr, phase, score, verdict in (("a", 0.01, "Live", 0.49, "not_better"), ("b", 0.02, "Scored", 0.40, "better"),
+                                             ("c", 0.03, "Scored", 0.55, "not_better"))]
+    sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
     assert sel.ranking == ["b"] and sel.start == ["b"] and sel.retire == ["a"]  # c is worse than the champion
-    sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs, {"val_loss": 0.5})
+    entries = {h.id: h for h in P.journal_view(objs, spec, spec.baseline)}
+    assert entries["b"].offline["val_loss"].n == 3 and entries["b"].noise_floor == 0.02  # as the core judged it
+    sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs)
     assert sel2.start == ["b"] and sel2.keep == ["a"] and sel2.retire == []
 
 
@@ -241,15 +245,16 @@ def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
         objs = [{"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
                  "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}},
                  "status": {"phase": "Scored", "offlineMetric": "val_loss", "offlineScore": s,
-                            "proxyMetrics": {"val_loss": {"value": s}}}}
+                            "proxyMetrics": {"val_loss": {"value": s}}, "gain": 0.5 - s, "noiseFloor": 0.001,
+                            "verdict": "better"}}
                 for n, lr, s in (("a", 0.01, 0.49), ("b", 0.02, 0.40))]
         text = json.dumps({"ranking": [{"name": "zz", "reason": "unknown"}, {"name": "a", "reason": "smaller step"}]})
         server.bodies.append({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                                               "finishReason": "STOP", "index": 0}]})
-        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
         assert sel.ranked_by == "gemini" and sel.start == ["a"]
         # no answer (HTTP 500): the built-in rule decides, and says so
-        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
         assert sel.ranked_by == "builtin" and sel.start == ["b"] and "unusable" in sel.note
     finally:
         server.close()

@@ -93,13 +93,75 @@ def test_running_job_is_left_alone():
 
 def test_succeeded_job_scores_with_the_component_metric():
     spec, r = to_training()
-    metrics = {"val_loss": 0.41, "val_loss_stderr": 0.002, "auc": 0.7, "return_corr": 0.1, "device": "cuda"}
+    metrics = {"val_loss": 0.41, "auc": 0.7, "return_corr": 0.1, "device": "cuda"}
     job = JobObservation(r.status.job_name, "Succeeded", 0, metrics=metrics, bundle_uri="pvc://b/x")
     r2 = run(spec, r.status, job=job)
     s = r2.status
     assert s.phase == "Scored" and s.offline_metric == "val_loss" and s.offline_score == 0.41
-    assert s.proxy_metrics["val_loss"].stderr == 0.002 and "device" not in s.proxy_metrics
-    assert s.bundle_uri == "pvc://b/x"
+    assert s.proxy_metrics["val_loss"].seeds == 1 and s.proxy_metrics["val_loss"].stderr is None
+    assert "device" not in s.proxy_metrics and s.bundle_uri == "pvc://b/x"
+    assert s.verdict is None and "never rolled out" in s.reason  # no reference to judge it against
+
+
+# ---- the noise floor: the gain against the champion's seeds, confirmation seeds --------------------------------
+
+REFERENCE = {"val_loss": api.ProxyMetric(value=0.5, std=0.01, seeds=3)}  # the baseline over three seeds
+
+
+def first_run(val_loss, **kw):
+    spec, r = to_training()
+    c = ctx(reference=REFERENCE, **kw)
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": val_loss}, bundle_uri="pvc://b/h")
+    return spec, c, H.reconcile(META, spec, r.status, c, [job], None, T0 + timedelta(minutes=5))
+
+
+def test_a_gain_of_1e9_is_not_better_and_trains_nothing_more():
+    _, _, r = first_run(0.5 - 1e-9)
+    s = r.status
+    assert s.phase == "Scored" and s.verdict == "not_better" and s.confirmations == 0
+    assert s.gain == pytest.approx(1e-9) and s.noise_floor == pytest.approx(2 * (0.01**2 / 3 + 0.01**2) ** 0.5)
+    assert "within the noise floor" in s.reason and not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+
+
+def test_a_promising_run_is_confirmed_with_extra_seeds_before_it_is_better():
+    spec, c, r = first_run(0.40)
+    s = r.status
+    assert s.phase == "Training" and s.verdict == "promising" and s.confirmations == 2
+    confirm = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    assert [a.baseline["training"]["seed"] for a in confirm] == [1000, 1001]  # other seeds, same delta
+    assert all(a.delta == {"component": "optimizer", "patch": {"lr": 0.01}} for a in confirm)
+    assert [a.name for a in confirm] == [H.confirm_job_name(META, 1000), H.confirm_job_name(META, 1001)]
+    # one still running: nothing is judged; a replay re-issues no new names
+    done = JobObservation(confirm[0].name, "Succeeded", 0, metrics={"val_loss": 0.41})
+    r2 = H.reconcile(META, spec, s, c, [done, JobObservation(confirm[1].name, "Running")], None, T0 + timedelta(hours=1))
+    assert r2.status.phase == "Training" and [r.seed for r in r2.status.seed_runs] == [0, 1000]
+    assert not [a for a in r2.actions if isinstance(a, CreateTrainingJob)]
+    r3 = H.reconcile(META, spec, r2.status, c, [done, JobObservation(confirm[1].name, "Succeeded", 0,
+                                                                      metrics={"val_loss": 0.39})], None, T0 + timedelta(hours=2))
+    s3 = r3.status
+    assert s3.phase == "Scored" and s3.verdict == "better" and s3.proxy_metrics["val_loss"].seeds == 3
+    assert s3.offline_score == pytest.approx(0.40) and s3.bundle_uri == "pvc://b/h"  # the first seed's model
+    from cambrian.operator.reconcile.views import spend
+
+    assert spend([{"status": s3.wire()}]).evaluations == 3  # the attempt and both confirmation seeds
+
+
+def test_a_promising_run_that_fails_to_confirm_is_not_better():
+    spec, c, r = first_run(0.40)
+    names = [a.name for a in r.actions if isinstance(a, CreateTrainingJob)]
+    ok = JobObservation(names[0], "Succeeded", 0, metrics={"val_loss": 0.50})
+    worse = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Succeeded", 0, metrics={"val_loss": 0.52})],
+                        None, T0 + timedelta(hours=1))
+    assert worse.status.phase == "Scored" and worse.status.verdict == "not_better"
+    failed = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Failed", 4, "Error", "loss is NaN")],
+                         None, T0 + timedelta(hours=1))
+    assert failed.status.phase == "Failed" and "confirmation seed 1001" in failed.status.reason
+
+
+def test_a_promising_run_is_left_promising_when_the_budget_is_spent():
+    _, _, r = first_run(0.40, budget_exhausted="evaluations")
+    assert r.status.phase == "Scored" and r.status.verdict == "promising" and r.status.confirmations == 0
+    assert "not confirmed: budget evaluations is spent" in r.status.reason
 
 
 def test_reward_hypothesis_scored_on_return_corr():

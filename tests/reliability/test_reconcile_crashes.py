@@ -21,6 +21,7 @@ import pytest
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import (ClearWeights, CreateRollout, CreateTrainingJob, DeleteArm, DeleteJob,
@@ -226,7 +227,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
                              f"pvc://b/{ros[n][0]}" if persisted[n].winner else None, persisted[n].reason)
                  for n in ros]
         hyps = [HypothesisView(h, "Live", "optimizer", "val_loss", 0.4, f"pvc://b/{h}") for h, _ in ros.values()]
-        base = JobObservation(E.baseline_job_name(evo_meta), "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+        base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+                for n in N.baseline_job_names(evo_meta, EVO)]
         er = E.reconcile(evo_meta, EVO, evo_status, hyps, views, base, Spend(), now)
         new_evo = crash_apply(rng, p, er, evo_status, p_crash=0.35)
         if new_evo is not evo_status:  # persisted: these champion updates really happened once
