@@ -228,8 +228,10 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
         note_blocker(st, "Training", f"job {job.name}: {job.blocked}" if job.blocked else None, now,
                      meta.generation, journal)
         return Result(actions, st, requeue_after=POLL_SECONDS)
+    if st.seed_runs and st.seed_runs[0].job == job.name:
+        return _judge(meta, spec, st, ctx, now, actions, journal, move, cond)  # recorded; waited for the baseline
     if job.started_at is not None and job.finished_at is not None:
-        # counted once: the attempt leaves Training (or moves to the next attempt) in this same step
+        # counted once: the attempt is recorded (or moves to the next attempt) in this same step
         st.gpu_hours += (job.finished_at - job.started_at).total_seconds() / 3600 * ctx.spec.training.gpu.count
     if job.state == "Succeeded":
         objective = ctx.spec.objective.offline.for_component(spec.component)
@@ -264,12 +266,15 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
     """Metrics over the finished seeds, the verdict against the champion; a promising first run gets its
     confirmation seeds (unless a budget is spent: then it stays promising, which is never rolled out)."""
     objective = ctx.spec.objective.offline.for_component(spec.component)
+    if not ctx.reference:  # the baseline's seeds are still training: nothing to judge against yet
+        cond("Training", True, "WaitingForBaseline", "trained; waiting for the baseline's noise floor to judge it")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
     st.proxy_metrics = N.proxy_metrics([r.metrics for r in st.seed_runs])
     st.offline_metric = objective.metric
     st.offline_score = st.proxy_metrics[objective.metric].value
     jd = N.verdict(objective, st.proxy_metrics, ctx.reference, ctx.spec.noise)
     st.gain, st.noise_floor, st.verdict = (jd.gain, jd.floor, jd.verdict) if jd else (None, None, None)  # type: ignore[assignment]
-    why = jd.reason if jd else f"the champion has no {objective.metric} to compare with; never rolled out"
+    why = jd.reason if jd else f"the champion reported no {objective.metric} to compare with; never rolled out"
     if jd is not None and jd.verdict == "promising" and not st.confirmations:
         if not ctx.budget_exhausted:
             seeds = confirmation_seeds(N.base_seed(ctx.baseline), ctx.spec.noise.confirm_seeds)

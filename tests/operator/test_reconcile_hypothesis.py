@@ -22,8 +22,14 @@ def evo_spec(**over) -> api.EvolutionSpec:
     return api.EvolutionSpec.model_validate(data)
 
 
+# A champion measured over three seeds that the plain test candidates do not beat.
+CHAMPION = {"val_loss": api.ProxyMetric(value=0.3, std=0.01, seeds=3),
+            "return_corr": api.ProxyMetric(value=0.3, std=0.01, seeds=3)}
+
+
 def ctx(**kw) -> H.EvolutionContext:
     spec = kw.pop("spec", evo_spec())
+    kw.setdefault("reference", CHAMPION)
     return H.EvolutionContext(name="evo", uid="evo-uid", spec=spec, baseline=spec.baseline, **kw)
 
 
@@ -100,7 +106,20 @@ def test_succeeded_job_scores_with_the_component_metric():
     assert s.phase == "Scored" and s.offline_metric == "val_loss" and s.offline_score == 0.41
     assert s.proxy_metrics["val_loss"].seeds == 1 and s.proxy_metrics["val_loss"].stderr is None
     assert "device" not in s.proxy_metrics and s.bundle_uri == "pvc://b/x"
-    assert s.verdict is None and "never rolled out" in s.reason  # no reference to judge it against
+    assert s.verdict == "not_better" and s.gain == pytest.approx(-0.11)
+
+
+def test_a_run_done_before_the_baseline_waits_for_its_noise_floor():
+    spec, r = to_training()
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.2}, bundle_uri="pvc://b/x",
+                         started_at=T0, finished_at=T0 + timedelta(hours=1))
+    early = run(spec, r.status, job=job, c=ctx(reference={}))
+    assert early.status.phase == "Training" and early.status.verdict is None and early.status.gpu_hours == 1.0
+    again = run(spec, early.status, job=job, c=ctx(reference={}))
+    assert again.status.phase == "Training" and again.status.gpu_hours == 1.0  # counted once
+    judged = run(spec, again.status, job=job, c=ctx(reference={"auc": api.ProxyMetric(value=0.6, seeds=3)}))
+    assert judged.status.phase == "Scored" and judged.status.verdict is None and judged.status.gpu_hours == 1.0
+    assert "reported no val_loss" in judged.status.reason  # a champion without the metric: never rolled out
 
 
 # ---- the noise floor: the gain against the champion's seeds, confirmation seeds --------------------------------
