@@ -89,9 +89,8 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
     Returns False when a run failed: the Evolution is then Failed (status and journal set here)."""
     by_name = {j.name: j for j in jobs}
     seeds = baseline_seeds(base_seed(spec.baseline), spec.noise.baseline_seeds)
-    waiting: list[JobObservation] = []
-    for i, seed in enumerate(seeds):
-        name = baseline_job_name(meta, i)
+    names = baseline_job_names(meta, spec)
+    for i, (seed, name) in enumerate(zip(seeds, names)):
         job = by_name.get(name)
         if job is None:
             actions.append(CreateTrainingJob(
@@ -100,9 +99,7 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
                 training=spec.training.wire(), data=spec.data.wire(), storage_claim=spec.storage.claim_name,
                 bundle_path=f"bundles/{meta.name}/baseline" + (f"-s{i}" if i else ""),
             ))
-        elif job.state in RUNNING:
-            waiting.append(job)
-        elif job.state != "Succeeded" or not job.bundle_uri:
+        elif job.state not in RUNNING and (job.state != "Succeeded" or not job.bundle_uri):
             why = (f"baseline job {job.name} (seed {seed}) {job.state.lower()}: "
                    f"{job.message or job.reason or 'no bundle'}")
             st.phase, st.reason = "Failed", why
@@ -110,13 +107,15 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
             cond("Ready", False, "BaselineFailed", why)
             journal("Failed", why, warning=True)
             return False
-    names = baseline_job_names(meta, spec)
     done = sum(by_name[n].state == "Succeeded" for n in names if n in by_name)
     if done < len(seeds):
         cond("ChampionReady", False, "TrainingBaseline",
              f"baseline: {done} of {len(seeds)} seeds trained (the noise floor needs every one)")
-        stuck = next((j.blocked for j in waiting if j.blocked), None)
-        note_blocker(st, "ChampionReady", f"baseline job: {stuck}" if stuck else None, now, meta.generation, journal)
+        # every seed has the same spec, so what blocks one blocks all: report the first seed's (one message)
+        first = by_name.get(names[0])
+        stuck = first.blocked if first is not None and first.state in RUNNING else None
+        note_blocker(st, "ChampionReady", f"baseline job {names[0]}: {stuck}" if stuck else None, now,
+                     meta.generation, journal)
         return True
     note_blocker(st, "ChampionReady", None, now, meta.generation, journal)
     first = by_name[baseline_job_name(meta, 0)]
