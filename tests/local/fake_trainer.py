@@ -1,7 +1,7 @@
 """A stand-in for `cambrian train` with the trainer's contract (docs/CONTRACTS.md): --config/--delta/--data/--out,
 OUT/metrics.json and a bundle folder, exit 0. The baseline scores val_loss 0.5 with every seed. A candidate scores
 0.5 - GAIN (--gain, default -0.4: worse, so no candidate is better and no rollout starts: the driver's loop is tested
-without serving anything); with a confirmation seed (>= 1000) it scores 0.5 - CONFIRM_GAIN (--confirm-gain)."""
+without serving anything); with a confirmation seed (>= 1000) it scores 0.5 - CONFIRM_GAIN (--confirm-gain). With --fail candidates fail."""
 
 import argparse
 import json
@@ -15,8 +15,13 @@ p.add_argument("--data")
 p.add_argument("--out")
 p.add_argument("--gain", type=float, default=-0.4)
 p.add_argument("--confirm-gain", type=float, default=None)
+p.add_argument("--fail", action="store_true", help="candidates fail in training (exit 4, error.json)")
 a, _ = p.parse_known_args(sys.argv[1:])
 out = Path(a.out)
+out.mkdir(parents=True, exist_ok=True)
+if a.fail and a.delta:
+    (out / "error.json").write_text(json.dumps({"stage": "training", "reason": "loss is NaN at step 3"}))
+    sys.exit(4)
 (out / "bundle").mkdir(parents=True, exist_ok=True)
 (out / "bundle" / "bundle.json").write_text("{}")
 seed = json.loads(Path(a.config).read_text()).get("training", {}).get("seed", 0)

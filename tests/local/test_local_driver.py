@@ -200,6 +200,20 @@ def test_promising_candidates_train_confirmation_seeds_before_any_verdict(tmp_pa
     assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 6
 
 
+def test_failed_candidates_go_back_to_the_proposer_once(tmp_path):
+    """Every candidate fails in training; the next wake-up sends each failure (with its error) back to the
+    built-in proposer once; a repair that fails too is not repaired again."""
+    root = _drive(tmp_path, ["--fail"], evaluations=8)
+    hyps = {h["metadata"]["name"]: h for h in _objects(root, "hypotheses")}
+    assert all(h["status"]["phase"] == "Failed" and h["status"]["failureStage"] == "training" for h in hyps.values()), \
+        {n: (h["spec"]["origin"], h["status"].get("phase"), h["status"].get("reason")) for n, h in hyps.items()}
+    repaired = [h["spec"]["origin"]["repairOf"] for h in hyps.values() if h["spec"]["origin"].get("repairOf")]
+    assert repaired and len(repaired) == len(set(repaired))  # at most once each
+    assert all(r in hyps and not hyps[r]["spec"]["origin"].get("repairOf") for r in repaired)  # never a repair's repair
+    first_wakeup = {n for n, h in hyps.items() if h["spec"]["origin"].get("wakeup") == 1}
+    assert first_wakeup <= set(_objects(root, "evolutions")[0]["status"]["repairs"])  # asked, with or without a fix
+
+
 def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path):
     """A job folder with a request and no result (the driver died while it trained) is re-run by recover()."""
     from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner

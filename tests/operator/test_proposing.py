@@ -258,3 +258,23 @@ def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
         assert sel.ranked_by == "builtin" and sel.start == ["b"] and "unusable" in sel.note
     finally:
         server.close()
+
+
+def test_a_failed_hypothesis_goes_back_to_its_persona_with_its_error():
+    """The wake-up's repairs (chosen by the core) reach the real built-in proposer with the failure: the
+    repair is a new Hypothesis whose origin names the failed one, with smaller settings of the same family."""
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=1, quotas={"explore": 1, "exploit": 0, "innovate": 0})
+    first = P.ClusterProposer()(wake(spec), [])
+    failed = as_objects(first, status={0: {"phase": "Failed", "failureStage": "training",
+                                           "reason": "job failed: loss is NaN at step 3"}})
+    name = failed[0]["metadata"]["name"]
+    (entry,) = [h for h in P.journal_view(failed, spec, spec.baseline)]
+    assert entry.failure.stage == "training" and "NaN" in entry.failure.reason
+    action = ProposeHypotheses(OWNER, 2, "evo-w2-abc", (("explore", 1), ("exploit", 0), ("innovate", 0)),
+                               ("optimizer",), spec.wire(), spec.baseline, repairs=(name,))
+    batch = P.ClusterProposer()(action, failed)
+    repairs = [api.parse_spec("Hypothesis", h) for h, _ in batch.items if h["origin"].get("repairOf")]
+    assert len(repairs) == 1 and repairs[0].origin.repair_of == name and repairs[0].origin.category == "exploit"
+    assert f"repair of {name}" in repairs[0].explanation
+    assert repairs[0].delta.patch != failed[0]["spec"]["delta"]["patch"]  # a different change, not a retry
+    assert P.journal_view(as_objects(batch, "evo-w2-abc"), spec, spec.baseline)[-1].parent == name
