@@ -596,7 +596,7 @@ def static_gate(delta: Delta | None) -> Failure | None:
         return None
     try:
         if delta.code:
-            from cambrian.trainer.plugins import check_code
+            from cambrian.trainer.codecheck import check_code
 
             check_code(delta.code, delta.component)
         if delta.component == "reward":

@@ -117,6 +117,15 @@ def reconcile(
             cond("Ready", False, "Rejected", str(exc))
             journal("Rejected", str(exc), warning=True)
             return Result(actions, st)
+        if spec.delta.code is not None:  # the gate's static stages, before any run is started (AST only)
+            from cambrian.errors import GateError
+            from cambrian.trainer.codecheck import check_code
+
+            try:
+                check_code(spec.delta.code, spec.component)
+            except GateError as exc:
+                st.failure_stage = exc.stage  # parse or static: the proposer gets it back once to repair
+                return _fail(st, str(exc), exc.stage, actions, journal, move, cond)
         st.config_fingerprint = phi.fingerprint()
         move("Validated")
         cond("Validated", True, "DeltaApplies", "the delta applies to the baseline and yields a valid config")

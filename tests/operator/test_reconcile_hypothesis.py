@@ -33,8 +33,8 @@ def ctx(**kw) -> H.EvolutionContext:
     return H.EvolutionContext(name="evo", uid="evo-uid", spec=spec, baseline=spec.baseline, **kw)
 
 
-def hyp_spec(component="optimizer", patch=None, code=None) -> api.HypothesisSpec:
-    delta = {"patch": patch if patch is not None else {"lr": 0.01}}
+def hyp_spec(component="optimizer", patch=..., code=None) -> api.HypothesisSpec:
+    delta = {"patch": patch if patch is not ... else {"lr": 0.01}}
     if code is not None:
         delta["code"] = code
     return api.HypothesisSpec.model_validate(
@@ -76,6 +76,15 @@ def test_delta_that_breaks_the_config_is_rejected_with_the_field():
     # terminal: nothing more happens
     again = run(hyp_spec(patch={"lr": -1}), r.status)
     assert again.actions == [] and again.status.phase == "Rejected"
+
+
+def test_plugin_code_fails_the_static_gate_before_any_job():
+    code = "import socket\ndef build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
+    r = run(hyp_spec(patch=None, code=code), api.HypothesisStatus())
+    assert r.status.phase == "Failed" and r.status.failure_stage == "static" and "socket" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)] and r.status.attempts == 0
+    ok = "def build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
+    assert run(hyp_spec(patch=None, code=ok), api.HypothesisStatus()).status.phase == "Training"
 
 
 def test_missing_evolution_waits():
