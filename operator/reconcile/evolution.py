@@ -189,8 +189,7 @@ def reconcile(
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
-        # only a gain that cleared the noise floor over several seeds is ever rolled out
-        pool = [h for h in hypotheses if h.phase == "Scored" and h.verdict == "better" and h.name not in in_rollout
+        pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
                 and h.bundle_uri]
         if top_k is not None:
             retire = set(top_k.retire)

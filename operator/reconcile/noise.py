@@ -62,6 +62,11 @@ def verdict(objective: OfflineMetric, metrics: Mapping[str, ProxyMetric], refere
     return judge(objective.metric, score_of(cand), score_of(ref), objective.direction == "minimize", noise)
 
 
+def may_roll_out(verdict: str | None) -> bool:
+    """Only a gain that cleared the noise floor over several seeds is ever put in a Rollout."""
+    return verdict == "better"
+
+
 def reference_metrics(status: EvolutionStatus, champion_status: Mapping[str, Any] | None) -> dict[str, ProxyMetric]:
     """What gains are measured against: the launched champion's metrics over its seeds, else the baseline's.
     `champion_status`: the champion Hypothesis's stored status (None while the baseline is champion)."""

@@ -111,6 +111,11 @@ def test_online_agent_ranks_offline_winners_and_retires_dropouts():
     assert sel.ranking == ["b"] and sel.start == ["b"] and sel.retire == ["a"]  # c is worse than the champion
     entries = {h.id: h for h in P.journal_view(objs, spec, spec.baseline)}
     assert entries["b"].offline["val_loss"].n == 3 and entries["b"].noise_floor == 0.02  # as the core judged it
+    # a promising (one-seed) hypothesis far ahead is not offered: the agent picks among what may be rolled out
+    promising = {**objs[2], "metadata": {**objs[2]["metadata"], "name": "p"},
+                 "spec": {**objs[2]["spec"], "delta": {"patch": {"lr": 0.04}}},
+                 "status": {**objs[2]["status"], "offlineScore": 0.1, "gain": 0.4, "verdict": "promising"}}
+    assert P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs + [promising]).start == ["b"]
     sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs)
     assert sel2.start == ["b"] and sel2.keep == ["a"] and sel2.retire == []
 
