@@ -292,6 +292,7 @@ def evolved(tmp_path_factory):
 
 
 @pytest.mark.prometheus
+@pytest.mark.timeout(1500)  # three driver runs and six real training runs (baseline and confirmation seeds)
 def test_seeded_evolution_survives_sigkill_during_training_and_rollout(evolved):
     root, report, ro_at_kill, left = evolved
     assert report["reason"].startswith("every Evolution is done"), report
