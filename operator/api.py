@@ -712,7 +712,10 @@ class HypothesisStatus(_Status):
     seed_runs: list[SeedRun] = Field(
         default_factory=list, max_length=17, description="its finished training runs: the first seed, then the "
                                                          "confirmation seeds of a promising hypothesis")
-    confirmations: int = Field(0, description="confirmation runs started (each is one evaluation)")
+    confirmations: int = Field(0, description="confirmation seeds started (each run is one evaluation)")
+    confirmation_retries: dict[str, int] = Field(
+        default_factory=dict, description="runs of a confirmation seed retried after an infrastructure failure, by seed "
+                                          "(each is one more evaluation; up to spec.training.maxAttempts runs a seed)")
     gain: float | None = Field(None, description="offlineScore's gain over the champion's, positive when better")
     noise_floor: float | None = Field(None, description="the gain a real improvement must exceed (spec.noise)")
     verdict: Literal["better", "promising", "not_better"] | None = Field(

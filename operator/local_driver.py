@@ -260,7 +260,8 @@ class LocalDriver:
 def _runs_started(hyp: dict[str, Any]) -> int:
     """Training runs a Hypothesis has started: its attempts and its confirmation seeds."""
     st = hyp.get("status") or {}
-    return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0)
+    return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0) + sum(
+        int(v) for v in (st.get("confirmationRetries") or {}).values())
 
 
 def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:

@@ -182,9 +182,9 @@ def _start(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: Evolutio
 
 def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext,
                 seed: int | None = None) -> CreateTrainingJob:
-    """The latest attempt's run; with `seed`, the confirmation run with that seed."""
+    """The latest attempt's run; with `seed`, the latest run of that confirmation seed."""
     return CreateTrainingJob(
-        name=job_name(meta, st.attempts) if seed is None else confirm_job_name(meta, seed),
+        name=job_name(meta, st.attempts) if seed is None else confirm_job_name(meta, seed, _confirm_run(st, seed)),
         owner=owner_of(meta),
         hypothesis=meta.name,
         attempt=st.attempts if seed is None else 1,
@@ -197,8 +197,12 @@ def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: Evo
     )
 
 
-def confirm_job_name(meta: Meta, seed: int) -> str:
-    return child_name(meta.name, meta.uid, f"seed-{seed}")
+def confirm_job_name(meta: Meta, seed: int, run: int = 1) -> str:
+    return child_name(meta.name, meta.uid, f"seed-{seed}" if run == 1 else f"seed-{seed}-{run}")
+
+
+def _confirm_run(st: HypothesisStatus, seed: int) -> int:
+    return 1 + st.confirmation_retries.get(str(seed), 0)
 
 
 def attempt_of(meta: Meta, name: str, max_attempts: int) -> int | None:
@@ -303,13 +307,15 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
 
 
 def _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
-    """Wait for every confirmation seed (creating any the platform does not show); a failed one fails the
+    """Wait for every confirmation seed (creating any the platform does not show). A failed run is retried like
+    an attempt (not for exit 2 or 3, up to spec.training.maxAttempts runs); a seed that still fails fails the
     hypothesis, as a candidate that only trains with some seeds is not an improvement."""
     by_name = {j.name: j for j in jobs}
     done = {r.job for r in st.seed_runs}
     waiting = 0
     for seed in confirmation_seeds(N.base_seed(ctx.baseline), st.confirmations):
-        name = confirm_job_name(meta, seed)
+        run = _confirm_run(st, seed)
+        name = confirm_job_name(meta, seed, run)
         job = by_name.get(name)
         if name in done:
             continue
@@ -328,6 +334,12 @@ def _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) ->
             continue
         why = f"confirmation seed {seed}: job {job.name} {job.state.lower()}" + (f": {job.message or job.reason}"
                                                                                   if job.message or job.reason else "")
+        if job.state == "Failed" and job.exit_code not in NO_RETRY_EXIT_CODES and run < ctx.spec.training.max_attempts:
+            st.confirmation_retries[str(seed)] = run
+            actions.append(_create_job(meta, spec, st, ctx, seed=seed))
+            journal("Retrying", f"{why}; retrying (run {run + 1} of {ctx.spec.training.max_attempts})", warning=True)
+            waiting += 1
+            continue
         return _fail(st, why, job.stage or "training", actions, journal, move, cond)
     if waiting:
         cond("Training", True, "Confirming", f"{waiting} of {st.confirmations} confirmation seeds still training")

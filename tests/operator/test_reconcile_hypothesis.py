@@ -181,9 +181,19 @@ def test_a_promising_run_that_fails_to_confirm_is_not_better():
     worse = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Succeeded", 0, metrics={"val_loss": 0.52})],
                         None, T0 + timedelta(hours=1))
     assert worse.status.phase == "Scored" and worse.status.verdict == "not_better"
-    failed = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Failed", 4, "Error", "loss is NaN")],
-                         None, T0 + timedelta(hours=1))
+    nan = JobObservation(names[1], "Failed", 4, "Error", "loss is NaN")
+    retried = H.reconcile(META, spec, r.status, c, [ok, nan], None, T0 + timedelta(hours=1))
+    again = [a.name for a in retried.actions if isinstance(a, CreateTrainingJob)]
+    assert retried.status.phase == "Training" and again == [H.confirm_job_name(META, 1001, 2)]  # maxAttempts 2
+    from cambrian.operator.reconcile.views import spend
+
+    assert spend([{"status": retried.status.wire()}]).evaluations == 4  # attempt, two seeds, one retry
+    nan2 = JobObservation(again[0], "Failed", 4, "Error", "loss is NaN")
+    failed = H.reconcile(META, spec, retried.status, c, [ok, nan, nan2], None, T0 + timedelta(hours=2))
     assert failed.status.phase == "Failed" and "confirmation seed 1001" in failed.status.reason
+    gate = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Failed", 3, "Error", "gate")], None,
+                       T0 + timedelta(hours=1))
+    assert gate.status.phase == "Failed"  # exit 3 is never retried
 
 
 def test_a_promising_run_is_left_promising_when_the_budget_is_spent():
