@@ -88,7 +88,8 @@ def test_hypothesis_restart_at_each_step():
     evo = api.EvolutionSpec.model_validate(
         {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}, "training": {"maxAttempts": 2}}
     )
-    ctx = H.EvolutionContext("evo", "uid-e", evo, {})
+    # the baseline over three seeds (0.5 ± 0.01): the candidate's 0.5 is within the noise, Scored at once
+    ctx = H.EvolutionContext("evo", "uid-e", evo, {}, reference={"val_loss": api.ProxyMetric(value=0.5, std=0.01, seeds=3)})
     spec = api.HypothesisSpec.model_validate(
         {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     )
