@@ -29,8 +29,8 @@ from typing import Any, Callable
 from cambrian.errors import ConfigError, GateError, TrainingError
 from cambrian.agents import canonical
 from cambrian.agents.budgets import Spend, cost_usd, llm_exhausted, training_exhausted
-from cambrian.agents.journal import Failure, Hypothesis, Journal, Score, ranked, render_journal
-from cambrian.agents.noise import judge
+from cambrian.agents.journal import REPAIRABLE_STAGES, Failure, Hypothesis, Journal, Score, ranked, render_journal
+from cambrian.stats.noise import baseline_seeds, confirmation_seeds, judge, noise_floor
 from cambrian.agents.personas import PERSONAS, Persona
 from cambrian.agents.prompts import build_prompt
 from cambrian.agents.proposers import make_proposer
@@ -41,8 +41,6 @@ from cambrian.trainer.config import ModelConfig, load_config, parse_config
 from cambrian.trainer.delta import Delta, merge_patch
 
 METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr")
-REPAIRABLE_STAGES = {"parse", "static", "reward_sql", "forward_backward", "training", "export", "crash", "memory",
-                     "timeout"}
 PROMPT_METRICS = {
     "optimizer": ("val_loss", "auc"),
     "architecture": ("val_loss", "auc"),
@@ -219,7 +217,7 @@ class Evolution:
     def _measure_baseline(self) -> None:
         if self.journal.state.baseline:
             return
-        seeds = [self.baseline.training.seed + i for i in range(self.cfg.noise.baseline_seeds)]
+        seeds = baseline_seeds(self.baseline.training.seed, self.cfg.noise.baseline_seeds)
         if BASELINE_ID not in self.journal.state.hypotheses:
             self.journal.add(Hypothesis(
                 id=BASELINE_ID, generation=0, persona="baseline", component="baseline", category="baseline",
@@ -341,8 +339,6 @@ class Evolution:
                                             components=p.components, show_metrics=shown)
         floor = None
         if p.metric in base:
-            from cambrian.agents.noise import noise_floor
-
             floor = noise_floor(base[p.metric], None, 1, self.cfg.noise)
         return build_prompt(p, p.view(self.baseline), text, self.cfg.quotas.as_dict(), self.cfg.online_metrics, floor,
                             sql_output=self._sql_output(p) if p.uses_sql else None, steering=self.cfg.steering,
@@ -560,8 +556,8 @@ class Evolution:
         promising = [h for h in self.journal.hypotheses if h.verdict == "promising"]
         promising.sort(key=lambda h: -(h.gain or 0) / max(h.noise_floor or 1e-12, 1e-12))
         chosen = promising[: n.confirm_top]
-        base_seed = self.baseline.training.seed
-        jobs = [(h.id, base_seed + 1000 + k) for h in chosen for k in range(n.confirm_seeds)]
+        seeds = confirmation_seeds(self.baseline.training.seed, n.confirm_seeds)
+        jobs = [(h.id, s) for h in chosen for s in seeds]
         jobs = [(hid, s) for hid, s in jobs if str(s) not in self._runs(self.journal.get(hid))]
         self._run_jobs(jobs)
         for h in chosen:
@@ -600,7 +596,7 @@ def static_gate(delta: Delta | None) -> Failure | None:
         return None
     try:
         if delta.code:
-            from cambrian.trainer.plugins import check_code
+            from cambrian.trainer.codecheck import check_code
 
             check_code(delta.code, delta.component)
         if delta.component == "reward":

@@ -50,12 +50,17 @@ class Score(BaseModel):
 
     @classmethod
     def of(cls, values: Iterable[float]) -> "Score":
+        from cambrian.stats.noise import mean_std
+
         vals = [float(v) for v in values]
-        if not vals:
-            raise ValueError("a score needs at least one value")
-        m = sum(vals) / len(vals)
-        var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-        return cls(mean=m, std=var**0.5, n=len(vals), values=vals)
+        m, sd, n = mean_std(vals)
+        return cls(mean=m, std=sd, n=n, values=vals)
+
+
+# Failures a proposer may be able to fix when shown the error (a repair is asked once per failure, on both
+# platforms); "gate" is the operator's name for a gate failure whose stage the trainer did not report.
+REPAIRABLE_STAGES = frozenset({"parse", "static", "reward_sql", "forward_backward", "training", "export", "crash",
+                               "memory", "timeout", "gate"})
 
 
 class Failure(BaseModel):

@@ -417,6 +417,20 @@ class Serving(_Model):
     http_route: HTTPRouteRef | None = Field(None, description="also set Gateway API HTTPRoute backend weights")
 
 
+class Noise(_Model):
+    """How the loop tells a real offline gain from seed-to-seed noise (stats/noise.py). The baseline is trained
+    with baselineSeeds seeds; a candidate whose gain on its first seed clears the noise floor
+    max(z * standard error, minFloor) is promising and trains confirmSeeds more seeds; only a gain that still
+    clears the floor over all its seeds is better, and only a better hypothesis is ever rolled out."""
+
+    baseline_seeds: int = Field(3, ge=2, le=16, description="seeds the baseline is trained with to measure its "
+                                                           "seed-to-seed noise (each is one evaluation)")
+    confirm_seeds: int = Field(2, ge=1, le=16, description="extra seeds (evaluations) for each promising hypothesis "
+                                                          "before it can be better")
+    z: float = Field(2.0, gt=0, le=10, description="how many standard errors a gain must clear")
+    min_floor: float = Field(1e-4, ge=0, description="absolute lower bound of the noise floor, in the metric's units")
+
+
 class EvolutionSpec(_Model):
     """One self-evolving loop: baseline Φ, objectives, guardrails, agents, budgets, top-K, cadence."""
 
@@ -444,6 +458,7 @@ class EvolutionSpec(_Model):
         default_factory=lambda: ExperimentTemplate(), description="how the rollouts this loop starts are run"
     )
     data: Data = Field(description="the training data: the simulated world, or prepared data on a volume")
+    noise: Noise = Field(default_factory=Noise, description="the noise floor a hypothesis's offline gain must clear")
 
     @field_validator("baseline")
     @classmethod
@@ -517,6 +532,12 @@ class EvolutionStatus(_Status):
     handled_decisions: list[str] = Field(
         default_factory=list, max_length=256, description="rollouts whose decision has been applied"
     )
+    baseline_metrics: dict[str, "ProxyMetric"] = Field(
+        default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
+                                          "mean and seed-to-seed std, the reference of the noise floor")
+    repairs: list[str] = Field(
+        default_factory=list, max_length=256,
+        description="failed hypotheses already sent back to the proposer with their error (each once)")
     conditions: list[Condition] = _CONDITIONS
 
 
@@ -582,6 +603,8 @@ class Origin(_Model):
     category: Quota | None = Field(None, description="explore, exploit or innovate: the quota it was proposed under")
     author: str | None = Field(None, max_length=256, description="who proposed it, for a human")
     wakeup: int | None = Field(None, ge=0, description="the Evolution's wake-up that proposed it")
+    repair_of: str | None = Field(None, max_length=253,
+                                  description="the failed Hypothesis this one repairs (its proposer saw that error)")
 
     @model_validator(mode="after")
     def _persona(self) -> "Origin":
@@ -632,10 +655,20 @@ class HypothesisSpec(_Model):
 
 
 class ProxyMetric(_Status):
-    """One metric of the training run."""
+    """One offline metric, over the training runs (seeds) it was measured in."""
 
-    value: float = Field(description="its value")
-    stderr: float | None = Field(None, description="noise estimate (seed-to-seed or bootstrap)")
+    value: float = Field(description="its value: the mean over the seeds")
+    stderr: float | None = Field(None, description="standard error of the value (std / sqrt(seeds)); none for one seed")
+    std: float | None = Field(None, description="seed-to-seed standard deviation; none for one seed")
+    seeds: int = Field(1, description="training runs (seeds) the value is the mean of")
+
+
+class SeedRun(_Status):
+    """One finished training run of the hypothesis."""
+
+    seed: int = Field(description="its training seed (the first run uses the champion's seed)")
+    job: str = Field(description="the training Job")
+    metrics: dict[str, float] = Field(default_factory=dict, description="the numeric metrics it reported")
 
 
 class ArmEffect(_Status):
@@ -683,6 +716,18 @@ class HypothesisStatus(_Status):
     proxy_metrics: dict[str, ProxyMetric] = Field(
         default_factory=dict, description="every metric the training run reported, with its noise estimate")
     bundle_uri: str | None = Field(None, description="URI of the trained model bundle")
+    seed_runs: list[SeedRun] = Field(
+        default_factory=list, max_length=17, description="its finished training runs: the first seed, then the "
+                                                         "confirmation seeds of a promising hypothesis")
+    confirmations: int = Field(0, description="confirmation seeds started (each run is one evaluation)")
+    confirmation_retries: dict[str, int] = Field(
+        default_factory=dict, description="runs of a confirmation seed retried after an infrastructure failure, by seed "
+                                          "(each is one more evaluation; up to spec.training.maxAttempts runs a seed)")
+    gain: float | None = Field(None, description="offlineScore's gain over the champion's, positive when better")
+    noise_floor: float | None = Field(None, description="the gain a real improvement must exceed (spec.noise)")
+    verdict: Literal["better", "promising", "not_better"] | None = Field(
+        None, description="better (the gain clears the noise floor over several seeds; only these are rolled out), "
+                          "promising (on one seed), or not_better")
     rollout: str | None = Field(None, description="the Rollout it is or was live in")
     online: OnlineResult | None = None
     conditions: list[Condition] = _CONDITIONS
@@ -991,6 +1036,7 @@ class Rollout(_Resource):
 
 
 EvolutionSpec.model_rebuild()
+EvolutionStatus.model_rebuild()
 Evolution.model_rebuild()
 
 KINDS: dict[str, type[_Resource]] = {"Evolution": Evolution, "Hypothesis": Hypothesis, "Rollout": Rollout}

@@ -58,6 +58,7 @@ COLUMNS = {
         _col("Component", ".spec.component"),
         _col("Phase", ".status.phase"),
         _col("Score", ".status.offlineScore", "number", description="offline proxy metric of the component"),
+        _col("Verdict", ".status.verdict", description="better, promising or not_better against the noise floor"),
         _col("Metric", ".status.offlineMetric", priority=1),
         _col("Attempts", ".status.attempts", "integer", priority=1),
         _col("Decision", ".status.online.decision"),

@@ -95,7 +95,7 @@ class LocalDriver:
         progressed = False
         for kind in KINDS:
             for obj in self.store.list(loop.PLURALS[kind], NAMESPACE):
-                before = (obj.get("status") or {}).get("attempts", 0)
+                before = _runs_started(obj)
                 progressed |= self._reconcile(kind, obj)
                 if kind == "Hypothesis":
                     self._after_training_started(obj, before)
@@ -107,7 +107,7 @@ class LocalDriver:
         """A training run just started: let the Evolution count it before the next Hypothesis asks whether
         the budget allows one more (the spend is the Evolution's status, rolled up from its Hypotheses)."""
         now = self.store.get("hypotheses", NAMESPACE, hyp["metadata"]["name"]) or {}
-        if (now.get("status") or {}).get("attempts", 0) == attempts_before:
+        if _runs_started(now) == attempts_before:
             return
         ref = ((hyp.get("spec") or {}).get("evolutionRef") or {}).get("name")
         evo = self.store.get("evolutions", NAMESPACE, ref) if ref else None
@@ -255,6 +255,13 @@ class LocalDriver:
                       for o in self.store.list(loop.PLURALS[k])} for k in KINDS}
         waiting = [n for n, p in phases["Rollout"].items() if p == "AwaitingApproval"]
         return Summary(reason, self.now, (self.now - SIM_EPOCH) / timedelta(days=1), phases, waiting)
+
+
+def _runs_started(hyp: dict[str, Any]) -> int:
+    """Training runs a Hypothesis has started: its attempts and its confirmation seeds."""
+    st = hyp.get("status") or {}
+    return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0) + sum(
+        int(v) for v in (st.get("confirmationRetries") or {}).values())
 
 
 def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:

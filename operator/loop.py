@@ -28,6 +28,7 @@ from cambrian.operator import api
 from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import readout as RD
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
@@ -126,10 +127,13 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
         if evo_spec is not None and C.failed_until_spec_changes(evo_status):
             evo_spec, problem = None, f"failed: {evo_status.reason}; waiting until its spec changes"
         if evo_spec is not None:
+            champ = evo_status.champion.hypothesis
+            champ_obj = objects.get("hypotheses", ns, champ) if champ else None
             ctx = H.EvolutionContext(
                 name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
                 baseline=E.effective_baseline(evo_spec, evo_status),
                 budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
+                reference=N.reference_metrics(evo_status, (champ_obj or {}).get("status") if champ_obj else None),
             )
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
     rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
@@ -199,23 +203,6 @@ def finalize_rollout(obj: dict, objects: Objects, platform: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _champion_metrics(platform: Any, meta: Meta, status: api.EvolutionStatus, hyps: list[dict],
-                      cache: dict) -> dict[str, float] | None:
-    """Offline metrics of the current champion: its Hypothesis's proxy metrics, or the baseline job's."""
-    if status.champion.hypothesis:
-        h = next((h for h in hyps if h["metadata"]["name"] == status.champion.hypothesis), None)
-        if h is not None:
-            return {k: float(v["value"]) for k, v in ((h.get("status") or {}).get("proxyMetrics") or {}).items()}
-    known = cache.setdefault("baseline_metrics", {})
-    if meta.uid not in known:
-        name = E.baseline_job_name(meta)
-        job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
-        if job is None or job.metrics is None:
-            return None
-        known[meta.uid] = {k: float(v) for k, v in job.metrics.items() if isinstance(v, (int, float))}
-    return known[meta.uid]
-
-
 def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyps: list[dict], platform: Any,
            cache: dict, now: datetime) -> TopK | None:
     """The Online Agent's selection, only when a review is due (an LLM ranker is asked once per review)."""
@@ -224,8 +211,7 @@ def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyp
     from cambrian.operator.proposing import select_top_k
 
     try:
-        sel = select_top_k(spec, E.effective_baseline(spec, status), hyps,
-                           _champion_metrics(platform, meta, status, hyps, cache))
+        sel = select_top_k(spec, E.effective_baseline(spec, status), hyps)
     except Exception as exc:  # noqa: BLE001 - the agent failing must not stop the loop: fall back to the stand-in
         log.warning("evolution %s: online agent failed (%s); using the deterministic ranking", meta.name, exc)
         return None
@@ -237,13 +223,13 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
     ns = meta.namespace or "default"
     hyps = [h for h in objects.list("hypotheses", ns) if views.belongs_to(h, meta.name)]
     ros = [r for r in objects.list("rollouts", ns) if views.belongs_to(r, meta.name)]
-    baseline_job = None
+    baseline_jobs = []
     if status.champion.bundle is None:
-        name = E.baseline_job_name(meta)
-        baseline_job = next((j for j in platform.training_jobs(E.owner_of(meta)) if j.name == name), None)
+        names = set(N.baseline_job_names(meta, spec))
+        baseline_jobs = [j for j in platform.training_jobs(E.owner_of(meta)) if j.name in names]
     result = E.reconcile(
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
-        baseline_job, views.spend(hyps, baseline_attempts=1), now,
+        baseline_jobs, views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds), now,
         top_k=_top_k(spec, status, meta, hyps, platform, cache, now),
         champion_serving=(platform.champion_serving(E.owner_of(meta), spec.serving.wire())
                           if status.champion.bundle else None),

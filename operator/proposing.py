@@ -51,13 +51,13 @@ class ProposalBatch:
 def _score(m: Mapping[str, Any]):
     from cambrian.agents.journal import Score
 
-    std = float(m.get("stderr") or 0.0)
-    return Score(mean=float(m["value"]), std=std, n=1, values=[float(m["value"])])
+    return Score(mean=float(m["value"]), std=float(m.get("std") or 0.0), n=int(m.get("seeds") or 1))
 
 
-def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, baseline: dict,
-                 champion_metrics: Mapping[str, float] | None = None) -> list:
-    """Agents' `Hypothesis` entries for Hypothesis objects; gain and verdict against the champion."""
+def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, baseline: dict) -> list:
+    """Agents' `Hypothesis` entries for Hypothesis objects, with the gain, noise floor and verdict the reconcile
+    core judged (operator/reconcile/noise.py) and a failure the proposer can repair."""
+    from cambrian.agents.journal import Failure
     from cambrian.agents import canonical
     from cambrian.agents.journal import Hypothesis
     from cambrian.trainer.config import parse_config
@@ -87,24 +87,21 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
             extra = {}
         metric = st.get("offlineMetric") or spec.objective.offline.for_component(component).metric
         offline = {k: _score(v) for k, v in (st.get("proxyMetrics") or {}).items() if isinstance(v, Mapping) and "value" in v}
-        gain = floor = verdict = None
-        score = st.get("offlineScore")
-        if score is not None and champion_metrics and metric in champion_metrics:
-            lower = spec.objective.offline.for_component(component).direction == "minimize"
-            gain = (champion_metrics[metric] - score) if lower else (score - champion_metrics[metric])
-            floor = float(((st.get("proxyMetrics") or {}).get(metric) or {}).get("stderr") or 0.0)
-            verdict = "better" if gain > floor else "not_better"
+        gain, floor, verdict = st.get("gain"), st.get("noiseFloor"), st.get("verdict")
+        phase = st.get("phase") or "Proposed"
+        failure = None
+        if phase == "Failed" and st.get("failureStage"):
+            failure = Failure(phase="Training", stage=st["failureStage"], reason=st.get("reason") or "")
         online = {}
         if st.get("online"):
             online = {"decision": st["online"].get("decision"), "matured": st["online"].get("decision") is not None}
-        phase = st.get("phase") or "Proposed"
         out.append(Hypothesis(
             id=meta["name"], generation=int(origin.get("wakeup") or 0), persona=origin.get("persona") or _persona_of(component),
             component=component, category=origin.get("category") or "explore", explanation=s.get("explanation", ""),
             delta=delta, fingerprint=fp, origin=ann.get(A_ORIGIN, origin.get("kind", "")),
             meta=extra if isinstance(extra, dict) else {}, phase=phase, attempts=int(st.get("attempts") or 0),
             offline=offline, primary_metric=metric, gain=gain, noise_floor=floor, verdict=verdict,
-            reason=st.get("reason") or "", online=online,
+            reason=st.get("reason") or "", online=online, failure=failure, parent=origin.get("repairOf"),
             created_at=_epoch(meta.get("creationTimestamp")),
         ))
     return out
@@ -154,7 +151,8 @@ def provider_settings(agent: api.Agent, env: Mapping[str, str] | None = None):
     return ProviderSettings(kind=agent.provider, model=agent.model, base_url=agent.base_url, api_key_env=key_env)
 
 
-def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str, Any]) -> dict[str, Any]:
+def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str, Any],
+                    repair_of: str | None = None) -> dict[str, Any]:
     """A proposal -> HypothesisSpec wire form. Raises ConfigError (naming the field) when invalid."""
     delta = prop.get("delta")
     if not isinstance(delta, dict):
@@ -171,7 +169,8 @@ def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str
         "explanation": (str(prop.get("explanation") or "") or f"{persona} proposal")[:8192],
         "predictedEffect": {"description": str(prop.get("predicted_effect") or "")[:4096]} if prop.get("predicted_effect") else {},
         "delta": body,
-        "origin": {"kind": "persona", "persona": persona, "category": category, "wakeup": wakeup},
+        "origin": {"kind": "persona", "persona": persona, "category": category, "wakeup": wakeup,
+                   **({"repairOf": repair_of} if repair_of else {})},
     }
     return api.parse_spec("Hypothesis", spec).wire()
 
@@ -204,7 +203,7 @@ class ClusterProposer:
 
     def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
         from cambrian.agents.budgets import cost_usd
-        from cambrian.agents.personas import get_persona
+        from cambrian.agents.personas import PERSONAS, get_persona
         from cambrian.agents.proposers.base import ProposalRequest
         from cambrian.trainer.config import parse_config
 
@@ -222,19 +221,50 @@ class ClusterProposer:
         total = sum(quotas.values())
         used = spend(existing)
         budgets = spec.agent.budgets
-        for name in action.personas:
-            if (budgets.tokens is not None and used.tokens + batch.tokens >= budgets.tokens) or (
-                    budgets.dollars is not None and used.dollars + batch.dollars >= budgets.dollars):
-                batch.notes.append(f"LLM budget spent before asking the {name} persona")
-                break
-            persona = get_persona(name)
-            request = ProposalRequest(persona, action.wakeup, quotas, "", baseline, journal)  # type: ignore[arg-type]
+
+        def spent() -> bool:
+            return (budgets.tokens is not None and used.tokens + batch.tokens >= budgets.tokens) or (
+                budgets.dollars is not None and used.dollars + batch.dollars >= budgets.dollars)
+
+        def ask(persona, asked: dict[str, int], repair_of=None):
+            request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
+                                      repair_of=repair_of)
             if getattr(proposer, "name", "") != "builtin":
-                request.prompt = _prompt(persona, baseline, journal.hypotheses, quotas, spec)
+                request.prompt = _prompt(persona, baseline, journal.hypotheses, asked, spec, repair_of)
             result = proposer.propose(request)
             batch.tokens += int(result.input_tokens + result.output_tokens)
             if result.input_tokens or result.output_tokens:
                 batch.dollars += cost_usd(result.model or proposer.model, result.input_tokens, result.output_tokens)
+            return result
+
+        def admit(persona, i: int, prop: Mapping[str, Any], repair_of: str | None = None) -> bool:
+            who = f"repair of {repair_of}" if repair_of else persona.name
+            delta = prop.get("delta") if isinstance(prop.get("delta"), dict) else {}
+            if delta.get("component") not in persona.components:
+                batch.notes.append(f"{who}: proposal {i} changes {delta.get('component')!r}, outside the persona")
+                return False
+            try:
+                hs = hypothesis_spec(action.owner.name, action.wakeup, persona.name, prop, repair_of)
+            except ConfigError as exc:
+                batch.notes.append(f"{who}: proposal {i} rejected: {exc}")
+                return False
+            fp = _fingerprint(baseline, hs)
+            if fp is not None and fp in taken:
+                batch.notes.append(f"{who}: proposal {i} duplicates an earlier hypothesis ({fp}); dropped")
+                return False
+            taken.add(fp)
+            ann = {A_ORIGIN: f"{getattr(proposer, 'name', '?')}:{getattr(proposer, 'model', '?')}"}
+            if prop.get("meta"):
+                ann[A_META] = json.dumps(prop["meta"], sort_keys=True, default=float)
+            batch.items.append((hs, ann))
+            return True
+
+        for name in action.personas:
+            if spent():
+                batch.notes.append(f"LLM budget spent before asking the {name} persona")
+                break
+            persona = get_persona(name)
+            result = ask(persona, quotas)
             if result.error:
                 batch.notes.append(f"{name}: unusable proposer output: {result.error}")
                 continue
@@ -243,25 +273,21 @@ class ClusterProposer:
                 if accepted >= total:
                     batch.notes.append(f"{name}: proposal {i} is over the wake-up quota of {total}; dropped")
                     continue
-                delta = prop.get("delta") if isinstance(prop.get("delta"), dict) else {}
-                if delta.get("component") not in persona.components:
-                    batch.notes.append(f"{name}: proposal {i} changes {delta.get('component')!r}, outside the persona")
-                    continue
-                try:
-                    hs = hypothesis_spec(action.owner.name, action.wakeup, name, prop)
-                except ConfigError as exc:
-                    batch.notes.append(f"{name}: proposal {i} rejected: {exc}")
-                    continue
-                fp = _fingerprint(baseline, hs)
-                if fp is not None and fp in taken:
-                    batch.notes.append(f"{name}: proposal {i} duplicates an earlier hypothesis ({fp}); dropped")
-                    continue
-                taken.add(fp)
-                accepted += 1
-                ann = {A_ORIGIN: f"{getattr(proposer, 'name', '?')}:{getattr(proposer, 'model', '?')}"}
-                if prop.get("meta"):
-                    ann[A_META] = json.dumps(prop["meta"], sort_keys=True, default=float)
-                batch.items.append((hs, ann))
+                accepted += admit(persona, i, prop)
+        # Self-repair: each failed hypothesis the core chose goes back to its persona once, with its error.
+        by_id = {h.id: h for h in journal.hypotheses}
+        for failed in action.repairs:
+            entry = by_id.get(failed)
+            if entry is None or entry.persona not in PERSONAS:
+                continue
+            if spent():
+                batch.notes.append(f"LLM budget spent before repairing {failed}")
+                break
+            result = ask(PERSONAS[entry.persona], {"exploit": 1}, repair_of=entry)
+            if result.error or not result.proposals:
+                batch.notes.append(f"repair of {failed}: {result.error or 'the proposer had no fix'}")
+                continue
+            admit(PERSONAS[entry.persona], 0, {**result.proposals[0], "category": "exploit"}, repair_of=failed)
         if batch.items and (batch.tokens or batch.dollars):
             batch.items[0][1][A_TOKENS] = str(batch.tokens)
             batch.items[0][1][A_DOLLARS] = f"{batch.dollars:.6f}"
@@ -280,13 +306,15 @@ def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
         return None
 
 
-def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec) -> str:
+def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec,
+            repair_of=None) -> str:
     from cambrian.agents.journal import render_journal
     from cambrian.agents.prompts import build_prompt
 
     text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
                           persona.lower_is_better, 20_000, components=persona.components)
-    return build_prompt(persona, persona.view(baseline), text, quotas, [m.name for m in spec.objective.north_star], None)
+    return build_prompt(persona, persona.view(baseline), text, quotas, [m.name for m in spec.objective.north_star], None,
+                        repair_of=repair_of)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +341,12 @@ def online_agent(spec: api.EvolutionSpec, env: Mapping[str, str] | None = None):
                        guardrails=[f"{g.metric} {g.direction}" for g in spec.guardrails])
 
 
-def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mapping[str, Any]],
-                 champion_metrics: Mapping[str, float] | None, agent: Any = None):
-    """The Online Agent's Selection over the Evolution's Hypothesis objects."""
-    entries = journal_view(hypotheses, spec, baseline, champion_metrics)
+def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mapping[str, Any]], agent: Any = None):
+    """The Online Agent's Selection over the Evolution's Hypothesis objects (gains as the core judged them). It
+    is shown only the scored hypotheses the core may roll out: its choice is never one the core refuses."""
+    from cambrian.operator.reconcile.noise import may_roll_out
+
+    entries = [h for h in journal_view(hypotheses, spec, baseline) if h.phase != "Scored" or may_roll_out(h.verdict)]
     return (agent or online_agent(spec)).select(entries)
 
 

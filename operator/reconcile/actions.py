@@ -111,7 +111,8 @@ class RetireRollout:
 
 @dataclass(frozen=True)
 class ProposeHypotheses:
-    """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1)."""
+    """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1),
+    the repairs of `repairs` among them (spec.origin.repairOf names the failed one)."""
 
     owner: Owner
     wakeup: int
@@ -120,6 +121,7 @@ class ProposeHypotheses:
     personas: tuple[str, ...]
     evolution_spec: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # wire form
     baseline: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # Φ the deltas apply to
+    repairs: tuple[str, ...] = ()  # failed Hypotheses to send back to the proposer with their error, once each
 
 
 @dataclass(frozen=True)

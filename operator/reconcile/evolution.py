@@ -25,13 +25,14 @@ from cambrian.operator.api import (
 )
 from cambrian.operator.reconcile.actions import (
     CreateRollout,
-    CreateTrainingJob,
     RetireRollout,
     Owner,
     ProposeHypotheses,
     RecordJournal,
 )
 from cambrian.operator.reconcile import champion as CH
+from cambrian.operator.reconcile import noise as N
+from cambrian.operator.reconcile import repair as R
 from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
@@ -47,7 +48,7 @@ def owner_of(meta: Meta) -> Owner:
 
 
 def baseline_job_name(meta: Meta) -> str:
-    return child_name(meta.name, meta.uid, "baseline")
+    return N.baseline_job_name(meta, 0)
 
 
 def rollout_name(meta: Meta, hypothesis: str) -> str:
@@ -99,13 +100,14 @@ def reconcile(
     status: EvolutionStatus,
     hypotheses: Sequence[HypothesisView],
     rollouts: Sequence[RolloutView],
-    baseline_job: JobObservation | None,
+    baseline_job: Sequence[JobObservation] | JobObservation | None,
     spend: SpendObservation,
     now: datetime,
     top_k: TopK | None = None,
     champion_serving: ChampionObservation | None = None,
 ) -> Result[EvolutionStatus]:
-    """`top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`.
+    """`baseline_job`: the baseline's training runs (one per seed; see noise.measure_baseline).
+    `top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`.
     `champion_serving`: the production model server as the platform reports it (None: there is none)."""
     if blocked(status, meta.generation):
         return Result([], status.model_copy(deep=True))
@@ -129,35 +131,10 @@ def reconcile(
     if st.phase == "Failed":
         return Result(actions, st)
 
-    # 1. The first champion is the baseline, trained once.
+    # 1. The first champion is the baseline, trained with several seeds: their spread is the noise floor.
     if st.champion.bundle is None:
-        name = baseline_job_name(meta)
-        if baseline_job is None or baseline_job.state in ("Pending", "Suspended", "Running"):
-            if baseline_job is None:
-                actions.append(
-                    CreateTrainingJob(
-                        name=name, owner=owner, hypothesis=None, attempt=1, baseline=spec.baseline, delta=None,
-                        training=spec.training.wire(), data=spec.data.wire(),
-                        storage_claim=spec.storage.claim_name, bundle_path=f"bundles/{meta.name}/baseline",
-                    )
-                )
-            cond("ChampionReady", False, "TrainingBaseline", f"baseline job {name}")
-            stuck = baseline_job.blocked if baseline_job is not None else None
-            note_blocker(st, "ChampionReady", f"baseline job {name}: {stuck}" if stuck else None, now,
-                         meta.generation, journal)
-        elif baseline_job.state == "Succeeded" and baseline_job.bundle_uri:
-            note_blocker(st, "ChampionReady", None, now, meta.generation, journal)
-            st.champion = Champion(name="baseline", bundle=baseline_job.bundle_uri, config=spec.baseline, since=now)
-            cond("ChampionReady", True, "Baseline", "the baseline model is the champion")
-            journal("ChampionChanged", "baseline trained", bundle=baseline_job.bundle_uri,
-                    metrics=baseline_job.metrics or {})
-        else:
-            why = f"baseline job {baseline_job.name} {baseline_job.state.lower()}: {baseline_job.message or baseline_job.reason or 'no bundle'}"
-            st.phase = "Failed"
-            st.reason = why
-            cond("ChampionReady", False, "BaselineFailed", why)
-            cond("Ready", False, "BaselineFailed", why)
-            journal("Failed", why, warning=True)
+        jobs = [baseline_job] if isinstance(baseline_job, JobObservation) else list(baseline_job or ())
+        if not N.measure_baseline(meta, spec, st, jobs, owner, now, actions, journal, cond):
             return Result(actions, st)
 
     # 2. Spend and budgets.
@@ -194,6 +171,8 @@ def reconcile(
     if st.phase == "Running" and (st.next_wakeup_at is None or now >= st.next_wakeup_at):
         wakeup = st.counters.wakeups + 1
         q = spec.agent.quotas
+        repairs = R.to_repair(hypotheses, st.repairs)  # failed proposals go back to the proposer once
+        st.repairs = R.remember(st.repairs, repairs)
         actions.append(
             ProposeHypotheses(
                 owner=owner,
@@ -203,6 +182,7 @@ def reconcile(
                 personas=tuple(spec.agent.personas),
                 evolution_spec=spec.wire(),
                 baseline=effective_baseline(spec, st),
+                repairs=repairs,
             )
         )
         st.counters.wakeups = wakeup
@@ -214,7 +194,8 @@ def reconcile(
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
-        pool = [h for h in hypotheses if h.phase == "Scored" and h.name not in in_rollout and h.bundle_uri]
+        pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
+                and h.bundle_uri]
         if top_k is not None:
             retire = set(top_k.retire)
             for ro in sorted(live, key=lambda r: r.name):

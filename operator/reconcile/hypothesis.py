@@ -1,6 +1,10 @@
 """Hypothesis lifecycle, pure: Proposed -> Validated -> Training -> Scored -> Live -> Launched | Retired,
 or Failed / Rejected with a reason.
 
+Scoring against the noise floor (noise.py, stats/noise.py): the first run's gain over the champion is
+judged; a promising one stays in Training while spec.noise.confirmSeeds more seeds train (in parallel),
+then it is Scored with the verdict over all its seeds. Only verdict "better" is ever rolled out.
+
 `reconcile(meta, spec, status, ctx, job, rollout, now)` never reads a clock or the cluster: the
 caller passes what it observed. Re-running it from the last persisted status gives the same child
 names (attempt number is in the name), so a crash between creating a Job and saving the status
@@ -9,16 +13,18 @@ re-issues a create that finds the Job already there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
 
 from cambrian.errors import ConfigError
 from cambrian.operator.api import EvolutionSpec, HypothesisSpec, HypothesisStatus, OnlineResult, ProxyMetric
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import JobObservation, RolloutView
+from cambrian.stats.noise import confirmation_seeds
 
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
 POLL_SECONDS = 30.0
@@ -35,6 +41,8 @@ class EvolutionContext:
     spec: EvolutionSpec
     baseline: dict[str, Any]  # the champion's Φ (the spec's baseline until a launch)
     budget_exhausted: str | None = None  # the budget's name when one is spent
+    # the champion's offline metrics over its seeds, which gains are measured against (noise.reference_metrics)
+    reference: dict[str, ProxyMetric] = field(default_factory=dict)
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -109,6 +117,15 @@ def reconcile(
             cond("Ready", False, "Rejected", str(exc))
             journal("Rejected", str(exc), warning=True)
             return Result(actions, st)
+        if spec.delta.code is not None:  # the gate's static stages, before any run is started (AST only)
+            from cambrian.errors import GateError
+            from cambrian.trainer.codecheck import check_code
+
+            try:
+                check_code(spec.delta.code, spec.component)
+            except GateError as exc:
+                st.failure_stage = exc.stage  # parse or static: the proposer gets it back once to repair
+                return _fail(st, str(exc), exc.stage, actions, journal, move, cond)
         st.config_fingerprint = phi.fingerprint()
         move("Validated")
         cond("Validated", True, "DeltaApplies", "the delta applies to the baseline and yields a valid config")
@@ -126,6 +143,8 @@ def reconcile(
         journal("TrainingStarted", f"attempt {st.attempts} as job {st.job_name}")
         return Result(actions, st, requeue_after=POLL_SECONDS)
 
+    if st.phase == "Training" and st.confirmations:
+        return _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond)
     if st.phase == "Training":
         return _training(meta, spec, st, ctx, _current(meta, st, jobs, ctx, now), now, actions, journal, move, cond)
 
@@ -161,19 +180,29 @@ def _start(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: Evolutio
     actions.append(_create_job(meta, spec, st, ctx))
 
 
-def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext) -> CreateTrainingJob:
+def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext,
+                seed: int | None = None) -> CreateTrainingJob:
+    """The latest attempt's run; with `seed`, the latest run of that confirmation seed."""
     return CreateTrainingJob(
-        name=job_name(meta, st.attempts),
+        name=job_name(meta, st.attempts) if seed is None else confirm_job_name(meta, seed, _confirm_run(st, seed)),
         owner=owner_of(meta),
         hypothesis=meta.name,
-        attempt=st.attempts,
-        baseline=ctx.baseline,
+        attempt=st.attempts if seed is None else 1,
+        baseline=ctx.baseline if seed is None else N.with_seed(ctx.baseline, seed),
         delta=spec.trainer_delta().model_dump(mode="json", exclude_none=True),
         training=ctx.spec.training.wire(),
         data=ctx.spec.data.wire(),
         storage_claim=ctx.spec.storage.claim_name,
-        bundle_path=bundle_path(meta, st.attempts),
+        bundle_path=bundle_path(meta, st.attempts) if seed is None else f"bundles/{meta.name}/seed-{seed}",
     )
+
+
+def confirm_job_name(meta: Meta, seed: int, run: int = 1) -> str:
+    return child_name(meta.name, meta.uid, f"seed-{seed}" if run == 1 else f"seed-{seed}-{run}")
+
+
+def _confirm_run(st: HypothesisStatus, seed: int) -> int:
+    return 1 + st.confirmation_retries.get(str(seed), 0)
 
 
 def attempt_of(meta: Meta, name: str, max_attempts: int) -> int | None:
@@ -212,29 +241,20 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
         note_blocker(st, "Training", f"job {job.name}: {job.blocked}" if job.blocked else None, now,
                      meta.generation, journal)
         return Result(actions, st, requeue_after=POLL_SECONDS)
+    if st.seed_runs and st.seed_runs[0].job == job.name:
+        return _judge(meta, spec, st, ctx, now, actions, journal, move, cond)  # recorded; waited for the baseline
     if job.started_at is not None and job.finished_at is not None:
-        # counted once: the attempt leaves Training (or moves to the next attempt) in this same step
+        # counted once: the attempt is recorded (or moves to the next attempt) in this same step
         st.gpu_hours += (job.finished_at - job.started_at).total_seconds() / 3600 * ctx.spec.training.gpu.count
     if job.state == "Succeeded":
-        metrics = job.metrics or {}
         objective = ctx.spec.objective.offline.for_component(spec.component)
-        value = metrics.get(objective.metric)
-        if not isinstance(value, (int, float)):
+        if N.numeric(job.metrics).get(objective.metric) is None:
             return _fail(st, f"job {job.name} succeeded but reported no {objective.metric!r} metric", "metrics",
                          actions, journal, move, cond)
-        st.proxy_metrics = {
-            k: ProxyMetric(value=float(v), stderr=_num(metrics.get(f"{k}_stderr")))
-            for k, v in sorted(metrics.items())
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.endswith("_stderr")
-        }
-        st.offline_metric = objective.metric
-        st.offline_score = float(value)
-        st.bundle_uri = job.bundle_uri
-        move("Scored")
+        st.seed_runs = [N.seed_run(N.base_seed(ctx.baseline), job)]
+        st.bundle_uri = job.bundle_uri  # the first seed's model is the one a rollout serves
         cond("Training", False, "Succeeded", f"job {job.name} finished")
-        cond("Ready", True, "Scored", f"{objective.metric}={value:.6g}")
-        journal("Scored", f"{objective.metric}={value:.6g}", metrics=metrics)
-        return Result(actions, st)
+        return _judge(meta, spec, st, ctx, now, actions, journal, move, cond)
     # Failed
     why = f"job {job.name} failed" + (f" ({job.reason})" if job.reason else "")
     if job.message:
@@ -255,6 +275,78 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
     return _fail(st, f"{why} (after {st.attempts} attempts)", st.failure_stage, actions, journal, move, cond)
 
 
+def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """Metrics over the finished seeds, the verdict against the champion; a promising first run gets its
+    confirmation seeds (unless a budget is spent: then it stays promising, which is never rolled out)."""
+    objective = ctx.spec.objective.offline.for_component(spec.component)
+    if not ctx.reference:  # the baseline's seeds are still training: nothing to judge against yet
+        cond("Training", True, "WaitingForBaseline", "trained; waiting for the baseline's noise floor to judge it")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    st.proxy_metrics = N.proxy_metrics([r.metrics for r in st.seed_runs])
+    st.offline_metric = objective.metric
+    st.offline_score = st.proxy_metrics[objective.metric].value
+    jd = N.verdict(objective, st.proxy_metrics, ctx.reference, ctx.spec.noise)
+    st.gain, st.noise_floor, st.verdict = (jd.gain, jd.floor, jd.verdict) if jd else (None, None, None)  # type: ignore[assignment]
+    why = jd.reason if jd else f"the champion reported no {objective.metric} to compare with; never rolled out"
+    if jd is not None and jd.verdict == "promising" and not st.confirmations:
+        if not ctx.budget_exhausted:
+            seeds = confirmation_seeds(N.base_seed(ctx.baseline), ctx.spec.noise.confirm_seeds)
+            st.confirmations = len(seeds)
+            actions.extend(_create_job(meta, spec, st, ctx, seed=s) for s in seeds)
+            st.reason = why
+            cond("Training", True, "Confirming", f"{len(seeds)} confirmation seeds: {', '.join(map(str, seeds))}")
+            journal("Confirming", f"{why}; training seeds {', '.join(map(str, seeds))}")
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        why += f"; not confirmed: budget {ctx.budget_exhausted} is spent"
+    value = st.offline_score
+    move("Scored", why)
+    cond("Ready", True, "Scored", f"{objective.metric}={value:.6g} ({st.verdict or 'not judged'})")
+    journal("Scored", f"{objective.metric}={value:.6g}: {why}", metrics={k: v.value for k, v in st.proxy_metrics.items()},
+            verdict=st.verdict)
+    return Result(actions, st)
+
+
+def _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """Wait for every confirmation seed (creating any the platform does not show). A failed run is retried like
+    an attempt (not for exit 2 or 3, up to spec.training.maxAttempts runs); a seed that still fails fails the
+    hypothesis, as a candidate that only trains with some seeds is not an improvement."""
+    by_name = {j.name: j for j in jobs}
+    done = {r.job for r in st.seed_runs}
+    waiting = 0
+    for seed in confirmation_seeds(N.base_seed(ctx.baseline), st.confirmations):
+        run = _confirm_run(st, seed)
+        name = confirm_job_name(meta, seed, run)
+        job = by_name.get(name)
+        if name in done:
+            continue
+        if job is None:
+            actions.append(_create_job(meta, spec, st, ctx, seed=seed))  # idempotent by name
+            waiting += 1
+            continue
+        if job.state in ("Pending", "Suspended", "Running"):
+            waiting += 1
+            continue
+        if job.started_at is not None and job.finished_at is not None:  # counted once: recorded or failed now
+            st.gpu_hours += (job.finished_at - job.started_at).total_seconds() / 3600 * ctx.spec.training.gpu.count
+        metric = ctx.spec.objective.offline.for_component(spec.component).metric
+        if job.state == "Succeeded" and N.numeric(job.metrics).get(metric) is not None:
+            st.seed_runs.append(N.seed_run(seed, job))
+            continue
+        why = f"confirmation seed {seed}: job {job.name} {job.state.lower()}" + (f": {job.message or job.reason}"
+                                                                                  if job.message or job.reason else "")
+        if job.state == "Failed" and job.exit_code not in NO_RETRY_EXIT_CODES and run < ctx.spec.training.max_attempts:
+            st.confirmation_retries[str(seed)] = run
+            actions.append(_create_job(meta, spec, st, ctx, seed=seed))
+            journal("Retrying", f"{why}; retrying (run {run + 1} of {ctx.spec.training.max_attempts})", warning=True)
+            waiting += 1
+            continue
+        return _fail(st, why, job.stage or "training", actions, journal, move, cond)
+    if waiting:
+        cond("Training", True, "Confirming", f"{waiting} of {st.confirmations} confirmation seeds still training")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    return _judge(meta, spec, st, ctx, now, actions, journal, move, cond)
+
+
 def _fail(st, why, stage, actions, journal, move, cond) -> Result[HypothesisStatus]:
     st.failure_stage = stage
     move("Failed", why)
@@ -263,6 +355,3 @@ def _fail(st, why, stage, actions, journal, move, cond) -> Result[HypothesisStat
     journal("Failed", why, warning=True)
     return Result(actions, st)
 
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None

@@ -120,6 +120,9 @@ class HypothesisView:
     attempts: int = 0
     created: str = ""  # creation timestamp, for a stable order
     delta: dict[str, Any] | None = None  # trainer Delta JSON (component, patch, code)
+    verdict: str | None = None  # better | promising | not_better against the noise floor (stats/noise.py)
+    failure_stage: str | None = None  # where a Failed hypothesis failed (parse, static, training, ...)
+    repair_of: str | None = None  # the failed hypothesis this one repairs
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         attempts=int(status.get("attempts") or 0),
         created=str(meta.get("creationTimestamp") or ""),
         delta=trainer_delta,
+        verdict=status.get("verdict"),
+        failure_stage=status.get("failureStage"),
+        repair_of=(spec.get("origin") or {}).get("repairOf"),
     )
 
 
@@ -66,5 +69,6 @@ def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0) -
         tokens += int(float(ann.get(A_TOKENS, 0) or 0))
         dollars += float(ann.get(A_DOLLARS, 0) or 0)
         gpu += float(status.get("gpuHours") or 0)
-        evals += int(status.get("attempts") or 0)
+        evals += int(status.get("attempts") or 0) + int(status.get("confirmations") or 0) + sum(
+            int(v) for v in (status.get("confirmationRetries") or {}).values())
     return Spend(tokens=tokens, dollars=dollars, gpu_hours=gpu, evaluations=evals)

@@ -45,6 +45,8 @@ def evolution(name: str) -> dict:
             "training": {"memory": "1Gi", "cpu": "1", "podAnnotations": {"kwok.cambrian.dev/duration": "1h"}},
             "data": {"world": {"users": 300, "days": 4, "seed": 0}},
             "storage": {"claimName": "bundles"},  # bundles that serving arms can load (never job://)
+            # the noise floor from two baseline seeds; a promising hypothesis is confirmed by one more seed
+            "noise": {"baselineSeeds": 2, "confirmSeeds": 1},
             "experiment": {
                 "ramp": {"steps": [{"weights": [90, 10], "duration": "15s"}, {"weights": [50, 50], "duration": "1h"}]},
                 "readout": {"interval": "2s"},
@@ -291,8 +293,11 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
 
             # Nothing duplicated across the three operator runs.
             jobs = k.get("jobs")
-            assert len(jobs) == 3, [j["metadata"]["name"] for j in jobs]  # baseline + one attempt per hypothesis
-            assert len(rt.runs) == 3 and all(r["rc"] == 0 for r in rt.runs), rt.runs
+            # two baseline seeds + one attempt per hypothesis + the confirmation seeds of the promising ones
+            runs = 2 + 2 + sum(status(h).get("confirmations", 0) for h in k.get("hypotheses"))
+            assert status(k.get("hypothesis", best))["verdict"] == "better"  # confirmed: the only kind rolled out
+            assert len(jobs) == runs, [j["metadata"]["name"] for j in jobs]
+            assert len(rt.runs) == runs and all(r["rc"] == 0 for r in rt.runs), rt.runs
             assert sorted(h["metadata"]["name"] for h in k.get("hypotheses")) == names
             assert len([r for r in k.get("rollouts") if any(
                 t["hypothesisRef"]["name"] == best for t in r["spec"]["treatments"])]) == 1

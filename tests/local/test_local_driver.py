@@ -101,9 +101,11 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     """Stand-in trainer; the driver dies after the first wake-up created its Hypotheses but before the
     Evolution's status (wakeups=1) was written, then a new driver on the same folder replays that step and
     finishes: the wake-up is not proposed twice and each Hypothesis trains once."""
+    from cambrian.operator.local_cli import apply_overrides
+
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
-    objs = load_manifests(SCENARIO)
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=4)
     first = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
     write_status = first.store.write_status
 
@@ -128,7 +130,7 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
         assert h["status"]["phase"] == "Scored" and h["status"]["attempts"] == 1
         assert h["status"]["offlineScore"] == pytest.approx(0.9)
     jobs = sorted(p.name for p in (root / "jobs").iterdir())
-    assert len(jobs) == 3  # baseline + two candidates, each exactly once
+    assert len(jobs) == 4  # two baseline seeds + two candidates, each exactly once
     evo = _objects(root, "evolutions")[0]["status"]
     assert evo["phase"] == "BudgetExhausted" and evo["counters"]["wakeups"] == 1
     assert evo["champion"]["bundle"].startswith("file://") and not _objects(root, "rollouts")
@@ -139,19 +141,77 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
 
 
 def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path):
-    """Two proposals and room for one more evaluation: the Evolution counts the first training run before
-    the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
+    """Two proposals and room for one more evaluation after the baseline's two seeds: the Evolution counts the
+    first training run before the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
     from cambrian.operator.local_cli import apply_overrides
 
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
     driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
-    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=2))
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=3))
     assert driver.run().reason.startswith("every Evolution is done")
     phases = sorted(h["status"]["phase"] for h in _objects(root, "hypotheses"))
     assert phases == ["Scored", "Validated"]
-    assert len(list((root / "jobs").iterdir())) == 2  # the baseline and one candidate
-    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 2
+    assert len(list((root / "jobs").iterdir())) == 3  # the baseline's two seeds and one candidate
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 3
+
+
+def _drive(tmp_path, trainer_args: list[str], evaluations: int):
+    from cambrian.operator.local_cli import apply_overrides
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER + trainer_args, poll_s=0.1)
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=evaluations))
+    summary = driver.run()
+    assert summary.reason.startswith("every Evolution is done"), summary
+    return root
+
+
+def test_a_gain_below_the_noise_floor_is_never_better_nor_rolled_out(tmp_path):
+    """Candidates 1e-9 better than a baseline whose two seeds agree: the floor is minFloor, not 0, so both
+    are Scored not_better, nothing is confirmed and no Rollout starts, however many reviews pass."""
+    root = _drive(tmp_path, ["--gain", "1e-9"], evaluations=4)
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert evo["baselineMetrics"]["val_loss"] == {"value": 0.5, "std": 0.0, "stderr": 0.0, "seeds": 2}
+    assert evo["counters"]["reviews"] >= 1
+    for h in _objects(root, "hypotheses"):
+        st = h["status"]
+        assert st["phase"] == "Scored" and st["verdict"] == "not_better" and st["confirmations"] == 0
+        assert st["gain"] == pytest.approx(1e-9) and st["noiseFloor"] == pytest.approx(1e-4)
+    assert not _objects(root, "rollouts") and len(list((root / "jobs").iterdir())) == 4
+
+
+def test_promising_candidates_train_confirmation_seeds_before_any_verdict(tmp_path):
+    """A first seed 0.1 better is promising; its confirmation seed (1000) scores like the baseline, so over two
+    seeds the gain (0.05) no longer clears the floor: not better, no rollout. Each confirmation trains once."""
+    root = _drive(tmp_path, ["--gain", "0.1", "--confirm-gain", "0"], evaluations=6)
+    hyps = _objects(root, "hypotheses")
+    assert len(hyps) == 2
+    for h in hyps:
+        st = h["status"]
+        assert st["phase"] == "Scored" and st["verdict"] == "not_better" and st["confirmations"] == 1
+        assert [r["seed"] for r in st["seedRuns"]] == [0, 1000] and st["proxyMetrics"]["val_loss"]["seeds"] == 2
+        assert st["offlineScore"] == pytest.approx(0.45)
+    confirm = [j for j in (root / "jobs").iterdir()
+               if json.loads((j / "job.json").read_text())["baseline"].get("training", {}).get("seed") == 1000]
+    assert len(confirm) == 2 and len(list((root / "jobs").iterdir())) == 6
+    assert not _objects(root, "rollouts")
+    assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 6
+
+
+def test_failed_candidates_go_back_to_the_proposer_once(tmp_path):
+    """Every candidate fails in training; the next wake-up sends each failure (with its error) back to the
+    built-in proposer once; a repair that fails too is not repaired again."""
+    root = _drive(tmp_path, ["--fail"], evaluations=8)
+    hyps = {h["metadata"]["name"]: h for h in _objects(root, "hypotheses")}
+    assert all(h["status"]["phase"] == "Failed" and h["status"]["failureStage"] == "training" for h in hyps.values()), \
+        {n: (h["spec"]["origin"], h["status"].get("phase"), h["status"].get("reason")) for n, h in hyps.items()}
+    repaired = [h["spec"]["origin"]["repairOf"] for h in hyps.values() if h["spec"]["origin"].get("repairOf")]
+    assert repaired and len(repaired) == len(set(repaired))  # at most once each
+    assert all(r in hyps and not hyps[r]["spec"]["origin"].get("repairOf") for r in repaired)  # never a repair's repair
+    first_wakeup = {n for n, h in hyps.items() if h["spec"]["origin"].get("wakeup") == 1}
+    assert first_wakeup <= set(_objects(root, "evolutions")[0]["status"]["repairs"])  # asked, with or without a fix
 
 
 def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path):
@@ -232,16 +292,23 @@ def evolved(tmp_path_factory):
 
 
 @pytest.mark.prometheus
+@pytest.mark.timeout(1500)  # three driver runs and six real training runs (baseline and confirmation seeds)
 def test_seeded_evolution_survives_sigkill_during_training_and_rollout(evolved):
     root, report, ro_at_kill, left = evolved
     assert report["reason"].startswith("every Evolution is done"), report
     assert ro_at_kill in (None, "Pending", "Deploying", "Running")  # the second kill hit a live rollout
     assert left == []  # the last run stopped every process it (or the killed runs) started
     hyps = _objects(root, "hypotheses")
-    assert len(hyps) == 2 and all(h["status"]["attempts"] == 1 for h in hyps)
+    held = [h for h in hyps if h["status"]["phase"] == "Validated"]  # proposed after the budget was spent
+    assert all(h["status"]["attempts"] == 0 for h in held)
+    hyps = [h for h in hyps if h not in held]
+    assert len(hyps) >= 2 and all(h["status"]["attempts"] == 1 for h in hyps)
     assert all(h["status"]["phase"] in ("Scored", "Live", "Launched", "Retired") for h in hyps)
     jobs = [json.loads(p.read_text()) for p in (root / "jobs").glob("*/result.json")]
-    assert len(jobs) == 3 and all(j["state"] == "Succeeded" for j in jobs)  # the killed run ran again, once
+    runs = 2 + len(hyps) + sum(h["status"]["confirmations"] for h in hyps)  # baseline seeds, attempts, confirmations
+    assert len(jobs) == runs and all(j["state"] == "Succeeded" for j in jobs)  # the killed run ran again, once
+    (live,) = [h for h in hyps if h["status"].get("rollout")]
+    assert live["status"]["verdict"] == "better" and len(live["status"]["seedRuns"]) == 2  # confirmed before live
     (ro,) = _objects(root, "rollouts")  # one rollout, not one per restart
     assert ro["status"]["phase"] in ("Promoted", "RolledBack", "Inconclusive")
     assert ro["status"]["readouts"] >= 1 and ro["status"]["decision"] in ("promote", "rollback", "inconclusive")
@@ -258,8 +325,9 @@ def test_rollout_command_runs_an_abn_rollout_of_the_trained_bundles(evolved, tmp
     servers, router and Prometheus; every arm gets users in about its share and the rollout concludes."""
     root = evolved[0]
     evo = _objects(root, "evolutions")[0]["status"]
-    hyps = {h["metadata"]["name"]: h["status"]["bundleUri"] for h in _objects(root, "hypotheses")}
-    names = sorted(hyps)
+    hyps = {h["metadata"]["name"]: h["status"]["bundleUri"] for h in _objects(root, "hypotheses")
+            if h["status"].get("bundleUri")}
+    names = sorted(hyps)[:2]  # two trained candidates (a budget-held one has no bundle)
     rollout = {
         "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "tiny-abn"},
         "spec": {"evolutionRef": {"name": "tiny"},

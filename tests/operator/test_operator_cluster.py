@@ -92,6 +92,10 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
             "storage": {"claimName": "bundles"},
         },
     }
+    # A second loop whose candidates gain 1e-9 over a baseline whose seeds agree: never better, never rolled out.
+    tiny = json.loads(json.dumps(evo))
+    tiny["metadata"]["name"] = "tiny-gain"
+    tiny["spec"]["launchPolicy"] = "auto"
     hyp = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": "e2e-adamw"},
            "spec": {"evolutionRef": {"name": "e2e"}, "component": "optimizer", "explanation": "AdamW",
                     "delta": {"patch": {"name": "AdamW", "weight_decay": 0.01}}}}
@@ -112,6 +116,7 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
     args = ["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"]
     with KopfRunner(args, timeout=240) as runner:
         _apply(c, ns, evo, check=True)
+        _apply(c, ns, tiny, check=True)
         champion = wait("the baseline champion", lambda: ((get("evolution", "e2e") or {}).get("status") or {})
                         .get("champion", {}).get("bundle"))
         assert champion.startswith("pvc://bundles/")
@@ -127,7 +132,11 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
              .get("ChampionServing", {}).get("status") == "True")
         jobs = json.loads(c.kubectl("get", "jobs", "-n", ns, "-l", "cambrian.dev/owner-kind=evolution",
                                     "-o", "json").stdout)["items"]
-        (job,) = jobs  # the baseline
+        jobs = [j for j in jobs if j["metadata"]["ownerReferences"][0]["name"] == "e2e"]
+        assert len(jobs) == 3  # the baseline's three seeds, for its noise floor
+        job = jobs[0]
+        floor = get("evolution", "e2e")["status"]["baselineMetrics"]["val_loss"]
+        assert floor == {"value": 0.6, "std": 0.0, "stderr": 0.0, "seeds": 3}
         pod = job["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -137,9 +146,19 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
         evo["spec"]["training"]["podAnnotations"]["kwok.cambrian.dev/termination-message"] = metrics
         _apply(c, ns, evo, check=True)
         _apply(c, ns, hyp, check=True)
+        wait("the tiny-gain champion", lambda: ((get("evolution", "tiny-gain") or {}).get("status") or {})
+             .get("champion", {}).get("bundle"))
+        tiny["spec"]["training"]["podAnnotations"]["kwok.cambrian.dev/termination-message"] = json.dumps(
+            {"v": 1, "metrics": {"val_loss": 0.6 - 1e-9, "auc": 0.6}})
+        _apply(c, ns, tiny, check=True)
+        tiny_h = json.loads(json.dumps(hyp))
+        tiny_h["metadata"]["name"], tiny_h["spec"]["evolutionRef"]["name"] = "tiny-adamw", "tiny-gain"
+        _apply(c, ns, tiny_h, check=True)
         st = wait("the hypothesis scored", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
                   if ((get("hypothesis", "e2e-adamw") or {}).get("status") or {}).get("phase") in ("Scored", "Live") else None)
-        assert st["offlineScore"] == 0.5 and st["attempts"] == 1
+        # 0.1 better on its first seed (promising), confirmed by two more seeds: better, and rolled out below
+        assert st["offlineScore"] == 0.5 and st["attempts"] == 1 and st["verdict"] == "better"
+        assert [r["seed"] for r in st["seedRuns"]] == [0, 1000, 1001] and st["confirmations"] == 2
 
         ro_name = wait("a rollout for it", lambda: next(iter(json.loads(c.kubectl(
             "get", "rollouts", "-n", ns, "-l", "cambrian.dev/hypothesis=e2e-adamw", "-o", "json").stdout)["items"]),
@@ -154,6 +173,19 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
         assert [(a["name"], a["weight"]) for a in cfg["arms"]] == [("control", 95), ("treatment", 5)]
         wait("the hypothesis live", lambda: ((get("hypothesis", "e2e-adamw") or {}).get("status") or {})
              .get("phase") == "Live")
+
+        tst = wait("the 1e-9 hypothesis scored", lambda: ((get("hypothesis", "tiny-adamw") or {}).get("status") or {})
+                   if ((get("hypothesis", "tiny-adamw") or {}).get("status") or {}).get("phase") == "Scored" else None)
+        assert tst["verdict"] == "not_better" and abs(tst["gain"] - 1e-9) < 1e-12 and tst["noiseFloor"] == 1e-4
+        reviews = get("evolution", "tiny-gain")["status"]["counters"]["reviews"]
+        wait("two more reviews of tiny-gain", lambda: get("evolution", "tiny-gain")["status"]["counters"]["reviews"]
+             >= reviews + 2, timeout=30)
+        tiny_hyps = [h for h in json.loads(c.kubectl("get", "hypotheses", "-n", ns, "-o", "json").stdout)["items"]
+                     if h["spec"]["evolutionRef"]["name"] == "tiny-gain"]
+        assert tiny_hyps and all((h.get("status") or {}).get("verdict") == "not_better" for h in tiny_hyps), tiny_hyps
+        assert all(h["status"]["confirmations"] == 0 for h in tiny_hyps)  # nothing promising: no extra seeds
+        assert not [r for r in json.loads(c.kubectl("get", "rollouts", "-n", ns, "-o", "json").stdout)["items"]
+                    if r["spec"].get("evolutionRef", {}).get("name") == "tiny-gain"]
 
         # The analysis promotes the treatment (written as the operator would, Prometheus being absent here):
         # the Evolution switches production to its bundle with a rolling update of the same Deployment.

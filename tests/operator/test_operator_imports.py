@@ -1,7 +1,8 @@
 """The operator process stays small: neither `cambrian operator run` nor a built-in wake-up (proposals for
-every persona, the journal view) imports torch, the machinery that trains or runs candidate code, or any
-module its image lacks (the image installs only the `operator` extra). Both run in a child where those
-modules cannot be imported (cambrian.testing.blocked) and that reports any attempt, even one caught."""
+every persona, the journal view), nor the static gate on a code hypothesis imports torch, the machinery that
+trains or runs candidate code, or any module its image lacks (the image installs only the `operator` extra).
+They run in a child where those modules cannot be imported (cambrian.testing.blocked) and that reports any
+attempt, even one caught."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ action = ProposeHypotheses(Owner("Evolution", "evo", "uid", "ns"), 1, "evo-w1-ab
                            (("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
                            tuple(spec.agent.personas), spec.wire(), spec.baseline)
 batch = P.ClusterProposer()(action, [])
+# the static gate before any Job: plugin code is checked (AST only), never loaded
+from datetime import datetime, timezone
+from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile.common import Meta
+hyp = api.parse_spec("Hypothesis", {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x",
+                                    "delta": {"code": "import os\ndef build_optimizer(params, cfg):\n    return None\n"}})
+ctx = H.EvolutionContext("evo", "uid", spec, spec.baseline)
+gated = H.reconcile(Meta("h", "u", "ns", 1), hyp, api.HypothesisStatus(), ctx, [], None, datetime.now(timezone.utc))
+assert gated.status.phase == "Failed" and gated.status.failure_stage == "static", gated.status
 print(json.dumps({"proposals": len(batch.items)}))
 """
 

@@ -103,11 +103,20 @@ def test_online_agent_ranks_offline_winners_and_retires_dropouts():
         {"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
          "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}, "origin": {"kind": "persona", "persona": "optimizer"}},
          "status": {"phase": phase, "offlineMetric": "val_loss", "offlineScore": score,
-                    "proxyMetrics": {"val_loss": {"value": score}}}}
-        for n, lr, phase, score in (("a", 0.01, "Live", 0.49), ("b", 0.02, "Scored", 0.40), ("c", 0.03, "Scored", 0.55))]
-    sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+                    "proxyMetrics": {"val_loss": {"value": score, "std": 0.01, "seeds": 3}},
+                    "gain": 0.5 - score, "noiseFloor": 0.02, "verdict": verdict}}
+        for n, lr, phase, score, verdict in (("a", 0.01, "Live", 0.49, "not_better"), ("b", 0.02, "Scored", 0.40, "better"),
+                                             ("c", 0.03, "Scored", 0.55, "not_better"))]
+    sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
     assert sel.ranking == ["b"] and sel.start == ["b"] and sel.retire == ["a"]  # c is worse than the champion
-    sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs, {"val_loss": 0.5})
+    entries = {h.id: h for h in P.journal_view(objs, spec, spec.baseline)}
+    assert entries["b"].offline["val_loss"].n == 3 and entries["b"].noise_floor == 0.02  # as the core judged it
+    # a promising (one-seed) hypothesis far ahead is not offered: the agent picks among what may be rolled out
+    promising = {**objs[2], "metadata": {**objs[2]["metadata"], "name": "p"},
+                 "spec": {**objs[2]["spec"], "delta": {"patch": {"lr": 0.04}}},
+                 "status": {**objs[2]["status"], "offlineScore": 0.1, "gain": 0.4, "verdict": "promising"}}
+    assert P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs + [promising]).start == ["b"]
+    sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs)
     assert sel2.start == ["b"] and sel2.keep == ["a"] and sel2.retire == []
 
 
@@ -241,15 +250,36 @@ def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
         objs = [{"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
                  "spec": {"component": "optimizer", "delta": {"patch": {"lr": lr}}},
                  "status": {"phase": "Scored", "offlineMetric": "val_loss", "offlineScore": s,
-                            "proxyMetrics": {"val_loss": {"value": s}}}}
+                            "proxyMetrics": {"val_loss": {"value": s}}, "gain": 0.5 - s, "noiseFloor": 0.001,
+                            "verdict": "better"}}
                 for n, lr, s in (("a", 0.01, 0.49), ("b", 0.02, 0.40))]
         text = json.dumps({"ranking": [{"name": "zz", "reason": "unknown"}, {"name": "a", "reason": "smaller step"}]})
         server.bodies.append({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]},
                                               "finishReason": "STOP", "index": 0}]})
-        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
         assert sel.ranked_by == "gemini" and sel.start == ["a"]
         # no answer (HTTP 500): the built-in rule decides, and says so
-        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs, {"val_loss": 0.5})
+        sel = P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs)
         assert sel.ranked_by == "builtin" and sel.start == ["b"] and "unusable" in sel.note
     finally:
         server.close()
+
+
+def test_a_failed_hypothesis_goes_back_to_its_persona_with_its_error():
+    """The wake-up's repairs (chosen by the core) reach the real built-in proposer with the failure: the
+    repair is a new Hypothesis whose origin names the failed one, with smaller settings of the same family."""
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=1, quotas={"explore": 1, "exploit": 0, "innovate": 0})
+    first = P.ClusterProposer()(wake(spec), [])
+    failed = as_objects(first, status={0: {"phase": "Failed", "failureStage": "training",
+                                           "reason": "job failed: loss is NaN at step 3"}})
+    name = failed[0]["metadata"]["name"]
+    (entry,) = [h for h in P.journal_view(failed, spec, spec.baseline)]
+    assert entry.failure.stage == "training" and "NaN" in entry.failure.reason
+    action = ProposeHypotheses(OWNER, 2, "evo-w2-abc", (("explore", 1), ("exploit", 0), ("innovate", 0)),
+                               ("optimizer",), spec.wire(), spec.baseline, repairs=(name,))
+    batch = P.ClusterProposer()(action, failed)
+    repairs = [api.parse_spec("Hypothesis", h) for h, _ in batch.items if h["origin"].get("repairOf")]
+    assert len(repairs) == 1 and repairs[0].origin.repair_of == name and repairs[0].origin.category == "exploit"
+    assert f"repair of {name}" in repairs[0].explanation
+    assert repairs[0].delta.patch != failed[0]["spec"]["delta"]["patch"]  # a different change, not a retry
+    assert P.journal_view(as_objects(batch, "evo-w2-abc"), spec, spec.baseline)[-1].parent == name

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from cambrian.operator import api
+import pytest
+
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import CreateRollout, CreateTrainingJob, ProposeHypotheses, UpdateChampion
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation, RolloutView,
@@ -38,13 +41,21 @@ def served(action: UpdateChampion) -> ChampionObservation:
 
 
 def with_champion(sp):
+    """The baseline trains with three seeds (val_loss 0.50, 0.52, 0.54); the first seed's bundle is the champion."""
     r = run(sp, api.EvolutionStatus())
     jobs = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
-    assert [j.name for j in jobs] == [E.baseline_job_name(META)] and jobs[0].delta is None
-    assert r.status.champion.bundle is None
-    done = JobObservation(jobs[0].name, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="pvc://x/baseline")
+    assert [j.name for j in jobs] == N.baseline_job_names(META, sp) and jobs[0].name == E.baseline_job_name(META)
+    assert all(j.delta is None for j in jobs) and r.status.champion.bundle is None
+    assert [j.baseline.get("training", {}).get("seed") for j in jobs] == [None, 1, 2]  # seed 0 is Φ's own
+    done = [JobObservation(j.name, "Succeeded", 0, metrics={"val_loss": 0.5 + 0.02 * i}, bundle_uri="pvc://x/baseline" if i == 0 else f"pvc://x/b{i}")
+            for i, j in enumerate(jobs)]
+    partial = run(sp, r.status, job=[done[0], done[1], JobObservation(jobs[2].name, "Running")],
+                  now=T0 + timedelta(seconds=30))
+    assert partial.status.champion.bundle is None and not partial.kinds().count("CreateTrainingJob")
     r2 = run(sp, r.status, job=done, now=T0 + timedelta(minutes=1))
     assert r2.status.champion.bundle == "pvc://x/baseline" and r2.status.champion.name == "baseline"
+    base = r2.status.baseline_metrics["val_loss"]
+    assert base.value == pytest.approx(0.52) and base.std == pytest.approx(0.02) and base.seeds == 3
     return r, r2
 
 
@@ -63,14 +74,15 @@ def test_baseline_then_wakeups_on_cadence():
 def test_baseline_failure_fails_the_evolution():
     sp = spec()
     r = run(sp, api.EvolutionStatus())
-    bad = JobObservation(E.baseline_job_name(META), "Failed", 4, "Error", "loss is NaN")
-    r2 = run(sp, r.status, job=bad)
+    bad = JobObservation(N.baseline_job_name(META, 2), "Failed", 4, "Error", "loss is NaN")
+    r2 = run(sp, r.status, job=[JobObservation(E.baseline_job_name(META), "Succeeded", 0, bundle_uri="b"), bad])
     assert r2.status.phase == "Failed" and "loss is NaN" in r2.status.reason
 
 
-def hv(name, comp, score, phase="Scored"):
+def hv(name, comp, score, phase="Scored", verdict="better"):
     return HypothesisView(name, phase, comp, "val_loss" if comp != "reward" else "return_corr", score, f"b/{name}",
-                          delta={"component": comp, "patch": {"lr": 0.01}} if comp == "optimizer" else None)
+                          delta={"component": comp, "patch": {"lr": 0.01}} if comp == "optimizer" else None,
+                          verdict=verdict)
 
 
 def test_review_starts_top_k_rollouts_ranked_per_component():
@@ -146,3 +158,35 @@ def test_wakeup_carries_the_spec_and_the_champion_config_for_the_proposer():
     r = run(sp, api.EvolutionStatus())
     (wake,) = [a for a in r.actions if isinstance(a, ProposeHypotheses)]
     assert api.parse_spec("Evolution", wake.evolution_spec) == sp and wake.baseline == sp.baseline
+
+
+def test_only_a_better_hypothesis_is_ever_rolled_out():
+    """Promising (one seed), not better, or never judged: no rollout, from the built-in ranking or from an
+    Online Agent that picks it anyway. A better one with a worse raw score is still the one started."""
+    from cambrian.operator.reconcile.observations import TopK
+
+    sp = spec(topK=3)
+    _, r2 = with_champion(sp)
+    hyps = [hv("tiny", "optimizer", 0.10, verdict="not_better"), hv("one", "optimizer", 0.20, verdict="promising"),
+            hv("old", "optimizer", 0.30, verdict=None), hv("real", "optimizer", 0.45)]
+    due = T0 + timedelta(days=1, minutes=1)
+    started = [a.hypothesis for a in run(sp, r2.status, hyps, now=due).actions if isinstance(a, CreateRollout)]
+    assert started == ["real"]
+    picked = E.reconcile(META, sp, r2.status, hyps, [], None, Spend(), due, top_k=TopK(start=("tiny", "one", "old")))
+    assert not [a for a in picked.actions if isinstance(a, CreateRollout)]
+
+
+def test_failed_hypotheses_go_back_to_the_proposer_once():
+    sp = spec()
+    _, r2 = with_champion(sp)
+    hyps = [HypothesisView("gate", "Failed", "optimizer", failure_stage="static"),
+            HypothesisView("nan", "Failed", "optimizer", failure_stage="training"),
+            HypothesisView("fix", "Failed", "optimizer", failure_stage="static", repair_of="gate"),  # a repair: not again
+            HypothesisView("dup", "Rejected", "optimizer", failure_stage="duplicate"),
+            HypothesisView("oom", "Failed", "optimizer", failure_stage="metrics")]  # no proposer can fix a missing metric
+    r3 = run(sp, r2.status, hyps, now=T0 + timedelta(minutes=5))
+    (wake,) = [a for a in r3.actions if isinstance(a, ProposeHypotheses)]
+    assert wake.repairs == ("gate", "nan") and r3.status.repairs == ["gate", "nan"]
+    r4 = run(sp, r3.status, hyps, now=T0 + timedelta(minutes=10))
+    (wake,) = [a for a in r4.actions if isinstance(a, ProposeHypotheses)]
+    assert wake.repairs == ()  # asked once, even if the proposer had no fix

@@ -22,13 +22,19 @@ def evo_spec(**over) -> api.EvolutionSpec:
     return api.EvolutionSpec.model_validate(data)
 
 
+# A champion measured over three seeds that the plain test candidates do not beat.
+CHAMPION = {"val_loss": api.ProxyMetric(value=0.3, std=0.01, seeds=3),
+            "return_corr": api.ProxyMetric(value=0.3, std=0.01, seeds=3)}
+
+
 def ctx(**kw) -> H.EvolutionContext:
     spec = kw.pop("spec", evo_spec())
+    kw.setdefault("reference", CHAMPION)
     return H.EvolutionContext(name="evo", uid="evo-uid", spec=spec, baseline=spec.baseline, **kw)
 
 
-def hyp_spec(component="optimizer", patch=None, code=None) -> api.HypothesisSpec:
-    delta = {"patch": patch if patch is not None else {"lr": 0.01}}
+def hyp_spec(component="optimizer", patch=..., code=None) -> api.HypothesisSpec:
+    delta = {"patch": patch if patch is not ... else {"lr": 0.01}}
     if code is not None:
         delta["code"] = code
     return api.HypothesisSpec.model_validate(
@@ -72,6 +78,15 @@ def test_delta_that_breaks_the_config_is_rejected_with_the_field():
     assert again.actions == [] and again.status.phase == "Rejected"
 
 
+def test_plugin_code_fails_the_static_gate_before_any_job():
+    code = "import socket\ndef build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
+    r = run(hyp_spec(patch=None, code=code), api.HypothesisStatus())
+    assert r.status.phase == "Failed" and r.status.failure_stage == "static" and "socket" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)] and r.status.attempts == 0
+    ok = "def build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
+    assert run(hyp_spec(patch=None, code=ok), api.HypothesisStatus()).status.phase == "Training"
+
+
 def test_missing_evolution_waits():
     r = run(hyp_spec(), api.HypothesisStatus(), c=None)
     assert r.status.phase == "Proposed" and r.requeue_after
@@ -93,13 +108,98 @@ def test_running_job_is_left_alone():
 
 def test_succeeded_job_scores_with_the_component_metric():
     spec, r = to_training()
-    metrics = {"val_loss": 0.41, "val_loss_stderr": 0.002, "auc": 0.7, "return_corr": 0.1, "device": "cuda"}
+    metrics = {"val_loss": 0.41, "auc": 0.7, "return_corr": 0.1, "device": "cuda"}
     job = JobObservation(r.status.job_name, "Succeeded", 0, metrics=metrics, bundle_uri="pvc://b/x")
     r2 = run(spec, r.status, job=job)
     s = r2.status
     assert s.phase == "Scored" and s.offline_metric == "val_loss" and s.offline_score == 0.41
-    assert s.proxy_metrics["val_loss"].stderr == 0.002 and "device" not in s.proxy_metrics
-    assert s.bundle_uri == "pvc://b/x"
+    assert s.proxy_metrics["val_loss"].seeds == 1 and s.proxy_metrics["val_loss"].stderr is None
+    assert "device" not in s.proxy_metrics and s.bundle_uri == "pvc://b/x"
+    assert s.verdict == "not_better" and s.gain == pytest.approx(-0.11)
+
+
+def test_a_run_done_before_the_baseline_waits_for_its_noise_floor():
+    spec, r = to_training()
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.2}, bundle_uri="pvc://b/x",
+                         started_at=T0, finished_at=T0 + timedelta(hours=1))
+    early = run(spec, r.status, job=job, c=ctx(reference={}))
+    assert early.status.phase == "Training" and early.status.verdict is None and early.status.gpu_hours == 1.0
+    again = run(spec, early.status, job=job, c=ctx(reference={}))
+    assert again.status.phase == "Training" and again.status.gpu_hours == 1.0  # counted once
+    judged = run(spec, again.status, job=job, c=ctx(reference={"auc": api.ProxyMetric(value=0.6, seeds=3)}))
+    assert judged.status.phase == "Scored" and judged.status.verdict is None and judged.status.gpu_hours == 1.0
+    assert "reported no val_loss" in judged.status.reason  # a champion without the metric: never rolled out
+
+
+# ---- the noise floor: the gain against the champion's seeds, confirmation seeds --------------------------------
+
+REFERENCE = {"val_loss": api.ProxyMetric(value=0.5, std=0.01, seeds=3)}  # the baseline over three seeds
+
+
+def first_run(val_loss, **kw):
+    spec, r = to_training()
+    c = ctx(reference=REFERENCE, **kw)
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": val_loss}, bundle_uri="pvc://b/h")
+    return spec, c, H.reconcile(META, spec, r.status, c, [job], None, T0 + timedelta(minutes=5))
+
+
+def test_a_gain_of_1e9_is_not_better_and_trains_nothing_more():
+    _, _, r = first_run(0.5 - 1e-9)
+    s = r.status
+    assert s.phase == "Scored" and s.verdict == "not_better" and s.confirmations == 0
+    assert s.gain == pytest.approx(1e-9) and s.noise_floor == pytest.approx(2 * (0.01**2 / 3 + 0.01**2) ** 0.5)
+    assert "within the noise floor" in s.reason and not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+
+
+def test_a_promising_run_is_confirmed_with_extra_seeds_before_it_is_better():
+    spec, c, r = first_run(0.40)
+    s = r.status
+    assert s.phase == "Training" and s.verdict == "promising" and s.confirmations == 2
+    confirm = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    assert [a.baseline["training"]["seed"] for a in confirm] == [1000, 1001]  # other seeds, same delta
+    assert all(a.delta == {"component": "optimizer", "patch": {"lr": 0.01}} for a in confirm)
+    assert [a.name for a in confirm] == [H.confirm_job_name(META, 1000), H.confirm_job_name(META, 1001)]
+    # one still running: nothing is judged; a replay re-issues no new names
+    done = JobObservation(confirm[0].name, "Succeeded", 0, metrics={"val_loss": 0.41})
+    r2 = H.reconcile(META, spec, s, c, [done, JobObservation(confirm[1].name, "Running")], None, T0 + timedelta(hours=1))
+    assert r2.status.phase == "Training" and [r.seed for r in r2.status.seed_runs] == [0, 1000]
+    assert not [a for a in r2.actions if isinstance(a, CreateTrainingJob)]
+    r3 = H.reconcile(META, spec, r2.status, c, [done, JobObservation(confirm[1].name, "Succeeded", 0,
+                                                                      metrics={"val_loss": 0.39})], None, T0 + timedelta(hours=2))
+    s3 = r3.status
+    assert s3.phase == "Scored" and s3.verdict == "better" and s3.proxy_metrics["val_loss"].seeds == 3
+    assert s3.offline_score == pytest.approx(0.40) and s3.bundle_uri == "pvc://b/h"  # the first seed's model
+    from cambrian.operator.reconcile.views import spend
+
+    assert spend([{"status": s3.wire()}]).evaluations == 3  # the attempt and both confirmation seeds
+
+
+def test_a_promising_run_that_fails_to_confirm_is_not_better():
+    spec, c, r = first_run(0.40)
+    names = [a.name for a in r.actions if isinstance(a, CreateTrainingJob)]
+    ok = JobObservation(names[0], "Succeeded", 0, metrics={"val_loss": 0.50})
+    worse = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Succeeded", 0, metrics={"val_loss": 0.52})],
+                        None, T0 + timedelta(hours=1))
+    assert worse.status.phase == "Scored" and worse.status.verdict == "not_better"
+    nan = JobObservation(names[1], "Failed", 4, "Error", "loss is NaN")
+    retried = H.reconcile(META, spec, r.status, c, [ok, nan], None, T0 + timedelta(hours=1))
+    again = [a.name for a in retried.actions if isinstance(a, CreateTrainingJob)]
+    assert retried.status.phase == "Training" and again == [H.confirm_job_name(META, 1001, 2)]  # maxAttempts 2
+    from cambrian.operator.reconcile.views import spend
+
+    assert spend([{"status": retried.status.wire()}]).evaluations == 4  # attempt, two seeds, one retry
+    nan2 = JobObservation(again[0], "Failed", 4, "Error", "loss is NaN")
+    failed = H.reconcile(META, spec, retried.status, c, [ok, nan, nan2], None, T0 + timedelta(hours=2))
+    assert failed.status.phase == "Failed" and "confirmation seed 1001" in failed.status.reason
+    gate = H.reconcile(META, spec, r.status, c, [ok, JobObservation(names[1], "Failed", 3, "Error", "gate")], None,
+                       T0 + timedelta(hours=1))
+    assert gate.status.phase == "Failed"  # exit 3 is never retried
+
+
+def test_a_promising_run_is_left_promising_when_the_budget_is_spent():
+    _, _, r = first_run(0.40, budget_exhausted="evaluations")
+    assert r.status.phase == "Scored" and r.status.verdict == "promising" and r.status.confirmations == 0
+    assert "not confirmed: budget evaluations is spent" in r.status.reason
 
 
 def test_reward_hypothesis_scored_on_return_corr():

@@ -88,7 +88,8 @@ def test_hypothesis_restart_at_each_step():
     evo = api.EvolutionSpec.model_validate(
         {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}, "training": {"maxAttempts": 2}}
     )
-    ctx = H.EvolutionContext("evo", "uid-e", evo, {})
+    # the baseline over three seeds (0.5 ± 0.01): the candidate's 0.5 is within the noise, Scored at once
+    ctx = H.EvolutionContext("evo", "uid-e", evo, {}, reference={"val_loss": api.ProxyMetric(value=0.5, std=0.01, seeds=3)})
     spec = api.HypothesisSpec.model_validate(
         {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
     )
@@ -184,8 +185,11 @@ def test_evolution_replay_reissues_the_same_names():
     meta = Meta("evo", "uid-evo", "ns", 1)
     spec = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}},
                                              "cadence": {"offline": "5m", "online": "1h"}})
-    base = JobObservation(E.baseline_job_name(meta), "Succeeded", 0, metrics={"val_loss": 1}, bundle_uri="b0")
-    hyps = [HypothesisView("h1", "Scored", "optimizer", "val_loss", 0.4, "b1")]
+    from cambrian.operator.reconcile import noise as N
+
+    base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 1}, bundle_uri="b0")
+            for n in N.baseline_job_names(meta, spec)]
+    hyps = [HypothesisView("h1", "Scored", "optimizer", "val_loss", 0.4, "b1", verdict="better")]
     status = api.EvolutionStatus()
     seen: dict[str, set] = {"propose": set(), "rollout": set()}
     for k, t in enumerate([T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=6), T0 + timedelta(hours=2)]):

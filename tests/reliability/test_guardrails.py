@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import SetWeights, UpdateChampion
 from cambrian.operator.reconcile.common import Meta
@@ -176,7 +177,8 @@ def test_the_champion_changes_only_for_a_promoted_rollout(phases):
     evo = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {}}})
     views = [RolloutView(f"ro{i}", ph, (f"h{i}",), None, None, None, "x") for i, ph in enumerate(phases)]
     hyps = [HypothesisView(f"h{i}", "Live", "optimizer", "val_loss", 0.4, f"b{i}") for i in range(len(phases))]
-    base = JobObservation(E.baseline_job_name(meta), "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+    base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+            for n in N.baseline_job_names(meta, evo)]
     status = api.EvolutionStatus()
     for k in range(3):
         res = E.reconcile(meta, evo, status, hyps, views, base, Spend(), T0 + timedelta(hours=k))

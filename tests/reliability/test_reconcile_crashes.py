@@ -21,6 +21,7 @@ import pytest
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import (ClearWeights, CreateRollout, CreateTrainingJob, DeleteArm, DeleteJob,
@@ -37,7 +38,9 @@ MAX_ATTEMPTS = 3
 EVO = api.EvolutionSpec.model_validate({
     "objective": {"northStar": [{"name": "returning_users"}]}, "data": {"world": {}},
     "training": {"maxAttempts": MAX_ATTEMPTS}, "launchPolicy": "auto"})
-CTX = H.EvolutionContext("evo", "uid-evo", EVO, {})
+# the baseline measured over three seeds, better than every candidate here: Scored, nothing to confirm
+CTX = H.EvolutionContext("evo", "uid-evo", EVO, {},
+                         reference={"val_loss": api.ProxyMetric(value=0.3, std=0.01, seeds=3)})
 
 
 class Platform:
@@ -231,7 +234,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
                              f"pvc://b/{ros[n][0]}" if persisted[n].winner else None, persisted[n].reason)
                  for n in ros]
         hyps = [HypothesisView(h, "Live", "optimizer", "val_loss", 0.4, f"pvc://b/{h}") for h, _ in ros.values()]
-        base = JobObservation(E.baseline_job_name(evo_meta), "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+        base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
+                for n in N.baseline_job_names(evo_meta, EVO)]
         er = E.reconcile(evo_meta, EVO, evo_status, hyps, views, base, Spend(), now, champion_serving=p.serving)
         new_evo = crash_apply(rng, p, er, evo_status, p_crash=0.35)
         evo_status = new_evo
