@@ -11,6 +11,7 @@ from cambrian.operator import api
 from cambrian.operator.platform import kubernetes as K
 from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import CreateRollout, DeployArm, RecordJournal, UpdateChampion
 from cambrian.operator.reconcile.common import Meta
@@ -49,12 +50,13 @@ def conditions(st) -> dict:
 
 def trained(sp, bundle: str, meta=META):
     r = step(sp, api.EvolutionStatus(), meta=meta)
-    done = JobObservation(E.baseline_job_name(meta), "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri=bundle)
+    done = [JobObservation(name, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri=bundle)
+            for name in N.baseline_job_names(meta, sp)]  # every seed of the baseline: its noise floor
     return step(sp, r.status, job=done, now=T0 + timedelta(seconds=1), meta=meta)
 
 
 def hv(name, bundle, score=0.4):
-    return HypothesisView(name, "Scored", "optimizer", "val_loss", score, bundle)
+    return HypothesisView(name, "Scored", "optimizer", "val_loss", score, bundle, verdict="better")
 
 
 @pytest.mark.parametrize("uri, ok", [("pvc://bundles/a/bundle", True), ("file:///srv/b", True), ("b/o2", True),
