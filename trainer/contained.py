@@ -1,6 +1,6 @@
 """The program that runs candidate code, inside the sandbox (trainer/sandbox.py): train, then export.
 
-    python -m cambrian.trainer.contained {train,gate,predict} INPUT SCRATCH [--as-mb N] [--cpu-s N] [--fsize-mb N] [--nproc N]
+    python -m cambrian.trainer.contained {train,gate,predict,host} INPUT SCRATCH [--as-mb N] [--cpu-s N] [--fsize-mb N] [--nproc N]
 
 INPUT (read-only) holds only what training needs: config.json, train.npz (the training split's features,
 labels and weights), catalogue.npz and spec.json. The held-out split and its labels are never here: the
@@ -112,7 +112,16 @@ def predict(input_dir: Path, scratch: Path) -> dict:
     return {}
 
 
-COMMANDS = {"train": train, "gate": lambda i, s: train(i, s, gate_only=True), "predict": predict}
+def host(input_dir: Path, scratch: Path) -> dict:
+    """A bundle folder's program, answering score requests on stdin/stdout until EOF (trainer/host.py)."""
+    from cambrian.trainer.host import serve_program
+
+    _stage("export", False, serve_program, input_dir / "model.pt2", input_dir / "features.npz",
+           sys.stdin.buffer, sys.stdout.buffer)
+    return {}
+
+
+COMMANDS = {"train": train, "gate": lambda i, s: train(i, s, gate_only=True), "predict": predict, "host": host}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -488,7 +488,9 @@ def arm_manifests(action: DeployArm) -> tuple[dict[str, Any], dict[str, Any]]:
         claim = action.bundle[len("pvc://") :].split("/", 1)[0]
         volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": True})
-    args = ["cambrian", "serve", "--bundle", path or action.bundle, "--arm", action.arm]
+    # The bundle's program runs in a child process of the server (never in the server's own process); the pod
+    # is its sandbox (no token, restricted, read-only root): bubblewrap cannot nest without user namespaces.
+    args = ["cambrian", "serve", "--bundle", path or action.bundle, "--arm", action.arm, "--sandbox", "none"]
     dep = _server_deployment(action.name, action.owner, labels, action.serving, args, volumes, mounts,
                              int(action.serving.get("replicas", 1)))
     return dep, _service(action.name, action.owner, labels, int(action.serving.get("port", 8080)))
