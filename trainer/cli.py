@@ -57,6 +57,9 @@ def train(
     sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX", help=SANDBOX_HELP),
     wall_seconds: float = typer.Option(3600.0, "--wall-seconds", min=1, help="wall-time limit of each contained step"),
     memory_mb: int = typer.Option(16384, "--memory-mb", min=256, help="address-space limit of a contained CPU run"),
+    pod_stage: Optional[str] = typer.Option(None, "--pod-stage", hidden=True,
+                                            help="prepare or score: a trusted container of the cluster's training pod"),
+    work: Optional[Path] = typer.Option(None, "--work", hidden=True, help="the pod's step volumes (with --pod-stage)"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
@@ -65,13 +68,21 @@ def train(
     scores them. Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed
     (stage export, timeout, cpu, memory, crash, or sandbox when it cannot be built).
     """
+    if pod_stage not in (None, "prepare", "score") or (pod_stage and work is None):
+        raise ConfigError("--pod-stage is prepare or score, with --work")
+    if pod_stage == "prepare":
+        _prepare_pod(config, delta, data, work)
+        return
     out.mkdir(parents=True, exist_ok=True)
     try:
         cfg = _resolve(config, delta)  # bad files fail before torch is even imported
-        from cambrian.trainer.train import SandboxLimits, train as run_training
+        from cambrian.trainer.train import SandboxLimits, score_pod, train as run_training
 
-        limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
-        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits)
+        if pod_stage == "score":
+            metrics = score_pod(cfg, data, out, work)
+        else:
+            limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
+            metrics = run_training(cfg, data, out, _sandbox(sandbox), limits)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")
@@ -90,6 +101,17 @@ def train(
             f"AUC {metrics['auc']:.4f}, long-watch corr {metrics['long_watch_corr']:.4f}, "
             f"return corr {metrics['return_corr']:.4f} -> {out / 'bundle'}"
         )
+
+
+def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: Path, work: Path) -> None:
+    """The pod's first step. A refusal here is left to the scorer container, which repeats these checks and
+    reports them in the pod's termination message, so this step always ends 0."""
+    from cambrian.trainer.train import prepare_pod
+
+    try:
+        prepare_pod(_resolve(config, delta), data, work)
+    except CambrianError as exc:
+        typer.echo(f"not prepared (the scorer reports it): {exc}", err=True)
 
 
 def gate(

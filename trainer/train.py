@@ -158,7 +158,7 @@ def _write_split(path: Path, split: Split, with_labels: bool) -> None:
 
 
 def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     c = data.catalogue
@@ -167,16 +167,39 @@ def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet) -
     _write_split(folder / "train.npz", data.train, with_labels=True)
 
 
-class _Contained:
-    """One contained step: its own input and scratch folders under a private work folder."""
+STEP_STATUS = "step-status.json"  # a pod step's outcome (trainer/pod.py), next to what the step wrote
+STEP_LOG = "step.log"
 
-    def __init__(self, work: Path, name: str, contain: bool, limits: SandboxLimits, gpu: bool):
+
+class _Contained:
+    """One contained step: its own input and scratch folders under a work folder. Locally the work folder is
+    private and the step runs here; in the cluster each folder is a volume and the step ran in an earlier
+    container of the pod (`in_pod`), which left its outcome in STEP_STATUS."""
+
+    def __init__(self, work: Path, name: str, contain: bool, limits: SandboxLimits, gpu: bool, in_pod: bool = False):
         self.input, self.scratch = work / f"{name}-in", work / f"{name}-out"
-        self.scratch.mkdir(parents=True)
-        self.log = work / f"{name}.log"
+        if not in_pod:
+            self.scratch.mkdir(parents=True)
+        # in a pod the work folder itself is read-only: the log lives with the step's output
+        self.log = self.scratch / STEP_LOG if in_pod else work / f"{name}.log"
         self.contain, self.limits, self.gpu, self.name = contain, limits, gpu, name
 
     def run(self, command: str, cpu_only: bool) -> dict:
+        return self.verdict(self.execute(command, cpu_only))
+
+    def outcome(self) -> dict:
+        """The verdict on a step an earlier container of the pod ran (its status file is untrusted too)."""
+        from cambrian.trainer.sandbox import ContainedResult, _tail
+
+        try:
+            st = json.loads((self.scratch / STEP_STATUS).read_text())
+            res = ContainedResult(int(st["returncode"]), float(st["wall_seconds"]), st["timed_out"] is True,
+                                  _tail(self.log))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StageFailure("crash", f"the {self.name} step left no readable outcome") from None
+        return self.verdict(res)
+
+    def execute(self, command: str, cpu_only: bool):
         lim = self.limits
         where = (INPUT, SCRATCH) if self.contain else (str(self.input), str(self.scratch))
         cpu_s = int(lim.wall_seconds * max(1, os.cpu_count() or 1)) + 60
@@ -189,11 +212,10 @@ class _Contained:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
             if var in os.environ:
                 env[var] = os.environ[var]
-        res = run_contained(self.input, self.scratch, argv, env, lim.wall_seconds, self.log,
-                            gpu=self.gpu and not cpu_only, contain=self.contain)
-        return self._verdict(res)
+        return run_contained(self.input, self.scratch, argv, env, lim.wall_seconds, self.log,
+                             gpu=self.gpu and not cpu_only, contain=self.contain)
 
-    def _verdict(self, res) -> dict:
+    def verdict(self, res) -> dict:
         """The contained process's outcome, read as untrusted: only known stages, short one-line reasons."""
         if res.timed_out:
             raise StageFailure("timeout", f"the {self.name} process was killed after the wall-time limit of "
@@ -265,8 +287,6 @@ def _wants_gpu(config: ModelConfig) -> bool:
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbox: Containment = "auto",
           limits: SandboxLimits | None = None) -> dict:
     """Gate, train (contained), predict (contained), score; write metrics.json and bundle/ under out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     limits = limits or SandboxLimits()
     static_checks(config)
     data = load_dataset(data_dir, config)
@@ -275,34 +295,73 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
-        write_training_input(trainer.input, config, data)
-        result = trainer.run("train", cpu_only=not gpu)
-        program = trainer.scratch / "model.pt2"
-        if not program.is_file():
-            raise StageFailure("export", "training ended without an exported model")
-
         predictor = _Contained(work, "scoring", contain, limits, gpu=False)
-        predictor.input.mkdir()
+        write_step_inputs(config, data, trainer, predictor)
+        result = trainer.run("train", cpu_only=not gpu)
+        program = exported_program(trainer)
         shutil.copyfile(program, predictor.input / "model.pt2")
-        _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)  # features only
         predictor.run("predict", cpu_only=True)
-        scores = read_predictions(predictor.scratch / "predictions.npy")
-        seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
-        metrics = {
-            "schema_version": SCHEMA_VERSION,
-            "config_fingerprint": config.fingerprint(),
-            **evaluate(config, scores, data.val),
-            "train_seconds": round(seconds, 4),
-            "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
-            "n_train": len(data.train),
-            "n_val": len(data.val),
-            "epochs": config.training.epochs,
-            "reward_loss": config.reward.loss,
-            "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
-            "sandbox": "bwrap" if contain else "none",
-        }
-        metrics |= training_notes(config, data, result)
-        write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
+        return score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu)
+
+
+def write_step_inputs(config: ModelConfig, data: Dataset, trainer: "_Contained", predictor: "_Contained") -> None:
+    """The trainer's input (training rows and labels) and the predictor's (held-out features only, no labels)."""
+    write_training_input(trainer.input, config, data)
+    predictor.input.mkdir(parents=True, exist_ok=True)
+    _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)
+
+
+def exported_program(trainer: "_Contained") -> Path:
+    program = trainer.scratch / "model.pt2"
+    if not program.is_file():
+        raise StageFailure("export", "training ended without an exported model")
+    return program
+
+
+def prepare_pod(config: ModelConfig, data_dir: str | Path, work: Path) -> None:
+    """The cluster pod's first step (trusted, no candidate code): the steps' inputs into their volumes."""
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    write_step_inputs(config, data, _Contained(work, "training", False, SandboxLimits(), False, in_pod=True),
+                      _Contained(work, "scoring", False, SandboxLimits(), False, in_pod=True))
+
+
+def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path) -> dict:
+    """The cluster pod's scorer container, the only one that mounts the held-out labels: the verdicts of the
+    training and predicting containers (which ran before it) and every metric, from their untrusted output."""
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    limits = SandboxLimits()
+    trainer = _Contained(work, "training", False, limits, False, in_pod=True)
+    predictor = _Contained(work, "scoring", False, limits, False, in_pod=True)
+    result = trainer.outcome()
+    program = exported_program(trainer)
+    predictor.outcome()
+    return score(config, data, result, program, predictor, out_dir, "pod", result.get("device") == "cuda")
+
+
+def score(config: ModelConfig, data: Dataset, result: dict, program: Path, predictor: "_Contained",
+          out_dir: str | Path, sandbox: str, gpu: bool) -> dict:
+    """Every metric from the predictions and the labels only this process holds; the bundle and metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = read_predictions(predictor.scratch / "predictions.npy")
+    seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "config_fingerprint": config.fingerprint(),
+        **evaluate(config, scores, data.val),
+        "train_seconds": round(seconds, 4),
+        "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "epochs": config.training.epochs,
+        "reward_loss": config.reward.loss,
+        "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
+        "sandbox": sandbox,
+    }
+    metrics |= training_notes(config, data, result)
+    write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
