@@ -13,28 +13,20 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import Catalogue, FeatureSpec
 from cambrian.trainer.host import Containment, ProgramHost
 
+if TYPE_CHECKING:  # torch is imported where a program is made or run, never by a server's own process
+    from torch import nn
+
 FORMAT = "cambrian-bundle"
 VERSION = 1
-
-
-class _Positional(nn.Module):
-    """Adapts the dict-batch model to positional tensors so it can be exported."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, user, item, topic, home_topic, dense):
-        return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
 
 
 ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
@@ -42,6 +34,18 @@ ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
 
 def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path: str | Path) -> None:
     """Trace the model into a torch.export program (runs the candidate's forward, in eval mode: inside the sandbox)."""
+    import torch
+
+    class _Positional(torch.nn.Module):
+        """Adapts the dict-batch model to positional tensors so it can be exported."""
+
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, user, item, topic, home_topic, dense):
+            return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
+
     model = model.to("cpu").eval()
     n = 4
     example = catalogue.features(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64) % spec.n_items)
@@ -54,6 +58,8 @@ def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path
 def load_program(path: str | Path) -> nn.Module:
     """The exported program as a callable module. Only ever called inside the sandbox: torch.export.load may
     unpickle payloads of the archive, which the candidate's process wrote."""
+    import torch
+
     return torch.export.load(str(path)).module()
 
 

@@ -126,3 +126,15 @@ def test_bundle_scores_come_from_the_contained_host(trained_bundle):
         assert bundle.host.contain and bundle.host._proc is not None and bundle.host._proc.poll() is None
         host = bundle.host._proc
     assert host.poll() is not None  # closed with the bundle
+
+
+def test_the_serving_process_never_imports_torch(trained_bundle):
+    """The server's own process cannot unpickle a program: it does not even import torch."""
+    code = ("import sys, numpy as np\n"
+            "from cambrian.online.server import bundle_server\n"
+            f"server = bundle_server({str(trained_bundle)!r}, 'a')\n"
+            "print(server.scorer.score(np.array([0]), np.array([[0, 1, 2]])).shape, 'torch' in sys.modules)\n"
+            "server.scorer.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(1,", "3)", "False"], out.stdout
