@@ -187,7 +187,10 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
     score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK]
     command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *score]
 
+    # the steps that run or load candidate code get /tmp volumes of their own: nothing they leave there
+    # reaches a trusted container
     volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}, dict(TMP_VOLUME),
+                                     {**TMP_VOLUME, "name": "tmp-trainer"}, {**TMP_VOLUME, "name": "tmp-predictor"},
                                      *({"name": v, "emptyDir": {}} for v in STEP_VOLUMES)]
     run_mount = {"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True}
     data_mount: dict[str, Any] = {"name": "data", "mountPath": "/data", "readOnly": True}
@@ -221,11 +224,12 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         # candidate code runs here: the training rows and nothing else
         {"name": TRAINER, **image, "resources": resources, "securityContext": secure,
          "command": [*step, "train", *limits],
-         "volumeMounts": [_step_mount("training-in", True), _step_mount("training-out"), dict(TMP_MOUNT)]},
+         "volumeMounts": [_step_mount("training-in", True), _step_mount("training-out"),
+                          {**TMP_MOUNT, "name": "tmp-trainer"}]},
         {"name": "predictor", **image, "resources": resources, "securityContext": secure,
          "command": [*step, "predict", *limits],
          "volumeMounts": [_step_mount("training-out", True), _step_mount("scoring-in"), _step_mount("scoring-out"),
-                          dict(TMP_MOUNT)]},
+                          {**TMP_MOUNT, "name": "tmp-predictor"}]},
     ]
     mounts = [run_mount, data_mount, _step_mount("training-out", True), _step_mount("scoring-out", True),
               dict(TMP_MOUNT)]
@@ -348,7 +352,7 @@ def apply_pod_template(obj: dict[str, Any], tpl: Mapping[str, Any] | None, role:
         pod["tolerations"] = [dict(t) for t in tpl["tolerations"]]
     if tpl.get("tmpSizeLimit"):
         for v in pod.get("volumes", []):
-            if v.get("name") == "tmp" and "emptyDir" in v:
+            if v.get("name", "").startswith("tmp") and "emptyDir" in v:
                 v["emptyDir"] = {**v["emptyDir"], "sizeLimit": str(tpl["tmpSizeLimit"])}
     if pull_secrets:
         pod["imagePullSecrets"] = [dict(x) if isinstance(x, Mapping) else {"name": str(x)} for x in pull_secrets]

@@ -92,9 +92,10 @@ def test_only_the_scorer_mounts_the_held_out_data_and_nothing_runs_candidate_cod
     predictor step) see no data volume, no run config and no storage; the scorer sees no training input."""
     pod = K.training_job(job_action())["spec"]["template"]["spec"]
     mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["initContainers"] + pod["containers"]}
-    assert set(mounts["trainer"]) == {"training-in", "training-out", "tmp"}
+    assert set(mounts["trainer"]) == {"training-in", "training-out", "tmp-trainer"}
     assert mounts["trainer"]["training-in"]["readOnly"] is True
-    assert set(mounts["predictor"]) == {"training-out", "scoring-in", "scoring-out", "tmp"}
+    assert set(mounts["predictor"]) == {"training-out", "scoring-in", "scoring-out", "tmp-predictor"}
+    assert "tmp" in mounts["scorer"] and "tmp-trainer" not in mounts["scorer"]  # nothing planted in /tmp reaches it
     assert mounts["predictor"]["training-out"]["readOnly"] is True
     assert "data" in mounts["scorer"] and mounts["scorer"]["data"]["readOnly"] is True
     assert mounts["scorer"]["training-out"]["readOnly"] is True and "training-in" not in mounts["scorer"]
@@ -105,6 +106,9 @@ def test_only_the_scorer_mounts_the_held_out_data_and_nothing_runs_candidate_cod
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert not any(e["name"] == "CAMBRIAN_SANDBOX" for e in c.get("env") or [])
+    templated = K.apply_pod_template(K.training_job(job_action()), {"tmpSizeLimit": "3Gi"}, "trainer")
+    tmps = [v for v in templated["spec"]["template"]["spec"]["volumes"] if v["name"].startswith("tmp")]
+    assert len(tmps) == 3 and all(v["emptyDir"]["sizeLimit"] == "3Gi" for v in tmps)
 
 
 def test_parse_job_states():

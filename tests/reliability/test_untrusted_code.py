@@ -362,7 +362,7 @@ def test_training_pod_has_no_credentials_and_no_truth():
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
     # the container that runs candidate code mounts no data at all (neither truth/ nor the held-out days)
     (trainer,) = [c for c in pod["initContainers"] if c["name"] == K.TRAINER]
-    assert {m["name"] for m in trainer["volumeMounts"]} == {"training-in", "training-out", "tmp"}
+    assert {m["name"] for m in trainer["volumeMounts"]} == {"training-in", "training-out", "tmp-trainer"}
     assert not [v for v in pod["volumes"] if "secret" in v]
 
 
