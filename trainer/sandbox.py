@@ -307,11 +307,15 @@ def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
     finally:
         for fd in fds:
             os.close(fd)
-    return ContainedResult(rc, time.monotonic() - started, timed_out, _tail(log_file))
+    return ContainedResult(rc, time.monotonic() - started, timed_out, file_tail(log_file))
 
 
-def _tail(path: Path, n: int = 1500) -> str:
+def file_tail(path: Path, n: int = 1500) -> str:
+    """The last n bytes of a log the contained process wrote (it may be huge: never read it whole)."""
     try:
-        return path.read_bytes()[-n:].decode("utf-8", "replace").strip()
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read(n).decode("utf-8", "replace").strip()
     except OSError:
         return ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import shutil
 import sys
 import tempfile
@@ -187,14 +188,25 @@ class _Contained:
     def run(self, command: str, cpu_only: bool) -> dict:
         return self.verdict(self.execute(command, cpu_only))
 
+    def output(self, name: str) -> Path:
+        """A file the step wrote, which this process reads: a link (to a host file, or in a pod to the held-out
+        data) or anything but a plain file counts as absent."""
+        path = self.scratch / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                return path
+        except OSError:
+            pass
+        return self.scratch / f"{name}.absent"
+
     def outcome(self) -> dict:
         """The verdict on a step an earlier container of the pod ran (its status file is untrusted too)."""
-        from cambrian.trainer.sandbox import ContainedResult, _tail
+        from cambrian.trainer.sandbox import ContainedResult, file_tail
 
         try:
-            st = json.loads((self.scratch / STEP_STATUS).read_text())
+            st = json.loads(self.output(STEP_STATUS).read_text())
             res = ContainedResult(int(st["returncode"]), float(st["wall_seconds"]), st["timed_out"] is True,
-                                  _tail(self.log))
+                                  file_tail(self.output(STEP_LOG)))
         except (OSError, ValueError, KeyError, TypeError):
             raise StageFailure("crash", f"the {self.name} step left no readable outcome") from None
         return self.verdict(res)
@@ -223,14 +235,14 @@ class _Contained:
         rc = res.returncode
         if rc == 0:
             try:
-                result = json.loads((self.scratch / "result.json").read_text())
+                result = json.loads(self.output("result.json").read_text())
                 return result if isinstance(result, dict) else {}
             except (OSError, ValueError):
                 raise StageFailure("training", f"the {self.name} process ended early (exit 0) without a result; "
                                                "did the candidate code exit?") from None
         if rc in (3, 4):
             try:
-                err = json.loads((self.scratch / "error.json").read_text())
+                err = json.loads(self.output("error.json").read_text())
             except (OSError, ValueError):
                 err = {}
             from cambrian.trainer.contained import STAGES
@@ -312,7 +324,7 @@ def write_step_inputs(config: ModelConfig, data: Dataset, trainer: "_Contained",
 
 
 def exported_program(trainer: "_Contained") -> Path:
-    program = trainer.scratch / "model.pt2"
+    program = trainer.output("model.pt2")
     if not program.is_file():
         raise StageFailure("export", "training ended without an exported model")
     return program
@@ -345,7 +357,7 @@ def score(config: ModelConfig, data: Dataset, result: dict, program: Path, predi
     """Every metric from the predictions and the labels only this process holds; the bundle and metrics.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scores = read_predictions(predictor.scratch / "predictions.npy")
+    scores = read_predictions(predictor.output("predictions.npy"))
     seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
     metrics = {
         "schema_version": SCHEMA_VERSION,
