@@ -138,3 +138,15 @@ def test_the_serving_process_never_imports_torch(trained_bundle):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(1,", "3)", "False"], out.stdout
+
+
+def test_inside_an_outer_boundary_the_host_is_a_plain_child_with_the_same_scores(trained_bundle):
+    """`--sandbox none` (a model server's pod): the program still runs outside the server's process."""
+    import numpy as np
+
+    from cambrian.trainer.bundle import load_bundle
+
+    users, cands = np.array([0, 1]), np.array([[0, 1, 2], [2, 1, 0]])
+    with load_bundle(trained_bundle, "none") as plain, load_bundle(trained_bundle) as contained:
+        assert not plain.host.contain and plain.host._proc.pid != contained.host._proc.pid
+        np.testing.assert_array_equal(plain.score(users, cands), contained.score(users, cands))
