@@ -31,6 +31,7 @@ How a pod becomes a host process, as a kubelet would set it up:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -312,11 +313,14 @@ class PodRuntime:
         t0 = time.monotonic()
         for ic in pod["spec"].get("initContainers") or []:
             cmd, env = self._process(pod, ic, volumes, root, {}, credentials)
-            with self._world_lock:
-                if ic["name"] == "world" and (volumes["data"] / "world.json").is_file():
+            # pods share one copy of a generated world: its generator runs once, under the lock; the other
+            # steps (a training pod's prepare, trainer, predictor) run in parallel across pods
+            world = ic["name"] == "world"
+            with self._world_lock if world else contextlib.nullcontext():
+                if world and (volumes["data"] / "world.json").is_file():
                     continue
                 with open(root / f"{ic['name']}.log", "wb") as log:
-                    rc = subprocess.call(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+                    rc = subprocess.call(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, timeout=600)
             if rc != 0:
                 self._finish(pod, rc, json.dumps({"v": 1, "exit_code": rc, "error": {"stage": "init", "reason": ic["name"]}}))
                 return
