@@ -345,8 +345,8 @@ class Training(_Model):
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
     workers: int = Field(1, ge=1, le=64, description=(
         "training pods per run; above 1, a data-parallel gang (torchrun, DDP): an Indexed Job whose pods meet "
-        "at a headless Service, admitted by Kueue as one workload when queueName is set, failed as a whole "
-        "when one pod fails"))
+        "at a Service of pod 0 (a cluster IP), admitted by Kueue as one workload when queueName is set, failed "
+        "as a whole when one pod fails"))
     gpus_per_worker: int | None = Field(None, ge=0, le=64, description=(
         "GPUs of each training pod, one torchrun worker process each (default: gpu.count); 0 trains on CPU, "
         "one process per pod"))
