@@ -599,12 +599,13 @@ def static_gate(delta: Delta | None) -> Failure | None:
             from cambrian.trainer.codecheck import check_code
 
             check_code(delta.code, delta.component)
-        if delta.component == "reward":
+        reward = delta.patches().get("reward") or {}
+        if reward:
             from cambrian.trainer.data import check_reward_sql
 
             for what in ("label", "weight"):
-                if isinstance(delta.patch.get(what), str):
-                    check_reward_sql(delta.patch[what], what)
+                if isinstance(reward.get(what), str):
+                    check_reward_sql(reward[what], what)
     except GateError as exc:
         return Failure(phase="Validated", stage=exc.stage, reason=exc.reason)
     except ImportError:  # an older trainer without these checks: its subprocess gate still runs

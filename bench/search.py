@@ -221,8 +221,8 @@ def north_star(data: Path, bundle: str, days: int) -> dict[str, float]:
     from cambrian.world.sim import ScorePolicy, World
 
     world = World.load(data)
-    model = load_bundle(bundle)
-    logs = world.run(ScorePolicy(model.score), days)
+    with load_bundle(bundle) as model:
+        logs = world.run(ScorePolicy(model.score), days)
     ud = [log.user_days for log in logs]
     dau = float(np.mean([int(u["active"].sum()) for u in ud]))
     minutes = float(np.sum([u["minutes"].sum() for u in ud]))

@@ -24,6 +24,10 @@ def serve(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0: any free port)"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port_file: Optional[Path] = typer.Option(None, "--port-file", help="write the bound port here once listening"),
+    sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX",
+                                help="where the bundle's program runs: auto/bwrap (a bubblewrap sandbox; refuses "
+                                     "to serve without one) or none (a plain child process, only where an outer "
+                                     "boundary such as the server's pod contains it)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve a model bundle: POST /rank, GET /healthz, GET /metrics."""
@@ -31,7 +35,9 @@ def serve(
     from cambrian.online.server import bundle_server
 
     _logging(verbose)
-    server = bundle_server(str(bundle), arm)
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"--sandbox must be auto, bwrap or none, got {sandbox!r}")
+    server = bundle_server(str(bundle), arm, sandbox)
     serve_forever(server.app(), host, port, str(port_file) if port_file else None)
 
 

@@ -3,8 +3,8 @@
 POST /rank  {"user_ids": [n], "candidates": [[C] * n], "k": optional int}
          -> {"slates": [[k] * n] item ids best first, "scores": [[k] * n], "model": str, "arm": str}
 
-Scoring runs on the event loop thread: a batch is a few hundred microseconds of torch work, and a hop
-to a thread pool would cost about as much as it saves.
+Scoring runs on the event loop thread: a batch is a few hundred microseconds of torch work in the bundle's
+contained host process plus a pipe round trip, and a hop to a thread pool would cost about as much as it saves.
 """
 
 from __future__ import annotations
@@ -113,14 +113,10 @@ class ModelServer:
         return app
 
 
-def bundle_server(bundle_dir: str, arm: str, torch_threads: int = 1) -> ModelServer:
-    import torch
-
+def bundle_server(bundle_dir: str, arm: str, sandbox: str = "auto") -> ModelServer:
+    """A server for one bundle. Its exported program runs in a contained host process (trainer/host.py):
+    this process only parses requests, checks ids and ranks the scores it gets back."""
     from cambrian.trainer.bundle import load_bundle
 
-    # One scoring thread: a slate of 100 is too small to split, and two threads per request made p50
-    # 17 ms instead of 4 ms on 2 cores (bench/README.md, serving).
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(bundle_dir, sandbox)  # type: ignore[arg-type]
     return ModelServer(bundle, model=bundle.fingerprint, arm=arm)

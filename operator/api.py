@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -345,8 +345,8 @@ class Training(_Model):
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per hypothesis (infrastructure failures)")
     workers: int = Field(1, ge=1, le=64, description=(
         "training pods per run; above 1, a data-parallel gang (torchrun, DDP): an Indexed Job whose pods meet "
-        "at a headless Service, admitted by Kueue as one workload when queueName is set, failed as a whole "
-        "when one pod fails"))
+        "at a Service of pod 0 (a cluster IP), admitted by Kueue as one workload when queueName is set, failed "
+        "as a whole when one pod fails"))
     gpus_per_worker: int | None = Field(None, ge=0, le=64, description=(
         "GPUs of each training pod, one torchrun worker process each (default: gpu.count); 0 trains on CPU, "
         "one process per pod"))
@@ -546,8 +546,34 @@ class EvolutionStatus(_Status):
 # --------------------------------------------------------------------------------------------
 
 
+class AlsoPatches(_Model):
+    """JSON merge patches of other components' settings that the same idea needs (no code)."""
+
+    optimizer: dict[str, Any] | None = Field(None, min_length=1, description="patch of the optimizer's settings",
+                                             json_schema_extra={"maxProperties": 64})
+    architecture: dict[str, Any] | None = Field(None, min_length=1, description="patch of the architecture's settings",
+                                                json_schema_extra={"maxProperties": 64})
+    reward: dict[str, Any] | None = Field(None, min_length=1, description="patch of the reward's settings",
+                                          json_schema_extra={"maxProperties": 64})
+    training: dict[str, Any] | None = Field(None, min_length=1, description="patch of the training settings",
+                                            json_schema_extra={"maxProperties": 64})
+
+
+def trainer_delta_json(component: Any, delta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A Hypothesis's component and delta (wire form) -> the trainer's Delta JSON (trainer/delta.py)."""
+    delta = delta or {}
+    data: dict[str, Any] = {"component": component, "patch": delta.get("patch") or {}}
+    if delta.get("code") is not None:
+        data["code"] = delta["code"]
+    also = {k: v for k, v in (delta.get("also") or {}).items() if v}
+    if also:
+        data["also"] = also
+    return data
+
+
 class HypothesisDelta(_Model):
-    """A change against Φ[component]: a JSON merge patch and/or plugin code (trainer/delta.py)."""
+    """A change against Φ[component]: a JSON merge patch and/or plugin code (trainer/delta.py), plus patches of
+    other components' settings where the same idea needs them (`also`, e.g. training.gradClip's grad_clip)."""
 
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
@@ -569,6 +595,7 @@ class HypothesisDelta(_Model):
         json_schema_extra={"maxProperties": 64},
     )
     code: str | None = Field(None, min_length=1, max_length=20_000, description="plugin code (optimizer or architecture)")
+    also: AlsoPatches | None = Field(None, description="patches of other components' settings the same idea needs")
 
     @model_validator(mode="after")
     def _rules(self) -> "HypothesisDelta":
@@ -648,10 +675,7 @@ class HypothesisSpec(_Model):
     def trainer_delta(self):  # -> cambrian.trainer.delta.Delta
         from cambrian.trainer.delta import parse_delta
 
-        data: dict[str, Any] = {"component": self.component, "patch": self.delta.patch or {}}
-        if self.delta.code is not None:
-            data["code"] = self.delta.code
-        return parse_delta(data, "spec.delta")
+        return parse_delta(trainer_delta_json(self.component, self.delta.model_dump(exclude_none=True)), "spec.delta")
 
 
 class ProxyMetric(_Status):

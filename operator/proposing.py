@@ -72,9 +72,7 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
         ann = meta.get("annotations") or {}
         origin = s.get("origin") or {}
         component = s.get("component", "optimizer")
-        delta = {"component": component, "patch": (s.get("delta") or {}).get("patch") or {}}
-        if (s.get("delta") or {}).get("code"):
-            delta["code"] = s["delta"]["code"]
+        delta = api.trainer_delta_json(component, s.get("delta"))
         fp = None
         if base_cfg is not None:
             try:
@@ -158,7 +156,7 @@ def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str
     if not isinstance(delta, dict):
         raise ConfigError("the proposal has no delta object")
     component = delta.get("component")
-    body: dict[str, Any] = {"patch": delta.get("patch") or None}
+    body: dict[str, Any] = {"patch": delta.get("patch") or None, "also": delta.get("also") or None}
     if delta.get("code"):
         body["code"] = delta["code"]
     body = {k: v for k, v in body.items() if v}
@@ -297,9 +295,7 @@ class ClusterProposer:
 def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
     from cambrian.agents import canonical
 
-    delta = {"component": hs["component"], "patch": hs["delta"].get("patch") or {}}
-    if hs["delta"].get("code"):
-        delta["code"] = hs["delta"]["code"]
+    delta = api.trainer_delta_json(hs["component"], hs["delta"])
     try:
         return canonical.fingerprint(baseline, canonical.delta_from(delta))
     except (ConfigError, ValueError):

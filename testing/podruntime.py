@@ -4,7 +4,8 @@ harness runs what they say, on the host, exactly as written in the pod.
     with PodRuntime(cluster, ["ns-a", "ns-b"], workdir, deployments=True) as rt:
         ...                               # Job pods run to completion; Deployment pods keep running
 
-- Job pods (owned by a Job): init containers, then the containers, once; the first container's
+- Job pods (owned by a Job): init containers, then the containers, once (each one's output in
+  <workdir>/pods/<pod>/<container>.log); the first container's
   termination-message file is handed back to kwok through the pod annotations (testing/kwok-stages.yaml),
   so the pod finishes with the real exit code and termination message.
 - Long-lived pods (owned by a ReplicaSet, i.e. a Deployment), with deployments=True: each container
@@ -17,7 +18,8 @@ How a pod becomes a host process, as a kubelet would set it up:
   of the host's environment leaks in but PATH and the locale;
 - volumes become host folders (configMap and secret volumes filled from the objects, with `items`;
   emptyDir empty; persistentVolumeClaim the bound PersistentVolume's hostPath/local path), and every
-  container path in the command line or env that lies under a mount is rewritten to its host folder;
+  container path in the command line or env that lies under a mount is rewritten to its host folder (a
+  folder that only holds mounts becomes a folder of links to theirs);
 - the pod's own network namespace becomes free loopback ports: every containerPort is mapped to a
   host port, in arguments and env values (`8080`, `:8080`, `:8080/`), and 0.0.0.0 becomes 127.0.0.1;
 - a pod that mounts its service-account token (automountServiceAccountToken, default true) gets a
@@ -29,6 +31,7 @@ How a pod becomes a host process, as a kubelet would set it up:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -248,11 +251,27 @@ class PodRuntime:
             mounts.append((SA_DIR, root / "serviceaccount"))
         mounts.sort(key=lambda x: -len(x[0]))
 
+        def parent_view(path: str) -> str | None:
+            """A folder standing in for a container folder that only holds mounts (/work with volumes at
+            /work/a and /work/b): links to those volumes' host folders. None when nothing is mounted below."""
+            below = [(m, d) for m, d in mounts if m.startswith(path.rstrip("/") + "/")]
+            if not path.startswith("/") or path == "/" or not below:
+                return None
+            view = root / "fs" / container["name"] / path.strip("/")
+            for m, d in below:
+                link = view / m[len(path.rstrip("/")) + 1:]
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(d, target_is_directory=True)
+            return str(view)
+
         def host(text: str) -> str:
             for path, d in mounts:
                 if text == path or text.startswith(path + "/"):
                     text = str(d) + text[len(path):]
                     break
+            else:
+                text = parent_view(text) or text
             if ports:
                 if text.isdigit() and int(text) in ports:
                     return str(ports[int(text)])
@@ -294,11 +313,14 @@ class PodRuntime:
         t0 = time.monotonic()
         for ic in pod["spec"].get("initContainers") or []:
             cmd, env = self._process(pod, ic, volumes, root, {}, credentials)
-            with self._world_lock:
-                if ic["name"] == "world" and (volumes["data"] / "world.json").is_file():
+            # pods share one copy of a generated world: its generator runs once, under the lock; the other
+            # steps (a training pod's prepare, trainer, predictor) run in parallel across pods
+            world = ic["name"] == "world"
+            with self._world_lock if world else contextlib.nullcontext():
+                if world and (volumes["data"] / "world.json").is_file():
                     continue
-                rc = subprocess.call(cmd, env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     timeout=300)
+                with open(root / f"{ic['name']}.log", "wb") as log:
+                    rc = subprocess.call(cmd, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, timeout=600)
             if rc != 0:
                 self._finish(pod, rc, json.dumps({"v": 1, "exit_code": rc, "error": {"stage": "init", "reason": ic["name"]}}))
                 return

@@ -1,8 +1,10 @@
-"""Model bundles: a versioned directory a server can load without running any candidate code.
+"""Model bundles: a versioned directory a server can serve without running any candidate code in its process.
 
 Layout: bundle.json (format, version, Φ, feature spec, metrics), model.pt2 (a torch.export program with
-a dynamic batch dimension: loading it runs no Python from the candidate), features.npz (observable item and
-user features, so serving needs no access to the training logs).
+a dynamic batch dimension), features.npz (observable item and user features, so serving needs no access to the
+training logs). The candidate's process wrote model.pt2, and torch.export.load unpickles parts of it, so only a
+contained process loads it (trainer/host.py); the caller's process reads bundle.json and features.npz only
+(JSON and pickle-free arrays).
 """
 
 from __future__ import annotations
@@ -11,27 +13,20 @@ import json
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from torch import nn
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import Catalogue, FeatureSpec
+from cambrian.trainer.host import Containment, ProgramHost
+
+if TYPE_CHECKING:  # torch is imported where a program is made or run, never by a server's own process
+    from torch import nn
 
 FORMAT = "cambrian-bundle"
 VERSION = 1
-
-
-class _Positional(nn.Module):
-    """Adapts the dict-batch model to positional tensors so it can be exported."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, user, item, topic, home_topic, dense):
-        return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
 
 
 ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
@@ -39,6 +34,18 @@ ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
 
 def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path: str | Path) -> None:
     """Trace the model into a torch.export program (runs the candidate's forward, in eval mode: inside the sandbox)."""
+    import torch
+
+    class _Positional(torch.nn.Module):
+        """Adapts the dict-batch model to positional tensors so it can be exported."""
+
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, user, item, topic, home_topic, dense):
+            return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
+
     model = model.to("cpu").eval()
     n = 4
     example = catalogue.features(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64) % spec.n_items)
@@ -49,8 +56,10 @@ def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path
 
 
 def load_program(path: str | Path) -> nn.Module:
-    """The exported program as a callable module; no Python of the candidate runs (its custom operators,
-    if it registered any, do not exist here, so such a program fails to load)."""
+    """The exported program as a callable module. Only ever called inside the sandbox: torch.export.load may
+    unpickle payloads of the archive, which the candidate's process wrote."""
+    import torch
+
     return torch.export.load(str(path)).module()
 
 
@@ -68,14 +77,19 @@ def write_bundle(path: str | Path, program_file: Path, config: ModelConfig, spec
     return out
 
 
-class Bundle:
-    """A loaded model: `score(user_ids[n], candidates[n, C]) -> float32[n, C]` (higher ranks first)."""
+def load_catalogue(path: str | Path) -> Catalogue:
+    with np.load(path, allow_pickle=False) as f:
+        return Catalogue(f["item_topic"], f["item_dense"], f["user_home_topic"])
 
-    def __init__(self, path: Path, manifest: dict, module: torch.nn.Module, catalogue: Catalogue):
+
+class Bundle:
+    """A loaded model: `score(user_ids[n], candidates[n, C]) -> float32[n, C]` (higher ranks first). The ids are
+    checked here; the program runs in the bundle's contained host process (`close()` ends it)."""
+
+    def __init__(self, path: Path, manifest: dict, host: ProgramHost):
         self.path = path
         self.manifest = manifest
-        self.module = module
-        self.catalogue = catalogue
+        self.host = host
         self.spec = FeatureSpec.from_dict(manifest["feature_spec"])
 
     @property
@@ -96,23 +110,36 @@ class Bundle:
         if candidates.size and (candidates.min() < 0 or candidates.max() >= self.spec.n_items):
             raise ValueError(f"item ids must be in [0, {self.spec.n_items})")
         users = np.repeat(user_ids, candidates.shape[1])
-        feats = self.catalogue.features(users, candidates.reshape(-1))
-        args = [torch.from_numpy(np.ascontiguousarray(feats[k])) for k in ARG_NAMES]
-        with torch.inference_mode():
-            out = self.module(*args)
-        return out.float().numpy().reshape(candidates.shape)
+        return self.host.score(users, candidates.reshape(-1)).reshape(candidates.shape)
+
+    def close(self) -> None:
+        self.host.close()
+
+    def __enter__(self) -> "Bundle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def load_bundle(path: str | Path, sandbox: Containment = "auto") -> Bundle:
+    """Read the manifest and start the contained host of the bundle's program (a program that does not load
+    fails with stage export)."""
     p = Path(path)
     try:
         manifest = json.loads((p / "bundle.json").read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{p}: not a model bundle ({exc})") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ConfigError(f"{p}: bundle format {manifest.get('format')} v{manifest.get('version')} is not supported "
-                          f"(expected {FORMAT} v{VERSION})")
-    module = load_program(p / "model.pt2")
-    with np.load(p / "features.npz") as f:
-        catalogue = Catalogue(f["item_topic"], f["item_dense"], f["user_home_topic"])
-    return Bundle(p, manifest, module, catalogue)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        got = manifest if not isinstance(manifest, dict) else f"{manifest.get('format')} v{manifest.get('version')}"
+        raise ConfigError(f"{p}: bundle format {got} is not supported (expected {FORMAT} v{VERSION})")
+    for name in ("model.pt2", "features.npz"):
+        if not (p / name).is_file():
+            raise ConfigError(f"{p}: not a model bundle (no {name})")
+    host = ProgramHost(p, sandbox)
+    try:
+        host.start()
+    except BaseException:
+        host.close()
+        raise
+    return Bundle(p, manifest, host)

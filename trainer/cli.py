@@ -68,6 +68,9 @@ def train(
     checkpoint_seconds: float = typer.Option(300.0, "--checkpoint-seconds", help="checkpoint interval within an epoch"),
     node_index: Optional[int] = typer.Option(None, "--node-index", help="this node's index in a gang (0 hosts the rendezvous)"),
     local_addr: Optional[str] = typer.Option(None, "--local-addr", help="this node's address for the other nodes"),
+    pod_stage: Optional[str] = typer.Option(None, "--pod-stage", hidden=True,
+                                            help="prepare or score: a trusted container of the cluster's training pod"),
+    work: Optional[Path] = typer.Option(None, "--work", hidden=True, help="the pod's step volumes (with --pod-stage)"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
@@ -76,17 +79,25 @@ def train(
     scores them. Exit codes: 0 trained, 2 invalid config or delta, 3 validation gate failed, 4 training failed
     (stage export, timeout, cpu, memory, crash, or sandbox when it cannot be built).
     """
+    if pod_stage not in (None, "prepare", "score") or (pod_stage and work is None):
+        raise ConfigError("--pod-stage is prepare or score, with --work")
+    if pod_stage == "prepare":
+        _prepare_pod(config, delta, data, work, workers)
+        return
     inputs.output_dir(out)  # error.json (the failure record the runner reads) needs a folder to go in
     out.mkdir(parents=True, exist_ok=True)
     try:
         cfg = _resolve(config, delta)  # bad files fail before torch is even imported
         from cambrian.trainer.distributed import Distribution
-        from cambrian.trainer.train import SandboxLimits, train as run_training
+        from cambrian.trainer.train import SandboxLimits, score_pod, train as run_training
 
-        limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
-        dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds, node_index,
-                            local_addr)
-        metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
+        if pod_stage == "score":
+            metrics = score_pod(cfg, data, out, work, workers)
+        else:
+            limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
+            dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds,
+                                node_index, local_addr)
+            metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")
@@ -108,6 +119,18 @@ def train(
             f"AUC {metrics['auc']:.4f}, long-watch corr {metrics['long_watch_corr']:.4f}, "
             f"return corr {metrics['return_corr']:.4f} -> {out / 'bundle'}"
         )
+
+
+def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: Path, work: Path, workers: int) -> None:
+    """The pod's first step (`workers`: the shards of a gang's workers). A refusal here is left to the scorer
+    container, which repeats these checks and reports them in the pod's termination message, so this step
+    always ends 0."""
+    from cambrian.trainer.train import prepare_pod
+
+    try:
+        prepare_pod(_resolve(config, delta), data, work, workers)
+    except CambrianError as exc:
+        typer.echo(f"not prepared (the scorer reports it): {exc}", err=True)
 
 
 def gate(

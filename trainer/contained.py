@@ -1,7 +1,7 @@
 """The program that runs candidate code, inside the sandbox (trainer/sandbox.py): train, then export.
 
-    python -m cambrian.trainer.contained {train,gate,predict,launch,worker} INPUT SCRATCH [--as-mb N] [--cpu-s N]
-        [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
+    python -m cambrian.trainer.contained {train,gate,predict,host,launch,worker} INPUT SCRATCH [--as-mb N]
+        [--cpu-s N] [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
 
 INPUT (read-only) holds only what training needs: config.json, train.npz (the training split's features,
 labels and weights), catalogue.npz and spec.json. The held-out split and its labels are never here: the
@@ -211,8 +211,18 @@ def _read_json(path: Path) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def host(input_dir: Path, scratch: Path) -> dict:
+    """A bundle folder's program, answering score requests on stdin/stdout until EOF (trainer/host.py)."""
+    from cambrian.trainer.host import serve_program
+
+    _stage("export", False, serve_program, input_dir / "model.pt2", input_dir / "features.npz",
+           sys.stdin.buffer, sys.stdout.buffer)
+    return {}
+
+
 COMMANDS = {"train": lambda i, s, a: train(i, s), "gate": lambda i, s, a: train(i, s, gate_only=True),
-            "predict": lambda i, s, a: predict(i, s), "launch": launch, "worker": worker}
+            "predict": lambda i, s, a: predict(i, s), "host": lambda i, s, a: host(i, s), "launch": launch,
+            "worker": worker}
 
 
 def main(argv: list[str] | None = None) -> int:

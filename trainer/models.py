@@ -14,6 +14,7 @@ from cambrian.trainer.data import FeatureSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 FIELDS = ("user", "item", "topic", "home_topic")
+N_FIELDS = len(FIELDS) + 1  # the categorical fields and the dense projection (FieldEmbeddings' output)
 
 
 def mlp(sizes: list[int], activation: str, dropout: float, out: int | None = 1) -> nn.Sequential:
@@ -44,11 +45,21 @@ class FieldEmbeddings(nn.Module):
         return torch.stack(fields, dim=1)
 
 
+def fm_interaction(e: torch.Tensor) -> torch.Tensor:
+    """Second-order factorisation-machine term of field vectors [B, F, dim]: one value per row."""
+    return 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(-1)
+
+
+def cross_layer(x0: torch.Tensor, x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """One DCN-v2 cross step: x0 * (W x + b) + x."""
+    return x0 * linear(x) + x
+
+
 class MLPRanker(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        n_in = N_FIELDS * cfg.embedding_dim
         self.head = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -61,15 +72,14 @@ class DeepFM(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        n_in = N_FIELDS * cfg.embedding_dim
         self.linear = nn.Linear(n_in, 1)
         self.dnn = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         e = self.emb(batch)
-        fm = 0.5 * (e.sum(1).pow(2) - e.pow(2).sum(1)).sum(-1)
         flat = e.flatten(1)
-        return (self.linear(flat) + self.dnn(flat)).squeeze(-1) + fm
+        return (self.linear(flat) + self.dnn(flat)).squeeze(-1) + fm_interaction(e)
 
 
 class DCNv2(nn.Module):
@@ -78,7 +88,7 @@ class DCNv2(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = (len(FIELDS) + 1) * cfg.embedding_dim
+        n_in = N_FIELDS * cfg.embedding_dim
         self.cross = nn.ModuleList(nn.Linear(n_in, n_in) for _ in range(cfg.cross_layers))
         self.deep = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout, out=None)
         self.out = nn.Linear(n_in + (cfg.hidden[-1] if cfg.hidden else n_in), 1)
@@ -87,7 +97,7 @@ class DCNv2(nn.Module):
         x0 = self.emb(batch).flatten(1)
         x = x0
         for layer in self.cross:
-            x = x0 * layer(x) + x
+            x = cross_layer(x0, x, layer)
         return self.out(torch.cat([x, self.deep(x0)], dim=1)).squeeze(-1)
 
 

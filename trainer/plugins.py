@@ -14,13 +14,16 @@ Optimizer plugin: the code defines
     def build_optimizer(params, cfg):    # params: iterable of parameters; cfg: OptimizerConfig
         return torch.optim.SomeOptimizer(params, lr=cfg.lr, ...)
 
-The names `torch`, `nn`, `F` and `math` are pre-imported. Code may import only torch (and its
-nn / nn.functional / optim sub-modules), math, typing, dataclasses, functools, itertools and
-collections; it may not call eval/exec/open/getattr-style builtins, touch dunder or private
-attributes, or use torch's file, hub, JIT-compilation or native-extension entry points. These checks
-(trainer/codecheck.py) are a fast first filter for honest mistakes, not the boundary: plugin code runs
-only inside the bubblewrap sandbox (trainer/sandbox.py), which sees the training rows alone, or in the
-cluster's locked-down Job.
+The names `torch`, `nn`, `F` and `math` are pre-imported. Code may use torch fully (any torch sub-module,
+e.g. torch.nn.utils.clip_grad_norm_ or torch.nn.utils.parametrizations) and the trainer's own building blocks
+through the plugin API, `cambrian.trainer.plugin_api` (the field embeddings, the MLP builder and the built-in
+models), besides math, typing, dataclasses, functools, itertools, collections and numbers.
+
+The static checks here are a fast first filter for honest mistakes (a syntax error, a missing entry point,
+an import of a module the trainer does not offer, eval/exec/open and friends, which cannot work in the sandbox
+or in an exported model), not a boundary: plugin code runs only inside the bubblewrap sandbox
+(trainer/sandbox.py), which sees the training rows alone, or in the cluster's locked-down training container,
+and its verdict comes from a scorer that never runs it.
 """
 
 from __future__ import annotations
@@ -30,35 +33,25 @@ import math
 from typing import Any
 
 from cambrian.errors import GateError
-from cambrian.trainer.codecheck import ALLOWED_MODULES, ENTRY_POINTS, check_code  # noqa: F401  (the one checker)
-
-SAFE_BUILTINS = {
-    name: getattr(builtins, name)
-    for name in (
-        "abs", "all", "any", "bool", "dict", "enumerate", "float", "int", "isinstance", "issubclass", "len",
-        "list", "max", "min", "range", "reversed", "round", "set", "slice", "sorted", "str", "sum", "tuple",
-        "zip", "super", "object", "property", "staticmethod", "classmethod", "map", "filter", "pow", "divmod",
-        "ValueError", "TypeError", "RuntimeError", "NotImplementedError", "AssertionError", "KeyError",
-        "IndexError", "Exception", "print", "hasattr", "frozenset", "type", "callable", "iter", "next",
-    )
-}
+from cambrian.trainer.codecheck import (ALLOWED_MODULES, ENTRY_POINTS, FORBIDDEN_NAMES,  # noqa: F401
+                                       PLUGIN_API, check_code, module_allowed)
 
 
 def _guarded_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0) -> Any:
-    if level or name not in ALLOWED_MODULES:
-        raise ImportError(f"import of {name!r} is not allowed in candidate code")
+    if level or not module_allowed(name):
+        raise ImportError(f"import of {name!r} is not offered to plugin code")
     return __import__(name, globals, locals, fromlist, level)
 
 
 def load_plugin(code: str, component: str) -> Any:
-    """Check, then execute plugin code in a namespace with safe builtins; return its entry point."""
+    """Check, then execute plugin code (in the sandbox) with the offered imports; return its entry point."""
     import torch
     import torch.nn.functional as F
     from torch import nn
 
     tree = check_code(code, component)
     namespace: dict[str, Any] = {
-        "__builtins__": {**SAFE_BUILTINS, "__import__": _guarded_import, "__build_class__": builtins.__build_class__},
+        "__builtins__": {**vars(builtins), "__import__": _guarded_import},
         "__name__": f"cambrian_plugin_{component}",
         "torch": torch, "nn": nn, "F": F, "math": math,
     }

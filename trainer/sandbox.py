@@ -279,25 +279,55 @@ def require_sandbox() -> None:
     seccomp_program()
 
 
+def contained_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], gpu: bool = False,
+                      contain: bool = True, network: bool = False) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+    """The command line, its environment and the file descriptors it must inherit (the seccomp program's pipe,
+    which the caller closes once the process has started). contain=False: argv as a plain child, for an outer
+    boundary such as a pod. `network`: the filter of a data-parallel group's launcher (seccomp_program)."""
+    if not contain:
+        return argv, env, ()
+    require_sandbox()
+    r, w = os.pipe()
+    program = seccomp_program(network)
+    if len(program) > 60000:  # a pipe buffer holds 64 KiB: never block on our own write
+        os.close(r)
+        os.close(w)
+        raise SandboxUnavailable("the seccomp program is unexpectedly large")
+    os.write(w, program)
+    os.close(w)
+    # bwrap's own environment is minimal: its PID 1 shows it in /proc/1/environ
+    return bwrap_command(input_dir, scratch_dir, argv, env, r, gpu), {"PATH": "/usr/bin:/bin"}, (r,)
+
+
+def start_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], log_file: Path,
+                    contain: bool = True) -> subprocess.Popen:
+    """A long-lived contained process that talks over its stdin and stdout (stderr goes to log_file); its own
+    process group, so `stop_contained` takes the whole tree."""
+    full, run_env, fds = contained_command(input_dir, scratch_dir, argv, env, contain=contain)
+    try:
+        with open(log_file, "wb") as log:
+            return subprocess.Popen(full, env=run_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                    pass_fds=fds, start_new_session=True, cwd=str(scratch_dir))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def stop_contained(proc: subprocess.Popen) -> int:
+    """Kill the process group (bwrap leads it: with it go the PID namespace and everything inside)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return proc.wait()
+
+
 def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], wall_seconds: float,
                   log_file: Path, gpu: bool = False, contain: bool = True, network: bool = False) -> ContainedResult:
     """Run argv in the sandbox (contain=False: a plain child, for an outer boundary such as the training pod)
     and wait at most wall_seconds; at the end the whole process tree is gone. `network`: the filter of a
     data-parallel group (seccomp_program)."""
-    fds: tuple[int, ...] = ()
-    if contain:
-        require_sandbox()
-        r, w = os.pipe()
-        program = seccomp_program(network)
-        if len(program) > 60000:  # a pipe buffer holds 64 KiB: never block on our own write
-            raise SandboxUnavailable("the seccomp program is unexpectedly large")
-        os.write(w, program)
-        os.close(w)
-        fds = (r,)
-        full = bwrap_command(input_dir, scratch_dir, argv, env, r, gpu)
-        run_env = {"PATH": "/usr/bin:/bin"}  # bwrap's own environment: its PID 1 shows it in /proc/1/environ
-    else:
-        full, run_env = argv, env
+    full, run_env, fds = contained_command(input_dir, scratch_dir, argv, env, gpu, contain, network)
     started = time.monotonic()
     timed_out = False
     try:
@@ -305,25 +335,23 @@ def run_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
             proc = subprocess.Popen(full, env=run_env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     pass_fds=fds, start_new_session=True, cwd=str(scratch_dir))
             try:
-                rc = proc.wait(timeout=wall_seconds)
+                proc.wait(timeout=wall_seconds)
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                # bwrap is the group leader: killing the group takes bwrap, and with it (die-with-parent)
-                # the PID namespace's init and everything inside
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                rc = proc.wait()
+                rc = stop_contained(proc)
     finally:
         for fd in fds:
             os.close(fd)
-    return ContainedResult(rc, time.monotonic() - started, timed_out, _tail(log_file))
+    return ContainedResult(rc, time.monotonic() - started, timed_out, file_tail(log_file))
 
 
-def _tail(path: Path, n: int = 1500) -> str:
+def file_tail(path: Path, n: int = 1500) -> str:
+    """The last n bytes of a log the contained process wrote (it may be huge: never read it whole)."""
     try:
-        return path.read_bytes()[-n:].decode("utf-8", "replace").strip()
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - n))
+            return f.read(n).decode("utf-8", "replace").strip()
     except OSError:
         return ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import shutil
 import sys
 import tempfile
@@ -194,7 +195,7 @@ def _subset(split: Split, rows: np.ndarray) -> Split:
 def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet, workers: int = 1) -> None:
     """The contained trainer's read-only input; with several workers, one shard file per worker (each reads
     only its own, see trainer/distributed.py)."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     c = data.catalogue
@@ -207,14 +208,54 @@ def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet, w
         _write_split(folder / shard_name(rank, workers), _subset(data.train, rows), with_labels=True)
 
 
-class _Contained:
-    """One contained step: its own input and scratch folders under a private work folder."""
+STEP_STATUS = "step-status.json"  # a pod step's outcome (trainer/pod.py), next to what the step wrote
+STEP_LOG = "step.log"
 
-    def __init__(self, work: Path, name: str, contain: bool, limits: SandboxLimits, gpu: bool):
+
+class _Contained:
+    """One contained step: its own input and scratch folders under a work folder. Locally the work folder is
+    private and the step runs here; in the cluster each folder is a volume and the step ran in an earlier
+    container of the pod (`in_pod`), which left its outcome in STEP_STATUS."""
+
+    def __init__(self, work: Path, name: str, contain: bool, limits: SandboxLimits, gpu: bool, in_pod: bool = False):
         self.input, self.scratch = work / f"{name}-in", work / f"{name}-out"
-        self.scratch.mkdir(parents=True)
-        self.log = work / f"{name}.log"
+        if not in_pod:
+            self.scratch.mkdir(parents=True)
+        # in a pod the work folder itself is read-only: the log lives with the step's output
+        self.log = self.scratch / STEP_LOG if in_pod else work / f"{name}.log"
         self.contain, self.limits, self.gpu, self.name = contain, limits, gpu, name
+
+    def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
+        return self.verdict(self.execute(command, cpu_only, dist))
+
+    def output(self, name: str) -> Path:
+        """A file the step wrote, which this process reads: a link (to a host file, or in a pod to the held-out
+        data) or anything but a plain file counts as absent."""
+        path = self.scratch / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                return path
+        except OSError:
+            pass
+        return self.scratch / f"{name}.absent"
+
+    def outcome(self) -> dict:
+        """The verdict on a step an earlier container of the pod ran (its status file is untrusted too)."""
+        from cambrian.trainer.sandbox import ContainedResult, file_tail
+
+        try:
+            st = json.loads(self.output(STEP_STATUS).read_text())
+            res = ContainedResult(int(st["returncode"]), float(st["wall_seconds"]), st["timed_out"] is True,
+                                  file_tail(self.output(STEP_LOG)))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StageFailure("crash", f"the {self.name} step left no readable outcome") from None
+        return self.verdict(res)
+
+    def execute(self, command: str, cpu_only: bool, dist: Distribution | None = None):
+        """Run the step here and wait for it; `network`: a data-parallel group's filter (seccomp_program)."""
+        return run_contained(self.input, self.scratch, self.argv(command, cpu_only, dist), self.environment(),
+                             self.limits.wall_seconds, self.log, gpu=self.gpu and not cpu_only, contain=self.contain,
+                             network=bool(dist and dist.parallel))
 
     def argv(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> list[str]:
         """The contained program's command line; with a parallel `dist`, the launcher of torchrun's agent."""
@@ -237,13 +278,7 @@ class _Contained:
                 env[var] = os.environ[var]
         return env
 
-    def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
-        res = run_contained(self.input, self.scratch, self.argv(command, cpu_only, dist), self.environment(),
-                            self.limits.wall_seconds, self.log, gpu=self.gpu and not cpu_only, contain=self.contain,
-                            network=bool(dist and dist.parallel))
-        return self._verdict(res)
-
-    def _verdict(self, res) -> dict:
+    def verdict(self, res) -> dict:
         """The contained process's outcome, read as untrusted: only known stages, short one-line reasons."""
         if res.timed_out:
             raise StageFailure("timeout", f"the {self.name} process was killed after the wall-time limit of "
@@ -251,14 +286,14 @@ class _Contained:
         rc = res.returncode
         if rc == 0:
             try:
-                result = json.loads((self.scratch / "result.json").read_text())
+                result = json.loads(self.output("result.json").read_text())
                 return result if isinstance(result, dict) else {}
             except (OSError, ValueError):
                 raise StageFailure("training", f"the {self.name} process ended early (exit 0) without a result; "
                                                "did the candidate code exit?") from None
         if rc in (3, 4):
             try:
-                err = json.loads((self.scratch / "error.json").read_text())
+                err = json.loads(self.output("error.json").read_text())
             except (OSError, ValueError):
                 err = {}
             from cambrian.trainer.contained import STAGES
@@ -317,8 +352,6 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     """Gate, train (contained; data-parallel with `dist`), predict (contained), score; write metrics.json and
     bundle/ under out_dir. On a node of a multi-node gang whose workers did not include global rank 0, there
     is no model here: it returns {"role": "worker"} and writes neither."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     limits = limits or SandboxLimits()
     dist = dist or Distribution()
     static_checks(config)
@@ -328,37 +361,83 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
-        write_training_input(trainer.input, config, data, dist.workers)
+        predictor = _Contained(work, "scoring", contain, limits, gpu=False)
+        write_step_inputs(config, data, trainer, predictor, dist.workers)
         result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
-        program = trainer.scratch / "model.pt2"
         if dist.nodes > 1 and result.get("role") == "worker":
             return {"role": "worker", "config_fingerprint": config.fingerprint()}
-        if not program.is_file():
-            raise StageFailure("export", "training ended without an exported model")
-
-        predictor = _Contained(work, "scoring", contain, limits, gpu=False)
-        predictor.input.mkdir()
+        program = exported_program(trainer)
         shutil.copyfile(program, predictor.input / "model.pt2")
-        _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)  # features only
         predictor.run("predict", cpu_only=True)
-        scores = read_predictions(predictor.scratch / "predictions.npy")
-        seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
-        metrics = {
-            "schema_version": SCHEMA_VERSION,
-            "config_fingerprint": config.fingerprint(),
-            **evaluate(config, scores, data.val),
-            "train_seconds": round(seconds, 4),
-            "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
-            "n_train": len(data.train),
-            "n_val": len(data.val),
-            "epochs": config.training.epochs,
-            "reward_loss": config.reward.loss,
-            "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
-            "sandbox": "bwrap" if contain else "none",
-            "workers": dist.workers,
-        }
-        metrics |= training_notes(config, data, result)
-        write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
+        return score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
+                     dist.workers)
+
+
+def write_step_inputs(config: ModelConfig, data: Dataset, trainer: "_Contained", predictor: "_Contained",
+                      workers: int = 1) -> None:
+    """The trainer's input (training rows and labels, one shard per worker) and the predictor's (held-out
+    features only, no labels)."""
+    write_training_input(trainer.input, config, data, workers)
+    predictor.input.mkdir(parents=True, exist_ok=True)
+    _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)
+
+
+def exported_program(trainer: "_Contained") -> Path:
+    program = trainer.output("model.pt2")
+    if not program.is_file():
+        raise StageFailure("export", "training ended without an exported model")
+    return program
+
+
+def prepare_pod(config: ModelConfig, data_dir: str | Path, work: Path, workers: int = 1) -> None:
+    """The cluster pod's first step (trusted, no candidate code): the steps' inputs into their volumes (in a
+    gang, one training shard per worker of the whole gang: which ranks this pod's workers get is torchrun's)."""
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    write_step_inputs(config, data, _Contained(work, "training", False, SandboxLimits(), False, in_pod=True),
+                      _Contained(work, "scoring", False, SandboxLimits(), False, in_pod=True), workers)
+
+
+def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path, workers: int = 1) -> dict:
+    """The cluster pod's scorer container, the only one that mounts the held-out labels: the verdicts of the
+    training and predicting containers (which ran before it) and every metric, from their untrusted output.
+    A gang's pod whose workers did not hold global rank 0 has no model: {"role": "worker"}, as `train`."""
+    static_checks(config)
+    data = load_dataset(data_dir, config)
+    limits = SandboxLimits()
+    trainer = _Contained(work, "training", False, limits, False, in_pod=True)
+    predictor = _Contained(work, "scoring", False, limits, False, in_pod=True)
+    result = trainer.outcome()
+    if workers > 1 and result.get("role") == "worker":
+        return {"role": "worker", "config_fingerprint": config.fingerprint()}
+    program = exported_program(trainer)
+    predictor.outcome()
+    return score(config, data, result, program, predictor, out_dir, "pod", result.get("device") == "cuda", workers)
+
+
+def score(config: ModelConfig, data: Dataset, result: dict, program: Path, predictor: "_Contained",
+          out_dir: str | Path, sandbox: str, gpu: bool, workers: int = 1) -> dict:
+    """Every metric from the predictions and the labels only this process holds; the bundle and metrics.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = read_predictions(predictor.output("predictions.npy"))
+    seconds = _seconds(result.get("train_seconds"), result.get("wall_seconds"))
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "config_fingerprint": config.fingerprint(),
+        **evaluate(config, scores, data.val),
+        "train_seconds": round(seconds, 4),
+        "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "epochs": config.training.epochs,
+        "reward_loss": config.reward.loss,
+        "device": "cuda" if gpu and result.get("device") == "cuda" else "cpu",
+        "sandbox": sandbox,
+        "workers": workers,
+    }
+    metrics |= training_notes(config, data, result)
+    write_bundle(out / "bundle", program, config, data.spec, data.catalogue, metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 

@@ -2,7 +2,7 @@
 
 Kubernetes' own pieces, no operator of our own:
 - an Indexed Job (completionMode Indexed, parallelism = completions = workers): pod i is torchrun node i;
-  `backoffLimit: 0` and a podFailurePolicy that fails the Job on any non-zero exit of a trainer: one lost
+  `backoffLimit: 0` and a podFailurePolicy that fails the Job on any non-zero exit of a pod's step: one lost
   pod fails the whole gang (the controller terminates the rest) and the hypothesis' attempt is retried,
   never left hanging. A worker *process* that dies inside a pod is restarted by that pod's torchrun agent
   from the last checkpoint (trainer/distributed.py) without failing anything;
@@ -63,21 +63,34 @@ def gang_network_policy(name: str, metadata: Mapping[str, Any]) -> dict[str, Any
     }
 
 
-def gang_job(job: dict[str, Any], training: Mapping[str, Any], rendezvous_ip: str, trainer: str) -> dict[str, Any]:
-    """The single-pod training Job made a gang of `workers` pods meeting at rendezvous_ip (the Service's)."""
+def gang_job(job: dict[str, Any], training: Mapping[str, Any], rendezvous_ip: str, trainer: str,
+             prepare: str = "prepare", scorer: str = "scorer") -> dict[str, Any]:
+    """The single-pod training Job made a gang of `workers` pods meeting at rendezvous_ip (the Service's).
+
+    Each pod keeps the training pod's steps (operator/platform/kubernetes.py `training_job`): its `prepare`
+    step writes one shard per worker, its `trainer` step (candidate code) runs torchrun's agent for this node
+    with the rendezvous flags, and its `scorer` reads the outcome: only the node whose workers held global
+    rank 0 has a model, predictions and metrics; the others' scorers end 0 as workers (trainer/train.py
+    `score_pod`) and the operator reads the pod that reports metrics."""
     n, per_pod = workers(training), processes_per_pod(training)
     name = job["metadata"]["name"]
     spec = job["spec"]
+    # any step ending non-zero in any pod fails the whole gang (a trainer step itself always ends 0 and leaves
+    # its outcome to the scorer; one killed by the kubelet, for memory say, does not)
     spec.update(completionMode="Indexed", completions=n, parallelism=n, backoffLimit=0,
                 podFailurePolicy={"rules": [{"action": "FailJob", "onExitCodes": {
-                    "containerName": trainer, "operator": "NotIn", "values": [0]}}]})
+                    "operator": "NotIn", "values": [0]}}]})
     pod = spec["template"]["spec"]
-    container = next(c for c in pod["containers"] if c["name"] == trainer)
-    container["env"] = [*container.get("env", []),
-                        {"name": "CAMBRIAN_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    steps = {c["name"]: c for c in [*pod.get("initContainers", []), *pod["containers"]]}
+    step = steps[trainer]
+    step["env"] = [*step.get("env", []),
+                   {"name": "CAMBRIAN_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     # JOB_COMPLETION_INDEX is set by the Job controller in every container of an Indexed Job
-    container["command"] = [*container["command"], "--workers", str(n * per_pod), "--nodes", str(n),
-                            "--rdzv-endpoint", f"{rendezvous_ip}:{RDZV_PORT}", "--rdzv-id", name,
-                            "--node-index", "$(JOB_COMPLETION_INDEX)", "--local-addr", "$(CAMBRIAN_POD_IP)"]
-    container.setdefault("ports", []).append({"name": "rendezvous", "containerPort": RDZV_PORT, "protocol": "TCP"})
+    total = ["--workers", str(n * per_pod)]
+    step["command"] = [*step["command"], *total, "--nodes", str(n),
+                       "--rdzv-endpoint", f"{rendezvous_ip}:{RDZV_PORT}", "--rdzv-id", name,
+                       "--node-index", "$(JOB_COMPLETION_INDEX)", "--local-addr", "$(CAMBRIAN_POD_IP)"]
+    step.setdefault("ports", []).append({"name": "rendezvous", "containerPort": RDZV_PORT, "protocol": "TCP"})
+    for trusted in (prepare, scorer):  # the shards to write; the worker count the metrics report
+        steps[trusted]["command"] = [*steps[trusted]["command"], *total]
     return job

@@ -73,7 +73,8 @@ A_BUNDLE = "cambrian.dev/bundle-uri"
 A_ATTEMPT = "cambrian.dev/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 STORAGE_MOUNT = "/var/lib/cambrian"
-TRAINER = "trainer"
+TRAINER = "trainer"  # the training pod's init container that runs candidate code
+SCORER = "scorer"  # its main container: the only one whose termination message carries a verdict
 JOB_TTL_SECONDS = 7 * 86400
 
 
@@ -163,47 +164,85 @@ def active_deadline_seconds(t: Mapping[str, Any], template: Mapping[str, Any] | 
     return int((template or {}).get("activeDeadlineSeconds") or BUILTIN_ACTIVE_DEADLINE_SECONDS)
 
 
+WORK = "/work"
+# the pod's step volumes (trainer/train.py `_Contained` folders): which container may read or write which
+STEP_VOLUMES = ("training-in", "training-out", "scoring-in", "scoring-out")
+
+
+def _step_mount(name: str, read_only: bool = False) -> dict[str, Any]:
+    return {"name": name, "mountPath": f"{WORK}/{name}", **({"readOnly": True} if read_only else {})}
+
+
 def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The training Job; `template` is the operator configuration's `training` (the chart's values),
-    whose resources and deadline apply where the Evolution leaves them unset."""
+    whose resources and deadline apply where the Evolution leaves them unset.
+
+    One pod, five steps, so that candidate code never shares a container with the held-out labels:
+    world (generated data only) and prepare (trusted: static checks, the training rows into training-in, the
+    held-out features without labels into scoring-in), then trainer (the candidate's code: training-in
+    read-only, its program into training-out; no data, no run config, no storage) and predictor (loads that
+    program, which may unpickle what the candidate wrote: held-out features, no labels), all init containers,
+    and last the scorer, the only container that mounts the held-out labels, which decides the verdict from the
+    steps' untrusted output and writes the bundle and the termination message (trainer/pod.py)."""
     t = action.training
     queue = t.get("queueName")
     labels = {"app.kubernetes.io/component": "training"}
     if queue:
         labels[KUEUE_QUEUE] = queue
+    deadline = active_deadline_seconds(t, template)
     out_dir = f"{STORAGE_MOUNT}/{action.bundle_path}" if action.storage_claim else "/out"
-    train = ["cambrian", "train", "--config", "/etc/cambrian/run/config.json", "--data", "/data", "--out", out_dir]
+    run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data"]
     if action.delta is not None:
-        train[4:4] = ["--delta", "/etc/cambrian/run/delta.json"]
-    command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *train]
+        run += ["--delta", "/etc/cambrian/run/delta.json"]
+    score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK]
+    command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *score]
 
-    volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}, dict(TMP_VOLUME)]
-    mounts: list[dict[str, Any]] = [{"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True},
-                                    dict(TMP_MOUNT)]
+    # the steps that run or load candidate code get /tmp volumes of their own: nothing they leave there
+    # reaches a trusted container
+    volumes: list[dict[str, Any]] = [{"name": "run", "configMap": {"name": action.name}}, dict(TMP_VOLUME),
+                                     {**TMP_VOLUME, "name": "tmp-trainer"}, {**TMP_VOLUME, "name": "tmp-predictor"},
+                                     *({"name": v, "emptyDir": {}} for v in STEP_VOLUMES)]
+    run_mount = {"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True}
+    data_mount: dict[str, Any] = {"name": "data", "mountPath": "/data", "readOnly": True}
     data = action.data or {}
     init: list[dict[str, Any]] = []
     secure = dict(RESTRICTED_CONTAINER)
+    resources = training_resources(gang.gpu_count(t), template)  # in a gang, gpusPerWorker per pod
+    image = {"image": t.get("image"), "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent")}
     if data.get("persistentVolumeClaim"):
         pvc = data["persistentVolumeClaim"]
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": pvc["claimName"], "readOnly": True}})
-        mounts.append({"name": "data", "mountPath": "/data", "readOnly": True, **({"subPath": pvc["path"]} if pvc.get("path") else {})})
+        if pvc.get("path"):
+            data_mount["subPath"] = pvc["path"]
     else:
         w = data.get("world") or {}
         volumes.append({"name": "data", "emptyDir": {}})
-        mounts.append({"name": "data", "mountPath": "/data"})
-        # The generator also writes the hidden simulator state to /data/truth; an empty read-only volume
-        # mounted over it keeps it out of the trainer container, where candidate code runs.
-        volumes.append({"name": "hide-truth", "emptyDir": {"sizeLimit": "1Mi"}})
-        mounts.append({"name": "hide-truth", "mountPath": "/data/truth", "readOnly": True})
         init.append({
-            "name": "world",
-            "image": t.get("image"),
-            "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
+            "name": "world", **image,
             "command": ["cambrian", "world", "generate", "--users", str(w.get("users", 2000)),
                         "--days", str(w.get("days", 14)), "--seed", str(w.get("seed", 0)), "--out", "/data"],
             "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT)],
             "securityContext": secure,
         })
+    step = ["python", "-m", "cambrian.trainer.pod"]
+    limits = ["--work", WORK, "--wall-seconds", str(deadline)]
+    init += [
+        {"name": "prepare", **image, "resources": resources, "securityContext": secure,
+         "command": ["cambrian", "train", *run, "--out", "/tmp/prepare", "--pod-stage", "prepare", "--work", WORK],
+         "volumeMounts": [run_mount, dict(data_mount), _step_mount("training-in"), _step_mount("scoring-in"),
+                          dict(TMP_MOUNT)]},
+        # candidate code runs here: the training rows and nothing else
+        {"name": TRAINER, **image, "resources": resources, "securityContext": secure,
+         "command": [*step, "train", *limits],
+         "volumeMounts": [_step_mount("training-in", True), _step_mount("training-out"),
+                          {**TMP_MOUNT, "name": "tmp-trainer"}]},
+        {"name": "predictor", **image, "resources": resources, "securityContext": secure,
+         "command": [*step, "predict", *limits],
+         "volumeMounts": [_step_mount("training-out", True), _step_mount("scoring-in"), _step_mount("scoring-out"),
+                          {**TMP_MOUNT, "name": "tmp-predictor"}]},
+    ]
+    mounts = [run_mount, data_mount, _step_mount("training-out", True), _step_mount("scoring-out", True),
+              dict(TMP_MOUNT)]
     if action.storage_claim:
         volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": action.storage_claim}})
         mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT})
@@ -216,17 +255,13 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": dict(RESTRICTED_POD),
+        "initContainers": init,
         "containers": [{
-            "name": TRAINER,
-            "image": t.get("image"),
-            "imagePullPolicy": t.get("imagePullPolicy", "IfNotPresent"),
+            "name": SCORER, **image,
             "command": command,
-            # The pod is the sandbox here (no token, no network, read-only root, restricted, optional
-            # RuntimeClass): bubblewrap cannot nest in a container without user namespaces.
             "env": [{"name": "CAMBRIAN_TERMINATION_LOG", "value": "/dev/termination-log"},
-                    {"name": "CAMBRIAN_RUN", "value": action.name},
-                    {"name": "CAMBRIAN_SANDBOX", "value": "none"}],
-            "resources": training_resources(gang.gpu_count(t), template),
+                    {"name": "CAMBRIAN_RUN", "value": action.name}],
+            "resources": resources,
             "volumeMounts": mounts,
             "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -234,8 +269,6 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         }],
         "volumes": volumes,
     }
-    if init:
-        pod_spec["initContainers"] = init
     if t.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(t["nodeSelector"])
     if t.get("tolerations"):
@@ -251,7 +284,7 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         "spec": {
             "backoffLimit": 0,
             "suspend": bool(queue),
-            "activeDeadlineSeconds": active_deadline_seconds(t, template),
+            "activeDeadlineSeconds": deadline,
             "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
             "template": {
                 "metadata": {"labels": {**PART_OF, **labels, L_OWNER: label_value(action.owner.name)},
@@ -329,7 +362,7 @@ def apply_pod_template(obj: dict[str, Any], tpl: Mapping[str, Any] | None, role:
         pod["tolerations"] = [dict(t) for t in tpl["tolerations"]]
     if tpl.get("tmpSizeLimit"):
         for v in pod.get("volumes", []):
-            if v.get("name") == "tmp" and "emptyDir" in v:
+            if v.get("name", "").startswith("tmp") and "emptyDir" in v:
                 v["emptyDir"] = {**v["emptyDir"], "sizeLimit": str(tpl["tmpSizeLimit"])}
     if pull_secrets:
         pod["imagePullSecrets"] = [dict(x) if isinstance(x, Mapping) else {"name": str(x)} for x in pull_secrets]
@@ -421,19 +454,34 @@ def refusal(exc: Any, what: str) -> Exception:
 
 
 def _terminated(pods: list[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The trainer's end that tells the outcome: the newest; in a gang (operator/platform/gang.py), the pod
-    that reports metrics (global rank 0's node) or the one whose trainer failed by itself, before pods the
-    Job controller stopped after it."""
-    ends = [cs["state"]["terminated"]
-            for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "", reverse=True)
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []
-            if cs.get("name") == TRAINER and (cs.get("state") or {}).get("terminated")]
+    """The end that tells the outcome, per pod the scorer's terminated state, else that of a failed step before
+    it (killed for memory, say), whose own termination message is not read: containers that ran candidate
+    code cannot word the verdict. Of several pods (a gang, operator/platform/gang.py): the one whose scorer
+    reports metrics (global rank 0's node), else one whose scorer reports a failed stage by itself, before pods
+    the Job controller stopped after it; the newest of equals."""
+    ends = [end for pod in sorted(pods, key=lambda p: p.get("metadata", {}).get("creationTimestamp") or "",
+                                  reverse=True)
+            if (end := _pod_end(pod.get("status") or {})) is not None]
 
     def telling(term: Mapping[str, Any]) -> int:
         message = _termination_message(term)
-        return 2 if "metrics" in message else 1 if (message.get("error") or {}).get("stage") else 0
+        failed = (message.get("error") or {}).get("stage") and message.get("exit_code") != 0
+        return 2 if "metrics" in message else 1 if failed else 0  # exit 0 without metrics: a gang's worker pod
 
     return max(ends, key=telling, default=None)  # max keeps the first (newest) of equals
+
+
+def _pod_end(status: Mapping[str, Any]) -> dict[str, Any] | None:
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == SCORER and (cs.get("state") or {}).get("terminated"):
+            return cs["state"]["terminated"]
+    for cs in status.get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if term and term.get("exitCode") not in (None, 0):
+            return {"exitCode": term["exitCode"], "reason": term.get("reason"),
+                    "message": f"the pod's {cs.get('name')} step failed (exit {term['exitCode']}, "
+                               f"{term.get('reason') or 'no reason given'})"}
+    return None
 
 
 def _termination_message(term: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -511,7 +559,9 @@ def _model_server(name: str, owner: Owner, labels: dict[str, str], bundle: str, 
         claim = bundle[len("pvc://") :].split("/", 1)[0]
         volumes.append({"name": "storage", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": True})
-    args = ["cambrian", "serve", "--bundle", bundle_path(bundle) or bundle, "--arm", arm]
+    # The bundle's program runs in a child process of the server (never in the server's own process); the pod
+    # is its sandbox (no token, restricted, read-only root): bubblewrap cannot nest without user namespaces.
+    args = ["cambrian", "serve", "--bundle", bundle_path(bundle) or bundle, "--arm", arm, "--sandbox", "none"]
     dep = _server_deployment(name, owner, labels, serving, args, volumes, mounts, int(serving.get("replicas", 1)))
     return dep, _service(name, owner, labels, int(serving.get("port", 8080)))
 
@@ -679,7 +729,7 @@ class KubernetesPlatform:
         self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
         job = self.training_job(action)
         if gang.workers(action.training) > 1:
-            job = gang.gang_job(job, action.training, self._gang_network(action), TRAINER)
+            job = gang.gang_job(job, action.training, self._gang_network(action), TRAINER, scorer=SCORER)
         self._create(self.batch.create_namespaced_job, ns, job)
 
     def _gang_network(self, action: CreateTrainingJob) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
+from cambrian.operator.api import trainer_delta_json
 from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
 
 A_TOKENS = "cambrian.dev/tokens"
@@ -14,9 +15,7 @@ A_DOLLARS = "cambrian.dev/dollars"
 def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
     spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
     delta = spec.get("delta") or {}
-    trainer_delta = {"component": spec.get("component"), "patch": delta.get("patch") or {}}
-    if delta.get("code") is not None:
-        trainer_delta["code"] = delta["code"]
+    trainer_delta = trainer_delta_json(spec.get("component"), delta)
     return HypothesisView(
         name=meta["name"],
         phase=status.get("phase"),

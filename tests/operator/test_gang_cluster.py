@@ -67,9 +67,11 @@ def test_the_operator_creates_the_gang_and_reads_its_metrics(crds_installed, clu
         assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
         svc = get("service", name)
         assert svc["spec"]["selector"]["batch.kubernetes.io/job-completion-index"] == "0"
-        command = spec["template"]["spec"]["containers"][0]["command"]
+        steps = {c["name"]: c for c in spec["template"]["spec"]["initContainers"]}
+        command = steps["trainer"]["command"]  # the step that runs the candidate's training meets the others
         assert f"{svc['spec']['clusterIP']}:29400" in command
         assert command[command.index("--workers") + 1] == "4"
+        assert spec["template"]["spec"]["containers"][0]["command"][-2:] == ["--workers", "4"]  # the scorer
         assert get("networkpolicy", name)["spec"]["podSelector"]["matchLabels"] == {"batch.kubernetes.io/job-name": name}
         pods = get("pods", "-l", f"job-name={name}")["items"]
         assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]

@@ -52,12 +52,18 @@ def test_training_job_manifest():
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert c["command"][:3] == ["python", "-m", "cambrian.operator.platform.termination"]
     train = c["command"][c["command"].index("--") + 1 :]
-    assert train == ["cambrian", "train", "--config", "/etc/cambrian/run/config.json", "--delta",
-                     "/etc/cambrian/run/delta.json", "--data", "/data", "--out", "/var/lib/cambrian/bundles/h1/attempt-1"]
+    assert c["name"] == K.SCORER
+    assert train == ["cambrian", "train", "--config", "/etc/cambrian/run/config.json", "--data", "/data", "--delta",
+                     "/etc/cambrian/run/delta.json", "--out", "/var/lib/cambrian/bundles/h1/attempt-1",
+                     "--pod-stage", "score", "--work", "/work"]
     assert "env" in c and not any("KEY" in e["name"] or "TOKEN" in e["name"] for e in c["env"])
-    (init,) = pod["initContainers"]
-    assert init["command"] == ["cambrian", "world", "generate", "--users", "300", "--days", "5", "--seed", "3",
-                               "--out", "/data"]
+    world, prepare, trainer, predictor = pod["initContainers"]
+    assert world["command"] == ["cambrian", "world", "generate", "--users", "300", "--days", "5", "--seed", "3",
+                                "--out", "/data"]
+    assert prepare["command"][-4:] == ["--pod-stage", "prepare", "--work", "/work"]
+    assert trainer["name"] == K.TRAINER and trainer["command"][:5] == ["python", "-m", "cambrian.trainer.pod", "train", "--work"]
+    assert predictor["command"][3] == "predict"
+    assert trainer["resources"] == c["resources"]  # the candidate's step gets the GPU and the memory
     cm = K.training_configmap(a)
     assert json.loads(cm["data"]["delta.json"]) == {"component": "optimizer", "patch": {"lr": 0.02}}
     assert json.loads(cm["data"]["config.json"]) == {"optimizer": {"lr": 0.01}}
@@ -77,8 +83,32 @@ def _job(conds=(), active=0, suspend=False):
 
 def _pod(exit_code, message, reason="Completed"):
     return {"metadata": {"name": "j-x", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": {
+            "status": {"containerStatuses": [{"name": "scorer", "state": {"terminated": {
                 "exitCode": exit_code, "reason": reason, "message": message}}}]}}
+
+
+def test_only_the_scorer_mounts_the_held_out_data_and_nothing_runs_candidate_code_with_it():
+    """Issue 13, Deliver 2 in the cluster: candidate code (the trainer step) and the program it wrote (the
+    predictor step) see no data volume, no run config and no storage; the scorer sees no training input."""
+    pod = K.training_job(job_action())["spec"]["template"]["spec"]
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in pod["initContainers"] + pod["containers"]}
+    assert set(mounts["trainer"]) == {"training-in", "training-out", "tmp-trainer"}
+    assert mounts["trainer"]["training-in"]["readOnly"] is True
+    assert set(mounts["predictor"]) == {"training-out", "scoring-in", "scoring-out", "tmp-predictor"}
+    assert "tmp" in mounts["scorer"] and "tmp-trainer" not in mounts["scorer"]  # nothing planted in /tmp reaches it
+    assert mounts["predictor"]["training-out"]["readOnly"] is True
+    assert "data" in mounts["scorer"] and mounts["scorer"]["data"]["readOnly"] is True
+    assert mounts["scorer"]["training-out"]["readOnly"] is True and "training-in" not in mounts["scorer"]
+    with_data = [name for name, m in mounts.items() if "data" in m]
+    assert sorted(with_data) == ["prepare", "scorer", "world"]
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    for c in pod["initContainers"] + pod["containers"]:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert not any(e["name"] == "CAMBRIAN_SANDBOX" for e in c.get("env") or [])
+    templated = K.apply_pod_template(K.training_job(job_action()), {"tmpSizeLimit": "3Gi"}, "trainer")
+    tmps = [v for v in templated["spec"]["template"]["spec"]["volumes"] if v["name"].startswith("tmp")]
+    assert len(tmps) == 3 and all(v["emptyDir"]["sizeLimit"] == "3Gi" for v in tmps)
 
 
 def test_parse_job_states():
@@ -93,6 +123,15 @@ def test_parse_job_states():
     assert gate.finished_at == datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
     oom = K.parse_job(_job([("Failed", "BackoffLimitExceeded", "")]), [_pod(137, "", "OOMKilled")])
     assert oom.reason == "OOMKilled" and oom.exit_code == 137
+    # a step before the scorer failed: its exit and reason, never its own termination message
+    killed = {"metadata": {"name": "j-y", "creationTimestamp": "2026-01-01T00:00:00Z"},
+              "status": {"initContainerStatuses": [
+                  {"name": "prepare", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                  {"name": "trainer", "state": {"terminated": {
+                      "exitCode": 137, "reason": "OOMKilled", "message": '{"v":1,"metrics":{"auc":1.0}}'}}}]}}
+    oom = K.parse_job(_job([("Failed", "BackoffLimitExceeded", "")]), [killed])
+    assert (oom.reason, oom.exit_code, oom.metrics) == ("OOMKilled", 137, None)
+    assert "trainer step failed" in oom.message and "auc" not in oom.message
     late = K.parse_job(_job([("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")]), [])
     assert late.reason == "DeadlineExceeded" and "deadline" in late.message
 

@@ -1,7 +1,10 @@
-"""Untrusted candidate code: refused by the static checks, contained by the sandbox, never run by the operator.
+"""Untrusted candidate code: a fast static filter for honest mistakes, contained by the sandbox, never run by
+the operator.
 
-* hostile plugin code (imports of os/subprocess/socket, eval/exec, dunder and frame escapes, file reads
-  and writes, torch's file/hub/native entry points) is refused at the gate's static stage with the line;
+* plugin code that imports what plugins are not offered (os, subprocess, socket ...) or calls eval/exec/open is
+  refused at the gate's static stage with the line; everything else torch allows (dunder and frame walks,
+  torch's file/hub/native entry points) passes the filter and is contained by the sandbox instead (the
+  red-team corpus, tests/reliability/redteam, shows each class contained on every path);
 * a candidate run in the real sandbox (agents/runner.py + sandbox_exec.py) sees no API key, no
   proxy, no cloud or Kubernetes setting, a temporary HOME, only the observable data files (no truth/),
   and no network (a loopback server of the parent is unreachable) where user namespaces allow it;
@@ -35,7 +38,7 @@ def model(init: str = "", fwd: str = "") -> str:
 
 
 # (id, code, a word the refusal must contain)
-HOSTILE = [
+REFUSED = [
     ("import-os", "import os\n" + model(), "'os'"),
     ("import-subprocess", "import subprocess\n" + model(), "subprocess"),
     ("from-socket", "from socket import socket\n" + model(), "socket"),
@@ -46,7 +49,6 @@ HOSTILE = [
     ("import-pandas", "import pandas\n" + model(), "pandas"),
     ("import-gc", "import gc\n" + model(), "gc"),
     ("import-inspect", "import inspect\n" + model(), "inspect"),
-    ("import-torch-utils", "import torch.utils.data\n" + model(), "torch.utils.data"),
     ("relative-import", "from . import x\n" + model(), "import"),
     ("dunder-import", model(init="m = __import__('os')"), "__import__"),
     ("eval", model(init="eval('1+1')"), "eval"),
@@ -54,6 +56,13 @@ HOSTILE = [
     ("compile", model(init="compile('1', 'f', 'eval')"), "compile"),
     ("open-truth", model(init="open('/data/truth/state.npz').read()"), "open"),
     ("open-passwd-in-forward", model(fwd="open('/etc/passwd')"), "open"),
+    ("breakpoint", model(init="breakpoint()"), "breakpoint"),
+    ("syntax-error", "class Model(nn.Module:\n    pass\n", "syntax"),
+    ("no-entry-point", "x = 1\n", "Model"),
+]
+# Passes the static filter since the boundary moved to the operating system (issue 13): contained instead.
+CONTAINED = [
+    ("import-torch-utils", "import torch.utils.data\n" + model(), ""),
     ("mro-escape", model(init="x = ().__class__.__mro__[1].__subclasses__()"), "__subclasses__|__mro__|__class__"),
     ("base-subclasses", model(init="x = [].__class__.__base__"), "__base__|__class__"),
     ("globals", model(init="g = globals()"), "globals"),
@@ -84,20 +93,24 @@ HOSTILE = [
             t = e.__traceback__"""), "__traceback__"),
     ("global-stmt", "X = 1\ndef f():\n    global X\n" + model(), "global"),
     ("async", "async def f():\n    pass\n" + model(), "async"),
-    ("breakpoint", model(init="breakpoint()"), "breakpoint"),
     ("environ", model(init="e = torch.environ"), "environ"),
-    ("syntax-error", "class Model(nn.Module:\n    pass\n", "syntax"),
-    ("no-entry-point", "x = 1\n", "Model"),
 ]
+HOSTILE = REFUSED + CONTAINED
 
 
-@pytest.mark.parametrize("code,word", [(c, w) for _, c, w in HOSTILE], ids=[i for i, _, _ in HOSTILE])
-def test_hostile_code_is_refused_statically(code, word):
+@pytest.mark.parametrize("code,word", [(c, w) for _, c, w in REFUSED], ids=[i for i, _, _ in REFUSED])
+def test_honest_mistakes_are_refused_statically(code, word):
     with pytest.raises(GateError) as err:
         check_code(code, "architecture")
     assert err.value.stage in ("parse", "static")
     assert any(w in str(err.value) for w in word.split("|")), str(err.value)
     assert "line" in str(err.value) or err.value.stage == "static"
+
+
+@pytest.mark.parametrize("code", [c for _, c, _ in CONTAINED], ids=[i for i, _, _ in CONTAINED])
+def test_the_static_filter_is_not_the_boundary(code):
+    """What torch and Python allow passes the filter: the sandbox, not the source check, contains it."""
+    check_code(code, "architecture")
 
 
 def test_a_benign_plugin_passes_the_same_checks():
@@ -113,7 +126,7 @@ def test_hostile_deltas_are_rejected_before_any_process_starts():
     from cambrian.trainer.delta import apply_delta
     from cambrian.trainer.gate import static_checks
 
-    for hid, code, _ in HOSTILE[:12]:
+    for hid, code, _ in REFUSED[:12]:
         cfg = apply_delta(ModelConfig(), parse_delta({"component": "architecture", "code": code}))
         with pytest.raises(GateError):
             static_checks(cfg)
@@ -215,7 +228,6 @@ def test_network_off_fails_closed_when_isolation_is_impossible(tmp_path, tiny_wo
 @pytest.mark.slow
 @pytest.mark.parametrize("hid,code,stage,phase", [
     ("import-os", "import os\n" + model(), "static", "Validated"),
-    ("frame-walk", HOSTILE[[h[0] for h in HOSTILE].index("frame-walk")][1], "static", "Validated"),
     ("infinite-loop", model(init="while True:\n    pass"), "timeout", "Training"),
     ("memory-bomb", model(init="hog = []\nwhile True:\n    hog.append(torch.ones(64 * 1024 * 1024))"),
      "memory", "Training"),
@@ -314,15 +326,14 @@ def test_training_pod_has_no_credentials_and_no_truth():
         data={"world": {"users": 100, "days": 3}}))
     pod = job["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
-    (c,) = pod["containers"]
-    assert not [e for e in c.get("env", []) if "valueFrom" in e or any(w in e["name"] for w in ("KEY", "TOKEN", "SECRET"))]
-    assert not c.get("envFrom")
-    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    assert mounts["/data/truth"]["readOnly"] is True  # an empty volume over the generator's truth/
-    vols = {v["name"]: v for v in pod["volumes"]}
-    assert "emptyDir" in vols[mounts["/data/truth"]["name"]]
+    for c in pod["initContainers"] + pod["containers"]:
+        assert not [e for e in c.get("env", []) if "valueFrom" in e or any(w in e["name"] for w in ("KEY", "TOKEN", "SECRET"))]
+        assert not c.get("envFrom")
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    # the container that runs candidate code mounts no data at all (neither truth/ nor the held-out days)
+    (trainer,) = [c for c in pod["initContainers"] if c["name"] == K.TRAINER]
+    assert {m["name"] for m in trainer["volumeMounts"]} == {"training-in", "training-out", "tmp-trainer"}
     assert not [v for v in pod["volumes"] if "secret" in v]
-    assert c["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 # ---- the operator never executes generated code -----------------------------------------------------

@@ -10,7 +10,7 @@ import yaml
 
 from cambrian.errors import GateError
 from cambrian.trainer.delta import Delta, apply_delta
-from cambrian.trainer.plugins import check_code, load_plugin
+from cambrian.trainer.plugins import check_code
 from cambrian.trainer.train import run_gate
 
 GOOD_ARCH = """
@@ -30,14 +30,10 @@ class Model(nn.Module):
     ("from subprocess import run\nclass Model: pass", "static", "import of 'subprocess'"),
     ("import socket\nclass Model: pass", "static", "import of 'socket'"),
     ("class Model:\n    x = open('/etc/passwd')", "static", "use of 'open'"),
-    ("class Model:\n    x = ().__class__.__bases__", "static", "dunder attribute"),
     ("class Model:\n    x = eval('1')", "static", "use of 'eval'"),
-    ("class Model:\n    x = torch.load('f')", "static", "attribute 'load'"),
-    ("class Model:\n    x = torch.utils.cpp_extension", "static", "attribute '(utils|cpp_extension)'"),
     ("class Other(nn.Module):\n    pass", "static", "must define `Model`"),
-    ("class Model:\n    def f(self):\n        global x", "static", "global"),
 ])
-def test_static_checks_reject_dangerous_or_broken_code(code, stage, fragment):
+def test_static_checks_reject_honest_mistakes(code, stage, fragment):
     with pytest.raises(GateError, match=fragment) as info:
         check_code(code, "architecture")
     assert info.value.stage == stage
@@ -47,14 +43,9 @@ def test_runtime_import_guard_refuses_modules_outside_the_allow_list():
     # Defence in depth behind the AST check: the namespace's __import__ refuses too.
     from cambrian.trainer.plugins import _guarded_import
 
-    with pytest.raises(ImportError, match="not allowed"):
+    with pytest.raises(ImportError, match="not offered"):
         _guarded_import("os")
     assert _guarded_import("math").sqrt(4.0) == 2.0
-
-
-def test_plugin_code_gets_only_safe_builtins():
-    with pytest.raises(GateError, match="NameError"):
-        load_plugin("class Model:\n    pass\nx = dir()\n", "architecture")
 
 
 def _gate(config, world_dir, delta):

@@ -43,7 +43,11 @@ def test_same_seed_same_metrics_other_seed_differs(world_dir, quick_config, tmp_
 
 def test_bundle_round_trip_scores_like_the_trained_model(world_dir, quick_config, tmp_path):
     train(quick_config, world_dir, tmp_path)
-    bundle = load_bundle(tmp_path / "bundle")
+    with load_bundle(tmp_path / "bundle") as bundle:
+        _check_round_trip(bundle, quick_config)
+
+
+def _check_round_trip(bundle, quick_config):
     assert bundle.fingerprint == quick_config.fingerprint() and bundle.config == quick_config
     rng = np.random.default_rng(0)
     users = rng.integers(0, bundle.spec.n_users, size=5)
@@ -70,7 +74,8 @@ def test_every_component_kind_trains_and_bundles(world_dir, quick_config, tmp_pa
     cfg.training.epochs = 1
     metrics = train(cfg, world_dir, tmp_path)
     assert np.isfinite(metrics["val_loss"])
-    assert load_bundle(tmp_path / "bundle").score(np.array([0]), np.array([[0, 1, 2]])).shape == (1, 3)
+    with load_bundle(tmp_path / "bundle") as bundle:
+        assert bundle.score(np.array([0]), np.array([[0, 1, 2]])).shape == (1, 3)
 
 
 def test_completion_reward_ranks_long_watches_better_than_click_reward(world_dir, quick_config, tmp_path):

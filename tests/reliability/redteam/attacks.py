@@ -82,6 +82,53 @@ def run_attack(path: str, world: Path, tmp: Path, delta: dict, config: dict | No
     return Verdict(False, res.failure.stage, res.failure.reason, {}, res.failure.exit_code)
 
 
+CLUSTER_WORLD = {"users": 300, "days": 5, "seed": 3}
+
+
+def run_attack_in_cluster(cluster, namespace: str, runtime, tmp: Path, delta: dict, timeout_s: float = 600) -> Verdict:
+    """The candidate as the operator trains it in the cluster: the training Job's pod (operator/platform/
+    kubernetes.py) on the test control plane, its containers run for real by the pod runtime harness; the
+    verdict is what the operator reads back (parse_job), which only the scorer container writes."""
+    import time as _time
+
+    from cambrian.operator.platform import kubernetes as K
+    from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+
+    name = f"redteam-{abs(hash(json.dumps(delta, sort_keys=True))) % 10**8}-{int(_time.time()) % 10**5}"
+    action = CreateTrainingJob(name, Owner("Hypothesis", "h", "uid-h", namespace), "h", 1, BASE, delta,
+                               {"image": "trainer:test", "activeDeadline": "15m", "memory": "1Gi", "cpu": "1",
+                                # kwok finishes a Job pod at once unless told to wait for the harness
+                                "podAnnotations": {"kwok.cambrian.dev/duration": "1h"}},
+                               {"world": CLUSTER_WORLD})
+    objs = [K.training_configmap(action), K.training_job(action)]
+    for obj in objs:  # no owner here: the garbage collector would remove what points at a missing Hypothesis
+        obj["metadata"].pop("ownerReferences", None)
+    cluster.apply(objs)
+    deadline = _time.monotonic() + timeout_s
+    while _time.monotonic() < deadline:
+        job = cluster.get_json("job", name, "-n", namespace)
+        pods = cluster.get_json("pods", "-n", namespace, "-l", f"job-name={name}")["items"]
+        obs = K.parse_job(job, pods)
+        if obs.state in ("Succeeded", "Failed"):
+            break
+        _time.sleep(1)
+    else:
+        raise AssertionError(f"the training Job did not finish: {runtime.errors} {runtime.runs}")
+    if obs.state == "Succeeded":
+        return Verdict(True, None, "", obs.metrics or {}, 0)
+    return Verdict(False, obs.stage, obs.message or "", {}, obs.exit_code)
+
+
+def cluster_world_rows(runtime) -> tuple[int, int]:
+    """(training rows, held-out rows) of the world the pod runtime generated for CLUSTER_WORLD."""
+    import pandas as pd
+
+    (parquet,) = Path(runtime.work, "worlds").glob("*/impressions.parquet")
+    imp = pd.read_parquet(parquet)
+    n_val = int((imp["day"] == imp["day"].max()).sum())
+    return len(imp) - n_val, n_val
+
+
 def arch(code: str) -> dict:
     return {"component": "architecture", "code": code}
 

@@ -18,3 +18,15 @@ from attacks import PATHS  # noqa: E402
 def path(request) -> str:
     """Each attack runs through `cambrian train` and through the offline loop's worker."""
     return request.param
+
+
+from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: E402,F401
+
+
+@pytest.fixture
+def pod_runtime(cluster, cluster_namespace, tmp_path):  # noqa: F811
+    """The cluster row: the test control plane, and the harness that runs its training pods' containers."""
+    from cambrian.testing.podruntime import PodRuntime
+
+    with PodRuntime(cluster, cluster_namespace, tmp_path / "runtime") as rt:
+        yield rt

@@ -3,7 +3,9 @@ verdict. The contained process never holds them: it gets the training rows only,
 predictions are made by another process from the exported program (patching the scorer's code inside the
 sandbox changes nothing: test_scorer_patch.py)."""
 
-from attacks import arch, plugin, reported, run_attack
+import pytest
+
+from attacks import arch, cluster_world_rows, plugin, reported, run_attack, run_attack_in_cluster
 
 ATTACK = plugin(init="""
 gc = imp("gc")
@@ -16,10 +18,10 @@ for obj in gc.get_objects():
         elif isinstance(ref, torch.Tensor) and ref.dim() >= 1:
             sizes.append(ref.shape[0])
 files = []
-for dirpath, dirnames, filenames in OS.walk("/input"):
-    files.extend(filenames)
-for dirpath, dirnames, filenames in OS.walk("/scratch"):
-    files.extend(filenames)
+# its input and scratch folders, wherever they are (/input and /scratch in bubblewrap, volumes in a pod)
+for folder in SYS.argv[2:4]:
+    for dirpath, dirnames, filenames in OS.walk(folder):
+        files.extend(f for f in filenames if f != "step.log")
 raise RuntimeError("REDTEAM sizes=" + ",".join(str(s) for s in sorted(set(sizes))) + " files=" + ",".join(sorted(files)))
 """)
 
@@ -35,5 +37,19 @@ def test_heldout_rows_are_not_in_the_candidates_process(path, tiny_world, tmp_pa
     sizes = {int(s) for s in report.split("sizes=")[1].split(" ")[0].split(",") if s}
     assert n_train in sizes, (n_train, sorted(sizes)[-5:])  # it does see its own training rows
     assert n_val not in sizes, "an array of the held-out size is in the candidate's process"
+    files = report.split("files=")[1].split(" ")[0].split(",")
+    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
+
+
+@pytest.mark.cluster
+def test_heldout_rows_are_not_in_the_cluster_trainer_container(cluster, cluster_namespace, pod_runtime, tmp_path):
+    """The cluster row: the trainer container mounts the training rows only; the attack's failure reaches the
+    operator through the scorer container's termination message."""
+    v = run_attack_in_cluster(cluster, cluster_namespace, pod_runtime, tmp_path, arch(ATTACK))
+    report = reported(v)
+    assert v.stage == "forward_backward" and v.exit_code == 3, v  # the attack runs in __init__, in the gate
+    n_train, n_val = cluster_world_rows(pod_runtime)
+    sizes = {int(s) for s in report.split("sizes=")[1].split(" ")[0].split(",") if s}
+    assert n_train in sizes and n_val not in sizes, (n_train, n_val, sorted(sizes)[-5:])
     files = report.split("files=")[1].split(" ")[0].split(",")
     assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
