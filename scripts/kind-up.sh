@@ -9,9 +9,8 @@
 #   --dry-run   print every command, in order, instead of running it (needs none of the tools)
 #   --name      kind cluster name (default: cambrian); kubectl and helm use context kind-NAME only
 #   --engine    container engine (default: docker when installed, else podman)
-#   --gpu       build the trainer from images/Dockerfile.trainer (CUDA torch; needs kind nodes that
-#               can see a GPU, which this script does not set up). Default: the trainer image is
-#               the CPU-torch build of images/Dockerfile.serving (same package, same torch version).
+#   --gpu       build the trainer with CUDA torch (needs kind nodes that can see a GPU, which this
+#               script does not set up). Default: images/Dockerfile.trainer with CPU torch.
 #
 # Exit codes: 0 done; 2 bad argument; 6 a prerequisite is missing (Docker or Podman absent or not
 # running, kind, kubectl or helm not on PATH, a repository file missing), one line says which;
@@ -77,14 +76,14 @@ fi
 
 say "2/6 images: $OPERATOR_IMAGE $SERVING_IMAGE $TRAINER_IMAGE"
 if [[ $ENGINE == docker ]]; then run export DOCKER_BUILDKIT=1; fi   # Dockerfile.trainer uses RUN --mount
-run "$ENGINE" build -f images/Dockerfile.operator --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$OPERATOR_IMAGE" .
+run "$ENGINE" build -f images/Dockerfile.operator -t "$OPERATOR_IMAGE" .
+run "$ENGINE" build -f images/Dockerfile.serving --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$SERVING_IMAGE" .
+# Each image installs only its own extra (the trainer's has the data and scoring libraries serving lacks);
+# without --gpu the trainer's torch is the CPU build.
 if [[ $GPU == 1 ]]; then
-  run "$ENGINE" build -f images/Dockerfile.serving --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$SERVING_IMAGE" .
   run "$ENGINE" build -f images/Dockerfile.trainer -t "$TRAINER_IMAGE" .
 else
-  # Training pods give their whole command line (no ENTRYPOINT), so one CPU image serves both.
-  run "$ENGINE" build -f images/Dockerfile.serving --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" \
-    -t "$SERVING_IMAGE" -t "$TRAINER_IMAGE" .
+  run "$ENGINE" build -f images/Dockerfile.trainer --build-arg TORCH_INDEX_URL="$CPU_TORCH_INDEX" -t "$TRAINER_IMAGE" .
 fi
 
 say "3/6 load the images into the kind nodes"

@@ -78,11 +78,11 @@ CTX = ["--context", "kind-cambrian"]
 EXPECTED_DOCKER_CPU = [
     ["kind", "create", "cluster", "--name", "cambrian", "--config", "manifests/kind/cluster.yaml", "--wait", "180s"],
     ["export", "DOCKER_BUILDKIT=1"],
-    ["docker", "build", "-f", "images/Dockerfile.operator", "--build-arg",
-     "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "-t", "localhost/cambrian-operator:kind", "."],
+    ["docker", "build", "-f", "images/Dockerfile.operator", "-t", "localhost/cambrian-operator:kind", "."],
     ["docker", "build", "-f", "images/Dockerfile.serving", "--build-arg",
-     "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "-t", "localhost/cambrian-serving:kind",
-     "-t", "localhost/cambrian-trainer:kind", "."],
+     "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "-t", "localhost/cambrian-serving:kind", "."],
+    ["docker", "build", "-f", "images/Dockerfile.trainer", "--build-arg",
+     "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu", "-t", "localhost/cambrian-trainer:kind", "."],
     ["kind", "load", "docker-image", "--name", "cambrian", "localhost/cambrian-operator:kind",
      "localhost/cambrian-serving:kind", "localhost/cambrian-trainer:kind"],
     ["kubectl", *CTX, "apply", "-f", "manifests/kind/prometheus.yaml"],
@@ -305,9 +305,8 @@ def test_every_build_arg_is_declared_by_its_dockerfile(tmp_path, args):
                 assert value.endswith("/whl/cpu")
 
 
-def test_the_cpu_trainer_image_has_the_trainers_torch_version():
-    """Without --gpu the trainer image is the CPU build of Dockerfile.serving: its torch must be the
-    version of the CUDA trainer image, so that bundles trained by either load in the serving image."""
+def test_the_trainer_and_serving_images_share_one_torch_version():
+    """Bundles trained in the trainer image load in the serving image: the same torch, CPU or CUDA build."""
     serving = dockerfile_args(ROOT / "images" / "Dockerfile.serving")
     trainer = dockerfile_args(ROOT / "images" / "Dockerfile.trainer")
     assert serving["TORCH_VERSION"] == trainer["TORCH_VERSION"]

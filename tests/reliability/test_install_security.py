@@ -128,11 +128,14 @@ def test_operator_service_account_has_least_privilege(sets):
     assert rules, "nothing is bound to the operator's service account"
     assert not check_least_privilege(rules), check_least_privilege(rules)
     # what it can do is what the operator uses: its own CRs, Jobs, Deployments, Services, ConfigMaps, events,
-    # and reads of the prerequisites it names when they are missing (PriorityClasses, Kueue LocalQueues)
+    # a training gang's NetworkPolicy, and reads of the prerequisites it names when they are missing
+    # (PriorityClasses, Kueue LocalQueues)
     groups = {g for g, *_ in rules}
     assert groups <= {"cambrian.dev", "batch", "apps", "", "events.k8s.io", "gateway.networking.k8s.io",
                       "coordination.k8s.io", "kopf.dev", "apiextensions.k8s.io", "monitoring.coreos.com",
-                      "kueue.x-k8s.io", "scheduling.k8s.io"}, groups
+                      "kueue.x-k8s.io", "scheduling.k8s.io", "networking.k8s.io"}, groups
+    assert {(r, v) for g, r, v, _ in rules if g == "networking.k8s.io"} <= {("networkpolicies", "create"),
+                                                                           ("networkpolicies", "delete")}
     assert {v for g, r, v, _ in rules if g in ("scheduling.k8s.io", "kueue.x-k8s.io")} <= {"get"}
     pod_verbs = {v for g, r, v, _ in rules if g == "" and r == "pods"}
     assert pod_verbs <= {"get", "list", "watch"}, pod_verbs  # it never creates bare pods
