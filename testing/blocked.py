@@ -69,7 +69,7 @@ def prelude(modules: Iterable[str], dists: Iterable[str] = ()) -> str:
 def argv(args: list[str], modules: Iterable[str], dists: Iterable[str] = ()) -> list[str]:
     """The command line of `cambrian ARGS` with the modules blocked (the console script's entry point)."""
     code = prelude(modules, dists) + "\nfrom cambrian.cli import main\nsys.argv = ['cambrian'] + sys.argv[1:]\nmain()\n"
-    return [sys.executable, "-c", code, *args]
+    return [sys.executable, "-P", "-c", code, *args]  # -P: no working directory on sys.path, as the console script
 
 
 def run_cli(args: list[str], modules: Iterable[str], dists: Iterable[str] = (), timeout: float = 300,

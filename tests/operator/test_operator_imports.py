@@ -63,7 +63,7 @@ current-context: nowhere
 
 def test_a_builtin_wakeup_imports_no_torch():
     code = prelude(blocked()) + PROBE
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=180)
     assert blocked_imports(out.stderr) == [], f"the operator process tried to import {blocked_imports(out.stderr)}"
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
