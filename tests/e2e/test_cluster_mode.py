@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+from cambrian.testing.waiting import poll
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,15 +77,10 @@ class Ctl:
 
 
 def wait(what, pred, timeout=180, runner=None, rt=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.5)
-    extra = f"\nharness errors: {rt.errors}\nruns: {[(r['pod'], r['rc'], r['seconds']) for r in rt.runs]}" if rt else ""
-    raise AssertionError(f"timed out waiting for {what}" + extra
-                         + (f"\noperator log:\n{runner.stdout[-6000:]}" if runner else ""))
+    def context() -> str:
+        extra = f"\nharness errors: {rt.errors}\nruns: {[(r['pod'], r['rc'], r['seconds']) for r in rt.runs]}" if rt else ""
+        return extra + (f"\noperator log:\n{runner.stdout[-6000:]}" if runner else "")
+    return poll(what, pred, timeout, context)
 
 
 def status(obj) -> dict:

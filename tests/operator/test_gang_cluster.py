@@ -4,12 +4,12 @@ creates the gang (Indexed Job, rendezvous Service, NetworkPolicy) and reads the 
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import yaml
 
 from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
+from cambrian.testing.waiting import poll
 
 from .test_operator_cluster import crds_installed  # noqa: F401
 
@@ -47,13 +47,7 @@ def test_the_operator_creates_the_gang_and_reads_its_metrics(crds_installed, clu
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def wait(what, pred, timeout=90):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}; operator log:\n{runner.stdout[-4000:]}")
+        return poll(what, pred, timeout, lambda: f"; operator log:\n{runner.stdout[-4000:]}")
 
     args = ["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"]
     with KopfRunner(args, timeout=180) as runner:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 import yaml
 
 from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
+from cambrian.testing.waiting import poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -105,13 +105,7 @@ def test_operator_end_to_end(crds_installed, cluster_namespace, monkeypatch, tmp
         return json.loads(r.stdout) if r.returncode == 0 else None
 
     def wait(what, pred, timeout=90):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}; operator log:\n{runner.stdout[-4000:]}")
+        return poll(what, pred, timeout, lambda: f"; operator log:\n{runner.stdout[-4000:]}")
 
     args = ["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"]
     with KopfRunner(args, timeout=240) as runner:

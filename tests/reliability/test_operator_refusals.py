@@ -24,6 +24,7 @@ os.environ.setdefault("CAMBRIAN_METRICS_PORT", "0")
 os.environ.setdefault("CAMBRIAN_METRICS_ADDR", "127.0.0.1")
 
 from cambrian.operator import crdgen  # noqa: E402
+from cambrian.testing.waiting import poll  # noqa: E402
 from cambrian.operator.reconcile.common import label_value  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -104,13 +105,7 @@ class Ops:
         return json.loads(out)["items"]
 
     def wait(self, what: str, pred, timeout: float = 90):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            v = pred()
-            if v:
-                return v
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}; operator log:\n{self.runner.stdout[-4000:]}")
+        return poll(what, pred, timeout, lambda: f"; operator log:\n{self.runner.stdout[-4000:]}")
 
     def quiet(self, kind: str, name: str, seconds: float = 5.0) -> None:
         """Several timer intervals pass (1 s here) without a status write or a new event."""
