@@ -46,7 +46,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
               approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False) -> int:
     from cambrian.operator import api
     from cambrian.operator.local_driver import LocalDriver
-    from cambrian.operator.localstore import load_manifests
+    from cambrian.operator.localstore import LocalStore, load_manifests
 
     # Every input is checked before the driver creates anything in --dir.
     inputs.output_dir(out, "--dir")
@@ -60,6 +60,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
     objs = apply_overrides(objs, users, days, seed, evaluations)
     for o in objs:  # overrides are validated like the file itself
         api.parse_resource(o)
+    check_approvals(decisions, objs, LocalStore(out))
     driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days)
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
@@ -76,6 +77,15 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         _print(driver, report)
     failed = [n for n, p in summary.phases.get("Evolution", {}).items() if p == "Failed"]
     return 4 if failed else 0
+
+
+def check_approvals(decisions: list[tuple[str, str]], objs: list[dict[str, Any]], store) -> None:
+    """Each approved rollout is in the file or already in --dir (from an earlier run): checked before anything
+    is written, so a typo stores nothing."""
+    known = {o["metadata"]["name"] for o in objs if o["kind"] == "Rollout"}
+    for name, _ in decisions:
+        if name not in known and store.get("rollouts", "default", name) is None:
+            raise ConfigError(f"--approve {name}: no Rollout {name!r} in the file or in {store.root}")
 
 
 def parse_approvals(items: list[str]) -> list[tuple[str, str]]:

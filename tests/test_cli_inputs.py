@@ -41,6 +41,8 @@ BAD = [
     (["evolve", "-f", EVOLUTION, "--dir", "{t}/afile"], "--dir", True),
     (["evolve", "-f", EVOLUTION, "--dir", "{t}/run", "--data", "{t}/nope"], "not a data directory", True),
     (["evolve", "-f", EVOLUTION, "--dir", "{t}/run", "--approve", "nonsense"], "--approve 'nonsense'", True),
+    (["evolve", "-f", EVOLUTION, "--dir", "{t}/run", "--approve", "ghost=promote"], "--approve ghost: no Rollout 'ghost'",
+     True),
     (["rollout", "-f", EVOLUTION, "--dir", "{t}/run"], "expected Rollout objects, found Evolution", True),
     (["rollout", "-f", "{t}/bad.yaml", "--dir", "{t}/run"], "cannot read", True),
     (["journal", "{t}/afile"], "no journal here", True),
