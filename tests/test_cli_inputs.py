@@ -117,3 +117,17 @@ def test_usage_errors_under_json_are_the_json_error_object(args, message):
     # Without --json: click's usage text on stderr, as before.
     r = cambrian(*args)
     assert r.returncode == 2 and r.stdout == "" and message in r.stderr
+
+
+def test_approvals_name_a_rollout_of_the_file_or_of_the_run_directory(tmp_path):
+    from cambrian.errors import ConfigError
+    from cambrian.operator.local_cli import check_approvals
+    from cambrian.operator.localstore import LocalStore
+
+    store = LocalStore(tmp_path)
+    in_file = [{"kind": "Rollout", "metadata": {"name": "ro-a"}}]
+    check_approvals([("ro-a", "promote")], in_file, store)
+    store.put({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "ro-b"}, "spec": {}})
+    check_approvals([("ro-b", "rollback")], [], store)  # from an earlier run in the same --dir
+    with pytest.raises(ConfigError, match="no Rollout 'ro-c'"):
+        check_approvals([("ro-a", "promote"), ("ro-c", "promote")], in_file, store)
