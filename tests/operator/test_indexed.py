@@ -77,7 +77,8 @@ def test_slim_objects_keep_what_the_core_reads_and_drop_the_rest():
                         "creationTimestamp": "2026-01-01T00:00:00Z"},
            "spec": {"containers": [{"name": "trainer", "image": "x", "env": [{}] * 20}]},
            "status": {"phase": "Succeeded", "podIP": "1.2.3.4",
-                      "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+                      "initContainerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 0}}}],
+                      "containerStatuses": [{"name": "scorer", "state": {"terminated": {
                           "exitCode": 0, "message": '{"v": 1, "ok": true, "metrics": {"val_loss": 0.5}}'}}}]}}
     job = {"metadata": {"name": "j", "namespace": "ns", "uid": "uj", "annotations": {"cambrian.dev/bundle-uri": "b"},
                         "labels": {"cambrian.dev/owner-kind": "hypothesis", "cambrian.dev/owner": "h"},
@@ -150,14 +151,14 @@ def test_a_finished_job_waits_for_its_pods_last_status_from_the_other_watch():
                         "ownerReferences": [{"kind": "Hypothesis", "name": "h", "uid": "uid-h"}]},
            "spec": {}, "status": {"conditions": [{"type": "Complete", "status": "True"}]}}
     running_pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}},
-                   "status": {"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}}
+                   "status": {"phase": "Running", "containerStatuses": [{"name": "scorer", "state": {"running": {}}}]}}
     from cambrian.operator.reconcile.actions import Owner
 
     p = platform()
     p.observed = cluster(jobs=[job], pods=[running_pod])
     (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
     assert seen.state == "Running"
-    done = {**running_pod, "status": {"phase": "Succeeded", "containerStatuses": [{"name": "trainer", "state": {
+    done = {**running_pod, "status": {"phase": "Succeeded", "containerStatuses": [{"name": "scorer", "state": {
         "terminated": {"exitCode": 0, "message": '{"v": 1, "ok": true, "metrics": {"val_loss": 0.5}}'}}}]}}
     p.observed = cluster(jobs=[job], pods=[done])
     (seen,) = p.training_jobs(Owner("Hypothesis", "h", "uid-h", "ns"))
