@@ -19,7 +19,14 @@ def run(
     interval: float = typer.Option(15.0, "--interval", min=1.0, envvar="CAMBRIAN_OPERATOR_INTERVAL",
                                    help="seconds between timer reconciles of Evolutions (and their Hypotheses' sweep) and running Rollouts; Hypotheses are event-driven"),
     liveness: Optional[str] = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
-    standalone: bool = typer.Option(True, "--standalone/--peering", help="run without kopf peering objects"),
+    peering: Optional[str] = typer.Option(
+        None, "--peering", envvar="CAMBRIAN_OPERATOR_PEERING",
+        help="kopf peering object for leader election between replicas (ClusterKopfPeering when cluster-wide, "
+             "KopfPeering in each --namespace); default: standalone, one replica only"),
+    priority: Optional[int] = typer.Option(
+        None, "--priority", min=1, envvar="CAMBRIAN_OPERATOR_PRIORITY",
+        help="peering priority: the live replica with the highest one works, the others wait; default: random, "
+             "so identical replicas never tie (kopf pauses every replica on a tie)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Watch Evolutions, Hypotheses and Rollouts and reconcile them (needs a kubeconfig or in-cluster config)."""
@@ -39,12 +46,22 @@ def run(
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(
         kopf.operator(
-            standalone=standalone,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=election_priority(priority) if peering else None,
             namespaces=namespace or (),  # () with clusterwide: kopf iterates it
             clusterwide=not namespace,
             liveness_endpoint=liveness,
         )
     )
+
+
+def election_priority(given: Optional[int]) -> int:
+    """The peering priority: the given one, else a random one. kopf's peering pauses every peer that sees
+    a live peer of the same priority, so the replicas of one Deployment (same arguments) must differ."""
+    import secrets
+
+    return given if given is not None else 1 + secrets.randbelow(2**31 - 1)
 
 
 @app.command()

@@ -34,7 +34,8 @@ HELM_ONLY_ANNOTATIONS = ("checksum/config",)
 # file -> the kinds (or kind/name) it holds
 FILES = {
     "rbac.yaml": ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"),
-    "operator.yaml": ("ConfigMap/cambrian-operator", "Service/cambrian-operator-metrics", "Deployment/cambrian-operator"),
+    "operator.yaml": ("ConfigMap/cambrian-operator", "Service/cambrian-operator-metrics", "Deployment/cambrian-operator",
+                      "PodDisruptionBudget/cambrian-operator", "ClusterKopfPeering/cambrian-operator"),
     "networkpolicy.yaml": ("NetworkPolicy",),
 }
 

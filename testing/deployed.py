@@ -41,8 +41,11 @@ class DeployedChart:
         return self.runtime.log(self.operator_pod) if self.operator_pod in self.runtime.services else ""
 
     def forbidden(self) -> list[str]:
-        """Lines of the operator's log that report a refused API call (403)."""
-        return [line for line in self.operator_log().splitlines() if FORBIDDEN.search(line)]
+        """Lines of the operator replicas' logs (the active one and the standby) that report a refused
+        API call (403)."""
+        prefix = f"{self.release}-cambrian-operator-"
+        logs = [self.runtime.log(n) for n in list(self.runtime.services) if n.startswith(prefix)]
+        return [line for log in logs for line in log.splitlines() if FORBIDDEN.search(line)]
 
     def operator_exited(self) -> dict[str, int]:
         return self.runtime.exited(self.operator_pod) if self.operator_pod in self.runtime.services else {}

@@ -36,6 +36,8 @@ def test_defaults_render_the_expected_objects(render):
         ("Service", "cambrian-operator-metrics"),
         ("NetworkPolicy", "cambrian-trainer-isolation"),
         ("NetworkPolicy", "cambrian-trainer-isolation-1"),
+        ("ClusterKopfPeering", "cambrian-operator"),  # two replicas elect one (test_operator_ha.py)
+        ("PodDisruptionBudget", "cambrian-operator"),
     ]), kinds
     # Monitoring objects need the Prometheus Operator's CRDs: off by default.
     assert not render.by_kind(docs, "ServiceMonitor") and not render.by_kind(docs, "PrometheusRule")
@@ -44,13 +46,14 @@ def test_defaults_render_the_expected_objects(render):
 def test_operator_deployment(render):
     dep = render.one(render.docs(), "Deployment", "cambrian-operator")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "cambrian-operator"
     (container,) = pod["containers"]
     # the flags of `cambrian operator run` (operator/cli.py); no --namespace: every namespace
     assert container["command"] == ["cambrian"]
-    assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz"]
+    assert container["args"] == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz",
+                                 "--peering", "cambrian-operator"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["health"] == 8080
     assert container["image"] == "ghcr.io/cambrian-dev/cambrian-operator:0.1.0"
@@ -65,11 +68,12 @@ def test_operator_deployment(render):
 def test_operator_args_follow_values(render):
     docs = render.docs(*render.ALL_ON)
     args = render.one(docs, "Deployment", "cambrian-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz",
+    assert args == ["operator", "run", "--liveness", "http://0.0.0.0:8080/healthz", "--peering", "cambrian-operator",
                     "--namespace", "team-a", "--namespace", "team-b", "--verbose"]
     docs = render.docs("--set", "operator.livenessProbe.enabled=false", "--set-json", 'operator.extraArgs=["--interval","30"]')
     container = render.one(docs, "Deployment", "cambrian-operator")["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["operator", "run", "--interval", "30"] and "livenessProbe" not in container
+    assert container["args"] == ["operator", "run", "--peering", "cambrian-operator", "--interval", "30"]
+    assert "livenessProbe" not in container
 
 
 def test_operator_cli_accepts_the_chart_args(render):
@@ -84,7 +88,7 @@ def test_operator_cli_accepts_the_chart_args(render):
     command = typer.main.get_command(app)
     run = command.commands["run"] if hasattr(command, "commands") else command
     ctx = run.make_context("run", list(args[2:]))  # parses and validates every option, runs nothing
-    assert ctx.params["namespace"] == ["team-a", "team-b"]
+    assert ctx.params["namespace"] == ["team-a", "team-b"] and ctx.params["peering"] == "cambrian-operator"
     assert ctx.params["liveness"] == "http://0.0.0.0:8080/healthz" and ctx.params["verbose"] is True
 
 

@@ -44,7 +44,8 @@ def test_operator_runs_as_the_chart_deploys_it(cluster, tmp_path, mode):
         (env,) = svc["env"].values()
         # The Deployment's own command line, with the pod's ports mapped to free loopback ports.
         health = svc["ports"][8080]
-        expected = ["operator", "run", "--liveness", f"http://127.0.0.1:{health}/healthz"]
+        expected = ["operator", "run", "--liveness", f"http://127.0.0.1:{health}/healthz",
+                    "--peering", f"{d.release}-cambrian-operator"]  # two replicas elect one (test_operator_failover.py)
         expected += ["--namespace", d.workloads[0]] if namespaced else []
         assert Path(cmd[0]).name == "cambrian" and cmd[1:] == expected
         # The env a kubelet would give it: the downward API, the mounted config, the chart's SA token.

@@ -235,6 +235,10 @@ CASES: list[Case] = [
     Case("rbac.create", None, lambda d: not has("ClusterRole")(d) and not has("ClusterRoleBinding")(d)),
     # operator
     *image_cases("operator", image_and_policy(lambda d: [container("-operator")(d)])),
+    Case("operator.replicas", 3, lambda d: obj("Deployment", "-operator")(d)[0]["spec"]["replicas"]),
+    Case("operator.podDisruptionBudget.enabled", None, lambda d: not has("PodDisruptionBudget")(d)),
+    Case("operator.podDisruptionBudget.minAvailable", 2,
+         lambda d: [p["spec"]["minAvailable"] for p in obj("PodDisruptionBudget")(d)], each=True),
     Case("operator.watchNamespaces", ["zz-ns"],
          lambda d: [container("-operator", "args")(d), [x["metadata"]["namespace"] for x in obj("RoleBinding")(d)]],
          each=True),

@@ -31,7 +31,7 @@ EXAMPLES = REPO / "manifests" / "examples"
 @functools.cache
 def _load_crds() -> dict[str, dict]:
     out = {}
-    for p in sorted(CRD_DIR.glob("*.yaml")):
+    for p in sorted(CRD_DIR.glob("*.cambrian.dev.yaml")):  # not kopf's peering CRDs (kopf.dev)
         doc = yaml.safe_load(p.read_text())
         if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":  # skip kustomization.yaml
             out[doc["spec"]["names"]["kind"]] = doc

@@ -68,6 +68,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- toJson $ns -}}
 {{- end -}}
 
+{{/* The kopf peering object the operator replicas elect their active one through. */}}
+{{- define "cambrian.peeringName" -}}
+{{ include "cambrian.fullname" . }}-operator
+{{- end -}}
+
 {{- define "cambrian.routerConfigMap" -}}
 {{- printf "%s-router" (include "cambrian.fullname" .) -}}
 {{- end -}}
@@ -75,13 +80,20 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/*
 The operator's rules in the namespaces it serves: exactly the verbs it uses, no wildcards, no
 Secrets. kopf watches and patches the Cambrian objects (finalizers, progress annotations) and their
-/status, and posts core Events; it runs standalone (one replica), so it needs no peering objects or
-Leases. The platform adapter (operator/platform/kubernetes.py) creates training Jobs with their
+/status, and posts core Events; with more than one replica it reads and patches its kopf peering
+object (leader election, no Leases). The platform adapter (operator/platform/kubernetes.py) creates training Jobs with their
 run ConfigMaps, serving-arm and per-Rollout router Deployments and Services, replaces the router and
 champion ConfigMaps, reads Job pods' termination messages, and patches HTTPRoute weights.
 tests/chart/test_rbac.py checks these rules against the API calls in operator/.
 */}}
 {{- define "cambrian.operatorRules" -}}
+{{- if gt (int .Values.operator.replicas) 1 -}}
+# kopf's peering (leader election between the replicas): each replica patches its own entry into the
+# peering object's status and watches the others'.
+- apiGroups: [kopf.dev]
+  resources: [{{ if .Values.operator.watchNamespaces }}kopfpeerings{{ else }}clusterkopfpeerings{{ end }}]
+  verbs: [get, list, watch, patch]
+{{ end -}}
 - apiGroups: [cambrian.dev]
   resources: [evolutions]
   verbs: [get, list, watch, patch]
