@@ -35,6 +35,7 @@ def test_the_operator_creates_the_gang_and_reads_its_metrics(crds_installed, clu
                          "podAnnotations": {"kwok.cambrian.dev/exit-code": "0",
                                             "kwok.cambrian.dev/termination-message": metrics}},
             "data": {"world": {"users": 100, "days": 3}},
+            "noise": {"baselineSeeds": 2, "confirmSeeds": 1},
         },
     }
 
@@ -55,7 +56,9 @@ def test_the_operator_creates_the_gang_and_reads_its_metrics(crds_installed, clu
         champion = wait("the baseline champion from the gang", lambda: (
             ((get("evolution", "gang") or {}).get("status") or {}).get("champion") or {}).get("bundle"))
         assert champion.startswith("job://")
-        (job,) = get("jobs", "-l", "cambrian.dev/owner-kind=evolution")["items"]
+        baseline = get("jobs", "-l", "cambrian.dev/owner-kind=evolution")["items"]
+        assert len(baseline) == 2  # the baseline's two seeds (its noise floor), each a gang
+        job = sorted(baseline, key=lambda j: j["metadata"]["name"])[0]
         name, spec = job["metadata"]["name"], job["spec"]
         assert spec["completionMode"] == "Indexed" and spec["parallelism"] == spec["completions"] == 2
         assert spec["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
