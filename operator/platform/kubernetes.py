@@ -692,14 +692,23 @@ class KubernetesPlatform:
         return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
 
     # --- helpers ---------------------------------------------------------------------------
-    def _create(self, fn: Callable, namespace: str | None, body: dict) -> None:
+    def _create(self, fn: Callable, namespace: str | None, body: dict,
+                on_exists: Callable[[], Any] | None = None) -> None:
+        """Create BODY; when it exists already (the name is deterministic, so it is ours) call ON_EXISTS, if any,
+        to bring it up to date."""
         from kubernetes.client.rest import ApiException
 
         try:
             fn(namespace or "default", body)
         except ApiException as exc:
-            if exc.status != 409:  # already exists: the name is deterministic, so it is ours
+            if exc.status != 409:
                 raise refusal(exc, _what(body)) from exc
+            if on_exists is None:
+                return
+            try:
+                on_exists()
+            except ApiException as exc2:
+                raise refusal(exc2, _what(body)) from exc2
 
     def _replace_or_create_config_map(self, cm: dict, namespace: str | None) -> None:
         from kubernetes.client.rest import ApiException
@@ -922,29 +931,14 @@ class KubernetesPlatform:
     def update_champion(self, action: UpdateChampion) -> None:
         """Create the production Deployment + Service `<evolution>-champion`, or replace the Deployment's
         spec (a rolling update, see champion_manifests) and keep the Service's port in step."""
-        from kubernetes.client.rest import ApiException
-
         ns = action.owner.namespace or "default"
         dep, svc = champion_manifests(action)
         dep = self._templated(dep, "serving", "serving")
-        try:
-            self.apps.create_namespaced_deployment(ns, dep)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise refusal(exc, _what(dep)) from exc
-            try:
-                self.apps.replace_namespaced_deployment(action.name, ns, dep)
-            except ApiException as exc2:
-                raise refusal(exc2, _what(dep)) from exc2
-        try:
-            self.core.create_namespaced_service(ns, svc)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise refusal(exc, _what(svc)) from exc
-            try:
-                self.core.patch_namespaced_service(action.name, ns, {"spec": {"ports": svc["spec"]["ports"]}})
-            except ApiException as exc2:
-                raise refusal(exc2, _what(svc)) from exc2
+        self._create(self.apps.create_namespaced_deployment, ns, dep,
+                     lambda: self.apps.replace_namespaced_deployment(action.name, ns, dep))
+        ports = {"spec": {"ports": svc["spec"]["ports"]}}
+        self._create(self.core.create_namespaced_service, ns, svc,
+                     lambda: self.core.patch_namespaced_service(action.name, ns, ports))
 
     def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
         from kubernetes.client.rest import ApiException
