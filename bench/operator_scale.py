@@ -148,6 +148,7 @@ class Timeline:
     first_phase: dict[str, float] = field(default_factory=dict)
     done: dict[str, float] = field(default_factory=dict)
     final_phase: dict[str, str] = field(default_factory=dict)
+    watch_errors: list[str] = field(default_factory=list)
 
     def observe(self, name: str, phase: str | None, t: float) -> None:
         if not phase:
@@ -297,26 +298,36 @@ def start_operator(kind: str, namespace: str, kubeconfig: Path, cluster, work: P
 
 async def _watch(client, url: str, timeline: Timeline, t0: list[float], stop: asyncio.Event) -> None:
     """Follow the run's Hypotheses; t0[0] is the time the first create was sent (set later)."""
+    import httpx
+
     rv = None
     while not stop.is_set():
         params = {"watch": "1", "labelSelector": f"{RUN_LABEL}", "timeoutSeconds": "600"}
         if rv:
             params["resourceVersion"] = rv
-        async with client.stream("GET", url, params=params, timeout=None) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if not line:
-                    continue
-                ev = json.loads(line)
-                obj = ev.get("object") or {}
-                rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                if ev.get("type") in ("ADDED", "MODIFIED"):
-                    now = time.perf_counter()
-                    timeline.observe(obj["metadata"]["name"], (obj.get("status") or {}).get("phase"),
-                                     now - t0[0] if t0[0] else 0.0)
-                if timeline.complete():
-                    stop.set()
-                    return
+        try:
+            async with client.stream("GET", url, params=params, timeout=None) as r:
+                r.raise_for_status()
+                async for line in r.aiter_lines():
+                    if not line:
+                        continue
+                    ev = json.loads(line)
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":  # e.g. 410 Gone: start again from a fresh list
+                        timeline.watch_errors.append(str(obj.get("message") or obj)[:200])
+                        rv = None
+                        break
+                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                    if ev.get("type") in ("ADDED", "MODIFIED"):
+                        now = time.perf_counter()
+                        timeline.observe(obj["metadata"]["name"], (obj.get("status") or {}).get("phase"),
+                                         now - t0[0] if t0[0] else 0.0)
+                    if timeline.complete():
+                        stop.set()
+                        return
+        except (httpx.HTTPError, ValueError) as e:  # a dropped stream is reopened where it left off
+            timeline.watch_errors.append(f"{type(e).__name__}: {e}"[:200])
+            await asyncio.sleep(0.2)
 
 
 async def _create_and_wait(cluster, namespace: str, evolution: str, run_id: str, n: int, steady: tuple,
@@ -354,8 +365,12 @@ async def _create_and_wait(cluster, namespace: str, evolution: str, run_id: str,
             left = timeout - (time.perf_counter() - t0[0])
             await asyncio.wait_for(stop.wait(), max(1.0, left))
         except asyncio.TimeoutError:
+            seen = cluster.kubectl("get", "hypotheses", "-n", namespace, "-o",
+                                   "jsonpath={range .items[*]}{.status.phase}/{.status.conditions[-1].reason} {end}",
+                                   check=False).stdout.split()
+            stuck = {p: seen.count(p) for p in sorted(set(seen))}  # phase/last condition reason -> count
             raise RuntimeError(f"{len(timeline.done)}/{n} objects steady after {timeout:.0f}s "
-                               f"({len(timeline.first_phase)} with a phase); operator log:\n{op.tail()}") from None
+                               f"({len(timeline.first_phase)} with a phase; now {stuck}; watch errors {timeline.watch_errors[-3:]}); operator log:\n{op.tail()}") from None
         finally:
             stop.set()
             watcher.cancel()

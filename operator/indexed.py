@@ -202,17 +202,23 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
           waiting: Iterable[str]) -> list[Mapping[str, Any]]:
     """The Hypotheses of one Evolution whose state can move without an event of their own: in a
     phase of `waiting` (Proposed, Validated: the Evolution's budget or baseline; Training is fed by
-    its Job's and Pod's events, and at start by the initial listing), Live (its Rollout concludes or is deleted) or
+    its Job's and Pod's events, and at start by the initial listing, except once trained and waiting
+    for the baseline's noise floor), Live (its Rollout concludes or is deleted) or
     Scored and named by a Rollout (-> Live). Finished ones (Scored outside any rollout, Launched,
     Retired, Failed, Rejected) are left alone: they cost nothing."""
+    from cambrian.operator.reconcile.hypothesis import WAITING_FOR_BASELINE
     from cambrian.operator.reconcile.views import rollout_view
 
     listed = {n for r in rollouts for n in rollout_view(r).hypotheses}
     waiting = set(waiting)
     out = []
     for h in hypotheses:
-        phase = (h.get("status") or {}).get("phase") or "Proposed"
-        if phase in waiting or phase == "Live" or (phase == "Scored" and (h.get("metadata") or {}).get("name") in listed):
+        status = h.get("status") or {}
+        phase = status.get("phase") or "Proposed"
+        on_baseline = phase == "Training" and any(  # trained, its Job done: only the baseline's seeds move it
+            c.get("type") == "Training" and c.get("reason") == WAITING_FOR_BASELINE for c in status.get("conditions") or ())
+        if (phase in waiting or phase == "Live" or on_baseline
+                or (phase == "Scored" and (h.get("metadata") or {}).get("name") in listed)):
             out.append(h)
     return out
 

@@ -26,6 +26,8 @@ from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_nam
 from cambrian.operator.reconcile.observations import JobObservation, RolloutView
 from cambrian.stats.noise import confirmation_seeds
 
+# A trained Hypothesis whose judgement waits on the Evolution (no event of its own will come).
+WAITING_FOR_BASELINE = "WaitingForBaseline"
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
 POLL_SECONDS = 30.0
 # Exit codes of `cambrian train` (docs/CONTRACTS.md): 2 invalid config/delta, 3 gate failed, 4 training failed.
@@ -280,7 +282,7 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
     confirmation seeds (unless a budget is spent: then it stays promising, which is never rolled out)."""
     objective = ctx.spec.objective.offline.for_component(spec.component)
     if not ctx.reference:  # the baseline's seeds are still training: nothing to judge against yet
-        cond("Training", True, "WaitingForBaseline", "trained; waiting for the baseline's noise floor to judge it")
+        cond("Training", True, WAITING_FOR_BASELINE, "trained; waiting for the baseline's noise floor to judge it")
         return Result(actions, st, requeue_after=POLL_SECONDS)
     st.proxy_metrics = N.proxy_metrics([r.metrics for r in st.seed_runs])
     st.offline_metric = objective.metric

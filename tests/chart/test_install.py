@@ -16,6 +16,15 @@ CHART = ROOT / "charts" / "cambrian"
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
+def install_peering_crds(cluster) -> None:
+    """`--skip-crds` leaves CRDs to the user (`kubectl apply -f crds/`): the Cambrian CRDs are checked on
+    their own below, but the default 2-replica install needs kopf's peering kinds to exist."""
+    for crd in sorted((ROOT / "crds").glob("*kopfpeerings.kopf.dev.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(crd), timeout=60)
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev", timeout=90)
+
+
 @pytest.fixture(scope="module")
 def release(cluster):
     """One install for the module, in its own namespace with Pod Security "restricted" enforced."""
@@ -24,6 +33,7 @@ def release(cluster):
     cluster.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted",
                     "pod-security.kubernetes.io/enforce-version=latest")
     name = f"cambrian-{ns}"  # unique: the ClusterRole and its binding are cluster-scoped
+    install_peering_crds(cluster)
     # CRDs are checked on their own (test_chart_crds_are_accepted): a bad CRD must not hide the rest.
     out = cluster.helm("install", name, str(CHART), "--namespace", ns, "--skip-crds",
                        "--set", "agents.gemini.existingSecret=gemini", check=False, timeout=120)
@@ -126,6 +136,7 @@ def test_notes_commands_work_from_another_namespace(cluster):
     ns = f"t-notes-{uuid.uuid4().hex[:8]}"
     name = f"cambrian-{ns}"  # holds the chart name: resources are named <release>-...
     cluster.kubectl("create", "namespace", ns)
+    install_peering_crds(cluster)
     try:
         out = cluster.helm("install", name, str(CHART), "--namespace", ns, "--skip-crds", check=False, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr

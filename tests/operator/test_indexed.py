@@ -143,6 +143,19 @@ def test_the_sweep_leaves_finished_hypotheses_alone():
     assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [ro], HD.SWEPT_PHASES)] == ["new", "val", "picked", "live"]
 
 
+def test_the_sweep_steps_trained_hypotheses_that_wait_for_the_baseline():
+    """A Job that finished before the baseline's seeds sends no further event: only the Evolution's
+    sweep can judge it once the noise floor exists (50 such Hypotheses stayed in Training before)."""
+    from cambrian.operator.reconcile.hypothesis import WAITING_FOR_BASELINE
+
+    def h(name, reason):
+        return {"metadata": {"name": name}, "status": {"phase": "Training", "conditions": [
+            {"type": "Validated", "reason": "DeltaApplies"}, {"type": "Training", "reason": reason}]}}
+
+    hyps = [h("running", "JobCreated"), h("waiting", WAITING_FOR_BASELINE)]
+    assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [], HD.SWEPT_PHASES)] == ["waiting"]
+
+
 def test_a_finished_job_waits_for_its_pods_last_status_from_the_other_watch():
     """The Job's Complete can arrive before the Pod's terminated state (two watch streams): reading
     metrics then would fail a Hypothesis that succeeded."""
