@@ -4,10 +4,12 @@ Shared by local evolve (agents/evolve.py) and the operator's reconcile core (bot
 counts as better only if its gain over the reference (the baseline, later the champion) clears
     floor = max(z * sqrt(sd_b^2 / n_b + sd_c^2 / n_c), min_floor)
 where sd_b is the reference's std over its seeds and sd_c the candidate's (the reference's when the
-candidate has one seed). A single-seed gain above the floor makes a candidate "promising"; it becomes
-"better" only after extra seeds (confirmation seeds) confirm it.
+candidate has one seed). A single-seed gain above the floor that its confirmation seeds would lead to
+(n_c = 1 + confirm_seeds) makes a candidate "promising"; it becomes "better" only once the extra seeds
+(confirmation seeds) are trained and the gain over all its seeds clears the floor with its own spread.
 
-Scores are any objects with `mean`, `std` and `n`; settings any object with `z` and `min_floor`.
+Scores are any objects with `mean`, `std` and `n`; settings any object with `z`, `min_floor` and
+(optionally) `confirm_seeds`.
 """
 
 from __future__ import annotations
@@ -83,11 +85,17 @@ def judge(metric: str, cand: SeedScore, base: SeedScore, lower_is_better: bool, 
     floor = noise_floor(base, cand.std, cand.n, s)
     seeds = f"{cand.n} seed{'s' if cand.n > 1 else ''}"
     head = f"{metric} {cand.mean:.5g} vs baseline {base.mean:.5g}±{base.std:.2g}: gain {gain:+.3g}"
-    if gain > floor:
-        if cand.n > 1:
-            return Judgement(gain, floor, "better", f"{head} clears the noise floor {floor:.3g} over {seeds}")
-        return Judgement(gain, floor, "promising", f"{head} clears the noise floor {floor:.3g} on {seeds}; "
-                                                   "needs extra seeds to confirm")
+    if cand.n == 1:
+        # Worth its confirmation seeds if it would clear the floor they lead to (the candidate's own
+        # spread unknown: the reference's). Asking one seed to clear the one-seed floor would leave the
+        # confirmations nothing to do but repeat a verdict already made.
+        after = 1 + int(getattr(s, "confirm_seeds", 0) or 0)
+        bar = noise_floor(base, None, after, s)
+        if gain > bar:
+            return Judgement(gain, bar, "promising", f"{head} clears the noise floor {bar:.3g} expected after "
+                                                     f"{after} seeds; needs extra seeds to confirm")
+    elif gain > floor:
+        return Judgement(gain, floor, "better", f"{head} clears the noise floor {floor:.3g} over {seeds}")
     if gain < -floor:
         return Judgement(gain, floor, "not_better", f"{head}: worse than the baseline beyond the noise floor "
                                                     f"{floor:.3g} ({seeds})")

@@ -62,7 +62,15 @@ class DeployedChart:
                 return value
             time.sleep(1)
         raise AssertionError(f"timed out waiting for {what}\nharness errors: {self.runtime.errors}\n"
-                             f"operator log:\n{self.operator_log()[-6000:] if self.operator_pod else '(no operator)'}")
+                             f"{self.replica_logs()}")
+
+    def replica_logs(self, tail: int = 4000) -> str:
+        """Every operator replica's log tail: the one that holds the peering lease may not be the first pod."""
+        prefix = f"{self.release}-cambrian-operator-"
+        names = [n for n in list(self.runtime.services) if n.startswith(prefix)]
+        if not names:
+            return "(no operator)"
+        return "\n".join(f"operator log ({n}):\n{self.runtime.log(n)[-tail:]}" for n in names)
 
 
 def _operator_pod(c: Cluster, ns: str, release: str) -> dict | None:

@@ -59,7 +59,12 @@ def test_readme_quickstart_reaches_a_concluded_rollout(cluster, tmp_path):
                 items = c.get_json("rollouts", "-n", app)["items"]
                 return items[0] if items else None
 
-            ro = d.wait_for("a Rollout of a trained winner", rollout, timeout=900)
+            try:
+                ro = d.wait_for("a Rollout of a trained winner", rollout, timeout=900)
+            except AssertionError as exc:  # say where the offline loop stood
+                seen = c.kubectl("get", "hypotheses,evolutions", "-n", app, "-o", "custom-columns=NAME:.metadata.name,"
+                                 "PHASE:.status.phase,VERDICT:.status.verdict,REASON:.status.reason", check=False)
+                raise AssertionError(f"{seen.stdout}\n{exc}") from None
             served: dict[str, int] = {}
             crashed: dict[str, dict] = {}
 
