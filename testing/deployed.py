@@ -24,7 +24,12 @@ from cambrian.testing.cluster import REPO_ROOT, Cluster
 from cambrian.testing.podruntime import PodRuntime
 
 CHART = REPO_ROOT / "charts" / "cambrian"
-FORBIDDEN = re.compile(r"\b403\b|Forbidden|forbidden:|[Nn]ot enough permissions")
+# A refused API call; not a log timestamp's milliseconds (",403").
+FORBIDDEN = re.compile(r"(?<![,.])\b403\b|Forbidden|forbidden:|[Nn]ot enough permissions")
+
+
+def refused_calls(logs: list[str]) -> list[str]:
+    return [line for log in logs for line in log.splitlines() if FORBIDDEN.search(line)]
 
 
 @dataclass
@@ -45,7 +50,7 @@ class DeployedChart:
         API call (403)."""
         prefix = f"{self.release}-cambrian-operator-"
         logs = [self.runtime.log(n) for n in list(self.runtime.services) if n.startswith(prefix)]
-        return [line for log in logs for line in log.splitlines() if FORBIDDEN.search(line)]
+        return refused_calls(logs)
 
     def operator_exited(self) -> dict[str, int]:
         return self.runtime.exited(self.operator_pod) if self.operator_pod in self.runtime.services else {}

@@ -92,3 +92,12 @@ def test_the_quickstart_needs_nothing_but_the_chart():
     assert spec.storage.claim_name == claim["metadata"]["name"] and "storageClassName" not in claim["spec"]
     assert {d["kind"] for d in docs} == {"Evolution", "PersistentVolumeClaim"}
     assert all("namespace" not in d["metadata"] for d in docs)  # applied with -n, as the README says
+
+
+def test_refused_calls_are_found_and_timestamps_are_not():
+    from cambrian.testing.deployed import refused_calls
+
+    log = ("2026-11-30 19:44:54,403 INFO kopf.objects: Handler 'training_pod_event' succeeded.\n"
+           "2026-11-30 19:44:55,001 ERROR kopf: APIForbiddenError('jobs.batch is forbidden', {'code': 403})\n"
+           "2026-11-30 19:44:56,403 WARNING cambrian: HTTP response status: (403)\n")
+    assert [ln[20:23] for ln in refused_calls([log])] == ["001", "403"]
