@@ -37,6 +37,7 @@ class Table(_Strict):
     sql: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
     time: str | None = Field(None, description="the column that dates each row (its day)")
     time_unit: TimeUnit = "day"
+    order: tuple[str, ...] = Field((), description="columns that order the rows (a SQL table has no order of its own)")
 
     @model_validator(mode="after")
     def _time_declared(self) -> "Table":
@@ -45,6 +46,9 @@ class Table(_Strict):
             wanted = "timestamp" if self.time_unit == "timestamp" else "int"
             if kind != wanted:
                 raise ValueError(f"time column {self.time!r} must be declared {wanted} (time_unit {self.time_unit})")
+        unknown = [c for c in self.order if c not in self.columns]
+        if unknown:
+            raise ValueError(f"order column {unknown[0]!r} is not declared")
         if self.path is not None and (self.path.startswith("/") or ".." in Path(self.path).parts):
             raise ValueError(f"path {self.path!r} must be relative to the source and stay inside it")
         return self
@@ -92,9 +96,14 @@ class DataSchema(_Strict):
                 raise ValueError(f"{role} column {column!r} is not declared in table {self.interactions!r}")
         if events.time is None:
             raise ValueError(f"the interactions table {self.interactions!r} needs a time column (its day)")
-        refs = [*self.categorical, *self.numeric, *self.signals] + ([self.label.column] if self.label else [])
-        for ref in refs:
-            self.column(ref)
+        roles = [("categorical", self.categorical), ("numeric", self.numeric), ("signals", self.signals),
+                 ("label", [self.label.column] if self.label else [])]
+        for role, refs in roles:
+            for ref in refs:
+                try:
+                    self.column(ref)
+                except ValueError as exc:
+                    raise ValueError(f"{role}: {exc}") from None
         for ref in self.numeric:
             if self.column(ref)[1] not in ("int", "float", "bool"):
                 raise ValueError(f"numeric feature {ref} must be declared int, float or bool")
@@ -126,12 +135,14 @@ WORLD = DataSchema(
         "impressions": Table(columns={**_ints("impression_id", "day", "user_id", "session", "step", "position",
                                              "item_id", "click"),
                                       "watch_seconds": "float", "completion": "float",
-                                      **_ints("skip", "like", "hate")}, path="impressions.parquet", time="day"),
+                                      **_ints("skip", "like", "hate")}, path="impressions.parquet", time="day",
+                             order=("day", "impression_id")),
         "user_days": Table(columns={**_ints("day", "user_id", "active", "sessions", "impressions", "clicks"),
-                                    "minutes": "float", "returned_next_day": "int"}, path="user_days.parquet", time="day"),
+                                    "minutes": "float", "returned_next_day": "int"}, path="user_days.parquet", time="day",
+                           order=("day", "user_id")),
         "items": Table(columns={"item_id": "int", "topic": "int", "length_min": "float", "thumb_intensity": "float"},
-                       path="items.parquet"),
-        "users": Table(columns={"user_id": "int", "home_topic": "int"}, path="users.parquet"),
+                       path="items.parquet", order=("item_id",)),
+        "users": Table(columns={"user_id": "int", "home_topic": "int"}, path="users.parquet", order=("user_id",)),
     },
     interactions="impressions",
     categorical=("items.topic", "users.home_topic"),
@@ -149,11 +160,12 @@ MOVIELENS_100K = DataSchema(
     name="movielens_100k",
     tables={
         "ratings": Table(columns=_ints("user_id", "movie_id", "rating", "timestamp"),
-                         path="MovieLens100k_data.parquet.brotli", time="timestamp", time_unit="epoch_seconds"),
+                         path="MovieLens100k_data.parquet.brotli", time="timestamp", time_unit="epoch_seconds",
+                         order=("timestamp", "user_id", "movie_id")),
         "movies": Table(columns={"movie_id": "int", "movie_title": "string", **_ints(*_GENRES)},
-                        path="MovieLens100k_items.parquet.brotli"),
+                        path="MovieLens100k_items.parquet.brotli", order=("movie_id",)),
         "users": Table(columns={"user_id": "int", "age": "int", "gender": "string", "occupation": "string"},
-                       path="MovieLens100k_users.parquet.brotli"),
+                       path="MovieLens100k_users.parquet.brotli", order=("user_id",)),
     },
     interactions="ratings",
     item_id="movie_id",
@@ -184,4 +196,5 @@ def load_schema(name_or_path: str | Path) -> DataSchema:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "declaration"
-        raise ConfigError(f"--schema {path}: {where}: {err['msg']}", hint=hint) from None
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"--schema {path}: {where}: {message}", hint=hint) from None

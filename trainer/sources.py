@@ -129,9 +129,15 @@ class SqlSource:
 
     def batches(self, key: str, table: Table, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         expr = self._table(key, table).select(*columns)
+        if table.order and set(table.order) <= set(columns):
+            expr = expr.order_by(list(table.order))
         try:
-            # Backends stream here (PostgreSQL: a server-side cursor fetching batch_rows rows at a time).
-            yield from expr.to_pyarrow_batches(chunk_size=batch_rows)
+            if getattr(self.con, "name", "") == "duckdb":
+                # ibis 12 streams DuckDB through fetch_record_batch, which DuckDB 2 removed: use DuckDB's own reader.
+                reader = self.con.con.sql(self.con.compile(expr)).to_arrow_reader(batch_rows)
+            else:  # PostgreSQL: a server-side cursor fetching batch_rows rows at a time
+                reader = expr.to_pyarrow_batches(chunk_size=batch_rows)
+            yield from reader
         except Exception as exc:  # noqa: BLE001 - driver errors differ per backend
             raise SourceError(f"table {key}: reading SQL table {table.sql or key} failed: {redact(one_line(exc))}") from None
 
@@ -175,7 +181,8 @@ def _object_store(uri: str, scheme: str):
         if endpoint:
             options["endpoint_url"] = endpoint
     try:
-        return fsspec.filesystem(scheme, **options)
+        # A new client each time: fsspec's instance cache would keep credentials from before a rotation.
+        return fsspec.filesystem(scheme, skip_instance_cache=True, **options)
     except ImportError as exc:
         raise _extra_missing(f"source {redact(uri)}", exc) from None
     except ValueError as exc:
