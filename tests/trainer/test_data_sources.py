@@ -253,3 +253,15 @@ def test_s3_without_credentials_fails_with_one_line(s3):
     assert "impressions: cannot read impressions.parquet in s3://lake/world" in result.stderr
     wrong = cli("data", "check", "s3://lake/world", env={**s3.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"})
     assert "wrong-secret-value" not in wrong.stdout + wrong.stderr
+
+
+@pytest.mark.slow  # a whole training run (torch, the sandbox): ~40 s on a busy machine
+def test_cambrian_train_reads_its_data_from_s3(s3, world, tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text("training:\n  epochs: 1\n")
+    result = cli("train", "--data", "s3://lake/world", "--out", str(tmp_path / "run"), "--config", str(config),
+                 "--json", env=s3.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n_train"] + metrics["n_val"] == len(pd.read_parquet(world / "impressions.parquet"))
+    assert (tmp_path / "run" / "bundle").is_dir()
