@@ -265,3 +265,18 @@ def test_cambrian_train_reads_its_data_from_s3(s3, world, tmp_path):
     metrics = json.loads(result.stdout)
     assert metrics["n_train"] + metrics["n_val"] == len(pd.read_parquet(world / "impressions.parquet"))
     assert (tmp_path / "run" / "bundle").is_dir()
+
+
+def test_a_folder_of_part_files_is_one_table(world, tmp_path):
+    folder = tmp_path / "parts"
+    shutil.copytree(world, folder)
+    imp = pd.read_parquet(folder / "impressions.parquet")
+    (folder / "impressions.parquet").unlink()
+    (folder / "impressions.parquet").mkdir()
+    half = len(imp) // 2
+    imp.iloc[:half].to_parquet(folder / "impressions.parquet" / "part-0.parquet", index=False)
+    # a second writer chose wider integers: the reader brings every part to one schema
+    imp.iloc[half:].astype({"user_id": "int64"}).to_parquet(folder / "impressions.parquet" / "part-1.parquet", index=False)
+    (folder / "impressions.parquet" / "_SUCCESS").write_text("")
+    _, _, _, read, _ = read_world(folder)
+    assert len(read) == len(imp) and read["user_id"].tolist() == imp["user_id"].tolist()
