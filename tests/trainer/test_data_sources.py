@@ -280,3 +280,15 @@ def test_a_folder_of_part_files_is_one_table(world, tmp_path):
     (folder / "impressions.parquet" / "_SUCCESS").write_text("")
     _, _, _, read, _ = read_world(folder)
     assert len(read) == len(imp) and read["user_id"].tolist() == imp["user_id"].tolist()
+
+
+def test_the_readme_example_declaration_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Bring your own data"):]
+    path = tmp_path / "shop.yaml"
+    path.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    shop = load_schema(path)
+    assert shop.as_of == 41 and shop.tables["items"].sql == "catalog.items"
