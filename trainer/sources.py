@@ -39,8 +39,9 @@ class SourceError(ConfigError):
 
 
 def redact(uri: str) -> str:
-    """The source as it may be printed: any password in its authority replaced by ***."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri, flags=re.IGNORECASE)
+    """The source as it may be printed: a password in its authority or its query replaced by ***."""
+    text = re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", uri, flags=re.IGNORECASE)
+    return re.sub(r"([?&](?:password|secret|token)[^=&]*=)[^&]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 def column_type(arrow: pa.DataType) -> ColumnType | None:

@@ -296,3 +296,9 @@ def test_the_readme_example_declaration_is_valid(tmp_path):
     path.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
     shop = load_schema(path)
     assert shop.as_of == 41 and shop.tables["items"].sql == "catalog.items"
+
+
+def test_redact_masks_passwords_in_the_authority_and_the_query():
+    assert redact("postgresql://me:s3cret@db:5432/prod?sslmode=require&password=again") == \
+        "postgresql://me:***@db:5432/prod?sslmode=require&password=***"
+    assert redact("s3://lake/world") == "s3://lake/world"
