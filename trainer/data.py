@@ -19,6 +19,9 @@ import pandas as pd
 from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
+from cambrian.trainer.datacheck import require_valid
+from cambrian.trainer.schema import WORLD
+from cambrian.trainer.sources import close as close_source, open_source, read_tables
 
 # Columns the reward SQL may use (impressions joined with the user's day).
 IMPRESSION_COLUMNS = (
@@ -99,17 +102,25 @@ class Dataset(TrainingSet):
 
 
 def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    data = Path(data_dir)
-    meta_path = inputs.data_dir(data) / "world.json"
+    """The world's tables through its declaration (trainer/schema.py WORLD), from any source the reader
+    knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. A source that
+    fails the data check is refused here, before any training."""
+    text = str(data_dir)
+    meta: dict = {}
+    if "://" not in text or text.startswith("file://"):
+        meta_path = inputs.data_dir(Path(text.removeprefix("file://"))) / "world.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
+    source = open_source(text)
     try:
-        meta = json.loads(meta_path.read_text())
-        items = pd.read_parquet(data / "items.parquet")
-        users = pd.read_parquet(data / "users.parquet")
-        impressions = pd.read_parquet(data / "impressions.parquet")
-        user_days = pd.read_parquet(data / "user_days.parquet")
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{data}: unreadable data directory: {exc}") from None
-    return meta, items, users, impressions, user_days
+        tables = read_tables(WORLD, source)
+    finally:
+        close_source(source)
+    require_valid(WORLD, tables, text)
+    frames = {key: table.to_pandas() for key, table in tables.items()}
+    return meta, frames["items"], frames["users"], frames["impressions"], frames["user_days"]
 
 
 def build_catalogue(items: pd.DataFrame, users: pd.DataFrame, n_topics: int) -> Catalogue:

@@ -1,0 +1,132 @@
+"""Real data servers on loopback for the tests of trainer/sources.py: a private PostgreSQL cluster (Debian's
+`postgresql` package) and moto's S3 server (in a virtualenv of its own, CAMBRIAN_MOTO_VENV or
+~/.cache/cambrian/moto: its botocore cannot share the project's environment); scripts/setup.sh installs both.
+Nothing is mocked: the code under test speaks the servers' own wire protocols.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cambrian.testing.waiting import poll
+
+UNPRIVILEGED = 65534  # nobody: PostgreSQL refuses to run as root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's initdb/postgres (not on PATH: /usr/lib/postgresql/VERSION/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).resolve().parent if on_path else None
+
+
+@dataclass
+class Postgres:
+    port: int
+    user: str
+    password: str
+    database: str = "postgres"
+
+    def url(self, password: bool = False) -> str:
+        secret = f":{self.password}" if password else ""
+        return f"postgresql://{self.user}{secret}@127.0.0.1:{self.port}/{self.database}"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def postgres_server(password: str = "cambrian-test-secret") -> Iterator[Postgres]:
+    """A fresh cluster in a temporary folder, password (SCRAM) authentication, TCP on loopback only."""
+    bindir = postgres_bin()
+    if bindir is None:
+        raise FileNotFoundError("initdb: install Debian's postgresql package (scripts/setup.sh does)")
+    root = Path(tempfile.mkdtemp(prefix="cambrian-pg-"))
+    data, pwfile = root / "data", root / "pw"
+    pwfile.write_text(password + "\n")
+    as_user: dict = {}
+    if os.geteuid() == 0:
+        os.chown(root, UNPRIVILEGED, UNPRIVILEGED)
+        os.chown(pwfile, UNPRIVILEGED, UNPRIVILEGED)
+        as_user = {"user": UNPRIVILEGED, "group": UNPRIVILEGED, "extra_groups": []}
+    port = free_port()
+    server = None
+    try:
+        subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "cambrian", "--auth=scram-sha-256",
+                        f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
+                       cwd=root, **as_user)
+        log = open(root / "server.log", "wb")
+        server = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
+                                   "-k", str(root), "-c", "fsync=off", "-c", "full_page_writes=off"],
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=root, **as_user)
+        poll("PostgreSQL to accept connections", lambda: server.poll() is not None or _listening(port), timeout=30,
+             interval=0.1)
+        if server.poll() is not None:
+            raise RuntimeError(f"postgres exited: {(root / 'server.log').read_text()[-2000:]}")
+        yield Postgres(port, "cambrian", password)
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGINT)  # fast shutdown: do not wait for clients still connected
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class S3:
+    endpoint: str
+    env: dict[str, str]
+
+
+def moto_server() -> Path | None:
+    venv = Path(os.environ.get("CAMBRIAN_MOTO_VENV", Path.home() / ".cache" / "cambrian" / "moto"))
+    found = venv / "bin" / "moto_server"
+    return found if found.is_file() else None
+
+
+@contextmanager
+def moto_s3() -> Iterator[S3]:
+    """moto's S3 API as a real HTTP server on loopback."""
+    binary = moto_server()
+    if binary is None:
+        raise FileNotFoundError("moto_server: run scripts/setup.sh (it installs moto[server] in its own virtualenv)")
+    port = free_port()
+    server = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        poll("moto's S3 server", lambda: server.poll() is not None or _listening(port), timeout=30, interval=0.1)
+        if server.poll() is not None:
+            raise RuntimeError("moto_server exited at start: is moto[server] installed?")
+        endpoint = f"http://127.0.0.1:{port}"
+        yield S3(endpoint, {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "cambrian-test-key",
+                            "AWS_SECRET_ACCESS_KEY": "cambrian-test-secret-key", "AWS_DEFAULT_REGION": "us-east-1"})
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,0 +1,304 @@
+"""Declared data (trainer/schema.py), one reader for Parquet folders, S3 and SQL warehouses (trainer/sources.py)
+and `cambrian data check` (trainer/datacheck.py), against real servers started here: a private PostgreSQL
+cluster and moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from cambrian.errors import ConfigError
+from cambrian.testing import dataservers
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.data import load_dataset, read_world
+from cambrian.trainer.datacheck import check_source
+from cambrian.trainer.schema import MOVIELENS_100K, WORLD, DataSchema, load_schema
+from cambrian.trainer.sources import SourceError, open_source, read_tables, redact
+
+TABLES = ("impressions", "user_days", "items", "users")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("own") / "world"
+    subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--users", "60", "--days", "4",
+                    "--seed", "3", "--easy", "--out", str(out)], check=True, capture_output=True)
+    return out
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "cambrian.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def _same_dataset(a, b) -> None:
+    for split in ("train", "val"):
+        x, y = getattr(a, split), getattr(b, split)
+        assert len(x) == len(y) > 0
+        np.testing.assert_array_equal(x.label, y.label)
+        np.testing.assert_array_equal(x.weight, y.weight)
+        for name in x.features:
+            np.testing.assert_array_equal(x.features[name], y.features[name])
+    assert a.spec.n_users == b.spec.n_users and a.spec.n_items == b.spec.n_items
+
+
+# --- the declaration ---------------------------------------------------------------------------------------
+
+def test_world_and_movielens_are_declarations_of_one_type():
+    assert isinstance(WORLD, DataSchema) and isinstance(MOVIELENS_100K, DataSchema)
+    assert load_schema("movielens-100k") is MOVIELENS_100K
+    assert "truth" not in " ".join(t.path or k for k, t in WORLD.tables.items())  # the hidden state is never declared
+
+
+def test_a_declaration_that_names_an_undeclared_column_is_refused(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\ninteractions: events\ntables:\n  events:\n    columns: {user_id: int, item_id: int, "
+                    "day: int}\n    time: day\nnumeric: [events.price]\n")
+    with pytest.raises(ConfigError, match="numeric.*events.price.*does not name a declared column"):
+        load_schema(path)
+
+
+def test_the_trainer_reads_the_world_through_its_declaration(world):
+    _, items, users, impressions, user_days = read_world(world)
+    for name, frame in zip(TABLES, (impressions, user_days, items, users)):
+        on_disk = pd.read_parquet(world / f"{name}.parquet")
+        pd.testing.assert_frame_equal(frame, on_disk[list(WORLD.tables[name].columns)])
+
+
+def test_streaming_reads_batches_of_bounded_size(world):
+    source = open_source(str(world))
+    sizes = [b.num_rows for b in source.batches("impressions", WORLD.tables["impressions"], ["user_id"], 500)]
+    assert max(sizes) <= 500 and len(sizes) > 2
+    assert sum(sizes) == pq.read_metadata(world / "impressions.parquet").num_rows
+    small, whole = check_source(WORLD, source, batch_rows=500), check_source(WORLD, source)
+    assert small.ok and small.to_dict() == whole.to_dict()
+
+
+# --- cambrian data check -----------------------------------------------------------------------------------
+
+def _broken_copy(world, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(world, bad)
+    imp = pd.read_parquet(bad / "impressions.parquet")
+    imp = imp[imp["day"] != 2].drop(columns=["watch_seconds"])  # a lost day and a lost column
+    imp.loc[imp.index[0], "click"] = 3  # a label out of [0, 1]
+    imp["user_id"] = imp["user_id"].astype("Int32")
+    imp.loc[imp.index[1:3], "user_id"] = pd.NA  # two null ids
+    imp.to_parquet(bad / "impressions.parquet", index=False)
+    items = pd.read_parquet(bad / "items.parquet")
+    items["topic"] = items["topic"].astype(str)  # mistyped
+    items.to_parquet(bad / "items.parquet", index=False)
+    days = pd.read_parquet(bad / "user_days.parquet")
+    late = days.tail(4).assign(day=np.int16(9))  # rows dated after the last logged day
+    pd.concat([days, late]).to_parquet(bad / "user_days.parquet", index=False)
+    return bad
+
+
+def test_check_names_table_and_column_of_each_defect(world, tmp_path):
+    bad = _broken_copy(world, tmp_path)
+    result = cli("data", "check", str(bad), "--json")
+    assert result.returncode == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and report["exit_code"] == 2
+    problems = report["problems"]
+    expected = ["impressions.watch_seconds: missing (declared float)",
+                "impressions.user_id: 2 row(s) with a null id",
+                "impressions.click: 1 label(s) outside [0, 1] (found 0 to 3)",
+                "impressions.day: 1 day(s) with no rows between day 0 and day 3: day 2",
+                "items.topic: declared int, found string",
+                "user_days.day: 4 row(s) dated after day 3 (the last day of impressions): future days would leak"]
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
+    assert len(problems) == len(expected) and all("\n" not in p for p in problems)
+    text = cli("data", "check", str(bad))
+    assert text.returncode == 2 and text.stdout == ""
+    assert text.stderr.count("\n") == len(expected) + 1 and "error: " in text.stderr and "Traceback" not in text.stderr
+
+
+def test_as_of_marks_later_interactions_as_leakage(world):
+    early = WORLD.model_copy(update={"as_of": 1})
+    problems = [str(p) for p in check_source(early, open_source(str(world))).problems]
+    assert any(p.startswith("impressions.day:") and "after day 1 (as_of)" in p for p in problems)
+    assert any(p.startswith("user_days.day:") for p in problems)
+
+
+def test_training_refuses_a_source_that_fails_the_check(world, tmp_path):
+    bad = _broken_copy(world, tmp_path)
+    with pytest.raises(ConfigError, match="impressions.watch_seconds: missing"):
+        load_dataset(bad, ModelConfig())
+    (bad / "impressions.parquet").write_bytes(b"")  # unreadable, not a traceback
+    with pytest.raises(SourceError, match="impressions"):
+        read_world(bad)
+
+
+def test_movielens_as_published_passes_its_declaration_with_its_two_empty_days():
+    from cambrian.trainer.movielens import movielens_files
+
+    folder = str(movielens_files()["data"].parent)
+    assert check_source(MOVIELENS_100K, open_source(folder)).ok
+    strict = MOVIELENS_100K.model_copy(update={"max_empty_days": 0})
+    problems = [str(p) for p in check_source(strict, open_source(folder)).problems]
+    assert problems == ["ratings.timestamp: 2 day(s) with no rows between 1997-09-20 and 1998-04-22: "
+                        "1997-12-11, 1997-12-16"]
+
+
+def test_a_duckdb_warehouse_is_a_source(world, tmp_path):
+    import duckdb
+
+    db = tmp_path / "wh.duckdb"
+    con = duckdb.connect(str(db))
+    for name in TABLES:
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{world / (name + '.parquet')}')")
+    con.close()
+    _same_dataset(load_dataset(f"duckdb://{db}", ModelConfig()), load_dataset(world, ModelConfig()))
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres(world):
+    if dataservers.postgres_bin() is None:
+        pytest.skip("initdb not found: apt-get install postgresql (scripts/setup.sh does)")
+    import ibis
+
+    with dataservers.postgres_server() as pg:
+        con = ibis.postgres.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                                    database=pg.database)
+        for name in TABLES:
+            con.create_table(name, pd.read_parquet(world / f"{name}.parquet"))
+        con.create_table("impressions_late", pd.read_parquet(world / "impressions.parquet").assign(day=7))
+        con.disconnect()
+        yield pg
+
+
+def test_postgres_source_trains_the_same_as_the_files(postgres, world, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    _same_dataset(load_dataset(postgres.url(), ModelConfig()), load_dataset(world, ModelConfig()))
+    result = cli("data", "check", postgres.url(), "--json", env={"PGPASSWORD": postgres.password})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["tables"]["impressions"]["rows"] == len(pd.read_parquet(world / "impressions.parquet"))
+
+
+def test_postgres_check_reports_a_table_of_the_declaration_read_elsewhere(postgres, tmp_path):
+    mine = WORLD.model_dump()
+    mine["tables"]["user_days"]["sql"] = "impressions_late"  # wrong table: wrong columns and future days
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(mine))
+    result = cli("data", "check", postgres.url(), "--schema", str(path), env={"PGPASSWORD": postgres.password})
+    assert result.returncode == 2
+    assert "user_days.active: missing (declared int)" in result.stderr
+
+
+def test_postgres_password_is_never_printed(postgres):
+    wrong = dataservers.Postgres(postgres.port, postgres.user, "not-the-password").url(password=True)
+    result = cli("data", "check", wrong, "--json")
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert "password authentication failed" in error and "not-the-password" not in result.stdout + result.stderr
+    assert redact(wrong) in error
+
+
+# --- S3 (moto's server) -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def s3(world):
+    import pyarrow.fs as pafs
+
+    if dataservers.moto_server() is None:
+        pytest.skip("moto_server not found: scripts/setup.sh installs it")
+    from cambrian.trainer.movielens import movielens_files
+
+    with dataservers.moto_s3() as server:
+        fs = pafs.S3FileSystem(endpoint_override=server.endpoint.split("://")[1], scheme="http",
+                               access_key=server.env["AWS_ACCESS_KEY_ID"], secret_key=server.env["AWS_SECRET_ACCESS_KEY"],
+                               allow_bucket_creation=True)
+        fs.create_dir("lake")
+        uploads = [(world / f"{name}.parquet", f"lake/world/{name}.parquet") for name in TABLES]
+        uploads += [(path, f"lake/movielens/{path.name}") for path in movielens_files().values()]
+        for local, remote in uploads:
+            with fs.open_output_stream(remote) as out:
+                out.write(local.read_bytes())
+        yield server
+
+
+def test_s3_source_trains_the_same_as_the_files(s3, world, monkeypatch):
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    _same_dataset(load_dataset("s3://lake/world", ModelConfig()), load_dataset(world, ModelConfig()))
+    result = cli("data", "check", "s3://lake/world", "--batch-rows", "1000", env=s3.env)
+    assert result.returncode == 0 and "passes the world declaration" in result.stdout
+
+
+def test_movielens_export_from_s3_equals_the_wheel(s3, tmp_path, monkeypatch):
+    from cambrian.trainer.movielens import export_movielens
+
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    assert export_movielens(tmp_path / "a", "s3://lake/movielens") == export_movielens(tmp_path / "b")
+    for name in TABLES:
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),
+                                      pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
+
+
+def test_s3_errors_are_one_line_and_never_print_the_secret(s3):
+    env = {**s3.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"}
+    result = cli("data", "check", "s3://lake/nothing-here", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "impressions: impressions.parquet not found in s3://lake/nothing-here" in result.stderr
+    assert "wrong-secret-value" not in result.stdout + result.stderr
+    gone = cli("data", "check", "s3://lake/world", env={**s3.env, "AWS_ENDPOINT_URL": "http://127.0.0.1:1"})
+    assert gone.returncode == 2 and "impressions: cannot read impressions.parquet in s3://lake/world" in gone.stderr
+
+
+@pytest.mark.slow  # a whole training run (torch, the sandbox): ~40 s on a busy machine
+def test_cambrian_train_reads_its_data_from_s3(s3, world, tmp_path):
+    config = tmp_path / "quick.yaml"
+    config.write_text("training:\n  epochs: 1\n")
+    result = cli("train", "--data", "s3://lake/world", "--out", str(tmp_path / "run"), "--config", str(config),
+                 "--json", env=s3.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["n_train"] + metrics["n_val"] == len(pd.read_parquet(world / "impressions.parquet"))
+    assert (tmp_path / "run" / "bundle").is_dir()
+
+
+def test_a_folder_of_part_files_is_one_table(world, tmp_path):
+    folder = tmp_path / "parts"
+    shutil.copytree(world, folder)
+    imp = pd.read_parquet(folder / "impressions.parquet")
+    (folder / "impressions.parquet").unlink()
+    (folder / "impressions.parquet").mkdir()
+    half = len(imp) // 2
+    imp.iloc[:half].to_parquet(folder / "impressions.parquet" / "part-0.parquet", index=False)
+    # a second writer chose wider integers: the reader brings every part to one schema
+    imp.iloc[half:].astype({"user_id": "int64"}).to_parquet(folder / "impressions.parquet" / "part-1.parquet", index=False)
+    (folder / "impressions.parquet" / "_SUCCESS").write_text("")
+    _, _, _, read, _ = read_world(folder)
+    assert len(read) == len(imp) and read["user_id"].tolist() == imp["user_id"].tolist()
+
+
+def test_the_readme_example_declaration_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Bring your own data"):]
+    path = tmp_path / "shop.yaml"
+    path.write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    shop = load_schema(path)
+    assert shop.as_of == 41 and shop.tables["items"].sql == "catalog.items"
+
+
+def test_redact_masks_passwords_in_the_authority_and_the_query():
+    assert redact("postgresql://me:s3cret@db:5432/prod?sslmode=require&password=again") == \
+        "postgresql://me:***@db:5432/prod?sslmode=require&password=***"
+    assert redact("s3://lake/world") == "s3://lake/world"

