@@ -235,7 +235,7 @@ def readout(rollout: str) -> Any:
 
 # --------------------------------------------------------------------------------------------- comparing
 
-_SUFFIX = re.compile(r"-[0-9a-f]{8}(?=-|$)")
+_SUFFIX = re.compile(r"-[0-9a-f]{8}\b")
 
 
 def normalized(name: str | None) -> str | None:
@@ -254,6 +254,42 @@ def record(kind: str, obj: Mapping[str, Any]) -> tuple | None:
     if kind == "Hypothesis":
         return (st["phase"], st.get("verdict"), st.get("failureStage"))
     return (st["phase"], st.get("decision"), st.get("winner"))
+
+
+# Final status fields compared between the platforms (times, GPU hours and review counts are the clock's, not
+# the loop's: wall time in the cluster, simulated time locally).
+SUMMARY = {
+    "Evolution": ("phase", "reason", "champion", "baselineMetrics", "counters", "spend", "handledDecisions",
+                  "lastDecision", "liveRollouts"),
+    "Hypothesis": ("phase", "reason", "verdict", "gain", "noiseFloor", "offlineMetric", "offlineScore", "proxyMetrics",
+                   "attempts", "confirmations", "confirmationRetries", "seedRuns", "failureStage", "bundleUri", "online",
+                   "rollout"),
+    "Rollout": ("phase", "reason", "decision", "winner", "recommendation", "readouts", "step", "effects", "srm",
+                "weightsSummary", "arms"),
+}
+CLOCK_FIELDS = {"time", "since", "gpuHours", "reviews", "lastTransitionTime"}
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, str):
+        return normalized(v)
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):  # null fields left out: the API server prunes them, the local store keeps them
+        return {k: _clean(x) for k, x in v.items() if k not in CLOCK_FIELDS and x is not None}
+    return v
+
+
+def summary(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The loop's part of an object's final status, normalized: what both platforms must agree on."""
+    st = obj.get("status") or {}
+    out = {k: _clean(st.get(k)) for k in SUMMARY[kind]}
+    out["conditions"] = {c["type"]: [c.get("status"), c.get("reason")] for c in st.get("conditions") or []}
+    return out
+
+
+def journal_entry(kind: str, name: str, event: str, message: str) -> tuple[str, str, str]:
+    return f"{kind}/{normalized(name)}", event, normalized(message) or ""
 
 
 class Transitions:
