@@ -99,8 +99,8 @@ def evolution() -> dict[str, Any]:
 def bad_hypothesis() -> dict[str, Any]:
     """A user's Hypothesis whose delta does not apply (a negative learning rate): Rejected before any training."""
     return {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": f"{EVOLUTION}-bad"},
-            "spec": {"evolutionRef": {"name": EVOLUTION}, "component": "optimizer", "explanation": "a negative learning rate",
-                     "delta": {"patch": {"lr": -1}}}}
+            "spec": {"evolutionRef": {"name": EVOLUTION}, "component": "optimizer",
+                     "explanation": "a negative learning rate", "delta": {"patch": {"lr": -1}}}}
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -262,8 +262,8 @@ SUMMARY = {
     "Evolution": ("phase", "reason", "champion", "baselineMetrics", "counters", "spend", "handledDecisions",
                   "lastDecision", "liveRollouts"),
     "Hypothesis": ("phase", "reason", "verdict", "gain", "noiseFloor", "offlineMetric", "offlineScore", "proxyMetrics",
-                   "attempts", "confirmations", "confirmationRetries", "seedRuns", "failureStage", "bundleUri", "online",
-                   "rollout"),
+                   "attempts", "confirmations", "confirmationRetries", "seedRuns", "failureStage", "bundleUri",
+                   "online", "rollout"),
     "Rollout": ("phase", "reason", "decision", "winner", "recommendation", "readouts", "step", "effects", "srm",
                 "weightsSummary", "arms"),
 }
@@ -297,6 +297,7 @@ class Transitions:
 
     def __init__(self) -> None:
         self.seen: dict[tuple[str, str], list[tuple]] = {}
+        self.at: dict[tuple[str, str, tuple], float] = {}  # when each transition was first seen (monotonic s)
         self._lock = threading.Lock()
 
     def add(self, kind: str, name: str, obj: Mapping[str, Any]) -> None:
@@ -307,6 +308,13 @@ class Transitions:
             seq = self.seen.setdefault((kind, normalized(name) or name), [])
             if not seq or seq[-1] != t:
                 seq.append(t)
+                self.at.setdefault((kind, normalized(name) or name, t), time.monotonic())
+
+    def first(self, kind: str, phases: tuple[str, ...], last: bool = False) -> float | None:
+        """When the first (or last) object of `kind` first reached one of `phases`."""
+        with self._lock:
+            times = [t for (k, _, tr), t in self.at.items() if k == kind and tr[0] in phases]
+        return (max if last else min)(times) if times else None
 
     def table(self) -> dict[str, list[tuple]]:
         with self._lock:
@@ -326,7 +334,8 @@ class ClusterWatch:
         self.ns, self.transitions = namespace, transitions
         self.errors: list[str] = []
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch, args=(k, p), daemon=True) for k, p in self.PLURALS.items()]
+        self._threads = [threading.Thread(target=self._watch, args=(k, p), daemon=True)
+                         for k, p in self.PLURALS.items()]
 
     def __enter__(self) -> "ClusterWatch":
         for t in self._threads:

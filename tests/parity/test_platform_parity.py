@@ -136,6 +136,13 @@ def run_cluster(c, ns: str, monkeypatch, tmp_path: Path) -> dict:
             poll("the scenario concluded in the cluster", done, 240,
                  lambda: f"\ntransitions: {json.dumps(seen.table(), indent=1)}\ntrainer: {trainer.finished} "
                          f"{trainer.errors[-5:]}\noperator log:\n{runner.stdout[-6000:]}")
+            # The scenario's timing assumption (spec.cadence.online): every hypothesis is judged against the baseline
+            # before the review that starts the first Rollout (whose winner becomes the champion, the new reference)
+            judged = seen.first("Hypothesis", ("Scored", "Failed", "Rejected"), last=True)
+            started = seen.first("Rollout", ("Pending", "Deploying"))
+            assert judged is not None and started is not None and judged < started, (
+                f"the first Rollout started {started - judged if judged and started else '?'} s before the last "
+                "hypothesis was judged: the cluster trained slower than the scenario's online cadence allows")
             # one more review after the last decision: nothing else starts (as the local driver's end requires)
             reviews = status("evolution", P.EVOLUTION)["counters"]["reviews"]
             poll("one more review", lambda: status("evolution", P.EVOLUTION)["counters"]["reviews"] > reviews, 60)
@@ -145,6 +152,8 @@ def run_cluster(c, ns: str, monkeypatch, tmp_path: Path) -> dict:
                       for e in c.get_json("events", "-n", ns)["items"]
                       if (e.get("source") or {}).get("component") == "cambrian-operator"]
         assert runner.exit_code == 0, runner.stdout[-4000:]
+        # (after the runner: it captures stdout while the operator runs)
+        print(f"parity: the last hypothesis was judged {started - judged:.1f} s before the first Rollout started")
         assert not trainer.errors, trainer.errors
         assert not [e for e in watch.errors if "410" not in e and "Gone" not in e], watch.errors
     finally:
