@@ -80,7 +80,7 @@ def evolution() -> dict[str, Any]:
             "topK": 2,
             # reviews far enough apart that every hypothesis is scored before the first one that can start a
             # rollout (the cluster trains in real time), readouts soon after a rollout runs
-            "cadence": {"offline": "1h", "online": "20s"},
+            "cadence": {"offline": "1h", "online": "30s"},
             "launchPolicy": "auto",
             "training": {"gpu": {"count": 0}, "maxAttempts": 1, "cpu": "1", "memory": "1Gi",
                          # kwok holds the pods until KwokTrainer finishes them
