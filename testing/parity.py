@@ -130,11 +130,16 @@ def training_outcome(hypothesis: str | None, config: Mapping[str, Any]) -> tuple
     return 0, {"val_loss": BASELINE_LOSS - gain, **extra}
 
 
-def termination_message(code: int, result: Mapping[str, Any], bundle: str = "/out/bundle") -> str:
-    """The training pod's termination message for this result (the shape of platform/termination.py)."""
-    if code == 0:
-        return json.dumps({"v": 1, "metrics": dict(sorted(result.items())), "bundle": bundle}, separators=(",", ":"))
-    return json.dumps({"v": 1, "exit_code": code, "error": dict(result)}, separators=(",", ":"))
+def termination_message(code: int, result: Mapping[str, Any]) -> str:
+    """The training pod's termination message for this result, written by the pod wrapper's own code
+    (platform/termination.py) from the files `cambrian train` leaves: OUT/metrics.json, or OUT/error.json."""
+    import tempfile
+
+    from cambrian.operator.platform.termination import compact
+
+    with tempfile.TemporaryDirectory() as out:
+        (Path(out) / ("error.json" if code else "metrics.json")).write_text(json.dumps(dict(result)))
+        return compact(Path(out), code)
 
 
 def train_main(argv: list[str]) -> int:
