@@ -264,8 +264,10 @@ def record(kind: str, obj: Mapping[str, Any]) -> tuple | None:
 # Final status fields compared between the platforms (times, GPU hours and review counts are the clock's, not
 # the loop's: wall time in the cluster, simulated time locally).
 SUMMARY = {
+    # (not lastDecision, and handledDecisions as a set: of two Rollouts concluding in the same review period, which
+    # one the cluster sees last depends on when each readout ran; the local driver concludes both at one instant)
     "Evolution": ("phase", "reason", "champion", "baselineMetrics", "counters", "spend", "handledDecisions",
-                  "lastDecision", "liveRollouts"),
+                  "liveRollouts"),
     "Hypothesis": ("phase", "reason", "verdict", "gain", "noiseFloor", "offlineMetric", "offlineScore", "proxyMetrics",
                    "attempts", "confirmations", "confirmationRetries", "seedRuns", "failureStage", "bundleUri",
                    "online", "rollout"),
@@ -289,6 +291,8 @@ def summary(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     """The loop's part of an object's final status, normalized: what both platforms must agree on."""
     st = obj.get("status") or {}
     out = {k: _clean(st.get(k)) for k in SUMMARY[kind]}
+    if kind == "Evolution":
+        out["handledDecisions"] = sorted(out["handledDecisions"] or [])
     out["conditions"] = {c["type"]: [c.get("status"), c.get("reason")] for c in st.get("conditions") or []}
     return out
 

@@ -74,3 +74,12 @@ def test_names_lose_their_uid_digests():
 def test_the_module_runs_as_the_local_training_command():
     assert P.local_train_command(P.Path("/b"))[:4] == [sys.executable, "-m", "cambrian.testing.parity", "train"]
     assert P.main([]) == 2
+
+
+def test_the_order_of_two_concurrent_decisions_is_not_compared():
+    def evo(order, last):
+        return {"status": {"phase": "BudgetExhausted", "handledDecisions": order, "lastDecision": {"rollout": last}}}
+
+    a, b = ["parity-ro-x-0a1b2c3d", "parity-ro-y-0a1b2c3d"], ["parity-ro-y-4e5f6a7b", "parity-ro-x-4e5f6a7b"]
+    assert P.summary("Evolution", evo(a, a[1])) == P.summary("Evolution", evo(b, b[1]))
+    assert P.summary("Evolution", evo(a, a[1])) != P.summary("Evolution", evo(a[:1], a[0]))
