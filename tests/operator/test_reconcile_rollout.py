@@ -150,6 +150,9 @@ def test_rollback_on_guardrail_even_when_manual():
     assert r2.status.phase == "RolledBack" and r2.status.decision == "rollback"
     assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 100, "treatment": 0}]
     assert [(a.arm) for a in r2.actions if isinstance(a, DeleteArm)] == ["treatment"]
+    # the removed arm is not ready in the concluding status itself (before: ready until a later step, which the
+    # cluster never takes for a concluded Rollout, so its status kept a deleted arm "ready")
+    assert [(x.name, x.weight, x.ready) for x in r2.status.arms] == [("control", 100, True), ("treatment", 0, False)]
 
 
 def test_srm_rolls_back():
