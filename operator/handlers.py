@@ -12,7 +12,8 @@ Environment: CAMBRIAN_PROMETHEUS_URL, CAMBRIAN_OPERATOR_INTERVAL (seconds, defau
 CAMBRIAN_OPERATOR_CONFIG (the chart's operator.yaml: pod templates), CAMBRIAN_METRICS_PORT (the
 Prometheus exporter, default 8000; 0 picks a free port; "off" disables it), GEMINI_API_KEY /
 OPENAI_API_KEY for LLM agents, CAMBRIAN_PROPOSER_TIMEOUT (seconds per LLM attempt, default 120) and
-CAMBRIAN_PROPOSER_ATTEMPTS (default 3): LLM proposers run off the reconcile path (proposing.OffPathProposer).
+CAMBRIAN_PROPOSER_ATTEMPTS (default 3): LLM proposers run off the reconcile path (proposing.OffPathProposer),
+every proposer in a child process per wake-up (proposing.ChildProposer).
 """
 
 from __future__ import annotations
@@ -66,15 +67,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
             objects_log.addFilter(QuietEventHandlers())
     if getattr(memo, "platform", None) is None:
         from cambrian.operator.platform.kubernetes import KubernetesPlatform, load_operator_config
-        from cambrian.operator.proposing import ClusterProposer, OffPathProposer
+        from cambrian.operator.proposing import ChildProposer, OffPathProposer
 
         load_kube_config()
+        timeout = float(os.environ.get("CAMBRIAN_PROPOSER_TIMEOUT", "120"))
         memo.platform = KubernetesPlatform(api_client=shared_api_client(),
                                            prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"),
-                                           proposer=OffPathProposer(
-                                               ClusterProposer(),
-                                               timeout_s=float(os.environ.get("CAMBRIAN_PROPOSER_TIMEOUT", "120")),
-                                               attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
+                                           proposer=OffPathProposer(ChildProposer(timeout_s=timeout), timeout_s=timeout,
+                                                                    attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
                                            config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")),
                                            background_events=True)
     if os.environ.get("CAMBRIAN_METRICS_PORT", "8000").lower() not in ("off", "none", ""):

@@ -280,7 +280,7 @@ class Settle:
     `now(fn)` runs a step at once on workers of its own (a new object's first step), so that new objects
     are not queued behind the settled steps of older ones."""
 
-    def __init__(self, delay: float, workers: int = 4):
+    def __init__(self, delay: float, workers: int = 4, first_workers: int = 12):
         import heapq
         from concurrent.futures import ThreadPoolExecutor
 
@@ -290,7 +290,8 @@ class Settle:
         self._due: dict[Any, Any] = {}
         self._n = 0
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
-        self._first = ThreadPoolExecutor(workers, thread_name_prefix="step")
+        # a first step is mostly waiting on the API server (ConfigMap, Job, status): more of them in flight
+        self._first = ThreadPoolExecutor(first_workers, thread_name_prefix="step")
         threading.Thread(target=self._loop, daemon=True, name="settle").start()
 
     def __call__(self, key: Any, fn: Any) -> None:
