@@ -3,6 +3,8 @@ requests a Hypothesis costs, and which work waits on what. Each test fails on th
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import logging
 import subprocess
@@ -91,16 +93,19 @@ class _Settle:
 
 def test_a_new_hypothesis_is_stepped_on_the_step_workers_not_in_kopfs_handler():
     """Before: the first step (ConfigMap, Job, events, status) ran inside kopf's handler, which held the
-    event's body and the events queued behind it for as long (488 MiB peak at 1000 Hypotheses)."""
+    event's body and the events queued behind it for as long (488 MiB peak at 1000 Hypotheses); and the
+    handlers, sync, waited in kopf's thread pool behind other objects' events."""
     c = cluster(EVO, HYP)
     api = CountingApi(store=HYP)
     p = platform()
     memo = kopf.Memo(platform=p, settle=_Settle(), cluster=c)
     HD._bookkeeping(memo)
-    HD.hypothesis_event(kopf.Body(HYP), memo, "ADDED")
+    asyncio.run(HD.hypothesis_event(kopf.Body(HYP), memo, "ADDED"))
     assert api.calls == [] and p.batch.calls == [] and len(memo.settle.now_calls) == 1
-    HD.hypothesis_event(kopf.Body(HYP), memo, "MODIFIED")
+    asyncio.run(HD.hypothesis_event(kopf.Body(HYP), memo, "MODIFIED"))
     assert memo.settle.later == [("ns", "h")]
+    # the event handlers run on kopf's event loop (they only schedule): no hop to its thread pool
+    assert all(inspect.iscoroutinefunction(getattr(HD, h)) for h in HD.EVENT_HANDLERS)
 
 
 def test_a_job_created_but_not_yet_in_the_index_is_not_created_again(monkeypatch):
