@@ -677,6 +677,10 @@ def _discard(response: Any) -> None:
             getattr(response, method)()
 
 
+# Journal entries of one step that make one Kubernetes Event together (KubernetesPlatform.record_step).
+STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
+
+
 class EventPoster:
     """Posts Kubernetes Events on a background thread, in the order they were recorded, as client-go's
     event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are
@@ -1054,13 +1058,15 @@ class KubernetesPlatform:
         _discard(self.core.create_namespaced_event(namespace, event, _preload_content=False))
 
     def record_step(self, actions: list[RecordJournal]) -> None:
-        """The journal entries of one reconcile step, as Kubernetes Events: one Event per run of entries on the
-        same object and of the same type (Normal or Warning), its reason the last entry's, its message every
-        entry's. A new Hypothesis' first step (Proposed, Validated, TrainingStarted) is then one Event, not
-        three POSTs (issue 16: requests per object); every entry is in its message (and the log)."""
+        """The journal entries of one reconcile step, as Kubernetes Events. A run of progress entries on one
+        object (STEP_EVENTS: a new Hypothesis' Proposed, Validated, TrainingStarted) is one Event, its reason
+        the last entry's, its message every entry's: one POST instead of three (issue 16: requests per
+        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason."""
         runs: list[list[RecordJournal]] = []
         for a in actions:
-            if runs and runs[-1][-1].owner == a.owner and runs[-1][-1].warning == a.warning:
+            mergeable = not a.warning and a.event in STEP_EVENTS
+            if mergeable and runs and runs[-1][-1].owner == a.owner and runs[-1][-1].event in STEP_EVENTS \
+                    and not runs[-1][-1].warning:
                 runs[-1].append(a)
             else:
                 runs.append([a])

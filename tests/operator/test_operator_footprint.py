@@ -171,12 +171,14 @@ def test_one_steps_journal_is_one_event_per_object_and_type():
     p = KubernetesPlatform.__new__(KubernetesPlatform)
     p.core = _Events()
     h, e = Owner("Hypothesis", "h", "uid-h", "ns"), Owner("Evolution", "e", "uid-e", "ns")
-    apply_actions(p, [RecordJournal(h, "Proposed", "proposed"), RecordJournal(h, "Validated", "applies"),
-                      RecordJournal(h, "TrainingStarted", "attempt 1"), RecordJournal(h, "Blocked", "no PVC", warning=True),
+    apply_actions(p, [RecordJournal(h, "Resumed", "spec changed"), RecordJournal(h, "Proposed", "proposed"),
+                      RecordJournal(h, "Validated", "applies"), RecordJournal(h, "TrainingStarted", "attempt 1"),
+                      RecordJournal(h, "Blocked", "no PVC", warning=True), RecordJournal(e, "Proposed", "wake-up 1"),
                       RecordJournal(e, "Woke", "up")])
     got = [(ev["involvedObject"]["name"], ev["type"], ev["reason"], ev["message"]) for ev in p.core.posted]
-    assert got == [("h", "Normal", "TrainingStarted", "Proposed: proposed; Validated: applies; TrainingStarted: attempt 1"),
-                   ("h", "Warning", "Blocked", "no PVC"), ("e", "Normal", "Woke", "up")]
+    assert got == [("h", "Normal", "Resumed", "spec changed"),  # not a progress entry: its own reason stays visible
+                   ("h", "Normal", "TrainingStarted", "Proposed: proposed; Validated: applies; TrainingStarted: attempt 1"),
+                   ("h", "Warning", "Blocked", "no PVC"), ("e", "Normal", "Proposed", "wake-up 1"), ("e", "Normal", "Woke", "up")]
 
 
 def test_events_are_posted_in_order_off_the_reconcile_thread_and_survive_failures():
