@@ -40,7 +40,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -48,6 +48,7 @@ GROUP, VERSION = "cambrian.dev", "v1alpha1"
 RUN_LABEL = "cambrian.dev/bench-run"
 FLOW_SCHEMA = "cambrian-bench-operator"
 SA_NAMESPACE = "cambrian-bench"
+OPERATOR_SA = "bench-operator"  # both operators, one after the other (FlowSchema and audit log match it)
 CREATE_CONCURRENCY = 16
 CAMBRIAN_STEADY = ("Scored",)
 FINAL = ("Failed", "Rejected")  # steady too, but not the expected outcome
@@ -128,6 +129,31 @@ def requests_by_resource(d: dict, top: int = 24) -> dict[str, int]:
     return {k: int(v) for k, v in sorted(acc.items(), key=lambda kv: -kv[1])[:top]}
 
 
+def audit_requests(lines: Iterable[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """One client's requests from API server audit-log lines (JSON, level Metadata), counted once each (a watch
+    when it opens, any other request when it completes): ({"verb resource[/subresource]": n}, the failed ones
+    as {"verb resource[/subresource] code": n})."""
+    by: dict[str, int] = {}
+    failed: dict[str, int] = {}
+    for line in lines:
+        if not line.strip():
+            continue
+        ev = json.loads(line)
+        verb, stage = ev.get("verb", "?"), ev.get("stage")
+        if stage != ("ResponseStarted" if verb == "watch" else "ResponseComplete") and stage != "Panic":
+            continue
+        ref = ev.get("objectRef") or {}
+        what = (ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")) \
+            if ref.get("resource") else ev.get("requestURI", "?").split("?")[0]
+        key = f"{verb} {what}"
+        by[key] = by.get(key, 0) + 1
+        code = (ev.get("responseStatus") or {}).get("code", 0)
+        if code >= 400 or stage == "Panic":
+            failed[f"{key} {code}"] = failed.get(f"{key} {code}", 0) + 1
+    order = lambda d: dict(sorted(d.items(), key=lambda kv: (-kv[1], kv[0])))  # noqa: E731
+    return order(by), order(failed)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
@@ -200,7 +226,7 @@ def scrape(cluster, ctx: ssl.SSLContext) -> dict:
 
 def setup_identity(cluster, work: Path) -> Path:
     """A ServiceAccount (cluster-admin) and a FlowSchema matching only it; returns its kubeconfig."""
-    sa = "bench-operator"
+    sa = OPERATOR_SA
     cluster.apply([
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SA_NAMESPACE}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": SA_NAMESPACE}},
@@ -383,6 +409,32 @@ async def _create_and_wait(cluster, namespace: str, evolution: str, run_id: str,
     return timeline
 
 
+def _until_quiet(cluster, ctx: ssl.SSLContext, quiet: float = 3.0, limit: float = 60.0) -> float:
+    """Wait until the operator has sent no request for `quiet` seconds (at most `limit`), so that requests it
+    still sends for the objects (events posted in the background, a last settled step) are counted too."""
+    start = last_change = time.monotonic()
+    seen = flow_requests(scrape(cluster, ctx), FLOW_SCHEMA)
+    while time.monotonic() - last_change < quiet and time.monotonic() - start < limit:
+        time.sleep(0.5)
+        now = flow_requests(scrape(cluster, ctx), FLOW_SCHEMA)
+        if now != seen:
+            seen, last_change = now, time.monotonic()
+    return round(time.monotonic() - start, 1)
+
+
+def _audit_size(cluster) -> int:
+    return cluster.audit_log.stat().st_size if cluster.audit_log and cluster.audit_log.exists() else 0
+
+
+def _audit_lines(cluster, start: int, end: int) -> list[str]:
+    """The audit log written between two sizes (blocking mode: a request is logged before it is answered)."""
+    if not cluster.audit_log or end <= start:
+        return []
+    with open(cluster.audit_log, "rb") as f:
+        f.seek(start)
+        return f.read(end - start).decode().splitlines()
+
+
 def _phase(cluster, namespace: str, kind: str, name: str) -> str | None:
     r = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "jsonpath={.status.phase}", check=False)
     return r.stdout.strip() or None if r.returncode == 0 else None
@@ -412,20 +464,28 @@ def measure(kind: str, cluster, kubeconfig: Path, work: Path, n: int, interval: 
         op.idle_rss = op.sample()
         ctx = _admin_ssl(cluster)
         before, cpu_before = scrape(cluster, ctx), op.cpu_seconds()
+        audit_before = _audit_size(cluster)
         steady = CAMBRIAN_STEADY if kind == "cambrian" else ("Proposed",)
         timeline = asyncio.run(_create_and_wait(cluster, namespace, evolution, run_id, n, steady, op, timeout))
+        quiet_after = _until_quiet(cluster, ctx)
         after, cpu_after = scrape(cluster, ctx), op.cpu_seconds()
+        by_verb, failed = audit_requests(_audit_lines(cluster, audit_before, _audit_size(cluster)))
         d = delta(after, before)
         reqs = flow_requests(d, FLOW_SCHEMA)
         result = {
             **timeline.summary(),
             "operator_requests": reqs,
+            "seconds_until_operator_quiet": quiet_after,
             "requests_per_object": round(reqs / n, 2),
             "operator_cpu_seconds": round(cpu_after - cpu_before, 2),
             "operator_cpu_ms_per_object": round(1000 * (cpu_after - cpu_before) / n, 1),
             "operator_rss_idle_mib": round(op.idle_rss / 2**20, 1),
             "operator_rss_peak_mib": round(op.peak_rss / 2**20, 1),
             "operator_rss_kib_per_object": round((op.peak_rss - op.idle_rss) / 1024 / n, 1),
+            # the operator's own requests by verb and resource, from the API server's audit log (same window)
+            "operator_requests_by_verb_resource": by_verb,
+            "operator_requests_per_object_by_verb_resource": {k: round(v / n, 2) for k, v in by_verb.items()},
+            "operator_failed_requests": failed,
             "all_clients_requests_by_resource": requests_by_resource(d),
             "namespace": namespace,
         }
@@ -477,7 +537,8 @@ def run(quick: bool = False) -> dict:
     started = time.perf_counter()
     # Plenty of fake GPUs and pods so that scheduling does not cap the training Jobs.
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-operator-") as tmp, \
-            start_cluster(gpu_nodes=4, gpus_per_node=256, cpu_nodes=0) as cluster:
+            start_cluster(gpu_nodes=4, gpus_per_node=256, cpu_nodes=0,
+                          audit_users=(f"system:serviceaccount:{SA_NAMESPACE}:{OPERATOR_SA}",)) as cluster:
         work = Path(tmp)
         cluster_seconds = time.perf_counter() - started
         install_crds(cluster)

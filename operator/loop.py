@@ -29,7 +29,6 @@ from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, a
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import noise as N
-from cambrian.operator.reconcile import readout as RD
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile import common as C
@@ -165,6 +164,9 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
     owner = R.owner_of(meta)
     analysis = None
     if R.readout_due(status, now):
+        # imported when a readout is due: the statistics (scipy) stay out of an operator with no live Rollout
+        from cambrian.operator.reconcile import readout as RD
+
         try:
             r = platform.prometheus_readout(meta.name)
             analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts)

@@ -427,3 +427,75 @@ class OffPathProposer:
         result.notes[:0] = notes
         call["result"] = result
         call["done"].set()
+
+
+# ---------------------------------------------------------------------------------------------
+# A wake-up in a child process: the proposers' libraries (optuna, numpy, the LLM clients) never load
+# into the operator, and an attempt that overruns its time is killed, not abandoned
+# ---------------------------------------------------------------------------------------------
+
+
+def action_wire(action: ProposeHypotheses) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(action)
+
+
+def action_from_wire(d: Mapping[str, Any]) -> ProposeHypotheses:
+    from cambrian.operator.reconcile.actions import Owner
+
+    return ProposeHypotheses(owner=Owner(**d["owner"]), wakeup=int(d["wakeup"]), name_prefix=d["name_prefix"],
+                             quotas=tuple((str(p), int(n)) for p, n in d["quotas"]), personas=tuple(d["personas"]),
+                             evolution_spec=dict(d.get("evolution_spec") or {}), baseline=dict(d.get("baseline") or {}),
+                             repairs=tuple(d.get("repairs") or ()))
+
+
+def batch_wire(batch: ProposalBatch) -> dict[str, Any]:
+    return {"items": [[spec, ann] for spec, ann in batch.items], "notes": batch.notes, "tokens": batch.tokens,
+            "dollars": batch.dollars}
+
+
+def batch_from_wire(d: Mapping[str, Any]) -> ProposalBatch:
+    return ProposalBatch(items=[(dict(spec), dict(ann)) for spec, ann in d.get("items") or []],
+                         notes=[str(n) for n in d.get("notes") or []], tokens=int(d.get("tokens") or 0),
+                         dollars=float(d.get("dollars") or 0.0))
+
+
+class ChildProposer:
+    """`proposer(action, existing)` that runs ClusterProposer in a child python process (this module's
+    `__main__`): the operator process never imports the proposers' libraries (optuna and numpy for the
+    built-in one, the LLM clients), which a wake-up once a day would otherwise keep in its memory for
+    good; `timeout_s` ends a hung attempt by killing the child. The child inherits the environment (the
+    API keys) and answers one JSON object on stdout; its failures come back as exceptions."""
+
+    def __init__(self, timeout_s: float | None = None, python: str | None = None):
+        import sys
+
+        self.timeout_s, self.python = timeout_s, python or sys.executable
+
+    def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
+        import subprocess
+
+        payload = json.dumps({"action": action_wire(action), "existing": list(existing)}, default=str)
+        try:
+            out = subprocess.run([self.python, "-m", "cambrian.operator.proposing"], input=payload, text=True,
+                                 capture_output=True, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"the proposer process gave no answer within {self.timeout_s:g} s") from exc
+        if out.returncode != 0:
+            raise RuntimeError(f"the proposer process exited {out.returncode}: {out.stderr.strip()[-500:]}")
+        return batch_from_wire(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _child_main() -> None:
+    """`python -m cambrian.operator.proposing`: one wake-up, JSON in on stdin, the ProposalBatch out on stdout."""
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    request = json.loads(sys.stdin.read())
+    batch = ClusterProposer()(action_from_wire(request["action"]), request["existing"])
+    sys.stdout.write(json.dumps(batch_wire(batch), default=float) + "\n")
+
+
+if __name__ == "__main__":
+    _child_main()

@@ -5,15 +5,33 @@ sums (SufficientStats, RatioStats) -> estimators (Welch, relative lift, CUPED, r
 guardrails -> decision (promote | rollback | continue | inconclusive). numpy/scipy only, no I/O.
 """
 
-from .decision import ArmDecision, Decision, DecisionPolicy, DecisionState, Metric, decide
-from .estimators import (Effect, analyse, compare, compare_ratio, cuped, cuped_theta, difference_in_means,
-                         relative_lift)
-from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
-from .multiple import adjust, benjamini_hochberg, bonferroni, holm
-from .sequential import (SequentialState, confidence_sequence, msprt_log_lr, msprt_p_value,
-                         planned_information, rho_for_information, update)
-from .srm import SRM_THRESHOLD, SRMResult, srm_check
-from .sums import InsufficientData, RatioStats, SufficientStats
+# Lazy (PEP 562): `cambrian.stats.noise` is imported by the operator for every Hypothesis, and must not
+# pull in scipy.stats (60 MiB of the operator's RSS) through this package's decision machinery; the
+# names below are imported from their module on first use.
+_WHERE = {
+    "decision": ("ArmDecision", "Decision", "DecisionPolicy", "DecisionState", "Metric", "decide"),
+    "estimators": ("Effect", "analyse", "compare", "compare_ratio", "cuped", "cuped_theta", "difference_in_means",
+                   "relative_lift"),
+    "guardrails": ("Breach", "Guardrail", "GuardrailResult", "HardLimit", "hard_limit_breaches", "non_inferiority"),
+    "multiple": ("adjust", "benjamini_hochberg", "bonferroni", "holm"),
+    "sequential": ("SequentialState", "confidence_sequence", "msprt_log_lr", "msprt_p_value", "planned_information",
+                   "rho_for_information", "update"),
+    "srm": ("SRM_THRESHOLD", "SRMResult", "srm_check"),
+    "sums": ("InsufficientData", "RatioStats", "SufficientStats"),
+}
+_MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArmDecision", "Breach", "Decision", "DecisionPolicy", "DecisionState", "Effect", "Guardrail",

@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import yaml
 
@@ -148,10 +148,23 @@ class Ports:
     kwok: int
 
 
+def audit_policy(users: Sequence[str]) -> dict:
+    """An audit policy that logs the requests of `users` (verb, resource, response code; no bodies) and nothing
+    else, once per request (a watch when it opens): what a benchmark needs to count one client's requests."""
+    return {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "users": list(users)}, {"level": "None"}]}
+
+
 def component_commands(bin_dir: Path, work: Path, pki: Pki, ports: Ports,
-                       kubeconfig: Path) -> dict[str, list[str]]:
-    """Command lines of every component, in start order."""
+                       kubeconfig: Path, audit_users: Sequence[str] = ()) -> dict[str, list[str]]:
+    """Command lines of every component, in start order. `audit_users`: the API server writes an audit log
+    of their requests to work/audit.log (JSON lines)."""
     b = lambda n: str(bin_dir / n)  # noqa: E731
+    audit = []
+    if audit_users:
+        (work / "audit-policy.yaml").write_text(yaml.safe_dump(audit_policy(audit_users)))
+        audit = [f"--audit-policy-file={work / 'audit-policy.yaml'}", f"--audit-log-path={work / 'audit.log'}",
+                 "--audit-log-format=json", "--audit-log-mode=blocking", "--audit-log-maxsize=0"]
     etcd_url = f"http://127.0.0.1:{ports.etcd_client}"
     peer_url = f"http://127.0.0.1:{ports.etcd_peer}"
     return {
@@ -181,7 +194,7 @@ def component_commands(bin_dir: Path, work: Path, pki: Pki, ports: Ports,
             "--authorization-mode=Node,RBAC", "--allow-privileged=true",
             # a loopback address is invalid in Endpoints: skip the kubernetes service reconciler
             "--endpoint-reconciler-type=none",
-            "--profiling=false", "--v=1"],
+            "--profiling=false", "--v=1", *audit],
         "kube-controller-manager": [
             b("kube-controller-manager"), f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
@@ -235,6 +248,7 @@ class Cluster:
     cpu_nodes: list[str] = field(default_factory=list)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     keep_work_dir: bool = False
+    audit_log: Path | None = None  # start_cluster(audit_users=...): the API server's audit log of their requests
     _stopped: bool = False
 
     # -- helpers for callers ------------------------------------------------------------------
@@ -379,19 +393,20 @@ def _https_ok(url: str, ctx: ssl.SSLContext) -> bool:
 
 def start_cluster(bin_dir: Path | str | None = None, *, gpu_nodes: int = 2, gpus_per_node: int = 8,
                   cpu_nodes: int = 1, work_dir: Path | str | None = None,
-                  timeout: float = 180, keep_work_dir: bool = False) -> Cluster:
+                  timeout: float = 180, keep_work_dir: bool = False, audit_users: Sequence[str] = ()) -> Cluster:
     """Start the control plane and kwok nodes; returns when every part answers.
 
     gpu_nodes nodes named kwok-gpu-<i> carry `nvidia.com/gpu: gpus_per_node` (label
     cambrian.dev/gpu-node=true); cpu_nodes nodes kwok-cpu-<i> carry no GPU.  On failure every
     started process is stopped and ClusterError carries the component log tails.
+    `audit_users`: the API server logs their requests to Cluster.audit_log (audit_policy()).
     """
     bin_dir = Path(bin_dir) if bin_dir else find_bin_dir()
     missing = missing_binaries(bin_dir)
     if missing:
         raise ClusterError(f"missing binaries {missing} in {bin_dir}; run {BUILD_SCRIPT}")
     kwargs = dict(gpu_nodes=gpu_nodes, gpus_per_node=gpus_per_node, cpu_nodes=cpu_nodes,
-                  timeout=timeout, keep_work_dir=keep_work_dir)
+                  timeout=timeout, keep_work_dir=keep_work_dir, audit_users=tuple(audit_users))
     try:
         return _start_once(bin_dir, work_dir=work_dir, **kwargs)
     except ClusterError as exc:
@@ -402,7 +417,8 @@ def start_cluster(bin_dir: Path | str | None = None, *, gpu_nodes: int = 2, gpus
 
 
 def _start_once(bin_dir: Path, *, gpu_nodes: int, gpus_per_node: int, cpu_nodes: int,
-                work_dir: Path | str | None, timeout: float, keep_work_dir: bool) -> Cluster:
+                work_dir: Path | str | None, timeout: float, keep_work_dir: bool,
+                audit_users: Sequence[str] = ()) -> Cluster:
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="cambrian-cluster-"))
     (work / "logs").mkdir(parents=True, exist_ok=True)
     pki = generate_pki(work / "pki")
@@ -417,7 +433,9 @@ def _start_once(bin_dir: Path, *, gpu_nodes: int, gpus_per_node: int, cpu_nodes:
                       cpu_nodes=[f"kwok-cpu-{i}" for i in range(cpu_nodes)])
     atexit.register(cluster.stop)
     try:
-        _bring_up(cluster, component_commands(bin_dir, work, pki, ports, kubeconfig),
+        if audit_users:
+            cluster.audit_log = work / "audit.log"
+        _bring_up(cluster, component_commands(bin_dir, work, pki, ports, kubeconfig, audit_users),
                   gpus_per_node, timeout)
     except BaseException:
         cluster.stop()

@@ -136,7 +136,9 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
     Journal entries (events) go last, once everything else was applied: a reconcile that is refused
     or retried reports what happened once, not each time it is replayed."""
     actions = list(actions)
-    for a in [*[x for x in actions if not isinstance(x, RecordJournal)], *[x for x in actions if isinstance(x, RecordJournal)]]:
+    journal = [x for x in actions if isinstance(x, RecordJournal)]
+    record_step = getattr(type(platform), "record_step", None)  # the platform's own way to record a step's entries
+    for a in [*[x for x in actions if not isinstance(x, RecordJournal)], *([] if record_step and journal else journal)]:
         if isinstance(a, CreateTrainingJob):
             platform.submit_training_job(a)
         elif isinstance(a, DeleteJob):
@@ -163,3 +165,5 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
             platform.record(a)
         else:  # pragma: no cover - a new action type without an adapter method
             raise TypeError(f"no platform method for {type(a).__name__}")
+    if record_step and journal:
+        record_step(platform, journal)

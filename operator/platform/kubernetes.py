@@ -669,13 +669,53 @@ def rollout_object(action: CreateRollout) -> dict[str, Any]:
 Proposer = Callable[[ProposeHypotheses, list], Any]
 
 
+def _discard(response: Any) -> None:
+    """Read and drop a raw response (`_preload_content=False`: the created object is not decoded into
+    client models, which the caller never reads), so that its connection goes back to the pool."""
+    for method in ("drain_conn", "release_conn"):
+        if callable(getattr(response, method, None)):
+            getattr(response, method)()
+
+
+# Journal entries of one step that make one Kubernetes Event together (KubernetesPlatform.record_step).
+STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
+
+
+class EventPoster:
+    """Posts Kubernetes Events on a background thread, in the order they were recorded, as client-go's
+    event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are
+    best effort), so a Hypothesis' status is written a few requests sooner."""
+
+    def __init__(self, post: Callable[[str, dict], Any]):
+        import queue
+        import threading
+
+        self._post = post
+        self._queue: Any = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name="event-poster").start()
+
+    def __call__(self, namespace: str, event: dict) -> None:
+        self._queue.put((namespace, event))
+
+    def _loop(self) -> None:
+        while True:
+            namespace, event = self._queue.get()
+            try:
+                self._post(namespace, event)
+            except Exception as exc:  # noqa: BLE001 - events are best effort
+                log.warning("could not record event %s on %s/%s: %s", event.get("reason"),
+                            event["involvedObject"].get("kind"), event["involvedObject"].get("name"), exc)
+
+
 class KubernetesPlatform:
-    """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up."""
+    """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up.
+    `background_events`: Events go out on an EventPoster instead of inside the reconcile step."""
 
     observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it: Jobs, Pods without LISTs
+    _events: EventPoster | None = None
 
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
-                 config: Mapping[str, Any] | None = None):
+                 config: Mapping[str, Any] | None = None, background_events: bool = False):
         from kubernetes import client
 
         self._client = client
@@ -687,19 +727,23 @@ class KubernetesPlatform:
         self.prometheus_url = prometheus_url
         self.proposer = proposer
         self.config = dict(config or {})
+        self._events = EventPoster(self._post_event) if background_events else None
 
     def _templated(self, obj: dict[str, Any], kind: str, role: str) -> dict[str, Any]:
         return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
 
     # --- helpers ---------------------------------------------------------------------------
     def _create(self, fn: Callable, namespace: str | None, body: dict,
-                on_exists: Callable[[], Any] | None = None) -> None:
+                on_exists: Callable[[], Any] | None = None, raw: bool = False) -> None:
         """Create BODY; when it exists already (the name is deterministic, so it is ours) call ON_EXISTS, if any,
-        to bring it up to date."""
+        to bring it up to date. `raw`: FN is a kubernetes client method; its answer is dropped undecoded."""
         from kubernetes.client.rest import ApiException
 
         try:
-            fn(namespace or "default", body)
+            if raw:
+                _discard(fn(namespace or "default", body, _preload_content=False))
+            else:
+                fn(namespace or "default", body)
         except ApiException as exc:
             if exc.status != 409:
                 raise refusal(exc, _what(body)) from exc
@@ -735,11 +779,13 @@ class KubernetesPlatform:
     # --- training --------------------------------------------------------------------------
     def submit_training_job(self, action: CreateTrainingJob) -> None:
         ns = action.owner.namespace
-        self._create(self.core.create_namespaced_config_map, ns, training_configmap(action))
+        self._create(self.core.create_namespaced_config_map, ns, training_configmap(action), raw=True)
         job = self.training_job(action)
         if gang.workers(action.training) > 1:
             job = gang.gang_job(job, action.training, self._gang_network(action), TRAINER, scorer=SCORER)
-        self._create(self.batch.create_namespaced_job, ns, job)
+        self._create(self.batch.create_namespaced_job, ns, job, raw=True)
+        if self.observed is not None:  # read as Pending until the Job index delivers it (indexed.Submitted)
+            self.observed.submitted.add({**job, "metadata": {**job["metadata"], "namespace": ns or "default"}})
 
     def _gang_network(self, action: CreateTrainingJob) -> str:
         """The rendezvous Service and the gang's NetworkPolicy (operator/platform/gang.py); the Service's
@@ -1008,6 +1054,28 @@ class KubernetesPlatform:
                 self.record(RecordJournal(action.owner, "ProposalRefused", str(exc)[:1024], {}, True))
         self.record(RecordJournal(action.owner, "Proposed", message, {}, warning))
 
+    def _post_event(self, namespace: str, event: dict) -> None:
+        _discard(self.core.create_namespaced_event(namespace, event, _preload_content=False))
+
+    def record_step(self, actions: list[RecordJournal]) -> None:
+        """The journal entries of one reconcile step, as Kubernetes Events. A run of progress entries on one
+        object (STEP_EVENTS: a new Hypothesis' Proposed, Validated, TrainingStarted) is one Event, its reason
+        the last entry's, its message every entry's: one POST instead of three (issue 16: requests per
+        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason."""
+        runs: list[list[RecordJournal]] = []
+        for a in actions:
+            mergeable = not a.warning and a.event in STEP_EVENTS
+            if mergeable and runs and runs[-1][-1].owner == a.owner and runs[-1][-1].event in STEP_EVENTS \
+                    and not runs[-1][-1].warning:
+                runs[-1].append(a)
+            else:
+                runs.append([a])
+        for run in runs:
+            if len(run) == 1:
+                self.record(run[0])
+                continue
+            self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+
     def record(self, action: RecordJournal) -> None:
         o = action.owner
         now = datetime.now(timezone.utc).isoformat()
@@ -1022,7 +1090,10 @@ class KubernetesPlatform:
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         log.info("%s %s/%s: %s %s", o.kind, o.namespace, o.name, action.event, action.message)
+        if self._events is not None:
+            self._events(o.namespace or "default", event)
+            return
         try:
-            self.core.create_namespaced_event(o.namespace or "default", event)
+            self._post_event(o.namespace or "default", event)
         except Exception as exc:  # events are best effort: never fail a reconcile for one
             log.warning("could not record event %s on %s/%s: %s", action.event, o.kind, o.name, exc)

@@ -239,7 +239,12 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
         st.job_name = expected
         return Result(actions, st, requeue_after=POLL_SECONDS)
     if job.state in ("Pending", "Suspended", "Running"):
-        cond("Training", True, job.state, f"attempt {st.attempts}: job {job.name} is {job.state.lower()}")
+        # The condition says the attempt's Job exists (or is queued: Suspended), as when it was created; its
+        # Pod going from Pending to Running is the Job's own status. Written here, each would be one more
+        # status write per Hypothesis (issue 16: requests per object).
+        queued = job.state == "Suspended"
+        cond("Training", True, "Suspended" if queued else "JobCreated",
+             f"attempt {st.attempts}: job {job.name}" + (" is suspended (queued)" if queued else ""))
         note_blocker(st, "Training", f"job {job.name}: {job.blocked}" if job.blocked else None, now,
                      meta.generation, journal)
         return Result(actions, st, requeue_after=POLL_SECONDS)

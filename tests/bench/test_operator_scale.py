@@ -33,6 +33,30 @@ def test_parse_counters_and_deltas_attribute_requests_to_the_flow_schema():
     assert B.requests_by_resource(d) == {"PATCH hypotheses/status": 2}
 
 
+def _audit(verb, resource, stage, code=201, sub=None, audit_id="a"):
+    import json
+
+    ref = {"resource": resource, "namespace": "ns", **({"subresource": sub} if sub else {})}
+    return json.dumps({"kind": "Event", "level": "Metadata", "auditID": audit_id, "stage": stage, "verb": verb,
+                       "requestURI": f"/api/v1/namespaces/ns/{resource}", "objectRef": ref,
+                       "responseStatus": {"code": code}})
+
+
+def test_audit_lines_count_each_request_once_by_verb_and_resource():
+    lines = [_audit("create", "events", "ResponseComplete"), _audit("create", "events", "ResponseComplete"),
+             _audit("patch", "hypotheses", "ResponseComplete", 200, "status"),
+             _audit("create", "jobs", "ResponseComplete", 409),
+             _audit("watch", "pods", "ResponseStarted", 200), _audit("watch", "pods", "ResponseComplete", 200),  # once
+             _audit("get", "deployments", "ResponseStarted", 200), "",  # only long-running requests start
+             '{"kind": "Event", "verb": "get", "stage": "ResponseComplete", "requestURI": "/version?timeout=32s",'
+             ' "responseStatus": {"code": 200}}']
+    by, failed = B.audit_requests(lines)
+    assert by == {"create events": 2, "create jobs": 1, "get /version": 1, "patch hypotheses/status": 1,
+                  "watch pods": 1}
+    assert list(by)[0] == "create events"  # most first
+    assert failed == {"create jobs 409": 1}
+
+
 def test_timeline_tracks_first_phase_and_steady_phase_per_object():
     t = B.Timeline(n=2, steady=("Scored",))
     t.created.update({"a": 0.1, "b": 0.2})
@@ -88,6 +112,12 @@ def test_quick_run_on_the_real_control_plane():
     assert base["requests_per_object"] >= 1
     assert cam["requests_per_object"] > base["requests_per_object"] + 2
     assert cam["all_clients_requests_by_resource"].get("POST jobs", 0) >= 50
+    # the operator's own requests by verb from the audit log: the same requests the FlowSchema counted
+    by = cam["operator_requests_by_verb_resource"]
+    assert by["create jobs"] >= 50 and by["patch hypotheses/status"] >= 50
+    assert base["operator_requests_by_verb_resource"]["patch hypotheses/status"] == 50
+    for side in (cam, base):
+        assert sum(side["operator_requests_by_verb_resource"].values()) == pytest.approx(side["operator_requests"], rel=0.02)
     # Scored needs a level-based timer tick (interval 15 s) after the Job finished.
     assert cam["seconds_to_steady_all"] >= r["operator_interval_s"]
     assert cam["seconds_to_first_phase_all"] <= cam["seconds_to_steady_all"]

@@ -1,0 +1,261 @@
+"""The operator's footprint at scale (issue 16): what it imports, what it builds per watch event, how many
+requests a Hypothesis costs, and which work waits on what. Each test fails on the code before the fix it names."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import kopf
+
+from cambrian.operator import handlers as HD
+from cambrian.operator import indexed
+from cambrian.operator.loop import PLURALS
+from cambrian.operator.platform.base import apply_actions
+from cambrian.operator.platform.kubernetes import EventPoster, KubernetesPlatform
+from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile.actions import Owner, RecordJournal
+from cambrian.operator.reconcile.common import Meta
+from cambrian.operator.reconcile.observations import JobObservation
+
+from .test_indexed import EVO, HYP, CountingApi, cluster, platform
+
+HEAVY = ("torch", "scipy", "numpy", "pandas", "optuna", "sklearn")
+
+
+def test_the_operator_modules_import_no_heavy_library():
+    """Before: cambrian.stats' package init imported scipy.stats (60 MiB of RSS) for the noise floor of every
+    Hypothesis. The statistics a readout needs are imported when a readout is due."""
+    code = ("import json, sys\n"
+            "import cambrian.operator.handlers, cambrian.operator.platform.kubernetes, cambrian.operator.proposing\n"
+            "import cambrian.operator.loop, cambrian.stats.noise\n"
+            f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+            "from cambrian.stats import decide, SufficientStats  # still there, on first use\n"
+            "print(json.dumps(['scipy' in sys.modules, callable(decide)]))\n")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.strip().splitlines()[-2:]
+    assert json.loads(first) == [], f"the operator's modules imported {first}"
+    assert json.loads(second) == [True, True]
+
+
+def test_kopf_builds_diff_bases_only_for_kinds_with_change_handlers():
+    """Before: kopf deep-copied every Pod, Job and Hypothesis event into a diff base nobody read (8% of CPU)."""
+    store = HD.ChangeHandledDiffBase(HD.CHANGE_HANDLED_KINDS, prefix="cambrian.dev", key="last-handled-configuration")
+    pod = kopf.Body({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}})
+    evo = kopf.Body({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "e"},
+                     "spec": {"cadence": {"offline": "24h"}}})
+    assert store.build(body=pod) == {}
+    assert store.build(body=evo)["spec"] == {"cadence": {"offline": "24h"}}
+    # every kind with a create/update/timer handler (which read the diff) gets its diff base
+    registry = kopf.get_default_registry()
+    kinds = {p: k for k, p in PLURALS.items()}
+    handled = {h.selector.any_name for h in registry._changing.get_all_handlers() + registry._spawning.get_all_handlers()}
+    assert handled and {kinds[p] for p in handled} <= HD.CHANGE_HANDLED_KINDS
+
+
+def test_successful_event_handler_calls_are_not_logged():
+    """kopf logged every event handler call at INFO: 14 lines per Hypothesis that said nothing."""
+    f = HD.QuietEventHandlers()
+    watching = {h.id for h in kopf.get_default_registry()._watching.get_all_handlers()}
+    assert watching == set(HD.EVENT_HANDLERS)
+
+    def rec(level, msg):
+        return logging.LogRecord("kopf.objects", level, __file__, 1, msg, None, None)
+    assert not f.filter(rec(logging.INFO, "Handler 'training_pod_event' succeeded."))
+    assert f.filter(rec(logging.ERROR, "Handler 'training_pod_event' failed with an exception. Will retry."))
+    assert f.filter(rec(logging.INFO, "Handler 'evolution_changed' succeeded."))
+
+
+def test_requests_share_one_api_client():
+    """Before: `client.CustomObjectsApi()` per call made a new ApiClient (a deep copy of the configuration) and
+    a new TLS connection for every status write."""
+    assert HD._custom().api_client is HD._custom().api_client is HD.shared_api_client()
+
+
+class _Settle:
+    def __init__(self):
+        self.later, self.now_calls = [], []
+
+    def __call__(self, key, fn):
+        self.later.append(key)
+
+    def now(self, fn):
+        self.now_calls.append(fn)
+
+
+def test_a_new_hypothesis_is_stepped_on_the_step_workers_not_in_kopfs_handler():
+    """Before: the first step (ConfigMap, Job, events, status) ran inside kopf's handler, which held the
+    event's body and the events queued behind it for as long (488 MiB peak at 1000 Hypotheses); and the
+    handlers, sync, waited in kopf's thread pool behind other objects' events."""
+    c = cluster(EVO, HYP)
+    api = CountingApi(store=HYP)
+    p = platform()
+    memo = kopf.Memo(platform=p, settle=_Settle(), cluster=c)
+    HD._bookkeeping(memo)
+    asyncio.run(HD.hypothesis_event(kopf.Body(HYP), memo, "ADDED"))
+    assert api.calls == [] and p.batch.calls == [] and len(memo.settle.now_calls) == 1
+    asyncio.run(HD.hypothesis_event(kopf.Body(HYP), memo, "MODIFIED"))
+    assert memo.settle.later == [("ns", "h")]
+    # the event handlers run on kopf's event loop (they only schedule): no hop to its thread pool
+    assert all(inspect.iscoroutinefunction(getattr(HD, h)) for h in HD.EVENT_HANDLERS)
+
+
+def test_a_job_created_but_not_yet_in_the_index_is_not_created_again(monkeypatch):
+    """Before: a step between our Job create and the Job's watch event saw no Job and created it again
+    (HTTP 409 for its ConfigMap and its Job: 8% of the Hypotheses at 300)."""
+    c = cluster(EVO, HYP)
+    api = CountingApi(store=HYP)
+    monkeypatch.setattr(HD, "_custom", lambda: api)
+    p = platform()
+    p.observed = c
+    memo = kopf.Memo(platform=p)
+    HD.step_hypothesis(memo, c, "ns", "h")
+    assert p.batch.calls == ["create_namespaced_job"]
+    HD.step_hypothesis(memo, c, "ns", "h")  # the Job's ADDED event has not come yet
+    assert p.batch.calls == ["create_namespaced_job"]
+    assert p.core.calls.count("create_namespaced_config_map") == 1
+
+
+def test_submitted_jobs_are_forgotten_once_seen_or_old():
+    s = indexed.Submitted(ttl=0.2)
+    job = {"metadata": {"name": "j", "namespace": "ns", "labels": {"cambrian.dev/owner-kind": "hypothesis",
+                                                                   "cambrian.dev/owner": "h"}}, "spec": {}}
+    s.add(job)
+    key = ("ns", "hypothesis", "h")
+    assert [j["metadata"]["name"] for j in s.unseen(key, [])] == ["j"]
+    assert s.unseen(key, ["j"]) == [] and s.unseen(key, []) == []  # seen: dropped
+    s.add(job)
+    time.sleep(0.3)
+    assert s.unseen(key, []) == []  # too old: the next step creates it again (idempotent)
+
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def test_a_job_going_from_pending_to_running_writes_no_status():
+    """Before: the Training condition's reason followed the Pod (JobCreated -> Pending -> Running), one
+    status write each (3.75 status writes per Hypothesis at 300; now 2: Training and Scored)."""
+    from cambrian.operator import api
+
+    meta = Meta("h", "uid-h", "ns", 1)
+    spec = api.parse_spec("Hypothesis", HYP["spec"])
+    evo = api.parse_spec("Evolution", EVO["spec"])
+    ctx = H.EvolutionContext("evo", "uid-e", evo, evo.baseline)
+    started = H.reconcile(meta, spec, api.HypothesisStatus(), ctx, [], None, T0).status
+    assert started.phase == "Training"
+    for state in ("Pending", "Running"):
+        seen = H.reconcile(meta, spec, started, ctx, [JobObservation(started.job_name, state)], None, T0)
+        assert seen.status.wire() == started.wire(), state
+    queued = H.reconcile(meta, spec, started, ctx, [JobObservation(started.job_name, "Suspended")], None, T0)
+    assert [c.reason for c in queued.status.conditions if c.type == "Training"] == ["Suspended"]
+
+
+class _Events:
+    def __init__(self):
+        self.posted = []
+
+    def create_namespaced_event(self, ns, event, **kw):
+        self.posted.append(event)
+
+
+def test_one_steps_journal_is_one_event_per_object_and_type():
+    """Before: a new Hypothesis' first step posted three Events (Proposed, Validated, TrainingStarted)."""
+    p = KubernetesPlatform.__new__(KubernetesPlatform)
+    p.core = _Events()
+    h, e = Owner("Hypothesis", "h", "uid-h", "ns"), Owner("Evolution", "e", "uid-e", "ns")
+    apply_actions(p, [RecordJournal(h, "Resumed", "spec changed"), RecordJournal(h, "Proposed", "proposed"),
+                      RecordJournal(h, "Validated", "applies"), RecordJournal(h, "TrainingStarted", "attempt 1"),
+                      RecordJournal(h, "Blocked", "no PVC", warning=True), RecordJournal(e, "Proposed", "wake-up 1"),
+                      RecordJournal(e, "Woke", "up")])
+    got = [(ev["involvedObject"]["name"], ev["type"], ev["reason"], ev["message"]) for ev in p.core.posted]
+    assert got == [("h", "Normal", "Resumed", "spec changed"),  # not a progress entry: its own reason stays visible
+                   ("h", "Normal", "TrainingStarted", "Proposed: proposed; Validated: applies; TrainingStarted: attempt 1"),
+                   ("h", "Warning", "Blocked", "no PVC"), ("e", "Normal", "Proposed", "wake-up 1"), ("e", "Normal", "Woke", "up")]
+
+
+def test_events_are_posted_in_order_off_the_reconcile_thread_and_survive_failures():
+    posted, done = [], threading.Event()
+
+    def post(ns, event):
+        if event["reason"] == "bad":
+            raise RuntimeError("API down")
+        posted.append((threading.current_thread().name, event["reason"]))
+        if event["reason"] == "last":
+            done.set()
+
+    poster = EventPoster(post)
+    for reason in ("a", "bad", "b", "last"):
+        poster("ns", {"reason": reason, "involvedObject": {"kind": "Hypothesis", "name": "h"}})
+    assert done.wait(10)
+    assert posted == [("event-poster", "a"), ("event-poster", "b"), ("event-poster", "last")]
+
+
+WAKEUP = r"""
+import json, sys
+from cambrian.operator import api
+from cambrian.operator import proposing as P
+from cambrian.operator.reconcile.actions import Owner, ProposeHypotheses
+
+spec = api.parse_spec("Evolution", {"objective": {"northStar": [{"name": "watch_minutes"}]},
+                                    "data": {"world": {}}, "agent": {"provider": "builtin"}})
+q = spec.agent.quotas
+action = ProposeHypotheses(Owner("Evolution", "evo", "uid", "ns"), 1, "evo-w1-abc",
+                           (("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
+                           tuple(spec.agent.personas), spec.wire(), spec.baseline)
+batch = P.ChildProposer(timeout_s=120)(action, [])
+loaded = sorted(m for m in ("optuna", "numpy", "cambrian.agents.proposers.builtin") if m in sys.modules)
+same = P.ClusterProposer()(action, [])  # in this process now: the answer must be the same
+print(json.dumps({"loaded": loaded, "n": len(batch.items), "same": batch.items == same.items}))
+"""
+
+
+def test_a_wakeup_runs_in_a_child_process_and_leaves_its_libraries_there():
+    """Before: the built-in proposer imported optuna and numpy into the operator at the first wake-up, and kept
+    them (about 20 MiB of its idle RSS)."""
+    out = subprocess.run([sys.executable, "-P", "-c", WAKEUP], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"loaded": [], "n": got["n"], "same": True} and got["n"] > 0
+
+
+def test_a_hung_or_failing_proposer_process_ends_with_an_error(tmp_path):
+    """A hung attempt is killed at its timeout (a thread could only be abandoned); a crash says why."""
+    import pytest
+
+    from cambrian.operator.proposing import ChildProposer
+
+    hung, crash = tmp_path / "hung", tmp_path / "crash"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    crash.write_text("#!/bin/sh\necho 'no module named optuna' >&2\nexit 3\n")
+    for f in (hung, crash):
+        f.chmod(0o755)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        ChildProposer(timeout_s=1, python=str(hung))(_wakeup(), [])
+    assert time.monotonic() - start < 10
+    with pytest.raises(RuntimeError, match="exited 3: no module named optuna"):
+        ChildProposer(timeout_s=30, python=str(crash))(_wakeup(), [])
+
+
+def _wakeup():
+    from cambrian.operator.reconcile.actions import ProposeHypotheses
+
+    return ProposeHypotheses(Owner("Evolution", "evo", "uid", "ns"), 1, "evo-w1", (("explore", 1),), ("optimizer",))
+
+
+def test_wakeups_and_batches_survive_the_trip_to_the_child():
+    from cambrian.operator import proposing as P
+
+    action = _wakeup()
+    assert P.action_from_wire(json.loads(json.dumps(P.action_wire(action)))) == action
+    batch = P.ProposalBatch(items=[({"component": "optimizer"}, {"a": "b"})], notes=["n"], tokens=3, dollars=0.5)
+    back = P.batch_from_wire(json.loads(json.dumps(P.batch_wire(batch))))
+    assert (back.items, back.notes, back.tokens, back.dollars) == (batch.items, batch.notes, 3, 0.5)
