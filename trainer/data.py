@@ -19,9 +19,8 @@ import pandas as pd
 from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
-from cambrian.trainer.datacheck import require_valid
+from cambrian.trainer.datacheck import read_checked
 from cambrian.trainer.schema import WORLD
-from cambrian.trainer.sources import close as close_source, open_source, read_tables
 
 # Columns the reward SQL may use (impressions joined with the user's day).
 IMPRESSION_COLUMNS = (
@@ -113,13 +112,7 @@ def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, 
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
-    source = open_source(text)
-    try:
-        tables = read_tables(WORLD, source)
-    finally:
-        close_source(source)
-    require_valid(WORLD, tables, text)
-    frames = {key: table.to_pandas() for key, table in tables.items()}
+    frames = read_checked(WORLD, text)
     return meta, frames["items"], frames["users"], frames["impressions"], frames["user_days"]
 
 

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from cambrian.trainer.schema import DataSchema, Table
 from cambrian.errors import ConfigError
-from cambrian.trainer.sources import BATCH_ROWS, FrameSource, Source, SourceError, column_problems, redact
+from cambrian.trainer.sources import (BATCH_ROWS, FrameSource, Source, SourceError, close, column_problems, open_source,
+                                      read_tables, redact)
 
 _SHOWN_DAYS = 5
 
@@ -197,3 +198,15 @@ def require_valid(schema: DataSchema, tables: dict[str, pa.Table], uri: str) -> 
     if not report.ok:
         raise ConfigError(f"{redact(uri)} fails the data check ({schema.name}): {report.problems[0]}",
                           hint=f"{len(report.problems)} problem(s) in all: `cambrian data check {redact(uri)}` lists them")
+
+
+def read_checked(schema: DataSchema, uri: str) -> dict:
+    """The declared tables of the source at `uri` as pandas frames, refused if they fail the check: the one
+    way a loader (the world's trainer input, the MovieLens export) reads a declared source."""
+    opened = open_source(uri)
+    try:
+        tables = read_tables(schema, opened)
+    finally:
+        close(opened)
+    require_valid(schema, tables, uri)
+    return {key: table.to_pandas() for key, table in tables.items()}

@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 
 from cambrian.errors import ConfigError
-from cambrian.trainer.datacheck import require_valid
+from cambrian.trainer.datacheck import read_checked
 from cambrian.trainer.schema import MOVIELENS_100K
-from cambrian.trainer.sources import close, open_source, read_tables
 
 N_DAYS = 10
 
@@ -94,14 +93,7 @@ def convert(ratings: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> 
 def read_movielens(source: str | None = None) -> dict[str, pd.DataFrame]:
     """The published tables through their declaration (trainer/schema.py MOVIELENS_100K), from the wheel's
     folder or from any other source holding them (a bucket, a warehouse); refused if they fail the check."""
-    uri = source or str(movielens_files()["data"].parent)
-    opened = open_source(uri)
-    try:
-        tables = read_tables(MOVIELENS_100K, opened)
-    finally:
-        close(opened)
-    require_valid(MOVIELENS_100K, tables, uri)
-    return {key: table.to_pandas() for key, table in tables.items()}
+    return read_checked(MOVIELENS_100K, source or str(movielens_files()["data"].parent))
 
 
 def export_movielens(out_dir: str | Path, source: str | None = None) -> dict:
