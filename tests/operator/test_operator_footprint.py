@@ -26,6 +26,7 @@ from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import JobObservation
 
 from .test_indexed import EVO, HYP, CountingApi, cluster, platform
+from .test_operator_imports import WAKEUP_ACTION
 
 HEAVY = ("torch", "scipy", "numpy", "pandas", "optuna", "sklearn")
 
@@ -200,17 +201,7 @@ def test_events_are_posted_in_order_off_the_reconcile_thread_and_survive_failure
 
 WAKEUP = r"""
 import json, sys
-from cambrian.operator import api
-from cambrian.operator import proposing as P
-from cambrian.operator.reconcile.actions import Owner, ProposeHypotheses
-
-spec = api.parse_spec("Evolution", {"objective": {"northStar": [{"name": "watch_minutes"}]},
-                                    "data": {"world": {}}, "agent": {"provider": "builtin"}})
-q = spec.agent.quotas
-action = ProposeHypotheses(Owner("Evolution", "evo", "uid", "ns"), 1, "evo-w1-abc",
-                           (("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
-                           tuple(spec.agent.personas), spec.wire(), spec.baseline)
-batch = P.ChildProposer(timeout_s=120)(action, [])
+""" + WAKEUP_ACTION + r"""batch = P.ChildProposer(timeout_s=120)(action, [])
 loaded = sorted(m for m in ("optuna", "numpy", "cambrian.agents.proposers.builtin") if m in sys.modules)
 same = P.ClusterProposer()(action, [])  # in this process now: the answer must be the same
 print(json.dumps({"loaded": loaded, "n": len(batch.items), "same": batch.items == same.items}))

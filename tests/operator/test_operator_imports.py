@@ -24,11 +24,9 @@ HEAVY = ("torch", "triton", "cambrian.trainer.models", "cambrian.trainer.train",
 def blocked() -> set[str]:
     return set(HEAVY) | outside_extra("operator")
 
-PROBE = r"""
-import json, sys
-import cambrian.operator.handlers  # registers the kopf handlers, as `cambrian operator run` does
-import cambrian.operator.platform.kubernetes, cambrian.operator.proposing, cambrian.operator.metrics
-import cambrian.agents.proposers.llm, cambrian.agents.online, cambrian.online.prometheus  # LLM agents, readouts
+
+# A built-in wake-up's action, as the Evolution's step hands it to the proposer (child scripts share it).
+WAKEUP_ACTION = r"""
 from cambrian.operator import api
 from cambrian.operator import proposing as P
 from cambrian.operator.reconcile.actions import Owner, ProposeHypotheses
@@ -39,7 +37,14 @@ q = spec.agent.quotas
 action = ProposeHypotheses(Owner("Evolution", "evo", "uid", "ns"), 1, "evo-w1-abc",
                            (("explore", q.explore), ("exploit", q.exploit), ("innovate", q.innovate)),
                            tuple(spec.agent.personas), spec.wire(), spec.baseline)
-batch = P.ClusterProposer()(action, [])
+"""
+
+PROBE = r"""
+import json, sys
+import cambrian.operator.handlers  # registers the kopf handlers, as `cambrian operator run` does
+import cambrian.operator.platform.kubernetes, cambrian.operator.proposing, cambrian.operator.metrics
+import cambrian.agents.proposers.llm, cambrian.agents.online, cambrian.online.prometheus  # LLM agents, readouts
+""" + WAKEUP_ACTION + r"""batch = P.ClusterProposer()(action, [])
 # the static gate before any Job: plugin code is checked (AST only), never loaded
 from datetime import datetime, timezone
 from cambrian.operator.reconcile import hypothesis as H
