@@ -81,6 +81,24 @@ def test_requests_share_one_api_client():
     assert HD._custom().api_client is HD._custom().api_client is HD.shared_api_client()
 
 
+def test_a_new_kubeconfig_gets_a_new_shared_client():
+    """load_kube_config replaces the default configuration: the shared client follows it (a client kept
+    from before sent a later test's requests to no host at all)."""
+    from kubernetes import client
+
+    before = client.Configuration.get_default()
+    first = HD.shared_api_client()
+    try:
+        fresh = client.Configuration()
+        fresh.host = "https://127.0.0.1:6443"
+        client.Configuration.set_default(fresh)
+        second = HD.shared_api_client()
+        assert second is not first and second.configuration.host == "https://127.0.0.1:6443"
+        assert HD.shared_api_client() is second
+    finally:
+        client.Configuration.set_default(before)
+
+
 class _Settle:
     def __init__(self):
         self.later, self.now_calls = [], []
