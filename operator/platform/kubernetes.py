@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -679,6 +680,7 @@ def _discard(response: Any) -> None:
 
 # Journal entries of one step that make one Kubernetes Event together (KubernetesPlatform.record_step).
 STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
+_STEP_SPLIT = re.compile(r"(?:^|; )(" + "|".join(sorted(STEP_EVENTS)) + r"): ")
 
 
 class EventPoster:
@@ -1075,6 +1077,15 @@ class KubernetesPlatform:
                 self.record(run[0])
                 continue
             self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+
+    @staticmethod
+    def journal_entries(reason: str, message: str) -> list[tuple[str, str]]:
+        """The journal entries an Event carries: the inverse of record_step's merge (for readers that compare
+        journals, such as the platform parity test)."""
+        if reason not in STEP_EVENTS or not any(message.startswith(f"{e}: ") for e in STEP_EVENTS):
+            return [(reason, message)]
+        parts = _STEP_SPLIT.split(message)  # ["", reason1, message1, reason2, message2, ...]
+        return [(parts[i], parts[i + 1]) for i in range(1, len(parts) - 1, 2)]
 
     def record(self, action: RecordJournal) -> None:
         o = action.owner

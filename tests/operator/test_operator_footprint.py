@@ -198,6 +198,12 @@ def test_one_steps_journal_is_one_event_per_object_and_type():
     assert got == [("h", "Normal", "Resumed", "spec changed"),  # not a progress entry: its own reason stays visible
                    ("h", "Normal", "TrainingStarted", "Proposed: proposed; Validated: applies; TrainingStarted: attempt 1"),
                    ("h", "Warning", "Blocked", "no PVC"), ("e", "Normal", "Proposed", "wake-up 1"), ("e", "Normal", "Woke", "up")]
+    # readers that compare journals get the entries back (the parity test compares them with local mode's)
+    entries = [e for ev in p.core.posted for e in KubernetesPlatform.journal_entries(ev["reason"], ev["message"])]
+    assert entries == [("Resumed", "spec changed"), ("Proposed", "proposed"), ("Validated", "applies"),
+                       ("TrainingStarted", "attempt 1"), ("Blocked", "no PVC"), ("Proposed", "wake-up 1"), ("Woke", "up")]
+    assert KubernetesPlatform.journal_entries("TrainingStarted", "attempt 2 as job j") == [
+        ("TrainingStarted", "attempt 2 as job j")]
 
 
 def test_events_are_posted_in_order_off_the_reconcile_thread_and_survive_failures():

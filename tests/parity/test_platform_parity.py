@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cambrian.operator.platform.kubernetes import KubernetesPlatform
 from cambrian.testing import parity as P
 from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401
 from cambrian.testing.waiting import poll
@@ -148,9 +149,11 @@ def run_cluster(c, ns: str, monkeypatch, tmp_path: Path) -> dict:
             poll("one more review", lambda: status("evolution", P.EVOLUTION)["counters"]["reviews"] > reviews, 60)
             objects = [(kind, o) for kind in ("Evolution", "Hypothesis", "Rollout")
                        for o in c.get_json(P.ClusterWatch.PLURALS[kind], "-n", ns)["items"]]
-            events = [(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"], e.get("message") or "")
+            # a step's Proposed/Validated/TrainingStarted travel as one Event (requests per object): split again
+            events = [(e["involvedObject"]["kind"], e["involvedObject"]["name"], reason, message)
                       for e in c.get_json("events", "-n", ns)["items"]
-                      if (e.get("source") or {}).get("component") == "cambrian-operator"]
+                      if (e.get("source") or {}).get("component") == "cambrian-operator"
+                      for reason, message in KubernetesPlatform.journal_entries(e["reason"], e.get("message") or "")]
         assert runner.exit_code == 0, runner.stdout[-4000:]
         # (after the runner: it captures stdout while the operator runs)
         print(f"parity: the last hypothesis was judged {started - judged:.1f} s before the first Rollout started")
