@@ -94,14 +94,20 @@ def test_slim_objects_keep_what_the_core_reads_and_drop_the_rest():
     assert "managedFields" not in indexed.slim_custom(HYP)["metadata"]
 
 
-def test_the_hypothesis_step_reads_indexes_and_writes_one_patch(monkeypatch):
-    """Before: GET evolution, LIST jobs, LIST pods on every tick. Now: no read request at all."""
+def stepping(monkeypatch):
+    """One Evolution and its Hypothesis in the indexes, a counting status API and a platform that sees them:
+    (indexes, status API, platform, memo) for stepping the Hypothesis as the handlers do."""
     c = cluster(EVO, HYP)
     api = CountingApi(store=HYP)
     monkeypatch.setattr(HD, "_custom", lambda: api)
     p = platform()
     p.observed = c
-    memo = kopf.Memo(platform=p)
+    return c, api, p, kopf.Memo(platform=p)
+
+
+def test_the_hypothesis_step_reads_indexes_and_writes_one_patch(monkeypatch):
+    """Before: GET evolution, LIST jobs, LIST pods on every tick. Now: no read request at all."""
+    c, api, p, memo = stepping(monkeypatch)
     HD.step_hypothesis(memo, c, "ns", "h")
     assert api.calls == ["patch_namespaced_custom_object_status"]
     assert p.core.calls.count("create_namespaced_config_map") == 1 and p.batch.calls == ["create_namespaced_job"]

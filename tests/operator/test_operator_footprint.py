@@ -25,7 +25,7 @@ from cambrian.operator.reconcile.actions import Owner, RecordJournal
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import JobObservation
 
-from .test_indexed import EVO, HYP, CountingApi, cluster, platform
+from .test_indexed import EVO, HYP, CountingApi, cluster, platform, stepping
 from .test_operator_imports import WAKEUP_ACTION
 
 HEAVY = ("torch", "scipy", "numpy", "pandas", "optuna", "sklearn")
@@ -130,12 +130,7 @@ def test_a_new_hypothesis_is_stepped_on_the_step_workers_not_in_kopfs_handler():
 def test_a_job_created_but_not_yet_in_the_index_is_not_created_again(monkeypatch):
     """Before: a step between our Job create and the Job's watch event saw no Job and created it again
     (HTTP 409 for its ConfigMap and its Job: 8% of the Hypotheses at 300)."""
-    c = cluster(EVO, HYP)
-    api = CountingApi(store=HYP)
-    monkeypatch.setattr(HD, "_custom", lambda: api)
-    p = platform()
-    p.observed = c
-    memo = kopf.Memo(platform=p)
+    c, api, p, memo = stepping(monkeypatch)
     HD.step_hypothesis(memo, c, "ns", "h")
     assert p.batch.calls == ["create_namespaced_job"]
     HD.step_hypothesis(memo, c, "ns", "h")  # the Job's ADDED event has not come yet
