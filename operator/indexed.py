@@ -101,8 +101,8 @@ class Submitted:
             jobs = self._jobs.get(key)
             if not jobs:
                 return []
-            limit = time.monotonic() - self.ttl
-            for name in [n for n, (t, _) in jobs.items() if n in set(seen) or t < limit]:
+            limit, seen = time.monotonic() - self.ttl, set(seen)
+            for name in [n for n, (t, _) in jobs.items() if n in seen or t < limit]:
                 del jobs[name]
             if not jobs:
                 del self._jobs[key]

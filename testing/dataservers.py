@@ -18,15 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cambrian.testing.cluster import free_ports
 from cambrian.testing.waiting import poll
 
 UNPRIVILEGED = 65534  # nobody: PostgreSQL refuses to run as root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:
@@ -69,7 +64,7 @@ def postgres_server(password: str = "cambrian-test-secret") -> Iterator[Postgres
         os.chown(root, UNPRIVILEGED, UNPRIVILEGED)
         os.chown(pwfile, UNPRIVILEGED, UNPRIVILEGED)
         as_user = {"user": UNPRIVILEGED, "group": UNPRIVILEGED, "extra_groups": []}
-    port = free_port()
+    port = free_ports(1)[0]
     server = None
     try:
         subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "cambrian", "--auth=scram-sha-256",
@@ -113,7 +108,7 @@ def moto_s3() -> Iterator[S3]:
     binary = moto_server()
     if binary is None:
         raise FileNotFoundError("moto_server: run scripts/setup.sh (it installs moto[server] in its own virtualenv)")
-    port = free_port()
+    port = free_ports(1)[0]
     server = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

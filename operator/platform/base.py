@@ -138,7 +138,7 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
     actions = list(actions)
     journal = [x for x in actions if isinstance(x, RecordJournal)]
     record_step = getattr(type(platform), "record_step", None)  # the platform's own way to record a step's entries
-    for a in [*[x for x in actions if not isinstance(x, RecordJournal)], *([] if record_step and journal else journal)]:
+    for a in [*[x for x in actions if not isinstance(x, RecordJournal)], *([] if record_step else journal)]:
         if isinstance(a, CreateTrainingJob):
             platform.submit_training_job(a)
         elif isinstance(a, DeleteJob):
