@@ -84,6 +84,9 @@ def step(kind: str, obj: dict[str, Any], objects: Objects, platform: Any, now: d
     try:
         apply_actions(platform, s.result.actions)
     except ActionRefused as exc:
+        if exc.namespace_terminating:  # it goes with its namespace: nothing to report, nothing to retry
+            log.info("%s %s/%s: namespace is being deleted, not stepped", kind, meta.namespace, meta.name)
+            return Step(meta, None)
         log.warning("%s %s/%s: %s", kind, meta.namespace, meta.name, exc)
         if exc.permanent:
             failure = C.fail_until_spec_changes(meta, kind, status, C.REFUSED, str(exc), now)

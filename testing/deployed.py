@@ -84,6 +84,19 @@ def _operator_pod(c: Cluster, ns: str, release: str) -> dict | None:
     return running[0] if running else None
 
 
+def _delete_namespaces(c: Cluster, names: list[str], timeout: float = 90) -> None:
+    """Delete the workload namespaces while the operator still runs, as a user would: it lifts its
+    finalizers as its objects go. Deleted after it stopped, they would stay Terminating until the next
+    test's cluster-wide operator met them."""
+    for n in names:
+        c.kubectl("delete", "namespace", n, "--wait=false", check=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(c.kubectl("get", "namespace", n, check=False).returncode != 0 for n in names):
+            return
+        time.sleep(1)
+
+
 @contextlib.contextmanager
 def deployed_chart(c: Cluster, workdir: Path, *, watch: list[str] | None = None, workloads: int = 1,
                    values: dict[str, str] | None = None, jobs: bool = False,
@@ -114,7 +127,10 @@ def deployed_chart(c: Cluster, workdir: Path, *, watch: list[str] | None = None,
             pod = d.wait_for("the operator pod Running", lambda: _operator_pod(c, ns, release), timeout=120)
             d.operator_pod = pod["metadata"]["name"]
             d.wait_for("the operator process", lambda: d.operator_pod in runtime.services, timeout=60)
-            yield d
+            try:
+                yield d
+            finally:
+                _delete_namespaces(c, names)
     finally:
         c.helm("uninstall", release, "-n", ns, check=False, timeout=120)
         for n in [ns, *names]:

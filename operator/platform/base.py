@@ -54,9 +54,12 @@ class ActionRefused(CambrianError):
     depends on something outside the spec (RBAC, a quota, a missing HTTPRoute): the parent says so
     and the next reconcile tries again."""
 
-    def __init__(self, what: str, message: str, permanent: bool, code: int | None = None):
+    def __init__(self, what: str, message: str, permanent: bool, code: int | None = None,
+                 namespace_terminating: bool = False):
         super().__init__(f"{what} was refused: {message}")
         self.what, self.detail, self.permanent, self.code = what, message, permanent, code
+        # The namespace is being deleted: the object goes with it, there is nothing to report or retry.
+        self.namespace_terminating = namespace_terminating
 
 
 def refusal_is_permanent(http_status: int) -> bool:

@@ -443,6 +443,18 @@ def api_message(exc: Any) -> str:
         return str(getattr(exc, "reason", exc))
 
 
+def namespace_terminating(exc: Any) -> bool:
+    """The API server's 403 for a create in a namespace being deleted (a Status cause
+    NamespaceTerminating): not a missing permission, the namespace and its objects are going away."""
+    if getattr(exc, "status", None) != 403:
+        return False
+    try:
+        causes = (json.loads(exc.body).get("details") or {}).get("causes") or []
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return any(c.get("reason") == "NamespaceTerminating" for c in causes if isinstance(c, dict))
+
+
 def refusal(exc: Any, what: str) -> Exception:
     """Kubernetes' ApiException -> ActionRefused when the refusal is one (see refusal_is_permanent);
     anything else is returned as it is, for the caller's retry."""
@@ -450,7 +462,7 @@ def refusal(exc: Any, what: str) -> Exception:
     if refusal_is_permanent(status):
         return ActionRefused(what, api_message(exc), True, status)
     if status == 403:
-        return ActionRefused(what, api_message(exc), False, status)
+        return ActionRefused(what, api_message(exc), False, status, namespace_terminating(exc))
     return exc
 
 
@@ -683,6 +695,17 @@ STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
 _STEP_SPLIT = re.compile(r"(?:^|; )(" + "|".join(sorted(STEP_EVENTS)) + r"): ")
 
 
+def _event_lost(event: Mapping[str, Any], exc: Exception) -> None:
+    """Say that an Event was not recorded; quietly when its namespace is being deleted."""
+    obj = event["involvedObject"]
+    if namespace_terminating(exc):
+        log.debug("event %s on %s/%s dropped: namespace %s is being deleted", event.get("reason"),
+                  obj.get("kind"), obj.get("name"), obj.get("namespace"))
+        return
+    log.warning("could not record event %s on %s/%s: %s", event.get("reason"), obj.get("kind"), obj.get("name"),
+                api_message(exc) if getattr(exc, "status", None) else exc)
+
+
 class EventPoster:
     """Posts Kubernetes Events on a background thread, in the order they were recorded, as client-go's
     event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are
@@ -705,8 +728,7 @@ class EventPoster:
             try:
                 self._post(namespace, event)
             except Exception as exc:  # noqa: BLE001 - events are best effort
-                log.warning("could not record event %s on %s/%s: %s", event.get("reason"),
-                            event["involvedObject"].get("kind"), event["involvedObject"].get("name"), exc)
+                _event_lost(event, exc)
 
 
 class KubernetesPlatform:
@@ -1106,5 +1128,5 @@ class KubernetesPlatform:
             return
         try:
             self._post_event(o.namespace or "default", event)
-        except Exception as exc:  # events are best effort: never fail a reconcile for one
-            log.warning("could not record event %s on %s/%s: %s", action.event, o.kind, o.name, exc)
+        except Exception as exc:  # noqa: BLE001 - events are best effort: never fail a reconcile for one
+            _event_lost(event, exc)

@@ -235,6 +235,22 @@ def test_a_refusal_outside_the_spec_is_shown_and_retried(objects):
     assert [c["reason"] for c in after["conditions"] if c["type"] == "Ready"] == ["Applied"]
 
 
+def test_a_child_refused_because_the_namespace_goes_leaves_the_parent_as_it_is(objects):
+    """Deleting a namespace races the operator: its creates there are refused (403 NamespaceTerminating).
+    That is neither a Blocked report nor a failure: the parent goes with the namespace."""
+    class Going(Recording):
+        def submit_training_job(self, a):
+            self.applied.append(("job", a.name))
+            raise ActionRefused(f"Job {a.name}", "namespace ns is being terminated", False, 403,
+                                namespace_terminating=True)
+
+    p = Going()
+    spec = {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x", "delta": {"patch": {"lr": 0.02}}}
+    patch = kopf.Patch()
+    HD.reconcile_hypothesis(body("Hypothesis", "h", spec), patch, memo(p))
+    assert p.applied and not patch.get("status") and p.events == []
+
+
 def test_hypothesis_of_a_failed_evolution_waits_and_says_why(objects):
     objects["evolutions"]["evo"] = {**EVO, "spec": {**EVO["spec"], "baseline": {"optimizer": {"lr": -1}}}}
     p = Recording()

@@ -108,6 +108,33 @@ def test_refusals_are_classified(code, permanent):
     assert refusal_is_permanent(code) is bool(permanent)
 
 
+def test_a_create_in_a_terminating_namespace_is_told_apart_from_rbac():
+    """The API server refuses creates in a namespace being deleted with a 403 whose Status cause is
+    NamespaceTerminating: the object is going away with it, no permission is missing."""
+    going = FakeApiException(403, 'configmaps "x" is forbidden: unable to create new content in namespace a '
+                                  'because it is being terminated', reason="Forbidden")
+    going.body = json.dumps({"kind": "Status", "message": "unable to create new content", "reason": "Forbidden",
+                             "details": {"causes": [{"reason": "NamespaceTerminating", "field": "metadata.namespace"}]}})
+    rbac = FakeApiException(403, 'configmaps is forbidden: User "system:serviceaccount:x:y" cannot create',
+                            reason="Forbidden")
+    assert K.namespace_terminating(going) and not K.namespace_terminating(rbac)
+    assert not K.namespace_terminating(FakeApiException(409, "exists"))
+    out, denied = K.refusal(going, "ConfigMap x"), K.refusal(rbac, "ConfigMap x")
+    assert isinstance(out, ActionRefused) and out.namespace_terminating and not out.permanent
+    assert isinstance(denied, ActionRefused) and not denied.namespace_terminating
+
+
+def test_an_event_lost_to_a_terminating_namespace_is_not_a_warning(caplog):
+    going = FakeApiException(403, "forbidden", reason="Forbidden")
+    going.body = json.dumps({"details": {"causes": [{"reason": "NamespaceTerminating"}]}})
+    event = {"reason": "Blocked", "involvedObject": {"kind": "Hypothesis", "name": "h", "namespace": "a"}}
+    with caplog.at_level("DEBUG", logger="cambrian.operator.kubernetes"):
+        K._event_lost(event, going)
+        K._event_lost(event, FakeApiException(403, 'events is forbidden: User "u" cannot create', "Forbidden"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and 'events is forbidden: User "u"' in warnings[0]
+
+
 # ---- prerequisites from status ------------------------------------------------------------------
 
 
