@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cambrian.errors import CambrianError, GateError
-from cambrian.trainer.sandbox import apply_limits
+from cambrian.trainer.sandbox import apply_limits, load_filter
 
 # Stages the parent accepts from error.json; anything else reads as `training`.
-STAGES = ("static", "forward_backward", "training", "export")
+STAGES = ("static", "forward_backward", "training", "export", "sandbox")
 
 
 class _Stop(Exception):
@@ -136,7 +136,7 @@ def launch(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     worker_argv = ["worker", str(input_dir), str(scratch), "--distribution", args.distribution,
                    "--as-mb", str(args.as_mb), "--cpu-s", str(args.cpu_s), "--fsize-mb", str(args.fsize_mb),
                    "--processes", str(args.nproc),
-                   *(["--contained"] if args.contained else [])]
+                   *(["--contained"] if args.contained else []), *(["--seccomp"] if args.seccomp else [])]
     if not dist.rdzv_endpoint:
         os.environ.update(loopback_environment())
     try:
@@ -165,7 +165,7 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     from cambrian.trainer.sandbox import forbid_new_processes
     from cambrian.trainer.train import fit, pick_device
 
-    if args.contained:  # the agent needed to start processes; the candidate's code may not
+    if args.contained or args.seccomp:  # the agent needed to start processes; the candidate's code may not
         forbid_new_processes()
     dist = _distribution(args)
     me = Worker.from_environment(scratch, dist.checkpoint_seconds)
@@ -236,10 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", "--processes", dest="nproc", type=int, default=0)
     parser.add_argument("--distribution", default="{}", help="launch/worker: trainer/distributed.py's Distribution")
     parser.add_argument("--contained", action="store_true", help="launch/worker: inside the bubblewrap sandbox")
+    parser.add_argument("--seccomp", action="store_true",
+                        help="load the sandbox's seccomp filter here (a pod's step, where no bubblewrap applied it)")
     args = parser.parse_args(argv)
     apply_limits(args.as_mb, args.cpu_s, args.fsize_mb, args.nproc, nofile=1024)
     started = time.perf_counter()
     try:
+        if args.seccomp and args.command != "worker":  # a worker inherits its agent's filter and stacks its own
+            _stage("sandbox", False, load_filter, args.command == "launch")
         result = COMMANDS[args.command](args.input, args.scratch, args)
     except _LostPeer as lost:
         print(f"contained {args.command}: lost a peer worker: {lost}", file=sys.stderr)

@@ -167,17 +167,30 @@ def seccomp_program(network: bool = False) -> bytes:
         lib.seccomp_release(ctx)
 
 
-def forbid_new_processes() -> None:
-    """Stack a filter on this process (filters only ever add up) that refuses new processes: a data-parallel
-    worker calls it before any candidate code runs, so the candidate gets the single-process rules back."""
-    lib, ctx = _filter(processes=False, sockets=True, denied=())
+def _load(lib: ctypes.CDLL, ctx, what: str) -> None:
     try:
         lib.seccomp_load.argtypes = [ctypes.c_void_p]
         rc = lib.seccomp_load(ctx)  # sets no_new_privs first (libseccomp's default)
         if rc < 0:
-            raise SandboxUnavailable(f"libseccomp could not load the worker's filter ({os.strerror(-rc)})")
+            raise SandboxUnavailable(f"libseccomp could not load {what} ({os.strerror(-rc)})")
     finally:
         lib.seccomp_release(ctx)
+
+
+def forbid_new_processes() -> None:
+    """Stack a filter on this process (filters only ever add up) that refuses new processes: a data-parallel
+    worker calls it before any candidate code runs, so the candidate gets the single-process rules back."""
+    lib, ctx = _filter(processes=False, sockets=True, denied=())
+    _load(lib, ctx, "the worker's filter")
+
+
+def load_filter(network: bool = False) -> None:
+    """Load the sandbox's filter (seccomp_program's rules) into this process, where no bubblewrap applied it:
+    a step of the cluster's training pod, whose container is the boundary (trainer/pod.py). Inherited by every
+    thread and child; it cannot be removed. `network`: a data-parallel agent's variant."""
+    lib, ctx = _filter(processes=network, sockets=network,
+                       denied=tuple(n for n in DENIED_SYSCALLS if n not in PROCESS_SYSCALLS))
+    _load(lib, ctx, "the sandbox's filter")
 
 
 # ---- resource limits ------------------------------------------------------------------------------------

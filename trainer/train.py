@@ -223,7 +223,7 @@ class _Contained:
             self.scratch.mkdir(parents=True)
         # in a pod the work folder itself is read-only: the log lives with the step's output
         self.log = self.scratch / STEP_LOG if in_pod else work / f"{name}.log"
-        self.contain, self.limits, self.gpu, self.name = contain, limits, gpu, name
+        self.contain, self.limits, self.gpu, self.name, self.in_pod = contain, limits, gpu, name, in_pod
 
     def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
         return self.verdict(self.execute(command, cpu_only, dist))
@@ -268,6 +268,8 @@ class _Contained:
             argv += ["--as-mb", str(lim.memory_mb)]
         if dist and dist.parallel:
             argv += ["--distribution", json.dumps(asdict(dist)), *(["--contained"] if self.contain else [])]
+        if self.in_pod:  # the pod is the boundary, bubblewrap cannot nest there: the same filter, loaded in-process
+            argv += ["--seccomp"]
         return argv
 
     def environment(self) -> dict[str, str]:

@@ -84,3 +84,40 @@ def test_the_limits_are_hard_and_cannot_be_raised_again():
             "except ValueError:\n    print('refused')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == f"({5 << 20}, {5 << 20}) (256, 256)" and out[1] == "refused"
+
+
+def test_the_in_process_filter_refuses_processes_and_network_sockets_but_not_threads():
+    """A training pod's step loads the sandbox's rules itself (no bubblewrap in a container): after load_filter
+    no process starts and no TCP socket opens, while threads and unix sockets still work."""
+    probe = """
+import os, socket, subprocess, threading
+from cambrian.trainer.sandbox import load_filter
+load_filter()
+out = []
+try:
+    subprocess.run(["/bin/true"]); out.append("spawned")
+except OSError as e:
+    out.append(f"spawn:{e.errno}")
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_STREAM); out.append("tcp")
+except OSError as e:
+    out.append(f"tcp:{e.errno}")
+a, b = socket.socketpair(socket.AF_UNIX); out.append("unix")
+t = threading.Thread(target=lambda: out.append("thread")); t.start(); t.join()
+print(" ".join(out))
+"""
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    import errno
+
+    assert res.stdout.split() == [f"spawn:{errno.EPERM}", f"tcp:{errno.EAFNOSUPPORT}", "unix", "thread"], res.stdout
+
+
+def test_a_pod_step_loads_the_filter_before_candidate_code(tmp_path):
+    """The pod's contained step gets --seccomp; the local contained one (bubblewrap applies the filter) does not."""
+    from cambrian.trainer.train import SandboxLimits, _Contained
+
+    (tmp_path / "pod").mkdir()
+    in_pod = _Contained(tmp_path / "pod", "training", False, SandboxLimits(), False, in_pod=True)
+    local = _Contained(tmp_path, "training", True, SandboxLimits(), False)
+    assert "--seccomp" in in_pod.argv("train", True) and "--seccomp" not in local.argv("train", True)

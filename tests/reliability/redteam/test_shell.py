@@ -1,7 +1,9 @@
 """Shell commands: no new process can start (seccomp refuses fork, vfork and clone without CLONE_THREAD),
 and there is no shell in a file system that has /usr/bin only read-only anyway."""
 
-from attacks import arch, plugin, reported, run_attack
+import pytest
+
+from attacks import arch, plugin, reported, run_attack, run_attack_in_cluster
 
 
 def attack(marker: str) -> str:
@@ -33,3 +35,14 @@ def test_candidate_cannot_start_a_shell(path, tiny_world, tmp_path):
     assert "Operation not permitted" in report and "forkpty=<class 'PermissionError'>" in report, report
     assert "spawn=<class" in report, report
     assert not marker.exists()
+
+
+@pytest.mark.cluster
+def test_the_cluster_trainer_container_cannot_start_a_shell(cluster, cluster_namespace, pod_runtime, tmp_path):
+    """The cluster row: the training pod's step loads the same seccomp filter in-process (bubblewrap cannot
+    nest in a container). The harness runs containers as host processes, so without it the marker is written."""
+    marker = tmp_path / "pwned"
+    v = run_attack_in_cluster(cluster, cluster_namespace, pod_runtime, tmp_path, arch(attack(str(marker))))
+    report = reported(v)
+    assert "Operation not permitted" in report and "forkpty=<class 'PermissionError'>" in report, report
+    assert v.stage == "forward_backward" and not marker.exists(), v
