@@ -48,8 +48,9 @@ OUTPUT FORMAT
 Think step by step and double-check the syntax. Answer with one JSON object {{"proposals": [...]}}; each
 proposal has `category`, `explanation` (what the change is and why it may help), `predicted_effect`, and
 `delta` = {{"component": one of {COMPONENTS}, "patch_json": a JSON object merged into that component's
-settings (null removes a key), "code": optional plugin code}}. A delta is a change against the baseline,
-never a whole configuration.{QUERIES_NOTE}
+settings (null removes a key), "code": optional plugin code, "also_json": optional JSON object of merge
+patches of OTHER components' settings that the same idea needs, e.g. {{"training": {{"grad_clip": 1.0}}}}
+with an optimizer change}}. A delta is a change against the baseline, never a whole configuration.{QUERIES_NOTE}
 """
 
 REPAIR = """\

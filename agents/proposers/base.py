@@ -76,6 +76,9 @@ PROPOSAL_SCHEMA: dict[str, Any] = {
                             },
                             "patch_json": {"type": "string", "description": "JSON object: merge patch of the component"},
                             "code": {"type": "string", "description": "optional plugin code"},
+                            "also_json": {"type": "string", "description": (
+                                "optional JSON object: merge patches of OTHER components' settings that the same "
+                                "idea needs, by component, e.g. {\"training\": {\"grad_clip\": 1.0}}; no code")},
                         },
                         "required": ["component", "patch_json"],
                     },
@@ -144,6 +147,14 @@ def normalise_proposal(p: dict[str, Any]) -> dict[str, Any]:
                 delta["patch"] = json.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
             except json.JSONDecodeError as exc:
                 delta["patch"] = {"__invalid_patch_json__": f"{exc.msg}"}
+        if "also_json" in delta:
+            raw = delta.pop("also_json")
+            try:
+                delta["also"] = json.loads(raw) if isinstance(raw, str) and raw.strip() else raw
+            except json.JSONDecodeError as exc:  # the delta's own check (trainer/delta.py) names it
+                delta["also"] = {"__invalid_also_json__": f"{exc.msg}"}
+        if delta.get("also") in ("", None, {}):
+            delta.pop("also", None)
         if delta.get("code") in ("", None):
             delta.pop("code", None)
         out["delta"] = delta

@@ -39,6 +39,21 @@ def test_bad_patch_json_is_marked_not_raised():
 
 
 # ---------------------------------------------------------------- canonical de-duplication key
+def test_also_json_becomes_the_deltas_also_and_a_bad_one_is_named_by_the_delta_check():
+    from cambrian.trainer.delta import Delta
+
+    ok = {"component": "optimizer", "patch_json": '{"name": "AdamW"}', "also_json": '{"training": {"grad_clip": 1}}'}
+    bad = {"component": "optimizer", "patch_json": '{"name": "AdamW"}', "also_json": "{oops"}
+    empty = {"component": "optimizer", "patch_json": '{"name": "AdamW"}', "also_json": ""}
+    props, _ = parse_response_text(json.dumps({"proposals": [{"delta": d} for d in (ok, bad, empty)]}))
+    assert props[0]["delta"]["also"] == {"training": {"grad_clip": 1}}
+    assert Delta.model_validate(props[0]["delta"]).patches() == {"optimizer": {"name": "AdamW"},
+                                                                 "training": {"grad_clip": 1}}
+    with pytest.raises(ValueError, match="also"):
+        Delta.model_validate(props[1]["delta"])
+    assert "also" not in props[2]["delta"]
+
+
 def test_fingerprint_is_exact_and_seed_free():
     base = ModelConfig()
     a = parse_delta({"component": "optimizer", "patch": {"name": "AdamW", "lr": 0.003}})

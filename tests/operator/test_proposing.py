@@ -265,6 +265,25 @@ def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
         server.close()
 
 
+def test_a_gemini_proposal_that_needs_two_components_carries_also_to_the_hypothesis(monkeypatch):
+    """The structured output offers `also_json` (the prompt says so): an optimizer change that needs gradient
+    clipping reaches the Hypothesis as spec.delta.also.training, through the real google-genai client."""
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    server = Replay([json.loads((FIXTURES / "optimizer_with_also.json").read_text())])
+    try:
+        spec = evo_spec(provider="gemini", model="gemini-2.5-pro", baseUrl=server.url, personas=["optimizer"],
+                        apiKeySecretRef={"name": "gemini", "key": "api-key"})
+        batch = P.ClusterProposer()(wake(spec), [])
+        asked = json.dumps(server.requests[0]["body"])
+        assert "also_json" in asked  # in the response schema and the prompt
+        (h, _), = batch.items
+        assert h["delta"]["patch"] == {"name": "AdamW", "lr": 0.004, "weight_decay": 0.0001}
+        assert h["delta"]["also"] == {"training": {"grad_clip": 1.0}}
+        api.parse_spec("Hypothesis", h)  # what the operator creates, the CRD model accepts
+    finally:
+        server.close()
+
+
 def test_a_failed_hypothesis_goes_back_to_its_persona_with_its_error():
     """The wake-up's repairs (chosen by the core) reach the real built-in proposer with the failure: the
     repair is a new Hypothesis whose origin names the failed one, with smaller settings of the same family."""
