@@ -334,6 +334,13 @@ def test_training_pod_has_no_credentials_and_no_truth():
     (trainer,) = [c for c in pod["initContainers"] if c["name"] == K.TRAINER]
     assert {m["name"] for m in trainer["volumeMounts"]} == {"training-in", "training-out", "tmp-trainer"}
     assert not [v for v in pod["volumes"] if "secret" in v]
+    # the pod layout behind the cluster rows the harness cannot execute: its input read-only (no write-through
+    # to shared data), a read-only root (no host file but the image's), its own PID, IPC and network
+    # namespaces (no host process to signal), and no host path
+    assert [m.get("readOnly") for m in trainer["volumeMounts"] if m["name"] == "training-in"] == [True]
+    assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
+    assert not any(pod.get(k) for k in ("hostPID", "hostIPC", "hostNetwork", "shareProcessNamespace"))
+    assert not [v for v in pod["volumes"] if "hostPath" in v]
 
 
 # ---- the operator never executes generated code -----------------------------------------------------
