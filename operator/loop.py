@@ -165,7 +165,7 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
     ns = meta.namespace or "default"
     serving, claim = serving_of(objects, ns, spec)
     owner = R.owner_of(meta)
-    analysis = None
+    analysis, unavailable = None, None
     if R.readout_due(status, now):
         # imported when a readout is due: the statistics (scipy) stay out of an operator with no live Rollout
         from cambrian.operator.reconcile import readout as RD
@@ -175,13 +175,16 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
             analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts)
         except MetricsUnavailable as exc:
             log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
+            unavailable = str(exc)
         except ValueError as exc:  # the statistics refused the data: decide nothing this time
             log.warning("rollout %s/%s: analysis failed: %s", ns, meta.name, exc)
+            unavailable = f"analysis failed: {exc}"
     obs = RolloutObservation(
         arms=platform.arms(owner),
         weights=platform.router_weights(owner, serving.wire()),
         analysis=analysis,
         approval=(meta.annotations.get(APPROVE) or None),
+        unavailable=unavailable,
     )
     return Step(meta, R.reconcile(meta, spec, status, serving, claim, obs, now), analysis=analysis)
 

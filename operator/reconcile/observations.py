@@ -89,6 +89,7 @@ class RolloutObservation:
     weights: dict[str, int] | None = None  # what the router currently has for this rollout (None = no entry)
     analysis: Analysis | None = None  # only looked at when a readout is due (see rollout.readout_due)
     approval: str | None = None  # cambrian.dev/approve annotation: promote | rollback
+    unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
 
 
 @dataclass(frozen=True)

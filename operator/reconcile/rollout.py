@@ -218,8 +218,9 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
         # Prometheus unreachable or no data: decide nothing, never promote; retry soon.
         retry = min(METRICS_RETRY_SECONDS, duration_seconds(spec.metrics.readout.interval))
         st.next_readout_at = now + timedelta(seconds=retry)
-        cond("MetricsAvailable", False, "PrometheusUnavailable", "no readout; no decision was taken")
-        journal("ReadoutSkipped", "metrics unavailable: no decision", warning=True)
+        why = (obs.unavailable or "no readout")[:512]
+        cond("MetricsAvailable", False, "MetricsUnavailable", f"{why}; no decision was taken")
+        journal("ReadoutSkipped", f"metrics unavailable: no decision ({why})", warning=True)
         return None
     cond("MetricsAvailable", True, "Readout", f"readout {st.readouts + 1}")
     st.readouts += 1

@@ -288,7 +288,9 @@ def test_rollout_handler_without_prometheus_decides_nothing(objects):
     HD.rollout_changed(body=body("Rollout", "ro", spec, due), patch=patch3, memo=memo(p))
     s = {**due, **patch3["status"]}
     assert s["phase"] == "Running" and s.get("decision") is None and "phase" not in patch3["status"]
-    assert any(c["type"] == "MetricsAvailable" and c["status"] == "False" for c in s["conditions"])
+    # the condition says why (before: "no readout" whatever the cause)
+    assert any(c["type"] == "MetricsAvailable" and c["status"] == "False" and c["message"].startswith("down")
+               for c in s["conditions"])
     # an idle tick (nothing due, nothing changed) writes nothing
     patch4 = kopf.Patch()
     HD.rollout_changed(body=body("Rollout", "ro", spec, s), patch=patch4, memo=memo(p))
@@ -380,3 +382,4 @@ def test_group_design_runs_to_its_final_look_through_the_readout():
     st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
     a = RD.analyse(spec, st, sums(0.0, n=4000, seed=3), T0 + timedelta(days=2), exposures={"control": 4000, "t": 4000})
     assert a.outcome == "inconclusive" and "final analysis" in a.reason
+
