@@ -67,6 +67,13 @@ def collect(
     port_file: Optional[Path] = typer.Option(None, "--port-file"),
     pre_days: int = typer.Option(14, "--pre-days", min=1, help="CUPED pre-period length in days"),
     active_window: int = typer.Option(7, "--active-window", min=1, help="active_days counts days f+1..f+N"),
+    warehouse_url: Optional[str] = typer.Option(
+        None, "--warehouse-url", envvar="CAMBRIAN_WAREHOUSE_URL", show_default=False,
+        help="land the exposure log and closed days in this warehouse for SQL-defined metrics "
+             "(postgresql://user@host/db, duckdb:///file; the password from PGPASSWORD)"),
+    warehouse_metrics: Optional[Path] = typer.Option(
+        None, "--warehouse-metrics", help="YAML list of {name, kind: mean|ratio, sql}: metrics computed in the "
+        "warehouse from its own tables and the exposure log, published beside the built-in ones"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the event collector."""
@@ -75,8 +82,16 @@ def collect(
     from cambrian.online.runner import serve_forever
 
     _logging(verbose)
+    metrics = []
+    if warehouse_metrics is not None:
+        from cambrian.online.warehouse import load_metrics
+
+        if not warehouse_url:
+            raise typer.BadParameter("needs --warehouse-url (or CAMBRIAN_WAREHOUSE_URL)", param_hint="--warehouse-metrics")
+        metrics = load_metrics(warehouse_metrics)
     store = Store(db, AggregationSettings(pre_days=pre_days, active_window=active_window))
-    serve_forever(Collector(store).app(), host, port, str(port_file) if port_file else None)
+    serve_forever(Collector(store, warehouse_url=warehouse_url, warehouse_metrics=metrics).app(), host, port,
+                  str(port_file) if port_file else None)
 
 
 def rollout(

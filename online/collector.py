@@ -8,6 +8,10 @@ POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null], .
                  collector's current day (POST /clock).
 POST /clock      {"day": d}     the day now being simulated/served
 POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
+                 With a warehouse (--warehouse-url), the exposure log and the closed day then land there too,
+                 and each SQL metric (--warehouse-metrics) is aggregated there into per-arm sums published
+                 below like the built-in ones (online/warehouse.py); 503 while the warehouse cannot take
+                 them (a retry is harmless), 422 for a metric's SQL the warehouse refuses.
 GET  /stats      the exported statistics as JSON (for debugging; the analysis reads Prometheus)
 GET  /healthz, GET /metrics
 
@@ -34,6 +38,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 
+from cambrian.errors import ConfigError
 from cambrian.online.aggregate import USER_DAY_COLUMNS, AggregationSettings, arm_statistics, cohort_sizes
 from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
 
@@ -73,6 +78,9 @@ class Store:
         # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day): users}}),
         # swapped as one object so that a scrape never mixes a new closed day with old sums.
         self.snapshot: tuple[int, dict, dict] = (-1, {}, {})
+        # {experiment: {metric: {arm: sums}}} computed in the warehouse (online/warehouse.py), merged over the
+        # store's own metrics of the same name at every recompute
+        self.external: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
         self.recompute()
 
     @property
@@ -153,9 +161,14 @@ class Store:
         ud, ex = self.frames()
         stats, cohorts = {}, {}
         for experiment, group in ex.groupby("experiment"):
-            stats[experiment] = arm_statistics(group, ud, closed, self.settings)
+            stats[experiment] = {**arm_statistics(group, ud, closed, self.settings), **self.external.get(experiment, {})}
             cohorts[experiment] = cohort_sizes(group, closed)
         self.snapshot = (closed, stats, cohorts)  # one reference swap; /metrics reads whichever is current
+
+    def set_external(self, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
+        """Per-arm sums computed elsewhere (the warehouse), published beside the store's own from now on."""
+        self.external = sums
+        self.recompute()
 
     def close(self) -> None:
         with self._lock:
@@ -212,8 +225,14 @@ class _StatsExport:
 
 
 class Collector:
-    def __init__(self, store: Store, registry: CollectorRegistry | None = None):
+    def __init__(self, store: Store, registry: CollectorRegistry | None = None, warehouse_url: str | None = None,
+                 warehouse_metrics: list | None = None):
         self.store = store
+        # Warehouse-native metrics (online/warehouse.py): the exposure log and the closed days land in the
+        # warehouse, where each metric's SQL is aggregated into per-arm sums that this collector publishes
+        # like its own, so the analysis reads them from Prometheus unchanged.
+        self.warehouse_url = warehouse_url
+        self.warehouse_metrics = list(warehouse_metrics or [])
         self.registry = registry or CollectorRegistry()
         self.registry.register(_StatsExport(store))
         self.m_rows = Counter("cambrian_collector_rows", "User-day rows applied", registry=self.registry)
@@ -278,7 +297,39 @@ class Collector:
             await asyncio.to_thread(self.store.close_day, day)
         except BadRequest as exc:
             return error(400, str(exc))
+        if self.warehouse_url:
+            from cambrian.online.warehouse import WarehouseUnavailable
+
+            try:
+                await asyncio.to_thread(self._land, day)
+            except (WarehouseUnavailable, OSError) as exc:  # the SQLite log keeps everything: a retry lands it
+                return error(503, f"day {day} closed here, not yet in the warehouse: {exc}")
+            except ConfigError as exc:  # a metric's SQL the warehouse cannot run: say which, keep the rest
+                return error(422, f"day {day} closed, warehouse metrics not computed: {exc}")
         return json_response({"closed_day": day})
+
+    def _land(self, day: int) -> None:
+        """The exposure log and the closed day into the warehouse, then the SQL metrics' sums out of it."""
+        from cambrian.errors import one_line
+        from cambrian.online.metricsql import WarehouseError
+        from cambrian.online.warehouse import WarehouseUnavailable, connect, land_collector_log, metric_sums
+        from cambrian.trainer.sources import redact
+
+        _, ex = self.store.frames()
+        by_experiment = {str(e): list(g[["user_id", "arm", "day"]].itertuples(index=False, name=None))
+                         for e, g in ex.groupby("experiment")}
+        con = connect(self.warehouse_url, write=True)
+        try:
+            land_collector_log(con, by_experiment)
+            sums = {e: {m.name: {arm: x.to_dict() for arm, x in metric_sums(con, e, m, day, self.store.settings).items()}
+                        for m in self.warehouse_metrics} for e in by_experiment}
+        except WarehouseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the driver's errors, whatever their class
+            raise WarehouseUnavailable(f"{redact(self.warehouse_url)}: {redact(one_line(exc))}") from None
+        finally:
+            getattr(con, "disconnect", lambda: None)()
+        self.store.set_external(sums)
 
     async def handle_stats(self, _: web.Request) -> web.Response:
         closed, stats, cohorts = self.store.snapshot

@@ -12,9 +12,11 @@ runs from its first exposure up to the user's next first exposure to another arm
 the CUPED covariate is the same metric per day over the `pre_days` before the experiment's first exposure.
 
 Everything runs as ibis expressions in the warehouse (DuckDB, PostgreSQL, and the other engines ibis
-speaks): only the per-arm sums come back, so the analysis scales with the warehouse, not with this process.
-They are the SufficientStats / RatioStats that the statistics read from Prometheus, so CUPED, the
-sequential tests and the guardrails work unchanged. The metric SQL is parsed (sqlglot, the parser ibis
+speaks): only the per-arm sums come back, so the work scales with the warehouse, not with the collector.
+The collector (online/collector.py --warehouse-url --warehouse-metrics) lands its exposure log there at each
+day's close, computes these sums and publishes them in its Prometheus export like its built-in metrics:
+the operator reads them as it reads any metric, and CUPED, the sequential tests and the guardrails work
+unchanged (the operator image needs no warehouse driver). The metric SQL is parsed (sqlglot, the parser ibis
 uses): one read-only SELECT, never a second statement, and its columns are checked before it is used.
 """
 
@@ -23,18 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping
 
-from cambrian.errors import ConfigError, one_line
+from cambrian.errors import one_line
+from cambrian.online.metricsql import COLUMNS, WarehouseError, check_metric_sql
 from cambrian.online.aggregate import AggregationSettings
-from cambrian.online.prometheus import ExperimentReadout
 from cambrian.stats.sums import RatioStats, SufficientStats
 
 EXPOSURES = "cambrian_exposures"
-COLUMNS = {"mean": ("user_id", "day", "value"), "ratio": ("user_id", "day", "numerator", "denominator")}
-MAX_SQL_CHARS = 20_000
-
-
-class WarehouseError(ConfigError):
-    """A metric's SQL or the warehouse cannot give the sums (exit code 2 for a bad definition)."""
 
 
 @dataclass(frozen=True)
@@ -47,32 +43,6 @@ class WarehouseMetric:
         if self.kind not in COLUMNS:
             raise WarehouseError(f"metric {self.name}: kind must be mean or ratio, got {self.kind!r}")
         check_metric_sql(self.name, self.sql)
-
-
-def check_metric_sql(name: str, sql: str, dialect: str | None = None):
-    """One read-only query: a SELECT (or a UNION of them, with CTEs), parsed, never a second statement.
-    Returns the parsed tree."""
-    import sqlglot
-    from sqlglot import exp
-
-    if not isinstance(sql, str) or not sql.strip():
-        raise WarehouseError(f"metric {name}: sql is empty")
-    if len(sql) > MAX_SQL_CHARS:
-        raise WarehouseError(f"metric {name}: sql is {len(sql)} characters; the limit is {MAX_SQL_CHARS}")
-    try:
-        trees = [t for t in sqlglot.parse(sql, read=dialect) if t is not None]
-    except sqlglot.errors.ParseError as exc:
-        raise WarehouseError(f"metric {name}: sql does not parse: {one_line(exc)}") from None
-    if len(trees) != 1:
-        raise WarehouseError(f"metric {name}: sql must be one query, got {len(trees)} statements")
-    (tree,) = trees
-    if not isinstance(tree, exp.Query):
-        raise WarehouseError(f"metric {name}: sql must be a SELECT, got {tree.key.upper()}")
-    writes = (exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Merge, exp.Into)
-    bad = next((node for node in tree.walk() if isinstance(node, writes)), None)
-    if bad is not None:
-        raise WarehouseError(f"metric {name}: sql must only read, found {bad.key.upper()}")
-    return tree
 
 
 def _metric_table(con: Any, metric: WarehouseMetric):
@@ -115,13 +85,15 @@ def _units(exposures, closed_day: int):
     return u.filter(u.end > u["first"])
 
 
-def _window_sums(units, values, columns: tuple[str, ...], lo, hi, prefix: str):
-    """Per unit, Σ of `columns` over the user's days in [lo(unit), hi(unit)); 0 where there are none."""
-    j = units.join(values, units.user_id == values.user_id)
-    j = j.filter((j.day >= lo(j)) & (j.day < hi(j)))
-    sums = j.group_by(["user_id", "arm"]).aggregate(**{f"{prefix}{c}": j[c].sum() for c in columns})
-    out = units.left_join(sums, ["user_id", "arm"]).drop("user_id_right", "arm_right")
-    return out.mutate(**{f"{prefix}{c}": out[f"{prefix}{c}"].fill_null(0) for c in columns})
+def _per_unit(units, values, columns: tuple[str, ...], pre: tuple[int, int] | None):
+    """Per unit, Σ of `columns` over the user's days in its window (w_<column>) and, with `pre`, Σ value over
+    the pre-period [pre[0], pre[1]) (x_value): one join and one grouping, 0 where a user has no rows."""
+    j = units.left_join(values, units.user_id == values.user_id)
+    in_window = (j.day >= j["first"]) & (j.day < j.end)
+    sums = {f"w_{c}": in_window.ifelse(j[c], 0.0).sum().fill_null(0.0) for c in columns}
+    if pre is not None:
+        sums["x_value"] = ((j.day >= pre[0]) & (j.day < pre[1])).ifelse(j["value"], 0.0).sum().fill_null(0.0)
+    return j.group_by(["user_id", "arm", "first", "end", "days"]).aggregate(**sums)
 
 
 def _reference(total: float, n: int) -> float:
@@ -148,8 +120,6 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
                 settings: AggregationSettings = AggregationSettings(), exposures_table: str = EXPOSURES
                 ) -> dict[str, SufficientStats | RatioStats]:
     """{arm: sums} of one metric for one experiment, computed in the warehouse."""
-    import ibis
-
     exp_all = con.table(exposures_table)
     exposures = exp_all.filter(exp_all.experiment == experiment)
     first_row = exposures.aggregate(start=exposures.day.min()).execute().to_dict("records")[0]
@@ -163,8 +133,8 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
     # ids as text on both sides: the exposure log stores them so, the user's tables may hold integers
     values = raw.select(raw.user_id.cast("string").name("user_id"), raw.day.cast("int64").name("day"),
                         *[raw[c].cast("float64").name(c) for c in cols])
-    units = _window_sums(units, values, cols, lambda j: j["first"], lambda j: j["end"], "w_")
     if metric.kind == "ratio":
+        units = _per_unit(units, values, cols, None)
         n, s_m, s_d = _totals(units, "w_numerator", "w_denominator")
         refs = (_reference(s_m, n), _reference(s_d, n))
         return {arm: RatioStats(n=s["n"], sum_m=s["s_a"], sum_d=s["s_b"], sum_m2=s["s_aa"], sum_d2=s["s_bb"],
@@ -176,39 +146,13 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
     cover = span.aggregate(lo=span.day.min(), hi=span.day.max()).execute().to_dict("records")[0]
     pre_len = 1.0 if cover["hi"] is None or cover["hi"] != cover["hi"] else \
         float(int(cover["hi"]) - max(int(cover["lo"]), pre_lo) + 1)
-    units = _window_sums(units, values, ("value",), lambda j: ibis.literal(pre_lo), lambda j: ibis.literal(start), "x_")
+    units = _per_unit(units, values, cols, (pre_lo, start))
     units = units.mutate(y=units.w_value / units.days, x=units.x_value / pre_len)
     n, s_y, s_x = _totals(units, "y", "x")
     ref_y, ref_x = _reference(s_y, n), _reference(s_x, n)
     return {arm: SufficientStats(n=s["n"], sum_y=s["s_a"], sum_x=s["s_b"], sum_y2=s["s_aa"], sum_x2=s["s_bb"],
                                  sum_xy=s["s_ab"], ref_y=ref_y, ref_x=ref_x)
             for arm, s in _arm_sums(units, "y", "x", ref_y, ref_x).items()}
-
-
-def warehouse_readout(con: Any, experiment: str, metrics: Iterable[WarehouseMetric], closed_day: int, at: float,
-                      settings: AggregationSettings = AggregationSettings(),
-                      exposures_table: str = EXPOSURES) -> ExperimentReadout:
-    """One look: every metric's per-arm sums, the exposures and the first-exposure cohorts."""
-    stats: dict[str, dict[str, Any]] = {}
-    try:
-        for metric in metrics:
-            for arm, sums in metric_sums(con, experiment, metric, closed_day, settings, exposures_table).items():
-                stats.setdefault(arm, {})[metric.name] = sums
-        e = con.table(exposures_table)
-        e = e.filter(e.experiment == experiment)
-        exposures = {str(r["arm"]): int(r["n"]) for r in
-                     e.group_by("arm").aggregate(n=e.user_id.nunique()).execute().to_dict("records")}
-        firsts = e.group_by("user_id").aggregate(day=e.day.min())
-        cohort = e.join(firsts, ["user_id", "day"]).select("arm", "day", "user_id")
-        cohort = cohort.filter(cohort.day <= closed_day)
-        cohorts: dict[int, dict[str, int]] = {}
-        for r in cohort.group_by(["day", "arm"]).aggregate(n=cohort.user_id.nunique()).execute().to_dict("records"):
-            cohorts.setdefault(int(r["day"]), {})[str(r["arm"])] = int(r["n"])
-    except WarehouseError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the driver's errors: no readout, no decision
-        raise WarehouseUnavailable(f"warehouse readout of {experiment} failed: {one_line(exc)}") from None
-    return ExperimentReadout(experiment, at, closed_day, stats, exposures, cohorts)
 
 
 class WarehouseUnavailable(RuntimeError):
@@ -260,5 +204,45 @@ def _ident(name: str) -> str:
     return exp.to_table(name).sql(dialect="duckdb")
 
 
-def metrics_from_spec(items: Iterable[Mapping[str, Any]]) -> list[WarehouseMetric]:
-    return [WarehouseMetric(str(m["name"]), str(m["sql"]), m.get("kind", "mean")) for m in items]
+def load_metrics(path: Any) -> list[WarehouseMetric]:
+    """A YAML list of {name, kind, sql} (size, depth and alias limits); ConfigError naming the entry."""
+    import re
+
+    from cambrian.trainer.config import read_structured_file
+
+    data = read_structured_file(path)
+    if not isinstance(data, list) or not data:
+        raise WarehouseError(f"{path}: expected a non-empty list of metrics ({{name, kind, sql}})")
+    out, seen = [], set()
+    for i, m in enumerate(data):
+        if not isinstance(m, dict) or set(m) - {"name", "kind", "sql"} or not {"name", "sql"} <= set(m):
+            raise WarehouseError(f"{path}: metrics[{i}]: give name, sql and optionally kind (mean or ratio)")
+        name = m["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name) or name in seen:
+            raise WarehouseError(f"{path}: metrics[{i}].name: a unique metric name (letters, digits, _), got {name!r}")
+        seen.add(name)
+        out.append(WarehouseMetric(name, m["sql"] if isinstance(m["sql"], str) else "", m.get("kind", "mean")))
+    return out
+
+
+# ---- the collector lands its log, the analysis reads it ------------------------------------------------------
+
+def connect(url: str, write: bool = False):
+    """An ibis connection to the warehouse; the URL's password never reaches a message."""
+    from cambrian.trainer.sources import redact
+
+    try:
+        import ibis
+
+        if url.startswith("duckdb://"):
+            return ibis.duckdb.connect(url.split("://", 1)[1], read_only=not write)
+        return ibis.connect(url)
+    except Exception as exc:  # noqa: BLE001 - the driver's connection error, whatever its class
+        raise WarehouseUnavailable(f"warehouse {redact(url)}: cannot connect: {redact(one_line(exc))}") from None
+
+
+def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[tuple[Any, str, int]]],
+                       exposures_table: str = EXPOSURES) -> int:
+    """What the collector knows at a day's close: every first exposure (a repeat adds nothing)."""
+    return sum(record_exposures(con, experiment, rows, exposures_table)
+               for experiment, rows in exposures_by_experiment.items())

@@ -1,5 +1,6 @@
 """Warehouse-native metrics (online/warehouse.py): the sums the warehouse computes from the user's own SQL
-equal those online/aggregate.py computes from the collector's store, on DuckDB and on a real PostgreSQL."""
+equal those online/aggregate.py computes from the collector's store, on DuckDB and on a real PostgreSQL;
+the collector lands its exposure log there and publishes the sums, and the analysis decides from them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cambrian.online.aggregate import arm_statistics, cohort_sizes
-from cambrian.online.warehouse import (WarehouseError, WarehouseMetric, check_metric_sql, record_exposures,
-                                       warehouse_readout)
+from cambrian.online.aggregate import arm_statistics
+from cambrian.online.metricsql import WarehouseError, check_metric_sql
+from cambrian.online.warehouse import WarehouseMetric, metric_sums, record_exposures
 from cambrian.stats.sums import RatioStats, SufficientStats
 
 WATCH = WarehouseMetric("watch_minutes", "SELECT user_id, day, minutes AS value FROM user_days")
@@ -41,19 +42,13 @@ def _close(a: dict, b: dict) -> None:
 
 
 def _check_against_the_collector_path(con, ud, exposures, closed_day):
-    readout = warehouse_readout(con, "exp-1", [WATCH, CTR], closed_day, at=123.0)
     want = arm_statistics(exposures, ud, closed_day)
+    watch, ctr = metric_sums(con, "exp-1", WATCH, closed_day), metric_sums(con, "exp-1", CTR, closed_day)
+    assert set(watch) == set(ctr) == {"control", "treatment"}
     for arm in ("control", "treatment"):
-        got_w = readout.stats[arm]["watch_minutes"]
-        got_c = readout.stats[arm]["ctr"]
-        assert isinstance(got_w, SufficientStats) and isinstance(got_c, RatioStats)
-        _close(got_w.to_dict(), want["watch_minutes"][arm])
-        _close(got_c.to_dict(), want["ctr"][arm])
-    assert readout.exposures == exposures.groupby("arm")["user_id"].nunique().to_dict()
-    cohorts = {}
-    for (arm, day), n in cohort_sizes(exposures, closed_day).items():
-        cohorts.setdefault(day, {})[arm] = n
-    assert readout.cohorts == cohorts and readout.closed_day == closed_day
+        assert isinstance(watch[arm], SufficientStats) and isinstance(ctr[arm], RatioStats)
+        _close(watch[arm].to_dict(), want["watch_minutes"][arm])
+        _close(ctr[arm].to_dict(), want["ctr"][arm])
 
 
 def test_duckdb_sums_equal_the_collectors(tmp_path):
@@ -74,14 +69,13 @@ def test_duckdb_sums_equal_the_collectors(tmp_path):
     _check_against_the_collector_path(con, ud, exposures, 13)
 
 
-def test_no_exposure_yet_is_an_empty_readout(tmp_path):
+def test_no_exposure_yet_gives_no_sums():
     import ibis
 
     con = ibis.duckdb.connect()
     con.con.execute("CREATE TABLE user_days (user_id INTEGER, day INTEGER, minutes DOUBLE)")
     record_exposures(con, "other", [(1, "control", 0)])
-    r = warehouse_readout(con, "exp-1", [WATCH], 5, at=0.0)
-    assert r.stats == {} and r.exposures == {} and r.cohorts == {}
+    assert metric_sums(con, "exp-1", WATCH, 5) == {}
 
 
 @pytest.mark.parametrize("sql,fragment", [
@@ -105,7 +99,7 @@ def test_a_metric_without_its_columns_is_named(tmp_path):
     record_exposures(con, "exp-1", [(1, "control", 0)])
     bad = WarehouseMetric("watch", "SELECT user_id, day, minutes FROM user_days")
     with pytest.raises(WarehouseError, match="missing value"):
-        warehouse_readout(con, "exp-1", [bad], 3, at=0.0)
+        metric_sums(con, "exp-1", bad, 3)
 
 
 def test_postgresql_sums_equal_the_collectors():
@@ -124,3 +118,105 @@ def test_postgresql_sums_equal_the_collectors():
             _check_against_the_collector_path(con, ud, exposures, 12)
         finally:
             con.disconnect()
+
+
+def test_the_collector_publishes_sql_metrics_from_postgresql_and_the_analysis_decides(tmp_path, monkeypatch):
+    """The whole path on a real PostgreSQL: the product's own event table there, the collector (real app)
+    landing its exposure log at the day's close and publishing the SQL metrics' per-arm sums in its Prometheus
+    export, and the operator's readout analysis promoting the treatment that watches more."""
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+    import ibis
+
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.runner import BackgroundApp
+    from cambrian.operator import api
+    from cambrian.operator.reconcile import readout as RD
+    from cambrian.testing.dataservers import postgres_server
+
+    rng = np.random.default_rng(11)
+    today = 20_000
+    users = {"control": range(0, 1000), "t": range(1000, 2000)}
+    rows = []
+    for arm, ids in users.items():
+        for u in ids:
+            base = rng.gamma(4, 5)
+            for day in range(today - 4, today + 1):
+                lift = 1.3 if arm == "t" and day >= today else 1.0
+                shown = int(rng.poisson(60)) + 1
+                rows.append((u, day, float(base * lift * rng.lognormal(0, 0.3)), int(rng.binomial(shown, 0.02)), shown))
+    metrics = [WarehouseMetric("watch_sql", "SELECT user_id, day, watch AS value FROM product.events"),
+               WarehouseMetric("hate_sql", "SELECT user_id, day, hates AS numerator, shown AS denominator "
+                                           "FROM product.events", "ratio")]
+    with postgres_server() as pg:
+        con = ibis.postgres.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                                    database=pg.database)
+        con.raw_sql("CREATE SCHEMA product").close()
+        con.create_table("events", obj=pd.DataFrame(rows, columns=["user_id", "day", "watch", "hates", "shown"]),
+                         database="product")
+        con.disconnect()
+        monkeypatch.setenv("PGPASSWORD", pg.password)  # never in the URL
+        down = Collector(Store(tmp_path / "down.sqlite"), warehouse_url="postgresql://cambrian@127.0.0.1:1/x",
+                         warehouse_metrics=metrics)
+        with BackgroundApp(down.app()) as app:
+            httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": [[1, "control", today]]})
+            r = httpx.post(app.url + "/close_day", json={"day": today})
+            assert r.status_code == 503 and "not yet in the warehouse" in r.json()["error"]
+            assert pg.password not in r.text
+        with BackgroundApp(Collector(Store(tmp_path / "c.sqlite"), warehouse_url=pg.url(),
+                                     warehouse_metrics=metrics).app()) as app:
+            exposures = [[u, arm, today] for arm, ids in users.items() for u in ids]
+            assert httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": exposures}).status_code == 200
+            for _ in range(2):  # a retried close lands nothing twice
+                r = httpx.post(app.url + "/close_day", json={"day": today})
+                assert r.status_code == 200, r.text
+            stats = httpx.get(app.url + "/stats").json()["stats"]["ro"]
+            scrape = httpx.get(app.url + "/metrics").text
+        check = ibis.postgres.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                                      database=pg.database)
+        assert check.table("cambrian_exposures").count().execute() == len(exposures)
+        check.disconnect()
+    assert 'metric="watch_sql"' in scrape and 'metric="hate_sql"' in scrape
+    assert "watch_minutes" in stats  # the built-in metrics stay beside them
+    sums = {arm: {"watch_sql": SufficientStats.from_dict(stats["watch_sql"][arm]),
+                  "hate_sql": RatioStats.from_dict(stats["hate_sql"][arm])} for arm in users}
+    assert sums["t"]["watch_sql"].n == sums["control"]["watch_sql"].n == 1000
+    spec = api.RolloutSpec.model_validate({
+        "control": {"bundle": "c"}, "treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "b"}],
+        "salt": "s", "ramp": {"steps": [{"weights": [50, 50], "duration": "7d"}]},
+        "metrics": {"northStar": [{"name": "watch_sql"}], "guardrails": [{"metric": "hate_sql", "margin": 0.5}]},
+        "statistics": {"minSamplePerArm": 500, "sequential": "msprt"}, "decisionPolicy": "auto"})
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    st = api.RolloutStatus(phase="Running", started_at=t0, step_history=[t0])
+    a = RD.analyse(spec, st, sums, t0 + timedelta(days=1), exposures={"control": 1000, "t": 1000})
+    assert a.outcome == "promote" and a.winner == "t", a.reason
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("[]", "non-empty list"),
+    ("- {name: a}", "give name, sql"),
+    ("- {name: a, sql: 'SELECT user_id, day, x AS value FROM t', color: red}", "give name, sql"),
+    ("- {name: 'bad name', sql: 'SELECT 1'}", "metrics[0].name"),
+    ("- {name: a, sql: 'SELECT user_id, day, x AS value FROM t'}\n- {name: a, sql: 'SELECT 1'}", "metrics[1].name"),
+    ("- {name: a, kind: median, sql: 'SELECT 1'}", "kind must be mean or ratio"),
+    ("- {name: a, sql: 'DELETE FROM t'}", "must be a SELECT"),
+])
+def test_a_bad_metrics_file_is_refused_naming_the_entry(tmp_path, text, fragment):
+    from cambrian.online.warehouse import load_metrics
+
+    path = tmp_path / "metrics.yaml"
+    path.write_text(text)
+    with pytest.raises(WarehouseError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_metrics(path)
+
+
+def test_the_collector_cli_refuses_metrics_without_a_warehouse(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "m.yaml").write_text("- {name: a, sql: 'SELECT user_id, day, x AS value FROM t'}\n")
+    r = subprocess.run([sys.executable, "-m", "cambrian.online.cli", "collect", "--db", str(tmp_path / "c.sqlite"),
+                        "--warehouse-metrics", str(tmp_path / "m.yaml")], capture_output=True, text=True,
+                       timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "--warehouse-url" in r.stderr and "Traceback" not in r.stderr, r.stderr
