@@ -866,8 +866,9 @@ class Statistics(_Model):
     """The sequential analysis: valid however often it looks."""
 
     alpha: float = Field(0.05, gt=0, lt=0.5, description="significance level of a decision (false-positive rate)")
-    method: Literal["msprt", "cs"] = Field(
-        "cs", description="msprt (mixture sequential probability ratio test) or cs (confidence sequences)")
+    method: Literal["msprt", "cs"] | None = Field(
+        None, description="deprecated and ignored (accepted so that stored objects still parse): the test is "
+        "chosen by `sequential`, and every decision reports its interval as a confidence sequence")
     sequential: Literal["group", "msprt"] = Field(
         "group", description="group: a group-sequential design that spends alpha over its horizon (maxDuration, "
         "or plannedSamplePerArm users per arm when set and reached first; every readout is a look, extra or "

@@ -383,3 +383,15 @@ def test_group_design_runs_to_its_final_look_through_the_readout():
     a = RD.analyse(spec, st, sums(0.0, n=4000, seed=3), T0 + timedelta(days=2), exposures={"control": 4000, "t": 4000})
     assert a.outcome == "inconclusive" and "final analysis" in a.reason
 
+
+
+def test_the_deprecated_method_field_changes_nothing_and_sequential_chooses_the_test():
+    """spec.statistics.method was accepted and silently ignored; it is now documented as such (old objects
+    still parse) and the example uses `sequential`, the field that does choose the test."""
+    assert RD.policy_for(rollout_spec(method="msprt")) == RD.policy_for(rollout_spec())
+    assert RD.policy_for(rollout_spec(sequential="msprt")) != RD.policy_for(rollout_spec())
+    import yaml
+    from pathlib import Path
+
+    example = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/examples/rollout.yaml").read_text())
+    assert "method" not in example["spec"]["statistics"]
