@@ -24,6 +24,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# torch.optim's optimizer classes (a test compares them with the installed torch): the gate's static stage
+# refuses a misspelt name in the trusted process, before a sandbox and a torch import are paid for it.
+OPTIMIZER_NAMES = ("ASGD", "Adadelta", "Adafactor", "Adagrad", "Adam", "AdamW", "Adamax", "LBFGS", "Muon", "NAdam",
+                   "RAdam", "RMSprop", "Rprop", "SGD", "SparseAdam")
+
+
 class OptimizerConfig(_Strict):
     """Any `torch.optim` class by name, or plugin code defining `build_optimizer(params, cfg)`."""
 

@@ -118,3 +118,31 @@ def test_cli_invalid_delta_file_exits_2(world_dir, tmp_path):
                            "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "optimizer.lr" in proc.stderr
+
+
+def test_the_optimizer_names_are_torch_optims_own():
+    """OPTIMIZER_NAMES lets the trusted static stage refuse a misspelt name without importing torch; it must
+    be exactly the installed torch.optim's optimizer classes."""
+    import inspect
+
+    import torch
+
+    from cambrian.trainer.config import OPTIMIZER_NAMES
+
+    installed = {n for n, c in vars(torch.optim).items()
+                 if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer}
+    assert set(OPTIMIZER_NAMES) == installed
+
+
+@pytest.mark.parametrize("delta,fragment", [
+    (Delta(component="optimizer", patch={"name": "adamw"}), "did you mean AdamW"),
+    (Delta(component="optimizer", patch={"name": "Adamm"}), "use a torch.optim class"),
+    (Delta(component="architecture", patch={"name": "transformer9000"}), "unknown architecture"),
+])
+def test_unknown_names_are_refused_in_the_trusted_static_stage(quick_config, delta, fragment):
+    """Before: they reached build_optimizer/build_model, inside the sandbox, after its start and a torch import."""
+    from cambrian.trainer.gate import static_checks
+
+    with pytest.raises(GateError, match=fragment) as info:
+        static_checks(apply_delta(quick_config, delta))
+    assert info.value.stage == "static"
