@@ -88,3 +88,17 @@ def test_scaling_quick():
     assert set(r["workers"]) == {"1", "2"} and r["scaling_efficiency"]["1"] == 1.0
     assert all(w["examples_per_second"] > 0 and w["auc"] > 0.5 for w in r["workers"].values())
     assert r["ratio"] == r["scaling_efficiency"]["2"] > 0
+
+
+@pytest.mark.timeout(1200)
+def test_training_quick():
+    """The trainer against three plain loops, the headline against the strongest of them."""
+    from cambrian.bench import training
+
+    r = training.run(quick=True)
+    _well_formed(r, "training")
+    measured = r["baseline_examples_per_second"]
+    assert {"dataloader", "gather"} <= set(measured)
+    assert "gather_compiled" in measured or r["compiled_error"]
+    assert r["strongest_baseline"] == max(measured, key=measured.get)
+    assert r["ratio"] == pytest.approx(r["trainer_examples_per_second"] / measured[r["strongest_baseline"]], rel=0.01)
