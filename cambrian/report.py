@@ -1,8 +1,10 @@
 """`cambrian report RUN_DIR [--out DIR]`: an HTML report with plots for one run.
 
-A run directory is what `cambrian evolve` writes (journal.jsonl, evolve-config.json, candidates/),
-optionally holding online experiments: any sub-folder with the files `cambrian rollout` writes
-(result.json and/or timeline.json). Extra rollout folders can be named with --rollout.
+A run directory is the `--dir` of `cambrian evolve -f` (and `cambrian demo`'s `evolve/`): the operator's
+objects with their status, read by report_objects.py into the same Run. The old `--config` engine's runs
+are read here: journal.jsonl, evolve-config.json, candidates/, optionally holding online experiments:
+any sub-folder with the files `cambrian rollout --config` writes (result.json and/or timeline.json).
+Extra rollout folders can be named with --rollout.
 
 A treatment arm is tied to a hypothesis when the arm is named after the hypothesis id, when the
 rollout folder holds its spec (rollout.yaml / spec.yaml / spec.json, a RolloutSpec) whose treatment
@@ -189,8 +191,8 @@ def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> R
             raise ConfigError("--rollout: a run of `cambrian evolve -f` keeps its rollouts itself")
         return load_driver_run(p)
     if not (p / JOURNAL_FILE).is_file():
-        raise ConfigError(f"{p} is not a Cambrian run directory: it has no {JOURNAL_FILE}",
-                          hint="name a run directory written by `cambrian evolve` (or `cambrian demo`)")
+        raise ConfigError(f"{p} is not a Cambrian run directory: it has no objects/ folder and no {JOURNAL_FILE}",
+                          hint="name the --dir of `cambrian evolve -f` (runs/demo/evolve for `cambrian demo`)")
     j = Journal(p, readonly=True)
     st = j.state
     config = _read_json(p / "evolve-config.json") if (p / "evolve-config.json").is_file() else {}
@@ -613,7 +615,8 @@ def _safe(name: str) -> str:
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="run directory of `cambrian evolve` (holds journal.jsonl)"),
+    run_dir: Path = typer.Argument(..., help="run directory: the --dir of `cambrian evolve -f` (or an old "
+                                   "`--config` run holding journal.jsonl)"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write report.html and the plots "
                                        "(default: RUN_DIR/report)"),
     rollout: list[Path] = typer.Option([], "--rollout", help="an extra rollout output folder (repeatable)"),

@@ -11,9 +11,12 @@ import pytest
 
 from cambrian.operator.localstore import LocalStore
 
-pytestmark = pytest.mark.prometheus
+# two demo runs (one killed) with an A/B rollout: minutes on a busy 2-core machine
+pytestmark = [pytest.mark.prometheus, pytest.mark.timeout(1500)]
 
-EVALUATIONS = 12  # the baseline's 3 seeds and all 9 proposals of the first wake-up
+# the baseline's 3 seeds, the 9 proposals of the first wake-up and 2 confirmation seeds for each of the two
+# promising ones (on this world a reward change with a gain of about 20 noise floors: it goes live)
+EVALUATIONS = 16
 ARGS = ["--fast", "--users", "300", "--days", "4", "--evaluations", str(EVALUATIONS), "--online-days", "3", "--json"]
 
 
@@ -53,28 +56,28 @@ def test_demo_drives_the_operator_core_and_writes_a_report(demo_run):
     assert st["baselineMetrics"]["val_loss"]["seeds"] == 3  # the noise floor was measured
     assert st["spend"]["evaluations"] == EVALUATIONS
     hyps = {h["metadata"]["name"]: h["status"] for h in store.list("hypotheses")}
-    assert len(hyps) == 9 and all(s.get("phase") for s in hyps.values())
+    assert len(hyps) >= 9 and all(s.get("phase") for s in hyps.values())
     assert summary["winners_offline"] == sorted(n for n, s in hyps.items() if s.get("verdict") == "better")
     # the champion is the Evolution's own decision
     assert summary["champion"] == (st["champion"].get("name") or "baseline")
     rollouts = store.list("rollouts")
     assert summary["tested_online"] == [t["hypothesisRef"]["name"] for r in sorted(
         rollouts, key=lambda r: r["metadata"]["creationTimestamp"]) for t in r["spec"]["treatments"]]
-    assert set(summary["tested_online"]) <= set(summary["winners_offline"])  # only "better" goes live
+    assert summary["tested_online"] and set(summary["tested_online"]) <= set(summary["winners_offline"])  # only "better"
     for r in rollouts:  # each concluded and was applied by the Evolution
         assert r["status"]["phase"] in ("Promoted", "RolledBack", "Inconclusive")
         assert r["metadata"]["name"] in st["handledDecisions"]
-        assert (out / "evolve" / "rollouts" / r["metadata"]["name"] / "timeline.jsonl").is_file()
+        timeline = (out / "evolve" / "rollouts" / r["metadata"]["name"] / "timeline.jsonl").read_text()
+        assert '"kind": "readout"' in timeline
     promoted = [r for r in rollouts if r["status"]["phase"] == "Promoted"]
     if promoted:
         assert summary["online_outcome"] == "promote" and st["champion"]["rollout"] in {r["metadata"]["name"] for r in promoted}
         assert hyps[summary["champion"]]["phase"] == "Launched"
-    elif rollouts:
-        assert summary["online_outcome"] in ("rollback", "inconclusive") and summary["champion"] == "baseline"
     else:
-        assert summary["online_outcome"] is None
+        assert summary["online_outcome"] in ("rollback", "inconclusive") and summary["champion"] == "baseline"
     report = (out / "report" / "report.html").read_text()
     assert "<img" in report and summary["report"].endswith("report.html")
+    assert 'src="effects_0_' in report and 'src="guardrails_0_' in report  # from the rollouts' timelines
     assert f"<td>Champion</td><td>{summary['champion']} — " in report
 
 
