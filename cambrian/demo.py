@@ -26,6 +26,7 @@ from typing import Any, Optional
 import typer
 
 from cambrian import inputs
+from cambrian.errors import TrainingError
 
 STAGE_FILE = "demo-state.json"
 EVOLUTION = "demo"
@@ -216,6 +217,13 @@ def outcome(run_dir: Path) -> dict[str, Any]:
             "tested_online": tested, "online_outcome": result, "online_reason": reason or None, "champion": champion}
 
 
+def _failure(run_dir: Path) -> str | None:
+    from cambrian.operator.localstore import LocalStore
+
+    st = (LocalStore(run_dir).get("evolutions", "default", EVOLUTION) or {}).get("status") or {}
+    return (st.get("reason") or "no reason recorded") if st.get("phase") == "Failed" else None
+
+
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="where the demo writes everything"),
     fast: bool = typer.Option(False, "--fast", help="a smaller world and budget: about 5 minutes on 2 cores"),
@@ -262,6 +270,9 @@ def demo(
     summary = {k: summary[k] for k in ("out", "winners_offline", "tested_online", "online_outcome", "online_reason",
                                        "champion", "report")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failed = _failure(out / "evolve")
+    if failed:  # as `cambrian evolve -f` exits: the report and summary.json say what was done
+        raise TrainingError(f"the demo's Evolution failed: {failed}", hint=f"see {out / 'evolve' / 'events.jsonl'}")
     if as_json:
         typer.echo(json.dumps(summary))
         return
