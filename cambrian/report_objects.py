@@ -16,25 +16,20 @@ from typing import Any
 
 from cambrian.errors import ConfigError
 
-TIMELINE = "timeline.jsonl"  # written by cambrian.operator.local_driver (the same name)
-
-
 def is_driver_run(path: Path) -> bool:
     return (path / "objects" / "evolutions").is_dir()
 
 
-def load_driver_run(p: Path, evolution: str | None = None):
-    """The Run of one Evolution in a driver folder (the only one, or `evolution`)."""
+def load_driver_run(p: Path):
+    """The Run of the Evolution in a driver folder (a report is about one loop)."""
     from cambrian.agents.journal import Usage
     from cambrian.operator.localstore import LocalStore
     from cambrian.report import Run
 
     store = LocalStore(p)
     evolutions = store.list("evolutions")
-    if evolution is not None:
-        evolutions = [e for e in evolutions if e["metadata"]["name"] == evolution]
     if len(evolutions) != 1:
-        names = ", ".join(e["metadata"]["name"] for e in store.list("evolutions")) or "none"
+        names = ", ".join(e["metadata"]["name"] for e in evolutions) or "none"
         raise ConfigError(f"{p}: expected one Evolution to report on, found {names}")
     evo = evolutions[0]
     name, spec, st = evo["metadata"]["name"], evo.get("spec") or {}, evo.get("status") or {}
@@ -106,6 +101,7 @@ def _stamp(text: str | None) -> float:
 
 
 def _rollout(p: Path, obj: dict[str, Any]):
+    from cambrian.operator.local_driver import TIMELINE
     from cambrian.report import Rollout
 
     name, spec, st = obj["metadata"]["name"], obj.get("spec") or {}, obj.get("status") or {}

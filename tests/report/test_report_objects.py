@@ -117,3 +117,12 @@ def test_a_driver_run_reads_as_the_same_report(driver_run, tmp_path):
 def test_extra_rollout_folders_are_refused_for_a_driver_run(driver_run, tmp_path):
     with pytest.raises(ConfigError, match="keeps its rollouts itself"):
         load_run(driver_run, [tmp_path])
+
+
+def test_a_driver_folder_with_two_evolutions_is_refused_clearly(driver_run):
+    from cambrian.operator.localstore import LocalStore
+
+    LocalStore(driver_run).put({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution",
+                                "metadata": {"name": "other"}, "spec": {}})
+    with pytest.raises(ConfigError, match="expected one Evolution to report on, found demo, other"):
+        load_run(driver_run)
