@@ -243,14 +243,16 @@ def arm_hypotheses(arms: list[str], spec: dict[str, Any] | None, ids: set[str]) 
 
 
 def persona_metric(h: Any) -> tuple[str | None, bool]:
-    """(primary offline metric, lower is better) of a hypothesis."""
+    """(primary offline metric, lower is better) of a hypothesis: the metric it was judged on (an Evolution's
+    spec.objective.offline may differ from the persona's default), else its persona's."""
     from cambrian.agents.personas import PERSONAS
 
     p = PERSONAS.get(h.persona)
+    if h.primary_metric:
+        lower = p.lower_is_better if p is not None and p.metric == h.primary_metric else h.primary_metric.endswith("loss")
+        return h.primary_metric, lower
     if p is not None:
         return p.metric, p.lower_is_better
-    if h.primary_metric:
-        return h.primary_metric, h.primary_metric == "val_loss"
     return None, True
 
 

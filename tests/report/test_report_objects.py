@@ -11,7 +11,8 @@ from cambrian.errors import ConfigError
 from cambrian.operator.local_driver import TIMELINE, LocalDriver
 from cambrian.operator.platform.local import SIM_EPOCH
 from cambrian.operator.reconcile.observations import Analysis
-from cambrian.report import arm_effects, champion, guardrail_series, load_run, online_outcomes, proxy_vs_online, write_report
+from cambrian.report import (arm_effects, best_so_far, champion, guardrail_series, load_run, online_outcomes,
+                             proxy_vs_online, write_report)
 
 T0 = SIM_EPOCH
 
@@ -59,6 +60,11 @@ def driver_run(tmp_path):
                                                  "reason": "loss is NaN"}))
     store.put(_hyp("demo-w2-0", "architecture", {"phase": "Scored", "verdict": "not_better", "gain": 0.001,
                                                  "noiseFloor": 0.005, **score}, wakeup=2, repair_of="demo-w1-1"))
+    # judged on the Evolution's reward metric (return_corr), not the reward persona's default (long_watch_corr)
+    store.put(_hyp("demo-w1-2", "reward", {"phase": "Scored", "verdict": "not_better", "gain": -0.01, "noiseFloor": 0.002,
+                                           "offlineMetric": "return_corr", "proxyMetrics": {
+                                               "return_corr": {"value": 0.01, "seeds": 1},
+                                               "long_watch_corr": {"value": 0.09, "seeds": 1}}}))
     spec = {"evolutionRef": {"name": "demo"}, "control": {"name": "control", "bundle": "file:///b/base"},
             "treatments": [{"name": "treatment", "hypothesisRef": {"name": "demo-w1-0"}, "bundle": "file:///b/demo-w1-0"}],
             "metrics": {"northStar": [{"name": "watch_minutes"}]}}
@@ -90,12 +96,14 @@ def test_a_driver_run_reads_as_the_same_report(driver_run, tmp_path):
     assert len((driver_run / "rollouts" / "ro-1" / TIMELINE).read_text().splitlines()) == 8
     run = load_run(driver_run)
     hs = run.by_id()
-    assert set(hs) == {"demo-w1-0", "demo-w1-1", "demo-w2-0"}
+    assert set(hs) == {"demo-w1-0", "demo-w1-1", "demo-w1-2", "demo-w2-0"}
     assert (hs["demo-w1-0"].verdict, hs["demo-w1-0"].gain, hs["demo-w1-0"].noise_floor) == ("better", 0.02, 0.005)
     assert hs["demo-w1-0"].offline["val_loss"].n == 3 and run.baseline["val_loss"].std == 0.004
     assert hs["demo-w2-0"].parent == "demo-w1-1" and hs["demo-w2-0"].generation == 2
     assert hs["demo-w1-1"].failure.stage == "training"
     assert run.evaluations == 7 and run.generations_done == [1, 2]
+    reward = best_so_far(run)["reward"]
+    assert (reward["metric"], reward["lower"], reward["points"][0][1]) == ("return_corr", False, 0.01)
     assert champion(run) == ("demo-w1-0", "launched by rollout ro-1: watch_minutes +5%")
     (ro,) = run.rollouts
     assert ro.arm_hypothesis == {"treatment": "demo-w1-0"} and ro.result["outcome"] == "promote"
