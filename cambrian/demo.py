@@ -1,13 +1,17 @@
 """`cambrian demo`: the whole self-evolving loop on the built-in simulated world, on one machine.
 
-Stages (each leaves its result on disk, so a re-run resumes where the last one stopped):
+The demo is one Evolution object (the CRD format of manifests/examples/evolution.yaml) run by the
+operator's reconcile core through the local platform, as `cambrian evolve -f FILE --dir OUT/evolve` runs
+it: the baseline trained over several seeds (its noise floor), wake-ups of the proposer, sandboxed
+training, confirmation seeds, A/B Rollouts of the top-K better hypotheses with model servers, a sticky
+router, simulated users and a real Prometheus, and the winner launched as champion by the core.
+
+Stages (a re-run resumes where the last one stopped):
   1. world     generate the simulated world's logs (cambrian world generate)
-  2. offline   the offline agent's generations: propose, gate, train, score against the noise floor
-  3. select    the online agent ranks the journal and picks the top K for a live experiment
-  4. online    an A/B/n Rollout: model servers, sticky router, simulated users, real Prometheus, decision
-  5. launch    the decision is written back to the journal; a winner becomes the champion
-  6. report    report.html with plots
-With GEMINI_API_KEY set, both agents are Gemini (google-genai); otherwise the built-in proposer and rule.
+  2. evolve    the local driver over OUT/evolve, until the Rollouts conclude or the budget is spent
+               (killed, it resumes from its files: nothing finished is trained or played again)
+  3. report    report.html with plots, read from the driver's objects
+With GEMINI_API_KEY set the proposer is Gemini; otherwise the built-in proposer.
 """
 
 from __future__ import annotations
@@ -22,29 +26,31 @@ from typing import Any, Optional
 import typer
 
 from cambrian import inputs
+from cambrian.errors import TrainingError
 
 STAGE_FILE = "demo-state.json"
+EVOLUTION = "demo"
+GEMINI_MODEL = "gemini-2.5-pro"
 
 
 @dataclass(frozen=True)
 class DemoSize:
     users: int
     days: int
-    generations: int
-    evaluations: int
-    online_days: int
-    top_k: int
+    evaluations: int  # training runs in total: the baseline's seeds, candidates, confirmation seeds
+    online_days: int  # the longest a Rollout runs (maxDuration)
+    top_k: int  # Rollouts live at once
     epochs: int
     max_train_examples: int
     world: str  # world preset (cambrian.world.params.PRESETS)
 
 
-# Fast: one generation of 9 proposals (3 personas x explore/exploit/innovate), small training runs,
-# on the `easy` world (large online effects, so a 6-day A/B test on 1000 users decides). Full: the
-# calibrated world, whose effects are of a real product's size (world/README.md).
-FAST = DemoSize(users=1000, days=6, generations=1, evaluations=18, online_days=6, top_k=2, epochs=2,
+# Fast: one wake-up of 9 proposals (3 personas x explore/exploit/innovate) and their confirmation seeds,
+# small training runs, on the `easy` world (large online effects, so a 6-day A/B test on 1000 users
+# decides). Full: the calibrated world, whose effects are of a real product's size (world/README.md).
+FAST = DemoSize(users=1000, days=6, evaluations=18, online_days=6, top_k=2, epochs=2,
                 max_train_examples=200_000, world="easy")
-FULL = DemoSize(users=2000, days=14, generations=3, evaluations=45, online_days=10, top_k=2, epochs=4,
+FULL = DemoSize(users=2000, days=14, evaluations=45, online_days=10, top_k=2, epochs=4,
                 max_train_examples=500_000, world="calibrated")
 
 
@@ -69,11 +75,44 @@ def _gemini_available() -> bool:
     return bool(os.environ.get("GEMINI_API_KEY"))
 
 
+def evolution_object(size: DemoSize, seed: int, gemini: bool) -> dict[str, Any]:
+    """The demo's Evolution: what `kubectl apply` would take for the same loop in a cluster."""
+    agent: dict[str, Any] = {"provider": "gemini", "model": GEMINI_MODEL} if gemini else {"provider": "builtin"}
+    planned = max(100, size.users // 4)
+    return {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": EVOLUTION},
+        "spec": {
+            "baseline": {"training": {"epochs": size.epochs, "max_train_examples": size.max_train_examples,
+                                      "seed": seed}},
+            "objective": {"northStar": [{"name": "watch_minutes", "direction": "maximize", "window": "1d"},
+                                        {"name": "returned_next_day", "direction": "maximize", "window": "1d"}]},
+            "guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.10}],
+            "agent": {**agent, "personas": ["optimizer", "architecture", "reward"], "proposalsPerWakeup": 3,
+                      "quotas": {"explore": 1, "exploit": 1, "innovate": 1},
+                      "budgets": {"evaluations": size.evaluations}},
+            "topK": size.top_k,
+            # a wake-up and a review per simulated day: the clock waits while training runs, so each
+            # wake-up's proposals are trained and judged before the next review picks the top K
+            "cadence": {"offline": "1d", "online": "1d"},
+            "launchPolicy": "auto",
+            "training": {"gpu": {"count": 0}, "maxAttempts": 1},
+            "experiment": {
+                "ramp": {"steps": [{"weights": [90, 10], "duration": "1d"}, {"weights": [75, 25], "duration": "1d"},
+                                   {"weights": [50, 50], "duration": "1d"}]},
+                "readout": {"interval": "1d"},
+                "statistics": {"minSamplePerArm": 50, "plannedSamplePerArm": planned,
+                               "maxDuration": f"{size.online_days}d"},
+            },
+            "data": {"world": {"users": size.users, "days": size.days, "seed": seed}},
+        },
+    }
+
+
 def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
     from cambrian.world.generate import generate
 
     world = out / "world"
-    console.print(f"[bold]1/6 world[/bold]: {size.users} simulated users, {size.days} logged days, "
+    console.print(f"[bold]1/3 world[/bold]: {size.users} simulated users, {size.days} logged days, "
                   f"{size.world} world")
     summary = generate(world, n_users=size.users, days=size.days, seed=seed, force=True, preset=size.world)
     overall = summary["overall"]
@@ -82,111 +121,107 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
     return str(world)
 
 
-def offline_config(out: Path, world: str, size: DemoSize, seed: int):
-    from cambrian.agents.settings import parse_evolve_config
-
-    provider = {"kind": "gemini"} if _gemini_available() else {"kind": "builtin"}
-    return parse_evolve_config({
-        "data_dir": world, "run_dir": str(out / "evolve"), "generations": size.generations, "workers": 2,
-        "provider": provider, "seed": seed, "budgets": {"max_evaluations": size.evaluations},
-        "baseline_overrides": {"training": {"epochs": size.epochs, "max_train_examples": size.max_train_examples}},
-        "online_metrics": ["watch_minutes", "returned_next_day"],
-    }, "demo offline settings")
-
-
-def stage_offline(out: Path, world: str, size: DemoSize, seed: int, live: bool) -> dict:
-    from cambrian.agents.cli import _print_summary, _run_live
-    from cambrian.agents.evolve import Evolution
-
-    cfg = offline_config(out, world, size, seed)
-    result = _run_live(cfg) if live else Evolution(cfg).run()
-    if live:
-        _print_summary(result)
-    return result.to_json()
+def rollouts_settled(driver) -> str | None:
+    """The demo's end: its budget is spent and every Rollout it started has concluded and been applied by
+    the Evolution (a champion launched or not). The driver stops on its own when no Rollout ever starts."""
+    evo = driver.store.get("evolutions", "default", EVOLUTION) or {}
+    st = evo.get("status") or {}
+    rollouts = driver.store.list("rollouts")
+    if st.get("phase") != "BudgetExhausted" or not rollouts:
+        return None
+    if any((h.get("status") or {}).get("phase") in (None, "Proposed", "Training") for h in driver.store.list("hypotheses")):
+        return None
+    handled = set(st.get("handledDecisions") or [])
+    if all(r["metadata"]["name"] in handled for r in rollouts):
+        return "every rollout of the demo concluded"
+    return None
 
 
-def stage_select(out: Path, size: DemoSize, console) -> dict:
-    from cambrian.agents.evolve import bundle_path
-    from cambrian.agents.journal import Journal
-    from cambrian.agents.online import GeminiRanker, OnlineAgent
+class Progress:
+    """One line whenever the counts of hypothesis and rollout phases change (the driver's on_pass)."""
 
-    journal = Journal(out / "evolve")
-    ranker = GeminiRanker() if _gemini_available() else None
-    agent = OnlineAgent(k=size.top_k, ranker=ranker, north_star=["watch_minutes", "returned_next_day"],
-                        guardrails=["hate_rate must not rise by more than 10% relative"])
-    selection = agent.select(journal.hypotheses)
-    arms = {hid: str(bundle_path(out / "evolve", hid)) for hid in selection.ranking if bundle_path(out / "evolve", hid)}
-    console.print(f"[bold]3/6 select[/bold] ({selection.ranked_by}): "
-                  + (", ".join(f"{h} — {selection.reasons.get(h, '')}" for h in arms) or "nothing to test"))
-    if selection.note:
-        console.print(f"    {selection.note}")
-    for hid in arms:
-        journal.update(hid, phase="Live")
-    return {"arms": arms, "ranked_by": selection.ranked_by, "reasons": selection.reasons}
+    def __init__(self, console, every_s: float = 2.0):
+        self.console, self.last, self.every_s, self.checked = console, None, every_s, 0.0
 
+    def __call__(self, driver) -> None:
+        import time
 
-def stage_online(out: Path, world: str, arms: dict[str, str], size: DemoSize, console) -> dict:
-    from cambrian.agents.evolve import BASELINE_ID, bundle_path
-    from cambrian.online.rollout import run_rollout
+        from cambrian.operator.platform.local import SIM_EPOCH
 
-    control = bundle_path(out / "evolve", BASELINE_ID)
-    if control is None:
-        raise typer.BadParameter("the offline stage produced no baseline bundle")
-    per_arm = min(33, 100 // (len(arms) + 1))
-    spec = {
-        "name": "demo", "world": world, "control": str(control), "treatments": arms, "days": size.online_days,
-        "ramp": [{"day": 0, "weight": min(10, per_arm)}, {"day": 1, "weight": min(25, per_arm)}, {"day": 2, "weight": per_arm}],
-        "north_star": "watch_minutes", "secondary": ["returned_next_day", "ctr"],
-        "guardrails": [{"metric": "hate_rate", "margin": 0.10, "relative": True, "higher_is_better": False}],
-        "planned_users_per_arm": max(100, size.users // 4), "min_users_per_arm": 50,
-    }
-    rollout_dir = out / "evolve" / "rollouts" / "demo"
-    console.print(f"[bold]4/6 online[/bold]: A/B/{len(arms) + 1} test of {', '.join(arms)} against the baseline, "
-                  f"up to {size.online_days} simulated days, real Prometheus")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        if time.monotonic() - self.checked < self.every_s:  # reading every object costs CPU the training needs
+            return
+        self.checked = time.monotonic()
 
-    progress = Progress(TextColumn("    simulated days"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[status]}"), console=console)
+        def count(plural: str) -> str:
+            phases: dict[str, int] = {}
+            for o in driver.store.list(plural):
+                p = (o.get("status") or {}).get("phase") or "New"
+                phases[p] = phases.get(p, 0) + 1
+            return ", ".join(f"{n} {p}" for p, n in sorted(phases.items())) or "none"
 
-    def day_done(rollout, day: int) -> None:
-        last = rollout.last_decision.outcome if rollout.last_decision else "no look yet"
-        weights = " ".join(f"{arm}={w}%" for arm, w in rollout.weights.items())
-        progress.update(task, advance=1, status=f"day {day}: {weights}; last look: {last}")
-
-    with progress:
-        task = progress.add_task("online", total=size.online_days, status="starting servers and Prometheus")
-        result = run_rollout(spec, rollout_dir, on_day_end=day_done)
-    return {**result.to_dict(), "dir": str(rollout_dir)}
+        line = f"hypotheses: {count('hypotheses')}; rollouts: {count('rollouts')}"
+        if line != self.last:
+            self.last = line
+            day = (driver.now - SIM_EPOCH).total_seconds() / 86400
+            self.console.print(f"    day {day:4.1f}  {line}")
 
 
-def stage_launch(out: Path, online: dict, console) -> dict:
-    from cambrian.agents.journal import Journal
-    from cambrian.agents.online import record_outcome
+def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console) -> dict[str, Any]:
+    from cambrian.operator import api
+    from cambrian.operator.local_driver import LocalDriver
 
-    journal = Journal(out / "evolve")
-    decision = online.get("last_decision") or {}
-    arms = decision.get("arms", {}) if isinstance(decision, dict) else {}
-    winner = online.get("winner") if online.get("outcome") == "promote" else None
-    for hid in online.get("final_weights", {}):
-        if hid == "control" or hid not in journal.state.hypotheses:
-            continue
-        arm = arms.get(hid, {}) if isinstance(arms, dict) else {}
-        outcome = "promote" if hid == winner else online["rolled_back"].get(hid, online.get("outcome", "inconclusive"))
-        outcome = outcome if outcome in ("promote", "inconclusive") else "rollback"
-        record_outcome(journal, hid, outcome, {k: arm[k] for k in ("effect", "ci", "p_value") if k in arm},
-                       launched=hid == winner)
-    champion = {"hypothesis": winner or "baseline", "decided_by": online.get("reason", "")}
-    (out / "champion.json").write_text(json.dumps(champion, indent=2) + "\n")
-    console.print(f"[bold]5/6 launch[/bold]: {online.get('outcome')} — champion is {champion['hypothesis']}")
-    return champion
+    obj = evolution_object(size, seed, _gemini_available())
+    api.parse_resource(obj)  # the demo's own object: a failure here is a bug, not bad input
+    console.print(f"[bold]2/3 evolve[/bold]: Evolution {EVOLUTION} in {out / 'evolve'}: up to {size.evaluations} "
+                  f"training runs, top {size.top_k} in A/B rollouts of up to {size.online_days} simulated days")
+    driver = LocalDriver(out / "evolve", data_dir=world, workers=2, max_days=size.online_days * 4 + 10,
+                         on_pass=Progress(console), until=rollouts_settled)
+    driver.apply([obj])
+    summary = driver.run()
+    console.print(f"    {summary.reason} (after {summary.days:g} simulated days)")
+    return {"reason": summary.reason, "days": round(summary.days, 3)}
 
 
 def stage_report(out: Path, console) -> str:
     from cambrian.report import load_run, write_report
 
     path = write_report(load_run(out / "evolve"), out / "report")
-    console.print(f"[bold]6/6 report[/bold]: {path}")
+    console.print(f"[bold]3/3 report[/bold]: {path}")
     return str(path)
+
+
+def outcome(run_dir: Path) -> dict[str, Any]:
+    """What the core decided, read from the driver's objects: offline winners, rollouts, champion."""
+    from cambrian.operator.localstore import LocalStore
+
+    store = LocalStore(run_dir)
+    evo = store.get("evolutions", "default", EVOLUTION) or {}
+    st = evo.get("status") or {}
+    hyps = store.list("hypotheses")
+    rollouts = sorted(store.list("rollouts"), key=lambda r: r["metadata"].get("creationTimestamp") or "")
+    tested = [t["hypothesisRef"]["name"] for r in rollouts for t in (r.get("spec") or {}).get("treatments", [])]
+    champion = (st.get("champion") or {}).get("name") or "baseline"
+    decided = [(r, (r.get("status") or {}).get("decision")) for r in rollouts]
+    promoted = [r for r, d in decided if d == "promote" and r["metadata"]["name"] == (st.get("champion") or {}).get("rollout")]
+    if promoted:
+        result, why = "promote", [promoted[0]]
+    elif any(d is None for _, d in decided):
+        result, why = "continue", rollouts
+    else:
+        ds = [d for _, d in decided]
+        result = "rollback" if "rollback" in ds else ("inconclusive" if ds else None)
+        why = rollouts
+    reason = "; ".join(f"{', '.join(t['hypothesisRef']['name'] for t in r['spec']['treatments'])}: "
+                       f"{(r.get('status') or {}).get('reason') or (r.get('status') or {}).get('phase')}" for r in why)
+    return {"winners_offline": sorted(h["metadata"]["name"] for h in hyps if (h.get("status") or {}).get("verdict") == "better"),
+            "tested_online": tested, "online_outcome": result, "online_reason": reason or None, "champion": champion}
+
+
+def _failure(run_dir: Path) -> str | None:
+    from cambrian.operator.localstore import LocalStore
+
+    st = (LocalStore(run_dir).get("evolutions", "default", EVOLUTION) or {}).get("status") or {}
+    return (st.get("reason") or "no reason recorded") if st.get("phase") == "Failed" else None
 
 
 def demo(
@@ -197,15 +232,19 @@ def demo(
     users: Optional[int] = typer.Option(None, "--users", min=50, help="override the number of simulated users"),
     days: Optional[int] = typer.Option(None, "--days", min=2, help="override the number of logged days"),
     evaluations: Optional[int] = typer.Option(None, "--evaluations", min=4, help="override the training budget"),
-    online_days: Optional[int] = typer.Option(None, "--online-days", min=1, help="override the A/B test's length"),
+    online_days: Optional[int] = typer.Option(None, "--online-days", min=1, help="override the A/B tests' length"),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON (no live display)"),
 ) -> None:
-    """Run the whole loop on the built-in simulated world: offline agent, online A/B test, launch, report.
+    """Run the whole loop on the built-in simulated world: the operator's core through the local platform
+    (baseline noise floor, proposals, training, A/B rollouts, launch), then a report.
 
-    Re-running resumes after the last finished stage (Ctrl-C is safe).
+    Re-running resumes where the last run stopped (Ctrl-C, or a kill, is safe).
     """
+    import logging
+
     from rich.console import Console
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     console = Console(quiet=as_json)
     size = FAST if fast else FULL
     overrides = {"users": users, "days": days, "evaluations": evaluations, "online_days": online_days}
@@ -223,30 +262,20 @@ def demo(
 
     if not state.done("world"):
         state.finish("world", stage_world(out, size, seed, console))
-    world = state.data["world"]
-    if not state.done("offline"):
-        console.print(f"[bold]2/6 offline[/bold]: {size.generations} generations, up to {size.evaluations} evaluations")
-        state.finish("offline", stage_offline(out, world, size, seed, live=not as_json))
-    if not state.done("select"):
-        state.finish("select", stage_select(out, size, console))
-    arms = state.data["select"]["arms"]
-    if arms and not state.done("online"):
-        state.finish("online", stage_online(out, world, arms, size, console))
-    if arms and not state.done("launch"):
-        state.finish("launch", stage_launch(out, state.data["online"], console))
+    if not state.done("evolve"):
+        state.finish("evolve", stage_evolve(out, state.data["world"], size, seed, console))
     if not state.done("report"):
         state.finish("report", stage_report(out, console))
-    summary = {
-        "out": str(out), "winners_offline": [w["id"] for w in state.data["offline"].get("winners", [])],
-        "tested_online": list(arms), "online_outcome": state.data.get("online", {}).get("outcome"),
-        "online_reason": state.data.get("online", {}).get("reason"),
-        "champion": state.data.get("launch", {}).get("hypothesis", "baseline"), "report": state.data["report"],
-    }
+    summary = {"out": str(out), **outcome(out / "evolve"), "report": state.data["report"]}
+    summary = {k: summary[k] for k in ("out", "winners_offline", "tested_online", "online_outcome", "online_reason",
+                                       "champion", "report")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    failed = _failure(out / "evolve")
+    if failed:  # as `cambrian evolve -f` exits: the report and summary.json say what was done
+        raise TrainingError(f"the demo's Evolution failed: {failed}", hint=f"see {out / 'evolve' / 'events.jsonl'}")
     if as_json:
         typer.echo(json.dumps(summary))
         return
     console.rule("summary")
     for key, value in summary.items():
         console.print(f"[bold]{key}[/bold]: {value}")
-

@@ -1,8 +1,10 @@
 """`cambrian report RUN_DIR [--out DIR]`: an HTML report with plots for one run.
 
-A run directory is what `cambrian evolve` writes (journal.jsonl, evolve-config.json, candidates/),
-optionally holding online experiments: any sub-folder with the files `cambrian rollout` writes
-(result.json and/or timeline.json). Extra rollout folders can be named with --rollout.
+A run directory is the `--dir` of `cambrian evolve -f` (and `cambrian demo`'s `evolve/`): the operator's
+objects with their status, read by report_objects.py into the same Run. The old `--config` engine's runs
+are read here: journal.jsonl, evolve-config.json, candidates/, optionally holding online experiments:
+any sub-folder with the files `cambrian rollout --config` writes (result.json and/or timeline.json).
+Extra rollout folders can be named with --rollout.
 
 A treatment arm is tied to a hypothesis when the arm is named after the hypothesis id, when the
 rollout folder holds its spec (rollout.yaml / spec.yaml / spec.json, a RolloutSpec) whose treatment
@@ -22,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import typer
 
@@ -76,6 +78,8 @@ class Run:
     stop_reason: str | None
     config: dict[str, Any]
     rollouts: list[Rollout]
+    champion: tuple[str, str] | None = None  # (champion, why) as the Evolution decided it, for a driver run
+    tokens_split: bool = True  # the LLM usage is known as tokens in and out (a driver run counts the total)
 
     def by_id(self) -> dict[str, Any]:
         return {h.id: h for h in self.hypotheses}
@@ -131,17 +135,17 @@ def load_rollout(folder: Path, hypothesis_ids: set[str]) -> Rollout:
     return ro
 
 
-def finished_generations(state: Any) -> list[int]:
+def finished_generations(hypotheses: Iterable[Any], marked_done: Iterable[int]) -> list[int]:
     """Generations marked done, and those whose proposals all reached a final phase: the operator's loop
-    journals hypotheses but never marks a generation done, which read as "0 of 1" after a full generation."""
+    never marks a generation (a wake-up) done, which read as "0 of 1" after a full generation."""
     from cambrian.agents.journal import TERMINAL_PHASES
 
     by_gen: dict[int, list[str]] = {}
-    for h in state.hypotheses.values():
+    for h in hypotheses:
         if h.generation >= 1:
             by_gen.setdefault(h.generation, []).append(h.phase)
     settled = {g for g, phases in by_gen.items() if all(ph in TERMINAL_PHASES for ph in phases)}
-    return sorted(set(state.generations_done) | settled)
+    return sorted(set(marked_done) | settled)
 
 
 def _bundle_paths(spec: dict[str, Any] | None) -> list[Path]:
@@ -175,15 +179,20 @@ def check_rollout_belongs(ro: Rollout, run_dir: Path, config: dict[str, Any]) ->
 
 def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> Run:
     from cambrian.agents.journal import JOURNAL_FILE, Journal
+    from cambrian.report_objects import is_driver_run, load_driver_run
 
     p = Path(run_dir)
     if not p.exists():
         raise ConfigError(f"{p}: no such directory", hint="name a run directory written by `cambrian evolve`")
     if not p.is_dir():
         raise ConfigError(f"{p}: not a directory", hint="name a run directory written by `cambrian evolve`")
+    if is_driver_run(p):  # `cambrian evolve -f` / `cambrian demo`: the operator's objects and their status
+        if extra_rollouts:
+            raise ConfigError("--rollout: a run of `cambrian evolve -f` keeps its rollouts itself")
+        return load_driver_run(p)
     if not (p / JOURNAL_FILE).is_file():
-        raise ConfigError(f"{p} is not a Cambrian run directory: it has no {JOURNAL_FILE}",
-                          hint="name a run directory written by `cambrian evolve` (or `cambrian demo`)")
+        raise ConfigError(f"{p} is not a Cambrian run directory: it has no objects/ folder and no {JOURNAL_FILE}",
+                          hint="name the --dir of `cambrian evolve -f` (runs/demo/evolve for `cambrian demo`)")
     j = Journal(p, readonly=True)
     st = j.state
     config = _read_json(p / "evolve-config.json") if (p / "evolve-config.json").is_file() else {}
@@ -196,7 +205,7 @@ def load_run(run_dir: str | Path, extra_rollouts: list[Path] | None = None) -> R
         if ro.path in extra and ro.path not in {f.resolve() for f in own}:
             check_rollout_belongs(ro, p, config)
     run = Run(p, list(st.hypotheses.values()), dict(st.baseline), st.usage, st.train_seconds, st.evaluations,
-              finished_generations(st), st.stop_reason, config, rollouts)
+              finished_generations(st.hypotheses.values(), st.generations_done), st.stop_reason, config, rollouts)
     # Hypotheses whose journal entry names a rollout arm.
     for h in run.hypotheses:
         rname, arm = h.online.get("rollout"), h.online.get("arm")
@@ -234,14 +243,16 @@ def arm_hypotheses(arms: list[str], spec: dict[str, Any] | None, ids: set[str]) 
 
 
 def persona_metric(h: Any) -> tuple[str | None, bool]:
-    """(primary offline metric, lower is better) of a hypothesis."""
+    """(primary offline metric, lower is better) of a hypothesis: the metric it was judged on (an Evolution's
+    spec.objective.offline may differ from the persona's default), else its persona's."""
     from cambrian.agents.personas import PERSONAS
 
     p = PERSONAS.get(h.persona)
+    if h.primary_metric:
+        lower = p.lower_is_better if p is not None and p.metric == h.primary_metric else h.primary_metric.endswith("loss")
+        return h.primary_metric, lower
     if p is not None:
         return p.metric, p.lower_is_better
-    if h.primary_metric:
-        return h.primary_metric, h.primary_metric == "val_loss"
     return None, True
 
 
@@ -393,7 +404,10 @@ def proxy_vs_online(run: Run) -> list[dict[str, Any]]:
 
 
 def champion(run: Run) -> tuple[str, str]:
-    """(champion, why): the last promoted winner of a rollout, else the launched hypothesis, else the baseline."""
+    """(champion, why): the Evolution's own champion in a driver run; else the last promoted winner of a
+    rollout, else the launched hypothesis, else the baseline."""
+    if run.champion is not None:
+        return run.champion
     for ro in reversed(run.rollouts):
         r = ro.result or {}
         if r.get("outcome") == "promote" and r.get("winner"):
@@ -425,8 +439,9 @@ def summary_rows(run: Run) -> list[tuple[str, str]]:
         ("Stopped", run.stop_reason or "not stopped (running or interrupted)"),
         ("Hypotheses", f"{len(hs)}: " + (", ".join(f"{k} {v}" for k, v in sorted(phases.items())) or "none")),
         ("Better than baseline offline", ", ".join(better) or "none yet"),
-        ("LLM spend", f"{u.input_tokens + u.output_tokens:,} tokens ({u.input_tokens:,} in, {u.output_tokens:,} out), "
-                      f"${u.dollars:.4f} over {u.calls} call(s)"
+        ("LLM spend", f"{u.input_tokens + u.output_tokens:,} tokens"
+                      + (f" ({u.input_tokens:,} in, {u.output_tokens:,} out)" if run.tokens_split else "")
+                      + f", ${u.dollars:.4f} over {u.calls} call(s)"
                       + _budget_text(budgets, ("max_tokens", "max_dollars"))),
         ("Training spend", f"{run.evaluations} training run(s), {run.train_seconds:,.1f} s of training wall time"
                            + _budget_text(budgets, ("max_evaluations", "max_train_seconds"))),
@@ -602,7 +617,8 @@ def _safe(name: str) -> str:
 
 
 def report(
-    run_dir: Path = typer.Argument(..., help="run directory of `cambrian evolve` (holds journal.jsonl)"),
+    run_dir: Path = typer.Argument(..., help="run directory: the --dir of `cambrian evolve -f` (or an old "
+                                   "`--config` run holding journal.jsonl)"),
     out: Optional[Path] = typer.Option(None, "--out", help="where to write report.html and the plots "
                                        "(default: RUN_DIR/report)"),
     rollout: list[Path] = typer.Option([], "--rollout", help="an extra rollout output folder (repeatable)"),

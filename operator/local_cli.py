@@ -3,7 +3,7 @@
 The input is the CRD YAML the cluster takes (manifests/examples/); the objects and their status are kept
 in `--dir` (one YAML file each), so re-running the same command resumes a run that was stopped or
 killed. The old settings formats (`--config`) still run the previous local engine for now, with a
-notice; they go once `cambrian demo` runs on the driver.
+notice (the benchmarks use that engine too); `cambrian demo` runs on the driver (cambrian/demo.py).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from their owner's uid, so a replayed step finds what it created before instead 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import signal
 import threading
@@ -39,6 +40,7 @@ IN_FLIGHT = (None, "Proposed", "Training")
 LIVE = ("Pending", "Deploying", "Running", "AwaitingApproval")
 MAX_PASSES = 50  # passes at one instant before the objects are declared not to converge
 MAX_APPLY_FAILURES = 3
+TIMELINE = "timeline.jsonl"  # per rollout folder: weights and readouts over time (for reports)
 
 
 class DriverError(CambrianError):
@@ -57,7 +59,8 @@ class Summary:
 class LocalDriver:
     def __init__(self, root: str | Path, *, data_dir: str | Path | None = None, workers: int = 1,
                  max_days: float = 60.0, poll_s: float = 0.5, proposer: Any = None, limits: Any = None,
-                 train_command: list[str] | None = None, on_pass: Callable[["LocalDriver"], None] | None = None):
+                 train_command: list[str] | None = None, on_pass: Callable[["LocalDriver"], None] | None = None,
+                 until: Callable[["LocalDriver"], str | None] | None = None):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(self.root)
@@ -70,6 +73,7 @@ class LocalDriver:
         self.platform = LocalPlatform(self.root, self.store, lambda: self.now, proposer=proposer, data_dir=data_dir,
                                       workers=workers, limits=limits, train_command=train_command)
         self.max_days, self.poll_s, self.on_pass = max_days, poll_s, on_pass
+        self.until = until  # an extra reason to stop once the objects are settled (None: go on)
         self.cache: dict = {}
         self._failures: dict[tuple[str, str], int] = {}
         # evolution -> the Scored hypotheses its last review saw and started nothing for (None: it started some)
@@ -132,6 +136,8 @@ class LocalDriver:
             return False
         new = s.result.status.wire()
         self.store.write_status(kind, name, new)
+        if kind == "Rollout":
+            self._timeline(name, old, new, s.analysis)
         if s.failed:
             if new != old:
                 log.error("%s %s: %s", kind, name, new.get("reason"))
@@ -140,6 +146,29 @@ class LocalDriver:
             started = any(isinstance(a, CreateRollout) for a in s.result.actions)
             self._quiet_review[name] = None if started else _scored(s.hypotheses)
         return bool(s.result.actions) or new != old
+
+    def _timeline(self, name: str, old: dict[str, Any], new: dict[str, Any], analysis: Any) -> None:
+        """A rollout's history for the report (`ROOT/rollouts/<name>/timeline.jsonl`): every weight change and
+        every readout with the statistics' per-arm detail, which its status keeps only for the last look.
+        Rows carry the readout count; a step replayed after a kill writes its row again, readers keep the last."""
+        rows = []
+        day = None if not new.get("startedAt") else clock_day(self.now) - clock_day(datetime.fromisoformat(new["startedAt"]))
+        weights = {a["name"]: a.get("weight", 0) for a in new.get("arms") or []}
+        if new.get("weightsSummary") != old.get("weightsSummary") and weights:
+            rows.append({"kind": "weights", "day": day, "weights": weights})
+        if analysis is not None and new.get("readouts", 0) > old.get("readouts", 0):
+            rows.append({"kind": "readout", "readout": new["readouts"], "day": None if day is None else day - 1,
+                         "outcome": analysis.outcome, "reason": analysis.reason, "n": dict(analysis.n),
+                         "arms": analysis.detail or {}})
+        if new.get("phase") != old.get("phase") and new.get("phase") in ("Promoted", "RolledBack", "Inconclusive"):
+            rows.append({"kind": "concluded", "day": day, "outcome": new.get("decision"), "winner": new.get("winner"),
+                         "reason": new.get("reason")})
+        if rows:
+            path = self.root / "rollouts" / name / TIMELINE
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as fh:
+                for row in rows:
+                    fh.write(json.dumps({"time": self.now.isoformat(), **row}, sort_keys=True, default=str) + "\n")
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -172,7 +201,7 @@ class LocalDriver:
             if self.platform.busy():
                 time.sleep(self.poll_s)
                 continue
-            reason = self.finished()
+            reason = self.finished() or (self.until(self) if self.until is not None else None)
             if reason:
                 return self.summary(reason)
             due = self.next_due()

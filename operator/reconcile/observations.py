@@ -79,8 +79,10 @@ class Analysis:
     effects: tuple[Effect, ...] = ()
     srm_p_value: float | None = None
     srm_mismatch: bool = False
-    state: dict[str, Any] | None = None
-    guardrails: tuple[tuple[str, str, bool], ...] = ()  # (arm, metric, breached) at this readout  # the statistics package's running test state, kept in status
+    state: dict[str, Any] | None = None  # the statistics package's running test state, kept in status
+    guardrails: tuple[tuple[str, str, bool], ...] = ()  # (arm, metric, breached) at this readout
+    # the statistics package's per-arm decision (effect, interval, guardrail estimates), JSON-safe: for reports
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

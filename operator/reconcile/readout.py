@@ -105,6 +105,7 @@ def analyse(
         p = ad.p_adjusted if ad.p_adjusted is not None else ad.p_value
         effects.append(Effect(arm, ns, float(ad.effect.estimate), float(ad.ci[0]), float(ad.ci[1]),
                               relative=True, p_value=None if p is None else float(p)))
+    decided = d.to_dict()
     srm = d.srm
     outcome, reason = d.outcome, d.reason
     breached = {a: ad.reason for a, ad in d.arms.items() if ad.outcome == "rollback"}
@@ -129,5 +130,6 @@ def analyse(
         effects=tuple(effects),
         srm_p_value=None if srm is None else float(srm.p_value),
         srm_mismatch=bool(srm and srm.mismatch),
-        state=d.to_dict()["state"],
+        state=decided["state"],
+        detail=decided["arms"],
     )

@@ -4,6 +4,7 @@ driven with an in-memory platform (the real API server tests belong to the clust
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -52,6 +53,12 @@ def test_readout_promotes_a_clear_winner_and_keeps_state():
     assert a.outcome == "promote" and a.winner == "t" and a.n == {"control": 4000, "t": 4000}
     (eff,) = a.effects
     assert eff.arm == "t" and eff.ci_low > 0 and a.state and a.srm_mismatch is False
+    # the per-arm detail a report plots (the local driver keeps it per readout): effect, interval, guardrails
+    d = a.detail["t"]
+    assert d["effect"]["estimate"] == pytest.approx(eff.estimate) and d["ci"] == pytest.approx([eff.ci_low, eff.ci_high])
+    (g,) = d["guardrails"]
+    assert g["metric"] == "hate" and g["lower"] < g["estimate"] < g["upper"] and g["bound"] == pytest.approx(0.5)
+    json.dumps(a.detail, allow_nan=False)  # JSON-safe, as a status or a timeline row needs
     # through the core: promoted, decision state persisted
     r = R.reconcile(Meta("ro", "u"), spec, st.model_copy(update={"next_readout_at": T0 + timedelta(days=3)}),
                     api.Serving(), None, RolloutObservation(

@@ -114,7 +114,7 @@ def test_cli_end_to_end(offline_only_run, tmp_path):
 
 def test_not_a_run_directory_fails_clearly(tmp_path):
     (tmp_path / "something.txt").write_text("hello")
-    with pytest.raises(ConfigError, match="not a Cambrian run directory: it has no journal.jsonl"):
+    with pytest.raises(ConfigError, match="not a Cambrian run directory: it has no objects/ folder and no journal.jsonl"):
         load_run(tmp_path)
     with pytest.raises(ConfigError, match="no such directory"):
         load_run(tmp_path / "missing")
