@@ -18,9 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# Only the first review (right after the baseline, with nothing scored yet) falls inside a bench run: the
-# benchmarks measure the offline loop, so no Rollout (model servers, router, simulated days) is ever started.
-NO_REVIEW = "3650d"
 SIM_DAYS = 1.0  # simulated-time limit: 288 wake-ups at the default 5-minute cadence, far more than a budget needs
 
 
@@ -31,6 +28,7 @@ def evolution_object(name: str, *, baseline: dict[str, Any], world: dict[str, in
     recorded LLM answers cover one wake-up only); otherwise every 5 simulated minutes until the budget is spent.
     `world`: users, days and seed of the generated world the driver is given (spec.data names the same world)."""
     from cambrian.operator import api
+    from cambrian.operator.local_driver import NO_REVIEW  # the offline loop alone: no Rollout is ever started
 
     obj = {
         "apiVersion": api.API_VERSION, "kind": "Evolution", "metadata": {"name": name},
