@@ -237,6 +237,7 @@ def _evolve_settings(config: Path, file: Path | None, out: Path | None, max_days
                           "give either --config FILE or -f FILE --dir DIR")
     run = evolution_from_settings(load_evolve_config(config), str(config))
     inputs.output_dir(run.run_dir, "run_dir")
+    inputs.data_dir(run.data_dir)  # checked before RUN_DIR/evolution.yaml is written
     converted = run.run_dir / EVOLUTION_FILE
     run.run_dir.mkdir(parents=True, exist_ok=True)
     converted.write_text(yaml.safe_dump(run.evolution, sort_keys=False))

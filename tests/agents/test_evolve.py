@@ -222,3 +222,12 @@ def test_resume_with_another_baseline_is_refused(tmp_path, tiny_world, fake_trai
     changed = cfg.model_copy(update={"baseline_overrides": {"training": {"epochs": 3}}})
     with pytest.raises(ConfigError, match="another baseline"):
         Evolution(changed)
+
+
+def test_cli_evolve_config_checks_the_data_before_writing_the_run_folder(tmp_path):
+    (tmp_path / "evolve.yaml").write_text(yaml.safe_dump({"data_dir": str(tmp_path / "nowhere"), "run_dir": "run",
+                                                          "budgets": {"max_evaluations": 3}}))
+    proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "evolve", "--config", str(tmp_path / "evolve.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a data directory" in proc.stderr.splitlines()[0], proc.stderr
+    assert not (tmp_path / "run").exists()
