@@ -1,4 +1,5 @@
-"""`cambrian evolve` (run or resume the offline loop) and `cambrian journal` (show a run's journal)."""
+"""`cambrian journal` (show a run's journal) and the previous engine's live view (cambrian demo uses it until
+it runs on the LocalDriver; `cambrian evolve` is operator/local_cli.py)."""
 
 from __future__ import annotations
 
@@ -67,27 +68,6 @@ def print_journal(journal, title: str, console=None) -> None:
 
     columns, rows, styles = journal_cells(journal)
     print_table(columns, rows, title=title, styles=styles, console=console)
-
-
-def evolve(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML settings (data_dir, generations, workers, budgets, "
-                                "provider, quotas, run_dir ...); CAMBRIAN_EVOLVE_* variables override them"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON (no live display)"),
-) -> None:
-    """Run the offline loop: propose, gate, train in sandboxes, score against the noise floor, journal.
-
-    Re-running the same command resumes a killed run; finished candidates are never trained again.
-    """
-    from cambrian.agents.evolve import Evolution, dump_json
-    from cambrian.agents.settings import load_evolve_config
-
-    cfg = load_evolve_config(config)
-    if as_json:
-        result = Evolution(cfg).run()
-        typer.echo(dump_json(result))
-        return
-    result = _run_live(cfg)
-    _print_summary(result)
 
 
 def _run_live(cfg):

@@ -4,12 +4,14 @@ evaluation budget, on paired seeds, plus the online north star of each arm's win
 Arms (all train with the real trainer on the same generated world, from the same baseline Φ0):
 * random   — uniform/log-uniform draws over the numeric settings only (Optuna RandomSampler);
 * tpe      — Optuna TPE over the same numeric settings, told the common metric after every evaluation;
-* builtin  — the real offline loop (`run_evolution`) with the built-in proposer: structure, optimizer
-             and reward changes from its catalogue plus its own TPE, noise-floor seeds and confirmation
-             re-runs; every training run counts against the budget (`budgets.max_evaluations`);
+* builtin  — the real offline loop with the built-in proposer: an Evolution object reconciled by the
+             operator's core on the LocalDriver (cambrian.bench.evolution): structure, optimizer and
+             reward changes from its catalogue plus its own TPE, noise-floor seeds and confirmation
+             re-runs; every training run counts against the budget (`spec.agent.budgets.evaluations`);
 * llm      — the same loop with the project's recorded Gemini responses (tests/fixtures/gemini, one
              generation: optimizer, architecture, reward) replayed over loopback to the real google-genai
-             client. Only one generation is recorded, so this arm stops early; `evaluations_used` says so.
+             client through the core's proposer adapter. Only one wake-up is recorded, so this arm wakes up
+             once and may stop early; `evaluations_used` says so.
 Evaluation 1 of the numeric arms is Φ0 itself (the loop's first evaluations are Φ0's noise-floor seeds).
 
 Common offline metric: `long_watch_corr` (rank correlation of the model score with long watches on the
@@ -35,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cambrian.bench.throughput import journal_events, load_now, make_world
+from cambrian.bench.throughput import load_now, make_world
 from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
@@ -171,47 +173,34 @@ def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epoch
 
 
 # ----------------------------------------------------------------------------- loop arms
-def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int) -> tuple[list[dict], dict]:
-    """The real offline loop; its runs in journal order (one per evaluation record)."""
-    from cambrian.agents.evolve import bundle_path, run_evolution
-    from cambrian.agents.settings import EvolveConfig
+def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int,
+             world: dict[str, int]) -> tuple[list[dict], dict]:
+    """The real offline loop (an Evolution reconciled by the operator's core on the LocalDriver); its
+    training runs in the order they finished, one per evaluation."""
+    from cambrian.bench.evolution import evolution_object, run_on_driver
 
     base = baseline_config(epochs, seed)
-    cfg = EvolveConfig(
-        data_dir=data, run_dir=work / f"{kind}-run", generations=1 if kind == "llm" else 100, workers=2,
-        baseline_overrides={"training": base.training.model_dump(mode="json")},
-        provider={"kind": "gemini" if kind == "llm" else "builtin", "retries": 0}, seed=seed,
-        budgets={"max_evaluations": budget}, noise={"baseline_seeds": 2, "confirm_top": 1, "confirm_seeds": 1},
-        limits={"threads": 1, "wall_seconds": 1800},
-    )
-    replay = None
-    proposer = None
+    obj = evolution_object(f"{kind}-s{seed}", baseline={"training": base.training.model_dump(mode="json")},
+                           world=world, provider="gemini" if kind == "llm" else "builtin",
+                           model="gemini-2.5-pro" if kind == "llm" else None, evaluations=budget,
+                           baseline_seeds=2, confirm_seeds=1, one_wakeup=kind == "llm")
+    replay = proposer = None
     if kind == "llm":
         from cambrian.agents.proposers.llm import GeminiProposer
+        from cambrian.operator.proposing import ClusterProposer
 
         replay = GeminiReplay([json.loads((FIXTURES / name).read_text()) for name in RECORDED])
-        proposer = GeminiProposer(model="gemini-2.5-pro", api_key="recorded", base_url=replay.url)
+        # the core's proposer adapter, with the real google-genai client pointed at the recorded answers
+        proposer = ClusterProposer(make=lambda settings, _seed: GeminiProposer(
+            model=settings.model, api_key="recorded", base_url=replay.url), env={"GEMINI_API_KEY": "recorded"})
     try:
-        result = run_evolution(cfg, proposer=proposer)
+        out = run_on_driver(work / f"{kind}-run", obj, data, workers=2, proposer=proposer)
     finally:
         if replay is not None:
             replay.close()
-    events = journal_events(cfg.run_dir)
-    final: dict[str, dict] = {}
-    for e in events:
-        if e.get("type") == "hypothesis":
-            final[e["id"]] = dict(e["data"])
-        elif e.get("type") == "update":
-            final[e["id"]].update(e["fields"])
-    runs = []
-    for e in (e for e in events if e.get("type") == "evaluation"):
-        h = final[e["id"]]
-        run = ((h.get("meta") or {}).get("runs") or {}).get(str(e["seed"])) or {}
-        value = run.get(METRIC) if e.get("ok") else None
-        bundle = bundle_path(cfg.run_dir, e["id"], e["seed"]) if value is not None else None
-        runs.append({"value": value, "hypothesis": e["id"], "seed": e["seed"], "persona": h.get("persona"),
-                     "delta": h.get("delta"), "bundle": str(bundle) if bundle else None})
-    return runs, {"stop_reason": result.stop_reason, "recorded_calls": len(replay.requests) if replay else None}
+    runs = [{"value": r.metrics.get(METRIC) if r.ok else None, "hypothesis": r.hypothesis, "seed": r.seed,
+             "persona": r.persona, "delta": r.delta, "bundle": r.bundle if r.ok else None} for r in out.runs]
+    return runs, {"stop_reason": out.stop_reason, "recorded_calls": len(replay.requests) if replay else None}
 
 
 # ----------------------------------------------------------------------------- online north star
@@ -247,6 +236,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-search-") as tmp:
         data, summary = make_world(Path(tmp) / "world", users, days, seed=0)
+        world_size = {"users": users, "days": days, "seed": 0}
         for s in seeds:
             work = Path(tmp) / f"seed-{s}"
             arms: dict[str, Any] = {}
@@ -257,7 +247,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
                 if arm in ("random", "tpe"):
                     runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs), {}
                 else:
-                    runs, info = run_loop(arm, data, work, train_seed, budget, epochs)
+                    runs, info = run_loop(arm, data, work, train_seed, budget, epochs, world_size)
                 curve = best_so_far([r["value"] for r in runs])
                 curve += [curve[-1] if curve else -math.inf] * (budget - len(curve))  # an arm that stopped early
                 curves[arm].append(curve)

@@ -1,12 +1,14 @@
 """Benchmark `throughput`: hypotheses evaluated per hour by the real offline loop on 2 cores, and the
 share of wall time that is not training.
 
-One `run_evolution` with the built-in proposer (2 workers: one candidate per core, each trainer on one
-torch thread) on a freshly generated world (the default world of `cambrian world generate` in the full
-run). Nothing is estimated: the numbers come from the journal the loop wrote.
-* every `evaluation` record carries the wall seconds of one sandboxed `cambrian train` subprocess;
-* every finished run of a hypothesis carries the trainer's own `train_seconds` (the optimisation loop,
-  `trainer.train.fit`), in the hypothesis' `meta.runs`.
+One Evolution with the built-in proposer, reconciled by the operator's core on the LocalDriver (2 workers:
+one candidate per core, each trainer on one torch thread; cambrian.bench.evolution), on a freshly generated
+world (the default world of `cambrian world generate` in the full run). Nothing is estimated: the numbers
+come from the loop's training runs.
+* each run's wall seconds are the platform's record of one sandboxed `cambrian train` subprocess (started,
+  finished);
+* each finished run carries the trainer's own `train_seconds` (the optimisation loop, `trainer.train.fit`)
+  among the metrics its owner's status keeps (a Hypothesis's `seedRuns`, the Evolution's `baselineRuns`).
 With W the loop's wall time and k = 2 slots, the k·W slot-seconds split into
   fit (training proper)  +  trainer-process overhead (start-up, data loading and reward SQL, gate,
   validation scoring, bundle export)  +  loop overhead (proposing, journal, idle slots at barriers).
@@ -61,36 +63,20 @@ def make_world(out: Path, users: int | None = None, days: int | None = None, see
     return out, summary
 
 
-def journal_events(run_dir: Path) -> list[dict]:
-    from cambrian.agents.journal import JOURNAL_FILE
-
-    return [json.loads(line) for line in (Path(run_dir) / JOURNAL_FILE).read_text().splitlines() if line.strip()]
-
-
-def timing_breakdown(events: list[dict], wall_seconds: float, slots: int) -> dict[str, Any]:
-    """Pure: the split of slots·wall into fit, trainer-process overhead and loop overhead, from journal events."""
+def timing_breakdown(runs: list[dict], wall_seconds: float, slots: int) -> dict[str, Any]:
+    """Pure: the split of slots·wall into fit, trainer-process overhead and loop overhead. `runs`: one per
+    training run, {"hypothesis", "ok", "seconds" (wall of the trainer process), "fit_seconds" (the trainer's
+    own `train_seconds`, for a run that succeeded)}."""
     if wall_seconds <= 0 or slots < 1:
         raise ValueError("wall_seconds must be > 0 and slots >= 1")
-    evals = [e for e in events if e.get("type") == "evaluation"]
-    hyps: dict[str, dict] = {}
-    for e in events:  # replay hypothesis records and updates to get each one's final meta.runs
-        if e.get("type") == "hypothesis":
-            hyps[e["id"]] = dict(e["data"])
-        elif e.get("type") == "update" and e["id"] in hyps:
-            hyps[e["id"]].update(e["fields"])
-    subprocess_s = sum(float(e.get("train_seconds", 0.0)) for e in evals)
-    fit_s = 0.0
-    for e in evals:
-        run = ((hyps.get(e["id"], {}).get("meta") or {}).get("runs") or {}).get(str(e["seed"]))
-        if e.get("ok") and run and isinstance(run.get("train_seconds"), (int, float)):
-            fit_s += float(run["train_seconds"])
+    subprocess_s = sum(float(r.get("seconds") or 0.0) for r in runs)
+    fit_s = sum(float(r["fit_seconds"]) for r in runs if r.get("ok") and isinstance(r.get("fit_seconds"), (int, float)))
     slot_s = slots * wall_seconds
-    evaluated = {e["id"] for e in evals}
     return {
-        "evaluations": len(evals),
-        "evaluations_ok": sum(1 for e in evals if e.get("ok")),
-        "hypotheses_evaluated": len(evaluated - {"baseline"}),
-        "baseline_evaluations": sum(1 for e in evals if e["id"] == "baseline"),
+        "evaluations": len(runs),
+        "evaluations_ok": sum(1 for r in runs if r.get("ok")),
+        "hypotheses_evaluated": len({r["hypothesis"] for r in runs} - {"baseline"}),
+        "baseline_evaluations": sum(1 for r in runs if r["hypothesis"] == "baseline"),
         "slot_seconds": slot_s,
         "fit_seconds": fit_s,
         "trainer_process_seconds": subprocess_s,
@@ -102,8 +88,7 @@ def timing_breakdown(events: list[dict], wall_seconds: float, slots: int) -> dic
 
 
 def run(quick: bool = False) -> dict:
-    from cambrian.agents.evolve import run_evolution
-    from cambrian.agents.settings import EvolveConfig
+    from cambrian.bench.evolution import evolution_object, run_on_driver
 
     t0 = time.perf_counter()
     load_start = load_now()
@@ -114,17 +99,14 @@ def run(quick: bool = False) -> dict:
         data, summary = make_world(tmp_path / "world", users, days)
         world_seconds = time.perf_counter() - g0
         max_evals = 4 if quick else 12
-        cfg = EvolveConfig(
-            data_dir=data, run_dir=tmp_path / "run", generations=1 if quick else 2, workers=CORES,
-            provider={"kind": "builtin"}, budgets={"max_evaluations": max_evals},
-            noise={"baseline_seeds": 2, "confirm_top": 1, "confirm_seeds": 1},
-            limits={"threads": 1, "wall_seconds": 1800},
-        )
-        started = time.perf_counter()
-        result = run_evolution(cfg)
-        wall = time.perf_counter() - started
-        events = journal_events(cfg.run_dir)
-    b = timing_breakdown(events, wall, CORES)
+        world = {k: summary["overall"][k] for k in ("users", "days")}
+        obj = evolution_object("throughput", baseline={}, world={**world, "seed": 0}, provider="builtin",
+                               evaluations=max_evals, baseline_seeds=2, confirm_seeds=1)
+        out = run_on_driver(tmp_path / "run", obj, data, workers=CORES)
+        wall = out.wall_seconds
+    runs = [{"hypothesis": r.hypothesis, "ok": r.ok, "seconds": r.seconds, "fit_seconds": r.metrics.get("train_seconds")}
+            for r in out.runs]
+    b = timing_breakdown(runs, wall, CORES)
     load_end = load_now()
     return {
         "name": "throughput",
@@ -132,12 +114,13 @@ def run(quick: bool = False) -> dict:
         "quick": quick,
         "ratio": round(b["non_training_share"], 4),
         "ratio_meaning": ("share of the offline loop's slot time (2 workers x wall) not spent in the trainer's "
-                          "optimisation loop, from the journal's evaluation records (target < 0.10)"),
+                          "optimisation loop, from its training runs (target < 0.10)"),
+        "engine": "operator reconcile core on the LocalDriver (cambrian.bench.evolution)",
         "hypotheses_per_hour": round(b["hypotheses_evaluated"] / wall * 3600, 2),
         "evaluations_per_hour": round(b["evaluations"] / wall * 3600, 2),
         "loop_wall_seconds": round(wall, 2),
         "breakdown": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in b.items()},
-        "stop_reason": result.stop_reason,
+        "stop_reason": out.stop_reason,
         "evaluation_budget": max_evals,
         "world": {**{k: summary["overall"][k] for k in ("users", "days", "impressions")},
                   "generate_seconds": round(world_seconds, 2)},

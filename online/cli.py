@@ -1,8 +1,8 @@
-"""`cambrian serve | route | rollout` (and `python -m cambrian.online.cli collect` for the collector)."""
+"""`cambrian serve | route` (and `python -m cambrian.online.cli collect` for the collector); `cambrian rollout`
+is operator/local_cli.py."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -94,32 +94,8 @@ def collect(
                   str(port_file) if port_file else None)
 
 
-def rollout(
-    config: Path = typer.Option(..., "--config", help="rollout spec (YAML or JSON); see cambrian.online.rollout.RolloutSpec"),
-    out: Path = typer.Option(..., "--out", help="output directory: result.json, timeline.json, logs"),
-    seconds_per_day: Optional[float] = typer.Option(None, "--seconds-per-day", min=0,
-                                                    help="wall seconds per simulated day (overrides the spec)"),
-    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
-) -> None:
-    """Run one online experiment locally: model servers, router, collector, Prometheus, simulated users."""
-    from cambrian.online.rollout import RolloutSpec, run_rollout
-
-    _logging(verbose)
-    spec = RolloutSpec.load(config)
-    if seconds_per_day is not None:
-        spec = spec.model_copy(update={"seconds_per_day": seconds_per_day})
-    result = run_rollout(spec, out)
-    if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        typer.echo(f"{result.outcome}: {result.reason}")
-        typer.echo(f"winner: {result.winner or '-'}  days: {result.days_run}  weights: {result.final_weights}  "
-                   f"-> {out / 'result.json'}")
-
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cambrian online services.")
-for _fn in (serve, route, collect, rollout):
+for _fn in (serve, route, collect):
     app.command(_fn.__name__)(_fn)
 
 if __name__ == "__main__":

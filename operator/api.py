@@ -535,6 +535,10 @@ class EvolutionStatus(_Status):
     baseline_metrics: dict[str, "ProxyMetric"] = Field(
         default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
                                           "mean and seed-to-seed std, the reference of the noise floor")
+    baseline_runs: list["SeedRun"] = Field(
+        default_factory=list, max_length=16,
+        description="the baseline's training runs, one per seed, with the metrics each reported (what "
+                    "baselineMetrics summarises)")
     repairs: list[str] = Field(
         default_factory=list, max_length=256,
         description="failed hypotheses already sent back to the proposer with their error (each once)")

@@ -2,8 +2,9 @@
 
 The input is the CRD YAML the cluster takes (manifests/examples/); the objects and their status are kept
 in `--dir` (one YAML file each), so re-running the same command resumes a run that was stopped or
-killed. The old settings formats (`--config`) still run the previous local engine for now, with a
-notice (the benchmarks use that engine too); `cambrian demo` runs on the driver (cambrian/demo.py).
+killed. The old evolve.yaml format (`cambrian evolve --config`) is converted to the equivalent Evolution
+(operator/legacy.py) and run the same way; the old local rollout format is refused with a pointer to the
+Rollout format. `cambrian demo` runs on the driver too (cambrian/demo.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import yaml
 
 from cambrian import inputs
 from cambrian.errors import ConfigError
 
-LEGACY = ("{what}: --config takes the old {fmt} format, which is deprecated and will be removed; "
-          "write a {kind} object (manifests/examples/{example}) and run `cambrian {what} -f FILE --dir DIR`")
+CONVERTED = ("evolve: {config} (the old evolve.yaml format) was converted to the Evolution in {file}; "
+             "run it with `cambrian evolve -f {file} --dir {dir}` from now on")
 
 
 def apply_overrides(objs: list[dict[str, Any]], users: int | None, days: int | None, seed: int | None,
@@ -43,7 +45,10 @@ def apply_overrides(objs: list[dict[str, Any]], users: int | None, days: int | N
 
 def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | None, users: int | None = None,
               days: int | None = None, seed: int | None = None, evaluations: int | None = None,
-              approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False) -> int:
+              approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False,
+              limits: Any = None, train_command: list[str] | None = None) -> int:
+    """`limits`, `train_command`: the sandbox limits and trainer command of this machine's training runs
+    (agents.runner.run_candidate); None: its defaults."""
     from cambrian.operator import api
     from cambrian.operator.local_driver import LocalDriver
     from cambrian.operator.localstore import LocalStore, load_manifests
@@ -61,7 +66,8 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
     for o in objs:  # overrides are validated like the file itself
         api.parse_resource(o)
     check_approvals(decisions, objs, LocalStore(out))
-    driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days)
+    driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days, limits=limits,
+                         train_command=train_command)
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
@@ -182,18 +188,13 @@ def evolve(
     workers: int = WORKERS,
     as_json: bool = JSON,
     verbose: bool = VERBOSE,
-    config: Optional[Path] = typer.Option(None, "--config", "-c", hidden=True, help="deprecated settings format"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", hidden=True,
+                                          help="old evolve.yaml settings: converted to an Evolution and run"),
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
-    if config is not None:
-        from cambrian.agents.cli import evolve as legacy
-
-        legacy(config=config, as_json=as_json)
-        if not as_json:  # after the run: errors and JSON output stay what scripts parse
-            typer.echo("note: " + LEGACY.format(what="evolve", fmt="evolve.yaml", kind="Evolution",
-                                                 example="evolution.yaml"), err=True)
-        return
     _logging(verbose)
+    if config is not None:
+        raise typer.Exit(_evolve_settings(config, file, out, max_days, as_json))
     code = run_local(_need(file, out), out, kinds=("Evolution", "Hypothesis", "Rollout"), data=data, users=users,
                      days=days, seed=seed, evaluations=evaluations, approve=approve, max_days=max_days,
                      workers=workers, as_json=as_json)
@@ -208,27 +209,41 @@ def rollout(
     max_days: float = MAX_DAYS,
     as_json: bool = JSON,
     verbose: bool = VERBOSE,
-    config: Optional[Path] = typer.Option(None, "--config", hidden=True, help="deprecated settings format"),
-    legacy_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="deprecated (with --config)"),
+    # the old local rollout format and its options: refused with a pointer to the Rollout format
+    config: Optional[Path] = typer.Option(None, "--config", hidden=True, help="old local rollout format (refused)"),
+    legacy_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="old format (refused)"),
     seconds_per_day: Optional[float] = typer.Option(None, "--seconds-per-day", hidden=True, min=0),
 ) -> None:
     """Run Rollout objects locally: arms, router, simulated users, Prometheus, the operator's decision.
 
     Bundles named pvc://CLAIM/PATH are read from DIR/volumes/CLAIM/PATH (where `cambrian evolve` puts them)."""
     if config is not None:
-        from cambrian.online.cli import rollout as legacy
+        from cambrian.operator.legacy import refuse_rollout_settings
 
-        if legacy_out is None:
-            raise ConfigError("--config needs --out")
-        legacy(config=config, out=legacy_out, seconds_per_day=seconds_per_day, as_json=as_json, verbose=verbose)
-        if not as_json:
-            typer.echo("note: " + LEGACY.format(what="rollout", fmt="local rollout", kind="Rollout",
-                                                 example="rollout.yaml"), err=True)
-        return
+        refuse_rollout_settings(f"rollout --config {config}")
     _logging(verbose)
     code = run_local(_need(file, out), out, kinds=("Rollout",), data=data, approve=approve, max_days=max_days,
                      as_json=as_json)
     raise typer.Exit(code)
+
+
+def _evolve_settings(config: Path, file: Path | None, out: Path | None, max_days: float, as_json: bool) -> int:
+    """`cambrian evolve --config evolve.yaml`: the equivalent Evolution, written to RUN_DIR/evolution.yaml and run."""
+    from cambrian.agents.settings import load_evolve_config
+    from cambrian.operator.legacy import EVOLUTION_FILE, evolution_from_settings
+
+    if file is not None or out is not None:
+        raise ConfigError("--config (the old evolve.yaml format) holds the run folder (run_dir) itself; "
+                          "give either --config FILE or -f FILE --dir DIR")
+    run = evolution_from_settings(load_evolve_config(config), str(config))
+    inputs.output_dir(run.run_dir, "run_dir")
+    inputs.data_dir(run.data_dir)  # checked before RUN_DIR/evolution.yaml is written
+    converted = run.run_dir / EVOLUTION_FILE
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    converted.write_text(yaml.safe_dump(run.evolution, sort_keys=False))
+    typer.echo("note: " + CONVERTED.format(config=config, file=converted, dir=run.run_dir), err=True)
+    return run_local(converted, run.run_dir, kinds=("Evolution",), data=run.data_dir, max_days=max_days,
+                     workers=run.workers, as_json=as_json, limits=run.limits, train_command=run.train_command)
 
 
 def _need(file: Path | None, out: Path | None) -> Path:

@@ -41,6 +41,9 @@ LIVE = ("Pending", "Deploying", "Running", "AwaitingApproval")
 MAX_PASSES = 50  # passes at one instant before the objects are declared not to converge
 MAX_APPLY_FAILURES = 3
 TIMELINE = "timeline.jsonl"  # per rollout folder: weights and readouts over time (for reports)
+# spec.cadence.online of a local run of the offline loop alone (benchmarks, the old evolve.yaml format): the one
+# review inside the run comes when the baseline is trained, with nothing scored yet, so no Rollout ever starts.
+NO_REVIEW = "3650d"
 
 
 class DriverError(CambrianError):

@@ -59,8 +59,8 @@ def load_manifests(path: str | Path) -> list[dict[str, Any]]:
 
 def _old_format_hint(doc: Any) -> str | None:
     if isinstance(doc, dict) and ("data_dir" in doc or "generations" in doc):
-        return ("this is the old `cambrian evolve --config` format; write an Evolution object instead "
-                "(see manifests/examples/evolution.yaml and README 'Local mode')")
+        return ("this is the old `cambrian evolve --config` format: `cambrian evolve --config FILE` converts it to "
+                "an Evolution object; or write one (see manifests/examples/evolution.yaml and README 'Local mode')")
     if isinstance(doc, dict) and ("treatments" in doc and isinstance(doc.get("treatments"), dict) or "ramp" in doc):
         return ("this is the old local rollout format; write a Rollout object instead "
                 "(see manifests/examples/rollout.yaml and README 'Local mode')")

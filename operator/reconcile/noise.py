@@ -124,7 +124,8 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
         return True
     note_blocker(st, "ChampionReady", None, now, meta.generation, journal)
     first = by_name[baseline_job_name(meta, 0)]
-    st.baseline_metrics = proxy_metrics([numeric(by_name[n].metrics) for n in names])
+    st.baseline_runs = [seed_run(seed, by_name[n]) for seed, n in zip(seeds, names)]
+    st.baseline_metrics = proxy_metrics([r.metrics for r in st.baseline_runs])
     st.champion = Champion(name="baseline", bundle=first.bundle_uri, config=spec.baseline, since=now)
     cond("ChampionReady", True, "Baseline", "the baseline model is the champion")
     floors = ", ".join(f"{k}={v.value:.5g}±{v.std or 0:.2g}" for k, v in st.baseline_metrics.items())

@@ -79,23 +79,20 @@ def test_histogram_quantile_from_prometheus_text():
     assert histogram_quantile([(math.inf, 0.0)], 0.5) is None
 
 
-def test_timing_breakdown_from_journal_events():
-    events = [
-        {"type": "hypothesis", "id": "baseline", "data": {"id": "baseline", "meta": {}}},
-        {"type": "hypothesis", "id": "g001-01", "data": {"id": "g001-01", "meta": {}}},
-        {"type": "update", "id": "baseline", "fields": {"meta": {"runs": {"0": {"train_seconds": 6.0}}}}},
-        {"type": "evaluation", "id": "baseline", "seed": 0, "train_seconds": 8.0, "ok": True},
-        {"type": "update", "id": "g001-01", "fields": {"meta": {"runs": {"0": {"train_seconds": 5.0}}}}},
-        {"type": "evaluation", "id": "g001-01", "seed": 0, "train_seconds": 7.0, "ok": True},
-        {"type": "evaluation", "id": "g001-02", "seed": 0, "train_seconds": 1.0, "ok": False},
+def test_timing_breakdown_from_training_runs():
+    runs = [
+        {"hypothesis": "baseline", "ok": True, "seconds": 8.0, "fit_seconds": 6.0},
+        {"hypothesis": "w1-0", "ok": True, "seconds": 7.0, "fit_seconds": 5.0},
+        {"hypothesis": "w1-1", "ok": False, "seconds": 1.0, "fit_seconds": None},
     ]
-    b = timing_breakdown(events, wall_seconds=10.0, slots=2)
+    b = timing_breakdown(runs, wall_seconds=10.0, slots=2)
     assert b["evaluations"] == 3 and b["evaluations_ok"] == 2 and b["hypotheses_evaluated"] == 2
+    assert b["baseline_evaluations"] == 1
     assert b["fit_seconds"] == 11.0 and b["trainer_process_seconds"] == 16.0
     assert b["non_training_share"] == pytest.approx(1 - 11 / 20)
     assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        timing_breakdown(events, 0.0, 2)
+        timing_breakdown(runs, 0.0, 2)
 
 
 def test_cli_lists_and_rejects_unknown(tmp_path):

@@ -71,6 +71,18 @@ def test_baseline_then_wakeups_on_cadence():
     assert r3.status.counters.wakeups == 2
 
 
+def test_baseline_runs_keep_each_seeds_metrics():
+    """The status keeps what each baseline seed reported, not only the mean and std (benchmarks read the
+    seed-to-seed values; a user sees which run gave which metric)."""
+    sp = spec()
+    _, r2 = with_champion(sp)
+    runs = r2.status.baseline_runs
+    assert [(r.seed, r.job) for r in runs] == list(zip([0, 1, 2], N.baseline_job_names(META, sp)))
+    assert [r.metrics["val_loss"] for r in runs] == pytest.approx([0.50, 0.52, 0.54])
+    wire = r2.status.wire()
+    assert api.parse_status("Evolution", wire).baseline_runs == runs and wire["baselineRuns"][1]["seed"] == 1
+
+
 def test_baseline_failure_fails_the_evolution():
     sp = spec()
     r = run(sp, api.EvolutionStatus())
