@@ -221,10 +221,11 @@ def component_commands(bin_dir: Path, work: Path, pki: Pki, ports: Ports,
 # Running processes
 # --------------------------------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    # Linux: SIGKILL the component if the test process dies without running stop().
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """preexec_fn (Linux): `sig` to this child when the test process dies without running its clean-up
+    (a timeout's SIGTERM skips `finally`)."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except OSError:
         pass
 
@@ -355,7 +356,7 @@ class Cluster:
         try:
             self.processes[name] = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.work_dir, preexec_fn=_die_with_parent)
+                cwd=self.work_dir, preexec_fn=die_with_parent)
         finally:
             log.close()
 

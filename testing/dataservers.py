@@ -6,6 +6,7 @@ Nothing is mocked: the code under test speaks the servers' own wire protocols.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cambrian.testing.cluster import free_ports
+from cambrian.testing.cluster import die_with_parent, free_ports
 from cambrian.testing.waiting import poll
 
 UNPRIVILEGED = 65534  # nobody: PostgreSQL refuses to run as root
@@ -73,7 +74,10 @@ def postgres_server(password: str = "cambrian-test-secret") -> Iterator[Postgres
         log = open(root / "server.log", "wb")
         server = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
                                    "-k", str(root), "-c", "fsync=off", "-c", "full_page_writes=off"],
-                                  stdout=log, stderr=subprocess.STDOUT, cwd=root, **as_user)
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                  # a killed test run leaves no server (nor its running queries) behind:
+                                  # SIGINT is PostgreSQL's fast shutdown, which ends every backend
+                                  preexec_fn=functools.partial(die_with_parent, signal.SIGINT), **as_user)
         poll("PostgreSQL to accept connections", lambda: server.poll() is not None or _listening(port), timeout=30,
              interval=0.1)
         if server.poll() is not None:
@@ -110,7 +114,7 @@ def moto_s3() -> Iterator[S3]:
         raise FileNotFoundError("moto_server: run scripts/setup.sh (it installs moto[server] in its own virtualenv)")
     port = free_ports(1)[0]
     server = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
     try:
         poll("moto's S3 server", lambda: server.poll() is not None or _listening(port), timeout=30, interval=0.1)
         if server.poll() is not None:
