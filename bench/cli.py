@@ -8,6 +8,7 @@ bench/results/NAME.json so the README can cite them.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from pathlib import Path
 
@@ -35,13 +36,23 @@ def run(
     quick: bool = typer.Option(False, "--quick", help="smaller sizes, for CI"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     out: Path = typer.Option(Path("bench/results"), help="folder for NAME.json"),
+    hypotheses: int = typer.Option(None, "--hypotheses", min=1, help="operator: Hypotheses to create (default 1000)"),
+    evolutions: int = typer.Option(None, "--evolutions", min=1, help="operator: Evolutions they are spread over"),
 ) -> None:
-    """Run benchmark NAME and record its result."""
+    """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
-    result = importlib.import_module(BENCHMARKS[name]).run(quick=quick)
+    fn = importlib.import_module(BENCHMARKS[name]).run
+    sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions)) if v is not None}
+    unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
+    if unknown:
+        raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0]}")
+    if sizes.get("evolutions", 1) > sizes.get("hypotheses", sizes.get("evolutions", 1)):
+        raise typer.BadParameter("--evolutions must not exceed --hypotheses")
+    result = fn(quick=quick, **sizes)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items())])  # e.g. operator-10000h-10e
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
     else:

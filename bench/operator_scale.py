@@ -78,6 +78,13 @@ def evolution_manifest(name: str, run_id: str) -> dict:
     }
 
 
+def evolution_names(count: int) -> list[str]:
+    """The run's Evolutions: `bench` alone (the 1,000-object run), else bench-0 .. bench-(count-1)."""
+    if count < 1:
+        raise ValueError(f"evolutions must be at least 1, got {count}")
+    return ["bench"] if count == 1 else [f"bench-{k}" for k in range(count)]
+
+
 def hypothesis_manifest(name: str, evolution: str, run_id: str, i: int, bench: bool = True) -> dict:
     labels = {RUN_LABEL: run_id} if bench else {f"{RUN_LABEL}-warmup": run_id}
     return {
@@ -154,6 +161,9 @@ def audit_requests(lines: Iterable[str]) -> tuple[dict[str, int], dict[str, int]
     return order(by), order(failed)
 
 
+LATENCY_PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         raise ValueError("percentile of no values")
@@ -193,17 +203,18 @@ class Timeline:
         phases: dict[str, int] = {}
         for p in self.final_phase.values():
             phases[p] = phases.get(p, 0) + 1
-        return {
+        out: dict[str, Any] = {
             "objects": self.n,
             "seconds_to_create_all": round(max(self.created.values()), 2),
             "seconds_to_first_phase_all": round(max(self.first_phase.values()), 2),
             "seconds_to_steady_all": round(max(self.done.values()), 2),
-            "first_phase_latency_p50_s": round(percentile(lat_first, 0.5), 2),
-            "first_phase_latency_p99_s": round(percentile(lat_first, 0.99), 2),
-            "steady_latency_p50_s": round(percentile(lat_done, 0.5), 2),
-            "steady_latency_p99_s": round(percentile(lat_done, 0.99), 2),
-            "steady_phases": phases,
         }
+        # per-object latencies (seconds from its create to the event), as percentiles
+        for what, lat in (("first_phase", lat_first), ("steady", lat_done)):
+            for label, q in LATENCY_PERCENTILES:
+                out[f"{what}_latency_{label}_s"] = round(percentile(lat, q), 2)
+        out["steady_phases"] = phases
+        return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,7 +367,7 @@ async def _watch(client, url: str, timeline: Timeline, t0: list[float], stop: as
             await asyncio.sleep(0.2)
 
 
-async def _create_and_wait(cluster, namespace: str, evolution: str, run_id: str, n: int, steady: tuple,
+async def _create_and_wait(cluster, namespace: str, evolutions: list[str], run_id: str, n: int, steady: tuple,
                            op: Operator, timeout: float) -> Timeline:
     import httpx
 
@@ -373,6 +384,7 @@ async def _create_and_wait(cluster, namespace: str, evolution: str, run_id: str,
         async def create(i: int) -> None:
             name = f"bench-{i:05d}"
             async with sem:
+                evolution = evolutions[i % len(evolutions)]  # round robin: each Evolution gets n / len of them
                 r = await client.post(base, json=hypothesis_manifest(name, evolution, run_id, i))
                 if r.status_code != 201:
                     raise RuntimeError(f"creating {name}: HTTP {r.status_code}: {r.text[:300]}")
@@ -441,24 +453,24 @@ def _phase(cluster, namespace: str, kind: str, name: str) -> str | None:
 
 
 def measure(kind: str, cluster, kubeconfig: Path, work: Path, n: int, interval: float, timeout: float,
-            steady_window: float) -> dict[str, Any]:
-    """One operator, one namespace: warm up, create n Hypotheses, wait until all are steady."""
+            steady_window: float, evolutions: int = 1) -> dict[str, Any]:
+    """One operator, one namespace: warm up, create n Hypotheses across the Evolutions, wait until all are steady."""
     namespace = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     run_id = namespace
-    evolution = "bench"
+    names = evolution_names(evolutions)
     cluster.kubectl("create", "namespace", namespace)
     op = start_operator(kind, namespace, kubeconfig, cluster, work, interval)
     try:
-        cluster.apply([{**evolution_manifest(evolution, run_id), "metadata": {
-            "name": evolution, "namespace": namespace, "labels": {RUN_LABEL + "-evolution": run_id}}},
-            {**hypothesis_manifest("warmup", evolution, run_id, 0, bench=False),
+        cluster.apply([*({**evolution_manifest(e, run_id), "metadata": {
+            "name": e, "namespace": namespace, "labels": {RUN_LABEL + "-evolution": run_id}}} for e in names),
+            {**hypothesis_manifest("warmup", names[0], run_id, 0, bench=False),
              "metadata": {"name": "warmup", "namespace": namespace}}])
 
         def warm() -> bool:
             if op.proc.poll() is not None:
                 raise RuntimeError(f"{kind} operator exited {op.proc.returncode}:\n{op.tail()}")
             return _phase(cluster, namespace, "hypothesis", "warmup") is not None and (
-                kind != "cambrian" or _phase(cluster, namespace, "evolution", evolution) is not None)
+                kind != "cambrian" or all(_phase(cluster, namespace, "evolution", e) is not None for e in names))
         cluster.wait_for(f"{kind} operator reconciling the warm-up objects", warm, timeout=120, interval=0.5)
         time.sleep(2.0)  # let the warm-up's follow-up writes settle before the counters are read
         op.idle_rss = op.sample()
@@ -466,7 +478,7 @@ def measure(kind: str, cluster, kubeconfig: Path, work: Path, n: int, interval: 
         before, cpu_before = scrape(cluster, ctx), op.cpu_seconds()
         audit_before = _audit_size(cluster)
         steady = CAMBRIAN_STEADY if kind == "cambrian" else ("Proposed",)
-        timeline = asyncio.run(_create_and_wait(cluster, namespace, evolution, run_id, n, steady, op, timeout))
+        timeline = asyncio.run(_create_and_wait(cluster, namespace, names, run_id, n, steady, op, timeout))
         quiet_after = _until_quiet(cluster, ctx)
         after, cpu_after = scrape(cluster, ctx), op.cpu_seconds()
         by_verb, failed = audit_requests(_audit_lines(cluster, audit_before, _audit_size(cluster)))
@@ -479,6 +491,7 @@ def measure(kind: str, cluster, kubeconfig: Path, work: Path, n: int, interval: 
             "requests_per_object": round(reqs / n, 2),
             "operator_cpu_seconds": round(cpu_after - cpu_before, 2),
             "operator_cpu_ms_per_object": round(1000 * (cpu_after - cpu_before) / n, 1),
+            "operator_cpu_seconds_per_object": round((cpu_after - cpu_before) / n, 4),
             "operator_rss_idle_mib": round(op.idle_rss / 2**20, 1),
             "operator_rss_peak_mib": round(op.peak_rss / 2**20, 1),
             "operator_rss_kib_per_object": round((op.peak_rss - op.idle_rss) / 1024 / n, 1),
@@ -526,12 +539,20 @@ def operator_code() -> dict[str, Any]:
     return out
 
 
-def run(quick: bool = False) -> dict:
+DEFAULT_OBJECTS, QUICK_OBJECTS = 1000, 50
+
+
+def run(quick: bool = False, hypotheses: int | None = None, evolutions: int | None = None) -> dict:
+    """`hypotheses` (default 1000, quick 50) spread round robin over `evolutions` (default 1) in each namespace."""
     from cambrian.testing.cluster import start_cluster
 
-    n = 50 if quick else 1000
+    n = hypotheses or (QUICK_OBJECTS if quick else DEFAULT_OBJECTS)
+    n_evolutions = evolutions or 1
+    if n < 1 or n_evolutions < 1 or n_evolutions > n:
+        raise ValueError(f"need 1 <= evolutions <= hypotheses, got {n_evolutions} and {n}")
     interval = 15.0  # the operator's shipped default (CAMBRIAN_OPERATOR_INTERVAL)
-    timeout = 90.0 if quick else 1500.0
+    # the 1000-object run took 302 s to Scored: 1.5 s per object leaves room on a loaded machine
+    timeout = 90.0 if quick and not hypotheses else max(1500.0, 1.5 * n)
     load_start = _load()
     code = operator_code()
     started = time.perf_counter()
@@ -543,14 +564,16 @@ def run(quick: bool = False) -> dict:
         cluster_seconds = time.perf_counter() - started
         install_crds(cluster)
         kubeconfig = setup_identity(cluster, work)
-        baseline = measure("baseline", cluster, kubeconfig, work, n, interval, timeout, 0.0)
+        baseline = measure("baseline", cluster, kubeconfig, work, n, interval, timeout, 0.0, n_evolutions)
         cambrian = measure("cambrian", cluster, kubeconfig, work, n, interval, timeout,
-                           0.0 if quick else 2 * interval)
+                           0.0 if quick else 2 * interval, n_evolutions)
+    sizes = (f" --hypotheses {n}" if hypotheses else "") + (f" --evolutions {n_evolutions}" if evolutions else "")
     return {
         "name": "operator",
-        "command": "cambrian bench run operator" + (" --quick" if quick else ""),
+        "command": "cambrian bench run operator" + (" --quick" if quick else "") + sizes,
         "quick": quick,
         "objects": n,
+        "evolutions": n_evolutions,
         "operator_interval_s": interval,
         "cluster_start_seconds": round(cluster_seconds, 1),
         "cambrian": cambrian,

@@ -196,7 +196,10 @@ class KwokTrainer:
                             or ANNOTATION_EXIT_CODE in (meta.get("annotations") or {}):
                         continue
                     job = meta["labels"]["job-name"]
-                    cm = self.c.get_json("configmap", job, "-n", self.ns)
+                    found = self.c.kubectl("get", "configmap", job, "-n", self.ns, "-o", "json", check=False)
+                    if found.returncode != 0 and "NotFound" in found.stderr:
+                        continue  # created beside its Job, not before: the next poll finds it
+                    cm = json.loads(found.stdout) if found.returncode == 0 else self.c.get_json("configmap", job, "-n", self.ns)
                     owner = meta["labels"].get("cambrian.dev/owner")
                     code, result = training_outcome(None if owner == EVOLUTION else owner,
                                                     json.loads(cm["data"]["config.json"]))

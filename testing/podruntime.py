@@ -189,6 +189,18 @@ class PodRuntime:
         args = ["get", kind, name, "-o", "json"] + (["-n", namespace] if namespace else [])
         return json.loads(self.c.kubectl(*args).stdout)
 
+    def _configmap(self, name: str, namespace: str, wait_s: float = 30.0) -> dict:
+        """A configMap volume's ConfigMap. A kubelet retries the mount until it exists: the operator creates a
+        training Job's ConfigMap beside the Job, not before it."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            r = self.c.kubectl("get", "configmap", name, "-n", namespace, "-o", "json", check=False)
+            if r.returncode == 0:
+                return json.loads(r.stdout)
+            if "NotFound" not in r.stderr or time.monotonic() > deadline:
+                raise RuntimeError(f"configmap {namespace}/{name}: {r.stderr.strip()}")
+            time.sleep(0.5)
+
     def _volumes(self, pod: dict, root: Path) -> dict[str, Path]:
         ns = pod["metadata"]["namespace"]
         world_key = None
@@ -200,7 +212,7 @@ class PodRuntime:
             d = root / "vol" / v["name"]
             if "configMap" in v or "secret" in v:
                 if "configMap" in v:
-                    obj = self._get("configmap", v["configMap"]["name"], ns)
+                    obj = self._configmap(v["configMap"]["name"], ns)
                     files = {k: t.encode() for k, t in (obj.get("data") or {}).items()}
                     files.update({k: base64.b64decode(b) for k, b in (obj.get("binaryData") or {}).items()})
                     items = v["configMap"].get("items")

@@ -124,3 +124,31 @@ def test_quick_run_on_the_real_control_plane():
     assert r["ratio"] == pytest.approx(cam["seconds_to_first_phase_all"] / base["seconds_to_first_phase_all"],
                                        rel=0.01)
     assert 50 < base["operator_rss_peak_mib"] and 50 < cam["operator_rss_peak_mib"]
+
+
+def test_evolution_names_spread_the_objects_round_robin():
+    assert B.evolution_names(1) == ["bench"]  # the 1,000-object run's single Evolution keeps its name
+    assert B.evolution_names(3) == ["bench-0", "bench-1", "bench-2"]
+    with pytest.raises(ValueError):
+        B.evolution_names(0)
+    with pytest.raises(ValueError, match="evolutions <= hypotheses"):
+        B.run(hypotheses=5, evolutions=10)  # refused before any cluster starts
+
+
+def test_bench_cli_passes_sizes_only_to_a_benchmark_that_takes_them(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from cambrian.bench import cli
+
+    seen = {}
+    monkeypatch.setattr(B, "run", lambda quick=False, hypotheses=None, evolutions=None: seen.update(
+        quick=quick, hypotheses=hypotheses, evolutions=evolutions) or {"ratio": 1.0, "ratio_meaning": "m"})
+    r = CliRunner().invoke(cli.app, ["run", "operator", "--hypotheses", "3000", "--evolutions", "10",
+                                     "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen == {"quick": False, "hypotheses": 3000, "evolutions": 10}
+    assert (tmp_path / "operator-3000h-10e.json").exists()  # the 1,000-object result is not overwritten
+    r = CliRunner().invoke(cli.app, ["run", "search", "--hypotheses", "10", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "takes no --hypotheses" in r.output
+    r = CliRunner().invoke(cli.app, ["run", "operator", "--hypotheses", "5", "--evolutions", "10"])
+    assert r.exit_code == 2 and "must not exceed" in r.output

@@ -113,3 +113,32 @@ def test_the_cluster_harness_finds_the_repository():
     from cambrian.testing import cluster
 
     assert cluster.BUILD_SCRIPT.is_file() and (cluster.REPO_ROOT / "charts" / "cambrian" / "Chart.yaml").is_file()
+
+
+def test_a_configmap_volume_waits_for_its_configmap_as_a_kubelet_does(tmp_path):
+    """The operator creates a training Job's ConfigMap beside the Job: the harness must wait for it (a kubelet
+    retries the mount), not fail the pod on the first NotFound; any other error fails at once."""
+    import json
+
+    class Late(FakeCluster):
+        def __init__(self, *a, missing=2, error="NotFound"):
+            super().__init__(*a)
+            self.missing, self.error = missing, error
+
+        def kubectl(self, *args, check=True, **kw):
+            if args[:2] == ("get", "configmap") and self.missing > 0:
+                self.missing -= 1
+                self.calls.append(args)
+                return subprocess.CompletedProcess(args, 1, "", f'Error from server ({self.error}): configmaps "run" ...')
+            return super().kubectl(*args, check=check, **kw)
+
+    ca = tmp_path / "ca.crt"
+    ca.write_text("CA")
+    pod = {**POD, "spec": {**POD["spec"], "volumes": [{"name": "run", "configMap": {"name": "run"}}]}}
+    late = Late({("configmap", "run"): {"data": {"config.json": json.dumps({"seed": 1})}}}, ca)
+    vols = PodRuntime(late, "cam", tmp_path)._volumes(pod, tmp_path / "p")
+    assert json.loads((vols["run"] / "config.json").read_text()) == {"seed": 1}
+    assert sum(1 for c in late.calls if c[:2] == ("get", "configmap")) == 3
+    denied = Late({}, ca, missing=1, error="Forbidden")
+    with pytest.raises(RuntimeError, match="Forbidden"):
+        PodRuntime(denied, "cam", tmp_path)._volumes(pod, tmp_path / "q")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -250,3 +251,124 @@ def test_without_a_bundle_claim_no_rollout_starts_and_the_evolution_says_why(crd
         assert sorted(e["message"].split(":")[0] for e in events) == ["champion baseline", "no Rollout is started"], events
         assert all(e["type"] == "Warning" and e.get("count", 1) == 1 for e in events)
     assert runner.exit_code == 0, runner.stdout[-4000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Failover mid-Rollout: two operator processes in one kopf peering, the leader killed while it ramps
+# ---------------------------------------------------------------------------------------------
+
+RAMP = [[95, 5], [80, 20], [60, 40], [50, 50]]
+STEP_SECONDS = 15
+
+
+def _operator_replica(c, ns: str, peering: str, priority: int, log_path):
+    """`cambrian operator run` as the chart runs a replica: peering on, its own priority; a process of its own."""
+    import sys
+
+    env = {**c.env(), "CAMBRIAN_METRICS_PORT": "0", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "cambrian.cli", "operator", "run", "--namespace", ns,
+                                 "--peering", peering, "--priority", str(priority), "--interval", "2"],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+
+
+def _working(log: str) -> bool:
+    """A peering kopf operator starts paused and logs each change: Pausing / Resuming operations."""
+    return log.rfind("Resuming operations") > log.rfind("Pausing operations")
+
+
+def test_standby_continues_a_live_rollout_when_the_leader_dies(crds_installed, cluster_namespace, tmp_path):
+    """The leader is SIGKILLed (no goodbye to the peering) right after its first ramp step. The standby
+    resumes once the dead peer's entry expires, continues the ramp from the persisted status (each step
+    once, in order), keeps the arms it finds, and takes the decision that follows: nothing lost, nothing
+    done twice (Events, ramp steps, Deployments)."""
+    c, ns = crds_installed, cluster_namespace
+    c.kubectl("apply", "--server-side", "-f", os.path.join(REPO, "crds", "kopfpeerings.kopf.dev.yaml"))
+    c.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=60s")
+    pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
+    _apply(c, ns, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "failover"}}, check=True)
+    logs = {name: tmp_path / f"operator-{name}.log" for name in ("leader", "standby")}
+    procs = {"leader": _operator_replica(c, ns, "failover", 200, logs["leader"]),
+             "standby": _operator_replica(c, ns, "failover", 100, logs["standby"])}
+    log = lambda name: logs[name].read_text(errors="replace")  # noqa: E731
+
+    def wait(what, pred, timeout=120):
+        for name, p in procs.items():
+            if name != "leader" and p.poll() is not None:
+                raise AssertionError(f"operator {name} exited {p.returncode}:\n{log(name)[-4000:]}")
+        return poll(what, pred, timeout, lambda: "".join(f"\n--- {n}:\n{log(n)[-3000:]}" for n in procs))
+
+    def rollout() -> dict:
+        return json.loads(c.kubectl("get", "rollout", "ramp", "-n", ns, "-o", "json").stdout)
+
+    def events() -> list[tuple[str, str, int]]:
+        items = c.get_json("events", "-n", ns, "--field-selector", "involvedObject.kind=Rollout")["items"]
+        return sorted((e["reason"], e["message"], e.get("count") or 1) for e in items)
+
+    def deployments() -> dict[str, str]:
+        return {d["metadata"]["labels"].get("cambrian.dev/arm", "?"): d["metadata"]["uid"]
+                for d in c.get_json("deployments", "-n", ns)["items"]}
+
+    def router_weights() -> list[tuple[str, int]]:
+        cms = c.get_json("configmaps", "-n", ns, "-l", "cambrian.dev/rollout=ramp")["items"]
+        (router,) = [x for x in cms if "router.yaml" in x.get("data", {})]
+        return [(a["name"], a["weight"]) for a in yaml.safe_load(router["data"]["router.yaml"])["arms"]]
+
+    try:
+        def peers() -> dict:
+            return c.get_json("kopfpeering", "failover", "-n", ns).get("status") or {}
+
+        # kopf starts a peering replica paused and logs only changes: the standby logs nothing while it waits
+        wait("both replicas in the peering, the leader working", lambda: len(peers()) == 2 and _working(log("leader")))
+        time.sleep(3)
+        assert not _working(log("standby")), log("standby")
+        _apply(c, ns, {
+            "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "ramp"},
+            "spec": {"control": {"name": "control", "bundle": "pvc://bundles/bundles/e/baseline/bundle"},
+                     "treatments": [{"name": "treatment", "hypothesisRef": {"name": "h"},
+                                     "bundle": "pvc://bundles/bundles/h/attempt-1/bundle"}],
+                     "salt": "failover",
+                     "ramp": {"steps": [{"weights": w, "duration": f"{STEP_SECONDS}s"} for w in RAMP]},
+                     # no Prometheus here: no readout falls due during the test, so no ReadoutSkipped warnings
+                     "metrics": {"northStar": [{"name": "returning_users"}], "readout": {"interval": "1h"}},
+                     "decisionPolicy": "manual"}}, check=True)
+        wait("the leader's first ramp step (and its Event)",
+             lambda: rollout().get("status", {}).get("step") == 1 and ("Ramped", "step 1: control=80,treatment=20", 1)
+             in events(), timeout=180)
+        arms = deployments()
+        assert sorted(arms) == ["control", "router", "treatment"], arms  # the two arms and the rollout's router
+        assert "ramp" not in log("standby"), "the paused replica handled the Rollout"
+
+        procs["leader"].kill()  # SIGKILL: a crash, its peering entry stays until it expires
+        procs["leader"].wait(timeout=30)
+        wait("the standby to resume", lambda: _working(log("standby")), timeout=240)
+        wait("the last ramp step", lambda: rollout()["status"].get("step") == len(RAMP) - 1, timeout=120)
+        st = rollout()["status"]
+        assert st["phase"] == "Running" and st["weightsSummary"] == "control=50,treatment=50"
+        assert len(st["stepHistory"]) == len(RAMP) and st["stepHistory"] == sorted(st["stepHistory"])
+        assert router_weights() == [("control", 50), ("treatment", 50)]
+
+        # The decision after the takeover: a rollback approved by annotation, taken once by the new leader.
+        c.kubectl("annotate", "rollout", "ramp", "-n", ns, "cambrian.dev/approve=rollback")
+        wait("the rollback", lambda: rollout()["status"].get("phase") == "RolledBack")
+        wait("every user back on control", lambda: router_weights() == [("control", 100), ("treatment", 0)])
+        wait("the rollback's Event", lambda: any(r == "RolledBack" for r, _, _ in events()), timeout=30)
+        time.sleep(5)  # a few more timer intervals (2 s): a duplicate would show now
+        seen = events()
+        assert [(r, m.split(":")[0], n) for r, m, n in seen if r != "RolledBack"] == sorted(
+            [("Created", "arms control, treatment; 4 ramp steps", 1), ("Started", "step 0", 1)]
+            + [("Ramped", f"step {k}", 1) for k in range(1, len(RAMP))]), seen
+        assert [(r, n) for r, _, n in seen if r == "RolledBack"] == [("RolledBack", 1)], seen
+        # the treatment's arm goes with the rollback; the control's and the router are the ones the dead leader made
+        wait("the treatment arm removed", lambda: deployments() == {k: arms[k] for k in ("control", "router")},
+             timeout=60)
+        assert "ramp" in log("standby") and procs["standby"].poll() is None
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        c.kubectl("delete", "pv", pv, "--wait=false", check=False)

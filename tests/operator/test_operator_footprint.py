@@ -99,6 +99,19 @@ def test_a_new_kubeconfig_gets_a_new_shared_client():
         client.Configuration.set_default(before)
 
 
+def test_the_shared_client_keeps_a_connection_for_every_requesting_thread():
+    """Before: the client's default pool (5 per CPU, 10 on 2 cores) for 12 first-step workers, 4 settle workers,
+    the side requests, the event poster and kopf's threads: every request beyond 10 in flight opened a new TLS
+    connection and dropped it ("Connection pool is full, discarding connection" at 5,000 Hypotheses)."""
+    from cambrian.operator import indexed
+    from cambrian.operator.platform import kubernetes as K
+
+    pool = HD.shared_api_client().rest_client.pool_manager.connection_pool_kw["maxsize"]
+    settle = indexed.Settle.__init__.__defaults__  # (workers, first_workers)
+    side = K._side_requests()._max_workers
+    assert pool >= sum(settle) + side + 1 + 6  # + the event poster + asyncio's default executor on 2 cores
+
+
 class _Settle:
     def __init__(self):
         self.later, self.now_calls = [], []

@@ -290,6 +290,36 @@ def test_creates_map_refusals_and_treat_conflicts_as_success():
     assert not isinstance(err.value, ActionRefused)  # retried as before
 
 
+def test_the_run_configmap_and_the_job_are_sent_together_and_either_failing_fails_the_step():
+    """One round trip instead of two for a new Hypothesis' first step (issue 16): the Job is sent while the
+    ConfigMap's create is still in flight; a ConfigMap that could not be created fails the step (its
+    replay creates it), a Job refusal still wins."""
+    import threading
+
+    cm_sent, job_sent = threading.Event(), threading.Event()
+
+    def slow_configmap(*a, **k):
+        cm_sent.set()
+        assert job_sent.wait(10), "the Job was not sent while the ConfigMap's create was in flight"
+
+    def job(*a, **k):
+        assert cm_sent.wait(10)
+        job_sent.set()
+
+    both = _platform(core=_Api(create_namespaced_config_map=slow_configmap), batch=_Api(create_namespaced_job=job))
+    both.submit_training_job(_job_action())
+    assert both.core.calls == ["create_namespaced_config_map"] and both.batch.calls == ["create_namespaced_job"]
+    cm_down = _platform(core=_Api(create_namespaced_config_map=_api_exception(503)), batch=_Api())
+    with pytest.raises(Exception) as err:
+        cm_down.submit_training_job(_job_action())
+    assert getattr(err.value, "status", None) == 503 and cm_down.batch.calls == ["create_namespaced_job"]
+    cm_refused = _platform(core=_Api(create_namespaced_config_map=_api_exception(403, "forbidden")),
+                           batch=_Api(create_namespaced_job=_api_exception(422, 'Job.batch "x" is invalid')))
+    with pytest.raises(ActionRefused) as err:
+        cm_refused.submit_training_job(_job_action())
+    assert err.value.code == 422  # the Job's own answer, not the ConfigMap's
+
+
 def test_a_missing_httproute_is_a_refusal_outside_the_spec():
     serving = {"httpRoute": {"name": "feed", "port": 8080}}
     p = _platform(core=_Api(), apps=_Api(), custom=_Api(patch_namespaced_custom_object=_api_exception(404)))
