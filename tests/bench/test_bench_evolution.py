@@ -3,25 +3,17 @@ LocalDriver, and its evaluations read back (the stand-in trainer of tests/agents
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from cambrian.bench.evolution import evolution_object, run_on_driver
 from cambrian.operator import api
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _agents_conftest():
-    spec = importlib.util.spec_from_file_location("_bench_agents_conftest", ROOT / "tests" / "agents" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from cambrian.testing.modules import load_file
 
 
-AGENTS = _agents_conftest()
+
+AGENTS = load_file("tests/agents/conftest.py", "_bench_agents_conftest")
 
 
 @pytest.fixture(scope="module")

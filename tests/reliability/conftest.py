@@ -6,13 +6,13 @@ of the data contract); they are loaded from tests/agents/conftest.py by path.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401  (the real control plane)
+from cambrian.testing.modules import load_file
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -20,14 +20,7 @@ if str(HERE) not in sys.path:  # makes `corpus` importable
     sys.path.insert(0, str(HERE))
 
 
-def _agents_conftest():
-    spec = importlib.util.spec_from_file_location("_cambrian_agents_conftest", ROOT / "tests" / "agents" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-AGENTS = _agents_conftest()
+AGENTS = load_file("tests/agents/conftest.py", "_cambrian_agents_conftest")
 
 
 @pytest.fixture(scope="session")
