@@ -15,7 +15,6 @@ from cambrian.testing.fixtures import cluster, cluster_namespace  # noqa: F401  
 from cambrian.testing.modules import load_file
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 if str(HERE) not in sys.path:  # makes `corpus` importable
     sys.path.insert(0, str(HERE))
 
