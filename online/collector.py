@@ -8,8 +8,7 @@ POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null], .
                  collector's current day (POST /clock).
 POST /clock      {"day": d}     the day now being simulated/served
 POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
-                 With a warehouse (--warehouse-url), the exposure log and the closed day then land there too,
-                 and each SQL metric (--warehouse-metrics) is aggregated there into per-arm sums published
+                 With a warehouse (--warehouse-url), the exposure log then lands there too, and each SQL metric (--warehouse-metrics) is aggregated there into per-arm sums published
                  below like the built-in ones (online/warehouse.py); 503 while the warehouse cannot take
                  them (a retry is harmless), 422 for a metric's SQL the warehouse refuses.
 GET  /stats      the exported statistics as JSON (for debugging; the analysis reads Prometheus)
@@ -166,9 +165,11 @@ class Store:
         self.snapshot = (closed, stats, cohorts)  # one reference swap; /metrics reads whichever is current
 
     def set_external(self, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
-        """Per-arm sums computed elsewhere (the warehouse), published beside the store's own from now on."""
+        """Per-arm sums computed elsewhere (the warehouse) for the closed day just recomputed, published beside
+        the store's own from now on (merged into the current snapshot: no second recompute of the store's)."""
         self.external = sums
-        self.recompute()
+        closed, stats, cohorts = self.snapshot
+        self.snapshot = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts)
 
     def close(self) -> None:
         with self._lock:
@@ -228,8 +229,7 @@ class Collector:
     def __init__(self, store: Store, registry: CollectorRegistry | None = None, warehouse_url: str | None = None,
                  warehouse_metrics: list | None = None):
         self.store = store
-        # Warehouse-native metrics (online/warehouse.py): the exposure log and the closed days land in the
-        # warehouse, where each metric's SQL is aggregated into per-arm sums that this collector publishes
+        # Warehouse-native metrics (online/warehouse.py): the exposure log lands in the warehouse, where each metric's SQL is aggregated into per-arm sums that this collector publishes
         # like its own, so the analysis reads them from Prometheus unchanged.
         self.warehouse_url = warehouse_url
         self.warehouse_metrics = list(warehouse_metrics or [])
@@ -309,10 +309,10 @@ class Collector:
         return json_response({"closed_day": day})
 
     def _land(self, day: int) -> None:
-        """The exposure log and the closed day into the warehouse, then the SQL metrics' sums out of it."""
+        """The exposure log into the warehouse, then the SQL metrics' sums out of it."""
         from cambrian.errors import one_line
-        from cambrian.online.metricsql import WarehouseError
-        from cambrian.online.warehouse import WarehouseUnavailable, connect, land_collector_log, metric_sums
+        from cambrian.online.warehouse import (WarehouseError, WarehouseUnavailable, connect, land_collector_log,
+                                               metric_sums)
         from cambrian.trainer.sources import redact
 
         _, ex = self.store.frames()

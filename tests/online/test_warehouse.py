@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from cambrian.online.aggregate import arm_statistics
-from cambrian.online.metricsql import WarehouseError, check_metric_sql
-from cambrian.online.warehouse import WarehouseMetric, metric_sums, record_exposures
+from cambrian.online.warehouse import WarehouseError, WarehouseMetric, check_metric_sql, metric_sums, record_exposures
 from cambrian.stats.sums import RatioStats, SufficientStats
 
 WATCH = WarehouseMetric("watch_minutes", "SELECT user_id, day, minutes AS value FROM user_days")
