@@ -11,6 +11,7 @@ Field names are camelCase on the wire (Kubernetes style) and snake_case in Pytho
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, urlsplit
 from datetime import datetime
 from typing import Annotated, Any, Literal, Mapping
 
@@ -45,6 +46,9 @@ POSITIVE_DURATION_PATTERN = r"^([0-9]+(ms|s|m|h|d))*0*[1-9][0-9]*(s|m|h|d)([0-9]
 QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?[0-9]+))?$"
 # Prometheus metric names: they are put into PromQL queries and label matchers as they are.
 METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+# A data source outside the cluster: a scheme and the rest (trainer/sources.py reads it); a folder is a volume.
+SOURCE_URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
+DATA_ONE_OF = "spec.data: give exactly one of world, persistentVolumeClaim or source"
 
 
 def duration_seconds(text: str) -> float:
@@ -367,15 +371,38 @@ class VolumeData(_Model):
     path: str = Field("", max_length=1024, description="folder inside the claim holding the world data")
 
 
+class SourceData(_Model):
+    """Your own tables: a warehouse or object storage holding the world declaration's tables (README: Bring your
+    own data). A trusted step copies them into each training run's data directory, checked (`cambrian data
+    fetch`); only that step sees the Secret, never the steps that run candidate code."""
+
+    uri: str = Field(min_length=3, max_length=2048, pattern=SOURCE_URI_PATTERN, description=(
+        "s3://bucket/prefix, gs://bucket/prefix, postgresql://user@host:port/db or duckdb:///path: no password "
+        "in it (credentials come from secretRef)"))
+    secret_ref: LocalObjectRef | None = Field(None, description=(
+        "a Secret whose keys become the fetch step's environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_ENDPOINT_URL, PGPASSWORD, GOOGLE_APPLICATION_CREDENTIALS, ...); locally the driver's own environment"))
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str) -> str:
+        parts = urlsplit(uri)
+        if parts.password is not None or any(k.lower() in ("password", "secret", "token")
+                                             for k, _ in parse_qsl(parts.query)):
+            raise ValueError("spec.data.source.uri must not carry a password: put it in the Secret of secretRef "
+                             "(PGPASSWORD, AWS_SECRET_ACCESS_KEY)")
+        return uri
+
+
 class Data(_Model):
-    """Where the training data comes from: exactly one of world or persistentVolumeClaim."""
+    """Where the training data comes from: exactly one of world, persistentVolumeClaim or source."""
 
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
             [
                 cel(
-                    "has(self.world) != has(self.persistentVolumeClaim)",
-                    "spec.data: give exactly one of world or persistentVolumeClaim",
+                    "[has(self.world), has(self.persistentVolumeClaim), has(self.source)].filter(x, x).size() == 1",
+                    DATA_ONE_OF,
                 )
             ]
         ),
@@ -383,11 +410,12 @@ class Data(_Model):
 
     world: WorldData | None = Field(None, description="generate the simulated world in the training pod")
     persistent_volume_claim: VolumeData | None = Field(None, description="prepared world data on a volume")
+    source: SourceData | None = Field(None, description="your own tables in a warehouse or object storage")
 
     @model_validator(mode="after")
     def _one(self) -> "Data":
-        if (self.world is None) == (self.persistent_volume_claim is None):
-            raise ValueError("spec.data: give exactly one of world or persistentVolumeClaim")
+        if sum(x is not None for x in (self.world, self.persistent_volume_claim, self.source)) != 1:
+            raise ValueError(DATA_ONE_OF)
         return self
 
 

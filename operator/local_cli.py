@@ -35,8 +35,10 @@ def apply_overrides(objs: list[dict[str, Any]], users: int | None, days: int | N
         spec = o.setdefault("spec", {})
         world = {k: v for k, v in (("users", users), ("days", days), ("seed", seed)) if v is not None}
         if world:
-            if (spec.get("data") or {}).get("persistentVolumeClaim"):
-                raise ConfigError("--users/--days/--seed: the Evolution reads its data from a volume, not a generated world")
+            data = spec.get("data") or {}
+            if data.get("persistentVolumeClaim") or data.get("source"):
+                where = "a volume" if data.get("persistentVolumeClaim") else "its own source"
+                raise ConfigError(f"--users/--days/--seed: the Evolution reads its data from {where}, not a generated world")
             spec["data"] = {"world": {**((spec.get("data") or {}).get("world") or {}), **world}}
         if evaluations is not None:
             spec.setdefault("agent", {}).setdefault("budgets", {})["evaluations"] = evaluations

@@ -14,7 +14,8 @@ harness runs what they say, on the host, exactly as written in the pod.
 How a pod becomes a host process, as a kubelet would set it up:
 - command + args as written (`cambrian`/`python` resolve to this interpreter's environment);
 - env: `value`, `valueFrom.fieldRef` (metadata.name/namespace/uid/labels/annotations, spec.nodeName,
-  spec.serviceAccountName, status.hostIP/podIP), `configMapKeyRef`, `secretKeyRef`; nothing else
+  spec.serviceAccountName, status.hostIP/podIP), `configMapKeyRef`, `secretKeyRef`, and `envFrom` a
+  Secret's or ConfigMap's keys; nothing else
   of the host's environment leaks in but PATH and the locale;
 - volumes become host folders (configMap and secret volumes filled from the objects, with `items`;
   emptyDir empty; persistentVolumeClaim the bound PersistentVolume's hostPath/local path), and every
@@ -296,6 +297,16 @@ class PodRuntime:
         cmd = [sys.executable if a == "python" else str(VENV_BIN / "cambrian") if a == "cambrian" else a for a in cmd]
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL")}
         ns = pod["metadata"]["namespace"]
+        for source in container.get("envFrom") or []:  # as a kubelet: envFrom first, env entries override it
+            prefix = source.get("prefix", "")
+            if "secretRef" in source:
+                data = {k: base64.b64decode(v).decode() for k, v in
+                        (self._get("secret", source["secretRef"]["name"], ns).get("data") or {}).items()}
+            elif "configMapRef" in source:
+                data = dict(self._get("configmap", source["configMapRef"]["name"], ns).get("data") or {})
+            else:
+                raise ValueError(f"envFrom {sorted(source)} is not supported by the test pod runtime")
+            env.update({prefix + k: v for k, v in data.items()})
         for e in container.get("env") or []:
             if "value" in e:
                 env[e["name"]] = host(e["value"])

@@ -1,4 +1,5 @@
-"""`cambrian data check SOURCE`: validate a data source against its declaration before any training."""
+"""`cambrian data check SOURCE`: validate a data source against its declaration before any training;
+`cambrian data fetch SOURCE --out DIR`: the checked snapshot that training reads (trainer/fetch.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import typer
 
 from cambrian.errors import ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Check a data source against its declaration.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Check a data source against its declaration, or fetch a checked snapshot of it.")
 
 SCHEMA_HELP = "the declaration: a YAML file (README: Bring your own data) or a built-in name (world, movielens-100k)"
 
@@ -42,3 +43,18 @@ def check(
             typer.echo(f"{report.source}: passes the {declared.name} declaration ({rows})")
     if not report.ok:
         raise ConfigError(f"{report.source} fails the {declared.name} declaration: {len(report.problems)} problem(s)")
+
+
+@app.command()
+def fetch(
+    source: str = typer.Argument(..., help="a folder of Parquet, s3://bucket/prefix, or postgresql://user@host:port/db"),
+    out: str = typer.Option(..., "--out", help="the data directory to write (kept as it is when already complete)"),
+    batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="rows per streamed batch (bounds memory)"),
+) -> None:
+    """Copy the training tables (the world declaration) of a source into a data directory, checked: the
+    snapshot every candidate of an Evolution trains on. Credentials come from the environment only."""
+    from cambrian.trainer.fetch import fetch as fetch_source
+
+    meta = fetch_source(source, out, batch_rows=batch_rows)
+    rows = ", ".join(f"{k} {n} rows" for k, n in meta.get("rows", {}).items())
+    typer.echo(f"{out}: a snapshot of {meta.get('source') or source}" + (f" ({rows})" if rows else ""))

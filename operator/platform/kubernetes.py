@@ -180,7 +180,8 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
     whose resources and deadline apply where the Evolution leaves them unset.
 
     One pod, five steps, so that candidate code never shares a container with the held-out labels:
-    world (generated data only) and prepare (trusted: static checks, the training rows into training-in, the
+    world (generated data only; or fetch, the snapshot of the Evolution's own source, the only step given its
+    connection Secret) and prepare (trusted: static checks, the training rows into training-in, the
     held-out features without labels into scoring-in), then trainer (the candidate's code: training-in
     read-only, its program into training-out; no data, no run config, no storage) and predictor (loads that
     program, which may unpickle what the candidate wrote: held-out features, no labels), all init containers,
@@ -193,7 +194,9 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         labels[KUEUE_QUEUE] = queue
     deadline = active_deadline_seconds(t, template)
     out_dir = f"{STORAGE_MOUNT}/{action.bundle_path}" if action.storage_claim else "/out"
-    run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data"]
+    data = action.data or {}
+    # your own tables: the fetch step writes a checked snapshot into the pod's data volume (below)
+    run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data/source" if data.get("source") else "/data"]
     if action.delta is not None:
         run += ["--delta", "/etc/cambrian/run/delta.json"]
     score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK]
@@ -206,7 +209,6 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
                                      *({"name": v, "emptyDir": {}} for v in STEP_VOLUMES)]
     run_mount = {"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True}
     data_mount: dict[str, Any] = {"name": "data", "mountPath": "/data", "readOnly": True}
-    data = action.data or {}
     init: list[dict[str, Any]] = []
     secure = dict(RESTRICTED_CONTAINER)
     resources = training_resources(gang.gpu_count(t), template)  # in a gang, gpusPerWorker per pod
@@ -216,6 +218,17 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": pvc["claimName"], "readOnly": True}})
         if pvc.get("path"):
             data_mount["subPath"] = pvc["path"]
+    elif data.get("source"):
+        # The only step that holds the warehouse's credentials: the image's own code, before any candidate
+        # code runs; the steps after it read the snapshot and never see the Secret.
+        source = data["source"]
+        volumes.append({"name": "data", "emptyDir": {}})
+        init.append({
+            "name": "fetch", **image, "securityContext": secure,
+            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source"],
+            **({"envFrom": [{"secretRef": {"name": source["secretRef"]["name"]}}]} if source.get("secretRef") else {}),
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT)],
+        })
     else:
         w = data.get("world") or {}
         volumes.append({"name": "data", "emptyDir": {}})

@@ -21,6 +21,7 @@ a killed driver left behind, by PID, after checking that.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -235,7 +236,8 @@ class LocalPlatform:
 
     # --- data ------------------------------------------------------------------------------------
     def data_for(self, data: Mapping[str, Any]) -> Path:
-        """The world data a run trains on: --data, a claim's folder, or a world generated once per spec."""
+        """The world data a run trains on: --data, a claim's folder, a snapshot of the Evolution's own source,
+        or a world generated once per spec."""
         if self.data_dir is not None:
             return self.data_dir
         pvc = data.get("persistentVolumeClaim")
@@ -243,6 +245,16 @@ class LocalPlatform:
             path = self.root / "volumes" / pvc["claimName"] / (pvc.get("path") or "")
             if not (path / "world.json").is_file():
                 raise ConfigError(f"data volume {pvc['claimName']}: {path} holds no world data (world.json)")
+            return path
+        source = data.get("source")
+        if source:
+            from cambrian.trainer.fetch import fetch
+
+            # one checked snapshot per source for every run of this folder (a kill mid-fetch leaves none);
+            # credentials come from this process's environment, as the Secret's keys do in a cluster
+            path = self.root / "data" / f"source-{hashlib.sha256(source['uri'].encode()).hexdigest()[:16]}"
+            with self._data_lock:
+                fetch(source["uri"], path)
             return path
         w = {"users": 2000, "days": 14, "seed": 0, **(data.get("world") or {})}
         path = self.root / "data" / f"world-u{w['users']}-d{w['days']}-s{w['seed']}"

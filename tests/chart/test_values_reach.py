@@ -361,6 +361,10 @@ CASES: list[Case] = [
       for k in ("namespaceSelector", "podSelector")],
     Case("networkPolicy.extraEgress", [{"to": [{"ipBlock": {"cidr": "10.9.9.9/32"}}]}],
          lambda d: [p["spec"]["egress"] for p in obj("NetworkPolicy")(d)], each=True),
+    Case("dataSources.secrets", [{"name": "zz-warehouse", "stringData": {"PGPASSWORD": "zz-pw"}}],
+         lambda d: [{"name": x["metadata"]["name"], "stringData": x["stringData"]} for x in obj("Secret", "zz-warehouse")(d)],
+         ("--set-json", 'operator.watchNamespaces=["zz-team"]'), each=True,
+         expect={"name": "zz-warehouse", "stringData": {"PGPASSWORD": "zz-pw"}}),
     # the production example's prerequisites (off by default)
     Case("prerequisites.priorityClass.create", None, has("PriorityClass")),
     *[Case(f"prerequisites.priorityClass.{k}", v, lambda d: obj("PriorityClass")(d), PRIORITY_ON)
@@ -429,6 +433,14 @@ def test_value_reaches_the_objects_it_names(render, case):
         assert not _reaches(case.where(base), case), f"{case.path}: found without setting it"
     found = case.where(render.docs(*case.also, *_set_args(case)))
     assert _reaches(found, case), f"{case.path}={case.value!r} did not reach its objects: {found!r}"
+
+
+def test_a_data_source_secret_is_in_every_namespace_whose_pods_may_read_it(render):
+    secrets = obj("Secret", "warehouse")(render.docs(
+        "--set-json", 'dataSources.secrets=[{"name": "warehouse", "stringData": {"PGPASSWORD": "x"}}]',
+        "--set-json", 'operator.watchNamespaces=["team-a", "team-b"]'))
+    release = obj("Deployment", "operator")(render.docs())[0]["metadata"].get("namespace") or "default"
+    assert sorted(s["metadata"].get("namespace") for s in secrets) == sorted([release, "team-a", "team-b"])
 
 
 # --- the defect of issue 21: the chart's training deadline and memory never reached the Job -------------

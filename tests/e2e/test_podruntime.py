@@ -78,6 +78,17 @@ def test_a_container_becomes_the_same_process_with_host_paths_and_ports(tmp_path
     assert set(env) <= {"PATH", "LANG", "LC_ALL", "CONFIG", "NS", "METRICS_PORT", "LEVEL", "KEY", "HOME", "KUBECONFIG"}
 
 
+def test_env_from_a_secret_gives_all_its_keys_and_env_entries_win(tmp_path):
+    secret = {"data": {k: base64.b64encode(v.encode()).decode() for k, v in {"PGPASSWORD": "pw", "MODE": "a"}.items()}}
+    c = FakeCluster({("secret", "warehouse"): secret, ("configmap", "opts"): {"data": {"LEVEL": "info"}}}, tmp_path / "ca")
+    rt = PodRuntime(c, "cam", tmp_path)
+    container = {"name": "fetch", "command": ["true"],
+                 "envFrom": [{"secretRef": {"name": "warehouse"}}, {"configMapRef": {"name": "opts"}, "prefix": "X_"}],
+                 "env": [{"name": "MODE", "value": "b"}]}
+    _, env = rt._process(POD, container, {}, tmp_path, {}, {})
+    assert (env["PGPASSWORD"], env["MODE"], env["X_LEVEL"]) == ("pw", "b", "info")
+
+
 def test_unsupported_env_sources_are_refused(tmp_path):
     rt = PodRuntime(FakeCluster({}, tmp_path / "ca"), "cam", tmp_path)
     container = {"name": "x", "command": ["true"], "env": [{"name": "R", "valueFrom": {"resourceFieldRef": {}}}]}

@@ -147,6 +147,11 @@ BAD = [
     ("evolution", "spec.agent.personas", ["reward", "reward"], "duplicate", "each persona may appear once"),
     ("evolution", "spec.data", {}, "exactly one of world", "exactly one of world"),
     ("evolution", "spec.data", {"world": {}, "persistentVolumeClaim": {"claimName": "x"}}, "exactly one", "exactly one"),
+    ("evolution", "spec.data", {"world": {}, "source": {"uri": "s3://lake/world"}}, "exactly one", "exactly one"),
+    ("evolution", "spec.data", {"source": {"uri": "lake/world"}}, "spec.data.source.uri", "spec.data.source.uri"),
+    # a password in the source would be stored in the object, printed by kubectl and logged: refused by the model
+    ("evolution", "spec.data", {"source": {"uri": "postgresql://me:hunter2@db:5432/events"}}, None, "must not carry a password"),
+    ("evolution", "spec.data", {"source": {"uri": "s3://lake/w?secret_key=x&token=y"}}, None, "must not carry a password"),
     ("evolution", "spec.guardrails.0", {"metric": "hate_rate"}, "give a limit, a margin", "give a limit, a margin"),
     ("evolution", "spec.guardrails.0.margin", -0.1, "spec.guardrails[0].margin", "spec.guardrails.0.margin"),
     ("evolution", "spec.objective.northStar", [], "spec.objective.northStar", "spec.objective.northStar"),
@@ -169,6 +174,14 @@ def test_bad_specs_rejected_naming_the_field(admission, examples, name, path, va
     with pytest.raises(ConfigError) as exc:
         api.parse_spec(obj["kind"], obj["spec"])
     assert model_msg in str(exc.value)
+
+
+def test_an_own_source_with_its_secret_is_admitted(admission, examples):
+    obj = _set(examples("evolution"), "spec.data", {"source": {"uri": "postgresql://cambrian@warehouse:5432/events",
+                                                               "secretRef": {"name": "warehouse"}}})
+    errors, defaulted = admission("Evolution", obj)
+    assert errors == []
+    assert api.parse_resource(defaulted).spec.data.source.secret_ref.name == "warehouse"
 
 
 def test_delta_is_immutable_after_creation(admission, examples):

@@ -111,6 +111,31 @@ def test_only_the_scorer_mounts_the_held_out_data_and_nothing_runs_candidate_cod
     assert len(tmps) == 3 and all(v["emptyDir"]["sizeLimit"] == "3Gi" for v in tmps)
 
 
+def test_an_own_source_is_fetched_by_the_one_step_that_holds_its_secret():
+    """Issue 17 in the cluster: the warehouse's Secret reaches only the fetch step (the image's own code,
+    before any candidate code runs); the trusted steps read its checked snapshot, the candidate none of it."""
+    a = job_action()
+    source = {"source": {"uri": "postgresql://cambrian@warehouse:5432/events", "secretRef": {"name": "warehouse"}}}
+    a = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
+                          api.Data.model_validate(source).wire(), a.storage_claim, a.bundle_path)
+    pod = K.training_job(a)["spec"]["template"]["spec"]
+    fetch, prepare, trainer, predictor = pod["initContainers"]
+    assert fetch["name"] == "fetch" and fetch["command"] == [
+        "cambrian", "data", "fetch", "postgresql://cambrian@warehouse:5432/events", "--out", "/data/source"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "warehouse"}}]
+    assert [c["name"] for c in pod["initContainers"] + pod["containers"] if "envFrom" in c] == ["fetch"]
+    for c in (prepare, pod["containers"][0]):
+        command = c["command"]
+        assert command[command.index("--data") + 1] == "/data/source"
+    assert {v["name"]: v for v in pod["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    assert not {m["name"] for m in trainer["volumeMounts"] + predictor["volumeMounts"]} & {"data", "run"}
+    # without a secretRef the step reads the pod's own identity (workload identity, an instance role)
+    anonymous = api.Data.model_validate({"source": {"uri": "s3://lake/world"}}).wire()
+    plain = K.training_job(CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
+                                             anonymous, a.storage_claim, a.bundle_path))
+    assert "envFrom" not in plain["spec"]["template"]["spec"]["initContainers"][0]
+
+
 def test_parse_job_states():
     assert K.parse_job(_job(suspend=True), []).state == "Suspended"
     assert K.parse_job(_job(active=1), []).state == "Running"

@@ -162,6 +162,30 @@ def test_a_duckdb_warehouse_is_a_source(world, tmp_path):
     _same_dataset(load_dataset(f"duckdb://{db}", ModelConfig()), load_dataset(world, ModelConfig()))
 
 
+# --- cambrian data fetch --------------------------------------------------------------------------------------
+
+def test_fetch_refuses_a_failing_source_and_leaves_nothing_behind(world, tmp_path):
+    from cambrian.trainer.fetch import fetch
+
+    bad = _broken_copy(world, tmp_path)
+    with pytest.raises(ConfigError, match="fails the data check .*impressions.watch_seconds: missing"):
+        fetch(str(bad), tmp_path / "snapshot")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # no snapshot, no .partial folder
+
+
+def test_fetch_keeps_a_complete_snapshot_and_replaces_an_incomplete_one(world, tmp_path):
+    from cambrian.trainer.fetch import fetch
+
+    out = tmp_path / "snapshot"
+    out.mkdir()
+    (out / "impressions.parquet").write_bytes(b"half a file")  # a killed earlier attempt (no world.json)
+    meta = fetch(str(world), out)
+    assert meta["rows"]["impressions"] == len(pd.read_parquet(world / "impressions.parquet"))
+    _same_dataset(load_dataset(out, ModelConfig()), load_dataset(world, ModelConfig()))
+    # complete: a second fetch reads nothing (a source that is gone by now changes nothing)
+    assert fetch(str(tmp_path / "gone"), out) == meta
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -186,6 +210,20 @@ def test_postgres_source_trains_the_same_as_the_files(postgres, world, monkeypat
     result = cli("data", "check", postgres.url(), "--json", env={"PGPASSWORD": postgres.password})
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["tables"]["impressions"]["rows"] == len(pd.read_parquet(world / "impressions.parquet"))
+
+
+def test_postgres_fetch_is_a_checked_snapshot_that_never_records_the_password(postgres, world, tmp_path):
+    result = cli("data", "fetch", postgres.url(), "--out", str(tmp_path / "snap"), "--batch-rows", "500",
+                 env={"PGPASSWORD": postgres.password})
+    assert result.returncode == 0, result.stdout + result.stderr
+    _same_dataset(load_dataset(tmp_path / "snap", ModelConfig()), load_dataset(world, ModelConfig()))
+    meta = json.loads((tmp_path / "snap" / "world.json").read_text())
+    assert meta["n_users"] == len(pd.read_parquet(world / "users.parquet")) and meta["days"] == 4
+    with_password = dataservers.Postgres(postgres.port, postgres.user, postgres.password).url(password=True)
+    again = cli("data", "fetch", with_password, "--out", str(tmp_path / "other"))
+    assert again.returncode == 0, again.stderr
+    written = "".join(p.read_text(errors="replace") for p in (tmp_path / "other").iterdir() if p.suffix == ".json")
+    assert postgres.password not in written + again.stdout + again.stderr
 
 
 def test_postgres_check_reports_a_table_of_the_declaration_read_elsewhere(postgres, tmp_path):
@@ -249,6 +287,14 @@ def test_movielens_export_from_s3_equals_the_wheel(s3, tmp_path, monkeypatch):
                                       pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
 
 
+def test_s3_fetch_without_credentials_fails_in_one_line(s3, tmp_path):
+    env = {k: v for k, v in s3.env.items() if k != "AWS_SECRET_ACCESS_KEY"} | {"AWS_SECRET_ACCESS_KEY": "wrong"}
+    ok = cli("data", "fetch", "s3://lake/world", "--out", str(tmp_path / "snap"), env=s3.env)
+    assert ok.returncode == 0 and (tmp_path / "snap" / "world.json").is_file(), ok.stderr
+    gone = cli("data", "fetch", "s3://lake/nothing", "--out", str(tmp_path / "none"), env=env)
+    assert gone.returncode == 2 and "Traceback" not in gone.stderr and not (tmp_path / "none").exists()
+
+
 def test_s3_errors_are_one_line_and_never_print_the_secret(s3):
     env = {**s3.env, "AWS_SECRET_ACCESS_KEY": "wrong-secret-value"}
     result = cli("data", "check", "s3://lake/nothing-here", env=env)
@@ -302,3 +348,46 @@ def test_redact_masks_passwords_in_the_authority_and_the_query():
     assert redact("postgresql://me:s3cret@db:5432/prod?sslmode=require&password=again") == \
         "postgresql://me:***@db:5432/prod?sslmode=require&password=***"
     assert redact("s3://lake/world") == "s3://lake/world"
+
+
+# --- an Evolution on its own source (local driver, real trainer) ----------------------------------------------
+
+def _evolve_on(source: str, root, monkeypatch, env: dict) -> dict:
+    """The tiny scenario with `spec.data.source`, 2 baseline seeds + 1 candidate, no rollout review."""
+    import yaml
+    from pathlib import Path
+
+    from cambrian.operator.local_driver import LocalDriver
+    from cambrian.operator.localstore import LocalStore, load_manifests
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (evo,) = load_manifests(Path(__file__).parents[1] / "local" / "tiny-evolution.yaml")
+    evo["spec"]["data"] = {"source": {"uri": source, "secretRef": {"name": "warehouse"}}}
+    evo["spec"]["agent"]["budgets"]["evaluations"] = 3
+    evo["spec"]["cadence"]["online"] = "3650d"  # the offline loop only: a snapshot has no users to serve
+    driver = LocalDriver(root, poll_s=0.2, max_days=2)
+    driver.apply([evo])
+    driver.run()  # until the budget is spent and the simulated time limit passes (no review is due)
+    phases = sorted(h["status"]["phase"] for h in LocalStore(root).list("hypotheses"))
+    assert phases == ["Scored", "Validated"], phases  # one candidate trained; the budget held the other back
+    status = LocalStore(root).list("evolutions")[0]["status"]
+    snapshots = list((root / "data").iterdir())
+    assert [p.name.startswith("source-") for p in snapshots] == [True]  # one checked snapshot for every run
+    meta = yaml.safe_load((snapshots[0] / "world.json").read_text())
+    assert "password" not in json.dumps(meta).lower()
+    return status
+
+
+@pytest.mark.slow  # three real training runs (~1-2 min)
+def test_an_evolution_trains_on_its_own_postgres_tables(postgres, world, tmp_path, monkeypatch):
+    status = _evolve_on(postgres.url(), tmp_path / "run", monkeypatch, {"PGPASSWORD": postgres.password})
+    assert len(status["baselineRuns"]) == 2 and status["spend"]["evaluations"] == 3
+    impressions = len(pd.read_parquet(world / "impressions.parquet"))
+    assert all(0 < r["metrics"]["n_train"] + r["metrics"]["n_val"] <= impressions for r in status["baselineRuns"])
+
+
+@pytest.mark.slow
+def test_an_evolution_trains_on_its_own_parquet_in_a_bucket(s3, tmp_path, monkeypatch):
+    status = _evolve_on("s3://lake/world", tmp_path / "run", monkeypatch, s3.env)
+    assert len(status["baselineRuns"]) == 2 and status["spend"]["evaluations"] == 3

@@ -1,0 +1,92 @@
+"""`cambrian data fetch SOURCE --out DIR`: a checked snapshot of a source's training tables in a data directory.
+
+Why a snapshot: every candidate of an Evolution must train and be scored on the same rows (a warehouse
+that changes between two candidates would make their comparison unfair), and the steps that run
+candidate code must never hold the warehouse's credentials. So a trusted step reads the source once,
+streaming (memory bounded by the batch size, not the table), writes the declared tables as Parquet in
+the data-directory layout, checks the copy against the declaration (a failing source is refused and
+nothing is left behind), and writes world.json last: its presence marks a complete directory. In a
+cluster that step is the training pod's `fetch` init container, the only one given the connection
+Secret; locally the driver fetches once per source into its run folder (operator/platform/local.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cambrian.errors import ConfigError
+from cambrian.trainer.datacheck import check_source
+from cambrian.trainer.schema import WORLD, DataSchema
+from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact
+
+MARKER = "world.json"
+
+
+def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows: int = BATCH_ROWS) -> dict:
+    """Copy the declared tables of `uri` into `out_dir`; a no-op when `out_dir` is already complete.
+    Returns the directory's world.json content. Raises ConfigError (exit 2) for a source that cannot be
+    read or fails the declaration's check."""
+    out = Path(out_dir)
+    if (out / MARKER).is_file():  # a restarted driver or a re-run step: the snapshot is kept, not re-read
+        return json.loads((out / MARKER).read_text())
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        opened = open_source(uri)
+        try:
+            rows = {key: _copy(opened, key, table, partial, batch_rows) for key, table in schema.tables.items()}
+        finally:
+            close(opened)
+        copy = open_source(str(partial))
+        report = check_source(schema, copy, batch_rows)
+        if not report.ok:
+            raise ConfigError(f"{redact(uri)} fails the data check ({schema.name}): {report.problems[0]}",
+                              hint=f"{len(report.problems)} problem(s) in all: `cambrian data check {redact(uri)}` lists them")
+        meta = _meta(uri, schema, partial, rows)
+        (partial / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if out.exists():  # an incomplete earlier attempt (no marker): replaced whole
+            shutil.rmtree(out)
+        partial.rename(out)
+        return meta
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _copy(source, key: str, table, folder: Path, batch_rows: int) -> int:
+    columns = list(table.columns)
+    path = folder / (table.path or f"{key}.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer, rows = None, 0
+    try:
+        for batch in source.batches(key, table, columns, batch_rows):
+            if writer is None:
+                writer = pq.ParquetWriter(path, batch.schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is None:  # an empty table is still a table: the check names what is wrong with it
+            schema = source.arrow_schema(key, table)
+            pq.write_table(pa.table({c: pa.array([], schema.field(c).type) for c in columns if c in schema.names}), path)
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
+
+
+def _meta(uri: str, schema: DataSchema, folder: Path, rows: dict[str, int]) -> dict:
+    """What the world's generator writes about itself, as far as logged data can say it."""
+    meta = {"schema_version": 1, "source": redact(uri), "declaration": schema.name, "rows": rows,
+            "logging_policy": "observational", "params": {}, "seed": None}
+    if schema is WORLD:
+        topics = pq.read_table(folder / (schema.tables["items"].path or "items.parquet"), columns=["topic"])["topic"]
+        days = pq.read_table(folder / (schema.tables["impressions"].path or "impressions.parquet"), columns=["day"])["day"]
+        meta.update(n_users=rows["users"], n_items=rows["items"],
+                    n_topics=int(pc.max(topics).as_py() or 0) + 1 if len(topics) else 0,
+                    days=len(pc.unique(days)))
+    return meta
