@@ -154,6 +154,7 @@ class ExperimentReadout:
     stats: dict[str, dict[str, SufficientStats | RatioStats]]   # arm -> metric -> sums
     exposures: dict[str, int]                                  # arm -> users ever exposed
     cohorts: dict[int, dict[str, int]] = field(default_factory=dict)  # first-exposure day -> arm -> users
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> guardrail -> its PromQL value
 
 
 class PromClient:
@@ -187,6 +188,17 @@ class PromClient:
     def value(self, expr: str, at: float | None = None) -> float | None:
         rows = self.query(expr, at)
         return rows[0][1] if rows else None
+
+    def gauges(self, queries: Mapping[str, Mapping[str, str]], at: float | None = None) -> dict[str, dict[str, float]]:
+        """arm -> guardrail -> value of that arm's query (a Rollout's `guardrails[].query`). A query with no
+        series, several (which one would be the arm's?) or a NaN gives no value: that arm is not verified."""
+        out: dict[str, dict[str, float]] = {}
+        for arm, by_metric in queries.items():
+            for metric, expr in by_metric.items():
+                rows = self.query(expr, at)
+                if len(rows) == 1 and math.isfinite(rows[0][1]):
+                    out.setdefault(arm, {})[metric] = rows[0][1]
+        return out
 
     def ready(self) -> bool:
         try:

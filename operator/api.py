@@ -48,6 +48,9 @@ QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE]
 METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 # A data source outside the cluster: a scheme and the rest (trainer/sources.py reads it); a folder is a volume.
 SOURCE_URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
+GUARDRAIL_QUERY_RULE = ("guardrail query: give a limit and no margin (a PromQL value has no confidence interval to "
+                        "judge a relative regression by)")
+GUARDRAIL_QUERY_ARM = "guardrail query: select each arm's series with {{arm}}"
 DATA_ONE_OF = "spec.data: give exactly one of world, persistentVolumeClaim or source"
 
 
@@ -136,24 +139,36 @@ class OnlineMetric(_Model):
 
 
 class Guardrail(_Model):
-    """A hard limit: `limit` bounds the metric's value, `margin` its relative regression vs control."""
+    """A hard limit: `limit` bounds the metric's value, `margin` its relative regression vs control. With
+    `query`, the value is your own PromQL over your own series, read at each readout for each arm (as an
+    Argo Rollouts analysis template's)."""
 
     model_config = ConfigDict(  # merged with _Model's camelCase aliases and extra=forbid
                 json_schema_extra=_x(
-            [cel("has(self.limit) || has(self.margin)", "guardrail: give a limit, a margin or both", "FieldValueRequired")]
+            [cel("has(self.limit) || has(self.margin)", "guardrail: give a limit, a margin or both", "FieldValueRequired"),
+             cel("!has(self.query) || (has(self.limit) && !has(self.margin))", GUARDRAIL_QUERY_RULE),
+             cel("!has(self.query) || self.query.contains('{{arm}}')", GUARDRAIL_QUERY_ARM)]
         ),
     )
 
     metric: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN,
-                        description="metric name as exported to Prometheus")
+                        description="metric name as exported to Prometheus (with query: the name the guardrail reports)")
     direction: Direction = Field("minimize", description="which way is good for this metric")
     limit: float | None = Field(None, description="absolute bound on the treatment's value (upper if minimize)")
     margin: float | None = Field(None, ge=0, le=1, description="largest tolerated relative regression vs control")
+    query: str | None = Field(None, min_length=1, max_length=4096, description=(
+        "PromQL over your own Prometheus series giving one number per arm: each readout runs it once per arm "
+        "with {{arm}} replaced by the arm's name (e.g. a label matcher arm=\"{{arm}}\"); the value is checked "
+        "against limit. An arm whose query returns nothing, several series or NaN is not verified: never promoted"))
 
     @model_validator(mode="after")
     def _limit_or_margin(self) -> "Guardrail":
         if self.limit is None and self.margin is None:
             raise ValueError("guardrail: give a limit, a margin or both")
+        if self.query is not None and (self.limit is None or self.margin is not None):
+            raise ValueError(GUARDRAIL_QUERY_RULE)
+        if self.query is not None and "{{arm}}" not in self.query:
+            raise ValueError(GUARDRAIL_QUERY_ARM)
         return self
 
 

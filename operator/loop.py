@@ -171,8 +171,8 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         from cambrian.operator.reconcile import readout as RD
 
         try:
-            r = platform.prometheus_readout(meta.name)
-            analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts)
+            r = platform.prometheus_readout(meta.name, RD.gauge_queries(spec))
+            analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts, r.values)
         except MetricsUnavailable as exc:
             log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
             unavailable = str(exc)

@@ -75,6 +75,7 @@ class Readout(Protocol):
     stats: Mapping[str, Mapping[str, Any]]
     exposures: Mapping[str, int]
     cohorts: Mapping[int, Mapping[str, int]]
+    values: Mapping[str, Mapping[str, float]]  # arm -> guardrail -> the value of its PromQL query
 
 
 @runtime_checkable
@@ -106,8 +107,9 @@ class Platform(Protocol):
         """What the router has now for this rollout (None: no entry)."""
 
     # --- metrics ----------------------------------------------------------------------------
-    def prometheus_readout(self, rollout: str) -> Readout:
-        """Per-arm sufficient statistics of the experiment; raises MetricsUnavailable."""
+    def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
+        """Per-arm sufficient statistics of the experiment, and the value of each arm's guardrail query
+        (`gauges`: arm -> guardrail -> PromQL, from readout.gauge_queries); raises MetricsUnavailable."""
 
     # --- the loop ---------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None: ...

@@ -1016,14 +1016,16 @@ class KubernetesPlatform:
             return None  # unreadable: the core rewrites it
 
     # --- metrics ---------------------------------------------------------------------------
-    def prometheus_readout(self, rollout: str) -> Readout:
+    def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         if not self.prometheus_url:
             raise MetricsUnavailable("no Prometheus URL configured (--prometheus-url or CAMBRIAN_PROMETHEUS_URL)")
         from cambrian.online.prometheus import PromClient, PrometheusUnavailable
 
         client = PromClient(self.prometheus_url)
         try:
-            return client.read_experiment(rollout)
+            readout = client.read_experiment(rollout)
+            readout.values = client.gauges(gauges or {}, at=readout.time)
+            return readout
         except PrometheusUnavailable as exc:
             raise MetricsUnavailable(str(exc)) from None
         finally:

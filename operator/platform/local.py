@@ -451,7 +451,7 @@ class LocalPlatform:
         log.info("rollout %s: simulated day %s: %s", env.name, summary.day, summary.arms)
 
     # --- metrics ---------------------------------------------------------------------------------
-    def prometheus_readout(self, rollout: str) -> Readout:
+    def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         from cambrian.online.prometheus import ExperimentReadout, PromClient, PrometheusUnavailable
 
         env = self.envs.get(rollout)
@@ -468,6 +468,7 @@ class LocalPlatform:
                 if time.monotonic() > deadline:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
                 time.sleep(0.25)
+            values = client.gauges(gauges or {}, at=r.time)
         except PrometheusUnavailable as exc:
             raise MetricsUnavailable(str(exc)) from None
         finally:
@@ -475,7 +476,7 @@ class LocalPlatform:
         # cohort keys: world days -> the clock's UTC day numbers that the core's SRM check uses
         shift = (day_start(env.state.clock_day0 or 0) - UNIX_EPOCH).days - (env.state.world_day0 or 0)
         return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures,
-                                 {d + shift: arms for d, arms in r.cohorts.items()})
+                                 {d + shift: arms for d, arms in r.cohorts.items()}, values)
 
     # --- the loop --------------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None:

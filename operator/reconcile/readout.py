@@ -43,6 +43,13 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
     )
 
 
+def gauge_queries(spec: RolloutSpec) -> dict[str, dict[str, str]]:
+    """arm -> guardrail -> its PromQL with {{arm}} replaced by the arm's name (a DNS label: nothing to escape
+    inside a PromQL string). Every arm, control included: its value is shown beside the treatments'."""
+    return {arm: {g.metric: g.query.replace("{{arm}}", arm) for g in spec.metrics.guardrails if g.query}
+            for arm in spec.arm_names()} if any(g.query for g in spec.metrics.guardrails) else {}
+
+
 def day_number(t: datetime) -> int:
     """Cohort day of a wall-clock time: whole UTC days since 1970-01-01 (the collector's cohort_day in cluster mode)."""
     return (t - EPOCH).days

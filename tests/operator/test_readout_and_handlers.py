@@ -107,7 +107,7 @@ class MemPlatform:
     def set_weights(self, a): self.applied.append(("weights", a.as_dict())); self.weights = a.as_dict()
     def clear_weights(self, a): self.weights = None
     def router_weights(self, owner, serving): return self.weights
-    def prometheus_readout(self, name): raise MetricsUnavailable("down")
+    def prometheus_readout(self, name, gauges=None): raise MetricsUnavailable("down")
     def create_rollout(self, a): self.applied.append(("rollout", a.name))
     def update_champion(self, a): self.applied.append(("champion", a.bundle))
     def champion_serving(self, owner, serving): return None
