@@ -31,6 +31,7 @@ PRIORITY_ON = ("--set", "prerequisites.priorityClass.create=true")
 CLAIM_ON = ("--set", "prerequisites.bundlesClaim.create=true")
 KUEUE = ("--api-versions", "kueue.x-k8s.io/v1beta1/LocalQueue")  # as if Kueue were installed
 QUEUE_ON = ("--set", "prerequisites.localQueue.create=true")
+COLLECTOR_ON = ("--set", "collector.enabled=true")
 KEEP = object()  # a pinned value (the schema allows only the default): the default must reach the objects
 
 
@@ -319,6 +320,34 @@ CASES: list[Case] = [
     Case("router.podLabels", {"zz-rl": "1"},
          lambda d: obj("Deployment", "-router")(d)[0]["spec"]["template"]["metadata"]["labels"], ROUTER_ON),
     *scheduling_cases("router", pod("-router"), ROUTER_ON),
+    # the event collector (off by default)
+    Case("collector.enabled", None, has("Deployment", "-collector")),
+    *image_cases("collector", image_and_policy(lambda d: [container("-collector")(d)]), COLLECTOR_ON),
+    Case("collector.port", 9127, lambda d: [container("-collector", "ports")(d), container("-collector", "args")(d)],
+         COLLECTOR_ON, each=True),
+    Case("collector.service.port", 9128, lambda d: obj("Service", "-collector")(d)[0]["spec"]["ports"][0]["port"], COLLECTOR_ON),
+    Case("collector.preDays", 21, container("-collector", "args"), COLLECTOR_ON, expect="21"),
+    Case("collector.activeWindow", 5, container("-collector", "args"), COLLECTOR_ON, expect="5"),
+    Case("collector.persistence.enabled", None,  # on by default: turned off, the event log is an emptyDir
+         lambda d: not has("PersistentVolumeClaim", "-collector")(d)
+         and {"name": "data", "emptyDir": {}} in pod("-collector")(d)[0]["volumes"], COLLECTOR_ON),
+    Case("collector.persistence.size", "7Gi", lambda d: obj("PersistentVolumeClaim", "-collector")(d)[0]["spec"],
+         COLLECTOR_ON, expect={"resources": {"requests": {"storage": "7Gi"}}}),
+    Case("collector.persistence.storageClassName", "zz-disk",
+         lambda d: obj("PersistentVolumeClaim", "-collector")(d)[0]["spec"], COLLECTOR_ON),
+    Case("collector.warehouse.url", "postgresql://zz@db:5432/zz", container("-collector", "env"), COLLECTOR_ON,
+         expect={"name": "CAMBRIAN_WAREHOUSE_URL", "value": "postgresql://zz@db:5432/zz"}),
+    Case("collector.warehouse.secretName", "zz-warehouse", container("-collector", "envFrom"), COLLECTOR_ON,
+         expect=[{"secretRef": {"name": "zz-warehouse"}}]),
+    Case("collector.warehouse.metrics", [{"name": "zz_sql", "sql": "SELECT user_id, day, 1 AS value FROM zz"}],
+         lambda d: [yaml.safe_load(c["data"]["metrics.yaml"]) for c in obj("ConfigMap", "-collector-metrics")(d)],
+         COLLECTOR_ON + ("--set", "collector.warehouse.url=duckdb:///zz.duckdb")),
+    *resources_cases("collector", container("-collector"), COLLECTOR_ON),
+    Case("collector.podAnnotations", {"zz/c": "1"},
+         lambda d: obj("Deployment", "-collector")(d)[0]["spec"]["template"]["metadata"].get("annotations"), COLLECTOR_ON),
+    Case("collector.podLabels", {"zz-cl": "1"},
+         lambda d: obj("Deployment", "-collector")(d)[0]["spec"]["template"]["metadata"]["labels"], COLLECTOR_ON),
+    *scheduling_cases("collector", pod("-collector"), COLLECTOR_ON),
     # gateway, monitoring, dashboards, network policy
     Case("gateway.enabled", None, lambda d: _contains(obj("ClusterRole")(d)[0]["rules"], {"resources": ["httproutes"]})),
     Case("metrics.serviceMonitor.enabled", None, has("ServiceMonitor")),
