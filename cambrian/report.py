@@ -45,6 +45,7 @@ class Rollout:
     timeline: list[dict[str, Any]]
     spec: dict[str, Any] | None
     arm_hypothesis: dict[str, str] = field(default_factory=dict)  # treatment arm -> hypothesis id
+    predicted: dict[str, dict[str, Any]] = field(default_factory=dict)  # hypothesis id -> {mean, sd, by} at launch
 
     @property
     def control(self) -> str:
@@ -373,6 +374,11 @@ def online_outcomes(run: Run) -> dict[str, str]:
     return out
 
 
+def _predicted(p: dict[str, Any] | None) -> str:
+    """What the online agent's surrogate predicted when it launched the rollout; '-' when it did not rank."""
+    return f"{p['mean']:+.4g} ± {p['sd']:.2g} ({p.get('by', 'surrogate')})" if p else "-"
+
+
 def proxy_vs_online(run: Run) -> list[dict[str, Any]]:
     """One point per treatment arm tied to a scored hypothesis with an online effect: the offline gain
     (in noise-floor units) against the final online effect on the north star with its interval."""
@@ -399,7 +405,7 @@ def proxy_vs_online(run: Run) -> list[dict[str, Any]]:
                            "offline_units": "floor" if floor > 0 else "raw",
                            "online": est, "lo": _num((ci or [None, None])[0]), "hi": _num((ci or [None, None])[1]),
                            "relative": is_relative(ro), "north_star": ro.north_star,
-                           "outcome": (d.get("outcome") or outcome_of(h))})
+                           "outcome": (d.get("outcome") or outcome_of(h)), "predicted": ro.predicted.get(hid)})
     return points
 
 
@@ -596,11 +602,11 @@ def write_report(run: Run, out: Path) -> Path:
     if points:
         rp.proxy_vs_online(points, out / "proxy_vs_online.png")
         parts.append(_img("proxy_vs_online.png", "offline proxy gain versus online effect"))
-        parts.append(_table([[p["id"], p["persona"], p["rollout"], f"{p['offline']:.3g}",
+        parts.append(_table([[p["id"], p["persona"], p["rollout"], f"{p['offline']:.3g}", _predicted(p["predicted"]),
                               f"{p['online']:.4g}", f"[{_fmt(p['lo'])}, {_fmt(p['hi'])}]", p["outcome"]]
                              for p in points],
-                            ["hypothesis", "persona", "rollout", "offline gain (noise floors)", "online effect",
-                             "interval", "online outcome"]))
+                            ["hypothesis", "persona", "rollout", "offline gain (noise floors)",
+                             "predicted online effect (at launch)", "online effect", "interval", "online outcome"]))
     elif run.rollouts:
         parts.append(_missing("No treatment arm could be tied to a scored hypothesis (name arms after hypothesis "
                               "ids, or keep the rollout spec next to its result)."))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cambrian.errors import ConfigError
+from cambrian.operator.reconcile.views import A_PREDICTED
 
 def is_driver_run(path: Path) -> bool:
     return (path / "objects" / "evolutions").is_dir()
@@ -124,6 +125,12 @@ def _rollout(p: Path, obj: dict[str, Any]):
                   "control": (spec.get("control") or {}).get("bundle"),
                   "treatments": {t["name"]: t["bundle"] for t in treatments}})
     ro.arm_hypothesis = {t["name"]: t["hypothesisRef"]["name"] for t in treatments if t.get("hypothesisRef")}
+    try:
+        guess = json.loads(((obj.get("metadata") or {}).get("annotations") or {}).get(A_PREDICTED) or "null")
+    except ValueError:
+        guess = None
+    if isinstance(guess, dict) and guess.get("hypothesis"):
+        ro.predicted = {guess["hypothesis"]: guess}
     return ro
 
 

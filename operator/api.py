@@ -758,6 +758,7 @@ class OnlineResult(_Status):
     """How the hypothesis did in its rollout."""
 
     rollout: str = Field(description="the Rollout")
+    arm: str | None = Field(None, description="this hypothesis's treatment arm in the Rollout")
     decision: Outcome | None = Field(None, description="promote, rollback, continue or inconclusive")
     reason: str | None = Field(None, description="why, in words")
     effects: list[ArmEffect] = Field(default_factory=list, max_length=64, description="effects per arm and metric")

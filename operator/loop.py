@@ -223,7 +223,9 @@ def _top_k(spec: api.EvolutionSpec, status: api.EvolutionStatus, meta: Meta, hyp
     except Exception as exc:  # noqa: BLE001 - the agent failing must not stop the loop: fall back to the stand-in
         log.warning("evolution %s: online agent failed (%s); using the deterministic ranking", meta.name, exc)
         return None
-    return TopK(start=tuple(sel.start), retire=tuple(sel.retire), ranked_by=sel.ranked_by, note=sel.note)
+    predictions = tuple((h, float(p["mean"]), float(p["sd"])) for h, p in sorted((sel.predictions or {}).items()))
+    return TopK(start=tuple(sel.start), retire=tuple(sel.retire), ranked_by=sel.ranked_by, note=sel.note,
+                predictions=predictions)
 
 
 def of_evolution(objects: Objects, plural: str, namespace: str, evolution: str) -> list[dict[str, Any]]:

@@ -93,6 +93,9 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
         online = {}
         if st.get("online"):
             online = {"decision": st["online"].get("decision"), "matured": st["online"].get("decision") is not None}
+            effect = online_effect(st["online"], spec.objective.north_star[0].name)
+            if effect is not None:  # what the surrogate learns from (agents/surrogate.py TARGET)
+                online["effect"] = effect
         out.append(Hypothesis(
             id=meta["name"], generation=int(origin.get("wakeup") or 0), persona=origin.get("persona") or _persona_of(component),
             component=component, category=origin.get("category") or "explore", explanation=s.get("explanation", ""),
@@ -103,6 +106,14 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
             created_at=_epoch(meta.get("creationTimestamp")),
         ))
     return out
+
+
+def online_effect(result: Mapping[str, Any], north_star: str) -> float | None:
+    """The relative north-star effect a concluded rollout measured for this hypothesis's own arm (the only
+    arm when the status predates `arm`)."""
+    effects = [e for e in result.get("effects") or [] if e.get("metric") == north_star and e.get("relative")]
+    mine = [e for e in effects if e.get("arm") == result.get("arm")] if result.get("arm") else effects
+    return float(mine[0]["estimate"]) if len(mine) == 1 else None
 
 
 def _persona_of(component: str) -> str:

@@ -684,7 +684,8 @@ def routes_only_to(route: Mapping[str, Any], service: str) -> bool:
 
 def rollout_object(action: CreateRollout) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Rollout",
-            "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": label_value(action.hypothesis)}),
+            "metadata": _meta(action.name, action.owner, {"cambrian.dev/hypothesis": label_value(action.hypothesis)},
+                              dict(action.annotations) or None),
             "spec": action.spec}
 
 

@@ -481,7 +481,9 @@ class LocalPlatform:
     # --- the loop --------------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None:
         self.store.create({"kind": "Rollout", "metadata": {"name": action.name,
-                                                           "labels": {"cambrian.dev/hypothesis": action.hypothesis}},
+                                                           "labels": {"cambrian.dev/hypothesis": action.hypothesis},
+                                                           **({"annotations": dict(action.annotations)}
+                                                              if action.annotations else {})},
                            "spec": action.spec}, self.clock(), action.owner)
 
     def retire_rollout(self, action: RetireRollout) -> None:

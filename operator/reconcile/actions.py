@@ -98,6 +98,7 @@ class CreateRollout:
     owner: Owner
     spec: dict[str, Any] = field(hash=False)  # api.RolloutSpec, wire form
     hypothesis: str = ""
+    annotations: tuple[tuple[str, str], ...] = ()  # e.g. the surrogate's prediction (views.A_PREDICTED)
 
 
 @dataclass(frozen=True)

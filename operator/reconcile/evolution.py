@@ -8,6 +8,7 @@ the evolution's uid and what it is for, so a replayed reconcile re-issues the sa
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Sequence
 
@@ -38,6 +39,7 @@ from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, ch
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
                                                       RolloutView, TopK)
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
+from cambrian.operator.reconcile.views import A_PREDICTED
 
 POLL_SECONDS = 30.0
 MAX_HANDLED = 256
@@ -214,9 +216,13 @@ def reconcile(
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
             name = rollout_name(meta, h.name)
-            actions.append(CreateRollout(name, owner, _rollout_spec(meta, spec, st, h, name).wire(), h.name))
+            predicted = top_k.predicted(h.name) if top_k is not None else None
+            annotations = ((A_PREDICTED, json.dumps({"hypothesis": h.name, "mean": predicted[0], "sd": predicted[1],
+                                                     "by": top_k.ranked_by})),) if predicted and top_k else ()
+            actions.append(CreateRollout(name, owner, _rollout_spec(meta, spec, st, h, name).wire(), h.name, annotations))
             score = f"{h.offline_score:.6g}" if h.offline_score is not None else "?"
-            journal("RolloutStarted", f"{h.name} ({h.offline_metric}={score}) in rollout {name}")
+            guess = f"; {top_k.ranked_by} predicts {predicted[0]:+.4f} ± {predicted[1]:.4f}" if predicted and top_k else ""
+            journal("RolloutStarted", f"{h.name} ({h.offline_metric}={score}) in rollout {name}{guess}")
             live.append(RolloutView(name=name, phase=None, hypotheses=(h.name,)))
 
     # 6. Counters, conditions.

@@ -166,6 +166,7 @@ def reconcile(
         elif rollout.concluded:
             st.online = OnlineResult(
                 rollout=rollout.name,
+                arm=rollout.arm_of(meta.name),
                 decision=rollout.decision,  # type: ignore[arg-type]
                 reason=rollout.reason,
                 effects=[e for e in rollout.effects],  # type: ignore[misc]

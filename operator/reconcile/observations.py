@@ -106,6 +106,10 @@ class RolloutView:
     winner_bundle: str | None = None
     reason: str | None = None
     effects: tuple[dict[str, Any], ...] = ()
+    arms: tuple[tuple[str, str], ...] = ()  # (treatment hypothesis, its arm's name)
+
+    def arm_of(self, hypothesis: str) -> str | None:
+        return next((arm for h, arm in self.arms if h == hypothesis), None)
 
     @property
     def concluded(self) -> bool:
@@ -144,3 +148,8 @@ class TopK:
     retire: tuple[str, ...] = ()
     ranked_by: str = "builtin"
     note: str = ""
+    # the surrogate's predicted online effect of each candidate it ranked: (hypothesis, mean, sd)
+    predictions: tuple[tuple[str, float, float], ...] = ()
+
+    def predicted(self, hypothesis: str) -> tuple[float, float] | None:
+        return next(((m, s) for h, m, s in self.predictions if h == hypothesis), None)

@@ -10,6 +10,9 @@ from cambrian.operator.reconcile.observations import HypothesisView, RolloutView
 
 A_TOKENS = "cambrian.dev/tokens"
 A_DOLLARS = "cambrian.dev/dollars"
+# On a Rollout the core started: the surrogate's predicted online effect of its treatment, as JSON
+# {"hypothesis", "mean", "sd", "by"}: what the report sets beside the measured effect.
+A_PREDICTED = "cambrian.dev/predicted-effect"
 
 
 def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
@@ -46,6 +49,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         winner_bundle=(winner or {}).get("bundle") if winner else None,
         reason=status.get("reason"),
         effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
+        arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
     )
 
 

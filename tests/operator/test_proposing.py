@@ -302,3 +302,31 @@ def test_a_failed_hypothesis_goes_back_to_its_persona_with_its_error():
     assert f"repair of {name}" in repairs[0].explanation
     assert repairs[0].delta.patch != failed[0]["spec"]["delta"]["patch"]  # a different change, not a retry
     assert P.journal_view(as_objects(batch, "evo-w2-abc"), spec, spec.baseline)[-1].parent == name
+
+
+def _concluded(name: str, component: str, long_watch: float, floors: float, effect: float | None, arm="treatment"):
+    status = {"phase": "Scored", "offlineMetric": "val_loss", "gain": floors * 0.01, "noiseFloor": 0.01,
+              "verdict": "better", "proxyMetrics": {"long_watch_corr": {"value": long_watch}, "return_corr": {"value": 0.0}}}
+    if effect is not None:
+        status.update(phase="Retired", online={
+            "rollout": f"ro-{name}", "arm": arm, "decision": "rollback",
+            "effects": [{"arm": "other", "metric": "watch_minutes", "estimate": 9.9, "ciLow": 9, "ciHigh": 11, "relative": True},
+                        {"arm": arm, "metric": "watch_minutes", "estimate": effect, "ciLow": effect - 0.01,
+                         "ciHigh": effect + 0.01, "relative": True}]})
+    return {"metadata": {"name": name, "creationTimestamp": "2026-02-01T00:00:00Z"},
+            "spec": {"component": component, "delta": {"patch": {"lr": 0.01 + len(name) * 1e-4}}}, "status": status}
+
+
+def test_concluded_rollouts_reach_the_surrogate_through_the_hypothesis_objects():
+    """The Online Agent's surrogate learns from the effects concluded rollouts recorded in Hypothesis status
+    (its own arm's north-star effect, not another arm's); the operator path had given it none, so it never ranked."""
+    history = [_concluded(f"h{i}", c, lw, fl, 0.2 * lw) for i, (c, lw, fl) in enumerate([
+        ("reward", 0.10, 1.0), ("reward", 0.05, 1.5), ("optimizer", 0.0, 4.0), ("training", -0.01, 6.0),
+        ("architecture", 0.02, 3.0), ("reward", -0.05, 2.0)])]
+    pool = [_concluded("big-gain", "training", 0.0, 8.0, None), _concluded("long-watch", "reward", 0.08, 1.2, None)]
+    spec = evo_spec().model_copy(update={"top_k": 1})
+    entries = {h.id: h for h in P.journal_view(history, spec, spec.baseline)}
+    assert entries["h0"].online["effect"] == pytest.approx(0.02)  # its arm's estimate, not "other"'s
+    sel = P.select_top_k(spec, spec.baseline, [*history, *pool])
+    assert sel.ranked_by == "surrogate" and sel.start == ["long-watch"]
+    assert sel.predictions["long-watch"]["mean"] > sel.predictions["big-gain"]["mean"]

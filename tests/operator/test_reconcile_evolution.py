@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datetime import datetime, timedelta, timezone
 
 from cambrian.operator import api
@@ -160,6 +162,15 @@ def test_online_agent_selection_starts_its_choice_and_retires_dropouts():
     assert [(type(a).__name__, a.name) for a in r3.actions if isinstance(a, (RetireRollout, CreateRollout))] == [
         ("RetireRollout", "ro-o1"), ("CreateRollout", E.rollout_name(META, "o2"))]
     assert r3.status.live_rollouts == [E.rollout_name(META, "o2")]
+    # the surrogate's prediction travels with the rollout it chose (its report sets it beside the measured effect)
+    (created,) = [a for a in r3.actions if isinstance(a, CreateRollout)]
+    assert created.annotations == ()
+    guessed = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), due, top_k=TopK(
+        start=("o2",), retire=("o1",), ranked_by="surrogate", predictions=(("o1", 0.001, 0.01), ("o2", 0.012, 0.004))))
+    (created,) = [a for a in guessed.actions if isinstance(a, CreateRollout)]
+    assert json.loads(dict(created.annotations)["cambrian.dev/predicted-effect"]) == {
+        "hypothesis": "o2", "mean": 0.012, "sd": 0.004, "by": "surrogate"}
+    assert any("surrogate predicts +0.0120 ± 0.0040" in getattr(a, "message", "") for a in guessed.actions)
     # the agent keeps o1: nothing changes (no free slot), and a choice outside the scored pool is ignored
     r4 = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), due, top_k=TopK(start=("o9",), retire=()))
     assert not [a for a in r4.actions if isinstance(a, (RetireRollout, CreateRollout))]

@@ -276,10 +276,12 @@ def test_live_concludes(phase, winner, expected):
     st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
     decision = {"Promoted": "promote", "RolledBack": "rollback", "Inconclusive": "inconclusive"}[phase]
     ro = RolloutView("ro-1", phase, (META.name,), decision, winner, "b", "why",
-                     ({"arm": "treatment", "metric": "dau", "estimate": 0.1, "ciLow": 0.0, "ciHigh": 0.2},))
+                     ({"arm": "treatment", "metric": "dau", "estimate": 0.1, "ciLow": 0.0, "ciHigh": 0.2},),
+                     arms=((META.name, "treatment"),))
     r = run(spec, st, rollout=ro)
     assert r.status.phase == expected
     assert r.status.online.decision == decision and r.status.online.effects[0].ci_high == 0.2
+    assert r.status.online.arm == "treatment"  # which of the effects is this hypothesis's own
 
 
 def test_live_rollout_deleted_retires():

@@ -68,7 +68,9 @@ def driver_run(tmp_path):
     spec = {"evolutionRef": {"name": "demo"}, "control": {"name": "control", "bundle": "file:///b/base"},
             "treatments": [{"name": "treatment", "hypothesisRef": {"name": "demo-w1-0"}, "bundle": "file:///b/demo-w1-0"}],
             "metrics": {"northStar": [{"name": "watch_minutes"}]}}
-    store.put({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "ro-1"}, "spec": spec,
+    predicted = '{"hypothesis": "demo-w1-0", "mean": 0.031, "sd": 0.012, "by": "surrogate"}'  # as the core annotates
+    store.put({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "spec": spec,
+               "metadata": {"name": "ro-1", "annotations": {"cambrian.dev/predicted-effect": predicted}},
                "status": {"phase": "Promoted", "decision": "promote", "winner": "treatment", "reason": "watch_minutes +5%",
                           "startedAt": _iso(1), "concludedAt": _iso(3),
                           "arms": [{"name": "control", "weight": 0}, {"name": "treatment", "weight": 100}]}})
@@ -113,6 +115,7 @@ def test_a_driver_run_reads_as_the_same_report(driver_run, tmp_path):
     assert online_outcomes(run) == {"demo-w1-0": "promoted"}
     (point,) = proxy_vs_online(run)
     assert point["offline"] == pytest.approx(4.0) and point["online"] == 0.05  # gain in noise floors, effect
+    assert point["predicted"] == {"hypothesis": "demo-w1-0", "mean": 0.031, "sd": 0.012, "by": "surrogate"}
 
     out = tmp_path / "report"
     html = write_report(run, out).read_text()
@@ -120,6 +123,7 @@ def test_a_driver_run_reads_as_the_same_report(driver_run, tmp_path):
                  "proxy_vs_online.png"):
         assert (out / plot).is_file() and f'src="{plot}"' in html
     assert "demo-w1-0 — launched by rollout ro-1" in html and "7 training run(s)" in html
+    assert "predicted online effect (at launch)" in html and "+0.031 ± 0.012 (surrogate)" in html
 
 
 def test_extra_rollout_folders_are_refused_for_a_driver_run(driver_run, tmp_path):
