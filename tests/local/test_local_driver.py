@@ -140,20 +140,54 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     assert [e["event"] for e in events if e["kind"] == "Evolution"].count("Proposed") == 1
 
 
-def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path):
-    """Two proposals and room for one more evaluation after the baseline's two seeds: the Evolution counts the
-    first training run before the second Hypothesis asks, so exactly one trains and the other waits, Validated."""
+@pytest.mark.parametrize("policy", ["fixed", "yield"])
+def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path, policy):
+    """Room for one more evaluation after the baseline's two seeds. `fixed` asks for two proposals: the Evolution
+    counts the first training run before the second Hypothesis asks, so exactly one trains and the other waits,
+    Validated. `yield` asks for no more than the budget can train: one."""
     from cambrian.operator.local_cli import apply_overrides
 
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
     driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
-    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=3))
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=3)
+    objs[0]["spec"]["agent"]["scheduling"] = {"policy": policy}
+    driver.apply(objs)
     assert driver.run().reason.startswith("every Evolution is done")
     phases = sorted(h["status"]["phase"] for h in _objects(root, "hypotheses"))
-    assert phases == ["Scored", "Validated"]
+    assert phases == (["Scored", "Validated"] if policy == "fixed" else ["Scored"])
     assert len(list((root / "jobs").iterdir())) == 3  # the baseline's two seeds and one candidate
     assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 3
+
+
+def test_the_next_wake_up_asks_the_persona_with_the_better_yield_for_more(tmp_path):
+    """Optimizer changes gain 1e-3 (10 noise floors, confirmed: 5 per evaluation), architecture changes lose.
+    Wake-up 1 splits its four proposals equally, personas interleaved; wake-up 2 gives the optimizer persona
+    three and the architecture persona its exploration floor of one, trained optimizer first."""
+    from cambrian.operator.local_cli import apply_overrides
+    from cambrian.operator.local_driver import NO_REVIEW
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    gains = ["--component-gain", "optimizer=0.001", "--component-gain", "training=0.001"]
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER + gains, poll_s=0.1, max_days=1)
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=12)
+    objs[0]["spec"]["agent"]["personas"] = ["optimizer", "architecture"]
+    objs[0]["spec"]["cadence"]["online"] = NO_REVIEW  # nothing is served: the stand-in's bundles cannot be
+    driver.apply(objs)
+    driver.run()  # until the simulated-time limit: with no review due, the Evolution is never "done"
+    assert _objects(root, "evolutions")[0]["status"]["phase"] == "BudgetExhausted"
+    hyps = sorted(_objects(root, "hypotheses"), key=lambda h: h["metadata"]["name"])
+    by_wakeup = {w: [h["spec"]["origin"]["persona"] for h in hyps if h["spec"]["origin"]["wakeup"] == w] for w in (1, 2)}
+    assert by_wakeup == {1: ["optimizer", "architecture", "optimizer", "architecture"],
+                         2: ["optimizer", "architecture", "optimizer", "optimizer"]}
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert [(s["persona"], s["proposals"], s["evaluations"]) for s in evo["personaSchedule"]] == [
+        ("optimizer", 3, 4), ("architecture", 1, 2)]
+    assert evo["personaSchedule"][0]["yieldPerEvaluation"] == pytest.approx(5.0)
+    events = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+    scheduled = [e["message"] for e in events if e["event"] == "PersonasScheduled"]
+    assert len(scheduled) == 2 and "equal split" in scheduled[0] and "optimizer 3" in scheduled[1]
 
 
 def _drive(tmp_path, trainer_args: list[str], evaluations: int):
