@@ -190,6 +190,47 @@ def test_the_next_wake_up_asks_the_persona_with_the_better_yield_for_more(tmp_pa
     assert len(scheduled) == 2 and "equal split" in scheduled[0] and "optimizer 3" in scheduled[1]
 
 
+def test_a_second_evolution_on_the_same_data_reuses_the_baselines_seed_runs(tmp_path):
+    """The noise floor's seeds are trained once per (data, baseline Φ and seed, training settings, trainer): a
+    second Evolution in the same folder gets the first one's runs (metrics and bundle) without training; one
+    with another baseline, or after the data changed, trains its own."""
+    from cambrian.operator.local_cli import apply_overrides
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    (data / "world.json").write_text("{}")
+    base = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=2)[0]  # the baseline only
+
+    def evolution(name, lr=None):
+        obj = json.loads(json.dumps(base))
+        obj["metadata"]["name"] = name
+        if lr is not None:
+            obj["spec"]["baseline"]["optimizer"]["lr"] = lr
+        return obj
+
+    def drive(obj):
+        driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+        driver.apply([obj])
+        driver.run()
+        st = next(e for e in _objects(root, "evolutions") if e["metadata"]["name"] == obj["metadata"]["name"])["status"]
+        jobs = [json.loads((j / "result.json").read_text()) for j in (root / "jobs").iterdir()
+                if json.loads((j / "job.json").read_text())["owner"]["name"] == obj["metadata"]["name"]]
+        assert len(jobs) == 2 and st["champion"]["bundle"]
+        assert (Path(st["champion"]["bundle"][len("file://"):]) / "bundle.json").is_file()
+        return st, [j.get("reused") for j in jobs]
+
+    first, reused = drive(evolution("first"))
+    assert reused == [None, None] and len(list((root / "runstore").iterdir())) == 2
+    second, reused = drive(evolution("second"))
+    assert all(reused) and second["baselineMetrics"] == first["baselineMetrics"]
+    assert second["champion"]["bundle"] != first["champion"]["bundle"]  # its own copy
+    _, reused = drive(evolution("other", lr=0.001))
+    assert reused == [None, None]
+    (data / "world.json").write_text('{"changed": true}')
+    _, reused = drive(evolution("newdata"))
+    assert reused == [None, None] and len(list((root / "runstore").iterdir())) == 6
+
+
 def _drive(tmp_path, trainer_args: list[str], evaluations: int):
     from cambrian.operator.local_cli import apply_overrides
 
