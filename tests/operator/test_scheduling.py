@@ -136,8 +136,11 @@ def test_the_core_carries_the_allocation_in_the_action_and_records_why():
     assert api.parse_status("Evolution", r.status.wire()).persona_schedule == r.status.persona_schedule
     ev = [a for a in r.actions if isinstance(a, RecordJournal) and a.event == "PersonasScheduled"]
     assert len(ev) == 1 and "reward 7" in ev[0].message and ev[0].data["allocation"]["reward"] == 7
-    # the action survives the trip to the proposer's child process
-    assert P.action_from_wire(P.action_wire(action)) == action
+    # the action survives the trip to the proposer's child process (JSON on its stdin)
+    import json
+
+    back = P.action_from_wire(json.loads(json.dumps(P.action_wire(action), default=str)))
+    assert back == action and back.allocation == action.allocation and back.order == action.order
 
 
 def test_the_core_asks_no_more_than_the_evaluations_budget_can_train():
