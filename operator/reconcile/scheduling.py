@@ -79,9 +79,10 @@ def measure(personas: Sequence[str], hypotheses: Iterable[HypothesisView]) -> di
         if p not in evals:
             continue
         runs = max(h.evaluations, h.attempts)
-        if h.phase in TRAINED and h.gain is not None and h.noise_floor:
+        if h.phase in TRAINED:  # judged; one without a gain (its metric missing) cost its runs for nothing
             evals[p] += max(runs, 1)
-            floors[p] += max(h.gain / h.noise_floor, 0.0)
+            if h.gain is not None and h.noise_floor:
+                floors[p] += max(h.gain / h.noise_floor, 0.0)
         elif h.phase == "Failed" and runs > 0:
             evals[p] += runs
     return {p: PersonaYield(p, evals[p], floors[p]) for p in personas}

@@ -215,7 +215,7 @@ def test_a_second_evolution_on_the_same_data_reuses_the_baselines_seed_runs(tmp_
         st = next(e for e in _objects(root, "evolutions") if e["metadata"]["name"] == obj["metadata"]["name"])["status"]
         jobs = [json.loads((j / "result.json").read_text()) for j in (root / "jobs").iterdir()
                 if json.loads((j / "job.json").read_text())["owner"]["name"] == obj["metadata"]["name"]]
-        assert len(jobs) == 2 and st["champion"]["bundle"]
+        assert len(jobs) == 2 and st["champion"].get("bundle"), (st, jobs)
         assert (Path(st["champion"]["bundle"][len("file://"):]) / "bundle.json").is_file()
         return st, [j.get("reused") for j in jobs]
 
