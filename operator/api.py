@@ -243,6 +243,18 @@ class Budgets(_Model):
     evaluations: int | None = Field(None, ge=0, description="training runs (attempts) in total")
 
 
+class Scheduling(_Model):
+    """How a wake-up's proposals (personas × proposalsPerWakeup) are shared among the personas."""
+
+    policy: Literal["yield", "fixed"] = Field(
+        "yield", description="yield: by each persona's measured yield (offline gain in noise floors per evaluation), "
+                             "highest first, the personas' proposals interleaved in training order; an equal split "
+                             "until something was evaluated. fixed: proposalsPerWakeup each, in the listed order")
+    exploration_floor: int = Field(
+        1, ge=0, le=64, description="with yield: the fewest proposals every persona gets at a wake-up, so a persona "
+                                    "with a poor start is still tried (at most proposalsPerWakeup)")
+
+
 class SecretKeyRef(_Model):
     """A key of a Secret."""
 
@@ -254,6 +266,11 @@ _AGENT_RULES = [
     cel(
         "self.quotas.explore + self.quotas.exploit + self.quotas.innovate == self.proposalsPerWakeup",
         "spec.agent.quotas: explore + exploit + innovate must equal spec.agent.proposalsPerWakeup",
+    ),
+    cel(
+        "!has(self.scheduling) || !has(self.scheduling.explorationFloor) || "
+        "self.scheduling.explorationFloor <= self.proposalsPerWakeup",
+        "spec.agent.scheduling.explorationFloor must not exceed spec.agent.proposalsPerWakeup",
     ),
     cel(
         "self.provider == 'builtin' || (has(self.model) && size(self.model) > 0)",
@@ -291,14 +308,18 @@ class Agent(_Model):
     quotas: Quotas = Field(default_factory=Quotas,
                            description="how each persona's proposalsPerWakeup divide into explore, exploit and innovate")
     budgets: Budgets = Field(default_factory=Budgets)
+    scheduling: Scheduling = Field(default_factory=Scheduling,
+                                   description="how each wake-up's proposals are shared among the personas")
 
     @model_validator(mode="after")
     def _rules(self) -> "Agent":
         q = self.quotas
         if q.explore + q.exploit + q.innovate != self.proposals_per_wakeup:
             raise ValueError(_AGENT_RULES[0]["message"])
-        if self.provider != "builtin" and not self.model:
+        if self.scheduling.exploration_floor > self.proposals_per_wakeup:
             raise ValueError(_AGENT_RULES[1]["message"])
+        if self.provider != "builtin" and not self.model:
+            raise ValueError(_AGENT_RULES[2]["message"])
         if len(set(self.personas)) != len(self.personas):
             raise ValueError("spec.agent.personas: each persona may appear once")
         return self
@@ -548,6 +569,17 @@ class Spend(_Status):
     evaluations: int = Field(0, description="training runs (attempts), the baseline's included")
 
 
+class PersonaShare(_Status):
+    """One persona's part of the latest wake-up (spec.agent.scheduling)."""
+
+    persona: str = Field(description="the persona")
+    proposals: int = Field(description="proposals asked of it at the latest wake-up")
+    yield_per_evaluation: float | None = Field(
+        None, description="its offline gain in noise floors per evaluation so far (empty: not "
+                          "measured yet)")
+    evaluations: int = Field(0, description="training runs its judged or failed hypotheses cost")
+
+
 class LastDecision(_Status):
     """The latest concluded rollout of the loop."""
 
@@ -582,6 +614,10 @@ class EvolutionStatus(_Status):
         default_factory=list, max_length=16,
         description="the baseline's training runs, one per seed, with the metrics each reported (what "
                     "baselineMetrics summarises)")
+    persona_schedule: list[PersonaShare] = Field(
+        default_factory=list, max_length=3,
+        description="how the latest wake-up shared its proposals among the personas, highest priority first "
+                    "(spec.agent.scheduling; the journal event PersonasScheduled says why)")
     repairs: list[str] = Field(
         default_factory=list, max_length=256,
         description="failed hypotheses already sent back to the proposer with their error (each once)")

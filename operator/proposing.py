@@ -3,7 +3,8 @@
 - `journal_view` turns Hypothesis objects (plain dicts from the API server) into the agents' journal
   entries, so the same proposers and the same Online Agent run in cluster and local mode.
 - `ClusterProposer` is the KubernetesPlatform's `proposer`: for one wake-up it asks the configured
-  proposer (built-in, Gemini, OpenAI-compatible) once per persona with that persona's quotas, and
+  proposer (built-in, Gemini, OpenAI-compatible) once per persona for what the core allocated it (the
+  action's allocation, reconcile/scheduling.py), in the core's training order, and
   returns Hypothesis specs (never code to run: deltas are data; plugin code runs only in training
   Jobs). Usage (tokens, dollars) rides on the first created Hypothesis's annotations, where
   `views.spend` counts it against the Evolution's budgets.
@@ -225,9 +226,7 @@ class ClusterProposer:
             return batch
         baseline = parse_config(action.baseline)
         journal = _JournalView(journal_view(existing, spec, action.baseline))
-        quotas = dict(action.quotas)
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
-        total = sum(quotas.values())
         used = spend(existing)
         budgets = spec.agent.budgets
 
@@ -268,12 +267,16 @@ class ClusterProposer:
             batch.items.append((hs, ann))
             return True
 
-        for name in action.personas:
+        # Each persona is asked for what the core allocated it (reconcile/scheduling.py), best first.
+        for name, asked in action.asks():
+            total = sum(asked.values())
+            if total <= 0:
+                continue
             if spent():
                 batch.notes.append(f"LLM budget spent before asking the {name} persona")
                 break
             persona = get_persona(name)
-            result = ask(persona, quotas)
+            result = ask(persona, asked)
             if result.error:
                 batch.notes.append(f"{name}: unusable proposer output: {result.error}")
                 continue
@@ -283,6 +286,7 @@ class ClusterProposer:
                     batch.notes.append(f"{name}: proposal {i} is over the wake-up quota of {total}; dropped")
                     continue
                 accepted += admit(persona, i, prop)
+        batch.items = in_training_order(batch.items, action.order)
         # Self-repair: each failed hypothesis the core chose goes back to its persona once, with its error.
         by_id = {h.id: h for h in journal.hypotheses}
         for failed in action.repairs:
@@ -301,6 +305,19 @@ class ClusterProposer:
             batch.items[0][1][A_TOKENS] = str(batch.tokens)
             batch.items[0][1][A_DOLLARS] = f"{batch.dollars:.6f}"
         return batch
+
+
+def in_training_order(items: list, order: tuple[str, ...]) -> list:
+    """The wake-up's Hypotheses arranged as the core's `order` says (one persona per slot; names follow this
+    order, and so does training); a persona's own proposals keep the proposer's order. A persona that gave
+    fewer proposals than its slots leaves them to the next; anything beyond the order comes last."""
+    if not order:
+        return items
+    queues: dict[str, list] = {}
+    for item in items:
+        queues.setdefault(item[0]["origin"]["persona"], []).append(item)
+    out = [queues[p].pop(0) for p in order if queues.get(p)]
+    return out + [item for q in queues.values() for item in q]
 
 
 def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
@@ -458,7 +475,10 @@ def action_from_wire(d: Mapping[str, Any]) -> ProposeHypotheses:
     return ProposeHypotheses(owner=Owner(**d["owner"]), wakeup=int(d["wakeup"]), name_prefix=d["name_prefix"],
                              quotas=tuple((str(p), int(n)) for p, n in d["quotas"]), personas=tuple(d["personas"]),
                              evolution_spec=dict(d.get("evolution_spec") or {}), baseline=dict(d.get("baseline") or {}),
-                             repairs=tuple(d.get("repairs") or ()))
+                             repairs=tuple(d.get("repairs") or ()),
+                             allocation=tuple((str(p), tuple((str(c), int(n)) for c, n in q))
+                                              for p, q in d.get("allocation") or ()),
+                             order=tuple(str(p) for p in d.get("order") or ()))
 
 
 def batch_wire(batch: ProposalBatch) -> dict[str, Any]:

@@ -4,7 +4,8 @@ components, plus Optuna TPE for their numeric settings.
 - explore: untried catalogue entries that move to another region (optimizer classes, widths ...);
 - innovate: untried structural/semantic entries (DCN, code plugins, return-aware rewards ...);
 - exploit: Optuna TPE over the numeric space of the best-scoring family so far, its history rebuilt
-  from the journal on every call (so it survives restarts and needs no state of its own).
+  from the journal on every call (so it survives restarts and needs no state of its own); a family with no
+  history starts at its catalogue defaults (the prior's guess), not at a uniform draw.
 Every proposal carries `meta = {entry, params}` so the journal can rebuild the Optuna history.
 """
 
@@ -264,6 +265,14 @@ class BuiltinProposer:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         p = request.persona
+        if not self._history(request, entry):
+            # Nothing of this family was measured: TPE's first trials would be uniform draws, so its first
+            # trial is the catalogue's default settings, the prior's best guess (like Optuna's enqueue_trial).
+            prop = self._proposal(entry, {}, "exploit", "(the family's default settings: nothing measured yet)")
+            fp = self._fp(request, prop["delta"])
+            if fp and fp not in taken:
+                taken.add(fp)
+                return prop
         dists = {k: d.optuna() for k, d in entry.space.items()}
         study = optuna.create_study(
             direction="minimize" if p.lower_is_better else "maximize",

@@ -40,6 +40,7 @@ import yaml
 from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
+from cambrian.operator.platform import runstore
 from cambrian.operator.platform.base import MetricsUnavailable, Readout
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
@@ -175,16 +176,33 @@ class LocalPlatform:
             workers = int((request.get("training") or {}).get("workers") or limits.workers)
             limits = limits.model_copy(update={"wall_seconds": min(limits.wall_seconds, deadline), "workers": workers})
             data = self.data_for(request.get("data") or {})
-            kw = {"command": self.train_command} if self.train_command else {}
-            outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
+            key = runstore.run_key(request, data, self.train_command) if runstore.reusable(request) else None
+            stored = runstore.lookup(self.root, key) if key else None
+            if stored is not None:  # this baseline seed was trained on the same data and settings before
+                bundle = local_path(request["bundle_uri"], self.root)
+                if bundle is not None:
+                    runstore.restore(stored, bundle)
+                result = {"state": "Succeeded", "exit_code": 0, "metrics": stored["metrics"],
+                          "bundle_uri": request["bundle_uri"], "reused": key}
+                log.info("training run %s: reusing the stored baseline run %s", name, key)
+            else:
+                kw = {"command": self.train_command} if self.train_command else {}
+                outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a broken platform (no world, disk full) fails this run only
             result = {"state": "Failed", "exit_code": None, "reason": "PlatformError", "message": str(exc)}
         else:
-            if self._closing:
-                return  # killed by close(): not the candidate's failure; recover() re-runs it
-            result = self._result(outcome, request)
+            if stored is None:
+                if self._closing:
+                    return  # killed by close(): not the candidate's failure; recover() re-runs it
+                result = self._result(outcome, request)
+                bundle = local_path(request["bundle_uri"], self.root)
+                if key and result["state"] == "Succeeded" and bundle is not None:
+                    try:
+                        runstore.keep(self.root, key, result["metrics"], bundle)
+                    except OSError as exc:  # another Evolution stored the same run first, or the disk is full
+                        log.warning("baseline run %s not stored for reuse: %s", name, exc)
         result.update(started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
         write_atomic(folder / "result.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
 

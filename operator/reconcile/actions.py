@@ -113,7 +113,10 @@ class RetireRollout:
 @dataclass(frozen=True)
 class ProposeHypotheses:
     """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1),
-    the repairs of `repairs` among them (spec.origin.repairOf names the failed one)."""
+    the repairs of `repairs` among them (spec.origin.repairOf names the failed one).
+    `allocation`: what each persona is asked for, (persona, ((category, n), ...)), the core's schedule
+    (reconcile/scheduling.py); `order`: the persona of each proposal in naming (= training) order. Empty
+    (an action from before scheduling): every persona of `personas` is asked for `quotas`, in that order."""
 
     owner: Owner
     wakeup: int
@@ -123,6 +126,14 @@ class ProposeHypotheses:
     evolution_spec: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # wire form
     baseline: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # Φ the deltas apply to
     repairs: tuple[str, ...] = ()  # failed Hypotheses to send back to the proposer with their error, once each
+    allocation: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    order: tuple[str, ...] = ()
+
+    def asks(self) -> tuple[tuple[str, dict[str, int]], ...]:
+        """(persona, category quotas) to ask, in priority order."""
+        if self.allocation:
+            return tuple((p, dict(q)) for p, q in self.allocation)
+        return tuple((p, dict(self.quotas)) for p in self.personas)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from cambrian.operator.api import (
     Champion,
+    PersonaShare,
     ControlArm,
     EvolutionSpec,
     EvolutionStatus,
@@ -34,6 +35,7 @@ from cambrian.operator.reconcile.actions import (
 from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
+from cambrian.operator.reconcile import scheduling as S
 from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
@@ -73,6 +75,19 @@ def exhausted_budget(spec: EvolutionSpec, spend: Spend) -> str | None:
 def effective_baseline(spec: EvolutionSpec, status: EvolutionStatus) -> dict:
     """Deltas apply to the champion's Φ once one was launched (the paper's step 9)."""
     return status.champion.config if status.champion.config is not None else spec.baseline
+
+
+def wakeup_schedule(spec: EvolutionSpec, spend: Spend, hypotheses: Sequence[HypothesisView], wakeup: int) -> S.Schedule:
+    """The wake-up's proposals per persona (scheduling.py). With `yield`, no more are asked for than the
+    evaluations budget has runs left for: a proposal that can never be trained costs tokens and tells nothing."""
+    a = spec.agent
+    budget = len(a.personas) * a.proposals_per_wakeup
+    if a.scheduling.policy == "yield" and a.budgets.evaluations is not None:
+        budget = max(1, min(budget, a.budgets.evaluations - spend.evaluations))
+    q = a.quotas
+    return S.schedule(a.scheduling.policy, a.personas, a.proposals_per_wakeup,
+                      {"explore": q.explore, "exploit": q.exploit, "innovate": q.innovate}, hypotheses,
+                      floor=a.scheduling.exploration_floor, budget=budget, wakeup=wakeup)
 
 
 def rank(spec: EvolutionSpec, candidates: Sequence[HypothesisView]) -> list[HypothesisView]:
@@ -175,6 +190,11 @@ def reconcile(
         q = spec.agent.quotas
         repairs = R.to_repair(hypotheses, st.repairs)  # failed proposals go back to the proposer once
         st.repairs = R.remember(st.repairs, repairs)
+        plan = wakeup_schedule(spec, st.spend, hypotheses, wakeup)
+        st.persona_schedule = [PersonaShare(persona=s.persona, proposals=s.proposals, yield_per_evaluation=s.yield_,
+                                            evaluations=s.evaluations) for s in plan.shares]
+        journal("PersonasScheduled", f"wake-up {wakeup}: {S.summary(plan)}", policy=plan.policy,
+                allocation={s.persona: s.proposals for s in plan.shares})
         actions.append(
             ProposeHypotheses(
                 owner=owner,
@@ -185,6 +205,8 @@ def reconcile(
                 evolution_spec=spec.wire(),
                 baseline=effective_baseline(spec, st),
                 repairs=repairs,
+                allocation=plan.allocation(),
+                order=plan.order(),
             )
         )
         st.counters.wakeups = wakeup

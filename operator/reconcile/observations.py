@@ -130,6 +130,10 @@ class HypothesisView:
     verdict: str | None = None  # better | promising | not_better against the noise floor (stats/noise.py)
     failure_stage: str | None = None  # where a Failed hypothesis failed (parse, static, training, ...)
     repair_of: str | None = None  # the failed hypothesis this one repairs
+    persona: str | None = None  # spec.origin.persona: who proposed it (None: a human, or not recorded)
+    gain: float | None = None  # offline gain over the champion as judged (status.gain), positive when better
+    noise_floor: float | None = None  # the gain a real improvement must exceed (status.noiseFloor)
+    evaluations: int = 0  # training runs it cost: attempts, confirmations and their retries
 
 
 @dataclass(frozen=True)

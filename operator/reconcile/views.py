@@ -32,7 +32,17 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         verdict=status.get("verdict"),
         failure_stage=status.get("failureStage"),
         repair_of=(spec.get("origin") or {}).get("repairOf"),
+        persona=(spec.get("origin") or {}).get("persona"),
+        gain=status.get("gain"),
+        noise_floor=status.get("noiseFloor"),
+        evaluations=evaluations(status),
     )
+
+
+def evaluations(status: Mapping[str, Any]) -> int:
+    """Training runs a Hypothesis has cost (what counts against spec.agent.budgets.evaluations)."""
+    return int(status.get("attempts") or 0) + int(status.get("confirmations") or 0) + sum(
+        int(v) for v in (status.get("confirmationRetries") or {}).values())
 
 
 def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
@@ -72,6 +82,5 @@ def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0) -
         tokens += int(float(ann.get(A_TOKENS, 0) or 0))
         dollars += float(ann.get(A_DOLLARS, 0) or 0)
         gpu += float(status.get("gpuHours") or 0)
-        evals += int(status.get("attempts") or 0) + int(status.get("confirmations") or 0) + sum(
-            int(v) for v in (status.get("confirmationRetries") or {}).values())
+        evals += evaluations(status)
     return Spend(tokens=tokens, dollars=dollars, gpu_hours=gpu, evaluations=evals)

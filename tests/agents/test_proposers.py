@@ -176,6 +176,22 @@ def test_builtin_exploit_uses_tpe_around_the_best_family(tmp_path):
         assert 3e-4 <= p["delta"]["patch"]["lr"] <= 3e-2
 
 
+def test_builtin_exploit_of_an_unmeasured_family_starts_at_its_defaults(tmp_path):
+    """Nothing of the persona was measured: the exploit proposal is its first tunable family at the catalogue's
+    defaults (the prior), not a uniform TPE draw; once that point is taken, TPE samples the family's space."""
+    j = Journal(tmp_path)
+    res = BuiltinProposer(seed=3).propose(_request(j, REWARD, 1, {"exploit": 1}))
+    (p,) = res.proposals
+    family = next(e for e in CATALOGUE if e.persona == "reward" and e.space)
+    assert p["category"] == "exploit" and p["meta"] == {"entry": family.key, "params": family.defaults}
+    assert p["delta"] == family.render({})
+    j.add(Hypothesis(id="g001-00", generation=1, persona="reward", component="reward", category="exploit",
+                     delta=p["delta"], fingerprint=canonical.fingerprint(ModelConfig(), parse_delta(p["delta"])),
+                     meta=p["meta"], phase="Training"))
+    (q,) = BuiltinProposer(seed=3).propose(_request(j, REWARD, 2, {"exploit": 1})).proposals
+    assert q["meta"]["entry"] == family.key and q["meta"]["params"] != family.defaults
+
+
 def test_builtin_repair_moves_to_safer_settings(tmp_path):
     j = Journal(tmp_path)
     e = next(x for x in CATALOGUE if x.key == "adagrad")

@@ -1,0 +1,86 @@
+"""The LocalPlatform's store of finished baseline runs: the noise floor's seeds are trained once per
+(data, baseline Φ with its seed, training settings, trainer), and a second Evolution on the same data and
+configuration in the same folder reuses them instead of training them again.
+
+Only baseline runs are kept: a candidate is deduplicated by its fingerprint within its Evolution already,
+and the baseline is what every Evolution on the same data starts with. The key covers everything a run's
+result depends on that the folder can tell: Φ (parsed, so equivalent spellings match), spec.training, the
+data folder's files (relative path, size, modification time), the trainer command and the package version.
+A stored run is its metrics (from the scorer, never from candidate code) and its bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+STORE = "runstore"
+
+
+def data_fingerprint(data: Path) -> str:
+    """What identifies the data a run read: every file's relative path, size and modification time."""
+    h = hashlib.sha256()
+    for p in sorted(data.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(data)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def trainer_fingerprint() -> str:
+    """The trainer's source (a changed trainer is a different run, whatever the version says)."""
+    import cambrian.trainer as trainer
+
+    h = hashlib.sha256()
+    folder = Path(trainer.__file__).parent
+    for p in sorted(folder.rglob("*.py")):
+        h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def run_key(request: Mapping[str, Any], data: Path, command: list[str] | None) -> str:
+    from cambrian.trainer.config import parse_config
+
+    config = parse_config(request["baseline"], "baseline").model_dump(mode="json")
+    body = {"config": config, "delta": request.get("delta"), "training": request.get("training") or {},
+            "data": data_fingerprint(data), "command": command or ["cambrian", "train"],
+            "trainer": trainer_fingerprint()}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def reusable(request: Mapping[str, Any]) -> bool:
+    return request.get("hypothesis") is None and request.get("delta") is None
+
+
+def lookup(root: Path, key: str) -> dict[str, Any] | None:
+    """The stored run's metrics and bundle folder, or None."""
+    entry = root / STORE / key
+    try:
+        metrics = json.loads((entry / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {"metrics": metrics, "bundle": entry / "bundle"} if (entry / "bundle").is_dir() else None
+
+
+def keep(root: Path, key: str, metrics: Mapping[str, Any], bundle: Path) -> None:
+    """Store a finished run (all or nothing: a kill midway leaves no entry)."""
+    entry = root / STORE / key
+    if entry.exists() or not bundle.is_dir():
+        return
+    tmp = entry.with_name(entry.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(bundle, tmp / "bundle")
+    (tmp / "metrics.json").write_text(json.dumps(dict(metrics), sort_keys=True, default=float))
+    os.replace(tmp, entry)
+
+
+def restore(stored: Mapping[str, Any], bundle: Path) -> None:
+    """A stored run's bundle copied to where this run's bundle belongs."""
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(stored["bundle"], bundle)
