@@ -1,7 +1,8 @@
 """Offline-loop faults: the operator's loop on the LocalDriver (`cambrian evolve -f`) SIGKILLed at random points
 and resumed, and trainers that crash, hang, blow their memory or write garbage metrics.
 
-Stand-in trainers (same CLI and output contract as `cambrian train`) keep these runs to seconds; the real
+Stand-in trainers (tests/agents/conftest.py FAKE_TRAINER, scripted by `--mode`, and a garbage writer: same CLI
+and output contract as `cambrian train`) keep these runs to seconds; the real
 trainer under the same sandbox is covered by test_untrusted_code.py::test_real_trainer_ends_hostile_candidates_with_the_reason.
 """
 
@@ -26,48 +27,6 @@ from cambrian.trainer.delta import parse_delta
 
 SCENARIO = Path(__file__).resolve().parents[1] / "local" / "tiny-evolution.yaml"
 TERMINAL = ("Scored", "Failed", "Rejected")
-
-# Candidates (a --delta) misbehave as --mode says; the baseline trains normally. Metrics depend on the seed
-# and the delta, so repeated runs of the same configuration agree.
-MODE_TRAINER = r'''
-import hashlib, json, os, sys, time
-a = sys.argv[1:]
-opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("--")}
-out = opt["--out"]; os.makedirs(out, exist_ok=True)
-mode = opt.get("--mode", "ok") if "--delta" in opt else "ok"
-if os.environ.get("FAKE_SLOW"):
-    time.sleep(float(os.environ["FAKE_SLOW"]))
-if mode == "crash":
-    raise RuntimeError("boom")
-if mode == "hang":
-    while True:
-        pass
-if mode == "bomb":
-    hog = []
-    while True:
-        hog.append(bytearray(50 * 1024 * 1024))
-        for i in range(0, len(hog[-1]), 4096):
-            hog[-1][i] = 1
-p = os.path.join(out, "metrics.json")
-if mode.startswith("garbage:"):
-    open(p, "w").write(mode[len("garbage:"):])
-    sys.exit(0)
-seed = json.load(open(opt["--config"]))["training"]["seed"]
-delta = open(opt["--delta"]).read() if "--delta" in opt else ""
-h = int(hashlib.sha256(delta.encode()).hexdigest()[:6], 16) % 100 / 1e4
-os.makedirs(os.path.join(out, "bundle"), exist_ok=True)
-open(os.path.join(out, "bundle", "bundle.json"), "w").write("{}")
-json.dump({"val_loss": 0.5 - h + (seed % 7) * 1e-5, "auc": 0.7, "long_watch_corr": 0.1, "return_corr": 0.1,
-           "like_corr": 0.1}, open(p, "w"))
-'''
-
-
-@pytest.fixture(scope="module")
-def mode_trainer(tmp_path_factory) -> list[str]:
-    path = tmp_path_factory.mktemp("mode") / "mode_train.py"
-    path.write_text(MODE_TRAINER)
-    return [sys.executable, str(path)]
-
 
 def _objects(root: Path, plural: str) -> list[dict]:
     from cambrian.operator.localstore import LocalStore
@@ -97,18 +56,17 @@ def drive(root: Path, data: Path, trainer: list[str], evaluations: int, limits: 
     ("crash", {}, "crash", "boom"),
     ("hang", {"wall_seconds": 3}, "timeout", "wall-time limit"),
     ("bomb", {"rss_mb": 300}, "memory", "MiB resident"),
-    ("garbage:[1, 2, 3]", {}, "metrics", "metrics.json"),
-    ("garbage:{\"val_loss\": -Infinity, \"return_corr\": Infinity}", {}, "metrics", "metrics.json"),
-], ids=["crash", "hang", "bomb", "garbage-list", "garbage-infinite"])
-def test_the_loop_survives_a_misbehaving_trainer_and_never_calls_it_better(tmp_path, mode_trainer, mode, limits,
-                                                                           stage, words):
+    ("garbage-list", {}, "metrics", "metrics.json"),
+    ("garbage-infinite", {}, "metrics", "metrics.json"),
+])
+def test_the_loop_survives_a_misbehaving_trainer_and_never_calls_it_better(tmp_path, tiny_world, fake_trainer, mode,
+                                                                           limits, stage, words):
     """Every candidate's training run crashes, hangs, eats memory or writes garbage metrics: each Hypothesis
     ends Failed with the stage and the reason, none is scored or rolled out, and the Evolution finishes."""
-    data = tmp_path / "data"
-    data.mkdir()
+    trainer = (garbage_trainer(tmp_path, mode.split("-")[1]) if mode.startswith("garbage")
+               else fake_trainer + ["--mode", mode])
     t0 = time.monotonic()
-    drive(tmp_path / "run", data, mode_trainer + ["--mode", mode], evaluations=4,
-          limits=RunLimits(**{"wall_seconds": 30, **limits}))
+    drive(tmp_path / "run", tiny_world, trainer, evaluations=4, limits=RunLimits(**{"wall_seconds": 30, **limits}))
     assert time.monotonic() - t0 < 120
     hyps = _objects(tmp_path / "run", "hypotheses")
     trained = [h for h in hyps if h["status"].get("attempts")]
@@ -127,13 +85,12 @@ def _summary(root: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, mode_trainer):
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, tiny_world, fake_trainer):
     """The driver SIGKILLed at random points (between object writes, while candidates train) and started again
     until done ends with the same Hypotheses, deltas and verdicts as an uninterrupted run, each training run
     finished once, and no candidate outliving the killed driver."""
-    data = tmp_path / "data"
-    data.mkdir()
-    drive(tmp_path / "reference", data, mode_trainer, evaluations=8)
+    data = tiny_world
+    drive(tmp_path / "reference", data, fake_trainer, evaluations=8)
     want = _summary(tmp_path / "reference")
 
     run = tmp_path / "killed"
@@ -142,7 +99,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, mode_tr
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_offline_faults import drive
         from pathlib import Path
-        drive(Path({str(run)!r}), Path({str(data)!r}), {mode_trainer!r}, evaluations=8)
+        drive(Path({str(run)!r}), Path({str(data)!r}), {fake_trainer!r}, evaluations=8)
     """)
     rng = random.Random(8)
     kills = 0
@@ -170,7 +127,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, mode_tr
             time.sleep(0.2)
         assert not alive, "a candidate outlived the killed driver"
     assert kills >= 2
-    drive(run, data, mode_trainer, evaluations=8)
+    drive(run, data, fake_trainer, evaluations=8)
     got = _summary(run)
     assert got == want  # nothing lost, nothing invented: the same hypotheses, deltas and verdicts
     assert all(v[0] in TERMINAL for v in got.values())
