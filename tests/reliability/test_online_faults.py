@@ -1,16 +1,20 @@
-"""Online faults with the real moving parts: the router restarted (SIGKILL) under load keeps every user in the
-same arm.
+"""Online faults with the real moving parts: the event collector (a process over its SQLite store), a real
+Prometheus scraping it, the local platform's readout (operator/platform/local.py) and the reconcile core's
+analysis; the router (aiohttp) in front of stand-in model servers.
 
-Prometheus down mid-experiment (no decision until it is back) and a guardrail breach cut within one readout
-interval are the reconcile core's, so both platforms': tests/operator/test_reconcile_rollout.py::
-test_prometheus_down_decides_nothing_and_retries and tests/reliability/test_guardrails.py (real Prometheus
-readouts through the local platform: tests/local/test_local_driver.py, tests/parity).
+* a guardrail breach is read back through Prometheus and rolls the arm back at the first readout that sees it;
+  Prometheus down mid-experiment: the readout says so at once (MetricsUnavailable) and, once it is back, reads
+  again (what the core does without metrics: test_reconcile_rollout.py::test_prometheus_down_decides_nothing_and_retries;
+  a breach cut within one readout interval on a clock: test_guardrails.py);
+* the router restarted (SIGKILL) under load keeps every user in the same arm.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
+from datetime import timedelta
 
 import httpx
 import numpy as np
@@ -21,6 +25,9 @@ from cambrian.online.assignment import Assignment
 from cambrian.online.runner import BackgroundApp
 from cambrian.online.server import ModelServer
 
+needs_prom = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus binary not installed")
+
+N_USERS = 3000
 SALT = "reliability-exp"
 
 
@@ -45,6 +52,74 @@ def router_config(arms, weights) -> dict:
     return {"experiment": "exp", "salt": SALT, "arms": [
         {"name": "control", "url": arms["control"].url, "weight": weights["control"], "control": True},
         {"name": "cand", "url": arms["cand"].url, "weight": weights["cand"]}]}
+
+
+def fill_store(store, hate_control: float, hate_cand: float, seed: int = 0) -> None:
+    """Day 0 of an A/B at 50/50: exposures by the real assignment, one user-day each; day 0 closed."""
+    rng = np.random.default_rng(seed)
+    a = Assignment.create(SALT, "control", ["cand"], {"control": 50, "cand": 50})
+    exposures, rows = [], []
+    for u in range(N_USERS):
+        arm = a.arm_of(u)
+        exposures.append([u, arm, 0])
+        p = hate_cand if arm == "cand" else hate_control
+        rows.append({"user_id": u, "day": 0, "active": 1, "sessions": 2, "impressions": 20, "clicks": 5,
+                     "minutes": float(rng.gamma(4, 5)), "likes": 1, "hates": int(rng.binomial(20, p))})
+    store.add_exposures("exp", exposures)
+    store.add_user_days(rows, "day0")
+    store.set_meta("current_day", 0)
+    store.close_day(0)
+
+
+@needs_prom
+@pytest.mark.prometheus
+@pytest.mark.slow  # two Prometheus starts: ~40 s on 2 busy cores
+def test_a_breach_read_through_prometheus_rolls_the_arm_back_and_prometheus_down_is_no_readout(tmp_path):
+    from cambrian.online.collector import Store
+    from cambrian.operator import api
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.base import MetricsUnavailable
+    from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform
+    from cambrian.operator.platform.local_env import RolloutEnv
+    from cambrian.operator.reconcile.readout import analyse
+
+    root = tmp_path / "run"
+    platform = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path, readout_wait_s=20)
+    env = RolloutEnv("exp", root / "rollouts" / "exp", tmp_path)
+    store = Store(env.dir / "collector.sqlite")
+    fill_store(store, hate_control=0.02, hate_cand=0.25)  # the candidate makes users hate 10x more items
+    store.close()
+    env.state.clock_day0, env.state.world_day0, env.state.days_done = 0, 0, 1  # one day played
+    spec = api.RolloutSpec.model_validate({
+        "control": {"name": "control", "bundle": "c"}, "salt": SALT,
+        "treatments": [{"name": "cand", "hypothesisRef": {"name": "h"}, "bundle": "t"}],
+        "ramp": {"steps": [{"weights": [50, 50], "duration": "7d"}]},
+        "metrics": {"northStar": [{"name": "watch_minutes"}],
+                    "guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.05}]},
+        "statistics": {"minSamplePerArm": 100, "maxDuration": "8d"}})
+    status = api.RolloutStatus(phase="Running", started_at=SIM_EPOCH, step_started_at=SIM_EPOCH,
+                               step_history=[SIM_EPOCH])
+    try:
+        env.start_metrics()
+        platform.envs["exp"] = env
+        r = platform.prometheus_readout("exp")
+        assert r.closed_day == 0 and sum(r.exposures.values()) == N_USERS
+        a = analyse(spec, status, r.stats, SIM_EPOCH + timedelta(days=1), exposures=r.exposures, cohorts=r.cohorts)
+        assert a.outcome == "rollback" and "hate_rate" in a.reason, a.reason
+
+        env.prometheus.stop()  # down mid-experiment
+        t = time.monotonic()
+        with pytest.raises(MetricsUnavailable):
+            platform.prometheus_readout("exp")
+        assert time.monotonic() - t < 30
+        # back (a restarted Prometheus with a fresh TSDB, as the platform starts it): read again
+        env.prometheus = None
+        env.start_metrics()
+        again = platform.prometheus_readout("exp")
+        assert again.closed_day == 0 and again.exposures == r.exposures
+    finally:
+        env.stop()
+        platform.close()
 
 
 # ---- the router restarted under load ------------------------------------------------------------------
