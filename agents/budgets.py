@@ -1,9 +1,8 @@
-"""Budgets: LLM tokens and dollars, training seconds, number of evaluations. Pure logic over the
-journal's running totals, so a resumed run continues from what it already spent."""
+"""Model prices (USD per token) and the settings-file budgets of the previous evolve.yaml format (converted to
+spec.agent.budgets by operator/legacy.py). Whether a budget is spent is the reconcile core's rule
+(operator/reconcile/evolution.py exhausted_budget), on both platforms."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,29 +43,3 @@ class Budgets(BaseModel):
     max_dollars: float | None = Field(None, ge=0)
     max_train_seconds: float | None = Field(None, ge=0, description="sum of candidate training wall time")
     max_evaluations: int | None = Field(None, ge=1, description="training runs, each seed counts")
-
-
-@dataclass
-class Spend:
-    tokens: int
-    dollars: float
-    train_seconds: float
-    evaluations: int
-
-
-def llm_exhausted(b: Budgets, s: Spend) -> str | None:
-    """The name of the LLM budget that is spent, or None."""
-    if b.max_tokens is not None and s.tokens >= b.max_tokens:
-        return f"tokens budget reached ({s.tokens} >= {b.max_tokens})"
-    if b.max_dollars is not None and s.dollars >= b.max_dollars:
-        return f"dollars budget reached (${s.dollars:.4f} >= ${b.max_dollars:g})"
-    return None
-
-
-def training_exhausted(b: Budgets, s: Spend, reserved: int = 0) -> str | None:
-    """The name of the training budget that is spent (counting `reserved` runs already scheduled)."""
-    if b.max_evaluations is not None and s.evaluations + reserved >= b.max_evaluations:
-        return f"evaluations budget reached ({s.evaluations + reserved} >= {b.max_evaluations})"
-    if b.max_train_seconds is not None and s.train_seconds >= b.max_train_seconds:
-        return f"training-seconds budget reached ({s.train_seconds:.0f}s >= {b.max_train_seconds:g}s)"
-    return None

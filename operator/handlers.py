@@ -18,6 +18,7 @@ every proposer in a child process per wake-up (proposing.ChildProposer).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -230,20 +231,75 @@ def _reported(memo: kopf.Memo, meta: Any, mark: bool = False) -> bool:
         return False
 
 
+class Stepped:
+    """The status each kopf-driven step of this process stepped from and produced, per object.
+
+    kopf runs an object's timer beside its change handlers, and writes a handler's status only after the
+    handler returns (its own annotations first, then the status: two requests, two watch events). So a step
+    can get a body whose status predates the last step's patch: with a 1 s interval the Evolution's create
+    handler and its first tick both saw no phase, and the Started Event was posted twice. A step from the
+    very status an earlier step already stepped from continues from that step's result instead; a body with
+    any other status (our patch landed, or someone else's change) is stepped as it is. The patch is always
+    relative to the stored status, so whichever lands last leaves the whole new status.
+    (Hypotheses write their own status and read it back: indexed.Written.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_uid: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self.locks = indexed.KeyedLocks()  # the steps of one object take turns
+
+    def newest(self, body: dict[str, Any]) -> dict[str, Any]:
+        uid = (body.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            entry = self._by_uid.get(uid)
+            if entry is None:
+                return body
+            if dict(body.get("status") or {}) != entry[0]:
+                del self._by_uid[uid]
+                return body
+            return {**body, "status": entry[1]}
+
+    def record(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        uid = (body.get("metadata") or {}).get("uid", "")
+        with self._lock:
+            if new != old:
+                self._by_uid[uid] = (old, new)
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._by_uid.pop(uid, None)
+        self.locks.forget(uid)
+
+
+def _stepped(memo: kopf.Memo) -> Stepped:
+    with _REPORTED:
+        stepped = getattr(memo, "stepped", None)
+        if stepped is None:
+            stepped = memo.stepped = Stepped()
+        return stepped
+
+
 def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects) -> loop.Step | None:
     """Gather -> core -> apply (cambrian.operator.loop), then persist the new status as a patch. None when
     there was nothing to do: the object failed until its spec changes. A failed apply writes nothing."""
-    old = dict(body.get("status") or {})
-    if _reported(memo, loop.meta_of(dict(body))):
+    stored = dict(body)
+    old = dict(stored.get("status") or {})
+    meta = loop.meta_of(stored)
+    if _reported(memo, meta):
         return None
-    try:
-        s = loop.step(kind, dict(body), objects, memo.platform, now(), _cache(memo),
-                      first_report=lambda meta: not _reported(memo, meta, mark=True))
-    except loop.ApplyFailed as exc:
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
-    if s.result is None:
-        return None
-    _persist(patch, old, s.result.status)
+    stepped = _stepped(memo) if kind in CHANGE_HANDLED_KINDS else None
+    with stepped.locks(meta.uid) if stepped is not None else contextlib.nullcontext():
+        start = stepped.newest(stored) if stepped is not None else stored
+        try:
+            s = loop.step(kind, start, objects, memo.platform, now(), _cache(memo),
+                          first_report=lambda meta: not _reported(memo, meta, mark=True))
+        except loop.ApplyFailed as exc:
+            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+        if s.result is None:
+            return None
+        if stepped is not None:
+            stepped.record(stored, old, s.result.status.wire())
+    _persist(patch, old, s.result.status)  # relative to the stored status: whichever patch lands last is whole
     return None if s.failed else s
 
 
@@ -445,6 +501,7 @@ def rollout_deleted(body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
         loop.finalize_rollout(dict(body), _cluster(memo, kw), memo.platform)
     except loop.ApplyFailed as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+    _stepped(memo).forget(body.metadata.uid)
     metrics.forget_rollout(body["metadata"]["name"])
 
 
@@ -498,5 +555,6 @@ def evolution_timer(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: A
 
 
 @kopf.on.delete(GROUP, VERSION, "evolutions", optional=True)
-def evolution_deleted(body: kopf.Body, **_: Any) -> None:
+def evolution_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _stepped(memo).forget(body.metadata.uid)
     metrics.forget_evolution(body["metadata"]["name"])

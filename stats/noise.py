@@ -1,6 +1,6 @@
 """The seed-to-seed noise floor of an offline metric and the verdict on a candidate (pure functions).
 
-Shared by local evolve (agents/evolve.py) and the operator's reconcile core (both platforms). A candidate
+Used by the operator's reconcile core (operator/reconcile/noise.py, both platforms). A candidate
 counts as better only if its gain over the reference (the baseline, later the champion) clears
     floor = max(z * sqrt(sd_b^2 / n_b + sd_c^2 / n_c), min_floor)
 where sd_b is the reference's std over its seeds and sd_c the candidate's (the reference's when the

@@ -45,7 +45,7 @@ BAD = [
      True),
     (["rollout", "-f", EVOLUTION, "--dir", "{t}/run"], "expected Rollout objects, found Evolution", True),
     (["rollout", "-f", "{t}/bad.yaml", "--dir", "{t}/run"], "cannot read", True),
-    (["journal", "{t}/afile"], "no journal here", True),
+    (["journal", "{t}/afile"], "afile: not a directory", True),
     (["serve", "--bundle", "{t}/nope", "--arm", "a"], "not a model bundle", False),
     (["route", "--config", "{t}/bad.yaml"], "(line 2, column 1)", False),
     (["route", "--config", "{t}/scalar.yaml"], "router config: must be a mapping", False),

@@ -91,7 +91,8 @@ if env_dump:
     json.dump({"env": dict(os.environ), "cwd": os.getcwd()}, open(os.path.join(out, "env.json"), "w"))
 if os.environ.get("FAKE_SLOW"):
     time.sleep(float(os.environ["FAKE_SLOW"]))
-mode = ((delta or {}).get("patch") or {}).get("params", {}).get("mode") if delta else None
+# a candidate's behaviour: `--mode M` before the trainer's arguments (every candidate), else its delta's params.mode
+mode = (opt.get("--mode") or ((delta or {}).get("patch") or {}).get("params", {}).get("mode")) if delta else None
 if mode == "hang":
     while True:
         pass

@@ -1,144 +1,119 @@
-"""The loop driven by recorded Gemini responses served to the REAL google-genai client over loopback.
+"""The operator's loop on the LocalDriver with recorded Gemini responses served to the REAL google-genai client
+over loopback (spec.agent.baseUrl).
 
-Training is the scripted stand-in trainer (fast; same CLI/output contract, and it executes plugin code
-at top level like the trainer's gate does), so hostile code really hangs or eats memory in the sandbox.
+Training is the scripted stand-in trainer (fast; same CLI/output contract, and it executes plugin code at top
+level like the trainer's gate does), so hostile code really hangs or eats memory in the sandbox. What the core's
+proposer does with each answer (quotas, persona, duplicates, notes) is tests/operator/test_proposing.py.
 """
 
 import json
 
 import pytest
 
-from cambrian.agents.evolve import Evolution
-from cambrian.agents.journal import Journal
-from cambrian.agents.proposers.llm import GeminiProposer, OpenAIProposer
-from cambrian.agents.settings import parse_evolve_config
+from cambrian.agents.proposers.llm import GeminiProposer, OpenAIProposer  # noqa: F401  (the clients under test)
 
 
-def settings(tmp_path, world, trainer, **over):
-    data = {"data_dir": str(world), "run_dir": str(tmp_path / "run"), "generations": 1, "workers": 2,
-            "train_command": trainer, "limits": {"wall_seconds": 10, "rss_mb": 300},
-            "noise": {"baseline_seeds": 2, "confirm_top": 1, "confirm_seeds": 1},
-            "quotas": {"explore": 2, "exploit": 1, "innovate": 2}, "provider": {"kind": "gemini", "retries": 1}}
-    data.update(over)
-    return parse_evolve_config(data, env={})
+def evolution(server, personas, budgets, quotas=None) -> dict:
+    from cambrian.operator.local_driver import NO_REVIEW
+
+    quotas = quotas or {"explore": 2, "exploit": 1, "innovate": 2}
+    return {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "gem"},
+            "spec": {"agent": {"provider": "gemini", "model": "gemini-2.5-pro", "baseUrl": server.url,
+                               "personas": personas, "proposalsPerWakeup": sum(quotas.values()), "quotas": quotas,
+                               "budgets": budgets},
+                     "objective": {"northStar": [{"name": "watch_minutes", "direction": "maximize"}]},
+                     "cadence": {"offline": "1h", "online": NO_REVIEW}, "training": {"maxAttempts": 1},
+                     "noise": {"baselineSeeds": 2, "confirmSeeds": 1},
+                     "data": {"world": {"users": 150, "days": 4, "seed": 0}}}}  # the driver is given the data itself
 
 
-def gemini(server):
-    return GeminiProposer(model="gemini-2.5-pro", api_key="test-key", base_url=server.url)
+def drive(tmp_path, world, trainer, objs, monkeypatch, wall_seconds=5, max_days=60.0):
+    from cambrian.agents.settings import RunLimits
+    from cambrian.operator.local_driver import LocalDriver
+    from cambrian.operator.localstore import LocalStore
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    driver = LocalDriver(tmp_path / "run", data_dir=world, train_command=trainer, workers=2, poll_s=0.1,
+                         max_days=max_days, limits=RunLimits(wall_seconds=wall_seconds, rss_mb=300))
+    driver.apply(objs)
+    summary = driver.run()
+    store = LocalStore(tmp_path / "run")
+    return summary, store.get("evolutions", "default", "gem"), {h["metadata"]["name"]: h for h in store.list("hypotheses")}
 
 
-def test_recorded_generation_ends_every_hypothesis_with_a_reason(tmp_path, tiny_world, fake_trainer, gemini_replay):
-    server = gemini_replay([
-        "malformed.json", "optimizer_valid.json",  # optimizer: retried once after malformed JSON
-        "architecture_hostile.json",  # os / socket+subprocess / infinite loop / memory bomb
-        "reward_valid.json",  # with one valid and one DROP analysis query
-        "repair_architecture.json",  # repair of the os-importing candidate
-        "empty_max_tokens.json", "empty_max_tokens.json",  # repair of the socket one: empty twice -> give up
-        "wrong_component.json",  # repair of the infinite loop: proposes a reward change -> Rejected
-        # repair of the memory bomb: no recorded answer left -> HTTP 500 -> given up, loop continues
-    ])
-    cfg = settings(tmp_path, tiny_world, fake_trainer)
-    result = Evolution(cfg, proposer=gemini(server)).run()
-    j = Journal(cfg.run_dir)
-    hs = {h.id: h for h in j.hypotheses}
-    assert result.stop_reason == "completed all generations"
-    for h in hs.values():
-        assert h.phase in ("Scored", "Failed", "Rejected"), (h.id, h.phase)
-        if h.phase != "Scored":
-            assert h.reason and h.failure is not None, h.id
+def events(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+
+
+def test_recorded_wakeups_end_every_hypothesis_with_a_reason(tmp_path, tiny_world, fake_trainer, gemini_replay,
+                                                             monkeypatch):
+    """Wake-up 1: four hostile architectures. The two importing os / socket+subprocess fail the static gate with
+    no training run; the infinite loop and the memory bomb are killed in the sandbox (timeout, memory). Wake-up 2:
+    three valid proposals, then each failure goes back once with its error: the os one comes back as a DCN that
+    trains, the socket one as a change outside the persona (dropped, said in the event), the others get no
+    answer (HTTP 500: the wake-up goes on). The run stops before a third wake-up (simulated-time limit)."""
+    server = gemini_replay(["architecture_hostile.json", "architecture_valid.json", "repair_architecture.json",
+                            "wrong_component.json"])
+    summary, evo, hs = drive(tmp_path, tiny_world, fake_trainer,
+                             [evolution(server, ["architecture"], {"evaluations": 30})], monkeypatch,
+                             max_days=1.5 / 24)
+    st = evo["status"]
+    assert st["phase"] == "Running" and st["counters"]["wakeups"] == 2, st
+    assert st["spend"]["tokens"] == 4 * 2200 and st["spend"]["dollars"] > 0  # every recorded answer is paid for
+    for name, h in hs.items():
+        assert h["status"]["phase"] in ("Scored", "Failed"), (name, h["status"])
+        if h["status"]["phase"] == "Failed":
+            assert h["status"]["reason"] and h["status"]["failureStage"], name
 
     def by_text(prefix):
-        return next(h for h in hs.values() if h.explanation.startswith(prefix))
+        return next(h for h in hs.values() if h["spec"]["explanation"].startswith(prefix))
 
-    os_h = by_text("Read the validation labels")
-    assert os_h.phase == "Failed" and os_h.failure.stage == "static" and "'os'" in os_h.reason
-    net_h = by_text("Fetch pretrained")
-    assert net_h.phase == "Failed" and net_h.failure.stage == "static"
-    assert "socket" in net_h.reason or "subprocess" in net_h.reason
-    loop_h = by_text("Iterate until convergence")
-    assert loop_h.phase == "Failed" and loop_h.failure.stage == "timeout"
-    bomb_h = by_text("Precompute a huge")
-    assert bomb_h.phase == "Failed" and bomb_h.failure.stage == "memory"
+    os_h, net_h = by_text("Read the validation labels"), by_text("Fetch pretrained")
+    loop_h, bomb_h = by_text("Iterate until convergence"), by_text("Precompute a huge")
+    for h in (os_h, net_h):  # the static gate, before any training run
+        assert h["status"]["failureStage"] == "static" and not h["status"].get("attempts"), h["status"]
+    assert "'os'" in os_h["status"]["reason"]
+    assert "socket" in net_h["status"]["reason"] or "subprocess" in net_h["status"]["reason"]
+    assert loop_h["status"]["failureStage"] == "timeout" and bomb_h["status"]["failureStage"] == "memory"
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "run" / "jobs").glob("*/job.json")]
+    assert not [j for j in jobs if j.get("hypothesis") in (os_h["metadata"]["name"], net_h["metadata"]["name"])]
 
-    # self-repair: the os candidate came back once as a valid DCN and was trained
-    child = [h for h in hs.values() if h.parent == os_h.id]
-    assert len(child) == 1 and child[0].phase == "Scored" and child[0].delta["patch"]["name"] == "dcn"
-    wrong = [h for h in hs.values() if h.parent == loop_h.id]
-    assert len(wrong) == 1 and wrong[0].phase == "Rejected" and wrong[0].failure.stage == "persona"
-    assert not [h for h in hs.values() if h.parent in (net_h.id, bomb_h.id)]
+    # self-repair at the next wake-up: the os candidate came back once, as a valid DCN that was trained
+    children = [h for h in hs.values() if h["spec"]["origin"].get("repairOf")]
+    (child,) = children
+    assert child["spec"]["origin"]["repairOf"] == os_h["metadata"]["name"]
+    assert child["status"]["phase"] == "Scored" and child["spec"]["delta"]["patch"]["name"] == "dcn"
+    assert set(st["repairs"]) >= {os_h["metadata"]["name"], net_h["metadata"]["name"]}
+    proposed = [e["message"] for e in events(tmp_path) if e["kind"] == "Evolution" and e["event"] == "Proposed"]
+    assert any("outside the persona" in m for m in proposed), proposed
+    # the valid proposals of wake-up 2 were trained and judged against the noise floor
+    scored = [h for h in hs.values() if h["status"]["phase"] == "Scored"]
+    assert len(scored) == 4 and all(h["status"]["verdict"] and h["status"]["noiseFloor"] for h in scored)
 
-    # the valid proposals were trained and judged against the noise floor
-    scored = [h for h in hs.values() if h.phase == "Scored" and h.id != "baseline"]
-    assert {h.persona for h in scored} == {"optimizer", "architecture", "reward"}
-    assert all(h.verdict and h.noise_floor is not None for h in scored)
-    winners = [h for h in scored if h.verdict == "better"]
-    assert winners and winners[0].persona == "reward"  # the stand-in rewards return-aware labels
-
-    # spend, prompts and analyses
-    assert j.state.usage.input_tokens == 1800 * 8  # every recorded answer is paid for and j.state.usage.dollars > 0
+    # what was asked: structured output, the journal in the prompt, the failure and its error in the repair
     bodies = [r["body"] for r in server.requests]
     assert all("responseJsonSchema" in b["generationConfig"] for b in bodies)
     prompts = [b["contents"][0]["parts"][0]["text"] for b in bodies]
-    assert "[EXPERIMENT JOURNAL]" in prompts[1] and "BASELINE: val_loss=" in prompts[1]
-    reward_prompt = prompts[3]
-    assert "Next-day return rate" in reward_prompt and "return_rate" in reward_prompt
-    assert "val_loss" not in reward_prompt.split("[EXPERIMENT JOURNAL]")[1].split("EXAMPLE PROPOSAL")[0]
-    repair_prompt = prompts[4]
-    assert "REPAIR" in repair_prompt and "'os'" in repair_prompt
-    analyses = {a["question"]: a["output"] for a in j.state.analyses}
-    assert analyses["Try to write"].startswith("ERROR: rejected")
-    assert "ERROR" not in analyses["Return rate by number of hates per user-day"]
+    assert "[EXPERIMENT JOURNAL]" in prompts[1] and "Iterate until convergence" in prompts[1]
+    assert "REPAIR" in prompts[2] and "'os'" in prompts[2]
 
 
-def test_unusable_answers_become_rejected_hypotheses(tmp_path, tiny_world, fake_trainer, gemini_replay):
-    server = gemini_replay(["malformed.json", "empty_max_tokens.json"])
-    cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer"])
-    result = Evolution(cfg, proposer=gemini(server)).run()
-    rejected = [h for h in Journal(cfg.run_dir).hypotheses if h.phase == "Rejected"]
-    assert len(rejected) == 1 and rejected[0].failure.stage == "llm"
-    assert "empty response (finish reason MAX_TOKENS)" in rejected[0].reason
-    assert result.stop_reason == "completed all generations"
-
-
-def test_duplicates_wrong_persona_and_invalid_values_are_rejected(tmp_path, tiny_world, fake_trainer, gemini_replay):
-    server = gemini_replay(["wrong_component.json"])
-    cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer"], repair=False)
-    Evolution(cfg, proposer=gemini(server)).run()
-    hs = [h for h in Journal(cfg.run_dir).hypotheses if h.id != "baseline"]
-    stages = sorted(h.failure.stage for h in hs)
-    assert stages == ["duplicate", "parse", "persona"]
-    dup = next(h for h in hs if h.failure.stage == "duplicate")
-    assert "duplicate of baseline" in dup.reason
-    bad = next(h for h in hs if h.failure.stage == "parse")
-    assert "optimizer.lr" in bad.reason
-    assert Journal(cfg.run_dir).state.evaluations == 2  # only the baseline seeds were trained
-
-
-def test_budget_stops_cleanly_and_says_which(tmp_path, tiny_world, fake_trainer, gemini_replay):
+def test_a_token_budget_stops_the_asking_and_says_which(tmp_path, tiny_world, fake_trainer, gemini_replay,
+                                                        monkeypatch):
+    """2200 tokens for the first answer against a budget of 2000: the optimizer persona was asked, the
+    architecture persona never. What was proposed is trained, or, once the Evolution has counted the spent
+    budget (the core trains nothing more then), waits Validated and says why."""
     server = gemini_replay(["optimizer_valid.json", "architecture_valid.json"])
-    cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer", "architecture"],
-                   budgets={"max_tokens": 2000}, generations=3)
-    result = Evolution(cfg, proposer=gemini(server)).run()
-    assert "tokens budget" in result.stop_reason
-    assert len(server.requests) == 1  # 2200 tokens spent; the second wake-up found the budget gone
-    j = Journal(cfg.run_dir)
-    assert j.state.stop_reason == result.stop_reason
-    # what was proposed before the budget ran out is still trained and scored
-    assert sorted(h.phase for h in j.hypotheses if h.persona == "optimizer") == ["Scored"] * 3
-    assert 1 not in j.state.generations_done  # the architecture persona never woke up
-
-
-def test_evaluation_budget_leaves_the_rest_proposed_with_the_reason(tmp_path, tiny_world, fake_trainer,
-                                                                    gemini_replay):
-    server = gemini_replay(["optimizer_valid.json"])
-    cfg = settings(tmp_path, tiny_world, fake_trainer, personas=["optimizer"], budgets={"max_evaluations": 3},
-                   workers=1)
-    result = Evolution(cfg, proposer=gemini(server)).run()
-    assert "evaluations budget" in result.stop_reason
-    j = Journal(cfg.run_dir)
-    assert j.state.evaluations == 3
-    left = [h for h in j.hypotheses if h.phase == "Proposed"]
-    assert len(left) == 2 and all("not trained: evaluations budget" in h.reason for h in left)
+    summary, evo, hs = drive(tmp_path, tiny_world, fake_trainer,
+                             [evolution(server, ["optimizer", "architecture"], {"tokens": 2000})], monkeypatch)
+    st = evo["status"]
+    assert st["phase"] == "BudgetExhausted" and "tokens" in st["reason"] and st["spend"]["tokens"] == 2200, st
+    assert len(server.requests) == 1
+    assert len(hs) == 3 and {h["spec"]["component"] for h in hs.values()} == {"optimizer"}
+    for h in hs.values():
+        if h["status"]["phase"] != "Scored":
+            assert h["status"]["phase"] == "Validated" and not h["status"].get("attempts"), h["status"]
+            assert any("budget tokens is spent" in c.get("message", "") for c in h["status"]["conditions"])
 
 
 def test_openai_compatible_endpoint(tmp_path, gemini_replay):

@@ -4,7 +4,7 @@ import pytest
 
 from cambrian.errors import ConfigError
 from cambrian.agents import canonical
-from cambrian.agents.budgets import Budgets, Spend, cost_usd, llm_exhausted, price_of, training_exhausted
+from cambrian.agents.budgets import cost_usd, price_of
 from cambrian.agents.journal import Hypothesis, Journal, Score
 from cambrian.agents.noise import NoiseSettings, judge
 from cambrian.agents.personas import ARCHITECTURE, OPTIMIZER, REWARD
@@ -67,17 +67,10 @@ def test_fingerprint_is_exact_and_seed_free():
 
 
 # ---------------------------------------------------------------- budgets and prices
-def test_prices_and_budgets():
+def test_prices():
     assert cost_usd("gemini-2.5-pro", 1_000_000, 1_000_000) == pytest.approx(11.25)
     assert price_of("gemini-2.5-pro-002") == price_of("gemini-2.5-pro")
     assert price_of("some-unknown-model")[1] >= max(p[1] for p in [price_of("gpt-4o"), price_of("gemini-2.5-pro")])
-    b = Budgets(max_tokens=1000, max_dollars=1.0, max_train_seconds=60, max_evaluations=5)
-    assert llm_exhausted(b, Spend(999, 0.5, 0, 0)) is None
-    assert "tokens" in llm_exhausted(b, Spend(1000, 0.5, 0, 0))
-    assert "dollars" in llm_exhausted(b, Spend(10, 1.5, 0, 0))
-    assert "evaluations" in training_exhausted(b, Spend(0, 0, 0, 3), reserved=2)
-    assert training_exhausted(b, Spend(0, 0, 0, 3), reserved=1) is None
-    assert "training-seconds" in training_exhausted(b, Spend(0, 0, 61, 0))
 
 
 # ---------------------------------------------------------------- noise floor

@@ -89,18 +89,19 @@ def test_salt_changes_buckets():
     assert same < 20
 
 
-@pytest.mark.parametrize("treatments,weight,problem", [
-    (["a", "b"], 50, "weights.control: 0%"),     # was accepted: four days of a 0% control, then "inconclusive"
-    (["a", "b", "c"], 34, "weights.a: 34% exceeds"),
+@pytest.mark.parametrize("weights,problem", [
+    ([0, 50, 50], "weights.control: 0%"),     # was accepted locally: four days of a 0% control, then "inconclusive"
+    ([1, 34, 33, 32], "weights.treatment 1: 34% exceeds"),
 ])
-def test_the_local_rollout_format_follows_the_router_rule(treatments, weight, problem):
+def test_the_rollout_ramp_follows_the_router_rule(weights, problem):
+    """A Rollout's ramp step (the one format of both platforms; its CEL rule says the same) is refused where
+    the router would refuse its weights, and accepted at 100/(K+1) each."""
     from pydantic import ValidationError
 
-    from cambrian.online.rollout import RolloutSpec
+    from cambrian.operator.api import RampStep
 
-    spec = {"name": "e", "world": "w", "control": "c", "treatments": {t: f"/{t}" for t in treatments},
-            "ramp": [{"day": 0, "weight": weight}]}
     with pytest.raises(ValidationError, match=problem):
-        RolloutSpec.model_validate(spec)
-    spec["ramp"] = [{"day": 0, "weight": 100 // (len(treatments) + 1)}]
-    assert RolloutSpec.model_validate(spec).ramp[0].weight == 100 // (len(treatments) + 1)
+        RampStep.model_validate({"weights": weights})
+    k = len(weights) - 1
+    even = [100 - k * (100 // (k + 1))] + [100 // (k + 1)] * k
+    assert RampStep.model_validate({"weights": even}).weights == even

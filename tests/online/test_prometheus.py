@@ -59,7 +59,6 @@ def test_config_shape():
 @needs_prom
 def test_live_traffic_read_back_through_prometheus(arm_servers, tmp_path):
     """World -> router -> model servers; events -> collector; Prometheus scrapes all; decide() on the readout."""
-    from cambrian.online.rollout import effective_weights
     from cambrian.online.router import Router, RouterConfig
     from cambrian.online.traffic import TrafficDriver
     from cambrian.stats import DecisionPolicy, Metric, decide
@@ -97,9 +96,8 @@ def test_live_traffic_read_back_through_prometheus(arm_servers, tmp_path):
     for arm in ("control", "treatment"):
         assert r.stats[arm]["watch_minutes"].n == direct[arm]["n"]
         assert r.stats[arm]["watch_minutes"].sum_y == pytest.approx(direct[arm]["sum_y"])
-    weights, observed = effective_weights(r.cohorts, {first: {"control": 50, "treatment": 50},
-                                                      first + 1: {"control": 50, "treatment": 50}},
-                                          ["control", "treatment"])
+    observed = {a: sum(c.get(a, 0) for c in r.cohorts.values()) for a in ("control", "treatment")}
+    weights = {"control": 0.5, "treatment": 0.5}  # 50/50 on both days (the core's srm_expectation is per step)
     policy = DecisionPolicy(north_star=Metric("watch_minutes"), planned_users_per_arm=100, min_users_per_arm=10,
                             max_days=10)
     d = decide(policy, control="control", weights=weights, stats=r.stats, elapsed_days=2, exposures=observed)

@@ -315,6 +315,45 @@ def test_evolution_handler_trains_the_baseline_and_wakes_the_agent(objects):
     assert patch["status"]["phase"] == "Running" and patch["status"]["counters"]["wakeups"] == 1
 
 
+def test_a_timer_racing_the_create_handler_posts_started_once(objects):
+    """kopf runs an Evolution's timer beside its change handlers. With an interval shorter than the create
+    handler's step, the timer got the body from before the create handler's status patch landed (no phase)
+    and stepped it again: the cluster posted the Evolution's Started Event twice (and proposed twice). A step
+    from a body that an earlier step of this process already stepped from starts from that step's result."""
+    p = Recording()
+    m = memo(p)
+    evo = {**EVO, "metadata": {**EVO["metadata"], "resourceVersion": "7"}}
+    create, tick = kopf.Patch(), kopf.Patch()
+    HD.evolution_changed(body=kopf.Body(evo), patch=create, memo=m)
+    HD.evolution_timer(body=kopf.Body(evo), patch=tick, memo=m)  # the same body: the first patch is not seen yet
+    assert [a.event for a in p.events].count("Started") == 1, [a.event for a in p.events]
+    assert [k for k, _ in p.applied].count("propose") == 1
+    # each patch is relative to the stored status, so whichever lands last leaves the whole new status
+    assert tick["status"]["phase"] == create["status"]["phase"] == "Running"
+    # kopf writes its annotations before the status: a newer body with the old status is still stale
+    annotated = {**evo, "metadata": {**evo["metadata"], "resourceVersion": "8", "annotations": {"kopf": "x"}}}
+    HD.evolution_timer(body=kopf.Body(annotated), patch=kopf.Patch(), memo=m)
+    assert [a.event for a in p.events].count("Started") == 1
+    # once the watch delivers the written status, it is stepped as it is
+    stored = {**evo, "metadata": {**evo["metadata"], "resourceVersion": "9"}, "status": dict(tick["status"])}
+    HD.evolution_timer(body=kopf.Body(stored), patch=kopf.Patch(), memo=m)
+    assert [a.event for a in p.events].count("Started") == 1 and [k for k, _ in p.applied].count("propose") == 1
+
+
+def test_a_rollout_timer_racing_its_create_handler_posts_started_once(objects):
+    p = Recording()
+    m = memo(p)
+    spec = rollout_spec().wire()
+    ro = body("Rollout", "ro", spec, resourceVersion="3")
+    HD.rollout_changed(body=ro, patch=kopf.Patch(), memo=m)  # Deploying
+    p.arms_ = {k: ArmObservation(v.name, True, True) for k, v in p.arms_.items()}
+    ticks = [kopf.Patch() for _ in range(3)]
+    for tick in ticks:  # the body from before any patch landed: each step continues from the previous one
+        HD.rollout_timer(body=ro, patch=tick, memo=m)
+    assert [a.event for a in p.events].count("Started") == 1, [a.event for a in p.events]
+    assert [k for k, _ in p.applied].count("weights") == 1 and ticks[-1]["status"]["phase"] == "Running"
+
+
 def test_handlers_are_registered_for_every_kind():
     reg = kopf.get_default_registry()
     timers = {h.selector.any_name for h in reg._spawning.get_all_handlers() if h.selector.group == "cambrian.dev"}

@@ -1,11 +1,11 @@
-"""Online faults and guardrails with the real moving parts: the event collector (SQLite), a real
-Prometheus scraping it, the router (aiohttp) in front of stand-in model servers, and the rollout
-runner's look/apply (online/rollout.py) calling the decision rule on what Prometheus returns.
+"""Online faults with the real moving parts: the event collector (a process over its SQLite store), a real
+Prometheus scraping it, the local platform's readout (operator/platform/local.py) and the reconcile core's
+analysis; the router (aiohttp) in front of stand-in model servers.
 
-* Prometheus down mid-experiment: no decision (decide is not even called) until it is back, then the
-  experiment continues and decides;
-* a guardrail breach cuts the candidate to 0% at the first look that sees it (one evaluation interval),
-  measured end to end, and no user is routed to it afterwards;
+* a guardrail breach is read back through Prometheus and rolls the arm back at the first readout that sees it;
+  Prometheus down mid-experiment: the readout says so at once (MetricsUnavailable) and, once it is back, reads
+  again (what the core does without metrics: test_reconcile_rollout.py::test_prometheus_down_decides_nothing_and_retries;
+  a breach cut within one readout interval on a clock: test_guardrails.py);
 * the router restarted (SIGKILL) under load keeps every user in the same arm.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from pathlib import Path
+from datetime import timedelta
 
 import httpx
 import numpy as np
@@ -22,8 +22,6 @@ import pytest
 import yaml
 
 from cambrian.online.assignment import Assignment
-from cambrian.online.collector import Collector, Store
-from cambrian.online.router import Router, RouterConfig
 from cambrian.online.runner import BackgroundApp
 from cambrian.online.server import ModelServer
 
@@ -56,7 +54,7 @@ def router_config(arms, weights) -> dict:
         {"name": "cand", "url": arms["cand"].url, "weight": weights["cand"]}]}
 
 
-def fill_store(store: Store, hate_control: float, hate_cand: float, seed: int = 0) -> None:
+def fill_store(store, hate_control: float, hate_cand: float, seed: int = 0) -> None:
     """Day 0 of an A/B at 50/50: exposures by the real assignment, one user-day each; day 0 closed."""
     rng = np.random.default_rng(seed)
     a = Assignment.create(SALT, "control", ["cand"], {"control": 50, "cand": 50})
@@ -73,104 +71,55 @@ def fill_store(store: Store, hate_control: float, hate_cand: float, seed: int = 
     store.close_day(0)
 
 
-@pytest.fixture
-def experiment(tmp_path, arms):
-    """Collector + Prometheus + router, and a LocalRollout wired to them (without its own processes)."""
-    from cambrian.online.prometheus import PromClient, PrometheusProcess
-    from cambrian.online.rollout import LocalRollout, RolloutSpec
-
-    def make(hate_control=0.02, hate_cand=0.02):
-        store = Store(tmp_path / "collector.sqlite")
-        fill_store(store, hate_control, hate_cand)
-        collector = BackgroundApp(Collector(store).app()).start()
-        cfg_path = tmp_path / "router.yaml"
-        cfg_path.write_text(yaml.safe_dump(router_config(arms, {"control": 50, "cand": 50})))
-        router = BackgroundApp(Router(RouterConfig.load(cfg_path), config_path=str(cfg_path)).app()).start()
-        addr = collector.url.removeprefix("http://")
-        prom = PrometheusProcess({"collector": [addr]}, workdir=tmp_path / "prom").start()
-        spec = RolloutSpec(name="exp", world=str(tmp_path), control="c", treatments={"cand": "t"}, salt=SALT,
-                           north_star="watch_minutes", guardrails=[{"metric": "hate_rate", "margin": 0.05,
-                                                                     "higher_is_better": False}],
-                           min_users_per_arm=100, planned_users_per_arm=2000, days=8, prometheus_wait_seconds=20)
-        lr = LocalRollout(spec, tmp_path / "out")
-        lr.out.mkdir(parents=True, exist_ok=True)
-        lr.prom = PromClient(prom.url)
-        lr.prometheus = prom
-        lr.services = {"router": router}
-        lr.weights = {"control": 50, "cand": 50}
-        lr.weights_by_day = {0: dict(lr.weights)}
-        parts.update(store=store, collector=collector, router=router, prom=prom, lr=lr)
-        return lr
-
-    parts: dict = {}
-    yield make, parts
-    if parts.get("prom"):
-        parts["prom"].stop()
-    for k in ("router", "collector"):
-        if parts.get(k):
-            parts[k].stop()
-    if parts.get("store"):
-        parts["store"].close()
-
-
 @needs_prom
 @pytest.mark.prometheus
-def test_prometheus_down_means_no_decision_until_it_is_back(experiment, monkeypatch):
-    import cambrian.online.rollout as rollout_mod
-    from cambrian.online.prometheus import PrometheusProcess
+@pytest.mark.slow  # two Prometheus starts: ~40 s on 2 busy cores
+def test_a_breach_read_through_prometheus_rolls_the_arm_back_and_prometheus_down_is_no_readout(tmp_path):
+    from cambrian.online.collector import Store
+    from cambrian.operator import api
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.base import MetricsUnavailable
+    from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform
+    from cambrian.operator.platform.local_env import RolloutEnv
+    from cambrian.operator.reconcile.readout import analyse
 
-    make, parts = experiment
-    lr = make()
-    calls = []
-    real = rollout_mod.decide
-    monkeypatch.setattr(rollout_mod, "decide", lambda *a, **k: calls.append(1) or real(*a, **k))
+    root = tmp_path / "run"
+    platform = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path, readout_wait_s=20)
+    env = RolloutEnv("exp", root / "rollouts" / "exp", tmp_path)
+    store = Store(env.dir / "collector.sqlite")
+    fill_store(store, hate_control=0.02, hate_cand=0.25)  # the candidate makes users hate 10x more items
+    store.close()
+    env.state.clock_day0, env.state.world_day0, env.state.days_done = 0, 0, 1  # one day played
+    spec = api.RolloutSpec.model_validate({
+        "control": {"name": "control", "bundle": "c"}, "salt": SALT,
+        "treatments": [{"name": "cand", "hypothesisRef": {"name": "h"}, "bundle": "t"}],
+        "ramp": {"steps": [{"weights": [50, 50], "duration": "7d"}]},
+        "metrics": {"northStar": [{"name": "watch_minutes"}],
+                    "guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.05}]},
+        "statistics": {"minSamplePerArm": 100, "maxDuration": "8d"}})
+    status = api.RolloutStatus(phase="Running", started_at=SIM_EPOCH, step_started_at=SIM_EPOCH,
+                               step_history=[SIM_EPOCH])
+    try:
+        env.start_metrics()
+        platform.envs["exp"] = env
+        r = platform.prometheus_readout("exp")
+        assert r.closed_day == 0 and sum(r.exposures.values()) == N_USERS
+        a = analyse(spec, status, r.stats, SIM_EPOCH + timedelta(days=1), exposures=r.exposures, cohorts=r.cohorts)
+        assert a.outcome == "rollback" and "hate_rate" in a.reason, a.reason
 
-    first = lr.look(0, 1)
-    assert first is not None and len(calls) == 1  # Prometheus up: a look decides (here: continue)
-    assert first.outcome != "promote"
-
-    port, workdir = parts["prom"].port, parts["prom"].workdir
-    parts["prom"].stop()  # down mid-experiment
-    t = time.monotonic()
-    assert lr.look(0, 2) is None and lr.look(0, 3) is None
-    assert len(calls) == 1, "decide was called without metrics"
-    assert time.monotonic() - t < 30
-    skipped = [e for e in lr.timeline if e["kind"] == "no_decision"]
-    assert len(skipped) == 2 and "Prometheus unavailable" in skipped[0]["reason"]
-    assert lr.weights == {"control": 50, "cand": 50}  # nothing moved while blind
-
-    # back on the same address (a restarted Prometheus with a fresh TSDB): the experiment continues
-    parts["prom"] = PrometheusProcess({"collector": [parts["collector"].url.removeprefix("http://")]}, port=port,
-                                      workdir=Path(workdir).with_name("prom2")).start()
-    again = lr.look(0, 4)
-    assert again is not None and len(calls) == 2
-    assert [e["kind"] for e in lr.timeline][-1] == "readout"
-
-
-@needs_prom
-@pytest.mark.prometheus
-def test_guardrail_breach_is_cut_to_zero_at_the_first_look(experiment):
-    make, parts = experiment
-    lr = make(hate_control=0.02, hate_cand=0.25)  # the candidate makes users hate 10x more items
-    router = parts["router"]
-    before = httpx.post(router.url + "/rank", json={"user_ids": list(range(200)), "candidates":
-                                                    [list(range(30)) for _ in range(200)], "k": 5}).json()["arms"]
-    assert "cand" in before
-    t0 = time.monotonic()
-    decision = lr.look(0, 1)  # the first look after the day with the breach closed
-    assert decision is not None
-    assert decision.arms["cand"].outcome == "rollback" and "hate_rate" in decision.arms["cand"].reason
-    done = lr.apply(decision, 0)
-    cut_seconds = time.monotonic() - t0
-    assert done
-    assert httpx.get(router.url + "/weights").json()["weights"] == {"control": 100, "cand": 0}
-    after = httpx.post(router.url + "/rank", json={"user_ids": list(range(500)), "candidates":
-                                                   [list(range(30)) for _ in range(500)], "k": 5}).json()["arms"]
-    assert set(after) == {"control"}
-    # within one evaluation interval: the same look that first saw the data cut the arm, in seconds
-    assert cut_seconds < 30
-    weights_events = [e for e in lr.timeline if e["kind"] == "weights"]
-    assert weights_events[-1]["weights"] == {"control": 100, "cand": 0} and "hate_rate" in weights_events[-1]["why"]
+        env.prometheus.stop()  # down mid-experiment
+        t = time.monotonic()
+        with pytest.raises(MetricsUnavailable):
+            platform.prometheus_readout("exp")
+        assert time.monotonic() - t < 30
+        # back (a restarted Prometheus with a fresh TSDB, as the platform starts it): read again
+        env.prometheus = None
+        env.start_metrics()
+        again = platform.prometheus_readout("exp")
+        assert again.closed_day == 0 and again.exposures == r.exposures
+    finally:
+        env.stop()
+        platform.close()
 
 
 # ---- the router restarted under load ------------------------------------------------------------------

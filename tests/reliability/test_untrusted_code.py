@@ -121,8 +121,8 @@ def test_a_benign_plugin_passes_the_same_checks():
 
 
 def test_hostile_deltas_are_rejected_before_any_process_starts():
-    """A delta whose code is hostile never reaches training: the loop rejects it at admission."""
-    from cambrian.agents.evolve import Evolution  # noqa: F401  (the loop uses trainer.gate.static_checks)
+    """A delta whose code is hostile never reaches training: the gate's static stage refuses it (the core runs it
+    before any Job: tests/operator/test_reconcile_hypothesis.py::test_plugin_code_fails_the_static_gate_before_any_job)."""
     from cambrian.trainer.delta import apply_delta
     from cambrian.trainer.gate import static_checks
 

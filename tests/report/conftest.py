@@ -1,13 +1,12 @@
-"""Synthetic run directories built through the real writers: the experiment journal
-(cambrian.agents.journal.Journal, verdicts from the real noise judge) and the local rollout
-runner (cambrian.online.rollout.LocalRollout: its real look/apply/event code, real statistics, a real
-router for the weight changes), with Prometheus replaced by in-memory per-arm sums."""
+"""Synthetic run directories of the previous local engine, which `cambrian report` and `cambrian journal` still
+read: the experiment journal through its real writer (cambrian.agents.journal.Journal, verdicts from the real
+noise judge) and rollout folders in that engine's format with real statistics on in-memory per-arm sums.
+(A run of the operator's loop is tests/report/test_report_objects.py.)"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -105,47 +104,70 @@ class MemoryProm:
 
 def build_rollout(out: Path, treatments: dict[str, float], hate: dict[str, float], days: int = 8,
                   finish: bool = True) -> None:
-    """Drive LocalRollout's real decision code day by day; the router that takes the weights is real."""
-    from cambrian.online.rollout import LocalRollout, RolloutResult, RolloutSpec, _json_default
-    from cambrian.online.router import Router, RouterConfig
-    from cambrian.online.runner import BackgroundApp
+    """A rollout folder in the previous local engine's format (spec.json, timeline.json, result.json), which
+    `cambrian report` still reads: day by day, the real decision rule on in-memory per-arm sums, an arm rolled
+    back goes to 0% at once, a promotion or a final rollback ends it."""
+    from cambrian.stats import DecisionPolicy, Guardrail, Metric, decide
 
-    spec = RolloutSpec(name="sat-test", world="unused", control="unused", treatments={a: f"candidates/{a}/bundle"
-                                                                                     for a in treatments},
-                       days=days, ramp=[{"day": 0, "weight": 20}, {"day": 2, "weight": 40}],
-                       north_star="watch_minutes",
-                       guardrails=[{"metric": "hate_rate", "margin": 0.2, "higher_is_better": False}],
-                       planned_users_per_arm=1500, min_users_per_arm=100)
+    name, arms = "sat-test", ["control", *treatments]
+    spec = {"name": name, "control_name": "control", "north_star": "watch_minutes", "north_star_relative": True,
+            "world": "unused", "control": "unused", "treatments": {a: f"candidates/{a}/bundle" for a in treatments}}
+    policy = DecisionPolicy(north_star=Metric("watch_minutes"), planned_users_per_arm=1500, min_users_per_arm=100,
+                            max_days=days, guardrails=(Guardrail("hate_rate", 0.2, higher_is_better=False),))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(spec.model_dump_json(indent=2))
-    ro = LocalRollout(spec, out)
-    ro.weights = ro._ramp_weights(0)
-    cfg = RouterConfig.from_dict({"experiment": spec.name, "arms": [
-        {"name": a, "url": "http://127.0.0.1:9", "weight": ro.weights[a],
-         **({"control": True} if a == "control" else {})} for a in ro.arms]})
-    prom = MemoryProm(spec.name, treatments, hate)
-    with BackgroundApp(Router(cfg).app()) as router:
-        ro.services["router"] = SimpleNamespace(url=router.url)
-        ro.prom = prom
-        ro.event("started", None, weights=dict(ro.weights))
-        outcome, reason, winner, days_run = "continue", "ran out of days", None, 0
-        for i in range(days):
-            ro.set_weights(ro._ramp_weights(i), i, f"ramp step for day {i}")
-            ro.weights_by_day[i] = dict(ro.weights)
-            prom.add_day(i, ro.weights)
-            days_run = i + 1
-            ro.event("day", i, active=700)
-            decision = ro.look(i, days_run)
-            if decision is None:
-                continue
-            outcome, reason, winner = decision.outcome, decision.reason, decision.winner
-            if ro.apply(decision, i):
-                break
+    (out / "spec.json").write_text(json.dumps(spec, indent=2))
+    timeline: list[dict] = []
+
+    def event(kind: str, day, **details) -> None:
+        timeline.append({"t": float(len(timeline)), "day": day, "kind": kind, **details})
+        (out / "timeline.json").write_text(json.dumps(timeline, indent=2, default=str))
+
+    prom, cut, state, last = MemoryProm(name, treatments, hate), {}, None, None
+    weights = {"control": 80, **{a: 20 for a in treatments}}
+    event("started", None, weights=dict(weights))
+    outcome, reason, winner, days_run = "continue", "ran out of days", None, 0
+
+    def set_weights(w: dict[str, int], day: int, why: str) -> None:
+        if w != weights:
+            weights.clear()
+            weights.update(w)
+            event("weights", day, weights=dict(w), why=why)
+
+    for i in range(days):
+        ramp = 20 if i < 2 else 40
+        set_weights({"control": 100 - ramp * sum(a not in cut for a in treatments),
+                     **{a: 0 if a in cut else ramp for a in treatments}}, i, f"ramp step for day {i}")
+        prom.add_day(i, weights)
+        days_run = i + 1
+        event("day", i, active=700)
+        r = prom.read_experiment(name)
+        exposures = {a: sum(c.get(a, 0) for c in r.cohorts.values()) for a in arms}
+        total = sum(exposures.values())
+        d = decide(policy, control="control", weights={a: exposures[a] / total for a in arms}, stats=r.stats,
+                   elapsed_days=days_run, exposures=exposures, state=state)
+        state, last = d.state, d
+        event("readout", i, outcome=d.outcome, reason=d.reason, exposures=exposures,
+              arms={a: {"outcome": x.outcome, "effect": x.effect.estimate if x.effect else None,
+                        "ci": list(x.ci) if x.ci else None, "p": x.p_value} for a, x in d.arms.items()},
+              n={a: r.stats[a]["watch_minutes"].n for a in arms})
+        outcome, reason, winner = d.outcome, d.reason, d.winner
+        for arm, x in d.arms.items():
+            if x.outcome == "rollback" and arm not in cut:
+                cut[arm] = x.reason
+                set_weights({**weights, "control": weights["control"] + weights[arm], arm: 0}, i,
+                            f"rollback {arm}: {x.reason}")
+        if d.outcome == "promote":
+            set_weights({a: 100 if a == d.winner else 0 for a in arms}, i, f"promote {d.winner}: {d.reason}")
+            break
+        if d.outcome in ("rollback", "inconclusive"):
+            set_weights({a: 100 if a == "control" else 0 for a in arms}, i, f"{d.outcome}: {d.reason}")
+            break
     if finish:
-        result = RolloutResult(spec.name, outcome, reason, winner, days_run, dict(ro.weights), dict(ro.rolled_back),
-                               ro.last_decision.to_dict() if ro.last_decision else None, list(ro.timeline))
-        ro.event("finished", None, outcome=outcome, winner=winner)
-        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")
+        result = {"experiment": name, "outcome": outcome, "reason": reason, "winner": winner, "days_run": days_run,
+                  "final_weights": dict(weights), "rolled_back": cut,
+                  "last_decision": last.to_dict() if last else None}
+        event("finished", None, outcome=outcome, winner=winner)
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 @pytest.fixture(scope="session")

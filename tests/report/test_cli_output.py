@@ -50,8 +50,8 @@ def test_json_failure_goes_only_to_stdout_json(tmp_path):
     # A command without its own failure JSON: the error becomes the JSON.
     r = cambrian("journal", str(tmp_path / "missing"), "--json")
     assert r.returncode == 2 and r.stderr == ""
-    assert json.loads(r.stdout) == {"ok": False, "error": f"{tmp_path / 'missing'}/journal.jsonl: no journal here",
-                                    "hint": "name a run directory of `cambrian evolve`", "exit_code": 2}
+    assert json.loads(r.stdout) == {"ok": False, "error": f"{tmp_path / 'missing'}: no such directory",
+                                    "hint": "name a run directory written by `cambrian evolve`", "exit_code": 2}
     r = cambrian("journal", str(tmp_path / "missing"))  # without --json: stderr as before
     assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith("error: ")
 

@@ -138,3 +138,24 @@ def test_a_driver_folder_with_two_evolutions_is_refused_clearly(driver_run):
                                 "metadata": {"name": "other"}, "spec": {}})
     with pytest.raises(ConfigError, match="expected one Evolution to report on, found demo, other"):
         load_run(driver_run)
+
+
+def test_journal_reads_a_driver_run(driver_run):
+    """`cambrian journal` on the --dir of `cambrian evolve -f`: each Hypothesis with its verdict and score (issue 12:
+    the previous engine's journal.jsonl is no longer written, so the command reads the driver's objects)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cambrian.cli import app
+
+    res = CliRunner().invoke(app, ["journal", str(driver_run), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    rows = {h["id"]: h for h in out["hypotheses"]}
+    assert set(rows) == {"demo-w1-0", "demo-w1-1", "demo-w1-2", "demo-w2-0"}
+    assert rows["demo-w1-0"]["verdict"] == "better" and rows["demo-w2-0"]["parent"] == "demo-w1-1"
+    assert out["baseline"]["val_loss"]["n"] == 3 and out["spend"]["evaluations"] == 7
+    res = CliRunner().invoke(app, ["journal", str(driver_run), "--persona", "architecture"])
+    assert res.exit_code == 0, res.output
+    assert "demo-w1-1" in res.stdout and "demo-w2-0" in res.stdout and "demo-w1-0" not in res.stdout

@@ -87,7 +87,12 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
 
 def test_group_sequential_is_the_default_policy():
     """The benchmark's winner is what decide() runs unless told otherwise (issue 14)."""
-    from cambrian.online.rollout import RolloutSpec
+    from pathlib import Path
+
+    import yaml
+
+    from cambrian.operator.api import parse_resource
+    from cambrian.operator.reconcile.readout import policy_for
 
     pol = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=1000, min_users_per_arm=0, max_days=14)
     assert pol.sequential == "group"
@@ -96,9 +101,11 @@ def test_group_sequential_is_the_default_policy():
                                                                   "t": {"y": _sums(rng, 200, 0.0)}}, elapsed_days=1)
     st = d.state.tests["t/y"]
     assert st.fractions and st.information == (200.0,) and st.tau is None and "group-sequential" in d.reason
-    local = RolloutSpec(name="r", world="w", control="c", treatments={"t": "b"})
-    assert local.policy().sequential == "group"
-    assert RolloutSpec(name="r", world="w", control="c", treatments={"t": "b"}, sequential="msprt").policy().sequential == "msprt"
+    obj = yaml.safe_load((Path(__file__).parents[2] / "manifests/examples/rollout.yaml").read_text())
+    obj["spec"]["statistics"].pop("sequential", None)  # a Rollout (either platform) without a choice
+    assert policy_for(parse_resource(obj).spec).sequential == "group"
+    obj["spec"]["statistics"]["sequential"] = "msprt"
+    assert policy_for(parse_resource(obj).spec).sequential == "msprt"
 
 
 def _look(pol, state, z, n, day):

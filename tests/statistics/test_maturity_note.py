@@ -24,20 +24,17 @@ def test_a_metric_read_at_once_keeps_the_sample_size_message(make_arm):
 
 
 def test_rollout_specs_carry_the_maturity_day():
+    """The Rollout (both platforms, through the core's policy_for): each secondary metric matures after its
+    own window."""
     from pathlib import Path
 
     import yaml
 
-    from cambrian.online.rollout import RolloutSpec
     from cambrian.operator.api import parse_resource
     from cambrian.operator.reconcile.readout import policy_for
 
-    spec = RolloutSpec(name="x", world="w", control="c", treatments={"t": "b"}, days=4, north_star="watch_minutes",
-                       ramp=[{"day": 0, "weight": 10}], secondary=["active_days", "returned_next_day", "ctr"],
-                       active_window=7)
-    assert [m.matures_day for m in spec.policy().secondary] == [7, 1, 0]
-    # The operator's Rollout: each secondary metric matures after its own window.
     obj = yaml.safe_load((Path(__file__).parents[2] / "manifests/examples/rollout.yaml").read_text())
     obj["spec"]["metrics"]["northStar"] = [{"name": "watch_minutes", "window": "1d"},
-                                           {"name": "active_days", "window": "7d"}]
-    assert [m.matures_day for m in policy_for(parse_resource(obj).spec).secondary] == [7]
+                                           {"name": "active_days", "window": "7d"},
+                                           {"name": "returned_next_day", "window": "2d"}]
+    assert [m.matures_day for m in policy_for(parse_resource(obj).spec).secondary] == [7, 2]
