@@ -202,7 +202,8 @@ class Written:
     def record(self, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
         uid = (before.get("metadata") or {}).get("uid", "")
         with self._lock:
-            self._after.setdefault(uid, {})[_rv(before)] = dict(after)
+            # slim, as the index keeps it: the PATCH answer carries managedFields, held until the watch catches up
+            self._after.setdefault(uid, {})[_rv(before)] = slim_custom(after)
             self._ours[uid] = _rv(after)
 
     def is_ours(self, body: Mapping[str, Any]) -> bool:

@@ -282,3 +282,39 @@ def test_wakeups_and_batches_survive_the_trip_to_the_child():
     batch = P.ProposalBatch(items=[({"component": "optimizer"}, {"a": "b"})], notes=["n"], tokens=3, dollars=0.5)
     back = P.batch_from_wire(json.loads(json.dumps(P.batch_wire(batch))))
     assert (back.items, back.notes, back.tokens, back.dollars) == (batch.items, batch.notes, 3, 0.5)
+
+
+def test_index_handlers_run_on_kopfs_event_loop():
+    """Before: the index functions were sync, so every event of every Pod, Job and Hypothesis waited for one of
+    kopf's 6 executor threads (held by the Evolutions' timers and sweeps), its body queued in kopf meanwhile."""
+    indexers = kopf.get_default_registry()._indexing.get_all_handlers()
+    assert {h.id for h in indexers} == {"evolutions_idx", "hypotheses_idx", "rollouts_idx", "jobs_idx", "pods_idx"}
+    assert all(inspect.iscoroutinefunction(h.fn) for h in indexers)
+    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}, "managedFields": [{}]},
+           "spec": {"containers": []}, "status": {"phase": "Running"}}
+    assert asyncio.run(HD.pods_idx(kopf.Body(pod))) == {("ns", "j"): indexed.slim_pod(pod)}
+
+
+def test_every_objects_memo_shares_one_indexed_cluster():
+    """Before: kopf's memo is a shallow copy per object, and the IndexedCluster was stored on that copy: one
+    per object (and the platform's `observed` replaced at each)."""
+    import copy
+
+    base = kopf.Memo(platform=platform())
+    HD._bookkeeping(base)
+    kw = {name: {} for name in ("evolutions_idx", "hypotheses_idx", "rollouts_idx", "jobs_idx", "pods_idx")}
+    first = HD._cluster(copy.copy(base), kw)  # kopf: memo = copy.copy(memobase) for each new object
+    assert isinstance(first, indexed.IndexedCluster)
+    assert HD._cluster(copy.copy(base), kw) is first and base.platform.observed is first
+    assert first.written is base.written  # the bookkeeping the steps share
+
+
+def test_a_written_status_is_kept_slim_until_the_watch_delivers_it():
+    """Before: the PATCH answer was kept whole (managedFields and all) for every object in flight."""
+    w = indexed.Written()
+    after = {**HYP, "metadata": {**HYP["metadata"], "resourceVersion": "11", "managedFields": [{"m": 1}] * 20},
+             "status": {"phase": "Training"}}
+    w.record(HYP, after)
+    newest = w.newest(dict(HYP))
+    assert newest["status"] == {"phase": "Training"} and newest["metadata"]["resourceVersion"] == "11"
+    assert "managedFields" not in newest["metadata"]
