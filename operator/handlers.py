@@ -298,6 +298,10 @@ def _bookkeeping(memo: kopf.Memo) -> None:
     memo.setdefault("locks", indexed.KeyedLocks())
     memo.setdefault("retry", set())
     memo.setdefault("shared", {})  # what every object's copy of the memo shares (see _cluster)
+    # in the operator's memo, so that every object's copy shares them: a Hypothesis is stepped from its own
+    # events and from its Job's and Pod's, each with the memo copy of the object whose event it was
+    memo.setdefault("failed_generations", {})
+    memo.setdefault("loop_cache", {})
     if "settle" not in memo:
         memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
 

@@ -318,3 +318,17 @@ def test_a_written_status_is_kept_slim_until_the_watch_delivers_it():
     newest = w.newest(dict(HYP))
     assert newest["status"] == {"phase": "Training"} and newest["metadata"]["resourceVersion"] == "11"
     assert "managedFields" not in newest["metadata"]
+
+
+def test_a_failure_is_reported_once_whichever_objects_event_stepped_it():
+    """Before: the record of reported failures was made on the memo copy of the object whose event ran the
+    step (the Hypothesis', its Job's or its Pod's), so a step from another of them reported it again."""
+    import copy
+
+    base = kopf.Memo(platform=platform())
+    HD._bookkeeping(base)
+    meta = Meta.from_obj(HYP)
+    via_pod, via_hypothesis = copy.copy(base), copy.copy(base)
+    assert not HD._reported(via_pod, meta, mark=True)
+    assert HD._reported(via_hypothesis, meta)
+    assert HD._cache(via_pod) is HD._cache(via_hypothesis)
