@@ -10,7 +10,8 @@ import kopf
 
 from cambrian.operator import handlers as HD
 from cambrian.operator import indexed
-from cambrian.operator.platform.kubernetes import KubernetesPlatform, parse_job
+from cambrian.operator.indexed import L_OWNER, L_OWNER_KIND
+from cambrian.operator.platform.kubernetes import KubernetesPlatform, parse_job, pod_blocker
 
 EVO = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution",
        "metadata": {"name": "evo", "namespace": "ns", "uid": "uid-e", "generation": 1, "resourceVersion": "1"},
@@ -229,3 +230,34 @@ def test_an_evolution_step_reads_its_own_objects_from_the_by_evolution_index(mon
         def list(self, plural, ns):
             return [HYP, other] if plural == "hypotheses" else []
     assert [h["metadata"]["name"] for h in loop.of_evolution(Listed(), "hypotheses", "ns", "evo-2")] == ["h2"]
+
+
+def test_index_copies_share_keys_and_common_strings_between_objects():
+    """Before: every decoded body kept its own copy of every key and value (a Job, Pod and Hypothesis in the
+    indexes took 21 KB per Hypothesis at the bench; about half once shared and slimmed)."""
+    import json
+
+    job = {"metadata": {"name": "j", "namespace": "ns", "labels": {L_OWNER_KIND: "hypothesis", L_OWNER: "h"}},
+           "spec": {"suspend": False},
+           "status": {"conditions": [{"type": "Complete", "status": "True", "lastProbeTime": "t",
+                                      "lastTransitionTime": "2026-01-01T00:00:00Z", "message": "m" * 100}],
+                      "startTime": "2026-01-01T00:00:00Z", "ready": 0, "uncountedTerminatedPods": {}}}
+    a, b = (indexed.slim_job(json.loads(json.dumps(job))) for _ in range(2))
+    assert a == b
+    (ka,), (kb,) = ([k for k in x["status"]["conditions"][0] if k == "lastTransitionTime"] for x in (a, b))
+    assert ka is kb and a["metadata"]["namespace"] is b["metadata"]["namespace"]
+    assert a["status"]["startTime"] is b["status"]["startTime"]
+    assert set(a["status"]) == {"conditions", "startTime"} and "lastProbeTime" not in a["status"]["conditions"][0]
+    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j", "controller-uid": "u"},
+                        "annotations": {"kwok": "x"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+           "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                                                          "reason": "Unschedulable", "message": "no gpu",
+                                                          "lastProbeTime": None}],
+                      "containerStatuses": [{"name": "scorer", "image": "i", "imageID": "", "restartCount": 0,
+                                             "state": {"waiting": {"reason": "ErrImagePull", "message": "m"}}}]}}
+    sp = indexed.slim_pod(pod)
+    assert sp["status"]["containerStatuses"] == [{"name": "scorer", "state": {"waiting": {"reason": "ErrImagePull",
+                                                                                         "message": "m"}}}]
+    assert "labels" not in sp["metadata"] and "annotations" not in sp["metadata"]
+    assert pod_blocker([sp]) == pod_blocker([pod]) is not None
+    assert indexed.pod_keys(pod) == {("ns", "j"): sp}

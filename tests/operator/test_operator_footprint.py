@@ -282,3 +282,53 @@ def test_wakeups_and_batches_survive_the_trip_to_the_child():
     batch = P.ProposalBatch(items=[({"component": "optimizer"}, {"a": "b"})], notes=["n"], tokens=3, dollars=0.5)
     back = P.batch_from_wire(json.loads(json.dumps(P.batch_wire(batch))))
     assert (back.items, back.notes, back.tokens, back.dollars) == (batch.items, batch.notes, 3, 0.5)
+
+
+def test_index_handlers_run_on_kopfs_event_loop():
+    """Before: the index functions were sync, so every event of every Pod, Job and Hypothesis waited for one of
+    kopf's 6 executor threads (held by the Evolutions' timers and sweeps), its body queued in kopf meanwhile."""
+    indexers = kopf.get_default_registry()._indexing.get_all_handlers()
+    assert {h.id for h in indexers} == {"evolutions_idx", "hypotheses_idx", "rollouts_idx", "jobs_idx", "pods_idx"}
+    assert all(inspect.iscoroutinefunction(h.fn) for h in indexers)
+    pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}, "managedFields": [{}]},
+           "spec": {"containers": []}, "status": {"phase": "Running"}}
+    assert asyncio.run(HD.pods_idx(kopf.Body(pod))) == {("ns", "j"): indexed.slim_pod(pod)}
+
+
+def test_every_objects_memo_shares_one_indexed_cluster():
+    """Before: kopf's memo is a shallow copy per object, and the IndexedCluster was stored on that copy: one
+    per object (and the platform's `observed` replaced at each)."""
+    import copy
+
+    base = kopf.Memo(platform=platform())
+    HD._bookkeeping(base)
+    kw = {name: {} for name in ("evolutions_idx", "hypotheses_idx", "rollouts_idx", "jobs_idx", "pods_idx")}
+    first = HD._cluster(copy.copy(base), kw)  # kopf: memo = copy.copy(memobase) for each new object
+    assert isinstance(first, indexed.IndexedCluster)
+    assert HD._cluster(copy.copy(base), kw) is first and base.platform.observed is first
+    assert first.written is base.written  # the bookkeeping the steps share
+
+
+def test_a_written_status_is_kept_slim_until_the_watch_delivers_it():
+    """Before: the PATCH answer was kept whole (managedFields and all) for every object in flight."""
+    w = indexed.Written()
+    after = {**HYP, "metadata": {**HYP["metadata"], "resourceVersion": "11", "managedFields": [{"m": 1}] * 20},
+             "status": {"phase": "Training"}}
+    w.record(HYP, after)
+    newest = w.newest(dict(HYP))
+    assert newest["status"] == {"phase": "Training"} and newest["metadata"]["resourceVersion"] == "11"
+    assert "managedFields" not in newest["metadata"]
+
+
+def test_a_failure_is_reported_once_whichever_objects_event_stepped_it():
+    """Before: the record of reported failures was made on the memo copy of the object whose event ran the
+    step (the Hypothesis', its Job's or its Pod's), so a step from another of them reported it again."""
+    import copy
+
+    base = kopf.Memo(platform=platform())
+    HD._bookkeeping(base)
+    meta = Meta.from_obj(HYP)
+    via_pod, via_hypothesis = copy.copy(base), copy.copy(base)
+    assert not HD._reported(via_pod, meta, mark=True)
+    assert HD._reported(via_hypothesis, meta)
+    assert HD._cache(via_pod) is HD._cache(via_hypothesis)
