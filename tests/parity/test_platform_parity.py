@@ -83,7 +83,7 @@ def run_local(root: Path, world: Path, bundle: Path, monkeypatch) -> dict:
         seen.add(kind, name, {"status": status})
 
     monkeypatch.setattr(LocalStore, "write_status", recording)
-    monkeypatch.setattr(LocalPlatform, "prometheus_readout", lambda self, rollout: P.readout(rollout))
+    monkeypatch.setattr(LocalPlatform, "prometheus_readout", lambda self, rollout, gauges=None: P.readout(rollout))
     driver = LocalDriver(root, data_dir=world, train_command=P.local_train_command(bundle), poll_s=0.1)
     driver.apply([P.evolution(), P.bad_hypothesis()])
     try:
@@ -113,7 +113,7 @@ def run_cluster(c, ns: str, monkeypatch, tmp_path: Path) -> dict:
         c.kubectl("wait", "--for=condition=Established", f"crd/{plural}.cambrian.dev", "--timeout=60s")
     pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
-    monkeypatch.setattr(KubernetesPlatform, "prometheus_readout", lambda self, rollout: P.readout(rollout))
+    monkeypatch.setattr(KubernetesPlatform, "prometheus_readout", lambda self, rollout, gauges=None: P.readout(rollout))
     seen = P.Transitions()
 
     def status(kind, name):
