@@ -20,8 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cambrian.errors import ConfigError
-from cambrian.trainer.datacheck import check_source
+from cambrian.trainer.datacheck import require_valid
 from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact
 
@@ -44,11 +43,7 @@ def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows:
             rows = {key: _copy(opened, key, table, partial, batch_rows) for key, table in schema.tables.items()}
         finally:
             close(opened)
-        copy = open_source(str(partial))
-        report = check_source(schema, copy, batch_rows)
-        if not report.ok:
-            raise ConfigError(f"{redact(uri)} fails the data check ({schema.name}): {report.problems[0]}",
-                              hint=f"{len(report.problems)} problem(s) in all: `cambrian data check {redact(uri)}` lists them")
+        require_valid(schema, open_source(str(partial)), uri, batch_rows)  # the copy, named by its source
         meta = _meta(uri, schema, partial, rows)
         (partial / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if out.exists():  # an incomplete earlier attempt (no marker): replaced whole
