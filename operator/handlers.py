@@ -358,6 +358,7 @@ def _bookkeeping(memo: kopf.Memo) -> None:
     # events and from its Job's and Pod's, each with the memo copy of the object whose event it was
     memo.setdefault("failed_generations", {})
     memo.setdefault("loop_cache", {})
+    memo.setdefault("stepped", Stepped())  # likewise: an Evolution's create handler and its timer share it
     if "settle" not in memo:
         memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
 

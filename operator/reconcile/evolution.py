@@ -238,12 +238,15 @@ def reconcile(
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
             name = rollout_name(meta, h.name)
+            annotations, guess = (), ""
             predicted = top_k.predicted(h.name) if top_k is not None else None
-            annotations = ((A_PREDICTED, json.dumps({"hypothesis": h.name, "mean": predicted[0], "sd": predicted[1],
-                                                     "by": top_k.ranked_by})),) if predicted and top_k else ()
+            if predicted is not None:  # the surrogate ranked it: what it expects travels with the rollout
+                mean, sd = predicted
+                prediction = {"hypothesis": h.name, "mean": mean, "sd": sd, "by": top_k.ranked_by}
+                annotations = ((A_PREDICTED, json.dumps(prediction)),)
+                guess = f"; {top_k.ranked_by} predicts {mean:+.4f} ± {sd:.4f}"
             actions.append(CreateRollout(name, owner, _rollout_spec(meta, spec, st, h, name).wire(), h.name, annotations))
             score = f"{h.offline_score:.6g}" if h.offline_score is not None else "?"
-            guess = f"; {top_k.ranked_by} predicts {predicted[0]:+.4f} ± {predicted[1]:.4f}" if predicted and top_k else ""
             journal("RolloutStarted", f"{h.name} ({h.offline_metric}={score}) in rollout {name}{guess}")
             live.append(RolloutView(name=name, phase=None, hypotheses=(h.name,)))
 
