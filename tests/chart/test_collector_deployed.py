@@ -26,7 +26,7 @@ def _escape(value: str) -> str:
 
 def test_the_chart_collector_computes_sql_metrics_in_the_warehouse(cluster, tmp_path):
     if dataservers.postgres_bin() is None:
-        pytest.fail("initdb not found: scripts/setup.sh installs postgresql")
+        pytest.skip("initdb not found: scripts/setup.sh installs postgresql")  # a failure in CI (tests/conftest.py)
     import ibis
 
     with dataservers.postgres_server() as pg:
