@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 from cambrian.errors import ConfigError
 from cambrian.operator import api
 from cambrian.operator.reconcile.actions import ProposeHypotheses
+from cambrian.operator.reconcile.scheduling import component_persona
 from cambrian.operator.reconcile.views import A_DOLLARS, A_TOKENS, spend
 
 log = logging.getLogger("cambrian.operator.proposing")
@@ -98,7 +99,7 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
             if effect is not None:  # what the surrogate learns from (agents/surrogate.py TARGET)
                 online["effect"] = effect
         out.append(Hypothesis(
-            id=meta["name"], generation=int(origin.get("wakeup") or 0), persona=origin.get("persona") or _persona_of(component),
+            id=meta["name"], generation=int(origin.get("wakeup") or 0), persona=origin.get("persona") or component_persona(component),
             component=component, category=origin.get("category") or "explore", explanation=s.get("explanation", ""),
             delta=delta, fingerprint=fp, origin=ann.get(A_ORIGIN, origin.get("kind", "")),
             meta=extra if isinstance(extra, dict) else {}, phase=phase, attempts=int(st.get("attempts") or 0),
@@ -115,10 +116,6 @@ def online_effect(result: Mapping[str, Any], north_star: str) -> float | None:
     effects = [e for e in result.get("effects") or [] if e.get("metric") == north_star and e.get("relative")]
     mine = [e for e in effects if e.get("arm") == result.get("arm")] if result.get("arm") else effects
     return float(mine[0]["estimate"]) if len(mine) == 1 else None
-
-
-def _persona_of(component: str) -> str:
-    return {"training": "optimizer"}.get(component, component)
 
 
 def _epoch(ts: Any) -> float:

@@ -64,9 +64,14 @@ class Schedule:
         return tuple(interleave(counts))
 
 
+def component_persona(component: str) -> str:
+    """The persona that owns a component of Φ (the optimizer persona also owns `training`)."""
+    return {"training": "optimizer"}.get(component, component)
+
+
 def persona_of(h: HypothesisView) -> str:
     """The persona that proposed it (spec.origin.persona), else the persona owning its component."""
-    return h.persona or {"training": "optimizer"}.get(h.component, h.component)
+    return h.persona or component_persona(h.component)
 
 
 def measure(personas: Sequence[str], hypotheses: Iterable[HypothesisView]) -> dict[str, PersonaYield]:
