@@ -130,13 +130,14 @@ def launch(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    from cambrian.trainer.distributed import RANK0_RESULT, loopback_environment, torchrun_args
+    from cambrian.trainer.distributed import RANK0_RESULT, agent_environment, loopback_environment, torchrun_args
 
     dist = _distribution(args)
     worker_argv = ["worker", str(input_dir), str(scratch), "--distribution", args.distribution,
                    "--as-mb", str(args.as_mb), "--cpu-s", str(args.cpu_s), "--fsize-mb", str(args.fsize_mb),
                    "--processes", str(args.nproc),
                    *(["--contained"] if args.contained else []), *(["--seccomp"] if args.seccomp else [])]
+    os.environ.update(agent_environment())
     if not dist.rdzv_endpoint:
         os.environ.update(loopback_environment())
     try:
@@ -168,7 +169,7 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     if args.contained or args.seccomp:  # the agent needed to start processes; the candidate's code may not
         forbid_new_processes()
     dist = _distribution(args)
-    me = Worker.from_environment(scratch, dist.checkpoint_seconds)
+    me = Worker.from_environment(scratch, dist)
     config, data = read_input(input_dir, shard_name(me.rank, me.world))
     device = _stage("training", False, pick_device, config.training.device)
     if device.type == "cuda":
@@ -176,9 +177,9 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     elif config.training.cpu_threads:
         torch.set_num_threads(config.training.cpu_threads)
     _stage("forward_backward", True, forward_backward, config, data, device)
-    me.start(device)
+    _in_group(me.start, device)  # meeting the group: a peer lost here restarts it like one lost in training
     stats: dict = {}
-    model, seconds = _stage("training", False, _fit_in_group, fit, config, data, device, stats, me)
+    model, seconds = _stage("training", False, _in_group, fit, config, data, device, stats, me)
     if me.rank == 0:
         _stage("export", False, export_program, model, data, scratch / "model.pt2")
     me.write_result({"train_seconds": seconds, "device": device.type, "restarts": me.restart, **stats})
@@ -186,11 +187,11 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     return {}
 
 
-def _fit_in_group(fit: Callable[..., Any], *args: Any) -> Any:
+def _in_group(fn: Callable[..., Any], *args: Any) -> Any:
     from cambrian.trainer.distributed import communication_failure
 
     try:
-        return fit(*args)
+        return fn(*args)
     except Exception as exc:
         if communication_failure(exc):
             raise _LostPeer(str(exc)) from None

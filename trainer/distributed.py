@@ -25,6 +25,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ class Distribution:
     rdzv_id: str = "cambrian"
     max_restarts: int = 3  # group restarts after a lost worker, each from the last checkpoint
     checkpoint_seconds: float = 300.0
+    collective_timeout_seconds: float = 600.0  # a collective or store wait on a silent peer fails, not hangs
     node_index: int | None = None  # a gang's pod index; node 0 hosts the rendezvous store
     local_addr: str | None = None  # this node's address for the other nodes (default: its host name)
 
@@ -57,8 +59,8 @@ class Distribution:
             raise ConfigError(f"--workers {self.workers} must be a multiple of --nodes {self.nodes}")
         if self.nodes > 1 and not self.rdzv_endpoint:
             raise ConfigError("--nodes above 1 needs --rdzv-endpoint HOST:PORT (the first node's address)")
-        if self.max_restarts < 0 or self.checkpoint_seconds <= 0:
-            raise ConfigError("--max-restarts must be >= 0 and the checkpoint interval positive")
+        if self.max_restarts < 0 or self.checkpoint_seconds <= 0 or self.collective_timeout_seconds <= 0:
+            raise ConfigError("--max-restarts must be >= 0 and the checkpoint interval and collective timeout positive")
 
     @property
     def parallel(self) -> bool:
@@ -115,6 +117,15 @@ def loopback_environment() -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
 
 
+def agent_environment() -> dict[str, str]:
+    """A fresh store for every attempt of the group. By default torchrun's agent shares one store server with
+    its workers across restarts, and the workers' keys carry no attempt prefix: a restarted rank then read its
+    peer's address from the attempt before ("connection refused") or waited on a barrier count the dead
+    attempt had left, until the wall-time limit (seen 1 in 4 runs of the worker-kill test). With the opt-out,
+    the rendezvous gives every round a new address and port, and global rank 0 hosts that round's store."""
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+
+
 # What gloo and NCCL say when a peer's connection breaks (they raise plain RuntimeErrors).
 _PEER_LOST = ("gloo/transport", "connection reset by peer", "connection closed by peer", "broken pipe", "nccl")
 
@@ -140,12 +151,14 @@ class Worker:
     restart: int
     scratch: Path
     checkpoint_seconds: float = 300.0
+    collective_timeout_seconds: float = 600.0
 
     @classmethod
-    def from_environment(cls, scratch: Path, checkpoint_seconds: float) -> "Worker":
+    def from_environment(cls, scratch: Path, dist: Distribution) -> "Worker":
         env = os.environ
         return cls(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")),
-                   int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), scratch, checkpoint_seconds)
+                   int(env.get("TORCHELASTIC_RESTART_COUNT", "0")), scratch, dist.checkpoint_seconds,
+                   dist.collective_timeout_seconds)
 
     @property
     def checkpoint(self) -> Path:
@@ -164,7 +177,8 @@ class Worker:
         backend = "nccl" if gpu_each else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, rank=self.rank, world_size=self.world)
+        dist.init_process_group(backend, rank=self.rank, world_size=self.world,
+                                timeout=timedelta(seconds=self.collective_timeout_seconds))
 
     def wrap(self, model, device):
         from torch.nn.parallel import DistributedDataParallel
