@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 import numpy as np
@@ -43,8 +44,10 @@ def _columns(df: pd.DataFrame) -> dict[str, list]:
     return {c: df[c].tolist() for c in df.columns}
 
 
-def seed_pre_period(data_dir: str | Path, collector_url: str, days: int = 14, batch_id: str = "pre-period") -> int:
-    """Send the last `days` logged days of the generated world (the CUPED pre-period) to the collector."""
+def seed_pre_period(data_dir: str | Path, collector_url: str, days: int = 14, batch_id: str = "pre-period",
+                    sink: Callable[[pd.DataFrame], Any] | None = None) -> int:
+    """Send the last `days` logged days of the generated world (the CUPED pre-period) to the collector, and to
+    `sink` (the product's own event table in a warehouse: online/warehouse.Warehouse.write_days) first."""
     d = Path(data_dir)
     ud = pd.read_parquet(d / "user_days.parquet", columns=["day", "user_id", "active", "sessions", "impressions",
                                                            "clicks", "minutes"])
@@ -59,6 +62,8 @@ def seed_pre_period(data_dir: str | Path, collector_url: str, days: int = 14, ba
     for c in ("likes", "hates", "active", "sessions", "impressions", "clicks"):
         if c in ud:
             ud[c] = ud[c].astype("int64")
+    if sink is not None:
+        sink(ud)
     r = httpx.post(collector_url.rstrip("/") + "/events", json={"batch_id": batch_id, "columns": _columns(ud)},
                    timeout=120)
     if r.status_code != 200:
@@ -81,7 +86,8 @@ class DaySummary:
 
 class TrafficDriver:
     def __init__(self, world, router_url: str, collector_url: str, *, seconds_per_day: float = 0.0,
-                 batch_size: int = 512, run_id: str = "run", timeout: float = 30.0):
+                 batch_size: int = 512, run_id: str = "run", timeout: float = 30.0,
+                 sink: Callable[[pd.DataFrame], Any] | None = None):
         if batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
         if seconds_per_day < 0:
@@ -90,6 +96,7 @@ class TrafficDriver:
         self.router = router_url.rstrip("/")
         self.collector = collector_url.rstrip("/")
         self.seconds_per_day, self.batch_size, self.run_id = seconds_per_day, batch_size, run_id
+        self.sink = sink  # the product's own event table (a warehouse), written before the day closes
         self.http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
@@ -146,6 +153,8 @@ class TrafficDriver:
         self._post(self.collector + "/events", {"batch_id": f"{self.run_id}:day{d}", "columns": _columns(rows)},
                    "collector /events")
         self._post(self.router + "/flush", {}, "router /flush")
+        if self.sink is not None:  # before the close: the collector's SQL metrics read the day there
+            self.sink(rows)
         self._post(self.collector + "/close_day", {"day": d}, "collector /close_day")
         rest = t0 + self.seconds_per_day - time.monotonic()
         if rest > 0:

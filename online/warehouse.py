@@ -23,6 +23,7 @@ uses): one read-only SELECT, never a second statement, and its columns are check
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping
 
 from cambrian.errors import ConfigError, one_line
@@ -278,3 +279,93 @@ def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[
     """What the collector knows at a day's close: every first exposure (a repeat adds nothing)."""
     return sum(record_exposures(con, experiment, rows, exposures_table)
                for experiment, rows in exposures_by_experiment.items())
+
+
+# ---- a product's own events (local mode: the simulated users) ---------------------------------------------------
+
+SIM_USER_DAYS = "sim_user_days"
+_DAY_COLUMNS = {"user_id": "int64", "day": "int64", "active": "int64", "sessions": "int64", "impressions": "int64",
+                "clicks": "int64", "minutes": "float64", "likes": "int64", "hates": "int64"}
+
+
+def record_user_days(con: Any, rows: Any, table: str = SIM_USER_DAYS) -> int:
+    """Per-user-day event rows (online/traffic.user_day_rows' columns) into the product's own table, created
+    when missing. A day already there is kept as it is, like the collector's batch ids: a day the driver plays
+    again after a restart lands nothing twice. One INSERT per call, so a day is all there or absent."""
+    import ibis
+    import pyarrow as pa
+
+    frame = rows[list(_DAY_COLUMNS)].astype(_DAY_COLUMNS)
+    days = sorted(int(d) for d in frame["day"].unique())
+    if not days:
+        return 0
+    duck = getattr(con, "name", "") == "duckdb"  # ibis 12's DuckDB DDL and inserts call what DuckDB 2 removed
+    if duck:
+        columns = ", ".join(f"{c} {'DOUBLE' if t == 'float64' else 'BIGINT'}" for c, t in _DAY_COLUMNS.items())
+        con.con.execute(f"CREATE TABLE IF NOT EXISTS {_ident(table)} ({columns})")
+    elif table not in con.list_tables():
+        con.create_table(table, schema=ibis.schema(_DAY_COLUMNS))
+    t = con.table(table)
+    have = set(t.filter(t.day.isin(days)).select("day").distinct().execute()["day"].astype(int))
+    new = frame[~frame["day"].isin(have)]
+    if new.empty:
+        return 0
+    batch = pa.Table.from_pandas(new.reset_index(drop=True), preserve_index=False)
+    if duck:
+        con.con.register("_cambrian_new_days", batch)
+        try:
+            con.con.execute(f"INSERT INTO {_ident(table)} SELECT * FROM _cambrian_new_days")
+        finally:
+            con.con.unregister("_cambrian_new_days")
+    else:
+        con.insert(table, batch)
+    return len(new)
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    """Local mode's warehouse (`cambrian evolve|rollout --warehouse-url URL --warehouse-metrics FILE`): each
+    rollout's collector lands its exposure log there and computes the SQL metrics of FILE there, and the
+    simulated users' days land in `events_table`, the product's own event table that those metrics read."""
+
+    url: str
+    metrics_file: Path | None  # handed to each collector, which parses it again
+    events_table: str = SIM_USER_DAYS
+
+    @classmethod
+    def checked(cls, url: str, metrics_file: Any, events_table: str = SIM_USER_DAYS) -> "Warehouse":
+        """Refused before anything starts: a password in the URL (it would be seen in process listings), an
+        unknown scheme, a bad metrics file or table name (WarehouseError, one line)."""
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if not parts.scheme or "://" not in url:
+            raise WarehouseError(f"--warehouse-url {url!r}: expected a URL such as duckdb:///PATH or "
+                                 "postgresql://USER@HOST:PORT/DB")
+        if parts.password:
+            raise WarehouseError("--warehouse-url: no password in the URL (process listings show it); "
+                                 "put it in PGPASSWORD or ~/.pgpass")
+        if metrics_file is not None:
+            load_metrics(metrics_file)
+            metrics_file = Path(metrics_file).resolve()  # each collector runs in its own folder
+        try:
+            _ident(events_table)
+        except Exception as exc:  # noqa: BLE001 - sqlglot's parse error
+            raise WarehouseError(f"--warehouse-events-table {events_table!r}: not a table name: {one_line(exc)}") from None
+        return cls(url, metrics_file, events_table)
+
+    def collector_args(self) -> list[str]:
+        return ["--warehouse-url", self.url,
+                *(["--warehouse-metrics", str(self.metrics_file)] if self.metrics_file is not None else [])]
+
+    def write_days(self, rows: Any) -> int:
+        """One simulated day's (or the pre-period's) rows into events_table."""
+        from cambrian.trainer.sources import redact
+
+        con = connect(self.url, write=True)
+        try:
+            return record_user_days(con, rows, self.events_table)
+        except Exception as exc:  # noqa: BLE001 - the driver's errors, whatever their class
+            raise WarehouseUnavailable(f"{redact(self.url)}: {redact(one_line(exc))}") from None
+        finally:
+            getattr(con, "disconnect", lambda: None)()

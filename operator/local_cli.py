@@ -48,7 +48,7 @@ def apply_overrides(objs: list[dict[str, Any]], users: int | None, days: int | N
 def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | None, users: int | None = None,
               days: int | None = None, seed: int | None = None, evaluations: int | None = None,
               approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False,
-              limits: Any = None, train_command: list[str] | None = None) -> int:
+              limits: Any = None, train_command: list[str] | None = None, warehouse: Any = None) -> int:
     """`limits`, `train_command`: the sandbox limits and trainer command of this machine's training runs
     (agents.runner.run_candidate); None: its defaults."""
     from cambrian.operator import api
@@ -69,7 +69,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         api.parse_resource(o)
     check_approvals(decisions, objs, LocalStore(out))
     driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days, limits=limits,
-                         train_command=train_command)
+                         train_command=train_command, warehouse=warehouse)
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
@@ -175,6 +175,25 @@ MAX_DAYS = typer.Option(60.0, "--max-days", min=0.01, help="stop after this much
 WORKERS = typer.Option(1, "--workers", min=1, max=64, help="training runs at once")
 JSON = typer.Option(False, "--json", help="print the outcome as JSON")
 VERBOSE = typer.Option(False, "--verbose", "-v")
+WAREHOUSE_URL = typer.Option(None, "--warehouse-url", envvar="CAMBRIAN_WAREHOUSE_URL", show_default=False,
+                             help="a warehouse for online metrics (duckdb:///PATH, postgresql://USER@HOST:PORT/DB; "
+                                  "the password in PGPASSWORD): each rollout's exposure log and the simulated users' "
+                                  "days land there, and the --warehouse-metrics are computed there")
+WAREHOUSE_METRICS = typer.Option(None, "--warehouse-metrics", help="YAML list of {name, kind: mean|ratio, sql} over "
+                                 "the warehouse's tables (README: Bring your own data)")
+WAREHOUSE_EVENTS = typer.Option("sim_user_days", "--warehouse-events-table",
+                                help="the warehouse table the simulated users' days land in")
+
+
+def local_warehouse(url: str | None, metrics: Path | None, events_table: str) -> Any:
+    """--warehouse-* as one online/warehouse.Warehouse, checked before anything starts (None without a URL)."""
+    from cambrian.online.warehouse import Warehouse
+
+    if url is None:
+        if metrics is not None:
+            raise ConfigError("--warehouse-metrics needs --warehouse-url (or CAMBRIAN_WAREHOUSE_URL)")
+        return None
+    return Warehouse.checked(url, metrics, events_table)
 
 
 def evolve(
@@ -192,6 +211,9 @@ def evolve(
     verbose: bool = VERBOSE,
     config: Optional[Path] = typer.Option(None, "--config", "-c", hidden=True,
                                           help="old evolve.yaml settings: converted to an Evolution and run"),
+    warehouse_url: Optional[str] = WAREHOUSE_URL,
+    warehouse_metrics: Optional[Path] = WAREHOUSE_METRICS,
+    warehouse_events: str = WAREHOUSE_EVENTS,
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
     _logging(verbose)
@@ -199,7 +221,8 @@ def evolve(
         raise typer.Exit(_evolve_settings(config, file, out, max_days, as_json))
     code = run_local(_need(file, out), out, kinds=("Evolution", "Hypothesis", "Rollout"), data=data, users=users,
                      days=days, seed=seed, evaluations=evaluations, approve=approve, max_days=max_days,
-                     workers=workers, as_json=as_json)
+                     workers=workers, as_json=as_json,
+                     warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events))
     raise typer.Exit(code)
 
 
@@ -215,6 +238,9 @@ def rollout(
     config: Optional[Path] = typer.Option(None, "--config", hidden=True, help="old local rollout format (refused)"),
     legacy_out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="old format (refused)"),
     seconds_per_day: Optional[float] = typer.Option(None, "--seconds-per-day", hidden=True, min=0),
+    warehouse_url: Optional[str] = WAREHOUSE_URL,
+    warehouse_metrics: Optional[Path] = WAREHOUSE_METRICS,
+    warehouse_events: str = WAREHOUSE_EVENTS,
 ) -> None:
     """Run Rollout objects locally: arms, router, simulated users, Prometheus, the operator's decision.
 
@@ -225,7 +251,7 @@ def rollout(
         refuse_rollout_settings(f"rollout --config {config}")
     _logging(verbose)
     code = run_local(_need(file, out), out, kinds=("Rollout",), data=data, approve=approve, max_days=max_days,
-                     as_json=as_json)
+                     as_json=as_json, warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events))
     raise typer.Exit(code)
 
 

@@ -51,6 +51,14 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _accepting(bindir: Path, port: int) -> bool:
+    """pg_isready's answer: 0 only once the server accepts connections (1 while it starts up)."""
+    if not _listening(port):
+        return False
+    ready = subprocess.run([str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)], check=False)
+    return ready.returncode == 0
+
+
 @contextmanager
 def postgres_server(password: str = "cambrian-test-secret") -> Iterator[Postgres]:
     """A fresh cluster in a temporary folder, password (SCRAM) authentication, TCP on loopback only."""
@@ -78,8 +86,9 @@ def postgres_server(password: str = "cambrian-test-secret") -> Iterator[Postgres
                                   # a killed test run leaves no server (nor its running queries) behind:
                                   # SIGINT is PostgreSQL's fast shutdown, which ends every backend
                                   preexec_fn=functools.partial(die_with_parent, signal.SIGINT), **as_user)
-        poll("PostgreSQL to accept connections", lambda: server.poll() is not None or _listening(port), timeout=30,
-             interval=0.1)
+        # a listening port is not enough: "the database system is starting up" refuses logins for a while
+        poll("PostgreSQL to accept connections", lambda: server.poll() is not None or _accepting(bindir, port),
+             timeout=30, interval=0.1)
         if server.poll() is not None:
             raise RuntimeError(f"postgres exited: {(root / 'server.log').read_text()[-2000:]}")
         yield Postgres(port, "cambrian", password)

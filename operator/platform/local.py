@@ -93,7 +93,8 @@ class LocalPlatform:
 
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
-                 limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None):
+                 limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
+                 warehouse: Any = None):
         self.root = Path(root).resolve()
         self.store = store
         self.clock = clock
@@ -102,6 +103,7 @@ class LocalPlatform:
         self.limits = limits
         self.readout_wait_s = readout_wait_s
         self.train_command = train_command
+        self.warehouse = warehouse  # online/warehouse.Warehouse for every rollout's metrics and simulated users
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train")
         self._running: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -303,7 +305,7 @@ class LocalPlatform:
             folder = self.root / "rollouts" / rollout
             if not folder.is_dir() and self._concluded(rollout):
                 folder.mkdir(parents=True)
-            env = self.envs[rollout] = RolloutEnv(rollout, folder, self._world_of(rollout))
+            env = self.envs[rollout] = RolloutEnv(rollout, folder, self._world_of(rollout), self.warehouse)
         if not env.state.parked and self._concluded(rollout):
             self._park(env)
         return env
@@ -450,15 +452,17 @@ class LocalPlatform:
         from cambrian.online.traffic import TrafficDriver, seed_pre_period
         from cambrian.world.sim import STATE_FILE, World
 
+        sink = _warehouse_sink(env)
         if not env.state.pre_period:
-            seed_pre_period(env.world_dir, env.collector.url, days=PRE_DAYS)  # batch id: sent once however often
+            # batch id and day: sent once however often
+            seed_pre_period(env.world_dir, env.collector.url, days=PRE_DAYS, sink=sink)
             env.state.pre_period = True
             env.save()
         world = World.load(env.world_dir, state_dir=self._world_state(env))
         expected = env.state.world_day0 + env.state.days_done
         if world.day != expected:
             raise CambrianError(f"rollout {env.name}: world state is at day {world.day}, expected {expected}")
-        driver = TrafficDriver(world, env.router.url, env.collector.url, run_id=env.name)
+        driver = TrafficDriver(world, env.router.url, env.collector.url, run_id=env.name, sink=sink)
         try:
             summary = driver.run_day()  # the collector takes each day's batch once: a replayed day adds nothing
         finally:
@@ -598,6 +602,25 @@ class _Champion:
         for p in (self.proc, self.previous):
             if p is not None:
                 p.stop()
+
+
+def _warehouse_sink(env: RolloutEnv) -> Callable[[Any], Any] | None:
+    """The simulated users' days into the warehouse's event table (None without one). A warehouse that is down
+    stops the run with one line; the day is played again when the run resumes, and lands once."""
+    if env.warehouse is None:
+        return None
+
+    def sink(rows: Any) -> None:
+        from cambrian.online.warehouse import WarehouseUnavailable
+
+        try:
+            env.warehouse.write_days(rows)
+        except WarehouseUnavailable as exc:
+            raise CambrianError(f"rollout {env.name}: the simulated users' days cannot land in the warehouse: {exc}",
+                                hint="start the warehouse (or fix --warehouse-url) and run the same command again: "
+                                     "it resumes") from None
+
+    return sink
 
 
 def _time(text: str | None) -> datetime | None:

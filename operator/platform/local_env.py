@@ -35,8 +35,9 @@ class EnvState:
 class RolloutEnv:
     """The processes of one rollout: collector + Prometheus (started with it), arms, router."""
 
-    def __init__(self, name: str, folder: Path, world_dir: Path):
+    def __init__(self, name: str, folder: Path, world_dir: Path, warehouse: Any = None):
         self.name, self.dir, self.world_dir = name, folder, world_dir
+        self.warehouse = warehouse  # online/warehouse.Warehouse: SQL metrics and the simulated users' days there
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "env.json"
         self.state = EnvState(**json.loads(self.state_path.read_text())) if self.state_path.is_file() else EnvState()
@@ -59,7 +60,8 @@ class RolloutEnv:
         if self.collector is None:
             self.collector = start_service(ServiceProcess(
                 "collector", ["collect", "--db", str(self.dir / "collector.sqlite"), "--pre-days", str(PRE_DAYS),
-                              "--active-window", str(ACTIVE_WINDOW)], self.services))
+                              "--active-window", str(ACTIVE_WINDOW),
+                              *(self.warehouse.collector_args() if self.warehouse else [])], self.services))
         if self.prometheus is None:
             # The collector is the durable state and exports its current sums at every scrape, so the TSDB is
             # disposable: a fresh one per start (a TSDB cut off by a kill can refuse to start or panic).

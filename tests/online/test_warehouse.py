@@ -219,3 +219,68 @@ def test_the_collector_cli_refuses_metrics_without_a_warehouse(tmp_path):
                         "--warehouse-metrics", str(tmp_path / "m.yaml")], capture_output=True, text=True,
                        timeout=120, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "--warehouse-url" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_decides_from_its_sql(arm_servers,
+                                                                                                   tmp_path):
+    """Local mode's warehouse path with the real world, router and collector: each simulated day's rows land in
+    the product's own table (sim_user_days) before the day closes, the collector computes a SQL metric over
+    that table joined to the exposures it landed, and its sums equal its own watch_minutes; a day sent again
+    (the driver replays it after a restart) lands nothing twice."""
+    import duckdb
+    import httpx
+
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.router import Router, RouterConfig
+    from cambrian.online.runner import BackgroundApp
+    from cambrian.online.traffic import TrafficDriver
+    from cambrian.online.warehouse import Warehouse
+    from cambrian.world.params import WorldParams
+    from cambrian.world.sim import World
+
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("- {name: watch_sql, sql: 'SELECT user_id, day, minutes AS value FROM sim_user_days'}\n"
+                       "- {name: ctr_sql, kind: ratio, sql: 'SELECT user_id, day, clicks AS numerator, "
+                       "impressions AS denominator FROM sim_user_days'}\n")
+    wh = Warehouse.checked(f"duckdb:///{tmp_path / 'wh.duckdb'}", metrics)
+    from cambrian.online.warehouse import load_metrics
+
+    world = World(WorldParams.build(n_users=80, n_items=100, n_candidates=30, max_steps_per_day=12), seed=5)
+    landed = []
+
+    def sink(rows):
+        landed.append(rows)
+        wh.write_days(rows)
+
+    store = Store(tmp_path / "c.sqlite")
+    with BackgroundApp(Collector(store, warehouse_url=wh.url, warehouse_metrics=load_metrics(metrics)).app()) as coll:
+        cfg = RouterConfig.from_dict({"experiment": "t", "collector": coll.url, "arms": [
+            {"name": "control", "url": arm_servers["control"].url, "weight": 50, "control": True},
+            {"name": "treatment", "url": arm_servers["treatment"].url, "weight": 50}]})
+        with BackgroundApp(Router(cfg).app()) as router:
+            driver = TrafficDriver(world, router.url, coll.url, run_id="wh", sink=sink)
+            for _ in range(3):
+                driver.run_day()
+            driver.close()
+            stats = httpx.get(coll.url + "/stats").json()["stats"]["t"]
+    assert wh.write_days(landed[-1]) == 0  # a replayed day
+    ud, _ = store.frames()
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        days = con.execute("SELECT day, COUNT(*) FROM sim_user_days GROUP BY day ORDER BY day").fetchall()
+    assert days == [(d, int((ud["day"] == d).sum())) for d in sorted(ud["day"].unique())]
+    assert stats["watch_sql"]["treatment"]["n"] > 0
+    for arm in ("control", "treatment"):
+        _close(stats["watch_sql"][arm], stats["watch_minutes"][arm])
+        _close(stats["ctr_sql"][arm], stats["ctr"][arm])
+
+
+@pytest.mark.parametrize("url,fragment", [
+    ("postgresql://me:hunter2@db:5432/x", "no password in the URL"),
+    ("warehouse", "expected a URL"),
+])
+def test_a_local_warehouse_url_is_refused_before_anything_starts(url, fragment):
+    from cambrian.online.warehouse import Warehouse
+
+    with pytest.raises(WarehouseError, match=fragment) as exc:
+        Warehouse.checked(url, None)
+    assert "hunter2" not in str(exc.value)
