@@ -219,15 +219,21 @@ def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, str, i
     if first:
         batch = pa.table({"experiment": [experiment] * len(first), "user_id": [u for u, _ in first],
                           "arm": [a for _, a in first], "day": list(first.values())})
-        if duck:
-            con.con.register("_cambrian_new_exposures", batch)
-            try:
-                con.con.execute(f"INSERT INTO {_ident(exposures_table)} SELECT * FROM _cambrian_new_exposures")
-            finally:
-                con.con.unregister("_cambrian_new_exposures")
-        else:
-            con.insert(exposures_table, batch)
+        _append(con, exposures_table, batch)
     return len(first)
+
+
+def _append(con: Any, table: str, batch: Any) -> None:
+    """Arrow rows appended to a warehouse table in one INSERT (a raw one on DuckDB: ibis 12's insert calls
+    what DuckDB 2 removed)."""
+    if getattr(con, "name", "") != "duckdb":
+        con.insert(table, batch)
+        return
+    con.con.register("_cambrian_new_rows", batch)
+    try:
+        con.con.execute(f"INSERT INTO {_ident(table)} SELECT * FROM _cambrian_new_rows")
+    finally:
+        con.con.unregister("_cambrian_new_rows")
 
 
 def _ident(name: str) -> str:
@@ -310,15 +316,7 @@ def record_user_days(con: Any, rows: Any, table: str = SIM_USER_DAYS) -> int:
     new = frame[~frame["day"].isin(have)]
     if new.empty:
         return 0
-    batch = pa.Table.from_pandas(new.reset_index(drop=True), preserve_index=False)
-    if duck:
-        con.con.register("_cambrian_new_days", batch)
-        try:
-            con.con.execute(f"INSERT INTO {_ident(table)} SELECT * FROM _cambrian_new_days")
-        finally:
-            con.con.unregister("_cambrian_new_days")
-    else:
-        con.insert(table, batch)
+    _append(con, table, pa.Table.from_pandas(new.reset_index(drop=True), preserve_index=False))
     return len(new)
 
 
