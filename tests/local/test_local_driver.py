@@ -496,7 +496,9 @@ def test_a_rollout_decides_on_sql_metrics_over_the_simulated_users_days_in_postg
     for arm, sums in landed.items():
         for k, v in sums.to_dict().items():
             assert v == pytest.approx(want[arm][k], rel=1e-9, abs=1e-9), (arm, k)
-    assert {a["name"]: a["n"] for a in st["arms"]} == {a: landed[a].n for a in landed}
+    # the decision was read from the warehouse's metric: its effect, on users up to the last readout
+    assert [(e["arm"], e["metric"]) for e in st["effects"]] == [("t", "watch_sql")], st
+    assert all(0 < a["n"] <= landed[a["name"]].n for a in st["arms"]), st["arms"]
 
 
 def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
