@@ -27,6 +27,7 @@ Everything lives in one SQLite file (WAL): a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from pathlib import Path
@@ -40,6 +41,9 @@ from prometheus_client.core import GaugeMetricFamily
 from cambrian.errors import ConfigError
 from cambrian.online.aggregate import USER_DAY_COLUMNS, AggregationSettings, arm_statistics, cohort_sizes
 from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
+
+log = logging.getLogger("cambrian.collector")
+LANDED_EXPOSURES = "landed_exposure_rowid"  # meta: the last exposure rowid a warehouse has taken
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_day (
@@ -149,6 +153,19 @@ class Store:
             ud = pd.read_sql_query("SELECT * FROM user_day", self._db)
             ex = pd.read_sql_query("SELECT * FROM exposure", self._db)
         return ud, ex
+
+    def exposures_after(self, rowid: int) -> tuple[pd.DataFrame, int]:
+        """First exposures recorded after `rowid` (SQLite's insertion order: INSERT OR IGNORE never reuses
+        one), and the last rowid read: what a warehouse has not been sent yet."""
+        with self._lock:
+            ex = pd.read_sql_query("SELECT rowid AS rowid_, * FROM exposure WHERE rowid > ? ORDER BY rowid",
+                                   self._db, params=(rowid,))
+        last = int(ex["rowid_"].iloc[-1]) if len(ex) else rowid
+        return ex.drop(columns="rowid_"), last
+
+    def exposures_upto(self, rowid: int) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM exposure WHERE rowid <= ?", (rowid,)).fetchone()[0])
 
     def exposure_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
@@ -311,18 +328,24 @@ class Collector:
     def _land(self, day: int) -> None:
         """The exposure log into the warehouse, then the SQL metrics' sums out of it."""
         from cambrian.errors import one_line
-        from cambrian.online.warehouse import (WarehouseError, WarehouseUnavailable, connect, land_collector_log,
-                                               metric_sums)
+        from cambrian.online.warehouse import (WarehouseError, WarehouseUnavailable, connect, exposure_rows,
+                                               land_collector_log, metric_sums)
         from cambrian.trainer.sources import redact
 
-        _, ex = self.store.frames()
-        by_experiment = {str(e): list(g[["user_id", "arm", "day"]].itertuples(index=False, name=None))
-                         for e, g in ex.groupby("experiment")}
+        experiments = sorted({e for e, _ in self.store.exposure_counts()})
         con = connect(self.warehouse_url, write=True)
         try:
-            land_collector_log(con, by_experiment)
+            # only what was not landed yet; all of it again when the warehouse lost rows it had been sent
+            mark = self.store.get_meta(LANDED_EXPOSURES, 0)
+            if mark and exposure_rows(con) < self.store.exposures_upto(mark):
+                log.warning("the warehouse has fewer exposures than were landed there: landing them all again")
+                mark = 0
+            ex, last = self.store.exposures_after(mark)
+            land_collector_log(con, {str(e): list(g[["user_id", "arm", "day"]].itertuples(index=False, name=None))
+                                     for e, g in ex.groupby("experiment")})
+            self.store.set_meta(LANDED_EXPOSURES, last)
             sums = {e: {m.name: {arm: x.to_dict() for arm, x in metric_sums(con, e, m, day, self.store.settings).items()}
-                        for m in self.warehouse_metrics} for e in by_experiment}
+                        for m in self.warehouse_metrics} for e in experiments}
         except WarehouseError:
             raise
         except Exception as exc:  # noqa: BLE001 - the driver's errors, whatever their class

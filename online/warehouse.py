@@ -22,9 +22,10 @@ uses): one read-only SELECT, never a second statement, and its columns are check
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from cambrian.errors import ConfigError, one_line
 from cambrian.online.aggregate import AggregationSettings
@@ -195,32 +196,65 @@ class WarehouseUnavailable(RuntimeError):
 def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, str, int]],
                      exposures_table: str = EXPOSURES) -> int:
     """Land first exposures (user_id, arm, day) in the warehouse's exposure table, creating it when missing;
-    a (user, arm) already there is kept with its first day, so a resend is harmless. Returns rows added."""
-    import ibis
+    a (user, arm) already there is kept with its first day, so a resend is harmless. Returns rows added.
+    The check against what is there runs in the warehouse (the batch, staged in a temporary table,
+    anti-joined to the log), so landing costs the batch, not the whole log."""
     import pyarrow as pa
 
     new = [(str(u), str(a), int(d)) for u, a, d in rows]
     if not new:
         return 0
-    schema = ibis.schema({"experiment": "string", "user_id": "string", "arm": "string", "day": "int64"})
-    duck = getattr(con, "name", "") == "duckdb"  # ibis 12's DuckDB DDL and inserts call what DuckDB 2 removed
-    if duck:
+    if getattr(con, "name", "") == "duckdb":  # ibis 12's DuckDB DDL calls what DuckDB 2 removed
         con.con.execute(f"CREATE TABLE IF NOT EXISTS {_ident(exposures_table)} "
                         "(experiment VARCHAR, user_id VARCHAR, arm VARCHAR, day BIGINT)")
     elif exposures_table not in con.list_tables():
-        con.create_table(exposures_table, schema=schema)
-    t = con.table(exposures_table)
-    have = {(r["user_id"], r["arm"]) for r in
-            t.filter(t.experiment == experiment).select("user_id", "arm").execute().to_dict("records")}
-    first: dict[tuple[str, str], int] = {}
-    for u, a, d in new:
-        if (u, a) not in have:
-            first[(u, a)] = min(d, first.get((u, a), d))
-    if first:
-        batch = pa.table({"experiment": [experiment] * len(first), "user_id": [u for u, _ in first],
-                          "arm": [a for _, a in first], "day": list(first.values())})
-        _append(con, exposures_table, batch)
-    return len(first)
+        import ibis
+
+        con.create_table(exposures_table, schema=ibis.schema(
+            {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64"}))
+    batch = pa.table({"experiment": [experiment] * len(new), "user_id": [u for u, _, _ in new],
+                      "arm": [a for _, a, _ in new], "day": [d for _, _, d in new]})
+    with _staged(con, batch) as staged:
+        fresh = (f"SELECT n.experiment, n.user_id, n.arm, MIN(n.day) AS day FROM {staged} AS n WHERE NOT EXISTS "
+                 f"(SELECT 1 FROM {_ident(exposures_table)} AS e WHERE e.experiment = n.experiment "
+                 "AND e.user_id = n.user_id AND e.arm = n.arm) GROUP BY n.experiment, n.user_id, n.arm")
+        added = int(_sql(con, f"SELECT COUNT(*) FROM ({fresh}) AS fresh", fetch=True))
+        if added:
+            _sql(con, f"INSERT INTO {_ident(exposures_table)} (experiment, user_id, arm, day) {fresh}")
+    return added
+
+
+@contextmanager
+def _staged(con: Any, batch: Any) -> Iterator[str]:
+    """Arrow rows as a temporary table of this connection, dropped afterwards; yields its quoted name."""
+    import uuid
+
+    name = f"_cambrian_staged_{uuid.uuid4().hex[:12]}"
+    if getattr(con, "name", "") == "duckdb":
+        con.con.register(name, batch)
+        try:
+            yield _ident(name)
+        finally:
+            con.con.unregister(name)
+        return
+    con.create_table(name, obj=batch, temp=True)
+    try:
+        yield _ident(name)
+    finally:
+        _sql(con, f"DROP TABLE IF EXISTS {_ident(name)}")
+
+
+def _sql(con: Any, sql: str, fetch: bool = False) -> Any:
+    """One statement on the backend's own connection (autocommit on every backend ibis opens); with `fetch`,
+    the first column of its first row."""
+    if getattr(con, "name", "") == "duckdb":
+        rows = con.con.execute(sql).fetchall()  # DuckDB 2 wants every result read before the next statement
+        return rows[0][0] if fetch else None
+    cursor = con.raw_sql(sql)
+    try:
+        return cursor.fetchone()[0] if fetch else None
+    finally:
+        cursor.close()
 
 
 def _append(con: Any, table: str, batch: Any) -> None:
@@ -278,6 +312,14 @@ def connect(url: str, write: bool = False):
         return ibis.connect(url)
     except Exception as exc:  # noqa: BLE001 - the driver's connection error, whatever its class
         raise WarehouseUnavailable(f"warehouse {redact(url)}: cannot connect: {redact(one_line(exc))}") from None
+
+
+def exposure_rows(con: Any, exposures_table: str = EXPOSURES) -> int:
+    """Rows in the exposure table (0 when it does not exist yet)."""
+    try:
+        return int(_sql(con, f"SELECT COUNT(*) FROM {_ident(exposures_table)}", fetch=True))
+    except Exception:  # noqa: BLE001 - each backend's "no such table"
+        return 0
 
 
 def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[tuple[Any, str, int]]],

@@ -284,3 +284,38 @@ def test_a_local_warehouse_url_is_refused_before_anything_starts(url, fragment):
     with pytest.raises(WarehouseError, match=fragment) as exc:
         Warehouse.checked(url, None)
     assert "hunter2" not in str(exc.value)
+
+
+def test_the_collector_lands_only_new_exposures_and_all_again_when_the_warehouse_lost_them(tmp_path):
+    """Each close sends the exposures recorded since the last landing (a rowid mark in the collector's
+    store), checked against the log inside the warehouse; a warehouse that lost rows gets everything again."""
+    import duckdb
+    import httpx
+
+    from cambrian.online.collector import LANDED_EXPOSURES, Collector, Store
+    from cambrian.online.runner import BackgroundApp
+
+    path = tmp_path / "wh.duckdb"
+    store = Store(tmp_path / "c.sqlite")
+
+    def landed() -> list[tuple]:
+        with duckdb.connect(str(path), read_only=True) as con:
+            return con.execute("SELECT user_id, arm, day FROM cambrian_exposures ORDER BY user_id, arm").fetchall()
+
+    with BackgroundApp(Collector(store, warehouse_url=f"duckdb:///{path}", warehouse_metrics=[WATCH]).app()) as app:
+        def expose(rows, day):
+            httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": rows}).raise_for_status()
+            httpx.post(app.url + "/close_day", json={"day": day}).raise_for_status()
+
+        with duckdb.connect(str(path)) as con:  # the product's own table the metric reads
+            con.execute("CREATE TABLE user_days (user_id BIGINT, day BIGINT, minutes DOUBLE)")
+        expose([[1, "control", 5], [2, "t", 5]], 5)
+        assert landed() == [("1", "control", 5), ("2", "t", 5)]
+        expose([[2, "t", 6], [3, "control", 6]], 6)  # a repeat and a new user
+        assert landed() == [("1", "control", 5), ("2", "t", 5), ("3", "control", 6)]
+        mark = store.get_meta(LANDED_EXPOSURES, 0)
+        assert mark > 0 and store.exposures_after(mark)[0].empty  # nothing left to send
+        with duckdb.connect(str(path)) as con:
+            con.execute("DELETE FROM cambrian_exposures WHERE user_id = '1'")
+        expose([], 7)
+        assert landed() == [("1", "control", 5), ("2", "t", 5), ("3", "control", 6)]  # healed, nothing doubled
