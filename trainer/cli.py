@@ -16,15 +16,17 @@ DATA_HELP = ("data directory from `cambrian world generate`, or s3://bucket/pref
              "holding the same tables (README: Bring your own data)")
 
 
-def _resolve(config: Optional[Path], delta: Optional[Path], fidelity: Optional[Path] = None):
+def _resolve(config: Optional[Path], delta: Optional[Path], fidelity: Optional[Path] = None, data: str | None = None):
     from cambrian.trainer.config import load_config
     from cambrian.trainer.delta import apply_delta, load_delta
-    from cambrian.trainer.fidelity import at_fidelity, load_fidelity
+    from cambrian.trainer.fidelity import at_fidelity, load_fidelity, training_rows
 
     cfg = load_config(config)
     if delta is not None:
         cfg = apply_delta(cfg, load_delta(delta))
-    return at_fidelity(cfg, load_fidelity(fidelity))  # after the delta: the candidate itself, trained for less
+    # after the delta: the candidate itself, trained for less (a fraction of the rows it would train on)
+    rows = (lambda: training_rows(data, cfg.training.validation_days)) if data is not None else None
+    return at_fidelity(cfg, load_fidelity(fidelity), rows)
 
 
 SANDBOX_HELP = ("auto: contain candidate code with bubblewrap (refuse plugin code where the kernel cannot); "
@@ -93,7 +95,7 @@ def train(
     inputs.output_dir(out)  # error.json (the failure record the runner reads) needs a folder to go in
     out.mkdir(parents=True, exist_ok=True)
     try:
-        cfg = _resolve(config, delta, fidelity)  # bad files fail before torch is even imported
+        cfg = _resolve(config, delta, fidelity, data)  # bad files fail before torch is even imported
         from cambrian.trainer.distributed import Distribution
         from cambrian.trainer.train import SandboxLimits, score_pod, train as run_training
 
@@ -135,7 +137,7 @@ def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work:
     from cambrian.trainer.train import prepare_pod
 
     try:
-        prepare_pod(_resolve(config, delta, fidelity), data, work, workers)
+        prepare_pod(_resolve(config, delta, fidelity, data), data, work, workers)
     except CambrianError as exc:
         typer.echo(f"not prepared (the scorer reports it): {exc}", err=True)
 

@@ -4,16 +4,16 @@ The operator sends {"epochFraction": f_e, "sampleFraction": f_s} beside the conf
 after the delta (a training delta's epochs are scaled too), so a first look is the candidate itself, trained
 for fewer epochs on fewer of the most recent examples:
     epochs             -> max(1, round(epochs * f_e))
-    max_train_examples -> max(100, round(max_train_examples * f_s))   (the trainer keeps the most recent N)
-A Φ without an example cap (max_train_examples null) keeps every example: its size is only known once the data
-is read, and a cap is what the trainer already understands.
+    max_train_examples -> max(100, round(n * f_s)), n = the training examples Φ would use: min(its cap, the
+                          training rows of the data) (the trainer keeps the most recent N)
+so the sample is a fraction of what the full run trains on, whether the cap or the data is the smaller.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.config import ModelConfig
@@ -37,23 +37,30 @@ def parse_fidelity(data: Any, source: str = "fidelity") -> tuple[float, float]:
     return out[0], out[1]
 
 
-def at_fidelity(config: ModelConfig, fidelity: Mapping[str, Any] | None) -> ModelConfig:
-    """`config` trained at the given fidelity (None: unchanged)."""
+def at_fidelity(config: ModelConfig, fidelity: Mapping[str, Any] | None,
+                available: Callable[[], int] | None = None) -> ModelConfig:
+    """`config` trained at the given fidelity (None: unchanged). `available()`: the data's training rows (asked
+    only when a sample is taken); without it the fraction applies to the cap alone."""
     if fidelity is None:
         return config
     fe, fs = parse_fidelity(fidelity)
     t = config.training
-    cap = t.max_train_examples
+    n = t.max_train_examples
+    if fs < 1 and available is not None:
+        rows = available()
+        n = rows if n is None else min(n, rows)
     update = {"epochs": max(1, round(t.epochs * fe)),
-              "max_train_examples": cap if cap is None else max(MIN_EXAMPLES, min(cap, round(cap * fs)))}
+              "max_train_examples": n if n is None or fs == 1 else max(MIN_EXAMPLES, round(n * fs))}
     return config.model_copy(update={"training": t.model_copy(update=update)})
 
 
-def load_fidelity(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    from cambrian.trainer.config import read_structured_file
+def training_rows(data: str | Path, validation_days: int) -> int:
+    """The rows load_dataset would train on before any cap: impressions before the held-out days (read through
+    the world's declaration, as load_dataset reads them, so any source and table layout counts the same)."""
+    import numpy as np
 
-    data = read_structured_file(path)
-    parse_fidelity(data, str(path))
-    return dict(data)
+    from cambrian.trainer.data import read_world
+
+    days = read_world(data)[3]["day"].to_numpy()
+    held = np.unique(days)[-validation_days:]
+    return int((days < held.min()).sum()) if len(held) else 0
