@@ -104,7 +104,7 @@ def train(
         else:
             limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
             dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds,
-                                node_index, local_addr)
+                                node_index=node_index, local_addr=local_addr)
             metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
     except CambrianError as exc:
         failure = _failure(exc)

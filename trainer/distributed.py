@@ -48,9 +48,9 @@ class Distribution:
     rdzv_id: str = "cambrian"
     max_restarts: int = 3  # group restarts after a lost worker, each from the last checkpoint
     checkpoint_seconds: float = 300.0
-    collective_timeout_seconds: float = 600.0  # a collective or store wait on a silent peer fails, not hangs
     node_index: int | None = None  # a gang's pod index; node 0 hosts the rendezvous store
     local_addr: str | None = None  # this node's address for the other nodes (default: its host name)
+    collective_timeout_seconds: float = 600.0  # a collective or store wait on a silent peer fails, not hangs
 
     def __post_init__(self):
         if not 1 <= self.workers <= MAX_WORKERS:

@@ -430,6 +430,75 @@ def test_rollout_command_runs_an_abn_rollout_of_the_trained_bundles(evolved, tmp
     assert total > 0 and all(abs(v / total - 1 / 3) < 0.1 for v in n.values()), n
 
 
+@pytest.mark.slow
+@pytest.mark.prometheus
+def test_a_rollout_decides_on_sql_metrics_over_the_simulated_users_days_in_postgresql(evolved, tmp_path):
+    """`cambrian rollout --warehouse-url postgresql://... --warehouse-metrics FILE` on a real PostgreSQL (the
+    password only in PGPASSWORD): the simulated users' days land in the product's own table there, the
+    collector lands its exposures there and computes the north star from the user's SQL, and the rollout
+    concludes on it. The sums PostgreSQL computes equal those of the collector's own log."""
+    import ibis
+
+    from cambrian.online.aggregate import arm_statistics
+    from cambrian.online.collector import Store
+    from cambrian.online.warehouse import WarehouseMetric, metric_sums
+    from cambrian.testing.dataservers import postgres_server
+
+    root = evolved[0]
+    evo = _objects(root, "evolutions")[0]["status"]
+    name = next(h["metadata"]["name"] for h in sorted(_objects(root, "hypotheses"), key=lambda h: h["metadata"]["name"])
+                if h["status"].get("bundleUri"))
+    bundle = next(h["status"]["bundleUri"] for h in _objects(root, "hypotheses") if h["metadata"]["name"] == name)
+    rollout = {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "tiny-sql"},
+        "spec": {"evolutionRef": {"name": "tiny"}, "control": {"name": "control", "bundle": evo["champion"]["bundle"]},
+                 "treatments": [{"name": "t", "hypothesisRef": {"name": name}, "bundle": bundle}], "salt": "tiny-sql",
+                 "ramp": {"steps": [{"weights": [50, 50], "duration": "1d"}]},
+                 "metrics": {"northStar": [{"name": "watch_sql"}],
+                             "guardrails": [{"metric": "ctr_sql", "direction": "maximize", "margin": 0.9}],
+                             "readout": {"interval": "1d"}},
+                 "statistics": {"minSamplePerArm": 50, "maxDuration": "2d"}, "decisionPolicy": "auto"}}
+    f, metrics = tmp_path / "sql.yaml", tmp_path / "metrics.yaml"
+    f.write_text(yaml.safe_dump(rollout))
+    watch = "SELECT user_id, day, minutes AS value FROM sim_user_days"
+    metrics.write_text(yaml.safe_dump([{"name": "watch_sql", "sql": watch},
+                                       {"name": "ctr_sql", "kind": "ratio", "sql": "SELECT user_id, day, clicks AS "
+                                        "numerator, impressions AS denominator FROM sim_user_days"}]))
+    with postgres_server() as pg:
+        env = {**os.environ, "PGPASSWORD": pg.password, "OMP_NUM_THREADS": "1"}
+        try:
+            proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(f), "--dir", str(root),
+                                   "--json", "--warehouse-url", pg.url(), "--warehouse-metrics", str(metrics)],
+                                  capture_output=True, text=True, timeout=900, env=env)
+        finally:
+            stop_leftovers(root.resolve())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert pg.password not in proc.stdout + proc.stderr
+        st = LocalStore(root).get("rollouts", "default", "tiny-sql")["status"]
+        assert st["phase"] in ("Promoted", "RolledBack", "Inconclusive") and st["readouts"] >= 1, st
+        store = Store(root / "rollouts" / "tiny-sql" / "collector.sqlite")
+        ud, ex = store.frames()
+        closed = store.get_meta("closed_day", -1)
+        store.close()
+        con = ibis.postgres.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
+                                    database=pg.database)
+        try:
+            days = con.table("sim_user_days").group_by("day").aggregate(n=ibis._.count()).execute()
+            landed = metric_sums(con, "tiny-sql", WarehouseMetric("watch_sql", watch), closed)
+            exposures = con.table("cambrian_exposures").count().execute()
+        finally:
+            con.disconnect()
+    # every day the collector holds (the pre-period and each played day) is in the product's table, once
+    assert dict(zip(days["day"], days["n"])) == ud.groupby("day").size().to_dict()
+    assert exposures == len(ex) > 0
+    want = arm_statistics(ex, ud, closed)["watch_minutes"]
+    assert set(landed) == {"control", "t"}
+    for arm, sums in landed.items():
+        for k, v in sums.to_dict().items():
+            assert v == pytest.approx(want[arm][k], rel=1e-9, abs=1e-9), (arm, k)
+    assert {a["name"]: a["n"] for a in st["arms"]} == {a: landed[a].n for a in landed}
+
+
 def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
     """After its decision a rollout has no users of its own: its arms are remembered, not served, no day is
     played for it, and the core's finishing step (keep control, route 100% there) converges at once,
