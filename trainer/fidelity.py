@@ -64,3 +64,13 @@ def training_rows(data: str | Path, validation_days: int) -> int:
     days = read_world(data)[3]["day"].to_numpy()
     held = np.unique(days)[-validation_days:]
     return int((days < held.min()).sum()) if len(held) else 0
+
+
+def load_fidelity(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    from cambrian.trainer.config import read_structured_file
+
+    data = read_structured_file(path)
+    parse_fidelity(data, str(path))
+    return dict(data)

@@ -76,8 +76,16 @@ def test_the_trainer_scales_the_candidates_own_phi_after_its_delta():
     tiny = at_fidelity(parse_config({"training": {"epochs": 1, "max_train_examples": 150}}),
                        {"epochFraction": 0.1, "sampleFraction": 0.01})
     assert (tiny.training.epochs, tiny.training.max_train_examples) == (1, 100)  # never below the trainer's bounds
-    uncapped = at_fidelity(parse_config({"training": {"max_train_examples": None}}), {"sampleFraction": 0.5})
-    assert uncapped.training.max_train_examples is None
+    # a fraction of what the full run trains on: the data's training rows when fewer than the cap, or all of them
+    assert at_fidelity(phi, {"sampleFraction": 0.1}, lambda: 3000).training.max_train_examples == 300
+    uncapped = parse_config({"training": {"max_train_examples": None}})
+    assert at_fidelity(uncapped, {"sampleFraction": 0.5}, lambda: 5000).training.max_train_examples == 2500
+    assert at_fidelity(uncapped, {"sampleFraction": 0.5}).training.max_train_examples is None  # rows unknown
+
+    def never() -> int:
+        raise AssertionError("the data is read only when a sample is taken")
+
+    assert at_fidelity(phi, {"epochFraction": 0.5, "sampleFraction": 1}, never).training.max_train_examples == 10000
     for bad in ({"epochFraction": 0}, {"sampleFraction": 1.5}, {"epochs": 2}, {"epochFraction": True}, [0.5]):
         with pytest.raises(ConfigError):
             at_fidelity(phi, bad)  # type: ignore[arg-type]
