@@ -260,6 +260,10 @@ def _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) ->
     if ctx.spec.fidelity is None:
         return _promote(meta, spec, st, ctx, now, "spec.fidelity was removed: trained in full", actions, journal,
                         move, cond)
+    now_f = ctx.spec.fidelity.first_look
+    if (fl.epoch_fraction, fl.sample_fraction) != (now_f.epoch_fraction, now_f.sample_fraction):
+        return _promote(meta, spec, st, ctx, now, "spec.fidelity.firstLook changed since this first look: the "
+                        "reference is measured at the new fractions only; trained in full", actions, journal, move, cond)
     if not ctx.first_look_reference:
         if ctx.first_look_unavailable:
             return _promote(meta, spec, st, ctx, now, f"no first-look reference ({ctx.first_look_unavailable}): "

@@ -218,6 +218,13 @@ def test_replays_from_a_lost_status_write_create_the_same_runs():
     assert back.first_look == p1.status.first_look
 
 
+def test_a_look_at_other_fractions_than_the_reference_is_not_judged_against_it():
+    r, done, _ = looked(0.9)
+    changed = ctx(evo_spec(fidelity={**FIDELITY, "firstLook": {"epochFraction": 0.5, "sampleFraction": 0.5}}))
+    moved = step(r.status, [done], c=changed)
+    assert moved.status.first_look.decision == "promoted" and "changed" in moved.status.first_look.reason
+
+
 def test_without_fidelity_nothing_changes():
     r = step(api.HypothesisStatus(), c=ctx(evo_spec(fidelity=None)))
     (job,) = creates(r)
