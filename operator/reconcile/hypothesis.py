@@ -282,6 +282,7 @@ def _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) ->
     # judged in first-look units: persona yield (gain / floor, a loss counts 0) reads it like a full verdict
     st.gain, st.noise_floor, st.verdict = jd.gain, jd.floor, "not_better"
     move("Scored", jd.reason)
+    cond("Training", False, "StoppedEarly", f"first look {fl.job} finished; not trained in full")
     cond("Ready", True, "StoppedEarly", jd.reason)
     journal("StoppedEarly", jd.reason, gain=jd.gain, floor=jd.floor)
     return Result(actions, st)
