@@ -83,11 +83,14 @@ def default_train_command() -> list[str]:
 
 
 def build_command(
-    base: list[str], config_file: Path, delta_file: Path | None, data_dir: Path, out_dir: Path, limits: RunLimits
+    base: list[str], config_file: Path, delta_file: Path | None, data_dir: Path, out_dir: Path, limits: RunLimits,
+    fidelity_file: Path | None = None,
 ) -> tuple[list[str], list[str]]:
     cmd = [*base, "--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
     if delta_file is not None:
         cmd += ["--delta", str(delta_file)]
+    if fidelity_file is not None:
+        cmd += ["--fidelity", str(fidelity_file)]
     if limits.workers > 1:
         cmd += ["--workers", str(limits.workers)]
     isolation = []
@@ -161,8 +164,10 @@ def run_candidate(
     limits: RunLimits | None = None,
     command: list[str] | None = None,
     poll_s: float = 0.2,
+    fidelity: dict | None = None,
 ) -> RunOutcome:
-    """Train `config` (+ `delta`) in a sandboxed child; never raises for anything the candidate does."""
+    """Train `config` (+ `delta`) in a sandboxed child; never raises for anything the candidate does.
+    `fidelity`: a first look's {epochFraction, sampleFraction} (trainer/fidelity.py), applied after the delta."""
     limits = limits or RunLimits()
     work = Path(work_dir).resolve()
     out = work / "out"
@@ -175,11 +180,15 @@ def run_candidate(
     if delta is not None:
         delta_file = work / "delta.json"
         delta_file.write_text(delta.model_dump_json(indent=2))
+    fidelity_file = None
+    if fidelity is not None:
+        fidelity_file = work / "fidelity.json"
+        fidelity_file.write_text(json.dumps(fidelity))
     log_file = work / "train.log"
     try:
         cmd, isolation = build_command(
             command or default_train_command(), config_file, delta_file, stage_data(Path(data_dir).resolve(), work),
-            out, limits
+            out, limits, fidelity_file
         )
     except RuntimeError as exc:
         return RunOutcome(False, failure=Failure(phase="Validated", stage="sandbox", reason=str(exc)))

@@ -24,6 +24,7 @@ BENCHMARKS = {
     "fidelity": "cambrian.bench.fidelity",
     "scaling": "cambrian.bench.scaling",
     "datasource": "cambrian.bench.datasource",
+    "multifidelity": "cambrian.bench.multifidelity",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

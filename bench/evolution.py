@@ -23,9 +23,10 @@ SIM_DAYS = 1.0  # simulated-time limit: 288 wake-ups at the default 5-minute cad
 
 def evolution_object(name: str, *, baseline: dict[str, Any], world: dict[str, int], provider: str = "builtin",
                      model: str | None = None, evaluations: int, baseline_seeds: int = 2, confirm_seeds: int = 1,
-                     one_wakeup: bool = False) -> dict[str, Any]:
+                     one_wakeup: bool = False, fidelity: dict[str, Any] | None = None) -> dict[str, Any]:
     """An Evolution manifest (validated by the CRD's model). `one_wakeup`: the agents wake up once (the
     recorded LLM answers cover one wake-up only); otherwise every 5 simulated minutes until the budget is spent.
+    `fidelity`: spec.fidelity (multi-fidelity), absent by default.
     `world`: users, days and seed of the generated world the driver is given (spec.data names the same world)."""
     from cambrian.operator import api
     from cambrian.operator.local_driver import NO_REVIEW  # the offline loop alone: no Rollout is ever started
@@ -42,6 +43,7 @@ def evolution_object(name: str, *, baseline: dict[str, Any], world: dict[str, in
             "noise": {"baselineSeeds": baseline_seeds, "confirmSeeds": confirm_seeds},
             "training": {"gpu": {"count": 0}},
             "data": {"world": world},
+            **({"fidelity": fidelity} if fidelity is not None else {}),
         },
     }
     api.parse_resource(obj)
@@ -62,6 +64,7 @@ class Run:
     finished_at: datetime | None
     persona: str | None = None
     delta: dict[str, Any] | None = None
+    first_look: bool = False  # a run at first-look fidelity (spec.fidelity): a candidate's or the champion's
 
 
 @dataclass
@@ -95,7 +98,9 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
     from cambrian.operator import api
     from cambrian.operator.localstore import NAMESPACE
     from cambrian.operator.platform.local import local_path
+    from cambrian.operator.reconcile import fidelity as FI
     from cambrian.operator.reconcile.actions import Owner
+    from cambrian.operator.reconcile.common import Meta
     from cambrian.operator.reconcile.views import spend
 
     name = evo["metadata"]["name"]
@@ -103,12 +108,24 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
     spec = api.parse_spec("Evolution", evo["spec"])
     hyps = [h for h in driver.store.list("hypotheses", NAMESPACE)
             if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == name]
+    ref = status.first_look_reference
+    looks: dict[str, Any] = {}  # first-look runs, by job
+    if ref is not None:
+        looks.update({FI.reference_job_name(Meta(name, evo["metadata"]["uid"]), ref.champion, i): None
+                      for i in range(spec.noise.baseline_seeds)})
     owners = [(Owner("Evolution", name, evo["metadata"]["uid"], NAMESPACE), "baseline",
-               {r.job: r for r in status.baseline_runs}, {})]
+               {r.job: r for r in [*status.baseline_runs, *(ref.runs if ref is not None else [])]}, {})]
     for h in hyps:
         st = api.parse_status("Hypothesis", h.get("status"))
+        recorded = {r.job: r for r in st.seed_runs}
+        if st.first_look is not None:
+            fl = st.first_look
+            meta = Meta(h["metadata"]["name"], h["metadata"]["uid"], NAMESPACE)
+            looks.update({FI.look_job_name(meta, k): None for k in range(1, fl.runs + 1)})  # failed ones too
+            if fl.metrics:
+                recorded[fl.job] = api.SeedRun(seed=fl.seed, job=fl.job, metrics=fl.metrics)
         owners.append((Owner("Hypothesis", h["metadata"]["name"], h["metadata"]["uid"], NAMESPACE), h["metadata"]["name"],
-                       {r.job: r for r in st.seed_runs}, h.get("spec") or {}))
+                       recorded, h.get("spec") or {}))
     out = []
     for owner, label, recorded, hspec in owners:
         for job in driver.platform.training_jobs(owner):
@@ -119,8 +136,10 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
             out.append(Run(hypothesis=label, job=job.name, ok=seed_run is not None,
                            seed=seed_run.seed if seed_run else None, metrics=dict(seed_run.metrics) if seed_run else {},
                            bundle=str(bundle) if bundle else None, seconds=seconds, finished_at=job.finished_at,
-                           persona=(hspec.get("origin") or {}).get("persona"), delta=hspec.get("delta")))
-    spent = spend(hyps, baseline_attempts=spec.noise.baseline_seeds)  # what the core counts against the budget
+                           persona=(hspec.get("origin") or {}).get("persona"), delta=hspec.get("delta"),
+                           first_look=job.name in looks))
+    # what the core counts against the budget (the champion's first-look seeds included)
+    spent = spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status))
     if len(out) != spent.evaluations:
         raise RuntimeError(f"evolution {name}: {len(out)} training runs on the platform, but the status counts "
                            f"{spent.evaluations} evaluations")

@@ -495,6 +495,37 @@ class Noise(_Model):
     min_floor: float = Field(1e-4, ge=0, description="absolute lower bound of the noise floor, in the metric's units")
 
 
+class FirstLook(_Model):
+    """How much cheaper a first look is than a full training (trainer/fidelity.py): the candidate's own Φ (the
+    delta applied) for a fraction of its epochs on a fraction of its most recent examples, one seed."""
+
+    epoch_fraction: float = Field(0.25, gt=0, le=1, description="epochs = max(1, round(Φ's epochs × this))")
+    sample_fraction: float = Field(0.25, gt=0, le=1, description=(
+        "training.maxTrainExamples = max(100, round(Φ's cap × this)), the most recent examples (a Φ without a cap "
+        "keeps every example)"))
+
+
+class Promote(_Model):
+    """Which first looks go on to full training (reconcile/fidelity.py)."""
+
+    min_gain_floors: float = Field(-1.0, ge=-10, le=10, description=(
+        "a first look is promoted when its gain over the champion, both at first-look fidelity, is at least this "
+        "many of that fidelity's noise floors (-1: stopped only when measurably worse than the champion)"))
+
+
+class Fidelity(_Model):
+    """Multi-fidelity: every candidate first trains cheaply; only a promoted one trains in full (then its
+    confirmation seeds, as spec.noise says). The champion is trained at first-look fidelity with
+    spec.noise.baselineSeeds seeds, once per champion: the first looks' reference and noise floor."""
+
+    first_look: FirstLook = Field(default_factory=FirstLook, description="the cheap first training of each candidate")
+    promote: Promote = Field(default_factory=Promote, description="the rule that sends a first look to full training")
+
+    def wire_first_look(self) -> dict[str, float]:
+        """What the trainer's --fidelity reads."""
+        return {"epochFraction": self.first_look.epoch_fraction, "sampleFraction": self.first_look.sample_fraction}
+
+
 class EvolutionSpec(_Model):
     """One self-evolving loop: baseline Φ, objectives, guardrails, agents, budgets, top-K, cadence."""
 
@@ -523,6 +554,9 @@ class EvolutionSpec(_Model):
     )
     data: Data = Field(description="the training data: the simulated world, or prepared data on a volume")
     noise: Noise = Field(default_factory=Noise, description="the noise floor a hypothesis's offline gain must clear")
+    fidelity: Fidelity | None = Field(None, description=(
+        "multi-fidelity: a cheap first look at every candidate, full training only for those promoted; absent "
+        "(the default): every candidate trains in full at once"))
 
     @field_validator("baseline")
     @classmethod
@@ -614,6 +648,9 @@ class EvolutionStatus(_Status):
         default_factory=list, max_length=16,
         description="the baseline's training runs, one per seed, with the metrics each reported (what "
                     "baselineMetrics summarises)")
+    first_look_reference: "FirstLookReference | None" = Field(
+        None, description="spec.fidelity: the champion trained at first-look fidelity with spec.noise.baselineSeeds "
+                          "seeds, the reference and noise floor of every first look (measured again after a launch)")
     persona_schedule: list[PersonaShare] = Field(
         default_factory=list, max_length=3,
         description="how the latest wake-up shared its proposals among the personas, highest priority first "
@@ -778,6 +815,40 @@ class SeedRun(_Status):
     metrics: dict[str, float] = Field(default_factory=dict, description="the numeric metrics it reported")
 
 
+class FirstLookReference(_Status):
+    """The champion at first-look fidelity over several seeds (spec.fidelity)."""
+
+    champion: str = Field(description="the champion it was measured for (baseline, or a launched hypothesis)")
+    epoch_fraction: float = Field(description="the first look's epoch fraction it was trained with")
+    sample_fraction: float = Field(description="the first look's sample fraction it was trained with")
+    runs: list[SeedRun] = Field(default_factory=list, max_length=16, description="its runs, one per seed")
+    metrics: dict[str, ProxyMetric] = Field(
+        default_factory=dict, description="its metrics over the seeds (empty while they train)")
+    measured: int = Field(1, description="references started so far, this one included (each costs "
+                                         "spec.noise.baselineSeeds evaluations)")
+    failed: str | None = Field(None, max_length=2048, description=(
+        "why a run of it failed: first looks are then promoted without a judgement (full training, as without "
+        "spec.fidelity) until the champion changes"))
+
+
+class FirstLookStatus(_Status):
+    """The hypothesis's cheap first training (spec.fidelity) and what was decided from it."""
+
+    job: str = Field(description="the first look's training Job (its latest run)")
+    runs: int = Field(1, description="first-look runs started (a retry after an infrastructure failure is one "
+                                     "more; each is one evaluation)")
+    seed: int = Field(description="its training seed")
+    epoch_fraction: float = Field(description="the fraction of Φ's epochs it trained")
+    sample_fraction: float = Field(description="the fraction of Φ's most recent examples it trained on")
+    metrics: dict[str, float] = Field(default_factory=dict, description="the numeric metrics it reported")
+    gain: float | None = Field(None, description="its gain over the champion at the same fidelity, positive when better")
+    noise_floor: float | None = Field(None, description="that fidelity's noise floor for one seed")
+    decision: Literal["promoted", "stopped"] | None = Field(
+        None, description="promoted (trains in full, then as spec.noise says) or stopped (never trained in full; "
+                          "verdict not_better); empty while it trains")
+    reason: str | None = Field(None, max_length=2048, description="why, in words")
+
+
 class ArmEffect(_Status):
     """The effect of one treatment arm against control on one metric."""
 
@@ -827,6 +898,9 @@ class HypothesisStatus(_Status):
     seed_runs: list[SeedRun] = Field(
         default_factory=list, max_length=17, description="its finished training runs: the first seed, then the "
                                                          "confirmation seeds of a promising hypothesis")
+    first_look: FirstLookStatus | None = Field(
+        None, description="spec.fidelity: its cheap first training and the promotion decision (seedRuns, "
+                          "proxyMetrics and the verdict are of full trainings only; a stopped one has none)")
     confirmations: int = Field(0, description="confirmation seeds started (each run is one evaluation)")
     confirmation_retries: dict[str, int] = Field(
         default_factory=dict, description="runs of a confirmation seed retried after an infrastructure failure, by seed "

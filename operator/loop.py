@@ -27,6 +27,7 @@ from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator import api
 from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
 from cambrian.operator.reconcile import evolution as E
+from cambrian.operator.reconcile import fidelity as FI
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import rollout as R
@@ -131,11 +132,13 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
         if evo_spec is not None:
             champ = evo_status.champion.hypothesis
             champ_obj = objects.get("hypotheses", ns, champ) if champ else None
+            look_ref, look_missing = FI.reference_for(evo_spec, evo_status)
             ctx = H.EvolutionContext(
                 name=evo_obj["metadata"]["name"], uid=evo_obj["metadata"].get("uid", ""), spec=evo_spec,
                 baseline=E.effective_baseline(evo_spec, evo_status),
                 budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
                 reference=N.reference_metrics(evo_status, (champ_obj or {}).get("status") if champ_obj else None),
+                first_look_reference=look_ref, first_look_unavailable=look_missing,
             )
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
     rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
@@ -244,12 +247,15 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
     hyps = of_evolution(objects, "hypotheses", ns, meta.name)
     ros = of_evolution(objects, "rollouts", ns, meta.name)
     baseline_jobs = []
-    if status.champion.bundle is None:
-        names = set(N.baseline_job_names(meta, spec))
+    # the baseline's seeds until it is champion; the champion's first-look seeds until measured (spec.fidelity)
+    names = set(N.baseline_job_names(meta, spec) if status.champion.bundle is None else ())
+    names.update(FI.reference_job_names(meta, spec, status))
+    if names:
         baseline_jobs = [j for j in platform.training_jobs(E.owner_of(meta)) if j.name in names]
+    spent = views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status))
     result = E.reconcile(
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
-        baseline_jobs, views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds), now,
+        baseline_jobs, spent, now,
         top_k=_top_k(spec, status, meta, hyps, platform, cache, now),
         champion_serving=(platform.champion_serving(E.owner_of(meta), spec.serving.wire())
                           if status.champion.bundle else None),

@@ -16,14 +16,17 @@ DATA_HELP = ("data directory from `cambrian world generate`, or s3://bucket/pref
              "holding the same tables (README: Bring your own data)")
 
 
-def _resolve(config: Optional[Path], delta: Optional[Path]):
+def _resolve(config: Optional[Path], delta: Optional[Path], fidelity: Optional[Path] = None, data: str | None = None):
     from cambrian.trainer.config import load_config
     from cambrian.trainer.delta import apply_delta, load_delta
+    from cambrian.trainer.fidelity import at_fidelity, load_fidelity, training_rows
 
     cfg = load_config(config)
     if delta is not None:
         cfg = apply_delta(cfg, load_delta(delta))
-    return cfg
+    # after the delta: the candidate itself, trained for less (a fraction of the rows it would train on)
+    rows = (lambda: training_rows(data, cfg.training.validation_days)) if data is not None else None
+    return at_fidelity(cfg, load_fidelity(fidelity), rows)
 
 
 SANDBOX_HELP = ("auto: contain candidate code with bubblewrap (refuse plugin code where the kernel cannot); "
@@ -54,6 +57,9 @@ def train(
     out: Path = typer.Option(..., "--out", help="output directory for metrics.json and bundle/"),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     delta: Optional[Path] = typer.Option(None, "--delta", help="YAML/JSON delta to apply to the config"),
+    fidelity: Optional[Path] = typer.Option(
+        None, "--fidelity", help="YAML/JSON {epochFraction, sampleFraction}: train for fewer epochs on fewer of the "
+                                 "most recent examples (the operator's first look; trainer/fidelity.py)"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics (or the failure) as JSON"),
     termination_message_path: Optional[Path] = typer.Option(
         None, help="also write a compact result here (in a Job: /dev/termination-log)"),
@@ -84,12 +90,12 @@ def train(
     if pod_stage not in (None, "prepare", "score") or (pod_stage and work is None):
         raise ConfigError("--pod-stage is prepare or score, with --work")
     if pod_stage == "prepare":
-        _prepare_pod(config, delta, data, work, workers)
+        _prepare_pod(config, delta, data, work, workers, fidelity)
         return
     inputs.output_dir(out)  # error.json (the failure record the runner reads) needs a folder to go in
     out.mkdir(parents=True, exist_ok=True)
     try:
-        cfg = _resolve(config, delta)  # bad files fail before torch is even imported
+        cfg = _resolve(config, delta, fidelity, data)  # bad files fail before torch is even imported
         from cambrian.trainer.distributed import Distribution
         from cambrian.trainer.train import SandboxLimits, score_pod, train as run_training
 
@@ -123,14 +129,15 @@ def train(
         )
 
 
-def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work: Path, workers: int) -> None:
+def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work: Path, workers: int,
+                 fidelity: Optional[Path] = None) -> None:
     """The pod's first step (`workers`: the shards of a gang's workers). A refusal here is left to the scorer
     container, which repeats these checks and reports them in the pod's termination message, so this step
     always ends 0."""
     from cambrian.trainer.train import prepare_pod
 
     try:
-        prepare_pod(_resolve(config, delta), data, work, workers)
+        prepare_pod(_resolve(config, delta, fidelity, data), data, work, workers)
     except CambrianError as exc:
         typer.echo(f"not prepared (the scorer reports it): {exc}", err=True)
 

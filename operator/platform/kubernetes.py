@@ -123,6 +123,8 @@ def training_configmap(action: CreateTrainingJob) -> dict[str, Any]:
     data = {"config.json": json.dumps(action.baseline, sort_keys=True)}
     if action.delta is not None:
         data["delta.json"] = json.dumps(action.delta, sort_keys=True)
+    if action.fidelity is not None:
+        data["fidelity.json"] = json.dumps(action.fidelity, sort_keys=True)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(action.name, action.owner, {}), "data": data}
 
 
@@ -199,6 +201,8 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
     run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data/source" if data.get("source") else "/data"]
     if action.delta is not None:
         run += ["--delta", "/etc/cambrian/run/delta.json"]
+    if action.fidelity is not None:  # a first look: prepare and score resolve the same smaller Φ
+        run += ["--fidelity", "/etc/cambrian/run/fidelity.json"]
     score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK]
     command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *score]
 

@@ -146,6 +146,7 @@ class LocalPlatform:
             "name": action.name, "owner": asdict(action.owner), "hypothesis": action.hypothesis,
             "attempt": action.attempt, "baseline": action.baseline, "delta": action.delta,
             "training": action.training, "data": action.data, "bundle_uri": self._bundle_uri(action),
+            **({"fidelity": action.fidelity} if action.fidelity is not None else {}),
         }
         write_atomic(folder / "job.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
         self._start(action.name, request)
@@ -188,7 +189,9 @@ class LocalPlatform:
                           "bundle_uri": request["bundle_uri"], "reused": key}
                 log.info("training run %s: reusing the stored baseline run %s", name, key)
             else:
-                kw = {"command": self.train_command} if self.train_command else {}
+                kw: dict[str, Any] = {"command": self.train_command} if self.train_command else {}
+                if request.get("fidelity") is not None:
+                    kw["fidelity"] = request["fidelity"]
                 outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}

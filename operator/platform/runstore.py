@@ -49,6 +49,8 @@ def run_key(request: Mapping[str, Any], data: Path, command: list[str] | None) -
     body = {"config": config, "delta": request.get("delta"), "training": request.get("training") or {},
             "data": data_fingerprint(data), "command": command or ["cambrian", "train"],
             "trainer": trainer_fingerprint()}
+    if request.get("fidelity") is not None:  # a first look is another run than the full one (absent: keys as before)
+        body["fidelity"] = request["fidelity"]
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -33,6 +33,8 @@ class CreateTrainingJob:
     data: dict[str, Any] = field(default_factory=dict, hash=False)  # api.Data, wire form
     storage_claim: str | None = None
     bundle_path: str = ""  # path relative to the storage root
+    # a first look (reconcile/fidelity.py): {epochFraction, sampleFraction} for the trainer's --fidelity; None: full
+    fidelity: dict[str, float] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
 )
 from cambrian.operator.reconcile import champion as CH
+from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
 from cambrian.operator.reconcile import scheduling as S
@@ -123,7 +124,8 @@ def reconcile(
     top_k: TopK | None = None,
     champion_serving: ChampionObservation | None = None,
 ) -> Result[EvolutionStatus]:
-    """`baseline_job`: the baseline's training runs (one per seed; see noise.measure_baseline).
+    """`baseline_job`: the baseline's training runs (one per seed; see noise.measure_baseline), and with
+    spec.fidelity the current champion's first-look runs (fidelity.measure_reference).
     `top_k`: the Online Agent's selection (cluster mode); None falls back to the deterministic `rank`.
     `champion_serving`: the production model server as the platform reports it (None: there is none)."""
     if blocked(status, meta.generation):
@@ -149,10 +151,13 @@ def reconcile(
         return Result(actions, st)
 
     # 1. The first champion is the baseline, trained with several seeds: their spread is the noise floor.
+    jobs = [baseline_job] if isinstance(baseline_job, JobObservation) else list(baseline_job or ())
     if st.champion.bundle is None:
-        jobs = [baseline_job] if isinstance(baseline_job, JobObservation) else list(baseline_job or ())
         if not N.measure_baseline(meta, spec, st, jobs, owner, now, actions, journal, cond):
             return Result(actions, st)
+    # 1b. spec.fidelity: the champion at first-look fidelity (in parallel with the baseline's own seeds), once
+    # per champion; a launch below is measured at the next reconcile.
+    F.measure_reference(meta, spec, st, effective_baseline(spec, st), jobs, owner, now, actions, journal, cond)
 
     # 2. Spend and budgets.
     st.spend = Spend(tokens=spend.tokens, dollars=spend.dollars, gpu_hours=spend.gpu_hours, evaluations=spend.evaluations)

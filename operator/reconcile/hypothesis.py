@@ -4,6 +4,8 @@ or Failed / Rejected with a reason.
 Scoring against the noise floor (noise.py, stats/noise.py): the first run's gain over the champion is
 judged; a promising one stays in Training while spec.noise.confirmSeeds more seeds train (in parallel),
 then it is Scored with the verdict over all its seeds. Only verdict "better" is ever rolled out.
+With spec.fidelity (fidelity.py), Training starts with a cheap first look: a promoted one then trains in full as
+above; a stopped one is Scored (verdict not_better, status.firstLook says why) without a full run.
 
 `reconcile(meta, spec, status, ctx, job, rollout, now)` never reads a clock or the cluster: the
 caller passes what it observed. Re-running it from the last persisted status gives the same child
@@ -18,7 +20,9 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from cambrian.errors import ConfigError
-from cambrian.operator.api import EvolutionSpec, HypothesisSpec, HypothesisStatus, OnlineResult, ProxyMetric
+from cambrian.operator.api import (EvolutionSpec, FirstLookStatus, HypothesisSpec, HypothesisStatus, OnlineResult,
+                                   ProxyMetric)
+from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
@@ -45,6 +49,10 @@ class EvolutionContext:
     budget_exhausted: str | None = None  # the budget's name when one is spent
     # the champion's offline metrics over its seeds, which gains are measured against (noise.reference_metrics)
     reference: dict[str, ProxyMetric] = field(default_factory=dict)
+    # spec.fidelity: the champion's metrics at first-look fidelity over its seeds (reconcile/fidelity.py), empty
+    # while they train; `first_look_unavailable` says why there will be none (its runs failed)
+    first_look_reference: dict[str, ProxyMetric] = field(default_factory=dict)
+    first_look_unavailable: str | None = None
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -137,14 +145,20 @@ def reconcile(
         if ctx.budget_exhausted:
             cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
             return Result(actions, st, requeue_after=POLL_SECONDS)
-        st.attempts += 1
-        _start(meta, spec, st, ctx, actions)
-        st.training_started_at = now
-        move("Training")
-        cond("Training", True, "JobCreated", f"attempt {st.attempts}: job {st.job_name}")
-        journal("TrainingStarted", f"attempt {st.attempts} as job {st.job_name}")
-        return Result(actions, st, requeue_after=POLL_SECONDS)
+        if ctx.spec.fidelity is not None and st.first_look is None:
+            _start_first_look(meta, spec, st, ctx, now, actions)
+            move("Training")
+            cond("Training", True, "FirstLook", f"first look as job {st.first_look.job}")  # type: ignore[union-attr]
+            journal("FirstLookStarted", f"first look as job {st.first_look.job} "  # type: ignore[union-attr]
+                    f"({st.first_look.epoch_fraction:g} of the epochs, {st.first_look.sample_fraction:g} of the "  # type: ignore[union-attr]
+                    f"examples, one seed)")
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        return _start_full(meta, spec, st, ctx, now, actions, journal, move, cond)
 
+    if st.phase == "Training" and st.first_look is not None and st.first_look.decision is None:
+        return _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond)
+    if st.phase == "Training" and st.attempts == 0:  # promoted; its full training waits for a budget
+        return _start_full(meta, spec, st, ctx, now, actions, journal, move, cond)
     if st.phase == "Training" and st.confirmations:
         return _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond)
     if st.phase == "Training":
@@ -176,6 +190,108 @@ def reconcile(
             cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
             journal("Launched" if won else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
     return Result(actions, st)
+
+
+def _start_full(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """The first full training run (attempt 1), from Validated or after a promoted first look."""
+    if ctx.budget_exhausted:
+        cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    st.attempts += 1
+    _start(meta, spec, st, ctx, actions)
+    st.training_started_at = now
+    move("Training")
+    cond("Training", True, "JobCreated", f"attempt {st.attempts}: job {st.job_name}")
+    journal("TrainingStarted", f"attempt {st.attempts} as job {st.job_name}")
+    return Result(actions, st, requeue_after=POLL_SECONDS)
+
+
+def _start_first_look(meta, spec, st, ctx, now, actions, run: int = 1) -> None:
+    f = ctx.spec.fidelity
+    st.first_look = FirstLookStatus(job=F.look_job_name(meta, run), runs=run, seed=N.base_seed(ctx.baseline),
+                                    epoch_fraction=f.first_look.epoch_fraction,
+                                    sample_fraction=f.first_look.sample_fraction)
+    st.training_started_at = now
+    actions.append(_look_job(meta, spec, st, ctx))
+
+
+def _look_job(meta, spec, st, ctx) -> CreateTrainingJob:
+    """The first look's run: the candidate (champion's Φ + delta) at the fractions its status records."""
+    fl = st.first_look
+    return CreateTrainingJob(
+        name=fl.job, owner=owner_of(meta), hypothesis=meta.name, attempt=fl.runs, baseline=ctx.baseline,
+        delta=spec.trainer_delta().model_dump(mode="json", exclude_none=True), training=ctx.spec.training.wire(),
+        data=ctx.spec.data.wire(), storage_claim=ctx.spec.storage.claim_name,
+        bundle_path=f"bundles/{meta.name}/first-look-{fl.runs}",
+        fidelity={"epochFraction": fl.epoch_fraction, "sampleFraction": fl.sample_fraction})
+
+
+def _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """Wait for the first look, retry it after an infrastructure failure (like an attempt), then promote it to
+    full training or stop it (fidelity.judge against the champion at the same fidelity)."""
+    fl = st.first_look
+    objective = ctx.spec.objective.offline.for_component(spec.component)
+    if not fl.metrics:
+        job = next((j for j in jobs if j.name == fl.job), None)
+        if job is None:
+            actions.append(_look_job(meta, spec, st, ctx))  # not visible (yet): the same name again, idempotent
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        if job.state in ("Pending", "Suspended", "Running"):
+            note_blocker(st, "Training", f"job {job.name}: {job.blocked}" if job.blocked else None, now,
+                         meta.generation, journal)
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        if job.started_at is not None and job.finished_at is not None:  # counted once: recorded or retried now
+            st.gpu_hours += (job.finished_at - job.started_at).total_seconds() / 3600 * ctx.spec.training.gpu.count
+        metrics = N.numeric(job.metrics)
+        if job.state == "Succeeded" and metrics.get(objective.metric) is None:
+            return _fail(st, f"first look {job.name} succeeded but reported no {objective.metric!r} metric", "metrics",
+                         actions, journal, move, cond)
+        if job.state != "Succeeded":
+            why = f"first look {job.name} failed" + (f" ({job.reason})" if job.reason else "") + (
+                f": {job.message}" if job.message else "")
+            if job.exit_code in NO_RETRY_EXIT_CODES:  # the candidate itself is broken: as in a full run
+                return _fail(st, why, job.stage or NO_RETRY_EXIT_CODES[job.exit_code], actions, journal, move, cond)
+            if fl.runs >= ctx.spec.training.max_attempts:
+                return _fail(st, f"{why} (after {fl.runs} runs)", job.stage or "training", actions, journal, move, cond)
+            journal("Retrying", f"{why}; retrying (run {fl.runs + 1} of {ctx.spec.training.max_attempts})", warning=True)
+            _start_first_look(meta, spec, st, ctx, now, actions, run=fl.runs + 1)
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        fl.metrics = metrics
+    if ctx.spec.fidelity is None:
+        return _promote(meta, spec, st, ctx, now, "spec.fidelity was removed: trained in full", actions, journal,
+                        move, cond)
+    now_f = ctx.spec.fidelity.first_look
+    if (fl.epoch_fraction, fl.sample_fraction) != (now_f.epoch_fraction, now_f.sample_fraction):
+        return _promote(meta, spec, st, ctx, now, "spec.fidelity.firstLook changed since this first look: the "
+                        "reference is measured at the new fractions only; trained in full", actions, journal, move, cond)
+    if not ctx.first_look_reference:
+        if ctx.first_look_unavailable:
+            return _promote(meta, spec, st, ctx, now, f"no first-look reference ({ctx.first_look_unavailable}): "
+                            "trained in full", actions, journal, move, cond)
+        cond("Training", True, WAITING_FOR_BASELINE, "first look trained; waiting for the champion's first-look "
+                                                     "seeds to judge it")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    jd = F.judge(objective, fl.metrics, ctx.first_look_reference, ctx.spec.noise, ctx.spec.fidelity.promote)
+    if jd is None:
+        return _promote(meta, spec, st, ctx, now, f"the champion's first look reported no {objective.metric}: "
+                        "trained in full", actions, journal, move, cond)
+    fl.gain, fl.noise_floor = jd.gain, jd.floor
+    if jd.promoted:
+        return _promote(meta, spec, st, ctx, now, jd.reason, actions, journal, move, cond)
+    fl.decision, fl.reason = "stopped", jd.reason
+    # judged in first-look units: persona yield (gain / floor, a loss counts 0) reads it like a full verdict
+    st.gain, st.noise_floor, st.verdict = jd.gain, jd.floor, "not_better"
+    move("Scored", jd.reason)
+    cond("Training", False, "StoppedEarly", f"first look {fl.job} finished; not trained in full")
+    cond("Ready", True, "StoppedEarly", jd.reason)
+    journal("StoppedEarly", jd.reason, gain=jd.gain, floor=jd.floor)
+    return Result(actions, st)
+
+
+def _promote(meta, spec, st, ctx, now, why, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    st.first_look.decision, st.first_look.reason = "promoted", why
+    journal("Promoted", why)
+    return _start_full(meta, spec, st, ctx, now, actions, journal, move, cond)
 
 
 def _start(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: EvolutionContext, actions: list) -> None:

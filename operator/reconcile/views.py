@@ -40,9 +40,11 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
 
 
 def evaluations(status: Mapping[str, Any]) -> int:
-    """Training runs a Hypothesis has cost (what counts against spec.agent.budgets.evaluations)."""
+    """Training runs a Hypothesis has cost (what counts against spec.agent.budgets.evaluations): a first look
+    (spec.fidelity) is one run like a full one."""
     return int(status.get("attempts") or 0) + int(status.get("confirmations") or 0) + sum(
-        int(v) for v in (status.get("confirmationRetries") or {}).values())
+        int(v) for v in (status.get("confirmationRetries") or {}).values()) + int(
+        (status.get("firstLook") or {}).get("runs") or 0)
 
 
 def rollout_view(obj: Mapping[str, Any]) -> RolloutView:

@@ -1,0 +1,151 @@
+"""Multi-fidelity in the reconcile core, pure (both platforms): a cheap first look at every candidate, full
+training only for those promoted (spec.fidelity; absent, nothing here runs).
+
+A first look is the candidate's Φ for a fraction of its epochs on a fraction of its most recent examples, one
+seed (trainer/fidelity.py). It is judged against the champion at the SAME fidelity: the Evolution trains the
+champion's Φ at first-look fidelity with spec.noise.baselineSeeds seeds, once per champion (status
+.firstLookReference; locally the runs are kept in the run store and reused by a later Evolution on the same data).
+Their mean is the reference and their spread the noise floor of one first-look seed.
+
+Promotion rule: gain >= promote.minGainFloors x floor (default -1). It is per candidate, so it is decided the
+moment a first look finishes (no waiting for the wake-up's other candidates, nothing to re-rank on a restart),
+and in the units the loop already trusts (noise floors). The default stops only candidates that are measurably
+worse than the champion after the same short training, the cases full training rarely turns around; a higher
+bar saves more full trainings and risks discarding slow starters (a smaller learning rate, more regularisation),
+which is what the benchmark's "winners discarded" counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Mapping, Sequence
+
+from cambrian.operator.api import (EvolutionSpec, EvolutionStatus, FirstLookReference, Noise, OfflineMetric,
+                                   ProxyMetric, Promote)
+from cambrian.operator.reconcile import noise as N
+from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+from cambrian.operator.reconcile.common import Meta, child_name
+from cambrian.operator.reconcile.observations import JobObservation
+from cambrian.stats.noise import baseline_seeds, gain_of, noise_floor
+
+READY = "FirstLookReady"  # the Evolution's condition: the first looks' reference is measured
+
+
+@dataclass(frozen=True)
+class FirstLookJudgement:
+    gain: float
+    floor: float
+    promoted: bool
+    reason: str
+
+
+def judge(objective: OfflineMetric, metrics: Mapping[str, float], reference: Mapping[str, ProxyMetric],
+          noise: Noise, promote: Promote) -> FirstLookJudgement | None:
+    """The first look's gain over the champion at the same fidelity, against one seed's noise floor there.
+    None when either lacks the metric (the caller then trains in full: nothing to stop it on)."""
+    value, ref = metrics.get(objective.metric), reference.get(objective.metric)
+    if value is None or ref is None:
+        return None
+    base = N.score_of(ref)
+    gain = gain_of(value, base.mean, objective.direction == "minimize")
+    floor = noise_floor(base, None, 1, noise)
+    bar = promote.min_gain_floors * floor
+    promoted = gain >= bar
+    reason = (f"first look: {objective.metric} {value:.5g} vs champion {base.mean:.5g}±{base.std:.2g} at the same "
+              f"fidelity: gain {gain:+.3g} = {gain / floor:+.2f} noise floors of {floor:.3g}; "
+              + (f"promoted to full training (rule: at least {promote.min_gain_floors:+g} floors)" if promoted else
+                 f"stopped: below {promote.min_gain_floors:+g} floors ({bar:+.3g}), never trained in full"))
+    return FirstLookJudgement(gain, floor, promoted, reason)
+
+
+def look_job_name(meta: Meta, run: int) -> str:
+    return child_name(meta.name, meta.uid, f"look-{run}")
+
+
+# --------------------------------------------------------------------------------- the Evolution's reference
+
+
+def champion_of(st: EvolutionStatus) -> str:
+    return st.champion.name or "baseline"
+
+
+def reference_job_name(meta: Meta, champion: str, index: int) -> str:
+    return child_name(meta.name, meta.uid, f"look-{champion}-s{index}")
+
+
+def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) -> list[str]:
+    """The current champion's first-look runs: what the platform must report to the Evolution (empty when none
+    is due: fidelity off, or the reference of this champion is measured or given up)."""
+    ref = st.first_look_reference
+    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)):  # type: ignore[union-attr]
+        return []
+    return [reference_job_name(meta, champion_of(st), i) for i in range(spec.noise.baseline_seeds)]
+
+
+def current(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
+    """The stored reference is of this champion at these fractions (else it is measured again)."""
+    ref, f = st.first_look_reference, spec.fidelity
+    return (ref is not None and f is not None and ref.champion == champion_of(st)
+            and ref.epoch_fraction == f.first_look.epoch_fraction and ref.sample_fraction == f.first_look.sample_fraction)
+
+
+def reference_for(spec: EvolutionSpec | None, st: EvolutionStatus) -> tuple[dict[str, ProxyMetric], str | None]:
+    """What a Hypothesis's first look is judged against: (metrics, why there will be none). ({}, None): wait."""
+    if spec is None or spec.fidelity is None or not current(spec, st):
+        return {}, None
+    ref = st.first_look_reference
+    return dict(ref.metrics), ref.failed  # type: ignore[union-attr]
+
+
+def evaluations(spec: EvolutionSpec, st: EvolutionStatus) -> int:
+    """Training runs the Evolution's first-look references cost (counted when started)."""
+    ref = st.first_look_reference
+    return spec.noise.baseline_seeds * ref.measured if ref is not None else 0
+
+
+def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, config: Mapping[str, Any],
+                      jobs: Sequence[JobObservation], owner: Owner, now: datetime, actions: list,
+                      journal: Callable[..., None], cond: Callable[..., None]) -> None:
+    """Train the champion's Φ (`config`) at first-look fidelity with spec.noise.baselineSeeds seeds, in parallel,
+    once per champion. A failed run does not stop the loop: the first looks are then promoted (trained in full),
+    which is the loop without multi-fidelity."""
+    f = spec.fidelity
+    if f is None:
+        return
+    champion = champion_of(st)
+    if not current(spec, st):
+        prev = st.first_look_reference
+        st.first_look_reference = FirstLookReference(
+            champion=champion, epoch_fraction=f.first_look.epoch_fraction, sample_fraction=f.first_look.sample_fraction,
+            measured=(prev.measured + 1) if prev is not None else 1)
+    ref = st.first_look_reference
+    assert ref is not None
+    if ref.metrics or ref.failed:
+        return
+    by_name = {j.name: j for j in jobs}
+    seeds = baseline_seeds(N.base_seed(config), spec.noise.baseline_seeds)
+    names = [reference_job_name(meta, champion, i) for i in range(len(seeds))]
+    for i, (seed, name) in enumerate(zip(seeds, names)):
+        job = by_name.get(name)
+        if job is None:
+            actions.append(CreateTrainingJob(
+                name=name, owner=owner, hypothesis=None, attempt=1, baseline=N.with_seed(config, seed), delta=None,
+                training=spec.training.wire(), data=spec.data.wire(), storage_claim=spec.storage.claim_name,
+                bundle_path=f"bundles/{meta.name}/first-look/{champion}-s{i}", fidelity=f.wire_first_look()))
+        elif job.state not in N.RUNNING and (job.state != "Succeeded" or not N.numeric(job.metrics)):
+            ref.failed = (f"first-look run {job.name} of {champion} (seed {seed}) {job.state.lower()}: "
+                          f"{job.message or job.reason or 'no metrics'}")
+            cond(READY, False, "ReferenceFailed", f"{ref.failed}; candidates train in full without a first look")
+            journal("FirstLookReferenceFailed", ref.failed, warning=True)
+            return
+    done = [by_name[n] for n in names if n in by_name and by_name[n].state == "Succeeded"]
+    if len(done) < len(names):
+        cond(READY, False, "Measuring", f"{champion} at first-look fidelity: {len(done)} of {len(names)} seeds trained")
+        return
+    ref.runs = [N.seed_run(seed, by_name[n]) for seed, n in zip(seeds, names)]
+    ref.metrics = N.proxy_metrics([r.metrics for r in ref.runs])
+    summary = ", ".join(f"{k}={v.value:.5g}±{v.std or 0:.2g}" for k, v in ref.metrics.items())
+    cond(READY, True, "Measured", f"{champion} at first-look fidelity over {len(seeds)} seeds")
+    journal("FirstLookReference", f"{champion} at first-look fidelity ({f.first_look.epoch_fraction:g} of the epochs, "
+                                  f"{f.first_look.sample_fraction:g} of the examples), {len(seeds)} seeds: {summary}")
