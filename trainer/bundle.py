@@ -20,7 +20,7 @@ import numpy as np
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.features import Catalogue, FeatureSpec, load_catalogue, model_batch, save_catalogue
+from cambrian.trainer.features import Catalogue, FeatureSpec, model_batch, save_catalogue
 from cambrian.trainer.host import Containment, ProgramHost
 
 if TYPE_CHECKING:  # torch is imported where a program is made or run, never by a server's own process
