@@ -79,7 +79,11 @@ def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
         named = meta.get("features")
-        declared = load_schema(named if named in BUILT_IN else folder / str(named)) if named else WORLD
+        try:
+            declared = load_schema(named if named in BUILT_IN else folder / str(named)) if named else WORLD
+        except ConfigError as exc:  # its message starts "--schema PATH:", the option of `cambrian data check`
+            why = str(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{folder / 'world.json'}: features {named!r}: {why}", hint=exc.hint) from None
     else:
         declared = WORLD
     schema = with_features(WORLD, declared)

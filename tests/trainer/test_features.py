@@ -147,3 +147,12 @@ def test_an_unseen_category_is_served_through_the_reserved_index(shop, quick_con
         a, b = served.score(users, candidates), seen.score(users, candidates)
     assert np.isfinite(a).all()
     assert not np.allclose(a[:, 0], b[:, 0]) and np.allclose(a[:, 1], b[:, 1])
+
+
+def test_a_data_directory_naming_a_missing_declaration_is_refused_in_one_line(world_dir, quick_config, tmp_path):
+    folder = shutil.copytree(world_dir, tmp_path / "data", ignore=shutil.ignore_patterns("truth"))
+    meta = json.loads((folder / "world.json").read_text())
+    (folder / "world.json").write_text(json.dumps({**meta, "features": "nope.yaml"}))
+    with pytest.raises(ConfigError, match=r"world.json: features 'nope.yaml': No such file") as err:
+        load_dataset(folder, quick_config)
+    assert "\n" not in str(err.value)
