@@ -83,8 +83,11 @@ ARCHITECTURE = Persona(
     guidance=(
         "You may change `architecture` settings (name of a registered model such as mlp or dcn, embedding_dim, "
         "hidden, dropout, activation, cross_layers, params) or give plugin code defining `class Model(nn.Module)` "
-        "in the delta's `code` field. Code may import only torch and math; it runs in a sandbox without "
-        "network, files or processes."
+        "in the delta's `code` field: `__init__(self, spec, cfg)` and `forward(self, batch)` returning one logit per "
+        "row; `batch` holds the data set's declared features by name: int64 ids for each name in `spec.fields` "
+        "(user, item, then each categorical feature; `spec.size(name)` embedding rows) and float32 values for each "
+        "name in `spec.dense`, also stacked as `batch['dense']`. Code may import torch and "
+        "cambrian.trainer.plugin_api; it runs in a sandbox without network, files or processes."
     ),
     example={
         "category": "innovate",

@@ -31,15 +31,15 @@ def _reference_loop(config: ModelConfig, data, device: torch.device) -> float:
     model = build_model(data.spec, config.architecture).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
     f = data.train.features
-    tensors = [torch.from_numpy(f[k]) for k in ("user", "item", "topic", "home_topic", "dense")]
+    names = list(f)
+    tensors = [torch.from_numpy(f[k]) for k in names]
     dataset = TensorDataset(*tensors, torch.from_numpy(data.train.label))
     loader = DataLoader(dataset, batch_size=config.training.batch_size, shuffle=True)
     started = time.perf_counter()
     for _ in range(config.training.epochs):
         model.train()
-        for user, item, topic, home, dense, label in loader:
-            batch = {"user": user.to(device), "item": item.to(device), "topic": topic.to(device),
-                     "home_topic": home.to(device), "dense": dense.to(device)}
+        for *columns, label in loader:
+            batch = {k: c.to(device) for k, c in zip(names, columns)}
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), label.to(device))
             optimizer.zero_grad()
             loss.backward()
@@ -58,8 +58,7 @@ def _gather_loop(config: ModelConfig, data, device: torch.device, compiled: bool
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
     step_model = torch.compile(model) if compiled else model
     f = data.train.features
-    names = ("user", "item", "topic", "home_topic", "dense")
-    tensors = {k: torch.from_numpy(f[k]).to(device) for k in names}
+    tensors = {k: torch.from_numpy(f[k]).to(device) for k in f}
     label = torch.from_numpy(data.train.label).to(device)
     n, bs = len(label), config.training.batch_size
     first = None

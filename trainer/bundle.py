@@ -1,8 +1,9 @@
 """Model bundles: a versioned directory a server can serve without running any candidate code in its process.
 
 Layout: bundle.json (format, version, Φ, feature spec, metrics), model.pt2 (a torch.export program with
-a dynamic batch dimension), features.npz (observable item and user features, so serving needs no access to the
-training logs). The candidate's process wrote model.pt2, and torch.export.load unpickles parts of it, so only a
+a dynamic batch dimension, one positional input per name of spec.inputs), features.npz (the declared features'
+model inputs per user and item id with their vocabularies and statistics, trainer/features.py, so serving needs
+no access to the training logs). The candidate's process wrote model.pt2, and torch.export.load unpickles parts of it, so only a
 contained process loads it (trainer/host.py); the caller's process reads bundle.json and features.npz only
 (JSON and pickle-free arrays).
 """
@@ -19,17 +20,14 @@ import numpy as np
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Catalogue, FeatureSpec
+from cambrian.trainer.features import Catalogue, FeatureSpec, model_batch, save_catalogue
 from cambrian.trainer.host import Containment, ProgramHost
 
 if TYPE_CHECKING:  # torch is imported where a program is made or run, never by a server's own process
     from torch import nn
 
 FORMAT = "cambrian-bundle"
-VERSION = 1
-
-
-ARG_NAMES = ("user", "item", "topic", "home_topic", "dense")
+VERSION = 2  # 2: declared features (features.npz carries the feature spec)
 
 
 def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path: str | Path) -> None:
@@ -37,21 +35,22 @@ def export_model(model: nn.Module, spec: FeatureSpec, catalogue: Catalogue, path
     import torch
 
     class _Positional(torch.nn.Module):
-        """Adapts the dict-batch model to positional tensors so it can be exported."""
+        """Adapts the dict-batch model to positional tensors (spec.inputs) so it can be exported."""
 
         def __init__(self, model: nn.Module):
             super().__init__()
             self.model = model
 
-        def forward(self, user, item, topic, home_topic, dense):
-            return self.model({"user": user, "item": item, "topic": topic, "home_topic": home_topic, "dense": dense})
+        def forward(self, *inputs):
+            return self.model(model_batch(spec, list(inputs)))
 
     model = model.to("cpu").eval()
     n = 4
     example = catalogue.features(np.zeros(n, dtype=np.int64), np.arange(n, dtype=np.int64) % spec.n_items)
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[k])) for k in ARG_NAMES)
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[k])) for k in spec.inputs)
     rows = torch.export.Dim("rows", min=1, max=1 << 30)
-    program = torch.export.export(_Positional(model), args, dynamic_shapes=tuple({0: rows} for _ in args))
+    # forward(*inputs) takes one argument, the tuple of inputs: its shapes are one tuple too
+    program = torch.export.export(_Positional(model), args, dynamic_shapes=(tuple({0: rows} for _ in args),))
     torch.export.save(program, str(path))
 
 
@@ -69,17 +68,11 @@ def write_bundle(path: str | Path, program_file: Path, config: ModelConfig, spec
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(program_file, out / "model.pt2")
-    np.savez(out / "features.npz", item_topic=catalogue.item_topic, item_dense=catalogue.item_dense,
-             user_home_topic=catalogue.user_home_topic)
+    save_catalogue(out / "features.npz", catalogue)
     manifest = {"format": FORMAT, "version": VERSION, "config": config.model_dump(mode="json"),
                 "config_fingerprint": config.fingerprint(), "feature_spec": spec.to_dict(), "metrics": metrics}
     (out / "bundle.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
-
-
-def load_catalogue(path: str | Path) -> Catalogue:
-    with np.load(path, allow_pickle=False) as f:
-        return Catalogue(f["item_topic"], f["item_dense"], f["user_home_topic"])
 
 
 class Bundle:

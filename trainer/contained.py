@@ -63,16 +63,15 @@ def read_input(input_dir: Path, shard: str = "train.npz"):
     import pandas as pd
 
     from cambrian.trainer.config import ModelConfig
-    from cambrian.trainer.data import Catalogue, FeatureSpec, Split, TrainingSet
+    from cambrian.trainer.data import Split, TrainingSet
+    from cambrian.trainer.features import load_catalogue
 
     config = ModelConfig.model_validate_json((input_dir / "config.json").read_text())
-    spec = FeatureSpec.from_dict(json.loads((input_dir / "spec.json").read_text()))
-    with np.load(input_dir / "catalogue.npz") as c:
-        catalogue = Catalogue(c["item_topic"], c["item_dense"], c["user_home_topic"])
+    catalogue = load_catalogue(input_dir / "catalogue.npz")
     with np.load(input_dir / shard) as t:
         feats = {k[2:]: t[k] for k in t.files if k.startswith("f_")}
         train = Split(feats, t["label"], t["weight"], pd.DataFrame())
-    return config, TrainingSet(spec, catalogue, train)
+    return config, TrainingSet(catalogue.spec, catalogue, train)
 
 
 def export_program(model, data, path: Path) -> None:
@@ -115,9 +114,10 @@ def predict(input_dir: Path, scratch: Path) -> dict:
     with np.load(input_dir / "heldout.npz") as t:
         split = Split({k[2:]: t[k] for k in t.files if k.startswith("f_")}, np.zeros(0, np.float32),
                       np.zeros(0, np.float32), pd.DataFrame())
+        inputs = tuple(str(x) for x in t["inputs"])
     n = len(next(iter(split.features.values())))
     split.label = np.zeros(n, np.float32)  # only its length is used
-    scores = _stage("export", False, predict_split, module, split, torch.device("cpu"), True)
+    scores = _stage("export", False, predict_split, module, split, torch.device("cpu"), True, inputs)
     np.save(scratch / "predictions.npy", np.asarray(scores, dtype=np.float32), allow_pickle=False)
     return {}
 

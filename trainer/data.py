@@ -20,14 +20,14 @@ from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked
-from cambrian.trainer.schema import WORLD
+from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space, with_features
+from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema, load_schema
 
 # Columns the reward SQL may use (impressions joined with the user's day).
 IMPRESSION_COLUMNS = (
     "day", "user_id", "session", "step", "position", "item_id", "click", "watch_seconds", "completion",
     "skip", "like", "hate", "returned_next_day", "length_min", "topic", "thumb_intensity",
 )
-DENSE_FEATURES = ("log_length", "thumb_intensity")
 
 MAX_SQL_CHARS = 2000
 # A reward is an expression over one impression's columns: scalar functions only, minus those that read the
@@ -38,42 +38,6 @@ _DENIED_FUNCTIONS = {"current_setting", "getvariable", "nextval", "currval", "se
 _DENIED_PREFIXES = ("read_", "current_", "pg_", "has_", "duckdb_", "icu_", "system", "txid")
 _EXPRESSION_CLASSES = {"CONSTANT", "COLUMN_REF", "FUNCTION", "OPERATOR", "CAST", "CASE", "COMPARISON",
                        "CONJUNCTION", "BETWEEN", "TYPE"}
-@dataclass(frozen=True)
-class FeatureSpec:
-    """What a model may see: sizes of the id spaces and the dense feature names."""
-
-    n_users: int
-    n_items: int
-    n_topics: int
-    dense: tuple[str, ...] = DENSE_FEATURES
-
-    def to_dict(self) -> dict:
-        return {"n_users": self.n_users, "n_items": self.n_items, "n_topics": self.n_topics, "dense": list(self.dense)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FeatureSpec":
-        return cls(int(d["n_users"]), int(d["n_items"]), int(d["n_topics"]), tuple(d["dense"]))
-
-
-@dataclass
-class Catalogue:
-    """Per-item and per-user observable features, indexed by id (kept in the bundle for serving)."""
-
-    item_topic: np.ndarray  # int64[n_items]
-    item_dense: np.ndarray  # float32[n_items, len(DENSE_FEATURES)]
-    user_home_topic: np.ndarray  # int64[n_users]
-
-    def features(self, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Feature arrays for (user, item) pairs of equal shape; the model's batch layout."""
-        return {
-            "user": user_ids.astype(np.int64),
-            "item": item_ids.astype(np.int64),
-            "topic": self.item_topic[item_ids],
-            "home_topic": self.user_home_topic[user_ids],
-            "dense": self.item_dense[item_ids],
-        }
-
-
 @dataclass
 class Split:
     features: dict[str, np.ndarray]
@@ -87,7 +51,7 @@ class Split:
 
 @dataclass
 class TrainingSet:
-    """What the contained training process gets: no held-out rows at all."""
+    """What the contained training process gets: no held-out rows at all (spec is catalogue.spec)."""
 
     spec: FeatureSpec
     catalogue: Catalogue
@@ -100,37 +64,30 @@ class Dataset(TrainingSet):
     n_train_available: int = 0  # training rows before training.max_train_examples cut them
 
 
-def read_world(data_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame]]:
     """The world's tables through its declaration (trainer/schema.py WORLD), from any source the reader
-    knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. A source that
-    fails the data check is refused here, before any training."""
+    knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. The features the
+    model gets are the world's own, or those of the declaration that a data directory's world.json names
+    (`"features": "movielens-100k"`), carried in the world's users and items tables. A source that fails the
+    data check is refused here, before any training."""
     text = str(data_dir)
     meta: dict = {}
     if "://" not in text or text.startswith("file://"):
-        meta_path = inputs.data_dir(Path(text.removeprefix("file://"))) / "world.json"
+        folder = inputs.data_dir(Path(text.removeprefix("file://")))
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads((folder / "world.json").read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
-    frames = read_checked(WORLD, text)
-    return meta, frames["items"], frames["users"], frames["impressions"], frames["user_days"]
-
-
-def build_catalogue(items: pd.DataFrame, users: pd.DataFrame, n_topics: int) -> Catalogue:
-    items = items.sort_values("item_id")
-    users = users.sort_values("user_id")
-    if not (np.arange(len(items)) == items["item_id"].to_numpy()).all():
-        raise ConfigError("items.parquet: item_id must be 0..n_items-1")
-    if not (np.arange(len(users)) == users["user_id"].to_numpy()).all():
-        raise ConfigError("users.parquet: user_id must be 0..n_users-1")
-    dense = np.stack(
-        [np.log1p(items["length_min"].to_numpy(np.float32)), items["thumb_intensity"].to_numpy(np.float32)], axis=1
-    ).astype(np.float32)
-    return Catalogue(
-        item_topic=np.clip(items["topic"].to_numpy(np.int64), 0, n_topics - 1),
-        item_dense=dense,
-        user_home_topic=np.clip(users["home_topic"].to_numpy(np.int64), 0, n_topics - 1),
-    )
+        named = meta.get("features")
+        try:
+            declared = load_schema(named if named in BUILT_IN else folder / str(named)) if named else WORLD
+        except ConfigError as exc:  # its message starts "--schema PATH:", the option of `cambrian data check`
+            why = str(exc).split(": ", 1)[-1]
+            raise ConfigError(f"{folder / 'world.json'}: features {named!r}: {why}", hint=exc.hint) from None
+    else:
+        declared = WORLD
+    schema = with_features(WORLD, declared)
+    return schema, read_checked(schema, text)
 
 
 def joined_impressions(impressions: pd.DataFrame, user_days: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -271,11 +228,8 @@ def _split(df: pd.DataFrame, catalogue: Catalogue, reward: RewardConfig) -> Spli
 
 
 def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
-    meta, items, users, impressions, user_days = read_world(data_dir)
-    n_topics = int(meta.get("n_topics", int(items["topic"].max()) + 1))
-    spec = FeatureSpec(n_users=len(users), n_items=len(items), n_topics=n_topics)
-    catalogue = build_catalogue(items, users, n_topics)
-    df = joined_impressions(impressions, user_days, items)
+    schema, frames = read_world(data_dir)
+    df = joined_impressions(frames["impressions"], frames["user_days"], frames["items"])
     days = np.sort(df["day"].unique())
     n_val = config.training.validation_days
     if len(days) <= n_val:
@@ -287,5 +241,8 @@ def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
     cap = config.training.max_train_examples
     if cap is not None and available > cap:  # keep the most recent examples
         train_df = train_df.iloc[-cap:]
-    return Dataset(spec, catalogue, _split(train_df, catalogue, config.reward), _split(val_df, catalogue, config.reward),
-                   n_train_available=available)
+    # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
+    catalogue = build_catalogue(schema, frames, train_df["user_id"].to_numpy(), train_df["item_id"].to_numpy(),
+                                *id_space(schema, frames))
+    return Dataset(catalogue.spec, catalogue, _split(train_df, catalogue, config.reward),
+                   _split(val_df, catalogue, config.reward), n_train_available=available)

@@ -151,7 +151,8 @@ def serve_program(program: Path, catalogue_file: Path, stdin: BinaryIO, stdout: 
     """The host's side (in the sandbox, called by trainer/contained.py): load, say READY, answer until EOF."""
     import torch
 
-    from cambrian.trainer.bundle import ARG_NAMES, load_catalogue, load_program
+    from cambrian.trainer.bundle import load_program
+    from cambrian.trainer.features import load_catalogue
 
     torch.set_num_threads(1)  # a slate is too small to split (bench/README.md, serving)
     module = load_program(program)
@@ -168,7 +169,7 @@ def serve_program(program: Path, catalogue_file: Path, stdin: BinaryIO, stdout: 
         users = np.frombuffer(read_exact(stdin, 8 * m), dtype="<i8")
         items = np.frombuffer(read_exact(stdin, 8 * m), dtype="<i8")
         feats = catalogue.features(users, items)
-        args = [torch.from_numpy(np.ascontiguousarray(feats[k])) for k in ARG_NAMES]
+        args = [torch.from_numpy(np.ascontiguousarray(feats[k])) for k in catalogue.spec.inputs]
         with torch.inference_mode():
             out = module(*args).float().reshape(-1).numpy().astype("<f4")
         if out.shape != (m,):

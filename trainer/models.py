@@ -1,6 +1,7 @@
 """Registered ranking architectures (the architecture persona can also write its own plugin).
 
-Every model maps a batch (see trainer/plugins.py) to one logit per row. Embeddings start at a small
+Every model maps a batch (see trainer/plugins.py) to one logit per row; its fields are the declared features
+(trainer/features.py FeatureSpec). Embeddings start at a small
 standard deviation: N(0, 1) embeddings wreck FM-style terms (reference notes, section 2.3).
 """
 
@@ -10,11 +11,9 @@ import torch
 from torch import nn
 
 from cambrian.trainer.config import ARCHITECTURE_NAMES, ArchitectureConfig
-from cambrian.trainer.data import FeatureSpec
+from cambrian.trainer.features import FeatureSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
-FIELDS = ("user", "item", "topic", "home_topic")
-N_FIELDS = len(FIELDS) + 1  # the categorical fields and the dense projection (FieldEmbeddings' output)
 
 
 def mlp(sizes: list[int], activation: str, dropout: float, out: int | None = 1) -> nn.Sequential:
@@ -29,19 +28,24 @@ def mlp(sizes: list[int], activation: str, dropout: float, out: int | None = 1) 
 
 
 class FieldEmbeddings(nn.Module):
-    """One embedding table per categorical field; dense features pass through a linear projection."""
+    """One embedding table per embedded field (user, item, each declared categorical feature); the numeric
+    features (batch["dense"]) pass through one linear projection. `n_fields` = spec.n_fields vectors."""
 
     def __init__(self, spec: FeatureSpec, dim: int, init_std: float):
         super().__init__()
-        sizes = {"user": spec.n_users, "item": spec.n_items, "topic": spec.n_topics, "home_topic": spec.n_topics}
-        self.tables = nn.ModuleDict({f: nn.Embedding(sizes[f], dim) for f in FIELDS})
-        for table in self.tables.values():
+        self.fields = spec.fields
+        self.n_fields = spec.n_fields
+        # a list, not a dict: a declared column's name need not be a valid module name ("Children's")
+        self.tables = nn.ModuleList(nn.Embedding(spec.size(f), dim) for f in self.fields)
+        for table in self.tables:
             nn.init.normal_(table.weight, std=init_std)
-        self.dense = nn.Linear(len(spec.dense), dim)
+        self.dense = nn.Linear(len(spec.dense), dim) if spec.dense else None
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Field vectors, shape [B, n_fields + 1, dim] (the last field is the dense projection)."""
-        fields = [self.tables[f](batch[f]) for f in FIELDS] + [self.dense(batch["dense"])]
+        """Field vectors, shape [B, n_fields, dim] (the last one the dense projection, when there are numerics)."""
+        fields = [table(batch[f]) for f, table in zip(self.fields, self.tables)]
+        if self.dense is not None:
+            fields.append(self.dense(batch["dense"]))
         return torch.stack(fields, dim=1)
 
 
@@ -59,7 +63,7 @@ class MLPRanker(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = N_FIELDS * cfg.embedding_dim
+        n_in = spec.n_fields * cfg.embedding_dim
         self.head = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -72,7 +76,7 @@ class DeepFM(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = N_FIELDS * cfg.embedding_dim
+        n_in = spec.n_fields * cfg.embedding_dim
         self.linear = nn.Linear(n_in, 1)
         self.dnn = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout)
 
@@ -88,7 +92,7 @@ class DCNv2(nn.Module):
     def __init__(self, spec: FeatureSpec, cfg: ArchitectureConfig):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        n_in = N_FIELDS * cfg.embedding_dim
+        n_in = spec.n_fields * cfg.embedding_dim
         self.cross = nn.ModuleList(nn.Linear(n_in, n_in) for _ in range(cfg.cross_layers))
         self.deep = mlp([n_in, *cfg.hidden], cfg.activation, cfg.dropout, out=None)
         self.out = nn.Linear(n_in + (cfg.hidden[-1] if cfg.hidden else n_in), 1)

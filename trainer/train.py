@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from cambrian.errors import GateError, TrainingError
-from cambrian.trainer.bundle import ARG_NAMES, write_bundle
+from cambrian.trainer.bundle import write_bundle
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import Dataset, Split, TrainingSet, load_dataset
+from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker, shard_name, shard_rows
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
@@ -62,14 +63,15 @@ def pick_device(requested: str) -> torch.device:
 # ---- inside the sandbox: training (called by trainer/contained.py) --------------------------------------
 
 @torch.no_grad()
-def predict(model, split: Split, device: torch.device, exported: bool = False) -> np.ndarray:
-    """Scores of a dict-batch model (in eval mode) or of an exported program (positional tensors)."""
+def predict(model, split: Split, device: torch.device, exported: bool = False, inputs: tuple[str, ...] = ()) -> np.ndarray:
+    """Scores of a dict-batch model (in eval mode) or of an exported program (positional tensors: `inputs`, the
+    spec's input names)."""
     if not exported:
         model.eval()
     out = []
     for start in range(0, len(split), EVAL_BATCH):
         batch = batch_tensors(split, np.arange(start, min(start + EVAL_BATCH, len(split))), device)
-        scores = model(*(batch[k] for k in ARG_NAMES)) if exported else model(batch)
+        scores = model(*(batch[k] for k in inputs)) if exported else model(batch)
         out.append(scores.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -181,8 +183,11 @@ def contain_decision(config: ModelConfig, sandbox: Containment) -> bool:
     return problem is None
 
 
-def _write_split(path: Path, split: Split, with_labels: bool) -> None:
+def _write_split(path: Path, split: Split, with_labels: bool, inputs: tuple[str, ...] = ()) -> None:
+    """`inputs`: the exported program's input names, in order, for a predictor that has no spec."""
     arrays = {f"f_{k}": v for k, v in split.features.items()}
+    if inputs:
+        arrays["inputs"] = np.array(inputs)
     if with_labels:
         arrays |= {"label": split.label, "weight": split.weight}
     np.savez(path, **arrays)
@@ -198,9 +203,7 @@ def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet, w
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
-    c = data.catalogue
-    np.savez(folder / "catalogue.npz", item_topic=c.item_topic, item_dense=c.item_dense,
-             user_home_topic=c.user_home_topic)
+    save_catalogue(folder / "catalogue.npz", data.catalogue)
     if workers == 1:
         _write_split(folder / "train.npz", data.train, with_labels=True)
         return
@@ -381,7 +384,7 @@ def write_step_inputs(config: ModelConfig, data: Dataset, trainer: "_Contained",
     features only, no labels)."""
     write_training_input(trainer.input, config, data, workers)
     predictor.input.mkdir(parents=True, exist_ok=True)
-    _write_split(predictor.input / "heldout.npz", data.val, with_labels=False)
+    _write_split(predictor.input / "heldout.npz", data.val, with_labels=False, inputs=data.spec.inputs)
 
 
 def exported_program(trainer: "_Contained") -> Path:

@@ -82,14 +82,12 @@ class Model(nn.Module):
     def __init__(self, spec, cfg):
         super().__init__()
         d = cfg.embedding_dim
-        self.user = nn.Embedding(spec.n_users, d)
-        self.item = nn.Embedding(spec.n_items, d)
-        self.topic = nn.Embedding(spec.n_topics, d)
-        self.home = nn.Embedding(spec.n_topics, d)
-        for table in (self.user, self.item, self.topic, self.home):
+        self.fields = spec.fields  # user, item and the declared categorical features
+        self.tables = nn.ModuleList(nn.Embedding(spec.size(f), d) for f in self.fields)
+        for table in self.tables:
             nn.init.normal_(table.weight, std=cfg.embedding_init_std)
-        self.dense = nn.Linear(len(spec.dense), d)
-        dims = [5 * d] + list(cfg.hidden)
+        self.dense = nn.Linear(len(spec.dense), d) if spec.dense else None
+        dims = [spec.n_fields * d] + list(cfg.hidden)
         layers = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), nn.LayerNorm(b), nn.GELU()]
@@ -97,9 +95,10 @@ class Model(nn.Module):
         self.head = nn.Sequential(*layers)
 
     def forward(self, batch):
-        x = torch.cat([self.user(batch["user"]), self.item(batch["item"]), self.topic(batch["topic"]),
-                       self.home(batch["home_topic"]), self.dense(batch["dense"])], dim=1)
-        return self.head(x).squeeze(-1)
+        parts = [table(batch[f]) for f, table in zip(self.fields, self.tables)]
+        if self.dense is not None:
+            parts.append(self.dense(batch["dense"]))
+        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
 '''
 
 _CLICK = "CAST(click AS DOUBLE)"

@@ -68,9 +68,10 @@ def test_a_declaration_that_names_an_undeclared_column_is_refused(tmp_path):
 
 
 def test_the_trainer_reads_the_world_through_its_declaration(world):
-    _, items, users, impressions, user_days = read_world(world)
-    for name, frame in zip(TABLES, (impressions, user_days, items, users)):
-        on_disk = pd.read_parquet(world / f"{name}.parquet")
+    schema, frames = read_world(world)
+    assert schema == WORLD  # the world's own features: its declaration, unchanged
+    for name in TABLES:
+        frame, on_disk = frames[name], pd.read_parquet(world / f"{name}.parquet")
         pd.testing.assert_frame_equal(frame, on_disk[list(WORLD.tables[name].columns)])
 
 
@@ -328,7 +329,7 @@ def test_a_folder_of_part_files_is_one_table(world, tmp_path):
     # a second writer chose wider integers: the reader brings every part to one schema
     imp.iloc[half:].astype({"user_id": "int64"}).to_parquet(folder / "impressions.parquet" / "part-1.parquet", index=False)
     (folder / "impressions.parquet" / "_SUCCESS").write_text("")
-    _, _, _, read, _ = read_world(folder)
+    read = read_world(folder)[1]["impressions"]
     assert len(read) == len(imp) and read["user_id"].tolist() == imp["user_id"].tolist()
 
 

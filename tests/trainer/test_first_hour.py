@@ -108,4 +108,5 @@ def test_a_plugin_reading_a_missing_batch_key_is_told_the_keys_it_has(tiny_world
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "forward_backward" in lines[0] and "batch['item_id']" in lines[0]
-    assert "the batch keys are user, item, topic, home_topic, dense" in lines[0]
+    # the world's declared features, by name
+    assert "the batch keys are user, item, topic, home_topic, length_min, thumb_intensity, dense" in lines[0]

@@ -36,13 +36,13 @@ def build_optimizer(params, cfg):
 """
 
 API_MODEL = """
-from cambrian.trainer.plugin_api import FieldEmbeddings, N_FIELDS, fm_interaction, mlp
+from cambrian.trainer.plugin_api import FieldEmbeddings, fm_interaction, mlp
 
 class Model(nn.Module):
     def __init__(self, spec, cfg):
         super().__init__()
         self.emb = FieldEmbeddings(spec, cfg.embedding_dim, cfg.embedding_init_std)
-        self.head = mlp([N_FIELDS * cfg.embedding_dim, *cfg.hidden], cfg.activation, cfg.dropout)
+        self.head = mlp([spec.n_fields * cfg.embedding_dim, *cfg.hidden], cfg.activation, cfg.dropout)
         self.norm = torch.nn.utils.parametrizations.weight_norm(nn.Linear(1, 1))
 
     def forward(self, batch):
