@@ -61,7 +61,8 @@ def training_rows(data: str | Path, validation_days: int) -> int:
 
     from cambrian.trainer.data import read_world
 
-    days = read_world(data)[3]["day"].to_numpy()
+    schema, frames = read_world(data)
+    days = frames[schema.interactions][schema.tables[schema.interactions].time].to_numpy()
     held = np.unique(days)[-validation_days:]
     return int((days < held.min()).sum()) if len(held) else 0
 
