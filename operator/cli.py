@@ -40,7 +40,7 @@ def run(
 
     import kopf
 
-    import cambrian.operator.handlers  # noqa: F401  (registers the handlers)
+    from cambrian.operator import handlers  # registers the handlers
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -52,6 +52,7 @@ def run(
             namespaces=namespace or (),  # () with clusterwide: kopf iterates it
             clusterwide=not namespace,
             liveness_endpoint=liveness,
+            memories=handlers.EventOnlyMemories(),  # no per-object record for Hypotheses, Jobs and Pods
         )
     )
 

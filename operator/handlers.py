@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories  # not exported; kopf.operator(memories=) takes one
 
 from cambrian.operator import api, indexed, loop, metrics
 from cambrian.operator.reconcile import hypothesis as H
@@ -175,6 +176,27 @@ class ChangeHandledDiffBase(kopf.AnnotationsDiffBaseStorage):
         if kind is not None and kind not in self.kinds:  # no kind (never from kopf): the full essence, to be safe
             return kopf.BodyEssence()
         return super().build(body=body, extra_fields=extra_fields)
+
+
+# Kinds with only index and event handlers: nothing kopf records about one of their objects outlives its event.
+EVENT_ONLY_KINDS = frozenset({"Hypothesis", "Job", "Pod"})
+
+
+class EventOnlyMemories(ResourceMemories):
+    """kopf keeps a record per watched object for as long as it exists: a copy of the memo, an error throttler,
+    indexing and daemon state (about 1.3 KiB; three per Hypothesis with its Job and Pod, 40 MiB at 10,000). It
+    serves change handlers (progress, resume), timers and daemons, and retries of failed index functions;
+    kinds in `kinds` have none of these (our index functions only slim a body and cannot fail on it), so
+    their events get a fresh record that is not kept. Given to kopf.operator by `cambrian operator run`."""
+
+    def __init__(self, kinds: frozenset[str] = EVENT_ONLY_KINDS) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    async def recall(self, raw_body: Any, *, memobase: Any = None, noticed_by_listing: bool = False,
+                     ephemeral: bool = False) -> Any:
+        return await super().recall(raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing,
+                                    ephemeral=ephemeral or raw_body.get("kind") in self.kinds)
 
 
 def _list(plural: str, namespace: str) -> list[dict[str, Any]]:

@@ -27,12 +27,18 @@ L_OWNER_KIND, L_OWNER = "cambrian.dev/owner-kind", "cambrian.dev/owner"  # platf
 # _missing_prerequisite, training_jobs); a Pod is read through its Job, by name and creation time.
 _META = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences", "creationTimestamp",
          "generation", "resourceVersion", "deletionTimestamp")
-_POD_META = ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "deletionTimestamp")
+_POD_META = ("name", "namespace", "creationTimestamp", "deletionTimestamp")
 _POD_STATUS = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
 _POD_CONDITION = ("type", "status", "reason", "message")
 _CONTAINER = ("name", "state")
+# A container's state as read: why it waits (pod_blocker), how it ended (_pod_end); "running" is never read.
+_CONTAINER_STATE = {"waiting": ("reason", "message"), "terminated": ("exitCode", "reason", "message")}
 _JOB_STATUS = ("conditions", "startTime", "completionTime", "active")
-_JOB_CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+_JOB_CONDITION = ("type", "status")
+# parse_job reads the conditions that hold (status True): of a failure also why and when
+_JOB_FAILED_CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+_JOB_FAILED = ("Failed", "FailureTarget")
+_OWNER_REF = ("kind", "name", "uid")  # owner_name and training_jobs' uid check
 
 # Strings up to this length are interned in the slim copies: JSON decoding gives every object its own copy of
 # every key ("lastTransitionTime", label names) and of the values that thousands of objects share (the
@@ -76,19 +82,31 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
         kept["template"] = {"spec": {"priorityClassName": pod_spec["priorityClassName"]}}
     slim_status = {k: status[k] for k in _JOB_STATUS if k in status}
     if "conditions" in slim_status:
-        slim_status["conditions"] = _only(slim_status["conditions"], _JOB_CONDITION)
-    return compact({"metadata": _meta(body), "spec": kept, "status": slim_status})
+        slim_status["conditions"] = [
+            {k: c[k] for k in (_JOB_FAILED_CONDITION if c.get("type") in _JOB_FAILED else _JOB_CONDITION) if k in c}
+            for c in slim_status["conditions"] or () if c.get("status") == "True"]
+    meta = _meta(body)
+    if "ownerReferences" in meta:
+        meta["ownerReferences"] = _only(meta["ownerReferences"], _OWNER_REF)
+    return compact({"metadata": meta, "spec": kept, "status": slim_status})
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     slim_status = {k: status[k] for k in _POD_STATUS if k in status}
-    if "conditions" in slim_status:
-        slim_status["conditions"] = _only(slim_status["conditions"], _POD_CONDITION)
+    if "conditions" in slim_status:  # only one that does not hold is read (PodScheduled False: unschedulable)
+        slim_status["conditions"] = _only([c for c in slim_status["conditions"] or () if c.get("status") != "True"],
+                                          _POD_CONDITION)
     for key in ("containerStatuses", "initContainerStatuses"):
         if key in slim_status:
-            slim_status[key] = _only(slim_status[key], _CONTAINER)
+            slim_status[key] = [{**c, "state": _state(c.get("state") or {})} if "state" in c else c
+                                for c in _only(slim_status[key], _CONTAINER)]
     return compact({"metadata": _meta(body, _POD_META), "status": slim_status})
+
+
+def _state(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: {f: v[f] for f in fields if f in v} for k, fields in _CONTAINER_STATE.items()
+            if isinstance(v := state.get(k), Mapping)}
 
 
 def evolution_of(body: Mapping[str, Any]) -> str | None:

@@ -332,3 +332,27 @@ def test_a_failure_is_reported_once_whichever_objects_event_stepped_it():
     assert not HD._reported(via_pod, meta, mark=True)
     assert HD._reported(via_hypothesis, meta)
     assert HD._cache(via_pod) is HD._cache(via_hypothesis)
+
+
+def test_kopf_keeps_no_record_per_hypothesis_job_or_pod():
+    """Before: kopf kept a record (memo copy, throttler, indexing and daemon state) per watched object for as long
+    as it existed: three per Hypothesis. Kinds with only index and event handlers get a fresh one per event."""
+    memories = HD.EventOnlyMemories()
+    memo = kopf.Memo(shared={})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "uid": "u-p"}}
+    evo = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "e", "uid": "u-e"}}
+
+    async def recall():
+        first = await memories.recall(pod, memobase=memo)
+        again = await memories.recall(pod, memobase=memo)
+        kept = await memories.recall(evo, memobase=memo)
+        return first, again, kept, await memories.recall(evo, memobase=memo)
+    first, again, kept, kept_again = asyncio.run(recall())
+    assert first is not again and first.memo.shared is memo.shared  # the shared state still reaches every event
+    assert kept is kept_again and list(memories.iter_all_memories()) == [kept]
+    # only safe while these kinds have no change handlers, timers or daemons (those keep state in the record)
+    registry = kopf.get_default_registry()
+    stateful = registry._changing.get_all_handlers() + registry._spawning.get_all_handlers()
+    kinds = {p: k for k, p in PLURALS.items()}
+    assert not {kinds.get(h.selector.any_name, h.selector.any_name) for h in stateful} & HD.EVENT_ONLY_KINDS
+    assert {h.selector.any_name for h in registry._watching.get_all_handlers()} == {"hypotheses", "jobs", "pods"}
