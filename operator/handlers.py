@@ -351,7 +351,7 @@ async def evolutions_idx(body: kopf.Body, **_: Any) -> dict:
 
 @kopf.index(GROUP, VERSION, "hypotheses")
 async def hypotheses_idx(body: kopf.Body, **_: Any) -> dict:
-    return indexed.custom_keys(body)
+    return indexed.custom_keys(body, packed=True)
 
 
 @kopf.index(GROUP, VERSION, "rollouts")

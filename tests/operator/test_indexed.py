@@ -36,7 +36,7 @@ def cluster(*objs, jobs=(), pods=()):
     customs = {"evolutions": Index(), "hypotheses": Index(), "rollouts": Index()}
     for o in objs:
         customs[{"Evolution": "evolutions", "Hypothesis": "hypotheses", "Rollout": "rollouts"}[o["kind"]]].add(
-            indexed.custom_keys(o))
+            indexed.custom_keys(o, packed=o["kind"] == "Hypothesis"))  # as handlers.py's index functions
     ji, pi = Index(), Index()
     for j in jobs:
         ji.add(indexed.job_keys(j))
@@ -300,4 +300,4 @@ def test_index_copies_share_keys_and_common_strings_between_objects():
                                                                                          "message": "m"}}}]
     assert "labels" not in sp["metadata"] and "annotations" not in sp["metadata"]
     assert pod_blocker([sp]) == pod_blocker([pod]) is not None
-    assert indexed.pod_keys(pod) == {("ns", "j"): sp}
+    assert {k: indexed.unpack(v) for k, v in indexed.pod_keys(pod).items()} == {("ns", "j"): sp}
