@@ -123,7 +123,7 @@ def load_kube_config() -> None:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
-# Kept-alive connections of the shared client: one per thread that sends requests (12 first-step and 4
+# Kept-alive connections of the shared client: one per thread that sends requests (24 first-step and 4
 # settle workers, the side requests of a step, the event poster, kopf's handler threads). The client's
 # default (5 per CPU: 10 on 2 cores) made the others open a TLS connection per request and drop it
 # ("Connection pool is full, discarding connection" at 5,000 Hypotheses).
@@ -464,7 +464,7 @@ def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str |
     if settle:
         memo.settle((ns, name), later)
     else:
-        memo.settle.now(later)
+        memo.settle.now(later, (ns, name))
 
 
 async def _source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool) -> None:
@@ -576,7 +576,12 @@ def sweep_hypotheses(memo: kopf.Memo, objects: Any, ns: str, evolution: str) -> 
     hyps = objects.of_evolution("hypotheses", ns, evolution)
     due = {h["metadata"]["name"] for h in indexed.sweep(hyps, objects.of_evolution("rollouts", ns, evolution), SWEPT_PHASES)}
     due |= {name for (n, name) in list(memo.retry) if n == ns and any(h["metadata"]["name"] == name for h in hyps)}
+    # a new Hypothesis whose first step is queued is left to it: stepping it here too, in creation order like the
+    # queue, waited for that step's lock and stepped it again for nothing (thousands at once in a burst)
+    pending = getattr(getattr(memo, "settle", None), "first_pending", None)
     for name in sorted(due):
+        if pending is not None and pending((ns, name)):
+            continue
         try:
             step_hypothesis(memo, objects, ns, name)
         except Exception as exc:  # noqa: BLE001 - one Hypothesis' write failing must not stop the sweep

@@ -100,7 +100,7 @@ def test_a_new_kubeconfig_gets_a_new_shared_client():
 
 
 def test_the_shared_client_keeps_a_connection_for_every_requesting_thread():
-    """Before: the client's default pool (5 per CPU, 10 on 2 cores) for 12 first-step workers, 4 settle workers,
+    """Before: the client's default pool (5 per CPU, 10 on 2 cores) for 24 first-step workers, 4 settle workers,
     the side requests, the event poster and kopf's threads: every request beyond 10 in flight opened a new TLS
     connection and dropped it ("Connection pool is full, discarding connection" at 5,000 Hypotheses)."""
     from cambrian.operator import indexed
@@ -119,7 +119,7 @@ class _Settle:
     def __call__(self, key, fn):
         self.later.append(key)
 
-    def now(self, fn):
+    def now(self, fn, key=None):
         self.now_calls.append(fn)
 
 
@@ -382,3 +382,24 @@ def test_thousands_of_index_values_are_kept_packed():
     c = cluster(EVO, body)
     assert c.get("hypotheses", "ns", "h") == indexed.slim_custom(body)
     assert c.of_evolution("hypotheses", "ns", "evo") == [indexed.slim_custom(body)]
+
+
+def test_the_sweep_leaves_a_hypothesis_whose_first_step_is_queued_to_that_step(monkeypatch):
+    """Before: each Evolution's sweep stepped the Proposed Hypotheses of a burst in creation order, as the first-step
+    queue does: it waited for their locks and stepped them a second time."""
+    import threading
+
+    c, api, p, memo = stepping(monkeypatch)
+    gate, ran = threading.Event(), threading.Event()
+    memo.settle = indexed.Settle(0.1, first_workers=1)
+    HD._bookkeeping(memo)
+    memo.settle.now(gate.wait)  # the only first-step worker is busy: h's first step stays queued
+    memo.settle.now(lambda: (HD.step_hypothesis(memo, c, "ns", "h"), ran.set()), ("ns", "h"))
+    try:
+        assert memo.settle.first_pending(("ns", "h"))
+        HD.sweep_hypotheses(memo, c, "ns", "evo")
+        assert api.calls == [] and p.batch.calls == []  # left to the queued step
+    finally:
+        gate.set()  # else the worker never ends and the test process cannot exit
+    assert ran.wait(5)
+    assert p.batch.calls == ["create_namespaced_job"] and not memo.settle.first_pending(("ns", "h"))
