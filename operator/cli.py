@@ -44,6 +44,10 @@ def run(
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cambrian.operator import heap
+
+    heap.limit_arenas()  # before kopf and the handlers start their threads
+    heap.keep_trimming()
     asyncio.run(
         kopf.operator(
             standalone=peering is None,
