@@ -365,9 +365,10 @@ class Settle:
     `now(fn, key)` runs a step at once on workers of its own (a new object's first step), so that new objects
     are not queued behind the settled steps of older ones; `first_pending(key)` says until then that it will."""
 
-    # A first step waits on the API server for most of its time (ConfigMap and Job, then the status): 12 of them
-    # in flight let the first phases of 2,000 new objects lag 30 s behind their creates (the API server at a
-    # third of a core); the no-op kopf operator has one write per object in flight.
+    # A first step waits on the API server for most of its time (ConfigMap and Job, then the status), so several
+    # run at once. At 2,000 new objects the last first phase came about 30 s after the last create with 12, 24 or
+    # 48 of them (within the runs' spread: the API server's answers set the pace); 24 leaves room on a less
+    # loaded API server (bench/README.md, operator).
     def __init__(self, delay: float, workers: int = 4, first_workers: int = 24):
         import heapq
         from concurrent.futures import ThreadPoolExecutor
