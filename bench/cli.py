@@ -39,18 +39,24 @@ def run(
     out: Path = typer.Option(Path("bench/results"), help="folder for NAME.json"),
     hypotheses: int = typer.Option(None, "--hypotheses", min=1, help="operator: Hypotheses to create (default 1000)"),
     evolutions: int = typer.Option(None, "--evolutions", min=1, help="operator: Evolutions they are spread over"),
+    window: float = typer.Option(None, "--window", min=1,
+                                 help="operator: stop following an operator once every object has its first phase and "
+                                      "this many seconds passed since the first create (else: until all are steady)"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     fn = importlib.import_module(BENCHMARKS[name]).run
     sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions)) if v is not None}
+    options = {"window": window} if window is not None else {}
+    if options and "window" not in inspect.signature(fn).parameters:
+        raise typer.BadParameter(f"benchmark {name!r} takes no --window")
     unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
     if unknown:
         raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0]}")
     if sizes.get("evolutions", 1) > sizes.get("hypotheses", sizes.get("evolutions", 1)):
         raise typer.BadParameter("--evolutions must not exceed --hypotheses")
-    result = fn(quick=quick, **sizes)
+    result = fn(quick=quick, **sizes, **options)
     out.mkdir(parents=True, exist_ok=True)
     stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items())])  # e.g. operator-10000h-10e
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -40,10 +40,14 @@ def run(
 
     import kopf
 
-    import cambrian.operator.handlers  # noqa: F401  (registers the handlers)
+    from cambrian.operator import handlers  # registers the handlers
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from cambrian.operator import heap
+
+    heap.limit_arenas()  # before kopf and the handlers start their threads
+    heap.keep_trimming()
     asyncio.run(
         kopf.operator(
             standalone=peering is None,
@@ -52,6 +56,7 @@ def run(
             namespaces=namespace or (),  # () with clusterwide: kopf iterates it
             clusterwide=not namespace,
             liveness_endpoint=liveness,
+            memories=handlers.EventOnlyMemories(),  # no per-object record for Hypotheses, Jobs and Pods
         )
     )
 

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import kopf
+from kopf._core.reactor.inventory import ResourceMemories  # not exported; kopf.operator(memories=) takes one
 
 from cambrian.operator import api, indexed, loop, metrics
 from cambrian.operator.reconcile import hypothesis as H
@@ -122,7 +123,7 @@ def load_kube_config() -> None:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
-# Kept-alive connections of the shared client: one per thread that sends requests (12 first-step and 4
+# Kept-alive connections of the shared client: one per thread that sends requests (24 first-step and 4
 # settle workers, the side requests of a step, the event poster, kopf's handler threads). The client's
 # default (5 per CPU: 10 on 2 cores) made the others open a TLS connection per request and drop it
 # ("Connection pool is full, discarding connection" at 5,000 Hypotheses).
@@ -175,6 +176,27 @@ class ChangeHandledDiffBase(kopf.AnnotationsDiffBaseStorage):
         if kind is not None and kind not in self.kinds:  # no kind (never from kopf): the full essence, to be safe
             return kopf.BodyEssence()
         return super().build(body=body, extra_fields=extra_fields)
+
+
+# Kinds with only index and event handlers: nothing kopf records about one of their objects outlives its event.
+EVENT_ONLY_KINDS = frozenset({"Hypothesis", "Job", "Pod"})
+
+
+class EventOnlyMemories(ResourceMemories):
+    """kopf keeps a record per watched object for as long as it exists: a copy of the memo, an error throttler,
+    indexing and daemon state (about 1.3 KiB; three per Hypothesis with its Job and Pod, 40 MiB at 10,000). It
+    serves change handlers (progress, resume), timers and daemons, and retries of failed index functions;
+    kinds in `kinds` have none of these (our index functions only slim a body and cannot fail on it), so
+    their events get a fresh record that is not kept. Given to kopf.operator by `cambrian operator run`."""
+
+    def __init__(self, kinds: frozenset[str] = EVENT_ONLY_KINDS) -> None:
+        super().__init__()
+        self.kinds = kinds
+
+    async def recall(self, raw_body: Any, *, memobase: Any = None, noticed_by_listing: bool = False,
+                     ephemeral: bool = False) -> Any:
+        return await super().recall(raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing,
+                                    ephemeral=ephemeral or raw_body.get("kind") in self.kinds)
 
 
 def _list(plural: str, namespace: str) -> list[dict[str, Any]]:
@@ -329,7 +351,7 @@ async def evolutions_idx(body: kopf.Body, **_: Any) -> dict:
 
 @kopf.index(GROUP, VERSION, "hypotheses")
 async def hypotheses_idx(body: kopf.Body, **_: Any) -> dict:
-    return indexed.custom_keys(body)
+    return indexed.custom_keys(body, packed=True)
 
 
 @kopf.index(GROUP, VERSION, "rollouts")
@@ -442,7 +464,7 @@ def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str |
     if settle:
         memo.settle((ns, name), later)
     else:
-        memo.settle.now(later)
+        memo.settle.now(later, (ns, name))
 
 
 async def _source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool) -> None:
@@ -554,7 +576,12 @@ def sweep_hypotheses(memo: kopf.Memo, objects: Any, ns: str, evolution: str) -> 
     hyps = objects.of_evolution("hypotheses", ns, evolution)
     due = {h["metadata"]["name"] for h in indexed.sweep(hyps, objects.of_evolution("rollouts", ns, evolution), SWEPT_PHASES)}
     due |= {name for (n, name) in list(memo.retry) if n == ns and any(h["metadata"]["name"] == name for h in hyps)}
+    # a new Hypothesis whose first step is queued is left to it: stepping it here too, in creation order like the
+    # queue, waited for that step's lock and stepped it again for nothing (thousands at once in a burst)
+    pending = getattr(getattr(memo, "settle", None), "first_pending", None)
     for name in sorted(due):
+        if pending is not None and pending((ns, name)):
+            continue
         try:
             step_hypothesis(memo, objects, ns, name)
         except Exception as exc:  # noqa: BLE001 - one Hypothesis' write failing must not stop the sweep

@@ -17,6 +17,7 @@ holds what the handlers do with them, free of kopf so that it is tested on plain
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from typing import Any, Iterable, Mapping
@@ -27,12 +28,18 @@ L_OWNER_KIND, L_OWNER = "cambrian.dev/owner-kind", "cambrian.dev/owner"  # platf
 # _missing_prerequisite, training_jobs); a Pod is read through its Job, by name and creation time.
 _META = ("name", "namespace", "uid", "labels", "annotations", "ownerReferences", "creationTimestamp",
          "generation", "resourceVersion", "deletionTimestamp")
-_POD_META = ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "deletionTimestamp")
+_POD_META = ("name", "namespace", "creationTimestamp", "deletionTimestamp")
 _POD_STATUS = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
 _POD_CONDITION = ("type", "status", "reason", "message")
 _CONTAINER = ("name", "state")
+# A container's state as read: why it waits (pod_blocker), how it ended (_pod_end); "running" is never read.
+_CONTAINER_STATE = {"waiting": ("reason", "message"), "terminated": ("exitCode", "reason", "message")}
 _JOB_STATUS = ("conditions", "startTime", "completionTime", "active")
-_JOB_CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+_JOB_CONDITION = ("type", "status")
+# parse_job reads the conditions that hold (status True): of a failure also why and when
+_JOB_FAILED_CONDITION = ("type", "status", "reason", "message", "lastTransitionTime")
+_JOB_FAILED = ("Failed", "FailureTarget")
+_OWNER_REF = ("kind", "name", "uid")  # owner_name and training_jobs' uid check
 
 # Strings up to this length are interned in the slim copies: JSON decoding gives every object its own copy of
 # every key ("lastTransitionTime", label names) and of the values that thousands of objects share (the
@@ -52,6 +59,18 @@ def compact(value: Any) -> Any:
     return value
 
 
+def pack(slim: Mapping[str, Any]) -> str:
+    """An index value as compact JSON text, decoded again by every read (`unpack`): a slim Hypothesis, Job or Pod
+    takes a third to half of its size as dicts, even with shared keys (a dict, a list and their slots per level),
+    and 10,000 of each are kept at once; a read decodes 0.5-2 KB (microseconds)."""
+    return json.dumps(slim, separators=(",", ":"))
+
+
+def unpack(value: Any) -> Any:
+    """An index value as the core reads it: a packed one decoded (a new dict per read), others as they are."""
+    return json.loads(value) if type(value) is str else value
+
+
 def _meta(body: Mapping[str, Any], fields: tuple[str, ...] = _META) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     return {k: meta[k] for k in fields if k in meta}
@@ -63,12 +82,20 @@ def _only(items: Any, fields: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def slim_custom(body: Mapping[str, Any]) -> dict[str, Any]:
     """An Evolution, Hypothesis or Rollout as the core reads it (no managedFields)."""
+    return compact(_slim_custom(body))
+
+
+def _slim_custom(body: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in body.items() if k != "metadata"}
     out["metadata"] = _meta(body)
-    return compact(out)
+    return out
 
 
 def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
+    return compact(_slim_job(body))
+
+
+def _slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
     spec, status = body.get("spec") or {}, body.get("status") or {}
     pod_spec = ((spec.get("template") or {}).get("spec") or {})
     kept = {"suspend": spec.get("suspend")}
@@ -76,19 +103,35 @@ def slim_job(body: Mapping[str, Any]) -> dict[str, Any]:
         kept["template"] = {"spec": {"priorityClassName": pod_spec["priorityClassName"]}}
     slim_status = {k: status[k] for k in _JOB_STATUS if k in status}
     if "conditions" in slim_status:
-        slim_status["conditions"] = _only(slim_status["conditions"], _JOB_CONDITION)
-    return compact({"metadata": _meta(body), "spec": kept, "status": slim_status})
+        slim_status["conditions"] = [
+            {k: c[k] for k in (_JOB_FAILED_CONDITION if c.get("type") in _JOB_FAILED else _JOB_CONDITION) if k in c}
+            for c in slim_status["conditions"] or () if c.get("status") == "True"]
+    meta = _meta(body)
+    if "ownerReferences" in meta:
+        meta["ownerReferences"] = _only(meta["ownerReferences"], _OWNER_REF)
+    return {"metadata": meta, "spec": kept, "status": slim_status}
 
 
 def slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    return compact(_slim_pod(body))
+
+
+def _slim_pod(body: Mapping[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     slim_status = {k: status[k] for k in _POD_STATUS if k in status}
-    if "conditions" in slim_status:
-        slim_status["conditions"] = _only(slim_status["conditions"], _POD_CONDITION)
+    if "conditions" in slim_status:  # only one that does not hold is read (PodScheduled False: unschedulable)
+        slim_status["conditions"] = _only([c for c in slim_status["conditions"] or () if c.get("status") != "True"],
+                                          _POD_CONDITION)
     for key in ("containerStatuses", "initContainerStatuses"):
         if key in slim_status:
-            slim_status[key] = _only(slim_status[key], _CONTAINER)
-    return compact({"metadata": _meta(body, _POD_META), "status": slim_status})
+            slim_status[key] = [{**c, "state": _state(c.get("state") or {})} if "state" in c else c
+                                for c in _only(slim_status[key], _CONTAINER)]
+    return {"metadata": _meta(body, _POD_META), "status": slim_status}
+
+
+def _state(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: {f: v[f] for f in fields if f in v} for k, fields in _CONTAINER_STATE.items()
+            if isinstance(v := state.get(k), Mapping)}
 
 
 def evolution_of(body: Mapping[str, Any]) -> str | None:
@@ -97,13 +140,14 @@ def evolution_of(body: Mapping[str, Any]) -> str | None:
 
 
 def _items(store: Any) -> list:
-    """A snapshot of a kopf index store; the event loop may change it while a handler thread reads."""
+    """A snapshot of a kopf index store, its packed values decoded; the event loop may change it while a handler
+    thread reads."""
     for _ in range(5):
         try:
-            return list(store or ())
+            return [unpack(v) for v in list(store or ())]
         except RuntimeError:  # changed size during iteration: read again
             continue
-    return list(store or ())
+    return [unpack(v) for v in list(store or ())]
 
 
 def _rv(body: Mapping[str, Any]) -> str:
@@ -193,11 +237,14 @@ class IndexedCluster:
         return found[0] if found else None
 
 
-def custom_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
-    """Index keys of a custom object: by name, and by Evolution for Hypotheses and Rollouts."""
+def custom_keys(body: Mapping[str, Any], packed: bool = False) -> dict[tuple, Any]:
+    """Index keys of a custom object: by name, and by Evolution for Hypotheses and Rollouts. `packed`: the value
+    as JSON text (`pack`: the Hypotheses, thousands of them), else a compact dict (Evolutions, Rollouts: few,
+    read on every step)."""
     meta = body.get("metadata") or {}
-    ns, slim = meta.get("namespace") or "default", slim_custom(body)
-    keys: dict[tuple, dict[str, Any]] = {("name", ns, meta.get("name")): slim}
+    ns = meta.get("namespace") or "default"
+    slim = pack(_slim_custom(body)) if packed else slim_custom(body)
+    keys: dict[tuple, Any] = {("name", ns, meta.get("name")): slim}
     evo = evolution_of(body)
     if evo:
         keys[("evolution", ns, evo)] = slim
@@ -208,16 +255,16 @@ def job_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
     """A Job under its owner's labels (what training_jobs looks up) and under its name (for its Pods)."""
     meta = body.get("metadata") or {}
     labels = meta.get("labels") or {}
-    ns, slim = meta.get("namespace") or "default", slim_job(body)
-    keys: dict[tuple, dict[str, Any]] = {("job", ns, meta.get("name")): slim}
+    ns, slim = meta.get("namespace") or "default", pack(_slim_job(body))
+    keys: dict[tuple, Any] = {("job", ns, meta.get("name")): slim}
     if labels.get(L_OWNER_KIND) and labels.get(L_OWNER):
         keys[(ns, labels[L_OWNER_KIND], labels[L_OWNER])] = slim
     return keys
 
 
-def pod_keys(body: Mapping[str, Any]) -> dict[tuple, dict[str, Any]]:
+def pod_keys(body: Mapping[str, Any]) -> dict[tuple, Any]:
     meta = body.get("metadata") or {}
-    return {(meta.get("namespace") or "default", (meta.get("labels") or {}).get("job-name")): slim_pod(body)}
+    return {(meta.get("namespace") or "default", (meta.get("labels") or {}).get("job-name")): pack(_slim_pod(body))}
 
 
 def owner_name(body: Mapping[str, Any], kind: str) -> str | None:
@@ -315,10 +362,14 @@ class Settle:
     seconds later, the others in that window join it (a Job's created/active/complete and its Pod's
     scheduled/running/terminated updates come in bursts; one step over the freshest index then writes
     one status instead of one per update). One thread keeps the schedule; steps run on `workers`.
-    `now(fn)` runs a step at once on workers of its own (a new object's first step), so that new objects
-    are not queued behind the settled steps of older ones."""
+    `now(fn, key)` runs a step at once on workers of its own (a new object's first step), so that new objects
+    are not queued behind the settled steps of older ones; `first_pending(key)` says until then that it will."""
 
-    def __init__(self, delay: float, workers: int = 4, first_workers: int = 12):
+    # A first step waits on the API server for most of its time (ConfigMap and Job, then the status), so several
+    # run at once. At 2,000 new objects the last first phase came about 30 s after the last create with 12, 24 or
+    # 48 of them (within the runs' spread: the API server's answers set the pace); 24 leaves room on a less
+    # loaded API server (bench/README.md, operator).
+    def __init__(self, delay: float, workers: int = 4, first_workers: int = 24):
         import heapq
         from concurrent.futures import ThreadPoolExecutor
 
@@ -327,6 +378,7 @@ class Settle:
         self._heap: list[tuple[float, int, Any]] = []
         self._due: dict[Any, Any] = {}
         self._n = 0
+        self._pending: set = set()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
         # a first step is mostly waiting on the API server (ConfigMap, Job, status): more of them in flight
         self._first = ThreadPoolExecutor(first_workers, thread_name_prefix="step")
@@ -343,8 +395,25 @@ class Settle:
             self._heapq.heappush(self._heap, (time.monotonic() + self.delay, self._n, key))
             self._cond.notify()
 
-    def now(self, fn: Any) -> None:
-        self._first.submit(fn)
+    def now(self, fn: Any, key: Any = None) -> None:
+        if key is None:
+            self._first.submit(fn)
+            return
+        with self._cond:
+            self._pending.add(key)
+
+        def run() -> None:
+            try:
+                fn()
+            finally:
+                with self._cond:
+                    self._pending.discard(key)
+        self._first.submit(run)
+
+    def first_pending(self, key: Any) -> bool:
+        """Is a first step of `key` queued or running?"""
+        with self._cond:
+            return key in self._pending
 
     def _loop(self) -> None:
         import time

@@ -73,6 +73,37 @@ def test_timeline_tracks_first_phase_and_steady_phase_per_object():
     assert s["steady_phases"] == {"Scored": 1, "Failed": 1}
 
 
+def test_timeline_cut_by_a_window_reports_only_what_it_saw():
+    t = B.Timeline(n=3, steady=("Scored",))
+    t.created.update({"a": 0.0, "b": 0.5, "c": 1.0})
+    t.observe("a", "Training", 2.0)
+    t.observe("b", "Training", 3.0)
+    assert not t.all_have_a_phase()
+    t.observe("c", "Training", 4.0)
+    t.observe("a", "Scored", 20.0)
+    assert t.all_have_a_phase() and not t.complete()
+    s = t.summary()
+    assert s["seconds_to_first_phase_all"] == 4.0
+    assert s["seconds_to_steady_all"] is None and s["steady_objects"] == 1  # not a time to all steady
+    assert s["steady_latency_max_s"] == 20.0
+
+
+def test_window_ends_the_wait_only_once_every_object_has_a_phase():
+    import asyncio
+    import time
+
+    t = B.Timeline(n=2, steady=("Scored",))
+    t.observe("a", "Training", 0.1)
+
+    async def wait(timeout):
+        return await asyncio.wait_for(B._window_closed(t, time.perf_counter() - 10, 1.0, asyncio.Event()), timeout)
+
+    with pytest.raises(asyncio.TimeoutError):  # the window has passed but b has no phase yet
+        asyncio.run(wait(0.5))
+    t.observe("b", "Proposed", 0.2)
+    asyncio.run(wait(2.0))
+
+
 def test_percentile_interpolates_and_refuses_empty():
     assert B.percentile([1, 2, 3, 4], 0.5) == 2.5
     assert B.percentile([5], 0.99) == 5
@@ -133,6 +164,8 @@ def test_evolution_names_spread_the_objects_round_robin():
         B.evolution_names(0)
     with pytest.raises(ValueError, match="evolutions <= hypotheses"):
         B.run(hypotheses=5, evolutions=10)  # refused before any cluster starts
+    with pytest.raises(ValueError, match="window must be positive"):
+        B.run(hypotheses=5, window=0)
 
 
 def test_bench_cli_passes_sizes_only_to_a_benchmark_that_takes_them(monkeypatch, tmp_path):
@@ -141,12 +174,17 @@ def test_bench_cli_passes_sizes_only_to_a_benchmark_that_takes_them(monkeypatch,
     from cambrian.bench import cli
 
     seen = {}
-    monkeypatch.setattr(B, "run", lambda quick=False, hypotheses=None, evolutions=None: seen.update(
-        quick=quick, hypotheses=hypotheses, evolutions=evolutions) or {"ratio": 1.0, "ratio_meaning": "m"})
+    monkeypatch.setattr(B, "run", lambda quick=False, hypotheses=None, evolutions=None, window=None: seen.update(
+        quick=quick, hypotheses=hypotheses, evolutions=evolutions, window=window) or {"ratio": 1.0, "ratio_meaning": "m"})
     r = CliRunner().invoke(cli.app, ["run", "operator", "--hypotheses", "3000", "--evolutions", "10",
                                      "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert seen == {"quick": False, "hypotheses": 3000, "evolutions": 10}
+    assert seen == {"quick": False, "hypotheses": 3000, "evolutions": 10, "window": None}
+    r = CliRunner().invoke(cli.app, ["run", "operator", "--window", "900", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert seen["window"] == 900
+    r = CliRunner().invoke(cli.app, ["run", "search", "--window", "900", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "takes no --window" in r.output
     assert (tmp_path / "operator-3000h-10e.json").exists()  # the 1,000-object result is not overwritten
     r = CliRunner().invoke(cli.app, ["run", "search", "--hypotheses", "10", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "takes no --hypotheses" in r.output

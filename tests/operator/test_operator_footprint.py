@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import kopf
 
 from cambrian.operator import handlers as HD
+from cambrian.operator import heap
 from cambrian.operator import indexed
 from cambrian.operator.loop import PLURALS
 from cambrian.operator.platform.base import apply_actions
@@ -100,7 +101,7 @@ def test_a_new_kubeconfig_gets_a_new_shared_client():
 
 
 def test_the_shared_client_keeps_a_connection_for_every_requesting_thread():
-    """Before: the client's default pool (5 per CPU, 10 on 2 cores) for 12 first-step workers, 4 settle workers,
+    """Before: the client's default pool (5 per CPU, 10 on 2 cores) for 24 first-step workers, 4 settle workers,
     the side requests, the event poster and kopf's threads: every request beyond 10 in flight opened a new TLS
     connection and dropped it ("Connection pool is full, discarding connection" at 5,000 Hypotheses)."""
     from cambrian.operator import indexed
@@ -119,7 +120,7 @@ class _Settle:
     def __call__(self, key, fn):
         self.later.append(key)
 
-    def now(self, fn):
+    def now(self, fn, key=None):
         self.now_calls.append(fn)
 
 
@@ -292,7 +293,8 @@ def test_index_handlers_run_on_kopfs_event_loop():
     assert all(inspect.iscoroutinefunction(h.fn) for h in indexers)
     pod = {"metadata": {"name": "p", "namespace": "ns", "labels": {"job-name": "j"}, "managedFields": [{}]},
            "spec": {"containers": []}, "status": {"phase": "Running"}}
-    assert asyncio.run(HD.pods_idx(kopf.Body(pod))) == {("ns", "j"): indexed.slim_pod(pod)}
+    assert {k: indexed.unpack(v) for k, v in asyncio.run(HD.pods_idx(kopf.Body(pod))).items()} == {
+        ("ns", "j"): indexed.slim_pod(pod)}
 
 
 def test_every_objects_memo_shares_one_indexed_cluster():
@@ -332,3 +334,98 @@ def test_a_failure_is_reported_once_whichever_objects_event_stepped_it():
     assert not HD._reported(via_pod, meta, mark=True)
     assert HD._reported(via_hypothesis, meta)
     assert HD._cache(via_pod) is HD._cache(via_hypothesis)
+
+
+def test_kopf_keeps_no_record_per_hypothesis_job_or_pod():
+    """Before: kopf kept a record (memo copy, throttler, indexing and daemon state) per watched object for as long
+    as it existed: three per Hypothesis. Kinds with only index and event handlers get a fresh one per event."""
+    memories = HD.EventOnlyMemories()
+    memo = kopf.Memo(shared={})
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "uid": "u-p"}}
+    evo = {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "e", "uid": "u-e"}}
+
+    async def recall():
+        first = await memories.recall(pod, memobase=memo)
+        again = await memories.recall(pod, memobase=memo)
+        kept = await memories.recall(evo, memobase=memo)
+        return first, again, kept, await memories.recall(evo, memobase=memo)
+    first, again, kept, kept_again = asyncio.run(recall())
+    assert first is not again and first.memo.shared is memo.shared  # the shared state still reaches every event
+    assert kept is kept_again and list(memories.iter_all_memories()) == [kept]
+    # only safe while these kinds have no change handlers, timers or daemons (those keep state in the record)
+    registry = kopf.get_default_registry()
+    stateful = registry._changing.get_all_handlers() + registry._spawning.get_all_handlers()
+    kinds = {p: k for k, p in PLURALS.items()}
+    assert not {kinds.get(h.selector.any_name, h.selector.any_name) for h in stateful} & HD.EVENT_ONLY_KINDS
+    assert {h.selector.any_name for h in registry._watching.get_all_handlers()} == {"hypotheses", "jobs", "pods"}
+
+
+def test_thousands_of_index_values_are_kept_packed():
+    """Before: the index kept each slim Hypothesis, Job and Pod as dicts (about 2-3 KB each, 30,000 of them at
+    10,000 Hypotheses); now as JSON text, decoded by each read into the same dict."""
+    import sys
+
+    from .test_indexed import HYP as hyp
+
+    def deep(o):
+        if isinstance(o, dict):
+            return sys.getsizeof(o) + sum(deep(k) + deep(v) for k, v in o.items())
+        if isinstance(o, list):
+            return sys.getsizeof(o) + sum(deep(v) for v in o)
+        return sys.getsizeof(o)
+    body = {**hyp, "status": {"phase": "Training", "conditions": [
+        {"type": t, "status": "True", "reason": "R", "message": "m" * 40, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+        for t in ("Validated", "Training")], "jobName": "h-train-1-abcdef01", "attempts": 1}}
+    values = list(asyncio.run(HD.hypotheses_idx(kopf.Body(body))).values())  # by name and by Evolution
+    value = values[0]
+    assert len(values) == 2 and values[1] is value
+    assert isinstance(value, str) and deep(value) * 2 < deep(indexed.slim_custom(body))
+    c = cluster(EVO, body)
+    assert c.get("hypotheses", "ns", "h") == indexed.slim_custom(body)
+    assert c.of_evolution("hypotheses", "ns", "evo") == [indexed.slim_custom(body)]
+
+
+def test_the_sweep_leaves_a_hypothesis_whose_first_step_is_queued_to_that_step(monkeypatch):
+    """Before: each Evolution's sweep stepped the Proposed Hypotheses of a burst in creation order, as the first-step
+    queue does: it waited for their locks and stepped them a second time."""
+    import threading
+
+    c, api, p, memo = stepping(monkeypatch)
+    gate, ran = threading.Event(), threading.Event()
+    memo.settle = indexed.Settle(0.1, first_workers=1)
+    HD._bookkeeping(memo)
+    memo.settle.now(gate.wait)  # the only first-step worker is busy: h's first step stays queued
+    memo.settle.now(lambda: (HD.step_hypothesis(memo, c, "ns", "h"), ran.set()), ("ns", "h"))
+    try:
+        assert memo.settle.first_pending(("ns", "h"))
+        HD.sweep_hypotheses(memo, c, "ns", "evo")
+        assert api.calls == [] and p.batch.calls == []  # left to the queued step
+    finally:
+        gate.set()  # else the worker never ends and the test process cannot exit
+    assert ran.wait(5)
+    assert p.batch.calls == ["create_namespaced_job"] and not memo.settle.first_pending(("ns", "h"))
+
+
+def test_memory_freed_after_a_burst_goes_back_to_the_system():
+    """Before: what threads allocated in a burst (decoded answers, index text) was freed but stayed mapped in
+    glibc's per-thread arenas, so the RSS kept the burst's high-water mark."""
+    code = (
+        "import threading\n"
+        "from cambrian.operator import heap\n"
+        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "limited = heap.limit_arenas()\n"
+        "kept = []\n"
+        "def burst():\n"
+        "    objs = [bytes(1500) for _ in range(20000)]\n"
+        "    kept.extend(objs[::200])  # a few survive, scattered through the heap\n"
+        "threads = [threading.Thread(target=burst) for _ in range(6)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "before = rss(); heap.trim(); after = rss()\n"
+        "print(limited, (before - after) // 2**20)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    limited, freed_mib = out.stdout.split()
+    if heap._libc() is None:  # not glibc: nothing to tune
+        assert limited == "False"
+        return
+    assert limited == "True" and int(freed_mib) >= 50  # of the 170 MiB the burst had in use
