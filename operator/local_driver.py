@@ -177,10 +177,18 @@ class LocalDriver:
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> Summary:
         lock = open(self.root / "driver.lock", "w")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DriverError(f"another cambrian process is driving {self.root}") from None
+        # a child that a training thread forks keeps a copy of the lock until it execs: give such a moment
+        # (a driver of this process that just ended) two seconds; another driver holds it for its whole run
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.close()
+                    raise DriverError(f"another cambrian process is driving {self.root}") from None
+                time.sleep(0.05)
         previous = None
         if threading.current_thread() is threading.main_thread():  # SIGTERM stops cleanly, like Ctrl-C
             previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -138,7 +138,7 @@ def test_router_killed_under_load_keeps_every_user_in_the_same_arm(arms, tmp_pat
         rng = np.random.default_rng(k)
         with httpx.Client(timeout=5) as http:
             while not state["stop"]:
-                users = rng.integers(0, 5000, 40).tolist()
+                users = rng.integers(0, 1_000_000, 40).tolist()  # never all seen before the kill
                 try:
                     r = http.post(state["url"] + "/rank", json={"user_ids": users, "candidates":
                                                                 [list(range(20))] * len(users), "k": 3})
