@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from cambrian.operator.platform.kubernetes import label_value
 from cambrian.testing.deployed import deployed_chart
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -87,7 +88,9 @@ def test_readme_quickstart_reaches_a_concluded_rollout(cluster, tmp_path):
             assert rt.runs and all(r["rc"] == 0 for r in rt.runs), rt.runs
             bundles = {t["bundle"] for t in [ro["spec"]["control"], *ro["spec"]["treatments"]]}
             assert all(b.startswith(f"pvc://{claim}/") for b in bundles), bundles
-            arms = [n for n, svc in rt.services.items() if is_arm(svc)]
+            # the concluded Rollout's arms (a second winner's Rollout may start its arms as this one ends)
+            arms = [n for n, svc in rt.services.items() if is_arm(svc) and (svc["pod"]["metadata"].get("labels") or {})
+                    .get("cambrian.dev/rollout") == label_value(ro["metadata"]["name"])]
             assert len(arms) >= 2 and set(arms) < set(served) and set(served.values()) == {200}, (
                 served, {n: rt.log(n)[-2000:] for n in rt.services})
             assert crashed == {}, {n: rt.log(n)[-2000:] for n in crashed}
