@@ -204,23 +204,38 @@ def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, str, i
     new = [(str(u), str(a), int(d)) for u, a, d in rows]
     if not new:
         return 0
-    if getattr(con, "name", "") == "duckdb":  # ibis 12's DuckDB DDL calls what DuckDB 2 removed
-        con.con.execute(f"CREATE TABLE IF NOT EXISTS {_ident(exposures_table)} "
-                        "(experiment VARCHAR, user_id VARCHAR, arm VARCHAR, day BIGINT)")
-    elif exposures_table not in con.list_tables():
-        import ibis
-
-        con.create_table(exposures_table, schema=ibis.schema(
-            {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64"}))
+    _ensure_table(con, exposures_table, _EXPOSURE_COLUMNS)
     batch = pa.table({"experiment": [experiment] * len(new), "user_id": [u for u, _, _ in new],
                       "arm": [a for _, a, _ in new], "day": [d for _, _, d in new]})
+    return _insert_fresh(con, exposures_table, batch, lambda staged: (
+        f"SELECT n.experiment, n.user_id, n.arm, MIN(n.day) AS day FROM {staged} AS n WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {_ident(exposures_table)} AS e WHERE e.experiment = n.experiment "
+        "AND e.user_id = n.user_id AND e.arm = n.arm) GROUP BY n.experiment, n.user_id, n.arm"))
+
+
+_EXPOSURE_COLUMNS = {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64"}
+_DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE"}
+
+
+def _ensure_table(con: Any, table: str, columns: Mapping[str, str]) -> None:
+    """Create `table` with these columns (ibis type names) when it is missing."""
+    if getattr(con, "name", "") == "duckdb":  # ibis 12's DuckDB DDL calls what DuckDB 2 removed
+        sql = ", ".join(f"{c} {_DUCKDB_TYPES[t]}" for c, t in columns.items())
+        _sql(con, f"CREATE TABLE IF NOT EXISTS {_ident(table)} ({sql})")
+    elif table not in con.list_tables():
+        import ibis
+
+        con.create_table(table, schema=ibis.schema(dict(columns)))
+
+
+def _insert_fresh(con: Any, table: str, batch: Any, fresh: Any) -> int:
+    """Stage `batch`, insert the rows that `fresh(staged)` (a SELECT over it, in the table's column order)
+    says are not there yet, in one INSERT; returns how many. The check runs in the warehouse."""
     with _staged(con, batch) as staged:
-        fresh = (f"SELECT n.experiment, n.user_id, n.arm, MIN(n.day) AS day FROM {staged} AS n WHERE NOT EXISTS "
-                 f"(SELECT 1 FROM {_ident(exposures_table)} AS e WHERE e.experiment = n.experiment "
-                 "AND e.user_id = n.user_id AND e.arm = n.arm) GROUP BY n.experiment, n.user_id, n.arm")
-        added = int(_sql(con, f"SELECT COUNT(*) FROM ({fresh}) AS fresh", fetch=True))
+        select = fresh(staged)
+        added = int(_sql(con, f"SELECT COUNT(*) FROM ({select}) AS fresh", fetch=True))
         if added:
-            _sql(con, f"INSERT INTO {_ident(exposures_table)} (experiment, user_id, arm, day) {fresh}")
+            _sql(con, f"INSERT INTO {_ident(table)} ({', '.join(batch.column_names)}) {select}")
     return added
 
 
@@ -255,19 +270,6 @@ def _sql(con: Any, sql: str, fetch: bool = False) -> Any:
         return cursor.fetchone()[0] if fetch else None
     finally:
         cursor.close()
-
-
-def _append(con: Any, table: str, batch: Any) -> None:
-    """Arrow rows appended to a warehouse table in one INSERT (a raw one on DuckDB: ibis 12's insert calls
-    what DuckDB 2 removed)."""
-    if getattr(con, "name", "") != "duckdb":
-        con.insert(table, batch)
-        return
-    con.con.register("_cambrian_new_rows", batch)
-    try:
-        con.con.execute(f"INSERT INTO {_ident(table)} SELECT * FROM _cambrian_new_rows")
-    finally:
-        con.con.unregister("_cambrian_new_rows")
 
 
 def _ident(name: str) -> str:
@@ -340,26 +342,17 @@ def record_user_days(con: Any, rows: Any, table: str = SIM_USER_DAYS) -> int:
     """Per-user-day event rows (online/traffic.user_day_rows' columns) into the product's own table, created
     when missing. A day already there is kept as it is, like the collector's batch ids: a day the driver plays
     again after a restart lands nothing twice. One INSERT per call, so a day is all there or absent."""
-    import ibis
     import pyarrow as pa
 
     frame = rows[list(_DAY_COLUMNS)].astype(_DAY_COLUMNS)
-    days = sorted(int(d) for d in frame["day"].unique())
-    if not days:
+    if frame.empty:
         return 0
-    duck = getattr(con, "name", "") == "duckdb"  # ibis 12's DuckDB DDL and inserts call what DuckDB 2 removed
-    if duck:
-        columns = ", ".join(f"{c} {'DOUBLE' if t == 'float64' else 'BIGINT'}" for c, t in _DAY_COLUMNS.items())
-        con.con.execute(f"CREATE TABLE IF NOT EXISTS {_ident(table)} ({columns})")
-    elif table not in con.list_tables():
-        con.create_table(table, schema=ibis.schema(_DAY_COLUMNS))
-    t = con.table(table)
-    have = set(t.filter(t.day.isin(days)).select("day").distinct().execute()["day"].astype(int))
-    new = frame[~frame["day"].isin(have)]
-    if new.empty:
-        return 0
-    _append(con, table, pa.Table.from_pandas(new.reset_index(drop=True), preserve_index=False))
-    return len(new)
+    _ensure_table(con, table, _DAY_COLUMNS)
+    batch = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    columns = ", ".join(f"n.{c}" for c in _DAY_COLUMNS)
+    return _insert_fresh(con, table, batch, lambda staged: (
+        f"SELECT {columns} FROM {staged} AS n WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {_ident(table)} AS e WHERE e.day = n.day)"))
 
 
 @dataclass(frozen=True)
