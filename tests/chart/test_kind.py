@@ -202,7 +202,8 @@ def test_podman_is_used_when_docker_is_absent(tmp_path):
     assert proc.stderr.startswith("kind-up: podman is installed but not running"), proc.stderr
 
 
-RECORD = 'printf "%q " "${0##*/}" "$@" >> "$CALLS"; echo >> "$CALLS"'
+# One append per call (a pipeline's two stand-ins write at once: two appends each could interleave).
+RECORD = 'line=$(printf "%q " "${0##*/}" "$@"); printf "%s\\n" "$line" >> "$CALLS"'
 
 
 def checkout_copy(tmp_path: Path) -> Path:
