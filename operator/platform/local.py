@@ -67,6 +67,17 @@ log = logging.getLogger("cambrian.local")
 # routed clock day to the world's next day (see RolloutEnv), so cohorts line up with the ramp's history.
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_RESTARTS = 2  # times an unfinished training run is started again after a driver restart
+
+
+def _count_restart(folder: Path) -> int:
+    """This run's restarts so far, this one included (ROOT/jobs/<name>/restarts, written before it runs)."""
+    mark = folder / "restarts"
+    count = (int(mark.read_text()) if mark.is_file() else 0) + 1
+    write_atomic(mark, f"{count}\n")
+    return count
+
+
 NO_ARM_URL = "http://127.0.0.1:9"  # an arm deleted before a restart: weight 0, never called
 
 
@@ -114,12 +125,25 @@ class LocalPlatform:
 
     # --- lifecycle -----------------------------------------------------------------------------
     def recover(self) -> None:
-        """After a restart: stop what a killed driver left running, then re-run its unfinished training."""
+        """After a restart: stop what a killed driver left running, then re-run its unfinished training. A run
+        cut off by MAX_RESTARTS restarts fails instead (like a Job's backoffLimit), so a candidate that takes
+        the driver down with it (the machine's memory, say) cannot do so at every start; the reconcile core
+        then treats it as any infrastructure failure (a new attempt, up to spec.training.maxAttempts)."""
         stop_leftovers(self.root)
         for job in sorted((self.root / "jobs").glob("*/job.json")):
-            if not (job.parent / "result.json").is_file():
-                log.info("training run %s was cut off by a restart; running it again", job.parent.name)
-                self._start(job.parent.name, json.loads(job.read_text()))
+            folder = job.parent
+            if (folder / "result.json").is_file():
+                continue
+            restarts = _count_restart(folder)
+            if restarts > MAX_RESTARTS:
+                log.warning("training run %s was cut off by %d restarts; not running it again", folder.name, restarts)
+                now = datetime.now(timezone.utc).isoformat()
+                result = {"state": "Failed", "exit_code": None, "reason": "BackoffLimitExceeded", "started_at": now,
+                          "finished_at": now, "message": f"cut off by {restarts} restarts of the driver"}
+                write_atomic(folder / "result.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
+                continue
+            log.info("training run %s was cut off by a restart; running it again", folder.name)
+            self._start(folder.name, json.loads(job.read_text()))
 
     def close(self) -> None:
         self._closing = True

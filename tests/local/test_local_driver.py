@@ -320,6 +320,36 @@ def test_a_training_run_cut_off_by_a_restart_runs_again_under_its_name(tmp_path)
     p2.close()
 
 
+def test_a_run_cut_off_by_every_restart_fails_after_the_restart_limit(tmp_path):
+    """A run that never finishes because the driver dies each time it runs (as a candidate that exhausts the
+    machine's memory would) is run again MAX_RESTARTS times, then fails as an infrastructure failure (exit
+    code None: the reconcile core gives it a new attempt), instead of taking every later start down too."""
+    from cambrian.operator.platform.local import MAX_RESTARTS, LocalPlatform
+    from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+
+    root = tmp_path / "run"
+    owner = Owner("Hypothesis", "h", "uid-1", "default")
+    action = CreateTrainingJob(name="h-train-1-abc", owner=owner, hypothesis="h", attempt=1, baseline={},
+                               delta={"component": "optimizer", "patch": {"lr": 0.01}}, bundle_path="bundles/h/attempt-1")
+    (tmp_path / "data").mkdir()
+    result = root / "jobs" / action.name / "result.json"
+    runs = 0
+    for start in range(MAX_RESTARTS + 2):
+        p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path / "data", train_command=FAKE_TRAINER)
+        p.recover() if start else p.submit_training_job(action)
+        runs += p.busy()
+        while p.busy():
+            time.sleep(0.05)
+        p.close()
+        if start <= MAX_RESTARTS:
+            assert json.loads(result.read_text())["state"] == "Succeeded"
+            result.unlink()  # as if the driver had been killed mid-run, again
+    assert runs == MAX_RESTARTS + 1  # the first run and MAX_RESTARTS re-runs; the last start ran nothing
+    (job,) = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH).training_jobs(owner)
+    assert (job.state, job.reason, job.exit_code) == ("Failed", "BackoffLimitExceeded", None)
+    assert f"cut off by {MAX_RESTARTS + 1} restarts" in job.message
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 
