@@ -204,6 +204,7 @@ class LocalDriver:
     def _loop(self) -> Summary:
         passes = 0
         while True:
+            in_flight = self.platform.busy()
             if self.reconcile_once():
                 passes += 1
                 if passes > MAX_PASSES:
@@ -212,6 +213,8 @@ class LocalDriver:
             passes = 0
             if self.platform.busy():
                 time.sleep(self.poll_s)
+                continue
+            if in_flight:  # a run ended during the pass: the next pass reads its result before the clock moves
                 continue
             reason = self.finished() or (self.until(self) if self.until is not None else None)
             if reason:
