@@ -11,6 +11,7 @@ the caller must then make no decision.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import socket
@@ -38,6 +39,14 @@ class PrometheusNotInstalled(CambrianError):
 
 class PrometheusUnavailable(CambrianError):
     """Prometheus did not answer (down, starting, or the query failed): make no decision."""
+
+
+class PromQLRejected(CambrianError):
+    """Prometheus refused a query as malformed (HTTP 400 bad_data: its own parser): a definition error, which
+    waiting does not cure."""
+
+
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # one readout's answer; more means a query selects far more than one arm
 
 
 def find_prometheus() -> str:
@@ -158,26 +167,49 @@ class ExperimentReadout:
 
 
 class PromClient:
-    def __init__(self, url: str, timeout: float = 5.0):
+    """Every call has a timeout (also sent as the query's evaluation `timeout`) and a cap on the answer's size."""
+
+    def __init__(self, url: str, timeout: float = 5.0, max_bytes: int = MAX_ANSWER_BYTES):
         self.url = url.rstrip("/")
+        self.timeout, self.max_bytes = timeout, max_bytes
         self._http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
 
-    def query(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
-        params = {"query": expr}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
+    def _get(self, path: str, params: dict[str, str], what: str) -> dict:
+        """The JSON answer of one API call; PromQLRejected for a query Prometheus' parser refuses (HTTP 400
+        bad_data), PrometheusUnavailable for anything else that is not a success."""
         try:
-            r = self._http.get(self.url + "/api/v1/query", params=params)
+            with self._http.stream("GET", self.url + path, params=params) as r:
+                raw = bytearray()
+                for chunk in r.iter_bytes():
+                    raw += chunk
+                    if len(raw) > self.max_bytes:
+                        raise PrometheusUnavailable(f"prometheus {what}: the answer is over {self.max_bytes} bytes")
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(f"prometheus at {self.url} unreachable: {exc}") from None
-        if r.status_code != 200:
-            raise PrometheusUnavailable(f"prometheus query {expr!r} failed: HTTP {r.status_code} {r.text[:300]}")
-        body = r.json()
-        if body.get("status") != "success":
-            raise PrometheusUnavailable(f"prometheus query {expr!r} failed: {body.get('error')}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+        if r.status_code == 400 and body.get("errorType") == "bad_data":
+            raise PromQLRejected(f"{what}: {_one_line(body.get('error'))}")
+        if r.status_code != 200 or body.get("status") != "success":
+            raise PrometheusUnavailable(f"prometheus {what} failed: HTTP {r.status_code} "
+                                        f"{_one_line(body.get('error') or raw[:300].decode('utf-8', 'replace'))}")
+        return body
+
+    def check(self, expr: str) -> None:
+        """Parse `expr` with the Prometheus that will run it (/api/v1/format_query, Prometheus >= 2.38);
+        raises PromQLRejected with its parser's message."""
+        self._get("/api/v1/format_query", {"query": expr}, f"query {expr!r}")
+
+    def query(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        params = {"query": expr, "timeout": f"{self.timeout:g}s"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = self._get("/api/v1/query", params, f"query {expr!r}")
         data = body["data"]
         if data["resultType"] == "scalar":
             return [({}, float(data["result"][1]))]
@@ -234,6 +266,10 @@ class PromClient:
         rows = self.query(f"sum by (arm) (rate(cambrian_server_errors_total[{window}])) / "
                           f"clamp_min(sum by (arm) (rate(cambrian_server_requests_total[{window}])), 1e-9)", at)
         return {labels["arm"]: v for labels, v in rows}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())[:500]
 
 
 def _escape(s: str) -> str:

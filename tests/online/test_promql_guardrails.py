@@ -15,6 +15,7 @@ import pytest
 
 from cambrian.errors import ConfigError
 from cambrian.operator import api
+from cambrian.operator.reconcile import promql as PQ
 from cambrian.operator.reconcile import readout as RD
 from cambrian.stats.sums import SufficientStats
 
@@ -49,11 +50,11 @@ def test_a_query_needs_a_limit_the_arm_placeholder_and_no_margin():
         with pytest.raises(ConfigError, match=why):
             rollout(**bad)
     spec = rollout()
-    queries = RD.gauge_queries(spec)
+    queries = PQ.queries(spec, api.RolloutStatus(started_at=NOW), NOW)
     assert set(queries) == {"control", "fast", "slow"}
     assert queries["fast"]["checkout_error_ratio"] == QUERY.replace("{{arm}}", "fast")
-    assert RD.gauge_queries(api.parse_spec("Rollout", {**spec.wire(), "metrics": {
-        "northStar": [{"name": "watch_minutes"}]}})) == {}
+    assert PQ.queries(api.parse_spec("Rollout", {**spec.wire(), "metrics": {
+        "northStar": [{"name": "watch_minutes"}]}}), api.RolloutStatus(), NOW) == {}
 
 
 def _stats(n: int = 400) -> dict:
@@ -100,7 +101,7 @@ def test_each_arms_query_runs_against_a_real_prometheus(exporter):
     if shutil.which("prometheus") is None:  # a failure in CI (tests/conftest.py), where setup.sh installs it
         pytest.skip("prometheus is not installed (scripts/setup.sh installs it)")
     spec = rollout(treatments=("fast", "slow"))
-    queries = RD.gauge_queries(spec)
+    queries = PQ.queries(spec, api.RolloutStatus(started_at=NOW), NOW)
     queries["twin"] = {"checkout_error_ratio": 'shop_checkouts_total{arm=~"control|fast"}'}  # two series: no value
     with PrometheusProcess({"shop": [exporter]}) as prom:
         client = PromClient(prom.url)
