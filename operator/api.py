@@ -208,7 +208,7 @@ class PromQLQueries(_Model):
     """One PromQL template per sufficient statistic, named as Cambrian's own export (`cambrian_arm_stat`'s
     `stat` label). Second moments are raw (about 0)."""
 
-    n: str | None = _template_field("users (randomisation units) in the arm: " + _STAT_HELP)
+    users: str | None = _template_field("n, the users (randomisation units) in the arm: " + _STAT_HELP)
     sum_y: str | None = _template_field("Σ over users of the user's value Y (proportion: users with the outcome): "
                                         + _STAT_HELP)
     sum_y2: str | None = _template_field("Σ over users of Y²: " + _STAT_HELP)
@@ -222,18 +222,24 @@ class PromQLQueries(_Model):
     sum_md: str | None = _template_field("ratio: Σ of M·D: " + _STAT_HELP)
 
     def given(self) -> dict[str, str]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """stat (the sums contract's name: n, sum_y, ...) -> template, for those given."""
+        return {("n" if k == "users" else k): v for k, v in self.model_dump().items() if v is not None}
+
+
+def stat_wire_name(stat: str) -> str:
+    """A statistic's field name in the spec: `n` is `users` there (YAML 1.1 reads a key n as false)."""
+    return "users" if stat == "n" else to_camel(stat)
 
 
 def _promql_kind_rules() -> list[dict[str, str]]:
     rules = []
     for kind, (need, together) in PROMQL_STATS.items():
-        cam = [to_camel(s) for s in need]
+        cam = [stat_wire_name(s) for s in need]
         allowed = set(need) | set(together)
-        extra = [to_camel(s) for s in PromQLQueries.model_fields if s not in allowed]
+        extra = [stat_wire_name(s) for s in ("n", *PromQLQueries.model_fields) if s not in allowed and s != "users"]
         rule = " && ".join([f"has(self.queries.{c})" for c in cam] + [f"!has(self.queries.{c})" for c in extra])
         if together:
-            opt = [f"has(self.queries.{to_camel(s)})" for s in together]
+            opt = [f"has(self.queries.{stat_wire_name(s)})" for s in together]
             rule += f" && (({' && '.join(opt)}) || !({' || '.join(opt)}))"
         rules.append(cel(f"self.kind != '{kind}' || ({rule})", _promql_kind_message(kind)))
     return rules
@@ -241,9 +247,9 @@ def _promql_kind_rules() -> list[dict[str, str]]:
 
 def _promql_kind_message(kind: str) -> str:
     need, together = PROMQL_STATS[kind]
-    msg = f"promql metric of kind {kind}: give queries {', '.join(to_camel(s) for s in need)}"
+    msg = f"promql metric of kind {kind}: give queries {', '.join(stat_wire_name(s) for s in need)}"
     if together:
-        msg += f" (and, for CUPED, all of {', '.join(to_camel(s) for s in together)} or none)"
+        msg += f" (and, for CUPED, all of {', '.join(stat_wire_name(s) for s in together)} or none)"
     return msg + " and no others"
 
 
@@ -259,8 +265,8 @@ class PromQLMetric(_Model):
         "the metric's name, as northStar[].name or guardrails[].metric use it (replaces a collector metric of "
         "that name)"))
     kind: Literal["mean", "ratio", "proportion"] = Field(description=(
-        "mean: Y per user (n, sumY, sumY2; sumX, sumX2, sumXy for CUPED); ratio: M/D per user (n, sumM, sumD, "
-        "sumM2, sumD2, sumMd); proportion: a 0/1 outcome per user (n users, sumY of them with the outcome)"))
+        "mean: Y per user (users, sumY, sumY2; sumX, sumX2, sumXy for CUPED); ratio: M/D per user (users, sumM, "
+        "sumD, sumM2, sumD2, sumMd); proportion: a 0/1 outcome per user (users, sumY of them with the outcome)"))
     queries: PromQLQueries = Field(description="one PromQL template per statistic")
 
     @model_validator(mode="after")
@@ -272,7 +278,7 @@ class PromQLMetric(_Model):
         if any(s not in given for s in need) or set(given) - allowed or 0 < len(have_opt) < len(together):
             raise ValueError(_promql_kind_message(self.kind))
         for stat, text in given.items():
-            check_template(text, f"queries.{to_camel(stat)}")
+            check_template(text, f"queries.{stat_wire_name(stat)}")
         return self
 
 

@@ -20,7 +20,7 @@ import math
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Mapping
 
-from cambrian.operator.api import RolloutSpec, RolloutStatus
+from cambrian.operator.api import RolloutSpec, RolloutStatus, stat_wire_name
 
 if TYPE_CHECKING:  # the statistics (numpy, scipy) load only when a readout is due
     from cambrian.stats.sums import RatioStats, SufficientStats
@@ -48,7 +48,7 @@ def templates(spec: RolloutSpec) -> dict[str, str]:
     out = {f"metrics.guardrails[{g.metric}].query": g.query for g in spec.metrics.guardrails if g.query}
     for m in spec.metrics.promql:
         for stat, text in m.queries.given().items():
-            out[f"metrics.promql[{m.name}].queries.{_camel(stat)}"] = text
+            out[f"metrics.promql[{m.name}].queries.{stat_wire_name(stat)}"] = text
     return out
 
 
@@ -103,17 +103,17 @@ def sums(metric: str, kind: str, arm: str, got: Mapping[str, float]) -> Sufficie
     where = f"promql metric {metric} on arm {arm}"
     for stat, v in got.items():
         if not math.isfinite(v):
-            raise PromQLDataError(f"{where}: {_camel(stat)} is {v}")
+            raise PromQLDataError(f"{where}: {stat_wire_name(stat)} is {v}")
     n = got["n"]
     if n < 0 or abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
-        raise PromQLDataError(f"{where}: n = {n:g} is not a whole number of users (increase() and rate() "
+        raise PromQLDataError(f"{where}: users = {n:g} is not a whole number (increase() and rate() "
                               "extrapolate: wrap the query in round(), or export the count as a gauge)")
     n = int(round(n))
     if kind == "proportion":
         y = got["sum_y"]
         if not 0 <= y <= n or abs(y - round(y)) > 1e-9 * max(1.0, abs(y)):
             raise PromQLDataError(f"{where}: sumY = {y:g} must count users with the outcome, a whole number "
-                                  f"within 0..n = {n}; a count of events is not a proportion of users")
+                                  f"within 0..users = {n}; a count of events is not a proportion of users")
         y = float(round(y))
         return SufficientStats(n=n, sum_y=y, sum_y2=y)  # y is 0 or 1 per user: Σy² = Σy
     if kind == "ratio":
@@ -132,14 +132,11 @@ def _second_moment(where: str, n: int, s: float, s2: float, name: str) -> None:
     """Σv² ≥ (Σv)²/n for any n values (their variance is not negative): else these are not per-user sums."""
     if n == 0:
         if s or s2:
-            raise PromQLDataError(f"{where}: {name} and {name}2 must be 0 when n is 0")
+            raise PromQLDataError(f"{where}: {name} and {name}2 must be 0 when users is 0")
         return
     floor = s * s / n
     if s2 < floor - 1e-9 * max(1.0, abs(floor)):
-        raise PromQLDataError(f"{where}: {name}2 = {s2:g} is below {name}²/n = {floor:g}, which no {n} per-user "
+        raise PromQLDataError(f"{where}: {name}2 = {s2:g} is below {name}²/users = {floor:g}, which no {n} per-user "
                               f"values can give: the queries do not sum the same users")
 
 
-def _camel(stat: str) -> str:
-    head, *rest = stat.split("_")
-    return head + "".join(p.capitalize() for p in rest)

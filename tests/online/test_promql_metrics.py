@@ -26,18 +26,18 @@ from cambrian.stats.sums import RatioStats, SufficientStats
 NOW = datetime(2026, 3, 1, tzinfo=timezone.utc)
 ARM = 'arm="{{arm}}"'
 WATCH = {"name": "watch", "kind": "mean", "queries": {
-    "n": f"sum(shop_watch_users{{{ARM}}})", "sumY": f"sum(shop_watch_minutes_sum{{{ARM}}})",
+    "users": f"sum(shop_watch_users{{{ARM}}})", "sumY": f"sum(shop_watch_minutes_sum{{{ARM}}})",
     "sumY2": f"sum(shop_watch_minutes_sq_sum{{{ARM}}})", "sumX": f"sum(shop_watch_pre_sum{{{ARM}}})",
     "sumX2": f"sum(shop_watch_pre_sq_sum{{{ARM}}})", "sumXy": f"sum(shop_watch_pre_cross_sum{{{ARM}}})"}}
 LATENCY = {"name": "latency_ms", "kind": "mean", "queries": {
-    "n": f"sum(shop_latency_users{{{ARM}}})", "sumY": f"sum(shop_latency_ms_sum{{{ARM}}})",
+    "users": f"sum(shop_latency_users{{{ARM}}})", "sumY": f"sum(shop_latency_ms_sum{{{ARM}}})",
     "sumY2": f"sum(max_over_time(shop_latency_ms_sq_sum{{{ARM}}}[{{{{window}}}}]))"}}
 CTR = {"name": "ctr_own", "kind": "ratio", "queries": {
-    "n": f"sum(shop_ctr_users{{{ARM}}})", "sumM": f"sum(shop_clicks_sum{{{ARM}}})",
+    "users": f"sum(shop_ctr_users{{{ARM}}})", "sumM": f"sum(shop_clicks_sum{{{ARM}}})",
     "sumD": f"sum(shop_views_sum{{{ARM}}})", "sumM2": f"sum(shop_clicks_sq_sum{{{ARM}}})",
     "sumD2": f"sum(shop_views_sq_sum{{{ARM}}})", "sumMd": f"sum(shop_clicks_views_sum{{{ARM}}})"}}
 SIGNUP = {"name": "signup", "kind": "proportion", "queries": {
-    "n": f"sum(shop_exposed_users_total{{{ARM}}})", "sumY": f"sum(shop_signed_up_users_total{{{ARM}}})"}}
+    "users": f"sum(shop_exposed_users_total{{{ARM}}})", "sumY": f"sum(shop_signed_up_users_total{{{ARM}}})"}}
 
 
 def spec_with(promql: list[dict], north: str = "watch", guardrails: list[dict] | None = None,
@@ -57,15 +57,15 @@ def spec_with(promql: list[dict], north: str = "watch", guardrails: list[dict] |
 
 @pytest.mark.parametrize("metric,fragment", [
     ({**WATCH, "queries": {k: v for k, v in WATCH["queries"].items() if k != "sumY2"}},
-     "kind mean: give queries n, sumY, sumY2"),
+     "kind mean: give queries users, sumY, sumY2"),
     ({**WATCH, "queries": {k: v for k, v in WATCH["queries"].items() if k != "sumXy"}}, "for CUPED, all of sumX"),
     ({**SIGNUP, "queries": {**SIGNUP["queries"], "sumY2": SIGNUP["queries"]["sumY"]}},
-     "kind proportion: give queries n, sumY and no others"),
+     "kind proportion: give queries users, sumY and no others"),
     ({**CTR, "queries": {**CTR["queries"], "sumMd": None}}, "kind ratio: give queries"),
-    ({**SIGNUP, "queries": {**SIGNUP["queries"], "n": "sum(shop_exposed_users_total)"}},
-     "queries.n: promql: select each arm's series with {{arm}}"),
-    ({**SIGNUP, "queries": {**SIGNUP["queries"], "n": 'sum(x{arm="{{arm}}", ns="{{namespace}}"})'}},
-     "queries.n: promql: the only placeholders are {{arm}} and {{window}}"),
+    ({**SIGNUP, "queries": {**SIGNUP["queries"], "users": "sum(shop_exposed_users_total)"}},
+     "queries.users: promql: select each arm's series with {{arm}}"),
+    ({**SIGNUP, "queries": {**SIGNUP["queries"], "users": 'sum(x{arm="{{arm}}", ns="{{namespace}}"})'}},
+     "queries.users: promql: the only placeholders are {{arm}} and {{window}}"),
     ({**SIGNUP, "kind": "count"}, "kind"),
 ])
 def test_a_definition_its_kind_cannot_use_is_refused_naming_it(metric, fragment):
@@ -97,12 +97,12 @@ def test_each_arm_gets_its_queries_and_the_window_since_the_start():
 
 
 @pytest.mark.parametrize("kind,got,fragment", [
-    ("mean", {"n": 100.5, "sum_y": 10.0, "sum_y2": 50.0}, "not a whole number of users"),
-    ("mean", {"n": 100, "sum_y": 1000.0, "sum_y2": 9000.0}, "below sumY²/n"),
+    ("mean", {"n": 100.5, "sum_y": 10.0, "sum_y2": 50.0}, "users = 100.5 is not a whole number"),
+    ("mean", {"n": 100, "sum_y": 1000.0, "sum_y2": 9000.0}, "below sumY²/users"),
     ("ratio", {"n": 10, "sum_m": 5, "sum_d": 100, "sum_m2": 5, "sum_d2": 10, "sum_md": 1}, "sumD2"),
     ("proportion", {"n": 100, "sum_y": 130.0}, "a count of events is not a proportion of users"),
     ("proportion", {"n": 100, "sum_y": 12.5}, "whole number"),
-    ("mean", {"n": 0, "sum_y": 3.0, "sum_y2": 9.0}, "must be 0 when n is 0"),
+    ("mean", {"n": 0, "sum_y": 3.0, "sum_y2": 9.0}, "must be 0 when users is 0"),
 ])
 def test_answers_no_per_user_sums_can_give_stop_the_readout(kind, got, fragment):
     with pytest.raises(PQ.PromQLDataError, match=fragment):
