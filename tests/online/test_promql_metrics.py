@@ -370,3 +370,47 @@ def test_a_template_prometheus_cannot_parse_fails_the_rollout_before_anything_de
     with pytest.raises(PromQLRejected, match="parse error"):
         client.query(PQ.render(broken["queries"]["sumY"], "control", "60s"))
     client.close()
+
+
+@pytest.mark.prometheus
+def test_the_local_platform_asks_the_users_prometheus(stack, tmp_path):
+    """`cambrian rollout --promql-url`: the local adapter checks the templates against that Prometheus (no rollout
+    of its own runs yet); without the URL and before its own Prometheus starts, it cannot be asked."""
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.base import MetricQueryRefused, MetricsUnavailable
+    from cambrian.operator.platform.local import LocalPlatform
+
+    _, _, prom = stack
+    store = LocalStore(tmp_path / "run")
+    spec = spec_with([SIGNUP], north="signup")
+    bad = {"signup": 'sum(shop_exposed_users_total{arm="control"}) by'}
+    p = LocalPlatform(tmp_path / "run", store, lambda: NOW, data_dir=tmp_path, promql_url=prom.url)
+    p.check_promql("r1", PQ.check_queries(spec))  # parses
+    with pytest.raises(MetricQueryRefused, match="spec.signup: Prometheus refuses the query: .*parse error"):
+        p.check_promql("r1", bad)
+    with pytest.raises(MetricsUnavailable, match="no Prometheus runs for rollout r1"):
+        LocalPlatform(tmp_path / "run", store, lambda: NOW, data_dir=tmp_path).check_promql("r1", bad)
+
+
+def test_an_evolutions_promql_metrics_reach_every_rollout_it_starts():
+    import yaml
+
+    from cambrian.operator.reconcile import evolution as E
+    from cambrian.operator.reconcile.common import Meta
+    from cambrian.operator.reconcile.observations import HypothesisView
+
+    from pathlib import Path
+
+    evo = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests" / "examples" / "evolution.yaml").read_text())
+    evo["spec"]["objective"]["promql"] = [SIGNUP]
+    evo["spec"]["guardrails"] = [{"metric": "signup", "direction": "maximize", "margin": 0.1}]
+    spec = api.parse_spec("Evolution", evo["spec"])
+    st = api.EvolutionStatus(champion=api.Champion(bundle="pvc://b/champ"))
+    ro = E._rollout_spec(Meta("evo", "u"), spec, st, HypothesisView("h1", "Scored", "optimizer", bundle_uri="pvc://b/h1"),
+                         "evo-h1")
+    assert [m.name for m in ro.metrics.promql] == ["signup"]
+    q = PQ.queries(ro, api.RolloutStatus(started_at=NOW), NOW)
+    assert q["treatment"]["signup/sum_y"] == 'sum(shop_signed_up_users_total{arm="treatment"})'
+    with pytest.raises(ConfigError, match="defined both by its own query and as a promql metric"):
+        api.parse_spec("Evolution", {**evo["spec"], "guardrails": [
+            {"metric": "signup", "limit": 0.1, "query": 'x{arm="{{arm}}"}'}]})
