@@ -47,6 +47,7 @@ class PromQLRejected(CambrianError):
 
 
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # one readout's answer; more means a query selects far more than one arm
+MAX_READOUT_SECONDS = 60.0  # all of one readout's own-series queries together
 
 
 def find_prometheus() -> str:
@@ -221,12 +222,18 @@ class PromClient:
         rows = self.query(expr, at)
         return rows[0][1] if rows else None
 
-    def gauges(self, queries: Mapping[str, Mapping[str, str]], at: float | None = None) -> dict[str, dict[str, float]]:
-        """arm -> guardrail -> value of that arm's query (a Rollout's `guardrails[].query`). A query with no
-        series, several (which one would be the arm's?) or a NaN gives no value: that arm is not verified."""
+    def gauges(self, queries: Mapping[str, Mapping[str, str]], at: float | None = None,
+               budget_s: float = MAX_READOUT_SECONDS) -> dict[str, dict[str, float]]:
+        """arm -> key -> value of that arm's query (a Rollout's guardrail queries and PromQL metrics' statistics,
+        reconcile/promql.py). A query with no series, several (which one would be the arm's?) or a NaN gives no
+        value: that arm is not verified. All of them together may take `budget_s` (else PrometheusUnavailable):
+        a slow Prometheus must not hold the operator's step for arms × statistics × the per-call timeout."""
         out: dict[str, dict[str, float]] = {}
+        deadline = time.monotonic() + budget_s
         for arm, by_metric in queries.items():
             for metric, expr in by_metric.items():
+                if time.monotonic() > deadline:
+                    raise PrometheusUnavailable(f"prometheus: the readout's queries took over {budget_s:g} s")
                 rows = self.query(expr, at)
                 if len(rows) == 1 and math.isfinite(rows[0][1]):
                     out.setdefault(arm, {})[metric] = rows[0][1]

@@ -414,3 +414,20 @@ def test_an_evolutions_promql_metrics_reach_every_rollout_it_starts():
     with pytest.raises(ConfigError, match="defined both by its own query and as a promql metric"):
         api.parse_spec("Evolution", {**evo["spec"], "guardrails": [
             {"metric": "signup", "limit": 0.1, "query": 'x{arm="{{arm}}"}'}]})
+
+
+@pytest.mark.prometheus
+def test_the_client_caps_answers_and_a_readouts_time(stack):
+    from cambrian.online.prometheus import PromClient, PrometheusUnavailable
+
+    _, _, prom = stack
+    _wait_for(prom.url, "up", 2)
+    small = PromClient(prom.url, max_bytes=64)  # `up` over both targets answers more than 64 bytes
+    with pytest.raises(PrometheusUnavailable, match="the answer is over 64 bytes"):
+        small.query("up")
+    small.close()
+    client = PromClient(prom.url)
+    assert len(client.query("up")) == 2
+    with pytest.raises(PrometheusUnavailable, match="took over 0 s"):
+        client.gauges({"control": {"a": "up", "b": "up"}}, budget_s=0)
+    client.close()
