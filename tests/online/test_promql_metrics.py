@@ -431,3 +431,19 @@ def test_the_client_caps_answers_and_a_readouts_time(stack):
     with pytest.raises(PrometheusUnavailable, match="took over 0 s"):
         client.gauges({"control": {"a": "up", "b": "up"}}, budget_s=0)
     client.close()
+
+
+def test_the_readme_examples_are_valid():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Metrics in PromQL over your own series"):]
+    section = section[:section.index("\n## ")]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    metrics = api.RolloutMetrics.model_validate(blocks[0]["metrics"])
+    assert [(m.name, m.kind) for m in metrics.promql] == [("watch", "mean"), ("latency_ms", "mean"),
+                                                           ("signup", "proportion")]
+    assert api.Guardrail.model_validate(blocks[1]["guardrails"][0]).query.count("{{arm}}") == 2
