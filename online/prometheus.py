@@ -136,7 +136,17 @@ class PrometheusProcess:
                 pass
             time.sleep(0.2)
         down = [s["metric"].get("instance") for s in up if s["value"][1] != "1"]
-        raise CambrianError(f"prometheus: not every target is up after {timeout:g} s (down: {down or 'not yet scraped'})")
+        raise CambrianError(f"prometheus: not every target is up after {timeout:g} s (down: {down or 'not yet scraped'}"
+                            f"{self._scrape_errors()})")
+
+    def _scrape_errors(self) -> str:
+        """The targets' last scrape errors, for the message of a start that timed out."""
+        try:
+            targets = httpx.get(self.url + "/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return ""
+        errors = [f"{t.get('scrapeUrl')}: {t.get('lastError')}" for t in targets if t.get("lastError")]
+        return f"; {'; '.join(errors)[:500]}" if errors else ""
 
     def stop(self, timeout: float = 15) -> None:
         """Stop by PID (SIGTERM, then SIGKILL), and remove the temp TSDB if we created it."""

@@ -526,6 +526,7 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the stdlib's name
             self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
