@@ -508,12 +508,10 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
     sums over users say the treatment serves 30% slower; the rollout's guardrail on that PromQL metric (margin
     5%) rolls it back, as it would a collector metric. A template that Prometheus cannot parse fails the next
     Rollout before any arm starts."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     import numpy as np
 
     from cambrian.online.prometheus import PrometheusProcess
+    from cambrian.testing.exporter import Exporter
 
     rng = np.random.default_rng(4)
     lines = []
@@ -521,21 +519,7 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
         ms = rng.gamma(9.0, 20.0, 1200) * lift
         lines += [f'shop_latency_users{{arm="{arm}"}} {len(ms)}', f'shop_latency_ms_sum{{arm="{arm}"}} {ms.sum()!r}',
                   f'shop_latency_ms_sq_sum{{arm="{arm}"}} {(ms ** 2).sum()!r}']
-    body = ("\n".join(lines) + "\n").encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    exporter = Exporter("\n".join(lines) + "\n")
     root = evolved[0]
     evo = _objects(root, "evolutions")[0]["status"]
     name, bundle = next((h["metadata"]["name"], h["status"]["bundleUri"])
@@ -560,7 +544,7 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
         return f
 
     try:
-        with PrometheusProcess({"shop": [f"127.0.0.1:{server.server_address[1]}"]}) as prom:
+        with PrometheusProcess({"shop": [exporter.target]}) as prom:
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             try:
                 proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(rollout("tiny-slow", latency)),
@@ -574,7 +558,7 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
             finally:
                 stop_leftovers(root.resolve())
     finally:
-        server.shutdown()
+        exporter.close()
     st = LocalStore(root).get("rollouts", "default", "tiny-slow")["status"]
     assert st["phase"] == "RolledBack", st
     assert "latency_ms" in st["reason"], st["reason"]

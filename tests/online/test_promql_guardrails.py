@@ -6,10 +6,8 @@ arm whose query gives no single value."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -75,23 +73,10 @@ def test_the_arm_over_the_limit_is_rolled_back_and_an_unverified_arm_never_promo
 
 @pytest.fixture
 def exporter():
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            body = EXPOSITION.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    from cambrian.testing.exporter import Exporter
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with Exporter(EXPOSITION) as e:
+        yield e.target
 
 
 @pytest.mark.prometheus

@@ -8,11 +8,9 @@ of a template and the checks that answers are per-user sums (never a verdict on 
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -179,42 +177,18 @@ def exposition(users: dict[str, dict[str, np.ndarray]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Exporter:
-    """The user's own application exporter: serves whatever exposition text it is given."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        exporter = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the stdlib's name
-                body = exporter.text.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """The user's exporter, the real collector (exposures), and a real Prometheus scraping both."""
     from cambrian.online.collector import Collector, Store
     from cambrian.online.prometheus import PrometheusProcess
     from cambrian.online.runner import BackgroundApp
+    from cambrian.testing.exporter import Exporter
 
     if shutil.which("prometheus") is None:  # a failure in CI (tests/conftest.py), where setup.sh installs it
         pytest.skip("prometheus is not installed (scripts/setup.sh installs it)")
-    exporter = Exporter()
     tmp = tmp_path_factory.mktemp("promql")
-    with BackgroundApp(Collector(Store(tmp / "collector.sqlite")).app()) as collector:
+    with Exporter() as exporter, BackgroundApp(Collector(Store(tmp / "collector.sqlite")).app()) as collector:
         with PrometheusProcess({"shop": [exporter.target], "collector": [collector.url.split("//")[1]]},
                                workdir=tmp / "prom") as prom:
             yield exporter, collector, prom
