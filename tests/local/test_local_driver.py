@@ -517,8 +517,8 @@ def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own
     lines = []
     for arm, lift in (("control", 1.0), ("t", 1.3)):
         ms = rng.gamma(9.0, 20.0, 1200) * lift
-        lines += [f'shop_latency_users{{arm="{arm}"}} {len(ms)}', f'shop_latency_ms_sum{{arm="{arm}"}} {ms.sum()!r}',
-                  f'shop_latency_ms_sq_sum{{arm="{arm}"}} {(ms ** 2).sum()!r}']
+        lines += [f'shop_latency_users{{arm="{arm}"}} {len(ms)}', f'shop_latency_ms_sum{{arm="{arm}"}} {float(ms.sum())!r}',
+                  f'shop_latency_ms_sq_sum{{arm="{arm}"}} {float((ms ** 2).sum())!r}']
     exporter = Exporter("\n".join(lines) + "\n")
     root = evolved[0]
     evo = _objects(root, "evolutions")[0]["status"]
