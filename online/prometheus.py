@@ -75,8 +75,9 @@ class PrometheusProcess:
     """Starts /usr/bin/prometheus (or whatever is on PATH) with a generated config and a temp TSDB."""
 
     def __init__(self, targets: Mapping[str, list[str]], port: int | None = None, workdir: str | Path | None = None,
-                 interval: str = "1s", retention: str = "1d"):
+                 interval: str = "1s", retention: str = "1d", start_timeout: float = 60):
         self.binary = find_prometheus()
+        self.start_timeout = start_timeout  # `with`: how long start() waits for readiness and every target
         self.targets = dict(targets)
         self.port = port or free_port()
         self._own_dir = workdir is None
@@ -158,7 +159,11 @@ class PrometheusProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "PrometheusProcess":
-        return self.start()
+        try:
+            return self.start(self.start_timeout)
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop what start() left running
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
