@@ -11,6 +11,7 @@ the caller must then make no decision.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import socket
@@ -40,6 +41,15 @@ class PrometheusUnavailable(CambrianError):
     """Prometheus did not answer (down, starting, or the query failed): make no decision."""
 
 
+class PromQLRejected(CambrianError):
+    """Prometheus refused a query as malformed (HTTP 400 bad_data: its own parser): a definition error, which
+    waiting does not cure."""
+
+
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # one readout's answer; more means a query selects far more than one arm
+MAX_READOUT_SECONDS = 60.0  # all of one readout's own-series queries together
+
+
 def find_prometheus() -> str:
     path = shutil.which("prometheus")
     if not path:
@@ -65,8 +75,9 @@ class PrometheusProcess:
     """Starts /usr/bin/prometheus (or whatever is on PATH) with a generated config and a temp TSDB."""
 
     def __init__(self, targets: Mapping[str, list[str]], port: int | None = None, workdir: str | Path | None = None,
-                 interval: str = "1s", retention: str = "1d"):
+                 interval: str = "1s", retention: str = "1d", start_timeout: float = 60):
         self.binary = find_prometheus()
+        self.start_timeout = start_timeout  # `with`: how long start() waits for readiness and every target
         self.targets = dict(targets)
         self.port = port or free_port()
         self._own_dir = workdir is None
@@ -126,7 +137,17 @@ class PrometheusProcess:
                 pass
             time.sleep(0.2)
         down = [s["metric"].get("instance") for s in up if s["value"][1] != "1"]
-        raise CambrianError(f"prometheus: not every target is up after {timeout:g} s (down: {down or 'not yet scraped'})")
+        raise CambrianError(f"prometheus: not every target is up after {timeout:g} s (down: {down or 'not yet scraped'}"
+                            f"{self._scrape_errors()})")
+
+    def _scrape_errors(self) -> str:
+        """The targets' last scrape errors, for the message of a start that timed out."""
+        try:
+            targets = httpx.get(self.url + "/api/v1/targets", timeout=2).json()["data"]["activeTargets"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return ""
+        errors = [f"{t.get('scrapeUrl')}: {t.get('lastError')}" for t in targets if t.get("lastError")]
+        return f"; {'; '.join(errors)[:500]}" if errors else ""
 
     def stop(self, timeout: float = 15) -> None:
         """Stop by PID (SIGTERM, then SIGKILL), and remove the temp TSDB if we created it."""
@@ -138,7 +159,11 @@ class PrometheusProcess:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "PrometheusProcess":
-        return self.start()
+        try:
+            return self.start(self.start_timeout)
+        except BaseException:  # __exit__ does not run when __enter__ fails: stop what start() left running
+            self.stop()
+            raise
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -158,26 +183,49 @@ class ExperimentReadout:
 
 
 class PromClient:
-    def __init__(self, url: str, timeout: float = 5.0):
+    """Every call has a timeout (also sent as the query's evaluation `timeout`) and a cap on the answer's size."""
+
+    def __init__(self, url: str, timeout: float = 5.0, max_bytes: int = MAX_ANSWER_BYTES):
         self.url = url.rstrip("/")
+        self.timeout, self.max_bytes = timeout, max_bytes
         self._http = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
 
-    def query(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
-        params = {"query": expr}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
+    def _get(self, path: str, params: dict[str, str], what: str) -> dict:
+        """The JSON answer of one API call; PromQLRejected for a query Prometheus' parser refuses (HTTP 400
+        bad_data), PrometheusUnavailable for anything else that is not a success."""
         try:
-            r = self._http.get(self.url + "/api/v1/query", params=params)
+            with self._http.stream("GET", self.url + path, params=params) as r:
+                raw = bytearray()
+                for chunk in r.iter_bytes():
+                    raw += chunk
+                    if len(raw) > self.max_bytes:
+                        raise PrometheusUnavailable(f"prometheus {what}: the answer is over {self.max_bytes} bytes")
         except httpx.HTTPError as exc:
             raise PrometheusUnavailable(f"prometheus at {self.url} unreachable: {exc}") from None
-        if r.status_code != 200:
-            raise PrometheusUnavailable(f"prometheus query {expr!r} failed: HTTP {r.status_code} {r.text[:300]}")
-        body = r.json()
-        if body.get("status") != "success":
-            raise PrometheusUnavailable(f"prometheus query {expr!r} failed: {body.get('error')}")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+        if r.status_code == 400 and body.get("errorType") == "bad_data":
+            raise PromQLRejected(f"{what}: {_one_line(body.get('error'))}")
+        if r.status_code != 200 or body.get("status") != "success":
+            raise PrometheusUnavailable(f"prometheus {what} failed: HTTP {r.status_code} "
+                                        f"{_one_line(body.get('error') or raw[:300].decode('utf-8', 'replace'))}")
+        return body
+
+    def check(self, expr: str) -> None:
+        """Parse `expr` with the Prometheus that will run it (/api/v1/format_query, Prometheus >= 2.38);
+        raises PromQLRejected with its parser's message."""
+        self._get("/api/v1/format_query", {"query": expr}, f"query {expr!r}")
+
+    def query(self, expr: str, at: float | None = None) -> list[tuple[dict[str, str], float]]:
+        params = {"query": expr, "timeout": f"{self.timeout:g}s"}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = self._get("/api/v1/query", params, f"query {expr!r}")
         data = body["data"]
         if data["resultType"] == "scalar":
             return [({}, float(data["result"][1]))]
@@ -189,12 +237,18 @@ class PromClient:
         rows = self.query(expr, at)
         return rows[0][1] if rows else None
 
-    def gauges(self, queries: Mapping[str, Mapping[str, str]], at: float | None = None) -> dict[str, dict[str, float]]:
-        """arm -> guardrail -> value of that arm's query (a Rollout's `guardrails[].query`). A query with no
-        series, several (which one would be the arm's?) or a NaN gives no value: that arm is not verified."""
+    def gauges(self, queries: Mapping[str, Mapping[str, str]], at: float | None = None,
+               budget_s: float = MAX_READOUT_SECONDS) -> dict[str, dict[str, float]]:
+        """arm -> key -> value of that arm's query (a Rollout's guardrail queries and PromQL metrics' statistics,
+        reconcile/promql.py). A query with no series, several (which one would be the arm's?) or a NaN gives no
+        value: that arm is not verified. All of them together may take `budget_s` (else PrometheusUnavailable):
+        a slow Prometheus must not hold the operator's step for arms × statistics × the per-call timeout."""
         out: dict[str, dict[str, float]] = {}
+        deadline = time.monotonic() + budget_s
         for arm, by_metric in queries.items():
             for metric, expr in by_metric.items():
+                if time.monotonic() > deadline:
+                    raise PrometheusUnavailable(f"prometheus: the readout's queries took over {budget_s:g} s")
                 rows = self.query(expr, at)
                 if len(rows) == 1 and math.isfinite(rows[0][1]):
                     out.setdefault(arm, {})[metric] = rows[0][1]
@@ -234,6 +288,10 @@ class PromClient:
         rows = self.query(f"sum by (arm) (rate(cambrian_server_errors_total[{window}])) / "
                           f"clamp_min(sum by (arm) (rate(cambrian_server_requests_total[{window}])), 1e-9)", at)
         return {labels["arm"]: v for labels, v in rows}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())[:500]
 
 
 def _escape(s: str) -> str:

@@ -51,6 +51,14 @@ SOURCE_URI_PATTERN = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 GUARDRAIL_QUERY_RULE = ("guardrail query: give a limit and no margin (a PromQL value has no confidence interval to "
                         "judge a relative regression by)")
 GUARDRAIL_QUERY_ARM = "guardrail query: select each arm's series with {{arm}}"
+# A PromQL template: {{arm}} and {{window}} are its only placeholders (PromQL itself never writes "{{").
+PROMQL_TEMPLATE_PATTERN = r"^([^{]|[{][^{]|[{][{](arm|window)[}][}])*[{]?$"
+PROMQL_PLACEHOLDERS = "promql: the only placeholders are {{arm}} and {{window}}"
+PROMQL_STATS = {  # kind -> (stats every arm needs, optional stats that come together: the CUPED covariate)
+    "mean": (("n", "sum_y", "sum_y2"), ("sum_x", "sum_x2", "sum_xy")),
+    "ratio": (("n", "sum_m", "sum_d", "sum_m2", "sum_d2", "sum_md"), ()),
+    "proportion": (("n", "sum_y"), ()),
+}
 DATA_ONE_OF = "spec.data: give exactly one of world, persistentVolumeClaim or source"
 
 
@@ -158,8 +166,10 @@ class Guardrail(_Model):
     margin: float | None = Field(None, ge=0, le=1, description="largest tolerated relative regression vs control")
     query: str | None = Field(None, min_length=1, max_length=4096, description=(
         "PromQL over your own Prometheus series giving one number per arm: each readout runs it once per arm "
-        "with {{arm}} replaced by the arm's name (e.g. a label matcher arm=\"{{arm}}\"); the value is checked "
-        "against limit. An arm whose query returns nothing, several series or NaN is not verified: never promoted"))
+        "with {{arm}} replaced by the arm's name (e.g. a label matcher arm=\"{{arm}}\") and {{window}} by the "
+        "time since the rollout started; the value is checked "
+        "against limit. An arm whose query returns nothing, several series or NaN is not verified: never promoted"),
+        json_schema_extra=_x([cel(f"self.matches('{PROMQL_TEMPLATE_PATTERN}')", PROMQL_PLACEHOLDERS)]))
 
     @model_validator(mode="after")
     def _limit_or_margin(self) -> "Guardrail":
@@ -169,7 +179,116 @@ class Guardrail(_Model):
             raise ValueError(GUARDRAIL_QUERY_RULE)
         if self.query is not None and "{{arm}}" not in self.query:
             raise ValueError(GUARDRAIL_QUERY_ARM)
+        check_template(self.query, "query")
         return self
+
+
+def _template_field(description: str, required: bool = False) -> Any:
+    return Field(... if required else None, min_length=1, max_length=4096, description=description,
+                 json_schema_extra=_x([cel(f"self.matches('{PROMQL_TEMPLATE_PATTERN}')", PROMQL_PLACEHOLDERS),
+                                       cel("self.contains('{{arm}}')", "promql: select each arm's series with {{arm}}")]))
+
+
+def check_template(text: str | None, where: str) -> None:
+    """The static part of a PromQL template's check (the CEL rules' twin); the PromQL itself is parsed by the
+    Prometheus that runs it (cambrian.online.prometheus.PromClient.check) before the Rollout starts."""
+    if text is None:
+        return
+    if not re.fullmatch(PROMQL_TEMPLATE_PATTERN, text):
+        raise ValueError(f"{where}: {PROMQL_PLACEHOLDERS}")
+    if "{{arm}}" not in text:
+        raise ValueError(f"{where}: promql: select each arm's series with {{{{arm}}}}")
+
+
+_STAT_HELP = ("PromQL template of one per-arm sum over users ({{arm}}: the arm's name, {{window}}: the time since "
+              "the rollout started as a PromQL duration); one series or a scalar per arm")
+
+
+class PromQLQueries(_Model):
+    """One PromQL template per sufficient statistic, named as Cambrian's own export (`cambrian_arm_stat`'s
+    `stat` label). Second moments are raw (about 0)."""
+
+    users: str | None = _template_field("n, the users (randomisation units) in the arm: " + _STAT_HELP)
+    sum_y: str | None = _template_field("Σ over users of the user's value Y (proportion: users with the outcome): "
+                                        + _STAT_HELP)
+    sum_y2: str | None = _template_field("Σ over users of Y²: " + _STAT_HELP)
+    sum_x: str | None = _template_field("Σ of the user's pre-experiment value X (CUPED covariate): " + _STAT_HELP)
+    sum_x2: str | None = _template_field("Σ of X²: " + _STAT_HELP)
+    sum_xy: str | None = _template_field("Σ of X·Y: " + _STAT_HELP)
+    sum_m: str | None = _template_field("ratio: Σ of the user's numerator M: " + _STAT_HELP)
+    sum_d: str | None = _template_field("ratio: Σ of the user's denominator D: " + _STAT_HELP)
+    sum_m2: str | None = _template_field("ratio: Σ of M²: " + _STAT_HELP)
+    sum_d2: str | None = _template_field("ratio: Σ of D²: " + _STAT_HELP)
+    sum_md: str | None = _template_field("ratio: Σ of M·D: " + _STAT_HELP)
+
+    def given(self) -> dict[str, str]:
+        """stat (the sums contract's name: n, sum_y, ...) -> template, for those given."""
+        return {("n" if k == "users" else k): v for k, v in self.model_dump().items() if v is not None}
+
+
+def stat_wire_name(stat: str) -> str:
+    """A statistic's field name in the spec: `n` is `users` there (YAML 1.1 reads a key n as false)."""
+    return "users" if stat == "n" else to_camel(stat)
+
+
+def _promql_kind_rules() -> list[dict[str, str]]:
+    rules = []
+    for kind, (need, together) in PROMQL_STATS.items():
+        cam = [stat_wire_name(s) for s in need]
+        allowed = set(need) | set(together)
+        extra = [stat_wire_name(s) for s in ("n", *PromQLQueries.model_fields) if s not in allowed and s != "users"]
+        rule = " && ".join([f"has(self.queries.{c})" for c in cam] + [f"!has(self.queries.{c})" for c in extra])
+        if together:
+            opt = [f"has(self.queries.{stat_wire_name(s)})" for s in together]
+            rule += f" && (({' && '.join(opt)}) || !({' || '.join(opt)}))"
+        rules.append(cel(f"self.kind != '{kind}' || ({rule})", _promql_kind_message(kind)))
+    return rules
+
+
+def _promql_kind_message(kind: str) -> str:
+    need, together = PROMQL_STATS[kind]
+    msg = f"promql metric of kind {kind}: give queries {', '.join(stat_wire_name(s) for s in need)}"
+    if together:
+        msg += f" (and, for CUPED, all of {', '.join(stat_wire_name(s) for s in together)} or none)"
+    return msg + " and no others"
+
+
+class PromQLMetric(_Model):
+    """A decision metric defined in PromQL over your own series: per arm, the sufficient statistics the analysis
+    reads (README: Metrics in PromQL over your own series). Prometheus holds no per-user values, so these must
+    be sums over users that your service keeps (as Cambrian's collector does); counts of events alone cannot
+    give a variance, except for a proportion of users (Σy² = Σy when y is 0 or 1)."""
+
+    model_config = ConfigDict(json_schema_extra=_x(_promql_kind_rules()))
+
+    name: str = Field(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN, description=(
+        "the metric's name, as northStar[].name or guardrails[].metric use it (replaces a collector metric of "
+        "that name)"))
+    kind: Literal["mean", "ratio", "proportion"] = Field(description=(
+        "mean: Y per user (users, sumY, sumY2; sumX, sumX2, sumXy for CUPED); ratio: M/D per user (users, sumM, "
+        "sumD, sumM2, sumD2, sumMd); proportion: a 0/1 outcome per user (users, sumY of them with the outcome)"))
+    queries: PromQLQueries = Field(description="one PromQL template per statistic")
+
+    @model_validator(mode="after")
+    def _queries(self) -> "PromQLMetric":
+        need, together = PROMQL_STATS[self.kind]
+        given = self.queries.given()
+        allowed = set(need) | set(together)
+        have_opt = [s for s in together if s in given]
+        if any(s not in given for s in need) or set(given) - allowed or 0 < len(have_opt) < len(together):
+            raise ValueError(_promql_kind_message(self.kind))
+        for stat, text in given.items():
+            check_template(text, f"queries.{stat_wire_name(stat)}")
+        return self
+
+
+def _check_promql_names(promql: list[PromQLMetric], guardrails: list[Guardrail]) -> None:
+    names = [m.name for m in promql]
+    if len(set(names)) != len(names):
+        raise ValueError("promql: metric names must be unique")
+    clash = sorted({g.metric for g in guardrails if g.query is not None} & set(names))
+    if clash:
+        raise ValueError(f"guardrail {clash[0]}: defined both by its own query and as a promql metric; keep one")
 
 
 class LocalObjectRef(_Model):
@@ -220,6 +339,12 @@ class Objective(_Model):
         min_length=1,
         max_length=8,
         description="online metrics in order of importance; the first decides promotion",
+        json_schema_extra=_x(list_type="map", map_keys=["name"]),
+    )
+    promql: list[PromQLMetric] = Field(
+        default_factory=list, max_length=16, description=(
+            "decision metrics defined in PromQL over your own series, copied into every rollout the loop starts "
+            "(README: Metrics in PromQL over your own series)"),
         json_schema_extra=_x(list_type="map", map_keys=["name"]),
     )
 
@@ -568,6 +693,11 @@ class EvolutionSpec(_Model):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
         return v
+
+    @model_validator(mode="after")
+    def _promql_names(self) -> "EvolutionSpec":
+        _check_promql_names(self.objective.promql, self.guardrails)
+        return self
 
 
 class Champion(_Status):
@@ -1018,6 +1148,17 @@ class RolloutMetrics(_Model):
         json_schema_extra=_x(list_type="map", map_keys=["metric"]),
     )
     readout: Readout = Field(default_factory=Readout, description="when the analysis reads Prometheus")
+    promql: list[PromQLMetric] = Field(
+        default_factory=list, max_length=16, description=(
+            "decision metrics defined in PromQL over your own series, referenced by name from northStar and "
+            "guardrails (README: Metrics in PromQL over your own series)"),
+        json_schema_extra=_x(list_type="map", map_keys=["name"]),
+    )
+
+    @model_validator(mode="after")
+    def _promql_names(self) -> "RolloutMetrics":
+        _check_promql_names(self.promql, self.guardrails)
+        return self
 
 
 class Statistics(_Model):

@@ -16,6 +16,11 @@ def run(
                                                   help="namespace(s) to watch (repeatable); default: all"),
     prometheus_url: Optional[str] = typer.Option(None, "--prometheus-url", envvar="CAMBRIAN_PROMETHEUS_URL",
                                                  help="Prometheus HTTP API the rollout readouts query"),
+    promql_url: Optional[str] = typer.Option(None, "--promql-url", envvar="CAMBRIAN_PROMQL_URL",
+                                             help="the Prometheus holding your own series, which PromQL metrics and "
+                                                  "guardrail queries run against (default: --prometheus-url)"),
+    prometheus_timeout: float = typer.Option(5.0, "--prometheus-timeout", min=0.1, envvar="CAMBRIAN_PROMETHEUS_TIMEOUT",
+                                             help="seconds a Prometheus call (and its query evaluation) may take"),
     interval: float = typer.Option(15.0, "--interval", min=1.0, envvar="CAMBRIAN_OPERATOR_INTERVAL",
                                    help="seconds between timer reconciles of Evolutions (and their Hypotheses' sweep) and running Rollouts; Hypotheses are event-driven"),
     liveness: Optional[str] = typer.Option(None, "--liveness", help="e.g. http://0.0.0.0:8080/healthz"),
@@ -37,6 +42,9 @@ def run(
     os.environ["CAMBRIAN_OPERATOR_INTERVAL"] = str(interval)
     if prometheus_url:
         os.environ["CAMBRIAN_PROMETHEUS_URL"] = prometheus_url
+    if promql_url:
+        os.environ["CAMBRIAN_PROMQL_URL"] = promql_url
+    os.environ["CAMBRIAN_PROMETHEUS_TIMEOUT"] = str(prometheus_timeout)
 
     import kopf
 

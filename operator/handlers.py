@@ -83,6 +83,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         timeout = float(os.environ.get("CAMBRIAN_PROPOSER_TIMEOUT", "120"))
         memo.platform = KubernetesPlatform(api_client=shared_api_client(),
                                            prometheus_url=os.environ.get("CAMBRIAN_PROMETHEUS_URL"),
+                                           promql_url=os.environ.get("CAMBRIAN_PROMQL_URL") or None,
+                                           prometheus_timeout=float(os.environ.get("CAMBRIAN_PROMETHEUS_TIMEOUT", "5")),
                                            proposer=OffPathProposer(ChildProposer(timeout_s=timeout), timeout_s=timeout,
                                                                     attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
                                            config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")),

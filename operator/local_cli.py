@@ -48,7 +48,8 @@ def apply_overrides(objs: list[dict[str, Any]], users: int | None, days: int | N
 def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | None, users: int | None = None,
               days: int | None = None, seed: int | None = None, evaluations: int | None = None,
               approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False,
-              limits: Any = None, train_command: list[str] | None = None, warehouse: Any = None) -> int:
+              limits: Any = None, train_command: list[str] | None = None, warehouse: Any = None,
+              promql_url: str | None = None) -> int:
     """`limits`, `train_command`: the sandbox limits and trainer command of this machine's training runs
     (agents.runner.run_candidate); None: its defaults."""
     from cambrian.operator import api
@@ -69,7 +70,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         api.parse_resource(o)
     check_approvals(decisions, objs, LocalStore(out))
     driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days, limits=limits,
-                         train_command=train_command, warehouse=warehouse)
+                         train_command=train_command, warehouse=warehouse, promql_url=promql_url)
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
@@ -181,6 +182,9 @@ WAREHOUSE_URL = typer.Option(None, "--warehouse-url", envvar="CAMBRIAN_WAREHOUSE
                                   "days land there, and the --warehouse-metrics are computed there")
 WAREHOUSE_METRICS = typer.Option(None, "--warehouse-metrics", help="YAML list of {name, kind: mean|ratio, sql} over "
                                  "the warehouse's tables (README: Bring your own data)")
+PROMQL_URL = typer.Option(None, "--promql-url", envvar="CAMBRIAN_PROMQL_URL", show_default=False,
+                          help="your own Prometheus, which the rollouts' PromQL metrics and guardrail queries run "
+                               "against (default: each rollout's own Prometheus)")
 WAREHOUSE_EVENTS = typer.Option("sim_user_days", "--warehouse-events-table",
                                 help="the warehouse table the simulated users' days land in")
 
@@ -214,6 +218,7 @@ def evolve(
     warehouse_url: Optional[str] = WAREHOUSE_URL,
     warehouse_metrics: Optional[Path] = WAREHOUSE_METRICS,
     warehouse_events: str = WAREHOUSE_EVENTS,
+    promql_url: Optional[str] = PROMQL_URL,
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
     _logging(verbose)
@@ -222,7 +227,8 @@ def evolve(
     code = run_local(_need(file, out), out, kinds=("Evolution", "Hypothesis", "Rollout"), data=data, users=users,
                      days=days, seed=seed, evaluations=evaluations, approve=approve, max_days=max_days,
                      workers=workers, as_json=as_json,
-                     warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events))
+                     warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events),
+                     promql_url=inputs_promql_url(promql_url))
     raise typer.Exit(code)
 
 
@@ -241,6 +247,7 @@ def rollout(
     warehouse_url: Optional[str] = WAREHOUSE_URL,
     warehouse_metrics: Optional[Path] = WAREHOUSE_METRICS,
     warehouse_events: str = WAREHOUSE_EVENTS,
+    promql_url: Optional[str] = PROMQL_URL,
 ) -> None:
     """Run Rollout objects locally: arms, router, simulated users, Prometheus, the operator's decision.
 
@@ -251,8 +258,23 @@ def rollout(
         refuse_rollout_settings(f"rollout --config {config}")
     _logging(verbose)
     code = run_local(_need(file, out), out, kinds=("Rollout",), data=data, approve=approve, max_days=max_days,
-                     as_json=as_json, warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events))
+                     as_json=as_json, warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events),
+                     promql_url=inputs_promql_url(promql_url))
     raise typer.Exit(code)
+
+
+def inputs_promql_url(url: str | None) -> str | None:
+    """--promql-url: an http(s) URL without credentials (process listings show it); None stays None."""
+    from urllib.parse import urlsplit
+
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--promql-url {url!r}: expected http://HOST:PORT of a Prometheus")
+    if parts.password:
+        raise ConfigError("--promql-url: no password in the URL (process listings show it)")
+    return url.rstrip("/")
 
 
 def _evolve_settings(config: Path, file: Path | None, out: Path | None, max_days: float, as_json: bool) -> int:

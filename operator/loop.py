@@ -25,11 +25,12 @@ from typing import Any, Callable, Protocol
 
 from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator import api
-from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, apply_actions
+from cambrian.operator.platform.base import ActionRefused, MetricQueryRefused, MetricsUnavailable, apply_actions
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import fidelity as FI
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import noise as N
+from cambrian.operator.reconcile import promql as PQ
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile import common as C
@@ -168,14 +169,27 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
     ns = meta.namespace or "default"
     serving, claim = serving_of(objects, ns, spec)
     owner = R.owner_of(meta)
-    analysis, unavailable = None, None
+    analysis, unavailable, refused = None, None, None
+    if status.observed_generation != meta.generation and status.phase in (None, "Pending", "Deploying", "Failed"):
+        # a new spec, before it starts: its PromQL is parsed by the Prometheus that will run it
+        templates = PQ.check_queries(spec)
+        try:
+            if templates:
+                platform.check_promql(meta.name, templates)
+        except MetricQueryRefused as exc:
+            refused = str(exc)
+        except MetricsUnavailable as exc:  # checked again by every readout, which decides nothing on a refusal
+            log.warning("rollout %s/%s: its PromQL is not checked yet: %s", ns, meta.name, exc)
     if R.readout_due(status, now):
         # imported when a readout is due: the statistics (scipy) stay out of an operator with no live Rollout
         from cambrian.operator.reconcile import readout as RD
 
         try:
-            r = platform.prometheus_readout(meta.name, RD.gauge_queries(spec))
+            r = platform.prometheus_readout(meta.name, PQ.queries(spec, status, now))
             analysis = RD.analyse(spec, status, r.stats, now, r.exposures, r.cohorts, r.values)
+        except MetricQueryRefused as exc:
+            log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
+            unavailable = f"Prometheus refuses a query of the spec: {exc}"
         except MetricsUnavailable as exc:
             log.warning("rollout %s/%s: no readout: %s", ns, meta.name, exc)
             unavailable = str(exc)
@@ -188,6 +202,7 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         analysis=analysis,
         approval=(meta.annotations.get(APPROVE) or None),
         unavailable=unavailable,
+        refused=refused,
     )
     return Step(meta, R.reconcile(meta, spec, status, serving, claim, obs, now), analysis=analysis)
 

@@ -17,6 +17,7 @@ import pytest
 CAMBRIAN = str(Path(sys.executable).with_name("cambrian"))
 ROOT = Path(__file__).resolve().parents[1]
 EVOLUTION = str(ROOT / "manifests" / "examples" / "evolution.yaml")
+ROLLOUT = str(ROOT / "manifests" / "examples" / "rollout.yaml")
 
 # (command line with {t} for the test's folder, what the error line must contain, the command takes --json)
 BAD = [
@@ -45,6 +46,11 @@ BAD = [
      True),
     (["rollout", "-f", EVOLUTION, "--dir", "{t}/run"], "expected Rollout objects, found Evolution", True),
     (["rollout", "-f", "{t}/bad.yaml", "--dir", "{t}/run"], "cannot read", True),
+    (["rollout", "-f", "{t}/promql.yaml", "--dir", "{t}/run"],
+     "spec.metrics.promql.0: queries.sumY: promql: the only placeholders are {{arm}} and {{window}}", True),
+    (["rollout", "-f", ROLLOUT, "--dir", "{t}/run", "--promql-url", "http://me:pw@prom:9090"],
+     "--promql-url: no password in the URL", True),
+    (["evolve", "-f", EVOLUTION, "--dir", "{t}/run", "--promql-url", "prom:9090"], "expected http://HOST:PORT", True),
     (["journal", "{t}/afile"], "afile: not a directory", True),
     (["serve", "--bundle", "{t}/nope", "--arm", "a"], "not a model bundle", False),
     (["route", "--config", "{t}/bad.yaml"], "(line 2, column 1)", False),
@@ -72,6 +78,12 @@ def inputs(tmp_path: Path) -> Path:
     (tmp_path / "scalar.yaml").write_text("just a string\n")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "world.json").write_text("{}\n")
+    import yaml
+
+    rollout = yaml.safe_load(Path(ROLLOUT).read_text())
+    rollout["spec"]["metrics"]["promql"] = [{"name": "signup", "kind": "proportion", "queries": {
+        "users": 'sum(u{arm="{{arm}}"})', "sumY": 'sum(y{arm="{{arm}}", ns="{{namespace}}"})'}}]
+    (tmp_path / "promql.yaml").write_text(yaml.safe_dump(rollout))
     return tmp_path
 
 

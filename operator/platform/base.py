@@ -46,6 +46,10 @@ class MetricsUnavailable(CambrianError):
     """Prometheus (or the local metrics store) did not answer: make no decision."""
 
 
+class MetricQueryRefused(CambrianError):
+    """Prometheus' parser refused a PromQL template of the spec: a definition error, not an outage."""
+
+
 class ActionRefused(CambrianError):
     """The platform refused to create or change a child (the API server's 4xx, a local check).
 
@@ -108,8 +112,14 @@ class Platform(Protocol):
 
     # --- metrics ----------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
-        """Per-arm sufficient statistics of the experiment, and the value of each arm's guardrail query
-        (`gauges`: arm -> guardrail -> PromQL, from readout.gauge_queries); raises MetricsUnavailable."""
+        """Per-arm sufficient statistics of the experiment, and in `values` the value of each arm's PromQL over
+        the user's own series (`gauges`: arm -> key -> PromQL, from reconcile.promql.queries; a query without
+        exactly one finite value has none); raises MetricsUnavailable, or MetricQueryRefused for a query
+        Prometheus' parser refuses."""
+
+    def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
+        """Have the Prometheus that will run them parse `queries` (where in the spec -> PromQL); raises
+        MetricQueryRefused naming the first it refuses, MetricsUnavailable when it cannot be asked."""
 
     # --- the loop ---------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None: ...
@@ -172,3 +182,20 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
             raise TypeError(f"no platform method for {type(a).__name__}")
     if record_step and journal:
         record_step(platform, journal)
+
+
+def check_queries(url: str, queries: Mapping[str, str], timeout: float = 5.0) -> None:
+    """Both platforms' check_promql: each query parsed by the Prometheus at `url`, which runs them later."""
+    from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected
+
+    client = PromClient(url, timeout)
+    try:
+        for where, expr in queries.items():
+            try:
+                client.check(expr)
+            except PromQLRejected as exc:
+                raise MetricQueryRefused(f"spec.{where}: Prometheus refuses the query: {exc}") from None
+    except PrometheusUnavailable as exc:
+        raise MetricsUnavailable(str(exc)) from None
+    finally:
+        client.close()

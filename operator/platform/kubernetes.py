@@ -34,7 +34,8 @@ import yaml
 
 from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
-from cambrian.operator.platform.base import ActionRefused, MetricsUnavailable, Readout, refusal_is_permanent
+from cambrian.operator.platform.base import (ActionRefused, MetricQueryRefused, MetricsUnavailable, Readout,
+                                             check_queries, refusal_is_permanent)
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
     CreateRollout,
@@ -773,7 +774,8 @@ class KubernetesPlatform:
     _events: EventPoster | None = None
 
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
-                 config: Mapping[str, Any] | None = None, background_events: bool = False):
+                 config: Mapping[str, Any] | None = None, background_events: bool = False,
+                 promql_url: str | None = None, prometheus_timeout: float = 5.0):
         from kubernetes import client
 
         self._client = client
@@ -783,6 +785,9 @@ class KubernetesPlatform:
         self.custom = client.CustomObjectsApi(api_client)
         self.api = api_client or client.ApiClient()
         self.prometheus_url = prometheus_url
+        # the Prometheus holding the user's own series (PromQL metrics and guardrails), when not the one above
+        self.promql_url = promql_url
+        self.prometheus_timeout = prometheus_timeout
         self.proposer = proposer
         self.config = dict(config or {})
         self._events = EventPoster(self._post_event) if background_events else None
@@ -1024,17 +1029,27 @@ class KubernetesPlatform:
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         if not self.prometheus_url:
             raise MetricsUnavailable("no Prometheus URL configured (--prometheus-url or CAMBRIAN_PROMETHEUS_URL)")
-        from cambrian.online.prometheus import PromClient, PrometheusUnavailable
+        from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected
 
-        client = PromClient(self.prometheus_url)
+        client = PromClient(self.prometheus_url, self.prometheus_timeout)
+        own = PromClient(self.promql_url, self.prometheus_timeout) if self.promql_url and gauges else client
         try:
             readout = client.read_experiment(rollout)
-            readout.values = client.gauges(gauges or {}, at=readout.time)
+            readout.values = own.gauges(gauges or {}, at=readout.time)
             return readout
+        except PromQLRejected as exc:
+            raise MetricQueryRefused(str(exc)) from None
         except PrometheusUnavailable as exc:
             raise MetricsUnavailable(str(exc)) from None
         finally:
             client.close()
+            own.close()
+
+    def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
+        url = self.promql_url or self.prometheus_url
+        if not url:
+            raise MetricsUnavailable("no Prometheus URL configured (--prometheus-url or CAMBRIAN_PROMETHEUS_URL)")
+        check_queries(url, queries, self.prometheus_timeout)
 
     # --- the loop --------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None:

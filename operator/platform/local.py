@@ -41,7 +41,7 @@ from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
 from cambrian.operator.platform import runstore
-from cambrian.operator.platform.base import MetricsUnavailable, Readout
+from cambrian.operator.platform.base import MetricQueryRefused, MetricsUnavailable, Readout, check_queries
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
@@ -105,7 +105,7 @@ class LocalPlatform:
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
-                 warehouse: Any = None):
+                 warehouse: Any = None, promql_url: str | None = None):
         self.root = Path(root).resolve()
         self.store = store
         self.clock = clock
@@ -115,6 +115,7 @@ class LocalPlatform:
         self.readout_wait_s = readout_wait_s
         self.train_command = train_command
         self.warehouse = warehouse  # online/warehouse.Warehouse for every rollout's metrics and simulated users
+        self.promql_url = promql_url  # the user's own Prometheus for PromQL metrics (None: each rollout's own)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train")
         self._running: dict[str, Future] = {}
         self._lock = threading.Lock()
@@ -501,7 +502,7 @@ class LocalPlatform:
 
     # --- metrics ---------------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
-        from cambrian.online.prometheus import ExperimentReadout, PromClient, PrometheusUnavailable
+        from cambrian.online.prometheus import ExperimentReadout, PromClient, PrometheusUnavailable, PromQLRejected
 
         env = self.envs.get(rollout)
         if env is None or env.prometheus is None:
@@ -517,7 +518,13 @@ class LocalPlatform:
                 if time.monotonic() > deadline:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
                 time.sleep(0.25)
-            values = client.gauges(gauges or {}, at=r.time)
+            own = PromClient(self.promql_url) if self.promql_url and gauges else client
+            try:
+                values = own.gauges(gauges or {}, at=r.time)
+            finally:
+                own.close()
+        except PromQLRejected as exc:
+            raise MetricQueryRefused(str(exc)) from None
         except PrometheusUnavailable as exc:
             raise MetricsUnavailable(str(exc)) from None
         finally:
@@ -526,6 +533,13 @@ class LocalPlatform:
         shift = (day_start(env.state.clock_day0 or 0) - UNIX_EPOCH).days - (env.state.world_day0 or 0)
         return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures,
                                  {d + shift: arms for d, arms in r.cohorts.items()}, values)
+
+    def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
+        env = self.envs.get(rollout)
+        url = self.promql_url or (env.prometheus.url if env is not None and env.prometheus is not None else None)
+        if url is None:
+            raise MetricsUnavailable(f"no Prometheus runs for rollout {rollout} yet")
+        check_queries(url, queries)
 
     # --- the loop --------------------------------------------------------------------------------
     def create_rollout(self, action: CreateRollout) -> None:

@@ -290,7 +290,8 @@ def _rollout_spec(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, h: Hypot
         treatments=[TreatmentArm(name="treatment", hypothesis_ref=LocalObjectRef(name=h.name), bundle=h.bundle_uri or "")],
         salt=name,
         ramp=tpl.ramp,
-        metrics=RolloutMetrics(north_star=spec.objective.north_star, guardrails=spec.guardrails, readout=tpl.readout),
+        metrics=RolloutMetrics(north_star=spec.objective.north_star, guardrails=spec.guardrails, readout=tpl.readout,
+                               promql=spec.objective.promql),
         statistics=tpl.statistics,
         decision_policy=spec.launch_policy,
     )

@@ -92,6 +92,7 @@ class RolloutObservation:
     analysis: Analysis | None = None  # only looked at when a readout is due (see rollout.readout_due)
     approval: str | None = None  # cambrian.dev/approve annotation: promote | rollback
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
+    refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
+from cambrian.operator.reconcile import promql
 from cambrian.operator.reconcile.observations import Analysis, Effect
 from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide
 
@@ -41,13 +42,6 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
         # a planned sample is a horizon of the group design; without one the design ends at maxDuration
         horizon="users" if st.planned_sample_per_arm else "days",
     )
-
-
-def gauge_queries(spec: RolloutSpec) -> dict[str, dict[str, str]]:
-    """arm -> guardrail -> its PromQL with {{arm}} replaced by the arm's name (a DNS label: nothing to escape
-    inside a PromQL string). Every arm, control included: its value is shown beside the treatments'."""
-    return {arm: {g.metric: g.query.replace("{{arm}}", arm) for g in spec.metrics.guardrails if g.query}
-            for arm in spec.arm_names()} if any(g.query for g in spec.metrics.guardrails) else {}
 
 
 def day_number(t: datetime) -> int:
@@ -89,7 +83,9 @@ def analyse(
     cohorts: Mapping[int, Mapping[str, int]] | None = None,
     values: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Analysis:
-    """stats: arm -> metric -> SufficientStats/RatioStats (users whose window has closed)."""
+    """stats: arm -> metric -> SufficientStats/RatioStats (users whose window has closed); values: arm -> key ->
+    the answers of the spec's PromQL (reconcile/promql.py: guardrail values and promql metrics' statistics)."""
+    stats, values = promql.merge(spec, stats, values)
     names = spec.arm_names()
     weights, observed = srm_expectation(spec, status, cohorts, exposures)
     started = status.started_at or now

@@ -103,6 +103,8 @@ def reconcile(
     unloadable = first_unservable(bundles.values())
     if unloadable and st.phase not in CONCLUDED:  # no arm could ever become ready: say so, start nothing
         return fail_until_spec_changes(meta, "Rollout", status, INVALID_SPEC, unloadable, now)
+    if obs.refused and st.phase in (None, "Pending", "Deploying"):  # a metric no readout could ever read
+        return fail_until_spec_changes(meta, "Rollout", status, INVALID_SPEC, obs.refused, now)
 
     def cond(type_: str, ok: bool | str, reason: str, message: str = "") -> None:
         st.conditions = set_condition(st.conditions, type_, ok, reason, message, now, meta.generation)

@@ -274,6 +274,8 @@ CASES: list[Case] = [
          ("--set", "agents.openai.existingSecret=o")),
     Case("agents.openai.baseUrl", "http://zz-llm:1/v1", env("-operator", "OPENAI_BASE_URL")),
     Case("prometheus.url", "http://zz-prom:9090", env("-operator", "CAMBRIAN_PROMETHEUS_URL")),
+    Case("prometheus.promqlUrl", "http://zz-own-prom:9090", env("-operator", "CAMBRIAN_PROMQL_URL")),
+    Case("prometheus.timeoutSeconds", 17, env("-operator", "CAMBRIAN_PROMETHEUS_TIMEOUT"), expect="17"),
     # the training Jobs the operator creates
     *image_cases("training", image_and_policy(lambda d: [trainer(d), *job_pod(d)["initContainers"]])),
     Case("training.serviceAccountName", "zz-trainer-sa", lambda d: job_pod(d).get("serviceAccountName")),

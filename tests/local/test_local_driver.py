@@ -544,6 +544,72 @@ def test_a_rollout_decides_on_sql_metrics_over_the_simulated_users_days_in_postg
     assert all(0 < a["n"] <= landed[a["name"]].n for a in st["arms"]), st["arms"]
 
 
+@pytest.mark.slow
+@pytest.mark.prometheus
+def test_a_local_rollout_is_rolled_back_by_a_promql_guardrail_over_the_users_own_prometheus(evolved, tmp_path):
+    """`cambrian rollout --promql-url URL`: the user's own Prometheus scrapes the user's exporter, whose per-arm
+    sums over users say the treatment serves 30% slower; the rollout's guardrail on that PromQL metric (margin
+    5%) rolls it back, as it would a collector metric. A template that Prometheus cannot parse fails the next
+    Rollout before any arm starts."""
+    import numpy as np
+
+    from cambrian.online.prometheus import PrometheusProcess
+    from cambrian.testing.exporter import Exporter
+
+    rng = np.random.default_rng(4)
+    lines = []
+    for arm, lift in (("control", 1.0), ("t", 1.3)):
+        ms = rng.gamma(9.0, 20.0, 1200) * lift
+        lines += [f'shop_latency_users{{arm="{arm}"}} {len(ms)}', f'shop_latency_ms_sum{{arm="{arm}"}} {float(ms.sum())!r}',
+                  f'shop_latency_ms_sq_sum{{arm="{arm}"}} {float((ms ** 2).sum())!r}']
+    exporter = Exporter("\n".join(lines) + "\n")
+    root = evolved[0]
+    evo = _objects(root, "evolutions")[0]["status"]
+    name, bundle = next((h["metadata"]["name"], h["status"]["bundleUri"])
+                        for h in sorted(_objects(root, "hypotheses"), key=lambda h: h["metadata"]["name"])
+                        if h["status"].get("bundleUri"))
+    arm = 'arm="{{arm}}"'
+    latency = {"name": "latency_ms", "kind": "mean", "queries": {
+        "users": f"sum(shop_latency_users{{{arm}}})", "sumY": f"sum(shop_latency_ms_sum{{{arm}}})",
+        "sumY2": f"sum(shop_latency_ms_sq_sum{{{arm}}})"}}
+
+    def rollout(name_: str, promql: dict) -> Path:
+        f = tmp_path / f"{name_}.yaml"
+        f.write_text(yaml.safe_dump({
+            "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name_},
+            "spec": {"evolutionRef": {"name": "tiny"}, "control": {"name": "control", "bundle": evo["champion"]["bundle"]},
+                     "treatments": [{"name": "t", "hypothesisRef": {"name": name}, "bundle": bundle}], "salt": name_,
+                     "ramp": {"steps": [{"weights": [50, 50], "duration": "1d"}]},
+                     "metrics": {"northStar": [{"name": "watch_minutes"}], "promql": [promql],
+                                 "guardrails": [{"metric": "latency_ms", "direction": "minimize", "margin": 0.05}],
+                                 "readout": {"interval": "1d"}},
+                     "statistics": {"minSamplePerArm": 50, "maxDuration": "3d"}, "decisionPolicy": "auto"}}))
+        return f
+
+    try:
+        with PrometheusProcess({"shop": [exporter.target]}) as prom:
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            try:
+                proc = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(rollout("tiny-slow", latency)),
+                                       "--dir", str(root), "--json", "--promql-url", prom.url],
+                                      capture_output=True, text=True, timeout=900, env=env)
+                assert proc.returncode == 0, proc.stderr[-3000:]
+                broken = {**latency, "queries": {**latency["queries"], "sumY": "sum(shop_latency_ms_sum{" + arm}}
+                bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "rollout", "-f", str(rollout("tiny-bad", broken)),
+                                      "--dir", str(root), "--json", "--promql-url", prom.url],
+                                     capture_output=True, text=True, timeout=900, env=env)
+            finally:
+                stop_leftovers(root.resolve())
+    finally:
+        exporter.close()
+    st = LocalStore(root).get("rollouts", "default", "tiny-slow")["status"]
+    assert st["phase"] == "RolledBack", st
+    assert "latency_ms" in st["reason"], st["reason"]
+    st = LocalStore(root).get("rollouts", "default", "tiny-bad")["status"]
+    assert st["phase"] == "Failed" and "Prometheus refuses the query" in st["reason"], (st, bad.stderr[-2000:])
+    assert st.get("startedAt") is None and not any(a.get("ready") for a in st.get("arms") or [])
+
+
 def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
     """After its decision a rollout has no users of its own: its arms are remembered, not served, no day is
     played for it, and the core's finishing step (keep control, route 100% there) converges at once,

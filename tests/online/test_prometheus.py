@@ -102,3 +102,20 @@ def test_live_traffic_read_back_through_prometheus(arm_servers, tmp_path):
                             max_days=10)
     d = decide(policy, control="control", weights=weights, stats=r.stats, elapsed_days=2, exposures=observed)
     assert d.outcome in ("continue", "promote", "rollback") and d.srm is not None and not d.srm.mismatch
+
+
+@needs_prom
+def test_a_start_that_fails_inside_with_stops_the_process(tmp_path):
+    """`with PrometheusProcess(...)` whose targets never come up: the error names the scrape error, and the
+    Prometheus it started is stopped (__exit__ never runs when __enter__ raises)."""
+    import subprocess
+
+    from cambrian.errors import CambrianError
+
+    prom = PrometheusProcess({"gone": ["127.0.0.1:1"]}, workdir=tmp_path / "p", start_timeout=10)
+    with pytest.raises(CambrianError, match="not every target is up after 10 s"):
+        with prom:
+            pass
+    assert prom.proc is None
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "p")], capture_output=True, text=True).stdout
+    assert left == "", left

@@ -6,15 +6,14 @@ arm whose query gives no single value."""
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from cambrian.errors import ConfigError
 from cambrian.operator import api
+from cambrian.operator.reconcile import promql as PQ
 from cambrian.operator.reconcile import readout as RD
 from cambrian.stats.sums import SufficientStats
 
@@ -49,11 +48,11 @@ def test_a_query_needs_a_limit_the_arm_placeholder_and_no_margin():
         with pytest.raises(ConfigError, match=why):
             rollout(**bad)
     spec = rollout()
-    queries = RD.gauge_queries(spec)
+    queries = PQ.queries(spec, api.RolloutStatus(started_at=NOW), NOW)
     assert set(queries) == {"control", "fast", "slow"}
     assert queries["fast"]["checkout_error_ratio"] == QUERY.replace("{{arm}}", "fast")
-    assert RD.gauge_queries(api.parse_spec("Rollout", {**spec.wire(), "metrics": {
-        "northStar": [{"name": "watch_minutes"}]}})) == {}
+    assert PQ.queries(api.parse_spec("Rollout", {**spec.wire(), "metrics": {
+        "northStar": [{"name": "watch_minutes"}]}}), api.RolloutStatus(), NOW) == {}
 
 
 def _stats(n: int = 400) -> dict:
@@ -74,23 +73,10 @@ def test_the_arm_over_the_limit_is_rolled_back_and_an_unverified_arm_never_promo
 
 @pytest.fixture
 def exporter():
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            body = EXPOSITION.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    from cambrian.testing.exporter import Exporter
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with Exporter(EXPOSITION) as e:
+        yield e.target
 
 
 @pytest.mark.prometheus
@@ -100,7 +86,7 @@ def test_each_arms_query_runs_against_a_real_prometheus(exporter):
     if shutil.which("prometheus") is None:  # a failure in CI (tests/conftest.py), where setup.sh installs it
         pytest.skip("prometheus is not installed (scripts/setup.sh installs it)")
     spec = rollout(treatments=("fast", "slow"))
-    queries = RD.gauge_queries(spec)
+    queries = PQ.queries(spec, api.RolloutStatus(started_at=NOW), NOW)
     queries["twin"] = {"checkout_error_ratio": 'shop_checkouts_total{arm=~"control|fast"}'}  # two series: no value
     with PrometheusProcess({"shop": [exporter]}) as prom:
         client = PromClient(prom.url)

@@ -161,6 +161,19 @@ BAD = [
     ("evolution", "spec.guardrails.0", {"metric": "err", "margin": 0.1, "query": 'x{arm="{{arm}}"}'},
      "give a limit and no margin", "give a limit and no margin"),
     ("evolution", "spec.guardrails.0", {"metric": "err", "limit": 0.1, "query": "sum(x)"}, "with {{arm}}", "with {{arm}}"),
+    # PromQL metrics: the statistics each kind needs, and only {{arm}} and {{window}} as placeholders
+    ("rollout", "spec.metrics.promql", [{"name": "m", "kind": "mean", "queries": {"users": 'a{arm="{{arm}}"}'}}],
+     "kind mean: give queries users, sumY, sumY2", "kind mean: give queries users, sumY, sumY2"),
+    ("rollout", "spec.metrics.promql", [{"name": "m", "kind": "proportion", "queries": {
+        "users": 'a{arm="{{arm}}"}', "sumY": 'b{arm="{{arm}}"}', "sumY2": 'b{arm="{{arm}}"}'}}],
+     "kind proportion: give queries users, sumY and no others", "kind proportion"),
+    ("rollout", "spec.metrics.promql", [{"name": "m", "kind": "proportion", "queries": {
+        "users": 'a{arm="{{arm}}", ns="{{ns}}"}', "sumY": 'b{arm="{{arm}}"}'}}],
+     "the only placeholders are {{arm}} and {{window}}", "the only placeholders are {{arm}} and {{window}}"),
+    ("rollout", "spec.metrics.promql", [{"name": "m", "kind": "proportion", "queries": {
+        "users": "sum(a)", "sumY": 'b{arm="{{arm}}"}'}}], "select each arm's series with {{arm}}", "queries.users"),
+    ("evolution", "spec.guardrails.0", {"metric": "err", "limit": 0.1, "query": 'x{arm="{{arm}}"}[{{since}}]'},
+     "the only placeholders", "the only placeholders"),
     ("evolution", "spec.objective.northStar", [], "spec.objective.northStar", "spec.objective.northStar"),
     ("evolution", "spec.objective.northStar.0.direction", "up", "northStar[0].direction", "northStar.0.direction"),
     ("evolution", "spec.training.gpu.count", -1, "spec.training.gpu.count", "spec.training.gpu.count"),
@@ -181,6 +194,16 @@ def test_bad_specs_rejected_naming_the_field(admission, examples, name, path, va
     with pytest.raises(ConfigError) as exc:
         api.parse_spec(obj["kind"], obj["spec"])
     assert model_msg in str(exc.value)
+
+
+def test_promql_metrics_are_admitted_and_parse(admission, examples):
+    obj = examples("rollout")
+    obj["spec"]["metrics"]["promql"] = [
+        {"name": "signup", "kind": "proportion", "queries": {
+            "users": 'sum(increase(shop_exposed_users_total{arm="{{arm}}"}[{{window}}]))',
+            "sumY": 'round(sum(increase(shop_signed_up_users_total{arm="{{arm}}"}[{{window}}])))'}}]
+    assert admission("Rollout", obj)[0] == []
+    assert api.parse_spec("Rollout", obj["spec"]).metrics.promql[0].queries.users.startswith("sum(increase(")
 
 
 def test_an_own_source_with_its_secret_is_admitted(admission, examples):

@@ -62,6 +62,20 @@ def test_examples_apply_and_bad_specs_are_rejected(crds_installed, cluster_names
     evo["spec"]["agent"]["proposalsPerWakeup"] = 5
     r = _apply(c, ns, evo)
     assert r.returncode != 0 and "explore + exploit + innovate" in r.stderr
+    # PromQL metrics: the API server's CEL (RE2) takes {{arm}} and {{window}} and refuses any other placeholder
+    ro = _example("rollout")
+    ro["metadata"]["name"] = "promql"
+    ro["spec"]["metrics"]["promql"] = [{"name": "signup", "kind": "proportion", "queries": {
+        "users": 'sum(max_over_time(x{arm="{{arm}}"}[{{window}}]))', "sumY": 'sum(y{arm="{{arm}}"})'}}]
+    r = _apply(c, ns, ro)
+    assert r.returncode == 0, r.stderr
+    ro["metadata"]["name"] = "promql-bad"
+    ro["spec"]["metrics"]["promql"][0]["queries"]["sumY"] = 'sum(y{arm="{{arm}}", ns="{{ns}}"})'
+    r = _apply(c, ns, ro)
+    assert r.returncode != 0 and "the only placeholders are {{arm}} and {{window}}" in r.stderr
+    del ro["spec"]["metrics"]["promql"][0]["queries"]["sumY"]
+    r = _apply(c, ns, ro)
+    assert r.returncode != 0 and "kind proportion: give queries users, sumY" in r.stderr
 
 
 def server_bundle(dep: dict) -> str:
