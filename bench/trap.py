@@ -48,8 +48,9 @@ class Size:
     truth_days: int
 
 
-QUICK = Size(users=600, days=4, evaluations=12, online_days=6, epochs=2, max_train_examples=100_000, truth_days=8)
-FULL = Size(users=2000, days=8, evaluations=16, online_days=10, epochs=2, max_train_examples=200_000, truth_days=14)
+# evaluations: the baseline's 3 seeds, one wake-up's 9 proposals, the trap, and confirmation seeds
+QUICK = Size(users=600, days=4, evaluations=18, online_days=6, epochs=1, max_train_examples=50_000, truth_days=6)
+FULL = Size(users=2000, days=8, evaluations=24, online_days=10, epochs=2, max_train_examples=200_000, truth_days=14)
 
 
 def evolution_and_trap(size: Size, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -107,7 +108,9 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     from cambrian.trainer.bundle import load_bundle
     from cambrian.world.generate import generate
 
-    t0 = time.perf_counter()
+    from cambrian.bench.throughput import load_now
+
+    t0, load_start = time.perf_counter(), load_now()
     data = root / "world"
     generate(data, n_users=size.users, days=size.days, seed=seed, preset="calibrated", force=True)
     evo, trap = evolution_and_trap(size, seed)
@@ -171,6 +174,8 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
         "stop_reason": summary.reason,
         "simulated_days": round(summary.days, 3),
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_average_start": load_start,
+        "load_average_end": load_now(),
     }
 
 
@@ -187,6 +192,11 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             per_seed.append(one_seed(Path(tmp), size, seed, say))
         say(json.dumps({k: per_seed[-1][k] for k in ("seed", "trap_launched", "trap_stopped_at",
                                                       "genuinely_better_launched")}))
+    return {**summarise(per_seed, size, quick), "load_average_start": load_start, "load_average_end": load_now(),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[str, Any]:
     ok = [not s["trap_launched"] and bool(s["genuinely_better_launched"]) for s in per_seed]
     return {
         "name": "trap",
@@ -202,7 +212,4 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         "size": size.__dict__,
         "world": "calibrated",
         "seeds": per_seed,
-        "load_average_start": load_start,
-        "load_average_end": load_now(),
-        "seconds": round(time.perf_counter() - t0, 1),
     }
