@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -26,13 +26,16 @@ TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 
 
+def feature_vector(component: str, floors: float, proxies: Mapping[str, float]) -> np.ndarray:
+    """The surrogate's inputs: the component (one-hot), the offline gain in noise floors, the proxies.
+    One definition for the online agent and the fidelity benchmark."""
+    onehot = [1.0 if component == c else 0.0 for c in COMPONENTS]
+    return np.array([*onehot, float(np.clip(floors, -10, 10)), *(float(proxies.get(m, 0.0)) for m in PROXIES)])
+
+
 def features(h: Hypothesis) -> np.ndarray:
-    floors = 0.0
-    if h.gain is not None:
-        floors = h.gain / h.noise_floor if h.noise_floor else 0.0
-    proxies = [float(h.offline[m].mean) if m in h.offline else 0.0 for m in PROXIES]
-    onehot = [1.0 if h.component == c else 0.0 for c in COMPONENTS]
-    return np.array([*onehot, float(np.clip(floors, -10, 10)), *proxies])
+    floors = h.gain / h.noise_floor if h.gain is not None and h.noise_floor else 0.0
+    return feature_vector(h.component, floors, {m: float(h.offline[m].mean) for m in PROXIES if m in h.offline})
 
 
 def observed_effect(h: Hypothesis) -> float | None:
