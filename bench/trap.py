@@ -85,6 +85,14 @@ def genuinely_better(t: dict[str, float]) -> bool:
             and t["active_days_late"] + 2 * t["active_days_late_se"] >= 0)
 
 
+def days_between(start: str | None, end: str | None) -> float | None:
+    from datetime import datetime
+
+    if not start or not end:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() / 86400, 3)
+
+
 def trap_stop(h: dict[str, Any]) -> str:
     """Which gate the trap stopped at, from its stored status."""
     st = h.get("status") or {}
@@ -161,7 +169,10 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
                       "treatments": [t["hypothesisRef"]["name"] for t in r["spec"]["treatments"]],
                       "decision": (r.get("status") or {}).get("decision"),
                       "reason": (r.get("status") or {}).get("reason"),
-                      "users_per_arm": (r.get("status") or {}).get("samplePerArm") or (r.get("status") or {}).get("n"),
+                      "users": {a.get("name"): a.get("n") for a in (r.get("status") or {}).get("arms") or []},
+                      "days": days_between((r.get("status") or {}).get("startedAt"), (r.get("status") or {}).get("concludedAt")),
+                      "readouts": (r.get("status") or {}).get("readouts"),
+                      "effects": (r.get("status") or {}).get("effects"),
                       "phase": (r.get("status") or {}).get("phase")} for r in rollouts],
         "offline_best": None if best_offline is None else {
             "name": best_offline["metadata"]["name"],
