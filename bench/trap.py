@@ -103,6 +103,9 @@ def trap_stop(h: dict[str, Any]) -> str:
         return f"online: {st['online']['decision']} ({(st['online'].get('reason') or '')[:160]})"
     if phase in ("Failed", "Rejected"):
         return f"{phase.lower()}: {(st.get('reason') or '')[:160]}"
+    if verdict == "promising":  # cleared the one-seed floor; its confirmation seeds were never trained
+        return (f"offline: promising, not confirmed (gain {st.get('gain')}, noise floor {st.get('noiseFloor')}; "
+                "the evaluation budget was spent before its confirmation seeds)")
     if verdict != "better":
         return f"offline gate: verdict {verdict} (gain {st.get('gain')}, noise floor {st.get('noiseFloor')})"
     return "offline better, not selected for a Rollout"

@@ -38,6 +38,7 @@ def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
     ({"phase": "Scored", "verdict": "not_better", "gain": -0.01, "noiseFloor": 0.002}, "offline gate"),
     ({"phase": "Scored", "verdict": "better"}, "offline better, not selected"),
     ({"phase": "Validated"}, "offline gate: verdict None"),
+    ({"phase": "Scored", "verdict": "promising"}, "offline: promising, not confirmed"),
     ({"phase": "Failed", "reason": "gate"}, "failed"),
 ])
 def test_where_the_trap_stopped(status, want):
