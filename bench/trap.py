@@ -116,6 +116,7 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     from cambrian.bench.fidelity import serve_online
     from cambrian.demo import EVOLUTION, rollouts_settled
     from cambrian.operator.local_driver import LocalDriver
+    from cambrian.operator.reconcile.views import A_PREDICTED
     from cambrian.trainer.bundle import load_bundle
     from cambrian.world.generate import generate
 
@@ -138,6 +139,9 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     bundles = {r.hypothesis: r.bundle for r in done if r.ok and r.bundle and r.hypothesis != "baseline"}
     say(f"seed {seed}: loop {summary.reason} after {summary.days:g} simulated days, {loop_s:.0f} s")
 
+    # the Online Agent's prediction rides on the Rollout it started (the surrogate's once 4 rollouts concluded)
+    predicted = {r["metadata"]["name"]: (r["metadata"].get("annotations") or {}).get(A_PREDICTED) for r in rollouts}
+
     def row(name: str) -> dict[str, Any]:
         st = hyps[name].get("status") or {}
         spec = hyps[name]["spec"]
@@ -145,7 +149,7 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
                 "origin": spec.get("origin"), "phase": st.get("phase"), "verdict": st.get("verdict"),
                 "offline_metric": st.get("offlineMetric"), "gain": st.get("gain"), "noise_floor": st.get("noiseFloor"),
                 "rollout": st.get("rollout"), "online": st.get("online"),
-                "predicted": (hyps[name]["metadata"].get("annotations") or {}).get("cambrian.dev/predicted-effect")}
+                "predicted": predicted.get(st.get("rollout"))}
 
     online = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("rollout"))
     launched = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("phase") == "Launched")
