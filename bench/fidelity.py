@@ -173,9 +173,9 @@ def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, 
 
 def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.ndarray:
     """Leave-one-out predictions of the online agent's surrogate (agents/surrogate.py: its features and its
-    Bayesian linear model): each candidate predicted from all the others, as if every other rollout had
+    model): each candidate predicted from all the others, as if every other rollout had
     concluded."""
-    from cambrian.agents.surrogate import PROXIES, BayesianLinear, feature_vector
+    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
 
     x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
                   for r in rows])
@@ -183,7 +183,7 @@ def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.nd
     out = np.zeros(len(rows))
     for i in range(len(rows)):
         keep = np.arange(len(rows)) != i
-        out[i] = BayesianLinear().fit(x[keep], y[keep]).predict(x[i:i + 1])[0].mean
+        out[i] = Surrogate().fit(x[keep], y[keep]).predict(x[i:i + 1])[0].mean
     return out
 
 
