@@ -51,7 +51,8 @@ class Size:
 
 
 QUICK = Size(users=600, log_days=6, online_days=6, epochs=1, max_train_examples=50_000, sims=40)
-FULL = Size(users=4000, log_days=14, online_days=14, epochs=2, max_train_examples=200_000, sims=200)
+# the full demo's world (cambrian/demo.py FULL: 2000 users, 14 logged days, Rollouts of up to 10 days)
+FULL = Size(users=2000, log_days=14, online_days=10, epochs=2, max_train_examples=200_000, sims=200)
 
 
 @dataclass
