@@ -187,6 +187,27 @@ def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.nd
     return out
 
 
+def surrogate_after(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, target: str = NORTH_STAR,
+                    seed: int = 0) -> dict[str, float] | None:
+    """The surrogate as the issue's target asks for it, once k rollouts have concluded: each candidate predicted
+    from k others drawn at random, Spearman over all candidates; mean and 10th/90th percentiles over draws."""
+    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
+
+    if len(rows) <= k + 1:
+        return None
+    x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
+                  for r in rows])
+    y = np.array([r["online"][target] for r in rows])
+    rng = np.random.default_rng(seed)
+    rhos = []
+    for _ in range(draws):
+        pred = [Surrogate().fit(x[d], y[d]).predict(x[i:i + 1])[0].mean
+                for i in range(len(y)) for d in [rng.choice(np.delete(np.arange(len(y)), i), k, replace=False)]]
+        rhos.append(float(stats.spearmanr(pred, y).statistic))
+    return {"k": k, "mean": round(float(np.mean(rhos)), 4), "p10": round(float(np.percentile(rhos, 10)), 4),
+            "p90": round(float(np.percentile(rhos, 90)), 4)}
+
+
 def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> dict[str, float | None]:
     """Spearman between each offline signal (and the surrogate's leave-one-out prediction) and the
     online effect over the candidates."""
@@ -258,6 +279,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                           "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
         "rank_correlation": corr,
         "rank_correlation_late": rank_correlations(rows, "minutes_late"),
+        "surrogate_after_8_rollouts": surrogate_after(rows) if rows else None,
         "north_star": "watch minutes per user over the online days (days away count as 0)",
         "median_abs_effect": float(np.median(effects)) if effects.size else None,
         "max_abs_effect": float(effects.max()) if effects.size else None,

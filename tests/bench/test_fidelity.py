@@ -125,3 +125,19 @@ def test_every_reward_candidate_passes_the_reward_sql_gate():
         if "reward" in delta:
             label, weight = reward_labels(df, RewardConfig(**delta["reward"]))
             assert len(label) == len(df) and (weight >= 0).all(), name
+
+
+def test_the_surrogate_after_k_rollouts_predicts_from_k_others_only():
+    from cambrian.bench.fidelity import surrogate_after
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(14):
+        lw = rng.normal(0, 0.03)
+        rows.append({"component": ("optimizer", "reward")[i % 2],
+                     "offline": {"floors": rng.normal(0, 2), "long_watch_corr": lw, "return_corr": rng.normal(0, 0.01)},
+                     "online": {"minutes": 0.3 * lw + rng.normal(0, 0.0005)}})
+    few, many = surrogate_after(rows, k=3, draws=20), surrogate_after(rows, k=10, draws=20)
+    assert few["p10"] <= few["mean"] <= few["p90"]
+    assert many["mean"] > 0.7 and many["mean"] > few["mean"]
+    assert surrogate_after(rows[:5], k=8) is None  # not enough candidates for 8 others
