@@ -2,7 +2,8 @@
 
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
-noise floors, and the loss-independent proxies long_watch_corr and return_corr. It predicts each
+noise floors, and the loss-independent proxies long_watch_corr and return_corr, the last three
+standardised over the concluded rollouts (`Surrogate`). It predicts each
 candidate's online effect with a standard deviation, and the online agent ranks by an upper
 confidence bound (mean + kappa * sd) so that uncertain candidates get explored.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -26,13 +27,16 @@ TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 
 
+def feature_vector(component: str, floors: float, proxies: Mapping[str, float]) -> np.ndarray:
+    """The surrogate's inputs: the component (one-hot), the offline gain in noise floors, the proxies.
+    One definition for the online agent and the fidelity benchmark."""
+    onehot = [1.0 if component == c else 0.0 for c in COMPONENTS]
+    return np.array([*onehot, float(np.clip(floors, -10, 10)), *(float(proxies.get(m, 0.0)) for m in PROXIES)])
+
+
 def features(h: Hypothesis) -> np.ndarray:
-    floors = 0.0
-    if h.gain is not None:
-        floors = h.gain / h.noise_floor if h.noise_floor else 0.0
-    proxies = [float(h.offline[m].mean) if m in h.offline else 0.0 for m in PROXIES]
-    onehot = [1.0 if h.component == c else 0.0 for c in COMPONENTS]
-    return np.array([*onehot, float(np.clip(floors, -10, 10)), *proxies])
+    floors = h.gain / h.noise_floor if h.gain is not None and h.noise_floor else 0.0
+    return feature_vector(h.component, floors, {m: float(h.offline[m].mean) for m in PROXIES if m in h.offline})
 
 
 def observed_effect(h: Hypothesis) -> float | None:
@@ -78,15 +82,48 @@ class BayesianLinear:
         return [Prediction(float(m), float(math.sqrt(v))) for m, v in zip(mu, var)]
 
 
-def fit_journal(hypotheses: Iterable[Hypothesis], min_history: int = MIN_HISTORY) -> BayesianLinear | None:
+class Surrogate:
+    """BayesianLinear on scale-free inputs: the proxies and floors standardised over the fitted rollouts (the
+    one-hot columns as they are), the prior's width the effects' own size (root mean square). With raw
+    inputs a fixed prior ties the answer to units: long_watch_corr moves by hundredths, floors by units, so
+    N(0, 0.05²) left the proxies almost no weight while floors got plenty."""
+
+    def __init__(self, n_onehot: int = len(COMPONENTS), min_prior_sd: float = 0.002):
+        self.n_onehot, self.min_prior_sd = n_onehot, min_prior_sd
+        self.center: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+        self.model: BayesianLinear | None = None
+
+    def _x(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=float)).copy()
+        x[:, self.n_onehot:] = (x[:, self.n_onehot:] - self.center) / self.scale
+        return x
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> "Surrogate":
+        x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
+        rest = x[:, self.n_onehot:]
+        self.center = rest.mean(0)
+        sd = rest.std(0)
+        self.scale = np.where(sd > 0, sd, 1.0)
+        prior = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
+        self.model = BayesianLinear(prior_sd=prior).fit(self._x(x), y)
+        return self
+
+    def predict(self, x: np.ndarray) -> list[Prediction]:
+        if self.model is None:
+            raise RuntimeError("fit() the surrogate first")
+        return self.model.predict(self._x(x))
+
+
+def fit_journal(hypotheses: Iterable[Hypothesis], min_history: int = MIN_HISTORY) -> Surrogate | None:
     """The surrogate fitted on every concluded rollout with a recorded effect; None below min_history."""
     done = [(features(h), y) for h in hypotheses if (y := observed_effect(h)) is not None]
     if len(done) < min_history:
         return None
-    return BayesianLinear().fit(np.stack([f for f, _ in done]), np.array([y for _, y in done]))
+    return Surrogate().fit(np.stack([f for f, _ in done]), np.array([y for _, y in done]))
 
 
-def surrogate_rank(pool: list[Hypothesis], model: BayesianLinear, k: int, kappa: float = 1.0
+def surrogate_rank(pool: list[Hypothesis], model: Surrogate, k: int, kappa: float = 1.0
                    ) -> tuple[list[str], dict[str, str], dict[str, dict[str, float]]]:
     """Top k by measured effect where a rollout concluded, else by the upper bound mean + kappa * sd."""
     preds = dict(zip((h.id for h in pool), model.predict(np.stack([features(h) for h in pool]))))

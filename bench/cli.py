@@ -17,6 +17,7 @@ import typer
 BENCHMARKS = {
     "search": "cambrian.bench.search",
     "decision": "cambrian.bench.decision",
+    "decision-world": "cambrian.bench.decision_world",
     "throughput": "cambrian.bench.throughput",
     "serving": "cambrian.bench.serving",
     "operator": "cambrian.bench.operator_scale",
@@ -25,6 +26,7 @@ BENCHMARKS = {
     "scaling": "cambrian.bench.scaling",
     "datasource": "cambrian.bench.datasource",
     "multifidelity": "cambrian.bench.multifidelity",
+    "trap": "cambrian.bench.trap",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

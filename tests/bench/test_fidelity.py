@@ -62,24 +62,29 @@ def test_rank_correlations_per_signal():
     for i, y in enumerate([0.01, 0.02, 0.03, 0.04]):
         base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5}
         m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5}
-        rows.append({"component": "optimizer", "offline": offline_signals(m, base), "online": {"minutes": y}})
+        rows.append({"component": "optimizer", "offline": {**offline_signals(m, base), **m, "floors": 0.5 * i},
+                     "online": {"minutes": y}})
     corr = rank_correlations(rows)
-    assert set(corr) == {*SIGNALS, "surrogate_loo"}
+    assert set(corr) == {*SIGNALS, "floors", "surrogate_loo"}
+    assert corr["floors"] == 1.0
     assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0
     assert corr["auc_gain"] is None  # constant: undefined, reported as such
     assert -1 < corr["return_corr_gain"] < 1
 
 
 def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
-    """Online effect = 0.2 x long-watch gain + a reward bonus; val_loss gain is noise. Each candidate
-    is predicted from the others only, and the prediction orders them as online does."""
+    """Online effect = 0.2 x long-watch gain + a reward bonus; val_loss gain and the floors are noise. Each
+    candidate is predicted from the others only (the online agent's features), and the prediction orders
+    them as online does."""
     rng = np.random.default_rng(3)
     rows = []
     for i in range(16):
         comp = ("optimizer", "architecture", "reward", "training")[i % 4]
         lw = rng.normal(0, 0.05)
-        off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": lw, "return_corr_gain": rng.normal(0, 0.01),
-               "auc_gain": rng.normal(0, 0.01)}
+        rc = rng.normal(0, 0.01)
+        off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": lw, "return_corr_gain": rc,
+               "auc_gain": rng.normal(0, 0.01), "floors": rng.normal(0, 1), "long_watch_corr": -0.1 + lw,
+               "return_corr": -0.05 + rc}
         rows.append({"component": comp, "offline": off,
                      "online": {"minutes": 0.2 * lw + (0.01 if comp == "reward" else 0.0) + rng.normal(0, 0.001)}})
     corr = rank_correlations(rows)
@@ -96,7 +101,7 @@ def test_fidelity_quick_end_to_end():
     json.dumps(r)
     assert not r["failed"], r["failed"]
     assert len(r["candidates"]) == len(CANDIDATES)
-    assert set(r["rank_correlation"]) == {*SIGNALS, "surrogate_loo"}
+    assert set(r["rank_correlation"]) == {*SIGNALS, "floors", "surrogate_loo"}
     seed = next(c for c in r["candidates"] if c["name"] == "training:seed")
     trap = r["clickbait_trap"]
     assert trap is not None and math.isfinite(trap["minutes_late"])
@@ -120,3 +125,19 @@ def test_every_reward_candidate_passes_the_reward_sql_gate():
         if "reward" in delta:
             label, weight = reward_labels(df, RewardConfig(**delta["reward"]))
             assert len(label) == len(df) and (weight >= 0).all(), name
+
+
+def test_the_surrogate_after_k_rollouts_predicts_from_k_others_only():
+    from cambrian.bench.fidelity import surrogate_after
+
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(14):
+        lw = rng.normal(0, 0.03)
+        rows.append({"component": ("optimizer", "reward")[i % 2],
+                     "offline": {"floors": rng.normal(0, 2), "long_watch_corr": lw, "return_corr": rng.normal(0, 0.01)},
+                     "online": {"minutes": 0.3 * lw + rng.normal(0, 0.0005)}})
+    few, many = surrogate_after(rows, k=3, draws=20), surrogate_after(rows, k=10, draws=20)
+    assert few["p10"] <= few["mean"] <= few["p90"]
+    assert many["mean"] > 0.7 and many["mean"] > few["mean"]
+    assert surrogate_after(rows[:5], k=8) is None  # not enough candidates for 8 others

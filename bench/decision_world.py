@@ -1,0 +1,249 @@
+"""`cambrian bench run decision-world`: the decision benchmark on the calibrated world.
+
+`cambrian bench run decision` measures users to a decision on a generator in σ units (ρ = 0.7). This one asks
+the same question of the calibrated world (issue 18): how many users and days does the demo's decision
+policy need to decide on the changes that world actually produces?
+
+* Train Φ0 and three changes of bench/fidelity's set on the world's logs: more epochs (a typical offline
+  winner), the watch-time reward (the largest genuine gain measured there) and the clickbait trap; plus an
+  A/A arm (Φ0 against itself).
+* Potential outcomes: serve each model to *all* users of a fresh copy of the world for the online days with
+  common random numbers. Users never interact in this world and a user's days before their first request are
+  the same whatever will serve them, so a randomised experiment is exactly: draw each user's arm (50/50), take
+  each user's days from that arm's run. Every simulated experiment is such a draw (no ramp: 50/50 from day 1).
+* Each closed day, per-arm sums as the collector publishes them (online/aggregate.py: watch minutes per day
+  since first exposure with the pre-period as CUPED covariate, hate rate per impression), then decide() with
+  the policy of the Rollout the demo's Evolution starts (cambrian/demo.py FULL at this size: group-sequential
+  CUPED, hate-rate guardrail, planned users = users/4 per arm, maxDuration = online days).
+* Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates, the
+  median day and users per arm at the decision, and the users per arm a fixed CUPED test needs for 80% power
+  at the true effect (from the world's measured σ and CUPED ρ).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from scipy import stats as sps
+
+from cambrian.bench.fidelity import CANDIDATES, TRAP, candidate_config, train_model
+from cambrian.bench.fidelity import Size as FidelitySize
+from cambrian.stats.sums import RatioStats, SufficientStats, reference
+
+ARMS = ("aa", "training:more_epochs", "reward:watch_time", TRAP)
+PRE_DAYS = 14  # online/aggregate.AggregationSettings.pre_days
+
+
+@dataclass(frozen=True)
+class Size:
+    users: int
+    log_days: int
+    online_days: int
+    epochs: int
+    max_train_examples: int
+    sims: int
+
+
+QUICK = Size(users=600, log_days=6, online_days=6, epochs=1, max_train_examples=50_000, sims=40)
+# the full demo's world (cambrian/demo.py FULL: 2000 users, 14 logged days, Rollouts of up to 10 days)
+FULL = Size(users=2000, log_days=14, online_days=10, epochs=2, max_train_examples=200_000, sims=200)
+
+
+@dataclass
+class Outcomes:
+    """One model's potential outcomes: per user x online day."""
+
+    minutes: np.ndarray
+    active: np.ndarray
+    hates: np.ndarray
+    impressions: np.ndarray
+
+
+def serve(data: Path, score: Callable, days: int) -> Outcomes:
+    from cambrian.world.sim import ScorePolicy, World
+
+    world = World.load(data)
+    n = world.n_users
+    out = Outcomes(*(np.zeros((n, days)) for _ in range(4)))
+    for d, log in enumerate(world.run(ScorePolicy(score), days)):
+        ud = log.user_days
+        ids = ud["user_id"].to_numpy()
+        out.minutes[ids, d] = ud["minutes"].to_numpy()
+        out.active[ids, d] = ud["active"].to_numpy()
+        out.impressions[ids, d] = ud["impressions"].to_numpy()
+        imp = log.impressions
+        hates = imp.groupby("user_id")["hate"].sum()
+        out.hates[hates.index.to_numpy(), d] = hates.to_numpy()
+    return out
+
+
+def pre_minutes(data: Path, log_days: int) -> np.ndarray:
+    """CUPED covariate as the collector computes it: minutes per day over the pre-period the log covers."""
+    import pandas as pd
+
+    ud = pd.read_parquet(data / "user_days.parquet", columns=["user_id", "day", "minutes"])
+    lo = log_days - PRE_DAYS
+    ud = ud[ud["day"] >= lo]
+    n = int(pd.read_parquet(data / "users.parquet", columns=["user_id"])["user_id"].max()) + 1
+    x = np.zeros(n)
+    np.add.at(x, ud["user_id"].to_numpy(), ud["minutes"].to_numpy())
+    return x / float(log_days - max(0, lo))
+
+
+def arm_sums(arms: dict[str, Outcomes], assign: np.ndarray, names: tuple[str, str], first: np.ndarray,
+             x: np.ndarray, closed: int) -> dict[str, dict[str, Any]]:
+    """arm -> metric -> sums at closed day `closed` (0-based), the definitions of online/aggregate.py:
+    units = users first exposed (first active) on or before it; Y = minutes per day in [first, closed]."""
+    unit = first <= closed
+    days = np.where(unit, closed - first + 1, 1).astype(float)
+    cols = np.arange(arms[names[0]].minutes.shape[1])[None, :]
+    window = (cols >= first[:, None]) & (cols <= closed)
+    y = np.zeros(first.size)
+    m = np.zeros(first.size)
+    d = np.zeros(first.size)
+    for k, name in enumerate(names):
+        rows = assign == k
+        o = arms[name]
+        y[rows] = (o.minutes[rows] * window[rows]).sum(1) / days[rows]
+        m[rows] = (o.hates[rows] * window[rows]).sum(1)
+        d[rows] = (o.impressions[rows] * window[rows]).sum(1)
+    refs = dict(ref_y=reference(y[unit]), ref_x=reference(x[unit]))
+    rrefs = dict(ref_m=reference(m[unit]), ref_d=reference(d[unit]))
+    out = {}
+    for k, arm in enumerate(("control", "treatment")):
+        sel = unit & (assign == k)
+        out[arm] = {"watch_minutes": SufficientStats.from_arrays(y[sel], x[sel], **refs),
+                    "hate_rate": RatioStats.from_arrays(m[sel], d[sel], **rrefs)}
+    return out
+
+
+def demo_policy(users: int, days: int, online_days: int):
+    """decide()'s policy for the Rollouts the demo's Evolution starts, at this size."""
+    from dataclasses import replace
+
+    from cambrian.demo import FULL as DEMO, evolution_object
+    from cambrian.operator import api
+    from cambrian.operator.reconcile.readout import policy_for
+
+    demo = replace(DEMO, users=users, days=days, online_days=online_days)
+    spec = api.parse_spec("Evolution", evolution_object(demo, 0, gemini=False)["spec"])
+    rollout = api.RolloutSpec(
+        evolution_ref=api.LocalObjectRef(name="demo"), control=api.ControlArm(name="control", bundle="file:///c"),
+        treatments=[api.TreatmentArm(name="treatment", hypothesis_ref=api.LocalObjectRef(name="h"), bundle="file:///t")],
+        salt="bench", ramp=spec.experiment.ramp,
+        metrics=api.RolloutMetrics(north_star=spec.objective.north_star[:1], guardrails=spec.guardrails,
+                                   readout=spec.experiment.readout),
+        statistics=spec.experiment.statistics, decision_policy=spec.launch_policy)
+    return policy_for(rollout)
+
+
+def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndarray, x: np.ndarray,
+               policy: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """One randomised experiment, looked at after each closed day until decide() stops it."""
+    from cambrian.stats import decide
+
+    assign = (rng.random(first.size) < 0.5).astype(int)
+    state = None
+    days = arms[names[0]].minutes.shape[1]
+    for closed in range(days):
+        sums = arm_sums(arms, assign, names, first, x, closed)
+        n = {a: sums[a]["watch_minutes"].n for a in sums}
+        if min(n.values()) < 2:
+            continue
+        dec = decide(policy, control="control", weights={"control": 0.5, "treatment": 0.5}, stats=sums,
+                     elapsed_days=closed + 1, exposures=n, state=state)
+        state = dec.state
+        if dec.outcome != "continue":
+            return {"outcome": dec.outcome, "day": closed + 1, "users_per_arm": min(n.values()), "reason": dec.reason}
+    return {"outcome": "continue", "day": days, "users_per_arm": min(n.values()), "reason": "max duration reached"}
+
+
+def true_effect(t: Outcomes, c: Outcomes, first: np.ndarray) -> tuple[float, float]:
+    """All users in both arms (CRN): relative effect on minutes per day since first exposure, paired s.e."""
+    unit = first < t.minutes.shape[1]
+    cols = np.arange(t.minutes.shape[1])[None, :]
+    window = cols >= first[:, None]
+    days = (t.minutes.shape[1] - first)[unit]
+    yt, yc = (t.minutes * window).sum(1)[unit] / days, (c.minutes * window).sum(1)[unit] / days
+    diff = yt - yc
+    return float(diff.mean() / yc.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size) / yc.mean())
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None) -> dict:
+    from cambrian.bench.throughput import load_now
+    from cambrian.world.generate import generate
+
+    say = progress or (lambda msg: None)
+    size = size or (QUICK if quick else FULL)
+    t0, load_start = time.perf_counter(), load_now()
+    fsize = FidelitySize(size.users, size.log_days, size.online_days, size.epochs, size.max_train_examples)
+    with tempfile.TemporaryDirectory(prefix="cambrian-bench-decision-world-") as tmp:
+        data = Path(tmp) / "world"
+        generate(data, n_users=size.users, days=size.log_days, seed=0, preset="calibrated", force=True)
+        _, base_score = train_model(candidate_config(fsize, {}), data)
+        outcomes = {"control": serve(data, base_score, size.online_days)}
+        for name in ARMS:
+            if name == "aa":
+                continue
+            _, score = train_model(candidate_config(fsize, CANDIDATES[name][1]), data)
+            outcomes[name] = serve(data, score, size.online_days)
+            say(f"{name}: served")
+        x = pre_minutes(data, size.log_days)
+    c = outcomes["control"]
+    active = c.active > 0
+    first = np.where(active.any(1), active.argmax(1), size.online_days)  # same in every arm (see the docstring)
+    unit = first < size.online_days
+    # the world's noise as the test sees it at the end: per-user minutes/day since exposure vs the pre-period
+    cols = np.arange(size.online_days)[None, :]
+    y_end = (c.minutes * (cols >= first[:, None])).sum(1)[unit] / (size.online_days - first[unit])
+    rho = float(np.corrcoef(y_end, x[unit])[0, 1])
+    cv = float(y_end.std(ddof=1) / y_end.mean())
+    policy = demo_policy(size.users, size.log_days, size.online_days)
+    z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
+    rng = np.random.default_rng(20261201)
+    arms_out = {}
+    for name in ARMS:
+        treat = "control" if name == "aa" else name
+        pair = {"control": c, "treatment": outcomes[treat]}
+        eff, se = true_effect(pair["treatment"], c, first)
+        runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng) for _ in range(size.sims)]
+        decided = [r for r in runs if r["outcome"] in ("promote", "rollback")]
+        share = lambda o: sum(r["outcome"] == o for r in runs) / len(runs)
+        arms_out[name] = {
+            "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
+            "promote": share("promote"), "rollback": share("rollback"), "inconclusive": share("inconclusive"),
+            "no_decision_by_max_duration": share("continue"),
+            "median_day_of_decision": float(np.median([r["day"] for r in decided])) if decided else None,
+            "median_users_per_arm_at_decision": float(np.median([r["users_per_arm"] for r in decided])) if decided else None,
+            "median_day_of_stop": float(np.median([r["day"] for r in runs])),
+            "fixed_cuped_users_per_arm_for_80pct_power": (
+                None if eff == 0 else int(math.ceil(2 * z**2 * (1 - rho**2) * cv**2 / eff**2))),
+            "reasons": sorted({r["reason"][:120] for r in runs})[:4],
+        }
+        say(f"{name}: {arms_out[name]}")
+    return {
+        "name": "decision-world",
+        "command": "cambrian bench run decision-world" + (" --quick" if quick else ""),
+        "quick": quick,
+        "ratio": arms_out["reward:watch_time"]["promote"],
+        "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
+                          "calibrated world's largest genuine gain (the watch-time reward) within the demo's "
+                          "maximum duration; the other arms' rates beside it (A/A, more epochs, clickbait trap)"),
+        "world": {"preset": "calibrated", "seed": 0, "users": size.users, "log_days": size.log_days,
+                  "online_days": size.online_days, "users_ever_exposed": int(unit.sum())},
+        "minutes_per_day_cv": round(cv, 4), "cuped_rho": round(rho, 4),
+        "policy": {"planned_users_per_arm": policy.planned_users_per_arm, "max_days": policy.max_days,
+                   "sequential": policy.sequential, "guardrails": [g.metric for g in policy.guardrails],
+                   "ramp": "none: 50/50 from day 1 (the demo ramps 10/25/50 over its first days)"},
+        "simulations_per_arm": size.sims,
+        "arms": arms_out,
+        "load_average_start": load_start,
+        "load_average_end": load_now(),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

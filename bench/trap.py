@@ -1,0 +1,233 @@
+"""`cambrian bench run trap`: does the real loop keep the clickbait trap out while launching a better change?
+
+Per seed (issue 18's target: the trap never launched in 5 of 5 seeds, at least one genuinely better change
+launched):
+* a calibrated world (`--preset calibrated`) of the seed's users and logged days;
+* the demo's Evolution (cambrian/demo.py: built-in proposer, noise floor, A/B Rollouts of the top K with a
+  ramp, group-sequential CUPED decisions, auto launch) reconciled by the operator's core on the LocalDriver,
+  with real sandboxed training, model servers, router, simulated users and Prometheus;
+* plus the trap, filed as a human Hypothesis before the first wake-up: a reward that weighs clicks on
+  eye-catching thumbnails up (bench/fidelity.py's `reward:clickbait`: CTR and early minutes up,
+  satisfaction and later return down);
+* afterwards, the truth from the simulator: every hypothesis that went online, and the trap whatever
+  happened to it, is served to all users of a fresh copy of the world for `truth_days` days with common
+  random numbers against the baseline's bundle (bench/fidelity's paired per-user effect). "Genuinely
+  better" = minutes per user up by more than two paired standard errors and active days in the last third
+  not down by more than two.
+
+Reported per seed: where the trap stopped (offline gate, not selected for a Rollout, the Rollout's decision,
+or launched), what each launched change truly did, and the offline-only counterfactual (would launching the
+best offline score have launched the trap).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cambrian.bench.fidelity import TRAP, CANDIDATES, online_effects
+
+SEEDS = (0, 1, 2, 3, 4)
+TRAP_NAME = "human-clickbait-trap"
+
+
+@dataclass(frozen=True)
+class Size:
+    users: int
+    days: int
+    evaluations: int
+    online_days: int
+    epochs: int
+    max_train_examples: int
+    truth_days: int
+
+
+# evaluations: the baseline's 3 seeds, one wake-up's 9 proposals, the trap, and confirmation seeds
+QUICK = Size(users=600, days=4, evaluations=18, online_days=6, epochs=1, max_train_examples=50_000, truth_days=6)
+FULL = Size(users=2000, days=8, evaluations=24, online_days=10, epochs=2, max_train_examples=200_000, truth_days=14)
+
+
+def evolution_and_trap(size: Size, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The demo's Evolution at this size (built-in proposer, the calibrated world) and the trap Hypothesis."""
+    from cambrian.demo import EVOLUTION, FULL as DEMO, evolution_object
+
+    demo = replace(DEMO, users=size.users, days=size.days, evaluations=size.evaluations, online_days=size.online_days,
+                   epochs=size.epochs, max_train_examples=size.max_train_examples, world="calibrated")
+    evo = evolution_object(demo, seed, gemini=False)
+    _, delta = CANDIDATES[TRAP]
+    trap = {"apiVersion": evo["apiVersion"], "kind": "Hypothesis", "metadata": {"name": TRAP_NAME},
+            "spec": {"evolutionRef": {"name": EVOLUTION}, "component": "reward",
+                     "explanation": "Items with eye-catching thumbnails get clicked more: weigh those clicks up so the "
+                                    "model learns what users click.",
+                     "predictedEffect": {"metric": "watch_minutes", "direction": "increase", "relativeChange": 0.02},
+                     "delta": {"patch": delta["reward"]}, "origin": {"kind": "human", "author": "bench-trap"}}}
+    return evo, trap
+
+
+def truth(data: Path, bundle: str, base: dict[str, np.ndarray], days: int) -> dict[str, float]:
+    """The bundle's effect against the baseline's on all users for `days` days, common random numbers."""
+    from cambrian.bench.fidelity import serve_online
+    from cambrian.trainer.bundle import load_bundle
+
+    with load_bundle(bundle) as model:
+        arm = serve_online(data, model.score, days)
+    return {k: round(v, 6) for k, v in online_effects(arm, base).items()}
+
+
+def genuinely_better(t: dict[str, float]) -> bool:
+    return (t["minutes"] - 2 * t["minutes_se"] > 0
+            and t["active_days_late"] + 2 * t["active_days_late_se"] >= 0)
+
+
+def days_between(start: str | None, end: str | None) -> float | None:
+    from datetime import datetime
+
+    if not start or not end:
+        return None
+    return round((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds() / 86400, 3)
+
+
+def trap_stop(h: dict[str, Any]) -> str:
+    """Which gate the trap stopped at, from its stored status."""
+    st = h.get("status") or {}
+    phase, verdict = st.get("phase"), st.get("verdict")
+    if phase == "Launched":
+        return "launched"
+    if (st.get("online") or {}).get("decision"):
+        return f"online: {st['online']['decision']} ({(st['online'].get('reason') or '')[:160]})"
+    if phase in ("Failed", "Rejected"):
+        return f"{phase.lower()}: {(st.get('reason') or '')[:160]}"
+    if verdict == "promising":  # cleared the one-seed floor; its confirmation seeds were never trained
+        return (f"offline: promising, not confirmed (gain {st.get('gain')}, noise floor {st.get('noiseFloor')}; "
+                "the evaluation budget was spent before its confirmation seeds)")
+    if verdict != "better":
+        return f"offline gate: verdict {verdict} (gain {st.get('gain')}, noise floor {st.get('noiseFloor')})"
+    return "offline better, not selected for a Rollout"
+
+
+def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    from cambrian.bench.evolution import runs
+    from cambrian.bench.fidelity import serve_online
+    from cambrian.demo import EVOLUTION, rollouts_settled
+    from cambrian.operator.local_driver import LocalDriver
+    from cambrian.operator.reconcile.views import A_PREDICTED
+    from cambrian.trainer.bundle import load_bundle
+    from cambrian.world.generate import generate
+
+    from cambrian.bench.throughput import load_now
+
+    t0, load_start = time.perf_counter(), load_now()
+    data = root / "world"
+    generate(data, n_users=size.users, days=size.days, seed=seed, preset="calibrated", force=True)
+    evo, trap = evolution_and_trap(size, seed)
+    driver = LocalDriver(root / "evolve", data_dir=data, workers=2, max_days=size.online_days * 4 + 10,
+                         until=rollouts_settled)
+    driver.apply([evo, trap])
+    summary = driver.run()
+    loop_s = time.perf_counter() - t0
+    stored = driver.store.get("evolutions", "default", EVOLUTION) or {}
+    hyps = {h["metadata"]["name"]: h for h in driver.store.list("hypotheses")}
+    rollouts = driver.store.list("rollouts")
+    done = runs(driver, stored)
+    base_bundle = next(r.bundle for r in done if r.hypothesis == "baseline" and r.ok and r.bundle)
+    bundles = {r.hypothesis: r.bundle for r in done if r.ok and r.bundle and r.hypothesis != "baseline"}
+    say(f"seed {seed}: loop {summary.reason} after {summary.days:g} simulated days, {loop_s:.0f} s")
+
+    # the Online Agent's prediction rides on the Rollout it started (the surrogate's once 4 rollouts concluded)
+    predicted = {r["metadata"]["name"]: (r["metadata"].get("annotations") or {}).get(A_PREDICTED) for r in rollouts}
+
+    def row(name: str) -> dict[str, Any]:
+        st = hyps[name].get("status") or {}
+        spec = hyps[name]["spec"]
+        return {"name": name, "component": spec["component"], "delta": spec["delta"],
+                "origin": spec.get("origin"), "phase": st.get("phase"), "verdict": st.get("verdict"),
+                "offline_metric": st.get("offlineMetric"), "gain": st.get("gain"), "noise_floor": st.get("noiseFloor"),
+                "rollout": st.get("rollout"), "online": st.get("online"),
+                "predicted": predicted.get(st.get("rollout"))}
+
+    online = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("rollout"))
+    launched = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("phase") == "Launched")
+    measure = sorted({*online, TRAP_NAME} & set(bundles))
+    with load_bundle(base_bundle) as model:
+        base = serve_online(data, model.score, size.truth_days)
+    truths = {n: truth(data, bundles[n], base, size.truth_days) for n in measure}
+    for n, t in truths.items():
+        say(f"  {n}: minutes {t['minutes']:+.4f} ± {t['minutes_se']:.4f}, active days late "
+            f"{t['active_days_late']:+.4f} ± {t['active_days_late_se']:.4f}")
+    scored = [h for h in hyps.values() if (h.get("status") or {}).get("phase") not in (None, "Failed", "Rejected")
+              and (h.get("status") or {}).get("gain") is not None and (h.get("status") or {}).get("noiseFloor")]
+    best_offline = max(scored, key=lambda h: h["status"]["gain"] / h["status"]["noiseFloor"], default=None)
+    return {
+        "seed": seed,
+        "trap_launched": TRAP_NAME in launched,
+        "trap_stopped_at": trap_stop(hyps[TRAP_NAME]),
+        "trap": {**row(TRAP_NAME), "truth": truths.get(TRAP_NAME)},
+        "launched": [{**row(n), "truth": truths.get(n), "genuinely_better": n in truths and genuinely_better(truths[n])}
+                     for n in launched],
+        "genuinely_better_launched": [n for n in launched if n in truths and genuinely_better(truths[n])],
+        "tested_online": [{**row(n), "truth": truths.get(n)} for n in online],
+        "rollouts": [{"name": r["metadata"]["name"],
+                      "treatments": [t["hypothesisRef"]["name"] for t in r["spec"]["treatments"]],
+                      "decision": (r.get("status") or {}).get("decision"),
+                      "reason": (r.get("status") or {}).get("reason"),
+                      "users": {a.get("name"): a.get("n") for a in (r.get("status") or {}).get("arms") or []},
+                      "days": days_between((r.get("status") or {}).get("startedAt"), (r.get("status") or {}).get("concludedAt")),
+                      "readouts": (r.get("status") or {}).get("readouts"),
+                      "effects": (r.get("status") or {}).get("effects"),
+                      "phase": (r.get("status") or {}).get("phase")} for r in rollouts],
+        "offline_best": None if best_offline is None else {
+            "name": best_offline["metadata"]["name"],
+            "floors": round(best_offline["status"]["gain"] / best_offline["status"]["noiseFloor"], 3),
+            "is_trap": best_offline["metadata"]["name"] == TRAP_NAME},
+        "hypotheses": {n: {"phase": (h.get("status") or {}).get("phase"), "verdict": (h.get("status") or {}).get("verdict"),
+                           "floors": (round(h["status"]["gain"] / h["status"]["noiseFloor"], 3)
+                                      if h in scored else None)} for n, h in sorted(hyps.items())},
+        "champion": ((stored.get("status") or {}).get("champion") or {}).get("name") or "baseline",
+        "stop_reason": summary.reason,
+        "simulated_days": round(summary.days, 3),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "load_average_start": load_start,
+        "load_average_end": load_now(),
+    }
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
+        seeds: tuple[int, ...] = SEEDS) -> dict:
+    from cambrian.bench.throughput import load_now
+
+    say = progress or (lambda msg: None)
+    size = size or (QUICK if quick else FULL)
+    t0, load_start = time.perf_counter(), load_now()
+    per_seed = []
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix=f"cambrian-bench-trap-{seed}-") as tmp:
+            per_seed.append(one_seed(Path(tmp), size, seed, say))
+        say(json.dumps({k: per_seed[-1][k] for k in ("seed", "trap_launched", "trap_stopped_at",
+                                                      "genuinely_better_launched")}))
+    return {**summarise(per_seed, size, quick), "load_average_start": load_start, "load_average_end": load_now(),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[str, Any]:
+    ok = [not s["trap_launched"] and bool(s["genuinely_better_launched"]) for s in per_seed]
+    return {
+        "name": "trap",
+        "command": "cambrian bench run trap" + (" --quick" if quick else ""),
+        "quick": quick,
+        "ratio": sum(ok) / len(ok),
+        "ratio_meaning": ("share of seeds where the real loop (demo's Evolution, calibrated world) did not launch the "
+                          "clickbait trap and launched at least one genuinely better change (truth from the simulator, "
+                          "common random numbers); target 1.0 over 5 seeds"),
+        "trap_launched": sum(s["trap_launched"] for s in per_seed),
+        "seeds_with_a_better_launch": sum(bool(s["genuinely_better_launched"]) for s in per_seed),
+        "offline_best_is_trap": sum(bool(s["offline_best"] and s["offline_best"]["is_trap"]) for s in per_seed),
+        "size": size.__dict__,
+        "world": "calibrated",
+        "seeds": per_seed,
+    }

@@ -1,0 +1,96 @@
+"""The decision benchmark on the calibrated world: its per-arm sums are the collector's (fast), the demo's policy,
+and a small run end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cambrian.bench.decision_world import Outcomes, arm_sums, demo_policy, experiment, true_effect
+from cambrian.online.aggregate import AggregationSettings, arm_statistics
+
+
+def _outcomes(rng, n, days, lift):
+    active = (rng.random((n, days)) < 0.6).astype(float)
+    minutes = active * rng.gamma(2.0, 10.0, (n, days)) * (1 + lift)
+    imps = active * rng.integers(20, 80, (n, days))
+    return Outcomes(minutes=minutes, active=active, hates=np.floor(imps * rng.random((n, days)) * 0.05),
+                    impressions=imps)
+
+
+def test_arm_sums_equal_the_collectors_aggregation():
+    """Same users, arms, days and pre-period: the benchmark's fast sums are online/aggregate.py's."""
+    rng = np.random.default_rng(5)
+    n, days, log_days = 60, 5, 3
+    arms = {"c": _outcomes(rng, n, days, 0.0), "t": _outcomes(rng, n, days, 0.1)}
+    first = np.where(arms["c"].active.any(1), arms["c"].active.argmax(1), days)
+    for o in arms.values():  # the same first active day in both arms (as in the world: nothing differs before it)
+        cols = np.arange(days)[None, :]
+        o.active[cols == first[:, None]] = 1.0
+        o.active[cols < first[:, None]] = 0.0
+        o.minutes[cols < first[:, None]] = 0.0
+    pre = rng.gamma(2.0, 8.0, (n, log_days)) * (rng.random((n, log_days)) < 0.6)
+    x = pre.sum(1) / log_days
+    assign = (rng.random(n) < 0.5).astype(int)
+    closed = 3
+    rows = []
+    for u in range(n):
+        for d in range(log_days):
+            rows.append({"user_id": u, "day": d, "minutes": pre[u, d], "active": int(pre[u, d] > 0)})
+        o = arms["ct"[assign[u]]]
+        for d in range(days):
+            rows.append({"user_id": u, "day": log_days + d, "minutes": o.minutes[u, d], "active": int(o.active[u, d]),
+                         "hates": o.hates[u, d], "impressions": o.impressions[u, d]})
+    ud = pd.DataFrame(rows).fillna(0)
+    exposed = first <= closed
+    exposures = pd.DataFrame({"user_id": np.arange(n)[exposed], "arm": np.array(["control", "treatment"])[assign][exposed],
+                              "day": log_days + first[exposed]})
+    want = arm_statistics(exposures, ud, log_days + closed, AggregationSettings(pre_days=14))
+    got = arm_sums(arms, assign, ("c", "t"), first, x, closed)
+    for arm in ("control", "treatment"):
+        for metric in ("watch_minutes", "hate_rate"):
+            w, g = want[metric][arm], got[arm][metric].to_dict()
+            assert g.keys() == w.keys()
+            for k in w:
+                assert g[k] == pytest.approx(w[k], rel=1e-9, abs=1e-9), (arm, metric, k)
+
+
+def test_demo_policy_is_the_demos_rollout_policy():
+    p = demo_policy(2000, 14, 10)
+    assert p.north_star.name == "watch_minutes" and p.north_star.cuped
+    assert p.planned_users_per_arm == 500 and p.max_days == 10
+    assert [g.metric for g in p.guardrails] == ["hate_rate"]
+
+
+def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
+    rng = np.random.default_rng(1)
+    n, days = 2000, 6
+    c = _outcomes(rng, n, days, 0.0)
+    big = Outcomes(minutes=c.minutes * 1.3, active=c.active, hates=c.hates, impressions=c.impressions)
+    first = np.where(c.active.any(1), c.active.argmax(1), days)
+    x = c.minutes[:, :2].mean(1)
+    policy = demo_policy(n, 7, days)
+    assert true_effect(big, c, first)[0] == pytest.approx(0.3)
+    win = experiment({"control": c, "treatment": big}, ("control", "treatment"), first, x, policy, rng)
+    assert win["outcome"] == "promote" and win["users_per_arm"] > 0
+    aa = [experiment({"control": c, "treatment": c}, ("control", "treatment"), first, x, policy, rng)["outcome"]
+          for _ in range(10)]
+    assert aa.count("promote") <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_decision_world_small_end_to_end():
+    from cambrian.bench import decision_world
+
+    size = decision_world.Size(users=200, log_days=3, online_days=3, epochs=1, max_train_examples=20_000, sims=4)
+    r = decision_world.run(size=size)
+    json.dumps(r)
+    assert set(r["arms"]) == set(decision_world.ARMS)
+    assert r["arms"]["aa"]["true_effect"] == 0.0
+    for a in r["arms"].values():
+        assert a["promote"] + a["rollback"] + a["inconclusive"] + a["no_decision_by_max_duration"] == pytest.approx(1.0)
+    assert 0 < r["minutes_per_day_cv"] and -1 <= r["cuped_rho"] <= 1

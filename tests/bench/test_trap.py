@@ -1,0 +1,74 @@
+"""The clickbait-trap benchmark: its objects and verdicts (fast), one small seed through the real loop (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cambrian.bench.trap import (QUICK, TRAP_NAME, evolution_and_trap, genuinely_better, summarise, trap_stop)
+
+
+def test_the_objects_are_the_demos_evolution_and_a_valid_human_trap():
+    from cambrian.bench.fidelity import CANDIDATES, TRAP
+    from cambrian.operator import api
+
+    evo, trap = evolution_and_trap(QUICK, 3)
+    api.parse_resource(evo)
+    api.parse_resource(trap)
+    assert evo["spec"]["data"]["world"] == {"users": QUICK.users, "days": QUICK.days, "seed": 3}
+    assert evo["spec"]["agent"]["budgets"]["evaluations"] == QUICK.evaluations
+    assert trap["spec"]["evolutionRef"]["name"] == evo["metadata"]["name"]
+    assert trap["spec"]["origin"]["kind"] == "human"
+    assert trap["spec"]["delta"]["patch"] == CANDIDATES[TRAP][1]["reward"]
+
+
+def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
+    t = {"minutes": 0.02, "minutes_se": 0.005, "active_days_late": 0.0, "active_days_late_se": 0.01}
+    assert genuinely_better(t)
+    assert not genuinely_better({**t, "minutes_se": 0.011})  # within two standard errors of zero
+    assert not genuinely_better({**t, "active_days_late": -0.03})  # users come back less in the end
+
+
+@pytest.mark.parametrize("status, want", [
+    ({"phase": "Launched", "verdict": "better"}, "launched"),
+    ({"phase": "Retired", "verdict": "better", "online": {"decision": "inconclusive", "reason": "futility"}},
+     "online: inconclusive"),
+    ({"phase": "Scored", "verdict": "not_better", "gain": -0.01, "noiseFloor": 0.002}, "offline gate"),
+    ({"phase": "Scored", "verdict": "better"}, "offline better, not selected"),
+    ({"phase": "Validated"}, "offline gate: verdict None"),
+    ({"phase": "Scored", "verdict": "promising"}, "offline: promising, not confirmed"),
+    ({"phase": "Failed", "reason": "gate"}, "failed"),
+])
+def test_where_the_trap_stopped(status, want):
+    assert trap_stop({"status": status}).startswith(want)
+
+
+def test_the_headline_counts_seeds_that_kept_the_trap_out_and_launched_a_better_change():
+    seeds = [{"trap_launched": False, "genuinely_better_launched": ["h1"], "offline_best": {"is_trap": True}},
+             {"trap_launched": False, "genuinely_better_launched": [], "offline_best": None},
+             {"trap_launched": True, "genuinely_better_launched": ["h2"], "offline_best": {"is_trap": False}}]
+    s = summarise(seeds, QUICK, quick=True)
+    assert s["ratio"] == pytest.approx(1 / 3)
+    assert (s["trap_launched"], s["seeds_with_a_better_launch"], s["offline_best_is_trap"]) == (1, 2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.timeout(3000)
+def test_one_small_seed_through_the_real_loop():
+    from cambrian.bench import trap
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (scripts/ci-prepare-prometheus.sh)")
+    size = trap.Size(users=300, days=3, evaluations=16, online_days=3, epochs=1, max_train_examples=30_000, truth_days=3)
+    r = trap.run(size=size, seeds=(0,))
+    json.dumps(r)
+    s = r["seeds"][0]
+    assert s["trap"]["name"] == TRAP_NAME
+    assert s["trap"]["verdict"] is not None, "the budget must let the trap train"
+    assert s["trap"]["truth"] is not None and s["trap"]["truth"]["minutes_se"] >= 0
+    assert s["trap_launched"] == (s["trap_stopped_at"] == "launched")
+    for row in s["tested_online"]:
+        assert row["truth"] is not None
