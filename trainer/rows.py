@@ -1,0 +1,148 @@
+"""The training rows as Parquet row groups: written by the trusted process, read in batches by the trainer.
+
+A row is (user, item, label, weight); the model's other inputs are looked up by id in the catalogue
+(trainer/features.py) when a batch is read, so a row stays 24 bytes on disk whatever the declared features.
+Files are cut into row groups of ROW_GROUP_ROWS rows (the last one shorter). The reader:
+- a file of at most `buffer` row groups (training.shuffle_row_groups) is loaded whole once and every epoch
+  is one permutation of all its rows (`Split`, trainer/data.py);
+- a longer file streams: each epoch permutes the row groups, takes them `buffer` at a time (a window),
+  permutes the window's rows and cuts consecutive batches across windows, so memory holds at most `buffer`
+  row groups whatever the file's length.
+Every epoch's and window's permutation comes from its own generator seeded by (seed, epoch[, window]): a run
+resumed at (epoch, step) replays the same batches, and skips the windows before its step without reading them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROW_GROUP_ROWS = 65_536
+COLUMNS = pa.schema([("user", pa.int64()), ("item", pa.int64()), ("label", pa.float32()), ("weight", pa.float32())])
+Batch = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]  # features, label, weight
+
+
+def epoch_rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, *more])
+
+
+class RowWriter:
+    """Appends rows to one Parquet file in row groups of exactly `group` rows (the last may be shorter):
+    at most one row group is held here."""
+
+    def __init__(self, path: Path, group: int = ROW_GROUP_ROWS):
+        self.path, self.group, self.rows = path, group, 0
+        self._writer = pq.ParquetWriter(path, COLUMNS, compression="zstd")
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+
+    def write(self, user: np.ndarray, item: np.ndarray, label: np.ndarray, weight: np.ndarray) -> None:
+        if not len(user):
+            return
+        self._held.append(pa.table([pa.array(np.asarray(c, t.to_pandas_dtype())) for c, t in
+                                    zip((user, item, label, weight), COLUMNS.types)], schema=COLUMNS))
+        self._held_rows += len(user)
+        self.rows += len(user)
+        if self._held_rows >= self.group:
+            self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        table = pa.concat_tables(self._held).combine_chunks()
+        cut = len(table) if final else len(table) // self.group * self.group
+        if cut:
+            self._writer.write_table(table.slice(0, cut), row_group_size=self.group)
+        rest = table.slice(cut)
+        self._held, self._held_rows = ([rest] if len(rest) else []), len(rest)
+
+    def close(self) -> None:
+        if self._held_rows:
+            self._flush(final=True)
+        self._writer.close()
+
+
+def read_columns(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(table.column(name).to_numpy() for name in COLUMNS.names)  # type: ignore[return-value]
+
+
+class RowGroupStream:
+    """One Parquet file of training rows, read `buffer` row groups at a time (see the module docstring)."""
+
+    def __init__(self, path: Path, catalogue, buffer: int):
+        self.path, self.catalogue, self.buffer = Path(path), catalogue, buffer
+        meta = pq.ParquetFile(self.path).metadata
+        self.group_rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
+        self.most_held = 0  # the most row groups held at once (a test reads it)
+
+    def __len__(self) -> int:
+        return int(self.group_rows.sum())
+
+    def _read(self, groups: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        self.most_held = max(self.most_held, len(groups))
+        user, item, label, weight = read_columns(pq.ParquetFile(self.path).read_row_groups(sorted(groups.tolist())))
+        return self.catalogue.features(user, item), label, weight
+
+    def head(self, n: int):
+        from cambrian.trainer.data import Split
+
+        feats, label, weight = self._read(np.arange(min(1, len(self.group_rows))))
+        return Split({k: v[:n] for k, v in feats.items()}, label[:n], weight[:n], None)
+
+    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Batch]:
+        """Batches `start_step`, `start_step + 1`, ... of this epoch; a batch may span two windows."""
+        order = epoch_rng(seed, epoch).permutation(len(self.group_rows))
+        windows = [order[i:i + self.buffer] for i in range(0, len(order), self.buffer)]
+        skip = start_step * batch_size  # rows of this epoch already trained on
+        carry: Batch | None = None
+        done = 0  # rows of the epoch before the current window
+        for w, groups in enumerate(windows):
+            size = int(self.group_rows[groups].sum())
+            if done + size <= skip:  # wholly before the resumed step: never read
+                done += size
+                continue
+            feats, label, weight = self._read(groups)
+            # rows are read in file order of the window's groups; the permutation makes the order the window's
+            perm = epoch_rng(seed, epoch, w + 1).permutation(size)
+            if done < skip:
+                perm = perm[skip - done:]
+            done += size
+            part = ({k: v[perm] for k, v in feats.items()}, label[perm], weight[perm])
+            del feats, label, weight
+            n, start = len(part[1]), 0
+            if carry is not None:  # the batch that spans the window before and this one
+                start = min(batch_size - len(carry[1]), n)
+                carry = _concat([carry, _slice(part, 0, start)])
+                if len(carry[1]) < batch_size:
+                    continue
+                yield carry
+                carry = None
+            full = start + (n - start) // batch_size * batch_size
+            for lo in range(start, full, batch_size):
+                yield _slice(part, lo, lo + batch_size)
+            carry = _slice(part, full, n) if full < n else None
+        if carry is not None:
+            yield carry
+
+
+def _slice(b: Batch, lo: int, hi: int) -> Batch:
+    return {k: v[lo:hi] for k, v in b[0].items()}, b[1][lo:hi], b[2][lo:hi]
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    return ({k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]},
+            np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
+
+
+def open_rows(path: Path, catalogue, buffer: int):
+    """A file of training rows as the fit loop reads it: whole (a Split) if it has at most `buffer` row groups,
+    else streamed."""
+    from cambrian.trainer.data import Split
+
+    stream = RowGroupStream(path, catalogue, buffer)
+    if len(stream.group_rows) > buffer:
+        return stream
+    user, item, label, weight = read_columns(pq.read_table(path))
+    return Split(catalogue.features(user, item), label, weight, None)
