@@ -25,6 +25,7 @@ BENCHMARKS = {
     "scaling": "cambrian.bench.scaling",
     "datasource": "cambrian.bench.datasource",
     "multifidelity": "cambrian.bench.multifidelity",
+    "streaming": "cambrian.bench.streaming",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

@@ -378,7 +378,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
     val = pd.concat(held_out, ignore_index=True)
     val_split = Split(catalogue.features(val["user_id"].to_numpy(np.int64), val["item_id"].to_numpy(np.int64)),
-                      val["label"].to_numpy(np.float32), val["weight"].to_numpy(np.float32),
+                      np.array(val["label"], np.float32), np.array(val["weight"], np.float32),
                       val[SIGNALS].reset_index(drop=True))
     written = Written([w.path for w in writers], n)
     return Dataset(catalogue.spec, catalogue, written, val_split, n_train_available=available)
