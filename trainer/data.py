@@ -328,6 +328,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         if workers > 1:
             shard_of(np.zeros(0, np.int64), n, workers)  # refuses too few rows before any is read
         if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
             writers = [RowWriter(folder / train_file(r, workers)) for r in range(workers)]
         join = _Joiner(small["user_days"], small["items"])
         table = schema.tables[key]

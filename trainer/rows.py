@@ -34,8 +34,8 @@ class RowWriter:
     """Appends rows to one Parquet file in row groups of exactly `group` rows (the last may be shorter):
     at most one row group is held here."""
 
-    def __init__(self, path: Path, group: int = ROW_GROUP_ROWS):
-        self.path, self.group, self.rows = path, group, 0
+    def __init__(self, path: Path, group: int | None = None):
+        self.path, self.group, self.rows = path, group or ROW_GROUP_ROWS, 0
         self._writer = pq.ParquetWriter(path, COLUMNS, compression="zstd")
         self._held: list[pa.Table] = []
         self._held_rows = 0
