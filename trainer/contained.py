@@ -4,10 +4,10 @@
         [--cpu-s N] [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
 
 INPUT (read-only) holds only what training needs: config.json, train.parquet (the training split's ids,
-labels and weights in row groups, trainer/rows.py), catalogue.npz and spec.json. The held-out split and its labels are never here: the
-scorer (trainer/score.py) keeps them in another process. The result goes to SCRATCH: model.pt2 (a
-torch.export program the scorer can run without any of this Python) and result.json, or error.json with
-the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
+labels and weights in row groups, trainer/rows.py), catalogue.npz and spec.json. The held-out split and its
+labels are never here: the scorer (trainer/score.py) keeps them in another process. The result goes to
+SCRATCH: model.pt2 (a torch.export program the scorer can run without any of this Python) and result.json, or
+error.json with the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
 `launch` trains data-parallel (trainer/distributed.py): it runs torchrun's agent, which starts one `worker`
 per shard file (train-RANK-of-WORLD.parquet in INPUT); rank 0 exports.
 """
