@@ -10,7 +10,8 @@ wait4 (ru_maxrss):
 - whole: training.shuffle_row_groups above the file's row-group count, so the rows are loaded whole and every
   epoch is one permutation of all of them (the trainer before streaming);
 - streamed: the default training.shuffle_row_groups (32 row groups of 65,536 rows; 2 with --quick), so the
-  rows stream and each epoch shuffles within that buffer.
+  rows stream and each epoch shuffles within that buffer;
+- small (full size only): a buffer of 4 row groups, to show that the peak follows the buffer.
 Same model, batch size, epochs, seed and input files; only the reader differs. Examples/s = training rows x
 epochs / the trainer's own fit seconds (as metrics.json); the trainer's wall time includes loading.
 """
@@ -31,6 +32,7 @@ from cambrian.trainer.config import ModelConfig
 
 DAYS = 30
 USERS, ITEMS, TOPICS = 20_000, 5_000, 20
+SMALL = 4  # a third mode's buffer (row groups): memory follows the buffer, not the source
 
 _PREPARE = r"""
 import json, sys, time
@@ -99,6 +101,15 @@ def _child(argv: list[str], env: dict | None = None) -> tuple[str, float, float]
     return out, wall, usage.ru_maxrss / 1024  # Linux: KiB
 
 
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10)
+        return out.stdout.strip() or None
+    except OSError:
+        return None
+
+
 def run(quick: bool = False) -> dict:
     rows = 300_000 if quick else 10_000_000
     config = ModelConfig()
@@ -122,19 +133,27 @@ def run(quick: bool = False) -> dict:
         # the resident set of the trainer's imports alone: what neither mode can go below
         _, _, imports = _child([sys.executable, "-c", "import torch, pyarrow.parquet, pandas, cambrian.trainer.train, "
                                 "cambrian.trainer.rows, cambrian.trainer.contained"], env)
-        modes = {}
-        for mode, k in (("whole", groups + 1), ("streamed", buffer)):
+        # alternated (whole, streamed, small, streamed, whole) so that a change of the shared machine's load
+        # falls on both modes alike; each mode's figures are the mean of its runs
+        buffers = {"whole": groups + 1, "streamed": buffer, "small": SMALL}
+        order = ["whole", "streamed"] if quick else ["whole", "streamed", "small", "streamed", "whole"]
+        runs: dict[str, list[dict]] = {}
+        for i, mode in enumerate(order):
             cfg = config.model_copy(deep=True)
-            cfg.training.shuffle_row_groups = k
+            cfg.training.shuffle_row_groups = buffers[mode]
             (root / "in" / "config.json").write_text(cfg.model_dump_json())
-            scratch = root / f"out-{mode}"
+            scratch = root / f"out-{i}"
             scratch.mkdir()
             _, twall, tpeak = _child([sys.executable, "-m", "cambrian.trainer.contained", "train", str(root / "in"),
                                       str(scratch)], env)
             result = json.loads((scratch / "result.json").read_text())
             n = prepared["n_train"] * cfg.training.epochs
-            modes[mode] = {"shuffle_row_groups": k, "peak_rss_mib": round(tpeak, 1), "fit_seconds": round(result["train_seconds"], 2),
-                           "examples_per_second": round(n / result["train_seconds"], 1), "wall_seconds": round(twall, 2)}
+            runs.setdefault(mode, []).append({"peak_rss_mib": round(tpeak, 1), "fit_seconds": round(result["train_seconds"], 2),
+                                              "examples_per_second": round(n / result["train_seconds"], 1),
+                                              "wall_seconds": round(twall, 2), "load_1min": round(os.getloadavg()[0], 2)})
+        modes = {mode: {"shuffle_row_groups": buffers[mode], "runs": r,
+                        "examples_per_second": round(float(np.mean([x["examples_per_second"] for x in r])), 1),
+                        "peak_rss_mib": max(x["peak_rss_mib"] for x in r)} for mode, r in runs.items()}
     whole, streamed = modes["whole"], modes["streamed"]
     return {
         "name": "streaming",
@@ -154,6 +173,7 @@ def run(quick: bool = False) -> dict:
                    "generate_seconds": round(generated, 1)},
         "model": {"architecture": config.architecture.name, "batch_size": config.training.batch_size,
                   "epochs": config.training.epochs, "cpu_threads": config.training.cpu_threads},
+        "commit": _commit(),
         "machine": {"cpus": os.cpu_count(), "load_average_start": load_start,
                     "load_average_end": [round(x, 2) for x in os.getloadavg()]},
     }

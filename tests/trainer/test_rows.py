@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Split, load_dataset, prepare, train_file
+from cambrian.trainer.data import load_dataset, prepare, train_file
 from cambrian.trainer.distributed import shard_name
 from cambrian.trainer.features import Catalogue, FeatureSpec
 from cambrian.trainer.rows import RowGroupStream, RowWriter, open_rows, read_columns
@@ -64,12 +64,16 @@ def test_a_resumed_stream_replays_the_same_batches_and_skips_unread_windows(tmp_
     assert all(np.array_equal(a, b) for a, b in zip(full[start:], tail))
 
 
-def test_a_file_that_fits_the_buffer_is_loaded_whole(tmp_path):
+def test_a_file_that_fits_the_buffer_is_loaded_whole_once(tmp_path):
     path = _file(tmp_path / "rows.parquet")
-    assert isinstance(open_rows(path, CATALOGUE, 11), Split)
-    assert isinstance(open_rows(path, CATALOGUE, 10), RowGroupStream)
-    whole = _labels(open_rows(path, CATALOGUE, 11).batches(0, 64, seed=5))
-    assert sorted(np.concatenate(whole).tolist()) == list(range(N))
+    assert not open_rows(path, CATALOGUE, 10).whole
+    rows = open_rows(path, CATALOGUE, 11)
+    epochs = [_labels(rows.batches(epoch, 64, seed=5)) for epoch in range(2)]
+    assert rows.whole and rows.most_held == 11
+    for whole in epochs:
+        assert sorted(np.concatenate(whole).tolist()) == list(range(N))
+    # one permutation of all rows: the first batch draws from across the file
+    assert np.ptp(epochs[0][0]) > N // 2
 
 
 def test_each_worker_gets_its_own_equal_shard_of_the_kept_rows(world_dir, tmp_path):
@@ -94,13 +98,14 @@ def _metrics(config, data, train_rows):
 
 
 def test_streamed_training_reaches_the_whole_loads_metrics_within_the_seed_noise(world_dir, tmp_path, monkeypatch):
-    """Same data and seed: the rows streamed through a buffer of 2 row groups of 8,192 (the file has 15) against
+    """Same data and seed: the rows streamed through a buffer of 2 row groups of 4,096 (the file has 15) against
     the rows loaded whole, within the distance between two seeds of the whole load."""
     from cambrian.trainer import rows
 
-    monkeypatch.setattr(rows, "ROW_GROUP_ROWS", 8_192)
+    monkeypatch.setattr(rows, "ROW_GROUP_ROWS", 4_096)
     config = ModelConfig()
     config.training.epochs = 2
+    config.training.max_train_examples = 60_000
     data = prepare(world_dir, config, tmp_path)
     path = data.train.files[0]
     assert pq.ParquetFile(path).metadata.num_row_groups > 2
