@@ -93,8 +93,13 @@ def test_each_worker_gets_its_own_equal_shard_of_the_kept_rows(world_dir, tmp_pa
 
 def _metrics(config, data, train_rows):
     data.train = train_rows
-    model, _ = fit(config, data, torch.device("cpu"))
-    return evaluate(config, predict(model, data.val, torch.device("cpu")), data.val)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.training.cpu_threads)  # as the contained trainer does: one thread is fastest here
+    try:
+        model, _ = fit(config, data, torch.device("cpu"))
+        return evaluate(config, predict(model, data.val, torch.device("cpu")), data.val)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_streamed_training_reaches_the_whole_loads_metrics_within_the_seed_noise(world_dir, tmp_path, monkeypatch):
