@@ -231,8 +231,8 @@ def _values(out: dict, name: str, n: int, what: str) -> np.ndarray:
 class _RewardTotals:
     """The checks of a reward over a whole split, folded batch by batch."""
 
-    def __init__(self, reward: RewardConfig):
-        self.reward, self.low, self.high, self.weight = reward, np.inf, -np.inf, 0.0
+    def __init__(self):
+        self.low, self.high, self.weight = np.inf, -np.inf, 0.0
 
     def add(self, label: np.ndarray, weight: np.ndarray) -> None:
         if len(label):
@@ -279,7 +279,7 @@ def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, n
     check_reward_sql(reward.label, "label")
     check_reward_sql(reward.weight, "weight")
     label, weight = _reward_values(df, reward)
-    totals = _RewardTotals(reward)
+    totals = _RewardTotals()
     totals.add(label, weight)
     totals.check()
     return label, weight
@@ -334,7 +334,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         table = schema.tables[key]
         found = source.arrow_schema(key, table)
         wanted = pa.schema([found.field(c) for c in table.columns])
-        totals, val_totals = _RewardTotals(config.reward), _RewardTotals(config.reward)
+        totals, val_totals = _RewardTotals(), _RewardTotals()
         counts = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # training rows per user id, per item id
         top = [-1, -1]
         seen = 0  # training rows read so far, kept or not

@@ -29,7 +29,7 @@ import torch
 from cambrian.errors import GateError, TrainingError
 from cambrian.trainer.bundle import write_bundle
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Dataset, Split, TrainingSet, prepare
+from cambrian.trainer.data import Dataset, Split, TrainingSet, Written, prepare
 from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
@@ -322,13 +322,15 @@ def _work_folder():
 
 def run_gate(config: ModelConfig, data_dir: str | Path, sandbox: Containment = "auto",
              limits: SandboxLimits | None = None) -> Dataset:
-    """All gate stages: static checks and the reward SQL here, the forward/backward step contained."""
+    """All gate stages: static checks and the reward SQL here, the forward/backward step contained. The data set
+    comes back with its held-out split; its training rows are counted only (load_dataset reads them)."""
     static_checks(config)
     contain = contain_decision(config, sandbox)
     with _work_folder() as tmp:
         step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), _wants_gpu(config))
         data = write_training_input(step.input, config, data_dir)
         step.run("gate", cpu_only=not _wants_gpu(config))
+    data.train = Written([], len(data.train))  # counted; the files went with the gate's folder
     return data
 
 
