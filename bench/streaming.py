@@ -117,6 +117,7 @@ def run(quick: bool = False) -> dict:
     config.training.max_train_examples = None
     buffer = 2 if quick else config.training.shuffle_row_groups
     load_start = [round(x, 2) for x in os.getloadavg()]
+    commit = _commit()  # the code that runs: taken before, as a commit during the run would not be it
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-streaming-") as tmp:
         root = Path(tmp)
@@ -173,7 +174,7 @@ def run(quick: bool = False) -> dict:
                    "generate_seconds": round(generated, 1)},
         "model": {"architecture": config.architecture.name, "batch_size": config.training.batch_size,
                   "epochs": config.training.epochs, "cpu_threads": config.training.cpu_threads},
-        "commit": _commit(),
+        "commit": commit,
         "machine": {"cpus": os.cpu_count(), "load_average_start": load_start,
                     "load_average_end": [round(x, 2) for x in os.getloadavg()]},
     }
