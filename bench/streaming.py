@@ -13,7 +13,8 @@ wait4 (ru_maxrss):
   rows stream and each epoch shuffles within that buffer;
 - small (full size only): a buffer of 4 row groups, to show that the peak follows the buffer.
 Same model, batch size, epochs, seed and input files; only the reader differs. Examples/s = training rows x
-epochs / the trainer's own fit seconds (as metrics.json); the trainer's wall time includes loading.
+epochs / the trainer's own fit seconds (as metrics.json): the streamed reader's reads fall inside them, the
+whole load's before them (in the trainer's wall time), which favours the whole load.
 """
 
 from __future__ import annotations

@@ -77,9 +77,11 @@ class RowGroupStream:
         self.path, self.catalogue, self.buffer = Path(path), catalogue, buffer
         meta = pq.ParquetFile(self.path).metadata
         self.group_rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
-        self.whole = len(self.group_rows) <= buffer  # one window: read once, kept for every epoch
+        self.whole = len(self.group_rows) <= buffer  # one window: read here, kept for every epoch
         self._kept: Columns | None = None
         self.most_held = 0  # the most row groups held at once (a test reads it)
+        if self.whole:
+            self._read(np.arange(len(self.group_rows)))
 
     def __len__(self) -> int:
         return int(self.group_rows.sum())
