@@ -27,6 +27,7 @@ BENCHMARKS = {
     "datasource": "cambrian.bench.datasource",
     "multifidelity": "cambrian.bench.multifidelity",
     "trap": "cambrian.bench.trap",
+    "streaming": "cambrian.bench.streaming",
 }
 
 app = typer.Typer(help="Run a benchmark; prints its ratio against a baseline measured in the same run.",

@@ -89,11 +89,13 @@ def train_model(config: dict[str, Any], data_dir: Path) -> tuple[dict[str, float
     import torch
 
     from cambrian.trainer.config import parse_config
+    from cambrian.trainer.data import load_dataset
     from cambrian.trainer.train import evaluate, fit, pick_device, predict, run_gate
 
     # The candidates are the benchmark's own (no plugin code), so they train in this process.
     cfg = parse_config(config, "candidate")
-    data = run_gate(cfg, data_dir)
+    run_gate(cfg, data_dir)
+    data = load_dataset(data_dir, cfg)
     device = pick_device(cfg.training.device)
     model, _ = fit(cfg, data, device)
     metrics = evaluate(cfg, predict(model, data.val, device), data.val)

@@ -89,6 +89,10 @@ class TrainingConfig(_Strict):
     cpu_threads: int = Field(1, ge=0, le=256, description="torch intra-op threads on CPU; 0 = torch's default. "
                              "One thread is fastest for small rankers and lets candidates train side by side")
     validation_days: int = Field(1, ge=1, le=3650, description="the last N logged days are held out (temporal split)")
+    shuffle_row_groups: int = Field(32, ge=1, le=1_000_000, description=(
+        "the training rows are read from Parquet row groups of 65,536 rows: a split (or a worker's shard) of more "
+        "row groups than this streams, shuffled within a buffer of this many row groups per epoch, so memory stays "
+        "bounded; one that fits is loaded whole and shuffled whole"))
 
 
 class ModelConfig(_Strict):

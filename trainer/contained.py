@@ -3,13 +3,13 @@
     python -m cambrian.trainer.contained {train,gate,predict,host,launch,worker} INPUT SCRATCH [--as-mb N]
         [--cpu-s N] [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
 
-INPUT (read-only) holds only what training needs: config.json, train.npz (the training split's features,
-labels and weights), catalogue.npz and spec.json. The held-out split and its labels are never here: the
-scorer (trainer/score.py) keeps them in another process. The result goes to SCRATCH: model.pt2 (a
-torch.export program the scorer can run without any of this Python) and result.json, or error.json with
-the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
+INPUT (read-only) holds only what training needs: config.json, train.parquet (the training split's ids,
+labels and weights in row groups, trainer/rows.py), catalogue.npz and spec.json. The held-out split and its
+labels are never here: the scorer (trainer/score.py) keeps them in another process. The result goes to
+SCRATCH: model.pt2 (a torch.export program the scorer can run without any of this Python) and result.json, or
+error.json with the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
 `launch` trains data-parallel (trainer/distributed.py): it runs torchrun's agent, which starts one `worker`
-per shard file (train-RANK-of-WORLD.npz in INPUT); rank 0 exports.
+per shard file (train-RANK-of-WORLD.parquet in INPUT); rank 0 exports.
 """
 
 from __future__ import annotations
@@ -58,19 +58,16 @@ def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
         raise _Stop(stage, what, gate) from None
 
 
-def read_input(input_dir: Path, shard: str = "train.npz"):
-    import numpy as np
-    import pandas as pd
-
+def read_input(input_dir: Path, shard: str = "train.parquet"):
+    """The config and the training rows: whole, or streamed from their row groups (trainer/rows.py)."""
     from cambrian.trainer.config import ModelConfig
-    from cambrian.trainer.data import Split, TrainingSet
+    from cambrian.trainer.data import TrainingSet
     from cambrian.trainer.features import load_catalogue
+    from cambrian.trainer.rows import open_rows
 
     config = ModelConfig.model_validate_json((input_dir / "config.json").read_text())
     catalogue = load_catalogue(input_dir / "catalogue.npz")
-    with np.load(input_dir / shard) as t:
-        feats = {k[2:]: t[k] for k in t.files if k.startswith("f_")}
-        train = Split(feats, t["label"], t["weight"], pd.DataFrame())
+    train = open_rows(input_dir / shard, catalogue, config.training.shuffle_row_groups)
     return config, TrainingSet(catalogue.spec, catalogue, train)
 
 

@@ -15,11 +15,12 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
-from cambrian.trainer.datacheck import read_checked
+from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space, with_features
 from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema, load_schema
 
@@ -43,10 +44,35 @@ class Split:
     features: dict[str, np.ndarray]
     label: np.ndarray  # float32
     weight: np.ndarray  # float32
-    signals: pd.DataFrame = field(repr=False)  # raw logged signals, for the loss-independent proxies
+    signals: pd.DataFrame | None = field(repr=False)  # raw logged signals, for the loss-independent proxies
 
     def __len__(self) -> int:
         return len(self.label)
+
+    def head(self, n: int) -> "Split":
+        return Split({k: v[:n] for k, v in self.features.items()}, self.label[:n], self.weight[:n], None)
+
+    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0):
+        """The epoch's batches from `start_step` on: one permutation of all rows (trainer/rows.py streams a
+        split too long to hold)."""
+        from cambrian.trainer.rows import epoch_rng
+
+        order = epoch_rng(seed, epoch).permutation(len(self))
+        for start in range(start_step * batch_size, len(order), batch_size):
+            index = order[start:start + batch_size]
+            yield {k: v[index] for k, v in self.features.items()}, self.label[index], self.weight[index]
+
+
+@dataclass
+class Written:
+    """The training rows as the trusted process wrote them for the contained trainer (trainer/rows.py): one
+    Parquet file per worker, `rows` in all."""
+
+    files: list[Path]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
 
 
 @dataclass
@@ -55,7 +81,7 @@ class TrainingSet:
 
     spec: FeatureSpec
     catalogue: Catalogue
-    train: Split
+    train: Split | Written  # the contained trainer's is a Split or a RowGroupStream (trainer/rows.py)
 
 
 @dataclass
@@ -64,12 +90,11 @@ class Dataset(TrainingSet):
     n_train_available: int = 0  # training rows before training.max_train_examples cut them
 
 
-def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame]]:
-    """The world's tables through its declaration (trainer/schema.py WORLD), from any source the reader
-    knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. The features the
-    model gets are the world's own, or those of the declaration that a data directory's world.json names
-    (`"features": "movielens-100k"`), carried in the world's users and items tables. A source that fails the
-    data check is refused here, before any training."""
+def world_schema(data_dir: str | Path) -> DataSchema:
+    """The declaration the world's tables are read through (trainer/schema.py WORLD), from any source the
+    reader knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. The features
+    the model gets are the world's own, or those of the declaration that a data directory's world.json names
+    (`"features": "movielens-100k"`), carried in the world's users and items tables."""
     text = str(data_dir)
     meta: dict = {}
     if "://" not in text or text.startswith("file://"):
@@ -86,17 +111,33 @@ def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame
             raise ConfigError(f"{folder / 'world.json'}: features {named!r}: {why}", hint=exc.hint) from None
     else:
         declared = WORLD
-    schema = with_features(WORLD, declared)
-    return schema, read_checked(schema, text)
+    return with_features(WORLD, declared)
 
 
-def joined_impressions(impressions: pd.DataFrame, user_days: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-    """Impressions with the user's delayed day label and the item's observable features."""
-    day_labels = user_days[["day", "user_id", "returned_next_day"]]
-    df = impressions.merge(day_labels, on=["day", "user_id"], how="left")
-    df = df.merge(items[["item_id", "length_min", "topic", "thumb_intensity"]], on="item_id", how="left")
-    df["returned_next_day"] = df["returned_next_day"].fillna(0).astype(np.int8)
-    return df
+def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame]]:
+    """The world's tables in memory (world_schema); a source that fails the data check is refused here."""
+    schema = world_schema(data_dir)
+    return schema, read_checked(schema, str(data_dir))
+
+
+class _Joiner:
+    """Impressions with the user's delayed day label and the item's observable features: a left join of each
+    batch against the small tables, held in memory (they grow with users x days and items, not impressions)."""
+
+    def __init__(self, user_days: pd.DataFrame, items: pd.DataFrame):
+        days = user_days.astype({"day": np.int64, "user_id": np.int64}).drop_duplicates(["day", "user_id"])
+        self.day_label = pd.Series(days["returned_next_day"].to_numpy(),
+                                   index=pd.MultiIndex.from_frame(days[["day", "user_id"]]))
+        self.items = (items.astype({"item_id": np.int64}).drop_duplicates("item_id").set_index("item_id")
+                      [["length_min", "topic", "thumb_intensity"]])
+
+    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
+        key = pd.MultiIndex.from_arrays([df["day"].to_numpy(np.int64), df["user_id"].to_numpy(np.int64)])
+        df["returned_next_day"] = self.day_label.reindex(key).fillna(0).to_numpy().astype(np.int8)
+        found = self.items.reindex(df["item_id"].to_numpy(np.int64))
+        for column in found.columns:
+            df[column] = found[column].to_numpy()
+        return df
 
 
 @lru_cache(maxsize=1)
@@ -187,10 +228,27 @@ def _values(out: dict, name: str, n: int, what: str) -> np.ndarray:
     return values
 
 
-def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate the reward's label and weight expressions with DuckDB; validate them (gate stage reward_sql)."""
-    check_reward_sql(reward.label, "label")
-    check_reward_sql(reward.weight, "weight")
+class _RewardTotals:
+    """The checks of a reward over a whole split, folded batch by batch."""
+
+    def __init__(self):
+        self.low, self.high, self.weight = np.inf, -np.inf, 0.0
+
+    def add(self, label: np.ndarray, weight: np.ndarray) -> None:
+        if len(label):
+            self.low, self.high = min(self.low, float(label.min())), max(self.high, float(label.max()))
+            self.weight += float(weight.sum(dtype=np.float64))
+
+    def check(self) -> None:
+        if self.weight <= 0:
+            raise GateError("reward_sql", "reward weight is zero for every impression")
+        if self.low == self.high:
+            raise GateError("reward_sql", f"reward label is constant ({self.low:.3g}): nothing to learn")
+
+
+def _reward_values(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The reward's label and weight per impression with DuckDB, each row checked (the expressions were checked
+    by check_reward_sql)."""
     # No file or network access from the SQL: the logs are handed over in memory, and each expression is
     # bound as an expression object of a projection, never pasted into a statement's text.
     con = duckdb.connect(config={"enable_external_access": False})
@@ -210,39 +268,134 @@ def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, n
         raise GateError("reward_sql", f"reward label is not finite for {int((~np.isfinite(label)).sum())} impressions")
     if not np.isfinite(weight).all() or (weight < 0).any():
         raise GateError("reward_sql", "reward weight must be finite and non-negative for every impression")
-    if weight.sum() <= 0:
-        raise GateError("reward_sql", "reward weight is zero for every impression")
     if reward.loss == "bce" and ((label < 0) | (label > 1)).any():
         raise GateError("reward_sql", f"the bce loss needs labels in [0, 1]; got range [{label.min():.3g}, {label.max():.3g}]",
                         hint="scale the label, or use loss: mse")
-    if np.ptp(label) == 0:
-        raise GateError("reward_sql", f"reward label is constant ({label[0]:.3g}): nothing to learn")
     return label.astype(np.float32), weight.astype(np.float32)
 
 
-def _split(df: pd.DataFrame, catalogue: Catalogue, reward: RewardConfig) -> Split:
-    label, weight = reward_labels(df, reward)
-    feats = catalogue.features(df["user_id"].to_numpy(np.int64), df["item_id"].to_numpy(np.int64))
-    signals = df[["user_id", "click", "watch_seconds", "completion", "like", "hate", "returned_next_day"]].reset_index(drop=True)
-    return Split(feats, label, weight, signals)
+def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate the reward's label and weight expressions with DuckDB; validate them (gate stage reward_sql)."""
+    check_reward_sql(reward.label, "label")
+    check_reward_sql(reward.weight, "weight")
+    label, weight = _reward_values(df, reward)
+    totals = _RewardTotals()
+    totals.add(label, weight)
+    totals.check()
+    return label, weight
+
+
+SIGNALS = ["user_id", "click", "watch_seconds", "completion", "like", "hate", "returned_next_day"]
+
+
+def train_file(rank: int, world: int) -> str:
+    """The training rows of worker `rank` of `world` in the contained trainer's input folder."""
+    from cambrian.trainer.distributed import shard_name
+
+    return "train.parquet" if world == 1 else shard_name(rank, world)
+
+
+def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, workers: int = 1) -> Dataset:
+    """The data set in one streaming pass over the interactions (after the data check's own): training rows
+    go to Parquet files in `folder` as they are read (one per worker, rows dealt round-robin and cut to equal
+    length, trainer/rows.py), the held-out days stay in memory for the scorer, and the vocabularies and
+    statistics come from the ids the kept training rows carry. Memory holds the small tables (users, items,
+    user days), the held-out split and one batch, never the training split. `folder` None: count only."""
+    from cambrian.trainer.distributed import shard_of
+    from cambrian.trainer.features import _ids
+    from cambrian.trainer.rows import RowWriter
+    from cambrian.trainer.sources import close, open_source, read_tables
+
+    schema = world_schema(data_dir)
+    check_reward_sql(config.reward.label, "label")
+    check_reward_sql(config.reward.weight, "weight")
+    text, key = str(data_dir), schema.interactions
+    source = open_source(text)
+    writers: list[RowWriter] = []
+    try:
+        report = require_valid(schema, source, text)  # streamed, before anything is written
+        small = {k: t.to_pandas() for k, t in read_tables(schema, source, [k for k in schema.tables if k != key]).items()}
+        per_day = report.tables[key].rows_per_day
+        days = sorted(per_day)
+        n_val = config.training.validation_days
+        if len(days) <= n_val:
+            raise ConfigError(f"{data_dir}: {len(days)} logged day(s) cannot hold out {n_val} validation day(s)",
+                              hint="generate more days or lower training.validation_days")
+        cutoff = days[-n_val]
+        available = sum(n for d, n in per_day.items() if d < cutoff)
+        cap = config.training.max_train_examples
+        n = available if cap is None else min(available, cap)  # the most recent n training rows are kept
+        if workers > 1:
+            shard_of(np.zeros(0, np.int64), n, workers)  # refuses too few rows before any is read
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            writers = [RowWriter(folder / train_file(r, workers)) for r in range(workers)]
+        join = _Joiner(small["user_days"], small["items"])
+        table = schema.tables[key]
+        found = source.arrow_schema(key, table)
+        wanted = pa.schema([found.field(c) for c in table.columns])
+        totals, val_totals = _RewardTotals(), _RewardTotals()
+        counts = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # training rows per user id, per item id
+        top = [-1, -1]
+        seen = 0  # training rows read so far, kept or not
+        held_out: list[pd.DataFrame] = []
+        for batch in source.batches(key, table, list(table.columns)):
+            df = join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
+            for i, column in enumerate((schema.user_id, schema.item_id)):
+                top[i] = max(top[i], int(_ids(df, column, key).max()))
+            label, weight = _reward_values(df, config.reward)
+            is_val = df["day"].to_numpy() >= cutoff
+            index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows
+            seen += len(index)
+            keep = index >= 0
+            rows = np.flatnonzero(~is_val)[keep]
+            user, item = df["user_id"].to_numpy(np.int64)[rows], df["item_id"].to_numpy(np.int64)[rows]
+            totals.add(label[rows], weight[rows])
+            for i, ids in enumerate((user, item)):
+                add = np.bincount(ids, minlength=len(counts[i]))
+                add[:len(counts[i])] += counts[i]
+                counts[i] = add
+            if writers:
+                rank = shard_of(index[keep], n, workers) if workers > 1 else np.zeros(len(rows), np.int64)
+                for r, writer in enumerate(writers):
+                    mine = rank == r
+                    writer.write(user[mine], item[mine], label[rows][mine], weight[rows][mine])
+            if is_val.any():
+                part = df.loc[is_val, SIGNALS + ["item_id"]].copy()
+                part["label"], part["weight"] = label[is_val], weight[is_val]
+                val_totals.add(label[is_val], weight[is_val])
+                held_out.append(part)
+        if seen != available:
+            raise ConfigError(f"{data_dir}: {key} gave {seen} training rows, the data check counted {available}",
+                              hint="was the source written to while it was read?")
+    finally:
+        for writer in writers:
+            writer.close()
+        close(source)
+    totals.check()
+    val_totals.check()
+    n_users, n_items = (max(a, b + 1) for a, b in zip(id_space(schema, small), top))
+    # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
+    catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
+    val = pd.concat(held_out, ignore_index=True)
+    val_split = Split(catalogue.features(val["user_id"].to_numpy(np.int64), val["item_id"].to_numpy(np.int64)),
+                      np.array(val["label"], np.float32), np.array(val["weight"], np.float32),
+                      val[SIGNALS].reset_index(drop=True))
+    written = Written([w.path for w in writers], n)
+    return Dataset(catalogue.spec, catalogue, written, val_split, n_train_available=available)
 
 
 def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
-    schema, frames = read_world(data_dir)
-    df = joined_impressions(frames["impressions"], frames["user_days"], frames["items"])
-    days = np.sort(df["day"].unique())
-    n_val = config.training.validation_days
-    if len(days) <= n_val:
-        raise ConfigError(f"{data_dir}: {len(days)} logged day(s) cannot hold out {n_val} validation day(s)",
-                          hint="generate more days or lower training.validation_days")
-    is_val = df["day"] >= days[-n_val]
-    train_df, val_df = df[~is_val], df[is_val]
-    available = len(train_df)
-    cap = config.training.max_train_examples
-    if cap is not None and available > cap:  # keep the most recent examples
-        train_df = train_df.iloc[-cap:]
-    # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
-    catalogue = build_catalogue(schema, frames, train_df["user_id"].to_numpy(), train_df["item_id"].to_numpy(),
-                                *id_space(schema, frames))
-    return Dataset(catalogue.spec, catalogue, _split(train_df, catalogue, config.reward),
-                   _split(val_df, catalogue, config.reward), n_train_available=available)
+    """The data set with its training split in memory (prepare, then its rows read whole): for in-process
+    training and benchmarks; `cambrian train` hands the contained trainer the Parquet files instead."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from cambrian.trainer.rows import read_columns
+
+    with tempfile.TemporaryDirectory(prefix="cambrian-rows-") as tmp:
+        data = prepare(data_dir, config, Path(tmp))
+        user, item, label, weight = read_columns(pq.read_table(data.train.files[0]))
+    data.train = Split(data.catalogue.features(user, item), label, weight, None)
+    return data

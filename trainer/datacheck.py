@@ -192,13 +192,14 @@ def check_source(schema: DataSchema, source: Source, batch_rows: int = BATCH_ROW
     return CheckReport(schema.name, redact(source.uri), scanned, problems)
 
 
-def require_valid(schema: DataSchema, source: Source, uri: str, batch_rows: int = BATCH_ROWS) -> None:
+def require_valid(schema: DataSchema, source: Source, uri: str, batch_rows: int = BATCH_ROWS) -> CheckReport:
     """Training refuses a source that fails the check: the tables a loader read (a FrameSource, checked in
     memory) or the copy a fetch wrote (trainer/fetch.py), named by the source they came from."""
     report = check_source(schema, source, batch_rows)
     if not report.ok:
         raise ConfigError(f"{redact(uri)} fails the data check ({schema.name}): {report.problems[0]}",
                           hint=f"{len(report.problems)} problem(s) in all: `cambrian data check {redact(uri)}` lists them")
+    return report
 
 
 def read_checked(schema: DataSchema, uri: str) -> dict:

@@ -1,8 +1,9 @@
 """Data-parallel training on PyTorch's own distributed runtime: torchrun's elastic agent, DDP, gloo or NCCL.
 
 Cambrian builds no distribution of its own. With `workers > 1`:
-- the trusted process writes the training split as one shard file per worker (`train-00001-of-00004.npz`,
-  rows dealt round-robin, cut to equal length so that every worker takes the same number of steps);
+- the trusted process writes the training split as one Parquet shard file per worker
+  (`train-00001-of-00004.parquet`, rows dealt round-robin, cut to equal length so that every worker takes the
+  same number of steps), and each worker streams only its own file's row groups (trainer/rows.py);
 - inside the sandbox, the contained launcher (trainer/contained.py `launch`) runs torchrun's elastic agent
   in-process, which starts the workers (`contained.py worker`); each reads only its own shard, wraps the
   candidate's model in DistributedDataParallel (gradients all-reduced) and takes `ceil(batch_size / world)`
@@ -74,16 +75,18 @@ class Distribution:
 # ---- the trusted side: shards ---------------------------------------------------------------------------
 
 def shard_name(rank: int, world: int) -> str:
-    return f"train-{rank:05d}-of-{world:05d}.npz"
+    return f"train-{rank:05d}-of-{world:05d}.parquet"
 
 
-def shard_rows(n: int, world: int) -> list[np.ndarray]:
-    """Row indices of each worker's shard: dealt round-robin (each shard spans the whole time range), cut to
-    the same length so that no worker waits in an all-reduce the others never reach."""
+def shard_of(index: np.ndarray, n: int, world: int) -> np.ndarray:
+    """The worker whose shard each of n training rows goes to (by its index among them), -1 for none: dealt
+    round-robin (each shard spans the whole time range), cut to the same length so that no worker waits in an
+    all-reduce the others never reach."""
     per = n // world
     if per == 0:
         raise ConfigError(f"{n} training rows cannot be split over {world} workers")
-    return [np.arange(rank, per * world, world) for rank in range(world)]
+    index = np.asarray(index)
+    return np.where(index < per * world, index % world, -1)
 
 
 # ---- inside the sandbox: the launcher -------------------------------------------------------------------

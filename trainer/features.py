@@ -199,12 +199,13 @@ def id_space(schema: DataSchema, frames: dict[str, pd.DataFrame]) -> tuple[int, 
     return out[0], out[1]
 
 
-def build_catalogue(schema: DataSchema, frames: dict[str, pd.DataFrame], train_users: np.ndarray,
-                    train_items: np.ndarray, n_users: int, n_items: int) -> Catalogue:
-    """Each declared feature's vocabulary or statistics from the training rows' (user, item) pairs, and its
-    model input per id."""
+def build_catalogue(schema: DataSchema, frames: dict[str, pd.DataFrame], user_rows: np.ndarray,
+                    item_rows: np.ndarray, n_users: int, n_items: int) -> Catalogue:
+    """Each declared feature's vocabulary or statistics from the training rows, and its model input per id.
+    `user_rows[i]` is how many training rows carry user id i (item_rows likewise): counts, folded while the
+    rows stream past, give the same vocabularies and row-weighted statistics as the rows themselves."""
     counts = {"user": n_users, "item": n_items}
-    train = {"user": np.asarray(train_users, np.int64), "item": np.asarray(train_items, np.int64)}
+    rows = {e: np.pad(np.asarray(c, np.float64), (0, counts[e] - len(c))) for e, c in (("user", user_rows), ("item", item_rows))}
     names: dict[str, str] = {}
     cats, nums, columns = [], [], {}
     for role in ("categorical", "numeric"):
@@ -220,7 +221,7 @@ def build_catalogue(schema: DataSchema, frames: dict[str, pd.DataFrame], train_u
             id_column = schema.user_id if entity == "user" else schema.item_id
             values = _per_id(frames[table], id_column, column, table, counts[entity])
             if role == "categorical":
-                seen = values.iloc[np.unique(train[entity])]
+                seen = values.iloc[np.flatnonzero(rows[entity])]
                 vocabulary = tuple(sorted({v.item() if hasattr(v, "item") else v for v in seen.dropna()}))
                 index = {v: i + 1 for i, v in enumerate(vocabulary)}
                 codes = values.map(lambda v: index.get(v.item() if hasattr(v, "item") else v, RESERVED))
@@ -228,10 +229,11 @@ def build_catalogue(schema: DataSchema, frames: dict[str, pd.DataFrame], train_u
                 cats.append(Categorical(column, ref, entity, vocabulary))
             else:
                 raw = pd.to_numeric(values, errors="coerce").to_numpy(np.float64)
-                train_values = raw[train[entity]]
-                train_values = train_values[np.isfinite(train_values)]
-                mean = float(train_values.mean()) if len(train_values) else 0.0
-                std = float(train_values.std()) if len(train_values) else 1.0
+                weights = np.where(np.isfinite(raw), rows[entity], 0.0)
+                total = weights.sum()
+                finite = np.where(weights > 0, raw, 0.0)
+                mean = float((weights * finite).sum() / total) if total else 0.0
+                std = float(np.sqrt((weights * (finite - mean) ** 2).sum() / total)) if total else 1.0
                 std = std if std > 0 else 1.0
                 columns[column] = np.nan_to_num((raw - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
                 nums.append(Numeric(column, ref, entity, mean, std))

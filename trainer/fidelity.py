@@ -55,16 +55,21 @@ def at_fidelity(config: ModelConfig, fidelity: Mapping[str, Any] | None,
 
 
 def training_rows(data: str | Path, validation_days: int) -> int:
-    """The rows load_dataset would train on before any cap: impressions before the held-out days (read through
-    the world's declaration, as load_dataset reads them, so any source and table layout counts the same)."""
-    import numpy as np
+    """The rows load_dataset would train on before any cap: impressions before the held-out days, counted by the
+    data check's streaming pass through the world's declaration (as prepare counts them, so any source and table
+    layout counts the same, and memory holds one batch)."""
+    from cambrian.trainer.data import world_schema
+    from cambrian.trainer.datacheck import require_valid
+    from cambrian.trainer.sources import close, open_source
 
-    from cambrian.trainer.data import read_world
-
-    schema, frames = read_world(data)
-    days = frames[schema.interactions][schema.tables[schema.interactions].time].to_numpy()
-    held = np.unique(days)[-validation_days:]
-    return int((days < held.min()).sum()) if len(held) else 0
+    schema = world_schema(data)
+    source = open_source(str(data))
+    try:
+        per_day = require_valid(schema, source, str(data)).tables[schema.interactions].rows_per_day
+    finally:
+        close(source)
+    held = sorted(per_day)[-validation_days:]
+    return sum(n for day, n in per_day.items() if day < min(held)) if held else 0
 
 
 def load_fidelity(path: Path | None) -> dict[str, Any] | None:

@@ -68,10 +68,11 @@ def forward_backward(config: ModelConfig, data: TrainingSet, device: torch.devic
         raise
     except Exception as exc:
         raise GateError("forward_backward", f"building the optimizer failed: {type(exc).__name__}: {exc}") from None
-    rows = np.arange(min(GATE_ROWS, len(data.train)))
-    batch = batch_tensors(data.train, rows, device)
-    label = torch.from_numpy(data.train.label[rows]).to(device)
-    weight = torch.from_numpy(data.train.weight[rows]).to(device)
+    sample = data.train.head(GATE_ROWS)  # the first rows, whether the split is in memory or streamed
+    rows = np.arange(len(sample))
+    batch = batch_tensors(sample, rows, device)
+    label = torch.from_numpy(sample.label).to(device)
+    weight = torch.from_numpy(sample.weight).to(device)
     try:
         logits = model(batch)
         if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (len(rows),):

@@ -29,9 +29,9 @@ import torch
 from cambrian.errors import GateError, TrainingError
 from cambrian.trainer.bundle import write_bundle
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Dataset, Split, TrainingSet, load_dataset
+from cambrian.trainer.data import Dataset, Split, TrainingSet, Written, prepare
 from cambrian.trainer.features import save_catalogue
-from cambrian.trainer.distributed import Distribution, Worker, shard_name, shard_rows
+from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
 from cambrian.trainer.models import build_model, build_optimizer
@@ -86,10 +86,8 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
     torch.manual_seed(config.training.seed)
     model = build_model(data.spec, config.architecture).to(device)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
-    train = data.train
-    label = torch.from_numpy(train.label).to(device)
-    weight = torch.from_numpy(train.weight).to(device)
-    gen = torch.Generator().manual_seed(config.training.seed)
+    train = data.train  # a Split in memory or a RowGroupStream (trainer/rows.py): the same batches(...)
+    seed = config.training.seed
     bs = worker.batch(config.training.batch_size) if worker else config.training.batch_size
     clip = config.training.grad_clip
     # kept on the device: reading a norm back every step would stall a GPU
@@ -112,20 +110,17 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
         worker.save(model, optimizer, epoch, step, {"steps": steps, "clipped": int(clipped.item()),
                                                     "largest_norm": float(largest_norm.item())})
 
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
     started = time.perf_counter()
-    for epoch in range(config.training.epochs):
-        # every epoch draws its order from the one generator, so a resumed run replays the same orders
-        order = torch.randperm(len(train), generator=gen).numpy()
-        if epoch < first_epoch:
-            continue
+    for epoch in range(first_epoch, config.training.epochs):
+        # every epoch's order comes from (seed, epoch) alone, so a resumed run replays the same batches
         trained.train()
-        for step, start in enumerate(range(0, len(order), bs)):
-            if epoch == first_epoch and step < skip:
-                continue
-            index = order[start:start + bs]
-            logits = trained(batch_tensors(train, index, device))
-            idx = torch.from_numpy(index).to(device)
-            loss = weighted_loss(config.reward.loss, logits.float(), label[idx], weight[idx])
+        start = skip if epoch == first_epoch else 0
+        for step, (features, label, weight) in enumerate(train.batches(epoch, bs, seed, start), start=start):
+            logits = trained({k: tensor(v) for k, v in features.items()})
+            loss = weighted_loss(config.reward.loss, logits.float(), tensor(label), tensor(weight))
             if not torch.isfinite(loss):
                 raise TrainingError(f"the training loss diverged (value {loss.item()}) in epoch {epoch + 1}",
                                     hint="lower optimizer.lr or add training.grad_clip")
@@ -183,32 +178,22 @@ def contain_decision(config: ModelConfig, sandbox: Containment) -> bool:
     return problem is None
 
 
-def _write_split(path: Path, split: Split, with_labels: bool, inputs: tuple[str, ...] = ()) -> None:
-    """`inputs`: the exported program's input names, in order, for a predictor that has no spec."""
-    arrays = {f"f_{k}": v for k, v in split.features.items()}
-    if inputs:
-        arrays["inputs"] = np.array(inputs)
-    if with_labels:
-        arrays |= {"label": split.label, "weight": split.weight}
-    np.savez(path, **arrays)
+def _write_heldout(path: Path, split: Split, inputs: tuple[str, ...]) -> None:
+    """Features only, no labels; `inputs`: the exported program's input names, in order, for a predictor that
+    has no spec."""
+    np.savez(path, inputs=np.array(inputs), **{f"f_{k}": v for k, v in split.features.items()})
 
 
-def _subset(split: Split, rows: np.ndarray) -> Split:
-    return Split({k: v[rows] for k, v in split.features.items()}, split.label[rows], split.weight[rows], split.signals)
-
-
-def write_training_input(folder: Path, config: ModelConfig, data: TrainingSet, workers: int = 1) -> None:
-    """The contained trainer's read-only input; with several workers, one shard file per worker (each reads
-    only its own, see trainer/distributed.py)."""
+def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1) -> Dataset:
+    """The contained trainer's read-only input: the training rows as Parquet (one file per worker; each reads
+    only its own, see trainer/distributed.py), streamed there from the source by prepare; the data set back,
+    its held-out split in memory."""
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
+    data = prepare(data_dir, config, folder, workers)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     save_catalogue(folder / "catalogue.npz", data.catalogue)
-    if workers == 1:
-        _write_split(folder / "train.npz", data.train, with_labels=True)
-        return
-    for rank, rows in enumerate(shard_rows(len(data.train), workers)):
-        _write_split(folder / shard_name(rank, workers), _subset(data.train, rows), with_labels=True)
+    return data
 
 
 STEP_STATUS = "step-status.json"  # a pod step's outcome (trainer/pod.py), next to what the step wrote
@@ -337,14 +322,15 @@ def _work_folder():
 
 def run_gate(config: ModelConfig, data_dir: str | Path, sandbox: Containment = "auto",
              limits: SandboxLimits | None = None) -> Dataset:
-    """All gate stages: static checks and the reward SQL here, the forward/backward step contained."""
+    """All gate stages: static checks and the reward SQL here, the forward/backward step contained. The data set
+    comes back with its held-out split; its training rows are counted only (load_dataset reads them)."""
     static_checks(config)
-    data = load_dataset(data_dir, config)
     contain = contain_decision(config, sandbox)
     with _work_folder() as tmp:
         step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), _wants_gpu(config))
-        write_training_input(step.input, config, data)
+        data = write_training_input(step.input, config, data_dir)
         step.run("gate", cpu_only=not _wants_gpu(config))
+    data.train = Written([], len(data.train))  # counted; the files went with the gate's folder
     return data
 
 
@@ -360,14 +346,13 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     limits = limits or SandboxLimits()
     dist = dist or Distribution()
     static_checks(config)
-    data = load_dataset(data_dir, config)
     contain = contain_decision(config, sandbox)
     gpu = _wants_gpu(config)
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
         predictor = _Contained(work, "scoring", contain, limits, gpu=False)
-        write_step_inputs(config, data, trainer, predictor, dist.workers)
+        data = write_step_inputs(config, data_dir, trainer, predictor, dist.workers)
         result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
         if dist.nodes > 1 and result.get("role") == "worker":
             return {"role": "worker", "config_fingerprint": config.fingerprint()}
@@ -378,13 +363,14 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
                      dist.workers)
 
 
-def write_step_inputs(config: ModelConfig, data: Dataset, trainer: "_Contained", predictor: "_Contained",
-                      workers: int = 1) -> None:
+def write_step_inputs(config: ModelConfig, data_dir: str | Path, trainer: "_Contained", predictor: "_Contained",
+                      workers: int = 1) -> Dataset:
     """The trainer's input (training rows and labels, one shard per worker) and the predictor's (held-out
     features only, no labels)."""
-    write_training_input(trainer.input, config, data, workers)
+    data = write_training_input(trainer.input, config, data_dir, workers)
     predictor.input.mkdir(parents=True, exist_ok=True)
-    _write_split(predictor.input / "heldout.npz", data.val, with_labels=False, inputs=data.spec.inputs)
+    _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
+    return data
 
 
 def exported_program(trainer: "_Contained") -> Path:
@@ -398,8 +384,7 @@ def prepare_pod(config: ModelConfig, data_dir: str | Path, work: Path, workers: 
     """The cluster pod's first step (trusted, no candidate code): the steps' inputs into their volumes (in a
     gang, one training shard per worker of the whole gang: which ranks this pod's workers get is torchrun's)."""
     static_checks(config)
-    data = load_dataset(data_dir, config)
-    write_step_inputs(config, data, _Contained(work, "training", False, SandboxLimits(), False, in_pod=True),
+    write_step_inputs(config, data_dir, _Contained(work, "training", False, SandboxLimits(), False, in_pod=True),
                       _Contained(work, "scoring", False, SandboxLimits(), False, in_pod=True), workers)
 
 
@@ -408,7 +393,7 @@ def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, wo
     training and predicting containers (which ran before it) and every metric, from their untrusted output.
     A gang's pod whose workers did not hold global rank 0 has no model: {"role": "worker"}, as `train`."""
     static_checks(config)
-    data = load_dataset(data_dir, config)
+    data = prepare(data_dir, config, None)  # the held-out split only: the training rows are the trainer's
     limits = SandboxLimits()
     trainer = _Contained(work, "training", False, limits, False, in_pod=True)
     predictor = _Contained(work, "scoring", False, limits, False, in_pod=True)

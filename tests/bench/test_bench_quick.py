@@ -102,3 +102,19 @@ def test_training_quick():
     assert "gather_compiled" in measured or r["compiled_error"]
     assert r["strongest_baseline"] == max(measured, key=measured.get)
     assert r["ratio"] == pytest.approx(r["trainer_examples_per_second"] / measured[r["strongest_baseline"]], rel=0.01)
+
+
+@pytest.mark.timeout(1200)
+def test_streaming_quick():
+    """The trainer streams its rows (a buffer of 2 of the file's 5 row groups) and loads them whole, on the same
+    files, each in its own process: both train every row, and the streamed process held less."""
+    from cambrian.bench import streaming
+
+    r = streaming.run(quick=True)
+    _well_formed(r, "streaming")
+    whole, streamed = r["modes"]["whole"], r["modes"]["streamed"]
+    assert streamed["shuffle_row_groups"] < r["source"]["row_groups"] < whole["shuffle_row_groups"]
+    assert r["prepare"]["n_train"] + r["prepare"]["n_val"] == r["source"]["impressions"]
+    for mode in (whole, streamed):
+        assert mode["examples_per_second"] > 0 and mode["peak_rss_mib"] >= r["imports_rss_mib"] * 0.9
+    assert r["ratio"] == pytest.approx(streamed["examples_per_second"] / whole["examples_per_second"], rel=1e-2)

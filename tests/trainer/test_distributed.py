@@ -13,18 +13,21 @@ import pytest
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.bundle import load_bundle
-from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
-from cambrian.trainer.distributed import CHECKPOINT, Distribution, shard_name, shard_rows
+from cambrian.trainer import rows
+from cambrian.trainer.distributed import CHECKPOINT, Distribution, shard_name, shard_of
 from cambrian.trainer.sandbox import StageFailure
 from cambrian.trainer.train import SandboxLimits, _Contained, train, write_training_input
 
 
 def test_shards_are_disjoint_equal_and_span_the_rows():
-    shards = shard_rows(10, 3)
+    rank = shard_of(np.arange(10), 10, 3)
+    shards = [np.flatnonzero(rank == r) for r in range(3)]
     assert [len(s) for s in shards] == [3, 3, 3]  # cut to equal length: no worker waits alone in an all-reduce
-    assert len(np.unique(np.concatenate(shards))) == 9
+    assert rank[9] == -1 and len(np.unique(np.concatenate(shards))) == 9
     assert shards[1].tolist() == [1, 4, 7]  # dealt round-robin: every shard spans the whole time range
+    with pytest.raises(ConfigError, match="cannot be split over 3 workers"):
+        shard_of(np.arange(2), 2, 3)
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -93,13 +96,14 @@ def _workers_of(root: int) -> list[int]:
 # the restarted group read its peer's address from the dead attempt (exit 4) or hung to the wall-time limit
 # in about 1 run of 3; with it, 12 of 12 runs passed.
 @pytest.mark.slow
-def test_a_worker_killed_mid_epoch_resumes_from_the_checkpoint(world_dir, quick_config, tmp_path):
-    """SIGKILL one worker after the first checkpoint: torchrun restarts the group, which resumes there."""
-    config = apply_delta(quick_config, Delta(component="training", patch={"epochs": 6}))
-    data = load_dataset(world_dir, config)
+def test_a_worker_killed_mid_epoch_resumes_from_the_checkpoint(world_dir, quick_config, tmp_path, monkeypatch):
+    """SIGKILL one worker after the first checkpoint: torchrun restarts the group, which resumes there. Each
+    worker streams its shard (row groups of 4,096 rows, a buffer of 2), so the resumed position is a stream's."""
+    config = apply_delta(quick_config, Delta(component="training", patch={"epochs": 6, "shuffle_row_groups": 2}))
+    monkeypatch.setattr(rows, "ROW_GROUP_ROWS", 4096)
     dist = Distribution(workers=2, max_restarts=2, checkpoint_seconds=0.2)
     step = _Contained(tmp_path, "training", True, SandboxLimits(wall_seconds=300), gpu=False)
-    write_training_input(step.input, config, data, dist.workers)
+    write_training_input(step.input, config, world_dir, dist.workers)
     assert sorted(p.name for p in step.input.glob("train-*")) == [shard_name(0, 2), shard_name(1, 2)]
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(result=step.run("launch", cpu_only=True, dist=dist)))

@@ -76,8 +76,8 @@ def test_vocabularies_and_statistics_come_from_the_training_rows_only():
     items = pd.DataFrame({"item_id": [0, 1, 2, 3], "category": ["a", "b", "a", "new"], "price": [1.0, 3.0, 5.0, 100.0]})
     users = pd.DataFrame({"user_id": [0, 1], "home_topic": [7, 9]})
     # training rows: items 0, 1, 2 (item 0 twice), user 0 only; item 3 and user 1 are never trained on
-    cat = build_catalogue(schema, {"items": items, "users": users}, np.array([0, 0, 0, 0]), np.array([0, 0, 1, 2]),
-                          n_users=3, n_items=5)
+    cat = build_catalogue(schema, {"items": items, "users": users}, np.bincount([0, 0, 0, 0]),
+                          np.bincount([0, 0, 1, 2]), n_users=3, n_items=5)  # rows per id
     by = {c.name: c for c in cat.spec.categorical}
     assert by["category"].vocabulary == ("a", "b") and by["home_topic"].vocabulary == (7,)
     assert cat.columns["category"].tolist() == [1, 2, 1, RESERVED, RESERVED]  # "new" and item 4 (no row): unknown

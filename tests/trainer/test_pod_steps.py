@@ -64,7 +64,7 @@ def test_a_gang_pods_train_step_runs_the_workers_and_its_scorer_reports_them(wor
 
     work = _pod_work(tmp_path)
     prepare_pod(quick_config, world_dir, work, workers=2)
-    assert sorted(p.name for p in (work / "training-in").glob("train*.npz")) == [shard_name(0, 2), shard_name(1, 2)]
+    assert sorted(p.name for p in (work / "training-in").glob("train*.parquet")) == [shard_name(0, 2), shard_name(1, 2)]
     assert pod.main(["train", "--work", str(work), "--wall-seconds", "600", "--workers", "2", "--nodes", "1"]) == 0
     assert json.loads((work / "training-out" / STEP_STATUS).read_text())["returncode"] == 0
     assert pod.main(["predict", "--work", str(work), "--wall-seconds", "600"]) == 0

@@ -41,5 +41,5 @@ def test_candidate_cannot_write_the_shared_data(path, tiny_world, tmp_path):
     before = digest(tiny_world)
     report = reported(run_attack(path, tiny_world, tmp_path, arch(ATTACK)))
     assert "wrote:" not in report, report
-    assert "refused:/input/train.npz" in report, report  # it found its input, read-only
+    assert "refused:/input/train.parquet" in report, report  # it found its input, read-only
     assert digest(tiny_world) == before

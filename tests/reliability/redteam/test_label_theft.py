@@ -38,7 +38,7 @@ def test_heldout_rows_are_not_in_the_candidates_process(path, tiny_world, tmp_pa
     assert n_train in sizes, (n_train, sorted(sizes)[-5:])  # it does see its own training rows
     assert n_val not in sizes, "an array of the held-out size is in the candidate's process"
     files = report.split("files=")[1].split(" ")[0].split(",")
-    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
+    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.parquet"}, files
 
 
 @pytest.mark.cluster
@@ -52,4 +52,4 @@ def test_heldout_rows_are_not_in_the_cluster_trainer_container(cluster, cluster_
     sizes = {int(s) for s in report.split("sizes=")[1].split(" ")[0].split(",") if s}
     assert n_train in sizes and n_val not in sizes, (n_train, n_val, sorted(sizes)[-5:])
     files = report.split("files=")[1].split(" ")[0].split(",")
-    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.npz"}, files
+    assert set(files) == {"catalogue.npz", "config.json", "spec.json", "train.parquet"}, files
