@@ -153,14 +153,14 @@ def test_clickbait_trap_wins_short_term_and_loses_over_weeks():
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-@pytest.mark.parametrize("preset, low, high", [("calibrated", -0.05, 0.05), ("easy", 0.02, 10.0)])
+@pytest.mark.parametrize("preset, low, high", [("calibrated", -0.05, 0.05), ("easy", 0.01, 10.0)])
 def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_path, preset, low, high):
     """More epochs (the demo's offline winner): the demo's setting (1000 users, 6 logged days, 2 epochs
     of 200k examples) against twice the epochs, trained with the real trainer and served to the same
     users with the same draws for 6 days. The calibrated world keeps it within a few percent. On the easy
-    world it is clearly positive: +4.2 ± 0.6% since the model's inputs come from the data declaration
-    (standardised numerics: the 2-epoch base converges further, so twice the epochs adds less), +40% with
-    the fixed inputs before."""
+    world it is clearly positive: +2.0 ± 0.6% since training streams its rows (another shuffle order), +4.2 ±
+    0.6% since the model's inputs come from the data declaration (standardised numerics: the 2-epoch base
+    converges further, so twice the epochs adds less), +40% with the fixed inputs before."""
     from cambrian.bench.fidelity import Size, candidate_config, paired_effect, serve_online, train_model
 
     size = Size(users=1000, log_days=6, online_days=6, epochs=2, max_train_examples=200_000)
@@ -172,4 +172,6 @@ def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_pat
         runs[name] = serve_online(data, score, size.online_days)["minutes"].sum(axis=1)
     effect, se = paired_effect(runs["more_epochs"], runs["base"])
     assert low < effect < high, (preset, effect, se)
+    if preset == "easy":
+        assert effect > 2 * se, (effect, se)  # positive beyond its sampling error, not only above the bound
     assert se < 0.05 * max(1.0, abs(effect)), (preset, effect, se)  # common random numbers: precise
