@@ -40,7 +40,9 @@ def evolution(name: str) -> dict:
             "agent": {"provider": "builtin", "personas": ["optimizer"], "proposalsPerWakeup": 2,
                       "quotas": {"explore": 1, "exploit": 0, "innovate": 1},
                       "budgets": {"tokens": 100000, "gpuHours": 10}},
-            "topK": 1,
+            # two: when the second hypothesis is scored after the first one's Rollout started and ranks above it,
+            # the first would leave the top 1 and be retired (seen under load); this test follows the first
+            "topK": 2,
             "cadence": {"offline": "1h", "online": "2s"},
             "launchPolicy": "auto",
             # The harness needs the pods to wait for it: kwok finishes them only once it annotates them.
