@@ -41,13 +41,10 @@ PRE_DAYS = 14  # online/aggregate.AggregationSettings.pre_days
 
 
 @dataclass(frozen=True)
-class Size:
-    users: int
-    log_days: int
-    online_days: int
-    epochs: int
-    max_train_examples: int
-    sims: int
+class Size(FidelitySize):
+    """The fidelity benchmark's world and training size, and how many experiments each arm gets."""
+
+    sims: int = 200
 
 
 QUICK = Size(users=600, log_days=6, online_days=6, epochs=1, max_train_examples=50_000, sims=40)
@@ -182,16 +179,15 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     say = progress or (lambda msg: None)
     size = size or (QUICK if quick else FULL)
     t0, load_start = time.perf_counter(), load_now()
-    fsize = FidelitySize(size.users, size.log_days, size.online_days, size.epochs, size.max_train_examples)
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-decision-world-") as tmp:
         data = Path(tmp) / "world"
         generate(data, n_users=size.users, days=size.log_days, seed=0, preset="calibrated", force=True)
-        _, base_score = train_model(candidate_config(fsize, {}), data)
+        _, base_score = train_model(candidate_config(size, {}), data)
         outcomes = {"control": serve(data, base_score, size.online_days)}
         for name in ARMS:
             if name == "aa":
                 continue
-            _, score = train_model(candidate_config(fsize, CANDIDATES[name][1]), data)
+            _, score = train_model(candidate_config(size, CANDIDATES[name][1]), data)
             outcomes[name] = serve(data, score, size.online_days)
             say(f"{name}: served")
         x = pre_minutes(data, size.log_days)
