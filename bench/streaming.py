@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cambrian.bench.throughput import load_now
 from cambrian.trainer.config import ModelConfig
 
 DAYS = 30
@@ -117,7 +118,7 @@ def run(quick: bool = False) -> dict:
     config.training.epochs = 2 if quick else 1
     config.training.max_train_examples = None
     buffer = 2 if quick else config.training.shuffle_row_groups
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_now()
     commit = _commit()  # the code that runs: taken before, as a commit during the run would not be it
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-streaming-") as tmp:
@@ -177,7 +178,7 @@ def run(quick: bool = False) -> dict:
                   "epochs": config.training.epochs, "cpu_threads": config.training.cpu_threads},
         "commit": commit,
         "machine": {"cpus": os.cpu_count(), "load_average_start": load_start,
-                    "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+                    "load_average_end": load_now()},
     }
 
 

@@ -63,11 +63,11 @@ def read_input(input_dir: Path, shard: str = "train.parquet"):
     from cambrian.trainer.config import ModelConfig
     from cambrian.trainer.data import TrainingSet
     from cambrian.trainer.features import load_catalogue
-    from cambrian.trainer.rows import open_rows
+    from cambrian.trainer.rows import RowGroupStream
 
     config = ModelConfig.model_validate_json((input_dir / "config.json").read_text())
     catalogue = load_catalogue(input_dir / "catalogue.npz")
-    train = open_rows(input_dir / shard, catalogue, config.training.shuffle_row_groups)
+    train = RowGroupStream(input_dir / shard, catalogue, config.training.shuffle_row_groups)
     return config, TrainingSet(catalogue.spec, catalogue, train)
 
 

@@ -137,9 +137,3 @@ class RowGroupStream:
             carry = tuple(c[full:] for c in part) if full < n else None
         if carry is not None:
             yield self._batch(carry, 0, len(carry[0]))
-
-
-def open_rows(path: Path, catalogue, buffer: int) -> RowGroupStream:
-    """A worker's file of training rows as the fit loop reads it: whole if it has at most `buffer` row groups
-    (read once, kept), else streamed."""
-    return RowGroupStream(path, catalogue, buffer)

@@ -10,7 +10,7 @@ from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import load_dataset, prepare, train_file
 from cambrian.trainer.distributed import shard_name
 from cambrian.trainer.features import Catalogue, FeatureSpec
-from cambrian.trainer.rows import RowGroupStream, RowWriter, open_rows, read_columns
+from cambrian.trainer.rows import RowGroupStream, RowWriter, read_columns
 from cambrian.trainer.train import evaluate, fit, predict
 
 N, GROUP = 1_050, 100  # 11 row groups, the last one short
@@ -66,8 +66,8 @@ def test_a_resumed_stream_replays_the_same_batches_and_skips_unread_windows(tmp_
 
 def test_a_file_that_fits_the_buffer_is_loaded_whole_once(tmp_path):
     path = _file(tmp_path / "rows.parquet")
-    assert not open_rows(path, CATALOGUE, 10).whole
-    rows = open_rows(path, CATALOGUE, 11)
+    assert not RowGroupStream(path, CATALOGUE, 10).whole
+    rows = RowGroupStream(path, CATALOGUE, 11)
     epochs = [_labels(rows.batches(epoch, 64, seed=5)) for epoch in range(2)]
     assert rows.whole and rows.most_held == 11
     for whole in epochs:
@@ -114,11 +114,11 @@ def test_streamed_training_reaches_the_whole_loads_metrics_within_the_seed_noise
     data = prepare(world_dir, config, tmp_path)
     path = data.train.files[0]
     assert pq.ParquetFile(path).metadata.num_row_groups > 2
-    streamed = _metrics(config, data, open_rows(path, data.catalogue, 2))
-    whole = _metrics(config, data, open_rows(path, data.catalogue, 10_000))
+    streamed = _metrics(config, data, RowGroupStream(path, data.catalogue, 2))
+    whole = _metrics(config, data, RowGroupStream(path, data.catalogue, 10_000))
     reseeded_config = config.model_copy(deep=True)
     reseeded_config.training.seed = 1
-    reseeded = _metrics(reseeded_config, data, open_rows(path, data.catalogue, 10_000))
+    reseeded = _metrics(reseeded_config, data, RowGroupStream(path, data.catalogue, 10_000))
     assert set(streamed) == set(whole)
     for metric in ("val_loss", "auc"):
         noise = abs(whole[metric] - reseeded[metric])
