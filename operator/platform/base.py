@@ -184,6 +184,23 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
         record_step(platform, journal)
 
 
+def read_gauges(client, promql_url: str | None, gauges: Mapping[str, Mapping[str, str]] | None, at: float,
+                timeout: float = 5.0) -> dict[str, dict[str, float]]:
+    """Both platforms' PromQL statistics and guardrail queries: from the user's own Prometheus when the operator
+    is configured with one (prometheus.promqlUrl), else from the experiment's (`client`)."""
+    from cambrian.online.prometheus import PromClient
+
+    if not gauges:
+        return {}
+    if not promql_url:
+        return client.gauges(gauges, at=at)
+    own = PromClient(promql_url, timeout)
+    try:
+        return own.gauges(gauges, at=at)
+    finally:
+        own.close()
+
+
 def check_queries(url: str, queries: Mapping[str, str], timeout: float = 5.0) -> None:
     """Both platforms' check_promql: each query parsed by the Prometheus at `url`, which runs them later."""
     from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected

@@ -35,7 +35,7 @@ import yaml
 from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricQueryRefused, MetricsUnavailable, Readout,
-                                             check_queries, refusal_is_permanent)
+                                             check_queries, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
     CreateRollout,
@@ -1032,10 +1032,9 @@ class KubernetesPlatform:
         from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected
 
         client = PromClient(self.prometheus_url, self.prometheus_timeout)
-        own = PromClient(self.promql_url, self.prometheus_timeout) if self.promql_url and gauges else client
         try:
             readout = client.read_experiment(rollout)
-            readout.values = own.gauges(gauges or {}, at=readout.time)
+            readout.values = read_gauges(client, self.promql_url, gauges, readout.time, self.prometheus_timeout)
             return readout
         except PromQLRejected as exc:
             raise MetricQueryRefused(str(exc)) from None
@@ -1043,7 +1042,6 @@ class KubernetesPlatform:
             raise MetricsUnavailable(str(exc)) from None
         finally:
             client.close()
-            own.close()
 
     def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
         url = self.promql_url or self.prometheus_url

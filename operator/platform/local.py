@@ -41,7 +41,7 @@ from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
 from cambrian.operator.platform import runstore
-from cambrian.operator.platform.base import MetricQueryRefused, MetricsUnavailable, Readout, check_queries
+from cambrian.operator.platform.base import MetricQueryRefused, MetricsUnavailable, Readout, check_queries, read_gauges
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
@@ -518,11 +518,7 @@ class LocalPlatform:
                 if time.monotonic() > deadline:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
                 time.sleep(0.25)
-            own = PromClient(self.promql_url) if self.promql_url and gauges else client
-            try:
-                values = own.gauges(gauges or {}, at=r.time)
-            finally:
-                own.close()
+            values = read_gauges(client, self.promql_url, gauges, r.time)
         except PromQLRejected as exc:
             raise MetricQueryRefused(str(exc)) from None
         except PrometheusUnavailable as exc:
