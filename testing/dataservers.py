@@ -108,6 +108,18 @@ class S3:
     endpoint: str
     env: dict[str, str]
 
+    def upload(self, files: dict[str, Path], bucket: str = "lake") -> None:
+        """Local files to `bucket/KEY` for each KEY -> file (the bucket is created), through Arrow's S3 client."""
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=self.endpoint.split("://")[1], scheme="http",
+                               access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                               allow_bucket_creation=True)
+        fs.create_dir(bucket)
+        for key, local in files.items():
+            with fs.open_output_stream(f"{bucket}/{key}") as out:
+                out.write(Path(local).read_bytes())
+
 
 def moto_server() -> Path | None:
     venv = Path(os.environ.get("CAMBRIAN_MOTO_VENV", Path.home() / ".cache" / "cambrian" / "moto"))

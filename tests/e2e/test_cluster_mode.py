@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import yaml
 
-from cambrian.testing.waiting import poll
+from cambrian.testing.kubectl import Ctl, status, wait
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.prometheus, pytest.mark.timeout(1200)]
 
-REPO = Path(__file__).resolve().parents[2]
 OPERATOR = ["run", "--standalone", "--namespace", "{ns}", "-m", "cambrian.operator.handlers"]
 
 
@@ -63,35 +61,6 @@ def evolution(name: str) -> dict:
     }
 
 
-class Ctl:
-    def __init__(self, c, ns):
-        self.c, self.ns = c, ns
-
-    def get(self, kind: str, name: str | None = None, selector: str | None = None):
-        args = ["get", kind] + ([name] if name else []) + ["-n", self.ns, "-o", "json"]
-        if selector:
-            args += ["-l", selector]
-        r = self.c.kubectl(*args, check=False)
-        if r.returncode != 0:
-            return None
-        obj = json.loads(r.stdout)
-        return obj["items"] if name is None else obj
-
-    def apply(self, obj: dict, check: bool = True):
-        return self.c.kubectl("apply", "-n", self.ns, "-f", "-", input=yaml.safe_dump(obj), check=check)
-
-
-def wait(what, pred, timeout=180, runner=None, rt=None):
-    def context() -> str:
-        extra = f"\nharness errors: {rt.errors}\nruns: {[(r['pod'], r['rc'], r['seconds']) for r in rt.runs]}" if rt else ""
-        return extra + (f"\noperator log:\n{runner.stdout[-6000:]}" if runner else "")
-    return poll(what, pred, timeout, context)
-
-
-def status(obj) -> dict:
-    return (obj or {}).get("status") or {}
-
-
 def day_now() -> int:
     return (datetime.now(timezone.utc) - datetime(1970, 1, 1, tzinfo=timezone.utc)).days
 
@@ -125,39 +94,6 @@ def prom_value(url: str, expr: str) -> list[tuple[dict, float]]:
     r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10)
     r.raise_for_status()
     return [(x["metric"], float(x["value"][1])) for x in r.json()["data"]["result"]]
-
-
-@pytest.fixture
-def crds(cluster):
-    from cambrian.operator import crdgen
-
-    for kind in crdgen.NAMES:
-        r = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f",
-                            str(REPO / "crds" / crdgen.file_name(kind)), check=False)
-        assert r.returncode == 0, r.stderr
-    for plural in ("evolutions", "hypotheses", "rollouts"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{plural}.cambrian.dev", "--timeout=60s")
-    return cluster
-
-
-@pytest.fixture
-def chart(crds, cluster_namespace, tmp_path):
-    """`helm install` of charts/cambrian into the test namespace; returns its rendered operator.yaml.
-
-    The chart's operator Deployment is installed as it is (replicas 1): with no container runtime its
-    pod is only marked Running by kwok and runs nothing, so the operator under test is the in-process one."""
-    c, ns = crds, cluster_namespace
-    release = "cam"
-    r = c.helm("install", release, str(REPO / "charts" / "cambrian"), "-n", ns, "--set", "prometheus.url=http://unused:9090",
-               check=False)
-    assert r.returncode == 0, r.stderr
-    cm = json.loads(c.kubectl("get", "configmap", f"{release}-cambrian-operator", "-n", ns, "-o", "json",
-                              check=False).stdout or "null") or json.loads(c.kubectl(
-        "get", "configmap", "-n", ns, "-l", "app.kubernetes.io/component=operator", "-o", "json").stdout)["items"][0]
-    path = tmp_path / "operator.yaml"
-    path.write_text(cm["data"]["operator.yaml"])
-    yield path
-    c.helm("uninstall", release, "-n", ns, check=False)
 
 
 def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime, tmp_path, monkeypatch):

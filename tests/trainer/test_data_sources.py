@@ -250,22 +250,13 @@ def test_postgres_password_is_never_printed(postgres):
 
 @pytest.fixture(scope="module")
 def s3(world):
-    import pyarrow.fs as pafs
-
     if dataservers.moto_server() is None:
         pytest.skip("moto_server not found: scripts/setup.sh installs it")
     from cambrian.trainer.movielens import movielens_files
 
     with dataservers.moto_s3() as server:
-        fs = pafs.S3FileSystem(endpoint_override=server.endpoint.split("://")[1], scheme="http",
-                               access_key=server.env["AWS_ACCESS_KEY_ID"], secret_key=server.env["AWS_SECRET_ACCESS_KEY"],
-                               allow_bucket_creation=True)
-        fs.create_dir("lake")
-        uploads = [(world / f"{name}.parquet", f"lake/world/{name}.parquet") for name in TABLES]
-        uploads += [(path, f"lake/movielens/{path.name}") for path in movielens_files().values()]
-        for local, remote in uploads:
-            with fs.open_output_stream(remote) as out:
-                out.write(local.read_bytes())
+        server.upload({**{f"world/{name}.parquet": world / f"{name}.parquet" for name in TABLES},
+                       **{f"movielens/{path.name}": path for path in movielens_files().values()}})
         yield server
 
 
