@@ -34,6 +34,7 @@ from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
+from cambrian.trainer.schema import WORLD
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
 
@@ -151,15 +152,16 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
 
 # ---- outside: the scorer --------------------------------------------------------------------------------
 
-def evaluate(config: ModelConfig, scores: np.ndarray, val: Split) -> dict:
-    """Every proxy metric, from held-out predictions and the held-out labels and signals."""
+def evaluate(config: ModelConfig, scores: np.ndarray, val: Split, proxies: tuple = WORLD.proxies) -> dict:
+    """Every proxy metric the data's declaration names, from held-out predictions and the held-out labels and
+    signals."""
     if scores.shape != (len(val),):
         raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")
     if not np.isfinite(scores).all():
         raise TrainingError("the trained model produces non-finite scores on the validation days")
     val_loss = weighted_loss(config.reward.loss, torch.from_numpy(scores), torch.from_numpy(val.label),
                              torch.from_numpy(val.weight)).item()
-    return {"val_loss": float(val_loss), **proxy_metrics(scores, val.signals, config.reward.long_watch_seconds)}
+    return {"val_loss": float(val_loss), **proxy_metrics(scores, val.signals, proxies)}
 
 
 def has_code(config: ModelConfig) -> bool:
@@ -415,7 +417,7 @@ def score(config: ModelConfig, data: Dataset, result: dict, program: Path, predi
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "config_fingerprint": config.fingerprint(),
-        **evaluate(config, scores, data.val),
+        **evaluate(config, scores, data.val, data.schema.proxies),
         "train_seconds": round(seconds, 4),
         "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
         "n_train": len(data.train),
@@ -453,7 +455,7 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         notes["restarts"] = restarts
         warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
                         "last checkpoint")
-    uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
+    uninformative = uninformative_proxies(data.val.signals, data.schema.proxies)
     if uninformative:
         notes["uninformative_metrics"] = uninformative
         warnings += [f"{name} is uninformative on this data set because {why}" for name, why in uninformative.items()]
