@@ -83,8 +83,11 @@ def compile_expression(text: str, allowed: tuple[str, ...] | list[str]) -> Compi
         if isinstance(node, (exp.Query, exp.Subquery)) or isinstance(node, exp.Star):
             raise ExpressionError("it must be an expression over one row, not a query (no SELECT, subquery or *)")
         if not isinstance(node, _ALLOWED):
-            what = node.sql(dialect="duckdb") if not isinstance(node, exp.Anonymous) else node.name
-            raise ExpressionError(f"{type(node).__name__.lower()} {what!r} is not allowed "
+            if isinstance(node, exp.Func):
+                what = f"function {(node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()}"
+            else:
+                what = f"{type(node).__name__.lower()} {node.sql(dialect='duckdb')!r}"
+            raise ExpressionError(f"{what} is not allowed "
                                   "(arithmetic, comparisons, CASE, CAST and scalar functions such as LEAST, LN only)")
         if isinstance(node, exp.Column):
             if node.args.get("db") or node.args.get("catalog"):
