@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.datacheck import day_numbers
-from cambrian.trainer.expressions import Compiled, compile_expression
+from cambrian.trainer.expressions import Compiled
 from cambrian.trainer.schema import DataSchema, Proxy, row_columns
 
 DAY = "__day"  # the interaction's day number, beside its own columns
@@ -72,10 +72,12 @@ class RowFrame:
                 key = pd.Index(frame[schema.user_id if kind == "user" else schema.item_id].to_numpy(np.int64))
             indexed = frame[needed].set_index(key)
             lookups.append((table, kind, indexed[~indexed.index.duplicated()]))
-        readable = schema.readable()
-        label = compile_expression(schema.label.expr or schema.label.column, readable)
-        proxies = [(p, compile_expression(p.signal, readable)) for p in schema.proxies]
-        return cls(schema, names, lookups, label, proxies, params)
+        try:
+            compiled = schema.compiled()
+        except ValueError as exc:
+            raise ConfigError(f"declaration {schema.name!r}: {exc}") from None
+        proxies = [(p, compiled[f"proxies[{p.name}].signal"]) for p in schema.proxies]
+        return cls(schema, names, lookups, compiled["label.expr"], proxies, params)
 
     def _sql(self, compiled: Compiled) -> str:
         return compiled.duckdb({ref: c for c, ref in self.names.items()}, self.params)

@@ -17,7 +17,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cambrian.errors import ConfigError, one_line
-from cambrian.trainer.expressions import ExpressionError, compile_expression
 
 ColumnType = Literal["int", "float", "string", "bool", "timestamp"]
 # How a table's time column counts days: a day index, seconds since the epoch, or a SQL/Parquet timestamp.
@@ -130,12 +129,21 @@ class DataSchema(_Strict):
         taken = sorted({n for n in names if names.count(n) > 1} | ({"val_loss", "label"} & set(names)))
         if taken:
             raise ValueError(f"proxies: the name {taken[0]!r} is taken (each proxy has its own name; val_loss and label are reserved)")
+        return self
+
+    def compiled(self) -> dict:
+        """Every expression parsed and checked (trainer/expressions.py), by where it is declared; ValueError naming
+        the first bad one. Not a validator: the operator builds declarations for their proxy names without sqlglot;
+        load_schema and training call it."""
+        from cambrian.trainer.expressions import ExpressionError, compile_expression
+
+        out = {}
         for what, text in self.expressions().items():
             try:
-                compile_expression(text, self.readable())
+                out[what] = compile_expression(text, self.readable())
             except ExpressionError as exc:
                 raise ValueError(f"{what}: {exc}") from None
-        return self
+        return out
 
     def readable(self) -> tuple[str, ...]:
         """The table.column references the label and the proxies may read: the signals and the label column."""
@@ -268,8 +276,12 @@ def load_schema(name_or_path: str | Path) -> DataSchema:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--schema {path}: not YAML: {one_line(exc)}", hint=hint) from None
     try:
-        return DataSchema.model_validate(raw)
-    except ValidationError as exc:
+        declared = DataSchema.model_validate(raw)
+        declared.compiled()
+        return declared
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            raise ConfigError(f"--schema {path}: {exc}", hint=hint) from None
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "declaration"
         message = str(err["msg"]).removeprefix("Value error, ")

@@ -53,7 +53,10 @@ def test_a_bad_proxy_expression_is_refused_in_one_line_with_exit_code_2(world_di
 def test_a_label_expression_reads_only_declared_signals():
     bad = _with(label={"column": "impressions.click", "min": 0, "max": 1, "expr": "impressions.position < 3"})
     with pytest.raises(ValueError, match="label.expr: impressions.position is not a declared column"):
-        WORLD.model_validate(bad)
+        WORLD.model_validate(bad).compiled()
+    assert set(WORLD.compiled()) == {"label.expr", "proxies[auc].signal", "proxies[long_watch_corr].signal",
+                                     "proxies[return_corr].signal", "proxies[like_corr].signal"}
+    assert MOVIELENS_100K.compiled()["label.expr"].refs == ("ratings.rating",)
     with pytest.raises(ValueError, match="the name 'val_loss' is taken"):
         WORLD.model_validate(_with(proxies=[{"name": "val_loss", "signal": "impressions.click"}]))
 
