@@ -17,15 +17,34 @@ _CONTRACT_COLUMNS = [
 ]  # fmt: skip
 
 
-def reward_columns() -> list[str]:
-    """The trainer's column list when it publishes one, else the documented contract."""
+def reward_columns(schema: Any = None) -> list[str]:
+    """The columns a reward may read under the data's declaration (trainer/schema.py row_columns; the world's by
+    default), else the documented contract of the world."""
     try:
-        from cambrian.trainer.data import IMPRESSION_COLUMNS  # type: ignore[attr-defined]
+        from cambrian.trainer.schema import WORLD, row_columns
 
-        cols = list(IMPRESSION_COLUMNS.keys() if isinstance(IMPRESSION_COLUMNS, dict) else IMPRESSION_COLUMNS)
-        return [str(c) for c in cols] or _CONTRACT_COLUMNS
+        return list(row_columns(schema or WORLD))
     except Exception:  # the trainer is optional for prompt building
         return _CONTRACT_COLUMNS
+
+
+def for_declaration(persona: "Persona", schema: Any, metric: str | None = None) -> "Persona":
+    """The persona as the data's declaration (trainer/schema.py) defines its metrics: unchanged when its metric is
+    one the data reports; otherwise `metric` (the Evolution's objective for its component) among the declared
+    proxies, each named with its signal, so a prompt never asks for a metric the trainer cannot report."""
+    import dataclasses
+
+    known = {"val_loss", *(p.name for p in schema.proxies)}
+    secondary = tuple(m for m in persona.secondary_metrics if m in known)
+    if persona.metric in known:
+        return dataclasses.replace(persona, secondary_metrics=secondary)
+    primary = metric if metric in known else next((p.name for p in schema.proxies if p.kind != "auc"), "val_loss")
+    described = [f"{p.name} ({'AUC of' if p.kind == 'auc' else 'rank correlation of the score with'} {p.signal})"
+                 for p in schema.proxies]
+    text = (f"{primary} on held-out days (HIGHER is better); the data's proxies: {'; '.join(described)}. "
+            "Loss is NOT comparable across reward definitions, so it is not shown")
+    return dataclasses.replace(persona, metric=primary, lower_is_better=primary == "val_loss", metric_text=text,
+                               secondary_metrics=tuple(p.name for p in schema.proxies if p.name != primary))
 
 
 @dataclass(frozen=True)
@@ -136,8 +155,8 @@ def get_persona(name: str) -> Persona:
         raise KeyError(f"unknown persona {name!r}; choose from {sorted(PERSONAS)}") from None
 
 
-def persona_guidance(p: Persona) -> str:
-    return p.guidance.replace("{COLUMNS}", ", ".join(reward_columns()))
+def persona_guidance(p: Persona, schema: Any = None) -> str:
+    return p.guidance.replace("{COLUMNS}", ", ".join(reward_columns(schema)))
 
 
 def example_json(p: Persona) -> str:

@@ -7,6 +7,7 @@ EXAMPLE PROPOSAL ({AGENT_EXAMPLE}). Pure functions: no I/O.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from cambrian.agents.journal import Hypothesis
 from cambrian.agents.personas import Persona, example_json, persona_guidance
@@ -73,7 +74,11 @@ def build_prompt(
     sql_output: str | None = None,
     steering: str | None = None,
     repair_of: Hypothesis | None = None,
+    schema: Any = None,
 ) -> str:
+    """`schema`: the data's declaration (trainer/schema.py; the world's when None): the columns a reward may read
+    and the tables queries may read are its own (the persona comes as personas.for_declaration made it)."""
+    tables = ", ".join(schema.tables) if schema is not None else "impressions, user_days, items, users"
     task = TASK.format(
         N_EXPLORE=quotas.get("explore", 0),
         N_EXPLOIT=quotas.get("exploit", 0),
@@ -81,12 +86,12 @@ def build_prompt(
         AGENT_OFFLINE_METRIC=persona.metric_text,
         ONLINE_METRICS=", ".join(f"Metric#{i + 1} {m}" for i, m in enumerate(online_metrics)) or "(none configured)",
         NOISE_FLOOR="not measured yet" if noise_floor is None else f"{noise_floor:.4g} on {persona.metric}",
-        GUIDANCE=persona_guidance(persona),
+        GUIDANCE=persona_guidance(persona, schema),
         STEERING=f"STEERING (from a human)\n{steering}\n" if steering else "",
         COMPONENTS=" | ".join(persona.components),
         QUERIES_NOTE=(
             '\nYou may also add "queries": [{"question", "sql"}] - read-only DuckDB SELECT queries over the tables '
-            "impressions, user_days, items, users; their results appear in your next prompt."
+            f"{tables}; their results appear in your next prompt."
             if persona.uses_sql
             else ""
         ),

@@ -281,6 +281,15 @@ def check_metrics(metrics: Any) -> str | None:
             continue
         if not (math.isfinite(v) and lo <= v <= hi):
             return f"{name} = {v!r} is outside [{lo:g}, {hi:g}]"
+    declared = metrics.get("proxies", [])  # the data's declaration's own proxies: an AUC or a rank correlation
+    if not isinstance(declared, list) or not all(isinstance(n, str) for n in declared):
+        return "proxies is not a list of metric names"
+    for name in (n for n in declared if n not in METRIC_RANGES):
+        v = metrics.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"{name} is {'missing' if v is None else repr(v)[:40]}, not a number"
+        if not math.isnan(v) and not -1.0 <= v <= 1.0:  # NaN: an AUC with one class held out
+            return f"{name} = {v!r} is outside [-1, 1]"
     return None
 
 

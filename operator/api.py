@@ -572,12 +572,24 @@ class Data(_Model):
     world: WorldData | None = Field(None, description="generate the simulated world in the training pod")
     persistent_volume_claim: VolumeData | None = Field(None, description="prepared world data on a volume")
     source: SourceData | None = Field(None, description="your own tables in a warehouse or object storage")
+    declaration: Literal["world", "movielens-100k"] | None = Field(None, description=(
+        "the declaration of the data's tables (trainer/schema.py): its features, label and proxy metrics, which the "
+        "offline objective must name; default world. A source is fetched through it; a volume's world.json names "
+        "its own"))
 
     @model_validator(mode="after")
     def _one(self) -> "Data":
         if sum(x is not None for x in (self.world, self.persistent_volume_claim, self.source)) != 1:
             raise ValueError(DATA_ONE_OF)
+        if self.world is not None and self.declaration not in (None, "world"):
+            raise ValueError(f"spec.data.declaration {self.declaration!r}: the simulated world is declared by world")
         return self
+
+    def declared(self):
+        """The data's declaration (trainer/schema.py)."""
+        from cambrian.trainer.schema import BUILT_IN
+
+        return BUILT_IN[self.declaration or "world"]
 
 
 class Storage(_Model):
@@ -697,6 +709,19 @@ class EvolutionSpec(_Model):
     @model_validator(mode="after")
     def _promql_names(self) -> "EvolutionSpec":
         _check_promql_names(self.objective.promql, self.guardrails)
+        return self
+
+    @model_validator(mode="after")
+    def _objective_is_declared(self) -> "EvolutionSpec":
+        """Each offline objective is val_loss or a proxy that the data's declaration defines: the trainer reports
+        no other metric, so an unknown name could never be judged."""
+        declared = self.data.declared()
+        known = ("val_loss", *(p.name for p in declared.proxies))
+        for component in ("optimizer", "architecture", "reward", "training"):
+            metric = self.objective.offline.for_component(component).metric
+            if metric not in known:
+                raise ValueError(f"objective.offline.{component}.metric {metric!r} is not a metric of the data's "
+                                 f"declaration {declared.name!r}; known: {', '.join(known)}")
         return self
 
 

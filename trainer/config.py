@@ -67,13 +67,14 @@ class ArchitectureConfig(_Strict):
 
 
 class RewardConfig(_Strict):
-    """Training labels as DuckDB SQL expressions over the columns of the `impressions` view.
+    """Training labels as DuckDB SQL expressions over the columns of one joined interaction row of the data's
+    declaration (trainer/data.py reward_columns; the world's: IMPRESSION_COLUMNS).
 
-    `label` must yield a finite number per impression (in [0, 1] for the bce loss); `weight` a finite
-    non-negative sample weight. Columns: see trainer/data.py (IMPRESSION_COLUMNS).
+    `label` must yield a finite number per interaction (in [0, 1] for the bce loss); `weight` a finite
+    non-negative sample weight. The default learns the declared label (the column `label`: the world's click).
     """
 
-    label: str = "CAST(click AS DOUBLE)"
+    label: str = "label"
     weight: str = "1.0"
     loss: Literal["bce", "mse"] = "bce"
     long_watch_seconds: float = Field(60.0, gt=0, description="threshold of the long-watch surrogate")

@@ -1,8 +1,10 @@
-"""Training data: world logs -> feature tensors, and reward labels computed with DuckDB SQL.
+"""Training data by declaration: a source's interactions -> training rows, reward labels computed with DuckDB SQL,
+and the held-out rows with the declared label and proxy signals.
 
-The trainer reads only the observable files of a data directory (docs/CONTRACTS.md); the hidden
-`truth/` folder is never opened here. The split is temporal: the last `validation_days` days are held
-out, so the offline proxies say something about the future, as the online test will.
+The source's declaration (trainer/schema.py: the world's, MovieLens-100k's as published, or the user's own YAML)
+decides the features, the label, the columns rewards may read and the proxies; the trainer reads only its declared
+tables (the world's hidden `truth/` folder is never declared). The split is temporal: the last `validation_days`
+days are held out, so the offline proxies say something about the future, as the online test will.
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
-from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space, with_features
-from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema, load_schema
+from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
+from cambrian.trainer.rowframe import DAY, RowFrame, evaluate
+from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema, load_schema, row_columns
 
-# Columns the reward SQL may use (impressions joined with the user's day).
-IMPRESSION_COLUMNS = (
-    "day", "user_id", "session", "step", "position", "item_id", "click", "watch_seconds", "completion",
-    "skip", "like", "hate", "returned_next_day", "length_min", "topic", "thumb_intensity",
-)
+# Columns the reward SQL may use over the simulated world (any declaration: reward_columns(schema)).
+IMPRESSION_COLUMNS = tuple(row_columns(WORLD))
 
 MAX_SQL_CHARS = 2000
 # A reward is an expression over one impression's columns: scalar functions only, minus those that read the
@@ -86,58 +86,46 @@ class TrainingSet:
 
 @dataclass
 class Dataset(TrainingSet):
-    val: Split  # held out: stays with the scorer
+    val: Split  # held out: stays with the scorer; its signals are the declared proxies' (by name) and the label
     n_train_available: int = 0  # training rows before training.max_train_examples cut them
+    schema: DataSchema = WORLD  # the declaration the rows were read through: its proxies score the model
 
 
-def world_schema(data_dir: str | Path) -> DataSchema:
-    """The declaration the world's tables are read through (trainer/schema.py WORLD), from any source the
-    reader knows: a data directory, s3://bucket/prefix or a SQL warehouse holding the same tables. The features
-    the model gets are the world's own, or those of the declaration that a data directory's world.json names
-    (`"features": "movielens-100k"`), carried in the world's users and items tables."""
+def source_schema(data_dir: str | Path, schema: DataSchema | str | None = None) -> DataSchema:
+    """The declaration a source's tables are read through: `schema` when given (a DataSchema, a built-in name or
+    a YAML file), else the one a data directory's world.json names (`"declaration"`: a built-in name or a YAML
+    file inside the folder, as `cambrian data fetch` writes it), else the simulated world's."""
+    if isinstance(schema, DataSchema):
+        return schema
+    if schema is not None:
+        return load_schema(schema)
     text = str(data_dir)
-    meta: dict = {}
-    if "://" not in text or text.startswith("file://"):
-        folder = inputs.data_dir(Path(text.removeprefix("file://")))
-        try:
-            meta = json.loads((folder / "world.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
-        named = meta.get("features")
-        try:
-            declared = load_schema(named if named in BUILT_IN else folder / str(named)) if named else WORLD
-        except ConfigError as exc:  # its message starts "--schema PATH:", the option of `cambrian data check`
-            why = str(exc).split(": ", 1)[-1]
-            raise ConfigError(f"{folder / 'world.json'}: features {named!r}: {why}", hint=exc.hint) from None
-    else:
-        declared = WORLD
-    return with_features(WORLD, declared)
+    if "://" in text and not text.startswith("file://"):
+        return WORLD
+    folder = inputs.data_dir(Path(text.removeprefix("file://")))
+    try:
+        meta = json.loads((folder / "world.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{data_dir}: unreadable data directory: {exc}") from None
+    if "features" in meta:
+        raise ConfigError(f"{folder / 'world.json'}: \"features\" is no longer read: the folder's declaration decides "
+                          "(\"declaration\": a built-in name or a YAML file in the folder)",
+                          hint="a folder converted by an older `cambrian movielens`: run `cambrian movielens --out DIR` again")
+    named = meta.get("declaration")
+    if not named or named == WORLD.name:
+        return WORLD
+    by_name = {**BUILT_IN, **{s.name: s for s in BUILT_IN.values()}}
+    try:
+        return by_name[named] if named in by_name else load_schema(folder / str(named))
+    except ConfigError as exc:  # its message starts "--schema PATH:", the option of `cambrian data check`
+        why = str(exc).split(": ", 1)[-1]
+        raise ConfigError(f"{folder / 'world.json'}: declaration {named!r}: {why}", hint=exc.hint) from None
 
 
-def read_world(data_dir: str | Path) -> tuple[DataSchema, dict[str, pd.DataFrame]]:
-    """The world's tables in memory (world_schema); a source that fails the data check is refused here."""
-    schema = world_schema(data_dir)
-    return schema, read_checked(schema, str(data_dir))
-
-
-class _Joiner:
-    """Impressions with the user's delayed day label and the item's observable features: a left join of each
-    batch against the small tables, held in memory (they grow with users x days and items, not impressions)."""
-
-    def __init__(self, user_days: pd.DataFrame, items: pd.DataFrame):
-        days = user_days.astype({"day": np.int64, "user_id": np.int64}).drop_duplicates(["day", "user_id"])
-        self.day_label = pd.Series(days["returned_next_day"].to_numpy(),
-                                   index=pd.MultiIndex.from_frame(days[["day", "user_id"]]))
-        self.items = (items.astype({"item_id": np.int64}).drop_duplicates("item_id").set_index("item_id")
-                      [["length_min", "topic", "thumb_intensity"]])
-
-    def __call__(self, df: pd.DataFrame) -> pd.DataFrame:
-        key = pd.MultiIndex.from_arrays([df["day"].to_numpy(np.int64), df["user_id"].to_numpy(np.int64)])
-        df["returned_next_day"] = self.day_label.reindex(key).fillna(0).to_numpy().astype(np.int8)
-        found = self.items.reindex(df["item_id"].to_numpy(np.int64))
-        for column in found.columns:
-            df[column] = found[column].to_numpy()
-        return df
+def read_source(data_dir: str | Path, schema: DataSchema | str | None = None) -> tuple[DataSchema, dict[str, pd.DataFrame]]:
+    """A source's declared tables in memory (source_schema); a source that fails the data check is refused here."""
+    declared = source_schema(data_dir, schema)
+    return declared, read_checked(declared, str(data_dir))
 
 
 @lru_cache(maxsize=1)
@@ -152,9 +140,9 @@ def _scalar_functions() -> frozenset[str]:
                      if name not in _DENIED_FUNCTIONS and not name.startswith(_DENIED_PREFIXES))
 
 
-def _sql_problem(tree: dict) -> str | None:
+def _sql_problem(tree: dict, columns: tuple[str, ...], table: str) -> str | None:
     """Walk DuckDB's parse tree of `SELECT <expr>`: one select item, no FROM or clauses, and every node an
-    expression over the impression columns (no subqueries, windows, aggregates, table functions, lambdas)."""
+    expression over `columns` (no subqueries, windows, aggregates, table functions, lambdas)."""
     statements = tree.get("statements") or []
     if len(statements) != 1:
         return "it must be exactly one expression"
@@ -180,7 +168,7 @@ def _sql_problem(tree: dict) -> str | None:
                 return f"{cls.lower().replace('_', ' ')} expressions are not allowed (no subqueries, windows or lambdas)"
             if cls == "COLUMN_REF":
                 names = [str(n).lower() for n in item.get("column_names") or []]
-                if not names or names[-1] not in IMPRESSION_COLUMNS or names[:-1] not in ([], ["impressions"]):
+                if not names or names[-1] not in {c.lower() for c in columns} or names[:-1] not in ([], [table.lower()]):
                     return f"unknown column {'.'.join(names)!r}"
             if cls == "FUNCTION":
                 name = str(item.get("function_name", "")).lower()
@@ -192,9 +180,17 @@ def _sql_problem(tree: dict) -> str | None:
     return None
 
 
-def check_reward_sql(expr: str, what: str) -> None:
-    """Gate stage reward_sql, on DuckDB's own parse of the expression (never on its text)."""
-    hint = f"available columns: {', '.join(IMPRESSION_COLUMNS)}"
+def reward_columns(schema: DataSchema) -> tuple[str, ...]:
+    """The columns a reward may read: one joined interaction row of the declaration (trainer/schema.py row_columns:
+    the interactions table's columns, the signals and features of the joined tables, and the declared `label`)."""
+    return tuple(row_columns(schema))
+
+
+def check_reward_sql(expr: str, what: str, schema: DataSchema = WORLD) -> None:
+    """Gate stage reward_sql, on DuckDB's own parse of the expression (never on its text): one scalar expression
+    over the declaration's reward columns; a column it does not declare is refused in one line."""
+    columns = reward_columns(schema)
+    hint = f"declared columns ({schema.name}): {', '.join(columns)}"
     if not isinstance(expr, str):
         raise GateError("reward_sql", f"reward {what} must be a SQL expression (text), not {type(expr).__name__}")
     if not expr.strip():
@@ -211,10 +207,10 @@ def check_reward_sql(expr: str, what: str) -> None:
     if tree.get("error"):
         raise GateError("reward_sql", f"reward {what} does not parse: {tree.get('error_message', 'syntax error')}",
                         hint=hint)
-    problem = _sql_problem(tree)
+    problem = _sql_problem(tree, columns, schema.interactions)
     if problem:
-        raise GateError("reward_sql", f"reward {what} must be one SQL expression over the impression columns: {problem}",
-                        hint=hint)
+        raise GateError("reward_sql", f"reward {what} must be one SQL expression over the declared columns of "
+                        f"{schema.name!r}: {problem}", hint=hint)
 
 
 def _values(out: dict, name: str, n: int, what: str) -> np.ndarray:
@@ -246,22 +242,15 @@ class _RewardTotals:
             raise GateError("reward_sql", f"reward label is constant ({self.low:.3g}): nothing to learn")
 
 
-def _reward_values(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The reward's label and weight per impression with DuckDB, each row checked (the expressions were checked
-    by check_reward_sql)."""
-    # No file or network access from the SQL: the logs are handed over in memory, and each expression is
-    # bound as an expression object of a projection, never pasted into a statement's text.
-    con = duckdb.connect(config={"enable_external_access": False})
+def _reward_values(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = WORLD) -> tuple[np.ndarray, np.ndarray]:
+    """The reward's label and weight per interaction with DuckDB over the joined rows (trainer/rowframe.py), each
+    row checked (the expressions were checked by check_reward_sql)."""
+    columns = list(reward_columns(schema))
     try:
-        rel = con.from_df(df[list(IMPRESSION_COLUMNS)])
-        double = duckdb.sqltypes.DOUBLE if hasattr(duckdb, "sqltypes") else duckdb.typing.DOUBLE
-        out = rel.select(duckdb.SQLExpression(reward.label).cast(double).alias("label"),
-                         duckdb.SQLExpression(reward.weight).cast(double).alias("weight")).fetchnumpy()
+        out = evaluate(df[columns], {"label": reward.label, "weight": reward.weight})
     except duckdb.Error as exc:
         raise GateError("reward_sql", f"reward SQL failed: {str(exc).splitlines()[0]}",
-                        hint=f"available columns: {', '.join(IMPRESSION_COLUMNS)}") from None
-    finally:
-        con.close()
+                        hint=f"declared columns ({schema.name}): {', '.join(columns)}") from None
     label = _values(out, "label", len(df), "label")
     weight = _values(out, "weight", len(df), "weight")
     if not np.isfinite(label).all():
@@ -274,18 +263,15 @@ def _reward_values(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, 
     return label.astype(np.float32), weight.astype(np.float32)
 
 
-def reward_labels(df: pd.DataFrame, reward: RewardConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Evaluate the reward's label and weight expressions with DuckDB; validate them (gate stage reward_sql)."""
-    check_reward_sql(reward.label, "label")
-    check_reward_sql(reward.weight, "weight")
-    label, weight = _reward_values(df, reward)
+def reward_labels(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = WORLD) -> tuple[np.ndarray, np.ndarray]:
+    """Evaluate the reward's label and weight expressions over joined rows; validate them (gate stage reward_sql)."""
+    check_reward_sql(reward.label, "label", schema)
+    check_reward_sql(reward.weight, "weight", schema)
+    label, weight = _reward_values(df, reward, schema)
     totals = _RewardTotals()
     totals.add(label, weight)
     totals.check()
     return label, weight
-
-
-SIGNALS = ["user_id", "click", "watch_seconds", "completion", "like", "hate", "returned_next_day"]
 
 
 def train_file(rank: int, world: int) -> str:
@@ -295,21 +281,24 @@ def train_file(rank: int, world: int) -> str:
     return "train.parquet" if world == 1 else shard_name(rank, world)
 
 
-def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, workers: int = 1) -> Dataset:
-    """The data set in one streaming pass over the interactions (after the data check's own): training rows
-    go to Parquet files in `folder` as they are read (one per worker, rows dealt round-robin and cut to equal
-    length, trainer/rows.py), the held-out days stay in memory for the scorer, and the vocabularies and
-    statistics come from the ids the kept training rows carry. Memory holds the small tables (users, items,
-    user days), the held-out split and one batch, never the training split. `folder` None: count only."""
+def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, workers: int = 1,
+            schema: DataSchema | str | None = None) -> Dataset:
+    """The data set in one streaming pass over the interactions (after the data check's own), read through the
+    source's declaration (source_schema): training rows go to Parquet files in `folder` as they are read (one per
+    worker, rows dealt round-robin and cut to equal length, trainer/rows.py), the held-out days stay in memory for
+    the scorer with the declared label and proxy signals, and the vocabularies and statistics come from the ids the
+    kept training rows carry. Memory holds the joined tables (users, items, per-user days), the held-out split and
+    one batch, never the training split. `folder` None: count only."""
     from cambrian.trainer.distributed import shard_of
     from cambrian.trainer.features import _ids
     from cambrian.trainer.rows import RowWriter
     from cambrian.trainer.sources import close, open_source, read_tables
 
-    schema = world_schema(data_dir)
-    check_reward_sql(config.reward.label, "label")
-    check_reward_sql(config.reward.weight, "weight")
+    schema = source_schema(data_dir, schema)
+    check_reward_sql(config.reward.label, "label", schema)
+    check_reward_sql(config.reward.weight, "weight", schema)
     text, key = str(data_dir), schema.interactions
+    user_col, item_col = schema.user_id, schema.item_id
     source = open_source(text)
     writers: list[RowWriter] = []
     try:
@@ -330,7 +319,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             writers = [RowWriter(folder / train_file(r, workers)) for r in range(workers)]
-        join = _Joiner(small["user_days"], small["items"])
+        rows_of = RowFrame.build(schema, small, {"long_watch_seconds": config.reward.long_watch_seconds})
         table = schema.tables[key]
         found = source.arrow_schema(key, table)
         wanted = pa.schema([found.field(c) for c in table.columns])
@@ -340,16 +329,16 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         seen = 0  # training rows read so far, kept or not
         held_out: list[pd.DataFrame] = []
         for batch in source.batches(key, table, list(table.columns)):
-            df = join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
-            for i, column in enumerate((schema.user_id, schema.item_id)):
+            df = rows_of.join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
+            for i, column in enumerate((user_col, item_col)):
                 top[i] = max(top[i], int(_ids(df, column, key).max()))
-            label, weight = _reward_values(df, config.reward)
-            is_val = df["day"].to_numpy() >= cutoff
+            label, weight = _reward_values(df, config.reward, schema)
+            is_val = df[DAY].to_numpy() >= cutoff
             index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows
             seen += len(index)
             keep = index >= 0
             rows = np.flatnonzero(~is_val)[keep]
-            user, item = df["user_id"].to_numpy(np.int64)[rows], df["item_id"].to_numpy(np.int64)[rows]
+            user, item = df[user_col].to_numpy(np.int64)[rows], df[item_col].to_numpy(np.int64)[rows]
             totals.add(label[rows], weight[rows])
             for i, ids in enumerate((user, item)):
                 add = np.bincount(ids, minlength=len(counts[i]))
@@ -361,8 +350,10 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
                     mine = rank == r
                     writer.write(user[mine], item[mine], label[rows][mine], weight[rows][mine])
             if is_val.any():
-                part = df.loc[is_val, SIGNALS + ["item_id"]].copy()
-                part["label"], part["weight"] = label[is_val], weight[is_val]
+                val_rows = df.loc[is_val].reset_index(drop=True)
+                part = rows_of.proxy_signals(val_rows)
+                part["__user"], part["__item"] = val_rows[user_col].to_numpy(np.int64), val_rows[item_col].to_numpy(np.int64)
+                part["__label"], part["__weight"] = label[is_val], weight[is_val]
                 val_totals.add(label[is_val], weight[is_val])
                 held_out.append(part)
         if seen != available:
@@ -378,14 +369,14 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
     catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
     val = pd.concat(held_out, ignore_index=True)
-    val_split = Split(catalogue.features(val["user_id"].to_numpy(np.int64), val["item_id"].to_numpy(np.int64)),
-                      np.array(val["label"], np.float32), np.array(val["weight"], np.float32),
-                      val[SIGNALS].reset_index(drop=True))
+    signals = val[[p.name for p in schema.proxies] + ["label"]]
+    val_split = Split(catalogue.features(val["__user"].to_numpy(np.int64), val["__item"].to_numpy(np.int64)),
+                      np.array(val["__label"], np.float32), np.array(val["__weight"], np.float32), signals)
     written = Written([w.path for w in writers], n)
-    return Dataset(catalogue.spec, catalogue, written, val_split, n_train_available=available)
+    return Dataset(catalogue.spec, catalogue, written, val_split, n_train_available=available, schema=schema)
 
 
-def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
+def load_dataset(data_dir: str | Path, config: ModelConfig, schema: DataSchema | str | None = None) -> Dataset:
     """The data set with its training split in memory (prepare, then its rows read whole): for in-process
     training and benchmarks; `cambrian train` hands the contained trainer the Parquet files instead."""
     import tempfile
@@ -395,7 +386,7 @@ def load_dataset(data_dir: str | Path, config: ModelConfig) -> Dataset:
     from cambrian.trainer.rows import read_columns
 
     with tempfile.TemporaryDirectory(prefix="cambrian-rows-") as tmp:
-        data = prepare(data_dir, config, Path(tmp))
+        data = prepare(data_dir, config, Path(tmp), schema=schema)
         user, item, label, weight = read_columns(pq.read_table(data.train.files[0]))
     data.train = Split(data.catalogue.features(user, item), label, weight, None)
     return data

@@ -50,11 +50,14 @@ def fetch(
     source: str = typer.Argument(..., help="a folder of Parquet, s3://bucket/prefix, or postgresql://user@host:port/db"),
     out: str = typer.Option(..., "--out", help="the data directory to write (kept as it is when already complete)"),
     batch_rows: int = typer.Option(65_536, "--batch-rows", min=1, help="rows per streamed batch (bounds memory)"),
+    schema: str = typer.Option("world", "--schema", help=SCHEMA_HELP),
 ) -> None:
-    """Copy the training tables (the world declaration) of a source into a data directory, checked: the
-    snapshot every candidate of an Evolution trains on. Credentials come from the environment only."""
+    """Copy the declared tables of a source into a data directory, checked: the snapshot every candidate of an
+    Evolution trains on; its world.json names the declaration (a YAML one is copied beside it), so training reads
+    it through that. Credentials come from the environment only."""
     from cambrian.trainer.fetch import fetch as fetch_source
+    from cambrian.trainer.schema import load_schema
 
-    meta = fetch_source(source, out, batch_rows=batch_rows)
+    meta = fetch_source(source, out, load_schema(schema), batch_rows=batch_rows)
     rows = ", ".join(f"{k} {n} rows" for k, n in meta.get("rows", {}).items())
     typer.echo(f"{out}: a snapshot of {meta.get('source') or source}" + (f" ({rows})" if rows else ""))

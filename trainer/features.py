@@ -151,25 +151,6 @@ def entity_table(schema: DataSchema, entity: Entity) -> str:
     return found[0]
 
 
-def with_features(base: DataSchema, declared: DataSchema) -> DataSchema:
-    """`base`'s tables, carrying `declared`'s features in base's user and item tables (same column names and
-    types): how a data set whose events follow one declaration trains on the features another one declares."""
-    tables = {k: t.model_dump(exclude_defaults=True) for k, t in base.tables.items()}
-    roles: dict[str, list[str]] = {"categorical": [], "numeric": []}
-    for role in roles:
-        for ref in getattr(declared, role):
-            table, kind = declared.column(ref)
-            column = ref.split(".", 1)[1]
-            target = entity_table(base, entity_of(declared, table))
-            known = tables[target]["columns"].get(column)
-            if known is not None and known != kind:
-                raise ConfigError(f"feature {ref} is declared {kind} but {target}.{column} is {known}")
-            tables[target]["columns"][column] = kind
-            roles[role].append(f"{target}.{column}")
-    return DataSchema.model_validate({**base.model_dump(exclude_defaults=True), "tables": tables,
-                                      "categorical": roles["categorical"], "numeric": roles["numeric"]})
-
-
 def _ids(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
     values = frame[column]
     if not pd.api.types.is_integer_dtype(values) or (len(values) and values.min() < 0):

@@ -19,12 +19,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import yaml
 
 from cambrian.trainer.datacheck import require_valid
-from cambrian.trainer.schema import WORLD, DataSchema
+from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema
 from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact
 
 MARKER = "world.json"
+DECLARATION = "declaration.yaml"  # a declaration that is not built in travels with its snapshot
 
 
 def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows: int = BATCH_ROWS) -> dict:
@@ -45,6 +47,9 @@ def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows:
             close(opened)
         require_valid(schema, open_source(str(partial)), uri, batch_rows)  # the copy, named by its source
         meta = _meta(uri, schema, partial, rows)
+        if meta["declaration"] == DECLARATION:
+            (partial / DECLARATION).write_text(yaml.safe_dump(schema.model_dump(mode="json", exclude_defaults=True),
+                                                              sort_keys=False))
         (partial / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if out.exists():  # an incomplete earlier attempt (no marker): replaced whole
             shutil.rmtree(out)
@@ -76,9 +81,11 @@ def _copy(source, key: str, table, folder: Path, batch_rows: int) -> int:
 
 def _meta(uri: str, schema: DataSchema, folder: Path, rows: dict[str, int]) -> dict:
     """What the world's generator writes about itself, as far as logged data can say it."""
-    meta = {"schema_version": 1, "source": redact(uri), "declaration": schema.name, "rows": rows,
+    built_in = next((key for key, known in BUILT_IN.items() if known == schema), None)
+    # the declaration training reads the snapshot through (trainer/data.py source_schema)
+    meta = {"schema_version": 1, "source": redact(uri), "declaration": built_in or DECLARATION, "rows": rows,
             "logging_policy": "observational", "params": {}, "seed": None}
-    if schema is WORLD:
+    if schema == WORLD:
         topics = pq.read_table(folder / (schema.tables["items"].path or "items.parquet"), columns=["topic"])["topic"]
         days = pq.read_table(folder / (schema.tables["impressions"].path or "impressions.parquet"), columns=["day"])["day"]
         meta.update(n_users=rows["users"], n_items=rows["items"],

@@ -56,13 +56,13 @@ def at_fidelity(config: ModelConfig, fidelity: Mapping[str, Any] | None,
 
 def training_rows(data: str | Path, validation_days: int) -> int:
     """The rows load_dataset would train on before any cap: impressions before the held-out days, counted by the
-    data check's streaming pass through the world's declaration (as prepare counts them, so any source and table
+    data check's streaming pass through the source's declaration (as prepare counts them, so any source and table
     layout counts the same, and memory holds one batch)."""
-    from cambrian.trainer.data import world_schema
+    from cambrian.trainer.data import source_schema
     from cambrian.trainer.datacheck import require_valid
     from cambrian.trainer.sources import close, open_source
 
-    schema = world_schema(data)
+    schema = source_schema(data)
     source = open_source(str(data))
     try:
         per_day = require_valid(schema, source, str(data)).tables[schema.interactions].rows_per_day

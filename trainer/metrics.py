@@ -1,9 +1,12 @@
-"""Offline proxy metrics: AUC and loss-independent rank correlations with logged signals."""
+"""Offline proxy metrics: AUC and loss-independent rank correlations with logged signals, as the data's
+declaration names them (trainer/schema.py `proxies`; the world's: auc, long_watch_corr, return_corr, like_corr)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+
+from cambrian.trainer.schema import Proxy
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -23,31 +26,30 @@ def rank_corr(scores: np.ndarray, signal: np.ndarray) -> float:
     return float(stats.spearmanr(scores, signal).statistic)
 
 
-def proxy_metrics(scores: np.ndarray, signals, long_watch_seconds: float) -> dict[str, float]:
-    """The loss-independent surrogates the reward persona is scored on (docs/CONTRACTS.md)."""
-    long_watch = (signals["watch_seconds"].to_numpy() >= long_watch_seconds).astype(np.float64)
-    return {
-        "auc": auc(scores, signals["click"].to_numpy()),
-        "long_watch_corr": rank_corr(scores, long_watch),
-        "return_corr": rank_corr(scores, signals["returned_next_day"].to_numpy(np.float64)),
-        "like_corr": rank_corr(scores, signals["like"].to_numpy(np.float64)),
-    }
+def proxy_metrics(scores: np.ndarray, signals, proxies: tuple[Proxy, ...]) -> dict[str, float]:
+    """Every declared proxy of the held-out scores; `signals` holds each proxy's signal by name (trainer/data.py)."""
+    out = {}
+    for proxy in proxies:
+        signal = signals[proxy.name].to_numpy(np.float64)
+        out[proxy.name] = auc(scores, signal) if proxy.kind == "auc" else rank_corr(scores, signal)
+    return out
 
 
-def uninformative_proxies(signals, long_watch_seconds: float) -> dict[str, str]:
-    """Proxies that carry no information on these held-out rows, each with the reason (read from the data, so
-    any data set gets it: MovieLens-100k has no day after its last, and its watch time is derived from clicks)."""
+def uninformative_proxies(signals, proxies: tuple[Proxy, ...]) -> dict[str, str]:
+    """Proxies that carry no information on these held-out rows, each with the reason, read from the data so any
+    declaration gets it: a signal that is constant (MovieLens-like logs have no day after their last), or a rank
+    correlation whose signal is exactly the declared label (it only repeats what the AUC measures)."""
     reasons: dict[str, str] = {}
-    returned = signals["returned_next_day"].to_numpy(np.float64)
-    if len(returned) and np.ptp(returned) == 0:
-        reasons["return_corr"] = (f"returned_next_day is {returned[0]:g} for every held-out impression (the log has "
-                                  "no next day to observe after the held-out days), so return_corr is always 0")
-    click = signals["click"].to_numpy().astype(bool)
-    long_watch = signals["watch_seconds"].to_numpy() >= long_watch_seconds
-    if len(click) and (long_watch == click).all():
-        reasons["long_watch_corr"] = (f"a long watch (watch_seconds >= {long_watch_seconds:g}) is exactly a click on "
-                                      "every held-out impression, so long_watch_corr only repeats the click signal (auc)")
-    like = signals["like"].to_numpy(np.float64)
-    if len(like) and np.ptp(like) == 0:
-        reasons["like_corr"] = f"like is {like[0]:g} for every held-out impression, so like_corr is always 0"
+    label = signals["label"].to_numpy(np.float64)
+    for proxy in proxies:
+        signal = signals[proxy.name].to_numpy(np.float64)
+        if not len(signal):
+            continue
+        if np.ptp(signal) == 0:
+            always = "is undefined" if proxy.kind == "auc" else "is always 0"
+            reasons[proxy.name] = (f"its signal ({proxy.signal}) is {signal[0]:g} for every held-out row, so "
+                                   f"{proxy.name} {always}")
+        elif proxy.kind != "auc" and np.array_equal(signal, label):
+            reasons[proxy.name] = (f"its signal ({proxy.signal}) equals the label on every held-out row, so "
+                                   f"{proxy.name} only repeats the label (the AUC)")
     return reasons

@@ -55,17 +55,29 @@ class Table(_Strict):
 
 
 class Label(_Strict):
-    """The column a model learns (or that rewards are built from), with the range its values must lie in."""
+    """What a model learns: `expr` (SQL over the label column and the signals; the column itself when absent),
+    and the range the label column's values must lie in (checked by `cambrian data check`)."""
 
     column: str = Field(description="table.column")
     min: float
     max: float
+    expr: str | None = Field(None, description="SQL over declared columns, e.g. ratings.rating >= 4")
 
     @model_validator(mode="after")
     def _range(self) -> "Label":
         if self.min > self.max:
             raise ValueError(f"label range [{self.min}, {self.max}] is empty")
         return self
+
+
+class Proxy(_Strict):
+    """One offline proxy metric: the held-out scores against `signal` (SQL over the signals and the label
+    column, one value per held-out row). `auc`: the signal is an outcome, 0 or 1; `rank_corr`: Spearman's rank
+    correlation with it (0 when either side is constant)."""
+
+    name: str = Field(pattern=_NAME)
+    kind: Literal["auc", "rank_corr"] = "rank_corr"
+    signal: str
 
 
 class DataSchema(_Strict):
@@ -80,6 +92,7 @@ class DataSchema(_Strict):
     numeric: tuple[str, ...] = ()
     signals: tuple[str, ...] = Field((), description="logged outcomes that rewards may use")
     label: Label | None = None
+    proxies: tuple[Proxy, ...] = Field((), description="the offline proxy metrics a trained model is scored on")
     as_of: int | None = Field(None, description="last day training may see; rows dated later are future leakage")
     max_empty_days: int = Field(0, ge=0, description="days inside the logged span that may have no interactions")
 
@@ -109,7 +122,53 @@ class DataSchema(_Strict):
                 raise ValueError(f"numeric feature {ref} must be declared int, float or bool")
         if self.label and self.column(self.label.column)[1] not in ("int", "float", "bool"):
             raise ValueError(f"label {self.label.column} must be declared int, float or bool")
+        for ref in self.readable():
+            self.join_of(self.column(ref)[0])
+        row_columns(self)  # one name per column a reward may read
+        names = [p.name for p in self.proxies]
+        taken = sorted({n for n in names if names.count(n) > 1} | ({"val_loss", "label"} & set(names)))
+        if taken:
+            raise ValueError(f"proxies: the name {taken[0]!r} is taken (each proxy has its own name; val_loss and label are reserved)")
         return self
+
+    def compiled(self) -> dict:
+        """Every expression parsed and checked (trainer/expressions.py), by where it is declared; ValueError naming
+        the first bad one. Not a validator: the operator builds declarations for their proxy names without sqlglot;
+        load_schema and training call it."""
+        from cambrian.trainer.expressions import ExpressionError, compile_expression
+
+        out = {}
+        for what, text in self.expressions().items():
+            try:
+                out[what] = compile_expression(text, self.readable())
+            except ExpressionError as exc:
+                raise ValueError(f"{what}: {exc}") from None
+        return out
+
+    def readable(self) -> tuple[str, ...]:
+        """The table.column references the label and the proxies may read: the signals and the label column."""
+        return tuple(dict.fromkeys((*self.signals, *([self.label.column] if self.label else []))))
+
+    def expressions(self) -> dict[str, str]:
+        """Every SQL expression of the declaration, by where it is declared."""
+        out = {f"proxies[{p.name}].signal": p.signal for p in self.proxies}
+        if self.label:
+            out = {"label.expr": self.label.expr or self.label.column, **out}
+        return out
+
+    def join_of(self, table: str) -> Literal["row", "user_day", "user", "item"]:
+        """How a table's columns reach an interaction: the interactions table itself, a per-(user, day) table
+        (the user id and a time column: joined on both), or a table keyed by the user id or the item id alone."""
+        if table == self.interactions:
+            return "row"
+        t = self.tables[table]
+        ids = self.id_columns(table)
+        if t.time is not None and ids == [self.user_id]:
+            return "user_day"
+        if t.time is None and len(ids) == 1:
+            return "user" if ids[0] == self.user_id else "item"
+        raise ValueError(f"table {table!r} cannot be joined to an interaction: it must be keyed by {self.user_id} "
+                         f"and its day, by {self.user_id} alone or by {self.item_id} alone")
 
     def column(self, ref: str) -> tuple[str, ColumnType]:
         """(table, type) of a `table.column` reference; ValueError when it names nothing declared."""
@@ -121,6 +180,24 @@ class DataSchema(_Strict):
     def id_columns(self, table: str) -> list[str]:
         """The id columns that a table carries: its rows must all have them."""
         return [c for c in (self.user_id, self.item_id) if c in self.tables[table].columns]
+
+
+def row_columns(schema: DataSchema) -> dict[str, str]:
+    """The columns of one joined interaction row, name -> table.column: every column of the interactions table,
+    then the signals, features and label column of the joined tables, by their column names (rewards read these
+    names). `label` is the declared label's value."""
+    out: dict[str, str] = {c: f"{schema.interactions}.{c}" for c in schema.tables[schema.interactions].columns}
+    for ref in (*schema.signals, *schema.categorical, *schema.numeric, *([schema.label.column] if schema.label else [])):
+        table, _, column = ref.partition(".")
+        if table == schema.interactions or out.get(column) == ref:
+            continue
+        if column in out or column == "label":
+            raise ValueError(f"{ref} and {out.get(column, 'the label')} share the name {column!r}: a joined row "
+                             "names its columns by column name (rename one)")
+        out[column] = ref
+    if "label" in out:
+        raise ValueError(f"{out['label']}: the name 'label' is the declared label's value in a joined row (rename it)")
+    return {**out, "label": "label"}
 
 
 def _ints(*names: str) -> dict[str, ColumnType]:
@@ -150,6 +227,11 @@ WORLD = DataSchema(
     signals=("impressions.click", "impressions.watch_seconds", "impressions.completion", "impressions.skip",
              "impressions.like", "impressions.hate", "user_days.returned_next_day"),
     label=Label(column="impressions.click", min=0, max=1),
+    proxies=(Proxy(name="auc", kind="auc", signal="impressions.click"),
+             Proxy(name="long_watch_corr", signal="impressions.watch_seconds >= :long_watch_seconds"),
+             # the day's return is known for every (user, day) that has impressions; 0 where a row is missing
+             Proxy(name="return_corr", signal="COALESCE(user_days.returned_next_day, 0)"),
+             Proxy(name="like_corr", signal="impressions.like")),
 )
 
 _GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -172,7 +254,9 @@ MOVIELENS_100K = DataSchema(
     categorical=("users.gender", "users.occupation", *(f"movies.{g}" for g in _GENRES)),
     numeric=("users.age",),
     signals=("ratings.rating",),
-    label=Label(column="ratings.rating", min=1, max=5),
+    label=Label(column="ratings.rating", min=1, max=5, expr="ratings.rating >= 4"),
+    proxies=(Proxy(name="auc", kind="auc", signal="ratings.rating >= 4"),
+             Proxy(name="rating_corr", signal="ratings.rating")),
     max_empty_days=2,  # as published, no rating is dated 1997-12-11 or 1997-12-16
 )
 
@@ -192,8 +276,12 @@ def load_schema(name_or_path: str | Path) -> DataSchema:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--schema {path}: not YAML: {one_line(exc)}", hint=hint) from None
     try:
-        return DataSchema.model_validate(raw)
-    except ValidationError as exc:
+        declared = DataSchema.model_validate(raw)
+        declared.compiled()
+        return declared
+    except ValueError as exc:
+        if not isinstance(exc, ValidationError):
+            raise ConfigError(f"--schema {path}: {exc}", hint=hint) from None
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "declaration"
         message = str(err["msg"]).removeprefix("Value error, ")

@@ -34,6 +34,7 @@ from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
+from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
 
@@ -151,15 +152,16 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
 
 # ---- outside: the scorer --------------------------------------------------------------------------------
 
-def evaluate(config: ModelConfig, scores: np.ndarray, val: Split) -> dict:
-    """Every proxy metric, from held-out predictions and the held-out labels and signals."""
+def evaluate(config: ModelConfig, scores: np.ndarray, val: Split, proxies: tuple = WORLD.proxies) -> dict:
+    """Every proxy metric the data's declaration names, from held-out predictions and the held-out labels and
+    signals."""
     if scores.shape != (len(val),):
         raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")
     if not np.isfinite(scores).all():
         raise TrainingError("the trained model produces non-finite scores on the validation days")
     val_loss = weighted_loss(config.reward.loss, torch.from_numpy(scores), torch.from_numpy(val.label),
                              torch.from_numpy(val.weight)).item()
-    return {"val_loss": float(val_loss), **proxy_metrics(scores, val.signals, config.reward.long_watch_seconds)}
+    return {"val_loss": float(val_loss), **proxy_metrics(scores, val.signals, proxies)}
 
 
 def has_code(config: ModelConfig) -> bool:
@@ -184,12 +186,13 @@ def _write_heldout(path: Path, split: Split, inputs: tuple[str, ...]) -> None:
     np.savez(path, inputs=np.array(inputs), **{f"f_{k}": v for k, v in split.features.items()})
 
 
-def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1) -> Dataset:
+def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1,
+                         schema: DataSchema | str | None = None) -> Dataset:
     """The contained trainer's read-only input: the training rows as Parquet (one file per worker; each reads
     only its own, see trainer/distributed.py), streamed there from the source by prepare; the data set back,
     its held-out split in memory."""
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
-    data = prepare(data_dir, config, folder, workers)
+    data = prepare(data_dir, config, folder, workers, schema)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     save_catalogue(folder / "catalogue.npz", data.catalogue)
@@ -321,14 +324,14 @@ def _work_folder():
 
 
 def run_gate(config: ModelConfig, data_dir: str | Path, sandbox: Containment = "auto",
-             limits: SandboxLimits | None = None) -> Dataset:
+             limits: SandboxLimits | None = None, schema: DataSchema | str | None = None) -> Dataset:
     """All gate stages: static checks and the reward SQL here, the forward/backward step contained. The data set
     comes back with its held-out split; its training rows are counted only (load_dataset reads them)."""
     static_checks(config)
     contain = contain_decision(config, sandbox)
     with _work_folder() as tmp:
         step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), _wants_gpu(config))
-        data = write_training_input(step.input, config, data_dir)
+        data = write_training_input(step.input, config, data_dir, schema=schema)
         step.run("gate", cpu_only=not _wants_gpu(config))
     data.train = Written([], len(data.train))  # counted; the files went with the gate's folder
     return data
@@ -339,7 +342,8 @@ def _wants_gpu(config: ModelConfig) -> bool:
 
 
 def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbox: Containment = "auto",
-          limits: SandboxLimits | None = None, dist: Distribution | None = None) -> dict:
+          limits: SandboxLimits | None = None, dist: Distribution | None = None,
+          schema: DataSchema | str | None = None) -> dict:
     """Gate, train (contained; data-parallel with `dist`), predict (contained), score; write metrics.json and
     bundle/ under out_dir. On a node of a multi-node gang whose workers did not include global rank 0, there
     is no model here: it returns {"role": "worker"} and writes neither."""
@@ -352,7 +356,7 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
         predictor = _Contained(work, "scoring", contain, limits, gpu=False)
-        data = write_step_inputs(config, data_dir, trainer, predictor, dist.workers)
+        data = write_step_inputs(config, data_dir, trainer, predictor, dist.workers, schema)
         result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
         if dist.nodes > 1 and result.get("role") == "worker":
             return {"role": "worker", "config_fingerprint": config.fingerprint()}
@@ -364,10 +368,10 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
 
 
 def write_step_inputs(config: ModelConfig, data_dir: str | Path, trainer: "_Contained", predictor: "_Contained",
-                      workers: int = 1) -> Dataset:
+                      workers: int = 1, schema: DataSchema | str | None = None) -> Dataset:
     """The trainer's input (training rows and labels, one shard per worker) and the predictor's (held-out
     features only, no labels)."""
-    data = write_training_input(trainer.input, config, data_dir, workers)
+    data = write_training_input(trainer.input, config, data_dir, workers, schema)
     predictor.input.mkdir(parents=True, exist_ok=True)
     _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
     return data
@@ -415,7 +419,9 @@ def score(config: ModelConfig, data: Dataset, result: dict, program: Path, predi
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "config_fingerprint": config.fingerprint(),
-        **evaluate(config, scores, data.val),
+        "declaration": data.schema.name,  # whose proxies these are
+        "proxies": [p.name for p in data.schema.proxies],
+        **evaluate(config, scores, data.val, data.schema.proxies),
         "train_seconds": round(seconds, 4),
         "examples_per_second": round(len(data.train) * config.training.epochs / max(seconds, 1e-9), 1),
         "n_train": len(data.train),
@@ -453,7 +459,7 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         notes["restarts"] = restarts
         warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
                         "last checkpoint")
-    uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
+    uninformative = uninformative_proxies(data.val.signals, data.schema.proxies)
     if uninformative:
         notes["uninformative_metrics"] = uninformative
         warnings += [f"{name} is uninformative on this data set because {why}" for name, why in uninformative.items()]

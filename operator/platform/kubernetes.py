@@ -230,7 +230,8 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         volumes.append({"name": "data", "emptyDir": {}})
         init.append({
             "name": "fetch", **image, "securityContext": secure,
-            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source"],
+            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source",
+                        "--schema", data.get("declaration") or "world"],
             **({"envFrom": [{"secretRef": {"name": source["secretRef"]["name"]}}]} if source.get("secretRef") else {}),
             "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT)],
         })

@@ -118,6 +118,20 @@ def test_prompt_shows_only_the_persona_component_and_quotas():
     assert '"architecture"' in a and '"optimizer"' not in a
 
 
+def test_the_reward_prompt_names_the_proxies_and_columns_of_the_datas_declaration():
+    from cambrian.agents.personas import for_declaration
+    from cambrian.trainer.schema import MOVIELENS_100K, WORLD
+
+    assert for_declaration(REWARD, WORLD, "return_corr") == REWARD  # the world's prompt is unchanged
+    persona = for_declaration(REWARD, MOVIELENS_100K, "rating_corr")
+    assert persona.metric == "rating_corr" and persona.secondary_metrics == ("auc",) and not persona.lower_is_better
+    text = build_prompt(persona, persona.view(ModelConfig()), "J", {"explore": 1}, [], None, schema=MOVIELENS_100K)
+    task = text.split("CONTEXT")[0]
+    assert "rating_corr (rank correlation of the score with ratings.rating)" in task and "ratings.rating >= 4" in task
+    assert "long_watch_corr" not in task and "return_corr" not in task and "returned_next_day" not in task
+    assert "Columns: user_id, movie_id, rating, timestamp, gender" in task and "tables ratings, movies, users" in task
+
+
 # ---------------------------------------------------------------- the built-in proposer
 def _request(journal, persona, gen=1, quotas=None, repair_of=None):
     return ProposalRequest(persona, gen, quotas or {"explore": 1, "exploit": 1, "innovate": 1}, "", ModelConfig(),

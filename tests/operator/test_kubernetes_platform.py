@@ -121,7 +121,7 @@ def test_an_own_source_is_fetched_by_the_one_step_that_holds_its_secret():
     pod = K.training_job(a)["spec"]["template"]["spec"]
     fetch, prepare, trainer, predictor = pod["initContainers"]
     assert fetch["name"] == "fetch" and fetch["command"] == [
-        "cambrian", "data", "fetch", "postgresql://cambrian@warehouse:5432/events", "--out", "/data/source"]
+        "cambrian", "data", "fetch", "postgresql://cambrian@warehouse:5432/events", "--out", "/data/source", "--schema", "world"]
     assert fetch["envFrom"] == [{"secretRef": {"name": "warehouse"}}]
     assert [c["name"] for c in pod["initContainers"] + pod["containers"] if "envFrom" in c] == ["fetch"]
     for c in (prepare, pod["containers"][0]):

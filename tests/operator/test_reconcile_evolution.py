@@ -213,3 +213,23 @@ def test_failed_hypotheses_go_back_to_the_proposer_once():
     r4 = run(sp, r3.status, hyps, now=T0 + timedelta(minutes=10))
     (wake,) = [a for a in r4.actions if isinstance(a, ProposeHypotheses)]
     assert wake.repairs == ()  # asked once, even if the proposer had no fix
+
+
+def test_an_objective_metric_that_the_datas_declaration_does_not_define_is_an_invalid_spec():
+    """The proxies are the data's declaration's (trainer/schema.py): MovieLens reports auc and rating_corr, not the
+    world's return_corr, so an objective naming a metric the trainer will never report is refused in one line."""
+    from cambrian.errors import ConfigError
+
+    source = {"source": {"uri": "s3://lake/movielens"}, "declaration": "movielens-100k"}
+    raw = spec().model_dump(by_alias=True, exclude_none=True, mode="json")
+    with pytest.raises(ConfigError) as err:  # the default reward objective is the world's return_corr
+        api.parse_spec("Evolution", {**raw, "data": source})
+    message = str(err.value)
+    assert "objective.offline.reward.metric 'return_corr'" in message and "known: val_loss, auc, rating_corr" in message
+    assert "\n" not in message
+    raw["objective"]["offline"]["reward"] = {"metric": "rating_corr", "direction": "maximize"}
+    assert api.parse_spec("Evolution", {**raw, "data": source}).data.declared().name == "movielens_100k"
+    with pytest.raises(ConfigError, match="'rating_corr' is not a metric of the data's declaration 'world'"):
+        api.parse_spec("Evolution", raw)  # the world declares no rating_corr
+    with pytest.raises(ConfigError, match="the simulated world is declared by world"):
+        api.parse_spec("Evolution", {**raw, "data": {"world": {}, "declaration": "movielens-100k"}})

@@ -17,7 +17,7 @@ import pytest
 from cambrian.errors import ConfigError
 from cambrian.testing import dataservers
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import load_dataset, read_world
+from cambrian.trainer.data import load_dataset, read_source
 from cambrian.trainer.datacheck import check_source
 from cambrian.trainer.schema import MOVIELENS_100K, WORLD, DataSchema, load_schema
 from cambrian.trainer.sources import SourceError, open_source, read_tables, redact
@@ -51,6 +51,19 @@ def _same_dataset(a, b) -> None:
     assert a.spec.n_users == b.spec.n_users and a.spec.n_items == b.spec.n_items
 
 
+def _same_rows(a, b) -> None:
+    """As _same_dataset, in any row order: a SQL table is read in its declared `order`, a Parquet file in its own
+    (MovieLens as published is not sorted by time)."""
+    for split in ("train", "val"):
+        x, y = getattr(a, split), getattr(b, split)
+        ox = np.lexsort((x.features["item"], x.features["user"]))
+        oy = np.lexsort((y.features["item"], y.features["user"]))
+        assert len(x) == len(y) > 0
+        np.testing.assert_array_equal(x.label[ox], y.label[oy])
+        for name in x.features:
+            np.testing.assert_array_equal(x.features[name][ox], y.features[name][oy])
+
+
 # --- the declaration ---------------------------------------------------------------------------------------
 
 def test_world_and_movielens_are_declarations_of_one_type():
@@ -68,7 +81,7 @@ def test_a_declaration_that_names_an_undeclared_column_is_refused(tmp_path):
 
 
 def test_the_trainer_reads_the_world_through_its_declaration(world):
-    schema, frames = read_world(world)
+    schema, frames = read_source(world)
     assert schema == WORLD  # the world's own features: its declaration, unchanged
     for name in TABLES:
         frame, on_disk = frames[name], pd.read_parquet(world / f"{name}.parquet")
@@ -138,7 +151,7 @@ def test_training_refuses_a_source_that_fails_the_check(world, tmp_path):
         load_dataset(bad, ModelConfig())
     (bad / "impressions.parquet").write_bytes(b"")  # unreadable, not a traceback
     with pytest.raises(SourceError, match="impressions"):
-        read_world(bad)
+        read_source(bad)
 
 
 def test_movielens_as_published_passes_its_declaration_with_its_two_empty_days():
@@ -201,6 +214,11 @@ def postgres(world):
         for name in TABLES:
             con.create_table(name, pd.read_parquet(world / f"{name}.parquet"))
         con.create_table("impressions_late", pd.read_parquet(world / "impressions.parquet").assign(day=7))
+        from cambrian.trainer.movielens import movielens_files
+
+        for name, path in zip(("ratings", "movies", "users_ml"), movielens_files().values()):
+            columns = list(MOVIELENS_100K.tables["users" if name == "users_ml" else name].columns)
+            con.create_table(name, pd.read_parquet(path, columns=columns))
         con.disconnect()
         yield pg
 
@@ -211,6 +229,23 @@ def test_postgres_source_trains_the_same_as_the_files(postgres, world, monkeypat
     result = cli("data", "check", postgres.url(), "--json", env={"PGPASSWORD": postgres.password})
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads(result.stdout)["tables"]["impressions"]["rows"] == len(pd.read_parquet(world / "impressions.parquet"))
+
+
+def test_movielens_from_postgres_trains_the_same_as_its_folder(postgres, tmp_path, monkeypatch):
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    declared = MOVIELENS_100K.model_dump(mode="json", exclude_defaults=True)
+    declared["tables"]["users"]["sql"] = "users_ml"  # the world's users table is there too
+    (tmp_path / "ml.yaml").write_text(json.dumps(declared))
+    config = ModelConfig.model_validate({"training": {"validation_days": 14}})
+    _same_rows(load_dataset(postgres.url(), config, schema=str(tmp_path / "ml.yaml")), _movielens_from_its_folder())
+    # a snapshot of it carries its declaration (not built in: copied beside the tables)
+    result = cli("data", "fetch", postgres.url(), "--schema", str(tmp_path / "ml.yaml"), "--out", str(tmp_path / "snap"),
+                 env={"PGPASSWORD": postgres.password})
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "snap" / "world.json").read_text())["declaration"] == "declaration.yaml"
+    snap = load_dataset(tmp_path / "snap", config)
+    _same_rows(snap, _movielens_from_its_folder())
+    assert [p.name for p in snap.schema.proxies] == ["auc", "rating_corr"]
 
 
 def test_postgres_fetch_is_a_checked_snapshot_that_never_records_the_password(postgres, world, tmp_path):
@@ -268,15 +303,27 @@ def test_s3_source_trains_the_same_as_the_files(s3, world, monkeypatch):
     assert result.returncode == 0 and "passes the world declaration" in result.stdout
 
 
-def test_movielens_export_from_s3_equals_the_wheel(s3, tmp_path, monkeypatch):
-    from cambrian.trainer.movielens import export_movielens
+def _movielens_from_its_folder():
+    from cambrian.trainer.movielens import wheel_folder
 
+    return load_dataset(wheel_folder(), ModelConfig.model_validate({"training": {"validation_days": 14}}),
+                        schema=MOVIELENS_100K)
+
+
+def test_movielens_from_s3_trains_through_its_declaration_and_reports_its_own_proxies(s3, tmp_path, monkeypatch):
     for k, v in s3.env.items():
         monkeypatch.setenv(k, v)
-    assert export_movielens(tmp_path / "a", "s3://lake/movielens") == export_movielens(tmp_path / "b")
-    for name in TABLES:
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / f"{name}.parquet"),
-                                      pd.read_parquet(tmp_path / "b" / f"{name}.parquet"))
+    config = ModelConfig.model_validate({"training": {"validation_days": 14}})
+    direct = load_dataset("s3://lake/movielens", config, schema="movielens-100k")
+    _same_dataset(direct, _movielens_from_its_folder())
+    assert list(direct.val.signals.columns) == ["auc", "rating_corr", "label"]
+    (tmp_path / "cfg.yaml").write_text("training: {epochs: 1, validation_days: 14}\n")
+    result = cli("train", "--data", "s3://lake/movielens", "--schema", "movielens-100k", "--config",
+                 str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"), "--json", env=s3.env)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["proxies"] == ["auc", "rating_corr"] and metrics["auc"] > 0.6 and metrics["rating_corr"] > 0.1
+    assert metrics["n_val"] == len(direct.val)
 
 
 def test_s3_fetch_without_credentials_fails_in_one_line(s3, tmp_path):
@@ -320,7 +367,7 @@ def test_a_folder_of_part_files_is_one_table(world, tmp_path):
     # a second writer chose wider integers: the reader brings every part to one schema
     imp.iloc[half:].astype({"user_id": "int64"}).to_parquet(folder / "impressions.parquet" / "part-1.parquet", index=False)
     (folder / "impressions.parquet" / "_SUCCESS").write_text("")
-    read = read_world(folder)[1]["impressions"]
+    read = read_source(folder)[1]["impressions"]
     assert len(read) == len(imp) and read["user_id"].tolist() == imp["user_id"].tolist()
 
 

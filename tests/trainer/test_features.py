@@ -15,18 +15,24 @@ from cambrian.errors import ConfigError
 from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
-from cambrian.trainer.features import RESERVED, build_catalogue, load_catalogue, with_features
+from cambrian.trainer.features import RESERVED, build_catalogue, load_catalogue
 from cambrian.trainer.models import build_model
-from cambrian.trainer.schema import MOVIELENS_100K, WORLD, DataSchema
+from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.train import train
 
-SHOP = {  # a user's own declaration: its features, carried in the world's item and user tables
-    "name": "shop", "interactions": "impressions",
-    "tables": {"impressions": {"columns": {"user_id": "int", "item_id": "int", "day": "int"}, "time": "day"},
-               "items": {"columns": {"item_id": "int", "category": "string", "price": "float"}},
-               "users": {"columns": {"user_id": "int", "home_topic": "int"}}},
-    "categorical": ["items.category", "users.home_topic"], "numeric": ["items.price"],
-}
+def _shop() -> dict:
+    """A user's own declaration of the world's tables with a string category and a price per item, its own label
+    (a click not followed by a hate) and its own proxies (a completion correlation beside the AUC)."""
+    shop = WORLD.model_dump(mode="json", exclude_defaults=True)
+    shop["tables"]["items"]["columns"] |= {"category": "string", "price": "float"}
+    return {**shop, "name": "shop", "categorical": ["items.category", "users.home_topic"], "numeric": ["items.price"],
+            "label": {"column": "impressions.click", "min": 0, "max": 1,
+                      "expr": "impressions.click = 1 AND impressions.hate = 0"},
+            "proxies": [{"name": "auc", "kind": "auc", "signal": "impressions.click = 1 AND impressions.hate = 0"},
+                        {"name": "completion_corr", "signal": "LEAST(impressions.completion, 1.0)"}]}
+
+
+SHOP = _shop()
 
 FEATURE_PLUGIN = """
 class Model(nn.Module):
@@ -60,19 +66,18 @@ def shop(world_dir, tmp_path_factory):
     imp[(imp["item_id"] != lone) | (imp["day"] == last)].to_parquet(out / "impressions.parquet", index=False)
     (out / "shop.yaml").write_text(yaml.safe_dump(SHOP))
     meta = json.loads((out / "world.json").read_text())
-    (out / "world.json").write_text(json.dumps({**meta, "features": "shop.yaml"}))
+    (out / "world.json").write_text(json.dumps({**meta, "declaration": "shop.yaml"}))
     return out, lone, items
 
 
 def test_the_world_declaration_yields_the_worlds_features(world_dir, quick_config):
-    assert with_features(WORLD, WORLD) == WORLD
     spec = load_dataset(world_dir, quick_config).spec
     assert spec.fields == ("user", "item", "topic", "home_topic")
     assert spec.dense == ("length_min", "thumb_intensity") and spec.n_fields == 5
 
 
 def test_vocabularies_and_statistics_come_from_the_training_rows_only():
-    schema = with_features(WORLD, DataSchema.model_validate(SHOP))
+    schema = DataSchema.model_validate(SHOP)
     items = pd.DataFrame({"item_id": [0, 1, 2, 3], "category": ["a", "b", "a", "new"], "price": [1.0, 3.0, 5.0, 100.0]})
     users = pd.DataFrame({"user_id": [0, 1], "home_topic": [7, 9]})
     # training rows: items 0, 1, 2 (item 0 twice), user 0 only; item 3 and user 1 are never trained on
@@ -92,19 +97,10 @@ def test_vocabularies_and_statistics_come_from_the_training_rows_only():
 
 
 def test_a_feature_outside_a_per_id_table_is_refused_in_one_line():
-    bad = {**SHOP, "categorical": ["impressions.day"], "numeric": []}
+    bad = DataSchema.model_validate({**SHOP, "categorical": ["impressions.day"], "numeric": []})
+    frames = {"impressions": pd.DataFrame({"user_id": [0], "item_id": [0], "day": [0]})}
     with pytest.raises(ConfigError, match="table 'impressions' holds features but is not keyed by user_id alone"):
-        with_features(WORLD, DataSchema.model_validate(bad))
-    clash = {**SHOP, "tables": {**SHOP["tables"], "items": {"columns": {"item_id": "int", "topic": "string"}}},
-             "categorical": ["items.topic"], "numeric": []}
-    with pytest.raises(ConfigError, match="items.topic is declared string but items.topic is int"):
-        with_features(WORLD, DataSchema.model_validate(clash))
-
-
-def test_movielens_declared_features_map_onto_the_item_and_user_tables():
-    schema = with_features(WORLD, MOVIELENS_100K)
-    assert "items.Action" in schema.categorical and "users.gender" in schema.categorical
-    assert schema.numeric == ("users.age",) and schema.tables["users"].columns["gender"] == "string"
+        build_catalogue(bad, frames, np.ones(1), np.ones(1), 1, 1)
 
 
 def test_a_declared_category_and_price_become_model_inputs_and_train(shop, quick_config, tmp_path):
@@ -120,6 +116,15 @@ def test_a_declared_category_and_price_become_model_inputs_and_train(shop, quick
     cfg.training.epochs = 1
     metrics = train(cfg, folder, tmp_path / "plugin")
     assert 0.5 < metrics["auc"] < 1.0
+    # the declaration's own proxies, and its own label (a click not followed by a hate) is what is learnt and judged
+    assert metrics["declaration"] == "shop" and metrics["proxies"] == ["auc", "completion_corr"]
+    assert -1 <= metrics["completion_corr"] <= 1 and "long_watch_corr" not in metrics
+    imp = pd.read_parquet(folder / "impressions.parquet")
+    held = imp[imp["day"] == imp["day"].max()]
+    expected = ((held["click"] == 1) & (held["hate"] == 0)).to_numpy(np.float32)
+    assert expected.sum() < held["click"].sum()  # the label differs from the click somewhere
+    np.testing.assert_array_equal(data.val.label, expected)
+    np.testing.assert_array_equal(data.val.signals["completion_corr"], np.minimum(held["completion"], 1.0))
     spec = json.loads((tmp_path / "plugin" / "bundle" / "bundle.json").read_text())["feature_spec"]
     assert [c["name"] for c in spec["categorical"]] == ["category", "home_topic"]
     assert spec["numeric"][0]["name"] == "price" and spec["numeric"][0]["mean"] > 0
@@ -152,7 +157,7 @@ def test_an_unseen_category_is_served_through_the_reserved_index(shop, quick_con
 def test_a_data_directory_naming_a_missing_declaration_is_refused_in_one_line(world_dir, quick_config, tmp_path):
     folder = shutil.copytree(world_dir, tmp_path / "data", ignore=shutil.ignore_patterns("truth"))
     meta = json.loads((folder / "world.json").read_text())
-    (folder / "world.json").write_text(json.dumps({**meta, "features": "nope.yaml"}))
-    with pytest.raises(ConfigError, match=r"world.json: features 'nope.yaml': No such file") as err:
+    (folder / "world.json").write_text(json.dumps({**meta, "declaration": "nope.yaml"}))
+    with pytest.raises(ConfigError, match=r"world.json: declaration 'nope.yaml': No such file") as err:
         load_dataset(folder, quick_config)
     assert "\n" not in str(err.value)

@@ -76,8 +76,9 @@ def test_proxies_that_carry_no_information_on_the_data_are_named_with_the_reason
     assert metrics["return_corr"] == 0
     for name in ("return_corr", "long_watch_corr"):
         assert f"warning: {name} is uninformative on this data set because" in proc.stderr
-    assert "no next day" in metrics["uninformative_metrics"]["return_corr"]
-    assert "exactly a click" in metrics["uninformative_metrics"]["long_watch_corr"]
+    # read from the data through the declaration: a constant signal, and a signal equal to the label (click)
+    assert "user_days.returned_next_day, 0)) is 0 for every held-out row" in metrics["uninformative_metrics"]["return_corr"]
+    assert "equals the label on every held-out row" in metrics["uninformative_metrics"]["long_watch_corr"]
 
 
 def test_a_misplaced_delta_field_names_its_owner_in_one_line(tiny_world, tmp_path):

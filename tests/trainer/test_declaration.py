@@ -1,0 +1,104 @@
+"""What a declaration says training learns and how it is judged (issue 17): its label and proxies are SQL over the
+declared signals, parsed by sqlglot and checked before anything is read; the world's declaration reproduces the
+world's labels and proxies as they were hard-coded before."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cambrian.errors import ConfigError, GateError
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.data import check_reward_sql, load_dataset
+from cambrian.trainer.metrics import auc, proxy_metrics, rank_corr, uninformative_proxies
+from cambrian.trainer.schema import MOVIELENS_100K, WORLD, Proxy, load_schema
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cambrian.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def _with(**changes) -> dict:
+    return {**WORLD.model_dump(mode="json", exclude_defaults=True), **changes}
+
+
+@pytest.mark.parametrize(("signal", "message"), [
+    ("impressions.watch_secs >= 60", "impressions.watch_secs is not a declared column it may read"),
+    ("items.length_min", "items.length_min is not a declared column it may read"),  # a feature, not a signal
+    ("watch_seconds >=", "not SQL"),
+    ("AVG(impressions.click)", "aggregate or window"),
+    ("(SELECT 1)", "not a query"),
+    ("impressions.click IN (SELECT click FROM impressions)", "not a query"),
+    ("read_parquet('/etc/passwd')", "is not allowed"),
+    ("impressions.click + :threshold", "parameter :threshold is unknown"),
+    ("impressions.click; DROP TABLE users", "exactly one expression"),
+])
+def test_a_bad_proxy_expression_is_refused_in_one_line_with_exit_code_2(world_dir, tmp_path, signal, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_with(proxies=[{"name": "mine", "signal": signal}])))
+    with pytest.raises(ConfigError, match="proxies.*mine") as err:
+        load_schema(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    result = cli("data", "check", str(world_dir), "--schema", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) <= 2  # the error and its hint
+
+
+def test_a_label_expression_reads_only_declared_signals():
+    bad = _with(label={"column": "impressions.click", "min": 0, "max": 1, "expr": "impressions.position < 3"})
+    with pytest.raises(ValueError, match="label.expr: impressions.position is not a declared column"):
+        WORLD.model_validate(bad).compiled()
+    assert set(WORLD.compiled()) == {"label.expr", "proxies[auc].signal", "proxies[long_watch_corr].signal",
+                                     "proxies[return_corr].signal", "proxies[like_corr].signal"}
+    assert MOVIELENS_100K.compiled()["label.expr"].refs == ("ratings.rating",)
+    with pytest.raises(ValueError, match="the name 'val_loss' is taken"):
+        WORLD.model_validate(_with(proxies=[{"name": "val_loss", "signal": "impressions.click"}]))
+
+
+def test_a_reward_naming_an_undeclared_column_is_refused_in_one_line():
+    check_reward_sql("CAST(click AS DOUBLE) * completion", "label", WORLD)
+    check_reward_sql("CAST(rating >= 4 AS DOUBLE) * (age > 30)", "label", MOVIELENS_100K)
+    with pytest.raises(GateError, match="unknown column 'click'") as err:
+        check_reward_sql("CAST(click AS DOUBLE)", "label", MOVIELENS_100K)
+    assert "movielens_100k" in str(err.value) and "\n" not in str(err.value)
+    assert "rating" in err.value.hint
+
+
+def test_the_world_declaration_gives_the_labels_and_proxies_the_world_had(world_dir):
+    """The proxies as they were computed before the declaration named them, from the world's files with pandas:
+    click AUC, long watches (watch_seconds >= long_watch_seconds), the user's next-day return, likes."""
+    config = ModelConfig.model_validate({"reward": {"long_watch_seconds": 45.0},
+                                         "training": {"validation_days": 1, "max_train_examples": None}})
+    data = load_dataset(world_dir, config)
+    imp = pd.read_parquet(world_dir / "impressions.parquet")
+    days = pd.read_parquet(world_dir / "user_days.parquet")
+    held = imp[imp["day"] == imp["day"].max()].merge(days[["day", "user_id", "returned_next_day"]],
+                                                     on=["day", "user_id"], how="left")
+    held["returned_next_day"] = held["returned_next_day"].fillna(0)
+    assert len(data.val) == len(held) and len(data.train) == len(imp) - len(held)
+    np.testing.assert_array_equal(data.val.features["user"], held["user_id"])
+    np.testing.assert_array_equal(data.val.features["item"], held["item_id"])
+    np.testing.assert_array_equal(data.val.label, held["click"].astype(np.float32))
+    scores = np.random.default_rng(0).normal(size=len(held)) + held["click"].to_numpy()
+    expected = {"auc": auc(scores, held["click"].to_numpy()),
+                "long_watch_corr": rank_corr(scores, (held["watch_seconds"] >= 45.0).to_numpy(np.float64)),
+                "return_corr": rank_corr(scores, held["returned_next_day"].to_numpy(np.float64)),
+                "like_corr": rank_corr(scores, held["like"].to_numpy(np.float64))}
+    got = proxy_metrics(scores, data.val.signals, data.schema.proxies)
+    assert got == expected and len(set(got.values())) == 4
+
+
+def test_uninformative_proxies_are_read_from_the_data_for_any_declaration():
+    proxies = (Proxy(name="auc", kind="auc", signal="x"), Proxy(name="same", signal="x"), Proxy(name="flat", signal="y"),
+               Proxy(name="fine", signal="z"))
+    signals = pd.DataFrame({"auc": [0, 1, 1.0], "same": [0, 1, 1.0], "flat": [2, 2, 2.0], "fine": [3, 1, 2.0],
+                            "label": [0, 1, 1.0]})
+    reasons = uninformative_proxies(signals, proxies)
+    assert set(reasons) == {"same", "flat"}
+    assert "equals the label" in reasons["same"] and "(y) is 2 for every held-out row" in reasons["flat"]

@@ -1,0 +1,113 @@
+"""Expressions inside a declaration (its label, its proxies' signals): SQL parsed by sqlglot, checked to read only
+the columns the declaration allows, and turned into DuckDB SQL over one batch of joined rows (trainer/rowframe.py).
+
+A column is written `table.column` (or the bare column name when only one allowed column has it); a named parameter
+`:name` is bound from the model config's reward (`:long_watch_seconds`). Only scalar row expressions are accepted:
+no aggregate, window, subquery, table, star or unknown function, so a value depends on its own row alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+
+# Parameters an expression may name, bound from the model config's reward section at evaluation.
+PARAMETERS = ("long_watch_seconds",)
+MAX_CHARS = 2000
+
+# The node types of a scalar expression over one row; anything else (aggregates, subqueries, windows, stars,
+# lambdas, unknown functions, struct access) is refused.
+_ALLOWED = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.Neg, exp.Not, exp.Placeholder,
+    exp.Add, exp.Sub, exp.Mul, exp.Div, exp.IntDiv, exp.Mod, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE,
+    exp.And, exp.Or, exp.Is, exp.Between, exp.In, exp.Tuple, exp.Cast, exp.TryCast, exp.DataType, exp.DataTypeParam,
+    exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Abs, exp.Least, exp.Greatest, exp.Floor, exp.Ceil, exp.Round,
+    exp.Ln, exp.Log, exp.Exp, exp.Sqrt, exp.Pow, exp.Sign,
+)
+
+
+class ExpressionError(ValueError):
+    """One line: what is wrong with an expression."""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    text: str  # as declared
+    refs: tuple[str, ...]  # the table.column references it reads, sorted
+    params: tuple[str, ...]  # the parameters it names
+
+    def duckdb(self, names: dict[str, str], values: dict[str, float]) -> str:
+        """DuckDB SQL with each reference renamed to its column in the batch (`names`: ref -> column) and each
+        parameter replaced by its value."""
+        def rename(node: exp.Expression) -> exp.Expression:
+            if isinstance(node, exp.Column):
+                return exp.column(names[_resolved(node, self.refs)], quoted=True)
+            if isinstance(node, exp.Placeholder):
+                return exp.Literal.number(repr(float(values[node.name])))
+            return node
+        return _parse(self.text).transform(rename).sql(dialect="duckdb")
+
+
+def _parse(text: str) -> exp.Expression:
+    return sqlglot.parse_one(text, read="duckdb")
+
+
+def _resolved(column: exp.Column, refs) -> str:
+    name = column.name
+    if column.table:
+        return f"{column.table}.{name}"
+    return next(r for r in refs if r.split(".", 1)[1] == name)
+
+
+def compile_expression(text: str, allowed: tuple[str, ...] | list[str]) -> Compiled:
+    """Parse and check `text`; ExpressionError (one line) when it is not one scalar SQL expression over the
+    `allowed` table.column references."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("an expression is required (SQL over declared columns)")
+    if len(text) > MAX_CHARS:
+        raise ExpressionError(f"{len(text)} characters; the limit is {MAX_CHARS}")
+    try:
+        statements = sqlglot.parse(text, read="duckdb")
+    except sqlglot.errors.SqlglotError as exc:
+        raise ExpressionError(f"not SQL: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1 or statements[0] is None:
+        raise ExpressionError("it must be exactly one expression")
+    tree = statements[0]
+    refs: set[str] = set()
+    params: set[str] = set()
+    for node in tree.walk():
+        if isinstance(node, (exp.AggFunc, exp.Window)):
+            raise ExpressionError(f"aggregate or window {node.sql(dialect='duckdb')!r} is not allowed (one row's value)")
+        if isinstance(node, (exp.Query, exp.Subquery)) or isinstance(node, exp.Star):
+            raise ExpressionError("it must be an expression over one row, not a query (no SELECT, subquery or *)")
+        if not isinstance(node, _ALLOWED):
+            if isinstance(node, exp.Func):
+                what = f"function {(node.name if isinstance(node, exp.Anonymous) else node.sql_name()).lower()}"
+            else:
+                what = f"{type(node).__name__.lower()} {node.sql(dialect='duckdb')!r}"
+            raise ExpressionError(f"{what} is not allowed "
+                                  "(arithmetic, comparisons, CASE, CAST and scalar functions such as LEAST, LN only)")
+        if isinstance(node, exp.Column):
+            if node.args.get("db") or node.args.get("catalog"):
+                raise ExpressionError(f"column {node.sql()!r}: write table.column")
+            if node.table:
+                ref = f"{node.table}.{node.name}"
+                if ref not in allowed:
+                    raise ExpressionError(f"{ref} is not a declared column it may read (allowed: {', '.join(allowed)})")
+            else:
+                found = [r for r in allowed if r.split(".", 1)[1] == node.name]
+                if len(found) != 1:
+                    why = "is ambiguous" if found else "is not a declared column it may read"
+                    raise ExpressionError(f"column {node.name!r} {why} (allowed: {', '.join(allowed)})")
+                ref = found[0]
+            refs.add(ref)
+        if isinstance(node, exp.Placeholder):
+            if node.name not in PARAMETERS:
+                raise ExpressionError(f"parameter :{node.name} is unknown (known: "
+                                      f"{', '.join(':' + p for p in PARAMETERS)})")
+            params.add(node.name)
+    if isinstance(tree, exp.In) and tree.args.get("query"):
+        raise ExpressionError("it must be an expression over one row, not a query")
+    return Compiled(text, tuple(sorted(refs)), tuple(sorted(params)))
