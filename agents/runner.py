@@ -114,25 +114,35 @@ def build_command(
     return full, isolation
 
 
-# The observable files of a data directory (docs/CONTRACTS.md); truth/ and anything else stay out of reach.
-OBSERVABLE_FILES = ("world.json", "items.parquet", "users.parquet", "impressions.parquet", "user_days.parquet")
-
-
 def stage_data(data_dir: Path, work: Path) -> Path:
-    """WORK/data with only the observable files, hard-linked (copied across file systems): the candidate is
-    never handed the real data directory, so the hidden truth/ folder is not where it can look."""
+    """WORK/data with only what the data's declaration names (its tables' files or folders, world.json and a
+    YAML declaration that travels with a snapshot), hard-linked (copied across file systems): the candidate is
+    never handed the real data directory, so what no declaration names (the world's hidden truth/) is not where it
+    can look."""
+    from cambrian.trainer.data import source_schema
+    from cambrian.trainer.fetch import DECLARATION
+
     staged = work / "data"
     if staged.exists():
         shutil.rmtree(staged)
     staged.mkdir(parents=True)
-    for name in OBSERVABLE_FILES:
+    declared = source_schema(data_dir)
+    names = ["world.json", DECLARATION, *((t.path or key) for key, t in declared.tables.items())]
+    for name in names:
         src = data_dir / name
-        if src.is_file():
-            try:
-                os.link(src, staged / name)
-            except OSError:
-                shutil.copy2(src, staged / name)
+        if src.is_dir():
+            shutil.copytree(src, staged / name, copy_function=_link_or_copy)
+        elif src.is_file():
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, staged / name)
     return staged
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _tree_rss(proc: psutil.Process) -> int:

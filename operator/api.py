@@ -576,6 +576,10 @@ class Data(_Model):
         "the declaration of the data's tables (trainer/schema.py): its features, label and proxy metrics, which the "
         "offline objective must name; default world. A source is fetched through it; a volume's world.json names "
         "its own"))
+    custom_declaration: dict[str, Any] | None = Field(None, description=(
+        "your own declaration of a source's tables, instead of a built-in one: the YAML of `cambrian data check "
+        "--schema FILE` (name, tables and their columns, interactions, ids, features, signals, label, proxies; "
+        "README: Bring your own data), checked by the operator"), json_schema_extra={"maxProperties": 16})
 
     @model_validator(mode="after")
     def _one(self) -> "Data":
@@ -583,12 +587,20 @@ class Data(_Model):
             raise ValueError(DATA_ONE_OF)
         if self.world is not None and self.declaration not in (None, "world"):
             raise ValueError(f"spec.data.declaration {self.declaration!r}: the simulated world is declared by world")
+        if self.custom_declaration is not None:
+            if self.source is None:
+                raise ValueError("spec.data.customDeclaration declares a source's tables: give spec.data.source")
+            if self.declaration is not None:
+                raise ValueError("spec.data: give declaration (a built-in one) or customDeclaration, not both")
+            self.declared()  # refused here, in one line, rather than by every training run
         return self
 
     def declared(self):
-        """The data's declaration (trainer/schema.py)."""
-        from cambrian.trainer.schema import BUILT_IN
+        """The data's declaration (trainer/schema.py): the custom one, checked, or a built-in one."""
+        from cambrian.trainer.schema import BUILT_IN, parse_schema
 
+        if self.custom_declaration is not None:
+            return parse_schema(self.custom_declaration, "spec.data.customDeclaration", compile=False)
         return BUILT_IN[self.declaration or "world"]
 
 

@@ -276,13 +276,24 @@ def load_schema(name_or_path: str | Path) -> DataSchema:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--schema {path}: not YAML: {one_line(exc)}", hint=hint) from None
     try:
+        return parse_schema(raw, f"--schema {path}")
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint=hint) from None
+
+
+def parse_schema(raw: object, where: str, compile: bool = True) -> DataSchema:
+    """A declaration from its parsed YAML/JSON (a file's, or an Evolution's spec.data.customDeclaration), its
+    expressions compiled unless `compile` is false (the operator has no sqlglot: the fetch step compiles them);
+    ValueError in one line naming WHERE and the field otherwise."""
+    try:
         declared = DataSchema.model_validate(raw)
-        declared.compiled()
+        if compile:
+            declared.compiled()
         return declared
     except ValueError as exc:
         if not isinstance(exc, ValidationError):
-            raise ConfigError(f"--schema {path}: {exc}", hint=hint) from None
+            raise ValueError(f"{where}: {exc}") from None
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "declaration"
+        field = ".".join(str(p) for p in err["loc"]) or "declaration"
         message = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"--schema {path}: {where}: {message}", hint=hint) from None
+        raise ValueError(f"{where}: {field}: {message}") from None

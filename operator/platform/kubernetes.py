@@ -126,6 +126,8 @@ def training_configmap(action: CreateTrainingJob) -> dict[str, Any]:
         data["delta.json"] = json.dumps(action.delta, sort_keys=True)
     if action.fidelity is not None:
         data["fidelity.json"] = json.dumps(action.fidelity, sort_keys=True)
+    if (action.data or {}).get("customDeclaration"):  # what the fetch step reads the source through
+        data["declaration.json"] = json.dumps(action.data["customDeclaration"], sort_keys=True)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(action.name, action.owner, {}), "data": data}
 
 
@@ -230,10 +232,12 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         volumes.append({"name": "data", "emptyDir": {}})
         init.append({
             "name": "fetch", **image, "securityContext": secure,
-            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source",
-                        "--schema", data.get("declaration") or "world"],
+            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source", "--schema",
+                        "/etc/cambrian/run/declaration.json" if data.get("customDeclaration")
+                        else data.get("declaration") or "world"],
             **({"envFrom": [{"secretRef": {"name": source["secretRef"]["name"]}}]} if source.get("secretRef") else {}),
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT)],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT),
+                             *([run_mount] if data.get("customDeclaration") else [])],
         })
     else:
         w = data.get("world") or {}

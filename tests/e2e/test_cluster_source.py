@@ -1,5 +1,6 @@
 """Issue 17 in cluster mode: an Evolution whose `spec.data.source` is Parquet in an S3-compatible bucket (moto's
-server on loopback), with its credentials in a Secret, trained end to end on the real test control plane.
+server on loopback), with its credentials in a Secret and its tables declared by the Evolution itself
+(`spec.data.customDeclaration`, with a proxy of its own), trained end to end on the real test control plane.
 
 Every training pod's `fetch` init container (the only step given the Secret) copies the declared tables into
 the pod's data volume, checked; the trusted steps and the candidate's steps read that snapshot. The pod runtime
@@ -23,6 +24,14 @@ OPERATOR = ["run", "--standalone", "--namespace", "{ns}", "-m", "cambrian.operat
 TABLES = ("impressions", "user_days", "items", "users")
 
 
+def shop() -> dict:
+    from cambrian.trainer.schema import WORLD
+
+    mine = WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    return {**mine, "name": "shop", "proxies": [*mine["proxies"], {"name": "watch_corr",
+                                                                    "signal": "impressions.watch_seconds"}]}
+
+
 def evolution(name: str, uri: str) -> dict:
     return {
         "apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": name},
@@ -37,7 +46,8 @@ def evolution(name: str, uri: str) -> dict:
             "cadence": {"offline": "1h", "online": "3650d"},  # the offline loop only
             "training": {"memory": "1Gi", "cpu": "1", "maxAttempts": 1,
                          "podAnnotations": {"kwok.cambrian.dev/duration": "1h"}},
-            "data": {"source": {"uri": uri, "secretRef": {"name": "warehouse"}}},
+            # the world's tables declared as the team's own, with a proxy of its own
+            "data": {"source": {"uri": uri, "secretRef": {"name": "warehouse"}}, "customDeclaration": shop()},
             "noise": {"baselineSeeds": 2, "confirmSeeds": 1},
         },
     }
@@ -72,6 +82,7 @@ def test_an_evolution_trains_on_its_own_bucket_in_the_cluster(cluster, cluster_n
         log = runner.stdout  # once the operator has stopped
     assert status(hyp)["phase"] in ("Scored", "Validated"), status(hyp)
     assert 0 < status(hyp)["offlineScore"] < 1 and status(hyp)["proxyMetrics"]["auc"]["value"] > 0.5
+    assert -1 <= status(hyp)["proxyMetrics"]["watch_corr"]["value"] <= 1  # the Evolution's own declaration's proxy
     # every run trained on the bucket's rows: the snapshot holds all of them (the last day is held out)
     impressions = len(pd.read_parquet(world / "impressions.parquet"))
     for run in status(evo)["baselineRuns"]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+import pytest
 import yaml
 
 from cambrian.operator import api
@@ -134,6 +135,59 @@ def test_an_own_source_is_fetched_by_the_one_step_that_holds_its_secret():
     plain = K.training_job(CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
                                              anonymous, a.storage_claim, a.bundle_path))
     assert "envFrom" not in plain["spec"]["template"]["spec"]["initContainers"][0]
+
+
+def _shop_declaration(**change) -> dict:
+    """The world's tables declared as a team's own, with a proxy of its own (watch_corr)."""
+    from cambrian.trainer.schema import WORLD
+
+    mine = WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    mine["name"] = "shop"
+    mine["proxies"] = [*mine["proxies"], {"name": "watch_corr", "signal": "impressions.watch_seconds"}]
+    return {**mine, **change}
+
+
+def test_an_own_declaration_reaches_the_fetch_step_through_the_run_configmap():
+    """spec.data.customDeclaration: the fetch step reads the source through the Evolution's own declaration,
+    written into the run's ConfigMap (the snapshot then carries it for the steps after)."""
+    a = job_action()
+    data = api.Data.model_validate({"source": {"uri": "s3://lake/shop", "secretRef": {"name": "lake"}},
+                                    "customDeclaration": _shop_declaration()}).wire()
+    a = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training, data,
+                          a.storage_claim, a.bundle_path)
+    declared = json.loads(K.training_configmap(a)["data"]["declaration.json"])
+    assert declared["name"] == "shop" and declared["proxies"][-1]["name"] == "watch_corr"
+    fetch = K.training_job(a)["spec"]["template"]["spec"]["initContainers"][0]
+    assert fetch["command"][-2:] == ["--schema", "/etc/cambrian/run/declaration.json"]
+    assert {"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True} in fetch["volumeMounts"]
+    plain = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
+                              api.Data.model_validate({"source": {"uri": "s3://lake/world"}}).wire(),
+                              a.storage_claim, a.bundle_path)
+    assert "declaration.json" not in K.training_configmap(plain)["data"]
+    assert "run" not in {m["name"] for m in K.training_job(plain)["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"]}
+
+
+def test_an_own_declaration_is_checked_by_the_evolution_and_names_its_proxies():
+    source = {"uri": "s3://lake/shop"}
+    data = api.Data.model_validate({"source": source, "customDeclaration": _shop_declaration()})
+    assert [p.name for p in data.declared().proxies][-1] == "watch_corr"
+    bad = {"source": source, "customDeclaration": _shop_declaration(label={"column": "impressions.nope", "min": 0, "max": 1})}
+    with pytest.raises(ValueError, match=r"spec.data.customDeclaration: .*label: .*impressions.nope"):
+        api.Data.model_validate(bad)
+    with pytest.raises(ValueError, match="give spec.data.source"):
+        api.Data.model_validate({"world": {}, "customDeclaration": _shop_declaration()})
+    with pytest.raises(ValueError, match="not both"):
+        api.Data.model_validate({"source": source, "declaration": "world", "customDeclaration": _shop_declaration()})
+    # the offline objective may name the declaration's own proxy, and no proxy it lacks
+    from pathlib import Path
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "local" / "tiny-evolution.yaml").read_text())["spec"]
+    spec["data"] = {"source": source, "customDeclaration": _shop_declaration()}
+    spec["objective"]["offline"] = {"reward": {"metric": "watch_corr", "direction": "maximize"}}
+    assert api.EvolutionSpec.model_validate(spec).objective.offline.reward.metric == "watch_corr"
+    spec["data"]["customDeclaration"]["proxies"] = spec["data"]["customDeclaration"]["proxies"][:-1]
+    with pytest.raises(ValueError, match="'watch_corr' is not a metric of the data's declaration 'shop'"):
+        api.EvolutionSpec.model_validate(spec)
 
 
 def test_parse_job_states():

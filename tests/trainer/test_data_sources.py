@@ -430,3 +430,22 @@ def test_an_evolution_trains_on_its_own_postgres_tables(postgres, world, tmp_pat
 def test_an_evolution_trains_on_its_own_parquet_in_a_bucket(s3, tmp_path, monkeypatch):
     status = _evolve_on("s3://lake/world", tmp_path / "run", monkeypatch, s3.env)
     assert len(status["baselineRuns"]) == 2 and status["spend"]["evaluations"] == 3
+
+
+def test_the_local_platform_fetches_a_source_through_the_evolutions_own_declaration(world, tmp_path):
+    """spec.data.customDeclaration locally: one snapshot per (source, declaration), which carries the declaration
+    for every run that trains on it (its own proxy included)."""
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.trainer.data import source_schema
+
+    mine = WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    mine = {**mine, "name": "shop", "proxies": [*mine["proxies"], {"name": "watch_corr", "signal": "impressions.watch_seconds"}]}
+    platform = LocalPlatform(tmp_path / "run", LocalStore(tmp_path / "run"), lambda: None)
+    own = platform.data_for({"source": {"uri": str(world)}, "customDeclaration": mine})
+    plain = platform.data_for({"source": {"uri": str(world)}})
+    assert own != plain and own.parent == plain.parent  # one snapshot per declaration of the same source
+    declared = source_schema(str(own))
+    assert declared.name == "shop" and [p.name for p in declared.proxies][-1] == "watch_corr"
+    assert source_schema(str(plain)) == WORLD
+    assert platform.data_for({"source": {"uri": str(world)}, "customDeclaration": mine}) == own  # kept, not fetched again
