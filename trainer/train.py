@@ -33,7 +33,6 @@ from cambrian.trainer.data import Dataset, Split, TrainingSet, Written, prepare
 from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
-from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
 
@@ -153,6 +152,8 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
 
 def evaluate(config: ModelConfig, scores: np.ndarray, val: Split) -> dict:
     """Every proxy metric, from held-out predictions and the held-out labels and signals."""
+    from cambrian.trainer.metrics import proxy_metrics  # scipy: the scorer's, not the contained trainer's import
+
     if scores.shape != (len(val),):
         raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")
     if not np.isfinite(scores).all():
@@ -184,12 +185,13 @@ def _write_heldout(path: Path, split: Split, inputs: tuple[str, ...]) -> None:
     np.savez(path, inputs=np.array(inputs), **{f"f_{k}": v for k, v in split.features.items()})
 
 
-def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1) -> Dataset:
+def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1,
+                         cache=None) -> Dataset:
     """The contained trainer's read-only input: the training rows as Parquet (one file per worker; each reads
-    only its own, see trainer/distributed.py), streamed there from the source by prepare; the data set back,
-    its held-out split in memory."""
+    only its own, see trainer/distributed.py), streamed there from the source by prepare (or linked from a warm
+    worker's PreparedCache); the data set back, its held-out split in memory."""
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
-    data = prepare(data_dir, config, folder, workers)
+    data = (cache.prepare if cache is not None else prepare)(data_dir, config, folder, workers)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     save_catalogue(folder / "catalogue.npz", data.catalogue)
@@ -212,6 +214,7 @@ class _Contained:
         # in a pod the work folder itself is read-only: the log lives with the step's output
         self.log = self.scratch / STEP_LOG if in_pod else work / f"{name}.log"
         self.contain, self.limits, self.gpu, self.name, self.in_pod = contain, limits, gpu, name, in_pod
+        self.warm = None  # a pre-started sandbox waiting for its one command (trainer/warm.py)
 
     def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
         return self.verdict(self.execute(command, cpu_only, dist))
@@ -241,6 +244,11 @@ class _Contained:
 
     def execute(self, command: str, cpu_only: bool, dist: Distribution | None = None):
         """Run the step here and wait for it; `network`: a data-parallel group's filter (seccomp_program)."""
+        if self.warm is not None:
+            from cambrian.trainer.warm import release
+
+            proc, self.warm = self.warm, None
+            return release(proc, command, self.limits.wall_seconds, self.log)
         return run_contained(self.input, self.scratch, self.argv(command, cpu_only, dist), self.environment(),
                              self.limits.wall_seconds, self.log, gpu=self.gpu and not cpu_only, contain=self.contain,
                              network=bool(dist and dist.parallel))
@@ -348,6 +356,11 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     static_checks(config)
     contain = contain_decision(config, sandbox)
     gpu = _wants_gpu(config)
+    from cambrian.trainer.warm import pool
+
+    warm = pool()
+    if warm is not None and warm.limits == limits and contain and not gpu and not dist.parallel:
+        return _train_warm(config, data_dir, out_dir, limits, warm)
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
@@ -361,6 +374,28 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
         predictor.run("predict", cpu_only=True)
         return score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
                      dist.workers)
+
+
+def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, limits: SandboxLimits, warm) -> dict:
+    """`train` on a warm worker (trainer/warm.py): the same steps, in pre-started single-use sandboxes, the
+    training rows from the worker's cache. Each sandbox is taken when its step starts and killed after it."""
+    trainer = warm.take("training")
+    predictor = None
+    try:
+        data = write_training_input(trainer.input, config, data_dir, cache=warm.cache)
+        result = trainer.run("train", cpu_only=True)
+        program = exported_program(trainer)
+        predictor = warm.take("scoring")
+        _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
+        shutil.copyfile(program, predictor.input / "model.pt2")
+        predictor.run("predict", cpu_only=True)
+        return score(config, data, result, program, predictor, out_dir, "bwrap", False)
+    finally:
+        from cambrian.trainer.warm import discard
+
+        for step in (trainer, predictor):
+            if step is not None:
+                discard(step)
 
 
 def write_step_inputs(config: ModelConfig, data_dir: str | Path, trainer: "_Contained", predictor: "_Contained",
@@ -453,6 +488,8 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         notes["restarts"] = restarts
         warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
                         "last checkpoint")
+    from cambrian.trainer.metrics import uninformative_proxies
+
     uninformative = uninformative_proxies(data.val.signals, config.reward.long_watch_seconds)
     if uninformative:
         notes["uninformative_metrics"] = uninformative
