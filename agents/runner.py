@@ -207,10 +207,10 @@ class WarmWorker:
     address-space and file-size limits, a cleaned environment; no CPU-time rlimit, which would add up over
     candidates: the wall-time and memory watchdogs of run_candidate bound each request). A request that is
     killed takes the whole worker with it (its tree: the candidate's sandbox and the spares); the next request
-    starts a fresh one."""
+    starts a fresh one. `cache_size`: prepared training rows kept (trainer/warm.py PreparedCache; 0: none)."""
 
-    def __init__(self, home: Path, limits: RunLimits):
-        self.home, self.limits = Path(home).resolve(), limits
+    def __init__(self, home: Path, limits: RunLimits, cache_size: int = 4):
+        self.home, self.limits, self.cache_size = Path(home).resolve(), limits, cache_size
         self.popen: subprocess.Popen | None = None
         self.last_reply: dict[str, Any] = {}
         self._tmp: str | None = None
@@ -223,7 +223,7 @@ class WarmWorker:
         self.home.mkdir(parents=True, exist_ok=True)
         self._tmp = tempfile.mkdtemp(prefix="cambrian-warm-")
         # the home folder in the command line: the local platform's recover() finds a left-over worker by it
-        cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool")]
+        cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool"), str(self.cache_size)]
         with open(self.home / "worker.log", "ab") as log:
             self.popen = subprocess.Popen(cmd, cwd=self._tmp, env=candidate_environment(self.limits, self._tmp),
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,

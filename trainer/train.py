@@ -351,45 +351,59 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     """Gate, train (contained; data-parallel with `dist`), predict (contained), score; write metrics.json and
     bundle/ under out_dir. On a node of a multi-node gang whose workers did not include global rank 0, there
     is no model here: it returns {"role": "worker"} and writes neither."""
+    from cambrian.trainer.warm import Laps, pool
+
+    laps = Laps()  # where this run's time went (OUT/timing.json; informational)
     limits = limits or SandboxLimits()
     dist = dist or Distribution()
     static_checks(config)
     contain = contain_decision(config, sandbox)
     gpu = _wants_gpu(config)
-    from cambrian.trainer.warm import pool
-
     warm = pool()
     if warm is not None and warm.limits == limits and contain and not gpu and not dist.parallel:
-        return _train_warm(config, data_dir, out_dir, limits, warm)
+        return _train_warm(config, data_dir, out_dir, limits, warm, laps)
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
         predictor = _Contained(work, "scoring", contain, limits, gpu=False)
         data = write_step_inputs(config, data_dir, trainer, predictor, dist.workers)
+        laps.lap("prepare")
         result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
+        laps.lap("trainer_process", result)
         if dist.nodes > 1 and result.get("role") == "worker":
             return {"role": "worker", "config_fingerprint": config.fingerprint()}
         program = exported_program(trainer)
         shutil.copyfile(program, predictor.input / "model.pt2")
         predictor.run("predict", cpu_only=True)
-        return score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
-                     dist.workers)
+        laps.lap("predictor_process")
+        metrics = score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
+                        dist.workers)
+        laps.lap("score").write(Path(out_dir), warm=False)
+        return metrics
 
 
-def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, limits: SandboxLimits, warm) -> dict:
+def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, limits: SandboxLimits, warm,
+                laps) -> dict:
     """`train` on a warm worker (trainer/warm.py): the same steps, in pre-started single-use sandboxes, the
     training rows from the worker's cache. Each sandbox is taken when its step starts and killed after it."""
     trainer = warm.take("training")
     predictor = None
     try:
+        laps.lap("take_sandbox")
         data = write_training_input(trainer.input, config, data_dir, cache=warm.cache)
+        laps.lap("prepare")
         result = trainer.run("train", cpu_only=True)
+        laps.lap("trainer_process", result)
         program = exported_program(trainer)
         predictor = warm.take("scoring")
+        laps.lap("take_sandbox")
         _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
         shutil.copyfile(program, predictor.input / "model.pt2")
         predictor.run("predict", cpu_only=True)
-        return score(config, data, result, program, predictor, out_dir, "bwrap", False)
+        laps.lap("predictor_process")
+        metrics = score(config, data, result, program, predictor, out_dir, "bwrap", False)
+        laps.lap("score").write(Path(out_dir), warm=True)
+        return metrics
     finally:
         from cambrian.trainer.warm import discard
 

@@ -42,12 +42,12 @@ ROW_NEUTRAL = {"optimizer": None, "architecture": None,
 class WarmPool:
     """One spare pre-started sandbox per step, for runs with the same limits (SandboxLimits). CPU runs only."""
 
-    def __init__(self, root: Path, limits):
+    def __init__(self, root: Path, limits, cache_size: int = 4):
         self.root = root
         self.limits = limits
         self._spares: dict[str, object] = {}
         self._count = 0
-        self.cache = PreparedCache(root / "prepared")
+        self.cache = PreparedCache(root / "prepared", cache_size)
         self.stats = {"warm": 0, "cold": 0, "spares_started": 0}  # reported to the runner with each reply
 
     def _start(self, step: str):
@@ -152,7 +152,7 @@ class PreparedCache:
         the same rows were prepared before (hard links into `folder`)."""
         from cambrian.trainer.data import prepare
 
-        key = rows_key(config, data_dir, workers)
+        key = rows_key(config, data_dir, workers) if self.size > 0 else None
         if key is None:
             return prepare(data_dir, config, folder, workers)
         if key in self._entries:
@@ -176,9 +176,44 @@ class PreparedCache:
         return data
 
 
+class Laps:
+    """Where one `cambrian train` run's time went, written to OUT/timing.json (the throughput benchmark reads it;
+    informational: the contained trainer's phases are its own report). `startup`: from the process's start (a
+    cold run: interpreter and imports) or from the warm worker's receipt of the request, to train()."""
+
+    def __init__(self):
+        now = time.time()
+        begun = REQUEST_STARTED if _POOL is not None and REQUEST_STARTED else _process_started()
+        self.seconds: dict[str, float] = {"startup": max(0.0, now - begun)}
+        self.inside: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str, result: dict | None = None) -> "Laps":
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + (now - self._last)
+        self._last = now
+        phases = (result or {}).get("phases")
+        if isinstance(phases, dict):
+            self.inside = {str(k): float(v) for k, v in phases.items() if isinstance(v, (int, float))}
+        return self
+
+    def write(self, out: Path, warm: bool) -> None:
+        (out / "timing.json").write_text(json.dumps({
+            "warm": warm, "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+            "trainer_phases": self.inside,
+            "cache": {"hits": _POOL.cache.hits, "misses": _POOL.cache.misses} if _POOL else None}, sort_keys=True))
+
+
+def _process_started() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 # ---- the trusted worker of one slot ------------------------------------------------------------------------
 
 _POOL: WarmPool | None = None
+REQUEST_STARTED = 0.0  # time.time() when serve() read the request being run
 
 
 def pool() -> WarmPool | None:
@@ -186,20 +221,22 @@ def pool() -> WarmPool | None:
     return _POOL
 
 
-def serve(home: Path) -> None:
+def serve(home: Path, cache_size: int = 4) -> None:
     """Answer `cambrian train` requests, one JSON line each on stdin ({"argv": [...], "log": path}), with one
-    JSON line on stdout ({"exit_code": n}) when the request is done. Its output goes to the request's log."""
-    global _POOL
+    JSON line on stdout ({"exit_code": n}) when the request is done. Its output goes to the request's log.
+    `cache_size` 0: no prepared rows are kept (every candidate prepares its own)."""
+    global _POOL, REQUEST_STARTED
     import cambrian.cli as cli
     from cambrian.trainer import train as _train  # noqa: F401  - imported once, here
     from cambrian.trainer.train import SandboxLimits
 
     home.mkdir(parents=True, exist_ok=True)
-    _POOL = WarmPool(home, SandboxLimits())
+    _POOL = WarmPool(home, SandboxLimits(), cache_size)
     replies = os.fdopen(os.dup(1), "w")
     saved = os.dup(2)
     try:
         for line in sys.stdin:
+            REQUEST_STARTED = time.time()
             request = json.loads(line)
             with open(request["log"], "ab") as log:
                 os.dup2(log.fileno(), 1)
@@ -230,4 +267,4 @@ def serve(home: Path) -> None:
 if __name__ == "__main__":  # run as the module itself, so that pool() in train.py sees this process's pool
     from cambrian.trainer import warm as _module
 
-    _module.serve(Path(sys.argv[1]))
+    _module.serve(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 4)

@@ -105,7 +105,8 @@ class LocalPlatform:
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
-                 warehouse: Any = None, promql_url: str | None = None, warm: bool = True):
+                 warehouse: Any = None, promql_url: str | None = None, warm: bool = True,
+                 warm_cache: int = 4):
         self.root = Path(root).resolve()
         self.store = store
         self.clock = clock
@@ -119,6 +120,7 @@ class LocalPlatform:
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train")
         # warm training (trainer/warm.py): one warm trainer process per worker thread, for the default command
         self.warm = warm and train_command is None
+        self.warm_cache = warm_cache  # prepared training rows each warm trainer keeps (0: none)
         self._slot = threading.local()
         self._warm_workers: list[Any] = []
         self._running: dict[str, Future] = {}
@@ -230,6 +232,8 @@ class LocalPlatform:
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a broken platform (no world, disk full) fails this run only
+            if self._closing:
+                return  # close() stopped this slot's warm trainer under it: recover() re-runs the run
             result = {"state": "Failed", "exit_code": None, "reason": "PlatformError", "message": str(exc)}
         else:
             if stored is None:
@@ -261,7 +265,7 @@ class LocalPlatform:
         if worker is None:
             with self._lock:
                 n = len(self._warm_workers)
-                worker = WarmWorker(self.root / "jobs" / f"_warm-{n}", launch)
+                worker = WarmWorker(self.root / "jobs" / f"_warm-{n}", launch, self.warm_cache)
                 self._warm_workers.append(worker)
             self._slot.worker = worker
         return worker
