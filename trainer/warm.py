@@ -65,14 +65,20 @@ class WarmPool:
         """A started sandbox for `step` (of STEPS), handed out once; a new spare starts at once, so it imports
         while this candidate runs. A spare that never got ready is killed and the step runs cold."""
         c = self._spares.pop(step, None) or self._start(step)
-        self._spares[step] = self._start(step)
         if wait_ready(c.warm, READY_SECONDS):
             self.stats["warm"] += 1
         else:
             stop_contained(c.warm)
             c.warm = None
             self.stats["cold"] += 1
+        self._spares[step] = self._start(step)  # after: two sandboxes importing at once would slow both
         return c
+
+    def prestart(self) -> None:
+        """A spare for every step, started now (a new worker's, while it imports and prepares on its own)."""
+        for step in STEPS:
+            if step not in self._spares:
+                self._spares[step] = self._start(step)
 
     def close(self) -> None:
         for c in self._spares.values():
@@ -232,6 +238,7 @@ def serve(home: Path, cache_size: int = 4) -> None:
 
     home.mkdir(parents=True, exist_ok=True)
     _POOL = WarmPool(home, SandboxLimits(), cache_size)
+    _POOL.prestart()
     replies = os.fdopen(os.dup(1), "w")
     saved = os.dup(2)
     try:
