@@ -57,13 +57,12 @@ class WarmPool:
         c = _Contained(self.root, f"{step}-{self._count}", True, self.limits, gpu=False)
         c.input.mkdir(parents=True)
         c.warm = start_contained(c.input, c.scratch, c.argv("warm", cpu_only=True), c.environment(), c.log)
-        c.warm_started = time.monotonic()
         self.stats["spares_started"] += 1
         return c
 
     def take(self, step: str):
-        """A started sandbox for `step` (of STEPS), handed out once; a new spare starts at once, so it imports
-        while this candidate runs. A spare that never got ready is killed and the step runs cold."""
+        """A started sandbox for `step` (of STEPS), handed out once; once it is ready a new spare starts, which
+        imports while this candidate runs. A spare that never got ready is killed and the step runs cold."""
         c = self._spares.pop(step, None) or self._start(step)
         if wait_ready(c.warm, READY_SECONDS):
             self.stats["warm"] += 1
