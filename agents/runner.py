@@ -160,10 +160,17 @@ def stage_data(data_dir: Path, work: Path) -> Path:
     return staged
 
 
-def _tree_rss(proc: psutil.Process) -> int:
+def _tree_rss(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> int:
+    """Resident memory of a process tree, without the subtrees rooted at `exclude` (a warm worker's idle spares)."""
     total = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
+        for pid in exclude:
+            try:
+                skip = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+            except psutil.Error:
+                continue
+            procs = [p for p in procs if p.pid not in skip]
     except psutil.Error:
         return 0
     for p in procs:
@@ -192,6 +199,9 @@ class _ColdRun:
     def kill(self) -> int:
         _kill_group(self.popen)
         return self.popen.wait()
+
+    def spare_pids(self) -> frozenset[int]:
+        return frozenset()
 
     def close(self) -> None:
         if self.popen.poll() is None:
@@ -258,6 +268,15 @@ class WarmWorker:
         except (ValueError, KeyError, TypeError):
             self.stop()
             return 1
+
+    def spare_pids(self) -> frozenset[int]:
+        """The worker's idle pre-started sandboxes (its own record, trainer/warm.py): no candidate's memory."""
+        from cambrian.trainer.warm import SPARES
+
+        try:
+            return frozenset(int(p) for p in json.loads((self.home / "pool" / SPARES).read_text()))
+        except (OSError, ValueError, TypeError):
+            return frozenset()
 
     def kill(self) -> int:
         _kill_group(self.popen)  # its sandboxes go with it (bubblewrap's --die-with-parent)
@@ -354,7 +373,7 @@ def run_candidate(
                 if elapsed > limits.wall_seconds:
                     killed = ("timeout", f"killed after exceeding the wall-time limit of {limits.wall_seconds:g}s")
                 elif limits.rss_mb:
-                    rss = _tree_rss(ps)
+                    rss = _tree_rss(ps, run.spare_pids())
                     peak = max(peak, rss)
                     if rss > limits.rss_mb * 1024 * 1024:
                         killed = ("memory", f"killed at {rss / 2**20:.0f} MiB resident, over the limit of "

@@ -33,6 +33,7 @@ from cambrian.trainer.sandbox import ContainedResult, file_tail, start_contained
 
 READY_SECONDS = 300.0  # a spare that has not imported torch by then is broken: the step runs cold instead
 STEPS = ("training", "scoring")
+SPARES = "spares.json"  # in the pool folder: the idle spares' PIDs (WarmPool._record_spares)
 # Fields that decide which rows prepare() writes and how it labels them are everything but these (so a
 # field added later is part of the key until it is listed here).
 ROW_NEUTRAL = {"optimizer": None, "architecture": None,
@@ -71,13 +72,22 @@ class WarmPool:
             c.warm = None
             self.stats["cold"] += 1
         self._spares[step] = self._start(step)  # after: two sandboxes importing at once would slow both
+        self._record_spares()
         return c
+
+    def _record_spares(self) -> None:
+        """The idle spares' PIDs, for the runner's memory watchdog: they belong to no candidate, so a candidate's
+        tree is counted without them (agents/runner.py WarmWorker.spare_pids)."""
+        tmp = self.root / "spares.tmp"
+        tmp.write_text(json.dumps(sorted(c.warm.pid for c in self._spares.values() if c.warm is not None)))
+        os.replace(tmp, self.root / SPARES)
 
     def prestart(self) -> None:
         """A spare for every step, started now (a new worker's, while it imports and prepares on its own)."""
         for step in STEPS:
             if step not in self._spares:
                 self._spares[step] = self._start(step)
+        self._record_spares()
 
     def close(self) -> None:
         for c in self._spares.values():
