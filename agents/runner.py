@@ -86,25 +86,42 @@ def build_command(
     base: list[str], config_file: Path, delta_file: Path | None, data_dir: Path, out_dir: Path, limits: RunLimits,
     fidelity_file: Path | None = None,
 ) -> tuple[list[str], list[str]]:
-    cmd = [*base, "--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
+    full, isolation = launcher(limits, _cpu_seconds(limits))
+    return [*full, *base, *train_arguments(config_file, delta_file, data_dir, out_dir, limits, fidelity_file)], isolation
+
+
+def train_arguments(config_file: Path, delta_file: Path | None, data_dir: Path, out_dir: Path, limits: RunLimits,
+                    fidelity_file: Path | None = None) -> list[str]:
+    """`cambrian train`'s arguments for one candidate (after the command itself)."""
+    cmd = ["--config", str(config_file), "--data", str(data_dir), "--out", str(out_dir)]
     if delta_file is not None:
         cmd += ["--delta", str(delta_file)]
     if fidelity_file is not None:
         cmd += ["--fidelity", str(fidelity_file)]
     if limits.workers > 1:
         cmd += ["--workers", str(limits.workers)]
-    isolation = []
-    launcher = [sys.executable, "-m", "cambrian.agents.sandbox_exec"]
-    if limits.address_space_mb:
-        launcher += ["--as-mb", str(limits.address_space_mb)]
-        isolation.append(f"as={limits.address_space_mb}MiB")
+    return cmd
+
+
+def _cpu_seconds(limits: RunLimits) -> int:
     # CPU time is always capped: by default at the wall limit times the threads it may use, plus slack
-    cpu = limits.cpu_seconds or int(limits.wall_seconds * (limits.threads or os.cpu_count() or 1) + 60)
-    launcher += ["--cpu-s", str(cpu)]
-    isolation.append(f"cpu={cpu}s")
+    return limits.cpu_seconds or int(limits.wall_seconds * (limits.threads or os.cpu_count() or 1) + 60)
+
+
+def launcher(limits: RunLimits, cpu_seconds: int) -> tuple[list[str], list[str]]:
+    """The command prefix that limits the trusted trainer process (and, inherited, its children): no network,
+    rlimits (cpu_seconds 0: none), then `--`; and the isolation it gives, for the record."""
+    isolation = []
+    full = [sys.executable, "-m", "cambrian.agents.sandbox_exec"]
+    if limits.address_space_mb:
+        full += ["--as-mb", str(limits.address_space_mb)]
+        isolation.append(f"as={limits.address_space_mb}MiB")
+    if cpu_seconds:
+        full += ["--cpu-s", str(cpu_seconds)]
+        isolation.append(f"cpu={cpu_seconds}s")
     if limits.file_size_mb:
-        launcher += ["--fsize-mb", str(limits.file_size_mb)]
-    full = [*launcher, "--", *cmd]
+        full += ["--fsize-mb", str(limits.file_size_mb)]
+    full.append("--")
     if limits.network != "allow":
         if network_isolation_available():
             full = ["unshare", "-rn", *full]
@@ -112,6 +129,14 @@ def build_command(
         elif limits.network == "off":
             raise RuntimeError("network isolation requested (limits.network=off) but `unshare -rn` is unavailable")
     return full, isolation
+
+
+def candidate_environment(limits: RunLimits, home: str) -> dict[str, str]:
+    env = clean_environment(home=home)
+    if limits.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(limits.threads)
+    return env
 
 
 def stage_data(data_dir: Path, work: Path) -> Path:
@@ -145,10 +170,17 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def _tree_rss(proc: psutil.Process) -> int:
+def _tree_rss(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> int:
+    """Resident memory of a process tree, without the subtrees rooted at `exclude` (a warm worker's idle spares)."""
     total = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
+        for pid in exclude:
+            try:
+                skip = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+            except psutil.Error:
+                continue
+            procs = [p for p in procs if p.pid not in skip]
     except psutil.Error:
         return 0
     for p in procs:
@@ -157,6 +189,130 @@ def _tree_rss(proc: psutil.Process) -> int:
         except psutil.Error:
             pass
     return total
+
+
+class _ColdRun:
+    """One `cambrian train` child for one candidate, in its own process group."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: str, log_file: Path):
+        with open(log_file, "wb") as log:
+            self.popen = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                          stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid = self.popen.pid
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> int:
+        _kill_group(self.popen)
+        return self.popen.wait()
+
+    def spare_pids(self) -> frozenset[int]:
+        return frozenset()
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            _kill_group(self.popen)
+            self.popen.wait()
+        _kill_group(self.popen)
+
+
+class WarmWorker:
+    """A worker slot's warm trainer (trainer/warm.py `serve`): one long-lived trusted process that runs this
+    slot's `cambrian train` requests one after another, with torch imported once and pre-started single-use
+    sandboxes for the candidate code. It is started on first use with the cold run's launcher (no network,
+    address-space and file-size limits, a cleaned environment; no CPU-time rlimit, which would add up over
+    candidates: the wall-time and memory watchdogs of run_candidate bound each request). A request that is
+    killed takes the whole worker with it (its tree: the candidate's sandbox and the spares); the next request
+    starts a fresh one. `cache_size`: prepared training rows kept (trainer/warm.py PreparedCache; 0: none)."""
+
+    def __init__(self, home: Path, limits: RunLimits, cache_size: int = 4):
+        self.home, self.limits, self.cache_size = Path(home).resolve(), limits, cache_size
+        self.popen: subprocess.Popen | None = None
+        self.last_reply: dict[str, Any] = {}
+        self._tmp: str | None = None
+
+    def isolation(self) -> list[str]:
+        return launcher(self.limits, 0)[1]
+
+    def _start(self) -> None:
+        full, _ = launcher(self.limits, 0)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._tmp = tempfile.mkdtemp(prefix="cambrian-warm-")
+        # the home folder in the command line: the local platform's recover() finds a left-over worker by it
+        cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool"), str(self.cache_size)]
+        with open(self.home / "worker.log", "ab") as log:
+            self.popen = subprocess.Popen(cmd, cwd=self._tmp, env=candidate_environment(self.limits, self._tmp),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                          start_new_session=True)
+        self.pid = self.popen.pid
+
+    def submit(self, argv: list[str], log_file: Path) -> "WarmWorker":
+        if self.popen is None or self.popen.poll() is not None:
+            self.stop()
+            self._start()
+        log_file.write_bytes(b"")
+        try:
+            self.popen.stdin.write((json.dumps({"argv": argv, "log": str(log_file)}) + "\n").encode())
+            self.popen.stdin.flush()
+        except OSError:  # it died meanwhile: wait() reports its exit
+            pass
+        return self
+
+    def wait(self, timeout: float) -> int | None:
+        """The request's exit code once the worker replies; the worker's own exit code if it died."""
+        import select
+
+        ready, _, _ = select.select([self.popen.stdout], [], [], timeout)
+        if not ready:
+            return None
+        line = self.popen.stdout.readline()
+        if not line:  # the worker died: its exit code (a signal as a negative number) is the request's
+            return self.popen.wait()
+        try:
+            self.last_reply = json.loads(line)
+            return int(self.last_reply["exit_code"])
+        except (ValueError, KeyError, TypeError):
+            self.stop()
+            return 1
+
+    def spare_pids(self) -> frozenset[int]:
+        """The worker's idle pre-started sandboxes (its own record, trainer/warm.py): no candidate's memory."""
+        from cambrian.trainer.warm import SPARES
+
+        try:
+            return frozenset(int(p) for p in json.loads((self.home / "pool" / SPARES).read_text()))
+        except (OSError, ValueError, TypeError):
+            return frozenset()
+
+    def kill(self) -> int:
+        _kill_group(self.popen)  # its sandboxes go with it (bubblewrap's --die-with-parent)
+        rc = self.popen.wait()
+        self.stop()
+        return rc
+
+    def close(self) -> None:
+        """After a request: a worker that ended is cleaned up (a healthy one stays for the next request)."""
+        if self.popen is not None and self.popen.poll() is not None:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.popen is not None:
+            _kill_group(self.popen)
+            self.popen.wait()
+            for f in (self.popen.stdin, self.popen.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+            self.popen = None
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        shutil.rmtree(self.home / "pool", ignore_errors=True)
 
 
 def _kill_group(popen: subprocess.Popen) -> None:
@@ -175,9 +331,11 @@ def run_candidate(
     command: list[str] | None = None,
     poll_s: float = 0.2,
     fidelity: dict | None = None,
+    worker: "WarmWorker | None" = None,
 ) -> RunOutcome:
     """Train `config` (+ `delta`) in a sandboxed child; never raises for anything the candidate does.
-    `fidelity`: a first look's {epochFraction, sampleFraction} (trainer/fidelity.py), applied after the delta."""
+    `fidelity`: a first look's {epochFraction, sampleFraction} (trainer/fidelity.py), applied after the delta.
+    `worker`: a worker slot's warm trainer (same limits and watchdog; `command` is then not used)."""
     limits = limits or RunLimits()
     work = Path(work_dir).resolve()
     out = work / "out"
@@ -195,55 +353,49 @@ def run_candidate(
         fidelity_file = work / "fidelity.json"
         fidelity_file.write_text(json.dumps(fidelity))
     log_file = work / "train.log"
+    staged = stage_data(Path(data_dir).resolve(), work)
+    tmp = None
     try:
-        cmd, isolation = build_command(
-            command or default_train_command(), config_file, delta_file, stage_data(Path(data_dir).resolve(), work),
-            out, limits, fidelity_file
-        )
+        if worker is not None:
+            isolation = worker.isolation()
+        else:
+            cmd, isolation = build_command(command or default_train_command(), config_file, delta_file, staged, out,
+                                           limits, fidelity_file)
     except RuntimeError as exc:
         return RunOutcome(False, failure=Failure(phase="Validated", stage="sandbox", reason=str(exc)))
-    tmp = tempfile.mkdtemp(prefix="cambrian-cand-")
-    env = clean_environment(home=tmp)
-    if limits.threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(limits.threads)
     started = time.monotonic()
     killed: tuple[str, str] | None = None
     peak = 0
     try:
-        with open(log_file, "wb") as log:
-            popen = subprocess.Popen(
-                cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            ps = psutil.Process(popen.pid)
-            try:
-                while True:
-                    try:
-                        rc = popen.wait(timeout=poll_s)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    elapsed = time.monotonic() - started
-                    if elapsed > limits.wall_seconds:
-                        killed = ("timeout", f"killed after exceeding the wall-time limit of {limits.wall_seconds:g}s")
-                    elif limits.rss_mb:
-                        rss = _tree_rss(ps)
-                        peak = max(peak, rss)
-                        if rss > limits.rss_mb * 1024 * 1024:
-                            killed = ("memory", f"killed at {rss / 2**20:.0f} MiB resident, over the limit of "
-                                                f"{limits.rss_mb} MiB")
-                    if killed:
-                        _kill_group(popen)
-                        rc = popen.wait()
-                        break
-            finally:
-                if popen.poll() is None:  # an exception in the watcher: never leave a candidate behind
-                    _kill_group(popen)
-                    popen.wait()
-                _kill_group(popen)  # grandchildren that outlived their parent
+        if worker is not None:
+            run = worker.submit(["train", *train_arguments(config_file, delta_file, staged, out, limits, fidelity_file)],
+                                log_file)
+        else:
+            tmp = tempfile.mkdtemp(prefix="cambrian-cand-")
+            run = _ColdRun(cmd, candidate_environment(limits, tmp), tmp, log_file)
+        ps = psutil.Process(run.pid)
+        try:
+            while True:
+                rc = run.wait(poll_s)
+                if rc is not None:
+                    break
+                elapsed = time.monotonic() - started
+                if elapsed > limits.wall_seconds:
+                    killed = ("timeout", f"killed after exceeding the wall-time limit of {limits.wall_seconds:g}s")
+                elif limits.rss_mb:
+                    rss = _tree_rss(ps, run.spare_pids())
+                    peak = max(peak, rss)
+                    if rss > limits.rss_mb * 1024 * 1024:
+                        killed = ("memory", f"killed at {rss / 2**20:.0f} MiB resident, over the limit of "
+                                            f"{limits.rss_mb} MiB")
+                if killed:
+                    rc = run.kill()
+                    break
+        finally:
+            run.close()  # never leave a candidate (or a grandchild that outlived its parent) behind
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     wall = time.monotonic() - started
     tail = _tail(log_file)
     outcome = RunOutcome(False, wall_seconds=wall, out_dir=out, log_tail=tail, isolation=isolation)

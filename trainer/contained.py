@@ -1,6 +1,6 @@
 """The program that runs candidate code, inside the sandbox (trainer/sandbox.py): train, then export.
 
-    python -m cambrian.trainer.contained {train,gate,predict,host,launch,worker} INPUT SCRATCH [--as-mb N]
+    python -m cambrian.trainer.contained {train,gate,predict,host,launch,worker,warm} INPUT SCRATCH [--as-mb N]
         [--cpu-s N] [--fsize-mb N] [--nproc N] [--distribution JSON] [--contained]
 
 INPUT (read-only) holds only what training needs: config.json, train.parquet (the training split's ids,
@@ -9,7 +9,8 @@ labels are never here: the scorer (trainer/score.py) keeps them in another proce
 SCRATCH: model.pt2 (a torch.export program the scorer can run without any of this Python) and result.json, or
 error.json with the stage that failed. Everything written here is untrusted by the parent: it decides the verdict itself.
 `launch` trains data-parallel (trainer/distributed.py): it runs torchrun's agent, which starts one `worker`
-per shard file (train-RANK-of-WORLD.parquet in INPUT); rank 0 exports.
+per shard file (train-RANK-of-WORLD.parquet in INPUT); rank 0 exports. `warm` imports all that first and
+then waits on stdin for `train` or `predict` (trainer/warm.py: a pre-started, single-use sandbox).
 """
 
 from __future__ import annotations
@@ -83,17 +84,28 @@ def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
     from cambrian.trainer.gate import forward_backward
     from cambrian.trainer.train import fit, pick_device
 
+    clock = [time.perf_counter()]
+    phases: dict[str, float] = {}  # informational (the benchmark's breakdown of a run): seconds per phase
+
+    def lap(name: str) -> None:
+        clock.append(time.perf_counter())
+        phases[name] = round(clock[-1] - clock[-2], 4)
+
     config, data = read_input(input_dir)
     device = _stage("training", False, pick_device, config.training.device)
     if device.type == "cpu" and config.training.cpu_threads:
         torch.set_num_threads(config.training.cpu_threads)
+    lap("read_input")
     _stage("forward_backward", True, forward_backward, config, data, device)
+    lap("gate")
     if gate_only:
         return {"device": device.type}
     clipping: dict = {}
     model, seconds = _stage("training", False, fit, config, data, device, clipping)
+    lap("fit")
     _stage("export", False, export_program, model, data, scratch / "model.pt2")
-    return {"train_seconds": seconds, "device": device.type, **clipping}
+    lap("export")
+    return {"train_seconds": seconds, "device": device.type, "phases": phases, **clipping}
 
 
 def predict(input_dir: Path, scratch: Path) -> dict:
@@ -218,9 +230,55 @@ def host(input_dir: Path, scratch: Path) -> dict:
     return {}
 
 
+def warm(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
+    """A pre-started sandbox (trainer/warm.py): import what training and predicting need, then wait on stdin
+    for the one command it will run (`train` or `predict`); its input folder is filled meanwhile. It serves
+    that one command and ends: main() returns after it, and the parent kills its whole tree."""
+    import torch  # noqa: F401  - the point: paid before the candidate is known
+
+    import cambrian.trainer.bundle  # noqa: F401
+    import cambrian.trainer.gate  # noqa: F401
+    import cambrian.trainer.rows  # noqa: F401
+    import cambrian.trainer.train  # noqa: F401
+
+    _warm_up()
+    import os
+
+    print("ready", flush=True)  # stdout: the parent waits for this line before counting the sandbox warm
+    os.dup2(2, 1)  # from here on stdout is the log: nothing the candidate prints reaches the parent's pipe
+    command = sys.stdin.readline().strip()
+    if command not in WARM_COMMANDS:
+        raise _Stop("sandbox", f"a warm sandbox was told {command[:40]!r}, not one of {', '.join(WARM_COMMANDS)}", False)
+    started = time.perf_counter()
+    result = COMMANDS[command](input_dir, scratch, args)
+    result["command_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _warm_up() -> None:
+    """Pay torch's first-use costs with a throw-away model of our own (no candidate code): the first optimizer
+    step (about 1.5 s: it imports the compiler stack) and the export and load modules. Not an export itself:
+    tracing leaves fake tensors in the heap that a cold run's candidate would not see. Every run reseeds torch
+    before building its model (gate, fit), so nothing here changes its results."""
+    import gc
+
+    import torch
+    import torch._export.serde.serialize  # noqa: F401
+    import torch.export  # noqa: F401
+
+    model = torch.nn.Sequential(torch.nn.Embedding(8, 4), torch.nn.Flatten(), torch.nn.Linear(8, 1))
+    x = torch.zeros(4, 2, dtype=torch.int64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(-1), torch.zeros(4)).backward()
+    optimizer.step()
+    del model, optimizer
+    gc.collect()
+
+
 COMMANDS = {"train": lambda i, s, a: train(i, s), "gate": lambda i, s, a: train(i, s, gate_only=True),
             "predict": lambda i, s, a: predict(i, s), "host": lambda i, s, a: host(i, s), "launch": launch,
-            "worker": worker}
+            "worker": worker, "warm": warm}
+WARM_COMMANDS = ("train", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - our own bug or unreadable input: the log gets the traceback
         traceback.print_exc()
         return 4
-    result["wall_seconds"] = time.perf_counter() - started
+    # a warm sandbox's clock starts at its command, not while it waited for one
+    result["wall_seconds"] = result.pop("command_seconds", time.perf_counter() - started)
     (args.scratch / "result.json").write_text(json.dumps(result))
     return 0
 

@@ -33,7 +33,6 @@ from cambrian.trainer.data import Dataset, Split, TrainingSet, Written, prepare
 from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
-from cambrian.trainer.metrics import proxy_metrics, uninformative_proxies
 from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
@@ -155,6 +154,8 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
 def evaluate(config: ModelConfig, scores: np.ndarray, val: Split, proxies: tuple = WORLD.proxies) -> dict:
     """Every proxy metric the data's declaration names, from held-out predictions and the held-out labels and
     signals."""
+    from cambrian.trainer.metrics import proxy_metrics  # scipy: the scorer's, not the contained trainer's import
+
     if scores.shape != (len(val),):
         raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")
     if not np.isfinite(scores).all():
@@ -187,12 +188,12 @@ def _write_heldout(path: Path, split: Split, inputs: tuple[str, ...]) -> None:
 
 
 def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path, workers: int = 1,
-                         schema: DataSchema | str | None = None) -> Dataset:
+                         schema: DataSchema | str | None = None, cache=None) -> Dataset:
     """The contained trainer's read-only input: the training rows as Parquet (one file per worker; each reads
-    only its own, see trainer/distributed.py), streamed there from the source by prepare; the data set back,
-    its held-out split in memory."""
+    only its own, see trainer/distributed.py), streamed there from the source by prepare (or linked from a warm
+    worker's PreparedCache); the data set back, its held-out split in memory."""
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
-    data = prepare(data_dir, config, folder, workers, schema)
+    data = (cache.prepare if cache is not None else prepare)(data_dir, config, folder, workers, schema)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
     save_catalogue(folder / "catalogue.npz", data.catalogue)
@@ -215,6 +216,7 @@ class _Contained:
         # in a pod the work folder itself is read-only: the log lives with the step's output
         self.log = self.scratch / STEP_LOG if in_pod else work / f"{name}.log"
         self.contain, self.limits, self.gpu, self.name, self.in_pod = contain, limits, gpu, name, in_pod
+        self.warm = None  # a pre-started sandbox waiting for its one command (trainer/warm.py)
 
     def run(self, command: str, cpu_only: bool, dist: Distribution | None = None) -> dict:
         return self.verdict(self.execute(command, cpu_only, dist))
@@ -244,6 +246,11 @@ class _Contained:
 
     def execute(self, command: str, cpu_only: bool, dist: Distribution | None = None):
         """Run the step here and wait for it; `network`: a data-parallel group's filter (seccomp_program)."""
+        if self.warm is not None:
+            from cambrian.trainer.warm import release
+
+            proc, self.warm = self.warm, None
+            return release(proc, command, self.limits.wall_seconds, self.log)
         return run_contained(self.input, self.scratch, self.argv(command, cpu_only, dist), self.environment(),
                              self.limits.wall_seconds, self.log, gpu=self.gpu and not cpu_only, contain=self.contain,
                              network=bool(dist and dist.parallel))
@@ -347,24 +354,65 @@ def train(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, sandbo
     """Gate, train (contained; data-parallel with `dist`), predict (contained), score; write metrics.json and
     bundle/ under out_dir. On a node of a multi-node gang whose workers did not include global rank 0, there
     is no model here: it returns {"role": "worker"} and writes neither."""
+    from cambrian.trainer.warm import Laps, pool
+
+    laps = Laps()  # where this run's time went (OUT/timing.json; informational)
     limits = limits or SandboxLimits()
     dist = dist or Distribution()
     static_checks(config)
     contain = contain_decision(config, sandbox)
     gpu = _wants_gpu(config)
+    warm = pool()
+    if warm is not None and warm.limits == limits and contain and not gpu and not dist.parallel:
+        return _train_warm(config, data_dir, out_dir, limits, warm, laps, schema)
     with _work_folder() as tmp:
         work = Path(tmp)
         trainer = _Contained(work, "training", contain, limits, gpu)
         predictor = _Contained(work, "scoring", contain, limits, gpu=False)
         data = write_step_inputs(config, data_dir, trainer, predictor, dist.workers, schema)
+        laps.lap("prepare")
         result = trainer.run("launch" if dist.parallel else "train", cpu_only=not gpu, dist=dist)
+        laps.lap("trainer_process", result)
         if dist.nodes > 1 and result.get("role") == "worker":
             return {"role": "worker", "config_fingerprint": config.fingerprint()}
         program = exported_program(trainer)
         shutil.copyfile(program, predictor.input / "model.pt2")
         predictor.run("predict", cpu_only=True)
-        return score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
-                     dist.workers)
+        laps.lap("predictor_process")
+        metrics = score(config, data, result, program, predictor, out_dir, "bwrap" if contain else "none", gpu,
+                        dist.workers)
+        laps.lap("score").write(Path(out_dir), warm=False)
+        return metrics
+
+
+def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, limits: SandboxLimits, warm,
+                laps, schema: DataSchema | str | None = None) -> dict:
+    """`train` on a warm worker (trainer/warm.py): the same steps, in pre-started single-use sandboxes, the
+    training rows from the worker's cache. Each sandbox is taken when its step starts and killed after it."""
+    trainer = warm.take("training")
+    predictor = None
+    try:
+        laps.lap("take_sandbox")
+        data = write_training_input(trainer.input, config, data_dir, schema=schema, cache=warm.cache)
+        laps.lap("prepare")
+        result = trainer.run("train", cpu_only=True)
+        laps.lap("trainer_process", result)
+        program = exported_program(trainer)
+        predictor = warm.take("scoring")
+        laps.lap("take_sandbox")
+        _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
+        shutil.copyfile(program, predictor.input / "model.pt2")
+        predictor.run("predict", cpu_only=True)
+        laps.lap("predictor_process")
+        metrics = score(config, data, result, program, predictor, out_dir, "bwrap", False)
+        laps.lap("score").write(Path(out_dir), warm=True)
+        return metrics
+    finally:
+        from cambrian.trainer.warm import discard
+
+        for step in (trainer, predictor):
+            if step is not None:
+                discard(step)
 
 
 def write_step_inputs(config: ModelConfig, data_dir: str | Path, trainer: "_Contained", predictor: "_Contained",
@@ -459,6 +507,8 @@ def training_notes(config: ModelConfig, data: Dataset, result: dict) -> dict:
         notes["restarts"] = restarts
         warnings.append(f"{restarts} worker group restart(s): a worker was lost and the group resumed from its "
                         "last checkpoint")
+    from cambrian.trainer.metrics import uninformative_proxies
+
     uninformative = uninformative_proxies(data.val.signals, data.schema.proxies)
     if uninformative:
         notes["uninformative_metrics"] = uninformative

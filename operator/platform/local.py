@@ -105,7 +105,8 @@ class LocalPlatform:
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
-                 warehouse: Any = None, promql_url: str | None = None):
+                 warehouse: Any = None, promql_url: str | None = None, warm: bool = True,
+                 warm_cache: int = 4):
         self.root = Path(root).resolve()
         self.store = store
         self.clock = clock
@@ -117,6 +118,11 @@ class LocalPlatform:
         self.warehouse = warehouse  # online/warehouse.Warehouse for every rollout's metrics and simulated users
         self.promql_url = promql_url  # the user's own Prometheus for PromQL metrics (None: each rollout's own)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="train")
+        # warm training (trainer/warm.py): one warm trainer process per worker thread, for the default command
+        self.warm = warm and train_command is None
+        self.warm_cache = warm_cache  # prepared training rows each warm trainer keeps (0: none)
+        self._slot = threading.local()
+        self._warm_workers: list[Any] = []
         self._running: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._data_lock = threading.Lock()
@@ -156,6 +162,8 @@ class LocalPlatform:
         self.champions.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         stop_leftovers(self.root)  # training children: their worker threads then return and record nothing
+        for worker in self._warm_workers:
+            worker.stop()
 
     def busy(self) -> bool:
         """Real-time work in flight (training): the simulated clock waits for it."""
@@ -217,10 +225,15 @@ class LocalPlatform:
                 kw: dict[str, Any] = {"command": self.train_command} if self.train_command else {}
                 if request.get("fidelity") is not None:
                     kw["fidelity"] = request["fidelity"]
+                worker = self._warm_worker(limits)
+                if worker is not None:
+                    kw["worker"] = worker
                 outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a broken platform (no world, disk full) fails this run only
+            if self._closing:
+                return  # close() stopped this slot's warm trainer under it: recover() re-runs the run
             result = {"state": "Failed", "exit_code": None, "reason": "PlatformError", "message": str(exc)}
         else:
             if stored is None:
@@ -235,6 +248,27 @@ class LocalPlatform:
                         log.warning("baseline run %s not stored for reuse: %s", name, exc)
         result.update(started_at=started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat())
         write_atomic(folder / "result.json", json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+
+    def _warm_worker(self, limits: Any) -> Any:
+        """This worker thread's warm trainer, for a one-process run whose CPU time is bounded by the wall time
+        (an explicit RunLimits.cpu_seconds is an rlimit per candidate: those runs stay cold); None: run cold.
+        Started again when the limits its launcher applies change."""
+        if not self.warm or limits.workers != 1 or limits.cpu_seconds is not None:
+            return None
+        from cambrian.agents.runner import WarmWorker
+
+        launch = limits.model_copy(update={"wall_seconds": 1.0})
+        worker = getattr(self._slot, "worker", None)
+        if worker is not None and worker.limits != launch:
+            worker.stop()
+            worker = None
+        if worker is None:
+            with self._lock:
+                n = len(self._warm_workers)
+                worker = WarmWorker(self.root / "jobs" / f"_warm-{n}", launch, self.warm_cache)
+                self._warm_workers.append(worker)
+            self._slot.worker = worker
+        return worker
 
     def _result(self, outcome: Any, request: dict) -> dict[str, Any]:
         if not outcome.ok:

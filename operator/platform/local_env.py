@@ -15,7 +15,7 @@ from cambrian.operator.localstore import write_atomic
 PRE_DAYS = 14  # CUPED pre-period sent to the collector
 ACTIVE_WINDOW = 7
 # programs local mode starts (see stop_leftovers): servers, router, collector, Prometheus, trainers
-OURS = ("cambrian.online.cli", "prometheus", "cambrian.agents.sandbox_exec", "cambrian.cli")
+OURS = ("cambrian.online.cli", "prometheus", "cambrian.agents.sandbox_exec", "cambrian.cli", "cambrian.trainer.warm")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from attacks import PATHS  # noqa: E402
 
 @pytest.fixture(params=PATHS)
 def path(request) -> str:
-    """Each attack runs through `cambrian train` and through the offline loop's worker."""
+    """Each attack runs through `cambrian train`, the offline loop's worker cold, and a warm worker slot."""
     return request.param
 
 

@@ -11,12 +11,17 @@ ATTACK = plugin(init="""
 gc = imp("gc")
 np = imp("numpy")
 sizes = []
-for obj in gc.get_objects():
-    for ref in gc.get_referents(obj):
-        if isinstance(ref, np.ndarray) and ref.ndim >= 1 and ref.size > 0:
-            sizes.append(ref.shape[0])
-        elif isinstance(ref, torch.Tensor) and ref.dim() >= 1:
-            sizes.append(ref.shape[0])
+# the referents of every tracked object, and of the tuples and dicts the collector stopped tracking (it untracks
+# a container of untracked objects, such as a tuple of arrays, whenever a collection happens to run)
+todo = [r for obj in gc.get_objects() for r in gc.get_referents(obj)]
+while todo:
+    ref = todo.pop()
+    if isinstance(ref, np.ndarray) and ref.ndim >= 1 and ref.size > 0:
+        sizes.append(ref.shape[0])
+    elif isinstance(ref, torch.Tensor) and ref.dim() >= 1:
+        sizes.append(ref.shape[0])
+    elif isinstance(ref, (tuple, dict)) and not gc.is_tracked(ref):
+        todo.extend(gc.get_referents(ref))
 files = []
 # its input and scratch folders, wherever they are (/input and /scratch in bubblewrap, volumes in a pod)
 for folder in SYS.argv[2:4]:

@@ -1,0 +1,187 @@
+"""Warm training (trainer/warm.py): a warm trusted trainer per worker slot with pre-started, single-use
+sandboxes and prepared rows shared read-only. The same verdicts and metrics as the cold path; a candidate that
+crashes, hangs or exhausts memory ends only itself; no sandbox ever serves a second candidate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cambrian.agents.runner import RunLimits, WarmWorker, run_candidate
+from cambrian.trainer import warm
+from cambrian.trainer.config import ModelConfig
+from cambrian.trainer.delta import parse_delta
+from cambrian.trainer.train import SandboxLimits, train
+
+BASE = {"training": {"epochs": 1, "cpu_threads": 1, "batch_size": 256, "device": "cpu"}}
+METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr", "n_train", "n_val", "sandbox")
+
+
+def arch(forward: str = "", init: str = "", after_gate: bool = False) -> dict:
+    """An architecture plugin whose __init__ / forward run `init` / `forward` first (candidate code); with
+    `after_gate`, forward runs it only once training has started (the gate calls forward twice)."""
+    body = textwrap.indent(textwrap.dedent(forward).strip(), "    " * (3 if after_gate else 2))
+    code = ("OS = torch.os\n"
+            "class Model(nn.Module):\n"
+            "    def __init__(self, spec, cfg):\n"
+            "        super().__init__()\n"
+            "        self.lin = nn.Linear(2, 1)\n"
+            "        self.calls = 0\n"
+            + textwrap.indent(textwrap.dedent(init).strip() or "pass", "        ") + "\n"
+            "    def forward(self, batch):\n"
+            "        self.calls += 1\n"
+            + ("        if self.calls > 2:\n" if after_gate else "")
+            + (body or "        pass") + "\n"
+            "        return self.lin(batch['dense']).squeeze(-1)\n")
+    return {"component": "architecture", "code": code}
+
+
+@pytest.fixture
+def pool(tmp_path, monkeypatch):
+    p = warm.WarmPool(tmp_path / "pool", SandboxLimits())
+    monkeypatch.setattr(warm, "_POOL", p)
+    yield p
+    p.close()
+
+
+def test_warm_and_cold_give_the_same_metrics_for_the_same_seed(world_dir, tmp_path, pool):
+    cfg = ModelConfig.model_validate(BASE)
+    warm_metrics = train(cfg, world_dir, tmp_path / "warm")
+    again = train(cfg, world_dir, tmp_path / "again")  # from the cache, in fresh sandboxes
+    assert pool.stats["warm"] == 4 and pool.cache.hits == 1 and pool.cache.misses == 1
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(warm, "_POOL", None)
+        cold = train(cfg, world_dir, tmp_path / "cold")
+    assert json.loads((tmp_path / "cold" / "timing.json").read_text())["warm"] is False
+    assert json.loads((tmp_path / "warm" / "timing.json").read_text())["warm"] is True
+    for name in METRICS:
+        assert warm_metrics[name] == cold[name] == again[name], name
+    # a different seed is a different model: the equality above is not a constant
+    other = train(cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 7})}), world_dir,
+                  tmp_path / "seed7")
+    assert other["val_loss"] != cold["val_loss"]
+
+
+def test_a_sandbox_serves_one_candidate_and_is_gone_after_it(world_dir, tmp_path, pool):
+    cfg = ModelConfig.model_validate(BASE)
+    first = pool.take("training")
+    pid, folder = first.warm.pid, first.input
+    assert psutil.pid_exists(pid)
+    second = pool.take("training")
+    assert second.warm.pid != pid and second.input != folder  # each take is another process and folder
+    warm.discard(first)
+    warm.discard(second)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not folder.exists()
+    # the contained program ends after its one command: a second one is never read
+    step = pool.take("training")
+    step.input.joinpath("config.json").write_text(cfg.model_dump_json())
+    res = warm.release(step.warm, "predict", 60, step.log)  # no model.pt2: fails, and the process has ended
+    assert res.returncode != 0 and not res.timed_out
+    assert step.warm.poll() is not None
+    warm.discard(step)
+
+
+def test_the_cache_is_shared_read_only_and_keyed_by_what_changes_rows(world_dir, tmp_path):
+    cfg = ModelConfig.model_validate(BASE)
+    key = warm.rows_key(cfg, world_dir, 1)
+    assert key == warm.rows_key(cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"lr": 0.1})}),
+                                world_dir, 1)
+    reward = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"weight": "2.0"})})
+    capped = cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_train_examples": 1000})})
+    assert len({key, warm.rows_key(reward, world_dir, 1), warm.rows_key(capped, world_dir, 1)}) == 3
+    assert warm.rows_key(cfg, "s3://bucket/world", 1) is None  # a remote source can change under its name
+    cache = warm.PreparedCache(tmp_path / "cache")
+    a = cache.prepare(world_dir, cfg, tmp_path / "a")
+    b = cache.prepare(world_dir, cfg, tmp_path / "b")
+    assert (cache.hits, cache.misses) == (1, 1) and len(a.val) == len(b.val)
+    assert os.stat(tmp_path / "a" / "train.parquet").st_ino == os.stat(tmp_path / "b" / "train.parquet").st_ino
+    assert not os.stat(tmp_path / "a" / "train.parquet").st_mode & 0o222
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_candidate_cannot_write_the_cached_rows_the_next_one_reads(world_dir, tmp_path):
+    """The rows are prepared once per slot and linked into every candidate's read-only input: a write through
+    /input is refused, so the next candidate trains on the same bytes (and gets the same metrics)."""
+    limits = RunLimits(wall_seconds=300, threads=1)
+    worker = WarmWorker(tmp_path / "slot", limits)
+    cfg = ModelConfig.model_validate(BASE)
+    poison = arch(init="""
+try:
+    fd = OS.open('/input/train.parquet', OS.O_WRONLY | OS.O_APPEND); OS.write(fd, b'POISON'); raise RuntimeError('WROTE')
+except OSError as e:
+    raise RuntimeError('REFUSED ' + type(e).__name__)""")
+    try:
+        first = run_candidate(cfg, None, world_dir, tmp_path / "c1", limits, worker=worker)
+        assert first.ok, first.failure
+        cached = next((tmp_path / "slot" / "pool" / "prepared").glob("*/train.parquet"))
+        before = digest(cached)
+        attack = run_candidate(cfg, parse_delta(poison), world_dir, tmp_path / "c2", limits, worker=worker)
+        assert not attack.ok and "REFUSED" in attack.failure.reason, attack.failure
+        assert digest(cached) == before
+        third = run_candidate(cfg, None, world_dir, tmp_path / "c3", limits, worker=worker)
+        assert third.ok and third.metrics["val_loss"] == first.metrics["val_loss"]
+        assert worker.last_reply["cache"] == {"hits": 2, "misses": 1}
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("kind,forward,stage,words", [
+    ("crash", "OS._exit(9)", "crash", "exit 9"),
+    ("memory", "torch.empty(1 << 36, dtype=torch.uint8).fill_(1)", "training", "memory"),
+])
+def test_a_crashing_or_memory_hungry_candidate_ends_only_its_own_process(world_dir, tmp_path, kind, forward, stage,
+                                                                         words):
+    limits = RunLimits(wall_seconds=300, threads=1)
+    worker = WarmWorker(tmp_path / "slot", limits)
+    cfg = ModelConfig.model_validate(BASE)
+    try:
+        ok = run_candidate(cfg, None, world_dir, tmp_path / "before", limits, worker=worker)
+        assert ok.ok, ok.failure
+        pid = worker.popen.pid
+        bad = run_candidate(cfg, parse_delta(arch(forward=forward, after_gate=True)), world_dir, tmp_path / kind,
+                            limits, worker=worker)
+        assert not bad.ok and bad.failure.stage == stage and words in bad.failure.reason.lower(), bad.failure
+        assert worker.popen is not None and worker.popen.pid == pid  # the slot's trusted worker lives on
+        after = run_candidate(cfg, None, world_dir, tmp_path / "after", limits, worker=worker)
+        assert after.ok and after.metrics["val_loss"] == ok.metrics["val_loss"]
+        assert worker.popen.pid == pid and worker.last_reply["pool"]["cold"] == 0
+    finally:
+        worker.stop()
+
+
+def test_a_hanging_candidate_ends_its_own_slot_only(world_dir, tmp_path):
+    """The wall-time watchdog kills the hanging candidate's slot (its trusted worker, its sandbox, the spares
+    that had no candidate yet); another slot's worker is untouched, and the next run on the first slot starts
+    a fresh worker."""
+    limits = RunLimits(wall_seconds=300, threads=1)
+    cfg = ModelConfig.model_validate(BASE)
+    a, b = WarmWorker(tmp_path / "a", limits), WarmWorker(tmp_path / "b", limits)
+    try:
+        assert run_candidate(cfg, None, world_dir, tmp_path / "b1", limits, worker=b).ok
+        b_pid = b.popen.pid
+        assert run_candidate(cfg, None, world_dir, tmp_path / "a1", limits, worker=a).ok
+        a_tree = [p.pid for p in psutil.Process(a.popen.pid).children(recursive=True)] + [a.popen.pid]
+        t0 = time.monotonic()
+        hang = run_candidate(cfg, parse_delta(arch(forward="while True: pass")), world_dir, tmp_path / "hang",
+                             RunLimits(wall_seconds=20, threads=1), worker=a)
+        assert not hang.ok and hang.failure.stage == "timeout" and time.monotonic() - t0 < 60
+        time.sleep(1)
+        assert not [p for p in a_tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert b.popen.pid == b_pid and b.popen.poll() is None
+        assert run_candidate(cfg, None, world_dir, tmp_path / "b2", limits, worker=b).ok
+        again = run_candidate(cfg, None, world_dir, tmp_path / "a2", limits, worker=a)
+        assert again.ok and a.popen.pid not in a_tree
+    finally:
+        a.stop()
+        b.stop()
