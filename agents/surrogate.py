@@ -3,9 +3,12 @@
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
 noise floors, and the loss-independent proxies long_watch_corr and return_corr, the last three
-standardised over the concluded rollouts (`Surrogate`). It predicts each
-candidate's online effect with a standard deviation, and the online agent ranks by an upper
-confidence bound (mean + kappa * sd) so that uncertain candidates get explored.
+standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known before any
+rollout: long_watch_corr is the offline proxy of the north star (long watches are watch minutes), so its
+weight starts positive and the surrogate starts at that proxy's ranking; the components share an
+intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
+standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
+that uncertain candidates get explored.
 
 Why linear and Bayesian: a handful of concluded rollouts is all there will be for a long time; the
 posterior's width says honestly how little that is, and it shrinks as rollouts conclude.
@@ -51,24 +54,29 @@ class Prediction:
 
 
 class BayesianLinear:
-    """y = w.x + e, w ~ N(0, prior_sd^2 I), e ~ N(0, s^2); s^2 from residuals (floored)."""
+    """y = w.x + e, w ~ N(prior_mean, diag(prior_sd^2)), e ~ N(0, s^2); s^2 from the residuals (floored), on the
+    degrees of freedom the fit leaves (n minus the effective number of parameters, the hat matrix's trace:
+    with as many weights as rollouts the raw residuals are near zero and would let the data drown the prior)."""
 
-    def __init__(self, prior_sd: float = 0.05, noise_floor_sd: float = 0.002):
-        self.prior_sd, self.noise_floor_sd = prior_sd, noise_floor_sd
+    def __init__(self, prior_sd: float | np.ndarray = 0.05, noise_floor_sd: float = 0.002,
+                 prior_mean: np.ndarray | None = None):
+        self.prior_sd, self.noise_floor_sd, self.prior_mean = prior_sd, noise_floor_sd, prior_mean
         self.mean: np.ndarray | None = None
         self.cov: np.ndarray | None = None
-        self.noise_var = prior_sd**2
+        self.noise_var = float(np.max(prior_sd)) ** 2
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "BayesianLinear":
         x, y = np.atleast_2d(x), np.asarray(y, dtype=float)
         d = x.shape[1]
-        noise = max(float(np.var(y)) if y.size > 1 else self.prior_sd**2, self.noise_floor_sd**2)
+        sd = np.broadcast_to(np.asarray(self.prior_sd, dtype=float), (d,))
+        m0 = np.zeros(d) if self.prior_mean is None else np.asarray(self.prior_mean, dtype=float)
+        p0 = np.diag(1 / sd**2)
+        noise = max(float(np.var(y)) if y.size > 1 else float(sd.max()) ** 2, self.noise_floor_sd**2)
         for _ in range(3):  # empirical Bayes on the noise: refit with the residual variance
-            precision = np.eye(d) / self.prior_sd**2 + x.T @ x / noise
-            cov = np.linalg.inv(precision)
-            mean = cov @ x.T @ y / noise
+            cov = np.linalg.inv(p0 + x.T @ x / noise)
+            mean = cov @ (p0 @ m0 + x.T @ y / noise)
             resid = y - x @ mean
-            dof = max(y.size - 1, 1)
+            dof = max(y.size - float(np.trace(x @ cov @ x.T)) / noise, 1.0)
             noise = max(float(resid @ resid) / dof, self.noise_floor_sd**2)
         self.mean, self.cov, self.noise_var = mean, cov, noise
         return self
@@ -82,31 +90,46 @@ class BayesianLinear:
         return [Prediction(float(m), float(math.sqrt(v))) for m, v in zip(mu, var)]
 
 
-class Surrogate:
-    """BayesianLinear on scale-free inputs: the proxies and floors standardised over the fitted rollouts (the
-    one-hot columns as they are), the prior's width the effects' own size (root mean square). With raw
-    inputs a fixed prior ties the answer to units: long_watch_corr moves by hundredths, floors by units, so
-    N(0, 0.05²) left the proxies almost no weight while floors got plenty."""
+# The prior's direction, known before any rollout: long_watch_corr is the north star's offline proxy.
+# (weight on the standardised input, in units of the effects' size, and its prior sd in the same units)
+PRIOR_DIRECTION = {"long_watch_corr": (0.5, 0.25)}
+COMPONENT_SPREAD = 0.5  # prior sd of a component's deviation from the shared intercept, in the same units
+CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among 8 rollouts must not set the slope
 
-    def __init__(self, n_onehot: int = len(COMPONENTS), min_prior_sd: float = 0.002):
-        self.n_onehot, self.min_prior_sd = n_onehot, min_prior_sd
+
+class Surrogate:
+    """BayesianLinear on scale-free inputs: a shared intercept, the component's deviation from it (one-hot,
+    shrunk), and the proxies and floors standardised over the fitted rollouts (clipped at ±CLIP); every prior
+    sd is in units of the effects' own size (root mean square). The long_watch_corr weight's prior is centred
+    on PRIOR_DIRECTION, the others on 0. With raw inputs a fixed prior ties the answer to units:
+    long_watch_corr moves by hundredths, floors by units, so N(0, 0.05²) left the proxies almost no weight."""
+
+    def __init__(self, n_onehot: int = len(COMPONENTS), min_prior_sd: float = 0.002,
+                 names: tuple[str, ...] = ("floors", *PROXIES)):
+        self.n_onehot, self.min_prior_sd, self.names = n_onehot, min_prior_sd, names
         self.center: np.ndarray | None = None
         self.scale: np.ndarray | None = None
         self.model: BayesianLinear | None = None
 
     def _x(self, x: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=float)).copy()
-        x[:, self.n_onehot:] = (x[:, self.n_onehot:] - self.center) / self.scale
-        return x
+        x = np.atleast_2d(np.asarray(x, dtype=float))
+        z = np.clip((x[:, self.n_onehot:] - self.center) / self.scale, -CLIP, CLIP)
+        return np.hstack([np.ones((x.shape[0], 1)), x[:, :self.n_onehot], z])
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "Surrogate":
         x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
+        if x.shape[1] != self.n_onehot + len(self.names):
+            raise ValueError(f"expected {self.n_onehot} one-hot columns and {len(self.names)} inputs "
+                             f"({', '.join(self.names)}), got {x.shape[1]} columns")
         rest = x[:, self.n_onehot:]
         self.center = rest.mean(0)
         sd = rest.std(0)
         self.scale = np.where(sd > 0, sd, 1.0)
-        prior = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
-        self.model = BayesianLinear(prior_sd=prior).fit(self._x(x), y)
+        size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
+        direction = [PRIOR_DIRECTION.get(n, (0.0, 1.0)) for n in self.names]
+        mean = np.array([0.0] * (1 + self.n_onehot) + [m for m, _ in direction]) * size
+        sds = np.array([1.0] + [COMPONENT_SPREAD] * self.n_onehot + [s for _, s in direction]) * size
+        self.model = BayesianLinear(prior_sd=sds, prior_mean=mean).fit(self._x(x), y)
         return self
 
     def predict(self, x: np.ndarray) -> list[Prediction]:

@@ -210,6 +210,39 @@ def surrogate_after(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, ta
             "p90": round(float(np.percentile(rhos, 90)), 4)}
 
 
+def surrogate_ranks_the_rest(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, target: str = NORTH_STAR,
+                             seed: int = 0) -> dict[str, Any] | None:
+    """The surrogate as the online agent uses it once k rollouts have concluded: one fit on k candidates drawn at
+    random ranks all the others (Spearman over those), mean and 10th/90th percentiles over draws; beside it each
+    raw offline signal's Spearman on the same held-out candidates. (`surrogate_after` predicts every candidate
+    from its own draw of k, so the fits' different intercepts also enter its ranking.)"""
+    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
+
+    if len(rows) < k + 3:
+        return None
+    x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
+                  for r in rows])
+    y = np.array([r["online"][target] for r in rows])
+    raw = {s: np.array([r["offline"][s] for r in rows]) for s in (*SIGNALS, "floors")}
+    rng = np.random.default_rng(seed)
+    rhos: dict[str, list[float]] = {"surrogate": [], **{s: [] for s in raw}}
+
+    def rho(a: np.ndarray, b: np.ndarray) -> float:
+        return float(stats.spearmanr(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else 0.0
+
+    for _ in range(draws):
+        fit = rng.choice(len(y), k, replace=False)
+        rest = np.setdiff1d(np.arange(len(y)), fit)
+        pred = np.array([p.mean for p in Surrogate().fit(x[fit], y[fit]).predict(x[rest])])
+        rhos["surrogate"].append(rho(pred, y[rest]))
+        for s, v in raw.items():
+            rhos[s].append(rho(v[rest], y[rest]))
+    summary = {s: round(float(np.mean(v)), 4) for s, v in rhos.items()}
+    return {"k": k, "draws": draws, "mean": summary.pop("surrogate"),
+            "p10": round(float(np.percentile(rhos["surrogate"], 10)), 4),
+            "p90": round(float(np.percentile(rhos["surrogate"], 90)), 4), "raw_signals_same_sets": summary}
+
+
 def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> dict[str, float | None]:
     """Spearman between each offline signal (and the surrogate's leave-one-out prediction) and the
     online effect over the candidates."""
@@ -282,6 +315,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         "rank_correlation": corr,
         "rank_correlation_late": rank_correlations(rows, "minutes_late"),
         "surrogate_after_8_rollouts": surrogate_after(rows) if rows else None,
+        "surrogate_ranks_the_rest_after_8": surrogate_ranks_the_rest(rows) if rows else None,
         "north_star": "watch minutes per user over the online days (days away count as 0)",
         "median_abs_effect": float(np.median(effects)) if effects.size else None,
         "max_abs_effect": float(effects.max()) if effects.size else None,

@@ -80,3 +80,50 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
 
     assert loo(Surrogate) > 0.8
     assert loo(Surrogate) > loo(BayesianLinear) + 0.2
+
+
+def _pool(rng, n):
+    lw = rng.normal(0, 0.02, n)
+    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, n)], lw
+
+
+def test_the_prior_starts_at_the_north_stars_proxy_and_the_data_can_overturn_it():
+    """Before the rollouts say anything (effects that are pure noise), the surrogate orders new candidates by
+    long_watch_corr, the north star's offline proxy; once enough rollouts show the opposite direction, it
+    follows the data."""
+    from scipy import stats
+
+    from cambrian.agents.surrogate import Surrogate
+
+    rng = np.random.default_rng(4)
+    x, lw = _pool(rng, 8)
+    probe, probe_lw = _pool(rng, 30)
+    noise_only = Surrogate().fit(x, rng.normal(0, 0.01, 8))
+    pred = [p.mean for p in noise_only.predict(probe)]
+    assert stats.spearmanr(pred, probe_lw).statistic > 0.7
+    x40, lw40 = _pool(rng, 40)
+    against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))
+    pred = [p.mean for p in against.predict(probe)]
+    assert stats.spearmanr(pred, probe_lw).statistic < -0.7
+    # and it stays uncertain: every prediction has a spread, wider far from the fitted rollouts
+    far = probe.copy()
+    far[:, 5] = 10.0  # clipped at 2 sd: a far input cannot claim a huge effect
+    assert all(p.sd > 0 for p in noise_only.predict(probe))
+    assert max(abs(p.mean) for p in noise_only.predict(far)) < 10 * 0.02
+
+
+def test_the_noise_estimate_uses_the_degrees_of_freedom_left():
+    """As many weights as rollouts: the residuals are near zero, but the noise estimate must not be (it would
+    let 8 points drown any prior); with the residual dof it stays near the data's spread."""
+    rng = np.random.default_rng(2)
+    x = np.c_[np.ones(8), rng.normal(size=(8, 7))]
+    y = rng.normal(0, 0.01, 8)
+    m = BayesianLinear(prior_sd=0.01).fit(x, y)
+    assert m.noise_var > 0.5 * np.var(y)  # counting n - 1 dof instead gave a fifth of it
+
+
+def test_the_surrogate_rejects_a_feature_vector_of_the_wrong_width():
+    from cambrian.agents.surrogate import Surrogate
+
+    with pytest.raises(ValueError, match="one-hot columns"):
+        Surrogate().fit(np.zeros((5, 6)), np.zeros(5))
