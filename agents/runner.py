@@ -146,12 +146,13 @@ def stage_data(data_dir: Path, work: Path) -> Path:
     can look."""
     from cambrian.trainer.data import source_schema
     from cambrian.trainer.fetch import DECLARATION
+    from cambrian.trainer.schema import WORLD
 
     staged = work / "data"
     if staged.exists():
         shutil.rmtree(staged)
     staged.mkdir(parents=True)
-    declared = source_schema(data_dir)
+    declared = source_schema(data_dir) if (data_dir / "world.json").is_file() else WORLD  # a bare folder: the world's
     names = ["world.json", DECLARATION, *((t.path or key) for key, t in declared.tables.items())]
     for name in names:
         src = data_dir / name

@@ -105,7 +105,7 @@ class LocalPlatform:
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
-                 warehouse: Any = None, promql_url: str | None = None, warm: bool = True,
+                 warehouse: Any = None, promql_url: str | None = None, warm: bool = False,
                  warm_cache: int = 4):
         self.root = Path(root).resolve()
         self.store = store

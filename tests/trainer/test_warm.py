@@ -171,13 +171,27 @@ def test_a_hanging_candidate_ends_its_own_slot_only(world_dir, tmp_path):
         assert run_candidate(cfg, None, world_dir, tmp_path / "b1", limits, worker=b).ok
         b_pid = b.popen.pid
         assert run_candidate(cfg, None, world_dir, tmp_path / "a1", limits, worker=a).ok
-        a_tree = [p.pid for p in psutil.Process(a.popen.pid).children(recursive=True)] + [a.popen.pid]
+        root = psutil.Process(a.popen.pid)
+        a_procs = [*root.children(recursive=True), root]
+        a_tree = [p.pid for p in a_procs]
         t0 = time.monotonic()
         hang = run_candidate(cfg, parse_delta(arch(forward="while True: pass")), world_dir, tmp_path / "hang",
                              RunLimits(wall_seconds=20, threads=1), worker=a)
         assert not hang.ok and hang.failure.stage == "timeout" and time.monotonic() - t0 < 60
-        time.sleep(1)
-        assert not [p for p in a_tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        def alive() -> list[int]:  # is_running() compares start times: a reused pid is not the same process
+            out = []
+            for p in a_procs:
+                try:
+                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                        out.append(p.pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return out
+
+        deadline = time.monotonic() + 10  # a killed tree is reaped asynchronously (a loaded machine)
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive()
         assert b.popen.pid == b_pid and b.popen.poll() is None
         assert run_candidate(cfg, None, world_dir, tmp_path / "b2", limits, worker=b).ok
         again = run_candidate(cfg, None, world_dir, tmp_path / "a2", limits, worker=a)
