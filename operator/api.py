@@ -597,11 +597,9 @@ class Data(_Model):
 
     def declared(self):
         """The data's declaration (trainer/schema.py): the custom one, checked, or a built-in one."""
-        from cambrian.trainer.schema import BUILT_IN, parse_schema
+        from cambrian.trainer.schema import declaration_of
 
-        if self.custom_declaration is not None:
-            return parse_schema(self.custom_declaration, "spec.data.customDeclaration", compile=False)
-        return BUILT_IN[self.declaration or "world"]
+        return declaration_of(self.declaration, self.custom_declaration, compile=False)
 
 
 class Storage(_Model):

@@ -281,6 +281,14 @@ def load_schema(name_or_path: str | Path) -> DataSchema:
         raise ConfigError(str(exc), hint=hint) from None
 
 
+def declaration_of(declaration: str | None, custom: object | None, compile: bool = True) -> DataSchema:
+    """An Evolution's data declaration (spec.data.declaration / customDeclaration): its own, parsed, or a built-in
+    one by name (default the world's)."""
+    if custom is not None:
+        return parse_schema(custom, "spec.data.customDeclaration", compile)
+    return BUILT_IN[declaration or "world"]
+
+
 def parse_schema(raw: object, where: str, compile: bool = True) -> DataSchema:
     """A declaration from its parsed YAML/JSON (a file's, or an Evolution's spec.data.customDeclaration), its
     expressions compiled unless `compile` is false (the operator has no sqlglot: the fetch step compiles them);

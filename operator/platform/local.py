@@ -334,15 +334,14 @@ class LocalPlatform:
 
             # one checked snapshot per source for every run of this folder (a kill mid-fetch leaves none);
             # credentials come from this process's environment, as the Secret's keys do in a cluster
-            from cambrian.trainer.schema import BUILT_IN, parse_schema
+            from cambrian.trainer.schema import declaration_of
 
             custom = data.get("customDeclaration")  # checked when the Evolution was applied
             declaration = json.dumps(custom, sort_keys=True) if custom else data.get("declaration") or "world"
             key = source["uri"] if declaration == "world" else f"{source['uri']} {declaration}"
             path = self.root / "data" / f"source-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
             with self._data_lock:
-                fetch(source["uri"], path, parse_schema(custom, "spec.data.customDeclaration") if custom
-                      else BUILT_IN[declaration])
+                fetch(source["uri"], path, declaration_of(data.get("declaration"), custom))
             return path
         w = {"users": 2000, "days": 14, "seed": 0, **(data.get("world") or {})}
         path = self.root / "data" / f"world-u{w['users']}-d{w['days']}-s{w['seed']}"
