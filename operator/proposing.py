@@ -20,7 +20,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cambrian.errors import ConfigError
 from cambrian.operator import api
@@ -182,21 +182,49 @@ def hypothesis_spec(evolution: str, wakeup: int, persona: str, prop: Mapping[str
     return api.parse_spec("Hypothesis", spec).wire()
 
 
-def new_hypotheses(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer: Callable
-                   ) -> tuple[list[tuple[str, dict, dict[str, str], dict[str, str]]], str, bool] | None:
-    """One wake-up's Hypothesis objects as (name, spec, labels, annotations), the event message and
-    whether it is a warning; None when this wake-up already created some (a replay after a restart:
-    nobody is asked again, so an LLM answer is paid for once). Shared by both platforms."""
-    if any(h["metadata"]["name"].startswith(f"{action.name_prefix}-") for h in existing):
-        log.info("wake-up %s of %s was already proposed; not asking again", action.wakeup, action.owner.name)
-        return None
+class ProposalRecord(Protocol):
+    """Where a platform keeps a wake-up's answer between asking the proposer and creating its Hypotheses
+    (durable: a ConfigMap in a cluster, a file locally), under the wake-up's name prefix."""
+
+    def load(self, prefix: str) -> dict[str, Any] | None: ...
+
+    def save(self, prefix: str, record: dict[str, Any]) -> None: ...
+
+    def drop(self, prefix: str) -> None: ...
+
+
+def propose_wakeup(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer: Callable,
+                   record: ProposalRecord, create: Callable[[str, dict, dict[str, str], dict[str, str]], None]
+                   ) -> tuple[str, bool] | None:
+    """One wake-up, shared by both platforms: ask the proposer, keep its answer durably, then create the
+    Hypothesis objects `{prefix}-{i}` (`create(name, spec, labels, annotations)`) that do not exist yet, and
+    drop the record. A replay after a restart creates what the recorded answer still lacks (a kill between
+    two creates loses nothing) and asks nobody again (an LLM answer is paid for once). Returns the event
+    message and whether it is a warning; None when the wake-up was complete already."""
+    prefix = action.name_prefix
+    have = {h["metadata"]["name"] for h in existing if h["metadata"]["name"].startswith(f"{prefix}-")}
+    saved = record.load(prefix)
+    if saved is None:
+        if have:  # every Hypothesis was created before its record was dropped
+            log.info("wake-up %s of %s was already proposed; not asking again", action.wakeup, action.owner.name)
+            return None
+        saved = _ask(action, existing, proposer)
+        record.save(prefix, saved)
+    for name, spec, labels, annotations in saved["objects"]:
+        if name not in have:
+            create(name, spec, labels, annotations)
+    record.drop(prefix)
+    return saved["message"], saved["warning"]
+
+
+def _ask(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer: Callable) -> dict[str, Any]:
     batch = proposer(action, existing)
     specs = batch.items if hasattr(batch, "items") else [(spec, {}) for spec in batch]
-    objs = [(f"{action.name_prefix}-{i}", spec, {"cambrian.dev/wakeup": str(action.wakeup)}, dict(annotations or {}))
+    objs = [[f"{action.name_prefix}-{i}", spec, {"cambrian.dev/wakeup": str(action.wakeup)}, dict(annotations or {})]
             for i, (spec, annotations) in enumerate(specs)]
     notes = list(getattr(batch, "notes", []))
     message = f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)" + (f"; {'; '.join(notes)}"[:900] if notes else "")
-    return objs, message, bool(notes) and not specs
+    return {"objects": objs, "message": message, "warning": bool(notes) and not specs}
 
 
 class ClusterProposer:

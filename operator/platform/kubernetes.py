@@ -771,6 +771,40 @@ class EventPoster:
                 _event_lost(event, exc)
 
 
+class _ConfigMapRecord:
+    """A wake-up's proposals between asking and creating (operator/proposing.propose_wakeup): a ConfigMap
+    `{prefix}-proposals` owned by the Evolution (deleted with it if a drop never came)."""
+
+    LIMIT = 900_000  # a ConfigMap holds at most 1 MiB
+
+    def __init__(self, platform: "KubernetesPlatform", owner: Owner):
+        self.platform, self.owner, self.ns = platform, owner, owner.namespace or "default"
+
+    def load(self, prefix: str) -> dict[str, Any] | None:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            cm = self.platform.core.read_namespaced_config_map(f"{prefix}-proposals", self.ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise refusal(exc, f"ConfigMap {prefix}-proposals") from exc
+        return json.loads((cm.data or {})["proposals.json"])
+
+    def save(self, prefix: str, record: dict[str, Any]) -> None:
+        text = json.dumps(record, sort_keys=True)
+        if len(text) > self.LIMIT:  # too big to keep: a kill before the creates end loses the rest of this answer
+            log.warning("wake-up %s: its proposals (%d bytes) are too big for a ConfigMap; not recorded", prefix, len(text))
+            return
+        body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(f"{prefix}-proposals", self.owner, {}),
+                "data": {"proposals.json": text}}
+        self.platform._create(self.platform.core.create_namespaced_config_map, self.owner.namespace, body, raw=True)
+
+    def drop(self, prefix: str) -> None:
+        self.platform._delete(self.platform.core.delete_namespaced_config_map, f"{prefix}-proposals",
+                              self.owner.namespace)
+
+
 class KubernetesPlatform:
     """Sends the builders' manifests. `proposer(action)` returns Hypothesis specs for a wake-up.
     `background_events`: Events go out on an EventPoster instead of inside the reconcile step."""
@@ -1115,7 +1149,7 @@ class KubernetesPlatform:
             self.record(RecordJournal(action.owner, "NoProposer",
                                       "no proposer is wired into this operator; create Hypotheses by hand", {}, True))
             return
-        from cambrian.operator.proposing import new_hypotheses
+        from cambrian.operator.proposing import propose_wakeup
 
         ns = action.owner.namespace or "default"
         if self.observed is not None:
@@ -1123,11 +1157,8 @@ class KubernetesPlatform:
         else:
             existing = [h for h in self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "hypotheses").get("items", [])
                         if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
-        made = new_hypotheses(action, existing, self.proposer)
-        if made is None:
-            return
-        objs, message, warning = made
-        for name, spec, labels, annotations in objs:
+
+        def create(name: str, spec: dict, labels: dict, annotations: dict) -> None:
             body = {"apiVersion": API_VERSION, "kind": "Hypothesis",
                     "metadata": _meta(name, action.owner, labels, annotations or None), "spec": spec}
             try:
@@ -1140,7 +1171,10 @@ class KubernetesPlatform:
                     raise
                 # An agent wrote something admission refuses: that proposal is lost, the loop is not.
                 self.record(RecordJournal(action.owner, "ProposalRefused", str(exc)[:1024], {}, True))
-        self.record(RecordJournal(action.owner, "Proposed", message, {}, warning))
+
+        made = propose_wakeup(action, existing, self.proposer, _ConfigMapRecord(self, action.owner), create)
+        if made is not None:
+            self.record(RecordJournal(action.owner, "Proposed", made[0], {}, made[1]))
 
     def _post_event(self, namespace: str, event: dict) -> None:
         _discard(self.core.create_namespaced_event(namespace, event, _preload_content=False))

@@ -632,22 +632,22 @@ class LocalPlatform:
         """Local mode has no Gateway API route: callers reach the champion at its URL (champions/*.json)."""
 
     def propose(self, action: ProposeHypotheses) -> None:
-        from cambrian.operator.proposing import new_hypotheses
+        from cambrian.operator.proposing import propose_wakeup
 
         existing = [h for h in self.store.list("hypotheses")
                     if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == action.owner.name]
         if self.proposer is None:
             self.record(RecordJournal(action.owner, "NoProposer", "no proposer configured", {}, True))
             return
-        made = new_hypotheses(action, existing, self.proposer)
-        if made is None:
-            return  # this wake-up was already proposed before a restart
-        objs, message, warning = made
-        for name, spec, labels, annotations in objs:
+
+        def create(name: str, spec: dict, labels: dict, annotations: dict) -> None:
             self.store.create({"kind": "Hypothesis", "apiVersion": API_VERSION,
                                "metadata": {"name": name, "labels": labels, "annotations": annotations},
                                "spec": spec}, self.clock(), action.owner)
-        self.record(RecordJournal(action.owner, "Proposed", message, {}, warning))
+
+        made = propose_wakeup(action, existing, self.proposer, _FileRecord(self.root / "proposals"), create)
+        if made is not None:
+            self.record(RecordJournal(action.owner, "Proposed", made[0], {}, made[1]))
 
     def record(self, action: RecordJournal) -> None:
         o = action.owner
@@ -657,6 +657,23 @@ class LocalPlatform:
         path = self.root / "events.jsonl"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+
+class _FileRecord:
+    """A wake-up's proposals between asking and creating (operator/proposing.propose_wakeup), one file each."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self, prefix: str) -> dict[str, Any] | None:
+        path = self.folder / f"{prefix}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, prefix: str, record: dict[str, Any]) -> None:
+        write_atomic(self.folder / f"{prefix}.json", json.dumps(record, sort_keys=True))
+
+    def drop(self, prefix: str) -> None:
+        (self.folder / f"{prefix}.json").unlink(missing_ok=True)
 
 
 @dataclass

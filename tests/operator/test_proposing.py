@@ -165,15 +165,58 @@ def test_metrics_exporter_serves_the_chart_metric_names():
 
 
 class FakeCustom:
-    def __init__(self, items):
-        self.items, self.created = list(items), []
+    def __init__(self, items, crash_at=None):
+        self.items, self.created, self.crash_at = list(items), [], crash_at
 
     def list_namespaced_custom_object(self, group, version, ns, plural):
         return {"items": list(self.items)}
 
     def create_namespaced_custom_object(self, group, version, ns, plural, body):
+        if len(self.created) == self.crash_at:
+            self.crash_at = None
+            raise SystemExit("the operator dies between two creates")
         self.created.append(body)
         self.items.append(body)
+
+
+class FakeConfigMaps:
+    """ConfigMaps by name, answering like the API server (404, 409)."""
+
+    def __init__(self):
+        self.maps, self.calls = {}, []
+
+    def create_namespaced_config_map(self, ns, body, _preload_content=True):
+        from kubernetes.client.rest import ApiException
+
+        self.calls.append("create")
+        if body["metadata"]["name"] in self.maps:
+            raise ApiException(status=409)
+        self.maps[body["metadata"]["name"]] = body
+
+    def read_namespaced_config_map(self, name, ns):
+        from types import SimpleNamespace
+
+        from kubernetes.client.rest import ApiException
+
+        self.calls.append("read")
+        if name not in self.maps:
+            raise ApiException(status=404)
+        return SimpleNamespace(data=self.maps[name]["data"])
+
+    def delete_namespaced_config_map(self, name, ns, propagation_policy=None):
+        from kubernetes.client.rest import ApiException
+
+        self.calls.append("delete")
+        if self.maps.pop(name, None) is None:
+            raise ApiException(status=404)
+
+
+def _cluster(proposer, crash_at=None):
+    plat = K.KubernetesPlatform.__new__(K.KubernetesPlatform)
+    plat.custom, plat.core, plat.proposer, plat.observed = FakeCustom([], crash_at), FakeConfigMaps(), proposer, None
+    plat.events = []
+    plat.record = plat.events.append
+    return plat
 
 
 def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
@@ -184,15 +227,40 @@ def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
         asked.append(action.wakeup)
         return P.ClusterProposer()(action, existing)
 
-    plat = K.KubernetesPlatform.__new__(K.KubernetesPlatform)
-    plat.custom, plat.proposer, plat.record = FakeCustom([]), proposer, lambda a: None
+    plat = _cluster(proposer)
     plat.propose(wake(spec))
     names = [b["metadata"]["name"] for b in plat.custom.created]
     assert names == ["evo-w1-abc-0", "evo-w1-abc-1"]
     body = plat.custom.created[0]
     assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-evo" and body["spec"]["evolutionRef"] == {"name": "evo"}
+    assert plat.core.maps == {}  # the answer's record is dropped once every Hypothesis exists
     plat.propose(wake(spec))  # the operator died before persisting status: the same wake-up again
     assert asked == [1] and len(plat.custom.created) == 2
+
+
+def test_a_kill_between_two_creates_loses_no_proposal():
+    """The operator dies after creating the wake-up's first Hypothesis: the replay creates the second from the
+    recorded answer (the same spec), without asking the proposer again."""
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
+    asked = []
+
+    def proposer(action, existing):
+        asked.append(action.wakeup)
+        return P.ClusterProposer()(action, existing)
+
+    whole = _cluster(proposer)
+    whole.propose(wake(spec))
+    plat = _cluster(proposer, crash_at=1)
+    with pytest.raises(SystemExit):
+        plat.propose(wake(spec))
+    assert [b["metadata"]["name"] for b in plat.custom.created] == ["evo-w1-abc-0"]
+    assert list(plat.core.maps) == ["evo-w1-abc-proposals"]  # the answer waits, owned by the Evolution
+    assert plat.core.maps["evo-w1-abc-proposals"]["metadata"]["ownerReferences"][0]["uid"] == "uid-evo"
+    plat.propose(wake(spec))
+    assert asked == [1, 1]  # once for the uninterrupted platform, once for the killed one: never on replay
+    assert [b["spec"] for b in plat.custom.created] == [b["spec"] for b in whole.custom.created]
+    assert [b["metadata"]["name"] for b in plat.custom.created] == ["evo-w1-abc-0", "evo-w1-abc-1"]
+    assert plat.core.maps == {} and [e.event for e in plat.events] == ["Proposed"]
 
 
 class Replay:
@@ -330,3 +398,35 @@ def test_concluded_rollouts_reach_the_surrogate_through_the_hypothesis_objects()
     sel = P.select_top_k(spec, spec.baseline, [*history, *pool])
     assert sel.ranked_by == "surrogate" and sel.start == ["long-watch"]
     assert sel.predictions["long-watch"]["mean"] > sel.predictions["big-gain"]["mean"]
+
+
+def test_local_mode_replays_a_wakeup_cut_between_two_creates(tmp_path):
+    """The same in local mode (the driver SIGKILLed between two object writes): the recorded answer is a file."""
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.local import LocalPlatform
+
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
+    asked = []
+
+    def proposer(action, existing):
+        asked.append(action.wakeup)
+        return P.ClusterProposer()(action, existing)
+
+    store = LocalStore(tmp_path)
+    plat = LocalPlatform(tmp_path, store, lambda: T0, proposer=proposer)
+    create, calls = store.create, []
+
+    def dies_second_time(obj, now, owner=None):
+        calls.append(obj["metadata"]["name"])
+        if len(calls) == 2:
+            raise SystemExit("killed")
+        return create(obj, now, owner)
+
+    store.create = dies_second_time
+    with pytest.raises(SystemExit):
+        plat.propose(wake(spec))
+    assert [h["metadata"]["name"] for h in store.list("hypotheses")] == ["evo-w1-abc-0"]
+    assert (tmp_path / "proposals" / "evo-w1-abc.json").exists()
+    plat.propose(wake(spec))
+    assert asked == [1] and sorted(h["metadata"]["name"] for h in store.list("hypotheses")) == ["evo-w1-abc-0", "evo-w1-abc-1"]
+    assert not (tmp_path / "proposals" / "evo-w1-abc.json").exists()
