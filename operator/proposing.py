@@ -238,7 +238,7 @@ class ClusterProposer:
 
     def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
         from cambrian.agents.budgets import cost_usd
-        from cambrian.agents.personas import PERSONAS, get_persona
+        from cambrian.agents.personas import PERSONAS, get_persona, reward_columns
         from cambrian.agents.proposers.base import ProposalRequest
         from cambrian.trainer.config import parse_config
 
@@ -250,6 +250,7 @@ class ClusterProposer:
             batch.notes.append(f"no proposer: {exc}")
             return batch
         baseline = parse_config(action.baseline)
+        columns = tuple(reward_columns(spec.data.declared()))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
         used = spend(existing)
@@ -261,7 +262,7 @@ class ClusterProposer:
 
         def ask(persona, asked: dict[str, int], repair_of=None):
             request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
-                                      repair_of=repair_of)
+                                      repair_of=repair_of, columns=columns)
             if getattr(proposer, "name", "") != "builtin":
                 request.prompt = _prompt(persona, baseline, journal.hypotheses, asked, spec, repair_of)
             result = proposer.propose(request)

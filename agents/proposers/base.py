@@ -28,6 +28,7 @@ class ProposalRequest:
     baseline: ModelConfig
     journal: Journal
     repair_of: Hypothesis | None = None  # set for a self-repair request
+    columns: tuple[str, ...] = ()  # what a reward may read under the data's declaration (empty: any)
 
 
 @dataclass

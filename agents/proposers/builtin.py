@@ -11,6 +11,7 @@ Every proposal carries `meta = {entry, params}` so the journal can rebuild the O
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +196,26 @@ CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
 
 
+def reads(entry: Entry) -> frozenset[str]:
+    """The columns an entry's SQL (a reward's label and weight, at its default settings) reads."""
+    return _reads(entry.key) if entry.key in ENTRIES and ENTRIES[entry.key] is entry else _parse_reads(entry)
+
+
+@functools.lru_cache(maxsize=None)
+def _reads(key: str) -> frozenset[str]:
+    return _parse_reads(ENTRIES[key])
+
+
+def _parse_reads(entry: Entry) -> frozenset[str]:
+    import sqlglot
+    from sqlglot import exp
+
+    if entry.component != "reward":
+        return frozenset()
+    texts = [v for v in entry.render({})["patch"].values() if isinstance(v, str)]
+    return frozenset(c.name for t in texts for c in sqlglot.parse_one(t, read="duckdb").find_all(exp.Column))
+
+
 def _available_architectures() -> set[str]:
     """The names the trainer registers (from its config module: proposing never imports torch)."""
     from cambrian.trainer.config import ARCHITECTURE_NAMES
@@ -224,6 +245,12 @@ class BuiltinProposer:
             self.catalogue = [e for e in self.catalogue if not e.code]
 
     # ------------------------------------------------------------------ helpers
+    def _usable(self, request: ProposalRequest) -> list[Entry]:
+        """The persona's entries that the data can train: a reward reading a column the declaration lacks
+        (the world's watch_seconds on MovieLens) would only fail its gate."""
+        allowed = set(request.columns)
+        return [e for e in self.catalogue if e.persona == request.persona.name and (not allowed or reads(e) <= allowed)]
+
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
         return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint}
 
@@ -256,7 +283,7 @@ class BuiltinProposer:
         if scored:
             best = sorted(scored, key=lambda h: h.offline[p.metric].mean * (1 if p.lower_is_better else -1))[0]
             return ENTRIES[best.meta["entry"]]
-        spaced = [e for e in self.catalogue if e.persona == p.name and e.space]
+        spaced = [e for e in self._usable(request) if e.space]
         return spaced[0] if spaced else None
 
     def _tpe(self, request: ProposalRequest, entry: Entry, taken: set[str], tries: int = 12) -> dict | None:
@@ -305,7 +332,7 @@ class BuiltinProposer:
             prop = self._repair(request, taken)
             result.proposals = [prop] if prop else []
             return result
-        mine = [e for e in self.catalogue if e.persona == request.persona.name]
+        mine = self._usable(request)
         # catalogue order is the prior (most often helpful first); `shuffle` trades it for variety
         pools = {c: [e for e in mine if e.category == c] for c in ("explore", "innovate")}
         if self.shuffle:

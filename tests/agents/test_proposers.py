@@ -206,3 +206,23 @@ def test_builtin_repair_moves_to_safer_settings(tmp_path):
                         delta=e.render({"lr": 0.3}), meta={"entry": "adagrad", "params": {"lr": 0.3}}, phase="Failed")
     res = BuiltinProposer().propose(_request(j, OPTIMIZER, 1, {"exploit": 1}, repair_of=parent))
     assert len(res.proposals) == 1 and res.proposals[0]["delta"]["patch"]["lr"] < 0.3
+
+
+def test_builtin_rewards_read_only_the_columns_the_data_declares(tmp_path):
+    """On data without the world's columns (MovieLens declares ratings, not watch time) the built-in proposer
+    offers no reward that would fail its gate; on data that has only some, only the rewards those allow."""
+    from cambrian.agents.personas import reward_columns
+    from cambrian.agents.proposers.builtin import reads
+    from cambrian.trainer.schema import BUILT_IN
+
+    def proposed(columns):
+        req = ProposalRequest(REWARD, 1, {"explore": 3, "exploit": 1, "innovate": 3}, "", ModelConfig(),
+                              Journal(tmp_path / str(len(columns))), columns=tuple(columns))
+        return [p["meta"]["entry"] for p in BuiltinProposer(seed=1).propose(req).proposals]
+
+    world = proposed(reward_columns(BUILT_IN["world"]))
+    assert len(world) == 7 and "watch_weighted" in world
+    assert proposed(reward_columns(BUILT_IN["movielens-100k"])) == []
+    some = proposed(["click", "completion", "label"])
+    assert some and set(some) <= {"completion", "click_completion"}
+    assert all(reads(e) <= {"click", "completion"} for e in CATALOGUE if e.key in some)
