@@ -211,6 +211,18 @@ class FakeConfigMaps:
             raise ApiException(status=404)
 
 
+def two_proposals():
+    """An Evolution asking one persona for two proposals, and the built-in proposer counting its wake-ups."""
+    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
+    asked = []
+
+    def proposer(action, existing):
+        asked.append(action.wakeup)
+        return P.ClusterProposer()(action, existing)
+
+    return spec, asked, proposer
+
+
 def _cluster(proposer, crash_at=None):
     plat = K.KubernetesPlatform.__new__(K.KubernetesPlatform)
     plat.custom, plat.core, plat.proposer, plat.observed = FakeCustom([], crash_at), FakeConfigMaps(), proposer, None
@@ -220,12 +232,7 @@ def _cluster(proposer, crash_at=None):
 
 
 def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
-    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
-    asked = []
-
-    def proposer(action, existing):
-        asked.append(action.wakeup)
-        return P.ClusterProposer()(action, existing)
+    spec, asked, proposer = two_proposals()
 
     plat = _cluster(proposer)
     plat.propose(wake(spec))
@@ -241,12 +248,7 @@ def test_a_replayed_wakeup_asks_nobody_and_duplicates_nothing():
 def test_a_kill_between_two_creates_loses_no_proposal():
     """The operator dies after creating the wake-up's first Hypothesis: the replay creates the second from the
     recorded answer (the same spec), without asking the proposer again."""
-    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
-    asked = []
-
-    def proposer(action, existing):
-        asked.append(action.wakeup)
-        return P.ClusterProposer()(action, existing)
+    spec, asked, proposer = two_proposals()
 
     whole = _cluster(proposer)
     whole.propose(wake(spec))
@@ -405,12 +407,7 @@ def test_local_mode_replays_a_wakeup_cut_between_two_creates(tmp_path):
     from cambrian.operator.localstore import LocalStore
     from cambrian.operator.platform.local import LocalPlatform
 
-    spec = evo_spec(personas=["optimizer"], proposalsPerWakeup=2, quotas={"explore": 1, "exploit": 0, "innovate": 1})
-    asked = []
-
-    def proposer(action, existing):
-        asked.append(action.wakeup)
-        return P.ClusterProposer()(action, existing)
+    spec, asked, proposer = two_proposals()
 
     store = LocalStore(tmp_path)
     plat = LocalPlatform(tmp_path, store, lambda: T0, proposer=proposer)
