@@ -23,7 +23,11 @@ common random numbers across arms (cambrian.world.sim).
 
 Headline: per seed, e_X = evaluations arm X needed to reach TPE's final best (TPE's own e is where it
 first hit it; an arm that never does counts as budget+1 and is listed as censored).
-ratio = Σ_seeds e_builtin / Σ_seeds e_tpe  (target <= 0.5).
+ratio = Σ_seeds e_builtin / Σ_seeds e_tpe  (target <= 0.5); also the median of e_builtin / e_tpe over seeds
+(target <= 0.5) and the seeds on which the loop ends above TPE's final best (target >= 4 of 5).
+Every evaluation is classified (change_kind: a setting, a written reward expression, plugin code).
+`run_variant` is the one implementation; `search-plugin` (cambrian.bench.search_plugin) is the same benchmark
+with the numeric arms over the wide space (numeric_space(wide=True)).
 """
 
 from __future__ import annotations
