@@ -16,6 +16,7 @@ import typer
 
 BENCHMARKS = {
     "search": "cambrian.bench.search",
+    "search-plugin": "cambrian.bench.search_plugin",
     "decision": "cambrian.bench.decision",
     "decision-world": "cambrian.bench.decision_world",
     "throughput": "cambrian.bench.throughput",

@@ -23,7 +23,11 @@ common random numbers across arms (cambrian.world.sim).
 
 Headline: per seed, e_X = evaluations arm X needed to reach TPE's final best (TPE's own e is where it
 first hit it; an arm that never does counts as budget+1 and is listed as censored).
-ratio = Σ_seeds e_builtin / Σ_seeds e_tpe  (target <= 0.5).
+ratio = Σ_seeds e_builtin / Σ_seeds e_tpe  (target <= 0.5); also the median of e_builtin / e_tpe over seeds
+(target <= 0.5) and the seeds on which the loop ends above TPE's final best (target >= 4 of 5).
+Every evaluation is classified (change_kind: a setting, a written reward expression, plugin code).
+`run_variant` is the one implementation; `search-plugin` (cambrian.bench.search_plugin) is the same benchmark
+with the numeric arms over the wide space (numeric_space(wide=True)).
 """
 
 from __future__ import annotations
@@ -47,10 +51,18 @@ ARMS = ("random", "tpe", "builtin", "llm")
 
 
 # ----------------------------------------------------------------------------- numeric search space
-def numeric_space(max_epochs: int) -> dict:
+# The wide space (the `search-plugin` benchmark): every setting of Φ that is a number or a name from a fixed
+# list, i.e. everything a numeric/categorical search can reach without writing anything (no SQL reward
+# expression, no plugin code).
+WIDE_OPTIMIZERS = ("Adam", "AdamW", "Adagrad", "RMSprop", "SGD")
+
+
+def numeric_space(max_epochs: int, wide: bool = False) -> dict:
     import optuna.distributions as d
 
-    return {
+    from cambrian.trainer.config import ARCHITECTURE_NAMES
+
+    space = {
         "lr": d.FloatDistribution(3e-4, 3e-2, log=True),
         "weight_decay": d.FloatDistribution(1e-7, 1e-2, log=True),
         "embedding_dim": d.IntDistribution(4, 64, log=True),
@@ -59,10 +71,19 @@ def numeric_space(max_epochs: int) -> dict:
         "dropout": d.FloatDistribution(0.0, 0.5),
         "epochs": d.IntDistribution(1, max_epochs),
     }
+    if wide:
+        space.update({
+            "optimizer": d.CategoricalDistribution(WIDE_OPTIMIZERS),
+            "architecture": d.CategoricalDistribution(ARCHITECTURE_NAMES),
+            "activation": d.CategoricalDistribution(("relu", "gelu", "silu", "tanh")),
+            "cross_layers": d.IntDistribution(1, 4),
+            "batch_size": d.IntDistribution(64, 2048, log=True),
+        })
+    return space
 
 
 def apply_numeric(base, params: dict[str, Any]):
-    """Φ0 with numeric settings replaced (a new ModelConfig; Φ0 untouched)."""
+    """Φ0 with numeric settings replaced (a new ModelConfig; Φ0 untouched). The wide space's keys are optional."""
     from cambrian.trainer.config import parse_config
 
     data = base.model_dump(mode="json")
@@ -70,6 +91,12 @@ def apply_numeric(base, params: dict[str, Any]):
     data["architecture"].update(embedding_dim=params["embedding_dim"], hidden=[params["hidden1"], params["hidden2"]],
                                 dropout=params["dropout"])
     data["training"]["epochs"] = params["epochs"]
+    for key, (part, field) in {"optimizer": ("optimizer", "name"), "architecture": ("architecture", "name"),
+                               "activation": ("architecture", "activation"),
+                               "cross_layers": ("architecture", "cross_layers"),
+                               "batch_size": ("training", "batch_size")}.items():
+        if key in params:
+            data[part][field] = params[key]
     return parse_config(data, "numeric search")
 
 
@@ -103,23 +130,56 @@ def evals_to_reach(curve: list[float], target: float, budget: int) -> tuple[int,
 
 
 def summarise(curves: dict[str, list[list[float]]], budget: int) -> dict[str, Any]:
-    """Per arm: evaluations to TPE's final best on each seed, and the pooled ratio to TPE's."""
+    """Per arm: evaluations to TPE's final best on each seed, the pooled ratio to TPE's, the median of the
+    per-seed ratios, and on how many seeds the arm's final best is above TPE's."""
     seeds = len(curves["tpe"])
     targets = [curves["tpe"][i][min(budget, len(curves["tpe"][i])) - 1] for i in range(seeds)]
     out: dict[str, Any] = {"tpe_final_best": targets, "arms": {}}
     for arm, arm_curves in curves.items():
         reach = [evals_to_reach(arm_curves[i], targets[i], budget) for i in range(seeds)]
-        out["arms"][arm] = {"evals_to_tpe_best": [e for e, _ in reach], "censored": [c for _, c in reach]}
-    tpe_total = sum(out["arms"]["tpe"]["evals_to_tpe_best"])
+        out["arms"][arm] = {"evals_to_tpe_best": [e for e, _ in reach], "censored": [c for _, c in reach],
+                            "seeds_above_tpe": sum(arm_curves[i][budget - 1] > targets[i] for i in range(seeds))}
+    tpe_evals = out["arms"]["tpe"]["evals_to_tpe_best"]
     for arm in curves:
-        out["arms"][arm]["ratio_to_tpe"] = sum(out["arms"][arm]["evals_to_tpe_best"]) / tpe_total
+        evals = out["arms"][arm]["evals_to_tpe_best"]
+        out["arms"][arm]["ratio_to_tpe"] = sum(evals) / sum(tpe_evals)
+        out["arms"][arm]["median_seed_ratio_to_tpe"] = float(np.median([e / t for e, t in zip(evals, tpe_evals)]))
     return out
 
 
-def paired_online(per_seed: list[dict], reference: str = "tpe") -> dict[str, dict[str, float]]:
+def change_kind(run: dict) -> str:
+    """What an evaluation changed from Φ0: `baseline`, `setting` (numbers or names a numeric search can set),
+    `reward expression` (a written SQL label or weight) or `plugin code`. Numeric arms' runs carry `params`,
+    the loop's a Hypothesis delta ({patch, code, also}; a reward patch is the only one with label/weight)."""
+    params, delta = run.get("params") or {}, run.get("delta")
+    if params.get("baseline") or (not params and not delta):
+        return "baseline"
+    if delta and delta.get("code"):
+        return "plugin code"
+    if delta and {"label", "weight"} & set(delta.get("patch") or {}):
+        return "reward expression"
+    return "setting"
+
+
+WRITTEN = ("reward expression", "plugin code")
+
+
+def best_is_written(per_seed_arms: dict[str, dict]) -> bool:
+    """Is this seed's best evaluation of any arm a written change (reward expression or plugin code) that is above
+    every numeric arm's best, i.e. out of reach of numeric search on this seed?"""
+    winners = {arm: a["winner"] for arm, a in per_seed_arms.items() if a.get("winner")}
+    if not winners:
+        return False
+    top = max(winners.values(), key=lambda w: w["value"])
+    numeric = [w["value"] for arm, w in winners.items() if arm in ("random", "tpe")]
+    return top.get("kind") in WRITTEN and all(top["value"] > v for v in numeric)
+
+
+def paired_online(per_seed: list[dict], reference: str = "tpe",
+                  arms: tuple[str, ...] = ARMS) -> dict[str, dict[str, float]]:
     """Per arm: mean and standard error over seeds of (arm winner − reference winner) online, paired by seed."""
     out = {}
-    for arm in ARMS:
+    for arm in arms:
         diffs: dict[str, list[float]] = {"dau_frac": [], "minutes_per_user_day": []}
         for p in per_seed:
             a, r = p["arms"][arm]["online"], p["arms"][reference]["online"]
@@ -135,7 +195,8 @@ def paired_online(per_seed: list[dict], reference: str = "tpe") -> dict[str, dic
 
 
 # ----------------------------------------------------------------------------- numeric arms
-def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int, max_epochs: int) -> list[dict]:
+def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: int, max_epochs: int,
+                wide: bool = False) -> list[dict]:
     """Evaluation 1: Φ0; then budget-1 trials of the sampler, each told the common metric."""
     import optuna
 
@@ -144,7 +205,7 @@ def run_numeric(kind: str, data: Path, work: Path, seed: int, budget: int, epoch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = baseline_config(epochs, seed)
-    space = numeric_space(max_epochs)
+    space = numeric_space(max_epochs, wide)
     sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(5, budget // 3)))
                if kind == "tpe" else optuna.samplers.RandomSampler(seed=seed))
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -225,44 +286,63 @@ def _winner(runs: list[dict]) -> dict | None:
 
 
 # ----------------------------------------------------------------------------- the benchmark
+QUICK = {"seeds": [0, 1], "budget": 4, "users": 150, "days": 3, "epochs": 1, "max_epochs": 2, "online_days": 2}
+FULL = {"seeds": [0, 1, 2, 3, 4], "budget": 10, "users": 300, "days": 4, "epochs": 1, "max_epochs": 3,
+        "online_days": 3}
+
+
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    return run_variant("search", QUICK if quick else FULL, quick=quick, wide=False, progress=progress)
+
+
+def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arms: tuple[str, ...] = ARMS,
+                progress: Callable[[str], None] | None = None) -> dict:
+    """One search benchmark: `size` (seeds, budget, world users/days, Φ0's epochs, the numeric arms' max epochs,
+    online days); `wide`: the numeric arms search the wide space (numeric_space); `arms`: a subset of ARMS that
+    holds tpe and builtin (the headline's two)."""
+    if not {"tpe", "builtin"} <= set(arms) or not set(arms) <= set(ARMS):
+        raise ValueError(f"arms must hold tpe and builtin and come from {', '.join(ARMS)}; got {', '.join(arms)}")
+    arms = tuple(a for a in ARMS if a in arms)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     load_start = load_now()
-    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
-    budget = 4 if quick else 10
-    users, days, epochs, max_epochs, online_days = (150, 3, 1, 2, 2) if quick else (300, 4, 1, 3, 3)
-    curves: dict[str, list[list[float]]] = {arm: [] for arm in ARMS}
+    seeds, budget = list(size["seeds"]), int(size["budget"])
+    users, days, epochs, max_epochs, online_days = (size[k] for k in ("users", "days", "epochs", "max_epochs",
+                                                                       "online_days"))
+    curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     per_seed = []
-    with tempfile.TemporaryDirectory(prefix="cambrian-bench-search-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"cambrian-bench-{name}-") as tmp:
         data, summary = make_world(Path(tmp) / "world", users, days, seed=0)
         world_size = {"users": users, "days": days, "seed": 0}
         for s in seeds:
             work = Path(tmp) / f"seed-{s}"
-            arms: dict[str, Any] = {}
+            results: dict[str, Any] = {}
             train_seed = 1000 * s
-            for arm in ARMS:
+            for arm in arms:
                 a0 = time.perf_counter()
                 say(f"seed {s}: arm {arm}")
                 if arm in ("random", "tpe"):
-                    runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs), {}
+                    runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs, wide), {}
                 else:
                     runs, info = run_loop(arm, data, work, train_seed, budget, epochs, world_size)
                 curve = best_so_far([r["value"] for r in runs])
                 curve += [curve[-1] if curve else -math.inf] * (budget - len(curve))  # an arm that stopped early
                 curves[arm].append(curve)
                 win = _winner(runs)
-                arms[arm] = {
+                results[arm] = {
                     "evaluations_used": len(runs), "failed": sum(r["value"] is None for r in runs),
                     "values": [None if r["value"] is None else round(r["value"], 5) for r in runs],
+                    "kinds": [change_kind(r) for r in runs],
                     "best_curve": [round(v, 5) if math.isfinite(v) else None for v in curve],
-                    "winner": None if win is None else {k: win.get(k) for k in ("value", "params", "hypothesis",
-                                                                                "seed", "persona", "delta")},
+                    "winner": None if win is None else {**{k: win.get(k) for k in ("value", "params", "hypothesis",
+                                                                                   "seed", "persona", "delta")},
+                                                        "kind": change_kind(win)},
                     "online": north_star(data, win["bundle"], online_days) if win else None,
                     "seconds": round(time.perf_counter() - a0, 1), **info,
                 }
-            per_seed.append({"seed": s, "train_seed": train_seed, "arms": arms})
-            say(f"seed {s}: " + ", ".join(f"{a}={arms[a]['best_curve'][-1]}" for a in ARMS))
+            per_seed.append({"seed": s, "train_seed": train_seed, "arms": results,
+                             "best_is_written": best_is_written(results)})
+            say(f"seed {s}: " + ", ".join(f"{a}={results[a]['best_curve'][-1]}" for a in arms))
         baseline_online = None
         first = per_seed[0]["arms"]["tpe"]
         if first["values"] and first["values"][0] is not None:  # Φ0 (evaluation 1 of seed 0)
@@ -271,30 +351,38 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     online_mean = {
         arm: {k: float(np.mean([p["arms"][arm]["online"][k] for p in per_seed if p["arms"][arm]["online"]]))
               for k in ("dau", "dau_frac", "minutes_per_user_day", "minutes_per_dau")}
-        for arm in ARMS if any(p["arms"][arm]["online"] for p in per_seed)
+        for arm in arms if any(p["arms"][arm]["online"] for p in per_seed)
     }
-    offline_final = {arm: float(np.mean([c[-1] for c in curves[arm]])) for arm in ARMS}
+    offline_final = {arm: float(np.mean([c[-1] for c in curves[arm]])) for arm in arms}
     ratio = stats["arms"]["builtin"]["ratio_to_tpe"]
+    median = stats["arms"]["builtin"]["median_seed_ratio_to_tpe"]
+    above = stats["arms"]["builtin"]["seeds_above_tpe"]
+    space = numeric_space(max_epochs, wide)
     return {
-        "name": "search",
-        "command": "cambrian bench run search" + (" --quick" if quick else ""),
+        "name": name,
+        "command": f"cambrian bench run {name}" + (" --quick" if quick else ""),
         "quick": quick,
         "ratio": round(ratio, 4),
         "ratio_meaning": ("evaluations the built-in proposer's loop needs to reach Optuna TPE's final best "
                           f"{METRIC}, summed over paired seeds / the evaluations TPE itself needed (never "
                           "reached = budget+1; lower is better, target <= 0.5)"),
         "metric": METRIC,
+        "arms": list(arms),
+        "numeric_space": {k: repr(v) for k, v in space.items()},
         "seeds": seeds,
         "budget_evaluations": budget,
-        "evals_to_tpe_best": {arm: stats["arms"][arm]["evals_to_tpe_best"] for arm in ARMS},
-        "censored": {arm: stats["arms"][arm]["censored"] for arm in ARMS},
-        "ratio_to_tpe": {arm: round(stats["arms"][arm]["ratio_to_tpe"], 4) for arm in ARMS},
+        "evals_to_tpe_best": {arm: stats["arms"][arm]["evals_to_tpe_best"] for arm in arms},
+        "censored": {arm: stats["arms"][arm]["censored"] for arm in arms},
+        "ratio_to_tpe": {arm: round(stats["arms"][arm]["ratio_to_tpe"], 4) for arm in arms},
+        "median_seed_ratio_to_tpe": {arm: round(stats["arms"][arm]["median_seed_ratio_to_tpe"], 4) for arm in arms},
+        "seeds_above_tpe_final_best": {arm: stats["arms"][arm]["seeds_above_tpe"] for arm in arms},
+        "seeds_best_is_written": sum(p["best_is_written"] for p in per_seed),
         "tpe_final_best": [round(v, 5) for v in stats["tpe_final_best"]],
         "mean_final_best": {arm: round(v, 5) for arm, v in offline_final.items()},
         "mean_best_curve": {arm: [round(float(np.mean([c[i] for c in curves[arm]])), 5) for i in range(budget)]
-                            for arm in ARMS},
+                            for arm in arms},
         "online_winner_mean": online_mean,
-        "online_winner_minus_tpe_winner": paired_online(per_seed),
+        "online_winner_minus_tpe_winner": paired_online(per_seed, arms=arms),
         "online_baseline_phi0": baseline_online,
         "online_days": online_days,
         "per_seed": per_seed,
@@ -302,7 +390,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         "baseline": {"epochs": epochs, "numeric_epochs_max": max_epochs, "cpu_threads": 1},
         "load_average_start": load_start,
         "load_average_end": load_now(),
-        "targets_met": {"builtin/tpe<=0.5": ratio <= 0.5},
+        "targets_met": {"builtin/tpe<=0.5": ratio <= 0.5, "median seed ratio<=0.5": median <= 0.5,
+                        "above TPE's final best in >=4 of 5 seeds": above >= math.ceil(0.8 * len(seeds))},
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from cambrian.bench.search import (apply_numeric, baseline_config, best_so_far, evals_to_reach, paired_online,
-                                   summarise)
+from cambrian.bench.search import (apply_numeric, baseline_config, best_is_written, best_so_far, change_kind,
+                                   evals_to_reach, numeric_space, paired_online, run_variant, summarise)
 from cambrian.bench.serving import histogram_quantile, latency_summary, parse_histogram, percentile
 from cambrian.bench.throughput import timing_breakdown
 
@@ -35,6 +35,10 @@ def test_summarise_ratio_is_pooled_over_seeds():
     assert s["arms"]["builtin"]["ratio_to_tpe"] == pytest.approx(3 / 7)
     assert s["arms"]["random"]["censored"] == [True, True]
     assert s["arms"]["tpe"]["ratio_to_tpe"] == 1.0
+    # per-seed ratios 2/3 and 1/4: their median, not the pooled ratio
+    assert s["arms"]["builtin"]["median_seed_ratio_to_tpe"] == pytest.approx((2 / 3 + 1 / 4) / 2)
+    assert s["arms"]["builtin"]["seeds_above_tpe"] == 2 and s["arms"]["random"]["seeds_above_tpe"] == 0
+    assert s["arms"]["tpe"]["seeds_above_tpe"] == 0  # never above itself
 
 
 def test_paired_online_differences_are_per_seed():
@@ -97,7 +101,63 @@ def test_timing_breakdown_from_training_runs():
 
 def test_cli_lists_and_rejects_unknown(tmp_path):
     out = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "list"], capture_output=True, text=True)
-    assert out.returncode == 0 and "search" in out.stdout and "serving" in out.stdout
+    assert out.returncode == 0 and "search" in out.stdout and "serving" in out.stdout and "search-plugin" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", "nope", "--out", str(tmp_path)],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown benchmark" in (bad.stderr + bad.stdout)
+
+
+def test_wide_space_reaches_every_named_setting_and_nothing_written():
+    import optuna
+
+    from cambrian.trainer.config import ARCHITECTURE_NAMES
+
+    narrow, wide = numeric_space(3), numeric_space(3, wide=True)
+    assert set(narrow) < set(wide)
+    assert set(wide["architecture"].choices) == set(ARCHITECTURE_NAMES)
+    base = baseline_config(1, 3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask(wide)
+        cfg = apply_numeric(base, trial.params)
+        study.tell(trial, 0.0)
+        seen.add((cfg.optimizer.name, cfg.architecture.name))
+        assert cfg.architecture.name == trial.params["architecture"]
+        assert cfg.training.batch_size == trial.params["batch_size"]
+        # nothing written: the reward and the plugin code stay Φ0's
+        assert cfg.reward == base.reward and cfg.architecture.code is None and cfg.optimizer.code is None
+    assert len({a for _, a in seen}) == len(ARCHITECTURE_NAMES) and len({o for o, _ in seen}) > 2
+
+
+def test_change_kind_tells_written_changes_from_settings():
+    assert change_kind({"params": {"baseline": True}}) == "baseline"
+    assert change_kind({"hypothesis": "baseline", "delta": None}) == "baseline"
+    assert change_kind({"params": {"lr": 0.01}}) == "setting"
+    assert change_kind({"delta": {"patch": {"name": "AdamW", "weight_decay": 1e-4}}}) == "setting"
+    assert change_kind({"delta": {"patch": {"label": "CAST(click AS DOUBLE)", "weight": "1.0 + x"}}}) == \
+        "reward expression"
+    assert change_kind({"delta": {"patch": {"params": {"plugin": "p"}}, "code": "class Model: ..."}}) == "plugin code"
+
+
+def test_best_is_written_needs_a_written_winner_above_every_numeric_arm():
+    def arms(tpe, builtin, kind, random=None):
+        out = {"tpe": {"winner": {"value": tpe, "kind": "setting"}},
+               "builtin": {"winner": {"value": builtin, "kind": kind}}}
+        if random is not None:
+            out["random"] = {"winner": {"value": random, "kind": "setting"}}
+        return out
+
+    assert best_is_written(arms(0.1, 0.2, "reward expression"))
+    assert best_is_written(arms(0.1, 0.2, "plugin code", random=0.15))
+    assert not best_is_written(arms(0.1, 0.2, "setting"))  # the loop won with a number TPE could have set
+    assert not best_is_written(arms(0.1, 0.2, "reward expression", random=0.25))  # random search beat it
+    assert not best_is_written(arms(0.2, 0.2, "plugin code"))  # a tie is not out of reach
+    assert not best_is_written({"tpe": {"winner": None}, "builtin": {"winner": None}})
+
+
+def test_run_variant_refuses_arms_without_the_headline_pair():
+    with pytest.raises(ValueError, match="tpe and builtin"):
+        run_variant("x", {}, quick=True, wide=True, arms=("random", "builtin"))
+    with pytest.raises(ValueError, match="tpe and builtin"):
+        run_variant("x", {}, quick=True, wide=True, arms=("tpe", "builtin", "grid"))

@@ -46,6 +46,30 @@ def test_search_quick():
             assert online is not None and 0 < online["dau_frac"] <= 1 and online["minutes_per_user_day"] > 0
 
 
+@pytest.mark.timeout(1200)  # 3 + 3 runs of real training on a tiny world: ~2-4 min on a busy 2-core machine
+def test_search_plugin_tiny_reports_the_fields():
+    """The harder search benchmark at a tiny size through the same function as `search-plugin --quick`."""
+    from cambrian.bench import search_plugin
+    from cambrian.bench.search import WRITTEN, run_variant
+
+    size = {"seeds": [0], "budget": 3, "users": 40, "days": 2, "epochs": 1, "max_epochs": 1, "online_days": 1}
+    r = run_variant("search-plugin", size, quick=True, wide=True, arms=search_plugin.QUICK_ARMS)
+    _well_formed(r, "search-plugin")
+    assert r["arms"] == ["tpe", "builtin"] and "architecture" in r["numeric_space"]
+    for key in ("evals_to_tpe_best", "ratio_to_tpe", "median_seed_ratio_to_tpe", "seeds_above_tpe_final_best"):
+        assert set(r[key]) == {"tpe", "builtin"}, key
+    assert set(r["targets_met"]) == {"builtin/tpe<=0.5", "median seed ratio<=0.5",
+                                     "above TPE's final best in >=4 of 5 seeds"}
+    seed = r["per_seed"][0]
+    tpe, loop = seed["arms"]["tpe"], seed["arms"]["builtin"]
+    assert tpe["evaluations_used"] == loop["evaluations_used"] == 3  # the budget binds both arms
+    # the numeric arm's evaluation 1 is Φ0, the loop's first two are Φ0's noise-floor seeds; the rest are changes
+    assert tpe["kinds"][0] == "baseline" and set(tpe["kinds"][1:]) <= {"setting"}
+    assert loop["kinds"][:2] == ["baseline", "baseline"] and loop["kinds"][2] in ("setting", *WRITTEN)
+    assert r["seeds_best_is_written"] == int(seed["best_is_written"])
+    assert 0 <= r["seeds_above_tpe_final_best"]["builtin"] <= 1 and r["seeds_above_tpe_final_best"]["tpe"] == 0
+
+
 @pytest.mark.timeout(1800)
 def test_throughput_quick():
     from cambrian.bench import throughput
