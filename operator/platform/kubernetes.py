@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -717,7 +718,18 @@ def _discard(response: Any) -> None:
 
 # Journal entries of one step that make one Kubernetes Event together (KubernetesPlatform.record_step).
 STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
+# A Hypothesis step whose progress entries stop before TrainingStarted (an admission: Proposed, Validated; the
+# operator writes that status before the Job's requests) is held this long for the object's next step to join
+# its Event, so that the three are still one POST (issue 16: requests per object); then it goes alone.
+HOLD_SECONDS = 300.0
+HELD_CHECK_SECONDS = 5.0
 _STEP_SPLIT = re.compile(r"(?:^|; )(" + "|".join(sorted(STEP_EVENTS)) + r"): ")
+
+
+def _open_run(run: list[RecordJournal]) -> bool:
+    """A Hypothesis' progress entries that its next step continues (admitted, not yet training)."""
+    return (run[-1].owner.kind == "Hypothesis" and run[-1].event != "TrainingStarted"
+            and all(a.event in STEP_EVENTS and not a.warning for a in run))
 
 
 def _event_lost(event: Mapping[str, Any], exc: Exception) -> None:
@@ -751,11 +763,12 @@ class EventPoster:
     event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are
     best effort), so a Hypothesis' status is written a few requests sooner."""
 
-    def __init__(self, post: Callable[[str, dict], Any]):
+    def __init__(self, post: Callable[[str, dict], Any], tick: Callable[[], Any] | None = None,
+                 every: float = HELD_CHECK_SECONDS):
         import queue
         import threading
 
-        self._post = post
+        self._post, self._tick, self._every = post, tick, every
         self._queue: Any = queue.SimpleQueue()
         threading.Thread(target=self._loop, daemon=True, name="event-poster").start()
 
@@ -763,12 +776,24 @@ class EventPoster:
         self._queue.put((namespace, event))
 
     def _loop(self) -> None:
+        import queue
+
+        last = time.monotonic()
         while True:
-            namespace, event = self._queue.get()
             try:
-                self._post(namespace, event)
-            except Exception as exc:  # noqa: BLE001 - events are best effort
-                _event_lost(event, exc)
+                namespace, event = self._queue.get(timeout=self._every)
+                try:
+                    self._post(namespace, event)
+                except Exception as exc:  # noqa: BLE001 - events are best effort
+                    _event_lost(event, exc)
+            except queue.Empty:
+                pass
+            if self._tick is not None and time.monotonic() - last >= self._every:
+                last = time.monotonic()
+                try:
+                    self._tick()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("held events: %s", exc)
 
 
 class KubernetesPlatform:
@@ -777,6 +802,7 @@ class KubernetesPlatform:
 
     observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it: Jobs, Pods without LISTs
     _events: EventPoster | None = None
+    _held: dict[str, tuple[float, list[RecordJournal]]] | None = None  # background events only (record_step)
 
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
                  config: Mapping[str, Any] | None = None, background_events: bool = False,
@@ -795,7 +821,9 @@ class KubernetesPlatform:
         self.prometheus_timeout = prometheus_timeout
         self.proposer = proposer
         self.config = dict(config or {})
-        self._events = EventPoster(self._post_event) if background_events else None
+        self._events = EventPoster(self._post_event, tick=self.flush_held) if background_events else None
+        self._held = {} if background_events else None  # owner uid -> (since, entries)
+        self._held_lock = threading.Lock()
 
     def _templated(self, obj: dict[str, Any], kind: str, role: str) -> dict[str, Any]:
         return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
@@ -1149,20 +1177,47 @@ class KubernetesPlatform:
         """The journal entries of one reconcile step, as Kubernetes Events. A run of progress entries on one
         object (STEP_EVENTS: a new Hypothesis' Proposed, Validated, TrainingStarted) is one Event, its reason
         the last entry's, its message every entry's: one POST instead of three (issue 16: requests per
-        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason."""
+        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason. With background
+        events, a Hypothesis step that ends in such a run before TrainingStarted is held (HOLD_SECONDS) and
+        goes out with the object's next step's entries."""
+        held = self._take_held({a.owner.uid for a in actions})
         runs: list[list[RecordJournal]] = []
-        for a in actions:
+        for a in [*held, *actions]:
             mergeable = not a.warning and a.event in STEP_EVENTS
             if mergeable and runs and runs[-1][-1].owner == a.owner and runs[-1][-1].event in STEP_EVENTS \
                     and not runs[-1][-1].warning:
                 runs[-1].append(a)
             else:
                 runs.append([a])
+        if self._held is not None and runs and _open_run(runs[-1]):
+            run = runs.pop()
+            with self._held_lock:
+                self._held[run[-1].owner.uid] = (time.monotonic(), run)
         for run in runs:
-            if len(run) == 1:
-                self.record(run[0])
-                continue
-            self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+            self._record_run(run)
+
+    def _record_run(self, run: list[RecordJournal]) -> None:
+        if len(run) == 1:
+            self.record(run[0])
+            return
+        self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+
+    def _take_held(self, uids: set[str]) -> list[RecordJournal]:
+        if not self._held:  # None: nothing is ever held
+            return []
+        with self._held_lock:
+            return [e for uid in uids for e in self._held.pop(uid, (0.0, []))[1]]
+
+    def flush_held(self, older_than: float = HOLD_SECONDS) -> None:
+        """Record the held entries that no next step joined within `older_than` seconds (the poster's tick)."""
+        if not self._held:
+            return
+        cutoff = time.monotonic() - older_than
+        with self._held_lock:
+            due = [uid for uid, (since, _) in self._held.items() if since <= cutoff]
+            runs = [self._held.pop(uid)[1] for uid in due]
+        for run in runs:
+            self._record_run(run)
 
     @staticmethod
     def journal_entries(reason: str, message: str) -> list[tuple[str, str]]:

@@ -429,3 +429,85 @@ def test_memory_freed_after_a_burst_goes_back_to_the_system():
         assert limited == "False"
         return
     assert limited == "True" and int(freed_mib) >= 50  # of the 170 MiB the burst had in use
+
+
+def test_admission_answers_alone_and_the_next_reconcile_creates_the_job_once():
+    """Before: a new Hypothesis' first phase came with its Job (ConfigMap and Job POSTs, then the status): in a
+    burst the phases waited on the Jobs (10,000 across 10: first steps 22-31/s, up to 220 s behind the creates)."""
+    from cambrian.operator import api
+    from cambrian.operator.reconcile.actions import CreateTrainingJob
+
+    meta = Meta("h", "uid-h", "ns", 1)
+    spec = api.parse_spec("Hypothesis", HYP["spec"])
+    evo = api.parse_spec("Evolution", EVO["spec"])
+    ctx = H.EvolutionContext("evo", "uid-e", evo, evo.baseline)
+    admitted = H.reconcile(meta, spec, api.HypothesisStatus(), ctx, [], None, T0, admit_first=True)
+    assert admitted.status.phase == "Validated" and admitted.requeue_after == H.ADMITTED
+    assert admitted.kinds() == ["RecordJournal", "RecordJournal"]  # Proposed, Validated: nothing created
+    # the next reconcile (the follow-up, or a restarted operator's first one) goes on from the persisted Validated
+    for admit in (False, True):
+        started = H.reconcile(meta, spec, admitted.status, ctx, [], None, T0, admit_first=admit)
+        assert started.status.phase == "Training" and started.kinds().count("CreateTrainingJob") == 1, admit
+    job = JobObservation(started.status.job_name, "Pending")
+    again = H.reconcile(meta, spec, started.status, ctx, [job], None, T0, admit_first=True)
+    assert not any(isinstance(a, CreateTrainingJob) for a in again.actions)
+    # a delta that does not apply is answered by the admission too
+    bad = api.parse_spec("Hypothesis", {**HYP["spec"], "delta": {"patch": {"no_such_setting": 1}}})
+    assert H.reconcile(meta, bad, api.HypothesisStatus(), ctx, [], None, T0, admit_first=True).status.phase == "Rejected"
+
+
+def test_a_new_hypothesis_gets_its_phase_before_its_job_requests(monkeypatch):
+    """The first step's only request is the status PATCH; its Job comes with the follow-up step, and its Events
+    (Proposed, Validated, TrainingStarted) are still one POST: requests per object stay 2 Events + 3 status writes
+    + ConfigMap + Job = 7 (target 8)."""
+    c, api, p, memo = stepping(monkeypatch)
+    posted = []
+    p.record = lambda action: posted.append((action.event, action.message))
+    p._held, p._held_lock = {}, threading.Lock()  # background events: a run before TrainingStarted waits
+    assert HD.step_hypothesis(memo, c, "ns", "h", admit_first=True) is True
+    assert api.calls == ["patch_namespaced_custom_object_status"] and p.batch.calls == [] and p.core.calls == []
+    assert memo.written.newest(c.get("hypotheses", "ns", "h"))["status"]["phase"] == "Validated"
+    assert posted == []
+    assert HD.step_hypothesis(memo, c, "ns", "h") is False
+    assert api.calls == ["patch_namespaced_custom_object_status"] * 2 and p.batch.calls == ["create_namespaced_job"]
+    assert [e for e, _ in posted] == ["TrainingStarted"]
+    assert [e for e, _ in KubernetesPlatform.journal_entries("TrainingStarted", posted[0][1])] == [
+        "Proposed", "Validated", "TrainingStarted"]
+    # a restarted operator's first step of the admitted one creates its Job once
+    assert HD.step_hypothesis(memo, c, "ns", "h", admit_first=True) is False
+    assert p.batch.calls == ["create_namespaced_job"]
+
+
+def test_held_progress_events_go_alone_when_no_next_step_joins_them():
+    p = KubernetesPlatform.__new__(KubernetesPlatform)
+    p.core = _Events()
+    p._held, p._held_lock = {}, threading.Lock()
+    h = Owner("Hypothesis", "h", "uid-h", "ns")
+    apply_actions(p, [RecordJournal(h, "Proposed", "proposed"), RecordJournal(h, "Validated", "applies")])
+    p.flush_held()
+    assert p.core.posted == []  # not old enough
+    p.flush_held(older_than=0)
+    assert [(ev["reason"], ev["message"]) for ev in p.core.posted] == [("Validated", "Proposed: proposed; Validated: applies")]
+    p.flush_held(older_than=0)
+    assert len(p.core.posted) == 1
+    # an admission that is rejected is not held: nothing follows it
+    apply_actions(p, [RecordJournal(h, "Proposed", "proposed"), RecordJournal(h, "Rejected", "bad", warning=True)])
+    assert [ev["reason"] for ev in p.core.posted] == ["Validated", "Proposed", "Rejected"]
+
+
+def test_follow_up_steps_wait_while_first_steps_are_queued():
+    """The follow-ups (Jobs) of admitted Hypotheses run after the queued admissions, not beside them."""
+    settle = indexed.Settle(0.1, first_workers=1, next_workers=2)
+    order, gate, done = [], threading.Event(), threading.Event()
+    settle.now(gate.wait)  # the first-step worker is busy
+    settle.now(lambda: order.append("admit-b"), ("ns", "b"))  # queued behind it
+    settle.then(lambda: (order.append("job-a"), done.set()), ("ns", "a"))
+    try:
+        time.sleep(0.3)
+        assert order == [] and settle.first_pending(("ns", "a")) and settle.first_pending(("ns", "b"))
+    finally:
+        gate.set()
+    assert done.wait(5)  # once b's admission has left the queue
+    time.sleep(0.05)
+    assert sorted(order) == ["admit-b", "job-a"]
+    assert not settle.first_pending(("ns", "a")) and not settle.first_pending(("ns", "b"))
