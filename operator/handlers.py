@@ -126,7 +126,7 @@ def load_kube_config() -> None:
 
 
 # Kept-alive connections of the shared client: one per thread that sends requests (24 first-step, 24 follow-up
-# and 4 settle workers, the side requests of a step, the event poster, kopf's handler threads). The client's
+# and 4 settle workers, the side requests of a step, the event posters, kopf's handler threads). The client's
 # default (5 per CPU: 10 on 2 cores) made the others open a TLS connection per request and drop it
 # ("Connection pool is full, discarding connection" at 5,000 Hypotheses).
 POOL_CONNECTIONS = 72
