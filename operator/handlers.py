@@ -89,6 +89,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
                                                                     attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
                                            config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")),
                                            background_events=True)
+    events = getattr(memo.platform, "_events", None)
+    if events is not None and getattr(memo, "settle", None) is not None:
+        events.gate = memo.settle.idle  # Events wait while admissions are queued, as the Jobs do (Settle.then)
     if os.environ.get("CAMBRIAN_METRICS_PORT", "8000").lower() not in ("off", "none", ""):
         log.info("operator metrics on port %s", metrics.serve())
 

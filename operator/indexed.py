@@ -420,10 +420,14 @@ class Settle:
                 self._pending[key] = self._pending.get(key, 0) + 1
 
         def run() -> None:
-            with self._cond:
-                self._cond.wait_for(lambda: not self._first_queued)
+            self.idle()
             self._run(fn, key)
         self._next.submit(run)
+
+    def idle(self) -> None:
+        """Wait until no first step is queued."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._first_queued)
 
     def _run(self, fn: Any, key: Any) -> None:
         try:

@@ -767,7 +767,10 @@ EVENT_THREADS = 4
 class EventPoster:
     """Posts Kubernetes Events on background threads, each object's in the order they were recorded, as client-go's
     event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are best effort),
-    so a Hypothesis' status is written a few requests sooner. `tick` runs every `every` seconds on the first."""
+    so a Hypothesis' status is written a few requests sooner. `tick` runs every `every` seconds on the first.
+    `gate()`, when set, is waited on before each POST (the operator's: while new objects' admissions are queued)."""
+
+    gate: Callable[[], Any] | None = None
 
     def __init__(self, post: Callable[[str, dict], Any], tick: Callable[[], Any] | None = None,
                  every: float = HELD_CHECK_SECONDS, threads: int = EVENT_THREADS):
@@ -792,6 +795,8 @@ class EventPoster:
             try:
                 namespace, event = q.get(timeout=self._every)
                 try:
+                    if self.gate is not None:
+                        self.gate()
                     self._post(namespace, event)
                 except Exception as exc:  # noqa: BLE001 - events are best effort
                     _event_lost(event, exc)

@@ -532,3 +532,30 @@ def test_follow_up_steps_wait_while_first_steps_are_queued():
     time.sleep(0.05)
     assert sorted(order) == ["admit-b", "job-a"]
     assert not settle.first_pending(("ns", "a")) and not settle.first_pending(("ns", "b"))
+
+
+def test_events_wait_while_admissions_are_queued():
+    """Events are best effort: in a burst the API server answers the queued admissions (each object's phase) first."""
+    settle = indexed.Settle(0.1, first_workers=1)
+    gate, posted = threading.Event(), threading.Event()
+    poster = EventPoster(lambda ns, event: posted.set(), threads=1)
+    poster.gate = settle.idle
+    settle.now(gate.wait)  # the first-step worker is busy
+    settle.now(lambda: None, ("ns", "b"))  # an admission queued behind it
+    poster("ns", {"reason": "TrainingStarted", "involvedObject": {"kind": "Hypothesis", "name": "a", "uid": "u"}})
+    try:
+        assert not posted.wait(0.3)
+    finally:
+        gate.set()
+    assert posted.wait(5)
+
+
+def test_the_operator_gates_its_events_on_the_admissions(monkeypatch):
+    from cambrian.operator.platform import kubernetes as K
+
+    monkeypatch.setattr(HD, "load_kube_config", lambda: None)
+    monkeypatch.setattr(HD, "shared_api_client", lambda: None)
+    monkeypatch.setenv("CAMBRIAN_METRICS_PORT", "off")
+    memo = kopf.Memo()
+    HD.configure(settings=kopf.OperatorSettings(), memo=memo)
+    assert isinstance(memo.platform, K.KubernetesPlatform) and memo.platform._events.gate == memo.settle.idle
