@@ -89,6 +89,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
                                                                     attempts=int(os.environ.get("CAMBRIAN_PROPOSER_ATTEMPTS", "3"))),
                                            config=load_operator_config(os.environ.get("CAMBRIAN_OPERATOR_CONFIG")),
                                            background_events=True)
+    events = getattr(memo.platform, "_events", None)
+    if events is not None and getattr(memo, "settle", None) is not None:
+        events.gate = memo.settle.idle  # Events wait while admissions are queued, as the Jobs do (Settle.then)
     if os.environ.get("CAMBRIAN_METRICS_PORT", "8000").lower() not in ("off", "none", ""):
         log.info("operator metrics on port %s", metrics.serve())
 
@@ -125,11 +128,11 @@ def load_kube_config() -> None:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
 
 
-# Kept-alive connections of the shared client: one per thread that sends requests (24 first-step and 4
-# settle workers, the side requests of a step, the event poster, kopf's handler threads). The client's
+# Kept-alive connections of the shared client: one per thread that sends requests (24 first-step, 24 follow-up
+# and 4 settle workers, the side requests of a step, the event posters, kopf's handler threads). The client's
 # default (5 per CPU: 10 on 2 cores) made the others open a TLS connection per request and drop it
 # ("Connection pool is full, discarding connection" at 5,000 Hypotheses).
-POOL_CONNECTIONS = 48
+POOL_CONNECTIONS = 72
 _API_CLIENT: Any = None
 _API_CLIENT_CONFIG: Any = None  # the default Configuration it was made from
 _API_CLIENT_LOCK = threading.Lock()
@@ -311,7 +314,8 @@ def _stepped(memo: kopf.Memo) -> Stepped:
         return stepped
 
 
-def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects) -> loop.Step | None:
+def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects,
+          admit_first: bool = False) -> loop.Step | None:
     """Gather -> core -> apply (cambrian.operator.loop), then persist the new status as a patch. None when
     there was nothing to do: the object failed until its spec changes. A failed apply writes nothing."""
     stored = dict(body)
@@ -324,7 +328,7 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, object
         start = stepped.newest(stored) if stepped is not None else stored
         try:
             s = loop.step(kind, start, objects, memo.platform, now(), _cache(memo),
-                          first_report=lambda meta: not _reported(memo, meta, mark=True))
+                          first_report=lambda meta: not _reported(memo, meta, mark=True), admit_first=admit_first)
         except loop.ApplyFailed as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
         if s.result is None:
@@ -413,35 +417,39 @@ def _cluster(memo: kopf.Memo, kw: dict[str, Any]) -> loop.Objects:
 # ---------------------------------------------------------------------------------------------
 
 
-def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects | None = None) -> None:
-    """One step of one Hypothesis, its new status into `patch`."""
-    _step("Hypothesis", body, patch, memo, objects or _ClusterObjects())
+def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objects: loop.Objects | None = None,
+                         admit_first: bool = False) -> loop.Step | None:
+    """One step of one Hypothesis, its new status into `patch` (`admit_first`: see step_hypothesis)."""
+    return _step("Hypothesis", body, patch, memo, objects or _ClusterObjects(), admit_first=admit_first)
 
 
-def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str) -> None:
+def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str, admit_first: bool = False) -> bool:
     """Step the freshest known body of a Hypothesis and write its status (one PATCH when it changed).
-    One step at a time per object; a failed apply is retried by the Evolution's next sweep."""
+    One step at a time per object; a failed apply is retried by the Evolution's next sweep.
+    `admit_first`: a Proposed one is only validated and its answer written (H.reconcile's admit_first); True
+    then says that it was admitted and its next step (the training Job) is due at once."""
     _bookkeeping(memo)
     first = objects.get("hypotheses", ns, name)
     if first is None or (first.get("status") or {}).get("phase") in H.TERMINAL:
-        return
+        return False
     uid = first["metadata"].get("uid", "")
     with memo.locks(uid):
         body = objects.get("hypotheses", ns, name)  # again: another step may have written meanwhile
         if body is None:
-            return
+            return False
         patch = kopf.Patch()
         try:
-            reconcile_hypothesis(kopf.Body(body), patch, memo, objects)
+            s = reconcile_hypothesis(kopf.Body(body), patch, memo, objects, admit_first=admit_first)
         except kopf.TemporaryError as exc:
             log.warning("hypothesis %s/%s: %s; retrying at the next sweep", ns, name, exc)
             memo.retry.add((ns, name))
-            return
+            return False
         memo.retry.discard((ns, name))
         if patch.status:
             after = _custom().patch_namespaced_custom_object_status(GROUP, VERSION, ns, "hypotheses", name,
                                                                     {"status": dict(patch.status)})
             getattr(objects, "written", memo.written).record(body, after)
+        return admit_first and s is not None and s.result.requeue_after == H.ADMITTED
 
 
 def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool = False) -> None:
@@ -463,10 +471,22 @@ def _hypothesis_source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str |
             log.warning("hypothesis %s/%s: %s", ns, name, exc)
             memo.retry.add((ns, name))
 
+    def admit() -> None:
+        """A new Hypothesis' first step writes its validation alone; its Job follows on the next lane, which
+        waits while first steps are queued: in a burst every object gets its phase (one status PATCH each)
+        before the Jobs, each of which brings the API server a Pod and a dozen writes of the Job controller,
+        the scheduler and the kubelet (issue 16: time to first phase)."""
+        try:
+            if step_hypothesis(memo, objects, ns, name, admit_first=True):
+                memo.settle.then(later, (ns, name))
+        except Exception as exc:  # noqa: BLE001 - retried by the Evolution's sweep
+            log.warning("hypothesis %s/%s: %s", ns, name, exc)
+            memo.retry.add((ns, name))
+
     if settle:
         memo.settle((ns, name), later)
     else:
-        memo.settle.now(later, (ns, name))
+        memo.settle.now(admit, (ns, name))
 
 
 async def _source(memo: kopf.Memo, kw: dict[str, Any], ns: str, name: str | None, settle: bool) -> None:

@@ -363,13 +363,15 @@ class Settle:
     scheduled/running/terminated updates come in bursts; one step over the freshest index then writes
     one status instead of one per update). One thread keeps the schedule; steps run on `workers`.
     `now(fn, key)` runs a step at once on workers of its own (a new object's first step), so that new objects
-    are not queued behind the settled steps of older ones; `first_pending(key)` says until then that it will."""
+    are not queued behind the settled steps of older ones; `then(fn, key)` runs its follow-up (an admitted
+    Hypothesis' Job) on a third set of workers, each waiting while first steps are queued; `first_pending(key)`
+    says until either has run that it will."""
 
     # A first step waits on the API server for most of its time (ConfigMap and Job, then the status), so several
     # run at once. At 2,000 new objects the last first phase came about 30 s after the last create with 12, 24 or
     # 48 of them (within the runs' spread: the API server's answers set the pace); 24 leaves room on a less
     # loaded API server (bench/README.md, operator).
-    def __init__(self, delay: float, workers: int = 4, first_workers: int = 24):
+    def __init__(self, delay: float, workers: int = 4, first_workers: int = 24, next_workers: int = 24):
         import heapq
         from concurrent.futures import ThreadPoolExecutor
 
@@ -378,10 +380,12 @@ class Settle:
         self._heap: list[tuple[float, int, Any]] = []
         self._due: dict[Any, Any] = {}
         self._n = 0
-        self._pending: set = set()
+        self._pending: dict[Any, int] = {}  # key -> its first steps and follow-ups queued or running
+        self._first_queued = 0  # first steps submitted and not started: follow-ups wait for 0
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
         # a first step is mostly waiting on the API server (ConfigMap, Job, status): more of them in flight
         self._first = ThreadPoolExecutor(first_workers, thread_name_prefix="step")
+        self._next = ThreadPoolExecutor(next_workers, thread_name_prefix="step-next")
         threading.Thread(target=self._loop, daemon=True, name="settle").start()
 
     def __call__(self, key: Any, fn: Any) -> None:
@@ -396,22 +400,47 @@ class Settle:
             self._cond.notify()
 
     def now(self, fn: Any, key: Any = None) -> None:
-        if key is None:
-            self._first.submit(fn)
-            return
         with self._cond:
-            self._pending.add(key)
+            self._first_queued += 1
+            if key is not None:
+                self._pending[key] = self._pending.get(key, 0) + 1
 
         def run() -> None:
-            try:
-                fn()
-            finally:
-                with self._cond:
-                    self._pending.discard(key)
+            with self._cond:
+                self._first_queued -= 1
+                if not self._first_queued:
+                    self._cond.notify_all()
+            self._run(fn, key)
         self._first.submit(run)
 
+    def then(self, fn: Any, key: Any = None) -> None:
+        """Run `fn` once no first step is queued (they go first: one status write each, while `fn` brings more)."""
+        with self._cond:
+            if key is not None:
+                self._pending[key] = self._pending.get(key, 0) + 1
+
+        def run() -> None:
+            self.idle()
+            self._run(fn, key)
+        self._next.submit(run)
+
+    def idle(self) -> None:
+        """Wait until no first step is queued."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._first_queued)
+
+    def _run(self, fn: Any, key: Any) -> None:
+        try:
+            fn()
+        finally:
+            if key is not None:
+                with self._cond:
+                    left = self._pending.pop(key) - 1
+                    if left:
+                        self._pending[key] = left
+
     def first_pending(self, key: Any) -> bool:
-        """Is a first step of `key` queued or running?"""
+        """Is a first step of `key`, or its follow-up, queued or running?"""
         with self._cond:
             return key in self._pending
 

@@ -69,10 +69,13 @@ def meta_of(obj: dict[str, Any]) -> Meta:
 
 
 def step(kind: str, obj: dict[str, Any], objects: Objects, platform: Any, now: datetime,
-         cache: dict | None = None, first_report: Callable[[Meta], bool] = lambda meta: True) -> Step:
+         cache: dict | None = None, first_report: Callable[[Meta], bool] = lambda meta: True,
+         admit_first: bool = False) -> Step:
     """Gather observations, run the core, apply its actions through `platform`; the caller persists
     `step.result.status` (unless `result` is None). `first_report(meta)` says whether this process has not
-    yet reported a failure of this generation (a timer and a change handler can race on one object)."""
+    yet reported a failure of this generation (a timer and a change handler can race on one object).
+    `admit_first` (Hypothesis only): see reconcile.hypothesis.reconcile; `result.requeue_after == 0` then says
+    that the object was admitted and wants its next step at once."""
     meta = meta_of(obj)
     status = api.parse_status(kind, obj.get("status") or {})
     if C.blocked(status, meta.generation):
@@ -82,7 +85,8 @@ def step(kind: str, obj: dict[str, Any], objects: Objects, platform: Any, now: d
     except ConfigError as exc:
         failure = C.fail_until_spec_changes(meta, kind, status, C.INVALID_SPEC, str(exc), now)
         return _report(platform, meta, failure, first_report(meta))
-    s = RECONCILERS[kind](meta, spec, status, objects, platform, now, {} if cache is None else cache)
+    s = RECONCILERS[kind](meta, spec, status, objects, platform, now, {} if cache is None else cache,
+                          **({"admit_first": True} if admit_first else {}))
     try:
         apply_actions(platform, s.result.actions)
     except ActionRefused as exc:
@@ -116,7 +120,7 @@ def _report(platform: Any, meta: Meta, failure: Result, post_events: bool) -> St
 
 
 def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any, now: datetime,
-                cache: dict) -> Step:
+                cache: dict, admit_first: bool = False) -> Step:
     ns = meta.namespace or "default"
     evo_obj = objects.get("evolutions", ns, spec.evolution_ref.name)
     ctx = None
@@ -143,7 +147,8 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
             )
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
     rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None
-    return Step(meta, H.reconcile(meta, spec, status, ctx, jobs, rollout, now, evolution_problem=problem))
+    return Step(meta, H.reconcile(meta, spec, status, ctx, jobs, rollout, now, evolution_problem=problem,
+                                  admit_first=admit_first))
 
 
 # ---------------------------------------------------------------------------------------------

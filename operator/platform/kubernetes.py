@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import threading
+import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -717,7 +718,18 @@ def _discard(response: Any) -> None:
 
 # Journal entries of one step that make one Kubernetes Event together (KubernetesPlatform.record_step).
 STEP_EVENTS = frozenset({"Proposed", "Validated", "TrainingStarted"})
+# A Hypothesis step whose progress entries stop before TrainingStarted (an admission: Proposed, Validated; the
+# operator writes that status before the Job's requests) is held this long for the object's next step to join
+# its Event, so that the three are still one POST (issue 16: requests per object); then it goes alone.
+HOLD_SECONDS = 300.0
+HELD_CHECK_SECONDS = 5.0
 _STEP_SPLIT = re.compile(r"(?:^|; )(" + "|".join(sorted(STEP_EVENTS)) + r"): ")
+
+
+def _open_run(run: list[RecordJournal]) -> bool:
+    """A Hypothesis' progress entries that its next step continues (admitted, not yet training)."""
+    return (run[-1].owner.kind == "Hypothesis" and run[-1].event != "TrainingStarted"
+            and all(a.event in STEP_EVENTS and not a.warning for a in run))
 
 
 def _event_lost(event: Mapping[str, Any], exc: Exception) -> None:
@@ -746,29 +758,56 @@ def _side_requests() -> Any:
         return _SIDE_REQUESTS
 
 
-class EventPoster:
-    """Posts Kubernetes Events on a background thread, in the order they were recorded, as client-go's
-    event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are
-    best effort), so a Hypothesis' status is written a few requests sooner."""
+# Threads that post Events, each for its own share of the objects (an object's Events stay in order). One thread
+# fell behind at 10,000 Hypotheses across 10 once the Jobs were created beside the admissions: 1,913 of about
+# 9,500 posted in the window (bench/README.md, operator).
+EVENT_THREADS = 4
 
-    def __init__(self, post: Callable[[str, dict], Any]):
+
+class EventPoster:
+    """Posts Kubernetes Events on background threads, each object's in the order they were recorded, as client-go's
+    event broadcaster does: a reconcile step neither waits for its events nor fails for one (they are best effort),
+    so a Hypothesis' status is written a few requests sooner. `tick` runs every `every` seconds on the first.
+    `gate()`, when set, is waited on before each POST (the operator's: while new objects' admissions are queued)."""
+
+    gate: Callable[[], Any] | None = None
+
+    def __init__(self, post: Callable[[str, dict], Any], tick: Callable[[], Any] | None = None,
+                 every: float = HELD_CHECK_SECONDS, threads: int = EVENT_THREADS):
         import queue
         import threading
 
-        self._post = post
-        self._queue: Any = queue.SimpleQueue()
-        threading.Thread(target=self._loop, daemon=True, name="event-poster").start()
+        self._post, self._tick, self._every = post, tick, every
+        self._queues: list[Any] = [queue.SimpleQueue() for _ in range(max(1, threads))]
+        for i, q in enumerate(self._queues):
+            threading.Thread(target=self._loop, args=(q, i == 0), daemon=True, name="event-poster").start()
 
     def __call__(self, namespace: str, event: dict) -> None:
-        self._queue.put((namespace, event))
+        obj = event.get("involvedObject") or {}
+        key = obj.get("uid") or f"{obj.get('kind')}/{obj.get('name')}"
+        self._queues[hash(key) % len(self._queues)].put((namespace, event))
 
-    def _loop(self) -> None:
+    def _loop(self, q: Any, ticks: bool) -> None:
+        import queue
+
+        last = time.monotonic()
         while True:
-            namespace, event = self._queue.get()
             try:
-                self._post(namespace, event)
-            except Exception as exc:  # noqa: BLE001 - events are best effort
-                _event_lost(event, exc)
+                namespace, event = q.get(timeout=self._every)
+                try:
+                    if self.gate is not None:
+                        self.gate()
+                    self._post(namespace, event)
+                except Exception as exc:  # noqa: BLE001 - events are best effort
+                    _event_lost(event, exc)
+            except queue.Empty:
+                pass
+            if ticks and self._tick is not None and time.monotonic() - last >= self._every:
+                last = time.monotonic()
+                try:
+                    self._tick()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("held events: %s", exc)
 
 
 class _ConfigMapRecord:
@@ -811,6 +850,7 @@ class KubernetesPlatform:
 
     observed: Any = None  # operator/indexed.IndexedCluster once the kopf indexes feed it: Jobs, Pods without LISTs
     _events: EventPoster | None = None
+    _held: dict[str, tuple[float, list[RecordJournal]]] | None = None  # background events only (record_step)
 
     def __init__(self, api_client: Any = None, prometheus_url: str | None = None, proposer: Any = None,
                  config: Mapping[str, Any] | None = None, background_events: bool = False,
@@ -829,7 +869,9 @@ class KubernetesPlatform:
         self.prometheus_timeout = prometheus_timeout
         self.proposer = proposer
         self.config = dict(config or {})
-        self._events = EventPoster(self._post_event) if background_events else None
+        self._events = EventPoster(self._post_event, tick=self.flush_held) if background_events else None
+        self._held = {} if background_events else None  # owner uid -> (since, entries)
+        self._held_lock = threading.Lock()
 
     def _templated(self, obj: dict[str, Any], kind: str, role: str) -> dict[str, Any]:
         return apply_pod_template(obj, self.config.get(kind), role, self.config.get("imagePullSecrets"))
@@ -1183,20 +1225,47 @@ class KubernetesPlatform:
         """The journal entries of one reconcile step, as Kubernetes Events. A run of progress entries on one
         object (STEP_EVENTS: a new Hypothesis' Proposed, Validated, TrainingStarted) is one Event, its reason
         the last entry's, its message every entry's: one POST instead of three (issue 16: requests per
-        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason."""
+        object). Every other entry (Resumed, Warnings, ...) stays an Event of its own reason. With background
+        events, a Hypothesis step that ends in such a run before TrainingStarted is held (HOLD_SECONDS) and
+        goes out with the object's next step's entries."""
+        held = self._take_held({a.owner.uid for a in actions})
         runs: list[list[RecordJournal]] = []
-        for a in actions:
+        for a in [*held, *actions]:
             mergeable = not a.warning and a.event in STEP_EVENTS
             if mergeable and runs and runs[-1][-1].owner == a.owner and runs[-1][-1].event in STEP_EVENTS \
                     and not runs[-1][-1].warning:
                 runs[-1].append(a)
             else:
                 runs.append([a])
+        if self._held is not None and runs and _open_run(runs[-1]):
+            run = runs.pop()
+            with self._held_lock:
+                self._held[run[-1].owner.uid] = (time.monotonic(), run)
         for run in runs:
-            if len(run) == 1:
-                self.record(run[0])
-                continue
-            self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+            self._record_run(run)
+
+    def _record_run(self, run: list[RecordJournal]) -> None:
+        if len(run) == 1:
+            self.record(run[0])
+            return
+        self.record(replace(run[-1], message="; ".join(f"{a.event}: {a.message}" for a in run)))
+
+    def _take_held(self, uids: set[str]) -> list[RecordJournal]:
+        if not self._held:  # None: nothing is ever held
+            return []
+        with self._held_lock:
+            return [e for uid in uids for e in self._held.pop(uid, (0.0, []))[1]]
+
+    def flush_held(self, older_than: float = HOLD_SECONDS) -> None:
+        """Record the held entries that no next step joined within `older_than` seconds (the poster's tick)."""
+        if not self._held:
+            return
+        cutoff = time.monotonic() - older_than
+        with self._held_lock:
+            due = [uid for uid, (since, _) in self._held.items() if since <= cutoff]
+            runs = [self._held.pop(uid)[1] for uid in due]
+        for run in runs:
+            self._record_run(run)
 
     @staticmethod
     def journal_entries(reason: str, message: str) -> list[tuple[str, str]]:

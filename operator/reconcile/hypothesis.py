@@ -34,6 +34,8 @@ from cambrian.stats.noise import confirmation_seeds
 WAITING_FOR_BASELINE = "WaitingForBaseline"
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
 POLL_SECONDS = 30.0
+# requeue_after of an admission (reconcile's admit_first): step again at once, from the persisted Validated
+ADMITTED = 0.0
 # Exit codes of `cambrian train` (docs/CONTRACTS.md): 2 invalid config/delta, 3 gate failed, 4 training failed.
 NO_RETRY_EXIT_CODES = {2: "invalid", 3: "gate"}
 
@@ -76,9 +78,14 @@ def reconcile(
     rollout: RolloutView | None,
     now: datetime,
     evolution_problem: str | None = None,
+    admit_first: bool = False,
 ) -> Result[HypothesisStatus]:
     """`jobs`: every training Job of this hypothesis the platform sees (any attempt).
-    `evolution_problem`: why `ctx` is None although the Evolution exists (its spec is invalid, it failed)."""
+    `evolution_problem`: why `ctx` is None although the Evolution exists (its spec is invalid, it failed).
+    `admit_first`: a Proposed Hypothesis' validation (Validated, or Rejected/Failed) is returned on its own, with
+    no action that creates anything and `requeue_after=0` (step again at once): the caller persists that answer
+    before the Job's requests (the cluster operator, so a burst of new Hypotheses gets its phases at the pace
+    of one status write each; issue 16). The next reconcile goes on from Validated as it would have."""
     if blocked(status, meta.generation):
         return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
@@ -140,6 +147,8 @@ def reconcile(
         move("Validated")
         cond("Validated", True, "DeltaApplies", "the delta applies to the baseline and yields a valid config")
         journal("Validated", f"delta applies; config fingerprint {st.config_fingerprint}")
+        if admit_first:
+            return Result(actions, st, requeue_after=ADMITTED)
 
     if st.phase == "Validated":
         if ctx.budget_exhausted:

@@ -155,6 +155,15 @@ def test_quick_run_on_the_real_control_plane():
     assert r["ratio"] == pytest.approx(cam["seconds_to_first_phase_all"] / base["seconds_to_first_phase_all"],
                                        rel=0.01)
     assert 50 < base["operator_rss_peak_mib"] and 50 < cam["operator_rss_peak_mib"]
+    assert r["ratio_at_equal_create_times"] == pytest.approx(cam["seconds_to_first_phase_all"] / (
+        cam["seconds_to_create_all"] + r["seconds_last_phase_after_last_create"]["baseline"]), rel=0.01)
+
+
+def test_the_lag_after_the_last_create_reads_the_creates_out_of_the_ratio():
+    """The no-op's first phases follow its creates: a half whose creates ran slower (the machine's load moved)
+    had a bigger denominator. The lag is what each operator added after its last create."""
+    assert B._lag({"seconds_to_first_phase_all": 21.7, "seconds_to_create_all": 20.1}) == pytest.approx(1.6)
+    assert B._lag({"seconds_to_first_phase_all": 20.0, "seconds_to_create_all": 20.1}) == 0.0
 
 
 def test_evolution_names_spread_the_objects_round_robin():

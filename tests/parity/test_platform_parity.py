@@ -174,6 +174,13 @@ def test_the_kubernetes_platform_gives_the_same_phases_verdicts_and_decisions(
     remote = run_cluster(cluster, cluster_namespace, monkeypatch, tmp_path)
     Path(os.environ.get("PARITY_DUMP", os.devnull)).write_text(json.dumps({"local": local_run, "kubernetes": remote},
                                                                           indent=1))
+    # the operator persists a new Hypothesis' admission before its Job (handlers.step_hypothesis, issue 16: time to
+    # first phase); the local driver writes the step's end. Otherwise the phases are the same.
+    for name, local in local_run["transitions"].items():
+        if name.startswith("Hypothesis/") and local and local[0][0] == "Training":
+            seq = remote["transitions"].get(name) or []
+            assert seq[:1] == [("Validated", None, None)], (name, seq)
+            remote["transitions"][name] = seq[1:]
     for part in ("transitions", "status", "journal"):
         assert remote[part] == local_run[part], json.dumps({"local": local_run[part], "kubernetes": remote[part]},
                                                            indent=1)
