@@ -11,7 +11,6 @@ Every proposal carries `meta = {entry, params}` so the journal can rebuild the O
 
 from __future__ import annotations
 
-import functools
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +48,7 @@ class Entry:
     explanation: str = ""
     effect: str = ""
     code: str | None = None
+    reads: tuple[str, ...] = ()  # the columns a reward's SQL reads (checked against its parse by the tests)
 
     def render(self, params: dict[str, float]) -> dict[str, Any]:
         values = {**self.defaults, **params}
@@ -160,29 +160,29 @@ CATALOGUE: list[Entry] = [
           {"label": _CLICK, "weight": "1.0 + LEAST(watch_seconds, 600.0) / {scale}"},
           {"scale": 60.0}, {"scale": Dist(10.0, 600.0, log=True)},
           "Weighting clicks by watch time makes the model favour items people actually watch.",
-          "long_watch_corr +0.05"),
+          "long_watch_corr +0.05", reads=("click", "watch_seconds")),
     Entry("completion", "reward", "reward", "explore", {"label": _COMPLETION},
           explanation="Completion rewards items that are watched to the end, not thumbnails that get clicked.",
-          effect="long_watch_corr +0.05"),
+          effect="long_watch_corr +0.05", reads=("completion",)),
     Entry("long_watch", "reward", "reward", "explore", {"label": "CAST(watch_seconds >= {t} AS DOUBLE)"},
           {"t": 60.0}, {"t": Dist(10.0, 300.0, log=True)},
-          "A long-watch label targets the satisfaction surrogate directly.", "long_watch_corr +0.1"),
+          "A long-watch label targets the satisfaction surrogate directly.", "long_watch_corr +0.1", reads=("watch_seconds",)),
     Entry("click_completion", "reward", "reward", "innovate", {"label": f"{_CLICK} * {_COMPLETION}"},
           explanation="Multiplying click by completion discounts clickbait (clicked, then abandoned).",
-          effect="long_watch_corr +0.03"),
+          effect="long_watch_corr +0.03", reads=("click", "completion")),
     Entry("return_aware", "reward", "reward", "innovate",
           {"label": f"{_CLICK} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Clicks by users who come back the next day are evidence of satisfaction; down-weighting the others "
-          "aligns the label with retention.", "long_watch_corr +0.02"),
+          "aligns the label with retention.", "long_watch_corr +0.02", reads=("click", "returned_next_day")),
     Entry("like_minus_hate", "reward", "reward", "innovate", {"label": f"{_CLICK} * (1.0 + \"like\" - hate) / 2.0"},
           explanation="Explicit feedback separates satisfying clicks (like) from regretted ones (hate).",
-          effect="long_watch_corr +0.03"),
+          effect="long_watch_corr +0.03", reads=("click", "hate", "like")),
     Entry("return_completion", "reward", "reward", "innovate",
           {"label": f"{_CLICK} * {_COMPLETION} * ({{a}} + {{a_c}} * {_RETURNED})"},
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Multi-objective synthesis (the paper's discovery #5): completion times a retention factor.",
-          "long_watch_corr +0.03"),
+          "long_watch_corr +0.03", reads=("click", "completion", "returned_next_day")),
 ]  # fmt: skip
 
 # The prior: within each persona and category, the order in which untried entries are proposed.
@@ -194,26 +194,6 @@ PRIORITY = [
 ]  # fmt: skip
 CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
-
-
-def reads(entry: Entry) -> frozenset[str]:
-    """The columns an entry's SQL (a reward's label and weight, at its default settings) reads."""
-    return _reads(entry.key) if entry.key in ENTRIES and ENTRIES[entry.key] is entry else _parse_reads(entry)
-
-
-@functools.lru_cache(maxsize=None)
-def _reads(key: str) -> frozenset[str]:
-    return _parse_reads(ENTRIES[key])
-
-
-def _parse_reads(entry: Entry) -> frozenset[str]:
-    import sqlglot
-    from sqlglot import exp
-
-    if entry.component != "reward":
-        return frozenset()
-    texts = [v for v in entry.render({})["patch"].values() if isinstance(v, str)]
-    return frozenset(c.name for t in texts for c in sqlglot.parse_one(t, read="duckdb").find_all(exp.Column))
 
 
 def _available_architectures() -> set[str]:
@@ -249,7 +229,7 @@ class BuiltinProposer:
         """The persona's entries that the data can train: a reward reading a column the declaration lacks
         (the world's watch_seconds on MovieLens) would only fail its gate."""
         allowed = set(request.columns)
-        return [e for e in self.catalogue if e.persona == request.persona.name and (not allowed or reads(e) <= allowed)]
+        return [e for e in self.catalogue if e.persona == request.persona.name and (not allowed or set(e.reads) <= allowed)]
 
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
         return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint}

@@ -211,9 +211,16 @@ def test_builtin_repair_moves_to_safer_settings(tmp_path):
 def test_builtin_rewards_read_only_the_columns_the_data_declares(tmp_path):
     """On data without the world's columns (MovieLens declares ratings, not watch time) the built-in proposer
     offers no reward that would fail its gate; on data that has only some, only the rewards those allow."""
+    import sqlglot
+    from sqlglot import exp
+
     from cambrian.agents.personas import reward_columns
-    from cambrian.agents.proposers.builtin import reads
     from cambrian.trainer.schema import BUILT_IN
+
+    for e in CATALOGUE:  # each entry's declared columns are what its SQL reads (the operator loads no sqlglot)
+        sql = [v for v in e.render({})["patch"].values() if isinstance(v, str)] if e.component == "reward" else []
+        parsed = {c.name for t in sql for c in sqlglot.parse_one(t, read="duckdb").find_all(exp.Column)}
+        assert set(e.reads) == parsed, e.key
 
     def proposed(columns):
         req = ProposalRequest(REWARD, 1, {"explore": 3, "exploit": 1, "innovate": 3}, "", ModelConfig(),
@@ -225,4 +232,4 @@ def test_builtin_rewards_read_only_the_columns_the_data_declares(tmp_path):
     assert proposed(reward_columns(BUILT_IN["movielens-100k"])) == []
     some = proposed(["click", "completion", "label"])
     assert some and set(some) <= {"completion", "click_completion"}
-    assert all(reads(e) <= {"click", "completion"} for e in CATALOGUE if e.key in some)
+    assert all(set(e.reads) <= {"click", "completion"} for e in CATALOGUE if e.key in some)

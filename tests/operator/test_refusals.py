@@ -340,11 +340,13 @@ def test_a_refused_proposal_is_reported_and_the_others_are_created():
 
     events = []
     custom = _Api(list_namespaced_custom_object={"items": []}, create_namespaced_custom_object=create)
-    p = _platform(custom=custom)
+    p = _platform(custom=custom, core=_Api(read_namespaced_config_map=_api_exception(404)))
     p.record = events.append
     p.proposer = lambda action, existing: [{"component": "optimizer"}, {"component": "optimizer"}]
     p.propose(ProposeHypotheses(Owner("Evolution", "evo", "u", "ns"), 1, "evo-w1-abcd1234", (), ()))
     assert created == ["evo-w1-abcd1234-1"]
+    # the answer was kept before the creates and dropped after them (operator/proposing.propose_wakeup)
+    assert p.core.calls == ["read_namespaced_config_map", "create_namespaced_config_map", "delete_namespaced_config_map"]
     assert [e.event for e in events] == ["ProposalRefused", "Proposed"] and events[0].warning
 
 
