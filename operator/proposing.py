@@ -250,7 +250,8 @@ class ClusterProposer:
             batch.notes.append(f"no proposer: {exc}")
             return batch
         baseline = parse_config(action.baseline)
-        columns = tuple(reward_columns(spec.data.declared()))  # a reward may read only what the data declares
+        schema = spec.data.declared()  # its proxies and columns, not the world's
+        columns = tuple(reward_columns(schema))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
         used = spend(existing)
@@ -264,7 +265,7 @@ class ClusterProposer:
             request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
                                       repair_of=repair_of, columns=columns)
             if getattr(proposer, "name", "") != "builtin":
-                request.prompt = _prompt(persona, baseline, journal.hypotheses, asked, spec, repair_of)
+                request.prompt = _prompt(persona, baseline, journal.hypotheses, asked, spec, schema, repair_of)
             result = proposer.propose(request)
             batch.tokens += int(result.input_tokens + result.output_tokens)
             if result.input_tokens or result.output_tokens:
@@ -356,13 +357,12 @@ def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
         return None
 
 
-def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec,
+def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec, schema,
             repair_of=None) -> str:
     from cambrian.agents.journal import render_journal
     from cambrian.agents.personas import for_declaration
     from cambrian.agents.prompts import build_prompt
 
-    schema = spec.data.declared()  # its proxies and columns, not the world's
     persona = for_declaration(persona, schema, spec.objective.offline.for_component(persona.components[0]).metric)
     text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
                           persona.lower_is_better, 20_000, components=persona.components)
