@@ -74,13 +74,14 @@ def test_an_evolution_trains_on_its_own_bucket_in_the_cluster(cluster, cluster_n
                   *(f"--from-literal={key}={value}" for key, value in s3.env.items()))
         with KopfRunner([a.format(ns=ns) for a in OPERATOR], timeout=600) as runner:
             k.apply(evolution("own", "s3://lake/world"))
+            # the budget covers the candidate: Validated is only a waypoint here (admission comes first, issue 16)
             (hyp,) = wait("the candidate scored", lambda: (lambda hs: hs if hs and all(
-                status(h).get("phase") in ("Scored", "Validated", "Failed") for h in hs) else None)(k.get("hypotheses")),
+                status(h).get("phase") in ("Scored", "Failed") for h in hs) else None)(k.get("hypotheses")),
                 timeout=420, runner=runner, rt=rt)
             evo = wait("both baseline seeds", lambda: (lambda e: e if len(status(e).get("baselineRuns") or []) == 2
                                                         else None)(k.get("evolution", "own")), runner=runner, rt=rt)
         log = runner.stdout  # once the operator has stopped
-    assert status(hyp)["phase"] in ("Scored", "Validated"), status(hyp)
+    assert status(hyp)["phase"] == "Scored", status(hyp)
     assert 0 < status(hyp)["offlineScore"] < 1 and status(hyp)["proxyMetrics"]["auc"]["value"] > 0.5
     assert -1 <= status(hyp)["proxyMetrics"]["watch_corr"]["value"] <= 1  # the Evolution's own declaration's proxy
     # every run trained on the bucket's rows: the snapshot holds all of them (the last day is held out)
