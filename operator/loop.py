@@ -272,7 +272,8 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
     names.update(FI.reference_job_names(meta, spec, status))
     if names:
         baseline_jobs = [j for j in platform.training_jobs(E.owner_of(meta)) if j.name in names]
-    spent = views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status))
+    spent = views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status),
+                        evolution_annotations=meta.annotations)
     result = E.reconcile(
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],
         baseline_jobs, spent, now,

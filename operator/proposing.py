@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from cambrian.errors import ConfigError
@@ -194,25 +194,32 @@ class ProposalRecord(Protocol):
 
 
 def propose_wakeup(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer: Callable,
-                   record: ProposalRecord, create: Callable[[str, dict, dict[str, str], dict[str, str]], None]
-                   ) -> tuple[str, bool] | None:
+                   record: ProposalRecord, create: Callable[[str, dict, dict[str, str], dict[str, str]], bool],
+                   charge: Callable[[int, int, float], None]) -> tuple[str, bool] | None:
     """One wake-up, shared by both platforms: ask the proposer, keep its answer durably, then create the
     Hypothesis objects `{prefix}-{i}` (`create(name, spec, labels, annotations)`) that do not exist yet, and
     drop the record. A replay after a restart creates what the recorded answer still lacks (a kill between
-    two creates loses nothing) and asks nobody again (an LLM answer is paid for once). Returns the event
-    message and whether it is a warning; None when the wake-up was complete already."""
+    two creates loses nothing) and asks nobody again (an LLM answer is paid for once). `create` returns
+    whether the object exists afterwards (False: admission refused it). The wake-up's LLM spend rides on its
+    first Hypothesis; when none carries it, `charge(wakeup, tokens, dollars)` books it on the Evolution
+    (views.A_UNATTRIBUTED). Returns the event message and whether it is a warning; None when the wake-up
+    was complete already."""
     prefix = action.name_prefix
     have = {h["metadata"]["name"] for h in existing if h["metadata"]["name"].startswith(f"{prefix}-")}
     saved = record.load(prefix)
     if saved is None:
-        if have:  # every Hypothesis was created before its record was dropped
+        # every Hypothesis was created before its record was dropped, or none was and the spend was booked
+        if have or action.wakeup <= action.charged_through:
             log.info("wake-up %s of %s was already proposed; not asking again", action.wakeup, action.owner.name)
             return None
         saved = _ask(action, existing, proposer)
         record.save(prefix, saved)
-    for name, spec, labels, annotations in saved["objects"]:
-        if name not in have:
-            create(name, spec, labels, annotations)
+    carried = False
+    for i, (name, spec, labels, annotations) in enumerate(saved["objects"]):
+        exists = name in have or create(name, spec, labels, annotations)
+        carried = carried or (i == 0 and exists)
+    if not carried and (saved.get("tokens") or saved.get("dollars")):
+        charge(action.wakeup, int(saved.get("tokens") or 0), float(saved.get("dollars") or 0.0))
     record.drop(prefix)
     return saved["message"], saved["warning"]
 
@@ -222,9 +229,13 @@ def _ask(action: ProposeHypotheses, existing: list[Mapping[str, Any]], proposer:
     specs = batch.items if hasattr(batch, "items") else [(spec, {}) for spec in batch]
     objs = [[f"{action.name_prefix}-{i}", spec, {"cambrian.dev/wakeup": str(action.wakeup)}, dict(annotations or {})]
             for i, (spec, annotations) in enumerate(specs)]
+    tokens, dollars = int(getattr(batch, "tokens", 0) or 0), float(getattr(batch, "dollars", 0.0) or 0.0)
+    if objs and (tokens or dollars):  # the first Hypothesis carries the wake-up's spend (views.spend)
+        objs[0][3].update({A_TOKENS: str(tokens), A_DOLLARS: f"{dollars:.6f}"})
     notes = list(getattr(batch, "notes", []))
     message = f"wake-up {action.wakeup}: {len(specs)} hypothesis(es)" + (f"; {'; '.join(notes)}"[:900] if notes else "")
-    return {"objects": objs, "message": message, "warning": bool(notes) and not specs}
+    return {"objects": objs, "message": message, "warning": bool(notes) and not specs, "tokens": tokens,
+            "dollars": dollars}
 
 
 class ClusterProposer:
@@ -254,7 +265,8 @@ class ClusterProposer:
         columns = tuple(reward_columns(schema))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
-        used = spend(existing)
+        used = spend(existing)  # the action's figure also counts what wake-ups without Hypotheses spent
+        used = replace(used, tokens=max(used.tokens, action.tokens_spent), dollars=max(used.dollars, action.dollars_spent))
         budgets = spec.agent.budgets
 
         def spent() -> bool:
@@ -328,10 +340,7 @@ class ClusterProposer:
                 batch.notes.append(f"repair of {failed}: {result.error or 'the proposer had no fix'}")
                 continue
             admit(PERSONAS[entry.persona], 0, {**result.proposals[0], "category": "exploit"}, repair_of=failed)
-        if batch.items and (batch.tokens or batch.dollars):
-            batch.items[0][1][A_TOKENS] = str(batch.tokens)
-            batch.items[0][1][A_DOLLARS] = f"{batch.dollars:.6f}"
-        return batch
+        return batch  # propose_wakeup books batch.tokens and batch.dollars
 
 
 def in_training_order(items: list, order: tuple[str, ...]) -> list:
@@ -507,7 +516,10 @@ def action_from_wire(d: Mapping[str, Any]) -> ProposeHypotheses:
                              repairs=tuple(d.get("repairs") or ()),
                              allocation=tuple((str(p), tuple((str(c), int(n)) for c, n in q))
                                               for p, q in d.get("allocation") or ()),
-                             order=tuple(str(p) for p in d.get("order") or ()))
+                             order=tuple(str(p) for p in d.get("order") or ()),
+                             tokens_spent=int(d.get("tokens_spent") or 0),
+                             dollars_spent=float(d.get("dollars_spent") or 0.0),
+                             charged_through=int(d.get("charged_through") or 0))
 
 
 def batch_wire(batch: ProposalBatch) -> dict[str, Any]:

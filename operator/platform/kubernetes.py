@@ -1213,10 +1213,47 @@ class KubernetesPlatform:
                     raise
                 # An agent wrote something admission refuses: that proposal is lost, the loop is not.
                 self.record(RecordJournal(action.owner, "ProposalRefused", str(exc)[:1024], {}, True))
+                return False
+            return True
 
-        made = propose_wakeup(action, existing, self.proposer, _ConfigMapRecord(self, action.owner), create)
+        made = propose_wakeup(action, existing, self.proposer, _ConfigMapRecord(self, action.owner), create,
+                              self._charge_unattributed(action.owner))
         if made is not None:
             self.record(RecordJournal(action.owner, "Proposed", made[0], {}, made[1]))
+
+    def _charge_unattributed(self, owner: Owner) -> Callable[[int, int, float], None]:
+        """Books a wake-up's LLM spend on the Evolution's annotation (views.A_UNATTRIBUTED) when no Hypothesis
+        carries it: read, then a merge patch that names the resourceVersion read (a concurrent writer makes it
+        409 and it is read again). Only wake-ups that created nothing pay these two requests."""
+        from kubernetes.client.rest import ApiException
+
+        from cambrian.operator.reconcile import views
+
+        ns = owner.namespace or "default"
+
+        def charge(wakeup: int, tokens: int, dollars: float) -> None:
+            for _ in range(5):
+                try:
+                    obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, "evolutions", owner.name)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return  # the Evolution is gone: nothing left to budget
+                    raise
+                meta = obj.get("metadata") or {}
+                value = views.charge_unattributed(meta.get("annotations"), wakeup, tokens, dollars)
+                if value is None:
+                    return  # charged before a restart
+                body = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                                     "annotations": {views.A_UNATTRIBUTED: value}}}
+                try:
+                    self.custom.patch_namespaced_custom_object(GROUP, VERSION, ns, "evolutions", owner.name, body)
+                    return
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+            raise ActionRefused(f"Evolution {owner.name}: its spend annotation kept changing under the operator")
+
+        return charge
 
     def _post_event(self, namespace: str, event: dict) -> None:
         _discard(self.core.create_namespaced_event(namespace, event, _preload_content=False))

@@ -640,12 +640,23 @@ class LocalPlatform:
             self.record(RecordJournal(action.owner, "NoProposer", "no proposer configured", {}, True))
             return
 
-        def create(name: str, spec: dict, labels: dict, annotations: dict) -> None:
+        def create(name: str, spec: dict, labels: dict, annotations: dict) -> bool:
             self.store.create({"kind": "Hypothesis", "apiVersion": API_VERSION,
                                "metadata": {"name": name, "labels": labels, "annotations": annotations},
                                "spec": spec}, self.clock(), action.owner)
+            return True
 
-        made = propose_wakeup(action, existing, self.proposer, _FileRecord(self.root / "proposals"), create)
+        def charge(wakeup: int, tokens: int, dollars: float) -> None:
+            from cambrian.operator.reconcile import views
+
+            evo = self.store.get("evolutions", action.owner.namespace or "default", action.owner.name)
+            if evo is None:
+                return
+            value = views.charge_unattributed((evo.get("metadata") or {}).get("annotations"), wakeup, tokens, dollars)
+            if value is not None:
+                self.store.annotate("Evolution", action.owner.name, {views.A_UNATTRIBUTED: value})
+
+        made = propose_wakeup(action, existing, self.proposer, _FileRecord(self.root / "proposals"), create, charge)
         if made is not None:
             self.record(RecordJournal(action.owner, "Proposed", made[0], {}, made[1]))
 

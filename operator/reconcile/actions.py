@@ -130,6 +130,11 @@ class ProposeHypotheses:
     repairs: tuple[str, ...] = ()  # failed Hypotheses to send back to the proposer with their error, once each
     allocation: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
     order: tuple[str, ...] = ()
+    # LLM spend so far (the core's Spend, with what wake-ups without Hypotheses spent): the proposer stops
+    # asking within the wake-up once the token or dollar budget is reached
+    tokens_spent: int = 0
+    dollars_spent: float = 0.0
+    charged_through: int = 0  # the last wake-up whose spend the Evolution carries itself (views.A_UNATTRIBUTED)
 
     def asks(self) -> tuple[tuple[str, dict[str, int]], ...]:
         """(persona, category quotas) to ask, in priority order."""

@@ -42,7 +42,7 @@ from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, ch
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
                                                       RolloutView, TopK)
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
-from cambrian.operator.reconcile.views import A_PREDICTED
+from cambrian.operator.reconcile.views import A_PREDICTED, unattributed
 
 POLL_SECONDS = 30.0
 MAX_HANDLED = 256
@@ -212,6 +212,9 @@ def reconcile(
                 repairs=repairs,
                 allocation=plan.allocation(),
                 order=plan.order(),
+                tokens_spent=st.spend.tokens,
+                dollars_spent=st.spend.dollars,
+                charged_through=unattributed(meta.annotations)["through"],
             )
         )
         st.counters.wakeups = wakeup

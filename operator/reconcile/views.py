@@ -10,6 +10,10 @@ from cambrian.operator.reconcile.observations import HypothesisView, RolloutView
 
 A_TOKENS = "cambrian.dev/tokens"
 A_DOLLARS = "cambrian.dev/dollars"
+# On an Evolution: the LLM spend of wake-ups that created no Hypothesis to carry it (every proposal was
+# rejected, or the carrier was refused), as JSON {"through": last wake-up charged, "tokens", "dollars"}.
+# Without it, a proposer whose every answer fails validation would spend without limit.
+A_UNATTRIBUTED = "cambrian.dev/unattributed-spend"
 # On a Rollout the core started: the surrogate's predicted online effect of its treatment, as JSON
 # {"hypothesis", "mean", "sd", "by"}: what the report sets beside the measured effect.
 A_PREDICTED = "cambrian.dev/predicted-effect"
@@ -76,8 +80,34 @@ def belongs_to(obj: Mapping[str, Any], evolution: str) -> bool:
     return ((obj.get("spec") or {}).get("evolutionRef") or {}).get("name") == evolution
 
 
-def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0) -> Spend:
-    tokens, dollars, gpu, evals = 0, 0.0, 0.0, baseline_attempts
+def unattributed(annotations: Mapping[str, str] | None) -> dict[str, Any]:
+    """The Evolution's A_UNATTRIBUTED record ({"through": 0, ...} when absent or unreadable)."""
+    import json
+
+    try:
+        d = json.loads((annotations or {}).get(A_UNATTRIBUTED) or "{}")
+        return {"through": int(d.get("through") or 0), "tokens": int(d.get("tokens") or 0),
+                "dollars": float(d.get("dollars") or 0.0)}
+    except (ValueError, TypeError, AttributeError):
+        return {"through": 0, "tokens": 0, "dollars": 0.0}
+
+
+def charge_unattributed(annotations: Mapping[str, str] | None, wakeup: int, tokens: int, dollars: float) -> str | None:
+    """The A_UNATTRIBUTED value after charging wake-up `wakeup`; None when it was charged already (wake-ups
+    are numbered in order, so a replay after a restart never charges twice)."""
+    import json
+
+    d = unattributed(annotations)
+    if wakeup <= d["through"]:
+        return None
+    return json.dumps({"through": wakeup, "tokens": d["tokens"] + int(tokens),
+                       "dollars": round(d["dollars"] + float(dollars), 6)}, sort_keys=True)
+
+
+def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0,
+          evolution_annotations: Mapping[str, str] | None = None) -> Spend:
+    extra = unattributed(evolution_annotations)
+    tokens, dollars, gpu, evals = extra["tokens"], extra["dollars"], 0.0, baseline_attempts
     for h in hypotheses:
         ann = (h.get("metadata") or {}).get("annotations") or {}
         status = h.get("status") or {}

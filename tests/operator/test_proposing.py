@@ -4,6 +4,7 @@ the journal view the Online Agent ranks, pod templates from the chart, and the m
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import httpx
@@ -80,9 +81,13 @@ def test_llm_output_is_checked_quota_enforced_and_usage_recorded():
     assert any("over the wake-up quota" in n for n in batch.notes)
     assert any("outside the persona" in n for n in batch.notes) and any("duplicates" in n for n in batch.notes)
     assert any("rejected" in n and "spec.delta" in n for n in batch.notes)
-    assert batch.items[0][1]["cambrian.dev/tokens"] == "1000" and float(batch.items[0][1]["cambrian.dev/dollars"]) > 0
-    # a spent token budget stops asking
-    objs = as_objects(batch)
+    assert batch.tokens == 1000 and batch.dollars > 0
+    # a spent token budget stops asking: the first Hypothesis created carries the wake-up's spend
+    made = []
+    P.propose_wakeup(wake(spec), [], lambda a, e: batch, MemoryRecord(),
+                     lambda n, s, l, a: made.append((s, a)) or True, lambda *charge: pytest.fail("carried"))
+    assert made[0][1]["cambrian.dev/tokens"] == "1000" and float(made[0][1]["cambrian.dev/dollars"]) > 0
+    objs = as_objects(P.ProposalBatch(items=made))
     capped = evo_spec(provider="gemini", model="m", personas=["optimizer"], budgets={"tokens": 500})
     assert not P.ClusterProposer(make=lambda s, seed: Scripted([good]), env={"GEMINI_API_KEY": "k"})(wake(capped, 2), objs).items
 
@@ -177,6 +182,48 @@ class FakeCustom:
             raise SystemExit("the operator dies between two creates")
         self.created.append(body)
         self.items.append(body)
+
+
+class MemoryRecord:
+    """propose_wakeup's record in memory."""
+
+    def __init__(self):
+        self.kept = {}
+
+    def load(self, prefix):
+        return self.kept.get(prefix)
+
+    def save(self, prefix, record):
+        self.kept[prefix] = record
+
+    def drop(self, prefix):
+        self.kept.pop(prefix, None)
+
+
+class FakeEvolutions(FakeCustom):
+    """FakeCustom plus the Evolution itself, answering a stale resourceVersion with 409 like the API server."""
+
+    def __init__(self, conflicts=0):
+        super().__init__([])
+        self.evolution = {"metadata": {"name": "evo", "resourceVersion": "1", "annotations": {}}}
+        self.conflicts, self.patches = conflicts, 0
+
+    def get_namespaced_custom_object(self, group, version, ns, plural, name):
+        assert plural == "evolutions" and name == "evo"
+        return json.loads(json.dumps(self.evolution))
+
+    def patch_namespaced_custom_object(self, group, version, ns, plural, name, body):
+        from kubernetes.client.rest import ApiException
+
+        meta = self.evolution["metadata"]
+        if self.conflicts:  # another writer got there first
+            self.conflicts -= 1
+            meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
+        if body["metadata"].get("resourceVersion") not in (None, meta["resourceVersion"]):
+            raise ApiException(status=409)
+        self.patches += 1
+        meta["annotations"].update(body["metadata"]["annotations"])
+        meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
 
 class FakeConfigMaps:
@@ -314,7 +361,7 @@ def test_gemini_proposer_and_ranker_through_the_real_client(monkeypatch):
         assert server.requests[0]["key"] == "key-from-secret" and "generateContent" in server.requests[0]["path"]
         assert [h["delta"]["patch"] for h, _ in batch.items] == [
             {"name": "AdamW", "lr": 0.003, "weight_decay": 0.0001}, {"lr": 0.01}, {"name": "Adagrad", "lr": 0.05}]
-        assert batch.items[0][1]["cambrian.dev/tokens"] == "2200"
+        assert batch.tokens == 2200
         assert {h["origin"]["category"] for h, _ in batch.items} == {"explore", "exploit", "innovate"}
         # the Online Agent asks Gemini for the ranking (recorded answer), names outside the pool are dropped
         objs = [{"metadata": {"name": n, "creationTimestamp": "2026-02-01T00:00:00Z"},
@@ -427,3 +474,64 @@ def test_local_mode_replays_a_wakeup_cut_between_two_creates(tmp_path):
     plat.propose(wake(spec))
     assert asked == [1] and sorted(h["metadata"]["name"] for h in store.list("hypotheses")) == ["evo-w1-abc-0", "evo-w1-abc-1"]
     assert not (tmp_path / "proposals" / "evo-w1-abc.json").exists()
+
+
+def _rejected_only(asked):
+    """A Gemini proposer (1,000 tokens an answer) whose every proposal is outside the persona."""
+    outside = {"category": "explore", "explanation": "x", "delta": {"component": "reward", "patch": {"label": "1"}}}
+
+    class Counted(Scripted):
+        def propose(self, request):
+            asked.append(self.wakeup)
+            return super().propose(request)
+
+    def make(settings, seed):
+        made = Counted([outside])
+        made.wakeup = seed
+        return made
+
+    return P.ClusterProposer(make=make, env={"GEMINI_API_KEY": "k"})
+
+
+def test_a_wakeup_that_creates_nothing_still_counts_against_the_llm_budget():
+    """Every proposal rejected: no Hypothesis carries the spend, so it is booked on the Evolution, once per
+    wake-up; a replay of that wake-up asks nobody; the core's spend and the next wake-up's budget check count it
+    (before, such a proposer spent without limit)."""
+    from cambrian.operator.reconcile import views
+
+    spec = evo_spec(provider="gemini", model="gemini-2.5-flash", personas=["optimizer"], budgets={"tokens": 1500})
+    asked = []
+    plat = _cluster(_rejected_only(asked))
+    plat.custom = FakeEvolutions(conflicts=1)
+    plat.propose(wake(spec))
+    assert plat.custom.created == [] and asked == [1]
+    ann = plat.custom.evolution["metadata"]["annotations"]
+    assert views.unattributed(ann) == {"through": 1, "tokens": 1000, "dollars": pytest.approx(views.unattributed(ann)["dollars"])}
+    assert views.unattributed(ann)["dollars"] > 0 and plat.custom.patches == 1  # the 409 was read again
+    assert views.spend([], evolution_annotations=ann).tokens == 1000
+    # the operator died before its status said wake-up 1 happened: the replay asks nobody and books nothing twice
+    through = views.unattributed(ann)["through"]
+    plat.propose(replace(wake(spec), charged_through=through))
+    assert asked == [1] and plat.custom.patches == 1
+    # wake-up 2: under budget, asked, booked on top
+    plat.propose(replace(wake(spec, 2), tokens_spent=1000, charged_through=through))
+    assert asked == [1, 2] and views.unattributed(ann)["tokens"] == 2000 and views.unattributed(ann)["through"] == 2
+    # wake-up 3: the budget (1,500 tokens) is spent, by what no Hypothesis carries: nobody is asked
+    plat.propose(replace(wake(spec, 3), tokens_spent=2000, charged_through=2))
+    assert asked == [1, 2] and views.unattributed(ann)["tokens"] == 2000
+
+
+def test_local_mode_books_a_wakeup_that_creates_nothing_on_the_evolution(tmp_path):
+    from cambrian.operator.localstore import LocalStore
+    from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.operator.reconcile import views
+
+    spec = evo_spec(provider="gemini", model="gemini-2.5-flash", personas=["optimizer"])
+    store = LocalStore(tmp_path)
+    store.create({"kind": "Evolution", "apiVersion": api.API_VERSION, "metadata": {"name": "evo"}, "spec": spec.wire()}, T0)
+    asked = []
+    plat = LocalPlatform(tmp_path, store, lambda: T0, proposer=_rejected_only(asked))
+    plat.propose(wake(spec))
+    plat.propose(wake(spec))  # a replay whose action predates the booking: asked again, booked once
+    ann = store.get("evolutions", "default", "evo")["metadata"]["annotations"]
+    assert store.list("hypotheses") == [] and views.unattributed(ann)["tokens"] == 1000 and asked == [1, 1]
