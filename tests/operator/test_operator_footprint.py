@@ -108,7 +108,7 @@ def test_the_shared_client_keeps_a_connection_for_every_requesting_thread():
     from cambrian.operator.platform import kubernetes as K
 
     pool = HD.shared_api_client().rest_client.pool_manager.connection_pool_kw["maxsize"]
-    settle = indexed.Settle.__init__.__defaults__[:3]  # (workers, first_workers, next_workers)
+    settle = indexed.Settle.__init__.__defaults__  # (workers, first_workers)
     side = K._side_requests()._max_workers
     assert pool >= sum(settle) + side + K.EVENT_THREADS + 6  # + the event posters + asyncio's executor on 2 cores
 
@@ -532,27 +532,6 @@ def test_follow_up_steps_wait_while_first_steps_are_queued():
     time.sleep(0.05)
     assert sorted(order) == ["admit-b", "job-a"]
     assert not settle.first_pending(("ns", "a")) and not settle.first_pending(("ns", "b"))
-
-
-def test_follow_ups_wait_until_the_admissions_have_gone_quiet():
-    """Before: a follow-up waited only while an admission was queued; with 24 admission workers none stayed queued,
-    so a burst's Jobs ran beside its admissions (10,000 objects on an idle machine: phases 4.2x the no-op's)."""
-    settle = indexed.Settle(0.1, first_workers=2, next_workers=1, quiet=0.4)
-    gate, done = threading.Event(), threading.Event()
-    settle.now(gate.wait, ("ns", "b"))  # an admission running, none queued
-    settle.then(done.set, ("ns", "a"))
-    try:
-        assert not done.wait(0.3)
-    finally:
-        gate.set()
-    ended = time.monotonic()
-    assert done.wait(5) and time.monotonic() - ended >= 0.3  # a quiet spell after the last admission
-    # a steady stream of admissions does not starve the follow-ups
-    steady = indexed.Settle(0.1, first_workers=1, next_workers=1, quiet=30, max_wait=0.3)
-    steady.now(lambda: None)
-    job = threading.Event()
-    steady.then(job.set)
-    assert job.wait(5)
 
 
 def test_events_wait_while_admissions_are_queued():
