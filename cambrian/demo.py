@@ -166,7 +166,7 @@ class Progress:
             self.console.print(f"    day {day:4.1f}  {line}")
 
 
-def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console) -> dict[str, Any]:
+def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console, warm: bool = True) -> dict[str, Any]:
     from cambrian.operator import api
     from cambrian.operator.local_driver import LocalDriver
 
@@ -175,7 +175,7 @@ def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console) -> d
     console.print(f"[bold]2/3 evolve[/bold]: Evolution {EVOLUTION} in {out / 'evolve'}: up to {size.evaluations} "
                   f"training runs, top {size.top_k} in A/B rollouts of up to {size.online_days} simulated days")
     driver = LocalDriver(out / "evolve", data_dir=world, workers=2, max_days=size.online_days * 4 + 10,
-                         on_pass=Progress(console), until=rollouts_settled)
+                         on_pass=Progress(console), until=rollouts_settled, warm=warm)
     driver.apply([obj])
     summary = driver.run()
     console.print(f"    {summary.reason} (after {summary.days:g} simulated days)")
@@ -234,6 +234,8 @@ def demo(
     evaluations: Optional[int] = typer.Option(None, "--evaluations", min=4, help="override the training budget"),
     online_days: Optional[int] = typer.Option(None, "--online-days", min=1, help="override the A/B tests' length"),
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON (no live display)"),
+    warm: bool = typer.Option(True, "--warm/--no-warm", help="warm worker slots (README: Warm worker slots); "
+                              "--no-warm: three fresh processes per candidate"),
 ) -> None:
     """Run the whole loop on the built-in simulated world: the operator's core through the local platform
     (baseline noise floor, proposals, training, A/B rollouts, launch), then a report.
@@ -263,7 +265,7 @@ def demo(
     if not state.done("world"):
         state.finish("world", stage_world(out, size, seed, console))
     if not state.done("evolve"):
-        state.finish("evolve", stage_evolve(out, state.data["world"], size, seed, console))
+        state.finish("evolve", stage_evolve(out, state.data["world"], size, seed, console, warm))
     if not state.done("report"):
         state.finish("report", stage_report(out, console))
     summary = {"out": str(out), **outcome(out / "evolve"), "report": state.data["report"]}

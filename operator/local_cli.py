@@ -49,7 +49,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
               days: int | None = None, seed: int | None = None, evaluations: int | None = None,
               approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False,
               limits: Any = None, train_command: list[str] | None = None, warehouse: Any = None,
-              promql_url: str | None = None, warm: bool = False) -> int:
+              promql_url: str | None = None, warm: bool = True) -> int:
     """`limits`, `train_command`: the sandbox limits and trainer command of this machine's training runs
     (agents.runner.run_candidate); None: its defaults. `warm`: warm worker slots (README: Warm worker slots)."""
     from cambrian.operator import api
@@ -219,8 +219,8 @@ def evolve(
     warehouse_metrics: Optional[Path] = WAREHOUSE_METRICS,
     warehouse_events: str = WAREHOUSE_EVENTS,
     promql_url: Optional[str] = PROMQL_URL,
-    warm: bool = typer.Option(False, "--warm", help="warm worker slots: pre-started sandboxes and cached rows "
-                              "(faster; a run cut off by a restart trains again)"),
+    warm: bool = typer.Option(True, "--warm/--no-warm", help="warm worker slots: pre-started sandboxes and cached "
+                              "rows (README: Warm worker slots); --no-warm: three fresh processes per candidate"),
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
     _logging(verbose)

@@ -64,7 +64,7 @@ class LocalDriver:
                  max_days: float = 60.0, poll_s: float = 0.5, proposer: Any = None, limits: Any = None,
                  train_command: list[str] | None = None, on_pass: Callable[["LocalDriver"], None] | None = None,
                  until: Callable[["LocalDriver"], str | None] | None = None, warehouse: Any = None,
-                 promql_url: str | None = None, warm: bool = False, warm_cache: int = 4):
+                 promql_url: str | None = None, warm: bool = True, warm_cache: int = 4):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(self.root)

@@ -1,8 +1,10 @@
 """The Platform on one machine: the local twin of kubernetes.KubernetesPlatform.
 
 - A training run is today's sandboxed subprocess (cambrian.agents.runner.run_candidate) on a worker
-  thread; its request and its result live in `ROOT/jobs/<name>/` (job.json, result.json), so a run
-  killed with the driver is started again, under the same name, when the driver restarts.
+  thread, by default on that thread's warm trainer (`ROOT/warm/<n>/`, README: Warm worker slots); its
+  request and its result live in `ROOT/jobs/<name>/` (job.json, result.json), so a run killed with the
+  driver (its process dies with it, cold or warm) is started again, under the same name, when the driver
+  restarts.
 - Bundles: `pvc://CLAIM/PATH` is `ROOT/volumes/CLAIM/PATH` (the cluster's claim, as a folder), so a
   Rollout written for the cluster names the same bundles here; without a claim a bundle is `file://`.
 - A rollout gets a folder `ROOT/rollouts/<name>/` with its collector (SQLite), a Prometheus scraping it,
@@ -105,7 +107,7 @@ class LocalPlatform:
     def __init__(self, root: str | Path, store: LocalStore, clock: Callable[[], datetime], *,
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
-                 warehouse: Any = None, promql_url: str | None = None, warm: bool = False,
+                 warehouse: Any = None, promql_url: str | None = None, warm: bool = True,
                  warm_cache: int = 4):
         self.root = Path(root).resolve()
         self.store = store
@@ -265,7 +267,8 @@ class LocalPlatform:
         if worker is None:
             with self._lock:
                 n = len(self._warm_workers)
-                worker = WarmWorker(self.root / "jobs" / f"_warm-{n}", launch, self.warm_cache)
+                # not under jobs/: that folder holds one folder per training run (what a resume and a report count)
+                worker = WarmWorker(self.root / "warm" / str(n), launch, self.warm_cache)
                 self._warm_workers.append(worker)
             self._slot.worker = worker
         return worker

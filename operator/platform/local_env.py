@@ -100,7 +100,7 @@ def stop_leftovers(root: Path) -> list[int]:
     import psutil
 
     mine, found = os.getpid(), []  # found: psutil.Process
-    markers = (f"{root}/rollouts/", f"{root}/jobs/", f"{root}/champions/")
+    markers = (f"{root}/rollouts/", f"{root}/jobs/", f"{root}/warm/", f"{root}/champions/")
     for p in psutil.process_iter(["pid", "uids", "cmdline"]):
         try:
             if p.info["pid"] == mine or p.info["uids"] is None or p.info["uids"].real != os.getuid():

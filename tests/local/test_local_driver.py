@@ -363,6 +363,132 @@ def test_a_run_cut_off_by_every_restart_fails_after_the_restart_limit(tmp_path):
     assert f"cut off by {MAX_RESTARTS + 1} restarts" in job.message
 
 
+@pytest.mark.parametrize("flag, warm", [([], True), (["--no-warm"], False), (["--warm"], True)])
+def test_warm_slots_are_the_local_default_and_no_warm_turns_them_off(tmp_path, monkeypatch, flag, warm):
+    """`cambrian evolve` runs warm worker slots unless told --no-warm; so does a LocalPlatform built without the
+    setting, while a custom train command stays cold (the warm trainer runs only the built-in one)."""
+    from typer.testing import CliRunner
+
+    from cambrian.cli import app
+    from cambrian.operator import local_cli
+    from cambrian.operator.platform.local import LocalPlatform
+
+    seen = {}
+    monkeypatch.setattr(local_cli, "run_local", lambda *a, **kw: seen.update(kw) or 0)
+    res = CliRunner().invoke(app, ["evolve", "-f", str(SCENARIO), "--dir", str(tmp_path / "run"), *flag])
+    assert res.exit_code == 0, res.output
+    assert seen["warm"] is warm
+    root = tmp_path / "p"
+    assert LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH).warm is True
+    assert LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, train_command=FAKE_TRAINER).warm is False
+    assert LocalDriver(root).platform.warm is True
+
+
+# A short real training run: warm slots run only the built-in trainer.
+WARM_JOB = {"name": "h-train-1-abc", "hypothesis": "h", "attempt": 1,
+            "baseline": {"training": {"epochs": 2, "cpu_threads": 1, "batch_size": 256, "device": "cpu"}},
+            "delta": {"component": "optimizer", "patch": {"lr": 0.01}}, "bundle_path": "bundles/h/attempt-1"}
+WARM_DRIVER = """
+import json, sys, time
+from pathlib import Path
+from cambrian.operator.localstore import LocalStore
+from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform
+from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+root, data, job = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
+p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=data)  # warm: the default
+p.submit_training_job(CreateTrainingJob(owner=Owner("Hypothesis", "h", "uid-1", "default"), **job))
+time.sleep(900)
+"""
+
+
+def _train_once(root: Path, data: Path, warm: bool, recover: bool = False):
+    from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+
+    owner = Owner("Hypothesis", "h", "uid-1", "default")
+    p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=data, warm=warm)
+    try:
+        p.recover() if recover else p.submit_training_job(CreateTrainingJob(owner=owner, **WARM_JOB))
+        deadline = time.monotonic() + 600
+        while p.busy() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (job,) = p.training_jobs(owner)
+        return job
+    finally:
+        p.close()
+
+
+def _command(p) -> str:
+    import psutil
+
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _alive(procs) -> list:
+    """The processes of `procs` still running (is_running() compares start times: a reused pid is another)."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(tmp_path):
+    """The driver SIGKILLed while its warm slot runs a candidate (the trainer sandbox handed out, no result yet):
+    the slot's worker and every sandbox of it die with the driver, as a cold run's process does; the restarted
+    driver runs the run again once, under its name, on a fresh warm worker in the dead one's folder,
+    with the metrics of an uninterrupted run; `jobs/` holds that run only, and no process of either driver is
+    left once it closed."""
+    import psutil
+
+    data = tmp_path / "world"
+    subprocess.run([sys.executable, "-m", "cambrian.cli", "world", "generate", "--users", "300", "--days", "4",
+                    "--seed", "3", "--easy", "--out", str(data)], check=True, capture_output=True, timeout=300)
+    want = _train_once(tmp_path / "uninterrupted", data, warm=False)
+    assert want.state == "Succeeded", want
+
+    root = (tmp_path / "run").resolve()
+    name = WARM_JOB["name"]
+    proc = subprocess.Popen([sys.executable, "-c", WARM_DRIVER, str(root), str(data), json.dumps(WARM_JOB)],
+                            stderr=subprocess.PIPE, text=True)
+    handed_out = root / "warm" / "0" / "pool" / "training-3-in"  # the spare started after the candidate's was taken
+    _wait(proc, "the warm slot's trainer sandbox handed out", handed_out.exists, timeout=600)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert any("cambrian.trainer.warm" in _command(p) for p in tree)  # the run is a warm slot's
+    proc.kill()
+    proc.wait()
+    assert not (root / "jobs" / name / "result.json").exists()  # the kill cut the run off
+    deadline = time.monotonic() + 15  # the parent-death signal is at once; reaping may lag under load
+    while _alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(tree), [_command(p) for p in _alive(tree)]
+
+    got = _train_once(root, data, warm=True, recover=True)
+    assert got.state == "Succeeded", got
+    same = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr", "n_train", "n_val", "sandbox")
+    # the same seed: the re-run gives an uninterrupted (cold) run's metrics (timings aside)
+    assert {k: got.metrics[k] for k in same} == {k: want.metrics[k] for k in same}
+    assert (root / "jobs" / name / "restarts").read_text().strip() == "1"  # run again once
+    assert json.loads((root / "jobs" / name / "work" / "out" / "timing.json").read_text())["warm"] is True
+    assert sorted(p.name for p in (root / "jobs").iterdir()) == [name]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["cmdline"]) if any(str(root) in a for a in p.info["cmdline"] or [])]
+        if not _alive(left):
+            break
+        time.sleep(0.2)
+    assert not _alive(left), [_command(p) for p in _alive(left)]
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 
