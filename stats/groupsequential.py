@@ -76,7 +76,8 @@ def next_boundary(information: Sequence[float], bounds: Sequence[float], target:
     """Boundary of a new look at ``information[-1]`` after looks at ``information[:-1]`` that used
     ``bounds``, such that the chance under no effect of first crossing at this look is ``target``
     (the α the spending function allows between the previous look's spending time and this one's).
-    Information in any unit (users per arm); ∞ when nothing is to be spent or nothing was added."""
+    Information: 1 / the estimate's variance, in any unit proportional to it; ∞ when nothing is to be
+    spent or nothing was added."""
     info = [float(i) for i in information]
     if not info or any(not (i > 0 and math.isfinite(i)) for i in info):
         raise ValueError(f"information must be positive numbers, got {list(information)!r}")
