@@ -255,7 +255,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     return {
         "name": "decision-world",
         "command": "cambrian bench run decision-world" + (" --quick" if quick else "")
-                   + (f" --arms {','.join(chosen)}" if chosen != ARMS else ""),
+                   + (f" --arms {','.join(chosen)}" if chosen != ARMS else "")
+                   + (f" --sims {sims}" if sims is not None else ""),
         "quick": quick,
         **({"ratio": arms_out["reward:watch_time"]["promote"],
             "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
