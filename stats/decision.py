@@ -270,21 +270,34 @@ def _method(policy: DecisionPolicy, prev) -> str:
     return "group" if prev.fractions else "msprt"
 
 
-def _group_clock(policy: DecisionPolicy, eff: Effect, elapsed_days: float) -> tuple[float, float]:
+def _group_clock(policy: DecisionPolicy, eff: Effect, elapsed_days: float, prev=None) -> tuple[float, float]:
     """(information, spending time) of a group-sequential look.
 
-    Information is counted in users per arm as 2·n_C·n_T/(n_C + n_T), which is what the variance of a
-    difference scales with when the arms are unequal (a ramp at 5% carries far less than its mean).
+    Information is statistical: 1 / the variance of the test-scale estimate. The boundaries take the
+    looks' z to be correlated as √(I_j/I_k), which holds for the estimate's own information, not for
+    users: a metric averaged over each user's days since exposure (watch minutes per day) keeps
+    gaining information after the users stop arriving, and a users clock then treats later looks as
+    near-repeats of earlier ones and lowers their boundaries (stats/calibration.simulate_maturing: A/A
+    false decisions 6.6% with users, 4.7% with this clock, α 5%; the calibrated world's A/A still
+    promotes above α/2 with it: bench/README.md, decision-world). A test begun under the users clock
+    (a state written before it, ``prev.information_unit == "users"``) keeps it: units must not mix.
     The spending time is the share of the horizon reached: of max_days, or with horizon="users" of
-    planned_users_per_arm or max_days, whichever is further. Either clock is fixed before the data,
-    so any look schedule keeps α; the look at max_days is final (spends what is left) even when
-    traffic fell short of the plan."""
-    n_c, n_t = eff.n_control, eff.n_treatment
-    info = 2 * n_c * n_t / (n_c + n_t)
+    planned_users_per_arm (users per arm, 2·n_C·n_T/(n_C + n_T) for unequal arms) or max_days,
+    whichever is further. Either clock is fixed before the data, so any look schedule keeps α; the
+    look at max_days is final (spends what is left) even when traffic fell short of the plan."""
+    users = _users(eff)
+    info = users if prev is not None and prev.information_unit == "users" else 1.0 / eff.test_variance
     frac = elapsed_days / policy.max_days
     if policy.horizon == "users":
-        frac = max(frac, info / policy.planned_users_per_arm)
+        frac = max(frac, users / policy.planned_users_per_arm)
     return info, min(1.0, frac)
+
+
+def _users(eff: Effect) -> float:
+    """Users per arm as a difference's variance counts them: 2·n_C·n_T/(n_C + n_T) (a ramp at 5% carries
+    far less than its mean)."""
+    n_c, n_t = eff.n_control, eff.n_treatment
+    return 2 * n_c * n_t / (n_c + n_t)
 
 
 def _horizon(policy: DecisionPolicy) -> str:
@@ -398,7 +411,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
         # the first look, then kept.
         if method[a] == "group":
             # Bonferroni across treatment arms: each arm's boundaries spend α / arms.
-            info, frac = _group_clock(policy, eff, elapsed_days)
+            info, frac = _group_clock(policy, eff, elapsed_days, prev)
             tests[key] = update_group(prev, eff.test_estimate, eff.test_variance, frac,
                                       policy.alpha / len(treatments), policy.spending, information=info)
         else:
@@ -479,7 +492,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                 z = good * eff.test_estimate / math.sqrt(eff.test_variance)
                 fut, cp = futile(z, st.fractions, policy.alpha / len(treatments), policy.spending, policy.power,
                                  policy.futility, information=st.information, bounds=st.bounds,
-                                 planned_share=st.information[-1] / (st.fractions[-1] * policy.planned_users_per_arm))
+                                 planned_share=_users(eff) / (st.fractions[-1] * policy.planned_users_per_arm))
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
                         f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even with "

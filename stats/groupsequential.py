@@ -76,7 +76,8 @@ def next_boundary(information: Sequence[float], bounds: Sequence[float], target:
     """Boundary of a new look at ``information[-1]`` after looks at ``information[:-1]`` that used
     ``bounds``, such that the chance under no effect of first crossing at this look is ``target``
     (the α the spending function allows between the previous look's spending time and this one's).
-    Information in any unit (users per arm); ∞ when nothing is to be spent or nothing was added."""
+    Information: 1 / the estimate's variance, in any unit proportional to it; ∞ when nothing is to be
+    spent or nothing was added."""
     info = [float(i) for i in information]
     if not info or any(not (i > 0 and math.isfinite(i)) for i in info):
         raise ValueError(f"information must be positive numbers, got {list(information)!r}")
@@ -167,9 +168,9 @@ def futile(z: float, fractions: Sequence[float], alpha: float, kind: Spending, p
 
     ``fractions`` are the looks' spending times; ``information`` and ``bounds`` the looks' own
     information and boundaries (default: the fractions and their boundaries). The final look is
-    projected at information[-1] / s (where the spending time reaches 1); ``planned_share`` is that
-    final information as a share of the planned users (below 1 when the calendar, not the users,
-    sets the end), which scales the planned effect's drift. Returns (futile, conditional power);
+    projected at information[-1] / s (where the spending time reaches 1); ``planned_share`` is the users
+    projected to the end the same way, as a share of the planned users (below 1 when the calendar, not
+    the users, sets the end), which scales the planned effect's drift. Returns (futile, conditional power);
     never futile at or past the end."""
     s = min(float(fractions[-1]), 1.0)
     if not 0 < s < 1.0:   # at the end, or before any time has passed (no end to project to)

@@ -83,8 +83,11 @@ class SequentialState:
     tau: float | None = None    # the mixing sd, fixed at the first look (the mixture must not drift)
     fractions: tuple[float, ...] = ()   # group-sequential: spending time (share of the plan) of each look
     crossed: bool = False               # group-sequential: a boundary was crossed (in direction `sign`)
-    information: tuple[float, ...] = ()  # group-sequential: information (users per arm) of each look
+    information: tuple[float, ...] = ()  # group-sequential: information of each look (see information_unit)
     bounds: tuple[float, ...] = ()       # group-sequential: the |z| boundary each look used
+    # group-sequential: what `information` counts: "variance" (1 / the estimate's variance), or "users" per
+    # arm in a state written before (decide() keeps a test's unit: information in two units has no ratio)
+    information_unit: str = "variance"
 
     @property
     def complete(self) -> bool:
@@ -101,11 +104,15 @@ class SequentialState:
         if not d:
             return cls()
         known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau", "fractions", "crossed",
-                 "information", "bounds"}
+                 "information", "bounds", "information_unit"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"SequentialState: unknown field(s) {sorted(unknown)}")
         d = dict(d)
+        if "information_unit" not in d and d.get("fractions"):
+            d["information_unit"] = "users"   # a group test stored before information was the variance's
+        if d.get("information_unit", "variance") not in ("variance", "users"):
+            raise ValueError(f"SequentialState.information_unit must be variance or users, got {d['information_unit']!r}")
         for key in ("fractions", "information", "bounds"):
             try:   # a boundary of ∞ (nothing spent at that look) is stored as null: JSON has no infinity
                 d[key] = tuple(math.inf if t is None else float(t) for t in d.get(key) or ())
@@ -140,7 +147,8 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
                  alpha: float, spending: str = "obrien-fleming", information: float | None = None) -> SequentialState:
     """Fold one look into a group-sequential test.
 
-    ``information``: the look's information in users per arm (default: ``fraction``); ``fraction``:
+    ``information``: the look's information, 1 / the estimate's variance (``state.information_unit``;
+    any unit proportional to it; default: ``fraction``); ``fraction``:
     its spending time in (0, 1] (the share of the planned horizon reached; 1 at the final look).
     The look gets the boundary that spends α(fraction) − α(previous fraction) given the boundaries
     the earlier looks actually used (stored in the state), so extra, missed or off-plan looks keep
@@ -160,7 +168,7 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     if fr and not infos:   # a state written before looks kept their information: fractions were both
         infos, bds = fr, tuple(boundaries(fr, alpha, spending))
     carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
-                   fractions=fr, information=infos, bounds=bds)
+                   fractions=fr, information=infos, bounds=bds, information_unit=state.information_unit)
     if state.crossed or (infos and (round(info, 9) <= round(infos[-1], 9) or fr[-1] >= 1.0)):
         # decided already, no new users since the last look, or the design is complete
         return SequentialState(p_value=state.p_value, sign=state.sign, crossed=state.crossed, **carried)

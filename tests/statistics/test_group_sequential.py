@@ -100,7 +100,10 @@ def test_group_sequential_is_the_default_policy():
     d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": _sums(rng, 200, 0.0)},
                                                                   "t": {"y": _sums(rng, 200, 0.0)}}, elapsed_days=1)
     st = d.state.tests["t/y"]
-    assert st.fractions and st.information == (200.0,) and st.tau is None and "group-sequential" in d.reason
+    # information is the estimate's own: 1 / its variance (not the 200 users per arm)
+    var = d.arms["t"].effect.test_variance
+    assert st.fractions and st.information == (pytest.approx(1 / var, rel=1e-8),) and st.information_unit == "variance"
+    assert st.tau is None and "group-sequential" in d.reason
     obj = yaml.safe_load((Path(__file__).parents[2] / "manifests/examples/rollout.yaml").read_text())
     obj["spec"]["statistics"].pop("sequential", None)  # a Rollout (either platform) without a choice
     assert policy_for(parse_resource(obj).spec).sequential == "group"
@@ -159,3 +162,65 @@ def test_off_plan_looks_keep_aa_false_decisions_within_alpha(cell):
 
     (r,) = run_grid([off_plan_cells("rate", 0.05, 300)[cell]], sims=300, seed=77 + cell)
     assert r["ok"], r
+
+
+def _two_looks(state=None):
+    """Two daily looks at the same 300 users per arm whose metric matured (variance halved) in between."""
+    from cambrian.stats import DecisionState
+
+    pol = DecisionPolicy(Metric("y", relative=False, cuped=False), planned_users_per_arm=300, min_users_per_arm=0,
+                         max_days=10, futility=None)
+    rng = np.random.default_rng(4)
+    y1 = rng.standard_normal((2, 300)) * 2.0
+    y2 = y1 / math.sqrt(2)          # same users, each user's mean over two days: half the variance
+    out = []
+    for day, y in ((1, y1), (2, y2)):
+        stats = {arm: {"y": SufficientStats.from_arrays(y[j])} for j, arm in enumerate(("c", "t"))}
+        d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats=stats, elapsed_days=day, state=state)
+        state = d.state
+        out.append(d)
+    return out, DecisionState.from_dict(state.to_dict()).tests["t/y"]
+
+
+def test_the_group_clock_counts_the_estimates_information_not_users():
+    """No new users but a metric that matured: the second look is a new test with twice the information
+    (a users clock saw no new information and skipped it; with a trickle of users it saw almost none and
+    lowered the boundary as if the look repeated the first: A/A false promotions above alpha)."""
+    (first, second), st = _two_looks()
+    v1, v2 = first.arms["t"].effect.test_variance, second.arms["t"].effect.test_variance
+    assert st.information == (pytest.approx(1 / v1, rel=1e-6), pytest.approx(1 / v2, rel=1e-6))
+    assert st.information[1] == pytest.approx(2 * st.information[0], rel=1e-6)
+    assert len(st.bounds) == 2 and st.information_unit == "variance"
+    # the boundary is the one for looks at information I and 2I, spending α(0.1) and α(0.2) − α(0.1)
+    from cambrian.stats.groupsequential import next_boundary
+    want = next_boundary((1.0, 2.0), st.bounds[:1], spent(0.2, 0.05) - spent(0.1, 0.05))
+    assert st.bounds[1] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_test_begun_under_the_users_clock_keeps_it():
+    """A state stored before the change (no information_unit) continues in users: units never mix."""
+    from cambrian.stats.sequential import SequentialState
+
+    old = SequentialState.from_dict({"looks": 1, "p_value": 1.0, "sign": 0, "fractions": [0.1],
+                                     "information": [300.0], "bounds": [5.0]})
+    assert old.information_unit == "users"
+    (_, second), st = _two_looks({"t/y": old.to_dict()})
+    assert st.information_unit == "users" and st.information == (300.0,)   # same users: no new test
+    with pytest.raises(ValueError, match="information_unit"):
+        SequentialState.from_dict({**old.to_dict(), "information_unit": "days"})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)   # 1,000 experiments × 14 looks through decide(): minutes of one core
+def test_aa_on_a_maturing_metric_keeps_false_decisions_within_alpha():
+    """A/A through decide() on a metric averaged over each user's days since exposure, 95% of the users
+    arriving on day 1 (the calibrated world's watch minutes): the design ending at maxDuration (no
+    plannedSamplePerArm) makes false decisions (promotions + rollbacks, no futility stop) on at most
+    α + 2 s.e. = 6.4% of 1,000 experiments: 4.7% (2.4% promotions, 2.3% rollbacks; 1 Dec 2026). On the
+    same 1,000 the users clock made 6.6% (3.3% + 3.3%): it saw almost no new information after day 1 and
+    lowered each later boundary as if that look repeated the one before."""
+    from cambrian.stats.calibration import simulate_maturing
+
+    r = simulate_maturing(sims=1000, seed=11)
+    assert r["promote"] + r["rollback"] <= r["bound"], r
+    assert r["promote"] > 0 and r["rollback"] > 0, r   # not vacuous: both directions are tested
