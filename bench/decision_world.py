@@ -15,6 +15,8 @@ policy need to decide on the changes that world actually produces?
   since first exposure with the pre-period as CUPED covariate, hate rate per impression), then decide() with
   the policy of the Rollout the demo's Evolution starts (cambrian/demo.py FULL at this size: group-sequential
   CUPED, hate-rate guardrail, planned users = users/4 per arm, maxDuration = online days).
+* The same Rollout without plannedSamplePerArm (`by_days`: the design ends at maxDuration, union boundaries)
+  and, on the same draws, that design with exact boundaries (`by_days_exact_boundaries`, its rule before 2 Dec).
 * Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates, the
   median day and users per arm at the decision, and the users per arm a fixed CUPED test needs for 80% power
   at the true effect (from the world's measured σ and CUPED ρ).
@@ -232,6 +234,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     cv = float(y_end.std(ddof=1) / y_end.mean())
     policy = demo_policy(size.users, size.log_days, size.online_days)
     by_days = days_design(policy, size.users)
+    by_days_exact = replace(by_days, boundary_rule="exact")
     z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
     rng = np.random.default_rng(20261201)
     arms_out = {}
@@ -242,6 +245,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         draws = [(rng.random(first.size) < 0.5).astype(int) for _ in range(size.sims)]
         runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
         days_runs = [experiment(pair, ("control", "treatment"), first, x, by_days, rng, a) for a in draws]
+        exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
             **_rates(runs),
@@ -250,6 +254,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             "reasons": sorted({r["reason"][:120] for r in runs})[:4],
             # the same users in the same arms, the design planned by days (no plannedSamplePerArm)
             "by_days": {**_rates(days_runs), "reasons": sorted({r["reason"][:120] for r in days_runs})[:4]},
+            # the same design with the exact boundaries it had before (independent increments assumed)
+            "by_days_exact_boundaries": _rates(exact_runs),
         }
         say(f"{name}: {arms_out[name]}")
     return {
@@ -273,7 +279,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                    "sequential": policy.sequential, "guardrails": [g.metric for g in policy.guardrails],
                    "ramp": "none: 50/50 from day 1 (the demo ramps 10/25/50 over its first days)"},
         "by_days_policy": {"planned_users_per_arm": by_days.planned_users_per_arm, "min_users_per_arm":
-                           by_days.min_users_per_arm, "max_days": by_days.max_days, "horizon": by_days.horizon},
+                           by_days.min_users_per_arm, "max_days": by_days.max_days, "horizon": by_days.horizon,
+                           "boundaries": "union (decide()'s rule for horizon days); by_days_exact_boundaries: exact"},
         "simulations_per_arm": size.sims,
         "arms": arms_out,
         "load_average_start": load_start,

@@ -62,8 +62,10 @@ def _sums(rng, n, effect):
 
 
 def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
+    # planned by users (exact boundaries: new users every day, independent increments); the same design
+    # planned by days spends α only at half time and at the end (test_union_* below)
     pol = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=4000, min_users_per_arm=0,
-                         max_days=20, sequential="group")
+                         max_days=20, sequential="group", horizon="users")
     rng = np.random.default_rng(9)
     for effect, expect in ((0.2, "promote"), (-0.2, ("rollback", "inconclusive"))):
         c = t = SufficientStats()
@@ -169,7 +171,7 @@ def _two_looks(state=None):
     from cambrian.stats import DecisionState
 
     pol = DecisionPolicy(Metric("y", relative=False, cuped=False), planned_users_per_arm=300, min_users_per_arm=0,
-                         max_days=10, futility=None)
+                         max_days=10, futility=None, boundary_rule="exact")
     rng = np.random.default_rng(4)
     y1 = rng.standard_normal((2, 300)) * 2.0
     y2 = y1 / math.sqrt(2)          # same users, each user's mean over two days: half the variance
@@ -224,3 +226,102 @@ def test_aa_on_a_maturing_metric_keeps_false_decisions_within_alpha():
     r = simulate_maturing(sims=1000, seed=11)
     assert r["promote"] + r["rollback"] <= r["bound"], r
     assert r["promote"] > 0 and r["rollback"] > 0, r   # not vacuous: both directions are tested
+
+
+# ---------------------------------------------------------------- union boundaries (horizon "days") ----
+
+def _obf_spent_scipy(t, alpha):
+    """O'Brien-Fleming-type spending from scipy.stats (not the package's code)."""
+    from scipy.stats import norm
+    return 0.0 if t <= 0 else 2 * norm.sf(norm.isf(alpha / 2) / math.sqrt(t))
+
+
+def test_union_boundaries_are_each_looks_own_test_and_never_below_exact():
+    """Each look of the union rule is a standalone two-sided test at the α it spends, the spending time rounded
+    down to a grid of halves: c_k = norm.isf(Δα_k / 2) (scipy), ∞ between grid steps; for the same α spent
+    at each look the exact boundary (independent increments) is never above it."""
+    from scipy.stats import norm
+
+    from cambrian.stats.groupsequential import UNION_STEPS, look_boundary, spent_by
+    from cambrian.stats.sequential import update_group
+
+    assert UNION_STEPS == 2
+    rng = np.random.default_rng(12)
+    fr = np.cumsum(rng.uniform(0.3, 1.7, 11))
+    fr = np.round(fr / fr[-1], 6)                      # 11 unequal looks, the last at the end
+    info = 50 * fr ** 0.7                              # information need not be proportional to time
+    st, exact = None, []
+    for k, (t, i) in enumerate(zip(fr, info)):
+        st = update_group(st, 0.0, 1 / i, t, 0.05, information=i, rule="union")
+        assert st.boundary_rule == "union"
+        step = lambda x: math.floor(x * 2 + 1e-9) / 2
+        spend = _obf_spent_scipy(step(t), 0.05) - (_obf_spent_scipy(step(fr[k - 1]), 0.05) if k else 0.0)
+        want = norm.isf(spend / 2) if spend > 1e-15 else math.inf
+        assert st.bounds[k] == pytest.approx(want, rel=1e-9) or st.bounds[k] == want == math.inf
+        target = spent_by(t, 0.05, rule="union") - (spent_by(fr[k - 1], 0.05, rule="union") if k else 0.0)
+        exact.append(look_boundary("exact", tuple(info[:k + 1]), exact, target))
+        assert st.bounds[k] >= exact[k] - 1e-9
+    assert sum(math.isfinite(c) for c in st.bounds) == 2   # one spending look per grid step
+    assert st.complete and st.bounds[-1] > exact[-1]  # strictly more conservative where it spends
+    with pytest.raises(ValueError, match="rule"):
+        update_group(None, 0.0, 1.0, 0.5, 0.05, rule="bonferroni")
+
+
+def test_union_boundaries_keep_alpha_when_looks_are_nearly_independent():
+    """Ten looks whose z are independent (the extreme of a metric whose looks share little): exact boundaries,
+    which take corr(Z_j, Z_k) = √(I_j/I_k), spend far more than α; the union rule at most α."""
+    from cambrian.stats.groupsequential import look_boundary, spent_by
+
+    fr = np.arange(1, 11) / 10
+    bounds = {}
+    for rule in ("exact", "union"):
+        c = []
+        for k, t in enumerate(fr):
+            c.append(look_boundary(rule, tuple(fr[:k + 1]), c,
+                                   spent_by(t, 0.05, rule=rule) - (spent_by(fr[k - 1], 0.05, rule=rule) if k else 0.0)))
+        bounds[rule] = np.array(c)
+    z = np.random.default_rng(5).standard_normal((200_000, 10))
+    se = math.sqrt(0.05 * 0.95 / z.shape[0])
+    rate = {r: float((np.abs(z) >= c).any(1).mean()) for r, c in bounds.items()}
+    assert rate["exact"] > 0.05 + 10 * se, rate
+    assert rate["union"] <= 0.05 + 3 * se, rate
+    # the promotions alone (first crossing upwards) are half of it
+    up = ((z >= bounds["union"]) & ~(np.cumsum(np.abs(z) >= bounds["union"], 1) > 1)).any(1).mean()
+    assert up <= 0.025 + 3 * math.sqrt(0.025 / z.shape[0])
+
+
+def _aa_looks(pol, state=None, days=(1, 2), per_day=400):
+    from cambrian.stats import DecisionState
+
+    rng = np.random.default_rng(8)
+    stats = {arm: {"y": _sums(rng, 400, 0.0)} for arm in ("c", "t")}
+    for day in days:
+        stats = {arm: {"y": stats[arm]["y"] + _sums(rng, per_day, 0.0)} for arm in ("c", "t")}
+        state = decide(pol, control="c", weights={"c": 1, "t": 1}, stats=stats, elapsed_days=day, state=state).state
+    return DecisionState.from_dict(state.to_dict()).tests["t/y"]
+
+
+def test_a_design_ending_at_max_days_uses_union_boundaries_and_a_started_test_keeps_its_rule():
+    from cambrian.stats.sequential import SequentialState
+
+    days = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=4000, min_users_per_arm=0, max_days=8)
+    users = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=4000, min_users_per_arm=0, max_days=8,
+                           horizon="users")
+    st = _aa_looks(days, days=(3, 4, 5))
+    # day 3 of 8 spends nothing, day 4 α(½) alone (|z| ≥ 2.77), day 5 nothing (the grid's next step is day 8)
+    assert st.boundary_rule == "union" and math.isinf(st.bounds[0]) and math.isinf(st.bounds[2])
+    assert st.bounds[1] == pytest.approx(2.77, abs=0.01)
+    assert _aa_looks(users).boundary_rule == "exact"
+    # a state stored before the rule existed is exact, and stays exact under a days policy (no α spent twice)
+    old = SequentialState.from_dict({"looks": 1, "p_value": 1.0, "sign": 0, "fractions": [0.125],
+                                     "information": [200.0], "bounds": [4.3], "information_unit": "variance"})
+    assert old.boundary_rule == "exact"
+    kept = _aa_looks(days, {"t/y": old.to_dict()}, days=(3,))
+    assert kept.boundary_rule == "exact" and math.isfinite(kept.bounds[-1])
+    # and a union test stays union under a policy that would start an exact one
+    later = _aa_looks(users, {"t/y": st.to_dict()}, days=(8,), per_day=2000)
+    assert later.boundary_rule == "union" and later.complete
+    with pytest.raises(ValueError, match="boundary_rule"):
+        SequentialState.from_dict({**st.to_dict(), "boundary_rule": "sidak"})
+    with pytest.raises(ValueError, match="boundary_rule"):
+        DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, boundary_rule="sidak")
