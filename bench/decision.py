@@ -21,7 +21,7 @@ Methods, each with CUPED off and on:
   here: new users every day, decide()'s design with plannedSamplePerArm);
 * group sequential with union boundaries (each look tested alone at the α it spends: decide()'s design
   ending at maxDuration, valid for any correlation between looks), O'Brien-Fleming-type, with and without
-  futility (--quick: with futility only): what not assuming independent increments costs.
+  futility (--quick: with futility only, beside the exact one): what not assuming independent increments costs.
 A decision stops the experiment (promote when significantly better, rollback when significantly
 worse); users = users per arm at the stop. Ratios are E[users] over the effect mix / fixed users.
 """
@@ -150,7 +150,7 @@ def run(quick: bool = False) -> dict:
     t0, cpu0 = time.perf_counter(), time.process_time()
     sims = 400 if quick else 4000
     # the union rule (a design ending at maxDuration, decide()'s horizon "days") beside the exact one: its cost
-    variants = ([("pocock", FUTILITY, "exact"), ("obrien-fleming", FUTILITY, "union")] if quick else
+    variants = ([("pocock", FUTILITY, "exact")] + [("obrien-fleming", FUTILITY, r) for r in ("exact", "union")] if quick else
                 [(sp, f, "exact") for sp in SPENDINGS for f in (None, FUTILITY)]
                 + [("obrien-fleming", f, "union") for f in (None, FUTILITY)])
     rng = np.random.default_rng(20261130)
