@@ -46,15 +46,19 @@ def run(
     window: float = typer.Option(None, "--window", min=1,
                                  help="operator: stop following an operator once every object has its first phase and "
                                       "this many seconds passed since the first create (else: until all are steady)"),
+    arms: str = typer.Option(None, "--arms", help="decision-world: comma-separated arms to simulate (e.g. aa)"),
+    sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     fn = importlib.import_module(BENCHMARKS[name]).run
     sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions)) if v is not None}
-    options = {"window": window} if window is not None else {}
-    if options and "window" not in inspect.signature(fn).parameters:
-        raise typer.BadParameter(f"benchmark {name!r} takes no --window")
+    options = {k: v for k, v in (("window", window), ("sims", sims),
+                                 ("arms", tuple(arms.split(",")) if arms else None)) if v is not None}
+    for k in options:
+        if k not in inspect.signature(fn).parameters:
+            raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
     unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
     if unknown:
         raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0]}")
@@ -62,7 +66,8 @@ def run(
         raise typer.BadParameter("--evolutions must not exceed --hypotheses")
     result = fn(quick=quick, **sizes, **options)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items())])  # e.g. operator-10000h-10e
+    stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e
+                     *([arms.replace(",", "-").replace(":", "_")] if arms else [])])   # decision-world-aa
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))

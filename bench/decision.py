@@ -17,7 +17,11 @@ Methods, each with CUPED off and on:
   the plan), truncated at the first day its power at δ reaches the fixed test's (equal power);
 * group sequential: decide()'s default, Lan-DeMets α-spending boundaries at daily looks
   (O'Brien-Fleming-type and Pocock-type, with and without the futility stop), the planned horizon
-  the shortest whose power at δ reaches the fixed test's.
+  the shortest whose power at δ reaches the fixed test's; boundaries exact (independent increments, as
+  here: new users every day, decide()'s design with plannedSamplePerArm);
+* group sequential with union boundaries (each look tested alone at the α it spends: decide()'s design
+  ending at maxDuration, valid for any correlation between looks), O'Brien-Fleming-type, with and without
+  futility (--quick: with futility only, beside the exact one): what not assuming independent increments costs.
 A decision stops the experiment (promote when significantly better, rollback when significantly
 worse); users = users per arm at the stop. Ratios are E[users] over the effect mix / fixed users.
 """
@@ -33,7 +37,7 @@ from scipy import stats
 from cambrian.stats import DecisionPolicy, Metric, SufficientStats, decide
 from cambrian.stats.calibration import normal_day
 from cambrian.stats.estimators import mean_inference_kernel
-from cambrian.stats.groupsequential import boundaries, conditional_power, planned_drift
+from cambrian.stats.groupsequential import boundaries, conditional_power, look_boundary, planned_drift, spent_by
 from cambrian.stats.sequential import msprt_p_value, rho_for_information
 
 ALPHA = 0.05
@@ -84,16 +88,29 @@ def _msprt_stops(est, var, tau):
     return day, sign
 
 
-def _gs_stops(est, var, horizon: int, spending: str, futility: float | None):
+def _rule_boundaries(fr, spending: str, rule: str) -> list[float]:
+    """Boundaries of looks at spending times ``fr`` (information proportional to them) under ``rule``
+    (groupsequential's exact recursion or union bound), as update_group computes them."""
+    if rule == "exact":
+        return boundaries(fr, ALPHA, spending)
+    c: list[float] = []
+    for k, t in enumerate(fr):
+        c.append(look_boundary(rule, fr[:k + 1], c, spent_by(t, ALPHA, spending, rule)
+                               - (spent_by(fr[k - 1], ALPHA, spending, rule) if k else 0.0)))
+    return c
+
+
+def _gs_stops(est, var, horizon: int, spending: str, futility: float | None, rule: str = "exact"):
     """First look where |z| crosses the α-spending boundary (sign ±1), or where the conditional power
     under the planned effect falls below `futility` (sign 0: stopped without a launch)."""
     fr = [k / horizon for k in range(1, horizon + 1)]
-    c = np.array(boundaries(fr, ALPHA, spending))
+    c = np.array(_rule_boundaries(fr, spending, rule))
     z = est[:horizon] / np.sqrt(var[:horizon])
     stop = np.abs(z) >= c[:, None]
     fut = np.zeros_like(stop)
     if futility is not None:
-        c_final = np.array([boundaries((*fr[:k + 1], 1.0), ALPHA, spending)[-1] for k in range(horizon - 1)] + [np.inf])
+        c_final = np.array([_rule_boundaries((*fr[:k + 1], 1.0), spending, rule)[-1] for k in range(horizon - 1)]
+                           + [np.inf])
         t = np.array(fr)[:, None]
         fut = (conditional_power(z, t, c_final[:, None], planned_drift(ALPHA, POWER)) < futility) & (t < 1) & ~stop
     day = _first(stop | fut)
@@ -132,7 +149,10 @@ def run(quick: bool = False) -> dict:
     only fixed, mSPRT and the Pocock-type design with futility, 400 per effect."""
     t0, cpu0 = time.perf_counter(), time.process_time()
     sims = 400 if quick else 4000
-    variants = [("pocock", FUTILITY)] if quick else [(sp, f) for sp in SPENDINGS for f in (None, FUTILITY)]
+    # the union rule (a design ending at maxDuration, decide()'s horizon "days") beside the exact one: its cost
+    variants = ([("pocock", FUTILITY, "exact")] + [("obrien-fleming", FUTILITY, r) for r in ("exact", "union")] if quick else
+                [(sp, f, "exact") for sp in SPENDINGS for f in (None, FUTILITY)]
+                + [("obrien-fleming", f, "union") for f in (None, FUTILITY)])
     rng = np.random.default_rng(20261130)
     z_a, z_b = stats.norm.isf(ALPHA / 2), stats.norm.isf(1 - POWER)
     n_fixed = {True: FIXED_DAYS * USERS_PER_DAY}
@@ -168,23 +188,24 @@ def run(quick: bool = False) -> dict:
             m["by_effect"][str(k)] = _summary(*stops[k], cap, nf)
         methods[f"msprt_{tag}"] = m
         # group sequential: the shortest planned horizon whose power reaches the fixed test's
-        for spending, futility in variants:
+        for spending, futility, rule in variants:
             lo, hi = FIXED_DAYS if cuped else int(n_fixed[False] / USERS_PER_DAY), max_days
             best = None
             while lo <= hi:          # power grows with the horizon: bisection
                 mid = (lo + hi) // 2
-                d, s = _gs_stops(*sim[1.0][cuped], mid, spending, futility)
+                d, s = _gs_stops(*sim[1.0][cuped], mid, spending, futility, rule)
                 pw = float(np.mean(np.isfinite(d) & (s > 0)))
                 if pw >= power_fixed:
                     best, hi = (mid, pw), mid - 1
                 else:
                     lo = mid + 1
             horizon, pw = best if best else (max_days, pw)
-            g = {"spending": spending, "futility": futility, "horizon_days": horizon, "power": pw,
-                 "reaches_fixed_power": best is not None, "by_effect": {}}
+            g = {"spending": spending, "futility": futility, "boundary_rule": rule, "horizon_days": horizon,
+                 "power": pw, "reaches_fixed_power": best is not None, "by_effect": {}}
             for k in MIX:
-                g["by_effect"][str(k)] = _summary(*_gs_stops(*sim[k][cuped], horizon, spending, futility), horizon, nf)
-            name = f"group_{spending}{'_futility' if futility else ''}_{tag}"
+                g["by_effect"][str(k)] = _summary(*_gs_stops(*sim[k][cuped], horizon, spending, futility, rule),
+                                                  horizon, nf)
+            name = f"group_{spending}{'_futility' if futility else ''}{'_union' if rule == 'union' else ''}_{tag}"
             methods[name] = g
     for name, m in methods.items():
         if not name.startswith("fixed"):
@@ -192,7 +213,10 @@ def run(quick: bool = False) -> dict:
             m["harmful_cut_speedup"] = 1 / m["by_effect"]["-1.0"]["ratio"]
             m["mix_users"] = m["mix_ratio"] * n_fixed["cuped" in name and "no_cuped" not in name]
 
-    seq_names = [n for n in methods if not n.startswith("fixed") and n.endswith("_cuped") and "no_cuped" not in n]
+    # the headline is the best design whose boundaries are exact (valid here: new users every day, independent
+    # increments); the union rows price the design that does not assume it
+    seq_names = [n for n in methods if not n.startswith("fixed") and n.endswith("_cuped") and "no_cuped" not in n
+                 and "_union" not in n]
     best = min(seq_names, key=lambda n: methods[n]["mix_ratio"])
     best_raw = best.replace("_cuped", "_no_cuped")
     headline = methods[best]["mix_ratio"]
@@ -217,7 +241,7 @@ def run(quick: bool = False) -> dict:
     check_rng = np.random.default_rng(7)
     g = methods[best]
     policy = DecisionPolicy(Metric("y", relative=False, cuped=True), planned_users_per_arm=int(g["horizon_days"]) * USERS_PER_DAY,
-                            min_users_per_arm=0, max_days=g["horizon_days"], alpha=ALPHA,
+                            min_users_per_arm=0, max_days=g["horizon_days"], alpha=ALPHA, horizon="users",
                             sequential="group" if best.startswith("group") else "msprt",
                             spending=g.get("spending", "obrien-fleming"), futility=g.get("futility"))
     agree = 0

@@ -15,6 +15,8 @@ policy need to decide on the changes that world actually produces?
   since first exposure with the pre-period as CUPED covariate, hate rate per impression), then decide() with
   the policy of the Rollout the demo's Evolution starts (cambrian/demo.py FULL at this size: group-sequential
   CUPED, hate-rate guardrail, planned users = users/4 per arm, maxDuration = online days).
+* The same Rollout without plannedSamplePerArm (`by_days`: the design ends at maxDuration, union boundaries)
+  and, on the same draws, that design with exact boundaries (`by_days_exact_boundaries`, its rule before 2 Dec).
 * Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates, the
   median day and users per arm at the decision, and the users per arm a fixed CUPED test needs for 80% power
   at the true effect (from the world's measured σ and CUPED ρ).
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,12 +142,23 @@ def demo_policy(users: int, days: int, online_days: int):
     return policy_for(rollout)
 
 
+def days_design(policy: Any, users: int) -> Any:
+    """The same Rollout without plannedSamplePerArm: the group design ends at maxDuration (readout.policy_for's
+    horizon "days"), no decision before users/8 per arm, the users expected by the end 4 × that."""
+    from dataclasses import replace
+
+    min_users = max(50, users // 8)
+    return replace(policy, horizon="days", min_users_per_arm=min_users, planned_users_per_arm=4 * min_users)
+
+
 def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndarray, x: np.ndarray,
-               policy: Any, rng: np.random.Generator) -> dict[str, Any]:
-    """One randomised experiment, looked at after each closed day until decide() stops it."""
+               policy: Any, rng: np.random.Generator, assign: np.ndarray | None = None) -> dict[str, Any]:
+    """One randomised experiment, looked at after each closed day until decide() stops it (`assign`: the
+    users' arms, drawn from rng when not given)."""
     from cambrian.stats import decide
 
-    assign = (rng.random(first.size) < 0.5).astype(int)
+    if assign is None:
+        assign = (rng.random(first.size) < 0.5).astype(int)
     state = None
     days = arms[names[0]].minutes.shape[1]
     for closed in range(days):
@@ -172,19 +185,38 @@ def true_effect(t: Outcomes, c: Outcomes, first: np.ndarray) -> tuple[float, flo
     return float(diff.mean() / yc.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size) / yc.mean())
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None) -> dict:
+def _rates(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    decided = [r for r in runs if r["outcome"] in ("promote", "rollback")]
+    share = lambda o: sum(r["outcome"] == o for r in runs) / len(runs)
+    return {"promote": share("promote"), "rollback": share("rollback"), "inconclusive": share("inconclusive"),
+            "no_decision_by_max_duration": share("continue"),
+            "median_day_of_decision": float(np.median([r["day"] for r in decided])) if decided else None,
+            "median_users_per_arm_at_decision": float(np.median([r["users_per_arm"] for r in decided])) if decided else None,
+            "median_day_of_stop": float(np.median([r["day"] for r in runs]))}
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
+        arms: tuple[str, ...] | None = None, sims: int | None = None) -> dict:
+    """`arms`: a subset of ARMS to train and simulate (default all; "aa" alone needs only Φ0); `sims`: experiments
+    per arm (default the size's)."""
     from cambrian.bench.throughput import load_now
     from cambrian.world.generate import generate
 
     say = progress or (lambda msg: None)
     size = size or (QUICK if quick else FULL)
+    if sims is not None:
+        size = replace(size, sims=sims)
+    chosen = tuple(arms or ARMS)
+    unknown = [a for a in chosen if a not in ARMS]
+    if unknown:
+        raise ValueError(f"decision-world: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     t0, load_start = time.perf_counter(), load_now()
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-decision-world-") as tmp:
         data = Path(tmp) / "world"
         generate(data, n_users=size.users, days=size.log_days, seed=0, preset="calibrated", force=True)
         _, base_score = train_model(candidate_config(size, {}), data)
         outcomes = {"control": serve(data, base_score, size.online_days)}
-        for name in ARMS:
+        for name in chosen:
             if name == "aa":
                 continue
             _, score = train_model(candidate_config(size, CANDIDATES[name][1]), data)
@@ -201,42 +233,54 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     rho = float(np.corrcoef(y_end, x[unit])[0, 1])
     cv = float(y_end.std(ddof=1) / y_end.mean())
     policy = demo_policy(size.users, size.log_days, size.online_days)
+    by_days = days_design(policy, size.users)
+    by_days_exact = replace(by_days, boundary_rule="exact")
     z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
     rng = np.random.default_rng(20261201)
     arms_out = {}
-    for name in ARMS:
+    for name in chosen:
         treat = "control" if name == "aa" else name
         pair = {"control": c, "treatment": outcomes[treat]}
         eff, se = true_effect(pair["treatment"], c, first)
-        runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng) for _ in range(size.sims)]
-        decided = [r for r in runs if r["outcome"] in ("promote", "rollback")]
-        share = lambda o: sum(r["outcome"] == o for r in runs) / len(runs)
+        draws = [(rng.random(first.size) < 0.5).astype(int) for _ in range(size.sims)]
+        runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
+        days_runs = [experiment(pair, ("control", "treatment"), first, x, by_days, rng, a) for a in draws]
+        exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
-            "promote": share("promote"), "rollback": share("rollback"), "inconclusive": share("inconclusive"),
-            "no_decision_by_max_duration": share("continue"),
-            "median_day_of_decision": float(np.median([r["day"] for r in decided])) if decided else None,
-            "median_users_per_arm_at_decision": float(np.median([r["users_per_arm"] for r in decided])) if decided else None,
-            "median_day_of_stop": float(np.median([r["day"] for r in runs])),
+            **_rates(runs),
             "fixed_cuped_users_per_arm_for_80pct_power": (
                 None if eff == 0 else int(math.ceil(2 * z**2 * (1 - rho**2) * cv**2 / eff**2))),
             "reasons": sorted({r["reason"][:120] for r in runs})[:4],
+            # the same users in the same arms, the design planned by days (no plannedSamplePerArm)
+            "by_days": {**_rates(days_runs), "reasons": sorted({r["reason"][:120] for r in days_runs})[:4]},
+            # the same design with the exact boundaries it had before (independent increments assumed)
+            "by_days_exact_boundaries": _rates(exact_runs),
         }
         say(f"{name}: {arms_out[name]}")
     return {
         "name": "decision-world",
-        "command": "cambrian bench run decision-world" + (" --quick" if quick else ""),
+        "command": "cambrian bench run decision-world" + (" --quick" if quick else "")
+                   + (f" --arms {','.join(chosen)}" if chosen != ARMS else "")
+                   + (f" --sims {sims}" if sims is not None else ""),
         "quick": quick,
-        "ratio": arms_out["reward:watch_time"]["promote"],
-        "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
-                          "calibrated world's largest genuine gain (the watch-time reward) within the demo's "
-                          "maximum duration; the other arms' rates beside it (A/A, more epochs, clickbait trap)"),
+        **({"ratio": arms_out["reward:watch_time"]["promote"],
+            "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
+                              "calibrated world's largest genuine gain (the watch-time reward) within the demo's "
+                              "maximum duration; the other arms' rates beside it (A/A, more epochs, clickbait trap)")}
+           if "reward:watch_time" in arms_out else
+           {"ratio": arms_out[chosen[0]]["by_days"]["promote"],
+            "ratio_meaning": (f"share of simulated {chosen[0]} experiments that the design planned by days (no "
+                              "plannedSamplePerArm) promotes; the demo's design on the same draws beside it")}),
         "world": {"preset": "calibrated", "seed": 0, "users": size.users, "log_days": size.log_days,
                   "online_days": size.online_days, "users_ever_exposed": int(unit.sum())},
         "minutes_per_day_cv": round(cv, 4), "cuped_rho": round(rho, 4),
         "policy": {"planned_users_per_arm": policy.planned_users_per_arm, "max_days": policy.max_days,
                    "sequential": policy.sequential, "guardrails": [g.metric for g in policy.guardrails],
                    "ramp": "none: 50/50 from day 1 (the demo ramps 10/25/50 over its first days)"},
+        "by_days_policy": {"planned_users_per_arm": by_days.planned_users_per_arm, "min_users_per_arm":
+                           by_days.min_users_per_arm, "max_days": by_days.max_days, "horizon": by_days.horizon,
+                           "boundaries": "union (decide()'s rule for horizon days); by_days_exact_boundaries: exact"},
         "simulations_per_arm": size.sims,
         "arms": arms_out,
         "load_average_start": load_start,

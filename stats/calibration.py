@@ -187,6 +187,54 @@ def false_rates(result: dict) -> tuple[float, float]:
     return (result["promote"] if eff <= 0 else 0.0, result["rollback"] if eff >= 0 else 0.0)
 
 
+# ------------------------------------------------------------------------------ maturing metric ---
+
+def simulate_maturing(sims: int, seed: int = 0, users: int = 400, days: int = 14, first_day: float = 0.95,
+                      user_sd: float = 0.1, day_sd: float = 3.0, alpha: float = 0.05, ar: float = 0.0,
+                      boundary_rule: str | None = None) -> dict:
+    """A/A experiments on a metric that matures: each user's Y is the mean of their daily values since
+    their first exposure (watch minutes per day, as the collector publishes it), daily value = 5 + u + e
+    (u ~ N(0, user_sd²) per user, e ~ N(0, day_sd²) per day, AR(1) across a user's days with coefficient
+    ``ar``: habits that fade), covariate X = u + N(0, user_sd²); ``first_day`` of the users arrive on day 1,
+    the rest evenly over the later days. Information keeps growing after the users stop arriving, so only a
+    clock in the estimate's own information gives the design its α; with ``ar`` > 0 or late users the looks'
+    correlation is also below the √(I_j/I_k) that exact boundaries assume. Looked at daily through decide()
+    with a group design that ends at the last day (horizon "days", the Rollout without plannedSamplePerArm;
+    ``boundary_rule`` None: its own rule) and no futility stop (which would cut the falling half: both
+    directions count); returns the promote and rollback rates and the bound α + 2 s.e. on their sum."""
+    rng = np.random.default_rng(seed)
+    late = users - round(first_day * users)
+    per_day = np.diff(np.round(np.linspace(0, late, days)).astype(int))
+    first = np.repeat(np.arange(days), [users - late, *per_day])          # each user's first day, per arm
+    policy = DecisionPolicy(Metric("y"), planned_users_per_arm=users, min_users_per_arm=0, max_days=days,
+                            alpha=alpha, horizon="days", futility=None, boundary_rule=boundary_rule)
+    cols = np.arange(days)
+    out = {"promote": 0, "rollback": 0}
+    for _ in range(sims):
+        u = user_sd * rng.standard_normal((2, users))
+        x = u + user_sd * rng.standard_normal((2, users))
+        e = rng.standard_normal((2, users, days))
+        for k in range(1, days):
+            e[..., k] = ar * e[..., k - 1] + math.sqrt(1 - ar * ar) * e[..., k]
+        total = np.cumsum(5 + u[..., None] + day_sd * e, axis=2)
+        before = np.where(first > 0, np.take_along_axis(total, np.maximum(first - 1, 0)[None, :, None], 2)[..., 0], 0)
+        state = None
+        for k in cols:
+            seen = first <= k
+            y = (total[..., k] - before) / np.maximum(1, k - first + 1)
+            stats = {arm: {"y": SufficientStats.from_arrays(y[j, seen], x[j, seen], ref_y=5.0, ref_x=0.0)}
+                     for j, arm in enumerate(("c", "t"))}
+            d = decide(policy, control="c", weights={"c": 0.5, "t": 0.5}, stats=stats, elapsed_days=k + 1,
+                       state=state)
+            state = d.state
+            if d.outcome != "continue":
+                break
+        if d.outcome in out:
+            out[d.outcome] += 1
+    return {"sims": sims, "promote": out["promote"] / sims, "rollback": out["rollback"] / sims,
+            "bound": alpha + 2 * math.sqrt(alpha * (1 - alpha) / sims)}
+
+
 # ------------------------------------------------------------------------------ grids -------------
 
 def fast_grid() -> list[Cell]:

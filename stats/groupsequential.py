@@ -15,6 +15,15 @@ spends the α its spending time allows, a missed look leaves its α to the next,
 information falls short of or overshoots the plan is computed with the information it has (Lan &
 DeMets 1983). Spending functions: O'Brien-Fleming-type α(s) = 2 − 2Φ(z_{α/2}/√s) and Pocock-type
 α(s) = α·ln(1 + (e − 1)s). Once s = 1 nothing is left to spend (boundary ∞).
+
+Two boundary rules (``Rule``). "exact": the recursion above, valid when the looks' estimates have
+independent increments (corr(Z_j, Z_k) = √(I_j/I_k)). "union": each look is tested alone at the α it
+spends, |z| ≥ z_{Δα/2} (Bonferroni over the looks): P(any crossing) ≤ Σ Δα ≤ α whatever the correlation
+between looks. It is the rule for a metric that keeps maturing (each user's mean over their days since
+exposure: the looks' correlation is below √(I_j/I_k) and per-arm sums cannot measure it, so exact
+boundaries are too low). Its spending time is rounded down to a grid of UNION_STEPS steps, so that at
+most UNION_STEPS looks spend α however often one looks (daily looks would split the last steps' α
+into slivers, each with a high boundary); looks between steps spend nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ def _pdf(x):
     return np.exp(-0.5 * np.square(x)) / _SQRT2PI
 
 Spending = Literal["obrien-fleming", "pocock"]
+Rule = Literal["exact", "union"]
+RULES = ("exact", "union")
+UNION_STEPS = 2   # the union rule's spending grid: α(½) at half time, the rest at the end (module docstring)
 _GRID = 241  # points across the continuation region per look (odd: includes 0)
 
 
@@ -54,6 +66,26 @@ def spent(t: float, alpha: float, kind: Spending = "obrien-fleming") -> float:
     if kind == "pocock":
         return float(alpha * math.log(1 + (math.e - 1) * t))
     raise ValueError(f"spending must be obrien-fleming or pocock, got {kind!r}")
+
+
+def spent_by(t: float, alpha: float, kind: Spending = "obrien-fleming", rule: Rule = "exact") -> float:
+    """Cumulative two-sided α a rule's looks may have spent by spending time t (the union rule's time is
+    rounded down to its grid; a grid is a spending function too: fixed, non-decreasing, α at 1)."""
+    if rule == "union":
+        t = math.floor(min(max(t, 0.0), 1.0) * UNION_STEPS + 1e-9) / UNION_STEPS
+    elif rule != "exact":
+        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
+    return spent(t, alpha, kind)
+
+
+def look_boundary(rule: Rule, information: Sequence[float], bounds: Sequence[float], target: float) -> float:
+    """|z| boundary of a new look that spends ``target``: exact (``next_boundary``, given the earlier
+    looks' information and boundaries) or union (the look alone: P(|Z| ≥ c) = target; ∞ for nothing)."""
+    if rule == "exact":
+        return next_boundary(information, bounds, target)
+    if rule != "union":
+        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
+    return math.inf if target <= 1e-15 else float(_isf(min(float(target), 1.0) / 2))
 
 
 def boundaries(fractions: Sequence[float], alpha: float = 0.05, kind: Spending = "obrien-fleming") -> list[float]:
@@ -76,7 +108,8 @@ def next_boundary(information: Sequence[float], bounds: Sequence[float], target:
     """Boundary of a new look at ``information[-1]`` after looks at ``information[:-1]`` that used
     ``bounds``, such that the chance under no effect of first crossing at this look is ``target``
     (the α the spending function allows between the previous look's spending time and this one's).
-    Information in any unit (users per arm); ∞ when nothing is to be spent or nothing was added."""
+    Information: 1 / the estimate's variance, in any unit proportional to it; ∞ when nothing is to be
+    spent or nothing was added."""
     info = [float(i) for i in information]
     if not info or any(not (i > 0 and math.isfinite(i)) for i in info):
         raise ValueError(f"information must be positive numbers, got {list(information)!r}")
@@ -160,23 +193,25 @@ def planned_drift(alpha: float, power: float) -> float:
 
 def futile(z: float, fractions: Sequence[float], alpha: float, kind: Spending, power: float,
            min_conditional_power: float, *, information: Sequence[float] | None = None,
-           bounds: Sequence[float] | None = None, planned_share: float = 1.0) -> tuple[bool, float]:
+           bounds: Sequence[float] | None = None, planned_share: float = 1.0,
+           rule: Rule = "exact") -> tuple[bool, float]:
     """Non-binding futility (stochastic curtailment): stop without a launch when, even if the planned
     effect were true from now on, the chance of crossing the final boundary is below
     ``min_conditional_power``. Stopping early only lowers the false-promotion rate.
 
     ``fractions`` are the looks' spending times; ``information`` and ``bounds`` the looks' own
     information and boundaries (default: the fractions and their boundaries). The final look is
-    projected at information[-1] / s (where the spending time reaches 1); ``planned_share`` is that
-    final information as a share of the planned users (below 1 when the calendar, not the users,
-    sets the end), which scales the planned effect's drift. Returns (futile, conditional power);
-    never futile at or past the end."""
+    projected at information[-1] / s (where the spending time reaches 1); ``planned_share`` is the users
+    projected to the end the same way, as a share of the planned users (below 1 when the calendar, not
+    the users, sets the end), which scales the planned effect's drift; ``rule`` the boundary rule the
+    looks used (the projected final look spends what is left under it). Returns (futile, conditional
+    power); never futile at or past the end."""
     s = min(float(fractions[-1]), 1.0)
     if not 0 < s < 1.0:   # at the end, or before any time has passed (no end to project to)
         return False, float("nan")
     info = list(information) if information is not None else list(fractions)
     bds = list(bounds) if bounds is not None else boundaries(fractions, alpha, kind)
-    c_final = next_boundary((*info, info[-1] / s), bds, alpha - spent(s, alpha, kind))
+    c_final = look_boundary(rule, (*info, info[-1] / s), bds, alpha - spent_by(s, alpha, kind, rule))
     drift = planned_drift(alpha, power) * math.sqrt(max(planned_share, 0.0))
     cp = float(conditional_power(z, s, c_final, drift))
     return cp < min_conditional_power, cp

@@ -83,8 +83,15 @@ class SequentialState:
     tau: float | None = None    # the mixing sd, fixed at the first look (the mixture must not drift)
     fractions: tuple[float, ...] = ()   # group-sequential: spending time (share of the plan) of each look
     crossed: bool = False               # group-sequential: a boundary was crossed (in direction `sign`)
-    information: tuple[float, ...] = ()  # group-sequential: information (users per arm) of each look
+    information: tuple[float, ...] = ()  # group-sequential: information of each look (see information_unit)
     bounds: tuple[float, ...] = ()       # group-sequential: the |z| boundary each look used
+    # group-sequential: what `information` counts: "variance" (1 / the estimate's variance), or "users" per
+    # arm in a state written before (decide() keeps a test's unit: information in two units has no ratio)
+    information_unit: str = "variance"
+    # group-sequential: how the boundaries were computed (groupsequential.Rule): "exact" (independent
+    # increments; every state written before the rule existed) or "union" (valid for any correlation between
+    # looks). A test keeps its rule: switching mid-experiment would spend α twice.
+    boundary_rule: str = "exact"
 
     @property
     def complete(self) -> bool:
@@ -101,11 +108,17 @@ class SequentialState:
         if not d:
             return cls()
         known = {"looks", "p_value", "sign", "last_estimate", "last_variance", "tau", "fractions", "crossed",
-                 "information", "bounds"}
+                 "information", "bounds", "information_unit", "boundary_rule"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"SequentialState: unknown field(s) {sorted(unknown)}")
         d = dict(d)
+        if "information_unit" not in d and d.get("fractions"):
+            d["information_unit"] = "users"   # a group test stored before information was the variance's
+        if d.get("information_unit", "variance") not in ("variance", "users"):
+            raise ValueError(f"SequentialState.information_unit must be variance or users, got {d['information_unit']!r}")
+        if d.get("boundary_rule", "exact") not in ("exact", "union"):
+            raise ValueError(f"SequentialState.boundary_rule must be exact or union, got {d['boundary_rule']!r}")
         for key in ("fractions", "information", "bounds"):
             try:   # a boundary of ∞ (nothing spent at that look) is stored as null: JSON has no infinity
                 d[key] = tuple(math.inf if t is None else float(t) for t in d.get(key) or ())
@@ -137,17 +150,20 @@ def update(state: SequentialState | None, estimate: float, variance: float, tau:
 
 
 def update_group(state: SequentialState | None, estimate: float, variance: float, fraction: float,
-                 alpha: float, spending: str = "obrien-fleming", information: float | None = None) -> SequentialState:
+                 alpha: float, spending: str = "obrien-fleming", information: float | None = None,
+                 rule: str = "exact") -> SequentialState:
     """Fold one look into a group-sequential test.
 
-    ``information``: the look's information in users per arm (default: ``fraction``); ``fraction``:
+    ``information``: the look's information, 1 / the estimate's variance (``state.information_unit``;
+    any unit proportional to it; default: ``fraction``); ``fraction``:
     its spending time in (0, 1] (the share of the planned horizon reached; 1 at the final look).
     The look gets the boundary that spends α(fraction) − α(previous fraction) given the boundaries
     the earlier looks actually used (stored in the state), so extra, missed or off-plan looks keep
     the false-decision rate at α. A look without new information is not a new test (the state is
     carried); after the final look (fraction 1) nothing is left to spend. ``p_value`` is the nominal
-    two-sided p at the crossing look (1 before), for reading; significance is ``crossed``."""
-    from .groupsequential import boundaries, next_boundary, spent
+    two-sided p at the crossing look (1 before), for reading; significance is ``crossed``. ``rule``:
+    groupsequential's boundary rule for a new test ("exact" or "union"); a test that has looked keeps its own."""
+    from .groupsequential import RULES, boundaries, look_boundary, spent_by
 
     state = state or SequentialState()
     if not (variance > 0 and math.isfinite(variance) and math.isfinite(estimate)):
@@ -157,15 +173,20 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     if not (fraction >= 0 and info > 0 and math.isfinite(info)):   # fraction 0 (a look at time 0): nothing to spend
         raise ValueError(f"need an information fraction >= 0 and information > 0, got {fraction!r}, {information!r}")
     fr, infos, bds = state.fractions, state.information, state.bounds
+    rule = state.boundary_rule if fr else rule
+    if rule not in RULES:
+        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
     if fr and not infos:   # a state written before looks kept their information: fractions were both
         infos, bds = fr, tuple(boundaries(fr, alpha, spending))
     carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
-                   fractions=fr, information=infos, bounds=bds)
+                   fractions=fr, information=infos, bounds=bds, information_unit=state.information_unit,
+                   boundary_rule=rule)
     if state.crossed or (infos and (round(info, 9) <= round(infos[-1], 9) or fr[-1] >= 1.0)):
         # decided already, no new users since the last look, or the design is complete
         return SequentialState(p_value=state.p_value, sign=state.sign, crossed=state.crossed, **carried)
     fraction = max(fraction, fr[-1] if fr else 0.0)
-    c = next_boundary((*infos, info), bds, spent(fraction, alpha, spending) - spent(fr[-1] if fr else 0.0, alpha, spending))
+    c = look_boundary(rule, (*infos, info), bds, spent_by(fraction, alpha, spending, rule)
+                      - spent_by(fr[-1] if fr else 0.0, alpha, spending, rule))
     carried.update(fractions=(*fr, round(fraction, 9)), information=(*infos, round(info, 9)), bounds=(*bds, c))
     z = estimate / math.sqrt(variance)
     if abs(z) >= c:

@@ -39,7 +39,8 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
                         for m in spec.metrics.north_star[1:]),
         srm_threshold=st.srm_alpha,
         sequential=st.sequential,
-        # a planned sample is a horizon of the group design; without one the design ends at maxDuration
+        # a planned sample is a horizon of the group design; without one the design ends at maxDuration, and
+        # its boundaries hold whatever the looks' correlation (stats/decision._rule: a maturing north star)
         horizon="users" if st.planned_sample_per_arm else "days",
     )
 

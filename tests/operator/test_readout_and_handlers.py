@@ -47,9 +47,9 @@ def sums(lift: float, n=4000, seed=0):
 
 
 def test_readout_promotes_a_clear_winner_and_keeps_state():
-    spec = rollout_spec()
+    spec = rollout_spec()   # no plannedSamplePerArm: the design ends at maxDuration (14d) and spends α first at 7d
     st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
-    a = RD.analyse(spec, st, sums(1.0), T0 + timedelta(days=3), exposures={"control": 4000, "t": 4000})
+    a = RD.analyse(spec, st, sums(1.0), T0 + timedelta(days=7), exposures={"control": 4000, "t": 4000})
     assert a.outcome == "promote" and a.winner == "t" and a.n == {"control": 4000, "t": 4000}
     (eff,) = a.effects
     assert eff.arm == "t" and eff.ci_low > 0 and a.state and a.srm_mismatch is False
@@ -60,10 +60,10 @@ def test_readout_promotes_a_clear_winner_and_keeps_state():
     assert g["metric"] == "hate" and g["lower"] < g["estimate"] < g["upper"] and g["bound"] == pytest.approx(0.5)
     json.dumps(a.detail, allow_nan=False)  # JSON-safe, as a status or a timeline row needs
     # through the core: promoted, decision state persisted
-    r = R.reconcile(Meta("ro", "u"), spec, st.model_copy(update={"next_readout_at": T0 + timedelta(days=3)}),
+    r = R.reconcile(Meta("ro", "u"), spec, st.model_copy(update={"next_readout_at": T0 + timedelta(days=7)}),
                     api.Serving(), None, RolloutObservation(
                         {n: ArmObservation(n, True, True) for n in ("control", "t")}, {"control": 50, "t": 50}, a),
-                    T0 + timedelta(days=3))
+                    T0 + timedelta(days=7))
     assert r.status.phase == "Promoted" and r.status.decision_state == a.state
 
 

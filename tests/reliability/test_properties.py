@@ -241,6 +241,7 @@ def test_the_rule_does_promote_a_clear_winner():
     n = 5000
     stats = {"control": {"y": sums(n, 1.0, 1.0), "g": sums(n, 0.1, 0.01)},
              "t": {"y": sums(n, 1.3, 1.0), "g": sums(n, 0.1, 0.01)}}
-    d = decide(POLICY, control="control", weights={"control": 0.5, "t": 0.5}, stats=stats, elapsed_days=3,
+    # day 7 of 14: the design ends at max_days, whose union boundaries spend α first at half time
+    d = decide(POLICY, control="control", weights={"control": 0.5, "t": 0.5}, stats=stats, elapsed_days=7,
                exposures={"control": n, "t": n})
     assert d.outcome == "promote" and d.winner == "t", d.reason

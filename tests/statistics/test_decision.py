@@ -13,7 +13,10 @@ N = 20_000
 
 
 def policy(**kw):
-    base = dict(north_star=Metric("watch"), planned_users_per_arm=N, min_users_per_arm=1_000, max_days=14)
+    # exact boundaries: a single look on day 5 of 14 that spends α (the union rule of a days design spends
+    # nothing before half time; its own tests are in test_group_sequential.py)
+    base = dict(north_star=Metric("watch"), planned_users_per_arm=N, min_users_per_arm=1_000, max_days=14,
+                boundary_rule="exact")
     return DecisionPolicy(**{**base, **kw})
 
 
