@@ -214,10 +214,11 @@ def propose_wakeup(action: ProposeHypotheses, existing: list[Mapping[str, Any]],
             return None
         saved = _ask(action, existing, proposer)
         record.save(prefix, saved)
-    carried = False
+    carried = False  # does the first Hypothesis, which carries the spend, exist?
     for i, (name, spec, labels, annotations) in enumerate(saved["objects"]):
         exists = name in have or create(name, spec, labels, annotations)
-        carried = carried or (i == 0 and exists)
+        if i == 0:
+            carried = exists
     if not carried and (saved.get("tokens") or saved.get("dollars")):
         charge(action.wakeup, int(saved.get("tokens") or 0), float(saved.get("dollars") or 0.0))
     record.drop(prefix)

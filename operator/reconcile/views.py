@@ -3,6 +3,7 @@ them) to the small views the reconcilers take, plus the spend roll-up of an Evol
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
@@ -82,8 +83,6 @@ def belongs_to(obj: Mapping[str, Any], evolution: str) -> bool:
 
 def unattributed(annotations: Mapping[str, str] | None) -> dict[str, Any]:
     """The Evolution's A_UNATTRIBUTED record ({"through": 0, ...} when absent or unreadable)."""
-    import json
-
     try:
         d = json.loads((annotations or {}).get(A_UNATTRIBUTED) or "{}")
         return {"through": int(d.get("through") or 0), "tokens": int(d.get("tokens") or 0),
@@ -95,8 +94,6 @@ def unattributed(annotations: Mapping[str, str] | None) -> dict[str, Any]:
 def charge_unattributed(annotations: Mapping[str, str] | None, wakeup: int, tokens: int, dollars: float) -> str | None:
     """The A_UNATTRIBUTED value after charging wake-up `wakeup`; None when it was charged already (wake-ups
     are numbered in order, so a replay after a restart never charges twice)."""
-    import json
-
     d = unattributed(annotations)
     if wakeup <= d["through"]:
         return None
