@@ -20,7 +20,8 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Protocol, runtime_checkable
 
 from cambrian.errors import CambrianError
 from cambrian.operator.reconcile.actions import (
@@ -40,6 +41,9 @@ from cambrian.operator.reconcile.actions import (
     UpdateChampion,
 )
 from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
+
+if TYPE_CHECKING:
+    from cambrian.online.prometheus import PromClient
 
 
 class MetricsUnavailable(CambrianError):
@@ -201,18 +205,30 @@ def read_gauges(client, promql_url: str | None, gauges: Mapping[str, Mapping[str
         own.close()
 
 
-def check_queries(url: str, queries: Mapping[str, str], timeout: float = 5.0) -> None:
-    """Both platforms' check_promql: each query parsed by the Prometheus at `url`, which runs them later."""
+@contextmanager
+def prometheus(url: str, timeout: float = 5.0) -> Iterator["PromClient"]:
+    """A client of the Prometheus at `url` whose failures are the platforms' errors (a query it refuses:
+    MetricQueryRefused; one it cannot answer: MetricsUnavailable), closed after; both platforms read through it."""
     from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected
 
     client = PromClient(url, timeout)
     try:
+        yield client
+    except PromQLRejected as exc:
+        raise MetricQueryRefused(str(exc)) from None
+    except PrometheusUnavailable as exc:
+        raise MetricsUnavailable(str(exc)) from None
+    finally:
+        client.close()
+
+
+def check_queries(url: str, queries: Mapping[str, str], timeout: float = 5.0) -> None:
+    """Both platforms' check_promql: each query parsed by the Prometheus at `url`, which runs them later."""
+    from cambrian.online.prometheus import PromQLRejected
+
+    with prometheus(url, timeout) as client:
         for where, expr in queries.items():
             try:
                 client.check(expr)
             except PromQLRejected as exc:
                 raise MetricQueryRefused(f"spec.{where}: Prometheus refuses the query: {exc}") from None
-    except PrometheusUnavailable as exc:
-        raise MetricsUnavailable(str(exc)) from None
-    finally:
-        client.close()

@@ -35,8 +35,8 @@ import yaml
 
 from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
-from cambrian.operator.platform.base import (ActionRefused, MetricQueryRefused, MetricsUnavailable, Readout,
-                                             check_queries, read_gauges, refusal_is_permanent)
+from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
+                                             check_queries, prometheus, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
     CreateRollout,
@@ -1110,19 +1110,10 @@ class KubernetesPlatform:
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         if not self.prometheus_url:
             raise MetricsUnavailable("no Prometheus URL configured (--prometheus-url or CAMBRIAN_PROMETHEUS_URL)")
-        from cambrian.online.prometheus import PromClient, PrometheusUnavailable, PromQLRejected
-
-        client = PromClient(self.prometheus_url, self.prometheus_timeout)
-        try:
+        with prometheus(self.prometheus_url, self.prometheus_timeout) as client:
             readout = client.read_experiment(rollout)
             readout.values = read_gauges(client, self.promql_url, gauges, readout.time, self.prometheus_timeout)
             return readout
-        except PromQLRejected as exc:
-            raise MetricQueryRefused(str(exc)) from None
-        except PrometheusUnavailable as exc:
-            raise MetricsUnavailable(str(exc)) from None
-        finally:
-            client.close()
 
     def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
         url = self.promql_url or self.prometheus_url

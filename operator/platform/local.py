@@ -43,7 +43,8 @@ from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
 from cambrian.operator.platform import runstore
-from cambrian.operator.platform.base import MetricQueryRefused, MetricsUnavailable, Readout, check_queries, read_gauges
+from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
+                                             read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
     ClearWeights,
@@ -544,14 +545,13 @@ class LocalPlatform:
 
     # --- metrics ---------------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
-        from cambrian.online.prometheus import ExperimentReadout, PromClient, PrometheusUnavailable, PromQLRejected
+        from cambrian.online.prometheus import ExperimentReadout
 
         env = self.envs.get(rollout)
         if env is None or env.prometheus is None:
             raise MetricsUnavailable(f"no Prometheus runs for rollout {rollout}")
         want = (env.state.world_day0 or 0) + env.state.days_done - 1  # the last day played
-        client = PromClient(env.prometheus.url)
-        try:
+        with prometheus(env.prometheus.url) as client:
             deadline = time.monotonic() + self.readout_wait_s
             while True:
                 r = client.read_experiment(rollout)
@@ -561,12 +561,6 @@ class LocalPlatform:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
                 time.sleep(0.25)
             values = read_gauges(client, self.promql_url, gauges, r.time)
-        except PromQLRejected as exc:
-            raise MetricQueryRefused(str(exc)) from None
-        except PrometheusUnavailable as exc:
-            raise MetricsUnavailable(str(exc)) from None
-        finally:
-            client.close()
         # cohort keys: world days -> the clock's UTC day numbers that the core's SRM check uses
         shift = (day_start(env.state.clock_day0 or 0) - UNIX_EPOCH).days - (env.state.world_day0 or 0)
         return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures,

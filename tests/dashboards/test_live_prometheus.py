@@ -15,26 +15,16 @@ import re
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 from cambrian import dashboards
+from cambrian.testing.scorers import ModScorer
 
 pytestmark = pytest.mark.prometheus
 
 METRIC_RE = re.compile(r"\b(cambrian_[a-z0-9_]+)\b")
 EXPERIMENT = "exp-live"
 RATE_WINDOW = "30s"
-
-
-class ModScorer:
-    """A deterministic stand-in for a model bundle: score = -((item * a + user) mod 97)."""
-
-    def __init__(self, a: int):
-        self.a = a
-
-    def score(self, user_ids, candidates):
-        return -((candidates * self.a + user_ids[:, None]) % 97).astype(np.float32)
 
 
 def _concrete(expr: str) -> str:

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from cambrian.online.runner import BackgroundApp
 from cambrian.online.server import ModelServer
-
-
-class ModScorer:
-    """score = -((item * a + user) mod 97): deterministic and different per `a` (one per arm)."""
-
-    def __init__(self, a: int):
-        self.a = a
-
-    def score(self, user_ids, candidates):
-        return -((candidates * self.a + user_ids[:, None]) % 97).astype(np.float32)
+from cambrian.testing.scorers import ModScorer
 
 
 @pytest.fixture

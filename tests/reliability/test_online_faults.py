@@ -24,19 +24,12 @@ import yaml
 from cambrian.online.assignment import Assignment
 from cambrian.online.runner import BackgroundApp
 from cambrian.online.server import ModelServer
+from cambrian.testing.scorers import ModScorer
 
 needs_prom = pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus binary not installed")
 
 N_USERS = 3000
 SALT = "reliability-exp"
-
-
-class ModScorer:
-    def __init__(self, a: int):
-        self.a = a
-
-    def score(self, user_ids, candidates):
-        return -((candidates * self.a + user_ids[:, None]) % 97).astype(np.float32)
 
 
 @pytest.fixture
