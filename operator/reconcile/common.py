@@ -65,36 +65,12 @@ def set_condition(
 ) -> list[Condition]:
     """Upsert a condition; lastTransitionTime moves only when the status changes."""
     value = status if isinstance(status, str) else ("True" if status else "False")
-    out = []
-    found = False
-    for c in conditions:
-        if c.type == type_:
-            found = True
-            changed = c.status != value
-            out.append(
-                Condition(
-                    type=type_,
-                    status=value,
-                    reason=reason,
-                    message=message[:32768],
-                    last_transition_time=now if changed or c.last_transition_time is None else c.last_transition_time,
-                    observed_generation=generation,
-                )
-            )
-        else:
-            out.append(c)
-    if not found:
-        out.append(
-            Condition(
-                type=type_,
-                status=value,
-                reason=reason,
-                message=message[:32768],
-                last_transition_time=now,
-                observed_generation=generation,
-            )
-        )
-    return out
+    old = next((c for c in conditions if c.type == type_), None)
+    unchanged = old is not None and old.status == value and old.last_transition_time is not None
+    new = Condition(type=type_, status=value, reason=reason, message=message[:32768],  # the API's length cap
+                    last_transition_time=old.last_transition_time if unchanged else now,
+                    observed_generation=generation)
+    return [new if c.type == type_ else c for c in conditions] + ([] if old else [new])
 
 
 @dataclass
