@@ -193,7 +193,8 @@ def fixed_test_at_end(c: Outcomes, first: np.ndarray, x: np.ndarray, draws: list
     """A/A: the fixed-horizon test at the last day on each draw, with decide()'s estimator (CUPED, relative:
     log(μ_T/μ_C) over its delta-method s.e.) and with scipy's Welch t-test on the users' CUPED-adjusted values
     (θ over both arms). Both arms read the same potential outcomes, so any excess over α/2 per side is the
-    statistic's, not the world's; and the spread of z across draws against its estimated s.e. (z's sd)."""
+    statistic's, not the world's; and the estimate's variance across draws over its mean estimated variance
+    (variance_ratio, with a 95% interval for normal draws)."""
     from cambrian.stats.estimators import analyse
 
     days = c.minutes.shape[1]
@@ -201,6 +202,9 @@ def fixed_test_at_end(c: Outcomes, first: np.ndarray, x: np.ndarray, draws: list
     effs = [analyse(s["control"]["watch_minutes"], s["treatment"]["watch_minutes"], cuped=True, relative=True)
             for s in sums]
     z = np.array([e.test_estimate / math.sqrt(e.test_variance) for e in effs])
+    # the estimate's spread across draws over its mean estimated variance: 1 if decide()'s variance is right
+    ratio = float(np.var([e.test_estimate for e in effs], ddof=1) / np.mean([e.test_variance for e in effs]))
+    k = len(draws) - 1
     unit = first < days
     cols = np.arange(days)[None, :]
     y = (c.minutes * (cols >= first[:, None])).sum(1)[unit] / (days - first[unit])
@@ -210,7 +214,9 @@ def fixed_test_at_end(c: Outcomes, first: np.ndarray, x: np.ndarray, draws: list
     cut = float(sps.norm.isf(alpha / 2))
     rate = lambda hit: round(float(np.mean(hit)), 5)
     return {"draws": len(draws), "z_sd": round(float(z.std(ddof=1)), 4), "z_mean": round(float(z.mean()), 4),
-            "z_excess_kurtosis": round(float(sps.kurtosis(z)), 3),
+            "z_excess_kurtosis": round(float(sps.kurtosis(z)), 3), "variance_ratio": round(ratio, 4),
+            "variance_ratio_95": [round(ratio * k / float(sps.chi2.isf(0.025, k)), 4),
+                                  round(ratio * k / float(sps.chi2.isf(0.975, k)), 4)],
             "promote": rate(z >= cut), "rollback": rate(z <= -cut),
             "welch_scipy_two_sided": rate(welch <= alpha),
             "nominal_per_side": alpha / 2, "se_per_side": round(math.sqrt(alpha / 2 * (1 - alpha / 2) / len(draws)), 5)}

@@ -93,6 +93,8 @@ def test_fixed_test_at_the_end_reads_the_same_outcomes_in_both_arms():
     draws = [(rng.random(n) < 0.5).astype(np.int8) for _ in range(600)]
     r = fixed_test_at_end(c, first, x, draws)
     assert r["draws"] == 600 and abs(r["z_sd"] - 1) < 0.1 and abs(r["z_mean"]) < 0.15
+    lo, hi = r["variance_ratio_95"]
+    assert lo < r["variance_ratio"] < hi and lo < 1 < hi, r
     for side in ("promote", "rollback"):
         assert abs(r[side] - 0.025) <= 3 * r["se_per_side"], r
     assert abs(r["welch_scipy_two_sided"] - (r["promote"] + r["rollback"])) <= 0.01, r
