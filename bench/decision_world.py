@@ -17,9 +17,12 @@ policy need to decide on the changes that world actually produces?
   CUPED, hate-rate guardrail, planned users = users/4 per arm, maxDuration = online days).
 * The same Rollout without plannedSamplePerArm (`by_days`: the design ends at maxDuration, union boundaries)
   and, on the same draws, that design with exact boundaries (`by_days_exact_boundaries`, its rule before 2 Dec).
-* Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates, the
-  median day and users per arm at the decision, and the users per arm a fixed CUPED test needs for 80% power
-  at the true effect (from the world's measured σ and CUPED ρ).
+* Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates with their
+  Monte Carlo standard errors, the median day and users per arm at the decision, and the users per arm a fixed
+  CUPED test needs for 80% power at the true effect (from the world's measured σ and CUPED ρ).
+* A/A only, on the same draws: the plain fixed-horizon test at the last day (decide()'s estimator, CUPED relative
+  z, against scipy's Welch t-test on the users' CUPED-adjusted values), the check that the design's final look
+  reads a z that is N(0, 1); and the design's promotions per block of 400 draws (the spread of a 400-draw figure).
 """
 
 from __future__ import annotations
@@ -185,10 +188,51 @@ def true_effect(t: Outcomes, c: Outcomes, first: np.ndarray) -> tuple[float, flo
     return float(diff.mean() / yc.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size) / yc.mean())
 
 
+def fixed_test_at_end(c: Outcomes, first: np.ndarray, x: np.ndarray, draws: list[np.ndarray],
+                      alpha: float = 0.05) -> dict[str, Any]:
+    """A/A: the fixed-horizon test at the last day on each draw, with decide()'s estimator (CUPED, relative:
+    log(μ_T/μ_C) over its delta-method s.e.) and with scipy's Welch t-test on the users' CUPED-adjusted values
+    (θ over both arms). Both arms read the same potential outcomes, so any excess over α/2 per side is the
+    statistic's, not the world's; and the estimate's variance across draws over its mean estimated variance
+    (variance_ratio, with a 95% interval for normal draws)."""
+    from cambrian.stats.estimators import analyse
+
+    days = c.minutes.shape[1]
+    sums = [arm_sums({"control": c, "treatment": c}, a, ("control", "treatment"), first, x, days - 1) for a in draws]
+    effs = [analyse(s["control"]["watch_minutes"], s["treatment"]["watch_minutes"], cuped=True, relative=True)
+            for s in sums]
+    z = np.array([e.test_estimate / math.sqrt(e.test_variance) for e in effs])
+    # the estimate's spread across draws over its mean estimated variance: 1 if decide()'s variance is right
+    ratio = float(np.var([e.test_estimate for e in effs], ddof=1) / np.mean([e.test_variance for e in effs]))
+    k = len(draws) - 1
+    unit = first < days
+    cols = np.arange(days)[None, :]
+    y = (c.minutes * (cols >= first[:, None])).sum(1)[unit] / (days - first[unit])
+    theta = np.cov(y, x[unit])[0, 1] / np.var(x[unit], ddof=1)
+    adj = y - theta * x[unit]
+    welch = np.array([sps.ttest_ind(adj[a[unit] == 1], adj[a[unit] == 0], equal_var=False).pvalue for a in draws])
+    cut = float(sps.norm.isf(alpha / 2))
+    rate = lambda hit: round(float(np.mean(hit)), 5)
+    return {"draws": len(draws), "z_sd": round(float(z.std(ddof=1)), 4), "z_mean": round(float(z.mean()), 4),
+            "z_excess_kurtosis": round(float(sps.kurtosis(z)), 3), "variance_ratio": round(ratio, 4),
+            "variance_ratio_95": [round(ratio * k / float(sps.chi2.isf(0.025, k)), 4),
+                                  round(ratio * k / float(sps.chi2.isf(0.975, k)), 4)],
+            "promote": rate(z >= cut), "rollback": rate(z <= -cut),
+            "welch_scipy_two_sided": rate(welch <= alpha),
+            "nominal_per_side": alpha / 2, "se_per_side": round(math.sqrt(alpha / 2 * (1 - alpha / 2) / len(draws)), 5)}
+
+
+def _blocks(runs: list[dict[str, Any]], size: int = 400) -> list[int]:
+    """Promotions in each block of `size` consecutive draws: how far a figure from `size` draws can wander."""
+    return [sum(r["outcome"] == "promote" for r in runs[i:i + size]) for i in range(0, len(runs) - size + 1, size)]
+
+
 def _rates(runs: list[dict[str, Any]]) -> dict[str, Any]:
     decided = [r for r in runs if r["outcome"] in ("promote", "rollback")]
     share = lambda o: sum(r["outcome"] == o for r in runs) / len(runs)
+    se = lambda p: round(math.sqrt(p * (1 - p) / len(runs)), 5)   # binomial Monte Carlo standard error
     return {"promote": share("promote"), "rollback": share("rollback"), "inconclusive": share("inconclusive"),
+            "promote_se": se(share("promote")), "rollback_se": se(share("rollback")),
             "no_decision_by_max_duration": share("continue"),
             "median_day_of_decision": float(np.median([r["day"] for r in decided])) if decided else None,
             "median_users_per_arm_at_decision": float(np.median([r["users_per_arm"] for r in decided])) if decided else None,
@@ -242,7 +286,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         treat = "control" if name == "aa" else name
         pair = {"control": c, "treatment": outcomes[treat]}
         eff, se = true_effect(pair["treatment"], c, first)
-        draws = [(rng.random(first.size) < 0.5).astype(int) for _ in range(size.sims)]
+        draws = [(rng.random(first.size) < 0.5).astype(np.int8) for _ in range(size.sims)]
         runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
         days_runs = [experiment(pair, ("control", "treatment"), first, x, by_days, rng, a) for a in draws]
         exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
@@ -257,6 +301,10 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             # the same design with the exact boundaries it had before (independent increments assumed)
             "by_days_exact_boundaries": _rates(exact_runs),
         }
+        if name == "aa":
+            arms_out[name]["fixed_test_at_max_duration"] = fixed_test_at_end(c, first, x, draws, policy.alpha)
+            arms_out[name]["by_days"]["promotions_per_400_draws"] = _blocks(days_runs)
+            arms_out[name]["by_days_exact_boundaries"]["promotions_per_400_draws"] = _blocks(exact_runs)
         say(f"{name}: {arms_out[name]}")
     return {
         "name": "decision-world",

@@ -304,8 +304,8 @@ def _rule(policy: DecisionPolicy) -> str:
     """The boundary rule of a new group test. A design that ends at max_days is the Rollout without
     plannedSamplePerArm, whose north star typically matures (minutes per day since exposure): its looks'
     correlation is below the √(I_j/I_k) exact boundaries assume, and per-arm sums cannot measure it, so its
-    boundaries must hold for any correlation (union: A/A promotions 3.3% over 3,000 draws of the calibrated
-    world with exact ones, design 2.5%; bench/README.md, decision-world). update_group keeps a started test's rule."""
+    boundaries must hold for any correlation (union. A/A promotions over 10,000 draws of the calibrated world,
+    design 2.5%: exact 2.88%, union 2.43%; bench/README.md, decision-world). update_group keeps a started test's rule."""
     if policy.boundary_rule is not None:
         return policy.boundary_rule
     return "union" if policy.horizon == "days" else "exact"

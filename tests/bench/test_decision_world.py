@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cambrian.bench.decision_world import Outcomes, arm_sums, demo_policy, experiment, true_effect
+from cambrian.bench.decision_world import (Outcomes, _blocks, arm_sums, demo_policy, experiment, fixed_test_at_end,
+                                          true_effect)
 from cambrian.online.aggregate import AggregationSettings, arm_statistics
 
 
@@ -81,6 +82,30 @@ def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
     assert aa.count("promote") <= 2
 
 
+def test_fixed_test_at_the_end_reads_the_same_outcomes_in_both_arms():
+    """A/A on one set of outcomes: the last day's fixed test over 600 draws rejects about α/2 per side
+    (± 3 s.e.), its z has sd about 1, and scipy's Welch t-test on the same draws rejects as often (± 1%)."""
+    rng = np.random.default_rng(2)
+    n, days = 1500, 5
+    c = _outcomes(rng, n, days, 0.0)
+    first = np.where(c.active.any(1), c.active.argmax(1), days)
+    x = c.minutes[:, :2].mean(1) + rng.gamma(2.0, 3.0, n)
+    draws = [(rng.random(n) < 0.5).astype(np.int8) for _ in range(600)]
+    r = fixed_test_at_end(c, first, x, draws)
+    assert r["draws"] == 600 and abs(r["z_sd"] - 1) < 0.1 and abs(r["z_mean"]) < 0.15
+    lo, hi = r["variance_ratio_95"]
+    assert lo < r["variance_ratio"] < hi and lo < 1 < hi, r
+    for side in ("promote", "rollback"):
+        assert abs(r[side] - 0.025) <= 3 * r["se_per_side"], r
+    assert abs(r["welch_scipy_two_sided"] - (r["promote"] + r["rollback"])) <= 0.01, r
+
+
+def test_promotions_are_counted_per_block_of_draws():
+    runs = [{"outcome": "promote" if i % 100 == 0 else "inconclusive"} for i in range(1000)]
+    assert _blocks(runs) == [4, 4]          # the last 200 draws make no full block
+    assert _blocks(runs, 500) == [5, 5]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_decision_world_small_end_to_end():
@@ -94,3 +119,21 @@ def test_decision_world_small_end_to_end():
     for a in r["arms"].values():
         assert a["promote"] + a["rollback"] + a["inconclusive"] + a["no_decision_by_max_duration"] == pytest.approx(1.0)
     assert 0 < r["minutes_per_day_cv"] and -1 <= r["cuped_rho"] <= 1
+    assert r["arms"]["aa"]["fixed_test_at_max_duration"]["draws"] == 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_decision_world_quick_aa_design_by_days_keeps_alpha():
+    """The quick calibrated world (600 users, 6 days), 1,000 A/A draws: the design planned by days (union
+    boundaries) promotes ≤ α/2 and decides falsely ≤ α, each + 2 Monte Carlo s.e.; the last day's fixed test on
+    the same draws is within α/2 per side ± 3 s.e. (its z is N(0, 1) on this world's heavy-tailed minutes)."""
+    from cambrian.bench import decision_world
+
+    r = decision_world.run(quick=True, arms=("aa",), sims=1000)["arms"]["aa"]
+    within = lambda rate, a: rate <= a + 2 * (a * (1 - a) / 1000) ** 0.5  # noqa: E731
+    d = r["by_days"]
+    assert within(d["promote"], 0.025) and within(d["promote"] + d["rollback"], 0.05), d
+    f = r["fixed_test_at_max_duration"]
+    for side in ("promote", "rollback"):
+        assert abs(f[side] - 0.025) <= 3 * f["se_per_side"], f
