@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
 from .estimators import Effect, analyse
-from .groupsequential import futile
+from .groupsequential import check_rule, futile
 from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
 from .multiple import adjust, benjamini_hochberg
 from .sequential import (SequentialState, confidence_sequence, msprt_p_value, planned_information,
@@ -104,8 +104,8 @@ class DecisionPolicy:
             raise ValueError(f"DecisionPolicy.sequential must be msprt or group, got {self.sequential!r}")
         if self.horizon not in ("days", "users"):
             raise ValueError(f"DecisionPolicy.horizon must be days or users, got {self.horizon!r}")
-        if self.boundary_rule not in (None, "exact", "union"):
-            raise ValueError(f"DecisionPolicy.boundary_rule must be exact, union or None, got {self.boundary_rule!r}")
+        if self.boundary_rule is not None:
+            check_rule(self.boundary_rule, "DecisionPolicy.boundary_rule (or None)")
         if self.spending not in ("obrien-fleming", "pocock"):
             raise ValueError(f"DecisionPolicy.spending must be obrien-fleming or pocock, got {self.spending!r}")
         if self.futility is not None and not (0 < self.futility < 1):

@@ -55,6 +55,13 @@ UNION_STEPS = 2   # the union rule's spending grid: α(½) at half time, the res
 _GRID = 241  # points across the continuation region per look (odd: includes 0)
 
 
+def check_rule(rule: object, where: str = "boundary rule") -> Rule:
+    """`rule` if it is one of RULES; else a ValueError naming `where` (every reader of a rule checks here)."""
+    if rule not in RULES:
+        raise ValueError(f"{where} must be exact or union, got {rule!r}")
+    return rule  # type: ignore[return-value]
+
+
 @lru_cache(maxsize=65536)
 def spent(t: float, alpha: float, kind: Spending = "obrien-fleming") -> float:
     """Cumulative two-sided α spent by information fraction t."""
@@ -71,20 +78,16 @@ def spent(t: float, alpha: float, kind: Spending = "obrien-fleming") -> float:
 def spent_by(t: float, alpha: float, kind: Spending = "obrien-fleming", rule: Rule = "exact") -> float:
     """Cumulative two-sided α a rule's looks may have spent by spending time t (the union rule's time is
     rounded down to its grid; a grid is a spending function too: fixed, non-decreasing, α at 1)."""
-    if rule == "union":
+    if check_rule(rule) == "union":
         t = math.floor(min(max(t, 0.0), 1.0) * UNION_STEPS + 1e-9) / UNION_STEPS
-    elif rule != "exact":
-        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
     return spent(t, alpha, kind)
 
 
 def look_boundary(rule: Rule, information: Sequence[float], bounds: Sequence[float], target: float) -> float:
     """|z| boundary of a new look that spends ``target``: exact (``next_boundary``, given the earlier
     looks' information and boundaries) or union (the look alone: P(|Z| ≥ c) = target; ∞ for nothing)."""
-    if rule == "exact":
+    if check_rule(rule) == "exact":
         return next_boundary(information, bounds, target)
-    if rule != "union":
-        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
     return math.inf if target <= 1e-15 else float(_isf(min(float(target), 1.0) / 2))
 
 

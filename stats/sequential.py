@@ -117,8 +117,9 @@ class SequentialState:
             d["information_unit"] = "users"   # a group test stored before information was the variance's
         if d.get("information_unit", "variance") not in ("variance", "users"):
             raise ValueError(f"SequentialState.information_unit must be variance or users, got {d['information_unit']!r}")
-        if d.get("boundary_rule", "exact") not in ("exact", "union"):
-            raise ValueError(f"SequentialState.boundary_rule must be exact or union, got {d['boundary_rule']!r}")
+        from .groupsequential import check_rule  # scipy: only where a stored group test is read
+
+        check_rule(d.get("boundary_rule", "exact"), "SequentialState.boundary_rule")
         for key in ("fractions", "information", "bounds"):
             try:   # a boundary of ∞ (nothing spent at that look) is stored as null: JSON has no infinity
                 d[key] = tuple(math.inf if t is None else float(t) for t in d.get(key) or ())
@@ -163,7 +164,7 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     carried); after the final look (fraction 1) nothing is left to spend. ``p_value`` is the nominal
     two-sided p at the crossing look (1 before), for reading; significance is ``crossed``. ``rule``:
     groupsequential's boundary rule for a new test ("exact" or "union"); a test that has looked keeps its own."""
-    from .groupsequential import RULES, boundaries, look_boundary, spent_by
+    from .groupsequential import boundaries, check_rule, look_boundary, spent_by
 
     state = state or SequentialState()
     if not (variance > 0 and math.isfinite(variance) and math.isfinite(estimate)):
@@ -173,9 +174,7 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     if not (fraction >= 0 and info > 0 and math.isfinite(info)):   # fraction 0 (a look at time 0): nothing to spend
         raise ValueError(f"need an information fraction >= 0 and information > 0, got {fraction!r}, {information!r}")
     fr, infos, bds = state.fractions, state.information, state.bounds
-    rule = state.boundary_rule if fr else rule
-    if rule not in RULES:
-        raise ValueError(f"boundary rule must be exact or union, got {rule!r}")
+    rule = check_rule(state.boundary_rule if fr else rule)
     if fr and not infos:   # a state written before looks kept their information: fractions were both
         infos, bds = fr, tuple(boundaries(fr, alpha, spending))
     carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
