@@ -410,6 +410,40 @@ async def pods_idx(body: kopf.Body, **_: Any) -> dict:
     return indexed.pod_keys(body)
 
 
+class LoopLag:
+    """How late kopf's event loop runs a timer: a probe sleeps `every` seconds in the loop and records how much
+    later it woke. `behind()`: the last wake-up came more than `limit` late, or is overdue by that much now (a
+    loop busy with a backlog of watch events runs its timers late). Never behind while no probe runs."""
+
+    def __init__(self, limit: float = 0.5, every: float = 0.1) -> None:
+        self.limit, self.every = limit, every
+        self.late, self.woke = 0.0, None
+
+    async def probe(self) -> None:
+        import asyncio
+        import time
+
+        while True:
+            self.woke = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.late = time.monotonic() - self.woke - self.every
+
+    def behind(self) -> bool:
+        import time
+
+        woke = self.woke
+        return woke is not None and (self.late > self.limit or time.monotonic() - woke - self.every > self.limit)
+
+
+@kopf.on.startup()
+async def probe_loop_lag(memo: kopf.Memo, **_: Any) -> None:
+    """The Job lane's pace (indexed.Settle.paced) follows how far the event loop is behind."""
+    import asyncio
+
+    _bookkeeping(memo)
+    memo.loop_lag_task = asyncio.get_running_loop().create_task(memo.loop_lag.probe())
+
+
 def _bookkeeping(memo: kopf.Memo) -> None:
     """Per-process state of the event-driven Hypothesis steps (operator/indexed.py)."""
     memo.setdefault("written", indexed.Written())
@@ -422,8 +456,9 @@ def _bookkeeping(memo: kopf.Memo) -> None:
     memo.setdefault("failed_generations", {})
     memo.setdefault("loop_cache", {})
     memo.setdefault("stepped", Stepped())  # likewise: an Evolution's create handler and its timer share it
+    memo.setdefault("loop_lag", LoopLag())
     if "settle" not in memo:
-        memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
+        memo.settle = indexed.Settle(SETTLE_SECONDS, behind=memo.loop_lag.behind) if SETTLE_SECONDS > 0 else None
 
 
 def _cluster(memo: kopf.Memo, kw: dict[str, Any]) -> loop.Objects:
