@@ -204,6 +204,41 @@ class EventOnlyMemories(ResourceMemories):
                                     ephemeral=ephemeral or raw_body.get("kind") in self.kinds)
 
 
+# Kinds whose events only feed an index and schedule a settled step (no change handler, no timer, no patch of
+# their own): of several queued events of one object, only the last one matters.
+LATEST_ONLY_KINDS = frozenset({"Job", "Pod"})
+
+
+def latest_only(process: Any, kinds: frozenset[str] = LATEST_ONLY_KINDS) -> Any:
+    """kopf's per-object processor, skipping an event of `kinds` when a newer event of the same object is already
+    queued (kopf sets the stream's `pressure` then): kopf 1.45 processes every watch event in full (indexes,
+    handler selection, loggers, about a millisecond each) and no longer batches them, and a Job's and its Pod's
+    dozen updates pile up while the event loop is behind in a burst. The newer event replaces the skipped one's
+    index values and schedules the same settled step; a DELETED event is never skipped."""
+    if getattr(process, "_latest_only", False):
+        return process
+
+    async def process_latest(*, raw_event: Any, stream_pressure: Any = None, **kwargs: Any) -> Any:
+        if (stream_pressure is not None and stream_pressure.is_set() and raw_event.get("type") != "DELETED"
+                and (raw_event.get("object") or {}).get("kind") in kinds):
+            return None  # no patch of ours to wait for
+        return await process(raw_event=raw_event, stream_pressure=stream_pressure, **kwargs)
+
+    process_latest._latest_only = True  # type: ignore[attr-defined]
+    return process_latest
+
+
+def install_latest_only() -> None:
+    """kopf builds each watcher's processor from this module attribute when the operator starts its tasks: set
+    at import (before `kopf run -m` or `cambrian operator run` start them)."""
+    from kopf._core.reactor import processing
+
+    processing.process_resource_event = latest_only(processing.process_resource_event)
+
+
+install_latest_only()
+
+
 def _list(plural: str, namespace: str) -> list[dict[str, Any]]:
     return _custom().list_namespaced_custom_object(GROUP, VERSION, namespace, plural).get("items", [])
 
@@ -375,6 +410,40 @@ async def pods_idx(body: kopf.Body, **_: Any) -> dict:
     return indexed.pod_keys(body)
 
 
+class LoopLag:
+    """How late kopf's event loop runs a timer: a probe sleeps `every` seconds in the loop and records how much
+    later it woke. `behind()`: the last wake-up came more than `limit` late, or is overdue by that much now (a
+    loop busy with a backlog of watch events runs its timers late). Never behind while no probe runs."""
+
+    def __init__(self, limit: float = 0.5, every: float = 0.1) -> None:
+        self.limit, self.every = limit, every
+        self.late, self.woke = 0.0, None
+
+    async def probe(self) -> None:
+        import asyncio
+        import time
+
+        while True:
+            self.woke = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.late = time.monotonic() - self.woke - self.every
+
+    def behind(self) -> bool:
+        import time
+
+        woke = self.woke
+        return woke is not None and (self.late > self.limit or time.monotonic() - woke - self.every > self.limit)
+
+
+@kopf.on.startup()
+async def probe_loop_lag(memo: kopf.Memo, **_: Any) -> None:
+    """The Job lane's pace (indexed.Settle.paced) follows how far the event loop is behind."""
+    import asyncio
+
+    _bookkeeping(memo)
+    memo.loop_lag_task = asyncio.get_running_loop().create_task(memo.loop_lag.probe())
+
+
 def _bookkeeping(memo: kopf.Memo) -> None:
     """Per-process state of the event-driven Hypothesis steps (operator/indexed.py)."""
     memo.setdefault("written", indexed.Written())
@@ -387,8 +456,9 @@ def _bookkeeping(memo: kopf.Memo) -> None:
     memo.setdefault("failed_generations", {})
     memo.setdefault("loop_cache", {})
     memo.setdefault("stepped", Stepped())  # likewise: an Evolution's create handler and its timer share it
+    memo.setdefault("loop_lag", LoopLag())
     if "settle" not in memo:
-        memo.settle = indexed.Settle(SETTLE_SECONDS) if SETTLE_SECONDS > 0 else None
+        memo.settle = indexed.Settle(SETTLE_SECONDS, behind=memo.loop_lag.behind) if SETTLE_SECONDS > 0 else None
 
 
 def _cluster(memo: kopf.Memo, kw: dict[str, Any]) -> loop.Objects:

@@ -364,14 +364,16 @@ class Settle:
     one status instead of one per update). One thread keeps the schedule; steps run on `workers`.
     `now(fn, key)` runs a step at once on workers of its own (a new object's first step), so that new objects
     are not queued behind the settled steps of older ones; `then(fn, key)` runs its follow-up (an admitted
-    Hypothesis' Job) on a third set of workers, each waiting while first steps are queued; `first_pending(key)`
-    says until either has run that it will."""
+    Hypothesis' Job) on a third set of workers, each waiting until the first steps have gone quiet (none
+    queued or running, none ended in the last `quiet` seconds; at most `max_wait` seconds);
+    `first_pending(key)` says until either has run that it will."""
 
     # A first step waits on the API server for most of its time (ConfigMap and Job, then the status), so several
     # run at once. At 2,000 new objects the last first phase came about 30 s after the last create with 12, 24 or
     # 48 of them (within the runs' spread: the API server's answers set the pace); 24 leaves room on a less
     # loaded API server (bench/README.md, operator).
-    def __init__(self, delay: float, workers: int = 4, first_workers: int = 24, next_workers: int = 24):
+    def __init__(self, delay: float, workers: int = 4, first_workers: int = 24, next_workers: int = 24,
+                 quiet: float = 1.0, max_wait: float = 300.0, behind: Any = None, pace_wait: float = 10.0):
         import heapq
         from concurrent.futures import ThreadPoolExecutor
 
@@ -381,7 +383,17 @@ class Settle:
         self._due: dict[Any, Any] = {}
         self._n = 0
         self._pending: dict[Any, int] = {}  # key -> its first steps and follow-ups queued or running
-        self._first_queued = 0  # first steps submitted and not started: follow-ups wait for 0
+        # first steps queued or running, and when the last one ended: follow-ups wait for a quiet spell. Waiting
+        # only while some were queued let the Jobs of a burst's early objects run beside its later admissions
+        # (24 workers take a new object at once): each Job brings the API server a Pod and a dozen writes, and
+        # on an idle machine the phases of 10,000 objects came 4.2x later than a no-op operator's (issue 16)
+        self._first_active, self._first_ended = 0, 0.0
+        self.quiet, self.max_wait = quiet, max_wait
+        # `behind()`: is the process' event loop behind its watch events (handlers.LoopLag)? A follow-up then waits
+        # (at most `pace_wait` s): each Job brings about ten Job and Pod watch events, and once a burst's admissions
+        # were done its 10,000 Jobs at full pace queued their decoded events faster than kopf processed them
+        # (RSS 996 MiB, bdcd5de)
+        self.behind, self.pace_wait = behind, pace_wait
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="settle")
         # a first step is mostly waiting on the API server (ConfigMap, Job, status): more of them in flight
         self._first = ThreadPoolExecutor(first_workers, thread_name_prefix="step")
@@ -400,34 +412,58 @@ class Settle:
             self._cond.notify()
 
     def now(self, fn: Any, key: Any = None) -> None:
+        import time
+
         with self._cond:
-            self._first_queued += 1
+            self._first_active += 1
             if key is not None:
                 self._pending[key] = self._pending.get(key, 0) + 1
 
         def run() -> None:
-            with self._cond:
-                self._first_queued -= 1
-                if not self._first_queued:
-                    self._cond.notify_all()
-            self._run(fn, key)
+            try:
+                self._run(fn, key)
+            finally:
+                with self._cond:
+                    self._first_active -= 1
+                    self._first_ended = time.monotonic()
+                    if not self._first_active:
+                        self._cond.notify_all()
         self._first.submit(run)
 
     def then(self, fn: Any, key: Any = None) -> None:
-        """Run `fn` once no first step is queued (they go first: one status write each, while `fn` brings more)."""
+        """Run `fn` once the first steps have gone quiet (they go first: one status write each, while `fn` brings
+        more) and the event loop is not behind (`paced`)."""
         with self._cond:
             if key is not None:
                 self._pending[key] = self._pending.get(key, 0) + 1
 
         def run() -> None:
             self.idle()
+            self.paced()
             self._run(fn, key)
         self._next.submit(run)
 
+    def paced(self) -> None:
+        """Wait while `behind()` says so, at most `pace_wait` seconds."""
+        import time
+
+        give_up = time.monotonic() + self.pace_wait
+        while self.behind is not None and self.behind() and time.monotonic() < give_up:
+            time.sleep(0.05)
+
     def idle(self) -> None:
-        """Wait until no first step is queued."""
+        """Wait until the first steps have gone quiet, or `max_wait` seconds (a steady stream of new objects
+        must not starve their Jobs)."""
+        import time
+
+        give_up = time.monotonic() + self.max_wait
         with self._cond:
-            self._cond.wait_for(lambda: not self._first_queued)
+            while True:
+                now = time.monotonic()
+                quiet_at = self._first_ended + self.quiet
+                if now >= give_up or (not self._first_active and now >= quiet_at):
+                    return
+                self._cond.wait(min(give_up, quiet_at) - now if not self._first_active else give_up - now)
 
     def _run(self, fn: Any, key: Any) -> None:
         try:

@@ -176,8 +176,12 @@ def test_a_child_the_api_server_refuses_fails_the_parent_once(operator):
 ])
 def test_a_missing_prerequisite_is_named_in_status_and_one_event(operator, name, training, says):
     operator.apply(evolution(name, **training))
-    st = operator.wait(f"the blocker of {name}", lambda: operator.status("evolution", name)
-                       if says in (operator.status("evolution", name).get("reason") or "") else None, 60)
+
+    def blocked():  # one read: a status read before the one that named the blocker may not have it yet
+        st = operator.status("evolution", name)
+        return st if says in (st.get("reason") or "") else None
+
+    st = operator.wait(f"the blocker of {name}", blocked, 60)
     (c,) = [c for c in st["conditions"] if c["type"] == "ChampionReady"]
     assert c["reason"] == "Blocked" and says in c["message"]
     operator.wait("the Blocked event", lambda: "Blocked" in _reasons(operator.events(name)), 15)
