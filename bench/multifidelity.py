@@ -17,7 +17,9 @@ Figures (summed over seeds):
 * full trainings saved: candidates stopped at their first look;
 * winners discarded: candidates judged `better` in the full arm that the fidelity arm stopped; and whether the
   full arm's final best (best common metric over its candidates' full first runs) was stopped;
-* final best in each arm (the common metric, `long_watch_corr`, as in `search`), and the best `better` one.
+* final best in each arm (the common metric, `long_watch_corr`, as in `search`), and the best `better` one;
+* other promotion rules replayed on the measured first looks: floor thresholds (`rules`) and rank rules of the
+  successive-halving shape (`rank_rules`: the top 1/eta of the wake-up or of each persona's share).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def candidates(out, hypotheses: list[dict]) -> dict[str, dict[str, Any]]:
     for name, h in by_name.items():
         st = h.get("status") or {}
         per[_key(h["spec"].get("delta"))] = {
-            "hypothesis": name, "component": h["spec"].get("component"), "verdict": st.get("verdict"),
+            "hypothesis": name, "component": h["spec"].get("component"),
+            "persona": (h["spec"].get("origin") or {}).get("persona"), "verdict": st.get("verdict"),
             "phase": st.get("phase"), "decision": (st.get("firstLook") or {}).get("decision"),
             "look_gain": (st.get("firstLook") or {}).get("gain"), "look_floor": (st.get("firstLook") or {}).get("noiseFloor"),
             "full_seconds": 0.0, "look_seconds": 0.0, "full_runs": 0, "value": None}
@@ -76,6 +79,21 @@ def _best(per: dict[str, dict], better_only: bool = False) -> tuple[str | None, 
 
 
 RULES = (-1.0, -0.5, 0.0, 0.5, 1.0)  # promote.minGainFloors values replayed on the measured first looks
+# Rank rules (successive halving's shape): (eta, per persona, always promote at or above this many floors). Within
+# the wake-up (or each persona's share of it) only the top ceil(n / eta) by first-look gain in floors go on.
+RANK_RULES = {"top 1/2": (2, False, None), "top 1/3": (3, False, None), "top 1/2 or >= 0 floors": (2, False, 0.0),
+              "top 1/2 per persona": (2, True, None), "top 1/3 per persona": (3, True, None)}
+
+
+def rank_stopped(looks: dict[str, dict], eta: int, per_persona: bool, always: float | None) -> set[str]:
+    """Candidates a rank rule stops: outside the top ceil(n / eta) of their cohort (the wake-up, or its persona's
+    share) by first-look gain / floor, and below `always` floors when given."""
+    cohorts: dict[Any, list[str]] = {}
+    for k, c in looks.items():
+        cohorts.setdefault(c.get("persona") if per_persona else None, []).append(k)
+    z = {k: c["look_gain"] / c["look_floor"] for k, c in looks.items()}
+    kept = {k for ks in cohorts.values() for k in sorted(ks, key=lambda k: -z[k])[:math.ceil(len(ks) / eta)]}
+    return {k for k in looks if k not in kept and (always is None or z[k] < always)}
 
 
 def compare(full: dict[str, dict], fid: dict[str, dict]) -> dict[str, Any]:
@@ -86,7 +104,8 @@ def compare(full: dict[str, dict], fid: dict[str, dict]) -> dict[str, Any]:
     paired seconds = the full arm's full-run seconds of the candidates the fidelity arm did not stop. The seconds the
     fidelity arm's own full runs took are kept (`measured_full_seconds`), but the two arms ran one after the other on
     a shared machine, so their ratio mixes in the load. `rules`: other promote.minGainFloors replayed on the same
-    measured first looks (gain, floor), which the loop would have decided the same way."""
+    measured first looks (gain, floor), which the loop would have decided the same way; `rank_rules`: successive
+    halving's rank rules (RANK_RULES) replayed on them, which the core does not implement."""
     if set(full) != set(fid):
         raise RuntimeError(f"the arms trained different candidates ({len(set(full) ^ set(fid))} differ): "
                            "the comparison would not be paired")
@@ -119,7 +138,18 @@ def compare(full: dict[str, dict], fid: dict[str, dict]) -> dict[str, Any]:
         "same_winner": winner == fwin,
         "look_gain_in_floors": {fid[k]["hypothesis"]: round(c["look_gain"] / c["look_floor"], 3) for k, c in looks.items()},
         "rules": {str(r): replay({k for k, c in looks.items() if c["look_gain"] < r * c["look_floor"]}) for r in RULES},
+        "rank_rules": {name: replay(rank_stopped(looks, *rule)) for name, rule in RANK_RULES.items()},
     }
+
+
+def summed(per_seed: list[dict], table: str, rule: str) -> dict[str, Any]:
+    """One replayed rule over the seeds: its full-seconds ratio weighted by each seed's full-arm seconds."""
+    rows = [(p[table][rule], p["full_seconds"]["full"]) for p in per_seed]
+    weight = max(sum(w for _, w in rows), 1e-9)
+    return {"stopped": sum(r["stopped"] for r, _ in rows),
+            "full_seconds_ratio": round(sum(r["full_seconds_ratio"] * w for r, w in rows) / weight, 4),
+            "better_discarded": sum(r["better_discarded"] for r, _ in rows),
+            "winner_discarded": sum(r["winner_discarded"] for r, _ in rows)}
 
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict:
@@ -174,12 +204,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
                           "in the full arm), summed over seeds (target <= 0.6)"),
         "measured_full_seconds_ratio": round(tot("measured_full_seconds", "fidelity")
                                              / max(tot("measured_full_seconds", "full"), 1e-9), 4),
-        "rules": {str(r): {"stopped": sum(p["rules"][str(r)]["stopped"] for p in per_seed),
-                           "full_seconds_ratio": round(sum(p["rules"][str(r)]["full_seconds_ratio"] * p["full_seconds"]["full"]
-                                                           for p in per_seed) / max(tot("full_seconds", "full"), 1e-9), 4),
-                           "better_discarded": sum(p["rules"][str(r)]["better_discarded"] for p in per_seed),
-                           "winner_discarded": sum(p["rules"][str(r)]["winner_discarded"] for p in per_seed)}
-                  for r in RULES},
+        "rules": {str(r): summed(per_seed, "rules", str(r)) for r in RULES},
+        "rank_rules": {name: summed(per_seed, "rank_rules", name) for name in RANK_RULES},
         "fidelity": FIDELITY,
         "seeds": seeds,
         "world": {"users": users, "days": days, "impressions": (summary.get("overall") or {}).get("impressions")},
