@@ -2,10 +2,11 @@
 
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
-noise floors, and the loss-independent proxies long_watch_corr and return_corr, the last three
-standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known before any
-rollout: long_watch_corr is the offline proxy of the north star (long watches are watch minutes), so its
-weight starts positive and the surrogate starts at that proxy's ranking; the components share an
+noise floors, and the loss-independent proxies top_watch_share, long_watch_corr and return_corr, the last
+four standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known before
+any rollout: top_watch_share is the offline proxy of the north star (the share of each user's held-out
+watch seconds in the rows the model would put in that user's slates: watch minutes as the model's own
+choices collect them), so its weight starts positive and the surrogate starts at that proxy's ranking; the components share an
 intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
 standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
 that uncertain candidates get explored.
@@ -25,7 +26,7 @@ import numpy as np
 from cambrian.agents.journal import Hypothesis
 
 COMPONENTS = ("optimizer", "architecture", "reward", "training")
-PROXIES = ("long_watch_corr", "return_corr")
+PROXIES = ("top_watch_share", "long_watch_corr", "return_corr")
 TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 
@@ -90,9 +91,9 @@ class BayesianLinear:
         return [Prediction(float(m), float(math.sqrt(v))) for m, v in zip(mu, var)]
 
 
-# The prior's direction, known before any rollout: long_watch_corr is the north star's offline proxy.
+# The prior's direction, known before any rollout: top_watch_share is the north star's offline proxy.
 # (weight on the standardised input, in units of the effects' size, and its prior sd in the same units)
-PRIOR_DIRECTION = {"long_watch_corr": (0.5, 0.25)}
+PRIOR_DIRECTION = {"top_watch_share": (0.5, 0.25)}
 COMPONENT_SPREAD = 0.5  # prior sd of a component's deviation from the shared intercept, in the same units
 CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among 8 rollouts must not set the slope
 
@@ -100,7 +101,7 @@ CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among
 class Surrogate:
     """BayesianLinear on scale-free inputs: a shared intercept, the component's deviation from it (one-hot,
     shrunk), and the proxies and floors standardised over the fitted rollouts (clipped at ±CLIP); every prior
-    sd is in units of the effects' own size (root mean square). The long_watch_corr weight's prior is centred
+    sd is in units of the effects' own size (root mean square). The top_watch_share weight's prior is centred
     on PRIOR_DIRECTION, the others on 0. With raw inputs a fixed prior ties the answer to units:
     long_watch_corr moves by hundredths, floors by units, so N(0, 0.05²) left the proxies almost no weight."""
 

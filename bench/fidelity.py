@@ -4,7 +4,8 @@ For each candidate change (a Delta on Φ0 in one of the four components: optimiz
 reward, training; including a clickbait reward and changes that should be neutral online):
 * offline: train Φ0 and the candidate with the real trainer (gate, fit, evaluate) on the same logs of
   the calibrated world; offline signals are differences to Φ0: val_loss gain (Φ0 − candidate),
-  long_watch_corr gain, return_corr gain, AUC gain;
+  long_watch_corr gain, return_corr gain, AUC gain, top_watch_share gain (the share of each user's held-out
+  watch seconds in the rows the model ranks in that user's top 6%, what its own slates would have collected);
 * online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
   logs (`World.load`), for `online_days` days. Every copy has the same users and the same keyed random
   draws (common random numbers), so the difference between two copies is the models' effect alone:
@@ -30,7 +31,7 @@ import numpy as np
 from scipy import stats
 
 NORTH_STAR = "minutes"
-SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain")
+SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain", "top_watch_share_gain")
 TRAP = "reward:clickbait"
 
 
@@ -158,6 +159,7 @@ def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[s
         "long_watch_corr_gain": metrics["long_watch_corr"] - base["long_watch_corr"],
         "return_corr_gain": metrics["return_corr"] - base["return_corr"],
         "auc_gain": metrics["auc"] - base["auc"],
+        "top_watch_share_gain": metrics["top_watch_share"] - base["top_watch_share"],
     }
 
 
@@ -295,7 +297,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                          "offline": {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
                                      "floors": round(floors(component, metrics, base_runs), 4),
                                      **{k: round(float(metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
-                                                                                   "return_corr")}},
+                                                                                   "return_corr", "top_watch_share")}},
                          "online": {k: round(v, 6) for k, v in online.items()},
                          "seconds": round(time.perf_counter() - c0, 1)})
             say(f"{name}: minutes {online['minutes']:+.4f} ± {online['minutes_se']:.4f}")
@@ -329,7 +331,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                                                                                           "dau_frac")}},
         "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples,
                      **{k: round(float(base_metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
-                                                                        "return_corr")}},
+                                                                        "return_corr", "top_watch_share")}},
         "load_average_start": load_start,
         "load_average_end": load_now(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -25,7 +25,7 @@ from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
 from cambrian.trainer.rowframe import DAY, RowFrame, evaluate
-from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema, load_schema, row_columns
+from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
 
 # Columns the reward SQL may use over the simulated world (any declaration: reward_columns(schema)).
 IMPRESSION_COLUMNS = tuple(row_columns(WORLD))
@@ -369,7 +369,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
     catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
     val = pd.concat(held_out, ignore_index=True)
-    signals = val[[p.name for p in schema.proxies] + ["label"]]
+    signals = val[[p.name for p in schema.proxies] + ["label", USER_COLUMN]]
     val_split = Split(catalogue.features(val["__user"].to_numpy(np.int64), val["__item"].to_numpy(np.int64)),
                       np.array(val["__label"], np.float32), np.array(val["__weight"], np.float32), signals)
     written = Written([w.path for w in writers], n)

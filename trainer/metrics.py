@@ -1,12 +1,13 @@
-"""Offline proxy metrics: AUC and loss-independent rank correlations with logged signals, as the data's
-declaration names them (trainer/schema.py `proxies`; the world's: auc, long_watch_corr, return_corr, like_corr)."""
+"""Offline proxy metrics: AUC, loss-independent rank correlations with logged signals and per-user top shares, as
+the data's declaration names them (trainer/schema.py `proxies`; the world's: auc, long_watch_corr, return_corr,
+like_corr, top_watch_share)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
 
-from cambrian.trainer.schema import Proxy
+from cambrian.trainer.schema import USER_COLUMN, Proxy
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -26,12 +27,36 @@ def rank_corr(scores: np.ndarray, signal: np.ndarray) -> float:
     return float(stats.spearmanr(scores, signal).statistic)
 
 
+def top_share(scores: np.ndarray, signal: np.ndarray, users: np.ndarray, top: float) -> float:
+    """Per user: the share of the user's signal in the user's highest-scored ceil(top * rows) rows (ties broken
+    by row order, the same for every model); the mean over users whose signal sums to more than 0 (0 when none
+    does). In [0, 1]; a model that ranks at random gets about `top`."""
+    if (signal < 0).any():
+        raise ValueError("top_share needs a signal that is never negative (a share of it)")
+    order = np.lexsort((-scores, users))  # by user, then score descending (lexsort is stable)
+    u, s = users[order], signal[order]
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    counts = np.diff(np.r_[starts, len(u)])
+    rank = np.arange(len(u)) - np.repeat(starts, counts)
+    keep = rank < np.repeat(np.ceil(top * counts).astype(np.int64), counts)
+    total = np.add.reduceat(s, starts) if len(u) else np.zeros(0)
+    shown = np.add.reduceat(np.where(keep, s, 0.0), starts) if len(u) else np.zeros(0)
+    has = total > 0
+    return float(np.mean(shown[has] / total[has])) if has.any() else 0.0
+
+
 def proxy_metrics(scores: np.ndarray, signals, proxies: tuple[Proxy, ...]) -> dict[str, float]:
-    """Every declared proxy of the held-out scores; `signals` holds each proxy's signal by name (trainer/data.py)."""
+    """Every declared proxy of the held-out scores; `signals` holds each proxy's signal by name and the rows'
+    users (trainer/data.py)."""
     out = {}
     for proxy in proxies:
         signal = signals[proxy.name].to_numpy(np.float64)
-        out[proxy.name] = auc(scores, signal) if proxy.kind == "auc" else rank_corr(scores, signal)
+        if proxy.kind == "auc":
+            out[proxy.name] = auc(scores, signal)
+        elif proxy.kind == "top_share":
+            out[proxy.name] = top_share(scores, signal, signals[USER_COLUMN].to_numpy(np.int64), proxy.top)
+        else:
+            out[proxy.name] = rank_corr(scores, signal)
     return out
 
 

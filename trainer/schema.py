@@ -22,6 +22,7 @@ ColumnType = Literal["int", "float", "string", "bool", "timestamp"]
 # How a table's time column counts days: a day index, seconds since the epoch, or a SQL/Parquet timestamp.
 TimeUnit = Literal["day", "epoch_seconds", "timestamp"]
 _NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+USER_COLUMN = "__user"  # the held-out rows' user, beside the proxies' signals (per-user proxies group by it)
 
 
 class _Strict(BaseModel):
@@ -73,11 +74,24 @@ class Label(_Strict):
 class Proxy(_Strict):
     """One offline proxy metric: the held-out scores against `signal` (SQL over the signals and the label
     column, one value per held-out row). `auc`: the signal is an outcome, 0 or 1; `rank_corr`: Spearman's rank
-    correlation with it (0 when either side is constant)."""
+    correlation with it (0 when either side is constant); `top_share`: the share of each user's held-out signal
+    that falls in that user's highest-scored `top` fraction of rows, averaged over the users with any signal.
+    A ranker online shows each user its top few of the retrieved candidates; where the logs were shown at random
+    (or close to it), a user's held-out rows are a sample of such candidates, so this is what the model's own
+    choices would have collected, per user, as the north star counts it (the rank correlations pool all users
+    and all rows, most of which a ranker never shows)."""
 
     name: str = Field(pattern=_NAME)
-    kind: Literal["auc", "rank_corr"] = "rank_corr"
+    kind: Literal["auc", "rank_corr", "top_share"] = "rank_corr"
     signal: str
+    top: float | None = Field(None, gt=0, le=1, description="top_share: the fraction of each user's rows the model "
+                              "would show (e.g. slate / retrieved candidates)")
+
+    @model_validator(mode="after")
+    def _top(self) -> "Proxy":
+        if (self.kind == "top_share") != (self.top is not None):
+            raise ValueError(f"proxy {self.name}: `top` is required for kind top_share and only for it")
+        return self
 
 
 class DataSchema(_Strict):
@@ -126,9 +140,10 @@ class DataSchema(_Strict):
             self.join_of(self.column(ref)[0])
         row_columns(self)  # one name per column a reward may read
         names = [p.name for p in self.proxies]
-        taken = sorted({n for n in names if names.count(n) > 1} | ({"val_loss", "label"} & set(names)))
+        taken = sorted({n for n in names if names.count(n) > 1} | ({"val_loss", "label", USER_COLUMN} & set(names)))
         if taken:
-            raise ValueError(f"proxies: the name {taken[0]!r} is taken (each proxy has its own name; val_loss and label are reserved)")
+            raise ValueError(f"proxies: the name {taken[0]!r} is taken (each proxy has its own name; val_loss, label "
+                             f"and {USER_COLUMN} are reserved)")
         return self
 
     def compiled(self) -> dict:
@@ -231,7 +246,9 @@ WORLD = DataSchema(
              Proxy(name="long_watch_corr", signal="impressions.watch_seconds >= :long_watch_seconds"),
              # the day's return is known for every (user, day) that has impressions; 0 where a row is missing
              Proxy(name="return_corr", signal="COALESCE(user_days.returned_next_day, 0)"),
-             Proxy(name="like_corr", signal="impressions.like")),
+             Proxy(name="like_corr", signal="impressions.like"),
+             # online a ranker shows 6 of 100 retrieved candidates (world/params.py slate, n_candidates)
+             Proxy(name="top_watch_share", kind="top_share", signal="impressions.watch_seconds", top=0.06)),
 )
 
 _GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
