@@ -13,8 +13,9 @@ def hyp(hid, component, lw, floors, effect=None, created=0.0):
         if effect is not None else {}
     return Hypothesis(id=hid, generation=1, persona=component, component=component, category="explore",
                       phase="Retired" if effect is not None else "Scored", verdict="better", gain=floors * 0.01,
-                      noise_floor=0.01, primary_metric="val_loss", offline={"long_watch_corr": Score.of([lw]),
-                                                                           "return_corr": Score.of([0.0])},
+                      noise_floor=0.01, primary_metric="val_loss",
+                      offline={"top_watch_share": Score.of([lw]), "long_watch_corr": Score.of([0.0]),
+                               "return_corr": Score.of([0.0])},
                       online=online, created_at=created)
 
 
@@ -31,7 +32,7 @@ def test_bayesian_linear_recovers_a_slope_and_grows_surer_with_data():
         BayesianLinear().predict(probe)
 
 
-# Concluded rollouts: what moved minutes was the long-watch proxy, not the offline gain in noise floors.
+# Concluded rollouts: what moved minutes was the top-watch-share proxy, not the offline gain in noise floors.
 HISTORY = [hyp(f"h{i}", c, lw, fl, effect=0.2 * lw) for i, (c, lw, fl) in enumerate([
     ("reward", 0.10, 1.0), ("reward", 0.05, 1.5), ("optimizer", 0.0, 4.0), ("training", -0.01, 6.0),
     ("architecture", 0.02, 3.0), ("reward", -0.05, 2.0)])]
@@ -58,10 +59,11 @@ def test_surrogate_ranks_by_predicted_online_effect_once_rollouts_concluded():
 def test_features_are_component_one_hot_noise_floors_and_proxies():
     f = features(hyp("x", "reward", 0.07, 2.0))
     assert list(f[:4]) == [0.0, 0.0, 1.0, 0.0] and f[4] == pytest.approx(2.0) and f[5] == pytest.approx(0.07)
+    assert list(f[6:]) == [0.0, 0.0] and len(f) == 8
 
 
 def test_the_surrogate_learns_a_proxy_whatever_its_units():
-    """The online effect follows a proxy that moves by hundredths (as long_watch_corr does) while the floors are
+    """The online effect follows a proxy that moves by hundredths (as top_watch_share does) while the floors are
     noise of a few units: leave-one-out, the standardised surrogate orders the candidates by the proxy; the same
     Bayesian linear model on raw inputs with a fixed prior leaves the small proxy almost no weight."""
     from scipy import stats
@@ -71,7 +73,7 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
     rng = np.random.default_rng(11)
     n = 12
     lw = rng.normal(0, 0.02, n)
-    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, n)]
+    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 2))]
     y = 0.5 * lw + rng.normal(0, 0.001, n)
 
     def loo(make):
@@ -84,23 +86,25 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
 
 def _pool(rng, n):
     lw = rng.normal(0, 0.02, n)
-    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, n)], lw
+    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 2))], lw
 
 
 def test_the_prior_starts_at_the_north_stars_proxy_and_the_data_can_overturn_it():
     """Before the rollouts say anything (effects that are pure noise), the surrogate orders new candidates by
-    long_watch_corr, the north star's offline proxy; once enough rollouts show the opposite direction, it
+    top_watch_share, the north star's offline proxy; once enough rollouts show the opposite direction, it
     follows the data."""
     from scipy import stats
 
     from cambrian.agents.surrogate import Surrogate
 
-    rng = np.random.default_rng(4)
-    x, lw = _pool(rng, 8)
-    probe, probe_lw = _pool(rng, 30)
-    noise_only = Surrogate().fit(x, rng.normal(0, 0.01, 8))
-    pred = [p.mean for p in noise_only.predict(probe)]
-    assert stats.spearmanr(pred, probe_lw).statistic > 0.7
+    rhos = []
+    for seed in range(20):  # 8 noise-only rollouts pull the fit about at random: the prior shows on average
+        rng = np.random.default_rng(seed)
+        x, lw = _pool(rng, 8)
+        probe, probe_lw = _pool(rng, 30)
+        noise_only = Surrogate().fit(x, rng.normal(0, 0.01, 8))
+        rhos.append(stats.spearmanr([p.mean for p in noise_only.predict(probe)], probe_lw).statistic)
+    assert np.mean(rhos) > 0.45 and np.median(rhos) > 0.45  # about 0.57; without the prior's direction about 0
     x40, lw40 = _pool(rng, 40)
     against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))
     pred = [p.mean for p in against.predict(probe)]

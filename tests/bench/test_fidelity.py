@@ -60,20 +60,21 @@ def test_online_effects_windows():
 def test_rank_correlations_per_signal():
     rows = []
     for i, y in enumerate([0.01, 0.02, 0.03, 0.04]):
-        base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5}
-        m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5}
+        base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5, "top_watch_share": 0.06}
+        m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5,
+             "top_watch_share": 0.06 + 0.01 * i}
         rows.append({"component": "optimizer", "offline": {**offline_signals(m, base), **m, "floors": 0.5 * i},
                      "online": {"minutes": y}})
     corr = rank_correlations(rows)
     assert set(corr) == {*SIGNALS, "floors", "surrogate_loo"}
     assert corr["floors"] == 1.0
-    assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0
+    assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0 and corr["top_watch_share_gain"] == 1.0
     assert corr["auc_gain"] is None  # constant: undefined, reported as such
     assert -1 < corr["return_corr_gain"] < 1
 
 
 def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
-    """Online effect = 0.2 x long-watch gain + a reward bonus; val_loss gain and the floors are noise. Each
+    """Online effect = 0.2 x top-watch-share gain + a reward bonus; val_loss gain and the floors are noise. Each
     candidate is predicted from the others only (the online agent's features), and the prediction orders
     them as online does."""
     rng = np.random.default_rng(3)
@@ -82,9 +83,10 @@ def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
         comp = ("optimizer", "architecture", "reward", "training")[i % 4]
         lw = rng.normal(0, 0.05)
         rc = rng.normal(0, 0.01)
-        off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": lw, "return_corr_gain": rc,
-               "auc_gain": rng.normal(0, 0.01), "floors": rng.normal(0, 1), "long_watch_corr": -0.1 + lw,
-               "return_corr": -0.05 + rc}
+        noise = rng.normal(0, 0.03)
+        off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": noise, "return_corr_gain": rc,
+               "auc_gain": rng.normal(0, 0.01), "floors": rng.normal(0, 1), "long_watch_corr": -0.1 + noise,
+               "return_corr": -0.05 + rc, "top_watch_share_gain": lw, "top_watch_share": 0.07 + lw}
         rows.append({"component": comp, "offline": off,
                      "online": {"minutes": 0.2 * lw + (0.01 if comp == "reward" else 0.0) + rng.normal(0, 0.001)}})
     corr = rank_correlations(rows)
@@ -135,7 +137,8 @@ def test_the_surrogate_after_k_rollouts_predicts_from_k_others_only():
     for i in range(14):
         lw = rng.normal(0, 0.03)
         rows.append({"component": ("optimizer", "reward")[i % 2],
-                     "offline": {"floors": rng.normal(0, 2), "long_watch_corr": lw, "return_corr": rng.normal(0, 0.01)},
+                     "offline": {"floors": rng.normal(0, 2), "top_watch_share": lw, "long_watch_corr": rng.normal(0, 0.03),
+                                 "return_corr": rng.normal(0, 0.01)},
                      "online": {"minutes": 0.3 * lw + rng.normal(0, 0.0005)}})
     few, many = surrogate_after(rows, k=3, draws=20), surrogate_after(rows, k=10, draws=20)
     assert few["p10"] <= few["mean"] <= few["p90"]
@@ -145,22 +148,23 @@ def test_the_surrogate_after_k_rollouts_predicts_from_k_others_only():
 
 def test_the_surrogate_fitted_once_ranks_the_held_out_candidates():
     """One fit on k candidates ranks the rest: where the effect follows return_corr *against* the prior's
-    direction (long_watch_corr is noise here), the raw long_watch_corr on the same held-out sets ranks at about
+    direction (top_watch_share is noise here), the raw top_watch_share on the same held-out sets ranks at about
     0 and the surrogate learns the real proxy from 10 rollouts."""
     from cambrian.bench.fidelity import surrogate_ranks_the_rest
 
     rng = np.random.default_rng(8)
     rows = []
     for i in range(20):
-        rc = rng.normal(0, 0.03)
+        rc, tw = rng.normal(0, 0.03), rng.normal(0, 0.03)
         rows.append({"component": ("optimizer", "reward", "training", "architecture")[i % 4],
                      "offline": {"floors": rng.normal(0, 2), "long_watch_corr": rng.normal(0, 0.03), "return_corr": rc,
                                  "val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": rng.normal(0, 0.03),
-                                 "return_corr_gain": rc, "auc_gain": rng.normal(0, 0.01)},
+                                 "return_corr_gain": rc, "auc_gain": rng.normal(0, 0.01),
+                                 "top_watch_share": tw, "top_watch_share_gain": tw},
                      "online": {"minutes": 0.3 * rc + rng.normal(0, 0.0005)}})
     r = surrogate_ranks_the_rest(rows, k=10, draws=30)
     assert r["k"] == 10 and r["p10"] <= r["mean"] <= r["p90"]
     assert r["raw_signals_same_sets"]["return_corr_gain"] > 0.95  # the truth itself (up to the noise)
-    assert abs(r["raw_signals_same_sets"]["long_watch_corr_gain"]) < 0.3
+    assert abs(r["raw_signals_same_sets"]["top_watch_share_gain"]) < 0.3
     assert r["mean"] > 0.7
     assert surrogate_ranks_the_rest(rows[:10], k=8) is None  # fewer than 3 left to rank

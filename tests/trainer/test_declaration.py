@@ -55,7 +55,8 @@ def test_a_label_expression_reads_only_declared_signals():
     with pytest.raises(ValueError, match="label.expr: impressions.position is not a declared column"):
         WORLD.model_validate(bad).compiled()
     assert set(WORLD.compiled()) == {"label.expr", "proxies[auc].signal", "proxies[long_watch_corr].signal",
-                                     "proxies[return_corr].signal", "proxies[like_corr].signal"}
+                                     "proxies[return_corr].signal", "proxies[like_corr].signal",
+                                     "proxies[top_watch_share].signal"}
     assert MOVIELENS_100K.compiled()["label.expr"].refs == ("ratings.rating",)
     with pytest.raises(ValueError, match="the name 'val_loss' is taken"):
         WORLD.model_validate(_with(proxies=[{"name": "val_loss", "signal": "impressions.click"}]))
@@ -91,7 +92,46 @@ def test_the_world_declaration_gives_the_labels_and_proxies_the_world_had(world_
                 "return_corr": rank_corr(scores, held["returned_next_day"].to_numpy(np.float64)),
                 "like_corr": rank_corr(scores, held["like"].to_numpy(np.float64))}
     got = proxy_metrics(scores, data.val.signals, data.schema.proxies)
+    top = got.pop("top_watch_share")
     assert got == expected and len(set(got.values())) == 4
+    # each user's share of held-out watch seconds in the user's top 6% of rows by score, by pandas
+    held["score"] = scores
+    shares = []
+    for _, rows in held.groupby("user_id"):
+        total = rows["watch_seconds"].sum()
+        if total > 0:
+            k = int(np.ceil(0.06 * len(rows)))
+            shares.append(rows.nlargest(k, "score")["watch_seconds"].sum() / total)
+    assert top == pytest.approx(np.mean(shares), rel=1e-9)
+
+
+def test_top_share_is_each_users_signal_in_the_users_top_rows():
+    from cambrian.trainer.metrics import top_share
+
+    users = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    signal = np.array([10.0, 0, 30, 0, 5, 5, 0, 0, 0, 0])  # user 2 watched nothing: left out of the mean
+    scores = np.array([0.9, 0.1, 0.2, 0.3, 0.5, 0.1, 0.9, 0.2, 0.3, 0.4])
+    # top half: user 0 keeps rows 0 and 3 (10 of 40), user 1 rows 6 and 4 (5 of 10)
+    assert top_share(scores, signal, users, 0.5) == pytest.approx((0.25 + 0.5) / 2)
+    assert top_share(signal, signal, users, 0.5) == 1.0  # ranked by the signal itself: all of it
+    assert top_share(-signal, signal, users, 0.25) == 0.0  # one row each, the least watched
+    # the same rows in another order give the same answer (grouping does not assume sorted users)
+    perm = np.random.default_rng(0).permutation(len(users))
+    assert top_share(scores[perm], signal[perm], users[perm], 0.5) == pytest.approx(0.375)
+    with pytest.raises(ValueError, match="never negative"):
+        top_share(scores, signal - 1, users, 0.5)
+
+
+@pytest.mark.parametrize("proxy", [{"name": "t", "kind": "top_share", "signal": "x"},
+                                   {"name": "t", "kind": "rank_corr", "signal": "x", "top": 0.1},
+                                   {"name": "t", "kind": "top_share", "signal": "x", "top": 0.0},
+                                   {"name": "__user", "signal": "x"}])
+def test_a_top_share_proxy_needs_its_fraction_and_only_it_does(proxy):
+    with pytest.raises(ValueError):
+        if proxy["name"] == "__user":
+            WORLD.model_validate(_with(proxies=[*_with()["proxies"], proxy]))
+        else:
+            Proxy.model_validate(proxy)
 
 
 def test_uninformative_proxies_are_read_from_the_data_for_any_declaration():
