@@ -444,6 +444,19 @@ async def probe_loop_lag(memo: kopf.Memo, **_: Any) -> None:
     memo.loop_lag_task = asyncio.get_running_loop().create_task(memo.loop_lag.probe())
 
 
+@kopf.on.cleanup()
+async def stop_loop_lag_probe(memo: kopf.Memo, **_: Any) -> None:
+    """The probe loops forever: end it with the operator, or the loop closes over a pending task."""
+    import asyncio
+    import contextlib
+
+    task = memo.get("loop_lag_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def _bookkeeping(memo: kopf.Memo) -> None:
     """Per-process state of the event-driven Hypothesis steps (operator/indexed.py)."""
     memo.setdefault("written", indexed.Written())

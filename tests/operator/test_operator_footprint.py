@@ -690,3 +690,18 @@ def test_the_loop_lag_probe_says_when_the_event_loop_runs_late():
 
     calm, late_now = asyncio.run(main())
     assert not calm and late_now
+
+
+def test_the_loop_lag_probe_starts_with_the_operator_and_ends_with_it():
+    """kopf's startup handler starts the probe and its cleanup handler ends it: nothing left pending."""
+    async def main():
+        memo = kopf.Memo()
+        await HD.probe_loop_lag(memo=memo)
+        task = memo.loop_lag_task
+        await asyncio.sleep(0.15)
+        running = not task.done() and memo.loop_lag.woke is not None
+        await HD.stop_loop_lag_probe(memo=memo)
+        return running, task
+
+    running, task = asyncio.run(main())
+    assert running and task.cancelled()
