@@ -94,7 +94,10 @@ class BayesianLinear:
 # The prior's direction, known before any rollout: top_watch_share is the north star's offline proxy.
 # (weight on the standardised input, in units of the effects' size, and its prior sd in the same units)
 PRIOR_DIRECTION = {"top_watch_share": (0.5, 0.25)}
-COMPONENT_SPREAD = 0.5  # prior sd of a component's deviation from the shared intercept, in the same units
+COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
+OTHER_SD = 0.5  # prior sd of an input's weight with no known direction (centred on 0), in the same units
+# Both are narrow on purpose: with 8 rollouts and 9 weights a wide prior lets a few points' noise set the
+# component intercepts and the undirected slopes, and the fit drifts from the proxy it started at.
 CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among 8 rollouts must not set the slope
 
 
@@ -127,7 +130,7 @@ class Surrogate:
         sd = rest.std(0)
         self.scale = np.where(sd > 0, sd, 1.0)
         size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
-        direction = [PRIOR_DIRECTION.get(n, (0.0, 1.0)) for n in self.names]
+        direction = [PRIOR_DIRECTION.get(n, (0.0, OTHER_SD)) for n in self.names]
         mean = np.array([0.0] * (1 + self.n_onehot) + [m for m, _ in direction]) * size
         sds = np.array([1.0] + [COMPONENT_SPREAD] * self.n_onehot + [s for _, s in direction]) * size
         self.model = BayesianLinear(prior_sd=sds, prior_mean=mean).fit(self._x(x), y)
