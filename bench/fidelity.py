@@ -312,7 +312,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         "ratio": float(best),
         "ratio_meaning": ("best Spearman rank correlation, over the offline signals (the gain in noise floors on the component's "
                           "offline objective; val_loss, long_watch_corr, "
-                          "return_corr, AUC gains over Φ0), with the candidate's measured online effect on watch "
+                          "return_corr, AUC, top_watch_share gains over Φ0), with the candidate's measured online effect on watch "
                           "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
         "rank_correlation": corr,
         "rank_correlation_late": rank_correlations(rows, "minutes_late"),
