@@ -113,5 +113,8 @@ class RowFrame:
                 raise ConfigError(f"proxy {proxy.name} ({compiled.text}) is NULL for {int(np.ma.getmaskarray(v).sum())} "
                                   "held-out rows", hint="COALESCE a joined column that a row may lack")
             out[proxy.name] = np.asarray(np.ma.getdata(v), np.float64)
+            if proxy.kind == "top_share" and (negative := int((out[proxy.name] < 0).sum())):
+                raise ConfigError(f"proxy {proxy.name} ({compiled.text}) is negative for {negative} held-out rows: a "
+                                  "top_share is a share of its signal", hint="GREATEST(..., 0) or another kind")
         out["label"] = df["label"].to_numpy(np.float64)
         return pd.DataFrame(out)

@@ -142,3 +142,13 @@ def test_uninformative_proxies_are_read_from_the_data_for_any_declaration():
     reasons = uninformative_proxies(signals, proxies)
     assert set(reasons) == {"same", "flat"}
     assert "equals the label" in reasons["same"] and "(y) is 2 for every held-out row" in reasons["flat"]
+
+
+def test_a_top_share_of_a_signal_that_goes_negative_is_refused_in_one_line(world_dir, tmp_path):
+    path = tmp_path / "neg.yaml"
+    path.write_text(yaml.safe_dump(_with(proxies=[{"name": "mine", "kind": "top_share", "top": 0.1,
+                                                   "signal": "impressions.watch_seconds - 30"}])))
+    config = ModelConfig.model_validate({"training": {"validation_days": 1, "max_train_examples": 2000}})
+    with pytest.raises(ConfigError, match=r"proxy mine .* is negative for \d+ held-out rows") as err:
+        load_dataset(world_dir, config, schema=str(path))
+    assert "\n" not in str(err.value)
