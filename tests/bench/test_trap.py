@@ -24,6 +24,20 @@ def test_the_objects_are_the_demos_evolution_and_a_valid_human_trap():
     assert trap["spec"]["delta"]["patch"] == CANDIDATES[TRAP][1]["reward"]
 
 
+def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():
+    """A reward change is judged by what the model's own slates would collect of the held-out watch time (the
+    north star's offline proxy), not by the operator's default (return_corr, anti-correlated online on fidelity)."""
+    from cambrian.operator import api
+    from cambrian.trainer.schema import WORLD
+
+    evo, _ = evolution_and_trap(QUICK, 0)
+    spec = api.parse_resource(evo).spec
+    reward = spec.objective.offline.for_component("reward")
+    (proxy,) = [p for p in spec.data.declared().proxies if p.name == reward.metric]
+    assert spec.data.declared().name == WORLD.name and reward.direction == "maximize"
+    assert proxy.kind == "top_share" and "watch_seconds" in proxy.signal
+
+
 def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
     t = {"minutes": 0.02, "minutes_se": 0.005, "active_days_late": 0.0, "active_days_late_se": 0.01}
     assert genuinely_better(t)
