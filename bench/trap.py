@@ -26,6 +26,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +81,30 @@ def truth(data: Path, bundle: str, base: dict[str, np.ndarray], days: int) -> di
     return {k: round(v, 6) for k, v in online_effects(arm, base).items()}
 
 
+def served_bundles(rollouts: list[dict[str, Any]], done: list[Any], evolution: dict[str, Any],
+                   local: Callable[[str], str]) -> tuple[str, dict[str, str]]:
+    """The bundles the loop itself served, so the truth compares what the Rollouts compared: the reference is
+    the first Rollout's control (the champion before any launch; without a Rollout, the Evolution's champion),
+    and a hypothesis is its Rollout's treatment bundle, or, never online, its first successful run's (the run
+    that was scored; confirmation seeds come after it)."""
+    ordered = sorted(rollouts, key=lambda r: (r["metadata"].get("creationTimestamp") or "", r["metadata"]["name"]))
+    bundles: dict[str, str] = {}
+    for r in ordered:
+        for arm in (r.get("spec") or {}).get("treatments") or []:
+            bundles.setdefault(arm["hypothesisRef"]["name"], local(arm["bundle"]))
+    for run in sorted((r for r in done if r.ok and r.bundle and r.hypothesis != "baseline"),
+                      key=lambda r: r.finished_at or datetime.max.replace(tzinfo=timezone.utc)):
+        bundles.setdefault(run.hypothesis, run.bundle)
+    if ordered:
+        reference = local(ordered[0]["spec"]["control"]["bundle"])
+    else:
+        champion = ((evolution.get("status") or {}).get("champion") or {}).get("bundle")
+        if not champion:
+            raise RuntimeError("the Evolution has no champion bundle to measure against")
+        reference = local(champion)
+    return reference, bundles
+
+
 def genuinely_better(t: dict[str, float]) -> bool:
     return (t["minutes"] - 2 * t["minutes_se"] > 0
             and t["active_days_late"] + 2 * t["active_days_late_se"] >= 0)
@@ -116,6 +141,7 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     from cambrian.bench.fidelity import serve_online
     from cambrian.demo import EVOLUTION, rollouts_settled
     from cambrian.operator.local_driver import LocalDriver
+    from cambrian.operator.platform.local import local_path
     from cambrian.operator.reconcile.views import A_PREDICTED
     from cambrian.trainer.bundle import load_bundle
     from cambrian.world.generate import generate
@@ -135,8 +161,7 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     hyps = {h["metadata"]["name"]: h for h in driver.store.list("hypotheses")}
     rollouts = driver.store.list("rollouts")
     done = runs(driver, stored)
-    base_bundle = next(r.bundle for r in done if r.hypothesis == "baseline" and r.ok and r.bundle)
-    bundles = {r.hypothesis: r.bundle for r in done if r.ok and r.bundle and r.hypothesis != "baseline"}
+    base_bundle, bundles = served_bundles(rollouts, done, stored, lambda uri: str(local_path(uri, driver.root)))
     say(f"seed {seed}: loop {summary.reason} after {summary.days:g} simulated days, {loop_s:.0f} s")
 
     # the Online Agent's prediction rides on the Rollout it started (the surrogate's once 4 rollouts concluded)

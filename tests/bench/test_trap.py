@@ -71,6 +71,40 @@ def test_the_headline_counts_seeds_that_kept_the_trap_out_and_launched_a_better_
 @pytest.mark.slow
 @pytest.mark.prometheus
 @pytest.mark.timeout(3000)
+def test_the_truth_is_measured_on_the_bundles_the_loop_served():
+    """Reference: the first Rollout's control (not whichever baseline seed ran first); a hypothesis: its
+    Rollout's treatment, or, never online, its first successful run (not a later confirmation seed)."""
+    from datetime import datetime, timezone
+    from types import SimpleNamespace as Run
+
+    from cambrian.bench.trap import served_bundles
+
+    def at(minute):
+        return datetime(2026, 12, 2, 8, minute, tzinfo=timezone.utc)
+
+    done = [Run(hypothesis="baseline", ok=True, bundle="/b/baseline-s1", finished_at=at(1)),
+            Run(hypothesis="baseline", ok=True, bundle="/b/baseline", finished_at=at(2)),
+            Run(hypothesis="h1", ok=True, bundle="/b/h1/seed-1000", finished_at=at(9)),
+            Run(hypothesis="h1", ok=True, bundle="/b/h1/attempt-1", finished_at=at(5)),
+            Run(hypothesis="trap", ok=False, bundle=None, finished_at=at(3)),
+            Run(hypothesis="trap", ok=True, bundle="/b/trap/seed-1001", finished_at=at(8)),
+            Run(hypothesis="trap", ok=True, bundle="/b/trap/attempt-2", finished_at=at(6))]
+    rollouts = [{"metadata": {"name": "r2", "creationTimestamp": "2026-12-02T09:00:00Z"},
+                 "spec": {"control": {"bundle": "local://b/h1/attempt-1"},
+                          "treatments": [{"hypothesisRef": {"name": "h2"}, "bundle": "local://b/h2/attempt-1"}]}},
+                {"metadata": {"name": "r1", "creationTimestamp": "2026-12-02T08:30:00Z"},
+                 "spec": {"control": {"bundle": "local://b/baseline"},
+                          "treatments": [{"hypothesisRef": {"name": "h1"}, "bundle": "local://b/h1/attempt-1"}]}}]
+    local = lambda uri: uri.replace("local:/", "")  # noqa: E731
+    reference, bundles = served_bundles(rollouts, done, {}, local)
+    assert reference == "/b/baseline"
+    assert bundles == {"h1": "/b/h1/attempt-1", "h2": "/b/h2/attempt-1", "trap": "/b/trap/attempt-2"}
+    evolution = {"status": {"champion": {"name": "baseline", "bundle": "local://b/baseline"}}}
+    assert served_bundles([], done, evolution, local)[0] == "/b/baseline"
+    with pytest.raises(RuntimeError, match="no champion bundle"):
+        served_bundles([], done, {}, local)
+
+
 def test_one_small_seed_through_the_real_loop():
     from cambrian.bench import trap
 
