@@ -29,18 +29,27 @@ def reward_columns(schema: Any = None) -> list[str]:
 
 
 def for_declaration(persona: "Persona", schema: Any, metric: str | None = None) -> "Persona":
-    """The persona as the data's declaration (trainer/schema.py) defines its metrics: unchanged when its metric is
-    one the data reports; otherwise `metric` (the Evolution's objective for its component) among the declared
-    proxies, each named with its signal, so a prompt never asks for a metric the trainer cannot report."""
+    """The persona as the data's declaration (trainer/schema.py) and the Evolution's objective define its metrics:
+    unchanged when its metric is the objective (`metric`, for its component) or no objective is given and the
+    data reports it; otherwise the objective (or, unknown to the data, the first declared rank proxy) among the
+    declared proxies, each named with its signal, so a prompt asks for the metric the hypothesis is judged by and
+    never for one the trainer cannot report."""
     import dataclasses
 
     known = {"val_loss", *(p.name for p in schema.proxies)}
     secondary = tuple(m for m in persona.secondary_metrics if m in known)
-    if persona.metric in known:
+    if persona.metric in known and (metric is None or metric == persona.metric or metric not in known):
         return dataclasses.replace(persona, secondary_metrics=secondary)
     primary = metric if metric in known else next((p.name for p in schema.proxies if p.kind != "auc"), "val_loss")
-    described = [f"{p.name} ({'AUC of' if p.kind == 'auc' else 'rank correlation of the score with'} {p.signal})"
-                 for p in schema.proxies]
+
+    def describe(p: Any) -> str:
+        if p.kind == "auc":
+            return f"{p.name} (AUC of {p.signal})"
+        if p.kind == "top_share":
+            return f"{p.name} (each user's share of {p.signal} in the user's top {p.top:.0%} of rows by score)"
+        return f"{p.name} (rank correlation of the score with {p.signal})"
+
+    described = [describe(p) for p in schema.proxies]
     text = (f"{primary} on held-out days (HIGHER is better); the data's proxies: {'; '.join(described)}. "
             "Loss is NOT comparable across reward definitions, so it is not shown")
     return dataclasses.replace(persona, metric=primary, lower_is_better=primary == "val_loss", metric_text=text,

@@ -122,7 +122,15 @@ def test_the_reward_prompt_names_the_proxies_and_columns_of_the_datas_declaratio
     from cambrian.agents.personas import for_declaration
     from cambrian.trainer.schema import MOVIELENS_100K, WORLD
 
-    assert for_declaration(REWARD, WORLD, "return_corr") == REWARD  # the world's prompt is unchanged
+    assert for_declaration(REWARD, WORLD, "long_watch_corr") == REWARD  # the world's prompt is unchanged
+    assert for_declaration(REWARD, WORLD) == REWARD
+    # judged by another declared proxy (the demo's top_watch_share): the prompt asks for that one
+    judged = for_declaration(REWARD, WORLD, "top_watch_share")
+    assert judged.metric == "top_watch_share" and not judged.lower_is_better
+    assert "long_watch_corr" in judged.secondary_metrics and "top_watch_share" not in judged.secondary_metrics
+    assert "top_watch_share (each user's share of impressions.watch_seconds in the user's top 6% of rows" in \
+        judged.metric_text
+    assert for_declaration(REWARD, WORLD, "return_corr").metric == "return_corr"
     persona = for_declaration(REWARD, MOVIELENS_100K, "rating_corr")
     assert persona.metric == "rating_corr" and persona.secondary_metrics == ("auc",) and not persona.lower_is_better
     text = build_prompt(persona, persona.view(ModelConfig()), "J", {"explore": 1}, [], None, schema=MOVIELENS_100K)
