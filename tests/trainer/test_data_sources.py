@@ -316,7 +316,7 @@ def test_movielens_from_s3_trains_through_its_declaration_and_reports_its_own_pr
     config = ModelConfig.model_validate({"training": {"validation_days": 14}})
     direct = load_dataset("s3://lake/movielens", config, schema="movielens-100k")
     _same_dataset(direct, _movielens_from_its_folder())
-    assert list(direct.val.signals.columns) == ["auc", "rating_corr", "label"]
+    assert list(direct.val.signals.columns) == ["auc", "rating_corr", "label", "__user"]
     (tmp_path / "cfg.yaml").write_text("training: {epochs: 1, validation_days: 14}\n")
     result = cli("train", "--data", "s3://lake/movielens", "--schema", "movielens-100k", "--config",
                  str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"), "--json", env=s3.env)

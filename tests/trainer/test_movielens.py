@@ -55,7 +55,7 @@ def test_the_published_tables_and_their_copy_give_the_same_rows_labelled_by_the_
     order = np.lexsort((held["movie_id"], held["user_id"]))
     got = np.lexsort((direct.val.features["item"], direct.val.features["user"]))
     np.testing.assert_array_equal(direct.val.label[got], (held["rating"].to_numpy()[order] >= 4).astype(np.float32))
-    assert list(direct.val.signals.columns) == ["auc", "rating_corr", "label"]
+    assert list(direct.val.signals.columns) == ["auc", "rating_corr", "label", "__user"]
     np.testing.assert_array_equal(direct.val.signals["rating_corr"].to_numpy()[got], held["rating"].to_numpy()[order])
 
 
