@@ -33,6 +33,7 @@ from scipy import stats
 NORTH_STAR = "minutes"
 SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain", "top_watch_share_gain")
 TRAP = "reward:clickbait"
+RAW_METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "top_watch_share")  # kept per model as reported
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             rows.append({"name": name, "component": component, "delta": delta,
                          "offline": {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
                                      "floors": round(floors(component, metrics, base_runs), 4),
-                                     **{k: round(float(metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
-                                                                                   "return_corr", "top_watch_share")}},
+                                     **{k: round(float(metrics[k]), 6) for k in RAW_METRICS}},
                          "online": {k: round(v, 6) for k, v in online.items()},
                          "seconds": round(time.perf_counter() - c0, 1)})
             say(f"{name}: minutes {online['minutes']:+.4f} ± {online['minutes_se']:.4f}")
@@ -330,8 +330,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                   "online_days": size.online_days, **{k: summary["overall"][k] for k in ("impressions", "ctr",
                                                                                           "dau_frac")}},
         "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples,
-                     **{k: round(float(base_metrics[k]), 6) for k in ("val_loss", "auc", "long_watch_corr",
-                                                                        "return_corr", "top_watch_share")}},
+                     **{k: round(float(base_metrics[k]), 6) for k in RAW_METRICS}},
         "load_average_start": load_start,
         "load_average_end": load_now(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -352,7 +352,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
             if is_val.any():
                 val_rows = df.loc[is_val].reset_index(drop=True)
                 part = rows_of.proxy_signals(val_rows)
-                part["__user"], part["__item"] = val_rows[user_col].to_numpy(np.int64), val_rows[item_col].to_numpy(np.int64)
+                part[USER_COLUMN], part["__item"] = val_rows[user_col].to_numpy(np.int64), val_rows[item_col].to_numpy(np.int64)
                 part["__label"], part["__weight"] = label[is_val], weight[is_val]
                 val_totals.add(label[is_val], weight[is_val])
                 held_out.append(part)
@@ -370,7 +370,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
     val = pd.concat(held_out, ignore_index=True)
     signals = val[[p.name for p in schema.proxies] + ["label", USER_COLUMN]]
-    val_split = Split(catalogue.features(val["__user"].to_numpy(np.int64), val["__item"].to_numpy(np.int64)),
+    val_split = Split(catalogue.features(val[USER_COLUMN].to_numpy(np.int64), val["__item"].to_numpy(np.int64)),
                       np.array(val["__label"], np.float32), np.array(val["__weight"], np.float32), signals)
     written = Written([w.path for w in writers], n)
     return Dataset(catalogue.spec, catalogue, written, val_split, n_train_available=available, schema=schema)
