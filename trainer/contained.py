@@ -62,7 +62,7 @@ def _stage(stage: str, gate: bool, fn: Callable[..., Any], *args: Any) -> Any:
 def read_input(input_dir: Path, shard: str = "train.parquet"):
     """The config and the training rows: whole, or streamed from their row groups (trainer/rows.py)."""
     from cambrian.trainer.config import ModelConfig
-    from cambrian.trainer.data import TrainingSet
+    from cambrian.trainer.splits import TrainingSet
     from cambrian.trainer.features import load_catalogue
     from cambrian.trainer.rows import RowGroupStream
 
@@ -101,8 +101,11 @@ def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
     if gate_only:
         return {"device": device.type}
     clipping: dict = {}
+    cpu = time.process_time()
     model, seconds = _stage("training", False, fit, config, data, device, clipping)
     lap("fit")
+    # this process's CPU seconds in fit: its wall time also counts what other processes took from its core
+    phases["fit_cpu"] = round(time.process_time() - cpu, 4)
     _stage("export", False, export_program, model, data, scratch / "model.pt2")
     lap("export")
     return {"train_seconds": seconds, "device": device.type, "phases": phases, **clipping}
@@ -111,18 +114,17 @@ def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
 def predict(input_dir: Path, scratch: Path) -> dict:
     """Held-out features in, scores out; runs the exported program only (no candidate Python is imported)."""
     import numpy as np
-    import pandas as pd
     import torch
 
     from cambrian.trainer.bundle import load_program
-    from cambrian.trainer.data import Split
+    from cambrian.trainer.splits import Split
     from cambrian.trainer.train import predict as predict_split
 
     torch.set_num_threads(1)
     module = _stage("export", False, load_program, input_dir / "model.pt2")
     with np.load(input_dir / "heldout.npz") as t:
         split = Split({k[2:]: t[k] for k in t.files if k.startswith("f_")}, np.zeros(0, np.float32),
-                      np.zeros(0, np.float32), pd.DataFrame())
+                      np.zeros(0, np.float32), None)
         inputs = tuple(str(x) for x in t["inputs"])
     n = len(next(iter(split.features.values())))
     split.label = np.zeros(n, np.float32)  # only its length is used
@@ -234,15 +236,9 @@ def warm(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     """A pre-started sandbox (trainer/warm.py): import what training and predicting need, then wait on stdin
     for the one command it will run (`train` or `predict`); its input folder is filled meanwhile. It serves
     that one command and ends: main() returns after it, and the parent kills its whole tree."""
-    import torch  # noqa: F401  - the point: paid before the candidate is known
-
-    import cambrian.trainer.bundle  # noqa: F401
-    import cambrian.trainer.gate  # noqa: F401
-    import cambrian.trainer.rows  # noqa: F401
-    import cambrian.trainer.train  # noqa: F401
-
-    _warm_up()
     import os
+
+    preload()
 
     print("ready", flush=True)  # stdout: the parent waits for this line before counting the sandbox warm
     os.dup2(2, 1)  # from here on stdout is the log: nothing the candidate prints reaches the parent's pipe
@@ -253,6 +249,20 @@ def warm(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     result = COMMANDS[command](input_dir, scratch, args)
     result["command_seconds"] = time.perf_counter() - started
     return result
+
+
+def preload() -> None:
+    """What `train` and `predict` import and torch's first-use costs, paid before the candidate is known. These
+    modules leave pandas, DuckDB and SQL parsing to the trusted side (trainer/splits.py): a warm sandbox is
+    started for every step, so each import here is paid twice per candidate."""
+    import torch  # noqa: F401
+
+    import cambrian.trainer.bundle  # noqa: F401
+    import cambrian.trainer.gate  # noqa: F401
+    import cambrian.trainer.rows  # noqa: F401
+    import cambrian.trainer.train  # noqa: F401
+
+    _warm_up()
 
 
 def _warm_up() -> None:

@@ -10,7 +10,7 @@ days are held out, so the offline proxies say something about the future, as the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
 from cambrian.trainer.rowframe import DAY, RowFrame, evaluate
 from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
+from cambrian.trainer.splits import Split, TrainingSet, Written
 
 # Columns the reward SQL may use over the simulated world (any declaration: reward_columns(schema)).
 IMPRESSION_COLUMNS = tuple(row_columns(WORLD))
@@ -39,51 +40,6 @@ _DENIED_FUNCTIONS = {"current_setting", "getvariable", "nextval", "currval", "se
 _DENIED_PREFIXES = ("read_", "current_", "pg_", "has_", "duckdb_", "icu_", "system", "txid")
 _EXPRESSION_CLASSES = {"CONSTANT", "COLUMN_REF", "FUNCTION", "OPERATOR", "CAST", "CASE", "COMPARISON",
                        "CONJUNCTION", "BETWEEN", "TYPE"}
-@dataclass
-class Split:
-    features: dict[str, np.ndarray]
-    label: np.ndarray  # float32
-    weight: np.ndarray  # float32
-    signals: pd.DataFrame | None = field(repr=False)  # raw logged signals, for the loss-independent proxies
-
-    def __len__(self) -> int:
-        return len(self.label)
-
-    def head(self, n: int) -> "Split":
-        return Split({k: v[:n] for k, v in self.features.items()}, self.label[:n], self.weight[:n], None)
-
-    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0):
-        """The epoch's batches from `start_step` on: one permutation of all rows (trainer/rows.py streams a
-        split too long to hold)."""
-        from cambrian.trainer.rows import epoch_rng
-
-        order = epoch_rng(seed, epoch).permutation(len(self))
-        for start in range(start_step * batch_size, len(order), batch_size):
-            index = order[start:start + batch_size]
-            yield {k: v[index] for k, v in self.features.items()}, self.label[index], self.weight[index]
-
-
-@dataclass
-class Written:
-    """The training rows as the trusted process wrote them for the contained trainer (trainer/rows.py): one
-    Parquet file per worker, `rows` in all."""
-
-    files: list[Path]
-    rows: int
-
-    def __len__(self) -> int:
-        return self.rows
-
-
-@dataclass
-class TrainingSet:
-    """What the contained training process gets: no held-out rows at all (spec is catalogue.spec)."""
-
-    spec: FeatureSpec
-    catalogue: Catalogue
-    train: Split | Written  # the contained trainer's is a Split or a RowGroupStream (trainer/rows.py)
-
-
 @dataclass
 class Dataset(TrainingSet):
     val: Split  # held out: stays with the scorer; its signals are the declared proxies' (by name) and the label

@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.schema import DataSchema
+
+if TYPE_CHECKING:  # pandas is the trusted side's (building a catalogue), not the sandboxed steps'
+    import pandas as pd
 
 Entity = Literal["user", "item"]
 RESERVED = 0  # the index of a category that training never saw
@@ -152,6 +154,8 @@ def entity_table(schema: DataSchema, entity: Entity) -> str:
 
 
 def _ids(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    import pandas as pd
+
     values = frame[column]
     if not pd.api.types.is_integer_dtype(values) or (len(values) and values.min() < 0):
         raise ConfigError(f"{where}.{column}: ids must be integers >= 0 (other ids are not supported yet)")
@@ -160,6 +164,8 @@ def _ids(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
 
 def _per_id(frame: pd.DataFrame, id_column: str, column: str, where: str, n: int) -> pd.Series:
     """The column's value for every id 0..n-1 (missing ids: null)."""
+    import pandas as pd
+
     ids = _ids(frame, id_column, where)
     if len(np.unique(ids)) != len(ids):
         raise ConfigError(f"{where}.{id_column}: an id appears in more than one row; a feature table has one row per id")
@@ -185,6 +191,8 @@ def build_catalogue(schema: DataSchema, frames: dict[str, pd.DataFrame], user_ro
     """Each declared feature's vocabulary or statistics from the training rows, and its model input per id.
     `user_rows[i]` is how many training rows carry user id i (item_rows likewise): counts, folded while the
     rows stream past, give the same vocabularies and row-weighted statistics as the rows themselves."""
+    import pandas as pd
+
     counts = {"user": n_users, "item": n_items}
     rows = {e: np.pad(np.asarray(c, np.float64), (0, counts[e] - len(c))) for e, c in (("user", user_rows), ("item", item_rows))}
     names: dict[str, str] = {}

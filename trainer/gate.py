@@ -14,7 +14,7 @@ import torch
 
 from cambrian.errors import GateError
 from cambrian.trainer.config import ARCHITECTURE_NAMES, OPTIMIZER_NAMES, ModelConfig
-from cambrian.trainer.data import Split, TrainingSet
+from cambrian.trainer.splits import Split, TrainingSet
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.plugins import check_code
 

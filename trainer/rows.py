@@ -100,7 +100,7 @@ class RowGroupStream:
         return self.catalogue.features(user, item), label, weight
 
     def head(self, n: int):
-        from cambrian.trainer.data import Split
+        from cambrian.trainer.splits import Split
 
         features, label, weight = self._batch(self._read(np.arange(min(1, len(self.group_rows)))), 0, n)
         return Split(features, label, weight, None)

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -29,13 +29,16 @@ import torch
 from cambrian.errors import GateError, TrainingError
 from cambrian.trainer.bundle import write_bundle
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.data import Dataset, Split, TrainingSet, Written, prepare
+from cambrian.trainer.splits import Split, TrainingSet, Written
 from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.models import build_model, build_optimizer
 from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
+
+if TYPE_CHECKING:  # the trusted side's: the sandboxed steps import this module without pandas and DuckDB
+    from cambrian.trainer.data import Dataset
 
 SCHEMA_VERSION = 1
 EVAL_BATCH = 65536
@@ -193,6 +196,8 @@ def write_training_input(folder: Path, config: ModelConfig, data_dir: str | Path
     only its own, see trainer/distributed.py), streamed there from the source by prepare (or linked from a warm
     worker's PreparedCache); the data set back, its held-out split in memory."""
     folder.mkdir(parents=True, exist_ok=True)  # in a pod, the folder is a volume
+    from cambrian.trainer.data import prepare
+
     data = (cache.prepare if cache is not None else prepare)(data_dir, config, folder, workers, schema)
     (folder / "config.json").write_text(config.model_dump_json())
     (folder / "spec.json").write_text(json.dumps(data.spec.to_dict()))
@@ -444,6 +449,8 @@ def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, wo
     """The cluster pod's scorer container, the only one that mounts the held-out labels: the verdicts of the
     training and predicting containers (which ran before it) and every metric, from their untrusted output.
     A gang's pod whose workers did not hold global rank 0 has no model: {"role": "worker"}, as `train`."""
+    from cambrian.trainer.data import prepare
+
     static_checks(config)
     data = prepare(data_dir, config, None)  # the held-out split only: the training rows are the trainer's
     limits = SandboxLimits()

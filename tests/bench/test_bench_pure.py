@@ -85,15 +85,18 @@ def test_histogram_quantile_from_prometheus_text():
 
 def test_timing_breakdown_from_training_runs():
     runs = [
-        {"hypothesis": "baseline", "ok": True, "seconds": 8.0, "fit_seconds": 6.0},
-        {"hypothesis": "w1-0", "ok": True, "seconds": 7.0, "fit_seconds": 5.0},
-        {"hypothesis": "w1-1", "ok": False, "seconds": 1.0, "fit_seconds": None},
+        {"hypothesis": "baseline", "ok": True, "seconds": 8.0, "fit_seconds": 6.0, "fit_cpu_seconds": 4.0},
+        {"hypothesis": "w1-0", "ok": True, "seconds": 7.0, "fit_seconds": 5.0, "fit_cpu_seconds": 3.0},
+        {"hypothesis": "w1-1", "ok": False, "seconds": 1.0, "fit_seconds": None, "fit_cpu_seconds": 0.5},
     ]
     b = timing_breakdown(runs, wall_seconds=10.0, slots=2)
     assert b["evaluations"] == 3 and b["evaluations_ok"] == 2 and b["hypotheses_evaluated"] == 2
     assert b["baseline_evaluations"] == 1
     assert b["fit_seconds"] == 11.0 and b["trainer_process_seconds"] == 16.0
-    assert b["non_training_share"] == pytest.approx(1 - 11 / 20)
+    # training is what the trainers computed (CPU seconds of successful runs), not the wall their fit spanned
+    assert b["fit_cpu_seconds"] == 7.0
+    assert b["non_training_share"] == pytest.approx(1 - 7 / 20)
+    assert b["non_training_share_wall"] == pytest.approx(1 - 11 / 20)
     assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         timing_breakdown(runs, 0.0, 2)

@@ -85,6 +85,10 @@ def test_throughput_quick():
             assert 0 <= b[k] <= 1, k
         assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1, abs=1e-3)
         assert 0 < b["fit_seconds"] <= b["trainer_process_seconds"] <= b["slot_seconds"] + 1
+        # every successful run reported its CPU seconds in fit, and they are what the headline counts
+        assert 0 < b["fit_cpu_seconds"] < b["slot_seconds"]
+        assert b["non_training_share"] == pytest.approx(1 - b["fit_cpu_seconds"] / b["slot_seconds"], abs=1e-6)
+        assert 0 <= b["non_training_share_wall"] <= 1
         assert arm["hypotheses_per_hour"] > 0 and arm["evaluations_per_hour"] >= arm["hypotheses_per_hour"]
         assert arm["per_candidate"]["runs"] == b["evaluations"]  # every run left its timing.json
     assert r["ratio"] == r["arms"]["warm"]["non_training_share"]

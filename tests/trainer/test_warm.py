@@ -199,3 +199,15 @@ def test_a_hanging_candidate_ends_its_own_slot_only(world_dir, tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_warm_sandbox_preloads_no_pandas_duckdb_or_sql_parser():
+    """Each candidate starts two warm sandboxes, so what they import is paid twice per candidate: the sandboxed
+    steps' modules leave pandas, DuckDB and the SQL parser to the trusted side (trainer/splits.py)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from cambrian.trainer.contained import preload; preload(); "
+             "print(' '.join(m for m in ('pandas', 'duckdb', 'sqlglot', 'scipy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["torch"]
