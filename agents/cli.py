@@ -23,7 +23,8 @@ def journal_rows(journal) -> list[dict[str, Any]]:
     rows = []
     for h in journal.hypotheses:
         p = PERSONAS.get(h.persona)
-        metric = p.metric if p else ("val_loss" if "val_loss" in h.offline else None)
+        # the metric it was judged on (the Evolution's spec.objective.offline), else its persona's default
+        metric = h.primary_metric or (p.metric if p else ("val_loss" if "val_loss" in h.offline else None))
         score = h.offline.get(metric) if metric else None
         rows.append({
             "id": h.id, "generation": h.generation, "persona": h.persona, "category": h.category, "phase": h.phase,

@@ -424,7 +424,8 @@ def run_candidate(
 # The trainer's contract (docs/CONTRACTS.md): these metrics, as real numbers in their natural ranges.
 # Candidate code runs in the process that writes metrics.json, so its content is untrusted too.
 METRIC_RANGES = {"val_loss": (0.0, float("inf")), "auc": (0.0, 1.0), "long_watch_corr": (-1.0, 1.0),
-                 "return_corr": (-1.0, 1.0), "like_corr": (-1.0, 1.0)}
+                 "return_corr": (-1.0, 1.0), "like_corr": (-1.0, 1.0),
+                 "top_watch_share": (0.0, 1.0)}  # a share of watch seconds; the reward's default objective
 
 
 def check_metrics(metrics: Any) -> str | None:

@@ -117,7 +117,7 @@ def proposal_index(name: str | None) -> int | None:
 def training_outcome(hypothesis: str | None, config: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
     """(exit code, metrics) of a run, or (4, {"stage", "reason"}) for a failed one. hypothesis None: the baseline."""
     seed = int(((config.get("training") or {}).get("seed")) or 0)
-    extra = {"auc": 0.6, "long_watch_corr": 0.1, "return_corr": 0.1, "like_corr": 0.1}
+    extra = {"auc": 0.6, "long_watch_corr": 0.1, "return_corr": 0.1, "like_corr": 0.1, "top_watch_share": 0.07}
     if hypothesis is None:
         return 0, {"val_loss": BASELINE_LOSS + BASELINE_SEED_STEP * seed, **extra}
     i = proposal_index(hypothesis)

@@ -119,8 +119,8 @@ val_loss = 0.5 + 0.05 * abs(math.log10(lr) - math.log10(0.01)) + noise
 label = cfg["reward"]["label"] if not (delta and delta["component"] == "reward") else delta["patch"].get("label", "")
 ret = 0.10 + (0.05 if "returned_next_day" in label else 0.0) + noise
 m = {"schema_version": 1, "config_fingerprint": "x", "val_loss": val_loss, "auc": 0.7, "long_watch_corr": ret,
-     "return_corr": 0.2, "like_corr": 0.1, "train_seconds": 0.01, "examples_per_second": 1.0, "n_train": 1,
-     "n_val": 1, "device": "cpu"}
+     "return_corr": 0.2, "like_corr": 0.1, "top_watch_share": 0.07, "train_seconds": 0.01, "examples_per_second": 1.0,
+     "n_train": 1, "n_val": 1, "device": "cpu"}
 json.dump(m, open(os.path.join(out, "metrics.json"), "w"))
 '''
 

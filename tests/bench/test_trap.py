@@ -26,7 +26,8 @@ def test_the_objects_are_the_demos_evolution_and_a_valid_human_trap():
 
 def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():
     """A reward change is judged by what the model's own slates would collect of the held-out watch time (the
-    north star's offline proxy), not by the operator's default (return_corr, anti-correlated online on fidelity)."""
+    north star's offline proxy, the operator's default since issue 18), not by return_corr (the former default,
+    anti-correlated online on fidelity)."""
     from cambrian.operator import api
     from cambrian.trainer.schema import WORLD
 
@@ -36,6 +37,7 @@ def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():
     (proxy,) = [p for p in spec.data.declared().proxies if p.name == reward.metric]
     assert spec.data.declared().name == WORLD.name and reward.direction == "maximize"
     assert proxy.kind == "top_share" and "watch_seconds" in proxy.signal
+    assert reward == api.OfflineObjective().reward  # the demo names no objective of its own: the default
 
 
 def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():

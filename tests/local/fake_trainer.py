@@ -45,4 +45,4 @@ if a.fidelity and a.look_gain is not None:
     gain = a.look_gain
 val_loss = (0.5 - gain if a.delta else 0.5) + (0.1 if a.fidelity else 0.0)
 (out / "metrics.json").write_text(json.dumps({"val_loss": val_loss, "auc": 0.6, "long_watch_corr": 0.1,
-                                              "return_corr": 0.1, "like_corr": 0.1}))
+                                              "return_corr": 0.1, "like_corr": 0.1, "top_watch_share": 0.07}))

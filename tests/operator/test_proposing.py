@@ -535,3 +535,15 @@ def test_local_mode_books_a_wakeup_that_creates_nothing_on_the_evolution(tmp_pat
     plat.propose(wake(spec))  # a replay whose action predates the booking: asked again, booked once
     ann = store.get("evolutions", "default", "evo")["metadata"]["annotations"]
     assert store.list("hypotheses") == [] and views.unattributed(ann)["tokens"] == 1000 and asked == [1, 1]
+
+
+def test_an_evolution_without_a_reward_objective_asks_the_reward_persona_for_top_watch_share():
+    """The default reward objective reaches the LLM's prompt: the reward persona is asked to improve the world's
+    top_watch_share (what the hypothesis is judged by), not its own default long_watch_corr."""
+    from cambrian.agents.personas import REWARD
+    from cambrian.trainer.config import parse_config
+
+    spec = evo_spec(personas=["reward"])
+    text = P._prompt(REWARD, parse_config(spec.baseline), [], {"explore": 1}, spec, spec.data.declared())
+    assert "improve the offline metric top_watch_share on held-out days (HIGHER is better)" in text
+    assert "improve the offline metric long_watch_corr" not in text

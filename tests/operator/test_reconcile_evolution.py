@@ -94,7 +94,7 @@ def test_baseline_failure_fails_the_evolution():
 
 
 def hv(name, comp, score, phase="Scored", verdict="better"):
-    return HypothesisView(name, phase, comp, "val_loss" if comp != "reward" else "return_corr", score, f"b/{name}",
+    return HypothesisView(name, phase, comp, "val_loss" if comp != "reward" else "top_watch_share", score, f"b/{name}",
                           delta={"component": comp, "patch": {"lr": 0.01}} if comp == "optimizer" else None,
                           verdict=verdict)
 
@@ -217,19 +217,55 @@ def test_failed_hypotheses_go_back_to_the_proposer_once():
 
 def test_an_objective_metric_that_the_datas_declaration_does_not_define_is_an_invalid_spec():
     """The proxies are the data's declaration's (trainer/schema.py): MovieLens reports auc and rating_corr, not the
-    world's return_corr, so an objective naming a metric the trainer will never report is refused in one line."""
+    world's top_watch_share (the default reward objective), so an objective naming a metric the trainer will never
+    report is refused in one line, which says how to fix a default left in place."""
     from cambrian.errors import ConfigError
+    from cambrian.trainer.schema import MOVIELENS_100K
 
     source = {"source": {"uri": "s3://lake/movielens"}, "declaration": "movielens-100k"}
+    assert "top_watch_share" not in {p.name for p in MOVIELENS_100K.proxies}
     raw = spec().model_dump(by_alias=True, exclude_none=True, mode="json")
-    with pytest.raises(ConfigError) as err:  # the default reward objective is the world's return_corr
-        api.parse_spec("Evolution", {**raw, "data": source})
-    message = str(err.value)
-    assert "objective.offline.reward.metric 'return_corr'" in message and "known: val_loss, auc, rating_corr" in message
-    assert "\n" not in message
+    assert raw["objective"]["offline"]["reward"] == {"metric": "top_watch_share", "direction": "maximize"}
+    # as a cluster's API server stores it (the CRD's defaults written in) and as a user writes it (no offline)
+    for objective in (raw["objective"], {"northStar": raw["objective"]["northStar"]}):
+        with pytest.raises(ConfigError) as err:
+            api.parse_spec("Evolution", {**raw, "objective": objective, "data": source})
+        message = str(err.value)
+        assert "objective.offline.reward.metric 'top_watch_share'" in message
+        assert "known: val_loss, auc, rating_corr (the default" in message
+        assert "set objective.offline.reward to one of the declaration's proxies, e.g. {metric: rating_corr" in message
+        assert "\n" not in message
     raw["objective"]["offline"]["reward"] = {"metric": "rating_corr", "direction": "maximize"}
     assert api.parse_spec("Evolution", {**raw, "data": source}).data.declared().name == "movielens_100k"
-    with pytest.raises(ConfigError, match="'rating_corr' is not a metric of the data's declaration 'world'"):
+    with pytest.raises(ConfigError) as err:
         api.parse_spec("Evolution", raw)  # the world declares no rating_corr
+    assert "'rating_corr' is not a metric of the data's declaration 'world'" in str(err.value)
+    assert "(the default" not in str(err.value)  # named by the spec: no hint about a default
     with pytest.raises(ConfigError, match="the simulated world is declared by world"):
         api.parse_spec("Evolution", {**raw, "data": {"world": {}, "declaration": "movielens-100k"}})
+    # a team's own declaration without the world's top_watch_share, or with no proxy at all
+    from cambrian.trainer.schema import WORLD
+
+    mine = {**WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True), "name": "shop"}
+    mine["proxies"] = [p for p in mine["proxies"] if p["name"] != "top_watch_share"]
+    for proxies, fix in ((mine["proxies"], "e.g. {metric: long_watch_corr, direction: maximize}"),
+                         ([], "to {metric: val_loss, direction: minimize}, or declare a proxy")):
+        own = {"source": {"uri": "s3://lake/shop"}, "customDeclaration": {**mine, "proxies": proxies}}
+        with pytest.raises(ConfigError) as err:
+            api.parse_spec("Evolution", {**raw, "objective": {"northStar": raw["objective"]["northStar"]}, "data": own})
+        assert "'top_watch_share' is not a metric of the data's declaration 'shop'" in str(err.value)
+        assert fix in str(err.value)
+
+
+def test_the_default_reward_objective_is_the_worlds_proxy_of_watch_time():
+    """An Evolution on the world that names no offline objective scores reward changes by top_watch_share
+    (maximize): the best predictor of the online effect on the fidelity benchmark (bench/README.md)."""
+    from cambrian.trainer.schema import WORLD
+
+    sp = spec()
+    reward = sp.objective.offline.for_component("reward")
+    assert (reward.metric, reward.direction) == ("top_watch_share", "maximize")
+    assert {c: sp.objective.offline.for_component(c).metric for c in ("optimizer", "architecture", "training")} == \
+        dict.fromkeys(("optimizer", "architecture", "training"), "val_loss")
+    (proxy,) = [p for p in WORLD.proxies if p.name == reward.metric]
+    assert proxy.kind == "top_share"

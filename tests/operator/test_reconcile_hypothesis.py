@@ -24,7 +24,7 @@ def evo_spec(**over) -> api.EvolutionSpec:
 
 # A champion measured over three seeds that the plain test candidates do not beat.
 CHAMPION = {"val_loss": api.ProxyMetric(value=0.3, std=0.01, seeds=3),
-            "return_corr": api.ProxyMetric(value=0.3, std=0.01, seeds=3)}
+            "top_watch_share": api.ProxyMetric(value=0.3, std=0.01, seeds=3)}
 
 
 def ctx(**kw) -> H.EvolutionContext:
@@ -202,10 +202,19 @@ def test_a_promising_run_is_left_promising_when_the_budget_is_spent():
     assert "not confirmed: budget evaluations is spent" in r.status.reason
 
 
-def test_reward_hypothesis_scored_on_return_corr():
+def test_reward_hypothesis_scored_on_top_watch_share_by_default():
+    """The Evolution names no reward objective: a reward change is scored by the world's top_watch_share, not by
+    the loss (not comparable across rewards) nor return_corr (the default before issue 18)."""
+    spec, r = to_training(hyp_spec("reward", patch={"label": "CAST(click AS DOUBLE) * completion"}))
+    job = JobObservation(r.status.job_name, "Succeeded", 0,
+                         metrics={"val_loss": 0.3, "return_corr": 0.5, "top_watch_share": 0.2})
+    st = run(spec, r.status, job=job).status
+    assert (st.offline_metric, st.offline_score) == ("top_watch_share", 0.2)
+    # a trainer that reports the former default only has not reported the objective: a failure, never a score
     spec, r = to_training(hyp_spec("reward", patch={"label": "CAST(click AS DOUBLE) * completion"}))
     job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.3, "return_corr": 0.2})
-    assert run(spec, r.status, job=job).status.offline_score == 0.2
+    st = run(spec, r.status, job=job).status
+    assert st.phase == "Failed" and "reported no 'top_watch_share' metric" in st.reason and st.offline_score is None
 
 
 def test_success_without_metric_fails():

@@ -79,7 +79,8 @@ def test_hypothesis_survives_conflicts_throttling_and_operator_restarts(crds, cl
 
     c, ns = crds, cluster_namespace
     config.load_kube_config(config_file=str(c.kubeconfig))  # the handlers' own CustomObjectsApi() uses it
-    metrics = {"val_loss": 0.4242, "auc": 0.61, "long_watch_corr": 0.2, "return_corr": 0.05, "like_corr": 0.1}
+    metrics = {"val_loss": 0.4242, "auc": 0.61, "long_watch_corr": 0.2, "return_corr": 0.05, "like_corr": 0.1,
+               "top_watch_share": 0.07}
     evo = _example("evolution")
     t = evo["spec"]["training"]
     for k in ("queueName", "priorityClassName", "nodeSelector", "tolerations"):  # no Kueue/priority class here

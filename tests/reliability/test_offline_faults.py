@@ -180,8 +180,8 @@ def garbage_trainer(tmp_path, kind: str) -> list[str]:
         a = sys.argv[1:]; opt = {{a[i]: a[i + 1] for i in range(0, len(a) - 1, 2) if a[i].startswith("--")}}
         os.makedirs(opt["--out"], exist_ok=True); p = os.path.join(opt["--out"], "metrics.json")
         if "--delta" not in opt:  # the baseline trains normally; only candidates write garbage
-            json.dump({{"val_loss": 0.5, "auc": 0.7, "long_watch_corr": 0.2, "return_corr": 0.1, "like_corr": 0.1}},
-                      open(p, "w"))
+            json.dump({{"val_loss": 0.5, "auc": 0.7, "long_watch_corr": 0.2, "return_corr": 0.1, "like_corr": 0.1,
+                       "top_watch_share": 0.07}}, open(p, "w"))
         else:
             {write}
     """))

@@ -159,3 +159,16 @@ def test_journal_reads_a_driver_run(driver_run):
     res = CliRunner().invoke(app, ["journal", str(driver_run), "--persona", "architecture"])
     assert res.exit_code == 0, res.output
     assert "demo-w1-1" in res.stdout and "demo-w2-0" in res.stdout and "demo-w1-0" not in res.stdout
+
+
+def test_the_journal_table_shows_the_metric_a_hypothesis_was_judged_on(driver_run):
+    """A reward hypothesis's row names the Evolution's reward objective (its offlineMetric), not the reward
+    persona's own default metric (long_watch_corr), and the score on it."""
+    from cambrian.agents.cli import journal_rows
+    from cambrian.agents.personas import PERSONAS
+    from cambrian.report import load_run
+
+    rows = {r["id"]: r for r in journal_rows(load_run(driver_run))}
+    assert PERSONAS["reward"].metric == "long_watch_corr"
+    assert (rows["demo-w1-2"]["metric"], rows["demo-w1-2"]["score"]) == ("return_corr", 0.01)
+    assert (rows["demo-w1-0"]["metric"], rows["demo-w1-0"]["score"]) == ("val_loss", 0.48)
