@@ -87,7 +87,7 @@ def test_throughput_quick():
         assert 0 < b["fit_seconds"] <= b["trainer_process_seconds"] <= b["slot_seconds"] + 1
         # every successful run reported its CPU seconds in fit, and they are what the headline counts
         assert 0 < b["fit_cpu_seconds"] < b["slot_seconds"]
-        assert b["non_training_share"] == pytest.approx(1 - b["fit_cpu_seconds"] / b["slot_seconds"], abs=1e-6)
+        assert b["non_training_share"] == pytest.approx(1 - b["fit_cpu_seconds"] / b["slot_seconds"], abs=1e-3)  # rounded
         assert 0 <= b["non_training_share_wall"] <= 1
         assert arm["hypotheses_per_hour"] > 0 and arm["evaluations_per_hour"] >= arm["hypotheses_per_hour"]
         assert arm["per_candidate"]["runs"] == b["evaluations"]  # every run left its timing.json
