@@ -40,7 +40,7 @@ def for_declaration(persona: "Persona", schema: Any, metric: str | None = None) 
     secondary = tuple(m for m in persona.secondary_metrics if m in known)
     if persona.metric in known and (metric is None or metric == persona.metric or metric not in known):
         return dataclasses.replace(persona, secondary_metrics=secondary)
-    primary = metric if metric in known else next((p.name for p in schema.proxies if p.kind != "auc"), "val_loss")
+    primary = metric if metric in known else schema.first_rank_proxy() or "val_loss"
 
     def describe(p: Any) -> str:
         if p.kind == "auc":

@@ -17,8 +17,8 @@ platform's default), where fit_cpu is the contained trainer's own CPU seconds in
 wall time also counts the CPU that other processes (a warm worker's spare sandboxes importing torch, the other
 slot's start-up) took from its core, so a wall-clock share would book their work as training. The wall-clock
 share is reported beside it (`non_training_share_wall`); the cold arm (warm trainers off) and warm without the
-prepared-rows cache run in the same
-benchmark on the same world, so each component's gain is a ratio measured side by side. Each run's
+prepared-rows cache run in the same benchmark on the same world, so each component's gain is a ratio measured
+side by side. Each run's
 OUT/timing.json (trainer/warm.py Laps) gives the per-candidate phases: start-up, prepare, trainer process
 (inside it: read_input, gate, fit, export), predictor process, score.
 """

@@ -744,7 +744,7 @@ class EvolutionSpec(_Model):
                 hint = ""
                 if metric == defaults.for_component(component).metric:  # left at the default: the world's proxy
                     # e.g. the proxy the agents' prompts then fall back to (agents/personas.py for_declaration)
-                    ranked = next((p.name for p in declared.proxies if p.kind != "auc"), known[-1])
+                    ranked = declared.first_rank_proxy() or known[-1]
                     hint = (f" (the default, a proxy of the world's declaration: set objective.offline.{component} to "
                             + (f"one of the declaration's proxies, e.g. {{metric: {ranked}, direction: maximize}})"
                                if len(known) > 1 else "{metric: val_loss, direction: minimize}, or declare a proxy)"))

@@ -164,6 +164,11 @@ class DataSchema(_Strict):
         """The table.column references the label and the proxies may read: the signals and the label column."""
         return tuple(dict.fromkeys((*self.signals, *([self.label.column] if self.label else []))))
 
+    def first_rank_proxy(self) -> str | None:
+        """The first declared proxy that is not an AUC: what an objective falls back to (the agents' prompts) or
+        is told to name (the operator's error) when the world's default metric is not the data's."""
+        return next((p.name for p in self.proxies if p.kind != "auc"), None)
+
     def expressions(self) -> dict[str, str]:
         """Every SQL expression of the declaration, by where it is declared."""
         out = {f"proxies[{p.name}].signal": p.signal for p in self.proxies}
