@@ -302,38 +302,52 @@ def _reported(memo: kopf.Memo, meta: Any, mark: bool = False) -> bool:
 
 
 class Stepped:
-    """The status each kopf-driven step of this process stepped from and produced, per object.
+    """The statuses this process's kopf-driven steps stepped from and produced, per object.
 
     kopf runs an object's timer beside its change handlers, and writes a handler's status only after the
     handler returns (its own annotations first, then the status: two requests, two watch events). So a step
     can get a body whose status predates the last step's patch: with a 1 s interval the Evolution's create
-    handler and its first tick both saw no phase, and the Started Event was posted twice. A step from the
-    very status an earlier step already stepped from continues from that step's result instead; a body with
-    any other status (our patch landed, or someone else's change) is stepped as it is. The patch is always
-    relative to the stored status, so whichever lands last leaves the whole new status.
+    handler and its first tick both saw no phase, and the Started Event was posted twice. And with three steps
+    in flight a body can carry the *middle* one's status (the first patch landed, the second not yet): stepping
+    it as it is repeated the second step's transitions (the BundleNotServable Warning was posted twice). So
+    every status a step of this process stepped from or produced, since the last unknown one, is remembered:
+    a body carrying any of them continues from the newest result; a body with any other status (someone
+    else's change) is stepped as it is and starts a new chain. The patch is always relative to the stored
+    status, so whichever lands last leaves the whole new status.
     (Hypotheses write their own status and read it back: indexed.Written.)"""
+
+    KEEP = 6  # statuses remembered per object: more than the steps of one object ever in flight at once
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_uid: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._by_uid: dict[str, list[dict[str, Any]]] = {}  # oldest first; the last is the newest result
         self.locks = indexed.KeyedLocks()  # the steps of one object take turns
 
     def newest(self, body: dict[str, Any]) -> dict[str, Any]:
         uid = (body.get("metadata") or {}).get("uid", "")
+        status = dict(body.get("status") or {})
         with self._lock:
-            entry = self._by_uid.get(uid)
-            if entry is None:
+            chain = self._by_uid.get(uid)
+            if chain is None or status == chain[-1]:
                 return body
-            if dict(body.get("status") or {}) != entry[0]:
+            if status not in chain:
                 del self._by_uid[uid]
                 return body
-            return {**body, "status": entry[1]}
+            return {**body, "status": chain[-1]}
 
-    def record(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+    def record(self, body: dict[str, Any], start: dict[str, Any], new: dict[str, Any]) -> None:
+        """A step of `body` went from status `start` (the body's own, or newest()'s) to `new`."""
         uid = (body.get("metadata") or {}).get("uid", "")
+        stored = dict(body.get("status") or {})
         with self._lock:
-            if new != old:
-                self._by_uid[uid] = (old, new)
+            chain = self._by_uid.get(uid)
+            if chain is None or chain[-1] != start:
+                if new == start == stored:
+                    return  # nothing changed and nothing is in flight
+                chain = [stored] if stored == start else [stored, start]
+            if new != chain[-1]:
+                chain.append(new)
+            self._by_uid[uid] = chain[-self.KEEP:]
 
     def forget(self, uid: str) -> None:
         with self._lock:
@@ -369,7 +383,7 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, object
         if s.result is None:
             return None
         if stepped is not None:
-            stepped.record(stored, old, s.result.status.wire())
+            stepped.record(stored, dict(start.get("status") or {}), s.result.status.wire())
     _persist(patch, old, s.result.status)  # relative to the stored status: whichever patch lands last is whole
     return None if s.failed else s
 

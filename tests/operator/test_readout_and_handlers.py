@@ -354,6 +354,54 @@ def test_a_rollout_timer_racing_its_create_handler_posts_started_once(objects):
     assert [k for k, _ in p.applied].count("weights") == 1 and ticks[-1]["status"]["phase"] == "Running"
 
 
+def test_a_body_with_the_middle_steps_status_continues_from_the_newest(objects):
+    """Three steps in flight: the create handler's patch landed, the first tick's not yet. The second tick got
+    the create handler's status and stepped it as it was, repeating the first tick's transition (the
+    cluster posted the BundleNotServable Warning twice). Every status this process stepped from or produced
+    continues from the newest."""
+    p = Recording()
+    m = memo(p)
+    ro = body("Rollout", "ro", rollout_spec().wire(), resourceVersion="3")
+    created = kopf.Patch()
+    HD.rollout_changed(body=ro, patch=created, memo=m)  # Deploying
+    p.arms_ = {k: ArmObservation(v.name, True, True) for k, v in p.arms_.items()}
+    first = kopf.Patch()
+    HD.rollout_timer(body=ro, patch=first, memo=m)  # from the body before any patch: continues, Running
+    assert [a.event for a in p.events].count("Started") == 1 and first["status"]["phase"] == "Running"
+    middle = body("Rollout", "ro", rollout_spec().wire(), dict(created["status"]), resourceVersion="4")
+    assert middle["status"]["phase"] == "Deploying"
+    HD.rollout_timer(body=middle, patch=kopf.Patch(), memo=m)
+    assert [a.event for a in p.events].count("Started") == 1, [a.event for a in p.events]
+    assert [k for k, _ in p.applied].count("weights") == 1
+    # someone else's status (not one this process stepped from or wrote) is stepped as it is
+    other = {**dict(first["status"]), "phase": "Deploying"}
+    other.pop("startedAt", None)
+    HD.rollout_timer(body=body("Rollout", "ro", rollout_spec().wire(), other, resourceVersion="5"),
+                     patch=kopf.Patch(), memo=m)
+    assert [a.event for a in p.events].count("Started") == 2
+
+
+def test_stepped_remembers_the_chain_of_its_own_statuses():
+    s = HD.Stepped()
+    meta = {"uid": "u"}
+    s0, s1, s2, s3 = {}, {"phase": "A"}, {"phase": "B"}, {"phase": "C"}
+    b = lambda st: {"metadata": meta, "status": st}  # noqa: E731
+    assert s.newest(b(s0)) == b(s0)
+    s.record(b(s0), s0, s1)
+    s.record(b(s0), s.newest(b(s0))["status"], s2)  # a step from the stale body continued from s1
+    assert s.newest(b(s0))["status"] == s2 and s.newest(b(s1))["status"] == s2
+    assert s.newest(b(s2))["status"] == s2  # the newest landed
+    s.record(b(s1), s.newest(b(s1))["status"], s3)
+    assert s.newest(b(s0))["status"] == s.newest(b(s2))["status"] == s3  # still ours: a late, older body
+    assert s.newest(b({"phase": "Z"}))["status"] == {"phase": "Z"}  # not ours: the chain starts again
+    assert s.newest(b(s1))["status"] == s1
+    last = s1
+    for i in range(20):  # bounded: each step from the last one's landed status
+        last = s.newest(b(last))["status"]
+        s.record(b(last), s.newest(b(last))["status"], {"n": i})
+    assert len(s._by_uid["u"]) == HD.Stepped.KEEP and s.newest(b({"n": 14}))["status"] == {"n": 19}
+
+
 def test_handlers_are_registered_for_every_kind():
     reg = kopf.get_default_registry()
     timers = {h.selector.any_name for h in reg._spawning.get_all_handlers() if h.selector.group == "cambrian.dev"}
