@@ -24,7 +24,7 @@ from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
-from cambrian.trainer.rowframe import DAY, RowFrame, evaluate
+from cambrian.trainer.rowframe import DAY, RowFrame, connect, evaluate
 from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
 from cambrian.trainer.splits import Split, TrainingSet, Written
 
@@ -86,7 +86,7 @@ def read_source(data_dir: str | Path, schema: DataSchema | str | None = None) ->
 
 @lru_cache(maxsize=1)
 def _scalar_functions() -> frozenset[str]:
-    con = duckdb.connect(config={"enable_external_access": False})
+    con = connect()
     try:
         rows = con.execute("SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
                            "WHERE function_type IN ('scalar', 'macro')").fetchall()
@@ -153,7 +153,7 @@ def check_reward_sql(expr: str, what: str, schema: DataSchema = WORLD) -> None:
         raise GateError("reward_sql", f"reward {what} is empty")
     if len(expr) > MAX_SQL_CHARS:
         raise GateError("reward_sql", f"reward {what} is {len(expr)} characters; the limit is {MAX_SQL_CHARS}")
-    con = duckdb.connect(config={"enable_external_access": False})
+    con = connect()
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?)", ["SELECT " + expr]).fetchone()[0])
     except (duckdb.Error, ValueError, TypeError) as exc:
@@ -198,12 +198,13 @@ class _RewardTotals:
             raise GateError("reward_sql", f"reward label is constant ({self.low:.3g}): nothing to learn")
 
 
-def _reward_values(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = WORLD) -> tuple[np.ndarray, np.ndarray]:
+def _reward_values(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = WORLD,
+                   con: duckdb.DuckDBPyConnection | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The reward's label and weight per interaction with DuckDB over the joined rows (trainer/rowframe.py), each
     row checked (the expressions were checked by check_reward_sql)."""
     columns = list(reward_columns(schema))
     try:
-        out = evaluate(df[columns], {"label": reward.label, "weight": reward.weight})
+        out = evaluate(df[columns], {"label": reward.label, "weight": reward.weight}, con)
     except duckdb.Error as exc:
         raise GateError("reward_sql", f"reward SQL failed: {str(exc).splitlines()[0]}",
                         hint=f"declared columns ({schema.name}): {', '.join(columns)}") from None
@@ -257,6 +258,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     user_col, item_col = schema.user_id, schema.item_id
     source = open_source(text)
     writers: list[RowWriter] = []
+    rows_of: RowFrame | None = None
     try:
         report = require_valid(schema, source, text)  # streamed, before anything is written
         small = {k: t.to_pandas() for k, t in read_tables(schema, source, [k for k in schema.tables if k != key]).items()}
@@ -288,7 +290,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
             df = rows_of.join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
             for i, column in enumerate((user_col, item_col)):
                 top[i] = max(top[i], int(_ids(df, column, key).max()))
-            label, weight = _reward_values(df, config.reward, schema)
+            label, weight = _reward_values(df, config.reward, schema, rows_of.con)
             is_val = df[DAY].to_numpy() >= cutoff
             index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows
             seen += len(index)
@@ -318,6 +320,8 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     finally:
         for writer in writers:
             writer.close()
+        if rows_of is not None:
+            rows_of.close()
         close(source)
     totals.check()
     val_totals.check()
