@@ -5,11 +5,14 @@ the contained predictor), each importing torch, plus the data preparation with t
 - `serve` is a long-lived trusted process per worker slot (agents/runner.py WarmWorker starts it with the
   cold run's limits and cleaned environment): it runs `cambrian train` requests one after another, by the
   same CLI code, so torch and the project are imported once per slot. It never runs candidate code.
-- `WarmPool` keeps one pre-started contained process per step (trainer, predictor): bubblewrap sandbox and
-  seccomp filter as in the cold path, torch imported, blocked on its stdin (trainer/contained.py `warm`).
-  Its input folder was bound read-only when it was created; the trusted side fills it, then writes the one
-  command. It runs that command and ends; its whole tree is killed after it. A sandbox is never given a second
-  candidate (`take` hands each out once, and the contained program ends after one command).
+- `WarmPool` runs each step (trainer, predictor) in a fork of its zygote (trainer/zygote.py: torch imported
+  once, in a trusted process that never opens candidate data), which contains itself with the operating system
+  (the namespaces, file system, seccomp filter and limits of the bubblewrap sandbox) before the step's command
+  runs, once the trusted side has filled its input folder. Where the zygote cannot be made ready, or with
+  zygote=False: one pre-started contained process per step, bubblewrap sandbox and seccomp filter as in the
+  cold path, torch imported, blocked on its stdin (trainer/contained.py `warm`); its input folder was bound
+  read-only when it was created; the trusted side fills it, then writes the one command. Either way a step runs
+  one command and ends; its whole tree is killed after it, and no process is given a second candidate.
 - `PreparedCache` keeps the prepared training rows per (data files, the config fields that change rows): a
   candidate's input folder gets hard links to them, bound read-only into its sandbox (it can read them, and
   neither it nor any later candidate can write them).

@@ -23,8 +23,10 @@ with {"pid"} and then {"exit"}; {"kill": true} while a step runs kills it. Each 
   sandbox's rlimits (sandbox.apply_limits) and seccomp filter (sandbox.load_filter, which refuses new processes,
   namespaces, mounts, ptrace and non-Unix sockets) before the step's command runs.
 The exit code, the wall-time kill and the log tail reach the caller as the bubblewrap path's ContainedResult.
-At start the zygote runs a probe step (the whole containment, no command): if it fails, it never says `ready`
-and the pool uses bubblewrap instead (fail closed: a step never runs with less).
+At start the pool has the zygote run a probe step (the whole containment, no command): unless it passes, the
+zygote is not `ready` and the pool uses bubblewrap sandboxes instead (fail closed: a step never runs with less).
+Memory: C1's and C2's reapers are small fresh interpreters; the zygote itself is left out of the runner's memory
+watchdog (trainer/warm.py SPARES), its children are not.
 """
 
 from __future__ import annotations
