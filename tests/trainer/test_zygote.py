@@ -235,3 +235,27 @@ def test_the_probe_refuses_to_start_without_its_containment(tmp_path):
         assert "could not be built" in z.problem()
     finally:
         z.close()
+
+
+def test_the_memory_watchdog_counts_a_zygotes_children_but_not_the_zygote():
+    """The runner's tree RSS leaves out a process listed `alone` (the idle zygote, trainer/warm.py SPARES) and
+    still counts its children (the candidate's steps); a listed tree (an idle bubblewrap spare) goes whole."""
+    import subprocess
+    import sys
+
+    from cambrian.agents.runner import _tree_rss
+
+    child = subprocess.Popen([sys.executable, "-c", "b = bytearray(200 << 20); import time; time.sleep(60)"])
+    try:
+        me = psutil.Process()
+        kid = psutil.Process(child.pid)
+        deadline = time.monotonic() + 30
+        while kid.memory_info().rss < 150 << 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        without_me = _tree_rss(me, alone=frozenset({me.pid}))
+        assert abs(without_me - kid.memory_info().rss) < 20 << 20  # the child only
+        assert _tree_rss(me) - without_me > 10 << 20  # this process counts when not left out
+        assert _tree_rss(me, frozenset({me.pid})) == 0  # a tree left out goes whole
+    finally:
+        child.kill()
+        child.wait()
