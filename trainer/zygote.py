@@ -2,7 +2,8 @@
 and forks one child per step; each child contains itself with the operating system before any candidate code
 runs, so a step pays a fork, not an interpreter start and a torch import (trainer/warm.py WarmPool).
 
-    python -I -B -m cambrian.trainer.zygote PARENT_PID        (started by Zygote: minimal environment, cwd /)
+    python -I -B -m cambrian.trainer.zygote PARENT_PID POOL   (started by Zygote: minimal environment, cwd /;
+                                                             POOL only names it, as a warm worker's command line)
 
 It never opens candidate data: it reads requests ({"argv", "input", "scratch", "log", "env"}: the contained
 program's arguments, the step's two folders, its log file and environment) on stdin and answers on stdout
@@ -365,7 +366,8 @@ class Zygote:
         for folder in (self.probe_in, self.probe_out):
             folder.mkdir(parents=True, exist_ok=True)
         with open(root / "zygote.log", "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "cambrian.trainer.zygote", str(os.getpid())],
+            self.proc = subprocess.Popen([sys.executable, "-I", "-B", "-m", "cambrian.trainer.zygote", str(os.getpid()),
+                                          str(root)],
                                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                          bufsize=0, start_new_session=True, cwd="/")
         self.pid = self.proc.pid
