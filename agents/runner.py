@@ -171,8 +171,9 @@ def _link_or_copy(src, dst) -> None:
         shutil.copy2(src, dst)
 
 
-def _tree_rss(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> int:
-    """Resident memory of a process tree, without the subtrees rooted at `exclude` (a warm worker's idle spares)."""
+def _tree_rss(proc: psutil.Process, exclude: frozenset[int] = frozenset(), alone: frozenset[int] = frozenset()) -> int:
+    """Resident memory of a process tree, without the subtrees rooted at `exclude` (a warm worker's idle spares)
+    and without the processes in `alone`, whose children still count (a warm worker's zygote, trainer/zygote.py)."""
     total = 0
     try:
         procs = [proc, *proc.children(recursive=True)]
@@ -182,6 +183,7 @@ def _tree_rss(proc: psutil.Process, exclude: frozenset[int] = frozenset()) -> in
             except psutil.Error:
                 continue
             procs = [p for p in procs if p.pid not in skip]
+        procs = [p for p in procs if p.pid not in alone]
     except psutil.Error:
         return 0
     for p in procs:
@@ -211,8 +213,8 @@ class _ColdRun:
         _kill_group(self.popen)
         return self.popen.wait()
 
-    def spare_pids(self) -> frozenset[int]:
-        return frozenset()
+    def spare_pids(self) -> tuple[frozenset[int], frozenset[int]]:
+        return frozenset(), frozenset()
 
     def close(self) -> None:
         if self.popen.poll() is None:
@@ -228,10 +230,11 @@ class WarmWorker:
     address-space and file-size limits, a cleaned environment; no CPU-time rlimit, which would add up over
     candidates: the wall-time and memory watchdogs of run_candidate bound each request). A request that is
     killed takes the whole worker with it (its tree: the candidate's sandbox and the spares); the next request
-    starts a fresh one. `cache_size`: prepared training rows kept (trainer/warm.py PreparedCache; 0: none)."""
+    starts a fresh one. `cache_size`: prepared training rows kept (trainer/warm.py PreparedCache; 0: none).
+    `zygote`: the steps are forks of the worker's zygote (trainer/zygote.py), else pre-started bubblewrap sandboxes."""
 
-    def __init__(self, home: Path, limits: RunLimits, cache_size: int = 4):
-        self.home, self.limits, self.cache_size = Path(home).resolve(), limits, cache_size
+    def __init__(self, home: Path, limits: RunLimits, cache_size: int = 4, zygote: bool = True):
+        self.home, self.limits, self.cache_size, self.zygote = Path(home).resolve(), limits, cache_size, zygote
         self.popen: subprocess.Popen | None = None
         self.last_reply: dict[str, Any] = {}
         self._tmp: str | None = None
@@ -244,7 +247,8 @@ class WarmWorker:
         self.home.mkdir(parents=True, exist_ok=True)
         self._tmp = tempfile.mkdtemp(prefix="cambrian-warm-")
         # the home folder in the command line: the local platform's recover() finds a left-over worker by it
-        cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool"), str(self.cache_size)]
+        cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool"), str(self.cache_size),
+               "zygote" if self.zygote else "bwrap"]
         with open(self.home / "worker.log", "ab") as log:
             self.popen = subprocess.Popen(cmd, cwd=self._tmp, env=candidate_environment(self.limits, self._tmp),
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
@@ -280,14 +284,16 @@ class WarmWorker:
             self.stop()
             return 1
 
-    def spare_pids(self) -> frozenset[int]:
-        """The worker's idle pre-started sandboxes (its own record, trainer/warm.py): no candidate's memory."""
+    def spare_pids(self) -> tuple[frozenset[int], frozenset[int]]:
+        """The worker's idle pre-started sandboxes (trees) and its zygote (the process alone: its children are the
+        candidate's steps), from its own record (trainer/warm.py): no candidate's memory."""
         from cambrian.trainer.warm import SPARES
 
         try:
-            return frozenset(int(p) for p in json.loads((self.home / "pool" / SPARES).read_text()))
-        except (OSError, ValueError, TypeError):
-            return frozenset()
+            record = json.loads((self.home / "pool" / SPARES).read_text())
+            return (frozenset(int(p) for p in record["trees"]), frozenset(int(p) for p in record["processes"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            return frozenset(), frozenset()
 
     def kill(self) -> int:
         _kill_group(self.popen)  # its sandboxes go with it (bubblewrap's --die-with-parent)
@@ -384,7 +390,7 @@ def run_candidate(
                 if elapsed > limits.wall_seconds:
                     killed = ("timeout", f"killed after exceeding the wall-time limit of {limits.wall_seconds:g}s")
                 elif limits.rss_mb:
-                    rss = _tree_rss(ps, run.spare_pids())
+                    rss = _tree_rss(ps, *run.spare_pids())
                     peak = max(peak, rss)
                     if rss > limits.rss_mb * 1024 * 1024:
                         killed = ("memory", f"killed at {rss / 2**20:.0f} MiB resident, over the limit of "

@@ -77,7 +77,7 @@ class LoopResult:
 
 def run_on_driver(root: Path, obj: dict[str, Any], data: Path, *, workers: int, threads: int = 1,
                   wall_seconds: float = 1800, proposer: Any = None, train_command: list[str] | None = None,
-                  warm: bool = True, warm_cache: int = 4) -> LoopResult:
+                  warm: bool = True, warm_cache: int = 4, warm_zygote: bool = True) -> LoopResult:
     """Reconcile the Evolution on a LocalDriver in `root` until its budget is spent (or it has nothing left
     to do), with `workers` sandboxed training runs at once, each on `threads` CPU threads.
     `train_command`: another trainer with `cambrian train`'s contract (tests); default: the real one."""
@@ -86,7 +86,7 @@ def run_on_driver(root: Path, obj: dict[str, Any], data: Path, *, workers: int, 
 
     driver = LocalDriver(root, data_dir=data, workers=workers, max_days=SIM_DAYS, proposer=proposer,
                          limits=RunLimits(threads=threads, wall_seconds=wall_seconds), train_command=train_command,
-                         warm=warm, warm_cache=warm_cache)
+                         warm=warm, warm_cache=warm_cache, warm_zygote=warm_zygote)
     driver.apply([obj])
     started = time.perf_counter()
     summary = driver.run()

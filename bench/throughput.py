@@ -16,9 +16,9 @@ Headline ratio = non-training share = 1 − Σfit_cpu / (k·W)  (target < 10%), 
 platform's default), where fit_cpu is the contained trainer's own CPU seconds in the optimisation loop: its
 wall time also counts the CPU that other processes (a warm worker's spare sandboxes importing torch, the other
 slot's start-up) took from its core, so a wall-clock share would book their work as training. The wall-clock
-share is reported beside it (`non_training_share_wall`); the cold arm (warm trainers off) and warm without the
-prepared-rows cache run in the same benchmark on the same world, so each component's gain is a ratio measured
-side by side. Each run's
+share is reported beside it (`non_training_share_wall`); the cold arm (warm trainers off), warm without the
+prepared-rows cache and warm with bubblewrap spares instead of the zygote run in the same benchmark on the same
+world, so each component's gain is a ratio measured side by side. Each run's
 OUT/timing.json (trainer/warm.py Laps) gives the per-candidate phases: start-up, prepare, trainer process
 (inside it: read_input, gate, fit, export), predictor process, score.
 """
@@ -103,9 +103,11 @@ def timing_breakdown(runs: list[dict], wall_seconds: float, slots: int) -> dict[
 
 
 # Arms, measured one after another on the same world in one run: the cold path (three fresh Python processes
-# per candidate), warm trainers without the prepared-rows cache (the imports' share of the gain), and warm
-# with it (the default of the local platform).
-ARMS = {"cold": {"warm": False}, "warm_no_cache": {"warm": True, "warm_cache": 0}, "warm": {"warm": True}}
+# per candidate), warm trainers without the prepared-rows cache (the imports' share of the gain), warm trainers
+# whose steps are pre-started bubblewrap sandboxes (each importing torch), and warm with the cache and each step a
+# fork of the worker's zygote (trainer/zygote.py; the default of the local platform).
+ARMS = {"cold": {"warm": False}, "warm_no_cache": {"warm": True, "warm_cache": 0},
+        "warm_bwrap": {"warm": True, "warm_zygote": False}, "warm": {"warm": True}}
 
 
 def run_timings(root: Path, jobs: list[str]) -> list[dict]:
@@ -179,6 +181,9 @@ def run(quick: bool = False, arms: tuple[str, ...] = tuple(ARMS)) -> dict:
         cold = results["cold"]["hypotheses_per_hour"]
         for name, r in results.items():
             gains[f"{name}/cold hypotheses_per_hour"] = round(r["hypotheses_per_hour"] / max(cold, 1e-9), 3)
+    if "warm_bwrap" in results and "warm" in results:
+        gains["warm/warm_bwrap (the zygote's share)"] = round(
+            results["warm"]["hypotheses_per_hour"] / max(results["warm_bwrap"]["hypotheses_per_hour"], 1e-9), 3)
     if "warm_no_cache" in results and "warm" in results:
         gains["warm/warm_no_cache (the data cache's share)"] = round(
             results["warm"]["hypotheses_per_hour"] / max(results["warm_no_cache"]["hypotheses_per_hour"], 1e-9), 3)

@@ -64,7 +64,8 @@ class LocalDriver:
                  max_days: float = 60.0, poll_s: float = 0.5, proposer: Any = None, limits: Any = None,
                  train_command: list[str] | None = None, on_pass: Callable[["LocalDriver"], None] | None = None,
                  until: Callable[["LocalDriver"], str | None] | None = None, warehouse: Any = None,
-                 promql_url: str | None = None, warm: bool = True, warm_cache: int = 4):
+                 promql_url: str | None = None, warm: bool = True, warm_cache: int = 4,
+                 warm_zygote: bool = True):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(self.root)
@@ -77,7 +78,7 @@ class LocalDriver:
         self.platform = LocalPlatform(self.root, self.store, lambda: self.now, proposer=proposer, data_dir=data_dir,
                                       workers=workers, limits=limits, train_command=train_command,
                                       warehouse=warehouse, promql_url=promql_url, warm=warm,
-                                      warm_cache=warm_cache)
+                                      warm_cache=warm_cache, warm_zygote=warm_zygote)
         self.max_days, self.poll_s, self.on_pass = max_days, poll_s, on_pass
         self.until = until  # an extra reason to stop once the objects are settled (None: go on)
         self.cache: dict = {}

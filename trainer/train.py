@@ -275,7 +275,8 @@ class _Contained:
             argv += ["--seccomp"]
         return argv
 
-    def environment(self) -> dict[str, str]:
+    @staticmethod
+    def environment() -> dict[str, str]:
         env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
                "PYTHONNOUSERSITE": "1"}
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
@@ -396,6 +397,7 @@ def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, 
     training rows from the worker's cache. Each sandbox is taken when its step starts and killed after it."""
     trainer = warm.take("training")
     predictor = None
+    via = [trainer.warm]  # each step's process: a zygote's child (trainer/zygote.py) or a bubblewrap sandbox
     try:
         laps.lap("take_sandbox")
         data = write_training_input(trainer.input, config, data_dir, schema=schema, cache=warm.cache)
@@ -404,12 +406,14 @@ def _train_warm(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, 
         laps.lap("trainer_process", result)
         program = exported_program(trainer)
         predictor = warm.take("scoring")
+        via.append(predictor.warm)
         laps.lap("take_sandbox")
         _write_heldout(predictor.input / "heldout.npz", data.val, data.spec.inputs)
         shutil.copyfile(program, predictor.input / "model.pt2")
         predictor.run("predict", cpu_only=True)
         laps.lap("predictor_process")
-        metrics = score(config, data, result, program, predictor, out_dir, "bwrap", False)
+        label = "+".join(sorted({getattr(w, "kind", "bwrap") for w in via}))  # "zygote", or "bwrap" as cold
+        metrics = score(config, data, result, program, predictor, out_dir, label, False)
         laps.lap("score").write(Path(out_dir), warm=True)
         return metrics
     finally:

@@ -5,11 +5,14 @@ the contained predictor), each importing torch, plus the data preparation with t
 - `serve` is a long-lived trusted process per worker slot (agents/runner.py WarmWorker starts it with the
   cold run's limits and cleaned environment): it runs `cambrian train` requests one after another, by the
   same CLI code, so torch and the project are imported once per slot. It never runs candidate code.
-- `WarmPool` keeps one pre-started contained process per step (trainer, predictor): bubblewrap sandbox and
-  seccomp filter as in the cold path, torch imported, blocked on its stdin (trainer/contained.py `warm`).
-  Its input folder was bound read-only when it was created; the trusted side fills it, then writes the one
-  command. It runs that command and ends; its whole tree is killed after it. A sandbox is never given a second
-  candidate (`take` hands each out once, and the contained program ends after one command).
+- `WarmPool` runs each step (trainer, predictor) in a fork of its zygote (trainer/zygote.py: torch imported
+  once, in a trusted process that never opens candidate data), which contains itself with the operating system
+  (the namespaces, file system, seccomp filter and limits of the bubblewrap sandbox) before the step's command
+  runs, once the trusted side has filled its input folder. Where the zygote cannot be made ready, or with
+  zygote=False: one pre-started contained process per step, bubblewrap sandbox and seccomp filter as in the
+  cold path, torch imported, blocked on its stdin (trainer/contained.py `warm`); its input folder was bound
+  read-only when it was created; the trusted side fills it, then writes the one command. Either way a step runs
+  one command and ends; its whole tree is killed after it, and no process is given a second candidate.
 - `PreparedCache` keeps the prepared training rows per (data files, the config fields that change rows): a
   candidate's input folder gets hard links to them, bound read-only into its sandbox (it can read them, and
   neither it nor any later candidate can write them).
@@ -33,7 +36,7 @@ from cambrian.trainer.sandbox import ContainedResult, file_tail, start_contained
 
 READY_SECONDS = 300.0  # a spare that has not imported torch by then is broken: the step runs cold instead
 STEPS = ("training", "scoring")
-SPARES = "spares.json"  # in the pool folder: the idle spares' PIDs (WarmPool._record_spares)
+SPARES = "spares.json"  # in the pool folder: the idle spares' and the zygote's PIDs (WarmPool._record_spares)
 # Fields that decide which rows prepare() writes and how it labels them are everything but these (so a
 # field added later is part of the key until it is listed here).
 ROW_NEUTRAL = {"optimizer": None, "architecture": None,
@@ -41,29 +44,71 @@ ROW_NEUTRAL = {"optimizer": None, "architecture": None,
 
 
 class WarmPool:
-    """One spare pre-started sandbox per step, for runs with the same limits (SandboxLimits). CPU runs only."""
+    """Pre-started single-use sandboxes for runs with the same limits (SandboxLimits). CPU runs only. With
+    `zygote` (the default where the kernel allows it), each step is a fork of the pool's zygote that contains
+    itself (trainer/zygote.py); else, or when the zygote cannot be (re)started, one spare bubblewrap sandbox per
+    step."""
 
-    def __init__(self, root: Path, limits, cache_size: int = 4):
+    def __init__(self, root: Path, limits, cache_size: int = 4, zygote: bool = True):
         self.root = root
         self.limits = limits
         self._spares: dict[str, object] = {}
         self._count = 0
         self.cache = PreparedCache(root / "prepared", cache_size)
-        self.stats = {"warm": 0, "cold": 0, "spares_started": 0}  # reported to the runner with each reply
+        self.use_zygote = zygote
+        self.zygote = None
+        self.stats = {"warm": 0, "cold": 0, "spares_started": 0, "zygote": 0, "zygote_starts": 0}
 
-    def _start(self, step: str):
+    def _new(self, step: str):
         from cambrian.trainer.train import _Contained
 
         self._count += 1
         c = _Contained(self.root, f"{step}-{self._count}", True, self.limits, gpu=False)
         c.input.mkdir(parents=True)
+        return c
+
+    def _start(self, step: str):
+        c = self._new(step)
         c.warm = start_contained(c.input, c.scratch, c.argv("warm", cpu_only=True), c.environment(), c.log)
         self.stats["spares_started"] += 1
         return c
 
+    def _zygote(self):
+        """The zygote, ready (started again if it died); None, for good, when one cannot be made ready."""
+        from cambrian.trainer.train import _Contained
+        from cambrian.trainer.zygote import Zygote
+
+        if self.zygote is not None and not self.zygote.alive():
+            self.zygote.close()
+            self.zygote = None
+        if self.zygote is None:
+            self.zygote = Zygote(self.root, _Contained.environment())
+            self.stats["zygote_starts"] += 1
+            self._record_spares()
+        if self.zygote.ready(READY_SECONDS):
+            return self.zygote
+        print(f"warm pool: the zygote is not usable, steps run in bubblewrap sandboxes: {self.zygote.problem()}",
+              file=sys.stderr)
+        self.zygote.close()
+        self.zygote = None
+        self.use_zygote = False
+        self.prestart()
+        return None
+
     def take(self, step: str):
-        """A started sandbox for `step` (of STEPS), handed out once; once it is ready a new spare starts, which
-        imports while this candidate runs. A spare that never got ready is killed and the step runs cold."""
+        """A sandbox for `step` (of STEPS), handed out once. On the zygote path: a step its child will run in.
+        Else a pre-started one; once it is ready a new spare starts, which imports while this candidate runs. A
+        spare that never got ready is killed and the step runs cold."""
+        if self.use_zygote:
+            from cambrian.trainer.zygote import ZygoteStep
+
+            zygote = self._zygote()
+            if zygote is not None:
+                c = self._new(step)
+                c.warm = ZygoteStep(zygote, c)
+                self.stats["warm"] += 1
+                self.stats["zygote"] += 1
+                return c
         c = self._spares.pop(step, None) or self._start(step)
         if wait_ready(c.warm, READY_SECONDS):
             self.stats["warm"] += 1
@@ -76,23 +121,37 @@ class WarmPool:
         return c
 
     def _record_spares(self) -> None:
-        """The idle spares' PIDs, for the runner's memory watchdog: they belong to no candidate, so a candidate's
-        tree is counted without them (agents/runner.py WarmWorker.spare_pids)."""
+        """The idle spares' PIDs and the zygote's, for the runner's memory watchdog: they belong to no candidate,
+        so a candidate's tree is counted without the spares' trees and without the zygote itself (its children
+        are the candidate's steps) (agents/runner.py WarmWorker.spare_pids)."""
         tmp = self.root / "spares.tmp"
-        tmp.write_text(json.dumps(sorted(c.warm.pid for c in self._spares.values() if c.warm is not None)))
+        tmp.write_text(json.dumps({"trees": sorted(c.warm.pid for c in self._spares.values() if c.warm is not None),
+                                   "processes": [self.zygote.pid] if self.zygote is not None else []}))
         os.replace(tmp, self.root / SPARES)
 
     def prestart(self) -> None:
-        """A spare for every step, started now (a new worker's, while it imports and prepares on its own)."""
-        for step in STEPS:
-            if step not in self._spares:
-                self._spares[step] = self._start(step)
+        """The zygote, or a spare for every step, started now (a new worker's, while it imports and prepares on
+        its own)."""
+        if self.use_zygote:
+            if self.zygote is None:
+                from cambrian.trainer.train import _Contained
+                from cambrian.trainer.zygote import Zygote
+
+                self.zygote = Zygote(self.root, _Contained.environment())
+                self.stats["zygote_starts"] += 1
+        else:
+            for step in STEPS:
+                if step not in self._spares:
+                    self._spares[step] = self._start(step)
         self._record_spares()
 
     def close(self) -> None:
         for c in self._spares.values():
             stop_contained(c.warm)
         self._spares.clear()
+        if self.zygote is not None:
+            self.zygote.close()
+            self.zygote = None
 
 
 def wait_ready(proc: subprocess.Popen, seconds: float) -> bool:
@@ -102,7 +161,10 @@ def wait_ready(proc: subprocess.Popen, seconds: float) -> bool:
 
 
 def release(proc: subprocess.Popen, command: str, wall_seconds: float, log_file: Path) -> ContainedResult:
-    """Give a ready sandbox its one command, wait at most wall_seconds, then kill its whole tree."""
+    """Give a ready sandbox its one command, wait at most wall_seconds, then kill its whole tree. A zygote's
+    step (trainer/zygote.py) is forked now and contained by itself, with the same contract."""
+    if not isinstance(proc, subprocess.Popen):
+        return proc.release(command, wall_seconds, log_file)
     started = time.monotonic()
     timed_out = False
     try:
@@ -122,7 +184,7 @@ def release(proc: subprocess.Popen, command: str, wall_seconds: float, log_file:
 def discard(step) -> None:
     """A step after its run (or unrun): its process tree killed, its folders and log gone (a link into the
     cache goes with its folder; the cache stays)."""
-    if step.warm is not None:
+    if isinstance(step.warm, subprocess.Popen):  # a zygote's step has nothing running before or after its run
         stop_contained(step.warm)
         step.warm = None
     shutil.rmtree(step.input, ignore_errors=True)
@@ -240,17 +302,18 @@ def pool() -> WarmPool | None:
     return _POOL
 
 
-def serve(home: Path, cache_size: int = 4) -> None:
+def serve(home: Path, cache_size: int = 4, zygote: bool = True) -> None:
     """Answer `cambrian train` requests, one JSON line each on stdin ({"argv": [...], "log": path}), with one
     JSON line on stdout ({"exit_code": n}) when the request is done. Its output goes to the request's log.
-    `cache_size` 0: no prepared rows are kept (every candidate prepares its own)."""
+    `cache_size` 0: no prepared rows are kept (every candidate prepares its own). `zygote`: steps are forks of
+    the pool's zygote (trainer/zygote.py), else pre-started bubblewrap sandboxes."""
     global _POOL, REQUEST_STARTED
     import cambrian.cli as cli
     from cambrian.trainer import train as _train  # noqa: F401  - imported once, here
     from cambrian.trainer.train import SandboxLimits
 
     home.mkdir(parents=True, exist_ok=True)
-    _POOL = WarmPool(home, SandboxLimits(), cache_size)
+    _POOL = WarmPool(home, SandboxLimits(), cache_size, zygote)
     _POOL.prestart()
     replies = os.fdopen(os.dup(1), "w")
     saved = os.dup(2)
@@ -287,4 +350,5 @@ def serve(home: Path, cache_size: int = 4) -> None:
 if __name__ == "__main__":  # run as the module itself, so that pool() in train.py sees this process's pool
     from cambrian.trainer import warm as _module
 
-    _module.serve(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 4)
+    _module.serve(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 4,
+                  (sys.argv[3] if len(sys.argv) > 3 else "zygote") == "zygote")

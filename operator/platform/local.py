@@ -109,7 +109,7 @@ class LocalPlatform:
                  proposer: Any = None, data_dir: str | Path | None = None, workers: int = 1,
                  limits: Any = None, readout_wait_s: float = 30.0, train_command: list[str] | None = None,
                  warehouse: Any = None, promql_url: str | None = None, warm: bool = True,
-                 warm_cache: int = 4):
+                 warm_cache: int = 4, warm_zygote: bool = True):
         self.root = Path(root).resolve()
         self.store = store
         self.clock = clock
@@ -124,6 +124,7 @@ class LocalPlatform:
         # warm training (trainer/warm.py): one warm trainer process per worker thread, for the default command
         self.warm = warm and train_command is None
         self.warm_cache = warm_cache  # prepared training rows each warm trainer keeps (0: none)
+        self.warm_zygote = warm_zygote  # its steps fork from a zygote (trainer/zygote.py), else bubblewrap spares
         self._slot = threading.local()
         self._warm_workers: list[Any] = []
         self._running: dict[str, Future] = {}
@@ -269,7 +270,7 @@ class LocalPlatform:
             with self._lock:
                 n = len(self._warm_workers)
                 # not under jobs/: that folder holds one folder per training run (what a resume and a report count)
-                worker = WarmWorker(self.root / "warm" / str(n), launch, self.warm_cache)
+                worker = WarmWorker(self.root / "warm" / str(n), launch, self.warm_cache, self.warm_zygote)
                 self._warm_workers.append(worker)
             self._slot.worker = worker
         return worker

@@ -460,8 +460,8 @@ def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(
     name = WARM_JOB["name"]
     proc = subprocess.Popen([sys.executable, "-c", WARM_DRIVER, str(root), str(data), json.dumps(WARM_JOB)],
                             stderr=subprocess.PIPE, text=True)
-    handed_out = root / "warm" / "0" / "pool" / "training-3-in"  # the spare started after the candidate's was taken
-    _wait(proc, "the warm slot's trainer sandbox handed out", handed_out.exists, timeout=600)
+    handed_out = root / "warm" / "0" / "pool" / "training-1.log"  # opened by the step the zygote forked for it
+    _wait(proc, "the warm slot's trainer step started", handed_out.exists, timeout=600)
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert any("cambrian.trainer.warm" in _command(p) for p in tree)  # the run is a warm slot's
     proc.kill()
@@ -474,9 +474,10 @@ def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(
 
     got = _train_once(root, data, warm=True, recover=True)
     assert got.state == "Succeeded", got
-    same = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr", "n_train", "n_val", "sandbox")
+    same = ("val_loss", "auc", "long_watch_corr", "return_corr", "like_corr", "n_train", "n_val")
     # the same seed: the re-run gives an uninterrupted (cold) run's metrics (timings aside)
     assert {k: got.metrics[k] for k in same} == {k: want.metrics[k] for k in same}
+    assert got.metrics["sandbox"] == "zygote" and want.metrics["sandbox"] == "bwrap"
     assert (root / "jobs" / name / "restarts").read_text().strip() == "1"  # run again once
     assert json.loads((root / "jobs" / name / "work" / "out" / "timing.json").read_text())["warm"] is True
     assert sorted(p.name for p in (root / "jobs").iterdir()) == [name]

@@ -43,9 +43,10 @@ def arch(forward: str = "", init: str = "", after_gate: bool = False) -> dict:
     return {"component": "architecture", "code": code}
 
 
-@pytest.fixture
-def pool(tmp_path, monkeypatch):
-    p = warm.WarmPool(tmp_path / "pool", SandboxLimits())
+@pytest.fixture(params=["zygote", "bwrap"])
+def pool(tmp_path, monkeypatch, request):
+    """A warm pool whose steps fork from its zygote (trainer/zygote.py), or pre-started bubblewrap sandboxes."""
+    p = warm.WarmPool(tmp_path / "pool", SandboxLimits(), zygote=request.param == "zygote")
     monkeypatch.setattr(warm, "_POOL", p)
     yield p
     p.close()
@@ -56,12 +57,16 @@ def test_warm_and_cold_give_the_same_metrics_for_the_same_seed(world_dir, tmp_pa
     warm_metrics = train(cfg, world_dir, tmp_path / "warm")
     again = train(cfg, world_dir, tmp_path / "again")  # from the cache, in fresh sandboxes
     assert pool.stats["warm"] == 4 and pool.cache.hits == 1 and pool.cache.misses == 1
+    assert pool.stats["zygote"] == (4 if pool.use_zygote else 0)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(warm, "_POOL", None)
         cold = train(cfg, world_dir, tmp_path / "cold")
     assert json.loads((tmp_path / "cold" / "timing.json").read_text())["warm"] is False
     assert json.loads((tmp_path / "warm" / "timing.json").read_text())["warm"] is True
     for name in METRICS:
+        if name == "sandbox" and pool.use_zygote:
+            assert warm_metrics[name] == again[name] == "zygote" and cold[name] == "bwrap"
+            continue
         assert warm_metrics[name] == cold[name] == again[name], name
     # a different seed is a different model: the equality above is not a constant
     other = train(cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": 7})}), world_dir,
@@ -69,7 +74,17 @@ def test_warm_and_cold_give_the_same_metrics_for_the_same_seed(world_dir, tmp_pa
     assert other["val_loss"] != cold["val_loss"]
 
 
-def test_a_sandbox_serves_one_candidate_and_is_gone_after_it(world_dir, tmp_path, pool):
+@pytest.fixture
+def bwrap_pool(tmp_path, monkeypatch):
+    """Pre-started bubblewrap sandboxes (a zygote's step is a fresh child per run: tests/trainer/test_zygote.py)."""
+    p = warm.WarmPool(tmp_path / "pool", SandboxLimits(), zygote=False)
+    monkeypatch.setattr(warm, "_POOL", p)
+    yield p
+    p.close()
+
+
+def test_a_sandbox_serves_one_candidate_and_is_gone_after_it(world_dir, tmp_path, bwrap_pool):
+    pool = bwrap_pool
     cfg = ModelConfig.model_validate(BASE)
     first = pool.take("training")
     pid, folder = first.warm.pid, first.input
@@ -136,14 +151,15 @@ except OSError as e:
         worker.stop()
 
 
+@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "bwrap"])
 @pytest.mark.parametrize("kind,forward,stage,words", [
     ("crash", "OS._exit(9)", "crash", "exit 9"),
     ("memory", "torch.empty(1 << 36, dtype=torch.uint8).fill_(1)", "training", "memory"),
 ])
 def test_a_crashing_or_memory_hungry_candidate_ends_only_its_own_process(world_dir, tmp_path, kind, forward, stage,
-                                                                         words):
+                                                                         words, zygote):
     limits = RunLimits(wall_seconds=300, threads=1)
-    worker = WarmWorker(tmp_path / "slot", limits)
+    worker = WarmWorker(tmp_path / "slot", limits, zygote=zygote)
     cfg = ModelConfig.model_validate(BASE)
     try:
         ok = run_candidate(cfg, None, world_dir, tmp_path / "before", limits, worker=worker)
@@ -156,6 +172,15 @@ def test_a_crashing_or_memory_hungry_candidate_ends_only_its_own_process(world_d
         after = run_candidate(cfg, None, world_dir, tmp_path / "after", limits, worker=worker)
         assert after.ok and after.metrics["val_loss"] == ok.metrics["val_loss"]
         assert worker.popen.pid == pid and worker.last_reply["pool"]["cold"] == 0
+        assert worker.last_reply["pool"]["zygote"] == (5 if zygote else 0)  # the failing one did not score
+        trees, alone = worker.spare_pids()  # what the memory watchdog leaves out: idle spares, or the zygote alone
+        if zygote:
+            assert not trees and len(alone) == 1
+            (z,) = alone
+            assert "cambrian.trainer.zygote" in " ".join(psutil.Process(z).cmdline())
+            assert psutil.Process(z).ppid() == pid
+        else:
+            assert len(trees) == 2 and not alone
     finally:
         worker.stop()
 

@@ -1,7 +1,8 @@
 """The red-team corpus: attacks an LLM-written candidate could try, each run the three ways a candidate runs
 locally — `cambrian train` (the CLI, as a user or the cluster Job runs it), the offline loop's worker
 (`agents/runner.py::run_candidate`) cold, and the same on a warm worker slot (`WarmWorker`: a warm trusted
-trainer and pre-started single-use sandboxes, trainer/warm.py; what the local platform uses) — asserting that the attack's effect did not
+trainer and pre-started single-use bubblewrap sandboxes, trainer/warm.py) and on a warm slot whose steps fork
+from its zygote (trainer/zygote.py; what the local platform uses) — asserting that the attack's effect did not
 happen and that the verdict came from the scorer.
 
 Every attack is plugin code that passes the static gate (it reaches the OS through modules torch re-exports),
@@ -23,7 +24,7 @@ from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
 from hostile import plugin_source
 
-PATHS = ("train", "loop", "warm")
+PATHS = ("train", "loop", "warm", "zygote")
 CANARY_ENV = {"REDTEAM_API_KEY": "sk-REDTEAM-canary-5be1", "OPENAI_API_KEY": "sk-REDTEAM-openai-canary"}
 BASE = {"training": {"epochs": 1, "device": "cpu", "cpu_threads": 1, "batch_size": 256}}
 
@@ -73,7 +74,7 @@ def run_attack(path: str, world: Path, tmp: Path, delta: dict, config: dict | No
     old = dict(os.environ)
     os.environ.update({**CANARY_ENV, **(env or {})})
     limits = RunLimits(wall_seconds=wall_seconds * 2, threads=1, rss_mb=memory_mb // 2)
-    worker = WarmWorker(tmp / "slot", limits) if path == "warm" else None
+    worker = WarmWorker(tmp / "slot", limits, zygote=path == "zygote") if path in ("warm", "zygote") else None
     try:
         res = run_candidate(cfg, parse_delta(delta), world, tmp / "work", limits, worker=worker)
     finally:

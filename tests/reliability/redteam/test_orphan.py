@@ -39,6 +39,7 @@ except Exception as e:
     for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         # an orphan: the marked process, or a sandbox process whose parent is gone (re-parented to init)
-        if MARK in cmd or (p.info["ppid"] == 1 and ("bwrap" in cmd or "cambrian.trainer.contained" in cmd)):
+        if MARK in cmd or (p.info["ppid"] == 1 and ("bwrap" in cmd or "cambrian.trainer.contained" in cmd
+                                        or "cambrian.trainer.zygote" in cmd)):
             left.append(cmd)
     assert not left, left
