@@ -279,6 +279,10 @@ def _worker(request: dict) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(SCRATCH)
+        if request.get("threads"):  # the intra-op threads a fresh process would have (a config may set its own)
+            import torch
+
+            torch.set_num_threads(int(request["threads"]))
         drop_capabilities()
         prctl(PR_SET_NO_NEW_PRIVS, 1)
         if request.get("probe"):  # the start-up check: everything but a command
@@ -324,6 +328,13 @@ def serve(parent: int) -> None:
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
+    import torch
+
+    # OpenMP is not fork-safe: once this process has run a parallel region, a child's first one never returns
+    # (a step training on 2 threads hung). So the zygote runs single-threaded and each step starts with the
+    # default a fresh interpreter in the sandbox would pick (the same environment: OMP_NUM_THREADS or the cores).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     preload()
     _libseccomp()  # loaded here: a child after pivot_root finds it the same way, but need not
     runtime_paths()
@@ -332,7 +343,7 @@ def serve(parent: int) -> None:
         line = requests.readline()
         if not line:
             return
-        request = json.loads(line)
+        request = {**json.loads(line), "threads": threads}
         pid = os.fork()
         if pid == 0:
             requests.close()

@@ -125,6 +125,21 @@ def test_a_zygote_child_is_contained_like_a_bubblewrap_sandbox(world_dir, tmp_pa
     assert pool.stats["zygote"] == 2 and pool.stats["spares_started"] == 0
 
 
+def test_a_step_on_two_threads_runs_its_parallel_regions(world_dir, tmp_path, monkeypatch):
+    """OpenMP is not fork-safe: a zygote that had run a parallel region left its children hanging at their first
+    one (a config with cpu_threads 2 timed out). The zygote stays single-threaded; its steps get the threads."""
+    p = warm.WarmPool(tmp_path / "pool", SandboxLimits(wall_seconds=90))
+    monkeypatch.setattr(warm, "_POOL", p)
+    try:
+        cfg = candidate("x = torch.ones(4_000_000)\nfor _ in range(3):\n    x = x.exp().neg().exp()\n"
+                        "assert torch.get_num_threads() == 2, torch.get_num_threads()")
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"cpu_threads": 2})})
+        metrics = train(cfg, world_dir, tmp_path / "out", limits=p.limits)
+        assert p.stats["zygote"] == 2 and metrics["sandbox"] == "zygote"  # the training and the scoring step
+    finally:
+        p.close()
+
+
 def zygote_children(zygote: Zygote) -> list[psutil.Process]:
     return psutil.Process(zygote.pid).children(recursive=True)
 
