@@ -73,17 +73,20 @@ class WarmPool:
         self.stats["spares_started"] += 1
         return c
 
-    def _zygote(self):
-        """The zygote, ready (started again if it died); None, for good, when one cannot be made ready."""
+    def _start_zygote(self) -> None:
         from cambrian.trainer.train import _Contained
         from cambrian.trainer.zygote import Zygote
 
+        self.zygote = Zygote(self.root, _Contained.environment())
+        self.stats["zygote_starts"] += 1
+
+    def _zygote(self):
+        """The zygote, ready (started again if it died); None, for good, when one cannot be made ready."""
         if self.zygote is not None and not self.zygote.alive():
             self.zygote.close()
             self.zygote = None
         if self.zygote is None:
-            self.zygote = Zygote(self.root, _Contained.environment())
-            self.stats["zygote_starts"] += 1
+            self._start_zygote()
             self._record_spares()
         if self.zygote.ready(READY_SECONDS):
             return self.zygote
@@ -134,11 +137,7 @@ class WarmPool:
         its own)."""
         if self.use_zygote:
             if self.zygote is None:
-                from cambrian.trainer.train import _Contained
-                from cambrian.trainer.zygote import Zygote
-
-                self.zygote = Zygote(self.root, _Contained.environment())
-                self.stats["zygote_starts"] += 1
+                self._start_zygote()
         else:
             for step in STEPS:
                 if step not in self._spares:

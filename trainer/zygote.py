@@ -44,8 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-from cambrian.trainer.sandbox import (INPUT, NOBODY, SCRATCH, SHM_BYTES, TMP_BYTES, ContainedResult, SandboxUnavailable,
-                                      file_tail, runtime_paths)
+from cambrian.trainer.sandbox import (INPUT, NOBODY, SCRATCH, SHM_BYTES, TMP_BYTES, ContainedResult,
+                                      file_tail, runtime_paths, stop_contained)
 
 READY_SECONDS = 300.0
 KILL_GRACE_SECONDS = 30.0
@@ -441,11 +441,7 @@ class Zygote:
         return ContainedResult(rc, time.monotonic() - started, timed_out, file_tail(log))
 
     def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
+        stop_contained(self.proc)  # its process group: the zygote and, by PR_SET_PDEATHSIG, any step it runs
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
