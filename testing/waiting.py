@@ -18,3 +18,18 @@ def poll(what: str, pred: Callable[[], T], timeout: float = 90, context: Callabl
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}{context()}")
+
+
+def running(procs) -> list:
+    """The psutil processes of `procs` still running: not exited, not a zombie (is_running() compares start times,
+    so a reused pid is another process)."""
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out

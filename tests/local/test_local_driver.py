@@ -23,6 +23,7 @@ from cambrian.errors import ConfigError
 from cambrian.operator.local_driver import LocalDriver
 from cambrian.operator.localstore import LocalStore, load_manifests
 from cambrian.operator.platform.local import SIM_EPOCH, stop_leftovers
+from cambrian.testing.waiting import running
 
 HERE = Path(__file__).resolve().parent
 SCENARIO = HERE / "tiny-evolution.yaml"
@@ -427,20 +428,6 @@ def _command(p) -> str:
         return ""
 
 
-def _alive(procs) -> list:
-    """The processes of `procs` still running (is_running() compares start times: a reused pid is another)."""
-    import psutil
-
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 @pytest.mark.slow
 def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(tmp_path):
     """The driver SIGKILLed while its warm slot runs a candidate (the trainer sandbox handed out, no result yet):
@@ -468,9 +455,9 @@ def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(
     proc.wait()
     assert not (root / "jobs" / name / "result.json").exists()  # the kill cut the run off
     deadline = time.monotonic() + 15  # the parent-death signal is at once; reaping may lag under load
-    while _alive(tree) and time.monotonic() < deadline:
+    while running(tree) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _alive(tree), [_command(p) for p in _alive(tree)]
+    assert not running(tree), [_command(p) for p in running(tree)]
 
     got = _train_once(root, data, warm=True, recover=True)
     assert got.state == "Succeeded", got
@@ -484,10 +471,10 @@ def test_a_warm_run_cut_off_by_a_killed_driver_dies_with_it_and_runs_again_once(
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         left = [p for p in psutil.process_iter(["cmdline"]) if any(str(root) in a for a in p.info["cmdline"] or [])]
-        if not _alive(left):
+        if not running(left):
             break
         time.sleep(0.2)
-    assert not _alive(left), [_command(p) for p in _alive(left)]
+    assert not running(left), [_command(p) for p in running(left)]
 
 
 # ----------------------------------------------------------------------------------------------- end to end

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cambrian.agents.runner import RunLimits, WarmWorker, run_candidate
+from cambrian.testing.waiting import running
 from cambrian.trainer import warm
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
@@ -203,20 +204,10 @@ def test_a_hanging_candidate_ends_its_own_slot_only(world_dir, tmp_path):
         hang = run_candidate(cfg, parse_delta(arch(forward="while True: pass")), world_dir, tmp_path / "hang",
                              RunLimits(wall_seconds=20, threads=1), worker=a)
         assert not hang.ok and hang.failure.stage == "timeout" and time.monotonic() - t0 < 60
-        def alive() -> list[int]:  # is_running() compares start times: a reused pid is not the same process
-            out = []
-            for p in a_procs:
-                try:
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                        out.append(p.pid)
-                except psutil.NoSuchProcess:
-                    pass
-            return out
-
         deadline = time.monotonic() + 10  # a killed tree is reaped asynchronously (a loaded machine)
-        while alive() and time.monotonic() < deadline:
+        while running(a_procs) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not alive()
+        assert not running(a_procs)
         assert b.popen.pid == b_pid and b.popen.poll() is None
         assert run_candidate(cfg, None, world_dir, tmp_path / "b2", limits, worker=b).ok
         again = run_candidate(cfg, None, world_dir, tmp_path / "a2", limits, worker=a)

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from cambrian.errors import CambrianError
+from cambrian.testing.waiting import running
 from cambrian.trainer import warm
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import apply_delta, parse_delta
@@ -176,20 +177,10 @@ def test_a_hanging_candidate_is_killed_whole_tree_and_the_zygote_serves_on(world
         assert time.monotonic() - t0 < 60
         assert len(seen) >= 3  # C1 (reaper), C2 (the namespace's init), C3 (the worker) at least
 
-        def alive() -> list[int]:  # is_running() compares start times: a reused pid is not the same process
-            out = []
-            for proc in seen.values():
-                try:
-                    if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                        out.append(proc.pid)
-                except psutil.NoSuchProcess:
-                    pass
-            return out
-
         deadline = time.monotonic() + 10
-        while alive() and time.monotonic() < deadline:
+        while running(seen.values()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not alive()  # the whole tree went, whoever it had been re-parented to
+        assert not running(seen.values())  # the whole tree went, whoever it had been re-parented to
         assert zygote.alive()
         metrics = train(ModelConfig.model_validate(BASE), world_dir, tmp_path / "next", limits=p.limits)
         assert metrics["val_loss"] > 0 and p.zygote is zygote and p.stats["zygote_starts"] == 1
