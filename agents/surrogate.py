@@ -33,9 +33,11 @@ MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 
 def feature_vector(component: str, floors: float, proxies: Mapping[str, float]) -> np.ndarray:
     """The surrogate's inputs: the component (one-hot), the offline gain in noise floors, the proxies.
-    One definition for the online agent and the fidelity benchmark."""
+    One definition for the online agent and the fidelity benchmark. A proxy the hypothesis has no reading of
+    (a journal from before the proxy existed, data that does not declare it) is NaN: the surrogate counts it as
+    no evidence (its standardised input 0), never as a reading of 0."""
     onehot = [1.0 if component == c else 0.0 for c in COMPONENTS]
-    return np.array([*onehot, float(np.clip(floors, -10, 10)), *(float(proxies.get(m, 0.0)) for m in PROXIES)])
+    return np.array([*onehot, float(np.clip(floors, -10, 10)), *(float(proxies.get(m, math.nan)) for m in PROXIES)])
 
 
 def features(h: Hypothesis) -> np.ndarray:
@@ -118,7 +120,7 @@ class Surrogate:
     def _x(self, x: np.ndarray) -> np.ndarray:
         x = np.atleast_2d(np.asarray(x, dtype=float))
         z = np.clip((x[:, self.n_onehot:] - self.center) / self.scale, -CLIP, CLIP)
-        return np.hstack([np.ones((x.shape[0], 1)), x[:, :self.n_onehot], z])
+        return np.hstack([np.ones((x.shape[0], 1)), x[:, :self.n_onehot], np.nan_to_num(z, nan=0.0)])
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> "Surrogate":
         x, y = np.atleast_2d(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
@@ -126,8 +128,10 @@ class Surrogate:
             raise ValueError(f"expected {self.n_onehot} one-hot columns and {len(self.names)} inputs "
                              f"({', '.join(self.names)}), got {x.shape[1]} columns")
         rest = x[:, self.n_onehot:]
-        self.center = rest.mean(0)
-        sd = rest.std(0)
+        seen = np.isfinite(rest)  # centre and scale over the readings there are (missing ones count as the centre)
+        count = seen.sum(0)
+        self.center = np.where(count > 0, np.where(seen, rest, 0.0).sum(0) / np.maximum(count, 1), 0.0)
+        sd = np.sqrt(np.where(seen, (rest - self.center) ** 2, 0.0).sum(0) / np.maximum(count, 1))
         self.scale = np.where(sd > 0, sd, 1.0)
         size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
         direction = [PRIOR_DIRECTION.get(n, (0.0, OTHER_SD)) for n in self.names]

@@ -62,6 +62,28 @@ def test_features_are_component_one_hot_noise_floors_and_proxies():
     assert list(f[6:]) == [0.0, 0.0] and len(f) == 8
 
 
+def test_a_proxy_a_rollout_never_read_is_no_evidence_not_a_reading_of_zero():
+    """Journals from before top_watch_share existed: their rollouts have no reading of it. Those rollouts (here
+    the older ones, whose effects happen to be higher) must not set its slope; read as 0 (far below every real
+    share, about 0.075) they made it steeply negative and the surrogate ranked the new candidates backwards."""
+    from scipy import stats
+
+    def old(hid, effect):
+        h = hyp(hid, "optimizer", 0.0, 1.0, effect=effect)
+        h.offline.pop("top_watch_share")
+        return h
+
+    f = features(old("o", 0.01))
+    assert np.isnan(f[5]) and np.isfinite(np.delete(f, 5)).all()
+    history = [old(f"o{i}", 0.03 + 0.002 * i) for i in range(5)]
+    history += [hyp(f"n{i}", "optimizer", 0.07 + 0.005 * i, 1.0, effect=0.1 * (0.005 * i)) for i in range(4)]
+    pool = [hyp(f"p{i}", "optimizer", 0.065 + 0.004 * i, 1.0, created=i) for i in range(6)]
+    sel = OnlineAgent(k=6).select([*history, *pool])
+    assert sel.ranked_by == "surrogate"
+    means = [sel.predictions[f"p{i}"]["mean"] for i in range(6)]
+    assert stats.spearmanr(means, range(6)).statistic > 0.9
+
+
 def test_the_surrogate_learns_a_proxy_whatever_its_units():
     """The online effect follows a proxy that moves by hundredths (as top_watch_share does) while the floors are
     noise of a few units: leave-one-out, the standardised surrogate orders the candidates by the proxy; the same
