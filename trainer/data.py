@@ -247,7 +247,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     kept training rows carry. Memory holds the joined tables (users, items, per-user days), the held-out split and
     one batch, never the training split. `folder` None: count only."""
     from cambrian.trainer.distributed import shard_of
-    from cambrian.trainer.features import _ids
+    from cambrian.trainer.features import checked_ids
     from cambrian.trainer.rows import RowWriter
     from cambrian.trainer.sources import close, open_source, read_tables
 
@@ -289,7 +289,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         for batch in source.batches(key, table, list(table.columns)):
             df = rows_of.join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
             for i, column in enumerate((user_col, item_col)):
-                top[i] = max(top[i], int(_ids(df, column, key).max()))
+                top[i] = max(top[i], int(checked_ids(df, column, key).max()))
             label, weight = _reward_values(df, config.reward, schema, rows_of.con)
             is_val = df[DAY].to_numpy() >= cutoff
             index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows

@@ -153,7 +153,8 @@ def entity_table(schema: DataSchema, entity: Entity) -> str:
     return found[0]
 
 
-def _ids(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
+def checked_ids(frame: pd.DataFrame, column: str, where: str) -> np.ndarray:
+    """The id column as int64, refused (ConfigError naming table and column) unless integers >= 0."""
     import pandas as pd
 
     values = frame[column]
@@ -166,7 +167,7 @@ def _per_id(frame: pd.DataFrame, id_column: str, column: str, where: str, n: int
     """The column's value for every id 0..n-1 (missing ids: null)."""
     import pandas as pd
 
-    ids = _ids(frame, id_column, where)
+    ids = checked_ids(frame, id_column, where)
     if len(np.unique(ids)) != len(ids):
         raise ConfigError(f"{where}.{id_column}: an id appears in more than one row; a feature table has one row per id")
     out = pd.Series([None] * n, dtype=object)
@@ -181,7 +182,7 @@ def id_space(schema: DataSchema, frames: dict[str, pd.DataFrame]) -> tuple[int, 
         top = -1
         for key, frame in frames.items():
             if column in schema.tables[key].columns and len(frame):
-                top = max(top, int(_ids(frame, column, key).max()))
+                top = max(top, int(checked_ids(frame, column, key).max()))
         out.append(top + 1)
     return out[0], out[1]
 
