@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,11 +208,28 @@ def _lit(x: float) -> str:
     return repr(float(x))
 
 
+_NUMBER = r"(?:-?\d+(?:\.\d*)?(?:e-?\d+)?|:\w+)"  # a literal or a :parameter
+
+
+def _grows_with(sql: str, ref: str) -> bool:
+    """Is a declared expression (a label's, a proxy's signal) the column `table.column` itself or a plain rising
+    function of it: `ref`, `ref >= n`, `ref > n`, `ref = 1`, `COALESCE/LEAST/GREATEST(ref, n)`, `CAST(ref AS type)`?
+    Then more of the column is better for the objective. Read from the text: the operator has no SQL parser."""
+    col = re.escape(ref)
+    text = " ".join(sql.split())
+    forms = (col, rf"{col} ?(?:>=|>) ?{_NUMBER}", rf"{col} ?= ?1",
+             rf"(?:coalesce|least|greatest)\( ?{col} ?, ?{_NUMBER} ?\)", rf"cast\( ?{col} as \w+ ?\)")
+    return any(re.fullmatch(form, text, re.IGNORECASE) for form in forms)
+
+
 def declared_rewards(schema: Any) -> list[Entry]:
     """Reward entries derived from a data declaration (trainer/schema.py DataSchema) other than the world's, whose
-    outcomes the hand-written catalogue above knows (its entries and their order stay the world's). For each outcome
-    the declaration names that a reward can read (the label's column, then the signals; int, float or bool), by
-    what it declares of the outcome's range:
+    outcomes the hand-written catalogue above knows (its entries and their order stay the world's). The outcomes are
+    the columns the declaration's objective rises with (_grows_with), so more of them is better: the label's column
+    (a label without an expression, or one like `rating >= 4`), then each signal that a proxy's signal rises with
+    (`rating`, `COALESCE(returned, 0)`); a signal read otherwise (`hate = 0`) or by no proxy may be a bad outcome
+    and gives nothing. For each that a reward can read (int, float or bool), by what the declaration says of its
+    range:
     - a range (the label's [min, max], other than [0, 1]): the outcome min-max scaled to [0, 1] as a graded label,
       a threshold label (its threshold tuned inside the range), the declared label weighted by the grade, and
       (innovate) weighted by how far the grade lies from the middle of the range;
@@ -227,7 +245,9 @@ def declared_rewards(schema: Any) -> list[Entry]:
     names = {ref: name for name, ref in row_columns(schema).items()}
     label = schema.label
     out: list[Entry] = []
-    for ref in dict.fromkeys((*([label.column] if label else []), *schema.signals)):
+    labelled = [label.column] if label and (label.expr is None or _grows_with(label.expr, label.column)) else []
+    measured = [s for s in schema.signals if any(_grows_with(p.signal, s) for p in schema.proxies)]
+    for ref in dict.fromkeys((*labelled, *measured)):
         name, kind = names.get(ref), schema.column(ref)[1]
         if name is None or kind not in ("int", "float", "bool"):
             continue
@@ -238,7 +258,7 @@ def declared_rewards(schema: Any) -> list[Entry]:
             bounds = (0.0, 1.0)
         else:
             bounds = None
-        proxies = [p.name for p in schema.proxies if ref in p.signal]
+        proxies = [p.name for p in schema.proxies if _grows_with(p.signal, ref)]
         effect = f"{', '.join(proxies)} higher" if proxies else f"rankings that follow {ref} more closely"
         declared = f"the declared label ({label.expr or label.column})" if label else "the declared label"
         col, reads = _ident(name), (name,)

@@ -22,18 +22,22 @@ from cambrian.trainer.data import check_reward_sql, load_dataset, prepare
 from cambrian.trainer.delta import parse_delta
 from cambrian.trainer.schema import MOVIELENS_100K, WORLD, DataSchema, row_columns
 
-# A shop's own log: a star rating in [0.5, 5] (the declared label's column), minutes watched (no declared range)
-# and whether the item was bought (bool). Nothing the world's catalogue reads.
+# A shop's own log: a star rating in [0.5, 5] (the declared label's column), minutes watched (no declared range),
+# whether the item was bought (bool) and whether it was skipped (a bad outcome: its proxy counts the rows without
+# one). Nothing the world's catalogue reads.
 SHOP = DataSchema.model_validate({
     "name": "shop",
     "tables": {"events": {"columns": {"user_id": "int", "item_id": "int", "day": "int", "stars": "float",
-                                      "minutes": "float", "bought": "bool"},
+                                      "minutes": "float", "bought": "bool", "skipped": "bool"},
                           "path": "events.parquet", "time": "day", "order": ["day", "user_id", "item_id"]}},
     "interactions": "events",
-    "signals": ["events.stars", "events.minutes", "events.bought"],
+    "signals": ["events.stars", "events.minutes", "events.bought", "events.skipped"],
     "label": {"column": "events.stars", "min": 0.5, "max": 5, "expr": "events.stars >= 3.5"},
     "proxies": [{"name": "auc", "kind": "auc", "signal": "events.stars >= 3.5"},
-                {"name": "stars_corr", "signal": "events.stars"}],
+                {"name": "stars_corr", "signal": "events.stars"},
+                {"name": "minutes_share", "kind": "top_share", "signal": "COALESCE(events.minutes, 0)", "top": 0.1},
+                {"name": "bought_auc", "kind": "auc", "signal": "events.bought"},
+                {"name": "kept_auc", "kind": "auc", "signal": "events.skipped = 0"}],
 })
 
 
@@ -42,7 +46,8 @@ def _shop_rows(folder):
     n = 3000
     rows = pd.DataFrame({"user_id": rng.integers(0, 60, n), "item_id": rng.integers(0, 80, n),
                          "day": np.sort(rng.integers(0, 6, n)), "stars": rng.integers(1, 11, n) / 2.0,
-                         "minutes": rng.exponential(20.0, n) * (rng.random(n) < 0.7), "bought": rng.random(n) < 0.2})
+                         "minutes": rng.exponential(20.0, n) * (rng.random(n) < 0.7), "bought": rng.random(n) < 0.2,
+                         "skipped": rng.random(n) < 0.3})
     folder.mkdir(parents=True, exist_ok=True)
     rows.sort_values(["day", "user_id", "item_id"]).to_parquet(folder / "events.parquet", index=False)
     return folder
@@ -86,9 +91,10 @@ def test_declared_entries_read_what_their_sql_reads_and_pass_the_reward_gate(sch
     graded = {e.key: e.render({})["patch"]["label"] for e in entries if e.key.startswith("graded:")}
     if schema is SHOP:
         assert graded == {"graded:stars": '(LEAST(GREATEST("stars", 0.5), 5.0) - 0.5) / 4.5'}
-        keys = [e.key for e in entries]
-        assert {"threshold:stars", "weighted:stars", "confidence:stars", "positive:minutes", "log_weight:minutes",
-                "signal_label:bought", "signal_weight:bought"} <= set(keys)
+        assert [e.key for e in entries] == [
+            "graded:stars", "threshold:stars", "weighted:stars", "confidence:stars", "positive:minutes",
+            "log_weight:minutes", "signal_label:bought", "signal_weight:bought"]  # nothing rewards a skip
+        assert {e.key: e.effect for e in entries}["positive:minutes"] == "minutes_share higher"
     else:
         assert graded == {"graded:rating": '(LEAST(GREATEST("rating", 1.0), 5.0) - 1.0) / 4.0'}
 
@@ -163,3 +169,14 @@ def test_the_reward_persona_proposes_for_movielens_and_the_trainer_labels_the_pu
             np.testing.assert_allclose(held_out.label, (rating - 1) / 4)
         if "weight" in p["delta"]["patch"]:
             assert 1.0 <= held_out.weight.min() < held_out.weight.max() <= 2.0  # w = 1 by default
+
+
+def test_a_copy_of_the_worlds_declaration_derives_rewards_only_from_outcomes_its_objective_rises_with(tmp_path):
+    """The world's tables declared as a user's own: its label (click) and the signals its proxies rise with
+    (watch_seconds, like, returned_next_day) give rewards; hate and skip, which no proxy rises with, give none.
+    The catalogue's entries, which this data can train, are still proposed first."""
+    mine = DataSchema.model_validate({**WORLD.model_dump(mode="json"), "name": "mine"})
+    assert [e.key for e in declared_rewards(mine)] == [
+        "signal_weight:click", "positive:watch_seconds", "log_weight:watch_seconds", "positive:like",
+        "log_weight:like", "positive:returned_next_day", "log_weight:returned_next_day"]
+    assert _propose(mine, Journal(tmp_path / "mine")) == _propose(WORLD, Journal(tmp_path / "world"))
