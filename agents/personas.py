@@ -168,9 +168,26 @@ def persona_guidance(p: Persona, schema: Any = None) -> str:
     return p.guidance.replace("{COLUMNS}", ", ".join(reward_columns(schema)))
 
 
-def example_json(p: Persona) -> str:
-    """The few-shot example in the exact output shape (patch as a JSON string, see PROPOSAL_SCHEMA)."""
-    ex = dict(p.example)
+def declared_example(p: Persona, schema: Any = None) -> dict[str, Any]:
+    """The persona's few-shot example for the data's declaration: the reward persona's reads the world's click and
+    completion, so on another declaration it is the first reward the built-in proposer derives from that
+    declaration (agents/proposers/builtin.py declared_rewards), over its own columns; unchanged otherwise (and
+    where the declaration offers none)."""
+    if "reward" not in p.components or schema is None:
+        return p.example
+    from cambrian.agents.proposers.builtin import declared_rewards
+
+    entry = next(iter(declared_rewards(schema)), None)
+    if entry is None:
+        return p.example
+    return {"category": entry.category, "explanation": entry.explanation, "predicted_effect": entry.effect,
+            "delta": entry.render({})}
+
+
+def example_json(p: Persona, schema: Any = None) -> str:
+    """The few-shot example in the exact output shape (patch as a JSON string, see PROPOSAL_SCHEMA), for the data's
+    declaration (declared_example)."""
+    ex = dict(declared_example(p, schema))
     delta = dict(ex["delta"])
     delta["patch_json"] = json.dumps(delta.pop("patch"), sort_keys=True)
     ex["delta"] = delta

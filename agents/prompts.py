@@ -113,5 +113,5 @@ def build_prompt(
         BASELINE_CONFIGURATION=json.dumps(baseline_view, indent=2, sort_keys=True),
         SQL_SECTION=sql_section,
         EXPERIMENT_JOURNAL=journal_text,
-        AGENT_EXAMPLE=example_json(persona),
+        AGENT_EXAMPLE=example_json(persona, schema),
     )

@@ -276,7 +276,7 @@ class ClusterProposer:
 
         def ask(persona, asked: dict[str, int], repair_of=None):
             request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
-                                      repair_of=repair_of, columns=columns)
+                                      repair_of=repair_of, columns=columns, schema=schema)
             if getattr(proposer, "name", "") != "builtin":
                 request.prompt = _prompt(persona, baseline, journal.hypotheses, asked, spec, schema, repair_of)
             result = proposer.propose(request)

@@ -29,6 +29,7 @@ class ProposalRequest:
     journal: Journal
     repair_of: Hypothesis | None = None  # set for a self-repair request
     columns: tuple[str, ...] = ()  # what a reward may read under the data's declaration (empty: any)
+    schema: Any = None  # the data's declaration (trainer/schema.py DataSchema; None: the world's)
 
 
 @dataclass

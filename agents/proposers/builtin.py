@@ -11,7 +11,9 @@ Every proposal carries `meta = {entry, params}` so the journal can rebuild the O
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +198,125 @@ CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
 
 
+def _ident(name: str) -> str:
+    """A declared column as a quoted SQL identifier (a column may be named like a keyword: the world's `like`), its
+    braces doubled for Entry.render's placeholders."""
+    return '"' + name.replace('"', '""').replace("{", "{{").replace("}", "}}") + '"'
+
+
+def _lit(x: float) -> str:
+    return repr(float(x))
+
+
+_NUMBER = r"(?:-?\d+(?:\.\d*)?(?:e-?\d+)?|:\w+)"  # a literal or a :parameter
+
+
+def _grows_with(sql: str, ref: str) -> bool:
+    """Is a declared expression (a label's, a proxy's signal) the column `table.column` itself or a plain rising
+    function of it: `ref`, `ref >= n`, `ref > n`, `ref = 1`, `COALESCE/LEAST/GREATEST(ref, n)`, `CAST(ref AS type)`?
+    Then more of the column is better for the objective. Read from the text: the operator has no SQL parser."""
+    col = re.escape(ref)
+    text = " ".join(sql.split())
+    forms = (col, rf"{col} ?(?:>=|>) ?{_NUMBER}", rf"{col} ?= ?1",
+             rf"(?:coalesce|least|greatest)\( ?{col} ?, ?{_NUMBER} ?\)", rf"cast\( ?{col} as \w+ ?\)")
+    return any(re.fullmatch(form, text, re.IGNORECASE) for form in forms)
+
+
+def declared_rewards(schema: Any) -> list[Entry]:
+    """Reward entries derived from a data declaration (trainer/schema.py DataSchema) other than the world's, whose
+    outcomes the hand-written catalogue above knows (its entries and their order stay the world's). The outcomes are
+    the columns the declaration's objective rises with (_grows_with), so more of them is better: the label's column
+    (a label without an expression, or one like `rating >= 4`), then each signal that a proxy's signal rises with
+    (`rating`, `COALESCE(returned, 0)`); a signal read otherwise (`hate = 0`) or by no proxy may be a bad outcome
+    and gives nothing. For each that a reward can read (int, float or bool), by what the declaration says of its
+    range:
+    - a range (the label's [min, max], other than [0, 1]): the outcome min-max scaled to [0, 1] as a graded label,
+      a threshold label (its threshold tuned inside the range), the declared label weighted by the grade, and
+      (innovate) weighted by how far the grade lies from the middle of the range;
+    - 0/1 (bool, or the label's range [0, 1]): the outcome as the label (unless it is the declared label already),
+      and the declared label weighted by it;
+    - no range: any positive value as the label, and the declared label weighted by the log of the value.
+    Each entry's `reads` is the one column its SQL reads; keys (`graded:rating`) name the column, so the journal's
+    meta finds the entry again."""
+    from cambrian.trainer.schema import WORLD, row_columns
+
+    if schema is None or schema == WORLD:
+        return []
+    names = {ref: name for name, ref in row_columns(schema).items()}
+    label = schema.label
+    out: list[Entry] = []
+    labelled = [label.column] if label and (label.expr is None or _grows_with(label.expr, label.column)) else []
+    measured = [s for s in schema.signals if any(_grows_with(p.signal, s) for p in schema.proxies)]
+    for ref in dict.fromkeys((*labelled, *measured)):
+        name, kind = names.get(ref), schema.column(ref)[1]
+        if name is None or kind not in ("int", "float", "bool"):
+            continue
+        is_label = label is not None and ref == label.column
+        if is_label and label.min < label.max:
+            bounds: tuple[float, float] | None = (float(label.min), float(label.max))
+        elif kind == "bool":
+            bounds = (0.0, 1.0)
+        else:
+            bounds = None
+        proxies = [p.name for p in schema.proxies if _grows_with(p.signal, ref)]
+        effect = f"{', '.join(proxies)} higher" if proxies else f"rankings that follow {ref} more closely"
+        declared = f"the declared label ({label.expr or label.column})" if label else "the declared label"
+        col, reads = _ident(name), (name,)
+        if bounds is None:
+            out += [
+                Entry(f"positive:{name}", "reward", "reward", "explore", {"label": f"CAST({col} > 0 AS DOUBLE)"},
+                      explanation=f"Any positive {ref} as the label: the rows with that outcome are the successes "
+                      f"(its range is not declared, so no finer grade).", effect=effect, reads=reads),
+                Entry(f"log_weight:{name}", "reward", "reward", "explore",
+                      {"weight": f"1.0 + {{w}} * LN(1.0 + GREATEST({col}, 0.0))"}, {"w": 1.0},
+                      {"w": Dist(0.1, 10.0, log=True)},
+                      f"Weighting {declared} by 1 + w * ln(1 + {ref}) makes rows with more of that outcome count "
+                      f"more, damped so a few large values do not dominate.", effect, reads=reads),
+            ]
+            continue
+        lo, hi = bounds
+        if (lo, hi) == (0.0, 1.0):
+            if not (is_label and label.expr is None):  # the declared label already is this outcome
+                out.append(Entry(f"signal_label:{name}", "reward", "reward", "explore",
+                                 {"label": f"CAST({col} AS DOUBLE)"},
+                                 explanation=f"Learning {ref} itself (0 or 1) as the label targets that outcome "
+                                 f"directly instead of {declared}.", effect=effect, reads=reads))
+            out.append(Entry(f"signal_weight:{name}", "reward", "reward", "explore",
+                             {"weight": f"1.0 + {{w}} * CAST({col} AS DOUBLE)"}, {"w": 1.0},
+                             {"w": Dist(0.1, 10.0, log=True)},
+                             f"Weighting {declared} by 1 + w * {ref} makes the rows with that outcome count more.",
+                             effect, reads=reads))
+            continue
+        span = hi - lo
+        grade = f"(LEAST(GREATEST({col}, {_lit(lo)}), {_lit(hi)}) - {_lit(lo)}) / {_lit(span)}"
+        where = f"its declared range [{lo:g}, {hi:g}]"
+        if kind == "int":
+            low, high = math.floor(lo) + 1, math.ceil(hi)
+            cut = Dist(low, high, integer=True) if low < high else None
+            middle = min(max(math.ceil((lo + hi) / 2), low), high)
+        else:
+            cut, middle = Dist(lo + span / 10, hi - span / 10), lo + span / 2
+        out.append(Entry(f"graded:{name}", "reward", "reward", "explore", {"label": grade},
+                         explanation=f"A graded label: {ref} scaled from {where} to [0, 1] keeps how good each row "
+                         f"was, which {declared} reduces to yes or no.", effect=effect, reads=reads))
+        if cut is not None:
+            out.append(Entry(f"threshold:{name}", "reward", "reward", "explore",
+                             {"label": f"CAST({col} >= {{t}} AS DOUBLE)"}, {"t": middle}, {"t": cut},
+                             f"A threshold label: {ref} >= t, with t tuned inside {where}; the declared cut need "
+                             f"not be the one that ranks best.", effect, reads=reads))
+        out.append(Entry(f"weighted:{name}", "reward", "reward", "explore",
+                         {"weight": f"1.0 + {{w}} * {grade}"}, {"w": 1.0}, {"w": Dist(0.1, 10.0, log=True)},
+                         f"Weighting {declared} by 1 + w * the grade of {ref} in {where} makes the best rows "
+                         f"count most.", effect, reads=reads))
+        out.append(Entry(f"confidence:{name}", "reward", "reward", "innovate",
+                         {"weight": f"1.0 + {{w}} * ABS(2.0 * {grade} - 1.0)"}, {"w": 1.0},
+                         {"w": Dist(0.1, 10.0, log=True)},
+                         f"Rows at either end of {ref}'s {where.removeprefix('its ')} are clear judgements and the "
+                         f"middle is lukewarm: weighting {declared} by the distance from the middle trusts the "
+                         f"clear ones more.", effect, reads=reads))
+    return out
+
+
 def _available_architectures() -> set[str]:
     """The names the trainer registers (from its config module: proposing never imports torch)."""
     from cambrian.trainer.config import ARCHITECTURE_NAMES
@@ -225,11 +346,20 @@ class BuiltinProposer:
             self.catalogue = [e for e in self.catalogue if not e.code]
 
     # ------------------------------------------------------------------ helpers
+    def _declared(self, request: ProposalRequest) -> list[Entry]:
+        """The reward entries the request's declaration offers (declared_rewards: none on the world's)."""
+        return declared_rewards(request.schema) if request.persona.name == "reward" else []
+
+    def _entries(self, request: ProposalRequest) -> dict[str, Entry]:
+        """Every entry a journal's meta may name: the catalogue's and the declaration's."""
+        return {**ENTRIES, **{e.key: e for e in self._declared(request)}}
+
     def _usable(self, request: ProposalRequest) -> list[Entry]:
-        """The persona's entries that the data can train: a reward reading a column the declaration lacks
-        (the world's watch_seconds on MovieLens) would only fail its gate."""
+        """The persona's entries that the data can train, the catalogue's first: a reward reading a column the
+        declaration lacks (the world's watch_seconds on MovieLens) would only fail its gate."""
         allowed = set(request.columns)
-        return [e for e in self.catalogue if e.persona == request.persona.name and (not allowed or set(e.reads) <= allowed)]
+        mine = [e for e in (*self.catalogue, *self._declared(request)) if e.persona == request.persona.name]
+        return [e for e in mine if not allowed or set(e.reads) <= allowed]
 
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
         return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint}
@@ -254,15 +384,16 @@ class BuiltinProposer:
 
     def _best_family(self, request: ProposalRequest) -> Entry | None:
         p = request.persona
+        entries = self._entries(request)
         scored = [
             h
             for h in request.journal.hypotheses
-            if h.persona == p.name and p.metric in h.offline and ENTRIES.get(h.meta.get("entry", ""), None)
+            if h.persona == p.name and p.metric in h.offline and entries.get(h.meta.get("entry", ""), None)
         ]
-        scored = [h for h in scored if ENTRIES[h.meta["entry"]].space]
+        scored = [h for h in scored if entries[h.meta["entry"]].space]
         if scored:
             best = sorted(scored, key=lambda h: h.offline[p.metric].mean * (1 if p.lower_is_better else -1))[0]
-            return ENTRIES[best.meta["entry"]]
+            return entries[best.meta["entry"]]
         spaced = [e for e in self._usable(request) if e.space]
         return spaced[0] if spaced else None
 
@@ -347,7 +478,7 @@ class BuiltinProposer:
     def _repair(self, request: ProposalRequest, taken: set[str]) -> dict | None:
         """Retry the failed family with settings moved halfway back towards its defaults/safer side."""
         parent = request.repair_of
-        entry = ENTRIES.get(parent.meta.get("entry", "")) if parent else None
+        entry = self._entries(request).get(parent.meta.get("entry", "")) if parent else None
         if entry is None or not entry.space:
             return None
         params = dict(parent.meta.get("params", {}))

@@ -138,6 +138,14 @@ def test_the_reward_prompt_names_the_proxies_and_columns_of_the_datas_declaratio
     assert "rating_corr (rank correlation of the score with ratings.rating)" in task and "ratings.rating >= 4" in task
     assert "long_watch_corr" not in task and "return_corr" not in task and "returned_next_day" not in task
     assert "Columns: user_id, movie_id, rating, timestamp, gender" in task and "tables ratings, movies, users" in task
+    # the few-shot example reads the data's own columns (the world's reads click and completion)
+    example = text.split("EXAMPLE PROPOSAL")[1]
+    assert "click" not in example and "completion" not in example and "rating" in example, example
+    assert json.loads(json.loads(example)["proposals"][0]["delta"]["patch_json"]) == {
+        "label": '(LEAST(GREATEST("rating", 1.0), 5.0) - 1.0) / 4.0'}
+    world = build_prompt(REWARD, REWARD.view(ModelConfig()), "J", {"explore": 1}, [], None, schema=WORLD)
+    assert world == build_prompt(REWARD, REWARD.view(ModelConfig()), "J", {"explore": 1}, [], None)
+    assert "CAST(click AS DOUBLE) * LEAST(completion, 1.0)" in world.split("EXAMPLE PROPOSAL")[1]
 
 
 # ---------------------------------------------------------------- the built-in proposer
@@ -218,7 +226,8 @@ def test_builtin_repair_moves_to_safer_settings(tmp_path):
 
 def test_builtin_rewards_read_only_the_columns_the_data_declares(tmp_path):
     """On data without the world's columns (MovieLens declares ratings, not watch time) the built-in proposer
-    offers no reward that would fail its gate; on data that has only some, only the rewards those allow."""
+    offers no catalogue reward that would fail its gate, only those its declaration derives (declared_rewards,
+    tests/agents/test_declared_rewards.py); on data that has only some, only the rewards those allow."""
     import sqlglot
     from sqlglot import exp
 
@@ -230,14 +239,20 @@ def test_builtin_rewards_read_only_the_columns_the_data_declares(tmp_path):
         parsed = {c.name for t in sql for c in sqlglot.parse_one(t, read="duckdb").find_all(exp.Column)}
         assert set(e.reads) == parsed, e.key
 
-    def proposed(columns):
+    def proposed(columns, schema=None):
         req = ProposalRequest(REWARD, 1, {"explore": 3, "exploit": 1, "innovate": 3}, "", ModelConfig(),
-                              Journal(tmp_path / str(len(columns))), columns=tuple(columns))
+                              Journal(tmp_path / f"{len(columns)}-{schema is None}"), columns=tuple(columns),
+                              schema=schema)
         return [p["meta"]["entry"] for p in BuiltinProposer(seed=1).propose(req).proposals]
 
     world = proposed(reward_columns(BUILT_IN["world"]))
     assert len(world) == 7 and "watch_weighted" in world
-    assert proposed(reward_columns(BUILT_IN["movielens-100k"])) == []
+    assert proposed(reward_columns(BUILT_IN["world"]), BUILT_IN["world"]) == world
+    movielens = BUILT_IN["movielens-100k"]
+    assert proposed(reward_columns(movielens)) == []  # columns without their declaration: nothing to derive from
+    derived = proposed(reward_columns(movielens), movielens)
+    assert len(derived) == 7 and not set(derived) & {e.key for e in CATALOGUE}
+    assert all(k.endswith(":rating") for k in derived)
     some = proposed(["click", "completion", "label"])
     assert some and set(some) <= {"completion", "click_completion"}
     assert all(set(e.reads) <= {"click", "completion"} for e in CATALOGUE if e.key in some)
