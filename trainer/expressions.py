@@ -111,3 +111,62 @@ def compile_expression(text: str, allowed: tuple[str, ...] | list[str]) -> Compi
     if isinstance(tree, exp.In) and tree.args.get("query"):
         raise ExpressionError("it must be an expression over one row, not a query")
     return Compiled(text, tuple(sorted(refs)), tuple(sorted(params)))
+
+
+# Functions that never decrease as their first argument grows (the others constant).
+_RISING_FUNCS = (exp.Cast, exp.TryCast, exp.Paren, exp.Ln, exp.Sqrt, exp.Exp, exp.Floor, exp.Ceil, exp.Round)
+
+
+def rises_with(text: str, ref: str, flag: bool = False) -> bool:
+    """Is the expression a non-decreasing function of the column `ref` (table.column) that reads no other column,
+    so that more of the column never makes it smaller: `ref`, `ref >= 4`, `COALESCE(ref, 0)`, `LEAST(ref, 1)`,
+    `CAST(ref AS DOUBLE) / 5`, `LN(1 + ref)`. `flag`: the column is 0/1, so `ref = 1` rises with it too.
+    False for anything else (`hate = 0`, `1 - ref`, another column), and for text that does not parse."""
+    if not isinstance(text, str) or len(text) > MAX_CHARS:
+        return False
+    try:
+        tree = _parse(text)
+    except sqlglot.errors.SqlglotError:
+        return False
+    table, _, name = ref.partition(".")
+
+    def is_ref(node: exp.Expression) -> bool:
+        return isinstance(node, exp.Column) and node.name == name and node.table in ("", table)
+
+    def positive(node: exp.Expression) -> bool:
+        return isinstance(node, exp.Literal) and node.is_number and float(node.this) > 0
+
+    def kind(node: exp.Expression) -> str:  # "const", "rising" (non-decreasing, reads ref) or "other"
+        if isinstance(node, exp.Column):
+            return "rising" if is_ref(node) else "other"
+        if isinstance(node, (exp.Literal, exp.Placeholder, exp.Null, exp.Boolean)):
+            return "const"
+        if isinstance(node, exp.Neg):
+            return "const" if kind(node.this) == "const" else "other"
+        if isinstance(node, _RISING_FUNCS):
+            rest = [v for k, v in node.args.items() if k not in ("this", "to") and isinstance(v, exp.Expression)]
+            return kind(node.this) if all(kind(v) == "const" for v in rest) else "other"
+        if isinstance(node, (exp.Coalesce, exp.Least, exp.Greatest)):
+            kinds = {kind(a) for a in [node.this, *node.expressions]}
+            return "other" if "other" in kinds else ("rising" if "rising" in kinds else "const")
+        left, right = node.args.get("this"), node.args.get("expression")
+        if left is None or right is None:
+            return "other"
+        a, b = kind(left), kind(right)
+        if a == b == "const":
+            return "const"
+        if isinstance(node, exp.Add) and {a, b} <= {"rising", "const"}:
+            return "rising"
+        if isinstance(node, (exp.Sub, exp.GT, exp.GTE)) and (a, b) == ("rising", "const"):
+            return "rising"
+        if isinstance(node, (exp.LT, exp.LTE)) and (a, b) == ("const", "rising"):
+            return "rising"
+        if isinstance(node, exp.Mul) and {a, b} == {"rising", "const"} and positive(left if a == "const" else right):
+            return "rising"
+        if isinstance(node, exp.Div) and (a, b) == ("rising", "const") and positive(right):
+            return "rising"
+        if isinstance(node, exp.EQ) and flag and (a, b) == ("rising", "const") and right.sql() in ("1", "TRUE"):
+            return "rising"
+        return "other"
+
+    return kind(tree) == "rising"

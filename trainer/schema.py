@@ -313,7 +313,7 @@ def declaration_of(declaration: str | None, custom: object | None, compile: bool
 
 def parse_schema(raw: object, where: str, compile: bool = True) -> DataSchema:
     """A declaration from its parsed YAML/JSON (a file's, or an Evolution's spec.data.customDeclaration), its
-    expressions compiled unless `compile` is false (the operator has no sqlglot: the fetch step compiles them);
+    expressions compiled unless `compile` is false (the operator leaves that to the fetch step, which reports it);
     ValueError in one line naming WHERE and the field otherwise."""
     try:
         declared = DataSchema.model_validate(raw)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,18 +207,12 @@ def _lit(x: float) -> str:
     return repr(float(x))
 
 
-_NUMBER = r"(?:-?\d+(?:\.\d*)?(?:e-?\d+)?|:\w+)"  # a literal or a :parameter
+def _grows_with(sql: str, ref: str, schema: Any) -> bool:
+    """Is a declared expression (a label's, a proxy's signal) a non-decreasing function of the column `ref` alone
+    (trainer/expressions.rises_with, parsed by sqlglot): then more of the column is better for the objective."""
+    from cambrian.trainer.expressions import rises_with
 
-
-def _grows_with(sql: str, ref: str) -> bool:
-    """Is a declared expression (a label's, a proxy's signal) the column `table.column` itself or a plain rising
-    function of it: `ref`, `ref >= n`, `ref > n`, `ref = 1`, `COALESCE/LEAST/GREATEST(ref, n)`, `CAST(ref AS type)`?
-    Then more of the column is better for the objective. Read from the text: the operator has no SQL parser."""
-    col = re.escape(ref)
-    text = " ".join(sql.split())
-    forms = (col, rf"{col} ?(?:>=|>) ?{_NUMBER}", rf"{col} ?= ?1",
-             rf"(?:coalesce|least|greatest)\( ?{col} ?, ?{_NUMBER} ?\)", rf"cast\( ?{col} as \w+ ?\)")
-    return any(re.fullmatch(form, text, re.IGNORECASE) for form in forms)
+    return rises_with(sql, ref, flag=schema.column(ref)[1] == "bool")
 
 
 def declared_rewards(schema: Any) -> list[Entry]:
@@ -245,8 +238,8 @@ def declared_rewards(schema: Any) -> list[Entry]:
     names = {ref: name for name, ref in row_columns(schema).items()}
     label = schema.label
     out: list[Entry] = []
-    labelled = [label.column] if label and (label.expr is None or _grows_with(label.expr, label.column)) else []
-    measured = [s for s in schema.signals if any(_grows_with(p.signal, s) for p in schema.proxies)]
+    labelled = [label.column] if label and (label.expr is None or _grows_with(label.expr, label.column, schema)) else []
+    measured = [s for s in schema.signals if any(_grows_with(p.signal, s, schema) for p in schema.proxies)]
     for ref in dict.fromkeys((*labelled, *measured)):
         name, kind = names.get(ref), schema.column(ref)[1]
         if name is None or kind not in ("int", "float", "bool"):
@@ -258,7 +251,7 @@ def declared_rewards(schema: Any) -> list[Entry]:
             bounds = (0.0, 1.0)
         else:
             bounds = None
-        proxies = [p.name for p in schema.proxies if _grows_with(p.signal, ref)]
+        proxies = [p.name for p in schema.proxies if _grows_with(p.signal, ref, schema)]
         effect = f"{', '.join(proxies)} higher" if proxies else f"rankings that follow {ref} more closely"
         declared = f"the declared label ({label.expr or label.column})" if label else "the declared label"
         col, reads = _ident(name), (name,)
