@@ -18,7 +18,8 @@ wall time also counts the CPU that other processes (a warm worker's spare sandbo
 slot's start-up) took from its core, so a wall-clock share would book their work as training. The wall-clock
 share is reported beside it (`non_training_share_wall`); the cold arm (warm trainers off), warm without the
 prepared-rows cache and warm with bubblewrap spares instead of the zygote run in the same benchmark on the same
-world, so each component's gain is a ratio measured side by side. Each run's
+world, interleaved (each arm in two parts, A B C D D C B A: schedule()) and pooled per arm, so each component's
+gain is a ratio measured side by side under the same drift of the machine's load. Each run's
 OUT/timing.json (trainer/warm.py Laps) gives the per-candidate phases: start-up, prepare, trainer process
 (inside it: read_input, gate, fit, export), predictor process, score.
 """
@@ -102,12 +103,71 @@ def timing_breakdown(runs: list[dict], wall_seconds: float, slots: int) -> dict[
     }
 
 
-# Arms, measured one after another on the same world in one run: the cold path (three fresh Python processes
-# per candidate), warm trainers without the prepared-rows cache (the imports' share of the gain), warm trainers
-# whose steps are pre-started bubblewrap sandboxes (each importing torch), and warm with the cache and each step a
-# fork of the worker's zygote (trainer/zygote.py; the default of the local platform).
+# Arms, on the same world in one run: the cold path (three fresh Python processes per candidate), warm trainers
+# without the prepared-rows cache (the imports' share of the gain), warm trainers whose steps are pre-started
+# bubblewrap sandboxes (each importing torch), and warm with the cache and each step a fork of the worker's zygote
+# (trainer/zygote.py; the default of the local platform). Each arm runs in REPEATS parts of the same Evolution
+# (evaluations/REPEATS each), scheduled A B C D D C B A (schedule()): a load that drifts during the run falls on
+# every arm alike, and each arm's parts are pooled (pool_breakdowns()).
 ARMS = {"cold": {"warm": False}, "warm_no_cache": {"warm": True, "warm_cache": 0},
         "warm_bwrap": {"warm": True, "warm_zygote": False}, "warm": {"warm": True}}
+REPEATS = 2
+
+
+def schedule(arms: list[str] | tuple[str, ...], repeats: int = REPEATS) -> list[tuple[str, int]]:
+    """Pure: the order of the parts, (arm, part index): forwards, then backwards, then forwards again..., so
+    with 2 repeats A B C D D C B A. Each arm's mean position in the run is the same (a linear drift of the
+    machine's load is balanced across the arms)."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    order: list[tuple[str, int]] = []
+    for k in range(repeats):
+        order += [(a, k) for a in (arms if k % 2 == 0 else list(reversed(arms)))]
+    return order
+
+
+# the counts and seconds that add up over an arm's parts; the shares are recomputed from their sums
+ADDITIVE = ("evaluations", "evaluations_ok", "hypotheses_evaluated", "baseline_evaluations", "slot_seconds",
+            "fit_seconds", "fit_cpu_seconds", "trainer_process_seconds")
+
+
+def pool_breakdowns(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pure: one breakdown for an arm from the timing_breakdown() of each of its parts (separate loops on
+    separate drivers: their slot-seconds add up, and so do their hypotheses, which repeat by name)."""
+    if not parts:
+        raise ValueError("no parts to pool")
+    b: dict[str, Any] = {k: sum(p[k] for p in parts) for k in ADDITIVE}
+    slot_s, fit_s = b["slot_seconds"], b["fit_seconds"]
+    b.update({"share_fit": fit_s / slot_s,
+              "share_trainer_overhead": max(b["trainer_process_seconds"] - fit_s, 0.0) / slot_s,
+              "share_loop_overhead": max(slot_s - b["trainer_process_seconds"], 0.0) / slot_s,
+              "non_training_share": max(0.0, 1.0 - b["fit_cpu_seconds"] / slot_s),
+              "non_training_share_wall": 1.0 - fit_s / slot_s})
+    return b
+
+
+class LoadSampler:
+    """The 1-minute load average read every `every` seconds on a thread, while a part runs."""
+
+    def __init__(self, every: float = 2.0):
+        import threading
+
+        self.every, self.samples = every, [load_now()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(load_now()[0])
+
+    def __enter__(self) -> "LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(load_now()[0])
 
 
 def run_timings(root: Path, jobs: list[str]) -> list[dict]:
@@ -134,19 +194,36 @@ def phase_means(timings: list[dict]) -> dict[str, Any]:
                                for k in inside}}
 
 
-def run_arm(tmp_path: Path, name: str, data: Path, world: dict, max_evals: int, options: dict) -> dict:
+def run_part(tmp_path: Path, name: str, part: int, data: Path, world: dict, evaluations: int,
+             options: dict) -> dict:
+    """One part of an arm: the Evolution with a budget of `evaluations`, on a fresh LocalDriver (its own
+    folder, worker slots and caches), with the load read while it ran."""
     from cambrian.bench.evolution import evolution_object, run_on_driver
 
     load_start = load_now()
     obj = evolution_object("throughput", baseline={}, world={**world, "seed": 0}, provider="builtin",
-                           evaluations=max_evals, baseline_seeds=2, confirm_seeds=1)
-    root = tmp_path / f"run-{name}"
-    out = run_on_driver(root, obj, data, workers=CORES, **options)
-    wall = out.wall_seconds
+                           evaluations=evaluations, baseline_seeds=2, confirm_seeds=1)
+    root = tmp_path / f"run-{name}-{part}"
+    with LoadSampler() as load:
+        out = run_on_driver(root, obj, data, workers=CORES, **options)
     timings = run_timings(root, [r.job for r in out.runs])
     runs = [{"hypothesis": r.hypothesis, "ok": r.ok, "seconds": r.seconds, "fit_seconds": r.metrics.get("train_seconds"),
              "fit_cpu_seconds": (t.get("trainer_phases") or {}).get("fit_cpu")} for r, t in zip(out.runs, timings)]
-    b = timing_breakdown(runs, wall, CORES)
+    return {"part": part, "wall_seconds": out.wall_seconds, "breakdown": timing_breakdown(runs, out.wall_seconds, CORES),
+            "timings": timings, "val_loss_by_run": [[r.hypothesis, r.seed, r.metrics.get("val_loss")] for r in out.runs],
+            "stop_reason": out.stop_reason, "load_average_start": load_start, "load_average_end": load_now(),
+            "load_samples": load.samples}
+
+
+def summarise_arm(options: dict, parts: list[dict], positions: list[int]) -> dict:
+    """Pure: an arm's figures pooled over its parts (run_part's results; `positions`: each part's place in the
+    run's schedule, from 1): hypotheses/h = Σ hypotheses / Σ wall, the shares from the pooled breakdown, the
+    per-candidate phases over every run of every part; each part's own figures and load under `parts`."""
+    if not parts or len(parts) != len(positions):
+        raise ValueError("one schedule position per part")
+    b = pool_breakdowns([p["breakdown"] for p in parts])
+    wall = sum(p["wall_seconds"] for p in parts)
+    samples = [x for p in parts for x in p["load_samples"]]
     return {
         "options": options,
         "hypotheses_per_hour": round(b["hypotheses_evaluated"] / wall * 3600, 2),
@@ -155,26 +232,40 @@ def run_arm(tmp_path: Path, name: str, data: Path, world: dict, max_evals: int, 
         "non_training_share_wall": round(b["non_training_share_wall"], 4),
         "loop_wall_seconds": round(wall, 2),
         "breakdown": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in b.items()},
-        "per_candidate": phase_means(timings),
-        "val_loss_by_run": [[r.hypothesis, r.seed, r.metrics.get("val_loss")] for r in out.runs],
-        "stop_reason": out.stop_reason,
-        "load_average_start": load_start,
-        "load_average_end": load_now(),
+        "per_candidate": phase_means([t for p in parts for t in p["timings"]]),
+        "val_loss_by_run": [row for p in parts for row in p["val_loss_by_run"]],
+        "stop_reason": parts[-1]["stop_reason"],
+        "load_average_start": parts[0]["load_average_start"],
+        "load_average_end": parts[-1]["load_average_end"],
+        "load_1min_mean": round(sum(samples) / len(samples), 2),
+        "parts": [{"part": p["part"], "position": pos, "loop_wall_seconds": round(p["wall_seconds"], 2),
+                   "hypotheses_per_hour": round(p["breakdown"]["hypotheses_evaluated"] / p["wall_seconds"] * 3600, 2),
+                   "non_training_share": round(p["breakdown"]["non_training_share"], 4),
+                   "evaluations": p["breakdown"]["evaluations"], "stop_reason": p["stop_reason"],
+                   "load_average_start": p["load_average_start"], "load_average_end": p["load_average_end"],
+                   "load_1min_mean": round(sum(p["load_samples"]) / len(p["load_samples"]), 2)}
+                  for p, pos in zip(parts, positions)],
     }
 
 
-def run(quick: bool = False, arms: tuple[str, ...] = tuple(ARMS)) -> dict:
+def run(quick: bool = False, arms: tuple[str, ...] = tuple(ARMS), repeats: int = REPEATS) -> dict:
     t0 = time.perf_counter()
     load_start = load_now()
+    order = schedule(list(arms), repeats)
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-throughput-") as tmp, pinned(CORES) as cpus:
         tmp_path = Path(tmp)
         users, days = (200, 3) if quick else (None, None)  # full: the default world
         g0 = time.perf_counter()
         data, summary = make_world(tmp_path / "world", users, days)
         world_seconds = time.perf_counter() - g0
-        max_evals = 4 if quick else 12
+        # per part: the 2 baseline seeds and at least one hypothesis (quick: 3), 12 per arm in the full run
+        per_part = 3 if quick else 12 // repeats
         world = {k: summary["overall"][k] for k in ("users", "days")}
-        results = {name: run_arm(tmp_path, name, data, world, max_evals, ARMS[name]) for name in arms}
+        done: dict[str, list[tuple[int, dict]]] = {name: [] for name in arms}
+        for position, (name, part) in enumerate(order, start=1):
+            done[name].append((position, run_part(tmp_path, name, part, data, world, per_part, ARMS[name])))
+    results = {name: summarise_arm(ARMS[name], [p for _, p in done[name]], [pos for pos, _ in done[name]])
+               for name in arms}
     head = results.get("warm") or next(iter(results.values()))
     gains = {}
     if "cold" in results:
@@ -200,7 +291,15 @@ def run(quick: bool = False, arms: tuple[str, ...] = tuple(ARMS)) -> dict:
         "hypotheses_per_hour": head["hypotheses_per_hour"],
         "arms": results,
         "gains": gains,
-        "evaluation_budget": max_evals,
+        "schedule": {"order": [f"{name}#{part}" for name, part in order], "repeats": repeats,
+                     "evaluations_per_part": per_part,
+                     "how": ("each arm runs in `repeats` parts, each the same Evolution with a budget of "
+                             "evaluations_per_part on a fresh LocalDriver, in the order above (forwards, then "
+                             "backwards: A B C D D C B A), so a load that drifts during the run falls on every arm "
+                             "alike; an arm's figures pool its parts (sums of hypotheses, evaluations, slot, fit and "
+                             "trainer seconds; the ratios of the sums); arms.*.parts has each part's figures and load, "
+                             "arms.*.load_1min_mean the mean 1-minute load read every 2 s while the arm ran")},
+        "evaluation_budget": per_part * repeats,
         "world": {**{k: summary["overall"][k] for k in ("users", "days", "impressions")},
                   "generate_seconds": round(world_seconds, 2)},
         "cores": {"workers": CORES, "pinned_cpus": cpus, "machine_cpus": os.cpu_count()},

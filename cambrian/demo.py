@@ -169,7 +169,8 @@ class Progress:
             self.console.print(f"    day {day:4.1f}  {line}")
 
 
-def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console, warm: bool = True) -> dict[str, Any]:
+def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console, warm: bool = True,
+                 zygote: bool = True) -> dict[str, Any]:
     from cambrian.operator import api
     from cambrian.operator.local_driver import LocalDriver
 
@@ -178,7 +179,8 @@ def stage_evolve(out: Path, world: str, size: DemoSize, seed: int, console, warm
     console.print(f"[bold]2/3 evolve[/bold]: Evolution {EVOLUTION} in {out / 'evolve'}: up to {size.evaluations} "
                   f"training runs, top {size.top_k} in A/B rollouts of up to {size.online_days} simulated days")
     driver = LocalDriver(out / "evolve", data_dir=world, workers=2, max_days=size.online_days * 4 + 10,
-                         on_pass=Progress(console), until=rollouts_settled, warm=warm)
+                         on_pass=Progress(console), until=rollouts_settled, warm=warm,
+                         warm_zygote=zygote)
     driver.apply([obj])
     summary = driver.run()
     console.print(f"    {summary.reason} (after {summary.days:g} simulated days)")
@@ -239,6 +241,8 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="print the final summary as JSON (no live display)"),
     warm: bool = typer.Option(True, "--warm/--no-warm", help="warm worker slots (README: Warm worker slots); "
                               "--no-warm: three fresh processes per candidate"),
+    zygote: bool = typer.Option(True, "--zygote/--no-zygote", help="warm slots' steps fork from the slot's zygote "
+                                "(torch imported once); --no-zygote: a pre-started bubblewrap sandbox per step"),
 ) -> None:
     """Run the whole loop on the built-in simulated world: the operator's core through the local platform
     (baseline noise floor, proposals, training, A/B rollouts, launch), then a report.
@@ -268,7 +272,7 @@ def demo(
     if not state.done("world"):
         state.finish("world", stage_world(out, size, seed, console))
     if not state.done("evolve"):
-        state.finish("evolve", stage_evolve(out, state.data["world"], size, seed, console, warm))
+        state.finish("evolve", stage_evolve(out, state.data["world"], size, seed, console, warm, zygote))
     if not state.done("report"):
         state.finish("report", stage_report(out, console))
     summary = {"out": str(out), **outcome(out / "evolve"), "report": state.data["report"]}

@@ -49,9 +49,10 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
               days: int | None = None, seed: int | None = None, evaluations: int | None = None,
               approve: list[str] | None = None, max_days: float = 60.0, workers: int = 1, as_json: bool = False,
               limits: Any = None, train_command: list[str] | None = None, warehouse: Any = None,
-              promql_url: str | None = None, warm: bool = True) -> int:
+              promql_url: str | None = None, warm: bool = True, zygote: bool = True) -> int:
     """`limits`, `train_command`: the sandbox limits and trainer command of this machine's training runs
-    (agents.runner.run_candidate); None: its defaults. `warm`: warm worker slots (README: Warm worker slots)."""
+    (agents.runner.run_candidate); None: its defaults. `warm`: warm worker slots (README: Warm worker slots);
+    `zygote`: their steps fork from the slot's zygote (trainer/zygote.py), else pre-started bubblewrap sandboxes."""
     from cambrian.operator import api
     from cambrian.operator.local_driver import LocalDriver
     from cambrian.operator.localstore import LocalStore, load_manifests
@@ -70,7 +71,8 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         api.parse_resource(o)
     check_approvals(decisions, objs, LocalStore(out))
     driver = LocalDriver(out, data_dir=data, workers=workers, max_days=max_days, limits=limits,
-                         train_command=train_command, warehouse=warehouse, promql_url=promql_url, warm=warm)
+                         train_command=train_command, warehouse=warehouse, promql_url=promql_url, warm=warm,
+                         warm_zygote=zygote)
     check_rollouts(driver, objs, data)
     for line in driver.apply(objs):
         typer.echo(line, err=True)
@@ -221,6 +223,8 @@ def evolve(
     promql_url: Optional[str] = PROMQL_URL,
     warm: bool = typer.Option(True, "--warm/--no-warm", help="warm worker slots: pre-started sandboxes and cached "
                               "rows (README: Warm worker slots); --no-warm: three fresh processes per candidate"),
+    zygote: bool = typer.Option(True, "--zygote/--no-zygote", help="warm slots' steps fork from the slot's zygote "
+                                "(torch imported once); --no-zygote: a pre-started bubblewrap sandbox per step"),
 ) -> None:
     """Run an Evolution locally: baseline, agent wake-ups, sandboxed training, reviews, rollouts, launches."""
     _logging(verbose)
@@ -230,7 +234,7 @@ def evolve(
                      days=days, seed=seed, evaluations=evaluations, approve=approve, max_days=max_days,
                      workers=workers, as_json=as_json,
                      warehouse=local_warehouse(warehouse_url, warehouse_metrics, warehouse_events),
-                     promql_url=inputs_promql_url(promql_url), warm=warm)
+                     promql_url=inputs_promql_url(promql_url), warm=warm, zygote=zygote)
     raise typer.Exit(code)
 
 

@@ -9,7 +9,7 @@ import pytest
 from cambrian.bench.search import (apply_numeric, baseline_config, best_is_written, best_so_far, change_kind,
                                    evals_to_reach, numeric_space, paired_online, run_variant, summarise)
 from cambrian.bench.serving import histogram_quantile, latency_summary, parse_histogram, percentile
-from cambrian.bench.throughput import timing_breakdown
+from cambrian.bench.throughput import ARMS, pool_breakdowns, schedule, summarise_arm, timing_breakdown
 
 
 def test_best_so_far_skips_failures():
@@ -100,6 +100,59 @@ def test_timing_breakdown_from_training_runs():
     assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         timing_breakdown(runs, 0.0, 2)
+
+
+def test_throughput_schedule_interleaves_the_arms_forwards_then_backwards():
+    order = schedule(["a", "b", "c", "d"], 2)
+    assert order == [("a", 0), ("b", 0), ("c", 0), ("d", 0), ("d", 1), ("c", 1), ("b", 1), ("a", 1)]
+    # every arm's mean position is the same: a load that drifts linearly over the run weighs on each alike
+    for arm in "abcd":
+        assert sum(i for i, (a, _) in enumerate(order) if a == arm) == 7
+    assert schedule(["a", "b"], 3) == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
+    assert schedule(list(ARMS), 1) == [(a, 0) for a in ARMS]
+    with pytest.raises(ValueError):
+        schedule(["a"], 0)
+
+
+def _part(hypotheses, wall, fit, fit_cpu, seconds):
+    runs = [{"hypothesis": h, "ok": True, "seconds": seconds, "fit_seconds": fit, "fit_cpu_seconds": fit_cpu}
+            for h in hypotheses]
+    return runs, timing_breakdown(runs, wall, 2)
+
+
+def test_throughput_pools_an_arms_parts_as_one_loop():
+    runs1, b1 = _part(["baseline", "baseline", "h-0", "h-1"], wall=10.0, fit=2.0, fit_cpu=1.5, seconds=4.0)
+    runs2, b2 = _part(["baseline", "baseline", "h-0", "h-1"], wall=30.0, fit=3.0, fit_cpu=2.0, seconds=6.0)
+    pooled = pool_breakdowns([b1, b2])
+    # the second part trains the same hypotheses by name, and they count again: 4 hypotheses, 4 baseline runs
+    assert pooled["hypotheses_evaluated"] == 4 and pooled["baseline_evaluations"] == 4 and pooled["evaluations"] == 8
+    assert pooled["slot_seconds"] == 80.0 and pooled["fit_seconds"] == 20.0 and pooled["fit_cpu_seconds"] == 14.0
+    assert pooled["non_training_share"] == pytest.approx(1 - 14 / 80)  # the ratio of the sums, not a mean of ratios
+    assert pooled["non_training_share_wall"] == pytest.approx(1 - 20 / 80)
+    assert pooled["share_fit"] + pooled["share_trainer_overhead"] + pooled["share_loop_overhead"] == pytest.approx(1)
+    # the same as one loop of both parts' runs over their summed wall, had the names been distinct
+    renamed = [{**r, "hypothesis": r["hypothesis"] + "'"} if r["hypothesis"] != "baseline" else r for r in runs2]
+    assert pooled == pytest.approx(timing_breakdown(runs1 + renamed, 40.0, 2))
+    with pytest.raises(ValueError):
+        pool_breakdowns([])
+
+    def raw(part, b, wall, load):
+        return {"part": part, "wall_seconds": wall, "breakdown": b, "timings": [{"seconds": {"prepare": wall / 10}}],
+                "val_loss_by_run": [["h-0", 0, 0.3]], "stop_reason": f"done {part}",
+                "load_average_start": [load, 0, 0], "load_average_end": [load + 1, 0, 0], "load_samples": [load, load + 1]}
+
+    arm = summarise_arm({"warm": True}, [raw(0, b1, 10.0, 1.0), raw(1, b2, 30.0, 3.0)], [4, 5])
+    assert arm["hypotheses_per_hour"] == pytest.approx(4 / 40 * 3600)
+    assert arm["evaluations_per_hour"] == pytest.approx(8 / 40 * 3600) and arm["loop_wall_seconds"] == 40.0
+    assert arm["non_training_share"] == pytest.approx(1 - 14 / 80, abs=1e-4)
+    assert arm["per_candidate"] == {"runs": 2, "trusted": {"prepare": 2.0}, "trainer_phases": {}}
+    assert arm["val_loss_by_run"] == [["h-0", 0, 0.3], ["h-0", 0, 0.3]]
+    assert arm["load_average_start"] == [1.0, 0, 0] and arm["load_average_end"] == [4.0, 0, 0]
+    assert arm["load_1min_mean"] == 2.5
+    assert [(p["position"], p["hypotheses_per_hour"], p["load_1min_mean"]) for p in arm["parts"]] == [
+        (4, 720.0, 1.5), (5, 240.0, 3.5)]
+    with pytest.raises(ValueError):
+        summarise_arm({}, [raw(0, b1, 10.0, 1.0)], [1, 2])
 
 
 def test_cli_lists_and_rejects_unknown(tmp_path):

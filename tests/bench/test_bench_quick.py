@@ -79,8 +79,11 @@ def test_throughput_quick():
     assert set(r["arms"]) == set(throughput.ARMS)
     for name, arm in r["arms"].items():
         b = arm["breakdown"]
-        assert b["evaluations"] == r["evaluation_budget"], name  # the budget binds
-        assert b["baseline_evaluations"] == 2 and b["hypotheses_evaluated"] >= 1
+        assert b["evaluations"] == r["evaluation_budget"], name  # the budget binds, in each part
+        # two parts per arm, each the Evolution's 2 baseline seeds and at least one hypothesis
+        assert b["baseline_evaluations"] == 2 * r["schedule"]["repeats"] and b["hypotheses_evaluated"] >= 2
+        assert [p["position"] for p in arm["parts"]] == [
+            i + 1 for i, step in enumerate(r["schedule"]["order"]) if step.split("#")[0] == name]
         for k in ("share_fit", "share_trainer_overhead", "share_loop_overhead", "non_training_share"):
             assert 0 <= b[k] <= 1, k
         assert b["share_fit"] + b["share_trainer_overhead"] + b["share_loop_overhead"] == pytest.approx(1, abs=1e-3)

@@ -385,6 +385,35 @@ def test_warm_slots_are_the_local_default_and_no_warm_turns_them_off(tmp_path, m
     assert LocalDriver(root).platform.warm is True
 
 
+class _Reached(Exception):
+    """LocalDriver.run was called: the test has what it came for."""
+
+
+@pytest.mark.parametrize("flag, zygote", [([], True), (["--no-zygote"], False), (["--zygote"], True)])
+@pytest.mark.parametrize("command", ["evolve", "demo"])
+def test_no_zygote_reaches_the_local_platform_from_evolve_and_demo(tmp_path, monkeypatch, command, flag, zygote):
+    """`cambrian evolve` and `cambrian demo` fork warm slots' steps from a zygote unless told --no-zygote: the
+    option reaches the driver's LocalPlatform (which hands it to each WarmWorker) as warm_zygote."""
+    from typer.testing import CliRunner
+
+    from cambrian import demo
+    from cambrian.cli import app
+
+    seen = {}
+
+    def run(self):
+        seen.update(warm=self.platform.warm, zygote=self.platform.warm_zygote)
+        raise _Reached
+
+    monkeypatch.setattr(LocalDriver, "run", run)
+    monkeypatch.setattr(demo, "stage_world", lambda *a, **kw: str(tmp_path / "world"))  # no world generated
+    args = (["evolve", "-f", str(SCENARIO), "--dir", str(tmp_path / "run")] if command == "evolve"
+            else ["demo", "--fast", "--json", "--out", str(tmp_path / "demo")])
+    res = CliRunner().invoke(app, [*args, *flag])
+    assert isinstance(res.exception, _Reached), res.output
+    assert seen == {"warm": True, "zygote": zygote}
+
+
 # A short real training run: warm slots run only the built-in trainer.
 WARM_JOB = {"name": "h-train-1-abc", "hypothesis": "h", "attempt": 1,
             "baseline": {"training": {"epochs": 2, "cpu_threads": 1, "batch_size": 256, "device": "cpu"}},
