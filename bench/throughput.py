@@ -107,7 +107,7 @@ def timing_breakdown(runs: list[dict], wall_seconds: float, slots: int) -> dict[
 # without the prepared-rows cache (the imports' share of the gain), warm trainers whose steps are pre-started
 # bubblewrap sandboxes (each importing torch), and warm with the cache and each step a fork of the worker's zygote
 # (trainer/zygote.py; the default of the local platform). Each arm runs in REPEATS parts of the same Evolution
-# (evaluations/REPEATS each), scheduled A B C D D C B A (schedule()): a load that drifts during the run falls on
+# (evaluations_per_part each), scheduled A B C D D C B A (schedule()): a load that drifts during the run falls on
 # every arm alike, and each arm's parts are pooled (pool_breakdowns()).
 ARMS = {"cold": {"warm": False}, "warm_no_cache": {"warm": True, "warm_cache": 0},
         "warm_bwrap": {"warm": True, "warm_zygote": False}, "warm": {"warm": True}}
@@ -258,8 +258,9 @@ def run(quick: bool = False, arms: tuple[str, ...] = tuple(ARMS), repeats: int =
         g0 = time.perf_counter()
         data, summary = make_world(tmp_path / "world", users, days)
         world_seconds = time.perf_counter() - g0
-        # per part: the 2 baseline seeds and at least one hypothesis (quick: 3), 12 per arm in the full run
-        per_part = 3 if quick else 12 // repeats
+        # per part: the 2 baseline seeds and at least one hypothesis (quick: 3); in the full run each part is the
+        # whole 12-evaluation Evolution a single pass ran, so its slots' start-up is spread over as many runs
+        per_part = 3 if quick else 12
         world = {k: summary["overall"][k] for k in ("users", "days")}
         done: dict[str, list[tuple[int, dict]]] = {name: [] for name in arms}
         for position, (name, part) in enumerate(order, start=1):
