@@ -56,7 +56,7 @@ def test_recorded_wakeups_end_every_hypothesis_with_a_reason(tmp_path, tiny_worl
                             "wrong_component.json"])
     summary, evo, hs = drive(tmp_path, tiny_world, fake_trainer,
                              [evolution(server, ["architecture"], {"evaluations": 30})], monkeypatch,
-                             max_days=1.5 / 24)
+                             wall_seconds=15, max_days=1.5 / 24)  # 5 s: a loaded machine's start-up alone timed out
     st = evo["status"]
     assert st["phase"] == "Running" and st["counters"]["wakeups"] == 2, st
     assert st["spend"]["tokens"] == 4 * 2200 and st["spend"]["dollars"] > 0  # every recorded answer is paid for
