@@ -127,11 +127,10 @@ class Surrogate:
         if x.shape[1] != self.n_onehot + len(self.names):
             raise ValueError(f"expected {self.n_onehot} one-hot columns and {len(self.names)} inputs "
                              f"({', '.join(self.names)}), got {x.shape[1]} columns")
-        rest = x[:, self.n_onehot:]
-        seen = np.isfinite(rest)  # centre and scale over the readings there are (missing ones count as the centre)
-        count = seen.sum(0)
-        self.center = np.where(count > 0, np.where(seen, rest, 0.0).sum(0) / np.maximum(count, 1), 0.0)
-        sd = np.sqrt(np.where(seen, (rest - self.center) ** 2, 0.0).sum(0) / np.maximum(count, 1))
+        # centre and scale over the readings there are; an input no rollout read is centred on 0 with scale 1
+        rest = np.where(np.isnan(x[:, self.n_onehot:]).all(0), 0.0, x[:, self.n_onehot:])
+        self.center = np.nanmean(rest, 0)
+        sd = np.nanstd(rest, 0)
         self.scale = np.where(sd > 0, sd, 1.0)
         size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
         direction = [PRIOR_DIRECTION.get(n, (0.0, OTHER_SD)) for n in self.names]
