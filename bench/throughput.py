@@ -83,24 +83,27 @@ def timing_breakdown(runs: list[dict], wall_seconds: float, slots: int) -> dict[
     def total(key: str) -> float:
         return sum(float(r[key]) for r in runs if r.get("ok") and isinstance(r.get(key), (int, float)))
 
-    subprocess_s = sum(float(r.get("seconds") or 0.0) for r in runs)
-    fit_s, fit_cpu_s = total("fit_seconds"), total("fit_cpu_seconds")
-    slot_s = slots * wall_seconds
-    return {
+    return with_shares({
         "evaluations": len(runs),
         "evaluations_ok": sum(1 for r in runs if r.get("ok")),
         "hypotheses_evaluated": len({r["hypothesis"] for r in runs} - {"baseline"}),
         "baseline_evaluations": sum(1 for r in runs if r["hypothesis"] == "baseline"),
-        "slot_seconds": slot_s,
-        "fit_seconds": fit_s,
-        "fit_cpu_seconds": fit_cpu_s,
-        "trainer_process_seconds": subprocess_s,
-        "share_fit": fit_s / slot_s,
-        "share_trainer_overhead": max(subprocess_s - fit_s, 0.0) / slot_s,
-        "share_loop_overhead": max(slot_s - subprocess_s, 0.0) / slot_s,
-        "non_training_share": max(0.0, 1.0 - fit_cpu_s / slot_s),
-        "non_training_share_wall": 1.0 - fit_s / slot_s,
-    }
+        "slot_seconds": slots * wall_seconds,
+        "fit_seconds": total("fit_seconds"),
+        "fit_cpu_seconds": total("fit_cpu_seconds"),
+        "trainer_process_seconds": sum(float(r.get("seconds") or 0.0) for r in runs),
+    })
+
+
+def with_shares(sums: dict[str, Any]) -> dict[str, Any]:
+    """Pure: the counts and seconds (ADDITIVE) with the shares of the slot seconds they split into."""
+    slot_s, fit_s, process_s = sums["slot_seconds"], sums["fit_seconds"], sums["trainer_process_seconds"]
+    return {**sums,
+            "share_fit": fit_s / slot_s,
+            "share_trainer_overhead": max(process_s - fit_s, 0.0) / slot_s,
+            "share_loop_overhead": max(slot_s - process_s, 0.0) / slot_s,
+            "non_training_share": max(0.0, 1.0 - sums["fit_cpu_seconds"] / slot_s),
+            "non_training_share_wall": 1.0 - fit_s / slot_s}
 
 
 # Arms, on the same world in one run: the cold path (three fresh Python processes per candidate), warm trainers
@@ -136,14 +139,7 @@ def pool_breakdowns(parts: list[dict[str, Any]]) -> dict[str, Any]:
     separate drivers: their slot-seconds add up, and so do their hypotheses, which repeat by name)."""
     if not parts:
         raise ValueError("no parts to pool")
-    b: dict[str, Any] = {k: sum(p[k] for p in parts) for k in ADDITIVE}
-    slot_s, fit_s = b["slot_seconds"], b["fit_seconds"]
-    b.update({"share_fit": fit_s / slot_s,
-              "share_trainer_overhead": max(b["trainer_process_seconds"] - fit_s, 0.0) / slot_s,
-              "share_loop_overhead": max(slot_s - b["trainer_process_seconds"], 0.0) / slot_s,
-              "non_training_share": max(0.0, 1.0 - b["fit_cpu_seconds"] / slot_s),
-              "non_training_share_wall": 1.0 - fit_s / slot_s})
-    return b
+    return with_shares({k: sum(p[k] for p in parts) for k in ADDITIVE})
 
 
 class LoadSampler:
