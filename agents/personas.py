@@ -154,7 +154,8 @@ REWARD = Persona(
     },
 )
 
-PERSONAS: dict[str, Persona] = {p.name: p for p in (OPTIMIZER, ARCHITECTURE, REWARD)}
+# the default order of spec.agent.personas (operator/api.py): reward first
+PERSONAS: dict[str, Persona] = {p.name: p for p in (REWARD, ARCHITECTURE, OPTIMIZER)}
 
 
 def get_persona(name: str) -> Persona:

@@ -46,7 +46,7 @@ from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gemini"
-RECORDED = ("optimizer_valid.json", "architecture_valid.json", "reward_valid.json")
+RECORDED = ("reward_valid.json", "architecture_valid.json", "optimizer_valid.json")  # the default persona order
 ARMS = ("random", "tpe", "builtin", "llm")
 
 

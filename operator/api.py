@@ -430,10 +430,13 @@ class Agent(_Model):
         None, description="the Secret holding the provider's API key; the operator never reads Secrets: the chart "
                           "passes this Secret to it as GEMINI_API_KEY or OPENAI_API_KEY (agents.*.existingSecret)")
     personas: list[Literal["optimizer", "architecture", "reward"]] = Field(
-        default_factory=lambda: ["optimizer", "architecture", "reward"],
+        # reward first: the listed order is the priority while no yield is measured (the first wake-up), and the
+        # paper's lesson L4 is that the highest leverage is in changes a numeric search cannot reach (the reward)
+        default_factory=lambda: ["reward", "architecture", "optimizer"],
         min_length=1,
         max_length=3,
-        description="the personas asked at each wake-up, each proposing changes to its own component",
+        description="the personas asked at each wake-up, each proposing changes to its own component; with "
+                    "scheduling.policy yield, the listed order is the priority while nothing is measured yet",
         json_schema_extra=_x(list_type="set"),
     )
     proposals_per_wakeup: int = Field(

@@ -238,7 +238,8 @@ def _scan(paths: list[Path], needle: str) -> list[str]:
 
 
 def test_a_full_evolve_run_never_writes_the_api_key(tmp_path, tiny_world, fake_trainer):
-    fixtures = ["optimizer_valid.json", "architecture_hostile.json", "reward_valid.json", "malformed.json",
+    # in the order the personas are asked (the default: reward, architecture, optimizer)
+    fixtures = ["reward_valid.json", "architecture_hostile.json", "optimizer_valid.json", "malformed.json",
                 "repair_architecture.json"]
     server = AGENTS.GeminiReplay([AGENTS.load_fixture(n) for n in fixtures])  # then HTTP 500s: error paths too
     try:
