@@ -110,6 +110,20 @@ def test_the_exploration_floor_cannot_exceed_the_proposals_per_wakeup():
     assert sp.agent.scheduling.policy == "yield" and sp.agent.scheduling.exploration_floor == 1
 
 
+def test_by_default_the_reward_persona_is_first_until_a_yield_is_measured():
+    from cambrian.agents.personas import PERSONAS
+
+    sp = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "m"}]}, "data": {"world": {}}})
+    # the CRD's default and the local settings' default (agents/personas.py) are the same list
+    assert sp.agent.personas == list(PERSONAS) == ["reward", "architecture", "optimizer"]
+    first = S.schedule("yield", sp.agent.personas, 2, Q, [], wakeup=1)
+    assert first.order() == ("reward", "architecture", "optimizer") * 2
+    # a measured yield outranks the listed order
+    later = S.schedule("yield", sp.agent.personas, 2, Q, [scored("r", "reward", 0.0), scored("a", "architecture", 0.0),
+                                                          scored("o", "optimizer", 0.02)], wakeup=1)
+    assert later.order()[0] == "optimizer"
+
+
 # --------------------------------------------------------------------------------------------- the core
 
 
