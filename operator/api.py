@@ -771,6 +771,8 @@ class Counters(_Status):
     """What the loop has done so far."""
 
     wakeups: int = Field(0, description="offline agent wake-ups")
+    empty_wakeups: int = Field(0, description="the latest wake-ups in a row that created no Hypothesis (each "
+                                              "doubles the wait before the next, up to 64 cadences)")
     reviews: int = Field(0, description="online agent reviews")
     proposed: int = Field(0, description="hypotheses of this loop")
     trained: int = Field(0, description="hypotheses trained and scored (Scored, Live, Launched or Retired)")
@@ -821,6 +823,7 @@ class EvolutionStatus(_Status):
     counters: Counters = Field(default_factory=Counters)
     spend: Spend = Field(default_factory=Spend)
     last_decision: LastDecision | None = None
+    last_wakeup_at: datetime | None = Field(None, description="when the offline agents last woke up")
     next_wakeup_at: datetime | None = Field(None, description="when the offline agents wake up next")
     next_review_at: datetime | None = Field(None, description="when the online agent reviews the scored hypotheses next")
     live_rollouts: list[str] = Field(default_factory=list, max_length=64, description="the loop's rollouts running now")

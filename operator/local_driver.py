@@ -40,6 +40,9 @@ IN_FLIGHT = (None, "Proposed", "Training")
 LIVE = ("Pending", "Deploying", "Running", "AwaitingApproval")
 MAX_PASSES = 50  # passes at one instant before the objects are declared not to converge
 MAX_APPLY_FAILURES = 3
+# An Evolution whose latest wake-ups in a row created nothing (its proposer fails: see reconcile/wakeups.py)
+# and that has nothing else in flight ends a local run instead of backing off through max_days of wake-ups.
+GIVE_UP_AFTER_EMPTY_WAKEUPS = 6
 TIMELINE = "timeline.jsonl"  # per rollout folder: weights and readouts over time (for reports)
 # spec.cadence.online of a local run of the offline loop alone (benchmarks, the old evolve.yaml format): the one
 # review inside the run comes when the baseline is trained, with nothing scored yet, so no Rollout ever starts.
@@ -281,6 +284,8 @@ class LocalDriver:
             return None
         return "every Evolution is done: " + "; ".join(
             f"{e['metadata']['name']} {phase(e)}" + (f" ({e['status'].get('reason')})" if e["status"].get("reason") else "")
+            + (f" (its last {_empty_wakeups(e)} wake-ups created no Hypothesis: see their events)"
+               if _empty_wakeups(e) >= GIVE_UP_AFTER_EMPTY_WAKEUPS and phase(e) == "Running" else "")
             for e in evolutions)
 
     def _evolutions_busy(self, evolutions: list[dict], hyps: list[dict]) -> bool:
@@ -288,7 +293,8 @@ class LocalDriver:
             st = e.get("status") or {}
             if st.get("phase") == "Failed":
                 continue
-            if st.get("phase") != "BudgetExhausted" or not (st.get("champion") or {}).get("bundle"):
+            stalled = st.get("phase") == "Running" and _empty_wakeups(e) >= GIVE_UP_AFTER_EMPTY_WAKEUPS
+            if (st.get("phase") != "BudgetExhausted" and not stalled) or not (st.get("champion") or {}).get("bundle"):
                 return True  # still proposing (or training its baseline)
             mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
             if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
@@ -317,3 +323,7 @@ def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt()
+
+
+def _empty_wakeups(evolution: dict) -> int:
+    return int(((evolution.get("status") or {}).get("counters") or {}).get("emptyWakeups") or 0)

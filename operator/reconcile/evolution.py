@@ -37,6 +37,7 @@ from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
 from cambrian.operator.reconcile import scheduling as S
+from cambrian.operator.reconcile import wakeups as W
 from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
@@ -189,7 +190,17 @@ def reconcile(
     # 3b. Production serves the champion (a new one is rolled out by the platform).
     actions.extend(CH.serve(owner, spec, st, champion_serving, now, meta.generation, journal))
 
-    # 4. Offline agent wake-ups.
+    # 4. Offline agent wake-ups, backed off while they create nothing (wakeups.py). A wake-up's outcome is
+    # read once its cadence has passed: by then its Hypotheses exist wherever the platform keeps them.
+    if st.last_wakeup_at is not None and now >= after(st.last_wakeup_at, spec.cadence.offline):
+        streak = W.empty_streak(hypotheses, st.counters.wakeups)
+        if streak and streak != st.counters.empty_wakeups:
+            journal("WakeupsBackedOff", f"the last {streak} wake-up(s) created no Hypothesis (see their events); "
+                    f"the next waits {W.factor(streak)} × {spec.cadence.offline}", warning=True, streak=streak)
+        st.counters.empty_wakeups = streak
+        st.next_wakeup_at = W.next_due(st.last_wakeup_at, spec.cadence.offline, streak)
+        cond("Proposing", streak == 0, "NothingProposed" if streak else "Proposed",
+             f"the last {streak} wake-up(s) created no Hypothesis" if streak else "")
     if st.phase == "Running" and (st.next_wakeup_at is None or now >= st.next_wakeup_at):
         wakeup = st.counters.wakeups + 1
         q = spec.agent.quotas
@@ -218,6 +229,7 @@ def reconcile(
             )
         )
         st.counters.wakeups = wakeup
+        st.last_wakeup_at = now
         st.next_wakeup_at = after(now, spec.cadence.offline)
 
     # 5. Online review: start rollouts for the best scored hypotheses, up to top-K live.

@@ -41,6 +41,7 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         gain=status.get("gain"),
         noise_floor=status.get("noiseFloor"),
         evaluations=evaluations(status),
+        wakeup=(spec.get("origin") or {}).get("wakeup"),
     )
 
 

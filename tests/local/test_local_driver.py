@@ -141,6 +141,38 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     assert [e["event"] for e in events if e["kind"] == "Evolution"].count("Proposed") == 1
 
 
+def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_path):
+    """An endpoint that fails every time (here: a proposer whose every answer is unusable) is asked after 1, 2,
+    4, ... cadences instead of every cadence until max_days (60 days of 1h wake-ups: 1,440 calls), and a local
+    run with nothing else to do ends after GIVE_UP_AFTER_EMPTY_WAKEUPS of them, saying why."""
+    from cambrian.operator.local_cli import apply_overrides
+    from cambrian.operator.local_driver import GIVE_UP_AFTER_EMPTY_WAKEUPS
+    from cambrian.operator.proposing import ProposalBatch
+
+    calls = []
+
+    def failing(action, existing):
+        calls.append(action.wakeup)
+        return ProposalBatch(notes=["gemini: HTTP 500 (after 3 attempts)"])
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1, proposer=failing)
+    driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=10))
+    summary = driver.run()
+    assert "wake-ups created no Hypothesis" in summary.reason, summary
+    assert calls == list(range(1, GIVE_UP_AFTER_EMPTY_WAKEUPS + 1))
+    # 1h cadence: wake-ups at 0, 2, 6, 14, 30, 62 hours, and the sixth's outcome read an hour later
+    assert summary.days == pytest.approx(63 / 24, abs=0.05)
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert evo["phase"] == "Running" and evo["counters"]["emptyWakeups"] == GIVE_UP_AFTER_EMPTY_WAKEUPS
+    assert next(c for c in evo["conditions"] if c["type"] == "Proposing")["status"] == "False"
+    events = [json.loads(line) for line in (root / "events.jsonl").read_text().splitlines()]
+    assert [e["data"]["streak"] for e in events if e["event"] == "WakeupsBackedOff"] == list(
+        range(1, GIVE_UP_AFTER_EMPTY_WAKEUPS + 1))
+    assert not _objects(root, "hypotheses") and len(list((root / "jobs").iterdir())) == 2  # the baseline's seeds only
+
+
 @pytest.mark.parametrize("policy", ["fixed", "yield"])
 def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path, policy):
     """Room for one more evaluation after the baseline's two seeds. `fixed` asks for two proposals: the Evolution

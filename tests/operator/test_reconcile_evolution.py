@@ -11,7 +11,8 @@ import pytest
 
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import noise as N
-from cambrian.operator.reconcile.actions import CreateRollout, CreateTrainingJob, ProposeHypotheses, UpdateChampion
+from cambrian.operator.reconcile.actions import (CreateRollout, CreateTrainingJob, ProposeHypotheses, RecordJournal,
+                                                UpdateChampion)
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation, RolloutView,
                                                       Spend)
@@ -68,9 +69,46 @@ def test_baseline_then_wakeups_on_cadence():
     assert len(wake) == 1 and wake[0].wakeup == 1 and dict(wake[0].quotas) == {"explore": 1, "exploit": 1, "innovate": 1}
     assert r.status.next_wakeup_at == T0 + timedelta(minutes=5)
     assert not [a for a in r2.actions if isinstance(a, ProposeHypotheses)]  # not due yet
-    r3 = run(sp, r2.status, now=T0 + timedelta(minutes=5))
+    proposed = [HypothesisView("w1-0", "Proposed", "optimizer", wakeup=1)]  # what wake-up 1 created
+    r3 = run(sp, r2.status, proposed, now=T0 + timedelta(minutes=5))
     assert [a.wakeup for a in r3.actions if isinstance(a, ProposeHypotheses)] == [2]
-    assert r3.status.counters.wakeups == 2
+    assert r3.status.counters.wakeups == 2 and r3.status.counters.empty_wakeups == 0
+
+
+def test_wakeups_that_create_nothing_back_off_until_one_does():
+    """A proposer that keeps failing is asked after 1, 2, 4, ... cadences (up to 64), not every 5 minutes; the
+    first wake-up that creates a Hypothesis brings the cadence back. Each longer wait is journalled once."""
+    sp = spec()
+    _, r = with_champion(sp)
+    asked, times, backoffs, now = [1], [T0], [], T0 + timedelta(minutes=1)
+    for _ in range(400):  # simulated time, as the LocalDriver moves it: to the next due moment
+        now = max(now, r.status.next_wakeup_at)
+        r = run(sp, r.status, now=now)
+        asked += [a.wakeup for a in r.actions if isinstance(a, ProposeHypotheses)]
+        times += [now for a in r.actions if isinstance(a, ProposeHypotheses)]
+        backoffs += [a.data["streak"] for a in r.actions if isinstance(a, RecordJournal) and a.event == "WakeupsBackedOff"]
+        if now - T0 > timedelta(days=2):
+            break
+    st = r.status
+    assert st.counters.wakeups == len(asked) and asked == list(range(1, len(asked) + 1))
+    # 2 days of 5-minute cadence would be 576 wake-ups; backed off, the gaps double up to 64 cadences
+    gaps = [(b - a) / timedelta(minutes=5) for a, b in zip(times, times[1:])]
+    assert gaps == [2, 4, 8, 16, 32] + [64] * (len(gaps) - 5) and len(asked) == 15
+    # the latest wake-up's outcome is read once its cadence has passed (its Hypotheses exist by then)
+    assert st.counters.empty_wakeups == len(asked) - 1
+    assert backoffs == list(range(1, len(asked)))  # once per longer wait
+    quiet = run(sp, st, now=st.last_wakeup_at + timedelta(minutes=5))  # the latest one created nothing either
+    assert not [a for a in quiet.actions if isinstance(a, ProposeHypotheses)]
+    assert quiet.status.next_wakeup_at - st.last_wakeup_at == timedelta(minutes=5 * 64)
+    cond = next(c for c in st.conditions if c.type == "Proposing")
+    assert cond.status == "False" and cond.reason == "NothingProposed"
+    # a wake-up that creates something resets the cadence from that wake-up on
+    last = st.counters.wakeups
+    made = [HypothesisView(f"w{last}-0", "Proposed", "reward", wakeup=last)]
+    r2 = run(sp, st, made, now=st.last_wakeup_at + timedelta(minutes=5))
+    assert [a.wakeup for a in r2.actions if isinstance(a, ProposeHypotheses)] == [last + 1]
+    assert r2.status.counters.empty_wakeups == 0
+    assert next(c for c in r2.status.conditions if c.type == "Proposing").status == "True"
 
 
 def test_baseline_runs_keep_each_seeds_metrics():
@@ -202,15 +240,16 @@ def test_only_a_better_hypothesis_is_ever_rolled_out():
 def test_failed_hypotheses_go_back_to_the_proposer_once():
     sp = spec()
     _, r2 = with_champion(sp)
-    hyps = [HypothesisView("gate", "Failed", "optimizer", failure_stage="static"),
-            HypothesisView("nan", "Failed", "optimizer", failure_stage="training"),
-            HypothesisView("fix", "Failed", "optimizer", failure_stage="static", repair_of="gate"),  # a repair: not again
-            HypothesisView("dup", "Rejected", "optimizer", failure_stage="duplicate"),
-            HypothesisView("oom", "Failed", "optimizer", failure_stage="metrics")]  # no proposer can fix a missing metric
+    hyps = [HypothesisView("gate", "Failed", "optimizer", failure_stage="static", wakeup=1),
+            HypothesisView("nan", "Failed", "optimizer", failure_stage="training", wakeup=1),
+            HypothesisView("fix", "Failed", "optimizer", failure_stage="static", repair_of="gate", wakeup=1),  # a repair: not again
+            HypothesisView("dup", "Rejected", "optimizer", failure_stage="duplicate", wakeup=1),
+            HypothesisView("oom", "Failed", "optimizer", failure_stage="metrics", wakeup=1)]  # no proposer can fix a missing metric
     r3 = run(sp, r2.status, hyps, now=T0 + timedelta(minutes=5))
     (wake,) = [a for a in r3.actions if isinstance(a, ProposeHypotheses)]
     assert wake.repairs == ("gate", "nan") and r3.status.repairs == ["gate", "nan"]
-    r4 = run(sp, r3.status, hyps, now=T0 + timedelta(minutes=10))
+    # wake-up 2 created nothing (the repairs were not made), so wake-up 3 comes two cadences after it
+    r4 = run(sp, r3.status, hyps, now=T0 + timedelta(minutes=15))
     (wake,) = [a for a in r4.actions if isinstance(a, ProposeHypotheses)]
     assert wake.repairs == ()  # asked once, even if the proposer had no fix
 

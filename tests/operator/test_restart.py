@@ -189,7 +189,7 @@ def test_evolution_replay_reissues_the_same_names():
 
     base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 1}, bundle_uri="b0")
             for n in N.baseline_job_names(meta, spec)]
-    hyps = [HypothesisView("h1", "Scored", "optimizer", "val_loss", 0.4, "b1", verdict="better")]
+    hyps = [HypothesisView("h1", "Scored", "optimizer", "val_loss", 0.4, "b1", verdict="better", wakeup=1)]
     status = api.EvolutionStatus()
     seen: dict[str, set] = {"propose": set(), "rollout": set()}
     for k, t in enumerate([T0, T0 + timedelta(minutes=1), T0 + timedelta(minutes=6), T0 + timedelta(hours=2)]):

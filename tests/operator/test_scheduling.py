@@ -131,7 +131,8 @@ def _core_wakeup(sp, hyps, spend=Spend()):
     from tests.operator.test_reconcile_evolution import META, T0, run, with_champion
 
     _, r2 = with_champion(sp)
-    r = run(sp, r2.status, hyps, spend=spend, now=T0 + timedelta(minutes=5))
+    # wake-up 2: `hyps` carry no wake-up, so wake-up 1 created nothing and the next comes two cadences after it
+    r = run(sp, r2.status, hyps, spend=spend, now=T0 + timedelta(minutes=10))
     return r, [a for a in r.actions if isinstance(a, ProposeHypotheses)][0]
 
 
