@@ -48,6 +48,8 @@ def run(
                                       "this many seconds passed since the first create (else: until all are steady)"),
     arms: str = typer.Option(None, "--arms", help="decision-world: comma-separated arms to simulate (e.g. aa)"),
     sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
+    seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
+                                                    "ones (e.g. held-out seeds 5,6,7,8,9)"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
@@ -55,7 +57,8 @@ def run(
     fn = importlib.import_module(BENCHMARKS[name]).run
     sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions)) if v is not None}
     options = {k: v for k, v in (("window", window), ("sims", sims),
-                                 ("arms", tuple(arms.split(",")) if arms else None)) if v is not None}
+                                 ("arms", tuple(arms.split(",")) if arms else None),
+                                 ("seeds", _seeds(seeds) if seeds else None)) if v is not None}
     for k in options:
         if k not in inspect.signature(fn).parameters:
             raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
@@ -67,12 +70,23 @@ def run(
     result = fn(quick=quick, **sizes, **options)
     out.mkdir(parents=True, exist_ok=True)
     stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e
-                     *([arms.replace(",", "-").replace(":", "_")] if arms else [])])   # decision-world-aa
+                     *([arms.replace(",", "-").replace(":", "_")] if arms else []),   # decision-world-aa
+                     *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else [])])  # multifidelity-seeds5-6
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
     else:
         typer.echo(f"{name}: ratio {result['ratio']:.3g} ({result['ratio_meaning']})")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {text!r}: expected comma-separated integers, e.g. 5,6,7") from None
+    if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
+        raise typer.BadParameter(f"--seeds {text!r}: expected distinct non-negative integers")
+    return out
 
 
 @app.command("list")

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from cambrian.bench.throughput import load_now, make_world
 
 METRIC = "long_watch_corr"
-FIDELITY = {"firstLook": {"epochFraction": 0.25, "sampleFraction": 0.25}, "promote": {"minGainFloors": -1.0}}
+FIDELITY = {"firstLook": {"epochFraction": 0.25, "sampleFraction": 1.0}, "promote": {"minGainFloors": 1.0}}
 
 
 def _key(delta: Any) -> str:
@@ -152,14 +152,18 @@ def summed(per_seed: list[dict], table: str, rule: str) -> dict[str, Any]:
             "winner_discarded": sum(r["winner_discarded"] for r, _ in rows)}
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None,
+        fidelity: dict | None = None) -> dict:
+    """`seeds`: the Φ0 seeds (default 0-4, or 0-1 with `quick`); other seeds are held out from the choice of
+    FIDELITY. `fidelity`: spec.fidelity to measure instead of FIDELITY."""
     from cambrian.bench.evolution import evolution_object, run_on_driver
     from cambrian.bench.search import baseline_config
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     load_start = load_now()
-    seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    seeds = list(seeds) if seeds else ([0, 1] if quick else [0, 1, 2, 3, 4])
+    fidelity = fidelity or FIDELITY
     users, days, epochs = (200, 4, 4) if quick else (300, 5, 4)
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-multifidelity-") as tmp:
@@ -172,7 +176,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
                 say(f"seed {s}: arm {arm}")
                 obj = evolution_object(f"{arm}-s{s}", baseline=base, world=world, evaluations=200, baseline_seeds=2,
                                        confirm_seeds=1, one_wakeup=True,
-                                       fidelity=FIDELITY if arm == "fidelity" else None)
+                                       fidelity=fidelity if arm == "fidelity" else None)
                 a0 = time.perf_counter()
                 out = run_on_driver(Path(tmp) / f"s{s}-{arm}", obj, data, workers=2)
                 from cambrian.operator.localstore import LocalStore, NAMESPACE
@@ -196,7 +200,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     looks = sum(p["candidate_look_seconds"] + p["reference_look_seconds"] for p in per_seed)
     return {
         "name": "multifidelity",
-        "command": "cambrian bench run multifidelity" + (" --quick" if quick else ""),
+        "command": "cambrian bench run multifidelity" + (" --quick" if quick else "")
+                   + (f" --seeds {','.join(map(str, seeds))}" if seeds != ([0, 1] if quick else [0, 1, 2, 3, 4]) else ""),
         "quick": quick,
         "ratio": round(ratio, 4),
         "ratio_meaning": ("candidates' full-training seconds with spec.fidelity / without it, the same candidates "
@@ -206,7 +211,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
                                              / max(tot("measured_full_seconds", "full"), 1e-9), 4),
         "rules": {str(r): summed(per_seed, "rules", str(r)) for r in RULES},
         "rank_rules": {name: summed(per_seed, "rank_rules", name) for name in RANK_RULES},
-        "fidelity": FIDELITY,
+        "fidelity": fidelity,
         "seeds": seeds,
         "world": {"users": users, "days": days, "impressions": (summary.get("overall") or {}).get("impressions")},
         "phi0_epochs": epochs,

@@ -824,6 +824,8 @@ class EvolutionStatus(_Status):
     spend: Spend = Field(default_factory=Spend)
     last_decision: LastDecision | None = None
     last_wakeup_at: datetime | None = Field(None, description="when the offline agents last woke up")
+    backoff_counts_after: int = Field(0, description="wake-ups up to this one do not count towards the back-off "
+                                                     "of counters.emptyWakeups (the spec changed after it)")
     next_wakeup_at: datetime | None = Field(None, description="when the offline agents wake up next")
     next_review_at: datetime | None = Field(None, description="when the online agent reviews the scored hypotheses next")
     live_rollouts: list[str] = Field(default_factory=list, max_length=64, description="the loop's rollouts running now")

@@ -40,8 +40,9 @@ IN_FLIGHT = (None, "Proposed", "Training")
 LIVE = ("Pending", "Deploying", "Running", "AwaitingApproval")
 MAX_PASSES = 50  # passes at one instant before the objects are declared not to converge
 MAX_APPLY_FAILURES = 3
-# An Evolution whose latest wake-ups in a row created nothing (its proposer fails: see reconcile/wakeups.py)
-# and that has nothing else in flight ends a local run instead of backing off through max_days of wake-ups.
+# An Evolution whose latest wake-ups in a row, this many of this run's, created nothing (its proposer fails: see
+# reconcile/wakeups.py) and that has nothing else in flight ends a local run instead of backing off through
+# max_days of wake-ups. Counted per run: running the same command again (a fixed key) asks again.
 GIVE_UP_AFTER_EMPTY_WAKEUPS = 6
 TIMELINE = "timeline.jsonl"  # per rollout folder: weights and readouts over time (for reports)
 # spec.cadence.online of a local run of the offline loop alone (benchmarks, the old evolve.yaml format): the one
@@ -88,6 +89,7 @@ class LocalDriver:
         self._failures: dict[tuple[str, str], int] = {}
         # evolution -> the Scored hypotheses its last review saw and started nothing for (None: it started some)
         self._quiet_review: dict[str, frozenset | None] = {}
+        self._wakeups_at_start: dict[str, int] = {}  # per Evolution: counters.wakeups when run() began
 
     # --- objects -------------------------------------------------------------------------------
     def apply(self, objects: Iterable[dict[str, Any]]) -> list[str]:
@@ -200,6 +202,7 @@ class LocalDriver:
             previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self.platform.recover()
+            self._wakeups_at_start = {e["metadata"]["name"]: _counter(e, "wakeups") for e in self.store.list("evolutions")}
             return self._loop()
         finally:
             self.platform.close()
@@ -284,8 +287,8 @@ class LocalDriver:
             return None
         return "every Evolution is done: " + "; ".join(
             f"{e['metadata']['name']} {phase(e)}" + (f" ({e['status'].get('reason')})" if e["status"].get("reason") else "")
-            + (f" (its last {_empty_wakeups(e)} wake-ups created no Hypothesis: see their events)"
-               if _empty_wakeups(e) >= GIVE_UP_AFTER_EMPTY_WAKEUPS and phase(e) == "Running" else "")
+            + (f" (its last {_counter(e, 'emptyWakeups')} wake-ups created no Hypothesis: see their events)"
+               if self._stalled(e) else "")
             for e in evolutions)
 
     def _evolutions_busy(self, evolutions: list[dict], hyps: list[dict]) -> bool:
@@ -293,8 +296,7 @@ class LocalDriver:
             st = e.get("status") or {}
             if st.get("phase") == "Failed":
                 continue
-            stalled = st.get("phase") == "Running" and _empty_wakeups(e) >= GIVE_UP_AFTER_EMPTY_WAKEUPS
-            if (st.get("phase") != "BudgetExhausted" and not stalled) or not (st.get("champion") or {}).get("bundle"):
+            if (st.get("phase") != "BudgetExhausted" and not self._stalled(e)) or not (st.get("champion") or {}).get("bundle"):
                 return True  # still proposing (or training its baseline)
             mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
             if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
@@ -302,6 +304,12 @@ class LocalDriver:
             if self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
                 return True  # no review has looked at everything scored yet (and started nothing)
         return False
+
+    def _stalled(self, evolution: dict) -> bool:
+        """Its proposer created nothing in the latest GIVE_UP_AFTER_EMPTY_WAKEUPS wake-ups, all of this run."""
+        this_run = _counter(evolution, "wakeups") - self._wakeups_at_start.get(evolution["metadata"]["name"], 0)
+        return ((evolution.get("status") or {}).get("phase") == "Running"
+                and min(_counter(evolution, "emptyWakeups"), this_run) >= GIVE_UP_AFTER_EMPTY_WAKEUPS)
 
     def summary(self, reason: str) -> Summary:
         phases = {k: {o["metadata"]["name"]: (o.get("status") or {}).get("phase")
@@ -325,5 +333,5 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt()
 
 
-def _empty_wakeups(evolution: dict) -> int:
-    return int(((evolution.get("status") or {}).get("counters") or {}).get("emptyWakeups") or 0)
+def _counter(evolution: dict, name: str) -> int:
+    return int(((evolution.get("status") or {}).get("counters") or {}).get(name) or 0)

@@ -132,6 +132,8 @@ def reconcile(
     if blocked(status, meta.generation):
         return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
+    if st.observed_generation is not None and st.observed_generation != meta.generation:
+        W.restart_backoff(st, now)  # the spec changed (a new provider, say): ask again now
     resumed = resume_after_spec_change(st, meta.generation, "Running", now)
     st.observed_generation = meta.generation
     owner = owner_of(meta)
@@ -193,7 +195,7 @@ def reconcile(
     # 4. Offline agent wake-ups, backed off while they create nothing (wakeups.py). A wake-up's outcome is
     # read once its cadence has passed: by then its Hypotheses exist wherever the platform keeps them.
     if st.last_wakeup_at is not None and now >= after(st.last_wakeup_at, spec.cadence.offline):
-        streak = W.empty_streak(hypotheses, st.counters.wakeups)
+        streak = W.empty_streak(hypotheses, st.counters.wakeups, st.backoff_counts_after)
         if streak and streak != st.counters.empty_wakeups:
             journal("WakeupsBackedOff", f"the last {streak} wake-up(s) created no Hypothesis (see their events); "
                     f"the next waits {W.factor(streak)} × {spec.cadence.offline}", warning=True, streak=streak)

@@ -163,6 +163,18 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     assert bad.returncode != 0 and "unknown benchmark" in (bad.stderr + bad.stdout)
 
 
+@pytest.mark.parametrize("args, says", [
+    (["multifidelity", "--seeds", "5,x"], "expected comma-separated integers"),
+    (["multifidelity", "--seeds", "5,5"], "distinct non-negative"),
+    (["search", "--seeds", "5,6"], "takes no --seeds"),
+])
+def test_cli_refuses_bad_seeds_before_running_anything(tmp_path, args, says):
+    bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", *args, "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and says in " ".join((bad.stderr + bad.stdout).split()), bad.stderr
+    assert not list(tmp_path.iterdir())  # nothing ran, nothing written
+
+
 def test_wide_space_reaches_every_named_setting_and_nothing_written():
     import optuna
 

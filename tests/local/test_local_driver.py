@@ -172,6 +172,21 @@ def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_p
         range(1, GIVE_UP_AFTER_EMPTY_WAKEUPS + 1))
     assert not _objects(root, "hypotheses") and len(list((root / "jobs").iterdir())) == 2  # the baseline's seeds only
 
+    # the same command again, the provider fixed (a key in the environment: no spec change): it is asked again,
+    # after the backed-off wait of simulated time, and its Hypotheses train
+    from cambrian.operator.proposing import hypothesis_spec
+
+    def fixed(action, existing):
+        calls.append(action.wakeup)
+        lr = {"component": "optimizer", "patch": {"lr": 0.002}}
+        return ProposalBatch(items=[(hypothesis_spec(action.owner.name, action.wakeup, "optimizer", {"delta": lr}), {})])
+
+    again = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1, proposer=fixed)
+    assert "wake-ups created no Hypothesis" not in again.run().reason
+    assert calls[GIVE_UP_AFTER_EMPTY_WAKEUPS] == GIVE_UP_AFTER_EMPTY_WAKEUPS + 1
+    assert [h["status"]["phase"] for h in _objects(root, "hypotheses")][:1] == ["Scored"]
+    assert _objects(root, "evolutions")[0]["status"]["counters"]["emptyWakeups"] == 0
+
 
 @pytest.mark.parametrize("policy", ["fixed", "yield"])
 def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path, policy):

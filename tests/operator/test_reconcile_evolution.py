@@ -102,6 +102,11 @@ def test_wakeups_that_create_nothing_back_off_until_one_does():
     assert quiet.status.next_wakeup_at - st.last_wakeup_at == timedelta(minutes=5 * 64)
     cond = next(c for c in st.conditions if c.type == "Proposing")
     assert cond.status == "False" and cond.reason == "NothingProposed"
+    # a spec change (a fixed provider, say) is asked at once, and the earlier wake-ups no longer count
+    edited = E.reconcile(Meta("evo", "uid-evo", "ns", 3), sp, quiet.status, [], [], None, Spend(),
+                         st.last_wakeup_at + timedelta(minutes=6))
+    assert [a.wakeup for a in edited.actions if isinstance(a, ProposeHypotheses)] == [st.counters.wakeups + 1]
+    assert edited.status.counters.empty_wakeups == 0 and edited.status.backoff_counts_after == st.counters.wakeups
     # a wake-up that creates something resets the cadence from that wake-up on
     last = st.counters.wakeups
     made = [HypothesisView(f"w{last}-0", "Proposed", "reward", wakeup=last)]
