@@ -261,7 +261,24 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
             replay.close()
     runs = [{"value": r.metrics.get(METRIC) if r.ok else None, "hypothesis": r.hypothesis, "seed": r.seed,
              "persona": r.persona, "delta": r.delta, "bundle": r.bundle if r.ok else None} for r in out.runs]
-    return runs, {"stop_reason": out.stop_reason, "recorded_calls": len(replay.requests) if replay else None}
+    return noise_seeds_after_phi0(runs), {"stop_reason": out.stop_reason,
+                                          "recorded_calls": len(replay.requests) if replay else None}
+
+
+def noise_seeds_after_phi0(runs: list[dict]) -> list[dict]:
+    """The loop's runs as evaluations comparable with a numeric arm's: Φ0's own seed first (a numeric arm's
+    first evaluation is the same run), then the baseline's other seeds marked `noise_seed` (evaluations
+    spent on the noise floor, not changes found: a lucky one must not "reach" a target), then the candidates
+    in the order they finished."""
+    base = [r for r in runs if r["hypothesis"] == "baseline"]
+    own = [r for r in base if r.get("seed") == 0][:1]
+    extra = [{**r, "noise_seed": True} for r in base if not any(r is o for o in own)]
+    return own + extra + [r for r in runs if r["hypothesis"] != "baseline"]
+
+
+def counted(runs: list[dict]) -> list[float | None]:
+    """The values an arm's best-so-far curve is made of: a noise seed counts as an evaluation without a value."""
+    return [None if r.get("noise_seed") else r["value"] for r in runs]
 
 
 # ----------------------------------------------------------------------------- online north star
@@ -281,7 +298,8 @@ def north_star(data: Path, bundle: str, days: int) -> dict[str, float]:
 
 
 def _winner(runs: list[dict]) -> dict | None:
-    ok = [r for r in runs if r["value"] is not None and math.isfinite(r["value"]) and r.get("bundle")]
+    ok = [r for r in runs if r["value"] is not None and math.isfinite(r["value"]) and r.get("bundle")
+          and not r.get("noise_seed")]
     return max(ok, key=lambda r: r["value"]) if ok else None
 
 
@@ -325,14 +343,14 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
                     runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs, wide), {}
                 else:
                     runs, info = run_loop(arm, data, work, train_seed, budget, epochs, world_size)
-                curve = best_so_far([r["value"] for r in runs])
+                curve = best_so_far(counted(runs))
                 curve += [curve[-1] if curve else -math.inf] * (budget - len(curve))  # an arm that stopped early
                 curves[arm].append(curve)
                 win = _winner(runs)
                 results[arm] = {
                     "evaluations_used": len(runs), "failed": sum(r["value"] is None for r in runs),
                     "values": [None if r["value"] is None else round(r["value"], 5) for r in runs],
-                    "kinds": [change_kind(r) for r in runs],
+                    "kinds": ["noise seed" if r.get("noise_seed") else change_kind(r) for r in runs],
                     "best_curve": [round(v, 5) if math.isfinite(v) else None for v in curve],
                     "winner": None if win is None else {**{k: win.get(k) for k in ("value", "params", "hypothesis",
                                                                                    "seed", "persona", "delta")},

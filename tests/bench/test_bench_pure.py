@@ -198,6 +198,24 @@ def test_wide_space_reaches_every_named_setting_and_nothing_written():
     assert len({a for _, a in seen}) == len(ARCHITECTURE_NAMES) and len({o for o, _ in seen}) > 2
 
 
+def test_the_loops_extra_baseline_seeds_are_evaluations_without_a_value():
+    """Φ0's own seed is the loop's first evaluation (a numeric arm's first is the same run), its other seeds
+    measure the noise floor: they cost an evaluation each but cannot reach a target or win, however lucky."""
+    from cambrian.bench.search import _winner, counted, noise_seeds_after_phi0
+
+    runs = [{"hypothesis": "baseline", "seed": 1, "value": 0.30, "bundle": "b1"},   # a lucky noise seed, finished first
+            {"hypothesis": "baseline", "seed": 0, "value": -0.06, "bundle": "b0"},
+            {"hypothesis": "h1", "seed": 0, "value": 0.01, "bundle": "h1"},
+            {"hypothesis": "h2", "seed": 0, "value": None, "bundle": None}]
+    ordered = noise_seeds_after_phi0(runs)
+    assert [(r["hypothesis"], r["seed"], bool(r.get("noise_seed"))) for r in ordered] == [
+        ("baseline", 0, False), ("baseline", 1, True), ("h1", 0, False), ("h2", 0, False)]
+    curve = best_so_far(counted(ordered))
+    assert curve == [-0.06, -0.06, 0.01, 0.01]
+    assert evals_to_reach(curve, 0.01, 4) == (3, False) and evals_to_reach(curve, 0.2, 4) == (5, True)
+    assert _winner(ordered)["hypothesis"] == "h1"
+
+
 def test_change_kind_tells_written_changes_from_settings():
     assert change_kind({"params": {"baseline": True}}) == "baseline"
     assert change_kind({"hypothesis": "baseline", "delta": None}) == "baseline"
