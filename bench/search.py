@@ -261,17 +261,19 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
             replay.close()
     runs = [{"value": r.metrics.get(METRIC) if r.ok else None, "hypothesis": r.hypothesis, "seed": r.seed,
              "persona": r.persona, "delta": r.delta, "bundle": r.bundle if r.ok else None} for r in out.runs]
-    return noise_seeds_after_phi0(runs), {"stop_reason": out.stop_reason,
+    return noise_seeds_after_phi0(runs, base.training.seed), {"stop_reason": out.stop_reason,
                                           "recorded_calls": len(replay.requests) if replay else None}
 
 
-def noise_seeds_after_phi0(runs: list[dict]) -> list[dict]:
-    """The loop's runs as evaluations comparable with a numeric arm's: Φ0's own seed first (a numeric arm's
-    first evaluation is the same run), then the baseline's other seeds marked `noise_seed` (evaluations
-    spent on the noise floor, not changes found: a lucky one must not "reach" a target), then the candidates
-    in the order they finished."""
+def noise_seeds_after_phi0(runs: list[dict], phi0_seed: int) -> list[dict]:
+    """The loop's runs as evaluations comparable with a numeric arm's: Φ0's own seed (`phi0_seed`, its
+    training seed) first (a numeric arm's first evaluation is the same run), then the baseline's other seeds
+    marked `noise_seed` (evaluations spent on the noise floor, not changes found: a lucky one must not
+    "reach" a target), then the candidates in the order they finished."""
     base = [r for r in runs if r["hypothesis"] == "baseline"]
-    own = [r for r in base if r.get("seed") == 0][:1]
+    own = [r for r in base if r.get("seed") == phi0_seed][:1]
+    if not own:
+        raise RuntimeError(f"no baseline run with Φ0's seed {phi0_seed} among seeds {[r.get('seed') for r in base]}")
     extra = [{**r, "noise_seed": True} for r in base if not any(r is o for o in own)]
     return own + extra + [r for r in runs if r["hypothesis"] != "baseline"]
 

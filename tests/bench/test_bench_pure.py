@@ -203,13 +203,15 @@ def test_the_loops_extra_baseline_seeds_are_evaluations_without_a_value():
     measure the noise floor: they cost an evaluation each but cannot reach a target or win, however lucky."""
     from cambrian.bench.search import _winner, counted, noise_seeds_after_phi0
 
-    runs = [{"hypothesis": "baseline", "seed": 1, "value": 0.30, "bundle": "b1"},   # a lucky noise seed, finished first
-            {"hypothesis": "baseline", "seed": 0, "value": -0.06, "bundle": "b0"},
-            {"hypothesis": "h1", "seed": 0, "value": 0.01, "bundle": "h1"},
-            {"hypothesis": "h2", "seed": 0, "value": None, "bundle": None}]
-    ordered = noise_seeds_after_phi0(runs)
+    runs = [{"hypothesis": "baseline", "seed": 2001, "value": 0.30, "bundle": "b1"},  # a lucky noise seed, finished first
+            {"hypothesis": "baseline", "seed": 2000, "value": -0.06, "bundle": "b0"},  # Φ0's own training seed
+            {"hypothesis": "h1", "seed": 2000, "value": 0.01, "bundle": "h1"},
+            {"hypothesis": "h2", "seed": 2000, "value": None, "bundle": None}]
+    ordered = noise_seeds_after_phi0(runs, 2000)
     assert [(r["hypothesis"], r["seed"], bool(r.get("noise_seed"))) for r in ordered] == [
-        ("baseline", 0, False), ("baseline", 1, True), ("h1", 0, False), ("h2", 0, False)]
+        ("baseline", 2000, False), ("baseline", 2001, True), ("h1", 2000, False), ("h2", 2000, False)]
+    with pytest.raises(RuntimeError, match="no baseline run with Φ0's seed 7"):
+        noise_seeds_after_phi0(runs, 7)
     curve = best_so_far(counted(ordered))
     assert curve == [-0.06, -0.06, 0.01, 0.01]
     assert evals_to_reach(curve, 0.01, 4) == (3, False) and evals_to_reach(curve, 0.2, 4) == (5, True)
