@@ -37,7 +37,8 @@ def test_search_quick():
             a = seed["arms"][arm]
             assert a["evaluations_used"] == budget, (arm, a)
             curve = [v for v in a["best_curve"] if v is not None]
-            assert curve == sorted(curve) and max(curve) == max(v for v in a["values"] if v is not None)
+            counted = [v for v, kind in zip(a["values"], a["kinds"]) if v is not None and kind != "noise seed"]
+            assert curve == sorted(curve) and max(curve) == max(counted)
         assert seed["arms"]["llm"]["evaluations_used"] <= budget
         # Φ0 is evaluation 1 of both numeric arms with the same seed: the same trainer gives the same value
         assert seed["arms"]["random"]["values"][0] == seed["arms"]["tpe"]["values"][0]
@@ -63,9 +64,10 @@ def test_search_plugin_tiny_reports_the_fields():
     seed = r["per_seed"][0]
     tpe, loop = seed["arms"]["tpe"], seed["arms"]["builtin"]
     assert tpe["evaluations_used"] == loop["evaluations_used"] == 3  # the budget binds both arms
-    # the numeric arm's evaluation 1 is Φ0, the loop's first two are Φ0's noise-floor seeds; the rest are changes
+    # the numeric arm's evaluation 1 is Φ0, the loop's Φ0 (the same run) then its noise-floor seed; then changes
     assert tpe["kinds"][0] == "baseline" and set(tpe["kinds"][1:]) <= {"setting"}
-    assert loop["kinds"][:2] == ["baseline", "baseline"] and loop["kinds"][2] in ("setting", *WRITTEN)
+    assert loop["kinds"][:2] == ["baseline", "noise seed"] and loop["kinds"][2] in ("setting", *WRITTEN)
+    assert loop["values"][0] == tpe["values"][0]  # Φ0's own seed: the same trainer gives the same value
     assert r["seeds_best_is_written"] == int(seed["best_is_written"])
     assert 0 <= r["seeds_above_tpe_final_best"]["builtin"] <= 1 and r["seeds_above_tpe_final_best"]["tpe"] == 0
 
