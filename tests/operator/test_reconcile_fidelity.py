@@ -112,6 +112,29 @@ def test_every_candidate_starts_with_a_first_look_not_a_full_run():
     assert spend([{"status": r.status.wire()}]).evaluations == 1
 
 
+def test_a_first_look_that_would_be_the_full_training_is_skipped():
+    """Every row and a quarter of one epoch (rounded up to one) is the full run of a one-epoch Φ: training it as
+    a first look would only train the candidate twice, so it trains in full at once. The same fidelity still
+    gives a first look to a candidate whose delta trains for four epochs."""
+    from cambrian.operator.reconcile.actions import RecordJournal
+
+    all_rows = {**FIDELITY, "firstLook": {"epochFraction": 0.25, "sampleFraction": 1.0}}
+    one_epoch = evo_spec(fidelity=all_rows, baseline={"training": {"epochs": 1}})
+    r = step(api.HypothesisStatus(), c=ctx(one_epoch))
+    (job,) = creates(r)
+    assert job.name == H.job_name(HYP, 1) and job.fidelity is None and r.status.first_look is None
+    assert r.status.phase == "Training" and r.status.attempts == 1
+    assert [a.event for a in r.actions if isinstance(a, RecordJournal)].count("FirstLookSkipped") == 1
+    longer = api.HypothesisSpec.model_validate({**HSPEC.model_dump(by_alias=True, exclude_none=True),
+                                                "component": "training", "delta": {"patch": {"epochs": 4}}})
+    r4 = H.reconcile(HYP, longer, api.HypothesisStatus(), ctx(one_epoch), [], None, T0)
+    (look,) = creates(r4)
+    assert look.fidelity == {"epochFraction": 0.25, "sampleFraction": 1.0} and r4.status.first_look is not None
+    # several epochs on every row: a first look (one epoch of four)
+    (look,) = creates(step(api.HypothesisStatus(), c=ctx(evo_spec(fidelity=all_rows))))
+    assert look.name == F.look_job_name(HYP, 1)
+
+
 def test_a_first_look_below_the_rule_stops_without_a_full_run():
     # 0.6 + 1.5 floors: worse than the champion at the same fidelity by more than one floor
     _, _, r = looked(0.6 + 1.5 * ONE_SEED_FLOOR)
