@@ -2,7 +2,8 @@
 training only for those promoted (spec.fidelity; absent, nothing here runs).
 
 A first look is the candidate's Φ for a fraction of its epochs on a fraction of its most recent examples, one
-seed (trainer/fidelity.py); one that would train exactly the full run (`is_full_training`) is skipped. It is judged against the champion at the SAME fidelity: the Evolution trains the
+seed (trainer/fidelity.py); one that would train exactly the full run (`is_full_training`) is skipped. It is
+judged against the champion at the SAME fidelity: the Evolution trains the
 champion's Φ at first-look fidelity with spec.noise.baselineSeeds seeds, once per champion (status
 .firstLookReference; locally the runs are kept in the run store and reused by a later Evolution on the same data).
 Their mean is the reference and their spread the noise floor of one first-look seed.
@@ -62,11 +63,15 @@ def judge(objective: OfflineMetric, metrics: Mapping[str, float], reference: Map
 def is_full_training(baseline: Mapping[str, Any], delta: Any, fidelity: Mapping[str, float]) -> bool:
     """The first look would train exactly what the full run trains (every row kept and the epochs round to all of
     them, e.g. a one-epoch Φ with sampleFraction 1): it would only train the candidate twice."""
+    from cambrian.errors import ConfigError
     from cambrian.trainer.config import parse_config
     from cambrian.trainer.delta import apply_delta
     from cambrian.trainer.fidelity import at_fidelity
 
-    phi = apply_delta(parse_config(baseline, "baseline"), delta)
+    try:
+        phi = apply_delta(parse_config(baseline, "baseline"), delta)
+    except ConfigError:  # no longer applies to a new champion: its first look's run says so, as it did before
+        return False
     return at_fidelity(phi, fidelity) == phi
 
 

@@ -133,6 +133,13 @@ def test_a_first_look_that_would_be_the_full_training_is_skipped():
     # several epochs on every row: a first look (one epoch of four)
     (look,) = creates(step(api.HypothesisStatus(), c=ctx(evo_spec(fidelity=all_rows))))
     assert look.name == F.look_job_name(HYP, 1)
+    # a delta that no longer applies (the champion changed) is not judged here: its first look's run says why
+    from cambrian.trainer.delta import parse_delta
+
+    bad = parse_delta({"component": "optimizer", "patch": {"lr": -1}})
+    assert F.is_full_training({"training": {"epochs": 1}}, bad, all_rows["firstLook"]) is False
+    assert F.is_full_training({"training": {"epochs": 1}}, parse_delta({"component": "optimizer", "patch": {"lr": 0.01}}),
+                              all_rows["firstLook"]) is True
 
 
 def test_a_first_look_below_the_rule_stops_without_a_full_run():
