@@ -152,18 +152,17 @@ def summed(per_seed: list[dict], table: str, rule: str) -> dict[str, Any]:
             "winner_discarded": sum(r["winner_discarded"] for r, _ in rows)}
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None,
-        fidelity: dict | None = None) -> dict:
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None) -> dict:
     """`seeds`: the Φ0 seeds (default 0-4, or 0-1 with `quick`); other seeds are held out from the choice of
-    FIDELITY. `fidelity`: spec.fidelity to measure instead of FIDELITY."""
+    FIDELITY."""
     from cambrian.bench.evolution import evolution_object, run_on_driver
     from cambrian.bench.search import baseline_config
 
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     load_start = load_now()
-    seeds = list(seeds) if seeds else ([0, 1] if quick else [0, 1, 2, 3, 4])
-    fidelity = fidelity or FIDELITY
+    default_seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
+    seeds = list(seeds) if seeds else default_seeds
     users, days, epochs = (200, 4, 4) if quick else (300, 5, 4)
     per_seed = []
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-multifidelity-") as tmp:
@@ -176,7 +175,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, seed
                 say(f"seed {s}: arm {arm}")
                 obj = evolution_object(f"{arm}-s{s}", baseline=base, world=world, evaluations=200, baseline_seeds=2,
                                        confirm_seeds=1, one_wakeup=True,
-                                       fidelity=fidelity if arm == "fidelity" else None)
+                                       fidelity=FIDELITY if arm == "fidelity" else None)
                 a0 = time.perf_counter()
                 out = run_on_driver(Path(tmp) / f"s{s}-{arm}", obj, data, workers=2)
                 from cambrian.operator.localstore import LocalStore, NAMESPACE
@@ -201,7 +200,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, seed
     return {
         "name": "multifidelity",
         "command": "cambrian bench run multifidelity" + (" --quick" if quick else "")
-                   + (f" --seeds {','.join(map(str, seeds))}" if seeds != ([0, 1] if quick else [0, 1, 2, 3, 4]) else ""),
+                   + (f" --seeds {','.join(map(str, seeds))}" if seeds != default_seeds else ""),
         "quick": quick,
         "ratio": round(ratio, 4),
         "ratio_meaning": ("candidates' full-training seconds with spec.fidelity / without it, the same candidates "
@@ -211,7 +210,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, seed
                                              / max(tot("measured_full_seconds", "full"), 1e-9), 4),
         "rules": {str(r): summed(per_seed, "rules", str(r)) for r in RULES},
         "rank_rules": {name: summed(per_seed, "rank_rules", name) for name in RANK_RULES},
-        "fidelity": fidelity,
+        "fidelity": FIDELITY,
         "seeds": seeds,
         "world": {"users": users, "days": days, "impressions": (summary.get("overall") or {}).get("impressions")},
         "phi0_epochs": epochs,

@@ -154,12 +154,12 @@ def reconcile(
         if ctx.budget_exhausted:
             cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
             return Result(actions, st, requeue_after=POLL_SECONDS)
-        look = ctx.spec.fidelity.wire_first_look() if ctx.spec.fidelity is not None else None
-        if look is not None and st.first_look is None and F.is_full_training(ctx.baseline, spec.trainer_delta(), look):
-            journal("FirstLookSkipped", f"its first look ({look['epochFraction']:g} of the epochs, "
-                    f"{look['sampleFraction']:g} of the examples) would be its full training: trained in full")
-            return _start_full(meta, spec, st, ctx, now, actions, journal, move, cond)
         if ctx.spec.fidelity is not None and st.first_look is None:
+            look = ctx.spec.fidelity.wire_first_look()
+            if F.is_full_training(ctx.baseline, spec.trainer_delta(), look):
+                journal("FirstLookSkipped", f"its first look ({look['epochFraction']:g} of the epochs, "
+                        f"{look['sampleFraction']:g} of the examples) would be its full training: trained in full")
+                return _start_full(meta, spec, st, ctx, now, actions, journal, move, cond)
             _start_first_look(meta, spec, st, ctx, now, actions)
             move("Training")
             cond("Training", True, "FirstLook", f"first look as job {st.first_look.job}")  # type: ignore[union-attr]
