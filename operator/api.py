@@ -1015,8 +1015,9 @@ class FirstLookReference(_Status):
     runs: list[SeedRun] = Field(default_factory=list, max_length=16, description="its runs, one per seed")
     metrics: dict[str, ProxyMetric] = Field(
         default_factory=dict, description="its metrics over the seeds (empty while they train)")
-    measured: int = Field(1, description="references started so far, this one included (each costs "
-                                         "spec.noise.baselineSeeds evaluations)")
+    measured: int = Field(1, description="references trained so far, this one included (each costs "
+                                         "spec.noise.baselineSeeds evaluations; the baseline's, when its first look "
+                                         "is its full training, is its own seeds and costs none)")
     failed: str | None = Field(None, max_length=2048, description=(
         "why a run of it failed: first looks are then promoted without a judgement (full training, as without "
         "spec.fidelity) until the champion changes"))

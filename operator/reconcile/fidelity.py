@@ -6,7 +6,8 @@ seed (trainer/fidelity.py); one that would train exactly the full run (`is_full_
 judged against the champion at the SAME fidelity: the Evolution trains the
 champion's Φ at first-look fidelity with spec.noise.baselineSeeds seeds, once per champion (status
 .firstLookReference; locally the runs are kept in the run store and reused by a later Evolution on the same data).
-Their mean is the reference and their spread the noise floor of one first-look seed.
+Their mean is the reference and their spread the noise floor of one first-look seed. The baseline's first look
+that would be its full training is not trained: its own noise-floor runs are those runs (`from_baseline_runs`).
 
 Promotion rule: gain >= promote.minGainFloors x floor (default -1). It is per candidate, so it is decided the
 moment a first look finishes (no waiting for the wake-up's other candidates, nothing to re-rank on a restart),
@@ -62,14 +63,16 @@ def judge(objective: OfflineMetric, metrics: Mapping[str, float], reference: Map
 
 def is_full_training(baseline: Mapping[str, Any], delta: Any, fidelity: Mapping[str, float]) -> bool:
     """The first look would train exactly what the full run trains (every row kept and the epochs round to all of
-    them, e.g. a one-epoch Φ with sampleFraction 1): it would only train the candidate twice."""
+    them, e.g. a one-epoch Φ with sampleFraction 1): it would only train the candidate twice. `delta` None: the
+    champion's own Φ."""
     from cambrian.errors import ConfigError
     from cambrian.trainer.config import parse_config
     from cambrian.trainer.delta import apply_delta
     from cambrian.trainer.fidelity import at_fidelity
 
     try:
-        phi = apply_delta(parse_config(baseline, "baseline"), delta)
+        champion = parse_config(baseline, "baseline")
+        phi = champion if delta is None else apply_delta(champion, delta)
     except ConfigError:  # no longer applies to a new champion: its first look's run says so, as it did before
         return False
     return at_fidelity(phi, fidelity) == phi
@@ -94,9 +97,16 @@ def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) ->
     """The current champion's first-look runs: what the platform must report to the Evolution (empty when none
     is due: fidelity off, or the reference of this champion is measured or given up)."""
     ref = st.first_look_reference
-    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)):  # type: ignore[union-attr]
+    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)) or from_baseline_runs(spec, st):  # type: ignore[union-attr]
         return []
     return [reference_job_name(meta, champion_of(st), i) for i in range(spec.noise.baseline_seeds)]
+
+
+def from_baseline_runs(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
+    """The baseline is champion and its first look would be its full training: its own noise-floor runs are
+    exactly the reference's runs (the same Φ, seeds and rows), so they are the reference; nothing trains twice."""
+    return (spec.fidelity is not None and champion_of(st) == "baseline"
+            and is_full_training(spec.baseline, None, spec.fidelity.wire_first_look()))
 
 
 def current(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
@@ -130,14 +140,26 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
     if f is None:
         return
     champion = champion_of(st)
+    reuse = from_baseline_runs(spec, st)
     if not current(spec, st):
         prev = st.first_look_reference
         st.first_look_reference = FirstLookReference(
             champion=champion, epoch_fraction=f.first_look.epoch_fraction, sample_fraction=f.first_look.sample_fraction,
-            measured=(prev.measured + 1) if prev is not None else 1)
+            measured=(prev.measured if prev is not None else 0) + (0 if reuse else 1))
     ref = st.first_look_reference
     assert ref is not None
     if ref.metrics or ref.failed:
+        return
+    if reuse:
+        if not st.baseline_runs:
+            cond(READY, False, "Measuring", "baseline at first-look fidelity: its own seeds, which are training "
+                                            "(its first look is its full training)")
+            return
+        ref.runs = [r.model_copy() for r in st.baseline_runs]
+        ref.metrics = dict(st.baseline_metrics)
+        cond(READY, True, "BaselineRuns", "the baseline's own seeds: its first look is its full training")
+        journal("FirstLookReference", f"baseline at first-look fidelity: its own {len(ref.runs)} seeds, since its "
+                                      f"first look would be its full training (nothing trained again)")
         return
     by_name = {j.name: j for j in jobs}
     seeds = baseline_seeds(N.base_seed(config), spec.noise.baseline_seeds)

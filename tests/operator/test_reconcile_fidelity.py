@@ -314,6 +314,45 @@ def test_the_champions_first_look_seeds_are_measured_once_per_champion_and_reuse
     assert r5.status.first_look_reference.champion == "h1" and F.evaluations(sp, r5.status) == 6
 
 
+def test_the_baselines_first_look_that_is_its_full_training_is_its_own_seeds():
+    """A one-epoch Φ on every row: the baseline at first-look fidelity is the baseline itself, so its noise-floor
+    runs are the reference (nothing trained twice, no evaluation spent); a launched champion is measured again."""
+    from cambrian.operator.reconcile.actions import RecordJournal
+
+    all_rows = {**FIDELITY, "firstLook": {"epochFraction": 0.25, "sampleFraction": 1.0}}
+    sp = evo_spec(fidelity=all_rows, noise={"baselineSeeds": 3}, baseline={"training": {"epochs": 1}})
+    r = evo_run(sp, api.EvolutionStatus())
+    jobs = creates(r)
+    assert [j.name for j in jobs] == N.baseline_job_names(EVO, sp) and all(j.fidelity is None for j in jobs)
+    assert F.reference_job_names(EVO, sp, r.status) == [] and F.evaluations(sp, r.status) == 0
+    assert F.reference_for(sp, r.status) == ({}, None)  # candidates wait for the baseline's seeds
+    assert {c.type: c.reason for c in r.status.conditions}[F.READY] == "Measuring"
+    done = [JobObservation(j.name, "Succeeded", 0, metrics={"val_loss": 0.5 + 0.01 * i}, bundle_uri=f"pvc://x/b{i}")
+            for i, j in enumerate(jobs)]
+    r2 = evo_run(sp, r.status, done)
+    ref = r2.status.first_look_reference
+    assert ref.metrics == r2.status.baseline_metrics and ref.metrics["val_loss"].value == pytest.approx(0.51)
+    assert ref.runs == r2.status.baseline_runs and [x.job for x in ref.runs] == [j.name for j in jobs]
+    assert F.evaluations(sp, r2.status) == 0 and not [j for j in creates(r2) if j.fidelity is not None]
+    assert [a.event for a in r2.actions if isinstance(a, RecordJournal)].count("FirstLookReference") == 1
+    # a candidate whose delta trains for four epochs still gets a first look, judged against these seeds
+    longer = api.HypothesisSpec.model_validate({**HSPEC.model_dump(by_alias=True, exclude_none=True),
+                                                "component": "training", "delta": {"patch": {"epochs": 4}}})
+    c = H.EvolutionContext(name="evo", uid="evo-uid", spec=sp, baseline=sp.baseline, reference=ref.metrics,
+                           first_look_reference=F.reference_for(sp, r2.status)[0])
+    (look,) = creates(H.reconcile(HYP, longer, api.HypothesisStatus(), c, [], None, T0))
+    assert look.fidelity == {"epochFraction": 0.25, "sampleFraction": 1.0}
+    # a launched champion of four epochs is trained at first-look fidelity: 3 evaluations
+    hv = HypothesisView("h1", "Live", "training", "val_loss", 0.4, "pvc://x/h1", delta={"component": "training",
+                                                                                       "patch": {"epochs": 4}})
+    ro = RolloutView("ro", "Promoted", ("h1",), "promote", "h1", "pvc://x/h1")
+    r3 = evo_run(sp, r2.status, [], hyps=[hv], ros=[ro], now=T0 + timedelta(hours=1))
+    r4 = evo_run(sp, r3.status, [], hyps=[hv], ros=[ro], now=T0 + timedelta(hours=1, minutes=1))
+    new = [j for j in creates(r4) if j.fidelity is not None]
+    assert len(new) == 3 and all(j.baseline["training"]["epochs"] == 4 for j in new)
+    assert F.evaluations(sp, r4.status) == 3 and len(F.reference_job_names(EVO, sp, r4.status)) == 3
+
+
 def test_a_failed_reference_run_lets_candidates_train_in_full():
     sp = evo_spec(noise={"baselineSeeds": 2})
     r = evo_run(sp, api.EvolutionStatus())
