@@ -86,8 +86,15 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
         _print(driver, report)
-    failed = [n for n, p in summary.phases.get("Evolution", {}).items() if p == "Failed"]
-    return 4 if failed else 0
+    return exit_code(summary)
+
+
+def exit_code(summary: Any) -> int:
+    """4: an Evolution failed (its baseline did not train); 1: the run ended because an Evolution's proposer kept
+    creating nothing (a provider that fails every time: a script must not read that as success); else 0."""
+    if any(p == "Failed" for p in summary.phases.get("Evolution", {}).values()):
+        return 4
+    return 1 if summary.stalled else 0
 
 
 def check_approvals(decisions: list[tuple[str, str]], objs: list[dict[str, Any]], store) -> None:

@@ -61,6 +61,7 @@ class Summary:
     days: float
     phases: dict[str, dict[str, str | None]] = field(default_factory=dict)  # kind -> name -> phase
     awaiting_approval: list[str] = field(default_factory=list)
+    stalled: list[str] = field(default_factory=list)  # Evolutions given up on: their proposer created nothing
 
 
 class LocalDriver:
@@ -315,7 +316,8 @@ class LocalDriver:
         phases = {k: {o["metadata"]["name"]: (o.get("status") or {}).get("phase")
                       for o in self.store.list(loop.PLURALS[k])} for k in KINDS}
         waiting = [n for n, p in phases["Rollout"].items() if p == "AwaitingApproval"]
-        return Summary(reason, self.now, (self.now - SIM_EPOCH) / timedelta(days=1), phases, waiting)
+        stalled = [e["metadata"]["name"] for e in self.store.list(loop.PLURALS["Evolution"]) if self._stalled(e)]
+        return Summary(reason, self.now, (self.now - SIM_EPOCH) / timedelta(days=1), phases, waiting, stalled)
 
 
 def _runs_started(hyp: dict[str, Any]) -> int:

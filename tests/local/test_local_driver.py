@@ -145,7 +145,7 @@ def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_p
     """An endpoint that fails every time (here: a proposer whose every answer is unusable) is asked after 1, 2,
     4, ... cadences instead of every cadence until max_days (60 days of 1h wake-ups: 1,440 calls), and a local
     run with nothing else to do ends after GIVE_UP_AFTER_EMPTY_WAKEUPS of them, saying why."""
-    from cambrian.operator.local_cli import apply_overrides
+    from cambrian.operator.local_cli import apply_overrides, exit_code
     from cambrian.operator.local_driver import GIVE_UP_AFTER_EMPTY_WAKEUPS
     from cambrian.operator.proposing import ProposalBatch
 
@@ -161,6 +161,7 @@ def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_p
     driver.apply(apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=10))
     summary = driver.run()
     assert "wake-ups created no Hypothesis" in summary.reason, summary
+    assert summary.stalled == ["tiny"] and exit_code(summary) == 1  # `cambrian evolve` exits 1, not success
     assert calls == list(range(1, GIVE_UP_AFTER_EMPTY_WAKEUPS + 1))
     # 1h cadence: wake-ups at 0, 2, 6, 14, 30, 62 hours, and the sixth's outcome read an hour later
     assert summary.days == pytest.approx(63 / 24, abs=0.05)
@@ -182,7 +183,8 @@ def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_p
         return ProposalBatch(items=[(hypothesis_spec(action.owner.name, action.wakeup, "optimizer", {"delta": lr}), {})])
 
     again = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1, proposer=fixed)
-    assert "wake-ups created no Hypothesis" not in again.run().reason
+    summary = again.run()
+    assert "wake-ups created no Hypothesis" not in summary.reason and exit_code(summary) == 0
     assert calls[GIVE_UP_AFTER_EMPTY_WAKEUPS] == GIVE_UP_AFTER_EMPTY_WAKEUPS + 1
     assert [h["status"]["phase"] for h in _objects(root, "hypotheses")][:1] == ["Scored"]
     assert _objects(root, "evolutions")[0]["status"]["counters"]["emptyWakeups"] == 0
