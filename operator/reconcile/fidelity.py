@@ -95,9 +95,12 @@ def reference_job_name(meta: Meta, champion: str, index: int) -> str:
 
 def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) -> list[str]:
     """The current champion's first-look runs: what the platform must report to the Evolution (empty when none
-    is due: fidelity off, or the reference of this champion is measured or given up)."""
+    is due: fidelity off, the baseline's own seeds are the reference, or the reference of this champion is measured
+    or given up)."""
     ref = st.first_look_reference
-    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)) or from_baseline_runs(spec, st):  # type: ignore[union-attr]
+    if spec.fidelity is None or from_baseline_runs(spec, st):
+        return []
+    if current(spec, st) and (ref.metrics or ref.failed):  # type: ignore[union-attr]
         return []
     return [reference_job_name(meta, champion_of(st), i) for i in range(spec.noise.baseline_seeds)]
 
