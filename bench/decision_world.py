@@ -14,9 +14,11 @@ policy need to decide on the changes that world actually produces?
 * Each closed day, per-arm sums as the collector publishes them (online/aggregate.py: watch minutes per day
   since first exposure with the pre-period as CUPED covariate, hate rate per impression), then decide() with
   the policy of the Rollout the demo's Evolution starts (cambrian/demo.py FULL at this size: group-sequential
-  CUPED, hate-rate guardrail, planned users = users/4 per arm, maxDuration = online days).
-* The same Rollout without plannedSamplePerArm (`by_days`: the design ends at maxDuration, union boundaries)
-  and, on the same draws, that design with exact boundaries (`by_days_exact_boundaries`, its rule before 2 Dec).
+  CUPED, hate-rate guardrail, planned by days: no decision before users/8 per arm, the design ends at
+  maxDuration = online days, union boundaries).
+* On the same draws: the demo's design before 3 Dec 2026 (`planned_users`: the design ends at users/4 per arm,
+  exact boundaries; it decides on the first day) and the design by days with exact boundaries
+  (`by_days_exact_boundaries`, its rule before 2 Dec).
 * Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates with their
   Monte Carlo standard errors, the median day and users per arm at the decision, and the users per arm a fixed
   CUPED test needs for 80% power at the true effect (from the world's measured σ and CUPED ρ).
@@ -145,13 +147,12 @@ def demo_policy(users: int, days: int, online_days: int):
     return policy_for(rollout)
 
 
-def days_design(policy: Any, users: int) -> Any:
-    """The same Rollout without plannedSamplePerArm: the group design ends at maxDuration (readout.policy_for's
-    horizon "days"), no decision before users/8 per arm, the users expected by the end 4 × that."""
+def users_design(policy: Any, users: int) -> Any:
+    """The same Rollout with plannedSamplePerArm users/4 (the demo's before 3 Dec 2026): the group design ends at
+    that many users per arm (readout.policy_for's horizon "users", exact boundaries), no decision before 50."""
     from dataclasses import replace
 
-    min_users = max(50, users // 8)
-    return replace(policy, horizon="days", min_users_per_arm=min_users, planned_users_per_arm=4 * min_users)
+    return replace(policy, horizon="users", min_users_per_arm=50, planned_users_per_arm=max(100, users // 4))
 
 
 def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndarray, x: np.ndarray,
@@ -276,9 +277,9 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     y_end = (c.minutes * (cols >= first[:, None])).sum(1)[unit] / (size.online_days - first[unit])
     rho = float(np.corrcoef(y_end, x[unit])[0, 1])
     cv = float(y_end.std(ddof=1) / y_end.mean())
-    policy = demo_policy(size.users, size.log_days, size.online_days)
-    by_days = days_design(policy, size.users)
-    by_days_exact = replace(by_days, boundary_rule="exact")
+    policy = demo_policy(size.users, size.log_days, size.online_days)  # planned by days (cambrian/demo.py FULL)
+    by_users = users_design(policy, size.users)
+    by_days_exact = replace(policy, boundary_rule="exact")
     z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
     rng = np.random.default_rng(20261201)
     arms_out = {}
@@ -288,7 +289,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         eff, se = true_effect(pair["treatment"], c, first)
         draws = [(rng.random(first.size) < 0.5).astype(np.int8) for _ in range(size.sims)]
         runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
-        days_runs = [experiment(pair, ("control", "treatment"), first, x, by_days, rng, a) for a in draws]
+        users_runs = [experiment(pair, ("control", "treatment"), first, x, by_users, rng, a) for a in draws]
         exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
@@ -296,14 +297,14 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             "fixed_cuped_users_per_arm_for_80pct_power": (
                 None if eff == 0 else int(math.ceil(2 * z**2 * (1 - rho**2) * cv**2 / eff**2))),
             "reasons": sorted({r["reason"][:120] for r in runs})[:4],
-            # the same users in the same arms, the design planned by days (no plannedSamplePerArm)
-            "by_days": {**_rates(days_runs), "reasons": sorted({r["reason"][:120] for r in days_runs})[:4]},
+            # the same users in the same arms, the design planned by users/4 per arm (the demo's before 3 Dec)
+            "planned_users": {**_rates(users_runs), "reasons": sorted({r["reason"][:120] for r in users_runs})[:4]},
             # the same design with the exact boundaries it had before (independent increments assumed)
             "by_days_exact_boundaries": _rates(exact_runs),
         }
         if name == "aa":
             arms_out[name]["fixed_test_at_max_duration"] = fixed_test_at_end(c, first, x, draws, policy.alpha)
-            arms_out[name]["by_days"]["promotions_per_400_draws"] = _blocks(days_runs)
+            arms_out[name]["promotions_per_400_draws"] = _blocks(runs)
             arms_out[name]["by_days_exact_boundaries"]["promotions_per_400_draws"] = _blocks(exact_runs)
         say(f"{name}: {arms_out[name]}")
     return {
@@ -317,18 +318,21 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                               "calibrated world's largest genuine gain (the watch-time reward) within the demo's "
                               "maximum duration; the other arms' rates beside it (A/A, more epochs, clickbait trap)")}
            if "reward:watch_time" in arms_out else
-           {"ratio": arms_out[chosen[0]]["by_days"]["promote"],
-            "ratio_meaning": (f"share of simulated {chosen[0]} experiments that the design planned by days (no "
-                              "plannedSamplePerArm) promotes; the demo's design on the same draws beside it")}),
+           {"ratio": arms_out[chosen[0]]["promote"],
+            "ratio_meaning": (f"share of simulated {chosen[0]} experiments that the demo's design (planned by days, "
+                              "no plannedSamplePerArm) promotes; the design planned by users on the same draws "
+                              "beside it")}),
         "world": {"preset": "calibrated", "seed": 0, "users": size.users, "log_days": size.log_days,
                   "online_days": size.online_days, "users_ever_exposed": int(unit.sum())},
         "minutes_per_day_cv": round(cv, 4), "cuped_rho": round(rho, 4),
-        "policy": {"planned_users_per_arm": policy.planned_users_per_arm, "max_days": policy.max_days,
-                   "sequential": policy.sequential, "guardrails": [g.metric for g in policy.guardrails],
+        "policy": {"horizon": policy.horizon, "min_users_per_arm": policy.min_users_per_arm,
+                   "max_days": policy.max_days, "sequential": policy.sequential,
+                   "guardrails": [g.metric for g in policy.guardrails],
+                   "boundaries": "union (decide()'s rule for horizon days); by_days_exact_boundaries: exact",
                    "ramp": "none: 50/50 from day 1 (the demo ramps 10/25/50 over its first days)"},
-        "by_days_policy": {"planned_users_per_arm": by_days.planned_users_per_arm, "min_users_per_arm":
-                           by_days.min_users_per_arm, "max_days": by_days.max_days, "horizon": by_days.horizon,
-                           "boundaries": "union (decide()'s rule for horizon days); by_days_exact_boundaries: exact"},
+        "planned_users_policy": {"planned_users_per_arm": by_users.planned_users_per_arm,
+                                 "min_users_per_arm": by_users.min_users_per_arm, "horizon": by_users.horizon,
+                                 "boundaries": "exact"},
         "simulations_per_arm": size.sims,
         "arms": arms_out,
         "load_average_start": load_start,

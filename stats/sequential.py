@@ -160,8 +160,9 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     its spending time in (0, 1] (the share of the planned horizon reached; 1 at the final look).
     The look gets the boundary that spends α(fraction) − α(previous fraction) given the boundaries
     the earlier looks actually used (stored in the state), so extra, missed or off-plan looks keep
-    the false-decision rate at α. A look without new information is not a new test (the state is
-    carried); after the final look (fraction 1) nothing is left to spend. ``p_value`` is the nominal
+    the false-decision rate at α. Under exact boundaries a look without new information is not a new test
+    (the state is carried), except the final one (fraction 1), which spends what is left alone; under union
+    boundaries every look whose spending time advanced is tested. After the final look nothing is left to spend. ``p_value`` is the nominal
     two-sided p at the crossing look (1 before), for reading; significance is ``crossed``. ``rule``:
     groupsequential's boundary rule for a new test ("exact" or "union"); a test that has looked keeps its own."""
     from .groupsequential import boundaries, check_rule, look_boundary, spent_by
@@ -180,11 +181,16 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
                    fractions=fr, information=infos, bounds=bds, information_unit=state.information_unit,
                    boundary_rule=rule)
-    if state.crossed or (infos and (round(info, 9) <= round(infos[-1], 9) or fr[-1] >= 1.0)):
-        # decided already, no new users since the last look, or the design is complete
+    grew = not infos or round(info, 9) > round(infos[-1], 9)
+    if state.crossed or (fr and fr[-1] >= 1.0) or (not grew and rule == "exact" and fraction < 1.0):
+        # decided already, the design is complete, or (exact boundaries) no new information since the last look
         return SequentialState(p_value=state.p_value, sign=state.sign, crossed=state.crossed, **carried)
     fraction = max(fraction, fr[-1] if fr else 0.0)
-    c = look_boundary(rule, (*infos, info), bds, spent_by(fraction, alpha, spending, rule)
+    # Union boundaries test each look alone at the α it spends, whatever its information. The final look of an
+    # exact design whose information did not grow (a maturing metric's variance can rise) cannot use the
+    # √(I_j/I_k) correlation: it spends what is left alone too (a union bound on the remainder: the total stays
+    # ≤ α). Before, that look was skipped and a design ended inconclusive at any z.
+    c = look_boundary(rule if grew else "union", (*infos, info), bds, spent_by(fraction, alpha, spending, rule)
                       - spent_by(fr[-1] if fr else 0.0, alpha, spending, rule))
     carried.update(fractions=(*fr, round(fraction, 9)), information=(*infos, round(info, 9)), bounds=(*bds, c))
     z = estimate / math.sqrt(variance)

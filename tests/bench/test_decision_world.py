@@ -60,10 +60,22 @@ def test_arm_sums_equal_the_collectors_aggregation():
 
 
 def test_demo_policy_is_the_demos_rollout_policy():
+    """The full demo's Rollouts are planned by days (no decision before users/8 per arm, the design ends at
+    maxDuration); the fast demo's by users (users/4 per arm); the benchmark's comparison design is the latter."""
+    from dataclasses import replace
+
+    from cambrian.bench.decision_world import users_design
+    from cambrian.demo import FAST, evolution_object
+
     p = demo_policy(2000, 14, 10)
     assert p.north_star.name == "watch_minutes" and p.north_star.cuped
-    assert p.planned_users_per_arm == 500 and p.max_days == 10
+    assert p.horizon == "days" and p.min_users_per_arm == 250 and p.max_days == 10
     assert [g.metric for g in p.guardrails] == ["hate_rate"]
+    u = users_design(p, 2000)
+    assert u.horizon == "users" and u.planned_users_per_arm == 500 and u.min_users_per_arm == 50
+    assert replace(u, horizon="days", min_users_per_arm=250, planned_users_per_arm=p.planned_users_per_arm) == p
+    fast = evolution_object(FAST, 0, gemini=False)["spec"]["experiment"]["statistics"]
+    assert fast == {"minSamplePerArm": 50, "plannedSamplePerArm": 250, "maxDuration": "6d"}
 
 
 def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
@@ -120,6 +132,8 @@ def test_decision_world_small_end_to_end():
         assert a["promote"] + a["rollback"] + a["inconclusive"] + a["no_decision_by_max_duration"] == pytest.approx(1.0)
     assert 0 < r["minutes_per_day_cv"] and -1 <= r["cuped_rho"] <= 1
     assert r["arms"]["aa"]["fixed_test_at_max_duration"]["draws"] == 4
+    assert r["policy"]["horizon"] == "days" and r["planned_users_policy"]["horizon"] == "users"
+    assert all(a["planned_users"]["median_day_of_stop"] >= 1 for a in r["arms"].values())
 
 
 @pytest.mark.slow
@@ -132,7 +146,7 @@ def test_decision_world_quick_aa_design_by_days_keeps_alpha():
 
     r = decision_world.run(quick=True, arms=("aa",), sims=1000)["arms"]["aa"]
     within = lambda rate, a: rate <= a + 2 * (a * (1 - a) / 1000) ** 0.5  # noqa: E731
-    d = r["by_days"]
+    d = r  # the demo's design: planned by days
     assert within(d["promote"], 0.025) and within(d["promote"] + d["rollback"], 0.05), d
     f = r["fixed_test_at_max_duration"]
     for side in ("promote", "rollback"):

@@ -138,6 +138,34 @@ def test_looks_past_the_plan_spend_nothing_and_the_last_day_spends_the_rest():
     assert s3.information == (250.0,) and not s3.crossed
 
 
+def test_a_final_look_whose_information_fell_still_spends_what_is_left():
+    """A maturing metric's variance can rise between looks. Exact boundaries skip a non-final look without new
+    information, but the final look still tests, at the α left alone (before: it was skipped, and a design ended
+    inconclusive at any z); union boundaries test each look whose spending time advanced. Whatever the looks'
+    correlation, A/A false decisions stay ≤ α (scipy's norm, 200,000 draws per correlation)."""
+    from scipy.stats import norm
+
+    from cambrian.stats.groupsequential import spent_by
+    from cambrian.stats.sequential import update_group
+
+    half = update_group(None, 1.0 / math.sqrt(500), 1 / 500, 0.5, 0.05, information=500, rule="exact")
+    same = update_group(half, 5.0 / math.sqrt(400), 1 / 400, 0.7, 0.05, information=400)
+    assert not same.crossed and same.information == (500.0,)            # not final: carried, not a test
+    final = update_group(half, 2.5 / math.sqrt(400), 1 / 400, 1.0, 0.05, information=400)
+    left = 0.05 - spent_by(0.5, 0.05)
+    assert final.crossed and final.complete and final.bounds[-1] == pytest.approx(norm.isf(left / 2), rel=1e-9)
+    u = update_group(None, 1.0 / math.sqrt(500), 1 / 500, 0.3, 0.05, information=500, rule="union")
+    u = update_group(u, 3.0 / math.sqrt(450), 1 / 450, 0.5, 0.05, information=450)   # information fell
+    assert u.crossed and u.bounds[-1] == pytest.approx(norm.isf(spent_by(0.5, 0.05, rule="union") / 2), rel=1e-9)
+    rng = np.random.default_rng(21)
+    c1, c2 = half.bounds[0], final.bounds[-1]
+    for rho in (0.0, 0.5, 0.95):
+        z1 = rng.standard_normal(200_000)
+        z2 = rho * z1 + math.sqrt(1 - rho**2) * rng.standard_normal(z1.size)
+        rate = ((np.abs(z1) >= c1) | (np.abs(z2) >= c2)).mean()
+        assert rate <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / z1.size), (rho, rate)
+
+
 def test_boundaries_follow_the_looks_actually_taken():
     """Unequal looks: the boundary at each look spends exactly the spending function's increment
     given the boundaries earlier looks used (Monte Carlo over Brownian motion)."""
