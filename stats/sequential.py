@@ -162,8 +162,9 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     the earlier looks actually used (stored in the state), so extra, missed or off-plan looks keep
     the false-decision rate at α. Under exact boundaries a look without new information is not a new test
     (the state is carried), except the final one (fraction 1), which spends what is left alone; under union
-    boundaries every look whose spending time advanced is tested. After the final look nothing is left to spend. ``p_value`` is the nominal
-    two-sided p at the crossing look (1 before), for reading; significance is ``crossed``. ``rule``:
+    boundaries every look is tested at what it spends. After the final look nothing is left to spend.
+    ``p_value`` is the nominal two-sided p at the crossing look (1 before), for reading; significance is
+    ``crossed``. ``rule``:
     groupsequential's boundary rule for a new test ("exact" or "union"); a test that has looked keeps its own."""
     from .groupsequential import boundaries, check_rule, look_boundary, spent_by
 
