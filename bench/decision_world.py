@@ -127,15 +127,16 @@ def arm_sums(arms: dict[str, Outcomes], assign: np.ndarray, names: tuple[str, st
     return out
 
 
-def demo_policy(users: int, days: int, online_days: int):
-    """decide()'s policy for the Rollouts the demo's Evolution starts, at this size."""
+def demo_policy(users: int, days: int, online_days: int, planned_by_days: bool = True):
+    """decide()'s policy for the Rollouts the demo's Evolution starts, at this size. `planned_by_days` False: the
+    design planned by users (users/4 per arm), the full demo's before 3 Dec 2026 and the fast demo's."""
     from dataclasses import replace
 
     from cambrian.demo import FULL as DEMO, evolution_object
     from cambrian.operator import api
     from cambrian.operator.reconcile.readout import policy_for
 
-    demo = replace(DEMO, users=users, days=days, online_days=online_days)
+    demo = replace(DEMO, users=users, days=days, online_days=online_days, planned_by_days=planned_by_days)
     spec = api.parse_spec("Evolution", evolution_object(demo, 0, gemini=False)["spec"])
     rollout = api.RolloutSpec(
         evolution_ref=api.LocalObjectRef(name="demo"), control=api.ControlArm(name="control", bundle="file:///c"),
@@ -145,14 +146,6 @@ def demo_policy(users: int, days: int, online_days: int):
                                    readout=spec.experiment.readout),
         statistics=spec.experiment.statistics, decision_policy=spec.launch_policy)
     return policy_for(rollout)
-
-
-def users_design(policy: Any, users: int) -> Any:
-    """The same Rollout with plannedSamplePerArm users/4 (the demo's before 3 Dec 2026): the group design ends at
-    that many users per arm (readout.policy_for's horizon "users", exact boundaries), no decision before 50."""
-    from dataclasses import replace
-
-    return replace(policy, horizon="users", min_users_per_arm=50, planned_users_per_arm=max(100, users // 4))
 
 
 def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndarray, x: np.ndarray,
@@ -278,7 +271,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     rho = float(np.corrcoef(y_end, x[unit])[0, 1])
     cv = float(y_end.std(ddof=1) / y_end.mean())
     policy = demo_policy(size.users, size.log_days, size.online_days)  # planned by days (cambrian/demo.py FULL)
-    by_users = users_design(policy, size.users)
+    by_users = demo_policy(size.users, size.log_days, size.online_days, planned_by_days=False)
     by_days_exact = replace(policy, boundary_rule="exact")
     z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
     rng = np.random.default_rng(20261201)

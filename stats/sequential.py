@@ -164,8 +164,8 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     (the state is carried), except the final one (fraction 1), which spends what is left alone; under union
     boundaries every look is tested at what it spends. After the final look nothing is left to spend.
     ``p_value`` is the nominal two-sided p at the crossing look (1 before), for reading; significance is
-    ``crossed``. ``rule``:
-    groupsequential's boundary rule for a new test ("exact" or "union"); a test that has looked keeps its own."""
+    ``crossed``. ``rule``: groupsequential's boundary rule for a new test ("exact" or "union"); a test that has
+    looked keeps its own."""
     from .groupsequential import boundaries, check_rule, look_boundary, spent_by
 
     state = state or SequentialState()

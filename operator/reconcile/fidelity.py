@@ -98,9 +98,9 @@ def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) ->
     is due: fidelity off, the baseline's own seeds are the reference, or the reference of this champion is measured
     or given up)."""
     ref = st.first_look_reference
-    if spec.fidelity is None or from_baseline_runs(spec, st):
+    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)):  # type: ignore[union-attr]
         return []
-    if current(spec, st) and (ref.metrics or ref.failed):  # type: ignore[union-attr]
+    if from_baseline_runs(spec, st):  # parses Φ: only while no reference is measured
         return []
     return [reference_job_name(meta, champion_of(st), i) for i in range(spec.noise.baseline_seeds)]
 
@@ -143,6 +143,9 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
     if f is None:
         return
     champion = champion_of(st)
+    ref = st.first_look_reference
+    if current(spec, st) and (ref.metrics or ref.failed):  # type: ignore[union-attr]
+        return  # measured or given up: nothing to do (and Φ is not parsed on every reconcile)
     reuse = from_baseline_runs(spec, st)
     if not current(spec, st):
         prev = st.first_look_reference
@@ -151,8 +154,6 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
             measured=(prev.measured if prev is not None else 0) + (0 if reuse else 1))
     ref = st.first_look_reference
     assert ref is not None
-    if ref.metrics or ref.failed:
-        return
     if reuse:
         if not st.baseline_runs:
             cond(READY, False, "Measuring", "baseline at first-look fidelity: its own seeds, which are training "

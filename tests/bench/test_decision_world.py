@@ -64,14 +64,13 @@ def test_demo_policy_is_the_demos_rollout_policy():
     maxDuration); the fast demo's by users (users/4 per arm); the benchmark's comparison design is the latter."""
     from dataclasses import replace
 
-    from cambrian.bench.decision_world import users_design
     from cambrian.demo import FAST, evolution_object
 
     p = demo_policy(2000, 14, 10)
     assert p.north_star.name == "watch_minutes" and p.north_star.cuped
     assert p.horizon == "days" and p.min_users_per_arm == 250 and p.max_days == 10
     assert [g.metric for g in p.guardrails] == ["hate_rate"]
-    u = users_design(p, 2000)
+    u = demo_policy(2000, 14, 10, planned_by_days=False)
     assert u.horizon == "users" and u.planned_users_per_arm == 500 and u.min_users_per_arm == 50
     assert replace(u, horizon="days", min_users_per_arm=250, planned_users_per_arm=p.planned_users_per_arm) == p
     fast = evolution_object(FAST, 0, gemini=False)["spec"]["experiment"]["statistics"]
