@@ -1,8 +1,14 @@
 """Per-user aggregation and per-arm sufficient statistics (pure: DataFrames in, sums out).
 
-Units are (user, arm) pairs from the exposure log. A user's window in an arm runs from the day of the
-first exposure to that arm up to (not including) the day the user was first exposed to another arm
-after it (a ramp moved them), or up to the last closed day. Only closed days count.
+Units are users, read in the experiment's current *phase*: a phase is one set of ramp weights (the router
+stamps every first exposure with the phase it was routed in; a log without phases is one phase). Within a
+phase the assignment is fixed, so a user's unit is the arm of their first exposure in the phase and their
+window runs from that day up to the last closed day. Reading only the current phase is what keeps a ramp
+honest: when a step moves users from control into a treatment, windows that began under earlier weights
+start earlier and are longer in control, and a window that opens on a day the user was routed (an active
+day by construction) or ends where the user was first seen in the next arm (after inactive days by
+construction) makes short windows look better and cut ones worse: an A/A test with the 10/25/50 ramp read
++13% on the step's day and -3.5% a week later that way. Only closed days count.
 
 Metrics (the covariate X is the same metric over the pre-period, i.e. before the experiment's
 first exposure; users with no pre-period history get X = 0):
@@ -46,16 +52,27 @@ class AggregationSettings:
     active_window: int = 7     # active_days counts days f+1..f+A
 
 
+def current_phase(exposures: pd.DataFrame, closed_day: int) -> int | None:
+    """The phase being read at `closed_day`: the latest one with an exposure on a closed day (None: none yet)."""
+    e = exposures[exposures["day"] <= closed_day]
+    if e.empty:
+        return None
+    return int(e["phase"].max()) if "phase" in e else 0
+
+
 def unit_windows(exposures: pd.DataFrame, closed_day: int) -> pd.DataFrame:
-    """exposures(user_id, arm, day) -> units(user_id, arm, first, end) with end exclusive, closed days only."""
-    e = exposures[["user_id", "arm", "day"]].rename(columns={"day": "first"}).sort_values(["user_id", "first", "arm"])
-    # The user's next distinct first-exposure day (a move to another arm) ends the window.
-    days = e[["user_id", "first"]].drop_duplicates()
-    days = days.assign(nxt=days.groupby("user_id")["first"].shift(-1))
-    e = e.merge(days, on=["user_id", "first"], how="left")
-    nxt = e["nxt"].fillna(closed_day + 1).to_numpy(dtype=np.int64)
-    e = e.drop(columns="nxt").assign(end=np.minimum(nxt, closed_day + 1))
-    return e.reset_index(drop=True)
+    """exposures(user_id, arm, day[, phase]) -> units(user_id, arm, first, end) of the current phase, end
+    exclusive (the day after the last closed one), closed days only."""
+    phase = current_phase(exposures, closed_day)
+    if phase is None:
+        return pd.DataFrame({"user_id": [], "arm": [], "first": [], "end": []})
+    e = exposures[exposures["day"] <= closed_day]
+    if "phase" in e:
+        e = e[e["phase"] == phase]
+    # one unit per user: the phase's assignment is fixed (a duplicate could only come from a resent record)
+    e = e.sort_values(["user_id", "day", "arm"]).drop_duplicates("user_id", keep="first")
+    e = e[["user_id", "arm", "day"]].rename(columns={"day": "first"})
+    return e.assign(end=closed_day + 1).reset_index(drop=True)
 
 
 def _sum_days(units: pd.DataFrame, user_days: pd.DataFrame, lo: np.ndarray, hi: np.ndarray,
@@ -149,7 +166,7 @@ def cohort_sizes(exposures: pd.DataFrame, closed_day: int) -> dict[tuple[str, in
     that day's weights: the sample-ratio check compares these counts with the weight timeline."""
     if exposures.empty:
         return {}
-    e = exposures[["user_id", "arm", "day"]]
-    first = e.groupby("user_id")["day"].transform("min")
-    e = e[(e["day"] == first) & (e["day"] <= closed_day)]
+    e = exposures[["user_id", "arm", "day", *(["phase"] if "phase" in exposures else [])]]
+    e = e.sort_values(["user_id", "day", *(["phase"] if "phase" in e else [])]).drop_duplicates("user_id")
+    e = e[e["day"] <= closed_day]
     return {(str(a), int(d)): int(n) for (a, d), n in e.groupby(["arm", "day"]).size().items()}

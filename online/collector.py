@@ -3,9 +3,10 @@
 POST /events     {"batch_id": str, "rows": [{user_id, day, active, sessions, impressions, clicks,
                   minutes, likes, hates}, ...]}  or  {"batch_id", "columns": {name: [values]}}
                  Adds to the user's day (a batch id is applied at most once, so a retry never double-counts).
-POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null], ...]}
-                 First exposure per (experiment, user, arm); later ones are ignored. A null day means the
-                 collector's current day (POST /clock).
+POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null, phase?], ...]}
+                 First exposure per (experiment, user, arm, phase); later ones are ignored. A null day means
+                 the collector's current day (POST /clock); phase is the router's ramp phase (0 when absent):
+                 the statistics read the current phase only (aggregate.py says why).
 POST /clock      {"day": d}     the day now being simulated/served
 POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
                  With a warehouse (--warehouse-url), the exposure log then lands there too, and each SQL metric (--warehouse-metrics) is aggregated there into per-arm sums published
@@ -45,15 +46,16 @@ from cambrian.online.httpjson import BadRequest, error, healthz, json_response, 
 log = logging.getLogger("cambrian.collector")
 LANDED_EXPOSURES = "landed_exposure_rowid"  # meta: the last exposure rowid a warehouse has taken
 
+_EXPOSURE_TABLE = """CREATE TABLE IF NOT EXISTS exposure (
+  experiment TEXT NOT NULL, user_id INTEGER NOT NULL, arm TEXT NOT NULL, day INTEGER NOT NULL,
+  phase INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (experiment, user_id, arm, phase))"""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS user_day (
   user_id INTEGER NOT NULL, day INTEGER NOT NULL, active INTEGER NOT NULL DEFAULT 0,
   sessions INTEGER NOT NULL DEFAULT 0, impressions INTEGER NOT NULL DEFAULT 0, clicks INTEGER NOT NULL DEFAULT 0,
   minutes REAL NOT NULL DEFAULT 0, likes INTEGER NOT NULL DEFAULT 0, hates INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (user_id, day));
-CREATE TABLE IF NOT EXISTS exposure (
-  experiment TEXT NOT NULL, user_id INTEGER NOT NULL, arm TEXT NOT NULL, day INTEGER NOT NULL,
-  PRIMARY KEY (experiment, user_id, arm));
+""" + _EXPOSURE_TABLE + """;
 CREATE TABLE IF NOT EXISTS batch (batch_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
@@ -77,6 +79,7 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        _add_phases(self._db)
         self._db.executescript(_SCHEMA)
         # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day): users}}),
         # swapped as one object so that a scrape never mixes a new closed day with old sums.
@@ -115,19 +118,22 @@ class Store:
         today = self.get_meta("current_day", 0)
         values = []
         for i, e in enumerate(exposures):
-            if not isinstance(e, (list, tuple)) or len(e) != 3:
-                raise BadRequest(f"exposures[{i}]: must be [user_id, arm, day|null]")
-            u, arm, day = e
+            if not isinstance(e, (list, tuple)) or len(e) not in (3, 4):
+                raise BadRequest(f"exposures[{i}]: must be [user_id, arm, day|null] or [user_id, arm, day|null, phase]")
+            u, arm, day, phase = (*e, 0) if len(e) == 3 else e
             if isinstance(u, bool) or not isinstance(u, int):
                 raise BadRequest(f"exposures[{i}][0] (user_id): must be an integer")
             if not isinstance(arm, str) or not arm:
                 raise BadRequest(f"exposures[{i}][1] (arm): must be a non-empty string")
             if day is not None and (isinstance(day, bool) or not isinstance(day, int)):
                 raise BadRequest(f"exposures[{i}][2] (day): must be an integer or null")
-            values.append((experiment, u, arm, today if day is None else day))
+            if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+                raise BadRequest(f"exposures[{i}][3] (phase): must be an integer >= 0")
+            values.append((experiment, u, arm, today if day is None else day, phase))
         with self._lock:
             before = self._db.total_changes
-            self._db.executemany("INSERT OR IGNORE INTO exposure VALUES (?, ?, ?, ?)", values)
+            self._db.executemany("INSERT OR IGNORE INTO exposure (experiment, user_id, arm, day, phase) "
+                                 "VALUES (?, ?, ?, ?, ?)", values)
             return self._db.total_changes - before
 
     def set_meta(self, key: str, value: int) -> None:
@@ -191,6 +197,25 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _add_phases(db: sqlite3.Connection) -> None:
+    """A store from before ramp phases: its exposure log becomes phase 0 under the new key, in one transaction
+    (a crash leaves the old table or the new one, never neither)."""
+    cols = [r[1] for r in db.execute("PRAGMA table_info(exposure)").fetchall()]
+    if not cols or "phase" in cols:
+        return
+    db.execute("BEGIN")
+    try:
+        db.execute("ALTER TABLE exposure RENAME TO exposure_before_phases")
+        db.execute(_EXPOSURE_TABLE)
+        db.execute("INSERT INTO exposure (experiment, user_id, arm, day, phase) "
+                   "SELECT experiment, user_id, arm, day, 0 FROM exposure_before_phases ORDER BY rowid")
+        db.execute("DROP TABLE exposure_before_phases")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _row_values(i: int, r: Mapping[str, Any]) -> tuple:
@@ -341,7 +366,7 @@ class Collector:
                 log.warning("the warehouse has fewer exposures than were landed there: landing them all again")
                 mark = 0
             ex, last = self.store.exposures_after(mark)
-            land_collector_log(con, {str(e): list(g[["user_id", "arm", "day"]].itertuples(index=False, name=None))
+            land_collector_log(con, {str(e): list(g[["user_id", "arm", "day", "phase"]].itertuples(index=False, name=None))
                                      for e, g in ex.groupby("experiment")})
             self.store.set_meta(LANDED_EXPOSURES, last)
             sums = {e: {m.name: {arm: x.to_dict() for arm, x in metric_sums(con, e, m, day, self.store.settings).items()}

@@ -4,20 +4,24 @@ POST /rank     {"user_ids": [n], "candidates": [[C]*n], "k": opt, "day": opt int
             -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order;
                a batch that falls in one arm is passed through and also carries that server's
                "model" and "arm" fields)
-GET  /weights  -> {"experiment", "weights": {arm: w}, "version": int}
-POST /weights  {"weights": {arm: w}} -> the same; also written back to the config file, if any
+GET  /weights  -> {"experiment", "weights": {arm: w}, "version": int, "phase": int}
+POST /weights  {"weights": {arm: w}, "phase": opt int} -> the same; also written back to the config file, if any
 POST /flush    send queued exposures to the collector now (503 if it cannot be reached)
 GET  /healthz, GET /metrics
 
 A batch is split by arm, the sub-batches are forwarded concurrently and the answers merged. The
-first exposure of each (user, arm) seen by this process is queued and sent to the collector in the
-background (the collector deduplicates, so a restart that resends is harmless). Weights are swapped
-as one immutable object: a request in flight keeps the assignment it started with.
+first exposure of each (user, arm) in each ramp phase seen by this process is queued and sent to the
+collector in the background (the collector deduplicates, so a restart that resends is harmless). The
+phase is the config's `phase` (the operator writes the Rollout's ramp step; a POST /weights that changes
+the weights starts the next one): users move between arms only when it changes, so the analysis reads the
+current phase alone (online/aggregate.py). Weights are swapped as one immutable object: a request in
+flight keeps the assignment it started with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -53,6 +57,7 @@ class RouterConfig:
     weights: Mapping[str, int]
     collector: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    phase: int = 0  # the ramp phase (the Rollout's step): stamped on every exposure
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RouterConfig":
@@ -86,9 +91,13 @@ class RouterConfig:
                 treatments.append(name)
         if control is None:
             raise ValueError("router config: arms: exactly one arm needs `control: true`")
+        phase = d.get("phase", 0)
+        if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+            raise ValueError("router config: phase: must be an integer >= 0")
         cfg = cls(experiment=str(d["experiment"]), salt=str(d.get("salt") or d["experiment"]), control=control,
                   treatments=tuple(treatments), urls=urls, weights=weights, collector=d.get("collector"),
-                  extra={k: v for k, v in d.items() if k not in ("experiment", "salt", "arms", "collector")})
+                  extra={k: v for k, v in d.items() if k not in ("experiment", "salt", "arms", "collector", "phase")},
+                  phase=phase)
         cfg.assignment()  # validates the weights
         return cfg
 
@@ -106,19 +115,27 @@ class RouterConfig:
     def to_dict(self) -> dict[str, Any]:
         arms = [{"name": a, "url": self.urls[a], "weight": self.weights[a], **({"control": True} if a == self.control else {})}
                 for a in (self.control, *self.treatments)]
-        out = {"experiment": self.experiment, "salt": self.salt, "arms": arms, **dict(self.extra)}
+        out = {"experiment": self.experiment, "salt": self.salt, "arms": arms, "phase": self.phase, **dict(self.extra)}
         if self.collector:
             out["collector"] = self.collector
         return out
 
-    def with_weights(self, weights: Mapping[str, int]) -> "RouterConfig":
+    def with_weights(self, weights: Mapping[str, int], phase: int | None = None) -> "RouterConfig":
         unknown = set(weights) - set(self.urls)
         if unknown:
             raise ValueError(f"weights: unknown arm(s) {sorted(unknown)}; arms are {list(self.urls)}")
-        new = RouterConfig(self.experiment, self.salt, self.control, self.treatments, self.urls,
-                           {a: weights.get(a, 0) for a in self.urls}, self.collector, self.extra)
+        want = {a: weights.get(a, 0) for a in self.urls}
+        new = RouterConfig(self.experiment, self.salt, self.control, self.treatments, self.urls, want,
+                           self.collector, self.extra, self.phase if phase is None else phase)
         new.assignment()
         return new
+
+
+def advance_phase(old: RouterConfig, new: RouterConfig) -> RouterConfig:
+    """New weights move users between arms: a new phase, so that the analysis never mixes two assignments.
+    Phases only grow (a config naming an older one, e.g. after a manual POST /weights, is moved past it)."""
+    moved = dict(new.weights) != dict(old.weights)
+    return new if new.phase >= old.phase + moved else dataclasses.replace(new, phase=old.phase + moved)
 
 
 class _State:
@@ -158,7 +175,7 @@ class Router:
         for arm in self.state.arms:  # series exist at 0 from the start (see server.py)
             for m in (self.m_requests, self.m_users, self.m_errors):
                 m.labels(arm=arm)
-        self._seen: set[tuple[int, str]] = set()
+        self._seen: set[tuple[int, str, int]] = set()
         self._pending: list[list] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
@@ -182,13 +199,14 @@ class Router:
         if (cfg.experiment, cfg.salt, cfg.control, cfg.treatments) != (old.experiment, old.salt, old.control, old.treatments):
             raise ValueError("config: experiment, salt and the arms (and their order) cannot change while routing; "
                              "only weights and urls can")
+        cfg = advance_phase(old, cfg)
         self.state = _State(cfg, self.state.version + 1)  # one reference swap: in-flight requests keep theirs
         self.m_reloads.inc()
         self._publish_weights()
         log.info("weights now %s", dict(cfg.weights))
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        cfg = self.state.cfg.with_weights(weights)
+    def set_weights(self, weights: Mapping[str, int], phase: int | None = None) -> None:
+        cfg = advance_phase(self.state.cfg, self.state.cfg.with_weights(weights, phase))  # persisted as applied
         if self.config_path:  # persist so that a restart keeps the same weights
             tmp = Path(f"{self.config_path}.tmp{os.getpid()}")
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -308,11 +326,11 @@ class Router:
                 for r, sl, sc in zip(rows, res["slates"], res["scores"]):
                     slates[r], scores[r] = sl, sc
             resp = json_response({"slates": slates, "scores": scores, "arms": arm_names})
-        seen, pending = self._seen, self._pending
+        seen, pending, phase = self._seen, self._pending, st.cfg.phase
         for u, arm in zip(users, arm_names):
-            if (u, arm) not in seen:
-                seen.add((u, arm))
-                pending.append([u, arm, day])
+            if (u, arm, phase) not in seen:
+                seen.add((u, arm, phase))
+                pending.append([u, arm, day, phase])
         t3 = time.perf_counter()
         self.m_latency.observe(t3 - t0)
         self.m_overhead.observe((t3 - t0) - (t2 - t1))
@@ -341,7 +359,8 @@ class Router:
 
     async def handle_get_weights(self, _: web.Request) -> web.Response:
         st = self.state
-        return json_response({"experiment": st.cfg.experiment, "weights": dict(st.cfg.weights), "version": st.version})
+        return json_response({"experiment": st.cfg.experiment, "weights": dict(st.cfg.weights), "version": st.version,
+                              "phase": st.cfg.phase})
 
     async def handle_set_weights(self, request: web.Request) -> web.Response:
         try:
@@ -349,7 +368,10 @@ class Router:
             weights = body.get("weights")
             if not isinstance(weights, dict):
                 raise BadRequest("weights: required mapping of arm -> percent")
-            self.set_weights(weights)
+            phase = body.get("phase")
+            if phase is not None and (isinstance(phase, bool) or not isinstance(phase, int) or phase < 0):
+                raise BadRequest("phase: must be an integer >= 0")
+            self.set_weights(weights, phase)
         except ValueError as exc:  # BadRequest and assignment validation errors
             self.m_reload_errors.inc()
             return error(400, str(exc))

@@ -106,17 +106,18 @@ def _metric_table(con: Any, metric: WarehouseMetric):
 
 
 def _units(exposures, closed_day: int):
-    """(user_id, arm, first, end): online/aggregate.unit_windows as an expression; closed days only."""
+    """(user_id, arm, first, end) of the current phase: online/aggregate.unit_windows as an expression."""
     import ibis
 
-    e = exposures.group_by(["user_id", "arm"]).aggregate(first=exposures.day.min())
-    days = e.select("user_id", "first").distinct()
-    days = days.mutate(nxt=days["first"].lead().over(ibis.window(group_by=days.user_id, order_by=days["first"])))
-    u = e.join(days, ["user_id", "first"]).select("user_id", "arm", "first", "nxt")
-    stop = ibis.literal(closed_day + 1)
-    end = ibis.least(u.nxt.fill_null(stop), stop)
-    u = u.mutate(end=end).drop("nxt")
-    return u.filter(u.end > u["first"])
+    e = exposures.filter(exposures.day <= closed_day)
+    if "phase" not in e.columns:  # a log from before phases, not landed to since: one phase
+        e = e.mutate(phase=ibis.literal(0, "int64"))
+    e = e.filter(e.phase == e.phase.max())  # the scalar reduction runs over the filtered rows
+    # one unit per user: the phase's assignment is fixed (ties broken as aggregate.unit_windows does)
+    first = e.group_by("user_id").aggregate(first=e.day.min())
+    e = e.join(first, (e.user_id == first.user_id) & (e.day == first["first"])).select(e.user_id, e.arm, first["first"])
+    e = e.group_by(["user_id", "first"]).aggregate(arm=e.arm.min())
+    return e.select("user_id", "arm", "first").mutate(end=ibis.literal(closed_day + 1))
 
 
 def _per_unit(units, values, columns: tuple[str, ...], pre: tuple[int, int] | None):
@@ -193,32 +194,35 @@ class WarehouseUnavailable(RuntimeError):
     """The warehouse did not answer: like Prometheus being down, no decision is made."""
 
 
-def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, str, int]],
+def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, ...]],
                      exposures_table: str = EXPOSURES) -> int:
-    """Land first exposures (user_id, arm, day) in the warehouse's exposure table, creating it when missing;
-    a (user, arm) already there is kept with its first day, so a resend is harmless. Returns rows added.
-    The check against what is there runs in the warehouse (the batch, staged in a temporary table,
-    anti-joined to the log), so landing costs the batch, not the whole log."""
+    """Land first exposures (user_id, arm, day[, phase]) in the warehouse's exposure table, creating it (or
+    its phase column) when missing; a (user, arm, phase) already there is kept with its first day, so a
+    resend is harmless. Returns rows added. The check against what is there runs in the warehouse (the
+    batch, staged in a temporary table, anti-joined to the log), so landing costs the batch, not the whole log."""
     import pyarrow as pa
 
-    new = [(str(u), str(a), int(d)) for u, a, d in rows]
+    new = [(str(r[0]), str(r[1]), int(r[2]), int(r[3]) if len(r) > 3 else 0) for r in rows]
     if not new:
         return 0
     _ensure_table(con, exposures_table, _EXPOSURE_COLUMNS)
-    batch = pa.table({"experiment": [experiment] * len(new), "user_id": [u for u, _, _ in new],
-                      "arm": [a for _, a, _ in new], "day": [d for _, _, d in new]})
+    batch = pa.table({"experiment": [experiment] * len(new), "user_id": [r[0] for r in new],
+                      "arm": [r[1] for r in new], "day": [r[2] for r in new], "phase": [r[3] for r in new]})
     return _insert_fresh(con, exposures_table, batch, lambda staged: (
-        f"SELECT n.experiment, n.user_id, n.arm, MIN(n.day) AS day FROM {staged} AS n WHERE NOT EXISTS "
+        f"SELECT n.experiment, n.user_id, n.arm, MIN(n.day) AS day, n.phase FROM {staged} AS n WHERE NOT EXISTS "
         f"(SELECT 1 FROM {_ident(exposures_table)} AS e WHERE e.experiment = n.experiment "
-        "AND e.user_id = n.user_id AND e.arm = n.arm) GROUP BY n.experiment, n.user_id, n.arm"))
+        "AND e.user_id = n.user_id AND e.arm = n.arm AND e.phase = n.phase) "
+        "GROUP BY n.experiment, n.user_id, n.arm, n.phase"))
 
 
-_EXPOSURE_COLUMNS = {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64"}
+_EXPOSURE_COLUMNS = {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64", "phase": "int64"}
 _DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE"}
+_SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE PRECISION"}  # columns added later: numbers only (DEFAULT 0)
 
 
 def _ensure_table(con: Any, table: str, columns: Mapping[str, str]) -> None:
-    """Create `table` with these columns (ibis type names) when it is missing."""
+    """Create `table` with these columns (ibis type names) when it is missing; a table from an earlier version
+    gets the columns it lacks (an exposure log from before phases: every row is phase 0)."""
     if getattr(con, "name", "") == "duckdb":  # ibis 12's DuckDB DDL calls what DuckDB 2 removed
         sql = ", ".join(f"{c} {_DUCKDB_TYPES[t]}" for c, t in columns.items())
         _sql(con, f"CREATE TABLE IF NOT EXISTS {_ident(table)} ({sql})")
@@ -226,6 +230,10 @@ def _ensure_table(con: Any, table: str, columns: Mapping[str, str]) -> None:
         import ibis
 
         con.create_table(table, schema=ibis.schema(dict(columns)))
+    have = set(con.table(table).columns)
+    for c, t in columns.items():
+        if c not in have:
+            _sql(con, f"ALTER TABLE {_ident(table)} ADD COLUMN {_ident(c)} {_SQL_TYPES[t]} DEFAULT 0")
 
 
 def _insert_fresh(con: Any, table: str, batch: Any, fresh: Any) -> int:
@@ -324,7 +332,7 @@ def exposure_rows(con: Any, exposures_table: str = EXPOSURES) -> int:
         return 0
 
 
-def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[tuple[Any, str, int]]],
+def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[tuple[Any, ...]]],
                        exposures_table: str = EXPOSURES) -> int:
     """What the collector knows at a day's close: every first exposure (a repeat adds nothing)."""
     return sum(record_exposures(con, experiment, rows, exposures_table)

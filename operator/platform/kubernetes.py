@@ -655,7 +655,7 @@ def router_config(action: SetWeights, namespace: str | None) -> dict[str, Any]:
         if i == 0:
             arm["control"] = True
         arms.append(arm)
-    cfg: dict[str, Any] = {"experiment": action.rollout, "salt": action.salt, "arms": arms}
+    cfg: dict[str, Any] = {"experiment": action.rollout, "salt": action.salt, "arms": arms, "phase": action.phase}
     if action.serving.get("collectorUrl"):
         cfg["collector"] = action.serving["collectorUrl"]
     return cfg

@@ -455,7 +455,7 @@ class LocalPlatform:
             return
         env = self._env(action.rollout)
         if env.router is not None and env.router.proc.poll() is None:
-            r = httpx.post(env.router.url + "/weights", json={"weights": weights}, timeout=10)
+            r = httpx.post(env.router.url + "/weights", json={"weights": weights, "phase": action.phase}, timeout=10)
             if r.status_code != 200:
                 raise CambrianError(f"router of {action.rollout} refused weights {weights}: {r.text[:300]}")
             return
@@ -467,7 +467,7 @@ class LocalPlatform:
                 raise CambrianError(f"rollout {action.rollout}: arm {w.arm} gets {w.weight}% but is not running")
             arms.append({"name": w.arm, "url": url, "weight": w.weight, **({"control": True} if i == 0 else {})})
         config = env.dir / "router.yaml"
-        write_atomic(config, yaml.safe_dump({"experiment": action.rollout, "salt": action.salt,
+        write_atomic(config, yaml.safe_dump({"experiment": action.rollout, "salt": action.salt, "phase": action.phase,
                                              "collector": env.collector.url, "arms": arms}, sort_keys=False))
         env.router = start_service(ServiceProcess("router", ["route", "--config", str(config)], env.services))
         if env.state.clock_day0 is None:  # users are routed from today on

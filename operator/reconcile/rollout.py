@@ -72,13 +72,20 @@ def _summary(weights: dict[str, int]) -> str:
     return ",".join(f"{k}={v}" for k, v in weights.items())
 
 
-def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving) -> SetWeights:
+def weights_phase(status: RolloutStatus) -> int:
+    """The phase of the weights `desired_weights` gives: the ramp step while the test runs, one past it once
+    concluded (the full launch or rollback moves users again)."""
+    return status.step + (status.phase not in ("Running", "AwaitingApproval"))
+
+
+def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int) -> SetWeights:
     return SetWeights(
         owner_of(meta),
         meta.name,
         spec.salt,
         tuple(ArmWeight(arm, arm_name(meta, arm), w) for arm, w in weights.items()),
         serving.wire(),
+        phase,
     )
 
 
@@ -130,7 +137,7 @@ def reconcile(
     def sync_weights() -> None:
         want = desired_weights(spec, st)
         if obs.weights != want:
-            actions.append(_set_weights(meta, spec, want, serving))
+            actions.append(_set_weights(meta, spec, want, serving, weights_phase(st)))
         st.weights_summary = _summary(want)
         st.arms = [
             ArmStatus(name=n, weight=want.get(n, 0), n=_n(st, n), ready=bool(obs.arms.get(n) and obs.arms[n].ready))
@@ -301,7 +308,8 @@ def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = Tru
     `routed`: the router has an entry for this rollout (else there is no traffic to move)."""
     owner = owner_of(meta)
     back = {n: (100 if n == spec.control.name else 0) for n in spec.arm_names()}
-    actions: list = [_set_weights(meta, spec, back, serving)] if routed else []
+    # phase 0: the status is not read on deletion; the router moves any weight change past its current phase
+    actions: list = [_set_weights(meta, spec, back, serving, 0)] if routed else []
     actions.append(ClearWeights(owner, meta.name, serving.wire()))
     actions += [DeleteArm(arm_name(meta, arm), owner, meta.name, arm) for arm in spec.arm_names()]
     return actions

@@ -15,7 +15,9 @@ SETTINGS = AggregationSettings(pre_days=3, active_window=2)
 
 
 def _world(seed=0, users=40, days=8):
-    """Random activity for days 0..days-1; the experiment starts on day 3 (days 0-2 are the pre-period)."""
+    """Random activity for days 0..days-1; the experiment starts on day 3 (days 0-2 are the pre-period) and a
+    ramp step on day 5 (phase 1) moves every fifth control user into the treatment. Each user's first exposure
+    in a phase is their first active day in it (users who are never active there have none)."""
     rng = random.Random(seed)
     rows = []
     for u in range(users):
@@ -25,36 +27,36 @@ def _world(seed=0, users=40, days=8):
                 rows.append({"user_id": u, "day": d, "active": 1, "sessions": rng.randint(1, 3), "impressions": imp,
                              "clicks": rng.randint(0, imp), "minutes": round(rng.random() * 30, 3),
                              "likes": 0, "hates": rng.randint(0, 2)})
+    active = {(r["user_id"], r["day"]) for r in rows}
     exposures = []
     for u in range(users):
-        arm = "treatment" if u % 3 == 0 else "control"
-        first = 3 + rng.randint(0, 2)
-        exposures.append([u, arm, first])
-        if arm == "control" and u % 5 == 0:  # ramped into the treatment two days later
-            exposures.append([u, "treatment", first + 2])
+        for phase, days_in in ((0, range(3, 5)), (1, range(5, days))):
+            arm = "treatment" if u % 3 == 0 or (phase == 1 and u % 5 == 0) else "control"
+            seen = [d for d in days_in if (u, d) in active]
+            if seen:
+                exposures.append([u, arm, seen[0], phase])
     return rows, exposures
 
 
 def _direct(rows, exposures, closed):
-    """An independent, loop-by-loop computation of the same definitions."""
+    """An independent, loop-by-loop computation of the same definitions: the units are the first exposures of
+    the latest phase with an exposure on a closed day, each read from its day to the closed day."""
     by = {(r["user_id"], r["day"]): r for r in rows}
     start = min(e[2] for e in exposures)
+    phase = max(e[3] for e in exposures if e[2] <= closed)
     out = {}
-    firsts = {}
-    for u, arm, d in exposures:
-        firsts.setdefault(u, []).append(d)
-    for u, arm, f in exposures:
-        later = [d for d in firsts[u] if d > f]
-        end = min(later + [closed + 1])
+    for u, arm, f, ph in exposures:
+        if ph != phase or f > closed:
+            continue
+        end = closed + 1
         get = lambda d, k: by.get((u, d), {}).get(k, 0)  # noqa: E731
         acc = out.setdefault(arm, {"wm": [], "ctr": [], "ret": [], "act": []})
-        if end > f:
-            n_days = end - f
-            y = sum(get(d, "minutes") for d in range(f, end)) / n_days
-            x = sum(get(d, "minutes") for d in range(start - 3, start)) / 3
-            acc["wm"].append((y, x))
-            acc["ctr"].append((sum(get(d, "clicks") for d in range(f, end)),
-                               sum(get(d, "impressions") for d in range(f, end))))
+        n_days = end - f
+        y = sum(get(d, "minutes") for d in range(f, end)) / n_days
+        x = sum(get(d, "minutes") for d in range(start - 3, start)) / 3
+        acc["wm"].append((y, x))
+        acc["ctr"].append((sum(get(d, "clicks") for d in range(f, end)),
+                           sum(get(d, "impressions") for d in range(f, end))))
         if f + 1 <= closed:
             acc["ret"].append(float(get(f + 1, "active") > 0))
         if f + 2 <= closed:
@@ -117,7 +119,7 @@ def test_http_restart_and_duplicates(tmp_path):
         assert httpx.post(app.url + "/events", json={"batch_id": "d0", "columns": cols}).json()["applied"] == len(rows)
         assert httpx.post(app.url + "/events", json={"batch_id": "d0", "columns": cols}).json()["duplicate"]
         assert httpx.post(app.url + "/clock", json={"day": 4}).status_code == 200
-        ex = [[u, arm, None] for u, arm, _ in exposures]
+        ex = [[u, arm, None] for u, arm, _, _ in exposures]
         assert httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": ex}).status_code == 200
         assert httpx.post(app.url + "/close_day", json={"day": 5}).status_code == 200
         r = httpx.post(app.url + "/events", json={"rows": [{"user_id": "x", "day": 1}]})
@@ -142,3 +144,67 @@ def test_cohorts_for_srm(tmp_path):
     assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1}
     store.close_day(4)
     assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1, ("t", 4): 1}
+
+
+def test_cohorts_count_a_users_first_exposure_in_the_experiment_over_every_phase(tmp_path):
+    store = Store(tmp_path / "c.sqlite", SETTINGS)
+    # phase 0 from day 3: u1, u2 control, u3 t; phase 1 from day 4: u1 moved to t, u2 stays (seen again), u4 new
+    store.add_exposures("e", [[1, "control", 3, 0], [2, "control", 3, 0], [3, "t", 3, 0],
+                              [1, "t", 4, 1], [2, "control", 4, 1], [4, "t", 4, 1]])
+    store.close_day(4)
+    assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1, ("t", 4): 1}
+    # the statistics read phase 1 alone: u1 and u4 in t, u2 in control (each from day 4); u3 not seen there yet
+    wm = store.stats["e"]["watch_minutes"]
+    assert (wm["control"]["n"], wm["t"]["n"]) == (1, 2)
+
+
+def test_an_aa_test_through_a_ramp_reads_no_effect(tmp_path):
+    """The same model in both arms, the demo's ramp (10%, 25%, then 50% of users in the treatment, a day each):
+    the current phase's per-arm means agree at every readout. Read across phases (a user's window from their
+    first exposure to the arm until they were first seen in another), the same users read +13% on the day of
+    the last step and -3.5% a week later (the benchmark's trap was launched on such a reading)."""
+    import numpy as np
+
+    from cambrian.online.assignment import buckets
+    from cambrian.stats.estimators import compare
+    from cambrian.stats.sums import SufficientStats
+
+    rng = np.random.default_rng(1)
+    users = 6000
+    b = buckets(range(users), "aa-salt")
+    p = rng.beta(6, 2.7, users)  # heavy and light users: a daily activity of about 0.69
+    ramp = ((0, 10), (1, 25), (2, 50))  # (first day, treatment percent)
+    store = Store(tmp_path / "c.sqlite", AggregationSettings(pre_days=8))
+    for d in range(-8, 10):
+        act = rng.uniform(size=users) < p
+        ids = np.flatnonzero(act)
+        minutes = rng.gamma(3, 5.7, users)
+        store.add_user_days([{"user_id": int(u), "day": d, "active": 1, "sessions": 1, "impressions": 10,
+                              "clicks": 1, "minutes": float(minutes[u]), "likes": 0, "hates": 0} for u in ids], f"d{d}")
+        if d >= 0:
+            phase = max(i for i, (start, _) in enumerate(ramp) if start <= d)
+            arm = np.where(b[ids] < ramp[phase][1] * 100, "treatment", "control")
+            store.add_exposures("aa", [[int(u), str(a), d, phase] for u, a in zip(ids, arm)])
+        if d in (3, 4, 9):
+            store.close_day(d)
+            s = {a: SufficientStats(**v) for a, v in store.stats["aa"]["watch_minutes"].items()}
+            eff = compare(s["control"], s["treatment"], cuped=True, relative=True)
+            assert abs(eff.estimate) < 3 * eff.variance ** 0.5, (d, eff)
+            assert s["treatment"].n > 0.9 * s["control"].n  # a 50/50 phase: about as many users in each arm
+
+
+def test_a_store_from_before_phases_keeps_its_exposures_as_phase_0(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "c.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("CREATE TABLE exposure (experiment TEXT NOT NULL, user_id INTEGER NOT NULL, arm TEXT NOT NULL, "
+                      "day INTEGER NOT NULL, PRIMARY KEY (experiment, user_id, arm));"
+                      "INSERT INTO exposure VALUES ('e', 1, 'control', 3), ('e', 2, 't', 4);")
+    con.close()
+    store = Store(db, SETTINGS)
+    ex = store.frames()[1]
+    assert ex[["user_id", "arm", "day", "phase"]].values.tolist() == [[1, "control", 3, 0], [2, "t", 4, 0]]
+    assert store.add_exposures("e", [[1, "control", 5]]) == 0  # the same key: still the first exposure
+    assert store.add_exposures("e", [[1, "t", 5, 1]]) == 1
+    assert store.exposures_after(2)[0][["user_id", "phase"]].values.tolist() == [[1, 1]]  # rowids kept in order

@@ -62,7 +62,34 @@ def test_split_forward_merge(arm_servers, mod_scorer, tmp_path):
     assert sum(counts.values()) == 300
     assert counts[("exp1", "treatment")] == body["arms"].count("treatment")
     _, ex = store.frames()
-    assert set(ex["day"]) == {3}
+    assert set(ex["day"]) == {3} and set(ex["phase"]) == {0}
+
+
+def test_new_weights_start_a_phase_and_every_user_is_logged_again_in_it(arm_servers, tmp_path):
+    """A ramp step moves users between arms, so the router stamps exposures with the phase (the config's, as the
+    operator writes the Rollout's step; a weight change moves past it), and a user seen before is logged again
+    in the new phase: the analysis reads the current phase alone (online/aggregate.py)."""
+    store = Store(tmp_path / "c.sqlite")
+    with BackgroundApp(Collector(store).app()) as coll:
+        cfg = RouterConfig.from_dict({**_config(arm_servers, {"control": 90, "treatment": 10}, coll.url), "phase": 4})
+        router = Router(cfg, flush_interval=0.05)
+        with BackgroundApp(router.app()) as app:
+            users = list(range(200))
+            httpx.post(app.url + "/rank", json=_batch(users)).raise_for_status()
+            same = httpx.post(app.url + "/weights", json={"weights": {"control": 90, "treatment": 10}}).json()
+            assert same["phase"] == 4  # the same weights: the same phase
+            moved = httpx.post(app.url + "/weights", json={"weights": {"control": 50, "treatment": 50}}).json()
+            assert moved["phase"] == 5  # no phase given: the next one
+            second = httpx.post(app.url + "/rank", json=_batch(users)).json()["arms"]
+            # a phase named below the current one (a manual change raced the operator) is moved past it
+            back = httpx.post(app.url + "/weights", json={"weights": {"control": 60, "treatment": 40}, "phase": 2})
+            assert back.json()["phase"] == 6
+            httpx.post(app.url + "/flush").raise_for_status()
+    _, ex = store.frames()
+    assert sorted(set(ex["phase"])) == [4, 5]
+    in5 = ex[ex["phase"] == 5].sort_values("user_id")
+    assert in5["user_id"].tolist() == users and in5["arm"].tolist() == second
+    assert RouterConfig.from_dict(router.state.cfg.to_dict()).phase == 6  # what a restart reads back
 
 
 def test_hot_reload_under_load_and_restart(arm_servers, tmp_path):
@@ -158,6 +185,10 @@ def test_bad_config_is_a_clear_error(tmp_path):
     import pytest
 
     from cambrian.online.router import RouterConfig
+
+    with pytest.raises(ValueError, match="phase: must be an integer >= 0"):
+        RouterConfig.from_dict({"experiment": "e", "phase": -1, "arms": [
+            {"name": "c", "url": "http://127.0.0.1:1", "control": True}, {"name": "t", "url": "http://127.0.0.1:2"}]})
 
     with pytest.raises(ValueError, match=r"arms\[1\].url: required"):
         RouterConfig.from_dict({"experiment": "e", "arms": [{"name": "c", "url": "http://x", "control": True,

@@ -18,20 +18,23 @@ CTR = WarehouseMetric("ctr", "SELECT user_id, day, clicks AS numerator, impressi
 
 
 def _world(seed: int = 3, users: int = 300, days: int = 14):
-    """User-days with gaps (inactive days have no row), and an experiment from day 7 with a ramp that moves
-    some users from control to the treatment on day 9."""
+    """User-days with gaps (inactive days have no row), and an experiment from day 7 with a ramp step on day 9
+    (phase 1) that moves some users from control to the treatment; each user's first exposure in a phase is
+    their first active day in it."""
     rng = np.random.default_rng(seed)
     rows = [(u, d, float(rng.gamma(2, 10)), int(rng.poisson(2)), int(rng.poisson(8)))
             for u in range(users) for d in range(days) if rng.random() < 0.7]
     ud = pd.DataFrame(rows, columns=["user_id", "day", "minutes", "clicks", "impressions"])
+    active = ud.groupby("user_id")["day"].apply(sorted).to_dict()
     exp = []
     for u in range(users):
-        first = 7 + int(rng.integers(0, 4))
         arm = "treatment" if rng.random() < 0.5 else "control"
-        exp.append((u, arm, first))
-        if arm == "control" and first < 9 and rng.random() < 0.3:
-            exp.append((u, "treatment", 9))
-    return ud, pd.DataFrame(exp, columns=["user_id", "arm", "day"])
+        moved = "treatment" if arm == "control" and rng.random() < 0.3 else arm
+        for phase, lo, hi, a in ((0, 7, 9, arm), (1, 9, days, moved)):
+            seen = [d for d in active.get(u, []) if lo <= d < hi]
+            if seen:
+                exp.append((u, a, seen[0], phase))
+    return ud, pd.DataFrame(exp, columns=["user_id", "arm", "day", "phase"])
 
 
 def _close(a: dict, b: dict) -> None:
@@ -60,12 +63,30 @@ def test_duckdb_sums_equal_the_collectors(tmp_path):
     added = record_exposures(con, "exp-1", exposures.itertuples(index=False, name=None))
     assert added == len(exposures)
     # a resend (the router retries) adds nothing and keeps each first day
-    assert record_exposures(con, "exp-1", [(0, exposures.iloc[0]["arm"], 13)]) == 0
-    for closed_day in (8, 10, 13):
+    first = exposures.iloc[0]
+    assert record_exposures(con, "exp-1", [(first["user_id"], first["arm"], 13, first["phase"])]) == 0
+    for closed_day in (7, 8, 9, 10, 13):
         _check_against_the_collector_path(con, ud, exposures, closed_day)
     # another experiment's exposures are not mixed in
     record_exposures(con, "exp-2", [(1, "control", 7), (2, "other", 7)])
     _check_against_the_collector_path(con, ud, exposures, 13)
+
+
+def test_an_exposure_table_from_before_phases_gets_the_column_and_reads_as_phase_0(tmp_path):
+    import ibis
+
+    ud, exposures = _world(seed=4, users=80)
+    con = ibis.duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.con.register("ud_frame", ud)
+    con.con.execute("CREATE TABLE user_days AS SELECT * FROM ud_frame")
+    con.con.execute("CREATE TABLE cambrian_exposures (experiment VARCHAR, user_id VARCHAR, arm VARCHAR, day BIGINT)")
+    old = exposures[exposures["phase"] == 0]
+    con.con.executemany("INSERT INTO cambrian_exposures VALUES ('exp-1', ?, ?, ?)",
+                        [(str(u), a, int(d)) for u, a, d in old[["user_id", "arm", "day"]].itertuples(index=False)])
+    _check_against_the_collector_path(con, ud, old.drop(columns="phase"), 8)  # read as one phase, unmigrated
+    new = exposures[exposures["phase"] == 1]
+    assert record_exposures(con, "exp-1", new.itertuples(index=False, name=None)) == len(new)
+    _check_against_the_collector_path(con, ud, exposures, 12)  # the old rows are phase 0, the new phase 1
 
 
 def test_no_exposure_yet_gives_no_sums():

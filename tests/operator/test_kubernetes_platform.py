@@ -223,15 +223,17 @@ def test_arm_router_and_httproute():
     assert c["args"][:6] == ["cambrian", "serve", "--bundle", "/var/lib/cambrian/b/h1/bundle", "--arm", "t"]
     assert dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"] == {"claimName": "bundles", "readOnly": True}
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
-    sw = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 90), ArmWeight("t", "svc-t", 10)), serving)
+    sw = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 90), ArmWeight("t", "svc-t", 10)), serving,
+                    phase=1)
     cm, rdep, rsvc = K.router_manifests(sw, "team-a")
     cfg = yaml.safe_load(cm["data"]["router.yaml"])
-    assert cfg == {"experiment": "ro", "salt": "salt-1", "collector": "http://collector:8080", "arms": [
+    assert cfg == {"experiment": "ro", "salt": "salt-1", "collector": "http://collector:8080", "phase": 1, "arms": [
         {"name": "control", "url": "http://svc-c.team-a.svc:8080", "weight": 90, "control": True},
         {"name": "t", "url": "http://svc-t.team-a.svc:8080", "weight": 10}]}
     from cambrian.online.router import RouterConfig
 
-    assert RouterConfig.from_dict(cfg).weights == {"control": 90, "t": 10}  # the online router accepts it
+    # the online router accepts it, and stamps its exposures with the Rollout's ramp step
+    assert RouterConfig.from_dict(cfg).weights == {"control": 90, "t": 10} and RouterConfig.from_dict(cfg).phase == 1
     back = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 100), ArmWeight("t", "svc-t", 0)), serving)
     assert RouterConfig.from_dict(K.router_config(back, "team-a")).weights == {"control": 100, "t": 0}
     assert K.httproute_patch(sw)["spec"]["rules"][0]["backendRefs"] == [

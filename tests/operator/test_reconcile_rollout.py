@@ -95,6 +95,8 @@ def test_ramp_advances_after_step_duration():
     r2 = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=cont()), t)
     assert r2.status.step == 1 and r2.status.step_started_at == t
     assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 50, "treatment": 50}]
+    # the router stamps exposures with the step: the analysis reads the users of the current step alone
+    assert [a.phase for a in r2.actions if isinstance(a, SetWeights)] == [1]
 
 
 def cont(n=50):
@@ -117,7 +119,8 @@ def test_promote_auto():
     s = r2.status
     assert s.phase == "Promoted" and s.decision == "promote" and s.winner == "treatment" and s.concluded_at == t
     assert s.effects[0].ci_low == 0.01 and s.srm.mismatch is False and s.readouts == 1
-    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 0, "treatment": 100}]
+    assert [(a.as_dict(), a.phase) for a in r2.actions if isinstance(a, SetWeights)] == \
+        [({"control": 0, "treatment": 100}, 1)]  # the launch moves users too: a phase past the ramp's step 0
     assert s.next_readout_at is None
     # stays put afterwards; does not delete the winner or control
     r3 = run(sp, s, obs(weights={"control": 0, "treatment": 100}), t + timedelta(days=1))
