@@ -73,9 +73,13 @@ def _summary(weights: dict[str, int]) -> str:
 
 
 def weights_phase(status: RolloutStatus) -> int:
-    """The phase of the weights `desired_weights` gives: the ramp step while the test runs, one past it once
-    concluded (the full launch or rollback moves users again)."""
-    return status.step + (status.phase not in ("Running", "AwaitingApproval"))
+    """The router's phase for the weights `desired_weights` gives, one more at each change of them: 0 before
+    the ramp starts (all on control), step + 1 while the test runs, step + 2 once concluded (the launch or
+    rollback moves users again). The router advances its phase at every weight change on its own; naming the
+    same number here keeps a restarted router (which reads it from its config) where it was."""
+    if status.phase in ("Running", "AwaitingApproval"):
+        return status.step + 1
+    return status.step + 2 if status.phase in CONCLUDED else 0
 
 
 def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int) -> SetWeights:

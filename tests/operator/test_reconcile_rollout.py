@@ -65,6 +65,7 @@ def test_deploy_then_first_step_weights():
     sp, r = running()
     sets = [a for a in r.actions if isinstance(a, SetWeights)]
     assert len(sets) == 1 and sets[0].as_dict() == {"control": 90, "treatment": 10} and sets[0].salt == "s1"
+    assert sets[0].phase == 1  # the router's phase: 0 while all users were on control, then one per ramp step
     assert sets[0].weights[1].service == R.arm_name(META, "treatment")
     s = r.status
     assert s.started_at == s.step_started_at == T0 + timedelta(minutes=1)
@@ -96,7 +97,7 @@ def test_ramp_advances_after_step_duration():
     assert r2.status.step == 1 and r2.status.step_started_at == t
     assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 50, "treatment": 50}]
     # the router stamps exposures with the step: the analysis reads the users of the current step alone
-    assert [a.phase for a in r2.actions if isinstance(a, SetWeights)] == [1]
+    assert [a.phase for a in r2.actions if isinstance(a, SetWeights)] == [2]  # 0 before the ramp, then 1, 2, ...
 
 
 def cont(n=50):
@@ -120,7 +121,7 @@ def test_promote_auto():
     assert s.phase == "Promoted" and s.decision == "promote" and s.winner == "treatment" and s.concluded_at == t
     assert s.effects[0].ci_low == 0.01 and s.srm.mismatch is False and s.readouts == 1
     assert [(a.as_dict(), a.phase) for a in r2.actions if isinstance(a, SetWeights)] == \
-        [({"control": 0, "treatment": 100}, 1)]  # the launch moves users too: a phase past the ramp's step 0
+        [({"control": 0, "treatment": 100}, 2)]  # the launch moves users too: the phase after step 0's (1)
     assert s.next_readout_at is None
     # stays put afterwards; does not delete the winner or control
     r3 = run(sp, s, obs(weights={"control": 0, "treatment": 100}), t + timedelta(days=1))
