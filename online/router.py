@@ -12,7 +12,7 @@ GET  /healthz, GET /metrics
 A batch is split by arm, the sub-batches are forwarded concurrently and the answers merged. The
 first exposure of each (user, arm) in each ramp phase seen by this process is queued and sent to the
 collector in the background (the collector deduplicates, so a restart that resends is harmless). The
-phase is the config's `phase` (the operator writes the Rollout's ramp step; a POST /weights that changes
+phase is the config's `phase` (the operator writes step + 1 of the Rollout's ramp; a POST /weights that changes
 the weights starts the next one): users move between arms only when it changes, so the analysis reads the
 current phase alone (online/aggregate.py). Weights are swapped as one immutable object: a request in
 flight keeps the assignment it started with.
@@ -57,7 +57,7 @@ class RouterConfig:
     weights: Mapping[str, int]
     collector: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
-    phase: int = 0  # the ramp phase (the Rollout's step): stamped on every exposure
+    phase: int = 0  # the ramp phase (reconcile/rollout.weights_phase): stamped on every exposure
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RouterConfig":

@@ -80,7 +80,7 @@ class SetWeights:
     salt: str
     weights: tuple[ArmWeight, ...]
     serving: dict[str, Any] = field(default_factory=dict, hash=False)
-    phase: int = 0  # the ramp step the weights belong to: the router stamps it on exposures (online/aggregate.py)
+    phase: int = 0  # weights_phase: the router stamps it on exposures (online/aggregate.py)
 
     def as_dict(self) -> dict[str, int]:
         return {w.arm: w.weight for w in self.weights}
