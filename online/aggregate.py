@@ -52,23 +52,12 @@ class AggregationSettings:
     active_window: int = 7     # active_days counts days f+1..f+A
 
 
-def current_phase(exposures: pd.DataFrame, closed_day: int) -> int | None:
-    """The phase being read at `closed_day`: the latest one with an exposure on a closed day (None: none yet)."""
-    e = exposures[exposures["day"] <= closed_day]
-    if e.empty:
-        return None
-    return int(e["phase"].max()) if "phase" in e else 0
-
-
 def unit_windows(exposures: pd.DataFrame, closed_day: int) -> pd.DataFrame:
-    """exposures(user_id, arm, day[, phase]) -> units(user_id, arm, first, end) of the current phase, end
-    exclusive (the day after the last closed one), closed days only."""
-    phase = current_phase(exposures, closed_day)
-    if phase is None:
-        return pd.DataFrame({"user_id": [], "arm": [], "first": [], "end": []})
+    """exposures(user_id, arm, day[, phase]) -> units(user_id, arm, first, end) of the current phase (the latest
+    with an exposure on a closed day), end exclusive (the day after the last closed one), closed days only."""
     e = exposures[exposures["day"] <= closed_day]
     if "phase" in e:
-        e = e[e["phase"] == phase]
+        e = e[e["phase"] == e["phase"].max()]
     # one unit per user: the phase's assignment is fixed (a duplicate could only come from a resent record)
     e = e.sort_values(["user_id", "day", "arm"]).drop_duplicates("user_id", keep="first")
     e = e[["user_id", "arm", "day"]].rename(columns={"day": "first"})
@@ -166,7 +155,7 @@ def cohort_sizes(exposures: pd.DataFrame, closed_day: int) -> dict[tuple[str, in
     that day's weights: the sample-ratio check compares these counts with the weight timeline."""
     if exposures.empty:
         return {}
-    e = exposures[["user_id", "arm", "day", *(["phase"] if "phase" in exposures else [])]]
-    e = e.sort_values(["user_id", "day", *(["phase"] if "phase" in e else [])]).drop_duplicates("user_id")
+    order = ["user_id", "day", *(["phase"] if "phase" in exposures else [])]
+    e = exposures.sort_values(order).drop_duplicates("user_id")
     e = e[e["day"] <= closed_day]
     return {(str(a), int(d)): int(n) for (a, d), n in e.groupby(["arm", "day"]).size().items()}

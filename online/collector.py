@@ -41,7 +41,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from cambrian.errors import ConfigError
 from cambrian.online.aggregate import USER_DAY_COLUMNS, AggregationSettings, arm_statistics, cohort_sizes
-from cambrian.online.httpjson import BadRequest, error, healthz, json_response, metrics_handler, read_json
+from cambrian.online.httpjson import BadRequest, error, healthz, is_count, json_response, metrics_handler, read_json
 
 log = logging.getLogger("cambrian.collector")
 LANDED_EXPOSURES = "landed_exposure_rowid"  # meta: the last exposure rowid a warehouse has taken
@@ -127,7 +127,7 @@ class Store:
                 raise BadRequest(f"exposures[{i}][1] (arm): must be a non-empty string")
             if day is not None and (isinstance(day, bool) or not isinstance(day, int)):
                 raise BadRequest(f"exposures[{i}][2] (day): must be an integer or null")
-            if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+            if not is_count(phase):
                 raise BadRequest(f"exposures[{i}][3] (phase): must be an integer >= 0")
             values.append((experiment, u, arm, today if day is None else day, phase))
         with self._lock:

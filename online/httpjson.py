@@ -13,6 +13,11 @@ class BadRequest(ValueError):
     """The request body is malformed; the message names the field."""
 
 
+def is_count(value: Any) -> bool:
+    """An integer >= 0 (JSON's true and false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 

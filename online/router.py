@@ -37,8 +37,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cambrian.errors import one_line
 from cambrian.online.assignment import Assignment
-from cambrian.online.httpjson import (BadRequest, error, healthz, json_response, metrics_handler, parse_json_object,
-                                     read_json)
+from cambrian.online.httpjson import (BadRequest, error, healthz, is_count, json_response, metrics_handler,
+                                     parse_json_object, read_json)
 from cambrian.online.server import LATENCY_BUCKETS
 from cambrian.online.upstream import UpstreamError, UpstreamPool, parse_http_url
 
@@ -92,7 +92,7 @@ class RouterConfig:
         if control is None:
             raise ValueError("router config: arms: exactly one arm needs `control: true`")
         phase = d.get("phase", 0)
-        if isinstance(phase, bool) or not isinstance(phase, int) or phase < 0:
+        if not is_count(phase):
             raise ValueError("router config: phase: must be an integer >= 0")
         cfg = cls(experiment=str(d["experiment"]), salt=str(d.get("salt") or d["experiment"]), control=control,
                   treatments=tuple(treatments), urls=urls, weights=weights, collector=d.get("collector"),
@@ -369,7 +369,7 @@ class Router:
             if not isinstance(weights, dict):
                 raise BadRequest("weights: required mapping of arm -> percent")
             phase = body.get("phase")
-            if phase is not None and (isinstance(phase, bool) or not isinstance(phase, int) or phase < 0):
+            if phase is not None and not is_count(phase):
                 raise BadRequest("phase: must be an integer >= 0")
             self.set_weights(weights, phase)
         except ValueError as exc:  # BadRequest and assignment validation errors

@@ -97,8 +97,7 @@ def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) ->
     """The current champion's first-look runs: what the platform must report to the Evolution (empty when none
     is due: fidelity off, the baseline's own seeds are the reference, or the reference of this champion is measured
     or given up)."""
-    ref = st.first_look_reference
-    if spec.fidelity is None or (current(spec, st) and (ref.metrics or ref.failed)):  # type: ignore[union-attr]
+    if spec.fidelity is None or settled(spec, st):
         return []
     if from_baseline_runs(spec, st):  # parses Φ: only while no reference is measured
         return []
@@ -117,6 +116,12 @@ def current(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
     ref, f = st.first_look_reference, spec.fidelity
     return (ref is not None and f is not None and ref.champion == champion_of(st)
             and ref.epoch_fraction == f.first_look.epoch_fraction and ref.sample_fraction == f.first_look.sample_fraction)
+
+
+def settled(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
+    """This champion's reference is measured, or given up (a run failed)."""
+    ref = st.first_look_reference
+    return current(spec, st) and bool(ref.metrics or ref.failed)  # type: ignore[union-attr]
 
 
 def reference_for(spec: EvolutionSpec | None, st: EvolutionStatus) -> tuple[dict[str, ProxyMetric], str | None]:
@@ -143,8 +148,7 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
     if f is None:
         return
     champion = champion_of(st)
-    ref = st.first_look_reference
-    if current(spec, st) and (ref.metrics or ref.failed):  # type: ignore[union-attr]
+    if settled(spec, st):
         return  # measured or given up: nothing to do (and Φ is not parsed on every reconcile)
     reuse = from_baseline_runs(spec, st)
     if not current(spec, st):
