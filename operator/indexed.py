@@ -337,9 +337,10 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
     """The Hypotheses of one Evolution whose state can move without an event of their own: in a
     phase of `waiting` (Proposed, Validated: the Evolution's budget or baseline; Training is fed by
     its Job's and Pod's events, and at start by the initial listing, except once trained and waiting
-    for the baseline's noise floor), Live (its Rollout concludes or is deleted) or
+    for the baseline's noise floor or for its turn to be confirmed), Live (its Rollout concludes or is deleted) or
     Scored and named by a Rollout (-> Live). Finished ones (Scored outside any rollout, Launched,
     Retired, Failed, Rejected) are left alone: they cost nothing."""
+    from cambrian.operator.reconcile.confirmation import WAITING as WAITING_FOR_TURN
     from cambrian.operator.reconcile.hypothesis import WAITING_FOR_BASELINE
     from cambrian.operator.reconcile.views import rollout_view
 
@@ -349,9 +350,10 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
     for h in hypotheses:
         status = h.get("status") or {}
         phase = status.get("phase") or "Proposed"
-        on_baseline = phase == "Training" and any(  # trained, its Job done: only the baseline's seeds move it
-            c.get("type") == "Training" and c.get("reason") == WAITING_FOR_BASELINE for c in status.get("conditions") or ())
-        if (phase in waiting or phase == "Live" or on_baseline
+        on_evolution = phase == "Training" and any(  # trained, its Job done: the baseline or its peers move it
+            c.get("type") == "Training" and c.get("reason") in (WAITING_FOR_BASELINE, WAITING_FOR_TURN)
+            for c in status.get("conditions") or ())
+        if (phase in waiting or phase == "Live" or on_evolution
                 or (phase == "Scored" and (h.get("metadata") or {}).get("name") in listed)):
             out.append(h)
     return out

@@ -144,6 +144,10 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
                 budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
                 reference=N.reference_metrics(evo_status, (champ_obj or {}).get("status") if champ_obj else None),
                 first_look_reference=look_ref, first_look_unavailable=look_missing,
+                evaluations_left=(None if evo_spec.agent.budgets.evaluations is None else
+                                  max(0, evo_spec.agent.budgets.evaluations - evo_status.spend.evaluations)),
+                peers=lambda evo=spec.evolution_ref.name: [views.hypothesis_view(h) for h in
+                                                           of_evolution(objects, "hypotheses", ns, evo)],
             )
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
     rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None

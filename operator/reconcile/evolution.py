@@ -33,6 +33,7 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
 )
 from cambrian.operator.reconcile import champion as CH
+from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
@@ -81,11 +82,13 @@ def effective_baseline(spec: EvolutionSpec, status: EvolutionStatus) -> dict:
 
 def wakeup_schedule(spec: EvolutionSpec, spend: Spend, hypotheses: Sequence[HypothesisView], wakeup: int) -> S.Schedule:
     """The wake-up's proposals per persona (scheduling.py). With `yield`, no more are asked for than the
-    evaluations budget has runs left for: a proposal that can never be trained costs tokens and tells nothing."""
+    evaluations budget has runs left for, keeping the confirmation seeds of the strongest promising one
+    (confirmation.reserve): a proposal that can never be trained, or never confirmed, costs tokens and tells
+    nothing."""
     a = spec.agent
     budget = len(a.personas) * a.proposals_per_wakeup
     if a.scheduling.policy == "yield" and a.budgets.evaluations is not None:
-        budget = max(1, min(budget, a.budgets.evaluations - spend.evaluations))
+        budget = CF.reserve(spec.noise.confirm_seeds, a.budgets.evaluations - spend.evaluations, budget)
     q = a.quotas
     return S.schedule(a.scheduling.policy, a.personas, a.proposals_per_wakeup,
                       {"explore": q.explore, "exploit": q.exploit, "innovate": q.innovate}, hypotheses,

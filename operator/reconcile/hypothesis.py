@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cambrian.errors import ConfigError
 from cambrian.operator.api import (EvolutionSpec, FirstLookStatus, HypothesisSpec, HypothesisStatus, OnlineResult,
                                    ProxyMetric)
+from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
-from cambrian.operator.reconcile.observations import JobObservation, RolloutView
+from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
 from cambrian.stats.noise import confirmation_seeds
 
 # A trained Hypothesis whose judgement waits on the Evolution (no event of its own will come).
@@ -55,6 +56,10 @@ class EvolutionContext:
     # while they train; `first_look_unavailable` says why there will be none (its runs failed)
     first_look_reference: dict[str, ProxyMetric] = field(default_factory=dict)
     first_look_unavailable: str | None = None
+    # the evaluations budget's runs left (None: no such budget), and the Evolution's Hypotheses, read only when
+    # a promising run must share the last runs with others (confirmation.py)
+    evaluations_left: int | None = None
+    peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -427,7 +432,13 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
     st.gain, st.noise_floor, st.verdict = (jd.gain, jd.floor, jd.verdict) if jd else (None, None, None)  # type: ignore[assignment]
     why = jd.reason if jd else f"the champion reported no {objective.metric} to compare with; never rolled out"
     if jd is not None and jd.verdict == "promising" and not st.confirmations:
-        if not ctx.budget_exhausted:
+        go = CF.turn(meta.name, jd.gain / jd.floor if jd.floor else 0.0, ctx.spec.noise.confirm_seeds,
+                     ctx.evaluations_left, ctx.peers()) if not ctx.budget_exhausted else None
+        if go is not None and not go.go and not go.final:
+            st.reason = why
+            cond("Training", True, CF.WAITING, f"{why}; {go.why}")
+            return Result(actions, st, requeue_after=POLL_SECONDS)
+        if go is not None and go.go:
             seeds = confirmation_seeds(N.base_seed(ctx.baseline), ctx.spec.noise.confirm_seeds)
             st.confirmations = len(seeds)
             actions.extend(_create_job(meta, spec, st, ctx, seed=s) for s in seeds)
@@ -435,7 +446,7 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
             cond("Training", True, "Confirming", f"{len(seeds)} confirmation seeds: {', '.join(map(str, seeds))}")
             journal("Confirming", f"{why}; training seeds {', '.join(map(str, seeds))}")
             return Result(actions, st, requeue_after=POLL_SECONDS)
-        why += f"; not confirmed: budget {ctx.budget_exhausted} is spent"
+        why += f"; not confirmed: {go.why}" if go is not None else f"; not confirmed: budget {ctx.budget_exhausted} is spent"
     value = st.offline_score
     move("Scored", why)
     cond("Ready", True, "Scored", f"{objective.metric}={value:.6g} ({st.verdict or 'not judged'})")

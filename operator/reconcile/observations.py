@@ -135,6 +135,7 @@ class HypothesisView:
     gain: float | None = None  # offline gain over the champion as judged (status.gain), positive when better
     noise_floor: float | None = None  # the gain a real improvement must exceed (status.noiseFloor)
     evaluations: int = 0  # training runs it cost: attempts, confirmations and their retries
+    confirmations: int = 0  # confirmation seeds started (status.confirmations)
     wakeup: int | None = None  # spec.origin.wakeup: the Evolution's wake-up that proposed it (None: a human)
 
 

@@ -199,8 +199,11 @@ def test_the_sweep_steps_trained_hypotheses_that_wait_for_the_baseline():
         return {"metadata": {"name": name}, "status": {"phase": "Training", "conditions": [
             {"type": "Validated", "reason": "DeltaApplies"}, {"type": "Training", "reason": reason}]}}
 
-    hyps = [h("running", "JobCreated"), h("waiting", WAITING_FOR_BASELINE)]
-    assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [], HD.SWEPT_PHASES)] == ["waiting"]
+    from cambrian.operator.reconcile.confirmation import WAITING as WAITING_FOR_TURN
+
+    hyps = [h("running", "JobCreated"), h("waiting", WAITING_FOR_BASELINE), h("turn", WAITING_FOR_TURN)]
+    # and one promising run waiting for its turn to be confirmed: its peers' runs, not its own, move it
+    assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [], HD.SWEPT_PHASES)] == ["waiting", "turn"]
 
 
 def test_a_finished_job_waits_for_its_pods_last_status_from_the_other_watch():

@@ -202,6 +202,64 @@ def test_a_promising_run_is_left_promising_when_the_budget_is_spent():
     assert "not confirmed: budget evaluations is spent" in r.status.reason
 
 
+def peer(name, phase="Training", verdict=None, gain=None, floor=None, confirmations=0):
+    from cambrian.operator.reconcile.observations import HypothesisView
+
+    return HypothesisView(name, phase, "optimizer", verdict=verdict, gain=gain, noise_floor=floor,
+                          confirmations=confirmations)
+
+
+def test_a_promising_run_is_confirmed_at_once_while_the_budget_pays_for_every_candidate():
+    # 6 runs left: this one, a promising rival and a first run still training can all be confirmed (2 seeds each)
+    peers = [peer("rival", verdict="promising", gain=0.5, floor=0.01), peer("training")]
+    _, _, r = first_run(0.40, evaluations_left=6, peers=lambda: peers)
+    assert r.status.confirmations == 2 and r.status.phase == "Training"
+
+
+def test_a_promising_run_waits_for_the_first_runs_in_flight_when_the_budget_is_short():
+    from cambrian.operator.reconcile import confirmation as CF
+
+    peers = [peer("training"), peer("done", phase="Scored", verdict="not_better")]
+    spec, c, r = first_run(0.40, evaluations_left=2, peers=lambda: peers)
+    s = r.status
+    assert s.phase == "Training" and s.verdict == "promising" and s.confirmations == 0
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)] and r.requeue_after
+    waiting = [x for x in s.conditions if x.type == "Training"][0]
+    assert waiting.reason == CF.WAITING and "1 first run(s) still training" in waiting.message
+    # the rival's first run turns out weaker: this one (about 6 floors) goes first
+    weaker = [peer("training", verdict="promising", gain=0.02, floor=0.02), peers[1]]
+    job = JobObservation(s.job_name, "Succeeded", 0, metrics={"val_loss": 0.40}, bundle_uri="pvc://b/h")
+    go = H.reconcile(META, spec, s, ctx(reference=REFERENCE, evaluations_left=2, peers=lambda: weaker), [job], None,
+                     T0 + timedelta(minutes=10))
+    assert go.status.confirmations == 2 and len([a for a in go.actions if isinstance(a, CreateTrainingJob)]) == 2
+    # ... and a stronger rival takes the last two runs: this one is scored, promising, never rolled out
+    stronger = [peer("training", verdict="promising", gain=0.5, floor=0.01), peers[1]]
+    lost = H.reconcile(META, spec, s, ctx(reference=REFERENCE, evaluations_left=2, peers=lambda: stronger), [job],
+                       None, T0 + timedelta(minutes=10))
+    assert lost.status.phase == "Scored" and lost.status.verdict == "promising" and lost.status.confirmations == 0
+    assert "1 stronger promising run(s) first" in lost.status.reason
+
+
+def test_a_promising_run_the_last_runs_cannot_confirm_is_scored_at_once():
+    _, _, r = first_run(0.40, evaluations_left=1, peers=lambda: [])
+    assert r.status.phase == "Scored" and r.status.verdict == "promising"
+    assert "the 1 evaluation(s) left cannot pay for 2 confirmation seeds" in r.status.reason
+
+
+def test_the_confirmation_turn_ranks_by_noise_floors_and_counts_what_was_started():
+    from cambrian.operator.reconcile.confirmation import turn
+
+    rivals = [peer("a", verdict="promising", gain=0.3, floor=0.1),  # 3 floors
+              peer("b", verdict="promising", gain=0.9, floor=0.1),  # 9 floors
+              peer("c", verdict="promising", gain=5.0, floor=0.1, confirmations=2)]  # confirming: already spent
+    assert turn("me", 5.0, 2, None, rivals).go  # no evaluations budget: always
+    assert turn("me", 5.0, 2, 6, rivals).go  # pays for me, a and b
+    assert turn("me", 5.0, 2, 4, rivals).go and not turn("a", 3.0, 2, 4, rivals + [peer("me", verdict="promising",
+                                                                                         gain=0.5, floor=0.1)]).go
+    assert not turn("me", 5.0, 2, 3, rivals).go and turn("me", 5.0, 2, 3, rivals).final  # b is stronger
+    assert turn("me", 10.0, 2, 3, rivals).go  # stronger than b: first
+
+
 def test_reward_hypothesis_scored_on_top_watch_share_by_default():
     """The Evolution names no reward objective: a reward change is scored by the world's top_watch_share, not by
     the loss (not comparable across rewards) nor return_corr (the default before issue 18)."""

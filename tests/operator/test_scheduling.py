@@ -158,13 +158,19 @@ def test_the_core_carries_the_allocation_in_the_action_and_records_why():
     assert back == action and back.allocation == action.allocation and back.order == action.order
 
 
-def test_the_core_asks_no_more_than_the_evaluations_budget_can_train():
+def test_the_core_asks_no_more_than_the_evaluations_budget_can_train_and_confirm():
     from tests.operator.test_reconcile_evolution import spec
 
     sp = spec(agent={"budgets": {"evaluations": 5}})
-    _, action = _core_wakeup(sp, [], spend=Spend(evaluations=3))
+    # 4 runs left: 2 proposals, and the 2 confirmation seeds (the default confirmSeeds) of the best of them
+    _, action = _core_wakeup(sp, [], spend=Spend(evaluations=1))
     # the default personas (reward, architecture, optimizer), rotated by one at wake-up 2
     assert len(action.order) == 2 and [p for p, _ in action.allocation] == ["architecture", "optimizer"]
+    _, action = _core_wakeup(sp, [], spend=Spend(evaluations=3))
+    assert len(action.order) == 1  # 2 left: still one, as before a budget runs low
+    three = spec(agent={"budgets": {"evaluations": 5}}, noise={"confirmSeeds": 3})
+    _, action = _core_wakeup(three, [], spend=Spend(evaluations=0))
+    assert len(action.order) == 2
     fixed = spec(agent={"budgets": {"evaluations": 5}, "scheduling": {"policy": "fixed"}})
     _, action = _core_wakeup(fixed, [], spend=Spend(evaluations=3))
     assert len(action.order) == 9 and action.order[:3] == ("reward",) * 3
