@@ -38,6 +38,7 @@ from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile.actions import (
+    A_RETIRED,
     ClearWeights,
     CreateRollout,
     CreateTrainingJob,
@@ -1195,7 +1196,7 @@ class KubernetesPlatform:
         from kubernetes.client.rest import ApiException
 
         body = {"metadata": {"annotations": {"cambrian.dev/approve": "rollback",
-                                             "cambrian.dev/retired": action.reason[:1024] or "left the top K"}}}
+                                             A_RETIRED: action.reason[:1024] or "left the top K"}}}
         try:
             self.custom.patch_namespaced_custom_object(GROUP, VERSION, action.owner.namespace or "default", "rollouts",
                                                        action.name, body)

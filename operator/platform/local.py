@@ -47,6 +47,7 @@ from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_
                                              read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
+    A_RETIRED,
     ClearWeights,
     CreateRollout,
     CreateTrainingJob,
@@ -584,7 +585,7 @@ class LocalPlatform:
 
     def retire_rollout(self, action: RetireRollout) -> None:
         self.store.annotate("Rollout", action.name, {"cambrian.dev/approve": "rollback",
-                                                     "cambrian.dev/retired": action.reason[:1024] or "left the top K"})
+                                                     A_RETIRED: action.reason[:1024] or "left the top K"})
 
     def update_champion(self, action: UpdateChampion) -> None:
         """Start a model server on the champion's bundle; once it answers /healthz, publish its URL in

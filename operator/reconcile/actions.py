@@ -104,6 +104,10 @@ class CreateRollout:
     annotations: tuple[tuple[str, str], ...] = ()  # e.g. the surrogate's prediction (views.A_PREDICTED)
 
 
+# On a Rollout its Evolution retired: why (the platforms set it beside cambrian.dev/approve: rollback, which does it)
+A_RETIRED = "cambrian.dev/retired"
+
+
 @dataclass(frozen=True)
 class RetireRollout:
     """End a live experiment whose hypothesis dropped out of the Online Agent's top K (rolled back to control)."""

@@ -91,6 +91,7 @@ class RolloutObservation:
     weights: dict[str, int] | None = None  # what the router currently has for this rollout (None = no entry)
     analysis: Analysis | None = None  # only looked at when a readout is due (see rollout.readout_due)
     approval: str | None = None  # cambrian.dev/approve annotation: promote | rollback
+    retired: str | None = None  # actions.A_RETIRED: the rollback is its Evolution's, and why
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
 

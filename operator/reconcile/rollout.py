@@ -196,7 +196,8 @@ def reconcile(
 
     # A human decision (annotation cambrian.dev/approve) applies at once.
     if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):
-        st.reason = f"{obs.approval} approved by annotation cambrian.dev/approve"
+        st.reason = (f"retired by its Evolution: {obs.retired}" if obs.approval == "rollback" and obs.retired else
+                     f"{obs.approval} approved by annotation cambrian.dev/approve")
         _conclude(spec, st, obs.approval, now, journal)
         return finish()
 

@@ -193,7 +193,11 @@ def test_inconclusive_from_analysis_and_from_max_duration():
 def test_human_rollback_any_time():
     sp, r = running()
     r2 = run(sp, r.status, obs(approval="rollback"), T0 + timedelta(hours=2))
-    assert r2.status.phase == "RolledBack"
+    assert r2.status.phase == "RolledBack" and r2.status.reason == "rollback approved by annotation cambrian.dev/approve"
+    # the same rollback written by its Evolution (RetireRollout) says so, and why: not a person's verdict
+    retired = RolloutObservation(arms(True, ("control", "treatment")), None, None, "rollback", retired="h left the top 2")
+    r3 = run(sp, r.status, retired, T0 + timedelta(hours=2))
+    assert r3.status.phase == "RolledBack" and r3.status.reason == "retired by its Evolution: h left the top 2"
 
 
 def test_continue_after_awaiting_returns_to_running():
