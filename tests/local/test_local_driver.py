@@ -107,6 +107,8 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     root, data = tmp_path / "run", tmp_path / "data"
     data.mkdir()
     objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=4)
+    # exactly the two proposals a wake-up names (`yield` would keep one run for a confirmation seed)
+    objs[0]["spec"]["agent"]["scheduling"] = {"policy": "fixed"}
     first = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
     write_status = first.store.write_status
 
@@ -234,7 +236,8 @@ def test_the_next_wake_up_asks_the_persona_with_the_better_yield_for_more(tmp_pa
                 time.sleep(0.05)
             return progressed
         driver.reconcile_once = slow_pass
-    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=12)
+    # 2 baseline seeds, 4 first runs and 2 confirmations, then 4 proposals and the confirmation seed kept for them
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=13)
     objs[0]["spec"]["agent"]["personas"] = ["optimizer", "architecture"]
     objs[0]["spec"]["cadence"]["online"] = NO_REVIEW  # nothing is served: the stand-in's bundles cannot be
     driver.apply(objs)
