@@ -80,7 +80,7 @@ def run_local(file: Path, out: Path, *, kinds: tuple[str, ...], data: Path | Non
         driver.approve(name, decision)
     summary = driver.run()
     report = {"reason": summary.reason, "dir": str(driver.root), "simulatedDays": round(summary.days, 3),
-              "phases": summary.phases, "awaitingApproval": summary.awaiting_approval,
+              "phases": summary.phases, "awaitingApproval": summary.awaiting_approval, "stalled": summary.stalled,
               "champions": {p.stem: json.loads(p.read_text()) for p in sorted((driver.root / "champions").glob("*.json"))}}
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))

@@ -302,7 +302,8 @@ class LocalDriver:
             mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
             if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
                 return True
-            if self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
+            reviews = ((e.get("spec") or {}).get("cadence") or {}).get("online") != NO_REVIEW
+            if reviews and self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
                 return True  # no review has looked at everything scored yet (and started nothing)
         return False
 

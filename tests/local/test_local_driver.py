@@ -143,6 +143,37 @@ def test_driver_resumes_after_a_crash_without_duplicating_children(tmp_path):
     assert [e["event"] for e in events if e["kind"] == "Evolution"].count("Proposed") == 1
 
 
+def test_a_stalled_evolution_without_reviews_ends_the_run_too(tmp_path):
+    """The old evolve.yaml format runs an Evolution that never reviews (cadence.online NO_REVIEW): a failing
+    provider ended such a run only at the simulated-time limit (60 days of backed-off wake-ups: 8.5 minutes for
+    the API-key test), because the driver waited for a review that never comes."""
+    from cambrian.operator.local_cli import apply_overrides, exit_code
+    from cambrian.operator.local_driver import GIVE_UP_AFTER_EMPTY_WAKEUPS, NO_REVIEW
+    from cambrian.operator.proposing import ProposalBatch
+
+    from cambrian.operator.proposing import hypothesis_spec
+
+    calls = []
+
+    def once_then_failing(action, existing):  # one Hypothesis, scored after the Evolution's only review; then 500s
+        calls.append(action.wakeup)
+        if action.wakeup > 1:
+            return ProposalBatch(notes=["gemini: HTTP 500 (after 3 attempts)"])
+        lr = {"component": "optimizer", "patch": {"lr": 0.002}}
+        return ProposalBatch(items=[(hypothesis_spec(action.owner.name, 1, "optimizer", {"delta": lr}), {})])
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1, proposer=once_then_failing)
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=10)
+    objs[0]["spec"]["cadence"]["online"] = NO_REVIEW
+    driver.apply(objs)
+    summary = driver.run()
+    assert summary.stalled == ["tiny"] and exit_code(summary) == 1 and "wake-ups created no Hypothesis" in summary.reason
+    assert calls == list(range(1, GIVE_UP_AFTER_EMPTY_WAKEUPS + 2)) and summary.days < 7
+    assert [h["status"]["phase"] for h in _objects(root, "hypotheses")] == ["Scored"]
+
+
 def test_a_proposer_that_never_proposes_is_backed_off_and_ends_a_local_run(tmp_path):
     """An endpoint that fails every time (here: a proposer whose every answer is unusable) is asked after 1, 2,
     4, ... cadences instead of every cadence until max_days (60 days of 1h wake-ups: 1,440 calls), and a local

@@ -256,8 +256,10 @@ def test_a_full_evolve_run_never_writes_the_api_key(tmp_path, tiny_world, fake_t
                               "--json"], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
         (tmp_path / "stdout.txt").write_text(out.stdout)
         (tmp_path / "stderr.txt").write_text(out.stderr)
-        assert out.returncode == 0, out.stderr[-3000:]
         result = json.loads(out.stdout)
+        # the replayed answers run out before the budget does (it keeps a confirmation seed for the last proposal):
+        # then every wake-up gets HTTP 500, and a run given up on exits 1 and names the Evolution
+        assert (out.returncode, result["stalled"]) in ((0, []), (1, ["evolve"])), out.stderr[-3000:]
         assert result["phases"]["Evolution"]["evolve"] in ("Running", "BudgetExhausted"), result
         # the key was really in use: every request to the (recorded) Gemini API carried it
         assert server.requests and all(r["key"] == FAKE_KEY for r in server.requests)
