@@ -302,10 +302,15 @@ class LocalDriver:
             mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
             if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
                 return True
-            reviews = ((e.get("spec") or {}).get("cadence") or {}).get("online") != NO_REVIEW
-            if reviews and self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
+            if self._review_in_time(e) and self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
                 return True  # no review has looked at everything scored yet (and started nothing)
         return False
+
+    def _review_in_time(self, evolution: dict) -> bool:
+        """Its next review (unscheduled yet: the first) falls within the simulated-time limit; a later one (the
+        old evolve.yaml format never reviews: cadence.online NO_REVIEW) is not worth waiting for."""
+        at = api.parse_status("Evolution", evolution.get("status")).next_review_at
+        return at is None or at - SIM_EPOCH <= timedelta(days=self.max_days)
 
     def _stalled(self, evolution: dict) -> bool:
         """Its proposer created nothing in the latest GIVE_UP_AFTER_EMPTY_WAKEUPS wake-ups, all of this run."""

@@ -432,13 +432,14 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
     st.gain, st.noise_floor, st.verdict = (jd.gain, jd.floor, jd.verdict) if jd else (None, None, None)  # type: ignore[assignment]
     why = jd.reason if jd else f"the champion reported no {objective.metric} to compare with; never rolled out"
     if jd is not None and jd.verdict == "promising" and not st.confirmations:
-        go = CF.turn(meta.name, jd.gain / jd.floor if jd.floor else 0.0, ctx.spec.noise.confirm_seeds,
-                     ctx.evaluations_left, ctx.peers()) if not ctx.budget_exhausted else None
-        if go is not None and not go.go and not go.final:
+        go = (CF.Turn(False, f"budget {ctx.budget_exhausted} is spent", final=True) if ctx.budget_exhausted else
+              CF.turn(meta.name, jd.gain / jd.floor if jd.floor else 0.0, ctx.spec.noise.confirm_seeds,
+                      ctx.evaluations_left, ctx.peers()))
+        if not go.go and not go.final:
             st.reason = why
             cond("Training", True, CF.WAITING, f"{why}; {go.why}")
             return Result(actions, st, requeue_after=POLL_SECONDS)
-        if go is not None and go.go:
+        if go.go:
             seeds = confirmation_seeds(N.base_seed(ctx.baseline), ctx.spec.noise.confirm_seeds)
             st.confirmations = len(seeds)
             actions.extend(_create_job(meta, spec, st, ctx, seed=s) for s in seeds)
@@ -446,7 +447,7 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
             cond("Training", True, "Confirming", f"{len(seeds)} confirmation seeds: {', '.join(map(str, seeds))}")
             journal("Confirming", f"{why}; training seeds {', '.join(map(str, seeds))}")
             return Result(actions, st, requeue_after=POLL_SECONDS)
-        why += f"; not confirmed: {go.why}" if go is not None else f"; not confirmed: budget {ctx.budget_exhausted} is spent"
+        why += f"; not confirmed: {go.why}"
     value = st.offline_score
     move("Scored", why)
     cond("Ready", True, "Scored", f"{objective.metric}={value:.6g} ({st.verdict or 'not judged'})")
