@@ -114,12 +114,13 @@ def train_model(config: dict[str, Any], data_dir: Path) -> tuple[dict[str, float
 
 
 def serve_online(data_dir: Path, score: Callable, days: int) -> dict[str, np.ndarray]:
-    """All users under one model for `days` days from the end of the logs: per user x day arrays."""
+    """All users under one model for `days` days from the end of the logs: per user x day arrays, with the
+    hates (the demo's guardrail) and the hidden bait of what was shown (how far a ranking leans on clickbait)."""
     from cambrian.world.sim import ScorePolicy, World
 
     world = World.load(data_dir)
-    n = world.n_users
-    minutes, active, clicks, impressions = (np.zeros((n, days)) for _ in range(4))
+    n, bait = world.n_users, world.catalogue.bait
+    minutes, active, clicks, impressions, hates, bait_shown = (np.zeros((n, days)) for _ in range(6))
     for d, log in enumerate(world.run(ScorePolicy(score), days)):
         ud = log.user_days
         ids = ud["user_id"].to_numpy()
@@ -127,7 +128,12 @@ def serve_online(data_dir: Path, score: Callable, days: int) -> dict[str, np.nda
         active[ids, d] = ud["active"].to_numpy()
         clicks[ids, d] = ud["clicks"].to_numpy()
         impressions[ids, d] = ud["impressions"].to_numpy()
-    return {"minutes": minutes, "active": active, "clicks": clicks, "impressions": impressions}
+        im = log.impressions
+        users = im["user_id"].to_numpy()
+        np.add.at(hates[:, d], users, im["hate"].to_numpy())
+        np.add.at(bait_shown[:, d], users, bait[im["item_id"].to_numpy()])
+    return {"minutes": minutes, "active": active, "clicks": clicks, "impressions": impressions, "hates": hates,
+            "bait": bait_shown}
 
 
 def paired_effect(arm: np.ndarray, base: np.ndarray) -> tuple[float, float]:
@@ -151,6 +157,12 @@ def online_effects(arm: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> d
     ctr = lambda a, w: a["clicks"][:, w].sum() / max(a["impressions"][:, w].sum(), 1)
     out["ctr"] = float(ctr(arm, slice(None)) / ctr(base, slice(None)) - 1)
     out["ctr_early"] = float(ctr(arm, early) / ctr(base, early) - 1)
+    if "hates" in arm and "hates" in base:
+        per_impression = lambda a, k: a[k].sum() / max(a["impressions"].sum(), 1)
+        if per_impression(base, "hates") > 0:
+            out["hate_rate"] = float(per_impression(arm, "hates") / per_impression(base, "hates") - 1)
+        out["bait_shown"] = float(per_impression(arm, "bait"))  # the arm's own level, not an effect
+        out["bait_shown_reference"] = float(per_impression(base, "bait"))
     return out
 
 

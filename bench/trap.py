@@ -71,14 +71,24 @@ def evolution_and_trap(size: Size, seed: int) -> tuple[dict[str, Any], dict[str,
     return evo, trap
 
 
-def truth(data: Path, bundle: str, base: dict[str, np.ndarray], days: int) -> dict[str, float]:
-    """The bundle's effect against the baseline's on all users for `days` days, common random numbers."""
-    from cambrian.bench.fidelity import serve_online
-    from cambrian.trainer.bundle import load_bundle
+class Truth:
+    """Each bundle served once to all users of a fresh copy of the world for `days` days (common random
+    numbers), and effects between any two of them."""
 
-    with load_bundle(bundle) as model:
-        arm = serve_online(data, model.score, days)
-    return {k: round(v, 6) for k, v in online_effects(arm, base).items()}
+    def __init__(self, data: Path, days: int):
+        self.data, self.days, self.arms = data, days, {}
+
+    def arm(self, bundle: str) -> dict[str, np.ndarray]:
+        from cambrian.bench.fidelity import serve_online
+        from cambrian.trainer.bundle import load_bundle
+
+        if bundle not in self.arms:
+            with load_bundle(bundle) as model:
+                self.arms[bundle] = serve_online(self.data, model.score, self.days)
+        return self.arms[bundle]
+
+    def effect(self, bundle: str, reference: str) -> dict[str, float]:
+        return {k: round(v, 6) for k, v in online_effects(self.arm(bundle), self.arm(reference)).items()}
 
 
 def served_bundles(rollouts: list[dict[str, Any]], done: list[Any], evolution: dict[str, Any],
@@ -110,6 +120,26 @@ def genuinely_better(t: dict[str, float]) -> bool:
             and t["active_days_late"] + 2 * t["active_days_late_se"] >= 0)
 
 
+def verdict_check(rollout: dict[str, Any], truth_vs_control: dict[str, float]) -> bool | None:
+    """Was the Rollout's statistical verdict right about what it compared (its treatment against its own control,
+    which is the champion of the day, not necessarily Φ0)? A promotion is right when the treatment is genuinely
+    better than that control; a guardrail stop when the guarded metric truly moved past its margin the wrong way.
+    None for what is not a statistical verdict (inconclusive, retired or approved by hand, still running)."""
+    st = rollout.get("status") or {}
+    decision, reason = st.get("decision"), st.get("reason") or ""
+    if decision == "promote":
+        return genuinely_better(truth_vs_control)
+    if decision != "rollback":
+        return None
+    for g in ((rollout.get("spec") or {}).get("metrics") or {}).get("guardrails") or []:
+        # stats/guardrails.non_inferiority writes "guardrail <metric> on <arm>: fail (...)"
+        if reason.startswith(f"guardrail {g['metric']} on ") and g["metric"] in truth_vs_control:
+            moved = truth_vs_control[g["metric"]]
+            harm = moved if g.get("direction", "maximize") == "minimize" else -moved
+            return harm > float(g.get("margin", 0.0))
+    return None
+
+
 def days_between(start: str | None, end: str | None) -> float | None:
     from datetime import datetime
 
@@ -137,13 +167,8 @@ def trap_stop(h: dict[str, Any]) -> str:
 
 
 def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
-    from cambrian.bench.evolution import runs
-    from cambrian.bench.fidelity import serve_online
-    from cambrian.demo import EVOLUTION, rollouts_settled
+    from cambrian.demo import rollouts_settled
     from cambrian.operator.local_driver import LocalDriver
-    from cambrian.operator.platform.local import local_path
-    from cambrian.operator.reconcile.views import A_PREDICTED
-    from cambrian.trainer.bundle import load_bundle
     from cambrian.world.generate import generate
 
     from cambrian.bench.throughput import load_now
@@ -156,13 +181,24 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
                          until=rollouts_settled)
     driver.apply([evo, trap])
     summary = driver.run()
-    loop_s = time.perf_counter() - t0
+    say(f"seed {seed}: loop {summary.reason} after {summary.days:g} simulated days, {time.perf_counter() - t0:.0f} s")
+    return {**measure(driver, data, size, seed, say), "stop_reason": summary.reason,
+            "simulated_days": round(summary.days, 3), "seconds": round(time.perf_counter() - t0, 1),
+            "load_average_start": load_start, "load_average_end": load_now()}
+
+
+def measure(driver: Any, data: Path, size: Size, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """What the loop on `driver` did, and the simulator's truth about it."""
+    from cambrian.bench.evolution import runs
+    from cambrian.demo import EVOLUTION
+    from cambrian.operator.platform.local import local_path
+    from cambrian.operator.reconcile.views import A_PREDICTED
+
     stored = driver.store.get("evolutions", "default", EVOLUTION) or {}
     hyps = {h["metadata"]["name"]: h for h in driver.store.list("hypotheses")}
     rollouts = driver.store.list("rollouts")
     done = runs(driver, stored)
     base_bundle, bundles = served_bundles(rollouts, done, stored, lambda uri: str(local_path(uri, driver.root)))
-    say(f"seed {seed}: loop {summary.reason} after {summary.days:g} simulated days, {loop_s:.0f} s")
 
     # the Online Agent's prediction rides on the Rollout it started (the surrogate's once 4 rollouts concluded)
     predicted = {r["metadata"]["name"]: (r["metadata"].get("annotations") or {}).get(A_PREDICTED) for r in rollouts}
@@ -179,9 +215,14 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
     online = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("rollout"))
     launched = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("phase") == "Launched")
     measure = sorted({*online, TRAP_NAME} & set(bundles))
-    with load_bundle(base_bundle) as model:
-        base = serve_online(data, model.score, size.truth_days)
-    truths = {n: truth(data, bundles[n], base, size.truth_days) for n in measure}
+    served = Truth(data, size.truth_days)
+    truths = {n: served.effect(bundles[n], base_bundle) for n in measure}
+    judged = {}
+    for r in rollouts:  # each Rollout's verdict against the truth of what it compared
+        control = str(local_path(r["spec"]["control"]["bundle"], driver.root))
+        arms = r["spec"]["treatments"]
+        vs = served.effect(str(local_path(arms[0]["bundle"], driver.root)), control) if len(arms) == 1 else None
+        judged[r["metadata"]["name"]] = {"truth_vs_control": vs, "verdict_right": None if vs is None else verdict_check(r, vs)}
     for n, t in truths.items():
         say(f"  {n}: minutes {t['minutes']:+.4f} ± {t['minutes_se']:.4f}, active days late "
             f"{t['active_days_late']:+.4f} ± {t['active_days_late_se']:.4f}")
@@ -198,6 +239,7 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
         "genuinely_better_launched": [n for n in launched if n in truths and genuinely_better(truths[n])],
         "tested_online": [{**row(n), "truth": truths.get(n)} for n in online],
         "rollouts": [{"name": r["metadata"]["name"],
+                      "control": r["spec"]["control"].get("hypothesisRef", {}).get("name", "baseline"),
                       "treatments": [t["hypothesisRef"]["name"] for t in r["spec"]["treatments"]],
                       "decision": (r.get("status") or {}).get("decision"),
                       "reason": (r.get("status") or {}).get("reason"),
@@ -205,7 +247,8 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
                       "days": days_between((r.get("status") or {}).get("startedAt"), (r.get("status") or {}).get("concludedAt")),
                       "readouts": (r.get("status") or {}).get("readouts"),
                       "effects": (r.get("status") or {}).get("effects"),
-                      "phase": (r.get("status") or {}).get("phase")} for r in rollouts],
+                      "phase": (r.get("status") or {}).get("phase"),
+                      **judged[r["metadata"]["name"]]} for r in rollouts],
         "offline_best": None if best_offline is None else {
             "name": best_offline["metadata"]["name"],
             "floors": round(best_offline["status"]["gain"] / best_offline["status"]["noiseFloor"], 3),
@@ -214,11 +257,6 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
                            "floors": (round(h["status"]["gain"] / h["status"]["noiseFloor"], 3)
                                       if h in scored else None)} for n, h in sorted(hyps.items())},
         "champion": ((stored.get("status") or {}).get("champion") or {}).get("name") or "baseline",
-        "stop_reason": summary.reason,
-        "simulated_days": round(summary.days, 3),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "load_average_start": load_start,
-        "load_average_end": load_now(),
     }
 
 
@@ -252,7 +290,20 @@ def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[s
         "trap_launched": sum(s["trap_launched"] for s in per_seed),
         "seeds_with_a_better_launch": sum(bool(s["genuinely_better_launched"]) for s in per_seed),
         "offline_best_is_trap": sum(bool(s["offline_best"] and s["offline_best"]["is_trap"]) for s in per_seed),
+        "online_verdicts": online_verdicts(per_seed),
         "size": size.__dict__,
         "world": "calibrated",
         "seeds": per_seed,
     }
+
+
+def online_verdicts(per_seed: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of the Rollouts' promotions and guardrail stops were right about what they compared."""
+    out = {"promotions": 0, "promotions_right": 0, "stops": 0, "stops_right": 0}
+    for r in (r for s in per_seed for r in s.get("rollouts", ())):
+        if r.get("verdict_right") is None:
+            continue
+        kind = "promotions" if r["decision"] == "promote" else "stops"
+        out[kind] += 1
+        out[f"{kind}_right"] += bool(r["verdict_right"])
+    return out

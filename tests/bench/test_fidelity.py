@@ -55,6 +55,17 @@ def test_online_effects_windows():
     assert e["minutes_early"] == pytest.approx(0.5) and e["minutes_late"] == pytest.approx(-0.5)
     assert e["minutes"] == pytest.approx(0.0) and e["ctr_early"] == pytest.approx(1.0)
     assert e["active_days"] == 0.0
+    assert "hate_rate" not in e  # arms served without hates (older callers) report no hate rate
+
+
+def test_online_effects_hate_rate_and_the_bait_shown():
+    n, days = 4, 6
+    base = {"minutes": np.ones((n, days)), "active": np.ones((n, days)), "clicks": np.ones((n, days)),
+            "impressions": np.full((n, days), 10.0), "hates": np.full((n, days), 0.5), "bait": np.full((n, days), 3.0)}
+    arm = {**base, "hates": np.full((n, days), 0.75), "bait": np.full((n, days), 6.0)}
+    e = online_effects(arm, base)
+    assert e["hate_rate"] == pytest.approx(0.5)  # 7.5% of impressions against 5%
+    assert (e["bait_shown"], e["bait_shown_reference"]) == (pytest.approx(0.6), pytest.approx(0.3))
 
 
 def test_rank_correlations_per_signal():

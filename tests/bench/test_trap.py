@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from cambrian.bench.trap import (QUICK, TRAP_NAME, evolution_and_trap, genuinely_better, summarise, trap_stop)
+from cambrian.bench.trap import (QUICK, TRAP_NAME, evolution_and_trap, genuinely_better, online_verdicts, summarise,
+                                 trap_stop, verdict_check)
 
 
 def test_the_objects_are_the_demos_evolution_and_a_valid_human_trap():
@@ -70,9 +71,6 @@ def test_the_headline_counts_seeds_that_kept_the_trap_out_and_launched_a_better_
     assert (s["trap_launched"], s["seeds_with_a_better_launch"], s["offline_best_is_trap"]) == (1, 2, 1)
 
 
-@pytest.mark.slow
-@pytest.mark.prometheus
-@pytest.mark.timeout(3000)
 def test_the_truth_is_measured_on_the_bundles_the_loop_served():
     """Reference: the first Rollout's control (not whichever baseline seed ran first); a hypothesis: its
     Rollout's treatment, or, never online, its first successful run (not a later confirmation seed)."""
@@ -107,6 +105,35 @@ def test_the_truth_is_measured_on_the_bundles_the_loop_served():
         served_bundles([], done, {}, local)
 
 
+def _rollout(decision, reason=""):
+    return {"spec": {"metrics": {"guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.1}]}},
+            "status": {"decision": decision, "reason": reason}}
+
+
+GOOD = {"minutes": 0.05, "minutes_se": 0.005, "active_days_late": 0.01, "active_days_late_se": 0.005, "hate_rate": -0.3}
+STOP = "guardrail hate_rate on treatment: fail (lower bound above the relative non-inferiority bound +0.1; ...)"
+
+
+def test_each_verdict_is_checked_against_what_its_rollout_compared():
+    """A promotion is right when the treatment beats its own control; a guardrail stop when the guarded metric
+    truly moved past the margin; hand-made and inconclusive endings are no statistical verdict."""
+    assert verdict_check(_rollout("promote"), GOOD) is True
+    assert verdict_check(_rollout("promote"), {**GOOD, "minutes": -0.004}) is False  # seed 1's kind of false launch
+    assert verdict_check(_rollout("rollback", STOP), {**GOOD, "hate_rate": 1.28}) is True  # seed 2, against the champion
+    assert verdict_check(_rollout("rollback", STOP), {**GOOD, "hate_rate": 0.05}) is False  # worse, but within the margin
+    assert verdict_check(_rollout("rollback", STOP), GOOD) is False
+    assert verdict_check(_rollout("rollback", "rollback approved by annotation cambrian.dev/approve"), GOOD) is None
+    assert verdict_check(_rollout("inconclusive", "futility"), GOOD) is None
+    assert verdict_check({"spec": {}, "status": {}}, GOOD) is None  # still running
+    seeds = [{"rollouts": [{"decision": "promote", "verdict_right": True}, {"decision": "rollback", "verdict_right": True},
+                           {"decision": "inconclusive", "verdict_right": None}]},
+             {"rollouts": [{"decision": "promote", "verdict_right": False}]}, {}]
+    assert online_verdicts(seeds) == {"promotions": 2, "promotions_right": 1, "stops": 1, "stops_right": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.prometheus
+@pytest.mark.timeout(3000)
 def test_one_small_seed_through_the_real_loop():
     from cambrian.bench import trap
 
@@ -122,3 +149,6 @@ def test_one_small_seed_through_the_real_loop():
     assert s["trap_launched"] == (s["trap_stopped_at"] == "launched")
     for row in s["tested_online"]:
         assert row["truth"] is not None
+    for ro in s["rollouts"]:  # every single-treatment Rollout is measured against its own control
+        assert ro["truth_vs_control"] is not None and "hate_rate" in ro["truth_vs_control"]
+        assert ro["verdict_right"] in (True, False, None)
