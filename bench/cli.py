@@ -43,6 +43,7 @@ def run(
     out: Path = typer.Option(Path("bench/results"), help="folder for NAME.json"),
     hypotheses: int = typer.Option(None, "--hypotheses", min=1, help="operator: Hypotheses to create (default 1000)"),
     evolutions: int = typer.Option(None, "--evolutions", min=1, help="operator: Evolutions they are spread over"),
+    users: int = typer.Option(None, "--users", min=100, help="trap: simulated users instead of the size's own"),
     window: float = typer.Option(None, "--window", min=1,
                                  help="operator: stop following an operator once every object has its first phase and "
                                       "this many seconds passed since the first create (else: until all are steady)"),
@@ -55,7 +56,7 @@ def run(
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     fn = importlib.import_module(BENCHMARKS[name]).run
-    sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions)) if v is not None}
+    sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions), ("users", users)) if v is not None}
     options = {k: v for k, v in (("window", window), ("sims", sims),
                                  ("arms", tuple(arms.split(",")) if arms else None),
                                  ("seeds", _seeds(seeds) if seeds else None)) if v is not None}

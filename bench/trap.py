@@ -260,12 +260,19 @@ def measure(driver: Any, data: Path, size: Size, seed: int, say: Callable[[str],
     }
 
 
+def size_for(quick: bool, users: int | None = None) -> Size:
+    """QUICK or FULL, with another number of users if asked (the online tests' power scales with it; the
+    demo's Evolution sizes its Rollouts' minimum sample from the users)."""
+    size = QUICK if quick else FULL
+    return size if users is None else replace(size, users=users)
+
+
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
-        seeds: tuple[int, ...] = SEEDS) -> dict:
+        seeds: tuple[int, ...] = SEEDS, users: int | None = None) -> dict:
     from cambrian.bench.throughput import load_now
 
     say = progress or (lambda msg: None)
-    size = size or (QUICK if quick else FULL)
+    size = size or size_for(quick, users)
     t0, load_start = time.perf_counter(), load_now()
     per_seed = []
     for seed in seeds:
@@ -281,7 +288,8 @@ def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[s
     ok = [not s["trap_launched"] and bool(s["genuinely_better_launched"]) for s in per_seed]
     return {
         "name": "trap",
-        "command": "cambrian bench run trap" + (" --quick" if quick else ""),
+        "command": "cambrian bench run trap" + (" --quick" if quick else "")
+                   + (f" --users {size.users}" if size.users != size_for(quick).users else ""),
         "quick": quick,
         "ratio": sum(ok) / len(ok),
         "ratio_meaning": ("share of seeds where the real loop (demo's Evolution, calibrated world) did not launch the "

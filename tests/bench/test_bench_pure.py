@@ -167,6 +167,8 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     (["multifidelity", "--seeds", "5,x"], "expected comma-separated integers"),
     (["multifidelity", "--seeds", "5,5"], "distinct non-negative"),
     (["search", "--seeds", "5,6"], "takes no --seeds"),
+    (["search", "--users", "4000"], "takes no --users"),
+    (["trap", "--users", "5"], "Invalid value for '--users'"),
 ])
 def test_cli_refuses_bad_seeds_before_running_anything(tmp_path, args, says):
     bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", *args, "--out", str(tmp_path)],

@@ -41,6 +41,17 @@ def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():
     assert reward == api.OfflineObjective().reward  # the demo names no objective of its own: the default
 
 
+def test_the_users_option_scales_only_the_users():
+    from cambrian.bench.trap import FULL, size_for
+
+    assert size_for(False) == FULL and size_for(True) == QUICK
+    big = size_for(False, 4000)
+    assert big.users == 4000 and {**big.__dict__, "users": FULL.users} == FULL.__dict__
+    seeds = [{"trap_launched": False, "genuinely_better_launched": [], "offline_best": None}]
+    assert summarise(seeds, big, quick=False)["command"] == "cambrian bench run trap --users 4000"
+    assert summarise(seeds, FULL, quick=False)["command"] == "cambrian bench run trap"
+
+
 def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
     t = {"minutes": 0.02, "minutes_se": 0.005, "active_days_late": 0.0, "active_days_late_se": 0.01}
     assert genuinely_better(t)
