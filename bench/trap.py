@@ -16,8 +16,9 @@ launched):
   not down by more than two.
 
 Reported per seed: where the trap stopped (offline gate, not selected for a Rollout, the Rollout's decision,
-or launched), what each launched change truly did, and the offline-only counterfactual (would launching the
-best offline score have launched the trap).
+or launched), what each launched change truly did, the offline-only counterfactual (would launching the
+best offline score have launched the trap), and every Rollout's verdict judged against the truth of what it
+compared: its treatment against its own control, which after a launch is the champion of the day, not Φ0.
 """
 
 from __future__ import annotations
