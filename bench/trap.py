@@ -215,9 +215,9 @@ def measure(driver: Any, data: Path, size: Size, seed: int, say: Callable[[str],
 
     online = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("rollout"))
     launched = sorted(n for n, h in hyps.items() if (h.get("status") or {}).get("phase") == "Launched")
-    measure = sorted({*online, TRAP_NAME} & set(bundles))
+    to_measure = sorted({*online, TRAP_NAME} & set(bundles))
     served = Truth(data, size.truth_days)
-    truths = {n: served.effect(bundles[n], base_bundle) for n in measure}
+    truths = {n: served.effect(bundles[n], base_bundle) for n in to_measure}
     judged = {}
     for r in rollouts:  # each Rollout's verdict against the truth of what it compared
         control = str(local_path(r["spec"]["control"]["bundle"], driver.root))
