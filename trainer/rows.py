@@ -31,6 +31,12 @@ def epoch_rng(seed: int, epoch: int, *more: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, *more])
 
 
+def window_order(seed: int, epoch: int, window: int, rows: int) -> np.ndarray:
+    """The order of an epoch's `window`-th window of `rows` rows (read in file order). Rows held whole in memory
+    (trainer/splits.Split) are window 0, so in-process training sees the batches the loop's stream does."""
+    return epoch_rng(seed, epoch, window + 1).permutation(rows)
+
+
 class RowWriter:
     """Appends rows to one Parquet file in row groups of exactly `group` rows (the last may be shorter):
     at most one row group is held here."""
@@ -118,7 +124,7 @@ class RowGroupStream:
                 done += size
                 continue
             # rows are read in file order of the window's groups; the permutation makes the order the window's
-            perm = epoch_rng(seed, epoch, w + 1).permutation(size)
+            perm = window_order(seed, epoch, w, size)
             if done < skip:
                 perm = perm[skip - done:]
             done += size

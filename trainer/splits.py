@@ -33,11 +33,11 @@ class Split:
 
     def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0):
         """The epoch's batches from `start_step` on: one permutation of all rows (trainer/rows.py streams a
-        split too long to hold). The permutation is the one RowGroupStream draws for a file that fits its buffer
-        (its first window, rows in file order), so rows held here train exactly as the loop's streamed ones."""
-        from cambrian.trainer.rows import epoch_rng
+        split too long to hold). The permutation is RowGroupStream's for a file that fits its buffer (its first
+        window), so rows held here train exactly as the loop's streamed ones."""
+        from cambrian.trainer.rows import window_order
 
-        order = epoch_rng(seed, epoch, 1).permutation(len(self))
+        order = window_order(seed, epoch, 0, len(self))
         for start in range(start_step * batch_size, len(order), batch_size):
             index = order[start:start + batch_size]
             yield {k: v[index] for k, v in self.features.items()}, self.label[index], self.weight[index]
