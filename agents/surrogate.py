@@ -4,10 +4,11 @@ Bayesian linear regression (conjugate Gaussian prior on the weights, noise varia
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
 noise floors, and the loss-independent proxies top_watch_share, long_watch_corr and return_corr, the last
 four standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known before
-any rollout: top_watch_share is the offline proxy of the north star (the share of each user's held-out
-watch seconds in the rows the model would put in that user's slates: watch minutes as the model's own
-choices collect them), so its weight starts positive and the surrogate starts at that proxy's ranking; the components share an
-intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
+any rollout: top_watch_share and long_watch_corr are the offline proxies of the north star (the share of each
+user's held-out watch seconds in the rows the model would put in that user's slates, and the correlation of
+the model's scores with long watches), so both weights start positive, equally, and the surrogate starts at
+their mean ranking: which of the two transfers better differs between worlds, and the rollouts decide. The
+components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
 standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
 that uncertain candidates get explored.
 
@@ -93,9 +94,16 @@ class BayesianLinear:
         return [Prediction(float(m), float(math.sqrt(v))) for m, v in zip(mu, var)]
 
 
-# The prior's direction, known before any rollout: top_watch_share is the north star's offline proxy.
-# (weight on the standardised input, in units of the effects' size, and its prior sd in the same units)
-PRIOR_DIRECTION = {"top_watch_share": (0.5, 0.25)}
+# The prior's direction, known before any rollout: both loss-independent proxies of the north star count
+# positively, equally, with the strength one proxy had alone split between them (weights 0.5/√2 each, so the
+# prior's direction has length 0.5 and 8 rollouts that say otherwise still overturn it; weight on the
+# standardised input, in units of the effects' size, and its prior sd in the same units). Which one transfers
+# better is the world's: on the calibrated world's quick size top_watch_share ranks online effects better
+# (mean Spearman 0.60 vs 0.41 over 10 seeds), at its full size long_watch_corr (0.71 and 0.88 vs 0.55 and 0.65
+# on seeds 0 and 1); both on the fidelity benchmark's held-out sets of 11. Both directions (3 Dec 2026, replayed
+# on those stored runs): one fit on 8 ranking the other 11, full size 0.65/0.77 -> 0.70/0.82, quick size
+# 0.614 -> 0.591 (top_watch_share alone before).
+PRIOR_DIRECTION = {"top_watch_share": (0.5 / math.sqrt(2), 0.25), "long_watch_corr": (0.5 / math.sqrt(2), 0.25)}
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
 # Both are narrow on purpose: with 8 rollouts and 9 weights a wide prior lets a few points' noise set the
@@ -109,8 +117,8 @@ CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among
 class Surrogate:
     """BayesianLinear on scale-free inputs: a shared intercept, the component's deviation from it (one-hot,
     shrunk), and the proxies and floors standardised over the fitted rollouts (clipped at ±CLIP); every prior
-    sd is in units of the effects' own size (root mean square). The top_watch_share weight's prior is centred
-    on PRIOR_DIRECTION, the others on 0. With raw inputs a fixed prior ties the answer to units:
+    sd is in units of the effects' own size (root mean square). The proxies' weights named in PRIOR_DIRECTION
+    have their prior centred there, the others on 0. With raw inputs a fixed prior ties the answer to units:
     long_watch_corr moves by hundredths, floors by units, so N(0, 0.05²) left the proxies almost no weight."""
 
     def __init__(self, n_onehot: int = len(COMPONENTS), min_prior_sd: float = 0.002,

@@ -50,7 +50,8 @@ def run(
     arms: str = typer.Option(None, "--arms", help="decision-world: comma-separated arms to simulate (e.g. aa)"),
     sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
     seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
-                                                    "ones (e.g. held-out seeds 5,6,7,8,9)"),
+                                                    "ones (e.g. held-out seeds 5,6,7,8,9); fidelity: run these world "
+                                                    "seeds and report them together"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
@@ -72,6 +73,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e
                      *([arms.replace(",", "-").replace(":", "_")] if arms else []),   # decision-world-aa
+                     *(["quick"] if quick and seeds else []),  # fidelity-quick-seeds0-1
                      *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else [])])  # multifidelity-seeds5-6
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:

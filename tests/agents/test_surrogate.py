@@ -111,22 +111,26 @@ def _pool(rng, n):
     return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 2))], lw
 
 
-def test_the_prior_starts_at_the_north_stars_proxy_and_the_data_can_overturn_it():
+def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_it():
     """Before the rollouts say anything (effects that are pure noise), the surrogate orders new candidates by
-    top_watch_share, the north star's offline proxy; once enough rollouts show the opposite direction, it
-    follows the data."""
+    the north star's two offline proxies together (top_watch_share and long_watch_corr, equally), not by one of
+    them, nor by return_corr; once enough rollouts show the opposite direction, it follows the data."""
     from scipy import stats
 
     from cambrian.agents.surrogate import Surrogate
 
-    rhos = []
+    both, one, rc = [], [], []
     for seed in range(20):  # 8 noise-only rollouts pull the fit about at random: the prior shows on average
         rng = np.random.default_rng(seed)
         x, lw = _pool(rng, 8)
         probe, probe_lw = _pool(rng, 30)
         noise_only = Surrogate().fit(x, rng.normal(0, 0.01, 8))
-        rhos.append(stats.spearmanr([p.mean for p in noise_only.predict(probe)], probe_lw).statistic)
-    assert np.mean(rhos) > 0.45 and np.median(rhos) > 0.45  # about 0.57; without the prior's direction about 0
+        pred = [p.mean for p in noise_only.predict(probe)]
+        both.append(stats.spearmanr(pred, probe_lw / 0.02 + probe[:, 6] / 0.02).statistic)  # both proxies, sd 0.02
+        one.append(stats.spearmanr(pred, probe_lw).statistic)
+        rc.append(stats.spearmanr(pred, probe[:, 7]).statistic)
+    assert np.median(both) > 0.5 and np.median(both) > np.median(one) + 0.1  # about 0.6 against 0.4
+    assert abs(np.mean(rc)) < 0.2  # return_corr has no prior direction
     x40, lw40 = _pool(rng, 40)
     against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))
     pred = [p.mean for p in against.predict(probe)]

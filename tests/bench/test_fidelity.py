@@ -179,3 +179,36 @@ def test_the_surrogate_fitted_once_ranks_the_held_out_candidates():
     assert abs(r["raw_signals_same_sets"]["top_watch_share_gain"]) < 0.3
     assert r["mean"] > 0.7
     assert surrogate_ranks_the_rest(rows[:10], k=8) is None  # fewer than 3 left to rank
+
+
+def test_several_world_seeds_are_run_and_reported_together(monkeypatch):
+    """`--seeds`: each world seed is its own run; the headline is the mean of the surrogate's held-out ranking over
+    them and counts the seeds at the target, beside each raw proxy's mean on the same held-out sets."""
+    from cambrian.bench import fidelity
+
+    def fake_seed(quick, progress, size, candidates, seed):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for i in range(14):
+            tw, noise = rng.normal(0, 0.03), rng.normal(0, 0.03 * seed)  # seed 0: the effect is the proxy itself
+            rows.append({"component": ("optimizer", "reward")[i % 2],
+                         "offline": {"floors": rng.normal(0, 2), "top_watch_share": tw, "long_watch_corr": tw,
+                                     "return_corr": rng.normal(0, 0.01), "val_loss_gain": 0.0,
+                                     "long_watch_corr_gain": tw, "return_corr_gain": 0.0, "auc_gain": 0.0,
+                                     "top_watch_share_gain": tw},
+                         "online": {"minutes": 0.3 * tw + noise}})
+        rest = fidelity.surrogate_ranks_the_rest(rows, draws=20)
+        return {"world": {"seed": seed}, "surrogate_ranks_the_rest_after_8": rest, "surrogate_after_8_rollouts": None,
+                "rank_correlation": fidelity.rank_correlations(rows), "median_abs_effect": 0.01,
+                "max_abs_effect": 0.02, "clickbait_trap": None, "seconds": 1.0, "candidates": rows}
+
+    monkeypatch.setattr(fidelity, "run_seed", fake_seed)
+    r = fidelity.run(quick=True, seeds=(0, 3))
+    assert r["command"] == "cambrian bench run fidelity --quick --seeds 0,3"
+    assert [x["seed"] for x in r["summary"]] == [0, 3] and len(r["seeds"]) == 2
+    clean, noisy = (x["rest"] for x in r["summary"])
+    assert clean > 0.9 > noisy  # the surrogate follows the proxies where they are the truth
+    assert r["ratio"] == pytest.approx((clean + noisy) / 2, abs=1e-4)
+    assert r["seeds_at_or_above_0.7"] == 1
+    assert set(r["raw_same_sets_mean"]) == {*SIGNALS, "floors"}
+    json.dumps(r)
