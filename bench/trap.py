@@ -127,14 +127,14 @@ def verdict_check(rollout: dict[str, Any], truth_vs_control: dict[str, float]) -
     better than that control; a guardrail stop when the guarded metric truly moved past its margin the wrong way.
     None for what is not a statistical verdict (inconclusive, retired or approved by hand, still running)."""
     st = rollout.get("status") or {}
-    decision, reason = st.get("decision"), st.get("reason") or ""
+    decision = st.get("decision")
     if decision == "promote":
         return genuinely_better(truth_vs_control)
     if decision != "rollback":
         return None
+    breached = {r["metric"] for r in st.get("guardrails") or [] if r.get("breached")}
     for g in ((rollout.get("spec") or {}).get("metrics") or {}).get("guardrails") or []:
-        # stats/guardrails.non_inferiority writes "guardrail <metric> on <arm>: fail (...)"
-        if reason.startswith(f"guardrail {g['metric']} on ") and g["metric"] in truth_vs_control:
+        if g["metric"] in breached and g["metric"] in truth_vs_control:
             moved = truth_vs_control[g["metric"]]
             harm = moved if g.get("direction", "maximize") == "minimize" else -moved
             return harm > float(g.get("margin", 0.0))

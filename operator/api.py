@@ -1337,6 +1337,15 @@ class SRM(_Status):
                                        "and nothing is promoted")
 
 
+class GuardrailReading(_Status):
+    """One arm's guardrail (or hard limit) at the last readout."""
+
+    arm: str = Field(description="the treatment arm")
+    metric: str = Field(description="the guarded metric (spec.metrics.guardrails or a hard limit)")
+    breached: bool = Field(description="true when it failed non-inferiority or crossed its hard limit: a breach rolls "
+                                       "the rollout back")
+
+
 class RolloutStatus(_Status):
     """Where the rollout is: ramp step, weights, users per arm, effects, decision."""
 
@@ -1349,6 +1358,9 @@ class RolloutStatus(_Status):
     arms: list[ArmStatus] = Field(default_factory=list, max_length=5, description="every arm's weight, users and readiness")
     effects: list[ArmEffect] = Field(default_factory=list, max_length=64,
                                      description="effects per treatment and metric at the last readout")
+    guardrails: list[GuardrailReading] = Field(default_factory=list, max_length=64,
+                                               description="every treatment arm's guardrails and hard limits at the "
+                                                           "last readout: which were breached")
     srm: SRM | None = None
     decision: Outcome | None = Field(None, description="promote, rollback or inconclusive, once concluded")
     recommendation: Outcome | None = Field(None, description="what the analysis proposes while awaiting approval")

@@ -16,6 +16,7 @@ from cambrian.operator.api import (
     SRM,
     ArmEffect,
     ArmStatus,
+    GuardrailReading,
     RolloutSpec,
     RolloutStatus,
     Serving,
@@ -246,6 +247,7 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
         for e in a.effects
     ]
     st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) for n in spec.arm_names()]  # weights/ready refreshed below
+    st.guardrails = [GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails]
     if a.srm_p_value is not None:
         st.srm = SRM(p_value=a.srm_p_value, mismatch=a.srm_mismatch)
     if a.srm_mismatch:

@@ -116,9 +116,13 @@ def test_the_truth_is_measured_on_the_bundles_the_loop_served():
         served_bundles([], done, {}, local)
 
 
-def _rollout(decision, reason=""):
-    return {"spec": {"metrics": {"guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.1}]}},
-            "status": {"decision": decision, "reason": reason}}
+def _rollout(decision, reason="", breached=()):
+    """A concluded Rollout as the operator writes it: status.guardrails holds the last readout's readings."""
+    return {"spec": {"metrics": {"guardrails": [{"metric": "hate_rate", "direction": "minimize", "margin": 0.1},
+                                                {"metric": "active_days", "direction": "maximize", "margin": 0.05}]}},
+            "status": {"decision": decision, "reason": reason,
+                       "guardrails": [{"arm": "treatment", "metric": m, "breached": m in breached}
+                                      for m in ("hate_rate", "active_days")]}}
 
 
 GOOD = {"minutes": 0.05, "minutes_se": 0.005, "active_days_late": 0.01, "active_days_late_se": 0.005, "hate_rate": -0.3}
@@ -130,9 +134,16 @@ def test_each_verdict_is_checked_against_what_its_rollout_compared():
     truly moved past the margin; hand-made and inconclusive endings are no statistical verdict."""
     assert verdict_check(_rollout("promote"), GOOD) is True
     assert verdict_check(_rollout("promote"), {**GOOD, "minutes": -0.004}) is False  # seed 1's kind of false launch
-    assert verdict_check(_rollout("rollback", STOP), {**GOOD, "hate_rate": 1.28}) is True  # seed 2, against the champion
-    assert verdict_check(_rollout("rollback", STOP), {**GOOD, "hate_rate": 0.05}) is False  # worse, but within the margin
-    assert verdict_check(_rollout("rollback", STOP), GOOD) is False
+    hate = _rollout("rollback", STOP, breached=("hate_rate",))
+    assert verdict_check(hate, {**GOOD, "hate_rate": 1.28}) is True  # seed 2, against the champion
+    assert verdict_check(hate, {**GOOD, "hate_rate": 0.05}) is False  # worse, but within the margin
+    assert verdict_check(hate, GOOD) is False
+    # the breached reading decides, not the words: the same reason with nothing breached is no guardrail verdict
+    assert verdict_check(_rollout("rollback", STOP), {**GOOD, "hate_rate": 1.28}) is None
+    # a maximised guardrail is harmed by a fall
+    days = _rollout("rollback", "", breached=("active_days",))
+    assert verdict_check(days, {**GOOD, "active_days": -0.08}) is True
+    assert verdict_check(days, {**GOOD, "active_days": +0.08}) is False
     assert verdict_check(_rollout("rollback", "rollback approved by annotation cambrian.dev/approve"), GOOD) is None
     assert verdict_check(_rollout("inconclusive", "futility"), GOOD) is None
     assert verdict_check({"spec": {}, "status": {}}, GOOD) is None  # still running

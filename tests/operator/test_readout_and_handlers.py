@@ -67,6 +67,29 @@ def test_readout_promotes_a_clear_winner_and_keeps_state():
     assert r.status.phase == "Promoted" and r.status.decision_state == a.state
 
 
+def test_a_breached_guardrail_is_named_in_the_status_not_only_in_the_reason():
+    """A treatment that doubles the hate rate is rolled back by its guardrail; status.guardrails says which
+    (arm, metric) breached, so nothing downstream (the trap benchmark's verdict check, kubectl) parses the reason."""
+    spec = rollout_spec()
+    base = sums(0.0)
+    rng = np.random.default_rng(1)
+    base["t"]["hate"] = SufficientStats.from_arrays(rng.binomial(1, 0.3, 4000).astype(float))  # 0.1 -> 0.3
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0], next_readout_at=T0 + timedelta(days=7))
+    a = RD.analyse(spec, st, base, T0 + timedelta(days=7), exposures={"control": 4000, "t": 4000})
+    assert a.outcome == "rollback"
+    r = R.reconcile(Meta("ro", "u"), spec, st, api.Serving(), None, RolloutObservation(
+        {n: ArmObservation(n, True, True) for n in ("control", "t")}, {"control": 50, "t": 50}, a), T0 + timedelta(days=7))
+    assert r.status.phase == "RolledBack"
+    assert [(g.arm, g.metric, g.breached) for g in r.status.guardrails] == [("t", "hate", True)]
+    dumped = r.status.model_dump(by_alias=True, exclude_none=True)
+    assert dumped["guardrails"] == [{"arm": "t", "metric": "hate", "breached": True}]
+    # a clean treatment's reading says not breached
+    ok = RD.analyse(spec, st, sums(1.0), T0 + timedelta(days=7), exposures={"control": 4000, "t": 4000})
+    r2 = R.reconcile(Meta("ro", "u"), spec, st, api.Serving(), None, RolloutObservation(
+        {n: ArmObservation(n, True, True) for n in ("control", "t")}, {"control": 50, "t": 50}, ok), T0 + timedelta(days=7))
+    assert r2.status.phase == "Promoted" and [(g.metric, g.breached) for g in r2.status.guardrails] == [("hate", False)]
+
+
 def test_readout_flags_srm_and_missing_data():
     spec = rollout_spec()
     st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
