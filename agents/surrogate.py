@@ -102,7 +102,9 @@ class BayesianLinear:
 # (mean Spearman 0.60 vs 0.41 over 10 seeds), at its full size long_watch_corr (0.71 and 0.88 vs 0.55 and 0.65
 # on seeds 0 and 1); both on the fidelity benchmark's held-out sets of 11. Both directions (3 Dec 2026, replayed
 # on those stored runs): one fit on 8 ranking the other 11, full size 0.65/0.77 -> 0.70/0.82, quick size
-# 0.614 -> 0.591 (top_watch_share alone before).
+# 0.614 -> 0.591 (top_watch_share alone before). Held out (4 Dec 2026, full size, world seeds 2 and 3 never run
+# before): 0.80 and 0.64, mean of seeds 0-3 0.743 against the best raw proxy's 0.756
+# (bench/results/fidelity-full-seeds0-1-2-3.json).
 PRIOR_DIRECTION = {"top_watch_share": (0.5 / math.sqrt(2), 0.25), "long_watch_corr": (0.5 / math.sqrt(2), 0.25)}
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
