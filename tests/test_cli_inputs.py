@@ -30,6 +30,8 @@ BAD = [
     (["world", "summary", "{t}/nope"], "not a world data directory", True),
     (["train", "--data", "{t}/nope", "--out", "{t}/afile"], "exists and is not a directory", True),
     (["train", "--data", "{t}/data", "--out", "{t}/afile/x"], "is a file, not a directory", True),
+    (["train", "--data", "{t}/data", "--out", "{t}/out", "--run-store", "{t}/claim"],
+     "--run-store and --run-settings go together", True),
     (["gate", "--data", "{t}/data", "--delta", "{t}/bad.yaml"], "bad.yaml: not valid YAML/JSON: expected ',' or ']'",
      True),
     (["gate", "--data", "{t}/data", "--delta", "{t}/nope.yaml"], "nope.yaml: no such file", True),

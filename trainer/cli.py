@@ -82,6 +82,11 @@ def train(
     pod_stage: Optional[str] = typer.Option(None, "--pod-stage", hidden=True,
                                             help="prepare or score: a trusted container of the cluster's training pod"),
     work: Optional[Path] = typer.Option(None, "--work", hidden=True, help="the pod's step volumes (with --pod-stage)"),
+    run_store: Optional[Path] = typer.Option(None, "--run-store", hidden=True,
+                                             help="with --pod-stage: the folder of the run store (trainer/runstore.py) "
+                                                  "where a baseline run is looked for and kept"),
+    run_settings: Optional[Path] = typer.Option(None, "--run-settings", hidden=True,
+                                                help="with --run-store: JSON of the training settings its key covers"),
 ) -> None:
     """Train one configuration: validation gate, torch training, proxy metrics, model bundle.
 
@@ -92,8 +97,11 @@ def train(
     """
     if pod_stage not in (None, "prepare", "score") or (pod_stage and work is None):
         raise ConfigError("--pod-stage is prepare or score, with --work")
+    if (run_store or run_settings) and (pod_stage is None or delta is not None or not (run_store and run_settings)):
+        raise ConfigError("--run-store and --run-settings go together, for a baseline run's pod stages "
+                          "(with --pod-stage, without --delta)")
     if pod_stage == "prepare":
-        _prepare_pod(config, delta, data, work, workers, fidelity)
+        _prepare_pod(config, delta, data, work, workers, fidelity, run_store, run_settings)
         return
     inputs.output_dir(out)  # error.json (the failure record the runner reads) needs a folder to go in
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +111,7 @@ def train(
         from cambrian.trainer.train import SandboxLimits, score_pod, train as run_training
 
         if pod_stage == "score":
-            metrics = score_pod(cfg, data, out, work, workers)
+            metrics = score_pod(cfg, data, out, work, workers, _reuse(run_store, run_settings))
         else:
             limits = SandboxLimits(wall_seconds=wall_seconds, memory_mb=memory_mb)
             dist = Distribution(workers, nodes, rdzv_endpoint, rdzv_id, max_restarts, checkpoint_seconds,
@@ -130,15 +138,29 @@ def train(
                    f"{', ' + proxies if proxies else ''} -> {out / 'bundle'}")
 
 
+def _reuse(store: Optional[Path], settings: Optional[Path]) -> dict | None:
+    """The run store and the training settings from the run's ConfigMap (operator/platform/kubernetes.py)."""
+    if store is None or settings is None:
+        return None
+    try:
+        training = json.loads(settings.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--run-settings {settings}: not a readable JSON file ({exc})") from None
+    if not isinstance(training, dict):
+        raise ConfigError(f"--run-settings {settings}: expected a JSON object (spec.training)")
+    return {"store": str(store), "training": training}
+
+
 def _prepare_pod(config: Optional[Path], delta: Optional[Path], data: str, work: Path, workers: int,
-                 fidelity: Optional[Path] = None) -> None:
+                 fidelity: Optional[Path] = None, run_store: Optional[Path] = None,
+                 run_settings: Optional[Path] = None) -> None:
     """The pod's first step (`workers`: the shards of a gang's workers). A refusal here is left to the scorer
     container, which repeats these checks and reports them in the pod's termination message, so this step
     always ends 0."""
     from cambrian.trainer.train import prepare_pod
 
     try:
-        prepare_pod(_resolve(config, delta, fidelity, data), data, work, workers)
+        prepare_pod(_resolve(config, delta, fidelity, data), data, work, workers, _reuse(run_store, run_settings))
     except CambrianError as exc:
         typer.echo(f"not prepared (the scorer reports it): {exc}", err=True)
 

@@ -14,6 +14,8 @@ as untrusted input and decides the verdict (trainer/train.py `score_pod`).
   /work/scoring-out. Loading the program may unpickle what the candidate wrote, so it happens here, not in
   the scorer.
 
+A baseline run that prepare found in the run store (trainer/runstore.py REUSE in the step's input) runs nothing.
+
 In a data-parallel gang (operator/platform/gang.py) the train step of each pod runs torchrun's agent for its
 node (trainer/contained.py `launch`) with the rendezvous flags; only the node whose workers held global rank 0
 exports a model.
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from cambrian.errors import ConfigError
 from cambrian.trainer.distributed import Distribution
+from cambrian.trainer.runstore import REUSE
 from cambrian.trainer.train import STEP_STATUS, SandboxLimits, _Contained
 
 STEPS = {"train": "training", "predict": "scoring"}
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     name = STEPS[args.command]
     gpu = args.command == "train" and _wants_gpu(args.work / "training-in")
     step = _Contained(args.work, name, contain=False, limits=limits, gpu=gpu, in_pod=True)
+    if (step.input / REUSE).exists():  # prepare found this baseline run stored: nothing to train or predict
+        (step.scratch / STEP_STATUS).write_text(json.dumps({"returncode": 0, "wall_seconds": 0.0, "timed_out": False}))
+        print(f"{args.command} step skipped: the run is in the run store (the scorer checks it)", file=sys.stderr)
+        return 0
     if args.command == "predict":
         program = args.work / "training-out" / "model.pt2"
         if program.is_file():

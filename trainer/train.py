@@ -21,7 +21,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import numpy as np
 import torch
@@ -441,21 +441,69 @@ def exported_program(trainer: "_Contained") -> Path:
     return program
 
 
-def prepare_pod(config: ModelConfig, data_dir: str | Path, work: Path, workers: int = 1) -> None:
+def pod_run_key(config: ModelConfig, data_dir: str | Path, reuse: Mapping[str, Any]) -> str:
+    """A pod's key in the run store (trainer/runstore.py): Φ as resolved (its first-look fractions applied), the
+    Evolution's training settings from the run's ConfigMap, the data by its content (each pod writes it afresh)."""
+    from cambrian.trainer import runstore
+
+    return runstore.run_key({"baseline": config.model_dump(mode="json"), "training": reuse.get("training")},
+                            Path(data_dir), ["cambrian", "train", "--pod-stage"], content=True)
+
+
+def prepare_pod(config: ModelConfig, data_dir: str | Path, work: Path, workers: int = 1,
+                reuse: Mapping[str, Any] | None = None) -> None:
     """The cluster pod's first step (trusted, no candidate code): the steps' inputs into their volumes (in a
-    gang, one training shard per worker of the whole gang: which ranks this pod's workers get is torchrun's)."""
+    gang, one training shard per worker of the whole gang: which ranks this pod's workers get is torchrun's).
+    `reuse` (a baseline run: the run store's folder and the training settings): a run found stored leaves only
+    a marker for the training and predicting steps, which then run nothing; the scorer decides by itself."""
+    from cambrian.trainer import runstore
+
     static_checks(config)
+    if reuse is not None:
+        key = pod_run_key(config, data_dir, reuse)
+        if runstore.lookup(Path(reuse["store"]), key) is not None:
+            for step in ("training", "scoring"):
+                (work / f"{step}-in" / runstore.REUSE).write_text(json.dumps({"key": key}))
+            return
     write_step_inputs(config, data_dir, _Contained(work, "training", False, SandboxLimits(), False, in_pod=True),
                       _Contained(work, "scoring", False, SandboxLimits(), False, in_pod=True), workers)
 
 
-def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path, workers: int = 1) -> dict:
+def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path, workers: int = 1,
+              reuse: Mapping[str, Any] | None = None) -> dict:
     """The cluster pod's scorer container, the only one that mounts the held-out labels: the verdicts of the
     training and predicting containers (which ran before it) and every metric, from their untrusted output.
-    A gang's pod whose workers did not hold global rank 0 has no model: {"role": "worker"}, as `train`."""
-    from cambrian.trainer.data import prepare
+    A gang's pod whose workers did not hold global rank 0 has no model: {"role": "worker"}, as `train`.
+    `reuse` (a baseline run): a run stored before gives its metrics (a scorer's, never candidate code's) and a
+    copy of its bundle, whatever the steps before left; a run trained here is stored for the next pod."""
+    from cambrian.trainer import runstore
 
     static_checks(config)
+    if reuse is None:
+        return _score_pod(config, data_dir, out_dir, work, workers)
+    store, key = Path(reuse["store"]), pod_run_key(config, data_dir, reuse)
+    stored = runstore.lookup(store, key)
+    out = Path(out_dir)
+    if stored is not None:
+        runstore.restore(stored, out / "bundle")
+        metrics = {**stored["metrics"], "reused": key}
+        print(f"baseline run {key} is in the run store: its metrics and a copy of its bundle, not trained again",
+              file=sys.stderr)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        return metrics
+    if (work / "training-in" / runstore.REUSE).exists():  # nothing trained, and the stored run is gone
+        raise StageFailure("reuse", f"prepare found run {key} in the run store, which no longer has it; run it again")
+    metrics = _score_pod(config, data_dir, out_dir, work, workers)
+    try:
+        runstore.keep(store, key, metrics, out / "bundle")
+    except OSError as exc:  # another pod stored the same run first, or the claim is full: this run stands
+        print(f"baseline run not stored for reuse: {exc}", file=sys.stderr)
+    return metrics
+
+
+def _score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path, workers: int) -> dict:
+    from cambrian.trainer.data import prepare
+
     data = prepare(data_dir, config, None)  # the held-out split only: the training rows are the trainer's
     limits = SandboxLimits()
     trainer = _Contained(work, "training", False, limits, False, in_pod=True)

@@ -78,6 +78,7 @@ A_BUNDLE = "cambrian.dev/bundle-uri"
 A_ATTEMPT = "cambrian.dev/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 STORAGE_MOUNT = "/var/lib/cambrian"
+TRAINING_FILE = "training.json"  # the run's ConfigMap: the training settings a reused run's key covers (reuses_runs)
 TRAINER = "trainer"  # the training pod's init container that runs candidate code
 SCORER = "scorer"  # its main container: the only one whose termination message carries a verdict
 JOB_TTL_SECONDS = 7 * 86400
@@ -122,8 +123,18 @@ def bundle_path(uri: str) -> str | None:
     return None
 
 
+def reuses_runs(action: CreateTrainingJob) -> bool:
+    """A baseline run (no hypothesis, no delta) of one pod with storage: its pod looks for the same run in the
+    claim's run store before training and keeps it there after (trainer/runstore.py). A gang's pods would each
+    decide alone whether to train, and a split decision leaves workers waiting at the rendezvous: gangs train."""
+    return (action.hypothesis is None and action.delta is None and bool(action.storage_claim)
+            and gang.workers(action.training) <= 1)
+
+
 def training_configmap(action: CreateTrainingJob) -> dict[str, Any]:
     data = {"config.json": json.dumps(action.baseline, sort_keys=True)}
+    if reuses_runs(action):  # the settings a stored run's key covers (trainer/runstore.py)
+        data[TRAINING_FILE] = json.dumps(action.training, sort_keys=True)
     if action.delta is not None:
         data["delta.json"] = json.dumps(action.delta, sort_keys=True)
     if action.fidelity is not None:
@@ -208,7 +219,11 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
         run += ["--delta", "/etc/cambrian/run/delta.json"]
     if action.fidelity is not None:  # a first look: prepare and score resolve the same smaller Φ
         run += ["--fidelity", "/etc/cambrian/run/fidelity.json"]
-    score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK]
+    # a baseline run reused from the run store: prepare finds it (the candidate steps then have nothing to do), the
+    # scorer looks again itself, reports the stored metrics and copies the stored bundle
+    reuse = (["--run-store", STORAGE_MOUNT, "--run-settings", f"/etc/cambrian/run/{TRAINING_FILE}"]
+             if reuses_runs(action) else [])
+    score = ["cambrian", "train", *run, "--out", out_dir, "--pod-stage", "score", "--work", WORK, *reuse]
     command = ["python", "-m", "cambrian.operator.platform.termination", "--out", out_dir, "--", *score]
 
     # the steps that run or load candidate code get /tmp volumes of their own: nothing they leave there
@@ -255,9 +270,11 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
     limits = ["--work", WORK, "--wall-seconds", str(deadline)]
     init += [
         {"name": "prepare", **image, "resources": resources, "securityContext": secure,
-         "command": ["cambrian", "train", *run, "--out", "/tmp/prepare", "--pod-stage", "prepare", "--work", WORK],
+         "command": ["cambrian", "train", *run, "--out", "/tmp/prepare", "--pod-stage", "prepare", "--work", WORK,
+                     *reuse],
          "volumeMounts": [run_mount, dict(data_mount), _step_mount("training-in"), _step_mount("scoring-in"),
-                          dict(TMP_MOUNT)]},
+                          dict(TMP_MOUNT),
+                          *([{"name": "storage", "mountPath": STORAGE_MOUNT, "readOnly": True}] if reuse else [])]},
         # candidate code runs here: the training rows and nothing else
         {"name": TRAINER, **image, "resources": resources, "securityContext": secure,
          "command": [*step, "train", *limits],

@@ -42,7 +42,7 @@ import yaml
 from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
 from cambrian.operator.localstore import LocalStore, write_atomic
-from cambrian.operator.platform import runstore
+from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers

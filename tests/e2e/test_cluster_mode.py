@@ -189,6 +189,9 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             timings["scored"] = time.monotonic() - t_start
             assert not rt.errors, rt.errors
             baseline_loss = next(json.loads(r["message"])["metrics"]["val_loss"] for r in rt.runs if "baseline" in r["job"])
+            # issue 15, item 3: the baseline seeds' pods kept their runs in the claim's run store (trainer/runstore.py)
+            # for the next Evolution on the same data; the hypotheses' runs are not kept
+            assert len(list((tmp_path / "bundles" / "runstore").iterdir())) == 2
             for h in scored:
                 st = status(h)
                 assert st["phase"] != "Failed", st

@@ -112,6 +112,34 @@ def test_only_the_scorer_mounts_the_held_out_data_and_nothing_runs_candidate_cod
     assert len(tmps) == 3 and all(v["emptyDir"]["sizeLimit"] == "3Gi" for v in tmps)
 
 
+def test_a_baseline_pod_looks_for_its_run_in_the_run_store_and_only_trusted_steps_see_the_store():
+    """Issue 15, item 3 in the cluster: a baseline run (no hypothesis, no delta) of one pod with storage passes the
+    run store and its training settings to prepare (the claim read-only) and to the scorer; the candidate steps
+    never see the claim. Hypotheses, runs without storage and gangs train as before."""
+    a = job_action()
+    base = CreateTrainingJob("evo-baseline-s1", OWNER, None, 1, {"optimizer": {"lr": 0.01}}, None,
+                             {k: v for k, v in a.training.items() if k != "gpu"}, a.data, "bundles",
+                             "bundles/evo/baseline-s1")
+    assert json.loads(K.training_configmap(base)["data"][K.TRAINING_FILE]) == base.training
+    pod = K.training_job(base)["spec"]["template"]["spec"]
+    steps = {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
+    flags = ["--run-store", K.STORAGE_MOUNT, "--run-settings", f"/etc/cambrian/run/{K.TRAINING_FILE}"]
+    for name in ("prepare", "scorer"):
+        command = steps[name]["command"]
+        assert command[command.index("--run-store"):command.index("--run-store") + 4] == flags
+    mounts = {c: {m["name"]: m for m in s["volumeMounts"]} for c, s in steps.items()}
+    assert mounts["prepare"]["storage"] == {"name": "storage", "mountPath": K.STORAGE_MOUNT, "readOnly": True}
+    assert not mounts["scorer"]["storage"].get("readOnly")  # the scorer keeps the run it trained
+    assert [c for c, m in mounts.items() if "storage" in m] == ["prepare", "scorer"]
+    for other in (a,  # a hypothesis' run
+                  CreateTrainingJob(base.name, OWNER, None, 1, base.baseline, None, base.training, base.data),
+                  CreateTrainingJob(base.name, OWNER, None, 1, base.baseline, None, {**base.training, "workers": 2},
+                                    base.data, "bundles", base.bundle_path)):
+        assert K.TRAINING_FILE not in K.training_configmap(other)["data"]
+        job = K.training_job(other)["spec"]["template"]["spec"]
+        assert not any("--run-store" in c["command"] for c in job["initContainers"] + job["containers"])
+
+
 def test_an_own_source_is_fetched_by_the_one_step_that_holds_its_secret():
     """Issue 17 in the cluster: the warehouse's Secret reaches only the fetch step (the image's own code,
     before any candidate code runs); the trusted steps read its checked snapshot, the candidate none of it."""

@@ -424,7 +424,7 @@ def test_the_loop_counts_the_reference_runs_and_passes_them_to_the_core():
 
 def test_the_training_job_and_the_run_store_carry_the_fidelity(tmp_path):
     from cambrian.operator.platform import kubernetes as K
-    from cambrian.operator.platform import runstore
+    from cambrian.trainer import runstore
 
     sp = evo_spec()
     r = evo_run(sp, api.EvolutionStatus())

@@ -85,3 +85,73 @@ def test_a_gang_pod_without_rank_0_scores_nothing_and_ends_as_a_worker(world_dir
     # a single pod's trainer cannot claim to be a worker to skip scoring: no model is a failed export
     with pytest.raises(StageFailure, match="without an exported model"):
         score_pod(quick_config, world_dir, tmp_path / "out", work)
+
+
+def _baseline_pod(tmp_path, name, config, data, reuse):
+    """One baseline run through the pod's steps, each as its container runs it."""
+    from cambrian.trainer import pod
+    from cambrian.trainer.train import prepare_pod, score_pod
+
+    work = _pod_work(tmp_path / name)
+    prepare_pod(config, data, work, reuse=reuse)
+    assert pod.main(["train", "--work", str(work), "--wall-seconds", "600"]) == 0
+    assert pod.main(["predict", "--work", str(work), "--wall-seconds", "600"]) == 0
+    return work, score_pod(config, data, tmp_path / name / "out", work, reuse=reuse)
+
+
+def test_a_second_baseline_pod_on_the_same_data_reuses_the_stored_run_without_running_a_step(world_dir, quick_config,
+                                                                                              tmp_path):
+    """Issue 15, item 3 in the cluster: the first pod trains and its scorer keeps the run on the claim; a pod of a
+    second Evolution, whose data is written afresh (another copy, the same content), trains nothing and reports the
+    stored metrics with a copy of the bundle. Other training settings are another run."""
+    import shutil
+
+    from cambrian.trainer import runstore
+
+    reuse = {"store": str(tmp_path / "claim"), "training": {"cpu": "2"}}
+    _, first = _baseline_pod(tmp_path, "pod1", quick_config, world_dir, reuse)
+    assert "reused" not in first and len(list((tmp_path / "claim" / runstore.STORE).iterdir())) == 1
+    copy = tmp_path / "data-again"
+    shutil.copytree(world_dir, copy)  # new files, new modification times, the same bytes
+    work, second = _baseline_pod(tmp_path, "pod2", quick_config, copy, reuse)
+    assert second["reused"] and {k: v for k, v in second.items() if k != "reused"} == first
+    assert (work / "training-in" / runstore.REUSE).exists() and not list((work / "training-in").glob("*.parquet"))
+    assert not (work / "training-out" / "model.pt2").exists() and not (work / "scoring-out" / "predictions.npy").exists()
+    bundle = lambda name: (tmp_path / name / "out" / "bundle" / "model.pt2").read_bytes()
+    assert bundle("pod2") == bundle("pod1")
+    _, third = _baseline_pod(tmp_path, "pod3", quick_config, copy, {**reuse, "training": {"cpu": "4"}})
+    assert "reused" not in third and len(list((tmp_path / "claim" / runstore.STORE).iterdir())) == 2
+
+
+def test_the_scorer_decides_reuse_by_itself(world_dir, quick_config, tmp_path):
+    """A marker in the steps' volumes is no claim to a stored run: without the entry the scorer fails the run
+    (nothing was trained) instead of reporting anything."""
+    from cambrian.trainer import runstore
+    from cambrian.trainer.train import score_pod
+
+    work = _pod_work(tmp_path)
+    (work / "training-in" / runstore.REUSE).write_text('{"key": "0" }')
+    for step in ("training", "scoring"):
+        (work / f"{step}-out" / STEP_STATUS).write_text(json.dumps({"returncode": 0, "wall_seconds": 0.0,
+                                                                     "timed_out": False}))
+    with pytest.raises(StageFailure, match="run store, which no longer has it") as info:
+        score_pod(quick_config, world_dir, tmp_path / "out", work, reuse={"store": str(tmp_path / "claim")})
+    assert info.value.stage == "reuse" and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_pods_data_is_known_by_its_content(tmp_path):
+    """The pod's world or snapshot is written afresh each time: the same bytes are the same data, one changed
+    byte is other data; locally (modification times) a copy is other data."""
+    import os
+
+    from cambrian.trainer.runstore import data_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "t").mkdir(parents=True)
+        (d / "t" / "rows.parquet").write_bytes(b"\x00" * 3000 + b"rows")
+    os.utime(b / "t" / "rows.parquet", (1, 1))
+    assert data_fingerprint(a, content=True) == data_fingerprint(b, content=True)
+    assert data_fingerprint(a) != data_fingerprint(b)
+    (b / "t" / "rows.parquet").write_bytes(b"\x00" * 3000 + b"rowz")
+    assert data_fingerprint(a, content=True) != data_fingerprint(b, content=True)

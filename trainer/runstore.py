@@ -1,12 +1,15 @@
-"""The LocalPlatform's store of finished baseline runs: the noise floor's seeds are trained once per
-(data, baseline Φ with its seed, training settings, trainer), and a second Evolution on the same data and
-configuration in the same folder reuses them instead of training them again.
+"""The store of finished baseline runs: the noise floor's seeds are trained once per (data, baseline Φ with its
+seed, training settings, trainer), and a second Evolution on the same data and configuration reuses them instead of
+training them again. Locally the store is `DIR/runstore/` (operator/platform/local.py); in the cluster it is
+`runstore/` on the Evolution's storage claim, read by the training pod's trusted steps (trainer/train.py
+`prepare_pod`, `score_pod`): the pod computes the data's identity, which the operator cannot see.
 
 Only baseline runs are kept: a candidate is deduplicated by its fingerprint within its Evolution already,
 and the baseline is what every Evolution on the same data starts with. The key covers everything a run's
-result depends on that the folder can tell: Φ (parsed, so equivalent spellings match), spec.training, the
-data folder's files (relative path, size, modification time), the trainer command and the package version.
-A stored run is its metrics (from the scorer, never from candidate code) and its bundle.
+result depends on: Φ (parsed, so equivalent spellings match), spec.training, the data (every file's relative path
+and size, and its modification time where the folder persists, or its content where each pod writes it afresh),
+the trainer command and the trainer's source. A stored run is its metrics (from the scorer, never from candidate
+code) and its bundle.
 """
 
 from __future__ import annotations
@@ -19,16 +22,29 @@ from pathlib import Path
 from typing import Any, Mapping
 
 STORE = "runstore"
+REUSE = "reuse.json"  # in a pod's step inputs: prepare found this run stored, the candidate steps have nothing to do
 
 
-def data_fingerprint(data: Path) -> str:
-    """What identifies the data a run read: every file's relative path, size and modification time."""
+def data_fingerprint(data: Path, content: bool = False) -> str:
+    """What identifies the data a run read: every file's relative path and size, with its modification time, or
+    (`content`) the hash of its bytes: a pod's world or fetched snapshot is written afresh every time, so only its
+    content can tell it is the same."""
     h = hashlib.sha256()
     for p in sorted(data.rglob("*")):
         if p.is_file():
             st = p.stat()
-            h.update(f"{p.relative_to(data)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{p.relative_to(data)}\0{st.st_size}\0".encode())
+            h.update(_file_hash(p) if content else str(st.st_mtime_ns).encode())
+            h.update(b"\n")
     return h.hexdigest()
+
+
+def _file_hash(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def trainer_fingerprint() -> str:
@@ -42,12 +58,12 @@ def trainer_fingerprint() -> str:
     return h.hexdigest()
 
 
-def run_key(request: Mapping[str, Any], data: Path, command: list[str] | None) -> str:
+def run_key(request: Mapping[str, Any], data: Path, command: list[str] | None, content: bool = False) -> str:
     from cambrian.trainer.config import parse_config
 
     config = parse_config(request["baseline"], "baseline").model_dump(mode="json")
     body = {"config": config, "delta": request.get("delta"), "training": request.get("training") or {},
-            "data": data_fingerprint(data), "command": command or ["cambrian", "train"],
+            "data": data_fingerprint(data, content), "command": command or ["cambrian", "train"],
             "trainer": trainer_fingerprint()}
     if request.get("fidelity") is not None:  # a first look is another run than the full one (absent: keys as before)
         body["fidelity"] = request["fidelity"]
