@@ -16,6 +16,8 @@ WATCH = WarehouseMetric("watch_minutes", "SELECT user_id, day, minutes AS value 
 CTR = WarehouseMetric("ctr", "SELECT user_id, day, clicks AS numerator, impressions AS denominator FROM user_days",
                       "ratio")
 
+HTTP_TIMEOUT = 60  # a collector's close_day reads the warehouse: seconds on a loaded 2-core machine (5 s flaked)
+
 
 def _world(seed: int = 3, users: int = 300, days: int = 14):
     """User-days with gaps (inactive days have no row), and an experiment from day 7 with a ramp step on day 9
@@ -180,19 +182,21 @@ def test_the_collector_publishes_sql_metrics_from_postgresql_and_the_analysis_de
         down = Collector(Store(tmp_path / "down.sqlite"), warehouse_url="postgresql://cambrian@127.0.0.1:1/x",
                          warehouse_metrics=metrics)
         with BackgroundApp(down.app()) as app:
-            httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": [[1, "control", today]]})
-            r = httpx.post(app.url + "/close_day", json={"day": today})
+            httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": [[1, "control", today]]},
+                       timeout=HTTP_TIMEOUT)
+            r = httpx.post(app.url + "/close_day", json={"day": today}, timeout=HTTP_TIMEOUT)
             assert r.status_code == 503 and "not yet in the warehouse" in r.json()["error"]
             assert pg.password not in r.text
         with BackgroundApp(Collector(Store(tmp_path / "c.sqlite"), warehouse_url=pg.url(),
                                      warehouse_metrics=metrics).app()) as app:
             exposures = [[u, arm, today] for arm, ids in users.items() for u in ids]
-            assert httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": exposures}).status_code == 200
+            assert httpx.post(app.url + "/exposures", json={"experiment": "ro", "exposures": exposures},
+                              timeout=HTTP_TIMEOUT).status_code == 200
             for _ in range(2):  # a retried close lands nothing twice
-                r = httpx.post(app.url + "/close_day", json={"day": today})
+                r = httpx.post(app.url + "/close_day", json={"day": today}, timeout=HTTP_TIMEOUT)
                 assert r.status_code == 200, r.text
-            stats = httpx.get(app.url + "/stats").json()["stats"]["ro"]
-            scrape = httpx.get(app.url + "/metrics").text
+            stats = httpx.get(app.url + "/stats", timeout=HTTP_TIMEOUT).json()["stats"]["ro"]
+            scrape = httpx.get(app.url + "/metrics", timeout=HTTP_TIMEOUT).text
         check = ibis.postgres.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password,
                                       database=pg.database)
         assert check.table("cambrian_exposures").count().execute() == len(exposures)
@@ -283,7 +287,7 @@ def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_dec
             for _ in range(3):
                 driver.run_day()
             driver.close()
-            stats = httpx.get(coll.url + "/stats").json()["stats"]["t"]
+            stats = httpx.get(coll.url + "/stats", timeout=HTTP_TIMEOUT).json()["stats"]["t"]
     assert wh.write_days(landed[-1]) == 0  # a replayed day
     ud, _ = store.frames()
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
@@ -325,8 +329,9 @@ def test_the_collector_lands_only_new_exposures_and_all_again_when_the_warehouse
 
     with BackgroundApp(Collector(store, warehouse_url=f"duckdb:///{path}", warehouse_metrics=[WATCH]).app()) as app:
         def expose(rows, day):
-            httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": rows}).raise_for_status()
-            httpx.post(app.url + "/close_day", json={"day": day}).raise_for_status()
+            httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": rows},
+                       timeout=HTTP_TIMEOUT).raise_for_status()
+            httpx.post(app.url + "/close_day", json={"day": day}, timeout=HTTP_TIMEOUT).raise_for_status()
 
         with duckdb.connect(str(path)) as con:  # the product's own table the metric reads
             con.execute("CREATE TABLE user_days (user_id BIGINT, day BIGINT, minutes DOUBLE)")
