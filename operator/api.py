@@ -1004,6 +1004,9 @@ class SeedRun(_Status):
     seed: int = Field(description="its training seed (the first run uses the champion's seed)")
     job: str = Field(description="the training Job")
     metrics: dict[str, float] = Field(default_factory=dict, description="the numeric metrics it reported")
+    reused: str | None = Field(None, max_length=64,
+                               description="a baseline run not trained again: its key in the run store, where an "
+                                           "earlier run on the same data and settings left it")
 
 
 class FirstLookReference(_Status):

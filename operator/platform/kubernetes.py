@@ -424,8 +424,10 @@ def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObser
     term = _terminated(pods)
     message = _termination_message(term)
     if ("Complete" in conds or "SuccessCriteriaMet" in conds) and "Failed" not in conds:
+        reused = message.get("reused")
         return JobObservation(name, "Succeeded", 0, metrics=message.get("metrics"), bundle_uri=bundle,
-                              started_at=started, finished_at=finished)
+                              started_at=started, finished_at=finished,
+                              reused=reused if isinstance(reused, str) else None)
     if "Failed" in conds or "FailureTarget" in conds:
         cond = conds.get("Failed") or conds.get("FailureTarget") or {}
         error = message.get("error") or {}

@@ -312,7 +312,7 @@ class LocalPlatform:
             out.append(JobObservation(
                 name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
                 stage=r.get("stage"), metrics=r.get("metrics"), bundle_uri=r.get("bundle_uri"),
-                started_at=_time(r.get("started_at")), finished_at=_time(r.get("finished_at"))))
+                started_at=_time(r.get("started_at")), finished_at=_time(r.get("finished_at")), reused=r.get("reused")))
         return out
 
     def delete_job(self, action: DeleteJob) -> None:

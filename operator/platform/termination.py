@@ -7,6 +7,7 @@ status (containerStatuses[].state.terminated.message), so the operator reads res
 exec, logs or shared storage. This wrapper writes, after the command exits (same exit code):
 
     success: {"v": 1, "metrics": {numeric metrics of OUT/metrics.json}, "bundle": "OUT/bundle"}
+             (+ "reused": KEY when the scorer took the run from the run store, trainer/runstore.py)
     failure: {"v": 1, "exit_code": N, "error": {"stage": ..., "reason": ...}}   (OUT/error.json)
 
 Non-numeric metrics are dropped and the reason is cut to fit. Trainers may also write this file
@@ -41,6 +42,8 @@ def compact(out_dir: Path, exit_code: int) -> str:
         }
         if (out_dir / "bundle").is_dir():
             msg["bundle"] = str(out_dir / "bundle")
+        if isinstance(metrics.get("reused"), str) and len(metrics["reused"]) <= 64:
+            msg["reused"] = metrics["reused"]  # a baseline run taken from the run store, not trained again
         return _fit(msg)
     msg["exit_code"] = exit_code
     try:

@@ -129,10 +129,12 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
     st.champion = Champion(name="baseline", bundle=first.bundle_uri, config=spec.baseline, since=now)
     cond("ChampionReady", True, "Baseline", "the baseline model is the champion")
     floors = ", ".join(f"{k}={v.value:.5g}±{v.std or 0:.2g}" for k, v in st.baseline_metrics.items())
-    journal("ChampionChanged", f"baseline trained with {len(seeds)} seeds: {floors}", bundle=first.bundle_uri,
+    reused = sum(r.reused is not None for r in st.baseline_runs)
+    stored = f" ({reused} of them from the run store, not trained again)" if reused else ""
+    journal("ChampionChanged", f"baseline trained with {len(seeds)} seeds{stored}: {floors}", bundle=first.bundle_uri,
             metrics=numeric(first.metrics))
     return True
 
 
 def seed_run(seed: int, job: JobObservation) -> SeedRun:
-    return SeedRun(seed=seed, job=job.name, metrics=numeric(job.metrics))
+    return SeedRun(seed=seed, job=job.name, metrics=numeric(job.metrics), reused=job.reused)

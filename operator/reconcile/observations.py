@@ -30,6 +30,7 @@ class JobObservation:
     # Why a Pending/Suspended run cannot start, when the platform can tell: a missing PriorityClass,
     # PVC or Kueue queue, no node matching the selector, an image that cannot be pulled.
     blocked: str | None = None
+    reused: str | None = None  # a baseline run not trained again: its key in the run store (trainer/runstore.py)
 
 
 @dataclass(frozen=True)

@@ -322,6 +322,9 @@ def test_a_second_evolution_on_the_same_data_reuses_the_baselines_seed_runs(tmp_
     assert reused == [None, None] and len(list((root / "runstore").iterdir())) == 2
     second, reused = drive(evolution("second"))
     assert all(reused) and second["baselineMetrics"] == first["baselineMetrics"]
+    # the Evolution's status says which seeds were taken from the run store (the reconcile core, both platforms)
+    assert sorted(r["reused"] for r in second["baselineRuns"]) == sorted(reused)
+    assert not any(r.get("reused") for r in first["baselineRuns"])
     assert second["champion"]["bundle"] != first["champion"]["bundle"]  # its own copy
     _, reused = drive(evolution("other", lr=0.001))
     assert reused == [None, None]

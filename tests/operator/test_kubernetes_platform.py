@@ -224,6 +224,9 @@ def test_parse_job_states():
     assert K.parse_job(_job(), []).state == "Pending"
     ok = K.parse_job(_job([("Complete", "", "")]), [_pod(0, '{"v":1,"metrics":{"val_loss":0.4}}')])
     assert ok.state == "Succeeded" and ok.metrics == {"val_loss": 0.4} and ok.bundle_uri == "pvc://b/x/bundle"
+    assert ok.reused is None
+    stored = K.parse_job(_job([("Complete", "", "")]), [_pod(0, '{"v":1,"metrics":{"val_loss":0.4},"reused":"k1"}')])
+    assert stored.reused == "k1" and stored.metrics == {"val_loss": 0.4}
     gate = K.parse_job(_job([("Failed", "BackoffLimitExceeded", "")]),
                        [_pod(3, '{"v":1,"exit_code":3,"error":{"stage":"static","reason":"bad import"}}', "Error")])
     assert (gate.state, gate.exit_code, gate.stage, gate.message, gate.reason) == ("Failed", 3, "static", "bad import", "Error")
@@ -272,6 +275,9 @@ def test_termination_message(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 0.5, "device": "cuda", "auc": float("nan")}))
     (tmp_path / "bundle").mkdir()
     assert json.loads(compact(tmp_path, 0)) == {"v": 1, "metrics": {"val_loss": 0.5}, "bundle": str(tmp_path / "bundle")}
+    # a baseline run the scorer took from the run store says so (its key), beside its stored metrics
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 0.5, "reused": "a" * 32}))
+    assert json.loads(compact(tmp_path, 0))["reused"] == "a" * 32
     (tmp_path / "error.json").write_text(json.dumps({"stage": "static", "reason": "x" * 10000}))
     msg = compact(tmp_path, 3)
     assert len(msg.encode()) <= 4096 and json.loads(msg)["error"]["stage"] == "static"
