@@ -76,6 +76,10 @@ def test_first_looks_below_the_rule_never_train_in_full_and_the_reference_is_reu
     again = [j for j in _jobs(root) if j["owner"]["name"] == "again"]
     assert len(again) == 4 and all(j["result"].get("reused") for j in again)
     assert len(list((root / "runstore").iterdir())) == 4  # two full seeds, two first-look seeds
+    # its status names the stored runs, the baseline's and its first-look reference's
+    (second,) = [e for e in LocalStore(root).list("evolutions") if e["metadata"]["name"] == "again"]
+    runs = second["status"]["baselineRuns"] + second["status"]["firstLookReference"]["runs"]
+    assert len(runs) == 4 and sorted(r["reused"] for r in runs) == sorted(j["result"]["reused"] for j in again)
 
 
 def test_a_promoted_first_look_trains_in_full_and_is_confirmed(tmp_path):
