@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     gpu = args.command == "train" and _wants_gpu(args.work / "training-in")
     step = _Contained(args.work, name, contain=False, limits=limits, gpu=gpu, in_pod=True)
     if (step.input / REUSE).exists():  # prepare found this baseline run stored: nothing to train or predict
-        (step.scratch / STEP_STATUS).write_text(json.dumps({"returncode": 0, "wall_seconds": 0.0, "timed_out": False}))
+        (step.scratch / STEP_STATUS).write_text(json.dumps({"returncode": 0, "wall_seconds": 0.0, "timed_out": False,
+                                                            "skipped": "reuse"}))  # read by the scorer (score_pod)
         print(f"{args.command} step skipped: the run is in the run store (the scorer checks it)", file=sys.stderr)
         return 0
     if args.command == "predict":

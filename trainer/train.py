@@ -491,7 +491,7 @@ def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, wo
               file=sys.stderr)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         return metrics
-    if (work / "training-in" / runstore.REUSE).exists():  # nothing trained, and the stored run is gone
+    if _skipped_for_reuse(work):  # nothing trained, and the stored run is gone
         raise StageFailure("reuse", f"prepare found run {key} in the run store, which no longer has it; run it again")
     metrics = _score_pod(config, data_dir, out_dir, work, workers)
     try:
@@ -499,6 +499,17 @@ def score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, wo
     except OSError as exc:  # another pod stored the same run first, or the claim is full: this run stands
         print(f"baseline run not stored for reuse: {exc}", file=sys.stderr)
     return metrics
+
+
+def _skipped_for_reuse(work: Path) -> bool:
+    """The training step ran nothing because prepare found the run stored (trainer/pod.py). Read from the step's
+    output volume, the one of its volumes the scorer mounts (prepare's marker lies in training-in, which it does
+    not); untrusted like every step output, so it only names why there is no model, never gives a result."""
+    step = _Contained(work, "training", False, SandboxLimits(), False, in_pod=True)
+    try:
+        return json.loads(step.output(STEP_STATUS).read_text()).get("skipped") == "reuse"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _score_pod(config: ModelConfig, data_dir: str | Path, out_dir: str | Path, work: Path, workers: int) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -124,16 +125,18 @@ def test_a_second_baseline_pod_on_the_same_data_reuses_the_stored_run_without_ru
 
 
 def test_the_scorer_decides_reuse_by_itself(world_dir, quick_config, tmp_path):
-    """A marker in the steps' volumes is no claim to a stored run: without the entry the scorer fails the run
-    (nothing was trained) instead of reporting anything."""
-    from cambrian.trainer import runstore
+    """Steps skipped for a stored run are no claim to it: without the entry the scorer fails the run (nothing was
+    trained) instead of reporting anything. The scorer sees only the volumes its container mounts (training-out and
+    scoring-out, not prepare's inputs), so the pod here holds nothing else."""
+    from cambrian.trainer import pod, runstore
     from cambrian.trainer.train import score_pod
 
     work = _pod_work(tmp_path)
-    (work / "training-in" / runstore.REUSE).write_text('{"key": "0" }')
-    for step in ("training", "scoring"):
-        (work / f"{step}-out" / STEP_STATUS).write_text(json.dumps({"returncode": 0, "wall_seconds": 0.0,
-                                                                     "timed_out": False}))
+    for step in ("training", "scoring"):  # as prepare leaves a stored run's pod: its steps then run nothing
+        (work / f"{step}-in" / runstore.REUSE).write_text('{"key": "0"}')
+    assert pod.main(["train", "--work", str(work)]) == 0 and pod.main(["predict", "--work", str(work)]) == 0
+    for volume in ("training-in", "scoring-in"):
+        shutil.rmtree(work / volume)
     with pytest.raises(StageFailure, match="run store, which no longer has it") as info:
         score_pod(quick_config, world_dir, tmp_path / "out", work, reuse={"store": str(tmp_path / "claim")})
     assert info.value.stage == "reuse" and not (tmp_path / "out" / "metrics.json").exists()
