@@ -49,6 +49,8 @@ def run(
                                       "this many seconds passed since the first create (else: until all are steady)"),
     arms: str = typer.Option(None, "--arms", help="decision-world: comma-separated arms to simulate (e.g. aa)"),
     sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
+    world: str = typer.Option(None, "--world", help="fidelity, trap: the world preset and the Φ0 its product runs "
+                                                    "(calibrated: a click model; hooked: a watch-time model)"),
     seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
                                                     "ones (e.g. held-out seeds 5,6,7,8,9); fidelity: run these world "
                                                     "seeds and report them together"),
@@ -58,7 +60,7 @@ def run(
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     fn = importlib.import_module(BENCHMARKS[name]).run
     sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions), ("users", users)) if v is not None}
-    options = {k: v for k, v in (("window", window), ("sims", sims),
+    options = {k: v for k, v in (("window", window), ("sims", sims), ("world", world),
                                  ("arms", tuple(arms.split(",")) if arms else None),
                                  ("seeds", _seeds(seeds) if seeds else None)) if v is not None}
     for k in options:
@@ -73,6 +75,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e
                      *([arms.replace(",", "-").replace(":", "_")] if arms else []),   # decision-world-aa
+                     *([world] if world else []),  # fidelity-hooked
                      *(["quick"] if quick and seeds else []),  # fidelity-quick-seeds0-1
                      *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else [])])  # multifidelity-seeds5-6
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -48,6 +48,9 @@ class Size:
 QUICK = Size(users=200, log_days=4, online_days=5, epochs=1, max_train_examples=50_000)
 FULL = Size(users=1000, log_days=8, online_days=21, epochs=2, max_train_examples=200_000)
 
+WATCH_LABEL = "LEAST(watch_seconds / 300.0, 1.0)"
+THUMB_CLICKS = "1.0 + 6.0 * click * GREATEST(thumb_intensity, 0.0)"  # clicks on eye-catching thumbnails weighed up
+
 # name -> (component, delta). Φ0 trains clicks with Adam, an MLP, `epochs` epochs.
 CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "optimizer:lr_x3": ("optimizer", {"optimizer": {"lr": 0.009}}),
@@ -58,13 +61,13 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "architecture:dcn": ("architecture", {"architecture": {"name": "dcn"}}),
     "architecture:wide_emb32": ("architecture", {"architecture": {"embedding_dim": 32, "hidden": [128, 64]}}),
     "architecture:dropout": ("architecture", {"architecture": {"dropout": 0.3}}),
-    "reward:watch_time": ("reward", {"reward": {"label": "LEAST(watch_seconds / 300.0, 1.0)"}}),
+    "reward:watch_time": ("reward", {"reward": {"label": WATCH_LABEL}}),
     "reward:completed_click": ("reward", {"reward": {"label": "CASE WHEN click = 1 THEN completion ELSE 0.0 END"}}),
     "reward:no_hate": ("reward", {"reward": {"label": "CAST(click = 1 AND hate = 0 AS DOUBLE)"}}),
     "reward:like": ("reward", {"reward": {"label": "CAST(\"like\" AS DOUBLE)"}}),  # LIKE is an SQL keyword
     "reward:return_weighted": ("reward", {"reward": {"weight": "1.0 + 2.0 * click * returned_next_day"}}),
     # The trap: weigh clicks on eye-catching thumbnails (the observable trace of bait) up.
-    TRAP: ("reward", {"reward": {"weight": "1.0 + 6.0 * click * GREATEST(thumb_intensity, 0.0)"}}),
+    TRAP: ("reward", {"reward": {"weight": THUMB_CLICKS}}),
     "training:more_epochs": ("training", {"training": {"epochs_factor": 3}}),
     "training:fewer_epochs": ("training", {"training": {"epochs_factor": 0.5}}),
     "training:seed": ("training", {"training": {"seed": 1}}),
@@ -73,10 +76,51 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def candidate_config(size: Size, delta: dict[str, Any]) -> dict[str, Any]:
+# The hooked world's product already ranks by watch time (Φ0's label), as a mature video service does; the
+# reward changes are moves away from it, the trap the obvious one: learn what users click, eye-catching
+# thumbnails weighed up. The other components' changes are the calibrated world's.
+HOOKED_CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    **{k: v for k, v in CANDIDATES.items() if not k.startswith("reward:")},
+    "reward:clicks": ("reward", {"reward": {"label": "label"}}),
+    "reward:completed_click": CANDIDATES["reward:completed_click"],
+    "reward:no_hate": CANDIDATES["reward:no_hate"],
+    "reward:like": CANDIDATES["reward:like"],
+    "reward:return_weighted": CANDIDATES["reward:return_weighted"],
+    TRAP: ("reward", {"reward": {"label": "label", "weight": THUMB_CLICKS}}),
+}
+
+
+@dataclass(frozen=True)
+class BenchWorld:
+    """A world preset and the Φ0 its product runs (components beyond the size's training); the candidates are
+    deltas on that Φ0, each component's patch merged into Φ0's as a Hypothesis' patch is."""
+
+    preset: str
+    base: dict[str, dict[str, Any]]
+    candidates: dict[str, tuple[str, dict[str, Any]]]
+
+
+WORLDS = {
+    "calibrated": BenchWorld("calibrated", {}, CANDIDATES),
+    "hooked": BenchWorld("hooked", {"reward": {"label": WATCH_LABEL}}, HOOKED_CANDIDATES),
+}
+DEFAULT_WORLD = "calibrated"
+
+
+def bench_world(name: str) -> BenchWorld:
+    from cambrian.errors import ConfigError
+
+    if name not in WORLDS:
+        raise ConfigError(f"unknown benchmark world {name!r}; choose one of {', '.join(WORLDS)}")
+    return WORLDS[name]
+
+
+def candidate_config(size: Size, delta: dict[str, Any], base: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Φ0 (or Φ0 + delta) as a config mapping; training factors scale Φ0's epochs and examples."""
     training = {"epochs": size.epochs, "max_train_examples": size.max_train_examples, "cpu_threads": 1}
-    out = {k: dict(v) for k, v in delta.items() if k != "training"}
+    base = base or {}
+    out = {k: {**base.get(k, {}), **v} for k, v in delta.items() if k != "training"}
+    out.update({k: dict(v) for k, v in base.items() if k not in out and k != "training"})
     extra = dict(delta.get("training", {}))
     if "epochs_factor" in extra:
         training["epochs"] = max(1, round(size.epochs * extra.pop("epochs_factor")))
@@ -277,15 +321,22 @@ def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> d
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
         candidates: dict[str, tuple[str, dict[str, Any]]] | None = None, seed: int = 0,
-        seeds: tuple[int, ...] | None = None) -> dict:
+        seeds: tuple[int, ...] | None = None, world: str = DEFAULT_WORLD) -> dict:
     """`seed`: the world's seed (0 is the reported run); `seeds`: run each of these worlds and report them
-    together (`summarise`): one world's 19 candidates are too few to tell a surrogate from its luck."""
+    together (`summarise`): one world's 19 candidates are too few to tell a surrogate from its luck; `world`: the
+    preset and its Φ0 (WORLDS)."""
+    bench_world(world)
     if seeds:
-        return summarise([run_seed(quick, progress, size, candidates, s) for s in seeds], quick)
-    return run_seed(quick, progress, size, candidates, seed)
+        return summarise([run_seed(quick, progress, size, candidates, s, world) for s in seeds], quick, world)
+    return run_seed(quick, progress, size, candidates, seed, world)
 
 
-def summarise(per_seed: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+def command(quick: bool, world: str, seeds: tuple[int, ...] = ()) -> str:
+    return ("cambrian bench run fidelity" + (" --quick" if quick else "") +
+            (f" --world {world}" if world != DEFAULT_WORLD else "") + (f" --seeds {','.join(map(str, seeds))}" if seeds else ""))
+
+
+def summarise(per_seed: list[dict[str, Any]], quick: bool, world: str = DEFAULT_WORLD) -> dict[str, Any]:
     """Several world seeds' results side by side; headline: the mean over seeds of the surrogate's Spearman when
     one fit on 8 concluded rollouts ranks the other candidates (the issue's target, >= 0.7)."""
     rows = []
@@ -302,8 +353,9 @@ def summarise(per_seed: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     seeds = [x["seed"] for x in rows]
     return {
         "name": "fidelity",
-        "command": "cambrian bench run fidelity" + (" --quick" if quick else "") + f" --seeds {','.join(map(str, seeds))}",
+        "command": command(quick, world, tuple(seeds)),
         "quick": quick,
+        "world": world,
         "ratio": round(float(np.mean(rests)), 4) if rests else float("nan"),
         "ratio_meaning": (f"mean over {len(rows)} world seeds of the surrogate's Spearman when one fit on 8 concluded "
                           "rollouts ranks the other candidates (200 draws each; target >= 0.7)"),
@@ -315,7 +367,8 @@ def summarise(per_seed: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
 
 
 def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
-             candidates: dict[str, tuple[str, dict[str, Any]]] | None = None, seed: int = 0) -> dict:
+             candidates: dict[str, tuple[str, dict[str, Any]]] | None = None, seed: int = 0,
+             world: str = DEFAULT_WORLD) -> dict:
     """One world's candidates, offline and online."""
     from cambrian.bench.throughput import load_now
     from cambrian.operator.api import Noise
@@ -325,22 +378,24 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
 
     say = progress or (lambda msg: None)
     size = size or (QUICK if quick else FULL)
-    candidates = CANDIDATES if candidates is None else candidates
+    setup = bench_world(world)
+    candidates = setup.candidates if candidates is None else candidates
+    config = lambda delta: candidate_config(size, delta, setup.base)
     t0, load_start = time.perf_counter(), load_now()
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-fidelity-") as tmp:
         data = Path(tmp) / "world"
-        summary = generate(data, n_users=size.users, days=size.log_days, seed=seed, preset="calibrated", force=True)
-        base_metrics, base_score = train_model(candidate_config(size, {}), data)
+        summary = generate(data, n_users=size.users, days=size.log_days, seed=seed, preset=setup.preset, force=True)
+        base_metrics, base_score = train_model(config({}), data)
         # the loop's noise floor: Φ0 over the Evolution's default baseline seeds (the first one is served)
-        base_runs = [base_metrics] + [train_model(candidate_config(size, {"training": {"seed": s}}), data)[0]
-                                      for s in baseline_seeds(base_seed(candidate_config(size, {})), Noise().baseline_seeds)[1:]]
+        base_runs = [base_metrics] + [train_model(config({"training": {"seed": s}}), data)[0]
+                                      for s in baseline_seeds(base_seed(config({})), Noise().baseline_seeds)[1:]]
         base_online = serve_online(data, base_score, size.online_days)
         say(f"baseline: {base_metrics}")
         rows, failed = [], {}
         for name, (component, delta) in candidates.items():
             c0 = time.perf_counter()
             try:
-                metrics, score = train_model(candidate_config(size, delta), data)
+                metrics, score = train_model(config(delta), data)
             except Exception as exc:  # a candidate that fails the gate or training is reported, not fatal
                 failed[name] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -358,7 +413,7 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
     best = max((v for k, v in corr.items() if v is not None and k != "surrogate_loo"), default=float("nan"))
     return {
         "name": "fidelity",
-        "command": "cambrian bench run fidelity" + (" --quick" if quick else ""),
+        "command": command(quick, world),
         "quick": quick,
         "ratio": float(best),
         "ratio_meaning": ("best Spearman rank correlation, over the offline signals (the gain in noise floors on the component's "
@@ -377,10 +432,10 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
             "active_days_late_se")},
         "candidates": rows,
         "failed": failed,
-        "world": {"preset": "calibrated", "seed": seed, "users": size.users, "log_days": size.log_days,
+        "world": {"name": world, "preset": setup.preset, "seed": seed, "users": size.users, "log_days": size.log_days,
                   "online_days": size.online_days, **{k: summary["overall"][k] for k in ("impressions", "ctr",
                                                                                           "dau_frac")}},
-        "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples,
+        "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples, **setup.base,
                      **{k: round(float(base_metrics[k]), 6) for k in RAW_METRICS}},
         "load_average_start": load_start,
         "load_average_end": load_now(),

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cambrian.bench.fidelity import TRAP, CANDIDATES, online_effects
+from cambrian.bench.fidelity import DEFAULT_WORLD, TRAP, bench_world, online_effects
 
 SEEDS = (0, 1, 2, 3, 4)
 TRAP_NAME = "human-clickbait-trap"
@@ -55,14 +55,17 @@ QUICK = Size(users=600, days=4, evaluations=18, online_days=6, epochs=1, max_tra
 FULL = Size(users=2000, days=8, evaluations=24, online_days=10, epochs=2, max_train_examples=200_000, truth_days=14)
 
 
-def evolution_and_trap(size: Size, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The demo's Evolution at this size (built-in proposer, the calibrated world) and the trap Hypothesis."""
+def evolution_and_trap(size: Size, seed: int, world: str = DEFAULT_WORLD) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The demo's Evolution at this size (built-in proposer) on the benchmark world's preset, with that world's Φ0
+    as its baseline (bench/fidelity.WORLDS), and the trap Hypothesis (a patch on that Φ0)."""
     from cambrian.demo import EVOLUTION, FULL as DEMO, evolution_object
 
+    setup = bench_world(world)
     demo = replace(DEMO, users=size.users, days=size.days, evaluations=size.evaluations, online_days=size.online_days,
-                   epochs=size.epochs, max_train_examples=size.max_train_examples, world="calibrated")
+                   epochs=size.epochs, max_train_examples=size.max_train_examples, world=setup.preset)
     evo = evolution_object(demo, seed, gemini=False)
-    _, delta = CANDIDATES[TRAP]
+    evo["spec"]["baseline"] = {**setup.base, **evo["spec"]["baseline"]}
+    _, delta = setup.candidates[TRAP]
     trap = {"apiVersion": evo["apiVersion"], "kind": "Hypothesis", "metadata": {"name": TRAP_NAME},
             "spec": {"evolutionRef": {"name": EVOLUTION}, "component": "reward",
                      "explanation": "Items with eye-catching thumbnails get clicked more: weigh those clicks up so the "
@@ -167,7 +170,7 @@ def trap_stop(h: dict[str, Any]) -> str:
     return "offline better, not selected for a Rollout"
 
 
-def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> dict[str, Any]:
+def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None], world: str = DEFAULT_WORLD) -> dict[str, Any]:
     from cambrian.demo import rollouts_settled
     from cambrian.operator.local_driver import LocalDriver
     from cambrian.world.generate import generate
@@ -176,8 +179,8 @@ def one_seed(root: Path, size: Size, seed: int, say: Callable[[str], None]) -> d
 
     t0, load_start = time.perf_counter(), load_now()
     data = root / "world"
-    generate(data, n_users=size.users, days=size.days, seed=seed, preset="calibrated", force=True)
-    evo, trap = evolution_and_trap(size, seed)
+    generate(data, n_users=size.users, days=size.days, seed=seed, preset=bench_world(world).preset, force=True)
+    evo, trap = evolution_and_trap(size, seed, world)
     driver = LocalDriver(root / "evolve", data_dir=data, workers=2, max_days=size.online_days * 4 + 10,
                          until=rollouts_settled)
     driver.apply([evo, trap])
@@ -269,31 +272,33 @@ def size_for(quick: bool, users: int | None = None) -> Size:
 
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
-        seeds: tuple[int, ...] = SEEDS, users: int | None = None) -> dict:
+        seeds: tuple[int, ...] = SEEDS, users: int | None = None, world: str = DEFAULT_WORLD) -> dict:
     from cambrian.bench.throughput import load_now
 
+    bench_world(world)
     say = progress or (lambda msg: None)
     size = size or size_for(quick, users)
     t0, load_start = time.perf_counter(), load_now()
     per_seed = []
     for seed in seeds:
         with tempfile.TemporaryDirectory(prefix=f"cambrian-bench-trap-{seed}-") as tmp:
-            per_seed.append(one_seed(Path(tmp), size, seed, say))
+            per_seed.append(one_seed(Path(tmp), size, seed, say, world))
         say(json.dumps({k: per_seed[-1][k] for k in ("seed", "trap_launched", "trap_stopped_at",
                                                       "genuinely_better_launched")}))
-    return {**summarise(per_seed, size, quick), "load_average_start": load_start, "load_average_end": load_now(),
+    return {**summarise(per_seed, size, quick, world), "load_average_start": load_start, "load_average_end": load_now(),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[str, Any]:
+def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool, world: str = DEFAULT_WORLD) -> dict[str, Any]:
     ok = [not s["trap_launched"] and bool(s["genuinely_better_launched"]) for s in per_seed]
     return {
         "name": "trap",
         "command": "cambrian bench run trap" + (" --quick" if quick else "")
-                   + (f" --users {size.users}" if size.users != size_for(quick).users else ""),
+                   + (f" --users {size.users}" if size.users != size_for(quick).users else "")
+                   + (f" --world {world}" if world != DEFAULT_WORLD else ""),
         "quick": quick,
         "ratio": sum(ok) / len(ok),
-        "ratio_meaning": ("share of seeds where the real loop (demo's Evolution, calibrated world) did not launch the "
+        "ratio_meaning": (f"share of seeds where the real loop (demo's Evolution, {world} world) did not launch the "
                           "clickbait trap and launched at least one genuinely better change (truth from the simulator, "
                           "common random numbers); target 1.0 over 5 seeds"),
         "trap_launched": sum(s["trap_launched"] for s in per_seed),
@@ -301,7 +306,7 @@ def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool) -> dict[s
         "offline_best_is_trap": sum(bool(s["offline_best"] and s["offline_best"]["is_trap"]) for s in per_seed),
         "online_verdicts": online_verdicts(per_seed),
         "size": size.__dict__,
-        "world": "calibrated",
+        "world": world,
         "seeds": per_seed,
     }
 

@@ -82,6 +82,8 @@ class WorldParams(BaseModel):
     # session
     browse_cost: float = Field(0.3, gt=0, description="minutes a slate costs even without a click")
     extend: float = Field(0.5, ge=0, lt=2, description="good content extends the budget by extend*watch*(q-1/2)")
+    hook: float = Field(0.0, ge=0, le=1, description="bait is binge-watched: its minutes are charged to the session "
+                        "budget at (1 - hook*bait), so a baity ranking keeps users longer today")
     h0: float = -3.5
     h_sat: float = 1.0
     h_nc: float = 0.6
@@ -142,7 +144,13 @@ CALIBRATED: dict[str, Any] = {
     "dow_return": (0.0, -0.05, -0.05, 0.0, 0.1, 0.35, 0.3), "dow_budget": (0.95, 0.93, 0.93, 0.97, 1.03, 1.15, 1.12),
     "th_novelty": 1.5, "novelty_rate": 0.3,
 }
-PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED}
+# The hooked world (issue 18's deceptive trap): the calibrated world where bait is binge-watched (its minutes are
+# charged to the session budget at 1 - 0.4*bait, so a baity ranking keeps users longer *today*), while
+# satisfaction falls a third faster per click (eta_s) and now also shortens sessions (h_sat): the cost shows over
+# weeks, in return and late minutes. Its product ranks by watch time (bench/fidelity.WORLDS), against which learning clicks is the trap:
+# CTR and the first days' minutes up, active days and later minutes down.
+HOOKED: dict[str, Any] = {**CALIBRATED, "hook": 0.4, "eta_s": 0.002, "h_sat": 1.0}
+PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED, "hooked": HOOKED}
 DEFAULT_PRESET = "calibrated"
 
 

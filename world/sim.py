@@ -387,7 +387,7 @@ class Day:
             st.interest[uid[c]] = moved / np.maximum(np.linalg.norm(moved, axis=1, keepdims=True), 1e-12)
 
         # session: budget, leave hazard, next session
-        self.budget[rows] -= watch + p.browse_cost - p.extend * watch * (q - 0.5)
+        self.budget[rows] -= watch + p.browse_cost - p.extend * watch * (q - 0.5) - p.hook * watch * b
         self.nc[rows] = np.where(clicked, 0, self.nc[rows] + 1)
         hazard = sigmoid(p.h0 - p.h_sat * st.sat[uid] + p.h_nc * self.nc[rows])
         leave = rng.uniform(rng.sub(self._k[rng.LEAVE][rows], step)) < hazard

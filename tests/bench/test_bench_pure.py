@@ -169,6 +169,9 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     (["search", "--seeds", "5,6"], "takes no --seeds"),
     (["search", "--users", "4000"], "takes no --users"),
     (["trap", "--users", "5"], "Invalid value for '--users'"),
+    (["search", "--world", "hooked"], "takes no --world"),
+    (["fidelity", "--world", "nope"], "unknown benchmark world 'nope'"),
+    (["trap", "--world", "nope"], "unknown benchmark world 'nope'"),
 ])
 def test_cli_refuses_bad_seeds_before_running_anything(tmp_path, args, says):
     bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", *args, "--out", str(tmp_path)],

@@ -8,15 +8,46 @@ import math
 import numpy as np
 import pytest
 
-from cambrian.bench.fidelity import (CANDIDATES, QUICK, SIGNALS, TRAP, candidate_config, offline_signals,
-                                     online_effects, paired_effect, rank_correlations)
+from cambrian.bench.fidelity import (CANDIDATES, QUICK, SIGNALS, TRAP, WATCH_LABEL, WORLDS, bench_world,
+                                     candidate_config, command, offline_signals, online_effects, paired_effect,
+                                     rank_correlations)
+from cambrian.bench.fidelity import run as fidelity_run
+from cambrian.errors import ConfigError
 
 
-def test_candidates_span_all_four_components_with_a_trap_and_neutral_changes():
-    components = {c for c, _ in CANDIDATES.values()}
+@pytest.mark.parametrize("world", sorted(WORLDS))
+def test_candidates_span_all_four_components_with_a_trap_and_neutral_changes(world):
+    candidates = WORLDS[world].candidates
+    components = {c for c, _ in candidates.values()}
     assert components == {"optimizer", "architecture", "reward", "training"}
-    assert len(CANDIDATES) >= 16 and TRAP in CANDIDATES
-    assert "training:seed" in CANDIDATES  # a change that cannot matter online
+    assert len(candidates) >= 16 and TRAP in candidates
+    assert "training:seed" in candidates  # a change that cannot matter online
+
+
+def test_the_hooked_worlds_candidates_are_patches_on_its_watch_time_model():
+    """Φ0 of the hooked world learns watch time; a reward patch merges into Φ0's reward as a Hypothesis' patch
+    does, so a weight alone keeps Φ0's label and the trap learns clicks. Every candidate is a valid Φ other than
+    Φ0 (training changes aside), and the world's preset is a real one."""
+    from cambrian.trainer.config import parse_config
+    from cambrian.world.params import PRESETS
+
+    setup = WORLDS["hooked"]
+    assert setup.preset in PRESETS and bench_world("calibrated").base == {}
+    base = parse_config(candidate_config(QUICK, {}, setup.base))
+    assert base.reward.label == WATCH_LABEL
+    weighted = parse_config(candidate_config(QUICK, setup.candidates["reward:return_weighted"][1], setup.base))
+    assert weighted.reward.label == WATCH_LABEL and "returned_next_day" in weighted.reward.weight
+    trap = parse_config(candidate_config(QUICK, setup.candidates[TRAP][1], setup.base))
+    assert trap.reward.label == "label" and "thumb_intensity" in trap.reward.weight
+    epochs = parse_config(candidate_config(QUICK, {"training": {"epochs_factor": 3}}, setup.base))
+    assert epochs.reward.label == WATCH_LABEL and epochs.training.epochs == 3 * QUICK.epochs
+    for name, (component, delta) in setup.candidates.items():
+        cfg = parse_config(candidate_config(QUICK, delta, setup.base), name)
+        assert cfg != base or component == "training", name
+    with pytest.raises(ConfigError, match="unknown benchmark world 'nope'"):
+        fidelity_run(quick=True, world="nope")
+    assert command(False, "hooked", (0, 1)) == "cambrian bench run fidelity --world hooked --seeds 0,1"
+    assert command(True, "calibrated") == "cambrian bench run fidelity --quick"
 
 
 def test_candidate_config_scales_training_and_keeps_other_components():
@@ -134,7 +165,7 @@ def test_every_reward_candidate_passes_the_reward_sql_gate():
     df = pd.DataFrame({c: [0, 1, 1, 0] for c in IMPRESSION_COLUMNS})
     df["watch_seconds"], df["completion"], df["thumb_intensity"] = [0.0, 90.0, 30.0, 0.0], [0, 0.9, 0.3, 0], 0.5
     df["hate"], df["like"], df["skip"] = [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 1, 0]
-    for name, (_, delta) in CANDIDATES.items():
+    for name, (_, delta) in {**CANDIDATES, **WORLDS["hooked"].candidates}.items():
         if "reward" in delta:
             label, weight = reward_labels(df, RewardConfig(**delta["reward"]))
             assert len(label) == len(df) and (weight >= 0).all(), name
@@ -186,7 +217,8 @@ def test_several_world_seeds_are_run_and_reported_together(monkeypatch):
     them and counts the seeds at the target, beside each raw proxy's mean on the same held-out sets."""
     from cambrian.bench import fidelity
 
-    def fake_seed(quick, progress, size, candidates, seed):
+    def fake_seed(quick, progress, size, candidates, seed, world):
+        assert world == "calibrated"
         rng = np.random.default_rng(seed)
         rows = []
         for i in range(14):
@@ -204,7 +236,7 @@ def test_several_world_seeds_are_run_and_reported_together(monkeypatch):
 
     monkeypatch.setattr(fidelity, "run_seed", fake_seed)
     r = fidelity.run(quick=True, seeds=(0, 3))
-    assert r["command"] == "cambrian bench run fidelity --quick --seeds 0,3"
+    assert r["command"] == "cambrian bench run fidelity --quick --seeds 0,3" and r["world"] == "calibrated"
     assert [x["seed"] for x in r["summary"]] == [0, 3] and len(r["seeds"]) == 2
     clean, noisy = (x["rest"] for x in r["summary"])
     assert clean > 0.9 > noisy  # the surrogate follows the proxies where they are the truth

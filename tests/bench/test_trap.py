@@ -23,6 +23,23 @@ def test_the_objects_are_the_demos_evolution_and_a_valid_human_trap():
     assert trap["spec"]["evolutionRef"]["name"] == evo["metadata"]["name"]
     assert trap["spec"]["origin"]["kind"] == "human"
     assert trap["spec"]["delta"]["patch"] == CANDIDATES[TRAP][1]["reward"]
+    assert "reward" not in evo["spec"]["baseline"]  # the calibrated world's Φ0: the built-in click model
+
+
+def test_the_hooked_world_runs_the_loop_on_its_watch_time_model_with_the_trap_learning_clicks():
+    from cambrian.bench.fidelity import WATCH_LABEL, WORLDS, TRAP
+    from cambrian.operator import api
+
+    evo, trap = evolution_and_trap(QUICK, 3, "hooked")
+    api.parse_resource(evo)
+    api.parse_resource(trap)
+    assert evo["spec"]["baseline"]["reward"] == {"label": WATCH_LABEL}
+    assert evo["spec"]["baseline"]["training"]["epochs"] == QUICK.epochs
+    assert trap["spec"]["delta"]["patch"] == WORLDS["hooked"].candidates[TRAP][1]["reward"]
+    assert trap["spec"]["delta"]["patch"]["label"] == "label"
+    seeds = [{"trap_launched": False, "genuinely_better_launched": [], "offline_best": None}]
+    result = summarise(seeds, QUICK, quick=True, world="hooked")
+    assert result["command"] == "cambrian bench run trap --quick --world hooked" and result["world"] == "hooked"
 
 
 def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():

@@ -37,7 +37,10 @@ def test_presets_easy_is_the_original_world_and_unknown_names_are_refused():
         WorldParams.build("hard")
     with pytest.raises(ConfigError, match="dow_budget"):
         WorldParams.build("calibrated", dow_budget=(1, 1, 1, 1, 1, 1, 0))
-    assert set(PRESETS) == {"easy", "calibrated"}
+    assert set(PRESETS) == {"easy", "calibrated", "hooked"}
+    hooked = WorldParams.build("hooked")
+    assert hooked.model_dump(exclude={"hook", "eta_s", "h_sat"}) == cal.model_dump(exclude={"hook", "eta_s", "h_sat"})
+    assert cal.hook == 0 and hooked.hook > 0
 
 
 def test_cli_generate_records_the_preset_and_easy_is_a_shorthand(tmp_path):
@@ -175,3 +178,35 @@ def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_pat
     if preset == "easy":
         assert effect > 2 * se, (effect, se)  # positive beyond its sampling error, not only above the bound
     assert se < 0.05 * max(1.0, abs(effect)), (preset, effect, se)  # common random numbers: precise
+
+
+def _against(params: WorldParams, policy: str, reference: str, warm: int = 8, days: int = 21) -> dict:
+    """`policy` against `reference` on two copies of one world (the same users, the same keyed draws) after
+    `warm` days of the random logging policy: relative effects on the first 3 days and the last 7."""
+    runs = {}
+    for name in (policy, reference):
+        world = World(params, seed=0)
+        world.run(random_policy, warm)
+        runs[name] = concat_logs(world.run(oracle_policy(world, name), days))
+    def effect(window, column: str, table: str = "user_days") -> float:
+        a, b = (getattr(runs[n], table) for n in (policy, reference))
+        a, b = a[window(a["day"])], b[window(b["day"])]
+        return float(a[column].mean() / b[column].mean() - 1)
+    early, late = (lambda d: d < warm + 3), (lambda d: d >= warm + days - 7)
+    end = lambda log: log.truth[log.truth["day"] == warm + days - 1]["satisfaction_end"].mean()
+    return {"ctr_early": effect(early, "click", "impressions"), "minutes_early": effect(early, "minutes"),
+            "minutes_late": effect(late, "minutes"), "active_late": effect(late, "active"),
+            "satisfaction_end": float(end(runs[policy]) - end(runs[reference]))}
+
+
+def test_in_the_hooked_world_learning_clicks_is_a_deceptive_trap_for_a_watch_time_product():
+    """The hooked world's product ranks by expected watch time; ranking by click probability instead (what a
+    click model learns) raises CTR and the first days' minutes, since binge-watched bait keeps users longer, and
+    loses satisfaction, active days and minutes after three weeks. The calibrated world, the same comparison
+    without the hook, loses minutes from the first day: there the trap is no trap."""
+    hooked = _against(WorldParams.build("hooked", n_users=300), "ctr_greedy", "watch_time")
+    assert hooked["ctr_early"] > 0.01 and hooked["minutes_early"] > 0.03  # measured +2.3%, +7.0%
+    assert hooked["satisfaction_end"] < -0.2  # -0.34
+    assert hooked["active_late"] < -0.03 and hooked["minutes_late"] < -0.005  # -6.9%, -1.3%
+    calibrated_world = _against(calibrated(300), "ctr_greedy", "watch_time")
+    assert calibrated_world["ctr_early"] > 0.01 and calibrated_world["minutes_early"] < -0.02  # +2.0%, -5.6%
