@@ -3,7 +3,7 @@
 For each candidate change (a Delta on Φ0 in one of the four components: optimizer, architecture,
 reward, training; including a clickbait reward and changes that should be neutral online):
 * offline: train Φ0 and the candidate with the real trainer (gate, fit, evaluate) on the same logs of
-  the calibrated world; offline signals are differences to Φ0: val_loss gain (Φ0 − candidate),
+  the calibrated world (or another of WORLDS: `--world hooked`, whose Φ0 learns watch time); offline signals are differences to Φ0: val_loss gain (Φ0 − candidate),
   long_watch_corr gain, return_corr gain, AUC gain, top_watch_share gain (the share of each user's held-out
   watch seconds in the rows the model ranks in that user's top 6%, what its own slates would have collected);
 * online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
