@@ -3,9 +3,10 @@
 For each candidate change (a Delta on Φ0 in one of the four components: optimizer, architecture,
 reward, training; including a clickbait reward and changes that should be neutral online):
 * offline: train Φ0 and the candidate with the real trainer (gate, fit, evaluate) on the same logs of
-  the calibrated world (or another of WORLDS: `--world hooked`, whose Φ0 learns watch time); offline signals are differences to Φ0: val_loss gain (Φ0 − candidate),
-  long_watch_corr gain, return_corr gain, AUC gain, top_watch_share gain (the share of each user's held-out
-  watch seconds in the rows the model ranks in that user's top 6%, what its own slates would have collected);
+  the calibrated world (or another of WORLDS: `--world hooked`, whose Φ0 learns watch time); offline signals
+  are differences to Φ0: val_loss gain (Φ0 − candidate), long_watch_corr gain, return_corr gain, AUC gain,
+  top_watch_share gain (the share of each user's held-out watch seconds in the rows the model ranks in that
+  user's top 6%, what its own slates would have collected);
 * online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
   logs (`World.load`), for `online_days` days. Every copy has the same users and the same keyed random
   draws (common random numbers), so the difference between two copies is the models' effect alone:
@@ -117,10 +118,11 @@ def bench_world(name: str) -> BenchWorld:
 
 def candidate_config(size: Size, delta: dict[str, Any], base: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Φ0 (or Φ0 + delta) as a config mapping; training factors scale Φ0's epochs and examples."""
+    from cambrian.trainer.delta import merge_patch
+
     training = {"epochs": size.epochs, "max_train_examples": size.max_train_examples, "cpu_threads": 1}
-    base = base or {}
-    out = {k: {**base.get(k, {}), **v} for k, v in delta.items() if k != "training"}
-    out.update({k: dict(v) for k, v in base.items() if k not in out and k != "training"})
+    others = lambda phi: {k: v for k, v in (phi or {}).items() if k != "training"}
+    out = merge_patch(others(base), others(delta))  # a Hypothesis' patch on Φ0 (RFC 7386)
     extra = dict(delta.get("training", {}))
     if "epochs_factor" in extra:
         training["epochs"] = max(1, round(size.epochs * extra.pop("epochs_factor")))

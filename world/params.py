@@ -147,8 +147,8 @@ CALIBRATED: dict[str, Any] = {
 # The hooked world (issue 18's deceptive trap): the calibrated world where bait is binge-watched (its minutes are
 # charged to the session budget at 1 - 0.4*bait, so a baity ranking keeps users longer *today*), while
 # satisfaction falls a third faster per click (eta_s) and now also shortens sessions (h_sat): the cost shows over
-# weeks, in return and late minutes. Its product ranks by watch time (bench/fidelity.WORLDS), against which learning clicks is the trap:
-# CTR and the first days' minutes up, active days and later minutes down.
+# weeks, in return and late minutes. Its product ranks by watch time (bench/fidelity.WORLDS), against which
+# learning clicks is the trap: CTR and the first days' minutes up, active days and later minutes down.
 HOOKED: dict[str, Any] = {**CALIBRATED, "hook": 0.4, "eta_s": 0.002, "h_sat": 1.0}
 PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED, "hooked": HOOKED}
 DEFAULT_PRESET = "calibrated"
