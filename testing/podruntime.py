@@ -394,6 +394,9 @@ class PodRuntime:
         entry = self.services.get(name)
         if not entry:
             return
+        # marked first: a container that exits on the SIGTERM below exited because it was stopped, and a
+        # test polling exit codes meanwhile must not count it as a crash
+        entry["stopped"] = True
         for proc in entry["procs"].values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)  # its own session: the container's process tree only
@@ -402,4 +405,3 @@ class PodRuntime:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(10)
-        entry["stopped"] = True
