@@ -26,7 +26,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
-from cambrian.trainer.sandbox import INPUT, SCRATCH, StageFailure, start_contained, stop_contained
+from cambrian.trainer.sandbox import INPUT, SCRATCH, StageFailure, contained_environment, start_contained, stop_contained
 
 READY = b"cambrian-host-ready\n"
 HEADER = struct.Struct("<Q")
@@ -78,9 +78,8 @@ class ProgramHost:
         where = (INPUT, SCRATCH) if self.contain else (str(self.bundle_dir), str(scratch))
         argv = [sys.executable, "-m", "cambrian.trainer.contained", "host", *where, "--as-mb", str(self.memory_mb),
                 "--fsize-mb", "64", "--nproc", "256"]
-        env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONNOUSERSITE": "1", "OMP_NUM_THREADS": "1"}
-        self._proc = start_contained(self.bundle_dir, scratch, argv, env, self.log, contain=self.contain)
+        self._proc = start_contained(self.bundle_dir, scratch, argv, contained_environment(OMP_NUM_THREADS="1"), self.log,
+                                     contain=self.contain)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, ProgramHost._cleanup, self._work, [self._proc])
         try:

@@ -3,10 +3,12 @@
 Every process that runs plugin code is started by `run_contained` inside `bwrap` with
 - its own user, mount, PID, network, IPC, UTS and cgroup namespaces (`--unshare-all`): it sees no host
   process, reaches no host socket (its network is an empty loopback), and is `nobody` inside;
-- a file system of only the Python runtime (read-only), the training input (read-only) and a private
-  writable scratch folder; a fresh /proc of its own PID namespace, a minimal read-only /dev, size-bounded
-  tmpfs /tmp and /dev/shm; no further user namespaces (--disable-userns);
-- an environment of only HOME, PATH, LANG and the thread settings (`--clearenv`);
+- a file system of only the Python runtime (read-only), the training input (read-only), a private
+  writable scratch folder and an /etc/hosts naming only its loopback; a fresh /proc of its own PID
+  namespace, a minimal read-only /dev, size-bounded tmpfs /tmp and /dev/shm; no further user namespaces
+  (--disable-userns);
+- an environment of only HOME, PATH, LANG, the user's name and the thread settings (`--clearenv`,
+  `contained_environment`);
 - a seccomp filter (libseccomp, exported to BPF) that refuses new processes (threads only), sockets
   other than AF_UNIX, ptrace and other processes' memory, namespaces and mounts, io_uring, BPF, keys,
   kernel modules and perf events; for a data-parallel group (trainer/distributed.py) it allows the torchrun
@@ -40,6 +42,18 @@ from pathlib import Path
 from cambrian.errors import TrainingError
 
 NOBODY = 65534
+
+
+def contained_environment(**settings: str) -> dict[str, str]:
+    """The whole environment of a contained process, plus `settings` (thread counts, the GPUs it may see).
+    USER and LOGNAME name the user because `nobody` has no passwd entry inside: getpass.getuser() reads them
+    first, and torch asks it on CUDA (its compile cache folder is per user)."""
+    return {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONNOUSERSITE": "1", "USER": "nobody", "LOGNAME": "nobody", **settings}
+
+
+# The sandbox's /etc/hosts and /etc/nsswitch.conf (read-only, from the package).
+SANDBOX_ETC = {name: Path(__file__).with_name(f"sandbox.{name}") for name in ("hosts", "nsswitch.conf")}
 # Where the sandbox sees its two folders.
 INPUT = "/input"
 SCRATCH = "/scratch"
@@ -254,6 +268,9 @@ def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
             cmd += ["--ro-bind", str(target), f"/{link}"]
     if Path("/etc/ld.so.cache").is_file():
         cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    # its own names, on its loopback: torchrun's agent (torch < 2.12) resolves "localhost" for a free port
+    for name, source in SANDBOX_ETC.items():
+        cmd += ["--ro-bind", str(source), f"/etc/{name}"]
     for p in runtime_paths():
         cmd += ["--ro-bind", str(p), str(p)]
     cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH, "--proc", "/proc", "--dev", "/dev"]

@@ -35,7 +35,8 @@ from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.schema import WORLD, DataSchema
 from cambrian.trainer.models import build_model, build_optimizer
-from cambrian.trainer.sandbox import INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, run_contained
+from cambrian.trainer.sandbox import (INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, contained_environment,
+                                      run_contained)
 
 if TYPE_CHECKING:  # the trusted side's: the sandboxed steps import this module without pandas and DuckDB
     from cambrian.trainer.data import Dataset
@@ -79,6 +80,10 @@ def predict(model, split: Split, device: torch.device, exported: bool = False, i
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+# How often fit reads back whether the loss diverged (each read waits for the GPU's queued steps).
+DIVERGENCE_CHECK_STEPS = 64
+
+
 def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
         stats: dict | None = None, worker: Worker | None = None) -> tuple[torch.nn.Module, float]:
     """Train; with `stats`, also count the optimizer steps whose gradients training.grad_clip cut. With a
@@ -93,8 +98,9 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
     seed = config.training.seed
     bs = worker.batch(config.training.batch_size) if worker else config.training.batch_size
     clip = config.training.grad_clip
-    # kept on the device: reading a norm back every step would stall a GPU
+    # kept on the device: reading a norm or the loss back every step would stall a GPU
     clipped = torch.zeros((), dtype=torch.int64, device=device)
+    diverged = torch.zeros((), dtype=torch.bool, device=device)
     largest_norm = torch.zeros((), device=device)
     steps = 0
     first_epoch, skip = 0, 0
@@ -110,11 +116,17 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
     last_save = time.monotonic()
 
     def checkpoint(epoch: int, step: int) -> None:
+        refuse_divergence(epoch)  # never keep diverged weights
         worker.save(model, optimizer, epoch, step, {"steps": steps, "clipped": int(clipped.item()),
                                                     "largest_norm": float(largest_norm.item())})
 
     def tensor(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(values)).to(device)
+
+    def refuse_divergence(epoch: int) -> None:
+        if diverged.item():
+            raise TrainingError(f"the training loss diverged (became infinite or NaN) in epoch {epoch + 1}",
+                                hint="lower optimizer.lr or add training.grad_clip")
 
     started = time.perf_counter()
     for epoch in range(first_epoch, config.training.epochs):
@@ -124,9 +136,9 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
         for step, (features, label, weight) in enumerate(train.batches(epoch, bs, seed, start), start=start):
             logits = trained({k: tensor(v) for k, v in features.items()})
             loss = weighted_loss(config.reward.loss, logits.float(), tensor(label), tensor(weight))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the training loss diverged (value {loss.item()}) in epoch {epoch + 1}",
-                                    hint="lower optimizer.lr or add training.grad_clip")
+            diverged |= ~torch.isfinite(loss.detach())
+            if step % DIVERGENCE_CHECK_STEPS == DIVERGENCE_CHECK_STEPS - 1:
+                refuse_divergence(epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
@@ -141,6 +153,7 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
             if worker and time.monotonic() - last_save > worker.checkpoint_seconds:
                 checkpoint(epoch, step + 1)
                 last_save = time.monotonic()
+        refuse_divergence(epoch)
         if worker:
             checkpoint(epoch + 1, 0)
             last_save = time.monotonic()
@@ -277,12 +290,8 @@ class _Contained:
 
     @staticmethod
     def environment() -> dict[str, str]:
-        env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-               "PYTHONNOUSERSITE": "1"}
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"):
-            if var in os.environ:
-                env[var] = os.environ[var]
-        return env
+        return contained_environment(**{var: os.environ[var] for var in (
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES") if var in os.environ})
 
     def verdict(self, res) -> dict:
         """The contained process's outcome, read as untrusted: only known stages, short one-line reasons."""

@@ -96,3 +96,18 @@ def test_cli_writes_metrics_bundle_and_termination_message(world_dir, tmp_path):
     assert printed["ok"] and (tmp_path / "run" / "bundle" / "model.pt2").is_file()
     message = json.loads(term.read_text())
     assert message["ok"] and message["val_loss"] == printed["val_loss"]
+
+
+def test_a_diverging_loss_stops_training_with_the_epoch_named(world_dir, quick_config):
+    """The divergence flag stays on the device between reads (a read per step would stall a GPU); a diverged
+    run still fails, naming its epoch, and never returns diverged weights."""
+    from cambrian.errors import TrainingError
+    from cambrian.trainer.train import fit
+
+    quick_config.optimizer.lr = 1e30
+    data = load_dataset(world_dir, quick_config)
+    with pytest.raises(TrainingError, match=r"diverged \(became infinite or NaN\) in epoch 1"):
+        fit(quick_config, data, torch.device("cpu"))
+    quick_config.optimizer.lr = 1e-3
+    model, _ = fit(quick_config, data, torch.device("cpu"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
