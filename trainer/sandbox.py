@@ -255,6 +255,14 @@ def runtime_paths() -> list[Path]:
     return out
 
 
+def etc_files() -> list[tuple[str, str]]:
+    """(host file, path inside) of the sandbox's /etc, read-only: the loader's cache, and its own hosts and
+    nsswitch.conf naming only its loopback (torchrun's agent before torch 2.12 resolves "localhost" for a free
+    port). bubblewrap's sandbox and the zygote's (trainer/zygote.py) both bind these."""
+    cache = [("/etc/ld.so.cache", "/etc/ld.so.cache")] if Path("/etc/ld.so.cache").is_file() else []
+    return cache + [(str(source), f"/etc/{name}") for name, source in SANDBOX_ETC.items()]
+
+
 def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], seccomp_fd: int,
                   gpu: bool = False) -> list[str]:
     cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
@@ -266,11 +274,8 @@ def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
             cmd += ["--symlink", os.readlink(target), f"/{link}"]
         elif target.is_dir():
             cmd += ["--ro-bind", str(target), f"/{link}"]
-    if Path("/etc/ld.so.cache").is_file():
-        cmd += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    # its own names, on its loopback: torchrun's agent (torch < 2.12) resolves "localhost" for a free port
-    for name, source in SANDBOX_ETC.items():
-        cmd += ["--ro-bind", str(source), f"/etc/{name}"]
+    for source, dest in etc_files():
+        cmd += ["--ro-bind", source, dest]
     for p in runtime_paths():
         cmd += ["--ro-bind", str(p), str(p)]
     cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH, "--proc", "/proc", "--dev", "/dev"]

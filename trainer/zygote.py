@@ -13,7 +13,7 @@ with {"pid"} and then {"exit"}; {"kill": true} while a step runs kills it. Each 
   nobody, setgroups denied), PID, network, IPC, UTS and cgroup namespaces, forks C2 and becomes a small reaper
   (exec of the interpreter with REAPER: the torch-sized image is not kept twice more) that exits with C2's status;
 - C2, PID 1 of the new PID namespace, dies with C1: its own mount namespace, a new root on tmpfs with the same
-  read-only runtime binds as bubblewrap's (sandbox.runtime_paths, /usr and its links, ld.so.cache), /input
+  read-only runtime binds as bubblewrap's (sandbox.runtime_paths, /usr and its links, sandbox.etc_files), /input
   read-only, /scratch writable, size-bounded tmpfs /tmp and /dev/shm, a read-only /dev as bubblewrap's --dev
   (null, zero, full, random, urandom, tty, a private devpts), a fresh /proc of the namespace (its sys,
   sysrq-trigger, irq and bus read-only), the root itself read-only; pivot_root and the old root detached; the
@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 from cambrian.trainer.sandbox import (INPUT, NOBODY, SCRATCH, SHM_BYTES, TMP_BYTES, ContainedResult,
-                                      file_tail, runtime_paths, stop_contained)
+                                      etc_files, file_tail, runtime_paths, stop_contained)
 
 READY_SECONDS = 300.0
 KILL_GRACE_SECONDS = 30.0
@@ -212,8 +212,7 @@ def build_root(input_dir: Path, scratch_dir: Path) -> None:
             links.append((os.readlink(target), f"/{link}"))
         elif target.is_dir():
             binds.append((str(target), f"/{link}", True))
-    if Path("/etc/ld.so.cache").is_file():
-        binds.append(("/etc/ld.so.cache", "/etc/ld.so.cache", True))
+    binds += [(source, dest, True) for source, dest in etc_files()]
     binds += [(str(p), str(p), True) for p in runtime_paths()]
     binds += [(str(input_dir), INPUT, True), (str(scratch_dir), SCRATCH, False)]
     binds = [(os.path.realpath(src), dest, ro) for src, dest, ro in binds]  # resolved in the host's view

@@ -123,27 +123,29 @@ def test_a_pod_step_loads_the_filter_before_candidate_code(tmp_path):
     assert "--seccomp" in in_pod.argv("train", True) and "--seccomp" not in local.argv("train", True)
 
 
+def python_inside(tmp_path: Path, code: str) -> sandbox.ContainedResult:
+    """`python -c code` in the sandbox, with the environment every contained process gets."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    return sandbox.run_contained(tmp_path / "in", tmp_path / "out", [sys.executable, "-c", code],
+                                 sandbox.contained_environment(), 60, tmp_path / "log")
+
+
 def test_a_contained_process_knows_its_user_without_a_passwd_entry(tmp_path):
     """nobody has no passwd entry inside; torch asks getpass.getuser() on CUDA (its compile cache), which raised
     KeyError there and failed every contained GPU run at the optimizer (seen on an H200)."""
-    (tmp_path / "in").mkdir()
-    (tmp_path / "out").mkdir()
     code = "import getpass, os, pwd\ntry:\n    pwd.getpwuid(os.getuid())\nexcept KeyError:\n    print('no entry', getpass.getuser())\n"
-    res = sandbox.run_contained(tmp_path / "in", tmp_path / "out", [sys.executable, "-c", code],
-                                sandbox.contained_environment(), 60, tmp_path / "log")
+    res = python_inside(tmp_path, code)
     assert res.returncode == 0 and res.log_tail == "no entry nobody", res
 
 
 def test_inside_only_its_own_names_resolve_and_only_to_its_loopback(tmp_path):
     """torchrun's agent (torch < 2.12) resolves "localhost" for a free port: without an /etc/hosts every
     data-parallel run failed there ("Temporary failure in name resolution", seen on an H200 with torch 2.11)."""
-    (tmp_path / "in").mkdir()
-    (tmp_path / "out").mkdir()
     code = ("import socket\nfor h in ('localhost', 'sandbox', 'example.com'):\n"
             "    try:\n        print(h, ','.join(sorted({a[4][0] for a in socket.getaddrinfo(h, None)})))\n"
             "    except socket.gaierror:\n        print(h, 'unknown')\n")
-    res = sandbox.run_contained(tmp_path / "in", tmp_path / "out", [sys.executable, "-c", code],
-                                sandbox.contained_environment(), 60, tmp_path / "log")
+    res = python_inside(tmp_path, code)
     assert res.returncode == 0, res
     seen = dict(line.split(" ", 1) for line in res.log_tail.splitlines())
     assert seen["example.com"] == "unknown"

@@ -19,7 +19,7 @@ from cambrian.testing.waiting import running
 from cambrian.trainer import warm
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import apply_delta, parse_delta
-from cambrian.trainer.sandbox import runtime_paths
+from cambrian.trainer.sandbox import etc_files, runtime_paths
 from cambrian.trainer.train import SandboxLimits, train
 from cambrian.trainer.zygote import Zygote
 
@@ -124,6 +124,13 @@ def test_a_zygote_child_is_contained_like_a_bubblewrap_sandbox(world_dir, tmp_pa
     assert "left-by-candidate" not in second["tmp"] + second["scratch"], second
     assert zygote.alive() and pool.zygote is zygote and pool.stats["zygote_starts"] == 1
     assert pool.stats["zygote"] == 2 and pool.stats["spares_started"] == 0
+
+
+def test_a_zygote_childs_etc_is_bubblewraps_and_names_only_its_loopback(world_dir, tmp_path, pool):
+    code = ("r = {'etc': sorted(OS.listdir('/etc')), 'localhost': imp('socket').getaddrinfo('localhost', None)[0][4][0]}\n"
+            "raise RuntimeError('REPORT ' + imp('json').dumps(r))")
+    seen = report_of(candidate(code), world_dir, tmp_path / "a", pool)
+    assert seen["etc"] == sorted(Path(dest).name for _, dest in etc_files()) and seen["localhost"] in ("127.0.0.1", "::1")
 
 
 def test_a_step_on_two_threads_runs_its_parallel_regions(world_dir, tmp_path, monkeypatch):
