@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -103,10 +103,22 @@ class Catalogue:
     """Each feature's model input per id of its entity (codes int64, numeric values standardised float32)."""
 
     spec: FeatureSpec
-    columns: dict[str, np.ndarray]
+    columns: dict[str, np.ndarray]  # or torch tensors on `device` (to())
+    device: Any = None  # None: numpy arrays in this process's memory
+
+    def to(self, device) -> "Catalogue":
+        """A copy held on a torch device: features() then takes and returns tensors there, so a GPU gathers a
+        batch's features itself instead of reading host memory every step."""
+        import torch
+
+        from cambrian.trainer.rows import to_device
+
+        return Catalogue(self.spec, {k: to_device(v, device) for k, v in self.columns.items()}, torch.device(device))
 
     def features(self, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The batch of (user, item) pairs of equal shape: every name of spec.inputs, and "dense"."""
+        if self.device is not None:
+            return self._features_on_device(user_ids, item_ids)
         ids = {"user": np.asarray(user_ids, dtype=np.int64), "item": np.asarray(item_ids, dtype=np.int64)}
         out = dict(ids)
         for f in (*self.spec.categorical, *self.spec.numeric):
@@ -114,6 +126,17 @@ class Catalogue:
         n = ids["user"].shape
         out[DENSE] = (np.stack([out[name] for name in self.spec.dense], axis=-1) if self.spec.numeric
                       else np.zeros((*n, 0), np.float32))
+        return out
+
+    def _features_on_device(self, user_ids, item_ids) -> dict:
+        """features() of one-dimensional int64 id tensors on this catalogue's device."""
+        import torch
+
+        out = {"user": user_ids, "item": item_ids}
+        for f in (*self.spec.categorical, *self.spec.numeric):
+            out[f.name] = self.columns[f.name].index_select(0, out[f.entity])
+        out[DENSE] = (torch.stack([out[name] for name in self.spec.dense], dim=-1) if self.spec.numeric
+                      else torch.zeros((len(user_ids), 0), dtype=torch.float32, device=self.device))
         return out
 
 

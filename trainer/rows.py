@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -101,18 +102,19 @@ class RowGroupStream:
             self._kept = columns
         return columns
 
-    def _batch(self, columns: Columns, lo: int, hi: int) -> Batch:
-        user, item, label, weight = (c[lo:hi] for c in columns)
-        return self.catalogue.features(user, item), label, weight
-
     def head(self, n: int):
         from cambrian.trainer.splits import Split
 
-        features, label, weight = self._batch(self._read(np.arange(min(1, len(self.group_rows)))), 0, n)
+        features, label, weight = _batch(self.catalogue, self._read(np.arange(min(1, len(self.group_rows)))), 0, n)
         return Split(features, label, weight, None)
 
-    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[Batch]:
-        """Batches `start_step`, `start_step + 1`, ... of this epoch; a batch may span two windows."""
+    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0, device=None) -> Iterator[Batch]:
+        """Batches `start_step`, `start_step + 1`, ... of this epoch; a batch may span two windows. With a torch
+        `device`, each window's ids, labels and weights are copied there once and every batch, features
+        included, is cut there (tensors): the same rows in the same order as without it."""
+        placed = _Placed(self.catalogue, device) if device is not None else None
+        catalogue = placed.catalogue if placed else self.catalogue
+        concatenate = placed.concatenate if placed else np.concatenate
         order = epoch_rng(seed, epoch).permutation(len(self.group_rows))
         windows = [order[i:i + self.buffer] for i in range(0, len(order), self.buffer)]
         skip = start_step * batch_size  # rows of this epoch already trained on
@@ -129,17 +131,51 @@ class RowGroupStream:
                 perm = perm[skip - done:]
             done += size
             part = tuple(c[perm] for c in self._read(groups))
+            if placed:
+                part = placed.columns(part)
             n, start = len(perm), 0
             if carry is not None:  # the batch that spans the window before and this one
                 start = min(batch_size - len(carry[0]), n)
-                carry = tuple(np.concatenate([a, b[:start]]) for a, b in zip(carry, part))
+                carry = tuple(concatenate([a, b[:start]]) for a, b in zip(carry, part))
                 if len(carry[0]) < batch_size:
                     continue
-                yield self._batch(carry, 0, batch_size)
+                yield _batch(catalogue, carry, 0, batch_size)
                 carry = None
             full = start + (n - start) // batch_size * batch_size
             for lo in range(start, full, batch_size):
-                yield self._batch(part, lo, lo + batch_size)
+                yield _batch(catalogue, part, lo, lo + batch_size)
             carry = tuple(c[full:] for c in part) if full < n else None
         if carry is not None:
-            yield self._batch(carry, 0, len(carry[0]))
+            yield _batch(catalogue, carry, 0, len(carry[0]))
+
+
+def to_device(values: np.ndarray, device) -> Any:
+    """A tensor of `values` on a torch device; a read-only array (a loaded catalogue) is copied first, as torch
+    shares a CPU array's memory and cannot mark it read-only."""
+    import torch
+
+    values = np.ascontiguousarray(values)
+    return torch.from_numpy(values if values.flags.writeable else values.copy()).to(device)
+
+
+def _batch(catalogue, columns: Columns, lo: int, hi: int) -> Batch:
+    user, item, label, weight = (c[lo:hi] for c in columns)
+    return catalogue.features(user, item), label, weight
+
+
+class _Placed:
+    """A stream's batches cut on a torch device: the catalogue copied there once per epoch (a few arrays per
+    id), each window's four columns once per window; nothing crosses from the host per step."""
+
+    def __init__(self, catalogue, device):
+        self.device = device
+        self.catalogue = catalogue.to(device)
+
+    def columns(self, part: Columns) -> tuple:
+        return tuple(to_device(c, self.device) for c in part)
+
+    @staticmethod
+    def concatenate(parts: list) -> Any:
+        import torch
+
+        return torch.cat(parts)

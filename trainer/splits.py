@@ -31,16 +31,26 @@ class Split:
     def head(self, n: int) -> "Split":
         return Split({k: v[:n] for k, v in self.features.items()}, self.label[:n], self.weight[:n], None)
 
-    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0):
+    def batches(self, epoch: int, batch_size: int, seed: int, start_step: int = 0, device=None):
         """The epoch's batches from `start_step` on: one permutation of all rows (trainer/rows.py streams a
         split too long to hold). The permutation is RowGroupStream's for a file that fits its buffer (its first
-        window), so rows held here train exactly as the loop's streamed ones."""
-        from cambrian.trainer.rows import window_order
+        window), so rows held here train exactly as the loop's streamed ones. With a torch `device` the rows
+        are copied there once per epoch and batches are gathered there (tensors)."""
+        from cambrian.trainer.rows import to_device, window_order
 
         order = window_order(seed, epoch, 0, len(self))
+        features, label, weight = self.features, self.label, self.weight
+        if device is not None:
+            features = {k: to_device(v, device) for k, v in features.items()}
+            label, weight, order = to_device(label, device), to_device(weight, device), to_device(order, device)
         for start in range(start_step * batch_size, len(order), batch_size):
             index = order[start:start + batch_size]
-            yield {k: v[index] for k, v in self.features.items()}, self.label[index], self.weight[index]
+            yield {k: _take(v, index) for k, v in features.items()}, _take(label, index), _take(weight, index)
+
+
+def _take(values, index):
+    """Rows `index` of a numpy array or (index_select: faster than indexing) of a tensor."""
+    return values[index] if isinstance(values, np.ndarray) else values.index_select(0, index)
 
 
 @dataclass

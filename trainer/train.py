@@ -120,9 +120,6 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
         worker.save(model, optimizer, epoch, step, {"steps": steps, "clipped": int(clipped.item()),
                                                     "largest_norm": float(largest_norm.item())})
 
-    def tensor(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values)).to(device)
-
     def refuse_divergence(epoch: int) -> None:
         if diverged.item():
             raise TrainingError(f"the training loss diverged (became infinite or NaN) in epoch {epoch + 1}",
@@ -133,9 +130,9 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
         # every epoch's order comes from (seed, epoch) alone, so a resumed run replays the same batches
         trained.train()
         start = skip if epoch == first_epoch else 0
-        for step, (features, label, weight) in enumerate(train.batches(epoch, bs, seed, start), start=start):
-            logits = trained({k: tensor(v) for k, v in features.items()})
-            loss = weighted_loss(config.reward.loss, logits.float(), tensor(label), tensor(weight))
+        for step, (features, label, weight) in enumerate(train.batches(epoch, bs, seed, start, device), start=start):
+            logits = trained(features)  # the batch comes cut on the device (tensors)
+            loss = weighted_loss(config.reward.loss, logits.float(), label, weight)
             diverged |= ~torch.isfinite(loss.detach())
             if step % DIVERGENCE_CHECK_STEPS == DIVERGENCE_CHECK_STEPS - 1:
                 refuse_divergence(epoch)

@@ -9,7 +9,7 @@ import torch
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.data import load_dataset, prepare, train_file
 from cambrian.trainer.distributed import shard_name
-from cambrian.trainer.features import Catalogue, FeatureSpec
+from cambrian.trainer.features import Catalogue, Categorical, FeatureSpec, Numeric
 from cambrian.trainer.rows import RowGroupStream, RowWriter, read_columns
 from cambrian.trainer.train import evaluate, fit, predict
 
@@ -118,6 +118,43 @@ def test_rows_held_in_memory_train_in_the_order_of_a_stream_that_fits_its_buffer
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
     resumed = _labels(held.batches(1, 64, seed=5, start_step=7))
     assert all(np.array_equal(x, y) for x, y in zip(resumed, _labels(stream.batches(1, 64, seed=5))[7:]))
+
+
+FEATURED = Catalogue(
+    FeatureSpec(7, 5, (Categorical("topic", "items.topic", "item", (3, 4, 5)),),
+                (Numeric("price", "items.price", "item", 1.0, 2.0), Numeric("age", "users.age", "user", 0.0, 1.0))),
+    {"topic": np.array([1, 2, 3, 0, 2]), "price": np.linspace(-1, 1, 5, dtype=np.float32),
+     "age": np.linspace(0, 3, 7, dtype=np.float32)})
+
+
+def _same_batches(on_host, on_device) -> int:
+    """Asserts that two iterators of batches hold equal values (numpy on one side, tensors on the other)."""
+    count = 0
+    for (features, label, weight), (t_features, t_label, t_weight) in zip(on_host, on_device, strict=True):
+        assert isinstance(t_label, torch.Tensor) and set(features) == set(t_features)
+        for name, values in features.items():
+            np.testing.assert_array_equal(values, t_features[name].numpy())
+        np.testing.assert_array_equal(label, t_label.numpy())
+        np.testing.assert_array_equal(weight, t_weight.numpy())
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("buffer", [3, 11])  # streamed in windows (batches spanning two) and loaded whole
+def test_batches_cut_on_the_device_are_the_host_batches(tmp_path, buffer):
+    """fit cuts every batch on its device (features looked up in the catalogue's copy there, no host copy per
+    step): the same rows in the same order, features included, for a stream, the rows held whole and a resume."""
+    from cambrian.trainer.splits import Split
+
+    path = _file(tmp_path / "rows.parquet")
+    stream = RowGroupStream(path, FEATURED, buffer)
+    cpu = torch.device("cpu")
+    for epoch, start in ((0, 0), (1, 0), (1, 9)):
+        n = _same_batches(stream.batches(epoch, 64, 5, start), stream.batches(epoch, 64, 5, start, cpu))
+        assert n == -(-N // 64) - start
+    user, item, label, weight = read_columns(pq.read_table(path))
+    held = Split(FEATURED.features(user, item), label, weight, None)
+    assert _same_batches(held.batches(1, 64, 5, 3), held.batches(1, 64, 5, 3, cpu)) == -(-N // 64) - 3
 
 
 def test_streamed_training_reaches_the_whole_loads_metrics_within_the_seed_noise(world_dir, tmp_path, monkeypatch):
