@@ -134,11 +134,17 @@ def test_scaling_quick():
 
 @pytest.mark.timeout(1200)
 def test_training_quick():
-    """The trainer against three plain loops, the headline against the strongest of them."""
+    """The trainer on the contained path's streamed rows (and on rows in memory) against three plain loops, the
+    headline against the strongest of them; the trainer and the gather loop timed twice each and pooled."""
     from cambrian.bench import training
 
     r = training.run(quick=True)
     _well_formed(r, "training")
+    runs = r["trainer_runs_examples_per_second"]
+    assert len(runs) == len(r["gather_runs_examples_per_second"]) == 2 and min(runs) > 0
+    # pooled: the examples of both runs over their summed seconds, so between the two runs' rates
+    assert min(runs) <= r["trainer_examples_per_second"] <= max(runs)
+    assert r["trainer_in_memory_examples_per_second"] > 0
     measured = r["baseline_examples_per_second"]
     assert {"dataloader", "gather"} <= set(measured)
     assert "gather_compiled" in measured or r["compiled_error"]
