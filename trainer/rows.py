@@ -86,6 +86,7 @@ class RowGroupStream:
         self.group_rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
         self.whole = len(self.group_rows) <= buffer  # one window: read here, kept for every epoch
         self._kept: Columns | None = None
+        self._placed: _Placed | None = None  # the catalogue's copy on the device batches were last cut on
         self.most_held = 0  # the most row groups held at once (a test reads it)
         if self.whole:
             self._read(np.arange(len(self.group_rows)))
@@ -102,6 +103,11 @@ class RowGroupStream:
             self._kept = columns
         return columns
 
+    def _place(self, device) -> "_Placed":
+        if self._placed is None or self._placed.device != device:
+            self._placed = _Placed(self.catalogue, device)  # once per run, not per epoch
+        return self._placed
+
     def head(self, n: int):
         from cambrian.trainer.splits import Split
 
@@ -112,7 +118,7 @@ class RowGroupStream:
         """Batches `start_step`, `start_step + 1`, ... of this epoch; a batch may span two windows. With a torch
         `device`, each window's ids, labels and weights are copied there once and every batch, features
         included, is cut there (tensors): the same rows in the same order as without it."""
-        placed = _Placed(self.catalogue, device) if device is not None else None
+        placed = self._place(device) if device is not None else None
         catalogue = placed.catalogue if placed else self.catalogue
         concatenate = placed.concatenate if placed else np.concatenate
         order = epoch_rng(seed, epoch).permutation(len(self.group_rows))
@@ -164,8 +170,8 @@ def _batch(catalogue, columns: Columns, lo: int, hi: int) -> Batch:
 
 
 class _Placed:
-    """A stream's batches cut on a torch device: the catalogue copied there once per epoch (a few arrays per
-    id), each window's four columns once per window; nothing crosses from the host per step."""
+    """A stream's batches cut on a torch device: the catalogue copied there once (a few arrays per id), each
+    window's four columns once per window; nothing crosses from the host per step."""
 
     def __init__(self, catalogue, device):
         self.device = device

@@ -133,28 +133,34 @@ def _same_batches(on_host, on_device) -> int:
     for (features, label, weight), (t_features, t_label, t_weight) in zip(on_host, on_device, strict=True):
         assert isinstance(t_label, torch.Tensor) and set(features) == set(t_features)
         for name, values in features.items():
-            np.testing.assert_array_equal(values, t_features[name].numpy())
-        np.testing.assert_array_equal(label, t_label.numpy())
-        np.testing.assert_array_equal(weight, t_weight.numpy())
+            np.testing.assert_array_equal(values, t_features[name].cpu().numpy())
+        np.testing.assert_array_equal(label, t_label.cpu().numpy())
+        np.testing.assert_array_equal(weight, t_weight.cpu().numpy())
         count += 1
     return count
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (run on a GPU machine)")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("buffer", [3, 11])  # streamed in windows (batches spanning two) and loaded whole
-def test_batches_cut_on_the_device_are_the_host_batches(tmp_path, buffer):
+def test_batches_cut_on_the_device_are_the_host_batches(tmp_path, buffer, device):
     """fit cuts every batch on its device (features looked up in the catalogue's copy there, no host copy per
     step): the same rows in the same order, features included, for a stream, the rows held whole and a resume."""
     from cambrian.trainer.splits import Split
 
     path = _file(tmp_path / "rows.parquet")
     stream = RowGroupStream(path, FEATURED, buffer)
-    cpu = torch.device("cpu")
+    on = torch.device(device)
+    features, label, _ = next(stream.batches(0, 64, 5, 0, on))
+    assert label.device.type == device and all(v.device.type == device for v in features.values())
     for epoch, start in ((0, 0), (1, 0), (1, 9)):
-        n = _same_batches(stream.batches(epoch, 64, 5, start), stream.batches(epoch, 64, 5, start, cpu))
+        n = _same_batches(stream.batches(epoch, 64, 5, start), stream.batches(epoch, 64, 5, start, on))
         assert n == -(-N // 64) - start
     user, item, label, weight = read_columns(pq.read_table(path))
     held = Split(FEATURED.features(user, item), label, weight, None)
-    assert _same_batches(held.batches(1, 64, 5, 3), held.batches(1, 64, 5, 3, cpu)) == -(-N // 64) - 3
+    assert _same_batches(held.batches(1, 64, 5, 3), held.batches(1, 64, 5, 3, on)) == -(-N // 64) - 3
 
 
 def test_streamed_training_reaches_the_whole_loads_metrics_within_the_seed_noise(world_dir, tmp_path, monkeypatch):
