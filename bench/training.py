@@ -4,16 +4,18 @@ Every loop trains the same baseline model (same init, batch size, optimizer, los
 freshly generated world, in the same process. The trainer is timed on the path a contained run takes: its
 rows written as Parquet by the trusted side and streamed back (trainer/rows.py: ids, labels and weights per
 window, features looked up in the catalogue on the device); `trainer_in_memory` is the same `fit` on the
-rows held whole in memory. Three plain loops: the textbook TensorDataset + DataLoader(shuffle=True) + BCE;
-the strongest plain loop, whole batches gathered with index_select from feature tensors already on the
-device; and that loop under torch.compile. The trainer and the gather loop run twice, in the order A B C C B
-A around the DataLoader loop, and each figure is its two runs pooled: on the 2-core machine the same loop's two
-runs differed by up to 60% (the later one slower, with or without torch.compile between them), so a loop
-timed once and later than another lost to it by drift alone (the previous headline, 0.75, timed the trainer
-once, last). The compiled loop runs last: whatever torch.compile leaves in the process cannot touch the
-eager figures. Ratio = trainer / the strongest plain loop (> 1 is faster);
-each loop's own ratio is reported too. On CUDA the result also carries the bytes moved per example and the
-ratio of the achieved rate to the device's memory-bandwidth bound.
+rows held whole in memory, `trainer_unfused` the same `fit` with Φ's optimizer told `fused: false` (so
+`fused_step_gain` is the share of torch's fused optimizer step, the trainer's default). Four plain loops: the
+textbook TensorDataset + DataLoader(shuffle=True) + BCE; the strongest plain loop, whole batches gathered with
+index_select from feature tensors already on the device; the same with the fused Adam step (the baseline gets
+the trainer's advantage); and the gather loop under torch.compile. The trainer's three and the two eager
+gather loops run twice each, in the order A B C D E, the DataLoader loop, E D C B A, and each figure is its
+two runs pooled: on the 2-core machine the same loop's two runs differed by up to 60% (the later one slower,
+with or without torch.compile between them), so a loop timed once and later than another lost to it by drift
+alone (the headline before 4 Dec 2026, 0.75, timed the trainer once, last). The compiled loop runs last:
+whatever torch.compile leaves in the process cannot touch the eager figures. Ratio = trainer / the strongest
+plain loop (> 1 is faster); each loop's own ratio is reported too. On CUDA the result also carries the bytes
+moved per example and the ratio of the achieved rate to the device's memory-bandwidth bound.
 """
 
 from __future__ import annotations
@@ -59,13 +61,15 @@ def _reference_loop(config: ModelConfig, data, device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-def _gather_loop(config: ModelConfig, data, device: torch.device, compiled: bool) -> tuple[float, float]:
+def _gather_loop(config: ModelConfig, data, device: torch.device, compiled: bool,
+                 fused: bool = False) -> tuple[float, float]:
     """The strongest plain loop: every feature one tensor on the device (pinned first on CPU), a fresh
     permutation per epoch and whole batches gathered with index_select; optionally the model under
-    torch.compile. Returns (seconds, seconds of the first step), the first step holding the compilation."""
+    torch.compile, or torch's fused Adam step (the trainer's default). Returns (seconds, seconds of the first
+    step), the first step holding the compilation."""
     torch.manual_seed(config.training.seed)
     model = build_model(data.spec, config.architecture).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optimizer.lr, **({"fused": True} if fused else {}))
     step_model = torch.compile(model) if compiled else model
     f = data.train.features
     tensors = {k: torch.from_numpy(f[k]).to(device) for k in f}
@@ -121,22 +125,23 @@ def _measure(config: ModelConfig, data, streamed_config: ModelConfig, streamed, 
     if device.type == "cpu" and config.training.cpu_threads:
         torch.set_num_threads(config.training.cpu_threads)
     n = len(data.train) * config.training.epochs
-    gather_runs, trainer_runs, memory_runs = [], [], []
-
-    def trainer_pass(streamed_first: bool) -> None:
-        for run in (True, False) if streamed_first else (False, True):
-            if run:
-                trainer_runs.append(fit(streamed_config, streamed, device)[1])
-            else:
-                memory_runs.append(fit(config, data, device)[1])
-
+    unfused = streamed_config.model_copy(deep=True)
+    unfused.optimizer.params = {**unfused.optimizer.params, "fused": False}
+    # each timed twice, in the order A B C ... (the DataLoader loop) ... C B A, and pooled
+    contestants = {
+        "gather": lambda: _gather_loop(config, data, device, compiled=False)[0],
+        "gather_fused": lambda: _gather_loop(config, data, device, compiled=False, fused=True)[0],
+        "trainer": lambda: fit(streamed_config, streamed, device)[1],
+        "trainer_in_memory": lambda: fit(config, data, device)[1],
+        "trainer_unfused": lambda: fit(unfused, streamed, device)[1],
+    }
+    runs: dict[str, list[float]] = {name: [] for name in contestants}
     _warm_up(config, data, device)
-    # A B C ... C B A: gather, trainer streamed, trainer in memory, the others, then back
-    gather_runs.append(_gather_loop(config, data, device, compiled=False))
-    trainer_pass(streamed_first=True)
+    for name in contestants:
+        runs[name].append(contestants[name]())
     reference_seconds = _reference_loop(config, data, device)
-    trainer_pass(streamed_first=False)
-    gather_runs.append(_gather_loop(config, data, device, compiled=False))
+    for name in reversed(contestants):
+        runs[name].append(contestants[name]())
     # last, so that nothing torch.compile leaves in the process (hooks, threads, caches) touches the eager loops
     try:
         compiled_seconds, compile_first = _gather_loop(config, data, device, compiled=True)
@@ -144,10 +149,10 @@ def _measure(config: ModelConfig, data, streamed_config: ModelConfig, streamed, 
     except Exception as exc:  # noqa: BLE001 - no C++ compiler or an unsupported op: said in the result
         compiled_seconds, compile_first, compiled_error = None, None, f"{type(exc).__name__}: {str(exc)[:300]}"
     # each pooled figure: the examples of both runs over their summed seconds
-    gather_seconds = sum(s for s, _ in gather_runs) / 2
-    gather_first = sum(f for _, f in gather_runs) / 2
-    trainer_seconds, memory_seconds = sum(trainer_runs) / 2, sum(memory_runs) / 2
-    baselines = {"dataloader": reference_seconds, "gather": gather_seconds}
+    pooled = {name: sum(seconds) / len(seconds) for name, seconds in runs.items()}
+    trainer_seconds, memory_seconds = pooled["trainer"], pooled["trainer_in_memory"]
+    gather_seconds = pooled["gather"]
+    baselines = {"dataloader": reference_seconds, "gather": gather_seconds, "gather_fused": pooled["gather_fused"]}
     if compiled_seconds is not None:
         baselines["gather_compiled"] = compiled_seconds
     strongest = min(baselines, key=baselines.get)
@@ -157,11 +162,13 @@ def _measure(config: ModelConfig, data, streamed_config: ModelConfig, streamed, 
         "quick": quick,
         "device": str(torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads"),
         "examples": n,
-        "runs_pooled": {"trainer": 2, "trainer_in_memory": 2, "gather": 2, "gather_compiled": 1, "dataloader": 1},
+        "runs_pooled": {**{name: len(seconds) for name, seconds in runs.items()}, "gather_compiled": 1, "dataloader": 1},
         "trainer_examples_per_second": round(n / trainer_seconds, 1),
         "trainer_in_memory_examples_per_second": round(n / memory_seconds, 1),
-        "trainer_runs_examples_per_second": [round(n / s, 1) for s in trainer_runs],
-        "gather_runs_examples_per_second": [round(n / s, 1) for s, _ in gather_runs],
+        # the fused optimizer step's share of the trainer's speed: the same fit with Φ's optimizer unfused
+        "trainer_unfused_examples_per_second": round(n / pooled["trainer_unfused"], 1),
+        "fused_step_gain": round(pooled["trainer_unfused"] / trainer_seconds, 3),
+        "runs_examples_per_second": {name: [round(n / s, 1) for s in seconds] for name, seconds in runs.items()},
         "reference_examples_per_second": round(n / reference_seconds, 1),
         "baseline_examples_per_second": {k: round(n / v, 1) for k, v in baselines.items()},
         "ratios": {k: round(v / trainer_seconds, 3) for k, v in baselines.items()},
@@ -170,14 +177,14 @@ def _measure(config: ModelConfig, data, streamed_config: ModelConfig, streamed, 
         "ratio_meaning": "trainer examples/s (its rows streamed from Parquet as in a contained run) divided by "
                          "the strongest plain loop's (>1: trainer faster); `ratios` "
                          "has each loop: dataloader = TensorDataset + DataLoader(shuffle=True); gather = whole-batch "
-                         "index_select from tensors on the device; gather_compiled = the same under torch.compile "
+                         "index_select from tensors on the device; gather_fused = the same with torch's fused Adam step "
+                         "(the trainer's default); gather_compiled = the same under torch.compile "
                          "(its time includes compiling: compile_first_step_seconds)",
         "compile_first_step_seconds": None if compile_first is None else round(compile_first, 2),
         # past the first step (compilation, allocator warm-up): what a long run converges to
         "steady_examples_per_second": {
             k: round((n - config.training.batch_size) / (secs - first), 1)
-            for k, secs, first in (("gather", gather_seconds, gather_first),
-                                   ("gather_compiled", compiled_seconds, compile_first))
+            for k, secs, first in (("gather_compiled", compiled_seconds, compile_first),)
             if secs is not None and secs > first},
         "compiled_error": compiled_error,
     }

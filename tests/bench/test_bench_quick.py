@@ -140,13 +140,15 @@ def test_training_quick():
 
     r = training.run(quick=True)
     _well_formed(r, "training")
-    runs = r["trainer_runs_examples_per_second"]
-    assert len(runs) == len(r["gather_runs_examples_per_second"]) == 2 and min(runs) > 0
+    runs = r["runs_examples_per_second"]
+    assert all(len(runs[k]) == 2 for k in ("trainer", "trainer_in_memory", "trainer_unfused", "gather", "gather_fused"))
     # pooled: the examples of both runs over their summed seconds, so between the two runs' rates
-    assert min(runs) <= r["trainer_examples_per_second"] <= max(runs)
+    assert min(runs["trainer"]) <= r["trainer_examples_per_second"] <= max(runs["trainer"])
     assert r["trainer_in_memory_examples_per_second"] > 0
+    assert r["fused_step_gain"] == pytest.approx(
+        r["trainer_examples_per_second"] / r["trainer_unfused_examples_per_second"], rel=0.01)
     measured = r["baseline_examples_per_second"]
-    assert {"dataloader", "gather"} <= set(measured)
+    assert {"dataloader", "gather", "gather_fused"} <= set(measured)
     assert "gather_compiled" in measured or r["compiled_error"]
     assert r["strongest_baseline"] == max(measured, key=measured.get)
     assert r["ratio"] == pytest.approx(r["trainer_examples_per_second"] / measured[r["strongest_baseline"]], rel=0.01)
