@@ -227,3 +227,27 @@ def test_a_warm_sandbox_preloads_no_pandas_duckdb_or_sql_parser():
              "print(' '.join(m for m in ('pandas', 'duckdb', 'sqlglot', 'scipy', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["torch"]
+
+
+def test_the_warm_up_export_leaves_nothing_a_cold_candidate_would_not_see():
+    """The warm-up exports, saves and loads a throw-away program (a candidate's first export is then 0.4 s
+    cheaper), with static shapes: no fake tensor or symbolic shape environment may stay in the heap a candidate
+    inherits (a dynamic-shape export leaves one in torch's caches; the red-team heap scan reads every length)."""
+    import subprocess
+    import sys
+
+    probe = textwrap.dedent("""
+        import gc, sys
+        from cambrian.trainer.contained import preload
+        preload()
+        gc.collect()
+        import torch
+        from torch._subclasses.fake_tensor import FakeTensor
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+        refs = [r for o in gc.get_objects() for r in gc.get_referents(o)] + gc.get_objects()
+        print(sum(isinstance(r, (FakeTensor, ShapeEnv)) for r in refs),
+              int("torch._export.serde.serialize" in sys.modules and "torch.export" in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe], capture_output=True, text=True, timeout=300,
+                         check=True)
+    assert out.stdout.split() == ["0", "1"], out.stdout + out.stderr[-2000:]
