@@ -196,3 +196,26 @@ def test_load_dataset_reads_back_the_rows_prepare_wrote(world_dir, tmp_path):
     np.testing.assert_array_equal(data.train.features["user"], user)
     np.testing.assert_array_equal(data.train.label, label)
     assert len(data.val) == len(written.val) > 0 and data.spec == written.spec
+
+
+def test_read_columns_reads_chunks_and_slices_as_arrow_does():
+    """read_columns reads Arrow's buffers itself (to_numpy would import pandas): several chunks, a sliced chunk
+    (an offset into its buffer) and an empty table give what pyarrow gives; a missing value is refused."""
+    import pyarrow as pa
+
+    from cambrian.trainer.rows import COLUMNS
+
+    def table(lo, hi):
+        idx = np.arange(lo, hi)
+        return pa.table([pa.array(idx), pa.array(idx * 3), pa.array(idx / 2, pa.float32()),
+                         pa.array(np.ones(len(idx)), pa.float32())], schema=COLUMNS)
+
+    chunked = pa.concat_tables([table(0, 10), table(10, 25).slice(3, 9), table(40, 41)])
+    for t in (chunked, chunked.slice(5, 12), table(0, 0), table(0, 7).combine_chunks()):
+        got = read_columns(t)
+        for name, column in zip(COLUMNS.names, got):
+            np.testing.assert_array_equal(column, t.column(name).to_numpy())
+            assert column.dtype == t.column(name).to_numpy().dtype
+    with pytest.raises(ValueError, match="column label has missing values"):
+        read_columns(pa.table([pa.array([1]), pa.array([2]), pa.array([None], pa.float32()),
+                               pa.array([1.0], pa.float32())], schema=COLUMNS))
