@@ -8,6 +8,7 @@ no aggregate, window, subquery, table, star or unknown function, so a value depe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sqlglot
@@ -170,3 +171,41 @@ def rises_with(text: str, ref: str, flag: bool = False) -> bool:
         return "other"
 
     return kind(tree) == "rising"
+
+
+def threshold_of(text: str, ref: str, integer: bool = False) -> float | None:
+    """The cut t when the expression is exactly the threshold `ref >= t` (also `t <= ref`; on an `integer`
+    column `ref > t` too, which is `ref >= floor(t) + 1`, and `ref >= 3.5`, which is `ref >= 4`): the label a
+    threshold reward with that t would repeat. None for anything else and for text that does not parse."""
+    if not isinstance(text, str) or len(text) > MAX_CHARS:
+        return None
+    try:
+        tree = _parse(text)
+    except sqlglot.errors.SqlglotError:
+        return None
+    while isinstance(tree, exp.Paren):
+        tree = tree.this
+    table, _, name = ref.partition(".")
+
+    def is_ref(node: exp.Expression) -> bool:
+        return isinstance(node, exp.Column) and node.name == name and node.table in ("", table)
+
+    def number(node: exp.Expression) -> float | None:
+        if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_number:
+            return -float(node.this.this)
+        return float(node.this) if isinstance(node, exp.Literal) and node.is_number else None
+
+    left, right = tree.args.get("this"), tree.args.get("expression")
+    if isinstance(tree, (exp.LT, exp.LTE)):  # t <= ref is ref >= t
+        left, right = right, left
+        strict = isinstance(tree, exp.LT)
+    elif isinstance(tree, (exp.GT, exp.GTE)):
+        strict = isinstance(tree, exp.GT)
+    else:
+        return None
+    t = number(right) if left is not None and right is not None and is_ref(left) else None
+    if t is None or (strict and not integer):
+        return None
+    if integer:
+        return float(math.floor(t) + 1 if strict else math.ceil(t))
+    return t

@@ -20,6 +20,7 @@ from cambrian.errors import ConfigError
 from cambrian.agents import canonical
 from cambrian.agents.journal import Hypothesis
 from cambrian.agents.proposers.base import CATEGORIES, ProposalRequest, ProposerResult
+from cambrian.trainer.config import RewardConfig
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Entry:
     effect: str = ""
     code: str | None = None
     reads: tuple[str, ...] = ()  # the columns a reward's SQL reads (checked against its parse by the tests)
+    no_op: dict[str, float] | None = None  # settings that repeat the declared label (a champion on it learns nothing new)
 
     def render(self, params: dict[str, float]) -> dict[str, Any]:
         values = {**self.defaults, **params}
@@ -231,6 +233,7 @@ def declared_rewards(schema: Any) -> list[Entry]:
     - no range: any positive value as the label, and the declared label weighted by the log of the value.
     Each entry's `reads` is the one column its SQL reads; keys (`graded:rating`) name the column, so the journal's
     meta finds the entry again."""
+    from cambrian.trainer.expressions import threshold_of
     from cambrian.trainer.schema import WORLD, row_columns
 
     if schema is None or schema == WORLD:
@@ -283,12 +286,17 @@ def declared_rewards(schema: Any) -> list[Entry]:
         span = hi - lo
         grade = f"(LEAST(GREATEST({col}, {_lit(lo)}), {_lit(hi)}) - {_lit(lo)}) / {_lit(span)}"
         where = f"its declared range [{lo:g}, {hi:g}]"
+        # the declared label's own cut (`rating >= 4`): that threshold would repeat it, so it is never proposed
+        own = threshold_of(label.expr, ref, kind == "int") if is_label and label.expr else None
         if kind == "int":
             low, high = math.floor(lo) + 1, math.ceil(hi)
             cut = Dist(low, high, integer=True) if low < high else None
             middle = min(max(math.ceil((lo + hi) / 2), low), high)
+            if middle == own:
+                middle = own - 1 if own - 1 >= low else own + 1
         else:
             cut, middle = Dist(lo + span / 10, hi - span / 10), lo + span / 2
+            middle = middle if middle != own else lo + span * 0.4
         out.append(Entry(f"graded:{name}", "reward", "reward", "explore", {"label": grade},
                          explanation=f"A graded label: {ref} scaled from {where} to [0, 1] keeps how good each row "
                          f"was, which {declared} reduces to yes or no.", effect=effect, reads=reads))
@@ -296,7 +304,8 @@ def declared_rewards(schema: Any) -> list[Entry]:
             out.append(Entry(f"threshold:{name}", "reward", "reward", "explore",
                              {"label": f"CAST({col} >= {{t}} AS DOUBLE)"}, {"t": middle}, {"t": cut},
                              f"A threshold label: {ref} >= t, with t tuned inside {where}; the declared cut need "
-                             f"not be the one that ranks best.", effect, reads=reads))
+                             f"not be the one that ranks best.", effect, reads=reads,
+                             no_op={"t": own} if own is not None else None))
         out.append(Entry(f"weighted:{name}", "reward", "reward", "explore",
                          {"weight": f"1.0 + {{w}} * {grade}"}, {"w": 1.0}, {"w": Dist(0.1, 10.0, log=True)},
                          f"Weighting {declared} by 1 + w * the grade of {ref} in {where} makes the best rows "
@@ -315,11 +324,6 @@ def _available_architectures() -> set[str]:
     from cambrian.trainer.config import ARCHITECTURE_NAMES
 
     return set(ARCHITECTURE_NAMES)
-    for attr in ("ARCHITECTURES", "REGISTRY", "MODELS"):
-        reg = getattr(models, attr, None)
-        if isinstance(reg, dict):
-            return set(reg)
-    return None
 
 
 class BuiltinProposer:
@@ -372,6 +376,15 @@ class BuiltinProposer:
             "meta": {"entry": entry.key, "params": {**entry.defaults, **params}},
         }
 
+    @staticmethod
+    def _repeats_declared_label(request: ProposalRequest, entry: Entry, params: dict) -> bool:
+        """Settings at the entry's no-op point while the champion learns the declared label: the same labels
+        under another spelling (its fingerprint differs), one evaluation spent on a copy of the champion."""
+        if not entry.no_op or request.baseline.reward.label != RewardConfig().label:
+            return False
+        values = {**entry.defaults, **params}
+        return all(k in values and float(values[k]) == float(v) for k, v in entry.no_op.items())
+
     def _history(self, request: ProposalRequest, entry: Entry) -> list[Hypothesis]:
         return [h for h in request.journal.hypotheses if h.meta.get("entry") == entry.key]
 
@@ -421,6 +434,8 @@ class BuiltinProposer:
             trial = study.ask(dists)
             params = dict(trial.params)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # keep asking distinct points
+            if self._repeats_declared_label(request, entry, params):
+                continue
             prop = self._proposal(entry, params, "exploit", "(numeric settings tuned by Optuna TPE)")
             fp = self._fp(request, prop["delta"])
             if fp and fp not in taken:

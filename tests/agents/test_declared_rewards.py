@@ -180,3 +180,37 @@ def test_a_copy_of_the_worlds_declaration_derives_rewards_only_from_outcomes_its
         "signal_weight:click", "positive:watch_seconds", "log_weight:watch_seconds", "positive:like",
         "log_weight:like", "positive:returned_next_day", "log_weight:returned_next_day"]
     assert _propose(mine, Journal(tmp_path / "mine")) == _propose(WORLD, Journal(tmp_path / "world"))
+
+
+def test_the_threshold_reward_never_repeats_the_declared_labels_own_cut(tmp_path):
+    """MovieLens declares the label rating >= 4: the threshold reward's t = 4 is that label under another spelling
+    (its fingerprint differs, so the de-duplication cannot see it). Its default is another cut, and Optuna TPE
+    tuning the family proposes every other cut but never 4; once they are all tried the family offers nothing."""
+    entry = next(e for e in declared_rewards(MOVIELENS_100K) if e.key == "threshold:rating")
+    assert entry.no_op == {"t": 4.0} and entry.defaults["t"] != 4
+    journal = Journal(tmp_path / "journal")
+    first = _propose(MOVIELENS_100K, journal, quotas={"explore": 2})
+    assert [p["meta"]["entry"] for p in first] == ["graded:rating", "threshold:rating"]
+    _record(journal, 1, first, "rating_corr", [0.1, 0.3])  # the threshold family is the best: TPE tunes it
+    cuts = [first[1]["meta"]["params"]["t"]]
+    for gen in range(2, 8):
+        props = _propose(MOVIELENS_100K, journal, gen=gen, quotas={"exploit": 1}, seed=gen)
+        tuned = [p for p in props if p["meta"]["entry"] == "threshold:rating"]
+        if not tuned:
+            break
+        cuts += [p["meta"]["params"]["t"] for p in tuned]
+        _record(journal, gen, tuned, "rating_corr", [0.2] * len(tuned))
+    assert sorted(cuts) == [2, 3, 5], cuts  # Dist(2, 5) without the declared cut, each once
+
+
+def test_threshold_of_reads_the_cut_a_threshold_label_repeats():
+    from cambrian.trainer.expressions import threshold_of
+
+    ref = "ratings.rating"
+    assert [threshold_of(t, ref, integer=True) for t in
+            ("ratings.rating >= 4", "(rating >= 4)", "4 <= rating", "rating > 3", "rating >= 3.5")] == [4.0] * 5
+    assert threshold_of("rating > 3.5", ref) is None  # a strict cut on a real-valued column is no >= cut
+    assert threshold_of("rating >= 3.5", ref) == 3.5
+    for other in ("rating = 4", "movie_id >= 4", "rating >= 4 AND movie_id > 1", "LEAST(rating, 4)", "rating >=",
+                  None):
+        assert threshold_of(other, ref, integer=True) is None, other
