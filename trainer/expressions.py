@@ -118,21 +118,32 @@ def compile_expression(text: str, allowed: tuple[str, ...] | list[str]) -> Compi
 _RISING_FUNCS = (exp.Cast, exp.TryCast, exp.Paren, exp.Ln, exp.Sqrt, exp.Exp, exp.Floor, exp.Ceil, exp.Round)
 
 
+def _parsed_about(text: str, ref: str):
+    """The parse of a declared expression (None when it is not text, too long or does not parse) and a test of
+    whether a node is the column `ref` (table.column, or the bare column name)."""
+    if not isinstance(text, str) or len(text) > MAX_CHARS:
+        return None
+    try:
+        tree = _parse(text)
+    except sqlglot.errors.SqlglotError:
+        return None
+    table, _, name = ref.partition(".")
+
+    def is_ref(node: exp.Expression) -> bool:
+        return isinstance(node, exp.Column) and node.name == name and node.table in ("", table)
+
+    return tree, is_ref
+
+
 def rises_with(text: str, ref: str, flag: bool = False) -> bool:
     """Is the expression a non-decreasing function of the column `ref` (table.column) that reads no other column,
     so that more of the column never makes it smaller: `ref`, `ref >= 4`, `COALESCE(ref, 0)`, `LEAST(ref, 1)`,
     `CAST(ref AS DOUBLE) / 5`, `LN(1 + ref)`. `flag`: the column is 0/1, so `ref = 1` rises with it too.
     False for anything else (`hate = 0`, `1 - ref`, another column), and for text that does not parse."""
-    if not isinstance(text, str) or len(text) > MAX_CHARS:
+    parsed = _parsed_about(text, ref)
+    if parsed is None:
         return False
-    try:
-        tree = _parse(text)
-    except sqlglot.errors.SqlglotError:
-        return False
-    table, _, name = ref.partition(".")
-
-    def is_ref(node: exp.Expression) -> bool:
-        return isinstance(node, exp.Column) and node.name == name and node.table in ("", table)
+    tree, is_ref = parsed
 
     def positive(node: exp.Expression) -> bool:
         return isinstance(node, exp.Literal) and node.is_number and float(node.this) > 0
@@ -177,18 +188,12 @@ def threshold_of(text: str, ref: str, integer: bool = False) -> float | None:
     """The cut t when the expression is exactly the threshold `ref >= t` (also `t <= ref`; on an `integer`
     column `ref > t` too, which is `ref >= floor(t) + 1`, and `ref >= 3.5`, which is `ref >= 4`): the label a
     threshold reward with that t would repeat. None for anything else and for text that does not parse."""
-    if not isinstance(text, str) or len(text) > MAX_CHARS:
+    parsed = _parsed_about(text, ref)
+    if parsed is None:
         return None
-    try:
-        tree = _parse(text)
-    except sqlglot.errors.SqlglotError:
-        return None
+    tree, is_ref = parsed
     while isinstance(tree, exp.Paren):
         tree = tree.this
-    table, _, name = ref.partition(".")
-
-    def is_ref(node: exp.Expression) -> bool:
-        return isinstance(node, exp.Column) and node.name == name and node.table in ("", table)
 
     def number(node: exp.Expression) -> float | None:
         if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal) and node.this.is_number:
