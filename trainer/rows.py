@@ -83,7 +83,7 @@ def _numpy(column: pa.ChunkedArray, name: str, dtype: np.dtype) -> np.ndarray:
     if column.null_count:
         raise ValueError(f"the training rows' column {name} has missing values")
     parts = [np.frombuffer(c.buffers()[1], dtype=dtype, count=len(c), offset=c.offset * dtype.itemsize)
-             for c in column.chunks]
+             for c in column.chunks if len(c)]  # an empty chunk may have no data buffer at all
     return parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, dtype)
 
 

@@ -211,7 +211,8 @@ def test_read_columns_reads_chunks_and_slices_as_arrow_does():
                          pa.array(np.ones(len(idx)), pa.float32())], schema=COLUMNS)
 
     chunked = pa.concat_tables([table(0, 10), table(10, 25).slice(3, 9), table(40, 41)])
-    for t in (chunked, chunked.slice(5, 12), table(0, 0), table(0, 7).combine_chunks()):
+    for t in (chunked, chunked.slice(5, 12), table(0, 0), table(0, 7).combine_chunks(),
+              pa.concat_tables([table(0, 0), table(0, 3)])):  # an empty chunk first
         got = read_columns(t)
         for name, column in zip(COLUMNS.names, got):
             np.testing.assert_array_equal(column, t.column(name).to_numpy())
