@@ -255,7 +255,7 @@ def test_a_candidate_reads_its_training_rows_without_pandas(world_dir, tmp_path)
 
 
 def test_the_warm_up_export_leaves_nothing_a_cold_candidate_would_not_see():
-    """The warm-up exports, saves and loads a throw-away program (a candidate's first export is then 0.4 s
+    """The warm-up exports, saves and loads a throw-away program (a candidate's first export is then about 0.2 s
     cheaper), with static shapes: no fake tensor or symbolic shape environment may stay in the heap a candidate
     inherits (a dynamic-shape export leaves one in torch's caches; the red-team heap scan reads every length)."""
     import subprocess
