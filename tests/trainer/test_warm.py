@@ -244,7 +244,8 @@ def test_a_candidate_reads_its_training_rows_without_pandas(world_dir, tmp_path)
     probe = ("import sys; from pathlib import Path; import numpy as np; "
              "from cambrian.trainer.contained import preload, read_input; preload(); "
              f"config, data = read_input(Path({str(tmp_path)!r})); "
-             "s = data.train; np.savez(sys.argv[1], *s._read(np.arange(len(s.group_rows)))); print('pandas' in sys.modules)")
+             "s = data.train; np.savez(sys.argv[1], *s._read(np.arange(len(s.group_rows)))); "
+             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", probe, str(tmp_path / "read.npz")],
                          capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split() == ["False"], out.stderr[-2000:]
