@@ -10,6 +10,7 @@ are the same in every run of the same manifest.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import uuid
 from datetime import datetime
@@ -73,6 +74,9 @@ class LocalStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.dir = self.root / "objects"
+        # path -> (the file's version, its object pickled): the driver reads every object at every pass, and
+        # parsing YAML was most of its CPU (taken from the trainers beside it)
+        self._parsed: dict[Path, tuple[tuple[int, ...], bytes]] = {}
 
     def _path(self, plural: str, name: str) -> Path:
         if not _NAME.match(name):
@@ -81,17 +85,36 @@ class LocalStore:
 
     # --- loop.Objects ----------------------------------------------------------------------
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        path = self._path(plural, name)
-        try:
-            return yaml.load(path.read_text(), Loader=_LOADER)
-        except FileNotFoundError:
-            return None
+        return self._read(self._path(plural, name))
 
     def list(self, plural: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
         folder = self.dir / plural
         if not folder.is_dir():
             return []
-        return [yaml.load(p.read_text(), Loader=_LOADER) for p in sorted(folder.glob("*.yaml"))]
+        paths = sorted(folder.glob("*.yaml"))
+        present = set(paths)
+        for gone in [p for p in self._parsed if p.parent == folder and p not in present]:
+            del self._parsed[gone]
+        return [obj for obj in map(self._read, paths) if obj is not None]
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        """The object in `path`, parsed once per version of the file, each caller getting its own copy. Every
+        writer replaces a file by a rename (write_atomic; `kubectl`-like commands of another process too), so
+        a new version is a new inode: the open file's inode, size, mtime and ctime name the version read."""
+        try:
+            with open(path, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = self._parsed.get(path)
+                if known is not None and known[0] == version:
+                    return pickle.loads(known[1])
+                text = fh.read().decode("utf-8")
+        except FileNotFoundError:
+            self._parsed.pop(path, None)
+            return None
+        obj = yaml.load(text, Loader=_LOADER)
+        self._parsed[path] = (version, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+        return obj
 
     # --- writes ----------------------------------------------------------------------------
     def put(self, obj: dict[str, Any]) -> None:

@@ -53,6 +53,28 @@ def test_store_apply_creates_once_and_bumps_generation_on_spec_change(tmp_path):
     assert [p.name for p in (tmp_path / "objects" / "evolutions").iterdir()] == ["tiny.yaml"]  # no temp files left
 
 
+def test_store_parses_each_version_of_a_file_once_and_sees_every_other_writer(tmp_path, monkeypatch):
+    import cambrian.operator.localstore as localstore
+
+    parsed = []
+    real_load = localstore.yaml.load
+    monkeypatch.setattr(localstore.yaml, "load", lambda text, Loader: parsed.append(text) or real_load(text, Loader))
+    store, other = LocalStore(tmp_path), LocalStore(tmp_path)  # `other`: another process's writes
+    store.apply(load_manifests(SCENARIO)[0], SIM_EPOCH)
+    parsed.clear()
+    for _ in range(5):
+        assert store.get("evolutions", "default", "tiny")["spec"]["topK"] != 7
+        assert len(store.list("evolutions")) == 1
+    assert len(parsed) == 1  # one version of one file: parsed once
+    mine = store.get("evolutions", "default", "tiny")
+    mine["spec"]["topK"] = 99  # a caller's copy: changing it changes nothing stored
+    assert store.get("evolutions", "default", "tiny")["spec"]["topK"] != 99
+    other.write_status("Evolution", "tiny", {"phase": "Running"})
+    assert store.get("evolutions", "default", "tiny")["status"] == {"phase": "Running"}
+    assert [o["status"] for o in store.list("evolutions")] == [{"phase": "Running"}]
+    (tmp_path / "objects" / "evolutions" / "tiny.yaml").unlink()
+    assert store.get("evolutions", "default", "tiny") is None and store.list("evolutions") == []
+
 def test_old_formats_are_refused_with_a_pointer_to_the_crd_format(tmp_path):
     old = tmp_path / "evolve.yaml"
     old.write_text(yaml.safe_dump({"data_dir": "w", "generations": 2}))
