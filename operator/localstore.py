@@ -15,7 +15,7 @@ import re
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -38,6 +38,44 @@ def write_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def _version(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ParsedFiles:
+    """Files parsed once per version, each caller getting its own copy of the result (None: no such file).
+    Every writer of these files replaces one by a rename (write_atomic; another process's `cambrian apply` too),
+    so a new version is a new inode: device, inode, size, mtime and ctime name the version that was read."""
+
+    def __init__(self, parse: Callable[[str], Any]):
+        self._parse = parse
+        self._known: dict[Path, tuple[tuple[int, ...], bytes]] = {}
+
+    def read(self, path: Path) -> Any:
+        try:
+            known = self._known.get(path)
+            if known is not None and known[0] == _version(os.stat(path)):
+                return pickle.loads(known[1])
+            with open(path, "rb") as fh:  # the version of the bytes read: a rename after the stat above is seen
+                version = _version(os.fstat(fh.fileno()))
+                text = fh.read().decode("utf-8")
+        except FileNotFoundError:
+            self._known.pop(path, None)
+            return None
+        parsed = self._parse(text)
+        self._known[path] = (version, pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL))
+        return parsed
+
+    def forget(self, path: Path) -> None:
+        self._known.pop(path, None)
+
+    def forget_others(self, folder: Path, present: Iterable[Path]) -> None:
+        """Drop what is kept for the files of `folder` not among `present` (deleted ones)."""
+        keep = set(present)
+        for gone in [p for p in self._known if p.parent == folder and p not in keep]:
+            del self._known[gone]
 
 
 def load_manifests(path: str | Path) -> list[dict[str, Any]]:
@@ -74,9 +112,8 @@ class LocalStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.dir = self.root / "objects"
-        # path -> (the file's version, its object pickled): the driver reads every object at every pass, and
-        # parsing YAML was most of its CPU (taken from the trainers beside it)
-        self._parsed: dict[Path, tuple[tuple[int, ...], bytes]] = {}
+        # the driver reads every object at every pass: parsing YAML was most of its CPU (taken from the trainers)
+        self._files = ParsedFiles(lambda text: yaml.load(text, Loader=_LOADER))
 
     def _path(self, plural: str, name: str) -> Path:
         if not _NAME.match(name):
@@ -92,29 +129,11 @@ class LocalStore:
         if not folder.is_dir():
             return []
         paths = sorted(folder.glob("*.yaml"))
-        present = set(paths)
-        for gone in [p for p in self._parsed if p.parent == folder and p not in present]:
-            del self._parsed[gone]
+        self._files.forget_others(folder, paths)
         return [obj for obj in map(self._read, paths) if obj is not None]
 
     def _read(self, path: Path) -> dict[str, Any] | None:
-        """The object in `path`, parsed once per version of the file, each caller getting its own copy. Every
-        writer replaces a file by a rename (write_atomic; `kubectl`-like commands of another process too), so
-        a new version is a new inode: the open file's inode, size, mtime and ctime name the version read."""
-        try:
-            with open(path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                version = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                known = self._parsed.get(path)
-                if known is not None and known[0] == version:
-                    return pickle.loads(known[1])
-                text = fh.read().decode("utf-8")
-        except FileNotFoundError:
-            self._parsed.pop(path, None)
-            return None
-        obj = yaml.load(text, Loader=_LOADER)
-        self._parsed[path] = (version, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
-        return obj
+        return self._files.read(path)
 
     # --- writes ----------------------------------------------------------------------------
     def put(self, obj: dict[str, Any]) -> None:

@@ -41,7 +41,7 @@ import yaml
 
 from cambrian.errors import CambrianError, ConfigError
 from cambrian.operator.api import API_VERSION, duration_seconds
-from cambrian.operator.localstore import LocalStore, write_atomic
+from cambrian.operator.localstore import LocalStore, ParsedFiles, write_atomic
 from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
@@ -129,6 +129,7 @@ class LocalPlatform:
         self._slot = threading.local()
         self._warm_workers: list[Any] = []
         self._running: dict[str, Future] = {}
+        self._job_files = ParsedFiles(json.loads)  # job.json and result.json, read at every pass
         self._lock = threading.Lock()
         self._data_lock = threading.Lock()
         self._closing = False
@@ -294,7 +295,9 @@ class LocalPlatform:
     def training_jobs(self, owner: Owner) -> list[JobObservation]:
         out = []
         for job in sorted((self.root / "jobs").glob("*/job.json")):
-            request = json.loads(job.read_text())
+            request = self._job_files.read(job)
+            if request is None:  # deleted since the glob
+                continue
             if request["owner"]["uid"] != owner.uid:
                 continue
             name = request["name"]
@@ -308,7 +311,9 @@ class LocalPlatform:
                 else:
                     out.append(JobObservation(name, "Running"))
                 continue
-            r = json.loads(done.read_text())
+            r = self._job_files.read(done)
+            if r is None:
+                continue
             out.append(JobObservation(
                 name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
                 stage=r.get("stage"), metrics=r.get("metrics"), bundle_uri=r.get("bundle_uri"),
@@ -321,6 +326,8 @@ class LocalPlatform:
             running = action.name in self._running and not self._running[action.name].done()
         if not running:
             shutil.rmtree(folder, ignore_errors=True)
+            for name in ("job.json", "result.json"):
+                self._job_files.forget(folder / name)
 
     # --- data ------------------------------------------------------------------------------------
     def data_for(self, data: Mapping[str, Any]) -> Path:
