@@ -287,15 +287,25 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         seen = 0  # training rows read so far, kept or not
         held_out: list[pd.DataFrame] = []
         for batch in source.batches(key, table, list(table.columns)):
-            df = rows_of.join(pa.Table.from_batches([batch]).cast(wanted).to_pandas())
+            df = pa.Table.from_batches([batch]).cast(wanted).to_pandas()
             for i, column in enumerate((user_col, item_col)):
                 top[i] = max(top[i], int(checked_ids(df, column, key).max()))
-            label, weight = _reward_values(df, config.reward, schema, rows_of.con)
-            is_val = df[DAY].to_numpy() >= cutoff
+            days = rows_of.days(df)
+            is_val = days >= cutoff
             index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows
             seen += len(index)
             keep = index >= 0
-            rows = np.flatnonzero(~is_val)[keep]
+            # the rows cut by max_train_examples are neither joined nor labelled: most of a capped source's rows
+            used = is_val.copy()
+            used[np.flatnonzero(~is_val)[keep]] = True
+            if not used.any():
+                continue
+            if not used.all():
+                df, days, is_val = df.loc[used].reset_index(drop=True), days[used], is_val[used]
+            index = index[keep]
+            df = rows_of.join(df, days)
+            label, weight = _reward_values(df, config.reward, schema, rows_of.con)
+            rows = np.flatnonzero(~is_val)  # every training row left is kept
             user, item = df[user_col].to_numpy(np.int64)[rows], df[item_col].to_numpy(np.int64)[rows]
             totals.add(label[rows], weight[rows])
             for i, ids in enumerate((user, item)):
@@ -303,7 +313,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
                 add[:len(counts[i])] += counts[i]
                 counts[i] = add
             if writers:
-                rank = shard_of(index[keep], n, workers) if workers > 1 else np.zeros(len(rows), np.int64)
+                rank = shard_of(index, n, workers) if workers > 1 else np.zeros(len(rows), np.int64)
                 for r, writer in enumerate(writers):
                     mine = rank == r
                     writer.write(user[mine], item[mine], label[rows][mine], weight[rows][mine])

@@ -95,11 +95,16 @@ class RowFrame:
     def _sql(self, compiled: Compiled) -> str:
         return compiled.duckdb({ref: c for c, ref in self.names.items()}, self.params)
 
-    def join(self, df: pd.DataFrame) -> pd.DataFrame:
-        """The batch with its day (column DAY), the joined tables' columns and the declared label (`label`)."""
+    def days(self, df: pd.DataFrame) -> np.ndarray:
+        """Each interaction's day number."""
+        t = self.schema.tables[self.schema.interactions]
+        return day_numbers(pa.array(df[t.time]), t.time_unit) if len(df) else np.zeros(0, np.int64)
+
+    def join(self, df: pd.DataFrame, days: np.ndarray | None = None) -> pd.DataFrame:
+        """The batch with its day (column DAY: `days` when the caller has them), the joined tables' columns and the
+        declared label (`label`)."""
         s = self.schema
-        t = s.tables[s.interactions]
-        df[DAY] = day_numbers(pa.array(df[t.time]), t.time_unit) if len(df) else np.zeros(0, np.int64)
+        df[DAY] = self.days(df) if days is None else days
         user = df[s.user_id].to_numpy(np.int64)
         for _, kind, indexed in self.lookups:
             if kind == "user_day":

@@ -91,6 +91,30 @@ def test_each_worker_gets_its_own_equal_shard_of_the_kept_rows(world_dir, tmp_pa
         np.testing.assert_array_equal(shard, single[rank:10_000:2])  # dealt round-robin, nothing shared
 
 
+def test_rows_cut_by_the_cap_are_never_labelled_and_the_kept_ones_are_the_uncapped_passs_last(world_dir, tmp_path,
+                                                                                             monkeypatch):
+    from cambrian.trainer import data as data_module
+
+    labelled = []
+    real = data_module._reward_values
+    monkeypatch.setattr(data_module, "_reward_values",
+                        lambda df, *a, **k: labelled.append(len(df)) or real(df, *a, **k))
+    uncapped = ModelConfig()
+    uncapped.training.max_train_examples = None
+    everything = prepare(world_dir, uncapped, tmp_path / "all")
+    assert sum(labelled) == everything.n_train_available + len(everything.val)
+    labelled.clear()
+    capped = uncapped.model_copy(deep=True)
+    capped.training.max_train_examples = 10_001
+    kept = prepare(world_dir, capped, tmp_path / "capped")
+    assert sum(labelled) == 10_001 + len(kept.val) < everything.n_train_available  # the cut rows: not one
+    rows = np.stack(read_columns(pq.read_table(kept.train.files[0])), axis=1)
+    all_rows = np.stack(read_columns(pq.read_table(everything.train.files[0])), axis=1)
+    np.testing.assert_array_equal(rows, all_rows[-10_001:])
+    np.testing.assert_array_equal(kept.val.label, everything.val.label)
+    np.testing.assert_array_equal(kept.val.features["user"], everything.val.features["user"])
+
+
 def _metrics(config, data, train_rows):
     data.train = train_rows
     threads = torch.get_num_threads()
