@@ -24,7 +24,7 @@ from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
-from cambrian.trainer.rowframe import DAY, RowFrame, connect, evaluate
+from cambrian.trainer.rowframe import RowFrame, connect, evaluate
 from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
 from cambrian.trainer.splits import Split, TrainingSet, Written
 
