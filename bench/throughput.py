@@ -265,12 +265,12 @@ def run(quick: bool = False, arms: tuple[str, ...] | None = None, repeats: int =
         # whole 12-evaluation Evolution a single pass ran, so its slots' start-up is spread over as many runs
         per_part = 3 if quick else 12
         world = {k: summary["overall"][k] for k in ("users", "days")}
+        evaluations = {name: per_part * LONG.get(name, 1) for name in arms}
         done: dict[str, list[tuple[int, dict]]] = {name: [] for name in arms}
         for position, (name, part) in enumerate(order, start=1):
-            evaluations = per_part * LONG.get(name, 1)
-            done[name].append((position, run_part(tmp_path, name, part, data, world, evaluations, ARMS[name])))
+            done[name].append((position, run_part(tmp_path, name, part, data, world, evaluations[name], ARMS[name])))
     results = {name: {**summarise_arm(ARMS[name], [p for _, p in done[name]], [pos for pos, _ in done[name]]),
-                      "evaluations_per_part": per_part * LONG.get(name, 1)} for name in arms}
+                      "evaluations_per_part": evaluations[name]} for name in arms}
     head = results.get("warm") or next(iter(results.values()))
     gains = {}
     if "cold" in results:

@@ -122,7 +122,7 @@ class LocalStore:
 
     # --- loop.Objects ----------------------------------------------------------------------
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._read(self._path(plural, name))
+        return self._files.read(self._path(plural, name))
 
     def list(self, plural: str, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
         folder = self.dir / plural
@@ -130,10 +130,7 @@ class LocalStore:
             return []
         paths = sorted(folder.glob("*.yaml"))
         self._files.forget_others(folder, paths)
-        return [obj for obj in map(self._read, paths) if obj is not None]
-
-    def _read(self, path: Path) -> dict[str, Any] | None:
-        return self._files.read(path)
+        return [obj for obj in map(self._files.read, paths) if obj is not None]
 
     # --- writes ----------------------------------------------------------------------------
     def put(self, obj: dict[str, Any]) -> None:

@@ -100,11 +100,11 @@ class RowFrame:
         t = self.schema.tables[self.schema.interactions]
         return day_numbers(pa.array(df[t.time]), t.time_unit) if len(df) else np.zeros(0, np.int64)
 
-    def join(self, df: pd.DataFrame, days: np.ndarray | None = None) -> pd.DataFrame:
-        """The batch with its day (column DAY: `days` when the caller has them), the joined tables' columns and the
-        declared label (`label`)."""
+    def join(self, df: pd.DataFrame, days: np.ndarray) -> pd.DataFrame:
+        """The batch with its day (column DAY: `days`, from days()), the joined tables' columns and the declared
+        label (`label`)."""
         s = self.schema
-        df[DAY] = self.days(df) if days is None else days
+        df[DAY] = days
         user = df[s.user_id].to_numpy(np.int64)
         for _, kind, indexed in self.lookups:
             if kind == "user_day":

@@ -301,8 +301,8 @@ class LocalPlatform:
             if request["owner"]["uid"] != owner.uid:
                 continue
             name = request["name"]
-            done = job.parent / "result.json"
-            if not done.is_file():
+            r = self._job_files.read(job.parent / "result.json")
+            if r is None:  # no result yet
                 with self._lock:
                     fut = self._running.get(name)
                 broken = fut.exception() if fut is not None and fut.done() and not fut.cancelled() else None
@@ -310,9 +310,6 @@ class LocalPlatform:
                     out.append(JobObservation(name, "Failed", reason="PlatformError", message=str(broken)))
                 else:
                     out.append(JobObservation(name, "Running"))
-                continue
-            r = self._job_files.read(done)
-            if r is None:
                 continue
             out.append(JobObservation(
                 name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
