@@ -225,7 +225,7 @@ class _ColdRun:
 
 class WarmWorker:
     """A worker slot's warm trainer (trainer/warm.py `serve`): one long-lived trusted process that runs this
-    slot's `cambrian train` requests one after another, with torch imported once and pre-started single-use
+    slot's `cambrian train` requests one after another, with the project imported once and pre-started single-use
     sandboxes for the candidate code. It is started on first use with the cold run's launcher (no network,
     address-space and file-size limits, a cleaned environment; no CPU-time rlimit, which would add up over
     candidates: the wall-time and memory watchdogs of run_candidate bound each request). A request that is

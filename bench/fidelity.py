@@ -138,7 +138,8 @@ def train_model(config: dict[str, Any], data_dir: Path) -> tuple[dict[str, float
 
     from cambrian.trainer.config import parse_config
     from cambrian.trainer.data import load_dataset
-    from cambrian.trainer.train import evaluate, fit, pick_device, predict, run_gate
+    from cambrian.trainer.fit import fit, pick_device, predict
+    from cambrian.trainer.train import evaluate, run_gate
 
     # The candidates are the benchmark's own (no plugin code), so they train in this process.
     cfg = parse_config(config, "candidate")

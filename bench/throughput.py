@@ -7,7 +7,7 @@ world (the default world of `cambrian world generate` in the full run). Nothing 
 come from the loop's training runs.
 * each run's wall seconds are the platform's record of one sandboxed `cambrian train` subprocess (started,
   finished);
-* each finished run carries the trainer's own `train_seconds` (the optimisation loop, `trainer.train.fit`)
+* each finished run carries the trainer's own `train_seconds` (the optimisation loop, `trainer.fit.fit`)
   among the metrics its owner's status keeps (a Hypothesis's `seedRuns`, the Evolution's `baselineRuns`).
 With W the loop's wall time and k = 2 slots, the k·W slot-seconds split into
   fit (training proper)  +  trainer-process overhead (start-up, data loading and reward SQL, gate,

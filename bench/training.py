@@ -33,7 +33,8 @@ from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.contained import read_input
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.models import build_model
-from cambrian.trainer.train import fit, pick_device, write_training_input
+from cambrian.trainer.fit import fit, pick_device
+from cambrian.trainer.train import write_training_input
 
 
 def _reference_loop(config: ModelConfig, data, device: torch.device) -> float:

@@ -1,4 +1,4 @@
-"""The static checks plugin code must pass (gate stages parse and static): AST only, nothing executed.
+"""The static checks a candidate must pass (gate stages parse and static): AST only, nothing executed.
 
 Its own module, without the plugin loader, so that processes that must never run candidate code (the
 operator, before any Job starts) can check it; trainer/plugins.py documents the interface and loads it.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 
 from cambrian.errors import GateError
+from cambrian.trainer.config import ARCHITECTURE_NAMES, OPTIMIZER_NAMES, ModelConfig
 
 PLUGIN_API = "cambrian.trainer.plugin_api"
 ALLOWED_MODULES = {
@@ -56,3 +57,18 @@ def _problem(node: ast.AST) -> str | None:
     elif isinstance(node, ast.Name) and node.id in FORBIDDEN_NAMES:
         return f"use of {node.id!r} is not allowed in plugin code (there are no files to open and nothing to evaluate)"
     return None
+
+
+def static_checks(config: ModelConfig) -> None:
+    """Stages parse and static: plugin code of every component that carries some; built-in names."""
+    for component in ("optimizer", "architecture"):
+        code = getattr(config, component).code
+        if code:
+            check_code(code, component)
+    opt, arch = config.optimizer, config.architecture
+    if not opt.code and opt.name not in OPTIMIZER_NAMES:
+        near = [n for n in OPTIMIZER_NAMES if n.lower() == opt.name.lower()]
+        raise GateError("static", f"unknown optimizer {opt.name!r}; "
+                        + (f"did you mean {near[0]}?" if near else f"use a torch.optim class: {', '.join(OPTIMIZER_NAMES)}"))
+    if not arch.code and arch.name not in ARCHITECTURE_NAMES:
+        raise GateError("static", f"unknown architecture {arch.name!r}; registered: {', '.join(ARCHITECTURE_NAMES)}")

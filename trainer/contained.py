@@ -82,7 +82,7 @@ def train(input_dir: Path, scratch: Path, gate_only: bool = False) -> dict:
     import torch
 
     from cambrian.trainer.gate import forward_backward
-    from cambrian.trainer.train import fit, pick_device
+    from cambrian.trainer.fit import fit, pick_device
 
     clock = [time.perf_counter()]
     phases: dict[str, float] = {}  # informational (the benchmark's breakdown of a run): seconds per phase
@@ -118,7 +118,7 @@ def predict(input_dir: Path, scratch: Path) -> dict:
 
     from cambrian.trainer.bundle import load_program
     from cambrian.trainer.splits import Split
-    from cambrian.trainer.train import predict as predict_split
+    from cambrian.trainer.fit import predict as predict_split
 
     torch.set_num_threads(1)
     module = _stage("export", False, load_program, input_dir / "model.pt2")
@@ -175,7 +175,7 @@ def worker(input_dir: Path, scratch: Path, args: argparse.Namespace) -> dict:
     from cambrian.trainer.distributed import Worker, shard_name
     from cambrian.trainer.gate import forward_backward
     from cambrian.trainer.sandbox import forbid_new_processes
-    from cambrian.trainer.train import fit, pick_device
+    from cambrian.trainer.fit import fit, pick_device
 
     if args.contained or args.seccomp:  # the agent needed to start processes; the candidate's code may not
         forbid_new_processes()

@@ -13,28 +13,12 @@ import numpy as np
 import torch
 
 from cambrian.errors import GateError
-from cambrian.trainer.config import ARCHITECTURE_NAMES, OPTIMIZER_NAMES, ModelConfig
+from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.splits import Split, TrainingSet
 from cambrian.trainer.models import build_model, build_optimizer, fused_hint
-from cambrian.trainer.plugins import check_code
 
 MAX_PARAMETERS = 20_000_000
 GATE_ROWS = 256
-
-
-def static_checks(config: ModelConfig) -> None:
-    """Stages parse and static: plugin code of every component that carries some; built-in names."""
-    for component in ("optimizer", "architecture"):
-        code = getattr(config, component).code
-        if code:
-            check_code(code, component)
-    opt, arch = config.optimizer, config.architecture
-    if not opt.code and opt.name not in OPTIMIZER_NAMES:
-        near = [n for n in OPTIMIZER_NAMES if n.lower() == opt.name.lower()]
-        raise GateError("static", f"unknown optimizer {opt.name!r}; "
-                        + (f"did you mean {near[0]}?" if near else f"use a torch.optim class: {', '.join(OPTIMIZER_NAMES)}"))
-    if not arch.code and arch.name not in ARCHITECTURE_NAMES:
-        raise GateError("static", f"unknown architecture {arch.name!r}; registered: {', '.join(ARCHITECTURE_NAMES)}")
 
 
 def batch_tensors(split: Split, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:

@@ -10,6 +10,15 @@ from scipy import stats
 from cambrian.trainer.schema import USER_COLUMN, Proxy
 
 
+def scored_loss(kind: str, logits: np.ndarray, label: np.ndarray, weight: np.ndarray) -> float:
+    """val_loss: the training loss (trainer/gate.py weighted_loss, in torch) on held-out predictions, in numpy
+    and float64, so that the scorer needs no torch: the weighted mean of binary cross-entropy with logits
+    (`bce`, in its stable form) or of the squared error (`mse`)."""
+    x, y, w = (np.asarray(a, dtype=np.float64) for a in (logits, label, weight))
+    per_row = (np.maximum(x, 0.0) - x * y + np.log1p(np.exp(-np.abs(x)))) if kind == "bce" else (x - y) ** 2
+    return float((w * per_row).sum() / max(float(w.sum()), 1e-12))
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve by the rank-sum formula (ties get average ranks)."""
     labels = labels.astype(bool)

@@ -42,9 +42,9 @@ def _wants_gpu(input_dir: Path) -> bool:
         device = json.loads((input_dir / "config.json").read_text())["training"]["device"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    import torch
+    from cambrian.trainer.sandbox import gpu_present
 
-    return device != "cpu" and torch.cuda.is_available()
+    return device != "cpu" and gpu_present()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -263,6 +263,18 @@ def etc_files() -> list[tuple[str, str]]:
     return cache + [(str(source), f"/etc/{name}") for name, source in SANDBOX_ETC.items()]
 
 
+def gpu_devices() -> list[Path]:
+    """The NVIDIA driver's device nodes (what a GPU run binds into its sandbox)."""
+    return sorted(Path("/dev").glob("nvidia*"))
+
+
+def gpu_present() -> bool:
+    """Whether this machine shows a GPU (a /dev/nvidiaN node), read without torch: the trusted side never imports
+    it. A GPU whose driver torch cannot use then trains on the CPU inside the sandbox (training.device auto) or
+    fails there (cuda), as before."""
+    return any(d.name[len("nvidia"):].isdigit() for d in gpu_devices())
+
+
 def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], seccomp_fd: int,
                   gpu: bool = False) -> list[str]:
     cmd = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
@@ -280,7 +292,7 @@ def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict
         cmd += ["--ro-bind", str(p), str(p)]
     cmd += ["--ro-bind", str(input_dir), INPUT, "--bind", str(scratch_dir), SCRATCH, "--proc", "/proc", "--dev", "/dev"]
     if gpu:  # the GPU's device nodes only; the driver's libraries are under /usr
-        for dev in sorted(Path("/dev").glob("nvidia*")):
+        for dev in gpu_devices():
             cmd += ["--dev-bind", str(dev), str(dev)]
     # memory-backed folders are bounded (their pages count against no process) and /dev is read-only
     cmd += ["--size", str(SHM_BYTES), "--tmpfs", "/dev/shm", "--remount-ro", "/dev",

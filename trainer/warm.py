@@ -4,7 +4,8 @@ A cold run is three fresh Python processes per candidate (the trusted `cambrian 
 the contained predictor), each importing torch, plus the data preparation with the reward SQL. Here:
 - `serve` is a long-lived trusted process per worker slot (agents/runner.py WarmWorker starts it with the
   cold run's limits and cleaned environment): it runs `cambrian train` requests one after another, by the
-  same CLI code, so torch and the project are imported once per slot. It never runs candidate code.
+  same CLI code, so the project (data, reward SQL, scoring) is imported once per slot. It never runs candidate
+  code and never imports torch (trainer/train.py): only the zygote and the steps forked from it do.
 - `WarmPool` runs each step (trainer, predictor) in a fork of its zygote (trainer/zygote.py: torch imported
   once, in a trusted process that never opens candidate data), which contains itself with the operating system
   (the namespaces, file system, seccomp filter and limits of the bubblewrap sandbox) before the step's command

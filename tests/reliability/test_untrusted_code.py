@@ -124,7 +124,7 @@ def test_hostile_deltas_are_rejected_before_any_process_starts():
     """A delta whose code is hostile never reaches training: the gate's static stage refuses it (the core runs it
     before any Job: tests/operator/test_reconcile_hypothesis.py::test_plugin_code_fails_the_static_gate_before_any_job)."""
     from cambrian.trainer.delta import apply_delta
-    from cambrian.trainer.gate import static_checks
+    from cambrian.trainer.codecheck import static_checks
 
     for hid, code, _ in REFUSED[:12]:
         cfg = apply_delta(ModelConfig(), parse_delta({"component": "architecture", "code": code}))

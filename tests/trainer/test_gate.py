@@ -141,7 +141,7 @@ def test_the_optimizer_names_are_torch_optims_own():
 ])
 def test_unknown_names_are_refused_in_the_trusted_static_stage(quick_config, delta, fragment):
     """Before: they reached build_optimizer/build_model, inside the sandbox, after its start and a torch import."""
-    from cambrian.trainer.gate import static_checks
+    from cambrian.trainer.codecheck import static_checks
 
     with pytest.raises(GateError, match=fragment) as info:
         static_checks(apply_delta(quick_config, delta))

@@ -11,7 +11,8 @@ from cambrian.trainer.data import load_dataset, prepare, train_file
 from cambrian.trainer.distributed import shard_name
 from cambrian.trainer.features import Catalogue, Categorical, FeatureSpec, Numeric
 from cambrian.trainer.rows import RowGroupStream, RowWriter, read_columns
-from cambrian.trainer.train import evaluate, fit, predict
+from cambrian.trainer.fit import fit, predict
+from cambrian.trainer.train import evaluate
 
 N, GROUP = 1_050, 100  # 11 row groups, the last one short
 

@@ -12,7 +12,8 @@ from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
 from cambrian.trainer.models import build_model
-from cambrian.trainer.train import evaluate, predict, train
+from cambrian.trainer.fit import predict
+from cambrian.trainer.train import evaluate, train
 
 PLUGIN_OPTIMIZER = """
 def build_optimizer(params, cfg):
@@ -102,7 +103,7 @@ def test_a_diverging_loss_stops_training_with_the_epoch_named(world_dir, quick_c
     """The divergence flag stays on the device between reads (a read per step would stall a GPU); a diverged
     run still fails, naming its epoch, and never returns diverged weights."""
     from cambrian.errors import TrainingError
-    from cambrian.trainer.train import fit
+    from cambrian.trainer.fit import fit
 
     quick_config.optimizer.lr = 1e30
     data = load_dataset(world_dir, quick_config)
@@ -111,3 +112,37 @@ def test_a_diverging_loss_stops_training_with_the_epoch_named(world_dir, quick_c
     quick_config.optimizer.lr = 1e-3
     model, _ = fit(quick_config, data, torch.device("cpu"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("kind", ["bce", "mse"])
+def test_the_scorers_val_loss_is_the_training_loss_without_torch(kind):
+    """The scorer computes val_loss in numpy (it never imports torch); it must be the loss the model trained on
+    (trainer/gate.py weighted_loss), extreme logits included, and a change of weights must change it."""
+    from cambrian.trainer.gate import weighted_loss
+    from cambrian.trainer.metrics import scored_loss
+
+    rng = np.random.default_rng(0)
+    logits = np.r_[rng.normal(0, 3, 5000), [-80.0, 80.0, 0.0]].astype(np.float32)
+    label = np.r_[rng.random(5000), [1.0, 0.0, 0.5]].astype(np.float32)
+    weight = np.r_[rng.exponential(1.0, 5000), [2.0, 3.0, 0.0]].astype(np.float32)
+    ours = scored_loss(kind, logits, label, weight)
+    theirs = weighted_loss(kind, *(torch.from_numpy(a).double() for a in (logits, label, weight))).item()
+    assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-12)
+    assert scored_loss(kind, logits, label, np.ones_like(weight)) != pytest.approx(ours, rel=1e-6)
+
+
+def test_the_trusted_side_of_a_run_never_imports_torch(world_dir, tmp_path):
+    """A cold run (`train`: data, reward SQL, contained trainer and predictor, scoring, bundle) in a fresh
+    interpreter: torch is imported by the contained steps only, never by the process that holds the labels."""
+    script = (
+        "import sys, json\n"
+        "from cambrian.trainer.config import ModelConfig\n"
+        "from cambrian.trainer.train import train\n"
+        "cfg = ModelConfig.model_validate({'training': {'epochs': 1, 'cpu_threads': 1, 'device': 'cpu'}})\n"
+        f"m = train(cfg, {str(world_dir)!r}, {str(tmp_path / 'out')!r})\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'sandbox': m['sandbox'], 'val_loss': m['val_loss']}))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["torch"] is False and seen["sandbox"] == "bwrap" and np.isfinite(seen["val_loss"])
+    assert (tmp_path / "out" / "bundle" / "model.pt2").is_file()
