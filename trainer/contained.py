@@ -258,9 +258,9 @@ def preload() -> None:
     import torch  # noqa: F401
 
     import cambrian.trainer.bundle  # noqa: F401
+    import cambrian.trainer.fit  # noqa: F401
     import cambrian.trainer.gate  # noqa: F401
     import cambrian.trainer.rows  # noqa: F401
-    import cambrian.trainer.train  # noqa: F401
 
     _warm_up()
 

@@ -5,7 +5,7 @@ like_corr, top_watch_share)."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+import pandas as pd
 
 from cambrian.trainer.schema import USER_COLUMN, Proxy
 
@@ -19,21 +19,28 @@ def scored_loss(kind: str, logits: np.ndarray, label: np.ndarray, weight: np.nda
     return float((w * per_row).sum() / max(float(w.sum()), 1e-12))
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their average (scipy.stats.rankdata's default), by pandas, which the scorer has
+    loaded already: scipy.stats alone costs a slot's worker about 0.8 CPU seconds to import."""
+    return pd.Series(np.asarray(values)).rank(method="average").to_numpy(dtype=np.float64)
+
+
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve by the rank-sum formula (ties get average ranks)."""
     labels = labels.astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = stats.rankdata(scores)
+    ranks = average_ranks(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def rank_corr(scores: np.ndarray, signal: np.ndarray) -> float:
-    """Spearman correlation; 0 when either side is constant (no information either way)."""
+    """Spearman correlation (Pearson's of the average ranks); 0 when either side is constant (no information
+    either way)."""
     if np.ptp(scores) == 0 or np.ptp(signal) == 0:
         return 0.0
-    return float(stats.spearmanr(scores, signal).statistic)
+    return float(np.corrcoef(average_ranks(scores), average_ranks(signal))[0, 1])
 
 
 def top_share(scores: np.ndarray, signal: np.ndarray, users: np.ndarray, top: float) -> float:

@@ -60,7 +60,7 @@ class SandboxLimits:
 def evaluate(config: ModelConfig, scores: np.ndarray, val: Split, proxies: tuple = WORLD.proxies) -> dict:
     """Every proxy metric the data's declaration names, from held-out predictions and the held-out labels and
     signals."""
-    from cambrian.trainer.metrics import proxy_metrics, scored_loss  # scipy: the scorer's, not the contained trainer's
+    from cambrian.trainer.metrics import proxy_metrics, scored_loss  # pandas: the scorer's, not the contained trainer's
 
     if scores.shape != (len(val),):
         raise StageFailure("export", f"the exported model gave {scores.shape} scores for {len(val)} held-out rows")

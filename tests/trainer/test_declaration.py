@@ -152,3 +152,22 @@ def test_a_top_share_of_a_signal_that_goes_negative_is_refused_in_one_line(world
     with pytest.raises(ConfigError, match=r"proxy mine .* is negative for \d+ held-out rows") as err:
         load_dataset(world_dir, config, schema=str(path))
     assert "\n" not in str(err.value)
+
+
+def test_the_scorers_ranks_auc_and_spearman_are_scipys_and_sklearns():
+    """The scorer ranks with pandas (it never imports scipy); ties, constant sides and a reversed signal must read
+    as scipy's rankdata, spearmanr and Mann-Whitney U (AUC = U / (positives x negatives)) would."""
+    from scipy import stats
+
+    from cambrian.trainer.metrics import average_ranks
+
+    rng = np.random.default_rng(1)
+    scores = np.round(rng.normal(size=4000), 1)  # many ties
+    signal = np.round(scores + rng.normal(size=4000), 0)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-scores))).astype(np.float64)
+    np.testing.assert_array_equal(average_ranks(scores), stats.rankdata(scores))
+    assert rank_corr(scores, signal) == pytest.approx(stats.spearmanr(scores, signal).statistic, abs=1e-12)
+    assert rank_corr(scores, -signal) == pytest.approx(-rank_corr(scores, signal), abs=1e-12)
+    assert rank_corr(scores, np.ones(4000)) == 0.0
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    assert auc(scores, labels) == pytest.approx(stats.mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg)), abs=1e-12)

@@ -279,9 +279,10 @@ def test_the_warm_up_export_leaves_nothing_a_cold_candidate_would_not_see():
     assert out.stdout.split() == ["0", "1"], out.stdout + out.stderr[-2000:]
 
 
-def test_a_slots_trusted_worker_never_loads_torch(world_dir, tmp_path):
-    """The slot's trusted worker (warm.serve) prepares, scores and bundles without torch: only its zygote and the
-    steps forked from it load torch's libraries (~1.3 CPU seconds and ~500 MiB a slot not spent twice)."""
+def test_a_slots_trusted_worker_never_loads_torch_or_scipy(world_dir, tmp_path):
+    """The slot's trusted worker (warm.serve) prepares, scores and bundles without torch (only its zygote and the
+    steps forked from it load torch's libraries: ~1.3 CPU seconds and ~500 MiB a slot not spent twice) and
+    without scipy (its ranks are pandas', ~0.8 CPU seconds)."""
     limits = RunLimits(wall_seconds=300, threads=1)
     worker = WarmWorker(tmp_path / "slot", limits)
     cfg = ModelConfig.model_validate(BASE)
@@ -289,7 +290,7 @@ def test_a_slots_trusted_worker_never_loads_torch(world_dir, tmp_path):
         first = run_candidate(cfg, None, world_dir, tmp_path / "c1", limits, worker=worker)
         assert first.ok, first.failure
         maps = lambda pid: Path(f"/proc/{pid}/maps").read_text()  # noqa: E731
-        assert "libtorch" not in maps(worker.popen.pid)
+        assert "libtorch" not in maps(worker.popen.pid) and "/scipy/" not in maps(worker.popen.pid)
         _, alone = worker.spare_pids()
         (zygote,) = alone
         assert "libtorch" in maps(zygote)  # the check can see torch where it is
