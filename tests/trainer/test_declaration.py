@@ -154,7 +154,7 @@ def test_a_top_share_of_a_signal_that_goes_negative_is_refused_in_one_line(world
     assert "\n" not in str(err.value)
 
 
-def test_the_scorers_ranks_auc_and_spearman_are_scipys_and_sklearns():
+def test_the_scorers_ranks_auc_and_spearman_are_scipys():
     """The scorer ranks with pandas (it never imports scipy); ties, constant sides and a reversed signal must read
     as scipy's rankdata, spearmanr and Mann-Whitney U (AUC = U / (positives x negatives)) would."""
     from scipy import stats
