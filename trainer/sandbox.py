@@ -24,9 +24,11 @@ Where bubblewrap, user namespaces or libseccomp are missing, nothing runs: `Sand
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import ctypes.util
 import errno
+import importlib.util
 import os
 import resource
 import shutil
@@ -269,10 +271,31 @@ def gpu_devices() -> list[Path]:
 
 
 def gpu_present() -> bool:
-    """Whether this machine shows a GPU (a /dev/nvidiaN node), read without torch: the trusted side never imports
-    it. A GPU whose driver torch cannot use then trains on the CPU inside the sandbox (training.device auto) or
-    fails there (cuda), as before."""
-    return any(d.name[len("nvidia"):].isdigit() for d in gpu_devices())
+    """Whether a run can have a GPU: this machine shows one (a /dev/nvidiaN node) and the installed torch was built
+    with CUDA; read without importing torch, which the trusted side never does. Where the driver itself is
+    broken, the contained step finds no CUDA device and trains on the CPU (training.device auto) or fails (cuda)."""
+    return any(d.name[len("nvidia"):].isdigit() for d in gpu_devices()) and torch_built_with_cuda()
+
+
+def torch_built_with_cuda() -> bool:
+    """torch.version.cuda is not None, read from torch/version.py with Python's own parser (importing torch.version
+    would import torch): a CPU-only wheel on a machine with an NVIDIA card keeps its CPU runs (and warm slots)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        tree = ast.parse((Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "cuda" and node.value is not None:
+            try:
+                return ast.literal_eval(node.value) is not None
+            except ValueError:
+                return False
+    return False
 
 
 def bwrap_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], seccomp_fd: int,

@@ -151,3 +151,26 @@ def test_inside_only_its_own_names_resolve_and_only_to_its_loopback(tmp_path):
     assert seen["example.com"] == "unknown"
     for name in ("localhost", "sandbox"):
         assert seen[name] != "unknown" and set(seen[name].split(",")) <= {"127.0.0.1", "::1"}, seen
+
+
+@pytest.mark.parametrize("line,expected", [("cuda: Optional[str] = '13.2'", True), ("cuda: Optional[str] = None", False),
+                                           ("cuda = '12.1'", True), ("hip = '6.0'", False)])
+def test_the_trusted_side_reads_whether_torch_has_cuda_without_importing_it(tmp_path, monkeypatch, line, expected):
+    """GPU runs are chosen without torch (the trusted side never imports it): a /dev/nvidiaN node and a torch built
+    with CUDA, read from torch/version.py by Python's parser; the installed torch reads as torch itself says."""
+    import importlib.util
+    import types
+
+    import torch
+
+    assert sandbox.torch_built_with_cuda() == (torch.version.cuda is not None)
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "version.py").write_text(f"from typing import Optional\n__version__ = '9.9'\n{line}\n")
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: types.SimpleNamespace(submodule_search_locations=[str(fake)]))
+    assert sandbox.torch_built_with_cuda() is expected
+    monkeypatch.setattr(sandbox, "gpu_devices", lambda: [Path("/dev/nvidia0"), Path("/dev/nvidiactl")])
+    assert sandbox.gpu_present() is expected
+    monkeypatch.setattr(sandbox, "gpu_devices", lambda: [Path("/dev/nvidiactl")])  # a control node, no GPU
+    assert sandbox.gpu_present() is False
