@@ -4,7 +4,8 @@ Stages, in order: parse (config and code parse), static (AST checks on plugin co
 reward_sql (labels and weights finite and in range), forward_backward (a tiny forward and backward
 pass and one optimizer step on real shapes, then a forward pass in eval mode). Each failure raises GateError
 naming its stage. The forward_backward stage runs candidate code, so it runs inside the sandbox
-(trainer/contained.py); the others run in the trusted process.
+(trainer/contained.py), and the trusted side never imports this module (torch); parse and static run in the trusted
+process (trainer/codecheck.py static_checks), reward_sql there too (trainer/data.py).
 """
 
 from __future__ import annotations

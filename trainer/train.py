@@ -30,7 +30,7 @@ import numpy as np
 from cambrian.errors import GateError, TrainingError
 from cambrian.trainer.bundle import write_bundle
 from cambrian.trainer.config import ModelConfig
-from cambrian.trainer.splits import Split, TrainingSet, Written
+from cambrian.trainer.splits import Split, Written
 from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.codecheck import static_checks
 from cambrian.trainer.distributed import Distribution
