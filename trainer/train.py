@@ -240,10 +240,11 @@ def run_gate(config: ModelConfig, data_dir: str | Path, sandbox: Containment = "
     comes back with its held-out split; its training rows are counted only (load_dataset reads them)."""
     static_checks(config)
     contain = contain_decision(config, sandbox)
+    gpu = _wants_gpu(config)  # reads /dev and torch's version file: once
     with _work_folder() as tmp:
-        step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), _wants_gpu(config))
+        step = _Contained(Path(tmp), "gate", contain, limits or SandboxLimits(), gpu)
         data = write_training_input(step.input, config, data_dir, schema=schema)
-        step.run("gate", cpu_only=not _wants_gpu(config))
+        step.run("gate", cpu_only=not gpu)
     data.train = Written([], len(data.train))  # counted; the files went with the gate's folder
     return data
 
