@@ -1,8 +1,10 @@
 """The exact de-duplication key of a candidate: the fingerprint of the applied Φ.
 
 Two deltas that spell the same change differently (key order, a value equal to the default, a patch
-that restates the baseline) apply to the same Φ and share the key, so they are trained once. The
-training seed is normalised because seeds are replicas of one hypothesis, not different hypotheses.
+that restates the baseline, a reward expression in other case, parentheses or a cast to DOUBLE:
+trainer/expressions.canonical_sql) apply to the same Φ and share the key, so they are trained once; a delta
+whose key is the baseline's own changes nothing and is never trained (`changes_nothing`). The training seed
+is normalised because seeds are replicas of one hypothesis, not different hypotheses.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from cambrian.trainer.delta import Delta, apply_delta, parse_delta
 
 
 def normalised(config: ModelConfig) -> ModelConfig:
+    from cambrian.trainer.expressions import canonical_sql
+
     data = config.model_dump(mode="json")
     data["training"]["seed"] = 0
+    for field in ("label", "weight"):
+        data["reward"][field] = canonical_sql(data["reward"][field])
     return ModelConfig.model_validate(data)
 
 
@@ -26,6 +32,12 @@ def applied(baseline: ModelConfig, delta: Delta) -> ModelConfig:
 def fingerprint(baseline: ModelConfig, delta: Delta | None) -> str:
     cfg = baseline if delta is None else apply_delta(baseline, delta)
     return normalised(cfg).fingerprint()
+
+
+def changes_nothing(baseline: ModelConfig, delta: Delta) -> bool:
+    """Applied to `baseline`, the delta gives the baseline's own Φ (up to the seed and the spelling of its reward):
+    training it would compare the champion with a replica of itself."""
+    return fingerprint(baseline, delta) == fingerprint(baseline, None)
 
 
 def delta_from(data: Any, source: str = "delta") -> Delta:

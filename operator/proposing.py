@@ -265,7 +265,8 @@ class ClusterProposer:
         schema = spec.data.declared()  # its proxies and columns, not the world's
         columns = tuple(reward_columns(schema))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
-        taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint}
+        unchanged = _fingerprint(baseline, None)  # a proposal that gives this trains a replica of the champion
+        taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint} | {unchanged}
         used = spend(existing)  # the action's figure also counts what wake-ups without Hypotheses spent
         used = replace(used, tokens=max(used.tokens, action.tokens_spent), dollars=max(used.dollars, action.dollars_spent))
         budgets = spec.agent.budgets
@@ -298,7 +299,8 @@ class ClusterProposer:
                 return False
             fp = _fingerprint(baseline, hs)
             if fp is not None and fp in taken:
-                batch.notes.append(f"{who}: proposal {i} duplicates an earlier hypothesis ({fp}); dropped")
+                batch.notes.append(f"{who}: proposal {i} " + ("changes nothing (it gives the champion's own Φ)"
+                                   if fp == unchanged else f"duplicates an earlier hypothesis ({fp})") + "; dropped")
                 return False
             taken.add(fp)
             ann = {A_ORIGIN: f"{getattr(proposer, 'name', '?')}:{getattr(proposer, 'model', '?')}"}
@@ -357,9 +359,12 @@ def in_training_order(items: list, order: tuple[str, ...]) -> list:
     return out + [item for q in queues.values() for item in q]
 
 
-def _fingerprint(baseline, hs: Mapping[str, Any]) -> str | None:
+def _fingerprint(baseline, hs: Mapping[str, Any] | None) -> str | None:
+    """The de-duplication key of a Hypothesis spec's Φ (None: the baseline's own)."""
     from cambrian.agents import canonical
 
+    if hs is None:
+        return canonical.fingerprint(baseline, None)
     delta = api.trainer_delta_json(hs["component"], hs["delta"])
     try:
         return canonical.fingerprint(baseline, canonical.delta_from(delta))

@@ -8,6 +8,7 @@ no aggregate, window, subquery, table, star or unknown function, so a value depe
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -214,3 +215,34 @@ def threshold_of(text: str, ref: str, integer: bool = False) -> float | None:
     if integer:
         return float(math.floor(t) + 1 if strict else math.ceil(t))
     return t
+
+
+@functools.lru_cache(maxsize=1024)  # de-duplication asks again for every journal entry at every wake-up
+def canonical_sql(text: str) -> str:
+    """One spelling of a reward's label or weight, for de-duplication only (agents/canonical.py): identifiers in
+    one case (DuckDB's are case-insensitive, quoted or not), sqlglot's semantics-preserving simplification (no
+    redundant parentheses, the literal on the right of a comparison, constant parts folded), a cast of the whole
+    expression to DOUBLE dropped and a bare number written as a float: the trainer casts every label and weight to
+    DOUBLE (rowframe.evaluate), so `CAST(label AS DOUBLE)`, `("Label")` and `label` train the same model. Nothing
+    that changes a value is rewritten (TRY_CAST, a cast to FLOAT, a cast inside). Text that is too long or does
+    not parse comes back as it is: the gate reports it."""
+    from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+    from sqlglot.optimizer.simplify import simplify
+
+    if not isinstance(text, str) or len(text) > MAX_CHARS:
+        return text
+    try:
+        statements = sqlglot.parse(text, read="duckdb")
+        if len(statements) != 1 or statements[0] is None:
+            return text
+        tree = simplify(normalize_identifiers(statements[0], dialect="duckdb"), dialect="duckdb")
+        while type(tree) is exp.Cast and tree.to.this == exp.DataType.Type.DOUBLE:  # TryCast is a subclass
+            tree = tree.this
+        if isinstance(tree, exp.Paren):
+            tree = tree.this
+        number = tree.this if isinstance(tree, exp.Neg) else tree
+        if isinstance(number, exp.Literal) and number.is_number:
+            return repr(-float(number.this) if number is not tree else float(number.this))
+        return tree.sql(dialect="duckdb", identify=True)  # every identifier quoted: `"x"` and `x` are one name
+    except (sqlglot.errors.SqlglotError, ValueError, RecursionError):
+        return text

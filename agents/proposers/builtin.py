@@ -359,7 +359,9 @@ class BuiltinProposer:
         return [e for e in mine if not allowed or set(e.reads) <= allowed]
 
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
-        return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint}
+        """Keys not to propose: every earlier hypothesis's and the baseline's own (a change that changes nothing)."""
+        return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint} | {
+            canonical.fingerprint(request.baseline, None)}
 
     def _fp(self, request: ProposalRequest, delta: dict) -> str | None:
         try:

@@ -129,10 +129,15 @@ def reconcile(
 
     if st.phase == "Proposed":
         try:
+            from cambrian.agents.canonical import changes_nothing
             from cambrian.trainer.delta import apply_delta
             from cambrian.trainer.config import parse_config
 
-            phi = apply_delta(parse_config(ctx.baseline, "baseline"), spec.trainer_delta())
+            base, delta = parse_config(ctx.baseline, "baseline"), spec.trainer_delta()
+            phi = apply_delta(base, delta)
+            if changes_nothing(base, delta):  # its verdict would judge the champion against itself
+                raise ConfigError("the delta changes nothing: applied to the baseline it gives the baseline's own "
+                                  "configuration (up to the training seed and the spelling of the reward's SQL)")
         except ConfigError as exc:
             move("Rejected", str(exc))
             st.failure_stage = "static"

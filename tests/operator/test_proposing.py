@@ -547,3 +547,30 @@ def test_an_evolution_without_a_reward_objective_asks_the_reward_persona_for_top
     text = P._prompt(REWARD, parse_config(spec.baseline), [], {"explore": 1}, spec, spec.data.declared())
     assert "improve the offline metric top_watch_share on held-out days (HIGHER is better)" in text
     assert "improve the offline metric long_watch_corr" not in text
+
+
+def test_a_proposal_that_changes_nothing_or_respells_an_earlier_one_is_never_trained():
+    # the champion's own lr, its reward label in other case and parentheses or cast to DOUBLE, its weight as an
+    # integer: each gives the champion's Φ; an earlier reward respelt is that reward again
+    from cambrian.trainer.config import ModelConfig
+
+    assert ModelConfig().optimizer.lr == 0.003  # the default Φ0 (evo_spec names no baseline)
+    noop = [{"component": "optimizer", "patch": {"lr": 0.003}},
+            {"component": "reward", "patch": {"label": "(LABEL)"}},
+            {"component": "reward", "patch": {"label": "CAST(label AS DOUBLE)", "weight": "1"}}]
+    long = {"component": "reward", "patch": {"label": "CASE WHEN watch_seconds >= 60 THEN 1 ELSE 0 END"}}
+    long_respelt = {"component": "reward", "patch": {"label": "case when (Watch_Seconds >= 60) then 1 else 0 end"}}
+    props = [{"category": "explore", "explanation": "x", "delta": d} for d in (*noop, long, long_respelt)]
+    spec = evo_spec(provider="gemini", model="gemini-2.5-flash", personas=["optimizer", "reward"],
+                    proposalsPerWakeup=5, quotas={"explore": 5, "exploit": 0, "innovate": 0})
+    by_persona = {"optimizer": props[:1], "reward": props[1:]}
+
+    class PerPersona(Scripted):
+        def propose(self, request):
+            self.proposals = by_persona[request.persona.name]
+            return super().propose(request)
+
+    batch = P.ClusterProposer(make=lambda settings, seed: PerPersona([]), env={"GEMINI_API_KEY": "k"})(wake(spec), [])
+    assert [h["delta"]["patch"] for h, _ in batch.items] == [long["patch"]]
+    assert sum("changes nothing" in n for n in batch.notes) == 3, batch.notes
+    assert sum("duplicates an earlier hypothesis" in n for n in batch.notes) == 1, batch.notes

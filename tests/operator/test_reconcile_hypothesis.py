@@ -78,6 +78,22 @@ def test_delta_that_breaks_the_config_is_rejected_with_the_field():
     assert again.actions == [] and again.status.phase == "Rejected"
 
 
+@pytest.mark.parametrize("component,patch", [
+    ("optimizer", {"lr": 0.003, "name": "Adam"}),  # the baseline's own settings
+    ("training", {"seed": 7}),  # another seed is a replica of the baseline, not a hypothesis
+    ("reward", {"label": "(LABEL)"}),
+    ("reward", {"label": "CAST(label AS DOUBLE)", "weight": "1"}),
+])
+def test_a_delta_that_changes_nothing_is_rejected_before_any_job(component, patch):
+    # judged against the champion it would be the champion against itself: a "better" verdict on no change
+    r = run(hyp_spec(component, patch), api.HypothesisStatus())
+    assert r.status.phase == "Rejected" and "changes nothing" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    # what canonical_sql does not rewrite stays a change (a cast to FLOAT is float32; TRY_CAST is not CAST)
+    for label in ("CAST(label AS FLOAT)", "TRY_CAST(label AS DOUBLE)", "1 - label"):
+        assert run(hyp_spec("reward", {"label": label}), api.HypothesisStatus()).status.phase == "Training"
+
+
 def test_plugin_code_fails_the_static_gate_before_any_job():
     code = "import socket\ndef build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
     r = run(hyp_spec(patch=None, code=code), api.HypothesisStatus())

@@ -1,8 +1,9 @@
-"""trainer/expressions.rises_with: which declared outcomes an expression grows with, read from sqlglot's parse."""
+"""trainer/expressions: which declared outcomes an expression grows with (rises_with), read from sqlglot's parse,
+and the one spelling of a reward expression that de-duplication compares (canonical_sql)."""
 
 import pytest
 
-from cambrian.trainer.expressions import rises_with
+from cambrian.trainer.expressions import canonical_sql, rises_with
 
 REF = "ratings.rating"
 
@@ -29,3 +30,44 @@ def test_a_flag_equal_to_one_rises_with_the_flag_only_when_it_is_a_flag():
     assert rises_with("liked = 1", "ratings.liked", flag=True)
     assert not rises_with("liked = 1", "ratings.liked")
     assert not rises_with("liked = 0", "ratings.liked", flag=True)
+
+
+# Spellings of one reward expression, and expressions next to them that compute something else.
+SAME = [
+    ("watch_seconds", "WATCH_SECONDS", '"Watch_Seconds"', "((watch_seconds))", "CAST(watch_seconds AS DOUBLE)",
+     "CAST((Watch_Seconds) AS FLOAT8)"),
+    ("watch_seconds >= 60", "60 <= watch_seconds", "(watch_seconds >= 60)", "CAST(watch_seconds >= 60 AS DOUBLE)",
+     "watch_seconds >= 30 AND watch_seconds >= 60"),
+    ("(watch_seconds + liked) * 2", "((watch_seconds + liked)) * 2"),
+    ("1.0", "1", "(1)", "CAST(1 AS DOUBLE)", "1.00", "0.5 + 0.5"),
+    ("LEAST(watch_seconds / 300.0, 1.0)", "least(WATCH_SECONDS/300.0, 1.0)"),
+]
+OTHER = ["watch_seconds + liked * 2", "watch_seconds > 60", "watch_seconds // 7", "watch_seconds / 7",
+         "CAST(watch_seconds AS INTEGER)", "watch_seconds * 1.5", "TRY_CAST(watch_seconds AS DOUBLE) + liked"]
+
+
+@pytest.mark.parametrize("spellings", SAME)
+def test_spellings_of_one_expression_share_one_canonical_form_and_one_value(spellings):
+    """What de-duplication treats as one reward must compute one column of labels: each spelling is evaluated
+    as the trainer does (rowframe.evaluate: DuckDB, cast to DOUBLE) over the same rows."""
+    import numpy as np
+    import pandas as pd
+
+    from cambrian.trainer.rowframe import evaluate
+
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"watch_seconds": rng.integers(0, 400, 500), "liked": rng.integers(0, 2, 500)})
+    assert len({canonical_sql(text) for text in spellings}) == 1, [canonical_sql(t) for t in spellings]
+    values = evaluate(rows, {f"e{i}": text for i, text in enumerate(spellings)})
+    for i in range(1, len(spellings)):
+        np.testing.assert_array_equal(values[f"e{i}"], values["e0"])
+
+
+def test_expressions_that_compute_something_else_keep_forms_of_their_own():
+    forms = [canonical_sql(text) for group in SAME for text in group[:1]] + [canonical_sql(t) for t in OTHER]
+    assert len(set(forms)) == len(forms), forms
+
+
+@pytest.mark.parametrize("text", ["", "(", "a; b", "x" * 3000, None])
+def test_text_that_does_not_parse_comes_back_as_it_is(text):
+    assert canonical_sql(text) == text
