@@ -614,6 +614,16 @@ class Data(_Model):
 
         return declaration_of(self.declaration, self.custom_declaration, compile=False)
 
+    def declared_label(self) -> str | None:
+        """The label its declaration gives a row's `label` column (agents/canonical.declared_label), which
+        de-duplication reads reward SQL by; None when the declaration is invalid (the Evolution reports that)."""
+        from cambrian.agents.canonical import declared_label
+
+        try:
+            return declared_label(self.declared())
+        except (ConfigError, ValueError):
+            return None
+
 
 class Storage(_Model):
     """Where trained model bundles are kept."""

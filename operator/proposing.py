@@ -68,6 +68,7 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
         base_cfg = parse_config(baseline)
     except Exception:  # noqa: BLE001 - a bad baseline is reported by the Hypothesis reconcile
         base_cfg = None
+    label = spec.data.declared_label()
     out = []
     for obj in objs:
         meta, s, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
@@ -78,7 +79,7 @@ def journal_view(objs: Iterable[Mapping[str, Any]], spec: api.EvolutionSpec, bas
         fp = None
         if base_cfg is not None:
             try:
-                fp = canonical.fingerprint(base_cfg, canonical.delta_from(delta))
+                fp = canonical.fingerprint(base_cfg, canonical.delta_from(delta), label)
             except (ConfigError, ValueError):
                 fp = None
         try:
@@ -265,7 +266,8 @@ class ClusterProposer:
         schema = spec.data.declared()  # its proxies and columns, not the world's
         columns = tuple(reward_columns(schema))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
-        unchanged = _fingerprint(baseline, None)  # a proposal that gives this trains a replica of the champion
+        label = spec.data.declared_label()
+        unchanged = _fingerprint(baseline, None, label)  # a proposal that gives this trains a replica of the champion
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint} | {unchanged}
         used = spend(existing)  # the action's figure also counts what wake-ups without Hypotheses spent
         used = replace(used, tokens=max(used.tokens, action.tokens_spent), dollars=max(used.dollars, action.dollars_spent))
@@ -297,7 +299,7 @@ class ClusterProposer:
             except ConfigError as exc:
                 batch.notes.append(f"{who}: proposal {i} rejected: {exc}")
                 return False
-            fp = _fingerprint(baseline, hs)
+            fp = _fingerprint(baseline, hs, label)
             if fp is not None and fp in taken:
                 batch.notes.append(f"{who}: proposal {i} " + ("changes nothing (it gives the champion's own Φ)"
                                    if fp == unchanged else f"duplicates an earlier hypothesis ({fp})") + "; dropped")
@@ -359,17 +361,18 @@ def in_training_order(items: list, order: tuple[str, ...]) -> list:
     return out + [item for q in queues.values() for item in q]
 
 
-def _fingerprint(baseline, hs: Mapping[str, Any] | None) -> str | None:
-    """The de-duplication key of a Hypothesis spec's Φ (None: the baseline's own)."""
+def _fingerprint(baseline, hs: Mapping[str, Any] | None, label: str | None) -> str | None:
+    """The de-duplication key of a Hypothesis spec's Φ (None: the baseline's own); `label`: the data's declared label."""
     from cambrian.agents import canonical
 
     if hs is None:
-        return canonical.fingerprint(baseline, None)
+        return canonical.fingerprint(baseline, None, label)
     delta = api.trainer_delta_json(hs["component"], hs["delta"])
     try:
-        return canonical.fingerprint(baseline, canonical.delta_from(delta))
+        return canonical.fingerprint(baseline, canonical.delta_from(delta), label)
     except (ConfigError, ValueError):
         return None
+
 
 
 def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec, schema,

@@ -218,14 +218,17 @@ def threshold_of(text: str, ref: str, integer: bool = False) -> float | None:
 
 
 @functools.lru_cache(maxsize=1024)  # de-duplication asks again for every journal entry at every wake-up
-def canonical_sql(text: str) -> str:
+def canonical_sql(text: str, label: str | None = None) -> str:
     """One spelling of a reward's label or weight, for de-duplication only (agents/canonical.py): identifiers in
     one case (DuckDB's are case-insensitive, quoted or not), sqlglot's semantics-preserving simplification (no
-    redundant parentheses, the literal on the right of a comparison, constant parts folded), a cast of the whole
+    redundant parentheses, the literal on the right of a comparison, constant parts folded), a number compared
+    with something written as a float (`rating >= 4` is `rating >= 4.0`), a cast of the whole
     expression to DOUBLE dropped and a bare number written as a float: the trainer casts every label and weight to
     DOUBLE (rowframe.evaluate), so `CAST(label AS DOUBLE)`, `("Label")` and `label` train the same model. Nothing
-    that changes a value is rewritten (TRY_CAST, a cast to FLOAT, a cast inside). Text that is too long or does
-    not parse comes back as it is: the gate reports it."""
+    that changes a value is rewritten (TRY_CAST, a cast to FLOAT, a cast inside). `label`: the declaration's label
+    (its `expr`, else its column; data/schema.py Label), which the row's column `label` holds as a DOUBLE
+    (rowframe.RowFrame.join): it stands in for `label`, so MovieLens's `CAST(rating >= 4 AS DOUBLE)` is its `label`.
+    Text that is too long or does not parse comes back as it is: the gate reports it."""
     from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
     from sqlglot.optimizer.simplify import simplify
 
@@ -235,7 +238,10 @@ def canonical_sql(text: str) -> str:
         statements = sqlglot.parse(text, read="duckdb")
         if len(statements) != 1 or statements[0] is None:
             return text
-        tree = simplify(normalize_identifiers(statements[0], dialect="duckdb"), dialect="duckdb")
+        tree = statements[0]
+        if label is not None:
+            tree = tree.transform(lambda node: _declared_label(label) if _is_label(node) else node)
+        tree = simplify(normalize_identifiers(tree, dialect="duckdb"), dialect="duckdb").transform(_compared_as_float)
         while type(tree) is exp.Cast and tree.to.this == exp.DataType.Type.DOUBLE:  # TryCast is a subclass
             tree = tree.this
         if isinstance(tree, exp.Paren):
@@ -246,3 +252,29 @@ def canonical_sql(text: str) -> str:
         return tree.sql(dialect="duckdb", identify=True)  # every identifier quoted: `"x"` and `x` are one name
     except (sqlglot.errors.SqlglotError, ValueError, RecursionError):
         return text
+
+
+def _is_label(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Column) and not node.table and node.name.lower() == "label"
+
+
+def _declared_label(text: str) -> exp.Expression:
+    """The declared label as the row's `label` column holds it: CAST((expr) AS DOUBLE), its columns by the bare names
+    a reward reads them by (trainer/schema.py row_columns: each is unique in a joined row)."""
+    tree = _parse(text).transform(lambda n: exp.column(n.name, quoted=n.this.quoted) if isinstance(n, exp.Column) else n)
+    if any(_is_label(n) for n in tree.find_all(exp.Column)):
+        raise ValueError("a declared label cannot read the row's label")  # canonical_sql then leaves the text
+    return exp.cast(exp.paren(tree, copy=False), exp.DataType.Type.DOUBLE)
+
+
+_COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
+
+
+def _compared_as_float(node: exp.Expression) -> exp.Expression:
+    """A number on either side of a comparison as a float literal: DuckDB compares 4 and 4.0 as the same number."""
+    if isinstance(node, _COMPARISONS):
+        for side in ("this", "expression"):
+            value = node.args.get(side)
+            if isinstance(value, exp.Literal) and value.is_number:
+                node.set(side, exp.Literal.number(repr(float(value.this))))
+    return node

@@ -361,11 +361,11 @@ class BuiltinProposer:
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
         """Keys not to propose: every earlier hypothesis's and the baseline's own (a change that changes nothing)."""
         return {h.fingerprint for h in request.journal.hypotheses if h.fingerprint} | {
-            canonical.fingerprint(request.baseline, None)}
+            canonical.fingerprint(request.baseline, None, _label(request))}
 
     def _fp(self, request: ProposalRequest, delta: dict) -> str | None:
         try:
-            return canonical.fingerprint(request.baseline, canonical.delta_from(delta))
+            return canonical.fingerprint(request.baseline, canonical.delta_from(delta), _label(request))
         except (ConfigError, ValueError):
             return None
 
@@ -381,7 +381,8 @@ class BuiltinProposer:
     @staticmethod
     def _repeats_declared_label(request: ProposalRequest, entry: Entry, params: dict) -> bool:
         """Settings at the entry's no-op point while the champion learns the declared label: the same labels
-        under another spelling (its fingerprint differs), one evaluation spent on a copy of the champion."""
+        under another spelling. De-duplication refuses most such spellings too (canonical_sql reads the declared
+        label), but not every one (`rating > 3` on integer ratings); this keeps Optuna's trials off it."""
         if not entry.no_op or request.baseline.reward.label != RewardConfig().label:
             return False
         values = {**entry.defaults, **params}
@@ -501,3 +502,10 @@ class BuiltinProposer:
         if fp and fp not in taken:
             return prop
         return None
+
+
+def _label(request: ProposalRequest) -> str | None:
+    """The data's declared label, by which de-duplication reads reward SQL (as the operator's journal does)."""
+    from cambrian.trainer.schema import WORLD
+
+    return canonical.declared_label(request.schema if request.schema is not None else WORLD)

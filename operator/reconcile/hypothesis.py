@@ -135,7 +135,7 @@ def reconcile(
 
             base, delta = parse_config(ctx.baseline, "baseline"), spec.trainer_delta()
             phi = apply_delta(base, delta)
-            if changes_nothing(base, delta):  # its verdict would judge the champion against itself
+            if changes_nothing(base, delta, ctx.spec.data.declared_label()):  # its verdict: the champion against itself
                 raise ConfigError("the delta changes nothing: applied to the baseline it gives the baseline's own "
                                   "configuration (up to the training seed and the spelling of the reward's SQL)")
         except ConfigError as exc:
@@ -509,4 +509,3 @@ def _fail(st, why, stage, actions, journal, move, cond) -> Result[HypothesisStat
     cond("Ready", False, "Failed", why)
     journal("Failed", why, warning=True)
     return Result(actions, st)
-

@@ -65,11 +65,14 @@ def _propose(schema, journal, gen=1, quotas=None, seed=1):
     return BuiltinProposer(seed=seed).propose(request).proposals
 
 
-def _record(journal, gen, proposals, metric, scores):
+def _record(journal, gen, proposals, metric, scores, schema):
+    """The proposals as the operator's journal shows them (operator/proposing.journal_view: each keyed by its Φ
+    with the reward read against the data's declared label)."""
+    label = canonical.declared_label(schema)
     for i, (p, score) in enumerate(zip(proposals, scores)):
         journal.add(Hypothesis(id=f"g{gen:03d}-{i:02d}", generation=gen, persona="reward", component="reward",
                                category=p["category"], delta=p["delta"], meta=p["meta"],
-                               fingerprint=canonical.fingerprint(ModelConfig(), parse_delta(p["delta"])),
+                               fingerprint=canonical.fingerprint(ModelConfig(), parse_delta(p["delta"]), label),
                                offline={metric: Score.of([score])}))
 
 
@@ -123,7 +126,7 @@ def test_the_reward_persona_proposes_declared_rewards_that_label_real_rows(tmp_p
     journal = Journal(tmp_path / "journal")
     first = _propose(SHOP, journal)
     assert len(first) == 7 and {p["category"] for p in first} == {"explore", "exploit", "innovate"}
-    _record(journal, 1, first, "stars_corr", [0.1, 0.3, 0.2, 0.15, 0.05, 0.12, 0.11])
+    _record(journal, 1, first, "stars_corr", [0.1, 0.3, 0.2, 0.15, 0.05, 0.12, 0.11], SHOP)
     second = _propose(SHOP, journal, gen=2, quotas={"explore": 1, "exploit": 2})
     exploit = [p for p in second if p["category"] == "exploit"]
     assert exploit and all(p["meta"]["entry"] == first[1]["meta"]["entry"] for p in exploit)  # the best family
@@ -184,14 +187,15 @@ def test_a_copy_of_the_worlds_declaration_derives_rewards_only_from_outcomes_its
 
 def test_the_threshold_reward_never_repeats_the_declared_labels_own_cut(tmp_path):
     """MovieLens declares the label rating >= 4: the threshold reward's t = 4 is that label under another spelling
-    (its fingerprint differs, so the de-duplication cannot see it). Its default is another cut, and Optuna TPE
-    tuning the family proposes every other cut but never 4; once they are all tried the family offers nothing."""
+    (de-duplication reads it against the declared label and refuses it as a change that changes nothing). Its
+    default is another cut, and Optuna TPE tuning the family proposes every other cut but never 4, so no trial is
+    spent on it; once they are all tried the family offers nothing."""
     entry = next(e for e in declared_rewards(MOVIELENS_100K) if e.key == "threshold:rating")
     assert entry.no_op == {"t": 4.0} and entry.defaults["t"] != 4
     journal = Journal(tmp_path / "journal")
     first = _propose(MOVIELENS_100K, journal, quotas={"explore": 2})
     assert [p["meta"]["entry"] for p in first] == ["graded:rating", "threshold:rating"]
-    _record(journal, 1, first, "rating_corr", [0.1, 0.3])  # the threshold family is the best: TPE tunes it
+    _record(journal, 1, first, "rating_corr", [0.1, 0.3], MOVIELENS_100K)  # the threshold family is the best: TPE tunes it
     cuts = [first[1]["meta"]["params"]["t"]]
     for gen in range(2, 8):
         props = _propose(MOVIELENS_100K, journal, gen=gen, quotas={"exploit": 1}, seed=gen)
@@ -199,7 +203,7 @@ def test_the_threshold_reward_never_repeats_the_declared_labels_own_cut(tmp_path
         if not tuned:
             break
         cuts += [p["meta"]["params"]["t"] for p in tuned]
-        _record(journal, gen, tuned, "rating_corr", [0.2] * len(tuned))
+        _record(journal, gen, tuned, "rating_corr", [0.2] * len(tuned), MOVIELENS_100K)
     assert sorted(cuts) == [2, 3, 5], cuts  # Dist(2, 5) without the declared cut, each once
 
 

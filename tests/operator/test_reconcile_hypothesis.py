@@ -94,6 +94,18 @@ def test_a_delta_that_changes_nothing_is_rejected_before_any_job(component, patc
         assert run(hyp_spec("reward", {"label": label}), api.HypothesisStatus()).status.phase == "Training"
 
 
+def test_a_reward_that_writes_out_the_declared_label_changes_nothing():
+    # MovieLens declares its label as ratings.rating >= 4: the champion's `label` spelt out is no new reward
+    c = ctx(spec=evo_spec(data={"source": {"uri": "s3://lake/movielens"}, "declaration": "movielens-100k"},
+                          objective={"northStar": [{"name": "dau"}],
+                                     "offline": {"reward": {"metric": "rating_corr", "direction": "maximize"}}}))
+    for label in ("CAST(rating >= 4 AS DOUBLE)", "4 <= rating"):
+        r = H.reconcile(META, hyp_spec("reward", {"label": label}), api.HypothesisStatus(), c, [], None, T0)
+        assert r.status.phase == "Rejected" and "changes nothing" in r.status.reason
+    r = H.reconcile(META, hyp_spec("reward", {"label": "rating >= 5"}), api.HypothesisStatus(), c, [], None, T0)
+    assert r.status.phase == "Training"
+
+
 def test_plugin_code_fails_the_static_gate_before_any_job():
     code = "import socket\ndef build_optimizer(params, cfg):\n    return torch.optim.SGD(params, lr=cfg.lr)\n"
     r = run(hyp_spec(patch=None, code=code), api.HypothesisStatus())

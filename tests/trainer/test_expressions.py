@@ -37,7 +37,7 @@ SAME = [
     ("watch_seconds", "WATCH_SECONDS", '"Watch_Seconds"', "((watch_seconds))", "CAST(watch_seconds AS DOUBLE)",
      "CAST((Watch_Seconds) AS FLOAT8)"),
     ("watch_seconds >= 60", "60 <= watch_seconds", "(watch_seconds >= 60)", "CAST(watch_seconds >= 60 AS DOUBLE)",
-     "watch_seconds >= 30 AND watch_seconds >= 60"),
+     "watch_seconds >= 30 AND watch_seconds >= 60", "watch_seconds >= 60.0"),
     ("(watch_seconds + liked) * 2", "((watch_seconds + liked)) * 2"),
     ("1.0", "1", "(1)", "CAST(1 AS DOUBLE)", "1.00", "0.5 + 0.5"),
     ("LEAST(watch_seconds / 300.0, 1.0)", "least(WATCH_SECONDS/300.0, 1.0)"),
@@ -71,3 +71,27 @@ def test_expressions_that_compute_something_else_keep_forms_of_their_own():
 @pytest.mark.parametrize("text", ["", "(", "a; b", "x" * 3000, None])
 def test_text_that_does_not_parse_comes_back_as_it_is(text):
     assert canonical_sql(text) == text
+
+
+def test_the_declared_label_stands_in_for_the_rows_label_column():
+    """MovieLens declares its label as rating >= 4; the row's `label` column holds it as a DOUBLE
+    (rowframe.RowFrame.join), so a reward that writes it out is the champion's `label` again."""
+    import numpy as np
+    import pandas as pd
+
+    from cambrian.trainer.rowframe import evaluate
+
+    declared = "ratings.rating >= 4"
+    rng = np.random.default_rng(1)
+    rows = pd.DataFrame({"rating": rng.integers(1, 6, 400), "liked": rng.integers(0, 2, 400)})
+    rows["label"] = evaluate(rows, {"label": "rating >= 4"})["label"]
+    for spellings in (("label", "CAST(rating >= 4 AS DOUBLE)", "rating >= 4", "4 <= RATING", "(Label)", "rating >= 4.0"),
+                      ("label * 2 + liked", "CAST(rating >= 4 AS DOUBLE) * 2 + liked")):
+        assert len({canonical_sql(t, declared) for t in spellings}) == 1, [canonical_sql(t, declared) for t in spellings]
+        values = evaluate(rows, {f"e{i}": t for i, t in enumerate(spellings)})
+        for i in range(1, len(spellings)):
+            np.testing.assert_array_equal(values[f"e{i}"], values["e0"])
+    others = ["label", "rating >= 3", "rating > 4", "rating", "label + liked"]
+    assert len({canonical_sql(t, declared) for t in others}) == len(others)
+    # without the declaration, `label` is only a column name
+    assert canonical_sql("label") != canonical_sql("rating >= 4")
