@@ -842,6 +842,11 @@ class EvolutionStatus(_Status):
     handled_decisions: list[str] = Field(
         default_factory=list, max_length=256, description="rollouts whose decision has been applied"
     )
+    superseded: list[str] = Field(
+        default_factory=list, max_length=256,
+        description="promoted rollouts that were not launched: their control was no longer the champion when the "
+                    "decision was applied (another rollout's winner was launched first), so their winner was never "
+                    "compared with production")
     baseline_metrics: dict[str, "ProxyMetric"] = Field(
         default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
                                           "mean and seed-to-seed std, the reference of the noise floor")

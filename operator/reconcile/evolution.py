@@ -9,6 +9,7 @@ the evolution's uid and what it is for, so a replayed reconcile re-issues the sa
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Sequence
 
@@ -177,19 +178,29 @@ def reconcile(
         st.reason = None
     cond("BudgetAvailable", not spent, "Spent" if spent else "Available", st.reason or "")
 
-    # 3. Decisions of concluded rollouts, applied once each.
+    # 3. Decisions of concluded rollouts, applied once each. A promotion says its winner beat the rollout's control;
+    # it is launched only while that control is still the champion. Rollouts concluded together apply the largest
+    # north-star effect first, so of two winners against one champion the better one is launched and the other,
+    # never compared with it, is not (its Hypothesis is Retired: superseded).
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
-    for ro in sorted(rollouts, key=lambda r: r.name):
-        if not ro.concluded or ro.name in st.handled_decisions:
-            continue
+    north_star = spec.objective.north_star[0].name
+    for ro in sorted((r for r in rollouts if r.concluded and r.name not in st.handled_decisions),
+                     key=lambda r: (-_promoted_effect(r, north_star), r.name)):
         st.last_decision = LastDecision(rollout=ro.name, outcome=ro.decision or "inconclusive",  # type: ignore[arg-type]
                                         winner=ro.winner_hypothesis, reason=ro.reason or "", time=now)
         if ro.phase == "Promoted" and ro.winner_hypothesis and ro.winner_bundle:
-            new_config = _apply(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
-            st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
-                                   bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
-            journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
+            if ro.control_bundle is not None and ro.control_bundle != st.champion.bundle:
+                why = (f"{ro.winner_hypothesis} beat its control ({ro.control_bundle}) in rollout {ro.name}, but the "
+                       f"champion is now {st.champion.name} (launched by {st.champion.rollout or 'its Evolution'}), "
+                       f"which it was never compared with: not launched")
+                st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
+                journal("PromotionSuperseded", why, warning=True)
+            else:
+                new_config = _apply(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
+                st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
+                                       bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
+                journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
 
     # 3b. Production serves the champion (a new one is rolled out by the platform).
@@ -290,6 +301,14 @@ def reconcile(
     times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
     wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)
     return Result(actions, st, requeue_after=max(1.0, min(wait, POLL_SECONDS if st.champion.bundle is None else wait)))
+
+
+def _promoted_effect(ro: RolloutView, north_star: str) -> float:
+    """The promoted winner's estimated effect on the north star (-inf: not a promotion, or not reported)."""
+    if ro.phase != "Promoted":
+        return -math.inf
+    found = [e.get("estimate") for e in ro.effects if e.get("metric") == north_star]
+    return float(found[0]) if found and isinstance(found[0], (int, float)) else -math.inf
 
 
 def _apply(baseline: dict, hyp: HypothesisView | None) -> dict:

@@ -60,6 +60,10 @@ class EvolutionContext:
     # a promising run must share the last runs with others (confirmation.py)
     evaluations_left: int | None = None
     peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
+    # rollouts whose decision the Evolution applied (None: not known, a promotion's winner is Launched at once),
+    # and those of them promoted but not launched (its control was no longer the champion: evolution.py step 3)
+    decided: frozenset[str] | None = None
+    superseded: frozenset[str] = frozenset()
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -202,6 +206,10 @@ def reconcile(
             cond("Live", False, "RolloutDeleted", st.reason or "")
             journal("Retired", st.reason or "", warning=True)
         elif rollout.concluded:
+            promoted = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
+            if promoted and ctx.decided is not None and rollout.name not in ctx.decided:
+                cond("Live", True, "AwaitingLaunch", f"{rollout.name} promoted it; its Evolution launches it next")
+                return Result(actions, st, requeue_after=POLL_SECONDS)  # launched or superseded: the Evolution says
             st.online = OnlineResult(
                 rollout=rollout.name,
                 arm=rollout.arm_of(meta.name),
@@ -209,10 +217,14 @@ def reconcile(
                 reason=rollout.reason,
                 effects=[e for e in rollout.effects],  # type: ignore[misc]
             )
-            won = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
-            move("Launched" if won else "Retired", rollout.reason)
+            won = promoted and rollout.name not in ctx.superseded
+            why = rollout.reason if won or not promoted else (
+                f"superseded: {rollout.name} promoted it over a control that was no longer the champion when its "
+                f"Evolution applied the decision, so it was not launched ({rollout.reason})")
+            move("Launched" if won else "Retired", why)
             cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
-            journal("Launched" if won else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
+            journal("Launched" if won else "Retired", f"rollout {rollout.name}: {rollout.decision}: {why}",
+                    warning=promoted and not won)
     return Result(actions, st)
 
 

@@ -110,6 +110,7 @@ class RolloutView:
     reason: str | None = None
     effects: tuple[dict[str, Any], ...] = ()
     arms: tuple[tuple[str, str], ...] = ()  # (treatment hypothesis, its arm's name)
+    control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)

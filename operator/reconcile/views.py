@@ -69,6 +69,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         reason=status.get("reason"),
         effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
         arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
+        control_bundle=(spec.get("control") or {}).get("bundle"),
     )
 
 

@@ -180,6 +180,39 @@ def test_promotion_updates_champion_once():
     assert E.effective_baseline(sp, r4.status)["optimizer"]["lr"] == 0.01
 
 
+def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_the_other_superseded():
+    # both beat the baseline in rollouts concluded at the same readout; the names sort the weaker one last, which
+    # was the champion before: launched without ever being compared with the stronger one
+    sp = spec()
+    _, r2 = with_champion(sp)
+    hyps = [hv("o1", "optimizer", 0.40, phase="Live"), hv("o2", "optimizer", 0.41, phase="Live")]
+    effect = lambda arm, est: ({"arm": arm, "metric": "dau", "estimate": est, "ciLow": est / 2, "ciHigh": est * 2,
+                                "relative": True},)
+    strong = RolloutView("ro-a", "Promoted", ("o1",), "promote", "o1", "b/o1", "dau +25%", effect("t", 0.25),
+                         control_bundle="pvc://x/baseline")
+    weak = RolloutView("ro-b", "Promoted", ("o2",), "promote", "o2", "b/o2", "dau +8%", effect("t", 0.08),
+                       control_bundle="pvc://x/baseline")
+    r3 = run(sp, r2.status, hyps, [weak, strong], now=T0 + timedelta(days=2))
+    assert r3.status.champion.name == "o1" and r3.status.champion.bundle == "b/o1"
+    assert [a.bundle for a in r3.actions if isinstance(a, UpdateChampion)] == ["b/o1"]
+    assert r3.status.superseded == ["ro-b"] and set(r3.status.handled_decisions) == {"ro-a", "ro-b"}
+    events = {a.event: a for a in r3.actions if isinstance(a, RecordJournal)}
+    assert events["PromotionSuperseded"].warning and "never compared" in events["PromotionSuperseded"].message
+    assert [a.message for a in r3.actions if isinstance(a, RecordJournal) and a.event == "ChampionChanged"] == [
+        "o1 launched by rollout ro-a"]
+    # a later promotion over the old champion is superseded too; one over the new champion is launched
+    late = RolloutView("ro-c", "Promoted", ("o3",), "promote", "o3", "b/o3", "", effect("t", 0.5),
+                       control_bundle="pvc://x/baseline")
+    r4 = run(sp, r3.status, [*hyps, hv("o3", "optimizer", 0.3, phase="Live")], [weak, strong, late],
+             now=T0 + timedelta(days=3))
+    assert r4.status.champion.name == "o1" and r4.status.superseded == ["ro-b", "ro-c"]
+    fresh = RolloutView("ro-d", "Promoted", ("o4",), "promote", "o4", "b/o4", "", effect("t", 0.01),
+                        control_bundle="b/o1")
+    r5 = run(sp, r4.status, [hv("o4", "optimizer", 0.3, phase="Live")], [weak, strong, late, fresh],
+             now=T0 + timedelta(days=4))
+    assert r5.status.champion.name == "o4" and r5.status.superseded == ["ro-b", "ro-c"]
+
+
 def test_budget_exhausted_stops_wakeups_and_recovers():
     sp = spec(agent={"budgets": {"dollars": 1.0}})
     _, r2 = with_champion(sp)

@@ -379,6 +379,23 @@ def test_live_concludes(phase, winner, expected):
     assert r.status.online.arm == "treatment"  # which of the effects is this hypothesis's own
 
 
+def test_a_promoted_winner_waits_for_its_evolution_to_launch_it_or_say_it_was_superseded():
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    ro = RolloutView("ro-1", "Promoted", (META.name,), "promote", META.name, "b", "dau +8%",
+                     ({"arm": "treatment", "metric": "dau", "estimate": 0.08, "ciLow": 0.02, "ciHigh": 0.14},),
+                     arms=((META.name, "treatment"),))
+    waiting = run(spec, st, rollout=ro, c=ctx(decided=frozenset()))
+    assert waiting.status.phase == "Live" and waiting.requeue_after
+    assert next(c for c in waiting.status.conditions if c.type == "Live").reason == "AwaitingLaunch"
+    launched = run(spec, waiting.status, rollout=ro, c=ctx(decided=frozenset({"ro-1"})))
+    assert launched.status.phase == "Launched"
+    retired = run(spec, waiting.status, rollout=ro, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert retired.status.phase == "Retired" and retired.status.reason.startswith("superseded: ro-1 promoted it")
+    assert retired.status.online.decision == "promote"  # what its rollout measured stays in the journal
+    assert [a.warning for a in retired.actions if isinstance(a, RecordJournal) and a.event == "Retired"] == [True]
+
+
 def test_live_rollout_deleted_retires():
     spec, st = scored()
     st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
