@@ -185,6 +185,7 @@ def reconcile(
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
     north_star = spec.objective.north_star[0].name
+    launched_now: RolloutView | None = None
     for ro in sorted((r for r in rollouts if r.concluded and r.name not in st.handled_decisions),
                      key=lambda r: (-_promoted_effect(r, north_star), r.name)):
         st.last_decision = LastDecision(rollout=ro.name, outcome=ro.decision or "inconclusive",  # type: ignore[arg-type]
@@ -201,7 +202,20 @@ def reconcile(
                 st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
                                        bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
+                launched_now = ro
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
+    # 3a. A launch ends the live rollouts still measuring against the champion it replaced: their control arms keep
+    # users on a model that is no longer production, and a promotion there would be superseded.
+    stale: set[str] = set()
+    if launched_now is not None:
+        for ro in sorted(rollouts, key=lambda r: r.name):
+            if ro.concluded or ro.control_bundle is None or ro.control_bundle == st.champion.bundle:
+                continue
+            why = (f"its control is no longer the champion: {st.champion.name} was launched by rollout "
+                   f"{launched_now.name}")
+            actions.append(RetireRollout(ro.name, owner, why))
+            journal("RolloutRetired", f"rollout {ro.name} ended: {why}")
+            stale.add(ro.name)
 
     # 3b. Production serves the champion (a new one is rolled out by the platform).
     actions.extend(CH.serve(owner, spec, st, champion_serving, now, meta.generation, journal))
@@ -249,7 +263,7 @@ def reconcile(
         st.next_wakeup_at = after(now, spec.cadence.offline)
 
     # 5. Online review: start rollouts for the best scored hypotheses, up to top-K live.
-    live = [r for r in rollouts if not r.concluded]
+    live = [r for r in rollouts if not r.concluded and r.name not in stale]
     in_rollout = {h for r in rollouts for h in r.hypotheses}
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1

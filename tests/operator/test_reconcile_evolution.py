@@ -12,7 +12,7 @@ import pytest
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import (CreateRollout, CreateTrainingJob, ProposeHypotheses, RecordJournal,
-                                                UpdateChampion)
+                                                RetireRollout, UpdateChampion)
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation, RolloutView,
                                                       Spend)
@@ -192,8 +192,14 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
                          control_bundle="pvc://x/baseline")
     weak = RolloutView("ro-b", "Promoted", ("o2",), "promote", "o2", "b/o2", "dau +8%", effect("t", 0.08),
                        control_bundle="pvc://x/baseline")
-    r3 = run(sp, r2.status, hyps, [weak, strong], now=T0 + timedelta(days=2))
+    running = RolloutView("ro-e", "Running", ("o5",), control_bundle="pvc://x/baseline")
+    r3 = run(sp, r2.status, [*hyps, hv("o5", "optimizer", 0.42, phase="Live")], [weak, strong, running],
+             now=T0 + timedelta(days=2))
     assert r3.status.champion.name == "o1" and r3.status.champion.bundle == "b/o1"
+    # the rollout still measuring against the replaced champion ends: its control arm serves an old model
+    ends = [a for a in r3.actions if isinstance(a, RetireRollout)]
+    assert [a.name for a in ends] == ["ro-e"] and "no longer the champion: o1 was launched by rollout ro-a" in ends[0].reason
+    assert r3.status.counters.live == 0 and r3.status.live_rollouts == []
     assert [a.bundle for a in r3.actions if isinstance(a, UpdateChampion)] == ["b/o1"]
     assert r3.status.superseded == ["ro-b"] and set(r3.status.handled_decisions) == {"ro-a", "ro-b"}
     events = {a.event: a for a in r3.actions if isinstance(a, RecordJournal)}
