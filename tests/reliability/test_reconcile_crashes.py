@@ -151,7 +151,7 @@ def test_twenty_hypotheses_survive_random_crashes(seed):
     plan = dict(zip(metas, plan_list))
     specs = {h: api.HypothesisSpec.model_validate({
         "evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "try a learning rate",
-        "delta": {"patch": {"lr": 0.001 * (i + 1)}}}) for i, h in enumerate(metas)}
+        "delta": {"patch": {"lr": 0.0005 + 0.001 * i}}}) for i, h in enumerate(metas)}  # never the baseline's 0.003
     persisted = {h: api.HypothesisStatus() for h in metas}
     p = Platform()
     now = T0
