@@ -13,6 +13,7 @@ import math
 from datetime import datetime
 from typing import Sequence
 
+from cambrian.errors import ConfigError
 from cambrian.operator.api import (
     Champion,
     PersonaShare,
@@ -269,7 +270,7 @@ def reconcile(
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
         pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
-                and h.bundle_uri]
+                and h.bundle_uri and measured_on(effective_baseline(spec, st), h)]
         if top_k is not None:
             retire = set(top_k.retire)
             for ro in sorted(live, key=lambda r: r.name):
@@ -315,6 +316,20 @@ def reconcile(
     times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
     wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)
     return Result(actions, st, requeue_after=max(1.0, min(wait, POLL_SECONDS if st.champion.bundle is None else wait)))
+
+
+def measured_on(champion: dict, h: HypothesisView) -> bool:
+    """Did `h` train the champion's Φ with its delta? Its offline verdict compares it with the champion it was
+    validated against, and a launch would make its delta the new champion's Φ: a hypothesis validated against an
+    earlier champion has neither meaning now, so it is not rolled out (unknown, from an older status: it is)."""
+    if h.config_fingerprint is None:
+        return True
+    from cambrian.trainer.config import parse_config
+
+    try:
+        return parse_config(_apply(champion, h)).fingerprint() == h.config_fingerprint
+    except (ConfigError, ValueError):
+        return False
 
 
 def _promoted_effect(ro: RolloutView, north_star: str) -> float:

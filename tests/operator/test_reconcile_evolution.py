@@ -219,6 +219,34 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     assert r5.status.champion.name == "o4" and r5.status.superseded == ["ro-b", "ro-c"]
 
 
+def test_after_a_launch_only_hypotheses_trained_on_the_new_champion_go_online():
+    from dataclasses import replace
+
+    from cambrian.operator.reconcile import hypothesis as H
+
+    sp = spec()
+    _, r2 = with_champion(sp)
+    ro = RolloutView("ro-o1", "Promoted", ("o1",), "promote", "o1", "b/o1", "", control_bundle="pvc://x/baseline")
+    r3 = run(sp, r2.status, [hv("o1", "optimizer", 0.4, phase="Launched")], [ro], now=T0 + timedelta(days=2))
+    champion = E.effective_baseline(sp, r3.status)
+    assert champion["optimizer"]["lr"] == 0.01
+
+    def validated(name, baseline):  # the fingerprint the Hypothesis core records when it validates
+        hs = api.HypothesisSpec.model_validate({"evolutionRef": {"name": "evo"}, "component": "architecture",
+                                                "explanation": "wider", "delta": {"patch": {"hidden": [128, 64]}}})
+        c = H.EvolutionContext(name="evo", uid="u", spec=sp, baseline=baseline)
+        fp = H.reconcile(Meta(name, "uid-" + name, "ns", 1), hs, api.HypothesisStatus(), c, [], None, T0).status
+        return replace(hv(name, "architecture", 0.3), delta={"component": "architecture",
+                                                             "patch": {"hidden": [128, 64]}},
+                       config_fingerprint=fp.config_fingerprint)
+
+    old, new = validated("a-old", sp.baseline), validated("a-new", champion)
+    assert not E.measured_on(champion, old) and E.measured_on(champion, new) and E.measured_on(sp.baseline, old)
+    review = run(sp, r3.status, [hv("o1", "optimizer", 0.4, phase="Launched"), old, new], [ro],
+                 now=r3.status.next_review_at)
+    assert [a.hypothesis for a in review.actions if isinstance(a, CreateRollout)] == ["a-new"]
+
+
 def test_budget_exhausted_stops_wakeups_and_recovers():
     sp = spec(agent={"budgets": {"dollars": 1.0}})
     _, r2 = with_champion(sp)
