@@ -337,7 +337,8 @@ def _promoted_effect(ro: RolloutView, north_star: str) -> float:
     if ro.phase != "Promoted":
         return -math.inf
     found = [e.get("estimate") for e in ro.effects if e.get("metric") == north_star]
-    return float(found[0]) if found and isinstance(found[0], (int, float)) else -math.inf
+    ok = found and isinstance(found[0], (int, float)) and math.isfinite(found[0])
+    return float(found[0]) if ok else -math.inf
 
 
 def _apply(baseline: dict, hyp: HypothesisView | None) -> dict:

@@ -172,3 +172,14 @@ def test_the_journal_table_shows_the_metric_a_hypothesis_was_judged_on(driver_ru
     assert PERSONAS["reward"].metric == "long_watch_corr"
     assert (rows["demo-w1-2"]["metric"], rows["demo-w1-2"]["score"]) == ("return_corr", 0.01)
     assert (rows["demo-w1-0"]["metric"], rows["demo-w1-0"]["score"]) == ("val_loss", 0.48)
+
+
+def test_a_promoted_winner_its_evolution_did_not_launch_reads_as_superseded():
+    from types import SimpleNamespace as NS
+
+    rollouts = [NS(result={"outcome": "promote", "winner": "treatment"}, arm_hypothesis={"treatment": h})
+                for h in ("h-launched", "h-superseded")]
+    hyps = [NS(id="h-launched", reason="rollout ro-a: promote"),
+            NS(id="h-superseded", reason="superseded: ro-b promoted it over a control that was no longer the champion")]
+    run = NS(rollouts=rollouts, by_id=lambda: {h.id: h for h in hyps})
+    assert online_outcomes(run) == {"h-launched": "promoted", "h-superseded": "superseded"}
