@@ -1099,6 +1099,9 @@ class HypothesisStatus(_Status):
     gpu_hours: float = Field(0.0, description="GPU time of finished attempts (wall time × GPUs)")
     config_fingerprint: str | None = Field(
         None, description="fingerprint of the champion's Φ with the delta applied; equal configurations share it")
+    baseline: dict[str, Any] | None = Field(
+        None, description="the champion's Φ it was validated against: every run of it (first look, training, "
+                          "confirmation seeds) trains this with its delta, whatever is launched meanwhile")
     offline_metric: str | None = Field(
         None, description="the metric it is scored by (the Evolution's spec.objective.offline for its component)")
     offline_score: float | None = Field(None, description="the value of offlineMetric in its training run")

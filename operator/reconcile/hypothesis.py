@@ -15,7 +15,7 @@ re-issues a create that finds the Job already there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Sequence
 
@@ -99,8 +99,8 @@ def reconcile(
         return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
     resumed = resume_after_spec_change(st, meta.generation, "Proposed", now)
-    if resumed:
-        st.failure_stage = None
+    if resumed:  # validated again, against today's champion
+        st.failure_stage, st.baseline = None, None
     st.observed_generation = meta.generation
     owner = owner_of(meta)
     actions: list = []
@@ -131,6 +131,8 @@ def reconcile(
             cond("Ready", False, "EvolutionNotFound", f"Evolution {spec.evolution_ref.name} does not exist")
         return Result(actions, st, requeue_after=POLL_SECONDS)
 
+    if st.baseline is not None and st.phase != "Proposed":  # its runs train the Φ it was validated against
+        ctx = replace(ctx, baseline=st.baseline)
     if st.phase == "Proposed":
         try:
             from cambrian.agents.canonical import changes_nothing
@@ -158,6 +160,7 @@ def reconcile(
                 st.failure_stage = exc.stage  # parse or static: the proposer gets it back once to repair
                 return _fail(st, str(exc), exc.stage, actions, journal, move, cond)
         st.config_fingerprint = phi.fingerprint()
+        st.baseline = ctx.baseline
         move("Validated")
         cond("Validated", True, "DeltaApplies", "the delta applies to the baseline and yields a valid config")
         journal("Validated", f"delta applies; config fingerprint {st.config_fingerprint}")

@@ -179,6 +179,27 @@ def test_a_gain_of_1e9_is_not_better_and_trains_nothing_more():
     assert "within the noise floor" in s.reason and not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
 
 
+def test_every_run_of_a_hypothesis_trains_the_champion_it_was_validated_against():
+    # validated and first trained on champion A; B is launched before its confirmation seeds start: they train A
+    # with its delta too, or the seeds of one hypothesis would be replicas of two models
+    a = {"optimizer": {"name": "SGD"}}
+    b = {"optimizer": {"name": "AdamW"}, "training": {"epochs": 9}}
+    spec = hyp_spec()
+    on = lambda champion: H.EvolutionContext(name="evo", uid="evo-uid", spec=evo_spec(), baseline=champion,  # noqa: E731
+                                             reference=REFERENCE)
+    r = H.reconcile(META, spec, api.HypothesisStatus(), on(a), [], None, T0)
+    assert r.status.phase == "Training" and r.status.baseline == a
+    (first,) = [x for x in r.actions if isinstance(x, CreateTrainingJob)]
+    assert first.baseline == a
+    job = JobObservation(r.status.job_name, "Succeeded", 0, metrics={"val_loss": 0.40}, bundle_uri="pvc://b/h")
+    later = H.reconcile(META, spec, r.status, on(b), [job], None, T0 + timedelta(minutes=5))
+    seeds = [x for x in later.actions if isinstance(x, CreateTrainingJob)]
+    assert later.status.verdict == "promising" and len(seeds) == 2
+    assert all({k: v for k, v in x.baseline.items() if k != "training"} == a for x in seeds)
+    assert all(x.baseline["training"].get("epochs") is None for x in seeds)  # B's epochs are not in them
+    assert later.status.config_fingerprint == r.status.config_fingerprint
+
+
 def test_a_promising_run_is_confirmed_with_extra_seeds_before_it_is_better():
     spec, c, r = first_run(0.40)
     s = r.status
