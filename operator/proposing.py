@@ -414,15 +414,10 @@ def online_agent(spec: api.EvolutionSpec, env: Mapping[str, str] | None = None):
 
 def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mapping[str, Any]], agent: Any = None):
     """The Online Agent's Selection over the Evolution's Hypothesis objects (gains as the core judged them). It
-    is shown only the scored hypotheses the core may roll out (a better verdict, against the champion of today:
-    evolution.measured_on): its choice is never one the core refuses."""
-    from cambrian.operator.reconcile.evolution import measured_on
+    is shown only the scored hypotheses the core may roll out: its choice is never one the core refuses."""
     from cambrian.operator.reconcile.noise import may_roll_out
-    from cambrian.operator.reconcile.views import hypothesis_view
 
-    seen = {v.name: v for v in map(hypothesis_view, hypotheses)}
-    entries = [h for h in journal_view(hypotheses, spec, baseline)
-               if h.phase != "Scored" or (may_roll_out(h.verdict) and measured_on(baseline, seen[h.id]))]
+    entries = [h for h in journal_view(hypotheses, spec, baseline) if h.phase != "Scored" or may_roll_out(h.verdict)]
     return (agent or online_agent(spec)).select(entries)
 
 

@@ -13,7 +13,6 @@ import math
 from datetime import datetime
 from typing import Sequence
 
-from cambrian.errors import ConfigError
 from cambrian.operator.api import (
     Champion,
     PersonaShare,
@@ -199,7 +198,7 @@ def reconcile(
                 st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
                 journal("PromotionSuperseded", why, warning=True)
             else:
-                new_config = _apply(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
+                new_config = trained_config(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
                 st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
                                        bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
@@ -270,7 +269,7 @@ def reconcile(
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
         pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
-                and h.bundle_uri and measured_on(effective_baseline(spec, st), h)]
+                and h.bundle_uri]
         if top_k is not None:
             retire = set(top_k.retire)
             for ro in sorted(live, key=lambda r: r.name):
@@ -318,20 +317,6 @@ def reconcile(
     return Result(actions, st, requeue_after=max(1.0, min(wait, POLL_SECONDS if st.champion.bundle is None else wait)))
 
 
-def measured_on(champion: dict, h: HypothesisView) -> bool:
-    """Did `h` train the champion's Φ with its delta? Its offline verdict compares it with the champion it was
-    validated against, and a launch would make its delta the new champion's Φ: a hypothesis validated against an
-    earlier champion has neither meaning now, so it is not rolled out (unknown, from an older status: it is)."""
-    if h.config_fingerprint is None:
-        return True
-    from cambrian.trainer.config import parse_config
-
-    try:
-        return parse_config(_apply(champion, h)).fingerprint() == h.config_fingerprint
-    except (ConfigError, ValueError):
-        return False
-
-
 def _promoted_effect(ro: RolloutView, north_star: str) -> float:
     """The promoted winner's estimated effect on the north star (-inf: not a promotion, or not reported)."""
     if ro.phase != "Promoted":
@@ -339,6 +324,15 @@ def _promoted_effect(ro: RolloutView, north_star: str) -> float:
     found = [e.get("estimate") for e in ro.effects if e.get("metric") == north_star]
     ok = found and isinstance(found[0], (int, float)) and math.isfinite(found[0])
     return float(found[0]) if ok else -math.inf
+
+
+def trained_config(champion: dict, hyp: HypothesisView | None) -> dict:
+    """The Φ a launched hypothesis's bundle was trained with: the champion's Φ it was validated against (its
+    status.baseline; the current `champion` for a status from before it was kept) with its delta. A hypothesis
+    validated against an earlier champion can still win a rollout against today's: what is launched, and what
+    the next proposals apply to, is the model that won."""
+    base = hyp.baseline if hyp is not None and hyp.baseline is not None else champion
+    return _apply(base, hyp)
 
 
 def _apply(baseline: dict, hyp: HypothesisView | None) -> dict:

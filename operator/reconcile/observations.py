@@ -140,7 +140,7 @@ class HypothesisView:
     evaluations: int = 0  # training runs it cost: attempts, confirmations and their retries
     confirmations: int = 0  # confirmation seeds started (status.confirmations)
     wakeup: int | None = None  # spec.origin.wakeup: the Evolution's wake-up that proposed it (None: a human)
-    config_fingerprint: str | None = None  # status.configFingerprint: the Φ it trained (the champion's then + delta)
+    baseline: dict[str, Any] | None = None  # status.baseline: the champion's Φ it was validated against (and trained)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         persona=(spec.get("origin") or {}).get("persona"),
         gain=status.get("gain"),
         noise_floor=status.get("noiseFloor"),
-        config_fingerprint=status.get("configFingerprint"),
+        baseline=status.get("baseline"),
         evaluations=evaluations(status),
         confirmations=int(status.get("confirmations") or 0),
         wakeup=(spec.get("origin") or {}).get("wakeup"),

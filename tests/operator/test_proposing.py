@@ -123,20 +123,6 @@ def test_online_agent_ranks_offline_winners_and_retires_dropouts():
     assert P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, objs + [promising]).start == ["b"]
     sel2 = P.select_top_k(spec.model_copy(update={"top_k": 2}), spec.baseline, objs)
     assert sel2.start == ["b"] and sel2.keep == ["a"] and sel2.retire == []
-    # a better hypothesis validated against an earlier champion (its configFingerprint is not today's Φ + its
-    # delta) is not offered either: the core would refuse it (evolution.measured_on)
-    from cambrian.trainer.config import ModelConfig
-    from cambrian.trainer.delta import apply_delta, parse_delta
-
-    def fingerprint(baseline, lr):
-        return apply_delta(ModelConfig.model_validate(baseline or {}),
-                           parse_delta({"component": "optimizer", "patch": {"lr": lr}})).fingerprint()
-
-    earlier = {"optimizer": {"name": "SGD"}}
-    dated = [{**o, "status": {**o["status"], "configFingerprint": fingerprint(base, lr)}}
-             for o, base, lr in ((objs[0], spec.baseline, 0.01), (objs[1], earlier, 0.02), (objs[2], spec.baseline, 0.03))]
-    assert P.select_top_k(spec.model_copy(update={"top_k": 1}), spec.baseline, dated).start == []
-    assert P.select_top_k(spec.model_copy(update={"top_k": 1}), earlier, dated).start == ["b"]
 
 
 def test_chart_pod_templates_are_applied_without_relaxing_security():

@@ -219,32 +219,28 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     assert r5.status.champion.name == "o4" and r5.status.superseded == ["ro-b", "ro-c"]
 
 
-def test_after_a_launch_only_hypotheses_trained_on_the_new_champion_go_online():
+def test_a_winner_validated_against_an_earlier_champion_is_launched_with_the_phi_it_trained():
+    # o2 was validated (and trained) on the baseline; o1 is launched meanwhile. o2 may still go online, against o1,
+    # and when it wins there the champion's Φ is the baseline with o2's delta, the model that won, not o1's Φ with
+    # o2's delta, which nobody trained and which the next proposals would be applied to
     from dataclasses import replace
-
-    from cambrian.operator.reconcile import hypothesis as H
 
     sp = spec()
     _, r2 = with_champion(sp)
-    ro = RolloutView("ro-o1", "Promoted", ("o1",), "promote", "o1", "b/o1", "", control_bundle="pvc://x/baseline")
-    r3 = run(sp, r2.status, [hv("o1", "optimizer", 0.4, phase="Launched")], [ro], now=T0 + timedelta(days=2))
-    champion = E.effective_baseline(sp, r3.status)
-    assert champion["optimizer"]["lr"] == 0.01
-
-    def validated(name, baseline):  # the fingerprint the Hypothesis core records when it validates
-        hs = api.HypothesisSpec.model_validate({"evolutionRef": {"name": "evo"}, "component": "architecture",
-                                                "explanation": "wider", "delta": {"patch": {"hidden": [128, 64]}}})
-        c = H.EvolutionContext(name="evo", uid="u", spec=sp, baseline=baseline)
-        fp = H.reconcile(Meta(name, "uid-" + name, "ns", 1), hs, api.HypothesisStatus(), c, [], None, T0).status
-        return replace(hv(name, "architecture", 0.3), delta={"component": "architecture",
-                                                             "patch": {"hidden": [128, 64]}},
-                       config_fingerprint=fp.config_fingerprint)
-
-    old, new = validated("a-old", sp.baseline), validated("a-new", champion)
-    assert not E.measured_on(champion, old) and E.measured_on(champion, new) and E.measured_on(sp.baseline, old)
-    review = run(sp, r3.status, [hv("o1", "optimizer", 0.4, phase="Launched"), old, new], [ro],
-                 now=r3.status.next_review_at)
-    assert [a.hypothesis for a in review.actions if isinstance(a, CreateRollout)] == ["a-new"]
+    ro1 = RolloutView("ro-o1", "Promoted", ("o1",), "promote", "o1", "b/o1", "", control_bundle="pvc://x/baseline")
+    o1 = replace(hv("o1", "optimizer", 0.4, phase="Launched"), baseline=sp.baseline)
+    r3 = run(sp, r2.status, [o1], [ro1], now=T0 + timedelta(days=2))
+    assert r3.status.champion.config["optimizer"]["lr"] == 0.01
+    o2 = replace(hv("o2", "architecture", 0.3), delta={"component": "architecture", "patch": {"hidden": [128, 64]}},
+                 baseline=sp.baseline)
+    review = run(sp, r3.status, [o1, o2], [ro1], now=r3.status.next_review_at)
+    (start,) = [a for a in review.actions if isinstance(a, CreateRollout)]
+    assert start.hypothesis == "o2" and api.RolloutSpec.model_validate(start.spec).control.bundle == "b/o1"
+    ro2 = RolloutView(start.name, "Promoted", ("o2",), "promote", "o2", "b/o2", "", control_bundle="b/o1")
+    r4 = run(sp, review.status, [o1, replace(o2, phase="Launched")], [ro1, ro2], now=T0 + timedelta(days=9))
+    assert r4.status.champion.name == "o2"
+    assert r4.status.champion.config["architecture"]["hidden"] == [128, 64]
+    assert r4.status.champion.config.get("optimizer", {}).get("lr") != 0.01  # o1's delta is not in the model that won
 
 
 def test_budget_exhausted_stops_wakeups_and_recovers():
