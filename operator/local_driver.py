@@ -158,6 +158,8 @@ class LocalDriver:
         if kind == "Evolution" and new.get("counters", {}).get("reviews", 0) > (old.get("counters") or {}).get("reviews", 0):
             started = any(isinstance(a, CreateRollout) for a in s.result.actions)
             self._quiet_review[name] = None if started else _scored(s.hypotheses)
+        if kind == "Evolution" and _champion(new) != _champion(old):
+            self._quiet_review[name] = None  # a launch frees its slots and changes what the next review can start
         return bool(s.result.actions) or new != old
 
     def _timeline(self, name: str, old: dict[str, Any], new: dict[str, Any], analysis: Any) -> None:
@@ -331,6 +333,10 @@ def _runs_started(hyp: dict[str, Any]) -> int:
     st = hyp.get("status") or {}
     return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0) + sum(
         int(v) for v in (st.get("confirmationRetries") or {}).values())
+
+
+def _champion(status: dict[str, Any]) -> str | None:
+    return (status.get("champion") or {}).get("bundle")
 
 
 def _scored(hyps: Iterable[dict[str, Any]]) -> frozenset:

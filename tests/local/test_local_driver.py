@@ -888,3 +888,29 @@ def test_a_concluded_rollout_is_parked_and_the_core_converges_on_it(tmp_path):
             {"control": 100, "t": 0}
         assert p.routed() == [] and not list(root.glob("rollouts/done/services/*.port"))  # nothing runs
         p.close()
+
+
+def test_a_launch_makes_the_driver_wait_for_the_next_review(tmp_path, monkeypatch):
+    """The driver ends a run once a review has seen every scored hypothesis and started nothing. A review in the
+    step that launches a champion saw its slots still taken (a rollout of the old champion ended in that step):
+    after a launch the next review is waited for, so a scored hypothesis is tested against the new champion."""
+    from cambrian.operator import api, loop
+    from cambrian.operator.reconcile.common import Result
+
+    driver = LocalDriver(tmp_path, workers=1, warm=False)
+    scored = [{"metadata": {"name": "h"}, "status": {"phase": "Scored"}}]
+
+    def step_to(status):
+        def fake(kind, obj, *args, **kwargs):
+            return loop.Step(loop.meta_of(obj), Result([], api.parse_status("Evolution", status)), hypotheses=scored)
+        return fake
+
+    evo = {"metadata": {"name": "evo", "uid": "u", "generation": 1},
+           "status": {"counters": {"reviews": 1}, "champion": {"bundle": "b/old"}}}
+    monkeypatch.setattr(loop, "step", step_to({"counters": {"reviews": 2}, "champion": {"bundle": "b/old"}}))
+    driver._reconcile("Evolution", evo)
+    assert driver._quiet_review["evo"] == frozenset({"h"})  # nothing started, nothing changed: no review pending
+    evo["status"] = {"counters": {"reviews": 2}, "champion": {"bundle": "b/old"}}
+    monkeypatch.setattr(loop, "step", step_to({"counters": {"reviews": 3}, "champion": {"bundle": "b/new"}}))
+    driver._reconcile("Evolution", evo)
+    assert driver._quiet_review["evo"] is None
