@@ -3,9 +3,9 @@
 Two deltas that spell the same change differently (key order, a value equal to the default, a patch
 that restates the baseline, a reward expression in other case, parentheses or a cast to DOUBLE, or the data's
 declared label written out: trainer/expressions.canonical_sql) apply to the same Φ and share the key, so they
-are trained once; a delta
-whose key is the baseline's own changes nothing and is never trained (`changes_nothing`). The training seed
-is normalised because seeds are replicas of one hypothesis, not different hypotheses.
+are trained once; a delta whose key is the baseline's own changes nothing and is never trained
+(`changes_nothing`). The training seed is normalised because seeds are replicas of one hypothesis, not
+different hypotheses.
 """
 
 from __future__ import annotations

@@ -359,7 +359,8 @@ def weight_steps(ro: Rollout) -> list[tuple[Any, dict[str, int]]]:
 
 def online_outcomes(run: Run) -> dict[str, str]:
     """Hypothesis id -> what its arm's rollout made of it: promoted, rolled back, inconclusive or live; a promoted
-    one its Evolution did not launch (another winner was launched first: evolution.py step 3) says so."""
+    winner its Evolution retired instead of launching (another winner was launched first: evolution.py step 3)
+    is superseded."""
     out = {}
     hs = run.by_id()
     for ro in run.rollouts:
@@ -371,7 +372,7 @@ def online_outcomes(run: Run) -> dict[str, str]:
                 out[hid] = "rolled back"
             elif r.get("outcome") == "promote":
                 out[hid] = "promoted" if r.get("winner") == arm else "retired"
-                if out[hid] == "promoted" and hid in hs and (hs[hid].reason or "").startswith("superseded"):
+                if out[hid] == "promoted" and hid in hs and hs[hid].phase == "Retired":
                     out[hid] = "superseded"
             else:
                 out[hid] = "inconclusive"

@@ -250,6 +250,7 @@ class ClusterProposer:
         self._env = env
 
     def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
+        from cambrian.agents import canonical
         from cambrian.agents.budgets import cost_usd
         from cambrian.agents.personas import PERSONAS, get_persona, reward_columns
         from cambrian.agents.proposers.base import ProposalRequest
@@ -267,7 +268,7 @@ class ClusterProposer:
         columns = tuple(reward_columns(schema))  # a reward may read only what the data declares
         journal = _JournalView(journal_view(existing, spec, action.baseline))
         label = spec.data.declared_label()
-        unchanged = _fingerprint(baseline, None, label)  # a proposal that gives this trains a replica of the champion
+        unchanged = canonical.fingerprint(baseline, None, label)  # a proposal with this key replicates the champion
         taken = {h.fingerprint for h in journal.hypotheses if h.fingerprint} | {unchanged}
         used = spend(existing)  # the action's figure also counts what wake-ups without Hypotheses spent
         used = replace(used, tokens=max(used.tokens, action.tokens_spent), dollars=max(used.dollars, action.dollars_spent))
@@ -361,18 +362,15 @@ def in_training_order(items: list, order: tuple[str, ...]) -> list:
     return out + [item for q in queues.values() for item in q]
 
 
-def _fingerprint(baseline, hs: Mapping[str, Any] | None, label: str | None) -> str | None:
-    """The de-duplication key of a Hypothesis spec's Φ (None: the baseline's own); `label`: the data's declared label."""
+def _fingerprint(baseline, hs: Mapping[str, Any], label: str | None) -> str | None:
+    """The de-duplication key of a Hypothesis spec's Φ; `label`: the data's declared label."""
     from cambrian.agents import canonical
 
-    if hs is None:
-        return canonical.fingerprint(baseline, None, label)
     delta = api.trainer_delta_json(hs["component"], hs["delta"])
     try:
         return canonical.fingerprint(baseline, canonical.delta_from(delta), label)
     except (ConfigError, ValueError):
         return None
-
 
 
 def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec, schema,

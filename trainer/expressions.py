@@ -226,7 +226,7 @@ def canonical_sql(text: str, label: str | None = None) -> str:
     expression to DOUBLE dropped and a bare number written as a float: the trainer casts every label and weight to
     DOUBLE (rowframe.evaluate), so `CAST(label AS DOUBLE)`, `("Label")` and `label` train the same model. Nothing
     that changes a value is rewritten (TRY_CAST, a cast to FLOAT, a cast inside). `label`: the declaration's label
-    (its `expr`, else its column; data/schema.py Label), which the row's column `label` holds as a DOUBLE
+    (its `expr`, else its column; trainer/schema.py Label), which the row's column `label` holds as a DOUBLE
     (rowframe.RowFrame.join): it stands in for `label`, so MovieLens's `CAST(rating >= 4 AS DOUBLE)` is its `label`.
     Text that is too long or does not parse comes back as it is: the gate reports it."""
     from sqlglot.optimizer.normalize_identifiers import normalize_identifiers

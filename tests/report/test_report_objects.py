@@ -179,7 +179,8 @@ def test_a_promoted_winner_its_evolution_did_not_launch_reads_as_superseded():
 
     rollouts = [NS(result={"outcome": "promote", "winner": "treatment"}, arm_hypothesis={"treatment": h})
                 for h in ("h-launched", "h-superseded")]
-    hyps = [NS(id="h-launched", reason="rollout ro-a: promote"),
-            NS(id="h-superseded", reason="superseded: ro-b promoted it over a control that was no longer the champion")]
+    hyps = [NS(id="h-launched", phase="Launched", reason="rollout ro-a: promote"),
+            NS(id="h-superseded", phase="Retired",
+               reason="superseded: ro-b promoted it over a control that was no longer the champion")]
     run = NS(rollouts=rollouts, by_id=lambda: {h.id: h for h in hyps})
     assert online_outcomes(run) == {"h-launched": "promoted", "h-superseded": "superseded"}
