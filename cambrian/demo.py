@@ -134,19 +134,21 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
 
 
 def rollouts_settled(driver) -> str | None:
-    """The demo's end: its budget is spent and every Rollout it started has concluded and been applied by
-    the Evolution (a champion launched or not). The driver stops on its own when no Rollout ever starts."""
+    """The demo's end: its budget is spent, every Rollout it started has concluded and been applied by the
+    Evolution (a champion launched or not), and the review after the last of them started nothing (a launch
+    sends the hypotheses it overtook back to be tested against the new champion). The driver stops on its own
+    when no Rollout ever starts."""
     evo = driver.store.get("evolutions", "default", EVOLUTION) or {}
     st = evo.get("status") or {}
     rollouts = driver.store.list("rollouts")
     if st.get("phase") != "BudgetExhausted" or not rollouts:
         return None
-    if any((h.get("status") or {}).get("phase") in (None, "Proposed", "Training") for h in driver.store.list("hypotheses")):
-        return None
     handled = set(st.get("handledDecisions") or [])
-    if all(r["metadata"]["name"] in handled for r in rollouts):
-        return "every rollout of the demo concluded"
-    return None
+    if not all(r["metadata"]["name"] in handled for r in rollouts):
+        return None
+    if driver.evolutions_busy([evo], driver.store.list("hypotheses")):
+        return None
+    return "every rollout of the demo concluded"
 
 
 class Progress:

@@ -358,21 +358,25 @@ def weight_steps(ro: Rollout) -> list[tuple[Any, dict[str, int]]]:
 
 
 def online_outcomes(run: Run) -> dict[str, str]:
-    """Hypothesis id -> what its arm's rollout made of it: promoted, rolled back, inconclusive or live; a promoted
-    winner its Evolution retired instead of launching (another winner was launched first: evolution.py step 3)
-    is superseded."""
+    """Hypothesis id -> what its latest arm's rollout made of it: promoted, rolled back, inconclusive or live; a
+    test a launch overtook (a promotion over a replaced champion, or a rollout ended by the launch: evolution.py
+    steps 3 and 3a) is superseded while its hypothesis waits, Scored, for its next test (a Retired winner: an
+    Evolution from before hypotheses were tested again)."""
     out = {}
     hs = run.by_id()
-    for ro in run.rollouts:
+    for ro in run.rollouts:  # concluded first, in order: a later test's outcome replaces an earlier one's
         r = ro.result
         for arm, hid in ro.arm_hypothesis.items():
+            phase = hs[hid].phase if hid in hs else None
             if r is None:
                 out[hid] = "live"
+            elif phase == "Scored":
+                out[hid] = "superseded"
             elif arm in (r.get("rolled_back") or {}) or r.get("outcome") == "rollback":
                 out[hid] = "rolled back"
             elif r.get("outcome") == "promote":
                 out[hid] = "promoted" if r.get("winner") == arm else "retired"
-                if out[hid] == "promoted" and hid in hs and hs[hid].phase == "Retired":
+                if out[hid] == "promoted" and phase == "Retired":
                     out[hid] = "superseded"
             else:
                 out[hid] = "inconclusive"

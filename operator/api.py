@@ -844,9 +844,10 @@ class EvolutionStatus(_Status):
     )
     superseded: list[str] = Field(
         default_factory=list, max_length=256,
-        description="promoted rollouts that were not launched: their control was no longer the champion when the "
-                    "decision was applied (another rollout's winner was launched first), so their winner was never "
-                    "compared with production")
+        description="rollouts a launch overtook: promoted over a control that was no longer the champion when the "
+                    "decision was applied (another rollout's winner was launched first; not launched), or ended when "
+                    "their control was replaced. Their hypotheses go back to the online review, to be tested "
+                    "against the new champion")
     baseline_metrics: dict[str, "ProxyMetric"] = Field(
         default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
                                           "mean and seed-to-seed std, the reference of the noise floor")
@@ -1086,8 +1087,9 @@ class HypothesisStatus(_Status):
 
     observed_generation: int | None = Field(None, description="the metadata.generation this status reflects")
     phase: HypothesisPhase | None = Field(
-        None, description="Proposed, Validated, Training, Scored, Live, then Launched or Retired; "
-                          "or Failed or Rejected, with the reason")
+        None, description="Proposed, Validated, Training, Scored, Live, then Launched or Retired (Scored again "
+                          "when a launch overtook its Rollout: tested again against the new champion); or Failed "
+                          "or Rejected, with the reason")
     reason: str | None = Field(None, max_length=8192, description="why the phase is what it is (e.g. the failure)")
     failure_stage: str | None = Field(
         None, description="where it failed: static (the delta does not apply), training, metrics, or the stage the "
@@ -1387,6 +1389,10 @@ class RolloutStatus(_Status):
     recommendation: Outcome | None = Field(None, description="what the analysis proposes while awaiting approval")
     winner: str | None = Field(None, description="the treatment arm to promote (or promoted)")
     reason: str | None = Field(None, max_length=8192, description="why the decision or the failure, in words")
+    retired: str | None = Field(
+        None, max_length=1024,
+        description="why its Evolution ended it (its treatment left the top K, or a launch replaced its control), "
+                    "when the rollback is the Evolution's and not its own analysis's, a human's or its time limit's")
     started_at: datetime | None = Field(None, description="when the ramp started")
     step_started_at: datetime | None = Field(None, description="when the current step started")
     next_readout_at: datetime | None = Field(None, description="when the analysis runs next")

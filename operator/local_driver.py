@@ -280,13 +280,13 @@ class LocalDriver:
             return "no Evolution or Rollout objects"
         phase = lambda o: (o.get("status") or {}).get("phase")  # noqa: E731
         live = [r for r in rollouts if phase(r) in LIVE or phase(r) is None]
-        if live and all(phase(r) == "AwaitingApproval" for r in live) and not self._evolutions_busy(evolutions, hyps):
+        if live and all(phase(r) == "AwaitingApproval" for r in live) and not self.evolutions_busy(evolutions, hyps):
             return "waiting for approval: " + ", ".join(r["metadata"]["name"] for r in live)
         if live:
             return None
         if not evolutions:
             return "every rollout concluded"
-        if self._evolutions_busy(evolutions, hyps):
+        if self.evolutions_busy(evolutions, hyps):
             return None
         return "every Evolution is done: " + "; ".join(
             f"{e['metadata']['name']} {phase(e)}" + (f" ({e['status'].get('reason')})" if e["status"].get("reason") else "")
@@ -294,7 +294,8 @@ class LocalDriver:
                if self._stalled(e) else "")
             for e in evolutions)
 
-    def _evolutions_busy(self, evolutions: list[dict], hyps: list[dict]) -> bool:
+    def evolutions_busy(self, evolutions: list[dict], hyps: list[dict]) -> bool:
+        """An Evolution is still proposing, training, deciding, or has scored hypotheses no review has seen."""
         for e in evolutions:
             st = e.get("status") or {}
             if st.get("phase") == "Failed":
@@ -302,7 +303,7 @@ class LocalDriver:
             if (st.get("phase") != "BudgetExhausted" and not self._stalled(e)) or not (st.get("champion") or {}).get("bundle"):
                 return True  # still proposing (or training its baseline)
             mine = [h for h in hyps if ((h.get("spec") or {}).get("evolutionRef") or {}).get("name") == e["metadata"]["name"]]
-            if any((h.get("status") or {}).get("phase") in IN_FLIGHT for h in mine):
+            if any((h.get("status") or {}).get("phase") in IN_FLIGHT or _between_tests(h) for h in mine):
                 return True
             if self._review_in_time(e) and self._quiet_review.get(e["metadata"]["name"]) != _scored(mine):
                 return True  # no review has looked at everything scored yet (and started nothing)
@@ -333,6 +334,15 @@ def _runs_started(hyp: dict[str, Any]) -> int:
     st = hyp.get("status") or {}
     return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0) + sum(
         int(v) for v in (st.get("confirmationRetries") or {}).values())
+
+
+def _between_tests(hyp: dict[str, Any]) -> bool:
+    """Live, its rollout concluded: what it becomes (Launched, Retired, or Scored again for another test when a
+    launch overtook its rollout) waits on its Evolution applying the decision (hypothesis.py)."""
+    st = hyp.get("status") or {}
+    return st.get("phase") == "Live" and any(
+        c.get("type") == "Live" and c.get("reason") in ("AwaitingLaunch", "AwaitingDecision")
+        for c in st.get("conditions") or [])
 
 
 def _champion(status: dict[str, Any]) -> str | None:

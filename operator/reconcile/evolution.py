@@ -59,8 +59,9 @@ def baseline_job_name(meta: Meta) -> str:
     return N.baseline_job_name(meta, 0)
 
 
-def rollout_name(meta: Meta, hypothesis: str) -> str:
-    return child_name(meta.name, meta.uid, f"ro-{hypothesis}")
+def rollout_name(meta: Meta, hypothesis: str, test: int = 1) -> str:
+    """The rollout of a hypothesis's `test`-th online test (a later one follows a launch that overtook it)."""
+    return child_name(meta.name, meta.uid, f"ro-{hypothesis}" if test == 1 else f"ro-{hypothesis}-t{test}")
 
 
 def exhausted_budget(spec: EvolutionSpec, spend: Spend) -> str | None:
@@ -181,7 +182,8 @@ def reconcile(
     # 3. Decisions of concluded rollouts, applied once each. A promotion says its winner beat the rollout's control;
     # it is launched only while that control is still the champion. Rollouts concluded together apply the largest
     # north-star effect first, so of two winners against one champion the better one is launched and the other,
-    # never compared with it, is not (its Hypothesis is Retired: superseded).
+    # never compared with it, is not: superseded, its Hypothesis goes back to the review, to be tested against the
+    # new champion.
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
     north_star = spec.objective.north_star[0].name
@@ -203,9 +205,13 @@ def reconcile(
                                        bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
                 launched_now = ro
+        elif ro.retired and ro.control_bundle is not None and ro.control_bundle != st.champion.bundle:
+            st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]  # ended by a launch (step 3a), undecided
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
     # 3a. A launch ends the live rollouts still measuring against the champion it replaced: their control arms keep
-    # users on a model that is no longer production, and a promotion there would be superseded.
+    # users on a model that is no longer production, and a promotion there would be superseded. Superseded too,
+    # unless a readout due at once decides them first (rollout.py; step 3 then applies that decision): their
+    # hypotheses are tested again against the new champion.
     stale: set[str] = set()
     if launched_now is not None:
         for ro in sorted(rollouts, key=lambda r: r.name):
@@ -214,7 +220,7 @@ def reconcile(
             why = (f"its control is no longer the champion: {st.champion.name} was launched by rollout "
                    f"{launched_now.name}")
             actions.append(RetireRollout(ro.name, owner, why))
-            journal("RolloutRetired", f"rollout {ro.name} ended: {why}")
+            journal("RolloutRetired", f"rollout {ro.name} ended: {why}; its hypotheses go back to the review")
             stale.add(ro.name)
 
     # 3b. Production serves the champion (a new one is rolled out by the platform).
@@ -264,7 +270,10 @@ def reconcile(
 
     # 5. Online review: start rollouts for the best scored hypotheses, up to top-K live.
     live = [r for r in rollouts if not r.concluded and r.name not in stale]
-    in_rollout = {h for r in rollouts for h in r.hypotheses}
+    # a hypothesis is tested once, again only when a launch overtook its test (st.superseded: it is Scored again)
+    overtaken = set(st.superseded)
+    in_rollout = {h for r in rollouts if r.name not in overtaken for h in r.hypotheses}
+    tests = {h: sum(h in r.hypotheses for r in rollouts) for h in {h for r in rollouts for h in r.hypotheses}}
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
@@ -287,7 +296,7 @@ def reconcile(
         chosen = CH.gate_rollouts(st, chosen, lambda h: h.bundle_uri, now, meta.generation, journal)
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
-            name = rollout_name(meta, h.name)
+            name = rollout_name(meta, h.name, tests.get(h.name, 0) + 1)
             annotations, guess = (), ""
             predicted = top_k.predicted(h.name) if top_k is not None else None
             if predicted is not None:  # the surrogate ranked it: what it expects travels with the rollout

@@ -1,5 +1,6 @@
 """Hypothesis lifecycle, pure: Proposed -> Validated -> Training -> Scored -> Live -> Launched | Retired,
-or Failed / Rejected with a reason.
+or Failed / Rejected with a reason. Live -> Scored when a launch overtook its rollout (the rollout's control
+stopped being the champion): the online review tests it again, against the current champion.
 
 Scoring against the noise floor (noise.py, stats/noise.py): the first run's gain over the champion is
 judged; a promising one stays in Training while spec.noise.confirmSeeds more seeds train (in parallel),
@@ -60,8 +61,9 @@ class EvolutionContext:
     # a promising run must share the last runs with others (confirmation.py)
     evaluations_left: int | None = None
     peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
-    # rollouts whose decision the Evolution applied (None: not known, a promotion's winner is Launched at once),
-    # and those of them promoted but not launched (its control was no longer the champion: evolution.py step 3)
+    # rollouts whose decision the Evolution applied (None: not known, a concluded rollout's decision is final at
+    # once), and those a launch overtook (a promotion over a control no longer the champion, or a rollout ended by
+    # the launch: evolution.py steps 3 and 3a): their hypotheses go back to Scored, to be tested again
     decided: frozenset[str] | None = None
     superseded: frozenset[str] = frozenset()
 
@@ -210,9 +212,19 @@ def reconcile(
             journal("Retired", st.reason or "", warning=True)
         elif rollout.concluded:
             promoted = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
-            if promoted and ctx.decided is not None and rollout.name not in ctx.decided:
-                cond("Live", True, "AwaitingLaunch", f"{rollout.name} promoted it; its Evolution launches it next")
-                return Result(actions, st, requeue_after=POLL_SECONDS)  # launched or superseded: the Evolution says
+            if ctx.decided is not None and rollout.name not in ctx.decided:  # launched, superseded or final: it says
+                cond("Live", True, "AwaitingLaunch" if promoted else "AwaitingDecision",
+                     f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
+                     f"{rollout.name} concluded; its Evolution applies the decision next")
+                return Result(actions, st, requeue_after=POLL_SECONDS)
+            if rollout.name in ctx.superseded:  # a launch overtook the test: test it again against the new champion
+                why = (f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the "
+                       f"champion: back to the online review, to be tested against the current champion")
+                st.rollout, st.online = None, None
+                move("Scored", why)
+                cond("Live", False, "Superseded", why)
+                journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
+                return Result(actions, st)
             st.online = OnlineResult(
                 rollout=rollout.name,
                 arm=rollout.arm_of(meta.name),
@@ -220,14 +232,9 @@ def reconcile(
                 reason=rollout.reason,
                 effects=[e for e in rollout.effects],  # type: ignore[misc]
             )
-            won = promoted and rollout.name not in ctx.superseded
-            why = rollout.reason if won or not promoted else (
-                f"superseded: {rollout.name} promoted it over a control that was no longer the champion when its "
-                f"Evolution applied the decision, so it was not launched ({rollout.reason})")
-            move("Launched" if won else "Retired", why)
+            move("Launched" if promoted else "Retired", rollout.reason)
             cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
-            journal("Launched" if won else "Retired", f"rollout {rollout.name}: {rollout.decision}: {why}",
-                    warning=promoted and not won)
+            journal("Launched" if promoted else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
     return Result(actions, st)
 
 

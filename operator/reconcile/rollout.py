@@ -195,14 +195,24 @@ def reconcile(
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
     note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
 
-    # A human decision (annotation cambrian.dev/approve) applies at once.
+    # A human decision (annotation cambrian.dev/approve) applies at once; its Evolution's retirement after a readout
+    # already due: the data is in, and what it decides is the rollout's own decision, whichever order a platform
+    # steps a rollout and its Evolution in (a launch retires the rollouts of its champion's other challengers).
+    retiring = obs.approval == "rollback" and bool(obs.retired)
+    read = False
+    if retiring and readout_due(status, now):
+        read, outcome = True, _readout(spec, st, obs, now, cond, journal)
+        if outcome is not None:
+            _conclude(spec, st, outcome, now, journal)
+            return finish()
     if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):
-        st.reason = (f"retired by its Evolution: {obs.retired}" if obs.approval == "rollback" and obs.retired else
+        st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
                      f"{obs.approval} approved by annotation cambrian.dev/approve")
+        st.retired = obs.retired if retiring else None
         _conclude(spec, st, obs.approval, now, journal)
         return finish()
 
-    if readout_due(status, now):
+    if not read and readout_due(status, now):
         outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)

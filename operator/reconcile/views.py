@@ -71,14 +71,17 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
         arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
         control_bundle=(spec.get("control") or {}).get("bundle"),
+        retired=bool(status.get("retired")),
     )
 
 
 def rollout_for(hypothesis: str, rollouts: Iterable[Mapping[str, Any]]) -> RolloutView | None:
-    """The newest rollout that serves this hypothesis as a treatment."""
+    """The rollout that serves this hypothesis as a treatment now, else the newest that did (a hypothesis is
+    tested again after a launch overtook its rollout; creation times have one-second resolution)."""
     objs = sorted(rollouts, key=lambda r: str((r.get("metadata") or {}).get("creationTimestamp") or ""))
     mine = [v for v in map(rollout_view, objs) if hypothesis in v.hypotheses]
-    return mine[-1] if mine else None
+    live = [v for v in mine if not v.concluded]
+    return (live or mine)[-1] if mine else None
 
 
 def belongs_to(obj: Mapping[str, Any], evolution: str) -> bool:

@@ -447,6 +447,11 @@ def test_views_and_spend():
                      "effects": [{"arm": "t", "metric": "dau", "estimate": 1, "ciLow": 0, "ciHigh": 2}]}}
     v = views.rollout_for("h", [ro])
     assert v.winner_hypothesis == "h" and v.winner_bundle == "b" and v.concluded
+    # tested again after a launch overtook that test: the live rollout is its rollout, whatever the clock says
+    again = {"metadata": {"name": "ro-t2", "creationTimestamp": "2026-01-01T00:00:00Z"},
+             "spec": {"treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "b"}]},
+             "status": {"phase": "Running"}}
+    assert views.rollout_for("h", [again, ro]).name == "ro-t2" and views.rollout_for("h", [ro, again]).name == "ro-t2"
     h = {"metadata": {"name": "h", "annotations": {views.A_TOKENS: "1200", views.A_DOLLARS: "0.5"}},
          "spec": {"component": "optimizer", "delta": {"patch": {"lr": 1}}}, "status": {"attempts": 2, "gpuHours": 1.5}}
     assert views.spend([h], baseline_attempts=1) == views.Spend(1200, 0.5, 1.5, 3)

@@ -243,6 +243,52 @@ def test_a_winner_validated_against_an_earlier_champion_is_launched_with_the_phi
     assert r4.status.champion.config.get("optimizer", {}).get("lr") != 0.01  # o1's delta is not in the model that won
 
 
+def test_hypotheses_a_launch_overtook_are_tested_again_against_the_new_champion_and_others_are_not():
+    # o1 is launched; o2's promotion (over the baseline) is superseded and o5's live rollout ends. Back in Scored,
+    # both get a second rollout whose control is o1; o3, whose rollout rolled back on its own, never does
+    from dataclasses import replace
+
+    sp = spec(topK=3)
+    _, r2 = with_champion(sp)
+    effect = lambda est: ({"arm": "t", "metric": "dau", "estimate": est, "ciLow": est / 2, "ciHigh": est * 2,
+                           "relative": True},)
+    base = "pvc://x/baseline"
+    ro_a = RolloutView(E.rollout_name(META, "o1"), "Promoted", ("o1",), "promote", "o1", "b/o1", "", effect(0.25),
+                       control_bundle=base)
+    ro_b = RolloutView(E.rollout_name(META, "o2"), "Promoted", ("o2",), "promote", "o2", "b/o2", "", effect(0.08),
+                       control_bundle=base)
+    ro_c = RolloutView(E.rollout_name(META, "o3"), "RolledBack", ("o3",), "rollback", None, None, "dau -2%",
+                       control_bundle=base)
+    ro_e = RolloutView(E.rollout_name(META, "o5"), "Running", ("o5",), control_bundle=base)
+    hyps = [hv("o1", "optimizer", 0.40, phase="Live"), hv("o2", "optimizer", 0.41, phase="Live"),
+            hv("o3", "optimizer", 0.39, phase="Retired"), hv("o5", "optimizer", 0.42, phase="Live")]
+    r3 = run(sp, r2.status, hyps, [ro_a, ro_b, ro_c, ro_e], now=T0 + timedelta(days=2))
+    assert r3.status.champion.name == "o1" and r3.status.superseded == [ro_b.name]
+    assert [a.name for a in r3.actions if isinstance(a, RetireRollout)] == [ro_e.name]
+    # ro-e ends as retired (undecided): superseded when its Evolution applies that; one whose readout decided
+    # first (a guardrail at the same instant) is its own decision, final
+    up = served(next(a for a in r3.actions if isinstance(a, UpdateChampion)))
+    ended = replace(ro_e, phase="RolledBack", decision="rollback", retired=True)
+    decided = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, replace(ended, retired=False)], now=T0 + timedelta(days=2, minutes=1),
+                  serving=up)
+    assert decided.status.superseded == [ro_b.name]
+    r3 = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, ended], now=T0 + timedelta(days=2, minutes=1), serving=up)
+    assert r3.status.superseded == [ro_b.name, ro_e.name] and ro_e.name in r3.status.handled_decisions
+    back = [replace(hyps[0], phase="Launched"), replace(hyps[1], phase="Scored"), replace(hyps[2], phase="Scored"),
+            replace(hyps[3], phase="Scored")]  # o3 Scored too: only its rollout keeps it out
+    review = run(sp, r3.status, back, [ro_a, ro_b, ro_c, ended], now=r3.status.next_review_at, serving=up)
+    starts = {a.hypothesis: a for a in review.actions if isinstance(a, CreateRollout)}
+    assert set(starts) == {"o2", "o5"}
+    assert {h: a.name for h, a in starts.items()} == {"o2": E.rollout_name(META, "o2", 2), "o5": E.rollout_name(META, "o5", 2)}
+    assert E.rollout_name(META, "o2", 2) != ro_b.name
+    assert all(api.RolloutSpec.model_validate(a.spec).control.bundle == "b/o1" for a in starts.values())
+    # a replayed review (its rollouts now exist) starts nothing twice
+    again = [RolloutView(a.name, None, (h,), control_bundle="b/o1") for h, a in starts.items()]
+    replay = run(sp, review.status, back, [ro_a, ro_b, ro_c, ended, *again], now=review.status.next_review_at,
+                 serving=up)
+    assert not [a for a in replay.actions if isinstance(a, CreateRollout)]
+
+
 def test_budget_exhausted_stops_wakeups_and_recovers():
     sp = spec(agent={"budgets": {"dollars": 1.0}})
     _, r2 = with_champion(sp)

@@ -400,7 +400,7 @@ def test_live_concludes(phase, winner, expected):
     assert r.status.online.arm == "treatment"  # which of the effects is this hypothesis's own
 
 
-def test_a_promoted_winner_waits_for_its_evolution_to_launch_it_or_say_it_was_superseded():
+def test_a_promoted_winner_waits_for_its_evolution_to_launch_it_or_to_send_it_back_to_the_review():
     spec, st = scored()
     st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
     ro = RolloutView("ro-1", "Promoted", (META.name,), "promote", META.name, "b", "dau +8%",
@@ -410,11 +410,36 @@ def test_a_promoted_winner_waits_for_its_evolution_to_launch_it_or_say_it_was_su
     assert waiting.status.phase == "Live" and waiting.requeue_after
     assert next(c for c in waiting.status.conditions if c.type == "Live").reason == "AwaitingLaunch"
     launched = run(spec, waiting.status, rollout=ro, c=ctx(decided=frozenset({"ro-1"})))
-    assert launched.status.phase == "Launched"
-    retired = run(spec, waiting.status, rollout=ro, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
-    assert retired.status.phase == "Retired" and retired.status.reason.startswith("superseded: ro-1 promoted it")
-    assert retired.status.online.decision == "promote"  # what its rollout measured stays in the journal
-    assert [a.warning for a in retired.actions if isinstance(a, RecordJournal) and a.event == "Retired"] == [True]
+    assert launched.status.phase == "Launched" and launched.status.online.decision == "promote"
+    # another winner was launched first: it beat a model that is no longer production, so it is tested again
+    back = run(spec, waiting.status, rollout=ro, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert back.status.phase == "Scored" and "no longer the champion" in back.status.reason
+    assert back.status.rollout is None and back.status.online is None and back.status.verdict == st.verdict
+    assert [(a.warning, a.data["rollout"]) for a in back.actions
+            if isinstance(a, RecordJournal) and a.event == "BackToReview"] == [(True, "ro-1")]
+    # its second test starts like the first, and its outcome is final
+    ro2 = RolloutView("ro-2", "Running", (META.name,))
+    again = run(spec, back.status, rollout=ro2, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert again.status.phase == "Live" and again.status.rollout == "ro-2"
+    lost = RolloutView("ro-2", "RolledBack", (META.name,), "rollback", None, None, "dau -3%")
+    c2 = ctx(decided=frozenset({"ro-1", "ro-2"}), superseded=frozenset({"ro-1"}))
+    assert run(spec, again.status, rollout=lost, c=c2).status.phase == "Retired"
+
+
+def test_a_rollout_ended_by_a_launch_sends_its_hypothesis_back_and_other_endings_are_final():
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    ended = RolloutView("ro-1", "RolledBack", (META.name,), "rollback", None, None,
+                        "retired by its Evolution: its control is no longer the champion")
+    waiting = run(spec, st, rollout=ended, c=ctx(decided=frozenset()))
+    assert waiting.status.phase == "Live"
+    assert next(c for c in waiting.status.conditions if c.type == "Live").reason == "AwaitingDecision"
+    back = run(spec, waiting.status, rollout=ended, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert back.status.phase == "Scored"
+    assert [a.warning for a in back.actions if isinstance(a, RecordJournal) and a.event == "BackToReview"] == [False]
+    # the same ending for any other reason (the online agent dropped it, a guardrail) is final
+    final = run(spec, waiting.status, rollout=ended, c=ctx(decided=frozenset({"ro-1"})))
+    assert final.status.phase == "Retired" and final.status.online.decision == "rollback"
 
 
 def test_live_rollout_deleted_retires():

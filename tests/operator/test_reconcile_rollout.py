@@ -198,6 +198,25 @@ def test_human_rollback_any_time():
     retired = RolloutObservation(arms(True, ("control", "treatment")), None, None, "rollback", retired="h left the top 2")
     r3 = run(sp, r.status, retired, T0 + timedelta(hours=2))
     assert r3.status.phase == "RolledBack" and r3.status.reason == "retired by its Evolution: h left the top 2"
+    assert r3.status.retired == "h left the top 2" and r2.status.retired is None
+
+
+def test_its_evolutions_retirement_waits_for_a_readout_already_due():
+    # a launch retires the rollouts against the replaced champion; one whose readout is due at that instant is
+    # decided by it (its own decision, whichever order a platform steps the rollout and its Evolution in)
+    sp, r = running()
+    t = at_readout(r)
+    breach = Analysis("rollback", "guardrail hate_rate breached", {"control": 500, "treatment": 500})
+    retire = lambda a: RolloutObservation(arms(True, ("control", "treatment")), None, a, "rollback",  # noqa: E731
+                                          retired="its control is no longer the champion")
+    own = run(sp, r.status, retire(breach), t)
+    assert own.status.phase == "RolledBack" and own.status.reason == "guardrail hate_rate breached"
+    assert own.status.retired is None and own.status.readouts == 1
+    undecided = run(sp, r.status, retire(cont(600)), t)
+    assert undecided.status.phase == "RolledBack" and undecided.status.retired == "its control is no longer the champion"
+    assert undecided.status.readouts == 1  # the readout ran, once
+    early = run(sp, r.status, retire(None), t - timedelta(hours=1))  # no readout due: retired at once
+    assert early.status.retired and early.status.readouts == 0
 
 
 def test_continue_after_awaiting_returns_to_running():

@@ -174,13 +174,20 @@ def test_the_journal_table_shows_the_metric_a_hypothesis_was_judged_on(driver_ru
     assert (rows["demo-w1-0"]["metric"], rows["demo-w1-0"]["score"]) == ("val_loss", 0.48)
 
 
-def test_a_promoted_winner_its_evolution_did_not_launch_reads_as_superseded():
+def test_a_test_a_launch_overtook_reads_as_superseded_until_a_later_test_decides():
     from types import SimpleNamespace as NS
 
-    rollouts = [NS(result={"outcome": "promote", "winner": "treatment"}, arm_hypothesis={"treatment": h})
-                for h in ("h-launched", "h-superseded")]
-    hyps = [NS(id="h-launched", phase="Launched", reason="rollout ro-a: promote"),
-            NS(id="h-superseded", phase="Retired",
-               reason="superseded: ro-b promoted it over a control that was no longer the champion")]
+    promote = {"outcome": "promote", "winner": "treatment"}
+    ended = {"outcome": "rollback", "reason": "retired by its Evolution: its control is no longer the champion"}
+    rollouts = [NS(result=promote, arm_hypothesis={"treatment": "h-launched"}),
+                NS(result=promote, arm_hypothesis={"treatment": "h-waiting"}),
+                NS(result=ended, arm_hypothesis={"treatment": "h-ended"}),
+                NS(result=promote, arm_hypothesis={"treatment": "h-old"}),
+                NS(result=promote, arm_hypothesis={"treatment": "h-retested"}),
+                NS(result={"outcome": "rollback"}, arm_hypothesis={"treatment": "h-retested"})]
+    hyps = [NS(id="h-launched", phase="Launched"), NS(id="h-waiting", phase="Scored"), NS(id="h-ended", phase="Scored"),
+            NS(id="h-old", phase="Retired"),  # an Evolution from before overtaken hypotheses were tested again
+            NS(id="h-retested", phase="Retired")]
     run = NS(rollouts=rollouts, by_id=lambda: {h.id: h for h in hyps})
-    assert online_outcomes(run) == {"h-launched": "promoted", "h-superseded": "superseded"}
+    assert online_outcomes(run) == {"h-launched": "promoted", "h-waiting": "superseded", "h-ended": "superseded",
+                                    "h-old": "superseded", "h-retested": "rolled back"}
