@@ -30,6 +30,9 @@ class ServiceError(CambrianError):
     pass
 
 
+READY_TIMEOUT_S = 90.0  # a service that does not answer /healthz by then is not coming up
+
+
 class ServiceProcess:
     def __init__(self, name: str, args: list[str], workdir: Path, env: dict[str, str] | None = None):
         self.name, self.args, self.workdir = name, args, Path(workdir)
@@ -57,20 +60,26 @@ class ServiceProcess:
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 
-    def wait_ready(self, timeout: float = 90) -> "ServiceProcess":
+    def ready(self) -> bool:
+        """One look, without waiting: it answers /healthz. Raises ServiceError when it has exited."""
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-1500:]
+            raise ServiceError(f"{self.name} exited with code {self.proc.returncode}:\n{tail}")
+        if self.port is None and self.port_file.exists():
+            text = self.port_file.read_text().strip()
+            self.port = int(text) if text else None  # written but not flushed yet: look again next time
+        if self.port is None:
+            return False
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "ServiceProcess":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-1500:]
-                raise ServiceError(f"{self.name} exited with code {self.proc.returncode}:\n{tail}")
-            if self.port is None and self.port_file.exists():
-                self.port = int(self.port_file.read_text())
-            if self.port is not None:
-                try:
-                    if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                        return self
-                except httpx.HTTPError:
-                    pass
+            if self.ready():
+                return self
             time.sleep(0.1)
         raise ServiceError(f"{self.name} not ready after {timeout:g} s; see {self.log_path}")
 

@@ -31,7 +31,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -172,7 +172,11 @@ class LocalPlatform:
             worker.stop()
 
     def busy(self) -> bool:
-        """Real-time work in flight (training): the simulated clock waits for it."""
+        """Real-time work in flight (training, a champion's server starting): the simulated clock waits for it."""
+        for evolution, c in list(self.champions.items()):
+            self._settle_champion(evolution, c)
+        if any(c.starting is not None for c in self.champions.values()):
+            return True
         with self._lock:
             return any(not f.done() for f in self._running.values())
 
@@ -592,44 +596,67 @@ class LocalPlatform:
                                                      A_RETIRED: action.reason[:1024] or "left the top K"})
 
     def update_champion(self, action: UpdateChampion) -> None:
-        """Start a model server on the champion's bundle; once it answers /healthz, publish its URL in
-        `ROOT/champions/<evolution>.json` and stop the one it replaces (never a moment without a model)."""
+        """Start a model server on the champion's bundle and return: like a Deployment's rolling update, the one in
+        production keeps serving until the new one answers /healthz (`champion_serving` then publishes its URL in
+        `ROOT/champions/<evolution>.json` and stops the old one). The driver's clock waits meanwhile (`busy`)."""
         from cambrian.online.services import ServiceError, ServiceProcess
 
         evolution = action.owner.name
         old = self.champions.get(evolution)
         if old is not None and old.revision == action.revision and old.alive():
             return
+        serving = None if old is None else old.serving()
+        if old is not None:
+            old.stop(keep=serving)  # a server that was still starting for an earlier revision
         path = local_path(action.bundle, self.root)
         try:
             if path is None or not (path / "bundle.json").is_file():
                 raise ServiceError(f"bundle {action.bundle} cannot be served here "
                                    f"({path or 'unknown scheme'} holds no bundle.json)")
-            proc = start_service(ServiceProcess(
+            proc = ServiceProcess(
                 f"server-{action.revision[:12]}", ["serve", "--bundle", str(path), "--arm", "champion"],
-                self.root / "champions" / evolution, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}))
-        except ServiceError as exc:  # as a pod that never gets ready: the old server keeps serving, the status says why
-            why = str(exc).strip().splitlines()
+                self.root / "champions" / evolution, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}).start()
+        except (ServiceError, OSError) as exc:  # as a pod that never gets ready: the old server keeps serving
             self.champions[evolution] = _Champion(None, action.name, action.revision, action.bundle,
-                                                  f"the model server did not start: {why[-1] if why else exc}"[:1024],
-                                                  None if old is None else old.proc if old.alive() else old.previous)
+                                                  _not_started(exc), serving)
             return
-        self.champions[evolution] = _Champion(proc, action.name, action.revision, action.bundle)
+        published = {"name": action.champion, "bundle": action.bundle, "hypothesis": action.hypothesis,
+                     "rollout": action.rollout, "path": str(path), "revision": action.revision}
+        self.champions[evolution] = _Champion(proc, action.name, action.revision, action.bundle, None, serving,
+                                              starting=time.monotonic(), published=published)
+
+    def _settle_champion(self, evolution: str, c: "_Champion") -> None:
+        """A starting server that answers now is published and replaces the old one; one that exited, or does not
+        answer within READY_TIMEOUT_S, is stopped and reported (the old one keeps serving)."""
+        from cambrian.online.services import READY_TIMEOUT_S, ServiceError
+
+        if c.starting is None:
+            return
+        try:
+            if not c.proc.ready():
+                if time.monotonic() - c.starting < READY_TIMEOUT_S:
+                    return
+                raise ServiceError(f"{c.proc.name} not ready after {READY_TIMEOUT_S:g} s; see {c.proc.log_path}")
+        except ServiceError as exc:
+            c.proc.stop()
+            c.proc, c.blocked, c.starting = None, _not_started(exc), None
+            return
         write_atomic(self.root / "champions" / f"{evolution}.json", json.dumps(
-            {"name": action.champion, "bundle": action.bundle, "hypothesis": action.hypothesis,
-             "rollout": action.rollout, "path": str(path), "url": proc.url, "revision": action.revision,
-             "since": self.clock().isoformat()}, indent=2) + "\n")
-        if old is not None:
-            old.stop()
+            {**c.published, "url": c.proc.url, "since": self.clock().isoformat()}, indent=2) + "\n")
+        if c.previous is not None:
+            c.previous.stop()
+        c.previous, c.starting = None, None
 
     def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
         """(No HTTPRoute here: `routed` stays None, so the core never asks route_champion.)"""
         c = self.champions.get(owner.name)
+        if c is not None:
+            self._settle_champion(owner.name, c)
         if c is not None and c.blocked:
             return ChampionObservation(c.name, c.revision, c.bundle, False, c.blocked)
         if c is None or not c.alive():
             return None  # never started, stopped with an earlier driver, or died: the core starts it again
-        return ChampionObservation(c.name, c.revision, c.bundle, True)
+        return ChampionObservation(c.name, c.revision, c.bundle, c.starting is None)
 
     def route_champion(self, action: RouteChampion) -> None:
         """Local mode has no Gateway API route: callers reach the champion at its URL (champions/*.json)."""
@@ -692,8 +719,9 @@ class _FileRecord:
 
 @dataclass
 class _Champion:
-    """An Evolution's production model server; `blocked`: why the one for `revision` did not start (then
-    `previous`, the server it was to replace, if any, keeps serving)."""
+    """An Evolution's production model server for `revision`: `starting` (time.monotonic()) until it answers, with
+    `previous`, the one it replaces, serving meanwhile; `blocked`: why it did not start (then `previous` keeps
+    serving)."""
 
     proc: Any  # ServiceProcess, or None when it did not start
     name: str
@@ -701,14 +729,25 @@ class _Champion:
     bundle: str
     blocked: str | None = None
     previous: Any = None
+    starting: float | None = None
+    published: dict[str, Any] = field(default_factory=dict)  # champions/<evolution>.json once it answers
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.proc.poll() is None
 
-    def stop(self) -> None:
+    def serving(self) -> Any:
+        """The server production reaches now."""
+        return self.proc if self.alive() and self.starting is None else self.previous
+
+    def stop(self, keep: Any = None) -> None:
         for p in (self.proc, self.previous):
-            if p is not None:
+            if p is not None and p is not keep:
                 p.stop()
+
+
+def _not_started(exc: Exception) -> str:
+    why = str(exc).strip().splitlines()
+    return f"the model server did not start: {why[-1] if why else exc}"[:1024]
 
 
 def _warehouse_sink(env: RolloutEnv) -> Callable[[Any], Any] | None:

@@ -20,6 +20,7 @@ from cambrian.operator.local_driver import LocalDriver
 from cambrian.operator.localstore import LocalStore, load_manifests
 from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform, stop_leftovers
 from cambrian.operator.reconcile.actions import Owner, UpdateChampion
+from cambrian.testing.waiting import poll
 
 pytestmark = pytest.mark.slow  # a real model trained once, real model servers
 
@@ -85,15 +86,30 @@ def test_switching_the_local_champion_starts_the_new_server_before_the_old_one_s
     shutil.copytree(real_bundle, a)
     shutil.copytree(real_bundle, b)
     p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH)
+
+    def started(revision: str):  # the driver's passes: look until the server answers (or is reported blocked)
+        poll(f"the champion server of {revision}", lambda: (p.champion_serving(owner, {}).ready
+                                                          or p.champion_serving(owner, {}).blocked), 90)
+        return p.champion_serving(owner, {})
+
     try:
         assert p.champion_serving(owner, {}) is None
         p.update_champion(UpdateChampion(owner, "feed-champion", "baseline", f"file://{a}", None, None, "r1", {}))
+        # it returns at once: the server starts while the driver goes on, and its clock waits (busy)
+        seen = p.champion_serving(owner, {})
+        assert (seen.revision, seen.ready) == ("r1", False) and p.busy()
+        assert not (root / "champions" / "feed.json").exists()  # nothing to publish before it answers
         first = p.champions["feed"].proc
-        assert p.champion_serving(owner, {}).revision == "r1" and p.champion_serving(owner, {}).ready
+        assert started("r1").ready and not p.busy()
         p.update_champion(UpdateChampion(owner, "feed-champion", "baseline", f"file://{a}", None, None, "r1", {}))
         assert p.champions["feed"].proc is first  # idempotent: the same revision starts nothing
+        old_url = json.loads((root / "champions" / "feed.json").read_text())["url"]
 
         p.update_champion(UpdateChampion(owner, "feed-champion", "h1", f"file://{b}", "h1", "ro-1", "r2", {}))
+        # while the new one starts, production is the old one: still published, still answering
+        assert json.loads((root / "champions" / "feed.json").read_text())["revision"] == "r1"
+        assert rank(old_url)["arm"] == "champion" and first.proc.poll() is None
+        assert started("r2").ready
         published = json.loads((root / "champions" / "feed.json").read_text())
         assert published["bundle"] == f"file://{b}" and published["name"] == "h1" and published["revision"] == "r2"
         assert rank(published["url"])["arm"] == "champion"
@@ -106,6 +122,18 @@ def test_switching_the_local_champion_starts_the_new_server_before_the_old_one_s
                                          "r3", {}))
         seen = p.champion_serving(owner, {})
         assert seen.revision == "r3" and not seen.ready and "holds no bundle.json" in seen.blocked
+        assert json.loads((root / "champions" / "feed.json").read_text())["revision"] == "r2"
+        assert rank(published["url"])["arm"] == "champion"
+
+        # a server that starts and dies (a bundle whose model cannot load): reported, production untouched
+        broken = tmp_path / "broken"
+        shutil.copytree(real_bundle, broken)
+        for f in broken.iterdir():
+            if f.name != "bundle.json":
+                f.unlink() if f.is_file() else shutil.rmtree(f)
+        p.update_champion(UpdateChampion(owner, "feed-champion", "h3", f"file://{broken}", "h3", "ro-3", "r4", {}))
+        seen = started("r4")
+        assert not seen.ready and "did not start" in seen.blocked and not p.busy()
         assert json.loads((root / "champions" / "feed.json").read_text())["revision"] == "r2"
         assert rank(published["url"])["arm"] == "champion"
     finally:
