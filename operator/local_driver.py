@@ -32,6 +32,7 @@ from cambrian.operator.api import duration_seconds
 from cambrian.operator.localstore import NAMESPACE, LocalStore, write_atomic
 from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform, clock_day, day_start
 from cambrian.operator.reconcile.actions import CreateRollout
+from cambrian.operator.reconcile import hypothesis as H
 
 log = logging.getLogger("cambrian.local")
 
@@ -341,7 +342,7 @@ def _between_tests(hyp: dict[str, Any]) -> bool:
     launch overtook its rollout) waits on its Evolution applying the decision (hypothesis.py)."""
     st = hyp.get("status") or {}
     return st.get("phase") == "Live" and any(
-        c.get("type") == "Live" and c.get("reason") in ("AwaitingLaunch", "AwaitingDecision")
+        c.get("type") == "Live" and c.get("reason") in (H.AWAITING_LAUNCH, H.AWAITING_DECISION)
         for c in st.get("conditions") or [])
 
 

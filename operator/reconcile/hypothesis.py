@@ -35,6 +35,8 @@ from cambrian.stats.noise import confirmation_seeds
 # A trained Hypothesis whose judgement waits on the Evolution (no event of its own will come).
 WAITING_FOR_BASELINE = "WaitingForBaseline"
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
+# condition Live's reasons while its concluded rollout waits for the Evolution's decision (launched, final, or overtaken)
+AWAITING_LAUNCH, AWAITING_DECISION = "AwaitingLaunch", "AwaitingDecision"
 POLL_SECONDS = 30.0
 # requeue_after of an admission (reconcile's admit_first): step again at once, from the persisted Validated
 ADMITTED = 0.0
@@ -213,7 +215,7 @@ def reconcile(
         elif rollout.concluded:
             promoted = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
             if ctx.decided is not None and rollout.name not in ctx.decided:  # launched, superseded or final: it says
-                cond("Live", True, "AwaitingLaunch" if promoted else "AwaitingDecision",
+                cond("Live", True, AWAITING_LAUNCH if promoted else AWAITING_DECISION,
                      f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
                      f"{rollout.name} concluded; its Evolution applies the decision next")
                 return Result(actions, st, requeue_after=POLL_SECONDS)

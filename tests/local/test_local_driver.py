@@ -914,3 +914,23 @@ def test_a_launch_makes_the_driver_wait_for_the_next_review(tmp_path, monkeypatc
     monkeypatch.setattr(loop, "step", step_to({"counters": {"reviews": 3}, "champion": {"bundle": "b/new"}}))
     driver._reconcile("Evolution", evo)
     assert driver._quiet_review["evo"] is None
+
+
+def test_a_hypothesis_whose_rollout_concluded_keeps_its_evolution_busy_until_it_moves_on(tmp_path):
+    """Its next phase (Launched, Retired, or Scored again to be tested against a new champion) waits on the
+    Evolution applying the decision: the run is not over while it waits, and is once it has moved on."""
+    from cambrian.operator.reconcile import hypothesis as H
+
+    driver = LocalDriver(tmp_path, workers=1, warm=False)
+    evo = {"metadata": {"name": "evo"}, "status": {"phase": "BudgetExhausted", "champion": {"bundle": "b"},
+                                                   "nextReviewAt": "2100-01-01T00:00:00Z"}}
+    ref = {"evolutionRef": {"name": "evo"}}
+
+    def hyp(phase, reason=None):
+        conditions = [{"type": "Live", "status": "True", "reason": reason}] if reason else []
+        return {"metadata": {"name": "h"}, "spec": ref, "status": {"phase": phase, "conditions": conditions}}
+
+    for reason in (H.AWAITING_LAUNCH, H.AWAITING_DECISION):
+        assert driver.evolutions_busy([evo], [hyp("Live", reason)])
+    assert not driver.evolutions_busy([evo], [hyp("Live", "InRollout")])  # its rollout is live: finished() waits
+    assert not driver.evolutions_busy([evo], [hyp("Retired")])
