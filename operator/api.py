@@ -844,10 +844,11 @@ class EvolutionStatus(_Status):
     )
     superseded: list[str] = Field(
         default_factory=list, max_length=256,
-        description="rollouts a launch overtook: promoted over a control that was no longer the champion when the "
-                    "decision was applied (another rollout's winner was launched first; not launched), or ended when "
-                    "their control was replaced. Their hypotheses go back to the online review, to be tested "
-                    "against the new champion")
+        description="rollouts that decided nothing about their treatment: promoted over a control that was no "
+                    "longer the champion when the decision was applied (another rollout's winner was launched first; "
+                    "not launched), or ended by the Evolution before their own analysis decided (a launch replaced "
+                    "their control, or the online agent ranked other hypotheses above theirs). Their hypotheses go "
+                    "back to the online review, to be tested against the current champion")
     baseline_metrics: dict[str, "ProxyMetric"] = Field(
         default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
                                           "mean and seed-to-seed std, the reference of the noise floor")
@@ -1088,8 +1089,8 @@ class HypothesisStatus(_Status):
     observed_generation: int | None = Field(None, description="the metadata.generation this status reflects")
     phase: HypothesisPhase | None = Field(
         None, description="Proposed, Validated, Training, Scored, Live, then Launched or Retired (Scored again "
-                          "when a launch overtook its Rollout: tested again against the new champion); or Failed "
-                          "or Rejected, with the reason")
+                          "when its Rollout decided nothing about it: a launch replaced the Rollout's control, or the "
+                          "Evolution ended it); or Failed or Rejected, with the reason")
     reason: str | None = Field(None, max_length=8192, description="why the phase is what it is (e.g. the failure)")
     failure_stage: str | None = Field(
         None, description="where it failed: static (the delta does not apply), training, metrics, or the stage the "

@@ -183,7 +183,8 @@ def reconcile(
     # it is launched only while that control is still the champion. Rollouts concluded together apply the largest
     # north-star effect first, so of two winners against one champion the better one is launched and the other,
     # never compared with it, is not: superseded, its Hypothesis goes back to the review, to be tested against the
-    # new champion.
+    # new champion. So does the treatment of a rollout its Evolution ended before it decided (a launch replaced its
+    # control, or the online agent ranked others above it): that ending says nothing against it.
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
     north_star = spec.objective.north_star[0].name
@@ -205,8 +206,8 @@ def reconcile(
                                        bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
                 launched_now = ro
-        elif ro.retired and ro.control_bundle is not None and ro.control_bundle != st.champion.bundle:
-            st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]  # ended by a launch (step 3a), undecided
+        elif ro.retired:  # ended undecided by its Evolution (step 3a, or the online agent's re-ranking in step 5)
+            st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
     # 3a. A launch ends the live rollouts still measuring against the champion it replaced: their control arms keep
     # users on a model that is no longer production, and a promotion there would be superseded. Superseded too,

@@ -1,6 +1,7 @@
 """Hypothesis lifecycle, pure: Proposed -> Validated -> Training -> Scored -> Live -> Launched | Retired,
-or Failed / Rejected with a reason. Live -> Scored when a launch overtook its rollout (the rollout's control
-stopped being the champion): the online review tests it again, against the current champion.
+or Failed / Rejected with a reason. Live -> Scored when its rollout decided nothing about it (a launch replaced
+the rollout's control, or its Evolution ended the rollout): the online review may test it again, against the
+current champion.
 
 Scoring against the noise floor (noise.py, stats/noise.py): the first run's gain over the champion is
 judged; a promising one stays in Training while spec.noise.confirmSeeds more seeds train (in parallel),
@@ -64,8 +65,8 @@ class EvolutionContext:
     evaluations_left: int | None = None
     peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
     # rollouts whose decision the Evolution applied (None: not known, a concluded rollout's decision is final at
-    # once), and those a launch overtook (a promotion over a control no longer the champion, or a rollout ended by
-    # the launch: evolution.py steps 3 and 3a): their hypotheses go back to Scored, to be tested again
+    # once), and those that decided nothing about their treatment (a promotion over a control no longer the
+    # champion, or a rollout the Evolution ended: evolution.py step 3): their hypotheses go back to Scored
     decided: frozenset[str] | None = None
     superseded: frozenset[str] = frozenset()
 
@@ -219,9 +220,11 @@ def reconcile(
                      f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
                      f"{rollout.name} concluded; its Evolution applies the decision next")
                 return Result(actions, st, requeue_after=POLL_SECONDS)
-            if rollout.name in ctx.superseded:  # a launch overtook the test: test it again against the new champion
-                why = (f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the "
-                       f"champion: back to the online review, to be tested against the current champion")
+            if rollout.name in ctx.superseded:  # its test decided nothing about it: test it again
+                why = (f"rollout {rollout.name} was ended by its Evolution before it decided ({rollout.retired})"
+                       if rollout.retired else
+                       f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the "
+                       f"champion") + ": back to the online review, to be tested against the current champion"
                 st.rollout, st.online = None, None
                 move("Scored", why)
                 cond("Live", False, "Superseded", why)

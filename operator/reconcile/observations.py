@@ -111,7 +111,7 @@ class RolloutView:
     effects: tuple[dict[str, Any], ...] = ()
     arms: tuple[tuple[str, str], ...] = ()  # (treatment hypothesis, its arm's name)
     control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
-    retired: bool = False  # its Evolution ended it (status.retired), not its own decision
+    retired: str | None = None  # why its Evolution ended it (status.retired), when that, not a decision, ended it
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)

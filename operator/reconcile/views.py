@@ -71,7 +71,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
         arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
         control_bundle=(spec.get("control") or {}).get("bundle"),
-        retired=bool(status.get("retired")),
+        retired=status.get("retired") or None,
     )
 
 

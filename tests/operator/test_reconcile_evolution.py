@@ -268,8 +268,8 @@ def test_hypotheses_a_launch_overtook_are_tested_again_against_the_new_champion_
     # ro-e ends as retired (undecided): superseded when its Evolution applies that; one whose readout decided
     # first (a guardrail at the same instant) is its own decision, final
     up = served(next(a for a in r3.actions if isinstance(a, UpdateChampion)))
-    ended = replace(ro_e, phase="RolledBack", decision="rollback", retired=True)
-    decided = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, replace(ended, retired=False)], now=T0 + timedelta(days=2, minutes=1),
+    ended = replace(ro_e, phase="RolledBack", decision="rollback", retired="its control is no longer the champion")
+    decided = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, replace(ended, retired=None)], now=T0 + timedelta(days=2, minutes=1),
                   serving=up)
     assert decided.status.superseded == [ro_b.name]
     r3 = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, ended], now=T0 + timedelta(days=2, minutes=1), serving=up)
@@ -326,6 +326,18 @@ def test_online_agent_selection_starts_its_choice_and_retires_dropouts():
     # the agent keeps o1: nothing changes (no free slot), and a choice outside the scored pool is ignored
     r4 = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), due, top_k=TopK(start=("o9",), retire=()))
     assert not [a for a in r4.actions if isinstance(a, (RetireRollout, CreateRollout))]
+    # leaving the top K is no verdict on o1: once its rollout ends (undecided) it goes back to the review, and
+    # gets a second rollout when the agent chooses it and a slot is free
+    ended = RolloutView("ro-o1", "RolledBack", ("o1",), "rollback", retired="o1 left the top 1")
+    o2_live = RolloutView(E.rollout_name(META, "o2"), "Running", ("o2",))
+    r5 = E.reconcile(META, sp, r3.status, [hv("o1", "optimizer", 0.45, phase="Live"), hv("o2", "optimizer", 0.40,
+                     phase="Live")], [ended, o2_live], None, Spend(), due + timedelta(minutes=1))
+    assert r5.status.superseded == ["ro-o1"]
+    o2_done = RolloutView(o2_live.name, "Inconclusive", ("o2",), "inconclusive")
+    back = [hv("o1", "optimizer", 0.45), hv("o2", "optimizer", 0.40, phase="Retired")]
+    r6 = E.reconcile(META, sp, r5.status, back, [ended, o2_done], None, Spend(), r5.status.next_review_at,
+                     top_k=TopK(start=("o1",), retire=()))
+    assert [a.name for a in r6.actions if isinstance(a, CreateRollout)] == [E.rollout_name(META, "o1", 2)]
 
 
 def test_wakeup_carries_the_spec_and_the_champion_config_for_the_proposer():

@@ -426,16 +426,18 @@ def test_a_promoted_winner_waits_for_its_evolution_to_launch_it_or_to_send_it_ba
     assert run(spec, again.status, rollout=lost, c=c2).status.phase == "Retired"
 
 
-def test_a_rollout_ended_by_a_launch_sends_its_hypothesis_back_and_other_endings_are_final():
+def test_a_rollout_its_evolution_ended_sends_its_hypothesis_back_and_other_endings_are_final():
     spec, st = scored()
     st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
     ended = RolloutView("ro-1", "RolledBack", (META.name,), "rollback", None, None,
-                        "retired by its Evolution: its control is no longer the champion")
+                        "retired by its Evolution: its control is no longer the champion",
+                        retired="its control is no longer the champion")
     waiting = run(spec, st, rollout=ended, c=ctx(decided=frozenset()))
     assert waiting.status.phase == "Live"
     assert next(c for c in waiting.status.conditions if c.type == "Live").reason == "AwaitingDecision"
     back = run(spec, waiting.status, rollout=ended, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
-    assert back.status.phase == "Scored"
+    assert back.status.phase == "Scored" and back.status.reason.startswith(
+        "rollout ro-1 was ended by its Evolution before it decided (its control is no longer the champion)")
     assert [a.warning for a in back.actions if isinstance(a, RecordJournal) and a.event == "BackToReview"] == [False]
     # the same ending for any other reason (the online agent dropped it, a guardrail) is final
     final = run(spec, waiting.status, rollout=ended, c=ctx(decided=frozenset({"ro-1"})))
