@@ -38,6 +38,7 @@ WAITING_FOR_BASELINE = "WaitingForBaseline"
 TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
 # condition Live's reasons while its concluded rollout waits for the Evolution's decision (launched, final, or overtaken)
 AWAITING_LAUNCH, AWAITING_DECISION = "AwaitingLaunch", "AwaitingDecision"
+SUPERSEDED = "Superseded"  # condition Live's reason once back in Scored: its rollout decided nothing about it
 POLL_SECONDS = 30.0
 # requeue_after of an admission (reconcile's admit_first): step again at once, from the persisted Validated
 ADMITTED = 0.0
@@ -227,7 +228,7 @@ def reconcile(
                        f"champion") + ": back to the online review, to be tested against the current champion"
                 st.rollout, st.online = None, None
                 move("Scored", why)
-                cond("Live", False, "Superseded", why)
+                cond("Live", False, SUPERSEDED, why)
                 journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
                 return Result(actions, st)
             st.online = OnlineResult(

@@ -82,6 +82,8 @@ def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
      "online: inconclusive"),
     ({"phase": "Scored", "verdict": "not_better", "gain": -0.01, "noiseFloor": 0.002}, "offline gate"),
     ({"phase": "Scored", "verdict": "better"}, "offline better, not selected"),
+    ({"phase": "Scored", "verdict": "better", "reason": "rollout r was ended by its Evolution before it decided",
+      "conditions": [{"type": "Live", "status": "False", "reason": "Superseded"}]}, "online: undecided"),
     ({"phase": "Validated"}, "offline gate: verdict None"),
     ({"phase": "Scored", "verdict": "promising"}, "offline: promising, not confirmed"),
     ({"phase": "Failed", "reason": "gate"}, "failed"),
