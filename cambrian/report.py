@@ -359,8 +359,8 @@ def weight_steps(ro: Rollout) -> list[tuple[Any, dict[str, int]]]:
 
 def online_outcomes(run: Run) -> dict[str, str]:
     """Hypothesis id -> what its latest arm's rollout made of it: promoted, rolled back, inconclusive or live; a
-    test a launch overtook (a promotion over a replaced champion, or a rollout ended by the launch: evolution.py
-    steps 3 and 3a) is superseded while its hypothesis waits, Scored, for its next test (a Retired winner: an
+    test that decided nothing about it (a promotion over a replaced champion, or a rollout its Evolution ended:
+    evolution.py step 3) is superseded while its hypothesis waits, Scored, for its next test (a Retired winner: an
     Evolution from before hypotheses were tested again)."""
     out = {}
     hs = run.by_id()

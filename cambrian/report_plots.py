@@ -18,7 +18,7 @@ _EXTRA = ["#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 OUTCOME_MARKERS = {  # outcome -> (marker, label)
     "launched": ("*", "launched"), "live": ("D", "live (in a rollout)"), "promoted": ("*", "promoted online"),
     "rolled back": ("v", "rolled back online"), "inconclusive": ("d", "inconclusive online"),
-    "retired": ("p", "retired after a rollout"), "superseded": ("p", "overtaken by a launch (superseded)"),
+    "retired": ("p", "retired after a rollout"), "superseded": ("p", "online test ended undecided (superseded)"),
     "better": ("P", "better (confirmed)"), "promising": ("^", "promising (1 seed)"),
     "not better": ("o", "not better"), "scored": ("o", "scored"), "failed": ("X", "failed"),
     "rejected": ("s", "rejected"), "proposed": ("h", "in progress (not scored yet)"),
