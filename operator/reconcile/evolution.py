@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from datetime import datetime
 from typing import Sequence
 
@@ -60,7 +61,7 @@ def baseline_job_name(meta: Meta) -> str:
 
 
 def rollout_name(meta: Meta, hypothesis: str, test: int = 1) -> str:
-    """The rollout of a hypothesis's `test`-th online test (a later one follows a launch that overtook it)."""
+    """The rollout of a hypothesis's `test`-th online test (a later one follows a test that decided nothing)."""
     return child_name(meta.name, meta.uid, f"ro-{hypothesis}" if test == 1 else f"ro-{hypothesis}-t{test}")
 
 
@@ -271,13 +272,13 @@ def reconcile(
 
     # 5. Online review: start rollouts for the best scored hypotheses, up to top-K live.
     live = [r for r in rollouts if not r.concluded and r.name not in stale]
-    # a hypothesis is tested once, again only when a launch overtook its test (st.superseded: it is Scored again)
-    overtaken = set(st.superseded)
-    in_rollout = {h for r in rollouts if r.name not in overtaken for h in r.hypotheses}
-    tests = {h: sum(h in r.hypotheses for r in rollouts) for h in {h for r in rollouts for h in r.hypotheses}}
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
+        # a hypothesis is tested once, again only when its test decided nothing about it (st.superseded)
+        undecided = set(st.superseded)
+        in_rollout = {h for r in rollouts if r.name not in undecided for h in r.hypotheses}
+        tests = Counter(h for r in rollouts for h in r.hypotheses)  # its next rollout's number
         pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
                 and h.bundle_uri]
         if top_k is not None:
@@ -297,7 +298,7 @@ def reconcile(
         chosen = CH.gate_rollouts(st, chosen, lambda h: h.bundle_uri, now, meta.generation, journal)
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
-            name = rollout_name(meta, h.name, tests.get(h.name, 0) + 1)
+            name = rollout_name(meta, h.name, tests[h.name] + 1)
             annotations, guess = (), ""
             predicted = top_k.predicted(h.name) if top_k is not None else None
             if predicted is not None:  # the surrogate ranked it: what it expects travels with the rollout

@@ -199,24 +199,19 @@ def reconcile(
     # already due: the data is in, and what it decides is the rollout's own decision, whichever order a platform
     # steps a rollout and its Evolution in (a launch retires the rollouts of its champion's other challengers).
     retiring = obs.approval == "rollback" and bool(obs.retired)
-    read = False
-    if retiring and readout_due(status, now):
-        read, outcome = True, _readout(spec, st, obs, now, cond, journal)
+    by_hand = ((obs.approval == "rollback" and not retiring)
+               or (obs.approval == "promote" and st.phase == "AwaitingApproval"))
+    if not by_hand and readout_due(status, now):
+        outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)
             return finish()
-    if obs.approval == "rollback" or (obs.approval == "promote" and st.phase == "AwaitingApproval"):
+    if by_hand or retiring:
         st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
                      f"{obs.approval} approved by annotation cambrian.dev/approve")
         st.retired = obs.retired if retiring else None
         _conclude(spec, st, obs.approval, now, journal)
         return finish()
-
-    if not read and readout_due(status, now):
-        outcome = _readout(spec, st, obs, now, cond, journal)
-        if outcome is not None:
-            _conclude(spec, st, outcome, now, journal)
-            return finish()
 
     # Ramp and time limit (only while no decision is pending).
     if st.phase == "Running":
