@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cambrian.bench.fidelity import DEFAULT_WORLD, TRAP, bench_world, online_effects
-from cambrian.operator.reconcile.hypothesis import SUPERSEDED
+from cambrian.operator.reconcile.hypothesis import SUPERSEDED, UNDECIDED
 
 SEEDS = (0, 1, 2, 3, 4)
 TRAP_NAME = "human-clickbait-trap"
@@ -168,7 +168,10 @@ def trap_stop(h: dict[str, Any]) -> str:
                 "the evaluation budget was spent before its confirmation seeds)")
     if verdict != "better":
         return f"offline gate: verdict {verdict} (gain {st.get('gain')}, noise floor {st.get('noiseFloor')})"
-    if any(c.get("type") == "Live" and c.get("reason") == SUPERSEDED for c in st.get("conditions") or []):
+    live = {c.get("reason") for c in st.get("conditions") or [] if c.get("type") == "Live"}
+    if UNDECIDED in live:
+        return f"online: undecided in {len(st.get('undecidedTests') or [])} tests, retired ({(st.get('reason') or '')[:160]})"
+    if SUPERSEDED in live:
         return f"online: undecided, not tested again before the run ended ({(st.get('reason') or '')[:160]})"
     return "offline better, not selected for a Rollout"
 

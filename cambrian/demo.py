@@ -133,6 +133,15 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
     return str(world)
 
 
+def decision_applied(evolution_status: dict[str, Any], rollout: dict[str, Any]) -> bool:
+    """Its Evolution applied the Rollout's decision: the name is still in status.handledDecisions, or (once the
+    next reconcile marked the Rollout and forgot the name) the Rollout carries the mark (evolution.py step 3)."""
+    from cambrian.operator.reconcile.actions import A_APPLIED
+
+    return (rollout["metadata"]["name"] in (evolution_status.get("handledDecisions") or ())
+            or A_APPLIED in ((rollout["metadata"].get("annotations") or {})))
+
+
 def rollouts_settled(driver) -> str | None:
     """The demo's end: its budget is spent, every Rollout it started has concluded and been applied by the
     Evolution (a champion launched or not), and the review after the last of them started nothing (a launch
@@ -143,8 +152,7 @@ def rollouts_settled(driver) -> str | None:
     rollouts = driver.store.list("rollouts")
     if st.get("phase") != "BudgetExhausted" or not rollouts:
         return None
-    handled = set(st.get("handledDecisions") or [])
-    if not all(r["metadata"]["name"] in handled for r in rollouts):
+    if not all(decision_applied(st, r) for r in rollouts):
         return None
     if driver.evolutions_busy([evo], driver.store.list("hypotheses")):
         return None

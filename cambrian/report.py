@@ -360,8 +360,9 @@ def weight_steps(ro: Rollout) -> list[tuple[Any, dict[str, int]]]:
 def online_outcomes(run: Run) -> dict[str, str]:
     """Hypothesis id -> what its latest arm's rollout made of it: promoted, rolled back, inconclusive or live; a
     test that decided nothing about it (a promotion over a replaced champion, or a rollout its Evolution ended:
-    evolution.py step 3) is superseded while its hypothesis waits, Scored, for its next test (a Retired winner: an
-    Evolution from before hypotheses were tested again)."""
+    evolution.py step 3) is superseded while its hypothesis waits, Scored, for its next test, and when it was Retired
+    after spec.experiment.maxTests such tests (a Retired winner: an Evolution from before hypotheses were tested
+    again)."""
     out = {}
     hs = run.by_id()
     for ro in run.rollouts:  # concluded first, in order: a later test's outcome replaces an earlier one's
@@ -370,8 +371,8 @@ def online_outcomes(run: Run) -> dict[str, str]:
             phase = hs[hid].phase if hid in hs else None
             if r is None:
                 out[hid] = "live"
-            elif phase == "Scored":
-                out[hid] = "superseded"
+            elif phase == "Scored" or (phase == "Retired" and not hs[hid].online.get("decision")):
+                out[hid] = "superseded"  # waiting for its next test, or Retired after maxTests undecided ones
             elif arm in (r.get("rolled_back") or {}) or r.get("outcome") == "rollback":
                 out[hid] = "rolled back"
             elif r.get("outcome") == "promote":

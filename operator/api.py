@@ -840,7 +840,9 @@ class EvolutionStatus(_Status):
     next_review_at: datetime | None = Field(None, description="when the online agent reviews the scored hypotheses next")
     live_rollouts: list[str] = Field(default_factory=list, max_length=64, description="the loop's rollouts running now")
     handled_decisions: list[str] = Field(
-        default_factory=list, max_length=256, description="rollouts whose decision has been applied"
+        default_factory=list, max_length=256,
+        description="rollouts whose decision has been applied and that do not carry the mark yet (annotation "
+                    "cambrian.dev/decision-applied, written at the next reconcile; the name is forgotten once it is seen)"
     )
     superseded: list[str] = Field(
         default_factory=list, max_length=256,
@@ -848,7 +850,8 @@ class EvolutionStatus(_Status):
                     "longer the champion when the decision was applied (another rollout's winner was launched first; "
                     "not launched), or ended by the Evolution before their own analysis decided (a launch replaced "
                     "their control, or the online agent ranked other hypotheses above theirs). Their hypotheses go "
-                    "back to the online review, to be tested against the current champion")
+                    "back to the online review, to be tested against the current champion. Kept, like handledDecisions, until the "
+                    "Rollout is marked (cambrian.dev/decision-applied: superseded)")
     baseline_metrics: dict[str, "ProxyMetric"] = Field(
         default_factory=dict, description="the baseline's offline metrics over its spec.noise.baselineSeeds seeds: "
                                           "mean and seed-to-seed std, the reference of the noise floor")
@@ -865,7 +868,9 @@ class EvolutionStatus(_Status):
                     "(spec.agent.scheduling; the journal event PersonasScheduled says why)")
     repairs: list[str] = Field(
         default_factory=list, max_length=256,
-        description="failed hypotheses already sent back to the proposer with their error (each once)")
+        description="failed hypotheses sent back to the proposer with their error (each once) that do not carry "
+                    "the mark yet (annotation cambrian.dev/repair-asked, written at the next reconcile; the name is "
+                    "forgotten once it is seen)")
     conditions: list[Condition] = _CONDITIONS
 
 
@@ -1127,6 +1132,10 @@ class HypothesisStatus(_Status):
         None, description="better (the gain clears the noise floor over several seeds; only these are rolled out), "
                           "promising (on one seed), or not_better")
     rollout: str | None = Field(None, description="the Rollout it is or was live in")
+    undecided_tests: list[str] = Field(
+        default_factory=list, max_length=16, description="its Rollouts that decided nothing about it (a launch "
+        "replaced their control, or the Evolution ended them): it is tested again against the current champion, up "
+        "to the Evolution's spec.experiment.maxTests tests")
     online: OnlineResult | None = None
     conditions: list[Condition] = _CONDITIONS
 
@@ -1287,6 +1296,9 @@ class ExperimentTemplate(_Model):
                        description="traffic ramp of each rollout: two weights per step, control then treatment")
     readout: Readout = Field(default_factory=Readout, description="when the analysis reads Prometheus")
     statistics: Statistics = Field(default_factory=Statistics, description="settings of the analysis")
+    max_tests: int = Field(3, ge=1, le=16, description="online tests per hypothesis: one whose Rollout decided "
+                           "nothing about it (a launch replaced the control, or the Evolution ended it) is tested "
+                           "again against the current champion, until this many; then it is Retired, undecided")
 
     @model_validator(mode="after")
     def _two_arms(self) -> "ExperimentTemplate":

@@ -338,13 +338,18 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
     phase of `waiting` (Proposed, Validated: the Evolution's budget or baseline; Training is fed by
     its Job's and Pod's events, and at start by the initial listing, except once trained and waiting
     for the baseline's noise floor or for its turn to be confirmed), Live (its Rollout concludes or is deleted) or
-    Scored and named by a Rollout (-> Live). Finished ones (Scored outside any rollout, Launched,
+    Scored and named by a Rollout it has not counted as undecided (-> Live, or its decision). Finished ones (Scored
+    outside any such rollout, Launched,
     Retired, Failed, Rejected) are left alone: they cost nothing."""
     from cambrian.operator.reconcile.confirmation import WAITING as WAITING_FOR_TURN
     from cambrian.operator.reconcile.hypothesis import WAITING_FOR_BASELINE
     from cambrian.operator.reconcile.views import rollout_view
 
-    listed = {n for r in rollouts for n in rollout_view(r).hypotheses}
+    listed: dict[str, set[str]] = {}  # hypothesis -> the rollouts that name it
+    for r in rollouts:
+        view = rollout_view(r)
+        for n in view.hypotheses:
+            listed.setdefault(n, set()).add(view.name)
     waiting = set(waiting)
     out = []
     for h in hypotheses:
@@ -353,8 +358,8 @@ def sweep(hypotheses: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[st
         on_evolution = phase == "Training" and any(  # trained, its Job done: the baseline or its peers move it
             c.get("type") == "Training" and c.get("reason") in (WAITING_FOR_BASELINE, WAITING_FOR_TURN)
             for c in status.get("conditions") or ())
-        if (phase in waiting or phase == "Live" or on_evolution
-                or (phase == "Scored" and (h.get("metadata") or {}).get("name") in listed)):
+        pending = listed.get((h.get("metadata") or {}).get("name"), set()) - set(status.get("undecidedTests") or ())
+        if phase in waiting or phase == "Live" or on_evolution or (phase == "Scored" and pending):
             out.append(h)
     return out
 

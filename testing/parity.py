@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 EVOLUTION = "parity"
 BASELINE_LOSS = 0.5
@@ -267,10 +267,11 @@ def record(kind: str, obj: Mapping[str, Any]) -> tuple | None:
 # Final status fields compared between the platforms (times, GPU hours and review counts are the clock's, not
 # the loop's: wall time in the cluster, simulated time locally).
 SUMMARY = {
-    # (not lastDecision, and handledDecisions as a set: of two Rollouts concluding in the same review period, which
-    # one the cluster sees last depends on when each readout ran; the local driver concludes both at one instant)
-    "Evolution": ("phase", "reason", "champion", "baselineMetrics", "counters", "spend", "handledDecisions",
-                  "liveRollouts"),
+    # (not lastDecision: of two Rollouts concluding in the same review period, which one the cluster sees last
+    # depends on when each readout ran, the local driver concludes both at one instant; nor handledDecisions, which
+    # holds a decision only until its Rollout is marked applied: the champion and the Hypotheses' phases say
+    # what was decided)
+    "Evolution": ("phase", "reason", "champion", "baselineMetrics", "counters", "spend", "liveRollouts"),
     "Hypothesis": ("phase", "reason", "verdict", "gain", "noiseFloor", "offlineMetric", "offlineScore", "proxyMetrics",
                    "attempts", "confirmations", "confirmationRetries", "seedRuns", "failureStage", "bundleUri",
                    "online", "rollout"),
@@ -294,10 +295,20 @@ def summary(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     """The loop's part of an object's final status, normalized: what both platforms must agree on."""
     st = obj.get("status") or {}
     out = {k: _clean(st.get(k)) for k in SUMMARY[kind]}
-    if kind == "Evolution":
-        out["handledDecisions"] = sorted(out["handledDecisions"] or [])
     out["conditions"] = {c["type"]: [c.get("status"), c.get("reason")] for c in st.get("conditions") or []}
     return out
+
+
+def retirement_decided_elsewhere(kind: str, event: str, message: str, objects: Iterable[tuple[str, Mapping]]) -> bool:
+    """An Evolution's RolloutRetired entry for a Rollout that ended by its own readout (no status.retired): whether
+    the launch's reconcile saw that Rollout before or after its readout is the clock's (in the cluster a loaded
+    machine delays the readout; the local driver reads both out at one simulated instant). What the Rollout
+    decided, and so what became of its Hypothesis, is compared either way."""
+    if kind != "Evolution" or event != "RolloutRetired":
+        return False
+    own = {o["metadata"]["name"] for k, o in objects
+           if k == "Rollout" and not (o.get("status") or {}).get("retired")}
+    return any(message.startswith(f"rollout {name} ended") for name in own)
 
 
 def journal_entry(kind: str, name: str, event: str, message: str) -> tuple[str, str, str]:

@@ -31,6 +31,7 @@ from cambrian.operator.reconcile.actions import (
     CreateTrainingJob,
     DeleteArm,
     RetireRollout,
+    Mark,
     DeleteJob,
     DeployArm,
     Owner,
@@ -131,6 +132,9 @@ class Platform(Protocol):
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll a live Rollout back (every user to control, treatment arms removed); idempotent."""
 
+    def mark(self, action: Mark) -> None:
+        """Annotate a child with what its Evolution did with it (actions.Mark)."""
+
     def update_champion(self, action: UpdateChampion) -> None:
         """Create the Evolution's production model server for action.bundle, or switch it there with a
         rolling update (the old servers keep serving until new ones are ready); idempotent."""
@@ -174,6 +178,8 @@ def apply_actions(platform: Platform, actions: Iterable[Action]) -> None:
             platform.create_rollout(a)
         elif isinstance(a, RetireRollout):
             platform.retire_rollout(a)
+        elif isinstance(a, Mark):
+            platform.mark(a)
         elif isinstance(a, UpdateChampion):
             platform.update_champion(a)
         elif isinstance(a, RouteChampion):

@@ -39,6 +39,7 @@ from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, 
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
+    Mark,
     ClearWeights,
     CreateRollout,
     CreateTrainingJob,
@@ -1212,13 +1213,22 @@ class KubernetesPlatform:
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user
         to control and deletes the treatment arms itself (the operator never needs to delete Rollouts)."""
+        self._annotate(action.owner, "Rollout", action.name, {"cambrian.dev/approve": "rollback",
+                                                                A_RETIRED: action.reason[:1024] or "left the top K"})
+
+    def mark(self, action: Mark) -> None:
+        self._annotate(action.owner, action.kind, action.name, {action.annotation: action.value})
+
+    def _annotate(self, owner: Owner, kind: str, name: str, annotations: dict[str, str]) -> None:
+        """Merge `annotations` into an Evolution's child; one deleted since is left alone."""
         from kubernetes.client.rest import ApiException
 
-        body = {"metadata": {"annotations": {"cambrian.dev/approve": "rollback",
-                                             A_RETIRED: action.reason[:1024] or "left the top K"}}}
+        from cambrian.operator.loop import PLURALS
+
+        body = {"metadata": {"annotations": annotations}}
         try:
-            self.custom.patch_namespaced_custom_object(GROUP, VERSION, action.owner.namespace or "default", "rollouts",
-                                                       action.name, body)
+            self.custom.patch_namespaced_custom_object(GROUP, VERSION, owner.namespace or "default", PLURALS[kind],
+                                                       name, body)
         except ApiException as exc:
             if exc.status != 404:
                 raise

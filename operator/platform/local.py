@@ -48,6 +48,7 @@ from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
+    Mark,
     ClearWeights,
     CreateRollout,
     CreateTrainingJob,
@@ -594,6 +595,9 @@ class LocalPlatform:
     def retire_rollout(self, action: RetireRollout) -> None:
         self.store.annotate("Rollout", action.name, {"cambrian.dev/approve": "rollback",
                                                      A_RETIRED: action.reason[:1024] or "left the top K"})
+
+    def mark(self, action: Mark) -> None:
+        self.store.annotate(action.kind, action.name, {action.annotation: action.value})
 
     def update_champion(self, action: UpdateChampion) -> None:
         """Start a model server on the champion's bundle and return: like a Deployment's rolling update, the one in

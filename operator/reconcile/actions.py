@@ -117,6 +117,25 @@ class RetireRollout:
     reason: str = ""
 
 
+# What an Evolution did with a child, carried by the child for good (Mark), so that the Evolution's status only
+# remembers what is on its way: on a concluded Rollout, that its decision was applied and what it made of it
+# (APPLIED_*); on a failed Hypothesis, the wake-up that asked the proposer to repair it.
+A_APPLIED = "cambrian.dev/decision-applied"
+APPLIED_FINAL, APPLIED_SUPERSEDED = "final", "superseded"  # superseded: it decided nothing about its treatment
+A_REPAIR_ASKED = "cambrian.dev/repair-asked"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Annotate the Evolution's child `kind`/`name` with `annotation: value` (idempotent; a deleted child is left)."""
+
+    kind: str  # Rollout or Hypothesis
+    name: str
+    owner: Owner
+    annotation: str
+    value: str
+
+
 @dataclass(frozen=True)
 class ProposeHypotheses:
     """Wake the offline agent: it creates Hypothesis objects named `{name_prefix}-{i}` (i = 0..count-1),
@@ -195,6 +214,7 @@ Action = (
     | ClearWeights
     | CreateRollout
     | RetireRollout
+    | Mark
     | ProposeHypotheses
     | UpdateChampion
     | RouteChampion

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
+from collections import defaultdict
 from datetime import datetime
 from typing import Sequence
 
@@ -28,6 +28,10 @@ from cambrian.operator.api import (
     TreatmentArm,
 )
 from cambrian.operator.reconcile.actions import (
+    APPLIED_FINAL,
+    APPLIED_SUPERSEDED,
+    A_APPLIED,
+    Mark,
     CreateRollout,
     RetireRollout,
     Owner,
@@ -37,6 +41,7 @@ from cambrian.operator.reconcile.actions import (
 from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
+from cambrian.operator.reconcile import marks as M
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
 from cambrian.operator.reconcile import scheduling as S
@@ -186,11 +191,18 @@ def reconcile(
     # never compared with it, is not: superseded, its Hypothesis goes back to the review, to be tested against the
     # new champion. So does the treatment of a rollout its Evolution ended before it decided (a launch replaced its
     # control, or the online agent ranked others above it): that ending says nothing against it.
+    # What was applied is remembered in two steps (marks.py): the names in status (handledDecisions, superseded)
+    # until the next reconcile marks each Rollout, then the mark. So a Rollout applied long ago is never applied
+    # again (before, with more than 256 concluded ones, the oldest fell off the list and were applied again at
+    # every reconcile). The same for the repairs asked.
+    _acknowledge(owner, status, st, rollouts, actions)
+    repair_marks, st.repairs = R.acknowledge(owner, status.repairs, st.repairs, hypotheses, status.counters.wakeups)
+    actions.extend(repair_marks)
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
     north_star = spec.objective.north_star[0].name
     launched_now: RolloutView | None = None
-    for ro in sorted((r for r in rollouts if r.concluded and r.name not in st.handled_decisions),
+    for ro in sorted((r for r in rollouts if r.concluded and r.applied is None and r.name not in st.handled_decisions),
                      key=lambda r: (-_promoted_effect(r, north_star), r.name)):
         st.last_decision = LastDecision(rollout=ro.name, outcome=ro.decision or "inconclusive",  # type: ignore[arg-type]
                                         winner=ro.winner_hypothesis, reason=ro.reason or "", time=now)
@@ -200,7 +212,7 @@ def reconcile(
                        f"champion is now {st.champion.name} (launched by {st.champion.rollout or 'its Evolution'}), "
                        f"which it was never compared with: not launched")
                 st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
-                journal("PromotionSuperseded", why, warning=True)
+                journal("PromotionSuperseded", why, warning=True, rollout=ro.name)
             else:
                 new_config = trained_config(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
                 st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
@@ -275,12 +287,14 @@ def reconcile(
     if st.champion.bundle and st.phase != "Failed" and (st.next_review_at is None or now >= st.next_review_at):
         st.counters.reviews += 1
         st.next_review_at = after(now, spec.cadence.online)
-        # a hypothesis is tested once, again only when its test decided nothing about it (st.superseded)
-        undecided = set(st.superseded)
-        in_rollout = {h for r in rollouts if r.name not in undecided for h in r.hypotheses}
-        tests = Counter(h for r in rollouts for h in r.hypotheses)  # its next rollout's number
-        pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.name not in in_rollout
-                and h.bundle_uri]
+        # a hypothesis is tested once, again only when every test it had decided nothing about it (its own
+        # status.undecidedTests, kept by the Hypothesis when it went back to Scored)
+        tested: defaultdict[str, set[str]] = defaultdict(set)  # hypothesis -> its rollouts
+        for r in rollouts:
+            for name in r.hypotheses:
+                tested[name].add(r.name)
+        pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.bundle_uri
+                and tested[h.name] <= set(h.undecided_tests)]
         if top_k is not None:
             retire = set(top_k.retire)
             for ro in sorted(live, key=lambda r: r.name):
@@ -298,7 +312,7 @@ def reconcile(
         chosen = CH.gate_rollouts(st, chosen, lambda h: h.bundle_uri, now, meta.generation, journal)
         free = spec.top_k - len(live)
         for h in chosen[: max(0, free)]:
-            name = rollout_name(meta, h.name, tests[h.name] + 1)
+            name = rollout_name(meta, h.name, len(tested[h.name]) + 1)
             annotations, guess = (), ""
             predicted = top_k.predicted(h.name) if top_k is not None else None
             if predicted is not None:  # the surrogate ranked it: what it expects travels with the rollout
@@ -326,6 +340,17 @@ def reconcile(
     times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
     wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)
     return Result(actions, st, requeue_after=max(1.0, min(wait, POLL_SECONDS if st.champion.bundle is None else wait)))
+
+
+def _acknowledge(owner: Owner, persisted: EvolutionStatus, st: EvolutionStatus, rollouts: Sequence[RolloutView],
+                 actions: list) -> None:
+    """Mark the Rollouts whose decision the persisted status says was applied; forget those already marked."""
+    seen = {r.name: r.applied for r in rollouts if r.concluded}
+    for name in M.to_mark(persisted.handled_decisions, seen):
+        outcome = APPLIED_SUPERSEDED if name in persisted.superseded else APPLIED_FINAL
+        actions.append(Mark("Rollout", name, owner, A_APPLIED, outcome))
+    st.handled_decisions = M.forget_marked(st.handled_decisions, seen)
+    st.superseded = M.forget_marked(st.superseded, seen)
 
 
 def _promoted_effect(ro: RolloutView, north_star: str) -> float:

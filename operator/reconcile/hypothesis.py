@@ -27,7 +27,7 @@ from cambrian.operator.api import (EvolutionSpec, FirstLookStatus, HypothesisSpe
 from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
-from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, RecordJournal
+from cambrian.operator.reconcile.actions import APPLIED_SUPERSEDED, CreateTrainingJob, Owner, RecordJournal
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
@@ -39,6 +39,8 @@ TERMINAL = ("Launched", "Retired", "Failed", "Rejected")
 # condition Live's reasons while its concluded rollout waits for the Evolution's decision (launched, final, or overtaken)
 AWAITING_LAUNCH, AWAITING_DECISION = "AwaitingLaunch", "AwaitingDecision"
 SUPERSEDED = "Superseded"  # condition Live's reason once back in Scored: its rollout decided nothing about it
+UNDECIDED = "Undecided"  # condition Live's reason once Retired after spec.experiment.maxTests such rollouts
+MAX_TESTS = 16  # status.undecidedTests' length (spec.experiment.maxTests' bound)
 POLL_SECONDS = 30.0
 # requeue_after of an admission (reconcile's admit_first): step again at once, from the persisted Validated
 ADMITTED = 0.0
@@ -207,6 +209,10 @@ def reconcile(
             move("Live")
             cond("Live", True, "InRollout", f"serving in rollout {rollout.name}")
             journal("Live", f"serving as a treatment of rollout {rollout.name}")
+        elif rollout is not None and rollout.concluded and rollout.name not in st.undecided_tests:
+            # it concluded before this Hypothesis saw it live (a guardrail at the first readout, a human): the
+            # same decision applies as to a Live one
+            return _concluded(meta, st, ctx, rollout, actions, journal, move, cond)
         return Result(actions, st)
 
     if st.phase == "Live":
@@ -215,32 +221,50 @@ def reconcile(
             cond("Live", False, "RolloutDeleted", st.reason or "")
             journal("Retired", st.reason or "", warning=True)
         elif rollout.concluded:
-            promoted = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
-            if ctx.decided is not None and rollout.name not in ctx.decided:  # launched, superseded or final: it says
-                cond("Live", True, AWAITING_LAUNCH if promoted else AWAITING_DECISION,
-                     f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
-                     f"{rollout.name} concluded; its Evolution applies the decision next")
-                return Result(actions, st, requeue_after=POLL_SECONDS)
-            if rollout.name in ctx.superseded:  # its test decided nothing about it: test it again
-                why = (f"rollout {rollout.name} was ended by its Evolution before it decided ({rollout.retired})"
-                       if rollout.retired else
-                       f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the "
-                       f"champion") + ": back to the online review, to be tested against the current champion"
-                st.rollout, st.online = None, None
-                move("Scored", why)
-                cond("Live", False, SUPERSEDED, why)
-                journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
-                return Result(actions, st)
-            st.online = OnlineResult(
-                rollout=rollout.name,
-                arm=rollout.arm_of(meta.name),
-                decision=rollout.decision,  # type: ignore[arg-type]
-                reason=rollout.reason,
-                effects=[e for e in rollout.effects],  # type: ignore[misc]
-            )
-            move("Launched" if promoted else "Retired", rollout.reason)
-            cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
-            journal("Launched" if promoted else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
+            return _concluded(meta, st, ctx, rollout, actions, journal, move, cond)
+    return Result(actions, st)
+
+
+def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """Its rollout concluded: Launched or Retired by the rollout's decision once the Evolution applied it, or, when
+    that decision said nothing about it, back to Scored for another test (Retired, undecided, after
+    spec.experiment.maxTests of them)."""
+    promoted = rollout.phase == "Promoted" and rollout.winner_hypothesis == meta.name
+    applied = rollout.applied is not None  # the Evolution marked it (and then forgets the name: evolution.py step 3)
+    if ctx.decided is not None and rollout.name not in ctx.decided and not applied:  # launched, superseded or final
+        cond("Live", True, AWAITING_LAUNCH if promoted else AWAITING_DECISION,
+             f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
+             f"{rollout.name} concluded; its Evolution applies the decision next")
+        return Result(actions, st, requeue_after=POLL_SECONDS)
+    if rollout.name in ctx.superseded or rollout.applied == APPLIED_SUPERSEDED:  # it decided nothing about it: again
+        why = (f"rollout {rollout.name} was ended by its Evolution before it decided ({rollout.retired})"
+               if rollout.retired else
+               f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the champion")
+        st.undecided_tests = (st.undecided_tests + [rollout.name])[-MAX_TESTS:]
+        st.rollout, st.online = None, None
+        tests = len(st.undecided_tests)
+        if tests >= ctx.spec.experiment.max_tests:  # bounded: a ranking that flips at every rollout cannot loop
+            why += f"; {tests} online test(s) decided nothing (spec.experiment.maxTests {ctx.spec.experiment.max_tests})"
+            move("Retired", why)
+            cond("Live", False, UNDECIDED, why)
+            journal("Retired", why, warning=True, rollout=rollout.name, decision=rollout.decision)
+            return Result(actions, st)
+        why += ": back to the online review, to be tested against the current champion"
+        move("Scored", why)
+        cond("Live", False, SUPERSEDED, why)
+        journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
+        return Result(actions, st)
+    st.rollout = rollout.name
+    st.online = OnlineResult(
+        rollout=rollout.name,
+        arm=rollout.arm_of(meta.name),
+        decision=rollout.decision,  # type: ignore[arg-type]
+        reason=rollout.reason,
+        effects=[e for e in rollout.effects],  # type: ignore[misc]
+    )
+    move("Launched" if promoted else "Retired", rollout.reason)
+    cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
+    journal("Launched" if promoted else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
     return Result(actions, st)
 
 

@@ -112,6 +112,7 @@ class RolloutView:
     arms: tuple[tuple[str, str], ...] = ()  # (treatment hypothesis, its arm's name)
     control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
     retired: str | None = None  # why its Evolution ended it (status.retired), when that, not a decision, ended it
+    applied: str | None = None  # actions.A_APPLIED: its Evolution applied its decision (final or superseded)
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)
@@ -142,6 +143,8 @@ class HypothesisView:
     confirmations: int = 0  # confirmation seeds started (status.confirmations)
     wakeup: int | None = None  # spec.origin.wakeup: the Evolution's wake-up that proposed it (None: a human)
     baseline: dict[str, Any] | None = None  # status.baseline: the champion's Φ it was validated against (and trained)
+    undecided_tests: tuple[str, ...] = ()  # status.undecidedTests: its rollouts that decided nothing about it
+    repair_asked: str | None = None  # actions.A_REPAIR_ASKED: its Evolution asked the proposer to repair it
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
+from cambrian.operator.reconcile.actions import A_APPLIED, A_REPAIR_ASKED
 from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
 
 A_TOKENS = "cambrian.dev/tokens"
@@ -44,6 +45,8 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         evaluations=evaluations(status),
         confirmations=int(status.get("confirmations") or 0),
         wakeup=(spec.get("origin") or {}).get("wakeup"),
+        undecided_tests=tuple(status.get("undecidedTests") or ()),
+        repair_asked=(meta.get("annotations") or {}).get(A_REPAIR_ASKED) or None,
     )
 
 
@@ -72,6 +75,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
         control_bundle=(spec.get("control") or {}).get("bundle"),
         retired=status.get("retired") or None,
+        applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
     )
 
 

@@ -83,7 +83,9 @@ def test_recorded_wakeups_end_every_hypothesis_with_a_reason(tmp_path, tiny_worl
     (child,) = children
     assert child["spec"]["origin"]["repairOf"] == os_h["metadata"]["name"]
     assert child["status"]["phase"] == "Scored" and child["spec"]["delta"]["patch"]["name"] == "dcn"
-    assert set(st["repairs"]) >= {os_h["metadata"]["name"], net_h["metadata"]["name"]}
+    asked = set(st["repairs"]) | {n for n, h in hs.items()
+                                  if (h["metadata"].get("annotations") or {}).get("cambrian.dev/repair-asked")}
+    assert asked >= {os_h["metadata"]["name"], net_h["metadata"]["name"]}
     proposed = [e["message"] for e in events(tmp_path) if e["kind"] == "Evolution" and e["event"] == "Proposed"]
     assert any("outside the persona" in m for m in proposed), proposed
     # the valid proposals of wake-up 2 were trained and judged against the noise floor

@@ -84,6 +84,8 @@ def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
     ({"phase": "Scored", "verdict": "better"}, "offline better, not selected"),
     ({"phase": "Scored", "verdict": "better", "reason": "rollout r was ended by its Evolution before it decided",
       "conditions": [{"type": "Live", "status": "False", "reason": "Superseded"}]}, "online: undecided"),
+    ({"phase": "Retired", "verdict": "better", "undecidedTests": ["r1", "r2", "r3"],
+      "conditions": [{"type": "Live", "status": "False", "reason": "Undecided"}]}, "online: undecided in 3 tests"),
     ({"phase": "Validated"}, "offline gate: verdict None"),
     ({"phase": "Scored", "verdict": "promising"}, "offline: promising, not confirmed"),
     ({"phase": "Failed", "reason": "gate"}, "failed"),

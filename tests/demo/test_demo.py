@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from cambrian.demo import decision_applied
 from cambrian.operator.localstore import LocalStore
 
 # two demo runs (one killed) with an A/B rollout: minutes on a busy 2-core machine
@@ -66,7 +67,7 @@ def test_demo_drives_the_operator_core_and_writes_a_report(demo_run):
     assert summary["tested_online"] and set(summary["tested_online"]) <= set(summary["winners_offline"])  # only "better"
     for r in rollouts:  # each concluded and was applied by the Evolution
         assert r["status"]["phase"] in ("Promoted", "RolledBack", "Inconclusive")
-        assert r["metadata"]["name"] in st["handledDecisions"]
+        assert decision_applied(st, r)
         timeline = (out / "evolve" / "rollouts" / r["metadata"]["name"] / "timeline.jsonl").read_text()
         assert '"kind": "readout"' in timeline
     promoted = [r for r in rollouts if r["status"]["phase"] == "Promoted"]

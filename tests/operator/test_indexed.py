@@ -188,6 +188,11 @@ def test_the_sweep_leaves_finished_hypotheses_alone():
             h("picked", "Scored"), h("live", "Live"), h("won", "Launched"), h("bad", "Failed")]
     ro = {"metadata": {"name": "ro"}, "spec": {"treatments": [{"name": "t", "hypothesisRef": {"name": "picked"}}]}}
     assert [x["metadata"]["name"] for x in indexed.sweep(hyps, [ro], HD.SWEPT_PHASES)] == ["new", "val", "picked", "live"]
+    # back in Scored after a rollout that decided nothing about it: left alone until a new rollout names it
+    back = {"metadata": {"name": "picked"}, "status": {"phase": "Scored", "undecidedTests": ["ro"]}}
+    assert indexed.sweep([back], [ro], HD.SWEPT_PHASES) == []
+    ro2 = {"metadata": {"name": "ro-t2"}, "spec": ro["spec"]}
+    assert indexed.sweep([back], [ro, ro2], HD.SWEPT_PHASES) == [back]
 
 
 def test_the_sweep_steps_trained_hypotheses_that_wait_for_the_baseline():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-
+from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 from cambrian.operator import api
@@ -219,6 +220,42 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     assert r5.status.champion.name == "o4" and r5.status.superseded == ["ro-b", "ro-c"]
 
 
+def test_a_decision_is_applied_once_then_marked_on_its_rollout_and_forgotten_by_the_evolution():
+    # handledDecisions is bounded (256): before, an Evolution that had concluded more Rollouts than that applied
+    # the oldest again at every reconcile (a PromotionSuperseded warning each time, lastDecision pointing back)
+    from cambrian.operator.reconcile.actions import Mark
+
+    sp = spec(topK=1)
+    _, r2 = with_champion(sp)
+    effect = ({"arm": "t", "metric": "dau", "estimate": 0.1, "ciLow": 0.05, "ciHigh": 0.2, "relative": True},)
+    old = [RolloutView(f"ro-{i:03}", "Promoted", (f"h{i}",), "promote", f"h{i}", f"b/h{i}", "", effect,
+                       control_bundle="pvc://x/old-champion") for i in range(300)]
+    hyps = [hv(f"h{i}", "optimizer", 0.4, phase="Retired") for i in range(300)]
+    now, st, marks, applied = T0 + timedelta(days=2), r2.status, {}, Counter()
+    for batch in (old[:150], old[150:]):  # 300 in all, in two waves
+        for step in range(3):
+            seen = [replace(r, applied=marks.get(r.name)) for r in [*old[:len(marks)], *batch]]
+            r = run(sp, st, hyps, seen, now=now)
+            applied.update(a.data["rollout"] for a in r.actions if isinstance(a, RecordJournal) and a.event == "PromotionSuperseded")
+            acks = [a for a in r.actions if isinstance(a, Mark)]
+            # only what the persisted status applied is marked, as what it was
+            assert {a.name for a in acks} <= set(st.handled_decisions) and {a.value for a in acks} <= {"superseded"}
+            marks.update({a.name: a.value for a in acks})
+            st, now = r.status, now + timedelta(minutes=1)
+    assert set(marks) == {r.name for r in old} and set(applied) == {r.name for r in old}
+    assert max(applied.values()) == 1  # each decision applied once
+    assert st.handled_decisions == [] and st.superseded == []  # forgotten once marked
+    # a decision still on its way is acknowledged as what it was: a launch is final
+    marked = [replace(r, applied=marks[r.name]) for r in old]
+    fresh = RolloutView("ro-new", "Promoted", ("hn",), "promote", "hn", "b/hn", "", effect,
+                        control_bundle=st.champion.bundle)
+    launched = run(sp, st, [*hyps, hv("hn", "optimizer", 0.4, phase="Live")], [*marked, fresh], now=now)
+    assert launched.status.champion.name == "hn" and launched.status.handled_decisions == ["ro-new"]
+    after = run(sp, launched.status, [*hyps, hv("hn", "optimizer", 0.4, phase="Launched")], [*marked, fresh],
+                now=now + timedelta(minutes=1))
+    assert [(a.name, a.value) for a in after.actions if isinstance(a, Mark)] == [("ro-new", "final")]
+
+
 def test_a_winner_validated_against_an_earlier_champion_is_launched_with_the_phi_it_trained():
     # o2 was validated (and trained) on the baseline; o1 is launched meanwhile. o2 may still go online, against o1,
     # and when it wins there the champion's Φ is the baseline with o2's delta, the model that won, not o1's Φ with
@@ -246,8 +283,6 @@ def test_a_winner_validated_against_an_earlier_champion_is_launched_with_the_phi
 def test_hypotheses_a_launch_overtook_are_tested_again_against_the_new_champion_and_others_are_not():
     # o1 is launched; o2's promotion (over the baseline) is superseded and o5's live rollout ends. Back in Scored,
     # both get a second rollout whose control is o1; o3, whose rollout rolled back on its own, never does
-    from dataclasses import replace
-
     sp = spec(topK=3)
     _, r2 = with_champion(sp)
     effect = lambda est: ({"arm": "t", "metric": "dau", "estimate": est, "ciLow": est / 2, "ciHigh": est * 2,
@@ -274,11 +309,18 @@ def test_hypotheses_a_launch_overtook_are_tested_again_against_the_new_champion_
     assert decided.status.superseded == [ro_b.name]
     r3 = run(sp, r3.status, hyps, [ro_a, ro_b, ro_c, ended], now=T0 + timedelta(days=2, minutes=1), serving=up)
     assert r3.status.superseded == [ro_b.name, ro_e.name] and ro_e.name in r3.status.handled_decisions
-    back = [replace(hyps[0], phase="Launched"), replace(hyps[1], phase="Scored"), replace(hyps[2], phase="Scored"),
-            replace(hyps[3], phase="Scored")]  # o3 Scored too: only its rollout keeps it out
+    # back in Scored, each Hypothesis keeps the test that decided nothing about it (status.undecidedTests); o3
+    # Scored too, but its test decided: only that keeps it out
+    back = [replace(hyps[0], phase="Launched"), replace(hyps[1], phase="Scored", undecided_tests=(ro_b.name,)),
+            replace(hyps[2], phase="Scored"), replace(hyps[3], phase="Scored", undecided_tests=(ro_e.name,))]
     review = run(sp, r3.status, back, [ro_a, ro_b, ro_c, ended], now=r3.status.next_review_at, serving=up)
     starts = {a.hypothesis: a for a in review.actions if isinstance(a, CreateRollout)}
     assert set(starts) == {"o2", "o5"}
+    # what the Evolution remembers of superseded rollouts is bounded (the last 256): the Hypothesis's own record
+    # is what the review reads, so one that waited while that list moved on is still tested again
+    forgot = r3.status.model_copy(update={"superseded": []})
+    later = run(sp, forgot, back, [ro_a, ro_b, ro_c, ended], now=r3.status.next_review_at, serving=up)
+    assert {a.hypothesis for a in later.actions if isinstance(a, CreateRollout)} == {"o2", "o5"}
     assert {h: a.name for h, a in starts.items()} == {"o2": E.rollout_name(META, "o2", 2), "o5": E.rollout_name(META, "o5", 2)}
     assert E.rollout_name(META, "o2", 2) != ro_b.name
     assert all(api.RolloutSpec.model_validate(a.spec).control.bundle == "b/o1" for a in starts.values())
@@ -334,7 +376,7 @@ def test_online_agent_selection_starts_its_choice_and_retires_dropouts():
                      phase="Live")], [ended, o2_live], None, Spend(), due + timedelta(minutes=1))
     assert r5.status.superseded == ["ro-o1"]
     o2_done = RolloutView(o2_live.name, "Inconclusive", ("o2",), "inconclusive")
-    back = [hv("o1", "optimizer", 0.45), hv("o2", "optimizer", 0.40, phase="Retired")]
+    back = [replace(hv("o1", "optimizer", 0.45), undecided_tests=("ro-o1",)), hv("o2", "optimizer", 0.40, phase="Retired")]
     r6 = E.reconcile(META, sp, r5.status, back, [ended, o2_done], None, Spend(), r5.status.next_review_at,
                      top_k=TopK(start=("o1",), retire=()))
     assert [a.name for a in r6.actions if isinstance(a, CreateRollout)] == [E.rollout_name(META, "o1", 2)]
@@ -378,6 +420,46 @@ def test_failed_hypotheses_go_back_to_the_proposer_once():
     r4 = run(sp, r3.status, hyps, now=T0 + timedelta(minutes=15))
     (wake,) = [a for a in r4.actions if isinstance(a, ProposeHypotheses)]
     assert wake.repairs == ()  # asked once, even if the proposer had no fix
+    # the reconcile after a wake-up marks each asked Hypothesis, and the names are forgotten once the marks are
+    # seen: the list holds only what is on its way, and a marked failure is never asked again
+    from cambrian.operator.reconcile.actions import A_REPAIR_ASKED, Mark
+
+    marks = [a for a in r4.actions if isinstance(a, Mark)]
+    assert [(a.kind, a.name, a.annotation) for a in marks] == [("Hypothesis", "gate", A_REPAIR_ASKED),
+                                                             ("Hypothesis", "nan", A_REPAIR_ASKED)]
+    seen = [replace(h, repair_asked="2") if h.name in ("gate", "nan") else h for h in hyps]
+    r5 = run(sp, r4.status, seen, now=T0 + timedelta(minutes=16))
+    assert r5.status.repairs == [] and not [a for a in r5.actions if isinstance(a, Mark)]
+    r6 = run(sp, r5.status, seen, now=T0 + timedelta(hours=2))
+    (wake,) = [a for a in r6.actions if isinstance(a, ProposeHypotheses)]
+    assert wake.repairs == ()
+
+
+def test_more_failures_than_the_status_remembers_are_each_sent_for_repair_once():
+    # status.repairs is bounded (256): before the marks, the oldest names fell off it and were asked again
+    from collections import Counter as Count
+
+    from cambrian.operator.reconcile.actions import Mark
+
+    sp = spec(cadence={"offline": "1m", "online": "1d"})
+    _, st = with_champion(sp)
+    st = st.status
+    failed = {f"f{i:03}": None for i in range(300)}
+    asked: Count = Count()
+    now = T0 + timedelta(minutes=5)
+    for wave in (range(0, 200), range(200, 300)):  # failures arrive in two waves, 300 in all
+        for _ in range(4):
+            hyps = [HypothesisView(n, "Failed", "optimizer", failure_stage="training", wakeup=1, repair_asked=m)
+                    for i, (n, m) in enumerate(failed.items()) if i < wave.stop]
+            r = run(sp, st, hyps, now=now)
+            for a in r.actions:
+                if isinstance(a, ProposeHypotheses):
+                    asked.update(a.repairs)
+                elif isinstance(a, Mark):
+                    failed[a.name] = a.value
+            st, now = r.status, now + timedelta(minutes=30)
+    assert set(asked) == set(failed) and max(asked.values()) == 1
+    assert st.repairs == []
 
 
 def test_an_objective_metric_that_the_datas_declaration_does_not_define_is_an_invalid_spec():

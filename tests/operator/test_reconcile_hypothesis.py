@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -442,6 +443,60 @@ def test_a_rollout_its_evolution_ended_sends_its_hypothesis_back_and_other_endin
     # the same ending for any other reason (the online agent dropped it, a guardrail) is final
     final = run(spec, waiting.status, rollout=ended, c=ctx(decided=frozenset({"ro-1"})))
     assert final.status.phase == "Retired" and final.status.online.decision == "rollback"
+
+
+def test_a_hypothesis_keeps_its_undecided_tests_and_is_retired_undecided_after_max_tests():
+    # each test that decided nothing is recorded on the Hypothesis itself (the review reads that, not the
+    # Evolution's bounded list); after spec.experiment.maxTests of them it is Retired, not tested forever
+    evo = evo_spec()
+    evo = evo.model_copy(update={"experiment": evo.experiment.model_copy(update={"max_tests": 2})})
+    spec, st = scored()
+    for n, expected in ((1, "Scored"), (2, "Retired")):
+        name = f"ro-{n}"
+        st = run(spec, st, rollout=RolloutView(name, "Running", (META.name,)), c=ctx(spec=evo)).status
+        assert st.phase == "Live"
+        ended = RolloutView(name, "RolledBack", (META.name,), "rollback", None, None, "retired",
+                            retired="the online agent ranked others above it")
+        gone = frozenset({f"ro-{i}" for i in range(1, n + 1)})
+        r = run(spec, st, rollout=ended, c=ctx(spec=evo, decided=gone, superseded=gone))
+        st = r.status
+        assert st.phase == expected and st.undecided_tests == [f"ro-{i}" for i in range(1, n + 1)]
+        assert st.online is None
+    live = next(c for c in st.conditions if c.type == "Live")
+    assert live.reason == "Undecided" and "2 online test(s) decided nothing" in st.reason
+    assert [a.event for a in r.actions if isinstance(a, RecordJournal)] == ["Retired"]
+
+
+def test_a_rollout_that_concluded_before_its_hypothesis_saw_it_live_still_decides_it():
+    # a guardrail at the first readout can end a Rollout before its Hypothesis's next reconcile: the decision
+    # applies from Scored as from Live (before, the Hypothesis stayed Scored with no online result)
+    spec, st = scored()
+    stopped = RolloutView("ro-1", "RolledBack", (META.name,), "rollback", None, None, "hate rate +40%",
+                          arms=((META.name, "treatment"),))
+    waiting = run(spec, st, rollout=stopped, c=ctx(decided=frozenset()))
+    assert waiting.status.phase == "Scored" and waiting.requeue_after
+    done = run(spec, waiting.status, rollout=stopped, c=ctx(decided=frozenset({"ro-1"})))
+    assert done.status.phase == "Retired" and done.status.online.decision == "rollback"
+    assert done.status.rollout == "ro-1" and done.status.online.arm == "treatment"
+    # one it already counted as undecided is not read again while it waits for its next test
+    back = run(spec, st, rollout=stopped, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert back.status.phase == "Scored" and back.status.undecided_tests == ["ro-1"]
+    assert run(spec, back.status, rollout=stopped, c=ctx(decided=frozenset({"ro-1"}))).status == back.status
+
+
+def test_a_rollout_marked_applied_decides_its_hypothesis_once_the_evolution_forgot_its_name():
+    # the Evolution keeps a decision's name only until its Rollout carries the mark (actions.A_APPLIED)
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    lost = RolloutView("ro-1", "RolledBack", (META.name,), "rollback", None, None, "dau -3%", applied="final")
+    done = run(spec, st, rollout=lost, c=ctx(decided=frozenset()))
+    assert done.status.phase == "Retired" and done.status.online.decision == "rollback"
+    ended = replace(lost, retired="its control is no longer the champion", applied="superseded")
+    back = run(spec, st, rollout=ended, c=ctx(decided=frozenset()))
+    assert back.status.phase == "Scored" and back.status.undecided_tests == ["ro-1"]
+    # not marked and not in the Evolution's list: its decision is still on its way
+    waiting = run(spec, st, rollout=replace(lost, applied=None), c=ctx(decided=frozenset()))
+    assert waiting.status.phase == "Live" and waiting.requeue_after
 
 
 def test_live_rollout_deleted_retires():

@@ -57,11 +57,13 @@ def outcome(seen: P.Transitions, objects: list[tuple[str, dict]], events: list[t
     """What a run is compared by: each object's transitions, its final status's loop fields, its distinct journal
     entries (sorted: entries of one object written in the same second have no order in the cluster's Events;
     distinct: the cluster can post an entry twice when a change handler and a timer step the same old status,
-    see handlers._reported, which the local driver, stepping each object once per pass, never does)."""
+    see handlers._reported, which the local driver, stepping each object once per pass, never does; without the
+    Evolution's retirement of a Rollout that then decided on its own, see P.retirement_decided_elsewhere)."""
     journal: dict[str, list] = {}
     for kind, name, event, message in events:
         obj, ev, msg = P.journal_entry(kind, name, event, message)
-        journal.setdefault(obj, []).append([ev, msg])
+        if not P.retirement_decided_elsewhere(kind, event, message, objects):
+            journal.setdefault(obj, []).append([ev, msg])
     return {"transitions": seen.table(),
             "status": {f"{k}/{P.normalized(o['metadata']['name'])}": P.summary(k, o) for k, o in sorted(
                 objects, key=lambda ko: (ko[0], ko[1]["metadata"]["name"]))},

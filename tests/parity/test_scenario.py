@@ -76,10 +76,25 @@ def test_the_module_runs_as_the_local_training_command():
     assert P.main([]) == 2
 
 
-def test_the_order_of_two_concurrent_decisions_is_not_compared():
-    def evo(order, last):
-        return {"status": {"phase": "BudgetExhausted", "handledDecisions": order, "lastDecision": {"rollout": last}}}
+def test_the_transient_record_of_decisions_is_not_compared_and_their_effect_is():
+    # lastDecision's order of two concurrent decisions is the clock's, and handledDecisions holds a decision only
+    # until its Rollout is marked applied: what was decided shows in the champion (and the Hypotheses' phases)
+    def evo(order, last, champion="parity-w1-0"):
+        return {"status": {"phase": "BudgetExhausted", "handledDecisions": order, "lastDecision": {"rollout": last},
+                           "champion": {"name": champion}}}
 
     a, b = ["parity-ro-x-0a1b2c3d", "parity-ro-y-0a1b2c3d"], ["parity-ro-y-4e5f6a7b", "parity-ro-x-4e5f6a7b"]
     assert P.summary("Evolution", evo(a, a[1])) == P.summary("Evolution", evo(b, b[1]))
-    assert P.summary("Evolution", evo(a, a[1])) != P.summary("Evolution", evo(a[:1], a[0]))
+    assert P.summary("Evolution", evo(a, a[1])) == P.summary("Evolution", evo([], a[0]))
+    assert P.summary("Evolution", evo(a, a[1])) != P.summary("Evolution", evo(a, a[1], champion="baseline"))
+
+
+def test_a_retirement_the_rollouts_own_readout_overtook_is_not_compared_and_a_real_one_is():
+    def ro(name, retired=None):
+        return ("Rollout", {"metadata": {"name": name}, "status": {"phase": "RolledBack", "retired": retired}})
+
+    objects = [ro("parity-ro-a-1"), ro("parity-ro-b-1", retired="its control is no longer the champion")]
+    msg = "rollout {} ended: its control is no longer the champion: x was launched by rollout y"
+    assert P.retirement_decided_elsewhere("Evolution", "RolloutRetired", msg.format("parity-ro-a-1"), objects)
+    assert not P.retirement_decided_elsewhere("Evolution", "RolloutRetired", msg.format("parity-ro-b-1"), objects)
+    assert not P.retirement_decided_elsewhere("Evolution", "ChampionChanged", msg.format("parity-ro-a-1"), objects)

@@ -25,7 +25,7 @@ from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import (ClearWeights, CreateRollout, CreateTrainingJob, DeleteArm, DeleteJob,
-                                                 DeployArm, ProposeHypotheses, RecordJournal, SetWeights,
+                                                 DeployArm, Mark, ProposeHypotheses, RecordJournal, SetWeights,
                                                  UpdateChampion)
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (Analysis, ArmObservation, ChampionObservation, HypothesisView,
@@ -56,6 +56,7 @@ class Platform:
         self.weight_log: dict[str, list[dict[str, int]]] = {}
         self.serving: ChampionObservation | None = None  # the production server (UpdateChampion)
         self.served: list[str] = []  # each bundle production switched to, in order
+        self.applied: dict[str, str] = {}  # Rollouts their Evolution marked applied (actions.Mark)
 
     def apply(self, actions) -> None:
         for a in actions:
@@ -83,6 +84,9 @@ class Platform:
                 if self.serving is None or self.serving.revision != a.revision:
                     self.served.append(a.bundle)
                 self.serving = ChampionObservation(a.name, a.revision, a.bundle, True)
+            elif isinstance(a, Mark):
+                assert a.kind == "Rollout"
+                self.applied[a.name] = a.value
             else:
                 assert isinstance(a, (RecordJournal, ProposeHypotheses, CreateRollout)), a
 
@@ -231,7 +235,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
         # the Evolution sees the rollouts as views and applies their decisions (with its own crashes)
         views = [RolloutView(n, persisted[n].phase, (ros[n][0],), persisted[n].decision,
                              ros[n][0] if persisted[n].winner else None,
-                             f"pvc://b/{ros[n][0]}" if persisted[n].winner else None, persisted[n].reason)
+                             f"pvc://b/{ros[n][0]}" if persisted[n].winner else None, persisted[n].reason,
+                             applied=p.applied.get(n))
                  for n in ros]
         hyps = [HypothesisView(h, "Live", "optimizer", "val_loss", 0.4, f"pvc://b/{h}") for h, _ in ros.values()]
         base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
@@ -240,8 +245,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
         new_evo = crash_apply(rng, p, er, evo_status, p_crash=0.35)
         evo_status = new_evo
         now += TICK
-        if all(persisted[n].phase in R.CONCLUDED for n in ros) and "ro-win" in evo_status.handled_decisions \
-                and "ro-bad" in evo_status.handled_decisions:
+        if all(persisted[n].phase in R.CONCLUDED for n in ros) and set(p.applied) == set(ros) \
+                and not evo_status.handled_decisions:
             settled += 1
             if settled > 5:  # a few more level-triggered passes, as the operator's timers do
                 break
@@ -263,7 +268,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
     # Evolution crashed (never back, never twice)
     assert p.served == ["b0", "pvc://b/h-win"]
     assert evo_status.champion.hypothesis == "h-win"
-    assert sorted(evo_status.handled_decisions) == ["ro-bad", "ro-win"]
+    # each decision applied once, then marked on its Rollout and forgotten by the Evolution's status
+    assert p.applied == {"ro-bad": "final", "ro-win": "final"} and evo_status.handled_decisions == []
     # Deployments: the serving arms were made once; the rolled-back candidate ends deleted. (A crash between
     # a rollback's delete and its status write can re-deploy that arm once with 0% traffic before it is
     # deleted again: churn, never traffic; see docs/RELIABILITY.md.)

@@ -184,10 +184,14 @@ def test_a_test_a_launch_overtook_reads_as_superseded_until_a_later_test_decides
                 NS(result=ended, arm_hypothesis={"treatment": "h-ended"}),
                 NS(result=promote, arm_hypothesis={"treatment": "h-old"}),
                 NS(result=promote, arm_hypothesis={"treatment": "h-retested"}),
-                NS(result={"outcome": "rollback"}, arm_hypothesis={"treatment": "h-retested"})]
-    hyps = [NS(id="h-launched", phase="Launched"), NS(id="h-waiting", phase="Scored"), NS(id="h-ended", phase="Scored"),
-            NS(id="h-old", phase="Retired"),  # an Evolution from before overtaken hypotheses were tested again
-            NS(id="h-retested", phase="Retired")]
+                NS(result={"outcome": "rollback"}, arm_hypothesis={"treatment": "h-retested"}),
+                NS(result=ended, arm_hypothesis={"treatment": "h-undecided"})]
+    hyps = [NS(id="h-launched", phase="Launched", online={"decision": "promote"}),
+            NS(id="h-waiting", phase="Scored", online={}), NS(id="h-ended", phase="Scored", online={}),
+            # an Evolution from before overtaken hypotheses were tested again
+            NS(id="h-old", phase="Retired", online={"decision": "promote"}),
+            NS(id="h-retested", phase="Retired", online={"decision": "rollback"}),
+            NS(id="h-undecided", phase="Retired", online={})]  # retired after maxTests tests that decided nothing
     run = NS(rollouts=rollouts, by_id=lambda: {h.id: h for h in hyps})
     assert online_outcomes(run) == {"h-launched": "promoted", "h-waiting": "superseded", "h-ended": "superseded",
-                                    "h-old": "superseded", "h-retested": "rolled back"}
+                                    "h-old": "superseded", "h-retested": "rolled back", "h-undecided": "superseded"}
