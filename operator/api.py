@@ -1299,6 +1299,10 @@ class ExperimentTemplate(_Model):
     max_tests: int = Field(3, ge=1, le=16, description="online tests per hypothesis: one whose Rollout decided "
                            "nothing about it (a launch replaced the control, or the Evolution ended it) is tested "
                            "again against the current champion, until this many; then it is Retired, undecided")
+    preempt_after: Duration | None = _dur(
+        None, "how long a live Rollout runs before the Online Agent's re-ranking may end it to free its slot "
+              "(the paper's retire); unset: never, it runs to its own decision (futility included), a launch that "
+              "replaces its control, or a human's", POSITIVE_DURATION_PATTERN)
 
     @model_validator(mode="after")
     def _two_arms(self) -> "ExperimentTemplate":

@@ -103,6 +103,17 @@ def wakeup_schedule(spec: EvolutionSpec, spend: Spend, hypotheses: Sequence[Hypo
                       floor=a.scheduling.exploration_floor, budget=budget, wakeup=wakeup)
 
 
+def _preemptible(spec: EvolutionSpec, rollout: RolloutView, now: datetime) -> bool:
+    """May a re-ranking end this live Rollout? Only after spec.experiment.preemptAfter of its ramp (never without
+    it): ending a test that has not decided wastes the users it had and sends its hypothesis back undecided,
+    while its own sequential analysis (futility included) already stops it when it cannot win. One not started
+    yet has had no users."""
+    if rollout.started_at is None:
+        return True
+    wait = spec.experiment.preempt_after
+    return wait is not None and now >= after(rollout.started_at, wait)
+
+
 def rank(spec: EvolutionSpec, candidates: Sequence[HypothesisView]) -> list[HypothesisView]:
     """Deterministic stand-in for the online agent: best first within each component (by that
     component's offline metric and direction), then interleaved across components, because scores
@@ -296,13 +307,14 @@ def reconcile(
         pool = [h for h in hypotheses if h.phase == "Scored" and N.may_roll_out(h.verdict) and h.bundle_uri
                 and tested[h.name] <= set(h.undecided_tests)]
         if top_k is not None:
-            retire = set(top_k.retire)
-            for ro in sorted(live, key=lambda r: r.name):
-                if ro.hypotheses and all(h in retire for h in ro.hypotheses):
-                    actions.append(RetireRollout(ro.name, owner, f"{', '.join(ro.hypotheses)} left the top {spec.top_k}"))
-                    journal("RolloutRetired", f"{', '.join(ro.hypotheses)} dropped out of the top {spec.top_k} "
-                            f"(ranked by {top_k.ranked_by}); rollout {ro.name} ended")
-            live = [r for r in live if not (r.hypotheses and all(h in retire for h in r.hypotheses))]
+            dropped = set(top_k.retire)
+            retire = [r for r in sorted(live, key=lambda r: r.name)
+                      if r.hypotheses and all(h in dropped for h in r.hypotheses) and _preemptible(spec, r, now)]
+            for ro in retire:
+                actions.append(RetireRollout(ro.name, owner, f"{', '.join(ro.hypotheses)} left the top {spec.top_k}"))
+                journal("RolloutRetired", f"{', '.join(ro.hypotheses)} dropped out of the top {spec.top_k} "
+                        f"(ranked by {top_k.ranked_by}); rollout {ro.name} ended")
+            live = [r for r in live if r not in retire]
             by_pool = {h.name: h for h in pool}
             chosen = [by_pool[n] for n in top_k.start if n in by_pool]
             if top_k.note:

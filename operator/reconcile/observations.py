@@ -113,6 +113,7 @@ class RolloutView:
     control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
     retired: str | None = None  # why its Evolution ended it (status.retired), when that, not a decision, ended it
     applied: str | None = None  # actions.A_APPLIED: its Evolution applied its decision (final or superseded)
+    started_at: datetime | None = None  # when its ramp started (status.startedAt)
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)

@@ -4,6 +4,7 @@ them) to the small views the reconcilers take, plus the spend roll-up of an Evol
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
@@ -58,6 +59,21 @@ def evaluations(status: Mapping[str, Any]) -> int:
         (status.get("firstLook") or {}).get("runs") or 0)
 
 
+def _time(value: Any) -> datetime | None:
+    """A stored timestamp (RFC 3339 text, or a datetime where the store kept one), timezone-aware; None if absent
+    or unreadable (a view never fails a reconcile; the core writes these fields itself)."""
+    if isinstance(value, datetime):
+        t = value
+    elif isinstance(value, str) and value:
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
 def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
     spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj.get("metadata") or {}
     treatments = spec.get("treatments") or []
@@ -76,6 +92,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         control_bundle=(spec.get("control") or {}).get("bundle"),
         retired=status.get("retired") or None,
         applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
+        started_at=_time(status.get("startedAt")),
     )
 
 

@@ -452,6 +452,11 @@ def test_views_and_spend():
              "spec": {"treatments": [{"name": "t", "hypothesisRef": {"name": "h"}, "bundle": "b"}]},
              "status": {"phase": "Running"}}
     assert views.rollout_for("h", [again, ro]).name == "ro-t2" and views.rollout_for("h", [ro, again]).name == "ro-t2"
+    # when its ramp started (a preemption waits for spec.experiment.preemptAfter from then): RFC 3339 text as the
+    # API server and the local store keep it; nothing before it started
+    started = {**again, "status": {"phase": "Running", "startedAt": "2026-01-02T03:04:05Z"}}
+    assert views.rollout_view(started).started_at == datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    assert views.rollout_view(again).started_at is None
     h = {"metadata": {"name": "h", "annotations": {views.A_TOKENS: "1200", views.A_DOLLARS: "0.5"}},
          "spec": {"component": "optimizer", "delta": {"patch": {"lr": 1}}}, "status": {"attempts": 2, "gpuHours": 1.5}}
     assert views.spend([h], baseline_attempts=1) == views.Spend(1200, 0.5, 1.5, 3)

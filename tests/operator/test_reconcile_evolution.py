@@ -382,6 +382,30 @@ def test_online_agent_selection_starts_its_choice_and_retires_dropouts():
     assert [a.name for a in r6.actions if isinstance(a, CreateRollout)] == [E.rollout_name(META, "o1", 2)]
 
 
+def test_a_started_rollout_is_ended_by_re_ranking_only_after_preempt_after():
+    """A live test the Online Agent ranks out of the top K keeps its slot (never ended by default; with
+    spec.experiment.preemptAfter, only once its ramp has run that long); the newcomer waits for a free slot."""
+    from cambrian.operator.reconcile.actions import RetireRollout
+    from cambrian.operator.reconcile.observations import TopK
+
+    hyps = [hv("o1", "optimizer", 0.45, phase="Live"), hv("o2", "optimizer", 0.40)]
+    due = T0 + timedelta(days=1, minutes=1)
+    live = [RolloutView("ro-o1", "Running", ("o1",), started_at=due - timedelta(hours=20))]
+    dropped = TopK(start=("o2",), retire=("o1",))
+
+    def ended_and_started(sp, now):
+        _, r2 = with_champion(sp)
+        r = E.reconcile(META, sp, r2.status, hyps, live, None, Spend(), now, top_k=dropped)
+        return [(type(a).__name__, a.name) for a in r.actions if isinstance(a, (RetireRollout, CreateRollout))], r
+
+    kept, r = ended_and_started(spec(topK=1), due + timedelta(days=30))
+    assert kept == [] and r.status.live_rollouts == ["ro-o1"]
+    preempting = spec(topK=1, experiment={"preemptAfter": "2d"})
+    assert ended_and_started(preempting, due)[0] == []  # 20 hours in
+    assert ended_and_started(preempting, due + timedelta(hours=28))[0] == [
+        ("RetireRollout", "ro-o1"), ("CreateRollout", E.rollout_name(META, "o2"))]
+
+
 def test_wakeup_carries_the_spec_and_the_champion_config_for_the_proposer():
     sp = spec()
     r = run(sp, api.EvolutionStatus())
