@@ -136,10 +136,10 @@ def stage_world(out: Path, size: DemoSize, seed: int, console) -> str:
 def decision_applied(evolution_status: dict[str, Any], rollout: dict[str, Any]) -> bool:
     """Its Evolution applied the Rollout's decision: the name is still in status.handledDecisions, or (once the
     next reconcile marked the Rollout and forgot the name) the Rollout carries the mark (evolution.py step 3)."""
-    from cambrian.operator.reconcile.actions import A_APPLIED
+    from cambrian.operator.reconcile.views import rollout_view
 
-    return (rollout["metadata"]["name"] in (evolution_status.get("handledDecisions") or ())
-            or A_APPLIED in ((rollout["metadata"].get("annotations") or {})))
+    view = rollout_view(rollout)
+    return view.name in (evolution_status.get("handledDecisions") or ()) or view.applied is not None
 
 
 def rollouts_settled(driver) -> str | None:
