@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from cambrian.operator.reconcile.views import parse_time
+
 PHASES = ("Proposed", "Validated", "Training", "Scored", "Live", "Launched", "Retired", "Failed", "Rejected")
 BUDGET_KINDS = (("tokens", "tokens", "tokens"), ("dollars", "dollars", "dollars"), ("gpu_hours", "gpuHours", "gpu_hours"))
 
@@ -53,17 +55,11 @@ def serve(requested: int | None = None, addr: str | None = None) -> int:
         return port
 
 
-def _parse(t: Any) -> datetime | None:
-    if not t:
-        return None
-    return t if isinstance(t, datetime) else datetime.fromisoformat(str(t).replace("Z", "+00:00"))
-
-
 def _age_seconds(status: Mapping[str, Any], meta: Mapping[str, Any], now: datetime) -> float:
     """Time in the current phase: the latest condition transition (every phase change moves one), else
     the creation time."""
-    times = [t for t in (_parse(c.get("lastTransitionTime")) for c in status.get("conditions") or []) if t]
-    since = max(times) if times else _parse(meta.get("creationTimestamp"))
+    times = [t for t in (parse_time(c.get("lastTransitionTime")) for c in status.get("conditions") or []) if t]
+    since = max(times) if times else parse_time(meta.get("creationTimestamp"))
     return max(0.0, (now - since).total_seconds()) if since else 0.0
 
 

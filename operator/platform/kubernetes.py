@@ -37,6 +37,7 @@ from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
+from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
     Mark,
@@ -419,8 +420,9 @@ def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObser
     meta, spec, status = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
     name = meta["name"]
     conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    started = _time(status.get("startTime"))
-    finished = _time(status.get("completionTime")) or _time((conds.get("Failed") or {}).get("lastTransitionTime"))
+    started = parse_time(status.get("startTime"))
+    finished = (parse_time(status.get("completionTime"))
+                or parse_time((conds.get("Failed") or {}).get("lastTransitionTime")))
     bundle = (meta.get("annotations") or {}).get(A_BUNDLE)
     term = _terminated(pods)
     message = _termination_message(term)
@@ -551,12 +553,6 @@ def _termination_message(term: Mapping[str, Any] | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return msg if isinstance(msg, dict) and msg.get("v") == 1 else {}
-
-
-def _time(v: Any) -> datetime | None:
-    if v is None or isinstance(v, datetime):
-        return v
-    return datetime.fromisoformat(str(v).replace("Z", "+00:00"))
 
 
 def arm_labels(rollout: str, arm: str) -> dict[str, str]:

@@ -46,6 +46,7 @@ from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
+from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
     Mark,
@@ -319,7 +320,7 @@ class LocalPlatform:
             out.append(JobObservation(
                 name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
                 stage=r.get("stage"), metrics=r.get("metrics"), bundle_uri=r.get("bundle_uri"),
-                started_at=_time(r.get("started_at")), finished_at=_time(r.get("finished_at")), reused=r.get("reused")))
+                started_at=parse_time(r.get("started_at")), finished_at=parse_time(r.get("finished_at")), reused=r.get("reused")))
         return out
 
     def delete_job(self, action: DeleteJob) -> None:
@@ -771,7 +772,3 @@ def _warehouse_sink(env: RolloutEnv) -> Callable[[Any], Any] | None:
                                      "it resumes") from None
 
     return sink
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None

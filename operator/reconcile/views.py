@@ -4,7 +4,7 @@ them) to the small views the reconcilers take, plus the spend roll-up of an Evol
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
@@ -59,19 +59,12 @@ def evaluations(status: Mapping[str, Any]) -> int:
         (status.get("firstLook") or {}).get("runs") or 0)
 
 
-def _time(value: Any) -> datetime | None:
-    """A stored timestamp (RFC 3339 text, or a datetime where the store kept one), timezone-aware; None if absent
-    or unreadable (a view never fails a reconcile; the core writes these fields itself)."""
-    if isinstance(value, datetime):
-        t = value
-    elif isinstance(value, str) and value:
-        try:
-            t = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    else:
+def parse_time(value: Any) -> datetime | None:
+    """A stored timestamp: RFC 3339 text as the API server and the local store keep it, or a datetime where the
+    client already parsed it; None when absent."""
+    if not value:
         return None
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
@@ -92,7 +85,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         control_bundle=(spec.get("control") or {}).get("bundle"),
         retired=status.get("retired") or None,
         applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
-        started_at=_time(status.get("startedAt")),
+        started_at=parse_time(status.get("startedAt")),
     )
 
 
