@@ -44,6 +44,9 @@ def run(
     hypotheses: int = typer.Option(None, "--hypotheses", min=1, help="operator: Hypotheses to create (default 1000)"),
     evolutions: int = typer.Option(None, "--evolutions", min=1, help="operator: Evolutions they are spread over"),
     users: int = typer.Option(None, "--users", min=100, help="trap: simulated users instead of the size's own"),
+    online_days: int = typer.Option(None, "--online-days", min=2, max=60,
+                                    help="trap: each Rollout's maxDuration in days (and the truth's horizon at least "
+                                         "as long) instead of the size's own"),
     window: float = typer.Option(None, "--window", min=1,
                                  help="operator: stop following an operator once every object has its first phase and "
                                       "this many seconds passed since the first create (else: until all are steady)"),
@@ -59,7 +62,8 @@ def run(
     if name not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
     fn = importlib.import_module(BENCHMARKS[name]).run
-    sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions), ("users", users)) if v is not None}
+    sizes = {k: v for k, v in (("hypotheses", hypotheses), ("evolutions", evolutions), ("users", users),
+                               ("online_days", online_days)) if v is not None}
     options = {k: v for k, v in (("window", window), ("sims", sims), ("world", world),
                                  ("arms", tuple(arms.split(",")) if arms else None),
                                  ("seeds", _seeds(seeds) if seeds else None)) if v is not None}
@@ -68,12 +72,12 @@ def run(
             raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
     unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
     if unknown:
-        raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0]}")
+        raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0].replace('_', '-')}")
     if sizes.get("evolutions", 1) > sizes.get("hypotheses", sizes.get("evolutions", 1)):
         raise typer.BadParameter("--evolutions must not exceed --hypotheses")
     result = fn(quick=quick, **sizes, **options)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e
+    stem = "-".join([name, *(f"{v}{k[0]}" for k, v in sizes.items()),   # e.g. operator-10000h-10e, trap-21o
                      *([arms.replace(",", "-").replace(":", "_")] if arms else []),   # decision-world-aa
                      *([world] if world else []),  # fidelity-hooked
                      *(["quick"] if quick and seeds else []),  # fidelity-quick-seeds0-1

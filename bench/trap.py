@@ -270,20 +270,27 @@ def measure(driver: Any, data: Path, size: Size, seed: int, say: Callable[[str],
     }
 
 
-def size_for(quick: bool, users: int | None = None) -> Size:
+def size_for(quick: bool, users: int | None = None, online_days: int | None = None) -> Size:
     """QUICK or FULL, with another number of users if asked (the online tests' power scales with it; the
-    demo's Evolution sizes its Rollouts' minimum sample from the users)."""
+    demo's Evolution sizes its Rollouts' minimum sample from the users), or another test length: `online_days`
+    is each Rollout's maxDuration (the design ends there) and the truth is measured over at least as many days,
+    so that "genuinely better" speaks of the horizon the tests decided on."""
     size = QUICK if quick else FULL
-    return size if users is None else replace(size, users=users)
+    if users is not None:
+        size = replace(size, users=users)
+    if online_days is not None:
+        size = replace(size, online_days=online_days, truth_days=max(size.truth_days, online_days))
+    return size
 
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
-        seeds: tuple[int, ...] = SEEDS, users: int | None = None, world: str = DEFAULT_WORLD) -> dict:
+        seeds: tuple[int, ...] = SEEDS, users: int | None = None, online_days: int | None = None,
+        world: str = DEFAULT_WORLD) -> dict:
     from cambrian.bench.throughput import load_now
 
     bench_world(world)
     say = progress or (lambda msg: None)
-    size = size or size_for(quick, users)
+    size = size or size_for(quick, users, online_days)
     t0, load_start = time.perf_counter(), load_now()
     per_seed = []
     for seed in seeds:
@@ -301,6 +308,7 @@ def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool, world: st
         "name": "trap",
         "command": "cambrian bench run trap" + (" --quick" if quick else "")
                    + (f" --users {size.users}" if size.users != size_for(quick).users else "")
+                   + (f" --online-days {size.online_days}" if size.online_days != size_for(quick).online_days else "")
                    + (f" --world {world}" if world != DEFAULT_WORLD else ""),
         "quick": quick,
         "ratio": sum(ok) / len(ok),

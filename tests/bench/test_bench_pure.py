@@ -169,6 +169,7 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     (["search", "--seeds", "5,6"], "takes no --seeds"),
     (["search", "--users", "4000"], "takes no --users"),
     (["trap", "--users", "5"], "Invalid value for '--users'"),
+    (["search", "--online-days", "21"], "takes no --online-days"),
     (["search", "--world", "hooked"], "takes no --world"),
     (["fidelity", "--world", "nope"], "unknown benchmark world 'nope'"),
     (["trap", "--world", "nope"], "unknown benchmark world 'nope'"),

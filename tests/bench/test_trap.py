@@ -69,6 +69,20 @@ def test_the_users_option_scales_only_the_users():
     assert summarise(seeds, FULL, quick=False)["command"] == "cambrian bench run trap"
 
 
+def test_the_online_days_option_lengthens_the_tests_and_the_truth_with_them():
+    from cambrian.bench.trap import FULL, evolution_and_trap, size_for
+
+    long = size_for(False, online_days=21)
+    assert (long.online_days, long.truth_days) == (21, 21)  # the truth covers the horizon the tests decide on
+    assert {**long.__dict__, "online_days": FULL.online_days, "truth_days": FULL.truth_days} == FULL.__dict__
+    assert size_for(False, online_days=7).truth_days == FULL.truth_days  # never shorter than the size's own
+    evo, _ = evolution_and_trap(long, seed=0)
+    assert evo["spec"]["experiment"]["statistics"]["maxDuration"] == "21d"
+    seeds = [{"trap_launched": False, "genuinely_better_launched": [], "offline_best": None}]
+    both = size_for(False, 4000, 21)
+    assert summarise(seeds, both, quick=False)["command"] == "cambrian bench run trap --users 4000 --online-days 21"
+
+
 def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
     t = {"minutes": 0.02, "minutes_se": 0.005, "active_days_late": 0.0, "active_days_late_se": 0.01}
     assert genuinely_better(t)
