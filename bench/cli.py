@@ -52,6 +52,8 @@ def run(
                                       "this many seconds passed since the first create (else: until all are steady)"),
     arms: str = typer.Option(None, "--arms", help="decision-world: comma-separated arms to simulate (e.g. aa)"),
     sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
+    durations: str = typer.Option(None, "--durations", help="decision-world: also compare the design at these "
+                                                            "maxDurations in days (comma-separated, e.g. 10,14,21)"),
     world: str = typer.Option(None, "--world", help="fidelity, trap: the world preset and the Φ0 its product runs "
                                                     "(calibrated: a click model; hooked: a watch-time model)"),
     seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
@@ -66,7 +68,8 @@ def run(
                                ("online_days", online_days)) if v is not None}
     options = {k: v for k, v in (("window", window), ("sims", sims), ("world", world),
                                  ("arms", tuple(arms.split(",")) if arms else None),
-                                 ("seeds", _seeds(seeds) if seeds else None)) if v is not None}
+                                 ("seeds", _seeds(seeds) if seeds else None),
+                                 ("durations", _days(durations) if durations else None)) if v is not None}
     for k in options:
         if k not in inspect.signature(fn).parameters:
             raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
@@ -81,7 +84,8 @@ def run(
                      *([arms.replace(",", "-").replace(":", "_")] if arms else []),   # decision-world-aa
                      *([world] if world else []),  # fidelity-hooked
                      *(["quick"] if quick and seeds else []),  # fidelity-quick-seeds0-1
-                     *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else [])])  # multifidelity-seeds5-6
+                     *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else []),  # multifidelity-seeds5-6
+                     *([f"durations{'-'.join(map(str, sorted(options['durations'])))}"] if durations else [])])
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))
@@ -96,6 +100,16 @@ def _seeds(text: str) -> tuple[int, ...]:
         raise typer.BadParameter(f"--seeds {text!r}: expected comma-separated integers, e.g. 5,6,7") from None
     if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
         raise typer.BadParameter(f"--seeds {text!r}: expected distinct non-negative integers")
+    return out
+
+
+def _days(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--durations {text!r}: expected comma-separated days, e.g. 10,14,21") from None
+    if not out or any(d < 2 or d > 60 for d in out) or len(set(out)) != len(out):
+        raise typer.BadParameter(f"--durations {text!r}: expected distinct days from 2 to 60")
     return out
 
 

@@ -233,10 +233,41 @@ def _rates(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median_day_of_stop": float(np.median([r["day"] for r in runs]))}
 
 
+def truncated(o: Outcomes, days: int) -> Outcomes:
+    """The first `days` online days of a model's potential outcomes: what a test ending there sees."""
+    return Outcomes(o.minutes[:, :days], o.active[:, :days], o.hates[:, :days], o.impressions[:, :days])
+
+
+def by_duration(outcomes: dict[str, Outcomes], x: np.ndarray, chosen: tuple[str, ...], size: Size,
+                durations: tuple[int, ...], seed: int = 20261205) -> dict[str, dict[str, Any]]:
+    """The demo's design with each maxDuration in `durations` (its other settings as at this size), on the same
+    draws of users for every duration and arm: how the test's length moves its power at this world's effects.
+    The true effect is each duration's own (minutes per day since first exposure up to its end): in this world
+    effects grow while users' habits form."""
+    out: dict[str, dict[str, Any]] = {}
+    for days in durations:
+        arms = {k: truncated(v, days) for k, v in outcomes.items()}
+        c = arms["control"]
+        active = c.active > 0
+        first = np.where(active.any(1), active.argmax(1), days)
+        policy = demo_policy(size.users, size.log_days, days)
+        out[f"{days}d"] = {}
+        for name in chosen:
+            rng = np.random.default_rng(seed)  # the same users in the same arms for every duration and arm
+            pair = {"control": c, "treatment": c if name == "aa" else arms[name]}
+            eff, se = true_effect(pair["treatment"], c, first)
+            draws = [(rng.random(first.size) < 0.5).astype(np.int8) for _ in range(size.sims)]
+            runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
+            out[f"{days}d"][name] = {"true_effect": round(eff, 5), "true_effect_se": round(se, 5), **_rates(runs)}
+    return out
+
+
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
-        arms: tuple[str, ...] | None = None, sims: int | None = None) -> dict:
+        arms: tuple[str, ...] | None = None, sims: int | None = None,
+        durations: tuple[int, ...] | None = None) -> dict:
     """`arms`: a subset of ARMS to train and simulate (default all; "aa" alone needs only Φ0); `sims`: experiments
-    per arm (default the size's)."""
+    per arm (default the size's); `durations`: also compare the design at these maxDurations (days) on the same
+    draws (`by_duration`); the models are then served for the longest, which the main figures use too."""
     from cambrian.bench.throughput import load_now
     from cambrian.world.generate import generate
 
@@ -244,6 +275,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     size = size or (QUICK if quick else FULL)
     if sims is not None:
         size = replace(size, sims=sims)
+    if durations:
+        size = replace(size, online_days=max(durations))
     chosen = tuple(arms or ARMS)
     unknown = [a for a in chosen if a not in ARMS]
     if unknown:
@@ -304,7 +337,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         "name": "decision-world",
         "command": "cambrian bench run decision-world" + (" --quick" if quick else "")
                    + (f" --arms {','.join(chosen)}" if chosen != ARMS else "")
-                   + (f" --sims {sims}" if sims is not None else ""),
+                   + (f" --sims {sims}" if sims is not None else "")
+                   + (f" --durations {','.join(map(str, sorted(durations)))}" if durations else ""),
         "quick": quick,
         **({"ratio": arms_out["reward:watch_time"]["promote"],
             "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
@@ -328,6 +362,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
                                  "boundaries": "exact"},
         "simulations_per_arm": size.sims,
         "arms": arms_out,
+        **({"by_duration": by_duration(outcomes, x, chosen, size, tuple(sorted(durations)))} if durations else {}),
         "load_average_start": load_start,
         "load_average_end": load_now(),
         "seconds": round(time.perf_counter() - t0, 1),

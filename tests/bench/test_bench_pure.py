@@ -170,6 +170,8 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     (["search", "--users", "4000"], "takes no --users"),
     (["trap", "--users", "5"], "Invalid value for '--users'"),
     (["search", "--online-days", "21"], "takes no --online-days"),
+    (["decision-world", "--durations", "1,10"], "distinct days from 2 to 60"),
+    (["search", "--durations", "10,21"], "takes no --durations"),
     (["search", "--world", "hooked"], "takes no --world"),
     (["fidelity", "--world", "nope"], "unknown benchmark world 'nope'"),
     (["trap", "--world", "nope"], "unknown benchmark world 'nope'"),

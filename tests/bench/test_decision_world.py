@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cambrian.bench.decision_world import (Outcomes, _blocks, arm_sums, demo_policy, experiment, fixed_test_at_end,
-                                          true_effect)
+from cambrian.bench.decision_world import (Outcomes, Size, _blocks, arm_sums, by_duration, demo_policy, experiment,
+                                          fixed_test_at_end, true_effect)
 from cambrian.online.aggregate import AggregationSettings, arm_statistics
 
 
@@ -93,6 +93,27 @@ def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
     assert aa.count("promote") <= 2
 
 
+def test_by_duration_cuts_the_same_outcomes_and_plans_each_design_to_its_own_end():
+    """A lift that only starts on day 4: a 3-day design cannot see it (its true effect is 0 and it never promotes),
+    a 6-day one sees it and promotes after day 3; the A/A arm is run on the same draws."""
+    rng = np.random.default_rng(3)
+    n, days = 2000, 6
+    c = _outcomes(rng, n, days, 0.0)
+    late = c.minutes.copy()
+    late[:, 3:] *= 3.0
+    outcomes = {"control": c, "late": Outcomes(minutes=late, active=c.active, hates=c.hates, impressions=c.impressions)}
+    x = c.minutes[:, :2].mean(1)
+    size = Size(users=n, log_days=7, online_days=days, epochs=1, max_train_examples=1000, sims=4)
+    out = by_duration(outcomes, x, ("late", "aa"), size, (3, 6))
+    assert set(out) == {"3d", "6d"} and set(out["3d"]) == {"late", "aa"}
+    assert out["3d"]["late"]["true_effect"] == 0.0 and out["3d"]["late"]["promote"] == 0.0
+    # (a draw may stop for futility in the flat first days: the design cannot know that a lift is coming)
+    assert out["6d"]["late"]["true_effect"] > 0.5 and out["6d"]["late"]["promote"] >= 0.5
+    assert out["6d"]["late"]["median_day_of_decision"] > 3  # it could only promote once the lift had begun
+    assert out["3d"]["aa"]["true_effect"] == out["6d"]["aa"]["true_effect"] == 0.0
+    assert all(r["median_day_of_stop"] <= int(d[:-1]) for d, arms in out.items() for r in arms.values())
+
+
 def test_fixed_test_at_the_end_reads_the_same_outcomes_in_both_arms():
     """A/A on one set of outcomes: the last day's fixed test over 600 draws rejects about α/2 per side
     (± 3 s.e.), its z has sd about 1, and scipy's Welch t-test on the same draws rejects as often (± 1%)."""
@@ -123,8 +144,9 @@ def test_decision_world_small_end_to_end():
     from cambrian.bench import decision_world
 
     size = decision_world.Size(users=200, log_days=3, online_days=3, epochs=1, max_train_examples=20_000, sims=4)
-    r = decision_world.run(size=size)
+    r = decision_world.run(size=size, durations=(2, 3))
     json.dumps(r)
+    assert set(r["by_duration"]) == {"2d", "3d"} and set(r["by_duration"]["2d"]) == set(decision_world.ARMS)
     assert set(r["arms"]) == set(decision_world.ARMS)
     assert r["arms"]["aa"]["true_effect"] == 0.0
     for a in r["arms"].values():
