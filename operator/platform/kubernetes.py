@@ -37,6 +37,7 @@ from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
+from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
@@ -1271,8 +1272,6 @@ class KubernetesPlatform:
         carries it: read, then a merge patch that names the resourceVersion read (a concurrent writer makes it
         409 and it is read again). Only wake-ups that created nothing pay these two requests."""
         from kubernetes.client.rest import ApiException
-
-        from cambrian.operator.reconcile import views
 
         ns = owner.namespace or "default"
 

@@ -46,6 +46,7 @@ from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
+from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
@@ -682,8 +683,6 @@ class LocalPlatform:
             return True
 
         def charge(wakeup: int, tokens: int, dollars: float) -> None:
-            from cambrian.operator.reconcile import views
-
             evo = self.store.get("evolutions", action.owner.namespace or "default", action.owner.name)
             if evo is None:
                 return
