@@ -93,24 +93,23 @@ def run(
         typer.echo(f"{name}: ratio {result['ratio']:.3g} ({result['ratio_meaning']})")
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _distinct_ints(option: str, text: str, lo: int, hi: int | None, shape: str, kinds: str) -> tuple[int, ...]:
+    """A comma-separated list of distinct integers in [lo, hi] for `--option`, or a BadParameter naming it."""
     try:
         out = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise typer.BadParameter(f"--seeds {text!r}: expected comma-separated integers, e.g. 5,6,7") from None
-    if not out or any(s < 0 for s in out) or len(set(out)) != len(out):
-        raise typer.BadParameter(f"--seeds {text!r}: expected distinct non-negative integers")
+        raise typer.BadParameter(f"--{option} {text!r}: expected {shape}") from None
+    if not out or any(v < lo or (hi is not None and v > hi) for v in out) or len(set(out)) != len(out):
+        raise typer.BadParameter(f"--{option} {text!r}: expected distinct {kinds}")
     return out
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return _distinct_ints("seeds", text, 0, None, "comma-separated integers, e.g. 5,6,7", "non-negative integers")
 
 
 def _days(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"--durations {text!r}: expected comma-separated days, e.g. 10,14,21") from None
-    if not out or any(d < 2 or d > 60 for d in out) or len(set(out)) != len(out):
-        raise typer.BadParameter(f"--durations {text!r}: expected distinct days from 2 to 60")
-    return out
+    return _distinct_ints("durations", text, 2, 60, "comma-separated days, e.g. 10,14,21", "days from 2 to 60")
 
 
 @app.command("list")

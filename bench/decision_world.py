@@ -233,6 +233,13 @@ def _rates(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "median_day_of_stop": float(np.median([r["day"] for r in runs]))}
 
 
+def first_exposure(control: Outcomes) -> np.ndarray:
+    """Each user's first active online day (the number of days if never active): the same in every arm, as a
+    user's days before their first request do not depend on who will serve them (see the docstring)."""
+    active = control.active > 0
+    return np.where(active.any(1), active.argmax(1), active.shape[1])
+
+
 def truncated(o: Outcomes, days: int) -> Outcomes:
     """The first `days` online days of a model's potential outcomes: what a test ending there sees."""
     return Outcomes(o.minutes[:, :days], o.active[:, :days], o.hates[:, :days], o.impressions[:, :days])
@@ -248,8 +255,7 @@ def by_duration(outcomes: dict[str, Outcomes], x: np.ndarray, chosen: tuple[str,
     for days in durations:
         arms = {k: truncated(v, days) for k, v in outcomes.items()}
         c = arms["control"]
-        active = c.active > 0
-        first = np.where(active.any(1), active.argmax(1), days)
+        first = first_exposure(c)
         policy = demo_policy(size.users, size.log_days, days)
         out[f"{days}d"] = {}
         for name in chosen:
@@ -295,8 +301,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             say(f"{name}: served")
         x = pre_minutes(data, size.log_days)
     c = outcomes["control"]
-    active = c.active > 0
-    first = np.where(active.any(1), active.argmax(1), size.online_days)  # same in every arm (see the docstring)
+    first = first_exposure(c)
     unit = first < size.online_days
     # the world's noise as the test sees it at the end: per-user minutes/day since exposure vs the pre-period
     cols = np.arange(size.online_days)[None, :]

@@ -38,7 +38,6 @@ from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile import views
-from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
     Mark,
@@ -421,9 +420,9 @@ def parse_job(job: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> JobObser
     meta, spec, status = job.get("metadata", {}), job.get("spec", {}), job.get("status") or {}
     name = meta["name"]
     conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-    started = parse_time(status.get("startTime"))
-    finished = (parse_time(status.get("completionTime"))
-                or parse_time((conds.get("Failed") or {}).get("lastTransitionTime")))
+    started = views.parse_time(status.get("startTime"))
+    finished = (views.parse_time(status.get("completionTime"))
+                or views.parse_time((conds.get("Failed") or {}).get("lastTransitionTime")))
     bundle = (meta.get("annotations") or {}).get(A_BUNDLE)
     term = _terminated(pods)
     message = _termination_message(term)

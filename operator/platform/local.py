@@ -47,7 +47,6 @@ from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_
                                              read_gauges)
 from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
 from cambrian.operator.reconcile import views
-from cambrian.operator.reconcile.views import parse_time
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
     Mark,
@@ -321,7 +320,8 @@ class LocalPlatform:
             out.append(JobObservation(
                 name, r["state"], exit_code=r.get("exit_code"), reason=r.get("reason"), message=r.get("message"),
                 stage=r.get("stage"), metrics=r.get("metrics"), bundle_uri=r.get("bundle_uri"),
-                started_at=parse_time(r.get("started_at")), finished_at=parse_time(r.get("finished_at")), reused=r.get("reused")))
+                started_at=views.parse_time(r.get("started_at")), finished_at=views.parse_time(r.get("finished_at")),
+                reused=r.get("reused")))
         return out
 
     def delete_job(self, action: DeleteJob) -> None:
