@@ -41,6 +41,7 @@ from scipy import stats as sps
 
 from cambrian.bench.fidelity import CANDIDATES, TRAP, candidate_config, train_model
 from cambrian.bench.fidelity import Size as FidelitySize
+from cambrian.demo import FULL as DEMO_FULL
 from cambrian.stats.sums import RatioStats, SufficientStats, reference
 
 ARMS = ("aa", "training:more_epochs", "reward:watch_time", TRAP)
@@ -55,8 +56,9 @@ class Size(FidelitySize):
 
 
 QUICK = Size(users=600, log_days=6, online_days=6, epochs=1, max_train_examples=50_000, sims=40)
-# the full demo's world (cambrian/demo.py FULL: 2000 users, 14 logged days, Rollouts of up to 10 days)
-FULL = Size(users=2000, log_days=14, online_days=10, epochs=2, max_train_examples=200_000, sims=200)
+# the full demo's world and test length (cambrian/demo.py FULL: 2000 users, 14 logged days, Rollouts of up to 21 days)
+FULL = Size(users=DEMO_FULL.users, log_days=DEMO_FULL.days, online_days=DEMO_FULL.online_days, epochs=2,
+            max_train_examples=200_000, sims=200)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cambrian.bench.fidelity import DEFAULT_WORLD, TRAP, bench_world, online_effects
+from cambrian.demo import FULL as DEMO_FULL
 from cambrian.operator.reconcile.hypothesis import SUPERSEDED, UNDECIDED
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -51,9 +52,11 @@ class Size:
     truth_days: int
 
 
-# evaluations: the baseline's 3 seeds, one wake-up's 9 proposals, the trap, and confirmation seeds
+# evaluations: the baseline's 3 seeds, one wake-up's 9 proposals, the trap, and confirmation seeds; at full size the
+# Rollouts run as long as the demo's (maxDuration) and the truth covers at least that horizon
 QUICK = Size(users=600, days=4, evaluations=18, online_days=6, epochs=1, max_train_examples=50_000, truth_days=6)
-FULL = Size(users=2000, days=8, evaluations=24, online_days=10, epochs=2, max_train_examples=200_000, truth_days=14)
+FULL = Size(users=2000, days=8, evaluations=24, online_days=DEMO_FULL.online_days, epochs=2, max_train_examples=200_000,
+            truth_days=max(14, DEMO_FULL.online_days))
 
 
 def evolution_and_trap(size: Size, seed: int, world: str = DEFAULT_WORLD) -> tuple[dict[str, Any], dict[str, Any]]:
