@@ -72,15 +72,27 @@ def test_the_users_option_scales_only_the_users():
 def test_the_online_days_option_lengthens_the_tests_and_the_truth_with_them():
     from cambrian.bench.trap import FULL, evolution_and_trap, size_for
 
-    long = size_for(False, online_days=21)
-    assert (long.online_days, long.truth_days) == (21, 21)  # the truth covers the horizon the tests decide on
+    long = size_for(False, online_days=28)
+    assert (long.online_days, long.truth_days) == (28, 28)  # the truth covers the horizon the tests decide on
     assert {**long.__dict__, "online_days": FULL.online_days, "truth_days": FULL.truth_days} == FULL.__dict__
-    assert size_for(False, online_days=7).truth_days == FULL.truth_days  # never shorter than the size's own
+    short = size_for(False, online_days=10)
+    assert (short.online_days, short.truth_days) == (10, FULL.truth_days)  # never shorter than the size's own
     evo, _ = evolution_and_trap(long, seed=0)
-    assert evo["spec"]["experiment"]["statistics"]["maxDuration"] == "21d"
+    assert evo["spec"]["experiment"]["statistics"]["maxDuration"] == "28d"
     seeds = [{"trap_launched": False, "genuinely_better_launched": [], "offline_best": None}]
-    both = size_for(False, 4000, 21)
-    assert summarise(seeds, both, quick=False)["command"] == "cambrian bench run trap --users 4000 --online-days 21"
+    both = size_for(False, 4000, 10)
+    assert summarise(seeds, both, quick=False)["command"] == "cambrian bench run trap --users 4000 --online-days 10"
+
+
+def test_the_full_size_tests_as_long_as_the_demo_and_measures_the_truth_over_that_horizon():
+    from cambrian.bench import decision_world
+    from cambrian.bench.trap import FULL, evolution_and_trap
+    from cambrian.demo import FULL as DEMO, evolution_object
+
+    demo_length = evolution_object(DEMO, 0, gemini=False)["spec"]["experiment"]["statistics"]["maxDuration"]
+    evo, _ = evolution_and_trap(FULL, seed=0)
+    assert evo["spec"]["experiment"]["statistics"]["maxDuration"] == demo_length == f"{DEMO.online_days}d"
+    assert decision_world.FULL.online_days == DEMO.online_days and FULL.truth_days >= DEMO.online_days
 
 
 def test_genuinely_better_needs_a_clear_gain_and_no_clear_late_loss():
