@@ -55,7 +55,7 @@ def run(
     durations: str = typer.Option(None, "--durations", help="decision-world: also compare the design at these "
                                                             "maxDurations in days (comma-separated, e.g. 10,14,21)"),
     world: str = typer.Option(None, "--world", help="fidelity, trap: the world preset and the Φ0 its product runs "
-                                                    "(calibrated: a click model; hooked: a watch-time model)"),
+                                                    "(calibrated: a click model; hooked and wary: a watch-time model)"),
     seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
                                                     "ones (e.g. held-out seeds 5,6,7,8,9); fidelity: run these world "
                                                     "seeds and report them together"),

@@ -104,6 +104,7 @@ class BenchWorld:
 WORLDS = {
     "calibrated": BenchWorld("calibrated", {}, CANDIDATES),
     "hooked": BenchWorld("hooked", {"reward": {"label": WATCH_LABEL}}, HOOKED_CANDIDATES),
+    "wary": BenchWorld("wary", {"reward": {"label": WATCH_LABEL}}, HOOKED_CANDIDATES),  # the hooked product and changes
 }
 DEFAULT_WORLD = "calibrated"
 

@@ -11,7 +11,8 @@ import typer
 from .params import DEFAULT_PRESET, PRESETS
 
 PRESET_HELP = (f"world preset: {', '.join(PRESETS)} (calibrated: effects of a real product's size; hooked: the "
-               "calibrated world with binge-watched bait whose cost shows over weeks; easy: the original world, where "
+               "calibrated world with binge-watched bait whose cost shows over weeks; wary: hooked, with return following "
+               "satisfaction twice as closely; easy: the original world, where "
                "model changes move minutes by tens of percent)")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, help="Generate and inspect the simulated world.")

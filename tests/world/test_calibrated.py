@@ -37,10 +37,12 @@ def test_presets_easy_is_the_original_world_and_unknown_names_are_refused():
         WorldParams.build("hard")
     with pytest.raises(ConfigError, match="dow_budget"):
         WorldParams.build("calibrated", dow_budget=(1, 1, 1, 1, 1, 1, 0))
-    assert set(PRESETS) == {"easy", "calibrated", "hooked"}
+    assert set(PRESETS) == {"easy", "calibrated", "hooked", "wary"}
     hooked = WorldParams.build("hooked")
     assert hooked.model_dump(exclude={"hook", "eta_s", "h_sat"}) == cal.model_dump(exclude={"hook", "eta_s", "h_sat"})
     assert cal.hook == 0 and hooked.hook > 0
+    wary = WorldParams.build("wary")
+    assert wary.model_dump(exclude={"r_sat"}) == hooked.model_dump(exclude={"r_sat"}) and wary.r_sat > hooked.r_sat
 
 
 def test_cli_generate_records_the_preset_and_easy_is_a_shorthand(tmp_path):
@@ -180,14 +182,26 @@ def test_a_typical_offline_winner_moves_minutes_by_a_few_percent_at_most(tmp_pat
     assert se < 0.05 * max(1.0, abs(effect)), (preset, effect, se)  # common random numbers: precise
 
 
-def _against(params: WorldParams, policy: str, reference: str, warm: int = 8, days: int = 21) -> dict:
-    """`policy` against `reference` on two copies of one world (the same users, the same keyed draws) after
-    `warm` days of the random logging policy: relative effects on the first 3 days and the last 7."""
+def _leaning_on_bait(world: World, lean: float = 1.0) -> ScorePolicy:
+    """The watch-time oracle's ranking with a lean on bait, as a model that learnt watch time shows more or less
+    bait by the luck of its training (its log-score plus `lean` x the item's hidden bait)."""
+    from cambrian.world.policies import expected_response
+
+    def score(users, candidates):
+        r = expected_response(world, users, candidates)
+        return np.log(r["p_click"] * r["watch"] + 1e-9) + lean * world.catalogue.bait[candidates]
+    return ScorePolicy(score)
+
+
+def _against(params: WorldParams, policy, reference: str, warm: int = 8, days: int = 21) -> dict:
+    """`policy` (an oracle's name, or a function of the world giving a policy) against `reference` on two copies
+    of one world (the same users, the same keyed draws) after `warm` days of the random logging policy: relative
+    effects on the first 3 days, the last 7 and all `days`."""
     runs = {}
     for name in (policy, reference):
         world = World(params, seed=0)
         world.run(random_policy, warm)
-        runs[name] = concat_logs(world.run(oracle_policy(world, name), days))
+        runs[name] = concat_logs(world.run(name(world) if callable(name) else oracle_policy(world, name), days))
     def effect(window, column: str, table: str = "user_days") -> float:
         a, b = (getattr(runs[n], table) for n in (policy, reference))
         a, b = a[window(a["day"])], b[window(b["day"])]
@@ -196,6 +210,7 @@ def _against(params: WorldParams, policy: str, reference: str, warm: int = 8, da
     end = lambda log: log.truth[log.truth["day"] == warm + days - 1]["satisfaction_end"].mean()
     return {"ctr_early": effect(early, "click", "impressions"), "minutes_early": effect(early, "minutes"),
             "minutes_late": effect(late, "minutes"), "active_late": effect(late, "active"),
+            "minutes": effect(lambda d: d >= warm, "minutes"),
             "satisfaction_end": float(end(runs[policy]) - end(runs[reference]))}
 
 
@@ -210,3 +225,20 @@ def test_in_the_hooked_world_learning_clicks_is_a_deceptive_trap_for_a_watch_tim
     assert hooked["active_late"] < -0.03 and hooked["minutes_late"] < -0.005  # -6.9%, -1.3%
     calibrated_world = _against(calibrated(300), "ctr_greedy", "watch_time")
     assert calibrated_world["ctr_early"] > 0.01 and calibrated_world["minutes_early"] < -0.02  # +2.0%, -5.6%
+
+
+def test_in_the_wary_world_a_lean_on_bait_pays_first_and_is_mostly_lost_within_three_weeks():
+    """In the hooked world a watch-time ranking that leans on bait gains minutes over the whole three weeks, the
+    last one too (the binge outweighs the users it loses), so a trained model's 21-day effect is largely its luck
+    with bait. The wary world (return follows satisfaction twice as closely) loses those users within the weeks:
+    the same lean pays as much in the first days, keeps less than half of its gain over the 21 days and loses in
+    the last week; learning clicks (the trap) loses minutes over the 21 days, where in the hooked world it gains."""
+    hooked = _against(WorldParams.build("hooked", n_users=300), _leaning_on_bait, "watch_time")
+    wary = _against(WorldParams.build("wary", n_users=300), _leaning_on_bait, "watch_time")
+    assert hooked["minutes"] > 0.03 and hooked["minutes_late"] > 0.02  # measured +5.7%, +4.4%
+    assert wary["minutes_early"] > 0.03  # +6.9% (hooked +7.4%): as attractive at first
+    assert wary["minutes"] < 0.5 * hooked["minutes"] and wary["minutes_late"] < 0  # +2.2%, -0.6%
+    assert wary["active_late"] < -0.03  # -6.4% (hooked -2.8%)
+    trap = _against(WorldParams.build("wary", n_users=300), "ctr_greedy", "watch_time")
+    assert trap["ctr_early"] > 0.01 and trap["minutes_early"] > 0.03  # +2.2%, +6.2%
+    assert trap["minutes"] < -0.02 and trap["active_late"] < -0.1  # -4.7% (hooked +1.5%), -13.4%
