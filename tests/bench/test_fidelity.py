@@ -33,6 +33,8 @@ def test_the_hooked_worlds_candidates_are_patches_on_its_watch_time_model():
 
     setup = WORLDS["hooked"]
     assert setup.preset in PRESETS and bench_world("calibrated").base == {}
+    wary = bench_world("wary")  # the same product and changes on the world where bait's users are lost sooner
+    assert wary.preset in PRESETS and (wary.base, wary.candidates) == (setup.base, setup.candidates)
     base = parse_config(candidate_config(QUICK, {}, setup.base))
     assert base.reward.label == WATCH_LABEL
     weighted = parse_config(candidate_config(QUICK, setup.candidates["reward:return_weighted"][1], setup.base))
