@@ -101,10 +101,11 @@ class BenchWorld:
     candidates: dict[str, tuple[str, dict[str, Any]]]
 
 
+WATCH_TIME_PRODUCT = {"reward": {"label": WATCH_LABEL}}  # Φ0 of the worlds whose product ranks by watch time
 WORLDS = {
     "calibrated": BenchWorld("calibrated", {}, CANDIDATES),
-    "hooked": BenchWorld("hooked", {"reward": {"label": WATCH_LABEL}}, HOOKED_CANDIDATES),
-    "wary": BenchWorld("wary", {"reward": {"label": WATCH_LABEL}}, HOOKED_CANDIDATES),  # the hooked product and changes
+    "hooked": BenchWorld("hooked", WATCH_TIME_PRODUCT, HOOKED_CANDIDATES),
+    "wary": BenchWorld("wary", WATCH_TIME_PRODUCT, HOOKED_CANDIDATES),  # the hooked product and changes
 }
 DEFAULT_WORLD = "calibrated"
 

@@ -152,9 +152,9 @@ CALIBRATED: dict[str, Any] = {
 HOOKED: dict[str, Any] = {**CALIBRATED, "hook": 0.4, "eta_s": 0.002, "h_sat": 1.0}
 # The wary world: the hooked world where whether a user comes back follows satisfaction twice as closely (r_sat).
 # In the hooked world three weeks of minutes still reward a ranking that leans on bait (binge-watching outweighs the
-# users it loses), so no offline proxy can predict them; here the users that bait costs are lost within those weeks,
-# while bait still pays in the first days: the trap stays deceptive, and what a model shows in the long run is
-# what its watch-time proxies measure.
+# users it loses), so a trained model's 21-day effect is largely its luck with bait; here the users that bait costs
+# are lost within those weeks, while bait still pays in the first days: the trap stays deceptive and harms within
+# the test. (The offline proxies still rank the 21-day effects poorly here: bench/README.md, fidelity on wary.)
 WARY: dict[str, Any] = {**HOOKED, "r_sat": 2.0}
 PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED, "hooked": HOOKED, "wary": WARY}
 DEFAULT_PRESET = "calibrated"
