@@ -2,12 +2,13 @@
 
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
-noise floors, and the loss-independent proxies top_watch_share, long_watch_corr and return_corr, the last
-four standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known before
-any rollout: top_watch_share and long_watch_corr are the offline proxies of the north star (the share of each
-user's held-out watch seconds in the rows the model would put in that user's slates, and the correlation of
-the model's scores with long watches), so both weights start positive, equally, and the surrogate starts at
-their mean ranking: which of the two transfers better differs between worlds, and the rollouts decide. The
+noise floors, and the loss-independent proxies top_watch_share, long_watch_corr, return_corr and like_corr,
+the last five standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known
+before any rollout: top_watch_share, long_watch_corr and like_corr are the offline proxies of the north star
+(the share of each user's held-out watch seconds in the rows the model would put in that user's slates, the
+correlation of the model's scores with long watches, and with likes: the logs' trace of satisfaction, which
+brings users back), so their weights start positive, equally, and the surrogate starts at their mean ranking:
+which transfers best differs between worlds, and the rollouts decide. The
 components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
 standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
 that uncertain candidates get explored.
@@ -27,7 +28,7 @@ import numpy as np
 from cambrian.agents.journal import Hypothesis
 
 COMPONENTS = ("optimizer", "architecture", "reward", "training")
-PROXIES = ("top_watch_share", "long_watch_corr", "return_corr")
+PROXIES = ("top_watch_share", "long_watch_corr", "return_corr", "like_corr")
 TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 
@@ -105,7 +106,9 @@ class BayesianLinear:
 # 0.614 -> 0.591 (top_watch_share alone before). Held out (4 Dec 2026, full size, world seeds 2 and 3 never run
 # before): 0.80 and 0.64, mean of seeds 0-3 0.743 against the best raw proxy's 0.756
 # (bench/results/fidelity-full-seeds0-1-2-3.json).
-PRIOR_DIRECTION = {"top_watch_share": (0.5 / math.sqrt(2), 0.25), "long_watch_corr": (0.5 / math.sqrt(2), 0.25)}
+# like_corr joined them on 6 Dec 2026: likes are the logs' trace of satisfaction, and on the worlds where users
+# leave when unsatisfied (hooked, wary) the watch proxies miss what costs minutes over weeks (see PRIOR_NOTE below).
+PRIOR_DIRECTION = {m: (0.5 / math.sqrt(3), 0.25) for m in ("top_watch_share", "long_watch_corr", "like_corr")}
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
 # Both are narrow on purpose: with 8 rollouts and 9 weights a wide prior lets a few points' noise set the

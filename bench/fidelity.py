@@ -6,7 +6,8 @@ reward, training; including a clickbait reward and changes that should be neutra
   the calibrated world (or another of WORLDS: `--world hooked`, whose Φ0 learns watch time); offline signals
   are differences to Φ0: val_loss gain (Φ0 − candidate), long_watch_corr gain, return_corr gain, AUC gain,
   top_watch_share gain (the share of each user's held-out watch seconds in the rows the model ranks in that
-  user's top 6%, what its own slates would have collected);
+  user's top 6%, what its own slates would have collected), like_corr gain (the scores' rank correlation with
+  likes: the logs' trace of satisfaction);
 * online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
   logs (`World.load`), for `online_days` days. Every copy has the same users and the same keyed random
   draws (common random numbers), so the difference between two copies is the models' effect alone:
@@ -32,9 +33,10 @@ import numpy as np
 from scipy import stats
 
 NORTH_STAR = "minutes"
-SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain", "top_watch_share_gain")
+SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain", "top_watch_share_gain",
+           "like_corr_gain")
 TRAP = "reward:clickbait"
-RAW_METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "top_watch_share")  # kept per model as reported
+RAW_METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "top_watch_share", "like_corr")  # kept per model as reported
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,21 @@ HOOKED_CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# The wary world's users leave when unsatisfied, so the changes worth trying on a watch-time product are the ones
+# that weigh satisfaction in: six rewards on Φ0's watch label that use the logs' likes, hates and thumbnails. Some
+# help online and some hurt (bench/README.md, fidelity on the wary world): the benchmark asks the proxies to tell.
+WARY_CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    **HOOKED_CANDIDATES,
+    "reward:watch_weighted_by_like": ("reward", {"reward": {"label": WATCH_LABEL, "weight": "1.0 + 2.0 * \"like\""}}),
+    "reward:watch_unless_hated": ("reward", {"reward": {"label": f"{WATCH_LABEL} * (1 - hate)"}}),
+    "reward:watch_and_like": ("reward", {"reward": {"label": f"0.5 * {WATCH_LABEL} + 0.5 * \"like\""}}),
+    "reward:watch_eye_catching_down": ("reward", {"reward": {
+        "label": WATCH_LABEL, "weight": "1.0 / (1.0 + 3.0 * click * GREATEST(thumb_intensity, 0.0))"}}),
+    "reward:watch_weighted_by_hate": ("reward", {"reward": {"label": WATCH_LABEL, "weight": "1.0 + 4.0 * hate"}}),
+    "reward:like_weighted_by_click": ("reward", {"reward": {"label": "CAST(\"like\" AS DOUBLE)", "weight": "1.0 + click"}}),
+}
+
+
 @dataclass(frozen=True)
 class BenchWorld:
     """A world preset and the Φ0 its product runs (components beyond the size's training); the candidates are
@@ -105,7 +122,7 @@ WATCH_TIME_PRODUCT = {"reward": {"label": WATCH_LABEL}}  # Φ0 of the worlds who
 WORLDS = {
     "calibrated": BenchWorld("calibrated", {}, CANDIDATES),
     "hooked": BenchWorld("hooked", WATCH_TIME_PRODUCT, HOOKED_CANDIDATES),
-    "wary": BenchWorld("wary", WATCH_TIME_PRODUCT, HOOKED_CANDIDATES),  # the hooked product and changes
+    "wary": BenchWorld("wary", WATCH_TIME_PRODUCT, WARY_CANDIDATES),  # the hooked product, satisfaction-aware changes
 }
 DEFAULT_WORLD = "calibrated"
 
@@ -222,6 +239,7 @@ def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[s
         "return_corr_gain": metrics["return_corr"] - base["return_corr"],
         "auc_gain": metrics["auc"] - base["auc"],
         "top_watch_share_gain": metrics["top_watch_share"] - base["top_watch_share"],
+        "like_corr_gain": metrics["like_corr"] - base["like_corr"],
     }
 
 
@@ -237,14 +255,22 @@ def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, 
     return j.gain / j.floor if j.floor else 0.0
 
 
+def surrogate_inputs(rows: list[dict[str, Any]]) -> np.ndarray:
+    """The online agent's surrogate features of each candidate (agents/surrogate.py); a proxy a stored run did
+    not record (like_corr before 6 Dec 2026) is no evidence (NaN), as in a journal from before it existed."""
+    from cambrian.agents.surrogate import PROXIES, feature_vector
+
+    return np.stack([feature_vector(r["component"], r["offline"]["floors"],
+                                    {m: r["offline"].get(m, math.nan) for m in PROXIES}) for r in rows])
+
+
 def surrogate_loo(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> np.ndarray:
     """Leave-one-out predictions of the online agent's surrogate (agents/surrogate.py: its features and its
     model): each candidate predicted from all the others, as if every other rollout had
     concluded."""
-    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
+    from cambrian.agents.surrogate import Surrogate
 
-    x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
-                  for r in rows])
+    x = surrogate_inputs(rows)
     y = np.array([r["online"][target] for r in rows])
     out = np.zeros(len(rows))
     for i in range(len(rows)):
@@ -257,12 +283,11 @@ def surrogate_after(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, ta
                     seed: int = 0) -> dict[str, float] | None:
     """The surrogate as the issue's target asks for it, once k rollouts have concluded: each candidate predicted
     from k others drawn at random, Spearman over all candidates; mean and 10th/90th percentiles over draws."""
-    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
+    from cambrian.agents.surrogate import Surrogate
 
     if len(rows) <= k + 1:
         return None
-    x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
-                  for r in rows])
+    x = surrogate_inputs(rows)
     y = np.array([r["online"][target] for r in rows])
     rng = np.random.default_rng(seed)
     rhos = []
@@ -280,12 +305,11 @@ def surrogate_ranks_the_rest(rows: list[dict[str, Any]], k: int = 8, draws: int 
     random ranks all the others (Spearman over those), mean and 10th/90th percentiles over draws; beside it each
     raw offline signal's Spearman on the same held-out candidates. (`surrogate_after` predicts every candidate
     from its own draw of k, so the fits' different intercepts also enter its ranking.)"""
-    from cambrian.agents.surrogate import PROXIES, Surrogate, feature_vector
+    from cambrian.agents.surrogate import Surrogate
 
     if len(rows) < k + 3:
         return None
-    x = np.stack([feature_vector(r["component"], r["offline"]["floors"], {m: r["offline"][m] for m in PROXIES})
-                  for r in rows])
+    x = surrogate_inputs(rows)
     y = np.array([r["online"][target] for r in rows])
     raw = {s: np.array([r["offline"][s] for r in rows]) for s in (*SIGNALS, "floors")}
     rng = np.random.default_rng(seed)
@@ -423,7 +447,7 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
         "ratio": float(best),
         "ratio_meaning": ("best Spearman rank correlation, over the offline signals (the gain in noise floors on the component's "
                           "offline objective; val_loss, long_watch_corr, "
-                          "return_corr, AUC, top_watch_share gains over Φ0), with the candidate's measured online effect on watch "
+                          "return_corr, AUC, top_watch_share, like_corr gains over Φ0), with the candidate's measured online effect on watch "
                           "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
         "rank_correlation": corr,
         "rank_correlation_late": rank_correlations(rows, "minutes_late"),

@@ -15,7 +15,7 @@ def hyp(hid, component, lw, floors, effect=None, created=0.0):
                       phase="Retired" if effect is not None else "Scored", verdict="better", gain=floors * 0.01,
                       noise_floor=0.01, primary_metric="val_loss",
                       offline={"top_watch_share": Score.of([lw]), "long_watch_corr": Score.of([0.0]),
-                               "return_corr": Score.of([0.0])},
+                               "return_corr": Score.of([0.0]), "like_corr": Score.of([0.0])},
                       online=online, created_at=created)
 
 
@@ -59,7 +59,7 @@ def test_surrogate_ranks_by_predicted_online_effect_once_rollouts_concluded():
 def test_features_are_component_one_hot_noise_floors_and_proxies():
     f = features(hyp("x", "reward", 0.07, 2.0))
     assert list(f[:4]) == [0.0, 0.0, 1.0, 0.0] and f[4] == pytest.approx(2.0) and f[5] == pytest.approx(0.07)
-    assert list(f[6:]) == [0.0, 0.0] and len(f) == 8
+    assert list(f[6:]) == [0.0, 0.0, 0.0] and len(f) == 9
 
 
 def test_a_proxy_a_rollout_never_read_is_no_evidence_not_a_reading_of_zero():
@@ -95,7 +95,7 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
     rng = np.random.default_rng(11)
     n = 12
     lw = rng.normal(0, 0.02, n)
-    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 2))]
+    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 3))]
     y = 0.5 * lw + rng.normal(0, 0.001, n)
 
     def loo(make):
@@ -108,28 +108,28 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
 
 def _pool(rng, n):
     lw = rng.normal(0, 0.02, n)
-    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 2))], lw
+    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 3))], lw
 
 
 def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_it():
     """Before the rollouts say anything (effects that are pure noise), the surrogate orders new candidates by
-    the north star's two offline proxies together (top_watch_share and long_watch_corr, equally), not by one of
-    them, nor by return_corr; once enough rollouts show the opposite direction, it follows the data."""
+    the north star's three offline proxies together (top_watch_share, long_watch_corr and like_corr, equally), not
+    by one of them, nor by return_corr; once enough rollouts show the opposite direction, it follows the data."""
     from scipy import stats
 
     from cambrian.agents.surrogate import Surrogate
 
-    both, one, rc = [], [], []
+    together, one, rc = [], [], []
     for seed in range(20):  # 8 noise-only rollouts pull the fit about at random: the prior shows on average
         rng = np.random.default_rng(seed)
         x, lw = _pool(rng, 8)
         probe, probe_lw = _pool(rng, 30)
         noise_only = Surrogate().fit(x, rng.normal(0, 0.01, 8))
         pred = [p.mean for p in noise_only.predict(probe)]
-        both.append(stats.spearmanr(pred, probe_lw / 0.02 + probe[:, 6] / 0.02).statistic)  # both proxies, sd 0.02
+        together.append(stats.spearmanr(pred, probe_lw + probe[:, 6] + probe[:, 8]).statistic)  # the three, each sd 0.02
         one.append(stats.spearmanr(pred, probe_lw).statistic)
         rc.append(stats.spearmanr(pred, probe[:, 7]).statistic)
-    assert np.median(both) > 0.5 and np.median(both) > np.median(one) + 0.1  # about 0.6 against 0.4
+    assert np.median(together) > 0.5 and np.median(together) > np.median(one) + 0.1  # about 0.8 against 0.4
     assert abs(np.mean(rc)) < 0.2  # return_corr has no prior direction
     x40, lw40 = _pool(rng, 40)
     against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))

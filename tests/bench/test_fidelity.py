@@ -33,8 +33,17 @@ def test_the_hooked_worlds_candidates_are_patches_on_its_watch_time_model():
 
     setup = WORLDS["hooked"]
     assert setup.preset in PRESETS and bench_world("calibrated").base == {}
-    wary = bench_world("wary")  # the same product and changes on the world where bait's users are lost sooner
-    assert wary.preset in PRESETS and (wary.base, wary.candidates) == (setup.base, setup.candidates)
+    # the same product on the world where bait's users are lost sooner: the hooked world's changes, and rewards that
+    # weigh satisfaction into the watch label (each a valid Φ, checked below with the others)
+    wary = bench_world("wary")
+    assert wary.preset in PRESETS and wary.base == setup.base
+    added = {n: d for n, d in wary.candidates.items() if n not in setup.candidates}
+    assert set(setup.candidates) <= set(wary.candidates) and len(added) == 6
+    assert all(c == "reward" and any(s in str(d) for s in ('"like"', "hate", "thumb_intensity"))
+               for c, d in added.values())
+    for name, (component, delta) in added.items():
+        cfg = parse_config(candidate_config(QUICK, delta, wary.base), name)
+        assert cfg.reward != parse_config(candidate_config(QUICK, {}, wary.base)).reward, name
     base = parse_config(candidate_config(QUICK, {}, setup.base))
     assert base.reward.label == WATCH_LABEL
     weighted = parse_config(candidate_config(QUICK, setup.candidates["reward:return_weighted"][1], setup.base))
@@ -104,9 +113,10 @@ def test_online_effects_hate_rate_and_the_bait_shown():
 def test_rank_correlations_per_signal():
     rows = []
     for i, y in enumerate([0.01, 0.02, 0.03, 0.04]):
-        base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5, "top_watch_share": 0.06}
+        base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5, "top_watch_share": 0.06,
+                "like_corr": 0.0}
         m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5,
-             "top_watch_share": 0.06 + 0.01 * i}
+             "top_watch_share": 0.06 + 0.01 * i, "like_corr": [0.0, 0.1, 0.3, 0.2][i]}
         rows.append({"component": "optimizer", "offline": {**offline_signals(m, base), **m, "floors": 0.5 * i},
                      "online": {"minutes": y}})
     corr = rank_correlations(rows)
@@ -114,7 +124,7 @@ def test_rank_correlations_per_signal():
     assert corr["floors"] == 1.0
     assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0 and corr["top_watch_share_gain"] == 1.0
     assert corr["auc_gain"] is None  # constant: undefined, reported as such
-    assert -1 < corr["return_corr_gain"] < 1
+    assert -1 < corr["return_corr_gain"] < 1 and corr["like_corr_gain"] == pytest.approx(0.8)
 
 
 def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
@@ -130,7 +140,8 @@ def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
         noise = rng.normal(0, 0.03)
         off = {"val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": noise, "return_corr_gain": rc,
                "auc_gain": rng.normal(0, 0.01), "floors": rng.normal(0, 1), "long_watch_corr": -0.1 + noise,
-               "return_corr": -0.05 + rc, "top_watch_share_gain": lw, "top_watch_share": 0.07 + lw}
+               "return_corr": -0.05 + rc, "top_watch_share_gain": lw, "top_watch_share": 0.07 + lw,
+               "like_corr_gain": noise, "like_corr": 0.02 + noise}
         rows.append({"component": comp, "offline": off,
                      "online": {"minutes": 0.2 * lw + (0.01 if comp == "reward" else 0.0) + rng.normal(0, 0.001)}})
     corr = rank_correlations(rows)
@@ -177,7 +188,7 @@ def test_the_surrogate_after_k_rollouts_predicts_from_k_others_only():
     from cambrian.bench.fidelity import surrogate_after
 
     rng = np.random.default_rng(4)
-    rows = []
+    rows = []  # recorded before like_corr existed: the surrogate reads its absence as no evidence
     for i in range(14):
         lw = rng.normal(0, 0.03)
         rows.append({"component": ("optimizer", "reward")[i % 2],
@@ -204,7 +215,8 @@ def test_the_surrogate_fitted_once_ranks_the_held_out_candidates():
                      "offline": {"floors": rng.normal(0, 2), "long_watch_corr": rng.normal(0, 0.03), "return_corr": rc,
                                  "val_loss_gain": rng.normal(0, 0.01), "long_watch_corr_gain": rng.normal(0, 0.03),
                                  "return_corr_gain": rc, "auc_gain": rng.normal(0, 0.01),
-                                 "top_watch_share": tw, "top_watch_share_gain": tw},
+                                 "top_watch_share": tw, "top_watch_share_gain": tw,
+                                 "like_corr": (like := rng.normal(0, 0.03)), "like_corr_gain": like},
                      "online": {"minutes": 0.3 * rc + rng.normal(0, 0.0005)}})
     r = surrogate_ranks_the_rest(rows, k=10, draws=30)
     assert r["k"] == 10 and r["p10"] <= r["mean"] <= r["p90"]
@@ -229,7 +241,7 @@ def test_several_world_seeds_are_run_and_reported_together(monkeypatch):
                          "offline": {"floors": rng.normal(0, 2), "top_watch_share": tw, "long_watch_corr": tw,
                                      "return_corr": rng.normal(0, 0.01), "val_loss_gain": 0.0,
                                      "long_watch_corr_gain": tw, "return_corr_gain": 0.0, "auc_gain": 0.0,
-                                     "top_watch_share_gain": tw},
+                                     "top_watch_share_gain": tw, "like_corr": tw, "like_corr_gain": tw},
                          "online": {"minutes": 0.3 * tw + noise}})
         rest = fidelity.surrogate_ranks_the_rest(rows, draws=20)
         return {"world": {"seed": seed}, "surrogate_ranks_the_rest_after_8": rest, "surrogate_after_8_rollouts": None,
