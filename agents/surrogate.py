@@ -106,12 +106,14 @@ class BayesianLinear:
 # 0.614 -> 0.591 (top_watch_share alone before). Held out (4 Dec 2026, full size, world seeds 2 and 3 never run
 # before): 0.80 and 0.64, mean of seeds 0-3 0.743 against the best raw proxy's 0.756
 # (bench/results/fidelity-full-seeds0-1-2-3.json).
-# like_corr joined them on 6 Dec 2026: likes are the logs' trace of satisfaction, and on the worlds where users
-# leave when unsatisfied (hooked, wary) the watch proxies miss what costs minutes over weeks (see PRIOR_NOTE below).
+# like_corr joined them on 6 Dec 2026, the three weighted equally: likes are the logs' trace of satisfaction, which
+# the watch proxies miss where users leave when unsatisfied (the wary world). One fit on 8 ranking the rest, full
+# size: calibrated seeds 0 / 1 0.690 / 0.846 -> 0.786 / 0.921, wary seed 0 (25 candidates) 0.187 -> 0.567
+# (bench/results/fidelity-full-seed{0,1}-8e096d9.json, fidelity-wary-seed0.json; bench/README.md).
 PRIOR_DIRECTION = {m: (0.5 / math.sqrt(3), 0.25) for m in ("top_watch_share", "long_watch_corr", "like_corr")}
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
-# Both are narrow on purpose: with 8 rollouts and 9 weights a wide prior lets a few points' noise set the
+# Both are narrow on purpose: with 8 rollouts and 10 weights a wide prior lets a few points' noise set the
 # component intercepts and the undirected slopes, and the fit drifts from the proxy it started at. OTHER_SD 0.5
 # -> 0.25 (3 Dec 2026): over 10 world seeds of the fidelity benchmark, one fit on 8 ranking the other 11 rose on
 # 9 seeds and fell on 1 (mean Spearman 0.569 -> 0.614; raw top_watch_share on the same sets 0.604;
