@@ -81,6 +81,8 @@ def test_gemini_ranks_through_the_real_client(gemini_replay):
     assert ":generateContent" in request["path"]
     prompt = request["body"]["contents"][0]["parts"][0]["text"]
     assert "[b]" in prompt and "[lost]" not in prompt and "returning_users" in prompt and "hate_rate" in prompt
+    # each entry names the metric its gain is on (the component's objective), which the instructions defer to
+    assert "gain vs baseline on long_watch_corr" in prompt and "named in the entry" in prompt
     assert request["body"]["generationConfig"]["responseMimeType"] == "application/json"
 
 
