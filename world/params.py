@@ -154,7 +154,8 @@ HOOKED: dict[str, Any] = {**CALIBRATED, "hook": 0.4, "eta_s": 0.002, "h_sat": 1.
 # In the hooked world three weeks of minutes still reward a ranking that leans on bait (binge-watching outweighs the
 # users it loses), so a trained model's 21-day effect is largely its luck with bait; here the users that bait costs
 # are lost within those weeks, while bait still pays in the first days: the trap stays deceptive and harms within
-# the test. (The offline proxies still rank the 21-day effects poorly here: bench/README.md, fidelity on wary.)
+# the test. (The watch-time proxies rank the 21-day effects poorly here, likes better but short of the target:
+# bench/README.md, fidelity on wary.)
 WARY: dict[str, Any] = {**HOOKED, "r_sat": 2.0}
 PRESETS: dict[str, dict[str, Any]] = {"easy": {}, "calibrated": CALIBRATED, "hooked": HOOKED, "wary": WARY}
 DEFAULT_PRESET = "calibrated"

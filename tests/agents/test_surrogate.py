@@ -119,7 +119,7 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
 
     from cambrian.agents.surrogate import Surrogate
 
-    together, one, rc = [], [], []
+    together, one, like, rc = [], [], [], []
     for seed in range(20):  # 8 noise-only rollouts pull the fit about at random: the prior shows on average
         rng = np.random.default_rng(seed)
         x, lw = _pool(rng, 8)
@@ -128,8 +128,10 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
         pred = [p.mean for p in noise_only.predict(probe)]
         together.append(stats.spearmanr(pred, probe_lw + probe[:, 6] + probe[:, 8]).statistic)  # the three, each sd 0.02
         one.append(stats.spearmanr(pred, probe_lw).statistic)
+        like.append(stats.spearmanr(pred, probe[:, 8]).statistic)
         rc.append(stats.spearmanr(pred, probe[:, 7]).statistic)
     assert np.median(together) > 0.5 and np.median(together) > np.median(one) + 0.1  # about 0.8 against 0.4
+    assert np.median(like) > 0.3  # like_corr counts as much as each watch proxy (about 0.5; 0.08 without its prior)
     assert abs(np.mean(rc)) < 0.2  # return_corr has no prior direction
     x40, lw40 = _pool(rng, 40)
     against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))
