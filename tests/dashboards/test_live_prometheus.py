@@ -114,8 +114,10 @@ def _operator_demo_metrics() -> int:
     return port
 
 
-def _query(url: str, expr: str) -> dict:
-    r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10)
+def _query(url: str, expr: str, at: float | None = None) -> dict:
+    """An instant query, evaluated now or at `at` (Unix seconds)."""
+    params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
+    r = httpx.get(url + "/api/v1/query", params=params, timeout=10)
     assert r.status_code == 200, f"{expr}: HTTP {r.status_code} {r.text[:500]}"
     return r.json()
 
@@ -147,18 +149,20 @@ def test_every_online_panel_query_returns_series(live_prometheus):
 
 
 def test_effect_panel_matches_the_collector_statistics(live_prometheus):
-    """The lift panel's PromQL agrees with the same arithmetic on the exported sums."""
+    """The lift panel's PromQL agrees with the same arithmetic on the exported sums. Every query is evaluated at
+    one instant, so all read the same scrape (the collector may still publish a later day between two queries)."""
+    at = time.time()
     lift = {r["metric"]["arm"]: float(r["value"][1])
-            for r in _query(live_prometheus, _concrete(dashboards.lift()))["data"]["result"]}
+            for r in _query(live_prometheus, _concrete(dashboards.lift()), at)["data"]["result"]}
     sums = {}
-    for r in _query(live_prometheus, f'cambrian_arm_stat{{experiment="{EXPERIMENT}", metric="watch_minutes"}}')[
-            "data"]["result"]:
+    for r in _query(live_prometheus, f'cambrian_arm_stat{{experiment="{EXPERIMENT}", metric="watch_minutes"}}',
+                    at)["data"]["result"]:
         sums.setdefault(r["metric"]["arm"], {})[r["metric"]["stat"]] = float(r["value"][1])
     mean = {a: s["sum_y"] / s["n"] for a, s in sums.items()}
     assert set(lift) == {"treatment"}
     assert lift["treatment"] == pytest.approx(mean["treatment"] / mean["control"] - 1, rel=1e-9)
-    lo = float(_query(live_prometheus, _concrete(dashboards.lift_bound("-")))["data"]["result"][0]["value"][1])
-    hi = float(_query(live_prometheus, _concrete(dashboards.lift_bound("+")))["data"]["result"][0]["value"][1])
+    lo = float(_query(live_prometheus, _concrete(dashboards.lift_bound("-")), at)["data"]["result"][0]["value"][1])
+    hi = float(_query(live_prometheus, _concrete(dashboards.lift_bound("+")), at)["data"]["result"][0]["value"][1])
     assert lo < lift["treatment"] < hi
 
 
