@@ -43,7 +43,7 @@ def run(
     out: Path = typer.Option(Path("bench/results"), help="folder for NAME.json"),
     hypotheses: int = typer.Option(None, "--hypotheses", min=1, help="operator: Hypotheses to create (default 1000)"),
     evolutions: int = typer.Option(None, "--evolutions", min=1, help="operator: Evolutions they are spread over"),
-    users: int = typer.Option(None, "--users", min=100, help="trap: simulated users instead of the size's own"),
+    users: int = typer.Option(None, "--users", min=100, help="trap, decision-world: simulated users instead of the size's own"),
     online_days: int = typer.Option(None, "--online-days", min=2, max=60,
                                     help="trap: each Rollout's maxDuration in days (and the truth's horizon at least "
                                          "as long) instead of the size's own"),
@@ -54,8 +54,8 @@ def run(
     sims: int = typer.Option(None, "--sims", min=10, help="decision-world: simulated experiments per arm"),
     durations: str = typer.Option(None, "--durations", help="decision-world: also compare the design at these "
                                                             "maxDurations in days (comma-separated, e.g. 10,14,21)"),
-    world: str = typer.Option(None, "--world", help="fidelity, trap: the world preset and the Φ0 its product runs "
-                                                    "(calibrated: a click model; hooked and wary: a watch-time model)"),
+    world: str = typer.Option(None, "--world", help="fidelity, trap, decision-world: the world preset and the Φ0 its product "
+                                                    "runs (calibrated: a click model; hooked and wary: a watch-time model)"),
     seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
                                                     "ones (e.g. held-out seeds 5,6,7,8,9); fidelity: run these world "
                                                     "seeds and report them together"),

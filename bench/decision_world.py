@@ -1,12 +1,14 @@
-"""`cambrian bench run decision-world`: the decision benchmark on the calibrated world.
+"""`cambrian bench run decision-world`: the decision benchmark on the calibrated world (or `--world wary`).
 
 `cambrian bench run decision` measures users to a decision on a generator in σ units (ρ = 0.7). This one asks
-the same question of the calibrated world (issue 18): how many users and days does the demo's decision
+the same question of the benchmark worlds (issue 18): how many users and days does the demo's decision
 policy need to decide on the changes that world actually produces?
 
 * Train Φ0 and three changes of bench/fidelity's set on the world's logs: more epochs (a typical offline
-  winner), the watch-time reward (the largest genuine gain measured there) and the clickbait trap; plus an
-  A/A arm (Φ0 against itself).
+  winner), the largest genuine gain measured there (calibrated: the watch-time reward; wary: the watch + like
+  label on its watch-time product) and the clickbait trap; plus an A/A arm (Φ0 against itself). On the wary
+  world the trap is deceptive within the test (more minutes in the first days, fewer over three weeks), so its
+  arm asks whether the sequential design launches it on an early look.
 * Potential outcomes: serve each model to *all* users of a fresh copy of the world for the online days with
   common random numbers. Users never interact in this world and a user's days before their first request are
   the same whatever will serve them, so a randomised experiment is exactly: draw each user's arm (50/50), take
@@ -39,12 +41,15 @@ from typing import Any, Callable
 import numpy as np
 from scipy import stats as sps
 
-from cambrian.bench.fidelity import CANDIDATES, TRAP, candidate_config, train_model
+from cambrian.bench.fidelity import DEFAULT_WORLD, TRAP, bench_world, candidate_config, train_model
 from cambrian.bench.fidelity import Size as FidelitySize
 from cambrian.demo import FULL as DEMO_FULL
 from cambrian.stats.sums import RatioStats, SufficientStats, reference
 
-ARMS = ("aa", "training:more_epochs", "reward:watch_time", TRAP)
+# per world: the A/A arm, a typical offline winner, the world's largest genuine gain (the ratio's arm), the trap
+WORLD_ARMS = {"calibrated": ("aa", "training:more_epochs", "reward:watch_time", TRAP),
+              "wary": ("aa", "training:more_epochs", "reward:watch_and_like", TRAP)}
+ARMS = WORLD_ARMS[DEFAULT_WORLD]
 PRE_DAYS = 14  # online/aggregate.AggregationSettings.pre_days
 
 
@@ -272,33 +277,43 @@ def by_duration(outcomes: dict[str, Outcomes], x: np.ndarray, chosen: tuple[str,
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
         arms: tuple[str, ...] | None = None, sims: int | None = None,
-        durations: tuple[int, ...] | None = None) -> dict:
-    """`arms`: a subset of ARMS to train and simulate (default all; "aa" alone needs only Φ0); `sims`: experiments
-    per arm (default the size's); `durations`: also compare the design at these maxDurations (days) on the same
-    draws (`by_duration`); the models are then served for the longest, which the main figures use too."""
+        durations: tuple[int, ...] | None = None, users: int | None = None, world: str = DEFAULT_WORLD) -> dict:
+    """`arms`: a subset of the world's arms (WORLD_ARMS) to train and simulate (default all; "aa" alone needs only
+    Φ0); `sims`: experiments per arm (default the size's); `durations`: also compare the design at these
+    maxDurations (days) on the same draws (`by_duration`); the models are then served for the longest, which the
+    main figures use too; `users`: the world's users instead of the size's (the demo's design is planned for
+    them: its first look waits for users/8 per arm); `world`: a benchmark world of bench/fidelity with its own
+    Φ0 and candidates."""
     from cambrian.bench.throughput import load_now
+    from cambrian.errors import ConfigError
     from cambrian.world.generate import generate
 
     say = progress or (lambda msg: None)
     size = size or (QUICK if quick else FULL)
     if sims is not None:
         size = replace(size, sims=sims)
+    if users is not None:
+        size = replace(size, users=users)
     if durations:
         size = replace(size, online_days=max(durations))
-    chosen = tuple(arms or ARMS)
-    unknown = [a for a in chosen if a not in ARMS]
+    setup = bench_world(world)
+    if world not in WORLD_ARMS:
+        raise ConfigError(f"decision-world: no arms for world {world!r}; choose one of {', '.join(WORLD_ARMS)}")
+    known = WORLD_ARMS[world]
+    chosen = tuple(arms or known)
+    unknown = [a for a in chosen if a not in known]
     if unknown:
-        raise ValueError(f"decision-world: unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+        raise ValueError(f"decision-world: unknown arm(s) {unknown}; choose from {', '.join(known)}")
     t0, load_start = time.perf_counter(), load_now()
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-decision-world-") as tmp:
         data = Path(tmp) / "world"
-        generate(data, n_users=size.users, days=size.log_days, seed=0, preset="calibrated", force=True)
-        _, base_score = train_model(candidate_config(size, {}), data)
+        generate(data, n_users=size.users, days=size.log_days, seed=0, preset=setup.preset, force=True)
+        _, base_score = train_model(candidate_config(size, {}, setup.base), data)
         outcomes = {"control": serve(data, base_score, size.online_days)}
         for name in chosen:
             if name == "aa":
                 continue
-            _, score = train_model(candidate_config(size, CANDIDATES[name][1]), data)
+            _, score = train_model(candidate_config(size, setup.candidates[name][1], setup.base), data)
             outcomes[name] = serve(data, score, size.online_days)
             say(f"{name}: served")
         x = pre_minutes(data, size.log_days)
@@ -340,23 +355,26 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             arms_out[name]["promotions_per_400_draws"] = _blocks(runs)
             arms_out[name]["by_days_exact_boundaries"]["promotions_per_400_draws"] = _blocks(exact_runs)
         say(f"{name}: {arms_out[name]}")
+    gain = known[2]
     return {
         "name": "decision-world",
         "command": "cambrian bench run decision-world" + (" --quick" if quick else "")
-                   + (f" --arms {','.join(chosen)}" if chosen != ARMS else "")
+                   + (f" --world {world}" if world != DEFAULT_WORLD else "")
+                   + (f" --users {users}" if users is not None else "")
+                   + (f" --arms {','.join(chosen)}" if chosen != known else "")
                    + (f" --sims {sims}" if sims is not None else "")
                    + (f" --durations {','.join(map(str, sorted(durations)))}" if durations else ""),
         "quick": quick,
-        **({"ratio": arms_out["reward:watch_time"]["promote"],
-            "ratio_meaning": ("share of simulated experiments in which the demo's decision policy promotes the "
-                              "calibrated world's largest genuine gain (the watch-time reward) within the demo's "
-                              "maximum duration; the other arms' rates beside it (A/A, more epochs, clickbait trap)")}
-           if "reward:watch_time" in arms_out else
+        **({"ratio": arms_out[gain]["promote"],
+            "ratio_meaning": (f"share of simulated experiments in which the demo's decision policy promotes the "
+                              f"{world} world's largest genuine gain ({gain}) within the demo's maximum duration; "
+                              "the other arms' rates beside it (A/A, more epochs, clickbait trap)")}
+           if gain in arms_out else
            {"ratio": arms_out[chosen[0]]["promote"],
             "ratio_meaning": (f"share of simulated {chosen[0]} experiments that the demo's design (planned by days, "
                               "no plannedSamplePerArm) promotes; the design planned by users on the same draws "
                               "beside it")}),
-        "world": {"preset": "calibrated", "seed": 0, "users": size.users, "log_days": size.log_days,
+        "world": {"preset": setup.preset, "seed": 0, "users": size.users, "log_days": size.log_days,
                   "online_days": size.online_days, "users_ever_exposed": int(unit.sum())},
         "minutes_per_day_cv": round(cv, 4), "cuped_rho": round(rho, 4),
         "policy": {"horizon": policy.horizon, "min_users_per_arm": policy.min_users_per_arm,

@@ -22,6 +22,30 @@ def _outcomes(rng, n, days, lift):
                     impressions=imps)
 
 
+def test_each_worlds_arms_are_its_own_candidates_with_aa_first_and_the_trap_last():
+    from cambrian.bench.decision_world import WORLD_ARMS
+    from cambrian.bench.fidelity import TRAP, bench_world
+
+    for world, arms in WORLD_ARMS.items():
+        assert arms[0] == "aa" and arms[-1] == TRAP, world
+        assert all(a in bench_world(world).candidates for a in arms[1:]), world
+    # the ratio's arm is a reward that reads likes on the wary world's watch-time product, not its Φ0's label
+    wary = bench_world("wary")
+    assert '"like"' in wary.candidates[WORLD_ARMS["wary"][2]][1]["reward"]["label"]
+
+
+def test_decision_world_names_the_worlds_it_has_arms_for():
+    from cambrian.bench import decision_world
+    from cambrian.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no arms for world 'hooked'"):
+        decision_world.run(world="hooked")
+    with pytest.raises(ConfigError, match="unknown benchmark world"):
+        decision_world.run(world="nowhere")
+    with pytest.raises(ValueError, match="unknown arm"):
+        decision_world.run(world="wary", arms=("reward:watch_time",))
+
+
 def test_arm_sums_equal_the_collectors_aggregation():
     """Same users, arms, days and pre-period: the benchmark's fast sums are online/aggregate.py's."""
     rng = np.random.default_rng(5)
