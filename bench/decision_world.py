@@ -19,8 +19,10 @@ policy need to decide on the changes that world actually produces?
   CUPED, hate-rate guardrail, planned by days: no decision before users/8 per arm, the design ends at
   maxDuration = online days, union boundaries).
 * On the same draws: the demo's design before 3 Dec 2026 (`planned_users`: the design ends at users/4 per arm,
-  exact boundaries; it decides on the first day) and the design by days with exact boundaries
-  (`by_days_exact_boundaries`, its rule before 2 Dec).
+  exact boundaries; it decides on the first day), the design by days with exact boundaries
+  (`by_days_exact_boundaries`, its rule before 2 Dec) and the design without its guardrails
+  (`without_guardrails`: whether the sequential test on the north star alone would launch a change that only its
+  first days favour).
 * Reported per arm: the true effect (all users in both arms), promote / rollback / no decision rates with their
   Monte Carlo standard errors, the median day and users per arm at the decision, and the users per arm a fixed
   CUPED test needs for 80% power at the true effect (from the world's measured σ and CUPED ρ).
@@ -328,6 +330,9 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     policy = demo_policy(size.users, size.log_days, size.online_days)  # planned by days (cambrian/demo.py FULL)
     by_users = demo_policy(size.users, size.log_days, size.online_days, planned_by_days=False)
     by_days_exact = replace(policy, boundary_rule="exact")
+    # the same design judged on the north star alone: does the sequential test itself launch a change whose first
+    # days flatter it (the wary world's trap), or is it the guardrail that stops it?
+    no_guardrails = replace(policy, guardrails=())
     z = sps.norm.isf(0.025) + sps.norm.isf(0.2)
     rng = np.random.default_rng(20261201)
     arms_out = {}
@@ -339,6 +344,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
         users_runs = [experiment(pair, ("control", "treatment"), first, x, by_users, rng, a) for a in draws]
         exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
+        bare_runs = [experiment(pair, ("control", "treatment"), first, x, no_guardrails, rng, a) for a in draws]
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
             **_rates(runs),
@@ -349,6 +355,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
             "planned_users": {**_rates(users_runs), "reasons": sorted({r["reason"][:120] for r in users_runs})[:4]},
             # the same design with the exact boundaries it had before (independent increments assumed)
             "by_days_exact_boundaries": _rates(exact_runs),
+            # the same design without its guardrails (the north star decides alone)
+            "without_guardrails": {**_rates(bare_runs), "reasons": sorted({r["reason"][:120] for r in bare_runs})[:4]},
         }
         if name == "aa":
             arms_out[name]["fixed_test_at_max_duration"] = fixed_test_at_end(c, first, x, draws, policy.alpha)

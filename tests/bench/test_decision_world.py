@@ -117,6 +117,24 @@ def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
     assert aa.count("promote") <= 2
 
 
+def test_a_better_change_that_doubles_hates_is_rolled_back_by_the_guardrail_and_promoted_without_it():
+    """What `without_guardrails` separates: the hate-rate guardrail, not the north star's test, stops it."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(2)
+    n, days = 2000, 6
+    c = _outcomes(rng, n, days, 0.0)
+    hated = Outcomes(minutes=c.minutes * 1.3, active=c.active, hates=c.hates * 2 + 1, impressions=c.impressions)
+    first = np.where(c.active.any(1), c.active.argmax(1), days)
+    x = c.minutes[:, :2].mean(1)
+    policy = demo_policy(n, 7, days)
+    pair = {"control": c, "treatment": hated}
+    stopped = experiment(pair, ("control", "treatment"), first, x, policy, rng)
+    assert stopped["outcome"] == "rollback" and "hate_rate" in stopped["reason"]
+    bare = experiment(pair, ("control", "treatment"), first, x, replace(policy, guardrails=()), rng)
+    assert bare["outcome"] == "promote"
+
+
 def test_by_duration_cuts_the_same_outcomes_and_plans_each_design_to_its_own_end():
     """A lift that only starts on day 4: a 3-day design cannot see it (its true effect is 0 and it never promotes),
     a 6-day one sees it and promotes after day 3; the A/A arm is run on the same draws."""
@@ -179,6 +197,7 @@ def test_decision_world_small_end_to_end():
     assert r["arms"]["aa"]["fixed_test_at_max_duration"]["draws"] == 4
     assert r["policy"]["horizon"] == "days" and r["planned_users_policy"]["horizon"] == "users"
     assert all(a["planned_users"]["median_day_of_stop"] >= 1 for a in r["arms"].values())
+    assert not any("guardrail" in why for a in r["arms"].values() for why in a["without_guardrails"]["reasons"])
 
 
 @pytest.mark.slow
