@@ -305,7 +305,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     chosen = tuple(arms or known)
     unknown = [a for a in chosen if a not in known]
     if unknown:
-        raise ValueError(f"decision-world: unknown arm(s) {unknown}; choose from {', '.join(known)}")
+        raise ConfigError(f"decision-world: unknown arm(s) {unknown} for world {world!r}; choose from {', '.join(known)}")
     t0, load_start = time.perf_counter(), load_now()
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-decision-world-") as tmp:
         data = Path(tmp) / "world"

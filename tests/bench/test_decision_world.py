@@ -42,7 +42,7 @@ def test_decision_world_names_the_worlds_it_has_arms_for():
         decision_world.run(world="hooked")
     with pytest.raises(ConfigError, match="unknown benchmark world"):
         decision_world.run(world="nowhere")
-    with pytest.raises(ValueError, match="unknown arm"):
+    with pytest.raises(ConfigError, match="unknown arm"):
         decision_world.run(world="wary", arms=("reward:watch_time",))
 
 
