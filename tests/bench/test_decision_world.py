@@ -201,6 +201,25 @@ def test_decision_world_small_end_to_end():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_decision_world_on_the_wary_world_trains_its_watch_time_product_and_its_arms():
+    from cambrian.bench import decision_world
+
+    size = decision_world.Size(users=200, log_days=3, online_days=3, epochs=1, max_train_examples=20_000, sims=4)
+    r = decision_world.run(size=size, world="wary", users=240)
+    assert r["world"]["preset"] == "wary" and r["world"]["users"] == 240
+    assert r["command"] == "cambrian bench run decision-world --world wary --users 240"
+    assert set(r["arms"]) == set(decision_world.WORLD_ARMS["wary"])
+    assert r["ratio"] == r["arms"]["reward:watch_and_like"]["promote"]
+    # the watch + like model is not Φ0 (a watch-time model): its outcomes differ from the control's
+    assert r["arms"]["reward:watch_and_like"]["true_effect"] != 0.0
+    for a in r["arms"].values():
+        bare = a["without_guardrails"]
+        assert bare["promote"] + bare["rollback"] + bare["inconclusive"] + bare["no_decision_by_max_duration"] == \
+            pytest.approx(1.0)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_decision_world_quick_aa_design_by_days_keeps_alpha():
     """The quick calibrated world (600 users, 6 days), 1,000 A/A draws: the design planned by days (union
