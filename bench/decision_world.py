@@ -158,17 +158,22 @@ def demo_policy(users: int, days: int, online_days: int, planned_by_days: bool =
 
 
 def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndarray, x: np.ndarray,
-               policy: Any, rng: np.random.Generator, assign: np.ndarray | None = None) -> dict[str, Any]:
+               policy: Any, rng: np.random.Generator, assign: np.ndarray | None = None,
+               daily: dict[int, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """One randomised experiment, looked at after each closed day until decide() stops it (`assign`: the
-    users' arms, drawn from rng when not given)."""
+    users' arms, drawn from rng when not given; `daily`: the sums by closed day of these arms and this
+    assignment, filled as they are computed, so designs run on the same draw compute each day's sums once)."""
     from cambrian.stats import decide
 
     if assign is None:
         assign = (rng.random(first.size) < 0.5).astype(int)
+    daily = {} if daily is None else daily
     state = None
     days = arms[names[0]].minutes.shape[1]
     for closed in range(days):
-        sums = arm_sums(arms, assign, names, first, x, closed)
+        if closed not in daily:
+            daily[closed] = arm_sums(arms, assign, names, first, x, closed)
+        sums = daily[closed]
         n = {a: sums[a]["watch_minutes"].n for a in sums}
         if min(n.values()) < 2:
             continue
@@ -341,10 +346,10 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         pair = {"control": c, "treatment": outcomes[treat]}
         eff, se = true_effect(pair["treatment"], c, first)
         draws = [(rng.random(first.size) < 0.5).astype(np.int8) for _ in range(size.sims)]
-        runs = [experiment(pair, ("control", "treatment"), first, x, policy, rng, a) for a in draws]
-        users_runs = [experiment(pair, ("control", "treatment"), first, x, by_users, rng, a) for a in draws]
-        exact_runs = [experiment(pair, ("control", "treatment"), first, x, by_days_exact, rng, a) for a in draws]
-        bare_runs = [experiment(pair, ("control", "treatment"), first, x, no_guardrails, rng, a) for a in draws]
+        daily = [{} for _ in draws]  # each draw's sums by day, shared by the four designs
+        designs = [[experiment(pair, ("control", "treatment"), first, x, p, rng, a, sums)
+                    for a, sums in zip(draws, daily)] for p in (policy, by_users, by_days_exact, no_guardrails)]
+        runs, users_runs, exact_runs, bare_runs = designs
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
             **_rates(runs),
