@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,13 +116,17 @@ class BenchWorld:
     preset: str
     base: dict[str, dict[str, Any]]
     candidates: dict[str, tuple[str, dict[str, Any]]]
+    offline: dict[str, dict[str, str]] = field(default_factory=dict)  # the Evolution's objective.offline, if not the default
 
 
 WATCH_TIME_PRODUCT = {"reward": {"label": WATCH_LABEL}}  # Φ0 of the worlds whose product ranks by watch time
 WORLDS = {
     "calibrated": BenchWorld("calibrated", {}, CANDIDATES),
     "hooked": BenchWorld("hooked", WATCH_TIME_PRODUCT, HOOKED_CANDIDATES),
-    "wary": BenchWorld("wary", WATCH_TIME_PRODUCT, WARY_CANDIDATES),  # the hooked product, satisfaction-aware changes
+    # the hooked product and satisfaction-aware changes; its team scores reward changes by likes (like_corr): on
+    # this world like_corr ranks the reward candidates' online effects best and gates the trap (bench/README.md)
+    "wary": BenchWorld("wary", WATCH_TIME_PRODUCT, WARY_CANDIDATES,
+                       {"reward": {"metric": "like_corr", "direction": "maximize"}}),
 }
 DEFAULT_WORLD = "calibrated"
 

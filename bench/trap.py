@@ -61,7 +61,8 @@ FULL = Size(users=2000, days=8, evaluations=24, online_days=DEMO_FULL.online_day
 
 def evolution_and_trap(size: Size, seed: int, world: str = DEFAULT_WORLD) -> tuple[dict[str, Any], dict[str, Any]]:
     """The demo's Evolution at this size (built-in proposer) on the benchmark world's preset, with that world's Φ0
-    as its baseline (bench/fidelity.WORLDS), and the trap Hypothesis (a patch on that Φ0)."""
+    as its baseline and its offline objective (bench/fidelity.WORLDS), and the trap Hypothesis (a patch on that
+    Φ0)."""
     from cambrian.demo import EVOLUTION, FULL as DEMO, evolution_object
 
     setup = bench_world(world)
@@ -69,6 +70,8 @@ def evolution_and_trap(size: Size, seed: int, world: str = DEFAULT_WORLD) -> tup
                    epochs=size.epochs, max_train_examples=size.max_train_examples, world=setup.preset)
     evo = evolution_object(demo, seed, gemini=False)
     evo["spec"]["baseline"] = {**setup.base, **evo["spec"]["baseline"]}
+    if setup.offline:  # the world's own offline objective for the components it names (the wary world's: likes)
+        evo["spec"]["objective"]["offline"] = dict(setup.offline)
     _, delta = setup.candidates[TRAP]
     trap = {"apiVersion": evo["apiVersion"], "kind": "Hypothesis", "metadata": {"name": TRAP_NAME},
             "spec": {"evolutionRef": {"name": EVOLUTION}, "component": "reward",

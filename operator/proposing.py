@@ -252,7 +252,7 @@ class ClusterProposer:
     def __call__(self, action: ProposeHypotheses, existing: list[Mapping[str, Any]]) -> ProposalBatch:
         from cambrian.agents import canonical
         from cambrian.agents.budgets import cost_usd
-        from cambrian.agents.personas import PERSONAS, get_persona, reward_columns
+        from cambrian.agents.personas import PERSONAS, reward_columns
         from cambrian.agents.proposers.base import ProposalRequest
         from cambrian.trainer.config import parse_config
 
@@ -277,6 +277,9 @@ class ClusterProposer:
         def spent() -> bool:
             return (budgets.tokens is not None and used.tokens + batch.tokens >= budgets.tokens) or (
                 budgets.dollars is not None and used.dollars + batch.dollars >= budgets.dollars)
+
+        def persona_for(name: str):
+            return declared_persona(name, spec, schema)
 
         def ask(persona, asked: dict[str, int], repair_of=None):
             request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
@@ -320,7 +323,7 @@ class ClusterProposer:
             if spent():
                 batch.notes.append(f"LLM budget spent before asking the {name} persona")
                 break
-            persona = get_persona(name)
+            persona = persona_for(name)
             result = ask(persona, asked)
             if result.error:
                 batch.notes.append(f"{name}: unusable proposer output: {result.error}")
@@ -341,7 +344,7 @@ class ClusterProposer:
             if spent():
                 batch.notes.append(f"LLM budget spent before repairing {failed}")
                 break
-            result = ask(PERSONAS[entry.persona], {"exploit": 1}, repair_of=entry)
+            result = ask(persona_for(entry.persona), {"exploit": 1}, repair_of=entry)
             if result.error or not result.proposals:
                 batch.notes.append(f"repair of {failed}: {result.error or 'the proposer had no fix'}")
                 continue
@@ -373,13 +376,20 @@ def _fingerprint(baseline, hs: Mapping[str, Any], label: str | None) -> str | No
         return None
 
 
+def declared_persona(name: str, spec: api.EvolutionSpec, schema):
+    """The persona as the data and the Evolution's objective define its metric, for every proposer (the prompt
+    names it; the built-in's TPE and its order of untried entries read it)."""
+    from cambrian.agents.personas import for_declaration, get_persona
+
+    persona = get_persona(name)
+    return for_declaration(persona, schema, spec.objective.offline.for_component(persona.components[0]).metric)
+
+
 def _prompt(persona, baseline, hypotheses: list, quotas: dict[str, int], spec: api.EvolutionSpec, schema,
             repair_of=None) -> str:
     from cambrian.agents.journal import render_journal
-    from cambrian.agents.personas import for_declaration
     from cambrian.agents.prompts import build_prompt
 
-    persona = for_declaration(persona, schema, spec.objective.offline.for_component(persona.components[0]).metric)
     text = render_journal([h for h in hypotheses if h.persona == persona.name] or hypotheses, persona.metric,
                           persona.lower_is_better, 20_000, components=persona.components)
     return build_prompt(persona, persona.view(baseline), text, quotas, [m.name for m in spec.objective.north_star], None,

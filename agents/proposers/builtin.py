@@ -52,8 +52,11 @@ class Entry:
     code: str | None = None
     reads: tuple[str, ...] = ()  # the columns a reward's SQL reads (checked against its parse by the tests)
     no_op: dict[str, float] | None = None  # settings that repeat the declared label (a champion on it learns nothing new)
+    targets: tuple[str, ...] = ()  # the offline metrics it is meant to raise: tried first when one is the objective
 
-    def render(self, params: dict[str, float]) -> dict[str, Any]:
+    def render(self, params: dict[str, float], label: str = "label") -> dict[str, Any]:
+        """The delta at these settings; `{label}` is the champion's reward label (SQL), by default the declared
+        label's column."""
         values = {**self.defaults, **params}
 
         def fill(v: Any) -> Any:
@@ -66,7 +69,7 @@ class Entry:
             if isinstance(v, str) and "{" in v:  # {a} is a parameter, {a_c} its complement 1 - a
                 nums = {k: _sql_num(x) for k, x in values.items()}
                 nums.update({f"{k}_c": _sql_num(1.0 - float(x)) for k, x in values.items()})
-                return v.format(**nums)
+                return v.format(**nums, label=label)
             return v
 
         delta: dict[str, Any] = {"component": self.component, "patch": fill(self.patch)}
@@ -108,6 +111,7 @@ class Model(nn.Module):
 _CLICK = "CAST(click AS DOUBLE)"
 _COMPLETION = "LEAST(GREATEST(completion, 0.0), 1.0)"
 _RETURNED = "CAST(returned_next_day AS DOUBLE)"
+_LIKE = 'CAST("like" AS DOUBLE)'
 
 CATALOGUE: list[Entry] = [
     # ---- optimizer persona (val_loss)
@@ -186,6 +190,16 @@ CATALOGUE: list[Entry] = [
           {"a": 0.5}, {"a": Dist(0.0, 1.0)},
           "Multi-objective synthesis (the paper's discovery #5): completion times a retention factor.",
           "long_watch_corr +0.03", reads=("click", "completion", "returned_next_day")),
+    # rewards that keep the champion's label and add what pleased users: tried first when likes are the objective
+    # (like_corr), after the rest otherwise
+    Entry("like_weighted", "reward", "reward", "explore", {"weight": f"1.0 + {{w}} * {_LIKE}"},
+          {"w": 2.0}, {"w": Dist(0.5, 10.0, log=True)},
+          "Weighting the champion's own label by likes makes the rows users were pleased by count more, without "
+          "changing what the model learns to predict.", "like_corr +0.02", reads=("like",), targets=("like_corr",)),
+    Entry("label_and_like", "reward", "reward", "innovate", {"label": f"{{a}} * ({{label}}) + {{a_c}} * {_LIKE}"},
+          {"a": 0.5}, {"a": Dist(0.1, 0.9)},
+          "Blending the champion's label with likes teaches the model what pleases users, not only what they watch "
+          "or click.", "like_corr +0.05", reads=("label", "like"), targets=("like_corr",)),
 ]  # fmt: skip
 
 # The prior: within each persona and category, the order in which untried entries are proposed.
@@ -193,7 +207,7 @@ PRIORITY = [
     "adam_lr", "adagrad", "adamw", "rmsprop", "sgd_nesterov", "more_epochs", "small_batch",
     "embed32", "wider", "gelu", "dropout", "dcn", "deepfm", "layernorm_plugin",
     "completion", "watch_weighted", "long_watch", "return_aware", "return_completion", "click_completion",
-    "like_minus_hate",
+    "like_minus_hate", "label_and_like", "like_weighted",
 ]  # fmt: skip
 CATALOGUE.sort(key=lambda e: PRIORITY.index(e.key))
 ENTRIES = {e.key: e for e in CATALOGUE}
@@ -319,6 +333,12 @@ def declared_rewards(schema: Any) -> list[Entry]:
     return out
 
 
+def _objective_first(entries: list[Entry], metric: str) -> list[Entry]:
+    """The entries meant to raise the objective's metric first, each group in its prior order: an Evolution that
+    scores rewards by likes tries the rewards that read likes before the catalogue's watch-time ones."""
+    return sorted(entries, key=lambda e: metric not in e.targets)
+
+
 def _available_architectures() -> set[str]:
     """The names the trainer registers (from its config module: proposing never imports torch)."""
     from cambrian.trainer.config import ARCHITECTURE_NAMES
@@ -356,7 +376,7 @@ class BuiltinProposer:
         declaration lacks (the world's watch_seconds on MovieLens) would only fail its gate."""
         allowed = set(request.columns)
         mine = [e for e in (*self.catalogue, *self._declared(request)) if e.persona == request.persona.name]
-        return [e for e in mine if not allowed or set(e.reads) <= allowed]
+        return _objective_first([e for e in mine if not allowed or set(e.reads) <= allowed], request.persona.metric)
 
     def _fingerprints(self, request: ProposalRequest) -> set[str]:
         """Keys not to propose: every earlier hypothesis's and the baseline's own (a change that changes nothing)."""
@@ -369,12 +389,13 @@ class BuiltinProposer:
         except (ConfigError, ValueError):
             return None
 
-    def _proposal(self, entry: Entry, params: dict, category: str, note: str = "") -> dict[str, Any]:
+    def _proposal(self, request: ProposalRequest, entry: Entry, params: dict, category: str,
+                  note: str = "") -> dict[str, Any]:
         return {
             "category": category,
             "explanation": entry.explanation + (f" {note}" if note else ""),
             "predicted_effect": entry.effect,
-            "delta": entry.render(params),
+            "delta": entry.render(params, request.baseline.reward.label),
             "meta": {"entry": entry.key, "params": {**entry.defaults, **params}},
         }
 
@@ -414,7 +435,7 @@ class BuiltinProposer:
         if not self._history(request, entry):
             # Nothing of this family was measured: TPE's first trials would be uniform draws, so its first
             # trial is the catalogue's default settings, the prior's best guess (like Optuna's enqueue_trial).
-            prop = self._proposal(entry, {}, "exploit", "(the family's default settings: nothing measured yet)")
+            prop = self._proposal(request, entry, {}, "exploit", "(the family's default settings: nothing measured yet)")
             fp = self._fp(request, prop["delta"])
             if fp and fp not in taken:
                 taken.add(fp)
@@ -439,7 +460,7 @@ class BuiltinProposer:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # keep asking distinct points
             if self._repeats_declared_label(request, entry, params):
                 continue
-            prop = self._proposal(entry, params, "exploit", "(numeric settings tuned by Optuna TPE)")
+            prop = self._proposal(request, entry, params, "exploit", "(numeric settings tuned by Optuna TPE)")
             fp = self._fp(request, prop["delta"])
             if fp and fp not in taken:
                 taken.add(fp)
@@ -479,7 +500,7 @@ class BuiltinProposer:
 
     def _untried(self, request: ProposalRequest, pool: list[Entry], category: str, taken: set[str]) -> dict | None:
         for entry in pool:
-            prop = self._proposal(entry, {}, category)
+            prop = self._proposal(request, entry, {}, category)
             fp = self._fp(request, prop["delta"])
             if fp and fp not in taken:
                 taken.add(fp)
@@ -497,7 +518,7 @@ class BuiltinProposer:
             v = float(params.get(k, entry.defaults.get(k, d.low)))
             v = (v * d.low) ** 0.5 if d.log else (v + d.low) / 2  # a smaller step/size is the safer side
             params[k] = int(round(v)) if d.integer else v
-        prop = self._proposal(entry, params, "exploit", f"(repair of {parent.id}: smaller settings)")
+        prop = self._proposal(request, entry, params, "exploit", f"(repair of {parent.id}: smaller settings)")
         fp = self._fp(request, prop["delta"])
         if fp and fp not in taken:
             return prop

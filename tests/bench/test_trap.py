@@ -42,6 +42,21 @@ def test_the_hooked_world_runs_the_loop_on_its_watch_time_model_with_the_trap_le
     assert result["command"] == "cambrian bench run trap --quick --world hooked" and result["world"] == "hooked"
 
 
+def test_the_wary_world_scores_reward_changes_by_likes_and_the_rest_by_the_default():
+    """The wary world's product team scores reward changes by like_corr (its users leave when unsatisfied); the
+    Evolution carries that objective, so the gate, the noise floor and the built-in proposer all read it."""
+    from cambrian.bench.fidelity import WATCH_LABEL
+    from cambrian.operator import api
+
+    evo, trap = evolution_and_trap(QUICK, 1, "wary")
+    offline = api.parse_resource(evo).spec.objective.offline
+    assert (offline.reward.metric, offline.reward.direction) == ("like_corr", "maximize")
+    assert offline.optimizer == api.OfflineObjective().optimizer
+    assert evo["spec"]["baseline"]["reward"] == {"label": WATCH_LABEL}
+    hooked, _ = evolution_and_trap(QUICK, 1, "hooked")  # the same product on the hooked world keeps the default
+    assert api.parse_resource(hooked).spec.objective.offline.reward == api.OfflineObjective().reward
+
+
 def test_the_demos_evolution_scores_rewards_by_the_worlds_proxy_of_watch_time():
     """A reward change is judged by what the model's own slates would collect of the held-out watch time (the
     north star's offline proxy, the operator's default since issue 18), not by return_corr (the former default,

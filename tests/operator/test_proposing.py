@@ -52,6 +52,29 @@ def test_builtin_proposer_makes_valid_specs_per_persona_within_quotas():
         json.dumps(h["delta"], sort_keys=True) for h, _ in batch.items}
 
 
+def test_the_builtin_proposer_is_asked_with_the_objectives_metric_and_the_champions_label():
+    """The reward persona reaches every proposer with the metric the Evolution's objective judges rewards by: the
+    built-in tries the rewards meant to raise it first (likes, when like_corr is the objective) and its blend
+    reads the champion's own label; under the default objective its catalogue order is unchanged."""
+    watch = "LEAST(watch_seconds / 300.0, 1.0)"
+
+    def entries(objective):
+        spec = api.parse_spec("Evolution", {
+            "objective": {"northStar": [{"name": "watch_minutes"}], **objective}, "data": {"world": {}},
+            "baseline": {"reward": {"label": watch}},
+            "agent": {"provider": "builtin", "personas": ["reward"], "proposalsPerWakeup": 3,
+                      "quotas": {"explore": 1, "exploit": 1, "innovate": 1}}})
+        batch = P.ClusterProposer()(wake(spec), [])
+        return [(json.loads(ann[P.A_META])["entry"], hs["delta"]["patch"]) for hs, ann in batch.items]
+
+    likes = entries({"offline": {"reward": {"metric": "like_corr", "direction": "maximize"}}})
+    assert [e for e, _ in likes][:2] == ["like_weighted", "label_and_like"]
+    assert "label" not in likes[0][1] and '"like"' in likes[0][1]["weight"]  # Φ0's label kept, liked rows weighed up
+    assert watch in likes[1][1]["label"] and '"like"' in likes[1][1]["label"]
+    default = [e for e, _ in entries({})]
+    assert default[0] == "completion" and not {"like_weighted", "label_and_like"} & set(default)
+
+
 class Scripted:
     """A proposer whose answer is fixed (the LLM proposers' output shape), with token usage."""
 
@@ -544,7 +567,8 @@ def test_an_evolution_without_a_reward_objective_asks_the_reward_persona_for_top
     from cambrian.trainer.config import parse_config
 
     spec = evo_spec(personas=["reward"])
-    text = P._prompt(REWARD, parse_config(spec.baseline), [], {"explore": 1}, spec, spec.data.declared())
+    persona = P.declared_persona(REWARD.name, spec, spec.data.declared())
+    text = P._prompt(persona, parse_config(spec.baseline), [], {"explore": 1}, spec, spec.data.declared())
     assert "improve the offline metric top_watch_share on held-out days (HIGHER is better)" in text
     assert "improve the offline metric long_watch_corr" not in text
 
