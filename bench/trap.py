@@ -325,10 +325,20 @@ def summarise(per_seed: list[dict[str, Any]], size: Size, quick: bool, world: st
         "seeds_with_a_better_launch": sum(bool(s["genuinely_better_launched"]) for s in per_seed),
         "offline_best_is_trap": sum(bool(s["offline_best"] and s["offline_best"]["is_trap"]) for s in per_seed),
         "online_verdicts": online_verdicts(per_seed),
+        "launch_effects": launch_effects(per_seed),
         "size": size.__dict__,
         "world": world,
         "seeds": per_seed,
     }
+
+
+def launch_effects(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """What each promotion truly moved (minutes per user, its treatment against its own control, over the truth's
+    horizon): issue 18 asks the launched changes' median absolute effect to be of the paper's order (under 2%)."""
+    moved = sorted(r["truth_vs_control"]["minutes"] for s in per_seed for r in s.get("rollouts", ())
+                   if r.get("decision") == "promote" and r.get("truth_vs_control"))
+    return {"promotions": len(moved), "minutes": [round(m, 6) for m in moved],
+            "median_abs_minutes": round(float(np.median(np.abs(moved))), 6) if moved else None}
 
 
 def online_verdicts(per_seed: list[dict[str, Any]]) -> dict[str, int]:

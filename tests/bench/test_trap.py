@@ -142,6 +142,18 @@ def test_the_headline_counts_seeds_that_kept_the_trap_out_and_launched_a_better_
     s = summarise(seeds, QUICK, quick=True)
     assert s["ratio"] == pytest.approx(1 / 3)
     assert (s["trap_launched"], s["seeds_with_a_better_launch"], s["offline_best_is_trap"]) == (1, 2, 1)
+    assert s["launch_effects"] == {"promotions": 0, "minutes": [], "median_abs_minutes": None}
+
+
+def test_the_launched_changes_effects_are_each_promotions_truth_against_its_own_control():
+    rollout = lambda decision, minutes: {"decision": decision, "truth_vs_control": {"minutes": minutes}}
+    seeds = [{"trap_launched": False, "genuinely_better_launched": ["a"], "offline_best": None,
+              "rollouts": [rollout("promote", 0.031), rollout("rollback", -0.2), rollout(None, 0.5)]},
+             {"trap_launched": False, "genuinely_better_launched": [], "offline_best": None,
+              "rollouts": [rollout("promote", -0.004), rollout("promote", 0.012),
+                           {"decision": "promote", "truth_vs_control": None}]}]  # two treatments: no single truth
+    effects = summarise(seeds, QUICK, quick=True)["launch_effects"]
+    assert effects == {"promotions": 3, "minutes": [-0.004, 0.012, 0.031], "median_abs_minutes": 0.012}
 
 
 def test_the_truth_is_measured_on_the_bundles_the_loop_served():
