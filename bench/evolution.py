@@ -23,10 +23,12 @@ SIM_DAYS = 1.0  # simulated-time limit: 288 wake-ups at the default 5-minute cad
 
 def evolution_object(name: str, *, baseline: dict[str, Any], world: dict[str, int], provider: str = "builtin",
                      model: str | None = None, evaluations: int, baseline_seeds: int = 2, confirm_seeds: int = 1,
-                     one_wakeup: bool = False, fidelity: dict[str, Any] | None = None) -> dict[str, Any]:
+                     one_wakeup: bool = False, fidelity: dict[str, Any] | None = None,
+                     offline: dict[str, Any] | None = None) -> dict[str, Any]:
     """An Evolution manifest (validated by the CRD's model). `one_wakeup`: the agents wake up once (the
     recorded LLM answers cover one wake-up only); otherwise every 5 simulated minutes until the budget is spent.
-    `fidelity`: spec.fidelity (multi-fidelity), absent by default.
+    `fidelity`: spec.fidelity (multi-fidelity), absent by default. `offline`: spec.objective.offline, the default's
+    by default.
     `world`: users, days and seed of the generated world the driver is given (spec.data names the same world)."""
     from cambrian.operator import api
     from cambrian.operator.local_driver import NO_REVIEW  # the offline loop alone: no Rollout is ever started
@@ -36,7 +38,8 @@ def evolution_object(name: str, *, baseline: dict[str, Any], world: dict[str, in
         "spec": {
             "baseline": baseline,
             # northStar is required by the CRD; no rollout runs in a bench, so it is never read
-            "objective": {"northStar": [{"name": "watch_minutes", "direction": "maximize"}]},
+            "objective": {"northStar": [{"name": "watch_minutes", "direction": "maximize"}],
+                          **({"offline": offline} if offline is not None else {})},
             "agent": {"provider": provider, **({"model": model} if model else {}),
                       "budgets": {"evaluations": evaluations}},
             "cadence": {"offline": f"{int(SIM_DAYS) + 1}d" if one_wakeup else "5m", "online": NO_REVIEW},

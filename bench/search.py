@@ -45,6 +45,9 @@ from cambrian.bench.throughput import load_now, make_world
 from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
+# the loop judges every change by the metric the arms are compared on, as TPE is told it (before 6 Dec 2026 it
+# judged by the operator's defaults: val_loss, and top_watch_share for rewards)
+LOOP_OBJECTIVE = {c: {"metric": METRIC, "direction": "maximize"} for c in ("optimizer", "architecture", "reward", "training")}
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gemini"
 RECORDED = ("reward_valid.json", "architecture_valid.json", "optimizer_valid.json")  # the default persona order
 ARMS = ("random", "tpe", "builtin", "llm")
@@ -244,7 +247,8 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
     obj = evolution_object(f"{kind}-s{seed}", baseline={"training": base.training.model_dump(mode="json")},
                            world=world, provider="gemini" if kind == "llm" else "builtin",
                            model="gemini-2.5-pro" if kind == "llm" else None, evaluations=budget,
-                           baseline_seeds=2, confirm_seeds=1, one_wakeup=kind == "llm")
+                           baseline_seeds=2, confirm_seeds=1, one_wakeup=kind == "llm",
+                           offline=LOOP_OBJECTIVE)
     replay = proposer = None
     if kind == "llm":
         from cambrian.agents.proposers.llm import GeminiProposer

@@ -56,3 +56,17 @@ def test_one_wakeup_proposes_once(tmp_path, world, trainer):
     assert status.counters.wakeups == 1 and status.phase == "Running"  # the budget is not what stopped it
     assert len(out.runs) == status.spend.evaluations < 40
     assert {r.hypothesis for r in out.runs} - {"baseline"}
+
+
+def test_the_search_loop_judges_every_change_by_the_metric_the_arms_are_compared_on():
+    from cambrian.bench.search import LOOP_OBJECTIVE, METRIC
+    from cambrian.operator import api
+
+    obj = evolution_object("s", baseline={}, world={"users": 150, "days": 4, "seed": 7}, evaluations=10,
+                           offline=LOOP_OBJECTIVE)
+    offline = api.parse_resource(obj).spec.objective.offline
+    for component in api.OfflineObjective.model_fields:
+        assert (offline.for_component(component).metric, offline.for_component(component).direction) == (METRIC, "maximize")
+    default = api.parse_resource(evolution_object("d", baseline={}, world={"users": 150, "days": 4, "seed": 7},
+                                                  evaluations=10)).spec.objective.offline
+    assert default == api.OfflineObjective()
