@@ -42,12 +42,13 @@ from typing import Any, Callable
 import numpy as np
 
 from cambrian.bench.throughput import load_now, make_world
+from cambrian.operator.api import OfflineObjective
 from cambrian.testing.gemini import GeminiReplay
 
 METRIC = "long_watch_corr"
 # the loop judges every change by the metric the arms are compared on, as TPE is told it (before 6 Dec 2026 it
 # judged by the operator's defaults: val_loss, and top_watch_share for rewards)
-LOOP_OBJECTIVE = {c: {"metric": METRIC, "direction": "maximize"} for c in ("optimizer", "architecture", "reward", "training")}
+LOOP_OBJECTIVE = {c: {"metric": METRIC, "direction": "maximize"} for c in OfflineObjective.model_fields}
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "gemini"
 RECORDED = ("reward_valid.json", "architecture_valid.json", "optimizer_valid.json")  # the default persona order
 ARMS = ("random", "tpe", "builtin", "llm")

@@ -278,9 +278,6 @@ class ClusterProposer:
             return (budgets.tokens is not None and used.tokens + batch.tokens >= budgets.tokens) or (
                 budgets.dollars is not None and used.dollars + batch.dollars >= budgets.dollars)
 
-        def persona_for(name: str):
-            return declared_persona(name, spec, schema)
-
         def ask(persona, asked: dict[str, int], repair_of=None):
             request = ProposalRequest(persona, action.wakeup, asked, "", baseline, journal,  # type: ignore[arg-type]
                                       repair_of=repair_of, columns=columns, schema=schema)
@@ -323,7 +320,7 @@ class ClusterProposer:
             if spent():
                 batch.notes.append(f"LLM budget spent before asking the {name} persona")
                 break
-            persona = persona_for(name)
+            persona = declared_persona(name, spec, schema)
             result = ask(persona, asked)
             if result.error:
                 batch.notes.append(f"{name}: unusable proposer output: {result.error}")
@@ -344,7 +341,7 @@ class ClusterProposer:
             if spent():
                 batch.notes.append(f"LLM budget spent before repairing {failed}")
                 break
-            result = ask(persona_for(entry.persona), {"exploit": 1}, repair_of=entry)
+            result = ask(declared_persona(entry.persona, spec, schema), {"exploit": 1}, repair_of=entry)
             if result.error or not result.proposals:
                 batch.notes.append(f"repair of {failed}: {result.error or 'the proposer had no fix'}")
                 continue
