@@ -7,9 +7,9 @@ the last five standardised over the concluded rollouts (`Surrogate`). The prior 
 before any rollout: top_watch_share, long_watch_corr and like_corr are the offline proxies of the north star
 (the share of each user's held-out watch seconds in the rows the model would put in that user's slates, the
 correlation of the model's scores with long watches, and with likes: the logs' trace of satisfaction, which
-brings users back), so their weights start positive, equally, and the surrogate starts at their mean ranking:
-which transfers best differs between worlds, and the rollouts decide. The
-components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
+brings users back), so their weights start positive, watching (the first two) and satisfaction (likes) with half
+each, and the surrogate starts at that mix's ranking: which transfers best differs between worlds, and the rollouts
+decide. The components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
 standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
 that uncertain candidates get explored.
 
@@ -110,7 +110,17 @@ class BayesianLinear:
 # the watch proxies miss where users leave when unsatisfied (the wary world). One fit on 8 ranking the rest, full
 # size: calibrated seeds 0 / 1 0.690 / 0.846 -> 0.786 / 0.921, wary seed 0 (25 candidates) 0.187 -> 0.567
 # (bench/results/fidelity-full-seed{0,1}-8e096d9.json, fidelity-wary-seed0.json; bench/README.md).
-PRIOR_DIRECTION = {m: (0.5 / math.sqrt(3), 0.25) for m in ("top_watch_share", "long_watch_corr", "like_corr")}
+# Per kind of evidence, not per metric (6 Dec 2026, twelfth session): top_watch_share and long_watch_corr are two
+# readings of one thing, long watches (their gains correlate 0.6-0.9 over every world's candidates), so weighing the
+# three equally counted watching twice and satisfaction once. Each kind now has half the direction: like_corr twice
+# each watch proxy's weight, the length 0.5 as before. One fit on 8 ranking the rest, replayed on the stored runs
+# that chose it (200 draws; wary seed 0's floors read by its declared reward objective like_corr, as its loop's
+# gate reads them): calibrated seeds 0-3 0.786 / 0.921 / 0.807 / 0.672 -> 0.793 / 0.924 / 0.799 / 0.665, wary
+# seed 0 0.594 -> 0.626, hooked seeds 0 / 1 0.180 / 0.367 -> 0.220 / 0.448; wary seeds 1 and 2 held out
+# (bench/README.md, fidelity).
+KINDS = (("top_watch_share", "long_watch_corr"), ("like_corr",))  # watching; satisfaction
+_WEIGHTS = {m: 1 / len(kind) for kind in KINDS for m in kind}
+PRIOR_DIRECTION = {m: (0.5 * w / math.hypot(*_WEIGHTS.values()), 0.25) for m, w in _WEIGHTS.items()}
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
 # Both are narrow on purpose: with 8 rollouts and 10 weights a wide prior lets a few points' noise set the

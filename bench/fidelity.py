@@ -247,13 +247,15 @@ def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[s
     }
 
 
-def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, float]]) -> float:
-    """The candidate's gain on its component's offline objective (the Evolution's defaults) in noise floors,
-    as the loop judges a first seed (stats/noise.judge) against Φ0 over its seeds."""
+def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, float]],
+           offline: dict[str, dict[str, str]] | None = None) -> float:
+    """The candidate's gain on its component's offline objective (the world's Evolution's: `offline` over the
+    defaults, as BenchWorld.offline) in noise floors, as the loop judges a first seed (stats/noise.judge) against
+    Φ0 over its seeds."""
     from cambrian.operator.api import Noise, OfflineObjective
     from cambrian.stats.noise import Score, judge, mean_std
 
-    objective = OfflineObjective().for_component(component)
+    objective = OfflineObjective.model_validate(offline or {}).for_component(component)
     base = Score(*mean_std(r[objective.metric] for r in base_runs))
     j = judge(objective.metric, Score(float(metrics[objective.metric])), base, objective.direction == "minimize", Noise())
     return j.gain / j.floor if j.floor else 0.0
@@ -435,7 +437,7 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
             online = online_effects(serve_online(data, score, size.online_days), base_online)
             rows.append({"name": name, "component": component, "delta": delta,
                          "offline": {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
-                                     "floors": round(floors(component, metrics, base_runs), 4),
+                                     "floors": round(floors(component, metrics, base_runs, setup.offline), 4),
                                      **{k: round(float(metrics[k]), 6) for k in RAW_METRICS}},
                          "online": {k: round(v, 6) for k, v in online.items()},
                          "seconds": round(time.perf_counter() - c0, 1)})
@@ -470,6 +472,8 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
                                                                                           "dau_frac")}},
         "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples, **setup.base,
                      **{k: round(float(base_metrics[k]), 6) for k in RAW_METRICS}},
+        # Φ0 over the baseline seeds (the first is the one served): the noise floors, so floors can be re-read
+        "baseline_seeds": [{k: round(float(r[k]), 6) for k in RAW_METRICS} for r in base_runs],
         "load_average_start": load_start,
         "load_average_end": load_now(),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -72,6 +72,23 @@ def test_candidate_config_scales_training_and_keeps_other_components():
         assert cfg != base or component == "training", name
 
 
+def test_floors_read_the_worlds_declared_objective():
+    """A candidate's floors are its gain on the objective its world's Evolution declares for the component (the
+    wary world scores rewards by like_corr), as the loop's gate would read them; the defaults elsewhere."""
+    from cambrian.bench.fidelity import floors
+
+    base_runs = [{"like_corr": v, "top_watch_share": t, "val_loss": 0.5}
+                 for v, t in ((0.10, 0.20), (0.11, 0.21), (0.12, 0.19))]
+    better_likes = {"like_corr": 0.15, "top_watch_share": 0.18, "val_loss": 0.5}
+    assert floors("reward", better_likes, base_runs) < 0  # top_watch_share: below Φ0's seeds
+    assert floors("reward", better_likes, base_runs, WORLDS["wary"].offline) > 1  # like_corr: far above them
+    assert floors("reward", better_likes, base_runs, WORLDS["calibrated"].offline) == floors(
+        "reward", better_likes, base_runs)
+    # the declared objective is per component: an optimizer change is still scored by val_loss
+    assert floors("optimizer", better_likes, base_runs, WORLDS["wary"].offline) == floors(
+        "optimizer", better_likes, base_runs)
+
+
 def test_paired_effect_uses_the_per_user_differences():
     base = np.array([10.0, 0.0, 5.0, 20.0])
     arm = base * 1.1  # every user +10%: the paired s.e. is far below the unpaired one
