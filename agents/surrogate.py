@@ -116,11 +116,25 @@ class BayesianLinear:
 # each watch proxy's weight, the length 0.5 as before. One fit on 8 ranking the rest, replayed on the stored runs
 # that chose it (200 draws; wary seed 0's floors read by its declared reward objective like_corr, as its loop's
 # gate reads them): calibrated seeds 0-3 0.786 / 0.921 / 0.807 / 0.672 -> 0.793 / 0.924 / 0.799 / 0.665, wary
-# seed 0 0.594 -> 0.626, hooked seeds 0 / 1 0.180 / 0.367 -> 0.220 / 0.448; wary seeds 1 and 2 held out
-# (bench/README.md, fidelity).
+# seed 0 0.594 -> 0.626, hooked seeds 0 / 1 0.180 / 0.367 -> 0.220 / 0.448; wary seeds 1-3 held out
+# (bench/README.md, fidelity). Rollouts that never read like_corr keep the watch proxies' 0.5/√2 each (the quick
+# size's ten stored seeds, without like_corr: 0.564, as when they were run; 0.550 had the unread kind kept its share).
 KINDS = (("top_watch_share", "long_watch_corr"), ("like_corr",))  # watching; satisfaction
-_WEIGHTS = {m: 1 / len(kind) for kind in KINDS for m in kind}
-PRIOR_DIRECTION = {m: (0.5 * w / math.hypot(*_WEIGHTS.values()), 0.25) for m, w in _WEIGHTS.items()}
+PRIOR_LENGTH, PRIOR_SD = 0.5, 0.25
+
+
+def prior_direction(read: Iterable[str] = tuple(m for kind in KINDS for m in kind)) -> dict[str, tuple[float, float]]:
+    """Each proxy's prior (mean, sd) among those the rollouts `read`: the kinds with a reading share the direction's
+    length equally, a kind's proxies its share. A kind no rollout read gives its share to the others (a journal from
+    before like_corr, or data that does not declare it, keeps the watch proxies at 0.5/√2 each, as before it)."""
+    read = set(read)
+    kinds = [[m for m in kind if m in read] for kind in KINDS]
+    weights = {m: 1 / len(kind) for kind in kinds if kind for m in kind}
+    norm = math.hypot(*weights.values()) if weights else 1.0
+    return {m: (PRIOR_LENGTH * w / norm, PRIOR_SD) for m, w in weights.items()}
+
+
+PRIOR_DIRECTION = prior_direction()
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
 # Both are narrow on purpose: with 8 rollouts and 10 weights a wide prior lets a few points' noise set the
@@ -161,7 +175,8 @@ class Surrogate:
         sd = np.nanstd(rest, 0)
         self.scale = np.where(sd > 0, sd, 1.0)
         size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
-        direction = [PRIOR_DIRECTION.get(n, (0.0, OTHER_SD)) for n in self.names]
+        known = prior_direction(n for n, seen in zip(self.names, ~np.isnan(x[:, self.n_onehot:]).all(0)) if seen)
+        direction = [known.get(n, (0.0, OTHER_SD)) for n in self.names]
         mean = np.array([0.0] * (1 + self.n_onehot) + [m for m, _ in direction]) * size
         sds = np.array([1.0] + [COMPONENT_SPREAD] * self.n_onehot + [s for _, s in direction]) * size
         self.model = BayesianLinear(prior_sd=sds, prior_mean=mean).fit(self._x(x), y)

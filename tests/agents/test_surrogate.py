@@ -1,5 +1,7 @@
 """The surrogate from offline proxies to online effect (Bayesian linear) and its use in top-K selection."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -146,6 +148,21 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
     far[:, 5] = 10.0  # clipped at 2 sd: a far input cannot claim a huge effect
     assert all(p.sd > 0 for p in noise_only.predict(probe))
     assert max(abs(p.mean) for p in noise_only.predict(far)) < 10 * 0.02
+
+
+def test_the_prior_shares_its_length_among_the_kinds_the_rollouts_read():
+    """Watching (two proxies) and satisfaction (one) have half the prior's direction each; a kind no rollout read
+    gives its share to the other, so a journal from before like_corr weighs the watch proxies as it did then."""
+    from cambrian.agents.surrogate import PRIOR_DIRECTION, PRIOR_LENGTH, prior_direction
+
+    both = {m: w for m, (w, _) in PRIOR_DIRECTION.items()}
+    assert both["like_corr"] == pytest.approx(2 * both["top_watch_share"]) == pytest.approx(2 * both["long_watch_corr"])
+    assert math.hypot(*both.values()) == pytest.approx(PRIOR_LENGTH)
+    watch_only = prior_direction(["top_watch_share", "long_watch_corr", "return_corr"])
+    assert set(watch_only) == {"top_watch_share", "long_watch_corr"}  # return_corr has no known direction
+    assert watch_only["top_watch_share"][0] == pytest.approx(PRIOR_LENGTH / math.sqrt(2))
+    assert prior_direction(["like_corr"])["like_corr"][0] == pytest.approx(PRIOR_LENGTH)
+    assert prior_direction([]) == {}
 
 
 def test_the_noise_estimate_uses_the_degrees_of_freedom_left():
