@@ -267,7 +267,17 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
     runs = [{"value": r.metrics.get(METRIC) if r.ok else None, "hypothesis": r.hypothesis, "seed": r.seed,
              "persona": r.persona, "delta": r.delta, "bundle": r.bundle if r.ok else None} for r in out.runs]
     return noise_seeds_after_phi0(runs, base.training.seed), {"stop_reason": out.stop_reason,
-                                          "recorded_calls": len(replay.requests) if replay else None}
+                                          "recorded_calls": len(replay.requests) if replay else None,
+                                          "offline_objective": judged_by(out.evolution)}
+
+
+def judged_by(evolution: dict) -> dict[str, str]:
+    """What the reconciled Evolution (as stored at the end) judged each component's changes by: 'metric direction'."""
+    from cambrian.operator.api import OfflineObjective, parse_resource
+
+    offline = parse_resource(evolution).spec.objective.offline
+    return {c: f"{offline.for_component(c).metric} {offline.for_component(c).direction}"
+            for c in OfflineObjective.model_fields}
 
 
 def noise_seeds_after_phi0(runs: list[dict], phi0_seed: int) -> list[dict]:

@@ -38,6 +38,8 @@ def test_search_quick():
             counted = [v for v, kind in zip(a["values"], a["kinds"]) if v is not None and kind != "noise seed"]
             assert curve == sorted(curve) and max(curve) == max(counted)
         assert seed["arms"]["llm"]["evaluations_used"] <= budget
+        for arm in ("builtin", "llm"):  # the loop judged every change by the metric the arms are compared on
+            assert set(seed["arms"][arm]["offline_objective"].values()) == {f"{search.METRIC} maximize"}, arm
         # Φ0 is evaluation 1 of both numeric arms with the same seed: the same trainer gives the same value
         assert seed["arms"]["random"]["values"][0] == seed["arms"]["tpe"]["values"][0]
         for arm in search.ARMS:
