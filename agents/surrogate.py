@@ -134,7 +134,6 @@ def prior_direction(read: Iterable[str] = tuple(m for kind in KINDS for m in kin
     return {m: (PRIOR_LENGTH * w / norm, PRIOR_SD) for m, w in weights.items()}
 
 
-PRIOR_DIRECTION = prior_direction()
 COMPONENT_SPREAD = 0.25  # prior sd of a component's deviation from the shared intercept, in the same units
 OTHER_SD = 0.25  # prior sd of an input's weight with no known direction (centred on 0), in the same units
 # Both are narrow on purpose: with 8 rollouts and 10 weights a wide prior lets a few points' noise set the
@@ -148,7 +147,7 @@ CLIP = 2.0  # standardised inputs beyond ±2 sd count as 2 sd: one outlier among
 class Surrogate:
     """BayesianLinear on scale-free inputs: a shared intercept, the component's deviation from it (one-hot,
     shrunk), and the proxies and floors standardised over the fitted rollouts (clipped at ±CLIP); every prior
-    sd is in units of the effects' own size (root mean square). The proxies' weights named in PRIOR_DIRECTION
+    sd is in units of the effects' own size (root mean square). The proxies' weights named in prior_direction()
     have their prior centred there, the others on 0. With raw inputs a fixed prior ties the answer to units:
     long_watch_corr moves by hundredths, floors by units, so N(0, 0.05²) left the proxies almost no weight."""
 
@@ -170,12 +169,13 @@ class Surrogate:
             raise ValueError(f"expected {self.n_onehot} one-hot columns and {len(self.names)} inputs "
                              f"({', '.join(self.names)}), got {x.shape[1]} columns")
         # centre and scale over the readings there are; an input no rollout read is centred on 0 with scale 1
-        rest = np.where(np.isnan(x[:, self.n_onehot:]).all(0), 0.0, x[:, self.n_onehot:])
+        unread = np.isnan(x[:, self.n_onehot:]).all(0)
+        rest = np.where(unread, 0.0, x[:, self.n_onehot:])
         self.center = np.nanmean(rest, 0)
         sd = np.nanstd(rest, 0)
         self.scale = np.where(sd > 0, sd, 1.0)
         size = max(float(np.sqrt(np.mean(y**2))) if y.size else 0.0, self.min_prior_sd)
-        known = prior_direction(n for n, seen in zip(self.names, ~np.isnan(x[:, self.n_onehot:]).all(0)) if seen)
+        known = prior_direction(n for n, no in zip(self.names, unread) if not no)
         direction = [known.get(n, (0.0, OTHER_SD)) for n in self.names]
         mean = np.array([0.0] * (1 + self.n_onehot) + [m for m, _ in direction]) * size
         sds = np.array([1.0] + [COMPONENT_SPREAD] * self.n_onehot + [s for _, s in direction]) * size

@@ -273,7 +273,7 @@ def run_loop(kind: str, data: Path, work: Path, seed: int, budget: int, epochs: 
 
 def judged_by(evolution: dict) -> dict[str, str]:
     """What the reconciled Evolution (as stored at the end) judged each component's changes by: 'metric direction'."""
-    from cambrian.operator.api import OfflineObjective, parse_resource
+    from cambrian.operator.api import parse_resource
 
     offline = parse_resource(evolution).spec.objective.offline
     return {c: f"{offline.for_component(c).metric} {offline.for_component(c).direction}"

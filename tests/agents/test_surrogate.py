@@ -153,9 +153,9 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
 def test_the_prior_shares_its_length_among_the_kinds_the_rollouts_read():
     """Watching (two proxies) and satisfaction (one) have half the prior's direction each; a kind no rollout read
     gives its share to the other, so a journal from before like_corr weighs the watch proxies as it did then."""
-    from cambrian.agents.surrogate import PRIOR_DIRECTION, PRIOR_LENGTH, prior_direction
+    from cambrian.agents.surrogate import PRIOR_LENGTH, prior_direction
 
-    both = {m: w for m, (w, _) in PRIOR_DIRECTION.items()}
+    both = {m: w for m, (w, _) in prior_direction().items()}
     assert both["like_corr"] == pytest.approx(2 * both["top_watch_share"]) == pytest.approx(2 * both["long_watch_corr"])
     assert math.hypot(*both.values()) == pytest.approx(PRIOR_LENGTH)
     watch_only = prior_direction(["top_watch_share", "long_watch_corr", "return_corr"])

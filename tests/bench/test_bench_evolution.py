@@ -65,10 +65,8 @@ def test_the_search_loop_judges_every_change_by_the_metric_the_arms_are_compared
     obj = evolution_object("s", baseline={}, world={"users": 150, "days": 4, "seed": 7}, evaluations=10,
                            offline=LOOP_OBJECTIVE)
     assert judged_by(obj) == {c: f"{METRIC} maximize" for c in api.OfflineObjective.model_fields}
-    default = api.parse_resource(evolution_object("d", baseline={}, world={"users": 150, "days": 4, "seed": 7},
-                                                  evaluations=10)).spec.objective.offline
-    assert default == api.OfflineObjective()
+    plain = evolution_object("d", baseline={}, world={"users": 150, "days": 4, "seed": 7}, evaluations=10)
+    assert api.parse_resource(plain).spec.objective.offline == api.OfflineObjective()
     # what run_loop reports beside each loop arm (read from the Evolution as stored at the end; the slow
     # search test checks it there) tells the defaults apart
-    assert judged_by(evolution_object("d", baseline={}, world={"users": 150, "days": 4, "seed": 7}, evaluations=10)) \
-        == {c: f"{m.metric} {m.direction}" for c, m in api.OfflineObjective()}
+    assert judged_by(plain) == {c: f"{m.metric} {m.direction}" for c, m in api.OfflineObjective()}
