@@ -2,14 +2,16 @@
 
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
-noise floors, and the loss-independent proxies top_watch_share, long_watch_corr, return_corr and like_corr,
-the last five standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known
+noise floors, and the loss-independent proxies top_watch_share, long_watch_corr, return_corr, like_corr and auc
+(how well the model ranks clicks), the last six standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known
 before any rollout: top_watch_share, long_watch_corr and like_corr are the offline proxies of the north star
 (the share of each user's held-out watch seconds in the rows the model would put in that user's slates, the
 correlation of the model's scores with long watches, and with likes: the logs' trace of satisfaction, which
 brings users back), so their weights start positive, watching (the first two) and satisfaction (likes) with half
 each, and the surrogate starts at that mix's ranking: which transfers best differs between worlds, and the rollouts
-decide. The components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
+decide. return_corr and auc have no known direction: a model that ranks clicks better may bring minutes (a world whose
+clicks lead to watching) or bait that costs them (one whose users leave when unsatisfied); the rollouts say which.
+The components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
 standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
 that uncertain candidates get explored.
 
@@ -28,7 +30,13 @@ import numpy as np
 from cambrian.agents.journal import Hypothesis
 
 COMPONENTS = ("optimizer", "architecture", "reward", "training")
-PROXIES = ("top_watch_share", "long_watch_corr", "return_corr", "like_corr")
+# auc joined on 6 Dec 2026 (thirteenth session), its prior centred on 0: click skill is the offline trace of
+# what clickbait changes online (the first days' minutes: on the wary world's four seeds auc's gain ranks the
+# first three days' online minutes at 0.75-0.93, the 21 days' at -0.15 to -0.30; on the hooked world it ranks
+# them positively). Replayed, one fit on 8 ranking the rest (200 draws), on every stored run: calibrated full
+# size seeds 0-3 mean 0.795 -> 0.838 (3 -> 4 of 4 at 0.7 or more), wary 0-3 0.567 -> 0.589, hooked 0-1
+# 0.334 -> 0.571, quick size ten seeds 0.564 -> 0.627 (bench/results/fidelity-surrogate-auc-replay.json).
+PROXIES = ("top_watch_share", "long_watch_corr", "return_corr", "like_corr", "auc")
 TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank
 

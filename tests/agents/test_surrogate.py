@@ -17,7 +17,7 @@ def hyp(hid, component, lw, floors, effect=None, created=0.0):
                       phase="Retired" if effect is not None else "Scored", verdict="better", gain=floors * 0.01,
                       noise_floor=0.01, primary_metric="val_loss",
                       offline={"top_watch_share": Score.of([lw]), "long_watch_corr": Score.of([0.0]),
-                               "return_corr": Score.of([0.0]), "like_corr": Score.of([0.0])},
+                               "return_corr": Score.of([0.0]), "like_corr": Score.of([0.0]), "auc": Score.of([0.0])},
                       online=online, created_at=created)
 
 
@@ -61,7 +61,7 @@ def test_surrogate_ranks_by_predicted_online_effect_once_rollouts_concluded():
 def test_features_are_component_one_hot_noise_floors_and_proxies():
     f = features(hyp("x", "reward", 0.07, 2.0))
     assert list(f[:4]) == [0.0, 0.0, 1.0, 0.0] and f[4] == pytest.approx(2.0) and f[5] == pytest.approx(0.07)
-    assert list(f[6:]) == [0.0, 0.0, 0.0] and len(f) == 9
+    assert list(f[6:]) == [0.0, 0.0, 0.0, 0.0] and len(f) == 10
 
 
 def test_a_proxy_a_rollout_never_read_is_no_evidence_not_a_reading_of_zero():
@@ -97,7 +97,7 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
     rng = np.random.default_rng(11)
     n = 12
     lw = rng.normal(0, 0.02, n)
-    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 3))]
+    x = np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 4))]
     y = 0.5 * lw + rng.normal(0, 0.001, n)
 
     def loo(make):
@@ -110,7 +110,7 @@ def test_the_surrogate_learns_a_proxy_whatever_its_units():
 
 def _pool(rng, n):
     lw = rng.normal(0, 0.02, n)
-    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 3))], lw
+    return np.c_[np.eye(4)[rng.integers(0, 4, n)], rng.normal(0, 3, n), lw, rng.normal(0, 0.02, (n, 4))], lw
 
 
 def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_it():
@@ -122,7 +122,7 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
 
     from cambrian.agents.surrogate import Surrogate
 
-    together, one, like, rc = [], [], [], []
+    together, one, like, rc, auc = [], [], [], [], []
     for seed in range(20):  # 8 noise-only rollouts pull the fit about at random: the prior shows on average
         rng = np.random.default_rng(seed)
         x, lw = _pool(rng, 8)
@@ -134,11 +134,12 @@ def test_the_prior_starts_at_the_north_stars_proxies_and_the_data_can_overturn_i
         one.append(stats.spearmanr(pred, probe_lw).statistic)
         like.append(stats.spearmanr(pred, probe[:, 8]).statistic)
         rc.append(stats.spearmanr(pred, probe[:, 7]).statistic)
+        auc.append(stats.spearmanr(pred, probe[:, 9]).statistic)
     assert np.median(together) > 0.5 and np.median(together) > np.median(one) + 0.1
     # like_corr weighs twice each watch proxy (about 0.7 against 0.3; equal weights: 0.5 against 0.4, and
     # like_corr 0.08 without its prior)
     assert np.median(like) > np.median(one) + 0.15
-    assert abs(np.mean(rc)) < 0.2  # return_corr has no prior direction
+    assert abs(np.mean(rc)) < 0.2 and abs(np.mean(auc)) < 0.2  # return_corr and auc have no prior direction
     x40, lw40 = _pool(rng, 40)
     against = Surrogate().fit(x40, -0.5 * lw40 + rng.normal(0, 0.001, 40))
     pred = [p.mean for p in against.predict(probe)]
@@ -163,6 +164,25 @@ def test_the_prior_shares_its_length_among_the_kinds_the_rollouts_read():
     assert watch_only["top_watch_share"][0] == pytest.approx(PRIOR_LENGTH / math.sqrt(2))
     assert prior_direction(["like_corr"])["like_corr"][0] == pytest.approx(PRIOR_LENGTH)
     assert prior_direction([]) == {}
+
+
+def test_the_rollouts_set_the_sign_of_click_skill():
+    """auc (how well the model ranks clicks) has no prior direction: where the rollouts show that click skill
+    brings minutes (users who click go on watching) the surrogate ranks by it, where they show that it costs
+    minutes (bait that users leave) it ranks against it, from the same 8 rollouts' proxies."""
+    from scipy import stats
+
+    from cambrian.agents.surrogate import Surrogate
+
+    for sign in (1.0, -1.0):
+        rhos = []
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            x, _ = _pool(rng, 8)
+            probe, _ = _pool(rng, 30)
+            fit = Surrogate().fit(x, sign * 0.5 * x[:, 9] + rng.normal(0, 0.002, 8))
+            rhos.append(stats.spearmanr([p.mean for p in fit.predict(probe)], sign * probe[:, 9]).statistic)
+        assert np.median(rhos) > 0.6, (sign, rhos)
 
 
 def test_the_noise_estimate_uses_the_degrees_of_freedom_left():
