@@ -56,9 +56,9 @@ def run(
                                                             "maxDurations in days (comma-separated, e.g. 10,14,21)"),
     world: str = typer.Option(None, "--world", help="fidelity, trap, decision-world: the world preset and the Φ0 its product "
                                                     "runs (calibrated: a click model; hooked and wary: a watch-time model)"),
-    seeds: str = typer.Option(None, "--seeds", help="multifidelity: comma-separated seeds instead of the default "
-                                                    "ones (e.g. held-out seeds 5,6,7,8,9); fidelity: run these world "
-                                                    "seeds and report them together"),
+    seeds: str = typer.Option(None, "--seeds", help="multifidelity, search, search-plugin: comma-separated seeds "
+                                                    "instead of the default ones (e.g. held-out seeds 5,6,7,8,9); "
+                                                    "fidelity: run these world seeds and report them together"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:

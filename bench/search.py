@@ -326,22 +326,23 @@ FULL = {"seeds": [0, 1, 2, 3, 4], "budget": 10, "users": 300, "days": 4, "epochs
         "online_days": 3}
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict:
-    return run_variant("search", QUICK if quick else FULL, quick=quick, wide=False, progress=progress)
+def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+    return run_variant("search", QUICK if quick else FULL, quick=quick, wide=False, progress=progress, seeds=seeds)
 
 
 def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arms: tuple[str, ...] = ARMS,
-                progress: Callable[[str], None] | None = None) -> dict:
+                progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None) -> dict:
     """One search benchmark: `size` (seeds, budget, world users/days, Φ0's epochs, the numeric arms' max epochs,
     online days); `wide`: the numeric arms search the wide space (numeric_space); `arms`: a subset of ARMS that
-    holds tpe and builtin (the headline's two)."""
+    holds tpe and builtin (the headline's two); `seeds`: paired seeds instead of the size's (held-out seeds)."""
     if not {"tpe", "builtin"} <= set(arms) or not set(arms) <= set(ARMS):
         raise ValueError(f"arms must hold tpe and builtin and come from {', '.join(ARMS)}; got {', '.join(arms)}")
     arms = tuple(a for a in ARMS if a in arms)
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     load_start = load_now()
-    seeds, budget = list(size["seeds"]), int(size["budget"])
+    named_seeds = bool(seeds)
+    seeds, budget = list(seeds or size["seeds"]), int(size["budget"])
     users, days, epochs, max_epochs, online_days = (size[k] for k in ("users", "days", "epochs", "max_epochs",
                                                                        "online_days"))
     curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
@@ -380,8 +381,9 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
             say(f"seed {s}: " + ", ".join(f"{a}={results[a]['best_curve'][-1]}" for a in arms))
         baseline_online = None
         first = per_seed[0]["arms"]["tpe"]
-        if first["values"] and first["values"][0] is not None:  # Φ0 (evaluation 1 of seed 0)
-            baseline_online = north_star(data, str(Path(tmp) / "seed-0" / "tpe-000" / "bundle"), online_days)
+        if first["values"] and first["values"][0] is not None:  # Φ0 (evaluation 1 of the first seed, whichever)
+            phi0 = Path(tmp) / f"seed-{per_seed[0]['seed']}" / "tpe-000" / "bundle"
+            baseline_online = north_star(data, str(phi0), online_days)
     stats = summarise(curves, budget)
     online_mean = {
         arm: {k: float(np.mean([p["arms"][arm]["online"][k] for p in per_seed if p["arms"][arm]["online"]]))
@@ -395,7 +397,8 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
     space = numeric_space(max_epochs, wide)
     return {
         "name": name,
-        "command": f"cambrian bench run {name}" + (" --quick" if quick else ""),
+        "command": f"cambrian bench run {name}" + (" --quick" if quick else "") +
+                   (f" --seeds {','.join(map(str, seeds))}" if named_seeds else ""),
         "quick": quick,
         "ratio": round(ratio, 4),
         "ratio_meaning": ("evaluations the built-in proposer's loop needs to reach Optuna TPE's final best "

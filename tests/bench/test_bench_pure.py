@@ -166,7 +166,8 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
 @pytest.mark.parametrize("args, says", [
     (["multifidelity", "--seeds", "5,x"], "expected comma-separated integers"),
     (["multifidelity", "--seeds", "5,5"], "distinct non-negative"),
-    (["search", "--seeds", "5,6"], "takes no --seeds"),
+    (["serving", "--seeds", "5,6"], "takes no --seeds"),
+    (["search", "--seeds", "5,5"], "distinct non-negative"),
     (["search", "--users", "4000"], "takes no --users"),
     (["trap", "--users", "5"], "Invalid value for '--users'"),
     (["search", "--online-days", "21"], "takes no --online-days"),

@@ -15,6 +15,20 @@ def _well_formed(r: dict, name: str) -> None:
     json.dumps(r)  # serialisable as written to bench/results
 
 
+@pytest.mark.timeout(900)
+def test_search_on_held_out_seeds():
+    """`--seeds 5,6,...`: paired seeds other than the size's. Φ0's online reference is the first seed's TPE
+    evaluation 1, whichever seed that is (it was read from seed 0's folder, so held-out seeds lost the whole run
+    at its end)."""
+    from cambrian.bench import search
+
+    r = search.run_variant("search", {**search.QUICK, "budget": 3}, quick=True, wide=False, arms=("tpe", "builtin"),
+                           seeds=(2,))
+    assert r["seeds"] == [2] and r["command"] == "cambrian bench run search --quick --seeds 2"
+    assert r["per_seed"][0]["seed"] == 2 and r["per_seed"][0]["train_seed"] == 2000
+    assert r["online_baseline_phi0"] is not None and r["online_baseline_phi0"]["minutes_per_user_day"] > 0
+
+
 @pytest.mark.timeout(2400)  # four arms x two seeds of real training: ~10 min on a busy 2-core machine
 def test_search_quick():
     from cambrian.bench import search
