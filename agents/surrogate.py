@@ -2,18 +2,19 @@
 
 Bayesian linear regression (conjugate Gaussian prior on the weights, noise variance estimated from
 the residuals) on a small feature vector per hypothesis: the component (one-hot), the offline gain in
-noise floors, and the loss-independent proxies top_watch_share, long_watch_corr, return_corr, like_corr and auc
-(how well the model ranks clicks), the last six standardised over the concluded rollouts (`Surrogate`). The prior is centred on what is known
-before any rollout: top_watch_share, long_watch_corr and like_corr are the offline proxies of the north star
-(the share of each user's held-out watch seconds in the rows the model would put in that user's slates, the
-correlation of the model's scores with long watches, and with likes: the logs' trace of satisfaction, which
-brings users back), so their weights start positive, watching (the first two) and satisfaction (likes) with half
-each, and the surrogate starts at that mix's ranking: which transfers best differs between worlds, and the rollouts
-decide. return_corr and auc have no known direction: a model that ranks clicks better may bring minutes (a world whose
-clicks lead to watching) or bait that costs them (one whose users leave when unsatisfied); the rollouts say which.
-The components share an intercept and differ from it by shrunk deviations. It predicts each candidate's online effect with a
-standard deviation, and the online agent ranks by an upper confidence bound (mean + kappa * sd) so
-that uncertain candidates get explored.
+noise floors, and the loss-independent proxies top_watch_share, long_watch_corr, return_corr, like_corr and
+auc (how well the model ranks clicks), the last six standardised over the concluded rollouts (`Surrogate`).
+The prior is centred on what is known before any rollout: top_watch_share, long_watch_corr and like_corr are
+the offline proxies of the north star (the share of each user's held-out watch seconds in the rows the model
+would put in that user's slates, the correlation of the model's scores with long watches, and with likes: the
+logs' trace of satisfaction, which brings users back), so their weights start positive, watching (the first
+two) and satisfaction (likes) with half each, and the surrogate starts at that mix's ranking: which transfers
+best differs between worlds, and the rollouts decide. return_corr and auc have no known direction: a model
+that ranks clicks better may bring minutes (a world whose clicks lead to watching) or bait that costs them
+(one whose users leave when unsatisfied); the rollouts say which. The components share an intercept and
+differ from it by shrunk deviations. It predicts each candidate's online effect with a standard deviation,
+and the online agent ranks by an upper confidence bound (mean + kappa * sd) so that uncertain candidates get
+explored.
 
 Why linear and Bayesian: a handful of concluded rollouts is all there will be for a long time; the
 posterior's width says honestly how little that is, and it shrinks as rollouts conclude.

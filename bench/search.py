@@ -326,7 +326,8 @@ FULL = {"seeds": [0, 1, 2, 3, 4], "budget": 10, "users": 300, "days": 4, "epochs
         "online_days": 3}
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+def run(quick: bool = False, progress: Callable[[str], None] | None = None,
+        seeds: tuple[int, ...] | None = None) -> dict:
     return run_variant("search", QUICK if quick else FULL, quick=quick, wide=False, progress=progress, seeds=seeds)
 
 

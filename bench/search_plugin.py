@@ -27,7 +27,8 @@ PLUGIN_QUICK = {**QUICK, "seeds": [0, 1, 2, 3, 4], "budget": 8}
 QUICK_ARMS = ("tpe", "builtin")
 
 
-def run(quick: bool = False, progress: Callable[[str], None] | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+def run(quick: bool = False, progress: Callable[[str], None] | None = None,
+        seeds: tuple[int, ...] | None = None) -> dict:
     return run_variant("search-plugin", PLUGIN_QUICK if quick else FULL, quick=quick, wide=True,
                        arms=QUICK_ARMS if quick else ARMS, progress=progress, seeds=seeds)
 
