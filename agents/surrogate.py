@@ -37,7 +37,8 @@ COMPONENTS = ("optimizer", "architecture", "reward", "training")
 # them positively). Replayed, one fit on 8 ranking the rest (200 draws), on every stored run: calibrated full
 # size seeds 0-3 mean 0.795 -> 0.838 (3 -> 4 of 4 at 0.7 or more), wary 0-3 0.567 -> 0.589, hooked 0-1
 # 0.334 -> 0.571, quick size ten seeds 0.564 -> 0.627 (bench/results/fidelity-surrogate-auc-replay.json).
-# Held out (full size, never run before): calibrated seed 4 0.851 -> 0.893, wary seeds 4 / 5 0.552 / 0.471 -> 0.598 / 0.500.
+# Held out (full size, never run before): calibrated seed 4 0.851 -> 0.893, wary seeds 4 / 5 0.552 / 0.471 ->
+# 0.598 / 0.500.
 PROXIES = ("top_watch_share", "long_watch_corr", "return_corr", "like_corr", "auc")
 TARGET = "effect"  # the relative north-star effect recorded by record_outcome
 MIN_HISTORY = 4  # concluded rollouts before the surrogate is trusted to rank

@@ -348,6 +348,7 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
                                                                        "online_days"))
     curves: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     per_seed = []
+    phi0: dict[str, Any] | None = None  # the first seed's TPE evaluation 1: Φ0 itself, the online reference
     with tempfile.TemporaryDirectory(prefix=f"cambrian-bench-{name}-") as tmp:
         data, summary = make_world(Path(tmp) / "world", users, days, seed=0)
         world_size = {"users": users, "days": days, "seed": 0}
@@ -360,6 +361,8 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
                 say(f"seed {s}: arm {arm}")
                 if arm in ("random", "tpe"):
                     runs, info = run_numeric(arm, data, work, train_seed, budget, epochs, max_epochs, wide), {}
+                    if arm == "tpe" and phi0 is None and runs:
+                        phi0 = runs[0]
                 else:
                     runs, info = run_loop(arm, data, work, train_seed, budget, epochs, world_size)
                 curve = best_so_far(counted(runs))
@@ -381,10 +384,8 @@ def run_variant(name: str, size: dict[str, Any], *, quick: bool, wide: bool, arm
                              "best_is_written": best_is_written(results)})
             say(f"seed {s}: " + ", ".join(f"{a}={results[a]['best_curve'][-1]}" for a in arms))
         baseline_online = None
-        first = per_seed[0]["arms"]["tpe"]
-        if first["values"] and first["values"][0] is not None:  # Φ0 (evaluation 1 of the first seed, whichever)
-            phi0 = Path(tmp) / f"seed-{per_seed[0]['seed']}" / "tpe-000" / "bundle"
-            baseline_online = north_star(data, str(phi0), online_days)
+        if phi0 is not None and phi0["value"] is not None and phi0["bundle"]:
+            baseline_online = north_star(data, phi0["bundle"], online_days)
     stats = summarise(curves, budget)
     online_mean = {
         arm: {k: float(np.mean([p["arms"][arm]["online"][k] for p in per_seed if p["arms"][arm]["online"]]))
