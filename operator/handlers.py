@@ -71,6 +71,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     settings.scanning.disabled = True  # no CRD scanning: the handlers name their resources (no cluster-wide list)
     _bookkeeping(memo)
+    memo.setdefault("write_status", write_status)
     if not logging.getLogger().isEnabledFor(logging.DEBUG):  # --verbose keeps every line
         objects_log = logging.getLogger("kopf.objects")
         if not any(isinstance(f, QuietEventHandlers) for f in objects_log.filters):
@@ -269,17 +270,43 @@ class _ClusterObjects:
         return _list(plural, namespace)
 
 
-def status_patch(old: dict[str, Any], new: Any) -> dict[str, Any]:
-    """The merge patch of the status: only what changed, so a step that changed nothing sends nothing."""
+def status_patch(olds: list[dict[str, Any]], new: Any) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns each of `olds` into the new status: only the top-level
+    keys that changed in any of them, sent whole, with null for every key (at any depth) that one of them
+    has and the new status lacks, so that no key a step removed survives the merge. A step that changed
+    nothing sends nothing."""
     wire = new.wire()
-    out: dict[str, Any] = {key: None for key in old if key not in wire}  # merge patch: null removes
-    out.update({key: value for key, value in wire.items() if old.get(key) != value})
+    out: dict[str, Any] = {key: None for old in olds for key in old if key not in wire}
+    out.update({key: _whole(value, [old[key] for old in olds if key in old])
+                for key, value in wire.items() if any(old.get(key) != value for old in olds)})
     return out
 
 
-def _persist(patch: kopf.Patch, old: dict[str, Any], new: Any) -> None:
-    for key, value in status_patch(old, new).items():
-        patch.status[key] = value
+def _whole(value: Any, before: list[Any]) -> Any:
+    """`value` as a merge patch over any of `before`: objects keep what they have and null what only
+    an earlier value had (a merge patch merges objects key by key; lists and scalars it replaces)."""
+    if not isinstance(value, dict):
+        return value
+    earlier = [b for b in before if isinstance(b, dict)]
+    out: dict[str, Any] = {key: None for b in earlier for key in b if key not in value}
+    out.update({key: _whole(v, [b[key] for b in earlier if key in b]) for key, v in value.items()})
+    return out
+
+
+def write_status(kind: str, namespace: str, name: str, change: dict[str, Any]) -> None:
+    """Write a status patch now (the operator's way; unit tests leave it to kopf's patch). Called with the
+    object's step lock held, so the writes of one object land in the order they were computed. kopf
+    would send a handler's patch only after the handler returned: a timer's and a change handler's
+    patches of one Evolution then landed in either order, and the older one, relative to a status
+    that no longer was, left the status half of each (a blocked reason with a condition from before)."""
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, loop.PLURALS[kind], name,
+                                                        {"status": change})
+    except ApiException as exc:
+        raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status write: {exc.status} {exc.reason}",
+                                  delay=RETRY_DELAY) from exc
 
 
 def _cache(memo: kopf.Memo) -> dict:
@@ -312,8 +339,9 @@ class Stepped:
     it as it is repeated the second step's transitions (the BundleNotServable Warning was posted twice). So
     every status a step of this process stepped from or produced, since the last unknown one, is remembered:
     a body carrying any of them continues from the newest result; a body with any other status (someone
-    else's change) is stepped as it is and starts a new chain. The patch is always relative to the stored
-    status, so whichever lands last leaves the whole new status.
+    else's change) is stepped as it is and starts a new chain. The operator writes each status patch itself,
+    under the object's lock (write_status), relative to both the stored status and the one the step began
+    from, so the writes land in order and each leaves the whole new status.
     (Hypotheses write their own status and read it back: indexed.Written.)"""
 
     KEEP = 6  # statuses remembered per object: more than the steps of one object ever in flight at once
@@ -373,6 +401,7 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, object
     if _reported(memo, meta):
         return None
     stepped = _stepped(memo) if kind in CHANGE_HANDLED_KINDS else None
+    write = getattr(memo, "write_status", None) if stepped is not None else None  # Hypotheses: step_hypothesis
     with stepped.locks(meta.uid) if stepped is not None else contextlib.nullcontext():
         start = stepped.newest(stored) if stepped is not None else stored
         try:
@@ -382,9 +411,17 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, object
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
         if s.result is None:
             return None
+        began = dict(start.get("status") or {})
+        # relative to both the stored status and the one this step began from (the newest this process wrote,
+        # which a stale body does not carry yet): whichever the server holds, the patch leaves the whole new one
+        change = status_patch([old, began] if began != old else [old], s.result.status)
+        if change and write is not None:
+            write(kind, meta.namespace or "default", meta.name, change)
+        elif change:
+            for key, value in change.items():
+                patch.status[key] = value
         if stepped is not None:
-            stepped.record(stored, dict(start.get("status") or {}), s.result.status.wire())
-    _persist(patch, old, s.result.status)  # relative to the stored status: whichever patch lands last is whole
+            stepped.record(stored, began, s.result.status.wire())
     return None if s.failed else s
 
 

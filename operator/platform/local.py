@@ -31,6 +31,7 @@ import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -74,6 +75,7 @@ log = logging.getLogger("cambrian.local")
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_RESTARTS = 2  # times an unfinished training run is started again after a driver restart
+CLOSE_WAIT_S = 10.0  # how long close() waits for the training threads it stopped to return
 
 
 def _count_restart(folder: Path) -> int:
@@ -169,7 +171,18 @@ class LocalPlatform:
             champion.stop()
         self.champions.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
-        stop_leftovers(self.root)  # training children: their worker threads then return and record nothing
+        # Training children are stopped and their threads then return and record nothing. Until every thread
+        # has returned, one may be starting its child (or preparing its work folder): a driver started after
+        # this one ended (in this process: a test, a notebook) runs the same run again in that folder, and two
+        # runs in one folder failed each other (File exists: work/data). So stop children until all returned.
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        while True:
+            stop_leftovers(self.root)
+            with self._lock:
+                pending = [f for f in self._running.values() if not f.done()]
+            if not pending or time.monotonic() > deadline:
+                break
+            futures_wait(pending, timeout=0.2)
         for worker in self._warm_workers:
             worker.stop()
 
@@ -240,6 +253,8 @@ class LocalPlatform:
                 worker = self._warm_worker(limits)
                 if worker is not None:
                     kw["worker"] = worker
+                if self._closing:
+                    return  # close() began: recover() re-runs the run
                 outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -402,6 +404,79 @@ def test_a_body_with_the_middle_steps_status_continues_from_the_newest(objects):
     HD.rollout_timer(body=body("Rollout", "ro", rollout_spec().wire(), other, resourceVersion="5"),
                      patch=kopf.Patch(), memo=m)
     assert [a.event for a in p.events].count("Started") == 2
+
+
+def merge(target, patch):
+    """RFC 7386: how the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(out.get(key), value)
+    return out
+
+
+def test_a_status_patch_turns_either_earlier_status_into_the_new_one():
+    """A key one earlier status has and the new one lacks is removed at any depth (a merge patch merges
+    objects key by key: a champion's `hypothesis` sent without it survived), whichever earlier status the
+    server holds; nothing is sent when nothing changed."""
+    class New:
+        def __init__(self, wire):
+            self._wire = wire
+
+        def wire(self):
+            return self._wire
+
+    stored = {"phase": "Running", "champion": {"name": "h1", "hypothesis": "h1", "bundle": "b1"}, "x": 1}
+    began = {"phase": "Running", "champion": {"name": "h2", "hypothesis": "h2", "bundle": "b2"},
+             "reason": "blocked: no nodes", "spend": {"jobs": {"a": 1, "b": 2}}}
+    new = {"phase": "Running", "champion": {"name": "baseline", "bundle": "b0"}, "spend": {"jobs": {"a": 1}}}
+    patch = HD.status_patch([stored, began], New(new))
+    assert merge(stored, patch) == new and merge(began, patch) == new
+    assert "phase" not in patch  # unchanged everywhere: not sent
+    assert HD.status_patch([new], New(new)) == {}
+
+
+def test_the_operator_writes_each_status_under_the_objects_lock_in_the_order_computed(objects):
+    """kopf sends a handler's status patch after the handler returns, so an Evolution's timer and change
+    handler, which run side by side, could land their patches in either order: in CI the blocked reason of
+    the newer step stayed beside the older step's ChampionReady condition (TrainingBaseline, not Blocked).
+    The operator writes each patch itself while it holds the object's step lock: every write leaves the
+    status a step computed, and the last write the newest."""
+    p = Recording()
+    m = memo(p)
+    server = {"status": {}}
+    writes, in_flight, most = [], [0], [0]
+    guard = threading.Lock()
+
+    def write(kind, ns, name, change):
+        with guard:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)
+        with guard:
+            server["status"] = merge(server["status"], change)
+            writes.append(json.loads(json.dumps(server["status"])))
+            in_flight[0] -= 1
+
+    m.write_status = write
+    evo = {**EVO, "metadata": {**EVO["metadata"], "resourceVersion": "7"}}
+    patches = [kopf.Patch() for _ in range(4)]
+    steps = [threading.Thread(target=HD.evolution_changed, kwargs=dict(body=kopf.Body(evo), patch=patches[0], memo=m))]
+    steps += [threading.Thread(target=HD.evolution_timer, kwargs=dict(body=kopf.Body(evo), patch=q, memo=m))
+              for q in patches[1:]]  # the same stale body: no write is seen yet
+    for t in steps:
+        t.start()
+    for t in steps:
+        t.join()
+    assert writes and most[0] == 1 and not any(q.get("status") for q in patches)  # nothing left to kopf
+    chain = HD._stepped(m)._by_uid[EVO["metadata"]["uid"]]
+    assert all(w in chain for w in writes)  # each write left a whole status a step computed
+    assert server["status"] == chain[-1]  # and the last one the newest
+    assert [a.event for a in p.events].count("Started") == 1
 
 
 def test_stepped_remembers_the_chain_of_its_own_statuses():
