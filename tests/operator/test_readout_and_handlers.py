@@ -23,6 +23,7 @@ from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import ArmObservation, JobObservation, RolloutObservation
 from cambrian.stats import SufficientStats
+from cambrian.trainer.delta import merge_patch as merge  # RFC 7386, as the API server applies a status patch
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -404,19 +405,6 @@ def test_a_body_with_the_middle_steps_status_continues_from_the_newest(objects):
     HD.rollout_timer(body=body("Rollout", "ro", rollout_spec().wire(), other, resourceVersion="5"),
                      patch=kopf.Patch(), memo=m)
     assert [a.event for a in p.events].count("Started") == 2
-
-
-def merge(target, patch):
-    """RFC 7386: how the API server applies a merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
 
 
 def test_a_status_patch_turns_either_earlier_status_into_the_new_one():
