@@ -305,6 +305,8 @@ def write_status(kind: str, namespace: str, name: str, change: dict[str, Any]) -
         _custom().patch_namespaced_custom_object_status(GROUP, VERSION, namespace, loop.PLURALS[kind], name,
                                                         {"status": change})
     except ApiException as exc:
+        if exc.status == 404:
+            return  # deleted meanwhile: nothing is left to write to (as kopf's own patch would have found)
         raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status write: {exc.status} {exc.reason}",
                                   delay=RETRY_DELAY) from exc
 
@@ -683,7 +685,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objec
 
 @kopf.on.create(GROUP, VERSION, "rollouts")
 @kopf.on.update(GROUP, VERSION, "rollouts", field="spec")
-@kopf.on.update(GROUP, VERSION, "rollouts", field=f"metadata.annotations")
+@kopf.on.update(GROUP, VERSION, "rollouts", field="metadata.annotations")
 def rollout_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **kw: Any) -> None:
     reconcile_rollout(body, patch, memo, _cluster(memo, kw))
 

@@ -467,6 +467,26 @@ def test_the_operator_writes_each_status_under_the_objects_lock_in_the_order_com
     assert [a.event for a in p.events].count("Started") == 1
 
 
+@pytest.mark.parametrize("status,raises", [(404, False), (500, True), (429, True)])
+def test_a_status_write_the_api_server_refuses_is_retried_unless_the_object_is_gone(monkeypatch, status, raises):
+    from kubernetes.client.exceptions import ApiException
+
+    sent = []
+
+    class Custom:
+        def patch_namespaced_custom_object_status(self, group, version, ns, plural, name, body):
+            sent.append((plural, name, body))
+            raise ApiException(status=status, reason="refused")
+
+    monkeypatch.setattr(HD, "_custom", lambda: Custom())
+    if raises:
+        with pytest.raises(kopf.TemporaryError, match=f"Rollout ns/ro: status write: {status}"):
+            HD.write_status("Rollout", "ns", "ro", {"phase": "Running"})
+    else:
+        HD.write_status("Rollout", "ns", "ro", {"phase": "Running"})  # deleted meanwhile: nothing to write
+    assert sent == [("rollouts", "ro", {"status": {"phase": "Running"}})]
+
+
 def test_stepped_remembers_the_chain_of_its_own_statuses():
     s = HD.Stepped()
     meta = {"uid": "u"}
