@@ -276,10 +276,8 @@ def status_patch(olds: list[dict[str, Any]], new: Any) -> dict[str, Any]:
     has and the new status lacks, so that no key a step removed survives the merge. A step that changed
     nothing sends nothing."""
     wire = new.wire()
-    out: dict[str, Any] = {key: None for old in olds for key in old if key not in wire}
-    out.update({key: _whole(value, [old[key] for old in olds if key in old])
-                for key, value in wire.items() if any(old.get(key) != value for old in olds)})
-    return out
+    whole = _whole(wire, olds)
+    return {key: value for key, value in whole.items() if any(old.get(key) != wire.get(key) for old in olds)}
 
 
 def _whole(value: Any, before: list[Any]) -> Any:
@@ -416,7 +414,7 @@ def _step(kind: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, object
         began = dict(start.get("status") or {})
         # relative to both the stored status and the one this step began from (the newest this process wrote,
         # which a stale body does not carry yet): whichever the server holds, the patch leaves the whole new one
-        change = status_patch([old, began] if began != old else [old], s.result.status)
+        change = status_patch([old, began], s.result.status)
         if change and write is not None:
             write(kind, meta.namespace or "default", meta.name, change)
         elif change:
