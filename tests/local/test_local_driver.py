@@ -476,6 +476,45 @@ def test_a_run_cut_off_by_every_restart_fails_after_the_restart_limit(tmp_path):
     assert f"cut off by {MAX_RESTARTS + 1} restarts" in job.message
 
 
+def test_close_waits_for_a_run_still_preparing_and_that_run_starts_nothing(tmp_path, monkeypatch):
+    """A run whose thread is still before its trainer when close() is called (here: held while its data is
+    found) starts no trainer, writes no result (recover() re-runs it), and close() returns only after that thread
+    did: a driver started next on the same folder would otherwise run it a second time beside it."""
+    import threading
+
+    import cambrian.agents.runner as runner
+    from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+
+    root = tmp_path / "run"
+    (tmp_path / "data").mkdir()
+    p = LocalPlatform(root, LocalStore(root), lambda: SIM_EPOCH, data_dir=tmp_path / "data", train_command=FAKE_TRAINER)
+    entered, release = threading.Event(), threading.Event()
+    found = p.data_for
+
+    def held_data_for(spec):
+        entered.set()
+        release.wait(10)
+        return found(spec)
+
+    started = []
+    monkeypatch.setattr(p, "data_for", held_data_for)
+    monkeypatch.setattr(runner, "run_candidate", lambda *a, **kw: started.append(a))
+    owner = Owner("Hypothesis", "h", "uid-1", "default")
+    action = CreateTrainingJob(name="h-train-1-abc", owner=owner, hypothesis="h", attempt=1, baseline={},
+                               delta={"component": "optimizer", "patch": {"lr": 0.01}}, bundle_path="bundles/h/attempt-1")
+    p.submit_training_job(action)
+    assert entered.wait(10)
+    closer = threading.Thread(target=p.close)
+    closer.start()
+    time.sleep(0.5)
+    assert closer.is_alive()  # close() waits for the thread it cannot stop by killing a child
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive() and not p.busy()
+    assert started == [] and not (root / "jobs" / action.name / "result.json").exists()
+
+
 @pytest.mark.parametrize("flag, warm", [([], True), (["--no-warm"], False), (["--warm"], True)])
 def test_warm_slots_are_the_local_default_and_no_warm_turns_them_off(tmp_path, monkeypatch, flag, warm):
     """`cambrian evolve` runs warm worker slots unless told --no-warm; so does a LocalPlatform built without the
