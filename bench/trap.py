@@ -51,12 +51,17 @@ class Size:
     max_train_examples: int
     truth_days: int
 
+    def lasting(self, online_days: int) -> "Size":
+        """This size with Rollouts of `online_days` (their maxDuration) and a truth at least that long, so that
+        "genuinely better" speaks of the horizon the tests decided on."""
+        return replace(self, online_days=online_days, truth_days=max(self.truth_days, online_days))
+
 
 # evaluations: the baseline's 3 seeds, one wake-up's 9 proposals, the trap, and confirmation seeds; at full size the
 # Rollouts run as long as the demo's (maxDuration) and the truth covers at least that horizon
 QUICK = Size(users=600, days=4, evaluations=18, online_days=6, epochs=1, max_train_examples=50_000, truth_days=6)
-FULL = Size(users=2000, days=8, evaluations=24, online_days=DEMO_FULL.online_days, epochs=2, max_train_examples=200_000,
-            truth_days=max(14, DEMO_FULL.online_days))
+FULL = Size(users=2000, days=8, evaluations=24, online_days=14, epochs=2, max_train_examples=200_000,
+            truth_days=14).lasting(DEMO_FULL.online_days)
 
 
 def evolution_and_trap(size: Size, seed: int, world: str = DEFAULT_WORLD) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -278,14 +283,12 @@ def measure(driver: Any, data: Path, size: Size, seed: int, say: Callable[[str],
 
 def size_for(quick: bool, users: int | None = None, online_days: int | None = None) -> Size:
     """QUICK or FULL, with another number of users if asked (the online tests' power scales with it; the
-    demo's Evolution sizes its Rollouts' minimum sample from the users), or another test length: `online_days`
-    is each Rollout's maxDuration (the design ends there) and the truth is measured over at least as many days,
-    so that "genuinely better" speaks of the horizon the tests decided on."""
+    demo's Evolution sizes its Rollouts' minimum sample from the users), or another test length (Size.lasting)."""
     size = QUICK if quick else FULL
     if users is not None:
         size = replace(size, users=users)
     if online_days is not None:
-        size = replace(size, online_days=online_days, truth_days=max(size.truth_days, online_days))
+        size = size.lasting(online_days)
     return size
 
 
