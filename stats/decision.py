@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping
 
 from .estimators import Effect, analyse
-from .groupsequential import check_rule, futile
+from .groupsequential import check_rule, futile, planned_drift
 from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
 from .multiple import adjust, benjamini_hochberg
 from .sequential import (SequentialState, confidence_sequence, msprt_p_value, planned_information,
@@ -318,6 +318,17 @@ def _users(eff: Effect) -> float:
     return 2 * n_c * n_t / (n_c + n_t)
 
 
+def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good: int) -> str:
+    """The effect futility assumes, on the reported scale: the one the planned users per arm detect with the
+    policy's power in a fixed test at the arm's α, θ = (z_{α/2} + z_{power}) · √(variance · users / planned users)
+    (the variance of this look's estimate, CUPED-adjusted where it is, scaled to the planned users). Saying it
+    tells what an inconclusive test could not have seen: changes smaller than this were never in its reach."""
+    drift = planned_drift(policy.alpha / n_treatments, policy.power)
+    theta = good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm)
+    value = eff.to_reported(theta)
+    return f"{value:+.2%}" if eff.relative else f"{value:+.4g}"
+
+
 def _horizon(policy: DecisionPolicy) -> str:
     if policy.horizon == "users":
         return f"{policy.planned_users_per_arm} users per arm or {policy.max_days:g} days, whichever came first"
@@ -515,8 +526,9 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                                  rule=st.boundary_rule)
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
-                        f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even with "
-                        f"the planned effect (< {policy.futility:.0%}): {desc}"), **base)
+                        f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even if "
+                        f"the true effect were the planned {_planned_effect(eff, policy, len(treatments), good)} "
+                        f"(< {policy.futility:.0%}): {desc}"), **base)
                     continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).
         arms[a] = ArmDecision(outcome="inconclusive" if elapsed_days >= policy.max_days else "continue",

@@ -87,6 +87,40 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
         DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, sequential="bayes")
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_futility_stop_names_the_planned_effect_statsmodels_sizes_for_the_planned_users(relative):
+    """An arm stopped for futility says the effect its conditional power assumed: the one the planned users per
+    arm detect with 80% power at α 5% (statsmodels' two-sample power analysis, on the per-user spread of the
+    look's own CUPED-adjusted estimate), on the reported scale: a lift for a relative metric."""
+    import re
+
+    from statsmodels.stats.power import NormalIndPower
+
+    pol = DecisionPolicy(Metric("y", relative=relative), planned_users_per_arm=4000, min_users_per_arm=0,
+                         max_days=20, horizon="users")
+    rng = np.random.default_rng(9)
+    c = t = SufficientStats()
+    state = None
+    for day in range(1, 21):
+        c, t = c + _sums(rng, 200, 10.0), t + _sums(rng, 200, 9.95)  # a mean of 10: a lift is defined
+        d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
+                   elapsed_days=day, state=state)
+        state = d.state
+        if d.outcome != "continue":
+            break
+    arm = d.arms["t"]
+    assert arm.outcome == "inconclusive" and arm.reason.startswith("futility")
+    stated = re.search(r"the planned ([+-][0-9.]+)(%?) ", arm.reason)
+    assert stated and (stated.group(2) == "%") is relative
+    planned = float(stated.group(1)) / (100 if relative else 1)
+    eff = arm.effect
+    # per-user sd on the test's scale (a difference's variance is 2·sd²/n with n users per arm)
+    sd = math.sqrt(eff.test_variance * eff.n_control / 2)
+    d_std = NormalIndPower().solve_power(nobs1=4000, alpha=0.05, power=0.8, ratio=1.0)
+    want = math.expm1(d_std * sd) if relative else d_std * sd
+    assert planned == pytest.approx(want, rel=0.01)
+
+
 def test_group_sequential_is_the_default_policy():
     """The benchmark's winner is what decide() runs unless told otherwise (issue 14)."""
     from pathlib import Path
