@@ -319,14 +319,14 @@ def _users(eff: Effect) -> float:
 
 
 def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good: int) -> str:
-    """The effect futility assumes, on the reported scale: the one the planned users per arm detect with the
-    policy's power in a fixed test at the arm's α, θ = (z_{α/2} + z_{power}) · √(variance · users / planned users)
+    """The effect futility assumes and the design was sized for, on the reported scale: the one the planned users
+    per arm detect with the policy's power in a fixed test at the arm's α, θ = (z_{α/2} + z_{power}) · √(variance · users / planned users)
     (the variance of this look's estimate, CUPED-adjusted where it is, scaled to the planned users). Saying it
     tells what an inconclusive test could not have seen: changes smaller than this were never in its reach."""
     drift = planned_drift(policy.alpha / n_treatments, policy.power)
     theta = good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm)
     value = eff.to_reported(theta)
-    return f"{value:+.2%}" if eff.relative else f"{value:+.4g}"
+    return f"{value * 100:+.3g}%" if eff.relative else f"{value:+.4g}"
 
 
 def _horizon(policy: DecisionPolicy) -> str:
@@ -514,7 +514,8 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             # the design's final look is taken: all of α is spent, a later look could not decide
             arms[a] = ArmDecision(outcome="inconclusive", reason=(
                 f"final analysis of the group-sequential design ({_horizon(policy)}) without a significant "
-                f"effect: {desc}"), **base)
+                f"effect (it was sized for the planned {_planned_effect(eff, policy, len(treatments), good)}): "
+                f"{desc}"), **base)
             continue
         else:
             why = f"not significant yet: {desc}"

@@ -87,30 +87,37 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
         DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, sequential="bayes")
 
 
-@pytest.mark.parametrize("relative", [False, True])
-def test_a_futility_stop_names_the_planned_effect_statsmodels_sizes_for_the_planned_users(relative):
-    """An arm stopped for futility says the effect its conditional power assumed: the one the planned users per
-    arm detect with 80% power at α 5% (statsmodels' two-sample power analysis, on the per-user spread of the
-    look's own CUPED-adjusted estimate), on the reported scale: a lift for a relative metric."""
-    import re
-
-    from statsmodels.stats.power import NormalIndPower
-
-    pol = DecisionPolicy(Metric("y", relative=relative), planned_users_per_arm=4000, min_users_per_arm=0,
-                         max_days=20, horizon="users")
+def _until_decided(pol, effect):
     rng = np.random.default_rng(9)
     c = t = SufficientStats()
     state = None
     for day in range(1, 21):
-        c, t = c + _sums(rng, 200, 10.0), t + _sums(rng, 200, 9.95)  # a mean of 10: a lift is defined
+        c, t = c + _sums(rng, 200, 10.0), t + _sums(rng, 200, 10.0 + effect)  # a mean of 10: a lift is defined
         d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
                    elapsed_days=day, state=state)
         state = d.state
         if d.outcome != "continue":
             break
-    arm = d.arms["t"]
-    assert arm.outcome == "inconclusive" and arm.reason.startswith("futility")
-    stated = re.search(r"the planned ([+-][0-9.]+)(%?) ", arm.reason)
+    return d.arms["t"]
+
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("stop, effect, futility", [("futility", -0.05, 0.1), ("final analysis", 0.0, None)])
+def test_an_inconclusive_arm_names_the_planned_effect_statsmodels_sizes_for_the_planned_users(relative, stop, effect,
+                                                                                              futility):
+    """An arm stopped for futility, or ended by the final analysis, says the effect its design was sized for (the
+    one futility's conditional power assumes): what the planned users per arm detect with 80% power at α 5%
+    (statsmodels' two-sample power analysis, on the per-user spread of the look's own CUPED-adjusted estimate), on
+    the reported scale: a lift for a relative metric."""
+    import re
+
+    from statsmodels.stats.power import NormalIndPower
+
+    pol = DecisionPolicy(Metric("y", relative=relative), planned_users_per_arm=4000, min_users_per_arm=0,
+                         max_days=20, horizon="users", futility=futility)
+    arm = _until_decided(pol, effect)
+    assert arm.outcome == "inconclusive" and arm.reason.startswith(stop)
+    stated = re.search(r"the planned ([+-][0-9.]+)(%?)[ )]", arm.reason)
     assert stated and (stated.group(2) == "%") is relative
     planned = float(stated.group(1)) / (100 if relative else 1)
     eff = arm.effect
