@@ -320,9 +320,10 @@ def _users(eff: Effect) -> float:
 
 def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good: int) -> str:
     """The effect futility assumes and the design was sized for, on the reported scale: the one the planned users
-    per arm detect with the policy's power in a fixed test at the arm's α, θ = (z_{α/2} + z_{power}) · √(variance · users / planned users)
-    (the variance of this look's estimate, CUPED-adjusted where it is, scaled to the planned users). Saying it
-    tells what an inconclusive test could not have seen: changes smaller than this were never in its reach."""
+    per arm detect with the policy's power in a fixed test at the arm's α,
+    θ = (z_{α/2} + z_{power}) · √(variance · users / planned users), the variance being this look's estimate's
+    (CUPED-adjusted where it is) scaled to the planned users. Saying it tells what an inconclusive test could not
+    have seen: changes smaller than this were never in its reach."""
     drift = planned_drift(policy.alpha / n_treatments, policy.power)
     theta = good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm)
     value = eff.to_reported(theta)
