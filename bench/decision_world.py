@@ -181,7 +181,9 @@ def experiment(arms: dict[str, Outcomes], names: tuple[str, str], first: np.ndar
                      elapsed_days=closed + 1, exposures=n, state=state)
         state = dec.state
         if dec.outcome != "continue":
-            return {"outcome": dec.outcome, "day": closed + 1, "users_per_arm": min(n.values()), "reason": dec.reason}
+            eff = dec.arms["treatment"].effect
+            return {"outcome": dec.outcome, "day": closed + 1, "users_per_arm": min(n.values()), "reason": dec.reason,
+                    "estimate": None if eff is None else eff.estimate}
     return {"outcome": "continue", "day": days, "users_per_arm": min(n.values()), "reason": "max duration reached"}
 
 
@@ -244,7 +246,18 @@ def _rates(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "no_decision_by_max_duration": share("continue"),
             "median_day_of_decision": float(np.median([r["day"] for r in decided])) if decided else None,
             "median_users_per_arm_at_decision": float(np.median([r["users_per_arm"] for r in decided])) if decided else None,
-            "median_day_of_stop": float(np.median([r["day"] for r in runs]))}
+            "median_day_of_stop": float(np.median([r["day"] for r in runs])),
+            # what a launch reports: the lift read at the promoting look (the winner's curse: compare true_effect)
+            "median_estimate_at_promotion": _median([r.get("estimate") for r in runs if r["outcome"] == "promote"])}
+
+
+def _over(read: float | None, truth: float) -> float | None:
+    return None if read is None or truth == 0 else round(read / truth, 3)
+
+
+def _median(values: list[Any]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(float(np.median(kept)), 5) if kept else None
 
 
 def first_exposure(control: Outcomes) -> np.ndarray:
@@ -353,6 +366,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
             **_rates(runs),
+            "median_estimate_at_promotion_over_true_effect": _over(_rates(runs)["median_estimate_at_promotion"], eff),
             "fixed_cuped_users_per_arm_for_80pct_power": (
                 None if eff == 0 else int(math.ceil(2 * z**2 * (1 - rho**2) * cv**2 / eff**2))),
             "reasons": sorted({r["reason"][:120] for r in runs})[:4],

@@ -1076,6 +1076,9 @@ class ArmEffect(_Status):
     ci_high: float = Field(description="upper end of the always-valid confidence interval of the estimate")
     relative: bool = Field(False, description="true: estimate and interval are fractions of control's mean")
     p_value: float | None = Field(None, description="always-valid p-value, Holm-adjusted across treatments")
+    planned_effect: float | None = Field(
+        None, description="group-sequential designs: the effect the design was sized for (what its planned users per "
+                          "arm detect with its power; smaller changes were out of its reach), on the estimate's scale")
 
 
 class OnlineResult(_Status):

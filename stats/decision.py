@@ -182,12 +182,15 @@ class ArmDecision:
     ci: tuple[float, float] | None = None   # confidence sequence at this look
     guardrails: tuple[GuardrailResult, ...] = ()
     breaches: tuple[Breach, ...] = ()
+    # group-sequential designs: the effect the design was sized for, on the reported scale (_planned_effect)
+    planned_effect: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"arm": self.arm, "outcome": self.outcome, "reason": self.reason,
                 "effect": self.effect.to_dict() if self.effect else None,
                 "p_value": self.p_value, "p_adjusted": self.p_adjusted,
                 "ci": list(self.ci) if self.ci else None,
+                "planned_effect": self.planned_effect,
                 "guardrails": [g.to_dict() for g in self.guardrails],
                 "breaches": [b.to_dict() for b in self.breaches]}
 
@@ -318,15 +321,17 @@ def _users(eff: Effect) -> float:
     return 2 * n_c * n_t / (n_c + n_t)
 
 
-def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good: int) -> str:
+def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good: int) -> float:
     """The effect futility assumes and the design was sized for, on the reported scale: the one the planned users
     per arm detect with the policy's power in a fixed test at the arm's α,
     θ = (z_{α/2} + z_{power}) · √(variance · users / planned users), the variance being this look's estimate's
     (CUPED-adjusted where it is) scaled to the planned users. Saying it tells what an inconclusive test could not
     have seen: changes smaller than this were never in its reach."""
     drift = planned_drift(policy.alpha / n_treatments, policy.power)
-    theta = good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm)
-    value = eff.to_reported(theta)
+    return eff.to_reported(good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm))
+
+
+def _formatted(eff: Effect, value: float) -> str:
     return f"{value * 100:+.3g}%" if eff.relative else f"{value:+.4g}"
 
 
@@ -476,13 +481,15 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             results.append(non_inferiority(a, _guardrail_on_scale(g, ge), ge.estimate, lo, hi))
         results_t = tuple(results)
         p_adj = adjusted[a]
-        base = dict(arm=a, effect=eff, p_value=d.p_value, p_adjusted=p_adj, ci=d.ci, guardrails=results_t)
+        st = tests[_test_key(a, ns, eff)]
+        group = method[a] == "group"
+        planned = _planned_effect(eff, policy, len(treatments), good) if group else None
+        base = dict(arm=a, effect=eff, p_value=d.p_value, p_adjusted=p_adj, ci=d.ci, guardrails=results_t,
+                    planned_effect=planned)
         failed = [r for r in results if r.status == "fail"]
         if failed:
             arms[a] = ArmDecision(outcome="rollback", reason="; ".join(r.reason for r in failed), **base)
             continue
-        st = tests[_test_key(a, ns, eff)]
-        group = method[a] == "group"
         sig = st.crossed if group else p_adj < policy.alpha
         # Directions follow the sign of μ_T − μ_C (the test scale has the same sign by construction).
         now_dir = good * eff.direction
@@ -515,7 +522,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             # the design's final look is taken: all of α is spent, a later look could not decide
             arms[a] = ArmDecision(outcome="inconclusive", reason=(
                 f"final analysis of the group-sequential design ({_horizon(policy)}) without a significant "
-                f"effect (it was sized for the planned {_planned_effect(eff, policy, len(treatments), good)}): "
+                f"effect (it was sized for the planned {_formatted(eff, planned)}): "
                 f"{desc}"), **base)
             continue
         else:
@@ -529,7 +536,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
                         f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even if "
-                        f"the true effect were the planned {_planned_effect(eff, policy, len(treatments), good)} "
+                        f"the true effect were the planned {_formatted(eff, planned)} "
                         f"(< {policy.futility:.0%}): {desc}"), **base)
                     continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).

@@ -63,6 +63,7 @@ class Effect:
     ci_high: float
     relative: bool = False
     p_value: float | None = None
+    planned_effect: float | None = None     # stats.ArmDecision's, group-sequential designs only
 
 
 @dataclass(frozen=True)

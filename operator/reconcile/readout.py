@@ -108,7 +108,8 @@ def analyse(
             continue
         p = ad.p_adjusted if ad.p_adjusted is not None else ad.p_value
         effects.append(Effect(arm, ns, float(ad.effect.estimate), float(ad.ci[0]), float(ad.ci[1]),
-                              relative=True, p_value=None if p is None else float(p)))
+                              relative=ad.effect.relative, p_value=None if p is None else float(p),
+                              planned_effect=_finite(ad.planned_effect)))
     decided = d.to_dict()
     srm = d.srm
     outcome, reason = d.outcome, d.reason
@@ -137,3 +138,8 @@ def analyse(
         state=decided["state"],
         detail=decided["arms"],
     )
+
+
+def _finite(v: float | None) -> float | None:
+    """A status has no NaN or infinity."""
+    return float(v) if v is not None and math.isfinite(v) else None

@@ -248,7 +248,7 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
         st.decision_state = a.state
     st.effects = [
         ArmEffect(arm=e.arm, metric=e.metric, estimate=e.estimate, ci_low=e.ci_low, ci_high=e.ci_high,
-                  relative=e.relative, p_value=e.p_value)
+                  relative=e.relative, p_value=e.p_value, planned_effect=e.planned_effect)
         for e in a.effects
     ]
     st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) for n in spec.arm_names()]  # weights/ready refreshed below

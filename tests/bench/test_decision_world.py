@@ -112,6 +112,7 @@ def test_an_experiment_on_a_large_lift_promotes_and_an_aa_rarely_does():
     assert true_effect(big, c, first)[0] == pytest.approx(0.3)
     win = experiment({"control": c, "treatment": big}, ("control", "treatment"), first, x, policy, rng)
     assert win["outcome"] == "promote" and win["users_per_arm"] > 0
+    assert win["estimate"] == pytest.approx(0.3, abs=0.1)   # the lift a launch reports (the winner's curse, per arm)
     aa = [experiment({"control": c, "treatment": c}, ("control", "treatment"), first, x, policy, rng)["outcome"]
           for _ in range(10)]
     assert aa.count("promote") <= 2

@@ -38,12 +38,12 @@ def rollout_spec(**stats):
     })
 
 
-def sums(lift: float, n=4000, seed=0):
+def sums(lift: float, n=4000, seed=0, offset=0.0):
     rng = np.random.default_rng(seed)
     out = {}
     for arm, shift in (("control", 0.0), ("t", lift)):
         x = rng.normal(10, 3, n)
-        y = x * 0.8 + rng.normal(2 + shift, 1, n)
+        y = x * 0.8 + rng.normal(2 + shift + offset, 1, n)
         hate = rng.binomial(1, 0.1, n).astype(float)
         out[arm] = {"minutes": SufficientStats.from_arrays(y, x), "hate": SufficientStats.from_arrays(hate)}
     return out
@@ -68,6 +68,22 @@ def test_readout_promotes_a_clear_winner_and_keeps_state():
                         {n: ArmObservation(n, True, True) for n in ("control", "t")}, {"control": 50, "t": 50}, a),
                     T0 + timedelta(days=7))
     assert r.status.phase == "Promoted" and r.status.decision_state == a.state
+    # each arm's effect says the effect the design was sized for, as a number a dashboard can plot
+    assert eff.relative and 0 < eff.planned_effect < eff.estimate and d["planned_effect"] == pytest.approx(eff.planned_effect)
+    (shown,) = r.status.wire()["effects"]
+    assert shown["plannedEffect"] == pytest.approx(eff.planned_effect) and shown["relative"] is True
+
+
+def test_an_effect_read_as_a_difference_is_not_labelled_relative():
+    """A north star whose mean is not positive has no lift: the statistics fall back to the difference, and the
+    status must say so (it said relative whatever the estimator did)."""
+    spec = rollout_spec()
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    # minutes shifted below zero: the mean is negative, a lift is undefined
+    a = RD.analyse(spec, st, sums(1.0, offset=-20.0), T0 + timedelta(days=7), exposures={"control": 4000, "t": 4000})
+    (eff,) = a.effects
+    assert eff.relative is False and a.detail["t"]["effect"]["relative"] is False
+    assert eff.estimate == pytest.approx(1.0, abs=0.2)   # a difference in minutes, not a fraction
 
 
 def test_a_breached_guardrail_is_named_in_the_status_not_only_in_the_reason():

@@ -126,6 +126,8 @@ def test_an_inconclusive_arm_names_the_planned_effect_statsmodels_sizes_for_the_
     d_std = NormalIndPower().solve_power(nobs1=4000, alpha=0.05, power=0.8, ratio=1.0)
     want = math.expm1(d_std * sd) if relative else d_std * sd
     assert planned == pytest.approx(want, rel=0.01)
+    # the same figure as a number (the Rollout's status.effects[].plannedEffect), unrounded
+    assert arm.planned_effect == pytest.approx(want, rel=1e-3) and arm.to_dict()["planned_effect"] == arm.planned_effect
 
 
 def test_group_sequential_is_the_default_policy():
