@@ -52,6 +52,7 @@ METRICS: dict[str, str] = {
     "cambrian_hypothesis_phase_seconds": "operator",
     "cambrian_guardrail_breached": "operator",
     "cambrian_budget_remaining": "operator",
+    "cambrian_rollout_effect": "operator",
 }
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -344,6 +345,11 @@ def experiments() -> DashboardSpec:
     lift_desc = ("Relative lift of each treatment over $control on $metric with a 95% interval (normal, delta "
                  "method, no CUPED, fixed horizon). The operator decides on CUPED-adjusted confidence sequences, "
                  "which are wider early on: read this as a monitor, not as the decision.")
+    decision_desc = ("The Rollout's own readout of each treatment against control on the north star, as the "
+                     "operator decided on it (CUPED-adjusted, a fraction of control's mean when relative): estimate, "
+                     "always-valid interval, and the effect the design was sized for (what its planned users per arm "
+                     "detect with its power). An interval that will not clear 0 before the end, around an estimate "
+                     "well below the planned effect, is a test that will end inconclusive.")
     return DashboardSpec("cambrian-experiments", "Cambrian / Live experiments",
                          "One online experiment: traffic split, exposures, sample ratio, per-arm metrics and effects.",
                          variables=[EXPERIMENT, METRIC, CONTROL_ARM], rows=[
@@ -377,6 +383,14 @@ def experiments() -> DashboardSpec:
                        Query(lift_bound("+"), "{{arm}} upper 95%")],
                       unit="percentunit", width=24, height=10, thresholds=[(None, "transparent"), (0, "text")],
                       dashed=".* (lower|upper) 95%"),
+        ]),
+        ("The operator's reading of the north star", [
+            PanelSpec("Effect as the decision reads it, with the planned effect", decision_desc,
+                      [Query(f'cambrian_rollout_effect{{rollout="$experiment", value="{v}"}}', f"{{{{arm}}}} {label}")
+                       for v, label in (("estimate", "estimate"), ("lower", "lower (always valid)"),
+                                        ("upper", "upper (always valid)"), ("planned", "planned effect"))],
+                      unit="percentunit", width=24, height=10, thresholds=[(None, "transparent"), (0, "text")],
+                      dashed=".* (lower|upper) \\(always valid\\)|.* planned effect"),
         ]),
     ])
 

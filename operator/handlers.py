@@ -679,6 +679,7 @@ def reconcile_rollout(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, objec
     s = _step("Rollout", body, patch, memo, objects or _ClusterObjects())
     if s is not None and s.analysis is not None:
         metrics.observe_guardrails(s.meta.name, s.analysis.guardrails)
+        metrics.observe_effects(s.meta.name, s.analysis.effects)
 
 
 @kopf.on.create(GROUP, VERSION, "rollouts")

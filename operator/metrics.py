@@ -4,6 +4,9 @@
     cambrian_hypothesis_phase_seconds{evolution,phase}  age of the oldest hypothesis in the phase
     cambrian_guardrail_breached{rollout,arm,metric}     1 while the guardrail is breached, else 0
     cambrian_budget_remaining{evolution,kind}           tokens | dollars | gpu_hours left (capped budgets only)
+    cambrian_rollout_effect{rollout,arm,metric,value}    the latest readout's effect of each treatment on the north
+                                                        star: value = estimate | lower | upper (its always-valid
+                                                        interval) | planned (what the design was sized for)
 
 The handlers call the `observe_*` functions with what they already read; `serve` starts the HTTP
 exporter on $CAMBRIAN_METRICS_PORT (default 8000; 0 picks a free port). One registry per process,
@@ -34,6 +37,9 @@ GUARDRAIL = Gauge("cambrian_guardrail_breached", "1 while a rollout arm breaches
                   ["rollout", "arm", "metric"], registry=REGISTRY)
 BUDGET = Gauge("cambrian_budget_remaining", "Budget left to an Evolution (capped budgets only)",
                ["evolution", "kind"], registry=REGISTRY)
+EFFECT = Gauge("cambrian_rollout_effect", "The operator's latest reading of a treatment's effect on the north star "
+               "(a fraction of control's mean when relative): estimate, always-valid interval, planned effect",
+               ["rollout", "arm", "metric", "value"], registry=REGISTRY)
 
 _lock = threading.Lock()
 _server: Any = None
@@ -103,10 +109,24 @@ def observe_guardrails(rollout: str, guardrails: Iterable[tuple[str, str, bool]]
             GUARDRAIL.labels(rollout, arm, metric).set(1.0 if breached else 0.0)
 
 
+def observe_effects(rollout: str, effects: Iterable[Any]) -> None:
+    """The latest readout's effects of one rollout (reconcile.observations.Effect): what the decision read, so a
+    dashboard shows the operator's own interval, not a recomputation. A value the readout lacks is removed."""
+    with _lock:
+        for e in effects:
+            for value, v in (("estimate", e.estimate), ("lower", e.ci_low), ("upper", e.ci_high),
+                             ("planned", e.planned_effect)):
+                if v is None:
+                    _remove(EFFECT, (rollout, e.arm, e.metric, value))
+                else:
+                    EFFECT.labels(rollout, e.arm, e.metric, value).set(float(v))
+
+
 def forget_rollout(rollout: str) -> None:
     with _lock:
-        for labels in [k for k in _label_sets(GUARDRAIL) if k[0] == rollout]:
-            _remove(GUARDRAIL, labels)
+        for g in (GUARDRAIL, EFFECT):
+            for labels in [k for k in _label_sets(g) if k[0] == rollout]:
+                _remove(g, labels)
 
 
 def _label_sets(g: Gauge) -> list[tuple[str, ...]]:

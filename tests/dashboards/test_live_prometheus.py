@@ -101,6 +101,7 @@ def _operator_demo_metrics() -> int:
     from datetime import datetime, timedelta, timezone
 
     from cambrian.operator import metrics as op
+    from cambrian.operator.reconcile.observations import Effect
 
     port = op.serve(0, addr="127.0.0.1")
     now = datetime.now(timezone.utc)
@@ -111,6 +112,7 @@ def _operator_demo_metrics() -> int:
     op.observe_evolution("demo", hyps, {"tokens": 100000, "dollars": 20.0, "gpuHours": 8.0},
                          {"tokens": 41000, "dollars": 7.5, "gpuHours": 2.25}, now)
     op.observe_guardrails(EXPERIMENT, [("treatment", "hate_rate", False)])
+    op.observe_effects(EXPERIMENT, [Effect("treatment", "watch_minutes", 0.021, -0.012, 0.055, True, 0.3, 0.048)])
     return port
 
 

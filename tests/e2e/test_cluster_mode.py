@@ -230,6 +230,9 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             assert left["tokens"] == 100000 and 0 <= left["gpu_hours"] < 10 and "dollars" not in left
             rails = prom_value(prom.url, f'cambrian_guardrail_breached{{rollout="{ro_name}"}}')
             assert [(m["arm"], m["metric"], v) for m, v in rails] == [("treatment", "sessions", 0.0)]
+            # the promoting readout's north-star effect, as the decision read it, with the planned effect
+            read = {m["value"]: v for m, v in prom_value(prom.url, f'cambrian_rollout_effect{{rollout="{ro_name}",arm="treatment"}}')}
+            assert set(read) == {"estimate", "lower", "upper", "planned"} and read["lower"] < read["estimate"] < read["upper"]
             assert prom_value(prom.url, f'cambrian_hypothesis_phase_seconds{{evolution="{evo_name}",phase="Launched"}}')
 
             # Nothing duplicated across the three operator runs.

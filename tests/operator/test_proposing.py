@@ -15,6 +15,7 @@ from cambrian.operator import api, metrics
 from cambrian.operator import proposing as P
 from cambrian.operator.platform import kubernetes as K
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner, ProposeHypotheses
+from cambrian.operator.reconcile.observations import Effect
 
 OWNER = Owner("Evolution", "evo", "uid-evo", "ns")
 T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
@@ -177,7 +178,14 @@ def test_metrics_exporter_serves_the_chart_metric_names():
     metrics.observe_evolution("evo-m", hyps, {"tokens": 1000, "gpuHours": 2.0}, {"tokens": 250, "gpuHours": 0.5},
                               T0 + timedelta(minutes=30))
     metrics.observe_guardrails("ro-m", [("treatment", "hate_rate", True), ("treatment", "sessions", False)])
+    metrics.observe_effects("ro-m", [Effect("treatment", "watch_minutes", 0.031, -0.004, 0.066, True, 0.2, 0.054)])
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for value, v in (("estimate", 0.031), ("lower", -0.004), ("upper", 0.066), ("planned", 0.054)):
+        assert f'cambrian_rollout_effect{{arm="treatment",metric="watch_minutes",rollout="ro-m",value="{value}"}} {v}' in text
+    # a readout without a planned effect (an always-valid test) removes the stale one
+    metrics.observe_effects("ro-m", [Effect("treatment", "watch_minutes", 0.03, -0.004, 0.066, True, 0.2, None)])
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'rollout="ro-m",value="planned"' not in text and 'rollout="ro-m",value="estimate"} 0.03' in text
     assert 'cambrian_hypothesis_phase{evolution="evo-m",phase="Training"} 1.0' in text
     assert 'cambrian_hypothesis_phase{evolution="evo-m",phase="Failed"} 0.0' in text
     assert 'cambrian_hypothesis_phase_seconds{evolution="evo-m",phase="Training"} 1200.0' in text

@@ -150,6 +150,7 @@ Metrics, exported by the operator:
   cambrian_hypothesis_phase{evolution,phase}         hypotheses currently in each phase
   cambrian_hypothesis_phase_seconds{evolution,phase} age in that phase of its oldest hypothesis
   cambrian_budget_remaining{evolution,kind}          budget left (kind: tokens|dollars|gpu_hours)
+  cambrian_rollout_effect{rollout,arm,metric,value}  latest north-star reading (value: estimate|lower|upper|planned)
 */}}
 {{- define "cambrian.ruleGroups" -}}
 {{- $pr := .Values.metrics.prometheusRule -}}
