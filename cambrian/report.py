@@ -312,6 +312,18 @@ def arm_effects(ro: Rollout) -> dict[str, list[tuple[Any, float, float | None, f
     return out
 
 
+def planned_effects(ro: Rollout) -> dict[str, float]:
+    """Per treatment arm: the effect its design was sized for, at the latest readout that says it (group-sequential
+    designs; stats.decision.ArmDecision.planned_effect)."""
+    out: dict[str, float] = {}
+    for e in ro.readouts:
+        for arm, d in (e.get("arms") or {}).items():
+            v = _num(d.get("planned_effect")) if isinstance(d, dict) else None
+            if v is not None:
+                out[arm] = v
+    return out
+
+
 def is_relative(ro: Rollout) -> bool:
     last = (ro.result or {}).get("last_decision") or {}
     for d in (last.get("arms") or {}).values():
@@ -582,10 +594,11 @@ def write_report(run: Run, out: Path) -> Path:
         if effects:
             name = f"effects_{i}_{_safe(ro.name)}.png"
             rp.effects(ro.name, ro.north_star, is_relative(ro), effects, weight_steps(ro), ro.readouts, out / name,
-                       arm_order=arms_of(ro))
+                       arm_order=arms_of(ro), planned=planned_effects(ro))
             parts.append(_img(name, f"treatment effects over time, rollout {ro.name}"))
             parts.append("<p class='muted'>Effect of each treatment on the north star versus the control at "
-                         "every look, with its always-valid confidence interval (CUPED-adjusted, sequential). "
+                         "every look, with its always-valid confidence interval (CUPED-adjusted, sequential); "
+                         "dashed: the effect its design was sized for (smaller effects were out of its reach). "
                          "Lower panel: the traffic weight of each arm.</p>")
         else:
             parts.append(_missing(f"Rollout {ro.name}: no readout with an effect estimate yet."))

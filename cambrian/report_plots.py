@@ -159,7 +159,7 @@ def _pct(relative: bool) -> tuple[float, str]:
 
 
 def effects(name: str, north_star: str, relative: bool, series: dict[str, list], weights: list, readouts: list,
-            path: Path, arm_order: list[str] | None = None) -> None:
+            path: Path, arm_order: list[str] | None = None, planned: dict[str, float] | None = None) -> None:
     scale, unit = _pct(relative)
     fig, (ax, axw) = plt.subplots(2, 1, figsize=(9.5, 6.4), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
     days = []
@@ -188,6 +188,8 @@ def effects(name: str, north_star: str, relative: bool, series: dict[str, list],
             ax.scatter([first + offsets[arm]], [hit[0][1] * scale], marker="X", s=120, color=colors.get(arm, "#777"),
                        edgecolor="black", zorder=4, label=f"{arm}: rolled back")
     ax.axhline(0, color="black", lw=0.8)
+    for arm, value in sorted((planned or {}).items()):   # what the design was sized for
+        ax.axhline(value * scale, color=colors.get(arm, "#777"), ls="--", lw=1, label=f"{arm}: planned effect")
     days += [e.get("day") for e in readouts if e.get("day") is not None]
     for e in readouts:
         if e.get("outcome") in ("promote", "rollback", "inconclusive"):

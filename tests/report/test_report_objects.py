@@ -12,7 +12,7 @@ from cambrian.operator.local_driver import TIMELINE, LocalDriver
 from cambrian.operator.platform.local import SIM_EPOCH
 from cambrian.operator.reconcile.observations import Analysis
 from cambrian.report import (arm_effects, best_so_far, champion, guardrail_series, load_run, online_outcomes,
-                             proxy_vs_online, write_report)
+                             planned_effects, proxy_vs_online, write_report)
 
 T0 = SIM_EPOCH
 
@@ -30,10 +30,11 @@ def _hyp(name: str, persona: str, status: dict, wakeup: int = 1, repair_of: str 
                      "delta": {"patch": {"lr": 0.01}}, "origin": origin}, "status": status}
 
 
-def _detail(estimate: float, hate: float, outcome: str) -> dict:
+def _detail(estimate: float, hate: float, outcome: str, planned: float | None = None) -> dict:
     """One arm of the statistics package's decision (stats.decision.ArmDecision.to_dict)."""
     return {"treatment": {"arm": "treatment", "outcome": outcome, "reason": "", "p_value": 0.01, "p_adjusted": 0.01,
                           "effect": {"estimate": estimate, "relative": True}, "ci": [estimate - 0.03, estimate + 0.03],
+                          "planned_effect": planned,
                           "guardrails": [{"arm": "treatment", "metric": "hate_rate", "status": "pass", "estimate": hate,
                                           "lower": hate - 0.02, "upper": hate + 0.02, "bound": 0.1, "reason": ""}],
                           "breaches": []}}
@@ -87,7 +88,7 @@ def driver_run(tmp_path):
     driver._timeline("ro-1", {**running, "readouts": 0}, ramped, first)  # replayed after a kill
     driver.now = T0 + timedelta(days=3)
     win = Analysis("promote", "watch_minutes +5%", {"control": 500, "treatment": 300}, "treatment",
-                   detail=_detail(0.05, 0.0, "promote"))
+                   detail=_detail(0.05, 0.0, "promote", planned=0.042))
     driver._timeline("ro-1", {**ramped}, {**ramped, "readouts": 2, "phase": "Promoted", "decision": "promote",
                                           "winner": "treatment", "weightsSummary": "control=0,treatment=100",
                                           "arms": arms(0, 100)}, win)
@@ -110,6 +111,7 @@ def test_a_driver_run_reads_as_the_same_report(driver_run, tmp_path):
     (ro,) = run.rollouts
     assert ro.arm_hypothesis == {"treatment": "demo-w1-0"} and ro.result["outcome"] == "promote"
     assert [p[:2] for p in arm_effects(ro)["treatment"]] == [(0, 0.03), (1, 0.05)]  # the replay counts once
+    assert planned_effects(ro) == {"treatment": 0.042}   # the latest readout that states it
     series, history = guardrail_series(ro)
     assert history and [g["estimate"] for g in series[("hate_rate", "treatment")]] == [0.01, 0.0]
     assert online_outcomes(run) == {"demo-w1-0": "promoted"}
