@@ -177,7 +177,7 @@ def effects(name: str, north_star: str, relative: bool, series: dict[str, list],
         if ok:
             ax.errorbar([o[0] for o in ok], [o[1] for o in ok],
                         yerr=[[o[1] - o[2] for o in ok], [o[3] - o[1] for o in ok]],
-                        fmt="none", ecolor=c, capsize=4, lw=1.2, label=f"{arm}: 95% confidence interval")
+                        fmt="none", ecolor=c, capsize=4, lw=1.2, label=f"{arm}: always-valid 95% interval")
             if len(ok) > 1:
                 ax.fill_between([o[0] for o in ok], [o[2] for o in ok], [o[3] for o in ok], color=c, alpha=0.15)
     for arm in series:  # the look at which an arm was rolled back
