@@ -1078,7 +1078,8 @@ class ArmEffect(_Status):
     p_value: float | None = Field(None, description="always-valid p-value, Holm-adjusted across treatments")
     planned_effect: float | None = Field(
         None, description="group-sequential designs: the effect the design was sized for (what its planned users per "
-                          "arm detect with its power; smaller changes were out of its reach), on the estimate's scale")
+                          "arm, plannedSamplePerArm or else 4 x minSamplePerArm, detect with 80% power; smaller changes "
+                          "were out of its reach), on the estimate's scale")
 
 
 class OnlineResult(_Status):

@@ -233,6 +233,11 @@ def test_cluster_mode_end_to_end(cluster, cluster_namespace, chart, pod_runtime,
             # the promoting readout's north-star effect, as the decision read it, with the planned effect
             read = {m["value"]: v for m, v in prom_value(prom.url, f'cambrian_rollout_effect{{rollout="{ro_name}",arm="treatment"}}')}
             assert set(read) == {"estimate", "lower", "upper", "planned"} and read["lower"] < read["estimate"] < read["upper"]
+            # and `kubectl get ro -o wide` prints them (the API server's printer columns on status.effects[0])
+            header, row = c.kubectl("get", "rollout", ro_name, "-n", ns, "-o", "wide").stdout.splitlines()[:2]
+            shown = {col: float(row[header.index(col):].split()[0]) for col in ("EFFECT", "PLANNED")}
+            assert shown == {"EFFECT": pytest.approx(read["estimate"], rel=1e-3),
+                             "PLANNED": pytest.approx(read["planned"], rel=1e-3)}
             assert prom_value(prom.url, f'cambrian_hypothesis_phase_seconds{{evolution="{evo_name}",phase="Launched"}}')
 
             # Nothing duplicated across the three operator runs.

@@ -60,7 +60,11 @@ def test_schema_is_structural(crds, kind):
             continue
         node = schema
         for part in col["jsonPath"].strip(".").split("."):
-            node = node["properties"][part]
+            name, _, index = part.partition("[")   # effects[0]: an item of a list
+            node = node["properties"][name]
+            if index:
+                assert node["type"] == "array" and index.rstrip("]").isdigit(), col
+                node = node["items"]
         assert node["type"] == col["type"] or (col["type"] == "number" and node["type"] in ("number", "integer"))
     # a failed or blocked object says why in `kubectl get` (issue 21: the phase alone left users guessing)
     if "reason" in schema["properties"]["status"]["properties"]:
