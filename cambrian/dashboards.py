@@ -301,6 +301,12 @@ def overview() -> DashboardSpec:
                       unit=USERS_PER_S),
             PanelSpec("Traffic weight by arm", "Percent of users the router sends to each arm.",
                       [Query("cambrian_router_weight", "{{experiment}} / {{arm}}")], unit="percent", min=0, max=100),
+            PanelSpec("North star as each rollout's decision reads it", "Per rollout and treatment, the latest "
+                      "readout: estimate, always-valid interval (lower, upper) and the effect its design was sized for "
+                      "(planned); a fraction of control's mean when relative. An estimate far below the planned effect "
+                      "late in a test is heading for an inconclusive end.",
+                      [Query("max by (rollout, arm, value) (cambrian_rollout_effect)", instant=True)], kind="table",
+                      width=24),
         ]),
     ])
 
