@@ -46,7 +46,7 @@ from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
 from cambrian.operator.reconcile import scheduling as S
 from cambrian.operator.reconcile import wakeups as W
-from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name, note_blocker,
+from cambrian.operator.reconcile.common import (Meta, Result, after, blocked, child_name,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
                                                       RolloutView, TopK)
@@ -228,7 +228,8 @@ def reconcile(
                 new_config = trained_config(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
                 st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
                                        bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
-                journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}")
+                journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}"
+                                           f"{_reading_words(ro, north_star)}")
                 launched_now = ro
         elif ro.retired:  # ended undecided by its Evolution (step 3a, or the online agent's re-ranking in step 5)
             st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
@@ -365,13 +366,29 @@ def _acknowledge(owner: Owner, persisted: EvolutionStatus, st: EvolutionStatus, 
     st.superseded = M.forget_marked(st.superseded, seen)
 
 
+def _north_star_reading(ro: RolloutView, north_star: str) -> dict | None:
+    """The winner's effect on the north star as the Rollout's status reports it (None: not reported)."""
+    found = [e for e in ro.effects if e.get("metric") == north_star]
+    est = found[0].get("estimate") if found else None
+    return found[0] if isinstance(est, (int, float)) and math.isfinite(est) else None
+
+
 def _promoted_effect(ro: RolloutView, north_star: str) -> float:
     """The promoted winner's estimated effect on the north star (-inf: not a promotion, or not reported)."""
-    if ro.phase != "Promoted":
-        return -math.inf
-    found = [e.get("estimate") for e in ro.effects if e.get("metric") == north_star]
-    ok = found and isinstance(found[0], (int, float)) and math.isfinite(found[0])
-    return float(found[0]) if ok else -math.inf
+    e = _north_star_reading(ro, north_star) if ro.phase == "Promoted" else None
+    return float(e["estimate"]) if e else -math.inf
+
+
+def _reading_words(ro: RolloutView, north_star: str) -> str:
+    """' (dau read +7.1%; its design was sized for +5.4%)' for a launch's journal entry: a reading near the planned
+    effect overstates the change (README, What a launch's reading means); '' when the Rollout reported none."""
+    e = _north_star_reading(ro, north_star)
+    if e is None:
+        return ""
+    fmt = (lambda v: f"{v * 100:+.3g}%") if e.get("relative") else (lambda v: f"{v:+.4g}")
+    planned = e.get("plannedEffect")
+    sized = f"; its design was sized for {fmt(planned)}" if isinstance(planned, (int, float)) else ""
+    return f" ({north_star} read {fmt(e['estimate'])}{sized})"
 
 
 def trained_config(champion: dict, hyp: HypothesisView | None) -> dict:

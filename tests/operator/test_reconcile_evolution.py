@@ -188,7 +188,7 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     _, r2 = with_champion(sp)
     hyps = [hv("o1", "optimizer", 0.40, phase="Live"), hv("o2", "optimizer", 0.41, phase="Live")]
     effect = lambda arm, est: ({"arm": arm, "metric": "dau", "estimate": est, "ciLow": est / 2, "ciHigh": est * 2,
-                                "relative": True},)
+                                "relative": True, "plannedEffect": 0.054},)
     strong = RolloutView("ro-a", "Promoted", ("o1",), "promote", "o1", "b/o1", "dau +25%", effect("t", 0.25),
                          control_bundle="pvc://x/baseline")
     weak = RolloutView("ro-b", "Promoted", ("o2",), "promote", "o2", "b/o2", "dau +8%", effect("t", 0.08),
@@ -206,7 +206,7 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     events = {a.event: a for a in r3.actions if isinstance(a, RecordJournal)}
     assert events["PromotionSuperseded"].warning and "never compared" in events["PromotionSuperseded"].message
     assert [a.message for a in r3.actions if isinstance(a, RecordJournal) and a.event == "ChampionChanged"] == [
-        "o1 launched by rollout ro-a"]
+        "o1 launched by rollout ro-a (dau read +25%; its design was sized for +5.4%)"]
     # a later promotion over the old champion is superseded too; one over the new champion is launched
     late = RolloutView("ro-c", "Promoted", ("o3",), "promote", "o3", "b/o3", "", effect("t", 0.5),
                        control_bundle="pvc://x/baseline")
