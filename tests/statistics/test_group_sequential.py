@@ -420,10 +420,14 @@ def test_a_design_ending_at_max_days_uses_union_boundaries_and_a_started_test_ke
 def test_a_change_of_the_planned_effect_is_promoted_with_about_the_planned_power():
     """What `planned_effect` promises: a design planned for 2,000 users per arm over 10 daily looks (O'Brien-Fleming,
     futility at 10%) promotes a true effect of the size the first look states in about 80% of 400 simulated
-    experiments (a little less: the looks and futility cost some power), and half that effect far less often."""
+    experiments (a little less: the looks and futility cost some power), and half that effect far less often.
+    And what a launch reads (README, What a launch's reading means): near the planned power the promoted readings
+    overstate the effect (the winner's curse), at twice the planned effect (power near 1) they do not."""
     pol = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=2000, min_users_per_arm=0,
                          max_days=10, horizon="users")
     rng = np.random.default_rng(20261207)
+
+    reads: dict[float, list[float]] = {}
 
     def promoted(effect: float) -> bool:
         c = t = SufficientStats()
@@ -434,6 +438,8 @@ def test_a_change_of_the_planned_effect_is_promoted_with_about_the_planned_power
                        elapsed_days=day, state=state)
             state = d.state
             if d.outcome != "continue":
+                if d.outcome == "promote":
+                    reads.setdefault(effect, []).append(d.arms["t"].effect.estimate)
                 return d.outcome == "promote"
         return False
 
@@ -446,3 +452,7 @@ def test_a_change_of_the_planned_effect_is_promoted_with_about_the_planned_power
     half = sum(promoted(planned / 2) for _ in range(sims)) / sims
     assert 0.70 <= power <= 0.86, power
     assert half < 0.45, half
+    assert np.median(reads[planned]) / planned > 1.05          # the winner's curse near the planned power
+    assert np.median(reads[planned / 2]) / (planned / 2) > 1.3   # larger where the power is lower
+    sure = sum(promoted(2 * planned) for _ in range(100)) / 100
+    assert sure > 0.97 and abs(np.median(reads[2 * planned]) / (2 * planned) - 1) < 0.06
