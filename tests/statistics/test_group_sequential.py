@@ -68,16 +68,8 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
                          max_days=20, sequential="group", horizon="users")
     rng = np.random.default_rng(9)
     for effect, expect in ((0.2, "promote"), (-0.2, ("rollback", "inconclusive"))):
-        c = t = SufficientStats()
-        state, outcome = None, None
-        for day in range(1, 21):
-            c, t = c + _sums(rng, 200, 0.0), t + _sums(rng, 200, effect)
-            d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
-                       elapsed_days=day, state=state)
-            state = d.state
-            if d.outcome != "continue":
-                outcome = d.outcome
-                break
+        d, day = _run_design(pol, rng, effect, 20)
+        outcome = d.outcome
         assert outcome == expect or outcome in expect
         assert day < 10, f"{effect}: decided only on day {day}"
         # the state round-trips through JSON (the CR status)
@@ -87,18 +79,24 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
         DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, sequential="bayes")
 
 
-def _until_decided(pol, effect):
-    rng = np.random.default_rng(9)
+def _run_design(pol, rng, effect, days, base=0.0):
+    """Daily looks, 200 new users per arm a day, until decide() stops the test or the days run out:
+    (the last decision, its day)."""
     c = t = SufficientStats()
     state = None
-    for day in range(1, 21):
-        c, t = c + _sums(rng, 200, 10.0), t + _sums(rng, 200, 10.0 + effect)  # a mean of 10: a lift is defined
+    for day in range(1, days + 1):
+        c, t = c + _sums(rng, 200, base), t + _sums(rng, 200, base + effect)
         d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
                    elapsed_days=day, state=state)
         state = d.state
         if d.outcome != "continue":
             break
-    return d.arms["t"]
+    return d, day
+
+
+def _until_decided(pol, effect):
+    # a mean of 10: a lift is defined
+    return _run_design(pol, np.random.default_rng(9), effect, 20, base=10.0)[0].arms["t"]
 
 
 @pytest.mark.parametrize("relative", [False, True])
@@ -430,18 +428,10 @@ def test_a_change_of_the_planned_effect_is_promoted_with_about_the_planned_power
     reads: dict[float, list[float]] = {}
 
     def promoted(effect: float) -> bool:
-        c = t = SufficientStats()
-        state = None
-        for day in range(1, 11):
-            c, t = c + _sums(rng, 200, 0.0), t + _sums(rng, 200, effect)
-            d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
-                       elapsed_days=day, state=state)
-            state = d.state
-            if d.outcome != "continue":
-                if d.outcome == "promote":
-                    reads.setdefault(effect, []).append(d.arms["t"].effect.estimate)
-                return d.outcome == "promote"
-        return False
+        d, _ = _run_design(pol, rng, effect, 10)
+        if d.outcome == "promote":
+            reads.setdefault(effect, []).append(d.arms["t"].effect.estimate)
+        return d.outcome == "promote"
 
     first = decide(pol, control="c", weights={"c": 1, "t": 1}, elapsed_days=1,
                    stats={"c": {"y": _sums(rng, 200, 0.0)}, "t": {"y": _sums(rng, 200, 0.0)}}).arms["t"]
