@@ -363,10 +363,11 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
         designs = [[experiment(pair, ("control", "treatment"), first, x, p, rng, a, sums)
                     for a, sums in zip(draws, daily)] for p in (policy, by_users, by_days_exact, no_guardrails)]
         runs, users_runs, exact_runs, bare_runs = designs
+        rates = _rates(runs)
         arms_out[name] = {
             "true_effect": round(eff, 5), "true_effect_se": round(se, 5),
-            **_rates(runs),
-            "median_estimate_at_promotion_over_true_effect": _over(_rates(runs)["median_estimate_at_promotion"], eff),
+            **rates,
+            "median_estimate_at_promotion_over_true_effect": _over(rates["median_estimate_at_promotion"], eff),
             "fixed_cuped_users_per_arm_for_80pct_power": (
                 None if eff == 0 else int(math.ceil(2 * z**2 * (1 - rho**2) * cv**2 / eff**2))),
             "reasons": sorted({r["reason"][:120] for r in runs})[:4],

@@ -31,6 +31,7 @@ from .estimators import Effect, analyse
 from .groupsequential import check_rule, futile, planned_drift
 from .guardrails import Breach, Guardrail, GuardrailResult, HardLimit, hard_limit_breaches, non_inferiority
 from .multiple import adjust, benjamini_hochberg
+from .reading import format_effect
 from .sequential import (SequentialState, confidence_sequence, msprt_p_value, planned_information,
                          rho_for_information, update, update_group)
 from .srm import SRM_THRESHOLD, SRMResult, srm_check
@@ -331,10 +332,6 @@ def _planned_effect(eff: Effect, policy: DecisionPolicy, n_treatments: int, good
     return eff.to_reported(good * drift * math.sqrt(eff.test_variance * _users(eff) / policy.planned_users_per_arm))
 
 
-def _formatted(eff: Effect, value: float) -> str:
-    return f"{value * 100:+.3g}%" if eff.relative else f"{value:+.4g}"
-
-
 def _horizon(policy: DecisionPolicy) -> str:
     if policy.horizon == "users":
         return f"{policy.planned_users_per_arm} users per arm or {policy.max_days:g} days, whichever came first"
@@ -522,7 +519,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
             # the design's final look is taken: all of α is spent, a later look could not decide
             arms[a] = ArmDecision(outcome="inconclusive", reason=(
                 f"final analysis of the group-sequential design ({_horizon(policy)}) without a significant "
-                f"effect (it was sized for the planned {_formatted(eff, planned)}): "
+                f"effect (it was sized for the planned {format_effect(planned, eff.relative)}): "
                 f"{desc}"), **base)
             continue
         else:
@@ -536,7 +533,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                 if fut:
                     arms[a] = ArmDecision(outcome="inconclusive", reason=(
                         f"futility: {cp:.1%} chance to win by the end of the design ({_horizon(policy)}) even if "
-                        f"the true effect were the planned {_formatted(eff, planned)} "
+                        f"the true effect were the planned {format_effect(planned, eff.relative)} "
                         f"(< {policy.futility:.0%}): {desc}"), **base)
                     continue
         # 8. Continue (or inconclusive at max duration, decided in _finish).

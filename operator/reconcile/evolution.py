@@ -52,6 +52,7 @@ from cambrian.operator.reconcile.observations import (ChampionObservation, Hypot
                                                       RolloutView, TopK)
 from cambrian.operator.reconcile.observations import Spend as SpendObservation
 from cambrian.operator.reconcile.views import A_PREDICTED, unattributed
+from cambrian.stats.reading import format_effect
 
 POLL_SECONDS = 30.0
 MAX_HANDLED = 256
@@ -385,10 +386,10 @@ def _reading_words(ro: RolloutView, north_star: str) -> str:
     e = _north_star_reading(ro, north_star)
     if e is None:
         return ""
-    fmt = (lambda v: f"{v * 100:+.3g}%") if e.get("relative") else (lambda v: f"{v:+.4g}")
+    relative = bool(e.get("relative"))
     planned = e.get("plannedEffect")
-    sized = f"; its design was sized for {fmt(planned)}" if isinstance(planned, (int, float)) else ""
-    return f" ({north_star} read {fmt(e['estimate'])}{sized})"
+    sized = f"; its design was sized for {format_effect(planned, relative)}" if isinstance(planned, (int, float)) else ""
+    return f" ({north_star} read {format_effect(e['estimate'], relative)}{sized})"
 
 
 def trained_config(champion: dict, hyp: HypothesisView | None) -> dict:
