@@ -59,6 +59,9 @@ def run(
     seeds: str = typer.Option(None, "--seeds", help="multifidelity, search, search-plugin: comma-separated seeds "
                                                     "instead of the default ones (e.g. held-out seeds 5,6,7,8,9); "
                                                     "fidelity: run these world seeds and report them together"),
+    replay: Path = typer.Option(None, "--replay", exists=True, dir_okay=False,
+                                help="fidelity: re-read a stored result's offline half with this code (worlds and "
+                                     "candidates trained again, deterministic; its online effects kept)"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:
@@ -69,10 +72,11 @@ def run(
     options = {k: v for k, v in (("window", window), ("sims", sims), ("world", world),
                                  ("arms", tuple(arms.split(",")) if arms else None),
                                  ("seeds", _seeds(seeds) if seeds else None),
-                                 ("durations", _days(durations) if durations else None)) if v is not None}
+                                 ("durations", _days(durations) if durations else None),
+                                 ("replay_of", replay)) if v is not None}
     for k in options:
         if k not in inspect.signature(fn).parameters:
-            raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
+            raise typer.BadParameter(f"benchmark {name!r} takes no --{k.removesuffix('_of')}")
     unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
     if unknown:
         raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0].replace('_', '-')}")
@@ -85,7 +89,8 @@ def run(
                      *([world] if world else []),  # fidelity-hooked
                      *(["quick"] if quick and seeds else []),  # fidelity-quick-seeds0-1
                      *([f"seeds{'-'.join(map(str, options['seeds']))}"] if seeds else []),  # multifidelity-seeds5-6
-                     *([f"durations{'-'.join(map(str, sorted(options['durations'])))}"] if durations else [])])
+                     *([f"durations{'-'.join(map(str, sorted(options['durations'])))}"] if durations else []),
+                     *([f"replay-{replay.stem}"] if replay else [])])  # fidelity-replay-fidelity-wary-seeds0-1
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     if as_json:
         typer.echo(json.dumps(result, sort_keys=True))

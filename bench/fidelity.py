@@ -7,7 +7,8 @@ reward, training; including a clickbait reward and changes that should be neutra
   are differences to Φ0: val_loss gain (Φ0 − candidate), long_watch_corr gain, return_corr gain, AUC gain,
   top_watch_share gain (the share of each user's held-out watch seconds in the rows the model ranks in that
   user's top 6%, what its own slates would have collected), like_corr gain (the scores' rank correlation with
-  likes: the logs' trace of satisfaction);
+  likes: the logs' trace of satisfaction), top_completion_share and top_like_share gains (the top 6%'s share of
+  the watched fraction of each video and of the likes);
 * online: serve each model to *all* users of a fresh copy of the world continuing from the end of the
   logs (`World.load`), for `online_days` days. Every copy has the same users and the same keyed random
   draws (common random numbers), so the difference between two copies is the models' effect alone:
@@ -34,9 +35,10 @@ from scipy import stats
 
 NORTH_STAR = "minutes"
 SIGNALS = ("val_loss_gain", "long_watch_corr_gain", "return_corr_gain", "auc_gain", "top_watch_share_gain",
-           "like_corr_gain")
+           "like_corr_gain", "top_completion_share_gain", "top_like_share_gain")
 TRAP = "reward:clickbait"
-RAW_METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "top_watch_share", "like_corr")  # kept per model as reported
+RAW_METRICS = ("val_loss", "auc", "long_watch_corr", "return_corr", "top_watch_share", "like_corr", "top_completion_share",
+               "top_like_share")  # kept per model as reported
 
 
 @dataclass(frozen=True)
@@ -237,14 +239,9 @@ def online_effects(arm: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> d
 
 
 def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    return {
-        "val_loss_gain": base["val_loss"] - metrics["val_loss"],
-        "long_watch_corr_gain": metrics["long_watch_corr"] - base["long_watch_corr"],
-        "return_corr_gain": metrics["return_corr"] - base["return_corr"],
-        "auc_gain": metrics["auc"] - base["auc"],
-        "top_watch_share_gain": metrics["top_watch_share"] - base["top_watch_share"],
-        "like_corr_gain": metrics["like_corr"] - base["like_corr"],
-    }
+    """Each signal's gain over Φ0 (val_loss: Φ0's minus the candidate's, lower being better)."""
+    gains = {f"{m}_gain": metrics[m] - base[m] for m in RAW_METRICS if m != "val_loss"}
+    return {s: base["val_loss"] - metrics["val_loss"] if s == "val_loss_gain" else gains[s] for s in SIGNALS}
 
 
 def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, float]],
@@ -305,6 +302,13 @@ def surrogate_after(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, ta
             "p90": round(float(np.percentile(rhos, 90)), 4)}
 
 
+def recorded_signals(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Each offline signal over the candidates, those that every row recorded (a stored run from before a proxy
+    existed has no reading of it)."""
+    return {s: np.array([r["offline"][s] for r in rows]) for s in (*SIGNALS, "floors")
+            if all(s in r["offline"] for r in rows)}
+
+
 def surrogate_ranks_the_rest(rows: list[dict[str, Any]], k: int = 8, draws: int = 200, target: str = NORTH_STAR,
                              seed: int = 0) -> dict[str, Any] | None:
     """The surrogate as the online agent uses it once k rollouts have concluded: one fit on k candidates drawn at
@@ -317,7 +321,7 @@ def surrogate_ranks_the_rest(rows: list[dict[str, Any]], k: int = 8, draws: int 
         return None
     x = surrogate_inputs(rows)
     y = np.array([r["online"][target] for r in rows])
-    raw = {s: np.array([r["offline"][s] for r in rows]) for s in (*SIGNALS, "floors")}
+    raw = recorded_signals(rows)
     rng = np.random.default_rng(seed)
     rhos: dict[str, list[float]] = {"surrogate": [], **{s: [] for s in raw}}
 
@@ -342,7 +346,7 @@ def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> d
     online effect over the candidates."""
     y = np.array([r["online"][target] for r in rows])
     out: dict[str, float | None] = {}
-    columns = {s: np.array([r["offline"][s] for r in rows]) for s in (*SIGNALS, "floors")}
+    columns = recorded_signals(rows)
     if len(rows) >= 4:
         columns["surrogate_loo"] = surrogate_loo(rows, target)
     for s, x in columns.items():
@@ -356,10 +360,14 @@ def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> d
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
         candidates: dict[str, tuple[str, dict[str, Any]]] | None = None, seed: int = 0,
-        seeds: tuple[int, ...] | None = None, world: str = DEFAULT_WORLD) -> dict:
+        seeds: tuple[int, ...] | None = None, world: str = DEFAULT_WORLD, replay_of: Path | None = None) -> dict:
     """`seed`: the world's seed (0 is the reported run); `seeds`: run each of these worlds and report them
     together (`summarise`): one world's 19 candidates are too few to tell a surrogate from its luck; `world`: the
-    preset and its Φ0 (WORLDS)."""
+    preset and its Φ0 (WORLDS); `replay_of`: a stored result to re-read offline with this code (`replay`)."""
+    if replay_of is not None:
+        import json
+
+        return replay(json.loads(Path(replay_of).read_text()), progress)
     bench_world(world)
     if seeds:
         return summarise([run_seed(quick, progress, size, candidates, s, world) for s in seeds], quick, world)
@@ -383,8 +391,8 @@ def summarise(per_seed: list[dict[str, Any]], quick: bool, world: str = DEFAULT_
                      "median_abs_effect": r["median_abs_effect"], "max_abs_effect": r["max_abs_effect"],
                      "clickbait_trap": r["clickbait_trap"], "seconds": r["seconds"]})
     rests = [x["rest"] for x in rows if x["rest"] is not None]
-    raw = {s: round(float(np.mean([x["raw_same_sets"][s] for x in rows if x["raw_same_sets"]])), 4)
-           for s in (*SIGNALS, "floors")} if rests else {}
+    raw = {s: round(float(np.mean(v)), 4) for s in (*SIGNALS, "floors")
+           if (v := [x["raw_same_sets"][s] for x in rows if s in (x["raw_same_sets"] or {})])} if rests else {}
     seeds = [x["seed"] for x in rows]
     return {
         "name": "fidelity",
@@ -406,42 +414,77 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
              world: str = DEFAULT_WORLD) -> dict:
     """One world's candidates, offline and online."""
     from cambrian.bench.throughput import load_now
-    from cambrian.operator.api import Noise
-    from cambrian.operator.reconcile.noise import base_seed
-    from cambrian.stats.noise import baseline_seeds
-    from cambrian.world.generate import generate
 
     say = progress or (lambda msg: None)
     size = size or (QUICK if quick else FULL)
     setup = bench_world(world)
     candidates = setup.candidates if candidates is None else candidates
-    config = lambda delta: candidate_config(size, delta, setup.base)
     t0, load_start = time.perf_counter(), load_now()
     with tempfile.TemporaryDirectory(prefix="cambrian-bench-fidelity-") as tmp:
         data = Path(tmp) / "world"
-        summary = generate(data, n_users=size.users, days=size.log_days, seed=seed, preset=setup.preset, force=True)
-        base_metrics, base_score = train_model(config({}), data)
-        # the loop's noise floor: Φ0 over the Evolution's default baseline seeds (the first one is served)
-        base_runs = [base_metrics] + [train_model(config({"training": {"seed": s}}), data)[0]
-                                      for s in baseline_seeds(base_seed(config({})), Noise().baseline_seeds)[1:]]
-        base_online = serve_online(data, base_score, size.online_days)
-        say(f"baseline: {base_metrics}")
-        rows, failed = [], {}
+        offline = _offline(data, size, setup, seed, candidates)
+        base_online = serve_online(data, offline.base_score, size.online_days)
+        say(f"baseline: {offline.base_runs[0]}")
+        rows = []
         for name, (component, delta) in candidates.items():
-            c0 = time.perf_counter()
-            try:
-                metrics, score = train_model(config(delta), data)
-            except Exception as exc:  # a candidate that fails the gate or training is reported, not fatal
-                failed[name] = f"{type(exc).__name__}: {exc}"
+            if name not in offline.rows:
                 continue
-            online = online_effects(serve_online(data, score, size.online_days), base_online)
-            rows.append({"name": name, "component": component, "delta": delta,
-                         "offline": {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
-                                     "floors": round(floors(component, metrics, base_runs, setup.offline), 4),
-                                     **{k: round(float(metrics[k]), 6) for k in RAW_METRICS}},
+            c0 = time.perf_counter()
+            online = online_effects(serve_online(data, offline.scores.pop(name), size.online_days), base_online)
+            rows.append({"name": name, "component": component, "delta": delta, "offline": offline.rows[name],
                          "online": {k: round(v, 6) for k, v in online.items()},
-                         "seconds": round(time.perf_counter() - c0, 1)})
+                         "seconds": round(offline.seconds[name] + time.perf_counter() - c0, 1)})
             say(f"{name}: minutes {online['minutes']:+.4f} ± {online['minutes_se']:.4f}")
+    return _seed_result(rows, offline.failed, quick, world, size, seed, offline, load_start,
+                        time.perf_counter() - t0)
+
+
+@dataclass
+class _Offline:
+    """Φ0 over its noise-floor seeds and every candidate, trained on one generated world and scored offline."""
+
+    summary: dict[str, Any]  # the generated world's
+    base_runs: list[dict[str, float]]  # Φ0 over the baseline seeds, the first one served
+    base_score: Callable
+    rows: dict[str, dict[str, float]]  # candidate -> its offline readings, as recorded
+    scores: dict[str, Callable]
+    seconds: dict[str, float]
+    failed: dict[str, str]
+
+
+def _offline(data: Path, size: Size, setup: BenchWorld, seed: int,
+             candidates: dict[str, tuple[str, dict[str, Any]]]) -> _Offline:
+    from cambrian.operator.api import Noise
+    from cambrian.operator.reconcile.noise import base_seed
+    from cambrian.stats.noise import baseline_seeds
+    from cambrian.world.generate import generate
+
+    config = lambda delta: candidate_config(size, delta, setup.base)
+    summary = generate(data, n_users=size.users, days=size.log_days, seed=seed, preset=setup.preset, force=True)
+    base_metrics, base_score = train_model(config({}), data)
+    # the loop's noise floor: Φ0 over the Evolution's default baseline seeds (the first one is served)
+    base_runs = [base_metrics] + [train_model(config({"training": {"seed": s}}), data)[0]
+                                  for s in baseline_seeds(base_seed(config({})), Noise().baseline_seeds)[1:]]
+    out = _Offline(summary, base_runs, base_score, {}, {}, {}, {})
+    for name, (component, delta) in candidates.items():
+        c0 = time.perf_counter()
+        try:
+            metrics, out.scores[name] = train_model(config(delta), data)
+        except Exception as exc:  # a candidate that fails the gate or training is reported, not fatal
+            out.failed[name] = f"{type(exc).__name__}: {exc}"
+            continue
+        out.rows[name] = {**{k: round(v, 6) for k, v in offline_signals(metrics, base_metrics).items()},
+                          "floors": round(floors(component, metrics, base_runs, setup.offline), 4),
+                          **{k: round(float(metrics[k]), 6) for k in RAW_METRICS}}
+        out.seconds[name] = time.perf_counter() - c0
+    return out
+
+
+def _seed_result(rows: list[dict[str, Any]], failed: dict[str, str], quick: bool, world: str, size: Size, seed: int,
+                 offline: _Offline, load_start, seconds: float) -> dict:
+    from cambrian.bench.throughput import load_now
+
+    setup = bench_world(world)
     corr = rank_correlations(rows)
     effects = np.array([abs(r["online"]["minutes"]) for r in rows])
     trap = next((r for r in rows if r["name"] == TRAP), None)
@@ -453,7 +496,7 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
         "ratio": float(best),
         "ratio_meaning": ("best Spearman rank correlation, over the offline signals (the gain in noise floors on the component's "
                           "offline objective; val_loss, long_watch_corr, "
-                          "return_corr, AUC, top_watch_share, like_corr gains over Φ0), with the candidate's measured online effect on watch "
+                          "return_corr, AUC, top_watch_share, like_corr, top_completion_share, top_like_share gains over Φ0), with the candidate's measured online effect on watch "
                           "minutes per user (common random numbers; 1 = the proxy orders changes exactly as online)"),
         "rank_correlation": corr,
         "rank_correlation_late": rank_correlations(rows, "minutes_late"),
@@ -468,16 +511,59 @@ def run_seed(quick: bool = False, progress: Callable[[str], None] | None = None,
         "candidates": rows,
         "failed": failed,
         "world": {"name": world, "preset": setup.preset, "seed": seed, "users": size.users, "log_days": size.log_days,
-                  "online_days": size.online_days, **{k: summary["overall"][k] for k in ("impressions", "ctr",
-                                                                                          "dau_frac")}},
+                  "online_days": size.online_days, **{k: offline.summary["overall"][k] for k in ("impressions", "ctr",
+                                                                                                  "dau_frac")}},
         "baseline": {"epochs": size.epochs, "max_train_examples": size.max_train_examples, **setup.base,
-                     **{k: round(float(base_metrics[k]), 6) for k in RAW_METRICS}},
+                     **{k: round(float(offline.base_runs[0][k]), 6) for k in RAW_METRICS}},
         # Φ0 over the baseline seeds (the first is the one served): the noise floors, so floors can be re-read
-        "baseline_seeds": [{k: round(float(r[k]), 6) for k in RAW_METRICS} for r in base_runs],
+        "baseline_seeds": [{k: round(float(r[k]), 6) for k in RAW_METRICS} for r in offline.base_runs],
         "load_average_start": load_start,
         "load_average_end": load_now(),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": round(seconds, 1),
     }
+
+
+def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """A stored run (one world seed's or several's) re-read offline with this code: each world generated again,
+    Φ0, its noise-floor seeds and every candidate trained again (training is deterministic) and scored by this
+    code's declaration, the surrogate and the rank correlations recomputed; the online effects are the stored
+    ones (the expensive half, which a new offline reading does not change). Every offline reading the stored run
+    had is compared with the new one: `replay.mismatches` lists any that differ (a trainer that changed since)."""
+    from cambrian.bench.throughput import load_now
+
+    say = progress or (lambda msg: None)
+    results = []
+    for stored_seed in stored["seeds"] if "seeds" in stored else [stored]:
+        t0, load_start = time.perf_counter(), load_now()
+        w, b = stored_seed["world"], stored_seed["baseline"]
+        size = Size(w["users"], w["log_days"], w["online_days"], b["epochs"], b["max_train_examples"])
+        setup = bench_world(w["name"])
+        candidates = {r["name"]: (r["component"], r["delta"]) for r in stored_seed["candidates"]}
+        with tempfile.TemporaryDirectory(prefix="cambrian-bench-fidelity-") as tmp:
+            offline = _offline(Path(tmp) / "world", size, setup, w["seed"], candidates)
+        rows, mismatches = [], []
+        for r in stored_seed["candidates"]:
+            new = offline.rows.get(r["name"])
+            if new is None:
+                mismatches.append(f"{r['name']}: {offline.failed.get(r['name'], 'not trained')}")
+                continue
+            tolerance = lambda k: 2e-4 if k == "floors" else 2e-6  # the stored readings' rounding
+            mismatches += [f"{r['name']}: {k} {v} stored, {new[k]} now" for k, v in r["offline"].items()
+                           if k in new and abs(new[k] - v) > tolerance(k)]
+            rows.append({**r, "offline": new})
+        say(f"world seed {w['seed']}: {len(rows)} candidates re-read, {len(mismatches)} mismatches")
+        result = _seed_result(rows, offline.failed, stored_seed["quick"], w["name"], size, w["seed"], offline,
+                              load_start, time.perf_counter() - t0)
+        result["replay"] = {"of": stored_seed.get("command"), "commit": stored.get("commit"), "mismatches": mismatches,
+                            "surrogate_ranks_the_rest_after_8_stored":
+                                (stored_seed.get("surrogate_ranks_the_rest_after_8") or {}).get("mean")}
+        results.append(result)
+    if "seeds" not in stored:
+        return results[0]
+    out = summarise(results, results[0]["quick"], results[0]["world"]["name"])
+    out["replay"] = {"of": stored.get("command"), "commit": stored.get("commit"),
+                     "ratio_stored": stored.get("ratio"), "mismatches": sum(len(r["replay"]["mismatches"]) for r in results)}
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

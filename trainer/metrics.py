@@ -1,6 +1,6 @@
 """Offline proxy metrics: AUC, loss-independent rank correlations with logged signals and per-user top shares, as
 the data's declaration names them (trainer/schema.py `proxies`; the world's: auc, long_watch_corr, return_corr,
-like_corr, top_watch_share)."""
+like_corr, top_watch_share, top_completion_share, top_like_share)."""
 
 from __future__ import annotations
 

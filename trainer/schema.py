@@ -253,7 +253,11 @@ WORLD = DataSchema(
              Proxy(name="return_corr", signal="COALESCE(user_days.returned_next_day, 0)"),
              Proxy(name="like_corr", signal="impressions.like"),
              # online a ranker shows 6 of 100 retrieved candidates (world/params.py slate, n_candidates)
-             Proxy(name="top_watch_share", kind="top_share", signal="impressions.watch_seconds", top=0.06)),
+             Proxy(name="top_watch_share", kind="top_share", signal="impressions.watch_seconds", top=0.06),
+             # the same reading of how much of each video was watched and of likes: what the user's own slates
+             # would have held of the two traces of satisfaction (the surrogate's inputs, agents/surrogate.py)
+             Proxy(name="top_completion_share", kind="top_share", signal="impressions.completion", top=0.06),
+             Proxy(name="top_like_share", kind="top_share", signal="impressions.like", top=0.06)),
 )
 
 _GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",

@@ -176,12 +176,13 @@ def test_the_reward_persona_proposes_for_movielens_and_the_trainer_labels_the_pu
 
 def test_a_copy_of_the_worlds_declaration_derives_rewards_only_from_outcomes_its_objective_rises_with(tmp_path):
     """The world's tables declared as a user's own: its label (click) and the signals its proxies rise with
-    (watch_seconds, like, returned_next_day) give rewards; hate and skip, which no proxy rises with, give none.
-    The catalogue's entries, which this data can train, are still proposed first."""
+    (watch_seconds, completion, like, returned_next_day) give rewards; hate and skip, which no proxy rises with,
+    give none. The catalogue's entries, which this data can train, are still proposed first."""
     mine = DataSchema.model_validate({**WORLD.model_dump(mode="json"), "name": "mine"})
     assert [e.key for e in declared_rewards(mine)] == [
-        "signal_weight:click", "positive:watch_seconds", "log_weight:watch_seconds", "positive:like",
-        "log_weight:like", "positive:returned_next_day", "log_weight:returned_next_day"]
+        "signal_weight:click", "positive:watch_seconds", "log_weight:watch_seconds", "positive:completion",
+        "log_weight:completion", "positive:like", "log_weight:like", "positive:returned_next_day",
+        "log_weight:returned_next_day"]
     assert _propose(mine, Journal(tmp_path / "mine")) == _propose(WORLD, Journal(tmp_path / "world"))
 
 

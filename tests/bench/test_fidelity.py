@@ -128,9 +128,10 @@ def test_rank_correlations_per_signal():
     rows = []
     for i, y in enumerate([0.01, 0.02, 0.03, 0.04]):
         base = {"val_loss": 0.5, "long_watch_corr": 0.0, "return_corr": 0.0, "auc": 0.5, "top_watch_share": 0.06,
-                "like_corr": 0.0}
+                "like_corr": 0.0, "top_completion_share": 0.06, "top_like_share": 0.06}
         m = {"val_loss": 0.5 - i, "long_watch_corr": -i, "return_corr": [0.1, 0.3, 0.2, 0.0][i], "auc": 0.5,
-             "top_watch_share": 0.06 + 0.01 * i, "like_corr": [0.0, 0.1, 0.3, 0.2][i]}
+             "top_watch_share": 0.06 + 0.01 * i, "like_corr": [0.0, 0.1, 0.3, 0.2][i],
+             "top_completion_share": 0.06 - 0.01 * i, "top_like_share": [0.1, 0.0, 0.3, 0.2][i]}
         rows.append({"component": "optimizer", "offline": {**offline_signals(m, base), **m, "floors": 0.5 * i},
                      "online": {"minutes": y}})
     corr = rank_correlations(rows)
@@ -139,6 +140,14 @@ def test_rank_correlations_per_signal():
     assert corr["val_loss_gain"] == 1.0 and corr["long_watch_corr_gain"] == -1.0 and corr["top_watch_share_gain"] == 1.0
     assert corr["auc_gain"] is None  # constant: undefined, reported as such
     assert -1 < corr["return_corr_gain"] < 1 and corr["like_corr_gain"] == pytest.approx(0.8)
+    assert corr["top_completion_share_gain"] == -1.0 and corr["top_like_share_gain"] == pytest.approx(0.6)
+    # a stored run from before the top shares of completion and likes existed: those signals are left out
+    for r in rows:
+        for k in ("top_completion_share", "top_like_share"):
+            del r["offline"][k], r["offline"][f"{k}_gain"]
+    older = rank_correlations(rows)
+    assert set(older) == {*SIGNALS, "floors", "surrogate_loo"} - {"top_completion_share_gain", "top_like_share_gain"}
+    assert older["like_corr_gain"] == corr["like_corr_gain"]
 
 
 def test_the_surrogate_learns_which_proxy_transfers_from_the_other_candidates():
@@ -270,5 +279,36 @@ def test_several_world_seeds_are_run_and_reported_together(monkeypatch):
     assert clean > 0.9 > noisy  # the surrogate follows the proxies where they are the truth
     assert r["ratio"] == pytest.approx((clean + noisy) / 2, abs=1e-4)
     assert r["seeds_at_or_above_0.7"] == 1
-    assert set(r["raw_same_sets_mean"]) == {*SIGNALS, "floors"}
+    # these rows recorded no top shares of completion or likes (as stored runs from before them): not reported
+    assert set(r["raw_same_sets_mean"]) == {*SIGNALS, "floors"} - {"top_completion_share_gain", "top_like_share_gain"}
     json.dumps(r)
+
+
+def test_a_stored_run_is_re_read_offline_exactly_and_a_changed_reading_is_named(tmp_path):
+    """The replay trains each stored world's Φ0 and candidates again and scores them with today's code: training
+    is deterministic, so every reading the stored run had comes back (no mismatch) and the online effects are the
+    stored ones; a reading that was stored differently (here: edited) is named, not silently replaced."""
+    from cambrian.bench import fidelity
+
+    tiny = fidelity.Size(users=120, log_days=3, online_days=2, epochs=1, max_train_examples=5_000)
+    picked = {k: CANDIDATES[k] for k in ("optimizer:lr_x3", "reward:clickbait", "training:seed")}
+    stored = fidelity.run_seed(size=tiny, candidates=picked, seed=3)
+    for row in stored["candidates"]:  # as a run from before the top shares of completion and likes
+        for k in ("top_completion_share", "top_like_share"):
+            del row["offline"][k], row["offline"][f"{k}_gain"]
+    edited = json.loads(json.dumps(stored))
+    edited["candidates"][0]["offline"]["like_corr"] += 0.01
+    path = tmp_path / "stored.json"
+    path.write_text(json.dumps({"seeds": [stored, edited], "command": "stored", "ratio": 0.5, "commit": "abc"}))
+
+    r = fidelity.run(replay_of=path)
+    same, changed = r["seeds"]
+    assert same["replay"]["mismatches"] == [] and r["replay"]["mismatches"] == 1
+    assert changed["replay"]["mismatches"] == [f"optimizer:lr_x3: like_corr "
+                                               f"{edited['candidates'][0]['offline']['like_corr']} stored, "
+                                               f"{stored['candidates'][0]['offline']['like_corr']} now"]
+    for old, new in zip(stored["candidates"], same["candidates"]):
+        assert new["online"] == old["online"] and new["name"] == old["name"]
+        assert {k: new["offline"][k] for k in old["offline"]} == old["offline"]
+        assert 0 <= new["offline"]["top_like_share"] <= 1 and 0 <= new["offline"]["top_completion_share"] <= 1
+    assert "top_like_share_gain" in same["rank_correlation"] and r["world"] == "calibrated"

@@ -4,7 +4,6 @@ world's labels and proxies as they were hard-coded before."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -56,7 +55,8 @@ def test_a_label_expression_reads_only_declared_signals():
         WORLD.model_validate(bad).compiled()
     assert set(WORLD.compiled()) == {"label.expr", "proxies[auc].signal", "proxies[long_watch_corr].signal",
                                      "proxies[return_corr].signal", "proxies[like_corr].signal",
-                                     "proxies[top_watch_share].signal"}
+                                     "proxies[top_watch_share].signal", "proxies[top_completion_share].signal",
+                                     "proxies[top_like_share].signal"}
     assert MOVIELENS_100K.compiled()["label.expr"].refs == ("ratings.rating",)
     with pytest.raises(ValueError, match="the name 'val_loss' is taken"):
         WORLD.model_validate(_with(proxies=[{"name": "val_loss", "signal": "impressions.click"}]))
@@ -92,17 +92,22 @@ def test_the_world_declaration_gives_the_labels_and_proxies_the_world_had(world_
                 "return_corr": rank_corr(scores, held["returned_next_day"].to_numpy(np.float64)),
                 "like_corr": rank_corr(scores, held["like"].to_numpy(np.float64))}
     got = proxy_metrics(scores, data.val.signals, data.schema.proxies)
-    top = got.pop("top_watch_share")
+    top = {m: got.pop(m) for m in ("top_watch_share", "top_completion_share", "top_like_share")}
     assert got == expected and len(set(got.values())) == 4
-    # each user's share of held-out watch seconds in the user's top 6% of rows by score, by pandas
+    # each user's share of the held-out signal (watch seconds, completion, likes) in the user's top 6% of rows by
+    # score, by pandas
     held["score"] = scores
-    shares = []
-    for _, rows in held.groupby("user_id"):
-        total = rows["watch_seconds"].sum()
-        if total > 0:
-            k = int(np.ceil(0.06 * len(rows)))
-            shares.append(rows.nlargest(k, "score")["watch_seconds"].sum() / total)
-    assert top == pytest.approx(np.mean(shares), rel=1e-9)
+    for name, column in (("top_watch_share", "watch_seconds"), ("top_completion_share", "completion"),
+                         ("top_like_share", "like")):
+        shares = []
+        for _, rows in held.groupby("user_id"):
+            signal = rows[column].astype(np.float64)  # completion is stored as float32; sum as the scorer does
+            total = signal.sum()
+            if total > 0:
+                k = int(np.ceil(0.06 * len(rows)))
+                shares.append(signal[rows.nlargest(k, "score").index].sum() / total)
+        assert top[name] == pytest.approx(np.mean(shares), rel=1e-9), name
+    assert len(set(top.values())) == 3
 
 
 def test_top_share_is_each_users_signal_in_the_users_top_rows():
