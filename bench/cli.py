@@ -61,7 +61,8 @@ def run(
                                                     "fidelity: run these world seeds and report them together"),
     replay: Path = typer.Option(None, "--replay", exists=True, dir_okay=False,
                                 help="fidelity: re-read a stored result's offline half with this code (worlds and "
-                                     "candidates trained again, deterministic; its online effects kept)"),
+                                     "candidates trained again, its online effects kept, every recorded reading "
+                                     "that comes back different listed)"),
 ) -> None:
     """Run benchmark NAME and record its result (NAME.json; with sizes, NAME-<size>-<size>.json)."""
     if name not in BENCHMARKS:

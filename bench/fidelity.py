@@ -525,10 +525,11 @@ def _seed_result(rows: list[dict[str, Any]], failed: dict[str, str], quick: bool
 
 def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """A stored run (one world seed's or several's) re-read offline with this code: each world generated again,
-    Φ0, its noise-floor seeds and every candidate trained again (training is deterministic) and scored by this
-    code's declaration, the surrogate and the rank correlations recomputed; the online effects are the stored
-    ones (the expensive half, which a new offline reading does not change). Every offline reading the stored run
-    had is compared with the new one: `replay.mismatches` lists any that differ (a trainer that changed since)."""
+    Φ0, its noise-floor seeds and every candidate trained again and scored by this code's declaration, the
+    surrogate and the rank correlations recomputed; the online effects are the stored ones (the expensive half,
+    which a new offline reading does not change). Training is deterministic on one machine, not bit-exact across
+    CPUs, so every offline reading the stored run had is compared with the new one: `replay.mismatches` lists any
+    that differ (a trainer that changed since, or another machine's float kernels)."""
     from cambrian.bench.throughput import load_now
 
     say = progress or (lambda msg: None)
