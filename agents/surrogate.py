@@ -43,10 +43,11 @@ COMPONENTS = ("optimizer", "architecture", "reward", "training")
 # 0.598 / 0.500.
 # top_completion_share and top_like_share joined on 7 Dec 2026 (seventeenth session), each in its kind: the
 # watch and like proxies read at the top of each user's ranking (what the user's slates would hold), not over all
-# held-out rows. Every stored full-size fidelity run retrained offline (deterministic: every recorded proxy
-# reproduced to the last digit) and replayed, one fit on 8 ranking the rest (200 draws): wary seeds 0-5
-# 0.577 -> 0.670 (0.814 / 0.632 / 0.629 / 0.541 / 0.734 / 0.671), calibrated seeds 0-4 0.850 -> 0.838 (5 of 5
-# >= 0.7 both); bench/README.md (fidelity) lists every variant tried and the held-out seed.
+# held-out rows. Every stored full-size fidelity run retrained offline and re-read (`cambrian bench run fidelity
+# --replay), one fit on 8 ranking the rest (200 draws): wary seeds 0-5
+# 0.577 -> 0.671 (0.814 / 0.632 / 0.629 / 0.541 / 0.734 / 0.672), calibrated seeds 0-4 0.849 -> 0.836 (5 of 5
+# >= 0.7 both); wary seed 6, held out (trained and served after the choice): 0.513 -> 0.648. bench/README.md
+# (fidelity) lists every variant tried.
 PROXIES = ("top_watch_share", "long_watch_corr", "top_completion_share", "return_corr", "like_corr",
            "top_like_share", "auc")
 TARGET = "effect"  # the relative north-star effect recorded by record_outcome
