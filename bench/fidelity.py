@@ -365,9 +365,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None, size
     together (`summarise`): one world's 19 candidates are too few to tell a surrogate from its luck; `world`: the
     preset and its Φ0 (WORLDS); `replay_of`: a stored result to re-read offline with this code (`replay`)."""
     if replay_of is not None:
-        import json
-
-        return replay(json.loads(Path(replay_of).read_text()), progress)
+        return replay(stored_result(replay_of), progress)
     bench_world(world)
     if seeds:
         return summarise([run_seed(quick, progress, size, candidates, s, world) for s in seeds], quick, world)
@@ -521,6 +519,22 @@ def _seed_result(rows: list[dict[str, Any]], failed: dict[str, str], quick: bool
         "load_average_end": load_now(),
         "seconds": round(seconds, 1),
     }
+
+
+def stored_result(path: Path) -> dict[str, Any]:
+    """A stored fidelity result, checked for what `replay` reads; anything else is one clear error."""
+    import json
+
+    from cambrian.errors import ConfigError
+
+    try:
+        stored = json.loads(Path(path).read_text())
+        for one in stored["seeds"] if "seeds" in stored else [stored]:  # read what replay() reads
+            one["world"]["name"], one["world"]["seed"], one["baseline"]["epochs"], one["quick"]
+            [(r["name"], r["component"], r["delta"], r["offline"], r["online"]) for r in one["candidates"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--replay {path}: not a stored fidelity result ({type(exc).__name__}: {exc})") from None
+    return stored
 
 
 def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:

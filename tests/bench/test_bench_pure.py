@@ -176,6 +176,9 @@ def test_cli_lists_and_rejects_unknown(tmp_path):
     (["search", "--world", "hooked"], "takes no --world"),
     (["fidelity", "--world", "nope"], "unknown benchmark world 'nope'"),
     (["trap", "--world", "nope"], "unknown benchmark world 'nope'"),
+    (["search", "--replay", "pyproject.toml"], "takes no --replay"),
+    (["fidelity", "--replay", "pyproject.toml"], "--replay pyproject.toml: not a stored fidelity result"),
+    (["fidelity", "--replay", "no-such.json"], "does not exist"),
 ])
 def test_cli_refuses_bad_seeds_before_running_anything(tmp_path, args, says):
     bad = subprocess.run([sys.executable, "-m", "cambrian.cli", "bench", "run", *args, "--out", str(tmp_path)],
