@@ -74,10 +74,10 @@ def run(
                                  ("arms", tuple(arms.split(",")) if arms else None),
                                  ("seeds", _seeds(seeds) if seeds else None),
                                  ("durations", _days(durations) if durations else None),
-                                 ("replay_of", replay)) if v is not None}
+                                 ("replay", replay)) if v is not None}
     for k in options:
         if k not in inspect.signature(fn).parameters:
-            raise typer.BadParameter(f"benchmark {name!r} takes no --{k.removesuffix('_of')}")
+            raise typer.BadParameter(f"benchmark {name!r} takes no --{k}")
     unknown = [k for k in sizes if k not in inspect.signature(fn).parameters]
     if unknown:
         raise typer.BadParameter(f"benchmark {name!r} takes no --{unknown[0].replace('_', '-')}")

@@ -240,8 +240,10 @@ def online_effects(arm: dict[str, np.ndarray], base: dict[str, np.ndarray]) -> d
 
 def offline_signals(metrics: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """Each signal's gain over Φ0 (val_loss: Φ0's minus the candidate's, lower being better)."""
-    gains = {f"{m}_gain": metrics[m] - base[m] for m in RAW_METRICS if m != "val_loss"}
-    return {s: base["val_loss"] - metrics["val_loss"] if s == "val_loss_gain" else gains[s] for s in SIGNALS}
+    def gain(m: str) -> float:
+        return base[m] - metrics[m] if m == "val_loss" else metrics[m] - base[m]
+
+    return {s: gain(s.removesuffix("_gain")) for s in SIGNALS}
 
 
 def floors(component: str, metrics: dict[str, float], base_runs: list[dict[str, float]],
@@ -360,12 +362,12 @@ def rank_correlations(rows: list[dict[str, Any]], target: str = NORTH_STAR) -> d
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None, size: Size | None = None,
         candidates: dict[str, tuple[str, dict[str, Any]]] | None = None, seed: int = 0,
-        seeds: tuple[int, ...] | None = None, world: str = DEFAULT_WORLD, replay_of: Path | None = None) -> dict:
+        seeds: tuple[int, ...] | None = None, world: str = DEFAULT_WORLD, replay: Path | None = None) -> dict:
     """`seed`: the world's seed (0 is the reported run); `seeds`: run each of these worlds and report them
     together (`summarise`): one world's 19 candidates are too few to tell a surrogate from its luck; `world`: the
-    preset and its Φ0 (WORLDS); `replay_of`: a stored result to re-read offline with this code (`replay`)."""
-    if replay_of is not None:
-        return replay(stored_result(replay_of), progress)
+    preset and its Φ0 (WORLDS); `replay`: a stored result to re-read offline with this code (`reread`)."""
+    if replay is not None:
+        return reread(stored_result(replay), progress)
     bench_world(world)
     if seeds:
         return summarise([run_seed(quick, progress, size, candidates, s, world) for s in seeds], quick, world)
@@ -529,7 +531,7 @@ def stored_result(path: Path) -> dict[str, Any]:
 
     try:
         stored = json.loads(Path(path).read_text())
-        for one in stored["seeds"] if "seeds" in stored else [stored]:  # read what replay() reads
+        for one in _per_seed(stored):  # read what reread() reads
             one["world"]["name"], one["world"]["seed"], one["baseline"]["epochs"], one["quick"]
             [(r["name"], r["component"], r["delta"], r["offline"], r["online"]) for r in one["candidates"]]
     except (ValueError, KeyError, TypeError) as exc:
@@ -537,7 +539,17 @@ def stored_result(path: Path) -> dict[str, Any]:
     return stored
 
 
-def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _per_seed(stored: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored result's world seeds: a summary of several (`summarise`) or one seed's result."""
+    return stored["seeds"] if "seeds" in stored else [stored]
+
+
+def _tolerance(reading: str) -> float:
+    """How far a re-read value may lie from a stored one by the stored rounding alone (floors to 4 decimals)."""
+    return 2e-4 if reading == "floors" else 2e-6
+
+
+def reread(stored: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """A stored run (one world seed's or several's) re-read offline with this code: each world generated again,
     Φ0, its noise-floor seeds and every candidate trained again and scored by this code's declaration, the
     surrogate and the rank correlations recomputed; the online effects are the stored ones (the expensive half,
@@ -548,7 +560,7 @@ def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None
 
     say = progress or (lambda msg: None)
     results = []
-    for stored_seed in stored["seeds"] if "seeds" in stored else [stored]:
+    for stored_seed in _per_seed(stored):
         t0, load_start = time.perf_counter(), load_now()
         w, b = stored_seed["world"], stored_seed["baseline"]
         size = Size(w["users"], w["log_days"], w["online_days"], b["epochs"], b["max_train_examples"])
@@ -562,9 +574,8 @@ def replay(stored: dict[str, Any], progress: Callable[[str], None] | None = None
             if new is None:
                 mismatches.append(f"{r['name']}: {offline.failed.get(r['name'], 'not trained')}")
                 continue
-            tolerance = lambda k: 2e-4 if k == "floors" else 2e-6  # the stored readings' rounding
             mismatches += [f"{r['name']}: {k} {v} stored, {new[k]} now" for k, v in r["offline"].items()
-                           if k in new and abs(new[k] - v) > tolerance(k)]
+                           if k in new and abs(new[k] - v) > _tolerance(k)]
             rows.append({**r, "offline": new})
         say(f"world seed {w['seed']}: {len(rows)} candidates re-read, {len(mismatches)} mismatches")
         result = _seed_result(rows, offline.failed, stored_seed["quick"], w["name"], size, w["seed"], offline,

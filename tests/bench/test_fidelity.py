@@ -301,7 +301,7 @@ def test_a_stored_run_is_re_read_offline_exactly_and_a_changed_reading_is_named(
     path = tmp_path / "stored.json"
     path.write_text(json.dumps({"seeds": [stored, edited], "command": "stored", "ratio": 0.5, "commit": "abc"}))
 
-    r = fidelity.run(replay_of=path)
+    r = fidelity.run(replay=path)
     same, changed = r["seeds"]
     assert same["replay"]["mismatches"] == [] and r["replay"]["mismatches"] == 1
     assert changed["replay"]["mismatches"] == [f"optimizer:lr_x3: like_corr "
