@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from cambrian.agents.journal import Hypothesis, Journal, render_entry
-from cambrian.agents.surrogate import fit_journal, surrogate_rank
+from cambrian.agents.surrogate import KINDS, PROXIES, fit_journal, surrogate_rank
+
+# the proxies as the surrogate reads them (its kinds, then those of no known direction): one list for both rankers
+PROXY_TEXT = ("loss-independent proxies of the north star: of watching " + ", ".join(KINDS[0]) +
+              "; of satisfaction " + ", ".join(KINDS[1]) + "; with no direction known in advance " +
+              ", ".join(m for m in PROXIES if not any(m in kind for kind in KINDS)) +
+              " (click skill can bring minutes or bait that costs them; the journal's online results say which)")
 
 RANK_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -88,8 +94,7 @@ def build_prompt(pool: list[Hypothesis], k: int, north_star: list[str], guardrai
         "recommender systems.\n\nGOAL: from the experiment journal below, rank the top "
         f"{k} configurations expected to maximise online performance. Online metrics in order of importance: "
         f"{', '.join(north_star) or 'north star'}. Offline: each entry's gain is on its component's objective, "
-        "named in the entry (losses are not comparable across rewards); top_watch_share, long_watch_corr and "
-        "like_corr (satisfaction) are loss-independent proxies of the north star. Prefer candidates whose gain "
+        f"named in the entry (losses are not comparable across rewards); {PROXY_TEXT}. Prefer candidates whose gain "
         "clears the noise floor, and steer away from regions that "
         "looked good offline but failed online.\n"
         f"GUARDRAILS (must hold): {'; '.join(guardrails) or 'none'}.\n\n"

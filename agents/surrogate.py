@@ -14,7 +14,8 @@ with half each, and the surrogate starts at that mix's ranking: which transfers
 best differs between worlds, and the rollouts decide. return_corr and auc have no known direction: a model
 that ranks clicks better may bring minutes (a world whose clicks lead to watching) or bait that costs them
 (one whose users leave when unsatisfied); the rollouts say which. The components share an intercept and
-differ from it by shrunk deviations. It predicts each candidate's online effect with a standard deviation,
+differ from it by shrunk deviations. How wide the prior is, is not fixed: the surrogate averages the model over a
+grid of prior scales, weighted by each one's evidence (PRIOR_SCALES). It predicts each candidate's online effect with a standard deviation,
 and the online agent ranks by an upper confidence bound (mean + kappa * sd) so that uncertain candidates get
 explored.
 

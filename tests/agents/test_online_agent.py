@@ -83,6 +83,9 @@ def test_gemini_ranks_through_the_real_client(gemini_replay):
     assert "[b]" in prompt and "[lost]" not in prompt and "returning_users" in prompt and "hate_rate" in prompt
     # each entry names the metric its gain is on (the component's objective), which the instructions defer to
     assert "gain vs baseline on long_watch_corr" in prompt and "named in the entry" in prompt
+    # the proxies it names are the surrogate's, each kind with its own
+    assert "of watching top_watch_share, long_watch_corr, top_completion_share" in prompt
+    assert "of satisfaction like_corr, top_like_share" in prompt and "in advance return_corr, auc" in prompt
     assert request["body"]["generationConfig"]["responseMimeType"] == "application/json"
 
 
