@@ -532,11 +532,16 @@ def stored_result(path: Path) -> dict[str, Any]:
     try:
         stored = json.loads(Path(path).read_text())
         for one in _per_seed(stored):  # read what reread() reads
-            one["world"]["name"], one["world"]["seed"], one["baseline"]["epochs"], one["quick"]
+            bench_world(_world_name(one["world"])), one["world"]["seed"], one["baseline"]["epochs"], one["quick"]
             [(r["name"], r["component"], r["delta"], r["offline"], r["online"]) for r in one["candidates"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"--replay {path}: not a stored fidelity result ({type(exc).__name__}: {exc})") from None
     return stored
+
+
+def _world_name(world: dict[str, Any]) -> str:
+    """A stored run's benchmark world; runs from before worlds had names (4 Dec 2026) all ran the default one."""
+    return world.get("name", DEFAULT_WORLD)
 
 
 def _per_seed(stored: dict[str, Any]) -> list[dict[str, Any]]:
@@ -564,7 +569,8 @@ def reread(stored: dict[str, Any], progress: Callable[[str], None] | None = None
         t0, load_start = time.perf_counter(), load_now()
         w, b = stored_seed["world"], stored_seed["baseline"]
         size = Size(w["users"], w["log_days"], w["online_days"], b["epochs"], b["max_train_examples"])
-        setup = bench_world(w["name"])
+        name = _world_name(w)
+        setup = bench_world(name)
         candidates = {r["name"]: (r["component"], r["delta"]) for r in stored_seed["candidates"]}
         with tempfile.TemporaryDirectory(prefix="cambrian-bench-fidelity-") as tmp:
             offline = _offline(Path(tmp) / "world", size, setup, w["seed"], candidates)
@@ -578,7 +584,7 @@ def reread(stored: dict[str, Any], progress: Callable[[str], None] | None = None
                            if k in new and abs(new[k] - v) > _tolerance(k)]
             rows.append({**r, "offline": new})
         say(f"world seed {w['seed']}: {len(rows)} candidates re-read, {len(mismatches)} mismatches")
-        result = _seed_result(rows, offline.failed, stored_seed["quick"], w["name"], size, w["seed"], offline,
+        result = _seed_result(rows, offline.failed, stored_seed["quick"], name, size, w["seed"], offline,
                               load_start, time.perf_counter() - t0)
         result["replay"] = {"of": stored_seed.get("command"), "commit": stored.get("commit"), "mismatches": mismatches,
                             "surrogate_ranks_the_rest_after_8_stored":

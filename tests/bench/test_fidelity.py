@@ -298,6 +298,7 @@ def test_a_stored_run_is_re_read_offline_exactly_and_a_changed_reading_is_named(
             del row["offline"][k], row["offline"][f"{k}_gain"]
     edited = json.loads(json.dumps(stored))
     edited["candidates"][0]["offline"]["like_corr"] += 0.01
+    del edited["world"]["name"]  # as a run from before worlds had names (4 Dec 2026): the default world
     path = tmp_path / "stored.json"
     path.write_text(json.dumps({"seeds": [stored, edited], "command": "stored", "ratio": 0.5, "commit": "abc"}))
 
@@ -312,3 +313,4 @@ def test_a_stored_run_is_re_read_offline_exactly_and_a_changed_reading_is_named(
         assert {k: new["offline"][k] for k in old["offline"]} == old["offline"]
         assert 0 <= new["offline"]["top_like_share"] <= 1 and 0 <= new["offline"]["top_completion_share"] <= 1
     assert "top_like_share_gain" in same["rank_correlation"] and r["world"] == "calibrated"
+    assert changed["world"]["name"] == "calibrated"
