@@ -191,8 +191,9 @@ class Surrogate:
     One such model per prior scale (PRIOR_SCALES), averaged by evidence: `weights` says how much each counts."""
 
     def __init__(self, n_onehot: int = len(COMPONENTS), min_prior_sd: float = 0.002,
-                 names: tuple[str, ...] = ("floors", *PROXIES), scales: tuple[float, ...] = PRIOR_SCALES):
-        self.n_onehot, self.min_prior_sd, self.names, self.scales = n_onehot, min_prior_sd, names, scales
+                 names: tuple[str, ...] = ("floors", *PROXIES), prior_scales: tuple[float, ...] = PRIOR_SCALES):
+        self.n_onehot, self.min_prior_sd, self.names = n_onehot, min_prior_sd, names
+        self.prior_scales = prior_scales  # not `scale`, the inputs' standardisation
         self.center: np.ndarray | None = None
         self.scale: np.ndarray | None = None
         self.models: list[BayesianLinear] = []
@@ -221,7 +222,7 @@ class Surrogate:
         slopes = np.array([COMPONENT_SPREAD] * self.n_onehot + [s for _, s in direction]) * size
         z = self._x(x)
         self.models = [BayesianLinear(prior_sd=np.concatenate([[size], k * slopes]), prior_mean=mean).fit(z, y)
-                       for k in self.scales]
+                       for k in self.prior_scales]
         evidence = np.array([m.log_evidence for m in self.models])
         self.weights = np.exp(evidence - evidence.max())
         self.weights /= self.weights.sum()

@@ -225,7 +225,7 @@ def test_the_evidence_decides_how_far_the_rollouts_move_the_prior():
         signal.append(Surrogate().fit(x, 0.5 * x[:, COL["auc"]] + rng.normal(0, 0.002, 24)).weights @ log_scale)
     assert np.median(noise) < -0.5 and np.median(signal) > 0.0  # about -1.4 and +0.5 (log2 of the scale)
     assert all(spread)
-    single = Surrogate(scales=(1.0,)).fit(*_pool(np.random.default_rng(0), 8))
+    single = Surrogate(prior_scales=(1.0,)).fit(*_pool(np.random.default_rng(0), 8))
     assert single.weights.tolist() == [1.0]
 
 
