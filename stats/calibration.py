@@ -325,7 +325,7 @@ def _test_label(r: dict) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The grid's results as a Markdown table (the README's calibration table)."""
+    """The grid's results as a Markdown table (bench/README.md's "Calibration grid")."""
     head = ("| metric | base | users/arm/day | looks | scale | CUPED | guardrails | test | true effect "
             "| false promotions | false rollbacks | bound (α + 2 s.e.) | pass |\n|" + "---|" * 13)
     lines = [head]

@@ -3,7 +3,7 @@ promotions and false rollbacks are each at most α plus two simulation standard 
 
 The default grid (14 cells × 200 experiments) covers every metric type, scale, CUPED and guardrail
 setting with the default group-sequential design (two cells off its plan) and two mSPRT cells; the
-slow grid (82 cells) is the one whose results the README tables."""
+slow grid (82 cells) is the one whose results bench/README.md's "Calibration grid" tables."""
 
 import pytest
 
@@ -42,14 +42,14 @@ def test_every_metric_type_reaches_decisions(metric, sequential):
 @pytest.mark.slow
 @pytest.mark.timeout(14400)   # 82 cells × 500 experiments: ≈ 40 min of one core (× 200 took 918 s)
 def test_slow_grid_is_calibrated():
-    """Every cell of the README's grid, with the default group-sequential design (mSPRT on five cells)."""
+    """Every cell of bench/README.md's "Calibration grid", with the default group-sequential design (mSPRT on five cells)."""
     cells = slow_grid()
     assert sum(c.sequential == "group" for c in cells) >= len(cells) - 5
     _check(run_grid(cells, sims=500, seed=2000))
 
 
 def test_reduced_grid_keeps_every_level_of_the_slow_grid():
-    """The grid a busy machine runs (README table) still meets every level the README claims."""
+    """The grid a busy machine runs (bench/README.md's "Calibration grid") still meets every level the README claims."""
     from cambrian.stats.calibration import reduced_grid
     slow, reduced = slow_grid(), reduced_grid()
     assert len(reduced) < len(slow) / 2 and all(c.sequential == "group" for c in reduced)
