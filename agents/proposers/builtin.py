@@ -173,7 +173,8 @@ CATALOGUE: list[Entry] = [
           effect="long_watch_corr +0.05", reads=("completion",)),
     Entry("long_watch", "reward", "reward", "explore", {"label": "CAST(watch_seconds >= {t} AS DOUBLE)"},
           {"t": 60.0}, {"t": Dist(10.0, 300.0, log=True)},
-          "A long-watch label targets the satisfaction surrogate directly.", "long_watch_corr +0.1", reads=("watch_seconds",)),
+          "A long-watch label targets the satisfaction surrogate directly.", "long_watch_corr +0.1", reads=("watch_seconds",),
+          targets=("long_watch_corr",)),  # its label at the default t is long_watch_corr's own signal (60 s)
     Entry("click_completion", "reward", "reward", "innovate", {"label": f"{_CLICK} * {_COMPLETION}"},
           explanation="Multiplying click by completion discounts clickbait (clicked, then abandoned).",
           effect="long_watch_corr +0.03", reads=("click", "completion")),

@@ -109,13 +109,14 @@ def test_the_world_gets_no_declared_entries_and_its_reward_proposals_are_unchang
     request = ProposalRequest(persona, 1, {"explore": 3, "exploit": 1, "innovate": 3}, "", ModelConfig(),
                               Journal(tmp_path / "b"), columns=tuple(reward_columns(WORLD)))
     assert with_schema == BuiltinProposer(seed=1).propose(request).proposals
-    # the world's first proposals, as they were before declared entries existed
+    # the world's first proposals, as they were before declared entries existed, except that the long-watch label
+    # (long_watch_corr's own signal) comes first under REWARD's metric, long_watch_corr (test_proposers.py)
     assert [(p["category"], p["meta"]["entry"]) for p in with_schema] == [
-        ("explore", "completion"), ("explore", "watch_weighted"), ("explore", "long_watch"),
-        ("exploit", "watch_weighted"), ("innovate", "return_aware"), ("innovate", "return_completion"),
+        ("explore", "long_watch"), ("explore", "completion"), ("explore", "watch_weighted"),
+        ("exploit", "long_watch"), ("innovate", "return_aware"), ("innovate", "return_completion"),
         ("innovate", "click_completion")]
     assert with_schema[0]["delta"] == {"component": "reward",
-                                       "patch": {"label": "LEAST(GREATEST(completion, 0.0), 1.0)"}}
+                                       "patch": {"label": "CAST(watch_seconds >= 60 AS DOUBLE)"}}
 
 
 def test_the_reward_persona_proposes_declared_rewards_that_label_real_rows(tmp_path):

@@ -205,7 +205,10 @@ def test_builtin_exploit_of_an_unmeasured_family_starts_at_its_defaults(tmp_path
     j = Journal(tmp_path)
     res = BuiltinProposer(seed=3).propose(_request(j, REWARD, 1, {"exploit": 1}))
     (p,) = res.proposals
-    family = next(e for e in CATALOGUE if e.persona == "reward" and e.space)
+    # the persona's first tunable family in its prior order, the entries meant to raise its metric first
+    family = next(e for e in sorted(CATALOGUE, key=lambda e: REWARD.metric not in e.targets)
+                  if e.persona == "reward" and e.space)
+    assert family.key == "long_watch"  # REWARD's metric is long_watch_corr, which long_watch targets
     assert p["category"] == "exploit" and p["meta"] == {"entry": family.key, "params": family.defaults}
     assert p["delta"] == family.render({})
     j.add(Hypothesis(id="g001-00", generation=1, persona="reward", component="reward", category="exploit",
@@ -213,6 +216,38 @@ def test_builtin_exploit_of_an_unmeasured_family_starts_at_its_defaults(tmp_path
                      meta=p["meta"], phase="Training"))
     (q,) = BuiltinProposer(seed=3).propose(_request(j, REWARD, 2, {"exploit": 1})).proposals
     assert q["meta"]["entry"] == family.key and q["meta"]["params"] != family.defaults
+
+
+def test_the_reward_that_learns_the_objectives_own_signal_is_proposed_first_only_under_that_objective(tmp_path):
+    """long_watch_corr is the rank correlation with `watch_seconds >= :long_watch_seconds`; the catalogue's long-watch
+    label at its default threshold is that signal itself, so it is declared to target the metric and is the reward
+    persona's first proposal when rewards are judged by it (before, it came third, after completion and the
+    watch-weighted click, and a 10-evaluation search never trained it). Judged by another metric, the prior order
+    is unchanged."""
+    from cambrian.agents.personas import for_declaration, reward_columns
+    from cambrian.agents.proposers.builtin import ENTRIES
+    from cambrian.trainer.config import RewardConfig
+    from cambrian.trainer.expressions import canonical_sql
+    from cambrian.trainer.schema import WORLD
+
+    proxy = next(p for p in WORLD.proxies if p.name == "long_watch_corr")
+    signal = proxy.signal.replace("impressions.", "").replace(":long_watch_seconds",
+                                                                 repr(RewardConfig().long_watch_seconds))
+    entry = ENTRIES["long_watch"]
+    assert canonical_sql(entry.render({})["patch"]["label"]) == canonical_sql(signal)
+    assert [e.key for e in CATALOGUE if "long_watch_corr" in e.targets] == ["long_watch"]
+
+    def first_rewards(metric):
+        persona = for_declaration(REWARD, WORLD, metric)
+        req = ProposalRequest(persona, 1, {"explore": 2, "exploit": 1}, "", ModelConfig(),
+                              Journal(tmp_path / metric), columns=tuple(reward_columns(WORLD)), schema=WORLD)
+        return [(p["category"], p["meta"]["entry"]) for p in BuiltinProposer(seed=1).propose(req).proposals]
+
+    assert first_rewards("long_watch_corr") == [("explore", "long_watch"), ("explore", "completion"),
+                                                ("exploit", "long_watch")]
+    for other in ("top_watch_share", "return_corr"):
+        assert first_rewards(other) == [("explore", "completion"), ("explore", "watch_weighted"),
+                                        ("exploit", "watch_weighted")], other
 
 
 def test_builtin_repair_moves_to_safer_settings(tmp_path):

@@ -74,6 +74,9 @@ def test_the_builtin_proposer_is_asked_with_the_objectives_metric_and_the_champi
     assert watch in likes[1][1]["label"] and '"like"' in likes[1][1]["label"]
     default = [e for e, _ in entries({})]
     assert default[0] == "completion" and not {"like_weighted", "label_and_like"} & set(default)
+    # judged by long_watch_corr, the long-watch label (that metric's own signal) comes first
+    watched = entries({"offline": {"reward": {"metric": "long_watch_corr", "direction": "maximize"}}})
+    assert watched[0] == ("long_watch", {"label": "CAST(watch_seconds >= 60 AS DOUBLE)"})
 
 
 class Scripted:
