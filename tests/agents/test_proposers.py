@@ -10,7 +10,7 @@ from cambrian.agents.noise import NoiseSettings, judge
 from cambrian.agents.personas import ARCHITECTURE, OPTIMIZER, REWARD
 from cambrian.agents.prompts import build_prompt
 from cambrian.agents.proposers.base import ProposalParseError, ProposalRequest, parse_response_text
-from cambrian.agents.proposers.builtin import CATALOGUE, BuiltinProposer
+from cambrian.agents.proposers.builtin import CATALOGUE, BuiltinProposer, _objective_first
 from cambrian.agents.settings import parse_evolve_config
 from cambrian.trainer.config import ModelConfig
 from cambrian.trainer.delta import parse_delta
@@ -206,8 +206,7 @@ def test_builtin_exploit_of_an_unmeasured_family_starts_at_its_defaults(tmp_path
     res = BuiltinProposer(seed=3).propose(_request(j, REWARD, 1, {"exploit": 1}))
     (p,) = res.proposals
     # the persona's first tunable family in its prior order, the entries meant to raise its metric first
-    family = next(e for e in sorted(CATALOGUE, key=lambda e: REWARD.metric not in e.targets)
-                  if e.persona == "reward" and e.space)
+    family = next(e for e in _objective_first(CATALOGUE, REWARD.metric) if e.persona == "reward" and e.space)
     assert family.key == "long_watch"  # REWARD's metric is long_watch_corr, which long_watch targets
     assert p["category"] == "exploit" and p["meta"] == {"entry": family.key, "params": family.defaults}
     assert p["delta"] == family.render({})
