@@ -213,9 +213,11 @@ def reconcile(
     mine = {h.name for h in hypotheses}
     by_name = {h.name: h for h in hypotheses}
     north_star = spec.objective.north_star[0].name
+    better = 1 if spec.objective.north_star[0].direction == "maximize" else -1
     launched_now: RolloutView | None = None
+    # promotions concluded together: the best reading on the north star, in its own direction, is launched first
     for ro in sorted((r for r in rollouts if r.concluded and r.applied is None and r.name not in st.handled_decisions),
-                     key=lambda r: (-_promoted_effect(r, north_star), r.name)):
+                     key=lambda r: (-_promoted_effect(r, north_star, better), r.name)):
         st.last_decision = LastDecision(rollout=ro.name, outcome=ro.decision or "inconclusive",  # type: ignore[arg-type]
                                         winner=ro.winner_hypothesis, reason=ro.reason or "", time=now)
         if ro.phase == "Promoted" and ro.winner_hypothesis and ro.winner_bundle:
@@ -374,10 +376,11 @@ def _north_star_reading(ro: RolloutView, north_star: str) -> dict | None:
     return found[0] if isinstance(est, (int, float)) and math.isfinite(est) else None
 
 
-def _promoted_effect(ro: RolloutView, north_star: str) -> float:
-    """The promoted winner's estimated effect on the north star (-inf: not a promotion, or not reported)."""
+def _promoted_effect(ro: RolloutView, north_star: str, better: int) -> float:
+    """The promoted winner's estimated gain on the north star, its effect times `better` (1: maximize, -1:
+    minimize); -inf: not a promotion, or not reported."""
     e = _north_star_reading(ro, north_star) if ro.phase == "Promoted" else None
-    return float(e["estimate"]) if e else -math.inf
+    return better * float(e["estimate"]) if e else -math.inf
 
 
 def _reading_words(ro: RolloutView, north_star: str) -> str:

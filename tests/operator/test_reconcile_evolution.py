@@ -220,6 +220,21 @@ def test_of_two_winners_against_one_champion_the_larger_effect_is_launched_and_t
     assert r5.status.champion.name == "o4" and r5.status.superseded == ["ro-b", "ro-c"]
 
 
+def test_of_two_winners_on_a_north_star_to_minimize_the_larger_fall_is_launched():
+    # before, the launch order sorted the raw estimates: of -5% and -1% on a metric to minimize, -1% was launched
+    sp = spec(objective={"northStar": [{"name": "latency_ms", "direction": "minimize"}]})
+    _, r2 = with_champion(sp)
+    hyps = [hv("o1", "optimizer", 0.40, phase="Live"), hv("o2", "optimizer", 0.41, phase="Live")]
+    effect = lambda est: ({"arm": "t", "metric": "latency_ms", "estimate": est, "ciLow": est * 2, "ciHigh": est / 2,
+                           "relative": True},)
+    strong = RolloutView("ro-b", "Promoted", ("o1",), "promote", "o1", "b/o1", "", effect(-0.05),
+                         control_bundle="pvc://x/baseline")
+    weak = RolloutView("ro-a", "Promoted", ("o2",), "promote", "o2", "b/o2", "", effect(-0.01),
+                       control_bundle="pvc://x/baseline")
+    r3 = run(sp, r2.status, hyps, [weak, strong], now=T0 + timedelta(days=2))
+    assert r3.status.champion.name == "o1" and r3.status.superseded == ["ro-a"]
+
+
 def test_a_decision_is_applied_once_then_marked_on_its_rollout_and_forgotten_by_the_evolution():
     # handledDecisions is bounded (256): before, an Evolution that had concluded more Rollouts than that applied
     # the oldest again at every reconcile (a PromotionSuperseded warning each time, lastDecision pointing back)
