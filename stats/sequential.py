@@ -150,6 +150,13 @@ def update(state: SequentialState | None, estimate: float, variance: float, tau:
     return SequentialState(state.looks + 1, p, sign, float(estimate), float(variance), float(tau))
 
 
+def _sig(info: float) -> float:
+    """Information rounded to 12 significant digits: float noise in a recomputed variance neither makes a look
+    "grow" nor changes the stored value. Significant digits, not decimals: information is 1 / a variance in the
+    metric's own units, and 1e-10 (a variance of 1e10: milliseconds, cents) rounded to 9 decimals was 0."""
+    return float(f"{info:.12g}")
+
+
 def update_group(state: SequentialState | None, estimate: float, variance: float, fraction: float,
                  alpha: float, spending: str = "obrien-fleming", information: float | None = None,
                  rule: str = "exact") -> SequentialState:
@@ -182,7 +189,7 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     carried = dict(looks=state.looks + 1, last_estimate=float(estimate), last_variance=float(variance),
                    fractions=fr, information=infos, bounds=bds, information_unit=state.information_unit,
                    boundary_rule=rule)
-    grew = not infos or round(info, 9) > round(infos[-1], 9)
+    grew = not infos or _sig(info) > _sig(infos[-1])
     if state.crossed or (fr and fr[-1] >= 1.0) or (not grew and rule == "exact" and fraction < 1.0):
         # decided already, the design is complete, or (exact boundaries) no new information since the last look
         return SequentialState(p_value=state.p_value, sign=state.sign, crossed=state.crossed, **carried)
@@ -193,7 +200,7 @@ def update_group(state: SequentialState | None, estimate: float, variance: float
     # ≤ α). Before, that look was skipped and a design ended inconclusive at any z.
     c = look_boundary(rule if grew else "union", (*infos, info), bds, spent_by(fraction, alpha, spending, rule)
                       - spent_by(fr[-1] if fr else 0.0, alpha, spending, rule))
-    carried.update(fractions=(*fr, round(fraction, 9)), information=(*infos, round(info, 9)), bounds=(*bds, c))
+    carried.update(fractions=(*fr, round(fraction, 9)), information=(*infos, _sig(info)), bounds=(*bds, c))
     z = estimate / math.sqrt(variance)
     if abs(z) >= c:
         return SequentialState(p_value=float(math.erfc(abs(z) / math.sqrt(2))), sign=int(np.sign(z)), crossed=True,

@@ -56,9 +56,9 @@ def test_conditional_power_and_futility():
     assert not futile(-3.0, [1.0], 0.05, "obrien-fleming", 0.8, 0.1)[0]   # never at the planned end
 
 
-def _sums(rng, n, effect):
+def _sums(rng, n, effect, scale=1.0):
     x = rng.standard_normal(n)
-    return SufficientStats.from_arrays(effect + 0.7 * x + 0.71 * rng.standard_normal(n), x)
+    return SufficientStats.from_arrays(scale * (effect + 0.7 * x + 0.71 * rng.standard_normal(n)), scale * x)
 
 
 def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
@@ -79,19 +79,34 @@ def test_decide_group_sequential_promotes_and_stops_harmful_arms_for_futility():
         DecisionPolicy(Metric("y"), planned_users_per_arm=10, min_users_per_arm=0, max_days=1, sequential="bayes")
 
 
-def _run_design(pol, rng, effect, days, base=0.0):
+def _run_design(pol, rng, effect, days, base=0.0, scale=1.0):
     """Daily looks, 200 new users per arm a day, until decide() stops the test or the days run out:
     (the last decision, its day)."""
     c = t = SufficientStats()
     state = None
     for day in range(1, days + 1):
-        c, t = c + _sums(rng, 200, base), t + _sums(rng, 200, base + effect)
+        c, t = c + _sums(rng, 200, base, scale), t + _sums(rng, 200, base + effect, scale)
         d = decide(pol, control="c", weights={"c": 1, "t": 1}, stats={"c": {"y": c}, "t": {"y": t}},
                    elapsed_days=day, state=state)
         state = d.state
         if d.outcome != "continue":
             break
     return d, day
+
+
+@pytest.mark.parametrize("futility", [0.1, None])
+def test_an_absolute_metric_in_large_units_gets_the_same_decisions(futility):
+    """Information is 1 / the estimate's variance in the metric's own units: the same data in units 1e7 times
+    smaller (milliseconds, cents) has a variance above 1e9, and information below 1e-9. It was stored rounded to
+    9 decimals, as 0: every later look counted as adding none and was skipped ('continue' until the final day),
+    and with futility on decide() raised "information must be positive numbers". Decisions are scale-free."""
+    pol = DecisionPolicy(Metric("y", relative=False), planned_users_per_arm=4000, min_users_per_arm=0,
+                         max_days=20, horizon="users", futility=futility)
+    for effect in (0.2, -0.2, 0.05):
+        runs = [_run_design(pol, np.random.default_rng(9), effect, 20, scale=scale) for scale in (1.0, 1e7)]
+        (small, small_day), (large, large_day) = runs
+        assert small_day < 20 and (large.outcome, large_day) == (small.outcome, small_day)
+        assert large.state.tests["t/y"].bounds == pytest.approx(small.state.tests["t/y"].bounds)
 
 
 def _until_decided(pol, effect):
