@@ -168,10 +168,26 @@ def reconcile(
         st.phase = "Pending"
         journal("Created", f"arms {', '.join(names)}; {len(spec.ramp.steps)} ramp steps")
 
+    # A human decision (annotation cambrian.dev/approve) applies at once; its Evolution's retirement after a readout
+    # already due: the data is in, and what it decides is the rollout's own decision, whichever order a platform
+    # steps a rollout and its Evolution in (a launch retires the rollouts of its champion's other challengers).
+    retiring = obs.approval == "rollback" and bool(obs.retired)
+    by_hand = ((obs.approval == "rollback" and not retiring)
+               or (obs.approval == "promote" and st.phase == "AwaitingApproval"))
+
+    def conclude_as_asked() -> Result[RolloutStatus]:
+        st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
+                     f"{obs.approval} approved by annotation cambrian.dev/approve")
+        st.retired = obs.retired if retiring else None
+        _conclude(spec, st, obs.approval, now, journal)
+        return finish()
+
     if st.phase in CONCLUDED:
         return finish()
 
     if st.phase in ("Pending", "Deploying"):
+        if by_hand or retiring:  # asked to end before it started: no user may be routed to a treatment
+            return conclude_as_asked()
         st.phase = "Deploying"
         if not ensure_arms(names):
             cond("ArmsReady", False, "Deploying", "waiting for every arm's Deployment to be ready")
@@ -195,23 +211,13 @@ def reconcile(
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
     note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
 
-    # A human decision (annotation cambrian.dev/approve) applies at once; its Evolution's retirement after a readout
-    # already due: the data is in, and what it decides is the rollout's own decision, whichever order a platform
-    # steps a rollout and its Evolution in (a launch retires the rollouts of its champion's other challengers).
-    retiring = obs.approval == "rollback" and bool(obs.retired)
-    by_hand = ((obs.approval == "rollback" and not retiring)
-               or (obs.approval == "promote" and st.phase == "AwaitingApproval"))
     if not by_hand and readout_due(status, now):
         outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)
             return finish()
     if by_hand or retiring:
-        st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
-                     f"{obs.approval} approved by annotation cambrian.dev/approve")
-        st.retired = obs.retired if retiring else None
-        _conclude(spec, st, obs.approval, now, journal)
-        return finish()
+        return conclude_as_asked()
 
     # Ramp and time limit (only while no decision is pending).
     if st.phase == "Running":

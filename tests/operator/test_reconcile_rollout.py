@@ -201,6 +201,33 @@ def test_human_rollback_any_time():
     assert r3.status.retired == "h left the top 2" and r2.status.retired is None
 
 
+def test_rollback_or_retirement_before_it_starts_ends_it_at_once():
+    # before, Pending/Deploying ignored both: once its arms were ready it started Running and routed users to the
+    # treatment (an Evolution retires a Rollout that has not started without waiting: evolution._preemptible)
+    sp = spec()
+    deploying = run(sp, api.RolloutStatus(), RolloutObservation(), T0).status
+    assert deploying.phase == "Deploying"
+
+    def never_routed(r):
+        assert r.status.phase == "RolledBack" and r.status.decision == "rollback" and r.status.started_at is None
+        assert not [a for a in r.actions if isinstance(a, SetWeights) and a.as_dict()["treatment"] > 0]
+        assert not [a for a in r.actions if isinstance(a, DeployArm) and a.arm == "treatment"]
+
+    t = T0 + timedelta(minutes=1)
+    for ready in (False, True):
+        by_hand = run(sp, deploying, obs(approval="rollback", ready=ready), t)
+        never_routed(by_hand)
+        assert by_hand.status.reason == "rollback approved by annotation cambrian.dev/approve"
+        assert by_hand.status.retired is None
+    retired = run(sp, deploying, RolloutObservation(arms(False), None, None, "rollback", retired="h left the top 2"), t)
+    never_routed(retired)
+    assert retired.status.retired == "h left the top 2"
+    fresh = run(sp, api.RolloutStatus(), RolloutObservation(approval="rollback"), T0)  # Pending: no arm deployed
+    never_routed(fresh)
+    # a promotion is only approved in AwaitingApproval
+    assert run(sp, deploying, obs(approval="promote"), t).status.phase == "Running"
+
+
 def test_its_evolutions_retirement_waits_for_a_readout_already_due():
     # a launch retires the rollouts against the replaced champion; one whose readout is due at that instant is
     # decided by it (its own decision, whichever order a platform steps the rollout and its Evolution in)
