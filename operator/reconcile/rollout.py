@@ -107,6 +107,11 @@ def reconcile(
         return Result([], status.model_copy(deep=True))
     st = status.model_copy(deep=True)
     resumed = resume_after_spec_change(st, meta.generation, "Pending" if st.started_at is None else "Running", now)
+    # spec.ramp.steps may be edited while it runs: a ramp shortened below status.step goes on at its new last step
+    # (before, every index of the ramp by status.step raised IndexError at every reconcile)
+    shortened = st.phase not in CONCLUDED and st.step >= len(spec.ramp.steps)
+    if shortened:
+        was, st.step = st.step, len(spec.ramp.steps) - 1
     st.observed_generation = meta.generation
     owner = owner_of(meta)
     actions: list = []
@@ -164,6 +169,9 @@ def reconcile(
 
     if resumed:
         journal("Resumed", resumed)
+    if shortened:
+        journal("RampShortened", f"the ramp has {len(spec.ramp.steps)} steps now: step {was} goes on as step {st.step}",
+                warning=True)
     if st.phase is None:
         st.phase = "Pending"
         journal("Created", f"arms {', '.join(names)}; {len(spec.ramp.steps)} ramp steps")

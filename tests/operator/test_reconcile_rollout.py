@@ -8,7 +8,7 @@ import pytest
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile.actions import ClearWeights, DeleteArm, DeployArm, SetWeights
+from cambrian.operator.reconcile.actions import ClearWeights, DeleteArm, DeployArm, RecordJournal, SetWeights
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import Analysis, ArmObservation, Effect, RolloutObservation
 
@@ -244,6 +244,26 @@ def test_its_evolutions_retirement_waits_for_a_readout_already_due():
     assert undecided.status.readouts == 1  # the readout ran, once
     early = run(sp, r.status, retire(None), t - timedelta(hours=1))  # no readout due: retired at once
     assert early.status.retired and early.status.readouts == 0
+
+
+def test_a_ramp_shortened_under_a_running_rollout_goes_on_at_its_last_step():
+    # spec.ramp.steps may be edited while it runs; before, status.step past the new ramp raised IndexError at
+    # every reconcile (desired_weights, the ramp, the requeue time)
+    sp, r = running()
+    d = sp.model_dump(by_alias=True, exclude_none=True)
+    d["ramp"]["steps"] = d["ramp"]["steps"][1:]  # one step left: 50/50
+    short = api.RolloutSpec.model_validate(d)
+    at_step_2 = r.status.model_copy(update={"step": 2})
+    t = at_readout(r) - timedelta(hours=1)
+    r2 = run(short, at_step_2, obs(weights={"control": 90, "treatment": 10}), t)
+    assert r2.status.phase == "Running" and r2.status.step == 0
+    assert [a.as_dict() for a in r2.actions if isinstance(a, SetWeights)] == [{"control": 50, "treatment": 50}]
+    assert [a.event for a in r2.actions if isinstance(a, RecordJournal)] == ["RampShortened"]
+    # and it goes on: a readout, then the time past the step's duration, with no ramp left to advance
+    r3 = run(short, r2.status, obs(weights={"control": 50, "treatment": 50}, analysis=cont()), at_readout(r2))
+    r4 = run(short, r3.status, obs(weights={"control": 50, "treatment": 50}), t + timedelta(days=3))
+    assert (r3.status.phase, r3.status.readouts, r4.status.phase, r4.status.step) == ("Running", 1, "Running", 0)
+    assert not [a for a in r4.actions if isinstance(a, SetWeights)]
 
 
 def test_continue_after_awaiting_returns_to_running():
