@@ -148,14 +148,16 @@ def arm_statistics(exposures: pd.DataFrame, user_days: pd.DataFrame, closed_day:
     return out
 
 
-def cohort_sizes(exposures: pd.DataFrame, closed_day: int) -> dict[tuple[str, int], int]:
-    """{(arm, day): users whose first exposure in the experiment was that day, in that arm}, closed days only.
+def cohort_sizes(exposures: pd.DataFrame, closed_day: int) -> dict[tuple[str, int, int], int]:
+    """{(arm, day, phase): users whose first exposure in the experiment was that day, in that ramp phase, in
+    that arm}, closed days only (a log without phases: phase 0).
 
-    Assignment at first exposure does not depend on any treatment, so each day's cohort splits by
-    that day's weights: the sample-ratio check compares these counts with the weight timeline."""
+    Assignment at first exposure does not depend on any treatment, so the users first exposed in a phase
+    split by that phase's weights: the sample-ratio check compares these counts with the weights of each
+    phase (a day can hold two phases: a ramp step starts at any time of day)."""
     if exposures.empty:
         return {}
-    order = ["user_id", "day", *(["phase"] if "phase" in exposures else [])]
-    e = exposures.sort_values(order).drop_duplicates("user_id")
+    e = exposures if "phase" in exposures else exposures.assign(phase=0)
+    e = e.sort_values(["user_id", "day", "phase"]).drop_duplicates("user_id")
     e = e[e["day"] <= closed_day]
-    return {(str(a), int(d)): int(n) for (a, d), n in e.groupby(["arm", "day"]).size().items()}
+    return {(str(a), int(d), int(p)): int(n) for (a, d, p), n in e.groupby(["arm", "day", "phase"]).size().items()}

@@ -18,8 +18,8 @@ GET  /healthz, GET /metrics
 Exported (no user ids in any label):
   cambrian_arm_stat{experiment, arm, metric, stat}   per-arm sufficient statistics (see aggregate.py)
   cambrian_arm_exposures{experiment, arm}            users ever exposed to the arm (live)
-  cambrian_arm_cohort_users{experiment, arm, cohort_day}  users whose first exposure in the experiment was
-                                                     on that (closed) day in that arm: SRM per ramp step
+  cambrian_arm_cohort_users{experiment, arm, cohort_day, phase}  users whose first exposure in the experiment was
+                                                     on that (closed) day, in that ramp phase and arm: SRM per phase
   cambrian_collector_closed_day                      last closed day (-1 before any)
   cambrian_collector_rows_total, cambrian_collector_batches_duplicate_total
 Everything lives in one SQLite file (WAL): a restart loses nothing.
@@ -81,7 +81,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         _add_phases(self._db)
         self._db.executescript(_SCHEMA)
-        # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day): users}}),
+        # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day, phase): users}}),
         # swapped as one object so that a scrape never mixes a new closed day with old sums.
         self.snapshot: tuple[int, dict, dict] = (-1, {}, {})
         # {experiment: {metric: {arm: sums}}} computed in the warehouse (online/warehouse.py), merged over the
@@ -256,11 +256,12 @@ class _StatsExport:
             exp.add_metric([experiment, arm], n)
         yield exp
         coh = GaugeMetricFamily("cambrian_arm_cohort_users",
-                                "Users by the day and arm of their first exposure in the experiment (closed days; "
-                                "for SRM against the weights in force that day)", labels=["experiment", "arm", "cohort_day"])
+                                "Users by the day, ramp phase and arm of their first exposure in the experiment "
+                                "(closed days; for SRM against each phase's weights)",
+                                labels=["experiment", "arm", "cohort_day", "phase"])
         for experiment, counts in cohorts.items():
-            for (arm, day), n in sorted(counts.items()):
-                coh.add_metric([experiment, arm, str(day)], n)
+            for (arm, day, phase), n in sorted(counts.items()):
+                coh.add_metric([experiment, arm, str(day), str(phase)], n)
         yield coh
         closed = GaugeMetricFamily("cambrian_collector_closed_day", "Last day whose events are complete")
         closed.add_metric([], closed_day)
@@ -382,7 +383,7 @@ class Collector:
     async def handle_stats(self, _: web.Request) -> web.Response:
         closed, stats, cohorts = self.store.snapshot
         return json_response({"closed_day": closed, "stats": stats,
-                              "cohorts": {e: [[a, d, n] for (a, d), n in sorted(c.items())] for e, c in cohorts.items()}})
+                              "cohorts": {e: [[a, d, p, n] for (a, d, p), n in sorted(c.items())] for e, c in cohorts.items()}})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=256 * 1024 * 1024)

@@ -178,7 +178,7 @@ class ExperimentReadout:
     closed_day: int
     stats: dict[str, dict[str, SufficientStats | RatioStats]]   # arm -> metric -> sums
     exposures: dict[str, int]                                  # arm -> users ever exposed
-    cohorts: dict[int, dict[str, int]] = field(default_factory=dict)  # first-exposure day -> arm -> users
+    cohorts: dict[int, dict[str, int]] = field(default_factory=dict)  # first-exposure ramp phase -> arm -> users
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # arm -> guardrail -> its PromQL value
 
 
@@ -275,7 +275,9 @@ class PromClient:
         exposures = {labels["arm"]: int(v) for labels, v in self.query(f"cambrian_arm_exposures{{{sel}}}", at)}
         cohorts: dict[int, dict[str, int]] = {}
         for labels, v in self.query(f"cambrian_arm_cohort_users{{{sel}}}", at):
-            cohorts.setdefault(int(labels["cohort_day"]), {})[labels["arm"]] = int(v)
+            if "phase" in labels:  # a collector from before phases: its days say nothing of the weights
+                arms = cohorts.setdefault(int(labels["phase"]), {})
+                arms[labels["arm"]] = arms.get(labels["arm"], 0) + int(v)
         return ExperimentReadout(experiment, at, -1 if closed is None or math.isnan(closed) else int(closed),
                                  stats, exposures, cohorts)
 

@@ -71,9 +71,8 @@ from cambrian.operator.reconcile.rollout import CONCLUDED
 log = logging.getLogger("cambrian.local")
 
 # Simulated time: clock day 0 starts here. The collector counts world days; a rollout maps its first
-# routed clock day to the world's next day (see RolloutEnv), so cohorts line up with the ramp's history.
+# routed clock day to the world's next day (see RolloutEnv).
 SIM_EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
-UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 MAX_RESTARTS = 2  # times an unfinished training run is started again after a driver restart
 CLOSE_WAIT_S = 10.0  # how long close() waits for the training threads it stopped to return
 
@@ -589,10 +588,7 @@ class LocalPlatform:
                     raise MetricsUnavailable(f"prometheus has day {r.closed_day} closed, not yet day {want}")
                 time.sleep(0.25)
             values = read_gauges(client, self.promql_url, gauges, r.time)
-        # cohort keys: world days -> the clock's UTC day numbers that the core's SRM check uses
-        shift = (day_start(env.state.clock_day0 or 0) - UNIX_EPOCH).days - (env.state.world_day0 or 0)
-        return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures,
-                                 {d + shift: arms for d, arms in r.cohorts.items()}, values)
+        return ExperimentReadout(r.experiment, r.time, r.closed_day, r.stats, r.exposures, r.cohorts, values)
 
     def check_promql(self, rollout: str, queries: Mapping[str, str]) -> None:
         env = self.envs.get(rollout)

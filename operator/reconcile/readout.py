@@ -5,7 +5,7 @@ package's `decide`. Pure: the adapter does the querying and passes the numbers i
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Mapping
 
 from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
@@ -13,7 +13,6 @@ from cambrian.operator.reconcile import promql
 from cambrian.operator.reconcile.observations import Analysis, Effect
 from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def policy_for(spec: RolloutSpec) -> DecisionPolicy:
@@ -45,34 +44,32 @@ def policy_for(spec: RolloutSpec) -> DecisionPolicy:
     )
 
 
-def day_number(t: datetime) -> int:
-    """Cohort day of a wall-clock time: whole UTC days since 1970-01-01 (the collector's cohort_day in cluster mode)."""
-    return (t - EPOCH).days
-
-
 def srm_expectation(spec: RolloutSpec, status: RolloutStatus, cohorts: Mapping[int, Mapping[str, int]] | None,
                     exposures: Mapping[str, int] | None) -> tuple[dict[str, float], dict[str, int] | None]:
-    """Expected arm shares and observed exposures for the sample-ratio check.
+    """Expected arm shares and observed users for the sample-ratio check (observed None: no check).
 
-    Users are counted once, in the arm of their first exposure, under the weights of that day's step.
-    With per-day cohorts the expectation is the cohort-size-weighted mean of the daily weights;
-    without them, the current step's weights (exact while the ramp has not moved)."""
+    Users are counted once, in the arm of their first exposure, under the weights of the ramp phase the router
+    stamped on it (`cohorts`: phase -> arm -> users). The router's phase of step s is s + 1 (rollout.weights_phase),
+    so every user first exposed in a phase the Rollout has run is expected at that step's weights, whenever the step
+    started and however the collector numbers its days. Users of phase 0 (a log without phases, or before the ramp)
+    and of a phase past the current step's (the router moved on its own: weights changed by hand, a Rollout resumed
+    after it concluded) are left out: their weights are not known here. Without cohorts, every exposure against the
+    current step's weights, which is exact only while the ramp has not moved."""
     names = spec.arm_names()
-    current = dict(zip(names, spec.ramp.steps[status.step].weights))
-    if not cohorts or not status.step_history:
-        return {a: w / 100 for a, w in current.items()}, dict(exposures) if exposures is not None else None
-    starts = [day_number(t) for t in status.step_history]
+    step = min(status.step, len(spec.ramp.steps) - 1)
+    current = {a: w / 100 for a, w in zip(names, spec.ramp.steps[step].weights)}
+    known = {p: c for p, c in (cohorts or {}).items() if 1 <= p <= step + 1 and sum(c.values()) > 0}
+    if not known:
+        return current, dict(exposures) if exposures is not None and step == 0 else None
     expected = {a: 0.0 for a in names}
     observed = {a: 0 for a in names}
-    for day, counts in cohorts.items():
-        step = max([i for i, d in enumerate(starts) if d <= day], default=0)
-        weights = dict(zip(names, spec.ramp.steps[min(step, len(spec.ramp.steps) - 1)].weights))
+    for phase, counts in known.items():
+        weights = dict(zip(names, spec.ramp.steps[phase - 1].weights))
         n = sum(counts.values())
         for a in names:
             observed[a] += int(counts.get(a, 0))
             expected[a] += n * weights[a] / 100
-    total = sum(expected.values()) or 1.0
-    return {a: expected[a] / total for a in names}, observed
+    return {a: expected[a] / sum(expected.values()) for a in names}, observed
 
 
 def analyse(

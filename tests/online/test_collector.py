@@ -141,9 +141,9 @@ def test_cohorts_for_srm(tmp_path):
     # day 3: u1..u3 new (2 control, 1 t); day 4: u1 ramped control->t (not new), u4 new in t
     store.add_exposures("e", [[1, "control", 3], [2, "control", 3], [3, "t", 3], [1, "t", 4], [4, "t", 4]])
     store.close_day(3)
-    assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1}
+    assert store.snapshot[2]["e"] == {("control", 3, 0): 2, ("t", 3, 0): 1}  # a log without phases: phase 0
     store.close_day(4)
-    assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1, ("t", 4): 1}
+    assert store.snapshot[2]["e"] == {("control", 3, 0): 2, ("t", 3, 0): 1, ("t", 4, 0): 1}
 
 
 def test_cohorts_count_a_users_first_exposure_in_the_experiment_over_every_phase(tmp_path):
@@ -152,7 +152,7 @@ def test_cohorts_count_a_users_first_exposure_in_the_experiment_over_every_phase
     store.add_exposures("e", [[1, "control", 3, 0], [2, "control", 3, 0], [3, "t", 3, 0],
                               [1, "t", 4, 1], [2, "control", 4, 1], [4, "t", 4, 1]])
     store.close_day(4)
-    assert store.snapshot[2]["e"] == {("control", 3): 2, ("t", 3): 1, ("t", 4): 1}
+    assert store.snapshot[2]["e"] == {("control", 3, 0): 2, ("t", 3, 0): 1, ("t", 4, 1): 1}
     # the statistics read phase 1 alone: u1 and u4 in t, u2 in control (each from day 4); u3 not seen there yet
     wm = store.stats["e"]["watch_minutes"]
     assert (wm["control"]["n"], wm["t"]["n"]) == (1, 2)

@@ -21,7 +21,7 @@ def test_stats_roundtrip_through_prometheus(tmp_path):
     store = Store(tmp_path / "c.sqlite")
     store.add_user_days([{"user_id": u, "day": d, "active": 1, "impressions": 10, "clicks": u % 4,
                           "minutes": 1.5 * u + d} for u in range(30) for d in range(5)], "b")
-    store.add_exposures("exp-1", [[u, "control" if u % 2 else "treatment", 3] for u in range(30)])
+    store.add_exposures("exp-1", [[u, "control" if u % 2 else "treatment", 3, 1] for u in range(30)])
     store.close_day(4)
     with BackgroundApp(Collector(store).app()) as coll, \
             PrometheusProcess({"collector": [f"127.0.0.1:{coll.port}"]}) as prom:
@@ -34,7 +34,7 @@ def test_stats_roundtrip_through_prometheus(tmp_path):
             time.sleep(0.3)
         assert r.closed_day == 4
         assert r.exposures == {"control": 15, "treatment": 15}
-        assert r.cohorts == {3: {"control": 15, "treatment": 15}}
+        assert r.cohorts == {1: {"control": 15, "treatment": 15}}  # by the ramp phase of the first exposure
         for arm in ("control", "treatment"):
             wm = r.stats[arm]["watch_minutes"]
             assert isinstance(wm, SufficientStats)

@@ -119,14 +119,49 @@ def test_readout_flags_srm_and_missing_data():
     assert missing.outcome == "continue" and "missing" in missing.reason
 
 
-def test_srm_expectation_follows_the_ramp_by_cohort_day():
-    spec = api.RolloutSpec.model_validate({
-        **rollout_spec().wire(), "ramp": {"steps": [{"weights": [90, 10], "duration": "1d"},
-                                                    {"weights": [50, 50], "duration": "1d"}]}})
+def ramp_spec(*weights: int) -> api.RolloutSpec:
+    return api.RolloutSpec.model_validate({
+        **rollout_spec().wire(), "ramp": {"steps": [{"weights": [100 - w, w], "duration": "1d"} for w in weights]}})
+
+
+def test_srm_expectation_follows_the_ramp_by_the_routers_phase():
+    spec = ramp_spec(10, 50)
     st = api.RolloutStatus(step=1, step_history=[T0, T0 + timedelta(days=1)])
-    d0, d1 = RD.day_number(T0), RD.day_number(T0) + 1
-    w, obs = RD.srm_expectation(spec, st, {d0: {"control": 900, "t": 100}, d1: {"control": 500, "t": 500}}, None)
+    # phase s + 1 is step s (rollout.weights_phase)
+    w, obs = RD.srm_expectation(spec, st, {1: {"control": 900, "t": 100}, 2: {"control": 500, "t": 500}}, None)
     assert w == pytest.approx({"control": 0.7, "t": 0.3}) and obs == {"control": 1400, "t": 600}
+    # phase 0 (no phase stamped, or before the ramp) and a phase past the current step's (the router moved on its
+    # own) have weights the core cannot know: left out
+    w, obs = RD.srm_expectation(spec, st, {0: {"control": 70}, 1: {"control": 900, "t": 100}, 3: {"t": 80}}, None)
+    assert w == pytest.approx({"control": 0.9, "t": 0.1}) and obs == {"control": 900, "t": 100}
+    # nothing attributable: every exposure against the current weights only while the ramp has not moved
+    first = api.RolloutStatus(step=0, step_history=[T0])
+    assert RD.srm_expectation(spec, first, {0: {"control": 5}}, {"control": 90, "t": 10}) == (
+        {"control": 0.9, "t": 0.1}, {"control": 90, "t": 10})
+    assert RD.srm_expectation(spec, st, {0: {"control": 5}}, {"control": 700, "t": 300})[1] is None
+
+
+def test_a_ramp_step_that_starts_mid_day_is_no_sample_ratio_mismatch():
+    """The default ramp's 5% step started at 14:00 UTC, 50/50 a day later, 10,000 new users a day arriving evenly:
+    the day of the change holds users of both steps. Before, cohorts were read by day and each day's users were
+    expected at the weights of the step in force at its end, and this healthy test was rolled back (p = 0)."""
+    import numpy as np
+
+    spec = ramp_spec(5, 50)
+    start = T0 + timedelta(hours=14)
+    st = api.RolloutStatus(phase="Running", step=1, started_at=start, step_history=[start, start + timedelta(days=1)])
+    rng = np.random.default_rng(3)
+    hours = rng.uniform(0, 1.4 * 24, 14_000)  # each user's first visit, in hours after the start
+    phase = np.where(hours < 24, 1, 2)
+    treated = rng.uniform(size=phase.size) < np.where(phase == 1, 0.05, 0.5)  # each user assigned by its phase's weights
+    cohorts = {int(p): {"control": int(((phase == p) & ~treated).sum()), "t": int(((phase == p) & treated).sum())}
+               for p in (1, 2)}
+    healthy = RD.analyse(spec, st, sums(0.0), start + timedelta(days=1.4), exposures=None, cohorts=cohorts)
+    assert not healthy.srm_mismatch
+    # a real mismatch is still caught: a quarter of phase 2's treatment users lost
+    cohorts[2]["t"] = int(cohorts[2]["t"] * 0.75)
+    broken = RD.analyse(spec, st, sums(0.0), start + timedelta(days=1.4), exposures=None, cohorts=cohorts)
+    assert broken.srm_mismatch and broken.outcome == "rollback"
 
 
 # ---- handlers glue ------------------------------------------------------------------------------
