@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -237,20 +236,28 @@ class WarmWorker:
         self.home, self.limits, self.cache_size, self.zygote = Path(home).resolve(), limits, cache_size, zygote
         self.popen: subprocess.Popen | None = None
         self.last_reply: dict[str, Any] = {}
-        self._tmp: str | None = None
+        # the worker's HOME and TMPDIR, in the slot's own folder: what a worker ended with its driver left there is
+        # removed when the slot starts again or a driver recovers the run folder, never left in the system's temp
+        self.tmp = self.home / "tmp"
 
     def isolation(self) -> list[str]:
         return launcher(self.limits, 0)[1]
 
+    @staticmethod
+    def clear(home: Path) -> None:
+        """Remove what a worker of the slot at `home` left (its temp folder, its pool); none may be running."""
+        shutil.rmtree(home / "tmp", ignore_errors=True)
+        shutil.rmtree(home / "pool", ignore_errors=True)
+
     def _start(self) -> None:
         full, _ = launcher(self.limits, 0)
-        self.home.mkdir(parents=True, exist_ok=True)
-        self._tmp = tempfile.mkdtemp(prefix="cambrian-warm-")
+        self.clear(self.home)
+        self.tmp.mkdir(parents=True)
         # the home folder in the command line: the local platform's recover() finds a left-over worker by it
         cmd = [*full, sys.executable, "-m", "cambrian.trainer.warm", str(self.home / "pool"), str(self.cache_size),
                "zygote" if self.zygote else "bwrap"]
         with open(self.home / "worker.log", "ab") as log:
-            self.popen = subprocess.Popen(cmd, cwd=self._tmp, env=candidate_environment(self.limits, self._tmp),
+            self.popen = subprocess.Popen(cmd, cwd=self.tmp, env=candidate_environment(self.limits, str(self.tmp)),
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                           start_new_session=True)
         self.pid = self.popen.pid
@@ -316,10 +323,7 @@ class WarmWorker:
                 except OSError:
                     pass
             self.popen = None
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
-        shutil.rmtree(self.home / "pool", ignore_errors=True)
+        self.clear(self.home)
 
 
 def _kill_group(popen: subprocess.Popen) -> None:
@@ -378,8 +382,10 @@ def run_candidate(
             run = worker.submit(["train", *train_arguments(config_file, delta_file, staged, out, limits, fidelity_file)],
                                 log_file)
         else:
-            tmp = tempfile.mkdtemp(prefix="cambrian-cand-")
-            run = _ColdRun(cmd, candidate_environment(limits, tmp), tmp, log_file)
+            tmp = work / "tmp"  # in the run's folder: a re-run after a killed driver starts it afresh
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            run = _ColdRun(cmd, candidate_environment(limits, str(tmp)), str(tmp), log_file)
         ps = psutil.Process(run.pid)
         try:
             while True:

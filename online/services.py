@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,7 +56,11 @@ class ServiceProcess:
         self.port_file.unlink(missing_ok=True)
         self.log_path = self.workdir / f"{self.name}.log"
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
+        # its temp files (a model server's program host) in the service's folder, its own for each start (the old
+        # champion's server may still run under the same name): a driver that recovers the run folder of a killed
+        # one removes them (local_env.remove_temp_folders), so they are never left in the system's temp folder
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}.tmp-", dir=self.workdir))
+        env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cambrian.online.cli", *self.args, "--port", "0", "--port-file", str(self.port_file)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -85,6 +91,8 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 15) -> None:
         stop_process(self.proc, timeout)
+        if self.proc is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None

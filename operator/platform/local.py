@@ -46,7 +46,7 @@ from cambrian.operator.localstore import LocalStore, ParsedFiles, write_atomic
 from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
-from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, start_service, stop_leftovers
+from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, remove_temp_folders, start_service, stop_leftovers
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
@@ -146,6 +146,7 @@ class LocalPlatform:
         the driver down with it (the machine's memory, say) cannot do so at every start; the reconcile core
         then treats it as any infrastructure failure (a new attempt, up to spec.training.maxAttempts)."""
         stop_leftovers(self.root)
+        remove_temp_folders(self.root)
         for job in sorted((self.root / "jobs").glob("*/job.json")):
             folder = job.parent
             if (folder / "result.json").is_file():

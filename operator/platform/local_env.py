@@ -116,3 +116,15 @@ def stop_leftovers(root: Path) -> list[int]:
             continue
     psutil.wait_procs(found, timeout=10)  # gone before their files (TSDB lock, SQLite, ports) are reused
     return [p.pid for p in found]
+
+
+def remove_temp_folders(root: Path) -> None:
+    """What the processes of a killed driver left in their temp folders, which the driver puts inside ROOT (a worker
+    slot's, a training run's, each service start's): once stop_leftovers has run, nothing of ROOT runs (a warm
+    worker also ends by itself when its driver dies), so all of it goes; none is ever left in the system's temp."""
+    from cambrian.agents.runner import WarmWorker
+
+    for slot in root.glob("warm/*"):
+        WarmWorker.clear(slot)
+    for folder in [*root.glob("jobs/*/tmp"), *root.glob("rollouts/**/*.tmp-*"), *root.glob("champions/**/*.tmp-*")]:
+        shutil.rmtree(folder, ignore_errors=True)

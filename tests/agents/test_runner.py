@@ -37,8 +37,9 @@ def test_success_env_and_cwd(tmp_path, tiny_world, fake_trainer, monkeypatch):
     dumped = json.loads((tmp_path / "c" / "out" / "env.json").read_text())
     assert "GEMINI_API_KEY" not in dumped["env"] and "KUBECONFIG" not in dumped["env"]
     assert "super-secret" not in json.dumps(dumped)
-    assert dumped["cwd"].startswith("/tmp") and "cambrian-cand-" in dumped["cwd"]
-    assert not os.path.exists(dumped["cwd"])  # the temp dir is removed afterwards
+    # its own temp folder in the run's folder (a re-run after a killed driver starts it afresh), removed afterwards
+    assert dumped["cwd"] == str((tmp_path / "c" / "tmp").resolve()) == dumped["env"]["TMPDIR"]
+    assert not os.path.exists(dumped["cwd"])
     assert (tmp_path / "c" / "config.json").is_file()
 
 

@@ -712,6 +712,8 @@ def test_seeded_evolution_survives_sigkill_during_training_and_rollout(evolved):
     assert report["reason"].startswith("every Evolution is done"), report
     assert ro_at_kill in (None, "Pending", "Deploying", "Running")  # the second kill hit a live rollout
     assert left == []  # the last run stopped every process it (or the killed runs) started
+    # and the temp folders of the processes the killed runs left behind went with them (they are inside the run folder)
+    assert not [p for p in root.rglob("*") if p.is_dir() and (p.name == "tmp" or ".tmp-" in p.name)]
     hyps = _objects(root, "hypotheses")
     held = [h for h in hyps if h["status"]["phase"] == "Validated"]  # proposed after the budget was spent
     assert all(h["status"]["attempts"] == 0 for h in held)
