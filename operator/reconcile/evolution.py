@@ -234,7 +234,10 @@ def reconcile(
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}"
                                            f"{_reading_words(ro, north_star)}")
                 launched_now = ro
-        elif ro.retired:  # ended undecided by its Evolution (step 3a, or the online agent's re-ranking in step 5)
+        elif ro.retired or ro.phase == "Failed":
+            # ended undecided: by its Evolution (step 3a, or the online agent's re-ranking in step 5), or it could not
+            # run (a PromQL its Prometheus refused, a child the platform refuses): its hypotheses are tested again,
+            # up to spec.experiment.maxTests times, never retired untested
             st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
         st.handled_decisions = (st.handled_decisions + [ro.name])[-MAX_HANDLED:]
     # 3a. A launch ends the live rollouts still measuring against the champion it replaced: their control arms keep

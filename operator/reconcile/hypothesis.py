@@ -239,6 +239,7 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
     if rollout.name in ctx.superseded or rollout.applied == APPLIED_SUPERSEDED:  # it decided nothing about it: again
         why = (f"rollout {rollout.name} was ended by its Evolution before it decided ({rollout.retired})"
                if rollout.retired else
+               f"rollout {rollout.name} failed before it decided ({rollout.reason})" if rollout.phase == "Failed" else
                f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the champion")
         st.undecided_tests = (st.undecided_tests + [rollout.name])[-MAX_TESTS:]
         st.rollout, st.online = None, None

@@ -235,6 +235,16 @@ def test_of_two_winners_on_a_north_star_to_minimize_the_larger_fall_is_launched(
     assert r3.status.champion.name == "o1" and r3.status.superseded == ["ro-a"]
 
 
+def test_a_failed_rollout_is_applied_as_undecided_so_its_hypothesis_is_tested_again():
+    sp = spec()
+    _, r2 = with_champion(sp)
+    failed = RolloutView("ro-a", "Failed", ("o1",), None, None, None, "InvalidSpec: bad PromQL",
+                         control_bundle="pvc://x/baseline")
+    r3 = run(sp, r2.status, [hv("o1", "optimizer", 0.40, phase="Live")], [failed], now=T0 + timedelta(days=2))
+    assert r3.status.superseded == ["ro-a"] and r3.status.handled_decisions == ["ro-a"]
+    assert r3.status.champion.name == "baseline"
+
+
 def test_a_decision_is_applied_once_then_marked_on_its_rollout_and_forgotten_by_the_evolution():
     # handledDecisions is bounded (256): before, an Evolution that had concluded more Rollouts than that applied
     # the oldest again at every reconcile (a PromotionSuperseded warning each time, lastDecision pointing back)

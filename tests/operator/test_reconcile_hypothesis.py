@@ -445,6 +445,17 @@ def test_a_rollout_its_evolution_ended_sends_its_hypothesis_back_and_other_endin
     assert final.status.phase == "Retired" and final.status.online.decision == "rollback"
 
 
+def test_a_rollout_that_failed_before_it_decided_sends_its_hypothesis_back_to_the_review():
+    # a Rollout Failed (its Prometheus refused the Evolution's PromQL, the platform refuses a child) decided nothing:
+    # before, its hypothesis was Retired untested, with no online result
+    spec, st = scored()
+    st = run(spec, st, rollout=RolloutView("ro-1", "Running", (META.name,))).status
+    failed = RolloutView("ro-1", "Failed", (META.name,), None, None, None, "InvalidSpec: bad_metric: parse error")
+    back = run(spec, st, rollout=failed, c=ctx(decided=frozenset({"ro-1"}), superseded=frozenset({"ro-1"})))
+    assert back.status.phase == "Scored" and back.status.undecided_tests == ["ro-1"]
+    assert back.status.reason.startswith("rollout ro-1 failed before it decided (InvalidSpec: bad_metric: parse error)")
+
+
 def test_a_hypothesis_keeps_its_undecided_tests_and_is_retired_undecided_after_max_tests():
     # each test that decided nothing is recorded on the Hypothesis itself (the review reads that, not the
     # Evolution's bounded list); after spec.experiment.maxTests of them it is Retired, not tested forever
