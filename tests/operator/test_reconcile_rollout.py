@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import rollout as R
