@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-
 from cambrian.operator import api
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile.actions import ClearWeights, DeleteArm, DeployArm, RecordJournal, SetWeights
