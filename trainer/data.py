@@ -23,7 +23,7 @@ from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
-from cambrian.trainer.features import Catalogue, FeatureSpec, build_catalogue, id_space
+from cambrian.trainer.features import build_catalogue, id_space
 from cambrian.trainer.rowframe import RowFrame, connect, evaluate
 from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
 from cambrian.trainer.splits import Split, TrainingSet, Written
@@ -338,7 +338,10 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
     n_users, n_items = (max(a, b + 1) for a, b in zip(id_space(schema, small), top))
     # vocabularies and statistics from the rows the model trains on: a held-out day's new category is unknown
     catalogue = build_catalogue(schema, small, counts[0], counts[1], n_users, n_items)
-    val = pd.concat(held_out, ignore_index=True)
+    # the held-out rows in (user, item) order, never the log's: the predictor runs candidate code over all of them at
+    # once, and in log order a user's rows come slate by slate, so a model could read each row's position from its
+    # place in the batch (and positions are clicked differently) and score better than it ranks
+    val = pd.concat(held_out, ignore_index=True).sort_values([USER_COLUMN, "__item"], kind="stable", ignore_index=True)
     signals = val[[p.name for p in schema.proxies] + ["label", USER_COLUMN]]
     val_split = Split(catalogue.features(val[USER_COLUMN].to_numpy(np.int64), val["__item"].to_numpy(np.int64)),
                       np.array(val["__label"], np.float32), np.array(val["__weight"], np.float32), signals)

@@ -82,6 +82,7 @@ def test_the_world_declaration_gives_the_labels_and_proxies_the_world_had(world_
     held = imp[imp["day"] == imp["day"].max()].merge(days[["day", "user_id", "returned_next_day"]],
                                                      on=["day", "user_id"], how="left")
     held["returned_next_day"] = held["returned_next_day"].fillna(0)
+    held = held.sort_values(["user_id", "item_id"], kind="stable")  # the held-out order (tests/trainer/test_heldout_order.py)
     assert len(data.val) == len(held) and len(data.train) == len(imp) - len(held)
     np.testing.assert_array_equal(data.val.features["user"], held["user_id"])
     np.testing.assert_array_equal(data.val.features["item"], held["item_id"])

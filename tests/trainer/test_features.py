@@ -120,7 +120,7 @@ def test_a_declared_category_and_price_become_model_inputs_and_train(shop, quick
     assert metrics["declaration"] == "shop" and metrics["proxies"] == ["auc", "completion_corr"]
     assert -1 <= metrics["completion_corr"] <= 1 and "long_watch_corr" not in metrics
     imp = pd.read_parquet(folder / "impressions.parquet")
-    held = imp[imp["day"] == imp["day"].max()]
+    held = imp[imp["day"] == imp["day"].max()].sort_values(["user_id", "item_id"], kind="stable")  # the held-out order
     expected = ((held["click"] == 1) & (held["hate"] == 0)).to_numpy(np.float32)
     assert expected.sum() < held["click"].sum()  # the label differs from the click somewhere
     np.testing.assert_array_equal(data.val.label, expected)
