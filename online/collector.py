@@ -5,7 +5,8 @@ POST /events     {"batch_id": str, "rows": [{user_id, day, active, sessions, imp
                  Adds to the user's day (a batch id is applied at most once, so a retry never double-counts).
 POST /exposures  {"experiment": str, "exposures": [[user_id, arm, day | null, phase?], ...]}
                  First exposure per (experiment, user, arm, phase); later ones are ignored. A null day means
-                 the collector's current day (POST /clock); phase is the router's ramp phase (0 when absent):
+                 the collector's current day (POST /clock), or the day after the last closed one if that is
+                 later (a closed day never gains exposures); phase is the router's ramp phase (0 when absent):
                  the statistics read the current phase only (aggregate.py says why).
 POST /clock      {"day": d}     the day now being simulated/served
 POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
@@ -84,9 +85,10 @@ class Store:
         # (closed_day, {experiment: {metric: {arm: sums}}}, {experiment: {(arm, cohort_day, phase): users}}),
         # swapped as one object so that a scrape never mixes a new closed day with old sums.
         self.snapshot: tuple[int, dict, dict] = (-1, {}, {})
-        # {experiment: {metric: {arm: sums}}} computed in the warehouse (online/warehouse.py), merged over the
-        # store's own metrics of the same name at every recompute
-        self.external: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+        # (closed day, {experiment: {metric: {arm: sums}}}) computed in the warehouse (online/warehouse.py) for that
+        # day, merged over the store's own metrics of the same name while it is the closed day: never published
+        # under a later day (a metric is missing, and no decision is taken on it, until the next landing computes it)
+        self.external: tuple[int, dict[str, dict[str, dict[str, dict[str, float]]]]] = (-1, {})
         self.recompute()
 
     @property
@@ -115,7 +117,9 @@ class Store:
     def add_exposures(self, experiment: str, exposures: Iterable[Any]) -> int:
         if not isinstance(experiment, str) or not experiment:
             raise BadRequest("experiment: required string")
-        today = self.get_meta("current_day", 0)
+        # a null day is the day now served, never one already closed (between /close_day d and /clock d + 1, and a
+        # batch resent after an outage, "now" is after day d): a closed day's cohorts and windows do not change
+        today = max(self.get_meta("current_day", 0), self.get_meta("closed_day", -1) + 1)
         values = []
         for i, e in enumerate(exposures):
             if not isinstance(e, (list, tuple)) or len(e) not in (3, 4):
@@ -175,24 +179,28 @@ class Store:
 
     def exposure_counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
-            rows = self._db.execute("SELECT experiment, arm, COUNT(*) FROM exposure GROUP BY experiment, arm").fetchall()
+            # users, not (user, phase) rows: a user seen again in a later ramp phase is one user of the arm
+            rows = self._db.execute("SELECT experiment, arm, COUNT(DISTINCT user_id) FROM exposure "
+                                    "GROUP BY experiment, arm").fetchall()
         return {(e, a): n for e, a, n in rows}
 
     def recompute(self) -> None:
         closed = self.get_meta("closed_day", -1)
         ud, ex = self.frames()
         stats, cohorts = {}, {}
+        external = self.external[1] if self.external[0] == closed else {}
         for experiment, group in ex.groupby("experiment"):
-            stats[experiment] = {**arm_statistics(group, ud, closed, self.settings), **self.external.get(experiment, {})}
+            stats[experiment] = {**arm_statistics(group, ud, closed, self.settings), **external.get(experiment, {})}
             cohorts[experiment] = cohort_sizes(group, closed)
         self.snapshot = (closed, stats, cohorts)  # one reference swap; /metrics reads whichever is current
 
-    def set_external(self, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
-        """Per-arm sums computed elsewhere (the warehouse) for the closed day just recomputed, published beside
-        the store's own from now on (merged into the current snapshot: no second recompute of the store's)."""
-        self.external = sums
+    def set_external(self, day: int, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
+        """Per-arm sums computed elsewhere (the warehouse) for closed day `day`, published beside the store's own
+        while it is the closed day (merged into the current snapshot: no second recompute of the store's)."""
+        self.external = (day, sums)
         closed, stats, cohorts = self.snapshot
-        self.snapshot = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts)
+        if closed == day:
+            self.snapshot = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts)
 
     def close(self) -> None:
         with self._lock:
@@ -378,7 +386,7 @@ class Collector:
             raise WarehouseUnavailable(f"{redact(self.warehouse_url)}: {redact(one_line(exc))}") from None
         finally:
             getattr(con, "disconnect", lambda: None)()
-        self.store.set_external(sums)
+        self.store.set_external(day, sums)
 
     async def handle_stats(self, _: web.Request) -> web.Response:
         closed, stats, cohorts = self.store.snapshot

@@ -158,6 +158,40 @@ def test_cohorts_count_a_users_first_exposure_in_the_experiment_over_every_phase
     assert (wm["control"]["n"], wm["t"]["n"]) == (1, 2)
 
 
+def test_exposures_count_users_once_per_arm_whatever_the_phases(tmp_path):
+    # before, COUNT(*) over (user, arm, phase) rows: a control user seen in three phases counted three times
+    store = Store(tmp_path / "c.sqlite", SETTINGS)
+    store.add_exposures("e", [[1, "control", 3, 1], [1, "control", 4, 2], [1, "control", 5, 3], [2, "t", 3, 1]])
+    assert store.exposure_counts() == {("e", "control"): 1, ("e", "t"): 1}
+
+
+def test_an_exposure_without_a_day_never_lands_on_a_closed_day(tmp_path):
+    # between /close_day d and /clock d + 1 (and for a batch the router resends after an outage) "now" is after day
+    # d: before, a null day took the current day d, and a closed day's cohorts changed after the fact
+    store = Store(tmp_path / "c.sqlite", SETTINGS)
+    store.set_meta("current_day", 8)
+    store.add_exposures("e", [[1, "control", None, 1]])
+    store.close_day(8)
+    store.add_exposures("e", [[2, "t", None, 1]])
+    store.close_day(9)
+    assert store.snapshot[2]["e"] == {("control", 8, 1): 1, ("t", 9, 1): 1}
+
+
+def test_warehouse_sums_are_published_only_under_the_day_they_were_computed_for(tmp_path):
+    # before, a close merged the previous landing's sums under the new closed day (stale until the next landing,
+    # and for ever when that landing failed)
+    store = Store(tmp_path / "c.sqlite", SETTINGS)
+    store.add_exposures("e", [[1, "control", 3, 1], [2, "t", 3, 1]])
+    store.close_day(7)
+    sums = {"e": {"sql_minutes": {"control": {"n": 1, "sum_y": 10.0}, "t": {"n": 1, "sum_y": 12.0}}}}
+    store.set_external(7, sums)
+    assert store.stats["e"]["sql_minutes"] == sums["e"]["sql_minutes"]
+    store.close_day(8)
+    assert "sql_minutes" not in store.stats["e"]  # missing (nothing decides on it) until day 8's landing
+    store.set_external(8, sums)
+    assert store.stats["e"]["sql_minutes"] == sums["e"]["sql_minutes"]
+
+
 def test_an_aa_test_through_a_ramp_reads_no_effect(tmp_path):
     """The same model in both arms, the demo's ramp (10%, 25%, then 50% of users in the treatment, a day each):
     the current phase's per-arm means agree at every readout. Read across phases (a user's window from their
