@@ -10,10 +10,14 @@ from cambrian.agents.runner import WarmWorker
 from cambrian.agents.settings import RunLimits
 from cambrian.online.services import ServiceProcess
 from cambrian.operator.platform.local_env import remove_temp_folders, stop_leftovers
+from cambrian.testing.waiting import poll
 
 
-def tmpdir_of(pid: int) -> str:
-    return psutil.Process(pid).environ()["TMPDIR"]
+def tmpdir_of(pid: int, program: str) -> str | None:
+    """The process's TMPDIR once it runs `program` (a child just forked still shows its parent's environment)."""
+    proc = psutil.Process(pid)
+    poll(f"process {pid} running {program}", lambda: program in " ".join(proc.cmdline()), timeout=30, interval=0.1)
+    return proc.environ().get("TMPDIR")
 
 
 def test_a_killed_drivers_services_workers_and_runs_leave_their_temp_files_only_until_the_next_driver(tmp_path):
@@ -26,8 +30,9 @@ def test_a_killed_drivers_services_workers_and_runs_leave_their_temp_files_only_
     cold = root / "jobs" / "j1" / "tmp"  # a cold training run's (agents/runner.run_candidate)
     cold.mkdir(parents=True)
     try:
-        assert tmpdir_of(collector.proc.pid) == str(collector.tmp) and collector.tmp.parent == services
-        assert tmpdir_of(worker.pid) == str(worker.tmp) == str(root / "warm" / "0" / "tmp")
+        assert tmpdir_of(collector.proc.pid, "cambrian.online.cli") == str(collector.tmp)
+        assert collector.tmp.parent == services
+        assert tmpdir_of(worker.pid, "cambrian.trainer.warm") == str(worker.tmp) == str(root / "warm" / "0" / "tmp")
         for folder in (collector.tmp, worker.tmp, cold):
             (folder / "left-over").write_text("written before the driver was killed")
 
