@@ -326,6 +326,12 @@ class WarmWorker:
         self.clear(self.home)
 
 
+def run_temp(work: Path) -> Path:
+    """A cold run's temp folder (its trusted trainer's HOME and TMPDIR), inside the run's work folder: a re-run after
+    a killed driver starts it afresh, and a recovering driver removes it (local_env.remove_temp_folders)."""
+    return work / "tmp"
+
+
 def _kill_group(popen: subprocess.Popen) -> None:
     try:
         os.killpg(popen.pid, signal.SIGKILL)
@@ -382,7 +388,7 @@ def run_candidate(
             run = worker.submit(["train", *train_arguments(config_file, delta_file, staged, out, limits, fidelity_file)],
                                 log_file)
         else:
-            tmp = work / "tmp"  # in the run's folder: a re-run after a killed driver starts it afresh
+            tmp = run_temp(work)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             run = _ColdRun(cmd, candidate_environment(limits, str(tmp)), str(tmp), log_file)

@@ -32,7 +32,8 @@ class ServiceError(CambrianError):
     pass
 
 
-READY_TIMEOUT_S = 90.0  # a service that does not answer /healthz by then is not coming up
+READY_TIMEOUT_S = 90.0
+TEMP_MARK = ".tmp-"  # a start's temp folder is WORKDIR/<name>.tmp-<random> (local_env.remove_temp_folders finds it)  # a service that does not answer /healthz by then is not coming up
 
 
 class ServiceProcess:
@@ -59,7 +60,7 @@ class ServiceProcess:
         # its temp files (a model server's program host) in the service's folder, its own for each start (the old
         # champion's server may still run under the same name): a driver that recovers the run folder of a killed
         # one removes them (local_env.remove_temp_folders), so they are never left in the system's temp folder
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}.tmp-", dir=self.workdir))
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}{TEMP_MARK}", dir=self.workdir))
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cambrian.online.cli", *self.args, "--port", "0", "--port-file", str(self.port_file)],

@@ -46,7 +46,8 @@ from cambrian.operator.localstore import LocalStore, ParsedFiles, write_atomic
 from cambrian.trainer import runstore
 from cambrian.operator.platform.base import (MetricsUnavailable, Readout, check_queries, prometheus,
                                              read_gauges)
-from cambrian.operator.platform.local_env import PRE_DAYS, RolloutEnv, remove_temp_folders, start_service, stop_leftovers
+from cambrian.operator.platform.local_env import (JOB_WORK, PRE_DAYS, RolloutEnv, remove_temp_folders, start_service,
+                                                  stop_leftovers)
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.actions import (
     A_RETIRED,
@@ -255,7 +256,7 @@ class LocalPlatform:
                     kw["worker"] = worker
                 if self._closing:
                     return  # close() began: recover() re-runs the run
-                outcome = run_candidate(config, delta, data, folder / "work", limits, **kw)
+                outcome = run_candidate(config, delta, data, folder / JOB_WORK, limits, **kw)
         except ConfigError as exc:  # the config or delta does not parse: what `cambrian train` exits 2 for
             result = {"state": "Failed", "exit_code": 2, "stage": "parse", "message": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a broken platform (no world, disk full) fails this run only

@@ -118,13 +118,18 @@ def stop_leftovers(root: Path) -> list[int]:
     return [p.pid for p in found]
 
 
+JOB_WORK = "work"  # a training run's work folder in ROOT/jobs/<name>/ (agents/runner.run_candidate's work_dir)
+
+
 def remove_temp_folders(root: Path) -> None:
     """What the processes of a killed driver left in their temp folders, which the driver puts inside ROOT (a worker
     slot's, a training run's, each service start's): once stop_leftovers has run, nothing of ROOT runs (a warm
     worker also ends by itself when its driver dies), so all of it goes; none is ever left in the system's temp."""
-    from cambrian.agents.runner import WarmWorker
+    from cambrian.agents.runner import WarmWorker, run_temp
+    from cambrian.online.services import TEMP_MARK
 
     for slot in root.glob("warm/*"):
         WarmWorker.clear(slot)
-    for folder in [*root.glob("jobs/*/tmp"), *root.glob("rollouts/**/*.tmp-*"), *root.glob("champions/**/*.tmp-*")]:
+    services = [*root.glob(f"rollouts/**/*{TEMP_MARK}*"), *root.glob(f"champions/**/*{TEMP_MARK}*")]
+    for folder in [*(run_temp(job / JOB_WORK) for job in root.glob("jobs/*")), *services]:
         shutil.rmtree(folder, ignore_errors=True)

@@ -14,7 +14,6 @@ from cambrian.operator.reconcile.observations import Analysis, Effect
 from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide
 
 
-
 def policy_for(spec: RolloutSpec) -> DecisionPolicy:
     ns = spec.metrics.north_star[0]
     st = spec.statistics

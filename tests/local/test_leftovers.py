@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import psutil
 
-from cambrian.agents.runner import WarmWorker
+from cambrian.agents.runner import WarmWorker, run_temp
 from cambrian.agents.settings import RunLimits
 from cambrian.online.services import ServiceProcess
-from cambrian.operator.platform.local_env import remove_temp_folders, stop_leftovers
+from cambrian.operator.platform.local_env import JOB_WORK, remove_temp_folders, stop_leftovers
 from cambrian.testing.waiting import poll
 
 
@@ -27,7 +27,7 @@ def test_a_killed_drivers_services_workers_and_runs_leave_their_temp_files_only_
                                              "--active-window", "1"], services).start().wait_ready()
     worker = WarmWorker(root / "warm" / "0", RunLimits(wall_seconds=60, threads=1))
     worker._start()
-    cold = root / "jobs" / "j1" / "tmp"  # a cold training run's (agents/runner.run_candidate)
+    cold = run_temp(root / "jobs" / "j1" / JOB_WORK)  # a cold training run's, where local.py runs it
     cold.mkdir(parents=True)
     try:
         assert tmpdir_of(collector.proc.pid, "cambrian.online.cli") == str(collector.tmp)
