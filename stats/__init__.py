@@ -16,7 +16,7 @@ _WHERE = {
     "multiple": ("adjust", "benjamini_hochberg", "bonferroni", "holm"),
     "sequential": ("SequentialState", "confidence_sequence", "msprt_log_lr", "msprt_p_value", "planned_information",
                    "rho_for_information", "update"),
-    "srm": ("SRM_THRESHOLD", "SRMResult", "srm_check"),
+    "srm": ("SRM_THRESHOLD", "SRMResult", "least_evidence_weights", "srm_check"),
     "sums": ("InsufficientData", "RatioStats", "SufficientStats"),
 }
 _MODULE_OF = {name: module for module, names in _WHERE.items() for name in names}
@@ -38,6 +38,6 @@ __all__ = [
     "GuardrailResult", "HardLimit", "InsufficientData", "Metric", "RatioStats", "SRMResult", "SRM_THRESHOLD",
     "SequentialState", "SufficientStats", "adjust", "analyse", "benjamini_hochberg", "bonferroni", "compare",
     "compare_ratio", "confidence_sequence", "cuped", "cuped_theta", "decide", "difference_in_means",
-    "hard_limit_breaches", "holm", "msprt_log_lr", "msprt_p_value", "non_inferiority", "planned_information",
-    "relative_lift", "rho_for_information", "srm_check", "update",
+    "hard_limit_breaches", "holm", "least_evidence_weights", "msprt_log_lr", "msprt_p_value", "non_inferiority",
+    "planned_information", "relative_lift", "rho_for_information", "srm_check", "update",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy.special import gammaln
@@ -99,3 +99,41 @@ def srm_check(observed: Mapping[str, int], weights: Mapping[str, float], *,
     log_bf = float(log_bayes_factor(counts, probs, concentration))
     p = float(min(1.0, math.exp(-log_bf))) if log_bf > -700 else 1.0
     return SRMResult(p, chi2, bool(p < threshold), obs, exp, threshold, log_bf)
+
+
+def least_evidence_weights(observed: Mapping[str, int], known: Mapping[str, float], free: float,
+                           mixes: Sequence[Mapping[str, float]], *,
+                           concentration: float = SRM_CONCENTRATION) -> dict[str, float]:
+    """Expected arm shares for users of whom `known` (arm -> expected users) are attributed and `free` more were
+    assigned under some unknown mix of the weight sets `mixes` (a log that does not say which ramp step each user
+    came in): of all those expectations, the one the observed counts are least evidence against.
+
+    The null is composite (any mix), and the Bayes factor at its closest point is at most the one at the true mix,
+    so testing there keeps the check's false-alarm bound while flagging only counts that no mix explains: a
+    treatment share outside every step's weights, or an arm with users that no step routes to."""
+    from scipy.optimize import minimize  # only here: the operator imports this module for every readout
+
+    arms = list(observed)
+    obs = {a: int(observed[a]) for a in arms}
+    fixed = np.array([float(known.get(a, 0.0)) for a in arms])
+    table = np.array([[float(m[a]) for a in arms] for m in mixes])
+    table = table / table.sum(axis=1, keepdims=True)
+
+    def shares(lam: np.ndarray) -> dict[str, float]:
+        e = fixed + free * (np.clip(lam, 0, None) / max(np.clip(lam, 0, None).sum(), 1e-12)) @ table
+        return dict(zip(arms, (e / e.sum()).tolist()))
+
+    def evidence(lam: np.ndarray) -> float:
+        # capped: a share of 0 against observed users is infinite evidence, which the optimiser cannot step through
+        return min(srm_check(obs, shares(lam), concentration=concentration).log_bayes_factor, 1e6)
+
+    m = len(table)
+    starts = [np.eye(m)[i] for i in range(m)] + [np.full(m, 1 / m)]
+    best = min(starts, key=evidence)
+    if m > 1:
+        for x0 in starts:
+            r = minimize(evidence, x0, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                         constraints=[{"type": "eq", "fun": lambda lam: lam.sum() - 1}])
+            if evidence(r.x) < evidence(best):
+                best = r.x
+    return shares(best)

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
 from cambrian.operator.reconcile import promql
 from cambrian.operator.reconcile.observations import Analysis, Effect
-from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide
+from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide, least_evidence_weights
 
 
 def policy_for(spec: RolloutSpec) -> DecisionPolicy:
@@ -50,24 +50,29 @@ def srm_expectation(spec: RolloutSpec, status: RolloutStatus, cohorts: Mapping[i
     Users are counted once, in the arm of their first exposure, under the weights of the ramp phase the router
     stamped on it (`cohorts`: phase -> arm -> users). The router's phase of step s is s + 1 (rollout.weights_phase),
     so every user first exposed in a phase the Rollout has run is expected at that step's weights, whenever the step
-    started and however the collector numbers its days. Users of phase 0 (a log without phases, or before the ramp)
-    and of a phase past the current step's (the router moved on its own: weights changed by hand, a Rollout resumed
-    after it concluded) are left out: their weights are not known here. Without cohorts, every exposure against the
-    current step's weights, which is exact only while the ramp has not moved."""
+    started and however the collector numbers its days. Users of phase 0 (a log without phases: a product's own
+    router) came in under some step the ramp has run, which the log does not say: they are expected at the mix of
+    those steps' weights that their counts are least evidence against (stats.srm.least_evidence_weights), so they
+    never roll a healthy test back once the ramp moves and still flag counts no step explains. A phase past the
+    current step's (the router moved on its own: weights changed by hand) is left out. Without cohorts, every
+    exposure against the current step's weights, which is exact only while the ramp has not moved."""
     names = spec.arm_names()
     step = min(status.step, len(spec.ramp.steps) - 1)
-    current = {a: w / 100 for a, w in zip(names, spec.ramp.steps[step].weights)}
+    steps = [dict(zip(names, s.weights)) for s in spec.ramp.steps[:step + 1]]
+    current = {a: w / 100 for a, w in steps[step].items()}
     known = {p: c for p, c in (cohorts or {}).items() if 1 <= p <= step + 1 and sum(c.values()) > 0}
-    if not known:
+    unstamped = {a: int(n) for a, n in (cohorts or {}).get(0, {}).items() if a in names and n}
+    if not known and (step == 0 or not unstamped):
         return current, dict(exposures) if exposures is not None and step == 0 else None
     expected = {a: 0.0 for a in names}
-    observed = {a: 0 for a in names}
+    observed = {a: unstamped.get(a, 0) for a in names}
     for phase, counts in known.items():
-        weights = dict(zip(names, spec.ramp.steps[phase - 1].weights))
         n = sum(counts.values())
         for a in names:
             observed[a] += int(counts.get(a, 0))
-            expected[a] += n * weights[a] / 100
+            expected[a] += n * steps[phase - 1][a] / 100
+    if unstamped:
+        return least_evidence_weights(observed, expected, sum(unstamped.values()), steps), observed
     return {a: expected[a] / sum(expected.values()) for a in names}, observed
 
 

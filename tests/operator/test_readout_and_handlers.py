@@ -130,15 +130,18 @@ def test_srm_expectation_follows_the_ramp_by_the_routers_phase():
     # phase s + 1 is step s (rollout.weights_phase)
     w, obs = RD.srm_expectation(spec, st, {1: {"control": 900, "t": 100}, 2: {"control": 500, "t": 500}}, None)
     assert w == pytest.approx({"control": 0.7, "t": 0.3}) and obs == {"control": 1400, "t": 600}
-    # phase 0 (no phase stamped, or before the ramp) and a phase past the current step's (the router moved on its
-    # own) have weights the core cannot know: left out
-    w, obs = RD.srm_expectation(spec, st, {0: {"control": 70}, 1: {"control": 900, "t": 100}, 3: {"t": 80}}, None)
+    # a phase past the current step's (the router moved on its own) has weights the core cannot know: left out
+    w, obs = RD.srm_expectation(spec, st, {1: {"control": 900, "t": 100}, 3: {"t": 80}}, None)
     assert w == pytest.approx({"control": 0.9, "t": 0.1}) and obs == {"control": 900, "t": 100}
+    # phase 0 (a log without phases) came in under one of the steps run, unknown which: the mix of their weights
+    # the counts are least evidence against (all 70 in control: step 0's 10% is the closest)
+    w, obs = RD.srm_expectation(spec, st, {0: {"control": 70}, 1: {"control": 900, "t": 100}, 3: {"t": 80}}, None)
+    assert w == pytest.approx({"control": 0.9, "t": 0.1}, abs=1e-3) and obs == {"control": 970, "t": 100}
     # nothing attributable: every exposure against the current weights only while the ramp has not moved
     first = api.RolloutStatus(step=0, step_history=[T0])
     assert RD.srm_expectation(spec, first, {0: {"control": 5}}, {"control": 90, "t": 10}) == (
         {"control": 0.9, "t": 0.1}, {"control": 90, "t": 10})
-    assert RD.srm_expectation(spec, st, {0: {"control": 5}}, {"control": 700, "t": 300})[1] is None
+    assert RD.srm_expectation(spec, st, {}, {"control": 700, "t": 300})[1] is None
 
 
 def test_a_ramp_step_that_starts_mid_day_is_no_sample_ratio_mismatch():
@@ -161,6 +164,29 @@ def test_a_ramp_step_that_starts_mid_day_is_no_sample_ratio_mismatch():
     # a real mismatch is still caught: a quarter of phase 2's treatment users lost
     cohorts[2]["t"] = int(cohorts[2]["t"] * 0.75)
     broken = RD.analyse(spec, st, sums(0.0), start + timedelta(days=1.4), exposures=None, cohorts=cohorts)
+    assert broken.srm_mismatch and broken.outcome == "rollback"
+
+
+def test_a_log_without_phases_is_no_sample_ratio_mismatch_once_the_ramp_moves():
+    """A product's own router logs exposures without the ramp phase (phase 0), and the statistics read all its users
+    as one phase. The ramp moved from 5% to 50% mid-run: before, the check fell back to every user's arm against the
+    current step's 50/50 and rolled this healthy test back; now they are expected at the closest mix of the steps
+    run, and a split no mix explains is still caught."""
+    spec = ramp_spec(5, 50)
+    start = T0 + timedelta(hours=14)
+    st = api.RolloutStatus(phase="Running", step=1, started_at=start, step_history=[start, start + timedelta(days=1)])
+    rng = np.random.default_rng(5)
+    hours = rng.uniform(0, 1.4 * 24, 14_000)
+    treated = rng.uniform(size=hours.size) < np.where(hours < 24, 0.05, 0.5)
+
+    def readout(n_control, n_treated):
+        stats = {"control": sums(0.0, n=n_control)["control"], "t": sums(0.0, n=n_treated, seed=1)["t"]}
+        return RD.analyse(spec, st, stats, start + timedelta(days=1.4), exposures=None,
+                          cohorts={0: {"control": n_control, "t": n_treated}})
+
+    healthy = readout(int((~treated).sum()), int(treated.sum()))
+    assert not healthy.srm_mismatch and healthy.outcome != "rollback"
+    broken = readout(4_000, 10_000)   # 71% treatment: above every step's weight
     assert broken.srm_mismatch and broken.outcome == "rollback"
 
 

@@ -72,6 +72,47 @@ def test_srm_balanced_and_unequal_designs():
     assert srm_check({"c": 100, "t": 3}, {"c": 1, "t": 0}).mismatch   # users in a switched-off arm
 
 
+def test_srm_against_an_unknown_mix_of_ramp_steps():
+    """Users whose ramp step the log does not say (a product's own router) are expected at the mix of the steps'
+    weights their counts are least evidence against: a split any mix explains is no mismatch, one none does is."""
+    from cambrian.stats import least_evidence_weights
+    steps = [{"c": 95, "t": 5}, {"c": 50, "t": 50}]
+    # one step: its weights
+    assert least_evidence_weights({"c": 10, "t": 3}, {}, 13, steps[:1]) == pytest.approx({"c": 0.95, "t": 0.05})
+    # 20% treatment lies between 5% and 50%: the closest expectation is the split itself, evidence nil
+    w = least_evidence_weights({"c": 8_000, "t": 2_000}, {}, 10_000, steps)
+    assert w == pytest.approx({"c": 0.8, "t": 0.2}, abs=1e-3) and not srm_check({"c": 8_000, "t": 2_000}, w).mismatch
+    # 70% treatment: no mix of 5% and 50% explains it; the nearest is 50%, and the check flags it
+    w = least_evidence_weights({"c": 3_000, "t": 7_000}, {}, 10_000, steps)
+    assert w == pytest.approx({"c": 0.5, "t": 0.5}, abs=1e-3) and srm_check({"c": 3_000, "t": 7_000}, w).mismatch
+    # attributed users pin part of the expectation: 900/100 known at step 0 plus 1,000 free users
+    w = least_evidence_weights({"c": 1_400, "t": 600}, {"c": 855.0, "t": 45.0}, 1_000, steps)  # 900 of step 0's users
+    assert w["t"] == pytest.approx(0.3, abs=0.02)
+    # three arms: the mix moves every share together; a mix of the steps' weights is found, not each arm alone
+    steps3 = [{"c": 90, "a": 5, "b": 5}, {"c": 34, "a": 33, "b": 33}]
+    w = least_evidence_weights({"c": 6_000, "a": 2_000, "b": 2_000}, {}, 10_000, steps3)
+    assert w == pytest.approx({"c": 0.6, "a": 0.2, "b": 0.2}, abs=2e-3)
+    assert srm_check({"c": 6_000, "a": 3_000, "b": 1_000},
+                     least_evidence_weights({"c": 6_000, "a": 3_000, "b": 1_000}, {}, 10_000, steps3)).mismatch
+
+
+def test_srm_against_an_unknown_mix_keeps_its_false_alarm_bound():
+    """A/A calibration: users arrive over a 5% step then a 50% step (the switch anywhere in the run), each assigned
+    by the weights in force; at a 5% threshold, looked at once, the mixed check flags at most 5% of runs."""
+    from cambrian.stats import least_evidence_weights
+    rng = np.random.default_rng(41)
+    steps = [{"c": 95, "t": 5}, {"c": 50, "t": 50}]
+    flags = 0
+    sims = 400
+    for _ in range(sims):
+        n = int(rng.integers(200, 20_000))
+        first = int(rng.uniform(0, 1) * n)
+        t = rng.binomial(first, 0.05) + rng.binomial(n - first, 0.5)
+        obs = {"c": n - int(t), "t": int(t)}
+        flags += srm_check(obs, least_evidence_weights(obs, {}, n, steps), threshold=0.05).mismatch
+    assert flags / sims <= 0.05
+
+
 @pytest.mark.parametrize("obs, w, field", [
     ({"c": 1}, {"c": 1, "t": 1}, "observed arms"), ({"c": 1, "t": 1}, {"c": -1, "t": 1}, "weights"),
     ({"c": -1, "t": 1}, {"c": 1, "t": 1}, "observed"), ({"c": 1, "t": 1}, {"c": 0, "t": 0}, "weights"),
