@@ -172,12 +172,14 @@ class LocalStore:
             obj["status"] = status
             self.put(obj)
 
-    def annotate(self, kind: str, name: str, annotations: dict[str, str]) -> bool:
+    def annotate(self, kind: str, name: str, annotations: dict[str, str | None]) -> bool:
+        """Merge `annotations` in; a None value removes that annotation (as null in a merge patch does)."""
         obj = self.get(PLURALS[kind], NAMESPACE, name)
         if obj is None:
             return False
         if annotations:
-            obj["metadata"]["annotations"] = {**(obj["metadata"].get("annotations") or {}), **annotations}
+            merged = {**(obj["metadata"].get("annotations") or {}), **annotations}
+            obj["metadata"]["annotations"] = {k: v for k, v in merged.items() if v is not None}
             self.put(obj)
         return True
 

@@ -39,6 +39,7 @@ from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, 
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.actions import (
+    A_APPROVE,
     A_RETIRED,
     Mark,
     ClearWeights,
@@ -1209,7 +1210,7 @@ class KubernetesPlatform:
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user
         to control and deletes the treatment arms itself (the operator never needs to delete Rollouts)."""
-        self._annotate(action.owner, "Rollout", action.name, {"cambrian.dev/approve": "rollback",
+        self._annotate(action.owner, "Rollout", action.name, {A_APPROVE: "rollback",
                                                                 A_RETIRED: action.reason[:1024] or "left the top K"})
 
     def mark(self, action: Mark) -> None:

@@ -50,6 +50,7 @@ from cambrian.operator.platform.local_env import (JOB_WORK, PRE_DAYS, RolloutEnv
                                                   stop_leftovers)
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.actions import (
+    A_APPROVE,
     A_RETIRED,
     Mark,
     ClearWeights,
@@ -608,7 +609,7 @@ class LocalPlatform:
                            "spec": action.spec}, self.clock(), action.owner)
 
     def retire_rollout(self, action: RetireRollout) -> None:
-        self.store.annotate("Rollout", action.name, {"cambrian.dev/approve": "rollback",
+        self.store.annotate("Rollout", action.name, {A_APPROVE: "rollback",
                                                      A_RETIRED: action.reason[:1024] or "left the top K"})
 
     def mark(self, action: Mark) -> None:

@@ -104,6 +104,8 @@ class CreateRollout:
     annotations: tuple[tuple[str, str], ...] = ()  # e.g. the surrogate's prediction (views.A_PREDICTED)
 
 
+# A human decision on a Rollout: promote (honoured only while it awaits approval) or rollback (at any time)
+A_APPROVE = "cambrian.dev/approve"
 # On a Rollout its Evolution retired: why (the platforms set it beside cambrian.dev/approve: rollback, which does it)
 A_RETIRED = "cambrian.dev/retired"
 
@@ -123,17 +125,22 @@ class RetireRollout:
 A_APPLIED = "cambrian.dev/decision-applied"
 APPLIED_FINAL, APPLIED_SUPERSEDED = "final", "superseded"  # superseded: it decided nothing about its treatment
 A_REPAIR_ASKED = "cambrian.dev/repair-asked"
+# On a concluded Rollout, by its Evolution: production no longer reaches its arms (champion.release), so its
+# Rollout removes them and its router entry. Without it (no Evolution) the arms it kept serve on, until deleted.
+A_RELEASED = "cambrian.dev/released"
 
 
 @dataclass(frozen=True)
 class Mark:
-    """Annotate the Evolution's child `kind`/`name` with `annotation: value` (idempotent; a deleted child is left)."""
+    """Annotate the Evolution's child `kind`/`name` with `annotation: value` (idempotent; a deleted child is left).
+    `value` None removes the annotation (a Rollout clearing an approval given before there was anything to approve;
+    `owner` is then the Rollout itself)."""
 
     kind: str  # Rollout or Hypothesis
     name: str
     owner: Owner
     annotation: str
-    value: str
+    value: str | None
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,12 @@ from cambrian.operator.api import (
     duration_seconds,
 )
 from cambrian.operator.reconcile.actions import (
+    A_APPROVE,
     ArmWeight,
     ClearWeights,
     DeleteArm,
     DeployArm,
+    Mark,
     Owner,
     RecordJournal,
     SetWeights,
@@ -155,6 +157,8 @@ def reconcile(
         ]
 
     def finish() -> Result[RolloutStatus]:
+        if obs.released:
+            return release()
         sync_weights()
         keep = [spec.control.name] + ([st.winner] if st.phase == "Promoted" and st.winner else [])
         for arm in names:
@@ -167,6 +171,18 @@ def reconcile(
         ensure_arms(keep)
         return Result(actions, st)
 
+    def release() -> Result[RolloutStatus]:
+        # Its Evolution released it (actions.A_RELEASED): production reaches none of its arms any more, so the
+        # arms it kept (control, a winner) and its router entry go, and are not set up again.
+        for arm in names:
+            seen = obs.arms.get(arm)
+            if seen is not None and seen.exists:
+                actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
+        if obs.weights is not None:
+            actions.append(ClearWeights(owner, meta.name, serving.wire()))
+        st.arms = [a.model_copy(update={"ready": False}) for a in st.arms]
+        return Result(actions, st)
+
     if resumed:
         journal("Resumed", resumed)
     if shortened:
@@ -176,18 +192,28 @@ def reconcile(
         st.phase = "Pending"
         journal("Created", f"arms {', '.join(names)}; {len(spec.ramp.steps)} ramp steps")
 
+    # An approval to promote counts only while the analysis recommends a promotion (AwaitingApproval). One given
+    # before approved nothing: kept, it promoted whatever a later analysis recommended. It is removed, with a
+    # Warning saying why, and the human approves again once the Rollout awaits approval.
+    approval = obs.approval
+    if approval == "promote" and st.phase not in ("AwaitingApproval", *CONCLUDED):
+        actions.append(Mark("Rollout", meta.name, owner, A_APPROVE, None))
+        journal("ApprovalIgnored", f"{A_APPROVE}=promote removed: given while {st.phase}, before any analysis "
+                "recommended a promotion; approve again once the Rollout is AwaitingApproval", warning=True)
+        approval = None
+
     # A human decision (annotation cambrian.dev/approve) applies at once; its Evolution's retirement after a readout
     # already due: the data is in, and what it decides is the rollout's own decision, whichever order a platform
     # steps a rollout and its Evolution in (a launch retires the rollouts of its champion's other challengers).
-    retiring = obs.approval == "rollback" and bool(obs.retired)
-    by_hand = ((obs.approval == "rollback" and not retiring)
-               or (obs.approval == "promote" and st.phase == "AwaitingApproval"))
+    retiring = approval == "rollback" and bool(obs.retired)
+    by_hand = ((approval == "rollback" and not retiring)
+               or (approval == "promote" and st.phase == "AwaitingApproval"))
 
     def conclude_as_asked() -> Result[RolloutStatus]:
         st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
-                     f"{obs.approval} approved by annotation cambrian.dev/approve")
+                     f"{approval} approved by annotation cambrian.dev/approve")
         st.retired = obs.retired if retiring else None
-        _conclude(spec, st, obs.approval, now, journal)
+        _conclude(spec, st, approval, now, journal)
         return finish()
 
     if st.phase in CONCLUDED:

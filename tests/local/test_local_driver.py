@@ -54,6 +54,26 @@ def test_store_apply_creates_once_and_bumps_generation_on_spec_change(tmp_path):
     assert [p.name for p in (tmp_path / "objects" / "evolutions").iterdir()] == ["tiny.yaml"]  # no temp files left
 
 
+def test_an_approval_the_core_removes_is_gone_from_the_local_object(tmp_path):
+    """The Rollout core removes an approve=promote given before it awaited approval (Mark with value None); locally
+    that is the store's annotate. Before, the store kept the key with a null value in the object's file."""
+    from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.operator.reconcile.actions import A_APPROVE, Mark, Owner
+
+    root = tmp_path / "run"
+    store = LocalStore(root)
+    store.create({"kind": "Rollout", "metadata": {"name": "ro", "annotations": {"keep": "me"}}, "spec": {}}, SIM_EPOCH)
+    driver_approval = {A_APPROVE: "promote"}  # what LocalDriver.approve writes
+    assert store.annotate("Rollout", "ro", driver_approval)
+    p = LocalPlatform(root, store, lambda: SIM_EPOCH)
+    try:
+        p.mark(Mark("Rollout", "ro", Owner("Rollout", "ro", "uid"), A_APPROVE, None))
+    finally:
+        p.close()
+    assert store.get("rollouts", "default", "ro")["metadata"]["annotations"] == {"keep": "me"}
+    assert "approve" not in (root / "objects" / "rollouts" / "ro.yaml").read_text()
+
+
 def test_store_parses_each_version_of_a_file_once_and_sees_every_other_writer(tmp_path, monkeypatch):
     import cambrian.operator.localstore as localstore
 

@@ -6,7 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 from cambrian.operator import api
 from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile.actions import ClearWeights, DeleteArm, DeployArm, RecordJournal, SetWeights
+from cambrian.operator.reconcile.actions import (A_APPROVE, ClearWeights, DeleteArm, DeployArm, Mark, RecordJournal,
+                                                SetWeights)
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import Analysis, ArmObservation, Effect, RolloutObservation
 
@@ -143,6 +144,49 @@ def test_manual_promotion_waits_for_approval_then_applies_at_once():
     assert r3.status.phase == "AwaitingApproval" and r3.actions == []
     r4 = run(sp, r3.status, obs(weights={"control": 90, "treatment": 10}, approval="promote"), t + timedelta(minutes=6))
     assert r4.status.phase == "Promoted" and r4.status.winner == "treatment"
+
+
+def test_a_promotion_approved_before_it_awaits_approval_is_removed_and_never_applied_later():
+    """Before: an approve=promote set while Running stayed on the object and promoted, at the first step in
+    AwaitingApproval, whatever the analysis recommended by then: an approval of nothing. Now it is removed (the
+    Rollout's own Mark, value None) with a Warning, and only an approval given while it awaits one promotes."""
+    sp, r = running(spec(policy="manual"))
+    annotations = {A_APPROVE: "promote"}  # a human approves while the test is still running
+    weights = {"control": 90, "treatment": 10}
+
+    def step(status, now, analysis=None):
+        res = run(sp, status, obs(weights=weights, analysis=analysis, approval=annotations.get(A_APPROVE)), now)
+        for a in res.actions:  # as a platform applies them
+            if isinstance(a, Mark) and (a.kind, a.name) == ("Rollout", META.name):
+                annotations.pop(a.annotation, None) if a.value is None else annotations.update({a.annotation: a.value})
+        return res
+
+    early = step(r.status, T0 + timedelta(hours=1))
+    assert early.status.phase == "Running"
+    assert Mark("Rollout", META.name, R.owner_of(META), A_APPROVE, None) in early.actions
+    (warn,) = [a for a in early.actions if isinstance(a, RecordJournal) and a.event == "ApprovalIgnored"]
+    assert warn.warning and "Running" in warn.message
+    awaiting = step(early.status, at_readout(r), promote())
+    assert awaiting.status.phase == "AwaitingApproval"
+    later = step(awaiting.status, at_readout(r) + timedelta(minutes=5))
+    assert later.status.phase == "AwaitingApproval" and later.status.decision is None and later.actions == []
+    # an approval given now, while it awaits one, promotes at once
+    annotations[A_APPROVE] = "promote"
+    approved = step(later.status, at_readout(r) + timedelta(minutes=6))
+    assert approved.status.phase == "Promoted" and approved.status.winner == "treatment"
+    assert not [a for a in approved.actions if isinstance(a, Mark)]  # the approval that applied stays on record
+
+
+def test_an_early_approval_is_removed_even_in_the_step_whose_readout_recommends_a_promotion():
+    sp, r = running(spec(policy="manual"))
+    res = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote(), approval="promote"),
+              at_readout(r))
+    assert res.status.phase == "AwaitingApproval"  # not Promoted: the approval came before the recommendation
+    assert Mark("Rollout", META.name, R.owner_of(META), A_APPROVE, None) in res.actions
+    # a Rollout not yet started: removed too; a rollback is not (it applies in any phase)
+    pending = run(sp, api.RolloutStatus(), RolloutObservation(approval="promote"), T0)
+    assert pending.status.phase == "Deploying" and any(isinstance(a, Mark) for a in pending.actions)
+    assert not [a for a in run(sp, r.status, obs(approval="rollback"), T0).actions if isinstance(a, Mark)]
 
 
 def test_rollback_on_guardrail_even_when_manual():
@@ -285,3 +329,21 @@ def test_readout_due():
     assert not R.readout_due(r.status, r.status.next_readout_at - timedelta(seconds=1))
     assert R.readout_due(r.status, r.status.next_readout_at)
     assert not R.readout_due(api.RolloutStatus(), T0)
+
+
+def test_a_released_rollout_removes_the_arms_and_router_entry_it_kept():
+    """Concluded, a Rollout keeps its control (and a winner's) arm and its router entry while production may still
+    reach them. Released by its Evolution (A_RELEASED) they go, once, and are not set up again. Before: kept (and
+    re-deployed) until the Rollout was deleted."""
+    sp, r = running()
+    won = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote()), at_readout(r))
+    assert won.status.phase == "Promoted"
+    kept = {"control": 0, "treatment": 100}
+    released = RolloutObservation(arms(), kept, released="h1")
+    res = run(sp, won.status, released, at_readout(r) + timedelta(hours=1))
+    assert sorted(a.arm for a in res.actions if isinstance(a, DeleteArm)) == ["control", "treatment"]
+    assert [type(a) for a in res.actions if not isinstance(a, DeleteArm)] == [ClearWeights]
+    assert res.status.phase == "Promoted" and not any(a.ready for a in res.status.arms)
+    # applied: nothing is left, nothing is deployed or routed again
+    gone = run(sp, res.status, RolloutObservation({}, None, released="h1"), at_readout(r) + timedelta(hours=2))
+    assert gone.actions == [] and gone.status.phase == "Promoted"
