@@ -86,6 +86,8 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         retired=status.get("retired") or None,
         applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
         started_at=parse_time(status.get("startedAt")),
+        outcomes=tuple((a.get("name") or "", a["outcome"], a.get("reason") or "")
+                       for a in status.get("arms") or [] if a.get("outcome")),
     )
 
 
