@@ -1371,6 +1371,13 @@ class ArmStatus(_Status):
     weight: int = Field(0, description="its traffic percent")
     n: int = Field(0, description="users assigned to it (at the last readout)")
     ready: bool = Field(False, description="its Deployment has a ready replica")
+    outcome: Outcome | None = Field(
+        None, description="a treatment arm's own verdict: at each readout the analysis's (continue while it runs); "
+                          "once concluded its final one, which its Hypothesis records: promote (the winner), "
+                          "rollback (harmful: a guardrail, a hard limit or a significantly worse north star; or the "
+                          "whole Rollout rolled back by SRM, a human or its Evolution) or inconclusive (no verdict on "
+                          "this arm: its test ended without one, or another arm's decision ended it first)")
+    reason: str | None = Field(None, max_length=2048, description="why this arm's outcome, in words")
 
 
 class SRM(_Status):

@@ -256,16 +256,19 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
         journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
         return Result(actions, st)
     st.rollout = rollout.name
+    # its own arm's outcome, not the Rollout's: in an A/B/n test a harmful arm is a rollback even when the Rollout
+    # ends inconclusive, and an arm still undecided when another was promoted or rolled back is inconclusive
+    decision, reason = rollout.outcome_of(meta.name)
     st.online = OnlineResult(
         rollout=rollout.name,
         arm=rollout.arm_of(meta.name),
-        decision=rollout.decision,  # type: ignore[arg-type]
-        reason=rollout.reason,
+        decision=decision,  # type: ignore[arg-type]
+        reason=reason,
         effects=[e for e in rollout.effects],  # type: ignore[misc]
     )
-    move("Launched" if promoted else "Retired", rollout.reason)
-    cond("Live", False, "RolloutConcluded", f"{rollout.name}: {rollout.decision}")
-    journal("Launched" if promoted else "Retired", f"rollout {rollout.name}: {rollout.decision}: {rollout.reason}")
+    move("Launched" if promoted else "Retired", reason)
+    cond("Live", False, "RolloutConcluded", f"{rollout.name}: {decision}")
+    journal("Launched" if promoted else "Retired", f"rollout {rollout.name}: {decision}: {reason}")
     return Result(actions, st)
 
 

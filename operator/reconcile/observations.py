@@ -85,6 +85,8 @@ class Analysis:
     guardrails: tuple[tuple[str, str, bool], ...] = ()  # (arm, metric, breached) at this readout
     # the statistics package's per-arm decision (effect, interval, guardrail estimates), JSON-safe: for reports
     detail: dict[str, Any] | None = None
+    # (treatment arm, its own outcome, why): A/B/n arms can differ from `outcome` (one harmful, one inconclusive)
+    arm_outcomes: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,16 @@ class RolloutView:
     applied: str | None = None  # actions.A_APPLIED: its Evolution applied its decision (final or superseded)
     released: str | None = None  # actions.A_RELEASED: its Evolution released its arms
     started_at: datetime | None = None  # when its ramp started (status.startedAt)
+    outcomes: tuple[tuple[str, str, str], ...] = ()  # (treatment arm, its own outcome, why): status.arms
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)
+
+    def outcome_of(self, hypothesis: str) -> tuple[str | None, str | None]:
+        """(decision, reason) of this hypothesis's own arm; the Rollout's when its status has no per-arm outcome
+        (concluded before arms had one)."""
+        arm = self.arm_of(hypothesis)
+        return next(((o, why) for a, o, why in self.outcomes if a == arm), (self.decision, self.reason))
 
     @property
     def concluded(self) -> bool:

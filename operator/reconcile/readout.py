@@ -138,6 +138,7 @@ def analyse(
         srm_mismatch=bool(srm and srm.mismatch),
         state=decided["state"],
         detail=decided["arms"],
+        arm_outcomes=tuple((a, ad.outcome, ad.reason) for a, ad in d.arms.items()),
     )
 
 

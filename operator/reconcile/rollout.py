@@ -42,6 +42,7 @@ from cambrian.operator.reconcile.observations import RolloutObservation
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
 POLL_SECONDS = 15.0
 METRICS_RETRY_SECONDS = 300.0
+REASON_MAX = 2048  # status.arms[].reason's maxLength
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -151,10 +152,9 @@ def reconcile(
         if obs.weights != want:
             actions.append(_set_weights(meta, spec, want, serving, weights_phase(st)))
         st.weights_summary = _summary(want)
-        st.arms = [
-            ArmStatus(name=n, weight=want.get(n, 0), n=_n(st, n), ready=bool(obs.arms.get(n) and obs.arms[n].ready))
-            for n in names
-        ]
+        st.arms = [_arm(st, n).model_copy(update={"weight": want.get(n, 0),
+                                                  "ready": bool(obs.arms.get(n) and obs.arms[n].ready)})
+                   for n in names]
 
     def finish() -> Result[RolloutStatus]:
         if obs.released:
@@ -213,7 +213,7 @@ def reconcile(
         st.reason = (f"retired by its Evolution: {obs.retired}" if retiring else
                      f"{approval} approved by annotation cambrian.dev/approve")
         st.retired = obs.retired if retiring else None
-        _conclude(spec, st, approval, now, journal)
+        _conclude(spec, st, approval, now, journal, asked=True)
         return finish()
 
     if st.phase in CONCLUDED:
@@ -291,7 +291,11 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
                   relative=e.relative, p_value=e.p_value, planned_effect=e.planned_effect)
         for e in a.effects
     ]
-    st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) for n in spec.arm_names()]  # weights/ready refreshed below
+    # each treatment's own verdict; an analysis that names no arm says the same of every one
+    own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
+    st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) if n == spec.control.name else  # weights/ready refreshed below
+               _with_outcome(ArmStatus(name=n, n=a.n.get(n, 0)), *own.get(n, (a.outcome, a.reason)))
+               for n in spec.arm_names()]
     st.guardrails = [GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails]
     if a.srm_p_value is not None:
         st.srm = SRM(p_value=a.srm_p_value, mismatch=a.srm_mismatch)
@@ -328,7 +332,8 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     return None
 
 
-def _conclude(spec, st: RolloutStatus, outcome: str, now, journal) -> None:
+def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool = False) -> None:
+    """`asked`: a human or its Evolution ended it (annotation), not its analysis or its time limit."""
     st.decision = outcome  # type: ignore[assignment]
     st.phase = {"promote": "Promoted", "rollback": "RolledBack", "inconclusive": "Inconclusive"}[outcome]
     if outcome != "promote":
@@ -336,7 +341,29 @@ def _conclude(spec, st: RolloutStatus, outcome: str, now, journal) -> None:
     st.concluded_at = now
     st.next_readout_at = None
     st.recommendation = None
+    st.arms = [_final_outcome(spec, st, _arm(st, n), outcome, asked) for n in spec.arm_names()]
     journal(st.phase, f"{outcome}: {st.reason}", warning=outcome == "rollback", winner=st.winner)
+
+
+def _final_outcome(spec, st: RolloutStatus, arm: ArmStatus, outcome: str, asked: bool) -> ArmStatus:
+    """A treatment arm's own final outcome, which its Hypothesis records: the Rollout's decision is about the
+    Rollout (A/B/n: one arm rolled back as harmful while the others end inconclusive concludes Inconclusive; one
+    harmful arm rolls the whole Rollout back while the others were still undecided)."""
+    if arm.name == spec.control.name:
+        return arm
+    if outcome == "promote" and arm.name == st.winner:
+        return _with_outcome(arm, "promote", st.reason)
+    if arm.outcome in ("rollback", "inconclusive"):  # its own verdict at the last readout stands
+        return arm
+    if outcome == "rollback" and asked:  # a human or its Evolution rolled every arm back
+        return _with_outcome(arm, "rollback", st.reason)
+    last = f"; its last readout: {arm.reason}" if arm.reason else ""
+    return _with_outcome(arm, "inconclusive", f"no verdict on this arm when the rollout concluded "
+                                              f"({outcome}: {st.reason}){last}")
+
+
+def _with_outcome(arm: ArmStatus, outcome: str, reason: str | None) -> ArmStatus:
+    return arm.model_copy(update={"outcome": outcome, "reason": (reason or "")[:REASON_MAX] or None})
 
 
 def _until(st: RolloutStatus, spec: RolloutSpec, now: datetime) -> float:
@@ -348,11 +375,9 @@ def _until(st: RolloutStatus, spec: RolloutSpec, now: datetime) -> float:
     return max(1.0, min((t - now).total_seconds() for t in times))
 
 
-def _n(st: RolloutStatus, arm: str) -> int:
-    for a in st.arms:
-        if a.name == arm:
-            return a.n
-    return 0
+def _arm(st: RolloutStatus, arm: str) -> ArmStatus:
+    """The arm's status so far (users, outcome), a new one when it has none."""
+    return next((a for a in st.arms if a.name == arm), None) or ArmStatus(name=arm)
 
 
 def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = True) -> list:

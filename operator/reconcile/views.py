@@ -87,6 +87,8 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
         released=(meta.get("annotations") or {}).get(A_RELEASED) or None,
         started_at=parse_time(status.get("startedAt")),
+        outcomes=tuple((a.get("name") or "", a["outcome"], a.get("reason") or "")
+                       for a in status.get("arms") or [] if a.get("outcome")),
     )
 
 
