@@ -1034,7 +1034,8 @@ class SeedRun(_Status):
 class FirstLookReference(_Status):
     """The champion at first-look fidelity over several seeds (spec.fidelity)."""
 
-    champion: str = Field(description="the champion it was measured for (baseline, or a launched hypothesis)")
+    champion: str = Field(description="the champion it was measured for: baseline, or hypothesis/NAME for a "
+                                      "launched hypothesis")
     epoch_fraction: float = Field(description="the first look's epoch fraction it was trained with")
     sample_fraction: float = Field(description="the first look's sample fraction it was trained with")
     runs: list[SeedRun] = Field(default_factory=list, max_length=16, description="its runs, one per seed")

@@ -96,6 +96,14 @@ class TrainingConfig(_Strict):
         "bounded; one that fits is loaded whole and shuffled whole"))
 
 
+# Settings that define the evaluation rather than the model: the seed a run trains (the operator picks one per run:
+# a candidate's replicas, the champion's noise floor) and the held-out days every run is scored on. Only the
+# baseline sets them; a delta that touches them is refused (trainer/delta.py), so a candidate can neither pick a
+# lucky seed nor move its own test rows away from the champion's.
+EVALUATION_SETTINGS = {"training": {"seed": "the operator sets the seed of each run",
+                                     "validation_days": "every run is scored on the champion's held-out days"}}
+
+
 class ModelConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     architecture: ArchitectureConfig = Field(default_factory=ArchitectureConfig)

@@ -19,7 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from cambrian.errors import ConfigError
-from cambrian.trainer.config import COMPONENTS, Component, ModelConfig, _format_errors, parse_config, read_structured_file
+from cambrian.trainer.config import (COMPONENTS, EVALUATION_SETTINGS, Component, ModelConfig, _format_errors,
+                                     parse_config, read_structured_file)
 
 MAX_CODE_CHARS = 20_000
 
@@ -53,6 +54,12 @@ class Delta(BaseModel):
                 raise ValueError(f"also.{other}: an empty patch changes nothing; leave it out")
             if "code" in patch:
                 raise ValueError(f"also.{other}: plugin code goes only in the delta's own `code` field")
+        for component, patch in self.patches().items():
+            for key, why in EVALUATION_SETTINGS.get(component, {}).items():
+                if key in patch:
+                    where = "patch" if component == self.component else f"also.{component}"
+                    raise ValueError(f"{where}.{key}: {component}.{key} defines the evaluation, not the model ({why}): "
+                                     "a delta cannot change it")
         return self
 
     @model_serializer(mode="wrap")

@@ -86,7 +86,9 @@ def look_job_name(meta: Meta, run: int) -> str:
 
 
 def champion_of(st: EvolutionStatus) -> str:
-    return st.champion.name or "baseline"
+    """The key of the champion's reference: "baseline" for the spec's baseline, "hypothesis/NAME" for a launched one
+    (no object name holds a "/", so a Hypothesis named "baseline" does not inherit the baseline's reference)."""
+    return f"hypothesis/{st.champion.hypothesis}" if st.champion.hypothesis else "baseline"
 
 
 def reference_job_name(meta: Meta, champion: str, index: int) -> str:

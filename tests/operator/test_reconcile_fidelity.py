@@ -311,7 +311,29 @@ def test_the_champions_first_look_seeds_are_measured_once_per_champion_and_reuse
     new = [j for j in creates(r5) if j.fidelity is not None]
     assert len(new) == 3 and not {j.name for j in new} & {j.name for j in looks}
     assert all(j.baseline["optimizer"]["lr"] == 0.01 for j in new)  # the champion's Φ, which deltas apply to
-    assert r5.status.first_look_reference.champion == "h1" and F.evaluations(sp, r5.status) == 6
+    assert r5.status.first_look_reference.champion == "hypothesis/h1" and F.evaluations(sp, r5.status) == 6
+
+
+def test_a_launched_hypothesis_named_baseline_gets_its_own_first_look_reference():
+    # its name is the baseline's reference key: it kept the old champion's first looks (and their job names) as its
+    # own, so every later candidate was judged against a model no longer in production
+    sp = evo_spec(noise={"baselineSeeds": 2})
+    r = evo_run(sp, api.EvolutionStatus())
+    done = [JobObservation(j.name, "Succeeded", 0, metrics={"val_loss": 0.6 if j.fidelity else 0.5},
+                           bundle_uri=f"pvc://x/{j.name}") for j in creates(r)]
+    r = evo_run(sp, r.status, done, now=T0 + timedelta(minutes=1))
+    old = r.status.first_look_reference
+    assert old.champion == "baseline" and old.metrics
+    hv = HypothesisView("baseline", "Live", "optimizer", "val_loss", 0.4, "pvc://x/baseline",
+                        delta={"component": "optimizer", "patch": {"lr": 0.01}})
+    ro = RolloutView("ro", "Promoted", ("baseline",), "promote", "baseline", "pvc://x/baseline")
+    r2 = evo_run(sp, r.status, done, hyps=[hv], ros=[ro], now=T0 + timedelta(hours=1))
+    r3 = evo_run(sp, r2.status, done, hyps=[hv], ros=[ro], now=T0 + timedelta(hours=1, minutes=1))
+    assert r3.status.champion.hypothesis == "baseline"
+    assert F.reference_for(sp, r3.status) == ({}, None)  # the old champion's first looks are not its reference
+    new = [j for j in creates(r3) if j.fidelity is not None]
+    assert len(new) == 2 and not {j.name for j in new} & {j.name for j in done}
+    assert all(j.baseline["optimizer"]["lr"] == 0.01 for j in new)
 
 
 def test_the_baselines_first_look_that_is_its_full_training_is_its_own_seeds():

@@ -81,7 +81,6 @@ def test_delta_that_breaks_the_config_is_rejected_with_the_field():
 
 @pytest.mark.parametrize("component,patch", [
     ("optimizer", {"lr": 0.003, "name": "Adam"}),  # the baseline's own settings
-    ("training", {"seed": 7}),  # another seed is a replica of the baseline, not a hypothesis
     ("reward", {"label": "(LABEL)"}),
     ("reward", {"label": "CAST(label AS DOUBLE)", "weight": "1"}),
 ])
@@ -93,6 +92,46 @@ def test_a_delta_that_changes_nothing_is_rejected_before_any_job(component, patc
     # what canonical_sql does not rewrite stays a change (a cast to FLOAT is float32; TRY_CAST is not CAST)
     for label in ("CAST(label AS FLOAT)", "TRY_CAST(label AS DOUBLE)", "1 - label"):
         assert run(hyp_spec("reward", {"label": label}), api.HypothesisStatus()).status.phase == "Training"
+
+
+@pytest.mark.parametrize("component,delta,field", [
+    # its seed pinned: each confirmation "seed" was the first run again (spread 0), so a lucky seed got confirmed
+    ("optimizer", {"patch": {"lr": 0.01}, "also": {"training": {"seed": 77}}}, "also.training.seed"),
+    ("training", {"patch": {"epochs": 5, "seed": 77}}, "patch.seed"),
+    # its own held-out days: its val_loss measured on other rows than the champion's
+    ("training", {"patch": {"validation_days": 2}}, "patch.validation_days"),
+    ("architecture", {"patch": {"dropout": 0.1}, "also": {"training": {"validation_days": 2}}},
+     "also.training.validation_days"),
+])
+def test_a_delta_that_sets_the_evaluations_seed_or_held_out_days_is_rejected(component, delta, field):
+    spec = api.HypothesisSpec.model_validate({"evolutionRef": {"name": "evo"}, "component": component,
+                                              "explanation": "x", "delta": delta})
+    r = run(spec, api.HypothesisStatus())
+    assert r.status.phase == "Rejected" and r.status.failure_stage == "static"
+    assert field in r.status.reason and "defines the evaluation" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+
+
+def test_every_run_is_recorded_under_the_seed_it_trains():
+    from cambrian.trainer.config import parse_config
+    from cambrian.trainer.delta import apply_delta, parse_delta
+
+    def trained(job):  # the seed `cambrian train` uses: the job's Φ with its delta applied
+        return apply_delta(parse_config(job.baseline), parse_delta(job.delta)).training.seed
+
+    spec = hyp_spec("training", {"epochs": 5})
+    c = ctx(reference={"val_loss": api.ProxyMetric(value=0.3, std=0.004, seeds=3)})
+    r = run(spec, api.HypothesisStatus(), c=c)
+    (first,) = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    done = [JobObservation(first.name, "Succeeded", 0, metrics={"val_loss": 0.29}, bundle_uri="b")]
+    r = run(spec, r.status, c=c, jobs=done)
+    confirm = [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    assert r.status.verdict == "promising" and len(confirm) == 2
+    done += [JobObservation(a.name, "Succeeded", 0, metrics={"val_loss": 0.29 + 0.001 * i}) for i, a in
+             enumerate(confirm)]
+    r = run(spec, r.status, c=c, jobs=done)
+    runs = {s.job: s.seed for s in r.status.seed_runs}
+    assert runs == {a.name: trained(a) for a in [first, *confirm]} and len(set(runs.values())) == 3
 
 
 def test_a_reward_that_writes_out_the_declared_label_changes_nothing():

@@ -48,6 +48,22 @@ def test_invalid_deltas_are_rejected_with_the_reason(data, fragment):
         parse_delta(data)
 
 
+@pytest.mark.parametrize("data, field", [
+    ({"component": "training", "patch": {"seed": 77}}, "patch.seed"),
+    ({"component": "optimizer", "patch": {"lr": 0.01}, "also": {"training": {"seed": 77}}}, "also.training.seed"),
+    ({"component": "training", "patch": {"validation_days": 3}}, "patch.validation_days"),
+    ({"component": "reward", "patch": {"loss": "mse"}, "also": {"training": {"validation_days": 3}}},
+     "also.training.validation_days"),
+])
+def test_a_delta_cannot_set_the_seed_or_the_held_out_days(data, field):
+    # the evaluation's settings, kept from the baseline: a candidate picking its seed or its own test rows would
+    # forge its verdict against the champion
+    with pytest.raises(ConfigError, match=f"{field}: .* defines the evaluation"):
+        parse_delta(data)
+    with pytest.raises(ValueError, match="defines the evaluation"):
+        Delta.model_validate(data)
+
+
 def test_patch_with_unknown_or_invalid_field_names_the_field():
     with pytest.raises(ConfigError, match="optimizer.learning_rate"):
         apply_delta(ModelConfig(), Delta(component="optimizer", patch={"learning_rate": 0.1}))
