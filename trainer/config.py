@@ -101,7 +101,9 @@ class TrainingConfig(_Strict):
 # baseline sets them; a delta that touches them is refused (trainer/delta.py), so a candidate can neither pick a
 # lucky seed nor move its own test rows away from the champion's.
 EVALUATION_SETTINGS = {"training": {"seed": "the operator sets the seed of each run",
-                                     "validation_days": "every run is scored on the champion's held-out days"}}
+                                     "validation_days": "every run is scored on the champion's held-out days"},
+                       "reward": {"long_watch_seconds": "it is also the threshold of the long_watch_corr proxy every "
+                                                        "run is scored by; a label can name its own threshold"}}
 
 
 class ModelConfig(_Strict):

@@ -54,6 +54,9 @@ class Delta(BaseModel):
                 raise ValueError(f"also.{other}: an empty patch changes nothing; leave it out")
             if "code" in patch:
                 raise ValueError(f"also.{other}: plugin code goes only in the delta's own `code` field")
+            if other == "reward":  # its label is what val_loss, the other components' objective, is measured on
+                raise ValueError("also.reward: a reward change is a delta of component reward, scored by the reward's "
+                                 "objective; beside another change it would redefine the label val_loss is measured on")
         for component, patch in self.patches().items():
             for key, why in EVALUATION_SETTINGS.get(component, {}).items():
                 if key in patch:

@@ -54,6 +54,7 @@ def test_invalid_deltas_are_rejected_with_the_reason(data, fragment):
     ({"component": "training", "patch": {"validation_days": 3}}, "patch.validation_days"),
     ({"component": "reward", "patch": {"loss": "mse"}, "also": {"training": {"validation_days": 3}}},
      "also.training.validation_days"),
+    ({"component": "reward", "patch": {"long_watch_seconds": 5.0}}, "patch.long_watch_seconds"),
 ])
 def test_a_delta_cannot_set_the_seed_or_the_held_out_days(data, field):
     # the evaluation's settings, kept from the baseline: a candidate picking its seed or its own test rows would
@@ -62,6 +63,16 @@ def test_a_delta_cannot_set_the_seed_or_the_held_out_days(data, field):
         parse_delta(data)
     with pytest.raises(ValueError, match="defines the evaluation"):
         Delta.model_validate(data)
+
+
+def test_a_reward_change_beside_another_component_is_refused():
+    """val_loss (the optimizer's, architecture's and training's objective) is measured on the run's own label, so an
+    optimizer delta carrying `also.reward` could make its label trivial (a constant) and win on val_loss."""
+    data = {"component": "optimizer", "patch": {"lr": 0.01}, "also": {"reward": {"label": "0.0"}}}
+    with pytest.raises(ConfigError, match="also.reward: a reward change is a delta of component reward"):
+        parse_delta(data)
+    # the same reward as a delta of its own is fine: it is scored by the reward's objective, a held-out proxy
+    assert parse_delta({"component": "reward", "patch": {"label": "0.0"}}).component == "reward"
 
 
 def test_patch_with_unknown_or_invalid_field_names_the_field():
