@@ -751,6 +751,10 @@ class EvolutionSpec(_Model):
         declared = self.data.declared()
         known = ("val_loss", *(p.name for p in declared.proxies))
         defaults = OfflineObjective()  # a cluster's API server writes the CRD's defaults into the stored spec
+        if "reward" in self.agent.personas and self.objective.offline.reward.metric == "val_loss":
+            raise ValueError("objective.offline.reward.metric 'val_loss': a reward change redefines the label val_loss "
+                             "is measured on, so it cannot score one; name a proxy of the data's declaration, or "
+                             "leave the reward persona out of spec.agent.personas")
         for component in ("optimizer", "architecture", "reward", "training"):
             metric = self.objective.offline.for_component(component).metric
             if metric not in known:
@@ -760,7 +764,9 @@ class EvolutionSpec(_Model):
                     ranked = declared.first_rank_proxy() or known[-1]
                     hint = (f" (the default, a proxy of the world's declaration: set objective.offline.{component} to "
                             + (f"one of the declaration's proxies, e.g. {{metric: {ranked}, direction: maximize}})"
-                               if len(known) > 1 else "{metric: val_loss, direction: minimize}, or declare a proxy)"))
+                               if len(known) > 1 else "{metric: val_loss, direction: minimize}, or declare a proxy)"
+                               if component != "reward" else "{metric: val_loss, direction: minimize} with the reward "
+                               "persona left out of spec.agent.personas, or declare a proxy)"))
                 raise ValueError(f"objective.offline.{component}.metric {metric!r} is not a metric of the data's "
                                  f"declaration {declared.name!r}; known: {', '.join(known)}{hint}")
         return self

@@ -152,6 +152,10 @@ def reconcile(
             if changes_nothing(base, delta, ctx.spec.data.declared_label()):  # its verdict: the champion against itself
                 raise ConfigError("the delta changes nothing: applied to the baseline it gives the baseline's own "
                                   "configuration (up to the training seed and the spelling of the reward's SQL)")
+            if delta.component == "reward" and ctx.spec.objective.offline.reward.metric == "val_loss":
+                # val_loss is measured on the run's own label: a reward of constant 0 would win
+                raise ConfigError("a reward change cannot be scored by val_loss (spec.objective.offline.reward): it "
+                                  "redefines the label val_loss is measured on; name a proxy of the data's declaration")
         except ConfigError as exc:
             move("Rejected", str(exc))
             st.failure_stage = "static"

@@ -545,7 +545,8 @@ def test_an_objective_metric_that_the_datas_declaration_does_not_define_is_an_in
     mine = {**WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True), "name": "shop"}
     mine["proxies"] = [p for p in mine["proxies"] if p["name"] != "top_watch_share"]
     for proxies, fix in ((mine["proxies"], "e.g. {metric: long_watch_corr, direction: maximize}"),
-                         ([], "to {metric: val_loss, direction: minimize}, or declare a proxy")):
+                         ([], "to {metric: val_loss, direction: minimize} with the reward persona left out of "
+                              "spec.agent.personas, or declare a proxy")):
         own = {"source": {"uri": "s3://lake/shop"}, "customDeclaration": {**mine, "proxies": proxies}}
         with pytest.raises(ConfigError) as err:
             api.parse_spec("Evolution", {**raw, "objective": {"northStar": raw["objective"]["northStar"]}, "data": own})

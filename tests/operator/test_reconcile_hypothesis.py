@@ -112,6 +112,20 @@ def test_a_delta_that_sets_the_evaluations_seed_or_held_out_days_is_rejected(com
     assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
 
 
+def test_a_reward_change_is_never_scored_by_val_loss():
+    """val_loss is measured on the run's own label, so a reward of constant 0 would win: an Evolution whose reward
+    persona would be scored by it is refused, and a reward Hypothesis under such an objective is Rejected."""
+    loss = {"northStar": [{"name": "dau"}], "offline": {"reward": {"metric": "val_loss", "direction": "minimize"}}}
+    with pytest.raises(ValueError, match="a reward change redefines the label val_loss is measured on"):
+        evo_spec(objective=loss)
+    quiet = evo_spec(objective=loss, agent={"personas": ["optimizer", "architecture"]})  # no reward persona: valid
+    r = H.reconcile(META, hyp_spec("reward", {"label": "0.0"}), api.HypothesisStatus(), ctx(spec=quiet), [], None, T0)
+    assert r.status.phase == "Rejected" and "cannot be scored by val_loss" in r.status.reason
+    assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)]
+    r = H.reconcile(META, hyp_spec("optimizer", {"lr": 0.01}), api.HypothesisStatus(), ctx(spec=quiet), [], None, T0)
+    assert r.status.phase == "Training"
+
+
 def test_every_run_is_recorded_under_the_seed_it_trains():
     from cambrian.trainer.config import parse_config
     from cambrian.trainer.delta import apply_delta, parse_delta
