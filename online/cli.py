@@ -74,6 +74,9 @@ def collect(
     warehouse_metrics: Optional[Path] = typer.Option(
         None, "--warehouse-metrics", help="YAML list of {name, kind: mean|ratio, sql}: metrics computed in the "
         "warehouse from its own tables and the exposure log, published beside the built-in ones"),
+    warehouse_rollout_table: Optional[str] = typer.Option(
+        None, "--warehouse-rollout-table", help="a table whose rows each belong to one rollout (column `rollout`; "
+        "local mode's simulated users' days): each experiment's SQL metrics read only its own rows of it"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the event collector."""
@@ -90,8 +93,9 @@ def collect(
             raise typer.BadParameter("needs --warehouse-url (or CAMBRIAN_WAREHOUSE_URL)", param_hint="--warehouse-metrics")
         metrics = load_metrics(warehouse_metrics)
     store = Store(db, AggregationSettings(pre_days=pre_days, active_window=active_window))
-    serve_forever(Collector(store, warehouse_url=warehouse_url, warehouse_metrics=metrics).app(), host, port,
-                  str(port_file) if port_file else None)
+    collector = Collector(store, warehouse_url=warehouse_url, warehouse_metrics=metrics,
+                          warehouse_rollout_table=warehouse_rollout_table)
+    serve_forever(collector.app(), host, port, str(port_file) if port_file else None)
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cambrian online services.")

@@ -12,7 +12,9 @@ POST /clock      {"day": d}     the day now being simulated/served
 POST /close_day  {"day": d}     all events of days <= d are in: recompute the statistics
                  With a warehouse (--warehouse-url), the exposure log then lands there too, and each SQL metric (--warehouse-metrics) is aggregated there into per-arm sums published
                  below like the built-in ones (online/warehouse.py); 503 while the warehouse cannot take
-                 them (a retry is harmless), 422 for a metric's SQL the warehouse refuses.
+                 them (a retry is harmless), 422 for a metric's SQL the warehouse refuses. With
+                 --warehouse-rollout-table (local mode's simulated users' days), each experiment's metrics
+                 read only that table's rows of its own rollout.
 GET  /stats      the exported statistics as JSON (for debugging; the analysis reads Prometheus)
 GET  /healthz, GET /metrics
 
@@ -278,12 +280,13 @@ class _StatsExport:
 
 class Collector:
     def __init__(self, store: Store, registry: CollectorRegistry | None = None, warehouse_url: str | None = None,
-                 warehouse_metrics: list | None = None):
+                 warehouse_metrics: list | None = None, warehouse_rollout_table: str | None = None):
         self.store = store
         # Warehouse-native metrics (online/warehouse.py): the exposure log lands in the warehouse, where each metric's SQL is aggregated into per-arm sums that this collector publishes
         # like its own, so the analysis reads them from Prometheus unchanged.
         self.warehouse_url = warehouse_url
         self.warehouse_metrics = list(warehouse_metrics or [])
+        self.warehouse_rollout_table = warehouse_rollout_table  # rows keyed by rollout: each experiment reads its own
         self.registry = registry or CollectorRegistry()
         self.registry.register(_StatsExport(store))
         self.m_rows = Counter("cambrian_collector_rows", "User-day rows applied", registry=self.registry)
@@ -378,7 +381,9 @@ class Collector:
             land_collector_log(con, {str(e): list(g[["user_id", "arm", "day", "phase"]].itertuples(index=False, name=None))
                                      for e, g in ex.groupby("experiment")})
             self.store.set_meta(LANDED_EXPOSURES, last)
-            sums = {e: {m.name: {arm: x.to_dict() for arm, x in metric_sums(con, e, m, day, self.store.settings).items()}
+            table = self.warehouse_rollout_table
+            sums = {e: {m.name: {arm: x.to_dict() for arm, x in
+                                 metric_sums(con, e, m, day, self.store.settings, rollout_table=table).items()}
                         for m in self.warehouse_metrics} for e in experiments}
         except WarehouseError:
             raise

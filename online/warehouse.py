@@ -79,16 +79,38 @@ class WarehouseMetric:
         check_metric_sql(self.name, self.sql)
 
 
-def _metric_table(con: Any, metric: WarehouseMetric):
+def _rollout_rows(tree: Any, table: str, rollout: str) -> Any:
+    """The query with each reference to `table` (rows keyed by column `rollout`: record_user_days) narrowed to
+    `rollout`'s rows, under the same name: each rollout's simulated users are a population of their own, whose
+    user ids and days collide with the other rollouts'."""
+    from sqlglot import exp
+
+    want = exp.to_table(table)
+    for ref in list(tree.find_all(exp.Table)):
+        if ref.name.lower() != want.name.lower() or (want.db and ref.db and ref.db.lower() != want.db.lower()):
+            continue
+        alias = ref.args.get("alias") or exp.TableAlias(this=ref.this.copy())  # quoted as the query quotes it
+        bare = ref.copy()
+        bare.set("alias", None)
+        rows = exp.select("*").from_(bare).where(exp.column(ROLLOUT).eq(exp.Literal.string(rollout)))
+        ref.replace(rows.subquery(alias.copy()))
+    return tree
+
+
+def _metric_table(con: Any, metric: WarehouseMetric, scope: tuple[str, str] | None = None):
     """The metric's rows as an ibis table: a temporary view of the parsed query, built by sqlglot (ibis 12's
-    own `con.sql` probes the schema with calls that DuckDB 2 and sqlglot 30 no longer accept)."""
+    own `con.sql` probes the schema with calls that DuckDB 2 and sqlglot 30 no longer accept). With `scope`
+    (table, rollout), that table is read for that rollout's rows only (_rollout_rows)."""
     import hashlib
 
     from sqlglot import exp
 
     dialect = getattr(con, "name", None)  # ibis' backend names are sqlglot's dialect names
     tree = check_metric_sql(metric.name, metric.sql, dialect)
-    view = "cambrian_metric_" + hashlib.sha256(f"{metric.name}\0{metric.sql}".encode()).hexdigest()[:16]
+    if scope is not None:
+        tree = _rollout_rows(tree, *scope)
+    key = f"{metric.name}\0{metric.sql}\0{scope}"
+    view = "cambrian_metric_" + hashlib.sha256(key.encode()).hexdigest()[:16]
     ddl = exp.Create(this=exp.to_table(view), kind="VIEW", replace=True, expression=tree,
                      properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
     try:
@@ -152,9 +174,11 @@ def _totals(units, a: str, b: str) -> tuple[int, float, float]:
 
 
 def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: int,
-                settings: AggregationSettings = AggregationSettings(), exposures_table: str = EXPOSURES
-                ) -> dict[str, SufficientStats | RatioStats]:
-    """{arm: sums} of one metric for one experiment, computed in the warehouse."""
+                settings: AggregationSettings = AggregationSettings(), exposures_table: str = EXPOSURES,
+                rollout_table: str | None = None) -> dict[str, SufficientStats | RatioStats]:
+    """{arm: sums} of one metric for one experiment, computed in the warehouse. `rollout_table`: a table whose
+    rows each belong to one rollout (local mode's simulated users' days), of which the metric reads the
+    experiment's rows only."""
     exp_all = con.table(exposures_table)
     exposures = exp_all.filter(exp_all.experiment == experiment)
     first_row = exposures.aggregate(start=exposures.day.min()).execute().to_dict("records")[0]
@@ -163,7 +187,7 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
     start = int(first_row["start"])
     units = _units(exposures, closed_day)
     units = units.mutate(days=(units.end - units["first"]).cast("float64"))
-    raw = _metric_table(con, metric)
+    raw = _metric_table(con, metric, (rollout_table, experiment) if rollout_table else None)
     cols = COLUMNS[metric.kind][2:]
     # ids as text on both sides: the exposure log stores them so, the user's tables may hold integers
     values = raw.select(raw.user_id.cast("string").name("user_id"), raw.day.cast("int64").name("day"),
@@ -217,7 +241,9 @@ def record_exposures(con: Any, experiment: str, rows: Iterable[tuple[Any, ...]],
 
 _EXPOSURE_COLUMNS = {"experiment": "string", "user_id": "string", "arm": "string", "day": "int64", "phase": "int64"}
 _DUCKDB_TYPES = {"string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE"}
-_SQL_TYPES = {"int64": "BIGINT", "float64": "DOUBLE PRECISION"}  # columns added later: numbers only (DEFAULT 0)
+# columns added to a table from an earlier version: numbers 0 (an exposure's phase), text NULL (a simulated day
+# landed before days were keyed by rollout: no rollout reads it, each lands its own again)
+_SQL_TYPES = {"int64": "BIGINT DEFAULT 0", "float64": "DOUBLE PRECISION DEFAULT 0", "string": "VARCHAR"}
 
 
 def _ensure_table(con: Any, table: str, columns: Mapping[str, str]) -> None:
@@ -233,7 +259,7 @@ def _ensure_table(con: Any, table: str, columns: Mapping[str, str]) -> None:
     have = set(con.table(table).columns)
     for c, t in columns.items():
         if c not in have:
-            _sql(con, f"ALTER TABLE {_ident(table)} ADD COLUMN {_ident(c)} {_SQL_TYPES[t]} DEFAULT 0")
+            _sql(con, f"ALTER TABLE {_ident(table)} ADD COLUMN {_ident(c)} {_SQL_TYPES[t]}")
 
 
 def _insert_fresh(con: Any, table: str, batch: Any, fresh: Any) -> int:
@@ -342,32 +368,37 @@ def land_collector_log(con: Any, exposures_by_experiment: Mapping[str, Iterable[
 # ---- a product's own events (local mode: the simulated users) ---------------------------------------------------
 
 SIM_USER_DAYS = "sim_user_days"
+ROLLOUT = "rollout"  # the rollout whose simulated users lived the day: each rollout's users are their own population
 _DAY_COLUMNS = {"user_id": "int64", "day": "int64", "active": "int64", "sessions": "int64", "impressions": "int64",
                 "clicks": "int64", "minutes": "float64", "likes": "int64", "hates": "int64"}
 
 
-def record_user_days(con: Any, rows: Any, table: str = SIM_USER_DAYS) -> int:
-    """Per-user-day event rows (online/traffic.user_day_rows' columns) into the product's own table, created
-    when missing. A day already there is kept as it is, like the collector's batch ids: a day the driver plays
+def record_user_days(con: Any, rows: Any, rollout: str, table: str = SIM_USER_DAYS) -> int:
+    """One rollout's per-user-day event rows (online/traffic.user_day_rows' columns) into the product's own
+    table, created when missing, each row keyed by `rollout`: every rollout simulates its own users from the
+    same first day with the same user ids, so its metrics read its rows only (metric_sums' rollout_table).
+    A (rollout, day) already there is kept as it is, like the collector's batch ids: a day the driver plays
     again after a restart lands nothing twice. One INSERT per call, so a day is all there or absent."""
     import pyarrow as pa
 
     frame = rows[list(_DAY_COLUMNS)].astype(_DAY_COLUMNS)
     if frame.empty:
         return 0
-    _ensure_table(con, table, _DAY_COLUMNS)
+    frame.insert(0, ROLLOUT, str(rollout))
+    _ensure_table(con, table, {ROLLOUT: "string", **_DAY_COLUMNS})
     batch = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
-    columns = ", ".join(f"n.{c}" for c in _DAY_COLUMNS)
+    columns = ", ".join(f"n.{c}" for c in batch.column_names)
     return _insert_fresh(con, table, batch, lambda staged: (
         f"SELECT {columns} FROM {staged} AS n WHERE NOT EXISTS "
-        f"(SELECT 1 FROM {_ident(table)} AS e WHERE e.day = n.day)"))
+        f"(SELECT 1 FROM {_ident(table)} AS e WHERE e.{ROLLOUT} = n.{ROLLOUT} AND e.day = n.day)"))
 
 
 @dataclass(frozen=True)
 class Warehouse:
     """Local mode's warehouse (`cambrian evolve|rollout --warehouse-url URL --warehouse-metrics FILE`): each
     rollout's collector lands its exposure log there and computes the SQL metrics of FILE there, and the
-    simulated users' days land in `events_table`, the product's own event table that those metrics read."""
+    simulated users' days land in `events_table`, the product's own event table that those metrics read:
+    each rollout's rows, keyed by the rollout (its simulated users are its own)."""
 
     url: str
     metrics_file: Path | None  # handed to each collector, which parses it again
@@ -396,16 +427,16 @@ class Warehouse:
         return cls(url, metrics_file, events_table)
 
     def collector_args(self) -> list[str]:
-        return ["--warehouse-url", self.url,
+        return ["--warehouse-url", self.url, "--warehouse-rollout-table", self.events_table,
                 *(["--warehouse-metrics", str(self.metrics_file)] if self.metrics_file is not None else [])]
 
-    def write_days(self, rows: Any) -> int:
-        """One simulated day's (or the pre-period's) rows into events_table."""
+    def write_days(self, rows: Any, rollout: str) -> int:
+        """One simulated day's (or the pre-period's) rows of `rollout`'s users into events_table."""
         from cambrian.trainer.sources import redact
 
         con = connect(self.url, write=True)
         try:
-            return record_user_days(con, rows, self.events_table)
+            return record_user_days(con, rows, rollout, self.events_table)
         except Exception as exc:  # noqa: BLE001 - the driver's errors, whatever their class
             raise WarehouseUnavailable(f"{redact(self.url)}: {redact(one_line(exc))}") from None
         finally:

@@ -778,7 +778,7 @@ def _warehouse_sink(env: RolloutEnv) -> Callable[[Any], Any] | None:
         from cambrian.online.warehouse import WarehouseUnavailable
 
         try:
-            env.warehouse.write_days(rows)
+            env.warehouse.write_days(rows, env.name)  # keyed by the rollout: its users are its own
         except WarehouseUnavailable as exc:
             raise CambrianError(f"rollout {env.name}: the simulated users' days cannot land in the warehouse: {exc}",
                                 hint="start the warehouse (or fix --warehouse-url) and run the same command again: "

@@ -275,10 +275,12 @@ def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_dec
 
     def sink(rows):
         landed.append(rows)
-        wh.write_days(rows)
+        wh.write_days(rows, "t")
 
     store = Store(tmp_path / "c.sqlite")
-    with BackgroundApp(Collector(store, warehouse_url=wh.url, warehouse_metrics=load_metrics(metrics)).app()) as coll:
+    collector = Collector(store, warehouse_url=wh.url, warehouse_metrics=load_metrics(metrics),
+                          warehouse_rollout_table=wh.events_table)
+    with BackgroundApp(collector.app()) as coll:
         cfg = RouterConfig.from_dict({"experiment": "t", "collector": coll.url, "arms": [
             {"name": "control", "url": arm_servers["control"].url, "weight": 50, "control": True},
             {"name": "treatment", "url": arm_servers["treatment"].url, "weight": 50}]})
@@ -288,7 +290,7 @@ def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_dec
                 driver.run_day()
             driver.close()
             stats = httpx.get(coll.url + "/stats", timeout=HTTP_TIMEOUT).json()["stats"]["t"]
-    assert wh.write_days(landed[-1]) == 0  # a replayed day
+    assert wh.write_days(landed[-1], "t") == 0  # a replayed day
     ud, _ = store.frames()
     with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
         days = con.execute("SELECT day, COUNT(*) FROM sim_user_days GROUP BY day ORDER BY day").fetchall()
@@ -297,6 +299,95 @@ def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_dec
     for arm in ("control", "treatment"):
         _close(stats["watch_sql"][arm], stats["watch_minutes"][arm])
         _close(stats["ctr_sql"][arm], stats["ctr"][arm])
+
+
+def test_simulated_days_from_before_rollout_keys_are_read_by_no_rollout_and_each_lands_its_own(tmp_path):
+    """A sim_user_days table written before days were keyed by rollout gets the column; its rows (whose rollout
+    is unknown) are read by none, and a rollout's own day lands beside them and is what its metric reads."""
+    import ibis
+
+    from cambrian.online.warehouse import record_user_days
+
+    con = ibis.duckdb.connect(str(tmp_path / "wh.duckdb"))
+    con.con.execute("CREATE TABLE sim_user_days (user_id BIGINT, day BIGINT, active BIGINT, sessions BIGINT, "
+                    "impressions BIGINT, clicks BIGINT, minutes DOUBLE, likes BIGINT, hates BIGINT)")
+    con.con.execute("INSERT INTO sim_user_days VALUES (1, 5, 1, 1, 8, 2, 100.0, 0, 0), (2, 5, 1, 1, 8, 2, 100.0, 0, 0)")
+    day = pd.DataFrame({"user_id": [1, 2], "day": [5, 5], "active": 1, "sessions": 1, "impressions": 8, "clicks": 1,
+                        "minutes": [3.0, 5.0], "likes": 0, "hates": 0})
+    assert record_user_days(con, day, "ra") == 2
+    assert record_user_days(con, day, "ra") == 0  # played again after a restart
+    record_exposures(con, "ra", [(1, "control", 5), (2, "t", 5)])
+    watch = WarehouseMetric("w", "SELECT user_id, day, minutes AS value FROM sim_user_days")
+    sums = metric_sums(con, "ra", watch, 5, rollout_table="sim_user_days")
+    assert {arm: s.sum_y for arm, s in sums.items()} == {"control": 3.0, "t": 5.0}
+
+
+@pytest.mark.prometheus
+def test_two_local_rollouts_sharing_a_warehouse_each_read_their_own_simulated_users(arm_servers, tmp_path):
+    """Local mode with two Rollouts on one DuckDB warehouse, as the local platform runs them (each rollout's
+    environment starts its collector, its simulated users' days land through its sink): both worlds start on
+    the same day with the same user ids, yet each rollout's SQL metrics equal its own collector's built-in
+    ones, read from its own users' rows; a day played again after a restart lands nothing twice."""
+    import duckdb
+    import httpx
+
+    from cambrian.online.router import Router, RouterConfig
+    from cambrian.online.runner import BackgroundApp
+    from cambrian.online.traffic import TrafficDriver
+    from cambrian.online.warehouse import Warehouse
+    from cambrian.operator.platform.local import _warehouse_sink
+    from cambrian.operator.platform.local_env import RolloutEnv
+    from cambrian.world.params import WorldParams
+    from cambrian.world.sim import World
+
+    metrics = tmp_path / "metrics.yaml"
+    metrics.write_text("- {name: watch_sql, sql: 'SELECT user_id, day, minutes AS value FROM sim_user_days'}\n"
+                       "- {name: ctr_sql, kind: ratio, sql: 'SELECT s.user_id, s.day, s.clicks AS numerator, "
+                       "s.impressions AS denominator FROM sim_user_days AS s'}\n")
+    wh = Warehouse.checked(f"duckdb:///{tmp_path / 'wh.duckdb'}", metrics)
+    params = WorldParams.build(n_users=80, n_items=100, n_candidates=30, max_steps_per_day=12)
+    names, envs, routers, drivers, last = ("ra", "rb"), {}, {}, {}, {}
+
+    def sink_of(env):
+        platform_sink = _warehouse_sink(env)  # write_days keyed as the local platform keys it
+
+        def sink(rows):
+            last[env.name] = rows
+            platform_sink(rows)
+        return sink
+
+    try:
+        for name, arms in zip(names, (("control", "treatment"), ("control", "t2"))):
+            env = envs[name] = RolloutEnv(name, tmp_path / name, tmp_path, wh)
+            env.start_metrics()
+            cfg = RouterConfig.from_dict({"experiment": name, "collector": env.collector.url, "arms": [
+                {"name": arm, "url": arm_servers[arm].url, "weight": 50, "control": arm == "control"} for arm in arms]})
+            routers[name] = BackgroundApp(Router(cfg).app()).start()
+            # the same world for both, as local mode gives rollouts of one Evolution: same first day, same user ids
+            drivers[name] = TrafficDriver(World(params, seed=5), routers[name].url, env.collector.url, run_id=name,
+                                          sink=sink_of(env))
+        for _ in range(3):  # concurrent: the two rollouts' days interleave, as the local platform plays them
+            for name in names:
+                drivers[name].run_day()
+        stats = {name: httpx.get(envs[name].collector.url + "/stats", timeout=HTTP_TIMEOUT).json()["stats"][name]
+                 for name in names}
+    finally:
+        for driver in drivers.values():
+            driver.close()
+        for router in routers.values():
+            router.stop()
+        for env in envs.values():
+            env.stop()
+    for name in names:
+        assert stats[name]["watch_sql"].keys() == stats[name]["watch_minutes"].keys()
+        for arm in stats[name]["watch_minutes"]:
+            assert stats[name]["watch_sql"][arm]["n"] > 0
+            _close(stats[name]["watch_sql"][arm], stats[name]["watch_minutes"][arm])
+            _close(stats[name]["ctr_sql"][arm], stats[name]["ctr"][arm])
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        days = con.execute("SELECT rollout, day, COUNT(*) FROM sim_user_days GROUP BY ALL ORDER BY ALL").fetchall()
+    assert [(r, d) for r, d, _ in days] == [(r, d) for r in names for d in sorted({d for _, d, _ in days})]
+    assert wh.write_days(last["rb"], "rb") == 0  # a replayed day
 
 
 @pytest.mark.parametrize("url,fragment", [
