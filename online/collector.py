@@ -91,6 +91,7 @@ class Store:
         # day, merged over the store's own metrics of the same name while it is the closed day: never published
         # under a later day (a metric is missing, and no decision is taken on it, until the next landing computes it)
         self.external: tuple[int, dict[str, dict[str, dict[str, dict[str, float]]]]] = (-1, {})
+        self.staged: tuple[int, dict, dict] | None = None  # a closed day's snapshot waiting for its warehouse sums
         self.recompute()
 
     @property
@@ -152,12 +153,15 @@ class Store:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return default if row is None else int(row[0])
 
-    def close_day(self, day: int) -> None:
+    def close_day(self, day: int, publish: bool = True) -> None:
+        """publish False: the new day's snapshot waits for set_external (a warehouse computes some of its metrics),
+        so that no scrape reads the new closed day with those metrics missing (a readout then decides without
+        them: at the last look, inconclusive for want of data that was about to land)."""
         closed = self.get_meta("closed_day", -1)
         if day < closed:
             raise BadRequest(f"day: {day} is before the last closed day {closed}")
         self.set_meta("closed_day", day)
-        self.recompute()
+        self.recompute(publish)
 
     # --- reads -----------------------------------------------------------------------------------
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -186,7 +190,7 @@ class Store:
                                     "GROUP BY experiment, arm").fetchall()
         return {(e, a): n for e, a, n in rows}
 
-    def recompute(self) -> None:
+    def recompute(self, publish: bool = True) -> None:
         closed = self.get_meta("closed_day", -1)
         ud, ex = self.frames()
         stats, cohorts = {}, {}
@@ -194,15 +198,18 @@ class Store:
         for experiment, group in ex.groupby("experiment"):
             stats[experiment] = {**arm_statistics(group, ud, closed, self.settings), **external.get(experiment, {})}
             cohorts[experiment] = cohort_sizes(group, closed)
-        self.snapshot = (closed, stats, cohorts)  # one reference swap; /metrics reads whichever is current
+        if publish:
+            self.snapshot, self.staged = (closed, stats, cohorts), None  # one reference swap: /metrics reads either
+        else:
+            self.staged = (closed, stats, cohorts)
 
     def set_external(self, day: int, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
         """Per-arm sums computed elsewhere (the warehouse) for closed day `day`, published beside the store's own
         while it is the closed day (merged into the current snapshot: no second recompute of the store's)."""
         self.external = (day, sums)
-        closed, stats, cohorts = self.snapshot
+        closed, stats, cohorts = self.staged if self.staged is not None and self.staged[0] == day else self.snapshot
         if closed == day:
-            self.snapshot = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts)
+            self.snapshot, self.staged = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts), None
 
     def close(self) -> None:
         with self._lock:
@@ -348,7 +355,7 @@ class Collector:
     async def handle_close_day(self, request: web.Request) -> web.Response:
         try:
             day = await self._day_body(request)
-            await asyncio.to_thread(self.store.close_day, day)
+            await asyncio.to_thread(self.store.close_day, day, not self.warehouse_url)
         except BadRequest as exc:
             return error(400, str(exc))
         if self.warehouse_url:
@@ -359,6 +366,7 @@ class Collector:
             except (WarehouseUnavailable, OSError) as exc:  # the SQLite log keeps everything: a retry lands it
                 return error(503, f"day {day} closed here, not yet in the warehouse: {exc}")
             except ConfigError as exc:  # a metric's SQL the warehouse cannot run: say which, keep the rest
+                self.store.set_external(day, {})  # the day is published without them (a retry cannot help)
                 return error(422, f"day {day} closed, warehouse metrics not computed: {exc}")
         return json_response({"closed_day": day})
 

@@ -436,3 +436,39 @@ def test_the_collector_lands_only_new_exposures_and_all_again_when_the_warehouse
             con.execute("DELETE FROM cambrian_exposures WHERE user_id = '1'")
         expose([], 7)
         assert landed() == [("1", "control", 5), ("2", "t", 5), ("3", "control", 6)]  # healed, nothing doubled
+
+
+def test_a_closed_day_is_published_only_with_its_warehouse_metrics(tmp_path, monkeypatch):
+    """While the warehouse computes a newly closed day's SQL metrics, a scrape still reads the day before, whole;
+    the new day appears with its SQL metrics in one swap. Before, the store published the new closed day at once,
+    without them, and a readout at that moment decided on missing data (at the last look: inconclusive)."""
+    import duckdb
+    import httpx
+
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.runner import BackgroundApp
+
+    path = tmp_path / "wh.duckdb"
+    store = Store(tmp_path / "c.sqlite")
+    collector = Collector(store, warehouse_url=f"duckdb:///{path}", warehouse_metrics=[WATCH])
+    seen_while_landing = []
+    land = Collector._land
+
+    def landing(self, day):
+        seen_while_landing.append((self.store.snapshot[0], sorted(self.store.snapshot[1].get("e", {}))))
+        land(self, day)
+
+    monkeypatch.setattr(Collector, "_land", landing)
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE user_days (user_id BIGINT, day BIGINT, minutes DOUBLE)")
+        con.execute("INSERT INTO user_days VALUES (1, 5, 3.0), (2, 5, 4.0), (1, 6, 1.0)")
+    with BackgroundApp(collector.app()) as app:
+        for day in (5, 6):
+            httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": [[1, "control", 5], [2, "t", 5]]},
+                       timeout=HTTP_TIMEOUT).raise_for_status()
+            httpx.post(app.url + "/close_day", json={"day": day}, timeout=HTTP_TIMEOUT).raise_for_status()
+            closed, stats, _ = store.snapshot
+            assert closed == day and WATCH.name in stats["e"]  # published together
+    # during each landing a scrape read the previous closed day (with its SQL metric once there was one)
+    assert [c for c, _ in seen_while_landing] == [-1, 5]
+    assert WATCH.name in seen_while_landing[1][1]
