@@ -389,7 +389,16 @@ class Collector:
             land_collector_log(con, {str(e): list(g[["user_id", "arm", "day", "phase"]].itertuples(index=False, name=None))
                                      for e, g in ex.groupby("experiment")})
             self.store.set_meta(LANDED_EXPOSURES, last)
-            table = self.warehouse_rollout_table
+        except Exception as exc:  # noqa: BLE001 - the driver's errors, whatever their class
+            raise WarehouseUnavailable(f"{redact(self.warehouse_url)}: {redact(one_line(exc))}") from None
+        finally:
+            getattr(con, "disconnect", lambda: None)()
+        if not self.warehouse_metrics:
+            self.store.set_external(day, {e: {} for e in experiments})
+            return
+        con = connect(self.warehouse_url)  # the metrics' SQL only reads, under limits (warehouse.connect)
+        table = self.warehouse_rollout_table
+        try:
             sums = {e: {m.name: {arm: x.to_dict() for arm, x in
                                  metric_sums(con, e, m, day, self.store.settings, rollout_table=table).items()}
                         for m in self.warehouse_metrics} for e in experiments}

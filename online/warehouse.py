@@ -29,6 +29,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping
 
 from cambrian.errors import ConfigError, one_line
 from cambrian.online.aggregate import AggregationSettings
+from cambrian.sqllimits import SqlLimits, watchdog
 from cambrian.stats.sums import RatioStats, SufficientStats
 
 EXPOSURES = "cambrian_exposures"
@@ -114,9 +115,14 @@ def _metric_table(con: Any, metric: WarehouseMetric, scope: tuple[str, str] | No
     ddl = exp.Create(this=exp.to_table(view), kind="VIEW", replace=True, expression=tree,
                      properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
     try:
-        cursor = con.raw_sql(ddl.sql(dialect=dialect))
-        if dialect != "duckdb":  # DuckDB hands back its connection itself, other drivers a cursor to close
-            cursor.close()
+        if dialect == "duckdb":  # DuckDB hands back its connection itself
+            con.raw_sql(ddl.sql(dialect=dialect))
+        else:  # a read-only session refuses CREATE, even of a temporary view: writable for this statement only
+            _sql(con, "SET default_transaction_read_only = off")
+            try:
+                _sql(con, ddl.sql(dialect=dialect))
+            finally:
+                _sql(con, "SET default_transaction_read_only = on")
         table = con.table(view)
     except Exception as exc:  # noqa: BLE001 - each backend raises its driver's own errors
         raise WarehouseError(f"metric {metric.name}: the warehouse refused its sql: {one_line(exc)}") from None
@@ -173,12 +179,33 @@ def _totals(units, a: str, b: str) -> tuple[int, float, float]:
     return int(row["n"]), float(row["s_a"] or 0.0), float(row["s_b"] or 0.0)
 
 
+def metric_limits() -> SqlLimits:
+    """The limits of the metrics' SQL, from the collector's environment (CAMBRIAN_WAREHOUSE_SQL_SECONDS, ...)."""
+    return SqlLimits.from_env("CAMBRIAN_WAREHOUSE_SQL_", memory_mb=4096, threads=2, seconds=600.0, row_seconds=0.0)
+
+
 def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: int,
                 settings: AggregationSettings = AggregationSettings(), exposures_table: str = EXPOSURES,
                 rollout_table: str | None = None) -> dict[str, SufficientStats | RatioStats]:
-    """{arm: sums} of one metric for one experiment, computed in the warehouse. `rollout_table`: a table whose
-    rows each belong to one rollout (local mode's simulated users' days), of which the metric reads the
-    experiment's rows only."""
+    """{arm: sums} of one metric for one experiment, computed in the warehouse, stopped past the time limit
+    (metric_limits: DuckDB's statements interrupted, PostgreSQL's statement_timeout set by connect).
+    `rollout_table`: a table whose rows each belong to one rollout (local mode's simulated users' days), of which
+    the metric reads the experiment's rows only."""
+    seconds = metric_limits().seconds
+    if getattr(con, "name", "") != "duckdb":
+        return _metric_sums(con, experiment, metric, closed_day, settings, exposures_table, rollout_table)
+    import duckdb
+
+    try:
+        with watchdog(con.con.interrupt, seconds):
+            return _metric_sums(con, experiment, metric, closed_day, settings, exposures_table, rollout_table)
+    except duckdb.InterruptException:
+        raise WarehouseError(f"metric {metric.name}: its sql ran past its time limit of {seconds:g} s") from None
+
+
+def _metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: int,
+                 settings: AggregationSettings, exposures_table: str,
+                 rollout_table: str | None) -> dict[str, SufficientStats | RatioStats]:
     exp_all = con.table(exposures_table)
     exposures = exp_all.filter(exp_all.experiment == experiment)
     first_row = exposures.aggregate(start=exposures.day.min()).execute().to_dict("records")[0]
@@ -337,15 +364,28 @@ def load_metrics(path: Any) -> list[WarehouseMetric]:
 # ---- the collector lands its log --------------------------------------------------------------------------------
 
 def connect(url: str, write: bool = False):
-    """An ibis connection to the warehouse; the URL's password never reaches a message."""
+    """An ibis connection to the warehouse; the URL's password never reaches a message. Without `write` it is
+    the metrics' (their SQL is only checked for its shape): it can only read, under metric_limits. DuckDB: the
+    file read-only, no other file or network access, bounded memory and threads, the configuration locked;
+    PostgreSQL: read-only transactions and a statement_timeout."""
     from cambrian.trainer.sources import redact
 
     try:
         import ibis
 
         if url.startswith("duckdb://"):
-            return ibis.duckdb.connect(url.split("://", 1)[1], read_only=not write)
-        return ibis.connect(url)
+            con = ibis.duckdb.connect(url.split("://", 1)[1], read_only=not write)
+        else:
+            con = ibis.connect(url)
+        if not write:
+            limits = metric_limits()
+            if getattr(con, "name", "") == "duckdb":
+                for key, value in limits.duckdb_config().items():  # lock_configuration last (dict order)
+                    con.con.execute(f"SET {key} = '{value}'")
+            else:
+                _sql(con, f"SET statement_timeout = {int(limits.seconds * 1000)}")
+                _sql(con, "SET default_transaction_read_only = on")
+        return con
     except Exception as exc:  # noqa: BLE001 - the driver's connection error, whatever its class
         raise WarehouseUnavailable(f"warehouse {redact(url)}: cannot connect: {redact(one_line(exc))}") from None
 

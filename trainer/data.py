@@ -21,12 +21,14 @@ import pyarrow as pa
 
 from cambrian import inputs
 from cambrian.errors import ConfigError, GateError
+from cambrian.sqllimits import SqlLimitExceeded
 from cambrian.trainer.config import ModelConfig, RewardConfig
 from cambrian.trainer.datacheck import read_checked, require_valid
 from cambrian.trainer.features import build_catalogue, id_space
 from cambrian.trainer.rowframe import RowFrame, connect, evaluate
 from cambrian.trainer.schema import BUILT_IN, USER_COLUMN, WORLD, DataSchema, load_schema, row_columns
 from cambrian.trainer.splits import Split, TrainingSet, Written
+from cambrian.trainer.sqlworker import SqlError, SqlWorker
 
 # Columns the reward SQL may use over the simulated world (any declaration: reward_columns(schema)).
 IMPRESSION_COLUMNS = tuple(row_columns(WORLD))
@@ -199,14 +201,18 @@ class _RewardTotals:
 
 
 def _reward_values(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = WORLD,
-                   con: duckdb.DuckDBPyConnection | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   worker: SqlWorker | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The reward's label and weight per interaction with DuckDB over the joined rows (trainer/rowframe.py), each
-    row checked (the expressions were checked by check_reward_sql)."""
+    row checked (the expressions were checked by check_reward_sql). Evaluated under the trusted side's limits
+    (trainer/sqlworker.py): a reward past one fails its Hypothesis, like any bad reward."""
     columns = list(reward_columns(schema))
     try:
-        out = evaluate(df[columns], {"label": reward.label, "weight": reward.weight}, con)
-    except duckdb.Error as exc:
-        raise GateError("reward_sql", f"reward SQL failed: {str(exc).splitlines()[0]}",
+        out = evaluate(df[columns], {"label": reward.label, "weight": reward.weight}, worker)
+    except SqlLimitExceeded as exc:
+        raise GateError("reward_sql", f"reward SQL {exc}",
+                        hint="a reward is a cheap expression of one row's columns") from None
+    except SqlError as exc:
+        raise GateError("reward_sql", f"reward SQL failed: {exc}",
                         hint=f"declared columns ({schema.name}): {', '.join(columns)}") from None
     label = _values(out, "label", len(df), "label")
     weight = _values(out, "weight", len(df), "weight")
@@ -304,7 +310,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
                 df, days, is_val = df.loc[used].reset_index(drop=True), days[used], is_val[used]
             index = index[keep]
             df = rows_of.join(df, days)
-            label, weight = _reward_values(df, config.reward, schema, rows_of.con)
+            label, weight = _reward_values(df, config.reward, schema, rows_of.sql)
             rows = np.flatnonzero(~is_val)  # every training row left is kept
             user, item = df[user_col].to_numpy(np.int64)[rows], df[item_col].to_numpy(np.int64)[rows]
             totals.add(label[rows], weight[rows])

@@ -16,38 +16,32 @@ import pandas as pd
 import pyarrow as pa
 
 from cambrian.errors import ConfigError
+from cambrian.sqllimits import SqlLimitExceeded
 from cambrian.trainer.datacheck import day_numbers
 from cambrian.trainer.expressions import Compiled
 from cambrian.trainer.schema import DataSchema, Proxy, row_columns
+from cambrian.trainer.sqlworker import SqlError, SqlWorker
 
 DAY = "__day"  # the interaction's day number, beside its own columns
 
 
-def _double():
-    return duckdb.sqltypes.DOUBLE if hasattr(duckdb, "sqltypes") else duckdb.typing.DOUBLE
-
-
 def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB without file or network access. About 19 ms of CPU each: one pass over a data set
-    evaluates through one (RowFrame.con), not one per batch (a connection per call was half of prepare's CPU)."""
+    """An in-memory DuckDB without file or network access, to parse expressions (json_serialize_sql): evaluating
+    them is the SqlWorker's, under the trusted side's limits."""
     return duckdb.connect(config={"enable_external_access": False})
 
 
-def evaluate(df: pd.DataFrame, expressions: dict[str, str],
-             con: duckdb.DuckDBPyConnection | None = None) -> dict[str, np.ndarray]:
+def evaluate(df: pd.DataFrame, expressions: dict[str, str], worker: SqlWorker | None = None) -> dict[str, np.ndarray]:
     """Each DuckDB expression over the rows of `df`, as float64 (NULL as a masked value: the caller decides),
-    through `con` (else a connection of its own). No file or network access: the rows are handed over in memory,
-    and each expression is bound as an expression object of a projection, never pasted into a statement's text."""
-    own = con is None
-    con = connect() if own else con
+    through `worker` (else one of its own): a child process under the trusted side's limits (trainer/sqlworker.py).
+    SqlError when DuckDB refuses an expression, SqlLimitExceeded past a limit."""
+    own = worker is None
+    worker = SqlWorker() if own else worker
     try:
-        rel = con.from_df(df)
-        out = rel.select(*(duckdb.SQLExpression(sql).cast(_double()).alias(name)
-                           for name, sql in expressions.items())).fetchnumpy()
+        return worker.evaluate(df, expressions)
     finally:
         if own:
-            con.close()
-    return {name: out[name] for name in expressions}
+            worker.close()
 
 
 @dataclass
@@ -60,7 +54,7 @@ class RowFrame:
     label: Compiled
     proxies: list[tuple[Proxy, Compiled]]
     params: dict[str, float]
-    con: duckdb.DuckDBPyConnection  # every batch's expressions, the caller's too (close() when done)
+    sql: SqlWorker  # every batch's expressions, the caller's too (close() when done): one process for a pass
 
     @classmethod
     def build(cls, schema: DataSchema, small: dict[str, pd.DataFrame], params: dict[str, float]) -> "RowFrame":
@@ -87,10 +81,10 @@ class RowFrame:
         except ValueError as exc:
             raise ConfigError(f"declaration {schema.name!r}: {exc}") from None
         proxies = [(p, compiled[f"proxies[{p.name}].signal"]) for p in schema.proxies]
-        return cls(schema, names, lookups, compiled["label.expr"], proxies, params, connect())
+        return cls(schema, names, lookups, compiled["label.expr"], proxies, params, SqlWorker())
 
     def close(self) -> None:
-        self.con.close()
+        self.sql.close()
 
     def _sql(self, compiled: Compiled) -> str:
         return compiled.duckdb({ref: c for c, ref in self.names.items()}, self.params)
@@ -114,7 +108,10 @@ class RowFrame:
             found = indexed.reindex(key)
             for column in found.columns:
                 df[column] = found[column].to_numpy()
-        label = evaluate(df, {"label": self._sql(self.label)}, self.con)["label"]
+        try:
+            label = evaluate(df, {"label": self._sql(self.label)}, self.sql)["label"]
+        except (SqlError, SqlLimitExceeded) as exc:
+            raise ConfigError(f"the label of declaration {s.name!r} ({self.label.text}): {exc}") from None
         if np.ma.isMaskedArray(label) and label.mask.any():
             raise ConfigError(f"the label of declaration {s.name!r} ({self.label.text}) is NULL for "
                               f"{int(np.ma.getmaskarray(label).sum())} interactions")
@@ -123,7 +120,10 @@ class RowFrame:
 
     def proxy_signals(self, df: pd.DataFrame) -> pd.DataFrame:
         """Each proxy's signal on these (held-out) rows, by proxy name, and the declared label."""
-        values = evaluate(df, {p.name: self._sql(c) for p, c in self.proxies}, self.con) if self.proxies else {}
+        try:
+            values = evaluate(df, {p.name: self._sql(c) for p, c in self.proxies}, self.sql) if self.proxies else {}
+        except (SqlError, SqlLimitExceeded) as exc:
+            raise ConfigError(f"the proxies of declaration {self.schema.name!r}: {exc}") from None
         out = {}
         for proxy, compiled in self.proxies:
             v = values[proxy.name]

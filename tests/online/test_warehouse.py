@@ -472,3 +472,42 @@ def test_a_closed_day_is_published_only_with_its_warehouse_metrics(tmp_path, mon
     # during each landing a scrape read the previous closed day (with its SQL metric once there was one)
     assert [c for c, _ in seen_while_landing] == [-1, 5]
     assert WATCH.name in seen_while_landing[1][1]
+
+
+@pytest.mark.parametrize("sql, status, fragment", [
+    ("SELECT '1' AS user_id, 5 AS day, length(content) AS value FROM read_text('/etc/passwd')", 422,
+     "file system operations are disabled"),
+    ("SELECT user_id, day, nextval('s') AS value FROM user_days", 422, "read-only mode"),
+    ("SELECT 1 AS user_id, 5 AS day, count(*) AS value FROM range(30000000000)", 422,
+     "metric m: its sql ran past its time limit of 1 s"),
+])
+def test_the_collector_runs_metric_sql_read_only_without_file_access_and_within_its_time_limit(
+        tmp_path, monkeypatch, sql, status, fragment):
+    """The metric SQL is only checked for its shape: the connection it runs on is what refuses a file read or a
+    write, and the time limit (the collector's environment) what stops a query that would run for minutes."""
+    import time
+
+    import duckdb
+    import httpx
+
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.runner import BackgroundApp
+
+    monkeypatch.setenv("CAMBRIAN_WAREHOUSE_SQL_SECONDS", "1")
+    path = tmp_path / "wh.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE user_days (user_id BIGINT, day BIGINT, minutes DOUBLE); "
+                    "INSERT INTO user_days VALUES (1, 5, 1.0); CREATE SEQUENCE s")
+    collector = Collector(Store(tmp_path / "c.sqlite"), warehouse_url=f"duckdb:///{path}",
+                          warehouse_metrics=[WarehouseMetric("m", sql)])
+    with BackgroundApp(collector.app()) as app:
+        httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": [[1, "control", 5]]},
+                   timeout=HTTP_TIMEOUT).raise_for_status()
+        started = time.monotonic()
+        reply = httpx.post(app.url + "/close_day", json={"day": 5}, timeout=HTTP_TIMEOUT)
+        elapsed = time.monotonic() - started
+    assert reply.status_code == status and fragment in reply.text, reply.text
+    assert elapsed < 30
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT last_value FROM duckdb_sequences() WHERE sequence_name = 's'").fetchone()[0] is None
+        assert con.execute("SELECT count(*) FROM cambrian_exposures").fetchone()[0] == 1  # the landing still wrote
