@@ -20,7 +20,8 @@ class SqlLimitExceeded(ConfigError):
 
 @dataclass(frozen=True)
 class SqlLimits:
-    memory_mb: int = 2048  # the evaluating process's address space (OS); DuckDB's own memory_limit is half of it
+    memory_mb: int = 8192  # the evaluating process's address space (OS; as the trainer sandbox's: DuckDB and Arrow reserve
+    # far more virtual memory than they touch, and 2048 failed a 65,536-row batch); DuckDB's own memory_limit is half
     threads: int = 1
     seconds: float = 30.0  # wall clock per evaluation ...
     row_seconds: float = 1e-4  # ... plus this per row it reads (honest expressions run about 1 µs a row)
