@@ -277,7 +277,7 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
     baseline_jobs = []
     # the baseline's seeds until it is champion; the champion's first-look seeds until measured (spec.fidelity)
     names = set(N.baseline_job_names(meta, spec) if status.champion.bundle is None else ())
-    names.update(FI.reference_job_names(meta, spec, status))
+    names.update(FI.reference_job_names(meta, spec, status, E.effective_baseline(spec, status)))
     if names:
         baseline_jobs = [j for j in platform.training_jobs(E.owner_of(meta)) if j.name in names]
     spent = views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status),
