@@ -147,7 +147,7 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
                            persona=(hspec.get("origin") or {}).get("persona"), delta=hspec.get("delta"),
                            first_look=job.name in looks))
     # what the core counts against the budget (the champion's first-look seeds included)
-    spent = spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status))
+    spent = spend(hyps, baseline_attempts=E.evolution_runs(spec, status))
     if len(out) != spent.evaluations:
         raise RuntimeError(f"evolution {name}: {len(out)} training runs on the platform, but the status counts "
                            f"{spent.evaluations} evaluations")
