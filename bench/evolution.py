@@ -103,6 +103,7 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
     from cambrian.operator import api
     from cambrian.operator.localstore import NAMESPACE
     from cambrian.operator.platform.local import local_path
+    from cambrian.operator.reconcile import evolution as E
     from cambrian.operator.reconcile import fidelity as FI
     from cambrian.operator.reconcile.actions import Owner
     from cambrian.operator.reconcile.common import Meta
@@ -116,8 +117,10 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
     ref = status.first_look_reference
     looks: dict[str, Any] = {}  # first-look runs, by job
     if ref is not None:
-        looks.update({FI.reference_job_name(Meta(name, evo["metadata"]["uid"]), ref.champion, i): None
-                      for i in range(spec.noise.baseline_seeds)})
+        fractions = {"epochFraction": ref.epoch_fraction, "sampleFraction": ref.sample_fraction}
+        config = E.effective_baseline(spec, status)  # the champion's Φ: what its reference trains
+        looks.update({n: None for _, n in FI.reference_runs(Meta(name, evo["metadata"]["uid"]), ref.champion, config,
+                                                            fractions, spec.noise.baseline_seeds)})
     owners = [(Owner("Evolution", name, evo["metadata"]["uid"], NAMESPACE), "baseline",
                {r.job: r for r in [*status.baseline_runs, *(ref.runs if ref is not None else [])]}, {})]
     for h in hyps:
@@ -144,7 +147,7 @@ def runs(driver: Any, evo: dict[str, Any]) -> list[Run]:
                            persona=(hspec.get("origin") or {}).get("persona"), delta=hspec.get("delta"),
                            first_look=job.name in looks))
     # what the core counts against the budget (the champion's first-look seeds included)
-    spent = spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status))
+    spent = spend(hyps, baseline_attempts=E.evolution_runs(spec, status))
     if len(out) != spent.evaluations:
         raise RuntimeError(f"evolution {name}: {len(out)} training runs on the platform, but the status counts "
                            f"{spent.evaluations} evaluations")

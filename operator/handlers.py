@@ -557,6 +557,17 @@ def reconcile_hypothesis(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, ob
     return _step("Hypothesis", body, patch, memo, objects or _ClusterObjects(), admit_first=admit_first)
 
 
+def _budget_turn(memo: kopf.Memo, objects: Any, ns: str, hyp: dict[str, Any]) -> Any:
+    """Under an evaluations budget the steps of one Evolution's Hypotheses take turns: each counts its peers' runs
+    as it starts one (hypothesis.runs_left), so two at once on the Settle workers would each miss the other's run
+    and both start past the cap. The lock is held until the status is written and recorded (what the next reads)."""
+    evo = indexed.evolution_of(hyp)
+    spec = ((objects.get("evolutions", ns, evo) or {}).get("spec") or {}) if evo else {}
+    if ((spec.get("agent") or {}).get("budgets") or {}).get("evaluations") is None:
+        return contextlib.nullcontext()
+    return memo.locks(f"evaluations-budget/{ns}/{evo}")
+
+
 def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str, admit_first: bool = False) -> bool:
     """Step the freshest known body of a Hypothesis and write its status (one PATCH when it changed).
     One step at a time per object; a failed apply is retried by the Evolution's next sweep.
@@ -567,7 +578,7 @@ def step_hypothesis(memo: kopf.Memo, objects: Any, ns: str, name: str, admit_fir
     if first is None or (first.get("status") or {}).get("phase") in H.TERMINAL:
         return False
     uid = first["metadata"].get("uid", "")
-    with memo.locks(uid):
+    with _budget_turn(memo, objects, ns, first), memo.locks(uid):
         body = objects.get("hypotheses", ns, name)  # again: another step may have written meanwhile
         if body is None:
             return False

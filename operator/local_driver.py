@@ -33,6 +33,7 @@ from cambrian.operator.localstore import NAMESPACE, LocalStore, write_atomic
 from cambrian.operator.platform.local import SIM_EPOCH, LocalPlatform, clock_day, day_start
 from cambrian.operator.reconcile.actions import CreateRollout
 from cambrian.operator.reconcile import hypothesis as H
+from cambrian.operator.reconcile.views import evaluations
 
 log = logging.getLogger("cambrian.local")
 
@@ -113,7 +114,7 @@ class LocalDriver:
         progressed = False
         for kind in KINDS:
             for obj in self.store.list(loop.PLURALS[kind], NAMESPACE):
-                before = _runs_started(obj)
+                before = evaluations(obj.get("status") or {})
                 progressed |= self._reconcile(kind, obj)
                 if kind == "Hypothesis":
                     self._after_training_started(obj, before)
@@ -125,7 +126,7 @@ class LocalDriver:
         """A training run just started: let the Evolution count it before the next Hypothesis asks whether
         the budget allows one more (the spend is the Evolution's status, rolled up from its Hypotheses)."""
         now = self.store.get("hypotheses", NAMESPACE, hyp["metadata"]["name"]) or {}
-        if _runs_started(now) == attempts_before:
+        if evaluations(now.get("status") or {}) == attempts_before:
             return
         ref = ((hyp.get("spec") or {}).get("evolutionRef") or {}).get("name")
         evo = self.store.get("evolutions", NAMESPACE, ref) if ref else None
@@ -328,13 +329,6 @@ class LocalDriver:
         waiting = [n for n, p in phases["Rollout"].items() if p == "AwaitingApproval"]
         stalled = [e["metadata"]["name"] for e in self.store.list(loop.PLURALS["Evolution"]) if self._stalled(e)]
         return Summary(reason, self.now, (self.now - SIM_EPOCH) / timedelta(days=1), phases, waiting, stalled)
-
-
-def _runs_started(hyp: dict[str, Any]) -> int:
-    """Training runs a Hypothesis has started: its attempts and its confirmation seeds."""
-    st = hyp.get("status") or {}
-    return int(st.get("attempts") or 0) + int(st.get("confirmations") or 0) + sum(
-        int(v) for v in (st.get("confirmationRetries") or {}).values())
 
 
 def _between_tests(hyp: dict[str, Any]) -> bool:

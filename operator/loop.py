@@ -145,8 +145,7 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
                 budget_exhausted=E.exhausted_budget(evo_spec, evo_status.spend),
                 reference=N.reference_metrics(evo_status, (champ_obj or {}).get("status") if champ_obj else None),
                 first_look_reference=look_ref, first_look_unavailable=look_missing,
-                evaluations_left=(None if evo_spec.agent.budgets.evaluations is None else
-                                  max(0, evo_spec.agent.budgets.evaluations - evo_status.spend.evaluations)),
+                evolution_runs=E.evolution_runs(evo_spec, evo_status),
                 peers=lambda evo=spec.evolution_ref.name: [views.hypothesis_view(h) for h in
                                                            of_evolution(objects, "hypotheses", ns, evo)],
                 decided=frozenset(evo_status.handled_decisions), superseded=frozenset(evo_status.superseded),
@@ -277,10 +276,10 @@ def _evolution(meta: Meta, spec: Any, status: Any, objects: Objects, platform: A
     baseline_jobs = []
     # the baseline's seeds until it is champion; the champion's first-look seeds until measured (spec.fidelity)
     names = set(N.baseline_job_names(meta, spec) if status.champion.bundle is None else ())
-    names.update(FI.reference_job_names(meta, spec, status))
+    names.update(FI.reference_job_names(meta, spec, status, E.effective_baseline(spec, status)))
     if names:
         baseline_jobs = [j for j in platform.training_jobs(E.owner_of(meta)) if j.name in names]
-    spent = views.spend(hyps, baseline_attempts=spec.noise.baseline_seeds + FI.evaluations(spec, status),
+    spent = views.spend(hyps, baseline_attempts=E.evolution_runs(spec, status),
                         evolution_annotations=meta.annotations)
     result = E.reconcile(
         meta, spec, status, [views.hypothesis_view(h) for h in hyps], [views.rollout_view(r) for r in ros],

@@ -84,6 +84,12 @@ def exhausted_budget(spec: EvolutionSpec, spend: Spend) -> str | None:
     return None
 
 
+def evolution_runs(spec: EvolutionSpec, status: EvolutionStatus) -> int:
+    """Training runs the Evolution itself starts, counted against the evaluations budget: its baseline's seeds and
+    its champions' first-look references."""
+    return spec.noise.baseline_seeds + F.evaluations(spec, status)
+
+
 def effective_baseline(spec: EvolutionSpec, status: EvolutionStatus) -> dict:
     """Deltas apply to the champion's Φ once one was launched (the paper's step 9)."""
     return status.champion.config if status.champion.config is not None else spec.baseline

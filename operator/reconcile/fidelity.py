@@ -19,6 +19,8 @@ which is what the benchmark's "winners discarded" counts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
@@ -91,19 +93,28 @@ def champion_of(st: EvolutionStatus) -> str:
     return f"hypothesis/{st.champion.hypothesis}" if st.champion.hypothesis else "baseline"
 
 
-def reference_job_name(meta: Meta, champion: str, index: int) -> str:
-    return child_name(meta.name, meta.uid, f"look-{champion}-s{index}")
+def reference_runs(meta: Meta, champion: str, config: Mapping[str, Any], fidelity: Mapping[str, float],
+                   n: int) -> list[tuple[int, str]]:
+    """(seed, job name) of each run of `champion`'s reference: Φ `config` at the first-look `fidelity`, `n` seeds.
+    The names carry a hash of all that defines the runs: a reference measured again (other fractions, another Φ)
+    must never find an earlier reference's Jobs under its names and take their metrics as its own (locally jobs/ is
+    kept for good; in the cluster a Job lives 24 h)."""
+    seeds = baseline_seeds(N.base_seed(config), n)
+    key = hashlib.sha256(json.dumps({"phi": dict(config), "fidelity": dict(fidelity), "seeds": seeds},
+                                    sort_keys=True).encode()).hexdigest()[:8]
+    return [(seed, child_name(meta.name, meta.uid, f"look-{champion}-{key}-s{i}")) for i, seed in enumerate(seeds)]
 
 
-def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus) -> list[str]:
-    """The current champion's first-look runs: what the platform must report to the Evolution (empty when none
-    is due: fidelity off, the baseline's own seeds are the reference, or the reference of this champion is measured
-    or given up)."""
+def reference_job_names(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, config: Mapping[str, Any]) -> list[str]:
+    """The current champion's (Φ `config`) first-look runs: what the platform must report to the Evolution (empty
+    when none is due: fidelity off, the baseline's own seeds are the reference, or the reference of this champion is
+    measured or given up)."""
     if spec.fidelity is None or settled(spec, st):
         return []
     if from_baseline_runs(spec, st):  # parses Φ: only while no reference is measured
         return []
-    return [reference_job_name(meta, champion_of(st), i) for i in range(spec.noise.baseline_seeds)]
+    return [name for _, name in reference_runs(meta, champion_of(st), config, spec.fidelity.wire_first_look(),
+                                               spec.noise.baseline_seeds)]
 
 
 def from_baseline_runs(spec: EvolutionSpec, st: EvolutionStatus) -> bool:
@@ -172,9 +183,9 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
                                       f"first look would be its full training (nothing trained again)")
         return
     by_name = {j.name: j for j in jobs}
-    seeds = baseline_seeds(N.base_seed(config), spec.noise.baseline_seeds)
-    names = [reference_job_name(meta, champion, i) for i in range(len(seeds))]
-    for i, (seed, name) in enumerate(zip(seeds, names)):
+    runs = reference_runs(meta, champion, config, f.wire_first_look(), spec.noise.baseline_seeds)
+    seeds, names = [seed for seed, _ in runs], [name for _, name in runs]
+    for i, (seed, name) in enumerate(runs):
         job = by_name.get(name)
         if job is None:
             actions.append(CreateTrainingJob(

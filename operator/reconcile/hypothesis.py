@@ -31,6 +31,7 @@ from cambrian.operator.reconcile.actions import APPLIED_SUPERSEDED, CreateTraini
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
+from cambrian.operator.reconcile.views import evaluations
 from cambrian.stats.noise import confirmation_seeds
 
 # A trained Hypothesis whose judgement waits on the Evolution (no event of its own will come).
@@ -56,22 +57,38 @@ class EvolutionContext:
     uid: str
     spec: EvolutionSpec
     baseline: dict[str, Any]  # the champion's Φ (the spec's baseline until a launch)
-    budget_exhausted: str | None = None  # the budget's name when one is spent
+    budget_exhausted: str | None = None  # the budget's name when one is spent (by the Evolution's saved spend)
     # the champion's offline metrics over its seeds, which gains are measured against (noise.reference_metrics)
     reference: dict[str, ProxyMetric] = field(default_factory=dict)
     # spec.fidelity: the champion's metrics at first-look fidelity over its seeds (reconcile/fidelity.py), empty
     # while they train; `first_look_unavailable` says why there will be none (its runs failed)
     first_look_reference: dict[str, ProxyMetric] = field(default_factory=dict)
     first_look_unavailable: str | None = None
-    # the evaluations budget's runs left (None: no such budget), and the Evolution's Hypotheses, read only when
-    # a promising run must share the last runs with others (confirmation.py)
-    evaluations_left: int | None = None
+    # runs the Evolution itself started (its baseline's seeds, its first-look references), and its Hypotheses: read
+    # under an evaluations budget whenever a run may start, as the Evolution's saved spend lags (runs_left)
+    evolution_runs: int = 0
     peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
     # rollouts whose decision the Evolution applied (None: not known, a concluded rollout's decision is final at
     # once), and those that decided nothing about their treatment (a promotion over a control no longer the
     # champion, or a rollout the Evolution ended: evolution.py step 3): their hypotheses go back to Scored
     decided: frozenset[str] | None = None
     superseded: frozenset[str] = frozenset()
+
+
+def runs_left(meta: Meta, st: HypothesisStatus, ctx: EvolutionContext) -> int | None:
+    """The evaluations budget's runs left as this Hypothesis starts one (None: no such budget), counted from its own
+    status and what it sees of its peers' now. The Evolution's saved spend lags: in the cluster each Hypothesis is
+    stepped on its own, so every new one of a wake-up read the same spend and started a run past the cap."""
+    cap = ctx.spec.agent.budgets.evaluations
+    if cap is None:
+        return None
+    peers = sum(p.evaluations for p in ctx.peers() if p.name != meta.name)
+    return max(0, cap - ctx.evolution_runs - peers - evaluations(st.wire()))
+
+
+def spent_budget(meta: Meta, st: HypothesisStatus, ctx: EvolutionContext) -> str | None:
+    """The budget that is spent, if any: no run may start."""
+    return ctx.budget_exhausted or ("evaluations" if runs_left(meta, st, ctx) == 0 else None)
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -180,8 +197,9 @@ def reconcile(
             return Result(actions, st, requeue_after=ADMITTED)
 
     if st.phase == "Validated":
-        if ctx.budget_exhausted:
-            cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
+        spent = spent_budget(meta, st, ctx)
+        if spent:
+            cond("Ready", False, "BudgetExhausted", f"budget {spent} is spent; not training")
             return Result(actions, st, requeue_after=POLL_SECONDS)
         if ctx.spec.fidelity is not None and st.first_look is None:
             look = ctx.spec.fidelity.wire_first_look()
@@ -278,8 +296,9 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
 
 def _start_full(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
     """The first full training run (attempt 1), from Validated or after a promoted first look."""
-    if ctx.budget_exhausted:
-        cond("Ready", False, "BudgetExhausted", f"budget {ctx.budget_exhausted} is spent; not training")
+    spent = spent_budget(meta, st, ctx)
+    if spent:
+        cond("Ready", False, "BudgetExhausted", f"budget {spent} is spent; not training")
         return Result(actions, st, requeue_after=POLL_SECONDS)
     st.attempts += 1
     _start(meta, spec, st, ctx, actions)
@@ -499,7 +518,7 @@ def _judge(meta, spec, st, ctx, now, actions, journal, move, cond) -> Result[Hyp
     if jd is not None and jd.verdict == "promising" and not st.confirmations:
         go = (CF.Turn(False, f"budget {ctx.budget_exhausted} is spent", final=True) if ctx.budget_exhausted else
               CF.turn(meta.name, jd.gain / jd.floor if jd.floor else 0.0, ctx.spec.noise.confirm_seeds,
-                      ctx.evaluations_left, ctx.peers()))
+                      runs_left(meta, st, ctx), ctx.peers()))
         if not go.go and not go.final:
             st.reason = why
             cond("Training", True, CF.WAITING, f"{why}; {go.why}")

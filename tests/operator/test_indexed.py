@@ -309,3 +309,46 @@ def test_index_copies_share_keys_and_common_strings_between_objects():
     assert "labels" not in sp["metadata"] and "annotations" not in sp["metadata"]
     assert pod_blocker([sp]) == pod_blocker([pod]) is not None
     assert {k: indexed.unpack(v) for k, v in indexed.pod_keys(pod).items()} == {("ns", "j"): sp}
+
+
+def test_hypotheses_stepped_at_once_take_turns_for_the_last_evaluation(monkeypatch):
+    """The Settle workers step many Hypotheses at once. With one evaluation left, two Validated ones stepped on two
+    threads each counted the other's runs before either status was written, and both started a Job."""
+    import threading
+    import time
+
+    class Many(dict):  # kopf's Index: one value per object under a key
+        def add(self, keys: dict) -> None:
+            for k, v in keys.items():
+                self.setdefault(k, []).append(v)
+
+    evo = {**EVO, "spec": {**EVO["spec"], "agent": {"budgets": {"evaluations": 4}}}}  # 3 baseline seeds + 1
+    hyps = {n: {**HYP, "metadata": {**HYP["metadata"], "name": n, "uid": f"uid-{n}"},
+                "status": {"phase": "Validated", "observedGeneration": 1}} for n in ("h1", "h2")}
+    customs = {"evolutions": Many(), "hypotheses": Many(), "rollouts": Many()}
+    customs["evolutions"].add(indexed.custom_keys(evo))
+    for h in hyps.values():
+        customs["hypotheses"].add(indexed.custom_keys(h, packed=True))
+    c = indexed.IndexedCluster(customs, Many(), Many())
+
+    class SlowStatusApi(CountingApi):
+        def __getattr__(self, name):
+            def patch(group, version, ns, plural, hyp, change):
+                time.sleep(0.3)  # the status PATCH takes a while: the other thread steps meanwhile
+                body = hyps[hyp]
+                return {**body, "status": {**body["status"], **change["status"]},
+                        "metadata": {**body["metadata"], "resourceVersion": "11"}}
+            return patch
+
+    monkeypatch.setattr(HD, "_custom", lambda: SlowStatusApi())
+    p = platform()
+    p.observed = c
+    memo = kopf.Memo(platform=p)
+    threads = [threading.Thread(target=HD.step_hypothesis, args=(memo, c, "ns", n)) for n in hyps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert p.batch.calls == ["create_namespaced_job"]
+    phases = sorted(c.get("hypotheses", "ns", n)["status"]["phase"] for n in hyps)
+    assert phases == ["Training", "Validated"]

@@ -269,6 +269,11 @@ def test_without_fidelity_nothing_changes():
 # ------------------------------------------------------------------------------- the Evolution's reference
 
 
+def ref_names(sp, st):
+    """The champion's first-look reference runs the Evolution asks the platform for (as operator/loop.py does)."""
+    return F.reference_job_names(EVO, sp, st, E.effective_baseline(sp, st))
+
+
 def evo_run(sp, st, jobs=(), hyps=(), ros=(), now=T0):
     return E.reconcile(EVO, sp, st, list(hyps), list(ros), list(jobs), Spend(), now)
 
@@ -280,7 +285,7 @@ def test_the_champions_first_look_seeds_are_measured_once_per_champion_and_reuse
     base = [j for j in jobs if j.fidelity is None]
     looks = [j for j in jobs if j.fidelity is not None]
     assert [j.name for j in base] == N.baseline_job_names(EVO, sp)  # in parallel with the baseline's own seeds
-    assert [j.name for j in looks] == F.reference_job_names(EVO, sp, r.status)
+    assert [j.name for j in looks] == ref_names(sp, r.status)
     assert [j.baseline["training"]["seed"] for j in looks] == [0, 1, 2] and all(j.delta is None for j in looks)
     assert all(j.fidelity == {"epochFraction": 0.25, "sampleFraction": 0.5} for j in looks)
     assert F.evaluations(sp, r.status) == 3
@@ -297,7 +302,7 @@ def test_the_champions_first_look_seeds_are_measured_once_per_champion_and_reuse
     assert {c.type: c.status for c in r2.status.conditions}[F.READY] == "True"
     assert F.reference_for(sp, r2.status) == (ref.metrics, None)
     # measured: no job of it is asked for again, none is created, however often it reconciles
-    assert F.reference_job_names(EVO, sp, r2.status) == []
+    assert ref_names(sp, r2.status) == []
     r3 = evo_run(sp, r2.status, [], now=T0 + timedelta(minutes=1))
     assert not [j for j in creates(r3) if j.fidelity is not None] and r3.status.first_look_reference == ref
     assert F.evaluations(sp, r3.status) == 3
@@ -336,6 +341,32 @@ def test_a_launched_hypothesis_named_baseline_gets_its_own_first_look_reference(
     assert all(j.baseline["optimizer"]["lr"] == 0.01 for j in new)
 
 
+def test_new_first_look_fractions_train_a_new_reference_never_adopting_the_old_runs():
+    """The old reference's Jobs stay visible (locally jobs/ is kept for good, in the cluster for 24 h): the reference
+    at the new fractions trains runs of its own instead of taking those metrics (trained at other fractions)."""
+    sp = evo_spec(noise={"baselineSeeds": 2})
+    r = evo_run(sp, api.EvolutionStatus())
+    old = {j.name: j for j in creates(r) if j.fidelity is not None}
+    done = [JobObservation(j.name, "Succeeded", 0, metrics={"val_loss": 0.6 if j.fidelity else 0.5},
+                           bundle_uri=f"pvc://x/{j.name}") for j in creates(r)]
+    r2 = evo_run(sp, r.status, done)
+    assert r2.status.first_look_reference.metrics["val_loss"].value == pytest.approx(0.6)
+    wider = evo_spec(fidelity={**FIDELITY, "firstLook": {"epochFraction": 1.0, "sampleFraction": 0.5}},
+                     noise={"baselineSeeds": 2})
+    names = ref_names(wider, r2.status)
+    assert len(names) == 2 and not set(names) & set(old)
+    r3 = evo_run(wider, r2.status, [d for d in done if d.name in old], now=T0 + timedelta(minutes=5))
+    new = [j for j in creates(r3) if j.fidelity is not None]
+    assert [j.name for j in new] == names and all(j.fidelity["epochFraction"] == 1.0 for j in new)
+    ref = r3.status.first_look_reference
+    assert ref.epoch_fraction == 1.0 and ref.metrics == {} and ref.runs == [] and ref.measured == 2
+    assert F.reference_for(wider, r3.status) == ({}, None)  # first looks wait for the new reference
+    # once its own runs finish, they are the reference
+    r4 = evo_run(wider, r3.status, [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.55}) for n in names])
+    assert [x.job for x in r4.status.first_look_reference.runs] == names
+    assert F.reference_for(wider, r4.status)[0]["val_loss"].value == pytest.approx(0.55)
+
+
 def test_the_baselines_first_look_that_is_its_full_training_is_its_own_seeds():
     """A one-epoch Φ on every row: the baseline at first-look fidelity is the baseline itself, so its noise-floor
     runs are the reference (nothing trained twice, no evaluation spent); a launched champion is measured again."""
@@ -346,7 +377,7 @@ def test_the_baselines_first_look_that_is_its_full_training_is_its_own_seeds():
     r = evo_run(sp, api.EvolutionStatus())
     jobs = creates(r)
     assert [j.name for j in jobs] == N.baseline_job_names(EVO, sp) and all(j.fidelity is None for j in jobs)
-    assert F.reference_job_names(EVO, sp, r.status) == [] and F.evaluations(sp, r.status) == 0
+    assert ref_names(sp, r.status) == [] and F.evaluations(sp, r.status) == 0
     assert F.reference_for(sp, r.status) == ({}, None)  # candidates wait for the baseline's seeds
     assert {c.type: c.reason for c in r.status.conditions}[F.READY] == "Measuring"
     done = [JobObservation(j.name, "Succeeded", 0, metrics={"val_loss": 0.5 + 0.01 * i}, bundle_uri=f"pvc://x/b{i}")
@@ -372,7 +403,7 @@ def test_the_baselines_first_look_that_is_its_full_training_is_its_own_seeds():
     r4 = evo_run(sp, r3.status, [], hyps=[hv], ros=[ro], now=T0 + timedelta(hours=1, minutes=1))
     new = [j for j in creates(r4) if j.fidelity is not None]
     assert len(new) == 3 and all(j.baseline["training"]["epochs"] == 4 for j in new)
-    assert F.evaluations(sp, r4.status) == 3 and len(F.reference_job_names(EVO, sp, r4.status)) == 3
+    assert F.evaluations(sp, r4.status) == 3 and len(ref_names(sp, r4.status)) == 3
 
 
 def test_a_failed_reference_run_lets_candidates_train_in_full():
@@ -383,7 +414,7 @@ def test_a_failed_reference_run_lets_candidates_train_in_full():
     r2 = evo_run(sp, r.status, [JobObservation(looks[0].name, "Running"), bad])
     assert r2.status.phase == "Running"  # not the Evolution's failure
     metrics, why = F.reference_for(sp, r2.status)
-    assert metrics == {} and "out of memory" in why and F.reference_job_names(EVO, sp, r2.status) == []
+    assert metrics == {} and "out of memory" in why and ref_names(sp, r2.status) == []
 
 
 def test_the_loop_counts_the_reference_runs_and_passes_them_to_the_core():

@@ -312,10 +312,16 @@ def peer(name, phase="Training", verdict=None, gain=None, floor=None, confirmati
                           confirmations=confirmations)
 
 
+def left_after_first_run(n):
+    """An Evolution whose evaluations budget has `n` runs left once this Hypothesis's first run started (the peers
+    of these tests have started none; the baseline's seeds are not counted here)."""
+    return evo_spec(agent={"budgets": {"evaluations": n + 1}})
+
+
 def test_a_promising_run_is_confirmed_at_once_while_the_budget_pays_for_every_candidate():
     # 6 runs left: this one, a promising rival and a first run still training can all be confirmed (2 seeds each)
     peers = [peer("rival", verdict="promising", gain=0.5, floor=0.01), peer("training")]
-    _, _, r = first_run(0.40, evaluations_left=6, peers=lambda: peers)
+    _, _, r = first_run(0.40, spec=left_after_first_run(6), peers=lambda: peers)
     assert r.status.confirmations == 2 and r.status.phase == "Training"
 
 
@@ -323,7 +329,7 @@ def test_a_promising_run_waits_for_the_first_runs_in_flight_when_the_budget_is_s
     from cambrian.operator.reconcile import confirmation as CF
 
     peers = [peer("training"), peer("done", phase="Scored", verdict="not_better")]
-    spec, c, r = first_run(0.40, evaluations_left=2, peers=lambda: peers)
+    spec, c, r = first_run(0.40, spec=left_after_first_run(2), peers=lambda: peers)
     s = r.status
     assert s.phase == "Training" and s.verdict == "promising" and s.confirmations == 0
     assert not [a for a in r.actions if isinstance(a, CreateTrainingJob)] and r.requeue_after
@@ -332,19 +338,20 @@ def test_a_promising_run_waits_for_the_first_runs_in_flight_when_the_budget_is_s
     # the rival's first run turns out weaker: this one (about 6 floors) goes first
     weaker = [peer("training", verdict="promising", gain=0.02, floor=0.02), peers[1]]
     job = JobObservation(s.job_name, "Succeeded", 0, metrics={"val_loss": 0.40}, bundle_uri="pvc://b/h")
-    go = H.reconcile(META, spec, s, ctx(reference=REFERENCE, evaluations_left=2, peers=lambda: weaker), [job], None,
+    short = left_after_first_run(2)
+    go = H.reconcile(META, spec, s, ctx(reference=REFERENCE, spec=short, peers=lambda: weaker), [job], None,
                      T0 + timedelta(minutes=10))
     assert go.status.confirmations == 2 and len([a for a in go.actions if isinstance(a, CreateTrainingJob)]) == 2
     # ... and a stronger rival takes the last two runs: this one is scored, promising, never rolled out
     stronger = [peer("training", verdict="promising", gain=0.5, floor=0.01), peers[1]]
-    lost = H.reconcile(META, spec, s, ctx(reference=REFERENCE, evaluations_left=2, peers=lambda: stronger), [job],
-                       None, T0 + timedelta(minutes=10))
+    lost = H.reconcile(META, spec, s, ctx(reference=REFERENCE, spec=short, peers=lambda: stronger), [job], None,
+                       T0 + timedelta(minutes=10))
     assert lost.status.phase == "Scored" and lost.status.verdict == "promising" and lost.status.confirmations == 0
     assert "1 stronger promising run(s) first" in lost.status.reason
 
 
 def test_a_promising_run_the_last_runs_cannot_confirm_is_scored_at_once():
-    _, _, r = first_run(0.40, evaluations_left=1, peers=lambda: [])
+    _, _, r = first_run(0.40, spec=left_after_first_run(1), peers=lambda: [])
     assert r.status.phase == "Scored" and r.status.verdict == "promising"
     assert "the 1 evaluation(s) left cannot pay for 2 confirmation seeds" in r.status.reason
 
