@@ -148,3 +148,28 @@ def test_a_day_far_away_is_counted_not_walked(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[0] == ("events.ts: 999999999900 day(s) with no rows between day 0 and day "
                                              "1000000000000: day 100, day 101, day 102, day 103, day 104, ...")
+
+
+# --- training.max_train_examples ---------------------------------------------------------------------------
+
+def test_max_train_examples_keeps_the_most_recent_days_whatever_order_the_files_hold(tmp_path):
+    import collections
+
+    root = tmp_path / "parts"
+    (root / "events").mkdir(parents=True)
+
+    def part(name: str, days: list[int]) -> None:  # 200 rows a day; user_id: each row's place in its day
+        day = np.repeat(days, 200)
+        pq.write_table(pa.table({"user_id": np.tile(np.arange(200), len(days)), "item_id": day, "day": day,
+                                 "click": np.arange(len(day)) % 2}), root / "events" / name, row_group_size=64)
+
+    part("part-0.parquet", [5, 6, 7])  # a warehouse export, newest days first
+    part("part-1.parquet", [0, 1, 2, 3, 4])
+    path = root / "shop.yaml"
+    path.write_text(yaml.safe_dump(declaration({"events": {"columns": EVENTS, "time": "day"}})))
+    config = ModelConfig.model_validate({"training": {"validation_days": 1, "max_train_examples": 500}})
+    data = prepare(root, config, tmp_path / "rows", schema=str(path))
+    kept = pq.read_table(tmp_path / "rows" / "train.parquet").to_pandas()
+    assert data.n_train_available == 1400 and len(kept) == 500
+    assert dict(collections.Counter(kept["item"])) == {6: 200, 5: 200, 4: 100}  # day 7 is held out
+    assert sorted(kept.loc[kept["item"] == 4, "user"]) == list(range(100, 200))  # of day 4, the last rows read
