@@ -1,10 +1,10 @@
 """`cambrian data check`: a source against its declaration, before any training.
 
 Each problem is one line naming the table and the column: a table or column that is missing, a column of
-another type than declared, ids that are null, rows without a day or dated outside the calendar, days inside
-the logged span with no interactions at all, labels outside the declared range, and rows dated after the last
-day training may see (the declaration's `as_of`, else the interactions' last day): future days leaking into
-training.
+another type than declared, ids that are null or above MAX_ID, rows without a day or dated outside the
+calendar, days inside the logged span with no interactions at all, labels outside the declared range, and rows
+dated after the last day training may see (the declaration's `as_of`, else the interactions' last day): future
+days leaking into training.
 Tables are streamed in batches (trainer/sources.py), so memory stays bounded by the batch size and the
 number of distinct days, whatever the size of the source.
 """
@@ -25,6 +25,8 @@ from cambrian.trainer.sources import (BATCH_ROWS, FrameSource, Source, SourceErr
                                       read_tables, redact)
 
 _SHOWN_DAYS = 5
+# Training gives every id up to the largest its own embedding row: a sparse id of 10**10 would allocate 74 GiB.
+MAX_ID = 10_000_000
 _EPOCH = dt.date(1970, 1, 1)
 # The days a calendar time column can name (years 1 to 9999): beyond them a date is a wrong time unit
 # (epoch milliseconds in an epoch_seconds column), not a day of the log.
@@ -47,6 +49,7 @@ class TableStats:
 
     rows: int = 0
     null_ids: Counter = field(default_factory=Counter)
+    max_ids: dict[str, int] = field(default_factory=dict)
     undated: int = 0
     rows_per_day: Counter = field(default_factory=Counter)
     label_nulls: int = 0
@@ -119,6 +122,9 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
         stats.rows += batch.num_rows
         for column in ids:
             stats.null_ids[column] += batch.column(column).null_count
+            top = pc.max(batch.column(column)).as_py()
+            if top is not None:
+                stats.max_ids[column] = max(stats.max_ids.get(column, top), top)
         if time:
             values = batch.column(time)
             stats.undated += values.null_count
@@ -139,6 +145,8 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
 
 def _value_problems(schema: DataSchema, key: str, table: Table, stats: TableStats) -> list[Problem]:
     out = [Problem(key, c, f"{n} row(s) with a null id") for c, n in stats.null_ids.items() if n]
+    out += [Problem(key, c, f"ids up to {top}: training needs ids of at most {MAX_ID} (one embedding row per id up "
+                            "to the largest); number them densely") for c, top in stats.max_ids.items() if top > MAX_ID]
     if table.time and stats.undated:
         out.append(Problem(key, table.time, f"{stats.undated} row(s) with no day"))
     wild = {d: n for d, n in stats.rows_per_day.items() if not _dated(d, table.time_unit)}

@@ -173,3 +173,17 @@ def test_max_train_examples_keeps_the_most_recent_days_whatever_order_the_files_
     assert data.n_train_available == 1400 and len(kept) == 500
     assert dict(collections.Counter(kept["item"])) == {6: 200, 5: 200, 4: 100}  # day 7 is held out
     assert sorted(kept.loc[kept["item"] == 4, "user"]) == list(range(100, 200))  # of day 4, the last rows read
+
+
+# --- ids -------------------------------------------------------------------------------------------------------
+
+def test_a_sparse_id_is_refused_by_the_check_in_one_line_before_training_allocates_for_it(tmp_path):
+    frame = pd.DataFrame({"user_id": np.arange(40) % 5, "item_id": np.where(np.arange(40) == 3, 10**10, np.arange(40) % 4),
+                          "day": np.arange(40) // 10, "click": np.arange(40) % 2})
+    path = write(tmp_path / "big", frame, declaration({"events": {"columns": EVENTS, "time": "day"}}))
+    result = cli("data", "check", str(path.parent), "--schema", str(path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[0] == ("events.item_id: ids up to 10000000000: training needs ids of at most "
+                                             "10000000 (one embedding row per id up to the largest); number them densely")
+    with pytest.raises(ConfigError, match="events.item_id: ids up to 10000000000"):  # (max id + 1) rows: 74.5 GiB
+        prepare(path.parent, ModelConfig(), None, schema=str(path))
