@@ -237,6 +237,18 @@ def reward_labels(df: pd.DataFrame, reward: RewardConfig, schema: DataSchema = W
     return label, weight
 
 
+def _oldest_kept(per_day: dict[int, int], cutoff: int, n: int) -> tuple[int, int]:
+    """Where the most recent `n` of the training rows (days before `cutoff`, counted per day) begin: the oldest
+    day they reach and how many rows of that day, the first read, fall outside them. By day, not by the order
+    a source streams its rows in (a folder of part files may hold its newest days first)."""
+    left = n
+    for day in sorted((d for d in per_day if d < cutoff), reverse=True):
+        if per_day[day] >= left:
+            return day, per_day[day] - left
+        left -= per_day[day]
+    raise ValueError(f"{n} training rows asked of days holding {n - left}")
+
+
 def train_file(rank: int, world: int) -> str:
     """The training rows of worker `rank` of `world` in the contained trainer's input folder."""
     from cambrian.trainer.distributed import shard_name
@@ -278,6 +290,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         available = sum(n for d, n in per_day.items() if d < cutoff)
         cap = config.training.max_train_examples
         n = available if cap is None else min(available, cap)  # the most recent n training rows are kept
+        first_day, cut_first = _oldest_kept(per_day, cutoff, n)
         if workers > 1:
             shard_of(np.zeros(0, np.int64), n, workers)  # refuses too few rows before any is read
         if folder is not None:
@@ -291,6 +304,8 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
         counts = [np.zeros(0, np.int64), np.zeros(0, np.int64)]  # training rows per user id, per item id
         top = [-1, -1]
         seen = 0  # training rows read so far, kept or not
+        kept = 0  # training rows kept so far: their index among the n, in the order they are read
+        seen_first = 0  # rows of first_day read so far
         held_out: list[pd.DataFrame] = []
         for batch in source.batches(key, table, list(table.columns)):
             df = pa.Table.from_batches([batch]).cast(wanted).to_pandas()
@@ -298,17 +313,20 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
                 top[i] = max(top[i], int(checked_ids(df, column, key).max()))
             days = rows_of.days(df)
             is_val = days >= cutoff
-            index = seen + np.arange(int((~is_val).sum())) - (available - n)  # its place among the kept rows
-            seen += len(index)
-            keep = index >= 0
+            seen += int((~is_val).sum())
+            # the most recent n: the days after first_day, and first_day's rows but the first cut_first read
+            on_first = np.flatnonzero(days == first_day)
+            keep = ~is_val & (days > first_day)
+            keep[on_first[seen_first + np.arange(len(on_first)) >= cut_first]] = True
+            seen_first += len(on_first)
+            index = kept + np.arange(int(keep.sum()))  # its place among the kept rows
+            kept += len(index)
             # the rows cut by max_train_examples are neither joined nor labelled: most of a capped source's rows
-            used = is_val.copy()
-            used[np.flatnonzero(~is_val)[keep]] = True
+            used = is_val | keep
             if not used.any():
                 continue
             if not used.all():
                 df, days, is_val = df.loc[used].reset_index(drop=True), days[used], is_val[used]
-            index = index[keep]
             df = rows_of.join(df, days)
             label, weight = _reward_values(df, config.reward, schema, rows_of.sql)
             rows = np.flatnonzero(~is_val)  # every training row left is kept
@@ -330,7 +348,7 @@ def prepare(data_dir: str | Path, config: ModelConfig, folder: Path | None, work
                 part["__label"], part["__weight"] = label[is_val], weight[is_val]
                 val_totals.add(label[is_val], weight[is_val])
                 held_out.append(part)
-        if seen != available:
+        if seen != available or kept != n:
             raise ConfigError(f"{data_dir}: {key} gave {seen} training rows, the data check counted {available}",
                               hint="was the source written to while it was read?")
     finally:

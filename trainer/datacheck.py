@@ -1,9 +1,10 @@
 """`cambrian data check`: a source against its declaration, before any training.
 
 Each problem is one line naming the table and the column: a table or column that is missing, a column of
-another type than declared, ids that are null, rows without a day, days inside the logged span with no
-interactions at all, labels outside the declared range, and rows dated after the last day training may
-see (the declaration's `as_of`, else the interactions' last day): future days leaking into training.
+another type than declared, ids that are null or above MAX_ID, rows without a day or dated outside the
+calendar, days inside the logged span with no interactions at all, labels outside the declared range, and rows
+dated after the last day training may see (the declaration's `as_of`, else the interactions' last day): future
+days leaking into training.
 Tables are streamed in batches (trainer/sources.py), so memory stays bounded by the batch size and the
 number of distinct days, whatever the size of the source.
 """
@@ -24,6 +25,12 @@ from cambrian.trainer.sources import (BATCH_ROWS, FrameSource, Source, SourceErr
                                       read_tables, redact)
 
 _SHOWN_DAYS = 5
+# Training gives every id up to the largest its own embedding row: a sparse id of 10**10 would allocate 74 GiB.
+MAX_ID = 10_000_000
+_EPOCH = dt.date(1970, 1, 1)
+# The days a calendar time column can name (years 1 to 9999): beyond them a date is a wrong time unit
+# (epoch milliseconds in an epoch_seconds column), not a day of the log.
+_CALENDAR = ((dt.date.min - _EPOCH).days, (dt.date.max - _EPOCH).days)
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class TableStats:
 
     rows: int = 0
     null_ids: Counter = field(default_factory=Counter)
+    max_ids: dict[str, int] = field(default_factory=dict)
     undated: int = 0
     rows_per_day: Counter = field(default_factory=Counter)
     label_nulls: int = 0
@@ -80,8 +88,15 @@ def day_numbers(values: pa.Array, unit: str) -> np.ndarray:
     return np.floor_divide(seconds.to_numpy(zero_copy_only=False), 86_400)
 
 
+def _dated(day: int, unit: str) -> bool:
+    """Whether a day number is a day of a log in this time unit (a day index is any integer)."""
+    return unit == "day" or _CALENDAR[0] <= day <= _CALENDAR[1]
+
+
 def _day_text(day: int, unit: str) -> str:
-    return f"day {day}" if unit == "day" else (dt.date(1970, 1, 1) + dt.timedelta(days=int(day))).isoformat()
+    if not _dated(day, unit):
+        return f"{day} days after 1970-01-01"
+    return f"day {day}" if unit == "day" else (_EPOCH + dt.timedelta(days=int(day))).isoformat()
 
 
 def _columns(key: str, table: Table, found: pa.Schema, problems: list[Problem]) -> set[str]:
@@ -107,6 +122,9 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
         stats.rows += batch.num_rows
         for column in ids:
             stats.null_ids[column] += batch.column(column).null_count
+            top = pc.max(batch.column(column)).as_py()
+            if top is not None:
+                stats.max_ids[column] = max(stats.max_ids.get(column, top), top)
         if time:
             values = batch.column(time)
             stats.undated += values.null_count
@@ -114,8 +132,10 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
             stats.rows_per_day.update(dict(zip(days.tolist(), counts.tolist())))
         if label:
             values = batch.column(label)
-            stats.label_nulls += values.null_count
             present = values.drop_null().cast(pa.float64()).to_numpy(zero_copy_only=False)
+            nan = np.isnan(present)  # Arrow counts NaN as a value; training finds no label in it
+            stats.label_nulls += values.null_count + int(nan.sum())
+            present = present[~nan]
             if present.size:
                 stats.label_min = min(stats.label_min, float(present.min()))
                 stats.label_max = max(stats.label_max, float(present.max()))
@@ -125,29 +145,48 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
 
 def _value_problems(schema: DataSchema, key: str, table: Table, stats: TableStats) -> list[Problem]:
     out = [Problem(key, c, f"{n} row(s) with a null id") for c, n in stats.null_ids.items() if n]
+    out += [Problem(key, c, f"ids up to {top}: training needs ids of at most {MAX_ID} (one embedding row per id up "
+                            "to the largest); number them densely") for c, top in stats.max_ids.items() if top > MAX_ID]
     if table.time and stats.undated:
         out.append(Problem(key, table.time, f"{stats.undated} row(s) with no day"))
+    wild = {d: n for d, n in stats.rows_per_day.items() if not _dated(d, table.time_unit)}
+    if wild:
+        out.append(Problem(key, table.time, f"{sum(wild.values())} row(s) dated outside years 1 to 9999 (e.g. "
+                                            f"{_day_text(next(iter(wild)), table.time_unit)}): is its time_unit "
+                                            f"({table.time_unit}) the column's?"))
     if schema.label and schema.label.column.startswith(key + "."):
         column = schema.label.column.split(".", 1)[1]
         if stats.label_nulls:
-            out.append(Problem(key, column, f"{stats.label_nulls} row(s) with no label"))
+            out.append(Problem(key, column, f"{stats.label_nulls} row(s) with no label (null or NaN)"))
         if stats.label_outside:
             out.append(Problem(key, column, f"{stats.label_outside} label(s) outside [{schema.label.min:g}, "
                                             f"{schema.label.max:g}] (found {stats.label_min:g} to {stats.label_max:g})"))
     return out
 
 
+def _empty_days(days: list[int], shown: int = _SHOWN_DAYS) -> tuple[int, list[int]]:
+    """How many days between the first and the last of the sorted distinct `days` have no rows, and the first
+    `shown` of them: counted from the gaps, never day by day (one mis-dated row may span 10**12 days)."""
+    if not days:
+        return 0, []
+    first: list[int] = []
+    for a, b in zip(days, days[1:]):
+        if len(first) >= shown:
+            break
+        first.extend(range(a + 1, min(b, a + 1 + shown - len(first))))
+    return days[-1] - days[0] + 1 - len(days), first
+
+
 def _gaps(key: str, table: Table, stats: TableStats, tolerated: int) -> list[Problem]:
-    if not stats.rows_per_day:  # every row undated: reported as such
+    # every row undated, or dated outside the calendar: reported as such
+    days = sorted(d for d in stats.rows_per_day if _dated(d, table.time_unit))
+    n, empty = _empty_days(days)
+    if n <= tolerated:
         return []
-    first, last = min(stats.rows_per_day), max(stats.rows_per_day)
-    empty = [d for d in range(first, last + 1) if d not in stats.rows_per_day]
-    if len(empty) <= tolerated:
-        return []
-    shown = ", ".join(_day_text(d, table.time_unit) for d in empty[:_SHOWN_DAYS]) + (", ..." if len(empty) > _SHOWN_DAYS else "")
+    shown = ", ".join(_day_text(d, table.time_unit) for d in empty) + (", ..." if n > len(empty) else "")
     allowed = f" (max_empty_days is {tolerated})" if tolerated else ""
-    return [Problem(key, table.time, f"{len(empty)} day(s) with no rows{allowed} between {_day_text(first, table.time_unit)} "
-                                     f"and {_day_text(last, table.time_unit)}: {shown}")]
+    return [Problem(key, table.time, f"{n} day(s) with no rows{allowed} between {_day_text(days[0], table.time_unit)} "
+                                     f"and {_day_text(days[-1], table.time_unit)}: {shown}")]
 
 
 def _leakage(schema: DataSchema, scanned: dict[str, TableStats]) -> list[Problem]:

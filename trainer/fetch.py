@@ -23,7 +23,7 @@ import yaml
 
 from cambrian.trainer.datacheck import require_valid
 from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema
-from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact
+from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact, table_path
 
 MARKER = "world.json"
 DECLARATION = "declaration.yaml"  # a declaration that is not built in travels with its snapshot
@@ -61,7 +61,7 @@ def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows:
 
 def _copy(source, key: str, table, folder: Path, batch_rows: int) -> int:
     columns = list(table.columns)
-    path = folder / (table.path or f"{key}.parquet")
+    path = folder / table_path(key, table)  # where the check of the copy, and training, read it
     path.parent.mkdir(parents=True, exist_ok=True)
     writer, rows = None, 0
     try:
@@ -86,8 +86,8 @@ def _meta(uri: str, schema: DataSchema, folder: Path, rows: dict[str, int]) -> d
     meta = {"schema_version": 1, "source": redact(uri), "declaration": built_in or DECLARATION, "rows": rows,
             "logging_policy": "observational", "params": {}, "seed": None}
     if schema == WORLD:
-        topics = pq.read_table(folder / (schema.tables["items"].path or "items.parquet"), columns=["topic"])["topic"]
-        days = pq.read_table(folder / (schema.tables["impressions"].path or "impressions.parquet"), columns=["day"])["day"]
+        topics = pq.read_table(folder / table_path("items", schema.tables["items"]), columns=["topic"])["topic"]
+        days = pq.read_table(folder / table_path("impressions", schema.tables["impressions"]), columns=["day"])["day"]
         meta.update(n_users=rows["users"], n_items=rows["items"],
                     n_topics=int(pc.max(topics).as_py() or 0) + 1 if len(topics) else 0,
                     days=len(pc.unique(days)))

@@ -68,6 +68,8 @@ class RowFrame:
             if not needed:
                 continue
             kind = schema.join_of(table)
+            if kind == "row":  # its columns are the batch's own: joined on itself, a row would take another's label
+                continue
             t = schema.tables[table]
             if kind == "user_day":
                 key = pd.MultiIndex.from_arrays([day_numbers(pa.array(frame[t.time]), t.time_unit),

@@ -80,6 +80,12 @@ def column_problems(table: Table, found: pa.Schema) -> dict[str, str]:
     return out
 
 
+def table_path(key: str, table: Table) -> str:
+    """Where a table lies under a Parquet root (a file or a folder of files): its `path`, else its key. A fetch
+    writes its snapshot there, so that the snapshot reads back through the same declaration."""
+    return (table.path or key).rstrip("/")
+
+
 @dataclass
 class ParquetSource:
     """Parquet files under a root on an Arrow file system (local, S3, GCS)."""
@@ -97,7 +103,7 @@ class ParquetSource:
     def _dataset(self, key: str, table: Table):
         import pyarrow.dataset as ds
 
-        path = f"{self.root.rstrip('/')}/{(table.path or key).rstrip('/')}"
+        path = f"{self.root.rstrip('/')}/{table_path(key, table)}"
         try:
             if self._kind(path) is None:
                 raise SourceError(f"table {key}: {table.path or key} not found in {redact(self.uri)}")
@@ -113,7 +119,7 @@ class ParquetSource:
     def _files(self, key: str, table: Table) -> list[str]:
         from pyarrow.fs import FileSelector, FileType
 
-        path = f"{self.root.rstrip('/')}/{(table.path or key).rstrip('/')}"
+        path = f"{self.root.rstrip('/')}/{table_path(key, table)}"
         if self._kind(path) != FileType.Directory:
             return [path]
         # A folder of part files, as Spark, DuckDB and pyarrow write them (no _SUCCESS, no hidden files).
@@ -270,7 +276,7 @@ def read_tables(schema: DataSchema, source: Source, tables: list[str] | None = N
     """Each declared table (or those named) as an Arrow table of exactly its declared columns, in their order.
     Only declared columns are read: an undeclared column (or table) of the source is never opened."""
     out: dict[str, pa.Table] = {}
-    for key in tables or list(schema.tables):
+    for key in list(schema.tables) if tables is None else tables:  # [] is none, not all
         table = schema.tables[key]
         found = source.arrow_schema(key, table)
         wrong = column_problems(table, found)
