@@ -5,15 +5,21 @@ that changes between two candidates would make their comparison unfair), and the
 candidate code must never hold the warehouse's credentials. So a trusted step reads the source once,
 streaming (memory bounded by the batch size, not the table), writes the declared tables as Parquet in
 the data-directory layout, checks the copy against the declaration (a failing source is refused and
-nothing is left behind), and writes world.json last: its presence marks a complete directory. In a
-cluster that step is the training pod's `fetch` init container, the only one given the connection
-Secret; locally the driver fetches once per source into its run folder (operator/platform/local.py).
+nothing is left behind), and writes world.json last: its presence marks a complete directory, which is
+kept (the source is not read again), so every run of an Evolution reads one snapshot (operator/reconcile/common.py
+`data_snapshot` names it). In a cluster that step is the training pod's `fetch` init container, the only one
+given the connection Secret, writing onto the Evolution's storage claim: the first Job's fetch writes the
+snapshot, every later one finds it; locally the driver fetches into its run folder (operator/platform/local.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,12 +38,16 @@ DECLARATION = "declaration.yaml"  # a declaration that is not built in travels w
 def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows: int = BATCH_ROWS) -> dict:
     """Copy the declared tables of `uri` into `out_dir`; a no-op when `out_dir` is already complete.
     Returns the directory's world.json content. Raises ConfigError (exit 2) for a source that cannot be
-    read or fails the declaration's check."""
+    read or fails the declaration's check.
+
+    Safe to run at once from several processes or pods into one `out_dir` (the training Jobs of one Evolution on
+    a shared claim): each writes a folder of its own and renames it into place, which succeeds for the first one
+    only; every other discards its copy and returns the winner's, so all of them read one snapshot even when the
+    source changed between their reads."""
     out = Path(out_dir)
     if (out / MARKER).is_file():  # a restarted driver or a re-run step: the snapshot is kept, not re-read
         return json.loads((out / MARKER).read_text())
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = out.with_name(f"{out.name}.partial-{uuid.uuid4().hex[:12]}")  # its own: another fetch may run beside
     partial.mkdir(parents=True)
     try:
         opened = open_source(uri)
@@ -51,12 +61,30 @@ def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows:
             (partial / DECLARATION).write_text(yaml.safe_dump(schema.model_dump(mode="json", exclude_defaults=True),
                                                               sort_keys=False))
         (partial / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if out.exists():  # an incomplete earlier attempt (no marker): replaced whole
-            shutil.rmtree(out)
-        partial.rename(out)
-        return meta
+        return meta if _place(partial, out) else json.loads((out / MARKER).read_text())
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _place(partial: Path, out: Path, clear: bool = True) -> bool:
+    """Rename the complete copy to `out`: True if it is now the snapshot, False if another fetch's complete one was
+    there first (kept: it may already be read). rename(2) replaces only a missing or empty folder, atomically."""
+    try:
+        os.rename(partial, out)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if (out / MARKER).is_file():
+            return False
+        if not clear:
+            raise
+    # an incomplete folder (no world.json, so nothing reads it: an older attempt's) is set aside, then replaced
+    junk = out.with_name(f"{out.name}.incomplete-{uuid.uuid4().hex[:12]}")
+    with contextlib.suppress(FileNotFoundError):  # another fetch set it aside first
+        os.rename(out, junk)
+    shutil.rmtree(junk, ignore_errors=True)
+    return _place(partial, out, clear=False)
 
 
 def _copy(source, key: str, table, folder: Path, batch_rows: int) -> int:

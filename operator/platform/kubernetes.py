@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import re
 import threading
 import time
@@ -81,6 +82,7 @@ A_BUNDLE = "cambrian.dev/bundle-uri"
 A_ATTEMPT = "cambrian.dev/attempt"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 STORAGE_MOUNT = "/var/lib/cambrian"
+SNAPSHOTS = "/snapshots"  # the fetch step's view of the claim's folder of source snapshots
 TRAINING_FILE = "training.json"  # the run's ConfigMap: the training settings a reused run's key covers (reuses_runs)
 TRAINER = "trainer"  # the training pod's init container that runs candidate code
 SCORER = "scorer"  # its main container: the only one whose termination message carries a verdict
@@ -216,8 +218,12 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
     deadline = active_deadline_seconds(t, template)
     out_dir = f"{STORAGE_MOUNT}/{action.bundle_path}" if action.storage_claim else "/out"
     data = action.data or {}
-    # your own tables: the fetch step writes a checked snapshot into the pod's data volume (below)
-    run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data/source" if data.get("source") else "/data"]
+    if data.get("source") and not (action.storage_claim and action.data_snapshot):
+        # a fetch per pod would let a warehouse that grows between two Jobs give them different rows
+        raise ActionRefused(f"training job {action.name}", "spec.data.source needs spec.storage.claimName: the "
+                            "Evolution's one snapshot of its source, which every training run reads, is kept on "
+                            "that claim (a ReadWriteMany PersistentVolumeClaim)", permanent=True)
+    run = ["--config", "/etc/cambrian/run/config.json", "--data", "/data"]
     if action.delta is not None:
         run += ["--delta", "/etc/cambrian/run/delta.json"]
     if action.fidelity is not None:  # a first look: prepare and score resolve the same smaller Φ
@@ -247,16 +253,20 @@ def training_job(action: CreateTrainingJob, template: Mapping[str, Any] | None =
             data_mount["subPath"] = pvc["path"]
     elif data.get("source"):
         # The only step that holds the warehouse's credentials: the image's own code, before any candidate
-        # code runs; the steps after it read the snapshot and never see the Secret.
+        # code runs; the steps after it read the snapshot and never see the Secret. The snapshot is the
+        # Evolution's, on its claim: the first Job's fetch writes it (atomically), every later one finds it
+        # there and reads nothing, so all the Evolution's runs train and are scored on the same rows.
         source = data["source"]
-        volumes.append({"name": "data", "emptyDir": {}})
+        folder, name = posixpath.split(action.data_snapshot)
+        data_mount.update(name="storage", subPath=action.data_snapshot)
         init.append({
             "name": "fetch", **image, "securityContext": secure,
-            "command": ["cambrian", "data", "fetch", source["uri"], "--out", "/data/source", "--schema",
+            "command": ["cambrian", "data", "fetch", source["uri"], "--out", f"{SNAPSHOTS}/{name}", "--schema",
                         "/etc/cambrian/run/declaration.json" if data.get("customDeclaration")
                         else data.get("declaration") or "world"],
             **({"envFrom": [{"secretRef": {"name": source["secretRef"]["name"]}}]} if source.get("secretRef") else {}),
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}, dict(TMP_MOUNT),
+            # the claim's snapshots folder only: not the bundles or the run store
+            "volumeMounts": [{"name": "storage", "mountPath": SNAPSHOTS, "subPath": folder}, dict(TMP_MOUNT),
                              *([run_mount] if data.get("customDeclaration") else [])],
         })
     else:
@@ -973,10 +983,10 @@ class KubernetesPlatform:
         two (issue 16: a new Hypothesis' first phase). Either failing fails the step, whose replay creates
         what is missing (409s for the rest)."""
         ns = action.owner.namespace
+        job = self.training_job(action)  # a Job it refuses (ActionRefused) leaves no ConfigMap behind
         config = _side_requests().submit(self._create, self.core.create_namespaced_config_map, ns,
                                          training_configmap(action), raw=True)
         try:
-            job = self.training_job(action)
             if gang.workers(action.training) > 1:
                 job = gang.gang_job(job, action.training, self._gang_network(action), TRAINER, scorer=SCORER)
             self._create(self.batch.create_namespaced_job, ns, job, raw=True)

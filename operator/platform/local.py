@@ -23,7 +23,6 @@ a killed driver left behind, by PID, after checking that.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -67,6 +66,7 @@ from cambrian.operator.reconcile.actions import (
     SetWeights,
     UpdateChampion,
 )
+from cambrian.operator.reconcile.common import data_snapshot
 from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
 from cambrian.operator.reconcile.rollout import CONCLUDED
 
@@ -207,6 +207,7 @@ class LocalPlatform:
             "attempt": action.attempt, "baseline": action.baseline, "delta": action.delta,
             "training": action.training, "data": action.data, "bundle_uri": self._bundle_uri(action),
             **({"fidelity": action.fidelity} if action.fidelity is not None else {}),
+            **({"data_snapshot": action.data_snapshot} if action.data_snapshot else {}),
         }
         write_atomic(folder / "job.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
         self._start(action.name, request)
@@ -238,7 +239,7 @@ class LocalPlatform:
             # spec.training.workers: locally, that many data-parallel worker processes on this machine
             workers = int((request.get("training") or {}).get("workers") or limits.workers)
             limits = limits.model_copy(update={"wall_seconds": min(limits.wall_seconds, deadline), "workers": workers})
-            data = self.data_for(request.get("data") or {})
+            data = self.data_for(request.get("data") or {}, request.get("data_snapshot"))
             key = runstore.run_key(request, data, self.train_command) if runstore.reusable(request) else None
             stored = runstore.lookup(self.root, key) if key else None
             if stored is not None:  # this baseline seed was trained on the same data and settings before
@@ -351,8 +352,9 @@ class LocalPlatform:
                 self._job_files.forget(folder / name)
 
     # --- data ------------------------------------------------------------------------------------
-    def data_for(self, data: Mapping[str, Any]) -> Path:
-        """The world data a run trains on: --data, a claim's folder, a snapshot of the Evolution's own source,
+    def data_for(self, data: Mapping[str, Any], snapshot: str | None = None) -> Path:
+        """The world data a run trains on: --data, a claim's folder, the snapshot of the Evolution's own source
+        (`snapshot`, reconcile.common.data_snapshot: the folder under ROOT that every run of the Evolution reads),
         or a world generated once per spec."""
         if self.data_dir is not None:
             return self.data_dir
@@ -365,17 +367,15 @@ class LocalPlatform:
         source = data.get("source")
         if source:
             from cambrian.trainer.fetch import fetch
-
-            # one checked snapshot per source for every run of this folder (a kill mid-fetch leaves none);
-            # credentials come from this process's environment, as the Secret's keys do in a cluster
             from cambrian.trainer.schema import declaration_of
 
-            custom = data.get("customDeclaration")  # checked when the Evolution was applied
-            declaration = json.dumps(custom, sort_keys=True) if custom else data.get("declaration") or "world"
-            key = source["uri"] if declaration == "world" else f"{source['uri']} {declaration}"
-            path = self.root / "data" / f"source-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+            if not snapshot:
+                raise ConfigError(f"{source['uri']}: no snapshot folder named for the Evolution's source")
+            # fetched by the first run, then kept (a kill mid-fetch leaves none); credentials come from this
+            # process's environment, as the Secret's keys do in a cluster
+            path = self.root / snapshot
             with self._data_lock:
-                fetch(source["uri"], path, declaration_of(data.get("declaration"), custom))
+                fetch(source["uri"], path, declaration_of(data.get("declaration"), data.get("customDeclaration")))
             return path
         w = {"users": 2000, "days": 14, "seed": 0, **(data.get("world") or {})}
         path = self.root / "data" / f"world-u{w['users']}-d{w['days']}-s{w['seed']}"
@@ -396,7 +396,8 @@ class LocalPlatform:
         if evo is None and self.data_dir is None:
             raise ConfigError(f"rollout {rollout}: no Evolution {ref!r} to take the world data from",
                               hint="pass --data DIR (a `cambrian world generate` folder)")
-        return self.data_for(((evo or {}).get("spec") or {}).get("data") or {})
+        data = ((evo or {}).get("spec") or {}).get("data") or {}
+        return self.data_for(data, data_snapshot(((evo or {}).get("metadata") or {}).get("uid", ""), data))
 
     # --- serving ---------------------------------------------------------------------------------
     def _state(self, rollout: str) -> RolloutEnv:

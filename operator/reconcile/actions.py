@@ -35,6 +35,8 @@ class CreateTrainingJob:
     bundle_path: str = ""  # path relative to the storage root
     # a first look (reconcile/fidelity.py): {epochFraction, sampleFraction} for the trainer's --fidelity; None: full
     fidelity: dict[str, float] | None = field(default=None, hash=False)
+    # spec.data.source: the Evolution's one snapshot, relative to its storage (common.data_snapshot); None otherwise
+    data_snapshot: str | None = None
 
 
 @dataclass(frozen=True)

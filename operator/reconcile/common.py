@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,21 @@ def child_name(owner_name: str, owner_uid: str, step: str, max_len: int = 63) ->
         readable = f"c-{readable}".rstrip("-")
     readable = readable[: max_len - len(digest) - 1].rstrip("-")
     return f"{readable}-{digest}"
+
+
+def data_snapshot(evolution_uid: str, data: dict[str, Any]) -> str | None:
+    """The folder, relative to the Evolution's storage (its claim in a cluster, the run folder locally), of the one
+    snapshot of its own source (spec.data.source, wire form) that every run of the Evolution trains and is scored
+    on: fetched once, then kept (trainer/fetch.py), so rows a warehouse gains later never split two runs. Keyed by
+    the Evolution (a new Evolution fetches anew: that is how newer rows are trained on) and by what the snapshot
+    copies (the source, the declaration it is read through). None: the data is not a source."""
+    source = data.get("source")
+    if not source:
+        return None
+    custom = data.get("customDeclaration")
+    declaration = json.dumps(custom, sort_keys=True) if custom else data.get("declaration") or "world"
+    key = f"{evolution_uid} {source['uri']} {declaration}"
+    return f"data/source-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def label_value(text: str) -> str:

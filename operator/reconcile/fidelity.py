@@ -29,7 +29,7 @@ from cambrian.operator.api import (EvolutionSpec, EvolutionStatus, FirstLookRefe
                                    ProxyMetric, Promote)
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
-from cambrian.operator.reconcile.common import Meta, child_name
+from cambrian.operator.reconcile.common import Meta, child_name, data_snapshot
 from cambrian.operator.reconcile.observations import JobObservation
 from cambrian.stats.noise import baseline_seeds, gain_of, noise_floor
 
@@ -191,7 +191,8 @@ def measure_reference(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, conf
             actions.append(CreateTrainingJob(
                 name=name, owner=owner, hypothesis=None, attempt=1, baseline=N.with_seed(config, seed), delta=None,
                 training=spec.training.wire(), data=spec.data.wire(), storage_claim=spec.storage.claim_name,
-                bundle_path=f"bundles/{meta.name}/first-look/{champion}-s{i}", fidelity=f.wire_first_look()))
+                bundle_path=f"bundles/{meta.name}/first-look/{champion}-s{i}", fidelity=f.wire_first_look(),
+                data_snapshot=data_snapshot(meta.uid, spec.data.wire())))
         elif job.state not in N.RUNNING and (job.state != "Succeeded" or not N.numeric(job.metrics)):
             ref.failed = (f"first-look run {job.name} of {champion} (seed {seed}) {job.state.lower()}: "
                           f"{job.message or job.reason or 'no metrics'}")

@@ -28,7 +28,7 @@ from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile.actions import APPLIED_SUPERSEDED, CreateTrainingJob, Owner, RecordJournal
-from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, note_blocker,
+from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, data_snapshot, note_blocker,
                                                 resume_after_spec_change, set_condition)
 from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
 from cambrian.operator.reconcile.views import evaluations
@@ -326,7 +326,8 @@ def _look_job(meta, spec, st, ctx) -> CreateTrainingJob:
         delta=spec.trainer_delta().model_dump(mode="json", exclude_none=True), training=ctx.spec.training.wire(),
         data=ctx.spec.data.wire(), storage_claim=ctx.spec.storage.claim_name,
         bundle_path=f"bundles/{meta.name}/first-look-{fl.runs}",
-        fidelity={"epochFraction": fl.epoch_fraction, "sampleFraction": fl.sample_fraction})
+        fidelity={"epochFraction": fl.epoch_fraction, "sampleFraction": fl.sample_fraction},
+        data_snapshot=data_snapshot(ctx.uid, ctx.spec.data.wire()))
 
 
 def _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) -> Result[HypothesisStatus]:
@@ -416,6 +417,7 @@ def _create_job(meta: Meta, spec: HypothesisSpec, st: HypothesisStatus, ctx: Evo
         data=ctx.spec.data.wire(),
         storage_claim=ctx.spec.storage.claim_name,
         bundle_path=bundle_path(meta, st.attempts) if seed is None else f"bundles/{meta.name}/seed-{seed}",
+        data_snapshot=data_snapshot(ctx.uid, ctx.spec.data.wire()),
     )
 
 

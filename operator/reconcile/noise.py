@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 from cambrian.operator.api import (Champion, EvolutionSpec, EvolutionStatus, Noise, OfflineMetric, ProxyMetric,
                                    SeedRun)
 from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
-from cambrian.operator.reconcile.common import Meta, child_name, note_blocker
+from cambrian.operator.reconcile.common import Meta, child_name, data_snapshot, note_blocker
 from cambrian.operator.reconcile.observations import JobObservation
 from cambrian.stats.noise import Judgement, Score, baseline_seeds, judge, mean_std
 
@@ -103,6 +103,7 @@ def measure_baseline(meta: Meta, spec: EvolutionSpec, st: EvolutionStatus, jobs:
                 baseline=spec.baseline if i == 0 else with_seed(spec.baseline, seed), delta=None,
                 training=spec.training.wire(), data=spec.data.wire(), storage_claim=spec.storage.claim_name,
                 bundle_path=f"bundles/{meta.name}/baseline" + (f"-s{i}" if i else ""),
+                data_snapshot=data_snapshot(meta.uid, spec.data.wire()),
             ))
         elif job.state not in RUNNING and (job.state != "Succeeded" or not job.bundle_uri):
             why = (f"baseline job {job.name} (seed {seed}) {job.state.lower()}: "

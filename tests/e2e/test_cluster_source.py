@@ -2,12 +2,14 @@
 server on loopback), with its credentials in a Secret and its tables declared by the Evolution itself
 (`spec.data.customDeclaration`, with a proxy of its own), trained end to end on the real test control plane.
 
-Every training pod's `fetch` init container (the only step given the Secret) copies the declared tables into
-the pod's data volume, checked; the trusted steps and the candidate's steps read that snapshot. The pod runtime
-harness runs the pods' real commands on the host, so the fetch really reads the bucket."""
+The Evolution's one snapshot lives on its storage claim: the first training pod's `fetch` init container (the
+only step given the Secret) copies the declared tables there, checked, every later one finds it; the trusted
+steps read it read-only and hand the candidate's steps their rows. The pod runtime harness runs the pods' real
+commands on the host, so the fetch really reads the bucket."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -49,6 +51,7 @@ def evolution(name: str, uri: str) -> dict:
             # the world's tables declared as the team's own, with a proxy of its own
             "data": {"source": {"uri": uri, "secretRef": {"name": "warehouse"}}, "customDeclaration": shop()},
             "noise": {"baselineSeeds": 2, "confirmSeeds": 1},
+            "storage": {"claimName": "runs"},  # where the Evolution's one snapshot of the bucket is kept
         },
     }
 
@@ -67,7 +70,10 @@ def test_an_evolution_trains_on_its_own_bucket_in_the_cluster(cluster, cluster_n
     monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
     monkeypatch.setenv("CAMBRIAN_OPERATOR_CONFIG", str(chart))
     monkeypatch.setenv("CAMBRIAN_PROMETHEUS_URL", "http://127.0.0.1:9")  # no Rollout in this test
-    with dataservers.moto_s3() as s3:
+    claim = tmp_path / "claim"
+    pv = c.bound_claim(ns, "runs", claim)
+    with dataservers.moto_s3() as s3, contextlib.ExitStack() as cleanup:
+        cleanup.callback(c.kubectl, "delete", "pv", pv, "--wait=false", check=False)
         s3.upload({f"world/{name}.parquet": world / f"{name}.parquet" for name in TABLES})
         secret = s3.env["AWS_SECRET_ACCESS_KEY"]
         c.kubectl("create", "secret", "generic", "warehouse", "-n", ns,
@@ -88,6 +94,9 @@ def test_an_evolution_trains_on_its_own_bucket_in_the_cluster(cluster, cluster_n
     impressions = len(pd.read_parquet(world / "impressions.parquet"))
     for run in status(evo)["baselineRuns"]:
         assert 0 < run["metrics"]["n_train"] < run["metrics"]["n_train"] + run["metrics"]["n_val"] <= impressions
+    # one snapshot on the claim, complete, which every Job's fetch step names
+    (snapshot,) = (claim / "data").iterdir()
+    assert (snapshot / "world.json").is_file() and len(pd.read_parquet(snapshot / "impressions.parquet")) == impressions
     jobs = k.get("jobs")
     assert len(jobs) >= 3 and not rt.errors and len(rt.runs) == len(jobs), (rt.errors, rt.runs)
     assert all(r["rc"] == 0 for r in rt.runs), rt.runs
@@ -96,5 +105,7 @@ def test_an_evolution_trains_on_its_own_bucket_in_the_cluster(cluster, cluster_n
         pod = job["spec"]["template"]["spec"]
         with_secret = [x["name"] for x in pod["initContainers"] + pod["containers"] if "envFrom" in x]
         assert with_secret == ["fetch"] and pod["initContainers"][0]["envFrom"] == [{"secretRef": {"name": "warehouse"}}]
+        fetch = pod["initContainers"][0]["command"]
+        assert fetch[fetch.index("--out") + 1] == f"/snapshots/{snapshot.name}"
     seen = json.dumps([k.get("hypotheses"), k.get("evolutions"), [r["message"] for r in rt.runs]]) + log
     assert secret not in seen

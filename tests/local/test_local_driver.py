@@ -512,10 +512,10 @@ def test_close_waits_for_a_run_still_preparing_and_that_run_starts_nothing(tmp_p
     entered, release = threading.Event(), threading.Event()
     found = p.data_for
 
-    def held_data_for(spec):
+    def held_data_for(*args):
         entered.set()
         release.wait(10)
-        return found(spec)
+        return found(*args)
 
     started = []
     monkeypatch.setattr(p, "data_for", held_data_for)

@@ -140,29 +140,90 @@ def test_a_baseline_pod_looks_for_its_run_in_the_run_store_and_only_trusted_step
         assert not any("--run-store" in c["command"] for c in job["initContainers"] + job["containers"])
 
 
+SNAPSHOT = "data/source-0123456789abcdef"  # what reconcile.common.data_snapshot names
+
+
+def source_action(data: dict, snapshot: str | None = SNAPSHOT, claim: str | None = "bundles") -> CreateTrainingJob:
+    a = job_action()
+    return CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
+                             api.Data.model_validate(data).wire(), claim, a.bundle_path, data_snapshot=snapshot)
+
+
 def test_an_own_source_is_fetched_by_the_one_step_that_holds_its_secret():
     """Issue 17 in the cluster: the warehouse's Secret reaches only the fetch step (the image's own code,
     before any candidate code runs); the trusted steps read its checked snapshot, the candidate none of it."""
-    a = job_action()
-    source = {"source": {"uri": "postgresql://cambrian@warehouse:5432/events", "secretRef": {"name": "warehouse"}}}
-    a = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
-                          api.Data.model_validate(source).wire(), a.storage_claim, a.bundle_path)
+    a = source_action({"source": {"uri": "postgresql://cambrian@warehouse:5432/events",
+                                  "secretRef": {"name": "warehouse"}}})
     pod = K.training_job(a)["spec"]["template"]["spec"]
     fetch, prepare, trainer, predictor = pod["initContainers"]
     assert fetch["name"] == "fetch" and fetch["command"] == [
-        "cambrian", "data", "fetch", "postgresql://cambrian@warehouse:5432/events", "--out", "/data/source", "--schema", "world"]
+        "cambrian", "data", "fetch", "postgresql://cambrian@warehouse:5432/events", "--out",
+        "/snapshots/source-0123456789abcdef", "--schema", "world"]
     assert fetch["envFrom"] == [{"secretRef": {"name": "warehouse"}}]
     assert [c["name"] for c in pod["initContainers"] + pod["containers"] if "envFrom" in c] == ["fetch"]
     for c in (prepare, pod["containers"][0]):
         command = c["command"]
-        assert command[command.index("--data") + 1] == "/data/source"
-    assert {v["name"]: v for v in pod["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
-    assert not {m["name"] for m in trainer["volumeMounts"] + predictor["volumeMounts"]} & {"data", "run"}
+        assert command[command.index("--data") + 1] == "/data"
+    assert not {m["name"] for m in trainer["volumeMounts"] + predictor["volumeMounts"]} & {"data", "storage", "run"}
     # without a secretRef the step reads the pod's own identity (workload identity, an instance role)
-    anonymous = api.Data.model_validate({"source": {"uri": "s3://lake/world"}}).wire()
-    plain = K.training_job(CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
-                                             anonymous, a.storage_claim, a.bundle_path))
+    plain = K.training_job(source_action({"source": {"uri": "s3://lake/world"}}))
     assert "envFrom" not in plain["spec"]["template"]["spec"]["initContainers"][0]
+
+
+def test_every_training_job_of_an_evolution_reads_one_snapshot_of_its_source_on_its_claim():
+    """The baseline's Job and a candidate's Job (both built from the core's actions) fetch into one folder of
+    the Evolution's claim, which the first fetch writes and every later one keeps, and their trusted steps mount
+    that folder read-only as /data: no Job fetches a copy of its own, so a warehouse that gains a day between
+    two Jobs cannot give them different rows (a per-pod emptyDir did)."""
+    from cambrian.operator.reconcile import evolution as E
+    from cambrian.operator.reconcile import hypothesis as H
+    from cambrian.operator.reconcile.common import Meta
+    from cambrian.operator.reconcile.observations import Spend
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    spec = api.EvolutionSpec.model_validate({
+        "objective": {"northStar": [{"name": "dau"}]}, "storage": {"claimName": "runs"},
+        "data": {"source": {"uri": "postgresql://cambrian@wh:5432/events", "secretRef": {"name": "wh"}}}})
+    evo = Meta("evo", "uid-evo", "team-a", 1)
+    baseline = [a for a in E.reconcile(evo, spec, api.EvolutionStatus(), [], [], None, Spend(), now).actions
+                if isinstance(a, CreateTrainingJob)]
+    hyp = api.HypothesisSpec.model_validate({"evolutionRef": {"name": "evo"}, "component": "optimizer",
+                                             "explanation": "faster", "delta": {"patch": {"lr": 0.01}}})
+    ctx = H.EvolutionContext(name="evo", uid="uid-evo", spec=spec, baseline=spec.baseline)
+    candidate = [a for a in H.reconcile(Meta("hyp-a", "uid-a", "team-a", 1), hyp, api.HypothesisStatus(), ctx, [],
+                                        None, now).actions if isinstance(a, CreateTrainingJob)]
+    assert baseline and len(candidate) == 1
+    seen = set()
+    for action in [*baseline, *candidate]:
+        pod = K.training_job(action)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert not [v for v in pod["volumes"] if "emptyDir" in v and v["name"] not in
+                    ("tmp", "tmp-trainer", "tmp-predictor", *K.STEP_VOLUMES)]  # no data volume of the pod's own
+        steps = {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
+        fetch = steps["fetch"]
+        (into,) = [m for m in fetch["volumeMounts"] if m["mountPath"] == "/snapshots"]
+        assert volumes[into["name"]] == {"name": "storage", "persistentVolumeClaim": {"claimName": "runs"}}
+        out = fetch["command"][fetch["command"].index("--out") + 1]
+        snapshot = f"{into['subPath']}/{out.removeprefix('/snapshots/')}"  # the folder on the claim
+        for name in ("prepare", "scorer"):
+            (data,) = [m for m in steps[name]["volumeMounts"] if m["mountPath"] == "/data"]
+            assert data == {"name": "storage", "mountPath": "/data", "subPath": snapshot, "readOnly": True}
+        seen.add(snapshot)
+    assert len(seen) == 1 and seen.pop().startswith("data/source-")
+    # another Evolution (a new one is how newer rows are trained on) has a snapshot of its own
+    other = [a for a in E.reconcile(Meta("evo", "uid-new", "team-a", 1), spec, api.EvolutionStatus(), [], [], None,
+                                    Spend(), now).actions if isinstance(a, CreateTrainingJob)]
+    assert other[0].data_snapshot and other[0].data_snapshot != baseline[0].data_snapshot
+
+
+def test_an_own_source_without_a_storage_claim_is_refused_naming_the_claim():
+    """Without a claim there is nowhere for the Evolution's one snapshot: a per-pod fetch would let two Jobs train
+    on different rows, so the Job is refused for good (the Evolution is Failed, Refused, until its spec changes)."""
+    from cambrian.operator.platform.base import ActionRefused
+
+    with pytest.raises(ActionRefused, match="spec.data.source needs spec.storage.claimName") as refused:
+        K.training_job(source_action({"source": {"uri": "s3://lake/world"}}, claim=None))
+    assert refused.value.permanent
 
 
 def _shop_declaration(**change) -> dict:
@@ -178,19 +239,14 @@ def _shop_declaration(**change) -> dict:
 def test_an_own_declaration_reaches_the_fetch_step_through_the_run_configmap():
     """spec.data.customDeclaration: the fetch step reads the source through the Evolution's own declaration,
     written into the run's ConfigMap (the snapshot then carries it for the steps after)."""
-    a = job_action()
-    data = api.Data.model_validate({"source": {"uri": "s3://lake/shop", "secretRef": {"name": "lake"}},
-                                    "customDeclaration": _shop_declaration()}).wire()
-    a = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training, data,
-                          a.storage_claim, a.bundle_path)
+    a = source_action({"source": {"uri": "s3://lake/shop", "secretRef": {"name": "lake"}},
+                       "customDeclaration": _shop_declaration()})
     declared = json.loads(K.training_configmap(a)["data"]["declaration.json"])
     assert declared["name"] == "shop" and declared["proxies"][-1]["name"] == "watch_corr"
     fetch = K.training_job(a)["spec"]["template"]["spec"]["initContainers"][0]
     assert fetch["command"][-2:] == ["--schema", "/etc/cambrian/run/declaration.json"]
     assert {"name": "run", "mountPath": "/etc/cambrian/run", "readOnly": True} in fetch["volumeMounts"]
-    plain = CreateTrainingJob(a.name, a.owner, a.hypothesis, a.attempt, a.baseline, a.delta, a.training,
-                              api.Data.model_validate({"source": {"uri": "s3://lake/world"}}).wire(),
-                              a.storage_claim, a.bundle_path)
+    plain = source_action({"source": {"uri": "s3://lake/world"}})
     assert "declaration.json" not in K.training_configmap(plain)["data"]
     assert "run" not in {m["name"] for m in K.training_job(plain)["spec"]["template"]["spec"]["initContainers"][0]["volumeMounts"]}
 

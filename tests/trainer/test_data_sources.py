@@ -227,6 +227,73 @@ def test_fetch_keeps_a_complete_snapshot_and_replaces_an_incomplete_one(world, t
     assert fetch(str(tmp_path / "gone"), out) == meta
 
 
+# Runs `fetch` in a process of its own, held after it copied the source (before its check and its rename) until
+# the test lets it go: that orders two fetches the way two training pods can interleave.
+HELD_FETCH = """
+import json, pathlib, sys, time
+import cambrian.trainer.fetch as F
+uri, out, gate = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+check = F.require_valid
+def held(*args, **kw):
+    (gate / "copied").touch()
+    while not (gate / "go").exists():
+        time.sleep(0.02)
+    return check(*args, **kw)
+F.require_valid = held
+print(json.dumps(F.fetch(uri, out)))
+"""
+
+
+def test_two_fetches_at_once_into_one_snapshot_leave_one_complete_snapshot_that_both_read(world, tmp_path):
+    """Two training Jobs of one Evolution fetch into its one snapshot at the same time, and the warehouse lands a
+    new day between their reads: the first to finish places its copy, the other keeps it (never replaces a
+    snapshot that may already be read) and returns it, so both train on the same rows; no partial copy is left."""
+    import time
+
+    import duckdb
+
+    db = tmp_path / "wh.duckdb"
+    con = duckdb.connect(str(db))
+    for name in TABLES:
+        con.execute(f"CREATE TABLE {name} AS SELECT * FROM read_parquet('{world / (name + '.parquet')}')")
+    last = con.execute("SELECT max(day) FROM impressions").fetchone()[0]
+    con.close()
+    snapshots = tmp_path / "claim" / "data"
+    out = snapshots / "source-evo"
+
+    def start(name: str) -> tuple[subprocess.Popen, object]:
+        gate = tmp_path / name
+        gate.mkdir()
+        proc = subprocess.Popen([sys.executable, "-c", HELD_FETCH, f"duckdb://{db}", str(out), str(gate)],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not (gate / "copied").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        return proc, gate
+
+    def finish(proc: subprocess.Popen, gate) -> dict:
+        (gate / "go").touch()
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        return json.loads(stdout)
+
+    early = start("early")  # the baseline's Job: copied the warehouse as it was
+    con = duckdb.connect(str(db))  # a new day lands
+    con.execute(f"INSERT INTO impressions SELECT * REPLACE (day + 1 AS day, impression_id + 10000000 AS impression_id) "
+                f"FROM impressions WHERE day = {last}")
+    con.execute(f"INSERT INTO user_days SELECT * REPLACE (day + 1 AS day) FROM user_days WHERE day = {last}")
+    con.close()
+    late = start("late")  # a candidate's Job: copied it with the new day
+    placed = finish(*late)  # the later copy finishes first and is the snapshot
+    kept = finish(*early)  # the earlier one must not replace it: it returns the snapshot in place
+    assert kept == placed and placed["days"] == last + 2  # one more day than the world's (days 0..last+1)
+    assert sorted(p.name for p in snapshots.iterdir()) == ["source-evo"]  # no partial copy left behind
+    days = pq.read_table(out / "impressions.parquet", columns=["day"])["day"].to_pylist()
+    assert max(days) == last + 1 and len(days) == placed["rows"]["impressions"]
+
+
 # --- PostgreSQL ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -460,19 +527,21 @@ def test_an_evolution_trains_on_its_own_parquet_in_a_bucket(s3, tmp_path, monkey
 
 
 def test_the_local_platform_fetches_a_source_through_the_evolutions_own_declaration(world, tmp_path):
-    """spec.data.customDeclaration locally: one snapshot per (source, declaration), which carries the declaration
-    for every run that trains on it (its own proxy included)."""
+    """spec.data.customDeclaration locally: one snapshot per (Evolution, source, declaration), which carries the
+    declaration for every run that trains on it (its own proxy included)."""
     from cambrian.operator.localstore import LocalStore
     from cambrian.operator.platform.local import LocalPlatform
+    from cambrian.operator.reconcile.common import data_snapshot
     from cambrian.trainer.data import source_schema
 
     mine = WORLD.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     mine = {**mine, "name": "shop", "proxies": [*mine["proxies"], {"name": "watch_corr", "signal": "impressions.watch_seconds"}]}
     platform = LocalPlatform(tmp_path / "run", LocalStore(tmp_path / "run"), lambda: None)
-    own = platform.data_for({"source": {"uri": str(world)}, "customDeclaration": mine})
-    plain = platform.data_for({"source": {"uri": str(world)}})
+    data_own, data_plain = {"source": {"uri": str(world)}, "customDeclaration": mine}, {"source": {"uri": str(world)}}
+    own = platform.data_for(data_own, data_snapshot("uid-evo", data_own))
+    plain = platform.data_for(data_plain, data_snapshot("uid-evo", data_plain))
     assert own != plain and own.parent == plain.parent  # one snapshot per declaration of the same source
     declared = source_schema(str(own))
     assert declared.name == "shop" and [p.name for p in declared.proxies][-1] == "watch_corr"
     assert source_schema(str(plain)) == WORLD
-    assert platform.data_for({"source": {"uri": str(world)}, "customDeclaration": mine}) == own  # kept, not fetched again
+    assert platform.data_for(data_own, data_snapshot("uid-evo", data_own)) == own  # kept, not fetched again
