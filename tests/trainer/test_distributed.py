@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cambrian.agents.canonical import with_seed
 from cambrian.errors import ConfigError
 from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.delta import Delta, apply_delta
@@ -43,8 +44,7 @@ def test_bad_distributions_are_refused_in_one_line(kwargs, words):
 def test_two_workers_match_one_within_the_seed_noise_floor(world_dir, quick_config, tmp_path):
     """Same data, same effective batch (each of 2 workers takes half of training.batch_size a step)."""
     one = train(quick_config, world_dir, tmp_path / "one")
-    reseeded = train(apply_delta(quick_config, Delta(component="training", patch={"seed": 1})), world_dir,
-                     tmp_path / "reseeded")
+    reseeded = train(with_seed(quick_config, 1), world_dir, tmp_path / "reseeded")
     two = train(quick_config, world_dir, tmp_path / "two", dist=Distribution(workers=2))
     assert two["workers"] == 2 and two["sandbox"] == one["sandbox"]
     assert set(two) == set(one)  # the metrics are identical in form

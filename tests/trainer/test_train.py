@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cambrian.agents.canonical import with_seed
 from cambrian.trainer.bundle import load_bundle
 from cambrian.trainer.data import load_dataset
 from cambrian.trainer.delta import Delta, apply_delta
@@ -37,7 +38,7 @@ def test_training_beats_the_untrained_model(world_dir, quick_config, tmp_path):
 def test_same_seed_same_metrics_other_seed_differs(world_dir, quick_config, tmp_path):
     a = train(quick_config, world_dir, tmp_path / "a")
     b = train(quick_config, world_dir, tmp_path / "b")
-    c = train(apply_delta(quick_config, Delta(component="training", patch={"seed": 7})), world_dir, tmp_path / "c")
+    c = train(with_seed(quick_config, 7), world_dir, tmp_path / "c")  # the seed is the operator's, not a delta's
     assert a["val_loss"] == b["val_loss"] and a["auc"] == b["auc"]
     assert c["val_loss"] != a["val_loss"]
 

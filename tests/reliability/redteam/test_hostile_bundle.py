@@ -63,7 +63,7 @@ def write_marker(folder: Path) -> str:
 @pytest.fixture(scope="module")
 def trained_bundle(tiny_world, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bundle")
-    v = run_attack("train", tiny_world, tmp, {"component": "training", "patch": {"seed": 1}})
+    v = run_attack("train", tiny_world, tmp, {"component": "optimizer", "patch": {"lr": 0.002}})
     assert v.ok, (v.stage, v.reason)
     return tmp / "out" / "bundle"
 
