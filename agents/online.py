@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from cambrian.agents.journal import Hypothesis, Journal, render_entry
-from cambrian.agents.surrogate import KINDS, PROXIES, fit_journal, surrogate_rank
+from cambrian.agents.surrogate import KINDS, PROXIES, fit_journal, sign, surrogate_rank
 
 # the proxies as the surrogate reads them (its kinds, then those of no known direction): one list for both rankers
 PROXY_TEXT = ("loss-independent proxies of the north star: of watching " + ", ".join(KINDS[0]) +
@@ -85,17 +85,19 @@ def builtin_rank(pool: list[Hypothesis], k: int) -> tuple[list[str], dict[str, s
     return [h.id for h in ordered], reasons
 
 
-def build_prompt(pool: list[Hypothesis], k: int, north_star: list[str], guardrails: list[str]) -> str:
-    """The paper's Online Agent prompt (Figure 3): rank top K; smaller offline loss is better; guardrails."""
+def build_prompt(pool: list[Hypothesis], k: int, north_star: list[str], guardrails: list[str],
+                 direction: str = "maximize") -> str:
+    """The paper's Online Agent prompt (Figure 3): rank top K; smaller offline loss is better; guardrails;
+    `direction`: which way is good for the first north-star metric."""
     journal = "\n".join(render_entry(h, h.primary_metric or "val_loss") for h in
                         sorted(pool, key=lambda h: -expected_value(h)))
     return (
         "You are a brilliant and innovative ML scientist with deep expertise in online experimentation for "
         "recommender systems.\n\nGOAL: from the experiment journal below, rank the top "
         f"{k} configurations expected to maximise online performance. Online metrics in order of importance: "
-        f"{', '.join(north_star) or 'north star'}. Offline: each entry's gain is on its component's objective, "
-        f"named in the entry (losses are not comparable across rewards); {PROXY_TEXT}. Prefer candidates whose gain "
-        "clears the noise floor, and steer away from regions that "
+        f"{', '.join(north_star) or 'north star'} (the first is to {direction}). Offline: each entry's gain is on "
+        f"its component's objective, named in the entry (losses are not comparable across rewards); {PROXY_TEXT}. "
+        "Prefer candidates whose gain clears the noise floor, and steer away from regions that "
         "looked good offline but failed online.\n"
         f"GUARDRAILS (must hold): {'; '.join(guardrails) or 'none'}.\n\n"
         f"EXPERIMENT JOURNAL (best offline first):\n{journal}\n\n"
@@ -155,7 +157,8 @@ class GeminiRanker:
 
 class OnlineAgent:
     def __init__(self, k: int, ranker: Any = None, north_star: list[str] | None = None,
-                 guardrails: list[str] | None = None, surrogate: bool = True, kappa: float = 1.0):
+                 guardrails: list[str] | None = None, surrogate: bool = True, kappa: float = 1.0,
+                 direction: str = "maximize"):
         if k < 1:
             raise ValueError("k must be at least 1")
         self.k = k
@@ -163,6 +166,7 @@ class OnlineAgent:
         self.ranker = ranker
         self.north_star = north_star or []
         self.guardrails = guardrails or []
+        self.direction = direction  # of the first north-star metric, whose effect the surrogate learns
 
     def select(self, hypotheses: Iterable[Hypothesis]) -> Selection:
         hs = list(hypotheses)
@@ -173,13 +177,15 @@ class OnlineAgent:
         ranking, reasons = builtin_rank(pool, self.k)
         ranked_by, note, predictions = "builtin", "", {}
         # once enough rollouts have concluded, the surrogate (offline proxies -> online effect) ranks
-        model = fit_journal(hs) if self.surrogate else None
+        better = sign(self.direction)
+        model = fit_journal(hs, better=better) if self.surrogate else None
         if model is not None:
-            ranking, reasons, predictions = surrogate_rank(pool, model, self.k, self.kappa)
+            ranking, reasons, predictions = surrogate_rank(pool, model, self.k, self.kappa, better)
             ranked_by = "surrogate"
         if self.ranker is not None:
             try:
-                text = self.ranker.complete(build_prompt(pool, self.k, self.north_star, self.guardrails))
+                prompt = build_prompt(pool, self.k, self.north_star, self.guardrails, self.direction)
+                text = self.ranker.complete(prompt)
                 ranking, reasons = parse_ranking(text, {h.id for h in pool}, self.k)
                 ranked_by = self.ranker.name
             except Exception as exc:  # an unusable answer never stops the loop: fall back, and say why

@@ -15,9 +15,10 @@ best differs between worlds, and the rollouts decide. return_corr and auc have n
 that ranks clicks better may bring minutes (a world whose clicks lead to watching) or bait that costs them
 (one whose users leave when unsatisfied); the rollouts say which. The components share an intercept and
 differ from it by shrunk deviations. How wide the prior is, is not fixed: the surrogate averages the model over a
-grid of prior scales, weighted by each one's evidence (PRIOR_SCALES). It predicts each candidate's online effect with a standard deviation,
-and the online agent ranks by an upper confidence bound (mean + kappa * sd) so that uncertain candidates get
-explored.
+grid of prior scales, weighted by each one's evidence (PRIOR_SCALES). It predicts each candidate's online
+improvement of the north star (its effect, with the sign flipped for a north star to minimize: the proxies' prior
+says what predicts a better north star, not a larger one) with a standard deviation, and the online agent ranks
+by an upper confidence bound on the improvement (mean + kappa * sd) so that uncertain candidates get explored.
 
 Why linear and Bayesian: a handful of concluded rollouts is all there will be for a long time; the
 posterior's width says honestly how little that is, and it shrinks as rollouts conclude.
@@ -72,6 +73,11 @@ def features(h: Hypothesis) -> np.ndarray:
 def observed_effect(h: Hypothesis) -> float | None:
     value = h.online.get(TARGET) if h.online.get("matured") else None
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def sign(direction: str) -> int:
+    """+1 when the north star is to be maximized, -1 when minimized: `sign * effect` is its improvement."""
+    return -1 if direction == "minimize" else 1
 
 
 @dataclass
@@ -241,28 +247,34 @@ class Surrogate:
         return [Prediction(float(m), float(s)) for m, s in zip(mean, sd)]
 
 
-def fit_journal(hypotheses: Iterable[Hypothesis], min_history: int = MIN_HISTORY) -> Surrogate | None:
-    """The surrogate fitted on every concluded rollout with a recorded effect; None below min_history."""
-    done = [(features(h), y) for h in hypotheses if (y := observed_effect(h)) is not None]
+def fit_journal(hypotheses: Iterable[Hypothesis], min_history: int = MIN_HISTORY, better: int = 1
+                ) -> Surrogate | None:
+    """The surrogate fitted on every concluded rollout with a recorded effect; None below min_history. It learns
+    the north star's improvement, `better` (sign()) times the effect: the prior's positive proxy weights say a
+    proxy's gain predicts a better north star, which for one to minimize is a fall."""
+    done = [(features(h), better * y) for h in hypotheses if (y := observed_effect(h)) is not None]
     if len(done) < min_history:
         return None
     return Surrogate().fit(np.stack([f for f, _ in done]), np.array([y for _, y in done]))
 
 
-def surrogate_rank(pool: list[Hypothesis], model: Surrogate, k: int, kappa: float = 1.0
+def surrogate_rank(pool: list[Hypothesis], model: Surrogate, k: int, kappa: float = 1.0, better: int = 1
                    ) -> tuple[list[str], dict[str, str], dict[str, dict[str, float]]]:
-    """Top k by measured effect where a rollout concluded, else by the upper bound mean + kappa * sd."""
+    """Top k by measured improvement where a rollout concluded, else by the optimistic bound mean + kappa * sd of
+    the predicted improvement (`model` from fit_journal with the same `better`). Reasons and predictions are in
+    the north star's own effect (better * improvement), as the Rollout measures it and the report sets beside it."""
     preds = dict(zip((h.id for h in pool), model.predict(np.stack([features(h) for h in pool]))))
 
     def value(h: Hypothesis) -> float:
         seen = observed_effect(h)
-        return seen if seen is not None else preds[h.id].mean + kappa * preds[h.id].sd
+        return better * seen if seen is not None else preds[h.id].mean + kappa * preds[h.id].sd
 
     ordered = sorted(pool, key=lambda h: (-value(h), h.created_at))[:k]
     reasons = {}
     for h in ordered:
         p, seen = preds[h.id], observed_effect(h)
         reasons[h.id] = (f"measured online effect {seen:+.4f}" if seen is not None else
-                         f"surrogate predicts online effect {p.mean:+.4f} ± {p.sd:.4f} (upper bound {value(h):+.4f})")
-    predictions = {h.id: {"mean": round(p.mean, 6), "sd": round(p.sd, 6)} for h in pool for p in [preds[h.id]]}
+                         f"surrogate predicts online effect {better * p.mean:+.4f} ± {p.sd:.4f} "
+                         f"(optimistic bound {better * value(h):+.4f})")
+    predictions = {h.id: {"mean": round(better * p.mean, 6), "sd": round(p.sd, 6)} for h in pool for p in [preds[h.id]]}
     return [h.id for h in ordered], reasons, predictions

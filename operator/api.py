@@ -1096,7 +1096,7 @@ class OnlineResult(_Status):
     arm: str | None = Field(None, description="this hypothesis's treatment arm in the Rollout")
     decision: Outcome | None = Field(None, description="promote, rollback, continue or inconclusive")
     reason: str | None = Field(None, description="why, in words")
-    effects: list[ArmEffect] = Field(default_factory=list, max_length=64, description="effects per arm and metric")
+    effects: list[ArmEffect] = Field(default_factory=list, max_length=64, description="its own arm's effects, one per metric")
 
 
 class HypothesisStatus(_Status):

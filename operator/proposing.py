@@ -414,7 +414,8 @@ def online_agent(spec: api.EvolutionSpec, env: Mapping[str, str] | None = None):
         except (ConfigError, ValueError) as exc:
             log.warning("online agent: Gemini ranker unavailable (%s); using the built-in rule", exc)
     return OnlineAgent(spec.top_k, ranker=ranker, north_star=[m.name for m in spec.objective.north_star],
-                       guardrails=[f"{g.metric} {g.direction}" for g in spec.guardrails])
+                       guardrails=[f"{g.metric} {g.direction}" for g in spec.guardrails],
+                       direction=spec.objective.north_star[0].direction)
 
 
 def select_top_k(spec: api.EvolutionSpec, baseline: dict, hypotheses: list[Mapping[str, Any]], agent: Any = None):

@@ -383,7 +383,7 @@ def _acknowledge(owner: Owner, persisted: EvolutionStatus, st: EvolutionStatus, 
 
 def _north_star_reading(ro: RolloutView, north_star: str) -> dict | None:
     """The winner's effect on the north star as the Rollout's status reports it (None: not reported)."""
-    found = [e for e in ro.effects if e.get("metric") == north_star]
+    found = [e for e in ro.effects_of(ro.winner_hypothesis) if e.get("metric") == north_star]
     est = found[0].get("estimate") if found else None
     return found[0] if isinstance(est, (int, float)) and math.isfinite(est) else None
 

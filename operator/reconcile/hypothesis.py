@@ -286,7 +286,7 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
         arm=rollout.arm_of(meta.name),
         decision=decision,  # type: ignore[arg-type]
         reason=reason,
-        effects=[e for e in rollout.effects],  # type: ignore[misc]
+        effects=list(rollout.effects_of(meta.name)),  # type: ignore[arg-type]
     )
     move("Launched" if promoted else "Retired", reason)
     cond("Live", False, "RolloutConcluded", f"{rollout.name}: {decision}")

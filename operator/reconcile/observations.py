@@ -112,7 +112,7 @@ class RolloutView:
     winner_hypothesis: str | None = None
     winner_bundle: str | None = None
     reason: str | None = None
-    effects: tuple[dict[str, Any], ...] = ()
+    effects: tuple[dict[str, Any], ...] = ()  # status.effects: one per (treatment arm, metric)
     arms: tuple[tuple[str, str], ...] = ()  # (treatment hypothesis, its arm's name)
     control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
     retired: str | None = None  # why its Evolution ended it (status.retired), when that, not a decision, ended it
@@ -123,6 +123,15 @@ class RolloutView:
 
     def arm_of(self, hypothesis: str) -> str | None:
         return next((arm for h, arm in self.arms if h == hypothesis), None)
+
+    def effects_of(self, hypothesis: str | None) -> tuple[dict[str, Any], ...]:
+        """The effects its own arm measured (one per metric): in an A/B/n Rollout the others are its siblings'."""
+        if hypothesis not in self.hypotheses:
+            return ()
+        if len(self.hypotheses) == 1:  # its only treatment: every effect is its arm's
+            return self.effects
+        arm = self.arm_of(hypothesis)
+        return tuple(e for e in self.effects if e.get("arm") == arm)
 
     def outcome_of(self, hypothesis: str) -> tuple[str | None, str | None]:
         """(decision, reason) of this hypothesis's own arm; the Rollout's when its status has no per-arm outcome

@@ -80,7 +80,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         winner_hypothesis=(winner or {}).get("hypothesisRef", {}).get("name") if winner else None,
         winner_bundle=(winner or {}).get("bundle") if winner else None,
         reason=status.get("reason"),
-        effects=tuple(e for e in status.get("effects") or [] if not winner or e.get("arm") == status.get("winner")),
+        effects=tuple(status.get("effects") or ()),
         arms=tuple((t["hypothesisRef"]["name"], t.get("name") or "") for t in treatments if t.get("hypothesisRef")),
         control_bundle=(spec.get("control") or {}).get("bundle"),
         retired=status.get("retired") or None,

@@ -244,3 +244,39 @@ def test_the_surrogate_rejects_a_feature_vector_of_the_wrong_width():
 
     with pytest.raises(ValueError, match="one-hot columns"):
         Surrogate().fit(np.zeros((5, 6)), np.zeros(5))
+
+
+def test_a_north_star_to_minimize_ranks_the_predicted_fall_first():
+    """churn_rate, to minimize: 8 rollouts in which each +0.01 of top_watch_share raised churn by 1%. The surrogate
+    ranked the largest predicted effect first, so it started the candidate expected to raise churn the most; it
+    must rank by the improvement (the fall) and still report its prediction as churn's own effect."""
+    def churn(hid, tws, effect=None, created=0.0):
+        h = hyp(hid, "optimizer", tws, 1.0, effect=effect, created=created)
+        h.online = {"decision": "rollback", "effect": effect, "matured": True} if effect is not None else {}
+        return h
+
+    history = [churn(f"h{i}", 0.30 + 0.01 * i, effect=0.01 * i) for i in range(8)]
+    pool = [churn("raises", 0.40, created=1), churn("lowers", 0.20, created=2)]
+    sel = OnlineAgent(k=1, direction="minimize").select([*history, *pool])
+    assert sel.ranked_by == "surrogate" and sel.start == ["lowers"]
+    p = sel.predictions
+    assert p["lowers"]["mean"] < 0 < p["raises"]["mean"]  # in churn's own units: a predicted fall is negative
+    assert f"predicts online effect {p['lowers']['mean']:+.4f}" in sel.reasons["lowers"]
+    # the same journal with a north star to maximize starts the other one
+    assert OnlineAgent(k=1).select([*history, *pool]).start == ["raises"]
+
+
+def test_the_prior_predicts_a_fall_of_a_north_star_to_minimize_from_better_proxies():
+    """The prior's positive proxy weights say what makes the north star better: with rollouts that say nothing
+    (noise), a candidate with more watching predicts a fall of a metric to minimize, not a rise; the optimistic
+    bound (the exploration bonus) is on the fall too."""
+    history = [hyp(f"h{i}", "optimizer", tws, 1.0, effect=effect)  # effects uncorrelated with the proxy
+               for i, (tws, effect) in enumerate([(t, e) for t in (0.04, 0.06) for e in (0.01, -0.01)] * 2)]
+    pool = [hyp("more", "optimizer", 0.08, 1.0, created=1), hyp("less", "optimizer", 0.02, 1.0, created=2)]
+    down = OnlineAgent(k=1, direction="minimize").select([*history, *pool])
+    up = OnlineAgent(k=1).select([*history, *pool])
+    assert down.start == up.start == ["more"]
+    assert down.predictions["more"]["mean"] < down.predictions["less"]["mean"]
+    assert up.predictions["more"]["mean"] > up.predictions["less"]["mean"]
+    bound = float(down.reasons["more"].split("optimistic bound ")[1].rstrip(")"))
+    assert bound == pytest.approx(down.predictions["more"]["mean"] - down.predictions["more"]["sd"], abs=2e-4)

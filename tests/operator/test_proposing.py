@@ -455,14 +455,15 @@ def test_a_failed_hypothesis_goes_back_to_its_persona_with_its_error():
     assert P.journal_view(as_objects(batch, "evo-w2-abc"), spec, spec.baseline)[-1].parent == name
 
 
-def _concluded(name: str, component: str, long_watch: float, floors: float, effect: float | None, arm="treatment"):
+def _concluded(name: str, component: str, long_watch: float, floors: float, effect: float | None, arm="treatment",
+               metric="watch_minutes"):
     status = {"phase": "Scored", "offlineMetric": "val_loss", "gain": floors * 0.01, "noiseFloor": 0.01,
               "verdict": "better", "proxyMetrics": {"long_watch_corr": {"value": long_watch}, "return_corr": {"value": 0.0}}}
     if effect is not None:
         status.update(phase="Retired", online={
             "rollout": f"ro-{name}", "arm": arm, "decision": "rollback",
-            "effects": [{"arm": "other", "metric": "watch_minutes", "estimate": 9.9, "ciLow": 9, "ciHigh": 11, "relative": True},
-                        {"arm": arm, "metric": "watch_minutes", "estimate": effect, "ciLow": effect - 0.01,
+            "effects": [{"arm": "other", "metric": metric, "estimate": 9.9, "ciLow": 9, "ciHigh": 11, "relative": True},
+                        {"arm": arm, "metric": metric, "estimate": effect, "ciLow": effect - 0.01,
                          "ciHigh": effect + 0.01, "relative": True}]})
     return {"metadata": {"name": name, "creationTimestamp": "2026-02-01T00:00:00Z"},
             "spec": {"component": component, "delta": {"patch": {"lr": 0.01 + len(name) * 1e-4}}}, "status": status}
@@ -481,6 +482,21 @@ def test_concluded_rollouts_reach_the_surrogate_through_the_hypothesis_objects()
     sel = P.select_top_k(spec, spec.baseline, [*history, *pool])
     assert sel.ranked_by == "surrogate" and sel.start == ["long-watch"]
     assert sel.predictions["long-watch"]["mean"] > sel.predictions["big-gain"]["mean"]
+
+
+def test_the_operator_tells_the_surrogate_which_way_the_north_star_should_go():
+    """A north star to minimize (churn_rate): rollouts in which long watches cut churn. select_top_k passed only
+    the metric names, so the surrogate ranked the largest predicted churn effect first and started the candidate
+    expected to raise churn; it must start the predicted fall."""
+    history = [_concluded(f"h{i}", c, lw, fl, -0.2 * lw, metric="churn_rate") for i, (c, lw, fl) in enumerate([
+        ("reward", 0.10, 1.0), ("reward", 0.05, 1.5), ("optimizer", 0.0, 4.0), ("training", -0.01, 6.0),
+        ("architecture", 0.02, 3.0), ("reward", -0.05, 2.0)])]
+    pool = [_concluded("big-gain", "training", 0.0, 8.0, None), _concluded("long-watch", "reward", 0.08, 1.2, None)]
+    spec = api.parse_spec("Evolution", {"objective": {"northStar": [{"name": "churn_rate", "direction": "minimize"}]},
+                                        "data": {"world": {}}, "agent": {"provider": "builtin"}, "topK": 1})
+    sel = P.select_top_k(spec, spec.baseline, [*history, *pool])
+    assert sel.ranked_by == "surrogate" and sel.start == ["long-watch"]
+    assert sel.predictions["long-watch"]["mean"] < sel.predictions["big-gain"]["mean"]  # churn's own effect
 
 
 def test_local_mode_replays_a_wakeup_cut_between_two_creates(tmp_path):

@@ -113,3 +113,28 @@ def test_a_human_rollback_rolls_every_arm_back():
     assert ro["status"]["phase"] == "RolledBack"
     assert outcomes(ro) == {"control": None, "b": "rollback", "c": "rollback"}
     assert recorded(ro, "hyp-b").online.decision == recorded(ro, "hyp-c").online.decision == "rollback"
+
+
+def test_a_promoted_rollouts_loser_records_its_own_measured_effect_for_the_surrogate():
+    """Each Hypothesis records its own arm's effects. The view of a promoted Rollout kept only the winner's, so the
+    loser recorded the winner's effects: online_effect found none for its arm and the surrogate never learnt it."""
+    from cambrian.agents.surrogate import observed_effect
+    from cambrian.operator import proposing as P
+
+    ro = conclude(1.0, days=7)    # b wins; c broke its guardrail
+    assert ro["status"]["phase"] == "Promoted" and ro["status"]["winner"] == "b"
+    measured = {(e["arm"], e["metric"]): e["estimate"] for e in ro["status"]["effects"]}
+    evo = api.EvolutionSpec.model_validate({"objective": {"northStar": [{"name": "minutes"}]},
+                                            "data": {"world": {"users": 100, "days": 3}}})
+    objs = []
+    for h, arm in (("hyp-b", "b"), ("hyp-c", "c")):
+        online = recorded(ro, h).online
+        assert online.arm == arm and online.effects
+        assert {(e.arm, e.metric): e.estimate for e in online.effects} == {
+            k: v for k, v in measured.items() if k[0] == arm}
+        objs.append({"metadata": {"name": h}, "spec": {"component": "optimizer", "delta": {"patch": {"lr": 0.01}}},
+                     "status": {"phase": "Retired", "online": online.wire()}})
+    entries = {e.id: e for e in P.journal_view(objs, evo, evo.baseline)}
+    # what the surrogate's training rows are made of (fit_journal keeps each hypothesis with an observed effect)
+    assert observed_effect(entries["hyp-c"]) == measured[("c", "minutes")]
+    assert observed_effect(entries["hyp-b"]) == measured[("b", "minutes")] != measured[("c", "minutes")]
