@@ -2,7 +2,8 @@
 
 A reward is an agent's SQL and a label or proxy a declaration's: DuckDB's own memory_limit does not bound what a
 scalar function allocates (repeat(), range() grow past it), so the process that evaluates them is bounded by the
-operating system (its address space) and by a wall clock (the parent kills it at the deadline); its DuckDB has
+operating system (its address space, and the sandbox's seccomp filter: no new process, no network socket) and by a
+wall clock (the parent kills it at the deadline); its DuckDB has
 no file or network access, few threads and a locked configuration. The rows go to it pickled (it trusts its
 parent) and the values come back as Arrow IPC bytes (the parent never unpickles what the child sends).
 """
@@ -124,9 +125,13 @@ class SqlWorker:
 
 def _serve(limits: SqlLimits, recv: Connection, send: Connection) -> None:
     """The child: limits first, then one reply per request until the parent closes the pipe."""
-    from cambrian.trainer.sandbox import apply_limits
+    from cambrian.trainer.sandbox import SandboxUnavailable, apply_limits, load_filter
 
     apply_limits(as_mb=limits.memory_mb)
+    try:  # the sandbox's seccomp filter: no new process, no network socket, none of its denied calls
+        load_filter()
+    except SandboxUnavailable as exc:  # no libseccomp here: DuckDB's own settings and the limits remain
+        print(f"sql worker: {exc}; running without the seccomp filter", file=sys.stderr)
     import duckdb
 
     double = duckdb.sqltypes.DOUBLE if hasattr(duckdb, "sqltypes") else duckdb.typing.DOUBLE

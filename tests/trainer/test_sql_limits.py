@@ -67,3 +67,19 @@ def test_a_warm_slot_takes_a_child_started_ahead_and_never_reuses_one(monkeypatc
     assert w._proc is not stale and stale.wait(10) is not None and w.limits.threads == 2
     w.close()
     sqlworker._take("")  # leave no spare behind
+
+
+def test_the_sql_child_runs_under_the_sandboxs_seccomp_filter():
+    """Besides DuckDB's own settings (no file or network access), the operating system refuses the child new
+    processes and network sockets: /proc shows its filter once it has evaluated something."""
+    from pathlib import Path
+
+    from cambrian.trainer.sqlworker import SqlWorker
+
+    w = SqlWorker()
+    try:
+        assert w.evaluate(pd.DataFrame({"click": [1]}), {"y": "click"})["y"].tolist() == [1.0]
+        status = Path(f"/proc/{w._proc.pid}/status").read_text()
+        assert "Seccomp:\t2" in status  # 2: a filter is loaded
+    finally:
+        w.close()
