@@ -781,6 +781,10 @@ class Champion(_Status):
     bundle: str | None = Field(None, description="URI of the model bundle it serves")
     rollout: str | None = Field(None, description="the Rollout that promoted it")
     since: datetime | None = Field(None, description="when it became champion")
+    proxy_metrics: dict[str, "ProxyMetric"] = Field(
+        default_factory=dict, max_length=64,
+        description="a launched hypothesis's offline metrics over its seeds, kept at its launch: what new gains are "
+                    "measured against, even once its Hypothesis object is deleted")
 
 
 class Counters(_Status):
@@ -1496,6 +1500,7 @@ class Rollout(_Resource):
 
 
 EvolutionSpec.model_rebuild()
+Champion.model_rebuild()
 EvolutionStatus.model_rebuild()
 Evolution.model_rebuild()
 

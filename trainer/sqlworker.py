@@ -2,7 +2,8 @@
 
 A reward is an agent's SQL and a label or proxy a declaration's: DuckDB's own memory_limit does not bound what a
 scalar function allocates (repeat(), range() grow past it), so the process that evaluates them is bounded by the
-operating system (its address space) and by a wall clock (the parent kills it at the deadline); its DuckDB has
+operating system (its address space, and the sandbox's seccomp filter: no new process, no network socket) and by a
+wall clock (the parent kills it at the deadline); its DuckDB has
 no file or network access, few threads and a locked configuration. The rows go to it pickled (it trusts its
 parent) and the values come back as Arrow IPC bytes (the parent never unpickles what the child sends).
 """
@@ -26,15 +27,51 @@ class SqlError(ValueError):
     """DuckDB refused or failed an expression (its first line)."""
 
 
+# A long-lived caller (a warm worker slot, trainer/warm.py) keeps one started, never-used child ready, so that a
+# pass does not wait for a child's imports (about 1 s): (its limits as JSON, the process). Each pass still gets a
+# fresh process of its own, which no expression has run in before.
+_spare: "tuple[str, subprocess.Popen] | None" = None
+_keep_spare = False
+
+
+def keep_a_spare() -> None:
+    global _keep_spare
+    _keep_spare = True
+    _refill(json.dumps(SqlLimits.from_env().__dict__))
+
+
+def _start(limits_json: str) -> subprocess.Popen:
+    # -P: the working directory is not on the child's path (a repository root's operator/ would shadow the stdlib)
+    return subprocess.Popen([sys.executable, "-P", "-m", "cambrian.trainer.sqlworker", limits_json],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+
+def _take(limits_json: str) -> subprocess.Popen | None:
+    global _spare
+    spare, _spare = _spare, None
+    if spare is None:
+        return None
+    if spare[0] == limits_json and spare[1].poll() is None:
+        return spare[1]
+    spare[1].kill()  # other limits (the environment changed) or dead: never used, so nothing is lost
+    spare[1].wait()
+    return None
+
+
+def _refill(limits_json: str) -> None:
+    global _spare
+    if _keep_spare and _spare is None:
+        _spare = (limits_json, _start(limits_json))
+
+
 class SqlWorker:
     """One child process that evaluates expressions for a whole pass over a data set (close() when done)."""
 
     def __init__(self, limits: SqlLimits | None = None):
         self.limits = limits or SqlLimits.from_env()
-        # -P: the working directory is not on the child's path (a repository root's operator/ would shadow the stdlib)
-        self._proc = subprocess.Popen([sys.executable, "-P", "-m", "cambrian.trainer.sqlworker",
-                                       json.dumps(self.limits.__dict__)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        key = json.dumps(self.limits.__dict__)
+        self._proc = _take(key) or _start(key)
+        _refill(key)
         self._send = Connection(os.dup(self._proc.stdin.fileno()), readable=False)
         self._recv = Connection(os.dup(self._proc.stdout.fileno()), writable=False)
         self._proc.stdin.close()
@@ -88,9 +125,13 @@ class SqlWorker:
 
 def _serve(limits: SqlLimits, recv: Connection, send: Connection) -> None:
     """The child: limits first, then one reply per request until the parent closes the pipe."""
-    from cambrian.trainer.sandbox import apply_limits
+    from cambrian.trainer.sandbox import SandboxUnavailable, apply_limits, load_filter
 
     apply_limits(as_mb=limits.memory_mb)
+    try:  # the sandbox's seccomp filter: no new process, no network socket, none of its denied calls
+        load_filter()
+    except SandboxUnavailable as exc:  # no libseccomp here: DuckDB's own settings and the limits remain
+        print(f"sql worker: {exc}; running without the seccomp filter", file=sys.stderr)
     import duckdb
 
     double = duckdb.sqltypes.DOUBLE if hasattr(duckdb, "sqltypes") else duckdb.typing.DOUBLE

@@ -315,6 +315,9 @@ def serve(home: Path, cache_size: int = 4, zygote: bool = True) -> None:
     home.mkdir(parents=True, exist_ok=True)
     _POOL = WarmPool(home, SandboxLimits(), cache_size, zygote)
     _POOL.prestart()
+    from cambrian.trainer import sqlworker
+
+    sqlworker.keep_a_spare()  # each prepare's SQL child started ahead, while the slot waits or trains
     replies = os.fdopen(os.dup(1), "w")
     saved = os.dup(2)
     try:

@@ -234,9 +234,11 @@ def reconcile(
                 st.superseded = (st.superseded + [ro.name])[-MAX_HANDLED:]
                 journal("PromotionSuperseded", why, warning=True, rollout=ro.name)
             else:
-                new_config = trained_config(effective_baseline(spec, st), by_name.get(ro.winner_hypothesis))
+                winner = by_name.get(ro.winner_hypothesis)
+                new_config = trained_config(effective_baseline(spec, st), winner)
                 st.champion = Champion(name=ro.winner_hypothesis, hypothesis=ro.winner_hypothesis,
-                                       bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now)
+                                       bundle=ro.winner_bundle, rollout=ro.name, config=new_config, since=now,
+                                       proxy_metrics=dict((winner.proxy_metrics if winner else None) or {}))
                 journal("ChampionChanged", f"{ro.winner_hypothesis} launched by rollout {ro.name}"
                                            f"{_reading_words(ro, north_star)}")
                 launched_now = ro

@@ -86,6 +86,12 @@ def runs_left(meta: Meta, st: HypothesisStatus, ctx: EvolutionContext) -> int | 
     return max(0, cap - ctx.evolution_runs - peers - evaluations(st.wire()))
 
 
+def _budget_spent(st: HypothesisStatus, why: str, actions, journal, move, cond) -> Result[HypothesisStatus]:
+    """A run that failed for want of infrastructure is retried, unless the evaluations budget is spent: a retry is
+    a run like any other (stage `budget`: no proposer is asked to repair it)."""
+    return _fail(st, f"{why}; not retried: the evaluations budget is spent", "budget", actions, journal, move, cond)
+
+
 def spent_budget(meta: Meta, st: HypothesisStatus, ctx: EvolutionContext) -> str | None:
     """The budget that is spent, if any: no run may start."""
     return ctx.budget_exhausted or ("evaluations" if runs_left(meta, st, ctx) == 0 else None)
@@ -357,6 +363,8 @@ def _first_look(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) ->
                 return _fail(st, why, job.stage or NO_RETRY_EXIT_CODES[job.exit_code], actions, journal, move, cond)
             if fl.runs >= ctx.spec.training.max_attempts:
                 return _fail(st, f"{why} (after {fl.runs} runs)", job.stage or "training", actions, journal, move, cond)
+            if runs_left(meta, st, ctx) == 0:
+                return _budget_spent(st, why, actions, journal, move, cond)
             journal("Retrying", f"{why}; retrying (run {fl.runs + 1} of {ctx.spec.training.max_attempts})", warning=True)
             _start_first_look(meta, spec, st, ctx, now, actions, run=fl.runs + 1)
             return Result(actions, st, requeue_after=POLL_SECONDS)
@@ -491,6 +499,8 @@ def _training(meta, spec, st, ctx, job, now, actions, journal, move, cond) -> Re
     if job.exit_code in NO_RETRY_EXIT_CODES:
         st.failure_stage = job.stage or NO_RETRY_EXIT_CODES[job.exit_code]
         return _fail(st, why, st.failure_stage, actions, journal, move, cond)
+    if st.attempts < ctx.spec.training.max_attempts and runs_left(meta, st, ctx) == 0:
+        return _budget_spent(st, why, actions, journal, move, cond)
     if st.attempts < ctx.spec.training.max_attempts:
         journal("Retrying", f"{why}; retrying (attempt {st.attempts + 1} of {ctx.spec.training.max_attempts})",
                 warning=True)
@@ -571,6 +581,8 @@ def _confirming(meta, spec, st, ctx, jobs, now, actions, journal, move, cond) ->
         why = f"confirmation seed {seed}: job {job.name} {job.state.lower()}" + (f": {job.message or job.reason}"
                                                                                   if job.message or job.reason else "")
         if job.state == "Failed" and job.exit_code not in NO_RETRY_EXIT_CODES and run < ctx.spec.training.max_attempts:
+            if runs_left(meta, st, ctx) == 0:
+                return _budget_spent(st, why, actions, journal, move, cond)
             st.confirmation_retries[str(seed)] = run
             actions.append(_create_job(meta, spec, st, ctx, seed=seed))
             journal("Retrying", f"{why}; retrying (run {run + 1} of {ctx.spec.training.max_attempts})", warning=True)

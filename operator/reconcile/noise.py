@@ -68,10 +68,15 @@ def may_roll_out(verdict: str | None) -> bool:
 
 
 def reference_metrics(status: EvolutionStatus, champion_status: Mapping[str, Any] | None) -> dict[str, ProxyMetric]:
-    """What gains are measured against: the launched champion's metrics over its seeds, else the baseline's.
-    `champion_status`: the champion Hypothesis's stored status (None while the baseline is champion)."""
-    if status.champion.hypothesis and champion_status is not None:
-        return {k: ProxyMetric.model_validate(v) for k, v in (champion_status.get("proxyMetrics") or {}).items()}
+    """What gains are measured against: the launched champion's metrics over its seeds (kept in the Evolution's
+    status at its launch; from its Hypothesis's status for a launch recorded before that), else the baseline's.
+    `champion_status`: the champion Hypothesis's stored status (None while the baseline is champion, or once its
+    object is deleted). A launched champion whose metrics are nowhere gives no reference (candidates wait), never
+    the baseline's: gains over a model no longer in production would be judged."""
+    if status.champion.hypothesis:
+        if status.champion.proxy_metrics:
+            return dict(status.champion.proxy_metrics)
+        return {k: ProxyMetric.model_validate(v) for k, v in ((champion_status or {}).get("proxyMetrics") or {}).items()}
     return dict(status.baseline_metrics)
 
 

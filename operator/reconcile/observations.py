@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 JobState = Literal["Pending", "Suspended", "Running", "Succeeded", "Failed"]
 
@@ -167,6 +167,7 @@ class HypothesisView:
     baseline: dict[str, Any] | None = None  # status.baseline: the champion's Φ it was validated against (and trained)
     undecided_tests: tuple[str, ...] = ()  # status.undecidedTests: its rollouts that decided nothing about it
     repair_asked: str | None = None  # actions.A_REPAIR_ASKED: its Evolution asked the proposer to repair it
+    proxy_metrics: Mapping[str, Any] | None = None  # status.proxyMetrics: its offline metrics over its seeds
 
 
 @dataclass(frozen=True)

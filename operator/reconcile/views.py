@@ -43,6 +43,7 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         gain=status.get("gain"),
         noise_floor=status.get("noiseFloor"),
         baseline=status.get("baseline"),
+        proxy_metrics=status.get("proxyMetrics"),
         evaluations=evaluations(status),
         confirmations=int(status.get("confirmations") or 0),
         wakeup=(spec.get("origin") or {}).get("wakeup"),

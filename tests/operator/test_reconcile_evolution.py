@@ -305,6 +305,31 @@ def test_a_winner_validated_against_an_earlier_champion_is_launched_with_the_phi
     assert r4.status.champion.config.get("optimizer", {}).get("lr") != 0.01  # o1's delta is not in the model that won
 
 
+def test_a_launched_champions_metrics_stay_the_reference_once_its_hypothesis_object_is_deleted():
+    """Gains are measured against the champion's metrics over its seeds. Before, they were read from its Hypothesis
+    object only, and once that was deleted (kubectl delete hyp) from the ORIGINAL baseline's: a candidate worse than
+    the champion but better than the baseline was judged better. They are kept in the Evolution's status at launch."""
+    from dataclasses import replace
+
+    from cambrian.operator.reconcile import noise as N
+
+    sp = spec()
+    _, r2 = with_champion(sp)
+    seeds = {"val_loss": {"value": 0.40, "std": 0.01, "seeds": 3}}
+    ro1 = RolloutView("ro-o1", "Promoted", ("o1",), "promote", "o1", "b/o1", "", control_bundle="pvc://x/baseline")
+    o1 = replace(hv("o1", "optimizer", 0.4, phase="Launched"), baseline=sp.baseline, proxy_metrics=seeds)
+    r3 = run(sp, r2.status, [o1], [ro1], now=T0 + timedelta(days=2))
+    assert r3.status.champion.name == "o1" and r3.status.champion.proxy_metrics["val_loss"].value == 0.40
+    st = api.EvolutionStatus.model_validate(r3.status.model_dump(by_alias=True, mode="json"))  # as stored
+    assert st.baseline_metrics["val_loss"].value != 0.40
+    for champion_object in ({"proxyMetrics": seeds}, None):  # the Hypothesis object there, then deleted
+        assert N.reference_metrics(st, champion_object)["val_loss"].value == 0.40
+    # a launch recorded before the metrics were kept: from the object while it exists, and never the baseline's
+    old = st.model_copy(update={"champion": st.champion.model_copy(update={"proxy_metrics": {}})})
+    assert N.reference_metrics(old, {"proxyMetrics": seeds})["val_loss"].value == 0.40
+    assert N.reference_metrics(old, None) == {}
+
+
 def test_hypotheses_a_launch_overtook_are_tested_again_against_the_new_champion_and_others_are_not():
     # o1 is launched; o2's promotion (over the baseline) is superseded and o5's live rollout ends. Back in Scored,
     # both get a second rollout whose control is o1; o3, whose rollout rolled back on its own, never does

@@ -414,6 +414,21 @@ def test_infrastructure_failure_retries_then_fails():
     assert r3.status.phase == "Failed" and "after 2 attempts" in r3.status.reason and "OOMKilled" in r3.status.reason
 
 
+def test_a_failed_run_is_not_retried_past_the_evaluations_budget():
+    """A retry is a run like any other: with the budget's last run spent on the attempt that failed, the Hypothesis
+    fails (stage budget) instead of starting one more run past the cap."""
+    hyp = hyp_spec()
+    r = run(hyp, api.HypothesisStatus(), c=ctx(spec=left_after_first_run(0)))
+    assert r.status.phase == "Training"
+    oom = JobObservation(r.status.job_name, "Failed", 137, "OOMKilled")
+    r2 = run(hyp, r.status, jobs=[oom], c=ctx(spec=left_after_first_run(0)))
+    assert r2.status.phase == "Failed" and r2.status.failure_stage == "budget"
+    assert "not retried: the evaluations budget is spent" in r2.status.reason
+    assert not [a for a in r2.actions if isinstance(a, CreateTrainingJob)]
+    r3 = run(hyp, r.status, jobs=[oom], c=ctx(spec=left_after_first_run(1)))  # one run left: retried
+    assert r3.status.phase == "Training" and r3.status.attempts == 2
+
+
 def test_job_gone_is_recreated_with_the_same_name():
     spec, r = to_training()
     r2 = run(spec, r.status, job=None)

@@ -41,3 +41,45 @@ def test_a_reward_that_grows_past_the_memory_limit_fails_the_gate(monkeypatch):
                                         r"limit of 512 MiB") as info:
         reward_labels(_rows(1), RewardConfig(label="click", weight=BIG), WORLD)
     assert info.value.stage == "reward_sql"
+
+
+def test_a_warm_slot_takes_a_child_started_ahead_and_never_reuses_one(monkeypatch):
+    """A warm slot keeps one started, never-used SQL child (its imports, about 1 s, paid while the slot works): each
+    pass takes it and another is started; a child never evaluates for two passes, and one started under other
+    limits is discarded, not used."""
+    from cambrian.trainer import sqlworker
+
+    monkeypatch.setattr(sqlworker, "_spare", None)
+    monkeypatch.setattr(sqlworker, "_keep_spare", False)
+    sqlworker.keep_a_spare()
+    used = []
+    for _ in range(2):
+        spare = sqlworker._spare[1]
+        w = sqlworker.SqlWorker()
+        assert w._proc is spare and sqlworker._spare[1] is not spare  # the one started ahead; a new one behind it
+        assert w.evaluate(pd.DataFrame({"click": [1, 0]}), {"y": "click * 2"})["y"].tolist() == [2.0, 0.0]
+        used.append(w._proc)
+        w.close()
+    assert used[0].pid != used[1].pid and all(p.poll() is not None for p in used)
+    stale = sqlworker._spare[1]
+    monkeypatch.setenv("CAMBRIAN_SQL_THREADS", "2")  # other limits: the spare is not theirs
+    w = sqlworker.SqlWorker()
+    assert w._proc is not stale and stale.wait(10) is not None and w.limits.threads == 2
+    w.close()
+    sqlworker._take("")  # leave no spare behind
+
+
+def test_the_sql_child_runs_under_the_sandboxs_seccomp_filter():
+    """Besides DuckDB's own settings (no file or network access), the operating system refuses the child new
+    processes and network sockets: /proc shows its filter once it has evaluated something."""
+    from pathlib import Path
+
+    from cambrian.trainer.sqlworker import SqlWorker
+
+    w = SqlWorker()
+    try:
+        assert w.evaluate(pd.DataFrame({"click": [1]}), {"y": "click"})["y"].tolist() == [1.0]
+        status = Path(f"/proc/{w._proc.pid}/status").read_text()
+        assert "Seccomp:\t2" in status  # 2: a filter is loaded
+    finally:
+        w.close()
