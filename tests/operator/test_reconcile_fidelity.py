@@ -14,7 +14,7 @@ from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import fidelity as F
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import noise as N
-from cambrian.operator.reconcile.actions import CreateTrainingJob, Owner
+from cambrian.operator.reconcile.actions import CreateTrainingJob
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, Spend
 from cambrian.operator.reconcile.views import spend
@@ -421,39 +421,11 @@ def test_the_loop_counts_the_reference_runs_and_passes_them_to_the_core():
     """operator/loop.py (both platforms): the Evolution sees its first-look runs; a Hypothesis its reference."""
     from cambrian.operator import loop
 
-    class Platform:
-        def __init__(self):
-            self.jobs: dict[str, JobObservation] = {}
-            self.created: list[CreateTrainingJob] = []
-
-        def training_jobs(self, owner: Owner):
-            return list(self.jobs.values())
-
-        def submit_training_job(self, action):
-            self.created.append(action)
-
-        def record(self, action):
-            pass
-
-        def champion_serving(self, owner, serving):
-            return None
-
-        def __getattr__(self, name):  # proposals, the champion's server: not what this test is about
-            return lambda *args, **kw: None
-
-    class Objects:
-        def __init__(self, objs):
-            self.objs = objs
-
-        def get(self, plural, ns, name):
-            return self.objs.get((plural, name))
-
-        def list(self, plural, ns):
-            return [o for (p, _), o in self.objs.items() if p == plural]
+    from .test_evaluations_budget import Objects, Platform
 
     sp = evo_spec(noise={"baselineSeeds": 2})
     evo = {"metadata": {"name": "evo", "uid": "uid-e", "namespace": "ns", "generation": 1}, "spec": sp.wire()}
-    plat, objs = Platform(), Objects({})
+    plat, objs = Platform(), Objects()
     s = loop.step("Evolution", evo, objs, plat, T0)
     evo["status"] = s.result.status.wire()
     for a in plat.created:
