@@ -17,6 +17,8 @@ from pathlib import Path
 
 import duckdb
 
+from cambrian.sqllimits import watchdog
+
 LOG_TABLES = ("impressions", "user_days", "items", "users")
 DB_FILE = "analysis.duckdb"
 
@@ -122,9 +124,7 @@ class SqlTool:
             text = check_statement(sql)
         except SqlRejected as exc:
             return SqlResult(sql, [], [], False, error=f"rejected: {exc}")
-        with self._lock:
-            timer = threading.Timer(self.timeout_s, self.con.interrupt)
-            timer.start()
+        with self._lock, watchdog(self.con.interrupt, self.timeout_s):
             try:
                 cur = self.con.execute(f"SELECT * FROM ({text}) AS q LIMIT {self.max_rows + 1}")
                 rows = cur.fetchall()
@@ -133,8 +133,6 @@ class SqlTool:
                 return SqlResult(sql, [], [], False, error=f"interrupted after {self.timeout_s:g}s")
             except duckdb.Error as exc:
                 return SqlResult(sql, [], [], False, error=str(exc).splitlines()[0][:300])
-            finally:
-                timer.cancel()
         return SqlResult(sql, cols, rows[: self.max_rows], len(rows) > self.max_rows)
 
 
