@@ -31,6 +31,7 @@ Everything lives in one SQLite file (WAL): a restart loses nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import threading
@@ -48,6 +49,7 @@ from cambrian.online.httpjson import BadRequest, error, healthz, is_count, json_
 
 log = logging.getLogger("cambrian.collector")
 LANDED_EXPOSURES = "landed_exposure_rowid"  # meta: the last exposure rowid a warehouse has taken
+PUBLISHED_DAY = "published_day"  # meta: the closed day the snapshot shows (behind closed_day while it waits to land)
 
 _EXPOSURE_TABLE = """CREATE TABLE IF NOT EXISTS exposure (
   experiment TEXT NOT NULL, user_id INTEGER NOT NULL, arm TEXT NOT NULL, day INTEGER NOT NULL,
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS user_day (
 """ + _EXPOSURE_TABLE + """;
 CREATE TABLE IF NOT EXISTS batch (batch_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS external_sums (day INTEGER PRIMARY KEY, sums TEXT NOT NULL);
 """
 
 _UPSERT = (
@@ -90,9 +93,15 @@ class Store:
         # (closed day, {experiment: {metric: {arm: sums}}}) computed in the warehouse (online/warehouse.py) for that
         # day, merged over the store's own metrics of the same name while it is the closed day: never published
         # under a later day (a metric is missing, and no decision is taken on it, until the next landing computes it)
-        self.external: tuple[int, dict[str, dict[str, dict[str, dict[str, float]]]]] = (-1, {})
+        self.external: tuple[int, dict[str, dict[str, dict[str, dict[str, float]]]]] = self._stored_external()
         self.staged: tuple[int, dict, dict] | None = None  # a closed day's snapshot waiting for its warehouse sums
-        self.recompute()
+        # A restart shows what was shown before it: the last published day with its warehouse sums (both kept in
+        # the file), never a closed day whose SQL metrics had not landed yet (the /close_day retry lands them).
+        closed = self.get_meta("closed_day", -1)
+        published = self.get_meta(PUBLISHED_DAY, closed)
+        self.recompute(day=published)
+        if closed != published:
+            self.recompute(publish=False)
 
     @property
     def stats(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -190,8 +199,9 @@ class Store:
                                     "GROUP BY experiment, arm").fetchall()
         return {(e, a): n for e, a, n in rows}
 
-    def recompute(self, publish: bool = True) -> None:
-        closed = self.get_meta("closed_day", -1)
+    def recompute(self, publish: bool = True, day: int | None = None) -> None:
+        """The statistics as of the last closed day (or `day`, an earlier closed one), published or staged."""
+        closed = self.get_meta("closed_day", -1) if day is None else day
         ud, ex = self.frames()
         stats, cohorts = {}, {}
         external = self.external[1] if self.external[0] == closed else {}
@@ -199,17 +209,35 @@ class Store:
             stats[experiment] = {**arm_statistics(group, ud, closed, self.settings), **external.get(experiment, {})}
             cohorts[experiment] = cohort_sizes(group, closed)
         if publish:
-            self.snapshot, self.staged = (closed, stats, cohorts), None  # one reference swap: /metrics reads either
+            self._publish((closed, stats, cohorts))
         else:
             self.staged = (closed, stats, cohorts)
+
+    def _publish(self, snapshot: tuple[int, dict, dict]) -> None:
+        self.snapshot, self.staged = snapshot, None  # one reference swap: /metrics reads either
+        self.set_meta(PUBLISHED_DAY, snapshot[0])
 
     def set_external(self, day: int, sums: dict[str, dict[str, dict[str, dict[str, float]]]]) -> None:
         """Per-arm sums computed elsewhere (the warehouse) for closed day `day`, published beside the store's own
         while it is the closed day (merged into the current snapshot: no second recompute of the store's)."""
+        with self._lock:  # kept with the day: a restart publishes them again (they are not recomputed here)
+            self._db.execute("BEGIN")
+            try:
+                self._db.execute("DELETE FROM external_sums")
+                self._db.execute("INSERT INTO external_sums VALUES (?, ?)", (day, json.dumps(sums)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         self.external = (day, sums)
         closed, stats, cohorts = self.staged if self.staged is not None and self.staged[0] == day else self.snapshot
         if closed == day:
-            self.snapshot, self.staged = (closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts), None
+            self._publish((closed, {e: {**s, **sums.get(e, {})} for e, s in stats.items()}, cohorts))
+
+    def _stored_external(self) -> tuple[int, dict]:
+        with self._lock:
+            row = self._db.execute("SELECT day, sums FROM external_sums").fetchone()
+        return (-1, {}) if row is None else (int(row[0]), json.loads(row[1]))
 
     def close(self) -> None:
         with self._lock:

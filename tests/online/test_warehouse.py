@@ -511,3 +511,50 @@ def test_the_collector_runs_metric_sql_read_only_without_file_access_and_within_
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT last_value FROM duckdb_sequences() WHERE sequence_name = 's'").fetchone()[0] is None
         assert con.execute("SELECT count(*) FROM cambrian_exposures").fetchone()[0] == 1  # the landing still wrote
+
+
+def test_a_restarted_collector_shows_what_it_showed_before_with_its_warehouse_metrics(tmp_path, monkeypatch):
+    """A restart republishes the last published day with its SQL metrics (kept in the store's file), and a closed
+    day whose warehouse landing had not finished stays unpublished until the /close_day retry lands it. Before, a
+    restart recomputed the closed day from the store alone: its SQL metrics were missing until the next landing,
+    and a readout in between decided on missing data."""
+    import duckdb
+    import httpx
+
+    from cambrian.online.collector import Collector, Store
+    from cambrian.online.runner import BackgroundApp
+
+    path, db = tmp_path / "wh.duckdb", tmp_path / "c.sqlite"
+    url = f"duckdb:///{path}"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE TABLE user_days (user_id BIGINT, day BIGINT, minutes DOUBLE)")
+        con.execute("INSERT INTO user_days VALUES (1, 5, 3.0), (2, 5, 4.0), (1, 6, 1.0)")
+    store = Store(db)
+    with BackgroundApp(Collector(store, warehouse_url=url, warehouse_metrics=[WATCH]).app()) as app:
+        httpx.post(app.url + "/exposures", json={"experiment": "e", "exposures": [[1, "control", 5], [2, "t", 5]]},
+                   timeout=HTTP_TIMEOUT).raise_for_status()
+        httpx.post(app.url + "/close_day", json={"day": 5}, timeout=HTTP_TIMEOUT).raise_for_status()
+    before = store.snapshot
+    store.close()
+
+    restarted = Store(db)  # the process restarts
+    assert restarted.snapshot[0] == 5 and restarted.snapshot[1] == before[1]  # SQL metric included, same sums
+    assert WATCH.name in restarted.snapshot[1]["e"]
+
+    # closing day 6 fails in the warehouse (the process dies there): a restart keeps showing day 5, whole
+    def down(self, day):
+        from cambrian.online.warehouse import WarehouseUnavailable
+        raise WarehouseUnavailable("down")
+
+    monkeypatch.setattr(Collector, "_land", down)
+    with BackgroundApp(Collector(restarted, warehouse_url=url, warehouse_metrics=[WATCH]).app()) as app:
+        assert httpx.post(app.url + "/close_day", json={"day": 6}, timeout=HTTP_TIMEOUT).status_code == 503
+    restarted.close()
+    monkeypatch.undo()
+    again = Store(db)
+    assert again.snapshot[0] == 5 and again.snapshot[1] == before[1]
+    with BackgroundApp(Collector(again, warehouse_url=url, warehouse_metrics=[WATCH]).app()) as app:
+        httpx.post(app.url + "/close_day", json={"day": 6}, timeout=HTTP_TIMEOUT).raise_for_status()  # the retry
+    assert again.snapshot[0] == 6 and WATCH.name in again.snapshot[1]["e"]
+    again.close()
+    assert Store(db).snapshot[0] == 6
