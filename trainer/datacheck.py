@@ -1,7 +1,7 @@
 """`cambrian data check`: a source against its declaration, before any training.
 
 Each problem is one line naming the table and the column: a table or column that is missing, a column of
-another type than declared, ids that are null or above MAX_ID, rows without a day or dated outside the
+another type than declared, ids that are null, negative or above MAX_ID, rows without a day or dated outside the
 calendar, days inside the logged span with no interactions at all, labels outside the declared range, and rows
 dated after the last day training may see (the declaration's `as_of`, else the interactions' last day): future
 days leaking into training.
@@ -50,6 +50,7 @@ class TableStats:
     rows: int = 0
     null_ids: Counter = field(default_factory=Counter)
     max_ids: dict[str, int] = field(default_factory=dict)
+    min_ids: dict[str, int] = field(default_factory=dict)
     undated: int = 0
     rows_per_day: Counter = field(default_factory=Counter)
     label_nulls: int = 0
@@ -122,9 +123,10 @@ def _scan(schema: DataSchema, key: str, table: Table, source: Source, usable: se
         stats.rows += batch.num_rows
         for column in ids:
             stats.null_ids[column] += batch.column(column).null_count
-            top = pc.max(batch.column(column)).as_py()
-            if top is not None:
-                stats.max_ids[column] = max(stats.max_ids.get(column, top), top)
+            low, top = pc.min_max(batch.column(column)).values()
+            if top.as_py() is not None:
+                stats.max_ids[column] = max(stats.max_ids.get(column, top.as_py()), top.as_py())
+                stats.min_ids[column] = min(stats.min_ids.get(column, low.as_py()), low.as_py())
         if time:
             values = batch.column(time)
             stats.undated += values.null_count
@@ -147,6 +149,8 @@ def _value_problems(schema: DataSchema, key: str, table: Table, stats: TableStat
     out = [Problem(key, c, f"{n} row(s) with a null id") for c, n in stats.null_ids.items() if n]
     out += [Problem(key, c, f"ids up to {top}: training needs ids of at most {MAX_ID} (one embedding row per id up "
                             "to the largest); number them densely") for c, top in stats.max_ids.items() if top > MAX_ID]
+    out += [Problem(key, c, f"ids down to {low}: training needs ids of at least 0 (an id is an embedding row); "
+                            "number them from 0") for c, low in stats.min_ids.items() if low < 0]
     if table.time and stats.undated:
         out.append(Problem(key, table.time, f"{stats.undated} row(s) with no day"))
     wild = {d: n for d, n in stats.rows_per_day.items() if not _dated(d, table.time_unit)}
