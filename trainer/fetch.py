@@ -28,10 +28,10 @@ import pyarrow.parquet as pq
 import yaml
 
 from cambrian.trainer.datacheck import require_valid
+from cambrian.trainer.runstore import DIGEST, MARKER, data_fingerprint
 from cambrian.trainer.schema import BUILT_IN, WORLD, DataSchema
 from cambrian.trainer.sources import BATCH_ROWS, close, open_source, redact, table_path
 
-MARKER = "world.json"
 DECLARATION = "declaration.yaml"  # a declaration that is not built in travels with its snapshot
 
 
@@ -60,10 +60,18 @@ def fetch(uri: str, out_dir: str | Path, schema: DataSchema = WORLD, batch_rows:
         if meta["declaration"] == DECLARATION:
             (partial / DECLARATION).write_text(yaml.safe_dump(schema.model_dump(mode="json", exclude_defaults=True),
                                                               sort_keys=False))
+        # what the run store keys baseline runs by: an Evolution fetching the same rows again reuses its seeds
+        meta[DIGEST] = content_digest(partial)
         (partial / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return meta if _place(partial, out) else json.loads((out / MARKER).read_text())
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def content_digest(folder: Path) -> str:
+    """The snapshot's content (every file but the marker, by relative path and bytes): equal for two fetches that
+    copied the same rows, whichever folder and time they were written at."""
+    return data_fingerprint(folder, content=True, skip=(MARKER,))
 
 
 def _place(partial: Path, out: Path, clear: bool = True) -> bool:

@@ -22,21 +22,36 @@ from pathlib import Path
 from typing import Any, Mapping
 
 STORE = "runstore"
+MARKER = "world.json"  # a data folder's description: the world generator's, or a fetched snapshot's (trainer/fetch.py)
+DIGEST = "content_sha256"  # in a fetched snapshot's marker: its content's digest
 REUSE = "reuse.json"  # in a pod's step inputs: prepare found this run stored, the candidate steps have nothing to do
 
 
-def data_fingerprint(data: Path, content: bool = False) -> str:
+def data_fingerprint(data: Path, content: bool = False, skip: tuple[str, ...] = ()) -> str:
     """What identifies the data a run read: every file's relative path and size, with its modification time, or
     (`content`) the hash of its bytes: a pod's world or fetched snapshot is written afresh every time, so only its
-    content can tell it is the same."""
+    content can tell it is the same. A fetched snapshot (trainer/fetch.py) carries the digest of its content, taken
+    by the trusted fetch when it wrote it: that is its identity (the same rows fetched again by another Evolution
+    are the same data, and a large snapshot is not read again for it)."""
+    digest = _snapshot_digest(data) if not skip else None
+    if digest is not None:
+        return hashlib.sha256(f"snapshot\0{digest}".encode()).hexdigest()
     h = hashlib.sha256()
     for p in sorted(data.rglob("*")):
-        if p.is_file():
+        if p.is_file() and str(p.relative_to(data)) not in skip:
             st = p.stat()
             h.update(f"{p.relative_to(data)}\0{st.st_size}\0".encode())
             h.update(_file_hash(p) if content else str(st.st_mtime_ns).encode())
             h.update(b"\n")
     return h.hexdigest()
+
+
+def _snapshot_digest(data: Path) -> str | None:
+    try:
+        digest = json.loads((data / MARKER).read_text()).get(DIGEST)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) and len(digest) == 64 else None
 
 
 def _file_hash(path: Path) -> bytes:

@@ -227,6 +227,30 @@ def test_fetch_keeps_a_complete_snapshot_and_replaces_an_incomplete_one(world, t
     assert fetch(str(tmp_path / "gone"), out) == meta
 
 
+def test_two_fetches_of_the_same_rows_are_the_same_data_for_the_run_store_and_changed_rows_are_not(world, tmp_path):
+    """Each Evolution fetches its own snapshot folder: the run store (trainer/runstore.py) must still see the same
+    rows as the same data, or a second Evolution on an unchanged source trains its baseline's noise-floor seeds
+    again. Before, a snapshot was keyed by its files' modification times, new in every fetch."""
+    import os
+
+    from cambrian.trainer.fetch import fetch
+    from cambrian.trainer.runstore import data_fingerprint
+
+    first, second = fetch(str(world), tmp_path / "source-a"), fetch(str(world), tmp_path / "source-b")
+    os.utime(tmp_path / "source-b" / "impressions.parquet", ns=(1, 1))  # written at another time
+    assert first["content_sha256"] == second["content_sha256"]
+    assert data_fingerprint(tmp_path / "source-a") == data_fingerprint(tmp_path / "source-b")
+    assert data_fingerprint(tmp_path / "source-a", content=True) == data_fingerprint(tmp_path / "source-b", content=True)
+
+    changed = tmp_path / "changed"
+    shutil.copytree(world, changed)
+    frame = pd.read_parquet(changed / "impressions.parquet")
+    frame.loc[0, "watch_seconds"] += 1.0
+    frame.to_parquet(changed / "impressions.parquet", index=False)
+    fetch(str(changed), tmp_path / "source-c")
+    assert data_fingerprint(tmp_path / "source-c") != data_fingerprint(tmp_path / "source-a")
+
+
 # Runs `fetch` in a process of its own, held after it copied the source (before its check and its rename) until
 # the test lets it go: that orders two fetches the way two training pods can interleave.
 HELD_FETCH = """
