@@ -48,10 +48,12 @@ def data_fingerprint(data: Path, content: bool = False, skip: tuple[str, ...] = 
 
 def _snapshot_digest(data: Path) -> str | None:
     try:
-        digest = json.loads((data / MARKER).read_text()).get(DIGEST)
+        meta = json.loads((data / MARKER).read_text())
+        digest = meta.get(DIGEST)
     except (OSError, ValueError, AttributeError):
         return None
-    return digest if isinstance(digest, str) and len(digest) == 64 else None
+    # the declaration it is read through is part of what the rows mean (a built-in one is named, not copied)
+    return f"{meta.get('declaration')}\0{digest}" if isinstance(digest, str) and len(digest) == 64 else None
 
 
 def _file_hash(path: Path) -> bytes:
