@@ -214,8 +214,14 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         retired=(meta.annotations.get(A_RETIRED) or None),
         unavailable=unavailable,
         refused=refused,
+        route=_route(platform, owner, serving),
     )
     return Step(meta, R.reconcile(meta, spec, status, serving, claim, obs, now), analysis=analysis)
+
+
+def _route(platform: Any, owner: Any, serving: api.Serving) -> Any:
+    """spec.serving.httpRoute as the platform reads it (None without one)."""
+    return platform.http_route(owner, serving.wire()) if serving.http_route is not None else None
 
 
 def finalize_rollout(obj: dict, objects: Objects, platform: Any) -> None:
@@ -226,9 +232,10 @@ def finalize_rollout(obj: dict, objects: Objects, platform: Any) -> None:
     except ConfigError:
         return  # never admitted: nothing was deployed
     serving, _ = serving_of(objects, meta.namespace or "default", spec)
-    routed = platform.router_weights(R.owner_of(meta), serving.wire()) is not None
+    owner = R.owner_of(meta)
+    routed = platform.router_weights(owner, serving.wire()) is not None
     try:
-        apply_actions(platform, R.finalize(meta, spec, serving, routed))
+        apply_actions(platform, R.finalize(meta, spec, serving, routed, _route(platform, owner, serving)))
     except ActionRefused as exc:  # the object is going away: log it, never block its deletion
         log.warning("rollout %s/%s: cleanup refused: %s", meta.namespace, meta.name, exc)
     except Exception as exc:

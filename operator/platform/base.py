@@ -41,7 +41,8 @@ from cambrian.operator.reconcile.actions import (
     RouteChampion,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
+from cambrian.operator.reconcile.observations import (ArmObservation, ChampionObservation, JobObservation,
+                                                      RouteObservation)
 
 if TYPE_CHECKING:
     from cambrian.online.prometheus import PromClient
@@ -114,6 +115,11 @@ class Platform(Protocol):
 
     def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
         """What the router has now for this rollout (None: no entry)."""
+
+    def http_route(self, owner: Owner, serving: Mapping[str, Any]) -> RouteObservation | None:
+        """serving.httpRoute as it is now: its holder, backends and version (reconcile/httproute.py); None on a
+        platform without routes. A route that cannot be read is one held by nobody at version "", so that
+        the write the core then asks for reports why."""
 
     # --- metrics ----------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:

@@ -8,11 +8,13 @@
   Results come back in the trainer container's termination message (see termination.py).
 - An arm is a Deployment + Service running `cambrian serve`; a rollout's router is a Deployment +
   Service running `cambrian route` with its config (salt, arms, weights) in a ConfigMap that the
-  router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well.
+  router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well, by the one
+  rollout that holds it (reconcile/httproute.py: the core decides, each write is conditional on the
+  resourceVersion it was decided on).
 - Production: each Evolution's champion is served by Deployment + Service `<evolution>-champion`
   (`cambrian serve` on the champion's bundle); a new champion is a rolling update with
   maxUnavailable 0 behind the readiness probe. With spec.serving.httpRoute, that Service is the
-  route's only backend while no rollout is live.
+  route's only backend while no live rollout holds it.
 - Everything carries an ownerReference to its Hypothesis/Rollout/Evolution, so deleting the owner
   deletes the children.
 
@@ -38,10 +40,12 @@ from cambrian.operator.api import API_VERSION, GROUP, VERSION
 from cambrian.operator.platform import gang
 from cambrian.operator.platform.base import (ActionRefused, MetricsUnavailable, Readout,
                                              check_queries, prometheus, read_gauges, refusal_is_permanent)
+from cambrian.operator.reconcile import httproute as HR
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.actions import (
     A_APPROVE,
     A_RETIRED,
+    A_ROUTE_HOLDER,
     Mark,
     ClearWeights,
     CreateRollout,
@@ -59,7 +63,8 @@ from cambrian.operator.reconcile.actions import (
 )
 from cambrian.operator.reconcile.common import child_name, label_value
 from cambrian.operator.reconcile.champion import serving_name
-from cambrian.operator.reconcile.observations import ArmObservation, ChampionObservation, JobObservation
+from cambrian.operator.reconcile.observations import (ArmObservation, ChampionObservation, JobObservation,
+                                                      RouteObservation)
 
 log = logging.getLogger("cambrian.operator.kubernetes")
 
@@ -702,16 +707,31 @@ def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, d
     return cm, dep, _service(name, action.owner, labels, int(action.serving.get("port", 8080)))
 
 
+def _route_patch(backends: HR.Backends, holder: str | None, version: str) -> dict[str, Any]:
+    """A merge patch of the route's backends and holder in one request (they never disagree), conditional on
+    `version` when given: the API server answers 409 if the route changed since (reconcile/httproute.py)."""
+    meta: dict[str, Any] = {"annotations": {A_ROUTE_HOLDER: holder}}  # None: the merge patch removes it
+    if version:
+        meta["resourceVersion"] = version
+    return {"metadata": meta, "spec": {"rules": [{"backendRefs": [
+        {"name": service, "port": port, "weight": weight} for service, port, weight in backends]}]}}
+
+
 def httproute_patch(action: SetWeights) -> dict[str, Any]:
-    port = int((action.serving.get("httpRoute") or {}).get("port", action.serving.get("port", 8080)))
-    return {"spec": {"rules": [{"backendRefs": [
-        {"name": w.service, "port": port, "weight": w.weight} for w in action.weights
-    ]}]}}
+    return _route_patch(HR.backends(action.weights, action.serving), action.rollout, action.route_version or "")
 
 
 def champion_route_patch(action: RouteChampion) -> dict[str, Any]:
-    port = int((action.serving.get("httpRoute") or {}).get("port", action.serving.get("port", 8080)))
-    return {"spec": {"rules": [{"backendRefs": [{"name": action.service, "port": port, "weight": 100}]}]}}
+    return _route_patch(((action.service, HR.port(action.serving), 100),), None, action.route_version)
+
+
+def parse_route(route: Mapping[str, Any]) -> RouteObservation:
+    """An HTTPRoute (a plain dict) -> who holds it, its backends (weight 1 when unset, as Gateway API) and version."""
+    meta = route.get("metadata") or {}
+    refs = [b for r in (route.get("spec") or {}).get("rules") or [] for b in r.get("backendRefs") or []]
+    return RouteObservation((meta.get("annotations") or {}).get(A_ROUTE_HOLDER) or None,
+                            tuple((b.get("name", ""), int(b.get("port", 0)), int(b.get("weight", 1))) for b in refs),
+                            str(meta.get("resourceVersion") or ""))
 
 
 def routes_only_to(route: Mapping[str, Any], service: str) -> bool:
@@ -1102,13 +1122,13 @@ class KubernetesPlatform:
 
     def set_weights(self, action: SetWeights) -> None:
         ns = action.owner.namespace
+        if action.route_version is not None:  # first: a route taken since (409) leaves the router as it was too
+            self._patch_route(ns, action.serving, httproute_patch(action))
         cm, dep, svc = router_manifests(action, ns)
         dep = self._templated(dep, "serving", "router")
         self._replace_or_create_config_map(cm, ns)
         self._create(self.apps.create_namespaced_deployment, ns, dep)
         self._create(self.core.create_namespaced_service, ns, svc)
-        if action.serving.get("httpRoute"):
-            self._patch_route(ns, action.serving, httproute_patch(action))
 
     def _patch_route(self, namespace: str | None, serving: Mapping[str, Any], patch: dict) -> None:
         from kubernetes.client.rest import ApiException
@@ -1121,24 +1141,38 @@ class KubernetesPlatform:
             if exc.status == 404:  # a prerequisite the user creates: say so and look again later
                 raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
                                     False, 404) from exc
-            raise refusal(exc, f"HTTPRoute {route['name']}") from exc
+            raise refusal(exc, f"HTTPRoute {route['name']}") from exc  # 409: written since, the step is replayed
 
     def route_champion(self, action: RouteChampion) -> None:
         self._patch_route(action.owner.namespace, action.serving, champion_route_patch(action))
 
-    def _routed(self, namespace: str, serving: Mapping[str, Any], service: str) -> bool | None:
-        """Does serving.httpRoute send everything to `service`? None without a route, or when it cannot be read."""
+    def _get_route(self, namespace: str, serving: Mapping[str, Any]) -> dict:
+        return self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
+                                                        serving["httpRoute"]["name"])
+
+    def _read_route(self, namespace: str, serving: Mapping[str, Any]) -> dict | None:
+        """serving.httpRoute; None without a route, or when it cannot be read."""
         from kubernetes.client.rest import ApiException
 
         if not serving.get("httpRoute"):
             return None
         try:
-            route = self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
-                                                             serving["httpRoute"]["name"])
+            return self._get_route(namespace, serving)
         except ApiException as exc:
             log.debug("cannot read HTTPRoute %s: %s", serving["httpRoute"]["name"], exc)
             return None  # missing, or not allowed (the chart's gateway.enabled): nothing to do
-        return routes_only_to(route, service)
+
+    def http_route(self, owner: Owner, serving: Mapping[str, Any]) -> RouteObservation | None:
+        from kubernetes.client.rest import ApiException
+
+        if not serving.get("httpRoute"):
+            return None
+        try:
+            return parse_route(self._get_route(owner.namespace or "default", serving))
+        except ApiException as exc:
+            if exc.status in (403, 404):  # missing or not allowed: the write the core asks for says so
+                return RouteObservation(None)
+            raise  # it may be held: nothing is decided on a guess, the step is tried again
 
     def clear_weights(self, action: ClearWeights) -> None:
         name = router_name(action.owner)
@@ -1215,7 +1249,10 @@ class KubernetesPlatform:
         if not seen.ready and not seen.blocked:
             sel = ",".join(f"{k}={v}" for k, v in _selector(dep["metadata"].get("labels") or {}).items())
             seen = parse_champion(dep, [self._dict(p) for p in self.core.list_namespaced_pod(ns, label_selector=sel).items])
-        return replace(seen, routed=self._routed(ns, serving, name)) if seen.ready else seen
+        if not seen.ready:
+            return seen
+        route = self._read_route(ns, serving)
+        return seen if route is None else replace(seen, routed=routes_only_to(route, name), route=parse_route(route))
 
     def retire_rollout(self, action: RetireRollout) -> None:
         """Roll the experiment back through its own approval annotation: the Rollout then sends every user

@@ -527,6 +527,11 @@ class LocalPlatform:
             return None
         return self._read_weights(env)
 
+    def http_route(self, owner: Owner, serving: Mapping[str, Any]) -> None:
+        """No Gateway API route here, and nothing to share: each live rollout plays its own simulated users (its own
+        world, `_play_day`), so no rollout ever waits for another (reconcile/httproute.py)."""
+        return None
+
     def _read_weights(self, env: RolloutEnv) -> dict[str, int] | None:
         try:
             return {k: int(v) for k, v in httpx.get(env.router.url + "/weights", timeout=10).json()["weights"].items()}

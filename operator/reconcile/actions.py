@@ -73,9 +73,15 @@ class ArmWeight:
     weight: int
 
 
+# On spec.serving.httpRoute: the Rollout whose arms it carries (reconcile/httproute.py); absent: the champion's
+A_ROUTE_HOLDER = "cambrian.dev/route-holder"
+
+
 @dataclass(frozen=True)
 class SetWeights:
-    """Point the router (and optionally an HTTPRoute) at the arms with these percentages."""
+    """Point the router at the arms with these percentages; with `route_version`, spec.serving.httpRoute too,
+    held for this rollout (annotation A_ROUTE_HOLDER), written only if the route is still at that
+    metadata.resourceVersion ("" : unconditionally; None: the route is left alone)."""
 
     owner: Owner
     rollout: str
@@ -83,6 +89,7 @@ class SetWeights:
     weights: tuple[ArmWeight, ...]
     serving: dict[str, Any] = field(default_factory=dict, hash=False)
     phase: int = 0  # weights_phase: the router stamps it on exposures (online/aggregate.py)
+    route_version: str | None = None
 
     def as_dict(self) -> dict[str, int]:
         return {w.arm: w.weight for w in self.weights}
@@ -192,12 +199,14 @@ class UpdateChampion:
 
 @dataclass(frozen=True)
 class RouteChampion:
-    """Make spec.serving.httpRoute send all its traffic to the champion's Service `service` (the route's
-    default while no rollout of the Evolution is live)."""
+    """Make spec.serving.httpRoute send all its traffic to the champion's Service `service` and hold it for
+    nobody (the route's default while no live rollout holds it); written only if the route is still at
+    metadata.resourceVersion `route_version` ("": unconditionally)."""
 
     owner: Owner
     service: str
     serving: dict[str, Any] = field(default_factory=dict, hash=False)
+    route_version: str = ""
 
 
 @dataclass(frozen=True)

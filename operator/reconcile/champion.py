@@ -14,9 +14,10 @@ import hashlib
 import json
 import re
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Collection, Iterable, Sequence, TypeVar
 
 from cambrian.operator.api import EvolutionSpec, EvolutionStatus
+from cambrian.operator.reconcile import httproute as HR
 from cambrian.operator.reconcile.actions import Owner, RouteChampion, UpdateChampion
 from cambrian.operator.reconcile.common import child_name, set_condition
 from cambrian.operator.reconcile.observations import ChampionObservation
@@ -93,18 +94,21 @@ def serve(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: Champion
     return []
 
 
-def route(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: ChampionObservation | None, live: int,
-          journal: Journal) -> list[RouteChampion]:
-    """spec.serving.httpRoute's default: while no rollout of the Evolution is live (each live one sets the
-    route's weights to its arms), all traffic goes to the champion's Service, once it serves the current
-    champion (after a promotion the route keeps the winner's arm until then)."""
-    if spec.serving.http_route is None or live or seen is None or seen.routed is not False or not st.champion.bundle:
+def route(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: ChampionObservation | None,
+          live: Collection[str], journal: Journal) -> list[RouteChampion]:
+    """spec.serving.httpRoute's default: while no live rollout of the Evolution (`live`: their names) holds
+    the route (httproute.py), all traffic goes to the champion's Service, once it serves the current champion
+    (after a promotion the route keeps the winner's arm until then)."""
+    if spec.serving.http_route is None or seen is None or not st.champion.bundle:
+        return []
+    if not HR.champion_takes(seen.route, seen.routed, live):
         return []
     if not seen.ready or seen.revision != revision(st.champion.bundle, spec.serving.wire()):
         return []
     route_name = spec.serving.http_route.name
-    journal("Routed", f"HTTPRoute {route_name}: all traffic to {seen.name} ({st.champion.name})")
-    return [RouteChampion(owner, seen.name, spec.serving.wire())]
+    was = f" (rollout {seen.route.holder} held it)" if seen.route is not None and seen.route.holder else ""
+    journal("Routed", f"HTTPRoute {route_name}: all traffic to {seen.name} ({st.champion.name}){was}")
+    return [RouteChampion(owner, seen.name, spec.serving.wire(), seen.route.version if seen.route else "")]
 
 
 def gate_rollouts(st: EvolutionStatus, candidates: Sequence[T], bundle_of: Callable[[T], str | None],

@@ -362,7 +362,7 @@ def reconcile(
     c.launched = phases.count("Launched")
     c.live = len(live)
     st.live_rollouts = sorted(r.name for r in live)
-    actions.extend(CH.route(owner, spec, st, champion_serving, len(live), journal))
+    actions.extend(CH.route(owner, spec, st, champion_serving, st.live_rollouts, journal))
     cond("Ready", st.phase == "Running", st.phase or "", st.reason or "")
     times = [t for t in (st.next_wakeup_at, st.next_review_at) if t is not None]
     wait = min(((t - now).total_seconds() for t in times), default=POLL_SECONDS)

@@ -42,6 +42,17 @@ class ArmObservation:
 
 
 @dataclass(frozen=True)
+class RouteObservation:
+    """spec.serving.httpRoute as read from the cluster (reconcile/httproute.py says who may write it)."""
+
+    holder: str | None  # the Rollout whose arms it carries (annotation actions.A_ROUTE_HOLDER); None: nobody's
+    backends: tuple[tuple[str, int, int], ...] = ()  # (Service, port, weight) of its backendRefs, in order
+    # metadata.resourceVersion: a write decided on this reading is sent with it, so it fails (409) if another
+    # writer changed the route since; "" when it could not be read (the write then reports why)
+    version: str = ""
+
+
+@dataclass(frozen=True)
 class ChampionObservation:
     """The Evolution's production model server as the platform sees it."""
 
@@ -52,6 +63,7 @@ class ChampionObservation:
     blocked: str | None = None  # why it cannot become ready, when the platform can tell
     # spec.serving.httpRoute sends all its traffic to this server's Service; None: no route, or unknown
     routed: bool | None = None
+    route: RouteObservation | None = None  # that route, when it was read
 
 
 @dataclass(frozen=True)
@@ -98,6 +110,7 @@ class RolloutObservation:
     retired: str | None = None  # actions.A_RETIRED: the rollback is its Evolution's, and why
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
+    route: RouteObservation | None = None  # spec.serving.httpRoute; None without one (or on a platform without routes)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ safety is enforced here, not left to the agent or a human.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cambrian.operator.api import (
@@ -33,11 +34,12 @@ from cambrian.operator.reconcile.actions import (
     RecordJournal,
     SetWeights,
 )
+from cambrian.operator.reconcile import httproute as HR
 from cambrian.operator.reconcile.champion import first_unservable
 from cambrian.operator.reconcile.common import (INVALID_SPEC, Meta, Result, after, blocked, child_name,
                                                 fail_until_spec_changes, note_blocker, resume_after_spec_change,
                                                 set_condition)
-from cambrian.operator.reconcile.observations import RolloutObservation
+from cambrian.operator.reconcile.observations import RolloutObservation, RouteObservation
 
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
 POLL_SECONDS = 15.0
@@ -86,8 +88,10 @@ def weights_phase(status: RolloutStatus) -> int:
     return status.step + 2 if status.phase in CONCLUDED else 0
 
 
-def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int) -> SetWeights:
-    return SetWeights(
+def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int,
+                 route: RouteObservation | None, live: bool = True) -> SetWeights:
+    """The router's weights, and spec.serving.httpRoute's when this rollout may write it (httproute.py)."""
+    sw = SetWeights(
         owner_of(meta),
         meta.name,
         spec.salt,
@@ -95,6 +99,7 @@ def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving
         serving.wire(),
         phase,
     )
+    return replace(sw, route_version=HR.rollout_write(meta.name, route, HR.backends(sw.weights, sw.serving), live))
 
 
 def reconcile(
@@ -149,12 +154,30 @@ def reconcile(
 
     def sync_weights() -> None:
         want = desired_weights(spec, st)
-        if obs.weights != want:
-            actions.append(_set_weights(meta, spec, want, serving, weights_phase(st)))
+        sw = _set_weights(meta, spec, want, serving, weights_phase(st), obs.route, st.phase not in CONCLUDED)
+        if obs.weights != want or sw.route_version is not None:
+            actions.append(sw)
+        if obs.route is not None:
+            note_route(sw.route_version is not None or obs.route.holder == meta.name)
         st.weights_summary = _summary(want)
         st.arms = [_arm(st, n).model_copy(update={"weight": want.get(n, 0),
                                                   "ready": bool(obs.arms.get(n) and obs.arms[n].ready)})
                    for n in names]
+
+    route = f"HTTPRoute {serving.http_route.name if serving.http_route else ''}"
+
+    def note_route(holds: bool) -> None:
+        """RouteHeld: whether spec.serving.httpRoute carries this rollout's arms (httproute.py)."""
+        other = HR.held_by_another(meta.name, obs.route)
+        if holds and st.phase in CONCLUDED:
+            cond(HR.HELD, True, "Held", f"{route} keeps this rollout's final weights until its Evolution points it "
+                                        "back at the champion")
+        elif holds:
+            cond(HR.HELD, True, "Held", f"{route} sends its traffic to this rollout's arms")
+        elif st.phase in CONCLUDED and any(c.type == HR.HELD for c in st.conditions):  # it held or waited: over
+            cond(HR.HELD, False, "Released", f"{route} does not carry this rollout's arms: it concluded")
+        elif other:  # it started before the route was held: its users come through its router alone
+            cond(HR.HELD, False, "HeldByAnother", f"{route} carries rollout {other}'s arms")
 
     def finish() -> Result[RolloutStatus]:
         sync_weights()
@@ -215,6 +238,14 @@ def reconcile(
             return Result(actions, st, requeue_after=POLL_SECONDS)
         note_blocker(st, "ArmsReady", None, now, meta.generation, journal)
         cond("ArmsReady", True, "Ready", "every arm is serving")
+        other = HR.held_by_another(meta.name, obs.route)
+        if other:  # one experiment per route (httproute.py): the ramp and its clocks start once it is free
+            why = (f"{route} carries rollout {other}'s experiment: this rollout starts once that one concluded "
+                   "and the route is back on the champion")
+            if next((c.reason for c in st.conditions if c.type == HR.HELD), None) != HR.WAITING:
+                journal(HR.WAITING, why)
+            cond(HR.HELD, False, HR.WAITING, why)
+            return Result(actions, st, requeue_after=POLL_SECONDS)
         st.phase = "Running"
         st.step = 0
         st.started_at = now
@@ -366,13 +397,15 @@ def _arm(st: RolloutStatus, arm: str) -> ArmStatus:
     return next((a for a in st.arms if a.name == arm), None) or ArmStatus(name=arm)
 
 
-def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = True) -> list:
+def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = True,
+             route: RouteObservation | None = None) -> list:
     """On deletion: every user back on control, then the rollout's router entry and arms go.
-    `routed`: the router has an entry for this rollout (else there is no traffic to move)."""
+    `routed`: the router has an entry for this rollout (else there is no traffic to move). `route`:
+    spec.serving.httpRoute, moved only while this rollout holds it (its Evolution then takes it back)."""
     owner = owner_of(meta)
     back = {n: (100 if n == spec.control.name else 0) for n in spec.arm_names()}
     # phase 0: the status is not read on deletion; the router moves any weight change past its current phase
-    actions: list = [_set_weights(meta, spec, back, serving, 0)] if routed else []
+    actions: list = [_set_weights(meta, spec, back, serving, 0, route, live=False)] if routed else []
     actions.append(ClearWeights(owner, meta.name, serving.wire()))
     actions += [DeleteArm(arm_name(meta, arm), owner, meta.name, arm) for arm in spec.arm_names()]
     return actions

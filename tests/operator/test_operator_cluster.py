@@ -36,6 +36,19 @@ def _apply(c, ns, obj, check=False):
     return c.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(obj), check=check)
 
 
+class _Objects:
+    """loop.Objects over the API server (what the operator's own index serves)."""
+
+    def __init__(self, custom):
+        self.custom = custom
+
+    def get(self, plural, namespace, name):
+        return next((o for o in self.list(plural, namespace) if o["metadata"]["name"] == name), None)
+
+    def list(self, plural, namespace):
+        return self.custom.list_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural)["items"]
+
+
 def _example(name):
     with open(os.path.join(REPO, "manifests", "examples", f"{name}.yaml")) as f:
         return yaml.safe_load(f)
@@ -401,15 +414,7 @@ def test_an_approval_given_before_the_rollout_awaits_one_is_removed_with_a_warni
     api_client = c.api_client()
     from kubernetes import client
 
-    custom = client.CustomObjectsApi(api_client)
-
-    class Objects:
-        def get(self, plural, namespace, name):
-            return next((o for o in self.list(plural, namespace) if o["metadata"]["name"] == name), None)
-
-        def list(self, plural, namespace):
-            return custom.list_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural)["items"]
-
+    Objects = lambda: _Objects(client.CustomObjectsApi(api_client))  # noqa: E731
     _apply(c, ns, {
         "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout",
         "metadata": {"name": "early", "annotations": {"cambrian.dev/approve": "promote", "keep": "me"}},
@@ -427,3 +432,109 @@ def test_an_approval_given_before_the_rollout_awaits_one_is_removed_with_a_warni
     warnings = [e for e in c.get_json("events", "-n", ns, "--field-selector", "involvedObject.name=early")["items"]
                 if e["reason"] == "ApprovalIgnored"]
     assert [e["type"] for e in warnings] == ["Warning"] and "Pending" in warnings[0]["message"]
+
+
+# Gateway API's HTTPRoute, as far as the operator uses it (the real CRD's schema is not needed to store one)
+HTTPROUTE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    # a *.k8s.io group: the API server wants the approval the real CRD carries
+    "metadata": {"name": "httproutes.gateway.networking.k8s.io",
+                 "annotations": {"api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/gateway-api/pull/1538"}},
+    "spec": {"group": "gateway.networking.k8s.io", "scope": "Namespaced",
+             "names": {"kind": "HTTPRoute", "plural": "httproutes", "singular": "httproute", "listKind": "HTTPRouteList"},
+             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def test_two_live_rollouts_of_one_evolution_take_turns_on_its_http_route(crds_installed, cluster_namespace):
+    """Two Rollouts of one Evolution (topK 2) with spec.serving.httpRoute, each step a fresh KubernetesPlatform (an
+    operator restarted between any two steps: who holds the route is read back from the route). Before: both ran,
+    and the route carried only the last one's arms, so the first one's users were served by the second one's arms
+    while its analysis believed its own weights held; and a deleted Rollout's finalizer wrote its control over the
+    route whoever held it. Now the first holds the route, the second waits (its ramp not started) until the first
+    concluded and the champion has the route back, and a stale write is refused by the API server (409)."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from cambrian.operator import loop
+    from cambrian.operator.platform.kubernetes import KubernetesPlatform
+    from cambrian.operator.reconcile import rollout as R
+
+    c, ns = crds_installed, cluster_namespace
+    r = c.kubectl("apply", "-f", "-", input=yaml.safe_dump(HTTPROUTE_CRD), check=False)
+    assert r.returncode == 0, r.stderr
+    c.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+    _apply(c, ns, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "feed"},
+                   "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
+                       {"name": "e-champion", "port": 8080, "weight": 100}]}]}}, check=True)
+    evo = _example("evolution")
+    evo["metadata"]["name"] = "e"
+    evo["spec"]["serving"] = {"httpRoute": {"name": "feed"}}
+    _apply(c, ns, evo, check=True)
+    for name in ("r1", "r2"):
+        _apply(c, ns, {
+            "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name},
+            "spec": {"evolutionRef": {"name": "e"}, "control": {"name": "control", "bundle": "file:///b/champion"},
+                     "treatments": [{"name": "treatment", "hypothesisRef": {"name": f"h-{name}"},
+                                     "bundle": f"file:///b/{name}"}],
+                     "salt": name, "ramp": {"steps": [{"weights": [90, 10], "duration": "1h"}]},
+                     "metrics": {"northStar": [{"name": "returning_users"}], "readout": {"interval": "1h"}},
+                     "decisionPolicy": "manual"}}, check=True)
+    custom = client.CustomObjectsApi(c.api_client())
+    objects = _Objects(custom)
+
+    def step(name: str) -> dict:
+        s = loop.step("Rollout", objects.get("rollouts", ns, name), objects, KubernetesPlatform(api_client=c.api_client()),
+                      datetime.now(timezone.utc))
+        if s.result is not None:
+            custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "rollouts", name,
+                                                         {"status": s.result.status.wire()})
+        return objects.get("rollouts", ns, name)["status"]
+
+    def route() -> tuple[str | None, list[tuple[str, int]]]:
+        r = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "feed")
+        return ((r["metadata"].get("annotations") or {}).get("cambrian.dev/route-holder"),
+                [(b["name"], b["weight"]) for b in r["spec"]["rules"][0]["backendRefs"]])
+
+    def arms(name: str) -> tuple[str, str]:
+        meta = loop.meta_of(objects.get("rollouts", ns, name))
+        return R.arm_name(meta, "control"), R.arm_name(meta, "treatment")
+
+    def waiting(st: dict) -> str | None:
+        return next((x["reason"] for x in st.get("conditions") or [] if x["type"] == "RouteHeld"), None)
+
+    poll("r1 running", lambda: step("r1").get("phase") == "Running", 120)
+    poll("r2 running or waiting for the route", lambda: (st := step("r2")).get("phase") == "Running" or waiting(st), 120)
+    step("r1")
+    (c1, t1), (c2, t2) = arms("r1"), arms("r2")
+    assert route() == ("r1", [(c1, 90), (t1, 10)])  # before: (None, [(c2, 90), (t2, 10)]), r2 the last writer
+    st2 = step("r2")
+    assert st2["phase"] == "Deploying" and waiting(st2) == "WaitingForRoute" and not st2.get("startedAt")
+    routers = c.get_json("configmaps", "-n", ns, "-l", "cambrian.dev/rollout=r2")["items"]
+    assert not [m for m in routers if "router.yaml" in (m.get("data") or {})]  # no user goes through r2 yet
+
+    # r1 rolls back: its final weights stay on the route until its Evolution gives the route back to the champion
+    c.kubectl("annotate", "rollout", "r1", "-n", ns, "cambrian.dev/approve=rollback")
+    assert step("r1")["phase"] == "RolledBack" and route() == ("r1", [(c1, 100), (t1, 0)])
+    assert step("r2")["phase"] == "Deploying"
+    from cambrian.operator.reconcile import httproute as HR
+    from cambrian.operator.reconcile.actions import Owner, RouteChampion
+
+    platform = KubernetesPlatform(api_client=c.api_client())
+    owner = Owner("Evolution", "e", "uid-e", ns)
+    serving = {"httpRoute": {"name": "feed", "port": 8080}}
+    seen = platform.http_route(owner, serving)
+    assert seen.holder == "r1" and HR.champion_takes(seen, False, ["r2"])
+    platform.route_champion(RouteChampion(owner, "e-champion", serving, seen.version))
+    assert route() == (None, [("e-champion", 100)])
+    with pytest.raises(ApiException) as stale:  # decided on the reading before: the API server refuses it
+        platform.route_champion(RouteChampion(owner, "e-champion", serving, seen.version))
+    assert stale.value.status == 409
+
+    assert step("r2")["phase"] == "Running" and route() == ("r2", [(c2, 90), (t2, 10)])
+    # deleting r1 moves nothing on r2's route (before: its finalizer sent the route to r1's control arm)
+    loop.finalize_rollout(objects.get("rollouts", ns, "r1"), objects, platform)
+    assert route() == ("r2", [(c2, 90), (t2, 10)])

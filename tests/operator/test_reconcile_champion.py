@@ -13,10 +13,11 @@ from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile.actions import CreateRollout, DeployArm, RecordJournal, UpdateChampion
+from cambrian.operator.reconcile.actions import (A_ROUTE_HOLDER, CreateRollout, DeployArm, RecordJournal,
+                                                UpdateChampion)
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (ChampionObservation, HypothesisView, JobObservation,
-                                                      RolloutObservation, RolloutView, Spend)
+                                                      RolloutObservation, RolloutView, RouteObservation, Spend)
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 META = Meta("feed", "uid-feed", "ns", 1)
@@ -221,13 +222,15 @@ def test_between_rollouts_the_http_route_sends_everything_to_the_champion():
     r2 = step(sp, r.status, serving=off, now=T0 + timedelta(seconds=2))
     (rc,) = routes(r2)
     assert rc.service == "feed-champion" and rc.serving["httpRoute"]["name"] == "feed"
-    assert K.champion_route_patch(rc) == {"spec": {"rules": [{"backendRefs": [
-        {"name": "feed-champion", "port": 80, "weight": 100}]}]}}
+    assert K.champion_route_patch(rc) == {"metadata": {"annotations": {A_ROUTE_HOLDER: None}}, "spec": {"rules": [
+        {"backendRefs": [{"name": "feed-champion", "port": 80, "weight": 100}]}]}}
     on = ChampionObservation(up.name, up.revision, up.bundle, True, routed=True)
     assert not routes(step(sp, r2.status, serving=on, now=T0 + timedelta(seconds=3)))
-    # a live rollout owns the route's weights; a rolling switch waits until the new champion is ready
+    # a live rollout holding the route owns its weights; a rolling switch waits until the new champion is ready
     live = [RolloutView("ro-h1", "Running", ("h1",))]
-    assert not routes(step(sp, r2.status, [HypothesisView("h1", "Live", "optimizer")], live, serving=off,
+    held = ChampionObservation(up.name, up.revision, up.bundle, True, routed=False,
+                               route=RouteObservation("ro-h1", (("ro-h1-arm-control", 80, 90),), "5"))
+    assert not routes(step(sp, r2.status, [HypothesisView("h1", "Live", "optimizer")], live, serving=held,
                            now=T0 + timedelta(seconds=4)))
     ro = RolloutView("ro-h1", "Promoted", ("h1",), "promote", "h1", "pvc://bundles/h1", "dau +2%")
     r5 = step(sp, r2.status, [HypothesisView("h1", "Launched", "optimizer")], [ro], serving=off,

@@ -324,7 +324,8 @@ def test_a_missing_httproute_is_a_refusal_outside_the_spec():
     serving = {"httpRoute": {"name": "feed", "port": 8080}}
     p = _platform(core=_Api(), apps=_Api(), custom=_Api(patch_namespaced_custom_object=_api_exception(404)))
     with pytest.raises(ActionRefused) as err:
-        p.set_weights(SetWeights(Owner("Rollout", "ro", "u", "ns"), "ro", "s", (ArmWeight("control", "a", 100),), serving))
+        p.set_weights(SetWeights(Owner("Rollout", "ro", "u", "ns"), "ro", "s", (ArmWeight("control", "a", 100),), serving,
+                                 route_version=""))
     assert not err.value.permanent and "HTTPRoute feed" in str(err.value)
 
 
