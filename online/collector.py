@@ -424,7 +424,7 @@ class Collector:
         if not self.warehouse_metrics:
             self.store.set_external(day, {e: {} for e in experiments})
             return
-        con = connect(self.warehouse_url)  # the metrics' SQL only reads, under limits (warehouse.connect)
+        con = connect(self.warehouse_url)  # the metrics' SQL only reads, under limits (connect, metric_sums)
         table = self.warehouse_rollout_table
         try:
             sums = {e: {m.name: {arm: x.to_dict() for arm, x in

@@ -17,7 +17,8 @@ The collector (online/collector.py --warehouse-url --warehouse-metrics) lands it
 day's close, computes these sums and publishes them in its Prometheus export like its built-in metrics:
 the operator reads them as it reads any metric, and CUPED, the sequential tests and the guardrails work
 unchanged (the operator image needs no warehouse driver). The metric SQL is parsed (sqlglot, the parser ibis
-uses): one read-only SELECT, never a second statement, and its columns are checked before it is used.
+uses): one read-only SELECT, never a second statement, and its columns are checked before it is used. On
+PostgreSQL each metric runs sealed (_sealed): nothing its SQL sets (set_config, locks, ...) outlives it.
 """
 
 from __future__ import annotations
@@ -117,12 +118,9 @@ def _metric_table(con: Any, metric: WarehouseMetric, scope: tuple[str, str] | No
     try:
         if dialect == "duckdb":  # DuckDB hands back its connection itself
             con.raw_sql(ddl.sql(dialect=dialect))
-        else:  # a read-only session refuses CREATE, even of a temporary view: writable for this statement only
-            _sql(con, "SET default_transaction_read_only = off")
-            try:
-                _sql(con, ddl.sql(dialect=dialect))
-            finally:
-                _sql(con, "SET default_transaction_read_only = on")
+        else:  # inside _sealed's transaction: the view (which runs nothing) is its only write, then it only reads
+            con.con.execute(ddl.sql(dialect=dialect))
+            con.con.execute("SET TRANSACTION READ ONLY")  # for good: PostgreSQL refuses READ WRITE after a query
         table = con.table(view)
     except Exception as exc:  # noqa: BLE001 - each backend raises its driver's own errors
         raise WarehouseError(f"metric {metric.name}: the warehouse refused its sql: {one_line(exc)}") from None
@@ -165,17 +163,17 @@ def _reference(total: float, n: int) -> float:
     return reference([total / n]) if n else 0.0
 
 
-def _arm_sums(units, a: str, b: str, ref_a: float, ref_b: float) -> dict[str, dict[str, float]]:
+def _arm_sums(con: Any, units, a: str, b: str, ref_a: float, ref_b: float) -> dict[str, dict[str, float]]:
     """Per arm: n, Σa, Σb and the second moments about the shared references (stats/sums.py's contract)."""
     da, db = units[a] - ref_a, units[b] - ref_b
     agg = units.group_by("arm").aggregate(n=units.count(), s_a=units[a].sum(), s_b=units[b].sum(),
                                           s_aa=(da * da).sum(), s_bb=(db * db).sum(), s_ab=(da * db).sum())
     return {str(r["arm"]): {k: (int(v) if k == "n" else float(v or 0.0)) for k, v in r.items() if k != "arm"}
-            for r in agg.execute().to_dict("records")}
+            for r in _rows(con, agg)}
 
 
-def _totals(units, a: str, b: str) -> tuple[int, float, float]:
-    row = units.aggregate(n=units.count(), s_a=units[a].sum(), s_b=units[b].sum()).execute().to_dict("records")[0]
+def _totals(con: Any, units, a: str, b: str) -> tuple[int, float, float]:
+    row = _rows(con, units.aggregate(n=units.count(), s_a=units[a].sum(), s_b=units[b].sum()))[0]
     return int(row["n"]), float(row["s_a"] or 0.0), float(row["s_b"] or 0.0)
 
 
@@ -188,12 +186,18 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
                 settings: AggregationSettings = AggregationSettings(), exposures_table: str = EXPOSURES,
                 rollout_table: str | None = None) -> dict[str, SufficientStats | RatioStats]:
     """{arm: sums} of one metric for one experiment, computed in the warehouse, stopped past the time limit
-    (metric_limits: DuckDB's statements interrupted, PostgreSQL's statement_timeout set by connect).
-    `rollout_table`: a table whose rows each belong to one rollout (local mode's simulated users' days), of which
-    the metric reads the experiment's rows only."""
+    (metric_limits: DuckDB's statements interrupted, PostgreSQL's statement_timeout; there the whole computation
+    is _sealed: nothing the metric's SQL sets outlives it). `rollout_table`: a table whose rows each belong to
+    one rollout (local mode's simulated users' days), of which the metric reads the experiment's rows only."""
     seconds = metric_limits().seconds
     if getattr(con, "name", "") != "duckdb":
-        return _metric_sums(con, experiment, metric, closed_day, settings, exposures_table, rollout_table)
+        try:
+            with _sealed(con, seconds):
+                return _metric_sums(con, experiment, metric, closed_day, settings, exposures_table, rollout_table)
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _QUERY_CANCELED:
+                raise WarehouseError(f"metric {metric.name}: its sql ran past its time limit of {seconds:g} s") from None
+            raise
     import duckdb
 
     try:
@@ -203,12 +207,47 @@ def metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: 
         raise WarehouseError(f"metric {metric.name}: its sql ran past its time limit of {seconds:g} s") from None
 
 
+_QUERY_CANCELED = "57014"  # PostgreSQL's SQLSTATE for a statement stopped by statement_timeout
+
+
+@contextmanager
+def _sealed(con: Any, seconds: float) -> Iterator[None]:
+    """One metric's computation on PostgreSQL, so that nothing its SQL sets outlives it, whatever the role allows:
+    one transaction, rolled back, under SET LOCAL statement and idle timeouts (a set_config in the SQL is undone
+    with it, and each statement runs in a savepoint of its own: _rows); it is read-write until the metric's
+    temporary view exists (creating it runs none of the SQL), then READ ONLY for good (_metric_table). Afterwards DISCARD ALL drops what
+    a transaction does not undo (session advisory locks, temporary objects, prepared statements, LISTEN) and the
+    session's own settings from before the metric (connect's, ibis': pg_settings' source 'session') come back."""
+    pg = con.con  # ibis' psycopg connection (autocommit): transaction() is BEGIN, a savepoint inside one
+    baseline = pg.execute("SELECT name, setting FROM pg_settings WHERE source = 'session'").fetchall()
+    try:
+        with pg.transaction(force_rollback=True):
+            pg.execute("SET TRANSACTION READ WRITE")  # connect's sessions are read-only by default
+            for key in ("statement_timeout", "idle_in_transaction_session_timeout"):
+                pg.execute(f"SET LOCAL {key} = {max(1, int(seconds * 1000))}")
+            yield
+    finally:
+        if not (pg.closed or pg.broken):
+            pg.execute("DISCARD ALL")
+            for name, value in baseline:
+                pg.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def _rows(con: Any, expr: Any) -> list[dict[str, Any]]:
+    """An expression's rows; on PostgreSQL (inside _sealed) in a savepoint rolled back after it, so one run of the
+    metric's SQL cannot change the settings (statement_timeout, ...) the next one runs under."""
+    if getattr(con, "name", "") == "duckdb":
+        return expr.execute().to_dict("records")
+    with con.con.transaction(force_rollback=True):
+        return expr.execute().to_dict("records")
+
+
 def _metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day: int,
                  settings: AggregationSettings, exposures_table: str,
                  rollout_table: str | None) -> dict[str, SufficientStats | RatioStats]:
     exp_all = con.table(exposures_table)
     exposures = exp_all.filter(exp_all.experiment == experiment)
-    first_row = exposures.aggregate(start=exposures.day.min()).execute().to_dict("records")[0]
+    first_row = _rows(con, exposures.aggregate(start=exposures.day.min()))[0]
     if first_row["start"] is None or first_row["start"] != first_row["start"]:  # no exposure yet (None or NaN)
         return {}
     start = int(first_row["start"])
@@ -221,24 +260,24 @@ def _metric_sums(con: Any, experiment: str, metric: WarehouseMetric, closed_day:
                         *[raw[c].cast("float64").name(c) for c in cols])
     if metric.kind == "ratio":
         units = _per_unit(units, values, cols, None)
-        n, s_m, s_d = _totals(units, "w_numerator", "w_denominator")
+        n, s_m, s_d = _totals(con, units, "w_numerator", "w_denominator")
         refs = (_reference(s_m, n), _reference(s_d, n))
         return {arm: RatioStats(n=s["n"], sum_m=s["s_a"], sum_d=s["s_b"], sum_m2=s["s_aa"], sum_d2=s["s_bb"],
                                 sum_md=s["s_ab"], ref_m=refs[0], ref_d=refs[1])
-                for arm, s in _arm_sums(units, "w_numerator", "w_denominator", *refs).items()}
+                for arm, s in _arm_sums(con, units, "w_numerator", "w_denominator", *refs).items()}
     pre_lo = start - settings.pre_days
     # the pre-period's per-day mean uses the days the metric's rows cover (a log may be shorter than pre_days)
     span = values.filter((values.day >= pre_lo) & (values.day < start))
-    cover = span.aggregate(lo=span.day.min(), hi=span.day.max()).execute().to_dict("records")[0]
+    cover = _rows(con, span.aggregate(lo=span.day.min(), hi=span.day.max()))[0]
     pre_len = 1.0 if cover["hi"] is None or cover["hi"] != cover["hi"] else \
         float(int(cover["hi"]) - max(int(cover["lo"]), pre_lo) + 1)
     units = _per_unit(units, values, cols, (pre_lo, start))
     units = units.mutate(y=units.w_value / units.days, x=units.x_value / pre_len)
-    n, s_y, s_x = _totals(units, "y", "x")
+    n, s_y, s_x = _totals(con, units, "y", "x")
     ref_y, ref_x = _reference(s_y, n), _reference(s_x, n)
     return {arm: SufficientStats(n=s["n"], sum_y=s["s_a"], sum_x=s["s_b"], sum_y2=s["s_aa"], sum_x2=s["s_bb"],
                                  sum_xy=s["s_ab"], ref_y=ref_y, ref_x=ref_x)
-            for arm, s in _arm_sums(units, "y", "x", ref_y, ref_x).items()}
+            for arm, s in _arm_sums(con, units, "y", "x", ref_y, ref_x).items()}
 
 
 class WarehouseUnavailable(RuntimeError):
@@ -367,7 +406,7 @@ def connect(url: str, write: bool = False):
     """An ibis connection to the warehouse; the URL's password never reaches a message. Without `write` it is
     the metrics' (their SQL is only checked for its shape): it can only read, under metric_limits. DuckDB: the
     file read-only, no other file or network access, bounded memory and threads, the configuration locked;
-    PostgreSQL: read-only transactions and a statement_timeout."""
+    PostgreSQL: read-only transactions and a statement_timeout (a baseline: metric_sums seals each metric)."""
     from cambrian.trainer.sources import redact
 
     try:
