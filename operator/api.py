@@ -811,6 +811,21 @@ class Spend(_Status):
     evaluations: int = Field(0, description="training runs (attempts), the baseline's included")
 
 
+class SpendLedger(_Status):
+    """The Evolution's spend on its Hypotheses as a running total that deleting them does not take back
+    (reconcile/ledger.py), bounded however many Hypotheses there are."""
+
+    closed: Spend = Field(default_factory=Spend, description=(
+        "spend of Hypotheses done spending (folded in once, then marked: annotation cambrian.dev/spend-counted), "
+        "and the last-seen spend of Hypotheses deleted before they were"))
+    closing: dict[str, Spend] = Field(default_factory=dict, description=(
+        "Hypotheses folded into `closed` that do not carry the mark yet, with the spend folded (written at the next "
+        "reconcile; forgotten once seen)"))
+    open: dict[str, Spend] = Field(default_factory=dict, description=(
+        "the last-seen spend of Hypotheses that may still spend (not trained yet, or training): counted if they "
+        "are deleted"))
+
+
 class PersonaShare(_Status):
     """One persona's part of the latest wake-up (spec.agent.scheduling)."""
 
@@ -842,6 +857,8 @@ class EvolutionStatus(_Status):
     champion: Champion = Field(default_factory=Champion)
     counters: Counters = Field(default_factory=Counters)
     spend: Spend = Field(default_factory=Spend)
+    spend_ledger: SpendLedger = Field(default_factory=SpendLedger, description=(
+        "what `spend` counts of Hypotheses that may be deleted since: a budget counts their spend too"))
     last_decision: LastDecision | None = None
     last_wakeup_at: datetime | None = Field(None, description="when the offline agents last woke up")
     backoff_counts_after: int = Field(0, description="wake-ups up to this one do not count towards the back-off "

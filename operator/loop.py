@@ -149,6 +149,7 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
                 peers=lambda evo=spec.evolution_ref.name: [views.hypothesis_view(h) for h in
                                                            of_evolution(objects, "hypotheses", ns, evo)],
                 decided=frozenset(evo_status.handled_decisions), superseded=frozenset(evo_status.superseded),
+                ledger=evo_status.spend_ledger,
             )
     jobs = platform.training_jobs(H.owner_of(meta)) if status.phase in ("Training", "Validated") else []
     rollout = views.rollout_for(meta.name, objects.list("rollouts", ns)) if status.phase in ("Scored", "Live") else None

@@ -134,6 +134,9 @@ class RetireRollout:
 A_APPLIED = "cambrian.dev/decision-applied"
 APPLIED_FINAL, APPLIED_SUPERSEDED = "final", "superseded"  # superseded: it decided nothing about its treatment
 A_REPAIR_ASKED = "cambrian.dev/repair-asked"
+# On a Hypothesis: the spend its Evolution's ledger holds of it, as JSON {"evolution": uid, "tokens", "dollars",
+# "gpuHours", "evaluations"} (reconcile/ledger.py): what it spent beyond that is still to count.
+A_SPEND_COUNTED = "cambrian.dev/spend-counted"
 
 
 @dataclass(frozen=True)

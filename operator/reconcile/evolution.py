@@ -31,6 +31,7 @@ from cambrian.operator.reconcile.actions import (
     APPLIED_FINAL,
     APPLIED_SUPERSEDED,
     A_APPLIED,
+    A_SPEND_COUNTED,
     Mark,
     CreateRollout,
     RetireRollout,
@@ -41,6 +42,7 @@ from cambrian.operator.reconcile.actions import (
 from cambrian.operator.reconcile import champion as CH
 from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
+from cambrian.operator.reconcile import ledger as L
 from cambrian.operator.reconcile import marks as M
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import repair as R
@@ -191,7 +193,12 @@ def reconcile(
     # per champion; a launch below is measured at the next reconcile.
     F.measure_reference(meta, spec, st, effective_baseline(spec, st), jobs, owner, now, actions, journal, cond)
 
-    # 2. Spend and budgets.
+    # 2. Spend and budgets. `spend` is what the objects that exist now show; the ledger adds what deleted Hypotheses
+    # spent (ledger.py), so deleting finished ones gives no budget back.
+    seen = [L.seen(h) for h in hypotheses]
+    st.spend_ledger, total, marks = L.update(meta.uid, status.spend_ledger, seen)
+    actions.extend(Mark("Hypothesis", name, owner, A_SPEND_COUNTED, value) for name, value in marks)
+    spend = L.plus(spend, L.carried(total, seen))
     st.spend = Spend(tokens=spend.tokens, dollars=spend.dollars, gpu_hours=spend.gpu_hours, evaluations=spend.evaluations)
     spent = exhausted_budget(spec, st.spend)
     if spent and st.phase != "BudgetExhausted":

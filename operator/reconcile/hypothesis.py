@@ -23,14 +23,17 @@ from typing import Any, Callable, Sequence
 
 from cambrian.errors import ConfigError
 from cambrian.operator.api import (EvolutionSpec, FirstLookStatus, HypothesisSpec, HypothesisStatus, OnlineResult,
-                                   ProxyMetric)
+                                   ProxyMetric, SpendLedger)
 from cambrian.operator.reconcile import confirmation as CF
 from cambrian.operator.reconcile import fidelity as F
+from cambrian.operator.reconcile import ledger as L
 from cambrian.operator.reconcile import noise as N
-from cambrian.operator.reconcile.actions import APPLIED_SUPERSEDED, CreateTrainingJob, Owner, RecordJournal
+from cambrian.operator.reconcile.actions import (A_SPEND_COUNTED, APPLIED_SUPERSEDED, CreateTrainingJob, Owner,
+                                                 RecordJournal)
 from cambrian.operator.reconcile.common import (Meta, Result, blocked, child_name, data_snapshot, note_blocker,
                                                 resume_after_spec_change, set_condition)
-from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView
+from cambrian.operator.reconcile.ledger import parse_mark
+from cambrian.operator.reconcile.observations import HypothesisView, JobObservation, RolloutView, Spend
 from cambrian.operator.reconcile.views import evaluations
 from cambrian.stats.noise import confirmation_seeds
 
@@ -68,6 +71,8 @@ class EvolutionContext:
     # under an evaluations budget whenever a run may start, as the Evolution's saved spend lags (runs_left)
     evolution_runs: int = 0
     peers: Callable[[], Sequence[HypothesisView]] = lambda: ()
+    # the Evolution's saved status.spendLedger: its Hypotheses' runs are counted after they are deleted too
+    ledger: SpendLedger = field(default_factory=SpendLedger)
     # rollouts whose decision the Evolution applied (None: not known, a concluded rollout's decision is final at
     # once), and those that decided nothing about their treatment (a promotion over a control no longer the
     # champion, or a rollout the Evolution ended: evolution.py step 3): their hypotheses go back to Scored
@@ -77,13 +82,16 @@ class EvolutionContext:
 
 def runs_left(meta: Meta, st: HypothesisStatus, ctx: EvolutionContext) -> int | None:
     """The evaluations budget's runs left as this Hypothesis starts one (None: no such budget), counted from its own
-    status and what it sees of its peers' now. The Evolution's saved spend lags: in the cluster each Hypothesis is
-    stepped on its own, so every new one of a wake-up read the same spend and started a run past the cap."""
+    status and what it sees of its peers' now, with what the Evolution's ledger holds of deleted ones. The
+    Evolution's saved spend lags: in the cluster each Hypothesis is stepped on its own, so every new one of a
+    wake-up read the same spend and started a run past the cap."""
     cap = ctx.spec.agent.budgets.evaluations
     if cap is None:
         return None
-    peers = sum(p.evaluations for p in ctx.peers() if p.name != meta.name)
-    return max(0, cap - ctx.evolution_runs - peers - evaluations(st.wire()))
+    me = L.Seen(meta.name, st.phase, Spend(evaluations=evaluations(st.wire())),
+                parse_mark(meta.annotations.get(A_SPEND_COUNTED)))
+    seen = [L.seen(p) for p in ctx.peers() if p.name != meta.name] + [me]
+    return max(0, cap - ctx.evolution_runs - L.total(ctx.uid, ctx.ledger, seen).evaluations)
 
 
 def _budget_spent(st: HypothesisStatus, why: str, actions, journal, move, cond) -> Result[HypothesisStatus]:

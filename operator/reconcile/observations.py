@@ -156,6 +156,14 @@ class RolloutView:
 
 
 @dataclass(frozen=True)
+class Spend:
+    tokens: int = 0
+    dollars: float = 0.0
+    gpu_hours: float = 0.0
+    evaluations: int = 0
+
+
+@dataclass(frozen=True)
 class HypothesisView:
     name: str
     phase: str | None
@@ -179,14 +187,9 @@ class HypothesisView:
     undecided_tests: tuple[str, ...] = ()  # status.undecidedTests: its rollouts that decided nothing about it
     repair_asked: str | None = None  # actions.A_REPAIR_ASKED: its Evolution asked the proposer to repair it
     proxy_metrics: Mapping[str, Any] | None = None  # status.proxyMetrics: its offline metrics over its seeds
-
-
-@dataclass(frozen=True)
-class Spend:
-    tokens: int = 0
-    dollars: float = 0.0
-    gpu_hours: float = 0.0
-    evaluations: int = 0
+    spent: Spend = Spend()  # what it cost: its wake-up's LLM spend (if it carries it), GPU hours, evaluations
+    # actions.A_SPEND_COUNTED: (the Evolution's uid, the spend its ledger holds of it) (reconcile/ledger.py)
+    counted: tuple[str, Spend] | None = None
 
 
 @dataclass(frozen=True)

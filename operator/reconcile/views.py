@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
-from cambrian.operator.reconcile.actions import A_APPLIED, A_REPAIR_ASKED
+from cambrian.operator.reconcile.actions import A_APPLIED, A_REPAIR_ASKED, A_SPEND_COUNTED
+from cambrian.operator.reconcile.ledger import parse_mark
 from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
 
 A_TOKENS = "cambrian.dev/tokens"
@@ -49,6 +50,8 @@ def hypothesis_view(obj: Mapping[str, Any]) -> HypothesisView:
         wakeup=(spec.get("origin") or {}).get("wakeup"),
         undecided_tests=tuple(status.get("undecidedTests") or ()),
         repair_asked=(meta.get("annotations") or {}).get(A_REPAIR_ASKED) or None,
+        spent=hypothesis_spend(obj),
+        counted=parse_mark((meta.get("annotations") or {}).get(A_SPEND_COUNTED)),
     )
 
 
@@ -125,15 +128,23 @@ def charge_unattributed(annotations: Mapping[str, str] | None, wakeup: int, toke
                        "dollars": round(d["dollars"] + float(dollars), 6)}, sort_keys=True)
 
 
+def hypothesis_spend(obj: Mapping[str, Any]) -> Spend:
+    """What one Hypothesis cost: its wake-up's LLM spend when it carries it, its GPU hours and training runs."""
+    ann = (obj.get("metadata") or {}).get("annotations") or {}
+    status = obj.get("status") or {}
+    return Spend(tokens=int(float(ann.get(A_TOKENS, 0) or 0)), dollars=float(ann.get(A_DOLLARS, 0) or 0),
+                 gpu_hours=float(status.get("gpuHours") or 0), evaluations=evaluations(status))
+
+
 def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0,
           evolution_annotations: Mapping[str, str] | None = None) -> Spend:
+    """What the Hypotheses that exist now show, with the Evolution's own runs and unattributed LLM spend (the
+    Evolution adds what deleted ones spent: reconcile/ledger.py)."""
     extra = unattributed(evolution_annotations)
     tokens, dollars, gpu, evals = extra["tokens"], extra["dollars"], 0.0, baseline_attempts
-    for h in hypotheses:
-        ann = (h.get("metadata") or {}).get("annotations") or {}
-        status = h.get("status") or {}
-        tokens += int(float(ann.get(A_TOKENS, 0) or 0))
-        dollars += float(ann.get(A_DOLLARS, 0) or 0)
-        gpu += float(status.get("gpuHours") or 0)
-        evals += evaluations(status)
+    for h in map(hypothesis_spend, hypotheses):
+        tokens += h.tokens
+        dollars += h.dollars
+        gpu += h.gpu_hours
+        evals += h.evaluations
     return Spend(tokens=tokens, dollars=dollars, gpu_hours=gpu, evaluations=evals)

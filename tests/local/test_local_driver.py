@@ -286,6 +286,33 @@ def test_the_evaluation_budget_is_never_overshot_by_one_wake_up(tmp_path, policy
     assert _objects(root, "evolutions")[0]["status"]["spend"]["evaluations"] == 3
 
 
+def test_deleting_finished_hypotheses_gives_no_budget_back(tmp_path):
+    """The evaluations budget (4) is spent: the baseline's two seeds and two candidates. The user deletes the
+    finished Hypotheses and runs the driver again: the Evolution still counts their runs and trains nothing more.
+    Before, its spend was summed from the Hypotheses that existed: it fell back to 2, and the next wake-up proposed
+    and trained two more (six runs under a budget of four)."""
+    from cambrian.operator.local_cli import apply_overrides
+    from cambrian.operator.reconcile.actions import A_SPEND_COUNTED
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    data.mkdir()
+    objs = apply_overrides(load_manifests(SCENARIO), None, None, None, evaluations=4)
+    objs[0]["spec"]["agent"]["scheduling"] = {"policy": "fixed"}
+    driver = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    driver.apply(objs)
+    assert driver.run().reason.startswith("every Evolution is done")
+    hyps = _objects(root, "hypotheses")
+    assert sorted(h["status"]["phase"] for h in hyps) == ["Scored", "Scored"]
+    assert all(A_SPEND_COUNTED in h["metadata"]["annotations"] for h in hyps)  # the ledger holds their spend
+    for path in (root / "objects" / "hypotheses").iterdir():
+        path.unlink()  # what `kubectl delete hypotheses --all` is in the cluster
+    again = LocalDriver(root, data_dir=data, train_command=FAKE_TRAINER, poll_s=0.1)
+    assert again.run().reason.startswith("every Evolution is done")
+    evo = _objects(root, "evolutions")[0]["status"]
+    assert evo["phase"] == "BudgetExhausted" and evo["spend"]["evaluations"] == 4
+    assert not _objects(root, "hypotheses") and len(list((root / "jobs").iterdir())) == 4
+
+
 @pytest.mark.parametrize("runs_end_during_the_pass", [False, True])
 def test_the_next_wake_up_asks_the_persona_with_the_better_yield_for_more(tmp_path, runs_end_during_the_pass):
     """Optimizer changes gain 1e-3 (10 noise floors, confirmed: 5 per evaluation), architecture changes lose.

@@ -538,3 +538,58 @@ def test_two_live_rollouts_of_one_evolution_take_turns_on_its_http_route(crds_in
     # deleting r1 moves nothing on r2's route (before: its finalizer sent the route to r1's control arm)
     loop.finalize_rollout(objects.get("rollouts", ns, "r1"), objects, platform)
     assert route() == ("r2", [(c2, 90), (t2, 10)])
+
+
+def test_the_spend_ledger_survives_the_api_server_and_its_marks_land(crds_installed, cluster_namespace):
+    """The Evolution's step against the API server: status.spendLedger is kept by the CRD's schema (not pruned), the
+    marks land on the Hypotheses (KubernetesPlatform.mark), the merge patch drops the names once marked (nulls), and
+    after `kubectl delete hypotheses --all` the spend stays."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    from cambrian.operator import handlers, loop
+    from cambrian.operator.platform.kubernetes import KubernetesPlatform
+    from cambrian.operator.reconcile.actions import A_SPEND_COUNTED
+
+    c, ns = crds_installed, cluster_namespace
+    api_client = c.api_client()
+    custom = client.CustomObjectsApi(api_client)
+
+    class Objects:
+        def get(self, plural, namespace, name):
+            return next((o for o in self.list(plural, namespace) if o["metadata"]["name"] == name), None)
+
+        def list(self, plural, namespace):
+            return custom.list_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural)["items"]
+
+    _apply(c, ns, {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Evolution", "metadata": {"name": "evo"},
+                   "spec": {"objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {"users": 100}},
+                            "agent": {"budgets": {"evaluations": 5}}, "noise": {"baselineSeeds": 3}}}, check=True)
+    for name in ("h1", "h2"):
+        _apply(c, ns, {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Hypothesis", "metadata": {"name": name},
+                       "spec": {"evolutionRef": {"name": "evo"}, "component": "optimizer", "explanation": "x",
+                                "delta": {"patch": {"lr": 0.01}}}}, check=True)
+        custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "hypotheses", name, {
+            "status": {"phase": "Scored", "attempts": 1, "gpuHours": 0.5}})
+    # the baseline was trained (its three runs): the step goes on to the spend
+    custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "evolutions", "evo", {"status": {
+        "phase": "Running", "champion": {"name": "baseline", "bundle": "pvc://b/baseline"}}})
+    platform = KubernetesPlatform(api_client=api_client)
+
+    def step():
+        evo = Objects().get("evolutions", ns, "evo")
+        s = loop.step("Evolution", evo, Objects(), platform, datetime.now(timezone.utc))
+        custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "evolutions", "evo", {
+            "status": handlers.status_patch([evo.get("status") or {}], s.result.status)})  # as handlers._step
+        return Objects().get("evolutions", ns, "evo")["status"]
+
+    st = step()
+    assert st["spend"]["evaluations"] == 5 and set(st["spendLedger"]["closing"]) == {"h1", "h2"}
+    step()  # the marks
+    assert all(A_SPEND_COUNTED in h["metadata"]["annotations"] for h in Objects().list("hypotheses", ns))
+    st = step()
+    assert st["spendLedger"].get("closing", {}) == {} and st["spendLedger"]["closed"]["evaluations"] == 2
+    c.kubectl("delete", "hypotheses", "--all", "-n", ns, "--wait=true")
+    st = step()
+    assert st["spend"]["evaluations"] == 5 and st["phase"] == "BudgetExhausted"
