@@ -1,25 +1,31 @@
 """`run_sql_query` for the reward persona: read-only analysis SQL over the world's logs (DuckDB).
 
 Safety, in layers:
-- the logs are copied once into a DuckDB file in the run directory, which is then opened read-only;
-- external access is switched off and the configuration locked, so a query cannot read other files
-  (read_csv('/etc/...')), attach databases or load extensions;
+- the logs are copied once into a DuckDB file in a folder of its own in the run directory;
+- the queries run in the contained SQL child (trainer/sqlworker.py: bubblewrap's namespaces, no network, a
+  read-only view of only the Python runtime and that folder, the seccomp filter, the address-space limit of
+  CAMBRIAN_SQL_MEMORY_MB and one thread), which opens the file read-only with external access off and its
+  configuration locked, so a query cannot read other files (read_csv('/etc/...')), attach databases or load
+  extensions; this process never opens the database;
 - only single SELECT / WITH statements pass (DuckDB's own parser decides the statement type);
-- results are capped in rows and characters, and a query is interrupted after a time limit.
+- results are capped in rows and characters, and a query past its time limit has its child's whole tree killed
+  (the next query starts a fresh one).
 The hidden simulator state (`truth/`) is never loaded.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
 
-from cambrian.sqllimits import watchdog
+from cambrian.sqllimits import SqlLimitExceeded, SqlLimits
+from cambrian.trainer.sqlworker import SqlError, SqlWorker
 
 LOG_TABLES = ("impressions", "user_days", "items", "users")
+DB_FOLDER = "analysis"  # the SQL child sees this folder alone (read-only): nothing else of the run directory
 DB_FILE = "analysis.duckdb"
 
 
@@ -74,12 +80,13 @@ def check_statement(sql: str) -> str:
 
 
 def build_database(data_dir: str | Path, run_dir: str | Path) -> Path:
-    """Copy the log tables (never truth/) into RUN_DIR/analysis.duckdb once; returns its path."""
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    db = run_dir / DB_FILE
+    """Copy the log tables (never truth/) into RUN_DIR/analysis/analysis.duckdb once; returns its path."""
+    data_dir, folder = Path(data_dir), Path(run_dir) / DB_FOLDER
+    db = folder / DB_FILE
     if db.exists():
         return db
-    tmp = run_dir / (DB_FILE + ".tmp")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (DB_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
@@ -94,29 +101,37 @@ def build_database(data_dir: str | Path, run_dir: str | Path) -> Path:
 
 
 class SqlTool:
-    """A locked-down read-only connection. One query at a time."""
+    """Queries over one analysis database, in a contained child (one query at a time)."""
 
     def __init__(self, db_path: str | Path, max_rows: int = 50, timeout_s: float = 10.0, max_chars: int = 2000):
+        self.db_path = Path(db_path)
         self.max_rows = max_rows
         self.timeout_s = timeout_s
         self.max_chars = max_chars
-        self.con = duckdb.connect(str(db_path), read_only=True)
-        self.con.execute("SET enable_external_access = false")
-        self.con.execute("SET lock_configuration = true")
+        # the trusted side's limits (its environment), with this tool's time limit per query
+        self.limits = replace(SqlLimits.from_env(), seconds=timeout_s, row_seconds=0.0)
+        self._worker: SqlWorker | None = None
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self.con.close()
+        with self._lock:
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
+
+    def _run(self, sql: str, max_rows: int) -> tuple[list[str], list[tuple]]:
+        """In the child, started on first use and again after one past a limit (which killed it)."""
+        with self._lock:
+            if self._worker is None or self._worker.closed:
+                self._worker = SqlWorker(self.limits, self.db_path)
+            return self._worker.query(sql, max_rows)
 
     def tables(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
-        for (name,) in self.con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
-            cols = self.con.execute(
-                "SELECT column_name || ' ' || data_type FROM information_schema.columns WHERE table_name = ? "
-                "ORDER BY ordinal_position",
-                [name],
-            ).fetchall()
-            out[name] = [c for (c,) in cols]
+        _, rows = self._run("SELECT table_name, column_name || ' ' || data_type FROM information_schema.columns "
+                            "ORDER BY table_name, ordinal_position", 1 << 20)
+        for name, column in rows:
+            out.setdefault(name, []).append(column)
         return out
 
     def query(self, sql: str) -> SqlResult:
@@ -124,15 +139,13 @@ class SqlTool:
             text = check_statement(sql)
         except SqlRejected as exc:
             return SqlResult(sql, [], [], False, error=f"rejected: {exc}")
-        with self._lock, watchdog(self.con.interrupt, self.timeout_s):
-            try:
-                cur = self.con.execute(f"SELECT * FROM ({text}) AS q LIMIT {self.max_rows + 1}")
-                rows = cur.fetchall()
-                cols = [d[0] for d in cur.description]
-            except duckdb.InterruptException:
-                return SqlResult(sql, [], [], False, error=f"interrupted after {self.timeout_s:g}s")
-            except duckdb.Error as exc:
-                return SqlResult(sql, [], [], False, error=str(exc).splitlines()[0][:300])
+        try:
+            cols, rows = self._run(text, self.max_rows)
+        except SqlLimitExceeded as exc:
+            reason = f"interrupted after {self.timeout_s:g}s" if "time limit" in str(exc) else str(exc)
+            return SqlResult(sql, [], [], False, error=reason)
+        except SqlError as exc:
+            return SqlResult(sql, [], [], False, error=str(exc)[:300])
         return SqlResult(sql, cols, rows[: self.max_rows], len(rows) > self.max_rows)
 
 

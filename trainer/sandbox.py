@@ -25,6 +25,7 @@ Where bubblewrap, user namespaces or libseccomp are missing, nothing runs: `Sand
 from __future__ import annotations
 
 import ast
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from cambrian.errors import TrainingError
+from cambrian.errors import ConfigError, TrainingError
 
 NOBODY = 65534
 
@@ -349,6 +350,21 @@ def require_sandbox() -> None:
     seccomp_program()
 
 
+def containment(sandbox: str, must: bool) -> bool:
+    """Whether to use bubblewrap. `none` is for an outer boundary that already contains the run (the cluster's
+    training pod); `auto` contains whenever it can, and where it cannot refuses what `must` be contained;
+    `bwrap` always contains or refuses."""
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"--sandbox (CAMBRIAN_SANDBOX) must be auto, bwrap or none, not {sandbox!r}")
+    if sandbox == "none":
+        return False
+    problem = bwrap_problem()
+    if problem and (sandbox == "bwrap" or must):
+        raise SandboxUnavailable(problem, hint="candidate code is never run uncontained; install bubblewrap "
+                                               "(scripts/setup.sh) or enable unprivileged user namespaces")
+    return problem is None
+
+
 def contained_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], gpu: bool = False,
                       contain: bool = True, network: bool = False) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
     """The command line, its environment and the file descriptors it must inherit (the seccomp program's pipe,
@@ -369,13 +385,13 @@ def contained_command(input_dir: Path, scratch_dir: Path, argv: list[str], env: 
     return bwrap_command(input_dir, scratch_dir, argv, env, r, gpu), {"PATH": "/usr/bin:/bin"}, (r,)
 
 
-def start_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], log_file: Path,
+def start_contained(input_dir: Path, scratch_dir: Path, argv: list[str], env: dict[str, str], log_file: Path | None,
                     contain: bool = True) -> subprocess.Popen:
-    """A long-lived contained process that talks over its stdin and stdout (stderr goes to log_file); its own
-    process group, so `stop_contained` takes the whole tree."""
+    """A long-lived contained process that talks over its stdin and stdout (stderr goes to log_file, None: this
+    process's stderr); its own process group, so `stop_contained` takes the whole tree."""
     full, run_env, fds = contained_command(input_dir, scratch_dir, argv, env, contain=contain)
     try:
-        with open(log_file, "wb") as log:
+        with open(log_file, "wb") if log_file is not None else contextlib.nullcontext() as log:
             return subprocess.Popen(full, env=run_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                     pass_fds=fds, start_new_session=True, cwd=str(scratch_dir))
     finally:

@@ -35,8 +35,8 @@ from cambrian.trainer.features import save_catalogue
 from cambrian.trainer.codecheck import static_checks
 from cambrian.trainer.distributed import Distribution
 from cambrian.trainer.schema import WORLD, DataSchema
-from cambrian.trainer.sandbox import (INPUT, SCRATCH, SandboxUnavailable, StageFailure, bwrap_problem, contained_environment,
-                                      gpu_present, run_contained)
+from cambrian.trainer.sandbox import (INPUT, SCRATCH, StageFailure, contained_environment, containment, gpu_present,
+                                      run_contained)
 
 if TYPE_CHECKING:  # the trusted side's: the sandboxed steps import this module without pandas and DuckDB
     from cambrian.trainer.data import Dataset
@@ -75,15 +75,8 @@ def has_code(config: ModelConfig) -> bool:
 
 
 def contain_decision(config: ModelConfig, sandbox: Containment) -> bool:
-    """Whether to use bubblewrap. `none` is for an outer boundary that already contains the run (the cluster's
-    training pod); `auto` contains whenever it can, and refuses to run plugin code when it cannot."""
-    if sandbox == "none":
-        return False
-    problem = bwrap_problem()
-    if problem and (sandbox == "bwrap" or has_code(config)):
-        raise SandboxUnavailable(problem, hint="candidate code is never run uncontained; install bubblewrap "
-                                               "(scripts/setup.sh) or enable unprivileged user namespaces")
-    return problem is None
+    """Whether to use bubblewrap (sandbox.containment): `auto` refuses to run plugin code where it cannot."""
+    return containment(sandbox, has_code(config))
 
 
 def _write_heldout(path: Path, split: Split, inputs: tuple[str, ...]) -> None:

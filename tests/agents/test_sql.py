@@ -1,5 +1,9 @@
+import os
+from pathlib import Path
+
 import pytest
 
+from cambrian.testing.sqlchild import evaluator, shared_namespaces
 from cambrian.agents.sql import SqlRejected, SqlTool, build_database, check_statement, render_outputs
 
 
@@ -57,3 +61,29 @@ def test_render_outputs_block(tool):
     text = render_outputs([("How many items?", res)])
     assert "Q: How many items?" in text and "n" in text and "80" in text
     assert render_outputs([]) == "(no analyses yet)"
+
+
+def test_queries_run_in_a_contained_child_that_sees_only_the_database(tool, tiny_world):
+    """The analysis SQL runs in the SQL child's sandbox (trainer/sqlworker.py): namespaces of its own, and of the
+    host's files only the runtime and the database's own folder, read-only (not the world's Parquet files)."""
+    assert tool.query("SELECT 1 AS one").rows == [(1,)]
+    child = evaluator(tool._worker)
+    assert shared_namespaces(child.pid) == []
+    root = Path(f"/proc/{child.pid}/root")
+    assert os.listdir(root / "input") == ["analysis.duckdb"]
+    assert (tiny_world / "users.parquet").exists() and not os.path.lexists(root / str(tiny_world).lstrip("/"))
+    mounts = {line.split()[4]: line.split()[5] for line in Path(f"/proc/{child.pid}/mountinfo").read_text().splitlines()}
+    assert mounts["/input"].startswith("ro")
+
+
+def test_a_query_past_the_memory_limit_fails_alone(tiny_world, tmp_path, monkeypatch):
+    """The child's address space is bounded (CAMBRIAN_SQL_MEMORY_MB), not only DuckDB's own memory_limit, which a
+    scalar function's allocation passes; the next query gets a fresh child."""
+    monkeypatch.setenv("CAMBRIAN_SQL_MEMORY_MB", "512")
+    t = SqlTool(build_database(tiny_world, tmp_path), timeout_s=30.0)
+    try:
+        r = t.query("SELECT length(repeat('xxxxxxxx', 100000000)) AS n")  # 800 MB in one value
+        assert r.error and "memory limit of 512 MiB" in r.error, r.error
+        assert t.query("SELECT COUNT(*) AS n FROM items").rows == [(80,)]
+    finally:
+        t.close()
