@@ -35,6 +35,7 @@ from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile import common as C
 from cambrian.operator.reconcile.actions import A_APPROVE, A_RETIRED
+from cambrian.operator.reconcile.champion import serving_name
 from cambrian.operator.reconcile.common import Meta, Result
 from cambrian.operator.reconcile.observations import Analysis, RolloutObservation, TopK
 
@@ -162,16 +163,19 @@ def _hypothesis(meta: Meta, spec: Any, status: Any, objects: Objects, platform: 
 # ---------------------------------------------------------------------------------------------
 
 
+def _evolution_of(objects: Objects, ns: str, spec: api.RolloutSpec) -> dict | None:
+    return objects.get("evolutions", ns, spec.evolution_ref.name) if spec.evolution_ref is not None else None
+
+
 def serving_of(objects: Objects, ns: str, spec: api.RolloutSpec) -> tuple[api.Serving, str | None]:
     """The serving settings and bundle claim of the rollout's Evolution (defaults without one)."""
-    if spec.evolution_ref is not None:
-        evo = objects.get("evolutions", ns, spec.evolution_ref.name)
-        if evo is not None:
-            try:
-                es = api.parse_spec("Evolution", evo.get("spec"))
-                return es.serving, es.storage.claim_name
-            except ConfigError:
-                pass
+    evo = _evolution_of(objects, ns, spec)
+    if evo is not None:
+        try:
+            es = api.parse_spec("Evolution", evo.get("spec"))
+            return es.serving, es.storage.claim_name
+        except ConfigError:
+            pass
     return api.Serving(), None
 
 
@@ -207,6 +211,7 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         except ValueError as exc:  # the statistics refused the data: decide nothing this time
             log.warning("rollout %s/%s: analysis failed: %s", ns, meta.name, exc)
             unavailable = f"analysis failed: {exc}"
+    route = _route(platform, owner, serving)
     obs = RolloutObservation(
         arms=platform.arms(owner),
         weights=platform.router_weights(owner, serving.wire()),
@@ -215,7 +220,8 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         retired=(meta.annotations.get(A_RETIRED) or None),
         unavailable=unavailable,
         refused=refused,
-        route=_route(platform, owner, serving),
+        route=route,
+        router_ready=route is not None and platform.router_ready(owner),
     )
     return Step(meta, R.reconcile(meta, spec, status, serving, claim, obs, now), analysis=analysis)
 
@@ -232,11 +238,15 @@ def finalize_rollout(obj: dict, objects: Objects, platform: Any) -> None:
         spec = api.parse_spec("Rollout", dict(obj.get("spec") or {}))
     except ConfigError:
         return  # never admitted: nothing was deployed
-    serving, _ = serving_of(objects, meta.namespace or "default", spec)
+    ns = meta.namespace or "default"
+    serving, _ = serving_of(objects, ns, spec)
     owner = R.owner_of(meta)
     routed = platform.router_weights(owner, serving.wire()) is not None
+    evo = _evolution_of(objects, ns, spec)
+    evo_meta = meta_of(evo) if evo is not None else None
+    champion = serving_name(evo_meta.name, evo_meta.uid) if evo_meta else None  # where its route goes back to
     try:
-        apply_actions(platform, R.finalize(meta, spec, serving, routed, _route(platform, owner, serving)))
+        apply_actions(platform, R.finalize(meta, spec, serving, routed, _route(platform, owner, serving), champion))
     except ActionRefused as exc:  # the object is going away: log it, never block its deletion
         log.warning("rollout %s/%s: cleanup refused: %s", meta.namespace, meta.name, exc)
     except Exception as exc:

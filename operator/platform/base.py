@@ -116,6 +116,9 @@ class Platform(Protocol):
     def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
         """What the router has now for this rollout (None: no entry)."""
 
+    def router_ready(self, owner: Owner) -> bool:
+        """The rollout's router has a ready pod (spec.serving.httpRoute goes to it only then)."""
+
     def http_route(self, owner: Owner, serving: Mapping[str, Any]) -> RouteObservation | None:
         """serving.httpRoute as it is now: its holder, backends and version (reconcile/httproute.py); None on a
         platform without routes. A route that cannot be read is one held by nobody at version "", so that

@@ -8,9 +8,9 @@
   Results come back in the trainer container's termination message (see termination.py).
 - An arm is a Deployment + Service running `cambrian serve`; a rollout's router is a Deployment +
   Service running `cambrian route` with its config (salt, arms, weights) in a ConfigMap that the
-  router watches. With spec.serving.httpRoute, the HTTPRoute's backend weights are set as well, by the one
-  rollout that holds it (reconcile/httproute.py: the core decides, each write is conditional on the
-  resourceVersion it was decided on).
+  router watches. With spec.serving.httpRoute, the HTTPRoute's forwarding rules send everything to the router
+  of the one rollout that holds it (reconcile/httproute.py: the core decides, each write is conditional on the
+  resourceVersion it was decided on; only the rules' backendRefs are Cambrian's).
 - Production: each Evolution's champion is served by Deployment + Service `<evolution>-champion`
   (`cambrian serve` on the champion's bundle); a new champion is a rolling update with
   maxUnavailable 0 behind the readiness probe. With spec.serving.httpRoute, that Service is the
@@ -61,8 +61,9 @@ from cambrian.operator.reconcile.actions import (
     SetWeights,
     UpdateChampion,
 )
-from cambrian.operator.reconcile.common import child_name, label_value
+from cambrian.operator.reconcile.common import label_value
 from cambrian.operator.reconcile.champion import serving_name
+from cambrian.operator.reconcile.rollout import router_name
 from cambrian.operator.reconcile.observations import (ArmObservation, ChampionObservation, JobObservation,
                                                       RouteObservation)
 
@@ -670,10 +671,6 @@ def parse_champion(dep: Mapping[str, Any], pods: list[Mapping[str, Any]]) -> Cha
                                None if ready else deployment_blocker(dep) or pod_blocker(pods))
 
 
-def router_name(owner: Owner) -> str:
-    return child_name(owner.name, owner.uid, "router")
-
-
 def _what(body: Mapping[str, Any]) -> str:
     return f"{body.get('kind', 'object')} {body.get('metadata', {}).get('name', '?')}"
 
@@ -707,30 +704,45 @@ def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, d
     return cm, dep, _service(name, action.owner, labels, int(action.serving.get("port", 8080)))
 
 
-def _route_patch(backends: HR.Backends, holder: str | None, version: str) -> dict[str, Any]:
-    """A merge patch of the route's backends and holder in one request (they never disagree), conditional on
-    `version` when given: the API server answers 409 if the route changed since (reconcile/httproute.py)."""
+def _forwards(rule: Mapping[str, Any]) -> bool:
+    """A rule with backends: Cambrian's to set (reconcile/httproute.py); the others are left as written."""
+    return bool(rule.get("backendRefs"))
+
+
+def route_patch(route: Mapping[str, Any], backends: HR.Backends, holder: str | None, version: str) -> dict[str, Any]:
+    """A merge patch of `route` (as read) setting every forwarding rule's backendRefs to `backends` and the holder,
+    in one request (they never disagree). Everything else in a rule (matches, filters, name, ...) and the rules
+    without backends are sent back as they were read: a merge patch replaces a list whole. Conditional on
+    `version` (the reading the decision was made on; else the one read here): the API server answers 409 if the
+    route changed since, so nothing written in between is overwritten (reconcile/httproute.py)."""
+    refs = [{"name": service, "port": port, "weight": weight} for service, port, weight in backends]
+    rules = [dict(r) for r in (route.get("spec") or {}).get("rules") or []]
+    rules = [{**r, "backendRefs": refs} if _forwards(r) else r for r in rules] if any(map(_forwards, rules)) \
+        else [*rules, {"backendRefs": refs}]
     meta: dict[str, Any] = {"annotations": {A_ROUTE_HOLDER: holder}}  # None: the merge patch removes it
-    if version:
-        meta["resourceVersion"] = version
-    return {"metadata": meta, "spec": {"rules": [{"backendRefs": [
-        {"name": service, "port": port, "weight": weight} for service, port, weight in backends]}]}}
+    if version or (route.get("metadata") or {}).get("resourceVersion"):
+        meta["resourceVersion"] = version or route["metadata"]["resourceVersion"]
+    return {"metadata": meta, "spec": {"rules": rules}}
 
 
-def httproute_patch(action: SetWeights) -> dict[str, Any]:
-    return _route_patch(HR.backends(action.weights, action.serving), action.rollout, action.route_version or "")
+def httproute_patch(action: SetWeights, route: Mapping[str, Any]) -> dict[str, Any]:
+    """The route to the rollout's router, held for it (action.route: reconcile/httproute.holder_backends)."""
+    return route_patch(route, action.route, action.rollout, action.route_version or "")
 
 
-def champion_route_patch(action: RouteChampion) -> dict[str, Any]:
-    return _route_patch(((action.service, HR.port(action.serving), 100),), None, action.route_version)
+def champion_route_patch(action: RouteChampion, route: Mapping[str, Any]) -> dict[str, Any]:
+    return route_patch(route, HR.to(action.service, action.serving), None, action.route_version)
 
 
 def parse_route(route: Mapping[str, Any]) -> RouteObservation:
-    """An HTTPRoute (a plain dict) -> who holds it, its backends (weight 1 when unset, as Gateway API) and version."""
+    """An HTTPRoute (a plain dict) -> who holds it, its backends (weight 1 when unset, as Gateway API) and version.
+    The backends are those of one forwarding rule when all have the same (as route_patch writes them), else all
+    of them in a row, which no single backend list the core wants matches: it writes them again."""
     meta = route.get("metadata") or {}
-    refs = [b for r in (route.get("spec") or {}).get("rules") or [] for b in r.get("backendRefs") or []]
-    return RouteObservation((meta.get("annotations") or {}).get(A_ROUTE_HOLDER) or None,
-                            tuple((b.get("name", ""), int(b.get("port", 0)), int(b.get("weight", 1))) for b in refs),
+    rules = [tuple((b.get("name", ""), int(b.get("port", 0)), int(b.get("weight", 1))) for b in r["backendRefs"])
+             for r in (route.get("spec") or {}).get("rules") or [] if _forwards(r)]
+    backends = rules[0] if rules and all(r == rules[0] for r in rules) else tuple(b for r in rules for b in r)
+    return RouteObservation((meta.get("annotations") or {}).get(A_ROUTE_HOLDER) or None, backends,
                             str(meta.get("resourceVersion") or ""))
 
 
@@ -1123,20 +1135,23 @@ class KubernetesPlatform:
     def set_weights(self, action: SetWeights) -> None:
         ns = action.owner.namespace
         if action.route_version is not None:  # first: a route taken since (409) leaves the router as it was too
-            self._patch_route(ns, action.serving, httproute_patch(action))
+            self._patch_route(ns, action.serving, lambda route: httproute_patch(action, route))
         cm, dep, svc = router_manifests(action, ns)
         dep = self._templated(dep, "serving", "router")
         self._replace_or_create_config_map(cm, ns)
         self._create(self.apps.create_namespaced_deployment, ns, dep)
         self._create(self.core.create_namespaced_service, ns, svc)
 
-    def _patch_route(self, namespace: str | None, serving: Mapping[str, Any], patch: dict) -> None:
+    def _patch_route(self, namespace: str | None, serving: Mapping[str, Any],
+                     patch: Callable[[dict], dict]) -> None:
+        """Read the route, then write `patch(route)`: its backends in the user's rules (route_patch)."""
         from kubernetes.client.rest import ApiException
 
         route = serving["httpRoute"]
         try:
             self.custom.patch_namespaced_custom_object(
-                "gateway.networking.k8s.io", "v1", namespace or "default", "httproutes", route["name"], patch)
+                "gateway.networking.k8s.io", "v1", namespace or "default", "httproutes", route["name"],
+                patch(self._get_route(namespace or "default", serving)))
         except ApiException as exc:
             if exc.status == 404:  # a prerequisite the user creates: say so and look again later
                 raise ActionRefused(f"HTTPRoute {route['name']}", "it does not exist (spec.serving.httpRoute)",
@@ -1144,7 +1159,7 @@ class KubernetesPlatform:
             raise refusal(exc, f"HTTPRoute {route['name']}") from exc  # 409: written since, the step is replayed
 
     def route_champion(self, action: RouteChampion) -> None:
-        self._patch_route(action.owner.namespace, action.serving, champion_route_patch(action))
+        self._patch_route(action.owner.namespace, action.serving, lambda route: champion_route_patch(action, route))
 
     def _get_route(self, namespace: str, serving: Mapping[str, Any]) -> dict:
         return self.custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", namespace, "httproutes",
@@ -1181,15 +1196,25 @@ class KubernetesPlatform:
         self._delete(self.core.delete_namespaced_service, name, ns)
         self._delete(self.core.delete_namespaced_config_map, name, ns)
 
-    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+    def _read(self, fn: Callable, name: str, namespace: str | None) -> Any:
+        """fn(name, namespace): the object, None when there is none (404)."""
         from kubernetes.client.rest import ApiException
 
         try:
-            cm = self.core.read_namespaced_config_map(router_name(owner), owner.namespace or "default")
+            return fn(name, namespace or "default")
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def router_ready(self, owner: Owner) -> bool:
+        dep = self._read(self.apps.read_namespaced_deployment, router_name(owner), owner.namespace)
+        return bool(dep is not None and dep.status and (dep.status.ready_replicas or 0) >= 1)
+
+    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        cm = self._read(self.core.read_namespaced_config_map, router_name(owner), owner.namespace)
+        if cm is None:
+            return None
         try:
             cfg = yaml.safe_load((cm.data or {}).get("router.yaml", "")) or {}
             return {a["name"]: int(a.get("weight", 0)) for a in cfg.get("arms", [])}
@@ -1232,16 +1257,11 @@ class KubernetesPlatform:
                      lambda: self.core.patch_namespaced_service(action.name, ns, ports))
 
     def champion_serving(self, owner: Owner, serving: Mapping[str, Any]) -> ChampionObservation | None:
-        from kubernetes.client.rest import ApiException
-
         ns = owner.namespace or "default"
         name = serving_name(owner.name, owner.uid)
-        try:
-            d = self.apps.read_namespaced_deployment(name, ns)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        d = self._read(self.apps.read_namespaced_deployment, name, ns)
+        if d is None:
+            return None
         if not any(r.uid == owner.uid for r in d.metadata.owner_references or []):
             return None  # a leftover of an earlier Evolution of that name: the core takes it over
         dep = self._dict(d)

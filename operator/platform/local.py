@@ -527,6 +527,10 @@ class LocalPlatform:
             return None
         return self._read_weights(env)
 
+    def router_ready(self, owner: Owner) -> bool:
+        env = self.envs.get(owner.name)
+        return env is not None and env.router is not None and env.router.proc.poll() is None
+
     def http_route(self, owner: Owner, serving: Mapping[str, Any]) -> None:
         """No Gateway API route here, and nothing to share: each live rollout plays its own simulated users (its own
         world, `_play_day`), so no rollout ever waits for another (reconcile/httproute.py)."""

@@ -73,15 +73,16 @@ class ArmWeight:
     weight: int
 
 
-# On spec.serving.httpRoute: the Rollout whose arms it carries (reconcile/httproute.py); absent: the champion's
+# On spec.serving.httpRoute: the Rollout whose router it carries (reconcile/httproute.py); absent: the champion's
 A_ROUTE_HOLDER = "cambrian.dev/route-holder"
 
 
 @dataclass(frozen=True)
 class SetWeights:
-    """Point the router at the arms with these percentages; with `route_version`, spec.serving.httpRoute too,
-    held for this rollout (annotation A_ROUTE_HOLDER), written only if the route is still at that
-    metadata.resourceVersion ("" : unconditionally; None: the route is left alone)."""
+    """Point the router at the arms with these percentages; with `route_version`, spec.serving.httpRoute too:
+    its backends become `route` (the rollout's router Service, reconcile/httproute.py), held for this rollout
+    (annotation A_ROUTE_HOLDER), written only if the route is still at that metadata.resourceVersion
+    ("" : unconditionally; None: the route is left alone)."""
 
     owner: Owner
     rollout: str
@@ -90,6 +91,7 @@ class SetWeights:
     serving: dict[str, Any] = field(default_factory=dict, hash=False)
     phase: int = 0  # weights_phase: the router stamps it on exposures (online/aggregate.py)
     route_version: str | None = None
+    route: tuple[tuple[str, int, int], ...] = ()  # (Service, port, weight) of each of its forwarding rules' backendRefs
 
     def as_dict(self) -> dict[str, int]:
         return {w.arm: w.weight for w in self.weights}

@@ -45,8 +45,10 @@ class ArmObservation:
 class RouteObservation:
     """spec.serving.httpRoute as read from the cluster (reconcile/httproute.py says who may write it)."""
 
-    holder: str | None  # the Rollout whose arms it carries (annotation actions.A_ROUTE_HOLDER); None: nobody's
-    backends: tuple[tuple[str, int, int], ...] = ()  # (Service, port, weight) of its backendRefs, in order
+    holder: str | None  # the Rollout whose router it carries (annotation actions.A_ROUTE_HOLDER); None: nobody's
+    # (Service, port, weight) of its forwarding rules' backendRefs, in order: those of one rule when every
+    # forwarding rule has the same (as Cambrian writes them), else all of them one after the other
+    backends: tuple[tuple[str, int, int], ...] = ()
     # metadata.resourceVersion: a write decided on this reading is sent with it, so it fails (409) if another
     # writer changed the route since; "" when it could not be read (the write then reports why)
     version: str = ""
@@ -111,6 +113,7 @@ class RolloutObservation:
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
     route: RouteObservation | None = None  # spec.serving.httpRoute; None without one (or on a platform without routes)
+    router_ready: bool = False  # its router has a ready pod (the route goes to it then); read only with a route
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ safety is enforced here, not left to the agent or a human.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cambrian.operator.api import (
@@ -56,6 +55,11 @@ def arm_name(meta: Meta, arm: str) -> str:
     return child_name(meta.name, meta.uid, f"arm-{arm}")
 
 
+def router_name(owner: Owner) -> str:
+    """Deployment, Service and ConfigMap name of a rollout's router (its users' only way in: sticky, logged)."""
+    return child_name(owner.name, owner.uid, "router")
+
+
 def readout_due(status: RolloutStatus, now: datetime) -> bool:
     """Should the adapter query Prometheus and run the analysis before calling reconcile?"""
     return (
@@ -89,17 +93,21 @@ def weights_phase(status: RolloutStatus) -> int:
 
 
 def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int,
-                 route: RouteObservation | None, live: bool = True) -> SetWeights:
-    """The router's weights, and spec.serving.httpRoute's when this rollout may write it (httproute.py)."""
-    sw = SetWeights(
-        owner_of(meta),
+                 route: RouteObservation | None = None, router_ready: bool = False, live: bool = True) -> SetWeights:
+    """The router's weights, and spec.serving.httpRoute's backends (the router) when this rollout may write
+    the route (httproute.py)."""
+    owner = owner_of(meta)
+    want = HR.holder_backends(router_name(owner), router_ready, route, serving.wire())
+    return SetWeights(
+        owner,
         meta.name,
         spec.salt,
         tuple(ArmWeight(arm, arm_name(meta, arm), w) for arm, w in weights.items()),
         serving.wire(),
         phase,
+        HR.rollout_write(meta.name, route, want, live),
+        want,
     )
-    return replace(sw, route_version=HR.rollout_write(meta.name, route, HR.backends(sw.weights, sw.serving), live))
 
 
 def reconcile(
@@ -154,7 +162,8 @@ def reconcile(
 
     def sync_weights() -> None:
         want = desired_weights(spec, st)
-        sw = _set_weights(meta, spec, want, serving, weights_phase(st), obs.route, st.phase not in CONCLUDED)
+        sw = _set_weights(meta, spec, want, serving, weights_phase(st), obs.route, obs.router_ready,
+                          st.phase not in CONCLUDED)
         if obs.weights != want or sw.route_version is not None:
             actions.append(sw)
         if obs.route is not None:
@@ -167,17 +176,26 @@ def reconcile(
     route = f"HTTPRoute {serving.http_route.name if serving.http_route else ''}"
 
     def note_route(holds: bool) -> None:
-        """RouteHeld: whether spec.serving.httpRoute carries this rollout's arms (httproute.py)."""
+        """RouteHeld: whether spec.serving.httpRoute is held for this rollout (its router; httproute.py)."""
         other = HR.held_by_another(meta.name, obs.route)
         if holds and st.phase in CONCLUDED:
-            cond(HR.HELD, True, "Held", f"{route} keeps this rollout's final weights until its Evolution points it "
-                                        "back at the champion")
+            cond(HR.HELD, True, "Held", f"{route} keeps this rollout's router (at its final weights) until its "
+                                        "Evolution points it back at the champion")
+        elif holds and not obs.router_ready:
+            cond(HR.HELD, True, "Held", f"{route} is held for this rollout: its traffic goes to the rollout's router "
+                                        "once that has a ready pod")
         elif holds:
-            cond(HR.HELD, True, "Held", f"{route} sends its traffic to this rollout's arms")
+            cond(HR.HELD, True, "Held", f"{route} sends its traffic to this rollout's router, which keeps each user "
+                                        "on one arm at the ramp's weights")
         elif st.phase in CONCLUDED and any(c.type == HR.HELD for c in st.conditions):  # it held or waited: over
-            cond(HR.HELD, False, "Released", f"{route} does not carry this rollout's arms: it concluded")
+            cond(HR.HELD, False, "Released", f"{route} does not carry this rollout's router: it concluded")
         elif other:  # it started before the route was held: its users come through its router alone
-            cond(HR.HELD, False, "HeldByAnother", f"{route} carries rollout {other}'s arms")
+            cond(HR.HELD, False, "HeldByAnother", f"{route} carries rollout {other}'s router")
+
+    def wake() -> float:
+        """The next step: its readout or ramp, sooner while the route this rollout holds waits for its router."""
+        follows = obs.route is not None and not obs.router_ready and not HR.held_by_another(meta.name, obs.route)
+        return min(_until(st, spec, now), POLL_SECONDS) if follows else _until(st, spec, now)
 
     def finish() -> Result[RolloutStatus]:
         sync_weights()
@@ -254,7 +272,7 @@ def reconcile(
         st.next_readout_at = after(now, spec.metrics.readout.interval)
         sync_weights()
         journal("Started", f"step 0: {st.weights_summary}")
-        return Result(actions, st, requeue_after=_until(st, spec, now))
+        return Result(actions, st, requeue_after=wake())
 
     # Running or AwaitingApproval
     arms_ready = ensure_arms(names)
@@ -284,7 +302,7 @@ def reconcile(
             st.step_history = [*st.step_history, now]
             journal("Ramped", f"step {st.step}: {_summary(desired_weights(spec, st))}")
     sync_weights()
-    return Result(actions, st, requeue_after=_until(st, spec, now))
+    return Result(actions, st, requeue_after=wake())
 
 
 def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journal) -> str | None:
@@ -398,14 +416,16 @@ def _arm(st: RolloutStatus, arm: str) -> ArmStatus:
 
 
 def finalize(meta: Meta, spec: RolloutSpec, serving: Serving, routed: bool = True,
-             route: RouteObservation | None = None) -> list:
-    """On deletion: every user back on control, then the rollout's router entry and arms go.
-    `routed`: the router has an entry for this rollout (else there is no traffic to move). `route`:
-    spec.serving.httpRoute, moved only while this rollout holds it (its Evolution then takes it back)."""
+             route: RouteObservation | None = None, champion: str | None = None) -> list:
+    """On deletion: every user of its router back on control, spec.serving.httpRoute back on the `champion`'s
+    Service if this rollout holds it (httproute.hand_back), then the rollout's router and arms go.
+    `routed`: the router has an entry for this rollout (else there is no traffic to move)."""
     owner = owner_of(meta)
     back = {n: (100 if n == spec.control.name else 0) for n in spec.arm_names()}
-    # phase 0: the status is not read on deletion; the router moves any weight change past its current phase
-    actions: list = [_set_weights(meta, spec, back, serving, 0, route, live=False)] if routed else []
+    # phase 0: the status is not read on deletion; the router moves any weight change past its current phase.
+    # The route is not written here: it goes to the champion next, or is another rollout's.
+    actions: list = [_set_weights(meta, spec, back, serving, 0)] if routed else []
+    actions += HR.hand_back(meta.name, route, champion, owner, serving.wire())
     actions.append(ClearWeights(owner, meta.name, serving.wire()))
     actions += [DeleteArm(arm_name(meta, arm), owner, meta.name, arm) for arm in spec.arm_names()]
     return actions

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -15,6 +16,7 @@ from cambrian.operator import api
 from cambrian.operator.platform import kubernetes as K
 from cambrian.operator.platform.base import Platform, apply_actions
 from cambrian.operator.platform.termination import compact
+from cambrian.operator.reconcile import httproute as HR
 from cambrian.operator.reconcile.actions import ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights
 
 OWNER = Owner("Hypothesis", "h1", "uid-h1", "team-a")
@@ -323,8 +325,11 @@ def test_arm_router_and_httproute():
     assert RouterConfig.from_dict(cfg).weights == {"control": 90, "t": 10} and RouterConfig.from_dict(cfg).phase == 1
     back = SetWeights(owner, "ro", "salt-1", (ArmWeight("control", "svc-c", 100), ArmWeight("t", "svc-t", 0)), serving)
     assert RouterConfig.from_dict(K.router_config(back, "team-a")).weights == {"control": 100, "t": 0}
-    assert K.httproute_patch(sw)["spec"]["rules"][0]["backendRefs"] == [
-        {"name": "svc-c", "port": 8080, "weight": 90}, {"name": "svc-t", "port": 8080, "weight": 10}]
+    # the route goes to the router's Service, on the port it serves (users through a Gateway are kept on one arm)
+    held = replace(sw, route_version="", route=HR.to(K.router_name(owner), serving))
+    assert K.httproute_patch(held, {"spec": {"rules": [{"backendRefs": [{"name": "x", "port": 1}]}]}})["spec"] == {
+        "rules": [{"backendRefs": [{"name": rsvc["metadata"]["name"], "port": 8080, "weight": 100}]}]}
+    assert rsvc["spec"]["ports"][0]["port"] == 8080
 
 
 def test_termination_message(tmp_path):

@@ -453,23 +453,33 @@ def test_two_live_rollouts_of_one_evolution_take_turns_on_its_http_route(crds_in
     and the route carried only the last one's arms, so the first one's users were served by the second one's arms
     while its analysis believed its own weights held; and a deleted Rollout's finalizer wrote its control over the
     route whoever held it. Now the first holds the route, the second waits (its ramp not started) until the first
-    concluded and the champion has the route back, and a stale write is refused by the API server (409)."""
+    concluded and the champion has the route back, and a stale write is refused by the API server (409).
+    The holder's route goes to its router alone, once that router is ready (before: to its arms at the ramp's
+    weights, which the Gateway split per request, no user kept on one arm nor logged as exposed); the user's
+    matches, filters and other rules stay (before: spec.rules was replaced by one bare rule); and deleting the
+    holder gives the route back to the champion (before: it pointed at the deleted holder's Services)."""
     from datetime import datetime, timezone
 
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
     from cambrian.operator import loop
-    from cambrian.operator.platform.kubernetes import KubernetesPlatform
+    from cambrian.operator.platform.kubernetes import KubernetesPlatform, router_name
     from cambrian.operator.reconcile import rollout as R
 
     c, ns = crds_installed, cluster_namespace
     r = c.kubectl("apply", "-f", "-", input=yaml.safe_dump(HTTPROUTE_CRD), check=False)
     assert r.returncode == 0, r.stderr
     c.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io", "--timeout=60s")
+    rank = {"name": "rank", "matches": [{"path": {"type": "PathPrefix", "value": "/rank"}}],
+            "filters": [{"type": "RequestHeaderModifier",
+                         "requestHeaderModifier": {"set": [{"name": "x-via", "value": "gateway"}]}}],
+            "backendRefs": [{"name": "e-champion", "port": 8080, "weight": 100}]}
+    redirect = {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                "filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {
+                    "type": "ReplaceFullPath", "replaceFullPath": "/rank"}, "statusCode": 301}}]}
     _apply(c, ns, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "feed"},
-                   "spec": {"parentRefs": [{"name": "gateway"}], "rules": [{"backendRefs": [
-                       {"name": "e-champion", "port": 8080, "weight": 100}]}]}}, check=True)
+                   "spec": {"parentRefs": [{"name": "gateway"}], "rules": [rank, redirect]}}, check=True)
     evo = _example("evolution")
     evo["metadata"]["name"] = "e"
     evo["spec"]["serving"] = {"httpRoute": {"name": "feed"}}
@@ -494,31 +504,38 @@ def test_two_live_rollouts_of_one_evolution_take_turns_on_its_http_route(crds_in
                                                          {"status": s.result.status.wire()})
         return objects.get("rollouts", ns, name)["status"]
 
+    def read() -> dict:
+        return custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "feed")
+
     def route() -> tuple[str | None, list[tuple[str, int]]]:
-        r = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", ns, "httproutes", "feed")
+        r = read()
         return ((r["metadata"].get("annotations") or {}).get("cambrian.dev/route-holder"),
                 [(b["name"], b["weight"]) for b in r["spec"]["rules"][0]["backendRefs"]])
 
-    def arms(name: str) -> tuple[str, str]:
-        meta = loop.meta_of(objects.get("rollouts", ns, name))
-        return R.arm_name(meta, "control"), R.arm_name(meta, "treatment")
+    def router(name: str) -> str:
+        return router_name(R.owner_of(loop.meta_of(objects.get("rollouts", ns, name))))
 
     def waiting(st: dict) -> str | None:
         return next((x["reason"] for x in st.get("conditions") or [] if x["type"] == "RouteHeld"), None)
 
     poll("r1 running", lambda: step("r1").get("phase") == "Running", 120)
     poll("r2 running or waiting for the route", lambda: (st := step("r2")).get("phase") == "Running" or waiting(st), 120)
-    step("r1")
-    (c1, t1), (c2, t2) = arms("r1"), arms("r2")
-    assert route() == ("r1", [(c1, 90), (t1, 10)])  # before: (None, [(c2, 90), (t2, 10)]), r2 the last writer
+    # r1's router serves (kwok readies its pod): r1's route goes to it alone, and r1's ramp stays in the router
+    poll("r1's route on its router", lambda: step("r1") and route() == ("r1", [(router("r1"), 100)]), 120)
+    # before: (None, [(r2's control, 90), (r2's treatment, 10)]), r2 the last writer
+    rules = read()["spec"]["rules"]  # the user's rule kept whole but for its backends, the redirect untouched
+    assert rules == [{**rank, "backendRefs": [{"name": router("r1"), "port": 8080, "weight": 100}]}, redirect]
     st2 = step("r2")
     assert st2["phase"] == "Deploying" and waiting(st2) == "WaitingForRoute" and not st2.get("startedAt")
     routers = c.get_json("configmaps", "-n", ns, "-l", "cambrian.dev/rollout=r2")["items"]
     assert not [m for m in routers if "router.yaml" in (m.get("data") or {})]  # no user goes through r2 yet
 
-    # r1 rolls back: its final weights stay on the route until its Evolution gives the route back to the champion
+    # r1 rolls back: its router sends every user to control, the route stays on it until its Evolution takes it
     c.kubectl("annotate", "rollout", "r1", "-n", ns, "cambrian.dev/approve=rollback")
-    assert step("r1")["phase"] == "RolledBack" and route() == ("r1", [(c1, 100), (t1, 0)])
+    assert step("r1")["phase"] == "RolledBack" and route() == ("r1", [(router("r1"), 100)])
+    cm = c.get_json("configmap", router("r1"), "-n", ns)
+    assert [(a["name"], a["weight"]) for a in yaml.safe_load(cm["data"]["router.yaml"])["arms"]] == [
+        ("control", 100), ("treatment", 0)]
     assert step("r2")["phase"] == "Deploying"
     from cambrian.operator.reconcile import httproute as HR
     from cambrian.operator.reconcile.actions import Owner, RouteChampion
@@ -534,10 +551,15 @@ def test_two_live_rollouts_of_one_evolution_take_turns_on_its_http_route(crds_in
         platform.route_champion(RouteChampion(owner, "e-champion", serving, seen.version))
     assert stale.value.status == 409
 
-    assert step("r2")["phase"] == "Running" and route() == ("r2", [(c2, 90), (t2, 10)])
+    assert step("r2")["phase"] == "Running" and route()[0] == "r2"
+    poll("r2's route on its router", lambda: step("r2") and route() == ("r2", [(router("r2"), 100)]), 120)
     # deleting r1 moves nothing on r2's route (before: its finalizer sent the route to r1's control arm)
     loop.finalize_rollout(objects.get("rollouts", ns, "r1"), objects, platform)
-    assert route() == ("r2", [(c2, 90), (t2, 10)])
+    assert route() == ("r2", [(router("r2"), 100)])
+    # deleting r2, the holder, gives the route back to the champion before its router goes
+    loop.finalize_rollout(objects.get("rollouts", ns, "r2"), objects, platform)
+    assert route() == (None, [("e-champion", 100)]) and read()["spec"]["rules"][1] == redirect
+    assert not c.get_json("services", "-n", ns, "-l", "cambrian.dev/rollout=r2")["items"]
 
 
 def test_the_spend_ledger_survives_the_api_server_and_its_marks_land(crds_installed, cluster_namespace):

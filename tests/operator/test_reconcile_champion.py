@@ -222,8 +222,12 @@ def test_between_rollouts_the_http_route_sends_everything_to_the_champion():
     r2 = step(sp, r.status, serving=off, now=T0 + timedelta(seconds=2))
     (rc,) = routes(r2)
     assert rc.service == "feed-champion" and rc.serving["httpRoute"]["name"] == "feed"
-    assert K.champion_route_patch(rc) == {"metadata": {"annotations": {A_ROUTE_HOLDER: None}}, "spec": {"rules": [
-        {"backendRefs": [{"name": "feed-champion", "port": 80, "weight": 100}]}]}}
+    read = {"metadata": {"resourceVersion": "3"}, "spec": {"rules": [
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/rank"}}], "backendRefs": [{"name": "old", "port": 80}]}]}}
+    assert K.champion_route_patch(rc, read) == {  # no version decided on: the one read is the condition
+        "metadata": {"annotations": {A_ROUTE_HOLDER: None}, "resourceVersion": "3"}, "spec": {"rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/rank"}}],
+             "backendRefs": [{"name": "feed-champion", "port": 80, "weight": 100}]}]}}
     on = ChampionObservation(up.name, up.revision, up.bundle, True, routed=True)
     assert not routes(step(sp, r2.status, serving=on, now=T0 + timedelta(seconds=3)))
     # a live rollout holding the route owns its weights; a rolling switch waits until the new champion is ready

@@ -322,7 +322,7 @@ def test_the_run_configmap_and_the_job_are_sent_together_and_either_failing_fail
 
 def test_a_missing_httproute_is_a_refusal_outside_the_spec():
     serving = {"httpRoute": {"name": "feed", "port": 8080}}
-    p = _platform(core=_Api(), apps=_Api(), custom=_Api(patch_namespaced_custom_object=_api_exception(404)))
+    p = _platform(core=_Api(), apps=_Api(), custom=_Api(get_namespaced_custom_object=_api_exception(404)))
     with pytest.raises(ActionRefused) as err:
         p.set_weights(SetWeights(Owner("Rollout", "ro", "u", "ns"), "ro", "s", (ArmWeight("control", "a", 100),), serving,
                                  route_version=""))
