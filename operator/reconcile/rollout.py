@@ -5,7 +5,8 @@ Clocks are durable: startedAt, stepStartedAt and nextReadoutAt live in status, s
 operator resumes the experiment where it was. A readout without an analysis (Prometheus down)
 decides nothing and never promotes; it is retried on the next interval. Rollbacks (guardrail
 breach, sample-ratio mismatch, a significantly worse treatment) apply even under a manual policy:
-safety is enforced here, not left to the agent or a human.
+safety is enforced here, not left to the agent or a human. In an A/B/n Rollout a treatment decided early (harmful
+or futile) while the others go on is stopped alone: weight 0, its share on control (_stop_decided_arms).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from cambrian.operator.reconcile.common import (INVALID_SPEC, Meta, Result, afte
 from cambrian.operator.reconcile.observations import RolloutObservation
 
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
+APPROVALS = ("promote", "rollback")  # the values annotation cambrian.dev/approve accepts
 POLL_SECONDS = 15.0
 METRICS_RETRY_SECONDS = 300.0
 REASON_MAX = 2048  # status.arms[].reason's maxLength
@@ -67,9 +69,38 @@ def desired_weights(spec: RolloutSpec, status: RolloutStatus) -> dict[str, int]:
     """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete."""
     names = spec.arm_names()
     if status.phase in ("Running", "AwaitingApproval"):
-        return dict(zip(names, spec.ramp.steps[status.step].weights))
+        return _step_weights(spec, status.step, [a.name for a in status.arms if a.stopped_phase is not None])
     target = status.winner if status.phase == "Promoted" and status.winner else spec.control.name
     return {n: (100 if n == target else 0) for n in names}
+
+
+def _step_weights(spec: RolloutSpec, step: int, stopped: list[str]) -> dict[str, int]:
+    """A ramp step's weights with the stopped arms' share on control. Control, not the arms still running: their
+    weights stay as designed, so none of their users moves (the router's slots: raising a treatment would move
+    control's users into it), only the stopped arm's users go back to the experience everyone else has; and no
+    treatment can take more than its slot of 100/K percent anyway (assignment.treatment_weight_error)."""
+    w = dict(zip(spec.arm_names(), spec.ramp.steps[min(step, len(spec.ramp.steps) - 1)].weights))
+    for arm in stopped:
+        w[spec.control.name] += w[arm]
+        w[arm] = 0
+    return w
+
+
+def _stops(status: RolloutStatus) -> dict[str, int]:
+    """Stopped treatment -> the router phase from which it has no traffic."""
+    return {a.name: a.stopped_phase for a in status.arms if a.stopped_phase is not None}
+
+
+def phase_weights(spec: RolloutSpec, status: RolloutStatus) -> list[dict[str, int]]:
+    """The weights of each router phase a running Rollout has had, phase 1 first (weights_phase numbers them):
+    each ramp step and each readout that stopped arms is one phase (never both at once: a step waits one reconcile
+    after a stop), so phase p ran step p - 1 - (stops up to p) with the arms stopped by then on control."""
+    stops = _stops(status)
+    out = []
+    for p in range(1, status.step + 2 + len(set(stops.values()))):
+        stopped = [a for a, q in stops.items() if q <= p]
+        out.append(_step_weights(spec, p - 1 - len({q for q in stops.values() if q <= p}), stopped))
+    return out
 
 
 def _summary(weights: dict[str, int]) -> str:
@@ -78,12 +109,14 @@ def _summary(weights: dict[str, int]) -> str:
 
 def weights_phase(status: RolloutStatus) -> int:
     """The router's phase for the weights `desired_weights` gives, one more at each change of them: 0 before
-    the ramp starts (all on control), step + 1 while the test runs, step + 2 once concluded (the launch or
-    rollback moves users again). The router advances its phase at every weight change on its own; naming the
-    same number here keeps a restarted router (which reads it from its config) where it was."""
+    the ramp starts (all on control), step + 1 + (readouts that stopped arms) while the test runs, one more once
+    concluded (the launch or rollback moves users again). The router advances its phase at every weight change
+    on its own; naming the same number here keeps a restarted router (which reads it from its config) where it
+    was, and lets the sample-ratio check expect each phase's own weights (phase_weights)."""
+    stops = len(set(_stops(status).values()))
     if status.phase in ("Running", "AwaitingApproval"):
-        return status.step + 1
-    return status.step + 2 if status.phase in CONCLUDED else 0
+        return status.step + 1 + stops
+    return status.step + 2 + stops if status.phase in CONCLUDED else 0
 
 
 def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int) -> SetWeights:
@@ -182,6 +215,11 @@ def reconcile(
     # before approved nothing: kept, it promoted whatever a later analysis recommended. It is removed, with a
     # Warning saying why, and the human approves again once the Rollout awaits approval.
     approval = obs.approval
+    if approval is not None and approval not in APPROVALS:  # a typo ("promte", "yes") must not pass for no answer
+        actions.append(Mark("Rollout", meta.name, owner, A_APPROVE, None))
+        journal("ApprovalIgnored", f"{A_APPROVE}={approval[:64]!r} removed: not a decision; the accepted values are "
+                f"{' and '.join(APPROVALS)}", warning=True)
+        approval = None
     if approval == "promote" and st.phase not in ("AwaitingApproval", *CONCLUDED):
         actions.append(Mark("Rollout", meta.name, owner, A_APPROVE, None))
         journal("ApprovalIgnored", f"{A_APPROVE}=promote removed: given while {st.phase}, before any analysis "
@@ -231,11 +269,13 @@ def reconcile(
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
     note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
 
+    stopped = False
     if not by_hand and readout_due(status, now):
         outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)
             return finish()
+        stopped = _stop_decided_arms(spec, st, journal)
     if by_hand or retiring:
         return conclude_as_asked()
 
@@ -247,7 +287,8 @@ def reconcile(
             _conclude(spec, st, "inconclusive", now, journal)
             return finish()
         step_end = (st.step_started_at or now) + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration))
-        if st.step + 1 < len(spec.ramp.steps) and now >= step_end:
+        # not in the reconcile that stopped an arm: each weight change is a phase of its own (phase_weights)
+        if st.step + 1 < len(spec.ramp.steps) and now >= step_end and not stopped:
             st.step += 1
             st.step_started_at = now
             st.step_history = [*st.step_history, now]
@@ -272,17 +313,20 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     st.readouts += 1
     if a.state is not None:
         st.decision_state = a.state
-    st.effects = [
+    # each treatment's own verdict; an analysis that names no arm says the same of every one. An arm stopped at an
+    # earlier readout keeps what it had then (users, verdict, effects, guardrails): it is no longer read.
+    own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
+    kept = {arm.name: arm for arm in st.arms if arm.stopped_phase is not None}
+    st.effects = [e for e in st.effects if e.arm in kept] + [
         ArmEffect(arm=e.arm, metric=e.metric, estimate=e.estimate, ci_low=e.ci_low, ci_high=e.ci_high,
                   relative=e.relative, p_value=e.p_value, planned_effect=e.planned_effect)
-        for e in a.effects
-    ]
-    # each treatment's own verdict; an analysis that names no arm says the same of every one
-    own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
-    st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) if n == spec.control.name else  # weights/ready refreshed below
+        for e in a.effects if e.arm not in kept]
+    st.arms = [kept[n] if n in kept else
+               ArmStatus(name=n, n=a.n.get(n, 0)) if n == spec.control.name else  # weights/ready refreshed below
                _with_outcome(ArmStatus(name=n, n=a.n.get(n, 0)), *own.get(n, (a.outcome, a.reason)))
                for n in spec.arm_names()]
-    st.guardrails = [GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails]
+    st.guardrails = [g for g in st.guardrails if g.arm in kept] + [
+        GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails if arm not in kept]
     if a.srm_p_value is not None:
         st.srm = SRM(p_value=a.srm_p_value, mismatch=a.srm_mismatch)
     if a.srm_mismatch:
@@ -318,6 +362,24 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     return None
 
 
+def _stop_decided_arms(spec, st: RolloutStatus, journal) -> bool:
+    """A/B/n: a treatment this readout decided (rollback: harmful; inconclusive: futile or its final look) while the
+    Rollout goes on gets no traffic from the next router phase on, its users served by control: no user stays on
+    a treatment already decided against. The analysis then passes its verdict on (readout.analyse: decide's
+    `stopped`). Returns whether any arm stopped."""
+    phase = weights_phase(st) + 1
+    new = [a.name for a in st.arms if a.name != spec.control.name and a.stopped_phase is None
+           and a.outcome in ("rollback", "inconclusive")]
+    st.arms = [a.model_copy(update={"stopped_phase": phase}) if a.name in new else a for a in st.arms]
+    for a in st.arms:
+        if a.name in new:
+            what = "rolled back" if a.outcome == "rollback" else "dropped (inconclusive)"
+            journal("ArmStopped", f"arm {a.name} {what} while the other arms go on; its users are served by "
+                    f"{spec.control.name} from now on: {a.reason}", warning=a.outcome == "rollback",
+                    arm=a.name, outcome=a.outcome)
+    return bool(new)
+
+
 def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool = False) -> None:
     """`asked`: a human or its Evolution ended it (annotation), not its analysis or its time limit."""
     st.decision = outcome  # type: ignore[assignment]
@@ -333,8 +395,10 @@ def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool =
 
 def _final_outcome(spec, st: RolloutStatus, arm: ArmStatus, outcome: str, asked: bool) -> ArmStatus:
     """A treatment arm's own final outcome, which its Hypothesis records: the Rollout's decision is about the
-    Rollout (A/B/n: one arm rolled back as harmful while the others end inconclusive concludes Inconclusive; one
-    harmful arm rolls the whole Rollout back while the others were still undecided)."""
+    Rollout (A/B/n: one arm rolled back as harmful while the others end inconclusive concludes Inconclusive).
+    An arm without a verdict is inconclusive when the Rollout's own test ended (maxDuration: it had its full test)
+    and stays `continue` (undecided) when another arm's decision ended the Rollout first: its Hypothesis goes back
+    to the review (Scored) instead of being Retired as if its test had found nothing."""
     if arm.name == spec.control.name:
         return arm
     if outcome == "promote" and arm.name == st.winner:
@@ -344,8 +408,10 @@ def _final_outcome(spec, st: RolloutStatus, arm: ArmStatus, outcome: str, asked:
     if outcome == "rollback" and asked:  # a human or its Evolution rolled every arm back
         return _with_outcome(arm, "rollback", st.reason)
     last = f"; its last readout: {arm.reason}" if arm.reason else ""
-    return _with_outcome(arm, "inconclusive", f"no verdict on this arm when the rollout concluded "
-                                              f"({outcome}: {st.reason}){last}")
+    if outcome == "inconclusive":
+        return _with_outcome(arm, "inconclusive", f"its test ended without a verdict ({st.reason}){last}")
+    return _with_outcome(arm, "continue", f"undecided: the rollout concluded ({outcome}: {st.reason}) before its "
+                                          f"test decided about this arm{last}")
 
 
 def _with_outcome(arm: ArmStatus, outcome: str, reason: str | None) -> ArmStatus:

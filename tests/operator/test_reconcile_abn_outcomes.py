@@ -17,7 +17,8 @@ from cambrian.operator.reconcile import readout as RD
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile.common import Meta
-from cambrian.operator.reconcile.observations import ArmObservation, RolloutObservation
+from cambrian.operator.reconcile.actions import RecordJournal, SetWeights
+from cambrian.operator.reconcile.observations import Analysis, ArmObservation, RolloutObservation
 from cambrian.stats import SufficientStats
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -35,27 +36,38 @@ def spec() -> api.RolloutSpec:
     })
 
 
-def sums(lift_b: float) -> dict:
-    """Arm b moves the north star by `lift_b`; arm c leaves it and triples the hate rate (its guardrail fails)."""
+def sums(lift_b: float, harm_c: bool = True, arms=ARMS) -> dict:
+    """Arm b moves the north star by `lift_b`; arm c leaves it and (harm_c) triples the hate rate (its guardrail
+    fails)."""
     rng = np.random.default_rng(0)
     out = {}
-    for arm, n in ARMS.items():
+    for arm, n in arms.items():
         x = rng.normal(10, 3, n)
         y = x * 0.8 + rng.normal(2 + (lift_b if arm == "b" else 0.0), 1, n)
-        hate = rng.binomial(1, 0.3 if arm == "c" else 0.1, n).astype(float)
+        hate = rng.binomial(1, 0.3 if arm == "c" and harm_c else 0.1, n).astype(float)
         out[arm] = {"minutes": SufficientStats.from_arrays(y, x), "hate": SufficientStats.from_arrays(hate)}
     return out
 
 
-def conclude(lift_b: float, days: float) -> dict:
+SEEN = {n: ArmObservation(n, True, True) for n in ARMS}
+
+
+def readout(st: api.RolloutStatus, data: dict, now: datetime, weights=None, **counts):
+    """One due readout of the Rollout through the analysis and the core."""
+    st = st.model_copy(update={"next_readout_at": now})
+    a = RD.analyse(spec(), st, data, now, **(counts or {"exposures": ARMS}))
+    return R.reconcile(Meta("ro", "u"), spec(), st, api.Serving(), None,
+                       RolloutObservation(SEEN, weights or {"control": 34, "b": 33, "c": 33}, a), now)
+
+
+def stored(r) -> dict:
+    return {"metadata": {"name": "ro"}, "spec": spec().wire(), "status": r.status.wire()}
+
+
+def conclude(lift_b: float, days: float, harm_c: bool = True) -> dict:
     """One readout of the Rollout through the core; the Rollout object as stored after it."""
-    sp, now = spec(), T0 + timedelta(days=days)
-    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0], next_readout_at=now)
-    a = RD.analyse(sp, st, sums(lift_b), now, exposures=ARMS)
-    seen = {n: ArmObservation(n, True, True) for n in ARMS}
-    r = R.reconcile(Meta("ro", "u"), sp, st, api.Serving(), None,
-                    RolloutObservation(seen, {"control": 34, "b": 33, "c": 33}, a), now)
-    return {"metadata": {"name": "ro"}, "spec": sp.wire(), "status": r.status.wire()}
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    return stored(readout(st, sums(lift_b, harm_c), T0 + timedelta(days=days)))
 
 
 def recorded(ro: dict, hypothesis: str) -> api.HypothesisStatus:
@@ -85,13 +97,105 @@ def test_a_harmful_arm_beside_an_inconclusive_one_is_recorded_as_a_rollback():
     assert (b.phase, b.online.arm, b.online.decision) == ("Retired", "b", "inconclusive")
 
 
-def test_an_arm_undecided_when_a_harmful_sibling_rolls_the_rollout_back_is_inconclusive():
-    ro = conclude(0.0, days=7)    # c is cut at once; b had no verdict yet
-    assert ro["status"]["phase"] == "RolledBack" and ro["status"]["decision"] == "rollback"
-    assert outcomes(ro) == {"control": None, "b": "inconclusive", "c": "rollback"}
-    assert recorded(ro, "hyp-c").online.decision == "rollback"
-    b = recorded(ro, "hyp-b").online
-    assert b.decision == "inconclusive" and b.reason.startswith("no verdict on this arm when the rollout concluded")
+def test_a_harmful_arm_is_stopped_at_once_while_the_other_goes_on_to_its_own_decision():
+    """Before, one harmful arm rolled the whole Rollout back (readout.analyse), ending b's test undecided. Now c
+    alone gets no traffic from the next router phase on, its share served by control, and b goes on: its weight
+    and its users stay as they were, the analysis no longer needs c's data, and c's verdict and effects stand."""
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0])
+    r = readout(st, sums(0.0), T0 + timedelta(days=7))    # c breaks its guardrail; b has no verdict yet
+    assert r.status.phase == "Running" and r.status.decision is None
+    (sw,) = [a for a in r.actions if isinstance(a, SetWeights)]
+    assert sw.as_dict() == {"control": 67, "b": 33, "c": 0} and sw.phase == 2 == R.weights_phase(r.status)
+    arms = {a.name: a for a in r.status.arms}
+    assert (arms["c"].outcome, arms["c"].stopped_phase, arms["c"].weight) == ("rollback", 2, 0)
+    assert "guardrail hate" in arms["c"].reason and arms["b"].outcome == "continue" and arms["b"].weight == 33
+    (ev,) = [a for a in r.actions if isinstance(a, RecordJournal) and a.event == "ArmStopped"]
+    assert ev.warning and ev.data == {"arm": "c", "outcome": "rollback"}
+    effect_c = [e for e in r.status.effects if e.arm == "c"]
+    assert effect_c
+    # the next readout: Prometheus has no c in the current phase; users first seen in phase 2 split 67/33
+    now = T0 + timedelta(days=14)   # the design's final look (union boundaries spend at half time and at the end)
+    data = {k: v for k, v in sums(1.0).items() if k != "c"}
+    cohorts = {1: ARMS, 2: {"control": 670, "b": 330}}
+    r2 = readout(r.status, data, now, weights={"control": 67, "b": 33, "c": 0}, cohorts=cohorts)
+    assert r2.status.phase == "Promoted" and r2.status.winner == "b", r2.status.reason
+    assert r2.status.srm is not None and not r2.status.srm.mismatch
+    ro = stored(r2)
+    assert outcomes(ro) == {"control": None, "b": "promote", "c": "rollback"}
+    assert [e for e in r2.status.effects if e.arm == "c"] == effect_c
+    c, b = recorded(ro, "hyp-c"), recorded(ro, "hyp-b")
+    assert (c.phase, c.online.decision) == ("Retired", "rollback") and "guardrail hate" in c.online.reason
+    assert c.online.effects and (b.phase, b.online.decision) == ("Launched", "promote")
+
+
+def test_the_sample_ratio_check_expects_the_weights_of_the_phase_after_a_stop():
+    """Users first seen after c stopped split control 67 / b 33: as expected. A router that kept c's 33% in that
+    phase (its stop never applied) shows control:b at 34:33 there: a mismatch. Before, the phases past the ramp
+    step's number were left out of the check, so that went unseen."""
+    stopped = readout(api.RolloutStatus(phase="Running", started_at=T0, step_history=[T0]), sums(0.0),
+                      T0 + timedelta(days=7)).status
+    assert R.phase_weights(spec(), stopped) == [{"control": 34, "b": 33, "c": 33}, {"control": 67, "b": 33, "c": 0}]
+    data = {k: v for k, v in sums(0.0).items() if k != "c"}
+    now = T0 + timedelta(days=8)
+    ok = RD.analyse(spec(), stopped, data, now, cohorts={1: ARMS, 2: {"control": 6700, "b": 3300}})
+    assert not ok.srm_mismatch and ok.outcome != "rollback", ok.reason
+    kept = RD.analyse(spec(), stopped, data, now, cohorts={1: ARMS, 2: {"control": 3400, "b": 3300, "c": 3300}})
+    assert kept.srm_mismatch and kept.outcome == "rollback"
+
+
+def test_a_futile_arm_is_dropped_and_a_ramp_step_after_it_keeps_it_off():
+    """Before, an arm stopped for futility while the others went on kept its share until the Rollout ended."""
+    sp = api.RolloutSpec.model_validate({**spec().wire(), "ramp": {"steps": [
+        {"weights": [80, 10, 10], "duration": "1d"}, {"weights": [34, 33, 33], "duration": "13d"}]}})
+    meta, now = Meta("ro", "u"), T0 + timedelta(days=1)   # the readout falls when step 0 ends
+    st = api.RolloutStatus(phase="Running", started_at=T0, step_started_at=T0, step_history=[T0], next_readout_at=now)
+    futile = Analysis("continue", "b: not significant yet; c: futility", n={"control": 800, "b": 100, "c": 100},
+                      arm_outcomes=(("b", "continue", "not significant yet"), ("c", "inconclusive", "futility: 2%")))
+    r = R.reconcile(meta, sp, st, api.Serving(), None,
+                    RolloutObservation(SEEN, {"control": 80, "b": 10, "c": 10}, futile), now)
+    (sw,) = [a for a in r.actions if isinstance(a, SetWeights)]
+    assert sw.as_dict() == {"control": 90, "b": 10, "c": 0} and sw.phase == 2 and r.status.step == 0
+    (ev,) = [a for a in r.actions if isinstance(a, RecordJournal) and a.event == "ArmStopped"]
+    assert not ev.warning and "dropped" in ev.message
+    # the ramp step waits for the next reconcile: one weight change, one phase
+    r2 = R.reconcile(meta, sp, r.status, api.Serving(), None, RolloutObservation(SEEN, sw.as_dict()),
+                     now + timedelta(seconds=r.requeue_after))
+    (sw2,) = [a for a in r2.actions if isinstance(a, SetWeights)]
+    assert r2.status.step == 1 and sw2.as_dict() == {"control": 67, "b": 33, "c": 0} and sw2.phase == 3
+    assert R.phase_weights(sp, r2.status) == [{"control": 80, "b": 10, "c": 10}, {"control": 90, "b": 10, "c": 0},
+                                              {"control": 67, "b": 33, "c": 0}]
+    # the next analysis passes c's verdict on instead of reading it
+    a = RD.analyse(sp, r2.status, {k: v for k, v in sums(0.0).items() if k != "c"}, now + timedelta(days=1),
+                   cohorts={1: {"control": 800, "b": 100, "c": 100}, 2: {"control": 90, "b": 10},
+                            3: {"control": 670, "b": 330}})
+    assert dict((arm, o) for arm, o, _ in a.arm_outcomes)["c"] == "inconclusive" and "missing data" not in a.reason
+
+
+def test_a_promoted_rollouts_undecided_loser_goes_back_to_the_review():
+    """An arm with no verdict when another arm's promotion ended the Rollout: its test decided nothing about it.
+    Before, it was recorded inconclusive and its Hypothesis Retired as if its test had found nothing; now its
+    outcome says undecided (continue) and its Hypothesis goes back to Scored, to be tested against the new
+    champion (the Hypothesis vocabulary: `Live -> Scored` when its Rollout decided nothing about it)."""
+    ro = conclude(1.0, days=7, harm_c=False)    # b wins; c is fine but not significant yet
+    assert ro["status"]["phase"] == "Promoted" and ro["status"]["winner"] == "b"
+    assert outcomes(ro) == {"control": None, "b": "promote", "c": "continue"}
+    c = recorded(ro, "hyp-c")
+    assert (c.phase, c.undecided_tests, c.online) == ("Scored", ["ro"], None), c.reason
+    assert recorded(ro, "hyp-b").phase == "Launched"
+
+
+def test_an_arm_without_a_verdict_when_the_time_limit_ends_the_rollout_is_inconclusive():
+    """Its test ran its full maxDuration: that is a verdict (inconclusive), and its Hypothesis is Retired."""
+    st = readout(api.RolloutStatus(phase="Running", started_at=T0, step_started_at=T0, step_history=[T0]),
+                 sums(0.0, harm_c=False), T0 + timedelta(days=1)).status
+    assert {a.name: a.outcome for a in st.arms} == {"control": None, "b": "continue", "c": "continue"}
+    r = R.reconcile(Meta("ro", "u"), spec(), st, api.Serving(), None,
+                    RolloutObservation(SEEN, {"control": 34, "b": 33, "c": 33}), T0 + timedelta(days=14, hours=1))
+    ro = stored(r)
+    assert ro["status"]["phase"] == "Inconclusive"
+    assert outcomes(ro) == {"control": None, "b": "inconclusive", "c": "inconclusive"}
+    b = recorded(ro, "hyp-b")
+    assert (b.phase, b.online.decision) == ("Retired", "inconclusive")
 
 
 def test_a_promoted_rollout_records_its_harmful_loser_as_a_rollback():

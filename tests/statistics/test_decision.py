@@ -286,3 +286,33 @@ def test_tau_is_fixed_at_the_first_look(make_arm):
 def test_stats_of_the_wrong_type_name_the_field():
     with pytest.raises(TypeError, match=r"stats\['t'\]\['watch'\]"):
         decide(policy(), control="c", weights=W, stats={"c": {}, "t": {"watch": {"n": 3}}}, elapsed_days=1)
+
+
+
+@pytest.mark.parametrize("pol", [policy(), msprt()], ids=["group", "msprt"])
+def test_an_arm_stopped_earlier_keeps_its_verdict_needs_no_data_and_never_loosens_the_others(arms, pol):
+    """A/B/n: an arm stopped at an earlier look (the Rollout took its traffic away) has no data in later looks.
+    Passed as `stopped`, its verdict stands, the SRM check covers the others, and the arm still running is tested
+    as in the full family: α split across every treatment (group), the correction counting it at p = 1 (msprt),
+    never as a family of one."""
+    from cambrian.stats.multiple import adjust
+
+    d = run(pol, arms, treat=("flat",), weights={"c": 0.67, "flat": 0.33, "bad": 0.0},
+            exposures={"c": 40_200, "flat": 19_800}, stopped={"bad": ("rollback", "north star significantly worse")})
+    assert d.arms["bad"].outcome == "rollback" and d.arms["bad"].effect is None
+    assert not d.srm.mismatch and "missing data" not in d.reason and d.arms["flat"].effect is not None, d.reason
+    pair = run(pol, arms, treat=("flat", "bad"))  # the same look with both arms read
+    alone = run(pol, arms, treat=("flat",))       # a family of one
+    (key,) = d.state.tests
+    assert d.state.tests[key] == pair.state.tests[key]
+    if pol.sequential == "group":
+        assert d.state.tests[key] != alone.state.tests[key]  # its boundaries spend α/2, not α
+    else:
+        assert d.arms["flat"].p_adjusted == adjust([d.arms["flat"].p_value, 1.0], pol.correction)[0]
+        assert d.arms["flat"].p_adjusted >= alone.arms["flat"].p_adjusted
+    # every treatment stopped: the Rollout's test is over
+    over = run(pol, arms, treat=(), weights={"c": 1.0, "flat": 0.0, "bad": 0.0}, stats={},
+               stopped={"bad": ("rollback", "worse"), "flat": ("inconclusive", "futility")})
+    assert over.outcome == "inconclusive"
+    with pytest.raises(ValueError, match="stopped"):
+        run(pol, arms, stopped={"nope": ("rollback", "x")})
