@@ -1390,9 +1390,12 @@ class ArmStatus(_Status):
                           "without an effect: futility, its final look or maxDuration) or continue (undecided: another "
                           "arm's promotion ended the Rollout first; its Hypothesis is tested again)")
     reason: str | None = Field(None, max_length=2048, description="why this arm's outcome, in words")
-    stopped_phase: int | None = Field(
-        None, ge=1, description="A/B/n: a treatment decided early (rollback or inconclusive) while other arms go on "
-                                "gets no traffic from this router phase on; its share is served by control")
+    stopped_at: datetime | None = Field(
+        None, description="A/B/n: when this treatment was decided early (rollback or inconclusive) while other arms go "
+                          "on. From then its users keep their assignment and its weight, but the router serves them "
+                          "control's model (their exposures still count under this arm), and its Deployment is removed "
+                          "once the router no longer sends it traffic; its verdict, effects and guardrails stay as "
+                          "they were then")
 
 
 class SRM(_Status):
@@ -1409,7 +1412,7 @@ class GuardrailReading(_Status):
     arm: str = Field(description="the treatment arm")
     metric: str = Field(description="the guarded metric (spec.metrics.guardrails or a hard limit)")
     breached: bool = Field(description="true when it failed non-inferiority or crossed its hard limit: a breach stops "
-                                       "that arm at once (rolls it back)")
+                                       "that arm at once (rolls it back: its users are served control's model)")
 
 
 class RolloutStatus(_Status):

@@ -19,8 +19,9 @@ Branches, in the order they are checked (each is a separate test in tests/statis
  9. Otherwise, at or past max duration -> inconclusive (first-class, never promotes); before -> continue.
 The rule is pure: the caller stores ``Decision.state`` (running always-valid p-values) in the CR status
 and passes it back at the next look.
-An arm stopped at an earlier look (A/B/n: harmful or futile while others go on) is passed as ``stopped``:
-its verdict stands and the others are tested as if it still ran (same α split and correction).
+An arm stopped at an earlier look (A/B/n: harmful or futile while others go on; its users keep their assignment
+but are served control's model) is passed as ``stopped``: its verdict stands, its later data is not read, and the
+others are tested as if it still ran (same α split and correction).
 """
 
 from __future__ import annotations
@@ -388,10 +389,11 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
     values: arm -> gauge -> value for hard limits (e.g. latency p99); a hard-limit metric that has
       sums instead uses the arm mean. exposures: arm -> users assigned (SRM); defaults to the
       north star's n. state: the previous Decision.state (or its dict form).
-    stopped: treatment -> (outcome, reason) of arms decided at an earlier look (rollback or inconclusive) and
-      taken out of the traffic: their verdict stands, they need no data, the SRM check covers the other arms
-      (conditional on a user being in one of them, still multinomial by their weights), and they keep their
-      place in the family (α split, multiplicity correction), so stopping one never loosens the others' test."""
+    stopped: treatment -> (outcome, reason) of arms decided at an earlier look (rollback or inconclusive) whose
+      users are no longer served the treatment: their verdict stands and their data is not read (none needed).
+      Their users keep their assignment, so the SRM check counts them when `exposures` has them (else it covers
+      the other arms: conditional on a user being in one of them, still multinomial by their weights). They keep
+      their place in the family (α split, multiplicity correction), so stopping one never loosens the others' test."""
     treatments = _check_args(control, weights, elapsed_days)
     stopped = _check_stopped(stopped or {}, treatments)
     running = [a for a in treatments if a not in stopped]
@@ -417,7 +419,8 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
     if expo is not None:
         missing_expo = [a for a in arms_all if a not in expo]
         if not missing_expo:
-            srm = srm_check({a: expo[a] for a in arms_all}, {a: weights[a] for a in arms_all},
+            counted = arms_all + [a for a in stopped if a in expo]   # assignment goes on for a stopped arm's users
+            srm = srm_check({a: expo[a] for a in counted}, {a: weights[a] for a in counted},
                             threshold=policy.srm_threshold)
             if srm.mismatch:
                 for a in running:

@@ -115,6 +115,10 @@ class Platform(Protocol):
     def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
         """What the router has now for this rollout (None: no entry)."""
 
+    def router_services(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, str] | None:
+        """Arm -> the Service (SetWeights' ArmWeight.service) whose model the router serves that arm's users now
+        (None: no entry)."""
+
     # --- metrics ----------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         """Per-arm sufficient statistics of the experiment, and in `values` the value of each arm's PromQL over

@@ -98,6 +98,9 @@ class RolloutObservation:
     retired: str | None = None  # actions.A_RETIRED: the rollback is its Evolution's, and why
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
+    # arm -> the Service (rollout.arm_name) the router sends that arm's users to: a stopped A/B/n arm's is control's
+    # (None = no entry, or not known: the core then takes every arm to be served by its own)
+    services: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

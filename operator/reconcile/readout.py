@@ -10,7 +10,6 @@ from typing import Any, Mapping
 
 from cambrian.operator.api import RolloutSpec, RolloutStatus, duration_seconds
 from cambrian.operator.reconcile import promql
-from cambrian.operator.reconcile.rollout import phase_weights
 from cambrian.operator.reconcile.observations import Analysis, Effect
 from cambrian.stats import DecisionPolicy, Guardrail, HardLimit, Metric, decide, least_evidence_weights
 
@@ -49,32 +48,31 @@ def srm_expectation(spec: RolloutSpec, status: RolloutStatus, cohorts: Mapping[i
     """Expected arm shares and observed users for the sample-ratio check (observed None: no check).
 
     Users are counted once, in the arm of their first exposure, under the weights of the ramp phase the router
-    stamped on it (`cohorts`: phase -> arm -> users). The router's phases are numbered by the core
-    (rollout.weights_phase: one per ramp step and per readout that stopped A/B/n arms), so every user first exposed
-    in a phase the Rollout has run is expected at that phase's weights (rollout.phase_weights), whenever it
+    stamped on it (`cohorts`: phase -> arm -> users). The router's phase of step s is s + 1 (rollout.weights_phase),
+    so every user first exposed in a phase the Rollout has run is expected at that step's weights, whenever the step
     started and however the collector numbers its days. Users of phase 0 (a log without phases: a product's own
-    router) came in under some phase the ramp has run, which the log does not say: they are expected at the mix of
-    those phases' weights that their counts are least evidence against (stats.srm.least_evidence_weights), so they
-    never roll a healthy test back once the ramp moves and still flag counts no phase explains. A phase past the
-    current one (the router moved on its own: weights changed by hand) is left out. Without cohorts, every
-    exposure against the current weights, which is exact only while they have not changed."""
+    router) came in under some step the ramp has run, which the log does not say: they are expected at the mix of
+    those steps' weights that their counts are least evidence against (stats.srm.least_evidence_weights), so they
+    never roll a healthy test back once the ramp moves and still flag counts no step explains. A phase past the
+    current step's (the router moved on its own: weights changed by hand) is left out. Without cohorts, every
+    exposure against the current step's weights, which is exact only while the ramp has not moved."""
     names = spec.arm_names()
-    phases = phase_weights(spec, status)
-    last = len(phases)
-    current = {a: w / 100 for a, w in phases[-1].items()}
-    known = {p: c for p, c in (cohorts or {}).items() if 1 <= p <= last and sum(c.values()) > 0}
+    step = min(status.step, len(spec.ramp.steps) - 1)
+    steps = [dict(zip(names, s.weights)) for s in spec.ramp.steps[:step + 1]]
+    current = {a: w / 100 for a, w in steps[step].items()}
+    known = {p: c for p, c in (cohorts or {}).items() if 1 <= p <= step + 1 and sum(c.values()) > 0}
     unstamped = {a: int(n) for a, n in (cohorts or {}).get(0, {}).items() if a in names and n}
-    if not known and (last == 1 or not unstamped):
-        return current, dict(exposures) if exposures is not None and last == 1 else None
+    if not known and (step == 0 or not unstamped):
+        return current, dict(exposures) if exposures is not None and step == 0 else None
     expected = {a: 0.0 for a in names}
     observed = {a: unstamped.get(a, 0) for a in names}
     for phase, counts in known.items():
         n = sum(counts.values())
         for a in names:
             observed[a] += int(counts.get(a, 0))
-            expected[a] += n * phases[phase - 1][a] / 100
+            expected[a] += n * steps[phase - 1][a] / 100
     if unstamped:
-        return least_evidence_weights(observed, expected, sum(unstamped.values()), phases), observed
+        return least_evidence_weights(observed, expected, sum(unstamped.values()), steps), observed
     return {a: expected[a] / sum(expected.values()) for a in names}, observed
 
 
@@ -93,8 +91,9 @@ def analyse(
     names = spec.arm_names()
     weights, observed = srm_expectation(spec, status, cohorts, exposures)
     started = status.started_at or now
-    # A/B/n arms stopped at an earlier readout (rollout._stop_decided_arms): their verdict stands, they are not read
-    stopped = {a.name: (a.outcome, a.reason or "") for a in status.arms if a.stopped_phase is not None and a.outcome}
+    # A/B/n arms stopped at an earlier readout (rollout._stop_decided_arms): their verdict stands and their later data
+    # (users served control's model) is not read; their exposures still count in the sample-ratio check
+    stopped = {a.name: (a.outcome, a.reason or "") for a in status.arms if a.stopped_at is not None and a.outcome}
     d = decide(
         policy_for(spec),
         control=spec.control.name,

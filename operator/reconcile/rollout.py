@@ -6,11 +6,13 @@ operator resumes the experiment where it was. A readout without an analysis (Pro
 decides nothing and never promotes; it is retried on the next interval. Rollbacks (guardrail
 breach, sample-ratio mismatch, a significantly worse treatment) apply even under a manual policy:
 safety is enforced here, not left to the agent or a human. In an A/B/n Rollout a treatment decided early (harmful
-or futile) while the others go on is stopped alone: weight 0, its share on control (_stop_decided_arms).
+or futile) while the others go on is stopped alone (_stop_decided_arms): it keeps its weight and its users their
+assignment, but the router serves them control's model, and its Deployment goes once the router no longer calls it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from cambrian.operator.api import (
@@ -45,6 +47,9 @@ APPROVALS = ("promote", "rollback")  # the values annotation cambrian.dev/approv
 POLL_SECONDS = 15.0
 METRICS_RETRY_SECONDS = 300.0
 REASON_MAX = 2048  # status.arms[].reason's maxLength
+# A stopped arm's Deployment goes this long after its stop at the earliest (and once the router config observed
+# redirects it): a cluster's router reads its ConfigMap from a volume the kubelet refreshes within about a minute
+REDIRECT_GRACE_SECONDS = 120.0
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -66,41 +71,20 @@ def readout_due(status: RolloutStatus, now: datetime) -> bool:
 
 
 def desired_weights(spec: RolloutSpec, status: RolloutStatus) -> dict[str, int]:
-    """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete."""
+    """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete. A stopped arm
+    keeps its step's weight (its users keep their assignment; stopped_arms: what serves them)."""
     names = spec.arm_names()
     if status.phase in ("Running", "AwaitingApproval"):
-        return _step_weights(spec, status.step, [a.name for a in status.arms if a.stopped_phase is not None])
+        return dict(zip(names, spec.ramp.steps[status.step].weights))
     target = status.winner if status.phase == "Promoted" and status.winner else spec.control.name
     return {n: (100 if n == target else 0) for n in names}
 
 
-def _step_weights(spec: RolloutSpec, step: int, stopped: list[str]) -> dict[str, int]:
-    """A ramp step's weights with the stopped arms' share on control. Control, not the arms still running: their
-    weights stay as designed, so none of their users moves (the router's slots: raising a treatment would move
-    control's users into it), only the stopped arm's users go back to the experience everyone else has; and no
-    treatment can take more than its slot of 100/K percent anyway (assignment.treatment_weight_error)."""
-    w = dict(zip(spec.arm_names(), spec.ramp.steps[min(step, len(spec.ramp.steps) - 1)].weights))
-    for arm in stopped:
-        w[spec.control.name] += w[arm]
-        w[arm] = 0
-    return w
-
-
-def _stops(status: RolloutStatus) -> dict[str, int]:
-    """Stopped treatment -> the router phase from which it has no traffic."""
-    return {a.name: a.stopped_phase for a in status.arms if a.stopped_phase is not None}
-
-
-def phase_weights(spec: RolloutSpec, status: RolloutStatus) -> list[dict[str, int]]:
-    """The weights of each router phase a running Rollout has had, phase 1 first (weights_phase numbers them):
-    each ramp step and each readout that stopped arms is one phase (never both at once: a step waits one reconcile
-    after a stop), so phase p ran step p - 1 - (stops up to p) with the arms stopped by then on control."""
-    stops = _stops(status)
-    out = []
-    for p in range(1, status.step + 2 + len(set(stops.values()))):
-        stopped = [a for a, q in stops.items() if q <= p]
-        out.append(_step_weights(spec, p - 1 - len({q for q in stops.values() if q <= p}), stopped))
-    return out
+def stopped_arms(status: RolloutStatus) -> list[str]:
+    """A/B/n treatments stopped early (_stop_decided_arms): the router serves their users control's model. Their
+    weight stays, so no user is assigned anew (same router phase: no window restarts, no re-randomisation) and the
+    stopped treatment's lasting effect on its users never lands in control's or another arm's mean."""
+    return [a.name for a in status.arms if a.stopped_at is not None]
 
 
 def _summary(weights: dict[str, int]) -> str:
@@ -109,22 +93,28 @@ def _summary(weights: dict[str, int]) -> str:
 
 def weights_phase(status: RolloutStatus) -> int:
     """The router's phase for the weights `desired_weights` gives, one more at each change of them: 0 before
-    the ramp starts (all on control), step + 1 + (readouts that stopped arms) while the test runs, one more once
-    concluded (the launch or rollback moves users again). The router advances its phase at every weight change
-    on its own; naming the same number here keeps a restarted router (which reads it from its config) where it
-    was, and lets the sample-ratio check expect each phase's own weights (phase_weights)."""
-    stops = len(set(_stops(status).values()))
+    the ramp starts (all on control), step + 1 while the test runs, step + 2 once concluded (the launch or
+    rollback moves users again). The router advances its phase at every weight change on its own; naming the
+    same number here keeps a restarted router (which reads it from its config) where it was. Stopping an A/B/n
+    arm changes no weight: it is no phase of its own."""
     if status.phase in ("Running", "AwaitingApproval"):
-        return status.step + 1 + stops
-    return status.step + 2 + stops if status.phase in CONCLUDED else 0
+        return status.step + 1
+    return status.step + 2 if status.phase in CONCLUDED else 0
 
 
-def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int) -> SetWeights:
+def _services(meta: Meta, spec: RolloutSpec, stopped: Collection[str]) -> dict[str, str]:
+    """Arm -> the Service the router sends its users to: its own, control's for a stopped arm."""
+    return {arm: arm_name(meta, spec.control.name if arm in stopped else arm) for arm in spec.arm_names()}
+
+
+def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int,
+                 stopped: Collection[str] = ()) -> SetWeights:
+    services = _services(meta, spec, stopped)
     return SetWeights(
         owner_of(meta),
         meta.name,
         spec.salt,
-        tuple(ArmWeight(arm, arm_name(meta, arm), w) for arm, w in weights.items()),
+        tuple(ArmWeight(arm, services[arm], w) for arm, w in weights.items()),
         serving.wire(),
         phase,
     )
@@ -180,10 +170,27 @@ def reconcile(
             ready = ready and seen is not None and seen.ready
         return ready
 
+    def redirected() -> bool:
+        """The router, as observed, serves every stopped arm from control's Service (obs.services None: taken to
+        serve each arm from its own)."""
+        routes = _services(meta, spec, ())
+        return all((obs.services or routes).get(a) == routes[spec.control.name] for a in stopped_arms(st))
+
+    def release_stopped() -> None:
+        """A stopped arm's Deployment goes once the router observed serves its users from control's Service (never
+        before: they would get errors) and the router surely read that config (REDIRECT_GRACE_SECONDS)."""
+        if obs.services is None or not redirected():
+            return
+        for a in st.arms:
+            seen = obs.arms.get(a.name)
+            if (a.stopped_at is not None and seen is not None and seen.exists
+                    and now >= a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS)):
+                actions.append(DeleteArm(arm_name(meta, a.name), owner, meta.name, a.name))
+
     def sync_weights() -> None:
         want = desired_weights(spec, st)
-        if obs.weights != want:
-            actions.append(_set_weights(meta, spec, want, serving, weights_phase(st)))
+        if obs.weights != want or (st.phase in ("Running", "AwaitingApproval") and not redirected()):
+            actions.append(_set_weights(meta, spec, want, serving, weights_phase(st), stopped_arms(st)))
         st.weights_summary = _summary(want)
         st.arms = [_arm(st, n).model_copy(update={"weight": want.get(n, 0),
                                                   "ready": bool(obs.arms.get(n) and obs.arms[n].ready)})
@@ -263,19 +270,19 @@ def reconcile(
         journal("Started", f"step 0: {st.weights_summary}")
         return Result(actions, st, requeue_after=_until(st, spec, now))
 
-    # Running or AwaitingApproval
-    arms_ready = ensure_arms(names)
+    # Running or AwaitingApproval; a stopped arm's Deployment is not kept (release_stopped)
+    live = [n for n in names if n not in stopped_arms(st)]
+    arms_ready = ensure_arms(live)
     cond("ArmsReady", arms_ready, "Ready" if arms_ready else "ArmNotReady",
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
-    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
+    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(live), now, meta.generation, journal)
 
-    stopped = False
     if not by_hand and readout_due(status, now):
         outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)
             return finish()
-        stopped = _stop_decided_arms(spec, st, journal)
+        _stop_decided_arms(spec, st, now, journal)
     if by_hand or retiring:
         return conclude_as_asked()
 
@@ -287,12 +294,12 @@ def reconcile(
             _conclude(spec, st, "inconclusive", now, journal)
             return finish()
         step_end = (st.step_started_at or now) + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration))
-        # not in the reconcile that stopped an arm: each weight change is a phase of its own (phase_weights)
-        if st.step + 1 < len(spec.ramp.steps) and now >= step_end and not stopped:
+        if st.step + 1 < len(spec.ramp.steps) and now >= step_end:
             st.step += 1
             st.step_started_at = now
             st.step_history = [*st.step_history, now]
             journal("Ramped", f"step {st.step}: {_summary(desired_weights(spec, st))}")
+    release_stopped()
     sync_weights()
     return Result(actions, st, requeue_after=_until(st, spec, now))
 
@@ -316,7 +323,7 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     # each treatment's own verdict; an analysis that names no arm says the same of every one. An arm stopped at an
     # earlier readout keeps what it had then (users, verdict, effects, guardrails): it is no longer read.
     own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
-    kept = {arm.name: arm for arm in st.arms if arm.stopped_phase is not None}
+    kept = {arm.name: arm for arm in st.arms if arm.stopped_at is not None}
     st.effects = [e for e in st.effects if e.arm in kept] + [
         ArmEffect(arm=e.arm, metric=e.metric, estimate=e.estimate, ci_low=e.ci_low, ci_high=e.ci_high,
                   relative=e.relative, p_value=e.p_value, planned_effect=e.planned_effect)
@@ -362,22 +369,21 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     return None
 
 
-def _stop_decided_arms(spec, st: RolloutStatus, journal) -> bool:
+def _stop_decided_arms(spec, st: RolloutStatus, now: datetime, journal) -> None:
     """A/B/n: a treatment this readout decided (rollback: harmful; inconclusive: futile or its final look) while the
-    Rollout goes on gets no traffic from the next router phase on, its users served by control: no user stays on
-    a treatment already decided against. The analysis then passes its verdict on (readout.analyse: decide's
-    `stopped`). Returns whether any arm stopped."""
-    phase = weights_phase(st) + 1
-    new = [a.name for a in st.arms if a.name != spec.control.name and a.stopped_phase is None
+    Rollout goes on is stopped: from now on the router serves its users control's model (sync_weights), so no user
+    stays on a treatment already decided against. Its weight and its users' assignment stay (no new router phase,
+    so the arms still running are measured as before), and the analysis passes its verdict on (readout.analyse:
+    decide's `stopped`)."""
+    new = [a.name for a in st.arms if a.name != spec.control.name and a.stopped_at is None
            and a.outcome in ("rollback", "inconclusive")]
-    st.arms = [a.model_copy(update={"stopped_phase": phase}) if a.name in new else a for a in st.arms]
+    st.arms = [a.model_copy(update={"stopped_at": now}) if a.name in new else a for a in st.arms]
     for a in st.arms:
         if a.name in new:
             what = "rolled back" if a.outcome == "rollback" else "dropped (inconclusive)"
-            journal("ArmStopped", f"arm {a.name} {what} while the other arms go on; its users are served by "
-                    f"{spec.control.name} from now on: {a.reason}", warning=a.outcome == "rollback",
-                    arm=a.name, outcome=a.outcome)
-    return bool(new)
+            journal("ArmStopped", f"arm {a.name} {what} while the other arms go on; its users keep their assignment "
+                    f"and are served {spec.control.name}'s model from now on: {a.reason}",
+                    warning=a.outcome == "rollback", arm=a.name, outcome=a.outcome)
 
 
 def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool = False) -> None:
@@ -420,6 +426,9 @@ def _with_outcome(arm: ArmStatus, outcome: str, reason: str | None) -> ArmStatus
 
 def _until(st: RolloutStatus, spec: RolloutSpec, now: datetime) -> float:
     times = [t for t in (st.next_readout_at,) if t is not None]
+    # a stopped arm's Deployment goes at the first reconcile past its grace (reconcile)
+    times += [a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS) for a in st.arms
+              if a.stopped_at is not None and a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS) > now]
     if st.step_started_at is not None and st.step + 1 < len(spec.ramp.steps):
         times.append(st.step_started_at + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration)))
     if not times:
