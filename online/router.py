@@ -4,8 +4,10 @@ POST /rank     {"user_ids": [n], "candidates": [[C]*n], "k": opt, "day": opt int
             -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order;
                a batch that falls in one arm is passed through and also carries that server's
                "model" and "arm" fields)
-GET  /weights  -> {"experiment", "weights": {arm: w}, "version": int, "phase": int}
-POST /weights  {"weights": {arm: w}, "phase": opt int} -> the same; also written back to the config file, if any
+GET  /weights  -> {"experiment", "weights": {arm: w}, "urls": {arm: url}, "version": int, "phase": int}
+POST /weights  {"weights": {arm: w}, "phase": opt int, "urls": opt {arm: url}} -> the same; also written back to
+               the config file, if any. `urls` changes which server serves an arm's users (a stopped A/B/n arm's
+               are served control's model) without moving anyone: the arm keeps its users and its phase.
 POST /flush    send queued exposures to the collector now (503 if it cannot be reached)
 GET  /healthz, GET /metrics
 
@@ -47,6 +49,16 @@ log = logging.getLogger("cambrian.router")
 OVERHEAD_BUCKETS = (0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.005, 0.01, 0.05)
 
 
+def _arm_url(url: str, where: str) -> str:
+    """An arm server's base URL, checked (http://host:port)."""
+    url = url.rstrip("/")
+    try:
+        parse_http_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return url
+
+
 @dataclass(frozen=True)
 class RouterConfig:
     experiment: str
@@ -77,11 +89,7 @@ class RouterConfig:
             name = arm["name"]
             if name in urls:
                 raise ValueError(f"router config: arms[{i}].name: duplicate arm {name!r}")
-            urls[name] = arm["url"].rstrip("/")
-            try:
-                parse_http_url(urls[name])
-            except ValueError as exc:
-                raise ValueError(f"router config: arms[{i}].url: {exc}") from None
+            urls[name] = _arm_url(arm["url"], f"router config: arms[{i}].url")
             weights[name] = arm.get("weight", 0)
             if arm.get("control", False):
                 if control is not None:
@@ -120,12 +128,19 @@ class RouterConfig:
             out["collector"] = self.collector
         return out
 
-    def with_weights(self, weights: Mapping[str, int], phase: int | None = None) -> "RouterConfig":
-        unknown = set(weights) - set(self.urls)
-        if unknown:
-            raise ValueError(f"weights: unknown arm(s) {sorted(unknown)}; arms are {list(self.urls)}")
+    def with_weights(self, weights: Mapping[str, int], phase: int | None = None,
+                     urls: Mapping[str, str] | None = None) -> "RouterConfig":
+        for what, given in (("weights", weights), ("urls", urls or {})):
+            unknown = set(given) - set(self.urls)
+            if unknown:
+                raise ValueError(f"{what}: unknown arm(s) {sorted(unknown)}; arms are {list(self.urls)}")
         want = {a: weights.get(a, 0) for a in self.urls}
-        new = RouterConfig(self.experiment, self.salt, self.control, self.treatments, self.urls, want,
+        served = dict(self.urls)
+        for arm, url in (urls or {}).items():
+            if not isinstance(url, str) or not url:
+                raise ValueError(f"urls[{arm!r}]: required string")
+            served[arm] = _arm_url(url, f"urls[{arm!r}]")
+        new = RouterConfig(self.experiment, self.salt, self.control, self.treatments, served, want,
                            self.collector, self.extra, self.phase if phase is None else phase)
         new.assignment()
         return new
@@ -205,8 +220,9 @@ class Router:
         self._publish_weights()
         log.info("weights now %s", dict(cfg.weights))
 
-    def set_weights(self, weights: Mapping[str, int], phase: int | None = None) -> None:
-        cfg = advance_phase(self.state.cfg, self.state.cfg.with_weights(weights, phase))  # persisted as applied
+    def set_weights(self, weights: Mapping[str, int], phase: int | None = None,
+                    urls: Mapping[str, str] | None = None) -> None:
+        cfg = advance_phase(self.state.cfg, self.state.cfg.with_weights(weights, phase, urls))  # persisted as applied
         if self.config_path:  # persist so that a restart keeps the same weights
             tmp = Path(f"{self.config_path}.tmp{os.getpid()}")
             tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -359,8 +375,8 @@ class Router:
 
     async def handle_get_weights(self, _: web.Request) -> web.Response:
         st = self.state
-        return json_response({"experiment": st.cfg.experiment, "weights": dict(st.cfg.weights), "version": st.version,
-                              "phase": st.cfg.phase})
+        return json_response({"experiment": st.cfg.experiment, "weights": dict(st.cfg.weights),
+                              "urls": dict(st.cfg.urls), "version": st.version, "phase": st.cfg.phase})
 
     async def handle_set_weights(self, request: web.Request) -> web.Response:
         try:
@@ -371,7 +387,10 @@ class Router:
             phase = body.get("phase")
             if phase is not None and not is_count(phase):
                 raise BadRequest("phase: must be an integer >= 0")
-            self.set_weights(weights, phase)
+            urls = body.get("urls")
+            if urls is not None and not isinstance(urls, dict):
+                raise BadRequest("urls: must be a mapping of arm -> url")
+            self.set_weights(weights, phase, urls)
         except ValueError as exc:  # BadRequest and assignment validation errors
             self.m_reload_errors.inc()
             return error(400, str(exc))

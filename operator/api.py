@@ -1403,9 +1403,16 @@ class ArmStatus(_Status):
         None, description="a treatment arm's own verdict: at each readout the analysis's (continue while it runs); "
                           "once concluded its final one, which its Hypothesis records: promote (the winner), "
                           "rollback (harmful: a guardrail, a hard limit or a significantly worse north star; or the "
-                          "whole Rollout rolled back by SRM, a human or its Evolution) or inconclusive (no verdict on "
-                          "this arm: its test ended without one, or another arm's decision ended it first)")
+                          "whole Rollout rolled back by SRM, a human or its Evolution), inconclusive (its test ended "
+                          "without an effect: futility, its final look or maxDuration) or continue (undecided: another "
+                          "arm's promotion ended the Rollout first; its Hypothesis is tested again)")
     reason: str | None = Field(None, max_length=2048, description="why this arm's outcome, in words")
+    stopped_at: datetime | None = Field(
+        None, description="A/B/n: when this treatment was decided early (rollback or inconclusive) while other arms go "
+                          "on. From then its users keep their assignment and its weight, but the router serves them "
+                          "control's model (their exposures still count under this arm), and its Deployment is removed "
+                          "once the router no longer sends it traffic; its verdict, effects and guardrails stay as "
+                          "they were then")
 
 
 class SRM(_Status):
@@ -1421,8 +1428,8 @@ class GuardrailReading(_Status):
 
     arm: str = Field(description="the treatment arm")
     metric: str = Field(description="the guarded metric (spec.metrics.guardrails or a hard limit)")
-    breached: bool = Field(description="true when it failed non-inferiority or crossed its hard limit: a breach rolls "
-                                       "the rollout back")
+    breached: bool = Field(description="true when it failed non-inferiority or crossed its hard limit: a breach stops "
+                                       "that arm at once (rolls it back: its users are served control's model)")
 
 
 class RolloutStatus(_Status):

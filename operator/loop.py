@@ -215,6 +215,7 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
     obs = RolloutObservation(
         arms=platform.arms(owner),
         weights=platform.router_weights(owner, serving.wire()),
+        services=platform.router_services(owner, serving.wire()),
         analysis=analysis,
         approval=(meta.annotations.get(APPROVE) or None),
         retired=(meta.annotations.get(A_RETIRED) or None),

@@ -19,6 +19,9 @@ Branches, in the order they are checked (each is a separate test in tests/statis
  9. Otherwise, at or past max duration -> inconclusive (first-class, never promotes); before -> continue.
 The rule is pure: the caller stores ``Decision.state`` (running always-valid p-values) in the CR status
 and passes it back at the next look.
+An arm stopped at an earlier look (A/B/n: harmful or futile while others go on; its users keep their assignment
+but are served control's model) is passed as ``stopped``: its verdict stands, its later data is not read, and the
+others are tested as if it still ran (same α split and correction).
 """
 
 from __future__ import annotations
@@ -235,6 +238,15 @@ def _check_args(control: str, weights: Mapping[str, float], elapsed_days: float)
     return treatments
 
 
+def _check_stopped(stopped: Mapping[str, tuple[str, str]], treatments: list[str]) -> dict[str, tuple[str, str]]:
+    for arm, verdict in stopped.items():
+        if arm not in treatments:
+            raise ValueError(f"stopped: {arm!r} is not a treatment arm (treatments: {treatments})")
+        if not (isinstance(verdict, tuple) and len(verdict) == 2 and verdict[0] in ("rollback", "inconclusive")):
+            raise ValueError(f"stopped[{arm!r}]: must be (rollback | inconclusive, reason), got {verdict!r}")
+    return dict(stopped)
+
+
 def _gauge_values(policy: DecisionPolicy, stats: Mapping[str, Mapping[str, Sums]],
                   values: Mapping[str, Mapping[str, float]], arms: list[str]) -> dict[str, dict[str, float]]:
     """Hard-limit inputs: explicit gauge values, else the arm mean of a metric with sums."""
@@ -369,15 +381,23 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
            stats: Mapping[str, Mapping[str, Sums]], elapsed_days: float,
            values: Mapping[str, Mapping[str, float]] | None = None,
            exposures: Mapping[str, int] | None = None,
-           state: DecisionState | Mapping[str, Any] | None = None) -> Decision:
+           state: DecisionState | Mapping[str, Any] | None = None,
+           stopped: Mapping[str, tuple[str, str]] | None = None) -> Decision:
     """One look at a Rollout.
 
     stats: arm -> metric -> cumulative sums (users whose readout window has closed).
     values: arm -> gauge -> value for hard limits (e.g. latency p99); a hard-limit metric that has
       sums instead uses the arm mean. exposures: arm -> users assigned (SRM); defaults to the
-      north star's n. state: the previous Decision.state (or its dict form)."""
+      north star's n. state: the previous Decision.state (or its dict form).
+    stopped: treatment -> (outcome, reason) of arms decided at an earlier look (rollback or inconclusive) whose
+      users are no longer served the treatment: their verdict stands and their data is not read (none needed).
+      Their users keep their assignment, so the SRM check counts them when `exposures` has them (else it covers
+      the other arms: conditional on a user being in one of them, still multinomial by their weights). They keep
+      their place in the family (α split, multiplicity correction), so stopping one never loosens the others' test."""
     treatments = _check_args(control, weights, elapsed_days)
-    arms_all = [control, *treatments]
+    stopped = _check_stopped(stopped or {}, treatments)
+    running = [a for a in treatments if a not in stopped]
+    arms_all = [control, *running]   # the arms this look reads data of
     for arm, per_metric in stats.items():
         for metric, sums in per_metric.items():
             if sums is not None and not isinstance(sums, (SufficientStats, RatioStats)):
@@ -387,7 +407,9 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
     if not isinstance(state, DecisionState):
         state = DecisionState.from_dict(state)
     ns = policy.north_star
-    arms: dict[str, ArmDecision] = {}
+    arms: dict[str, ArmDecision] = {a: ArmDecision(a, *stopped[a]) for a in treatments if a in stopped}
+    if not running:
+        return _finish(arms, treatments, state, None, elapsed_days, policy)
 
     # 1. SRM on exposures (falls back to the north star's n when exposures are not exported).
     srm = None
@@ -397,16 +419,18 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
     if expo is not None:
         missing_expo = [a for a in arms_all if a not in expo]
         if not missing_expo:
-            srm = srm_check({a: expo[a] for a in arms_all}, weights, threshold=policy.srm_threshold)
+            counted = arms_all + [a for a in stopped if a in expo]   # assignment goes on for a stopped arm's users
+            srm = srm_check({a: expo[a] for a in counted}, {a: weights[a] for a in counted},
+                            threshold=policy.srm_threshold)
             if srm.mismatch:
-                for a in treatments:
+                for a in running:
                     arms[a] = ArmDecision(a, "rollback", srm.reason)
                 return Decision("rollback", srm.reason, arms, state, None, srm)
 
     # 2. Hard limits: a breach rolls that arm back whatever else is known.
     gauges = _gauge_values(policy, stats, values, arms_all)
-    breaches, missing_gauges = hard_limit_breaches(policy.hard_limits, gauges, treatments)
-    for a in treatments:
+    breaches, missing_gauges = hard_limit_breaches(policy.hard_limits, gauges, running)
+    for a in running:
         mine = tuple(b for b in breaches if b.arm == a)
         if mine:
             arms[a] = ArmDecision(a, "rollback", "; ".join(b.reason for b in mine), breaches=mine)
@@ -418,7 +442,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
         missing.append("exposures")
     if missing:
         why = f"missing data: {', '.join(missing)}"
-        for a in treatments:
+        for a in running:
             arms.setdefault(a, ArmDecision(a, "continue", why))
         return _finish(arms, treatments, state, srm, elapsed_days, policy)
 
@@ -541,7 +565,7 @@ def decide(policy: DecisionPolicy, *, control: str, weights: Mapping[str, float]
                               reason=why, **base)
 
     return _finish(arms, treatments, new_state, srm, elapsed_days, policy,
-                   _secondary(policy, stats, control, treatments))
+                   _secondary(policy, stats, control, running))
 
 
 def _secondary(policy: DecisionPolicy, stats, control: str, treatments: list[str]) -> tuple[dict, ...]:

@@ -124,6 +124,10 @@ class Platform(Protocol):
         platform without routes. A route that cannot be read is one held by nobody at version "", so that
         the write the core then asks for reports why."""
 
+    def router_services(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, str] | None:
+        """Arm -> the Service (SetWeights' ArmWeight.service) whose model the router serves that arm's users now
+        (None: no entry)."""
+
     # --- metrics ----------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:
         """Per-arm sufficient statistics of the experiment, and in `values` the value of each arm's PromQL over

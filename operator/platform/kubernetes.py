@@ -33,6 +33,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -691,6 +692,14 @@ def router_config(action: SetWeights, namespace: str | None) -> dict[str, Any]:
     return cfg
 
 
+def service_of_url(url: str) -> str:
+    """The Service an arm URL of router_config names (http://SERVICE[.NS.svc]:PORT)."""
+    host = urlsplit(url).hostname
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    return host.split(".")[0]
+
+
 def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, dict, dict]:
     name = router_name(action.owner)
     labels = {"app.kubernetes.io/component": "router", L_ROLLOUT: label_value(action.rollout), L_ARM: "router"}
@@ -1211,15 +1220,22 @@ class KubernetesPlatform:
         dep = self._read(self.apps.read_namespaced_deployment, router_name(owner), owner.namespace)
         return bool(dep is not None and dep.status and (dep.status.ready_replicas or 0) >= 1)
 
-    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+    def _router_arms(self, owner: Owner, read: Callable[[Mapping[str, Any]], Any]) -> dict | None:
+        """`read` of each arm of the router's config (its ConfigMap): arm -> value; None without one."""
         cm = self._read(self.core.read_namespaced_config_map, router_name(owner), owner.namespace)
         if cm is None:
             return None
         try:
             cfg = yaml.safe_load((cm.data or {}).get("router.yaml", "")) or {}
-            return {a["name"]: int(a.get("weight", 0)) for a in cfg.get("arms", [])}
-        except (yaml.YAMLError, TypeError, KeyError, ValueError):
+            return {a["name"]: read(a) for a in cfg.get("arms", [])}
+        except (yaml.YAMLError, TypeError, KeyError, ValueError, AttributeError):
             return None  # unreadable: the core rewrites it
+
+    def router_weights(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, int] | None:
+        return self._router_arms(owner, lambda arm: int(arm.get("weight", 0)))
+
+    def router_services(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, str] | None:
+        return self._router_arms(owner, lambda arm: service_of_url(arm["url"]))
 
     # --- metrics ---------------------------------------------------------------------------
     def prometheus_readout(self, rollout: str, gauges: Mapping[str, Mapping[str, str]] | None = None) -> Readout:

@@ -484,18 +484,23 @@ class LocalPlatform:
             env.save()
             return
         env = self._env(action.rollout)
+        # each arm's users go to the server of its entry's service: a stopped A/B/n arm's are control's
+        servers = {s.name: s for s in env.arms.values()}
+        urls = {}
+        for w in action.weights:
+            s = servers.get(w.service)
+            if w.weight and s is None:
+                raise CambrianError(f"rollout {action.rollout}: arm {w.arm} gets {w.weight}% but its server "
+                                    f"{w.service} is not running")
+            urls[w.arm] = s.url if s is not None else env.state.arm_urls.get(w.arm, NO_ARM_URL)
         if env.router is not None and env.router.proc.poll() is None:
-            r = httpx.post(env.router.url + "/weights", json={"weights": weights, "phase": action.phase}, timeout=10)
+            r = httpx.post(env.router.url + "/weights", json={"weights": weights, "phase": action.phase, "urls": urls},
+                           timeout=10)
             if r.status_code != 200:
                 raise CambrianError(f"router of {action.rollout} refused weights {weights}: {r.text[:300]}")
             return
-        arms = []
-        for i, w in enumerate(action.weights):
-            s = env.arms.get(w.arm)
-            url = s.url if s is not None else env.state.arm_urls.get(w.arm, NO_ARM_URL)
-            if w.weight and s is None:
-                raise CambrianError(f"rollout {action.rollout}: arm {w.arm} gets {w.weight}% but is not running")
-            arms.append({"name": w.arm, "url": url, "weight": w.weight, **({"control": True} if i == 0 else {})})
+        arms = [{"name": w.arm, "url": urls[w.arm], "weight": w.weight, **({"control": True} if i == 0 else {})}
+                for i, w in enumerate(action.weights)]
         config = env.dir / "router.yaml"
         write_atomic(config, yaml.safe_dump({"experiment": action.rollout, "salt": action.salt, "phase": action.phase,
                                              "collector": env.collector.url, "arms": arms}, sort_keys=False))
@@ -535,6 +540,17 @@ class LocalPlatform:
         """No Gateway API route here, and nothing to share: each live rollout plays its own simulated users (its own
         world, `_play_day`), so no rollout ever waits for another (reconcile/httproute.py)."""
         return None
+
+    def router_services(self, owner: Owner, serving: Mapping[str, Any]) -> dict[str, str] | None:
+        env = self.envs.get(owner.name)
+        if env is None or env.state.parked or env.router is None or env.router.proc.poll() is not None:
+            return None  # parked: concluded, its users are no longer routed
+        try:
+            urls = httpx.get(env.router.url + "/weights", timeout=10).json()["urls"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return None  # unreadable: the core sets them again
+        names = {s.url: s.name for s in env.arms.values()}
+        return {arm: names.get(url, url) for arm, url in urls.items()}  # a URL no server has: none of its arms
 
     def _read_weights(self, env: RolloutEnv) -> dict[str, int] | None:
         try:

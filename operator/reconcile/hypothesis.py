@@ -272,11 +272,17 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
              f"{rollout.name} promoted it; its Evolution launches it next" if promoted else
              f"{rollout.name} concluded; its Evolution applies the decision next")
         return Result(actions, st, requeue_after=POLL_SECONDS)
-    if rollout.name in ctx.superseded or rollout.applied == APPLIED_SUPERSEDED:  # it decided nothing about it: again
+    # its own arm's outcome, not the Rollout's: in an A/B/n test a harmful arm is a rollback even when the Rollout
+    # ends inconclusive, and an arm still undecided (continue) when another was promoted decided nothing about it
+    decision, reason = rollout.outcome_of(meta.name)
+    superseded = rollout.name in ctx.superseded or rollout.applied == APPLIED_SUPERSEDED
+    if superseded or decision == "continue":  # it decided nothing about it: again
         why = (f"rollout {rollout.name} was ended by its Evolution before it decided ({rollout.retired})"
                if rollout.retired else
                f"rollout {rollout.name} failed before it decided ({rollout.reason})" if rollout.phase == "Failed" else
-               f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the champion")
+               f"rollout {rollout.name} ({rollout.decision}) compared it with a model that is no longer the champion"
+               if superseded else f"rollout {rollout.name} concluded ({rollout.decision}) before its test decided "
+               f"about arm {rollout.arm_of(meta.name)}")
         st.undecided_tests = (st.undecided_tests + [rollout.name])[-MAX_TESTS:]
         st.rollout, st.online = None, None
         tests = len(st.undecided_tests)
@@ -292,9 +298,6 @@ def _concluded(meta, st, ctx, rollout, actions, journal, move, cond) -> Result[H
         journal("BackToReview", why, warning=promoted, rollout=rollout.name, decision=rollout.decision)
         return Result(actions, st)
     st.rollout = rollout.name
-    # its own arm's outcome, not the Rollout's: in an A/B/n test a harmful arm is a rollback even when the Rollout
-    # ends inconclusive, and an arm still undecided when another was promoted or rolled back is inconclusive
-    decision, reason = rollout.outcome_of(meta.name)
     st.online = OnlineResult(
         rollout=rollout.name,
         arm=rollout.arm_of(meta.name),

@@ -114,6 +114,9 @@ class RolloutObservation:
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
     route: RouteObservation | None = None  # spec.serving.httpRoute; None without one (or on a platform without routes)
     router_ready: bool = False  # its router has a ready pod (the route goes to it then); read only with a route
+    # arm -> the Service (rollout.arm_name) the router sends that arm's users to: a stopped A/B/n arm's is control's
+    # (None = no entry, or not known: the core then takes every arm to be served by its own)
+    services: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,9 @@ def analyse(
     names = spec.arm_names()
     weights, observed = srm_expectation(spec, status, cohorts, exposures)
     started = status.started_at or now
+    # A/B/n arms stopped at an earlier readout (rollout._stop_decided_arms): their verdict stands and their later data
+    # (users served control's model) is not read; their exposures still count in the sample-ratio check
+    stopped = {a.name: (a.outcome, a.reason or "") for a in status.arms if a.stopped_at is not None and a.outcome}
     d = decide(
         policy_for(spec),
         control=spec.control.name,
@@ -100,6 +103,7 @@ def analyse(
         values=values,
         exposures=observed,
         state=status.decision_state,
+        stopped=stopped,
     )
     ns = spec.metrics.north_star[0].name
     n = {a: int(stats[a][ns].n) if ns in stats.get(a, {}) else int((observed or {}).get(a, 0)) for a in names}
@@ -113,14 +117,9 @@ def analyse(
                               planned_effect=_finite(ad.planned_effect)))
     decided = d.to_dict()
     srm = d.srm
+    # A/B/n: an arm that failed (guardrail, hard limit, worse north star) while others continue is stopped by the
+    # core at this readout (rollout._stop_decided_arms), the others go on
     outcome, reason = d.outcome, d.reason
-    breached = {a: ad.reason for a, ad in d.arms.items() if ad.outcome == "rollback"}
-    if outcome == "continue" and breached:
-        # A/B/n: one arm failed (guardrail, hard limit, worse north star) while others continue. The status
-        # has no per-arm weight override, so the safe reading is to roll the whole rollout back now rather
-        # than keep serving the failing arm until the others conclude.
-        outcome = "rollback"
-        reason = "; ".join(f"{a}: {r}" for a, r in sorted(breached.items()))
     rails: dict[tuple[str, str], bool] = {}
     for arm, ad in d.arms.items():
         for g in ad.guardrails:

@@ -5,11 +5,14 @@ Clocks are durable: startedAt, stepStartedAt and nextReadoutAt live in status, s
 operator resumes the experiment where it was. A readout without an analysis (Prometheus down)
 decides nothing and never promotes; it is retried on the next interval. Rollbacks (guardrail
 breach, sample-ratio mismatch, a significantly worse treatment) apply even under a manual policy:
-safety is enforced here, not left to the agent or a human.
+safety is enforced here, not left to the agent or a human. In an A/B/n Rollout a treatment decided early (harmful
+or futile) while the others go on is stopped alone (_stop_decided_arms): it keeps its weight and its users their
+assignment, but the router serves them control's model, and its Deployment goes once the router no longer calls it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from cambrian.operator.api import (
@@ -41,9 +44,13 @@ from cambrian.operator.reconcile.common import (INVALID_SPEC, Meta, Result, afte
 from cambrian.operator.reconcile.observations import RolloutObservation, RouteObservation
 
 CONCLUDED = ("Promoted", "RolledBack", "Inconclusive", "Failed")
+APPROVALS = ("promote", "rollback")  # the values annotation cambrian.dev/approve accepts
 POLL_SECONDS = 15.0
 METRICS_RETRY_SECONDS = 300.0
 REASON_MAX = 2048  # status.arms[].reason's maxLength
+# A stopped arm's Deployment goes this long after its stop at the earliest (and once the router config observed
+# redirects it): a cluster's router reads its ConfigMap from a volume the kubelet refreshes within about a minute
+REDIRECT_GRACE_SECONDS = 120.0
 
 
 def owner_of(meta: Meta) -> Owner:
@@ -70,12 +77,20 @@ def readout_due(status: RolloutStatus, now: datetime) -> bool:
 
 
 def desired_weights(spec: RolloutSpec, status: RolloutStatus) -> dict[str, int]:
-    """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete."""
+    """Percent per arm; every arm is listed (0 = no traffic) so the router config stays complete. A stopped arm
+    keeps its step's weight (its users keep their assignment; stopped_arms: what serves them)."""
     names = spec.arm_names()
     if status.phase in ("Running", "AwaitingApproval"):
         return dict(zip(names, spec.ramp.steps[status.step].weights))
     target = status.winner if status.phase == "Promoted" and status.winner else spec.control.name
     return {n: (100 if n == target else 0) for n in names}
+
+
+def stopped_arms(status: RolloutStatus) -> list[str]:
+    """A/B/n treatments stopped early (_stop_decided_arms): the router serves their users control's model. Their
+    weight stays, so no user is assigned anew (same router phase: no window restarts, no re-randomisation) and the
+    stopped treatment's lasting effect on its users never lands in control's or another arm's mean."""
+    return [a.name for a in status.arms if a.stopped_at is not None]
 
 
 def _summary(weights: dict[str, int]) -> str:
@@ -86,23 +101,31 @@ def weights_phase(status: RolloutStatus) -> int:
     """The router's phase for the weights `desired_weights` gives, one more at each change of them: 0 before
     the ramp starts (all on control), step + 1 while the test runs, step + 2 once concluded (the launch or
     rollback moves users again). The router advances its phase at every weight change on its own; naming the
-    same number here keeps a restarted router (which reads it from its config) where it was."""
+    same number here keeps a restarted router (which reads it from its config) where it was. Stopping an A/B/n
+    arm changes no weight: it is no phase of its own."""
     if status.phase in ("Running", "AwaitingApproval"):
         return status.step + 1
     return status.step + 2 if status.phase in CONCLUDED else 0
 
 
+def _services(meta: Meta, spec: RolloutSpec, stopped: Collection[str]) -> dict[str, str]:
+    """Arm -> the Service the router sends its users to: its own, control's for a stopped arm."""
+    return {arm: arm_name(meta, spec.control.name if arm in stopped else arm) for arm in spec.arm_names()}
+
+
 def _set_weights(meta: Meta, spec: RolloutSpec, weights: dict[str, int], serving: Serving, phase: int,
-                 route: RouteObservation | None = None, router_ready: bool = False, live: bool = True) -> SetWeights:
-    """The router's weights, and spec.serving.httpRoute's backends (the router) when this rollout may write
-    the route (httproute.py)."""
+                 route: RouteObservation | None = None, router_ready: bool = False, live: bool = True,
+                 stopped: Collection[str] = ()) -> SetWeights:
+    """The router's weights and each arm's Service (control's for a stopped arm), and spec.serving.httpRoute's
+    backends (the router) when this rollout may write the route (httproute.py)."""
     owner = owner_of(meta)
+    services = _services(meta, spec, stopped)
     want = HR.holder_backends(router_name(owner), router_ready, route, serving.wire())
     return SetWeights(
         owner,
         meta.name,
         spec.salt,
-        tuple(ArmWeight(arm, arm_name(meta, arm), w) for arm, w in weights.items()),
+        tuple(ArmWeight(arm, services[arm], w) for arm, w in weights.items()),
         serving.wire(),
         phase,
         HR.rollout_write(meta.name, route, want, live),
@@ -160,11 +183,29 @@ def reconcile(
             ready = ready and seen is not None and seen.ready
         return ready
 
+    def redirected() -> bool:
+        """The router, as observed, serves every stopped arm from control's Service (obs.services None: taken to
+        serve each arm from its own)."""
+        routes = _services(meta, spec, ())
+        return all((obs.services or routes).get(a) == routes[spec.control.name] for a in stopped_arms(st))
+
+    def release_stopped() -> None:
+        """A stopped arm's Deployment goes once the router observed serves its users from control's Service (never
+        before: they would get errors) and the router surely read that config (REDIRECT_GRACE_SECONDS)."""
+        if obs.services is None or not redirected():
+            return
+        for a in st.arms:
+            seen = obs.arms.get(a.name)
+            if (a.stopped_at is not None and seen is not None and seen.exists
+                    and now >= a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS)):
+                actions.append(DeleteArm(arm_name(meta, a.name), owner, meta.name, a.name))
+
     def sync_weights() -> None:
         want = desired_weights(spec, st)
         sw = _set_weights(meta, spec, want, serving, weights_phase(st), obs.route, obs.router_ready,
-                          st.phase not in CONCLUDED)
-        if obs.weights != want or sw.route_version is not None:
+                          st.phase not in CONCLUDED, stopped_arms(st))
+        if (obs.weights != want or sw.route_version is not None
+                or (st.phase in ("Running", "AwaitingApproval") and not redirected())):
             actions.append(sw)
         if obs.route is not None:
             note_route(sw.route_version is not None or obs.route.holder == meta.name)
@@ -223,6 +264,11 @@ def reconcile(
     # before approved nothing: kept, it promoted whatever a later analysis recommended. It is removed, with a
     # Warning saying why, and the human approves again once the Rollout awaits approval.
     approval = obs.approval
+    if approval is not None and approval not in APPROVALS:  # a typo ("promte", "yes") must not pass for no answer
+        actions.append(Mark("Rollout", meta.name, owner, A_APPROVE, None))
+        journal("ApprovalIgnored", f"{A_APPROVE}={approval[:64]!r} removed: not a decision; the accepted values are "
+                f"{' and '.join(APPROVALS)}", warning=True)
+        approval = None
     if approval == "promote" and st.phase not in ("AwaitingApproval", *CONCLUDED):
         actions.append(Mark("Rollout", meta.name, owner, A_APPROVE, None))
         journal("ApprovalIgnored", f"{A_APPROVE}=promote removed: given while {st.phase}, before any analysis "
@@ -274,17 +320,19 @@ def reconcile(
         journal("Started", f"step 0: {st.weights_summary}")
         return Result(actions, st, requeue_after=wake())
 
-    # Running or AwaitingApproval
-    arms_ready = ensure_arms(names)
+    # Running or AwaitingApproval; a stopped arm's Deployment is not kept (release_stopped)
+    live = [n for n in names if n not in stopped_arms(st)]
+    arms_ready = ensure_arms(live)
     cond("ArmsReady", arms_ready, "Ready" if arms_ready else "ArmNotReady",
          "" if arms_ready else "an arm is not ready; weights are kept as they are")
-    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(names), now, meta.generation, journal)
+    note_blocker(st, "ArmsReady", None if arms_ready else arms_blocked(live), now, meta.generation, journal)
 
     if not by_hand and readout_due(status, now):
         outcome = _readout(spec, st, obs, now, cond, journal)
         if outcome is not None:
             _conclude(spec, st, outcome, now, journal)
             return finish()
+        _stop_decided_arms(spec, st, now, journal)
     if by_hand or retiring:
         return conclude_as_asked()
 
@@ -301,6 +349,7 @@ def reconcile(
             st.step_started_at = now
             st.step_history = [*st.step_history, now]
             journal("Ramped", f"step {st.step}: {_summary(desired_weights(spec, st))}")
+    release_stopped()
     sync_weights()
     return Result(actions, st, requeue_after=wake())
 
@@ -321,17 +370,20 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     st.readouts += 1
     if a.state is not None:
         st.decision_state = a.state
-    st.effects = [
+    # each treatment's own verdict; an analysis that names no arm says the same of every one. An arm stopped at an
+    # earlier readout keeps what it had then (users, verdict, effects, guardrails): it is no longer read.
+    own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
+    kept = {arm.name: arm for arm in st.arms if arm.stopped_at is not None}
+    st.effects = [e for e in st.effects if e.arm in kept] + [
         ArmEffect(arm=e.arm, metric=e.metric, estimate=e.estimate, ci_low=e.ci_low, ci_high=e.ci_high,
                   relative=e.relative, p_value=e.p_value, planned_effect=e.planned_effect)
-        for e in a.effects
-    ]
-    # each treatment's own verdict; an analysis that names no arm says the same of every one
-    own = {arm: (o, why) for arm, o, why in a.arm_outcomes}
-    st.arms = [ArmStatus(name=n, n=a.n.get(n, 0)) if n == spec.control.name else  # weights/ready refreshed below
+        for e in a.effects if e.arm not in kept]
+    st.arms = [kept[n] if n in kept else
+               ArmStatus(name=n, n=a.n.get(n, 0)) if n == spec.control.name else  # weights/ready refreshed below
                _with_outcome(ArmStatus(name=n, n=a.n.get(n, 0)), *own.get(n, (a.outcome, a.reason)))
                for n in spec.arm_names()]
-    st.guardrails = [GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails]
+    st.guardrails = [g for g in st.guardrails if g.arm in kept] + [
+        GuardrailReading(arm=arm, metric=m, breached=b) for arm, m, b in a.guardrails if arm not in kept]
     if a.srm_p_value is not None:
         st.srm = SRM(p_value=a.srm_p_value, mismatch=a.srm_mismatch)
     if a.srm_mismatch:
@@ -367,6 +419,23 @@ def _readout(spec, st: RolloutStatus, obs: RolloutObservation, now, cond, journa
     return None
 
 
+def _stop_decided_arms(spec, st: RolloutStatus, now: datetime, journal) -> None:
+    """A/B/n: a treatment this readout decided (rollback: harmful; inconclusive: futile or its final look) while the
+    Rollout goes on is stopped: from now on the router serves its users control's model (sync_weights), so no user
+    stays on a treatment already decided against. Its weight and its users' assignment stay (no new router phase,
+    so the arms still running are measured as before), and the analysis passes its verdict on (readout.analyse:
+    decide's `stopped`)."""
+    new = [a.name for a in st.arms if a.name != spec.control.name and a.stopped_at is None
+           and a.outcome in ("rollback", "inconclusive")]
+    st.arms = [a.model_copy(update={"stopped_at": now}) if a.name in new else a for a in st.arms]
+    for a in st.arms:
+        if a.name in new:
+            what = "rolled back" if a.outcome == "rollback" else "dropped (inconclusive)"
+            journal("ArmStopped", f"arm {a.name} {what} while the other arms go on; its users keep their assignment "
+                    f"and are served {spec.control.name}'s model from now on: {a.reason}",
+                    warning=a.outcome == "rollback", arm=a.name, outcome=a.outcome)
+
+
 def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool = False) -> None:
     """`asked`: a human or its Evolution ended it (annotation), not its analysis or its time limit."""
     st.decision = outcome  # type: ignore[assignment]
@@ -382,8 +451,10 @@ def _conclude(spec, st: RolloutStatus, outcome: str, now, journal, asked: bool =
 
 def _final_outcome(spec, st: RolloutStatus, arm: ArmStatus, outcome: str, asked: bool) -> ArmStatus:
     """A treatment arm's own final outcome, which its Hypothesis records: the Rollout's decision is about the
-    Rollout (A/B/n: one arm rolled back as harmful while the others end inconclusive concludes Inconclusive; one
-    harmful arm rolls the whole Rollout back while the others were still undecided)."""
+    Rollout (A/B/n: one arm rolled back as harmful while the others end inconclusive concludes Inconclusive).
+    An arm without a verdict is inconclusive when the Rollout's own test ended (maxDuration: it had its full test)
+    and stays `continue` (undecided) when another arm's decision ended the Rollout first: its Hypothesis goes back
+    to the review (Scored) instead of being Retired as if its test had found nothing."""
     if arm.name == spec.control.name:
         return arm
     if outcome == "promote" and arm.name == st.winner:
@@ -393,8 +464,10 @@ def _final_outcome(spec, st: RolloutStatus, arm: ArmStatus, outcome: str, asked:
     if outcome == "rollback" and asked:  # a human or its Evolution rolled every arm back
         return _with_outcome(arm, "rollback", st.reason)
     last = f"; its last readout: {arm.reason}" if arm.reason else ""
-    return _with_outcome(arm, "inconclusive", f"no verdict on this arm when the rollout concluded "
-                                              f"({outcome}: {st.reason}){last}")
+    if outcome == "inconclusive":
+        return _with_outcome(arm, "inconclusive", f"its test ended without a verdict ({st.reason}){last}")
+    return _with_outcome(arm, "continue", f"undecided: the rollout concluded ({outcome}: {st.reason}) before its "
+                                          f"test decided about this arm{last}")
 
 
 def _with_outcome(arm: ArmStatus, outcome: str, reason: str | None) -> ArmStatus:
@@ -403,6 +476,9 @@ def _with_outcome(arm: ArmStatus, outcome: str, reason: str | None) -> ArmStatus
 
 def _until(st: RolloutStatus, spec: RolloutSpec, now: datetime) -> float:
     times = [t for t in (st.next_readout_at,) if t is not None]
+    # a stopped arm's Deployment goes at the first reconcile past its grace (reconcile)
+    times += [a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS) for a in st.arms
+              if a.stopped_at is not None and a.stopped_at + timedelta(seconds=REDIRECT_GRACE_SECONDS) > now]
     if st.step_started_at is not None and st.step + 1 < len(spec.ramp.steps):
         times.append(st.step_started_at + timedelta(seconds=duration_seconds(spec.ramp.steps[st.step].duration)))
     if not times:

@@ -811,9 +811,11 @@ def test_rollout_command_runs_an_abn_rollout_of_the_trained_bundles(evolved, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     st = LocalStore(root).get("rollouts", "default", "tiny-abn")["status"]
     assert st["phase"] in ("Promoted", "RolledBack", "Inconclusive") and st["readouts"] >= 1
-    n = {a["name"]: a["n"] for a in st["arms"]}
+    # an arm stopped early (futile or harmful, status.arms[].stoppedAt) keeps its count of that readout while the
+    # others' grow (its users keep their arm, served control's model): the thirds hold among the arms still read
+    n = {a["name"]: a["n"] for a in st["arms"] if not a.get("stoppedAt")}
     total = sum(n.values())
-    assert total > 0 and all(abs(v / total - 1 / 3) < 0.1 for v in n.values()), n
+    assert total > 0 and all(abs(v / total - 1 / len(n)) < 0.1 for v in n.values()), st["arms"]
 
 
 @pytest.mark.slow

@@ -252,14 +252,16 @@ class Cluster:
 
     prometheus: object
     weights: dict | None = None
+    services: dict | None = None  # arm -> the Service serving it (SetWeights)
     deployed: list = field(default_factory=list)
     journal: list = field(default_factory=list)
 
     def deploy_arm(self, a): self.deployed.append(a.arm)
     def delete_arm(self, a): pass
-    def set_weights(self, a): self.weights = a.as_dict()
-    def clear_weights(self, a): self.weights = None
+    def set_weights(self, a): self.weights = a.as_dict(); self.services = {w.arm: w.service for w in a.weights}
+    def clear_weights(self, a): self.weights = self.services = None
     def router_weights(self, owner, serving): return self.weights
+    def router_services(self, owner, serving): return self.services
     def record(self, a): self.journal.append(a)
 
     def arms(self, owner):

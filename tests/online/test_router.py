@@ -92,6 +92,39 @@ def test_new_weights_start_a_phase_and_every_user_is_logged_again_in_it(arm_serv
     assert RouterConfig.from_dict(router.state.cfg.to_dict()).phase == 6  # what a restart reads back
 
 
+def test_an_arm_redirected_to_controls_server_keeps_its_users_and_phase(arm_servers, mod_scorer, tmp_path):
+    """A stopped A/B/n arm (operator/reconcile/rollout.py): POST /weights with `urls` serves its users control's
+    model while they keep their arm, their weight and the phase, so nobody is logged anew or re-randomised."""
+    store = Store(tmp_path / "c.sqlite")
+    path = tmp_path / "router.yaml"
+    w = {"control": 40, "treatment": 30, "t2": 30}
+    path.write_text(yaml.safe_dump({**_config(arm_servers, w, None), "phase": 3}))
+    with BackgroundApp(Collector(store).app()) as coll:
+        cfg = RouterConfig.from_dict({**_config(arm_servers, w, coll.url), "phase": 3})
+        router = Router(cfg, config_path=str(path), flush_interval=0.05)
+        with BackgroundApp(router.app()) as app:
+            users = list(range(300))
+            first = httpx.post(app.url + "/rank", json=_batch(users)).json()
+            control = arm_servers["control"].url
+            r = httpx.post(app.url + "/weights", json={"weights": w, "phase": 3, "urls": {"t2": control}})
+            assert r.status_code == 200, r.text
+            assert r.json()["phase"] == 3 and r.json()["urls"]["t2"] == control.rstrip("/")
+            assert httpx.get(app.url + "/weights").json()["urls"]["treatment"] == arm_servers["treatment"].url
+            second = httpx.post(app.url + "/rank", json=_batch(users)).json()
+            assert second["arms"] == first["arms"]
+            for u, arm, slate in zip(users, second["arms"], second["slates"]):
+                c = np.asarray(_batch([u])["candidates"][0])
+                s = mod_scorer(3 if arm == "treatment" else 1).score(np.asarray([u]), c[None])[0]  # t2: control's
+                assert slate == c[np.argsort(-s, kind="stable")[:5]].tolist(), arm
+            for bad, field in (({"t2": "ftp://x"}, "urls['t2']"), ({"ghost": control}, "unknown arm")):
+                r = httpx.post(app.url + "/weights", json={"weights": w, "urls": bad})
+                assert r.status_code == 400 and field in r.json()["error"], r.text
+            httpx.post(app.url + "/flush").raise_for_status()
+    _, ex = store.frames()
+    assert len(ex) == 300 and set(ex["phase"]) == {3}   # every user logged once, in their own arm
+    assert RouterConfig.load(path).urls["t2"] == control.rstrip("/")   # what a restart reads back
+
+
 def test_hot_reload_under_load_and_restart(arm_servers, tmp_path):
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(_config(arm_servers, {"control": 90, "treatment": 10})))

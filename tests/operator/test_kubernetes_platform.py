@@ -332,6 +332,22 @@ def test_arm_router_and_httproute():
     assert rsvc["spec"]["ports"][0]["port"] == 8080
 
 
+def test_the_router_config_says_which_service_serves_each_arm():
+    """A stopped A/B/n arm's entry names control's Service (reconcile/rollout.py): the platform reads that back from
+    the router's ConfigMap (router_services), so the core deletes the arm's Deployment only once it is there."""
+    from types import SimpleNamespace
+
+    owner = Owner("Rollout", "ro", "uid-ro", "team-a")
+    sw = SetWeights(owner, "ro", "s", (ArmWeight("control", "ro-arm-control", 34), ArmWeight("b", "ro-arm-b", 33),
+                                       ArmWeight("c", "ro-arm-control", 33)), {"port": 8080}, phase=1)
+    cm, _, _ = K.router_manifests(sw, "team-a")
+    p = K.KubernetesPlatform.__new__(K.KubernetesPlatform)
+    p.core = SimpleNamespace(read_namespaced_config_map=lambda name, ns: SimpleNamespace(data=cm["data"]))
+    assert p.router_services(owner, {}) == {"control": "ro-arm-control", "b": "ro-arm-b", "c": "ro-arm-control"}
+    assert p.router_weights(owner, {}) == {"control": 34, "b": 33, "c": 33}
+    assert K.service_of_url(K.router_config(sw, None)["arms"][2]["url"]) == "ro-arm-control"
+
+
 def test_termination_message(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"val_loss": 0.5, "device": "cuda", "auc": float("nan")}))
     (tmp_path / "bundle").mkdir()

@@ -198,6 +198,7 @@ class MemPlatform:
     jobs: dict = field(default_factory=dict)
     arms_: dict = field(default_factory=dict)
     weights: dict | None = None
+    services: dict | None = None  # arm -> the Service serving it (SetWeights)
     readout_error: bool = False
     applied: list = field(default_factory=list)
 
@@ -207,9 +208,10 @@ class MemPlatform:
     def deploy_arm(self, a): self.applied.append(("arm", a.arm)); self.arms_.setdefault(a.arm, ArmObservation(a.name, True, False))
     def arms(self, owner): return dict(self.arms_)
     def delete_arm(self, a): self.arms_.pop(a.arm, None)
-    def set_weights(self, a): self.applied.append(("weights", a.as_dict())); self.weights = a.as_dict()
-    def clear_weights(self, a): self.weights = None
+    def set_weights(self, a): self.applied.append(("weights", a.as_dict())); self.weights = a.as_dict(); self.services = {w.arm: w.service for w in a.weights}
+    def clear_weights(self, a): self.weights = self.services = None
     def router_weights(self, owner, serving): return self.weights
+    def router_services(self, owner, serving): return self.services
     def prometheus_readout(self, name, gauges=None): raise MetricsUnavailable("down")
     def create_rollout(self, a): self.applied.append(("rollout", a.name))
     def update_champion(self, a): self.applied.append(("champion", a.bundle))

@@ -177,6 +177,21 @@ def test_a_promotion_approved_before_it_awaits_approval_is_removed_and_never_app
     assert not [a for a in approved.actions if isinstance(a, Mark)]  # the approval that applied stays on record
 
 
+def test_a_misspelled_approval_is_removed_with_a_warning_naming_the_accepted_values():
+    """Before, cambrian.dev/approve=promte (or yes) was silently ignored: the human believed they had answered."""
+    sp, r = running(spec(policy="manual"))
+    awaiting = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote()), at_readout(r))
+    assert awaiting.status.phase == "AwaitingApproval"
+    for status in (r.status, awaiting.status):
+        for value in ("promte", "yes", "Promote"):
+            res = run(sp, status, obs(weights={"control": 90, "treatment": 10}, approval=value),
+                      at_readout(r) + timedelta(minutes=5))
+            assert res.status.phase == status.phase and res.status.decision is None
+            assert Mark("Rollout", META.name, R.owner_of(META), A_APPROVE, None) in res.actions
+            (warn,) = [a for a in res.actions if isinstance(a, RecordJournal) and a.event == "ApprovalIgnored"]
+            assert warn.warning and repr(value) in warn.message and "promote and rollback" in warn.message
+
+
 def test_an_early_approval_is_removed_even_in_the_step_whose_readout_recommends_a_promotion():
     sp, r = running(spec(policy="manual"))
     res = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote(), approval="promote"),

@@ -1,6 +1,7 @@
 """Guardrails through the cluster path: Prometheus-shaped per-arm sums -> readout.analyse (the statistics
 package's decide) -> the pure rollout reconcile -> router weights. A candidate that breaches a guardrail is
-at 0% after the first readout that sees the breach (one readout interval), in A/B and in A/B/n; and no path
+served to no user after the first readout that sees the breach (one readout interval), in A/B (0%) and in A/B/n
+(its users served control's model); and no path
 reaches Promoted (or a champion change) without a promote from the decision rule.
 """
 
@@ -16,7 +17,7 @@ from cambrian.operator import api
 from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile.actions import SetWeights, UpdateChampion
+from cambrian.operator.reconcile.actions import DeleteArm, DeployArm, SetWeights, UpdateChampion
 from cambrian.operator.reconcile.common import Meta
 from cambrian.operator.reconcile.observations import (Analysis, ArmObservation, HypothesisView, JobObservation,
                                                       RolloutObservation, RolloutView, Spend)
@@ -47,12 +48,18 @@ def arm_sums(rng, n: int, hate_p: float, minutes: float = 20.0) -> dict:
                                     sum_md=(m * d).sum())}
 
 
+def served(meta, action: SetWeights) -> dict[str, int]:
+    """Percent of users served each arm's own model: an arm the router serves from another's Service has none."""
+    return {w.arm: w.weight if w.service == R.arm_name(meta, w.arm) else 0 for w in action.weights}
+
+
 def run(spec_, meta, stats_at, until_hours=48):
     """Drive the reconcile core on a clock; `stats_at(hours)` -> per-arm sums Prometheus would return then.
-    Returns the weights history [(hours, weights)] and the final status."""
+    Returns the history of what the router serves [(hours, served)], the final status and the router's last
+    SetWeights."""
     status = api.RolloutStatus()
     arms: dict[str, ArmObservation] = {}
-    weights = None
+    last = None
     history = []
     now = T0
     while now <= T0 + timedelta(hours=until_hours):
@@ -61,18 +68,22 @@ def run(spec_, meta, stats_at, until_hours=48):
             stats = stats_at((now - T0).total_seconds() / 3600)
             n = {a: s["watch_minutes"].n for a, s in stats.items()}
             analysis = analyse(spec_, status, stats, now, exposures=n)
-        res = R.reconcile(meta, spec_, status, api.Serving(), None, RolloutObservation(arms, weights, analysis), now)
+        obs = RolloutObservation(arms, last and last.as_dict(), analysis,
+                                 services=last and {w.arm: w.service for w in last.weights})
+        res = R.reconcile(meta, spec_, status, api.Serving(), None, obs, now)
         for a in res.actions:
             if isinstance(a, SetWeights):
-                weights = a.as_dict()
-                history.append(((now - T0).total_seconds() / 3600, weights))
-        for arm in spec_.arm_names():
-            arms[arm] = ArmObservation(R.arm_name(meta, arm), True, True)
+                last = a
+                history.append(((now - T0).total_seconds() / 3600, served(meta, a)))
+            elif isinstance(a, DeployArm):
+                arms[a.arm] = ArmObservation(a.name, True, True)
+            elif isinstance(a, DeleteArm):
+                arms.pop(a.arm, None)
         status = res.status
         if status.phase in R.CONCLUDED:
             break
         now += timedelta(minutes=30)
-    return history, status
+    return history, status, last
 
 
 def test_ab_guardrail_breach_is_cut_within_one_readout_interval():
@@ -83,7 +94,7 @@ def test_ab_guardrail_breach_is_cut_within_one_readout_interval():
         bad = h >= breach_at
         return {"control": arm_sums(rng, 3000, 0.02), "cand": arm_sums(rng, 3000, 0.20 if bad else 0.02)}
 
-    history, status = run(spec(["cand"], [50, 50]), Meta("ro", "uid-ro", "ns", 1), stats_at)
+    history, status, _ = run(spec(["cand"], [50, 50]), Meta("ro", "uid-ro", "ns", 1), stats_at)
     cut = next(h for h, w in history if w.get("cand") == 0)
     assert breach_at <= cut <= breach_at + INTERVAL.total_seconds() / 3600, (cut, history)
     assert status.phase == "RolledBack" and "hate_rate" in status.reason
@@ -92,7 +103,9 @@ def test_ab_guardrail_breach_is_cut_within_one_readout_interval():
 
 def test_abn_one_breaching_arm_is_cut_within_one_readout_interval():
     """A/B/n: one arm breaches while the other is fine. decide() rolls back only that arm and says continue
-    overall; the breaching arm must still lose its traffic at that readout (operator/reconcile/readout.py)."""
+    overall; from that readout the breaching arm's users are served control's model (same weights, same
+    assignment), its Deployment goes once the router serves them from control, and the other arm goes on
+    (operator/reconcile/rollout.py _stop_decided_arms)."""
     rng = np.random.default_rng(2)
     breach_at = 7.0
 
@@ -100,16 +113,21 @@ def test_abn_one_breaching_arm_is_cut_within_one_readout_interval():
         return {"control": arm_sums(rng, 3000, 0.02), "good": arm_sums(rng, 3000, 0.02),
                 "bad": arm_sums(rng, 3000, 0.20 if h >= breach_at else 0.02)}
 
-    history, status = run(spec(["good", "bad"], [34, 33, 33]), Meta("ro3", "uid-ro3", "ns", 1), stats_at)
+    meta = Meta("ro3", "uid-ro3", "ns", 1)
+    history, status, last = run(spec(["good", "bad"], [34, 33, 33]), meta, stats_at)
     cut = next(h for h, w in history if w.get("bad") == 0)
     assert breach_at <= cut <= breach_at + INTERVAL.total_seconds() / 3600, (cut, history)
-    assert status.phase == "RolledBack" and "bad" in status.reason and "hate_rate" in status.reason
+    assert history[-1][1] == {"control": 34, "good": 33, "bad": 0}
+    assert last.as_dict() == {"control": 34, "good": 33, "bad": 33} and last.phase == 1   # nobody moved
+    assert status.phase == "Running" and {a.name: a.outcome for a in status.arms}["bad"] == "rollback"
+    assert "hate_rate" in next(a.reason for a in status.arms if a.name == "bad")
+    assert {a.name: a.ready for a in status.arms} == {"control": True, "good": True, "bad": False}  # deleted
     assert all(w.get("bad", 0) < 100 and w.get("good", 0) < 100 for _, w in history)
 
 
 def test_guardrail_rollback_applies_under_a_manual_policy_too():
     rng = np.random.default_rng(3)
-    history, status = run(spec(["cand"], [50, 50], policy="manual"), Meta("rm", "uid-rm", "ns", 1),
+    history, status, _ = run(spec(["cand"], [50, 50], policy="manual"), Meta("rm", "uid-rm", "ns", 1),
                           lambda h: {"control": arm_sums(rng, 3000, 0.02), "cand": arm_sums(rng, 3000, 0.3)})
     assert status.phase == "RolledBack" and history[-1][1]["cand"] == 0
     first_readout = (status.started_at - T0 + INTERVAL).total_seconds() / 3600

@@ -286,3 +286,42 @@ def test_tau_is_fixed_at_the_first_look(make_arm):
 def test_stats_of_the_wrong_type_name_the_field():
     with pytest.raises(TypeError, match=r"stats\['t'\]\['watch'\]"):
         decide(policy(), control="c", weights=W, stats={"c": {}, "t": {"watch": {"n": 3}}}, elapsed_days=1)
+
+
+@pytest.mark.parametrize("pol", [policy(), msprt()], ids=["group", "msprt"])
+def test_an_arm_stopped_earlier_keeps_its_verdict_needs_no_data_and_never_loosens_the_others(arms, pol):
+    """A/B/n: an arm stopped at an earlier look (its users keep their assignment and weight but are served
+    control's model) is not read in later looks. Passed as `stopped`, its verdict stands, its users still count in
+    the SRM check, and the arm still running is tested as in the full family: α split across every treatment
+    (group), the correction counting it at p = 1 (msprt), never as a family of one."""
+    from cambrian.stats.multiple import adjust
+
+    weights = {"c": 1.0, "flat": 1.0, "bad": 1.0}
+    gone = {"bad": ("rollback", "north star significantly worse")}
+    d = run(pol, arms, treat=("flat",), weights=weights, exposures={"c": 20_000, "flat": 20_000, "bad": 20_100},
+            stopped=gone)
+    assert d.arms["bad"].outcome == "rollback" and d.arms["bad"].effect is None
+    assert not d.srm.mismatch and set(d.srm.observed) == {"c", "flat", "bad"}, d.srm
+    assert "missing data" not in d.reason and d.arms["flat"].effect is not None, d.reason
+    # a router that moved the stopped arm's users to control (re-randomised them) is a sample-ratio mismatch
+    moved = run(pol, arms, treat=("flat",), weights=weights, exposures={"c": 30_000, "flat": 20_000, "bad": 10_000},
+                stopped=gone)
+    assert moved.srm.mismatch and moved.outcome == "rollback"
+    # without its exposures, the check covers the arms still read (conditional multinomial)
+    assert not run(pol, arms, treat=("flat",), weights=weights, exposures={"c": 20_000, "flat": 20_000},
+                   stopped=gone).srm.mismatch
+    pair = run(pol, arms, treat=("flat", "bad"))  # the same look with both arms read
+    alone = run(pol, arms, treat=("flat",))       # a family of one
+    (key,) = d.state.tests
+    assert d.state.tests[key] == pair.state.tests[key]
+    if pol.sequential == "group":
+        assert d.state.tests[key] != alone.state.tests[key]  # its boundaries spend α/2, not α
+    else:
+        assert d.arms["flat"].p_adjusted == adjust([d.arms["flat"].p_value, 1.0], pol.correction)[0]
+        assert d.arms["flat"].p_adjusted >= alone.arms["flat"].p_adjusted
+    # every treatment stopped: the Rollout's test is over
+    over = run(pol, arms, treat=(), weights=weights, stats={},
+               stopped={"bad": ("rollback", "worse"), "flat": ("inconclusive", "futility")})
+    assert over.outcome == "inconclusive"
+    with pytest.raises(ValueError, match="stopped"):
+        run(pol, arms, stopped={"nope": ("rollback", "x")})
