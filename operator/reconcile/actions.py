@@ -127,6 +127,9 @@ class RetireRollout:
 A_APPLIED = "cambrian.dev/decision-applied"
 APPLIED_FINAL, APPLIED_SUPERSEDED = "final", "superseded"  # superseded: it decided nothing about its treatment
 A_REPAIR_ASKED = "cambrian.dev/repair-asked"
+# On a concluded Rollout, by its Evolution: production no longer reaches its arms (champion.release), so its
+# Rollout removes them and its router entry. Without it (no Evolution) the arms it kept serve on, until deleted.
+A_RELEASED = "cambrian.dev/released"
 
 
 @dataclass(frozen=True)

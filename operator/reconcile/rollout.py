@@ -157,6 +157,8 @@ def reconcile(
                    for n in names]
 
     def finish() -> Result[RolloutStatus]:
+        if obs.released:
+            return release()
         sync_weights()
         keep = [spec.control.name] + ([st.winner] if st.phase == "Promoted" and st.winner else [])
         for arm in names:
@@ -167,6 +169,18 @@ def reconcile(
         # no more (its timer stops), so a later observation would never correct the status there.
         st.arms = [a if a.name in keep else a.model_copy(update={"ready": False}) for a in st.arms]
         ensure_arms(keep)
+        return Result(actions, st)
+
+    def release() -> Result[RolloutStatus]:
+        # Its Evolution released it (actions.A_RELEASED): production reaches none of its arms any more, so the
+        # arms it kept (control, a winner) and its router entry go, and are not set up again.
+        for arm in names:
+            seen = obs.arms.get(arm)
+            if seen is not None and seen.exists:
+                actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
+        if obs.weights is not None:
+            actions.append(ClearWeights(owner, meta.name, serving.wire()))
+        st.arms = [a.model_copy(update={"ready": False}) for a in st.arms]
         return Result(actions, st)
 
     if resumed:

@@ -427,3 +427,57 @@ def test_an_approval_given_before_the_rollout_awaits_one_is_removed_with_a_warni
     warnings = [e for e in c.get_json("events", "-n", ns, "--field-selector", "involvedObject.name=early")["items"]
                 if e["reason"] == "ApprovalIgnored"]
     assert [e["type"] for e in warnings] == ["Warning"] and "Pending" in warnings[0]["message"]
+
+
+def test_a_released_rollout_removes_its_arms_and_router_from_the_cluster(crds_installed, cluster_namespace):
+    """A concluded Rollout keeps its control and winner's arms and its router (production may still reach them) until
+    its Evolution marks it cambrian.dev/released; its next step then deletes them. Before: they stayed until the
+    Rollout was deleted (locally its processes were stopped at once)."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    from cambrian.operator import loop
+    from cambrian.operator.platform.kubernetes import KubernetesPlatform
+
+    c, ns = crds_installed, cluster_namespace
+    api_client = c.api_client()
+    custom = client.CustomObjectsApi(api_client)
+
+    class Objects:
+        def get(self, plural, namespace, name):
+            return custom.get_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural, name)
+
+        def list(self, plural, namespace):
+            return custom.list_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural)["items"]
+
+    _apply(c, ns, {
+        "apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "won"},
+        "spec": {"control": {"name": "control", "bundle": "pvc://bundles/bundles/e/baseline/bundle"},
+                 "treatments": [{"name": "treatment", "hypothesisRef": {"name": "h"},
+                                 "bundle": "pvc://bundles/bundles/h/attempt-1/bundle"}],
+                 "salt": "won", "ramp": {"steps": [{"weights": [90, 10], "duration": "1h"}]},
+                 "metrics": {"northStar": [{"name": "returning_users"}], "readout": {"interval": "1h"}}}}, check=True)
+    custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "rollouts", "won", {"status": {
+        "phase": "Promoted", "decision": "promote", "winner": "treatment", "reason": "test", "observedGeneration": 1}})
+    platform = KubernetesPlatform(api_client=api_client)
+
+    def step():
+        s = loop.step("Rollout", Objects().get("rollouts", ns, "won"), Objects(), platform, datetime.now(timezone.utc))
+        custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "rollouts", "won",
+                                                     {"status": s.result.status.wire()})
+
+    def children():
+        return sorted((x["kind"], x["metadata"]["labels"].get("cambrian.dev/arm")) for kind in
+                      ("deployments", "services", "configmaps") for x in c.get_json(kind, "-n", ns, "-l",
+                                                                                      "cambrian.dev/rollout=won")["items"])
+
+    step()  # concluded, not released: the winner's and control's arms and the router (100% on the winner) are kept
+    kept = children()
+    assert kept == sorted([(k, a) for k in ("Deployment", "Service") for a in ("control", "router", "treatment")]
+                          + [("ConfigMap", "router")]), kept
+    c.kubectl("annotate", "rollout", "won", "-n", ns, "cambrian.dev/released=h")
+    step()
+    assert children() == []
+    step()  # nothing is set up again
+    assert children() == []
