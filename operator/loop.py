@@ -41,6 +41,9 @@ from cambrian.operator.reconcile.observations import Analysis, RolloutObservatio
 log = logging.getLogger("cambrian.operator")
 
 APPROVE = A_APPROVE
+# The annotations a Rollout's step reads (a person's or its Evolution's word): a change of one must wake it, since a
+# concluded Rollout has no timer (handlers.InputAnnotationsProgress).
+ROLLOUT_INPUTS = frozenset({A_APPROVE, A_RETIRED, A_RELEASED})
 PLURALS = {"Evolution": "evolutions", "Hypothesis": "hypotheses", "Rollout": "rollouts"}
 
 

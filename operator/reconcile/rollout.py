@@ -166,7 +166,7 @@ def reconcile(
             if arm not in keep and seen is not None and seen.exists:
                 actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
         # An arm removed here is not ready from now on. Said in this step: the cluster steps a concluded Rollout
-        # no more (its timer stops), so a later observation would never correct the status there.
+        # only when an annotation it reads changes (its timer stops), so a later observation would not correct it.
         st.arms = [a if a.name in keep else a.model_copy(update={"ready": False}) for a in st.arms]
         ensure_arms(keep)
         return Result(actions, st)
