@@ -59,7 +59,7 @@ def now() -> datetime:
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.progress_storage = InputAnnotationsProgress(loop.ROLLOUT_INPUTS, prefix=GROUP)
     settings.persistence.diffbase_storage = ChangeHandledDiffBase(
         CHANGE_HANDLED_KINDS, prefix=GROUP, key="last-handled-configuration"
     )
@@ -203,6 +203,25 @@ class EventOnlyMemories(ResourceMemories):
                      ephemeral: bool = False) -> Any:
         return await super().recall(raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing,
                                     ephemeral=ephemeral or raw_body.get("kind") in self.kinds)
+
+
+class InputAnnotationsProgress(kopf.AnnotationsProgressStorage):
+    """kopf's progress storage takes every annotation under its prefix (ours, cambrian.dev) for its own and clears
+    it from the essence that change handlers' diffs are taken of. So a change of cambrian.dev/approve, /retired or
+    /released woke no Rollout: a live one saw it at its next tick, a concluded one (no timer) never, and one its
+    Evolution released kept its arms, router and status.arms[].ready true. The annotations in `inputs` stay in the
+    essence (the diff base too), so the Rollouts' metadata.annotations change handler runs on them."""
+
+    def __init__(self, inputs: frozenset[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.inputs = inputs
+
+    def clear(self, *, essence: Any) -> Any:
+        kept = {k: v for k, v in ((essence.get("metadata") or {}).get("annotations") or {}).items() if k in self.inputs}
+        out = super().clear(essence=essence)
+        if kept:
+            out.setdefault("metadata", {}).setdefault("annotations", {}).update(kept)
+        return out
 
 
 # Kinds whose events only feed an index and schedule a settled step (no change handler, no timer, no patch of

@@ -34,7 +34,7 @@ from cambrian.operator.reconcile import promql as PQ
 from cambrian.operator.reconcile import rollout as R
 from cambrian.operator.reconcile import views
 from cambrian.operator.reconcile import common as C
-from cambrian.operator.reconcile.actions import A_APPROVE, A_RETIRED
+from cambrian.operator.reconcile.actions import A_APPROVE, A_RELEASED, A_RETIRED
 from cambrian.operator.reconcile.champion import serving_name
 from cambrian.operator.reconcile.common import Meta, Result
 from cambrian.operator.reconcile.observations import Analysis, RolloutObservation, TopK
@@ -42,6 +42,9 @@ from cambrian.operator.reconcile.observations import Analysis, RolloutObservatio
 log = logging.getLogger("cambrian.operator")
 
 APPROVE = A_APPROVE
+# The annotations a Rollout's step reads (a person's or its Evolution's word): a change of one must wake it, since a
+# concluded Rollout has no timer (handlers.InputAnnotationsProgress).
+ROLLOUT_INPUTS = frozenset({A_APPROVE, A_RETIRED, A_RELEASED})
 PLURALS = {"Evolution": "evolutions", "Hypothesis": "hypotheses", "Rollout": "rollouts"}
 
 
@@ -219,6 +222,7 @@ def _rollout(meta: Meta, spec: Any, status: Any, objects: Objects, platform: Any
         analysis=analysis,
         approval=(meta.annotations.get(APPROVE) or None),
         retired=(meta.annotations.get(A_RETIRED) or None),
+        released=(meta.annotations.get(A_RELEASED) or None),
         unavailable=unavailable,
         refused=refused,
         route=route,

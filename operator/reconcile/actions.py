@@ -139,6 +139,9 @@ A_REPAIR_ASKED = "cambrian.dev/repair-asked"
 # On a Hypothesis: the spend its Evolution's ledger holds of it, as JSON {"evolution": uid, "tokens", "dollars",
 # "gpuHours", "evaluations"} (reconcile/ledger.py): what it spent beyond that is still to count.
 A_SPEND_COUNTED = "cambrian.dev/spend-counted"
+# On a concluded Rollout, by its Evolution: production no longer reaches its arms (champion.release), so its
+# Rollout removes them and its router entry. Without it (no Evolution) the arms it kept serve on, until deleted.
+A_RELEASED = "cambrian.dev/released"
 
 
 @dataclass(frozen=True)

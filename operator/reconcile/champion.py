@@ -18,9 +18,9 @@ from typing import Any, Callable, Collection, Iterable, Sequence, TypeVar
 
 from cambrian.operator.api import EvolutionSpec, EvolutionStatus
 from cambrian.operator.reconcile import httproute as HR
-from cambrian.operator.reconcile.actions import Owner, RouteChampion, UpdateChampion
+from cambrian.operator.reconcile.actions import A_RELEASED, Mark, Owner, RouteChampion, UpdateChampion
 from cambrian.operator.reconcile.common import child_name, set_condition
-from cambrian.operator.reconcile.observations import ChampionObservation
+from cambrian.operator.reconcile.observations import ChampionObservation, RolloutView
 
 SERVING = "ChampionServing"  # condition: the production model server serves the champion
 ROLLOUTS = "RolloutsServable"  # condition: the bundles a rollout would serve can be loaded
@@ -109,6 +109,21 @@ def route(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: Champion
     was = f" (rollout {seen.route.holder} held it)" if seen.route is not None and seen.route.holder else ""
     journal("Routed", f"HTTPRoute {route_name}: all traffic to {seen.name} ({st.champion.name}){was}")
     return [RouteChampion(owner, seen.name, spec.serving.wire(), seen.route.version if seen.route else "")]
+
+
+def release(owner: Owner, spec: EvolutionSpec, st: EvolutionStatus, seen: ChampionObservation | None,
+            rollouts: Sequence[RolloutView]) -> list[Mark]:
+    """Concluded Rollouts whose arms production no longer reaches: their decision is applied (marked), the
+    champion's own server is ready on the current champion (after a launch, once the rolling update is done), and
+    spec.serving.httpRoute, if any, sends everything to it (`routed` not False: no route, or none to look at).
+    Until then a concluded Rollout keeps its control (and a winner's) arm and router entry, which may still serve;
+    marked A_RELEASED, its own step removes them (rollout.reconcile)."""
+    if seen is None or not seen.ready or seen.routed is False or not st.champion.bundle:
+        return []
+    if seen.revision != revision(st.champion.bundle, spec.serving.wire()):
+        return []
+    return [Mark("Rollout", r.name, owner, A_RELEASED, st.champion.name or "champion")
+            for r in sorted(rollouts, key=lambda r: r.name) if r.concluded and r.applied and not r.released]
 
 
 def gate_rollouts(st: EvolutionStatus, candidates: Sequence[T], bundle_of: Callable[[T], str | None],

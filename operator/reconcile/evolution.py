@@ -270,8 +270,11 @@ def reconcile(
             journal("RolloutRetired", f"rollout {ro.name} ended: {why}; its hypotheses go back to the review")
             stale.add(ro.name)
 
-    # 3b. Production serves the champion (a new one is rolled out by the platform).
+    # 3b. Production serves the champion (a new one is rolled out by the platform). Once it does, and the route
+    # (if any) is on it, concluded Rollouts release the arms and router entries they kept (the cluster's stayed
+    # until the Rollout was deleted).
     actions.extend(CH.serve(owner, spec, st, champion_serving, now, meta.generation, journal))
+    actions.extend(CH.release(owner, spec, st, champion_serving, rollouts))
 
     # 4. Offline agent wake-ups, backed off while they create nothing (wakeups.py). A wake-up's outcome is
     # read once its cadence has passed: by then its Hypotheses exist wherever the platform keeps them.

@@ -110,6 +110,7 @@ class RolloutObservation:
     analysis: Analysis | None = None  # only looked at when a readout is due (see rollout.readout_due)
     approval: str | None = None  # cambrian.dev/approve annotation: promote | rollback
     retired: str | None = None  # actions.A_RETIRED: the rollback is its Evolution's, and why
+    released: str | None = None  # actions.A_RELEASED: concluded, and production no longer reaches its arms
     unavailable: str | None = None  # why a due readout gave no analysis (Prometheus or the warehouse said so)
     refused: str | None = None  # the Prometheus that runs them refuses a PromQL template of this spec generation
     route: RouteObservation | None = None  # spec.serving.httpRoute; None without one (or on a platform without routes)
@@ -135,6 +136,7 @@ class RolloutView:
     control_bundle: str | None = None  # what its control arm serves: the champion's bundle when it started
     retired: str | None = None  # why its Evolution ended it (status.retired), when that, not a decision, ended it
     applied: str | None = None  # actions.A_APPLIED: its Evolution applied its decision (final or superseded)
+    released: str | None = None  # actions.A_RELEASED: its Evolution released its arms
     started_at: datetime | None = None  # when its ramp started (status.startedAt)
     outcomes: tuple[tuple[str, str, str], ...] = ()  # (treatment arm, its own outcome, why): status.arms
 

@@ -239,6 +239,8 @@ def reconcile(
         return min(_until(st, spec, now), POLL_SECONDS) if follows else _until(st, spec, now)
 
     def finish() -> Result[RolloutStatus]:
+        if obs.released:
+            return release()
         sync_weights()
         keep = [spec.control.name] + ([st.winner] if st.phase == "Promoted" and st.winner else [])
         for arm in names:
@@ -246,9 +248,21 @@ def reconcile(
             if arm not in keep and seen is not None and seen.exists:
                 actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
         # An arm removed here is not ready from now on. Said in this step: the cluster steps a concluded Rollout
-        # no more (its timer stops), so a later observation would never correct the status there.
+        # only when an annotation it reads changes (its timer stops), so a later observation would not correct it.
         st.arms = [a if a.name in keep else a.model_copy(update={"ready": False}) for a in st.arms]
         ensure_arms(keep)
+        return Result(actions, st)
+
+    def release() -> Result[RolloutStatus]:
+        # Its Evolution released it (actions.A_RELEASED): production reaches none of its arms any more, so the
+        # arms it kept (control, a winner) and its router entry go, and are not set up again.
+        for arm in names:
+            seen = obs.arms.get(arm)
+            if seen is not None and seen.exists:
+                actions.append(DeleteArm(arm_name(meta, arm), owner, meta.name, arm))
+        if obs.weights is not None:
+            actions.append(ClearWeights(owner, meta.name, serving.wire()))
+        st.arms = [a.model_copy(update={"ready": False}) for a in st.arms]
         return Result(actions, st)
 
     if resumed:

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
-from cambrian.operator.reconcile.actions import A_APPLIED, A_REPAIR_ASKED, A_SPEND_COUNTED
+from cambrian.operator.reconcile.actions import A_APPLIED, A_RELEASED, A_REPAIR_ASKED, A_SPEND_COUNTED
 from cambrian.operator.reconcile.ledger import parse_mark
 from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
 
@@ -89,6 +89,7 @@ def rollout_view(obj: Mapping[str, Any]) -> RolloutView:
         control_bundle=(spec.get("control") or {}).get("bundle"),
         retired=status.get("retired") or None,
         applied=(meta.get("annotations") or {}).get(A_APPLIED) or None,
+        released=(meta.get("annotations") or {}).get(A_RELEASED) or None,
         started_at=parse_time(status.get("startedAt")),
         outcomes=tuple((a.get("name") or "", a["outcome"], a.get("reason") or "")
                        for a in status.get("arms") or [] if a.get("outcome")),

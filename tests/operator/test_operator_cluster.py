@@ -615,3 +615,114 @@ def test_the_spend_ledger_survives_the_api_server_and_its_marks_land(crds_instal
     c.kubectl("delete", "hypotheses", "--all", "-n", ns, "--wait=true")
     st = step()
     assert st["spend"]["evaluations"] == 5 and st["phase"] == "BudgetExhausted"
+
+
+
+def _two_arm_rollout(name: str, **spec) -> dict:
+    """A Rollout of a control and one treatment arm, a one-hour step at 90/10, no readout due during a test."""
+    return {"apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name},
+            "spec": {"control": {"name": "control", "bundle": "pvc://bundles/bundles/e/baseline/bundle"},
+                     "treatments": [{"name": "treatment", "hypothesisRef": {"name": "h"},
+                                     "bundle": "pvc://bundles/bundles/h/attempt-1/bundle"}],
+                     "salt": name, "ramp": {"steps": [{"weights": [90, 10], "duration": "1h"}]},
+                     "metrics": {"northStar": [{"name": "returning_users"}], "readout": {"interval": "1h"}}, **spec}}
+
+
+def _rollout_children(c, ns: str, name: str) -> list[tuple[str, str]]:
+    """(kind, arm) of the Deployments, Services and ConfigMaps a Rollout made (arm `router`: its router)."""
+    return sorted((x["kind"], x["metadata"]["labels"].get("cambrian.dev/arm")) for kind in
+                  ("deployments", "services", "configmaps")
+                  for x in c.get_json(kind, "-n", ns, "-l", f"cambrian.dev/rollout={name}")["items"])
+
+
+def test_a_released_rollout_removes_its_arms_and_router_from_the_cluster(crds_installed, cluster_namespace):
+    """A concluded Rollout keeps its control and winner's arms and its router (production may still reach them) until
+    its Evolution marks it cambrian.dev/released; its next step then deletes them. Before: they stayed until the
+    Rollout was deleted (locally its processes were stopped at once)."""
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    from cambrian.operator import loop
+    from cambrian.operator.platform.kubernetes import KubernetesPlatform
+
+    c, ns = crds_installed, cluster_namespace
+    api_client = c.api_client()
+    custom = client.CustomObjectsApi(api_client)
+
+    class Objects:
+        def get(self, plural, namespace, name):
+            return custom.get_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural, name)
+
+        def list(self, plural, namespace):
+            return custom.list_namespaced_custom_object("cambrian.dev", "v1alpha1", namespace, plural)["items"]
+
+    _apply(c, ns, _two_arm_rollout("won"), check=True)
+    custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "rollouts", "won", {"status": {
+        "phase": "Promoted", "decision": "promote", "winner": "treatment", "reason": "test", "observedGeneration": 1}})
+    platform = KubernetesPlatform(api_client=api_client)
+
+    def step():
+        s = loop.step("Rollout", Objects().get("rollouts", ns, "won"), Objects(), platform, datetime.now(timezone.utc))
+        custom.patch_namespaced_custom_object_status("cambrian.dev", "v1alpha1", ns, "rollouts", "won",
+                                                     {"status": s.result.status.wire()})
+
+    def children():
+        return _rollout_children(c, ns, "won")
+
+    step()  # concluded, not released: the winner's and control's arms and the router (100% on the winner) are kept
+    kept = children()
+    assert kept == sorted([(k, a) for k in ("Deployment", "Service") for a in ("control", "router", "treatment")]
+                          + [("ConfigMap", "router")]), kept
+    c.kubectl("annotate", "rollout", "won", "-n", ns, "cambrian.dev/released=h")
+    step()
+    assert children() == []
+    step()  # nothing is set up again
+    assert children() == []
+
+
+def test_the_operator_releases_a_concluded_rollout_once_it_is_annotated(crds_installed, cluster_namespace, monkeypatch,
+                                                                       tmp_path):
+    """Through the kopf handlers (not a direct loop.step): a concluded Rollout has no timer, so only the change of
+    its cambrian.dev/released annotation can wake it. Its next step removes the arms and the router it kept and
+    says so in status.arms[].ready. A Rollout without an Evolution (this one) is released by whoever annotates it.
+    Before: the annotated Rollout kept its control arm, its router and status.arms[].ready true (the parity
+    test's cluster Rollouts, 90 s after their Evolution annotated them)."""
+    from kopf.testing import KopfRunner
+
+    c, ns = crds_installed, cluster_namespace
+    pv = c.bound_claim(ns, "bundles", tmp_path / "bundles")
+    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig))
+    monkeypatch.setenv("CAMBRIAN_METRICS_PORT", "off")
+
+    def status() -> dict:
+        return c.get_json("rollout", "hand", "-n", ns).get("status") or {}
+
+    def children() -> list[tuple[str, str]]:
+        return _rollout_children(c, ns, "hand")
+
+    def ready() -> dict[str, bool]:
+        return {a["name"]: bool(a.get("ready")) for a in status().get("arms") or []}
+
+    def wait(what, pred, timeout=90):  # (KopfRunner.stdout waits for the operator to end: its log is in the report)
+        return poll(what, pred, timeout, lambda: f"; status {status()}; children {children()}")
+
+    kept = sorted([(k, a) for k in ("Deployment", "Service") for a in ("control", "router")] + [("ConfigMap", "router")])
+    try:
+        with KopfRunner(["run", "--standalone", "--namespace", ns, "-m", "cambrian.operator.handlers"],
+                        timeout=180) as runner:
+            _apply(c, ns, _two_arm_rollout("hand", decisionPolicy="manual"), check=True)
+            wait("the rollout running", lambda: status().get("phase") == "Running")
+            c.kubectl("annotate", "rollout", "hand", "-n", ns, "cambrian.dev/approve=rollback")
+            wait("rolled back, the control arm and the router kept",
+                 lambda: status().get("phase") == "RolledBack" and children() == kept
+                 and ready() == {"control": True, "treatment": False})
+            c.kubectl("annotate", "rollout", "hand", "-n", ns, "cambrian.dev/released=by-hand")
+            wait("the arms and router released", lambda: children() == [] and ready() == {"control": False,
+                                                                                           "treatment": False},
+                 timeout=45)
+            time.sleep(3)  # nothing is set up again
+            assert children() == [] and status()["phase"] == "RolledBack"
+        assert runner.exit_code == 0, runner.stdout[-4000:]
+    finally:
+        c.kubectl("delete", "pv", pv, "--wait=false", check=False)

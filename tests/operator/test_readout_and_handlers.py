@@ -638,6 +638,28 @@ def test_operator_settings():
     assert settings.queueing.idle_timeout <= 1.0
 
 
+def test_a_change_of_an_annotation_a_rollout_reads_wakes_its_change_handler():
+    """kopf's progress storage (prefix cambrian.dev) cleared every cambrian.dev/ annotation from the essence its
+    change handlers' diff is taken of: cambrian.dev/released, /approve and /retired woke no Rollout, and a concluded
+    one (no timer) kept its arms once released. Its own progress annotations still never count as a change."""
+    from cambrian.operator.loop import ROLLOUT_INPUTS
+
+    settings = kopf.OperatorSettings()
+    HD.configure(settings=settings, memo=memo(MemPlatform()))
+    store, progress = settings.persistence.diffbase_storage, settings.persistence.progress_storage
+
+    def essence(annotations):
+        body = kopf.Body({"apiVersion": "cambrian.dev/v1alpha1", "kind": "Rollout",
+                          "metadata": {"name": "r", "annotations": {"cambrian.dev/kopf-managed": "yes", **annotations}},
+                          "spec": {"salt": "s"}})
+        return progress.clear(essence=store.build(body=body, extra_fields=[("metadata", "annotations")]))
+
+    before = essence({"cambrian.dev/decision-applied": "final"})
+    for key in sorted(ROLLOUT_INPUTS):
+        assert essence({"cambrian.dev/decision-applied": "final", key: "x"}) != before, key
+    assert essence({"cambrian.dev/decision-applied": "final", "cambrian.dev/rollout_changed": "{}"}) == before
+
+
 def test_cli_prints_the_crds():
     from typer.testing import CliRunner
 

@@ -253,3 +253,46 @@ def test_which_http_routes_send_everything_to_the_champion():
     assert not K.routes_only_to(route({"name": "c", "weight": 95}, {"name": "arm", "weight": 5}), "c")
     assert not K.routes_only_to(route({"name": "arm"}), "c")  # weight defaults to 1
     assert not K.routes_only_to({"spec": {}}, "c")
+
+
+def test_concluded_rollouts_are_released_once_production_is_on_the_champion():
+    """Before: nothing ever released a concluded Rollout's control (and winner's) arm and router entry in the
+    cluster; they served no one until the Rollout was deleted. Now its Evolution marks it A_RELEASED once its
+    decision is applied, the champion's server is ready on the current champion and the route (if any) is on it."""
+    from dataclasses import replace
+
+    from cambrian.operator.reconcile.actions import A_RELEASED, Mark
+
+    sp = spec(storage={"claimName": "bundles"}, serving={"httpRoute": {"name": "feed", "port": 80}})
+    r = trained(sp, "pvc://bundles/b")
+    (up,) = updates(r)
+    on = ChampionObservation(up.name, up.revision, up.bundle, True, routed=True)
+    r = step(sp, r.status, serving=on, now=T0 + timedelta(seconds=2))
+    hyps = [HypothesisView("h1", "Launched", "optimizer"), HypothesisView("h2", "Retired", "optimizer")]
+    won = RolloutView("ro-h1", "Promoted", ("h1",), "promote", "h1", "pvc://bundles/h1", "dau +2%",
+                      control_bundle="pvc://bundles/b")
+    lost = RolloutView("ro-h2", "RolledBack", ("h2",), "rollback", control_bundle="pvc://bundles/b")
+
+    def released(res):
+        return sorted(a.name for a in res.actions if isinstance(a, Mark) and a.annotation == A_RELEASED)
+
+    launch = step(sp, r.status, hyps, [won, lost], serving=on, now=T0 + timedelta(seconds=3))
+    (up2,) = updates(launch)
+    assert up2.bundle == "pvc://bundles/h1" and released(launch) == []  # decisions not applied (marked) yet
+    marked = [replace(won, applied="final"), replace(lost, applied="final")]
+    rolling = ChampionObservation(up2.name, up2.revision, up2.bundle, False, routed=True)
+    # production still rolls to the winner (and the route still on the old server's arms): nothing released
+    assert released(step(sp, launch.status, hyps, marked, serving=rolling, now=T0 + timedelta(seconds=4))) == []
+    ready = ChampionObservation(up2.name, up2.revision, up2.bundle, True, routed=False)
+    assert released(step(sp, launch.status, hyps, marked, serving=ready, now=T0 + timedelta(seconds=5))) == []
+    routed = replace(ready, routed=True)
+    done = step(sp, launch.status, hyps, marked, serving=routed, now=T0 + timedelta(seconds=6))
+    assert released(done) == ["ro-h1", "ro-h2"]
+    # once marked, asked no more; a live rollout is never released
+    again = [replace(x, released="h1") for x in marked] + [RolloutView("ro-h3", "Running", ("h3",))]
+    assert released(step(sp, done.status, hyps, again, serving=routed, now=T0 + timedelta(seconds=7))) == []
+    # without an HTTPRoute (routed None) the champion's server being ready is enough
+    plain = spec(storage={"claimName": "bundles"})
+    (p_up,) = updates(step(plain, launch.status, hyps, marked, serving=None, now=T0 + timedelta(seconds=8)))
+    assert released(step(plain, launch.status, hyps, marked, serving=served(p_up),
+                         now=T0 + timedelta(seconds=9))) == ["ro-h1", "ro-h2"]

@@ -344,3 +344,21 @@ def test_readout_due():
     assert not R.readout_due(r.status, r.status.next_readout_at - timedelta(seconds=1))
     assert R.readout_due(r.status, r.status.next_readout_at)
     assert not R.readout_due(api.RolloutStatus(), T0)
+
+
+def test_a_released_rollout_removes_the_arms_and_router_entry_it_kept():
+    """Concluded, a Rollout keeps its control (and a winner's) arm and its router entry while production may still
+    reach them. Released by its Evolution (A_RELEASED) they go, once, and are not set up again. Before: kept (and
+    re-deployed) until the Rollout was deleted."""
+    sp, r = running()
+    won = run(sp, r.status, obs(weights={"control": 90, "treatment": 10}, analysis=promote()), at_readout(r))
+    assert won.status.phase == "Promoted"
+    kept = {"control": 0, "treatment": 100}
+    released = RolloutObservation(arms(), kept, released="h1")
+    res = run(sp, won.status, released, at_readout(r) + timedelta(hours=1))
+    assert sorted(a.arm for a in res.actions if isinstance(a, DeleteArm)) == ["control", "treatment"]
+    assert [type(a) for a in res.actions if not isinstance(a, DeleteArm)] == [ClearWeights]
+    assert res.status.phase == "Promoted" and not any(a.ready for a in res.status.arms)
+    # applied: nothing is left, nothing is deployed or routed again
+    gone = run(sp, res.status, RolloutObservation({}, None, released="h1"), at_readout(r) + timedelta(hours=2))
+    assert gone.actions == [] and gone.status.phase == "Promoted"

@@ -24,7 +24,7 @@ from cambrian.operator.reconcile import evolution as E
 from cambrian.operator.reconcile import noise as N
 from cambrian.operator.reconcile import hypothesis as H
 from cambrian.operator.reconcile import rollout as R
-from cambrian.operator.reconcile.actions import (ClearWeights, CreateRollout, CreateTrainingJob, DeleteArm, DeleteJob,
+from cambrian.operator.reconcile.actions import (A_APPLIED, A_RELEASED, ClearWeights, CreateRollout, CreateTrainingJob, DeleteArm, DeleteJob,
                                                  DeployArm, Mark, ProposeHypotheses, RecordJournal, SetWeights,
                                                  UpdateChampion)
 from cambrian.operator.reconcile.common import Meta
@@ -57,6 +57,7 @@ class Platform:
         self.serving: ChampionObservation | None = None  # the production server (UpdateChampion)
         self.served: list[str] = []  # each bundle production switched to, in order
         self.applied: dict[str, str] = {}  # Rollouts their Evolution marked applied (actions.Mark)
+        self.released: dict[str, str] = {}  # Rollouts their Evolution released (actions.A_RELEASED)
 
     def apply(self, actions) -> None:
         for a in actions:
@@ -85,8 +86,8 @@ class Platform:
                     self.served.append(a.bundle)
                 self.serving = ChampionObservation(a.name, a.revision, a.bundle, True)
             elif isinstance(a, Mark):
-                assert a.kind == "Rollout"
-                self.applied[a.name] = a.value
+                assert a.kind == "Rollout" and a.annotation in (A_APPLIED, A_RELEASED)
+                (self.applied if a.annotation == A_APPLIED else self.released)[a.name] = a.value
             else:
                 assert isinstance(a, (RecordJournal, ProposeHypotheses, CreateRollout)), a
 
@@ -228,7 +229,7 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
                 readouts[n] += 1
                 # the third readout brings the deciding data; before, nothing significant; one Prometheus outage
                 analysis = None if readouts[n] == 2 else (ros[n][1] if readouts[n] >= 3 else CONT)
-            obs = RolloutObservation(dict(p.arms.get(n, {})), p.weights.get(n), analysis)
+            obs = RolloutObservation(dict(p.arms.get(n, {})), p.weights.get(n), analysis, released=p.released.get(n))
             result = R.reconcile(meta, specs[n], st, api.Serving(), None, obs, now)
             persisted[n] = crash_apply(rng, p, result, st, p_crash=0.35)
             phases[n].append(persisted[n].phase)
@@ -236,7 +237,7 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
         views = [RolloutView(n, persisted[n].phase, (ros[n][0],), persisted[n].decision,
                              ros[n][0] if persisted[n].winner else None,
                              f"pvc://b/{ros[n][0]}" if persisted[n].winner else None, persisted[n].reason,
-                             applied=p.applied.get(n))
+                             applied=p.applied.get(n), released=p.released.get(n))
                  for n in ros]
         hyps = [HypothesisView(h, "Live", "optimizer", "val_loss", 0.4, f"pvc://b/{h}") for h, _ in ros.values()]
         base = [JobObservation(n, "Succeeded", 0, metrics={"val_loss": 0.5}, bundle_uri="b0")
@@ -245,7 +246,7 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
         new_evo = crash_apply(rng, p, er, evo_status, p_crash=0.35)
         evo_status = new_evo
         now += TICK
-        if all(persisted[n].phase in R.CONCLUDED for n in ros) and set(p.applied) == set(ros) \
+        if all(persisted[n].phase in R.CONCLUDED for n in ros) and set(p.applied) == set(ros) == set(p.released) \
                 and not evo_status.handled_decisions:
             settled += 1
             if settled > 5:  # a few more level-triggered passes, as the operator's timers do
@@ -262,7 +263,8 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
     log = p.weight_log["ro-win"]
     first_full = next(i for i, w in enumerate(log) if w.get("cand") == 100)
     assert all(w.get("cand", 0) < 100 for w in log[:first_full])
-    assert p.weights["ro-win"] == {"control": 0, "cand": 100} and p.weights["ro-bad"] == {"control": 100, "cand": 0}
+    assert p.weight_log["ro-win"][-1] == {"control": 0, "cand": 100}
+    assert p.weight_log["ro-bad"][-1] == {"control": 100, "cand": 0}
     assert all(w.get("cand") != 100 for w in p.weight_log["ro-bad"])  # the bad candidate never launched
     # production served the baseline, then switched once, to the promoted hypothesis, however often the
     # Evolution crashed (never back, never twice)
@@ -273,7 +275,10 @@ def test_two_rollouts_and_the_champion_survive_random_crashes(seed):
     # Deployments: the serving arms were made once; the rolled-back candidate ends deleted. (A crash between
     # a rollback's delete and its status write can re-deploy that arm once with 0% traffic before it is
     # deleted again: churn, never traffic; see docs/RELIABILITY.md.)
-    assert set(p.arms["ro-win"]) == {"control", "cand"} and set(p.arms["ro-bad"]) == {"control"}
+    # Released once production served the champion (the winner's only once it served the winner): every arm they
+    # kept and their router entries are gone
+    assert set(p.released) == {"ro-bad", "ro-win"} and p.released["ro-win"] == "h-win"
+    assert p.arms["ro-win"] == {} and p.arms["ro-bad"] == {} and p.weights == {"ro-win": None, "ro-bad": None}
     kept = [R.arm_name(metas["ro-win"], "control"), R.arm_name(metas["ro-win"], "cand"),
             R.arm_name(metas["ro-bad"], "control")]
     assert all(p.made[k] == 1 for k in kept), p.made
