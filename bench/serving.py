@@ -210,8 +210,8 @@ def run(quick: bool = False) -> dict:
                                       max_seconds=60 if quick else 150)
                     phases[f"{label}_c8"].append({"latencies_s": res["latencies_s"][0], "wall_s": res["wall_s"],
                                                   "errors": res["errors"][0]})
-            router_metrics = httpx.get(router.url + "/metrics", timeout=10).text
-            server_metrics = httpx.get(server.url + "/metrics", timeout=10).text
+            router_metrics = httpx.get(router.admin_url + "/metrics", timeout=10).text
+            server_metrics = httpx.get(server.admin_url + "/metrics", timeout=10).text
         finally:
             for svc in reversed(services):
                 svc.stop()

@@ -18,19 +18,39 @@ def _logging(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the timeline
 
 
+ADMIN_PORT = 9090  # the default admin port of `serve` and `route`
+# The admin port (metrics; the router's weights and flush) is a port of its own: the serving port, the one a
+# Service and a Gateway forward users to, serves nothing else than /rank and /healthz.
+_ADMIN_PORT = typer.Option(ADMIN_PORT, "--admin-port", min=0, max=65535,
+                           help="admin port: /metrics (the router's /weights and /flush too); 0: any free port")
+_ADMIN_HOST = typer.Option("127.0.0.1", "--admin-host", help="admin address (0.0.0.0 where Prometheus scrapes it)")
+_ADMIN_PORT_FILE = typer.Option(None, "--admin-port-file", help="write the bound admin port here once listening")
+
+
+def _admin(app, host: str, port: int, port_file: Optional[Path], serving_port: int):
+    from cambrian.online.runner import Admin
+
+    if port and port == serving_port:
+        raise typer.BadParameter(f"{port} is --port too; the admin port must be another", param_hint="--admin-port")
+    return Admin(app, host, port, str(port_file) if port_file else None)
+
+
 def serve(
     bundle: Path = typer.Option(..., "--bundle", help="model bundle directory (from `cambrian train`)"),
     arm: str = typer.Option(..., "--arm", help="arm name used in metric labels"),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0: any free port)"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port_file: Optional[Path] = typer.Option(None, "--port-file", help="write the bound port here once listening"),
+    admin_port: int = _ADMIN_PORT,
+    admin_host: str = _ADMIN_HOST,
+    admin_port_file: Optional[Path] = _ADMIN_PORT_FILE,
     sandbox: str = typer.Option("auto", "--sandbox", envvar="CAMBRIAN_SANDBOX",
                                 help="where the bundle's program runs: auto/bwrap (a bubblewrap sandbox; refuses "
                                      "to serve without one) or none (a plain child process, only where an outer "
                                      "boundary such as the server's pod contains it)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Serve a model bundle: POST /rank, GET /healthz, GET /metrics."""
+    """Serve a model bundle: POST /rank, GET /healthz; GET /metrics on the admin port."""
     from cambrian.online.runner import serve_forever
     from cambrian.online.server import bundle_server
 
@@ -38,7 +58,8 @@ def serve(
     if sandbox not in ("auto", "bwrap", "none"):
         raise ConfigError(f"--sandbox must be auto, bwrap or none, got {sandbox!r}")
     server = bundle_server(str(bundle), arm, sandbox)
-    serve_forever(server.app(), host, port, str(port_file) if port_file else None)
+    serve_forever(server.app(), host, port, str(port_file) if port_file else None,
+                  admin=_admin(server.admin_app(), admin_host, admin_port, admin_port_file, port))
 
 
 def route(
@@ -46,9 +67,16 @@ def route(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="port (0: any free port)"),
     host: str = typer.Option("127.0.0.1", "--host"),
     port_file: Optional[Path] = typer.Option(None, "--port-file", help="write the bound port here once listening"),
+    admin_port: int = _ADMIN_PORT,
+    admin_host: str = _ADMIN_HOST,
+    admin_port_file: Optional[Path] = _ADMIN_PORT_FILE,
+    read_only_config: bool = typer.Option(
+        False, "--read-only-config", help="the config file is someone else's (a mounted ConfigMap): weights change "
+        "only there, and the admin port serves no POST /weights"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run the user-sticky A/B router; edit the config file or POST /weights to change weights live."""
+    """Run the user-sticky A/B router: POST /rank on --port; edit the config file, or POST /weights on the admin
+    port, to change weights live."""
     from cambrian.online.router import Router, RouterConfig
     from cambrian.online.runner import serve_forever
 
@@ -57,7 +85,9 @@ def route(
         cfg = RouterConfig.load(config)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    serve_forever(Router(cfg, config_path=str(config)).app(), host, port, str(port_file) if port_file else None)
+    router = Router(cfg, config_path=str(config), read_only=read_only_config)
+    serve_forever(router.app(), host, port, str(port_file) if port_file else None,
+                  admin=_admin(router.admin_app(), admin_host, admin_port, admin_port_file, port))
 
 
 def collect(

@@ -1,15 +1,19 @@
 """User-sticky A/B/n router in front of per-arm model servers.
 
+The serving port (`app`: what users, a Service and a Gateway reach) serves only:
 POST /rank     {"user_ids": [n], "candidates": [[C]*n], "k": opt, "day": opt int}
             -> {"slates": [[k]*n], "scores": [[k]*n], "arms": [n]}   (in the request's user order;
                a batch that falls in one arm is passed through and also carries that server's
                "model" and "arm" fields)
+GET  /healthz
+The admin port (`admin_app`, a port of its own: reading or changing the split is never a user's to do):
 GET  /weights  -> {"experiment", "weights": {arm: w}, "urls": {arm: url}, "version": int, "phase": int}
 POST /weights  {"weights": {arm: w}, "phase": opt int, "urls": opt {arm: url}} -> the same; also written back to
-               the config file, if any. `urls` changes which server serves an arm's users (a stopped A/B/n arm's
+               the config file, if any (not served with read_only: the config file is someone else's, e.g. the
+               operator's ConfigMap). `urls` changes which server serves an arm's users (a stopped A/B/n arm's
                are served control's model) without moving anyone: the arm keeps its users and its phase.
 POST /flush    send queued exposures to the collector now (503 if it cannot be reached)
-GET  /healthz, GET /metrics
+GET  /metrics
 
 A batch is split by arm, the sub-batches are forwarded concurrently and the answers merged. The
 first exposure of each (user, arm) in each ramp phase seen by this process is queued and sent to the
@@ -165,8 +169,8 @@ class _State:
 
 class Router:
     def __init__(self, config: RouterConfig, config_path: str | None = None, registry: CollectorRegistry | None = None,
-                 watch_interval: float = 0.25, flush_interval: float = 0.2):
-        self.config_path = config_path
+                 watch_interval: float = 0.25, flush_interval: float = 0.2, read_only: bool = False):
+        self.config_path, self.read_only = config_path, read_only
         self.state = _State(config, 1)
         self.watch_interval, self.flush_interval = watch_interval, flush_interval
         self._mtime = self._config_mtime()
@@ -412,13 +416,20 @@ class Router:
         await self._upstream.close()
 
     def app(self) -> web.Application:
+        """User traffic only; it owns the router's lifecycle (serve admin_app beside it, on the same loop)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.add_routes([web.post("/rank", self.handle_rank), web.get("/weights", self.handle_get_weights),
-                        web.post("/weights", self.handle_set_weights), web.post("/flush", self.handle_flush),
-                        web.get("/healthz", healthz),
-                        web.get("/metrics", metrics_handler(self.registry))])
+        app.add_routes([web.post("/rank", self.handle_rank), web.get("/healthz", healthz)])
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    def admin_app(self) -> web.Application:
+        """Weights, flush and metrics, for the operator, the traffic driver and Prometheus."""
+        app = web.Application()
+        app.add_routes([web.get("/weights", self.handle_get_weights), web.post("/flush", self.handle_flush),
+                        web.get("/metrics", metrics_handler(self.registry))])
+        if not self.read_only:
+            app.add_routes([web.post("/weights", self.handle_set_weights)])
         return app
 
 

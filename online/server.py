@@ -1,4 +1,5 @@
-"""Model server: one bundle behind POST /rank, plus /healthz and /metrics.
+"""Model server: one bundle behind POST /rank, plus /healthz; /metrics on its admin port (`admin_app`), never on
+the port users reach.
 
 POST /rank  {"user_ids": [n], "candidates": [[C] * n], "k": optional int}
          -> {"slates": [[k] * n] item ids best first, "scores": [[k] * n], "model": str, "arm": str}
@@ -108,8 +109,12 @@ class ModelServer:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.add_routes([web.post("/rank", self.handle_rank), web.get("/healthz", healthz),
-                        web.get("/metrics", metrics_handler(self.registry))])
+        app.add_routes([web.post("/rank", self.handle_rank), web.get("/healthz", healthz)])
+        return app
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([web.get("/metrics", metrics_handler(self.registry))])
         return app
 
 

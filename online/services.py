@@ -1,5 +1,6 @@
 """Local service processes (model servers, router, collector): start on a free port, wait for
-/healthz, stop by PID. Each is `python -m cambrian.online.cli <command> ... --port 0 --port-file F`."""
+/healthz, stop by PID. Each is `python -m cambrian.online.cli <command> ... --port 0 --port-file F`; a model
+server and a router also get a free admin port (`admin_url`: metrics, the router's weights and flush)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class ServiceError(CambrianError):
 
 
 READY_TIMEOUT_S = 90.0
+WITH_ADMIN = ("serve", "route")  # the commands with an admin port (online/cli.py)
 TEMP_MARK = ".tmp-"  # a start's temp folder is WORKDIR/<name>.tmp-<random> (local_env.remove_temp_folders finds it)  # a service that does not answer /healthz by then is not coming up
 
 
@@ -42,10 +44,15 @@ class ServiceProcess:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
+        self.admin_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def address(self) -> str:
@@ -61,9 +68,13 @@ class ServiceProcess:
         # champion's server may still run under the same name): a driver that recovers the run folder of a killed
         # one removes them (local_env.remove_temp_folders), so they are never left in the system's temp folder
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}{TEMP_MARK}", dir=self.workdir))
+        self.admin_port_file = self.workdir / f"{self.name}.admin-port"
+        self.admin_port_file.unlink(missing_ok=True)
+        admin = ["--admin-port", "0", "--admin-port-file", str(self.admin_port_file)] if self.args[0] in WITH_ADMIN else []
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1", "TMPDIR": str(self.tmp)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cambrian.online.cli", *self.args, "--port", "0", "--port-file", str(self.port_file)],
+            [sys.executable, "-m", "cambrian.online.cli", *self.args, "--port", "0", "--port-file", str(self.port_file),
+             *admin],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 
@@ -75,6 +86,8 @@ class ServiceProcess:
         if self.port is None and self.port_file.exists():
             text = self.port_file.read_text().strip()
             self.port = int(text) if text else None  # written but not flushed yet: look again next time
+            if self.port is not None and self.admin_port_file.exists():  # written before the port file
+                self.admin_port = int(self.admin_port_file.read_text().strip())
         if self.port is None:
             return False
         try:

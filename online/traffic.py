@@ -85,7 +85,7 @@ class DaySummary:
 
 
 class TrafficDriver:
-    def __init__(self, world, router_url: str, collector_url: str, *, seconds_per_day: float = 0.0,
+    def __init__(self, world, router_url: str, collector_url: str, *, router_admin_url: str, seconds_per_day: float = 0.0,
                  batch_size: int = 512, run_id: str = "run", timeout: float = 30.0,
                  sink: Callable[[pd.DataFrame], Any] | None = None):
         if batch_size < 1:
@@ -94,6 +94,7 @@ class TrafficDriver:
             raise ValueError("seconds_per_day: must be >= 0")
         self.world = world
         self.router = router_url.rstrip("/")
+        self.router_admin = router_admin_url.rstrip("/")  # its /flush: never on the port users reach
         self.collector = collector_url.rstrip("/")
         self.seconds_per_day, self.batch_size, self.run_id = seconds_per_day, batch_size, run_id
         self.sink = sink  # the product's own event table (a warehouse), written before the day closes
@@ -152,7 +153,7 @@ class TrafficDriver:
         rows = user_day_rows(log)
         self._post(self.collector + "/events", {"batch_id": f"{self.run_id}:day{d}", "columns": _columns(rows)},
                    "collector /events")
-        self._post(self.router + "/flush", {}, "router /flush")
+        self._post(self.router_admin + "/flush", {}, "router /flush")
         if self.sink is not None:  # before the close: the collector's SQL metrics read the day there
             self.sink(rows)
         self._post(self.collector + "/close_day", {"day": d}, "collector /close_day")

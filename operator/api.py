@@ -637,11 +637,21 @@ class HTTPRouteRef(_Model):
     """A Gateway API HTTPRoute whose backend weights follow the rollout's."""
 
     name: str = Field(min_length=1, max_length=253, description="the HTTPRoute, in the rollout's namespace")
-    port: int = Field(8080, ge=1, le=65535, description="port of the arms' Services in the route's backends")
+    port: int | None = Field(None, ge=1, le=65535, description=(
+        "port of the Services in the route's backends (the rollout's router, the champion): they serve on "
+        "spec.serving.port, the default; any other is refused"))
+
+
+ROUTE_PORT_RULE = ("spec.serving.httpRoute.port must equal spec.serving.port, or be left unset: the route's backends "
+                   "(the rollout's router, the champion) are Services that serve on spec.serving.port")
 
 
 class Serving(_Model):
     """The model servers (one Deployment per arm) and the router of each rollout this loop starts."""
+
+    model_config = ConfigDict(json_schema_extra=_x([cel(
+        "!has(self.httpRoute) || !has(self.httpRoute.port) || self.httpRoute.port == (has(self.port) ? self.port : 8080)",
+        ROUTE_PORT_RULE)]))
 
     image: str = Field("ghcr.io/cambrian-dev/cambrian:latest", min_length=1, max_length=1024,
                        description="model-server image; left at this default, the chart's serving.image is used")
@@ -649,6 +659,14 @@ class Serving(_Model):
     port: int = Field(8080, ge=1, le=65535, description="port the arms and routers serve HTTP on")
     collector_url: str | None = Field(None, max_length=2048, description="event collector the routers report exposures to")
     http_route: HTTPRouteRef | None = Field(None, description="also set Gateway API HTTPRoute backend weights")
+
+    @model_validator(mode="after")
+    def _route_port(self) -> "Serving":
+        route = self.http_route
+        if route is not None and route.port not in (None, self.port):
+            raise ValueError(f"httpRoute.port {route.port} must equal port {self.port}, or be left unset: the route's "
+                             "backends (the rollout's router, the champion) are Services that serve on port")
+        return self
 
 
 class Noise(_Model):

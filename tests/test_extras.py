@@ -54,14 +54,14 @@ def test_serving_image_serves_and_routes_without_kopf(trained, tmp_path):
     try:
         server, server_url = _started(
             argv(["serve", "--bundle", str(trained), "--arm", "control", "--port", "0",
-                  "--port-file", str(tmp_path / "serve.port")], blocked), tmp_path / "serve.port", tmp_path / "serve.log")
+                  "--port-file", str(tmp_path / "serve.port"), "--admin-port", "0"], blocked), tmp_path / "serve.port", tmp_path / "serve.log")
         procs.append(server)
         (tmp_path / "router.yaml").write_text(json.dumps({"experiment": "x", "arms": [
             {"name": "control", "url": server_url, "weight": 50, "control": True},
             {"name": "t", "url": server_url, "weight": 50}]}))
         router, router_url = _started(
             argv(["route", "--config", str(tmp_path / "router.yaml"), "--port", "0",
-                  "--port-file", str(tmp_path / "route.port")], blocked), tmp_path / "route.port", tmp_path / "route.log")
+                  "--port-file", str(tmp_path / "route.port"), "--admin-port", "0"], blocked), tmp_path / "route.port", tmp_path / "route.log")
         procs.append(router)
         r = httpx.post(router_url + "/rank", json={"user_ids": [1, 2, 3], "candidates": [[1, 2, 3, 4]] * 3, "k": 2},
                        timeout=60)

@@ -10,7 +10,9 @@
   Service running `cambrian route` with its config (salt, arms, weights) in a ConfigMap that the
   router watches. With spec.serving.httpRoute, the HTTPRoute's forwarding rules send everything to the router
   of the one rollout that holds it (reconcile/httproute.py: the core decides, each write is conditional on the
-  resourceVersion it was decided on; only the rules' backendRefs are Cambrian's).
+  resourceVersion it was decided on; only the rules' backendRefs are Cambrian's). Every server's Service exposes
+  its serving port alone (/rank, /healthz); /metrics (the router's GET /weights, /flush) is on the pod's "metrics"
+  port, and a router here serves no POST /weights (its weights are the ConfigMap's).
 - Production: each Evolution's champion is served by Deployment + Service `<evolution>-champion`
   (`cambrian serve` on the champion's bundle); a new champion is a rolling update with
   maxUnavailable 0 behind the readiness probe. With spec.serving.httpRoute, that Service is the
@@ -582,9 +584,16 @@ def _selector(labels: Mapping[str, str]) -> dict[str, str]:
     return {k: labels[k] for k in (L_ROLLOUT, L_EVOLUTION, L_ARM) if k in labels}
 
 
+def metrics_port(port: int) -> int:
+    """The admin port of a model server or router pod (its /metrics, port name "metrics", which the chart's
+    PodMonitor scrapes): never the serving port, so that its Service, and a route to it, cannot reach it."""
+    return 9090 if port != 9090 else 9091
+
+
 def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving: Mapping[str, Any],
                        args: list[str], volumes: list[dict], mounts: list[dict], replicas: int) -> dict[str, Any]:
     port = int(serving.get("port", 8080))
+    admin = metrics_port(port)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -601,8 +610,9 @@ def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving:
                     "containers": [{
                         "name": "server",
                         "image": serving.get("image"),
-                        "args": [*args, "--host", "0.0.0.0", "--port", str(port)],
-                        "ports": [{"name": "http", "containerPort": port}],
+                        "args": [*args, "--host", "0.0.0.0", "--port", str(port),
+                                 "--admin-host", "0.0.0.0", "--admin-port", str(admin)],
+                        "ports": [{"name": "http", "containerPort": port}, {"name": "metrics", "containerPort": admin}],
                         "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 5},
                         "volumeMounts": [*mounts, dict(TMP_MOUNT)],
                         "securityContext": dict(RESTRICTED_CONTAINER),
@@ -615,6 +625,7 @@ def _server_deployment(name: str, owner: Owner, labels: dict[str, str], serving:
 
 
 def _service(name: str, owner: Owner, labels: dict[str, str], port: int) -> dict[str, Any]:
+    """The serving port alone (what spec.serving.httpRoute forwards users to): never the pod's admin port."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -706,7 +717,9 @@ def router_manifests(action: SetWeights, namespace: str | None) -> tuple[dict, d
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, action.owner, labels),
           "data": {"router.yaml": yaml.safe_dump(router_config(action, namespace), sort_keys=False)}}
     dep = _server_deployment(
-        name, action.owner, labels, action.serving, ["cambrian", "route", "--config", "/etc/cambrian/router/router.yaml"],
+        name, action.owner, labels, action.serving,
+        # the ConfigMap is the operator's (mounted read-only): the router's admin port takes no POST /weights
+        ["cambrian", "route", "--config", "/etc/cambrian/router/router.yaml", "--read-only-config"],
         [{"name": "config", "configMap": {"name": name}}],
         [{"name": "config", "mountPath": "/etc/cambrian/router", "readOnly": True}], 1,
     )

@@ -9,7 +9,7 @@
   Rollout written for the cluster names the same bundles here; without a claim a bundle is `file://`.
 - A rollout gets a folder `ROOT/rollouts/<name>/` with its collector (SQLite), a Prometheus scraping it,
   one `cambrian serve` process per arm and a `cambrian route` router; weights go through the router's
-  POST /weights, readouts come back through Prometheus' HTTP API, as in the cluster.
+  POST /weights on its admin port, readouts come back through Prometheus' HTTP API, as in the cluster.
 - Time is simulated: the driver calls `advance(until)`, which plays the simulated users of every routed
   rollout for each whole day before `until` (traffic.TrafficDriver), closes the day in the collector and
   saves the world's state, so a restart continues with the next day.
@@ -494,7 +494,7 @@ class LocalPlatform:
                                     f"{w.service} is not running")
             urls[w.arm] = s.url if s is not None else env.state.arm_urls.get(w.arm, NO_ARM_URL)
         if env.router is not None and env.router.proc.poll() is None:
-            r = httpx.post(env.router.url + "/weights", json={"weights": weights, "phase": action.phase, "urls": urls},
+            r = httpx.post(env.router.admin_url + "/weights", json={"weights": weights, "phase": action.phase, "urls": urls},
                            timeout=10)
             if r.status_code != 200:
                 raise CambrianError(f"router of {action.rollout} refused weights {weights}: {r.text[:300]}")
@@ -546,7 +546,7 @@ class LocalPlatform:
         if env is None or env.state.parked or env.router is None or env.router.proc.poll() is not None:
             return None  # parked: concluded, its users are no longer routed
         try:
-            urls = httpx.get(env.router.url + "/weights", timeout=10).json()["urls"]
+            urls = httpx.get(env.router.admin_url + "/weights", timeout=10).json()["urls"]
         except (httpx.HTTPError, ValueError, KeyError):
             return None  # unreadable: the core sets them again
         names = {s.url: s.name for s in env.arms.values()}
@@ -554,7 +554,8 @@ class LocalPlatform:
 
     def _read_weights(self, env: RolloutEnv) -> dict[str, int] | None:
         try:
-            return {k: int(v) for k, v in httpx.get(env.router.url + "/weights", timeout=10).json()["weights"].items()}
+            weights = httpx.get(env.router.admin_url + "/weights", timeout=10).json()["weights"]
+            return {k: int(v) for k, v in weights.items()}
         except (httpx.HTTPError, ValueError, KeyError):
             return None  # unreadable: the core sets them again
 
@@ -589,7 +590,8 @@ class LocalPlatform:
         expected = env.state.world_day0 + env.state.days_done
         if world.day != expected:
             raise CambrianError(f"rollout {env.name}: world state is at day {world.day}, expected {expected}")
-        driver = TrafficDriver(world, env.router.url, env.collector.url, run_id=env.name, sink=sink)
+        driver = TrafficDriver(world, env.router.url, env.collector.url, router_admin_url=env.router.admin_url,
+                               run_id=env.name, sink=sink)
         try:
             summary = driver.run_day()  # the collector takes each day's batch once: a replayed day adds nothing
         finally:

@@ -41,8 +41,9 @@ Backends = tuple[tuple[str, int, int], ...]
 
 
 def port(serving: Mapping[str, Any]) -> int:
-    """The port of the Services in the route's backendRefs."""
-    return int((serving.get("httpRoute") or {}).get("port", serving.get("port", 8080)))
+    """The port of the Services in the route's backendRefs: the router's and champion's Services serve on
+    spec.serving.port (httpRoute.port, when given, equals it: api.Serving)."""
+    return int(serving.get("port", 8080))
 
 
 def to(service: str, serving: Mapping[str, Any]) -> Backends:

@@ -109,12 +109,16 @@ def test_router(render):
     (container,) = pod["containers"]
     assert container["command"] == ["cambrian"]
     assert container["args"] == ["route", "--config", "/etc/cambrian/router/router.yaml",
-                                 "--host", "0.0.0.0", "--port", "8080"]
+                                 "--host", "0.0.0.0", "--port", "8080",
+                                 "--admin-host", "0.0.0.0", "--admin-port", "9090", "--read-only-config"]
     assert pod["automountServiceAccountToken"] is False
     (config,) = [v for v in pod["volumes"] if v["name"] == "config"]
     assert config["configMap"]["name"] == "cambrian-router"
     svc = render.one(docs, "Service", "cambrian-router")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    # users reach the serving port alone: /metrics and GET /weights are on the pods' "metrics" port
+    assert [p["targetPort"] for p in svc["spec"]["ports"]] == ["http"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8080, "metrics": 9090}
 
 
 def test_router_config_loads_in_the_real_router(render):
@@ -322,16 +326,22 @@ def _example_training_job(k8s, action_cls) -> dict:
 def test_monitoring_objects(render):
     docs = render.docs(*render.ALL_ON)
     monitors = {d["metadata"]["name"]: d for d in render.by_kind(docs, "ServiceMonitor")}
-    assert set(monitors) == {"cambrian-operator", "cambrian-router"}
+    assert set(monitors) == {"cambrian-operator"}
     svc = render.one(docs, "Service", "cambrian-operator-metrics")
     assert monitors["cambrian-operator"]["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert monitors["cambrian-operator"]["spec"]["endpoints"][0]["port"] in {p["name"] for p in svc["spec"]["ports"]}
-    (pod_monitor,) = render.by_kind(docs, "PodMonitor")
+    pod_monitors = {d["metadata"]["name"]: d for d in render.by_kind(docs, "PodMonitor")}
+    router, pod_monitor = pod_monitors.pop("cambrian-router"), pod_monitors.pop("cambrian-serving")
+    assert not pod_monitors
+    # the fixed router's pods on the port its Service does not expose
+    assert router["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    router_pod = render.one(docs, "Deployment", "cambrian-router")["spec"]["template"]
+    assert router["spec"]["selector"]["matchLabels"].items() <= router_pod["metadata"]["labels"].items()
     selector = pod_monitor["spec"]["selector"]
     assert selector["matchExpressions"] == [{"key": "app.kubernetes.io/component", "operator": "In",
                                              "values": ["serving", "router"]}]
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     (rule,) = render.by_kind(docs, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {"CambrianGuardrailBreached", "CambrianHypothesisStuck", "CambrianBudgetExhausted",
@@ -342,7 +352,7 @@ def test_pod_monitor_selects_the_arms_and_routers_the_operator_creates(render):
     """Arm and router Deployments built by the operator's own builders match the PodMonitor."""
     from cambrian.operator.platform import kubernetes as k8s
 
-    (pod_monitor,) = render.by_kind(render.docs(*render.ALL_ON), "PodMonitor")
+    pod_monitor = render.one(render.docs(*render.ALL_ON), "PodMonitor", "cambrian-serving")
     selector = pod_monitor["spec"]["selector"]
     (expr,) = selector["matchExpressions"]
     for component in expr["values"]:

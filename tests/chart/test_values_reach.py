@@ -306,6 +306,8 @@ CASES: list[Case] = [
     Case("router.replicaCount", 3, lambda d: obj("Deployment", "-router")(d)[0]["spec"]["replicas"], ROUTER_ON),
     Case("router.port", 9125, lambda d: [container("-router", "ports")(d), container("-router", "args")(d)], ROUTER_ON,
          each=True),
+    Case("router.metricsPort", 9129, lambda d: [container("-router", "ports")(d), container("-router", "args")(d)],
+         ROUTER_ON, each=True),
     Case("router.service.type", "NodePort", lambda d: obj("Service", "-router")(d)[0]["spec"]["type"], ROUTER_ON),
     Case("router.service.port", 9126, lambda d: obj("Service", "-router")(d)[0]["spec"]["ports"][0]["port"], ROUTER_ON),
     *[Case(f"router.config.{k}", v, lambda d: yaml.safe_load(obj("ConfigMap", "-router")(d)[0]["data"]["router.yaml"]),

@@ -65,23 +65,23 @@ def live_prometheus(tmp_path_factory):
     try:
         servers = {}
         for arm, a in (("control", 1), ("treatment", 3)):
-            servers[arm] = BackgroundApp(ModelServer(ModScorer(a), model=f"mod{a}", arm=arm).app()).start()
+            servers[arm] = BackgroundApp.of(ModelServer(ModScorer(a), model=f"mod{a}", arm=arm)).start()
             apps.append(servers[arm])
         coll = BackgroundApp(Collector(Store(tmp / "collector.sqlite")).app()).start()
         apps.append(coll)
         cfg = RouterConfig.from_dict({"experiment": EXPERIMENT, "collector": coll.url, "arms": [
             {"name": "control", "url": servers["control"].url, "weight": 50, "control": True},
             {"name": "treatment", "url": servers["treatment"].url, "weight": 50}]})
-        router = BackgroundApp(Router(cfg).app()).start()
+        router = BackgroundApp.of(Router(cfg)).start()
         apps.append(router)
-        host = lambda app: f"127.0.0.1:{app.port}"  # noqa: E731
+        host = lambda app: f"127.0.0.1:{app.admin_port or app.port}"  # noqa: E731  (metrics: the admin port)
         operator_port = _operator_demo_metrics()
         with PrometheusProcess({"model-servers": [host(s) for s in servers.values()], "router": [host(router)],
                                 "collector": [host(coll)], "operator": [f"127.0.0.1:{operator_port}"]},
                                workdir=tmp / "prometheus") as prom:
             world = World(WorldParams.build(n_users=150, n_items=120, n_candidates=30, max_steps_per_day=10), seed=5)
-            driver = TrafficDriver(world, router.url, coll.url, seconds_per_day=2.0, batch_size=64,
-                                   run_id=EXPERIMENT)
+            driver = TrafficDriver(world, router.url, coll.url, router_admin_url=router.admin_url, seconds_per_day=2.0,
+                                   batch_size=64, run_id=EXPERIMENT)
             for _ in range(3):  # three closed days, spread over several scrapes
                 driver.run_day()
             # A malformed request straight to a server: its error counter moves too.

@@ -14,7 +14,7 @@ def arm_servers():
     apps = {}
     try:
         for name, a in (("control", 1), ("treatment", 3), ("t2", 5)):
-            apps[name] = BackgroundApp(ModelServer(ModScorer(a), model=f"mod{a}", arm=name).app()).start()
+            apps[name] = BackgroundApp.of(ModelServer(ModScorer(a), model=f"mod{a}", arm=name)).start()
         yield apps
     finally:
         for app in apps.values():

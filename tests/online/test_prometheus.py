@@ -71,11 +71,11 @@ def test_live_traffic_read_back_through_prometheus(arm_servers, tmp_path):
         cfg = RouterConfig.from_dict({"experiment": "live", "collector": coll.url, "arms": [
             {"name": "control", "url": arm_servers["control"].url, "weight": 50, "control": True},
             {"name": "treatment", "url": arm_servers["treatment"].url, "weight": 50}]})
-        with BackgroundApp(Router(cfg).app()) as router:
-            targets = {"servers": [f"127.0.0.1:{arm_servers[a].port}" for a in ("control", "treatment")],
-                       "router": [f"127.0.0.1:{router.port}"], "collector": [f"127.0.0.1:{coll.port}"]}
+        with BackgroundApp.of(Router(cfg)) as router:
+            targets = {"servers": [f"127.0.0.1:{arm_servers[a].admin_port}" for a in ("control", "treatment")],
+                       "router": [f"127.0.0.1:{router.admin_port}"], "collector": [f"127.0.0.1:{coll.port}"]}
             with PrometheusProcess(targets) as prom:
-                driver = TrafficDriver(world, router.url, coll.url, run_id="live")
+                driver = TrafficDriver(world, router.url, coll.url, router_admin_url=router.admin_url, run_id="live")
                 first = world.day
                 for _ in range(2):
                     driver.run_day()

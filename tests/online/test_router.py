@@ -34,7 +34,7 @@ def test_split_forward_merge(arm_servers, mod_scorer, tmp_path):
     with BackgroundApp(Collector(store).app()) as coll:
         cfg = RouterConfig.from_dict(_config(arm_servers, {"control": 40, "treatment": 30, "t2": 30}, coll.url))
         router = Router(cfg, flush_interval=0.05)
-        with BackgroundApp(router.app()) as app:
+        with BackgroundApp.of(router) as app:
             users = list(range(300))
             r = httpx.post(app.url + "/rank", json=_batch(users))
             assert r.status_code == 200, r.text
@@ -47,7 +47,7 @@ def test_split_forward_merge(arm_servers, mod_scorer, tmp_path):
                 c = np.asarray(_batch([u])["candidates"][0])
                 s = scorers[arm].score(np.asarray([u]), c[None])[0]
                 assert slate == c[np.argsort(-s, kind="stable")[:5]].tolist()
-            metrics = httpx.get(app.url + "/metrics").text
+            metrics = httpx.get(app.admin_url + "/metrics").text
             assert 'cambrian_router_users_total{arm="t2"}' in metrics
             assert "cambrian_router_overhead_seconds_count 1.0" in metrics
             assert 'cambrian_router_weight{arm="treatment",experiment="exp1"} 30.0' in metrics
@@ -73,18 +73,18 @@ def test_new_weights_start_a_phase_and_every_user_is_logged_again_in_it(arm_serv
     with BackgroundApp(Collector(store).app()) as coll:
         cfg = RouterConfig.from_dict({**_config(arm_servers, {"control": 90, "treatment": 10}, coll.url), "phase": 4})
         router = Router(cfg, flush_interval=0.05)
-        with BackgroundApp(router.app()) as app:
+        with BackgroundApp.of(router) as app:
             users = list(range(200))
             httpx.post(app.url + "/rank", json=_batch(users)).raise_for_status()
-            same = httpx.post(app.url + "/weights", json={"weights": {"control": 90, "treatment": 10}}).json()
+            same = httpx.post(app.admin_url + "/weights", json={"weights": {"control": 90, "treatment": 10}}).json()
             assert same["phase"] == 4  # the same weights: the same phase
-            moved = httpx.post(app.url + "/weights", json={"weights": {"control": 50, "treatment": 50}}).json()
+            moved = httpx.post(app.admin_url + "/weights", json={"weights": {"control": 50, "treatment": 50}}).json()
             assert moved["phase"] == 5  # no phase given: the next one
             second = httpx.post(app.url + "/rank", json=_batch(users)).json()["arms"]
             # a phase named below the current one (a manual change raced the operator) is moved past it
-            back = httpx.post(app.url + "/weights", json={"weights": {"control": 60, "treatment": 40}, "phase": 2})
+            back = httpx.post(app.admin_url + "/weights", json={"weights": {"control": 60, "treatment": 40}, "phase": 2})
             assert back.json()["phase"] == 6
-            httpx.post(app.url + "/flush").raise_for_status()
+            httpx.post(app.admin_url + "/flush").raise_for_status()
     _, ex = store.frames()
     assert sorted(set(ex["phase"])) == [4, 5]
     in5 = ex[ex["phase"] == 5].sort_values("user_id")
@@ -102,14 +102,14 @@ def test_an_arm_redirected_to_controls_server_keeps_its_users_and_phase(arm_serv
     with BackgroundApp(Collector(store).app()) as coll:
         cfg = RouterConfig.from_dict({**_config(arm_servers, w, coll.url), "phase": 3})
         router = Router(cfg, config_path=str(path), flush_interval=0.05)
-        with BackgroundApp(router.app()) as app:
+        with BackgroundApp.of(router) as app:
             users = list(range(300))
             first = httpx.post(app.url + "/rank", json=_batch(users)).json()
             control = arm_servers["control"].url
-            r = httpx.post(app.url + "/weights", json={"weights": w, "phase": 3, "urls": {"t2": control}})
+            r = httpx.post(app.admin_url + "/weights", json={"weights": w, "phase": 3, "urls": {"t2": control}})
             assert r.status_code == 200, r.text
             assert r.json()["phase"] == 3 and r.json()["urls"]["t2"] == control.rstrip("/")
-            assert httpx.get(app.url + "/weights").json()["urls"]["treatment"] == arm_servers["treatment"].url
+            assert httpx.get(app.admin_url + "/weights").json()["urls"]["treatment"] == arm_servers["treatment"].url
             second = httpx.post(app.url + "/rank", json=_batch(users)).json()
             assert second["arms"] == first["arms"]
             for u, arm, slate in zip(users, second["arms"], second["slates"]):
@@ -117,9 +117,9 @@ def test_an_arm_redirected_to_controls_server_keeps_its_users_and_phase(arm_serv
                 s = mod_scorer(3 if arm == "treatment" else 1).score(np.asarray([u]), c[None])[0]  # t2: control's
                 assert slate == c[np.argsort(-s, kind="stable")[:5]].tolist(), arm
             for bad, field in (({"t2": "ftp://x"}, "urls['t2']"), ({"ghost": control}, "unknown arm")):
-                r = httpx.post(app.url + "/weights", json={"weights": w, "urls": bad})
+                r = httpx.post(app.admin_url + "/weights", json={"weights": w, "urls": bad})
                 assert r.status_code == 400 and field in r.json()["error"], r.text
-            httpx.post(app.url + "/flush").raise_for_status()
+            httpx.post(app.admin_url + "/flush").raise_for_status()
     _, ex = store.frames()
     assert len(ex) == 300 and set(ex["phase"]) == {3}   # every user logged once, in their own arm
     assert RouterConfig.load(path).urls["t2"] == control.rstrip("/")   # what a restart reads back
@@ -143,13 +143,13 @@ def test_hot_reload_under_load_and_restart(arm_servers, tmp_path):
                 (results if r.status_code == 200 else failures).append((chunk, r))
                 i += 1
 
-    with BackgroundApp(router.app()) as app:
+    with BackgroundApp.of(router) as app:
         threads = [threading.Thread(target=client) for _ in range(3)]
         for t in threads:
             t.start()
         time.sleep(0.3)
         for w in ({"control": 70, "treatment": 20, "t2": 10}, {"control": 50, "treatment": 25, "t2": 25}):
-            assert httpx.post(app.url + "/weights", json={"weights": w}).status_code == 200
+            assert httpx.post(app.admin_url + "/weights", json={"weights": w}).status_code == 200
             weights_seen.append(w)
             time.sleep(0.3)
         # edit the file by hand: the watcher picks it up
@@ -160,12 +160,12 @@ def test_hot_reload_under_load_and_restart(arm_servers, tmp_path):
         weights_seen.append({"control": 30, "treatment": 35, "t2": 35})
         time.sleep(0.5)
         # invalid weights are rejected and change nothing
-        r = httpx.post(app.url + "/weights", json={"weights": {"control": 10, "treatment": 95}})
+        r = httpx.post(app.admin_url + "/weights", json={"weights": {"control": 10, "treatment": 95}})
         assert r.status_code == 400 and "weights" in r.json()["error"]
         stop.set()
         for t in threads:
             t.join()
-        assert httpx.get(app.url + "/weights").json()["weights"] == weights_seen[-1]
+        assert httpx.get(app.admin_url + "/weights").json()["weights"] == weights_seen[-1]
         before = httpx.post(app.url + "/rank", json=_batch(users)).json()["arms"]
     assert not failures, failures[:1]
     assert len(results) > 10
@@ -200,18 +200,49 @@ def test_router_process_restart_keeps_weights_and_arms(arm_servers, tmp_path):
     proc = ServiceProcess("router", ["route", "--config", str(path)], tmp_path).start().wait_ready()
     try:
         w = {"control": 40, "treatment": 30, "t2": 30}
-        assert httpx.post(proc.url + "/weights", json={"weights": w}).json()["weights"] == w
+        assert httpx.post(proc.admin_url + "/weights", json={"weights": w}).json()["weights"] == w
         before = httpx.post(proc.url + "/rank", json=_batch(users)).json()["arms"]
     finally:
         proc.stop()
     proc = ServiceProcess("router", ["route", "--config", str(path)], tmp_path).start().wait_ready()
     try:
-        assert httpx.get(proc.url + "/weights").json()["weights"] == w
+        assert httpx.get(proc.admin_url + "/weights").json()["weights"] == w
         assert httpx.post(proc.url + "/rank", json=_batch(users)).json()["arms"] == before
     finally:
         proc.stop()
     expected = Assignment.create("s1", "control", ["treatment", "t2"], w)
     assert before == [expected.arm_of(u) for u in users]
+
+
+def test_the_serving_port_serves_users_only(arm_servers, tmp_path):
+    """What a Service and a Gateway route reach (`cambrian route --port`) ranks and answers /healthz, nothing else:
+    the split (GET/POST /weights), /flush and /metrics are on the admin port; with --read-only-config (the
+    operator's ConfigMap) no one can POST /weights at all."""
+    from cambrian.online.services import ServiceProcess
+
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(_config(arm_servers, {"control": 80, "treatment": 20})))
+    split = {"control": 80, "treatment": 20, "t2": 0}
+    proc = ServiceProcess("router", ["route", "--config", str(path)], tmp_path).start().wait_ready()
+    try:
+        assert proc.admin_port not in (None, proc.port)
+        assert httpx.post(proc.admin_url + "/flush").json() == {"pending": 0}
+        for method, where in (("GET", "/weights"), ("POST", "/weights"), ("POST", "/flush"), ("GET", "/metrics")):
+            r = httpx.request(method, proc.url + where, json={"weights": {"control": 0, "treatment": 100}})
+            assert r.status_code == 404, (method, where, r.text)
+        assert httpx.post(proc.url + "/rank", json=_batch(list(range(50)))).status_code == 200
+        assert httpx.get(proc.admin_url + "/weights").json()["weights"] == split  # unchanged by the POST above
+        assert "cambrian_router_users_total" in httpx.get(proc.admin_url + "/metrics").text
+    finally:
+        proc.stop()
+    proc = ServiceProcess("router-ro", ["route", "--config", str(path), "--read-only-config"], tmp_path)
+    proc.start().wait_ready()
+    try:
+        r = httpx.post(proc.admin_url + "/weights", json={"weights": {"control": 0, "treatment": 100}})
+        assert r.status_code == 405 and httpx.get(proc.admin_url + "/weights").json()["weights"] == split
+    finally:
+        proc.stop()
+    assert yaml.safe_load(path.read_text())["arms"][0]["weight"] == 80
 
 
 def test_bad_config_is_a_clear_error(tmp_path):

@@ -10,7 +10,8 @@ from cambrian.online.server import ModelServer
 
 
 def test_rank_batch_and_metrics(mod_scorer):
-    with BackgroundApp(ModelServer(mod_scorer(3), model="m3", arm="treatment").app()) as app:
+    server = ModelServer(mod_scorer(3), model="m3", arm="treatment")
+    with BackgroundApp.of(server) as app:
         users = [5, 9, 11]
         cands = [[int(x) for x in np.arange(100) + 7 * u] for u in users]
         r = httpx.post(app.url + "/rank", json={"user_ids": users, "candidates": cands, "k": 10})
@@ -28,7 +29,8 @@ def test_rank_batch_and_metrics(mod_scorer):
         bad = httpx.post(app.url + "/rank", json={"candidates": [[1, 2]]})
         assert bad.status_code == 400 and "user_ids" in bad.json()["error"]
         assert httpx.get(app.url + "/healthz").status_code == 200
-        metrics = httpx.get(app.url + "/metrics").text
+        assert httpx.get(app.url + "/metrics").status_code == 404  # not on the port a Service and a route reach
+        metrics = httpx.get(app.admin_url + "/metrics").text
         assert 'cambrian_server_requests_total{arm="treatment",model="m3"} 3.0' in metrics
         assert 'cambrian_server_users_total{arm="treatment",model="m3"} 3.0' in metrics
         assert 'cambrian_server_errors_total{arm="treatment",code="400",model="m3"} 2.0' in metrics

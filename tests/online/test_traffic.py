@@ -20,8 +20,9 @@ def _run(arm_servers, tmp_path, tag, batch_size):
         cfg = RouterConfig.from_dict({"experiment": "t", "collector": coll.url, "arms": [
             {"name": "control", "url": arm_servers["control"].url, "weight": 60, "control": True},
             {"name": "treatment", "url": arm_servers["treatment"].url, "weight": 40}]})
-        with BackgroundApp(Router(cfg).app()) as router:
-            driver = TrafficDriver(world, router.url, coll.url, batch_size=batch_size, run_id=tag)
+        with BackgroundApp.of(Router(cfg)) as router:
+            driver = TrafficDriver(world, router.url, coll.url, router_admin_url=router.admin_url,
+                                   batch_size=batch_size, run_id=tag)
             days = [driver.run_day() for _ in range(2)]
             driver.close()
             stats = httpx.get(coll.url + "/stats").json()
@@ -45,4 +46,4 @@ def test_deterministic_and_complete(arm_servers, tmp_path):
 
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size"):
-        TrafficDriver(None, "http://x", "http://y", batch_size=0)
+        TrafficDriver(None, "http://x", "http://y", router_admin_url="http://z", batch_size=0)

@@ -284,8 +284,9 @@ def test_simulated_users_write_their_days_to_the_warehouse_and_the_collector_dec
         cfg = RouterConfig.from_dict({"experiment": "t", "collector": coll.url, "arms": [
             {"name": "control", "url": arm_servers["control"].url, "weight": 50, "control": True},
             {"name": "treatment", "url": arm_servers["treatment"].url, "weight": 50}]})
-        with BackgroundApp(Router(cfg).app()) as router:
-            driver = TrafficDriver(world, router.url, coll.url, run_id="wh", sink=sink)
+        with BackgroundApp.of(Router(cfg)) as router:
+            driver = TrafficDriver(world, router.url, coll.url, router_admin_url=router.admin_url, run_id="wh",
+                                   sink=sink)
             for _ in range(3):
                 driver.run_day()
             driver.close()
@@ -362,10 +363,10 @@ def test_two_local_rollouts_sharing_a_warehouse_each_read_their_own_simulated_us
             env.start_metrics()
             cfg = RouterConfig.from_dict({"experiment": name, "collector": env.collector.url, "arms": [
                 {"name": arm, "url": arm_servers[arm].url, "weight": 50, "control": arm == "control"} for arm in arms]})
-            routers[name] = BackgroundApp(Router(cfg).app()).start()
+            routers[name] = BackgroundApp.of(Router(cfg)).start()
             # the same world for both, as local mode gives rollouts of one Evolution: same first day, same user ids
             drivers[name] = TrafficDriver(World(params, seed=5), routers[name].url, env.collector.url, run_id=name,
-                                          sink=sink_of(env))
+                                          router_admin_url=routers[name].admin_url, sink=sink_of(env))
         for _ in range(3):  # concurrent: the two rollouts' days interleave, as the local platform plays them
             for name in names:
                 drivers[name].run_day()

@@ -185,6 +185,11 @@ BAD = [
     ("evolution", "spec.cadence.offline", "5 minutes", "spec.cadence.offline", "spec.cadence.offline"),
     ("evolution", "spec.experiment", {"ramp": {"steps": [{"weights": [50, 25, 25]}]}}, "two weights", "two weights"),
     ("evolution", "spec.baseline", {"optimizer": {"lr": -1}}, None, "optimizer.lr"),
+    # the route's backends are the router's and champion's Services, on spec.serving.port
+    ("evolution", "spec.serving", {"port": 8080, "httpRoute": {"name": "feed", "port": 80}},
+     "httpRoute.port must equal spec.serving.port", "spec.serving: httpRoute.port 80 must equal port 8080"),
+    ("evolution", "spec.serving", {"httpRoute": {"name": "feed", "port": 9000}},
+     "httpRoute.port must equal spec.serving.port", "spec.serving: httpRoute.port 9000 must equal port 8080"),
 ]
 
 

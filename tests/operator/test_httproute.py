@@ -26,7 +26,7 @@ from cambrian.operator.reconcile.observations import (ArmObservation, ChampionOb
                                                       RouteObservation)
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-SERVING = api.Serving(http_route=api.HTTPRouteRef(name="feed", port=80))
+SERVING = api.Serving(port=80, http_route=api.HTTPRouteRef(name="feed"))
 CHAMPION = RouteObservation(None, (("e-champion", 80, 100),), "7")
 R1, R2 = Meta("r1", "u1", "ns", 1), Meta("r2", "u2", "ns", 1)
 
@@ -195,7 +195,7 @@ def test_a_running_rollout_puts_its_router_back_on_a_route_it_holds():
 def evolution_spec() -> api.EvolutionSpec:
     return api.EvolutionSpec.model_validate({
         "objective": {"northStar": [{"name": "dau"}]}, "data": {"world": {"users": 100}}, "topK": 2,
-        "storage": {"claimName": "b"}, "serving": {"httpRoute": {"name": "feed", "port": 80}}})
+        "storage": {"claimName": "b"}, "serving": {"port": 80, "httpRoute": {"name": "feed"}}})
 
 
 def test_the_champion_takes_the_route_back_only_from_a_holder_that_is_no_longer_live():
@@ -220,6 +220,15 @@ def test_the_champion_takes_the_route_back_only_from_a_holder_that_is_no_longer_
     assert [a.route_version for a in route(RouteObservation("gone", CHAMPION.backends, "3"), True)] == ["3"]
     # a route someone pointed elsewhere while no live rollout holds it goes back to the champion
     assert len(route(RouteObservation(None, (("elsewhere", 80, 100),), "4"), False)) == 1
+
+
+def test_the_route_port_is_the_serving_port():
+    """The route's backends are Services that serve on spec.serving.port: httpRoute.port defaults to it (setting
+    only serving.port used to leave the route on 8080, a port those Services do not have), and differs never."""
+    alone = api.parse_spec("Evolution", {**evolution_spec().wire(), "serving": {"port": 9000, "httpRoute": {"name": "feed"}}})
+    assert HR.to("e-champion", alone.serving.wire()) == (("e-champion", 9000, 100),)
+    same = api.Serving(port=9000, http_route=api.HTTPRouteRef(name="feed", port=9000))
+    assert HR.to("r", same.wire()) == (("r", 9000, 100),)
 
 
 def test_the_route_read_back_from_the_cluster():

@@ -17,7 +17,8 @@ from cambrian.operator.platform import kubernetes as K
 from cambrian.operator.platform.base import Platform, apply_actions
 from cambrian.operator.platform.termination import compact
 from cambrian.operator.reconcile import httproute as HR
-from cambrian.operator.reconcile.actions import ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights
+from cambrian.operator.reconcile.actions import (ArmWeight, CreateTrainingJob, DeployArm, Owner, SetWeights,
+                                                 UpdateChampion)
 
 OWNER = Owner("Hypothesis", "h1", "uid-h1", "team-a")
 
@@ -346,6 +347,36 @@ def test_the_router_config_says_which_service_serves_each_arm():
     assert p.router_services(owner, {}) == {"control": "ro-arm-control", "b": "ro-arm-b", "c": "ro-arm-control"}
     assert p.router_weights(owner, {}) == {"control": 34, "b": 33, "c": 33}
     assert K.service_of_url(K.router_config(sw, None)["arms"][2]["url"]) == "ro-arm-control"
+
+
+def _served(dep: dict, svc: dict) -> tuple[dict[str, int], dict[str, str], list[dict]]:
+    """A server's container ports by name, its command line's options, and its Service's ports."""
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = c["args"]
+    opts = {a: args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else "" for i, a in enumerate(args)
+            if a.startswith("--")}
+    return {p["name"]: p["containerPort"] for p in c["ports"]}, opts, svc["spec"]["ports"]
+
+
+def test_a_route_reaches_the_serving_port_alone():
+    """spec.serving.httpRoute forwards users to the router's Service (the champion's between rollouts): each exposes
+    the serving port alone, where the process serves /rank and /healthz only. Its admin port (/metrics; the router's
+    GET /weights and /flush) is a second container port, for the PodMonitor; the router takes no POST /weights."""
+    owner, evo = Owner("Rollout", "ro", "uid-ro", "team-a"), Owner("Evolution", "e", "uid-e", "team-a")
+    for port, admin in ((8000, 9090), (9090, 9091)):
+        serving = api.Serving(port=port, http_route=api.HTTPRouteRef(name="feed")).wire()
+        sw = SetWeights(owner, "ro", "s", (ArmWeight("control", "svc-c", 90), ArmWeight("t", "svc-t", 10)), serving)
+        _, rdep, rsvc = K.router_manifests(sw, "team-a")
+        cdep, csvc = K.champion_manifests(UpdateChampion(evo, "e-champion", "baseline", "pvc://b/x", None, None, "r1",
+                                                         serving))
+        for dep, svc in ((rdep, rsvc), (cdep, csvc)):
+            ports, opts, service_ports = _served(dep, svc)
+            assert ports == {"http": port, "metrics": admin}
+            assert service_ports == [{"name": "http", "port": port, "targetPort": "http"}]
+            assert (opts["--port"], opts["--admin-port"], opts["--admin-host"]) == (str(port), str(admin), "0.0.0.0")
+            # the route's backend is this Service on the port it exposes
+            assert HR.to(svc["metadata"]["name"], serving) == ((svc["metadata"]["name"], port, 100),)
+        assert "--read-only-config" in _served(rdep, rsvc)[1] and "--read-only-config" not in _served(cdep, csvc)[1]
 
 
 def test_termination_message(tmp_path):

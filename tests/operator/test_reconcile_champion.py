@@ -211,7 +211,7 @@ def test_between_rollouts_the_http_route_sends_everything_to_the_champion():
     (and at a deleted control arm once the Rollout was deleted); nothing pointed it at production."""
     from cambrian.operator.reconcile.actions import RouteChampion
 
-    sp = spec(storage={"claimName": "bundles"}, serving={"httpRoute": {"name": "feed", "port": 80}})
+    sp = spec(storage={"claimName": "bundles"}, serving={"port": 80, "httpRoute": {"name": "feed"}})
     r = trained(sp, "pvc://bundles/b")
     (up,) = updates(r)
     off = ChampionObservation(up.name, up.revision, up.bundle, True, routed=False)
