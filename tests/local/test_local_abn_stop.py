@@ -66,7 +66,7 @@ def test_a_stopped_arm_is_served_controls_model_by_the_router_then_its_server_go
         futile = Analysis("continue", "b: not significant yet; c: futility", n={"control": 34, "b": 33, "c": 33},
                           arm_outcomes=(("b", "continue", "not significant yet"), ("c", "inconclusive", "futility")))
         assert SetWeights in step(stop, futile)
-        seen = httpx.get(router + "/weights", timeout=10).json()
+        seen = httpx.get(p.envs["ro"].router.admin_url + "/weights", timeout=10).json()
         assert seen["weights"] == {"control": 34, "b": 33, "c": 33} and seen["phase"] == 1   # nobody moves
         assert seen["urls"]["c"] == seen["urls"]["control"] != seen["urls"]["b"]
         assert p.router_services(owner, {})["c"] == R.arm_name(meta, "control")
