@@ -263,7 +263,7 @@ def test_concluded_rollouts_are_released_once_production_is_on_the_champion():
 
     from cambrian.operator.reconcile.actions import A_RELEASED, Mark
 
-    sp = spec(storage={"claimName": "bundles"}, serving={"httpRoute": {"name": "feed", "port": 80}})
+    sp = spec(storage={"claimName": "bundles"}, serving={"httpRoute": {"name": "feed"}})
     r = trained(sp, "pvc://bundles/b")
     (up,) = updates(r)
     on = ChampionObservation(up.name, up.revision, up.bundle, True, routed=True)
