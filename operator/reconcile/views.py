@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 
 from cambrian.operator.api import trainer_delta_json
 from cambrian.operator.reconcile.actions import A_APPLIED, A_RELEASED, A_REPAIR_ASKED, A_SPEND_COUNTED
-from cambrian.operator.reconcile.ledger import parse_mark
+from cambrian.operator.reconcile.ledger import parse_mark, plus
 from cambrian.operator.reconcile.observations import HypothesisView, RolloutView, Spend
 
 A_TOKENS = "cambrian.dev/tokens"
@@ -142,10 +142,7 @@ def spend(hypotheses: Iterable[Mapping[str, Any]], baseline_attempts: int = 0,
     """What the Hypotheses that exist now show, with the Evolution's own runs and unattributed LLM spend (the
     Evolution adds what deleted ones spent: reconcile/ledger.py)."""
     extra = unattributed(evolution_annotations)
-    tokens, dollars, gpu, evals = extra["tokens"], extra["dollars"], 0.0, baseline_attempts
+    total = Spend(tokens=extra["tokens"], dollars=extra["dollars"], evaluations=baseline_attempts)
     for h in map(hypothesis_spend, hypotheses):
-        tokens += h.tokens
-        dollars += h.dollars
-        gpu += h.gpu_hours
-        evals += h.evaluations
-    return Spend(tokens=tokens, dollars=dollars, gpu_hours=gpu, evaluations=evals)
+        total = plus(total, h)
+    return total
